@@ -1,0 +1,597 @@
+/*-------------------------------------------------------------------------
+ *
+ * provider.c
+ *	  Helpers shared by the text protocols: provider kinds, the generic
+ *	  classification of HTTP statuses, cJSON's allocator, and the small
+ *	  string and JSON utilities used by provider_ollama.c,
+ *	  provider_openai.c and provider_anthropic.c.
+ *
+ * Nothing here touches libcurl, SPI or shared memory, and nothing reports
+ * through ereport(): failures go into an Igny8ProviderError.  The file
+ * builds both into the server module and, with FRONTEND defined, into the
+ * unit test and the fuzzer.
+ *
+ * src/provider.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "igny8_c.h"
+
+#include <stdarg.h>
+
+#include "provider.h"
+
+/* Bytes of a non-JSON error body quoted in an error message. */
+#define BODY_EXCERPT_MAX 100
+
+/* Largest token count we report; keeps double -> int64 well defined. */
+#define MAX_COUNT 9.0e18
+
+static const char *const kind_names[] = {
+	"ollama",					/* IGNY8_KIND_OLLAMA */
+	"openai",					/* IGNY8_KIND_OPENAI */
+	"anthropic",				/* IGNY8_KIND_ANTHROPIC */
+	"comfyui"					/* IGNY8_KIND_COMFYUI */
+};
+
+static char *vformat(const char *fmt, va_list args) pg_attribute_printf(1, 0);
+
+/*
+ * Map a provider kind name ("ollama", ...; case does not matter) to its
+ * enum value; IGNY8_KIND_INVALID for NULL or an unknown name.
+ */
+Igny8ProviderKind
+igny8_provider_kind_from_name(const char *name)
+{
+	int			i;
+
+	if (name == NULL)
+		return IGNY8_KIND_INVALID;
+	for (i = 0; i < (int) lengthof(kind_names); i++)
+	{
+		if (pg_strcasecmp(name, kind_names[i]) == 0)
+			return (Igny8ProviderKind) i;
+	}
+	return IGNY8_KIND_INVALID;
+}
+
+/* The lower-case name of a provider kind, or NULL for IGNY8_KIND_INVALID. */
+const char *
+igny8_provider_kind_name(Igny8ProviderKind kind)
+{
+	switch (kind)
+	{
+		case IGNY8_KIND_OLLAMA:
+		case IGNY8_KIND_OPENAI:
+		case IGNY8_KIND_ANTHROPIC:
+		case IGNY8_KIND_COMFYUI:
+			return kind_names[kind];
+		case IGNY8_KIND_INVALID:
+			break;
+	}
+	return NULL;
+}
+
+/* The text protocol of a kind; NULL for ComfyUI (images only) or invalid. */
+const Igny8TextProtocol *
+igny8_text_protocol(Igny8ProviderKind kind)
+{
+	switch (kind)
+	{
+		case IGNY8_KIND_OLLAMA:
+			return &igny8_ollama_protocol;
+		case IGNY8_KIND_OPENAI:
+			return &igny8_openai_protocol;
+		case IGNY8_KIND_ANTHROPIC:
+			return &igny8_anthropic_protocol;
+		case IGNY8_KIND_COMFYUI:
+		case IGNY8_KIND_INVALID:
+			break;
+	}
+	return NULL;
+}
+
+/* cJSON allocation hooks.  cJSON passes a size_t; palloc takes a Size. */
+static void *
+json_malloc(size_t size)
+{
+	return palloc_extended((Size) size, MCXT_ALLOC_HUGE);
+}
+
+/* cJSON frees NULL pointers in places; pfree() must not see them. */
+static void
+json_free(void *ptr)
+{
+	if (ptr != NULL)
+		pfree(ptr);
+}
+
+/*
+ * Route cJSON's allocations to palloc() in CurrentMemoryContext.  Call once
+ * per process before any cJSON use (cJSON's hooks are process-global).
+ * cJSON then has no realloc and copies when it grows a print buffer.
+ */
+void
+igny8_json_init(void)
+{
+	cJSON_Hooks hooks;
+
+	hooks.malloc_fn = json_malloc;
+	hooks.free_fn = json_free;
+	cJSON_InitHooks(&hooks);
+}
+
+/*
+ * Classify a non-2xx HTTP status by the generic rules of protocols.md
+ * section 5, the way the official OpenAI and Anthropic SDKs do.
+ *
+ * should_retry is the x-should-retry header (1 true, 0 false, -1 absent).
+ * When present it wins: true makes any error RETRY, false turns a RETRY
+ * into FALLBACK.  2xx gives IGNY8_ERR_NONE; 1xx, 3xx and nonsense give
+ * FALLBACK (this backend answered something we cannot use).
+ */
+Igny8ErrorClass
+igny8_classify_status(long status, int should_retry)
+{
+	Igny8ErrorClass cls;
+
+	if (status >= 200 && status < 300)
+		return IGNY8_ERR_NONE;
+
+	switch (status)
+	{
+		case 408:
+		case 409:
+		case 429:
+		case 500:
+		case 502:
+		case 503:
+		case 504:
+		case 529:
+			cls = IGNY8_ERR_RETRY;
+			break;
+		case 401:
+		case 402:
+		case 403:
+		case 404:
+			cls = IGNY8_ERR_FALLBACK;
+			break;
+		case 400:
+		case 413:
+		case 422:
+			cls = IGNY8_ERR_CALLER;
+			break;
+		default:
+			if (status >= 400 && status < 500)
+				cls = IGNY8_ERR_CALLER;
+			else if (status >= 500 && status < 600)
+				cls = IGNY8_ERR_RETRY;
+			else
+				cls = IGNY8_ERR_FALLBACK;
+			break;
+	}
+
+	if (should_retry == 1)
+		cls = IGNY8_ERR_RETRY;
+	else if (should_retry == 0 && cls == IGNY8_ERR_RETRY)
+		cls = IGNY8_ERR_FALLBACK;
+	return cls;
+}
+
+/*
+ * Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), or 0 if it is not one.
+ */
+static int
+utf8_sequence_length(const unsigned char *s, size_t avail)
+{
+	unsigned char c = s[0];
+	int			len;
+	int			i;
+
+	if (c < 0x80)
+		return 1;
+	else if (c >= 0xC2 && c <= 0xDF)
+		len = 2;
+	else if (c >= 0xE0 && c <= 0xEF)
+		len = 3;
+	else if (c >= 0xF0 && c <= 0xF4)
+		len = 4;
+	else
+		return 0;
+
+	if (avail < (size_t) len)
+		return 0;
+	for (i = 1; i < len; i++)
+	{
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+	}
+	if ((c == 0xE0 && s[1] < 0xA0) ||
+		(c == 0xED && s[1] > 0x9F) ||
+		(c == 0xF0 && s[1] < 0x90) ||
+		(c == 0xF4 && s[1] > 0x8F))
+		return 0;
+	return len;
+}
+
+/*
+ * Copy at most max bytes of msg[0..len) into a new palloc'd string, fit to
+ * be shown in a log or an error message: never cut inside a UTF-8
+ * sequence, control characters (NUL included) become spaces, bytes that
+ * are not valid UTF-8 become '?', trailing spaces go, and "..." is
+ * appended when something was cut.  The result has at most max + 3 bytes.
+ */
+char *
+igny8_truncate_message(const char *msg, size_t len, size_t max)
+{
+	const unsigned char *in = (const unsigned char *) msg;
+	char	   *result;
+	size_t		pos = 0;
+	size_t		out = 0;
+
+	if (msg == NULL)
+		return pstrdup("");
+
+	/* every input byte yields at most one output byte */
+	result = palloc(Min(len, max) + 4);
+	while (pos < len)
+	{
+		int			seqlen = utf8_sequence_length(in + pos, len - pos);
+
+		if (out + (seqlen > 0 ? seqlen : 1) > max)
+			break;
+		if (seqlen == 0)
+		{
+			result[out++] = '?';
+			pos++;
+		}
+		else if (seqlen == 1 && (in[pos] < 0x20 || in[pos] == 0x7F))
+		{
+			result[out++] = ' ';
+			pos++;
+		}
+		else
+		{
+			memcpy(result + out, in + pos, seqlen);
+			out += seqlen;
+			pos += seqlen;
+		}
+	}
+	while (out > 0 && result[out - 1] == ' ')
+		out--;
+	if (pos < len)
+	{
+		memcpy(result + out, "...", 3);
+		out += 3;
+	}
+	result[out] = '\0';
+	return result;
+}
+
+/* ASCII whitespace, independent of the locale. */
+static bool
+is_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' ||
+		c == '\f' || c == '\v';
+}
+
+/*
+ * Remove a leading reasoning block from a model's answer (protocols.md
+ * 1.5, client rule).  If content starts, after whitespace, with <think>,
+ * everything through the first </think> is dropped and the rest is
+ * left-trimmed; the trace in between, trimmed, goes to *thinking (NULL if
+ * empty).  Without such a block, or when </think> is missing, the content
+ * is returned unchanged and *thinking is NULL.  thinking may be NULL.
+ * The result is always a new palloc'd string.
+ */
+char *
+igny8_strip_think(const char *content, char **thinking)
+{
+	const char *p;
+	const char *start;
+	const char *end;
+	const char *close;
+
+	if (thinking != NULL)
+		*thinking = NULL;
+	if (content == NULL)
+		return pstrdup("");
+
+	p = content;
+	while (is_space(*p))
+		p++;
+	if (strncmp(p, "<think>", 7) != 0)
+		return pstrdup(content);
+	start = p + 7;
+	close = strstr(start, "</think>");
+	if (close == NULL)
+		return pstrdup(content);
+
+	if (thinking != NULL)
+	{
+		end = close;
+		while (start < end && is_space(*start))
+			start++;
+		while (end > start && is_space(end[-1]))
+			end--;
+		if (end > start)
+			*thinking = pnstrdup(start, end - start);
+	}
+
+	p = close + 8;
+	while (is_space(*p))
+		p++;
+	return pstrdup(p);
+}
+
+/* Format into a new palloc'd string. */
+static char *
+vformat(const char *fmt, va_list args)
+{
+	size_t		len = 128;
+
+	for (;;)
+	{
+		char	   *buf;
+		size_t		needed;
+		va_list		copy;
+
+		buf = palloc(len);
+		va_copy(copy, args);
+		needed = pvsnprintf(buf, len, fmt, copy);
+		va_end(copy);
+		if (needed < len)
+			return buf;
+		pfree(buf);
+		len = needed;
+	}
+}
+
+/*
+ * Append a "Name: value" header to out.  Control characters become
+ * spaces, so that a CR or LF in a key or a setting cannot inject another
+ * header.  Headers beyond IGNY8_MAX_HEADERS are dropped (the protocols
+ * send at most four).
+ */
+void
+igny8_add_header(Igny8HttpRequest *out, const char *fmt,...)
+{
+	va_list		args;
+	char	   *header;
+	char	   *p;
+
+	va_start(args, fmt);
+	header = vformat(fmt, args);
+	va_end(args);
+
+	for (p = header; *p != '\0'; p++)
+	{
+		if ((unsigned char) *p < 0x20 || *p == 0x7F)
+			*p = ' ';
+	}
+
+	if (out->nheaders < IGNY8_MAX_HEADERS)
+		out->headers[out->nheaders++] = header;
+	else
+		pfree(header);
+}
+
+/* Reset the outputs of a parse_chat function before it fills one. */
+void
+igny8_init_outputs(Igny8TextResult *result, Igny8ProviderError *err)
+{
+	memset(result, 0, sizeof(*result));
+	memset(err, 0, sizeof(*err));
+	err->cls = IGNY8_ERR_NONE;
+	err->retry_after = -1;
+}
+
+/*
+ * Fill *err with a class and a formatted message, cut to
+ * IGNY8_ERRMSG_MAX bytes.
+ */
+void
+igny8_set_error(Igny8ProviderError *err, Igny8ErrorClass cls,
+				double retry_after, const char *fmt,...)
+{
+	va_list		args;
+	char	   *text;
+
+	va_start(args, fmt);
+	text = vformat(fmt, args);
+	va_end(args);
+
+	err->cls = cls;
+	err->retry_after = retry_after;
+	err->drop_think = false;
+	err->message = igny8_truncate_message(text, strlen(text),
+										  IGNY8_ERRMSG_MAX);
+	pfree(text);
+}
+
+/*
+ * Fill *err for a non-2xx answer.  The message is the provider's own when
+ * it gave one; otherwise "HTTP <status> from <provider>", followed by the
+ * start of the body when there is one (a proxy's HTML or plain-text page).
+ * retry_after is passed through from the response.
+ */
+void
+igny8_set_http_error(Igny8ProviderError *err, Igny8ErrorClass cls,
+					 const Igny8HttpResponse *resp, const char *provider,
+					 const char *message)
+{
+	if (message != NULL && message[0] != '\0')
+		igny8_set_error(err, cls, resp->retry_after, "%s", message);
+	else if (resp->body != NULL && resp->body_len > 0)
+	{
+		char	   *excerpt;
+
+		excerpt = igny8_truncate_message(resp->body, resp->body_len,
+										 BODY_EXCERPT_MAX);
+		igny8_set_error(err, cls, resp->retry_after, "HTTP %ld from %s: %s",
+						resp->status, provider, excerpt);
+		pfree(excerpt);
+	}
+	else
+		igny8_set_error(err, cls, resp->retry_after, "HTTP %ld from %s",
+						resp->status, provider);
+}
+
+/* Does haystack contain needle, ignoring ASCII case?  NULL-safe. */
+bool
+igny8_str_contains(const char *haystack, const char *needle)
+{
+	size_t		nlen;
+	const char *p;
+
+	if (haystack == NULL || needle == NULL)
+		return false;
+	nlen = strlen(needle);
+	for (p = haystack; *p != '\0'; p++)
+	{
+		if (pg_strncasecmp(p, needle, nlen) == 0)
+			return true;
+	}
+	return nlen == 0;
+}
+
+/*
+ * Parse a response body that must be exactly one JSON value (whitespace
+ * around it allowed).  Returns NULL for anything else: empty, truncated,
+ * trailing data such as a second NDJSON line, nesting deeper than cJSON's
+ * limit.  The body need not be NUL-terminated.  Free with cJSON_Delete.
+ */
+cJSON *
+igny8_json_parse(const char *body, size_t len)
+{
+	char	   *copy;
+	const char *end = NULL;
+	const char *limit;
+	cJSON	   *json;
+
+	if (body == NULL || len == 0)
+		return NULL;
+
+	copy = palloc_extended(len + 1, MCXT_ALLOC_HUGE);
+	memcpy(copy, body, len);
+	copy[len] = '\0';
+	limit = copy + len;
+
+	json = cJSON_ParseWithLengthOpts(copy, len, &end, false);
+	if (json != NULL)
+	{
+		if (end == NULL || end < copy || end > limit)
+			end = copy;			/* cannot happen; refuse the body */
+		while (end < limit && is_space(*end))
+			end++;
+		if (end != limit)
+		{
+			cJSON_Delete(json);
+			json = NULL;
+		}
+	}
+	pfree(copy);
+	return json;
+}
+
+/* Serialize a tree without whitespace into a new palloc'd string. */
+char *
+igny8_json_print(const cJSON *item)
+{
+	char	   *printed;
+	char	   *result;
+
+	printed = cJSON_PrintUnformatted(item);
+	if (printed == NULL)
+		return NULL;
+	/* copy, so the result is palloc'd even if the hooks were not set */
+	result = pstrdup(printed);
+	cJSON_free(printed);
+	return result;
+}
+
+/* The member key of a JSON object; NULL if absent or not an object. */
+cJSON *
+igny8_json_member(const cJSON *object, const char *key)
+{
+	if (!cJSON_IsObject(object))
+		return NULL;
+	return cJSON_GetObjectItemCaseSensitive(object, key);
+}
+
+/* The string member key of a JSON object; NULL if absent or no string. */
+const char *
+igny8_json_string(const cJSON *object, const char *key)
+{
+	const cJSON *item = igny8_json_member(object, key);
+
+	if (!cJSON_IsString(item) || item->valuestring == NULL)
+		return NULL;
+	return item->valuestring;
+}
+
+/*
+ * A token counter member of a JSON object: 0 when absent, not a number or
+ * negative (counters are omitted when zero by Ollama).
+ */
+int64_t
+igny8_json_count(const cJSON *object, const char *key)
+{
+	const cJSON *item = igny8_json_member(object, key);
+	double		value;
+
+	if (!cJSON_IsNumber(item))
+		return 0;
+	value = item->valuedouble;
+	if (!(value >= 0))			/* also NaN */
+		return 0;
+	if (value > MAX_COUNT)
+		value = MAX_COUNT;
+	return (int64_t) value;
+}
+
+/*
+ * Set member key of object to item, replacing every member of that name.
+ * Takes ownership of item (freed if object is not an object).  key must
+ * not point into object itself (a member's own name).
+ */
+void
+igny8_json_set(cJSON *object, const char *key, cJSON *item)
+{
+	if (item == NULL)
+		return;
+	if (!cJSON_IsObject(object))
+	{
+		cJSON_Delete(item);
+		return;
+	}
+	while (cJSON_GetObjectItemCaseSensitive(object, key) != NULL)
+		cJSON_DeleteItemFromObjectCaseSensitive(object, key);
+	if (!cJSON_AddItemToObject(object, key, item))
+		cJSON_Delete(item);
+}
+
+/*
+ * Copy every member of the object src into the object dst.  A member that
+ * dst already has is replaced when overwrite is true, kept otherwise.
+ * Does nothing unless both are objects.
+ */
+void
+igny8_json_merge(cJSON *dst, const cJSON *src, bool overwrite)
+{
+	const cJSON *item;
+
+	if (!cJSON_IsObject(dst) || !cJSON_IsObject(src))
+		return;
+	cJSON_ArrayForEach(item, src)
+	{
+		if (item->string == NULL)
+			continue;
+		if (!overwrite &&
+			cJSON_GetObjectItemCaseSensitive(dst, item->string) != NULL)
+			continue;
+		igny8_json_set(dst, item->string, cJSON_Duplicate(item, true));
+	}
+}

@@ -1,0 +1,170 @@
+/*-------------------------------------------------------------------------
+ *
+ * provider.h
+ *	  Request building and response parsing for each backend protocol.
+ *
+ * The functions declared here are pure: they turn a normalized request into
+ * the method, path, headers and JSON body of one HTTP call, and turn the
+ * status and body of the answer into a result or a classified error.  They
+ * never touch libcurl, SPI or shared memory, and they never ereport() except
+ * on out-of-memory, so that they can be unit-tested and fuzzed on their own.
+ * Memory comes from palloc() in CurrentMemoryContext; the caller resets the
+ * context.  cJSON's allocator is hooked to palloc as well (igny8_json_init).
+ *
+ * See reference/protocols.md for the wire facts each file follows.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef IGNY8_PROVIDER_H
+#define IGNY8_PROVIDER_H
+
+#include <stddef.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+typedef enum Igny8ProviderKind
+{
+	IGNY8_KIND_OLLAMA,
+	IGNY8_KIND_OPENAI,			/* any OpenAI-compatible server */
+	IGNY8_KIND_ANTHROPIC,
+	IGNY8_KIND_COMFYUI,
+	IGNY8_KIND_INVALID
+} Igny8ProviderKind;
+
+/* What to do after a failed call (protocols.md section 5). */
+typedef enum Igny8ErrorClass
+{
+	IGNY8_ERR_NONE = 0,
+	IGNY8_ERR_RETRY,			/* transient: same deployment after a backoff */
+	IGNY8_ERR_FALLBACK,			/* give up on this deployment, try the next */
+	IGNY8_ERR_CALLER			/* the request is wrong: stop, no fallback */
+} Igny8ErrorClass;
+
+/* One message of the normalized chat request. */
+typedef struct Igny8Message
+{
+	const char *role;			/* "system", "user" or "assistant" */
+	const char *content;
+} Igny8Message;
+
+/* A normalized text request, already routed to one deployment. */
+typedef struct Igny8TextRequest
+{
+	const char *model;			/* provider-side model name, e.g. qwen3:32b */
+	const Igny8Message *messages;	/* in order; system messages included */
+	int			nmessages;
+	int			max_tokens;		/* > 0: always decided by the router */
+	bool		has_temperature;
+	double		temperature;
+	const cJSON *settings;		/* provider settings overlaid with the
+								 * deployment's; a JSON object or NULL */
+	bool		omit_think;		/* Ollama: do not send "think" (set after a
+								 * "does not support thinking" refusal) */
+} Igny8TextRequest;
+
+#define IGNY8_MAX_HEADERS 8
+
+/* One HTTP call to make, relative to the provider's base URL. */
+typedef struct Igny8HttpRequest
+{
+	const char *method;			/* "GET" or "POST" (string constant) */
+	char	   *path;			/* starts with '/', appended to base URL */
+	char	   *body;			/* NUL-terminated JSON, or NULL for GET */
+	int			nheaders;
+	char	   *headers[IGNY8_MAX_HEADERS];	/* "Name: value" */
+} Igny8HttpRequest;
+
+/* The answer to one HTTP call, as the transport received it. */
+typedef struct Igny8HttpResponse
+{
+	long		status;			/* HTTP status (> 0) */
+	const char *body;			/* not necessarily NUL-terminated */
+	size_t		body_len;
+	double		retry_after;	/* seconds, from retry-after-ms or
+								 * retry-after; < 0 when absent */
+	int			should_retry;	/* x-should-retry: 1 true, 0 false, -1 absent */
+} Igny8HttpResponse;
+
+/* A successful text generation. */
+typedef struct Igny8TextResult
+{
+	char	   *content;		/* never NULL; <think> block stripped */
+	char	   *thinking;		/* reasoning trace, or NULL */
+	char	   *model;			/* model the provider reports, or NULL */
+	int64_t		input_tokens;	/* 0 when the provider omits it */
+	int64_t		output_tokens;
+	char	   *finish_reason;	/* "stop", "length", "end_turn", ... or NULL */
+} Igny8TextResult;
+
+/* A failed call, classified. */
+typedef struct Igny8ProviderError
+{
+	Igny8ErrorClass cls;
+	char	   *message;		/* short reason, e.g. the provider's own
+								 * error message, at most ~200 bytes */
+	double		retry_after;	/* seconds the provider asked for, < 0 none */
+	bool		drop_think;		/* Ollama refused "think": retry once with
+								 * omit_think set (cls is IGNY8_ERR_RETRY) */
+	bool		retry_once;		/* IGNY8_ERR_RETRY, but worth one retry only:
+								 * a malformed 2xx, an Ollama load failure */
+} Igny8ProviderError;
+
+/* The operations of one text protocol. */
+typedef struct Igny8TextProtocol
+{
+	const char *name;			/* "ollama", "openai", "anthropic" */
+	bool		needs_key;		/* true: a missing API key is a config error */
+
+	/* Build the chat completion call. api_key may be NULL. */
+	void		(*build_chat) (const Igny8TextRequest *req, const char *api_key,
+							   Igny8HttpRequest *out);
+
+	/*
+	 * Read the answer to build_chat's call, whatever its status.  Returns
+	 * true and fills *result on success; returns false and fills *err
+	 * (never IGNY8_ERR_NONE) otherwise.  A 200 whose body is not the
+	 * expected JSON is an error (IGNY8_ERR_RETRY), not a crash.
+	 */
+	bool		(*parse_chat) (const Igny8HttpResponse *resp,
+							   Igny8TextResult *result, Igny8ProviderError *err);
+} Igny8TextProtocol;
+
+/* provider.c */
+extern Igny8ProviderKind igny8_provider_kind_from_name(const char *name);
+extern const char *igny8_provider_kind_name(Igny8ProviderKind kind);
+extern const Igny8TextProtocol *igny8_text_protocol(Igny8ProviderKind kind);
+extern void igny8_json_init(void);
+extern Igny8ErrorClass igny8_classify_status(long status, int should_retry);
+extern char *igny8_truncate_message(const char *msg, size_t len, size_t max);
+extern char *igny8_strip_think(const char *content, char **thinking);
+extern void igny8_add_header(Igny8HttpRequest *out, const char *fmt,...)
+			pg_attribute_printf(2, 3);
+
+/* provider.c: helpers shared by the provider_*.c files */
+#define IGNY8_ERRMSG_MAX 200	/* bytes kept of an error message */
+
+extern void igny8_init_outputs(Igny8TextResult *result,
+							   Igny8ProviderError *err);
+extern void igny8_set_error(Igny8ProviderError *err, Igny8ErrorClass cls,
+							double retry_after, const char *fmt,...)
+			pg_attribute_printf(4, 5);
+extern void igny8_set_http_error(Igny8ProviderError *err, Igny8ErrorClass cls,
+								 const Igny8HttpResponse *resp,
+								 const char *provider, const char *message);
+extern bool igny8_str_contains(const char *haystack, const char *needle);
+extern cJSON *igny8_json_parse(const char *body, size_t len);
+extern char *igny8_json_print(const cJSON *item);
+extern cJSON *igny8_json_member(const cJSON *object, const char *key);
+extern const char *igny8_json_string(const cJSON *object, const char *key);
+extern int64_t igny8_json_count(const cJSON *object, const char *key);
+extern void igny8_json_set(cJSON *object, const char *key, cJSON *item);
+extern void igny8_json_merge(cJSON *dst, const cJSON *src, bool overwrite);
+
+/* provider_ollama.c, provider_openai.c, provider_anthropic.c */
+extern const Igny8TextProtocol igny8_ollama_protocol;
+extern const Igny8TextProtocol igny8_openai_protocol;
+extern const Igny8TextProtocol igny8_anthropic_protocol;
+
+#endif							/* IGNY8_PROVIDER_H */

@@ -1,0 +1,239 @@
+/*-------------------------------------------------------------------------
+ *
+ * provider_anthropic.c
+ *	  Anthropic's Messages protocol: POST /v1/messages.
+ *
+ * Anthropic takes the system prompt as a top-level "system" string and
+ * only user and assistant turns in "messages", so the system messages of
+ * the normalized request are pulled out and joined with blank lines.  Its
+ * temperature range is 0-1 where the caller allows 0-2: above 1 we send 1.
+ * The setting "anthropic_version" overrides the API version header.  See
+ * protocols.md section 4.
+ *
+ * src/provider_anthropic.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "igny8_c.h"
+
+#include "lib/stringinfo.h"
+#include "provider.h"
+
+#define ANTHROPIC_NAME "Anthropic"
+#define ANTHROPIC_VERSION "2023-06-01"
+
+/* Build POST /v1/messages. */
+static void
+anthropic_build_chat(const Igny8TextRequest *req, const char *api_key,
+					 Igny8HttpRequest *out)
+{
+	cJSON	   *body;
+	cJSON	   *messages;
+	const char *version;
+	StringInfoData system;
+	int			i;
+
+	memset(out, 0, sizeof(*out));
+	out->method = "POST";
+	out->path = pstrdup("/v1/messages");
+	igny8_add_header(out, "Content-Type: application/json");
+	if (api_key != NULL)
+		igny8_add_header(out, "x-api-key: %s", api_key);
+	version = igny8_json_string(req->settings, "anthropic_version");
+	if (version == NULL || version[0] == '\0')
+		version = ANTHROPIC_VERSION;
+	igny8_add_header(out, "anthropic-version: %s", version);
+
+	body = cJSON_CreateObject();
+	cJSON_AddStringToObject(body, "model", req->model ? req->model : "");
+	cJSON_AddNumberToObject(body, "max_tokens", req->max_tokens);
+
+	initStringInfo(&system);
+	messages = cJSON_CreateArray();
+	for (i = 0; i < req->nmessages; i++)
+	{
+		const Igny8Message *msg = &req->messages[i];
+		const char *content = msg->content ? msg->content : "";
+		cJSON	   *m;
+
+		if (msg->role != NULL && strcmp(msg->role, "system") == 0)
+		{
+			if (content[0] == '\0')
+				continue;
+			if (system.len > 0)
+				appendStringInfoString(&system, "\n\n");
+			appendStringInfoString(&system, content);
+			continue;
+		}
+		/* other roles go as they are: Anthropic will reject them */
+		m = cJSON_CreateObject();
+		cJSON_AddStringToObject(m, "role", msg->role ? msg->role : "user");
+		cJSON_AddStringToObject(m, "content", content);
+		cJSON_AddItemToArray(messages, m);
+	}
+	if (system.len > 0)
+		cJSON_AddStringToObject(body, "system", system.data);
+	pfree(system.data);
+	cJSON_AddItemToObject(body, "messages", messages);
+
+	/* the caller allows 0-2, Anthropic 0-1 */
+	if (req->has_temperature)
+		cJSON_AddNumberToObject(body, "temperature",
+								req->temperature > 1.0 ? 1.0 : req->temperature);
+
+	out->body = igny8_json_print(body);
+	cJSON_Delete(body);
+}
+
+/* The error object's message of {"type":"error","error":{...}}, or NULL. */
+static const char *
+anthropic_error_message(const cJSON *json)
+{
+	const cJSON *error = igny8_json_member(json, "error");
+
+	if (cJSON_IsObject(error))
+		return igny8_json_string(error, "message");
+	if (cJSON_IsString(error))
+		return error->valuestring;
+	return NULL;
+}
+
+/* Read a 2xx answer (protocols.md 4.1); false and *err if unusable. */
+static bool
+anthropic_parse_success(const cJSON *json, long status,
+						Igny8TextResult *result, Igny8ProviderError *err)
+{
+	const cJSON *content;
+	const cJSON *block;
+	const cJSON *usage;
+	const char *type;
+	const char *str;
+	StringInfoData text;
+	StringInfoData thinking;
+
+	if (json == NULL)
+	{
+		igny8_set_error(err, IGNY8_ERR_RETRY, -1,
+						"malformed JSON response from Anthropic (HTTP %ld)",
+						status);
+		return false;
+	}
+	if (!cJSON_IsObject(json))
+	{
+		igny8_set_error(err, IGNY8_ERR_RETRY, -1,
+						"malformed response from Anthropic: not a JSON object");
+		return false;
+	}
+	type = igny8_json_string(json, "type");
+	if ((type != NULL && strcmp(type, "error") == 0) ||
+		(igny8_json_member(json, "error") != NULL &&
+		 !cJSON_IsNull(igny8_json_member(json, "error"))))
+	{
+		str = anthropic_error_message(json);
+		igny8_set_error(err, IGNY8_ERR_RETRY, -1,
+						"malformed response from Anthropic: error \"%s\"",
+						str ? str : "(no message)");
+		return false;
+	}
+	content = igny8_json_member(json, "content");
+	if (!cJSON_IsArray(content))
+	{
+		igny8_set_error(err, IGNY8_ERR_RETRY, -1,
+						"malformed response from Anthropic: no content array");
+		return false;
+	}
+
+	/* the text blocks make the answer; other kinds (tool_use, ...) go */
+	initStringInfo(&text);
+	initStringInfo(&thinking);
+	cJSON_ArrayForEach(block, content)
+	{
+		type = igny8_json_string(block, "type");
+		if (type == NULL)
+			continue;
+		if (strcmp(type, "text") == 0)
+		{
+			str = igny8_json_string(block, "text");
+			if (str != NULL)
+				appendStringInfoString(&text, str);
+		}
+		else if (strcmp(type, "thinking") == 0)
+		{
+			str = igny8_json_string(block, "thinking");
+			if (str != NULL && str[0] != '\0')
+			{
+				if (thinking.len > 0)
+					appendStringInfoString(&thinking, "\n\n");
+				appendStringInfoString(&thinking, str);
+			}
+		}
+	}
+	result->content = text.data;
+	if (thinking.len > 0)
+		result->thinking = thinking.data;
+	else
+		pfree(thinking.data);
+
+	str = igny8_json_string(json, "model");
+	result->model = str ? pstrdup(str) : NULL;
+	str = igny8_json_string(json, "stop_reason");
+	result->finish_reason = str ? pstrdup(str) : NULL;
+	usage = igny8_json_member(json, "usage");
+	result->input_tokens = igny8_json_count(usage, "input_tokens");
+	result->output_tokens = igny8_json_count(usage, "output_tokens");
+	return true;
+}
+
+/*
+ * Classify a non-2xx answer (protocols.md 4.2).  The generic rules
+ * (x-should-retry included) cover the statuses, 529 "Overloaded" among
+ * them; billing problems fall back at once whatever the status, the 400
+ * "credit balance is too low" in particular.  A 413 from Cloudflare may
+ * have an HTML body: the status alone makes it a caller error.
+ */
+static void
+anthropic_parse_error(const Igny8HttpResponse *resp, const cJSON *json,
+					  Igny8ProviderError *err)
+{
+	const cJSON *error = igny8_json_member(json, "error");
+	const char *message = anthropic_error_message(json);
+	const char *type = igny8_json_string(error, "type");
+	Igny8ErrorClass cls;
+
+	cls = igny8_classify_status(resp->status, resp->should_retry);
+	if ((type != NULL && strcmp(type, "billing_error") == 0) ||
+		(resp->status == 400 &&
+		 igny8_str_contains(message, "credit balance")))
+		cls = IGNY8_ERR_FALLBACK;
+	igny8_set_http_error(err, cls, resp, ANTHROPIC_NAME, message);
+}
+
+/* Read the answer to anthropic_build_chat's call, whatever its status. */
+static bool
+anthropic_parse_chat(const Igny8HttpResponse *resp, Igny8TextResult *result,
+					 Igny8ProviderError *err)
+{
+	cJSON	   *json;
+	bool		ok = false;
+
+	igny8_init_outputs(result, err);
+	json = igny8_json_parse(resp->body, resp->body_len);
+	if (resp->status >= 200 && resp->status < 300)
+	{
+		ok = anthropic_parse_success(json, resp->status, result, err);
+		/* a broken answer to a good request: one more try (protocols.md 5) */
+		if (!ok)
+			err->retry_once = true;
+	}
+	else
+		anthropic_parse_error(resp, json, err);
+	cJSON_Delete(json);
+	return ok;
+}
+
+const Igny8TextProtocol igny8_anthropic_protocol = {
+	.name = "anthropic",
+	.needs_key = true,
+	.build_chat = anthropic_build_chat,
+	.parse_chat = anthropic_parse_chat
+};
