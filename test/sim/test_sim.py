@@ -1,0 +1,1131 @@
+#!/usr/bin/python3
+"""
+Self-test of the igny8 backend simulator, through real HTTP.
+
+    cd /work/main && /usr/bin/python3 -m unittest test/sim/test_sim.py
+
+One simulator is started for the module (plus short-lived ones for the
+signal tests); every test resets it first.
+"""
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIM = os.path.join(HERE, "igny8_sim.py")
+SIMCTL = os.path.join(HERE, "simctl.py")
+PYTHON = "/usr/bin/python3"
+
+# Non-default keys, to check that the environment is honoured.
+OPENAI_KEY = "sk-test-openai-unittest-4242"
+ANTHROPIC_KEY = "sk-ant-test-unittest-4242"
+
+REPLY = "Clouds are visible masses of water droplets."
+
+SIM_PROC = None
+PORTS = None
+STATE_DIR = None
+READY_LINE = None
+
+
+def start_simulator(state_dir, extra=()):
+    """Start a simulator; return (process, ports, first stdout line)."""
+    env = dict(os.environ, IGNY8_SIM_OPENAI_KEY=OPENAI_KEY,
+               IGNY8_SIM_ANTHROPIC_KEY=ANTHROPIC_KEY)
+    proc = subprocess.Popen([PYTHON, SIM, "--state-dir", state_dir] +
+                            list(extra), env=env, stdout=subprocess.PIPE,
+                            text=True)
+    path = os.path.join(state_dir, "ports.json")
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("simulator did not start")
+        time.sleep(0.02)
+    with open(path) as f:
+        ports = json.load(f)
+    return proc, ports, proc.stdout.readline()
+
+
+def setUpModule():
+    global SIM_PROC, PORTS, STATE_DIR, READY_LINE
+    STATE_DIR = tempfile.mkdtemp(prefix="igny8_sim_test_")
+    SIM_PROC, PORTS, READY_LINE = start_simulator(STATE_DIR)
+
+
+def tearDownModule():
+    SIM_PROC.send_signal(signal.SIGTERM)
+    try:
+        SIM_PROC.wait(10)
+    finally:
+        if SIM_PROC.poll() is None:
+            SIM_PROC.kill()
+        SIM_PROC.stdout.close()
+        shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# Client helpers
+# --------------------------------------------------------------------------
+
+class Reply:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers          # lower-case names
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def lines(self):
+        return [json.loads(x) for x in self.body.decode().splitlines() if x]
+
+    def sse_data(self):
+        """The data: payloads of an SSE body, decoded unless [DONE]."""
+        out = []
+        for line in self.body.decode().splitlines():
+            if line.startswith("data: "):
+                data = line[6:]
+                out.append(data if data == "[DONE]" else json.loads(data))
+        return out
+
+
+def call(role, method, path, body=None, headers=None, conn=None,
+         timeout=10):
+    """One HTTP request; BODY is a dict (sent as JSON), bytes or None."""
+    own = conn is None
+    if own:
+        conn = http.client.HTTPConnection("127.0.0.1", PORTS[role],
+                                          timeout=timeout)
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+    hdrs = {"Content-Type": "application/json"}
+    hdrs.update(headers or {})
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        data = resp.read()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()},
+                     data)
+    finally:
+        if own:
+            conn.close()
+
+
+def control(method, path, body=None):
+    r = call("control", method, path, body)
+    return r.status, r.json()
+
+
+def ollama_chat(content, model="qwen3:32b", **extra):
+    body = {"model": model, "stream": False,
+            "messages": [{"role": "user", "content": content}]}
+    body.update(extra)
+    return call("ollama", "POST", "/api/chat", body)
+
+
+def openai_chat(content, key=OPENAI_KEY, model="gpt-4", **extra):
+    body = {"model": model, "messages": [{"role": "user",
+                                          "content": content}]}
+    body.update(extra)
+    headers = {"Authorization": "Bearer " + key} if key is not None else {}
+    return call("openai", "POST", "/v1/chat/completions", body, headers)
+
+
+def anthropic_msg(content, key=ANTHROPIC_KEY, version="2023-06-01",
+                  **extra):
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100,
+            "messages": [{"role": "user", "content": content}]}
+    body.update(extra)
+    headers = {}
+    if key is not None:
+        headers["x-api-key"] = key
+    if version is not None:
+        headers["anthropic-version"] = version
+    return call("anthropic", "POST", "/v1/messages", body, headers)
+
+
+def raw_request(role, path, body, extra_headers=""):
+    """Send a POST by hand on a raw socket and return the socket."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", PORTS[role]), timeout=10)
+    sock.sendall(("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                  "application/json\r\nContent-Length: %d\r\n%s\r\n"
+                  % (path, len(payload), extra_headers)).encode() + payload)
+    return sock
+
+
+def read_raw(sock):
+    """Read head and whatever body arrives until EOF or reset."""
+    data = b""
+    reset = False
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            reset = True
+            break
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return lines[0], headers, body, reset
+
+
+def simctl(*args):
+    out = subprocess.run([PYTHON, SIMCTL, "--state-dir", STATE_DIR] +
+                         list(args), capture_output=True, text=True,
+                         timeout=30)
+    return out.returncode, out.stdout, out.stderr
+
+
+def png_is_valid(data):
+    """Walk a PNG's chunks, checking CRCs and the IDAT stream."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return False
+    pos, idat = 8, b""
+    while pos < len(data):
+        length, = struct.unpack(">I", data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        chunk = data[pos + 8:pos + 8 + length]
+        crc, = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        if zlib.crc32(kind + chunk) & 0xFFFFFFFF != crc:
+            return False
+        if kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+        if kind == b"IEND":
+            break
+    return len(zlib.decompress(idat)) == 4      # filter byte + RGB
+
+
+class SimTestCase(unittest.TestCase):
+    def setUp(self):
+        for role in ("ollama", "openai", "anthropic", "comfyui"):
+            control("POST", "/up/" + role)
+        status, _ = control("POST", "/reset")
+        self.assertEqual(status, 200)
+
+    def log(self, **filters):
+        query = "&".join("%s=%s" % kv for kv in filters.items())
+        return control("GET", "/log?" + query)[1]
+
+
+# --------------------------------------------------------------------------
+# Start-up
+# --------------------------------------------------------------------------
+
+class TestStartup(SimTestCase):
+    def test_ports_file(self):
+        self.assertEqual(set(PORTS), {"ollama", "openai", "anthropic",
+                                      "comfyui", "control", "dead", "pid"})
+        self.assertEqual(PORTS["pid"], SIM_PROC.pid)
+        self.assertEqual(len({PORTS[r] for r in PORTS if r != "pid"}), 6)
+        self.assertTrue(READY_LINE.startswith("igny8_sim: ready "))
+
+    def test_dead_port_refuses(self):
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", PORTS["dead"]), timeout=2)
+
+    def test_signals_stop_cleanly(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            state = tempfile.mkdtemp(prefix="igny8_sim_sig_")
+            pidfile = os.path.join(state, "sim.pid")
+            try:
+                proc, ports, _ = start_simulator(state,
+                                                 ["--pidfile", pidfile])
+                with open(pidfile) as f:
+                    self.assertEqual(int(f.read()), proc.pid)
+                self.assertEqual(call_port(ports["ollama"], "/").status, 200)
+                proc.send_signal(sig)
+                self.assertEqual(proc.wait(10), 0)
+                proc.stdout.close()
+                self.assertFalse(os.path.exists(os.path.join(state,
+                                                             "ports.json")))
+                self.assertFalse(os.path.exists(pidfile))
+            finally:
+                shutil.rmtree(state, ignore_errors=True)
+
+
+def call_port(port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return Reply(resp.status, dict(resp.getheaders()), resp.read())
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------
+# Ollama
+# --------------------------------------------------------------------------
+
+class TestOllama(SimTestCase):
+    def test_root_and_head(self):
+        r = call("ollama", "GET", "/")
+        self.assertEqual((r.status, r.body), (200, b"Ollama is running"))
+        r = call("ollama", "HEAD", "/")
+        self.assertEqual((r.status, r.body), (200, b""))
+        self.assertEqual(r.headers["content-length"], "17")
+
+    def test_version_tags_ps(self):
+        self.assertIn("version", call("ollama", "GET", "/api/version").json())
+        self.assertEqual(call("ollama", "HEAD", "/api/version").status, 200)
+        models = call("ollama", "GET", "/api/tags").json()["models"]
+        self.assertEqual([m["name"] for m in models],
+                         ["qwen3:32b", "qwen3:30b-a3b", "qwen3:14b",
+                          "qwen3:8b"])
+        for key in ("name", "model", "modified_at", "size", "digest"):
+            self.assertIn(key, models[0])
+        self.assertEqual(set(models[0]["details"]),
+                         {"parent_model", "format", "family", "families",
+                          "parameter_size", "quantization_level"})
+        self.assertEqual(call("ollama", "GET", "/api/ps").json(),
+                         {"models": []})
+        ollama_chat("hi")
+        ps = call("ollama", "GET", "/api/ps").json()["models"]
+        self.assertEqual([m["name"] for m in ps], ["qwen3:32b"])
+        for key in ("expires_at", "size_vram", "context_length", "details"):
+            self.assertIn(key, ps[0])
+
+    def test_chat_non_streaming(self):
+        r = ollama_chat("Tell me about clouds")
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.headers["content-type"].startswith(
+            "application/json"))
+        body = r.json()
+        self.assertEqual(body["model"], "qwen3:32b")
+        self.assertEqual(body["message"],
+                         {"role": "assistant",
+                          "content": "ollama qwen3:32b: " + REPLY})
+        self.assertIs(body["done"], True)
+        self.assertEqual(body["done_reason"], "stop")
+        self.assertEqual(body["prompt_eval_count"], 4)
+        self.assertEqual(body["eval_count"], 9)
+        for key in ("created_at", "total_duration", "load_duration",
+                    "prompt_eval_duration", "eval_duration"):
+            self.assertIn(key, body)
+        self.assertIsInstance(body["eval_duration"], int)
+
+    def test_zero_counters_omitted(self):
+        body = ollama_chat("[[sim any:tag=z]]").json()
+        self.assertNotIn("prompt_eval_count", body)
+        self.assertNotIn("prompt_eval_duration", body)
+
+    def test_chat_streams_by_default(self):
+        r = call("ollama", "POST", "/api/chat", {
+            "model": "qwen3:14b",
+            "messages": [{"role": "user", "content": "hi"}]})
+        self.assertEqual(r.headers["content-type"], "application/x-ndjson")
+        lines = r.lines()
+        self.assertGreater(len(lines), 3)
+        self.assertTrue(all(x["done"] is False for x in lines[:-1]))
+        self.assertIs(lines[-1]["done"], True)
+        self.assertEqual(lines[-1]["done_reason"], "stop")
+        self.assertEqual(lines[-1]["message"]["content"], "")
+        self.assertEqual(lines[-1]["eval_count"], 9)
+        text = "".join(x["message"]["content"] for x in lines)
+        self.assertEqual(text, "ollama qwen3:14b: " + REPLY)
+
+    def test_num_predict_truncates(self):
+        body = ollama_chat("hi", options={"num_predict": 3}).json()
+        self.assertEqual(body["message"]["content"],
+                         "ollama qwen3:32b: Clouds")
+        self.assertEqual(body["done_reason"], "length")
+        self.assertEqual(body["eval_count"], 3)
+
+    def test_model_errors(self):
+        r = ollama_chat("hi", model="llama3:70b")
+        self.assertEqual((r.status, r.json()),
+                         (404, {"error": "model 'llama3:70b' not found"}))
+        r = call("ollama", "POST", "/api/chat", b"{not json")
+        self.assertEqual(r.status, 400)
+        self.assertEqual(list(r.json()), ["error"])
+        r = call("ollama", "POST", "/api/chat", {"messages": []})
+        self.assertEqual((r.status, r.json()),
+                         (400, {"error": "model is required"}))
+        r = call("ollama", "POST", "/api/chat", b"")
+        self.assertEqual(r.json(), {"error": "missing request body"})
+
+    def test_untagged_model_means_latest(self):
+        control("POST", "/config/ollama", {"models": ["llama3",
+                                                      "qwen3:8b"]})
+        self.assertEqual(ollama_chat("hi", model="llama3").status, 200)
+        self.assertEqual(ollama_chat("hi", model="llama3:latest").status,
+                         200)
+        self.assertEqual(ollama_chat("hi", model="qwen3:32b").status, 404)
+        self.assertEqual(ollama_chat("hi", model="qwen3").status, 404)
+
+    def test_thinking_shapes(self):
+        answer = "ollama qwen3:32b: " + REPLY
+        msg = ollama_chat("hi [[sim ollama:think=field]]").json()["message"]
+        self.assertEqual(msg["thinking"], "Let me think about clouds.")
+        self.assertEqual(msg["content"], answer)
+        msg = ollama_chat("hi [[sim ollama:think=inline]]").json()["message"]
+        self.assertEqual(msg["content"], "<think>Let me think about clouds."
+                         "</think>\n\n" + answer)
+        self.assertNotIn("thinking", msg)
+        msg = ollama_chat("hi [[sim ollama:think=empty]]").json()["message"]
+        self.assertEqual(msg["content"], "<think>\n\n</think>\n\n" + answer)
+        msg = ollama_chat("hi [[sim ollama:think=none]]").json()["message"]
+        self.assertEqual(msg, {"role": "assistant", "content": answer})
+
+    def test_thinking_streamed(self):
+        r = call("ollama", "POST", "/api/chat", {
+            "model": "qwen3:32b", "think": True,
+            "messages": [{"role": "user",
+                          "content": "[[sim ollama:think=field]]"}]})
+        lines = r.lines()
+        thinking = "".join(x["message"].get("thinking", "") for x in lines)
+        content = "".join(x["message"]["content"] for x in lines)
+        self.assertEqual(thinking, "Let me think about clouds.")
+        self.assertEqual(content, "ollama qwen3:32b: " + REPLY)
+
+    def test_no_thinking_support(self):
+        err = {"error": "\"qwen3:32b\" does not support thinking"}
+        r = ollama_chat("hi [[sim ollama:nothinksupport]]", think=True)
+        self.assertEqual((r.status, r.json()), (400, err))
+        r = ollama_chat("hi [[sim ollama:nothinksupport]]", think="high")
+        self.assertEqual(r.status, 400)
+        r = ollama_chat("hi [[sim ollama:nothinksupport]]", think=False)
+        self.assertEqual(r.status, 200)
+        control("POST", "/config/ollama", {"no_think_models": ["qwen3:8b"]})
+        r = ollama_chat("hi", model="qwen3:8b", think=True)
+        self.assertEqual(r.json(),
+                         {"error": "\"qwen3:8b\" does not support thinking"})
+        self.assertEqual(ollama_chat("hi", think=True).status, 200)
+
+    def test_generate(self):
+        r = call("ollama", "POST", "/api/generate", {
+            "model": "qwen3:8b", "prompt": "Why is the sky blue?",
+            "stream": False})
+        body = r.json()
+        self.assertEqual(body["response"], "ollama qwen3:8b: " + REPLY)
+        self.assertEqual(body["prompt_eval_count"], 5)
+        self.assertIsInstance(body["context"], list)
+        lines = call("ollama", "POST", "/api/generate", {
+            "model": "qwen3:8b", "prompt": "hi"}).lines()
+        self.assertEqual("".join(x["response"] for x in lines),
+                         "ollama qwen3:8b: " + REPLY)
+        load = call("ollama", "POST", "/api/generate",
+                    {"model": "qwen3:8b"}).json()
+        self.assertEqual(load["done_reason"], "load")
+        unload = call("ollama", "POST", "/api/generate",
+                      {"model": "qwen3:8b", "keep_alive": 0}).json()
+        self.assertEqual(unload["done_reason"], "unload")
+
+    def test_status_directives(self):
+        for status, message in (
+                (503, "server busy, please try again.  maximum pending "
+                      "requests exceeded"),
+                (404, "model 'qwen3:32b' not found")):
+            r = ollama_chat("hi [[sim ollama:status=%d]]" % status)
+            self.assertEqual((r.status, r.json()),
+                             (status, {"error": message}))
+        r = ollama_chat("hi [[sim ollama:status=500]]")
+        self.assertEqual(r.status, 500)
+        self.assertIn("llama runner process has terminated",
+                      r.json()["error"])
+
+    def test_openai_compatible_layer(self):
+        r = call("ollama", "POST", "/v1/chat/completions", {
+            "model": "qwen3:30b-a3b",
+            "messages": [{"role": "user", "content": "two words"}]},
+            {"Authorization": "Bearer anything"})
+        body = r.json()
+        self.assertTrue(body["id"].startswith("chatcmpl-"))
+        self.assertEqual(body["object"], "chat.completion")
+        self.assertEqual(body["system_fingerprint"], "fp_ollama")
+        self.assertEqual(body["choices"][0]["message"]["content"],
+                         "ollama qwen3:30b-a3b: " + REPLY)
+        self.assertEqual(body["choices"][0]["finish_reason"], "stop")
+        self.assertEqual(body["usage"], {"prompt_tokens": 2,
+                                         "completion_tokens": 9,
+                                         "total_tokens": 11})
+        r = call("ollama", "POST", "/v1/chat/completions", {
+            "model": "nope", "messages": [{"role": "user", "content": "x"}]})
+        self.assertEqual((r.status, r.json()), (404, {"error": {
+            "message": "model 'nope' not found", "type": "not_found_error",
+            "param": None, "code": None}}))
+        r = call("ollama", "POST", "/v1/chat/completions", {
+            "model": "qwen3:8b", "max_tokens": 2,
+            "messages": [{"role": "user",
+                          "content": "[[sim ollama:think=field]]"}]})
+        choice = r.json()["choices"][0]
+        self.assertEqual(choice["finish_reason"], "length")
+        self.assertEqual(choice["message"]["reasoning"],
+                         "Let me think about clouds.")
+        data = call("ollama", "GET", "/v1/models").json()
+        self.assertEqual(data["object"], "list")
+        self.assertEqual(data["data"][0], {"id": "qwen3:32b",
+                                           "object": "model",
+                                           "created": 1735689600,
+                                           "owned_by": "library"})
+
+    def test_openai_compatible_stream(self):
+        r = call("ollama", "POST", "/v1/chat/completions", {
+            "model": "qwen3:8b", "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "hi"}]})
+        self.assertTrue(r.headers["content-type"].startswith(
+            "text/event-stream"))
+        events = r.sse_data()
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertEqual(events[-2]["usage"]["completion_tokens"], 9)
+        text = "".join(e["choices"][0]["delta"].get("content", "")
+                       for e in events[:-2])
+        self.assertEqual(text, "ollama qwen3:8b: " + REPLY)
+
+
+# --------------------------------------------------------------------------
+# OpenAI
+# --------------------------------------------------------------------------
+
+class TestOpenAI(SimTestCase):
+    def test_wrong_key_echoed_in_full(self):
+        r = openai_chat("hi", key="sk-wrong-secret-777")
+        self.assertEqual(r.status, 401)
+        self.assertEqual(r.json(), {"error": {
+            "message": "Incorrect API key provided: sk-wrong-secret-777. "
+                       "You can find your API key at "
+                       "https://platform.openai.com/account/api-keys.",
+            "type": "invalid_request_error", "param": None,
+            "code": "invalid_api_key"}})
+        r = openai_chat("hi", key=None)
+        self.assertEqual(r.status, 401)
+        self.assertEqual(set(r.json()["error"]),
+                         {"message", "type", "param", "code"})
+        self.assertEqual(r.json()["error"]["code"], "invalid_api_key")
+
+    def test_completion(self):
+        r = openai_chat("Write about clouds", model="gpt-4o-mini")
+        self.assertEqual(r.status, 200)
+        self.assertIn("x-request-id", r.headers)
+        self.assertIn("x-ratelimit-remaining-requests", r.headers)
+        body = r.json()
+        self.assertEqual(body["object"], "chat.completion")
+        self.assertEqual(body["model"], "gpt-4o-mini")
+        choice = body["choices"][0]
+        self.assertEqual(choice["message"]["content"],
+                         "openai gpt-4o-mini: " + REPLY)
+        self.assertIsNone(choice["message"]["refusal"])
+        self.assertEqual(choice["finish_reason"], "stop")
+        self.assertEqual(body["usage"]["prompt_tokens"], 3)
+        self.assertEqual(body["usage"]["completion_tokens"], 9)
+        self.assertEqual(body["usage"]["total_tokens"], 12)
+        self.assertIn("completion_tokens_details", body["usage"])
+
+    def test_max_tokens(self):
+        for field in ("max_tokens", "max_completion_tokens"):
+            choice = openai_chat("hi", **{field: 4}).json()["choices"][0]
+            self.assertEqual(choice["message"]["content"],
+                             "openai gpt-4: Clouds are")
+            self.assertEqual(choice["finish_reason"], "length")
+        r = openai_chat("hi", max_tokens=4, max_completion_tokens=4)
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
+
+    def test_validation(self):
+        auth = {"Authorization": "Bearer " + OPENAI_KEY}
+        r = call("openai", "POST", "/v1/chat/completions",
+                 {"messages": [{"role": "user", "content": "x"}]}, auth)
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
+        r = call("openai", "POST", "/v1/chat/completions",
+                 {"model": "gpt-4"}, auth)
+        self.assertEqual((r.status, r.json()["error"]["param"]),
+                         (400, "messages"))
+        r = call("openai", "POST", "/v1/chat/completions", b"{", auth)
+        self.assertEqual(r.status, 400)
+        r = call("openai", "GET", "/v1/nothing", None, auth)
+        self.assertEqual(r.status, 404)
+        self.assertEqual(set(r.json()["error"]),
+                         {"message", "type", "param", "code"})
+
+    def test_rate_limit(self):
+        r = openai_chat("hi [[sim openai:status=429 retry_after=2]]")
+        self.assertEqual(r.status, 429)
+        self.assertEqual(r.headers["retry-after"], "2")
+        self.assertEqual(r.headers["x-ratelimit-remaining-requests"], "0")
+        self.assertEqual(r.headers["x-ratelimit-reset-requests"], "2s")
+        err = r.json()["error"]
+        self.assertEqual((err["type"], err["code"]),
+                         ("requests", "rate_limit_exceeded"))
+        self.assertIn("Please try again in 2s", err["message"])
+
+    def test_quota_and_server_errors(self):
+        err = openai_chat("[[sim openai:status=429 quota]]").json()["error"]
+        self.assertEqual((err["type"], err["code"]),
+                         ("insufficient_quota", "insufficient_quota"))
+        for status, type_ in ((500, "server_error"), (503, "server_error"),
+                              (400, "invalid_request_error")):
+            r = openai_chat("[[sim openai:status=%d]]" % status)
+            self.assertEqual(r.status, status)
+            self.assertEqual(r.json()["error"]["type"], type_)
+            self.assertEqual(set(r.json()["error"]),
+                             {"message", "type", "param", "code"})
+        r = openai_chat("[[sim openai:status=404]]", model="gpt-9")
+        self.assertEqual(r.json()["error"]["code"], "model_not_found")
+        r = openai_chat("[[sim openai:status=401]]")
+        self.assertIn(OPENAI_KEY, r.json()["error"]["message"])
+
+    def test_models(self):
+        r = call("openai", "GET", "/v1/models", None,
+                 {"Authorization": "Bearer " + OPENAI_KEY})
+        data = r.json()
+        self.assertEqual(data["object"], "list")
+        self.assertIn("gpt-4", [m["id"] for m in data["data"]])
+        self.assertEqual(call("openai", "GET", "/v1/models").status, 401)
+
+    def test_images(self):
+        auth = {"Authorization": "Bearer " + OPENAI_KEY}
+        r = call("openai", "POST", "/v1/images/generations", {
+            "model": "dall-e-3", "prompt": "a cloud",
+            "response_format": "b64_json"}, auth)
+        body = r.json()
+        self.assertEqual(len(body["data"]), 1)
+        self.assertTrue(png_is_valid(base64.b64decode(
+            body["data"][0]["b64_json"])))
+        self.assertEqual(body["data"][0]["revised_prompt"], "a cloud")
+        r = call("openai", "POST", "/v1/images/generations", {
+            "model": "dall-e-2", "prompt": "a cloud"}, auth)
+        url = r.json()["data"][0]["url"]
+        path = url.split("%d" % PORTS["openai"], 1)[1]
+        image = call("openai", "GET", path)
+        self.assertEqual(image.headers["content-type"], "image/png")
+        self.assertTrue(png_is_valid(image.body))
+        r = call("openai", "POST", "/v1/images/generations", {
+            "model": "gpt-image-1", "prompt": "a cloud"}, auth)
+        self.assertIn("b64_json", r.json()["data"][0])
+        r = call("openai", "POST", "/v1/images/generations", {
+            "model": "gpt-image-1", "prompt": "x",
+            "response_format": "b64_json"}, auth)
+        self.assertEqual(r.status, 400)
+
+    def test_stream(self):
+        r = openai_chat("hi", stream=True)
+        events = r.sse_data()
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertEqual(events[0]["object"], "chat.completion.chunk")
+        text = "".join(e["choices"][0]["delta"].get("content", "")
+                       for e in events[:-1])
+        self.assertEqual(text, "openai gpt-4: " + REPLY)
+        self.assertEqual(events[-2]["choices"][0]["finish_reason"], "stop")
+
+
+# --------------------------------------------------------------------------
+# Anthropic
+# --------------------------------------------------------------------------
+
+class TestAnthropic(SimTestCase):
+    def test_auth(self):
+        for key in (None, "sk-ant-wrong"):
+            r = anthropic_msg("hi", key=key)
+            self.assertEqual(r.status, 401)
+            body = r.json()
+            self.assertEqual(body["type"], "error")
+            self.assertEqual(body["error"], {
+                "type": "authentication_error",
+                "message": "invalid x-api-key"})
+            self.assertTrue(body["request_id"].startswith("req_"))
+            self.assertEqual(r.headers["request-id"], body["request_id"])
+
+    def test_version_header_required(self):
+        r = anthropic_msg("hi", version=None)
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
+
+    def test_message(self):
+        r = anthropic_msg("Tell me about clouds",
+                          system="You are terse and kind.")
+        self.assertEqual(r.status, 200)
+        self.assertIn("request-id", r.headers)
+        body = r.json()
+        self.assertTrue(body["id"].startswith("msg_"))
+        self.assertEqual((body["type"], body["role"], body["model"]),
+                         ("message", "assistant", "claude-sonnet-4-5"))
+        self.assertEqual(len(body["content"]), 2)
+        self.assertEqual("".join(b["text"] for b in body["content"]),
+                         "anthropic claude-sonnet-4-5: " + REPLY)
+        self.assertEqual(body["stop_reason"], "end_turn")
+        self.assertIsNone(body["stop_sequence"])
+        self.assertEqual(body["usage"]["input_tokens"], 9)
+        self.assertEqual(body["usage"]["output_tokens"], 9)
+
+    def test_system_blocks_and_max_tokens(self):
+        body = anthropic_msg("hi", max_tokens=2, system=[
+            {"type": "text", "text": "Be brief [[sim anthropic:tag=s]]"}]
+        ).json()
+        self.assertEqual("".join(b["text"] for b in body["content"]),
+                         "anthropic claude-sonnet-4-5:")
+        self.assertEqual(body["stop_reason"], "max_tokens")
+        self.assertEqual(body["usage"]["input_tokens"], 3)
+        self.assertEqual(len(self.log(tag="s")), 1)
+
+    def test_validation(self):
+        r = call("anthropic", "POST", "/v1/messages", {
+            "model": "claude", "max_tokens": 10, "messages": [
+                {"role": "system", "content": "x"},
+                {"role": "user", "content": "hi"}]},
+            {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"})
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
+        self.assertIn("system", r.json()["error"]["message"])
+        for broken in ({"max_tokens": None}, {"max_tokens": "10"}):
+            body = {"model": "claude", "max_tokens": 10,
+                    "messages": [{"role": "user", "content": "hi"}]}
+            body.update(broken)
+            if broken["max_tokens"] is None:
+                del body["max_tokens"]
+            r = call("anthropic", "POST", "/v1/messages", body,
+                     {"x-api-key": ANTHROPIC_KEY,
+                      "anthropic-version": "2023-06-01"})
+            self.assertEqual(r.status, 400)
+            self.assertIn("max_tokens", r.json()["error"]["message"])
+
+    def test_error_directives(self):
+        cases = ((429, "rate_limit_error"), (500, "api_error"),
+                 (529, "overloaded_error"), (404, "not_found_error"),
+                 (400, "invalid_request_error"),
+                 (401, "authentication_error"))
+        for status, type_ in cases:
+            r = anthropic_msg("[[sim anthropic:status=%d retry_after=3]]"
+                              % status)
+            self.assertEqual(r.status, status)
+            body = r.json()
+            self.assertEqual(set(body), {"type", "error", "request_id"})
+            self.assertEqual(body["error"]["type"], type_)
+            self.assertEqual(r.headers["retry-after"], "3")
+            self.assertEqual(r.headers["request-id"], body["request_id"])
+        r = anthropic_msg("[[sim anthropic:status=529]]")
+        self.assertEqual(r.json()["error"]["message"], "Overloaded")
+
+    def test_models(self):
+        r = call("anthropic", "GET", "/v1/models", None,
+                 {"x-api-key": ANTHROPIC_KEY,
+                  "anthropic-version": "2023-06-01"})
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["data"][0]["type"], "model")
+
+    def test_stream(self):
+        r = anthropic_msg("hi", stream=True)
+        events = r.sse_data()
+        self.assertEqual(events[0]["type"], "message_start")
+        self.assertEqual(events[-1]["type"], "message_stop")
+        text = "".join(e["delta"]["text"] for e in events
+                       if e["type"] == "content_block_delta")
+        self.assertEqual(text, "anthropic claude-sonnet-4-5: " + REPLY)
+
+
+# --------------------------------------------------------------------------
+# ComfyUI stub
+# --------------------------------------------------------------------------
+
+class TestComfyUI(SimTestCase):
+    def test_stub(self):
+        stats = call("comfyui", "GET", "/system_stats").json()
+        self.assertIn("vram_free", stats["devices"][0])
+        self.assertEqual(call("comfyui", "GET", "/api/queue").json(),
+                         {"queue_running": [], "queue_pending": []})
+        r = call("comfyui", "POST", "/prompt", {"prompt": {
+            "9": {"class_type": "SaveImage", "inputs": {}}},
+            "client_id": "c1"})
+        self.assertEqual(r.status, 200)
+        prompt_id = r.json()["prompt_id"]
+        self.assertEqual(r.json()["node_errors"], {})
+        self.assertEqual(call("comfyui", "GET",
+                              "/history/" + prompt_id).json(), {})
+        r = call("comfyui", "POST", "/prompt", {"client_id": "c1"})
+        self.assertEqual(r.json()["error"]["type"], "no_prompt")
+
+
+# --------------------------------------------------------------------------
+# Directives
+# --------------------------------------------------------------------------
+
+class TestDirectives(SimTestCase):
+    def test_targets(self):
+        self.assertEqual(ollama_chat("[[sim openai:status=500]]").status,
+                         200)
+        self.assertEqual(ollama_chat("[[sim any:status=500]]").status, 500)
+        self.assertEqual(openai_chat("[[sim any:status=503]]").status, 503)
+        r = openai_chat("[[sim ollama:status=500]] [[sim openai:status=400]]")
+        self.assertEqual(r.status, 400)
+
+    def test_removed_before_counting_and_reply(self):
+        body = ollama_chat("one two [[sim any:reply=Short_answer_here. "
+                           "tag=t1]] three").json()
+        self.assertEqual(body["prompt_eval_count"], 3)
+        self.assertEqual(body["message"]["content"],
+                         "ollama qwen3:32b: Short answer here.")
+        self.assertEqual(body["eval_count"], 5)
+
+    def test_times_and_key(self):
+        directive = "[[sim any:status=503 times=2 key=k1]]"
+        self.assertEqual([ollama_chat(directive).status for _ in range(4)],
+                         [503, 503, 200, 200])
+        # Another key has its own counter, and each role its own.
+        self.assertEqual(ollama_chat(directive.replace("k1", "k2")).status,
+                         503)
+        self.assertEqual(openai_chat(directive).status, 503)
+        # Counted across connections: one keep-alive connection here.
+        conn = http.client.HTTPConnection("127.0.0.1", PORTS["ollama"],
+                                          timeout=10)
+        body = {"model": "qwen3:8b", "stream": False, "messages": [
+            {"role": "user", "content": "[[sim ollama:status=500 times=1 "
+             "key=k3]]"}]}
+        self.assertEqual(call("ollama", "POST", "/api/chat", body).status,
+                         500)
+        self.assertEqual(call("ollama", "POST", "/api/chat", body,
+                              conn=conn).status, 200)
+        conn.close()
+        self.assertEqual([r["key"] for r in self.log(key="k1")],
+                         ["k1"] * 5)
+        control("POST", "/reset")
+        self.assertEqual(ollama_chat(directive).status, 503)
+
+    def test_delay(self):
+        start = time.monotonic()
+        r = ollama_chat("[[sim ollama:delay=0.4]]")
+        self.assertEqual(r.status, 200)
+        self.assertGreaterEqual(time.monotonic() - start, 0.4)
+
+    def test_disconnect_detected(self):
+        sock = raw_request("ollama", "/api/chat", {
+            "model": "qwen3:32b", "stream": False,
+            "messages": [{"role": "user",
+                          "content": "[[sim ollama:delay=5 tag=dc]]"}]})
+        time.sleep(0.3)
+        sock.close()
+        code, out, _ = simctl("wait-disconnect", "--tag", "dc",
+                              "--timeout", "3")
+        self.assertEqual((code, out), (0, "disconnected\n"))
+        rec = self.log(tag="dc")[0]
+        self.assertIs(rec["disconnect"], True)
+        self.assertLess(rec["t_disconnect"] - rec["t_start"], 1.5)
+        self.assertGreaterEqual(rec["t_disconnect"] - rec["t_start"], 0.25)
+        self.assertEqual(rec["status"], 499)
+        code, out, _ = simctl("wait-disconnect", "--tag", "nobody",
+                              "--timeout", "0.2")
+        self.assertEqual((code, out), (0, "not disconnected\n"))
+
+    def test_drop(self):
+        sock = raw_request("openai", "/v1/chat/completions", {
+            "model": "gpt-4", "messages": [
+                {"role": "user", "content": "[[sim openai:drop]]"}]},
+            "Authorization: Bearer %s\r\n" % OPENAI_KEY)
+        status, headers, body, _ = read_raw(sock)
+        sock.close()
+        self.assertIn(" 200 ", status)
+        self.assertGreater(int(headers["content-length"]), len(body))
+        self.assertGreater(len(body), 0)
+        # With http.client the short body is an IncompleteRead.
+        with self.assertRaises(http.client.IncompleteRead):
+            ollama_chat("[[sim ollama:drop]]")
+
+    def test_drop_rst_and_stream(self):
+        sock = raw_request("ollama", "/api/chat", {
+            "model": "qwen3:32b", "stream": False, "messages": [
+                {"role": "user", "content": "[[sim ollama:drop=rst]]"}]})
+        status, headers, body, reset = read_raw(sock)
+        sock.close()
+        self.assertTrue(reset or
+                        int(headers["content-length"]) > len(body))
+        sock = raw_request("ollama", "/api/chat", {
+            "model": "qwen3:32b", "messages": [
+                {"role": "user", "content": "[[sim ollama:drop]]"}]})
+        status, headers, body, _ = read_raw(sock)
+        sock.close()
+        self.assertEqual(headers["transfer-encoding"], "chunked")
+        self.assertFalse(body.endswith(b"0\r\n\r\n"))
+
+    def test_malformed(self):
+        r = ollama_chat("[[sim ollama:malformed]]")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["content-type"], "application/json")
+        with self.assertRaises(ValueError):
+            r.json()
+        r = anthropic_msg("[[sim any:malformed]]")
+        self.assertEqual(r.status, 200)
+        with self.assertRaises(ValueError):
+            r.json()
+
+    def test_oversize(self):
+        size = 3_000_000
+        r = ollama_chat("[[sim ollama:oversize=%d]]" % size)
+        self.assertEqual(int(r.headers["content-length"]), len(r.body))
+        body = r.json()
+        self.assertEqual(len(body["message"]["content"]), size)
+        self.assertEqual(body["eval_count"], size // 10)
+        r = openai_chat("[[sim openai:oversize=100000]]")
+        self.assertEqual(len(r.json()["choices"][0]["message"]["content"]),
+                         100000)
+        r = anthropic_msg("[[sim anthropic:oversize=70000]]")
+        self.assertEqual(len(r.json()["content"][0]["text"]), 70000)
+        lines = call("ollama", "POST", "/api/chat", {
+            "model": "qwen3:8b", "messages": [
+                {"role": "user", "content": "[[sim any:oversize=200000]]"}]}
+        ).lines()
+        self.assertEqual(sum(len(x["message"]["content"]) for x in lines),
+                         200000)
+
+    def test_close(self):
+        sock = raw_request("ollama", "/api/chat", {
+            "model": "qwen3:32b", "stream": False, "messages": [
+                {"role": "user", "content": "[[sim ollama:close]]"}]})
+        status, headers, body, _ = read_raw(sock)     # ends at EOF
+        sock.close()
+        self.assertEqual(headers["connection"], "close")
+        self.assertEqual(len(body), int(headers["content-length"]))
+        self.assertEqual(json.loads(body)["done"], True)
+
+    def test_keep_alive(self):
+        conn = http.client.HTTPConnection("127.0.0.1", PORTS["ollama"],
+                                          timeout=10)
+        call("ollama", "GET", "/api/tags", conn=conn)
+        first = conn.sock
+        r = call("ollama", "POST", "/api/chat", {
+            "model": "qwen3:8b", "messages": []}, conn=conn)
+        self.assertEqual(r.status, 200)
+        self.assertIs(conn.sock, first)
+        conn.close()
+
+    def test_retry_after_ms_and_bad_directives(self):
+        r = openai_chat("[[sim openai:status=503 retry_after_ms=1500]]")
+        self.assertEqual(r.headers["retry-after-ms"], "1500")
+        r = ollama_chat("[[sim ollama:bogus delay=x tag=bad]]")
+        self.assertEqual(r.status, 200)
+        errors = self.log(tag="bad")[0]["directive_errors"]
+        self.assertEqual(len(errors), 2)
+
+
+# --------------------------------------------------------------------------
+# Control API
+# --------------------------------------------------------------------------
+
+class TestControl(SimTestCase):
+    def test_log(self):
+        ollama_chat("first [[sim any:tag=a key=ka]]")
+        openai_chat("second [[sim any:tag=a]]")
+        ollama_chat("third [[sim any:tag=b]]")
+        recs = self.log(tag="a")
+        self.assertEqual([r["role"] for r in recs], ["ollama", "openai"])
+        rec = recs[0]
+        for key in ("role", "method", "path", "key", "tag", "headers",
+                    "body", "status", "t_start", "t_end", "disconnect",
+                    "t_disconnect"):
+            self.assertIn(key, rec)
+        self.assertEqual((rec["method"], rec["path"], rec["status"],
+                          rec["key"]), ("POST", "/api/chat", 200, "ka"))
+        self.assertEqual(rec["body"]["model"], "qwen3:32b")
+        self.assertEqual(rec["headers"]["content-type"], "application/json")
+        self.assertLessEqual(rec["t_start"], rec["t_end"])
+        self.assertEqual(len(self.log(role="ollama")), 2)
+        self.assertEqual(len(self.log(role="ollama", tag="a")), 1)
+        self.assertEqual(len(self.log(key="ka")), 1)
+        self.assertEqual(recs[1]["headers"]["authorization"],
+                         "Bearer " + OPENAI_KEY)
+
+    def test_big_body_truncated(self):
+        ollama_chat("x" * 20000 + " [[sim any:tag=big]]")
+        body = self.log(tag="big")[0]["body"]
+        self.assertLessEqual(len(json.dumps(body)), 4096 + 100)
+
+    def test_counts_and_reset(self):
+        ollama_chat("hi")
+        ollama_chat("hi")
+        call("comfyui", "GET", "/queue")
+        self.assertEqual(control("GET", "/counts")[1],
+                         {"ollama": 2, "openai": 0, "anthropic": 0,
+                          "comfyui": 1})
+        control("POST", "/reset")
+        self.assertEqual(control("GET", "/log")[1], [])
+        self.assertEqual(control("GET", "/counts")[1]["ollama"], 0)
+
+    def test_config(self):
+        status, cfg = control("POST", "/config/openai", {"delay": 0.3})
+        self.assertEqual((status, cfg["delay"]), (200, 0.3))
+        start = time.monotonic()
+        openai_chat("hi")
+        self.assertGreaterEqual(time.monotonic() - start, 0.3)
+        control("POST", "/config/ollama", {"status": 503})
+        r = call("ollama", "GET", "/api/tags")
+        self.assertEqual((r.status, r.json()), (503, {
+            "error": "server busy, please try again.  maximum pending "
+                     "requests exceeded"}))
+        control("POST", "/config/anthropic", {"status": 529})
+        self.assertEqual(anthropic_msg("hi").json()["error"]["type"],
+                         "overloaded_error")
+        control("POST", "/reset")
+        self.assertEqual(call("ollama", "GET", "/api/tags").status, 200)
+        status, cfg = control("POST", "/config/ollama", {"nope": 1})
+        self.assertEqual(status, 400)
+        status, _ = control("POST", "/config/ollama", {"delay": "slow"})
+        self.assertEqual(status, 400)
+
+    def test_down_and_up(self):
+        conn = http.client.HTTPConnection("127.0.0.1", PORTS["ollama"],
+                                          timeout=10)
+        call("ollama", "GET", "/", conn=conn)
+        sock = conn.sock
+        self.assertEqual(control("POST", "/down/ollama"),
+                         (200, {"role": "ollama", "up": False}))
+        self.assertEqual(control("GET", "/status")[1]["ollama"], "down")
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", PORTS["ollama"]),
+                                     timeout=2)
+        # The open keep-alive connection was closed by the server.
+        sock.settimeout(2)
+        self.assertEqual(sock.recv(10), b"")
+        conn.close()
+        # Other roles are unaffected.
+        self.assertEqual(call("comfyui", "GET", "/queue").status, 200)
+        self.assertEqual(control("POST", "/up/ollama")[1]["up"], True)
+        self.assertEqual(call("ollama", "GET", "/").status, 200)
+        self.assertEqual(control("GET", "/status")[1],
+                         {"ollama": "up", "openai": "up", "anthropic": "up",
+                          "comfyui": "up"})
+
+    def test_down_during_delay(self):
+        result = {}
+
+        def slow():
+            try:
+                result["r"] = ollama_chat("[[sim ollama:delay=5 tag=dd]]")
+            except (OSError, http.client.HTTPException) as exc:
+                result["e"] = exc
+        thread = threading.Thread(target=slow)
+        thread.start()
+        time.sleep(0.3)
+        start = time.monotonic()
+        control("POST", "/down/ollama")
+        thread.join(5)
+        self.assertLess(time.monotonic() - start, 2)
+        self.assertIn("e", result)
+        self.assertIs(self.log(tag="dd")[0]["disconnect"], False)
+
+
+# --------------------------------------------------------------------------
+# Concurrency
+# --------------------------------------------------------------------------
+
+class TestConcurrency(SimTestCase):
+    def test_many_slow_requests_in_parallel(self):
+        count, statuses = 200, []
+        lock = threading.Lock()
+
+        def one(i):
+            role = ("ollama", "openai", "anthropic")[i % 3]
+            text = "[[sim any:delay=1 tag=par]]"
+            r = {"ollama": ollama_chat, "openai": openai_chat,
+                 "anthropic": anthropic_msg}[role](text)
+            with lock:
+                statuses.append(r.status)
+        threads = [threading.Thread(target=one, args=(i,))
+                   for i in range(count)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        # A fast request is not held up by the slow ones.
+        fast_start = time.monotonic()
+        self.assertEqual(call("ollama", "GET", "/").status, 200)
+        self.assertLess(time.monotonic() - fast_start, 0.5)
+        for t in threads:
+            t.join(20)
+        self.assertEqual(statuses, [200] * count)
+        self.assertLess(time.monotonic() - start, 6)
+
+
+# --------------------------------------------------------------------------
+# simctl.py
+# --------------------------------------------------------------------------
+
+class TestSimctl(SimTestCase):
+    def test_ports_and_urls(self):
+        self.assertEqual(simctl("port", "openai")[1],
+                         "%d\n" % PORTS["openai"])
+        self.assertEqual(simctl("url", "anthropic")[1],
+                         "http://127.0.0.1:%d\n" % PORTS["anthropic"])
+        self.assertEqual(simctl("port", "dead")[1], "%d\n" % PORTS["dead"])
+        env = dict(os.environ, IGNY8_SIM_STATE=STATE_DIR)
+        out = subprocess.run([PYTHON, SIMCTL, "port", "ollama"], env=env,
+                             capture_output=True, text=True)
+        self.assertEqual(out.stdout, "%d\n" % PORTS["ollama"])
+
+    def test_log_outputs(self):
+        ollama_chat("[[sim any:tag=s1]]")
+        ollama_chat("[[sim any:tag=s1 status=503]]")
+        self.assertEqual(simctl("log", "--tag", "s1", "--count")[1], "2\n")
+        self.assertEqual(simctl("log", "--tag", "s1", "--field",
+                                "status")[1], "200\n503\n")
+        self.assertEqual(simctl("log", "--tag", "s1", "--field",
+                                "disconnect")[1], "false\nfalse\n")
+        self.assertEqual(simctl("log", "--tag", "s1", "--field",
+                                "path")[1], "/api/chat\n/api/chat\n")
+        out = simctl("log", "--tag", "s1")[1]
+        self.assertEqual(out.count("\n"), 1)
+        self.assertEqual(len(json.loads(out)), 2)
+
+    def test_copy_escaping(self):
+        ollama_chat('quote " and backslash \\ [[sim any:tag=cp]]')
+        out = simctl("--copy", "log", "--tag", "cp")[1]
+        self.assertNotIn("\t", out)
+        # Undo COPY's text-format escaping: the JSON comes back intact.
+        unescaped = out.rstrip("\n").replace("\\\\", "\\")
+        self.assertEqual(json.loads(unescaped)[0]["tag"], "cp")
+        self.assertEqual(simctl("log", "--copy", "--count")[1], "1\n")
+
+    def test_control_commands(self):
+        self.assertEqual(simctl("status")[1],
+                         '{"anthropic": "up", "comfyui": "up", '
+                         '"ollama": "up", "openai": "up"}\n')
+        self.assertEqual(simctl("down", "openai")[1],
+                         '{"role": "openai", "up": false}\n')
+        self.assertEqual(simctl("up", "openai")[1],
+                         '{"role": "openai", "up": true}\n')
+        out = simctl("config", "ollama", '{"models": ["a:1"]}')[1]
+        self.assertEqual(json.loads(out)["models"], ["a:1"])
+        self.assertEqual(simctl("reset")[1], '{"ok": true}\n')
+        self.assertEqual(simctl("counts")[1],
+                         '{"anthropic": 0, "comfyui": 0, "ollama": 0, '
+                         '"openai": 0}\n')
+        code, _, err = simctl("config", "ollama", "{bad")
+        self.assertEqual(code, 1)
+        self.assertIn("bad JSON", err)
+
+    def test_wait_requests(self):
+        threading.Timer(0.2, ollama_chat,
+                        ["[[sim any:tag=w1 delay=0.2]]"]).start()
+        self.assertEqual(simctl("wait-requests", "--tag", "w1",
+                                "--timeout", "5")[1], "ok\n")
+        self.assertEqual(simctl("wait-requests", "--tag", "w2",
+                                "--timeout", "0.1")[1], "timeout\n")
+
+    def test_unreachable(self):
+        out = subprocess.run(
+            [PYTHON, SIMCTL, "--state-dir", "/nonexistent", "status"],
+            capture_output=True, text=True)
+        self.assertEqual((out.returncode, out.stdout), (1, ""))
+        self.assertIn("cannot read", out.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
