@@ -1,0 +1,39 @@
+# igny8_ai: PGXS build.  The version lives in igny8_ai.control only.
+EXTENSION = igny8_ai
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
+MODULE_big = igny8_ai
+OBJS = \
+	src/igny8_ai.o \
+	src/dispatch.o \
+	src/worker.o \
+	src/router.o \
+	src/http.o \
+	src/config.o \
+	src/usage.o \
+	src/secrets.o \
+	src/provider.o \
+	src/provider_ollama.o \
+	src/provider_openai.o \
+	src/provider_anthropic.o
+PGFILEDESC = "igny8_ai - AI dispatch inside PostgreSQL"
+
+DATA = $(wildcard sql/$(EXTENSION)--*.sql)
+
+SHLIB_LINK = -lcurl -lcjson
+PG_CPPFLAGS = -I$(srcdir)/src
+
+# pg_regress against a temporary instance that preloads pg_cron and
+# igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).
+REGRESS_CONF ?= test/tmp/regress.conf
+REGRESS = setup bad_input text chat fallback retry failures cancel security config usage
+REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(REGRESS_CONF)
+
+# the LLVM bitcode for JIT inlining is of no use here, and needs clang
+override with_llvm = no
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# every object depends on the headers (PGXS tracks no dependencies)
+$(OBJS): $(wildcard src/*.h)

@@ -1,0 +1,248 @@
+/* igny8_ai--1.0.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION igny8_ai CASCADE" to load this file. \quit
+
+--
+-- Configuration: providers, deployments of model aliases, fallbacks.
+-- Edited with plain SQL; a committed change reaches the workers at once.
+--
+
+CREATE TABLE igny8_providers (
+    id              text PRIMARY KEY
+                    CHECK (id ~ '^[a-z0-9_]{1,63}$'),
+    kind            text NOT NULL
+                    CHECK (kind IN ('ollama', 'openai', 'anthropic', 'comfyui')),
+    base_url        text NOT NULL
+                    CHECK (base_url ~* '^https?://[^/?#@[:space:]]+(/[^?#[:space:]]*)?$'),
+    api_key_ref     text,
+    priority        integer NOT NULL DEFAULT 0,
+    enabled         boolean NOT NULL DEFAULT true,
+    connect_timeout interval NOT NULL DEFAULT '5 seconds'
+                    CHECK (connect_timeout > '0' AND connect_timeout <= '5 minutes'),
+    max_concurrent  integer NOT NULL DEFAULT 64 CHECK (max_concurrent > 0),
+    settings        jsonb NOT NULL DEFAULT '{}'
+                    CHECK (jsonb_typeof(settings) = 'object'),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE igny8_providers IS
+    'AI backends igny8_ai can call; higher priority is tried first';
+COMMENT ON COLUMN igny8_providers.api_key_ref IS
+    'env:NAME (server environment), file:/path (first line), or the key itself (discouraged)';
+COMMENT ON COLUMN igny8_providers.settings IS
+    'extra settings: Ollama keep_alive, think, options; OpenAI max_tokens_field, extra_body; Anthropic anthropic_version; any: proxy';
+
+CREATE TABLE igny8_models (
+    alias           text NOT NULL CHECK (alias ~ '^[^[:space:]]{1,63}$'),
+    provider_id     text NOT NULL REFERENCES igny8_providers (id)
+                    ON UPDATE CASCADE ON DELETE CASCADE,
+    provider_model  text NOT NULL CHECK (length(provider_model) BETWEEN 1 AND 127),
+    task            text NOT NULL DEFAULT 'text' CHECK (task IN ('text', 'image')),
+    timeout         interval NOT NULL DEFAULT '60 seconds'
+                    CHECK (timeout > '0' AND timeout <= '1 day'),
+    max_tokens      integer CHECK (max_tokens > 0),
+    weight          integer NOT NULL DEFAULT 1 CHECK (weight > 0),
+    enabled         boolean NOT NULL DEFAULT true,
+    settings        jsonb NOT NULL DEFAULT '{}'
+                    CHECK (jsonb_typeof(settings) = 'object'),
+    PRIMARY KEY (alias, provider_id, provider_model)
+);
+
+COMMENT ON TABLE igny8_models IS
+    'deployments: a model alias served by a provider-side model';
+COMMENT ON COLUMN igny8_models.max_tokens IS
+    'cap on output tokens; a call asking for more gets this many';
+
+CREATE TABLE igny8_fallbacks (
+    alias           text NOT NULL,
+    position        integer NOT NULL CHECK (position > 0),
+    fallback_alias  text NOT NULL,
+    PRIMARY KEY (alias, position),
+    UNIQUE (alias, fallback_alias),
+    CHECK (alias <> fallback_alias)
+);
+
+COMMENT ON TABLE igny8_fallbacks IS
+    'for an alias, the aliases tried next, by position';
+
+--
+-- Usage: one row per attempt, written by the workers.
+--
+
+CREATE TABLE ai_usage_log (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    request_id      uuid NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    account_id      bigint,
+    provider        text NOT NULL,
+    task_type       text NOT NULL,
+    model_alias     text NOT NULL,
+    model_used      text,
+    input_tokens    integer NOT NULL DEFAULT 0,
+    output_tokens   integer NOT NULL DEFAULT 0,
+    cost            numeric(14, 6) NOT NULL DEFAULT 0,
+    duration_ms     double precision,
+    http_status     integer,
+    success         boolean NOT NULL,
+    error_message   text,
+    attempt         integer NOT NULL,
+    prompt          text,
+    response        text
+);
+
+CREATE INDEX ai_usage_log_created_at_idx ON ai_usage_log (created_at);
+CREATE INDEX ai_usage_log_request_id_idx ON ai_usage_log (request_id);
+CREATE INDEX ai_usage_log_account_idx ON ai_usage_log (account_id, created_at)
+    WHERE account_id IS NOT NULL;
+
+COMMENT ON TABLE ai_usage_log IS
+    'one row per attempt on a provider, committed before the caller gets its answer';
+
+SELECT pg_catalog.pg_extension_config_dump('igny8_providers', '');
+SELECT pg_catalog.pg_extension_config_dump('igny8_models', '');
+SELECT pg_catalog.pg_extension_config_dump('igny8_fallbacks', '');
+SELECT pg_catalog.pg_extension_config_dump('ai_usage_log', '');
+
+--
+-- Configuration changes reach the workers when they commit.
+--
+
+CREATE FUNCTION igny8_config_changed() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'igny8_config_changed'
+    LANGUAGE C;
+
+CREATE TRIGGER igny8_providers_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_providers
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+CREATE TRIGGER igny8_models_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_models
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+CREATE TRIGGER igny8_fallbacks_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_fallbacks
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+
+CREATE FUNCTION igny8_touch_updated_at() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    NEW.updated_at := pg_catalog.now();
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER igny8_providers_touch
+    BEFORE UPDATE ON igny8_providers
+    FOR EACH ROW EXECUTE FUNCTION igny8_touch_updated_at();
+
+--
+-- The seed's configuration, as default rows.
+--
+
+INSERT INTO igny8_providers (id, kind, base_url, api_key_ref, priority,
+                             max_concurrent, settings) VALUES
+    ('self_hosted_ai', 'ollama', 'http://localhost:11434', NULL, 10, 8,
+     '{"keep_alive": "30m"}'),
+    ('openai', 'openai', 'https://api.openai.com', 'env:OPENAI_API_KEY', 5, 64,
+     '{}'),
+    ('anthropic', 'anthropic', 'https://api.anthropic.com',
+     'env:ANTHROPIC_API_KEY', 4, 64, '{}');
+
+INSERT INTO igny8_models (alias, provider_id, provider_model, timeout,
+                          max_tokens, settings) VALUES
+    ('gpt-4',                  'self_hosted_ai', 'qwen3:32b',     '300 s', 8000, '{"think": false}'),
+    ('gpt-4-turbo',            'self_hosted_ai', 'qwen3:30b-a3b', '300 s', 8000, '{"think": false}'),
+    ('gpt-3.5-turbo',          'self_hosted_ai', 'qwen3:14b',     '180 s', 4000, '{"think": false}'),
+    ('gpt-3.5-turbo-fast',     'self_hosted_ai', 'qwen3:8b',      '120 s', 2048, '{"think": false}'),
+    ('gpt-4-fallback',         'openai',         'gpt-4',          '60 s', 8000, '{}'),
+    ('gpt-4-fallback',         'anthropic',      'claude-3-5-sonnet-latest', '60 s', 8000, '{}'),
+    ('gpt-3.5-turbo-fallback', 'openai',         'gpt-3.5-turbo',  '60 s', 4000, '{}'),
+    ('gpt-3.5-turbo-fallback', 'anthropic',      'claude-3-5-haiku-latest',  '60 s', 4000, '{}');
+
+INSERT INTO igny8_fallbacks (alias, position, fallback_alias) VALUES
+    ('gpt-4',              1, 'gpt-4-fallback'),
+    ('gpt-4',              2, 'gpt-3.5-turbo'),
+    ('gpt-4-turbo',        1, 'gpt-4-fallback'),
+    ('gpt-3.5-turbo',      1, 'gpt-3.5-turbo-fallback'),
+    ('gpt-3.5-turbo-fast', 1, 'gpt-3.5-turbo-fallback');
+
+--
+-- Calls.
+--
+
+CREATE TYPE igny8_completion AS (
+    content         text,
+    thinking        text,
+    provider        text,
+    model           text,
+    input_tokens    integer,
+    output_tokens   integer,
+    cost            numeric,
+    duration_ms     double precision,
+    request_id      uuid,
+    attempts        integer,
+    finish_reason   text,
+    cached          boolean
+);
+
+CREATE FUNCTION igny8_generate_text(
+    prompt      text,
+    model       text DEFAULT 'gpt-4',
+    max_tokens  integer DEFAULT NULL,
+    temperature double precision DEFAULT NULL,
+    system      text DEFAULT NULL,
+    timeout     interval DEFAULT NULL,
+    account_id  bigint DEFAULT NULL)
+RETURNS text
+AS 'MODULE_PATHNAME', 'igny8_generate_text'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_generate_text(text, text, integer, double precision, text, interval, bigint) IS
+    'generate text for a prompt through the model alias, with fallback; returns the text';
+
+CREATE FUNCTION igny8_chat(
+    messages    jsonb,
+    model       text DEFAULT 'gpt-4',
+    options     jsonb DEFAULT '{}')
+RETURNS igny8_completion
+AS 'MODULE_PATHNAME', 'igny8_chat'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_chat(jsonb, text, jsonb) IS
+    'chat completion for [{"role","content"}] messages; options: max_tokens, temperature, timeout (s), account_id';
+
+REVOKE ALL ON FUNCTION igny8_generate_text(text, text, integer, double precision, text, interval, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_chat(jsonb, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_config_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_touch_updated_at() FROM PUBLIC;
+
+--
+-- Grant the calling functions to an application role.
+--
+
+CREATE FUNCTION igny8_grant_usage(role regrole) RETURNS void
+    LANGUAGE plpgsql AS
+$$
+DECLARE
+    schema_name text := pg_catalog.quote_ident(n.nspname)
+        FROM pg_catalog.pg_extension e
+        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname = 'igny8_ai';
+BEGIN
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'role must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO %s', schema_name, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_text(text, text, integer, double precision, text, interval, bigint) TO %s', schema_name, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_chat(jsonb, text, jsonb) TO %s', schema_name, role);
+    EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log TO %s', schema_name, role);
+END
+$$;
+
+COMMENT ON FUNCTION igny8_grant_usage(regrole) IS
+    'let a role call the generation functions and read ai_usage_log';
+
+REVOKE ALL ON FUNCTION igny8_grant_usage(regrole) FROM PUBLIC;
+
+REVOKE ALL ON igny8_providers, igny8_models, igny8_fallbacks, ai_usage_log FROM PUBLIC;

@@ -1,0 +1,762 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatch.c
+ *	  The caller's side of a synchronous request: validate the arguments,
+ *	  put the request in a slot, hand it to a worker, wait on our latch, and
+ *	  turn the answer into a datum or an error.
+ *
+ * The wait ends early on a query cancel, statement_timeout or a client that
+ * went away; the slot is then abandoned and the worker aborts the transfer.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "commands/trigger.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "libpq/libpq-be.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "igny8_ai.h"
+#include "provider.h"
+
+PG_FUNCTION_INFO_V1(igny8_generate_text);
+PG_FUNCTION_INFO_V1(igny8_chat);
+PG_FUNCTION_INFO_V1(igny8_config_changed);
+
+/* extra wait past the deadline before the caller stops trusting the worker */
+#define IGNY8_WORKER_GRACE_MS	5000
+/* how long a request may sit in the queue of a worker that is not running */
+#define IGNY8_NO_WORKER_MS		10000
+
+/* What the caller asks for, before it goes into a slot. */
+typedef struct Igny8Call
+{
+	Igny8Task	task;
+	const char *alias;
+	StringInfoData request;		/* normalized request JSON */
+	int			timeout_ms;
+	bool		has_account;
+	int64		account_id;
+} Igny8Call;
+
+/* What comes back, copied out of the slot. */
+typedef struct Igny8Answer
+{
+	char	   *content;
+	char	   *thinking;
+	char		provider[IGNY8_NAME_LEN];
+	char		model_used[IGNY8_MODEL_LEN];
+	char		finish_reason[32];
+	int64		input_tokens;
+	int64		output_tokens;
+	double		cost;
+	double		duration_ms;
+	int			attempts;
+	pg_uuid_t	request_id;
+} Igny8Answer;
+
+/* the slot this backend waits on, for the exit callback */
+static int	my_slot = -1;
+static bool exit_callback_registered = false;
+static bool config_change_pending = false;
+static bool xact_callback_registered = false;
+
+static void
+check_loaded(void)
+{
+	if (igny8_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("igny8_ai must be loaded via shared_preload_libraries"),
+				 errhint("Add igny8_ai to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/*
+ * Give up on a slot: free it if the worker is done with it, otherwise mark
+ * it abandoned and let its worker abort the transfer and free it.
+ */
+static void
+abandon_slot(int slotno)
+{
+	Igny8Slot  *slot = &igny8_slots[slotno];
+	Igny8SlotState state;
+	int			worker;
+
+	SpinLockAcquire(&slot->mutex);
+	state = slot->state;
+	worker = slot->worker;
+	if (state == IGNY8_SLOT_QUEUED || state == IGNY8_SLOT_RUNNING)
+		slot->state = IGNY8_SLOT_ABANDONED;
+	SpinLockRelease(&slot->mutex);
+
+	if (state == IGNY8_SLOT_DONE || state == IGNY8_SLOT_FILLING)
+		igny8_slot_release(slotno);
+	else if (state == IGNY8_SLOT_QUEUED || state == IGNY8_SLOT_RUNNING)
+	{
+		pg_atomic_write_u32(&igny8_shared->workers[worker].abandons, 1);
+		igny8_wake_worker(worker);
+	}
+}
+
+static void
+exit_callback(int code, Datum arg)
+{
+	if (my_slot >= 0)
+	{
+		abandon_slot(my_slot);
+		my_slot = -1;
+	}
+}
+
+/* Take a free slot, or fail with a clear error when all are in use. */
+static int
+take_slot(void)
+{
+	int			slotno = -1;
+	Igny8Slot  *slot;
+
+	SpinLockAcquire(&igny8_shared->free_mutex);
+	if (igny8_shared->nfree > 0)
+		slotno = igny8_free_stack[--igny8_shared->nfree];
+	SpinLockRelease(&igny8_shared->free_mutex);
+
+	if (slotno < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many AI requests in progress"),
+				 errdetail("All %d request slots are in use.",
+						   igny8_shared->nslots),
+				 errhint("Raise igny8_ai.max_in_flight (needs a restart), or submit fewer requests at once.")));
+
+	slot = &igny8_slots[slotno];
+	SpinLockAcquire(&slot->mutex);
+	Assert(slot->state == IGNY8_SLOT_FREE);
+	slot->state = IGNY8_SLOT_FILLING;
+	slot->generation++;
+	SpinLockRelease(&slot->mutex);
+	return slotno;
+}
+
+/* Round-robin over running workers; any worker if none runs yet. */
+static int
+choose_worker(void)
+{
+	int			n = igny8_shared->nworkers;
+	uint32		start = pg_atomic_fetch_add_u32(&igny8_shared->next_worker, 1);
+
+	for (int i = 0; i < n; i++)
+	{
+		int			w = (start + i) % n;
+
+		if (igny8_shared->workers[w].procno >= 0)
+			return w;
+	}
+	return start % n;
+}
+
+static void
+report_worker_error(Igny8Slot *slot)
+{
+	char	   *strs[3];
+
+	igny8_unpack_strings(igny8_dsa(), slot->result, 3, strs);
+	ereport(ERROR,
+			(errcode(slot->sqlerrcode ? slot->sqlerrcode :
+					 ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+			 errmsg_internal("%s", strs[0] ? strs[0] : "AI request failed"),
+			 strs[1] ? errdetail_internal("%s", strs[1]) : 0,
+			 strs[2] ? errhint("%s", strs[2]) : 0));
+}
+
+/*
+ * Send a call to a worker and wait for its answer.  On success fills *ans;
+ * on failure raises the worker's error.  The slot is released on every path.
+ */
+static void
+run_call(Igny8Call *call, Igny8Answer *ans)
+{
+	Igny8Slot  *slot;
+	int			slotno;
+	int			worker;
+	dsa_area   *area;
+	TimestampTz submitted;
+	TimestampTz deadline;
+	int			events;
+	pgsocket	sock = PGINVALID_SOCKET;
+
+	check_loaded();
+	area = igny8_dsa();
+
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(exit_callback, (Datum) 0);
+		exit_callback_registered = true;
+	}
+
+	memset(ans, 0, sizeof(*ans));
+	if (!pg_strong_random(ans->request_id.data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	/* version 4, variant 1 */
+	ans->request_id.data[6] = (ans->request_id.data[6] & 0x0f) | 0x40;
+	ans->request_id.data[8] = (ans->request_id.data[8] & 0x3f) | 0x80;
+
+	submitted = GetCurrentTimestamp();
+	deadline = TimestampTzPlusMilliseconds(submitted, call->timeout_ms);
+
+	slotno = take_slot();
+	my_slot = slotno;
+	slot = &igny8_slots[slotno];
+
+	PG_TRY();
+	{
+		slot->task = call->task;
+		slot->request_id = ans->request_id;
+		strlcpy(slot->alias, call->alias, IGNY8_NAME_LEN);
+		slot->has_account = call->has_account;
+		slot->account_id = call->account_id;
+		slot->timeout_ms = call->timeout_ms;
+		slot->deadline = deadline;
+		slot->caller_procno = MyProc->pgprocno;
+		slot->success = false;
+		slot->sqlerrcode = 0;
+		slot->result = InvalidDsaPointer;
+		slot->request = igny8_dsa_strdup(area, call->request.data,
+										 call->request.len);
+
+		worker = choose_worker();
+		SpinLockAcquire(&slot->mutex);
+		slot->worker = worker;
+		slot->claimed = false;
+		slot->state = IGNY8_SLOT_QUEUED;
+		SpinLockRelease(&slot->mutex);
+		if (!igny8_queue_push(worker, slotno))
+			elog(ERROR, "igny8_ai worker queue %d is full", worker);
+		igny8_wake_worker(worker);
+
+		events = WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH;
+		if (MyProcPort != NULL && MyProcPort->sock != PGINVALID_SOCKET &&
+			WaitEventSetCanReportClosed())
+		{
+			events |= WL_SOCKET_CLOSED;
+			sock = MyProcPort->sock;
+		}
+
+		for (;;)
+		{
+			Igny8SlotState state;
+			TimestampTz now;
+			long		wait_ms;
+			int			rc;
+
+			SpinLockAcquire(&slot->mutex);
+			state = slot->state;
+			SpinLockRelease(&slot->mutex);
+			if (state == IGNY8_SLOT_DONE)
+				break;
+
+			now = GetCurrentTimestamp();
+			if (state == IGNY8_SLOT_QUEUED &&
+				igny8_shared->workers[worker].procno < 0 &&
+				TimestampDifferenceExceeds(submitted, now, IGNY8_NO_WORKER_MS))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("no igny8_ai background worker is running"),
+						 errdetail("The request waited %d ms for a worker.",
+								   IGNY8_NO_WORKER_MS),
+						 errhint("Check the server log; the workers connect to the database named by igny8_ai.database (\"%s\").",
+								 igny8_database)));
+			if (TimestampDifferenceExceeds(deadline, now,
+										   IGNY8_WORKER_GRACE_MS))
+				ereport(ERROR,
+						(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+						 errmsg("igny8_ai worker did not answer in time"),
+						 errdetail("The request passed its deadline of %d ms by more than %d ms.",
+								   call->timeout_ms, IGNY8_WORKER_GRACE_MS)));
+
+			wait_ms = 1000;
+			rc = WaitLatchOrSocket(MyLatch, events, sock, wait_ms,
+								   PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			if (rc & WL_SOCKET_CLOSED)
+				ereport(FATAL,
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("connection to client lost")));
+			CHECK_FOR_INTERRUPTS();
+		}
+
+		if (!slot->success)
+			report_worker_error(slot);
+
+		{
+			char	   *strs[2];
+
+			igny8_unpack_strings(area, slot->result, 2, strs);
+			ans->content = strs[0] ? strs[0] : pstrdup("");
+			ans->thinking = strs[1];
+		}
+		memcpy(ans->provider, slot->provider, IGNY8_NAME_LEN);
+		memcpy(ans->model_used, slot->model_used, IGNY8_MODEL_LEN);
+		memcpy(ans->finish_reason, slot->finish_reason,
+			   sizeof(ans->finish_reason));
+		ans->input_tokens = slot->input_tokens;
+		ans->output_tokens = slot->output_tokens;
+		ans->cost = slot->cost;
+		ans->duration_ms = slot->duration_ms;
+		ans->attempts = slot->attempts;
+	}
+	PG_CATCH();
+	{
+		my_slot = -1;
+		abandon_slot(slotno);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	my_slot = -1;
+	igny8_slot_release(slotno);
+}
+
+/* ----- argument checks shared by the SQL functions ----- */
+
+static const char *
+check_alias(text *model)
+{
+	char	   *alias = text_to_cstring(model);
+
+	if (alias[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model must not be empty"),
+				 errhint("Pass a model alias from igny8_models, such as \"gpt-4\".")));
+	if (strlen(alias) >= IGNY8_NAME_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("model alias \"%.32s...\" is too long", alias),
+				 errdetail("Aliases are at most %d bytes.", IGNY8_NAME_LEN - 1)));
+	return alias;
+}
+
+static void
+check_max_tokens(int64 max_tokens)
+{
+	if (max_tokens <= 0 || max_tokens > INT_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_tokens must be a positive integer"),
+				 errdetail("max_tokens was " INT64_FORMAT ".", max_tokens)));
+}
+
+static void
+check_temperature(double t)
+{
+	if (isnan(t) || t < 0.0 || t > 2.0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("temperature must be between 0 and 2"),
+				 errdetail("temperature was %g.", t)));
+}
+
+static int
+interval_to_timeout_ms(Interval *span)
+{
+	int64		us;
+
+	us = span->time + span->day * USECS_PER_DAY +
+		(int64) span->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	if (us <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must be positive")));
+	if (us / 1000 > INT_MAX)
+		return INT_MAX;
+	return (int) Max(us / 1000, 1);
+}
+
+static void
+resolve_account(Igny8Call *call, bool has_arg, int64 arg)
+{
+	if (has_arg)
+	{
+		call->has_account = true;
+		call->account_id = arg;
+	}
+	else if (igny8_account_id != NULL && igny8_account_id[0] != '\0')
+	{
+		call->has_account = true;
+		call->account_id = strtoll(igny8_account_id, NULL, 10);
+	}
+	else
+		call->has_account = false;
+}
+
+static void
+check_request_size(Igny8Call *call)
+{
+	Size		limit = (Size) igny8_max_prompt_kb * 1024;
+
+	if ((Size) call->request.len > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("AI request is too large"),
+				 errdetail("The request is %d bytes; igny8_ai.max_prompt_size allows %zu.",
+						   call->request.len, limit),
+				 errhint("Shorten the prompt, or raise igny8_ai.max_prompt_size.")));
+}
+
+static void
+append_message(StringInfo buf, bool *first, const char *role,
+			   const char *content)
+{
+	if (!*first)
+		appendStringInfoChar(buf, ',');
+	*first = false;
+	appendStringInfoString(buf, "{\"role\":");
+	escape_json(buf, role);
+	appendStringInfoString(buf, ",\"content\":");
+	escape_json(buf, content);
+	appendStringInfoChar(buf, '}');
+}
+
+static void
+append_options(StringInfo buf, bool has_max_tokens, int max_tokens,
+			   bool has_temperature, double temperature)
+{
+	if (has_max_tokens)
+		appendStringInfo(buf, ",\"max_tokens\":%d", max_tokens);
+	if (has_temperature)
+		appendStringInfo(buf, ",\"temperature\":%.17g", temperature);
+}
+
+static bool
+is_blank(const char *s)
+{
+	for (; *s; s++)
+		if (!isspace((unsigned char) *s))
+			return false;
+	return true;
+}
+
+/*
+ * igny8_generate_text(prompt, model, max_tokens, temperature, system,
+ *					   timeout, account_id) returns text
+ */
+Datum
+igny8_generate_text(PG_FUNCTION_ARGS)
+{
+	Igny8Call	call;
+	Igny8Answer ans;
+	char	   *prompt;
+	bool		first = true;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("prompt must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model must not be null"),
+				 errhint("Pass a model alias from igny8_models, such as \"gpt-4\".")));
+
+	prompt = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (is_blank(prompt))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("prompt must not be empty")));
+
+	memset(&call, 0, sizeof(call));
+	call.task = IGNY8_TASK_TEXT;
+	call.alias = check_alias(PG_GETARG_TEXT_PP(1));
+	if (!PG_ARGISNULL(2))
+		check_max_tokens(PG_GETARG_INT32(2));
+	if (!PG_ARGISNULL(3))
+		check_temperature(PG_GETARG_FLOAT8(3));
+	call.timeout_ms = PG_ARGISNULL(5) ? igny8_default_timeout_ms :
+		interval_to_timeout_ms(PG_GETARG_INTERVAL_P(5));
+	resolve_account(&call, !PG_ARGISNULL(6),
+					PG_ARGISNULL(6) ? 0 : PG_GETARG_INT64(6));
+
+	initStringInfo(&call.request);
+	appendStringInfoString(&call.request, "{\"messages\":[");
+	if (!PG_ARGISNULL(4))
+	{
+		char	   *system = text_to_cstring(PG_GETARG_TEXT_PP(4));
+
+		if (!is_blank(system))
+			append_message(&call.request, &first, "system", system);
+	}
+	append_message(&call.request, &first, "user", prompt);
+	appendStringInfoChar(&call.request, ']');
+	append_options(&call.request,
+				   !PG_ARGISNULL(2), PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2),
+				   !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_FLOAT8(3));
+	appendStringInfoChar(&call.request, '}');
+	check_request_size(&call);
+
+	run_call(&call, &ans);
+	PG_RETURN_TEXT_P(cstring_to_text(ans.content));
+}
+
+static void
+bad_messages(const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid messages"),
+			 errdetail("%s", detail),
+			 errhint("Pass a JSON array of objects such as [{\"role\": \"user\", \"content\": \"Hello\"}]; roles are system, user and assistant.")));
+}
+
+/* Copy the validated messages array into the request. */
+static void
+append_messages(StringInfo buf, const char *messages_json)
+{
+	cJSON	   *arr = cJSON_Parse(messages_json);
+	cJSON	   *m;
+	bool		first = true;
+	bool		has_turn = false;
+	int			i = 0;
+
+	if (arr == NULL || !cJSON_IsArray(arr))
+		bad_messages("messages must be a JSON array.");
+	if (cJSON_GetArraySize(arr) == 0)
+		bad_messages("messages must not be empty.");
+
+	appendStringInfoString(buf, "{\"messages\":[");
+	cJSON_ArrayForEach(m, arr)
+	{
+		cJSON	   *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+		cJSON	   *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+
+		i++;
+		if (!cJSON_IsObject(m))
+			bad_messages(psprintf("Element %d is not an object.", i));
+		if (!cJSON_IsString(role) ||
+			(strcmp(role->valuestring, "system") != 0 &&
+			 strcmp(role->valuestring, "user") != 0 &&
+			 strcmp(role->valuestring, "assistant") != 0))
+			bad_messages(psprintf("Element %d has no valid \"role\".", i));
+		if (!cJSON_IsString(content))
+			bad_messages(psprintf("Element %d has no string \"content\".", i));
+		if (strcmp(role->valuestring, "system") != 0)
+			has_turn = true;
+		append_message(buf, &first, role->valuestring, content->valuestring);
+	}
+	if (!has_turn)
+		bad_messages("messages must hold at least one user or assistant message.");
+	appendStringInfoChar(buf, ']');
+	cJSON_Delete(arr);
+}
+
+static double
+option_number(cJSON *item, const char *name)
+{
+	if (!cJSON_IsNumber(item))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"%s\" must be a number", name)));
+	return item->valuedouble;
+}
+
+/*
+ * igny8_chat(messages jsonb, model text, options jsonb) returns
+ * igny8_completion
+ */
+Datum
+igny8_chat(PG_FUNCTION_ARGS)
+{
+	Igny8Call	call;
+	Igny8Answer ans;
+	TupleDesc	tupdesc;
+	Datum		values[12];
+	bool		nulls[12];
+	bool		has_max_tokens = false;
+	bool		has_temperature = false;
+	int			max_tokens = 0;
+	double		temperature = 0;
+	bool		has_account = false;
+	int64		account_id = 0;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("messages must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model must not be null"),
+				 errhint("Pass a model alias from igny8_models, such as \"gpt-4\".")));
+
+	memset(&call, 0, sizeof(call));
+	call.task = IGNY8_TASK_CHAT;
+	call.alias = check_alias(PG_GETARG_TEXT_PP(1));
+	call.timeout_ms = igny8_default_timeout_ms;
+
+	if (!PG_ARGISNULL(2))
+	{
+		Jsonb	   *opts = PG_GETARG_JSONB_P(2);
+		char	   *s = JsonbToCString(NULL, &opts->root, VARSIZE(opts));
+		cJSON	   *obj = cJSON_Parse(s);
+		cJSON	   *item;
+
+		if (obj == NULL || !cJSON_IsObject(obj))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("options must be a JSON object")));
+		cJSON_ArrayForEach(item, obj)
+		{
+			if (strcmp(item->string, "max_tokens") == 0)
+			{
+				double		v = option_number(item, "max_tokens");
+
+				if (v != floor(v) || v < 1 || v > INT_MAX)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("max_tokens must be a positive integer"),
+							 errdetail("max_tokens was %g.", v)));
+				has_max_tokens = true;
+				max_tokens = (int) v;
+			}
+			else if (strcmp(item->string, "temperature") == 0)
+			{
+				temperature = option_number(item, "temperature");
+				check_temperature(temperature);
+				has_temperature = true;
+			}
+			else if (strcmp(item->string, "timeout") == 0)
+			{
+				double		v = option_number(item, "timeout");
+
+				if (!(v > 0))
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("timeout must be positive"),
+							 errdetail("The \"timeout\" option is in seconds.")));
+				call.timeout_ms = (int) Min(v * 1000.0, (double) INT_MAX);
+				call.timeout_ms = Max(call.timeout_ms, 1);
+			}
+			else if (strcmp(item->string, "account_id") == 0)
+			{
+				double		v = option_number(item, "account_id");
+
+				has_account = true;
+				account_id = (int64) v;
+			}
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("unknown option \"%s\"", item->string),
+						 errhint("Valid options are max_tokens, temperature, timeout (seconds) and account_id.")));
+		}
+		cJSON_Delete(obj);
+	}
+	resolve_account(&call, has_account, account_id);
+
+	{
+		Jsonb	   *msgs = PG_GETARG_JSONB_P(0);
+
+		initStringInfo(&call.request);
+		append_messages(&call.request,
+						JsonbToCString(NULL, &msgs->root, VARSIZE(msgs)));
+	}
+	append_options(&call.request, has_max_tokens, max_tokens,
+				   has_temperature, temperature);
+	appendStringInfoChar(&call.request, '}');
+	check_request_size(&call);
+
+	run_call(&call, &ans);
+
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = CStringGetTextDatum(ans.content);
+	if (ans.thinking)
+		values[1] = CStringGetTextDatum(ans.thinking);
+	else
+		nulls[1] = true;
+	values[2] = CStringGetTextDatum(ans.provider);
+	values[3] = CStringGetTextDatum(ans.model_used);
+	values[4] = Int32GetDatum((int32) Min(ans.input_tokens, PG_INT32_MAX));
+	values[5] = Int32GetDatum((int32) Min(ans.output_tokens, PG_INT32_MAX));
+	values[6] = DirectFunctionCall1(float8_numeric, Float8GetDatum(ans.cost));
+	values[7] = Float8GetDatum(ans.duration_ms);
+	values[8] = UUIDPGetDatum(&ans.request_id);
+	values[9] = Int32GetDatum(ans.attempts);
+	if (ans.finish_reason[0])
+		values[10] = CStringGetTextDatum(ans.finish_reason);
+	else
+		nulls[10] = true;
+	values[11] = BoolGetDatum(false);
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* ----- configuration changes reach the workers at commit ----- */
+
+static void
+config_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (config_change_pending && igny8_shared != NULL)
+			{
+				pg_atomic_fetch_add_u64(&igny8_shared->config_generation, 1);
+				for (int i = 0; i < igny8_shared->nworkers; i++)
+					igny8_wake_worker(i);
+			}
+			config_change_pending = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			config_change_pending = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Called by the statement triggers on the configuration tables. */
+void
+igny8_config_changed_at_commit(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(config_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	config_change_pending = true;
+}
+
+Datum
+igny8_config_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("igny8_config_changed() must be called as a trigger")));
+	igny8_config_changed_at_commit();
+	return PointerGetDatum(NULL);
+}

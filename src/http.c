@@ -1,0 +1,409 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.c
+ *	  The worker's libcurl multi loop.
+ *
+ * One multi handle per worker holds every transfer in flight and keeps
+ * connections to each backend alive between requests.  curl tells us which
+ * sockets to watch (CURLMOPT_SOCKETFUNCTION); we keep them in an epoll set
+ * whose own descriptor the worker adds to its WaitEventSet beside its latch,
+ * so that one wait covers the latch, postmaster death and every transfer.
+ *
+ * No callback here ever raises a PostgreSQL error: they only record what
+ * happened and return, and the worker reports afterwards.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+#define IGNY8_EPOLL_BATCH	64
+
+static CURLM *multi = NULL;
+static int	epoll_fd = -1;
+static bool timer_set = false;	/* curl wants to be called at timer_at */
+static TimestampTz timer_at = 0;
+
+/* Keep the epoll set in step with what curl wants to watch. */
+static int
+socket_callback(CURL *easy, curl_socket_t s, int what, void *userp,
+				void *socketp)
+{
+	struct epoll_event ev;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.data.fd = s;
+
+	if (what == CURL_POLL_REMOVE)
+	{
+		if (socketp != NULL)
+		{
+			epoll_ctl(epoll_fd, EPOLL_CTL_DEL, s, NULL);
+			curl_multi_assign(multi, s, NULL);
+		}
+		return 0;
+	}
+
+	if (what & CURL_POLL_IN)
+		ev.events |= EPOLLIN;
+	if (what & CURL_POLL_OUT)
+		ev.events |= EPOLLOUT;
+
+	if (socketp == NULL)
+	{
+		if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, s, &ev) != 0 && errno == EEXIST)
+			epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev);
+		/* any non-NULL marker: "registered" */
+		curl_multi_assign(multi, s, (void *) &epoll_fd);
+	}
+	else
+		epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev);
+	return 0;
+}
+
+static int
+timer_callback(CURLM *m, long timeout_ms, void *userp)
+{
+	timer_set = (timeout_ms >= 0);
+	if (timer_set)
+		timer_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											   timeout_ms);
+	return 0;
+}
+
+void
+igny8_http_init(void)
+{
+	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
+		elog(ERROR, "could not initialize libcurl");
+	multi = curl_multi_init();
+	if (multi == NULL)
+		elog(ERROR, "could not create a libcurl multi handle");
+	epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+	if (epoll_fd < 0)
+		elog(ERROR, "epoll_create1 failed: %m");
+
+	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_callback);
+	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_callback);
+	/* keep enough idle connections to serve a burst without reconnecting */
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) 1024);
+}
+
+int
+igny8_http_fd(void)
+{
+	return epoll_fd;
+}
+
+/* Milliseconds until curl's timer is due (0: now), or -1 when none. */
+long
+igny8_http_timeout_ms(void)
+{
+	long		secs;
+	int			usecs;
+
+	if (!timer_set)
+		return -1;
+	TimestampDifference(GetCurrentTimestamp(), timer_at, &secs, &usecs);
+	return secs * 1000 + (usecs + 999) / 1000;
+}
+
+static size_t
+write_callback(char *data, size_t size, size_t nmemb, void *userp)
+{
+	Igny8Transfer *t = (Igny8Transfer *) userp;
+	size_t		n = size * nmemb;
+
+	if (t->len + n > t->max)
+	{
+		t->too_large = true;
+		return 0;				/* makes curl fail with CURLE_WRITE_ERROR */
+	}
+	if (t->len + n + 1 > t->cap)
+	{
+		size_t		cap = Max(t->cap * 2, t->len + n + 1);
+		char	   *p;
+
+		cap = Max(cap, 16384);
+		p = realloc(t->body, cap);
+		if (p == NULL)
+			return 0;
+		t->body = p;
+		t->cap = cap;
+	}
+	memcpy(t->body + t->len, data, n);
+	t->len += n;
+	t->body[t->len] = '\0';
+	return n;
+}
+
+/* Parse "retry-after" (seconds), "retry-after-ms", "x-should-retry". */
+static size_t
+header_callback(char *data, size_t size, size_t nmemb, void *userp)
+{
+	Igny8Transfer *t = (Igny8Transfer *) userp;
+	size_t		n = size * nmemb;
+	char		line[256];
+	char	   *colon;
+	char	   *val;
+
+	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
+	{
+		/* a new response (after 100-continue): forget earlier headers */
+		t->retry_after = -1;
+		t->should_retry = -1;
+		return n;
+	}
+	if (n >= sizeof(line))
+		return n;
+	memcpy(line, data, n);
+	line[n] = '\0';
+	colon = strchr(line, ':');
+	if (colon == NULL)
+		return n;
+	*colon = '\0';
+	val = colon + 1;
+	while (*val == ' ' || *val == '\t')
+		val++;
+
+	if (pg_strcasecmp(line, "retry-after-ms") == 0)
+	{
+		char	   *end;
+		double		v = strtod(val, &end);
+
+		if (end != val && v >= 0)
+			t->retry_after = v / 1000.0;
+	}
+	else if (pg_strcasecmp(line, "retry-after") == 0 && t->retry_after < 0)
+	{
+		char	   *end;
+		double		v = strtod(val, &end);
+
+		/* an HTTP-date is not worth parsing: treat as absent */
+		if (end != val && v >= 0)
+			t->retry_after = v;
+	}
+	else if (pg_strcasecmp(line, "x-should-retry") == 0)
+	{
+		if (pg_strncasecmp(val, "true", 4) == 0)
+			t->should_retry = 1;
+		else if (pg_strncasecmp(val, "false", 5) == 0)
+			t->should_retry = 0;
+	}
+	return n;
+}
+
+/*
+ * Start one HTTP call.  The transfer is malloc'd (it outlives memory
+ * contexts of a loop iteration) and freed by igny8_http_free.
+ */
+Igny8Transfer *
+igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
+				 int timeout_ms, int connect_timeout_ms, const char *proxy,
+				 void *owner)
+{
+	Igny8Transfer *t = calloc(1, sizeof(Igny8Transfer));
+	CURL	   *easy;
+	char	   *url;
+
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	easy = curl_easy_init();
+	if (easy == NULL)
+	{
+		free(t);
+		elog(ERROR, "could not create a libcurl handle");
+	}
+	t->easy = easy;
+	t->owner = owner;
+	t->status = 0;
+	t->retry_after = -1;
+	t->should_retry = -1;
+	t->max = (size_t) igny8_max_response_kb * 1024;
+
+	url = psprintf("%s%s", base_url, req->path);
+	curl_easy_setopt(easy, CURLOPT_URL, url);
+	pfree(url);
+	curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
+	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(easy, CURLOPT_PROXY, proxy ? proxy : "");
+	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) Max(timeout_ms, 1));
+	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+					 (long) Max(Min(connect_timeout_ms, timeout_ms), 1));
+	curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) t->max);
+	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_callback);
+	curl_easy_setopt(easy, CURLOPT_WRITEDATA, t);
+	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, header_callback);
+	curl_easy_setopt(easy, CURLOPT_HEADERDATA, t);
+	curl_easy_setopt(easy, CURLOPT_USERAGENT, "igny8_ai/1.0");
+
+	/* no "Expect: 100-continue" round trip for large bodies */
+	t->headers = curl_slist_append(NULL, "Expect:");
+	for (int i = 0; i < req->nheaders; i++)
+		t->headers = curl_slist_append(t->headers, req->headers[i]);
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
+
+	if (strcmp(req->method, "POST") == 0)
+	{
+		curl_easy_setopt(easy, CURLOPT_POST, 1L);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
+						 (curl_off_t) (req->body ? strlen(req->body) : 0));
+		curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS,
+						 req->body ? req->body : "");
+	}
+	else
+		curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+
+	curl_multi_add_handle(multi, easy);
+	return t;
+}
+
+/*
+ * Remove a transfer from the loop and free it.  Removing a transfer that is
+ * still in progress closes its connection, which is how a cancelled request
+ * is aborted at the backend.
+ */
+void
+igny8_http_free(Igny8Transfer *t)
+{
+	if (t == NULL)
+		return;
+	curl_multi_remove_handle(multi, t->easy);
+	curl_easy_cleanup(t->easy);
+	curl_slist_free_all(t->headers);
+	free(t->body);
+	free(t);
+}
+
+/*
+ * Let curl make progress: on ready sockets when fd_ready, and on its timer
+ * whenever it is due.  Finished transfers are marked and can be collected
+ * with igny8_http_next_finished.
+ */
+void
+igny8_http_drive(bool fd_ready)
+{
+	int			running;
+
+	if (fd_ready)
+	{
+		struct epoll_event evs[IGNY8_EPOLL_BATCH];
+		int			n;
+
+		do
+		{
+			n = epoll_wait(epoll_fd, evs, IGNY8_EPOLL_BATCH, 0);
+			for (int i = 0; i < n; i++)
+			{
+				int			flags = 0;
+
+				if (evs[i].events & EPOLLIN)
+					flags |= CURL_CSELECT_IN;
+				if (evs[i].events & EPOLLOUT)
+					flags |= CURL_CSELECT_OUT;
+				if (evs[i].events & (EPOLLERR | EPOLLHUP))
+					flags |= CURL_CSELECT_ERR;
+				curl_multi_socket_action(multi, evs[i].data.fd, flags,
+										 &running);
+			}
+		} while (n == IGNY8_EPOLL_BATCH);
+	}
+
+	/* curl's timer: timeouts, and new transfers (timeout 0) */
+	if (timer_set && GetCurrentTimestamp() >= timer_at)
+	{
+		timer_set = false;
+		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	}
+}
+
+/* The next transfer that finished, or NULL. */
+Igny8Transfer *
+igny8_http_next_finished(void)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
+	{
+		Igny8Transfer *t;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &t);
+		t->result = msg->data.result;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE,
+						  &t->status);
+		t->finished = true;
+		return t;
+	}
+	return NULL;
+}
+
+/* Short text for a transport failure, never containing headers or keys. */
+const char *
+igny8_http_error_text(Igny8Transfer *t)
+{
+	if (t->too_large)
+		return psprintf("response larger than igny8_ai.max_response_size (%d kB)",
+						igny8_max_response_kb);
+	switch (t->result)
+	{
+		case CURLE_COULDNT_CONNECT:
+			return "connection refused";
+		case CURLE_COULDNT_RESOLVE_HOST:
+			return "could not resolve host";
+		case CURLE_OPERATION_TIMEDOUT:
+			return "timed out";
+		case CURLE_GOT_NOTHING:
+			return "empty reply from server";
+		case CURLE_PARTIAL_FILE:
+			return "connection closed before the response was complete";
+		case CURLE_RECV_ERROR:
+			return "connection reset while receiving";
+		case CURLE_SEND_ERROR:
+			return "connection reset while sending";
+		case CURLE_FILESIZE_EXCEEDED:
+			return psprintf("response larger than igny8_ai.max_response_size (%d kB)",
+							igny8_max_response_kb);
+		default:
+			if (t->errbuf[0])
+				return pstrdup(t->errbuf);
+			return curl_easy_strerror(t->result);
+	}
+}
+
+/*
+ * Classify a transport failure (protocols.md section 5): a refused or
+ * unresolvable connection means the backend is not there, so go on at once;
+ * a dropped connection may be transient, so retry; a timeout has already
+ * spent the deployment's time budget, so go on.
+ */
+Igny8ErrorClass
+igny8_http_classify_transport(Igny8Transfer *t)
+{
+	switch (t->result)
+	{
+		case CURLE_GOT_NOTHING:
+		case CURLE_PARTIAL_FILE:
+		case CURLE_RECV_ERROR:
+		case CURLE_SEND_ERROR:
+			return IGNY8_ERR_RETRY;
+		default:
+			return IGNY8_ERR_FALLBACK;
+	}
+}

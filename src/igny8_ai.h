@@ -1,0 +1,166 @@
+/*-------------------------------------------------------------------------
+ *
+ * igny8_ai.h
+ *	  Shared state of igny8_ai: GUCs, the request slots that callers and
+ *	  background workers meet in, and the DSA area for payloads.
+ *
+ * A synchronous call goes through shared memory, never through a table: the
+ * caller fills a free slot, queues its index to a worker and waits on its
+ * own latch; the worker runs the request, writes the usage rows in its own
+ * committed transaction, writes the result and sets the caller's latch.
+ *
+ * Slot state machine (the slot's spinlock guards every transition):
+ *
+ *	FREE --caller--> FILLING --caller--> QUEUED --worker--> RUNNING
+ *	RUNNING --worker--> DONE --caller--> FREE
+ *	FILLING/QUEUED/RUNNING --caller gives up--> ABANDONED --worker--> FREE
+ *	DONE --caller gives up--> FREE (the caller frees it itself)
+ *
+ * Whoever moves a slot to FREE frees its dsa_pointers first.  Payloads are
+ * only ever referenced through dsa_pointer; no process follows another's
+ * local pointer.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef IGNY8_AI_H
+#define IGNY8_AI_H
+
+#include "postgres.h"
+
+#include "port/atomics.h"
+#include "storage/spin.h"
+#include "utils/dsa.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#define IGNY8_NAME_LEN		64	/* aliases, provider ids */
+#define IGNY8_MODEL_LEN		128 /* provider-side model names */
+#define IGNY8_MAX_WORKERS	64
+#define IGNY8_MAX_PROVIDERS 64	/* providers with shared state */
+
+typedef enum Igny8SlotState
+{
+	IGNY8_SLOT_FREE = 0,
+	IGNY8_SLOT_FILLING,			/* owned by the caller, being written */
+	IGNY8_SLOT_QUEUED,			/* in a worker's queue */
+	IGNY8_SLOT_RUNNING,			/* owned by the worker */
+	IGNY8_SLOT_DONE,			/* result written, owned by the caller */
+	IGNY8_SLOT_ABANDONED		/* the caller left; the worker frees it */
+} Igny8SlotState;
+
+typedef enum Igny8Task
+{
+	IGNY8_TASK_TEXT = 0,
+	IGNY8_TASK_CHAT,
+	IGNY8_TASK_IMAGE
+} Igny8Task;
+
+/* One synchronous request and its answer. */
+typedef struct Igny8Slot
+{
+	slock_t		mutex;
+	Igny8SlotState state;
+	uint32		generation;		/* bumped each time the slot is taken */
+	int			caller_procno;	/* pgprocno of the waiting backend */
+	int			worker;			/* worker the slot was queued to */
+	bool		claimed;		/* the worker took it from its queue */
+
+	/* the request, written by the caller while FILLING */
+	Igny8Task	task;
+	pg_uuid_t	request_id;
+	char		alias[IGNY8_NAME_LEN];
+	bool		has_account;
+	int64		account_id;
+	int			timeout_ms;		/* the deadline, as the caller gave it */
+	TimestampTz deadline;
+	dsa_pointer request;		/* normalized request, JSON text */
+
+	/* the answer, written by the worker before DONE */
+	bool		success;
+	int			sqlerrcode;		/* when !success */
+	dsa_pointer result;			/* packed strings, see igny8_pack_strings */
+	char		provider[IGNY8_NAME_LEN];
+	char		model_used[IGNY8_MODEL_LEN];
+	char		finish_reason[32];
+	int64		input_tokens;
+	int64		output_tokens;
+	double		cost;
+	double		duration_ms;
+	int			attempts;
+} Igny8Slot;
+
+/* A worker's inbox: a ring of slot indexes, big enough for every slot. */
+typedef struct Igny8WorkerShared
+{
+	slock_t		mutex;
+	int			procno;			/* -1 while not running */
+	int			pid;
+	uint32		head;			/* next to dequeue */
+	uint32		tail;			/* next free position */
+	pg_atomic_uint32 abandons;	/* set by a caller that gave up */
+	pg_atomic_uint32 in_flight; /* requests the worker holds */
+	pg_atomic_uint64 served;	/* requests completed since start */
+} Igny8WorkerShared;
+
+/* Per-provider state shared by all workers (concurrency limits). */
+typedef struct Igny8ProviderShared
+{
+	char		id[IGNY8_NAME_LEN]; /* empty: unused entry */
+	pg_atomic_uint32 in_flight; /* transfers in progress, all workers */
+} Igny8ProviderShared;
+
+typedef struct Igny8Shared
+{
+	int			dsa_tranche;
+	int			nslots;
+	int			nworkers;
+	pg_atomic_uint64 config_generation; /* bumped by config commits */
+	pg_atomic_uint32 next_worker;	/* round-robin cursor */
+
+	slock_t		free_mutex;
+	int			nfree;			/* entries used in free_stack */
+
+	slock_t		providers_mutex;	/* guards providers[].id */
+	Igny8ProviderShared providers[IGNY8_MAX_PROVIDERS];
+
+	Igny8WorkerShared workers[IGNY8_MAX_WORKERS];
+} Igny8Shared;
+
+/* GUCs (igny8_ai.c) */
+extern char *igny8_database;
+extern int	igny8_nworkers;
+extern int	igny8_max_in_flight;
+extern int	igny8_default_timeout_ms;
+extern int	igny8_max_response_kb;
+extern int	igny8_max_prompt_kb;
+extern int	igny8_max_retries;
+extern char *igny8_account_id;
+extern bool igny8_log_content;
+
+/* shared memory (igny8_ai.c) */
+extern Igny8Shared *igny8_shared;
+extern Igny8Slot *igny8_slots;
+extern int *igny8_free_stack;
+extern int *igny8_queues;		/* nworkers rings of nslots entries */
+
+extern dsa_area *igny8_dsa(void);
+extern void igny8_slot_release(int slotno);
+extern bool igny8_queue_push(int worker, int slotno);
+extern int	igny8_queue_pop(int worker);
+extern void igny8_wake_worker(int worker);
+extern void igny8_wake_proc(int procno);
+
+/* payload helpers (igny8_ai.c) */
+extern dsa_pointer igny8_pack_strings(dsa_area *area, int n,
+									  const char *const *strs);
+extern int	igny8_unpack_strings(dsa_area *area, dsa_pointer dp, int n,
+								 char **strs);
+extern dsa_pointer igny8_dsa_strdup(dsa_area *area, const char *s, Size len);
+
+/* dispatch.c */
+extern void igny8_config_changed_at_commit(void);
+
+/* worker.c */
+extern PGDLLEXPORT void igny8_worker_main(Datum main_arg);
+
+#endif							/* IGNY8_AI_H */

@@ -1,0 +1,154 @@
+/*-------------------------------------------------------------------------
+ *
+ * secrets.c
+ *	  API key references: "env:NAME" (the server's environment), "file:/path"
+ *	  (first line of a file the server can read) or, discouraged, the key
+ *	  itself.  Keys are resolved in the worker only, kept in its local
+ *	  memory, and scrubbed out of any text that leaves it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+#define IGNY8_MAX_KEY_FILE	8192
+
+/* A key may not carry characters that would break or inject a header. */
+static bool
+key_is_clean(const char *key)
+{
+	for (const char *p = key; *p; p++)
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+			return false;
+	return true;
+}
+
+static char *
+trim(char *s)
+{
+	char	   *end;
+
+	while (*s && isspace((unsigned char) *s))
+		s++;
+	end = s + strlen(s);
+	while (end > s && isspace((unsigned char) end[-1]))
+		*--end = '\0';
+	return s;
+}
+
+/*
+ * Resolve a key reference.  Returns the key (palloc'd), or NULL with *error
+ * set to a message that names the reference but never the key.  A NULL or
+ * empty reference resolves to NULL without error: no key configured.
+ */
+char *
+igny8_resolve_key(const char *ref, char **error)
+{
+	char	   *key;
+
+	*error = NULL;
+	if (ref == NULL || ref[0] == '\0')
+		return NULL;
+
+	if (strncmp(ref, "env:", 4) == 0)
+	{
+		const char *val = getenv(ref + 4);
+
+		if (val == NULL || val[0] == '\0')
+		{
+			*error = psprintf("environment variable \"%s\" is not set in the server's environment",
+							  ref + 4);
+			return NULL;
+		}
+		key = trim(pstrdup(val));
+	}
+	else if (strncmp(ref, "file:", 5) == 0)
+	{
+		int			fd = open(ref + 5, O_RDONLY | PG_BINARY, 0);
+		char	   *buf;
+		ssize_t		n;
+		char	   *nl;
+
+		if (fd < 0)
+		{
+			*error = psprintf("could not open key file \"%s\": %m", ref + 5);
+			return NULL;
+		}
+		buf = palloc(IGNY8_MAX_KEY_FILE + 1);
+		n = read(fd, buf, IGNY8_MAX_KEY_FILE);
+		close(fd);
+		if (n < 0)
+		{
+			*error = psprintf("could not read key file \"%s\": %m", ref + 5);
+			return NULL;
+		}
+		buf[n] = '\0';
+		nl = strchr(buf, '\n');
+		if (nl)
+			*nl = '\0';
+		key = trim(buf);
+	}
+	else
+		key = trim(pstrdup(ref));
+
+	if (key[0] == '\0')
+	{
+		*error = psprintf("key reference \"%s\" resolves to an empty key",
+						  strncmp(ref, "env:", 4) == 0 ||
+						  strncmp(ref, "file:", 5) == 0 ? ref : "(literal)");
+		return NULL;
+	}
+	if (!key_is_clean(key))
+	{
+		*error = psprintf("key reference \"%s\" resolves to a key with control characters",
+						  strncmp(ref, "env:", 4) == 0 ||
+						  strncmp(ref, "file:", 5) == 0 ? ref : "(literal)");
+		return NULL;
+	}
+	return key;
+}
+
+/*
+ * Copy text with every occurrence of key replaced by "[redacted]".  Also
+ * redacts a long prefix of the key, since providers often echo a key cut
+ * short ("sk-abc...xyz").
+ */
+char *
+igny8_redact(const char *text, const char *key)
+{
+	StringInfoData buf;
+	size_t		klen;
+	size_t		plen;
+	const char *p;
+
+	if (text == NULL)
+		return NULL;
+	if (key == NULL || (klen = strlen(key)) < 4)
+		return pstrdup(text);
+
+	/* a prefix that is long enough to be the key's, short enough to match */
+	plen = Min(klen, (size_t) 12);
+
+	initStringInfo(&buf);
+	p = text;
+	while (*p)
+	{
+		if (strncmp(p, key, plen) == 0)
+		{
+			size_t		n = plen;
+
+			/* swallow as much of the key as is there */
+			while (n < klen && p[n] == key[n])
+				n++;
+			appendStringInfoString(&buf, "[redacted]");
+			p += n;
+		}
+		else
+			appendStringInfoChar(&buf, *p++);
+	}
+	return buf.data;
+}
