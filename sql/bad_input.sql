@@ -1,0 +1,95 @@
+--
+-- bad_input: every refusal is a clear error, and leaves nothing behind
+--
+\set VERBOSITY default
+TRUNCATE ai_usage_log;
+
+-- prompt
+SELECT igny8_generate_text(NULL, 'gpt-4');
+SELECT igny8_generate_text('', 'gpt-4');
+SELECT igny8_generate_text(E'  \n\t ', 'gpt-4');
+SELECT igny8_generate_text(repeat('x', 2 * 1024 * 1024), 'gpt-4');
+SET igny8_ai.max_prompt_size = '1kB';
+SELECT igny8_generate_text(repeat('x', 2000), 'gpt-4');
+RESET igny8_ai.max_prompt_size;
+
+-- model alias
+SELECT igny8_generate_text('Hello', NULL);
+SELECT igny8_generate_text('Hello', '');
+SELECT igny8_generate_text('Hello', repeat('m', 100));
+SELECT igny8_generate_text('Hello', 'gpt-5-ultra');
+INSERT INTO igny8_models (alias, provider_id, provider_model, enabled)
+VALUES ('disabled-alias', 'self_hosted_ai', 'qwen3:8b', false);
+SELECT igny8_generate_text('Hello', 'disabled-alias');
+-- a disabled provider disables its deployments
+INSERT INTO igny8_providers (id, kind, base_url, enabled)
+VALUES ('spare', 'ollama', 'http://127.0.0.1:1', false);
+INSERT INTO igny8_models (alias, provider_id, provider_model)
+VALUES ('spare-alias', 'spare', 'qwen3:8b');
+SELECT igny8_generate_text('Hello', 'spare-alias');
+-- an image alias cannot serve text
+INSERT INTO igny8_models (alias, provider_id, provider_model, task)
+VALUES ('image-alias', 'self_hosted_ai', 'flux1-dev', 'image');
+SELECT igny8_generate_text('Hello', 'image-alias');
+DELETE FROM igny8_models WHERE alias IN ('disabled-alias', 'spare-alias', 'image-alias');
+DELETE FROM igny8_providers WHERE id = 'spare';
+
+-- max_tokens, temperature, timeout
+SELECT igny8_generate_text('Hello', 'gpt-4', max_tokens => 0);
+SELECT igny8_generate_text('Hello', 'gpt-4', max_tokens => -5);
+SELECT igny8_generate_text('Hello', 'gpt-4', temperature => -0.1);
+SELECT igny8_generate_text('Hello', 'gpt-4', temperature => 2.5);
+SELECT igny8_generate_text('Hello', 'gpt-4', temperature => 'NaN');
+SELECT igny8_generate_text('Hello', 'gpt-4', timeout => '0 s');
+SELECT igny8_generate_text('Hello', 'gpt-4', timeout => '-1 s');
+
+-- account setting
+SET igny8_ai.account_id = 'abc';
+SET igny8_ai.account_id = '12x';
+
+-- messages
+SELECT igny8_chat(NULL, 'gpt-4');
+SELECT igny8_chat('{"role":"user","content":"Hi"}', 'gpt-4');
+SELECT igny8_chat('[]', 'gpt-4');
+SELECT igny8_chat('[1]', 'gpt-4');
+SELECT igny8_chat('[{"content":"Hi"}]', 'gpt-4');
+SELECT igny8_chat('[{"role":"robot","content":"Hi"}]', 'gpt-4');
+SELECT igny8_chat('[{"role":"user","content":42}]', 'gpt-4');
+SELECT igny8_chat('[{"role":"system","content":"Only a system prompt"}]', 'gpt-4');
+SELECT igny8_chat('not json', 'gpt-4');
+
+-- options
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '[]');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"max_token": 5}');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"max_tokens": 0}');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"max_tokens": 1.5}');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"max_tokens": "5"}');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"temperature": 3}');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"timeout": 0}');
+
+-- a provider whose key reference cannot be resolved: the error names the
+-- provider and the reference, never a key
+INSERT INTO igny8_providers (id, kind, base_url, api_key_ref, priority)
+VALUES ('keyless', 'openai', current_setting('igny8_test.openai_url'),
+        'env:IGNY8_NO_SUCH_VARIABLE', 1),
+       ('keyfile', 'anthropic', current_setting('igny8_test.anthropic_url'),
+        'file:/nonexistent/igny8/key', 1);
+INSERT INTO igny8_models (alias, provider_id, provider_model)
+VALUES ('keyless-alias', 'keyless', 'gpt-4'),
+       ('keyfile-alias', 'keyfile', 'claude-3-5-haiku-latest');
+SELECT igny8_generate_text('Hello', 'keyless-alias');
+SELECT igny8_generate_text('Hello', 'keyfile-alias');
+DELETE FROM igny8_providers WHERE id IN ('keyless', 'keyfile');
+
+-- configuration is checked too
+INSERT INTO igny8_providers (id, kind, base_url) VALUES ('ftp', 'ollama', 'ftp://example.com');
+INSERT INTO igny8_providers (id, kind, base_url) VALUES ('nokind', 'gemini', 'http://127.0.0.1:1');
+INSERT INTO igny8_providers (id, kind, base_url) VALUES ('Bad Id', 'ollama', 'http://127.0.0.1:1');
+INSERT INTO igny8_models (alias, provider_id, provider_model) VALUES ('x', 'nosuch', 'm');
+INSERT INTO igny8_models (alias, provider_id, provider_model, max_tokens) VALUES ('x', 'openai', 'm', 0);
+INSERT INTO igny8_fallbacks VALUES ('gpt-4', 9, 'gpt-4');
+
+-- nothing was attempted, nothing was logged, nothing was left configured
+SELECT count(*) AS usage_rows FROM ai_usage_log;
+SELECT count(*) AS providers FROM igny8_providers;
+SELECT count(*) AS models FROM igny8_models;

@@ -1,0 +1,41 @@
+--
+-- chat: igny8_chat with messages, options, and the composite it returns
+--
+SELECT * FROM igny8_chat(
+    '[{"role":"system","content":"You write for a content platform."},
+      {"role":"user","content":"Write a tagline about clouds"}]',
+    'gpt-3.5-turbo');
+
+SELECT content, provider, model, input_tokens, output_tokens, cost,
+       duration_ms >= 0 AS timed, request_id IS NOT NULL AS has_id, attempts,
+       finish_reason, cached
+  FROM igny8_chat('[{"role":"user","content":"Hello"}]', 'gpt-4',
+                  '{"max_tokens": 3, "temperature": 0.7, "timeout": 30, "account_id": 99}');
+
+-- the request id is the usage log's
+SELECT request_id FROM igny8_chat('[{"role":"user","content":"Which id?"}]', 'gpt-4') \gset
+SELECT provider, account_id, task_type, success FROM ai_usage_log
+ WHERE request_id = :'request_id';
+
+-- a conversation with assistant turns goes through as it is
+SELECT igny8_chat(
+    '[{"role":"user","content":"Hi [[sim ollama:tag=c1]]"},
+      {"role":"assistant","content":"Hello!"},
+      {"role":"user","content":"Tell me about clouds"}]', 'gpt-4') AS answer \gset
+SELECT (:'answer'::igny8_completion).content;
+SELECT sim('log --tag c1 --field body');
+
+-- Anthropic: system messages go to the top-level "system" field, text
+-- blocks are joined, max_tokens is always sent
+UPDATE igny8_providers SET enabled = false WHERE id IN ('self_hosted_ai', 'openai');
+SELECT content, provider, model, finish_reason FROM igny8_chat(
+    '[{"role":"system","content":"Be brief. [[sim anthropic:tag=c2]]"},
+      {"role":"user","content":"Hi"}]', 'gpt-4');
+SELECT sim('log --tag c2 --field body');
+SELECT sim('log --tag c2 --field headers');
+-- OpenAI: Bearer key and usage
+UPDATE igny8_providers SET enabled = true WHERE id = 'openai';
+SELECT content, provider, model, input_tokens, output_tokens FROM igny8_chat(
+    '[{"role":"user","content":"Hi [[sim openai:tag=c3]]"}]', 'gpt-4');
+SELECT sim('log --tag c3 --field body');
+UPDATE igny8_providers SET enabled = true WHERE id = 'self_hosted_ai';

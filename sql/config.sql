@@ -1,0 +1,60 @@
+--
+-- config: a committed change to the configuration tables reaches the
+-- workers without a restart; priority, weight and enabled are obeyed
+--
+TRUNCATE ai_usage_log;
+
+-- change the provider-side model: the next call uses it
+UPDATE igny8_models SET provider_model = 'qwen3:14b' WHERE alias = 'gpt-4';
+SELECT igny8_generate_text('Which model?', 'gpt-4');
+UPDATE igny8_models SET provider_model = 'qwen3:32b' WHERE alias = 'gpt-4';
+SELECT igny8_generate_text('Which model?', 'gpt-4');
+
+-- an uncommitted change is not seen by the workers
+BEGIN;
+UPDATE igny8_models SET provider_model = 'qwen3:8b' WHERE alias = 'gpt-4';
+ROLLBACK;
+SELECT igny8_generate_text('Which model?', 'gpt-4');
+
+-- a new alias works at once
+INSERT INTO igny8_models (alias, provider_id, provider_model, timeout, max_tokens)
+VALUES ('writer', 'self_hosted_ai', 'qwen3:8b', '30 s', 512);
+SELECT igny8_generate_text('New alias', 'writer');
+
+-- priority: the higher priority provider is tried first
+INSERT INTO igny8_models (alias, provider_id, provider_model)
+VALUES ('writer', 'openai', 'gpt-4o-mini');
+SELECT igny8_generate_text('Priority', 'writer');
+UPDATE igny8_providers SET priority = 20 WHERE id = 'openai';
+SELECT igny8_generate_text('Priority', 'writer');
+UPDATE igny8_providers SET priority = 5 WHERE id = 'openai';
+
+-- equal priority: the load is spread by weight
+INSERT INTO igny8_providers (id, kind, base_url, priority)
+VALUES ('second_box', 'ollama', current_setting('igny8_test.ollama_url'), 10);
+INSERT INTO igny8_models (alias, provider_id, provider_model, weight)
+VALUES ('writer', 'second_box', 'qwen3:8b', 3);
+TRUNCATE ai_usage_log;
+SELECT count(*) FROM generate_series(1, 80) i,
+       igny8_generate_text('Spread ' || i, 'writer') t;
+SELECT provider, count(*) BETWEEN 40 AND 79 AS most,
+       count(*) BETWEEN 1 AND 40 AS some
+  FROM ai_usage_log GROUP BY provider ORDER BY provider;
+
+-- a disabled deployment is skipped
+UPDATE igny8_models SET enabled = false WHERE alias = 'writer' AND provider_id = 'second_box';
+TRUNCATE ai_usage_log;
+SELECT count(*) FROM generate_series(1, 10) i,
+       igny8_generate_text('Disabled ' || i, 'writer') t;
+SELECT provider, count(*) FROM ai_usage_log GROUP BY provider;
+
+-- a fallback added at run time is used
+DELETE FROM igny8_models WHERE alias = 'writer' AND provider_id <> 'self_hosted_ai';
+INSERT INTO igny8_fallbacks VALUES ('writer', 1, 'gpt-3.5-turbo-fallback');
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('Fallback [[sim ollama:status=404]]', 'writer');
+SELECT provider, model_used, success FROM ai_usage_log ORDER BY id;
+
+DELETE FROM igny8_fallbacks WHERE alias = 'writer';
+DELETE FROM igny8_models WHERE alias = 'writer';
+DELETE FROM igny8_providers WHERE id = 'second_box';

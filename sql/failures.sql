@@ -1,0 +1,46 @@
+--
+-- failures: timeouts, oversized and truncated responses
+--
+TRUNCATE ai_usage_log;
+
+-- the deployment's timeout ends a slow attempt; the fallback answers
+UPDATE igny8_models SET timeout = '1 s' WHERE alias = 'gpt-4';
+SELECT igny8_generate_text('Slow [[sim ollama:delay=5]]', 'gpt-4');
+SELECT * FROM attempts;
+UPDATE igny8_models SET timeout = '300 s' WHERE alias = 'gpt-4';
+
+-- the overall deadline (timeout argument) ends the whole request
+TRUNCATE ai_usage_log;
+SELECT show_error($$SELECT igny8_generate_text('Very slow [[sim any:delay=10]]', 'gpt-4', timeout => '1.5 s')$$);
+SELECT * FROM attempts;
+
+-- ... and so does igny8_ai.default_timeout
+TRUNCATE ai_usage_log;
+SET igny8_ai.default_timeout = '1s';
+SELECT show_error($$SELECT igny8_generate_text('Very slow [[sim any:delay=10]]', 'gpt-4')$$);
+RESET igny8_ai.default_timeout;
+SELECT count(*) AS attempts FROM ai_usage_log;
+
+-- a response over igny8_ai.max_response_size is cut off and falls back
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('Huge [[sim ollama:oversize=70000000]]', 'gpt-4');
+SELECT * FROM attempts;
+
+-- one slow request does not delay another (each worker holds many)
+TRUNCATE ai_usage_log;
+CREATE EXTENSION dblink;
+-- two slow requests, so that every worker holds one
+SELECT dblink_connect('slow', 'dbname=' || current_database());
+SELECT dblink_send_query('slow',
+    $$SELECT igny8_generate_text('Slow one [[sim ollama:delay=4]]', 'gpt-4')$$);
+SELECT dblink_connect('slow2', 'dbname=' || current_database());
+SELECT dblink_send_query('slow2',
+    $$SELECT igny8_generate_text('Slow two [[sim ollama:delay=4]]', 'gpt-4')$$);
+SELECT pg_sleep(0.3);
+SELECT clock_timestamp() AS t0 \gset
+SELECT igny8_generate_text('Fast one', 'gpt-4');
+SELECT clock_timestamp() - :'t0' < interval '3 s' AS not_delayed;
+SELECT * FROM dblink_get_result('slow') AS t(answer text);
+SELECT * FROM dblink_get_result('slow2') AS t(answer text);
+SELECT dblink_disconnect('slow');
+SELECT dblink_disconnect('slow2');

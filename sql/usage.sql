@@ -1,0 +1,41 @@
+--
+-- usage: the usage rows are committed by the worker before the caller
+-- gets its answer, whatever the caller's transaction does
+--
+TRUNCATE ai_usage_log;
+
+-- a caller that rolls back still leaves its rows
+BEGIN;
+SELECT igny8_generate_text('Rolled back', 'gpt-4');
+ROLLBACK;
+SELECT provider, success, attempt FROM ai_usage_log;
+
+-- the row is visible to the caller as soon as the call returns
+BEGIN ISOLATION LEVEL READ COMMITTED;
+SELECT igny8_generate_text('Visible', 'gpt-4') IS NOT NULL AS answered;
+SELECT count(*) AS rows_seen FROM ai_usage_log;
+COMMIT;
+
+-- a caller that fails after the answer keeps the rows too
+DO $$
+BEGIN
+    PERFORM igny8_generate_text('Then fail', 'gpt-4');
+    RAISE EXCEPTION 'application error after the call';
+END
+$$;
+SELECT count(*) AS rows_after_error FROM ai_usage_log;
+
+-- prompts and outputs are stored only when asked
+ALTER SYSTEM SET igny8_ai.log_content = on;
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.5);
+SELECT igny8_generate_text('Remember me', 'gpt-4');
+SELECT prompt, response FROM ai_usage_log WHERE prompt IS NOT NULL;
+ALTER SYSTEM RESET igny8_ai.log_content;
+SELECT pg_reload_conf();
+
+-- many calls in one statement: every one logged once
+TRUNCATE ai_usage_log;
+SELECT count(*) FROM generate_series(1, 200) i, igny8_generate_text('Bulk ' || i, 'gpt-3.5-turbo-fast') t;
+SELECT count(*) AS rows, count(DISTINCT request_id) AS requests, bool_and(success) AS all_ok
+  FROM ai_usage_log;
