@@ -25,7 +25,8 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # pg_regress against a temporary instance that preloads pg_cron and
 # igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).
 REGRESS_CONF ?= test/tmp/regress.conf
-REGRESS = setup bad_input text chat fallback retry failures cancel security config usage
+REGRESS = setup bad_input text chat fallback retry failures cancel restart \
+	security config usage
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(REGRESS_CONF)
 
 # the LLVM bitcode for JIT inlining is of no use here, and needs clang

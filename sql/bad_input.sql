@@ -82,12 +82,14 @@ SELECT igny8_generate_text('Hello', 'keyfile-alias');
 DELETE FROM igny8_providers WHERE id IN ('keyless', 'keyfile');
 
 -- configuration is checked too
+\set VERBOSITY terse
 INSERT INTO igny8_providers (id, kind, base_url) VALUES ('ftp', 'ollama', 'ftp://example.com');
 INSERT INTO igny8_providers (id, kind, base_url) VALUES ('nokind', 'gemini', 'http://127.0.0.1:1');
 INSERT INTO igny8_providers (id, kind, base_url) VALUES ('Bad Id', 'ollama', 'http://127.0.0.1:1');
 INSERT INTO igny8_models (alias, provider_id, provider_model) VALUES ('x', 'nosuch', 'm');
 INSERT INTO igny8_models (alias, provider_id, provider_model, max_tokens) VALUES ('x', 'openai', 'm', 0);
 INSERT INTO igny8_fallbacks VALUES ('gpt-4', 9, 'gpt-4');
+\set VERBOSITY default
 
 -- nothing was attempted, nothing was logged, nothing was left configured
 SELECT count(*) AS usage_rows FROM ai_usage_log;

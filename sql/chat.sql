@@ -1,7 +1,9 @@
 --
 -- chat: igny8_chat with messages, options, and the composite it returns
 --
-SELECT * FROM igny8_chat(
+SELECT content, thinking, provider, model, input_tokens, output_tokens, cost,
+       finish_reason, cached
+  FROM igny8_chat(
     '[{"role":"system","content":"You write for a content platform."},
       {"role":"user","content":"Write a tagline about clouds"}]',
     'gpt-3.5-turbo');
@@ -32,10 +34,13 @@ SELECT content, provider, model, finish_reason FROM igny8_chat(
     '[{"role":"system","content":"Be brief. [[sim anthropic:tag=c2]]"},
       {"role":"user","content":"Hi"}]', 'gpt-4');
 SELECT sim('log --tag c2 --field body');
-SELECT sim('log --tag c2 --field headers');
+SELECT h->>'x-api-key' AS api_key, h->>'anthropic-version' AS version,
+       h->>'content-type' AS content_type
+  FROM (SELECT sim('log --tag c2 --field headers')::jsonb AS h) s;
 -- OpenAI: Bearer key and usage
 UPDATE igny8_providers SET enabled = true WHERE id = 'openai';
 SELECT content, provider, model, input_tokens, output_tokens FROM igny8_chat(
     '[{"role":"user","content":"Hi [[sim openai:tag=c3]]"}]', 'gpt-4');
 SELECT sim('log --tag c3 --field body');
+SELECT sim('log --tag c3 --field headers')::jsonb->>'authorization' AS authorization;
 UPDATE igny8_providers SET enabled = true WHERE id = 'self_hosted_ai';

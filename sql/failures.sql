@@ -44,3 +44,22 @@ SELECT * FROM dblink_get_result('slow') AS t(answer text);
 SELECT * FROM dblink_get_result('slow2') AS t(answer text);
 SELECT dblink_disconnect('slow');
 SELECT dblink_disconnect('slow2');
+
+-- connections to a backend are kept alive between requests: 20 calls in a
+-- row use at most one connection per worker
+SELECT count(*) FROM generate_series(1, 20) i,
+       igny8_generate_text('Keep alive ' || i || ' [[sim ollama:tag=ka]]', 'gpt-4') t;
+SELECT sim('connections --tag ka')::int <= 2 AS reused;
+
+-- a provider's max_concurrent holds requests back, across workers; what
+-- exceeds it waits in order rather than failing
+UPDATE igny8_providers SET max_concurrent = 1 WHERE id = 'self_hosted_ai';
+SELECT dblink_connect('c' || i, 'dbname=' || current_database()) FROM generate_series(1, 3) i;
+SELECT dblink_send_query('c' || i,
+    $$SELECT igny8_generate_text('Limited [[sim ollama:delay=0.5 tag=mc]]', 'gpt-4')$$)
+  FROM generate_series(1, 3) i;
+SELECT r.answer FROM generate_series(1, 3) i,
+       dblink_get_result('c' || i) AS r(answer text);
+SELECT sim('max-concurrency --tag mc') AS most_at_once;
+SELECT dblink_disconnect('c' || i) FROM generate_series(1, 3) i;
+UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';

@@ -943,6 +943,7 @@ igny8_worker_main(Datum main_arg)
 {
 	WaitEventSet *wes;
 	Igny8WorkerShared *w;
+	int		   *newslots;
 
 	my_index = DatumGetInt32(main_arg);
 
@@ -972,6 +973,9 @@ igny8_worker_main(Datum main_arg)
 	recover_orphans();
 	refresh_config(true);
 
+	newslots = MemoryContextAlloc(TopMemoryContext,
+								  sizeof(int) * igny8_shared->nslots);
+
 	wes = CreateWaitEventSet(TopMemoryContext, 3);
 	AddWaitEventToSet(wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
@@ -992,6 +996,7 @@ igny8_worker_main(Datum main_arg)
 		dlist_mutable_iter miter;
 		Igny8Transfer *t;
 		int			slotno;
+		int			nnew;
 		bool		waiting_provider = false;
 
 		/* how long may we sleep? */
@@ -1031,10 +1036,18 @@ igny8_worker_main(Datum main_arg)
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
 
+		/*
+		 * Take the new requests first, then look at the configuration: a
+		 * request queued after its caller committed a configuration change
+		 * must be routed with that change.
+		 */
+		nnew = 0;
+		while (nnew < igny8_shared->nslots &&
+			   (slotno = igny8_queue_pop(my_index)) >= 0)
+			newslots[nnew++] = slotno;
 		refresh_config(false);
-
-		while ((slotno = igny8_queue_pop(my_index)) >= 0)
-			accept_slot(slotno);
+		for (int i = 0; i < nnew; i++)
+			accept_slot(newslots[i]);
 		MemoryContextSwitchTo(loop_cxt);
 
 		check_abandoned();

@@ -323,7 +323,8 @@ class SimState:
 
     # -- request log ------------------------------------------------------
 
-    def open_record(self, role, method, path, query, headers):
+    def open_record(self, role, method, path, query, headers,
+                    client_port=None):
         with self.lock:
             self.seq += 1
             self.counts[role] += 1
@@ -333,7 +334,7 @@ class SimState:
                 "headers": headers, "body": None, "status": None,
                 "t_start": time.time(), "t_end": None,
                 "disconnect": False, "t_disconnect": None,
-                "directive_errors": [],
+                "directive_errors": [], "client_port": client_port,
             }
             self.log.append(rec)
             return rec
@@ -612,7 +613,8 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
             headers[name] = headers[name] + ", " + value \
                 if name in headers else value
         self.rec = state.open_record(role, self.command, split.path,
-                                     split.query or None, headers)
+                                     split.query or None, headers,
+                                     self.client_address[1])
         self.behaviour = Behaviour()
         self.request_id = new_id("req_sim", 20)
         try:

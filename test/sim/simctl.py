@@ -158,6 +158,24 @@ def run(args):
                       lambda recs: any(r["disconnect"] for r in recs),
                       args.timeout)
         emit(args, "disconnected" if ok else "not disconnected")
+    elif args.command == "connections":
+        # distinct client connections (source ports) the requests came on
+        records = control(ports, "GET", "/log", {"tag": args.tag,
+                                                 "role": args.role})
+        emit(args, str(len({r["client_port"] for r in records})))
+    elif args.command == "max-concurrency":
+        # the most requests that were in progress at the same moment
+        records = control(ports, "GET", "/log", {"tag": args.tag,
+                                                 "role": args.role})
+        events = []
+        for r in records:
+            events.append((r["t_start"], 1))
+            events.append((r["t_end"] or float("inf"), -1))
+        peak = now = 0
+        for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+            now += step
+            peak = max(peak, now)
+        emit(args, str(peak))
     elif args.command == "wait-requests":
         ok = wait_for(ports, {"tag": args.tag, "role": args.role},
                       lambda recs: sum(r["t_end"] is not None
@@ -219,6 +237,14 @@ def build_parser():
     wd.add_argument("--tag", required=True)
     wd.add_argument("--role", type=role_arg)
     wd.add_argument("--timeout", type=float, default=10.0)
+
+    for name, text in (("connections",
+                        "number of client connections tagged requests used"),
+                       ("max-concurrency",
+                        "most tagged requests in progress at one moment")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("--tag", required=True)
+        p.add_argument("--role", type=role_arg)
 
     wr = sub.add_parser("wait-requests", parents=[common],
                         help="wait until N tagged requests have finished")
