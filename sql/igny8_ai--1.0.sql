@@ -99,9 +99,21 @@ CREATE INDEX ai_usage_log_account_idx ON ai_usage_log (account_id, created_at)
 COMMENT ON TABLE ai_usage_log IS
     'one row per attempt on a provider, committed before the caller gets its answer';
 
-SELECT pg_catalog.pg_extension_config_dump('igny8_providers', '');
-SELECT pg_catalog.pg_extension_config_dump('igny8_models', '');
-SELECT pg_catalog.pg_extension_config_dump('igny8_fallbacks', '');
+-- pg_dump keeps the usage log and the configuration the DBA added.  The
+-- rows this script inserts are left out (CREATE EXTENSION recreates them on
+-- restore, and dumping them too would collide); a change to one of them
+-- must be made again after a restore.
+SELECT pg_catalog.pg_extension_config_dump('igny8_providers',
+    $$WHERE id NOT IN ('self_hosted_ai', 'openai', 'anthropic')$$);
+SELECT pg_catalog.pg_extension_config_dump('igny8_models',
+    $$WHERE (alias, provider_id) NOT IN (('gpt-4', 'self_hosted_ai'),
+        ('gpt-4-turbo', 'self_hosted_ai'), ('gpt-3.5-turbo', 'self_hosted_ai'),
+        ('gpt-3.5-turbo-fast', 'self_hosted_ai'), ('gpt-4-fallback', 'openai'),
+        ('gpt-4-fallback', 'anthropic'), ('gpt-3.5-turbo-fallback', 'openai'),
+        ('gpt-3.5-turbo-fallback', 'anthropic'))$$);
+SELECT pg_catalog.pg_extension_config_dump('igny8_fallbacks',
+    $$WHERE (alias, position) NOT IN (('gpt-4', 1), ('gpt-4', 2),
+        ('gpt-4-turbo', 1), ('gpt-3.5-turbo', 1), ('gpt-3.5-turbo-fast', 1))$$);
 SELECT pg_catalog.pg_extension_config_dump('ai_usage_log', '');
 
 --

@@ -20,6 +20,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "libpq/libpq-be.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
@@ -239,8 +240,13 @@ run_call(Igny8Call *call, Igny8Answer *ans)
 		slot->success = false;
 		slot->sqlerrcode = 0;
 		slot->result = InvalidDsaPointer;
-		slot->request = igny8_dsa_strdup(area, call->request.data,
-										 call->request.len);
+		{
+			/* providers speak UTF-8, whatever the database's encoding */
+			char	   *utf8 = pg_server_to_any(call->request.data,
+												call->request.len, PG_UTF8);
+
+			slot->request = igny8_dsa_strdup(area, utf8, strlen(utf8));
+		}
 
 		worker = choose_worker();
 		SpinLockAcquire(&slot->mutex);
@@ -310,8 +316,11 @@ run_call(Igny8Call *call, Igny8Answer *ans)
 			char	   *strs[2];
 
 			igny8_unpack_strings(area, slot->result, 2, strs);
-			ans->content = strs[0] ? strs[0] : pstrdup("");
-			ans->thinking = strs[1];
+			/* validated (and converted) before it becomes a text datum */
+			ans->content = strs[0] ?
+				pg_any_to_server(strs[0], strlen(strs[0]), PG_UTF8) : "";
+			ans->thinking = strs[1] ?
+				pg_any_to_server(strs[1], strlen(strs[1]), PG_UTF8) : NULL;
 		}
 		memcpy(ans->provider, slot->provider, IGNY8_NAME_LEN);
 		memcpy(ans->model_used, slot->model_used, IGNY8_MODEL_LEN);

@@ -204,8 +204,10 @@ refresh_config(bool force)
 	}
 	PG_CATCH();
 	{
+		/* keep serving with what we had; try again at the next change */
 		recover_from_error();
-		fresh = NULL;
+		config_generation = gen;
+		return;
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(loop_cxt);

@@ -14,14 +14,16 @@ against a backend that takes a fixed time to answer.  If the extension keeps
 all N requests in flight at once, the last answer arrives about one backend
 delay after the release.
 
-Meanwhile a sampler reads /proc/PID/status of the igny8_ai background
-workers (children of --postmaster-pid whose process title contains
-"igny8_ai worker": other PostgreSQL servers on the machine have workers of
-the same name) every 50 ms.
+From the release until 1 s after the last answer, a sampler reads
+/proc/PID/status of the igny8_ai background workers (children of
+--postmaster-pid whose process title contains "igny8_ai worker": other
+PostgreSQL servers on the machine have workers of the same name) every
+50 ms, and keeps the sample with the highest VmRSS.
 
 Prints one JSON object: wall time from release to the last answer, the
 spread of the release, per-call latency percentiles, failures, and per
-worker the memory before, at the peak of and after the burst.
+worker the memory before, at the highest sample and 1 s after the burst
+(VmRSS, VmHWM, RssAnon, RssShmem in kB).
 """
 
 import argparse
@@ -171,15 +173,16 @@ def main():
         sys.stdout.write("\n")
         return 1
     release = time.perf_counter()
+    release_epoch = time.time()         # to compare with the backend's log
     connect_s = release - t_connect
     sampler.start()
 
     deadline = release + args.timeout
     for t in threads:
         t.join(timeout=max(0.0, deadline - time.perf_counter()))
-    sampler.stop()
     hung = sum(t.is_alive() for t in threads)
     time.sleep(1.0)                     # let the workers settle, then sample
+    sampler.stop()
     after = {pid: memory_kb(pid) for pid in pids}
 
     for c in conns:
@@ -198,6 +201,7 @@ def main():
         "errors": errors[:10],
         "hung": hung,
         "connect_s": connect_s,
+        "release_epoch": release_epoch,
         # from the release to the last answer
         "wall_s": (max(finished[i] for i in ok) - release) if ok else None,
         # how long the release itself took: the last caller to send its query
