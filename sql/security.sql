@@ -60,6 +60,25 @@ SELECT igny8_generate_text('Redirect [[sim ollama:status=404]] [[sim openai:redi
 SELECT provider, http_status, success, error_message FROM ai_usage_log ORDER BY id;
 SELECT sim('log --path /elsewhere --count') AS followed;
 
+-- TLS is verified: a self-signed certificate is refused (no request gets
+-- through), and trusted once the provider names it in settings.ca_file
+UPDATE igny8_providers SET base_url = current_setting('igny8_test.openai_tls_url')
+ WHERE id = 'openai';
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('TLS [[sim ollama:status=404]] [[sim openai:tag=tls1]]', 'gpt-4');
+SELECT provider, http_status, success,
+       error_message LIKE 'SSL certificate problem%' AS refused_certificate
+  FROM ai_usage_log ORDER BY id;
+SELECT sim('log --tag tls1 --role openai --count') AS reached_openai;
+UPDATE igny8_providers
+   SET settings = jsonb_build_object('ca_file', current_setting('igny8_test.work') || '/test/tmp/tls.crt')
+ WHERE id = 'openai';
+SELECT igny8_generate_text('TLS [[sim ollama:status=404]] [[sim openai:tag=tls2]]', 'gpt-4');
+SELECT sim('log --tag tls2 --role openai --count') AS reached_openai;
+UPDATE igny8_providers SET base_url = current_setting('igny8_test.openai_url'),
+                           settings = '{}'
+ WHERE id = 'openai';
+
 DROP OWNED BY igny8_app;
 DROP ROLE igny8_app;
 DROP ROLE igny8_nobody;

@@ -178,6 +178,7 @@ igny8_config_load(uint64 generation)
 		Igny8Provider *p = &config->providers[i];
 		char	   *settings = get_text(tup, desc, 9);
 		cJSON	   *proxy;
+		cJSON	   *ca_file;
 
 		p->id = get_text(tup, desc, 1);
 		p->kind = igny8_provider_kind_from_name(get_text(tup, desc, 2));
@@ -190,6 +191,8 @@ igny8_config_load(uint64 generation)
 		provider_settings[i] = settings ? cJSON_Parse(settings) : NULL;
 		proxy = cJSON_GetObjectItemCaseSensitive(provider_settings[i], "proxy");
 		p->proxy = cJSON_IsString(proxy) ? pstrdup(proxy->valuestring) : NULL;
+		ca_file = cJSON_GetObjectItemCaseSensitive(provider_settings[i], "ca_file");
+		p->ca_file = cJSON_IsString(ca_file) ? pstrdup(ca_file->valuestring) : NULL;
 		p->key = igny8_resolve_key(p->key_ref, &p->key_error);
 		p->shared_index = provider_shared_index(p->id);
 	}

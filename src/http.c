@@ -204,7 +204,7 @@ header_callback(char *data, size_t size, size_t nmemb, void *userp)
 Igny8Transfer *
 igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 				 int timeout_ms, int connect_timeout_ms, const char *proxy,
-				 void *owner)
+				 const char *ca_file, void *owner)
 {
 	Igny8Transfer *t = calloc(1, sizeof(Igny8Transfer));
 	CURL	   *easy;
@@ -238,6 +238,8 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (ca_file != NULL)
+		curl_easy_setopt(easy, CURLOPT_CAINFO, ca_file);
 	curl_easy_setopt(easy, CURLOPT_PROXY, proxy ? proxy : "");
 	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);

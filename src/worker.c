@@ -539,7 +539,8 @@ start_attempt(Job *job, TimestampTz now)
 
 	job->transfer = igny8_http_start(p->base_url, &http,
 									 (int) Min((long) d->timeout_ms, remaining_ms),
-									 p->connect_timeout_ms, p->proxy, job);
+									 p->connect_timeout_ms, p->proxy,
+									 p->ca_file, job);
 	job->attempt_start = now;
 	job->state = JOB_HTTP;
 	MemoryContextSwitchTo(old);

@@ -38,6 +38,7 @@ typedef struct Igny8Provider
 	int			connect_timeout_ms;
 	int			max_concurrent;
 	char	   *proxy;			/* settings.proxy, or NULL: no proxy */
+	char	   *ca_file;		/* settings.ca_file: CA bundle to trust */
 	int			shared_index;	/* in igny8_shared->providers, or -1 */
 } Igny8Provider;
 
@@ -125,7 +126,8 @@ extern long igny8_http_timeout_ms(void);
 extern Igny8Transfer *igny8_http_start(const char *base_url,
 									   const Igny8HttpRequest *req,
 									   int timeout_ms, int connect_timeout_ms,
-									   const char *proxy, void *owner);
+									   const char *proxy, const char *ca_file,
+									   void *owner);
 extern void igny8_http_free(Igny8Transfer *t);
 extern void igny8_http_drive(bool fd_ready);
 extern Igny8Transfer *igny8_http_next_finished(void);

@@ -2,43 +2,94 @@
 """
 burst.py - part (c) of test/bench/run: many AI requests in flight at once.
 
-    /usr/bin/python3 burst.py --dsn DSN --callers N --postmaster-pid PID
+    /usr/bin/python3 burst.py --dsn DSN --callers N [--postmaster-pid PID]
+    /usr/bin/python3 burst.py --url http://127.0.0.1:PORT --callers N
 
-Opens N PostgreSQL connections, one per thread, and only once every one of
-them is connected releases all the threads at the same instant (a
-threading.Barrier) to run
+Opens N connections, one per thread, and only once every one of them is
+connected releases all the threads at the same instant (a threading.Barrier)
+to make one call each, against a backend that takes a fixed time to answer:
 
-    SELECT igny8_generate_text('Write about clouds', 'gpt-4')
+  --dsn   a PostgreSQL connection per thread, running
+          SELECT igny8_generate_text('Write about clouds', 'gpt-4')
+  --url   (the baseline) a keep-alive HTTP connection per thread to the
+          backend itself, POSTing to /api/chat the body the extension sends
 
-against a backend that takes a fixed time to answer.  If the extension keeps
-all N requests in flight at once, the last answer arrives about one backend
-delay after the release.
+If all N requests are in flight at once, the last answer arrives about one
+backend delay after the release.  Both modes share the client's structure
+(threads, barrier, timing), so the difference between them is what the
+extension adds.
 
-From the release until 1 s after the last answer, a sampler reads
-/proc/PID/status of the igny8_ai background workers (children of
---postmaster-pid whose process title contains "igny8_ai worker": other
+With --postmaster-pid, from the release until 1 s after the last answer, a
+sampler reads /proc/PID/status of the igny8_ai background workers (children
+of that postmaster whose process title contains "igny8_ai worker": other
 PostgreSQL servers on the machine have workers of the same name) every
 50 ms, and keeps the sample with the highest VmRSS.
 
 Prints one JSON object: wall time from release to the last answer, the
 spread of the release, per-call latency percentiles, failures, and per
 worker the memory before, at the highest sample and 1 s after the burst
-(VmRSS, VmHWM, RssAnon, RssShmem in kB).
+(VmRSS, VmHWM, RssAnon, RssShmem in kB).  Exits 1 unless every call was
+answered; "aborted": true means not every connection could be opened
+("connected" says how many were).
 """
 
 import argparse
+import http.client
 import json
 import os
 import sys
 import threading
 import time
+import urllib.parse
 
 import psycopg2
 
-SQL = "SELECT igny8_generate_text('Write about clouds', 'gpt-4')"
+from latency import ALIAS, PROMPT, ollama_body, percentile
+
+SQL = "SELECT igny8_generate_text(%s, %s)"
 WORKER_TITLE = "igny8_ai worker"
 SAMPLE_INTERVAL_S = 0.05
 MEM_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssShmem")
+
+
+class SqlCaller:
+    """One PostgreSQL connection that calls igny8_generate_text."""
+
+    def __init__(self, dsn):
+        self.conn = psycopg2.connect(dsn, connect_timeout=60)
+        self.conn.autocommit = True
+
+    def call(self):
+        with self.conn.cursor() as cur:
+            cur.execute(SQL, (PROMPT, ALIAS))
+            if not cur.fetchone()[0]:
+                raise RuntimeError("empty answer")
+
+    def close(self):
+        self.conn.close()
+
+
+class HttpCaller:
+    """One HTTP connection to the backend, opened before the release."""
+
+    def __init__(self, url, body):
+        u = urllib.parse.urlsplit(url)
+        self.body = body
+        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+        self.conn.connect()
+
+    def call(self):
+        self.conn.request("POST", "/api/chat", body=self.body,
+                          headers={"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError("HTTP %d" % resp.status)
+        if not json.loads(data)["message"]["content"]:
+            raise RuntimeError("empty answer")
+
+    def close(self):
+        self.conn.close()
 
 
 def worker_pids(postmaster_pid):
@@ -50,7 +101,7 @@ def worker_pids(postmaster_pid):
         try:
             with open("/proc/%s/stat" % entry) as f:
                 stat = f.read()
-            # the field after "(comm)" is the state, then the parent's pid
+            # after "(comm)" come the state, then the parent's pid
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             if ppid != postmaster_pid:
                 continue
@@ -78,7 +129,7 @@ def memory_kb(pid):
 
 
 class MemorySampler(threading.Thread):
-    """Keeps, per worker, the sample with the highest VmRSS seen."""
+    """Keeps, per process, the sample with the highest VmRSS seen."""
 
     def __init__(self, pids):
         super().__init__(daemon=True)
@@ -100,40 +151,55 @@ class MemorySampler(threading.Thread):
         self.join()
 
 
-def percentile(sorted_values, p):
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return None
-    rank = max(1, -(-len(sorted_values) * p // 100))
-    return sorted_values[int(rank) - 1]
+def first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dsn", required=True)
+    target = ap.add_mutually_exclusive_group(required=True)
+    target.add_argument("--dsn", help="call igny8_generate_text here")
+    target.add_argument("--url", help="POST /api/chat to this backend")
     ap.add_argument("--callers", type=int, default=1000)
-    ap.add_argument("--postmaster-pid", type=int, required=True)
+    ap.add_argument("--postmaster-pid", type=int,
+                    help="sample the memory of this server's igny8_ai workers")
+    ap.add_argument("--model", default="qwen3:32b",
+                    help="provider-side model of the alias (--url body only)")
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="give up on the burst after this many seconds")
     args = ap.parse_args()
     n = args.callers
+    if args.dsn:
+        def connect():
+            return SqlCaller(args.dsn)
+    else:
+        body = ollama_body(args.model)
+
+        def connect():
+            return HttpCaller(args.url, body)
 
     threading.stack_size(512 * 1024)    # 1000 threads: keep them small
-    barrier = threading.Barrier(n + 1)  # the callers and this thread
-    started = [None] * n                # perf_counter() at release
-    finished = [None] * n               # perf_counter() at the answer
-    errors = []                         # (index, message)
-    lock = threading.Lock()
-    conns = [None] * n
+    release = {}
 
-    def caller(i):
+    def mark_release():
+        # run by the last thread to arrive, before any thread is released
+        release["t"] = time.perf_counter()
+        release["epoch"] = time.time()  # to compare with the backend's log
+
+    barrier = threading.Barrier(n + 1, action=mark_release)
+    started = [None] * n                # perf_counter() before the call
+    finished = [None] * n               # perf_counter() after the answer
+    errors = []                         # (caller index, message)
+    lock = threading.Lock()
+    callers = [None] * n
+
+    def run(i):
         try:
-            conn = psycopg2.connect(args.dsn, connect_timeout=60)
-            conn.autocommit = True
-            conns[i] = conn
-        except psycopg2.Error as exc:
+            callers[i] = connect()
+        except Exception as exc:
             with lock:
-                errors.append((i, "connect: %s" % str(exc).strip()))
+                errors.append((i, "connect: " + first_line(exc)))
             barrier.abort()             # nobody waits for a missing caller
             return
         try:
@@ -141,43 +207,35 @@ def main():
         except threading.BrokenBarrierError:
             return
         try:
-            cur = conn.cursor()
             started[i] = time.perf_counter()
-            cur.execute(SQL)
-            text = cur.fetchone()[0]
+            callers[i].call()
             finished[i] = time.perf_counter()
-            if not text:
-                raise RuntimeError("empty answer")
         except Exception as exc:        # report every failure, keep going
             with lock:
-                errors.append((i, str(exc).strip().splitlines()[0]))
+                errors.append((i, first_line(exc)))
 
-    pids = worker_pids(args.postmaster_pid)
+    pids = worker_pids(args.postmaster_pid) if args.postmaster_pid else []
     before = {pid: memory_kb(pid) for pid in pids}
+    sampler = MemorySampler(pids)
 
-    threads = [threading.Thread(target=caller, args=(i,), daemon=True)
+    threads = [threading.Thread(target=run, args=(i,), daemon=True)
                for i in range(n)]
     t_connect = time.perf_counter()
     for t in threads:
         t.start()
-
-    sampler = MemorySampler(pids)
     try:
         barrier.wait(timeout=args.timeout)
     except threading.BrokenBarrierError:
         for t in threads:
             t.join(timeout=5)
-        json.dump({"callers": n, "connected": sum(c is not None for c in conns),
-                   "errors": errors[:10], "nerrors": len(errors),
-                   "aborted": True}, sys.stdout)
+        json.dump({"callers": n, "aborted": True,
+                   "connected": sum(c is not None for c in callers),
+                   "nerrors": len(errors), "errors": errors[:10]}, sys.stdout)
         sys.stdout.write("\n")
         return 1
-    release = time.perf_counter()
-    release_epoch = time.time()         # to compare with the backend's log
-    connect_s = release - t_connect
     sampler.start()
 
-    deadline = release + args.timeout
+    deadline = release["t"] + args.timeout
     for t in threads:
         t.join(timeout=max(0.0, deadline - time.perf_counter()))
     hung = sum(t.is_alive() for t in threads)
@@ -185,27 +243,29 @@ def main():
     sampler.stop()
     after = {pid: memory_kb(pid) for pid in pids}
 
-    for c in conns:
+    for c in callers:
         if c is not None:
             try:
                 c.close()
-            except psycopg2.Error:
+            except Exception:
                 pass
 
     ok = [i for i in range(n) if finished[i] is not None]
     latencies = sorted(finished[i] - started[i] for i in ok)
+    rel = release["t"]
     result = {
         "callers": n,
+        "aborted": False,
         "answered": len(ok),
         "nerrors": len(errors),
         "errors": errors[:10],
         "hung": hung,
-        "connect_s": connect_s,
-        "release_epoch": release_epoch,
+        "connect_s": rel - t_connect,
+        "release_epoch": release["epoch"],
         # from the release to the last answer
-        "wall_s": (max(finished[i] for i in ok) - release) if ok else None,
-        # how long the release itself took: the last caller to send its query
-        "release_spread_s": (max(started[i] for i in ok) - release) if ok else None,
+        "wall_s": (max(finished[i] for i in ok) - rel) if ok else None,
+        # how long the release itself took: the last caller to start its call
+        "release_spread_s": (max(started[i] for i in ok) - rel) if ok else None,
         "latency_p50_s": percentile(latencies, 50),
         "latency_p99_s": percentile(latencies, 99),
         "latency_max_s": latencies[-1] if latencies else None,

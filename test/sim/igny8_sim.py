@@ -45,6 +45,7 @@ import select
 import signal
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import threading
@@ -1990,12 +1991,14 @@ class ControlHandler(http.server.BaseHTTPRequestHandler):
 class RoleListener:
     """One role's server, which can be taken down and brought back up."""
 
-    def __init__(self, sim, role, host, handler, backend=None):
+    def __init__(self, sim, role, host, handler, backend=None,
+                 tls_context=None):
         self.sim = sim
         self.role = role
         self.host = host
         self.handler = handler
         self.backend = backend
+        self.tls_context = tls_context  # serve HTTPS with it when set
         self.port = 0
         self.server = None
         self.lock = threading.Lock()
@@ -2011,6 +2014,9 @@ class RoleListener:
                 return
             server = SimServer((self.host, self.port), self.handler,
                                self.sim, self.role, self.backend)
+            if self.tls_context is not None:
+                server.socket = self.tls_context.wrap_socket(
+                    server.socket, server_side=True)
             self.port = server.server_address[1]
             thread = threading.Thread(target=server.serve_forever,
                                       kwargs={"poll_interval": 0.1},
@@ -2048,6 +2054,13 @@ class Simulator:
             for role in BACKEND_ROLES}
         self.listeners["control"] = RoleListener(self, "control", args.host,
                                                  ControlHandler)
+        if args.tls_cert:
+            # the OpenAI role again, over HTTPS with the given certificate
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(args.tls_cert, args.tls_key)
+            self.listeners["openai_tls"] = RoleListener(
+                self, "openai", args.host, SimHandler,
+                BACKENDS["openai"](self), tls_context=ctx)
         self.host = args.host
         self.ports = {}
 
@@ -2063,8 +2076,8 @@ class Simulator:
         probe.bind((self.host, 0))
         dead = probe.getsockname()[1]
         probe.close()
-        self.ports = {role: self.listeners[role].port
-                      for role in BACKEND_ROLES + ("control",)}
+        self.ports = {role: listener.port
+                      for role, listener in self.listeners.items()}
         self.ports["dead"] = dead
         self.ports["pid"] = os.getpid()
 
@@ -2106,6 +2119,10 @@ def main(argv=None):
     parser.add_argument("--no-think-models", type=csv_list, default=[],
                         help="comma-separated Ollama models that refuse "
                         "think")
+    parser.add_argument("--tls-cert",
+                        help="PEM certificate: also serve the OpenAI role "
+                        "over HTTPS (port \"openai_tls\")")
+    parser.add_argument("--tls-key", help="PEM key of --tls-cert")
     parser.add_argument("--verbose", action="store_true",
                         help="log every request to stderr")
     args = parser.parse_args(argv)
