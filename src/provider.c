@@ -1,10 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * provider.c
- *	  Helpers shared by the text protocols: provider kinds, the generic
- *	  classification of HTTP statuses, cJSON's allocator, and the small
- *	  string and JSON utilities used by provider_ollama.c,
- *	  provider_openai.c and provider_anthropic.c.
+ *	  Helpers shared by the text protocols and the health probes:
+ *	  provider kinds, the generic classification of HTTP statuses, cJSON's
+ *	  allocator, the small string and JSON utilities used by
+ *	  provider_ollama.c, provider_openai.c, provider_anthropic.c and
+ *	  provider_comfyui.c, and the parts of a probe result that all
+ *	  backends share.
  *
  * Nothing here touches libcurl, SPI or shared memory, and nothing reports
  * through ereport(): failures go into an Igny8ProviderError.  The file
@@ -19,6 +21,7 @@
 
 #include <stdarg.h>
 
+#include "lib/stringinfo.h"
 #include "provider.h"
 
 /* Bytes of a non-JSON error body quoted in an error message. */
@@ -85,6 +88,26 @@ igny8_text_protocol(Igny8ProviderKind kind)
 		case IGNY8_KIND_ANTHROPIC:
 			return &igny8_anthropic_protocol;
 		case IGNY8_KIND_COMFYUI:
+		case IGNY8_KIND_INVALID:
+			break;
+	}
+	return NULL;
+}
+
+/* The health probe of a kind; NULL for IGNY8_KIND_INVALID. */
+const Igny8ProbeProtocol *
+igny8_probe_protocol(Igny8ProviderKind kind)
+{
+	switch (kind)
+	{
+		case IGNY8_KIND_OLLAMA:
+			return &igny8_ollama_probe;
+		case IGNY8_KIND_OPENAI:
+			return &igny8_openai_probe;
+		case IGNY8_KIND_ANTHROPIC:
+			return &igny8_anthropic_probe;
+		case IGNY8_KIND_COMFYUI:
+			return &igny8_comfyui_probe;
 		case IGNY8_KIND_INVALID:
 			break;
 	}
@@ -533,8 +556,8 @@ igny8_json_string(const cJSON *object, const char *key)
 }
 
 /*
- * A token counter member of a JSON object: 0 when absent, not a number or
- * negative (counters are omitted when zero by Ollama).
+ * A counter member of a JSON object (tokens, bytes): 0 when absent, not a
+ * number or negative (counters are omitted when zero by Ollama).
  */
 int64_t
 igny8_json_count(const cJSON *object, const char *key)
@@ -594,4 +617,192 @@ igny8_json_merge(cJSON *dst, const cJSON *src, bool overwrite)
 			continue;
 		igny8_json_set(dst, item->string, cJSON_Duplicate(item, true));
 	}
+}
+
+/*
+ * Fill a probe result.  The summary is cut and cleaned like an error
+ * message (one line, at most IGNY8_ERRMSG_MAX + 3 bytes); detail, a cJSON
+ * object, is printed into detail_json and freed.
+ */
+void
+igny8_probe_finish(Igny8ProbeResult *out, bool healthy, bool degraded,
+				   const char *summary, cJSON *detail)
+{
+	out->reachable = true;
+	out->healthy = healthy;
+	out->degraded = healthy && degraded;
+	out->summary = igny8_truncate_message(summary, strlen(summary),
+										  IGNY8_ERRMSG_MAX);
+	out->detail_json = NULL;
+	if (cJSON_IsObject(detail))
+		out->detail_json = igny8_json_print(detail);
+	if (out->detail_json == NULL)
+		out->detail_json = pstrdup("{}");
+	cJSON_Delete(detail);
+}
+
+/*
+ * Fill a probe result for a non-2xx answer: "HTTP <status>: <text>", where
+ * the text is the provider's message when it gave one, else the start of
+ * the body (a proxy's page), else "empty response body".  The detail is
+ * {"http_status":N,"error":"<text>"}.
+ */
+void
+igny8_probe_http_error(const Igny8HttpResponse *resp, const char *message,
+					   Igny8ProbeResult *out)
+{
+	char	   *text = NULL;
+	char	   *summary;
+	cJSON	   *detail;
+
+	if (message != NULL)
+		text = igny8_truncate_message(message, strlen(message),
+									  IGNY8_ERRMSG_MAX);
+	if ((text == NULL || text[0] == '\0') &&
+		resp->body != NULL && resp->body_len > 0)
+	{
+		if (text != NULL)
+			pfree(text);
+		text = igny8_truncate_message(resp->body, resp->body_len,
+									  BODY_EXCERPT_MAX);
+	}
+	if (text == NULL || text[0] == '\0')
+	{
+		if (text != NULL)
+			pfree(text);
+		text = pstrdup("empty response body");
+	}
+
+	detail = cJSON_CreateObject();
+	cJSON_AddNumberToObject(detail, "http_status", (double) resp->status);
+	cJSON_AddStringToObject(detail, "error", text);
+	summary = psprintf("HTTP %ld: %s", resp->status, text);
+	igny8_probe_finish(out, false, false, summary, detail);
+	pfree(summary);
+	pfree(text);
+}
+
+/*
+ * Fill a probe result for a 2xx answer whose body is not what the probe
+ * expects (not JSON, or not the shape of the probed route).
+ */
+void
+igny8_probe_malformed(const Igny8HttpResponse *resp, const char *provider,
+					  Igny8ProbeResult *out)
+{
+	char	   *summary;
+	cJSON	   *detail;
+
+	detail = cJSON_CreateObject();
+	cJSON_AddNumberToObject(detail, "http_status", (double) resp->status);
+	cJSON_AddStringToObject(detail, "error", "malformed response");
+	summary = psprintf("malformed response from %s", provider);
+	igny8_probe_finish(out, false, false, summary, detail);
+	pfree(summary);
+}
+
+/* Does an Ollama-style model name end in a ":tag" (after any '/')? */
+static bool
+model_has_tag(const char *name)
+{
+	const char *colon = strrchr(name, ':');
+	const char *slash = strrchr(name, '/');
+
+	return colon != NULL && (slash == NULL || colon > slash);
+}
+
+/*
+ * Do a configured model name and a listed one name the same model?  Equal
+ * strings do, and so do "x" and "x:latest" either way round, since a name
+ * without a tag means ":latest" (protocols.md 1.1).  Ollama's /v1/models
+ * lists "x:latest" too, so the rule serves the OpenAI-compatible probe as
+ * well; a name with a registry port ("host:5000/ns/x") has no tag.
+ */
+static bool
+model_name_equal(const char *a, const char *b)
+{
+	size_t		len;
+
+	if (strcmp(a, b) == 0)
+		return true;
+	if (model_has_tag(a) == model_has_tag(b))
+		return false;
+	if (model_has_tag(a))
+	{
+		const char *swap = a;
+
+		a = b;
+		b = swap;
+	}
+	/* a has no tag, b has one */
+	len = strlen(a);
+	return strncmp(a, b, len) == 0 && strcmp(b + len, ":latest") == 0;
+}
+
+/*
+ * Fill a healthy probe result from the configured models and the names a
+ * server listed (listed may hold several names per model: nlisted names
+ * for models_listed models).  Each distinct, non-empty configured name
+ * is present or missing; any missing one makes the result degraded.
+ */
+void
+igny8_probe_models(const char *const *models, int nmodels,
+				   const char *const *listed, int nlisted,
+				   int models_listed, Igny8ProbeResult *out)
+{
+	cJSON	   *detail;
+	cJSON	   *missing;
+	StringInfoData names;
+	char	   *summary;
+	int			npresent = 0;
+	int			nmissing = 0;
+	int			i;
+	int			j;
+
+	missing = cJSON_CreateArray();
+	initStringInfo(&names);
+	for (i = 0; i < nmodels; i++)
+	{
+		const char *model = models[i];
+		bool		seen = false;
+		bool		found = false;
+
+		if (model == NULL || model[0] == '\0')
+			continue;
+		for (j = 0; j < i && !seen; j++)
+			seen = models[j] != NULL && strcmp(models[j], model) == 0;
+		if (seen)
+			continue;
+		for (j = 0; j < nlisted && !found; j++)
+			found = listed[j] != NULL && model_name_equal(model, listed[j]);
+		if (found)
+		{
+			npresent++;
+			continue;
+		}
+		if (nmissing > 0)
+			appendStringInfoString(&names, ", ");
+		appendStringInfoString(&names, model);
+		cJSON_AddItemToArray(missing, cJSON_CreateString(model));
+		nmissing++;
+	}
+
+	detail = cJSON_CreateObject();
+	cJSON_AddNumberToObject(detail, "models_present", npresent);
+	cJSON_AddNumberToObject(detail, "models_listed", models_listed);
+	cJSON_AddItemToObject(detail, "models_missing", missing);
+
+	if (nmissing == 1)
+		summary = psprintf("model %s missing", names.data);
+	else if (nmissing > 1)
+		summary = psprintf("%d models missing: %s", nmissing, names.data);
+	else if (npresent == 0)
+		summary = pstrdup("running, no models configured");
+	else if (npresent == 1)
+		summary = pstrdup("1 configured model present");
+	else
+		summary = psprintf("all %d configured models present", npresent);
+	igny8_probe_finish(out, true, nmissing > 0, summary, detail);
+	pfree(summary);
+	pfree(names.data);
 }

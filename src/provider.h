@@ -11,6 +11,10 @@
  * Memory comes from palloc() in CurrentMemoryContext; the caller resets the
  * context.  cJSON's allocator is hooked to palloc as well (igny8_json_init).
  *
+ * Besides the text protocols, each backend has a health probe: one free GET
+ * whose answer tells whether the service is up and has the models that
+ * are configured for it.
+ *
  * See reference/protocols.md for the wire facts each file follows.
  *
  *-------------------------------------------------------------------------
@@ -131,10 +135,53 @@ typedef struct Igny8TextProtocol
 							   Igny8TextResult *result, Igny8ProviderError *err);
 } Igny8TextProtocol;
 
+/* The outcome of one health probe. */
+typedef struct Igny8ProbeResult
+{
+	bool		reachable;		/* the service answered (any HTTP status) */
+	bool		healthy;		/* answered 2xx with the expected body */
+	bool		degraded;		/* healthy, but something configured is
+								 * missing */
+	char	   *summary;		/* one short line, e.g. "model qwen3:32b
+								 * missing", "HTTP 500: <provider message>",
+								 * never a key */
+	char	   *detail_json;	/* a JSON object (text), see below */
+} Igny8ProbeResult;
+
+/*
+ * The health probe of one protocol.  detail_json is always a JSON object:
+ * on a non-2xx answer {"http_status":N,"error":"..."}, on a 2xx that is
+ * not the expected JSON {"http_status":N,"error":"malformed response"},
+ * and when healthy one of
+ *	 Ollama, OpenAI: {"models_present":N,"models_listed":M,
+ *					  "models_missing":["name",...]}
+ *	 Anthropic:		 {"models_listed":M}
+ *	 ComfyUI:		 {"comfyui_version":"..."|null,"devices":[{"name",
+ *					  "vram_total","vram_free"}],"vram_free":B,"vram_total":B}
+ * Summaries are at most IGNY8_ERRMSG_MAX + 3 bytes, without control
+ * characters.
+ */
+typedef struct Igny8ProbeProtocol
+{
+	const char *name;
+	/* Build the probe call: a free GET, never a paid completion. */
+	void		(*build_probe) (const char *api_key, const cJSON *settings,
+								Igny8HttpRequest *out);
+
+	/*
+	 * Read the answer, whatever its status.  models are the provider-side
+	 * model names configured for this provider (may be empty).
+	 */
+	void		(*parse_probe) (const Igny8HttpResponse *resp,
+								const char *const *models, int nmodels,
+								Igny8ProbeResult *out);
+} Igny8ProbeProtocol;
+
 /* provider.c */
 extern Igny8ProviderKind igny8_provider_kind_from_name(const char *name);
 extern const char *igny8_provider_kind_name(Igny8ProviderKind kind);
 extern const Igny8TextProtocol *igny8_text_protocol(Igny8ProviderKind kind);
+extern const Igny8ProbeProtocol *igny8_probe_protocol(Igny8ProviderKind kind);
 extern void igny8_json_init(void);
 extern Igny8ErrorClass igny8_classify_status(long status, int should_retry);
 extern char *igny8_truncate_message(const char *msg, size_t len, size_t max);
@@ -161,10 +208,28 @@ extern const char *igny8_json_string(const cJSON *object, const char *key);
 extern int64_t igny8_json_count(const cJSON *object, const char *key);
 extern void igny8_json_set(cJSON *object, const char *key, cJSON *item);
 extern void igny8_json_merge(cJSON *dst, const cJSON *src, bool overwrite);
+extern void igny8_probe_http_error(const Igny8HttpResponse *resp,
+								   const char *message,
+								   Igny8ProbeResult *out);
+extern void igny8_probe_malformed(const Igny8HttpResponse *resp,
+								  const char *provider,
+								  Igny8ProbeResult *out);
+extern void igny8_probe_models(const char *const *models, int nmodels,
+							   const char *const *listed, int nlisted,
+							   int models_listed, Igny8ProbeResult *out);
+extern void igny8_probe_finish(Igny8ProbeResult *out, bool healthy,
+							   bool degraded, const char *summary,
+							   cJSON *detail);
 
 /* provider_ollama.c, provider_openai.c, provider_anthropic.c */
 extern const Igny8TextProtocol igny8_ollama_protocol;
 extern const Igny8TextProtocol igny8_openai_protocol;
 extern const Igny8TextProtocol igny8_anthropic_protocol;
+
+/* the health probes, in provider_{ollama,openai,anthropic,comfyui}.c */
+extern const Igny8ProbeProtocol igny8_ollama_probe;
+extern const Igny8ProbeProtocol igny8_openai_probe;
+extern const Igny8ProbeProtocol igny8_anthropic_probe;
+extern const Igny8ProbeProtocol igny8_comfyui_probe;
 
 #endif							/* IGNY8_PROVIDER_H */

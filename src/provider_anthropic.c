@@ -10,6 +10,11 @@
  * The setting "anthropic_version" overrides the API version header.  See
  * protocols.md section 4.
  *
+ * The health probe is GET /v1/models, which costs nothing and proves the
+ * key.  The configured models are not checked against it: Anthropic
+ * lists dated ids, while configurations use aliases such as
+ * claude-3-5-sonnet-latest.
+ *
  * src/provider_anthropic.c
  *
  *-------------------------------------------------------------------------
@@ -22,6 +27,17 @@
 #define ANTHROPIC_NAME "Anthropic"
 #define ANTHROPIC_VERSION "2023-06-01"
 
+/* The anthropic-version header's value: the setting, or the default. */
+static const char *
+anthropic_version(const cJSON *settings)
+{
+	const char *version = igny8_json_string(settings, "anthropic_version");
+
+	if (version == NULL || version[0] == '\0')
+		version = ANTHROPIC_VERSION;
+	return version;
+}
+
 /* Build POST /v1/messages. */
 static void
 anthropic_build_chat(const Igny8TextRequest *req, const char *api_key,
@@ -29,7 +45,6 @@ anthropic_build_chat(const Igny8TextRequest *req, const char *api_key,
 {
 	cJSON	   *body;
 	cJSON	   *messages;
-	const char *version;
 	StringInfoData system;
 	int			i;
 
@@ -39,10 +54,8 @@ anthropic_build_chat(const Igny8TextRequest *req, const char *api_key,
 	igny8_add_header(out, "Content-Type: application/json");
 	if (api_key != NULL)
 		igny8_add_header(out, "x-api-key: %s", api_key);
-	version = igny8_json_string(req->settings, "anthropic_version");
-	if (version == NULL || version[0] == '\0')
-		version = ANTHROPIC_VERSION;
-	igny8_add_header(out, "anthropic-version: %s", version);
+	igny8_add_header(out, "anthropic-version: %s",
+					 anthropic_version(req->settings));
 
 	body = cJSON_CreateObject();
 	cJSON_AddStringToObject(body, "model", req->model ? req->model : "");
@@ -236,4 +249,59 @@ const Igny8TextProtocol igny8_anthropic_protocol = {
 	.needs_key = true,
 	.build_chat = anthropic_build_chat,
 	.parse_chat = anthropic_parse_chat
+};
+
+/* Build GET /v1/models with the same key and version headers as a call. */
+static void
+anthropic_build_probe(const char *api_key, const cJSON *settings,
+					  Igny8HttpRequest *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->method = "GET";
+	out->path = pstrdup("/v1/models");
+	if (api_key != NULL)
+		igny8_add_header(out, "x-api-key: %s", api_key);
+	igny8_add_header(out, "anthropic-version: %s",
+					 anthropic_version(settings));
+}
+
+/*
+ * Read the answer to anthropic_build_probe's call.  A 2xx must be an
+ * object with a "data" array; the models are not compared (see above).
+ */
+static void
+anthropic_parse_probe(const Igny8HttpResponse *resp,
+					  const char *const *models, int nmodels,
+					  Igny8ProbeResult *out)
+{
+	cJSON	   *json;
+	const cJSON *list;
+	cJSON	   *detail;
+	char	   *summary;
+	int			nlisted;
+
+	memset(out, 0, sizeof(*out));
+	json = igny8_json_parse(resp->body, resp->body_len);
+	list = igny8_json_member(json, "data");
+	if (resp->status < 200 || resp->status >= 300)
+		igny8_probe_http_error(resp, anthropic_error_message(json), out);
+	else if (!cJSON_IsArray(list))
+		igny8_probe_malformed(resp, ANTHROPIC_NAME, out);
+	else
+	{
+		nlisted = cJSON_GetArraySize(list);
+		detail = cJSON_CreateObject();
+		cJSON_AddNumberToObject(detail, "models_listed", nlisted);
+		summary = psprintf("%d model%s listed", nlisted,
+						   nlisted == 1 ? "" : "s");
+		igny8_probe_finish(out, true, false, summary, detail);
+		pfree(summary);
+	}
+	cJSON_Delete(json);
+}
+
+const Igny8ProbeProtocol igny8_anthropic_probe = {
+	.name = "anthropic",
+	.build_probe = anthropic_build_probe,
+	.parse_probe = anthropic_parse_probe
 };

@@ -10,6 +10,9 @@
  * the request's num_predict and temperature win).  See protocols.md
  * section 1 for the fields and the error statuses.
  *
+ * The health probe is GET /api/tags (protocols.md 1.6), the list of the
+ * models the server has, against which the configured ones are checked.
+ *
  * src/provider_ollama.c
  *
  *-------------------------------------------------------------------------
@@ -155,6 +158,19 @@ ollama_parse_success(const cJSON *json, long status,
 	return true;
 }
 
+/* The message of an error body: Ollama's {"error":"..."}, or a proxy's. */
+static const char *
+ollama_error_message(const cJSON *json)
+{
+	const cJSON *error = igny8_json_member(json, "error");
+
+	if (cJSON_IsString(error))
+		return error->valuestring;
+	if (cJSON_IsObject(error))
+		return igny8_json_string(error, "message");
+	return NULL;
+}
+
 /*
  * Classify a non-2xx answer (protocols.md 1.4).  Ollama's own table wins
  * where it differs from the generic rules: a 502 (cloud model unreachable)
@@ -166,14 +182,8 @@ static void
 ollama_parse_error(const Igny8HttpResponse *resp, const cJSON *json,
 				   Igny8ProviderError *err)
 {
-	const cJSON *error = igny8_json_member(json, "error");
-	const char *message = NULL;
+	const char *message = ollama_error_message(json);
 	Igny8ErrorClass cls;
-
-	if (cJSON_IsString(error))
-		message = error->valuestring;
-	else if (cJSON_IsObject(error))
-		message = igny8_json_string(error, "message");	/* a proxy's */
 
 	cls = igny8_classify_status(resp->status, resp->should_retry);
 	if (resp->status == 502 && resp->should_retry != 1)
@@ -221,4 +231,65 @@ const Igny8TextProtocol igny8_ollama_protocol = {
 	.needs_key = false,
 	.build_chat = ollama_build_chat,
 	.parse_chat = ollama_parse_chat
+};
+
+/* Build GET /api/tags; a key goes as a bearer header, for a proxy. */
+static void
+ollama_build_probe(const char *api_key, const cJSON *settings,
+				   Igny8HttpRequest *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->method = "GET";
+	out->path = pstrdup("/api/tags");
+	if (api_key != NULL)
+		igny8_add_header(out, "Authorization: Bearer %s", api_key);
+}
+
+/*
+ * Read the answer to ollama_build_probe's call.  A 2xx must be an object
+ * with a "models" array; each entry's "name" and "model" both count as
+ * names of that model.
+ */
+static void
+ollama_parse_probe(const Igny8HttpResponse *resp, const char *const *models,
+				   int nmodels, Igny8ProbeResult *out)
+{
+	cJSON	   *json;
+	const cJSON *list;
+	const cJSON *entry;
+	const char **listed;
+	int			nlisted = 0;
+	const char *str;
+
+	memset(out, 0, sizeof(*out));
+	json = igny8_json_parse(resp->body, resp->body_len);
+	list = igny8_json_member(json, "models");
+	if (resp->status < 200 || resp->status >= 300)
+		igny8_probe_http_error(resp, ollama_error_message(json), out);
+	else if (!cJSON_IsArray(list))
+		igny8_probe_malformed(resp, OLLAMA_NAME, out);
+	else
+	{
+		listed = palloc(sizeof(const char *) *
+						((Size) cJSON_GetArraySize(list) * 2 + 1));
+		cJSON_ArrayForEach(entry, list)
+		{
+			str = igny8_json_string(entry, "name");
+			if (str != NULL)
+				listed[nlisted++] = str;
+			str = igny8_json_string(entry, "model");
+			if (str != NULL)
+				listed[nlisted++] = str;
+		}
+		igny8_probe_models(models, nmodels, listed, nlisted,
+						   cJSON_GetArraySize(list), out);
+		pfree(listed);
+	}
+	cJSON_Delete(json);
+}
+
+const Igny8ProbeProtocol igny8_ollama_probe = {
+	.name = "ollama",
+	.build_probe = ollama_build_probe,
+	.parse_probe = ollama_parse_probe
 };

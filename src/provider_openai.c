@@ -12,6 +12,11 @@
  * "stream" is dropped since only one JSON answer can be read.  See
  * protocols.md sections 1.7 and 3.
  *
+ * The health probe is GET /v1/models, which every one of these servers
+ * answers with the ids of its models: OpenAI all it offers, vLLM,
+ * LiteLLM and Ollama's /v1 those they serve.  The configured models are
+ * checked against those ids.
+ *
  * src/provider_openai.c
  *
  *-------------------------------------------------------------------------
@@ -229,4 +234,61 @@ const Igny8TextProtocol igny8_openai_protocol = {
 	.needs_key = false,
 	.build_chat = openai_build_chat,
 	.parse_chat = openai_parse_chat
+};
+
+/* Build GET /v1/models, with the key as a bearer header when given. */
+static void
+openai_build_probe(const char *api_key, const cJSON *settings,
+				   Igny8HttpRequest *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->method = "GET";
+	out->path = pstrdup("/v1/models");
+	if (api_key != NULL)
+		igny8_add_header(out, "Authorization: Bearer %s", api_key);
+}
+
+/*
+ * Read the answer to openai_build_probe's call.  A 2xx must be an object
+ * with a "data" array of {"id": ...} entries.
+ */
+static void
+openai_parse_probe(const Igny8HttpResponse *resp, const char *const *models,
+				   int nmodels, Igny8ProbeResult *out)
+{
+	cJSON	   *json;
+	const cJSON *list;
+	const cJSON *entry;
+	const char **listed;
+	int			nlisted = 0;
+	const char *str;
+
+	memset(out, 0, sizeof(*out));
+	json = igny8_json_parse(resp->body, resp->body_len);
+	list = igny8_json_member(json, "data");
+	if (resp->status < 200 || resp->status >= 300)
+		igny8_probe_http_error(resp, openai_error_message(json), out);
+	else if (!cJSON_IsArray(list))
+		igny8_probe_malformed(resp, OPENAI_NAME, out);
+	else
+	{
+		listed = palloc(sizeof(const char *) *
+						((Size) cJSON_GetArraySize(list) + 1));
+		cJSON_ArrayForEach(entry, list)
+		{
+			str = igny8_json_string(entry, "id");
+			if (str != NULL)
+				listed[nlisted++] = str;
+		}
+		igny8_probe_models(models, nmodels, listed, nlisted,
+						   cJSON_GetArraySize(list), out);
+		pfree(listed);
+	}
+	cJSON_Delete(json);
+}
+
+const Igny8ProbeProtocol igny8_openai_probe = {
+	.name = "openai",
+	.build_probe = openai_build_probe,
+	.parse_probe = openai_parse_probe
 };

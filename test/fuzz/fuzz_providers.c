@@ -6,8 +6,11 @@
  * Input: one selector byte, then a response body.  The selector picks the
  * HTTP status (low 4 bits), x-should-retry (next 2) and retry-after (top
  * 2).  The body goes to the parse_chat function of every text protocol,
- * to igny8_strip_think and igny8_truncate_message, and, when it is a JSON
- * object, to every build_chat as the deployment settings.  Besides the
+ * to the parse_probe function of every health probe (with some of a fixed
+ * list of configured model names, as many as the body's length modulo
+ * the list's length plus one), to igny8_strip_think and
+ * igny8_truncate_message, and, when it is a JSON object, to every
+ * build_chat and build_probe as the deployment settings.  Besides the
  * sanitizers' findings (the target is built with ASan, UBSan and leak
  * detection, so every cJSON tree must be freed), it aborts when an output
  * breaks the contract of provider.h.
@@ -47,6 +50,19 @@ static const Igny8TextProtocol *const protocols[] = {
 	&igny8_ollama_protocol,
 	&igny8_openai_protocol,
 	&igny8_anthropic_protocol
+};
+
+static const Igny8ProbeProtocol *const probes[] = {
+	&igny8_ollama_probe,
+	&igny8_openai_probe,
+	&igny8_anthropic_probe,
+	&igny8_comfyui_probe
+};
+
+/* configured models: tags, no tags, a registry port, repeats, junk */
+static const char *const probe_models[] = {
+	"qwen3:32b", "llama3.2", "gpt-4o-mini", "x:latest", "", NULL,
+	"host:5000/ns/y", "qwen3:32b", "a"
 };
 
 #define FUZZ_ASSERT(cond) \
@@ -146,6 +162,95 @@ fuzz_build(const Igny8TextProtocol *proto, const cJSON *settings,
 	pfree(out.body);
 }
 
+/* A number member of a JSON object, or -1 if absent or not a number. */
+static double
+member_number(const cJSON *json, const char *key)
+{
+	const cJSON *item = cJSON_GetObjectItemCaseSensitive(json, key);
+
+	return cJSON_IsNumber(item) ? item->valuedouble : -1;
+}
+
+/* Parse the response with one health probe and check the outputs. */
+static void
+fuzz_probe(const Igny8ProbeProtocol *proto, const Igny8HttpResponse *resp,
+		   int nmodels)
+{
+	Igny8ProbeResult result;
+	cJSON	   *detail;
+	const cJSON *missing;
+	const cJSON *item;
+
+	proto->parse_probe(resp, nmodels > 0 ? probe_models : NULL, nmodels,
+					   &result);
+	FUZZ_ASSERT(result.reachable);
+	FUZZ_ASSERT(!result.degraded || result.healthy);
+	FUZZ_ASSERT(!result.healthy ||
+				(resp->status >= 200 && resp->status < 300));
+	FUZZ_ASSERT(result.summary != NULL && result.summary[0] != '\0');
+	FUZZ_ASSERT(strlen(result.summary) <= IGNY8_ERRMSG_MAX + 3);
+	FUZZ_ASSERT(printable(result.summary));
+	FUZZ_ASSERT(result.detail_json != NULL);
+	detail = igny8_json_parse(result.detail_json, strlen(result.detail_json));
+	FUZZ_ASSERT(cJSON_IsObject(detail));
+	if (!result.healthy)
+	{
+		FUZZ_ASSERT(member_number(detail, "http_status") == resp->status);
+		FUZZ_ASSERT(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(detail,
+																	"error")));
+	}
+	else if (proto == &igny8_ollama_probe || proto == &igny8_openai_probe)
+	{
+		missing = cJSON_GetObjectItemCaseSensitive(detail, "models_missing");
+		FUZZ_ASSERT(cJSON_IsArray(missing));
+		FUZZ_ASSERT(result.degraded == (cJSON_GetArraySize(missing) > 0));
+		FUZZ_ASSERT(member_number(detail, "models_present") >= 0);
+		FUZZ_ASSERT(member_number(detail, "models_present") +
+					cJSON_GetArraySize(missing) <= nmodels);
+		FUZZ_ASSERT(member_number(detail, "models_listed") >= 0);
+		cJSON_ArrayForEach(item, missing)
+			FUZZ_ASSERT(cJSON_IsString(item) && item->valuestring[0] != '\0');
+	}
+	else if (proto == &igny8_comfyui_probe)
+	{
+		FUZZ_ASSERT(!result.degraded);
+		FUZZ_ASSERT(member_number(detail, "vram_free") >= 0);
+		FUZZ_ASSERT(member_number(detail, "vram_total") >= 0);
+		FUZZ_ASSERT(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(detail,
+																   "devices")));
+	}
+	else
+	{
+		FUZZ_ASSERT(!result.degraded);
+		FUZZ_ASSERT(member_number(detail, "models_listed") >= 0);
+	}
+	cJSON_Delete(detail);
+	pfree(result.summary);
+	pfree(result.detail_json);
+}
+
+/* Build a probe request with the given settings and check it. */
+static void
+fuzz_build_probe(const Igny8ProbeProtocol *proto, const cJSON *settings,
+				 uint8_t sel)
+{
+	Igny8HttpRequest out;
+	int			i;
+
+	proto->build_probe((sel & 16) ? "key\r\nX-Injected: 1" : NULL, settings,
+					   &out);
+	FUZZ_ASSERT(out.method != NULL && strcmp(out.method, "GET") == 0);
+	FUZZ_ASSERT(out.path != NULL && out.path[0] == '/');
+	FUZZ_ASSERT(out.body == NULL);
+	FUZZ_ASSERT(out.nheaders >= 0 && out.nheaders <= 2);
+	for (i = 0; i < out.nheaders; i++)
+	{
+		FUZZ_ASSERT(printable(out.headers[i]));
+		pfree(out.headers[i]);
+	}
+	pfree(out.path);
+}
+
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -180,6 +285,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	for (i = 0; i < (int) lengthof(protocols); i++)
 		fuzz_parse(protocols[i], &resp);
+	for (i = 0; i < (int) lengthof(probes); i++)
+		fuzz_probe(probes[i], &resp,
+				   (int) (resp.body_len % (lengthof(probe_models) + 1)));
 
 	/* the body as a model's answer and as an error text */
 	text = pnstrdup((const char *) data + 1, size - 1);
@@ -202,6 +310,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	{
 		for (i = 0; i < (int) lengthof(protocols); i++)
 			fuzz_build(protocols[i], settings, sel);
+		for (i = 0; i < (int) lengthof(probes); i++)
+			fuzz_build_probe(probes[i], settings, sel);
 	}
 	cJSON_Delete(settings);
 

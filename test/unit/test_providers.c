@@ -2,11 +2,13 @@
  *
  * test_providers.c
  *	  Unit tests of the pure protocol code: src/provider.c and
- *	  src/provider_{ollama,openai,anthropic}.c, built as frontend code.
+ *	  src/provider_{ollama,openai,anthropic,comfyui}.c, built as frontend
+ *	  code.
  *
  * Checks, for each protocol, the HTTP request that build_chat makes
  * (method, path, headers, exact JSON body) and what parse_chat makes of
- * every response shape and error of reference/protocols.md.  Prints one
+ * every response shape and error of reference/protocols.md; likewise for
+ * each health probe, build_probe and parse_probe.  Prints one
  * line per group of checks, a line per failed check, and finally
  * "N passed, M failed"; exits 1 if any check failed.
  *
@@ -1231,6 +1233,599 @@ test_anthropic_errors(void)
 	end_group();
 }
 
+/* ---------- health probes ---------- */
+
+/* Parse a probe answer (and write it as a seed when asked to). */
+static void
+probe(const Igny8ProbeProtocol *proto, long status, const char *body,
+	  const char *const *models, int nmodels, Igny8ProbeResult *out)
+{
+	Igny8HttpResponse resp;
+
+	resp.status = status;
+	resp.body = body;
+	resp.body_len = body ? strlen(body) : 0;
+	resp.retry_after = -1;
+	resp.should_retry = -1;
+	if (corpus_dir != NULL)
+		write_seed(&resp);
+	memset(out, 0x7f, sizeof(*out));	/* parse_probe must set every field */
+	proto->parse_probe(&resp, models, nmodels, out);
+}
+
+/* Is text a JSON object? */
+static bool
+is_json_object(const char *text)
+{
+	cJSON	   *json = text ? cJSON_Parse(text) : NULL;
+	bool		ok = cJSON_IsObject(json);
+
+	cJSON_Delete(json);
+	return ok;
+}
+
+/*
+ * Check the flags, the summary and the detail (compared as JSON) of a
+ * probe result.
+ */
+static void
+check_probe(const Igny8ProbeResult *r, bool healthy, bool degraded,
+			const char *summary, const char *detail, int line)
+{
+	check(r->reachable, line, "probe: not reachable");
+	check(r->healthy == healthy, line, "probe: healthy = %d, expected %d",
+		  (int) r->healthy, (int) healthy);
+	check(r->degraded == degraded, line, "probe: degraded = %d, expected %d",
+		  (int) r->degraded, (int) degraded);
+	check_str(r->summary, summary, "summary", line);
+	check(is_json_object(r->detail_json), line,
+		  "probe: detail_json is not a JSON object: %s",
+		  r->detail_json ? r->detail_json : "(null)");
+	check_json(r->detail_json, detail, line);
+}
+
+#define CHECK_PROBE(r, healthy, degraded, summary, detail) \
+	check_probe(&(r), (healthy), (degraded), (summary), (detail), __LINE__)
+
+/* Check that a probe request is a GET without a body. */
+static void
+check_probe_request(const Igny8HttpRequest *out, const char *path,
+					int nheaders, int line)
+{
+	check_str(out->method, "GET", "method", line);
+	check_str(out->path, path, "path", line);
+	check(out->body == NULL, line, "probe request has a body");
+	check(out->nheaders == nheaders, line, "nheaders = %d, expected %d",
+		  out->nheaders, nheaders);
+}
+
+#define CHECK_PROBE_REQUEST(out, path, nheaders) \
+	check_probe_request(&(out), (path), (nheaders), __LINE__)
+
+/* Does any header of the request start with prefix (case ignored)? */
+static bool
+has_header(const Igny8HttpRequest *out, const char *prefix)
+{
+	int			i;
+
+	for (i = 0; i < out->nheaders; i++)
+	{
+		if (pg_strncasecmp(out->headers[i], prefix, strlen(prefix)) == 0)
+			return true;
+	}
+	return false;
+}
+
+static const Igny8ProbeProtocol *ollama_probe = &igny8_ollama_probe;
+static const Igny8ProbeProtocol *openai_probe = &igny8_openai_probe;
+static const Igny8ProbeProtocol *anthropic_probe = &igny8_anthropic_probe;
+static const Igny8ProbeProtocol *comfyui_probe = &igny8_comfyui_probe;
+
+#define OLLAMA_TAGS \
+	"{\"models\":[" \
+	"{\"name\":\"qwen3:32b\",\"model\":\"qwen3:32b\"," \
+	"\"modified_at\":\"2025-05-01T10:00:00.123456789+02:00\"," \
+	"\"size\":20201253588,\"digest\":\"e1c9f234c6eb\"," \
+	"\"details\":{\"parent_model\":\"\",\"format\":\"gguf\"," \
+	"\"family\":\"qwen3\",\"families\":[\"qwen3\"]," \
+	"\"parameter_size\":\"32.8B\",\"quantization_level\":\"Q4_K_M\"}}," \
+	"{\"name\":\"llama3.2:latest\",\"model\":\"llama3.2:latest\"," \
+	"\"size\":2019393189,\"details\":{\"family\":\"llama\"}}," \
+	"{\"name\":\"nomic-embed-text:latest\",\"model\":\"nomic-embed-text:latest\"}]}"
+
+static void
+test_probe_table(void)
+{
+	begin_group("probes: protocol table");
+	CHECK(igny8_probe_protocol(IGNY8_KIND_OLLAMA) == &igny8_ollama_probe);
+	CHECK(igny8_probe_protocol(IGNY8_KIND_OPENAI) == &igny8_openai_probe);
+	CHECK(igny8_probe_protocol(IGNY8_KIND_ANTHROPIC) == &igny8_anthropic_probe);
+	CHECK(igny8_probe_protocol(IGNY8_KIND_COMFYUI) == &igny8_comfyui_probe);
+	CHECK(igny8_probe_protocol(IGNY8_KIND_INVALID) == NULL);
+	CHECK_STR(ollama_probe->name, "ollama");
+	CHECK_STR(openai_probe->name, "openai");
+	CHECK_STR(anthropic_probe->name, "anthropic");
+	CHECK_STR(comfyui_probe->name, "comfyui");
+	end_group();
+}
+
+static void
+test_ollama_probe(void)
+{
+	static const char *const all[] = {"qwen3:32b", "llama3.2:latest"};
+	static const char *const untagged[] = {"llama3.2", "nomic-embed-text"};
+	static const char *const one_missing[] = {"qwen3:32b", "llama3.2",
+	"qwen3:8b"};
+	static const char *const two_missing[] = {"deepseek-r1:70b", "qwen3",
+	"qwen3:32b"};
+	static const char *const messy[] = {"qwen3:32b", NULL, "", "qwen3:32b",
+	"gone", "gone"};
+	cJSON	   *settings = cJSON_Parse("{\"anthropic_version\":\"x\"}");
+	Igny8HttpRequest out;
+	Igny8ProbeResult r;
+
+	begin_group("ollama probe: build GET /api/tags");
+	ollama_probe->build_probe(NULL, NULL, &out);
+	CHECK_PROBE_REQUEST(out, "/api/tags", 0);
+	ollama_probe->build_probe("sk-proxy", settings, &out);
+	CHECK_PROBE_REQUEST(out, "/api/tags", 1);
+	CHECK_STR(out.headers[0], "Authorization: Bearer sk-proxy");
+	ollama_probe->build_probe("k\r\nX-Evil: 1", NULL, &out);
+	CHECK_INT(out.nheaders, 1);
+	CHECK(strchr(out.headers[0], '\n') == NULL);
+	end_group();
+
+	begin_group("ollama probe: models present, missing, tag defaulting");
+	probe(ollama_probe, 200, OLLAMA_TAGS, all, lengthof(all), &r);
+	CHECK_PROBE(r, true, false, "all 2 configured models present",
+				"{\"models_present\":2,\"models_listed\":3,\"models_missing\":[]}");
+	/* configured without a tag, listed as :latest */
+	probe(ollama_probe, 200, OLLAMA_TAGS, untagged, lengthof(untagged), &r);
+	CHECK_PROBE(r, true, false, "all 2 configured models present",
+				"{\"models_present\":2,\"models_listed\":3,\"models_missing\":[]}");
+	/* configured as :latest, listed without a tag (the other way round) */
+	{
+		static const char *const latest[] = {"mymodel:latest"};
+
+		probe(ollama_probe, 200, "{\"models\":[{\"name\":\"mymodel\"}]}",
+			  latest, 1, &r);
+		CHECK_PROBE(r, true, false, "1 configured model present",
+					"{\"models_present\":1,\"models_listed\":1,\"models_missing\":[]}");
+	}
+	/* a different tag is a different model */
+	probe(ollama_probe, 200, OLLAMA_TAGS, one_missing, lengthof(one_missing),
+		  &r);
+	CHECK_PROBE(r, true, true, "model qwen3:8b missing",
+				"{\"models_missing\":[\"qwen3:8b\"],\"models_present\":2,"
+				"\"models_listed\":3}");
+	probe(ollama_probe, 200, OLLAMA_TAGS, two_missing, lengthof(two_missing),
+		  &r);
+	CHECK_PROBE(r, true, true, "2 models missing: deepseek-r1:70b, qwen3",
+				"{\"models_missing\":[\"deepseek-r1:70b\",\"qwen3\"],"
+				"\"models_present\":1,\"models_listed\":3}");
+	/* NULL, empty and repeated names are counted once or not at all */
+	probe(ollama_probe, 200, OLLAMA_TAGS, messy, lengthof(messy), &r);
+	CHECK_PROBE(r, true, true, "model gone missing",
+				"{\"models_missing\":[\"gone\"],\"models_present\":1,"
+				"\"models_listed\":3}");
+	/* no models configured */
+	probe(ollama_probe, 200, OLLAMA_TAGS, NULL, 0, &r);
+	CHECK_PROBE(r, true, false, "running, no models configured",
+				"{\"models_present\":0,\"models_listed\":3,\"models_missing\":[]}");
+	probe(ollama_probe, 200, "{\"models\":[]}", all, lengthof(all), &r);
+	CHECK_PROBE(r, true, true, "2 models missing: qwen3:32b, llama3.2:latest",
+				"{\"models_missing\":[\"qwen3:32b\",\"llama3.2:latest\"],"
+				"\"models_present\":0,\"models_listed\":0}");
+	/* the "model" field counts as well as "name"; junk entries are skipped */
+	{
+		static const char *const by_model[] = {"a:1", "b"};
+
+		probe(ollama_probe, 200,
+			  "{\"models\":[{\"name\":\"alias\",\"model\":\"a:1\"},"
+			  "{\"model\":\"b:latest\"},7,{\"name\":3},null]}",
+			  by_model, 2, &r);
+		CHECK_PROBE(r, true, false, "all 2 configured models present",
+					"{\"models_present\":2,\"models_listed\":5,\"models_missing\":[]}");
+	}
+	/* a namespace, and a registry port that is not a tag */
+	{
+		static const char *const spaced[] = {"ns/x", "host:5000/ns/y",
+		"host:5000/ns/z:latest"};
+
+		probe(ollama_probe, 200,
+			  "{\"models\":[{\"name\":\"ns/x:latest\"},"
+			  "{\"name\":\"host:5000/ns/y:latest\"},"
+			  "{\"name\":\"host:5000/ns/z\"},{\"name\":\"host:latest\"}]}",
+			  spaced, 3, &r);
+		CHECK_PROBE(r, true, false, "all 3 configured models present",
+					"{\"models_present\":3,\"models_listed\":4,\"models_missing\":[]}");
+	}
+	{
+		static const char *const near[] = {"x", "x:latest2", "y:late"};
+
+		probe(ollama_probe, 200,
+			  "{\"models\":[{\"name\":\"x:latest2\"},{\"name\":\"y\"},"
+			  "{\"name\":\"xx:latest\"}]}", near, 3, &r);
+		CHECK_PROBE(r, true, true, "2 models missing: x, y:late",
+					"{\"models_missing\":[\"x\",\"y:late\"],\"models_present\":1,"
+					"\"models_listed\":3}");
+	}
+	end_group();
+
+	begin_group("ollama probe: errors and malformed answers");
+	probe(ollama_probe, 500, "{\"error\":\"something went wrong\"}", all, 2,
+		  &r);
+	CHECK_PROBE(r, false, false, "HTTP 500: something went wrong",
+				"{\"http_status\":500,\"error\":\"something went wrong\"}");
+	probe(ollama_probe, 401, "{\"error\":{\"message\":\"bad token\"}}", NULL,
+		  0, &r);
+	CHECK_PROBE(r, false, false, "HTTP 401: bad token",
+				"{\"http_status\":401,\"error\":\"bad token\"}");
+	probe(ollama_probe, 502, "<html><body>Bad Gateway</body></html>\r\n",
+		  NULL, 0, &r);
+	CHECK_PROBE(r, false, false,
+				"HTTP 502: <html><body>Bad Gateway</body></html>",
+				"{\"http_status\":502,\"error\":\"<html><body>Bad Gateway</body></html>\"}");
+	probe(ollama_probe, 503, NULL, NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "HTTP 503: empty response body",
+				"{\"http_status\":503,\"error\":\"empty response body\"}");
+	probe(ollama_probe, 404, "{\"error\":\"  \"}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "HTTP 404: {\"error\":\"  \"}",
+				"{\"http_status\":404,\"error\":\"{\\\"error\\\":\\\"  \\\"}\"}");
+	/* a 2xx list is still an error when the status is not 2xx */
+	probe(ollama_probe, 302, "{\"models\":[]}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "HTTP 302: {\"models\":[]}",
+				"{\"http_status\":302,\"error\":\"{\\\"models\\\":[]}\"}");
+	probe(ollama_probe, 200, "Ollama is running", all, 2, &r);
+	CHECK_PROBE(r, false, false, "malformed response from Ollama",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(ollama_probe, 200, "{\"models\":null}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "malformed response from Ollama",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(ollama_probe, 200, "[{\"models\":[]}]", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "malformed response from Ollama",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(ollama_probe, 200, "{\"error\":\"boom\"}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "malformed response from Ollama",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(ollama_probe, 204, NULL, NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "malformed response from Ollama",
+				"{\"http_status\":204,\"error\":\"malformed response\"}");
+	probe(ollama_probe, 200, "{\"models\":[{\"name\":\"a\"}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "malformed response from Ollama",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	end_group();
+	cJSON_Delete(settings);
+}
+
+static void
+test_long_probe_summaries(void)
+{
+	const char *models[40];
+	char	   *longbody;
+	Igny8ProbeResult r;
+	cJSON	   *detail;
+	int			i;
+
+	begin_group("probes: long summaries are cut, details stay whole");
+	for (i = 0; i < (int) lengthof(models); i++)
+		models[i] = psprintf("some-rather-long-model-name-%02d:q4_K_M", i);
+	probe(ollama_probe, 200, "{\"models\":[]}", models, lengthof(models), &r);
+	CHECK(r.healthy && r.degraded);
+	CHECK_INT(strlen(r.summary), IGNY8_ERRMSG_MAX + 3);
+	CHECK(strncmp(r.summary, "40 models missing: some-rather-long", 35) == 0);
+	CHECK(strcmp(r.summary + IGNY8_ERRMSG_MAX, "...") == 0);
+	detail = cJSON_Parse(r.detail_json);
+	CHECK_INT(cJSON_GetArraySize(cJSON_GetObjectItem(detail, "models_missing")),
+			  40);
+	cJSON_Delete(detail);
+
+	longbody = palloc(2100);
+	strcpy(longbody, "{\"error\":\"");
+	memset(longbody + 10, 'y', 2000);
+	strcpy(longbody + 2010, "\"}");
+	probe(ollama_probe, 400, longbody, NULL, 0, &r);
+	CHECK(!r.healthy && r.reachable);
+	CHECK_INT(strlen(r.summary), IGNY8_ERRMSG_MAX + 3);
+	CHECK(strncmp(r.summary, "HTTP 400: yyy", 13) == 0);
+	detail = cJSON_Parse(r.detail_json);
+	CHECK_INT(strlen(cJSON_GetStringValue(cJSON_GetObjectItem(detail, "error"))),
+			  IGNY8_ERRMSG_MAX + 3);
+	cJSON_Delete(detail);
+
+	/* control characters never reach the summary */
+	probe(openai_probe, 500, "{\"error\":{\"message\":\"line 1\\nline 2\\u0007\"}}",
+		  NULL, 0, &r);
+	CHECK_STR(r.summary, "HTTP 500: line 1 line 2");
+	end_group();
+}
+
+#define OPENAI_MODELS \
+	"{\"object\":\"list\",\"data\":[" \
+	"{\"id\":\"gpt-4o-mini\",\"object\":\"model\",\"created\":1721172741," \
+	"\"owned_by\":\"system\"}," \
+	"{\"id\":\"gpt-4o\",\"object\":\"model\",\"created\":1715367049," \
+	"\"owned_by\":\"system\"}," \
+	"{\"id\":\"o3-mini\",\"object\":\"model\",\"created\":1737146383," \
+	"\"owned_by\":\"system\"}]}"
+
+static void
+test_openai_probe(void)
+{
+	static const char *const two[] = {"gpt-4o-mini", "o3-mini"};
+	static const char *const missing[] = {"gpt-4o", "gpt-5", "GPT-4O-MINI"};
+	Igny8HttpRequest out;
+	Igny8ProbeResult r;
+
+	begin_group("openai probe: build GET /v1/models");
+	openai_probe->build_probe("sk-test", NULL, &out);
+	CHECK_PROBE_REQUEST(out, "/v1/models", 1);
+	CHECK_STR(out.headers[0], "Authorization: Bearer sk-test");
+	openai_probe->build_probe(NULL, NULL, &out);
+	CHECK_PROBE_REQUEST(out, "/v1/models", 0);
+	CHECK(!has_header(&out, "Authorization"));
+	end_group();
+
+	begin_group("openai probe: parse");
+	probe(openai_probe, 200, OPENAI_MODELS, two, lengthof(two), &r);
+	CHECK_PROBE(r, true, false, "all 2 configured models present",
+				"{\"models_present\":2,\"models_listed\":3,\"models_missing\":[]}");
+	/* ids are compared exactly, case included */
+	probe(openai_probe, 200, OPENAI_MODELS, missing, lengthof(missing), &r);
+	CHECK_PROBE(r, true, true, "2 models missing: gpt-5, GPT-4O-MINI",
+				"{\"models_missing\":[\"gpt-5\",\"GPT-4O-MINI\"],"
+				"\"models_present\":1,\"models_listed\":3}");
+	probe(openai_probe, 200, OPENAI_MODELS, NULL, 0, &r);
+	CHECK_PROBE(r, true, false, "running, no models configured",
+				"{\"models_present\":0,\"models_listed\":3,\"models_missing\":[]}");
+	/* Ollama's /v1/models: tag defaulting both ways */
+	{
+		static const char *const ollama_names[] = {"llama3.2", "qwen3:latest",
+		"qwen3:8b"};
+
+		probe(openai_probe, 200,
+			  "{\"object\":\"list\",\"data\":[{\"id\":\"llama3.2:latest\","
+			  "\"object\":\"model\",\"created\":1746000000,\"owned_by\":\"library\"},"
+			  "{\"id\":\"qwen3\",\"object\":\"model\",\"owned_by\":\"library\"}]}",
+			  ollama_names, 3, &r);
+		CHECK_PROBE(r, true, true, "model qwen3:8b missing",
+					"{\"models_missing\":[\"qwen3:8b\"],\"models_present\":2,"
+					"\"models_listed\":2}");
+	}
+	/* vLLM: one model; entries without an id are listed but match nothing */
+	{
+		static const char *const vllm[] = {"Qwen/Qwen3-32B"};
+
+		probe(openai_probe, 200,
+			  "{\"object\":\"list\",\"data\":[{\"id\":\"Qwen/Qwen3-32B\","
+			  "\"object\":\"model\",\"owned_by\":\"vllm\",\"root\":\"Qwen/Qwen3-32B\","
+			  "\"max_model_len\":32768},{\"object\":\"model\"}]}",
+			  vllm, 1, &r);
+		CHECK_PROBE(r, true, false, "1 configured model present",
+					"{\"models_present\":1,\"models_listed\":2,\"models_missing\":[]}");
+	}
+	probe(openai_probe, 200, "{\"object\":\"list\",\"data\":[]}", two, 2, &r);
+	CHECK_PROBE(r, true, true, "2 models missing: gpt-4o-mini, o3-mini",
+				"{\"models_missing\":[\"gpt-4o-mini\",\"o3-mini\"],"
+				"\"models_present\":0,\"models_listed\":0}");
+	end_group();
+
+	begin_group("openai probe: errors and malformed answers");
+	probe(openai_probe, 401,
+		  "{\"error\":{\"message\":\"Incorrect API key provided: sk-te***st.\","
+		  "\"type\":\"invalid_request_error\",\"param\":null,"
+		  "\"code\":\"invalid_api_key\"}}", two, 2, &r);
+	CHECK_PROBE(r, false, false,
+				"HTTP 401: Incorrect API key provided: sk-te***st.",
+				"{\"http_status\":401,\"error\":\"Incorrect API key provided: sk-te***st.\"}");
+	probe(openai_probe, 400,
+		  "{\"object\":\"error\",\"message\":\"bad\",\"type\":\"BadRequestError\","
+		  "\"code\":400}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "HTTP 400: bad",
+				"{\"http_status\":400,\"error\":\"bad\"}");
+	probe(openai_probe, 503, "upstream connect error", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "HTTP 503: upstream connect error",
+				"{\"http_status\":503,\"error\":\"upstream connect error\"}");
+	probe(openai_probe, 500, "", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "HTTP 500: empty response body",
+				"{\"http_status\":500,\"error\":\"empty response body\"}");
+	probe(openai_probe, 200, "{\"object\":\"list\"}", two, 2, &r);
+	CHECK_PROBE(r, false, false, "malformed response from OpenAI-compatible API",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(openai_probe, 200, "{\"data\":{\"id\":\"x\"}}", two, 2, &r);
+	CHECK_PROBE(r, false, false, "malformed response from OpenAI-compatible API",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(openai_probe, 200, "<!doctype html><title>LiteLLM</title>", two, 2,
+		  &r);
+	CHECK_PROBE(r, false, false, "malformed response from OpenAI-compatible API",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(openai_probe, 200, "{\"error\":{\"message\":\"proxy failed\"}}", NULL,
+		  0, &r);
+	CHECK_PROBE(r, false, false, "malformed response from OpenAI-compatible API",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	end_group();
+}
+
+static void
+test_anthropic_probe(void)
+{
+	static const char *const aliases[] = {"claude-3-5-sonnet-latest",
+	"claude-sonnet-4-5"};
+	cJSON	   *settings = cJSON_Parse("{\"anthropic_version\":\"2024-10-22\"}");
+	cJSON	   *empty_version = cJSON_Parse("{\"anthropic_version\":\"\"}");
+	Igny8HttpRequest out;
+	Igny8ProbeResult r;
+
+	begin_group("anthropic probe: build GET /v1/models");
+	anthropic_probe->build_probe("sk-ant-test", NULL, &out);
+	CHECK_PROBE_REQUEST(out, "/v1/models", 2);
+	CHECK_STR(out.headers[0], "x-api-key: sk-ant-test");
+	CHECK_STR(out.headers[1], "anthropic-version: 2023-06-01");
+	CHECK(!has_header(&out, "Authorization"));
+	anthropic_probe->build_probe("sk-ant-test", settings, &out);
+	CHECK_PROBE_REQUEST(out, "/v1/models", 2);
+	CHECK_STR(out.headers[1], "anthropic-version: 2024-10-22");
+	anthropic_probe->build_probe(NULL, empty_version, &out);
+	CHECK_PROBE_REQUEST(out, "/v1/models", 1);
+	CHECK_STR(out.headers[0], "anthropic-version: 2023-06-01");
+	CHECK(!has_header(&out, "x-api-key"));
+	end_group();
+
+	begin_group("anthropic probe: parse (no model check)");
+	probe(anthropic_probe, 200,
+		  "{\"data\":[{\"type\":\"model\",\"id\":\"claude-sonnet-4-5-20250929\","
+		  "\"display_name\":\"Claude Sonnet 4.5\",\"created_at\":\"2025-09-29T00:00:00Z\"},"
+		  "{\"type\":\"model\",\"id\":\"claude-3-5-haiku-20241022\","
+		  "\"display_name\":\"Claude Haiku 3.5\",\"created_at\":\"2024-10-22T00:00:00Z\"}],"
+		  "\"has_more\":false,\"first_id\":\"claude-sonnet-4-5-20250929\","
+		  "\"last_id\":\"claude-3-5-haiku-20241022\"}",
+		  aliases, lengthof(aliases), &r);
+	CHECK_PROBE(r, true, false, "2 models listed", "{\"models_listed\":2}");
+	probe(anthropic_probe, 200, "{\"data\":[{\"id\":\"x\"}],\"has_more\":true}",
+		  NULL, 0, &r);
+	CHECK_PROBE(r, true, false, "1 model listed", "{\"models_listed\":1}");
+	probe(anthropic_probe, 200, "{\"data\":[]}", aliases, 2, &r);
+	CHECK_PROBE(r, true, false, "0 models listed", "{\"models_listed\":0}");
+	end_group();
+
+	begin_group("anthropic probe: errors and malformed answers");
+	probe(anthropic_probe, 401,
+		  "{\"type\":\"error\",\"error\":{\"type\":\"authentication_error\","
+		  "\"message\":\"invalid x-api-key\"},\"request_id\":\"req_011\"}",
+		  aliases, 2, &r);
+	CHECK_PROBE(r, false, false, "HTTP 401: invalid x-api-key",
+				"{\"http_status\":401,\"error\":\"invalid x-api-key\"}");
+	probe(anthropic_probe, 529,
+		  "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
+		  "\"message\":\"Overloaded\"}}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "HTTP 529: Overloaded",
+				"{\"http_status\":529,\"error\":\"Overloaded\"}");
+	probe(anthropic_probe, 500,
+		  "{\"type\":\"error\",\"error\":{\"type\":\"api_error\"}}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false,
+				"HTTP 500: {\"type\":\"error\",\"error\":{\"type\":\"api_error\"}}",
+				"{\"http_status\":500,\"error\":\"{\\\"type\\\":\\\"error\\\","
+				"\\\"error\\\":{\\\"type\\\":\\\"api_error\\\"}}\"}");
+	probe(anthropic_probe, 200,
+		  "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
+		  "\"message\":\"Overloaded\"}}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "malformed response from Anthropic",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(anthropic_probe, 200, "null", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "malformed response from Anthropic",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(anthropic_probe, 200, NULL, NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "malformed response from Anthropic",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	end_group();
+	cJSON_Delete(settings);
+	cJSON_Delete(empty_version);
+}
+
+#define COMFYUI_SYSTEM \
+	"\"system\":{\"os\":\"posix\",\"ram_total\":67108864000," \
+	"\"ram_free\":50000000000,\"comfyui_version\":\"0.3.43\"," \
+	"\"required_frontend_version\":\"1.23.4\",\"python_version\":\"3.12.3\"," \
+	"\"pytorch_version\":\"2.7.1+cu128\",\"embedded_python\":false," \
+	"\"argv\":[\"main.py\",\"--listen\"]}"
+
+static void
+test_comfyui_probe(void)
+{
+	static const char *const checkpoints[] = {"sd_xl_base_1.0.safetensors"};
+	Igny8HttpRequest out;
+	Igny8ProbeResult r;
+
+	begin_group("comfyui probe: build GET /system_stats");
+	comfyui_probe->build_probe(NULL, NULL, &out);
+	CHECK_PROBE_REQUEST(out, "/system_stats", 0);
+	comfyui_probe->build_probe("proxy-token", NULL, &out);
+	CHECK_PROBE_REQUEST(out, "/system_stats", 1);
+	CHECK_STR(out.headers[0], "Authorization: Bearer proxy-token");
+	end_group();
+
+	begin_group("comfyui probe: parse (VRAM sums, no model check)");
+	probe(comfyui_probe, 200,
+		  "{" COMFYUI_SYSTEM ",\"devices\":[{\"name\":\"cuda:0 NVIDIA GeForce "
+		  "RTX 4090 : cudaMallocAsync\",\"type\":\"cuda\",\"index\":0,"
+		  "\"vram_total\":25769803776,\"vram_free\":21582210662,"
+		  "\"torch_vram_total\":0,\"torch_vram_free\":0}]}",
+		  checkpoints, 1, &r);
+	CHECK_PROBE(r, true, false, "1 device, 20.1 GiB of 24.0 GiB VRAM free",
+				"{\"comfyui_version\":\"0.3.43\",\"devices\":[{\"name\":"
+				"\"cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync\","
+				"\"vram_total\":25769803776,\"vram_free\":21582210662}],"
+				"\"vram_free\":21582210662,\"vram_total\":25769803776}");
+	CHECK_CONTAINS(r.detail_json, "\"vram_total\":25769803776");
+
+	probe(comfyui_probe, 200,
+		  "{" COMFYUI_SYSTEM ",\"devices\":["
+		  "{\"name\":\"cuda:0 A\",\"type\":\"cuda\",\"index\":0,"
+		  "\"vram_total\":25769803776,\"vram_free\":21474836480,"
+		  "\"torch_vram_total\":1,\"torch_vram_free\":1},"
+		  "{\"name\":\"cuda:1 B\",\"type\":\"cuda\",\"index\":1,"
+		  "\"vram_total\":12884901888,\"vram_free\":1073741824}]}",
+		  NULL, 0, &r);
+	CHECK_PROBE(r, true, false, "2 devices, 21.0 GiB of 36.0 GiB VRAM free",
+				"{\"comfyui_version\":\"0.3.43\",\"devices\":["
+				"{\"name\":\"cuda:0 A\",\"vram_total\":25769803776,\"vram_free\":21474836480},"
+				"{\"name\":\"cuda:1 B\",\"vram_total\":12884901888,\"vram_free\":1073741824}],"
+				"\"vram_free\":22548578304,\"vram_total\":38654705664}");
+
+	/* an old server: no version; odd device entries */
+	probe(comfyui_probe, 200,
+		  "{\"system\":{\"os\":\"nt\"},\"devices\":[{\"type\":\"cpu\","
+		  "\"vram_total\":8589934592,\"vram_free\":-5},\"junk\","
+		  "{\"name\":7,\"vram_total\":\"1\"}]}", NULL, 0, &r);
+	CHECK_PROBE(r, true, false, "2 devices, 0.0 GiB of 8.0 GiB VRAM free",
+				"{\"comfyui_version\":null,\"devices\":["
+				"{\"name\":null,\"vram_total\":8589934592,\"vram_free\":0},"
+				"{\"name\":null,\"vram_total\":0,\"vram_free\":0}],"
+				"\"vram_free\":0,\"vram_total\":8589934592}");
+	probe(comfyui_probe, 200, "{\"system\":{},\"devices\":[]}", NULL, 0, &r);
+	CHECK_PROBE(r, true, false, "running, no devices reported",
+				"{\"comfyui_version\":null,\"devices\":[],\"vram_free\":0,"
+				"\"vram_total\":0}");
+	/* a device name with a line break and a bad byte is cleaned */
+	probe(comfyui_probe, 200,
+		  "{\"system\":{\"comfyui_version\":\"v\\n1\"},\"devices\":"
+		  "[{\"name\":\"a\\tb\xff\",\"vram_total\":1073741824,"
+		  "\"vram_free\":536870912}]}", NULL, 0, &r);
+	CHECK_PROBE(r, true, false, "1 device, 0.5 GiB of 1.0 GiB VRAM free",
+				"{\"comfyui_version\":\"v 1\",\"devices\":[{\"name\":\"a b?\","
+				"\"vram_total\":1073741824,\"vram_free\":536870912}],"
+				"\"vram_free\":536870912,\"vram_total\":1073741824}");
+	end_group();
+
+	begin_group("comfyui probe: errors and malformed answers");
+	probe(comfyui_probe, 500,
+		  "{\"error\":{\"type\":\"server_error\",\"message\":\"CUDA error\","
+		  "\"details\":\"\",\"extra_info\":{}}}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "HTTP 500: CUDA error",
+				"{\"http_status\":500,\"error\":\"CUDA error\"}");
+	probe(comfyui_probe, 404, "404: Not Found", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "HTTP 404: 404: Not Found",
+				"{\"http_status\":404,\"error\":\"404: Not Found\"}");
+	probe(comfyui_probe, 403, "{\"error\":\"forbidden\"}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "HTTP 403: forbidden",
+				"{\"http_status\":403,\"error\":\"forbidden\"}");
+	probe(comfyui_probe, 200, "{\"devices\":[]}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "malformed response from ComfyUI",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(comfyui_probe, 200, "{\"system\":{},\"devices\":{}}", NULL, 0, &r);
+	CHECK_PROBE(r, false, false, "malformed response from ComfyUI",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(comfyui_probe, 200, "{\"system\":\"x\",\"devices\":[]}", NULL, 0,
+		  &r);
+	CHECK_PROBE(r, false, false, "malformed response from ComfyUI",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	probe(comfyui_probe, 200, "<!DOCTYPE html><html>ComfyUI</html>", NULL, 0,
+		  &r);
+	CHECK_PROBE(r, false, false, "malformed response from ComfyUI",
+				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	end_group();
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1258,6 +1853,12 @@ main(int argc, char **argv)
 	test_anthropic_build();
 	test_anthropic_parse();
 	test_anthropic_errors();
+	test_probe_table();
+	test_ollama_probe();
+	test_long_probe_summaries();
+	test_openai_probe();
+	test_anthropic_probe();
+	test_comfyui_probe();
 
 	if (corpus_dir != NULL)
 		printf("%d seeds written to %s\n", corpus_count, corpus_dir);
