@@ -11,10 +11,12 @@ OBJS = \
 	src/config.o \
 	src/usage.o \
 	src/secrets.o \
+	src/health.o \
 	src/provider.o \
 	src/provider_ollama.o \
 	src/provider_openai.o \
-	src/provider_anthropic.o
+	src/provider_anthropic.o \
+	src/provider_comfyui.o
 PGFILEDESC = "igny8_ai - AI dispatch inside PostgreSQL"
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
@@ -26,7 +28,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).
 REGRESS_CONF ?= test/tmp/regress.conf
 REGRESS = setup bad_input text chat fallback retry failures cancel restart \
-	security config usage
+	security config usage health drop
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(REGRESS_CONF)
 
 # the LLVM bitcode for JIT inlining is of no use here, and needs clang

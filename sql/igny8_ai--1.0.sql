@@ -229,6 +229,184 @@ REVOKE ALL ON FUNCTION igny8_config_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_touch_updated_at() FROM PUBLIC;
 
 --
+-- Health: probes on a pg_cron schedule, the circuit breaker's state, alerts.
+--
+
+CREATE TABLE service_health_log (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    checked_at      timestamptz NOT NULL DEFAULT now(),
+    provider        text NOT NULL,
+    healthy         boolean NOT NULL,
+    state           text NOT NULL
+                    CHECK (state IN ('unknown', 'healthy', 'degraded', 'down')),
+    latency_ms      double precision,
+    http_status     integer,
+    detail          jsonb NOT NULL DEFAULT '{}'
+);
+
+CREATE INDEX service_health_log_checked_at_idx ON service_health_log (checked_at);
+CREATE INDEX service_health_log_provider_idx ON service_health_log (provider, checked_at);
+
+COMMENT ON TABLE service_health_log IS
+    'one row per provider per health check; old rows are deleted by the scheduled check';
+
+SELECT pg_catalog.pg_extension_config_dump('service_health_log', '');
+
+CREATE FUNCTION igny8_check_health(
+    OUT provider    text,
+    OUT healthy     boolean,
+    OUT state       text,
+    OUT latency_ms  double precision,
+    OUT http_status integer,
+    OUT detail      jsonb)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'igny8_check_health'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_check_health() IS
+    'probe every enabled provider now (free calls only) and log the result in service_health_log';
+
+CREATE FUNCTION igny8_health_state(
+    OUT provider             text,
+    OUT state                text,
+    OUT since                timestamptz,
+    OUT circuit_open         boolean,
+    OUT consecutive_failures integer,
+    OUT last_check           timestamptz,
+    OUT last_latency_ms      double precision,
+    OUT last_error           text,
+    OUT in_flight            integer)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'igny8_health_state'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION igny8_health_state() IS
+    'the health state and circuit breaker of each provider, from shared memory';
+
+CREATE VIEW igny8_service_status AS
+SELECT p.id AS provider,
+       p.kind,
+       p.enabled,
+       coalesce(s.state, 'unknown') AS state,
+       s.since,
+       coalesce(s.circuit_open, false) AS circuit_open,
+       coalesce(s.last_check, h.last_check) AS last_check,
+       s.last_latency_ms,
+       coalesce(s.consecutive_failures, 0) AS consecutive_failures,
+       s.last_error,
+       coalesce(s.in_flight, 0) AS in_flight,
+       h.checks_24h,
+       h.success_pct_24h
+  FROM igny8_providers p
+  LEFT JOIN igny8_health_state() s ON s.provider = p.id
+  LEFT JOIN LATERAL (
+       SELECT count(*) AS checks_24h,
+              round(100.0 * count(*) FILTER (WHERE l.healthy)
+                    / nullif(count(*), 0), 1) AS success_pct_24h,
+              max(l.checked_at) AS last_check
+         FROM service_health_log l
+        WHERE l.provider = p.id
+          AND l.checked_at > now() - interval '24 hours') h ON true;
+
+COMMENT ON VIEW igny8_service_status IS
+    'per provider: state, since when, last check and latency, failures, share of successful checks over 24 hours';
+
+-- What the pg_cron job runs: a check, then the retention of the log in
+-- bounded batches (a big backlog is worked off over several runs).
+CREATE FUNCTION igny8_health_job() RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    keep interval := current_setting('igny8_ai.health_log_retention')::interval;
+    deleted bigint;
+BEGIN
+    PERFORM igny8_check_health();
+    FOR i IN 1..10 LOOP
+        DELETE FROM service_health_log
+         WHERE id IN (SELECT id FROM service_health_log
+                       WHERE checked_at < now() - keep
+                       ORDER BY id LIMIT 10000);
+        GET DIAGNOSTICS deleted = ROW_COUNT;
+        EXIT WHEN deleted < 10000;
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION igny8_health_job() IS
+    'the scheduled health check: igny8_check_health() and the retention of service_health_log';
+
+-- (Re)schedule the health check, or stop it with NULL.
+CREATE FUNCTION igny8_set_health_schedule(schedule text) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    job bigint;
+BEGIN
+    IF schedule IS NULL THEN
+        PERFORM cron.unschedule(jobid) FROM cron.job
+         WHERE jobname = 'igny8_ai_health_check';
+        RETURN NULL;
+    END IF;
+    SELECT cron.schedule('igny8_ai_health_check', schedule,
+                         pg_catalog.format('SELECT %I.igny8_health_job()',
+                                           pg_catalog.current_schema()))
+      INTO job;
+    RETURN job;
+END
+$$;
+
+COMMENT ON FUNCTION igny8_set_health_schedule(text) IS
+    'schedule the health check (cron syntax, default every minute), or stop it with NULL';
+
+-- every minute, as the seed asks
+SELECT igny8_set_health_schedule('* * * * *');
+
+-- DROP EXTENSION igny8_ai removes the job first
+CREATE FUNCTION igny8_on_drop_extension() RETURNS event_trigger
+AS 'MODULE_PATHNAME', 'igny8_on_drop_extension'
+LANGUAGE C;
+
+CREATE EVENT TRIGGER igny8_ai_drop_extension ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION')
+    EXECUTE FUNCTION igny8_on_drop_extension();
+
+REVOKE ALL ON FUNCTION igny8_check_health() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_health_state() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_health_job() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_set_health_schedule(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_on_drop_extension() FROM PUBLIC;
+REVOKE ALL ON service_health_log, igny8_service_status FROM PUBLIC;
+
+-- Let a monitoring role read the health of the providers (never keys).
+CREATE FUNCTION igny8_grant_monitoring(role regrole) RETURNS void
+LANGUAGE plpgsql AS
+$$
+DECLARE
+    schema_name text := pg_catalog.quote_ident(n.nspname)
+        FROM pg_catalog.pg_extension e
+        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname = 'igny8_ai';
+BEGIN
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'role must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO %s', schema_name, role);
+    EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_service_status, %s.service_health_log TO %s',
+                              schema_name, schema_name, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_health_state() TO %s',
+                              schema_name, role);
+END
+$$;
+
+COMMENT ON FUNCTION igny8_grant_monitoring(regrole) IS
+    'let a role read igny8_service_status and service_health_log';
+
+REVOKE ALL ON FUNCTION igny8_grant_monitoring(regrole) FROM PUBLIC;
+
+--
 -- Grant the calling functions to an application role.
 --
 

@@ -14,6 +14,13 @@ SELECT alias, provider_id, provider_model, task, timeout, max_tokens
 SELECT alias, position, fallback_alias
   FROM igny8_fallbacks ORDER BY alias, position;
 
+-- the health check is scheduled every minute; the tests run it by hand
+-- instead (health.sql), so that it cannot change states under them
+SELECT jobname, schedule, command, database = current_database() AS here, active
+  FROM cron.job;
+SELECT igny8_set_health_schedule(NULL);
+SELECT count(*) AS jobs FROM cron.job;
+
 -- test helper: run a simulator control command; one row per output line
 CREATE FUNCTION sim(cmd text) RETURNS SETOF text
 LANGUAGE plpgsql AS $$

@@ -87,41 +87,8 @@ merge_settings(const cJSON *base, const cJSON *over)
 	return out;
 }
 
-/*
- * Register a provider in shared memory (for concurrency limits) and return
- * its index, or -1 when the table is full.
- */
-static int
-provider_shared_index(const char *id)
-{
-	int			found = -1;
-	int			empty = -1;
-
-	SpinLockAcquire(&igny8_shared->providers_mutex);
-	for (int i = 0; i < IGNY8_MAX_PROVIDERS; i++)
-	{
-		if (igny8_shared->providers[i].id[0] == '\0')
-		{
-			if (empty < 0)
-				empty = i;
-		}
-		else if (strcmp(igny8_shared->providers[i].id, id) == 0)
-		{
-			found = i;
-			break;
-		}
-	}
-	if (found < 0 && empty >= 0)
-	{
-		strlcpy(igny8_shared->providers[empty].id, id, IGNY8_NAME_LEN);
-		found = empty;
-	}
-	SpinLockRelease(&igny8_shared->providers_mutex);
-	return found;
-}
-
-static Igny8Provider *
-find_provider(Igny8Config *config, const char *id)
+Igny8Provider *
+igny8_config_provider(Igny8Config *config, const char *id)
 {
 	for (int i = 0; i < config->nproviders; i++)
 		if (strcmp(config->providers[i].id, id) == 0)
@@ -194,7 +161,8 @@ igny8_config_load(uint64 generation)
 		ca_file = cJSON_GetObjectItemCaseSensitive(provider_settings[i], "ca_file");
 		p->ca_file = cJSON_IsString(ca_file) ? pstrdup(ca_file->valuestring) : NULL;
 		p->key = igny8_resolve_key(p->key_ref, &p->key_error);
-		p->shared_index = provider_shared_index(p->id);
+		p->shared_index = igny8_provider_index(p->id, true);
+		p->settings = provider_settings[i];
 	}
 	MemoryContextSwitchTo(old);
 
@@ -220,7 +188,7 @@ igny8_config_load(uint64 generation)
 		char	   *settings = get_text(tup, desc, 9);
 		cJSON	   *own;
 
-		d->provider = find_provider(config, provider_id);
+		d->provider = igny8_config_provider(config, provider_id);
 		if (d->provider == NULL)
 			continue;			/* cannot happen: foreign key */
 		d->alias = get_text(tup, desc, 1);

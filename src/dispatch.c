@@ -29,6 +29,7 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/json.h"
+#include "utils/memutils.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
@@ -73,8 +74,12 @@ typedef struct Igny8Answer
 	pg_uuid_t	request_id;
 } Igny8Answer;
 
-/* the slot this backend waits on, for the exit callback */
-static int	my_slot = -1;
+/*
+ * The slots this backend holds (submitted and not yet released), so that an
+ * error or an exit can abandon them.
+ */
+static int *my_slots = NULL;
+static int	my_nslots = 0;
 static bool exit_callback_registered = false;
 static bool config_change_pending = false;
 static bool xact_callback_registered = false;
@@ -89,6 +94,19 @@ check_loaded(void)
 				 errhint("Add igny8_ai to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
+static void
+forget_slot(int slotno)
+{
+	for (int i = 0; i < my_nslots; i++)
+	{
+		if (my_slots[i] == slotno)
+		{
+			my_slots[i] = my_slots[--my_nslots];
+			return;
+		}
+	}
+}
+
 /*
  * Give up on a slot: free it if the worker is done with it, otherwise mark
  * it abandoned and let its worker abort the transfer and free it.
@@ -100,6 +118,7 @@ abandon_slot(int slotno)
 	Igny8SlotState state;
 	int			worker;
 
+	forget_slot(slotno);
 	SpinLockAcquire(&slot->mutex);
 	state = slot->state;
 	worker = slot->worker;
@@ -116,14 +135,18 @@ abandon_slot(int slotno)
 	}
 }
 
+/* Abandon every slot this backend holds (error or exit). */
+void
+igny8_abandon_all(void)
+{
+	while (my_nslots > 0)
+		abandon_slot(my_slots[my_nslots - 1]);
+}
+
 static void
 exit_callback(int code, Datum arg)
 {
-	if (my_slot >= 0)
-	{
-		abandon_slot(my_slot);
-		my_slot = -1;
-	}
+	igny8_abandon_all();
 }
 
 /* Take a free slot, or fail with a clear error when all are in use. */
@@ -152,6 +175,7 @@ take_slot(void)
 	slot->state = IGNY8_SLOT_FILLING;
 	slot->generation++;
 	SpinLockRelease(&slot->mutex);
+	my_slots[my_nslots++] = slotno;
 	return slotno;
 }
 
@@ -172,9 +196,11 @@ choose_worker(void)
 	return start % n;
 }
 
-static void
-report_worker_error(Igny8Slot *slot)
+/* Raise the error a worker left in a slot (the slot stays ours). */
+void
+igny8_report_slot_error(int slotno)
 {
+	Igny8Slot  *slot = &igny8_slots[slotno];
 	char	   *strs[3];
 
 	igny8_unpack_strings(igny8_dsa(), slot->result, 3, strs);
@@ -187,102 +213,101 @@ report_worker_error(Igny8Slot *slot)
 }
 
 /*
- * Send a call to a worker and wait for its answer.  On success fills *ans;
- * on failure raises the worker's error.  The slot is released on every path.
+ * Put a request in a free slot and queue it to a worker.  The request JSON
+ * is in the server encoding; providers get UTF-8.  Returns the slot, which
+ * this backend holds until igny8_release_slot (or an error abandons it).
  */
-static void
-run_call(Igny8Call *call, Igny8Answer *ans)
+int
+igny8_submit(Igny8Task task, const char *alias, const char *request,
+			 int timeout_ms, bool has_account, int64 account_id,
+			 const pg_uuid_t *request_id)
 {
 	Igny8Slot  *slot;
 	int			slotno;
 	int			worker;
-	dsa_area   *area;
-	TimestampTz submitted;
-	TimestampTz deadline;
-	int			events;
-	pgsocket	sock = PGINVALID_SOCKET;
+	char	   *utf8;
 
 	check_loaded();
-	area = igny8_dsa();
-
+	if (my_slots == NULL)
+		my_slots = MemoryContextAlloc(TopMemoryContext,
+									  sizeof(int) * igny8_shared->nslots);
 	if (!exit_callback_registered)
 	{
 		before_shmem_exit(exit_callback, (Datum) 0);
 		exit_callback_registered = true;
 	}
 
-	memset(ans, 0, sizeof(*ans));
-	if (!pg_strong_random(ans->request_id.data, UUID_LEN))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate random values")));
-	/* version 4, variant 1 */
-	ans->request_id.data[6] = (ans->request_id.data[6] & 0x0f) | 0x40;
-	ans->request_id.data[8] = (ans->request_id.data[8] & 0x3f) | 0x80;
-
-	submitted = GetCurrentTimestamp();
-	deadline = TimestampTzPlusMilliseconds(submitted, call->timeout_ms);
+	/* providers speak UTF-8, whatever the database's encoding */
+	utf8 = pg_server_to_any(request, strlen(request), PG_UTF8);
 
 	slotno = take_slot();
-	my_slot = slotno;
 	slot = &igny8_slots[slotno];
+	slot->task = task;
+	slot->request_id = *request_id;
+	strlcpy(slot->alias, alias, IGNY8_NAME_LEN);
+	slot->has_account = has_account;
+	slot->account_id = account_id;
+	slot->timeout_ms = timeout_ms;
+	slot->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												 timeout_ms);
+	slot->caller_procno = MyProc->pgprocno;
+	slot->success = false;
+	slot->sqlerrcode = 0;
+	slot->result = InvalidDsaPointer;
+	slot->request = igny8_dsa_strdup(igny8_dsa(), utf8, strlen(utf8));
 
-	PG_TRY();
+	worker = choose_worker();
+	SpinLockAcquire(&slot->mutex);
+	slot->worker = worker;
+	slot->claimed = false;
+	slot->state = IGNY8_SLOT_QUEUED;
+	SpinLockRelease(&slot->mutex);
+	if (!igny8_queue_push(worker, slotno))
+		elog(ERROR, "igny8_ai worker queue %d is full", worker);
+	igny8_wake_worker(worker);
+	return slotno;
+}
+
+/*
+ * Wait until every slot of slots[] is answered.  A cancel, statement_timeout,
+ * a lost client, a missing worker or a worker past the deadline end the wait
+ * with an error; the caller's PG_CATCH (or exit) abandons the slots.
+ */
+void
+igny8_wait(const int *slots, int n)
+{
+	TimestampTz started = GetCurrentTimestamp();
+	int			events = WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH;
+	pgsocket	sock = PGINVALID_SOCKET;
+
+	if (MyProcPort != NULL && MyProcPort->sock != PGINVALID_SOCKET &&
+		WaitEventSetCanReportClosed())
 	{
-		slot->task = call->task;
-		slot->request_id = ans->request_id;
-		strlcpy(slot->alias, call->alias, IGNY8_NAME_LEN);
-		slot->has_account = call->has_account;
-		slot->account_id = call->account_id;
-		slot->timeout_ms = call->timeout_ms;
-		slot->deadline = deadline;
-		slot->caller_procno = MyProc->pgprocno;
-		slot->success = false;
-		slot->sqlerrcode = 0;
-		slot->result = InvalidDsaPointer;
+		events |= WL_SOCKET_CLOSED;
+		sock = MyProcPort->sock;
+	}
+
+	for (;;)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		bool		all_done = true;
+		int			rc;
+
+		for (int i = 0; i < n; i++)
 		{
-			/* providers speak UTF-8, whatever the database's encoding */
-			char	   *utf8 = pg_server_to_any(call->request.data,
-												call->request.len, PG_UTF8);
-
-			slot->request = igny8_dsa_strdup(area, utf8, strlen(utf8));
-		}
-
-		worker = choose_worker();
-		SpinLockAcquire(&slot->mutex);
-		slot->worker = worker;
-		slot->claimed = false;
-		slot->state = IGNY8_SLOT_QUEUED;
-		SpinLockRelease(&slot->mutex);
-		if (!igny8_queue_push(worker, slotno))
-			elog(ERROR, "igny8_ai worker queue %d is full", worker);
-		igny8_wake_worker(worker);
-
-		events = WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH;
-		if (MyProcPort != NULL && MyProcPort->sock != PGINVALID_SOCKET &&
-			WaitEventSetCanReportClosed())
-		{
-			events |= WL_SOCKET_CLOSED;
-			sock = MyProcPort->sock;
-		}
-
-		for (;;)
-		{
+			Igny8Slot  *slot = &igny8_slots[slots[i]];
 			Igny8SlotState state;
-			TimestampTz now;
-			long		wait_ms;
-			int			rc;
 
 			SpinLockAcquire(&slot->mutex);
 			state = slot->state;
 			SpinLockRelease(&slot->mutex);
 			if (state == IGNY8_SLOT_DONE)
-				break;
+				continue;
+			all_done = false;
 
-			now = GetCurrentTimestamp();
 			if (state == IGNY8_SLOT_QUEUED &&
-				igny8_shared->workers[worker].procno < 0 &&
-				TimestampDifferenceExceeds(submitted, now, IGNY8_NO_WORKER_MS))
+				igny8_shared->workers[slot->worker].procno < 0 &&
+				TimestampDifferenceExceeds(started, now, IGNY8_NO_WORKER_MS))
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("no igny8_ai background worker is running"),
@@ -290,38 +315,78 @@ run_call(Igny8Call *call, Igny8Answer *ans)
 								   IGNY8_NO_WORKER_MS),
 						 errhint("Check the server log; the workers connect to the database named by igny8_ai.database (\"%s\").",
 								 igny8_database)));
-			if (TimestampDifferenceExceeds(deadline, now,
+			if (TimestampDifferenceExceeds(slot->deadline, now,
 										   IGNY8_WORKER_GRACE_MS))
 				ereport(ERROR,
 						(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 						 errmsg("igny8_ai worker did not answer in time"),
 						 errdetail("The request passed its deadline of %d ms by more than %d ms.",
-								   call->timeout_ms, IGNY8_WORKER_GRACE_MS)));
-
-			wait_ms = 1000;
-			rc = WaitLatchOrSocket(MyLatch, events, sock, wait_ms,
-								   PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			if (rc & WL_SOCKET_CLOSED)
-				ereport(FATAL,
-						(errcode(ERRCODE_CONNECTION_FAILURE),
-						 errmsg("connection to client lost")));
-			CHECK_FOR_INTERRUPTS();
+								   slot->timeout_ms, IGNY8_WORKER_GRACE_MS)));
 		}
+		if (all_done)
+			return;
 
+		rc = WaitLatchOrSocket(MyLatch, events, sock, 1000, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		if (rc & WL_SOCKET_CLOSED)
+			ereport(FATAL,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("connection to client lost")));
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* Done with an answered slot: free it. */
+void
+igny8_release_slot(int slotno)
+{
+	forget_slot(slotno);
+	igny8_slot_release(slotno);
+}
+
+/* A new version 4 UUID for a request. */
+void
+igny8_new_request_id(pg_uuid_t *id)
+{
+	if (!pg_strong_random(id->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	id->data[6] = (id->data[6] & 0x0f) | 0x40;
+	id->data[8] = (id->data[8] & 0x3f) | 0x80;
+}
+
+/*
+ * Send a call to a worker and wait for its answer.  On success fills *ans;
+ * on failure raises the worker's error.  The slot is released on every path.
+ */
+static void
+run_call(Igny8Call *call, Igny8Answer *ans)
+{
+	int			slotno = -1;
+
+	memset(ans, 0, sizeof(*ans));
+	igny8_new_request_id(&ans->request_id);
+
+	PG_TRY();
+	{
+		Igny8Slot  *slot;
+		char	   *strs[2];
+
+		slotno = igny8_submit(call->task, call->alias, call->request.data,
+							  call->timeout_ms, call->has_account,
+							  call->account_id, &ans->request_id);
+		slot = &igny8_slots[slotno];
+		igny8_wait(&slotno, 1);
 		if (!slot->success)
-			report_worker_error(slot);
+			igny8_report_slot_error(slotno);
 
-		{
-			char	   *strs[2];
-
-			igny8_unpack_strings(area, slot->result, 2, strs);
-			/* validated (and converted) before it becomes a text datum */
-			ans->content = strs[0] ?
-				pg_any_to_server(strs[0], strlen(strs[0]), PG_UTF8) : "";
-			ans->thinking = strs[1] ?
-				pg_any_to_server(strs[1], strlen(strs[1]), PG_UTF8) : NULL;
-		}
+		igny8_unpack_strings(igny8_dsa(), slot->result, 2, strs);
+		/* validated (and converted) before it becomes a text datum */
+		ans->content = strs[0] ?
+			pg_any_to_server(strs[0], strlen(strs[0]), PG_UTF8) : "";
+		ans->thinking = strs[1] ?
+			pg_any_to_server(strs[1], strlen(strs[1]), PG_UTF8) : NULL;
 		memcpy(ans->provider, slot->provider, IGNY8_NAME_LEN);
 		memcpy(ans->model_used, slot->model_used, IGNY8_MODEL_LEN);
 		memcpy(ans->finish_reason, slot->finish_reason,
@@ -334,14 +399,12 @@ run_call(Igny8Call *call, Igny8Answer *ans)
 	}
 	PG_CATCH();
 	{
-		my_slot = -1;
-		abandon_slot(slotno);
+		igny8_abandon_all();
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 
-	my_slot = -1;
-	igny8_slot_release(slotno);
+	igny8_release_slot(slotno);
 }
 
 /* ----- argument checks shared by the SQL functions ----- */

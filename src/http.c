@@ -356,11 +356,18 @@ igny8_http_next_finished(void)
 	return NULL;
 }
 
+/* Did the transfer fail because the answer was over max_response_size? */
+bool
+igny8_http_too_large(Igny8Transfer *t)
+{
+	return t->too_large || t->result == CURLE_FILESIZE_EXCEEDED;
+}
+
 /* Short text for a transport failure, never containing headers or keys. */
 const char *
 igny8_http_error_text(Igny8Transfer *t)
 {
-	if (t->too_large)
+	if (igny8_http_too_large(t))
 		return psprintf("response larger than igny8_ai.max_response_size (%d kB)",
 						igny8_max_response_kb);
 	switch (t->result)
@@ -379,9 +386,6 @@ igny8_http_error_text(Igny8Transfer *t)
 			return "connection reset while receiving";
 		case CURLE_SEND_ERROR:
 			return "connection reset while sending";
-		case CURLE_FILESIZE_EXCEEDED:
-			return psprintf("response larger than igny8_ai.max_response_size (%d kB)",
-							igny8_max_response_kb);
 		default:
 			if (t->errbuf[0])
 				return pstrdup(t->errbuf);

@@ -43,6 +43,10 @@ int			igny8_max_prompt_kb = 1024;
 int			igny8_max_retries = 2;
 char	   *igny8_account_id = NULL;
 bool		igny8_log_content = false;
+int			igny8_probe_timeout_ms = 5000;
+int			igny8_circuit_threshold = 3;
+int			igny8_circuit_cooldown_ms = 30000;
+int			igny8_health_retention_s = 7 * 24 * 3600;
 
 /* shared memory */
 Igny8Shared *igny8_shared = NULL;
@@ -169,6 +173,42 @@ _PG_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomIntVariable("igny8_ai.health_probe_timeout",
+							gettext_noop("Timeout of one health probe."),
+							NULL,
+							&igny8_probe_timeout_ms,
+							5000, 100, 300 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("igny8_ai.circuit_failure_threshold",
+							gettext_noop("Consecutive failures (probes or requests) that open a provider's circuit."),
+							gettext_noop("While the circuit is open, routing skips the provider if another candidate exists."),
+							&igny8_circuit_threshold,
+							3, 1, 1000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("igny8_ai.circuit_cooldown",
+							gettext_noop("How long an open circuit stays open before one trial request may pass."),
+							NULL,
+							&igny8_circuit_cooldown_ms,
+							30000, 0, 24 * 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("igny8_ai.health_log_retention",
+							gettext_noop("Age after which the scheduled health check deletes service_health_log rows."),
+							NULL,
+							&igny8_health_retention_s,
+							7 * 24 * 3600, 60, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("igny8_ai");
 
 	prev_shmem_request_hook = shmem_request_hook;
@@ -264,7 +304,10 @@ igny8_shmem_startup(void)
 		SpinLockInit(&igny8_shared->free_mutex);
 		SpinLockInit(&igny8_shared->providers_mutex);
 		for (int i = 0; i < IGNY8_MAX_PROVIDERS; i++)
+		{
 			pg_atomic_init_u32(&igny8_shared->providers[i].in_flight, 0);
+			SpinLockInit(&igny8_shared->providers[i].mutex);
+		}
 		for (int i = 0; i < IGNY8_MAX_WORKERS; i++)
 		{
 			Igny8WorkerShared *w = &igny8_shared->workers[i];

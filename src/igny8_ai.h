@@ -52,8 +52,18 @@ typedef enum Igny8Task
 {
 	IGNY8_TASK_TEXT = 0,
 	IGNY8_TASK_CHAT,
-	IGNY8_TASK_IMAGE
+	IGNY8_TASK_IMAGE,
+	IGNY8_TASK_HEALTH			/* probe the provider named in alias */
 } Igny8Task;
+
+/* A provider's health, as routing and igny8_service_status see it. */
+typedef enum Igny8HealthState
+{
+	IGNY8_HEALTH_UNKNOWN = 0,	/* no probe or request yet */
+	IGNY8_HEALTH_HEALTHY,
+	IGNY8_HEALTH_DEGRADED,		/* answering, but failing or incomplete */
+	IGNY8_HEALTH_DOWN			/* circuit open */
+} Igny8HealthState;
 
 /* One synchronous request and its answer. */
 typedef struct Igny8Slot
@@ -82,6 +92,11 @@ typedef struct Igny8Slot
 	char		provider[IGNY8_NAME_LEN];
 	char		model_used[IGNY8_MODEL_LEN];
 	char		finish_reason[32];
+	long		http_status;	/* health probes: the probe's status */
+	bool		healthy;		/* health probes: the verdict */
+	Igny8HealthState health_state;	/* health probes: state after it */
+	Igny8HealthState health_prev;	/* ... and before it */
+	int			consecutive_failures;	/* health probes: after it */
 	int64		input_tokens;
 	int64		output_tokens;
 	double		cost;
@@ -102,12 +117,37 @@ typedef struct Igny8WorkerShared
 	pg_atomic_uint64 served;	/* requests completed since start */
 } Igny8WorkerShared;
 
-/* Per-provider state shared by all workers (concurrency limits). */
+/*
+ * Per-provider state shared by all processes: the concurrency count, and
+ * the health state and circuit breaker that probes and requests feed
+ * (health.c).  The mutex guards every field but id and in_flight.
+ */
 typedef struct Igny8ProviderShared
 {
 	char		id[IGNY8_NAME_LEN]; /* empty: unused entry */
 	pg_atomic_uint32 in_flight; /* transfers in progress, all workers */
+	slock_t		mutex;
+	Igny8HealthState state;
+	TimestampTz state_since;
+	int			consecutive_failures;
+	bool		circuit_open;
+	TimestampTz opened_at;		/* when the circuit (re)opened */
+	TimestampTz trial_at;		/* last trial let through, 0 if none */
+	bool		probe_degraded; /* last probe: reachable but incomplete */
+	TimestampTz last_check;		/* last probe */
+	TimestampTz last_seen;		/* last probe or request outcome */
+	double		last_latency_ms;
+	char		last_error[256];
 } Igny8ProviderShared;
+
+/* What a health report changed, for alerts. */
+typedef struct Igny8HealthChange
+{
+	bool		changed;
+	Igny8HealthState from;
+	Igny8HealthState to;
+	int			consecutive_failures;
+} Igny8HealthChange;
 
 typedef struct Igny8Shared
 {
@@ -136,6 +176,10 @@ extern int	igny8_max_prompt_kb;
 extern int	igny8_max_retries;
 extern char *igny8_account_id;
 extern bool igny8_log_content;
+extern int	igny8_probe_timeout_ms;
+extern int	igny8_circuit_threshold;
+extern int	igny8_circuit_cooldown_ms;
+extern int	igny8_health_retention_s;
 
 /* shared memory (igny8_ai.c) */
 extern Igny8Shared *igny8_shared;
@@ -159,6 +203,28 @@ extern dsa_pointer igny8_dsa_strdup(dsa_area *area, const char *s, Size len);
 
 /* dispatch.c */
 extern void igny8_config_changed_at_commit(void);
+extern int	igny8_submit(Igny8Task task, const char *alias, const char *request,
+						 int timeout_ms, bool has_account, int64 account_id,
+						 const pg_uuid_t *request_id);
+extern void igny8_wait(const int *slots, int n);
+extern void igny8_release_slot(int slotno);
+extern void igny8_abandon_all(void);
+extern void igny8_report_slot_error(int slotno);
+extern void igny8_new_request_id(pg_uuid_t *id);
+
+/* health.c */
+extern int	igny8_provider_index(const char *id, bool create);
+extern const char *igny8_health_state_name(Igny8HealthState state);
+extern void igny8_health_report(int index, bool ok, bool probe,
+								bool probe_degraded, double latency_ms,
+								const char *error, Igny8HealthChange *change);
+extern bool igny8_circuit_allows(int index);
+extern char *igny8_health_payload(const char *provider,
+								  const Igny8HealthChange *change,
+								  const char *detail);
+extern void igny8_health_alert(const char *provider,
+							   const Igny8HealthChange *change,
+							   const char *detail);
 
 /* worker.c */
 extern PGDLLEXPORT void igny8_worker_main(Datum main_arg);

@@ -173,6 +173,32 @@ igny8_route(Igny8Config *config, const char *alias, Igny8Task task,
 		return false;
 	}
 
+	/*
+	 * Skip providers whose circuit is open while another candidate exists;
+	 * if every circuit is open, try them all rather than fail untried.
+	 */
+	{
+		int			kept = 0;
+		bool	   *allowed = palloc(sizeof(bool) * n);
+
+		for (int i = 0; i < n; i++)
+		{
+			allowed[i] = igny8_circuit_allows(out[i]->provider->shared_index);
+			if (allowed[i])
+				kept++;
+		}
+		if (kept > 0 && kept < n)
+		{
+			int			j = 0;
+
+			for (int i = 0; i < n; i++)
+				if (allowed[i])
+					out[j++] = out[i];
+			n = kept;
+		}
+		pfree(allowed);
+	}
+
 	*candidates = out;
 	*ncandidates = n;
 	return true;

@@ -17,6 +17,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/async.h"
 #include "executor/spi.h"
 #include "lib/ilist.h"
 #include "miscadmin.h"
@@ -28,6 +29,7 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/fmgrprotos.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
@@ -115,6 +117,12 @@ typedef struct Job
 	char	   *errhint;
 	Igny8TextResult result;
 	Igny8Deployment *used;
+
+	/* health probes (task IGNY8_TASK_HEALTH) */
+	Igny8Provider *probe;		/* the provider probed */
+	Igny8ProbeResult probe_result;
+	long		probe_status;	/* HTTP status, 0 if none */
+	Igny8HealthChange probe_change;
 } Job;
 
 static int	my_index = -1;
@@ -124,6 +132,9 @@ static Igny8Config *config = NULL;
 static uint64 config_generation = 0;
 static bool config_missing = true;
 static MemoryContext loop_cxt = NULL;
+
+/* NOTIFY payloads of state changes seen by this worker, not yet sent */
+static List *pending_notifies = NIL;
 
 static void
 worker_detach(int code, Datum arg)
@@ -147,6 +158,8 @@ task_name(Igny8Task task)
 			return "chat";
 		case IGNY8_TASK_IMAGE:
 			return "image";
+		case IGNY8_TASK_HEALTH:
+			return "health";
 	}
 	return "text";
 }
@@ -319,7 +332,7 @@ accept_slot(int slotno)
 	njobs++;
 	pg_atomic_fetch_add_u32(&igny8_shared->workers[my_index].in_flight, 1);
 
-	if (!parse_request(job))
+	if (job->task != IGNY8_TASK_HEALTH && !parse_request(job))
 		finish_error(job, ERRCODE_INTERNAL_ERROR,
 					 pstrdup("igny8_ai received a malformed request"),
 					 NULL, NULL);
@@ -334,6 +347,19 @@ accept_slot(int slotno)
 								  igny8_database),
 						 pstrdup("The igny8_ai workers serve the database named by igny8_ai.database."),
 						 pstrdup("Run CREATE EXTENSION igny8_ai in that database, and commit it before calling."));
+		else if (job->task == IGNY8_TASK_HEALTH)
+		{
+			job->probe = igny8_config_provider(config, job->alias);
+			if (job->probe == NULL)
+				finish_error(job, ERRCODE_UNDEFINED_OBJECT,
+							 psprintf("provider \"%s\" does not exist",
+									  job->alias), NULL, NULL);
+			else
+			{
+				job->config = config;
+				config->refcount++;
+			}
+		}
 		else if (!igny8_route(config, job->alias, job->task, &job->cands,
 							  &job->ncands, &rerr))
 			finish_error(job, rerr.sqlerrcode, rerr.message, rerr.detail,
@@ -459,19 +485,203 @@ effective_max_tokens(Job *job, Igny8Deployment *d)
 	return (d->max_tokens > 0) ? d->max_tokens : IGNY8_DEFAULT_MAX_TOKENS;
 }
 
+/* The provider-side models configured on a provider, for its probe. */
+static const char **
+configured_models(Igny8Config *cfg, Igny8Provider *p, int *n)
+{
+	const char **models = palloc(sizeof(char *) * Max(cfg->ndeployments, 1));
+
+	*n = 0;
+	for (int i = 0; i < cfg->ndeployments; i++)
+	{
+		Igny8Deployment *d = &cfg->deployments[i];
+		bool		dup = false;
+
+		if (d->provider != p || !d->enabled)
+			continue;
+		for (int j = 0; j < *n; j++)
+			if (strcmp(models[j], d->model) == 0)
+				dup = true;
+		if (!dup)
+			models[(*n)++] = d->model;
+	}
+	return models;
+}
+
+/* Finish a probe: record the verdict in the shared state. */
+static void
+finish_probe(Job *job, double latency_ms)
+{
+	Igny8ProbeResult *r = &job->probe_result;
+
+	igny8_health_report(job->probe->shared_index, r->healthy, true,
+						r->degraded, latency_ms, r->summary,
+						&job->probe_change);
+	job->success = true;
+	job->state = JOB_FINISHED;
+}
+
+/* A probe that could not be sent or got no HTTP answer. */
+static void
+probe_failed(Job *job, const char *kind, const char *summary,
+			 double latency_ms)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"error\": ");
+	escape_json(&buf, summary);
+	appendStringInfoString(&buf, ", \"kind\": ");
+	escape_json(&buf, kind);
+	appendStringInfoChar(&buf, '}');
+	memset(&job->probe_result, 0, sizeof(job->probe_result));
+	job->probe_result.summary = pstrdup(summary);
+	job->probe_result.detail_json = buf.data;
+	finish_probe(job, latency_ms);
+}
+
+/* Send the free probe call of the job's provider. */
+static void
+start_probe(Job *job, TimestampTz now)
+{
+	Igny8Provider *p = job->probe;
+	const Igny8ProbeProtocol *proto = igny8_probe_protocol(p->kind);
+	Igny8HttpRequest http;
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+
+	if (proto == NULL)
+		probe_failed(job, "config", "no probe for this provider kind", 0);
+	else if (p->key_error != NULL)
+		probe_failed(job, "config",
+					 psprintf("API key reference \"%s\" could not be resolved: %s",
+							  p->key_ref, p->key_error), 0);
+	else
+	{
+		memset(&http, 0, sizeof(http));
+		proto->build_probe(p->key, p->settings, &http);
+		job->transfer = igny8_http_start(p->base_url, &http,
+										 igny8_probe_timeout_ms,
+										 Min(p->connect_timeout_ms,
+											 igny8_probe_timeout_ms),
+										 p->proxy, p->ca_file, job);
+		job->attempt_start = now;
+		job->state = JOB_HTTP;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* The answer (or failure) of a probe. */
+static void
+handle_probe(Job *job, Igny8Transfer *t)
+{
+	double		latency_ms;
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+
+	job->transfer = NULL;
+	latency_ms = (double) (GetCurrentTimestamp() - job->attempt_start) / 1000.0;
+	if (t->result != CURLE_OK)
+	{
+		const char *kind;
+		const char *what = igny8_http_error_text(t);
+
+		/* tell a dead tunnel from a slow service from anything else */
+		switch (t->result)
+		{
+			case CURLE_COULDNT_CONNECT:
+				kind = "connection_refused";
+				what = "connection refused (tunnel or host down)";
+				break;
+			case CURLE_OPERATION_TIMEDOUT:
+				kind = "timeout";
+				what = psprintf("no answer within %d ms",
+								igny8_probe_timeout_ms);
+				break;
+			case CURLE_COULDNT_RESOLVE_HOST:
+				kind = "dns";
+				break;
+			default:
+				kind = "transport";
+				break;
+		}
+		probe_failed(job, kind, what, latency_ms);
+	}
+	else
+	{
+		Igny8HttpResponse resp;
+		int			nmodels;
+		const char **models = configured_models(job->config, job->probe,
+												&nmodels);
+
+		resp.status = t->status;
+		resp.body = t->body ? t->body : "";
+		resp.body_len = t->len;
+		resp.retry_after = t->retry_after;
+		resp.should_retry = t->should_retry;
+		memset(&job->probe_result, 0, sizeof(job->probe_result));
+		igny8_probe_protocol(job->probe->kind)->parse_probe(&resp, models,
+															nmodels,
+															&job->probe_result);
+		job->probe_result.summary = igny8_redact(job->probe_result.summary,
+												 job->probe->key);
+		job->probe_result.detail_json =
+			igny8_redact(job->probe_result.detail_json, job->probe->key);
+		job->probe_status = t->status;
+		finish_probe(job, latency_ms);
+	}
+	igny8_http_free(t);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Feed the outcome of a request attempt to its provider's health: a
+ * transport failure or a 5xx counts against it, any other HTTP answer shows
+ * it is up.  A change of state is logged at once and announced with NOTIFY
+ * in the worker's next transaction.
+ */
+static void
+report_request_health(Igny8Provider *p, Igny8Transfer *t, double latency_ms,
+					  const char *error)
+{
+	Igny8HealthChange change;
+	bool		ok;
+	MemoryContext old;
+
+	if (igny8_http_too_large(t))
+		return;					/* says nothing about the provider */
+	ok = (t->result == CURLE_OK && t->status < 500);
+	igny8_health_report(p->shared_index, ok, false, false, latency_ms,
+						error, &change);
+	if (!change.changed)
+		return;
+	igny8_health_alert(p->id, &change, error);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	pending_notifies = lappend(pending_notifies,
+							   igny8_health_payload(p->id, &change, error));
+	MemoryContextSwitchTo(old);
+}
+
 /* Start an attempt on the current candidate. */
 static void
 start_attempt(Job *job, TimestampTz now)
 {
-	Igny8Deployment *d = job->cands[job->cand];
-	Igny8Provider *p = d->provider;
-	const Igny8TextProtocol *proto = igny8_text_protocol(p->kind);
+	Igny8Deployment *d;
+	Igny8Provider *p;
+	const Igny8TextProtocol *proto;
 	Igny8TextRequest req;
 	Igny8HttpRequest http;
 	long		secs;
 	int			usecs;
 	long		remaining_ms;
 	MemoryContext old;
+
+	if (job->task == IGNY8_TASK_HEALTH)
+	{
+		start_probe(job, now);
+		return;
+	}
+	d = job->cands[job->cand];
+	p = d->provider;
+	proto = igny8_text_protocol(p->kind);
 
 	old = MemoryContextSwitchTo(job->cxt);
 
@@ -550,13 +760,22 @@ start_attempt(Job *job, TimestampTz now)
 static void
 handle_transfer(Job *job, Igny8Transfer *t)
 {
-	Igny8Deployment *d = job->cands[job->cand];
-	Igny8Provider *p = d->provider;
+	Igny8Deployment *d;
+	Igny8Provider *p;
 	Attempt    *a;
 	Igny8ErrorClass cls;
 	double		retry_after = -1;
 	TimestampTz now = GetCurrentTimestamp();
-	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+	MemoryContext old;
+
+	if (job->task == IGNY8_TASK_HEALTH)
+	{
+		handle_probe(job, t);
+		return;
+	}
+	d = job->cands[job->cand];
+	p = d->provider;
+	old = MemoryContextSwitchTo(job->cxt);
 
 	release_provider(job);
 	job->transfer = NULL;
@@ -566,10 +785,14 @@ handle_transfer(Job *job, Igny8Transfer *t)
 	a->sent = true;
 	a->duration_ms = (double) (now - job->attempt_start) / 1000.0;
 	a->http_status = (t->result == CURLE_OK) ? t->status : 0;
+	report_request_health(p, t, a->duration_ms,
+						  t->result != CURLE_OK ? igny8_http_error_text(t) :
+						  psprintf("HTTP %ld", t->status));
 
 	if (t->result != CURLE_OK)
 	{
-		cls = t->too_large ? IGNY8_ERR_FALLBACK : igny8_http_classify_transport(t);
+		cls = igny8_http_too_large(t) ? IGNY8_ERR_FALLBACK :
+			igny8_http_classify_transport(t);
 		a->error = pstrdup(igny8_http_error_text(t));
 		/* a dropped connection is worth one retry, not more */
 		if (cls == IGNY8_ERR_RETRY && job->retries >= 1)
@@ -659,7 +882,12 @@ abort_job(Job *job)
 {
 	MemoryContext old = MemoryContextSwitchTo(job->cxt);
 
-	if (job->transfer)
+	if (job->transfer && job->task == IGNY8_TASK_HEALTH)
+	{
+		igny8_http_free(job->transfer);
+		job->transfer = NULL;
+	}
+	else if (job->transfer)
 	{
 		Attempt    *a = add_attempt(job, job->cands[job->cand]);
 
@@ -704,6 +932,7 @@ static void
 log_attempts(void)
 {
 	dlist_iter	iter;
+	ListCell   *lc;
 	bool		any = false;
 
 	dlist_foreach(iter, &jobs)
@@ -719,7 +948,7 @@ log_attempts(void)
 				any = true;
 		}
 	}
-	if (!any)
+	if (!any && pending_notifies == NIL)
 		return;
 
 	PG_TRY();
@@ -767,6 +996,8 @@ log_attempts(void)
 				igny8_usage_insert(config->schema, &row);
 			}
 		}
+		foreach(lc, pending_notifies)
+			Async_Notify("igny8_ai_health", (char *) lfirst(lc));
 		end_work();
 	}
 	PG_CATCH();
@@ -791,6 +1022,10 @@ log_attempts(void)
 	}
 	PG_END_TRY();
 
+	/* sent, or lost with the transaction: never twice */
+	list_free_deep(pending_notifies);
+	pending_notifies = NIL;
+
 	/* logged, or given up on: never write them twice */
 	dlist_foreach(iter, &jobs)
 	{
@@ -814,7 +1049,14 @@ publish(Job *job)
 
 	if (!job->abandoned)
 	{
-		if (job->success)
+		if (job->success && job->task == IGNY8_TASK_HEALTH)
+		{
+			const char *strs[2] = {job->probe_result.detail_json,
+			job->probe_result.summary};
+
+			result = igny8_pack_strings(area, 2, strs);
+		}
+		else if (job->success)
 		{
 			const char *strs[2] = {job->result.content, job->result.thinking};
 
@@ -841,7 +1083,16 @@ publish(Job *job)
 		slot->input_tokens = job->success ? job->result.input_tokens : 0;
 		slot->output_tokens = job->success ? job->result.output_tokens : 0;
 		slot->cost = 0;
-		if (job->success)
+		if (job->success && job->task == IGNY8_TASK_HEALTH)
+		{
+			strlcpy(slot->provider, job->probe->id, IGNY8_NAME_LEN);
+			slot->http_status = job->probe_status;
+			slot->healthy = job->probe_result.healthy;
+			slot->health_prev = job->probe_change.from;
+			slot->health_state = job->probe_change.to;
+			slot->consecutive_failures = job->probe_change.consecutive_failures;
+		}
+		else if (job->success)
 		{
 			strlcpy(slot->provider, job->used->provider->id, IGNY8_NAME_LEN);
 			strlcpy(slot->model_used,

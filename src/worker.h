@@ -40,6 +40,7 @@ typedef struct Igny8Provider
 	char	   *proxy;			/* settings.proxy, or NULL: no proxy */
 	char	   *ca_file;		/* settings.ca_file: CA bundle to trust */
 	int			shared_index;	/* in igny8_shared->providers, or -1 */
+	cJSON	   *settings;		/* the provider's own settings, or NULL */
 } Igny8Provider;
 
 typedef struct Igny8Deployment
@@ -76,6 +77,8 @@ typedef struct Igny8Config
 } Igny8Config;
 
 extern Igny8Config *igny8_config_load(uint64 generation);
+extern Igny8Provider *igny8_config_provider(Igny8Config *config,
+											const char *id);
 extern void igny8_config_release(Igny8Config *config);
 extern char *igny8_extension_schema(void);
 
@@ -132,6 +135,7 @@ extern void igny8_http_free(Igny8Transfer *t);
 extern void igny8_http_drive(bool fd_ready);
 extern Igny8Transfer *igny8_http_next_finished(void);
 extern const char *igny8_http_error_text(Igny8Transfer *t);
+extern bool igny8_http_too_large(Igny8Transfer *t);
 extern Igny8ErrorClass igny8_http_classify_transport(Igny8Transfer *t);
 
 /* ----- usage.c ----- */

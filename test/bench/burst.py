@@ -28,8 +28,9 @@ PostgreSQL servers on the machine have workers of the same name) every
 Prints one JSON object: wall time from release to the last answer, the
 spread of the release, per-call latency percentiles, failures, and per
 worker the memory before, at the highest sample and 1 s after the burst
-(VmRSS, VmHWM, RssAnon, RssShmem in kB).  Exits 1 unless every call was
-answered; "aborted": true means not every connection could be opened
+(VmRSS, VmHWM, RssAnon, RssShmem in kB, and "cpu_s", its CPU time so far),
+and the CPU time the --cpu-pid processes used.  Exits 1 unless every call
+was answered; "aborted": true means not every connection could be opened
 ("connected" says how many were).
 """
 
@@ -44,7 +45,8 @@ import urllib.parse
 
 import psycopg2
 
-from latency import ALIAS, PROMPT, ollama_body, percentile
+sys.dont_write_bytecode = True          # no __pycache__ in the source tree
+from latency import ALIAS, PROMPT, ollama_body, percentile  # noqa: E402
 
 SQL = "SELECT igny8_generate_text(%s, %s)"
 WORKER_TITLE = "igny8_ai worker"
@@ -114,9 +116,24 @@ def worker_pids(postmaster_pid):
     return sorted(pids)
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far, or None if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # utime and stime are fields 14 and 15 of stat(5); 3 is fields[0] here
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def memory_kb(pid):
-    """The MEM_FIELDS of /proc/PID/status, in kB, or None if it is gone."""
-    out = {}
+    """The MEM_FIELDS of /proc/PID/status, in kB, and the CPU time so far
+    as "cpu_s", or None if the process is gone."""
+    out = {"cpu_s": cpu_seconds(pid)}
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
@@ -164,6 +181,9 @@ def main():
     ap.add_argument("--callers", type=int, default=1000)
     ap.add_argument("--postmaster-pid", type=int,
                     help="sample the memory of this server's igny8_ai workers")
+    ap.add_argument("--cpu-pid", type=int, action="append", default=[],
+                    help="also report the CPU time this process uses "
+                    "(e.g. the backend); may be repeated")
     ap.add_argument("--model", default="qwen3:32b",
                     help="provider-side model of the alias (--url body only)")
     ap.add_argument("--timeout", type=float, default=120.0,
@@ -216,6 +236,7 @@ def main():
 
     pids = worker_pids(args.postmaster_pid) if args.postmaster_pid else []
     before = {pid: memory_kb(pid) for pid in pids}
+    cpu_before = {pid: cpu_seconds(pid) for pid in args.cpu_pid}
     sampler = MemorySampler(pids)
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True)
@@ -242,6 +263,7 @@ def main():
     time.sleep(1.0)                     # let the workers settle, then sample
     sampler.stop()
     after = {pid: memory_kb(pid) for pid in pids}
+    cpu_after = {pid: cpu_seconds(pid) for pid in args.cpu_pid}
 
     for c in callers:
         if c is not None:
@@ -272,6 +294,11 @@ def main():
         "workers": [{"pid": pid, "before": before[pid],
                      "peak": sampler.peak[pid], "after": after[pid]}
                     for pid in pids],
+        # CPU seconds used from before the connections were opened to 1 s
+        # after the last answer
+        "cpu_s": {str(pid): (cpu_after[pid] - cpu_before[pid])
+                  if None not in (cpu_after[pid], cpu_before[pid]) else None
+                  for pid in args.cpu_pid},
     }
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

@@ -1,0 +1,166 @@
+--
+-- health: probes of every provider, the circuit breaker that routing obeys,
+-- NOTIFY and server-log alerts, igny8_service_status and the schedule
+--
+CREATE EXTENSION IF NOT EXISTS dblink;
+ALTER SYSTEM SET igny8_ai.circuit_failure_threshold = 3;
+ALTER SYSTEM SET igny8_ai.circuit_cooldown = '2s';
+ALTER SYSTEM SET igny8_ai.health_probe_timeout = '1s';
+SELECT pg_reload_conf();
+SELECT pg_sleep(1);
+SHOW igny8_ai.circuit_failure_threshold;
+
+-- every provider is up: one row each, also in service_health_log
+SELECT sim('reset') IS NOT NULL AS reset;
+SELECT count(*) AS checked FROM igny8_check_health();
+TRUNCATE service_health_log;
+SELECT dblink_connect('listener', 'dbname=' || current_database());
+SELECT dblink_exec('listener', 'LISTEN igny8_ai_health');
+-- what the listener received: waits (bounded) for the expected number,
+-- in order of arrival for each provider
+CREATE FUNCTION notifications(expect int) RETURNS TABLE (provider text, state text, previous text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass('pg_temp.got') IS NULL THEN
+        CREATE TEMP TABLE got (n serial, provider text, state text, previous text);
+    END IF;
+    TRUNCATE got;
+    FOR i IN 1..100 LOOP
+        INSERT INTO got (provider, state, previous)
+        SELECT extra::jsonb->>'provider', extra::jsonb->>'state',
+               extra::jsonb->>'previous_state'
+          FROM dblink_get_notify('listener')
+         WHERE notify_name = 'igny8_ai_health';
+        EXIT WHEN (SELECT count(*) FROM got) >= expect;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN QUERY SELECT g.provider, g.state, g.previous FROM got g
+                  ORDER BY g.provider, g.n;
+END
+$$;
+
+SELECT provider, healthy, state, http_status, detail FROM igny8_check_health();
+SELECT provider, healthy, state, http_status, latency_ms >= 0 AS timed
+  FROM service_health_log ORDER BY id;
+
+-- Ollama running without one of the configured models: degraded, and the
+-- detail names it
+SELECT sim($$config ollama '{"models": ["qwen3:32b", "qwen3:14b", "qwen3:8b"]}'$$) IS NOT NULL AS configured;
+SELECT provider, healthy, state, detail FROM igny8_check_health()
+ WHERE provider = 'self_hosted_ai';
+SELECT * FROM notifications(1);
+
+-- the tunnel is down (port closed), then the box is too slow for the
+-- probe timeout, then Ollama answers 500: each detail says which
+SELECT sim('reset') IS NOT NULL AS reset;
+SELECT sim('down ollama') IS NOT NULL AS down;
+SELECT provider, healthy, state, http_status, detail FROM igny8_check_health()
+ WHERE provider = 'self_hosted_ai';
+SELECT sim('up ollama') IS NOT NULL AS up;
+SELECT sim($$config ollama '{"delay": 3}'$$) IS NOT NULL AS slow;
+SELECT provider, healthy, state, http_status, detail FROM igny8_check_health()
+ WHERE provider = 'self_hosted_ai';
+-- the third failure in a row opens the circuit: state down, and a WARNING
+SELECT sim($$config ollama '{"delay": 0, "status": 500}'$$) IS NOT NULL AS failing;
+SELECT provider, healthy, state, http_status, detail FROM igny8_check_health()
+ WHERE provider = 'self_hosted_ai';
+SELECT * FROM notifications(1);
+SELECT provider, state, circuit_open, consecutive_failures, last_error,
+       checks_24h, success_pct_24h
+  FROM igny8_service_status ORDER BY provider;
+
+-- with the circuit open, a request goes straight to the fallback: no
+-- attempt on the self-hosted deployment
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('Circuit open', 'gpt-4');
+SELECT attempt, provider, success FROM ai_usage_log ORDER BY id;
+
+-- recovery: a successful probe closes the circuit
+SELECT sim('reset') IS NOT NULL AS reset;
+SELECT provider, healthy, state FROM igny8_check_health()
+ WHERE provider = 'self_hosted_ai';
+SELECT * FROM notifications(1);
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('Circuit closed', 'gpt-4');
+SELECT attempt, provider, success FROM ai_usage_log ORDER BY id;
+
+-- requests feed the breaker too: three refused connections open it, the
+-- fourth request skips the self-hosted provider (the worker says so in the
+-- server log with a WARNING, and with NOTIFY)
+SELECT sim('down ollama') IS NOT NULL AS down;
+TRUNCATE ai_usage_log;
+SELECT count(*) FROM generate_series(1, 4) i,
+       igny8_generate_text('Tunnel down ' || i, 'gpt-4') t;
+SELECT provider, count(*) AS attempts FROM ai_usage_log
+ GROUP BY provider ORDER BY provider;
+SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
+ WHERE provider = 'self_hosted_ai';
+-- after the cool-down one trial request passes; its success closes it
+SELECT sim('up ollama') IS NOT NULL AS up;
+SELECT pg_sleep(2.5);
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('Trial', 'gpt-4');
+SELECT attempt, provider, success FROM ai_usage_log ORDER BY id;
+SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
+ WHERE provider = 'self_hosted_ai';
+-- if every candidate's circuit is open, they are all still tried
+SELECT sim($$config ollama '{"status": 503}'$$) IS NOT NULL AS failing;
+SELECT sim($$config openai '{"status": 503}'$$) IS NOT NULL AS failing;
+SELECT sim($$config anthropic '{"status": 503}'$$) IS NOT NULL AS failing;
+DO $$
+BEGIN
+    FOR i IN 1..3 LOOP
+        PERFORM igny8_check_health();
+    END LOOP;
+END
+$$;
+SELECT provider, state, circuit_open FROM igny8_service_status ORDER BY provider;
+SELECT sim('reset') IS NOT NULL AS reset;
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('All open', 'gpt-3.5-turbo');
+SELECT attempt, provider, success FROM ai_usage_log ORDER BY id;
+SELECT count(*) AS checked FROM igny8_check_health();
+-- the worker announced the changes the requests caused, the checks theirs
+SELECT * FROM notifications(12);
+SELECT dblink_disconnect('listener');
+
+-- the schedule: change it, run what pg_cron runs, turn it off
+SELECT igny8_set_health_schedule('*/5 * * * *') IS NOT NULL AS scheduled;
+SELECT jobname, schedule, command FROM cron.job;
+TRUNCATE service_health_log;
+SELECT command FROM cron.job WHERE jobname = 'igny8_ai_health_check' \gexec
+SELECT count(*) AS rows_written FROM service_health_log;
+SELECT igny8_set_health_schedule('every minute');
+SELECT igny8_set_health_schedule(NULL);
+SELECT count(*) AS jobs FROM cron.job;
+
+-- retention: the scheduled check deletes rows older than
+-- igny8_ai.health_log_retention
+-- in batches, at most 100,000 rows a run
+INSERT INTO service_health_log (checked_at, provider, healthy, state)
+SELECT now() - interval '30 days', 'old', true, 'healthy' FROM generate_series(1, 120000);
+SELECT igny8_health_job();
+SELECT count(*) FILTER (WHERE provider = 'old') AS old_rows,
+       count(*) FILTER (WHERE provider <> 'old') > 0 AS recent_kept
+  FROM service_health_log;
+SELECT igny8_health_job();
+SELECT count(*) FILTER (WHERE provider = 'old') AS old_rows,
+       count(*) FILTER (WHERE provider <> 'old') > 0 AS recent_kept
+  FROM service_health_log;
+
+-- a monitoring role reads the status, never the keys
+CREATE ROLE igny8_monitor;
+SELECT igny8_grant_monitoring('igny8_monitor');
+SET ROLE igny8_monitor;
+SELECT provider, state, circuit_open FROM igny8_service_status ORDER BY provider;
+SELECT count(*) > 0 AS can_read_log FROM service_health_log;
+SELECT api_key_ref FROM igny8_providers;
+SELECT igny8_check_health();
+RESET ROLE;
+DROP OWNED BY igny8_monitor;
+DROP ROLE igny8_monitor;
+
+ALTER SYSTEM RESET igny8_ai.circuit_failure_threshold;
+ALTER SYSTEM RESET igny8_ai.circuit_cooldown;
+ALTER SYSTEM RESET igny8_ai.health_probe_timeout;
+SELECT pg_reload_conf();

@@ -1,0 +1,445 @@
+/*-------------------------------------------------------------------------
+ *
+ * health.c
+ *	  Provider health: the state and circuit breaker kept in shared memory,
+ *	  the probes behind igny8_check_health(), the alerts, and the event
+ *	  trigger that unschedules the pg_cron job when the extension is dropped.
+ *
+ * Probes and real requests feed one state per provider.  A success makes it
+ * healthy (degraded when the last probe found configured models missing);
+ * a failure makes it degraded, and igny8_ai.circuit_failure_threshold
+ * failures in a row make it down and open its circuit: routing then skips
+ * the provider while another candidate exists.  After
+ * igny8_ai.circuit_cooldown one trial request may pass; a success (request
+ * or probe) closes the circuit.  Every change of state is announced with
+ * NOTIFY igny8_ai_health, a WARNING in the server log when a provider goes
+ * down, and a LOG line otherwise.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "commands/event_trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "igny8_ai.h"
+
+PG_FUNCTION_INFO_V1(igny8_check_health);
+PG_FUNCTION_INFO_V1(igny8_health_state);
+PG_FUNCTION_INFO_V1(igny8_on_drop_extension);
+
+#define IGNY8_HEALTH_CHANNEL	"igny8_ai_health"
+#define IGNY8_HEALTH_JOB		"igny8_ai_health_check"
+
+/*
+ * The index of a provider in shared memory, registering it when create is
+ * true; -1 when it is not there (or the table of IGNY8_MAX_PROVIDERS is
+ * full: such a provider then has no concurrency limit nor circuit).
+ */
+int
+igny8_provider_index(const char *id, bool create)
+{
+	int			found = -1;
+	int			empty = -1;
+
+	SpinLockAcquire(&igny8_shared->providers_mutex);
+	for (int i = 0; i < IGNY8_MAX_PROVIDERS; i++)
+	{
+		if (igny8_shared->providers[i].id[0] == '\0')
+		{
+			if (empty < 0)
+				empty = i;
+		}
+		else if (strcmp(igny8_shared->providers[i].id, id) == 0)
+		{
+			found = i;
+			break;
+		}
+	}
+	if (found < 0 && empty >= 0 && create)
+	{
+		strlcpy(igny8_shared->providers[empty].id, id, IGNY8_NAME_LEN);
+		found = empty;
+	}
+	SpinLockRelease(&igny8_shared->providers_mutex);
+	return found;
+}
+
+const char *
+igny8_health_state_name(Igny8HealthState state)
+{
+	switch (state)
+	{
+		case IGNY8_HEALTH_HEALTHY:
+			return "healthy";
+		case IGNY8_HEALTH_DEGRADED:
+			return "degraded";
+		case IGNY8_HEALTH_DOWN:
+			return "down";
+		case IGNY8_HEALTH_UNKNOWN:
+			break;
+	}
+	return "unknown";
+}
+
+/*
+ * Record the outcome of a probe (probe = true) or of a request on a
+ * provider.  probe_degraded: the probe reached the provider but found
+ * something missing.  Fills *change with what the report changed.
+ */
+void
+igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
+					double latency_ms, const char *error,
+					Igny8HealthChange *change)
+{
+	Igny8ProviderShared *p;
+	TimestampTz now = GetCurrentTimestamp();
+
+	memset(change, 0, sizeof(*change));
+	if (index < 0)
+		return;
+	p = &igny8_shared->providers[index];
+
+	SpinLockAcquire(&p->mutex);
+	change->from = p->state;
+	p->last_seen = now;
+	p->last_latency_ms = latency_ms;
+	if (probe)
+	{
+		p->last_check = now;
+		if (ok)
+			p->probe_degraded = probe_degraded;
+	}
+	if (ok)
+	{
+		p->consecutive_failures = 0;
+		p->circuit_open = false;
+		p->trial_at = 0;
+		p->state = p->probe_degraded ? IGNY8_HEALTH_DEGRADED :
+			IGNY8_HEALTH_HEALTHY;
+		if (probe && probe_degraded && error)
+			strlcpy(p->last_error, error, sizeof(p->last_error));
+	}
+	else
+	{
+		p->consecutive_failures++;
+		strlcpy(p->last_error, error ? error : "failed", sizeof(p->last_error));
+		if (p->consecutive_failures >= igny8_circuit_threshold)
+		{
+			/* (re)open: a failed trial starts a new cool-down */
+			p->circuit_open = true;
+			p->opened_at = now;
+			p->trial_at = 0;
+			p->state = IGNY8_HEALTH_DOWN;
+		}
+		else if (p->state != IGNY8_HEALTH_DOWN)
+			p->state = IGNY8_HEALTH_DEGRADED;
+	}
+	if (p->state != change->from)
+	{
+		p->state_since = now;
+		change->changed = true;
+	}
+	change->to = p->state;
+	change->consecutive_failures = p->consecutive_failures;
+	SpinLockRelease(&p->mutex);
+}
+
+/*
+ * May routing send a request to this provider?  Yes while its circuit is
+ * closed; while it is open, only one trial per cool-down period.
+ */
+bool
+igny8_circuit_allows(int index)
+{
+	Igny8ProviderShared *p;
+	bool		allowed;
+
+	if (index < 0)
+		return true;
+	p = &igny8_shared->providers[index];
+
+	SpinLockAcquire(&p->mutex);
+	if (!p->circuit_open)
+		allowed = true;
+	else
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		allowed = TimestampDifferenceExceeds(p->opened_at, now,
+											 igny8_circuit_cooldown_ms) &&
+			(p->trial_at == 0 ||
+			 TimestampDifferenceExceeds(p->trial_at, now,
+										igny8_circuit_cooldown_ms));
+		if (allowed)
+			p->trial_at = now;
+	}
+	SpinLockRelease(&p->mutex);
+	return allowed;
+}
+
+/* The JSON payload of a NOTIFY igny8_ai_health. */
+char *
+igny8_health_payload(const char *provider, const Igny8HealthChange *change,
+					 const char *detail)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"provider\": ");
+	escape_json(&buf, provider);
+	appendStringInfoString(&buf, ", \"state\": ");
+	escape_json(&buf, igny8_health_state_name(change->to));
+	appendStringInfoString(&buf, ", \"previous_state\": ");
+	escape_json(&buf, igny8_health_state_name(change->from));
+	appendStringInfo(&buf, ", \"consecutive_failures\": %d",
+					 change->consecutive_failures);
+	appendStringInfoString(&buf, ", \"at\": ");
+	escape_json(&buf, timestamptz_to_str(GetCurrentTimestamp()));
+	appendStringInfoString(&buf, ", \"detail\": ");
+	escape_json(&buf, detail ? detail : "");
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/* Tell the server log about a change of state. */
+void
+igny8_health_alert(const char *provider, const Igny8HealthChange *change,
+				   const char *detail)
+{
+	if (!change->changed)
+		return;
+	if (change->to == IGNY8_HEALTH_DOWN)
+		ereport(WARNING,
+				(errmsg("AI provider \"%s\" is down", provider),
+				 errdetail_internal("%d consecutive failures; last: %s",
+									change->consecutive_failures,
+									detail ? detail : "failed"),
+				 errhint("Requests go to the fallbacks while its circuit is open.")));
+	else if (change->to == IGNY8_HEALTH_HEALTHY)
+		ereport(LOG,
+				(errmsg("AI provider \"%s\" is healthy again", provider),
+				 errdetail("It was %s.",
+						   igny8_health_state_name(change->from))));
+	else
+		ereport(LOG,
+				(errmsg("AI provider \"%s\" is %s", provider,
+						igny8_health_state_name(change->to)),
+				 errdetail_internal("%s", detail ? detail : "")));
+}
+
+/* ----- igny8_check_health() ----- */
+
+/*
+ * Probe every enabled provider now, all at once through the workers; write
+ * one service_health_log row each; return the same rows.
+ */
+Datum
+igny8_check_health(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	const char *schema;
+	int			nproviders;
+	char	  **ids;
+	int		   *slots;
+	int			ret;
+	SPIPlanPtr	insert;
+	Oid			argtypes[7] = {TEXTOID, BOOLOID, TEXTOID, FLOAT8OID, INT4OID,
+	TEXTOID, TIMESTAMPTZOID};
+
+	InitMaterializedSRF(fcinfo, 0);
+	schema = quote_identifier(get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid)));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ret = SPI_execute(psprintf("SELECT id FROM %s.igny8_providers WHERE enabled ORDER BY id",
+							   schema), true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_providers: %s",
+			 SPI_result_code_string(ret));
+	nproviders = (int) SPI_processed;
+	ids = palloc(sizeof(char *) * Max(nproviders, 1));
+	slots = palloc(sizeof(int) * Max(nproviders, 1));
+	for (int i = 0; i < nproviders; i++)
+		ids[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+	/* all probes at once; the worker bounds each by the probe timeout */
+	PG_TRY();
+	{
+		for (int i = 0; i < nproviders; i++)
+		{
+			pg_uuid_t	id;
+
+			igny8_new_request_id(&id);
+			slots[i] = igny8_submit(IGNY8_TASK_HEALTH, ids[i], "{}",
+									igny8_probe_timeout_ms + 1000, false, 0,
+									&id);
+		}
+		igny8_wait(slots, nproviders);
+	}
+	PG_CATCH();
+	{
+		igny8_abandon_all();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	insert = SPI_prepare(psprintf("INSERT INTO %s.service_health_log"
+								  " (provider, healthy, state, latency_ms,"
+								  " http_status, detail, checked_at)"
+								  " VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.jsonb, $7)",
+								  schema), 7, argtypes);
+	if (insert == NULL)
+		elog(ERROR, "could not prepare the service_health_log insert");
+
+	for (int i = 0; i < nproviders; i++)
+	{
+		Igny8Slot  *slot = &igny8_slots[slots[i]];
+		char	   *strs[2];
+		Datum		values[7];
+		char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+		Datum		out[6];
+		bool		outnulls[6] = {false, false, false, false, false, false};
+		const char *state;
+		Igny8HealthChange change;
+
+		if (!slot->success)
+			igny8_report_slot_error(slots[i]);
+		igny8_unpack_strings(igny8_dsa(), slot->result, 2, strs);
+		state = igny8_health_state_name(slot->health_state);
+
+		values[0] = CStringGetTextDatum(ids[i]);
+		values[1] = BoolGetDatum(slot->healthy);
+		values[2] = CStringGetTextDatum(state);
+		values[3] = Float8GetDatum(slot->duration_ms);
+		values[4] = Int32GetDatum((int32) slot->http_status);
+		if (slot->http_status <= 0)
+			nulls[4] = 'n';
+		values[5] = CStringGetTextDatum(strs[0] ? strs[0] : "{}");
+		values[6] = TimestampTzGetDatum(GetCurrentTimestamp());
+		ret = SPI_execute_plan(insert, values, nulls, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into service_health_log: %s",
+				 SPI_result_code_string(ret));
+
+		/* the worker recorded the state; alerts are ours to send */
+		memset(&change, 0, sizeof(change));
+		change.changed = (slot->health_prev != slot->health_state);
+		change.from = slot->health_prev;
+		change.to = slot->health_state;
+		change.consecutive_failures = slot->consecutive_failures;
+		if (change.changed)
+		{
+			Async_Notify(IGNY8_HEALTH_CHANNEL,
+						 igny8_health_payload(ids[i], &change, strs[1]));
+			igny8_health_alert(ids[i], &change, strs[1]);
+		}
+
+		out[0] = values[0];
+		out[1] = values[1];
+		out[2] = values[2];
+		out[3] = values[3];
+		out[4] = values[4];
+		outnulls[4] = (nulls[4] == 'n');
+		out[5] = DirectFunctionCall1(jsonb_in, CStringGetDatum(strs[0] ? strs[0] : "{}"));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnulls);
+
+		igny8_release_slot(slots[i]);
+	}
+
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/*
+ * igny8_health_state(): the shared-memory state of every provider a worker
+ * or a probe has seen, for igny8_service_status.
+ */
+Datum
+igny8_health_state(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (igny8_shared == NULL)
+		return (Datum) 0;
+
+	for (int i = 0; i < IGNY8_MAX_PROVIDERS; i++)
+	{
+		Igny8ProviderShared *p = &igny8_shared->providers[i];
+		Igny8ProviderShared copy;
+		Datum		values[9];
+		bool		nulls[9];
+
+		if (p->id[0] == '\0')
+			continue;
+		SpinLockAcquire(&p->mutex);
+		memcpy(&copy, p, sizeof(copy));
+		SpinLockRelease(&p->mutex);
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = CStringGetTextDatum(copy.id);
+		values[1] = CStringGetTextDatum(igny8_health_state_name(copy.state));
+		values[2] = TimestampTzGetDatum(copy.state_since);
+		nulls[2] = (copy.state_since == 0);
+		values[3] = BoolGetDatum(copy.circuit_open);
+		values[4] = Int32GetDatum(copy.consecutive_failures);
+		values[5] = TimestampTzGetDatum(copy.last_check);
+		nulls[5] = (copy.last_check == 0);
+		values[6] = Float8GetDatum(copy.last_latency_ms);
+		nulls[6] = (copy.last_seen == 0);
+		values[7] = CStringGetTextDatum(copy.last_error);
+		nulls[7] = (copy.last_error[0] == '\0');
+		values[8] = Int32GetDatum((int32) pg_atomic_read_u32(&p->in_flight));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * Event trigger on DROP EXTENSION: when the command drops igny8_ai, remove
+ * its pg_cron job first, so that no job is left calling a function that is
+ * gone.
+ */
+Datum
+igny8_on_drop_extension(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trigdata;
+	DropStmt   *stmt;
+	ListCell   *lc;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("igny8_on_drop_extension() must be called as an event trigger")));
+	trigdata = (EventTriggerData *) fcinfo->context;
+	if (!IsA(trigdata->parsetree, DropStmt))
+		PG_RETURN_NULL();
+	stmt = (DropStmt *) trigdata->parsetree;
+	if (stmt->removeType != OBJECT_EXTENSION)
+		PG_RETURN_NULL();
+
+	foreach(lc, stmt->objects)
+	{
+		if (strcmp(strVal(lfirst(lc)), "igny8_ai") != 0)
+			continue;
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		SPI_execute("SELECT cron.unschedule(jobid) FROM cron.job"
+					" WHERE jobname = '" IGNY8_HEALTH_JOB "'", false, 0);
+		SPI_finish();
+	}
+	PG_RETURN_NULL();
+}
