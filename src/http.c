@@ -17,11 +17,14 @@
 #include "postgres.h"
 
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "worker.h"
 
 #define IGNY8_EPOLL_BATCH	64
+/* idle connections kept for reuse; more are closed after their transfer */
+#define IGNY8_MAX_IDLE_CONNECTIONS	256
 
 static CURLM *multi = NULL;
 static int	epoll_fd = -1;
@@ -75,9 +78,29 @@ timer_callback(CURLM *m, long timeout_ms, void *userp)
 	return 0;
 }
 
+/*
+ * Every transfer in flight holds a socket: raise this process's soft limit
+ * on open files to the hard limit, so that a worker holding many requests
+ * does not run out at the usual soft limit of 1024.
+ */
+static void
+raise_file_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
+	{
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			ereport(LOG,
+					(errmsg("igny8_ai worker could not raise its open files limit: %m")));
+	}
+}
+
 void
 igny8_http_init(void)
 {
+	raise_file_limit();
 	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
 		elog(ERROR, "could not initialize libcurl");
 	multi = curl_multi_init();
@@ -89,8 +112,8 @@ igny8_http_init(void)
 
 	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_callback);
 	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_callback);
-	/* keep enough idle connections to serve a burst without reconnecting */
-	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) 1024);
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS,
+					  (long) IGNY8_MAX_IDLE_CONNECTIONS);
 }
 
 int
@@ -350,10 +373,23 @@ igny8_http_next_finished(void)
 		t->result = msg->data.result;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE,
 						  &t->status);
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_OS_ERRNO, &t->os_errno);
 		t->finished = true;
 		return t;
 	}
 	return NULL;
+}
+
+/*
+ * Did the transfer fail for a reason of our own, which says nothing about
+ * the provider: out of file descriptors or memory?
+ */
+bool
+igny8_http_local_failure(Igny8Transfer *t)
+{
+	return t->os_errno == EMFILE || t->os_errno == ENFILE ||
+		t->os_errno == ENOBUFS || t->os_errno == ENOMEM ||
+		t->result == CURLE_OUT_OF_MEMORY;
 }
 
 /* Did the transfer fail because the answer was over max_response_size? */
@@ -373,7 +409,9 @@ igny8_http_error_text(Igny8Transfer *t)
 	switch (t->result)
 	{
 		case CURLE_COULDNT_CONNECT:
-			return "connection refused";
+			if (t->os_errno == 0 || t->os_errno == ECONNREFUSED)
+				return "connection refused";
+			return psprintf("could not connect: %s", strerror((int) t->os_errno));
 		case CURLE_COULDNT_RESOLVE_HOST:
 			return "could not resolve host";
 		case CURLE_OPERATION_TIMEDOUT:

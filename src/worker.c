@@ -646,7 +646,7 @@ report_request_health(Igny8Provider *p, Igny8Transfer *t, double latency_ms,
 	bool		ok;
 	MemoryContext old;
 
-	if (igny8_http_too_large(t))
+	if (igny8_http_too_large(t) || igny8_http_local_failure(t))
 		return;					/* says nothing about the provider */
 	ok = (t->result == CURLE_OK && t->status < 500);
 	igny8_health_report(p->shared_index, ok, false, false, latency_ms,

@@ -118,6 +118,7 @@ typedef struct Igny8Transfer
 	double		retry_after;
 	int			should_retry;
 	CURLcode	result;
+	long		os_errno;		/* errno of a failed connect, or 0 */
 	char		errbuf[CURL_ERROR_SIZE];
 	void	   *owner;
 	bool		finished;
@@ -136,6 +137,7 @@ extern void igny8_http_drive(bool fd_ready);
 extern Igny8Transfer *igny8_http_next_finished(void);
 extern const char *igny8_http_error_text(Igny8Transfer *t);
 extern bool igny8_http_too_large(Igny8Transfer *t);
+extern bool igny8_http_local_failure(Igny8Transfer *t);
 extern Igny8ErrorClass igny8_http_classify_transport(Igny8Transfer *t);
 
 /* ----- usage.c ----- */
