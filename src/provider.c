@@ -806,3 +806,35 @@ igny8_probe_models(const char *const *models, int nmodels,
 	pfree(summary);
 	pfree(names.data);
 }
+
+/*
+ * The parse_chat of every text protocol: parse the body once, hand a 2xx to
+ * the protocol's success reader and anything else to its error reader.  A
+ * 2xx that cannot be read is worth one more try, not more (protocols.md 5).
+ */
+bool
+igny8_parse_answer(const Igny8HttpResponse *resp, Igny8TextResult *result,
+				   Igny8ProviderError *err,
+				   bool (*success) (const cJSON *json, long status,
+									Igny8TextResult *result,
+									Igny8ProviderError *err),
+				   void (*failure) (const Igny8HttpResponse *resp,
+									const cJSON *json,
+									Igny8ProviderError *err))
+{
+	cJSON	   *json;
+	bool		ok = false;
+
+	igny8_init_outputs(result, err);
+	json = igny8_json_parse(resp->body, resp->body_len);
+	if (resp->status >= 200 && resp->status < 300)
+	{
+		ok = success(json, resp->status, result, err);
+		if (!ok)
+			err->retry_once = true;
+	}
+	else
+		failure(resp, json, err);
+	cJSON_Delete(json);
+	return ok;
+}

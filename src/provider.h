@@ -186,6 +186,15 @@ extern void igny8_json_init(void);
 extern Igny8ErrorClass igny8_classify_status(long status, int should_retry);
 extern char *igny8_truncate_message(const char *msg, size_t len, size_t max);
 extern char *igny8_strip_think(const char *content, char **thinking);
+extern bool igny8_parse_answer(const Igny8HttpResponse *resp,
+							   Igny8TextResult *result,
+							   Igny8ProviderError *err,
+							   bool (*success) (const cJSON *json, long status,
+												Igny8TextResult *result,
+												Igny8ProviderError *err),
+							   void (*failure) (const Igny8HttpResponse *resp,
+												const cJSON *json,
+												Igny8ProviderError *err));
 extern void igny8_add_header(Igny8HttpRequest *out, const char *fmt,...)
 			pg_attribute_printf(2, 3);
 

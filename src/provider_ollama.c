@@ -208,22 +208,8 @@ static bool
 ollama_parse_chat(const Igny8HttpResponse *resp, Igny8TextResult *result,
 				  Igny8ProviderError *err)
 {
-	cJSON	   *json;
-	bool		ok = false;
-
-	igny8_init_outputs(result, err);
-	json = igny8_json_parse(resp->body, resp->body_len);
-	if (resp->status >= 200 && resp->status < 300)
-	{
-		ok = ollama_parse_success(json, resp->status, result, err);
-		/* a broken answer to a good request: one more try (protocols.md 5) */
-		if (!ok)
-			err->retry_once = true;
-	}
-	else
-		ollama_parse_error(resp, json, err);
-	cJSON_Delete(json);
-	return ok;
+	return igny8_parse_answer(resp, result, err, ollama_parse_success,
+							  ollama_parse_error);
 }
 
 const Igny8TextProtocol igny8_ollama_protocol = {

@@ -211,22 +211,8 @@ static bool
 openai_parse_chat(const Igny8HttpResponse *resp, Igny8TextResult *result,
 				  Igny8ProviderError *err)
 {
-	cJSON	   *json;
-	bool		ok = false;
-
-	igny8_init_outputs(result, err);
-	json = igny8_json_parse(resp->body, resp->body_len);
-	if (resp->status >= 200 && resp->status < 300)
-	{
-		ok = openai_parse_success(json, resp->status, result, err);
-		/* a broken answer to a good request: one more try (protocols.md 5) */
-		if (!ok)
-			err->retry_once = true;
-	}
-	else
-		openai_parse_error(resp, json, err);
-	cJSON_Delete(json);
-	return ok;
+	return igny8_parse_answer(resp, result, err, openai_parse_success,
+							  openai_parse_error);
 }
 
 const Igny8TextProtocol igny8_openai_protocol = {

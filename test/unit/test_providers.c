@@ -234,6 +234,11 @@ check_error_full(const Igny8TextProtocol *proto, long status,
 		  err.retry_after, expect_retry_after);
 	check(err.drop_think == drop_think, line, "%s %ld: drop_think %d",
 		  proto->name, status, (int) err.drop_think);
+	/* one retry only: a 2xx that cannot be read, an Ollama load failure */
+	check(err.retry_once == ((status >= 200 && status < 300) ||
+							 (proto == ollama && status == 500)),
+		  line, "%s %ld: retry_once %d", proto->name, status,
+		  (int) err.retry_once);
 }
 
 #define CHECK_ERROR(proto, status, body, cls, needle) \
