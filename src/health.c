@@ -243,6 +243,69 @@ igny8_health_alert(const char *provider, const Igny8HealthChange *change,
 /* ----- igny8_check_health() ----- */
 
 /*
+ * One probe's answer: a service_health_log row, the alerts if the state
+ * changed, and a result row.  Frees the slot.
+ */
+static void
+report_probe(ReturnSetInfo *rsinfo, SPIPlanPtr insert, const char *provider,
+			 int slotno)
+{
+	int			ret;
+	Igny8Slot  *slot = &igny8_slots[slotno];
+	char	   *strs[2];
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		out[6];
+	bool		outnulls[6] = {false, false, false, false, false, false};
+	const char *state;
+	Igny8HealthChange change;
+
+	if (!slot->success)
+		igny8_report_slot_error(slotno);
+	igny8_unpack_strings(igny8_dsa(), slot->result, 2, strs);
+	state = igny8_health_state_name(slot->health_state);
+
+	values[0] = CStringGetTextDatum(provider);
+	values[1] = BoolGetDatum(slot->healthy);
+	values[2] = CStringGetTextDatum(state);
+	values[3] = Float8GetDatum(slot->duration_ms);
+	values[4] = Int32GetDatum((int32) slot->http_status);
+	if (slot->http_status <= 0)
+		nulls[4] = 'n';
+	values[5] = CStringGetTextDatum(strs[0] ? strs[0] : "{}");
+	values[6] = TimestampTzGetDatum(GetCurrentTimestamp());
+	ret = SPI_execute_plan(insert, values, nulls, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "could not insert into service_health_log: %s",
+			 SPI_result_code_string(ret));
+
+	/* the worker recorded the state; alerts are ours to send */
+	memset(&change, 0, sizeof(change));
+	change.changed = (slot->health_prev != slot->health_state);
+	change.from = slot->health_prev;
+	change.to = slot->health_state;
+	change.consecutive_failures = slot->consecutive_failures;
+	if (change.changed)
+	{
+		Async_Notify(IGNY8_HEALTH_CHANNEL,
+					 igny8_health_payload(provider, &change, strs[1]));
+		igny8_health_alert(provider, &change, strs[1]);
+	}
+
+	out[0] = values[0];
+	out[1] = values[1];
+	out[2] = values[2];
+	out[3] = values[3];
+	out[4] = values[4];
+	outnulls[4] = (nulls[4] == 'n');
+	out[5] = DirectFunctionCall1(jsonb_in, CStringGetDatum(strs[0] ? strs[0] : "{}"));
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnulls);
+
+	igny8_release_slot(slotno);
+}
+
+
+/*
  * Probe every enabled provider now, all at once through the workers; write
  * one service_health_log row each; return the same rows.
  */
@@ -275,7 +338,10 @@ igny8_check_health(PG_FUNCTION_ARGS)
 	for (int i = 0; i < nproviders; i++)
 		ids[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 
-	/* all probes at once; the worker bounds each by the probe timeout */
+	/*
+	 * All probes at once; the worker bounds each by the probe timeout.  On
+	 * any error, the slots still held are abandoned.
+	 */
 	PG_TRY();
 	{
 		for (int i = 0; i < nproviders; i++)
@@ -288,6 +354,17 @@ igny8_check_health(PG_FUNCTION_ARGS)
 									&id);
 		}
 		igny8_wait(slots, nproviders);
+
+		insert = SPI_prepare(psprintf("INSERT INTO %s.service_health_log"
+									  " (provider, healthy, state, latency_ms,"
+									  " http_status, detail, checked_at)"
+									  " VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.jsonb, $7)",
+									  schema), 7, argtypes);
+		if (insert == NULL)
+			elog(ERROR, "could not prepare the service_health_log insert");
+
+		for (int i = 0; i < nproviders; i++)
+			report_probe(rsinfo, insert, ids[i], slots[i]);
 	}
 	PG_CATCH();
 	{
@@ -295,69 +372,6 @@ igny8_check_health(PG_FUNCTION_ARGS)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-
-	insert = SPI_prepare(psprintf("INSERT INTO %s.service_health_log"
-								  " (provider, healthy, state, latency_ms,"
-								  " http_status, detail, checked_at)"
-								  " VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.jsonb, $7)",
-								  schema), 7, argtypes);
-	if (insert == NULL)
-		elog(ERROR, "could not prepare the service_health_log insert");
-
-	for (int i = 0; i < nproviders; i++)
-	{
-		Igny8Slot  *slot = &igny8_slots[slots[i]];
-		char	   *strs[2];
-		Datum		values[7];
-		char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-		Datum		out[6];
-		bool		outnulls[6] = {false, false, false, false, false, false};
-		const char *state;
-		Igny8HealthChange change;
-
-		if (!slot->success)
-			igny8_report_slot_error(slots[i]);
-		igny8_unpack_strings(igny8_dsa(), slot->result, 2, strs);
-		state = igny8_health_state_name(slot->health_state);
-
-		values[0] = CStringGetTextDatum(ids[i]);
-		values[1] = BoolGetDatum(slot->healthy);
-		values[2] = CStringGetTextDatum(state);
-		values[3] = Float8GetDatum(slot->duration_ms);
-		values[4] = Int32GetDatum((int32) slot->http_status);
-		if (slot->http_status <= 0)
-			nulls[4] = 'n';
-		values[5] = CStringGetTextDatum(strs[0] ? strs[0] : "{}");
-		values[6] = TimestampTzGetDatum(GetCurrentTimestamp());
-		ret = SPI_execute_plan(insert, values, nulls, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "could not insert into service_health_log: %s",
-				 SPI_result_code_string(ret));
-
-		/* the worker recorded the state; alerts are ours to send */
-		memset(&change, 0, sizeof(change));
-		change.changed = (slot->health_prev != slot->health_state);
-		change.from = slot->health_prev;
-		change.to = slot->health_state;
-		change.consecutive_failures = slot->consecutive_failures;
-		if (change.changed)
-		{
-			Async_Notify(IGNY8_HEALTH_CHANNEL,
-						 igny8_health_payload(ids[i], &change, strs[1]));
-			igny8_health_alert(ids[i], &change, strs[1]);
-		}
-
-		out[0] = values[0];
-		out[1] = values[1];
-		out[2] = values[2];
-		out[3] = values[3];
-		out[4] = values[4];
-		outnulls[4] = (nulls[4] == 'n');
-		out[5] = DirectFunctionCall1(jsonb_in, CStringGetDatum(strs[0] ? strs[0] : "{}"));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnulls);
-
-		igny8_release_slot(slots[i]);
-	}
 
 	SPI_finish();
 	return (Datum) 0;
