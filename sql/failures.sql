@@ -26,6 +26,14 @@ TRUNCATE ai_usage_log;
 SELECT igny8_generate_text('Huge [[sim ollama:oversize=70000000]]', 'gpt-4');
 SELECT * FROM attempts;
 
+-- an answer that does not fit in igny8_ai.payload_memory (32MB here) is a
+-- clear error, and the worker goes on serving
+TRUNCATE ai_usage_log;
+SHOW igny8_ai.payload_memory;
+SELECT igny8_generate_text('Big [[sim ollama:oversize=40000000]]', 'gpt-4');
+SELECT provider, success FROM ai_usage_log ORDER BY id;
+SELECT igny8_generate_text('Small again', 'gpt-4');
+
 -- one slow request does not delay another (each worker holds many)
 TRUNCATE ai_usage_log;
 CREATE EXTENSION dblink;

@@ -47,6 +47,7 @@ int			igny8_probe_timeout_ms = 5000;
 int			igny8_circuit_threshold = 3;
 int			igny8_circuit_cooldown_ms = 30000;
 int			igny8_health_retention_s = 7 * 24 * 3600;
+int			igny8_payload_memory_kb = 1024 * 1024;
 
 /* shared memory */
 Igny8Shared *igny8_shared = NULL;
@@ -126,6 +127,15 @@ _PG_init(void)
 							600 * 1000, 100, INT_MAX,
 							PGC_USERSET,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("igny8_ai.payload_memory",
+							gettext_noop("Shared memory for requests and answers in transit, server-wide."),
+							gettext_noop("Allocated on demand as dynamic shared memory; a request that does not fit fails with a clear error."),
+							&igny8_payload_memory_kb,
+							1024 * 1024, 16 * 1024, INT_MAX,
+							PGC_POSTMASTER,
+							GUC_UNIT_KB,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("igny8_ai.max_response_size",
@@ -336,6 +346,7 @@ igny8_shmem_startup(void)
 		igny8_shared->dsa_tranche = LWLockNewTrancheId();
 		area = dsa_create_in_place(igny8_dsa_place, IGNY8_DSA_INITIAL_SIZE,
 								   igny8_shared->dsa_tranche, NULL);
+		dsa_set_size_limit(area, (size_t) igny8_payload_memory_kb * 1024);
 		dsa_pin(area);
 		dsa_detach(area);
 	}
@@ -441,7 +452,8 @@ igny8_wake_worker(int worker)
 
 /*
  * Pack n strings (NULL allowed) into one DSA chunk: for each, a uint32
- * length (UINT32_MAX for NULL) followed by the bytes and a NUL.
+ * length (UINT32_MAX for NULL) followed by the bytes and a NUL.  Returns
+ * InvalidDsaPointer when the area is at igny8_ai.payload_memory.
  */
 dsa_pointer
 igny8_pack_strings(dsa_area *area, int n, const char *const *strs)
@@ -453,7 +465,10 @@ igny8_pack_strings(dsa_area *area, int n, const char *const *strs)
 	for (int i = 0; i < n; i++)
 		total += sizeof(uint32) + (strs[i] ? strlen(strs[i]) + 1 : 0);
 
-	dp = dsa_allocate_extended(area, Max(total, 1), DSA_ALLOC_HUGE);
+	dp = dsa_allocate_extended(area, Max(total, 1),
+							   DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
+	if (!DsaPointerIsValid(dp))
+		return dp;
 	p = dsa_get_address(area, dp);
 	for (int i = 0; i < n; i++)
 	{
@@ -500,11 +515,22 @@ igny8_unpack_strings(dsa_area *area, dsa_pointer dp, int n, char **strs)
 	return n;
 }
 
+/* Copy a request into the DSA area; a clear error when the area is full. */
 dsa_pointer
 igny8_dsa_strdup(dsa_area *area, const char *s, Size len)
 {
-	dsa_pointer dp = dsa_allocate_extended(area, len + 1, DSA_ALLOC_HUGE);
-	char	   *p = dsa_get_address(area, dp);
+	dsa_pointer dp = dsa_allocate_extended(area, len + 1,
+										   DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
+	char	   *p;
+
+	if (!DsaPointerIsValid(dp))
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("igny8_ai's shared memory for payloads is full"),
+				 errdetail("The request needs %zu bytes; igny8_ai.payload_memory is %d kB.",
+						   len + 1, igny8_payload_memory_kb),
+				 errhint("Raise igny8_ai.payload_memory (needs a restart), or send fewer or smaller requests at once.")));
+	p = dsa_get_address(area, dp);
 
 	memcpy(p, s, len);
 	p[len] = '\0';

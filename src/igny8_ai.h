@@ -180,6 +180,7 @@ extern int	igny8_probe_timeout_ms;
 extern int	igny8_circuit_threshold;
 extern int	igny8_circuit_cooldown_ms;
 extern int	igny8_health_retention_s;
+extern int	igny8_payload_memory_kb;
 
 /* shared memory (igny8_ai.c) */
 extern Igny8Shared *igny8_shared;

@@ -1068,6 +1068,22 @@ publish(Job *job)
 
 			result = igny8_pack_strings(area, 3, strs);
 		}
+
+		/* the payload area is full: the answer cannot be handed over */
+		if (!DsaPointerIsValid(result))
+		{
+			const char *strs[3] = {
+				"igny8_ai could not hand the answer over: its shared memory for payloads is full",
+				psprintf("The answer (%zu bytes) was received, and its attempt is in ai_usage_log.",
+						 job->success && job->result.content ?
+						 strlen(job->result.content) : (size_t) 0),
+				"Raise igny8_ai.payload_memory, or lower igny8_ai.max_response_size."
+			};
+
+			job->success = false;
+			job->sqlerrcode = ERRCODE_OUT_OF_MEMORY;
+			result = igny8_pack_strings(area, 3, strs);
+		}
 	}
 
 	SpinLockAcquire(&slot->mutex);
@@ -1171,7 +1187,8 @@ recover_orphans(void)
 			SpinLockRelease(&slot->mutex);
 			if (gone)
 			{
-				dsa_free(igny8_dsa(), result);
+				if (DsaPointerIsValid(result))
+					dsa_free(igny8_dsa(), result);
 				igny8_slot_release(i);
 			}
 			else
