@@ -101,7 +101,7 @@ igny8_config_provider(Igny8Config *config, const char *id)
  * and a snapshot set.  Returns NULL when the extension is not installed.
  */
 Igny8Config *
-igny8_config_load(uint64 generation)
+igny8_config_load(void)
 {
 	MemoryContext cxt;
 	MemoryContext old;
@@ -119,7 +119,6 @@ igny8_config_load(uint64 generation)
 	old = MemoryContextSwitchTo(cxt);
 	config = palloc0(sizeof(Igny8Config));
 	config->cxt = cxt;
-	config->generation = generation;
 	config->schema = pstrdup(schema);
 	MemoryContextSwitchTo(old);
 

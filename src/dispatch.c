@@ -173,7 +173,6 @@ take_slot(void)
 	SpinLockAcquire(&slot->mutex);
 	Assert(slot->state == IGNY8_SLOT_FREE);
 	slot->state = IGNY8_SLOT_FILLING;
-	slot->generation++;
 	SpinLockRelease(&slot->mutex);
 	my_slots[my_nslots++] = slotno;
 	return slotno;

@@ -70,7 +70,6 @@ typedef struct Igny8Slot
 {
 	slock_t		mutex;
 	Igny8SlotState state;
-	uint32		generation;		/* bumped each time the slot is taken */
 	int			caller_procno;	/* pgprocno of the waiting backend */
 	int			worker;			/* worker the slot was queued to */
 	bool		claimed;		/* the worker took it from its queue */

@@ -127,7 +127,6 @@ typedef struct Job
 
 static int	my_index = -1;
 static dlist_head jobs = DLIST_STATIC_INIT(jobs);
-static int	njobs = 0;
 static Igny8Config *config = NULL;
 static uint64 config_generation = 0;
 static bool config_missing = true;
@@ -212,7 +211,7 @@ refresh_config(bool force)
 	PG_TRY();
 	{
 		begin_work("igny8_ai: loading configuration");
-		fresh = igny8_config_load(gen);
+		fresh = igny8_config_load();
 		end_work();
 	}
 	PG_CATCH();
@@ -329,7 +328,6 @@ accept_slot(int slotno)
 	job->holding = -1;
 	job->state = JOB_READY;
 	dlist_push_tail(&jobs, &job->node);
-	njobs++;
 	pg_atomic_fetch_add_u32(&igny8_shared->workers[my_index].in_flight, 1);
 
 	if (job->task != IGNY8_TASK_HEALTH && !parse_request(job))
@@ -1132,7 +1130,6 @@ publish(Job *job)
 		igny8_wake_proc(procno);
 
 	dlist_delete(&job->node);
-	njobs--;
 	pg_atomic_fetch_sub_u32(&igny8_shared->workers[my_index].in_flight, 1);
 	pg_atomic_fetch_add_u64(&igny8_shared->workers[my_index].served, 1);
 	if (job->config)

@@ -65,7 +65,6 @@ typedef struct Igny8Fallback
 typedef struct Igny8Config
 {
 	MemoryContext cxt;
-	uint64		generation;
 	int			refcount;		/* jobs still using it */
 	char	   *schema;			/* the extension's schema, quoted */
 	int			nproviders;
@@ -76,7 +75,7 @@ typedef struct Igny8Config
 	Igny8Fallback *fallbacks;
 } Igny8Config;
 
-extern Igny8Config *igny8_config_load(uint64 generation);
+extern Igny8Config *igny8_config_load(void);
 extern Igny8Provider *igny8_config_provider(Igny8Config *config,
 											const char *id);
 extern void igny8_config_release(Igny8Config *config);
