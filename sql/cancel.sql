@@ -18,15 +18,8 @@ SELECT dblink_connect('victim', 'dbname=' || current_database());
 SELECT pid AS victim_pid FROM dblink('victim', 'SELECT pg_backend_pid()') AS t(pid int) \gset
 SELECT dblink_send_query('victim',
     $$SELECT igny8_generate_text('Cancel me too [[sim ollama:delay=30 tag=k2]]', 'gpt-4')$$);
--- wait (bounded) until the request reached the simulator
-DO $$
-BEGIN
-    FOR i IN 1..100 LOOP
-        EXIT WHEN (SELECT line FROM sim('log --tag k2 --count') AS line) <> '0';
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END
-$$;
+-- once the request reached the simulator
+SELECT sim_wait_arrival('k2');
 SELECT pg_cancel_backend(:victim_pid);
 \set VERBOSITY sqlstate
 SELECT * FROM dblink_get_result('victim') AS t(answer text);
@@ -41,14 +34,7 @@ SELECT dblink_disconnect('victim');
 SELECT dblink_connect('gone', 'dbname=' || current_database());
 SELECT dblink_send_query('gone',
     $$SELECT igny8_generate_text('Nobody will read this [[sim ollama:delay=30 tag=k3]]', 'gpt-4')$$);
-DO $$
-BEGIN
-    FOR i IN 1..100 LOOP
-        EXIT WHEN (SELECT line FROM sim('log --tag k3 --count') AS line) <> '0';
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END
-$$;
+SELECT sim_wait_arrival('k3');
 SELECT dblink_disconnect('gone');
 SELECT sim_wait_disconnect('k3');
 

@@ -381,13 +381,11 @@ REVOKE ALL ON service_health_log, igny8_service_status FROM PUBLIC;
 
 -- Let a monitoring role read the health of the providers (never keys).
 CREATE FUNCTION igny8_grant_monitoring(role regrole) RETURNS void
-LANGUAGE plpgsql AS
-$$
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
 DECLARE
-    schema_name text := pg_catalog.quote_ident(n.nspname)
-        FROM pg_catalog.pg_extension e
-        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-        WHERE e.extname = 'igny8_ai';
+    schema_name text := pg_catalog.quote_ident(pg_catalog.current_schema());
 BEGIN
     IF role IS NULL THEN
         RAISE EXCEPTION 'role must not be null'
@@ -411,13 +409,11 @@ REVOKE ALL ON FUNCTION igny8_grant_monitoring(regrole) FROM PUBLIC;
 --
 
 CREATE FUNCTION igny8_grant_usage(role regrole) RETURNS void
-    LANGUAGE plpgsql AS
-$$
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
 DECLARE
-    schema_name text := pg_catalog.quote_ident(n.nspname)
-        FROM pg_catalog.pg_extension e
-        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-        WHERE e.extname = 'igny8_ai';
+    schema_name text := pg_catalog.quote_ident(pg_catalog.current_schema());
 BEGIN
     IF role IS NULL THEN
         RAISE EXCEPTION 'role must not be null'

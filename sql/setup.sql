@@ -63,6 +63,33 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
+-- test helper: wait (bounded) until the simulator received a request
+-- tagged t
+CREATE FUNCTION sim_wait_arrival(t text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN (SELECT line FROM sim('log --tag ' || t || ' --count') AS line) <> '0';
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END
+$$;
+
+-- test helper: wait (bounded) until the igny8_ai workers are connected
+CREATE FUNCTION wait_for_workers() RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..300 LOOP
+        EXIT WHEN (SELECT count(*) FROM pg_stat_activity
+                    WHERE backend_type = 'igny8_ai worker')
+                  = current_setting('igny8_ai.workers')::int;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    RETURN (SELECT count(*) FROM pg_stat_activity
+             WHERE backend_type = 'igny8_ai worker');
+END
+$$;
+
 -- point the providers at the simulator
 UPDATE igny8_providers SET base_url = current_setting('igny8_test.ollama_url')
  WHERE id = 'self_hosted_ai';
@@ -74,15 +101,5 @@ UPDATE igny8_providers SET base_url = current_setting('igny8_test.anthropic_url'
 -- the simulator is up and reset
 SELECT sim('reset') IS NOT NULL AS reset;
 
--- both workers are connected (bounded wait)
-DO $$
-BEGIN
-    FOR i IN 1..300 LOOP
-        EXIT WHEN (SELECT count(*) FROM pg_stat_activity
-                    WHERE backend_type = 'igny8_ai worker') = 2;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END
-$$;
-SELECT count(*) AS workers FROM pg_stat_activity
- WHERE backend_type = 'igny8_ai worker';
+-- both workers are connected
+SELECT wait_for_workers() AS workers;

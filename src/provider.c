@@ -838,3 +838,15 @@ igny8_parse_answer(const Igny8HttpResponse *resp, Igny8TextResult *result,
 	cJSON_Delete(json);
 	return ok;
 }
+
+/* A GET of path, with the key as a bearer header when one is given. */
+void
+igny8_build_get(Igny8HttpRequest *out, const char *path,
+				const char *bearer_key)
+{
+	memset(out, 0, sizeof(*out));
+	out->method = "GET";
+	out->path = pstrdup(path);
+	if (bearer_key != NULL)
+		igny8_add_header(out, "Authorization: Bearer %s", bearer_key);
+}

@@ -195,6 +195,8 @@ extern bool igny8_parse_answer(const Igny8HttpResponse *resp,
 							   void (*failure) (const Igny8HttpResponse *resp,
 												const cJSON *json,
 												Igny8ProviderError *err));
+extern void igny8_build_get(Igny8HttpRequest *out, const char *path,
+							const char *bearer_key);
 extern void igny8_add_header(Igny8HttpRequest *out, const char *fmt,...)
 			pg_attribute_printf(2, 3);
 

@@ -30,11 +30,7 @@ static void
 comfyui_build_probe(const char *api_key, const cJSON *settings,
 					Igny8HttpRequest *out)
 {
-	memset(out, 0, sizeof(*out));
-	out->method = "GET";
-	out->path = pstrdup("/system_stats");
-	if (api_key != NULL)
-		igny8_add_header(out, "Authorization: Bearer %s", api_key);
+	igny8_build_get(out, "/system_stats", api_key);
 }
 
 /*

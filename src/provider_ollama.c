@@ -224,11 +224,7 @@ static void
 ollama_build_probe(const char *api_key, const cJSON *settings,
 				   Igny8HttpRequest *out)
 {
-	memset(out, 0, sizeof(*out));
-	out->method = "GET";
-	out->path = pstrdup("/api/tags");
-	if (api_key != NULL)
-		igny8_add_header(out, "Authorization: Bearer %s", api_key);
+	igny8_build_get(out, "/api/tags", api_key);
 }
 
 /*
