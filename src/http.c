@@ -432,6 +432,29 @@ igny8_http_error_text(Igny8Transfer *t)
 }
 
 /*
+ * What kind of transport failure, for a health probe's detail: a refused
+ * connection (the tunnel or the box is down), a timeout (up but too slow),
+ * a name that does not resolve, a local shortage, or anything else.
+ */
+const char *
+igny8_http_failure_kind(Igny8Transfer *t)
+{
+	if (igny8_http_local_failure(t))
+		return "local";
+	switch (t->result)
+	{
+		case CURLE_COULDNT_CONNECT:
+			return "connection_refused";
+		case CURLE_OPERATION_TIMEDOUT:
+			return "timeout";
+		case CURLE_COULDNT_RESOLVE_HOST:
+			return "dns";
+		default:
+			return "transport";
+	}
+}
+
+/*
  * Classify a transport failure (protocols.md section 5): a refused or
  * unresolvable connection means the backend is not there, so go on at once;
  * a dropped connection may be transient, so retry; a timeout has already

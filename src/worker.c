@@ -578,31 +578,8 @@ handle_probe(Job *job, Igny8Transfer *t)
 	job->transfer = NULL;
 	latency_ms = (double) (GetCurrentTimestamp() - job->attempt_start) / 1000.0;
 	if (t->result != CURLE_OK)
-	{
-		const char *kind;
-		const char *what = igny8_http_error_text(t);
-
-		/* tell a dead tunnel from a slow service from anything else */
-		switch (t->result)
-		{
-			case CURLE_COULDNT_CONNECT:
-				kind = "connection_refused";
-				what = "connection refused (tunnel or host down)";
-				break;
-			case CURLE_OPERATION_TIMEDOUT:
-				kind = "timeout";
-				what = psprintf("no answer within %d ms",
-								igny8_probe_timeout_ms);
-				break;
-			case CURLE_COULDNT_RESOLVE_HOST:
-				kind = "dns";
-				break;
-			default:
-				kind = "transport";
-				break;
-		}
-		probe_failed(job, kind, what, latency_ms);
-	}
+		probe_failed(job, igny8_http_failure_kind(t), igny8_http_error_text(t),
+					 latency_ms);
 	else
 	{
 		Igny8HttpResponse resp;
@@ -637,17 +614,20 @@ handle_probe(Job *job, Igny8Transfer *t)
  * in the worker's next transaction.
  */
 static void
-report_request_health(Igny8Provider *p, Igny8Transfer *t, double latency_ms,
-					  const char *error)
+report_request_health(Igny8Provider *p, Igny8Transfer *t, Attempt *a)
 {
 	Igny8HealthChange change;
 	bool		ok;
+	const char *error = NULL;
 	MemoryContext old;
 
 	if (igny8_http_too_large(t) || igny8_http_local_failure(t))
 		return;					/* says nothing about the provider */
 	ok = (t->result == CURLE_OK && t->status < 500);
-	igny8_health_report(p->shared_index, ok, false, false, latency_ms,
+	if (!ok)
+		error = (a->http_status > 0) ?
+			psprintf("HTTP %ld: %s", a->http_status, a->error) : a->error;
+	igny8_health_report(p->shared_index, ok, false, false, a->duration_ms,
 						error, &change);
 	if (!change.changed)
 		return;
@@ -762,6 +742,7 @@ handle_transfer(Job *job, Igny8Transfer *t)
 	Igny8Provider *p;
 	Attempt    *a;
 	Igny8ErrorClass cls;
+	Igny8ProviderError perr;
 	double		retry_after = -1;
 	TimestampTz now = GetCurrentTimestamp();
 	MemoryContext old;
@@ -783,9 +764,7 @@ handle_transfer(Job *job, Igny8Transfer *t)
 	a->sent = true;
 	a->duration_ms = (double) (now - job->attempt_start) / 1000.0;
 	a->http_status = (t->result == CURLE_OK) ? t->status : 0;
-	report_request_health(p, t, a->duration_ms,
-						  t->result != CURLE_OK ? igny8_http_error_text(t) :
-						  psprintf("HTTP %ld", t->status));
+	memset(&perr, 0, sizeof(perr));
 
 	if (t->result != CURLE_OK)
 	{
@@ -799,18 +778,16 @@ handle_transfer(Job *job, Igny8Transfer *t)
 	else
 	{
 		Igny8HttpResponse resp;
-		Igny8ProviderError perr;
-		const Igny8TextProtocol *proto = igny8_text_protocol(p->kind);
 
 		resp.status = t->status;
 		resp.body = t->body ? t->body : "";
 		resp.body_len = t->len;
 		resp.retry_after = t->retry_after;
 		resp.should_retry = t->should_retry;
-		memset(&perr, 0, sizeof(perr));
 		memset(&job->result, 0, sizeof(job->result));
 
-		if (proto->parse_chat(&resp, &job->result, &perr))
+		if (igny8_text_protocol(p->kind)->parse_chat(&resp, &job->result,
+													 &perr))
 		{
 			a->success = true;
 			a->input_tokens = job->result.input_tokens;
@@ -818,30 +795,33 @@ handle_transfer(Job *job, Igny8Transfer *t)
 			job->used = d;
 			job->success = true;
 			job->state = JOB_FINISHED;
-			igny8_http_free(t);
-			MemoryContextSwitchTo(old);
-			return;
+			cls = IGNY8_ERR_NONE;
 		}
-		cls = perr.cls;
-		retry_after = perr.retry_after;
-		if (cls == IGNY8_ERR_RETRY && perr.retry_once && job->retries >= 1)
-			cls = IGNY8_ERR_FALLBACK;
-		a->error = igny8_redact(perr.message ? perr.message : "request failed",
-								p->key);
-		if (perr.drop_think && !job->omit_think)
+		else
 		{
-			/* retry at once without "think" (protocols.md 1.4) */
-			job->omit_think = true;
-			job->state = JOB_READY;
-			igny8_http_free(t);
-			MemoryContextSwitchTo(old);
-			return;
+			cls = perr.cls;
+			retry_after = perr.retry_after;
+			if (cls == IGNY8_ERR_RETRY && perr.retry_once && job->retries >= 1)
+				cls = IGNY8_ERR_FALLBACK;
+			a->error = igny8_redact(perr.message ? perr.message :
+									"request failed", p->key);
 		}
 	}
+	report_request_health(p, t, a);
 	igny8_http_free(t);
+
+	if (perr.drop_think && !job->omit_think)
+	{
+		/* retry at once without "think" (protocols.md 1.4) */
+		job->omit_think = true;
+		job->state = JOB_READY;
+		cls = IGNY8_ERR_NONE;
+	}
 
 	switch (cls)
 	{
+		case IGNY8_ERR_NONE:
+			break;				/* answered, or retried at once */
 		case IGNY8_ERR_CALLER:
 			finish_error(job, ERRCODE_INVALID_PARAMETER_VALUE,
 						 psprintf("provider \"%s\" rejected the request for model alias \"%s\"",

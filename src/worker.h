@@ -137,6 +137,7 @@ extern Igny8Transfer *igny8_http_next_finished(void);
 extern const char *igny8_http_error_text(Igny8Transfer *t);
 extern bool igny8_http_too_large(Igny8Transfer *t);
 extern bool igny8_http_local_failure(Igny8Transfer *t);
+extern const char *igny8_http_failure_kind(Igny8Transfer *t);
 extern Igny8ErrorClass igny8_http_classify_transport(Igny8Transfer *t);
 
 /* ----- usage.c ----- */
