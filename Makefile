@@ -4,14 +4,21 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).co
 MODULE_big = igny8_ai
 OBJS = \
 	src/igny8_ai.o \
+	src/shmem.o \
+	src/places.o \
 	src/dispatch.o \
+	src/extension.o \
 	src/worker.o \
+	src/job.o \
+	src/probe.o \
 	src/router.o \
 	src/http.o \
 	src/config.o \
+	src/encoding.o \
 	src/usage.o \
 	src/secrets.o \
 	src/health.o \
+	src/status.o \
 	src/provider.o \
 	src/provider_ollama.o \
 	src/provider_openai.o \
@@ -27,8 +34,8 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # pg_regress against a temporary instance that preloads pg_cron and
 # igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).
 REGRESS_CONF ?= test/tmp/regress.conf
-REGRESS = setup bad_input text chat fallback retry failures cancel restart \
-	security config usage health drop
+REGRESS = install bad_input text chat fallback retry failures queue cancel \
+	restart wakeup security config usage health drop
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(REGRESS_CONF)
 
 # the LLVM bitcode for JIT inlining is of no use here, and needs clang

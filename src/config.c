@@ -9,6 +9,13 @@
  * Jobs hold a reference to the copy they were routed with, so a reload never
  * pulls a deployment out from under a request in flight.
  *
+ * The worker runs these queries with its search_path set to pg_catalog,
+ * the extension's schema, pg_temp, and they name every table with its
+ * schema and use no operator at all (intervals are converted here, in C):
+ * an object someone created in a schema on the path can never be picked
+ * instead of the built-in one.  Strings are converted to UTF-8, the
+ * worker's own encoding.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -17,6 +24,7 @@
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "worker.h"
 
@@ -28,7 +36,7 @@ get_text(HeapTuple tup, TupleDesc desc, int col)
 
 	if (isnull)
 		return NULL;
-	return TextDatumGetCString(d);
+	return igny8_from_db(TextDatumGetCString(d));
 }
 
 static int
@@ -50,24 +58,70 @@ get_bool(HeapTuple tup, TupleDesc desc, int col)
 }
 
 /*
- * The schema igny8_ai is installed in, quoted for SQL, or NULL when the
- * extension is not installed in this database.  Needs a transaction and SPI.
+ * An interval as milliseconds, at least 1 and at most INT_MAX; a month
+ * counts 30 days.  Computed in double, so that nothing overflows.
+ */
+int
+igny8_interval_ms(Datum interval)
+{
+	Interval   *span = DatumGetIntervalP(interval);
+	double		ms;
+
+	ms = (double) span->time / 1000.0 +
+		(double) span->day * (double) (USECS_PER_DAY / 1000) +
+		(double) span->month * DAYS_PER_MONTH * (double) (USECS_PER_DAY / 1000);
+	if (ms >= (double) INT_MAX)
+		return INT_MAX;
+	return Max((int) ms, 1);
+}
+
+static int
+get_interval_ms(HeapTuple tup, TupleDesc desc, int col, int dflt)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? dflt : igny8_interval_ms(d);
+}
+
+/* A settings column (jsonb) as a cJSON object, or NULL. */
+static cJSON *
+get_settings(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+	char	   *text;
+
+	if (isnull)
+		return NULL;
+	text = igny8_from_db(DatumGetCString(DirectFunctionCall1(jsonb_out, d)));
+	return cJSON_Parse(text);
+}
+
+/*
+ * The schema igny8_ai is installed in (unquoted), or NULL when the
+ * extension is not installed in this database.  Needs a transaction and
+ * SPI.
  */
 char *
 igny8_extension_schema(void)
 {
 	int			ret;
+	bool		isnull;
+	Datum		d;
 
-	ret = SPI_execute("SELECT pg_catalog.quote_ident(n.nspname)"
-					  " FROM pg_catalog.pg_extension e"
-					  " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace"
-					  " WHERE e.extname = 'igny8_ai'", true, 1);
+	ret = SPI_execute("SELECT n.nspname FROM pg_catalog.pg_extension e"
+					  " JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace"
+					  " WHERE e.extname OPERATOR(pg_catalog.=) 'igny8_ai'",
+					  true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not look up the igny8_ai extension: %s",
 			 SPI_result_code_string(ret));
 	if (SPI_processed == 0)
 		return NULL;
-	return get_text(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+					  &isnull);
+	return isnull ? NULL : pstrdup(NameStr(*DatumGetName(d)));
 }
 
 /* Overlay the keys of over onto a copy of base (both may be NULL). */
@@ -96,86 +150,80 @@ igny8_config_provider(Igny8Config *config, const char *id)
 	return NULL;
 }
 
-/*
- * Load the configuration.  Must run inside a transaction with SPI connected
- * and a snapshot set.  Returns NULL when the extension is not installed.
- */
-Igny8Config *
-igny8_config_load(void)
+static void
+read_providers(Igny8Config *config, const char *qschema)
 {
-	MemoryContext cxt;
-	MemoryContext old;
-	Igny8Config *config;
-	char	   *schema;
 	int			ret;
-	cJSON	  **provider_settings;
+	MemoryContext old;
+	const char **ids;
 
-	schema = igny8_extension_schema();
-	if (schema == NULL)
-		return NULL;
-
-	cxt = AllocSetContextCreate(TopMemoryContext, "igny8_ai config",
-								ALLOCSET_SMALL_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-	config = palloc0(sizeof(Igny8Config));
-	config->cxt = cxt;
-	config->schema = pstrdup(schema);
-	MemoryContextSwitchTo(old);
-
-	/* providers */
-	ret = SPI_execute(psprintf("SELECT id, kind, rtrim(base_url, '/'), api_key_ref,"
-							   " priority, enabled,"
-							   " (extract(epoch FROM connect_timeout) * 1000)::int,"
-							   " max_concurrent, settings::text"
+	ret = SPI_execute(psprintf("SELECT id, kind, base_url, api_key_ref,"
+							   " priority, enabled, connect_timeout,"
+							   " max_concurrent, settings"
 							   " FROM %s.igny8_providers ORDER BY id",
-							   schema), true, 0);
+							   qschema), true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_providers: %s",
 			 SPI_result_code_string(ret));
 
-	old = MemoryContextSwitchTo(cxt);
+	old = MemoryContextSwitchTo(config->cxt);
 	config->nproviders = (int) SPI_processed;
 	config->providers = palloc0(sizeof(Igny8Provider) * Max(config->nproviders, 1));
-	provider_settings = palloc0(sizeof(cJSON *) * Max(config->nproviders, 1));
+	ids = palloc(sizeof(char *) * Max(config->nproviders, 1));
 	for (int i = 0; i < config->nproviders; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		Igny8Provider *p = &config->providers[i];
-		char	   *settings = get_text(tup, desc, 9);
-		cJSON	   *proxy;
-		cJSON	   *ca_file;
+		cJSON	   *item;
+		size_t		len;
 
 		p->id = get_text(tup, desc, 1);
 		p->kind = igny8_provider_kind_from_name(get_text(tup, desc, 2));
 		p->base_url = get_text(tup, desc, 3);
+		len = strlen(p->base_url);
+		while (len > 0 && p->base_url[len - 1] == '/')
+			p->base_url[--len] = '\0';
 		p->key_ref = get_text(tup, desc, 4);
 		p->priority = get_int(tup, desc, 5, 0);
 		p->enabled = get_bool(tup, desc, 6);
-		p->connect_timeout_ms = get_int(tup, desc, 7, 5000);
+		p->connect_timeout_ms = get_interval_ms(tup, desc, 7, 5000);
 		p->max_concurrent = get_int(tup, desc, 8, 64);
-		provider_settings[i] = settings ? cJSON_Parse(settings) : NULL;
-		proxy = cJSON_GetObjectItemCaseSensitive(provider_settings[i], "proxy");
-		p->proxy = cJSON_IsString(proxy) ? pstrdup(proxy->valuestring) : NULL;
-		ca_file = cJSON_GetObjectItemCaseSensitive(provider_settings[i], "ca_file");
-		p->ca_file = cJSON_IsString(ca_file) ? pstrdup(ca_file->valuestring) : NULL;
+		p->settings = get_settings(tup, desc, 9);
+		item = cJSON_GetObjectItemCaseSensitive(p->settings, "proxy");
+		p->proxy = cJSON_IsString(item) ? pstrdup(item->valuestring) : NULL;
+		item = cJSON_GetObjectItemCaseSensitive(p->settings, "ca_file");
+		p->ca_file = cJSON_IsString(item) ? pstrdup(item->valuestring) : NULL;
+		item = cJSON_GetObjectItemCaseSensitive(p->settings, "check_models");
+		p->check_models = !cJSON_IsFalse(item);
 		p->key = igny8_resolve_key(p->key_ref, &p->key_error);
 		p->shared_index = igny8_provider_index(p->id, true);
-		p->settings = provider_settings[i];
+		if (p->shared_index >= 0)
+			igny8_place_set_max(p->shared_index, p->max_concurrent);
+		ids[i] = p->id;
 	}
+	igny8_provider_forget_unused(ids, config->nproviders);
+	pfree(ids);
 	MemoryContextSwitchTo(old);
+}
 
-	/* deployments */
+static void
+read_deployments(Igny8Config *config, const char *qschema)
+{
+	int			ret;
+	MemoryContext old;
+
 	ret = SPI_execute(psprintf("SELECT alias, provider_id, provider_model, task,"
-							   " (extract(epoch FROM timeout) * 1000)::int,"
-							   " max_tokens, weight, enabled, settings::text"
-							   " FROM %s.igny8_models ORDER BY alias, provider_id, provider_model",
-							   schema), true, 0);
+							   " timeout, queue_timeout, max_tokens, weight,"
+							   " enabled, settings"
+							   " FROM %s.igny8_models"
+							   " ORDER BY alias, provider_id, provider_model",
+							   qschema), true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_models: %s",
 			 SPI_result_code_string(ret));
 
-	old = MemoryContextSwitchTo(cxt);
+	old = MemoryContextSwitchTo(config->cxt);
 	config->deployments = palloc0(sizeof(Igny8Deployment) * Max(SPI_processed, 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -184,7 +232,6 @@ igny8_config_load(void)
 		Igny8Deployment *d = &config->deployments[config->ndeployments];
 		char	   *provider_id = get_text(tup, desc, 2);
 		char	   *task = get_text(tup, desc, 4);
-		char	   *settings = get_text(tup, desc, 9);
 		cJSON	   *own;
 
 		d->provider = igny8_config_provider(config, provider_id);
@@ -194,27 +241,45 @@ igny8_config_load(void)
 		d->model = get_text(tup, desc, 3);
 		d->task = (task && strcmp(task, "image") == 0) ?
 			IGNY8_TASK_IMAGE : IGNY8_TASK_TEXT;
-		d->timeout_ms = get_int(tup, desc, 5, 60000);
-		d->max_tokens = get_int(tup, desc, 6, 0);
-		d->weight = get_int(tup, desc, 7, 1);
-		d->enabled = get_bool(tup, desc, 8);
-		own = settings ? cJSON_Parse(settings) : NULL;
-		d->settings = merge_settings(provider_settings[d->provider - config->providers],
-									 own);
+		d->timeout_ms = get_interval_ms(tup, desc, 5, 60000);
+		/* a zero interval: do not wait for a place at all */
+		{
+			bool		isnull;
+			Datum		q = SPI_getbinval(tup, desc, 6, &isnull);
+			Interval   *span = isnull ? NULL : DatumGetIntervalP(q);
+
+			if (span == NULL)
+				d->queue_timeout_ms = 30000;
+			else if (span->time == 0 && span->day == 0 && span->month == 0)
+				d->queue_timeout_ms = 0;
+			else
+				d->queue_timeout_ms = igny8_interval_ms(q);
+		}
+		d->max_tokens = get_int(tup, desc, 7, 0);
+		d->weight = get_int(tup, desc, 8, 1);
+		d->enabled = get_bool(tup, desc, 9);
+		own = get_settings(tup, desc, 10);
+		d->settings = merge_settings(d->provider->settings, own);
 		if (own)
 			cJSON_Delete(own);
 		config->ndeployments++;
 	}
 	MemoryContextSwitchTo(old);
+}
 
-	/* fallbacks */
+static void
+read_fallbacks(Igny8Config *config, const char *qschema)
+{
+	int			ret;
+	MemoryContext old;
+
 	ret = SPI_execute(psprintf("SELECT alias, fallback_alias FROM %s.igny8_fallbacks"
-							   " ORDER BY alias, position", schema), true, 0);
+							   " ORDER BY alias, position", qschema), true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_fallbacks: %s",
 			 SPI_result_code_string(ret));
 
-	old = MemoryContextSwitchTo(cxt);
+	old = MemoryContextSwitchTo(config->cxt);
 	config->nfallbacks = (int) SPI_processed;
 	config->fallbacks = palloc0(sizeof(Igny8Fallback) * Max(config->nfallbacks, 1));
 	for (int i = 0; i < config->nfallbacks; i++)
@@ -225,7 +290,38 @@ igny8_config_load(void)
 												 SPI_tuptable->tupdesc, 2);
 	}
 	MemoryContextSwitchTo(old);
+}
 
+/*
+ * Load the configuration.  Must run inside a transaction with SPI connected
+ * and a snapshot set.  Returns NULL when the extension is not installed.
+ * The copy's memory lives under the transaction's context until the load
+ * succeeded, so a failed load leaves nothing behind.
+ */
+Igny8Config *
+igny8_config_load(void)
+{
+	MemoryContext cxt;
+	Igny8Config *config;
+	char	   *schema;
+	char	   *qschema;
+
+	schema = igny8_extension_schema();
+	if (schema == NULL)
+		return NULL;
+	qschema = pstrdup(quote_identifier(schema));
+
+	cxt = AllocSetContextCreate(CurTransactionContext, "igny8_ai config",
+								ALLOCSET_SMALL_SIZES);
+	config = MemoryContextAllocZero(cxt, sizeof(Igny8Config));
+	config->cxt = cxt;
+	config->schema = MemoryContextStrdup(cxt, qschema);
+
+	read_providers(config, qschema);
+	read_deployments(config, qschema);
+	read_fallbacks(config, qschema);
+
+	MemoryContextSetParent(cxt, TopMemoryContext);
 	return config;
 }
 

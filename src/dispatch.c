@@ -40,7 +40,6 @@
 
 PG_FUNCTION_INFO_V1(igny8_generate_text);
 PG_FUNCTION_INFO_V1(igny8_chat);
-PG_FUNCTION_INFO_V1(igny8_config_changed);
 
 /* extra wait past the deadline before the caller stops trusting the worker */
 #define IGNY8_WORKER_GRACE_MS	5000
@@ -81,8 +80,6 @@ typedef struct Igny8Answer
 static int *my_slots = NULL;
 static int	my_nslots = 0;
 static bool exit_callback_registered = false;
-static bool config_change_pending = false;
-static bool xact_callback_registered = false;
 
 static void
 check_loaded(void)
@@ -178,7 +175,11 @@ take_slot(void)
 	return slotno;
 }
 
-/* Round-robin over running workers; any worker if none runs yet. */
+/*
+ * Round-robin over the running workers.  When none runs (they are starting,
+ * or restarting), any queue will do: the first worker to run empties the
+ * queues of those that do not.
+ */
 static int
 choose_worker(void)
 {
@@ -189,7 +190,7 @@ choose_worker(void)
 	{
 		int			w = (start + i) % n;
 
-		if (igny8_shared->workers[w].procno >= 0)
+		if (igny8_worker_running(w))
 			return w;
 	}
 	return start % n;
@@ -250,6 +251,7 @@ igny8_submit(Igny8Task task, const char *alias, const char *request,
 	slot->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 												 timeout_ms);
 	slot->caller_procno = MyProc->pgprocno;
+	slot->sent = false;
 	slot->success = false;
 	slot->sqlerrcode = 0;
 	slot->result = InvalidDsaPointer;
@@ -305,7 +307,7 @@ igny8_wait(const int *slots, int n)
 			all_done = false;
 
 			if (state == IGNY8_SLOT_QUEUED &&
-				igny8_shared->workers[slot->worker].procno < 0 &&
+				!igny8_worker_running(slot->worker) &&
 				TimestampDifferenceExceeds(started, now, IGNY8_NO_WORKER_MS))
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -380,12 +382,10 @@ run_call(Igny8Call *call, Igny8Answer *ans)
 		if (!slot->success)
 			igny8_report_slot_error(slotno);
 
+		/* the worker validated it and converted it to the database encoding */
 		igny8_unpack_strings(igny8_dsa(), slot->result, 2, strs);
-		/* validated (and converted) before it becomes a text datum */
-		ans->content = strs[0] ?
-			pg_any_to_server(strs[0], strlen(strs[0]), PG_UTF8) : "";
-		ans->thinking = strs[1] ?
-			pg_any_to_server(strs[1], strlen(strs[1]), PG_UTF8) : NULL;
+		ans->content = strs[0] ? strs[0] : "";
+		ans->thinking = strs[1];
 		memcpy(ans->provider, slot->provider, IGNY8_NAME_LEN);
 		memcpy(ans->model_used, slot->model_used, IGNY8_MODEL_LEN);
 		memcpy(ans->finish_reason, slot->finish_reason,
@@ -421,7 +421,8 @@ check_alias(text *model)
 	if (strlen(alias) >= IGNY8_NAME_LEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_NAME_TOO_LONG),
-				 errmsg("model alias \"%.32s...\" is too long", alias),
+				 errmsg("model alias \"%s...\" is too long",
+						pnstrdup(alias, pg_mbcliplen(alias, strlen(alias), 32))),
 				 errdetail("Aliases are at most %d bytes.", IGNY8_NAME_LEN - 1)));
 	return alias;
 }
@@ -433,7 +434,7 @@ check_max_tokens(int64 max_tokens)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_tokens must be a positive integer"),
-				 errdetail("max_tokens was " INT64_FORMAT ".", max_tokens)));
+				 errdetail("max_tokens was %lld.", (long long) max_tokens)));
 }
 
 static void
@@ -446,20 +447,26 @@ check_temperature(double t)
 				 errdetail("temperature was %g.", t)));
 }
 
+/*
+ * An interval as a timeout in milliseconds, at least 1 and at most INT_MAX
+ * (24 days: longer is the same as no limit).  Computed in double, so that
+ * a huge interval saturates instead of overflowing.
+ */
 static int
 interval_to_timeout_ms(Interval *span)
 {
-	int64		us;
+	double		ms;
 
-	us = span->time + span->day * USECS_PER_DAY +
-		(int64) span->month * DAYS_PER_MONTH * USECS_PER_DAY;
-	if (us <= 0)
+	ms = (double) span->time / 1000.0 +
+		(double) span->day * (double) (USECS_PER_DAY / 1000) +
+		(double) span->month * DAYS_PER_MONTH * (double) (USECS_PER_DAY / 1000);
+	if (!(ms > 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("timeout must be positive")));
-	if (us / 1000 > INT_MAX)
+	if (ms >= (double) INT_MAX)
 		return INT_MAX;
-	return (int) Max(us / 1000, 1);
+	return Max((int) ms, 1);
 }
 
 static void
@@ -467,6 +474,11 @@ resolve_account(Igny8Call *call, bool has_arg, int64 arg)
 {
 	if (has_arg)
 	{
+		if (arg < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("account_id must not be negative"),
+					 errdetail("account_id was %lld.", (long long) arg)));
 		call->has_account = true;
 		call->account_id = arg;
 	}
@@ -638,14 +650,74 @@ append_messages(StringInfo buf, const char *messages_json)
 	cJSON_Delete(arr);
 }
 
-static double
-option_number(cJSON *item, const char *name)
+/*
+ * Refuse a jsonb argument that is over igny8_ai.max_prompt_size before it
+ * is converted or parsed: its binary size is close to its text size.
+ */
+static void
+check_jsonb_size(Jsonb *j, const char *what)
 {
-	if (!cJSON_IsNumber(item))
+	Size		limit = (Size) igny8_max_prompt_kb * 1024;
+
+	if (VARSIZE(j) > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("AI request is too large"),
+				 errdetail("The %s are %zu bytes; igny8_ai.max_prompt_size allows %zu.",
+						   what, (Size) VARSIZE(j), limit),
+				 errhint("Shorten the prompt, or raise igny8_ai.max_prompt_size.")));
+}
+
+/* A numeric option, exactly as given; an error if it is not a number. */
+static Numeric
+option_numeric(JsonbValue *v, const char *name)
+{
+	if (v->type != jbvNumeric)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("option \"%s\" must be a number", name)));
-	return item->valuedouble;
+	return v->val.numeric;
+}
+
+static double
+numeric_double(Numeric n)
+{
+	return DatumGetFloat8(DirectFunctionCall1(numeric_float8,
+											  NumericGetDatum(n)));
+}
+
+/*
+ * An option that must be a whole number within [min, max], read from the
+ * numeric itself so that a large id is not rounded through a double.
+ */
+static int64
+option_integer(JsonbValue *v, const char *name, int64 min, int64 max,
+			   const char *what)
+{
+	Numeric		n = option_numeric(v, name);
+	Datum		d = NumericGetDatum(n);
+	bool		ok;
+
+	ok = !numeric_is_nan(n) && !numeric_is_inf(n) &&
+		DatumGetBool(DirectFunctionCall2(numeric_eq, d,
+										 DirectFunctionCall1(numeric_floor, d))) &&
+		DatumGetInt32(DirectFunctionCall2(numeric_cmp, d,
+										  NumericGetDatum(int64_to_numeric(min)))) >= 0 &&
+		DatumGetInt32(DirectFunctionCall2(numeric_cmp, d,
+										  NumericGetDatum(int64_to_numeric(max)))) <= 0;
+	if (!ok)
+	{
+		char	   *shown = DatumGetCString(DirectFunctionCall1(numeric_out, d));
+
+		/* a number of a thousand digits is shown by its start */
+		if (strlen(shown) > 40)
+			shown = psprintf("%.40s...", shown);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be %s", name, what),
+				 errdetail("%s was %s.", name, shown)));
+	}
+	return DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
 }
 
 /*
@@ -689,69 +761,73 @@ igny8_chat(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(2))
 	{
 		Jsonb	   *opts = PG_GETARG_JSONB_P(2);
-		char	   *s = JsonbToCString(NULL, &opts->root, VARSIZE(opts));
-		cJSON	   *obj = cJSON_Parse(s);
-		cJSON	   *item;
+		JsonbIterator *it;
+		JsonbValue	v;
+		JsonbIteratorToken tok;
+		char	   *key = NULL;
 
-		if (obj == NULL || !cJSON_IsObject(obj))
+		check_jsonb_size(opts, "options");
+		if (!JB_ROOT_IS_OBJECT(opts) || JB_ROOT_IS_SCALAR(opts))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("options must be a JSON object")));
-		cJSON_ArrayForEach(item, obj)
+		it = JsonbIteratorInit(&opts->root);
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 		{
-			if (strcmp(item->string, "max_tokens") == 0)
+			if (tok == WJB_KEY)
 			{
-				double		v = option_number(item, "max_tokens");
-
-				if (v != floor(v) || v < 1 || v > INT_MAX)
-					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("max_tokens must be a positive integer"),
-							 errdetail("max_tokens was %g.", v)));
-				has_max_tokens = true;
-				max_tokens = (int) v;
+				key = pnstrdup(v.val.string.val, v.val.string.len);
+				continue;
 			}
-			else if (strcmp(item->string, "temperature") == 0)
+			if (tok != WJB_VALUE)
+				continue;
+			if (strcmp(key, "max_tokens") == 0)
 			{
-				temperature = option_number(item, "temperature");
+				max_tokens = (int) option_integer(&v, "max_tokens", 1, INT_MAX,
+												  "a positive integer");
+				has_max_tokens = true;
+			}
+			else if (strcmp(key, "temperature") == 0)
+			{
+				temperature = numeric_double(option_numeric(&v, "temperature"));
 				check_temperature(temperature);
 				has_temperature = true;
 			}
-			else if (strcmp(item->string, "timeout") == 0)
+			else if (strcmp(key, "timeout") == 0)
 			{
-				double		v = option_number(item, "timeout");
+				double		secs = numeric_double(option_numeric(&v, "timeout"));
 
-				if (!(v > 0))
+				if (!(secs > 0))
 					ereport(ERROR,
 							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 							 errmsg("timeout must be positive"),
 							 errdetail("The \"timeout\" option is in seconds.")));
-				call.timeout_ms = (int) Min(v * 1000.0, (double) INT_MAX);
+				call.timeout_ms = (int) Min(secs * 1000.0, (double) INT_MAX);
 				call.timeout_ms = Max(call.timeout_ms, 1);
 			}
-			else if (strcmp(item->string, "account_id") == 0)
+			else if (strcmp(key, "account_id") == 0)
 			{
-				double		v = option_number(item, "account_id");
-
+				account_id = option_integer(&v, "account_id", 0, PG_INT64_MAX,
+											"a bigint that is not negative");
 				has_account = true;
-				account_id = (int64) v;
 			}
 			else
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("unknown option \"%s\"", item->string),
+						 errmsg("unknown option \"%s\"", key),
 						 errhint("Valid options are max_tokens, temperature, timeout (seconds) and account_id.")));
 		}
-		cJSON_Delete(obj);
 	}
 	resolve_account(&call, has_account, account_id);
 
 	{
 		Jsonb	   *msgs = PG_GETARG_JSONB_P(0);
+		char	   *text;
 
+		check_jsonb_size(msgs, "messages");
+		text = JsonbToCString(NULL, &msgs->root, VARSIZE(msgs));
 		initStringInfo(&call.request);
-		append_messages(&call.request,
-						JsonbToCString(NULL, &msgs->root, VARSIZE(msgs)));
+		append_messages(&call.request, text);
 	}
 	append_options(&call.request, has_max_tokens, max_tokens,
 				   has_temperature, temperature);
@@ -781,53 +857,4 @@ igny8_chat(PG_FUNCTION_ARGS)
 	values[11] = BoolGetDatum(false);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
-}
-
-/* ----- configuration changes reach the workers at commit ----- */
-
-static void
-config_xact_callback(XactEvent event, void *arg)
-{
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-			if (config_change_pending && igny8_shared != NULL)
-			{
-				pg_atomic_fetch_add_u64(&igny8_shared->config_generation, 1);
-				for (int i = 0; i < igny8_shared->nworkers; i++)
-					igny8_wake_worker(i);
-			}
-			config_change_pending = false;
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-			config_change_pending = false;
-			break;
-		default:
-			break;
-	}
-}
-
-/* Called by the statement triggers on the configuration tables. */
-void
-igny8_config_changed_at_commit(void)
-{
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(config_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
-	config_change_pending = true;
-}
-
-Datum
-igny8_config_changed(PG_FUNCTION_ARGS)
-{
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("igny8_config_changed() must be called as a trigger")));
-	igny8_config_changed_at_commit();
-	return PointerGetDatum(NULL);
 }

@@ -2,8 +2,8 @@
  *
  * health.c
  *	  Provider health: the state and circuit breaker kept in shared memory,
- *	  the probes behind igny8_check_health(), the alerts, and the event
- *	  trigger that unschedules the pg_cron job when the extension is dropped.
+ *	  igny8_check_health() (whose probes the workers send, probe.c), the
+ *	  alerts, and igny8_health_state() for igny8_service_status.
  *
  * Probes and real requests feed one state per provider.  A success makes it
  * healthy (degraded when the last probe found configured models missing);
@@ -13,7 +13,10 @@
  * igny8_ai.circuit_cooldown one trial request may pass; a success (request
  * or probe) closes the circuit.  Every change of state is announced with
  * NOTIFY igny8_ai_health, a WARNING in the server log when a provider goes
- * down, and a LOG line otherwise.
+ * down, and a LOG line otherwise.  Anyone may LISTEN, so the payload holds
+ * only the provider, the states and a short code (connection_refused,
+ * http_503, ...); the provider's own error text stays in places that need
+ * a grant: service_health_log, igny8_service_status and the server log.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,12 +25,10 @@
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
-#include "commands/event_trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "nodes/parsenodes.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -38,15 +39,14 @@
 
 PG_FUNCTION_INFO_V1(igny8_check_health);
 PG_FUNCTION_INFO_V1(igny8_health_state);
-PG_FUNCTION_INFO_V1(igny8_on_drop_extension);
 
 #define IGNY8_HEALTH_CHANNEL	"igny8_ai_health"
-#define IGNY8_HEALTH_JOB		"igny8_ai_health_check"
 
 /*
  * The index of a provider in shared memory, registering it when create is
  * true; -1 when it is not there (or the table of IGNY8_MAX_PROVIDERS is
- * full: such a provider then has no concurrency limit nor circuit).
+ * full: such a provider then has no concurrency limit nor circuit, which
+ * the server log says).
  */
 int
 igny8_provider_index(const char *id, bool create)
@@ -74,7 +74,60 @@ igny8_provider_index(const char *id, bool create)
 		found = empty;
 	}
 	SpinLockRelease(&igny8_shared->providers_mutex);
+	if (found < 0 && create && empty < 0)
+		ereport(LOG,
+				(errmsg("igny8_ai has no shared state left for provider \"%s\"",
+						id),
+				 errdetail("At most %d providers have a circuit breaker and a max_concurrent limit.",
+						   IGNY8_MAX_PROVIDERS)));
 	return found;
+}
+
+/*
+ * Free the shared entries of providers that are no longer configured (ids
+ * is the configuration's list) and have nothing in flight or waiting, so
+ * that a long life of renamed providers does not fill the table.  An entry
+ * is cleared before its id, under providers_mutex, so whoever finds an id
+ * finds a clean entry.
+ */
+void
+igny8_provider_forget_unused(const char *const *ids, int n)
+{
+	SpinLockAcquire(&igny8_shared->providers_mutex);
+	for (int i = 0; i < IGNY8_MAX_PROVIDERS; i++)
+	{
+		Igny8ProviderShared *p = &igny8_shared->providers[i];
+		bool		configured = false;
+		bool		busy;
+
+		if (p->id[0] == '\0')
+			continue;
+		for (int j = 0; j < n && !configured; j++)
+			configured = (strcmp(ids[j], p->id) == 0);
+		if (configured)
+			continue;
+
+		SpinLockAcquire(&p->mutex);
+		busy = (p->nwaiting > 0);
+		for (int w = 0; w < igny8_shared->nworkers && !busy; w++)
+			busy = (igny8_shared->workers[w].held[i] > 0);
+		if (!busy)
+		{
+			p->max_concurrent = 0;
+			p->state = IGNY8_HEALTH_UNKNOWN;
+			p->state_since = 0;
+			p->consecutive_failures = 0;
+			p->circuit_open = false;
+			p->opened_at = p->trial_at = 0;
+			p->probe_degraded = false;
+			p->last_check = p->last_seen = 0;
+			p->last_latency_ms = 0;
+			p->last_error[0] = '\0';
+			p->id[0] = '\0';
+		}
+		SpinLockRelease(&p->mutex);
+	}
+	SpinLockRelease(&igny8_shared->providers_mutex);
 }
 
 const char *
@@ -166,18 +219,19 @@ igny8_circuit_allows(int index)
 {
 	Igny8ProviderShared *p;
 	bool		allowed;
+	TimestampTz now;
 
 	if (index < 0)
 		return true;
 	p = &igny8_shared->providers[index];
+	/* the clock is read before the spinlock is taken: no system call under it */
+	now = GetCurrentTimestamp();
 
 	SpinLockAcquire(&p->mutex);
 	if (!p->circuit_open)
 		allowed = true;
 	else
 	{
-		TimestampTz now = GetCurrentTimestamp();
-
 		allowed = TimestampDifferenceExceeds(p->opened_at, now,
 											 igny8_circuit_cooldown_ms) &&
 			(p->trial_at == 0 ||
@@ -190,10 +244,13 @@ igny8_circuit_allows(int index)
 	return allowed;
 }
 
-/* The JSON payload of a NOTIFY igny8_ai_health. */
+/*
+ * The JSON payload of a NOTIFY igny8_ai_health: provider, states, failures,
+ * time and a short code, never provider text (any role may LISTEN).
+ */
 char *
 igny8_health_payload(const char *provider, const Igny8HealthChange *change,
-					 const char *detail)
+					 const char *code)
 {
 	StringInfoData buf;
 
@@ -208,8 +265,8 @@ igny8_health_payload(const char *provider, const Igny8HealthChange *change,
 					 change->consecutive_failures);
 	appendStringInfoString(&buf, ", \"at\": ");
 	escape_json(&buf, timestamptz_to_str(GetCurrentTimestamp()));
-	appendStringInfoString(&buf, ", \"detail\": ");
-	escape_json(&buf, detail ? detail : "");
+	appendStringInfoString(&buf, ", \"code\": ");
+	escape_json(&buf, code ? code : "");
 	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }
@@ -288,7 +345,8 @@ report_probe(ReturnSetInfo *rsinfo, SPIPlanPtr insert, const char *provider,
 	if (change.changed)
 	{
 		Async_Notify(IGNY8_HEALTH_CHANNEL,
-					 igny8_health_payload(provider, &change, strs[1]));
+					 igny8_health_payload(provider, &change,
+										  slot->health_code));
 		igny8_health_alert(provider, &change, strs[1]);
 	}
 
@@ -394,14 +452,16 @@ igny8_health_state(PG_FUNCTION_ARGS)
 	{
 		Igny8ProviderShared *p = &igny8_shared->providers[i];
 		Igny8ProviderShared copy;
-		Datum		values[9];
-		bool		nulls[9];
+		Datum		values[10];
+		bool		nulls[10];
 
-		if (p->id[0] == '\0')
-			continue;
+		SpinLockAcquire(&igny8_shared->providers_mutex);
 		SpinLockAcquire(&p->mutex);
 		memcpy(&copy, p, sizeof(copy));
 		SpinLockRelease(&p->mutex);
+		SpinLockRelease(&igny8_shared->providers_mutex);
+		if (copy.id[0] == '\0')
+			continue;
 
 		memset(nulls, 0, sizeof(nulls));
 		values[0] = CStringGetTextDatum(copy.id);
@@ -416,44 +476,9 @@ igny8_health_state(PG_FUNCTION_ARGS)
 		nulls[6] = (copy.last_seen == 0);
 		values[7] = CStringGetTextDatum(copy.last_error);
 		nulls[7] = (copy.last_error[0] == '\0');
-		values[8] = Int32GetDatum((int32) pg_atomic_read_u32(&p->in_flight));
+		values[8] = Int32GetDatum(igny8_place_in_flight(i));
+		values[9] = Int32GetDatum(copy.nwaiting);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
-}
-
-/*
- * Event trigger on DROP EXTENSION: when the command drops igny8_ai, remove
- * its pg_cron job first, so that no job is left calling a function that is
- * gone.
- */
-Datum
-igny8_on_drop_extension(PG_FUNCTION_ARGS)
-{
-	EventTriggerData *trigdata;
-	DropStmt   *stmt;
-	ListCell   *lc;
-
-	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("igny8_on_drop_extension() must be called as an event trigger")));
-	trigdata = (EventTriggerData *) fcinfo->context;
-	if (!IsA(trigdata->parsetree, DropStmt))
-		PG_RETURN_NULL();
-	stmt = (DropStmt *) trigdata->parsetree;
-	if (stmt->removeType != OBJECT_EXTENSION)
-		PG_RETURN_NULL();
-
-	foreach(lc, stmt->objects)
-	{
-		if (strcmp(strVal(lfirst(lc)), "igny8_ai") != 0)
-			continue;
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		SPI_execute("SELECT cron.unschedule(jobid) FROM cron.job"
-					" WHERE jobname = '" IGNY8_HEALTH_JOB "'", false, 0);
-		SPI_finish();
-	}
-	PG_RETURN_NULL();
 }

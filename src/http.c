@@ -20,6 +20,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "utils/memutils.h"
+
 #include "worker.h"
 
 #define IGNY8_EPOLL_BATCH	64
@@ -30,6 +32,12 @@ static CURLM *multi = NULL;
 static int	epoll_fd = -1;
 static bool timer_set = false;	/* curl wants to be called at timer_at */
 static TimestampTz timer_at = 0;
+
+/* transfers that failed before curl had them, handed out as finished */
+static List *failed_starts = NIL;
+
+/* an epoll_ctl that failed in the socket callback, reported afterwards */
+static int	epoll_errno = 0;
 
 /* Keep the epoll set in step with what curl wants to watch. */
 static int
@@ -45,7 +53,10 @@ socket_callback(CURL *easy, curl_socket_t s, int what, void *userp,
 	{
 		if (socketp != NULL)
 		{
-			epoll_ctl(epoll_fd, EPOLL_CTL_DEL, s, NULL);
+			/* curl may have closed it already: EBADF, ENOENT are fine */
+			if (epoll_ctl(epoll_fd, EPOLL_CTL_DEL, s, NULL) != 0 &&
+				errno != EBADF && errno != ENOENT)
+				epoll_errno = errno;
 			curl_multi_assign(multi, s, NULL);
 		}
 		return 0;
@@ -58,15 +69,21 @@ socket_callback(CURL *easy, curl_socket_t s, int what, void *userp,
 
 	if (socketp == NULL)
 	{
-		if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, s, &ev) != 0 && errno == EEXIST)
-			epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev);
+		int			rc = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, s, &ev);
+
+		if (rc != 0 && errno == EEXIST)
+			rc = epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev);
+		if (rc != 0)
+			epoll_errno = errno;
 		/* any non-NULL marker: "registered" */
 		curl_multi_assign(multi, s, (void *) &epoll_fd);
 	}
-	else
-		epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev);
+	else if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev) != 0)
+		epoll_errno = errno;
 	return 0;
 }
+
+static void report_multi_error(CURLMcode rc);
 
 static int
 timer_callback(CURLM *m, long timeout_ms, void *userp)
@@ -110,10 +127,25 @@ igny8_http_init(void)
 	if (epoll_fd < 0)
 		elog(ERROR, "epoll_create1 failed: %m");
 
-	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_callback);
-	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_callback);
-	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS,
-					  (long) IGNY8_MAX_IDLE_CONNECTIONS);
+	if (curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_callback) != CURLM_OK ||
+		curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_callback) != CURLM_OK ||
+		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS,
+						  (long) IGNY8_MAX_IDLE_CONNECTIONS) != CURLM_OK)
+		elog(ERROR, "could not set up the libcurl multi handle");
+}
+
+/* Say in the server log that a socket could not be watched. */
+static void
+report_epoll_error(void)
+{
+	if (epoll_errno != 0)
+	{
+		errno = epoll_errno;
+		epoll_errno = 0;
+		ereport(LOG,
+				(errmsg("igny8_ai worker could not watch a socket: %m"),
+				 errdetail("The transfer on it ends at its timeout.")));
+	}
 }
 
 int
@@ -232,6 +264,7 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 	Igny8Transfer *t = calloc(1, sizeof(Igny8Transfer));
 	CURL	   *easy;
 	char	   *url;
+	int			rc = CURLE_OK;
 
 	if (t == NULL)
 		ereport(ERROR,
@@ -250,50 +283,69 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 	t->should_retry = -1;
 	t->max = (size_t) igny8_max_response_kb * 1024;
 
+	/*
+	 * Every option is checked: the protocol, redirect and TLS ones are what
+	 * keeps the worker safe, and a transfer that could not get one of them
+	 * is not sent.
+	 */
 	url = psprintf("%s%s", base_url, req->path);
-	curl_easy_setopt(easy, CURLOPT_URL, url);
+	rc |= curl_easy_setopt(easy, CURLOPT_URL, url);
 	pfree(url);
-	curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
-	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
-	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+	rc |= curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
+	rc |= curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
+	rc |= curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+	rc |= curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	rc |= curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	rc |= curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+	rc |= curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+	rc |= curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (ca_file != NULL)
-		curl_easy_setopt(easy, CURLOPT_CAINFO, ca_file);
-	curl_easy_setopt(easy, CURLOPT_PROXY, proxy ? proxy : "");
-	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
-	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) Max(timeout_ms, 1));
-	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
-					 (long) Max(Min(connect_timeout_ms, timeout_ms), 1));
-	curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) t->max);
-	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_callback);
-	curl_easy_setopt(easy, CURLOPT_WRITEDATA, t);
-	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, header_callback);
-	curl_easy_setopt(easy, CURLOPT_HEADERDATA, t);
-	curl_easy_setopt(easy, CURLOPT_USERAGENT, "igny8_ai/1.0");
+		rc |= curl_easy_setopt(easy, CURLOPT_CAINFO, ca_file);
+	rc |= curl_easy_setopt(easy, CURLOPT_PROXY, proxy ? proxy : "");
+	rc |= curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	rc |= curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+	rc |= curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) Max(timeout_ms, 1));
+	rc |= curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+						   (long) Max(Min(connect_timeout_ms, timeout_ms), 1));
+	rc |= curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) t->max);
+	rc |= curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_callback);
+	rc |= curl_easy_setopt(easy, CURLOPT_WRITEDATA, t);
+	rc |= curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, header_callback);
+	rc |= curl_easy_setopt(easy, CURLOPT_HEADERDATA, t);
+	rc |= curl_easy_setopt(easy, CURLOPT_USERAGENT, "igny8_ai/1.0");
 
 	/* no "Expect: 100-continue" round trip for large bodies */
 	t->headers = curl_slist_append(NULL, "Expect:");
 	for (int i = 0; i < req->nheaders; i++)
 		t->headers = curl_slist_append(t->headers, req->headers[i]);
-	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
+	rc |= curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
 
 	if (strcmp(req->method, "POST") == 0)
 	{
-		curl_easy_setopt(easy, CURLOPT_POST, 1L);
-		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
-						 (curl_off_t) (req->body ? strlen(req->body) : 0));
-		curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS,
-						 req->body ? req->body : "");
+		rc |= curl_easy_setopt(easy, CURLOPT_POST, 1L);
+		rc |= curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
+							   (curl_off_t) (req->body ? strlen(req->body) : 0));
+		rc |= curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS,
+							   req->body ? req->body : "");
 	}
 	else
-		curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+		rc |= curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
 
-	curl_multi_add_handle(multi, easy);
+	if (rc == CURLE_OK && t->headers != NULL &&
+		curl_multi_add_handle(multi, easy) == CURLM_OK)
+		t->in_multi = true;
+	else
+	{
+		/* finished at once, as a local failure: never on the network */
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		t->result = CURLE_FAILED_INIT;
+		t->os_errno = ENOMEM;
+		snprintf(t->errbuf, sizeof(t->errbuf),
+				 "could not set up the HTTP transfer");
+		failed_starts = lappend(failed_starts, t);
+		MemoryContextSwitchTo(old);
+	}
 	return t;
 }
 
@@ -307,7 +359,9 @@ igny8_http_free(Igny8Transfer *t)
 {
 	if (t == NULL)
 		return;
-	curl_multi_remove_handle(multi, t->easy);
+	failed_starts = list_delete_ptr(failed_starts, t);
+	if (t->in_multi)
+		curl_multi_remove_handle(multi, t->easy);
 	curl_easy_cleanup(t->easy);
 	curl_slist_free_all(t->headers);
 	free(t->body);
@@ -332,6 +386,9 @@ igny8_http_drive(bool fd_ready)
 		do
 		{
 			n = epoll_wait(epoll_fd, evs, IGNY8_EPOLL_BATCH, 0);
+			if (n < 0 && errno != EINTR)
+				ereport(LOG,
+						(errmsg("igny8_ai worker could not wait on its sockets: %m")));
 			for (int i = 0; i < n; i++)
 			{
 				int			flags = 0;
@@ -342,8 +399,9 @@ igny8_http_drive(bool fd_ready)
 					flags |= CURL_CSELECT_OUT;
 				if (evs[i].events & (EPOLLERR | EPOLLHUP))
 					flags |= CURL_CSELECT_ERR;
-				curl_multi_socket_action(multi, evs[i].data.fd, flags,
-										 &running);
+				report_multi_error(curl_multi_socket_action(multi,
+															evs[i].data.fd,
+															flags, &running));
 			}
 		} while (n == IGNY8_EPOLL_BATCH);
 	}
@@ -352,8 +410,19 @@ igny8_http_drive(bool fd_ready)
 	if (timer_set && GetCurrentTimestamp() >= timer_at)
 	{
 		timer_set = false;
-		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+		report_multi_error(curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT,
+													0, &running));
 	}
+	report_epoll_error();
+}
+
+/* Say in the server log what a failing curl_multi_socket_action said. */
+static void
+report_multi_error(CURLMcode rc)
+{
+	if (rc != CURLM_OK && rc != CURLM_BAD_SOCKET)
+		ereport(LOG,
+				(errmsg("igny8_ai worker: libcurl: %s", curl_multi_strerror(rc))));
 }
 
 /* The next transfer that finished, or NULL. */
@@ -363,6 +432,14 @@ igny8_http_next_finished(void)
 	CURLMsg    *msg;
 	int			left;
 
+	if (failed_starts != NIL)
+	{
+		Igny8Transfer *t = linitial(failed_starts);
+
+		failed_starts = list_delete_first(failed_starts);
+		t->finished = true;
+		return t;
+	}
 	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
 	{
 		Igny8Transfer *t;

@@ -13,8 +13,15 @@
  *
  *	FREE --caller--> FILLING --caller--> QUEUED --worker--> RUNNING
  *	RUNNING --worker--> DONE --caller--> FREE
+ *	RUNNING --worker--> QUEUED (nothing was sent, and the worker is
+ *		stopping or was restarted: the request is queued again)
  *	FILLING/QUEUED/RUNNING --caller gives up--> ABANDONED --worker--> FREE
  *	DONE --caller gives up--> FREE (the caller frees it itself)
+ *
+ * A worker moves a slot from QUEUED to RUNNING in the same step that takes
+ * it from a queue (claimed), so no slot is ever out of every queue without
+ * an owner.  A queue of a worker that is not running is emptied by the
+ * others.
  *
  * Whoever moves a slot to FREE frees its dsa_pointers first.  Payloads are
  * only ever referenced through dsa_pointer; no process follows another's
@@ -71,8 +78,17 @@ typedef struct Igny8Slot
 	slock_t		mutex;
 	Igny8SlotState state;
 	int			caller_procno;	/* pgprocno of the waiting backend */
-	int			worker;			/* worker the slot was queued to */
-	bool		claimed;		/* the worker took it from its queue */
+	int			worker;			/* worker it is queued to, or held by */
+	bool		claimed;		/* a worker took it from a queue */
+	bool		sent;			/* an attempt of it reached the network */
+
+	/*
+	 * Its place in a provider's wait queue (places.c), guarded by that
+	 * provider's mutex: wait_provider is -1 when it waits for no place.
+	 */
+	int			wait_provider;
+	int			wait_prev;
+	int			wait_next;
 
 	/* the request, written by the caller while FILLING */
 	Igny8Task	task;
@@ -96,6 +112,7 @@ typedef struct Igny8Slot
 	Igny8HealthState health_state;	/* health probes: state after it */
 	Igny8HealthState health_prev;	/* ... and before it */
 	int			consecutive_failures;	/* health probes: after it */
+	char		health_code[32];	/* health probes: short reason code */
 	int64		input_tokens;
 	int64		output_tokens;
 	double		cost;
@@ -103,29 +120,49 @@ typedef struct Igny8Slot
 	int			attempts;
 } Igny8Slot;
 
-/* A worker's inbox: a ring of slot indexes, big enough for every slot. */
+/*
+ * A worker's inbox (a ring of slot indexes, big enough for every slot) and
+ * what it tells the others.  The mutex guards procno, pid, head and tail;
+ * held[] is guarded by the mutex of the provider it counts.
+ */
 typedef struct Igny8WorkerShared
 {
 	slock_t		mutex;
 	int			procno;			/* -1 while not running */
 	int			pid;
+	TimestampTz started_at;
 	uint32		head;			/* next to dequeue */
 	uint32		tail;			/* next free position */
+	pg_atomic_uint32 wakeup;	/* set before its latch: look at the world */
 	pg_atomic_uint32 abandons;	/* set by a caller that gave up */
 	pg_atomic_uint32 in_flight; /* requests the worker holds */
 	pg_atomic_uint64 served;	/* requests completed since start */
+	pg_atomic_uint64 config_generation; /* of the configuration it loaded */
+	pg_atomic_uint64 reloads;	/* postgresql.conf reloads it processed */
+	uint32		held[IGNY8_MAX_PROVIDERS];	/* places it holds, per provider */
 } Igny8WorkerShared;
 
 /*
- * Per-provider state shared by all processes: the concurrency count, and
- * the health state and circuit breaker that probes and requests feed
- * (health.c).  The mutex guards every field but id and in_flight.
+ * Per-provider state shared by all processes: its places (max_concurrent
+ * transfers, handed out in order across workers; places.c), and the
+ * health state and circuit breaker that probes and requests feed
+ * (health.c).  The mutex guards every field but id, which
+ * providers_mutex guards.  The transfers in flight are the sum of the
+ * workers' held[] counts, so a worker that exits gives its places back by
+ * zeroing its own counts.
  */
 typedef struct Igny8ProviderShared
 {
 	char		id[IGNY8_NAME_LEN]; /* empty: unused entry */
-	pg_atomic_uint32 in_flight; /* transfers in progress, all workers */
 	slock_t		mutex;
+
+	/* places */
+	int			max_concurrent;
+	int			wait_head;		/* first waiting slot, or -1 */
+	int			wait_tail;
+	int			nwaiting;
+
+	/* health */
 	Igny8HealthState state;
 	TimestampTz state_since;
 	int			consecutive_failures;
@@ -167,6 +204,7 @@ typedef struct Igny8Shared
 
 /* GUCs (igny8_ai.c) */
 extern char *igny8_database;
+extern char *igny8_username;
 extern int	igny8_nworkers;
 extern int	igny8_max_in_flight;
 extern int	igny8_default_timeout_ms;
@@ -181,28 +219,38 @@ extern int	igny8_circuit_cooldown_ms;
 extern int	igny8_health_retention_s;
 extern int	igny8_payload_memory_kb;
 
-/* shared memory (igny8_ai.c) */
+/* shared memory (shmem.c) */
 extern Igny8Shared *igny8_shared;
 extern Igny8Slot *igny8_slots;
 extern int *igny8_free_stack;
 extern int *igny8_queues;		/* nworkers rings of nslots entries */
 
+extern void igny8_shmem_init(void);
 extern dsa_area *igny8_dsa(void);
 extern void igny8_slot_release(int slotno);
 extern bool igny8_queue_push(int worker, int slotno);
 extern int	igny8_queue_pop(int worker);
+extern bool igny8_queue_empty(int worker);
+extern bool igny8_worker_running(int worker);
 extern void igny8_wake_worker(int worker);
+extern void igny8_wake_all_workers(void);
 extern void igny8_wake_proc(int procno);
-
-/* payload helpers (igny8_ai.c) */
 extern dsa_pointer igny8_pack_strings(dsa_area *area, int n,
 									  const char *const *strs);
 extern int	igny8_unpack_strings(dsa_area *area, dsa_pointer dp, int n,
 								 char **strs);
 extern dsa_pointer igny8_dsa_strdup(dsa_area *area, const char *s, Size len);
 
+/* places.c: a provider's max_concurrent places, in order across workers */
+extern bool igny8_place_take(int worker, int provider, int slotno);
+extern void igny8_place_leave_queue(int slotno);
+extern void igny8_place_release(int worker, int provider);
+extern void igny8_place_set_max(int provider, int max_concurrent);
+extern void igny8_places_forget_worker(int worker);
+extern int	igny8_place_in_flight(int provider);
+extern int	igny8_place_waiting(int provider);
+
 /* dispatch.c */
-extern void igny8_config_changed_at_commit(void);
 extern int	igny8_submit(Igny8Task task, const char *alias, const char *request,
 						 int timeout_ms, bool has_account, int64 account_id,
 						 const pg_uuid_t *request_id);
@@ -212,8 +260,13 @@ extern void igny8_abandon_all(void);
 extern void igny8_report_slot_error(int slotno);
 extern void igny8_new_request_id(pg_uuid_t *id);
 
+/* extension.c */
+extern void igny8_extension_hooks_init(void);
+extern void igny8_config_changed_at_commit(void);
+
 /* health.c */
 extern int	igny8_provider_index(const char *id, bool create);
+extern void igny8_provider_forget_unused(const char *const *ids, int n);
 extern const char *igny8_health_state_name(Igny8HealthState state);
 extern void igny8_health_report(int index, bool ok, bool probe,
 								bool probe_degraded, double latency_ms,
@@ -221,7 +274,7 @@ extern void igny8_health_report(int index, bool ok, bool probe,
 extern bool igny8_circuit_allows(int index);
 extern char *igny8_health_payload(const char *provider,
 								  const Igny8HealthChange *change,
-								  const char *detail);
+								  const char *code);
 extern void igny8_health_alert(const char *provider,
 							   const Igny8HealthChange *change,
 							   const char *detail);

@@ -4,7 +4,10 @@
  *	  API key references: "env:NAME" (the server's environment), "file:/path"
  *	  (first line of a file the server can read) or, discouraged, the key
  *	  itself.  Keys are resolved in the worker only, kept in its local
- *	  memory, and scrubbed out of any text that leaves it.
+ *	  memory, and scrubbed out of any text that leaves it: a provider's
+ *	  whole response body is redacted before anything is parsed or cut out
+ *	  of it, so that no excerpt can keep part of a key.  A literal key is
+ *	  never shown as a reference: it is "(literal key)".
  *
  *-------------------------------------------------------------------------
  */
@@ -97,58 +100,125 @@ igny8_resolve_key(const char *ref, char **error)
 
 	if (key[0] == '\0')
 	{
-		*error = psprintf("key reference \"%s\" resolves to an empty key",
-						  strncmp(ref, "env:", 4) == 0 ||
-						  strncmp(ref, "file:", 5) == 0 ? ref : "(literal)");
+		*error = pstrdup("the key is empty");
 		return NULL;
 	}
 	if (!key_is_clean(key))
 	{
-		*error = psprintf("key reference \"%s\" resolves to a key with control characters",
-						  strncmp(ref, "env:", 4) == 0 ||
-						  strncmp(ref, "file:", 5) == 0 ? ref : "(literal)");
+		*error = pstrdup("the key has control characters");
 		return NULL;
 	}
 	return key;
 }
 
 /*
- * Copy text with every occurrence of key replaced by "[redacted]".  Also
- * redacts a long prefix of the key, since providers often echo a key cut
- * short ("sk-abc...xyz").
+ * A key reference as it may be shown: "env:NAME" and "file:/path" quoted,
+ * a literal key as (literal key).
  */
-char *
-igny8_redact(const char *text, const char *key)
+const char *
+igny8_key_ref_display(const char *ref)
+{
+	if (ref == NULL)
+		return "(none)";
+	if (strncmp(ref, "env:", 4) == 0 || strncmp(ref, "file:", 5) == 0)
+		return psprintf("\"%s\"", ref);
+	return "(literal key)";
+}
+
+/* shortest key worth redacting, and the prefix that counts as the key */
+#define REDACT_MIN_KEY	4
+#define REDACT_PREFIX	12
+
+/* The first occurrence of needle[0..nlen) in hay[0..len), or NULL. */
+static const char *
+find_bytes(const char *hay, size_t len, const char *needle, size_t nlen)
+{
+	const char *end = hay + len;
+
+	while ((size_t) (end - hay) >= nlen)
+	{
+		const char *p = memchr(hay, needle[0], end - hay - nlen + 1);
+
+		if (p == NULL)
+			return NULL;
+		if (memcmp(p, needle, nlen) == 0)
+			return p;
+		hay = p + 1;
+	}
+	return NULL;
+}
+
+/*
+ * Redact len bytes of text (NULs allowed) into a new palloc'd,
+ * NUL-terminated buffer, or return NULL when there is nothing to redact.
+ * Every occurrence of the key, and of a prefix of it at least
+ * REDACT_PREFIX long (providers echo keys cut short, "sk-abc...xyz"),
+ * becomes "[redacted]".
+ */
+static char *
+redact_buf(const char *text, size_t len, const char *key, size_t *outlen)
 {
 	StringInfoData buf;
 	size_t		klen;
 	size_t		plen;
-	const char *p;
+	const char *p = text;
+	const char *end = text + len;
+	const char *hit;
+
+	if (text == NULL || key == NULL || (klen = strlen(key)) < REDACT_MIN_KEY)
+		return NULL;
+	plen = Min(klen, (size_t) REDACT_PREFIX);
+	hit = find_bytes(p, len, key, plen);
+	if (hit == NULL)
+		return NULL;
+
+	initStringInfo(&buf);
+	while (hit != NULL)
+	{
+		size_t		n = plen;
+
+		/* swallow as much of the key as is there */
+		while (n < klen && hit + n < end && hit[n] == key[n])
+			n++;
+		appendBinaryStringInfo(&buf, p, hit - p);
+		appendStringInfoString(&buf, "[redacted]");
+		p = hit + n;
+		hit = find_bytes(p, end - p, key, plen);
+	}
+	appendBinaryStringInfo(&buf, p, end - p);
+	*outlen = buf.len;
+	return buf.data;
+}
+
+/* Copy text with the key redacted (see redact_buf). */
+char *
+igny8_redact(const char *text, const char *key)
+{
+	char	   *redacted;
+	size_t		len;
 
 	if (text == NULL)
 		return NULL;
-	if (key == NULL || (klen = strlen(key)) < 4)
-		return pstrdup(text);
+	redacted = redact_buf(text, strlen(text), key, &len);
+	return redacted ? redacted : pstrdup(text);
+}
 
-	/* a prefix that is long enough to be the key's, short enough to match */
-	plen = Min(klen, (size_t) 12);
+/*
+ * Redact a response body in place of the original: returns body itself
+ * when the key is not in it (the common case costs one scan), else a
+ * palloc'd copy, with *len updated.  Done before the body is parsed or cut,
+ * so that neither a parsed field nor an excerpt can hold a key or a piece
+ * of one.
+ */
+char *
+igny8_redact_body(char *body, size_t *len, const char *key)
+{
+	char	   *redacted;
+	size_t		newlen;
 
-	initStringInfo(&buf);
-	p = text;
-	while (*p)
-	{
-		if (strncmp(p, key, plen) == 0)
-		{
-			size_t		n = plen;
-
-			/* swallow as much of the key as is there */
-			while (n < klen && p[n] == key[n])
-				n++;
-			appendStringInfoString(&buf, "[redacted]");
-			p += n;
-		}
-		else
-			appendStringInfoChar(&buf, *p++);
-	}
-	return buf.data;
+	redacted = redact_buf(body, *len, key, &newlen);
+	if (redacted == NULL)
+		return body;
+	*len = newlen;
+	return redacted;
 }

@@ -1,14 +1,23 @@
 /*-------------------------------------------------------------------------
  *
  * usage.c
- *	  Rows of ai_usage_log, one per attempt, inserted by the worker in its
- *	  own transaction before the caller is given its answer.
+ *	  Rows of ai_usage_log, one per attempt that reached the network,
+ *	  written by the worker in its own transaction before any caller is
+ *	  given its answer.
+ *
+ * Each loop iteration, igny8_usage_flush() writes the rows of every
+ * attempt that ended since the last one, and the NOTIFY payloads of the
+ * health changes it saw, in one transaction: one commit (one WAL flush)
+ * covers all the answers of the iteration.  The insert is prepared once
+ * and kept for the worker's life.  Strings are converted from the
+ * worker's UTF-8 to the database encoding here.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "commands/async.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -37,7 +46,7 @@ prepare(const char *schema)
 {
 	Oid			types[USAGE_NARGS] = {
 		UUIDOID, TIMESTAMPTZOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-		INT4OID, INT4OID, FLOAT8OID, FLOAT8OID, INT4OID, BOOLOID, TEXTOID,
+		INT4OID, INT4OID, NUMERICOID, FLOAT8OID, INT4OID, BOOLOID, TEXTOID,
 		INT4OID, TEXTOID, TEXTOID
 	};
 	char	   *sql;
@@ -48,7 +57,7 @@ prepare(const char *schema)
 				   " duration_ms, http_status, success, error_message, attempt,"
 				   " prompt, response)"
 				   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-				   " $10::pg_catalog.numeric, $11, $12, $13, $14, $15, $16, $17)",
+				   " $10, $11, $12, $13, $14, $15, $16, $17)",
 				   schema);
 	insert_plan = SPI_prepare(sql, USAGE_NARGS, types);
 	if (insert_plan == NULL)
@@ -59,6 +68,7 @@ prepare(const char *schema)
 	pfree(sql);
 }
 
+/* A UTF-8 string as a text datum in the database encoding, or NULL. */
 static Datum
 text_or_null(const char *s, char *nulls, int i)
 {
@@ -67,10 +77,13 @@ text_or_null(const char *s, char *nulls, int i)
 		nulls[i] = 'n';
 		return (Datum) 0;
 	}
-	return CStringGetTextDatum(s);
+	return CStringGetTextDatum(igny8_to_db_lossy(s));
 }
 
-/* Insert one row.  Needs a transaction, SPI and a snapshot. */
+/*
+ * Insert one row.  Needs a transaction, SPI and a snapshot.  The response
+ * is already in the database encoding; every other string is UTF-8.
+ */
 void
 igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
 {
@@ -96,7 +109,7 @@ igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
 	values[6] = text_or_null(row->model, nulls, 6);
 	values[7] = Int32GetDatum((int32) Min(row->input_tokens, PG_INT32_MAX));
 	values[8] = Int32GetDatum((int32) Min(row->output_tokens, PG_INT32_MAX));
-	values[9] = Float8GetDatum(row->cost);
+	values[9] = DirectFunctionCall1(float8_numeric, Float8GetDatum(row->cost));
 	values[10] = Float8GetDatum(row->duration_ms);
 	values[11] = Int32GetDatum((int32) row->http_status);
 	if (row->http_status <= 0)
@@ -105,10 +118,162 @@ igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
 	values[13] = text_or_null(row->error, nulls, 13);
 	values[14] = Int32GetDatum(row->attempt);
 	values[15] = text_or_null(row->prompt, nulls, 15);
-	values[16] = text_or_null(row->response, nulls, 16);
+	if (row->response == NULL)
+		nulls[16] = 'n';
+	else
+		values[16] = CStringGetTextDatum(row->response);
 
 	ret = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into ai_usage_log: %s",
 			 SPI_result_code_string(ret));
+}
+
+static const char *
+task_name(Igny8Task task)
+{
+	switch (task)
+	{
+		case IGNY8_TASK_TEXT:
+			return "text";
+		case IGNY8_TASK_CHAT:
+			return "chat";
+		case IGNY8_TASK_IMAGE:
+			return "image";
+		case IGNY8_TASK_HEALTH:
+			return "health";
+	}
+	return "text";
+}
+
+/* Does anything wait to be written? */
+static bool
+anything_to_write(void)
+{
+	dlist_iter	iter;
+
+	if (igny8_pending_notifies != NIL)
+		return true;
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+		ListCell   *lc;
+
+		foreach(lc, job->attempts)
+		{
+			Igny8Attempt *a = lfirst(lc);
+
+			if (a->sent && !a->logged)
+				return true;
+		}
+	}
+	return false;
+}
+
+static void
+insert_job_rows(Igny8Config *config, Igny8Job *job)
+{
+	ListCell   *lc;
+
+	foreach(lc, job->attempts)
+	{
+		Igny8Attempt *a = lfirst(lc);
+		Igny8UsageRow row;
+		bool		last = (lnext(job->attempts, lc) == NULL);
+
+		if (!a->sent || a->logged)
+			continue;
+		memset(&row, 0, sizeof(row));
+		row.request_id = job->request_id;
+		row.at = a->at;
+		row.has_account = job->has_account;
+		row.account_id = job->account_id;
+		row.provider = a->provider;
+		row.task = task_name(job->task);
+		row.alias = job->alias;
+		row.model = (a->success && job->result.model) ?
+			job->result.model : a->model;
+		row.input_tokens = a->input_tokens;
+		row.output_tokens = a->output_tokens;
+		row.cost = 0;
+		row.duration_ms = a->duration_ms;
+		row.http_status = a->http_status;
+		row.success = a->success;
+		row.error = a->error;
+		row.attempt = a->number;
+		if (igny8_log_content)
+		{
+			row.prompt = job->request_json;
+			if (a->success && last)
+				row.response = job->result.content;
+		}
+		igny8_usage_insert(config->schema, &row);
+	}
+}
+
+/*
+ * Write the usage rows of every attempt not yet logged, and send the
+ * pending NOTIFYs, in one transaction.  If that fails, the answers that
+ * depended on it become errors: a caller is never told of a success whose
+ * usage row is not committed.  Either way no row is written twice.
+ */
+void
+igny8_usage_flush(Igny8Config *config)
+{
+	dlist_iter	iter;
+	ListCell   *lc;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (!anything_to_write())
+		return;
+
+	PG_TRY();
+	{
+		igny8_worker_begin("igny8_ai: writing ai_usage_log");
+		if (config == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("extension \"igny8_ai\" is not installed")));
+		dlist_foreach(iter, &igny8_jobs)
+			insert_job_rows(config, dlist_container(Igny8Job, node, iter.cur));
+		foreach(lc, igny8_pending_notifies)
+			Async_Notify("igny8_ai_health", (char *) lfirst(lc));
+		igny8_worker_commit();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		igny8_worker_recover();
+		/* the rows are lost; say so to the callers rather than loop */
+		dlist_foreach(iter, &igny8_jobs)
+		{
+			Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+			if (job->state == JOB_FINISHED && job->success)
+			{
+				MemoryContext old = MemoryContextSwitchTo(job->cxt);
+
+				igny8_job_finish_error(job, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+									   pstrdup("could not write ai_usage_log"),
+									   pstrdup("The provider answered, but the usage row could not be written; see the server log."),
+									   NULL);
+				MemoryContextSwitchTo(old);
+			}
+		}
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+
+	/* sent, or lost with the transaction: never twice */
+	list_free_deep(igny8_pending_notifies);
+	igny8_pending_notifies = NIL;
+
+	/* logged, or given up on: never write them twice */
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+		foreach(lc, job->attempts)
+			((Igny8Attempt *) lfirst(lc))->logged = true;
+	}
 }

@@ -1,10 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * worker.h
- *	  The background worker's modules: its cached configuration (config.c),
- *	  API key references (secrets.c), routing (router.c), the libcurl multi
- *	  loop (http.c) and the usage log (usage.c).  These run only in an
- *	  igny8_ai worker.
+ *	  The background worker's modules: the main loop (worker.c), the jobs it
+ *	  holds (job.c) and the health probes among them (probe.c), its cached
+ *	  configuration (config.c), API key references (secrets.c), routing
+ *	  (router.c), the libcurl multi loop (http.c), provider text into the
+ *	  database encoding (encoding.c) and the usage log (usage.c).  These
+ *	  run only in an igny8_ai worker.
  *
  *-------------------------------------------------------------------------
  */
@@ -15,6 +17,7 @@
 
 #include <curl/curl.h>
 
+#include "lib/ilist.h"
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "utils/timestamp.h"
@@ -39,6 +42,8 @@ typedef struct Igny8Provider
 	int			max_concurrent;
 	char	   *proxy;			/* settings.proxy, or NULL: no proxy */
 	char	   *ca_file;		/* settings.ca_file: CA bundle to trust */
+	bool		check_models;	/* settings.check_models: the probe compares
+								 * the configured models (default true) */
 	int			shared_index;	/* in igny8_shared->providers, or -1 */
 	cJSON	   *settings;		/* the provider's own settings, or NULL */
 } Igny8Provider;
@@ -50,6 +55,7 @@ typedef struct Igny8Deployment
 	char	   *model;			/* provider-side model */
 	Igny8Task	task;			/* IGNY8_TASK_TEXT or IGNY8_TASK_IMAGE */
 	int			timeout_ms;
+	int			queue_timeout_ms;	/* longest wait for a provider place */
 	int			max_tokens;		/* cap; 0 = none */
 	int			weight;
 	bool		enabled;
@@ -76,6 +82,7 @@ typedef struct Igny8Config
 } Igny8Config;
 
 extern Igny8Config *igny8_config_load(void);
+extern int	igny8_interval_ms(Datum interval);
 extern Igny8Provider *igny8_config_provider(Igny8Config *config,
 											const char *id);
 extern void igny8_config_release(Igny8Config *config);
@@ -84,7 +91,9 @@ extern char *igny8_extension_schema(void);
 /* ----- secrets.c ----- */
 
 extern char *igny8_resolve_key(const char *ref, char **error);
+extern const char *igny8_key_ref_display(const char *ref);
 extern char *igny8_redact(const char *text, const char *key);
+extern char *igny8_redact_body(char *body, size_t *len, const char *key);
 
 /* ----- router.c ----- */
 
@@ -121,6 +130,7 @@ typedef struct Igny8Transfer
 	char		errbuf[CURL_ERROR_SIZE];
 	void	   *owner;
 	bool		finished;
+	bool		in_multi;		/* added to the multi handle */
 } Igny8Transfer;
 
 extern void igny8_http_init(void);
@@ -139,6 +149,131 @@ extern bool igny8_http_too_large(Igny8Transfer *t);
 extern bool igny8_http_local_failure(Igny8Transfer *t);
 extern const char *igny8_http_failure_kind(Igny8Transfer *t);
 extern Igny8ErrorClass igny8_http_classify_transport(Igny8Transfer *t);
+
+/* ----- encoding.c ----- */
+
+extern void igny8_encoding_init(void);
+extern char *igny8_from_db(const char *text);
+extern char *igny8_to_db_exact(const char *utf8);
+extern char *igny8_to_db_lossy(const char *utf8);
+
+/* ----- job.c, probe.c ----- */
+
+typedef enum Igny8JobState
+{
+	JOB_READY,					/* start the next attempt now */
+	JOB_WAIT_PLACE,				/* in its provider's wait queue */
+	JOB_HTTP,					/* transfer in flight */
+	JOB_BACKOFF,				/* retry at wake_at */
+	JOB_FINISHED				/* outcome known; publish after logging */
+} Igny8JobState;
+
+/* One attempt on one deployment, for the usage log and the error detail. */
+typedef struct Igny8Attempt
+{
+	int			number;
+	const char *provider;
+	const char *model;
+	TimestampTz at;
+	long		http_status;	/* 0: no HTTP answer */
+	bool		success;
+	char	   *error;			/* in the database encoding */
+	int64		input_tokens;
+	int64		output_tokens;
+	double		duration_ms;
+	bool		sent;			/* reached the network: gets a usage row */
+	bool		logged;
+} Igny8Attempt;
+
+/* A request the worker holds, from its slot to its answer. */
+typedef struct Igny8Job
+{
+	dlist_node	node;
+	int			slotno;
+	MemoryContext cxt;			/* everything of the job; deleted with it */
+	Igny8Config *config;		/* the configuration it was routed with */
+
+	/* the request */
+	Igny8Task	task;
+	pg_uuid_t	request_id;
+	char	   *alias;
+	bool		has_account;
+	int64		account_id;
+	int			timeout_ms;
+	TimestampTz deadline;
+	TimestampTz started;
+	char	   *request_json;	/* UTF-8, as the caller converted it */
+	Igny8Message *messages;
+	int			nmessages;
+	bool		has_max_tokens;
+	int			max_tokens;
+	bool		has_temperature;
+	double		temperature;
+
+	/* routing */
+	Igny8Deployment **cands;
+	int			ncands;
+	int			cand;			/* current candidate */
+	int			retries;		/* retries spent on the current candidate */
+	bool		omit_think;
+
+	/* progress */
+	Igny8JobState state;
+	TimestampTz wake_at;		/* BACKOFF: retry then; WAIT_PLACE: give up */
+	TimestampTz wait_since;		/* WAIT_PLACE: joined the queue */
+	TimestampTz attempt_start;
+	Igny8Transfer *transfer;
+	int			holding;		/* provider whose place it holds, or -1 */
+	List	   *attempts;		/* of Igny8Attempt */
+	bool		abandoned;
+
+	/* outcome */
+	bool		success;
+	int			sqlerrcode;
+	char	   *errmsg;
+	char	   *errdetail;
+	char	   *errhint;
+	Igny8TextResult result;		/* content and thinking in the database
+								 * encoding, the rest UTF-8 */
+	Igny8Deployment *used;
+
+	/* health probes (task IGNY8_TASK_HEALTH) */
+	Igny8Provider *probe;		/* the provider probed */
+	Igny8ProbeResult probe_result;
+	long		probe_status;	/* HTTP status, 0 if none */
+	const char *probe_code;		/* short reason, for NOTIFY */
+	Igny8HealthChange probe_change;
+} Igny8Job;
+
+/* this worker's index, its jobs, and NOTIFY payloads not yet sent */
+extern int	igny8_worker_index;
+extern dlist_head igny8_jobs;
+extern List *igny8_pending_notifies;
+
+extern Igny8Job *igny8_job_create(int slotno);
+extern void igny8_job_route(Igny8Job *job, Igny8Config *config,
+							const char *load_error);
+extern bool igny8_job_advance(Igny8Job *job, TimestampTz now);
+extern TimestampTz igny8_job_next_timeout(Igny8Job *job);
+extern void igny8_job_transfer_done(Igny8Job *job, Igny8Transfer *t);
+extern void igny8_job_abort(Igny8Job *job, const char *why);
+extern bool igny8_job_sent(Igny8Job *job);
+extern void igny8_job_finish_error(Igny8Job *job, int sqlerrcode, char *msg,
+								   char *detail, char *hint);
+extern void igny8_job_publish(Igny8Job *job);
+extern void igny8_job_requeue(Igny8Job *job);
+extern Igny8Attempt *igny8_job_add_attempt(Igny8Job *job, Igny8Deployment *d);
+extern void igny8_job_queue_notify(const char *provider,
+								   const Igny8HealthChange *change,
+								   const char *code);
+
+extern void igny8_probe_start(Igny8Job *job, TimestampTz now);
+extern void igny8_probe_done(Igny8Job *job, Igny8Transfer *t);
+
+/* worker.c: the worker's transactions */
+extern void igny8_worker_begin(const char *what);
+extern void igny8_worker_commit(void);
+extern void igny8_worker_recover(void);
 
 /* ----- usage.c ----- */
 
@@ -166,5 +301,6 @@ typedef struct Igny8UsageRow
 
 extern void igny8_usage_reset(void);
 extern void igny8_usage_insert(const char *schema, const Igny8UsageRow *row);
+extern void igny8_usage_flush(Igny8Config *config);
 
 #endif							/* IGNY8_WORKER_H */

@@ -1,0 +1,904 @@
+/*-------------------------------------------------------------------------
+ *
+ * job.c
+ *	  The requests a worker holds ("jobs"), from the slot it took them from
+ *	  to the answer it hands back: routing, a provider place, one attempt
+ *	  after another with retries and fallbacks, and publishing.
+ *
+ * A job moves through
+ *
+ *	READY --> WAIT_PLACE --> READY   (its provider's places were all taken;
+ *									  it waits its turn, at most its
+ *									  deployment's queue_timeout)
+ *	READY --> HTTP --> READY / BACKOFF / FINISHED
+ *	BACKOFF --> READY				 (at wake_at)
+ *
+ * and is FINISHED by success, a caller error, the last candidate failing,
+ * the deadline, its caller leaving, or the worker stopping.  Its attempts
+ * are written to ai_usage_log (usage.c) before it is published, and its
+ * memory is one context deleted with it.  Strings are UTF-8 inside the
+ * worker; what is published is converted to the database encoding.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
+
+#include "worker.h"
+
+#define IGNY8_DEFAULT_MAX_TOKENS 4096
+/* an attempt is not started with less time than this before the deadline */
+#define IGNY8_MIN_ATTEMPT_MS	100
+
+int			igny8_worker_index = -1;
+dlist_head	igny8_jobs = DLIST_STATIC_INIT(igny8_jobs);
+List	   *igny8_pending_notifies = NIL;
+
+static void next_candidate(Igny8Job *job, TimestampTz now);
+
+void
+igny8_job_finish_error(Igny8Job *job, int sqlerrcode, char *msg,
+					   char *detail, char *hint)
+{
+	job->state = JOB_FINISHED;
+	job->success = false;
+	job->sqlerrcode = sqlerrcode;
+	job->errmsg = msg;
+	job->errdetail = detail;
+	job->errhint = hint;
+}
+
+/* Parse the normalized request the caller wrote. */
+static bool
+parse_request(Igny8Job *job)
+{
+	cJSON	   *req = cJSON_Parse(job->request_json);
+	cJSON	   *msgs = cJSON_GetObjectItemCaseSensitive(req, "messages");
+	cJSON	   *m;
+	cJSON	   *item;
+	int			i = 0;
+
+	if (!cJSON_IsArray(msgs))
+		return false;
+	job->nmessages = cJSON_GetArraySize(msgs);
+	job->messages = palloc0(sizeof(Igny8Message) * Max(job->nmessages, 1));
+	cJSON_ArrayForEach(m, msgs)
+	{
+		cJSON	   *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+		cJSON	   *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+
+		if (!cJSON_IsString(role) || !cJSON_IsString(content))
+			return false;
+		job->messages[i].role = role->valuestring;
+		job->messages[i].content = content->valuestring;
+		i++;
+	}
+	item = cJSON_GetObjectItemCaseSensitive(req, "max_tokens");
+	if (cJSON_IsNumber(item))
+	{
+		job->has_max_tokens = true;
+		job->max_tokens = item->valueint;
+	}
+	item = cJSON_GetObjectItemCaseSensitive(req, "temperature");
+	if (cJSON_IsNumber(item))
+	{
+		job->has_temperature = true;
+		job->temperature = item->valuedouble;
+	}
+	/* the tree stays alive in job->cxt: messages point into it */
+	return true;
+}
+
+/*
+ * Turn a slot this worker claimed (RUNNING) into a job.  Nothing here can
+ * fail but out of memory; a malformed request finishes the job at once.
+ */
+Igny8Job *
+igny8_job_create(int slotno)
+{
+	Igny8Slot  *slot = &igny8_slots[slotno];
+	Igny8Job   *job;
+	MemoryContext cxt;
+	MemoryContext old;
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "igny8_ai job",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	job = palloc0(sizeof(Igny8Job));
+	job->cxt = cxt;
+	job->slotno = slotno;
+	job->task = slot->task;
+	job->request_id = slot->request_id;
+	job->alias = igny8_from_db(slot->alias);
+	job->has_account = slot->has_account;
+	job->account_id = slot->account_id;
+	job->timeout_ms = slot->timeout_ms;
+	job->deadline = slot->deadline;
+	job->started = GetCurrentTimestamp();
+	job->request_json = pstrdup(dsa_get_address(igny8_dsa(), slot->request));
+	job->holding = -1;
+	job->state = JOB_READY;
+	dlist_push_tail(&igny8_jobs, &job->node);
+	pg_atomic_fetch_add_u32(&igny8_shared->workers[igny8_worker_index].in_flight, 1);
+
+	if (job->task != IGNY8_TASK_HEALTH && !parse_request(job))
+		igny8_job_finish_error(job, ERRCODE_INTERNAL_ERROR,
+							   pstrdup("igny8_ai received a malformed request"),
+							   NULL, NULL);
+	MemoryContextSwitchTo(old);
+	return job;
+}
+
+/*
+ * Route a new job with the worker's configuration: the candidates of its
+ * alias, or the provider a probe is for.  config is NULL when it could not
+ * be loaded; load_error then says why (NULL: the extension is not
+ * installed).
+ */
+void
+igny8_job_route(Igny8Job *job, Igny8Config *config, const char *load_error)
+{
+	MemoryContext old;
+	Igny8RouteError rerr;
+
+	if (job->state == JOB_FINISHED)
+		return;
+	old = MemoryContextSwitchTo(job->cxt);
+	if (config == NULL && load_error != NULL)
+		igny8_job_finish_error(job, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+							   pstrdup("igny8_ai workers could not load their configuration"),
+							   psprintf("%s", load_error),
+							   pstrdup("See the server log; if igny8_ai.username is set, that role needs the grants of igny8_grant_worker()."));
+	else if (config == NULL)
+		igny8_job_finish_error(job, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+							   psprintf("extension \"igny8_ai\" is not installed in database \"%s\"",
+										igny8_database),
+							   pstrdup("The igny8_ai workers serve the database named by igny8_ai.database."),
+							   pstrdup("Run CREATE EXTENSION igny8_ai in that database, and commit it before calling."));
+	else if (job->task == IGNY8_TASK_HEALTH)
+	{
+		job->probe = igny8_config_provider(config, job->alias);
+		if (job->probe == NULL)
+			igny8_job_finish_error(job, ERRCODE_UNDEFINED_OBJECT,
+								   psprintf("provider \"%s\" does not exist",
+											job->alias), NULL, NULL);
+	}
+	else if (!igny8_route(config, job->alias, job->task, &job->cands,
+						  &job->ncands, &rerr))
+		igny8_job_finish_error(job, rerr.sqlerrcode, rerr.message,
+							   rerr.detail, rerr.hint);
+	if (job->state != JOB_FINISHED)
+	{
+		job->config = config;
+		config->refcount++;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+Igny8Attempt *
+igny8_job_add_attempt(Igny8Job *job, Igny8Deployment *d)
+{
+	Igny8Attempt *a = palloc0(sizeof(Igny8Attempt));
+
+	a->number = list_length(job->attempts) + 1;
+	a->provider = d->provider->id;
+	a->model = d->model;
+	a->at = GetCurrentTimestamp();
+	job->attempts = lappend(job->attempts, a);
+	return a;
+}
+
+/* Give back the provider place the job holds, if any. */
+static void
+release_place(Igny8Job *job)
+{
+	if (job->holding >= 0)
+	{
+		igny8_place_release(igny8_worker_index, job->holding);
+		job->holding = -1;
+	}
+}
+
+/* Leave the provider's wait queue, if the job is in one. */
+static void
+leave_queue(Igny8Job *job)
+{
+	if (job->wait_since != 0)
+	{
+		igny8_place_leave_queue(job->slotno);
+		job->wait_since = 0;
+	}
+}
+
+/* Text of the attempts so far, for the detail of a final error. */
+static char *
+attempts_detail(Igny8Job *job)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	foreach(lc, job->attempts)
+	{
+		Igny8Attempt *a = lfirst(lc);
+
+		if (buf.len > 0)
+			appendStringInfoChar(&buf, '\n');
+		appendStringInfo(&buf, "Attempt %d: provider \"%s\", model \"%s\": ",
+						 a->number, a->provider, a->model);
+		if (a->http_status > 0)
+			appendStringInfo(&buf, "HTTP %ld: ", a->http_status);
+		appendStringInfoString(&buf, a->error ? a->error : "failed");
+		if (buf.data[buf.len - 1] != '.')
+			appendStringInfoChar(&buf, '.');
+	}
+	if (buf.len == 0)
+		appendStringInfoString(&buf, "No attempt could be made.");
+	return buf.data;
+}
+
+static char *
+request_id_text(Igny8Job *job)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out,
+											   UUIDPGetDatum(&job->request_id)));
+}
+
+/* The hint of a final error: where the attempts are logged, if anywhere. */
+static char *
+final_hint(Igny8Job *job, const char *advice)
+{
+	if (igny8_job_sent(job))
+		return psprintf("%s The attempts are in ai_usage_log with request_id %s.",
+						advice, request_id_text(job));
+	return pstrdup(advice);
+}
+
+/* Every candidate failed, or the deadline passed. */
+static void
+finish_exhausted(Igny8Job *job, bool deadline)
+{
+	if (deadline)
+		igny8_job_finish_error(job, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+							   psprintf("AI request for model alias \"%s\" timed out after %d ms",
+										job->alias, job->timeout_ms),
+							   attempts_detail(job),
+							   final_hint(job, "Pass a longer timeout, or raise igny8_ai.default_timeout."));
+	else
+		igny8_job_finish_error(job, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+							   psprintf("all providers failed for model alias \"%s\"",
+										job->alias),
+							   attempts_detail(job),
+							   final_hint(job, "Check the providers in igny8_providers."));
+}
+
+/* Too little time is left for another attempt? */
+static bool
+deadline_reached(Igny8Job *job, TimestampTz now)
+{
+	return TimestampTzPlusMilliseconds(now, IGNY8_MIN_ATTEMPT_MS) > job->deadline;
+}
+
+/*
+ * Move on to the next candidate, or give up.  When the deadline is what
+ * ended the last candidate, the caller is told so.
+ */
+static void
+next_candidate(Igny8Job *job, TimestampTz now)
+{
+	job->cand++;
+	job->retries = 0;
+	job->omit_think = false;
+	if (job->cand >= job->ncands)
+		finish_exhausted(job, deadline_reached(job, now));
+	else
+		job->state = JOB_READY;
+}
+
+static int
+effective_max_tokens(Igny8Job *job, Igny8Deployment *d)
+{
+	if (job->has_max_tokens)
+		return (d->max_tokens > 0) ? Min(job->max_tokens, d->max_tokens) :
+			job->max_tokens;
+	return (d->max_tokens > 0) ? d->max_tokens : IGNY8_DEFAULT_MAX_TOKENS;
+}
+
+/* Record in the slot that an attempt reached the network. */
+static void
+mark_sent(Igny8Job *job)
+{
+	Igny8Slot  *slot = &igny8_slots[job->slotno];
+
+	SpinLockAcquire(&slot->mutex);
+	slot->sent = true;
+	SpinLockRelease(&slot->mutex);
+}
+
+/*
+ * Take a place on the candidate's provider, or wait in its queue.  False
+ * when the job must wait (JOB_WAIT_PLACE) or moved on to another candidate.
+ */
+static bool
+take_place(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
+{
+	Igny8Provider *p = d->provider;
+
+	if (p->shared_index < 0)
+		return true;			/* no shared state: no limit */
+	if (igny8_place_take(igny8_worker_index, p->shared_index, job->slotno))
+	{
+		job->wait_since = 0;
+		job->holding = p->shared_index;
+		return true;
+	}
+	if (job->wait_since == 0)
+	{
+		job->wait_since = now;
+		job->wake_at = TimestampTzPlusMilliseconds(now, d->queue_timeout_ms);
+		job->wake_at = Min(job->wake_at, job->deadline);
+	}
+	if (now >= job->wake_at)
+	{
+		/* waited long enough (or not at all: queue_timeout 0) */
+		Igny8Attempt *a = igny8_job_add_attempt(job, d);
+
+		a->error = psprintf("no free place after %ld ms (max_concurrent %d, %d waiting)",
+							(long) ((now - job->wait_since) / 1000),
+							p->max_concurrent,
+							igny8_place_waiting(p->shared_index));
+		leave_queue(job);
+		next_candidate(job, now);
+		return false;
+	}
+	job->state = JOB_WAIT_PLACE;
+	return false;
+}
+
+/* Start an attempt on the current candidate. */
+static void
+start_attempt(Igny8Job *job, TimestampTz now)
+{
+	Igny8Deployment *d;
+	Igny8Provider *p;
+	const Igny8TextProtocol *proto;
+	Igny8TextRequest req;
+	Igny8HttpRequest http;
+	long		remaining_ms;
+
+	if (job->task == IGNY8_TASK_HEALTH)
+	{
+		igny8_probe_start(job, now);
+		return;
+	}
+	d = job->cands[job->cand];
+	p = d->provider;
+	proto = igny8_text_protocol(p->kind);
+
+	if (deadline_reached(job, now))
+	{
+		leave_queue(job);
+		finish_exhausted(job, true);
+		return;
+	}
+	remaining_ms = (long) ((job->deadline - now) / 1000);
+
+	/* a provider we cannot authenticate to is skipped, not called */
+	if (p->key_error != NULL ||
+		(proto != NULL && proto->needs_key && p->key == NULL))
+	{
+		Igny8Attempt *a = igny8_job_add_attempt(job, d);
+
+		if (p->key_error)
+			a->error = psprintf("API key reference %s could not be resolved: %s",
+								igny8_key_ref_display(p->key_ref), p->key_error);
+		else
+			a->error = pstrdup("no API key configured (api_key_ref is empty)");
+		next_candidate(job, now);
+		return;
+	}
+	if (proto == NULL)
+	{
+		Igny8Attempt *a = igny8_job_add_attempt(job, d);
+
+		a->error = psprintf("provider kind \"%s\" cannot serve text",
+							igny8_provider_kind_name(p->kind));
+		next_candidate(job, now);
+		return;
+	}
+
+	if (!take_place(job, d, now))
+		return;
+
+	memset(&req, 0, sizeof(req));
+	req.model = d->model;
+	req.messages = job->messages;
+	req.nmessages = job->nmessages;
+	req.max_tokens = effective_max_tokens(job, d);
+	req.has_temperature = job->has_temperature;
+	req.temperature = job->temperature;
+	req.settings = d->settings;
+	req.omit_think = job->omit_think;
+	memset(&http, 0, sizeof(http));
+	proto->build_chat(&req, p->key, &http);
+
+	job->transfer = igny8_http_start(p->base_url, &http,
+									 (int) Min((long) d->timeout_ms, remaining_ms),
+									 p->connect_timeout_ms, p->proxy,
+									 p->ca_file, job);
+	job->attempt_start = now;
+	job->state = JOB_HTTP;
+	mark_sent(job);
+}
+
+/*
+ * Let a job make progress: a backoff that is over, a place that may be
+ * free, an attempt to start.  True when a transfer was started.
+ */
+bool
+igny8_job_advance(Igny8Job *job, TimestampTz now)
+{
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+	bool		started = false;
+
+	if ((job->state == JOB_BACKOFF || job->state == JOB_WAIT_PLACE) &&
+		now >= job->deadline)
+	{
+		leave_queue(job);
+		finish_exhausted(job, true);
+	}
+	if (job->state == JOB_BACKOFF && job->wake_at <= now)
+		job->state = JOB_READY;
+	if (job->state == JOB_WAIT_PLACE)
+		job->state = JOB_READY; /* start_attempt asks for the place again */
+	/* next_candidate may leave the job READY again: loop */
+	while (job->state == JOB_READY)
+	{
+		start_attempt(job, now);
+		if (job->state == JOB_HTTP)
+			started = true;
+	}
+	MemoryContextSwitchTo(old);
+	return started;
+}
+
+/* When the job needs looking at again, if nothing else happens. */
+TimestampTz
+igny8_job_next_timeout(Igny8Job *job)
+{
+	switch (job->state)
+	{
+		case JOB_BACKOFF:
+		case JOB_WAIT_PLACE:
+			return Min(job->wake_at, job->deadline);
+		case JOB_READY:
+		case JOB_FINISHED:
+			return 0;
+		case JOB_HTTP:
+			break;
+	}
+	return job->deadline;
+}
+
+/* Queue a NOTIFY igny8_ai_health for the next usage transaction. */
+void
+igny8_job_queue_notify(const char *provider, const Igny8HealthChange *change,
+					   const char *code)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	igny8_pending_notifies = lappend(igny8_pending_notifies,
+									 igny8_health_payload(provider, change,
+														  code));
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Feed the outcome of a request attempt to its provider's health: a
+ * transport failure or a 5xx counts against it, any other HTTP answer shows
+ * it is up.  A change of state is logged at once and announced with NOTIFY
+ * in the worker's next transaction.
+ */
+static void
+report_request_health(Igny8Provider *p, Igny8Transfer *t, Igny8Attempt *a)
+{
+	Igny8HealthChange change;
+	bool		ok;
+	const char *error = NULL;
+	const char *code;
+
+	if (igny8_http_too_large(t) || igny8_http_local_failure(t))
+		return;					/* says nothing about the provider */
+	ok = (t->result == CURLE_OK && t->status < 500);
+	if (!ok)
+		error = (a->http_status > 0) ?
+			psprintf("HTTP %ld: %s", a->http_status, a->error) : a->error;
+	igny8_health_report(p->shared_index, ok, false, false, a->duration_ms,
+						error, &change);
+	if (!change.changed)
+		return;
+	igny8_health_alert(p->id, &change, error ? igny8_to_db_lossy(error) : NULL);
+	if (ok)
+		code = "ok";
+	else if (t->result != CURLE_OK)
+		code = igny8_http_failure_kind(t);
+	else
+		code = psprintf("http_%ld", t->status);
+	igny8_job_queue_notify(p->id, &change, code);
+}
+
+/*
+ * Convert a successful answer's text to the database encoding.  False (with
+ * the attempt's error set) when it cannot be represented there.
+ */
+static bool
+answer_to_db(Igny8Job *job, Igny8Attempt *a)
+{
+	char	   *content = igny8_to_db_exact(job->result.content);
+	char	   *thinking = NULL;
+
+	if (content != NULL && job->result.thinking != NULL)
+		thinking = igny8_to_db_exact(job->result.thinking);
+	if (content == NULL || (job->result.thinking != NULL && thinking == NULL))
+	{
+		a->error = psprintf("the answer has characters that the database encoding %s cannot represent",
+							GetDatabaseEncodingName());
+		return false;
+	}
+	job->result.content = content;
+	job->result.thinking = thinking;
+	return true;
+}
+
+/* A transfer of this job ended: success, retry, fall back or stop. */
+void
+igny8_job_transfer_done(Igny8Job *job, Igny8Transfer *t)
+{
+	Igny8Deployment *d;
+	Igny8Provider *p;
+	Igny8Attempt *a;
+	Igny8ErrorClass cls;
+	Igny8ProviderError perr;
+	double		retry_after = -1;
+	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext old;
+
+	if (job->task == IGNY8_TASK_HEALTH)
+	{
+		igny8_probe_done(job, t);
+		return;
+	}
+	d = job->cands[job->cand];
+	p = d->provider;
+	old = MemoryContextSwitchTo(job->cxt);
+
+	release_place(job);
+	job->transfer = NULL;
+
+	a = igny8_job_add_attempt(job, d);
+	a->at = job->attempt_start;
+	a->sent = true;
+	a->duration_ms = (double) (now - job->attempt_start) / 1000.0;
+	a->http_status = (t->result == CURLE_OK) ? t->status : 0;
+	memset(&perr, 0, sizeof(perr));
+
+	if (t->result != CURLE_OK)
+	{
+		cls = igny8_http_too_large(t) ? IGNY8_ERR_FALLBACK :
+			igny8_http_classify_transport(t);
+		a->error = pstrdup(igny8_http_error_text(t));
+		/* a dropped connection is worth one retry, not more */
+		if (cls == IGNY8_ERR_RETRY && job->retries >= 1)
+			cls = IGNY8_ERR_FALLBACK;
+	}
+	else
+	{
+		Igny8HttpResponse resp;
+		size_t		len = t->len;
+
+		resp.status = t->status;
+		/* no key may survive into anything parsed or cut out of the body */
+		resp.body = t->body ? igny8_redact_body(t->body, &len, p->key) : "";
+		resp.body_len = t->body ? len : 0;
+		resp.retry_after = t->retry_after;
+		resp.should_retry = t->should_retry;
+		memset(&job->result, 0, sizeof(job->result));
+
+		if (igny8_text_protocol(p->kind)->parse_chat(&resp, &job->result,
+													 &perr))
+		{
+			job->result.model = igny8_redact(job->result.model, p->key);
+			job->result.finish_reason = igny8_redact(job->result.finish_reason,
+													 p->key);
+			if (answer_to_db(job, a))
+			{
+				a->success = true;
+				a->input_tokens = job->result.input_tokens;
+				a->output_tokens = job->result.output_tokens;
+				job->used = d;
+				job->success = true;
+				job->state = JOB_FINISHED;
+				cls = IGNY8_ERR_NONE;
+			}
+			else
+				cls = IGNY8_ERR_FALLBACK;
+		}
+		else
+		{
+			cls = perr.cls;
+			retry_after = perr.retry_after;
+			if (cls == IGNY8_ERR_RETRY && perr.retry_once && job->retries >= 1)
+				cls = IGNY8_ERR_FALLBACK;
+			a->error = igny8_redact(perr.message ? perr.message :
+									"request failed", p->key);
+		}
+	}
+	report_request_health(p, t, a);
+	igny8_http_free(t);
+
+	if (perr.drop_think && !job->omit_think)
+	{
+		/* retry at once without "think" (protocols.md 1.4) */
+		job->omit_think = true;
+		job->state = JOB_READY;
+		cls = IGNY8_ERR_NONE;
+	}
+
+	switch (cls)
+	{
+		case IGNY8_ERR_NONE:
+			break;				/* answered, or retried at once */
+		case IGNY8_ERR_CALLER:
+			igny8_job_finish_error(job, ERRCODE_INVALID_PARAMETER_VALUE,
+								   psprintf("provider \"%s\" rejected the request for model alias \"%s\"",
+											p->id, job->alias),
+								   attempts_detail(job),
+								   pstrdup("The request itself was refused, so no other provider was tried."));
+			break;
+		case IGNY8_ERR_RETRY:
+			if (job->retries < igny8_max_retries)
+			{
+				long		wait = igny8_backoff_ms(job->retries, retry_after);
+				TimestampTz at = TimestampTzPlusMilliseconds(now, wait);
+
+				if (at < job->deadline)
+				{
+					job->retries++;
+					job->wake_at = at;
+					job->state = JOB_BACKOFF;
+					break;
+				}
+				a->error = psprintf("%s (retry in %ld ms would pass the deadline)",
+									a->error, wait);
+			}
+			next_candidate(job, now);
+			break;
+		default:
+			next_candidate(job, now);
+			break;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* Did an attempt of the job reach the network? */
+bool
+igny8_job_sent(Igny8Job *job)
+{
+	ListCell   *lc;
+
+	if (job->transfer != NULL)
+		return true;
+	foreach(lc, job->attempts)
+	{
+		if (((Igny8Attempt *) lfirst(lc))->sent)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Stop a job now: its caller left, or the worker is stopping.  A transfer
+ * in flight is aborted (which closes its connection) and logged with why;
+ * a place held or awaited is given up.
+ */
+void
+igny8_job_abort(Igny8Job *job, const char *why)
+{
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+
+	if (job->transfer && job->task == IGNY8_TASK_HEALTH)
+	{
+		igny8_http_free(job->transfer);
+		job->transfer = NULL;
+	}
+	else if (job->transfer)
+	{
+		Igny8Attempt *a = igny8_job_add_attempt(job, job->cands[job->cand]);
+
+		a->at = job->attempt_start;
+		a->sent = true;
+		a->duration_ms = (double) (GetCurrentTimestamp() - job->attempt_start) / 1000.0;
+		a->error = pstrdup(why);
+		igny8_http_free(job->transfer);
+		job->transfer = NULL;
+	}
+	leave_queue(job);
+	release_place(job);
+	if (job->state != JOB_FINISHED)
+		igny8_job_finish_error(job, ERRCODE_OPERATOR_INTERVENTION,
+							   psprintf("AI request for model alias \"%s\" was interrupted",
+										job->alias),
+							   attempts_detail(job),
+							   final_hint(job, "Retry the call."));
+	MemoryContextSwitchTo(old);
+}
+
+/* Forget a job: its memory, its configuration reference, its count. */
+static void
+forget(Igny8Job *job)
+{
+	dlist_delete(&job->node);
+	pg_atomic_fetch_sub_u32(&igny8_shared->workers[igny8_worker_index].in_flight, 1);
+	if (job->config)
+		igny8_config_release(job->config);
+	MemoryContextDelete(job->cxt);
+}
+
+/*
+ * Put the request of a job that sent nothing back into this worker's queue
+ * (the worker is stopping: whoever serves the queue next runs it from the
+ * start), and forget the job.
+ */
+void
+igny8_job_requeue(Igny8Job *job)
+{
+	Igny8Slot  *slot = &igny8_slots[job->slotno];
+	bool		gone;
+
+	leave_queue(job);
+	release_place(job);
+	SpinLockAcquire(&slot->mutex);
+	gone = (slot->state == IGNY8_SLOT_ABANDONED);
+	if (!gone)
+	{
+		slot->state = IGNY8_SLOT_QUEUED;
+		slot->claimed = false;
+	}
+	SpinLockRelease(&slot->mutex);
+	if (gone)
+		igny8_slot_release(job->slotno);
+	else if (!igny8_queue_push(igny8_worker_index, job->slotno))
+		elog(LOG, "igny8_ai worker queue %d is full", igny8_worker_index);
+	forget(job);
+}
+
+/* Copy a UTF-8 label into a fixed buffer, in the database encoding. */
+static void
+copy_label(char *dst, const char *src, int size)
+{
+	char	   *db = igny8_to_db_lossy(src ? src : "");
+	int			len = pg_mbcliplen(db, strlen(db), size - 1);
+
+	memcpy(dst, db, len);
+	dst[len] = '\0';
+}
+
+static char *
+db_or_null(const char *utf8)
+{
+	return utf8 ? igny8_to_db_lossy(utf8) : NULL;
+}
+
+/* Hand a finished job's outcome to its caller, then forget the job. */
+void
+igny8_job_publish(Igny8Job *job)
+{
+	Igny8Slot  *slot = &igny8_slots[job->slotno];
+	dsa_area   *area = igny8_dsa();
+	dsa_pointer result = InvalidDsaPointer;
+	bool		gone;
+	int			procno;
+	double		duration_ms;
+	char		provider[IGNY8_NAME_LEN] = "";
+	char		model_used[IGNY8_MODEL_LEN] = "";
+	char		finish_reason[32] = "";
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+
+	if (!job->abandoned)
+	{
+		if (job->success && job->task == IGNY8_TASK_HEALTH)
+		{
+			const char *strs[2] = {db_or_null(job->probe_result.detail_json),
+			db_or_null(job->probe_result.summary)};
+
+			result = igny8_pack_strings(area, 2, strs);
+			copy_label(provider, job->probe->id, IGNY8_NAME_LEN);
+		}
+		else if (job->success)
+		{
+			/* content and thinking are in the database encoding already */
+			const char *strs[2] = {job->result.content, job->result.thinking};
+
+			result = igny8_pack_strings(area, 2, strs);
+			copy_label(provider, job->used->provider->id, IGNY8_NAME_LEN);
+			copy_label(model_used,
+					   job->result.model ? job->result.model : job->used->model,
+					   IGNY8_MODEL_LEN);
+			copy_label(finish_reason, job->result.finish_reason,
+					   sizeof(finish_reason));
+		}
+		else
+		{
+			const char *strs[3] = {db_or_null(job->errmsg),
+				db_or_null(job->errdetail),
+			db_or_null(job->errhint)};
+
+			result = igny8_pack_strings(area, 3, strs);
+		}
+
+		/* the payload area is full: the answer cannot be handed over */
+		if (!DsaPointerIsValid(result))
+		{
+			const char *strs[3] = {
+				"igny8_ai could not hand the answer over: its shared memory for payloads is full",
+				psprintf("The answer (%zu bytes) was received, and its attempt is in ai_usage_log.",
+						 job->success && job->result.content ?
+						 strlen(job->result.content) : (size_t) 0),
+				"Raise igny8_ai.payload_memory, or lower igny8_ai.max_response_size."
+			};
+
+			job->success = false;
+			job->sqlerrcode = ERRCODE_OUT_OF_MEMORY;
+			result = igny8_pack_strings(area, 3, strs);
+		}
+	}
+	duration_ms = (double) (GetCurrentTimestamp() - job->started) / 1000.0;
+
+	SpinLockAcquire(&slot->mutex);
+	gone = (slot->state == IGNY8_SLOT_ABANDONED);
+	procno = slot->caller_procno;
+	if (!gone)
+	{
+		slot->result = result;
+		slot->success = job->success;
+		slot->sqlerrcode = job->sqlerrcode;
+		slot->attempts = list_length(job->attempts);
+		slot->duration_ms = duration_ms;
+		slot->input_tokens = job->success ? job->result.input_tokens : 0;
+		slot->output_tokens = job->success ? job->result.output_tokens : 0;
+		slot->cost = 0;
+		memcpy(slot->provider, provider, IGNY8_NAME_LEN);
+		memcpy(slot->model_used, model_used, IGNY8_MODEL_LEN);
+		memcpy(slot->finish_reason, finish_reason, sizeof(finish_reason));
+		if (job->success && job->task == IGNY8_TASK_HEALTH)
+		{
+			slot->http_status = job->probe_status;
+			slot->healthy = job->probe_result.healthy;
+			slot->health_prev = job->probe_change.from;
+			slot->health_state = job->probe_change.to;
+			slot->consecutive_failures = job->probe_change.consecutive_failures;
+			strlcpy(slot->health_code, job->probe_code ? job->probe_code : "",
+					sizeof(slot->health_code));
+		}
+		slot->state = IGNY8_SLOT_DONE;
+	}
+	SpinLockRelease(&slot->mutex);
+
+	if (gone)
+	{
+		if (DsaPointerIsValid(result))
+			dsa_free(area, result);
+		igny8_slot_release(job->slotno);
+	}
+	else
+		igny8_wake_proc(procno);
+
+	MemoryContextSwitchTo(old);
+	pg_atomic_fetch_add_u64(&igny8_shared->workers[igny8_worker_index].served, 1);
+	forget(job);
+}

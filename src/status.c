@@ -1,0 +1,109 @@
+/*-------------------------------------------------------------------------
+ *
+ * status.c
+ *	  What the workers and the request slots are doing, from shared memory:
+ *	  igny8_worker_status() and igny8_slot_status(), for a DBA's monitoring
+ *	  and for tests that must wait for a confirmed state (a configuration
+ *	  the workers loaded, a slot given back) instead of sleeping.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+
+#include "igny8_ai.h"
+
+PG_FUNCTION_INFO_V1(igny8_worker_status);
+PG_FUNCTION_INFO_V1(igny8_slot_status);
+
+/*
+ * One row per configured worker: pid (NULL when it is not running), when
+ * it started, requests it holds, requests waiting in its queue, requests it
+ * served, whether it loaded the latest committed configuration, and how
+ * many postgresql.conf reloads it processed.
+ */
+Datum
+igny8_worker_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	uint64		generation;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (igny8_shared == NULL)
+		return (Datum) 0;
+	generation = pg_atomic_read_u64(&igny8_shared->config_generation);
+
+	for (int i = 0; i < igny8_shared->nworkers; i++)
+	{
+		Igny8WorkerShared *w = &igny8_shared->workers[i];
+		Datum		values[8];
+		bool		nulls[8];
+		int			procno;
+		int			pid;
+		TimestampTz started_at;
+		uint32		queued;
+
+		SpinLockAcquire(&w->mutex);
+		procno = w->procno;
+		pid = w->pid;
+		started_at = w->started_at;
+		queued = w->tail - w->head;
+		SpinLockRelease(&w->mutex);
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = Int32GetDatum(i);
+		values[1] = Int32GetDatum(pid);
+		nulls[1] = (procno < 0);
+		values[2] = TimestampTzGetDatum(started_at);
+		nulls[2] = (procno < 0);
+		values[3] = Int32GetDatum((int32) pg_atomic_read_u32(&w->in_flight));
+		values[4] = Int32GetDatum((int32) queued);
+		values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&w->served));
+		values[6] = BoolGetDatum(procno >= 0 &&
+								 pg_atomic_read_u64(&w->config_generation) >= generation);
+		values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&w->reloads));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* The request slots by state, every state listed. */
+Datum
+igny8_slot_status(PG_FUNCTION_ARGS)
+{
+	static const char *const names[] = {
+		"free", "filling", "queued", "running", "done", "abandoned"
+	};
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			counts[lengthof(names)];
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (igny8_shared == NULL)
+		return (Datum) 0;
+
+	memset(counts, 0, sizeof(counts));
+	for (int i = 0; i < igny8_shared->nslots; i++)
+	{
+		Igny8Slot  *slot = &igny8_slots[i];
+		Igny8SlotState state;
+
+		SpinLockAcquire(&slot->mutex);
+		state = slot->state;
+		SpinLockRelease(&slot->mutex);
+		if ((int) state >= 0 && (int) state < (int) lengthof(names))
+			counts[state]++;
+	}
+	for (int i = 0; i < (int) lengthof(names); i++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = CStringGetTextDatum(names[i]);
+		values[1] = Int32GetDatum(counts[i]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
