@@ -1,6 +1,11 @@
 --
 -- bad_input: every refusal is a clear error, and leaves nothing behind
 --
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
 \set VERBOSITY default
 TRUNCATE ai_usage_log;
 
@@ -43,9 +48,16 @@ SELECT igny8_generate_text('Hello', 'gpt-4', temperature => 'NaN');
 SELECT igny8_generate_text('Hello', 'gpt-4', timeout => '0 s');
 SELECT igny8_generate_text('Hello', 'gpt-4', timeout => '-1 s');
 
--- account setting
+-- account: a bigint that is not negative, however it is given
 SET igny8_ai.account_id = 'abc';
 SET igny8_ai.account_id = '12x';
+SET igny8_ai.account_id = '-5';
+SELECT igny8_generate_text('Hello', 'gpt-4', account_id => -1);
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"account_id": -1}');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"account_id": 1.5}');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"account_id": 9223372036854775808}');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"account_id": "7"}');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"max_tokens": 1e400}');
 
 -- messages
 SELECT igny8_chat(NULL, 'gpt-4');
@@ -57,6 +69,12 @@ SELECT igny8_chat('[{"role":"robot","content":"Hi"}]', 'gpt-4');
 SELECT igny8_chat('[{"role":"user","content":42}]', 'gpt-4');
 SELECT igny8_chat('[{"role":"system","content":"Only a system prompt"}]', 'gpt-4');
 SELECT igny8_chat('not json', 'gpt-4');
+-- messages over igny8_ai.max_prompt_size are refused before they are parsed
+SET igny8_ai.max_prompt_size = '1kB';
+SELECT igny8_chat(jsonb_build_array(jsonb_build_object('role', 'user', 'content', repeat('x', 5000))), 'gpt-4');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4',
+                  jsonb_build_object('max_tokens', 5, 'padding', repeat('x', 5000)));
+RESET igny8_ai.max_prompt_size;
 
 -- options
 SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '[]');
@@ -88,6 +106,10 @@ INSERT INTO igny8_providers (id, kind, base_url) VALUES ('nokind', 'gemini', 'ht
 INSERT INTO igny8_providers (id, kind, base_url) VALUES ('Bad Id', 'ollama', 'http://127.0.0.1:1');
 INSERT INTO igny8_models (alias, provider_id, provider_model) VALUES ('x', 'nosuch', 'm');
 INSERT INTO igny8_models (alias, provider_id, provider_model, max_tokens) VALUES ('x', 'openai', 'm', 0);
+-- aliases and models are limited in bytes, as the shared memory holds them
+INSERT INTO igny8_models (alias, provider_id, provider_model) VALUES (repeat('é', 40), 'openai', 'm');
+INSERT INTO igny8_models (alias, provider_id, provider_model) VALUES ('x', 'openai', repeat('é', 64));
+INSERT INTO igny8_models (alias, provider_id, provider_model, queue_timeout) VALUES ('x', 'openai', 'm', '-1 s');
 INSERT INTO igny8_fallbacks VALUES ('gpt-4', 9, 'gpt-4');
 \set VERBOSITY default
 

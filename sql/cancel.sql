@@ -3,6 +3,11 @@
 -- end the wait at once, and the worker aborts the HTTP transfer (the
 -- simulator sees the connection close)
 --
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
 TRUNCATE ai_usage_log;
 
 -- statement_timeout: SQLSTATE 57014, and the backend sees the disconnect
@@ -40,18 +45,36 @@ SELECT sim_wait_disconnect('k3');
 
 -- each cancelled attempt left a usage row saying so (bounded wait: the
 -- worker writes it right after aborting)
-DO $$
-BEGIN
-    FOR i IN 1..100 LOOP
-        EXIT WHEN (SELECT count(*) FROM ai_usage_log
-                    WHERE error_message = 'cancelled by the caller') >= 3;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END
-$$;
+SELECT wait_until($$(SELECT count(*) FROM ai_usage_log
+                      WHERE error_message = 'cancelled by the caller') >= 3$$,
+                  'three cancelled attempts in ai_usage_log');
 SELECT provider, success, error_message, http_status
   FROM ai_usage_log WHERE NOT success ORDER BY id;
 
--- every slot came back: many calls still work
-SELECT count(*) AS answered
-  FROM generate_series(1, 20) i, igny8_generate_text('Again ' || i, 'gpt-4') t;
+-- every slot came back: all are free again, as shared memory counts them
+-- (the caller frees a slot it abandoned only once its worker let go of it)
+SELECT wait_until($$(SELECT slots FROM igny8_slot_status() WHERE state = 'free')
+                     = current_setting('igny8_ai.max_in_flight')::int$$,
+                  'every request slot to be free');
+SELECT state, slots FROM igny8_slot_status() WHERE slots > 0;
+
+-- a cancelled call that waited for a provider place leaves the queue: the
+-- place goes to the next caller, and nothing stays counted
+UPDATE igny8_providers SET max_concurrent = 1 WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();
+SELECT dblink_connect('holder', 'dbname=' || current_database());
+SELECT dblink_send_query('holder',
+    $$SELECT igny8_generate_text('Holds the place [[sim ollama:delay=2 tag=k4]]', 'gpt-4')$$);
+SELECT sim_wait_arrival('k4');
+SET statement_timeout = '500ms';
+\set VERBOSITY sqlstate
+SELECT igny8_generate_text('Waits, then gives up [[sim ollama:tag=k5]]', 'gpt-4');
+\set VERBOSITY default
+RESET statement_timeout;
+SELECT * FROM dblink_get_result('holder') AS t(answer text);
+SELECT dblink_disconnect('holder');
+SELECT sim('log --tag k5 --role ollama --count') AS cancelled_reached_ollama;
+SELECT wait_until($$(SELECT in_flight = 0 AND queued = 0 FROM igny8_service_status
+                     WHERE provider = 'self_hosted_ai')$$, 'the place to be given back');
+SELECT igny8_generate_text('Next in line', 'gpt-4');
+UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';

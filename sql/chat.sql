@@ -1,6 +1,11 @@
 --
 -- chat: igny8_chat with messages, options, and the composite it returns
 --
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
 SELECT content, thinking, provider, model, input_tokens, output_tokens, cost,
        finish_reason, cached
   FROM igny8_chat(
@@ -14,8 +19,10 @@ SELECT content, provider, model, input_tokens, output_tokens, cost,
   FROM igny8_chat('[{"role":"user","content":"Hello"}]', 'gpt-4',
                   '{"max_tokens": 3, "temperature": 0.7, "timeout": 30, "account_id": 99}');
 
--- the request id is the usage log's
-SELECT request_id FROM igny8_chat('[{"role":"user","content":"Which id?"}]', 'gpt-4') \gset
+-- the request id is the usage log's; an account id above 2^53 is kept
+-- exactly (it is read as a numeric, never through a double)
+SELECT request_id FROM igny8_chat('[{"role":"user","content":"Which id?"}]', 'gpt-4',
+                                  '{"account_id": 9007199254740993}') \gset
 SELECT provider, account_id, task_type, success FROM ai_usage_log
  WHERE request_id = :'request_id';
 

@@ -2,6 +2,11 @@
 -- config: a committed change to the configuration tables reaches the
 -- workers without a restart; priority, weight and enabled are obeyed
 --
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
 TRUNCATE ai_usage_log;
 
 -- change the provider-side model: the next call uses it
@@ -16,6 +21,22 @@ UPDATE igny8_models SET provider_model = 'qwen3:8b' WHERE alias = 'gpt-4';
 ROLLBACK;
 SELECT igny8_generate_text('Which model?', 'gpt-4');
 
+-- a change made in a prepared transaction reaches them at COMMIT PREPARED,
+-- from whichever session commits it; ROLLBACK PREPARED changes nothing
+BEGIN;
+UPDATE igny8_models SET provider_model = 'qwen3:8b' WHERE alias = 'gpt-4';
+PREPARE TRANSACTION 'igny8_config_change';
+SELECT igny8_generate_text('Prepared, not committed', 'gpt-4');
+SELECT dblink_exec('dbname=' || current_database(), $$COMMIT PREPARED 'igny8_config_change'$$);
+SELECT wait_for_config();
+SELECT igny8_generate_text('Committed prepared', 'gpt-4');
+BEGIN;
+UPDATE igny8_models SET provider_model = 'qwen3:32b' WHERE alias = 'gpt-4';
+PREPARE TRANSACTION 'igny8_config_undo';
+ROLLBACK PREPARED 'igny8_config_undo';
+SELECT igny8_generate_text('Rolled back prepared', 'gpt-4');
+UPDATE igny8_models SET provider_model = 'qwen3:32b' WHERE alias = 'gpt-4';
+
 -- a new alias works at once
 INSERT INTO igny8_models (alias, provider_id, provider_model, timeout, max_tokens)
 VALUES ('writer', 'self_hosted_ai', 'qwen3:8b', '30 s', 512);
@@ -29,16 +50,18 @@ UPDATE igny8_providers SET priority = 20 WHERE id = 'openai';
 SELECT igny8_generate_text('Priority', 'writer');
 UPDATE igny8_providers SET priority = 5 WHERE id = 'openai';
 
--- equal priority: the load is spread by weight
+-- equal priority: the load is spread by weight.  With weights 9 and 1,
+-- 400 calls give the heavier about 360 (standard deviation 6); if weights
+-- were ignored it would get about 200 (deviation 10), so "at least 300"
+-- tells the two apart with no chance worth naming of either being wrong
 INSERT INTO igny8_providers (id, kind, base_url, priority)
 VALUES ('second_box', 'ollama', current_setting('igny8_test.ollama_url'), 10);
 INSERT INTO igny8_models (alias, provider_id, provider_model, weight)
-VALUES ('writer', 'second_box', 'qwen3:8b', 3);
+VALUES ('writer', 'second_box', 'qwen3:8b', 9);
 TRUNCATE ai_usage_log;
-SELECT count(*) FROM generate_series(1, 80) i,
+SELECT count(*) FROM generate_series(1, 400) i,
        igny8_generate_text('Spread ' || i, 'writer') t;
-SELECT provider, count(*) BETWEEN 40 AND 79 AS most,
-       count(*) BETWEEN 1 AND 40 AS some
+SELECT provider, count(*) >= 300 AS heavy, count(*) BETWEEN 1 AND 100 AS light
   FROM ai_usage_log GROUP BY provider ORDER BY provider;
 
 -- a disabled deployment is skipped

@@ -1,6 +1,11 @@
 --
 -- failures: timeouts, oversized and truncated responses
 --
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
 TRUNCATE ai_usage_log;
 
 -- the deployment's timeout ends a slow attempt; the fallback answers
@@ -36,15 +41,14 @@ SELECT igny8_generate_text('Small again', 'gpt-4');
 
 -- one slow request does not delay another (each worker holds many)
 TRUNCATE ai_usage_log;
-CREATE EXTENSION dblink;
 -- two slow requests, so that every worker holds one
 SELECT dblink_connect('slow', 'dbname=' || current_database());
 SELECT dblink_send_query('slow',
-    $$SELECT igny8_generate_text('Slow one [[sim ollama:delay=4]]', 'gpt-4')$$);
+    $$SELECT igny8_generate_text('Slow one [[sim ollama:delay=4 tag=sl]]', 'gpt-4')$$);
 SELECT dblink_connect('slow2', 'dbname=' || current_database());
 SELECT dblink_send_query('slow2',
-    $$SELECT igny8_generate_text('Slow two [[sim ollama:delay=4]]', 'gpt-4')$$);
-SELECT pg_sleep(0.3);
+    $$SELECT igny8_generate_text('Slow two [[sim ollama:delay=4 tag=sl]]', 'gpt-4')$$);
+SELECT sim_wait_arrival('sl', 2);
 SELECT clock_timestamp() AS t0 \gset
 SELECT igny8_generate_text('Fast one', 'gpt-4');
 SELECT clock_timestamp() - :'t0' < interval '3 s' AS not_delayed;
@@ -58,16 +62,3 @@ SELECT dblink_disconnect('slow2');
 SELECT count(*) FROM generate_series(1, 20) i,
        igny8_generate_text('Keep alive ' || i || ' [[sim ollama:tag=ka]]', 'gpt-4') t;
 SELECT sim('connections --tag ka')::int <= 2 AS reused;
-
--- a provider's max_concurrent holds requests back, across workers; what
--- exceeds it waits in order rather than failing
-UPDATE igny8_providers SET max_concurrent = 1 WHERE id = 'self_hosted_ai';
-SELECT dblink_connect('c' || i, 'dbname=' || current_database()) FROM generate_series(1, 3) i;
-SELECT dblink_send_query('c' || i,
-    $$SELECT igny8_generate_text('Limited [[sim ollama:delay=0.5 tag=mc]]', 'gpt-4')$$)
-  FROM generate_series(1, 3) i;
-SELECT r.answer FROM generate_series(1, 3) i,
-       dblink_get_result('c' || i) AS r(answer text);
-SELECT sim('max-concurrency --tag mc') AS most_at_once;
-SELECT dblink_disconnect('c' || i) FROM generate_series(1, 3) i;
-UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';

@@ -1,9 +1,11 @@
 --
 -- fallback: self-hosted -> OpenAI -> Anthropic, and the caller-error stop
 --
-CREATE VIEW attempts AS
-SELECT attempt, provider, model_used, http_status, success, error_message
-  FROM ai_usage_log ORDER BY id;
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
 TRUNCATE ai_usage_log;
 
 -- the self-hosted backend is down (port closed): OpenAI answers, and both

@@ -2,12 +2,15 @@
 -- health: probes of every provider, the circuit breaker that routing obeys,
 -- NOTIFY and server-log alerts, igny8_service_status and the schedule
 --
-CREATE EXTENSION IF NOT EXISTS dblink;
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
 ALTER SYSTEM SET igny8_ai.circuit_failure_threshold = 3;
 ALTER SYSTEM SET igny8_ai.circuit_cooldown = '2s';
 ALTER SYSTEM SET igny8_ai.health_probe_timeout = '1s';
-SELECT pg_reload_conf();
-SELECT pg_sleep(1);
+SELECT reload_settings();
 SHOW igny8_ai.circuit_failure_threshold;
 
 -- every provider is up: one row each, also in service_health_log
@@ -17,25 +20,30 @@ TRUNCATE service_health_log;
 SELECT dblink_connect('listener', 'dbname=' || current_database());
 SELECT dblink_exec('listener', 'LISTEN igny8_ai_health');
 -- what the listener received: waits (bounded) for the expected number,
--- in order of arrival for each provider
-CREATE FUNCTION notifications(expect int) RETURNS TABLE (provider text, state text, previous text)
+-- in order of arrival for each provider.  Any role may LISTEN, so the
+-- payload carries only provider, states, failures, time and a short code:
+-- keys lists its keys, so that any other shows up
+CREATE FUNCTION notifications(expect int)
+RETURNS TABLE (provider text, state text, previous text, code text, keys text)
 LANGUAGE plpgsql AS $$
 BEGIN
     IF to_regclass('pg_temp.got') IS NULL THEN
-        CREATE TEMP TABLE got (n serial, provider text, state text, previous text);
+        CREATE TEMP TABLE got (n serial, payload jsonb);
     END IF;
     TRUNCATE got;
     FOR i IN 1..100 LOOP
-        INSERT INTO got (provider, state, previous)
-        SELECT extra::jsonb->>'provider', extra::jsonb->>'state',
-               extra::jsonb->>'previous_state'
-          FROM dblink_get_notify('listener')
+        INSERT INTO got (payload)
+        SELECT extra::jsonb FROM dblink_get_notify('listener')
          WHERE notify_name = 'igny8_ai_health';
         EXIT WHEN (SELECT count(*) FROM got) >= expect;
         PERFORM pg_sleep(0.05);
     END LOOP;
-    RETURN QUERY SELECT g.provider, g.state, g.previous FROM got g
-                  ORDER BY g.provider, g.n;
+    RETURN QUERY
+        SELECT g.payload->>'provider', g.payload->>'state',
+               g.payload->>'previous_state', g.payload->>'code',
+               (SELECT string_agg(k, ',' ORDER BY k)
+                  FROM jsonb_object_keys(g.payload) k)
+          FROM got g ORDER BY g.payload->>'provider', g.n;
 END
 $$;
 
@@ -65,7 +73,8 @@ SELECT sim($$config ollama '{"delay": 0, "status": 500}'$$) IS NOT NULL AS faili
 SELECT provider, healthy, state, http_status, detail FROM igny8_check_health()
  WHERE provider = 'self_hosted_ai';
 SELECT * FROM notifications(1);
-SELECT provider, state, circuit_open, consecutive_failures, last_error,
+SELECT provider, state, circuit_open, consecutive_failures,
+       CASE WHEN provider = 'self_hosted_ai' THEN last_error END AS last_error,
        checks_24h, success_pct_24h
   FROM igny8_service_status ORDER BY provider;
 
@@ -97,7 +106,9 @@ SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
  WHERE provider = 'self_hosted_ai';
 -- after the cool-down one trial request passes; its success closes it
 SELECT sim('up ollama') IS NOT NULL AS up;
-SELECT pg_sleep(2.5);
+SELECT wait_until($$(SELECT since + interval '2.1 s' < clock_timestamp()
+                       FROM igny8_service_status WHERE provider = 'self_hosted_ai')$$,
+                  'the cool-down of the open circuit');
 TRUNCATE ai_usage_log;
 SELECT igny8_generate_text('Trial', 'gpt-4');
 SELECT attempt, provider, success FROM ai_usage_log ORDER BY id;
@@ -126,13 +137,14 @@ SELECT dblink_disconnect('listener');
 
 -- the schedule: change it, run what pg_cron runs, turn it off
 SELECT igny8_set_health_schedule('*/5 * * * *') IS NOT NULL AS scheduled;
-SELECT jobname, schedule, command FROM cron.job;
+SELECT jobname, schedule, command, active FROM cron.job;
 TRUNCATE service_health_log;
 SELECT command FROM cron.job WHERE jobname = 'igny8_ai_health_check' \gexec
 SELECT count(*) AS rows_written FROM service_health_log;
 SELECT igny8_set_health_schedule('every minute');
+-- off: the job stays, inactive, so that a dump and restore keeps it off
 SELECT igny8_set_health_schedule(NULL);
-SELECT count(*) AS jobs FROM cron.job;
+SELECT jobname, schedule, active FROM cron.job;
 
 -- retention: the scheduled check deletes rows older than
 -- igny8_ai.health_log_retention
@@ -163,4 +175,4 @@ DROP ROLE igny8_monitor;
 ALTER SYSTEM RESET igny8_ai.circuit_failure_threshold;
 ALTER SYSTEM RESET igny8_ai.circuit_cooldown;
 ALTER SYSTEM RESET igny8_ai.health_probe_timeout;
-SELECT pg_reload_conf();
+SELECT reload_settings();

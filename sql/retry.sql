@@ -2,6 +2,11 @@
 -- retry: transient errors are retried on the same deployment with backoff,
 -- honouring retry-after, then fall back
 --
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
 TRUNCATE ai_usage_log;
 
 -- Ollama busy once (503): retried, then answered by Ollama itself

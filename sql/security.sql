@@ -1,7 +1,64 @@
 --
 -- security: keys never leak; functions are not for PUBLIC; a grant helper
 --
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
 TRUNCATE ai_usage_log;
+
+-- A database owner who is not a superuser can create objects in public
+-- (PostgreSQL 15), the extension's schema.  An operator there that matches
+-- argument types better than pg_catalog's would run, as whoever runs the
+-- query, every time a worker (which connects as the bootstrap superuser)
+-- ran unqualified SQL.  The workers set search_path to pg_catalog, the
+-- extension's schema, pg_temp, and name everything: the trap never runs.
+CREATE ROLE igny8_owner LOGIN;
+SELECT current_user AS admin \gset
+ALTER DATABASE contrib_regression OWNER TO igny8_owner;
+SET ROLE igny8_owner;
+CREATE FUNCTION public.igny8_trap(numeric, integer) RETURNS numeric
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.=) 'on' THEN
+        EXECUTE 'ALTER ROLE igny8_owner SUPERUSER';
+    END IF;
+    RETURN $1 OPERATOR(pg_catalog.*) $2;
+END
+$$;
+CREATE OPERATOR public.* (LEFTARG = numeric, RIGHTARG = integer,
+                          FUNCTION = public.igny8_trap);
+CREATE FUNCTION public.igny8_trap(text, integer) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.=) 'on' THEN
+        EXECUTE 'ALTER ROLE igny8_owner SUPERUSER';
+    END IF;
+    RETURN false;
+END
+$$;
+CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = integer,
+                          FUNCTION = public.igny8_trap);
+RESET ROLE;
+-- a configuration commit makes the workers reload; calls, probes and the
+-- scheduled job run their SQL too
+UPDATE igny8_providers SET enabled = enabled;
+SELECT wait_for_config();
+SELECT igny8_generate_text('After the trap was set', 'gpt-4');
+SELECT count(*) AS probed FROM igny8_check_health();
+SELECT igny8_health_job();
+SELECT rolsuper AS owner_became_superuser FROM pg_roles WHERE rolname = 'igny8_owner';
+-- the trap is live: unqualified SQL run by a superuser springs it
+SELECT 1.5 * 2 AS springs_the_trap;
+SELECT rolsuper AS owner_became_superuser FROM pg_roles WHERE rolname = 'igny8_owner';
+ALTER ROLE igny8_owner NOSUPERUSER;
+DROP OPERATOR public.* (numeric, integer);
+DROP OPERATOR public.= (text, integer);
+DROP FUNCTION public.igny8_trap(numeric, integer);
+DROP FUNCTION public.igny8_trap(text, integer);
+ALTER DATABASE contrib_regression OWNER TO :"admin";
+DROP ROLE igny8_owner;
 
 -- the OpenAI simulator echoes the received key in its 401 message; it is
 -- redacted in the error detail and the usage log
@@ -10,6 +67,20 @@ SELECT show_error($$SELECT igny8_generate_text('Leak? [[sim ollama:status=404]] 
 SELECT provider, error_message FROM ai_usage_log ORDER BY id;
 SELECT count(*) AS leaks FROM ai_usage_log
  WHERE error_message LIKE '%abcdefghijklmnop%';
+UPDATE igny8_providers SET api_key_ref = 'env:OPENAI_API_KEY' WHERE id = 'openai';
+
+-- a literal key (api_key_ref holding the key itself) that cannot be used
+-- is never shown: errors, usage rows, health rows and the provider state
+-- say "(literal key)"
+UPDATE igny8_providers SET api_key_ref = E'sk-literal-secret-0042\x01' WHERE id = 'openai';
+TRUNCATE ai_usage_log, service_health_log;
+SELECT show_error($$SELECT igny8_generate_text('Literal [[sim ollama:status=404]] [[sim anthropic:status=404]]', 'gpt-4')$$);
+SELECT provider, healthy, detail FROM igny8_check_health() WHERE provider = 'openai';
+SELECT count(*) AS leaks
+  FROM (SELECT error_message AS t FROM ai_usage_log
+        UNION ALL SELECT detail::text FROM service_health_log
+        UNION ALL SELECT last_error FROM igny8_health_state()) s
+ WHERE t LIKE '%literal-secret%';
 UPDATE igny8_providers SET api_key_ref = 'env:OPENAI_API_KEY' WHERE id = 'openai';
 
 -- a key read from a file

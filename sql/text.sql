@@ -1,6 +1,11 @@
 --
 -- text: igny8_generate_text answered by the self-hosted (Ollama) provider
 --
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
 SELECT igny8_generate_text('Write a 100-word article about clouds', 'gpt-4');
 
 -- the default model is gpt-4
@@ -27,6 +32,10 @@ SELECT sim('log --tag t2 --field body');
 -- the answer is cut at num_predict words
 SELECT igny8_generate_text('Short [[sim ollama:reply=one_two_three_four_five_six]]',
                            'gpt-4', max_tokens => 3);
+
+-- a timeout longer than any deadline saturates instead of overflowing
+SELECT igny8_generate_text('Patient [[sim ollama:reply=done]]', 'gpt-4',
+                           timeout => '100000000 years');
 
 -- account attribution: argument, else igny8_ai.account_id
 TRUNCATE ai_usage_log;

@@ -2,6 +2,11 @@
 -- usage: the usage rows are committed by the worker before the caller
 -- gets its answer, whatever the caller's transaction does
 --
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
 TRUNCATE ai_usage_log;
 
 -- a caller that rolls back still leaves its rows
@@ -27,12 +32,11 @@ SELECT count(*) AS rows_after_error FROM ai_usage_log;
 
 -- prompts and outputs are stored only when asked
 ALTER SYSTEM SET igny8_ai.log_content = on;
-SELECT pg_reload_conf();
-SELECT pg_sleep(0.5);
+SELECT reload_settings();
 SELECT igny8_generate_text('Remember me', 'gpt-4');
 SELECT prompt, response FROM ai_usage_log WHERE prompt IS NOT NULL;
 ALTER SYSTEM RESET igny8_ai.log_content;
-SELECT pg_reload_conf();
+SELECT reload_settings();
 
 -- many calls in one statement: every one logged once
 TRUNCATE ai_usage_log;
