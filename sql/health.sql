@@ -135,6 +135,18 @@ SELECT count(*) AS checked FROM igny8_check_health();
 SELECT * FROM notifications(12);
 SELECT dblink_disconnect('listener');
 
+-- a provider that refuses our key counts as failing, as its probe would:
+-- three 401s open its circuit; a probe with the right key closes it
+UPDATE igny8_providers SET api_key_ref = 'sk-wrong-key-abcdefghijklmnop' WHERE id = 'openai';
+TRUNCATE ai_usage_log;
+SELECT count(*) FROM generate_series(1, 3) i,
+       igny8_generate_text('Refused ' || i || ' [[sim ollama:status=404]]', 'gpt-4') t;
+SELECT provider, http_status, count(*) FROM ai_usage_log GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
+ WHERE provider = 'openai';
+UPDATE igny8_providers SET api_key_ref = 'env:OPENAI_API_KEY' WHERE id = 'openai';
+SELECT provider, state FROM igny8_check_health() WHERE provider = 'openai';
+
 -- the schedule: change it, run what pg_cron runs, turn it off
 SELECT igny8_set_health_schedule('*/5 * * * *') IS NOT NULL AS scheduled;
 SELECT jobname, schedule, command, active FROM cron.job;

@@ -285,6 +285,10 @@ igny8_health_alert(const char *provider, const Igny8HealthChange *change,
 									change->consecutive_failures,
 									detail ? detail : "failed"),
 				 errhint("Requests go to the fallbacks while its circuit is open.")));
+	else if (change->to == IGNY8_HEALTH_HEALTHY &&
+			 change->from == IGNY8_HEALTH_UNKNOWN)
+		ereport(LOG,
+				(errmsg("AI provider \"%s\" is healthy", provider)));
 	else if (change->to == IGNY8_HEALTH_HEALTHY)
 		ereport(LOG,
 				(errmsg("AI provider \"%s\" is healthy again", provider),

@@ -500,9 +500,10 @@ igny8_job_queue_notify(const char *provider, const Igny8HealthChange *change,
 
 /*
  * Feed the outcome of a request attempt to its provider's health: a
- * transport failure or a 5xx counts against it, any other HTTP answer shows
- * it is up.  A change of state is logged at once and announced with NOTIFY
- * in the worker's next transaction.
+ * transport failure, a 5xx, or a refusal of our key or account (401, 402,
+ * 403: the provider cannot be used, as a probe would find) counts against
+ * it; any other HTTP answer shows it is up.  A change of state is logged
+ * at once and announced with NOTIFY in the worker's next transaction.
  */
 static void
 report_request_health(Igny8Provider *p, Igny8Transfer *t, Igny8Attempt *a)
@@ -514,7 +515,8 @@ report_request_health(Igny8Provider *p, Igny8Transfer *t, Igny8Attempt *a)
 
 	if (igny8_http_too_large(t) || igny8_http_local_failure(t))
 		return;					/* says nothing about the provider */
-	ok = (t->result == CURLE_OK && t->status < 500);
+	ok = (t->result == CURLE_OK && t->status < 500 &&
+		  t->status != 401 && t->status != 402 && t->status != 403);
 	if (!ok)
 		error = (a->http_status > 0) ?
 			psprintf("HTTP %ld: %s", a->http_status, a->error) : a->error;
