@@ -29,6 +29,33 @@
 
 /* Largest token count we report; keeps double -> int64 well defined. */
 #define MAX_COUNT 9.0e18
+#define MAX_COUNT_INT ((int64_t) MAX_COUNT)
+
+/*
+ * What an error body says when a prompt does not fit the deployment's
+ * context window (compared ignoring case): OpenAI's code and message,
+ * vLLM's message, Anthropic's, llama.cpp's server (its error type and
+ * the wordings of several builds; Ollama quotes them in its own text when
+ * asked not to truncate) and Ollama's own.
+ */
+static const char *const context_phrases[] = {
+	"context_length_exceeded",	/* OpenAI error.code */
+	"maximum context length",	/* OpenAI, vLLM: "This model's maximum
+								 * context length is N tokens" */
+	"prompt is too long",		/* Anthropic: "prompt is too long: N tokens >
+								 * M maximum" */
+	"exceed_context_size_error",	/* llama.cpp error.type */
+	"exceeds the available context size",	/* llama.cpp: "request (N tokens)
+											 * exceeds the available context
+											 * size (M tokens), try ..." */
+	"exceeds context size",		/* llama.cpp, later builds */
+	"larger than the max context size", /* llama.cpp, older builds */
+	"exceeds the context length",	/* Ollama: "the input length exceeds the
+									 * context length" */
+	"longer than the context length"	/* Ollama: "the prompt is longer than
+										 * the context length currently
+										 * available to the model" */
+};
 
 static const char *const kind_names[] = {
 	"ollama",					/* IGNY8_KIND_OLLAMA */
@@ -292,6 +319,83 @@ igny8_truncate_message(const char *msg, size_t len, size_t max)
 	return result;
 }
 
+/* Is str[0..len) well-formed UTF-8 (RFC 3629)?  A NUL byte counts as one. */
+bool
+igny8_utf8_valid(const char *str, size_t len)
+{
+	const unsigned char *s = (const unsigned char *) str;
+	size_t		pos = 0;
+
+	while (pos < len)
+	{
+		int			seqlen = utf8_sequence_length(s + pos, len - pos);
+
+		if (seqlen == 0)
+			return false;
+		pos += seqlen;
+	}
+	return true;
+}
+
+/*
+ * Make a provider's label (a model name, a finish reason) fit for a
+ * fixed-size buffer, in place: every byte that does not start a valid
+ * UTF-8 sequence and every control character (U+0000-U+001F, U+007F)
+ * becomes '?', and the label is cut at a character boundary to at most
+ * max bytes, without "..." (strlen(label) <= max afterwards).
+ */
+void
+igny8_clean_label(char *label, size_t max)
+{
+	unsigned char *s = (unsigned char *) label;
+	size_t		len = strlen(label);
+	size_t		pos = 0;
+
+	while (pos < len)
+	{
+		int			seqlen = utf8_sequence_length(s + pos, len - pos);
+
+		if (seqlen == 0)
+		{
+			s[pos] = '?';
+			seqlen = 1;
+		}
+		else if (seqlen == 1 && (s[pos] < 0x20 || s[pos] == 0x7F))
+			s[pos] = '?';
+		if (pos + seqlen > max)
+			break;
+		pos += seqlen;
+	}
+	s[pos] = '\0';
+}
+
+/*
+ * Does a JSON text contain a \u0000 escape?  cJSON decodes one into a NUL
+ * byte, which cuts the string it is in without a word, so a body with one
+ * must be caught before its strings are used.  An escaped backslash
+ * followed by "u0000" (\\u0000 in the JSON text) is not one.  Only
+ * meaningful for a body that parsed as JSON, where a backslash can only
+ * stand inside a string.
+ */
+bool
+igny8_json_has_nul_escape(const char *body, size_t len)
+{
+	const char *p = body;
+	const char *end = body + len;
+
+	if (body == NULL)
+		return false;
+	while ((p = memchr(p, '\\', end - p)) != NULL)
+	{
+		if (end - p >= 6 && memcmp(p + 1, "u0000", 5) == 0)
+			return true;
+		p += 2;					/* the backslash and what it escapes */
+		if (p >= end)
+			break;
+	}
+	return false;
+}
+
 /* ASCII whitespace, independent of the locale. */
 static bool
 is_space(char c)
@@ -462,6 +566,53 @@ igny8_set_http_error(Igny8ProviderError *err, Igny8ErrorClass cls,
 						resp->status, provider);
 }
 
+/*
+ * The message of an error body, whichever provider sent it: {"error":
+ * "..."} (Ollama, ComfyUI's older builds, proxies), {"error": {"message":
+ * "..."}} (OpenAI, Anthropic, ComfyUI, llama.cpp) or a top-level
+ * "message" (older vLLM: {"object":"error","message":...}, gateways).
+ * NULL when there is none.  Points into json.
+ */
+const char *
+igny8_error_message(const cJSON *json)
+{
+	const cJSON *error = igny8_json_member(json, "error");
+	const char *message = NULL;
+
+	if (cJSON_IsString(error))
+		message = error->valuestring;
+	else if (cJSON_IsObject(error))
+		message = igny8_json_string(error, "message");
+	if (message == NULL)
+		message = igny8_json_string(json, "message");
+	return message;
+}
+
+/*
+ * Does an error body say that the prompt is longer than the deployment's
+ * context window (protocols.md 5)?  That limit belongs to the deployment,
+ * so the call falls back: a later candidate may have a larger window.
+ */
+bool
+igny8_context_exceeded(const cJSON *json)
+{
+	const cJSON *error = igny8_json_member(json, "error");
+	const char *message = igny8_error_message(json);
+	const char *type = igny8_json_string(error, "type");
+	const char *code = igny8_json_string(error, "code");
+	int			i;
+
+	if ((code != NULL && strcmp(code, "context_length_exceeded") == 0) ||
+		(type != NULL && strcmp(type, "exceed_context_size_error") == 0))
+		return true;
+	for (i = 0; i < (int) lengthof(context_phrases); i++)
+	{
+		if (igny8_str_contains(message, context_phrases[i]))
+			return true;
+	}
+	return false;
+}
+
 /* Does haystack contain needle, ignoring ASCII case?  NULL-safe. */
 bool
 igny8_str_contains(const char *haystack, const char *needle)
@@ -573,6 +724,19 @@ igny8_json_count(const cJSON *object, const char *key)
 	if (value > MAX_COUNT)
 		value = MAX_COUNT;
 	return (int64_t) value;
+}
+
+/* The sum of two counts of igny8_json_count, kept at its upper bound. */
+int64_t
+igny8_count_add(int64_t a, int64_t b)
+{
+	if (a < 0)
+		a = 0;
+	if (b < 0)
+		b = 0;
+	if (a > MAX_COUNT_INT - b)
+		return MAX_COUNT_INT;
+	return a + b;
 }
 
 /*
@@ -744,6 +908,8 @@ model_name_equal(const char *a, const char *b)
  * server listed (listed may hold several names per model: nlisted names
  * for models_listed models).  Each distinct, non-empty configured name
  * is present or missing; any missing one makes the result degraded.
+ * nmodels < 0 means that the models are not to be compared: the result is
+ * healthy and says only how many the server listed.
  */
 void
 igny8_probe_models(const char *const *models, int nmodels,
@@ -758,6 +924,18 @@ igny8_probe_models(const char *const *models, int nmodels,
 	int			nmissing = 0;
 	int			i;
 	int			j;
+
+	if (nmodels < 0)
+	{
+		detail = cJSON_CreateObject();
+		cJSON_AddNumberToObject(detail, "models_listed", models_listed);
+		cJSON_AddFalseToObject(detail, "model_check");
+		summary = psprintf("%d model%s listed (model check off)",
+						   models_listed, models_listed == 1 ? "" : "s");
+		igny8_probe_finish(out, true, false, summary, detail);
+		pfree(summary);
+		return;
+	}
 
 	missing = cJSON_CreateArray();
 	initStringInfo(&names);
@@ -808,13 +986,113 @@ igny8_probe_models(const char *const *models, int nmodels,
 }
 
 /*
+ * Read a list probe's answer (the Ollama and OpenAI-compatible probes): a
+ * 2xx must be an object whose member list_key is an array; the string
+ * members name_keys of each entry all count as names of that entry's
+ * model, and the configured models are checked against them
+ * (igny8_probe_models).  provider names the server in a summary.
+ */
+void
+igny8_probe_model_list(const Igny8HttpResponse *resp,
+					   const char *const *models, int nmodels,
+					   const char *provider, const char *list_key,
+					   const char *const *name_keys, int nname_keys,
+					   Igny8ProbeResult *out)
+{
+	cJSON	   *json;
+	const cJSON *list;
+	const cJSON *entry;
+	const char **listed;
+	int			nlisted = 0;
+	int			i;
+
+	memset(out, 0, sizeof(*out));
+	json = igny8_json_parse(resp->body, resp->body_len);
+	list = igny8_json_member(json, list_key);
+	if (resp->status < 200 || resp->status >= 300)
+		igny8_probe_http_error(resp, igny8_error_message(json), out);
+	else if (!cJSON_IsArray(list))
+		igny8_probe_malformed(resp, provider, out);
+	else
+	{
+		listed = palloc(sizeof(const char *) *
+						((Size) cJSON_GetArraySize(list) * nname_keys + 1));
+		cJSON_ArrayForEach(entry, list)
+		{
+			for (i = 0; i < nname_keys; i++)
+			{
+				const char *str = igny8_json_string(entry, name_keys[i]);
+
+				if (str != NULL)
+					listed[nlisted++] = str;
+			}
+		}
+		igny8_probe_models(models, nmodels, listed, nlisted,
+						   cJSON_GetArraySize(list), out);
+		pfree(listed);
+	}
+	cJSON_Delete(json);
+}
+
+/* Free what a successful parse_chat put into *result, and clear it. */
+static void
+free_text_result(Igny8TextResult *result)
+{
+	if (result->content != NULL)
+		pfree(result->content);
+	if (result->thinking != NULL)
+		pfree(result->thinking);
+	if (result->model != NULL)
+		pfree(result->model);
+	if (result->finish_reason != NULL)
+		pfree(result->finish_reason);
+	memset(result, 0, sizeof(*result));
+}
+
+/*
+ * Check the text of a successful answer and clean its labels (the rules
+ * at the top of provider.h).  Returns false, with *result freed and *err
+ * filled, when the answer must be refused.
+ */
+static bool
+check_answer(const Igny8HttpResponse *resp, const char *provider,
+			 Igny8TextResult *result, Igny8ProviderError *err)
+{
+	const char *problem = NULL;
+
+	if (igny8_json_has_nul_escape(resp->body, resp->body_len))
+		problem = "a string contains a NUL character (\\u0000)";
+	else if (!igny8_utf8_valid(result->content, strlen(result->content)) ||
+			 (result->thinking != NULL &&
+			  !igny8_utf8_valid(result->thinking, strlen(result->thinking))))
+		problem = "the answer is not valid UTF-8";
+	if (problem != NULL)
+	{
+		free_text_result(result);
+		igny8_set_error(err, IGNY8_ERR_RETRY, -1,
+						"malformed response from %s: %s", provider, problem);
+		return false;
+	}
+
+	if (result->model != NULL)
+		igny8_clean_label(result->model, IGNY8_MODEL_MAX);
+	if (result->finish_reason != NULL)
+		igny8_clean_label(result->finish_reason, IGNY8_FINISH_REASON_MAX);
+	if (result->cached_input_tokens > result->input_tokens)
+		result->cached_input_tokens = result->input_tokens;
+	return true;
+}
+
+/*
  * The parse_chat of every text protocol: parse the body once, hand a 2xx to
  * the protocol's success reader and anything else to its error reader.  A
- * 2xx that cannot be read is worth one more try, not more (protocols.md 5).
+ * successful answer is then checked and cleaned (check_answer).  A 2xx
+ * that cannot be read is worth one more try, not more (protocols.md 5).
+ * provider names the server in error messages.
  */
 bool
-igny8_parse_answer(const Igny8HttpResponse *resp, Igny8TextResult *result,
-				   Igny8ProviderError *err,
+igny8_parse_answer(const Igny8HttpResponse *resp, const char *provider,
+				   Igny8TextResult *result, Igny8ProviderError *err,
 				   bool (*success) (const cJSON *json, long status,
 									Igny8TextResult *result,
 									Igny8ProviderError *err),
@@ -830,11 +1108,27 @@ igny8_parse_answer(const Igny8HttpResponse *resp, Igny8TextResult *result,
 	if (resp->status >= 200 && resp->status < 300)
 	{
 		ok = success(json, resp->status, result, err);
+		if (ok)
+			ok = check_answer(resp, provider, result, err);
 		if (!ok)
 			err->retry_once = true;
 	}
 	else
+	{
 		failure(resp, json, err);
+		/* cJSON cut the message at a NUL: say so rather than cut silently */
+		if (err->message != NULL &&
+			igny8_json_has_nul_escape(resp->body, resp->body_len))
+		{
+			char	   *cut = err->message;
+			bool		drop_think = err->drop_think;
+
+			igny8_set_error(err, err->cls, err->retry_after,
+							"%s (cut at a NUL character)", cut);
+			err->drop_think = drop_think;
+			pfree(cut);
+		}
+	}
 	cJSON_Delete(json);
 	return ok;
 }

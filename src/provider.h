@@ -15,6 +15,28 @@
  * whose answer tells whether the service is up and has the models that
  * are configured for it.
  *
+ * Text that comes from a provider is validated before it leaves these
+ * functions, so that nothing downstream sees invalid UTF-8 or a string
+ * silently cut short:
+ *	 - The answer (Igny8TextResult.content and .thinking) must be valid
+ *	   UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above
+ *	   U+10FFFF) without a NUL character.  cJSON turns a \u0000 escape into
+ *	   a NUL byte, which would cut the string where it stands, so a 2xx body
+ *	   with a \u0000 escape anywhere in it is refused (cJSON cannot tell in
+ *	   which string it was).  A refused answer is a malformed 2xx:
+ *	   IGNY8_ERR_RETRY with retry_once, and the message "malformed response
+ *	   from <provider>: the answer is not valid UTF-8" or "... : a string
+ *	   contains a NUL character (\u0000)".
+ *	 - The labels (Igny8TextResult.model and .finish_reason) are cleaned,
+ *	   not refused: each byte that does not start a valid UTF-8 sequence and
+ *	   each control character (U+0000-U+001F, U+007F) becomes '?', and the
+ *	   label is cut at a character boundary to at most IGNY8_MODEL_MAX or
+ *	   IGNY8_FINISH_REASON_MAX bytes, so that it fits the worker's
+ *	   fixed-size buffers whole.
+ *	 - Error messages, probe summaries and the strings in a probe's
+ *	   detail_json go through igny8_truncate_message: valid UTF-8, control
+ *	   characters turned into spaces, cut with "..." appended.
+ *
  * See reference/protocols.md for the wire facts each file follows.
  *
  *-------------------------------------------------------------------------
@@ -91,15 +113,33 @@ typedef struct Igny8HttpResponse
 	int			should_retry;	/* x-should-retry: 1 true, 0 false, -1 absent */
 } Igny8HttpResponse;
 
-/* A successful text generation. */
+/*
+ * Longest model and finish_reason labels, in bytes without the NUL: the
+ * worker copies them into buffers of IGNY8_MODEL_LEN (128) and 32 bytes.
+ */
+#define IGNY8_MODEL_MAX 127
+#define IGNY8_FINISH_REASON_MAX 31
+
+/*
+ * A successful text generation.  content and thinking are valid UTF-8
+ * without NUL; model and finish_reason are cleaned labels (see the top of
+ * this file).
+ */
 typedef struct Igny8TextResult
 {
 	char	   *content;		/* never NULL; <think> block stripped */
 	char	   *thinking;		/* reasoning trace, or NULL */
-	char	   *model;			/* model the provider reports, or NULL */
-	int64_t		input_tokens;	/* 0 when the provider omits it */
+	char	   *model;			/* model the provider reports, or NULL; at
+								 * most IGNY8_MODEL_MAX bytes */
+	int64_t		input_tokens;	/* all prompt tokens, cached ones included;
+								 * 0 when the provider omits them */
+	int64_t		cached_input_tokens;	/* the part of input_tokens read from
+										 * the provider's prompt cache (never
+										 * more than input_tokens); 0 when
+										 * unknown */
 	int64_t		output_tokens;
-	char	   *finish_reason;	/* "stop", "length", "end_turn", ... or NULL */
+	char	   *finish_reason;	/* "stop", "length", "end_turn", ... or NULL;
+								 * at most IGNY8_FINISH_REASON_MAX bytes */
 } Igny8TextResult;
 
 /* A failed call, classified. */
@@ -155,11 +195,14 @@ typedef struct Igny8ProbeResult
  * and when healthy one of
  *	 Ollama, OpenAI: {"models_present":N,"models_listed":M,
  *					  "models_missing":["name",...]}
+ *	   model check off (nmodels < 0):
+ *					 {"models_listed":M,"model_check":false}
  *	 Anthropic:		 {"models_listed":M}
  *	 ComfyUI:		 {"comfyui_version":"..."|null,"devices":[{"name",
  *					  "vram_total","vram_free"}],"vram_free":B,"vram_total":B}
- * Summaries are at most IGNY8_ERRMSG_MAX + 3 bytes, without control
- * characters.
+ * Summaries are at most IGNY8_ERRMSG_MAX + 3 bytes of valid UTF-8 without
+ * control characters; so are the strings of detail_json that come from
+ * the provider.
  */
 typedef struct Igny8ProbeProtocol
 {
@@ -170,7 +213,14 @@ typedef struct Igny8ProbeProtocol
 
 	/*
 	 * Read the answer, whatever its status.  models are the provider-side
-	 * model names configured for this provider (may be empty).
+	 * model names configured for this provider (nmodels may be 0).  The
+	 * Ollama and OpenAI probes check each of them against the names the
+	 * server lists; nmodels < 0 turns that check off (for a provider whose
+	 * settings have "check_models": false, e.g. a single-model server that
+	 * lists only its own id): a well-formed 2xx is then healthy, with the
+	 * summary "N models listed (model check off)" and the detail
+	 * {"models_listed":N,"model_check":false}.  The Anthropic and ComfyUI
+	 * probes never compare models and ignore models and nmodels.
 	 */
 	void		(*parse_probe) (const Igny8HttpResponse *resp,
 								const char *const *models, int nmodels,
@@ -185,8 +235,12 @@ extern const Igny8ProbeProtocol *igny8_probe_protocol(Igny8ProviderKind kind);
 extern void igny8_json_init(void);
 extern Igny8ErrorClass igny8_classify_status(long status, int should_retry);
 extern char *igny8_truncate_message(const char *msg, size_t len, size_t max);
+extern bool igny8_utf8_valid(const char *str, size_t len);
+extern void igny8_clean_label(char *label, size_t max);
+extern bool igny8_json_has_nul_escape(const char *body, size_t len);
 extern char *igny8_strip_think(const char *content, char **thinking);
 extern bool igny8_parse_answer(const Igny8HttpResponse *resp,
+							   const char *provider,
 							   Igny8TextResult *result,
 							   Igny8ProviderError *err,
 							   bool (*success) (const cJSON *json, long status,
@@ -212,11 +266,14 @@ extern void igny8_set_http_error(Igny8ProviderError *err, Igny8ErrorClass cls,
 								 const Igny8HttpResponse *resp,
 								 const char *provider, const char *message);
 extern bool igny8_str_contains(const char *haystack, const char *needle);
+extern const char *igny8_error_message(const cJSON *json);
+extern bool igny8_context_exceeded(const cJSON *json);
 extern cJSON *igny8_json_parse(const char *body, size_t len);
 extern char *igny8_json_print(const cJSON *item);
 extern cJSON *igny8_json_member(const cJSON *object, const char *key);
 extern const char *igny8_json_string(const cJSON *object, const char *key);
 extern int64_t igny8_json_count(const cJSON *object, const char *key);
+extern int64_t igny8_count_add(int64_t a, int64_t b);
 extern void igny8_json_set(cJSON *object, const char *key, cJSON *item);
 extern void igny8_json_merge(cJSON *dst, const cJSON *src, bool overwrite);
 extern void igny8_probe_http_error(const Igny8HttpResponse *resp,
@@ -228,6 +285,13 @@ extern void igny8_probe_malformed(const Igny8HttpResponse *resp,
 extern void igny8_probe_models(const char *const *models, int nmodels,
 							   const char *const *listed, int nlisted,
 							   int models_listed, Igny8ProbeResult *out);
+extern void igny8_probe_model_list(const Igny8HttpResponse *resp,
+								   const char *const *models, int nmodels,
+								   const char *provider,
+								   const char *list_key,
+								   const char *const *name_keys,
+								   int nname_keys,
+								   Igny8ProbeResult *out);
 extern void igny8_probe_finish(Igny8ProbeResult *out, bool healthy,
 							   bool degraded, const char *summary,
 							   cJSON *detail);

@@ -98,19 +98,6 @@ anthropic_build_chat(const Igny8TextRequest *req, const char *api_key,
 	cJSON_Delete(body);
 }
 
-/* The error object's message of {"type":"error","error":{...}}, or NULL. */
-static const char *
-anthropic_error_message(const cJSON *json)
-{
-	const cJSON *error = igny8_json_member(json, "error");
-
-	if (cJSON_IsObject(error))
-		return igny8_json_string(error, "message");
-	if (cJSON_IsString(error))
-		return error->valuestring;
-	return NULL;
-}
-
 /* Read a 2xx answer (protocols.md 4.1); false and *err if unusable. */
 static bool
 anthropic_parse_success(const cJSON *json, long status,
@@ -123,6 +110,9 @@ anthropic_parse_success(const cJSON *json, long status,
 	const char *str;
 	StringInfoData text;
 	StringInfoData thinking;
+	int64_t		uncached;
+	int64_t		cache_written;
+	int64_t		cache_read;
 
 	if (json == NULL)
 	{
@@ -142,7 +132,7 @@ anthropic_parse_success(const cJSON *json, long status,
 		(igny8_json_member(json, "error") != NULL &&
 		 !cJSON_IsNull(igny8_json_member(json, "error"))))
 	{
-		str = anthropic_error_message(json);
+		str = igny8_error_message(json);
 		igny8_set_error(err, IGNY8_ERR_RETRY, -1,
 						"malformed response from Anthropic: error \"%s\"",
 						str ? str : "(no message)");
@@ -191,8 +181,18 @@ anthropic_parse_success(const cJSON *json, long status,
 	result->model = str ? pstrdup(str) : NULL;
 	str = igny8_json_string(json, "stop_reason");
 	result->finish_reason = str ? pstrdup(str) : NULL;
+
+	/*
+	 * With prompt caching, input_tokens counts only the uncached part of
+	 * the prompt: the whole is the sum of the three (protocols.md 4.1).
+	 */
 	usage = igny8_json_member(json, "usage");
-	result->input_tokens = igny8_json_count(usage, "input_tokens");
+	uncached = igny8_json_count(usage, "input_tokens");
+	cache_written = igny8_json_count(usage, "cache_creation_input_tokens");
+	cache_read = igny8_json_count(usage, "cache_read_input_tokens");
+	result->input_tokens =
+		igny8_count_add(igny8_count_add(uncached, cache_written), cache_read);
+	result->cached_input_tokens = cache_read;
 	result->output_tokens = igny8_json_count(usage, "output_tokens");
 	return true;
 }
@@ -201,15 +201,18 @@ anthropic_parse_success(const cJSON *json, long status,
  * Classify a non-2xx answer (protocols.md 4.2).  The generic rules
  * (x-should-retry included) cover the statuses, 529 "Overloaded" among
  * them; billing problems fall back at once whatever the status, the 400
- * "credit balance is too low" in particular.  A 413 from Cloudflare may
- * have an HTML body: the status alone makes it a caller error.
+ * "credit balance is too low" in particular, and so does a 400 "prompt
+ * is too long" (or a compatible server's context error), since another
+ * deployment may have a larger context window (protocols.md 5).  A 413
+ * from Cloudflare may have an HTML body: the status alone makes it a
+ * caller error.
  */
 static void
 anthropic_parse_error(const Igny8HttpResponse *resp, const cJSON *json,
 					  Igny8ProviderError *err)
 {
 	const cJSON *error = igny8_json_member(json, "error");
-	const char *message = anthropic_error_message(json);
+	const char *message = igny8_error_message(json);
 	const char *type = igny8_json_string(error, "type");
 	Igny8ErrorClass cls;
 
@@ -217,6 +220,8 @@ anthropic_parse_error(const Igny8HttpResponse *resp, const cJSON *json,
 	if ((type != NULL && strcmp(type, "billing_error") == 0) ||
 		(resp->status == 400 &&
 		 igny8_str_contains(message, "credit balance")))
+		cls = IGNY8_ERR_FALLBACK;
+	if (resp->status == 400 && igny8_context_exceeded(json))
 		cls = IGNY8_ERR_FALLBACK;
 	igny8_set_http_error(err, cls, resp, ANTHROPIC_NAME, message);
 }
@@ -226,8 +231,8 @@ static bool
 anthropic_parse_chat(const Igny8HttpResponse *resp, Igny8TextResult *result,
 					 Igny8ProviderError *err)
 {
-	return igny8_parse_answer(resp, result, err, anthropic_parse_success,
-							  anthropic_parse_error);
+	return igny8_parse_answer(resp, ANTHROPIC_NAME, result, err,
+							  anthropic_parse_success, anthropic_parse_error);
 }
 
 const Igny8TextProtocol igny8_anthropic_protocol = {
@@ -270,7 +275,7 @@ anthropic_parse_probe(const Igny8HttpResponse *resp,
 	json = igny8_json_parse(resp->body, resp->body_len);
 	list = igny8_json_member(json, "data");
 	if (resp->status < 200 || resp->status >= 300)
-		igny8_probe_http_error(resp, anthropic_error_message(json), out);
+		igny8_probe_http_error(resp, igny8_error_message(json), out);
 	else if (!cJSON_IsArray(list))
 		igny8_probe_malformed(resp, ANTHROPIC_NAME, out);
 	else

@@ -34,22 +34,6 @@ comfyui_build_probe(const char *api_key, const cJSON *settings,
 }
 
 /*
- * The message of an error body: ComfyUI's {"error":{"message":...}} or
- * {"error":"..."} (protocols.md 2.1), or NULL.
- */
-static const char *
-comfyui_error_message(const cJSON *json)
-{
-	const cJSON *error = igny8_json_member(json, "error");
-
-	if (cJSON_IsObject(error))
-		return igny8_json_string(error, "message");
-	if (cJSON_IsString(error))
-		return error->valuestring;
-	return NULL;
-}
-
-/*
  * A string the server sent, as a JSON string fit for the detail (valid
  * UTF-8, no control characters, cut to IGNY8_ERRMSG_MAX bytes), or a JSON
  * null when it is absent.
@@ -138,7 +122,7 @@ comfyui_parse_probe(const Igny8HttpResponse *resp, const char *const *models,
 	system = igny8_json_member(json, "system");
 	devices = igny8_json_member(json, "devices");
 	if (resp->status < 200 || resp->status >= 300)
-		igny8_probe_http_error(resp, comfyui_error_message(json), out);
+		igny8_probe_http_error(resp, igny8_error_message(json), out);
 	else if (!cJSON_IsObject(system) || !cJSON_IsArray(devices))
 		igny8_probe_malformed(resp, COMFYUI_NAME, out);
 	else

@@ -154,21 +154,9 @@ ollama_parse_success(const cJSON *json, long status,
 	str = igny8_json_string(json, "done_reason");
 	result->finish_reason = str ? pstrdup(str) : NULL;
 	result->input_tokens = igny8_json_count(json, "prompt_eval_count");
+	result->cached_input_tokens = 0;	/* Ollama does not say */
 	result->output_tokens = igny8_json_count(json, "eval_count");
 	return true;
-}
-
-/* The message of an error body: Ollama's {"error":"..."}, or a proxy's. */
-static const char *
-ollama_error_message(const cJSON *json)
-{
-	const cJSON *error = igny8_json_member(json, "error");
-
-	if (cJSON_IsString(error))
-		return error->valuestring;
-	if (cJSON_IsObject(error))
-		return igny8_json_string(error, "message");
-	return NULL;
 }
 
 /*
@@ -176,17 +164,21 @@ ollama_error_message(const cJSON *json)
  * where it differs from the generic rules: a 502 (cloud model unreachable)
  * falls back at once, and a 400 "does not support thinking" is retried
  * with drop_think so that the worker resends the call without "think".
- * The worker must not do that when the call had omit_think already.
+ * The worker must not do that when the call had omit_think already.  A
+ * 400 that says the prompt does not fit the context window falls back,
+ * whatever the headers say (protocols.md 5).
  */
 static void
 ollama_parse_error(const Igny8HttpResponse *resp, const cJSON *json,
 				   Igny8ProviderError *err)
 {
-	const char *message = ollama_error_message(json);
+	const char *message = igny8_error_message(json);
 	Igny8ErrorClass cls;
 
 	cls = igny8_classify_status(resp->status, resp->should_retry);
 	if (resp->status == 502 && resp->should_retry != 1)
+		cls = IGNY8_ERR_FALLBACK;
+	if (resp->status == 400 && igny8_context_exceeded(json))
 		cls = IGNY8_ERR_FALLBACK;
 
 	if (resp->status == 400 &&
@@ -199,7 +191,7 @@ ollama_parse_error(const Igny8HttpResponse *resp, const cJSON *json,
 	}
 	igny8_set_http_error(err, cls, resp, OLLAMA_NAME, message);
 	/* a load failure (out of memory, runner crashed): once is reasonable */
-	if (resp->status == 500)
+	if (resp->status == 500 && cls == IGNY8_ERR_RETRY)
 		err->retry_once = true;
 }
 
@@ -208,8 +200,8 @@ static bool
 ollama_parse_chat(const Igny8HttpResponse *resp, Igny8TextResult *result,
 				  Igny8ProviderError *err)
 {
-	return igny8_parse_answer(resp, result, err, ollama_parse_success,
-							  ollama_parse_error);
+	return igny8_parse_answer(resp, OLLAMA_NAME, result, err,
+							  ollama_parse_success, ollama_parse_error);
 }
 
 const Igny8TextProtocol igny8_ollama_protocol = {
@@ -236,38 +228,10 @@ static void
 ollama_parse_probe(const Igny8HttpResponse *resp, const char *const *models,
 				   int nmodels, Igny8ProbeResult *out)
 {
-	cJSON	   *json;
-	const cJSON *list;
-	const cJSON *entry;
-	const char **listed;
-	int			nlisted = 0;
-	const char *str;
+	static const char *const name_keys[] = {"name", "model"};
 
-	memset(out, 0, sizeof(*out));
-	json = igny8_json_parse(resp->body, resp->body_len);
-	list = igny8_json_member(json, "models");
-	if (resp->status < 200 || resp->status >= 300)
-		igny8_probe_http_error(resp, ollama_error_message(json), out);
-	else if (!cJSON_IsArray(list))
-		igny8_probe_malformed(resp, OLLAMA_NAME, out);
-	else
-	{
-		listed = palloc(sizeof(const char *) *
-						((Size) cJSON_GetArraySize(list) * 2 + 1));
-		cJSON_ArrayForEach(entry, list)
-		{
-			str = igny8_json_string(entry, "name");
-			if (str != NULL)
-				listed[nlisted++] = str;
-			str = igny8_json_string(entry, "model");
-			if (str != NULL)
-				listed[nlisted++] = str;
-		}
-		igny8_probe_models(models, nmodels, listed, nlisted,
-						   cJSON_GetArraySize(list), out);
-		pfree(listed);
-	}
-	cJSON_Delete(json);
+	igny8_probe_model_list(resp, models, nmodels, OLLAMA_NAME, "models",
+						   name_keys, lengthof(name_keys), out);
 }
 
 const Igny8ProbeProtocol igny8_ollama_probe = {

@@ -74,20 +74,6 @@ openai_build_chat(const Igny8TextRequest *req, const char *api_key,
 	cJSON_Delete(body);
 }
 
-/* The error text of an OpenAI-shaped (or vLLM-shaped) error body. */
-static const char *
-openai_error_message(const cJSON *json)
-{
-	const cJSON *error = igny8_json_member(json, "error");
-
-	if (cJSON_IsObject(error))
-		return igny8_json_string(error, "message");
-	if (cJSON_IsString(error))
-		return error->valuestring;
-	/* older vLLM: {"object":"error","message":...,"type":...,"code":400} */
-	return igny8_json_string(json, "message");
-}
-
 /* Read a 2xx answer (protocols.md 3.1); false and *err if unusable. */
 static bool
 openai_parse_success(const cJSON *json, long status,
@@ -120,7 +106,7 @@ openai_parse_success(const cJSON *json, long status,
 	if (!cJSON_IsArray(choices) || cJSON_GetArraySize(choices) < 1)
 	{
 		/* some proxies answer 200 with an error body */
-		str = openai_error_message(json);
+		str = igny8_error_message(json);
 		if (str != NULL)
 			igny8_set_error(err, IGNY8_ERR_RETRY, -1,
 							"malformed response from " OPENAI_NAME ": error \"%s\"",
@@ -174,6 +160,9 @@ openai_parse_success(const cJSON *json, long status,
 	result->finish_reason = str ? pstrdup(str) : NULL;
 	usage = igny8_json_member(json, "usage");
 	result->input_tokens = igny8_json_count(usage, "prompt_tokens");
+	result->cached_input_tokens =
+		igny8_json_count(igny8_json_member(usage, "prompt_tokens_details"),
+						 "cached_tokens");
 	result->output_tokens = igny8_json_count(usage, "completion_tokens");
 	return true;
 }
@@ -183,14 +172,17 @@ openai_parse_success(const cJSON *json, long status,
  * (x-should-retry included) cover the statuses; a 429 that is about
  * billing (insufficient_quota) or about a request larger than the whole
  * limit ("Request too large") falls back at once, whatever the headers
- * say, since waiting cannot fix it.
+ * say, since waiting cannot fix it.  So does a 400 that says the prompt
+ * is longer than the deployment's context (context_length_exceeded,
+ * vLLM's and llama.cpp's wordings): another deployment may have a larger
+ * window (protocols.md 5).
  */
 static void
 openai_parse_error(const Igny8HttpResponse *resp, const cJSON *json,
 				   Igny8ProviderError *err)
 {
 	const cJSON *error = igny8_json_member(json, "error");
-	const char *message = openai_error_message(json);
+	const char *message = igny8_error_message(json);
 	const char *type = igny8_json_string(error, "type");
 	const char *code = igny8_json_string(error, "code");
 	Igny8ErrorClass cls;
@@ -203,6 +195,8 @@ openai_parse_error(const Igny8HttpResponse *resp, const cJSON *json,
 			igny8_str_contains(message, "Request too large"))
 			cls = IGNY8_ERR_FALLBACK;
 	}
+	if (resp->status == 400 && igny8_context_exceeded(json))
+		cls = IGNY8_ERR_FALLBACK;
 	igny8_set_http_error(err, cls, resp, OPENAI_NAME, message);
 }
 
@@ -211,8 +205,8 @@ static bool
 openai_parse_chat(const Igny8HttpResponse *resp, Igny8TextResult *result,
 				  Igny8ProviderError *err)
 {
-	return igny8_parse_answer(resp, result, err, openai_parse_success,
-							  openai_parse_error);
+	return igny8_parse_answer(resp, OPENAI_NAME, result, err,
+							  openai_parse_success, openai_parse_error);
 }
 
 const Igny8TextProtocol igny8_openai_protocol = {
@@ -238,35 +232,10 @@ static void
 openai_parse_probe(const Igny8HttpResponse *resp, const char *const *models,
 				   int nmodels, Igny8ProbeResult *out)
 {
-	cJSON	   *json;
-	const cJSON *list;
-	const cJSON *entry;
-	const char **listed;
-	int			nlisted = 0;
-	const char *str;
+	static const char *const name_keys[] = {"id"};
 
-	memset(out, 0, sizeof(*out));
-	json = igny8_json_parse(resp->body, resp->body_len);
-	list = igny8_json_member(json, "data");
-	if (resp->status < 200 || resp->status >= 300)
-		igny8_probe_http_error(resp, openai_error_message(json), out);
-	else if (!cJSON_IsArray(list))
-		igny8_probe_malformed(resp, OPENAI_NAME, out);
-	else
-	{
-		listed = palloc(sizeof(const char *) *
-						((Size) cJSON_GetArraySize(list) + 1));
-		cJSON_ArrayForEach(entry, list)
-		{
-			str = igny8_json_string(entry, "id");
-			if (str != NULL)
-				listed[nlisted++] = str;
-		}
-		igny8_probe_models(models, nmodels, listed, nlisted,
-						   cJSON_GetArraySize(list), out);
-		pfree(listed);
-	}
-	cJSON_Delete(json);
+	igny8_probe_model_list(resp, models, nmodels, OPENAI_NAME, "data",
+						   name_keys, lengthof(name_keys), out);
 }
 
 const Igny8ProbeProtocol igny8_openai_probe = {

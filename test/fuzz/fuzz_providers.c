@@ -3,19 +3,32 @@
  * fuzz_providers.c
  *	  libFuzzer target for the pure protocol code (src/provider*.c).
  *
- * Input: one selector byte, then a response body.  The selector picks the
- * HTTP status (low 4 bits), x-should-retry (next 2) and retry-after (top
- * 2).  The body goes to the parse_chat function of every text protocol,
- * to the parse_probe function of every health probe (with some of a fixed
- * list of configured model names, as many as the body's length modulo
- * the list's length plus one), to igny8_strip_think and
- * igny8_truncate_message, and, when it is a JSON object, to every
- * build_chat and build_probe as the deployment settings.  Besides the
- * sanitizers' findings (the target is built with ASan, UBSan and leak
- * detection, so every cJSON tree must be freed), it aborts when an output
- * breaks the contract of provider.h.
+ * Input: one selector byte, then a response body.  The selector's low 4
+ * bits pick the HTTP status.  For a chat answer the next 2 bits pick
+ * x-should-retry and the top 2 retry-after; for a probe the top 4 bits
+ * pick how many of a fixed list of configured model names it gets, the
+ * value minus one (0: -1, the model check off).
  *
- * Build and run: make -C test/unit fuzz [FUZZ_TIME=60]
+ * The environment variable IGNY8_FUZZ_TARGET picks what runs on each
+ * input, so that each parser can be fuzzed on its own (test/fuzz/run):
+ *	 chat-ollama, chat-openai, chat-anthropic
+ *		 that protocol's parse_chat, and its build_chat with the body as the
+ *		 deployment settings when the body is a JSON object;
+ *	 probe-ollama, probe-openai, probe-anthropic, probe-comfyui
+ *		 that probe's parse_probe, and its build_probe likewise;
+ *	 all (the default)
+ *		 every one of those, plus igny8_strip_think, igny8_truncate_message,
+ *		 igny8_clean_label and igny8_utf8_valid on the body.
+ *
+ * Besides the sanitizers' findings (the target is built with ASan, UBSan
+ * and leak detection, so every cJSON tree must be freed), it aborts when
+ * an output breaks the contract of provider.h: classes and flags, lengths,
+ * and every string a parser returns (answer, labels, messages, summaries,
+ * the strings of a probe's detail) valid UTF-8, checked with PostgreSQL's
+ * own verifier, and without control characters where people read it.
+ *
+ * Build and run: make -C test/unit fuzz [FUZZ_TARGET=...] [FUZZ_TIME=60],
+ * or test/fuzz/run.
  *
  * test/fuzz/fuzz_providers.c
  *
@@ -24,7 +37,9 @@
 #include "igny8_c.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
+#include "mb/pg_wchar.h"
 #include "provider.h"
 
 int			LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -38,12 +53,40 @@ static const long statuses[16] = {
 static const int should_retries[4] = {-1, 0, 1, -1};
 static const double retry_afters[4] = {-1, 0, 1.5, 30};
 
+/*
+ * Configured models: tags, no tags, a registry port, repeats, junk.  The
+ * unit test's seeds say how many to use (test_providers.c FUZZ_NMODELS).
+ */
+static const char *const probe_models[] = {
+	"qwen3:32b", "llama3.2", "gpt-4o-mini", "x:latest", "", NULL,
+	"host:5000/ns/y", "qwen3:32b", "a"
+};
+
 static const Igny8Message messages[] = {
 	{"system", "s1"},
 	{"user", "u1"},
 	{"assistant", "a1"},
 	{"system", "s2"},
 	{"user", "u2"}
+};
+
+/* What IGNY8_FUZZ_TARGET can name; chat and probe NULL means all. */
+typedef struct FuzzTarget
+{
+	const char *name;
+	const Igny8TextProtocol *chat;
+	const Igny8ProbeProtocol *probe;
+} FuzzTarget;
+
+static const FuzzTarget targets[] = {
+	{"all", NULL, NULL},
+	{"chat-ollama", &igny8_ollama_protocol, NULL},
+	{"chat-openai", &igny8_openai_protocol, NULL},
+	{"chat-anthropic", &igny8_anthropic_protocol, NULL},
+	{"probe-ollama", NULL, &igny8_ollama_probe},
+	{"probe-openai", NULL, &igny8_openai_probe},
+	{"probe-anthropic", NULL, &igny8_anthropic_probe},
+	{"probe-comfyui", NULL, &igny8_comfyui_probe}
 };
 
 static const Igny8TextProtocol *const protocols[] = {
@@ -59,11 +102,7 @@ static const Igny8ProbeProtocol *const probes[] = {
 	&igny8_comfyui_probe
 };
 
-/* configured models: tags, no tags, a registry port, repeats, junk */
-static const char *const probe_models[] = {
-	"qwen3:32b", "llama3.2", "gpt-4o-mini", "x:latest", "", NULL,
-	"host:5000/ns/y", "qwen3:32b", "a"
-};
+static const FuzzTarget *target = &targets[0];
 
 #define FUZZ_ASSERT(cond) \
 	do { \
@@ -82,13 +121,48 @@ free_maybe(void *ptr)
 		pfree(ptr);
 }
 
-/* True if s has no control character (messages must be printable). */
+/* True if s has no control character (U+0000-U+001F, U+007F). */
 static bool
 printable(const char *s)
 {
 	for (; *s != '\0'; s++)
 	{
 		if ((unsigned char) *s < 0x20 || *s == 0x7F)
+			return false;
+	}
+	return true;
+}
+
+/* Valid UTF-8 by PostgreSQL's verifier (which also refuses NUL)? */
+static bool
+pg_utf8(const char *s, size_t len)
+{
+	return pg_encoding_verifymbstr(PG_UTF8, s, (int) len) == (int) len;
+}
+
+/* A string people read: valid UTF-8, no control character, <= max bytes. */
+static bool
+clean_text(const char *s, size_t max)
+{
+	size_t		len = strlen(s);
+
+	return len <= max && pg_utf8(s, len) && printable(s);
+}
+
+/* Is every string in the tree clean (valid UTF-8, no control character)? */
+static bool
+clean_json_strings(const cJSON *item)
+{
+	const cJSON *child;
+
+	if (cJSON_IsString(item) &&
+		!clean_text(item->valuestring, IGNY8_ERRMSG_MAX + 3))
+		return false;
+	if (item->string != NULL && !clean_text(item->string, 64))
+		return false;
+	cJSON_ArrayForEach(child, item)
+	{
+		if (!clean_json_strings(child))
 			return false;
 	}
 	return true;
@@ -104,18 +178,32 @@ fuzz_parse(const Igny8TextProtocol *proto, const Igny8HttpResponse *resp)
 	if (proto->parse_chat(resp, &result, &err))
 	{
 		FUZZ_ASSERT(resp->status >= 200 && resp->status < 300);
-		FUZZ_ASSERT(result.content != NULL);
 		FUZZ_ASSERT(err.cls == IGNY8_ERR_NONE && err.message == NULL);
+		FUZZ_ASSERT(!err.retry_once && !err.drop_think);
+		FUZZ_ASSERT(result.content != NULL);
+		FUZZ_ASSERT(pg_utf8(result.content, strlen(result.content)));
+		FUZZ_ASSERT(result.thinking == NULL ||
+					pg_utf8(result.thinking, strlen(result.thinking)));
+		FUZZ_ASSERT(result.model == NULL ||
+					clean_text(result.model, IGNY8_MODEL_MAX));
+		FUZZ_ASSERT(result.finish_reason == NULL ||
+					clean_text(result.finish_reason,
+							   IGNY8_FINISH_REASON_MAX));
 		FUZZ_ASSERT(result.input_tokens >= 0 && result.output_tokens >= 0);
+		FUZZ_ASSERT(result.cached_input_tokens >= 0 &&
+					result.cached_input_tokens <= result.input_tokens);
+		/* cJSON would have cut a string at a \u0000 */
+		FUZZ_ASSERT(!igny8_json_has_nul_escape(resp->body, resp->body_len));
 	}
 	else
 	{
 		FUZZ_ASSERT(err.cls != IGNY8_ERR_NONE);
 		FUZZ_ASSERT(err.message != NULL);
-		FUZZ_ASSERT(strlen(err.message) <= IGNY8_ERRMSG_MAX + 3);
-		FUZZ_ASSERT(printable(err.message));
+		FUZZ_ASSERT(clean_text(err.message, IGNY8_ERRMSG_MAX + 3));
 		FUZZ_ASSERT(!err.drop_think || err.cls == IGNY8_ERR_RETRY);
-		FUZZ_ASSERT(result.content == NULL);
+		FUZZ_ASSERT(!err.retry_once || err.cls == IGNY8_ERR_RETRY);
+		FUZZ_ASSERT(result.content == NULL && result.thinking == NULL &&
+					result.model == NULL && result.finish_reason == NULL);
 	}
 	free_maybe(result.content);
 	free_maybe(result.thinking);
@@ -145,12 +233,15 @@ fuzz_build(const Igny8TextProtocol *proto, const cJSON *settings,
 	req.omit_think = (sel & 8) != 0;
 
 	proto->build_chat(&req, (sel & 16) ? "key\r\nX-Injected: 1" : NULL, &out);
-	FUZZ_ASSERT(out.method != NULL && out.path != NULL && out.path[0] == '/');
+	FUZZ_ASSERT(out.method != NULL && strcmp(out.method, "POST") == 0);
+	FUZZ_ASSERT(out.path != NULL && out.path[0] == '/');
 	FUZZ_ASSERT(out.body != NULL);
 	body = igny8_json_parse(out.body, strlen(out.body));
 	FUZZ_ASSERT(cJSON_IsObject(body));
 	FUZZ_ASSERT(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(body, "model")));
 	FUZZ_ASSERT(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(body, "messages")));
+	FUZZ_ASSERT(cJSON_GetObjectItemCaseSensitive(body, "stream") == NULL ||
+				cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(body, "stream")));
 	cJSON_Delete(body);
 	FUZZ_ASSERT(out.nheaders >= 1 && out.nheaders <= IGNY8_MAX_HEADERS);
 	for (i = 0; i < out.nheaders; i++)
@@ -180,6 +271,8 @@ fuzz_probe(const Igny8ProbeProtocol *proto, const Igny8HttpResponse *resp,
 	cJSON	   *detail;
 	const cJSON *missing;
 	const cJSON *item;
+	bool		lists = (proto == &igny8_ollama_probe ||
+						 proto == &igny8_openai_probe);
 
 	proto->parse_probe(resp, nmodels > 0 ? probe_models : NULL, nmodels,
 					   &result);
@@ -188,18 +281,29 @@ fuzz_probe(const Igny8ProbeProtocol *proto, const Igny8HttpResponse *resp,
 	FUZZ_ASSERT(!result.healthy ||
 				(resp->status >= 200 && resp->status < 300));
 	FUZZ_ASSERT(result.summary != NULL && result.summary[0] != '\0');
-	FUZZ_ASSERT(strlen(result.summary) <= IGNY8_ERRMSG_MAX + 3);
-	FUZZ_ASSERT(printable(result.summary));
+	FUZZ_ASSERT(clean_text(result.summary, IGNY8_ERRMSG_MAX + 3));
 	FUZZ_ASSERT(result.detail_json != NULL);
+	FUZZ_ASSERT(pg_utf8(result.detail_json, strlen(result.detail_json)));
 	detail = igny8_json_parse(result.detail_json, strlen(result.detail_json));
 	FUZZ_ASSERT(cJSON_IsObject(detail));
+	FUZZ_ASSERT(clean_json_strings(detail));
 	if (!result.healthy)
 	{
 		FUZZ_ASSERT(member_number(detail, "http_status") == resp->status);
 		FUZZ_ASSERT(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(detail,
 																	"error")));
 	}
-	else if (proto == &igny8_ollama_probe || proto == &igny8_openai_probe)
+	else if (lists && nmodels < 0)
+	{
+		FUZZ_ASSERT(!result.degraded);
+		FUZZ_ASSERT(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(detail,
+																   "model_check")));
+		FUZZ_ASSERT(cJSON_GetObjectItemCaseSensitive(detail,
+													 "models_missing") == NULL);
+		FUZZ_ASSERT(member_number(detail, "models_listed") >= 0);
+		FUZZ_ASSERT(strstr(result.summary, "(model check off)") != NULL);
+	}
+	else if (lists)
 	{
 		missing = cJSON_GetObjectItemCaseSensitive(detail, "models_missing");
 		FUZZ_ASSERT(cJSON_IsArray(missing));
@@ -251,11 +355,74 @@ fuzz_build_probe(const Igny8ProbeProtocol *proto, const cJSON *settings,
 	pfree(out.path);
 }
 
+/* The text helpers, on the body as a model's answer and as a label. */
+static void
+fuzz_text(const uint8_t *data, size_t size, uint8_t sel)
+{
+	const char *body = (const char *) data + 1;
+	size_t		len = size - 1;
+	char	   *text;
+	char	   *stripped;
+	char	   *thinking;
+	char	   *cut;
+	size_t		textlen;
+
+	text = pnstrdup(body, len);
+	textlen = strlen(text);
+	stripped = igny8_strip_think(text, &thinking);
+	FUZZ_ASSERT(stripped != NULL && strlen(stripped) <= textlen);
+	FUZZ_ASSERT(thinking == NULL || (thinking[0] != '\0' &&
+									 strlen(thinking) <= textlen));
+	/* the block goes at ASCII boundaries: valid text stays valid */
+	if (pg_utf8(text, textlen))
+	{
+		FUZZ_ASSERT(pg_utf8(stripped, strlen(stripped)));
+		FUZZ_ASSERT(thinking == NULL || pg_utf8(thinking, strlen(thinking)));
+	}
+	free_maybe(stripped);
+	free_maybe(thinking);
+
+	/* igny8_utf8_valid agrees with PostgreSQL's verifier (save for NUL) */
+	FUZZ_ASSERT(igny8_utf8_valid(text, textlen) == pg_utf8(text, textlen));
+	if (memchr(body, '\0', len) == NULL)
+		FUZZ_ASSERT(igny8_utf8_valid(body, len) == pg_utf8(body, len));
+
+	/* a label is cut clean, and a clean one that fits stays as it was */
+	cut = pstrdup(text);
+	igny8_clean_label(cut, sel % 160);
+	FUZZ_ASSERT(clean_text(cut, sel % 160));
+	if (clean_text(text, sel % 160))
+		FUZZ_ASSERT(strcmp(cut, text) == 0);
+	pfree(cut);
+	pfree(text);
+
+	cut = igny8_truncate_message(body, len, sel);
+	FUZZ_ASSERT(clean_text(cut, (size_t) sel + 3));
+	pfree(cut);
+}
+
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
+	const char *name = getenv("IGNY8_FUZZ_TARGET");
+	int			i;
+
 	igny8_json_init();
-	return 0;
+	if (name == NULL || name[0] == '\0')
+		return 0;
+	for (i = 0; i < (int) lengthof(targets); i++)
+	{
+		if (strcmp(name, targets[i].name) == 0)
+		{
+			target = &targets[i];
+			return 0;
+		}
+	}
+	fprintf(stderr, "IGNY8_FUZZ_TARGET=%s is none of:", name);
+	for (i = 0; i < (int) lengthof(targets); i++)
+		fprintf(stderr, " %s", targets[i].name);
+	fprintf(stderr, "\n");
+	exit(2);
 }
 
 int
@@ -263,11 +430,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	Igny8HttpResponse resp;
 	uint8_t		sel;
-	char	   *text;
-	char	   *stripped;
-	char	   *thinking;
-	char	   *cut;
+	int			nmodels;
 	cJSON	   *settings;
+	bool		all = (target->chat == NULL && target->probe == NULL);
 	int			i;
 
 	if (size < 1)
@@ -282,36 +447,35 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	resp.body = resp.body_len > 0 ? palloc(resp.body_len) : NULL;
 	if (resp.body_len > 0)
 		memcpy((char *) resp.body, data + 1, resp.body_len);
+	nmodels = Min((int) (sel >> 4), (int) lengthof(probe_models) + 1) - 1;
 
 	for (i = 0; i < (int) lengthof(protocols); i++)
-		fuzz_parse(protocols[i], &resp);
+	{
+		if (all || target->chat == protocols[i])
+			fuzz_parse(protocols[i], &resp);
+	}
 	for (i = 0; i < (int) lengthof(probes); i++)
-		fuzz_probe(probes[i], &resp,
-				   (int) (resp.body_len % (lengthof(probe_models) + 1)));
-
-	/* the body as a model's answer and as an error text */
-	text = pnstrdup((const char *) data + 1, size - 1);
-	stripped = igny8_strip_think(text, &thinking);
-	FUZZ_ASSERT(stripped != NULL && strlen(stripped) <= strlen(text));
-	FUZZ_ASSERT(thinking == NULL || (thinking[0] != '\0' &&
-									 strlen(thinking) <= strlen(text)));
-	free_maybe(stripped);
-	free_maybe(thinking);
-	pfree(text);
-
-	cut = igny8_truncate_message(resp.body, resp.body_len, sel);
-	FUZZ_ASSERT(strlen(cut) <= (size_t) sel + 3);
-	FUZZ_ASSERT(printable(cut));
-	pfree(cut);
+	{
+		if (all || target->probe == probes[i])
+			fuzz_probe(probes[i], &resp, nmodels);
+	}
+	if (all)
+		fuzz_text(data, size, sel);
 
 	/* the body as deployment settings */
 	settings = igny8_json_parse(resp.body, resp.body_len);
 	if (cJSON_IsObject(settings))
 	{
 		for (i = 0; i < (int) lengthof(protocols); i++)
-			fuzz_build(protocols[i], settings, sel);
+		{
+			if (all || target->chat == protocols[i])
+				fuzz_build(protocols[i], settings, sel);
+		}
 		for (i = 0; i < (int) lengthof(probes); i++)
-			fuzz_build_probe(probes[i], settings, sel);
+		{
+			if (all || target->probe == probes[i])
+				fuzz_build_probe(probes[i], settings, sel);
+		}
 	}
 	cJSON_Delete(settings);
 

@@ -5,16 +5,24 @@
  *	  src/provider_{ollama,openai,anthropic,comfyui}.c, built as frontend
  *	  code.
  *
- * Checks, for each protocol, the HTTP request that build_chat makes
- * (method, path, headers, exact JSON body) and what parse_chat makes of
- * every response shape and error of reference/protocols.md; likewise for
- * each health probe, build_probe and parse_probe.  Prints one
- * line per group of checks, a line per failed check, and finally
- * "N passed, M failed"; exits 1 if any check failed.
+ * The tests are tables of cases: for each protocol, the request that
+ * build_chat makes from a normalized request (method, path, every header,
+ * the JSON body), what parse_chat makes of every answer and error of
+ * reference/protocols.md (the result's fields, or the error's class,
+ * message, retry_after and flags), and likewise build_probe and
+ * parse_probe of each health probe.  Every case also checks the
+ * contract of provider.h that holds for all of them (valid UTF-8, no
+ * control characters in messages and labels, bounded lengths, no key in
+ * a body).  A few helpers of odd shapes keep plain checks.
+ *
+ * Prints one line per group of checks, a line per failed check, and
+ * finally "N passed, M failed"; exits 1 if any check failed.  Built with
+ * ASan, UBSan and leak detection (test/unit/Makefile): everything a case
+ * allocates is freed.
  *
  * With "--write-corpus DIR" it also writes every response body it parses
  * into DIR as seeds for test/fuzz/fuzz_providers.c (first byte: the
- * status selector the fuzzer uses).
+ * selector the fuzzer reads).
  *
  * test/unit/test_providers.c
  *
@@ -24,6 +32,7 @@
 
 #include <stdio.h>
 
+#include "mb/pg_wchar.h"
 #include "provider.h"
 
 /* must match test/fuzz/fuzz_providers.c */
@@ -31,18 +40,24 @@ static const long fuzz_statuses[16] = {
 	200, 400, 401, 402, 403, 404, 408, 409,
 	413, 429, 500, 502, 503, 504, 529, 302
 };
+#define FUZZ_NMODELS 9			/* configured models the fuzzer has */
 
 static int	n_passed;
 static int	n_failed;
 static const char *group_name;
 static int	group_checks;
 static int	group_failed;
+static const char *case_name;	/* the table row being checked, or NULL */
+static int	case_index;
 static const char *corpus_dir;
 static int	corpus_count;
 
-static const Igny8TextProtocol *ollama = &igny8_ollama_protocol;
-static const Igny8TextProtocol *openai = &igny8_openai_protocol;
-static const Igny8TextProtocol *anthropic = &igny8_anthropic_protocol;
+static const Igny8TextProtocol *const ollama = &igny8_ollama_protocol;
+static const Igny8TextProtocol *const openai = &igny8_openai_protocol;
+static const Igny8TextProtocol *const anthropic = &igny8_anthropic_protocol;
+
+static const char *const class_names[] = {"NONE", "RETRY", "FALLBACK",
+"CALLER"};
 
 /* ---------- the harness ---------- */
 
@@ -52,6 +67,7 @@ begin_group(const char *name)
 	group_name = name;
 	group_checks = 0;
 	group_failed = 0;
+	case_name = NULL;
 }
 
 static void
@@ -60,12 +76,24 @@ end_group(void)
 	printf("%-4s %s (%d checks)\n", group_failed ? "FAIL" : "ok",
 		   group_name, group_checks);
 	fflush(stdout);
+	case_name = NULL;
+}
+
+/* Name the table row that the next checks are about. */
+static void
+begin_case(int index, const char *name)
+{
+	case_index = index;
+	case_name = name;
 }
 
 static bool check(bool ok, int line, const char *fmt,...)
 			pg_attribute_printf(3, 4);
 
-/* Count one check; on failure print the line and the formatted reason. */
+/*
+ * Count one check; on failure print where (the table row, or else the
+ * line) and the formatted reason.
+ */
 static bool
 check(bool ok, int line, const char *fmt,...)
 {
@@ -79,7 +107,10 @@ check(bool ok, int line, const char *fmt,...)
 	}
 	n_failed++;
 	group_failed++;
-	printf("  FAILED line %d: ", line);
+	if (case_name != NULL)
+		printf("  FAILED case %d (%s): ", case_index, case_name);
+	else
+		printf("  FAILED line %d: ", line);
 	va_start(args, fmt);
 	vprintf(fmt, args);
 	va_end(args);
@@ -129,19 +160,103 @@ check_json(const char *actual, const char *expected, int line)
 
 	if (e == NULL)
 	{
-		printf("  bad expected JSON at line %d\n", line);
+		printf("  bad expected JSON at line %d: %s\n", line, expected);
 		abort();
 	}
 	ok = (a != NULL && cJSON_Compare(a, e, true));
 	cJSON_Delete(a);
 	cJSON_Delete(e);
-	return check(ok, line, "JSON body\n    got      %s\n    expected %s",
+	return check(ok, line, "JSON\n    got      %s\n    expected %s",
 				 actual ? actual : "(null)", expected);
 }
 
-/* Write one response as a fuzzer seed (first byte: status selector). */
+/* Valid UTF-8 by PostgreSQL's own verifier (which also refuses NUL)? */
+static bool
+pg_utf8(const char *s)
+{
+	int			len = (int) strlen(s);
+
+	return pg_encoding_verifymbstr(PG_UTF8, s, len) == len;
+}
+
+/* True if s has no control character (U+0000-U+001F, U+007F). */
+static bool
+printable(const char *s)
+{
+	for (; *s != '\0'; s++)
+	{
+		if ((unsigned char) *s < 0x20 || *s == 0x7F)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Check a string meant for people (a message, a summary, a label): valid
+ * UTF-8, no control character, at most max bytes.
+ */
 static void
-write_seed(const Igny8HttpResponse *resp)
+check_clean(const char *s, size_t max, const char *what, int line)
+{
+	if (!check(s != NULL, line, "%s is NULL", what))
+		return;
+	check(pg_utf8(s), line, "%s is not valid UTF-8: \"%s\"", what, s);
+	check(printable(s), line, "%s has a control character: \"%s\"", what, s);
+	check(strlen(s) <= max, line, "%s has %zu bytes, more than %zu", what,
+		  strlen(s), max);
+}
+
+/* Free a palloc'd pointer that may be NULL. */
+static void
+free_maybe(void *ptr)
+{
+	if (ptr != NULL)
+		pfree(ptr);
+}
+
+/* Free what build_chat or build_probe made. */
+static void
+free_request(Igny8HttpRequest *out)
+{
+	int			i;
+
+	for (i = 0; i < out->nheaders; i++)
+		pfree(out->headers[i]);
+	free_maybe(out->path);
+	free_maybe(out->body);
+	memset(out, 0, sizeof(*out));
+}
+
+/* Free what parse_chat made. */
+static void
+free_answer(Igny8TextResult *r, Igny8ProviderError *e)
+{
+	free_maybe(r->content);
+	free_maybe(r->thinking);
+	free_maybe(r->model);
+	free_maybe(r->finish_reason);
+	free_maybe(e->message);
+	memset(r, 0, sizeof(*r));
+	memset(e, 0, sizeof(*e));
+}
+
+/* Free what parse_probe made. */
+static void
+free_probe(Igny8ProbeResult *r)
+{
+	free_maybe(r->summary);
+	free_maybe(r->detail_json);
+	memset(r, 0, sizeof(*r));
+}
+
+/*
+ * Write one response as a fuzzer seed.  The first byte is the selector
+ * test/fuzz/fuzz_providers.c reads: status (low 4 bits), and either
+ * x-should-retry and retry-after (a chat answer) or the number of
+ * configured models plus one (a probe, nmodels given as >= -1).
+ */
+static void
+write_seed(const Igny8HttpResponse *resp, bool is_probe, int nmodels)
 {
 	char		path[1024];
 	FILE	   *f;
@@ -153,12 +268,17 @@ write_seed(const Igny8HttpResponse *resp)
 		if (fuzz_statuses[i] == resp->status)
 			sel = (unsigned char) i;
 	}
-	if (resp->should_retry == 0)
-		sel |= 1 << 4;
-	else if (resp->should_retry == 1)
-		sel |= 2 << 4;
-	if (resp->retry_after >= 0)
-		sel |= 2 << 6;
+	if (is_probe)
+		sel |= (unsigned char) ((Min(Max(nmodels, -1), FUZZ_NMODELS) + 1) << 4);
+	else
+	{
+		if (resp->should_retry == 0)
+			sel |= 1 << 4;
+		else if (resp->should_retry == 1)
+			sel |= 2 << 4;
+		if (resp->retry_after >= 0)
+			sel |= 2 << 6;
+	}
 
 	snprintf(path, sizeof(path), "%s/seed-%03d", corpus_dir, corpus_count++);
 	f = fopen(path, "wb");
@@ -173,11 +293,11 @@ write_seed(const Igny8HttpResponse *resp)
 	fclose(f);
 }
 
-/* Parse an answer with retry_after and x-should-retry given. */
+/* Parse a chat answer (and write it as a seed when asked to). */
 static bool
-parse_full(const Igny8TextProtocol *proto, long status, const char *body,
-		   double retry_after, int should_retry,
-		   Igny8TextResult *result, Igny8ProviderError *err)
+parse_answer(const Igny8TextProtocol *proto, long status, const char *body,
+			 double retry_after, int should_retry,
+			 Igny8TextResult *result, Igny8ProviderError *err)
 {
 	Igny8HttpResponse resp;
 
@@ -187,260 +307,504 @@ parse_full(const Igny8TextProtocol *proto, long status, const char *body,
 	resp.retry_after = retry_after;
 	resp.should_retry = should_retry;
 	if (corpus_dir != NULL)
-		write_seed(&resp);
+		write_seed(&resp, false, 0);
+	memset(result, 0x7f, sizeof(*result));	/* must be set on every path */
+	memset(err, 0x7f, sizeof(*err));
 	return proto->parse_chat(&resp, result, err);
 }
 
-/* Parse an answer without retry headers. */
-static bool
-parse(const Igny8TextProtocol *proto, long status, const char *body,
-	  Igny8TextResult *result, Igny8ProviderError *err)
+/* Parse a probe answer (and write it as a seed when asked to). */
+static void
+parse_probe(const Igny8ProbeProtocol *proto, long status, const char *body,
+			const char *const *models, int nmodels, Igny8ProbeResult *out)
 {
-	return parse_full(proto, status, body, -1, -1, result, err);
+	Igny8HttpResponse resp;
+
+	resp.status = status;
+	resp.body = body;
+	resp.body_len = body ? strlen(body) : 0;
+	resp.retry_after = -1;
+	resp.should_retry = -1;
+	if (corpus_dir != NULL)
+		write_seed(&resp, true, nmodels);
+	memset(out, 0x7f, sizeof(*out));	/* parse_probe must set every field */
+	proto->parse_probe(&resp, models, nmodels, out);
+}
+
+/* Parse JSON text that the test itself wrote; abort if it is not JSON. */
+static cJSON *
+test_json(const char *text)
+{
+	cJSON	   *json;
+
+	if (text == NULL)
+		return NULL;
+	json = cJSON_Parse(text);
+	if (json == NULL)
+	{
+		printf("bad JSON in a test case: %s\n", text);
+		abort();
+	}
+	return json;
 }
 
 /*
- * Check that an answer is a failure of class cls whose message contains
- * needle (if not NULL), with the given retry_after and drop_think.
+ * Check the headers of a request: exactly the expected ones (a
+ * NULL-terminated list), in order, none with a control character.
  */
 static void
-check_error_full(const Igny8TextProtocol *proto, long status,
-				 const char *body, double retry_after, int should_retry,
-				 Igny8ErrorClass cls, const char *needle,
-				 double expect_retry_after, bool drop_think, int line)
+check_headers(const Igny8HttpRequest *out, const char *const *expected,
+			  int line)
 {
-	static const char *const names[] = {"NONE", "RETRY", "FALLBACK", "CALLER"};
-	Igny8TextResult result;
-	Igny8ProviderError err;
-	bool		ok;
+	int			n = 0;
+	int			i;
 
-	ok = parse_full(proto, status, body, retry_after, should_retry,
-					&result, &err);
-	check(!ok, line, "%s %ld: parse succeeded", proto->name, status);
-	if (ok)
-		return;
-	check(err.cls == cls, line, "%s %ld (should_retry %d): class %s, expected %s",
-		  proto->name, status, should_retry, names[err.cls], names[cls]);
-	check(err.message != NULL &&
-		  strlen(err.message) <= IGNY8_ERRMSG_MAX + 3, line,
-		  "%s %ld: message missing or too long", proto->name, status);
-	if (needle != NULL)
-		check(err.message != NULL && strstr(err.message, needle) != NULL,
-			  line, "%s %ld: message \"%s\" does not contain \"%s\"",
-			  proto->name, status, err.message ? err.message : "(null)",
-			  needle);
-	check(err.retry_after == expect_retry_after, line,
-		  "%s %ld: retry_after %g, expected %g", proto->name, status,
-		  err.retry_after, expect_retry_after);
-	check(err.drop_think == drop_think, line, "%s %ld: drop_think %d",
-		  proto->name, status, (int) err.drop_think);
-	/* one retry only: a 2xx that cannot be read, an Ollama load failure */
-	check(err.retry_once == ((status >= 200 && status < 300) ||
-							 (proto == ollama && status == 500)),
-		  line, "%s %ld: retry_once %d", proto->name, status,
-		  (int) err.retry_once);
-}
-
-#define CHECK_ERROR(proto, status, body, cls, needle) \
-	check_error_full((proto), (status), (body), -1, -1, (cls), (needle), \
-					 -1, false, __LINE__)
-#define CHECK_ERROR_H(proto, status, body, retry_after, should_retry, cls, \
-					  needle, expect_retry_after) \
-	check_error_full((proto), (status), (body), (retry_after), \
-					 (should_retry), (cls), (needle), \
-					 (expect_retry_after), false, __LINE__)
-
-/* A normalized request; settings given as JSON text or NULL. */
-static Igny8TextRequest
-make_request(const char *model, const Igny8Message *messages, int n,
-			 const char *settings)
-{
-	Igny8TextRequest req;
-
-	memset(&req, 0, sizeof(req));
-	req.model = model;
-	req.messages = messages;
-	req.nmessages = n;
-	req.max_tokens = 256;
-	req.has_temperature = false;
-	req.temperature = 0;
-	req.settings = settings ? cJSON_Parse(settings) : NULL;
-	if (settings != NULL && req.settings == NULL)
+	while (expected[n] != NULL)
+		n++;
+	check(out->nheaders == n, line, "nheaders = %d, expected %d",
+		  out->nheaders, n);
+	for (i = 0; i < out->nheaders; i++)
 	{
-		printf("bad settings JSON: %s\n", settings);
-		abort();
+		check(printable(out->headers[i]), line,
+			  "header %d has a control character", i);
+		if (i < n)
+			check_str(out->headers[i], expected[i], "header", line);
 	}
-	req.omit_think = false;
-	return req;
 }
 
-/* Is key a member of the JSON object text body? */
-static bool
-has_member(const char *body, const char *key)
+/* ---------- provider.c: kinds, classes, text helpers ---------- */
+
+typedef struct KindCase
 {
-	cJSON	   *json = cJSON_Parse(body);
-	bool		found = cJSON_GetObjectItemCaseSensitive(json, key) != NULL;
+	Igny8ProviderKind kind;
+	const char *name;
+	const Igny8TextProtocol *text;
+	const Igny8ProbeProtocol *probe;
+} KindCase;
 
-	cJSON_Delete(json);
-	return found;
-}
-
-static const Igny8Message basic_messages[] = {
-	{"system", "You are terse."},
-	{"user", "Hi"}
+static const KindCase kind_cases[] = {
+	{IGNY8_KIND_OLLAMA, "ollama", &igny8_ollama_protocol, &igny8_ollama_probe},
+	{IGNY8_KIND_OPENAI, "openai", &igny8_openai_protocol, &igny8_openai_probe},
+	{IGNY8_KIND_ANTHROPIC, "anthropic", &igny8_anthropic_protocol,
+	&igny8_anthropic_probe},
+	{IGNY8_KIND_COMFYUI, "comfyui", NULL, &igny8_comfyui_probe},
+	{IGNY8_KIND_INVALID, NULL, NULL, NULL}
 };
 
-#define BASIC_MESSAGES_JSON \
-	"[{\"role\":\"system\",\"content\":\"You are terse.\"}," \
-	"{\"role\":\"user\",\"content\":\"Hi\"}]"
+typedef struct KindNameCase
+{
+	const char *name;
+	Igny8ProviderKind kind;
+} KindNameCase;
 
-/* ---------- provider.c ---------- */
+static const KindNameCase kind_name_cases[] = {
+	{"ollama", IGNY8_KIND_OLLAMA},
+	{"openai", IGNY8_KIND_OPENAI},
+	{"anthropic", IGNY8_KIND_ANTHROPIC},
+	{"comfyui", IGNY8_KIND_COMFYUI},
+	{"OpenAI", IGNY8_KIND_OPENAI},
+	{"ANTHROPIC", IGNY8_KIND_ANTHROPIC},
+	{"gemini", IGNY8_KIND_INVALID},
+	{"ollama ", IGNY8_KIND_INVALID},
+	{"", IGNY8_KIND_INVALID},
+	{NULL, IGNY8_KIND_INVALID}
+};
 
 static void
 test_kinds(void)
 {
-	begin_group("provider kinds and protocol table");
-	CHECK(igny8_provider_kind_from_name("ollama") == IGNY8_KIND_OLLAMA);
-	CHECK(igny8_provider_kind_from_name("openai") == IGNY8_KIND_OPENAI);
-	CHECK(igny8_provider_kind_from_name("anthropic") == IGNY8_KIND_ANTHROPIC);
-	CHECK(igny8_provider_kind_from_name("comfyui") == IGNY8_KIND_COMFYUI);
-	CHECK(igny8_provider_kind_from_name("OpenAI") == IGNY8_KIND_OPENAI);
-	CHECK(igny8_provider_kind_from_name("gemini") == IGNY8_KIND_INVALID);
-	CHECK(igny8_provider_kind_from_name("") == IGNY8_KIND_INVALID);
-	CHECK(igny8_provider_kind_from_name(NULL) == IGNY8_KIND_INVALID);
-	CHECK_STR(igny8_provider_kind_name(IGNY8_KIND_OLLAMA), "ollama");
-	CHECK_STR(igny8_provider_kind_name(IGNY8_KIND_OPENAI), "openai");
-	CHECK_STR(igny8_provider_kind_name(IGNY8_KIND_ANTHROPIC), "anthropic");
-	CHECK_STR(igny8_provider_kind_name(IGNY8_KIND_COMFYUI), "comfyui");
-	CHECK_STR(igny8_provider_kind_name(IGNY8_KIND_INVALID), NULL);
-	CHECK(igny8_text_protocol(IGNY8_KIND_OLLAMA) == &igny8_ollama_protocol);
-	CHECK(igny8_text_protocol(IGNY8_KIND_OPENAI) == &igny8_openai_protocol);
-	CHECK(igny8_text_protocol(IGNY8_KIND_ANTHROPIC) == &igny8_anthropic_protocol);
-	CHECK(igny8_text_protocol(IGNY8_KIND_COMFYUI) == NULL);
-	CHECK(igny8_text_protocol(IGNY8_KIND_INVALID) == NULL);
-	CHECK_STR(ollama->name, "ollama");
-	CHECK_STR(openai->name, "openai");
-	CHECK_STR(anthropic->name, "anthropic");
+	int			i;
+
+	begin_group("provider kinds and protocol tables");
+	for (i = 0; i < (int) lengthof(kind_name_cases); i++)
+	{
+		const KindNameCase *c = &kind_name_cases[i];
+
+		begin_case(i, c->name ? c->name : "NULL");
+		check(igny8_provider_kind_from_name(c->name) == c->kind, __LINE__,
+			  "kind of \"%s\" = %d, expected %d", c->name ? c->name : "NULL",
+			  (int) igny8_provider_kind_from_name(c->name), (int) c->kind);
+	}
+	for (i = 0; i < (int) lengthof(kind_cases); i++)
+	{
+		const KindCase *c = &kind_cases[i];
+
+		begin_case(i, c->name ? c->name : "invalid");
+		CHECK_STR(igny8_provider_kind_name(c->kind), c->name);
+		CHECK(igny8_text_protocol(c->kind) == c->text);
+		CHECK(igny8_probe_protocol(c->kind) == c->probe);
+		if (c->text != NULL)
+			CHECK_STR(c->text->name, c->name);
+		if (c->probe != NULL)
+			CHECK_STR(c->probe->name, c->name);
+	}
+	case_name = NULL;
 	CHECK(!ollama->needs_key);
 	CHECK(!openai->needs_key);
 	CHECK(anthropic->needs_key);
 	end_group();
 }
 
+typedef struct ClassifyCase
+{
+	long		status;
+	int			should_retry;
+	Igny8ErrorClass cls;
+} ClassifyCase;
+
+static const ClassifyCase classify_cases[] = {
+	{408, -1, IGNY8_ERR_RETRY}, {409, -1, IGNY8_ERR_RETRY},
+	{429, -1, IGNY8_ERR_RETRY}, {500, -1, IGNY8_ERR_RETRY},
+	{502, -1, IGNY8_ERR_RETRY}, {503, -1, IGNY8_ERR_RETRY},
+	{504, -1, IGNY8_ERR_RETRY}, {529, -1, IGNY8_ERR_RETRY},
+	{501, -1, IGNY8_ERR_RETRY}, {599, -1, IGNY8_ERR_RETRY},
+	{401, -1, IGNY8_ERR_FALLBACK}, {402, -1, IGNY8_ERR_FALLBACK},
+	{403, -1, IGNY8_ERR_FALLBACK}, {404, -1, IGNY8_ERR_FALLBACK},
+	{302, -1, IGNY8_ERR_FALLBACK}, {100, -1, IGNY8_ERR_FALLBACK},
+	{600, -1, IGNY8_ERR_FALLBACK}, {0, -1, IGNY8_ERR_FALLBACK},
+	{400, -1, IGNY8_ERR_CALLER}, {413, -1, IGNY8_ERR_CALLER},
+	{422, -1, IGNY8_ERR_CALLER}, {405, -1, IGNY8_ERR_CALLER},
+	{418, -1, IGNY8_ERR_CALLER}, {451, -1, IGNY8_ERR_CALLER},
+	{200, -1, IGNY8_ERR_NONE}, {204, 0, IGNY8_ERR_NONE},
+	{299, 1, IGNY8_ERR_NONE},
+	/* x-should-retry: true makes any error RETRY, false a RETRY FALLBACK */
+	{503, 0, IGNY8_ERR_FALLBACK}, {429, 0, IGNY8_ERR_FALLBACK},
+	{400, 0, IGNY8_ERR_CALLER}, {404, 0, IGNY8_ERR_FALLBACK},
+	{400, 1, IGNY8_ERR_RETRY}, {404, 1, IGNY8_ERR_RETRY},
+	{503, 1, IGNY8_ERR_RETRY}, {302, 1, IGNY8_ERR_RETRY}
+};
+
 static void
 test_classify(void)
 {
-	static const long retry[] = {408, 409, 429, 500, 502, 503, 504, 529, 501, 599};
-	static const long fallback[] = {401, 402, 403, 404, 302, 100, 600};
-	static const long caller[] = {400, 413, 422, 405, 418, 451};
 	int			i;
 
 	begin_group("generic status classification");
-	for (i = 0; i < (int) lengthof(retry); i++)
-		check(igny8_classify_status(retry[i], -1) == IGNY8_ERR_RETRY,
-			  __LINE__, "%ld is RETRY", retry[i]);
-	for (i = 0; i < (int) lengthof(fallback); i++)
-		check(igny8_classify_status(fallback[i], -1) == IGNY8_ERR_FALLBACK,
-			  __LINE__, "%ld is FALLBACK", fallback[i]);
-	for (i = 0; i < (int) lengthof(caller); i++)
-		check(igny8_classify_status(caller[i], -1) == IGNY8_ERR_CALLER,
-			  __LINE__, "%ld is CALLER", caller[i]);
-	CHECK(igny8_classify_status(200, -1) == IGNY8_ERR_NONE);
-	CHECK(igny8_classify_status(204, 0) == IGNY8_ERR_NONE);
-	/* x-should-retry */
-	CHECK(igny8_classify_status(503, 0) == IGNY8_ERR_FALLBACK);
-	CHECK(igny8_classify_status(429, 0) == IGNY8_ERR_FALLBACK);
-	CHECK(igny8_classify_status(400, 0) == IGNY8_ERR_CALLER);
-	CHECK(igny8_classify_status(404, 0) == IGNY8_ERR_FALLBACK);
-	CHECK(igny8_classify_status(400, 1) == IGNY8_ERR_RETRY);
-	CHECK(igny8_classify_status(404, 1) == IGNY8_ERR_RETRY);
-	CHECK(igny8_classify_status(503, 1) == IGNY8_ERR_RETRY);
+	for (i = 0; i < (int) lengthof(classify_cases); i++)
+	{
+		const ClassifyCase *c = &classify_cases[i];
+		Igny8ErrorClass cls = igny8_classify_status(c->status,
+													c->should_retry);
+
+		check(cls == c->cls, __LINE__,
+			  "%ld with x-should-retry %d is %s, expected %s", c->status,
+			  c->should_retry, class_names[cls], class_names[c->cls]);
+	}
 	end_group();
 }
+
+typedef struct TruncateCase
+{
+	const char *in;
+	size_t		len;
+	size_t		max;
+	const char *out;
+} TruncateCase;
+
+static const TruncateCase truncate_cases[] = {
+	{"hello", 5, 10, "hello"},
+	{"hello", 5, 5, "hello"},
+	{"hello world", 11, 5, "hello..."},
+	{"hello world", 11, 6, "hello..."},
+	{"hello", 3, 10, "hel"},
+	/* e-acute is two bytes: never cut in the middle */
+	{"h\xc3\xa9llo", 6, 2, "h..."},
+	{"h\xc3\xa9llo", 6, 3, "h\xc3\xa9..."},
+	{"\xe2\x82\xac", 3, 3, "\xe2\x82\xac"},
+	{"\xe2\x82\xac", 3, 2, "..."},
+	{"\xf0\x9f\x98\x80!", 5, 4, "\xf0\x9f\x98\x80..."},
+	/* a sequence cut by len itself, invalid bytes, overlong forms */
+	{"\xe2\x82\xac", 2, 10, "??"},
+	{"ab\xff", 3, 10, "ab?"},
+	{"\xc0\xaf", 2, 10, "??"},
+	{"\xed\xa0\x80", 3, 10, "???"},
+	{"\xf4\x90\x80\x80", 4, 10, "????"},
+	{"\xc3(", 2, 10, "?("},
+	/* control characters */
+	{"a\nb\tc\rd\x7f" "e", 9, 20, "a b c d e"},
+	{"ab\0cd", 5, 10, "ab cd"},
+	{"line\n", 5, 10, "line"},
+	{NULL, 0, 10, ""},
+	{"abc", 3, 0, "..."}
+};
 
 static void
 test_truncate(void)
 {
-	char	   *s;
 	char		big[1000];
+	char	   *s;
+	int			i;
 
 	begin_group("igny8_truncate_message");
-	CHECK_STR(igny8_truncate_message("hello", 5, 10), "hello");
-	CHECK_STR(igny8_truncate_message("hello", 5, 5), "hello");
-	CHECK_STR(igny8_truncate_message("hello world", 11, 5), "hello...");
-	CHECK_STR(igny8_truncate_message("hello world", 11, 6), "hello...");
-	CHECK_STR(igny8_truncate_message("hello", 3, 10), "hel");
-	/* e-acute is two bytes: never cut in the middle */
-	CHECK_STR(igny8_truncate_message("h\xc3\xa9llo", 6, 2), "h...");
-	CHECK_STR(igny8_truncate_message("h\xc3\xa9llo", 6, 3), "h\xc3\xa9...");
-	CHECK_STR(igny8_truncate_message("\xe2\x82\xac", 3, 3), "\xe2\x82\xac");
-	CHECK_STR(igny8_truncate_message("\xe2\x82\xac", 3, 2), "...");
-	CHECK_STR(igny8_truncate_message("\xf0\x9f\x98\x80!", 5, 4), "\xf0\x9f\x98\x80...");
-	/* a sequence cut by len itself, invalid bytes, overlong forms */
-	CHECK_STR(igny8_truncate_message("\xe2\x82\xac", 2, 10), "??");
-	CHECK_STR(igny8_truncate_message("ab\xff", 3, 10), "ab?");
-	CHECK_STR(igny8_truncate_message("\xc0\xaf", 2, 10), "??");
-	CHECK_STR(igny8_truncate_message("\xed\xa0\x80", 3, 10), "???");
-	CHECK_STR(igny8_truncate_message("\xf4\x90\x80\x80", 4, 10), "????");
-	CHECK_STR(igny8_truncate_message("\xc3(", 2, 10), "?(");
-	/* control characters */
-	CHECK_STR(igny8_truncate_message("a\nb\tc\rd\x7f" "e", 9, 20), "a b c d e");
-	CHECK_STR(igny8_truncate_message("ab\0cd", 5, 10), "ab cd");
-	CHECK_STR(igny8_truncate_message("line\n", 5, 10), "line");
-	CHECK_STR(igny8_truncate_message(NULL, 0, 10), "");
-	CHECK_STR(igny8_truncate_message("abc", 3, 0), "...");
+	for (i = 0; i < (int) lengthof(truncate_cases); i++)
+	{
+		const TruncateCase *c = &truncate_cases[i];
+
+		begin_case(i, c->out);
+		s = igny8_truncate_message(c->in, c->len, c->max);
+		CHECK_STR(s, c->out);
+		check_clean(s, c->max + 3, "result", __LINE__);
+		pfree(s);
+	}
+	case_name = NULL;
 	memset(big, 'x', sizeof(big));
 	s = igny8_truncate_message(big, sizeof(big), IGNY8_ERRMSG_MAX);
 	CHECK_INT(strlen(s), IGNY8_ERRMSG_MAX + 3);
 	CHECK(strcmp(s + IGNY8_ERRMSG_MAX, "...") == 0);
+	pfree(s);
 	end_group();
 }
+
+typedef struct LabelCase
+{
+	const char *in;
+	size_t		max;
+	const char *out;
+} LabelCase;
+
+static const LabelCase label_cases[] = {
+	{"gpt-4o-mini-2024-07-18", IGNY8_MODEL_MAX, "gpt-4o-mini-2024-07-18"},
+	{"", IGNY8_MODEL_MAX, ""},
+	{"a\xff" "b", IGNY8_MODEL_MAX, "a?b"},
+	{"a\nb\x7f", IGNY8_MODEL_MAX, "a?b?"},
+	{"\t stop", IGNY8_FINISH_REASON_MAX, "? stop"},
+	{"\xc0\xaf", 10, "??"},
+	{"\xed\xa0\x80", 10, "???"},
+	{"\xe2\x82", 10, "??"},
+	{"\xf0\x9f\x98\x80", 4, "\xf0\x9f\x98\x80"},
+	{"\xf0\x9f\x98\x80", 3, ""},
+	{"h\xc3\xa9llo", 2, "h"},
+	{"h\xc3\xa9llo", 3, "h\xc3\xa9"},
+	{"h\xc3\xa9llo", 5, "h\xc3\xa9ll"},
+	{"\xff\xff\xff", 2, "??"},
+	{"abc", 0, ""},
+	{"end_turn", IGNY8_FINISH_REASON_MAX, "end_turn"},
+	{"model_context_window_exceeded", IGNY8_FINISH_REASON_MAX,
+	"model_context_window_exceeded"}
+};
+
+typedef struct Utf8Case
+{
+	const char *in;
+	size_t		len;
+	bool		valid;
+} Utf8Case;
+
+static const Utf8Case utf8_cases[] = {
+	{"", 0, true},
+	{"plain ASCII", 11, true},
+	{"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14, true},
+	{"\xef\xbf\xbf\xf4\x8f\xbf\xbf", 7, true},	/* U+FFFF, U+10FFFF */
+	{"a\0b", 3, true},			/* NUL is UTF-8; parse_chat refuses it */
+	{"\xff", 1, false},
+	{"\xc3", 1, false},			/* cut sequence */
+	{"\xc3(", 2, false},
+	{"\xc0\xaf", 2, false},		/* overlong */
+	{"\xe0\x80\xaf", 3, false}, /* overlong */
+	{"\xed\xa0\x80", 3, false}, /* surrogate */
+	{"\xf4\x90\x80\x80", 4, false}, /* above U+10FFFF */
+	{"\xf8\x88\x80\x80\x80", 5, false},
+	{"\xe2\x82\xac", 2, false}	/* cut by len */
+};
+
+typedef struct NulCase
+{
+	const char *body;
+	bool		has_nul;
+} NulCase;
+
+static const NulCase nul_cases[] = {
+	{"{\"a\":\"x\\u0000y\"}", true},
+	{"{\"a\":\"\\u0000\"}", true},
+	{"{\"a\":\"\\\\u0000\"}", false},	/* an escaped backslash, then text */
+	{"{\"a\":\"\\\\\\u0000\"}", true},	/* a backslash, then a NUL */
+	{"{\"a\":\"\\\\\\\\u0000\"}", false},
+	{"{\"a\":\"\\u00001\"}", true},
+	{"{\"a\":\"\\u0001\\u0100\\u1000\"}", false},
+	{"{\"\\u0000\":1}", true},
+	{"\\u0000", true},
+	{"\\u000", false},
+	{"x\\", false},
+	{"", false}
+};
+
+static void
+test_text_helpers(void)
+{
+	char		longname[300];
+	char	   *s;
+	int			i;
+
+	begin_group("igny8_clean_label, igny8_utf8_valid, igny8_json_has_nul_escape");
+	for (i = 0; i < (int) lengthof(label_cases); i++)
+	{
+		const LabelCase *c = &label_cases[i];
+
+		begin_case(i, c->out);
+		s = pstrdup(c->in);
+		igny8_clean_label(s, c->max);
+		CHECK_STR(s, c->out);
+		check_clean(s, c->max, "label", __LINE__);
+		pfree(s);
+	}
+	for (i = 0; i < (int) lengthof(utf8_cases); i++)
+	{
+		const Utf8Case *c = &utf8_cases[i];
+
+		begin_case(i, "UTF-8");
+		check(igny8_utf8_valid(c->in, c->len) == c->valid, __LINE__,
+			  "igny8_utf8_valid = %d, expected %d",
+			  (int) igny8_utf8_valid(c->in, c->len), (int) c->valid);
+	}
+	for (i = 0; i < (int) lengthof(nul_cases); i++)
+	{
+		const NulCase *c = &nul_cases[i];
+
+		begin_case(i, c->body);
+		check(igny8_json_has_nul_escape(c->body, strlen(c->body)) ==
+			  c->has_nul, __LINE__, "has_nul_escape = %d, expected %d",
+			  (int) !c->has_nul, (int) c->has_nul);
+	}
+	case_name = NULL;
+	/* the length given counts, not the terminating NUL */
+	CHECK(igny8_json_has_nul_escape("\\u0000", 6));
+	CHECK(!igny8_json_has_nul_escape("\\u0000", 5));
+	CHECK(!igny8_json_has_nul_escape(NULL, 0));
+
+	/* a long name is cut to fit the worker's buffer */
+	memset(longname, 'm', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	igny8_clean_label(longname, IGNY8_MODEL_MAX);
+	CHECK_INT(strlen(longname), IGNY8_MODEL_MAX);
+	/* ... at a character boundary: a euro sign across byte 127 goes */
+	memset(longname, 'm', 126);
+	strcpy(longname + 126, "\xe2\x82\xac tail");
+	igny8_clean_label(longname, IGNY8_MODEL_MAX);
+	CHECK_INT(strlen(longname), 126);
+	CHECK(pg_utf8(longname));
+	end_group();
+}
+
+typedef struct StripCase
+{
+	const char *in;
+	const char *content;
+	const char *thinking;
+} StripCase;
+
+static const StripCase strip_cases[] = {
+	{"Paris.", "Paris.", NULL},
+	{"<think>\nLet me think.\n</think>\n\nParis.", "Paris.", "Let me think."},
+	{" \n <think>a</think>b", "b", "a"},
+	/* the empty block of a model that did not think */
+	{"<think>\n\n</think>\n\nParis.", "Paris.", NULL},
+	/* no closing tag: keep everything */
+	{"<think>still thinking", "<think>still thinking", NULL},
+	/* only a leading block counts */
+	{"Hi <think>x</think> there", "Hi <think>x</think> there", NULL},
+	/* text without a block keeps its whitespace */
+	{"  indented\n", "  indented\n", NULL},
+	/* the first closing tag ends the block */
+	{"<think>a</think>b</think>c", "b</think>c", "a"},
+	{"<think>a</think>", "", "a"},
+	{"<THINK>a</THINK>x", "<THINK>a</THINK>x", NULL},
+	{"", "", NULL},
+	{NULL, "", NULL}
+};
 
 static void
 test_strip_think(void)
 {
-	char	   *thinking = (char *) "untouched";
+	char	   *thinking;
 	char	   *content;
+	int			i;
 
 	begin_group("igny8_strip_think");
-	content = igny8_strip_think("Paris.", &thinking);
-	CHECK_STR(content, "Paris.");
-	CHECK_STR(thinking, NULL);
-	content = igny8_strip_think("<think>\nLet me think.\n</think>\n\nParis.", &thinking);
-	CHECK_STR(content, "Paris.");
-	CHECK_STR(thinking, "Let me think.");
-	content = igny8_strip_think(" \n <think>a</think>b", &thinking);
-	CHECK_STR(content, "b");
-	CHECK_STR(thinking, "a");
-	/* the empty block of a model that did not think */
-	content = igny8_strip_think("<think>\n\n</think>\n\nParis.", &thinking);
-	CHECK_STR(content, "Paris.");
-	CHECK_STR(thinking, NULL);
-	/* no closing tag: keep everything */
-	content = igny8_strip_think("<think>still thinking", &thinking);
-	CHECK_STR(content, "<think>still thinking");
-	CHECK_STR(thinking, NULL);
-	/* only a leading block counts */
-	content = igny8_strip_think("Hi <think>x</think> there", &thinking);
-	CHECK_STR(content, "Hi <think>x</think> there");
-	CHECK_STR(thinking, NULL);
-	/* text without a block keeps its whitespace */
-	content = igny8_strip_think("  indented\n", &thinking);
-	CHECK_STR(content, "  indented\n");
-	/* the first closing tag ends the block */
-	content = igny8_strip_think("<think>a</think>b</think>c", &thinking);
-	CHECK_STR(content, "b</think>c");
-	CHECK_STR(thinking, "a");
-	content = igny8_strip_think("<think>a</think>", &thinking);
-	CHECK_STR(content, "");
-	CHECK_STR(thinking, "a");
-	content = igny8_strip_think("<think>a</think>x", NULL);
-	CHECK_STR(content, "x");
-	content = igny8_strip_think(NULL, &thinking);
-	CHECK_STR(content, "");
-	CHECK_STR(thinking, NULL);
-	content = igny8_strip_think("<THINK>a</THINK>x", &thinking);
-	CHECK_STR(content, "<THINK>a</THINK>x");
+	for (i = 0; i < (int) lengthof(strip_cases); i++)
+	{
+		const StripCase *c = &strip_cases[i];
+
+		begin_case(i, c->in ? c->in : "NULL");
+		thinking = (char *) "untouched";
+		content = igny8_strip_think(c->in, &thinking);
+		CHECK_STR(content, c->content);
+		CHECK_STR(thinking, c->thinking);
+		free_maybe(content);
+		free_maybe(thinking);
+		/* without a place for the trace, the content is the same */
+		content = igny8_strip_think(c->in, NULL);
+		CHECK_STR(content, c->content);
+		free_maybe(content);
+	}
+	end_group();
+}
+
+typedef struct ErrorTextCase
+{
+	const char *body;
+	const char *message;		/* igny8_error_message, or NULL */
+	bool		context;		/* igny8_context_exceeded */
+} ErrorTextCase;
+
+static const ErrorTextCase error_text_cases[] = {
+	{"{\"error\":\"model is required\"}", "model is required", false},
+	{"{\"error\":{\"message\":\"bad\",\"type\":\"t\"}}", "bad", false},
+	{"{\"type\":\"error\",\"error\":{\"type\":\"api_error\"}}", NULL, false},
+	{"{\"object\":\"error\",\"message\":\"old vLLM\",\"code\":400}",
+	"old vLLM", false},
+	{"{\"error\":{\"type\":\"t\"},\"message\":\"gateway\"}", "gateway", false},
+	{"{\"message\":\"Unauthorized\"}", "Unauthorized", false},
+	{"{\"error\":5,\"message\":6}", NULL, false},
+	{"{\"message\":{\"content\":\"hi\"},\"done\":true}", NULL, false},
+	{"[{\"error\":\"x\"}]", NULL, false},
+	{"\"error\"", NULL, false},
+	/* the context window is too small for the prompt */
+	{"{\"error\":{\"message\":\"This model's maximum context length is 8192 "
+		"tokens. However, your messages resulted in 9000 tokens.\","
+		"\"type\":\"invalid_request_error\",\"param\":\"messages\","
+		"\"code\":\"context_length_exceeded\"}}",
+	"This model's maximum context length is 8192 tokens. However, your "
+	"messages resulted in 9000 tokens.", true},
+	{"{\"error\":{\"message\":\"x\",\"code\":\"context_length_exceeded\"}}",
+	"x", true},
+	{"{\"error\":{\"code\":400,\"message\":\"x\","
+		"\"type\":\"exceed_context_size_error\"}}", "x", true},
+	{"{\"error\":\"prompt is too long: 215000 tokens > 200000 maximum\"}",
+	"prompt is too long: 215000 tokens > 200000 maximum", true},
+	{"{\"error\":\"The Input Length Exceeds The Context Length\"}",
+	"The Input Length Exceeds The Context Length", true},
+	{"{\"error\":{\"message\":\"context_length_exceeded\",\"code\":null}}",
+	"context_length_exceeded", true},
+	/* other 400s */
+	{"{\"error\":{\"message\":\"max_tokens is too large\","
+		"\"code\":\"context_length\"}}", "max_tokens is too large", false},
+	{"{\"error\":{\"message\":\"the context\",\"type\":\"exceed\"}}",
+	"the context", false},
+	{"{\"error\":{\"message\":\"Request too large\","
+		"\"code\":\"rate_limit_exceeded\"}}", "Request too large", false}
+};
+
+static void
+test_error_text(void)
+{
+	int			i;
+
+	begin_group("igny8_error_message, igny8_context_exceeded");
+	for (i = 0; i < (int) lengthof(error_text_cases); i++)
+	{
+		const ErrorTextCase *c = &error_text_cases[i];
+		cJSON	   *json = test_json(c->body);
+
+		begin_case(i, c->body);
+		CHECK_STR(igny8_error_message(json), c->message);
+		check(igny8_context_exceeded(json) == c->context, __LINE__,
+			  "context_exceeded = %d, expected %d", (int) !c->context,
+			  (int) c->context);
+		cJSON_Delete(json);
+	}
+	case_name = NULL;
+	CHECK(igny8_error_message(NULL) == NULL);
+	CHECK(!igny8_context_exceeded(NULL));
 	end_group();
 }
 
@@ -455,7 +819,7 @@ test_helpers(void)
 	char		unterminated[8];
 	int			i;
 
-	begin_group("headers and JSON helpers");
+	begin_group("headers, JSON and count helpers");
 	memset(&out, 0, sizeof(out));
 	igny8_add_header(&out, "X-Count: %d", 42);
 	CHECK_INT(out.nheaders, 1);
@@ -466,11 +830,13 @@ test_helpers(void)
 	for (i = 0; i < 20; i++)
 		igny8_add_header(&out, "X-Filler: %d", i);
 	CHECK_INT(out.nheaders, IGNY8_MAX_HEADERS);
+	free_request(&out);
 
 	CHECK(igny8_str_contains("Your Credit Balance is low", "credit balance"));
 	CHECK(!igny8_str_contains("credit", "credit balance"));
 	CHECK(!igny8_str_contains(NULL, "x"));
 	CHECK(!igny8_str_contains("x", NULL));
+	CHECK(igny8_str_contains("", ""));
 
 	json = igny8_json_parse(" {\"a\":1} \n", 10);
 	CHECK(cJSON_IsObject(json));
@@ -486,845 +852,1123 @@ test_helpers(void)
 	CHECK(cJSON_GetArraySize(json) == 2);
 	cJSON_Delete(json);
 
-	json = cJSON_Parse("{\"n\":3,\"neg\":-4,\"s\":\"5\",\"big\":1e30,\"f\":2.9}");
+	json = test_json("{\"n\":3,\"neg\":-4,\"s\":\"5\",\"big\":1e30,\"f\":2.9}");
 	CHECK_INT(igny8_json_count(json, "n"), 3);
 	CHECK_INT(igny8_json_count(json, "neg"), 0);
 	CHECK_INT(igny8_json_count(json, "s"), 0);
 	CHECK_INT(igny8_json_count(json, "missing"), 0);
 	CHECK_INT(igny8_json_count(json, "f"), 2);
-	CHECK(igny8_json_count(json, "big") > 0);
+	CHECK_INT(igny8_json_count(json, "big"), INT64CONST(9000000000000000000));
 	CHECK_INT(igny8_json_count(NULL, "n"), 0);
 	CHECK(igny8_json_string(json, "s") != NULL);
 	CHECK(igny8_json_string(json, "n") == NULL);
 	cJSON_Delete(json);
-	json = cJSON_Parse("[{\"a\":1}]");
+	json = test_json("[{\"a\":1}]");
 	CHECK(igny8_json_member(json, "a") == NULL);
 	cJSON_Delete(json);
 
-	dst = cJSON_Parse("{\"a\":1,\"b\":2}");
-	src = cJSON_Parse("{\"b\":20,\"c\":30}");
+	CHECK_INT(igny8_count_add(1, 2), 3);
+	CHECK_INT(igny8_count_add(0, 0), 0);
+	CHECK_INT(igny8_count_add(-1, 5), 5);
+	CHECK_INT(igny8_count_add(INT64CONST(9000000000000000000), 1),
+			  INT64CONST(9000000000000000000));
+	CHECK_INT(igny8_count_add(INT64CONST(9000000000000000000),
+							  INT64CONST(9000000000000000000)),
+			  INT64CONST(9000000000000000000));
+
+	dst = test_json("{\"a\":1,\"b\":2}");
+	src = test_json("{\"b\":20,\"c\":30}");
 	igny8_json_merge(dst, src, false);
 	printed = igny8_json_print(dst);
 	CHECK_JSON(printed, "{\"a\":1,\"b\":2,\"c\":30}");
+	pfree(printed);
 	igny8_json_merge(dst, src, true);
 	printed = igny8_json_print(dst);
 	CHECK_JSON(printed, "{\"a\":1,\"b\":20,\"c\":30}");
+	pfree(printed);
 	igny8_json_set(dst, "a", cJSON_CreateString("x"));
 	printed = igny8_json_print(dst);
 	CHECK_STR(printed, "{\"b\":20,\"c\":30,\"a\":\"x\"}");
+	pfree(printed);
+	igny8_json_set(NULL, "a", cJSON_CreateString("freed, not leaked"));
 	cJSON_Delete(dst);
 	cJSON_Delete(src);
 	end_group();
 }
 
-/* ---------- Ollama ---------- */
+/* ---------- build_chat ---------- */
+
+static const Igny8Message basic_messages[] = {
+	{"system", "You are terse."},
+	{"user", "Hi"}
+};
+
+#define BASIC_MESSAGES_JSON \
+	"[{\"role\":\"system\",\"content\":\"You are terse.\"}," \
+	"{\"role\":\"user\",\"content\":\"Hi\"}]"
+
+static const Igny8Message quoting_messages[] = {
+	{"user", "say \"hi\"\n\\ \xc3\xa9"}
+};
+
+static const Igny8Message convo_messages[] = {
+	{"system", "Be brief."},
+	{"user", "Hi"},
+	{"assistant", "Hello"},
+	{"system", "Answer in French."},
+	{"system", ""},
+	{"user", "Bye"},
+	{"user", "Really"}
+};
+
+static const Igny8Message user_hi[] = {{"user", "Hi"}};
+
+static const Igny8Message null_fields[] = {{NULL, NULL}, {"system", NULL}};
+
+#define MSGS(array) (array), lengthof(array)
+#define NO_MSGS NULL, 0
+#define CT "Content-Type: application/json"
+
+#define OLLAMA_SETTINGS \
+	"{\"keep_alive\":\"10m\",\"think\":true," \
+	"\"options\":{\"num_ctx\":8192,\"temperature\":0.1," \
+	"\"num_predict\":5,\"seed\":42},\"unknown\":1}"
+
+typedef struct BuildCase
+{
+	const char *what;
+	const Igny8TextProtocol *proto;
+	const char *model;
+	const Igny8Message *messages;
+	int			nmessages;
+	const char *settings;		/* JSON text or NULL */
+	const char *api_key;
+	int			max_tokens;		/* 0: 256 */
+	bool		has_temperature;
+	double		temperature;
+	bool		omit_think;
+	const char *path;
+	const char *headers[IGNY8_MAX_HEADERS + 1];	/* exactly these, in order */
+	const char *body;			/* compared as JSON */
+	bool		exact;			/* and as text (the members' order) */
+} BuildCase;
+
+static const BuildCase build_cases[] = {
+	/* Ollama */
+	{"ollama: plain request", &igny8_ollama_protocol, "qwen3:32b",
+		MSGS(basic_messages), NULL, NULL, 0, false, 0, false, "/api/chat",
+		{CT, NULL},
+		"{\"model\":\"qwen3:32b\",\"messages\":" BASIC_MESSAGES_JSON
+		",\"stream\":false,\"options\":{\"num_predict\":256}}", true},
+	{"ollama: settings merged, the request's values win",
+		&igny8_ollama_protocol, "qwen3:32b", MSGS(basic_messages),
+		OLLAMA_SETTINGS, NULL, 0, true, 0.7, false, "/api/chat", {CT, NULL},
+		"{\"model\":\"qwen3:32b\",\"messages\":" BASIC_MESSAGES_JSON
+		",\"stream\":false,\"options\":{\"num_ctx\":8192,"
+		"\"temperature\":0.7,\"num_predict\":256,\"seed\":42},"
+		"\"keep_alive\":\"10m\",\"think\":true}", false},
+	{"ollama: without a request temperature the setting's stays",
+		&igny8_ollama_protocol, "qwen3:32b", MSGS(basic_messages),
+		OLLAMA_SETTINGS, NULL, 0, false, 0, false, "/api/chat", {CT, NULL},
+		"{\"model\":\"qwen3:32b\",\"messages\":" BASIC_MESSAGES_JSON
+		",\"stream\":false,\"options\":{\"num_ctx\":8192,"
+		"\"temperature\":0.1,\"num_predict\":256,\"seed\":42},"
+		"\"keep_alive\":\"10m\",\"think\":true}", false},
+	{"ollama: omit_think after a \"does not support thinking\" refusal",
+		&igny8_ollama_protocol, "qwen3:32b", MSGS(basic_messages),
+		OLLAMA_SETTINGS, NULL, 0, false, 0, true, "/api/chat", {CT, NULL},
+		"{\"model\":\"qwen3:32b\",\"messages\":" BASIC_MESSAGES_JSON
+		",\"stream\":false,\"options\":{\"num_ctx\":8192,"
+		"\"temperature\":0.1,\"num_predict\":256,\"seed\":42},"
+		"\"keep_alive\":\"10m\"}", false},
+	{"ollama: keep_alive as a number, think as a level",
+		&igny8_ollama_protocol, "gpt-oss:20b", basic_messages, 1,
+		"{\"keep_alive\":0,\"think\":\"high\"}", NULL, 0, false, 0, false,
+		"/api/chat", {CT, NULL},
+		"{\"model\":\"gpt-oss:20b\",\"messages\":[{\"role\":\"system\","
+		"\"content\":\"You are terse.\"}],\"stream\":false,"
+		"\"options\":{\"num_predict\":256},\"keep_alive\":0,"
+		"\"think\":\"high\"}", false},
+	{"ollama: settings of the wrong types are ignored",
+		&igny8_ollama_protocol, "m", NO_MSGS,
+		"{\"keep_alive\":true,\"think\":1,\"options\":\"x\",\"stream\":true}",
+		NULL, 0, false, 0, false, "/api/chat", {CT, NULL},
+		"{\"model\":\"m\",\"messages\":[],\"stream\":false,"
+		"\"options\":{\"num_predict\":256}}", false},
+	{"ollama: settings that are not an object", &igny8_ollama_protocol, "m",
+		NO_MSGS, "[1]", NULL, 0, false, 0, false, "/api/chat", {CT, NULL},
+		"{\"model\":\"m\",\"messages\":[],\"stream\":false,"
+		"\"options\":{\"num_predict\":256}}", false},
+	{"ollama: a key (for a proxy) becomes a bearer header",
+		&igny8_ollama_protocol, "m", MSGS(basic_messages), NULL, "sk-secret",
+		0, false, 0, false, "/api/chat",
+		{CT, "Authorization: Bearer sk-secret", NULL},
+		"{\"model\":\"m\",\"messages\":" BASIC_MESSAGES_JSON
+		",\"stream\":false,\"options\":{\"num_predict\":256}}", false},
+	{"ollama: strings are escaped", &igny8_ollama_protocol, "m",
+		MSGS(quoting_messages), NULL, NULL, 0, false, 0, false, "/api/chat",
+		{CT, NULL},
+		"{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+		"\"content\":\"say \\\"hi\\\"\\n\\\\ \xc3\xa9\"}],"
+		"\"stream\":false,\"options\":{\"num_predict\":256}}", false},
+	{"ollama: NULL model, role and content", &igny8_ollama_protocol, NULL,
+		MSGS(null_fields), NULL, NULL, 7, false, 0, false, "/api/chat",
+		{CT, NULL},
+		"{\"model\":\"\",\"messages\":[{\"role\":\"user\",\"content\":\"\"},"
+		"{\"role\":\"system\",\"content\":\"\"}],\"stream\":false,"
+		"\"options\":{\"num_predict\":7}}", false},
+
+	/* OpenAI-compatible */
+	{"openai: plain request", &igny8_openai_protocol, "gpt-4o-mini",
+		MSGS(basic_messages), NULL, NULL, 0, false, 0, false,
+		"/v1/chat/completions", {CT, NULL},
+		"{\"model\":\"gpt-4o-mini\",\"messages\":" BASIC_MESSAGES_JSON
+		",\"max_tokens\":256}", true},
+	{"openai: temperature and key", &igny8_openai_protocol, "gpt-4o-mini",
+		MSGS(basic_messages), NULL, "sk-test", 0, true, 0.2, false,
+		"/v1/chat/completions", {CT, "Authorization: Bearer sk-test", NULL},
+		"{\"model\":\"gpt-4o-mini\",\"messages\":" BASIC_MESSAGES_JSON
+		",\"max_tokens\":256,\"temperature\":0.2}", false},
+	{"openai: max_completion_tokens on request", &igny8_openai_protocol,
+		"o3-mini", MSGS(basic_messages),
+		"{\"max_tokens_field\":\"max_completion_tokens\"}", "sk-test", 0,
+		false, 0, false, "/v1/chat/completions",
+		{CT, "Authorization: Bearer sk-test", NULL},
+		"{\"model\":\"o3-mini\",\"messages\":" BASIC_MESSAGES_JSON
+		",\"max_completion_tokens\":256}", false},
+	{"openai: an unknown max_tokens_field is ignored", &igny8_openai_protocol,
+		"m", MSGS(basic_messages), "{\"max_tokens_field\":\"n_predict\"}",
+		NULL, 0, false, 0, false, "/v1/chat/completions", {CT, NULL},
+		"{\"model\":\"m\",\"messages\":" BASIC_MESSAGES_JSON
+		",\"max_tokens\":256}", false},
+	{"openai: extra_body added, never over the request's fields, no stream",
+		&igny8_openai_protocol, "gpt-4o-mini", MSGS(basic_messages),
+		"{\"extra_body\":{\"top_p\":0.5,\"model\":\"evil\","
+		"\"stream\":true,\"reasoning_effort\":\"low\","
+		"\"messages\":[],\"max_tokens\":1,\"temperature\":2,"
+		"\"chat_template_kwargs\":{\"enable_thinking\":false}}}",
+		NULL, 0, false, 0, false, "/v1/chat/completions", {CT, NULL},
+		"{\"model\":\"gpt-4o-mini\",\"messages\":" BASIC_MESSAGES_JSON
+		",\"max_tokens\":256,\"top_p\":0.5,\"reasoning_effort\":\"low\","
+		"\"temperature\":2,"
+		"\"chat_template_kwargs\":{\"enable_thinking\":false}}", false},
+	{"openai: extra_body that is not an object", &igny8_openai_protocol, "m",
+		NO_MSGS, "{\"extra_body\":[1,2]}", NULL, 0, false, 0, false,
+		"/v1/chat/completions", {CT, NULL},
+		"{\"model\":\"m\",\"messages\":[],\"max_tokens\":256}", false},
+
+	/* Anthropic */
+	{"anthropic: system messages joined and pulled out",
+		&igny8_anthropic_protocol, "claude-sonnet-4-5", MSGS(convo_messages),
+		NULL, "sk-ant-test", 0, false, 0, false, "/v1/messages",
+		{CT, "x-api-key: sk-ant-test", "anthropic-version: 2023-06-01", NULL},
+		"{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":256,"
+		"\"system\":\"Be brief.\\n\\nAnswer in French.\","
+		"\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
+		"{\"role\":\"assistant\",\"content\":\"Hello\"},"
+		"{\"role\":\"user\",\"content\":\"Bye\"},"
+		"{\"role\":\"user\",\"content\":\"Really\"}]}", true},
+	{"anthropic: no key, no system, version from the settings",
+		&igny8_anthropic_protocol, "claude-haiku-4-5", MSGS(user_hi),
+		"{\"anthropic_version\":\"2024-10-22\"}", NULL, 0, false, 0, false,
+		"/v1/messages", {CT, "anthropic-version: 2024-10-22", NULL},
+		"{\"model\":\"claude-haiku-4-5\",\"max_tokens\":256,"
+		"\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}", false},
+	{"anthropic: temperature above 1 sent as 1", &igny8_anthropic_protocol,
+		"c", MSGS(user_hi), NULL, "sk-k", 0, true, 1.5, false, "/v1/messages",
+		{CT, "x-api-key: sk-k", "anthropic-version: 2023-06-01", NULL},
+		"{\"model\":\"c\",\"max_tokens\":256,\"messages\":"
+		"[{\"role\":\"user\",\"content\":\"Hi\"}],\"temperature\":1}", true},
+	{"anthropic: temperature 2 sent as 1", &igny8_anthropic_protocol,
+		"c", MSGS(user_hi), NULL, "sk-k", 0, true, 2.0, false, "/v1/messages",
+		{CT, "x-api-key: sk-k", "anthropic-version: 2023-06-01", NULL},
+		"{\"model\":\"c\",\"max_tokens\":256,\"messages\":"
+		"[{\"role\":\"user\",\"content\":\"Hi\"}],\"temperature\":1}", true},
+	{"anthropic: temperature 0.3 as is", &igny8_anthropic_protocol,
+		"c", MSGS(user_hi), NULL, "sk-k", 0, true, 0.3, false, "/v1/messages",
+		{CT, "x-api-key: sk-k", "anthropic-version: 2023-06-01", NULL},
+		"{\"model\":\"c\",\"max_tokens\":256,\"messages\":"
+		"[{\"role\":\"user\",\"content\":\"Hi\"}],\"temperature\":0.3}", true},
+	{"anthropic: temperature 0 as is", &igny8_anthropic_protocol,
+		"c", MSGS(user_hi), NULL, "sk-k", 0, true, 0, false, "/v1/messages",
+		{CT, "x-api-key: sk-k", "anthropic-version: 2023-06-01", NULL},
+		"{\"model\":\"c\",\"max_tokens\":256,\"messages\":"
+		"[{\"role\":\"user\",\"content\":\"Hi\"}],\"temperature\":0}", true},
+	{"anthropic: max_tokens, no temperature", &igny8_anthropic_protocol,
+		"c", MSGS(user_hi), "{\"anthropic_version\":\"\"}", "sk-k", 64000, false,
+		0, false, "/v1/messages",
+		{CT, "x-api-key: sk-k", "anthropic-version: 2023-06-01", NULL},
+		"{\"model\":\"c\",\"max_tokens\":64000,\"messages\":"
+		"[{\"role\":\"user\",\"content\":\"Hi\"}]}", true},
+	{"anthropic: a key with a line break cannot inject a header",
+		&igny8_anthropic_protocol, "c", MSGS(user_hi), NULL, "k\r\nX-Evil: 1",
+		0, false, 0, false, "/v1/messages",
+		{CT, "x-api-key: k  X-Evil: 1", "anthropic-version: 2023-06-01",
+		NULL},
+		"{\"model\":\"c\",\"max_tokens\":256,\"messages\":"
+		"[{\"role\":\"user\",\"content\":\"Hi\"}]}", true},
+	{"anthropic: only system messages", &igny8_anthropic_protocol, "c",
+		basic_messages, 1, NULL, "sk-k", 0, false, 0, false, "/v1/messages",
+		{CT, "x-api-key: sk-k", "anthropic-version: 2023-06-01", NULL},
+		"{\"model\":\"c\",\"max_tokens\":256,\"system\":\"You are terse.\","
+		"\"messages\":[]}", true}
+};
 
 static void
-test_ollama_build(void)
+test_build(void)
 {
-	Igny8TextRequest req;
-	Igny8HttpRequest out;
+	int			i;
 
-	begin_group("ollama: build /api/chat");
-	req = make_request("qwen3:32b", basic_messages, 2, NULL);
-	ollama->build_chat(&req, NULL, &out);
-	CHECK_STR(out.method, "POST");
-	CHECK_STR(out.path, "/api/chat");
-	CHECK_INT(out.nheaders, 1);
-	CHECK_STR(out.headers[0], "Content-Type: application/json");
-	CHECK_STR(out.body,
-			  "{\"model\":\"qwen3:32b\",\"messages\":" BASIC_MESSAGES_JSON
-			  ",\"stream\":false,\"options\":{\"num_predict\":256}}");
-
-	/* settings: keep_alive, think, options merged; request values win */
-	req = make_request("qwen3:32b", basic_messages, 2,
-					   "{\"keep_alive\":\"10m\",\"think\":true,"
-					   "\"options\":{\"num_ctx\":8192,\"temperature\":0.1,"
-					   "\"num_predict\":5,\"seed\":42},\"unknown\":1}");
-	req.has_temperature = true;
-	req.temperature = 0.7;
-	ollama->build_chat(&req, NULL, &out);
-	CHECK_JSON(out.body,
-			   "{\"model\":\"qwen3:32b\",\"messages\":" BASIC_MESSAGES_JSON
-			   ",\"stream\":false,\"options\":{\"num_ctx\":8192,"
-			   "\"temperature\":0.7,\"num_predict\":256,\"seed\":42},"
-			   "\"keep_alive\":\"10m\",\"think\":true}");
-
-	/* without a request temperature the setting's stays */
-	req.has_temperature = false;
-	ollama->build_chat(&req, NULL, &out);
-	CHECK_JSON(out.body,
-			   "{\"model\":\"qwen3:32b\",\"messages\":" BASIC_MESSAGES_JSON
-			   ",\"stream\":false,\"options\":{\"num_ctx\":8192,"
-			   "\"temperature\":0.1,\"num_predict\":256,\"seed\":42},"
-			   "\"keep_alive\":\"10m\",\"think\":true}");
-
-	/* omit_think after a "does not support thinking" refusal */
-	req.omit_think = true;
-	ollama->build_chat(&req, NULL, &out);
-	CHECK(!has_member(out.body, "think"));
-	CHECK(has_member(out.body, "keep_alive"));
-
-	/* keep_alive as a number, think as a level */
-	req = make_request("gpt-oss:20b", basic_messages, 1,
-					   "{\"keep_alive\":0,\"think\":\"high\"}");
-	ollama->build_chat(&req, NULL, &out);
-	CHECK_JSON(out.body,
-			   "{\"model\":\"gpt-oss:20b\",\"messages\":[{\"role\":\"system\","
-			   "\"content\":\"You are terse.\"}],\"stream\":false,"
-			   "\"options\":{\"num_predict\":256},\"keep_alive\":0,"
-			   "\"think\":\"high\"}");
-
-	/* settings of the wrong types are ignored */
-	req = make_request("m", basic_messages, 0,
-					   "{\"keep_alive\":true,\"think\":1,\"options\":\"x\","
-					   "\"stream\":true}");
-	ollama->build_chat(&req, NULL, &out);
-	CHECK_JSON(out.body,
-			   "{\"model\":\"m\",\"messages\":[],\"stream\":false,"
-			   "\"options\":{\"num_predict\":256}}");
-	req = make_request("m", basic_messages, 0, "[1]");
-	ollama->build_chat(&req, NULL, &out);
-	CHECK_JSON(out.body,
-			   "{\"model\":\"m\",\"messages\":[],\"stream\":false,"
-			   "\"options\":{\"num_predict\":256}}");
-
-	/* a key (for a proxy in front of Ollama) becomes a bearer header */
-	req = make_request("m", basic_messages, 2, NULL);
-	ollama->build_chat(&req, "sk-secret", &out);
-	CHECK_INT(out.nheaders, 2);
-	CHECK_STR(out.headers[1], "Authorization: Bearer sk-secret");
-	CHECK(strstr(out.body, "sk-secret") == NULL);
-
-	/* strings are escaped */
+	begin_group("build_chat: method, path, headers, body");
+	for (i = 0; i < (int) lengthof(build_cases); i++)
 	{
-		static const Igny8Message quoting[] = {{"user", "say \"hi\"\n\\ \xc3\xa9"}};
+		const BuildCase *c = &build_cases[i];
+		Igny8TextRequest req;
+		Igny8HttpRequest out;
 
-		req = make_request("m", quoting, 1, NULL);
-		ollama->build_chat(&req, NULL, &out);
-		CHECK_JSON(out.body,
-				   "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
-				   "\"content\":\"say \\\"hi\\\"\\n\\\\ \xc3\xa9\"}],"
-				   "\"stream\":false,\"options\":{\"num_predict\":256}}");
+		begin_case(i, c->what);
+		memset(&req, 0, sizeof(req));
+		req.model = c->model;
+		req.messages = c->messages;
+		req.nmessages = c->nmessages;
+		req.max_tokens = c->max_tokens > 0 ? c->max_tokens : 256;
+		req.has_temperature = c->has_temperature;
+		req.temperature = c->temperature;
+		req.settings = test_json(c->settings);
+		req.omit_think = c->omit_think;
+
+		memset(&out, 0x7f, sizeof(out));	/* must be set on every path */
+		c->proto->build_chat(&req, c->api_key, &out);
+		CHECK_STR(out.method, "POST");
+		CHECK_STR(out.path, c->path);
+		check_headers(&out, c->headers, __LINE__);
+		CHECK_JSON(out.body, c->body);
+		if (c->exact)
+			CHECK_STR(out.body, c->body);
+		if (c->api_key != NULL)
+			check(strstr(out.body, c->api_key) == NULL, __LINE__,
+				  "the key is in the body");
+		free_request(&out);
+		cJSON_Delete((cJSON *) req.settings);
 	}
 	end_group();
 }
 
-static void
-test_ollama_parse(void)
+/* ---------- parse_chat: answers ---------- */
+
+typedef struct AnswerCase
 {
-	Igny8TextResult r;
-	Igny8ProviderError e;
+	const char *what;
+	const Igny8TextProtocol *proto;
+	const char *body;			/* of a 200 */
+	const char *content;
+	const char *thinking;
+	const char *model;
+	const char *finish_reason;
+	int64_t		input_tokens;
+	int64_t		cached_input_tokens;
+	int64_t		output_tokens;
+} AnswerCase;
 
-	begin_group("ollama: parse answers (thinking shapes, counters)");
-	/* thinking in its own field */
-	CHECK(parse(ollama, 200,
-				"{\"model\":\"qwen3:32b\",\"created_at\":\"2025-01-01T00:00:00.1Z\","
-				"\"message\":{\"role\":\"assistant\",\"content\":\"Paris.\","
-				"\"thinking\":\"The capital of France.\"},\"done\":true,"
-				"\"done_reason\":\"stop\",\"total_duration\":123456,"
-				"\"prompt_eval_count\":12,\"eval_count\":34,"
-				"\"eval_duration\":1000}", &r, &e));
-	CHECK_STR(r.content, "Paris.");
-	CHECK_STR(r.thinking, "The capital of France.");
-	CHECK_STR(r.model, "qwen3:32b");
-	CHECK_STR(r.finish_reason, "stop");
-	CHECK_INT(r.input_tokens, 12);
-	CHECK_INT(r.output_tokens, 34);
-	CHECK(e.cls == IGNY8_ERR_NONE);
+#define BIG_COUNT INT64CONST(9000000000000000000)
 
-	/* thinking inline */
-	CHECK(parse(ollama, 200,
-				"{\"model\":\"deepseek-r1\",\"message\":{\"role\":\"assistant\","
-				"\"content\":\"<think>\\nLet me think.\\n</think>\\n\\nParis.\"},"
-				"\"done\":true,\"done_reason\":\"stop\",\"eval_count\":5}",
-				&r, &e));
-	CHECK_STR(r.content, "Paris.");
-	CHECK_STR(r.thinking, "Let me think.");
-	CHECK_INT(r.input_tokens, 0);
-	CHECK_INT(r.output_tokens, 5);
+static const AnswerCase answer_cases[] = {
+	/* Ollama */
+	{"ollama: thinking in its own field", &igny8_ollama_protocol,
+		"{\"model\":\"qwen3:32b\",\"created_at\":\"2025-01-01T00:00:00.1Z\","
+		"\"message\":{\"role\":\"assistant\",\"content\":\"Paris.\","
+		"\"thinking\":\"The capital of France.\"},\"done\":true,"
+		"\"done_reason\":\"stop\",\"total_duration\":123456,"
+		"\"prompt_eval_count\":12,\"eval_count\":34,"
+		"\"eval_duration\":1000}",
+	"Paris.", "The capital of France.", "qwen3:32b", "stop", 12, 0, 34},
+	{"ollama: thinking inline", &igny8_ollama_protocol,
+		"{\"model\":\"deepseek-r1\",\"message\":{\"role\":\"assistant\","
+		"\"content\":\"<think>\\nLet me think.\\n</think>\\n\\nParis.\"},"
+		"\"done\":true,\"done_reason\":\"stop\",\"eval_count\":5}",
+	"Paris.", "Let me think.", "deepseek-r1", "stop", 0, 0, 5},
+	{"ollama: the empty block", &igny8_ollama_protocol,
+		"{\"model\":\"qwen3\",\"message\":{\"role\":\"assistant\","
+		"\"content\":\"<think>\\n\\n</think>\\n\\nParis.\"},\"done\":true}",
+	"Paris.", NULL, "qwen3", NULL, 0, 0, 0},
+	{"ollama: field and block: the field wins, the block goes",
+		&igny8_ollama_protocol,
+		"{\"model\":\"qwen3\",\"message\":{\"role\":\"assistant\","
+		"\"content\":\"<think>inline</think>Paris.\","
+		"\"thinking\":\"field\"},\"done\":true}",
+	"Paris.", "field", "qwen3", NULL, 0, 0, 0},
+	{"ollama: an empty field does not hide the block", &igny8_ollama_protocol,
+		"{\"message\":{\"content\":\"<think>inline</think>Paris.\","
+		"\"thinking\":\"\"},\"done\":true}",
+	"Paris.", "inline", NULL, NULL, 0, 0, 0},
+	{"ollama: counters, done_reason and model missing", &igny8_ollama_protocol,
+		"{\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},"
+		"\"done\":true}",
+	"ok", NULL, NULL, NULL, 0, 0, 0},
+	{"ollama: length, empty content, no \"done\"", &igny8_ollama_protocol,
+		"{\"message\":{\"content\":\"\"},\"done_reason\":\"length\","
+		"\"prompt_eval_count\":4096}",
+	"", NULL, NULL, "length", 4096, 0, 0},
+	{"ollama: an unclosed block is left alone", &igny8_ollama_protocol,
+		"{\"message\":{\"content\":\"<think>cut off\"},\"done\":true,"
+		"\"done_reason\":\"length\"}",
+	"<think>cut off", NULL, NULL, "length", 0, 0, 0},
+	{"ollama: error null, counters of the wrong types", &igny8_ollama_protocol,
+		"{\"error\":null,\"message\":{\"content\":\"a\"},\"done\":true,"
+		"\"prompt_eval_count\":\"7\",\"eval_count\":-3,\"model\":5}",
+	"a", NULL, NULL, NULL, 0, 0, 0},
 
-	/* the empty block */
-	CHECK(parse(ollama, 200,
-				"{\"model\":\"qwen3\",\"message\":{\"role\":\"assistant\","
-				"\"content\":\"<think>\\n\\n</think>\\n\\nParis.\"},\"done\":true}",
-				&r, &e));
-	CHECK_STR(r.content, "Paris.");
-	CHECK_STR(r.thinking, NULL);
+	/* OpenAI-compatible */
+	{"openai: OpenAI's answer", &igny8_openai_protocol,
+		"{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\","
+		"\"created\":1700000000,\"model\":\"gpt-4o-mini-2024-07-18\","
+		"\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,"
+		"\"message\":{\"role\":\"assistant\",\"content\":\"Hello!\","
+		"\"refusal\":null,\"annotations\":[]},\"logprobs\":null,"
+		"\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":9,"
+		"\"completion_tokens\":3,\"total_tokens\":12,"
+		"\"prompt_tokens_details\":{\"cached_tokens\":0},"
+		"\"completion_tokens_details\":{\"reasoning_tokens\":0}}}",
+	"Hello!", NULL, "gpt-4o-mini-2024-07-18", "stop", 9, 0, 3},
+	{"openai: cached prompt tokens", &igny8_openai_protocol,
+		"{\"model\":\"gpt-4o\",\"choices\":[{\"message\":{\"content\":\"x\"},"
+		"\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":2006,"
+		"\"completion_tokens\":300,\"total_tokens\":2306,"
+		"\"prompt_tokens_details\":{\"cached_tokens\":1920,"
+		"\"audio_tokens\":0}}}",
+	"x", NULL, "gpt-4o", "stop", 2006, 1920, 300},
+	{"openai: more cached tokens than prompt tokens is cut",
+		&igny8_openai_protocol,
+		"{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":"
+		"{\"prompt_tokens\":10,\"prompt_tokens_details\":{\"cached_tokens\":50}}}",
+	"x", NULL, NULL, NULL, 10, 10, 0},
+	{"openai: null content (refusal, tool calls) is an empty answer",
+		&igny8_openai_protocol,
+		"{\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"message\":"
+		"{\"role\":\"assistant\",\"content\":null,\"refusal\":\"no\"},"
+		"\"finish_reason\":\"content_filter\"}],\"usage\":"
+		"{\"prompt_tokens\":5,\"completion_tokens\":0}}",
+	"", NULL, "gpt-4o", "content_filter", 5, 0, 0},
+	{"openai: Ollama's /v1, reasoning in its own field", &igny8_openai_protocol,
+		"{\"id\":\"chatcmpl-7\",\"object\":\"chat.completion\","
+		"\"model\":\"qwen3:8b\",\"system_fingerprint\":\"fp_ollama\","
+		"\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+		"\"content\":\"4\",\"reasoning\":\"2 + 2 = 4\"},"
+		"\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":11,"
+		"\"completion_tokens\":20,\"total_tokens\":31}}",
+	"4", "2 + 2 = 4", "qwen3:8b", "stop", 11, 0, 20},
+	{"openai: vLLM's reasoning_content", &igny8_openai_protocol,
+		"{\"model\":\"r1\",\"choices\":[{\"message\":{\"content\":\"yes\","
+		"\"reasoning_content\":\"hmm\"},\"finish_reason\":\"stop\"}]}",
+	"yes", "hmm", "r1", "stop", 0, 0, 0},
+	{"openai: inline tags from a server without a reasoning parser",
+		&igny8_openai_protocol,
+		"{\"model\":\"r1\",\"choices\":[{\"message\":{\"content\":"
+		"\"<think>\\nstep 1\\n</think>\\n\\nDone.\"},\"finish_reason\":\"length\"}]}",
+	"Done.", "step 1", "r1", "length", 0, 0, 0},
+	{"openai: reasoning field and inline tags: the field wins",
+		&igny8_openai_protocol,
+		"{\"choices\":[{\"message\":{\"content\":\"<think>x</think>ok\","
+		"\"reasoning\":\"field\"}}]}",
+	"ok", "field", NULL, NULL, 0, 0, 0},
+	{"openai: usage, finish_reason, model and content missing",
+		&igny8_openai_protocol,
+		"{\"choices\":[{\"message\":{\"role\":\"assistant\"}}]}",
+	"", NULL, NULL, NULL, 0, 0, 0},
+	{"openai: llama.cpp's server, model file path as the model",
+		&igny8_openai_protocol,
+		"{\"choices\":[{\"finish_reason\":\"stop\",\"index\":0,\"message\":"
+		"{\"role\":\"assistant\",\"content\":\"Hi\"}}],\"created\":1,"
+		"\"model\":\"/models/qwen3-8b-q4_k_m.gguf\",\"system_fingerprint\":"
+		"\"b6000\",\"object\":\"chat.completion\",\"usage\":"
+		"{\"completion_tokens\":2,\"prompt_tokens\":15,\"total_tokens\":17},"
+		"\"id\":\"chatcmpl-x\",\"timings\":{\"prompt_n\":15}}",
+	"Hi", NULL, "/models/qwen3-8b-q4_k_m.gguf", "stop", 15, 0, 2},
 
-	/* field and block: the field wins, the block still goes */
-	CHECK(parse(ollama, 200,
-				"{\"model\":\"qwen3\",\"message\":{\"role\":\"assistant\","
-				"\"content\":\"<think>inline</think>Paris.\","
-				"\"thinking\":\"field\"},\"done\":true}", &r, &e));
-	CHECK_STR(r.content, "Paris.");
-	CHECK_STR(r.thinking, "field");
+	/* Anthropic */
+	{"anthropic: text blocks joined, thinking kept, others dropped",
+		&igny8_anthropic_protocol,
+		"{\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\","
+		"\"model\":\"claude-sonnet-4-5-20250929\",\"content\":["
+		"{\"type\":\"thinking\",\"thinking\":\"Let me see.\",\"signature\":\"abc\"},"
+		"{\"type\":\"text\",\"text\":\"Hello, \"},"
+		"{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"f\",\"input\":{}},"
+		"{\"type\":\"redacted_thinking\",\"data\":\"xyz\"},"
+		"{\"type\":\"text\",\"text\":\"world\"}],"
+		"\"stop_reason\":\"end_turn\",\"stop_sequence\":null,"
+		"\"usage\":{\"input_tokens\":10,\"output_tokens\":5,"
+		"\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0}}",
+	"Hello, world", "Let me see.", "claude-sonnet-4-5-20250929", "end_turn",
+	10, 0, 5},
+	{"anthropic: no usage, no model", &igny8_anthropic_protocol,
+		"{\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"Hi\"}],"
+		"\"stop_reason\":\"max_tokens\"}",
+	"Hi", NULL, NULL, "max_tokens", 0, 0, 0},
+	{"anthropic: only non-text blocks: an empty answer",
+		&igny8_anthropic_protocol,
+		"{\"type\":\"message\",\"content\":[{\"type\":\"thinking\","
+		"\"thinking\":\"a\"},{\"type\":\"thinking\",\"thinking\":\"b\"},"
+		"{\"type\":\"text\"},{\"text\":\"untyped\"}],"
+		"\"usage\":{\"input_tokens\":3}}",
+	"", "a\n\nb", NULL, NULL, 3, 0, 0},
+	{"anthropic: empty content", &igny8_anthropic_protocol,
+		"{\"content\":[]}", "", NULL, NULL, NULL, 0, 0, 0},
+	{"anthropic: error null", &igny8_anthropic_protocol,
+		"{\"content\":[{\"type\":\"text\",\"text\":\"a\"}],\"error\":null}",
+	"a", NULL, NULL, NULL, 0, 0, 0},
+	{"anthropic: prompt caching: the prompt is the sum of the three",
+		&igny8_anthropic_protocol,
+		"{\"type\":\"message\",\"model\":\"claude-haiku-4-5\",\"content\":"
+		"[{\"type\":\"text\",\"text\":\"ok\"}],\"stop_reason\":\"end_turn\","
+		"\"usage\":{\"input_tokens\":1,\"cache_creation_input_tokens\":4,"
+		"\"cache_read_input_tokens\":100,\"output_tokens\":7,"
+		"\"service_tier\":\"standard\"}}",
+	"ok", NULL, "claude-haiku-4-5", "end_turn", 105, 100, 7},
+	{"anthropic: a cache write only", &igny8_anthropic_protocol,
+		"{\"content\":[],\"usage\":{\"input_tokens\":3,"
+		"\"cache_creation_input_tokens\":2000}}",
+	"", NULL, NULL, NULL, 2003, 0, 0},
+	{"anthropic: huge counts do not overflow", &igny8_anthropic_protocol,
+		"{\"content\":[],\"usage\":{\"input_tokens\":9e18,"
+		"\"cache_creation_input_tokens\":9e18,\"cache_read_input_tokens\":1e30}}",
+	"", NULL, NULL, NULL, BIG_COUNT, BIG_COUNT, 0},
+	{"anthropic: llama.cpp's /v1/messages", &igny8_anthropic_protocol,
+		"{\"content\":[{\"text\":\"Hi\",\"type\":\"text\"}],\"id\":\"msg_x\","
+		"\"model\":\"qwen3\",\"role\":\"assistant\",\"stop_reason\":\"end_turn\","
+		"\"stop_sequence\":null,\"type\":\"message\",\"usage\":"
+		"{\"input_tokens\":12,\"output_tokens\":2}}",
+	"Hi", NULL, "qwen3", "end_turn", 12, 0, 2},
 
-	/* an empty field does not hide the block */
-	CHECK(parse(ollama, 200,
-				"{\"message\":{\"content\":\"<think>inline</think>Paris.\","
-				"\"thinking\":\"\"},\"done\":true}", &r, &e));
-	CHECK_STR(r.thinking, "inline");
+	/* the text is checked: valid UTF-8 passes whole, escaped or not */
+	{"ollama: multi-byte content, raw and escaped", &igny8_ollama_protocol,
+		"{\"message\":{\"content\":\"caf\xc3\xa9 \\u20ac \\ud83d\\ude00 "
+		"\xf0\x9f\x98\x80\",\"thinking\":\"\xe6\x80\x9d\"},\"done\":true}",
+	"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xf0\x9f\x98\x80",
+	"\xe6\x80\x9d", NULL, NULL, 0, 0, 0},
+	{"ollama: an escaped backslash before u0000 is text, not a NUL",
+		&igny8_ollama_protocol,
+		"{\"message\":{\"content\":\"C:\\\\u0000\\\\x\"},\"done\":true}",
+	"C:\\u0000\\x", NULL, NULL, NULL, 0, 0, 0},
+	{"openai: control characters in the answer are kept",
+		&igny8_openai_protocol,
+		"{\"choices\":[{\"message\":{\"content\":\"a\\tb\\nc\\u0001\"}}]}",
+	"a\tb\nc\x01", NULL, NULL, NULL, 0, 0, 0},
 
-	/* counters, done_reason and model all missing */
-	CHECK(parse(ollama, 200,
-				"{\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},"
-				"\"done\":true}", &r, &e));
-	CHECK_STR(r.content, "ok");
-	CHECK_STR(r.model, NULL);
-	CHECK_STR(r.finish_reason, NULL);
-	CHECK_INT(r.input_tokens, 0);
-	CHECK_INT(r.output_tokens, 0);
-
-	/* length, empty content, no "done" at all */
-	CHECK(parse(ollama, 200,
-				"{\"message\":{\"content\":\"\"},\"done_reason\":\"length\","
-				"\"prompt_eval_count\":4096}", &r, &e));
-	CHECK_STR(r.content, "");
-	CHECK_STR(r.finish_reason, "length");
-	CHECK_INT(r.input_tokens, 4096);
-
-	/* an unclosed block is left alone */
-	CHECK(parse(ollama, 200,
-				"{\"message\":{\"content\":\"<think>cut off\"},\"done\":true,"
-				"\"done_reason\":\"length\"}", &r, &e));
-	CHECK_STR(r.content, "<think>cut off");
-	CHECK_STR(r.thinking, NULL);
-	end_group();
-}
-
-static void
-test_ollama_errors(void)
-{
-	char	   *longbody;
-
-	begin_group("ollama: errors and classes");
-	CHECK_ERROR(ollama, 400, "{\"error\":\"model is required\"}",
-				IGNY8_ERR_CALLER, "model is required");
-	CHECK_ERROR(ollama, 400, "{\"error\":\"invalid model name\"}",
-				IGNY8_ERR_CALLER, "invalid model name");
-	check_error_full(ollama, 400,
-					 "{\"error\":\"\\\"qwen2.5\\\" does not support thinking\"}",
-					 -1, -1, IGNY8_ERR_RETRY, "does not support thinking",
-					 -1, true, __LINE__);
-	CHECK_ERROR(ollama, 400,
-				"{\"error\":\"\\\"qwen2.5\\\" does not support tools\"}",
-				IGNY8_ERR_CALLER, "does not support tools");
-	CHECK_ERROR(ollama, 404, "{\"error\":\"model 'llama9' not found\"}",
-				IGNY8_ERR_FALLBACK, "model 'llama9' not found");
-	CHECK_ERROR(ollama, 404,
-				"{\"error\":\"model \\\"x\\\" not found, try pulling it first\"}",
-				IGNY8_ERR_FALLBACK, "try pulling it first");
-	CHECK_ERROR(ollama, 500,
-				"{\"error\":\"model requires more system memory (64 GiB) than is available\"}",
-				IGNY8_ERR_RETRY, "more system memory");
-	CHECK_ERROR(ollama, 502, "{\"error\":\"cloud model unreachable\"}",
-				IGNY8_ERR_FALLBACK, "unreachable");
-	CHECK_ERROR_H(ollama, 503,
-				  "{\"error\":\"server busy, please try again.  maximum pending requests exceeded\"}",
-				  2.0, -1, IGNY8_ERR_RETRY, "server busy", 2.0);
-	/* a proxy's answers */
-	CHECK_ERROR(ollama, 502, "<html><body>Bad Gateway</body></html>",
-				IGNY8_ERR_FALLBACK,
-				"HTTP 502 from Ollama: <html><body>Bad Gateway</body></html>");
-	CHECK_ERROR(ollama, 500, NULL, IGNY8_ERR_RETRY, "HTTP 500 from Ollama");
-	CHECK_ERROR(ollama, 500, "{}", IGNY8_ERR_RETRY, "HTTP 500 from Ollama: {}");
-	CHECK_ERROR(ollama, 403, "{\"error\":{\"message\":\"forbidden by proxy\"}}",
-				IGNY8_ERR_FALLBACK, "forbidden by proxy");
-	CHECK_ERROR(ollama, 401, "Unauthorized", IGNY8_ERR_FALLBACK,
-				"HTTP 401 from Ollama: Unauthorized");
-	CHECK_ERROR(ollama, 504, "gateway timeout\r\n", IGNY8_ERR_RETRY,
-				"HTTP 504 from Ollama: gateway timeout");
-	/* x-should-retry from a proxy */
-	CHECK_ERROR_H(ollama, 500, "{\"error\":\"runner crashed\"}", -1, 0,
-				  IGNY8_ERR_FALLBACK, "runner crashed", -1);
-	CHECK_ERROR_H(ollama, 502, "{\"error\":\"x\"}", 3, 1,
-				  IGNY8_ERR_RETRY, "x", 3);
-
-	/* a long message is cut */
-	longbody = palloc(2100);
-	strcpy(longbody, "{\"error\":\"");
-	memset(longbody + 10, 'y', 2000);
-	strcpy(longbody + 2010, "\"}");
-	CHECK_ERROR(ollama, 400, longbody, IGNY8_ERR_CALLER, "yyy...");
-	end_group();
-
-	begin_group("ollama: malformed 200 answers");
-	CHECK_ERROR(ollama, 200, "{\"error\":\"an error was encountered while running the model: unexpected EOF\"}",
-				IGNY8_ERR_RETRY, "malformed response from Ollama: error \"an error was encountered");
-	CHECK_ERROR(ollama, 200,
-				"{\"model\":\"m\",\"message\":{\"content\":\"He\"},\"done\":false}",
-				IGNY8_ERR_RETRY, "malformed response from Ollama: \"done\" is false");
-	CHECK_ERROR(ollama, 200, "{\"model\":\"m\",\"done\":true}",
-				IGNY8_ERR_RETRY, "malformed response from Ollama: no message.content");
-	CHECK_ERROR(ollama, 200, "{\"message\":{\"content\":42},\"done\":true}",
-				IGNY8_ERR_RETRY, "malformed response from Ollama");
-	CHECK_ERROR(ollama, 200, "{\"message\":\"hi\",\"done\":true}",
-				IGNY8_ERR_RETRY, "malformed response from Ollama");
-	CHECK_ERROR(ollama, 200, "[1,2]", IGNY8_ERR_RETRY,
-				"malformed response from Ollama: not a JSON object");
-	CHECK_ERROR(ollama, 200, "Ollama is running", IGNY8_ERR_RETRY,
-				"malformed JSON response");
-	CHECK_ERROR(ollama, 200, "{\"model\":\"m\",\"message\":{\"content\":\"hi\"",
-				IGNY8_ERR_RETRY, "malformed JSON response");
-	CHECK_ERROR(ollama, 200,
-				"{\"message\":{\"content\":\"He\"},\"done\":false}\n"
-				"{\"message\":{\"content\":\"llo\"},\"done\":true}\n",
-				IGNY8_ERR_RETRY, "malformed JSON response");
-	CHECK_ERROR(ollama, 200, "", IGNY8_ERR_RETRY, "malformed JSON response");
-	CHECK_ERROR(ollama, 200, NULL, IGNY8_ERR_RETRY, "malformed JSON response");
-	end_group();
-}
-
-/* ---------- OpenAI ---------- */
-
-static void
-test_openai_build(void)
-{
-	Igny8TextRequest req;
-	Igny8HttpRequest out;
-
-	begin_group("openai: build /v1/chat/completions");
-	req = make_request("gpt-4o-mini", basic_messages, 2, NULL);
-	openai->build_chat(&req, NULL, &out);
-	CHECK_STR(out.method, "POST");
-	CHECK_STR(out.path, "/v1/chat/completions");
-	CHECK_INT(out.nheaders, 1);
-	CHECK_STR(out.headers[0], "Content-Type: application/json");
-	CHECK_STR(out.body,
-			  "{\"model\":\"gpt-4o-mini\",\"messages\":" BASIC_MESSAGES_JSON
-			  ",\"max_tokens\":256}");
-
-	req.has_temperature = true;
-	req.temperature = 0.2;
-	openai->build_chat(&req, "sk-test", &out);
-	CHECK_INT(out.nheaders, 2);
-	CHECK_STR(out.headers[0], "Content-Type: application/json");
-	CHECK_STR(out.headers[1], "Authorization: Bearer sk-test");
-	CHECK_JSON(out.body,
-			   "{\"model\":\"gpt-4o-mini\",\"messages\":" BASIC_MESSAGES_JSON
-			   ",\"max_tokens\":256,\"temperature\":0.2}");
-	CHECK(strstr(out.body, "sk-test") == NULL);
-
-	req = make_request("o3-mini", basic_messages, 2,
-					   "{\"max_tokens_field\":\"max_completion_tokens\"}");
-	openai->build_chat(&req, "sk-test", &out);
-	CHECK_JSON(out.body,
-			   "{\"model\":\"o3-mini\",\"messages\":" BASIC_MESSAGES_JSON
-			   ",\"max_completion_tokens\":256}");
-	req = make_request("m", basic_messages, 2,
-					   "{\"max_tokens_field\":\"n_predict\"}");
-	openai->build_chat(&req, NULL, &out);
-	CHECK(has_member(out.body, "max_tokens"));
-	CHECK(!has_member(out.body, "n_predict"));
-
-	/* extra_body: added, never over the request's own fields, no stream */
-	req = make_request("gpt-4o-mini", basic_messages, 2,
-					   "{\"extra_body\":{\"top_p\":0.5,\"model\":\"evil\","
-					   "\"stream\":true,\"reasoning_effort\":\"low\","
-					   "\"messages\":[],\"max_tokens\":1,\"temperature\":2,"
-					   "\"chat_template_kwargs\":{\"enable_thinking\":false}}}");
-	openai->build_chat(&req, NULL, &out);
-	CHECK_JSON(out.body,
-			   "{\"model\":\"gpt-4o-mini\",\"messages\":" BASIC_MESSAGES_JSON
-			   ",\"max_tokens\":256,\"top_p\":0.5,\"reasoning_effort\":\"low\","
-			   "\"temperature\":2,"
-			   "\"chat_template_kwargs\":{\"enable_thinking\":false}}");
-	req = make_request("m", basic_messages, 0, "{\"extra_body\":[1,2]}");
-	openai->build_chat(&req, NULL, &out);
-	CHECK_JSON(out.body, "{\"model\":\"m\",\"messages\":[],\"max_tokens\":256}");
-	end_group();
-}
-
-static void
-test_openai_parse(void)
-{
-	Igny8TextResult r;
-	Igny8ProviderError e;
-
-	begin_group("openai: parse answers");
-	CHECK(parse(openai, 200,
-				"{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\","
-				"\"created\":1700000000,\"model\":\"gpt-4o-mini-2024-07-18\","
-				"\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,"
-				"\"message\":{\"role\":\"assistant\",\"content\":\"Hello!\","
-				"\"refusal\":null,\"annotations\":[]},\"logprobs\":null,"
-				"\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":9,"
-				"\"completion_tokens\":3,\"total_tokens\":12,"
-				"\"prompt_tokens_details\":{\"cached_tokens\":0},"
-				"\"completion_tokens_details\":{\"reasoning_tokens\":0}}}",
-				&r, &e));
-	CHECK_STR(r.content, "Hello!");
-	CHECK_STR(r.thinking, NULL);
-	CHECK_STR(r.model, "gpt-4o-mini-2024-07-18");
-	CHECK_STR(r.finish_reason, "stop");
-	CHECK_INT(r.input_tokens, 9);
-	CHECK_INT(r.output_tokens, 3);
-
-	/* null content (tool calls, refusal) is an empty answer */
-	CHECK(parse(openai, 200,
-				"{\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"message\":"
-				"{\"role\":\"assistant\",\"content\":null,\"refusal\":\"no\"},"
-				"\"finish_reason\":\"content_filter\"}],\"usage\":"
-				"{\"prompt_tokens\":5,\"completion_tokens\":0}}", &r, &e));
-	CHECK_STR(r.content, "");
-	CHECK_STR(r.finish_reason, "content_filter");
-	CHECK_INT(r.output_tokens, 0);
-
-	/* Ollama's /v1: reasoning in its own field */
-	CHECK(parse(openai, 200,
-				"{\"id\":\"chatcmpl-7\",\"object\":\"chat.completion\","
-				"\"model\":\"qwen3:8b\",\"system_fingerprint\":\"fp_ollama\","
-				"\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
-				"\"content\":\"4\",\"reasoning\":\"2 + 2 = 4\"},"
-				"\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":11,"
-				"\"completion_tokens\":20,\"total_tokens\":31}}", &r, &e));
-	CHECK_STR(r.content, "4");
-	CHECK_STR(r.thinking, "2 + 2 = 4");
-	CHECK_INT(r.input_tokens, 11);
-	CHECK_INT(r.output_tokens, 20);
-
-	/* vLLM: reasoning_content */
-	CHECK(parse(openai, 200,
-				"{\"model\":\"r1\",\"choices\":[{\"message\":{\"content\":\"yes\","
-				"\"reasoning_content\":\"hmm\"},\"finish_reason\":\"stop\"}]}",
-				&r, &e));
-	CHECK_STR(r.content, "yes");
-	CHECK_STR(r.thinking, "hmm");
-
-	/* inline tags from a server without a reasoning parser */
-	CHECK(parse(openai, 200,
-				"{\"model\":\"r1\",\"choices\":[{\"message\":{\"content\":"
-				"\"<think>\\nstep 1\\n</think>\\n\\nDone.\"},\"finish_reason\":\"length\"}]}",
-				&r, &e));
-	CHECK_STR(r.content, "Done.");
-	CHECK_STR(r.thinking, "step 1");
-	CHECK_STR(r.finish_reason, "length");
-
-	/* reasoning field and inline tags: the field wins, the tags go */
-	CHECK(parse(openai, 200,
-				"{\"choices\":[{\"message\":{\"content\":\"<think>x</think>ok\","
-				"\"reasoning\":\"field\"}}]}", &r, &e));
-	CHECK_STR(r.content, "ok");
-	CHECK_STR(r.thinking, "field");
-
-	/* missing usage, finish_reason, model and content */
-	CHECK(parse(openai, 200, "{\"choices\":[{\"message\":{\"role\":\"assistant\"}}]}",
-				&r, &e));
-	CHECK_STR(r.content, "");
-	CHECK_STR(r.model, NULL);
-	CHECK_STR(r.finish_reason, NULL);
-	CHECK_INT(r.input_tokens, 0);
-	CHECK_INT(r.output_tokens, 0);
-	end_group();
-}
+	/* the labels are cleaned, not refused */
+	{"ollama: a model name with a bad byte and a line break",
+		&igny8_ollama_protocol,
+		"{\"model\":\"qwen\xff:8b\\n\",\"message\":{\"content\":\"ok\"},"
+		"\"done\":true,\"done_reason\":\"st\\u007fop\"}",
+	"ok", NULL, "qwen?:8b?", "st?op", 0, 0, 0},
+	{"openai: a long model name and finish_reason are cut",
+		&igny8_openai_protocol,
+		"{\"model\":\""
+		"0123456789012345678901234567890123456789012345678901234567890123"
+		"4567890123456789012345678901234567890123456789012345678901234567"
+		"89\",\"choices\":[{\"message\":{\"content\":\"ok\"},"
+		"\"finish_reason\":\"a_finish_reason_longer_than_thirty_one\"}]}",
+	"ok", NULL,
+	"0123456789012345678901234567890123456789012345678901234567890123"
+	"456789012345678901234567890123456789012345678901234567890123456",
+	"a_finish_reason_longer_than_thi", 0, 0, 0},
+	{"anthropic: a model name cut before a multi-byte character",
+		&igny8_anthropic_protocol,
+		"{\"model\":\""
+		"0123456789012345678901234567890123456789012345678901234567890123"
+		"45678901234567890123456789012345678901234567890123456789012345"
+		"\xc3\xa9\",\"content\":[],\"stop_reason\":\"\xed\xa0\x80\"}",
+	"", NULL,
+	"0123456789012345678901234567890123456789012345678901234567890123"
+	"45678901234567890123456789012345678901234567890123456789012345",
+	"???", 0, 0, 0}
+};
 
 static void
-test_openai_errors(void)
+test_answers(void)
 {
-	static const long retry[] = {500, 502, 503, 504, 408, 409};
 	int			i;
 
-	begin_group("openai: errors and classes");
-	CHECK_ERROR(openai, 400,
-				"{\"error\":{\"message\":\"This model's maximum context length is 128000 tokens.\","
-				"\"type\":\"invalid_request_error\",\"param\":\"messages\","
-				"\"code\":\"context_length_exceeded\"}}",
-				IGNY8_ERR_CALLER, "maximum context length is 128000 tokens");
-	CHECK_ERROR(openai, 400,
-				"{\"error\":{\"message\":\"Unsupported parameter: 'max_tokens' is not supported with this model.\","
-				"\"type\":\"invalid_request_error\",\"param\":\"max_tokens\","
-				"\"code\":\"unsupported_parameter\"}}",
-				IGNY8_ERR_CALLER, "Unsupported parameter");
-	CHECK_ERROR(openai, 401,
-				"{\"error\":{\"message\":\"Incorrect API key provided.\","
-				"\"type\":\"invalid_request_error\",\"param\":null,"
-				"\"code\":\"invalid_api_key\"}}",
-				IGNY8_ERR_FALLBACK, "Incorrect API key provided.");
-	CHECK_ERROR(openai, 403,
-				"{\"error\":{\"message\":\"Country, region, or territory not supported\","
-				"\"type\":\"request_forbidden\",\"param\":null,"
-				"\"code\":\"unsupported_country_region_territory\"}}",
-				IGNY8_ERR_FALLBACK, "not supported");
-	CHECK_ERROR(openai, 404,
-				"{\"error\":{\"message\":\"The model `gpt-9` does not exist or you do not have access to it.\","
-				"\"type\":\"invalid_request_error\",\"param\":null,"
-				"\"code\":\"model_not_found\"}}",
-				IGNY8_ERR_FALLBACK, "does not exist");
-	/* billing: never retried, whatever the headers say */
-	CHECK_ERROR_H(openai, 429,
-				  "{\"error\":{\"message\":\"You exceeded your current quota, please check your plan and billing details.\","
-				  "\"type\":\"insufficient_quota\",\"param\":null,"
-				  "\"code\":\"insufficient_quota\"}}",
-				  20, 1, IGNY8_ERR_FALLBACK, "exceeded your current quota", 20);
-	CHECK_ERROR(openai, 429,
-				"{\"error\":{\"message\":\"quota\",\"type\":\"requests\","
-				"\"param\":null,\"code\":\"insufficient_quota\"}}",
-				IGNY8_ERR_FALLBACK, "quota");
-	CHECK_ERROR(openai, 429,
-				"{\"error\":{\"message\":\"quota\",\"type\":\"insufficient_quota\","
-				"\"param\":null,\"code\":null}}",
-				IGNY8_ERR_FALLBACK, "quota");
-	CHECK_ERROR_H(openai, 429,
-				  "{\"error\":{\"message\":\"Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 50000.\","
-				  "\"type\":\"tokens\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}",
-				  1, -1, IGNY8_ERR_FALLBACK, "Request too large", 1);
-	/* a plain rate limit: retry after what the headers said */
-	CHECK_ERROR_H(openai, 429,
-				  "{\"error\":{\"message\":\"Rate limit reached for gpt-4o in organization org-x on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s.\","
-				  "\"type\":\"requests\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}",
-				  1.5, -1, IGNY8_ERR_RETRY, "Rate limit reached", 1.5);
-	CHECK_ERROR_H(openai, 429, "{\"error\":{\"message\":\"slow down\"}}",
-				  -1, -1, IGNY8_ERR_RETRY, "slow down", -1);
-	for (i = 0; i < (int) lengthof(retry); i++)
-		CHECK_ERROR(openai, retry[i],
-					"{\"error\":{\"message\":\"The server had an error while processing your request.\","
-					"\"type\":\"server_error\",\"param\":null,\"code\":null}}",
-					IGNY8_ERR_RETRY, "The server had an error");
-	/* x-should-retry */
-	CHECK_ERROR_H(openai, 500, "{\"error\":{\"message\":\"boom\"}}", -1, 0,
-				  IGNY8_ERR_FALLBACK, "boom", -1);
-	CHECK_ERROR_H(openai, 429, "{\"error\":{\"message\":\"wait\"}}", 4, 0,
-				  IGNY8_ERR_FALLBACK, "wait", 4);
-	CHECK_ERROR_H(openai, 409, "{\"error\":{\"message\":\"lock\"}}", -1, 1,
-				  IGNY8_ERR_RETRY, "lock", -1);
-	CHECK_ERROR_H(openai, 400, "{\"error\":{\"message\":\"flaky\"}}", -1, 1,
-				  IGNY8_ERR_RETRY, "flaky", -1);
-	/* other servers' shapes */
-	CHECK_ERROR(openai, 400,
-				"{\"object\":\"error\",\"message\":\"max_tokens is too large\","
-				"\"type\":\"BadRequestError\",\"param\":null,\"code\":400}",
-				IGNY8_ERR_CALLER, "max_tokens is too large");
-	CHECK_ERROR(openai, 404, "{\"error\":\"model \\\"x\\\" not found\"}",
-				IGNY8_ERR_FALLBACK, "model \"x\" not found");
-	CHECK_ERROR(openai, 502, "<html><head><title>502 Bad Gateway</title></head></html>",
-				IGNY8_ERR_RETRY, "HTTP 502 from OpenAI-compatible API: <html>");
-	CHECK_ERROR(openai, 503, NULL, IGNY8_ERR_RETRY,
-				"HTTP 503 from OpenAI-compatible API");
-	CHECK_ERROR(openai, 422, "{\"detail\":[{\"loc\":[\"body\"]}]}",
-				IGNY8_ERR_CALLER, "HTTP 422 from OpenAI-compatible API: {\"detail\"");
-	end_group();
+	begin_group("parse_chat: answers");
+	for (i = 0; i < (int) lengthof(answer_cases); i++)
+	{
+		const AnswerCase *c = &answer_cases[i];
+		Igny8TextResult r;
+		Igny8ProviderError e;
 
-	begin_group("openai: malformed 200 answers");
-	CHECK_ERROR(openai, 200, "{\"id\":\"x\",\"object\":\"chat.completion\"}",
-				IGNY8_ERR_RETRY, "no choices");
-	CHECK_ERROR(openai, 200, "{\"choices\":[]}", IGNY8_ERR_RETRY, "no choices");
-	CHECK_ERROR(openai, 200, "{\"choices\":[1]}", IGNY8_ERR_RETRY,
-				"no choices[0].message");
-	CHECK_ERROR(openai, 200, "{\"choices\":[{\"message\":{\"content\":[1]}}]}",
-				IGNY8_ERR_RETRY, "message.content is not a string");
-	CHECK_ERROR(openai, 200,
-				"{\"error\":{\"message\":\"upstream failed\",\"code\":502}}",
-				IGNY8_ERR_RETRY, "error \"upstream failed\"");
-	CHECK_ERROR(openai, 200, "\"text\"", IGNY8_ERR_RETRY, "not a JSON object");
-	CHECK_ERROR(openai, 200, "data: {\"choices\":[]}\n\ndata: [DONE]\n\n",
-				IGNY8_ERR_RETRY, "malformed JSON response");
-	CHECK_ERROR(openai, 200, "{\"choices\":[{\"message\":{\"content\":\"Hel",
-				IGNY8_ERR_RETRY, "malformed JSON response");
-	CHECK_ERROR(openai, 200, NULL, IGNY8_ERR_RETRY, "malformed JSON response");
+		begin_case(i, c->what);
+		if (!check(parse_answer(c->proto, 200, c->body, -1, -1, &r, &e),
+				   __LINE__, "parse failed: %s", e.message ? e.message : ""))
+		{
+			free_answer(&r, &e);
+			continue;
+		}
+		CHECK(e.cls == IGNY8_ERR_NONE && e.message == NULL);
+		CHECK(!e.drop_think && !e.retry_once);
+		CHECK_STR(r.content, c->content);
+		CHECK_STR(r.thinking, c->thinking);
+		CHECK_STR(r.model, c->model);
+		CHECK_STR(r.finish_reason, c->finish_reason);
+		CHECK_INT(r.input_tokens, c->input_tokens);
+		CHECK_INT(r.cached_input_tokens, c->cached_input_tokens);
+		CHECK_INT(r.output_tokens, c->output_tokens);
+		CHECK(r.content != NULL && pg_utf8(r.content));
+		CHECK(r.thinking == NULL || pg_utf8(r.thinking));
+		if (r.model != NULL)
+			check_clean(r.model, IGNY8_MODEL_MAX, "model", __LINE__);
+		if (r.finish_reason != NULL)
+			check_clean(r.finish_reason, IGNY8_FINISH_REASON_MAX,
+						"finish_reason", __LINE__);
+		free_answer(&r, &e);
+	}
 	end_group();
 }
 
-/* ---------- Anthropic ---------- */
+/* ---------- parse_chat: errors ---------- */
+
+#define ONCE 1					/* retry_once expected */
+#define DROP_THINK 2			/* drop_think expected */
+#define NOHDR -1, -1			/* no retry-after, no x-should-retry */
+
+typedef struct ErrorCase
+{
+	const char *what;
+	const Igny8TextProtocol *proto;
+	long		status;
+	const char *body;
+	double		retry_after;	/* the response's, and err's expected */
+	int			should_retry;
+	Igny8ErrorClass cls;
+	const char *message;		/* expected in err.message */
+	int			flags;			/* ONCE, DROP_THINK */
+} ErrorCase;
+
+static char long_error_body[2100];	/* {"error":"yyy...y"}, see main() */
+
+#define OPENAI_500 \
+	"{\"error\":{\"message\":\"The server had an error while processing " \
+	"your request.\",\"type\":\"server_error\",\"param\":null,\"code\":null}}"
+#define ANTHROPIC_AUTH \
+	"{\"type\":\"error\",\"error\":{\"type\":\"authentication_error\"," \
+	"\"message\":\"invalid x-api-key\"}}"
+#define ANTHROPIC_OVERLOADED \
+	"{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"," \
+	"\"message\":\"Overloaded\"}}"
+#define LLAMACPP_CONTEXT \
+	"{\"error\":{\"code\":400,\"message\":\"request (4476 tokens) exceeds " \
+	"the available context size (4096 tokens), try increasing it\"," \
+	"\"type\":\"exceed_context_size_error\",\"n_prompt_tokens\":4476," \
+	"\"n_ctx\":4096}}"
+
+static const ErrorCase error_cases[] = {
+	/* Ollama: statuses and messages (protocols.md 1.4) */
+	{"ollama: model is required", &igny8_ollama_protocol, 400,
+		"{\"error\":\"model is required\"}", NOHDR,
+	IGNY8_ERR_CALLER, "model is required", 0},
+	{"ollama: invalid model name", &igny8_ollama_protocol, 400,
+		"{\"error\":\"invalid model name\"}", NOHDR,
+	IGNY8_ERR_CALLER, "invalid model name", 0},
+	{"ollama: does not support thinking: retry without think",
+		&igny8_ollama_protocol, 400,
+		"{\"error\":\"\\\"qwen2.5\\\" does not support thinking\"}", NOHDR,
+	IGNY8_ERR_RETRY, "\"qwen2.5\" does not support thinking", DROP_THINK},
+	{"ollama: does not support tools", &igny8_ollama_protocol, 400,
+		"{\"error\":\"\\\"qwen2.5\\\" does not support tools\"}", NOHDR,
+	IGNY8_ERR_CALLER, "does not support tools", 0},
+	{"ollama: model not found", &igny8_ollama_protocol, 404,
+		"{\"error\":\"model 'llama9' not found\"}", NOHDR,
+	IGNY8_ERR_FALLBACK, "model 'llama9' not found", 0},
+	{"ollama: model not found, older wording", &igny8_ollama_protocol, 404,
+		"{\"error\":\"model \\\"x\\\" not found, try pulling it first\"}", NOHDR,
+	IGNY8_ERR_FALLBACK, "try pulling it first", 0},
+	{"ollama: load failure, one retry", &igny8_ollama_protocol, 500,
+		"{\"error\":\"model requires more system memory (64 GiB) than is available\"}",
+		NOHDR, IGNY8_ERR_RETRY, "more system memory", ONCE},
+	{"ollama: cloud model unreachable", &igny8_ollama_protocol, 502,
+		"{\"error\":\"cloud model unreachable\"}", NOHDR,
+	IGNY8_ERR_FALLBACK, "unreachable", 0},
+	{"ollama: server busy", &igny8_ollama_protocol, 503,
+		"{\"error\":\"server busy, please try again.  maximum pending requests exceeded\"}",
+		2.0, -1, IGNY8_ERR_RETRY, "server busy", 0},
+	/* Ollama: context window (protocols.md 5) */
+	{"ollama: prompt longer than the context (shift off)",
+		&igny8_ollama_protocol, 400,
+		"{\"error\":\"the prompt is longer than the context length currently "
+		"available to the model\"}", NOHDR,
+	IGNY8_ERR_FALLBACK, "longer than the context length", 0},
+	{"ollama: llama.cpp's context error quoted (truncate off)",
+		&igny8_ollama_protocol, 400,
+		"{\"error\":\"{\\\"error\\\":{\\\"code\\\":400,\\\"message\\\":"
+		"\\\"request (8889 tokens) exceeds the available context size (4096 "
+		"tokens), try increasing it\\\",\\\"type\\\":\\\"exceed_context_size_error\\\","
+		"\\\"n_prompt_tokens\\\":8889,\\\"n_ctx\\\":4096}}\"}", NOHDR,
+	IGNY8_ERR_FALLBACK, "exceeds the available context size", 0},
+	{"ollama: the input length exceeds the context length",
+		&igny8_ollama_protocol, 400,
+		"{\"error\":\"the input length exceeds the context length\"}", NOHDR,
+	IGNY8_ERR_FALLBACK, "the input length exceeds the context length", 0},
+	{"ollama: a context error falls back whatever x-should-retry says",
+		&igny8_ollama_protocol, 400,
+		"{\"error\":\"the input length exceeds the context length\"}", 5, 1,
+	IGNY8_ERR_FALLBACK, "exceeds the context length", 0},
+	{"ollama: a context message in a 500 is a 500", &igny8_ollama_protocol,
+		500, "{\"error\":\"the input length exceeds the context length\"}",
+		NOHDR, IGNY8_ERR_RETRY, "exceeds the context length", ONCE},
+	/* Ollama: a proxy's answers */
+	{"ollama: proxy HTML", &igny8_ollama_protocol, 502,
+		"<html><body>Bad Gateway</body></html>", NOHDR, IGNY8_ERR_FALLBACK,
+	"HTTP 502 from Ollama: <html><body>Bad Gateway</body></html>", 0},
+	{"ollama: no body", &igny8_ollama_protocol, 500, NULL, NOHDR,
+	IGNY8_ERR_RETRY, "HTTP 500 from Ollama", ONCE},
+	{"ollama: JSON without a message", &igny8_ollama_protocol, 500, "{}",
+		NOHDR, IGNY8_ERR_RETRY, "HTTP 500 from Ollama: {}", ONCE},
+	{"ollama: a proxy's error object", &igny8_ollama_protocol, 403,
+		"{\"error\":{\"message\":\"forbidden by proxy\"}}", NOHDR,
+	IGNY8_ERR_FALLBACK, "forbidden by proxy", 0},
+	{"ollama: a gateway's top-level message", &igny8_ollama_protocol, 401,
+		"{\"message\":\"Unauthorized\"}", NOHDR, IGNY8_ERR_FALLBACK,
+	"Unauthorized", 0},
+	{"ollama: plain text", &igny8_ollama_protocol, 401, "Unauthorized", NOHDR,
+	IGNY8_ERR_FALLBACK, "HTTP 401 from Ollama: Unauthorized", 0},
+	{"ollama: plain text with CR LF", &igny8_ollama_protocol, 504,
+		"gateway timeout\r\n", NOHDR, IGNY8_ERR_RETRY,
+	"HTTP 504 from Ollama: gateway timeout", 0},
+	{"ollama: x-should-retry false", &igny8_ollama_protocol, 500,
+		"{\"error\":\"runner crashed\"}", -1, 0, IGNY8_ERR_FALLBACK,
+	"runner crashed", 0},
+	{"ollama: x-should-retry true", &igny8_ollama_protocol, 502,
+		"{\"error\":\"x\"}", 3, 1, IGNY8_ERR_RETRY, "x", 0},
+	{"ollama: a long message is cut", &igny8_ollama_protocol, 400,
+		long_error_body, NOHDR, IGNY8_ERR_CALLER, "yyy...", 0},
+
+	/* Ollama: malformed 2xx answers */
+	{"ollama: 200 with an error", &igny8_ollama_protocol, 200,
+		"{\"error\":\"an error was encountered while running the model: unexpected EOF\"}",
+		NOHDR, IGNY8_ERR_RETRY,
+	"malformed response from Ollama: error \"an error was encountered", ONCE},
+	{"ollama: done is false", &igny8_ollama_protocol, 200,
+		"{\"model\":\"m\",\"message\":{\"content\":\"He\"},\"done\":false}",
+		NOHDR, IGNY8_ERR_RETRY,
+	"malformed response from Ollama: \"done\" is false", ONCE},
+	{"ollama: no message", &igny8_ollama_protocol, 200,
+		"{\"model\":\"m\",\"done\":true}", NOHDR, IGNY8_ERR_RETRY,
+	"malformed response from Ollama: no message.content", ONCE},
+	{"ollama: content not a string", &igny8_ollama_protocol, 200,
+		"{\"message\":{\"content\":42},\"done\":true}", NOHDR,
+	IGNY8_ERR_RETRY, "malformed response from Ollama", ONCE},
+	{"ollama: message not an object", &igny8_ollama_protocol, 200,
+		"{\"message\":\"hi\",\"done\":true}", NOHDR, IGNY8_ERR_RETRY,
+	"malformed response from Ollama", ONCE},
+	{"ollama: an array", &igny8_ollama_protocol, 200, "[1,2]", NOHDR,
+	IGNY8_ERR_RETRY, "malformed response from Ollama: not a JSON object", ONCE},
+	{"ollama: not JSON", &igny8_ollama_protocol, 200, "Ollama is running",
+		NOHDR, IGNY8_ERR_RETRY, "malformed JSON response from Ollama (HTTP 200)",
+	ONCE},
+	{"ollama: cut JSON", &igny8_ollama_protocol, 200,
+		"{\"model\":\"m\",\"message\":{\"content\":\"hi\"", NOHDR,
+	IGNY8_ERR_RETRY, "malformed JSON response", ONCE},
+	{"ollama: NDJSON stream", &igny8_ollama_protocol, 200,
+		"{\"message\":{\"content\":\"He\"},\"done\":false}\n"
+		"{\"message\":{\"content\":\"llo\"},\"done\":true}\n", NOHDR,
+	IGNY8_ERR_RETRY, "malformed JSON response", ONCE},
+	{"ollama: empty body", &igny8_ollama_protocol, 200, "", NOHDR,
+	IGNY8_ERR_RETRY, "malformed JSON response", ONCE},
+	{"ollama: no body at 200", &igny8_ollama_protocol, 200, NULL, NOHDR,
+	IGNY8_ERR_RETRY, "malformed JSON response", ONCE},
+	/* Ollama: the text must be valid UTF-8 without NUL */
+	{"ollama: content not valid UTF-8", &igny8_ollama_protocol, 200,
+		"{\"message\":{\"content\":\"caf\xe9\"},\"done\":true}", NOHDR,
+		IGNY8_ERR_RETRY,
+	"malformed response from Ollama: the answer is not valid UTF-8", ONCE},
+	{"ollama: thinking not valid UTF-8", &igny8_ollama_protocol, 200,
+		"{\"message\":{\"content\":\"ok\",\"thinking\":\"\xed\xa0\x80\"},"
+		"\"done\":true}", NOHDR, IGNY8_ERR_RETRY,
+	"malformed response from Ollama: the answer is not valid UTF-8", ONCE},
+	{"ollama: inline trace not valid UTF-8", &igny8_ollama_protocol, 200,
+		"{\"message\":{\"content\":\"<think>\xc0\xaf</think>ok\"},"
+		"\"done\":true}", NOHDR, IGNY8_ERR_RETRY,
+	"the answer is not valid UTF-8", ONCE},
+	{"ollama: content with a NUL", &igny8_ollama_protocol, 200,
+		"{\"message\":{\"content\":\"cut\\u0000here\"},\"done\":true}",
+		NOHDR, IGNY8_ERR_RETRY,
+		"malformed response from Ollama: a string contains a NUL character "
+	"(\\u0000)", ONCE},
+	{"ollama: a NUL after an escaped backslash", &igny8_ollama_protocol, 200,
+		"{\"message\":{\"content\":\"a\\\\\\u0000\"},\"done\":true}",
+		NOHDR, IGNY8_ERR_RETRY, "NUL character", ONCE},
+
+	/* OpenAI-compatible: statuses (protocols.md 3.3) */
+	{"openai: context_length_exceeded falls back", &igny8_openai_protocol,
+		400,
+		"{\"error\":{\"message\":\"This model's maximum context length is 128000 tokens.\","
+		"\"type\":\"invalid_request_error\",\"param\":\"messages\","
+		"\"code\":\"context_length_exceeded\"}}", NOHDR,
+	IGNY8_ERR_FALLBACK, "maximum context length is 128000 tokens", 0},
+	{"openai: context_length_exceeded without its usual text",
+		&igny8_openai_protocol, 400,
+		"{\"error\":{\"message\":\"too many tokens\",\"type\":\"invalid_request_error\","
+		"\"param\":null,\"code\":\"context_length_exceeded\"}}", -1, 1,
+	IGNY8_ERR_FALLBACK, "too many tokens", 0},
+	{"openai: vLLM's maximum context length", &igny8_openai_protocol, 400,
+		"{\"object\":\"error\",\"message\":\"This model's maximum context "
+		"length is 32768 tokens. However, you requested 40000 tokens (39000 "
+		"in the messages, 1000 in the completion). Please reduce the length "
+		"of the messages or completion.\",\"type\":\"BadRequestError\","
+		"\"param\":null,\"code\":400}", NOHDR,
+	IGNY8_ERR_FALLBACK, "maximum context length is 32768 tokens", 0},
+	{"openai: llama.cpp's exceed_context_size_error", &igny8_openai_protocol,
+		400, LLAMACPP_CONTEXT, NOHDR, IGNY8_ERR_FALLBACK,
+	"request (4476 tokens) exceeds the available context size", 0},
+	{"openai: llama.cpp's older context error", &igny8_openai_protocol, 400,
+		"{\"error\":{\"code\":400,\"message\":\"the request exceeds the "
+		"available context size, try increasing it\",\"type\":"
+		"\"invalid_request_error\"}}", NOHDR,
+	IGNY8_ERR_FALLBACK, "the request exceeds the available context size", 0},
+	{"openai: unsupported parameter", &igny8_openai_protocol, 400,
+		"{\"error\":{\"message\":\"Unsupported parameter: 'max_tokens' is not supported with this model.\","
+		"\"type\":\"invalid_request_error\",\"param\":\"max_tokens\","
+		"\"code\":\"unsupported_parameter\"}}", NOHDR,
+	IGNY8_ERR_CALLER, "Unsupported parameter", 0},
+	{"openai: bad key", &igny8_openai_protocol, 401,
+		"{\"error\":{\"message\":\"Incorrect API key provided.\","
+		"\"type\":\"invalid_request_error\",\"param\":null,"
+		"\"code\":\"invalid_api_key\"}}", NOHDR,
+	IGNY8_ERR_FALLBACK, "Incorrect API key provided.", 0},
+	{"openai: region", &igny8_openai_protocol, 403,
+		"{\"error\":{\"message\":\"Country, region, or territory not supported\","
+		"\"type\":\"request_forbidden\",\"param\":null,"
+		"\"code\":\"unsupported_country_region_territory\"}}", NOHDR,
+	IGNY8_ERR_FALLBACK, "not supported", 0},
+	{"openai: model not found", &igny8_openai_protocol, 404,
+		"{\"error\":{\"message\":\"The model `gpt-9` does not exist or you do not have access to it.\","
+		"\"type\":\"invalid_request_error\",\"param\":null,"
+		"\"code\":\"model_not_found\"}}", NOHDR,
+	IGNY8_ERR_FALLBACK, "does not exist", 0},
+	{"openai: billing, whatever the headers say", &igny8_openai_protocol,
+		429,
+		"{\"error\":{\"message\":\"You exceeded your current quota, please check your plan and billing details.\","
+		"\"type\":\"insufficient_quota\",\"param\":null,"
+		"\"code\":\"insufficient_quota\"}}", 20, 1,
+	IGNY8_ERR_FALLBACK, "exceeded your current quota", 0},
+	{"openai: insufficient_quota as the code", &igny8_openai_protocol, 429,
+		"{\"error\":{\"message\":\"quota\",\"type\":\"requests\","
+		"\"param\":null,\"code\":\"insufficient_quota\"}}", NOHDR,
+	IGNY8_ERR_FALLBACK, "quota", 0},
+	{"openai: insufficient_quota as the type", &igny8_openai_protocol, 429,
+		"{\"error\":{\"message\":\"quota\",\"type\":\"insufficient_quota\","
+		"\"param\":null,\"code\":null}}", NOHDR,
+	IGNY8_ERR_FALLBACK, "quota", 0},
+	{"openai: request too large", &igny8_openai_protocol, 429,
+		"{\"error\":{\"message\":\"Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 50000.\","
+		"\"type\":\"tokens\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}",
+		1, -1, IGNY8_ERR_FALLBACK, "Request too large", 0},
+	{"openai: a plain rate limit", &igny8_openai_protocol, 429,
+		"{\"error\":{\"message\":\"Rate limit reached for gpt-4o in organization org-x on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s.\","
+		"\"type\":\"requests\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}",
+		1.5, -1, IGNY8_ERR_RETRY, "Rate limit reached", 0},
+	{"openai: a rate limit without headers", &igny8_openai_protocol, 429,
+		"{\"error\":{\"message\":\"slow down\"}}", NOHDR,
+	IGNY8_ERR_RETRY, "slow down", 0},
+	{"openai: 500", &igny8_openai_protocol, 500, OPENAI_500, NOHDR,
+	IGNY8_ERR_RETRY, "The server had an error", 0},
+	{"openai: 502", &igny8_openai_protocol, 502, OPENAI_500, NOHDR,
+	IGNY8_ERR_RETRY, "The server had an error", 0},
+	{"openai: 503", &igny8_openai_protocol, 503, OPENAI_500, NOHDR,
+	IGNY8_ERR_RETRY, "The server had an error", 0},
+	{"openai: 504", &igny8_openai_protocol, 504, OPENAI_500, NOHDR,
+	IGNY8_ERR_RETRY, "The server had an error", 0},
+	{"openai: 408", &igny8_openai_protocol, 408, OPENAI_500, NOHDR,
+	IGNY8_ERR_RETRY, "The server had an error", 0},
+	{"openai: 409", &igny8_openai_protocol, 409, OPENAI_500, NOHDR,
+	IGNY8_ERR_RETRY, "The server had an error", 0},
+	{"openai: x-should-retry false on a 500", &igny8_openai_protocol, 500,
+		"{\"error\":{\"message\":\"boom\"}}", -1, 0,
+	IGNY8_ERR_FALLBACK, "boom", 0},
+	{"openai: x-should-retry false on a 429", &igny8_openai_protocol, 429,
+		"{\"error\":{\"message\":\"wait\"}}", 4, 0,
+	IGNY8_ERR_FALLBACK, "wait", 0},
+	{"openai: x-should-retry true on a 409", &igny8_openai_protocol, 409,
+		"{\"error\":{\"message\":\"lock\"}}", -1, 1,
+	IGNY8_ERR_RETRY, "lock", 0},
+	{"openai: x-should-retry true on a 400", &igny8_openai_protocol, 400,
+		"{\"error\":{\"message\":\"flaky\"}}", -1, 1,
+	IGNY8_ERR_RETRY, "flaky", 0},
+	/* OpenAI-compatible: other servers' shapes */
+	{"openai: older vLLM", &igny8_openai_protocol, 400,
+		"{\"object\":\"error\",\"message\":\"max_tokens is too large\","
+		"\"type\":\"BadRequestError\",\"param\":null,\"code\":400}", NOHDR,
+	IGNY8_ERR_CALLER, "max_tokens is too large", 0},
+	{"openai: Ollama's /v1 text error", &igny8_openai_protocol, 404,
+		"{\"error\":\"model \\\"x\\\" not found\"}", NOHDR,
+	IGNY8_ERR_FALLBACK, "model \"x\" not found", 0},
+	{"openai: proxy HTML", &igny8_openai_protocol, 502,
+		"<html><head><title>502 Bad Gateway</title></head></html>", NOHDR,
+	IGNY8_ERR_RETRY, "HTTP 502 from OpenAI-compatible API: <html>", 0},
+	{"openai: no body", &igny8_openai_protocol, 503, NULL, NOHDR,
+	IGNY8_ERR_RETRY, "HTTP 503 from OpenAI-compatible API", 0},
+	{"openai: FastAPI's 422", &igny8_openai_protocol, 422,
+		"{\"detail\":[{\"loc\":[\"body\"]}]}", NOHDR, IGNY8_ERR_CALLER,
+	"HTTP 422 from OpenAI-compatible API: {\"detail\"", 0},
+	{"openai: a context phrase in a 500 is a 500", &igny8_openai_protocol,
+		500, LLAMACPP_CONTEXT, NOHDR, IGNY8_ERR_RETRY,
+	"exceeds the available context size", 0},
+	/* OpenAI-compatible: malformed 2xx answers */
+	{"openai: no choices", &igny8_openai_protocol, 200,
+		"{\"id\":\"x\",\"object\":\"chat.completion\"}", NOHDR,
+	IGNY8_ERR_RETRY, "malformed response from OpenAI-compatible API: no choices",
+	ONCE},
+	{"openai: empty choices", &igny8_openai_protocol, 200,
+		"{\"choices\":[]}", NOHDR, IGNY8_ERR_RETRY, "no choices", ONCE},
+	{"openai: a choice that is no object", &igny8_openai_protocol, 200,
+		"{\"choices\":[1]}", NOHDR, IGNY8_ERR_RETRY,
+	"no choices[0].message", ONCE},
+	{"openai: content of the wrong type", &igny8_openai_protocol, 200,
+		"{\"choices\":[{\"message\":{\"content\":[1]}}]}", NOHDR,
+	IGNY8_ERR_RETRY, "message.content is not a string", ONCE},
+	{"openai: 200 with an error", &igny8_openai_protocol, 200,
+		"{\"error\":{\"message\":\"upstream failed\",\"code\":502}}", NOHDR,
+	IGNY8_ERR_RETRY, "error \"upstream failed\"", ONCE},
+	{"openai: a string", &igny8_openai_protocol, 200, "\"text\"", NOHDR,
+	IGNY8_ERR_RETRY, "not a JSON object", ONCE},
+	{"openai: SSE stream", &igny8_openai_protocol, 200,
+		"data: {\"choices\":[]}\n\ndata: [DONE]\n\n", NOHDR,
+	IGNY8_ERR_RETRY, "malformed JSON response", ONCE},
+	{"openai: cut JSON", &igny8_openai_protocol, 200,
+		"{\"choices\":[{\"message\":{\"content\":\"Hel", NOHDR,
+	IGNY8_ERR_RETRY, "malformed JSON response", ONCE},
+	{"openai: no body at 200", &igny8_openai_protocol, 200, NULL, NOHDR,
+	IGNY8_ERR_RETRY, "malformed JSON response", ONCE},
+	{"openai: content not valid UTF-8", &igny8_openai_protocol, 200,
+		"{\"choices\":[{\"message\":{\"content\":\"\xf4\x90\x80\x80\"}}]}",
+		NOHDR, IGNY8_ERR_RETRY,
+		"malformed response from OpenAI-compatible API: the answer is not "
+	"valid UTF-8", ONCE},
+	{"openai: reasoning not valid UTF-8", &igny8_openai_protocol, 200,
+		"{\"choices\":[{\"message\":{\"content\":\"ok\","
+		"\"reasoning_content\":\"\xe2\x82\"}}]}", NOHDR,
+	IGNY8_ERR_RETRY, "the answer is not valid UTF-8", ONCE},
+	{"openai: a NUL in the content", &igny8_openai_protocol, 200,
+		"{\"choices\":[{\"message\":{\"content\":\"\\u0000\"}}]}", NOHDR,
+		IGNY8_ERR_RETRY,
+		"malformed response from OpenAI-compatible API: a string contains a "
+	"NUL character (\\u0000)", ONCE},
+	{"openai: a NUL anywhere in the answer", &igny8_openai_protocol, 200,
+		"{\"id\":\"x\\u0000y\",\"choices\":[{\"message\":{\"content\":\"ok\"}}]}",
+		NOHDR, IGNY8_ERR_RETRY, "NUL character", ONCE},
+
+	/* Anthropic: statuses (protocols.md 4.2) */
+	{"anthropic: invalid request", &igny8_anthropic_protocol, 400,
+		"{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\","
+		"\"message\":\"messages: roles must alternate\"},\"request_id\":\"req_1\"}",
+		NOHDR, IGNY8_ERR_CALLER, "roles must alternate", 0},
+	{"anthropic: credit balance too low", &igny8_anthropic_protocol, 400,
+		"{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\","
+		"\"message\":\"Your credit balance is too low to access the Anthropic API. "
+		"Please go to Plans & Billing to upgrade or purchase credits.\"}}",
+		NOHDR, IGNY8_ERR_FALLBACK, "credit balance is too low", 0},
+	{"anthropic: prompt is too long", &igny8_anthropic_protocol, 400,
+		"{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\","
+		"\"message\":\"prompt is too long: 215000 tokens > 200000 maximum\"},"
+		"\"request_id\":\"req_2\"}", NOHDR,
+	IGNY8_ERR_FALLBACK, "prompt is too long: 215000 tokens > 200000 maximum", 0},
+	{"anthropic: llama.cpp's context error on /v1/messages",
+		&igny8_anthropic_protocol, 400, LLAMACPP_CONTEXT, NOHDR,
+	IGNY8_ERR_FALLBACK, "exceeds the available context size", 0},
+	{"anthropic: 401", &igny8_anthropic_protocol, 401, ANTHROPIC_AUTH, NOHDR,
+	IGNY8_ERR_FALLBACK, "invalid x-api-key", 0},
+	{"anthropic: 402", &igny8_anthropic_protocol, 402, ANTHROPIC_AUTH, NOHDR,
+	IGNY8_ERR_FALLBACK, "invalid x-api-key", 0},
+	{"anthropic: 403", &igny8_anthropic_protocol, 403, ANTHROPIC_AUTH, NOHDR,
+	IGNY8_ERR_FALLBACK, "invalid x-api-key", 0},
+	{"anthropic: 404", &igny8_anthropic_protocol, 404, ANTHROPIC_AUTH, NOHDR,
+	IGNY8_ERR_FALLBACK, "invalid x-api-key", 0},
+	{"anthropic: request too large", &igny8_anthropic_protocol, 413,
+		"{\"type\":\"error\",\"error\":{\"type\":\"request_too_large\","
+		"\"message\":\"Request exceeds the maximum allowed number of bytes.\"}}",
+		NOHDR, IGNY8_ERR_CALLER, "maximum allowed number of bytes", 0},
+	{"anthropic: Cloudflare's HTML 413", &igny8_anthropic_protocol, 413,
+		"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n"
+		"<body><center><h1>413 Request Entity Too Large</h1></center>"
+		"<hr><center>cloudflare</center></body></html>", NOHDR,
+	IGNY8_ERR_CALLER, "HTTP 413 from Anthropic: <html>  <head><title>413", 0},
+	{"anthropic: 429 overloaded", &igny8_anthropic_protocol, 429,
+		ANTHROPIC_OVERLOADED, 7, -1, IGNY8_ERR_RETRY, "Overloaded", 0},
+	{"anthropic: 500 overloaded", &igny8_anthropic_protocol, 500,
+		ANTHROPIC_OVERLOADED, 7, -1, IGNY8_ERR_RETRY, "Overloaded", 0},
+	{"anthropic: 504 overloaded", &igny8_anthropic_protocol, 504,
+		ANTHROPIC_OVERLOADED, 7, -1, IGNY8_ERR_RETRY, "Overloaded", 0},
+	{"anthropic: 529 overloaded", &igny8_anthropic_protocol, 529,
+		ANTHROPIC_OVERLOADED, 7, -1, IGNY8_ERR_RETRY, "Overloaded", 0},
+	{"anthropic: rate limit", &igny8_anthropic_protocol, 429,
+		"{\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\","
+		"\"message\":\"Number of request tokens has exceeded your per-minute rate limit\"}}",
+		30, -1, IGNY8_ERR_RETRY, "rate limit", 0},
+	{"anthropic: x-should-retry false", &igny8_anthropic_protocol, 529,
+		ANTHROPIC_OVERLOADED, -1, 0, IGNY8_ERR_FALLBACK, "Overloaded", 0},
+	{"anthropic: billing_error, whatever the headers say",
+		&igny8_anthropic_protocol, 402,
+		"{\"type\":\"error\",\"error\":{\"type\":\"billing_error\","
+		"\"message\":\"billing\"}}", -1, 1, IGNY8_ERR_FALLBACK, "billing", 0},
+	{"anthropic: empty body", &igny8_anthropic_protocol, 500, "", NOHDR,
+	IGNY8_ERR_RETRY, "HTTP 500 from Anthropic", 0},
+	{"anthropic: a proxy's text error", &igny8_anthropic_protocol, 503,
+		"{\"error\":\"upstream connect error\"}", NOHDR, IGNY8_ERR_RETRY,
+	"upstream connect error", 0},
+	{"anthropic: an error without a message", &igny8_anthropic_protocol, 500,
+		"{\"type\":\"error\",\"error\":{\"type\":\"api_error\"}}", NOHDR,
+	IGNY8_ERR_RETRY, "HTTP 500 from Anthropic: {\"type\"", 0},
+	/* Anthropic: malformed 2xx answers */
+	{"anthropic: not JSON", &igny8_anthropic_protocol, 200, "not json", NOHDR,
+	IGNY8_ERR_RETRY, "malformed JSON response from Anthropic (HTTP 200)", ONCE},
+	{"anthropic: cut JSON", &igny8_anthropic_protocol, 200,
+		"{\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"Hel",
+		NOHDR, IGNY8_ERR_RETRY, "malformed JSON response", ONCE},
+	{"anthropic: content a string", &igny8_anthropic_protocol, 200,
+		"{\"type\":\"message\",\"content\":\"Hello\"}", NOHDR,
+	IGNY8_ERR_RETRY, "no content array", ONCE},
+	{"anthropic: no content", &igny8_anthropic_protocol, 200,
+		"{\"type\":\"message\"}", NOHDR, IGNY8_ERR_RETRY,
+	"no content array", ONCE},
+	{"anthropic: 200 with an error", &igny8_anthropic_protocol, 200,
+		ANTHROPIC_OVERLOADED, NOHDR, IGNY8_ERR_RETRY,
+	"malformed response from Anthropic: error \"Overloaded\"", ONCE},
+	{"anthropic: null", &igny8_anthropic_protocol, 200, "null", NOHDR,
+	IGNY8_ERR_RETRY, "not a JSON object", ONCE},
+	{"anthropic: content and a proxy's error", &igny8_anthropic_protocol, 200,
+		"{\"content\":[],\"error\":{\"message\":\"proxy failed\"}}", NOHDR,
+	IGNY8_ERR_RETRY, "error \"proxy failed\"", ONCE},
+	{"anthropic: blanks", &igny8_anthropic_protocol, 200, "   ", NOHDR,
+	IGNY8_ERR_RETRY, "malformed JSON response", ONCE},
+	{"anthropic: a text block not valid UTF-8", &igny8_anthropic_protocol,
+		200,
+		"{\"content\":[{\"type\":\"text\",\"text\":\"ok \"},"
+		"{\"type\":\"text\",\"text\":\"\xc3\"}]}", NOHDR, IGNY8_ERR_RETRY,
+	"malformed response from Anthropic: the answer is not valid UTF-8", ONCE},
+	{"anthropic: a thinking block not valid UTF-8", &igny8_anthropic_protocol,
+		200,
+		"{\"content\":[{\"type\":\"thinking\",\"thinking\":\"\xff\"},"
+		"{\"type\":\"text\",\"text\":\"ok\"}]}", NOHDR, IGNY8_ERR_RETRY,
+	"the answer is not valid UTF-8", ONCE},
+	{"anthropic: a NUL in a text block", &igny8_anthropic_protocol, 200,
+		"{\"content\":[{\"type\":\"text\",\"text\":\"a\\u0000b\"}]}", NOHDR,
+		IGNY8_ERR_RETRY,
+	"malformed response from Anthropic: a string contains a NUL character",
+	ONCE}
+};
 
 static void
-test_anthropic_build(void)
+test_errors(void)
 {
-	static const Igny8Message convo[] = {
-		{"system", "Be brief."},
-		{"user", "Hi"},
-		{"assistant", "Hello"},
-		{"system", "Answer in French."},
-		{"system", ""},
-		{"user", "Bye"},
-		{"user", "Really"}
-	};
-	static const Igny8Message no_system[] = {{"user", "Hi"}};
-	Igny8TextRequest req;
-	Igny8HttpRequest out;
-
-	begin_group("anthropic: build /v1/messages");
-	req = make_request("claude-sonnet-4-5", convo, lengthof(convo), NULL);
-	anthropic->build_chat(&req, "sk-ant-test", &out);
-	CHECK_STR(out.method, "POST");
-	CHECK_STR(out.path, "/v1/messages");
-	CHECK_INT(out.nheaders, 3);
-	CHECK_STR(out.headers[0], "Content-Type: application/json");
-	CHECK_STR(out.headers[1], "x-api-key: sk-ant-test");
-	CHECK_STR(out.headers[2], "anthropic-version: 2023-06-01");
-	CHECK_STR(out.body,
-			  "{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":256,"
-			  "\"system\":\"Be brief.\\n\\nAnswer in French.\","
-			  "\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
-			  "{\"role\":\"assistant\",\"content\":\"Hello\"},"
-			  "{\"role\":\"user\",\"content\":\"Bye\"},"
-			  "{\"role\":\"user\",\"content\":\"Really\"}]}");
-	CHECK(strstr(out.body, "sk-ant-test") == NULL);
-
-	/* no key, no system, version from the settings */
-	req = make_request("claude-haiku-4-5", no_system, 1,
-					   "{\"anthropic_version\":\"2024-10-22\"}");
-	anthropic->build_chat(&req, NULL, &out);
-	CHECK_INT(out.nheaders, 2);
-	CHECK_STR(out.headers[0], "Content-Type: application/json");
-	CHECK_STR(out.headers[1], "anthropic-version: 2024-10-22");
-	CHECK_JSON(out.body,
-			   "{\"model\":\"claude-haiku-4-5\",\"max_tokens\":256,"
-			   "\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}");
-	CHECK(!has_member(out.body, "system"));
-
-	/* temperature: 0-1 as is, above 1 sent as 1 */
-	req = make_request("c", no_system, 1, NULL);
-	req.has_temperature = true;
-	req.temperature = 1.5;
-	anthropic->build_chat(&req, "k", &out);
-	CHECK_JSON(out.body,
-			   "{\"model\":\"c\",\"max_tokens\":256,\"messages\":"
-			   "[{\"role\":\"user\",\"content\":\"Hi\"}],\"temperature\":1}");
-	req.temperature = 2.0;
-	anthropic->build_chat(&req, "k", &out);
-	CHECK_CONTAINS(out.body, "\"temperature\":1}");
-	req.temperature = 0.3;
-	anthropic->build_chat(&req, "k", &out);
-	CHECK_CONTAINS(out.body, "\"temperature\":0.3}");
-	req.temperature = 0;
-	anthropic->build_chat(&req, "k", &out);
-	CHECK_CONTAINS(out.body, "\"temperature\":0}");
-	req.max_tokens = 64000;
-	req.has_temperature = false;
-	anthropic->build_chat(&req, "k", &out);
-	CHECK(!has_member(out.body, "temperature"));
-	CHECK_CONTAINS(out.body, "\"max_tokens\":64000");
-
-	/* a key with a line break cannot inject a header */
-	anthropic->build_chat(&req, "k\r\nX-Evil: 1", &out);
-	CHECK_INT(out.nheaders, 3);
-	CHECK(strchr(out.headers[1], '\n') == NULL);
-	CHECK(strchr(out.headers[1], '\r') == NULL);
-	end_group();
-}
-
-static void
-test_anthropic_parse(void)
-{
-	Igny8TextResult r;
-	Igny8ProviderError e;
-
-	begin_group("anthropic: parse answers (joined text blocks, thinking)");
-	CHECK(parse(anthropic, 200,
-				"{\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\","
-				"\"model\":\"claude-sonnet-4-5-20250929\",\"content\":["
-				"{\"type\":\"thinking\",\"thinking\":\"Let me see.\",\"signature\":\"abc\"},"
-				"{\"type\":\"text\",\"text\":\"Hello, \"},"
-				"{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"f\",\"input\":{}},"
-				"{\"type\":\"redacted_thinking\",\"data\":\"xyz\"},"
-				"{\"type\":\"text\",\"text\":\"world\"}],"
-				"\"stop_reason\":\"end_turn\",\"stop_sequence\":null,"
-				"\"usage\":{\"input_tokens\":10,\"output_tokens\":5,"
-				"\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0}}",
-				&r, &e));
-	CHECK_STR(r.content, "Hello, world");
-	CHECK_STR(r.thinking, "Let me see.");
-	CHECK_STR(r.model, "claude-sonnet-4-5-20250929");
-	CHECK_STR(r.finish_reason, "end_turn");
-	CHECK_INT(r.input_tokens, 10);
-	CHECK_INT(r.output_tokens, 5);
-
-	CHECK(parse(anthropic, 200,
-				"{\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"Hi\"}],"
-				"\"stop_reason\":\"max_tokens\"}", &r, &e));
-	CHECK_STR(r.content, "Hi");
-	CHECK_STR(r.thinking, NULL);
-	CHECK_STR(r.model, NULL);
-	CHECK_STR(r.finish_reason, "max_tokens");
-	CHECK_INT(r.input_tokens, 0);
-	CHECK_INT(r.output_tokens, 0);
-
-	/* only non-text blocks: an empty answer */
-	CHECK(parse(anthropic, 200,
-				"{\"type\":\"message\",\"content\":[{\"type\":\"thinking\","
-				"\"thinking\":\"a\"},{\"type\":\"thinking\",\"thinking\":\"b\"},"
-				"{\"type\":\"text\"},{\"text\":\"untyped\"}],"
-				"\"usage\":{\"input_tokens\":3}}", &r, &e));
-	CHECK_STR(r.content, "");
-	CHECK_STR(r.thinking, "a\n\nb");
-	CHECK_INT(r.input_tokens, 3);
-	CHECK(parse(anthropic, 200, "{\"content\":[]}", &r, &e));
-	CHECK_STR(r.content, "");
-	end_group();
-}
-
-static void
-test_anthropic_errors(void)
-{
-	static const long fallback[] = {401, 402, 403, 404};
-	static const long retry[] = {429, 500, 504, 529};
-	Igny8TextResult r;
-	Igny8ProviderError e;
 	int			i;
 
-	begin_group("anthropic: errors and classes");
-	CHECK_ERROR(anthropic, 400,
-				"{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\","
-				"\"message\":\"messages: roles must alternate\"},\"request_id\":\"req_1\"}",
-				IGNY8_ERR_CALLER, "roles must alternate");
-	CHECK_ERROR(anthropic, 400,
-				"{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\","
-				"\"message\":\"Your credit balance is too low to access the Anthropic API. "
-				"Please go to Plans & Billing to upgrade or purchase credits.\"}}",
-				IGNY8_ERR_FALLBACK, "credit balance is too low");
-	for (i = 0; i < (int) lengthof(fallback); i++)
-		CHECK_ERROR(anthropic, fallback[i],
-					"{\"type\":\"error\",\"error\":{\"type\":\"authentication_error\","
-					"\"message\":\"invalid x-api-key\"}}",
-					IGNY8_ERR_FALLBACK, "invalid x-api-key");
-	CHECK_ERROR(anthropic, 413,
-				"{\"type\":\"error\",\"error\":{\"type\":\"request_too_large\","
-				"\"message\":\"Request exceeds the maximum allowed number of bytes.\"}}",
-				IGNY8_ERR_CALLER, "maximum allowed number of bytes");
-	/* Cloudflare's 413 is HTML */
-	CHECK_ERROR(anthropic, 413,
-				"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n"
-				"<body><center><h1>413 Request Entity Too Large</h1></center>"
-				"<hr><center>cloudflare</center></body></html>",
-				IGNY8_ERR_CALLER, "HTTP 413 from Anthropic: <html>  <head><title>413");
-	for (i = 0; i < (int) lengthof(retry); i++)
-		CHECK_ERROR_H(anthropic, retry[i],
-					  "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
-					  "\"message\":\"Overloaded\"}}",
-					  7, -1, IGNY8_ERR_RETRY, "Overloaded", 7);
-	CHECK_ERROR_H(anthropic, 429,
-				  "{\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\","
-				  "\"message\":\"Number of request tokens has exceeded your per-minute rate limit\"}}",
-				  30, -1, IGNY8_ERR_RETRY, "rate limit", 30);
-	/* x-should-retry */
-	CHECK_ERROR_H(anthropic, 529,
-				  "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
-				  "\"message\":\"Overloaded\"}}",
-				  -1, 0, IGNY8_ERR_FALLBACK, "Overloaded", -1);
-	CHECK_ERROR_H(anthropic, 402,
-				  "{\"type\":\"error\",\"error\":{\"type\":\"billing_error\","
-				  "\"message\":\"billing\"}}",
-				  -1, 1, IGNY8_ERR_FALLBACK, "billing", -1);
-	CHECK_ERROR(anthropic, 500, "", IGNY8_ERR_RETRY, "HTTP 500 from Anthropic");
-	CHECK_ERROR(anthropic, 503, "{\"error\":\"upstream connect error\"}",
-				IGNY8_ERR_RETRY, "upstream connect error");
-	CHECK_ERROR(anthropic, 500, "{\"type\":\"error\",\"error\":{\"type\":\"api_error\"}}",
-				IGNY8_ERR_RETRY, "HTTP 500 from Anthropic: {\"type\"");
-	end_group();
+	begin_group("parse_chat: errors, classes and malformed answers");
+	for (i = 0; i < (int) lengthof(error_cases); i++)
+	{
+		const ErrorCase *c = &error_cases[i];
+		Igny8TextResult r;
+		Igny8ProviderError e;
+		bool		ok;
 
-	begin_group("anthropic: malformed 200 answers");
-	CHECK_ERROR(anthropic, 200, "not json", IGNY8_ERR_RETRY,
-				"malformed JSON response");
-	CHECK_ERROR(anthropic, 200,
-				"{\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"Hel",
-				IGNY8_ERR_RETRY, "malformed JSON response");
-	CHECK_ERROR(anthropic, 200, "{\"type\":\"message\",\"content\":\"Hello\"}",
-				IGNY8_ERR_RETRY, "no content array");
-	CHECK_ERROR(anthropic, 200, "{\"type\":\"message\"}",
-				IGNY8_ERR_RETRY, "no content array");
-	CHECK_ERROR(anthropic, 200,
-				"{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
-				"\"message\":\"Overloaded\"}}",
-				IGNY8_ERR_RETRY, "malformed response from Anthropic: error \"Overloaded\"");
-	CHECK_ERROR(anthropic, 200, "null", IGNY8_ERR_RETRY, "not a JSON object");
-	CHECK_ERROR(anthropic, 200,
-				"{\"content\":[],\"error\":{\"message\":\"proxy failed\"}}",
-				IGNY8_ERR_RETRY, "error \"proxy failed\"");
-	CHECK(parse(anthropic, 200, "{\"content\":[{\"type\":\"text\",\"text\":\"a\"}],"
-				"\"error\":null}", &r, &e));
-	CHECK_STR(r.content, "a");
-	CHECK_ERROR(anthropic, 200, "   ", IGNY8_ERR_RETRY, "malformed JSON response");
+		begin_case(i, c->what);
+		ok = parse_answer(c->proto, c->status, c->body, c->retry_after,
+						  c->should_retry, &r, &e);
+		if (!check(!ok, __LINE__, "parse succeeded"))
+		{
+			free_answer(&r, &e);
+			continue;
+		}
+		check(e.cls == c->cls, __LINE__, "class %s, expected %s",
+			  class_names[e.cls], class_names[c->cls]);
+		check_clean(e.message, IGNY8_ERRMSG_MAX + 3, "message", __LINE__);
+		CHECK_CONTAINS(e.message, c->message);
+		check(e.retry_after == c->retry_after, __LINE__,
+			  "retry_after %g, expected %g", e.retry_after, c->retry_after);
+		check(e.drop_think == ((c->flags & DROP_THINK) != 0), __LINE__,
+			  "drop_think %d", (int) e.drop_think);
+		check(e.retry_once == ((c->flags & ONCE) != 0), __LINE__,
+			  "retry_once %d", (int) e.retry_once);
+		CHECK(r.content == NULL && r.thinking == NULL && r.model == NULL &&
+			  r.finish_reason == NULL);
+		free_answer(&r, &e);
+	}
 	end_group();
 }
 
 /* ---------- health probes ---------- */
 
-/* Parse a probe answer (and write it as a seed when asked to). */
+typedef struct ProbeBuildCase
+{
+	const char *what;
+	const Igny8ProbeProtocol *proto;
+	const char *api_key;
+	const char *settings;		/* JSON text or NULL */
+	const char *path;
+	const char *headers[IGNY8_MAX_HEADERS + 1];	/* exactly these, in order */
+} ProbeBuildCase;
+
+static const ProbeBuildCase probe_build_cases[] = {
+	{"ollama: no key", &igny8_ollama_probe, NULL, NULL, "/api/tags", {NULL}},
+	{"ollama: a key for a proxy, settings ignored", &igny8_ollama_probe,
+		"sk-proxy", "{\"anthropic_version\":\"x\"}", "/api/tags",
+	{"Authorization: Bearer sk-proxy", NULL}},
+	{"ollama: a key with a line break", &igny8_ollama_probe,
+		"k\r\nX-Evil: 1", NULL, "/api/tags",
+	{"Authorization: Bearer k  X-Evil: 1", NULL}},
+	{"openai: a key", &igny8_openai_probe, "sk-test", NULL, "/v1/models",
+	{"Authorization: Bearer sk-test", NULL}},
+	{"openai: no key", &igny8_openai_probe, NULL, NULL, "/v1/models", {NULL}},
+	{"anthropic: key and version", &igny8_anthropic_probe, "sk-ant-test",
+		NULL, "/v1/models",
+	{"x-api-key: sk-ant-test", "anthropic-version: 2023-06-01", NULL}},
+	{"anthropic: version from the settings", &igny8_anthropic_probe,
+		"sk-ant-test", "{\"anthropic_version\":\"2024-10-22\"}", "/v1/models",
+	{"x-api-key: sk-ant-test", "anthropic-version: 2024-10-22", NULL}},
+	{"anthropic: no key, empty version", &igny8_anthropic_probe, NULL,
+		"{\"anthropic_version\":\"\"}", "/v1/models",
+	{"anthropic-version: 2023-06-01", NULL}},
+	{"comfyui: no key", &igny8_comfyui_probe, NULL, NULL, "/system_stats",
+	{NULL}},
+	{"comfyui: a key for a proxy", &igny8_comfyui_probe, "proxy-token", NULL,
+	"/system_stats", {"Authorization: Bearer proxy-token", NULL}}
+};
+
 static void
-probe(const Igny8ProbeProtocol *proto, long status, const char *body,
-	  const char *const *models, int nmodels, Igny8ProbeResult *out)
-{
-	Igny8HttpResponse resp;
-
-	resp.status = status;
-	resp.body = body;
-	resp.body_len = body ? strlen(body) : 0;
-	resp.retry_after = -1;
-	resp.should_retry = -1;
-	if (corpus_dir != NULL)
-		write_seed(&resp);
-	memset(out, 0x7f, sizeof(*out));	/* parse_probe must set every field */
-	proto->parse_probe(&resp, models, nmodels, out);
-}
-
-/* Is text a JSON object? */
-static bool
-is_json_object(const char *text)
-{
-	cJSON	   *json = text ? cJSON_Parse(text) : NULL;
-	bool		ok = cJSON_IsObject(json);
-
-	cJSON_Delete(json);
-	return ok;
-}
-
-/*
- * Check the flags, the summary and the detail (compared as JSON) of a
- * probe result.
- */
-static void
-check_probe(const Igny8ProbeResult *r, bool healthy, bool degraded,
-			const char *summary, const char *detail, int line)
-{
-	check(r->reachable, line, "probe: not reachable");
-	check(r->healthy == healthy, line, "probe: healthy = %d, expected %d",
-		  (int) r->healthy, (int) healthy);
-	check(r->degraded == degraded, line, "probe: degraded = %d, expected %d",
-		  (int) r->degraded, (int) degraded);
-	check_str(r->summary, summary, "summary", line);
-	check(is_json_object(r->detail_json), line,
-		  "probe: detail_json is not a JSON object: %s",
-		  r->detail_json ? r->detail_json : "(null)");
-	check_json(r->detail_json, detail, line);
-}
-
-#define CHECK_PROBE(r, healthy, degraded, summary, detail) \
-	check_probe(&(r), (healthy), (degraded), (summary), (detail), __LINE__)
-
-/* Check that a probe request is a GET without a body. */
-static void
-check_probe_request(const Igny8HttpRequest *out, const char *path,
-					int nheaders, int line)
-{
-	check_str(out->method, "GET", "method", line);
-	check_str(out->path, path, "path", line);
-	check(out->body == NULL, line, "probe request has a body");
-	check(out->nheaders == nheaders, line, "nheaders = %d, expected %d",
-		  out->nheaders, nheaders);
-}
-
-#define CHECK_PROBE_REQUEST(out, path, nheaders) \
-	check_probe_request(&(out), (path), (nheaders), __LINE__)
-
-/* Does any header of the request start with prefix (case ignored)? */
-static bool
-has_header(const Igny8HttpRequest *out, const char *prefix)
+test_probe_build(void)
 {
 	int			i;
 
-	for (i = 0; i < out->nheaders; i++)
+	begin_group("build_probe: a GET without a body");
+	for (i = 0; i < (int) lengthof(probe_build_cases); i++)
 	{
-		if (pg_strncasecmp(out->headers[i], prefix, strlen(prefix)) == 0)
-			return true;
+		const ProbeBuildCase *c = &probe_build_cases[i];
+		cJSON	   *settings = test_json(c->settings);
+		Igny8HttpRequest out;
+
+		begin_case(i, c->what);
+		memset(&out, 0x7f, sizeof(out));
+		c->proto->build_probe(c->api_key, settings, &out);
+		CHECK_STR(out.method, "GET");
+		CHECK_STR(out.path, c->path);
+		CHECK(out.body == NULL);
+		check_headers(&out, c->headers, __LINE__);
+		free_request(&out);
+		cJSON_Delete(settings);
 	}
-	return false;
+	end_group();
 }
 
-static const Igny8ProbeProtocol *ollama_probe = &igny8_ollama_probe;
-static const Igny8ProbeProtocol *openai_probe = &igny8_openai_probe;
-static const Igny8ProbeProtocol *anthropic_probe = &igny8_anthropic_probe;
-static const Igny8ProbeProtocol *comfyui_probe = &igny8_comfyui_probe;
+typedef struct ProbeCase
+{
+	const char *what;
+	const Igny8ProbeProtocol *proto;
+	long		status;
+	const char *body;
+	const char *const *models;
+	int			nmodels;
+	bool		healthy;
+	bool		degraded;
+	const char *summary;
+	const char *detail;			/* compared as JSON */
+} ProbeCase;
 
 #define OLLAMA_TAGS \
 	"{\"models\":[" \
@@ -1338,213 +1982,6 @@ static const Igny8ProbeProtocol *comfyui_probe = &igny8_comfyui_probe;
 	"\"size\":2019393189,\"details\":{\"family\":\"llama\"}}," \
 	"{\"name\":\"nomic-embed-text:latest\",\"model\":\"nomic-embed-text:latest\"}]}"
 
-static void
-test_probe_table(void)
-{
-	begin_group("probes: protocol table");
-	CHECK(igny8_probe_protocol(IGNY8_KIND_OLLAMA) == &igny8_ollama_probe);
-	CHECK(igny8_probe_protocol(IGNY8_KIND_OPENAI) == &igny8_openai_probe);
-	CHECK(igny8_probe_protocol(IGNY8_KIND_ANTHROPIC) == &igny8_anthropic_probe);
-	CHECK(igny8_probe_protocol(IGNY8_KIND_COMFYUI) == &igny8_comfyui_probe);
-	CHECK(igny8_probe_protocol(IGNY8_KIND_INVALID) == NULL);
-	CHECK_STR(ollama_probe->name, "ollama");
-	CHECK_STR(openai_probe->name, "openai");
-	CHECK_STR(anthropic_probe->name, "anthropic");
-	CHECK_STR(comfyui_probe->name, "comfyui");
-	end_group();
-}
-
-static void
-test_ollama_probe(void)
-{
-	static const char *const all[] = {"qwen3:32b", "llama3.2:latest"};
-	static const char *const untagged[] = {"llama3.2", "nomic-embed-text"};
-	static const char *const one_missing[] = {"qwen3:32b", "llama3.2",
-	"qwen3:8b"};
-	static const char *const two_missing[] = {"deepseek-r1:70b", "qwen3",
-	"qwen3:32b"};
-	static const char *const messy[] = {"qwen3:32b", NULL, "", "qwen3:32b",
-	"gone", "gone"};
-	cJSON	   *settings = cJSON_Parse("{\"anthropic_version\":\"x\"}");
-	Igny8HttpRequest out;
-	Igny8ProbeResult r;
-
-	begin_group("ollama probe: build GET /api/tags");
-	ollama_probe->build_probe(NULL, NULL, &out);
-	CHECK_PROBE_REQUEST(out, "/api/tags", 0);
-	ollama_probe->build_probe("sk-proxy", settings, &out);
-	CHECK_PROBE_REQUEST(out, "/api/tags", 1);
-	CHECK_STR(out.headers[0], "Authorization: Bearer sk-proxy");
-	ollama_probe->build_probe("k\r\nX-Evil: 1", NULL, &out);
-	CHECK_INT(out.nheaders, 1);
-	CHECK(strchr(out.headers[0], '\n') == NULL);
-	end_group();
-
-	begin_group("ollama probe: models present, missing, tag defaulting");
-	probe(ollama_probe, 200, OLLAMA_TAGS, all, lengthof(all), &r);
-	CHECK_PROBE(r, true, false, "all 2 configured models present",
-				"{\"models_present\":2,\"models_listed\":3,\"models_missing\":[]}");
-	/* configured without a tag, listed as :latest */
-	probe(ollama_probe, 200, OLLAMA_TAGS, untagged, lengthof(untagged), &r);
-	CHECK_PROBE(r, true, false, "all 2 configured models present",
-				"{\"models_present\":2,\"models_listed\":3,\"models_missing\":[]}");
-	/* configured as :latest, listed without a tag (the other way round) */
-	{
-		static const char *const latest[] = {"mymodel:latest"};
-
-		probe(ollama_probe, 200, "{\"models\":[{\"name\":\"mymodel\"}]}",
-			  latest, 1, &r);
-		CHECK_PROBE(r, true, false, "1 configured model present",
-					"{\"models_present\":1,\"models_listed\":1,\"models_missing\":[]}");
-	}
-	/* a different tag is a different model */
-	probe(ollama_probe, 200, OLLAMA_TAGS, one_missing, lengthof(one_missing),
-		  &r);
-	CHECK_PROBE(r, true, true, "model qwen3:8b missing",
-				"{\"models_missing\":[\"qwen3:8b\"],\"models_present\":2,"
-				"\"models_listed\":3}");
-	probe(ollama_probe, 200, OLLAMA_TAGS, two_missing, lengthof(two_missing),
-		  &r);
-	CHECK_PROBE(r, true, true, "2 models missing: deepseek-r1:70b, qwen3",
-				"{\"models_missing\":[\"deepseek-r1:70b\",\"qwen3\"],"
-				"\"models_present\":1,\"models_listed\":3}");
-	/* NULL, empty and repeated names are counted once or not at all */
-	probe(ollama_probe, 200, OLLAMA_TAGS, messy, lengthof(messy), &r);
-	CHECK_PROBE(r, true, true, "model gone missing",
-				"{\"models_missing\":[\"gone\"],\"models_present\":1,"
-				"\"models_listed\":3}");
-	/* no models configured */
-	probe(ollama_probe, 200, OLLAMA_TAGS, NULL, 0, &r);
-	CHECK_PROBE(r, true, false, "running, no models configured",
-				"{\"models_present\":0,\"models_listed\":3,\"models_missing\":[]}");
-	probe(ollama_probe, 200, "{\"models\":[]}", all, lengthof(all), &r);
-	CHECK_PROBE(r, true, true, "2 models missing: qwen3:32b, llama3.2:latest",
-				"{\"models_missing\":[\"qwen3:32b\",\"llama3.2:latest\"],"
-				"\"models_present\":0,\"models_listed\":0}");
-	/* the "model" field counts as well as "name"; junk entries are skipped */
-	{
-		static const char *const by_model[] = {"a:1", "b"};
-
-		probe(ollama_probe, 200,
-			  "{\"models\":[{\"name\":\"alias\",\"model\":\"a:1\"},"
-			  "{\"model\":\"b:latest\"},7,{\"name\":3},null]}",
-			  by_model, 2, &r);
-		CHECK_PROBE(r, true, false, "all 2 configured models present",
-					"{\"models_present\":2,\"models_listed\":5,\"models_missing\":[]}");
-	}
-	/* a namespace, and a registry port that is not a tag */
-	{
-		static const char *const spaced[] = {"ns/x", "host:5000/ns/y",
-		"host:5000/ns/z:latest"};
-
-		probe(ollama_probe, 200,
-			  "{\"models\":[{\"name\":\"ns/x:latest\"},"
-			  "{\"name\":\"host:5000/ns/y:latest\"},"
-			  "{\"name\":\"host:5000/ns/z\"},{\"name\":\"host:latest\"}]}",
-			  spaced, 3, &r);
-		CHECK_PROBE(r, true, false, "all 3 configured models present",
-					"{\"models_present\":3,\"models_listed\":4,\"models_missing\":[]}");
-	}
-	{
-		static const char *const near[] = {"x", "x:latest2", "y:late"};
-
-		probe(ollama_probe, 200,
-			  "{\"models\":[{\"name\":\"x:latest2\"},{\"name\":\"y\"},"
-			  "{\"name\":\"xx:latest\"}]}", near, 3, &r);
-		CHECK_PROBE(r, true, true, "2 models missing: x, y:late",
-					"{\"models_missing\":[\"x\",\"y:late\"],\"models_present\":1,"
-					"\"models_listed\":3}");
-	}
-	end_group();
-
-	begin_group("ollama probe: errors and malformed answers");
-	probe(ollama_probe, 500, "{\"error\":\"something went wrong\"}", all, 2,
-		  &r);
-	CHECK_PROBE(r, false, false, "HTTP 500: something went wrong",
-				"{\"http_status\":500,\"error\":\"something went wrong\"}");
-	probe(ollama_probe, 401, "{\"error\":{\"message\":\"bad token\"}}", NULL,
-		  0, &r);
-	CHECK_PROBE(r, false, false, "HTTP 401: bad token",
-				"{\"http_status\":401,\"error\":\"bad token\"}");
-	probe(ollama_probe, 502, "<html><body>Bad Gateway</body></html>\r\n",
-		  NULL, 0, &r);
-	CHECK_PROBE(r, false, false,
-				"HTTP 502: <html><body>Bad Gateway</body></html>",
-				"{\"http_status\":502,\"error\":\"<html><body>Bad Gateway</body></html>\"}");
-	probe(ollama_probe, 503, NULL, NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "HTTP 503: empty response body",
-				"{\"http_status\":503,\"error\":\"empty response body\"}");
-	probe(ollama_probe, 404, "{\"error\":\"  \"}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "HTTP 404: {\"error\":\"  \"}",
-				"{\"http_status\":404,\"error\":\"{\\\"error\\\":\\\"  \\\"}\"}");
-	/* a 2xx list is still an error when the status is not 2xx */
-	probe(ollama_probe, 302, "{\"models\":[]}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "HTTP 302: {\"models\":[]}",
-				"{\"http_status\":302,\"error\":\"{\\\"models\\\":[]}\"}");
-	probe(ollama_probe, 200, "Ollama is running", all, 2, &r);
-	CHECK_PROBE(r, false, false, "malformed response from Ollama",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(ollama_probe, 200, "{\"models\":null}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "malformed response from Ollama",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(ollama_probe, 200, "[{\"models\":[]}]", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "malformed response from Ollama",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(ollama_probe, 200, "{\"error\":\"boom\"}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "malformed response from Ollama",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(ollama_probe, 204, NULL, NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "malformed response from Ollama",
-				"{\"http_status\":204,\"error\":\"malformed response\"}");
-	probe(ollama_probe, 200, "{\"models\":[{\"name\":\"a\"}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "malformed response from Ollama",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	end_group();
-	cJSON_Delete(settings);
-}
-
-static void
-test_long_probe_summaries(void)
-{
-	const char *models[40];
-	char	   *longbody;
-	Igny8ProbeResult r;
-	cJSON	   *detail;
-	int			i;
-
-	begin_group("probes: long summaries are cut, details stay whole");
-	for (i = 0; i < (int) lengthof(models); i++)
-		models[i] = psprintf("some-rather-long-model-name-%02d:q4_K_M", i);
-	probe(ollama_probe, 200, "{\"models\":[]}", models, lengthof(models), &r);
-	CHECK(r.healthy && r.degraded);
-	CHECK_INT(strlen(r.summary), IGNY8_ERRMSG_MAX + 3);
-	CHECK(strncmp(r.summary, "40 models missing: some-rather-long", 35) == 0);
-	CHECK(strcmp(r.summary + IGNY8_ERRMSG_MAX, "...") == 0);
-	detail = cJSON_Parse(r.detail_json);
-	CHECK_INT(cJSON_GetArraySize(cJSON_GetObjectItem(detail, "models_missing")),
-			  40);
-	cJSON_Delete(detail);
-
-	longbody = palloc(2100);
-	strcpy(longbody, "{\"error\":\"");
-	memset(longbody + 10, 'y', 2000);
-	strcpy(longbody + 2010, "\"}");
-	probe(ollama_probe, 400, longbody, NULL, 0, &r);
-	CHECK(!r.healthy && r.reachable);
-	CHECK_INT(strlen(r.summary), IGNY8_ERRMSG_MAX + 3);
-	CHECK(strncmp(r.summary, "HTTP 400: yyy", 13) == 0);
-	detail = cJSON_Parse(r.detail_json);
-	CHECK_INT(strlen(cJSON_GetStringValue(cJSON_GetObjectItem(detail, "error"))),
-			  IGNY8_ERRMSG_MAX + 3);
-	cJSON_Delete(detail);
-
-	/* control characters never reach the summary */
-	probe(openai_probe, 500, "{\"error\":{\"message\":\"line 1\\nline 2\\u0007\"}}",
-		  NULL, 0, &r);
-	CHECK_STR(r.summary, "HTTP 500: line 1 line 2");
-	end_group();
-}
-
 #define OPENAI_MODELS \
 	"{\"object\":\"list\",\"data\":[" \
 	"{\"id\":\"gpt-4o-mini\",\"object\":\"model\",\"created\":1721172741," \
@@ -1554,179 +1991,6 @@ test_long_probe_summaries(void)
 	"{\"id\":\"o3-mini\",\"object\":\"model\",\"created\":1737146383," \
 	"\"owned_by\":\"system\"}]}"
 
-static void
-test_openai_probe(void)
-{
-	static const char *const two[] = {"gpt-4o-mini", "o3-mini"};
-	static const char *const missing[] = {"gpt-4o", "gpt-5", "GPT-4O-MINI"};
-	Igny8HttpRequest out;
-	Igny8ProbeResult r;
-
-	begin_group("openai probe: build GET /v1/models");
-	openai_probe->build_probe("sk-test", NULL, &out);
-	CHECK_PROBE_REQUEST(out, "/v1/models", 1);
-	CHECK_STR(out.headers[0], "Authorization: Bearer sk-test");
-	openai_probe->build_probe(NULL, NULL, &out);
-	CHECK_PROBE_REQUEST(out, "/v1/models", 0);
-	CHECK(!has_header(&out, "Authorization"));
-	end_group();
-
-	begin_group("openai probe: parse");
-	probe(openai_probe, 200, OPENAI_MODELS, two, lengthof(two), &r);
-	CHECK_PROBE(r, true, false, "all 2 configured models present",
-				"{\"models_present\":2,\"models_listed\":3,\"models_missing\":[]}");
-	/* ids are compared exactly, case included */
-	probe(openai_probe, 200, OPENAI_MODELS, missing, lengthof(missing), &r);
-	CHECK_PROBE(r, true, true, "2 models missing: gpt-5, GPT-4O-MINI",
-				"{\"models_missing\":[\"gpt-5\",\"GPT-4O-MINI\"],"
-				"\"models_present\":1,\"models_listed\":3}");
-	probe(openai_probe, 200, OPENAI_MODELS, NULL, 0, &r);
-	CHECK_PROBE(r, true, false, "running, no models configured",
-				"{\"models_present\":0,\"models_listed\":3,\"models_missing\":[]}");
-	/* Ollama's /v1/models: tag defaulting both ways */
-	{
-		static const char *const ollama_names[] = {"llama3.2", "qwen3:latest",
-		"qwen3:8b"};
-
-		probe(openai_probe, 200,
-			  "{\"object\":\"list\",\"data\":[{\"id\":\"llama3.2:latest\","
-			  "\"object\":\"model\",\"created\":1746000000,\"owned_by\":\"library\"},"
-			  "{\"id\":\"qwen3\",\"object\":\"model\",\"owned_by\":\"library\"}]}",
-			  ollama_names, 3, &r);
-		CHECK_PROBE(r, true, true, "model qwen3:8b missing",
-					"{\"models_missing\":[\"qwen3:8b\"],\"models_present\":2,"
-					"\"models_listed\":2}");
-	}
-	/* vLLM: one model; entries without an id are listed but match nothing */
-	{
-		static const char *const vllm[] = {"Qwen/Qwen3-32B"};
-
-		probe(openai_probe, 200,
-			  "{\"object\":\"list\",\"data\":[{\"id\":\"Qwen/Qwen3-32B\","
-			  "\"object\":\"model\",\"owned_by\":\"vllm\",\"root\":\"Qwen/Qwen3-32B\","
-			  "\"max_model_len\":32768},{\"object\":\"model\"}]}",
-			  vllm, 1, &r);
-		CHECK_PROBE(r, true, false, "1 configured model present",
-					"{\"models_present\":1,\"models_listed\":2,\"models_missing\":[]}");
-	}
-	probe(openai_probe, 200, "{\"object\":\"list\",\"data\":[]}", two, 2, &r);
-	CHECK_PROBE(r, true, true, "2 models missing: gpt-4o-mini, o3-mini",
-				"{\"models_missing\":[\"gpt-4o-mini\",\"o3-mini\"],"
-				"\"models_present\":0,\"models_listed\":0}");
-	end_group();
-
-	begin_group("openai probe: errors and malformed answers");
-	probe(openai_probe, 401,
-		  "{\"error\":{\"message\":\"Incorrect API key provided: sk-te***st.\","
-		  "\"type\":\"invalid_request_error\",\"param\":null,"
-		  "\"code\":\"invalid_api_key\"}}", two, 2, &r);
-	CHECK_PROBE(r, false, false,
-				"HTTP 401: Incorrect API key provided: sk-te***st.",
-				"{\"http_status\":401,\"error\":\"Incorrect API key provided: sk-te***st.\"}");
-	probe(openai_probe, 400,
-		  "{\"object\":\"error\",\"message\":\"bad\",\"type\":\"BadRequestError\","
-		  "\"code\":400}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "HTTP 400: bad",
-				"{\"http_status\":400,\"error\":\"bad\"}");
-	probe(openai_probe, 503, "upstream connect error", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "HTTP 503: upstream connect error",
-				"{\"http_status\":503,\"error\":\"upstream connect error\"}");
-	probe(openai_probe, 500, "", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "HTTP 500: empty response body",
-				"{\"http_status\":500,\"error\":\"empty response body\"}");
-	probe(openai_probe, 200, "{\"object\":\"list\"}", two, 2, &r);
-	CHECK_PROBE(r, false, false, "malformed response from OpenAI-compatible API",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(openai_probe, 200, "{\"data\":{\"id\":\"x\"}}", two, 2, &r);
-	CHECK_PROBE(r, false, false, "malformed response from OpenAI-compatible API",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(openai_probe, 200, "<!doctype html><title>LiteLLM</title>", two, 2,
-		  &r);
-	CHECK_PROBE(r, false, false, "malformed response from OpenAI-compatible API",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(openai_probe, 200, "{\"error\":{\"message\":\"proxy failed\"}}", NULL,
-		  0, &r);
-	CHECK_PROBE(r, false, false, "malformed response from OpenAI-compatible API",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	end_group();
-}
-
-static void
-test_anthropic_probe(void)
-{
-	static const char *const aliases[] = {"claude-3-5-sonnet-latest",
-	"claude-sonnet-4-5"};
-	cJSON	   *settings = cJSON_Parse("{\"anthropic_version\":\"2024-10-22\"}");
-	cJSON	   *empty_version = cJSON_Parse("{\"anthropic_version\":\"\"}");
-	Igny8HttpRequest out;
-	Igny8ProbeResult r;
-
-	begin_group("anthropic probe: build GET /v1/models");
-	anthropic_probe->build_probe("sk-ant-test", NULL, &out);
-	CHECK_PROBE_REQUEST(out, "/v1/models", 2);
-	CHECK_STR(out.headers[0], "x-api-key: sk-ant-test");
-	CHECK_STR(out.headers[1], "anthropic-version: 2023-06-01");
-	CHECK(!has_header(&out, "Authorization"));
-	anthropic_probe->build_probe("sk-ant-test", settings, &out);
-	CHECK_PROBE_REQUEST(out, "/v1/models", 2);
-	CHECK_STR(out.headers[1], "anthropic-version: 2024-10-22");
-	anthropic_probe->build_probe(NULL, empty_version, &out);
-	CHECK_PROBE_REQUEST(out, "/v1/models", 1);
-	CHECK_STR(out.headers[0], "anthropic-version: 2023-06-01");
-	CHECK(!has_header(&out, "x-api-key"));
-	end_group();
-
-	begin_group("anthropic probe: parse (no model check)");
-	probe(anthropic_probe, 200,
-		  "{\"data\":[{\"type\":\"model\",\"id\":\"claude-sonnet-4-5-20250929\","
-		  "\"display_name\":\"Claude Sonnet 4.5\",\"created_at\":\"2025-09-29T00:00:00Z\"},"
-		  "{\"type\":\"model\",\"id\":\"claude-3-5-haiku-20241022\","
-		  "\"display_name\":\"Claude Haiku 3.5\",\"created_at\":\"2024-10-22T00:00:00Z\"}],"
-		  "\"has_more\":false,\"first_id\":\"claude-sonnet-4-5-20250929\","
-		  "\"last_id\":\"claude-3-5-haiku-20241022\"}",
-		  aliases, lengthof(aliases), &r);
-	CHECK_PROBE(r, true, false, "2 models listed", "{\"models_listed\":2}");
-	probe(anthropic_probe, 200, "{\"data\":[{\"id\":\"x\"}],\"has_more\":true}",
-		  NULL, 0, &r);
-	CHECK_PROBE(r, true, false, "1 model listed", "{\"models_listed\":1}");
-	probe(anthropic_probe, 200, "{\"data\":[]}", aliases, 2, &r);
-	CHECK_PROBE(r, true, false, "0 models listed", "{\"models_listed\":0}");
-	end_group();
-
-	begin_group("anthropic probe: errors and malformed answers");
-	probe(anthropic_probe, 401,
-		  "{\"type\":\"error\",\"error\":{\"type\":\"authentication_error\","
-		  "\"message\":\"invalid x-api-key\"},\"request_id\":\"req_011\"}",
-		  aliases, 2, &r);
-	CHECK_PROBE(r, false, false, "HTTP 401: invalid x-api-key",
-				"{\"http_status\":401,\"error\":\"invalid x-api-key\"}");
-	probe(anthropic_probe, 529,
-		  "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
-		  "\"message\":\"Overloaded\"}}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "HTTP 529: Overloaded",
-				"{\"http_status\":529,\"error\":\"Overloaded\"}");
-	probe(anthropic_probe, 500,
-		  "{\"type\":\"error\",\"error\":{\"type\":\"api_error\"}}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false,
-				"HTTP 500: {\"type\":\"error\",\"error\":{\"type\":\"api_error\"}}",
-				"{\"http_status\":500,\"error\":\"{\\\"type\\\":\\\"error\\\","
-				"\\\"error\\\":{\\\"type\\\":\\\"api_error\\\"}}\"}");
-	probe(anthropic_probe, 200,
-		  "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
-		  "\"message\":\"Overloaded\"}}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "malformed response from Anthropic",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(anthropic_probe, 200, "null", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "malformed response from Anthropic",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(anthropic_probe, 200, NULL, NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "malformed response from Anthropic",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	end_group();
-	cJSON_Delete(settings);
-	cJSON_Delete(empty_version);
-}
-
 #define COMFYUI_SYSTEM \
 	"\"system\":{\"os\":\"posix\",\"ram_total\":67108864000," \
 	"\"ram_free\":50000000000,\"comfyui_version\":\"0.3.43\"," \
@@ -1734,100 +1998,431 @@ test_anthropic_probe(void)
 	"\"pytorch_version\":\"2.7.1+cu128\",\"embedded_python\":false," \
 	"\"argv\":[\"main.py\",\"--listen\"]}"
 
+#define MALFORMED(status) \
+	"{\"http_status\":" #status ",\"error\":\"malformed response\"}"
+#define ALL_PRESENT(n, listed) \
+	"{\"models_present\":" #n ",\"models_listed\":" #listed \
+	",\"models_missing\":[]}"
+
+static const char *const m_all[] = {"qwen3:32b", "llama3.2:latest"};
+static const char *const m_untagged[] = {"llama3.2", "nomic-embed-text"};
+static const char *const m_latest[] = {"mymodel:latest"};
+static const char *const m_one_missing[] = {"qwen3:32b", "llama3.2",
+"qwen3:8b"};
+static const char *const m_two_missing[] = {"deepseek-r1:70b", "qwen3",
+"qwen3:32b"};
+static const char *const m_messy[] = {"qwen3:32b", NULL, "", "qwen3:32b",
+"gone", "gone"};
+static const char *const m_by_model[] = {"a:1", "b"};
+static const char *const m_spaced[] = {"ns/x", "host:5000/ns/y",
+"host:5000/ns/z:latest"};
+static const char *const m_near[] = {"x", "x:latest2", "y:late"};
+static const char *const m_openai[] = {"gpt-4o-mini", "o3-mini"};
+static const char *const m_openai_missing[] = {"gpt-4o", "gpt-5",
+"GPT-4O-MINI"};
+static const char *const m_ollama_v1[] = {"llama3.2", "qwen3:latest",
+"qwen3:8b"};
+static const char *const m_vllm[] = {"Qwen/Qwen3-32B"};
+static const char *const m_aliases[] = {"claude-3-5-sonnet-latest",
+"claude-sonnet-4-5"};
+static const char *const m_checkpoints[] = {"sd_xl_base_1.0.safetensors"};
+
+#define MODELS(array) (array), lengthof(array)
+#define NO_MODELS NULL, 0
+#define CHECK_OFF NULL, -1		/* "check_models": false */
+
+static const ProbeCase probe_cases[] = {
+	/* Ollama: /api/tags */
+	{"ollama: all present", &igny8_ollama_probe, 200, OLLAMA_TAGS,
+		MODELS(m_all), true, false, "all 2 configured models present",
+	ALL_PRESENT(2, 3)},
+	{"ollama: configured without a tag, listed as :latest",
+		&igny8_ollama_probe, 200, OLLAMA_TAGS, MODELS(m_untagged), true, false,
+	"all 2 configured models present", ALL_PRESENT(2, 3)},
+	{"ollama: configured as :latest, listed without a tag",
+		&igny8_ollama_probe, 200, "{\"models\":[{\"name\":\"mymodel\"}]}",
+		MODELS(m_latest), true, false, "1 configured model present",
+	ALL_PRESENT(1, 1)},
+	{"ollama: a different tag is a different model", &igny8_ollama_probe, 200,
+		OLLAMA_TAGS, MODELS(m_one_missing), true, true, "model qwen3:8b missing",
+		"{\"models_missing\":[\"qwen3:8b\"],\"models_present\":2,"
+	"\"models_listed\":3}"},
+	{"ollama: two missing", &igny8_ollama_probe, 200, OLLAMA_TAGS,
+		MODELS(m_two_missing), true, true,
+		"2 models missing: deepseek-r1:70b, qwen3",
+		"{\"models_missing\":[\"deepseek-r1:70b\",\"qwen3\"],"
+	"\"models_present\":1,\"models_listed\":3}"},
+	{"ollama: NULL, empty and repeated names", &igny8_ollama_probe, 200,
+		OLLAMA_TAGS, MODELS(m_messy), true, true, "model gone missing",
+		"{\"models_missing\":[\"gone\"],\"models_present\":1,"
+	"\"models_listed\":3}"},
+	{"ollama: no models configured", &igny8_ollama_probe, 200, OLLAMA_TAGS,
+		NO_MODELS, true, false, "running, no models configured",
+	ALL_PRESENT(0, 3)},
+	{"ollama: an empty list", &igny8_ollama_probe, 200, "{\"models\":[]}",
+		MODELS(m_all), true, true, "2 models missing: qwen3:32b, llama3.2:latest",
+		"{\"models_missing\":[\"qwen3:32b\",\"llama3.2:latest\"],"
+	"\"models_present\":0,\"models_listed\":0}"},
+	{"ollama: \"model\" counts as well as \"name\", junk skipped",
+		&igny8_ollama_probe, 200,
+		"{\"models\":[{\"name\":\"alias\",\"model\":\"a:1\"},"
+		"{\"model\":\"b:latest\"},7,{\"name\":3},null]}",
+		MODELS(m_by_model), true, false, "all 2 configured models present",
+	ALL_PRESENT(2, 5)},
+	{"ollama: a namespace, a registry port that is not a tag",
+		&igny8_ollama_probe, 200,
+		"{\"models\":[{\"name\":\"ns/x:latest\"},"
+		"{\"name\":\"host:5000/ns/y:latest\"},"
+		"{\"name\":\"host:5000/ns/z\"},{\"name\":\"host:latest\"}]}",
+		MODELS(m_spaced), true, false, "all 3 configured models present",
+	ALL_PRESENT(3, 4)},
+	{"ollama: near misses", &igny8_ollama_probe, 200,
+		"{\"models\":[{\"name\":\"x:latest2\"},{\"name\":\"y\"},"
+		"{\"name\":\"xx:latest\"}]}", MODELS(m_near), true, true,
+		"2 models missing: x, y:late",
+		"{\"models_missing\":[\"x\",\"y:late\"],\"models_present\":1,"
+	"\"models_listed\":3}"},
+	{"ollama: model check off", &igny8_ollama_probe, 200, OLLAMA_TAGS,
+		CHECK_OFF, true, false, "3 models listed (model check off)",
+	"{\"models_listed\":3,\"model_check\":false}"},
+	{"ollama: model check off, one entry", &igny8_ollama_probe, 200,
+		"{\"models\":[{\"name\":\"x\"}]}", CHECK_OFF, true, false,
+		"1 model listed (model check off)",
+	"{\"models_listed\":1,\"model_check\":false}"},
+	{"ollama: model check off, empty list", &igny8_ollama_probe, 200,
+		"{\"models\":[]}", CHECK_OFF, true, false,
+		"0 models listed (model check off)",
+	"{\"models_listed\":0,\"model_check\":false}"},
+	{"ollama: model check off, malformed all the same", &igny8_ollama_probe,
+		200, "{\"models\":{}}", CHECK_OFF, false, false,
+	"malformed response from Ollama", MALFORMED(200)},
+	{"ollama: model check off, an error all the same", &igny8_ollama_probe,
+		500, "{\"error\":\"boom\"}", CHECK_OFF, false, false, "HTTP 500: boom",
+	"{\"http_status\":500,\"error\":\"boom\"}"},
+	/* Ollama: errors and malformed answers */
+	{"ollama: 500", &igny8_ollama_probe, 500,
+		"{\"error\":\"something went wrong\"}", MODELS(m_all), false, false,
+		"HTTP 500: something went wrong",
+	"{\"http_status\":500,\"error\":\"something went wrong\"}"},
+	{"ollama: a proxy's error object", &igny8_ollama_probe, 401,
+		"{\"error\":{\"message\":\"bad token\"}}", NO_MODELS, false, false,
+	"HTTP 401: bad token", "{\"http_status\":401,\"error\":\"bad token\"}"},
+	{"ollama: a gateway's top-level message", &igny8_ollama_probe, 401,
+		"{\"message\":\"Unauthorized\"}", NO_MODELS, false, false,
+	"HTTP 401: Unauthorized", "{\"http_status\":401,\"error\":\"Unauthorized\"}"},
+	{"ollama: proxy HTML", &igny8_ollama_probe, 502,
+		"<html><body>Bad Gateway</body></html>\r\n", NO_MODELS, false, false,
+		"HTTP 502: <html><body>Bad Gateway</body></html>",
+	"{\"http_status\":502,\"error\":\"<html><body>Bad Gateway</body></html>\"}"},
+	{"ollama: no body", &igny8_ollama_probe, 503, NULL, NO_MODELS, false,
+		false, "HTTP 503: empty response body",
+	"{\"http_status\":503,\"error\":\"empty response body\"}"},
+	{"ollama: a blank message", &igny8_ollama_probe, 404,
+		"{\"error\":\"  \"}", NO_MODELS, false, false,
+		"HTTP 404: {\"error\":\"  \"}",
+	"{\"http_status\":404,\"error\":\"{\\\"error\\\":\\\"  \\\"}\"}"},
+	{"ollama: a list at a non-2xx status is an error", &igny8_ollama_probe,
+		302, "{\"models\":[]}", NO_MODELS, false, false,
+		"HTTP 302: {\"models\":[]}",
+	"{\"http_status\":302,\"error\":\"{\\\"models\\\":[]}\"}"},
+	{"ollama: GET / text", &igny8_ollama_probe, 200, "Ollama is running",
+		MODELS(m_all), false, false, "malformed response from Ollama",
+	MALFORMED(200)},
+	{"ollama: models null", &igny8_ollama_probe, 200, "{\"models\":null}",
+		NO_MODELS, false, false, "malformed response from Ollama",
+	MALFORMED(200)},
+	{"ollama: an array", &igny8_ollama_probe, 200, "[{\"models\":[]}]",
+		NO_MODELS, false, false, "malformed response from Ollama",
+	MALFORMED(200)},
+	{"ollama: 200 with an error", &igny8_ollama_probe, 200,
+		"{\"error\":\"boom\"}", NO_MODELS, false, false,
+	"malformed response from Ollama", MALFORMED(200)},
+	{"ollama: 204", &igny8_ollama_probe, 204, NULL, NO_MODELS, false, false,
+	"malformed response from Ollama", MALFORMED(204)},
+	{"ollama: cut JSON", &igny8_ollama_probe, 200,
+		"{\"models\":[{\"name\":\"a\"}", NO_MODELS, false, false,
+	"malformed response from Ollama", MALFORMED(200)},
+
+	/* OpenAI-compatible: /v1/models */
+	{"openai: all present", &igny8_openai_probe, 200, OPENAI_MODELS,
+		MODELS(m_openai), true, false, "all 2 configured models present",
+	ALL_PRESENT(2, 3)},
+	{"openai: ids are compared exactly, case included", &igny8_openai_probe,
+		200, OPENAI_MODELS, MODELS(m_openai_missing), true, true,
+		"2 models missing: gpt-5, GPT-4O-MINI",
+		"{\"models_missing\":[\"gpt-5\",\"GPT-4O-MINI\"],"
+	"\"models_present\":1,\"models_listed\":3}"},
+	{"openai: no models configured", &igny8_openai_probe, 200, OPENAI_MODELS,
+		NO_MODELS, true, false, "running, no models configured",
+	ALL_PRESENT(0, 3)},
+	{"openai: Ollama's /v1/models, tags defaulted both ways",
+		&igny8_openai_probe, 200,
+		"{\"object\":\"list\",\"data\":[{\"id\":\"llama3.2:latest\","
+		"\"object\":\"model\",\"created\":1746000000,\"owned_by\":\"library\"},"
+		"{\"id\":\"qwen3\",\"object\":\"model\",\"owned_by\":\"library\"}]}",
+		MODELS(m_ollama_v1), true, true, "model qwen3:8b missing",
+		"{\"models_missing\":[\"qwen3:8b\"],\"models_present\":2,"
+	"\"models_listed\":2}"},
+	{"openai: vLLM, an entry without an id", &igny8_openai_probe, 200,
+		"{\"object\":\"list\",\"data\":[{\"id\":\"Qwen/Qwen3-32B\","
+		"\"object\":\"model\",\"owned_by\":\"vllm\",\"root\":\"Qwen/Qwen3-32B\","
+		"\"max_model_len\":32768},{\"object\":\"model\"}]}",
+		MODELS(m_vllm), true, false, "1 configured model present",
+	ALL_PRESENT(1, 2)},
+	{"openai: an empty list", &igny8_openai_probe, 200,
+		"{\"object\":\"list\",\"data\":[]}", MODELS(m_openai), true, true,
+		"2 models missing: gpt-4o-mini, o3-mini",
+		"{\"models_missing\":[\"gpt-4o-mini\",\"o3-mini\"],"
+	"\"models_present\":0,\"models_listed\":0}"},
+	{"openai: llama.cpp lists its model file, check on", &igny8_openai_probe,
+		200,
+		"{\"object\":\"list\",\"data\":[{\"id\":\"/models/qwen3-8b.gguf\","
+		"\"object\":\"model\",\"created\":1,\"owned_by\":\"llamacpp\","
+		"\"meta\":{\"n_ctx_train\":40960}}]}", MODELS(m_vllm), true, true,
+		"model Qwen/Qwen3-32B missing",
+		"{\"models_missing\":[\"Qwen/Qwen3-32B\"],\"models_present\":0,"
+	"\"models_listed\":1}"},
+	{"openai: llama.cpp lists its model file, check off", &igny8_openai_probe,
+		200,
+		"{\"object\":\"list\",\"data\":[{\"id\":\"/models/qwen3-8b.gguf\","
+		"\"object\":\"model\",\"created\":1,\"owned_by\":\"llamacpp\","
+		"\"meta\":{\"n_ctx_train\":40960}}]}", CHECK_OFF, true, false,
+		"1 model listed (model check off)",
+	"{\"models_listed\":1,\"model_check\":false}"},
+	{"openai: OpenAI's list, check off", &igny8_openai_probe, 200,
+		OPENAI_MODELS, CHECK_OFF, true, false,
+		"3 models listed (model check off)",
+	"{\"models_listed\":3,\"model_check\":false}"},
+	{"openai: nmodels below -1 is off too", &igny8_openai_probe, 200,
+		OPENAI_MODELS, m_openai, -7, true, false,
+		"3 models listed (model check off)",
+	"{\"models_listed\":3,\"model_check\":false}"},
+	/* OpenAI-compatible: errors and malformed answers */
+	{"openai: bad key", &igny8_openai_probe, 401,
+		"{\"error\":{\"message\":\"Incorrect API key provided: sk-te***st.\","
+		"\"type\":\"invalid_request_error\",\"param\":null,"
+		"\"code\":\"invalid_api_key\"}}", MODELS(m_openai), false, false,
+		"HTTP 401: Incorrect API key provided: sk-te***st.",
+	"{\"http_status\":401,\"error\":\"Incorrect API key provided: sk-te***st.\"}"},
+	{"openai: older vLLM", &igny8_openai_probe, 400,
+		"{\"object\":\"error\",\"message\":\"bad\",\"type\":\"BadRequestError\","
+		"\"code\":400}", NO_MODELS, false, false, "HTTP 400: bad",
+	"{\"http_status\":400,\"error\":\"bad\"}"},
+	{"openai: plain text", &igny8_openai_probe, 503, "upstream connect error",
+		NO_MODELS, false, false, "HTTP 503: upstream connect error",
+	"{\"http_status\":503,\"error\":\"upstream connect error\"}"},
+	{"openai: empty body", &igny8_openai_probe, 500, "", NO_MODELS, false,
+		false, "HTTP 500: empty response body",
+	"{\"http_status\":500,\"error\":\"empty response body\"}"},
+	{"openai: control characters never reach the summary",
+		&igny8_openai_probe, 500,
+		"{\"error\":{\"message\":\"line 1\\nline 2\\u0007\"}}", NO_MODELS,
+		false, false, "HTTP 500: line 1 line 2",
+	"{\"http_status\":500,\"error\":\"line 1 line 2\"}"},
+	{"openai: no data", &igny8_openai_probe, 200, "{\"object\":\"list\"}",
+		MODELS(m_openai), false, false,
+	"malformed response from OpenAI-compatible API", MALFORMED(200)},
+	{"openai: data an object", &igny8_openai_probe, 200,
+		"{\"data\":{\"id\":\"x\"}}", MODELS(m_openai), false, false,
+	"malformed response from OpenAI-compatible API", MALFORMED(200)},
+	{"openai: an HTML page", &igny8_openai_probe, 200,
+		"<!doctype html><title>LiteLLM</title>", MODELS(m_openai), false,
+		false, "malformed response from OpenAI-compatible API",
+	MALFORMED(200)},
+	{"openai: 200 with an error", &igny8_openai_probe, 200,
+		"{\"error\":{\"message\":\"proxy failed\"}}", NO_MODELS, false, false,
+	"malformed response from OpenAI-compatible API", MALFORMED(200)},
+
+	/* Anthropic: /v1/models, no model check */
+	{"anthropic: two listed", &igny8_anthropic_probe, 200,
+		"{\"data\":[{\"type\":\"model\",\"id\":\"claude-sonnet-4-5-20250929\","
+		"\"display_name\":\"Claude Sonnet 4.5\",\"created_at\":\"2025-09-29T00:00:00Z\"},"
+		"{\"type\":\"model\",\"id\":\"claude-3-5-haiku-20241022\","
+		"\"display_name\":\"Claude Haiku 3.5\",\"created_at\":\"2024-10-22T00:00:00Z\"}],"
+		"\"has_more\":false,\"first_id\":\"claude-sonnet-4-5-20250929\","
+		"\"last_id\":\"claude-3-5-haiku-20241022\"}",
+		MODELS(m_aliases), true, false, "2 models listed",
+	"{\"models_listed\":2}"},
+	{"anthropic: one listed", &igny8_anthropic_probe, 200,
+		"{\"data\":[{\"id\":\"x\"}],\"has_more\":true}", NO_MODELS, true,
+	false, "1 model listed", "{\"models_listed\":1}"},
+	{"anthropic: none listed", &igny8_anthropic_probe, 200, "{\"data\":[]}",
+		MODELS(m_aliases), true, false, "0 models listed",
+	"{\"models_listed\":0}"},
+	{"anthropic: the check is always off", &igny8_anthropic_probe, 200,
+		"{\"data\":[{\"id\":\"x\"}]}", CHECK_OFF, true, false,
+	"1 model listed", "{\"models_listed\":1}"},
+	{"anthropic: bad key", &igny8_anthropic_probe, 401,
+		"{\"type\":\"error\",\"error\":{\"type\":\"authentication_error\","
+		"\"message\":\"invalid x-api-key\"},\"request_id\":\"req_011\"}",
+		MODELS(m_aliases), false, false, "HTTP 401: invalid x-api-key",
+	"{\"http_status\":401,\"error\":\"invalid x-api-key\"}"},
+	{"anthropic: overloaded", &igny8_anthropic_probe, 529,
+		ANTHROPIC_OVERLOADED, NO_MODELS, false, false, "HTTP 529: Overloaded",
+	"{\"http_status\":529,\"error\":\"Overloaded\"}"},
+	{"anthropic: an error without a message", &igny8_anthropic_probe, 500,
+		"{\"type\":\"error\",\"error\":{\"type\":\"api_error\"}}", NO_MODELS,
+		false, false,
+		"HTTP 500: {\"type\":\"error\",\"error\":{\"type\":\"api_error\"}}",
+		"{\"http_status\":500,\"error\":\"{\\\"type\\\":\\\"error\\\","
+	"\\\"error\\\":{\\\"type\\\":\\\"api_error\\\"}}\"}"},
+	{"anthropic: 200 with an error", &igny8_anthropic_probe, 200,
+		ANTHROPIC_OVERLOADED, NO_MODELS, false, false,
+	"malformed response from Anthropic", MALFORMED(200)},
+	{"anthropic: null", &igny8_anthropic_probe, 200, "null", NO_MODELS,
+	false, false, "malformed response from Anthropic", MALFORMED(200)},
+	{"anthropic: no body", &igny8_anthropic_probe, 200, NULL, NO_MODELS,
+	false, false, "malformed response from Anthropic", MALFORMED(200)},
+
+	/* ComfyUI: /system_stats, VRAM sums, no model check */
+	{"comfyui: one device", &igny8_comfyui_probe, 200,
+		"{" COMFYUI_SYSTEM ",\"devices\":[{\"name\":\"cuda:0 NVIDIA GeForce "
+		"RTX 4090 : cudaMallocAsync\",\"type\":\"cuda\",\"index\":0,"
+		"\"vram_total\":25769803776,\"vram_free\":21582210662,"
+		"\"torch_vram_total\":0,\"torch_vram_free\":0}]}",
+		MODELS(m_checkpoints), true, false,
+		"1 device, 20.1 GiB of 24.0 GiB VRAM free",
+		"{\"comfyui_version\":\"0.3.43\",\"devices\":[{\"name\":"
+		"\"cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync\","
+		"\"vram_total\":25769803776,\"vram_free\":21582210662}],"
+	"\"vram_free\":21582210662,\"vram_total\":25769803776}"},
+	{"comfyui: two devices", &igny8_comfyui_probe, 200,
+		"{" COMFYUI_SYSTEM ",\"devices\":["
+		"{\"name\":\"cuda:0 A\",\"type\":\"cuda\",\"index\":0,"
+		"\"vram_total\":25769803776,\"vram_free\":21474836480,"
+		"\"torch_vram_total\":1,\"torch_vram_free\":1},"
+		"{\"name\":\"cuda:1 B\",\"type\":\"cuda\",\"index\":1,"
+		"\"vram_total\":12884901888,\"vram_free\":1073741824}]}",
+		CHECK_OFF, true, false, "2 devices, 21.0 GiB of 36.0 GiB VRAM free",
+		"{\"comfyui_version\":\"0.3.43\",\"devices\":["
+		"{\"name\":\"cuda:0 A\",\"vram_total\":25769803776,\"vram_free\":21474836480},"
+		"{\"name\":\"cuda:1 B\",\"vram_total\":12884901888,\"vram_free\":1073741824}],"
+	"\"vram_free\":22548578304,\"vram_total\":38654705664}"},
+	{"comfyui: an old server, odd device entries", &igny8_comfyui_probe, 200,
+		"{\"system\":{\"os\":\"nt\"},\"devices\":[{\"type\":\"cpu\","
+		"\"vram_total\":8589934592,\"vram_free\":-5},\"junk\","
+		"{\"name\":7,\"vram_total\":\"1\"}]}", NO_MODELS, true, false,
+		"2 devices, 0.0 GiB of 8.0 GiB VRAM free",
+		"{\"comfyui_version\":null,\"devices\":["
+		"{\"name\":null,\"vram_total\":8589934592,\"vram_free\":0},"
+		"{\"name\":null,\"vram_total\":0,\"vram_free\":0}],"
+	"\"vram_free\":0,\"vram_total\":8589934592}"},
+	{"comfyui: no devices", &igny8_comfyui_probe, 200,
+		"{\"system\":{},\"devices\":[]}", NO_MODELS, true, false,
+		"running, no devices reported",
+		"{\"comfyui_version\":null,\"devices\":[],\"vram_free\":0,"
+	"\"vram_total\":0}"},
+	{"comfyui: a name with a line break and a bad byte is cleaned",
+		&igny8_comfyui_probe, 200,
+		"{\"system\":{\"comfyui_version\":\"v\\n1\"},\"devices\":"
+		"[{\"name\":\"a\\tb\xff\",\"vram_total\":1073741824,"
+		"\"vram_free\":536870912}]}", NO_MODELS, true, false,
+		"1 device, 0.5 GiB of 1.0 GiB VRAM free",
+		"{\"comfyui_version\":\"v 1\",\"devices\":[{\"name\":\"a b?\","
+		"\"vram_total\":1073741824,\"vram_free\":536870912}],"
+	"\"vram_free\":536870912,\"vram_total\":1073741824}"},
+	{"comfyui: CUDA error", &igny8_comfyui_probe, 500,
+		"{\"error\":{\"type\":\"server_error\",\"message\":\"CUDA error\","
+		"\"details\":\"\",\"extra_info\":{}}}", NO_MODELS, false, false,
+	"HTTP 500: CUDA error", "{\"http_status\":500,\"error\":\"CUDA error\"}"},
+	{"comfyui: aiohttp's 404", &igny8_comfyui_probe, 404, "404: Not Found",
+		NO_MODELS, false, false, "HTTP 404: 404: Not Found",
+	"{\"http_status\":404,\"error\":\"404: Not Found\"}"},
+	{"comfyui: a text error", &igny8_comfyui_probe, 403,
+		"{\"error\":\"forbidden\"}", NO_MODELS, false, false,
+	"HTTP 403: forbidden", "{\"http_status\":403,\"error\":\"forbidden\"}"},
+	{"comfyui: no system", &igny8_comfyui_probe, 200, "{\"devices\":[]}",
+		NO_MODELS, false, false, "malformed response from ComfyUI",
+	MALFORMED(200)},
+	{"comfyui: devices an object", &igny8_comfyui_probe, 200,
+		"{\"system\":{},\"devices\":{}}", NO_MODELS, false, false,
+	"malformed response from ComfyUI", MALFORMED(200)},
+	{"comfyui: system a string", &igny8_comfyui_probe, 200,
+		"{\"system\":\"x\",\"devices\":[]}", NO_MODELS, false, false,
+	"malformed response from ComfyUI", MALFORMED(200)},
+	{"comfyui: the web page", &igny8_comfyui_probe, 200,
+		"<!DOCTYPE html><html>ComfyUI</html>", NO_MODELS, false, false,
+	"malformed response from ComfyUI", MALFORMED(200)}
+};
+
+/* Check every string in a JSON tree: valid UTF-8, no control character. */
 static void
-test_comfyui_probe(void)
+check_json_strings(const cJSON *item, int line)
 {
-	static const char *const checkpoints[] = {"sd_xl_base_1.0.safetensors"};
-	Igny8HttpRequest out;
+	const cJSON *child;
+
+	if (cJSON_IsString(item))
+		check(pg_utf8(item->valuestring) && printable(item->valuestring),
+			  line, "detail string \"%s\" is not clean", item->valuestring);
+	cJSON_ArrayForEach(child, item)
+		check_json_strings(child, line);
+}
+
+static void
+test_probes(void)
+{
+	int			i;
+
+	begin_group("parse_probe: models, VRAM, errors and malformed answers");
+	for (i = 0; i < (int) lengthof(probe_cases); i++)
+	{
+		const ProbeCase *c = &probe_cases[i];
+		Igny8ProbeResult r;
+		cJSON	   *detail;
+
+		begin_case(i, c->what);
+		parse_probe(c->proto, c->status, c->body, c->models, c->nmodels, &r);
+		CHECK(r.reachable);
+		check(r.healthy == c->healthy, __LINE__, "healthy = %d, expected %d",
+			  (int) r.healthy, (int) c->healthy);
+		check(r.degraded == c->degraded, __LINE__,
+			  "degraded = %d, expected %d", (int) r.degraded, (int) c->degraded);
+		CHECK_STR(r.summary, c->summary);
+		check_clean(r.summary, IGNY8_ERRMSG_MAX + 3, "summary", __LINE__);
+		CHECK_JSON(r.detail_json, c->detail);
+		detail = r.detail_json ? cJSON_Parse(r.detail_json) : NULL;
+		CHECK(cJSON_IsObject(detail));
+		check_json_strings(detail, __LINE__);
+		cJSON_Delete(detail);
+		free_probe(&r);
+	}
+	end_group();
+}
+
+static void
+test_long_probe_summaries(void)
+{
+	const char *models[40];
 	Igny8ProbeResult r;
+	cJSON	   *detail;
+	int			i;
 
-	begin_group("comfyui probe: build GET /system_stats");
-	comfyui_probe->build_probe(NULL, NULL, &out);
-	CHECK_PROBE_REQUEST(out, "/system_stats", 0);
-	comfyui_probe->build_probe("proxy-token", NULL, &out);
-	CHECK_PROBE_REQUEST(out, "/system_stats", 1);
-	CHECK_STR(out.headers[0], "Authorization: Bearer proxy-token");
-	end_group();
+	begin_group("probes: long summaries are cut, details stay whole");
+	for (i = 0; i < (int) lengthof(models); i++)
+		models[i] = psprintf("some-rather-long-model-name-%02d:q4_K_M", i);
+	parse_probe(&igny8_ollama_probe, 200, "{\"models\":[]}", models,
+				lengthof(models), &r);
+	CHECK(r.healthy && r.degraded);
+	CHECK_INT(strlen(r.summary), IGNY8_ERRMSG_MAX + 3);
+	CHECK(strncmp(r.summary, "40 models missing: some-rather-long", 35) == 0);
+	CHECK(strcmp(r.summary + IGNY8_ERRMSG_MAX, "...") == 0);
+	detail = cJSON_Parse(r.detail_json);
+	CHECK_INT(cJSON_GetArraySize(cJSON_GetObjectItem(detail, "models_missing")),
+			  40);
+	cJSON_Delete(detail);
+	free_probe(&r);
+	for (i = 0; i < (int) lengthof(models); i++)
+		pfree((char *) models[i]);
 
-	begin_group("comfyui probe: parse (VRAM sums, no model check)");
-	probe(comfyui_probe, 200,
-		  "{" COMFYUI_SYSTEM ",\"devices\":[{\"name\":\"cuda:0 NVIDIA GeForce "
-		  "RTX 4090 : cudaMallocAsync\",\"type\":\"cuda\",\"index\":0,"
-		  "\"vram_total\":25769803776,\"vram_free\":21582210662,"
-		  "\"torch_vram_total\":0,\"torch_vram_free\":0}]}",
-		  checkpoints, 1, &r);
-	CHECK_PROBE(r, true, false, "1 device, 20.1 GiB of 24.0 GiB VRAM free",
-				"{\"comfyui_version\":\"0.3.43\",\"devices\":[{\"name\":"
-				"\"cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync\","
-				"\"vram_total\":25769803776,\"vram_free\":21582210662}],"
-				"\"vram_free\":21582210662,\"vram_total\":25769803776}");
-	CHECK_CONTAINS(r.detail_json, "\"vram_total\":25769803776");
-
-	probe(comfyui_probe, 200,
-		  "{" COMFYUI_SYSTEM ",\"devices\":["
-		  "{\"name\":\"cuda:0 A\",\"type\":\"cuda\",\"index\":0,"
-		  "\"vram_total\":25769803776,\"vram_free\":21474836480,"
-		  "\"torch_vram_total\":1,\"torch_vram_free\":1},"
-		  "{\"name\":\"cuda:1 B\",\"type\":\"cuda\",\"index\":1,"
-		  "\"vram_total\":12884901888,\"vram_free\":1073741824}]}",
-		  NULL, 0, &r);
-	CHECK_PROBE(r, true, false, "2 devices, 21.0 GiB of 36.0 GiB VRAM free",
-				"{\"comfyui_version\":\"0.3.43\",\"devices\":["
-				"{\"name\":\"cuda:0 A\",\"vram_total\":25769803776,\"vram_free\":21474836480},"
-				"{\"name\":\"cuda:1 B\",\"vram_total\":12884901888,\"vram_free\":1073741824}],"
-				"\"vram_free\":22548578304,\"vram_total\":38654705664}");
-
-	/* an old server: no version; odd device entries */
-	probe(comfyui_probe, 200,
-		  "{\"system\":{\"os\":\"nt\"},\"devices\":[{\"type\":\"cpu\","
-		  "\"vram_total\":8589934592,\"vram_free\":-5},\"junk\","
-		  "{\"name\":7,\"vram_total\":\"1\"}]}", NULL, 0, &r);
-	CHECK_PROBE(r, true, false, "2 devices, 0.0 GiB of 8.0 GiB VRAM free",
-				"{\"comfyui_version\":null,\"devices\":["
-				"{\"name\":null,\"vram_total\":8589934592,\"vram_free\":0},"
-				"{\"name\":null,\"vram_total\":0,\"vram_free\":0}],"
-				"\"vram_free\":0,\"vram_total\":8589934592}");
-	probe(comfyui_probe, 200, "{\"system\":{},\"devices\":[]}", NULL, 0, &r);
-	CHECK_PROBE(r, true, false, "running, no devices reported",
-				"{\"comfyui_version\":null,\"devices\":[],\"vram_free\":0,"
-				"\"vram_total\":0}");
-	/* a device name with a line break and a bad byte is cleaned */
-	probe(comfyui_probe, 200,
-		  "{\"system\":{\"comfyui_version\":\"v\\n1\"},\"devices\":"
-		  "[{\"name\":\"a\\tb\xff\",\"vram_total\":1073741824,"
-		  "\"vram_free\":536870912}]}", NULL, 0, &r);
-	CHECK_PROBE(r, true, false, "1 device, 0.5 GiB of 1.0 GiB VRAM free",
-				"{\"comfyui_version\":\"v 1\",\"devices\":[{\"name\":\"a b?\","
-				"\"vram_total\":1073741824,\"vram_free\":536870912}],"
-				"\"vram_free\":536870912,\"vram_total\":1073741824}");
-	end_group();
-
-	begin_group("comfyui probe: errors and malformed answers");
-	probe(comfyui_probe, 500,
-		  "{\"error\":{\"type\":\"server_error\",\"message\":\"CUDA error\","
-		  "\"details\":\"\",\"extra_info\":{}}}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "HTTP 500: CUDA error",
-				"{\"http_status\":500,\"error\":\"CUDA error\"}");
-	probe(comfyui_probe, 404, "404: Not Found", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "HTTP 404: 404: Not Found",
-				"{\"http_status\":404,\"error\":\"404: Not Found\"}");
-	probe(comfyui_probe, 403, "{\"error\":\"forbidden\"}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "HTTP 403: forbidden",
-				"{\"http_status\":403,\"error\":\"forbidden\"}");
-	probe(comfyui_probe, 200, "{\"devices\":[]}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "malformed response from ComfyUI",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(comfyui_probe, 200, "{\"system\":{},\"devices\":{}}", NULL, 0, &r);
-	CHECK_PROBE(r, false, false, "malformed response from ComfyUI",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(comfyui_probe, 200, "{\"system\":\"x\",\"devices\":[]}", NULL, 0,
-		  &r);
-	CHECK_PROBE(r, false, false, "malformed response from ComfyUI",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
-	probe(comfyui_probe, 200, "<!DOCTYPE html><html>ComfyUI</html>", NULL, 0,
-		  &r);
-	CHECK_PROBE(r, false, false, "malformed response from ComfyUI",
-				"{\"http_status\":200,\"error\":\"malformed response\"}");
+	parse_probe(&igny8_ollama_probe, 400, long_error_body, NULL, 0, &r);
+	CHECK(!r.healthy && r.reachable);
+	CHECK_INT(strlen(r.summary), IGNY8_ERRMSG_MAX + 3);
+	CHECK(strncmp(r.summary, "HTTP 400: yyy", 13) == 0);
+	detail = cJSON_Parse(r.detail_json);
+	CHECK_INT(strlen(cJSON_GetStringValue(cJSON_GetObjectItem(detail, "error"))),
+			  IGNY8_ERRMSG_MAX + 3);
+	cJSON_Delete(detail);
+	free_probe(&r);
 	end_group();
 }
 
@@ -1844,26 +2439,24 @@ main(int argc, char **argv)
 
 	igny8_json_init();
 
+	/* {"error":"yyy...y"} with 2000 y */
+	strcpy(long_error_body, "{\"error\":\"");
+	memset(long_error_body + 10, 'y', 2000);
+	strcpy(long_error_body + 2010, "\"}");
+
 	test_kinds();
 	test_classify();
 	test_truncate();
+	test_text_helpers();
 	test_strip_think();
+	test_error_text();
 	test_helpers();
-	test_ollama_build();
-	test_ollama_parse();
-	test_ollama_errors();
-	test_openai_build();
-	test_openai_parse();
-	test_openai_errors();
-	test_anthropic_build();
-	test_anthropic_parse();
-	test_anthropic_errors();
-	test_probe_table();
-	test_ollama_probe();
+	test_build();
+	test_answers();
+	test_errors();
+	test_probe_build();
+	test_probes();
 	test_long_probe_summaries();
-	test_openai_probe();
-	test_anthropic_probe();
-	test_comfyui_probe();
 
 	if (corpus_dir != NULL)
 		printf("%d seeds written to %s\n", corpus_count, corpus_dir);
