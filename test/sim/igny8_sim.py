@@ -63,6 +63,7 @@ DIRECTIVE_TARGETS = ("ollama", "openai", "anthropic", "comfyui", "any")
 
 DEFAULT_REPLY = "Clouds are visible masses of water droplets."
 THINKING_TEXT = "Let me think about clouds."
+THINKING_SIGNATURE = "c2ltdWxhdGVkIHNpZ25hdHVyZQ=="  # Anthropic thinking
 DEFAULT_OLLAMA_MODELS = ("qwen3:32b", "qwen3:30b-a3b", "qwen3:14b", "qwen3:8b")
 OLLAMA_VERSION = "0.12.6"
 
@@ -93,6 +94,33 @@ OVERSIZE_MARK = "@@igny8-sim-oversize@@"
 
 # Reason phrases http.HTTPStatus does not know.
 EXTRA_REASONS = {499: "Client Closed Request", 529: "Overloaded"}
+
+# badutf8: a string carrying this placeholder goes on the wire with the
+# placeholder replaced by raw invalid UTF-8 (two bytes that never occur in
+# UTF-8, then a 3-byte sequence cut after its second byte).  It survives
+# json.dumps unchanged, like OVERSIZE_MARK.
+BADUTF8_MARK = "@@igny8-sim-badutf8@@"
+BADUTF8_BYTES = b"\xff\xfe\xe2\x82"
+
+# Fields badutf8= and nul= can spoil.
+TAINT_FIELDS = ("content", "thinking", "model", "finish", "error")
+
+# What echo_key= says when no key came with the request.
+NO_KEY = "no-key"
+
+# Filler words that pad an echoed key to key_offset bytes.
+FILLER = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do "
+          "eiusmod tempor incididunt ut labore et dolore magna aliqua ")
+
+# The context-length errors of status=400 context, as each server words
+# them.  Ollama: runner/ollamarunner/runner.go errorInputTooLong (relayed
+# with 400), also llm/llama_server.go normalizeEmbeddingError.
+OPENAI_CONTEXT_MESSAGE = (
+    "This model's maximum context length is 8192 tokens. However, your "
+    "messages resulted in 9000 tokens. Please reduce the length of the "
+    "messages.")
+ANTHROPIC_CONTEXT_MESSAGE = "prompt is too long: 210000 tokens > 200000 maximum"
+OLLAMA_CONTEXT_MESSAGE = "the input length exceeds the context length"
 
 
 def count_words(text):
@@ -190,9 +218,25 @@ def _think(value):
 
 
 def _reply(value):
+    """Underscores become spaces, and a \\uXXXX escape the character it
+    names, so that a prompt in ASCII (or a LATIN1 database) can ask for
+    any text."""
     if value is None:
         raise ValueError("needs a value")
-    return value.replace("_", " ")
+    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)),
+                  value.replace("_", " "))
+
+
+def _echo_key(value):
+    if value not in ("model", "error"):
+        raise ValueError("must be model or error")
+    return value
+
+
+def _taint_field(value):
+    if value not in TAINT_FIELDS:
+        raise ValueError("must be one of " + ", ".join(TAINT_FIELDS))
+    return value
 
 
 # Action name -> converter of its textual value (None when absent).
@@ -213,6 +257,17 @@ ACTIONS = {
     "reply": _reply,
     "close": _flag,
     "redirect": _word,
+    "echo_key": _echo_key,
+    "key_offset": _positive_int,
+    "plain": _flag,
+    "badutf8": _taint_field,
+    "nul": _taint_field,
+    "model_name": _reply,
+    "long_model": _positive_int,
+    "cache_read": _positive_int,
+    "cache_creation": _positive_int,
+    "cached": _positive_int,
+    "context": _flag,
 }
 
 
@@ -232,7 +287,8 @@ def parse_directives(text):
                 continue
             try:
                 actions[name] = convert(value if sep else None)
-            except ValueError as exc:
+            except (TypeError, ValueError) as exc:
+                # TypeError: a number action without a value
                 errors.append("bad action %r: %s" % (item, exc))
         found.append(Directive(target, actions, errors))
     return DIRECTIVE_RE.sub("", text), found
@@ -255,6 +311,17 @@ class Behaviour:
         self.reply = None
         self.close = False
         self.redirect = None            # path for a 302 Location header
+        self.echo_key = None            # None, "model" or "error"
+        self.key_offset = None
+        self.plain = False
+        self.badutf8 = None             # one of TAINT_FIELDS
+        self.nul = None                 # one of TAINT_FIELDS
+        self.model_name = None
+        self.long_model = None
+        self.cache_read = None
+        self.cache_creation = None
+        self.cached = None
+        self.context = False
         self.key = None
         self.tag = None
         self.errors = []
@@ -263,6 +330,50 @@ class Behaviour:
         for name, value in actions.items():
             if name not in ("times", "key", "tag"):
                 setattr(self, name, value)
+
+    def failure_status(self):
+        """The status to fail with, if any: status=N, else what context
+        (400) or echo_key=error (401) imply."""
+        if self.status is not None:
+            return self.status
+        if self.context:
+            return 400
+        if self.echo_key == "error":
+            return 401
+        return None
+
+    def taints(self, field):
+        return field in (self.badutf8, self.nul)
+
+    def taint(self, field, text, at=None):
+        """
+        TEXT spoiled as badutf8=FIELD / nul=FIELD ask (else unchanged): a
+        NUL character and/or BADUTF8_MARK inserted at AT (default: the
+        middle).
+        """
+        if text is None or not self.taints(field):
+            return text
+        if at is None:
+            at = len(text) // 2
+        insert = ("\x00" if self.nul == field else "") + \
+            (BADUTF8_MARK if self.badutf8 == field else "")
+        return text[:at] + insert + text[at:]
+
+
+def wire(text):
+    """TEXT as UTF-8 bytes, with every BADUTF8_MARK made raw bad bytes."""
+    data = text.encode("utf-8")
+    if BADUTF8_MARK in text:
+        data = data.replace(BADUTF8_MARK.encode(), BADUTF8_BYTES)
+    return data
+
+
+def filler(size):
+    """SIZE bytes of filler words, ending in a space (ASCII)."""
+    if size <= 0:
+        return ""
+    text = FILLER * (size // len(FILLER) + 1)
+    return text[:size - 1] + " "
 
 
 def resolve_behaviour(role, directives, state):
@@ -453,20 +564,23 @@ class Answer:
     never held in memory at once.
     """
 
-    def __init__(self, text=None, truncated=False, oversize=None):
-        self.text = text
+    def __init__(self, text=None, truncated=False, oversize=None,
+                 behaviour=None):
+        self.text = text                # clean: what the words count
         self.truncated = truncated
         self.oversize = oversize
+        self.behaviour = behaviour or Behaviour()
 
     @classmethod
     def build(cls, role, model, behaviour, limit=None):
         if behaviour.oversize is not None:
-            return cls(oversize=behaviour.oversize)
+            return cls(oversize=behaviour.oversize, behaviour=behaviour)
         text = "%s %s: %s" % (role, model, behaviour.reply or DEFAULT_REPLY)
         words = text.split()
         if limit is not None and limit >= 0 and len(words) > limit:
-            return cls(" ".join(words[:limit]), truncated=True)
-        return cls(text)
+            return cls(" ".join(words[:limit]), truncated=True,
+                       behaviour=behaviour)
+        return cls(text, behaviour=behaviour)
 
     @property
     def words(self):
@@ -477,14 +591,28 @@ class Answer:
         return count_words(self.text)
 
     def literal(self):
-        """The text itself, or the oversize placeholder."""
-        return OVERSIZE_MARK if self.oversize is not None else self.text
+        """The text itself (spoiled as badutf8/nul=content ask), or the
+        oversize placeholder."""
+        if self.oversize is not None:
+            return OVERSIZE_MARK
+        return self.behaviour.taint("content", self.text)
+
+    def halves(self):
+        """The text in two pieces (Anthropic's two blocks), the first
+        spoiled as badutf8/nul=content ask."""
+        mid = len(self.text) // 2
+        return [self.behaviour.taint("content", self.text[:mid]),
+                self.text[mid:]]
 
     def deltas(self):
-        """Pieces for a streamed reply: words, or 64 KiB chunks."""
+        """Pieces for a streamed reply: words, or 64 KiB chunks.  The
+        middle piece is spoiled as badutf8/nul=content ask."""
         if self.oversize is not None:
             return oversize_chunks(self.oversize)
-        return iter(re.findall(r"\s*\S+\s*", self.text) or [self.text])
+        pieces = re.findall(r"\s*\S+\s*", self.text) or [self.text]
+        mid = len(pieces) // 2
+        pieces[mid] = self.behaviour.taint("content", pieces[mid])
+        return iter(pieces)
 
 
 def oversize_chunks(size, pattern="yyyyyyyyy "):
@@ -713,6 +841,9 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
 
     def _start(self, status, headers):
         """Status line and headers, with the directive-driven extras."""
+        # the answer leaves now: a request its client sends because of it
+        # starts later (simctl max-concurrency counts up to here)
+        self.server.sim.state.update(self.rec, t_reply=time.time())
         reason = EXTRA_REASONS.get(status)
         self.send_response(status, reason)
         b = self.behaviour
@@ -785,10 +916,9 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
         """
         text = json.dumps(obj, ensure_ascii=False)
         if oversize is None:
-            return self.send_bytes(status, text.encode("utf-8"),
-                                   content_type, headers)
+            return self.send_bytes(status, wire(text), content_type, headers)
         head, tail = text.split(OVERSIZE_MARK, 1)
-        head, tail = head.encode("utf-8"), tail.encode("utf-8")
+        head, tail = wire(head), wire(tail)
         parts = itertools.chain(
             [head], (c.encode("ascii")
                      for c in oversize_chunks(oversize, pattern)), [tail])
@@ -796,8 +926,8 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
                                length=len(head) + oversize + len(tail))
 
     def send_text(self, status, text, headers=()):
-        self.send_bytes(status, text.encode("utf-8"),
-                        "text/plain; charset=utf-8", headers)
+        self.send_bytes(status, wire(text), "text/plain; charset=utf-8",
+                        headers)
 
     def send_malformed(self):
         self.send_bytes(200, MALFORMED_BODY, "application/json")
@@ -836,14 +966,14 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
 
 
 def ndjson(obj):
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n"
+    return wire(json.dumps(obj, ensure_ascii=False)) + b"\n"
 
 
 def sse(obj, event=None):
     data = obj if isinstance(obj, str) else json.dumps(obj,
                                                       ensure_ascii=False)
     head = "event: %s\n" % event if event else ""
-    return (head + "data: " + data + "\n\n").encode("utf-8")
+    return wire(head + "data: " + data + "\n\n")
 
 
 def message_texts(messages):
@@ -918,6 +1048,58 @@ class Backend:
     def not_found(self, ex):
         raise NotImplementedError
 
+    # -- what the echo_key, model_name, badutf8 and nul directives ask ----
+
+    def received_key(self, ex):
+        """The API key the request came with (Bearer token), or None."""
+        auth = ex.headers.get("Authorization")
+        if auth is not None and auth[:7].lower() == "bearer ":
+            return auth[7:]
+        return None
+
+    def reply_model(self, ex, model):
+        """The model field of a successful answer to a request for MODEL."""
+        b = ex.behaviour
+        if b.echo_key == "model":
+            model = self.received_key(ex) or NO_KEY
+        elif b.long_model is not None:
+            model = "m" + "\u00e9" * b.long_model
+        elif b.model_name is not None:
+            model = b.model_name
+        return b.taint("model", model)
+
+    def error_message(self, ex, message):
+        """MESSAGE of a status error, as echo_key=error, badutf8=error
+        and nul=error ask."""
+        b = ex.behaviour
+        if b.echo_key != "error":
+            return b.taint("error", message)
+        key = self.received_key(ex) or NO_KEY
+        if b.key_offset is None:
+            head = "Incorrect API key provided: "
+            tail = ". You can find your API key in your account settings."
+        else:
+            head, tail = filler(b.key_offset), " is not a valid API key."
+        # spoil the text after the key: the key stays whole, at its offset
+        return b.taint("error", head + key + tail,
+                       len(head) + len(key) + len(tail) // 2)
+
+    def send_error_body(self, ex, status, body):
+        """
+        Send the protocol's error BODY (a dict whose message is
+        body["error"]["message"] or body["error"]) for STATUS, with the
+        message changed as error_message says; with plain, the message
+        alone as text/plain instead.
+        """
+        err = body.get("error")
+        holder, field = (err, "message") if isinstance(err, dict) \
+            else (body, "error")
+        message = self.error_message(ex, holder[field])
+        if ex.behaviour.plain:
+            return ex.send_text(status, message)
+        holder[field] = message
+        ex.send_json(status, body)
+
     def directive_failure(self, ex, model=None):
         """
         Apply the failure directives that come after validation: status
@@ -929,8 +1111,9 @@ class Backend:
             ex.send_bytes(302, b'{"moved": true}', "application/json",
                           headers=[("Location", b.redirect)])
             return True
-        if b.status is not None and b.status != 200:
-            self.send_status_error(ex, b.status, model)
+        status = b.failure_status()
+        if status is not None and status != 200:
+            self.send_status_error(ex, status, model)
             return True
         if b.malformed:
             ex.send_malformed()
@@ -945,12 +1128,31 @@ def openai_error_body(message, type_, param=None, code=None):
                       "code": code}}
 
 
+def openai_usage(ex, answer, full_usage):
+    """The usage object; cached=N fills prompt_tokens_details."""
+    usage = {"prompt_tokens": ex.input_words,
+             "completion_tokens": answer.words,
+             "total_tokens": ex.input_words + answer.words}
+    cached = ex.behaviour.cached
+    if full_usage:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached or 0,
+                                          "audio_tokens": 0}
+        usage["completion_tokens_details"] = {
+            "reasoning_tokens": 0, "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0}
+    elif cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
+
+
 def openai_completion(ex, model, answer, content, finish, *,
-                      fingerprint, reasoning=None, full_usage):
+                      fingerprint, reasoning=None, full_usage,
+                      reasoning_field="reasoning"):
     """A non-streaming chat.completion object."""
     message = {"role": "assistant", "content": content}
     if reasoning is not None:
-        message["reasoning"] = reasoning
+        message[reasoning_field] = reasoning
     if full_usage:
         message["refusal"] = None
         message["annotations"] = []
@@ -958,16 +1160,7 @@ def openai_completion(ex, model, answer, content, finish, *,
     if full_usage:
         choice["logprobs"] = None
     choice["finish_reason"] = finish
-    usage = {"prompt_tokens": ex.input_words,
-             "completion_tokens": answer.words,
-             "total_tokens": ex.input_words + answer.words}
-    if full_usage:
-        usage["prompt_tokens_details"] = {"cached_tokens": 0,
-                                          "audio_tokens": 0}
-        usage["completion_tokens_details"] = {
-            "reasoning_tokens": 0, "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0}
+    usage = openai_usage(ex, answer, full_usage)
     body = {"id": new_id("chatcmpl-", 29), "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "choices": [choice], "usage": usage,
@@ -978,7 +1171,8 @@ def openai_completion(ex, model, answer, content, finish, *,
 
 
 def openai_stream_events(ex, model, answer, prefix_pieces, finish, *,
-                         fingerprint, reasoning=None, include_usage):
+                         fingerprint, reasoning=None, include_usage,
+                         reasoning_field="reasoning"):
     """SSE chunks of a streamed chat completion, ending in [DONE]."""
     cid = new_id("chatcmpl-", 29)
     created = int(time.time())
@@ -995,16 +1189,14 @@ def openai_stream_events(ex, model, answer, prefix_pieces, finish, *,
     yield chunk({"role": "assistant", "content": ""})
     if reasoning is not None:
         yield chunk({"role": "assistant", "content": "",
-                     "reasoning": reasoning})
+                     reasoning_field: reasoning})
     for piece in prefix_pieces:
         yield chunk({"content": piece})
     for piece in answer.deltas():
         yield chunk({"content": piece})
     yield chunk({}, finish)
     if include_usage:
-        usage = {"prompt_tokens": ex.input_words,
-                 "completion_tokens": answer.words,
-                 "total_tokens": ex.input_words + answer.words}
+        usage = openai_usage(ex, answer, False)
         body = {"id": cid, "object": "chat.completion.chunk",
                 "created": created, "model": model,
                 "system_fingerprint": fingerprint, "choices": [],
@@ -1088,20 +1280,28 @@ class OllamaBackend(Backend):
                 text = "simulated error %d" % status
         return text.replace("{model}", model or "")
 
-    def error(self, ex, status, message):
-        """An error in the shape of the endpoint being served."""
+    @staticmethod
+    def error_body(ex, status, message):
+        """An error body in the shape of the endpoint being served."""
         if ex.path_only.startswith("/v1/"):
             type_ = {400: "invalid_request_error",
                      404: "not_found_error"}.get(status, "api_error")
-            ex.send_json(status, openai_error_body(message, type_))
-        else:
-            ex.send_json(status, {"error": message})
+            return openai_error_body(message, type_)
+        return {"error": message}
+
+    def error(self, ex, status, message):
+        ex.send_json(status, self.error_body(ex, status, message))
 
     def send_status_error(self, ex, status, model=None):
         if model is None and isinstance(ex.payload, dict):
             model = ex.payload.get("model")
             model = model if isinstance(model, str) else None
-        self.error(ex, status, self.message_for(status, model))
+        if status == 400 and ex.behaviour.context:
+            message = OLLAMA_CONTEXT_MESSAGE
+        else:
+            message = self.message_for(status, model)
+        self.send_error_body(ex, status,
+                             self.error_body(ex, status, message))
 
     def not_found(self, ex):
         ex.send_text(404, "404 page not found")
@@ -1196,12 +1396,20 @@ class OllamaBackend(Backend):
         return {k: v for k, v in fields.items() if v}
 
     @staticmethod
-    def thinking_parts(shape):
-        """(thinking field or None, content prefix) for a thinking shape."""
+    def thinking_parts(behaviour):
+        """
+        (thinking field or None, content prefix) for the thinking shape
+        the directives ask; badutf8/nul=thinking spoil the thinking text,
+        and imply think=field when no shape is given.
+        """
+        shape = behaviour.think
+        if shape is None and behaviour.taints("thinking"):
+            shape = "field"
+        text = behaviour.taint("thinking", THINKING_TEXT)
         if shape == "field":
-            return THINKING_TEXT, ""
+            return text, ""
         if shape == "inline":
-            return None, "<think>" + THINKING_TEXT + "</think>\n\n"
+            return None, "<think>" + text + "</think>\n\n"
         if shape == "empty":
             return None, "<think>\n\n</think>\n\n"
         return None, ""
@@ -1227,13 +1435,14 @@ class OllamaBackend(Backend):
             self.sim.state.mark_unloaded(model)
         else:
             self.sim.state.mark_loaded(model)
-        body = {"model": model, "created_at": rfc3339_now()}
+        body = {"model": self.reply_model(ex, model),
+                "created_at": rfc3339_now()}
         if text_field == "message":
             body["message"] = {"role": "assistant", "content": ""}
         else:
             body["response"] = ""
-        body.update({"done_reason": "unload" if unload else "load",
-                     "done": True})
+        body.update({"done_reason": ex.behaviour.taint(
+            "finish", "unload" if unload else "load"), "done": True})
         ex.send_json(200, body)
 
     def chat(self, ex):
@@ -1262,8 +1471,10 @@ class OllamaBackend(Backend):
         self.sim.state.mark_loaded(model)
         answer = Answer.build("ollama", model, ex.behaviour,
                               self.num_predict(p))
-        done_reason = "length" if answer.truncated else "stop"
-        thinking, prefix = self.thinking_parts(ex.behaviour.think)
+        done_reason = ex.behaviour.taint(
+            "finish", "length" if answer.truncated else "stop")
+        thinking, prefix = self.thinking_parts(ex.behaviour)
+        model = self.reply_model(ex, model)
 
         if p.get("stream", True) is False:
             body = {"model": model, "created_at": rfc3339_now()}
@@ -1352,8 +1563,10 @@ class OllamaBackend(Backend):
         if not isinstance(limit, int) or isinstance(limit, bool):
             limit = None
         answer = Answer.build("ollama", model, ex.behaviour, limit)
-        finish = "length" if answer.truncated else "stop"
-        reasoning, prefix = self.thinking_parts(ex.behaviour.think)
+        finish = ex.behaviour.taint(
+            "finish", "length" if answer.truncated else "stop")
+        reasoning, prefix = self.thinking_parts(ex.behaviour)
+        model = self.reply_model(ex, model)
         if p.get("stream") is True:
             so = p.get("stream_options")
             include = isinstance(so, dict) and so.get("include_usage") is True
@@ -1449,8 +1662,12 @@ class OpenAIBackend(Backend):
         model = model if isinstance(model, str) else "gpt-4"
         wait = ex.behaviour.retry_after or "1"
         if status == 401:
-            return ex.send_json(401, self.auth_error_body(ex))
-        if status == 429 and ex.behaviour.quota:
+            body = self.auth_error_body(ex)
+        elif status == 400 and ex.behaviour.context:
+            body = openai_error_body(OPENAI_CONTEXT_MESSAGE,
+                                     "invalid_request_error", "messages",
+                                     "context_length_exceeded")
+        elif status == 429 and ex.behaviour.quota:
             body = openai_error_body(
                 "You exceeded your current quota, please check your plan "
                 "and billing details. For more information on this error, "
@@ -1496,7 +1713,7 @@ class OpenAIBackend(Backend):
             body = openai_error_body(
                 phrase + ".", "server_error" if status >= 500
                 else "invalid_request_error")
-        ex.send_json(status, body)
+        self.send_error_body(ex, status, body)
 
     def invalid(self, ex, message, param=None, code=None):
         ex.send_json(400, openai_error_body(message, "invalid_request_error",
@@ -1558,18 +1775,27 @@ class OpenAIBackend(Backend):
                 "integer_below_min_value")
         if self.directive_failure(ex, model):
             return
-        answer = Answer.build("openai", model, ex.behaviour, limit)
-        finish = "length" if answer.truncated else "stop"
+        b = ex.behaviour
+        answer = Answer.build("openai", model, b, limit)
+        finish = b.taint("finish", "length" if answer.truncated else "stop")
+        model = self.reply_model(ex, model)
+        # badutf8/nul=thinking: a reasoning trace where vLLM and DeepSeek
+        # put it (OpenAI itself sends none)
+        reasoning = b.taint("thinking", THINKING_TEXT) \
+            if b.taints("thinking") else None
         if p.get("stream") is True:
             so = p.get("stream_options")
             include = isinstance(so, dict) and so.get("include_usage") is True
             events = openai_stream_events(
                 ex, model, answer, [], finish, fingerprint="fp_igny8sim",
-                include_usage=include)
+                include_usage=include, reasoning=reasoning,
+                reasoning_field="reasoning_content")
             return ex.send_stream(200, "text/event-stream; charset=utf-8",
                                   events)
         body = openai_completion(ex, model, answer, answer.literal(), finish,
-                                 fingerprint="fp_igny8sim", full_usage=True)
+                                 fingerprint="fp_igny8sim", full_usage=True,
+                                 reasoning=reasoning,
+                                 reasoning_field="reasoning_content")
         ex.send_json(200, body, oversize=answer.oversize)
 
     def images(self, ex):
@@ -1697,10 +1923,16 @@ class AnthropicBackend(Backend):
     def invalid(self, ex, message):
         self.error(ex, 400, "invalid_request_error", message)
 
+    def received_key(self, ex):
+        return ex.headers.get("x-api-key")
+
     def send_status_error(self, ex, status, model=None):
         if model is None and isinstance(ex.payload, dict):
             model = ex.payload.get("model")
-        if status == 400 and ex.behaviour.quota:
+        if status == 400 and ex.behaviour.context:
+            type_, message = "invalid_request_error", \
+                ANTHROPIC_CONTEXT_MESSAGE
+        elif status == 400 and ex.behaviour.quota:
             type_, message = "invalid_request_error", self.ERRORS[402][1]
         elif status in self.ERRORS:
             type_, message = self.ERRORS[status]
@@ -1710,8 +1942,12 @@ class AnthropicBackend(Backend):
                 message = http.HTTPStatus(status).phrase
             except ValueError:
                 message = "Simulated error %d" % status
-        self.error(ex, status, type_,
-                   message.replace("{model}", str(model or "")))
+        self.send_error_body(ex, status, {
+            "type": "error",
+            "error": {"type": type_,
+                      "message": message.replace("{model}",
+                                                 str(model or ""))},
+            "request_id": ex.request_id})
 
     def not_found(self, ex):
         self.error(ex, 404, "not_found_error", "Not Found")
@@ -1776,46 +2012,84 @@ class AnthropicBackend(Backend):
         if self.directive_failure(ex, model):
             return
 
-        answer = Answer.build("anthropic", model, ex.behaviour, limit)
-        stop = "max_tokens" if answer.truncated else "end_turn"
+        b = ex.behaviour
+        answer = Answer.build("anthropic", model, b, limit)
+        stop = b.taint("finish", "max_tokens" if answer.truncated
+                       else "end_turn")
+        model = self.reply_model(ex, model)
+        # badutf8/nul=thinking: an extended-thinking block comes first
+        thinking = b.taint("thinking", THINKING_TEXT) \
+            if b.taints("thinking") else None
         if p.get("stream") is True:
             return ex.send_stream(200, "text/event-stream; charset=utf-8",
-                                  self.stream_events(ex, model, answer, stop))
+                                  self.stream_events(ex, model, answer, stop,
+                                                     thinking))
         # Two text blocks, so that a client must join them.
-        text = answer.literal()
         if answer.oversize is not None:
-            blocks = [{"type": "text", "text": text}]
+            blocks = [{"type": "text", "text": answer.literal()}]
         else:
-            mid = len(text) // 2
             blocks = [{"type": "text", "text": t}
-                      for t in (text[:mid], text[mid:]) if t]
+                      for t in answer.halves() if t]
+        if thinking is not None:
+            blocks.insert(0, {"type": "thinking", "thinking": thinking,
+                              "signature": THINKING_SIGNATURE})
         body = {"id": new_id("msg_sim", 20), "type": "message",
                 "role": "assistant", "model": model, "content": blocks,
                 "stop_reason": stop, "stop_sequence": None,
-                "usage": {"input_tokens": ex.input_words,
-                          "cache_creation_input_tokens": 0,
-                          "cache_read_input_tokens": 0,
-                          "output_tokens": answer.words,
-                          "service_tier": "standard"}}
+                "usage": dict(self.input_usage(ex),
+                              output_tokens=answer.words,
+                              service_tier="standard")}
         ex.send_json(200, body, oversize=answer.oversize)
 
-    def stream_events(self, ex, model, answer, stop):
+    @staticmethod
+    def input_usage(ex):
+        """
+        The input side of usage.  With cache_read=N cache_creation=M,
+        input_tokens counts only the uncached rest, as the real API does.
+        """
+        b = ex.behaviour
+        read, created = b.cache_read or 0, b.cache_creation or 0
+        return {"input_tokens": max(0, ex.input_words - read - created),
+                "cache_creation_input_tokens": created,
+                "cache_read_input_tokens": read}
+
+    def stream_events(self, ex, model, answer, stop, thinking=None):
+        usage = {"input_tokens": ex.input_words, "output_tokens": 1}
+        b = ex.behaviour
+        if b.cache_read is not None or b.cache_creation is not None:
+            usage.update(self.input_usage(ex))
         message = {"id": new_id("msg_sim", 20), "type": "message",
                    "role": "assistant", "model": model, "content": [],
                    "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": ex.input_words,
-                             "output_tokens": 1}}
+                   "usage": usage}
         yield sse({"type": "message_start", "message": message},
                   "message_start")
-        yield sse({"type": "content_block_start", "index": 0,
+        index = 0
+        if thinking is not None:
+            yield sse({"type": "content_block_start", "index": 0,
+                       "content_block": {"type": "thinking",
+                                         "thinking": ""}},
+                      "content_block_start")
+            yield sse({"type": "content_block_delta", "index": 0,
+                       "delta": {"type": "thinking_delta",
+                                 "thinking": thinking}},
+                      "content_block_delta")
+            yield sse({"type": "content_block_delta", "index": 0,
+                       "delta": {"type": "signature_delta",
+                                 "signature": THINKING_SIGNATURE}},
+                      "content_block_delta")
+            yield sse({"type": "content_block_stop", "index": 0},
+                      "content_block_stop")
+            index = 1
+        yield sse({"type": "content_block_start", "index": index,
                    "content_block": {"type": "text", "text": ""}},
                   "content_block_start")
         yield sse({"type": "ping"}, "ping")
         for piece in answer.deltas():
-            yield sse({"type": "content_block_delta", "index": 0,
+            yield sse({"type": "content_block_delta", "index": index,
                        "delta": {"type": "text_delta", "text": piece}},
                       "content_block_delta")
-        yield sse({"type": "content_block_stop", "index": 0},
+        yield sse({"type": "content_block_stop", "index": index},
                   "content_block_stop")
         yield sse({"type": "message_delta",
                    "delta": {"stop_reason": stop, "stop_sequence": None},
@@ -1850,7 +2124,8 @@ class ComfyUIBackend(Backend):
             phrase = http.HTTPStatus(status).phrase
         except ValueError:
             phrase = "Error"
-        ex.send_text(status, "%d: %s" % (status, phrase))
+        ex.send_text(status, self.error_message(ex, "%d: %s" %
+                                                (status, phrase)))
 
     def not_found(self, ex):
         ex.send_text(404, "404: Not Found")
@@ -2082,8 +2357,13 @@ class Simulator:
         self.ports["pid"] = os.getpid()
 
     def stop(self):
-        for listener in self.listeners.values():
-            listener.stop()
+        # all at once: each waits up to a poll interval for its server
+        threads = [threading.Thread(target=listener.stop)
+                   for listener in self.listeners.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
 
 def write_atomically(path, text):
@@ -2152,7 +2432,7 @@ def main(argv=None):
         " ".join("%s=%s" % kv for kv in sim.ports.items()), args.state_dir),
         flush=True)
 
-    while not stop.wait(0.2):
+    while not stop.wait(0.05):
         pass
 
     sim.stop()

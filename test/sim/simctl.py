@@ -164,13 +164,15 @@ def run(args):
                                                  "role": args.role})
         emit(args, str(len({r["client_port"] for r in records})))
     elif args.command == "max-concurrency":
-        # the most requests that were in progress at the same moment
+        # the most requests that were in progress at the same moment: from
+        # the request to the start of its answer (a client may send its
+        # next request before the simulator has logged the end of this one)
         records = control(ports, "GET", "/log", {"tag": args.tag,
                                                  "role": args.role})
         events = []
         for r in records:
             events.append((r["t_start"], 1))
-            events.append((r["t_end"] or float("inf"), -1))
+            events.append((r.get("t_reply") or r["t_end"] or float("inf"), -1))
         peak = now = 0
         for _, step in sorted(events, key=lambda e: (e[0], e[1])):
             now += step
@@ -258,6 +260,9 @@ def build_parser():
 def main(argv=None):
     # Behave like a Unix filter when piped into head and the like.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # A value the locale's encoding lacks (a UTF-8 tag in a LATIN1 or
+    # ASCII locale) is printed escaped rather than failing the command.
+    sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     if not hasattr(args, "state_dir"):
         args.state_dir = os.environ.get("IGNY8_SIM_STATE")

@@ -8,7 +8,9 @@ One simulator is started for the module (plus short-lived ones for the
 signal tests); every test resets it first.
 """
 
+import atexit
 import base64
+import ctypes
 import http.client
 import json
 import os
@@ -40,13 +42,23 @@ STATE_DIR = None
 READY_LINE = None
 
 
+def die_with_parent():
+    """In a child: SIGTERM when the test process dies, however it dies."""
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG,
+                                                signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def start_simulator(state_dir, extra=()):
     """Start a simulator; return (process, ports, first stdout line)."""
     env = dict(os.environ, IGNY8_SIM_OPENAI_KEY=OPENAI_KEY,
                IGNY8_SIM_ANTHROPIC_KEY=ANTHROPIC_KEY)
     proc = subprocess.Popen([PYTHON, SIM, "--state-dir", state_dir] +
                             list(extra), env=env, stdout=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=die_with_parent)
     path = os.path.join(state_dir, "ports.json")
     deadline = time.monotonic() + 10
     while not os.path.exists(path):
@@ -61,18 +73,32 @@ def start_simulator(state_dir, extra=()):
 
 def setUpModule():
     global SIM_PROC, PORTS, STATE_DIR, READY_LINE
+    # SIGTERM ends the test like Ctrl-C, so that the simulator is stopped
+    # and the state directory removed (at exit at the latest)
+    signal.signal(signal.SIGTERM, interrupt)
+    atexit.register(tearDownModule)
     STATE_DIR = tempfile.mkdtemp(prefix="igny8_sim_test_")
     SIM_PROC, PORTS, READY_LINE = start_simulator(STATE_DIR)
 
 
+def interrupt(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
 def tearDownModule():
-    SIM_PROC.send_signal(signal.SIGTERM)
-    try:
-        SIM_PROC.wait(10)
-    finally:
-        if SIM_PROC.poll() is None:
-            SIM_PROC.kill()
-        SIM_PROC.stdout.close()
+    """Stop the module's simulator and remove its state (once)."""
+    global SIM_PROC
+    proc, SIM_PROC = SIM_PROC, None
+    if proc is not None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+    if STATE_DIR is not None:
         shutil.rmtree(STATE_DIR, ignore_errors=True)
 
 
@@ -915,6 +941,373 @@ class TestDirectives(SimTestCase):
         self.assertEqual(r.status, 200)
         errors = self.log(tag="bad")[0]["directive_errors"]
         self.assertEqual(len(errors), 2)
+
+
+# --------------------------------------------------------------------------
+# Misbehaving backends: keys echoed, spoiled strings, odd models, usage
+# --------------------------------------------------------------------------
+
+BAD_BYTES = b"\xff\xfe\xe2\x82"
+
+
+def lenient(body):
+    """A body with raw invalid UTF-8, decoded so that JSON can parse it:
+    the bad bytes become the lone surrogates U+DCxx."""
+    return json.loads(body.decode("utf-8", "surrogateescape"))
+
+
+BAD_TEXT = BAD_BYTES.decode("utf-8", "surrogateescape")
+ANTHROPIC_REPLY = "anthropic claude-sonnet-4-5: " + REPLY
+ANTHROPIC_FIRST_HALF = ANTHROPIC_REPLY[:len(ANTHROPIC_REPLY) // 2]
+
+
+def ollama_auth(content, key=None, path="/api/chat", **extra):
+    body = {"model": "qwen3:8b", "stream": False,
+            "messages": [{"role": "user", "content": content}]}
+    body.update(extra)
+    headers = {"Authorization": "Bearer " + key} if key else {}
+    return call("ollama", "POST", path, body, headers)
+
+
+class TestMisbehaviour(SimTestCase):
+    def test_echo_key_model(self):
+        r = openai_chat("hi [[sim openai:echo_key=model]]")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["model"], OPENAI_KEY)
+        # the content still names the requested model
+        self.assertEqual(r.json()["choices"][0]["message"]["content"],
+                         "openai gpt-4: " + REPLY)
+        events = openai_chat("hi [[sim openai:echo_key=model]]",
+                             stream=True).sse_data()
+        self.assertEqual({e["model"] for e in events[:-1]}, {OPENAI_KEY})
+        r = anthropic_msg("hi [[sim anthropic:echo_key=model]]")
+        self.assertEqual(r.json()["model"], ANTHROPIC_KEY)
+        events = anthropic_msg("hi [[sim anthropic:echo_key=model]]",
+                               stream=True).sse_data()
+        self.assertEqual(events[0]["message"]["model"], ANTHROPIC_KEY)
+        r = ollama_auth("hi [[sim ollama:echo_key=model]]")
+        self.assertEqual(r.json()["model"], "no-key")
+        r = ollama_auth("hi [[sim ollama:echo_key=model]]", "sk-ollama-77")
+        self.assertEqual(r.json()["model"], "sk-ollama-77")
+        lines = ollama_auth("hi [[sim ollama:echo_key=model]]",
+                            "sk-ollama-77", stream=True).lines()
+        self.assertEqual({x["model"] for x in lines}, {"sk-ollama-77"})
+        r = ollama_auth("hi [[sim ollama:echo_key=model]]", "sk-v1-78",
+                        path="/v1/chat/completions")
+        self.assertEqual(r.json()["model"], "sk-v1-78")
+        r = ollama_auth("hi [[sim ollama:echo_key=model]]", "sk-gen-79",
+                        path="/api/generate", prompt="hi "
+                        "[[sim ollama:echo_key=model]]")
+        self.assertEqual(r.json()["model"], "sk-gen-79")
+
+    def test_echo_key_error(self):
+        r = openai_chat("[[sim openai:status=429 echo_key=error]]")
+        self.assertEqual(r.status, 429)
+        err = r.json()["error"]
+        self.assertEqual(err["code"], "rate_limit_exceeded")
+        self.assertEqual(err["message"],
+                         "Incorrect API key provided: %s. You can find your "
+                         "API key in your account settings." % OPENAI_KEY)
+        # alone it means 401
+        r = anthropic_msg("[[sim anthropic:echo_key=error]]")
+        self.assertEqual(r.status, 401)
+        self.assertEqual(r.json()["error"]["type"], "authentication_error")
+        self.assertIn(ANTHROPIC_KEY, r.json()["error"]["message"])
+        r = ollama_auth("[[sim ollama:status=503 echo_key=error]]",
+                        "sk-oll-1234567890")
+        self.assertEqual(r.status, 503)
+        self.assertIn("sk-oll-1234567890", r.json()["error"])
+        self.assertIn("no-key", ollama_auth(
+            "[[sim ollama:status=500 echo_key=error]]").json()["error"])
+
+    def test_key_offset(self):
+        for offset in (0, 1, 90, 95, 190, 199, 250):
+            d = "[[sim any:status=500 echo_key=error key_offset=%d]]" % offset
+            for role, reply, key, msg in (
+                    ("openai", openai_chat(d), OPENAI_KEY,
+                     lambda b: b["error"]["message"]),
+                    ("anthropic", anthropic_msg(d), ANTHROPIC_KEY,
+                     lambda b: b["error"]["message"]),
+                    ("ollama", ollama_auth(d, "sk-ollama-offset-1"),
+                     "sk-ollama-offset-1", lambda b: b["error"])):
+                with self.subTest(role=role, offset=offset):
+                    self.assertEqual(reply.status, 500)
+                    text = msg(reply.json()).encode()
+                    self.assertEqual(text.index(key.encode()), offset)
+                    self.assertEqual(text[offset + len(key):],
+                                     b" is not a valid API key.")
+                    if offset:
+                        self.assertEqual(text[offset - 1:offset], b" ")
+                        self.assertRegex(text[:offset].decode(),
+                                         r"^[a-z ]+$")
+        # cut at 100 bytes, the key is cut through
+        r = openai_chat("[[sim openai:status=400 echo_key=error "
+                        "key_offset=90]]")
+        cut = r.json()["error"]["message"].encode()[:100]
+        self.assertNotIn(OPENAI_KEY.encode(), cut)
+        self.assertTrue(cut.endswith(OPENAI_KEY.encode()[:10]))
+
+    def test_plain_error_body(self):
+        d = "[[sim any:status=502 echo_key=error key_offset=20 plain]]"
+        for role, reply, key in (
+                ("openai", openai_chat(d), OPENAI_KEY),
+                ("anthropic", anthropic_msg(d), ANTHROPIC_KEY),
+                ("ollama", ollama_auth(d), "no-key")):
+            with self.subTest(role=role):
+                self.assertEqual(reply.status, 502)
+                self.assertTrue(reply.headers["content-type"].startswith(
+                    "text/plain"))
+                self.assertEqual(reply.body.index(key.encode()), 20)
+                with self.assertRaises(ValueError):
+                    json.loads(reply.body)
+                self.assertEqual(int(reply.headers["content-length"]),
+                                 len(reply.body))
+        # plain without echo_key: the role's own message, as text
+        r = anthropic_msg("[[sim anthropic:status=529 plain]]")
+        self.assertEqual((r.status, r.body), (529, b"Overloaded"))
+
+    def check_spoiled(self, reply, get, clean, mark):
+        """The field GET picks holds CLEAN with MARK inserted."""
+        value = get(lenient(reply.body))
+        self.assertIn(mark, value)
+        self.assertEqual(value.replace(mark, ""), clean)
+        return value
+
+    def test_badutf8(self):
+        content = "openai gpt-4: " + REPLY
+        for field, get, clean in (
+                ("content", lambda b: b["choices"][0]["message"]["content"],
+                 content),
+                ("thinking",
+                 lambda b: b["choices"][0]["message"]["reasoning_content"],
+                 "Let me think about clouds."),
+                ("model", lambda b: b["model"], "gpt-4"),
+                ("finish", lambda b: b["choices"][0]["finish_reason"],
+                 "stop")):
+            with self.subTest(role="openai", field=field):
+                r = openai_chat("hi [[sim openai:badutf8=%s]]" % field)
+                self.assertEqual(r.status, 200)
+                self.assertIn(BAD_BYTES, r.body)
+                with self.assertRaises(UnicodeDecodeError):
+                    r.body.decode("utf-8")
+                self.check_spoiled(r, get, clean, BAD_TEXT)
+        for field, get, clean in (
+                ("content", lambda b: b["message"]["content"],
+                 "ollama qwen3:8b: " + REPLY),
+                ("thinking", lambda b: b["message"]["thinking"],
+                 "Let me think about clouds."),
+                ("model", lambda b: b["model"], "qwen3:8b"),
+                ("finish", lambda b: b["done_reason"], "stop")):
+            with self.subTest(role="ollama", field=field):
+                r = ollama_auth("hi [[sim ollama:badutf8=%s]]" % field)
+                self.assertIn(BAD_BYTES, r.body)
+                self.check_spoiled(r, get, clean, BAD_TEXT)
+        for field, get, clean in (
+                ("content", lambda b: b["content"][0]["text"],
+                 ANTHROPIC_FIRST_HALF),
+                ("thinking", lambda b: b["content"][0]["thinking"],
+                 "Let me think about clouds."),
+                ("model", lambda b: b["model"], "claude-sonnet-4-5"),
+                ("finish", lambda b: b["stop_reason"], "end_turn")):
+            with self.subTest(role="anthropic", field=field):
+                r = anthropic_msg("hi [[sim anthropic:badutf8=%s]]" % field)
+                self.assertIn(BAD_BYTES, r.body)
+                self.check_spoiled(r, get, clean, BAD_TEXT)
+        # the thinking block comes first, and the text is still all there
+        body = lenient(anthropic_msg("[[sim any:badutf8=thinking]]").body)
+        self.assertEqual([b["type"] for b in body["content"]],
+                         ["thinking", "text", "text"])
+        # error messages, JSON and plain
+        for role, reply, get in (
+                ("openai", openai_chat("[[sim any:status=503 "
+                                       "badutf8=error]]"),
+                 lambda b: b["error"]["message"]),
+                ("anthropic", anthropic_msg("[[sim any:status=529 "
+                                            "badutf8=error]]"),
+                 lambda b: b["error"]["message"]),
+                ("ollama", ollama_auth("[[sim any:status=500 "
+                                       "badutf8=error]]"),
+                 lambda b: b["error"])):
+            with self.subTest(role=role, field="error"):
+                self.assertIn(BAD_BYTES, reply.body)
+                self.assertIn(BAD_TEXT, get(lenient(reply.body)))
+        r = openai_chat("[[sim any:status=400 echo_key=error badutf8=error "
+                        "plain]]")
+        self.assertIn(BAD_BYTES, r.body)
+        self.assertIn(OPENAI_KEY.encode(), r.body)
+        # streams carry the bytes too
+        r = ollama_auth("hi [[sim ollama:badutf8=content]]", stream=True)
+        self.assertIn(BAD_BYTES, r.body)
+        text = "".join(json.loads(line)["message"]["content"] for line in
+                       r.body.decode("utf-8", "surrogateescape").splitlines())
+        self.assertEqual(text.replace(BAD_TEXT, ""),
+                         "ollama qwen3:8b: " + REPLY)
+        for reply in (openai_chat("hi [[sim any:badutf8=finish]]",
+                                  stream=True),
+                      anthropic_msg("hi [[sim any:badutf8=model]]",
+                                    stream=True)):
+            self.assertIn(BAD_BYTES, reply.body)
+
+    def test_nul(self):
+        for field, get in (
+                ("content", lambda b: b["message"]["content"]),
+                ("thinking", lambda b: b["message"]["thinking"]),
+                ("model", lambda b: b["model"]),
+                ("finish", lambda b: b["done_reason"])):
+            with self.subTest(field=field):
+                r = ollama_auth("hi [[sim ollama:nul=%s]]" % field)
+                self.assertIn(b"\\u0000", r.body)
+                value = get(r.json())
+                self.assertIn("\x00", value)
+                self.assertNotIn(value[0], "\x00")
+                self.assertNotIn(value[-1], "\x00")
+        r = openai_chat("hi [[sim openai:nul=finish]]")
+        self.assertEqual(r.json()["choices"][0]["finish_reason"],
+                         "st\x00op")
+        r = anthropic_msg("hi [[sim anthropic:nul=finish]]")
+        self.assertEqual(r.json()["stop_reason"], "end_\x00turn")
+        r = anthropic_msg("[[sim anthropic:status=429 nul=error]]")
+        self.assertIn("\x00", r.json()["error"]["message"])
+        r = ollama_auth("[[sim ollama:status=503 nul=error]]")
+        self.assertIn("\x00", r.json()["error"])
+        # with echo_key=error the key stays whole
+        r = openai_chat("[[sim openai:status=401 echo_key=error nul=error "
+                        "badutf8=error key_offset=30]]")
+        message = lenient(r.body)["error"]["message"]
+        self.assertIn("\x00", message)
+        self.assertEqual(message.index(OPENAI_KEY), 30)
+        self.assertIn(b"\\u0000", r.body)
+        for offset in (0, 60, 95, 195):
+            r = anthropic_msg("[[sim anthropic:status=500 echo_key=error "
+                              "badutf8=error key_offset=%d plain]]" % offset)
+            self.assertEqual(r.body.index(ANTHROPIC_KEY.encode()), offset)
+            self.assertIn(BAD_BYTES, r.body)
+        r = call("ollama", "POST", "/api/chat", {
+            "model": "qwen3:8b", "messages": [{"role": "user", "content":
+                                              "[[sim any:nul=thinking]]"}]})
+        self.assertIn("\x00", "".join(x["message"].get("thinking", "")
+                                      for x in r.lines()))
+
+    def test_model_name_and_long_model(self):
+        r = openai_chat("hi [[sim openai:model_name=gpt-4-0613_(served)]]")
+        self.assertEqual(r.json()["model"], "gpt-4-0613 (served)")
+        r = ollama_auth("hi [[sim ollama:model_name=caf\u00e9_\u96f2]]")
+        self.assertEqual(r.json()["model"], "caf\u00e9 \u96f2")
+        for n in (0, 1, 50, 100, 200):
+            r = anthropic_msg("hi [[sim anthropic:long_model=%d]]" % n)
+            model = r.json()["model"]
+            self.assertEqual(model, "m" + "\u00e9" * n)
+            self.assertEqual(len(model.encode()), 1 + 2 * n)
+        r = ollama_auth("hi [[sim ollama:long_model=3 badutf8=model]]")
+        self.assertEqual(lenient(r.body)["model"].replace(BAD_TEXT, ""),
+                         "m\u00e9\u00e9\u00e9")
+
+    def test_cache_usage(self):
+        words = "one two three four five six seven eight nine ten"
+        r = anthropic_msg(words + " [[sim anthropic:cache_read=6 "
+                          "cache_creation=3]]")
+        usage = r.json()["usage"]
+        self.assertEqual((usage["input_tokens"],
+                          usage["cache_read_input_tokens"],
+                          usage["cache_creation_input_tokens"]), (1, 6, 3))
+        usage = anthropic_msg(words + " [[sim anthropic:cache_read=105]]"
+                              ).json()["usage"]
+        self.assertEqual((usage["input_tokens"],
+                          usage["cache_read_input_tokens"],
+                          usage["cache_creation_input_tokens"]), (0, 105, 0))
+        events = anthropic_msg(words + " [[sim anthropic:cache_read=4]]",
+                               stream=True).sse_data()
+        usage = events[0]["message"]["usage"]
+        self.assertEqual((usage["input_tokens"],
+                          usage["cache_read_input_tokens"],
+                          usage["cache_creation_input_tokens"]), (6, 4, 0))
+        usage = openai_chat(words + " [[sim openai:cached=7]]").json()["usage"]
+        self.assertEqual(usage["prompt_tokens"], 10)
+        self.assertEqual(usage["prompt_tokens_details"]["cached_tokens"], 7)
+        usage = openai_chat(words).json()["usage"]
+        self.assertEqual(usage["prompt_tokens_details"]["cached_tokens"], 0)
+        events = openai_chat(words + " [[sim openai:cached=7]]", stream=True,
+                             stream_options={"include_usage": True}
+                             ).sse_data()
+        self.assertEqual(events[-2]["usage"]["prompt_tokens_details"],
+                         {"cached_tokens": 7})
+
+    def test_context_errors(self):
+        r = openai_chat("[[sim openai:status=400 context]]")
+        self.assertEqual((r.status, r.json()), (400, {"error": {
+            "message": "This model's maximum context length is 8192 tokens. "
+                       "However, your messages resulted in 9000 tokens. "
+                       "Please reduce the length of the messages.",
+            "type": "invalid_request_error", "param": "messages",
+            "code": "context_length_exceeded"}}))
+        r = anthropic_msg("[[sim anthropic:status=400 context]]")
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"], {
+            "type": "invalid_request_error",
+            "message": "prompt is too long: 210000 tokens > 200000 maximum"})
+        r = ollama_auth("[[sim ollama:status=400 context]]")
+        self.assertEqual((r.status, r.json()), (400, {
+            "error": "the input length exceeds the context length"}))
+        r = ollama_auth("[[sim ollama:context]]", path="/v1/chat/completions")
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"]["message"],
+                         "the input length exceeds the context length")
+        # context alone means 400; the plain 400s are unchanged
+        self.assertEqual(openai_chat("[[sim openai:context]]").status, 400)
+        self.assertIn("8500 tokens", openai_chat(
+            "[[sim openai:status=400]]").json()["error"]["message"])
+
+    def test_reply_any_utf8(self):
+        d = "[[sim any:reply=caf\u00e9_\u96f2_\u20ac_\U0001f600 tag=u8]]"
+        reply = "caf\u00e9 \u96f2 \u20ac \U0001f600"
+        r = ollama_auth("hi " + d)
+        self.assertEqual(int(r.headers["content-length"]), len(r.body))
+        self.assertEqual(r.json()["message"]["content"],
+                         "ollama qwen3:8b: " + reply)
+        self.assertEqual(r.json()["eval_count"], 6)
+        self.assertEqual(openai_chat("hi " + d).json()["choices"][0]
+                         ["message"]["content"], "openai gpt-4: " + reply)
+        self.assertEqual("".join(b["text"] for b in anthropic_msg(
+            "hi " + d).json()["content"]), "anthropic claude-sonnet-4-5: " +
+            reply)
+        lines = ollama_auth("hi " + d, stream=True).lines()
+        self.assertEqual("".join(x["message"]["content"] for x in lines),
+                         "ollama qwen3:8b: " + reply)
+        events = anthropic_msg("hi " + d, stream=True).sse_data()
+        self.assertEqual("".join(e["delta"]["text"] for e in events
+                                 if e["type"] == "content_block_delta"),
+                         "anthropic claude-sonnet-4-5: " + reply)
+        # the prompt may come \\u-escaped too
+        r = call("openai", "POST", "/v1/chat/completions", json.dumps({
+            "model": "gpt-4", "messages": [{"role": "user", "content": d}]},
+            ensure_ascii=True).encode(),
+            {"Authorization": "Bearer " + OPENAI_KEY})
+        self.assertEqual(r.json()["choices"][0]["message"]["content"],
+                         "openai gpt-4: " + reply)
+        self.assertEqual(len(self.log(tag="u8")), 6)
+        self.assertEqual(simctl("log", "--tag", "u8", "--count")[1], "6\n")
+        # simctl prints a UTF-8 tag escaped where the locale lacks it
+        ollama_auth("hi [[sim any:tag=t\u96f2]]")
+        out = subprocess.run(
+            [PYTHON, SIMCTL, "--state-dir", STATE_DIR, "log", "--tag",
+             "t\u96f2", "--field", "tag"], capture_output=True,
+            env=dict(os.environ, PYTHONIOENCODING="ascii"), timeout=30)
+        self.assertEqual((out.returncode, out.stdout), (0, b"t\\u96f2\n"))
+        self.assertEqual(simctl("log", "--tag", "t\u96f2", "--field",
+                                "tag")[1], "t\u96f2\n")
+        # a literal \uXXXX in the directive names a character: an ASCII
+        # prompt (a LATIN1 database's) can ask for any text
+        r = ollama_auth("hi [[sim ollama:reply=\\u96f2_caf\\u00e9 "
+                        "model_name=m\\u00e9\\u6a21]]")
+        self.assertEqual(r.json()["message"]["content"],
+                         "ollama qwen3:8b: \u96f2 caf\u00e9")
+        self.assertEqual(r.json()["model"], "m\u00e9\u6a21")
+
+    def test_bad_values(self):
+        r = ollama_auth("hi [[sim ollama:badutf8=usage nul echo_key=x "
+                        "long_model=-1 cached tag=bv]]")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(len(self.log(tag="bv")[0]["directive_errors"]), 5)
 
 
 # --------------------------------------------------------------------------
