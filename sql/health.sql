@@ -58,6 +58,22 @@ SELECT provider, healthy, state, detail FROM igny8_check_health()
  WHERE provider = 'self_hosted_ai';
 SELECT * FROM notifications(1);
 
+-- Anthropic lists the models it serves: a configured model it retired is
+-- missing (the shipped aliases match, a dated id matches its alias)
+UPDATE igny8_models SET provider_model = 'claude-3-5-sonnet-latest'
+ WHERE alias = 'gpt-4-fallback' AND provider_id = 'anthropic';
+INSERT INTO igny8_models (alias, provider_id, provider_model)
+VALUES ('haiku-4-5', 'anthropic', 'claude-haiku-4-5');
+SELECT provider, healthy, state, detail FROM igny8_check_health()
+ WHERE provider = 'anthropic';
+SELECT * FROM notifications(1);
+UPDATE igny8_models SET provider_model = 'claude-sonnet-5-5'
+ WHERE alias = 'gpt-4-fallback' AND provider_id = 'anthropic';
+DELETE FROM igny8_models WHERE alias = 'haiku-4-5';
+SELECT provider, healthy, state, detail FROM igny8_check_health()
+ WHERE provider = 'anthropic';
+SELECT * FROM notifications(1);
+
 -- the tunnel is down (port closed), then the box is too slow for the
 -- probe timeout, then Ollama answers 500: each detail says which
 SELECT sim('reset') IS NOT NULL AS reset;

@@ -381,10 +381,11 @@ bool
 igny8_json_has_nul_escape(const char *body, size_t len)
 {
 	const char *p = body;
-	const char *end = body + len;
+	const char *end;
 
 	if (body == NULL)
 		return false;
+	end = body + len;
 	while ((p = memchr(p, '\\', end - p)) != NULL)
 	{
 		if (end - p >= 6 && memcmp(p + 1, "u0000", 5) == 0)
@@ -876,18 +877,40 @@ model_has_tag(const char *name)
 }
 
 /*
+ * Is b the name a followed by "-" and an eight-digit date, as Anthropic
+ * lists a model ("claude-haiku-4-5-20251001") that configurations name by
+ * its alias ("claude-haiku-4-5")?
+ */
+static bool
+model_dated(const char *a, const char *b)
+{
+	size_t		len = strlen(a);
+	int			i;
+
+	if (strncmp(a, b, len) != 0 || b[len] != '-' || strlen(b + len) != 9)
+		return false;
+	for (i = 1; i <= 8; i++)
+	{
+		if (b[len + i] < '0' || b[len + i] > '9')
+			return false;
+	}
+	return true;
+}
+
+/*
  * Do a configured model name and a listed one name the same model?  Equal
  * strings do, and so do "x" and "x:latest" either way round, since a name
  * without a tag means ":latest" (protocols.md 1.1).  Ollama's /v1/models
  * lists "x:latest" too, so the rule serves the OpenAI-compatible probe as
- * well; a name with a registry port ("host:5000/ns/x") has no tag.
+ * well; a name with a registry port ("host:5000/ns/x") has no tag.  A
+ * configured "x" also names a listed "x-YYYYMMDD" (Anthropic's dated ids).
  */
 static bool
 model_name_equal(const char *a, const char *b)
 {
 	size_t		len;
 
-	if (strcmp(a, b) == 0)
+	if (strcmp(a, b) == 0 || model_dated(a, b))
 		return true;
 	if (model_has_tag(a) == model_has_tag(b))
 		return false;
@@ -986,7 +1009,8 @@ igny8_probe_models(const char *const *models, int nmodels,
 }
 
 /*
- * Read a list probe's answer (the Ollama and OpenAI-compatible probes): a
+ * Read a list probe's answer (the Ollama, OpenAI-compatible and Anthropic
+ * probes): a
  * 2xx must be an object whose member list_key is an array; the string
  * members name_keys of each entry all count as names of that entry's
  * model, and the configured models are checked against them

@@ -8,12 +8,12 @@
  * the normalized request are pulled out and joined with blank lines.  Its
  * temperature range is 0-1 where the caller allows 0-2: above 1 we send 1.
  * The setting "anthropic_version" overrides the API version header.  See
- * protocols.md section 4.
+ * docs/protocols.md section 4.
  *
  * The health probe is GET /v1/models, which costs nothing and proves the
- * key.  The configured models are not checked against it: Anthropic
- * lists dated ids, while configurations use aliases such as
- * claude-3-5-sonnet-latest.
+ * key.  The configured models are checked against the ids it lists; an
+ * alias (claude-haiku-4-5) matches its dated id (claude-haiku-4-5-20251001),
+ * so a retired model shows up as missing.
  *
  * src/provider_anthropic.c
  *
@@ -249,7 +249,8 @@ anthropic_build_probe(const char *api_key, const cJSON *settings,
 {
 	memset(out, 0, sizeof(*out));
 	out->method = "GET";
-	out->path = pstrdup("/v1/models");
+	/* one page holds every model (the default is 20) */
+	out->path = pstrdup("/v1/models?limit=1000");
 	if (api_key != NULL)
 		igny8_add_header(out, "x-api-key: %s", api_key);
 	igny8_add_header(out, "anthropic-version: %s",
@@ -257,38 +258,20 @@ anthropic_build_probe(const char *api_key, const cJSON *settings,
 }
 
 /*
- * Read the answer to anthropic_build_probe's call.  A 2xx must be an
- * object with a "data" array; the models are not compared (see above).
+ * Read the answer to anthropic_build_probe's call: {"data": [{"id": ...}]}.
+ * The configured models are checked against the ids, a configured alias
+ * matching a dated id ("claude-haiku-4-5" and "claude-haiku-4-5-20251001"),
+ * so that a retired model shows as missing before a request finds out.
  */
 static void
 anthropic_parse_probe(const Igny8HttpResponse *resp,
 					  const char *const *models, int nmodels,
 					  Igny8ProbeResult *out)
 {
-	cJSON	   *json;
-	const cJSON *list;
-	cJSON	   *detail;
-	char	   *summary;
-	int			nlisted;
+	static const char *const name_keys[] = {"id"};
 
-	memset(out, 0, sizeof(*out));
-	json = igny8_json_parse(resp->body, resp->body_len);
-	list = igny8_json_member(json, "data");
-	if (resp->status < 200 || resp->status >= 300)
-		igny8_probe_http_error(resp, igny8_error_message(json), out);
-	else if (!cJSON_IsArray(list))
-		igny8_probe_malformed(resp, ANTHROPIC_NAME, out);
-	else
-	{
-		nlisted = cJSON_GetArraySize(list);
-		detail = cJSON_CreateObject();
-		cJSON_AddNumberToObject(detail, "models_listed", nlisted);
-		summary = psprintf("%d model%s listed", nlisted,
-						   nlisted == 1 ? "" : "s");
-		igny8_probe_finish(out, true, false, summary, detail);
-		pfree(summary);
-	}
-	cJSON_Delete(json);
+	igny8_probe_model_list(resp, models, nmodels, ANTHROPIC_NAME, "data",
+						   name_keys, lengthof(name_keys), out);
 }
 
 const Igny8ProbeProtocol igny8_anthropic_probe = {

@@ -72,9 +72,12 @@ DEFAULT_ANTHROPIC_KEY = "sk-ant-test-0123456789"
 
 OPENAI_MODELS = ("gpt-4", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini",
                  "gpt-3.5-turbo", "dall-e-2", "dall-e-3", "gpt-image-1")
-ANTHROPIC_MODELS = (("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5"),
-                    ("claude-opus-4-1-20250805", "Claude Opus 4.1"),
-                    ("claude-3-5-haiku-20241022", "Claude Haiku 3.5"))
+# what Anthropic's /v1/models listed in November 2026: current ids are
+# undated; an older model keeps its dated id
+ANTHROPIC_MODELS = (("claude-opus-5-5", "Claude Opus 5.5"),
+                    ("claude-sonnet-5-5", "Claude Sonnet 5.5"),
+                    ("claude-haiku-5-5", "Claude Haiku 5.5"),
+                    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5"))
 
 # Fixed timestamps for listings, so that they never change between runs.
 LISTING_EPOCH = 1735689600                        # 2025-01-01T00:00:00Z

@@ -1917,13 +1917,13 @@ static const ProbeBuildCase probe_build_cases[] = {
 	{"Authorization: Bearer sk-test", NULL}},
 	{"openai: no key", &igny8_openai_probe, NULL, NULL, "/v1/models", {NULL}},
 	{"anthropic: key and version", &igny8_anthropic_probe, "sk-ant-test",
-		NULL, "/v1/models",
+		NULL, "/v1/models?limit=1000",
 	{"x-api-key: sk-ant-test", "anthropic-version: 2023-06-01", NULL}},
 	{"anthropic: version from the settings", &igny8_anthropic_probe,
-		"sk-ant-test", "{\"anthropic_version\":\"2024-10-22\"}", "/v1/models",
+		"sk-ant-test", "{\"anthropic_version\":\"2024-10-22\"}", "/v1/models?limit=1000",
 	{"x-api-key: sk-ant-test", "anthropic-version: 2024-10-22", NULL}},
 	{"anthropic: no key, empty version", &igny8_anthropic_probe, NULL,
-		"{\"anthropic_version\":\"\"}", "/v1/models",
+		"{\"anthropic_version\":\"\"}", "/v1/models?limit=1000",
 	{"anthropic-version: 2023-06-01", NULL}},
 	{"comfyui: no key", &igny8_comfyui_probe, NULL, NULL, "/system_stats",
 	{NULL}},
@@ -2025,6 +2025,8 @@ static const char *const m_ollama_v1[] = {"llama3.2", "qwen3:latest",
 static const char *const m_vllm[] = {"Qwen/Qwen3-32B"};
 static const char *const m_aliases[] = {"claude-3-5-sonnet-latest",
 "claude-sonnet-4-5"};
+static const char *const m_current[] = {"claude-sonnet-5-5",
+"claude-haiku-5-5"};
 static const char *const m_checkpoints[] = {"sd_xl_base_1.0.safetensors"};
 
 #define MODELS(array) (array), lengthof(array)
@@ -2233,25 +2235,34 @@ static const ProbeCase probe_cases[] = {
 		"{\"error\":{\"message\":\"proxy failed\"}}", NO_MODELS, false, false,
 	"malformed response from OpenAI-compatible API", MALFORMED(200)},
 
-	/* Anthropic: /v1/models, no model check */
-	{"anthropic: two listed", &igny8_anthropic_probe, 200,
+	/* Anthropic: /v1/models, aliases match dated ids */
+	{"anthropic: two listed, an alias present as a dated id, one retired",
+		&igny8_anthropic_probe, 200,
 		"{\"data\":[{\"type\":\"model\",\"id\":\"claude-sonnet-4-5-20250929\","
 		"\"display_name\":\"Claude Sonnet 4.5\",\"created_at\":\"2025-09-29T00:00:00Z\"},"
 		"{\"type\":\"model\",\"id\":\"claude-3-5-haiku-20241022\","
 		"\"display_name\":\"Claude Haiku 3.5\",\"created_at\":\"2024-10-22T00:00:00Z\"}],"
 		"\"has_more\":false,\"first_id\":\"claude-sonnet-4-5-20250929\","
 		"\"last_id\":\"claude-3-5-haiku-20241022\"}",
-		MODELS(m_aliases), true, false, "2 models listed",
-	"{\"models_listed\":2}"},
-	{"anthropic: one listed", &igny8_anthropic_probe, 200,
+		MODELS(m_aliases), true, true, "model claude-3-5-sonnet-latest missing",
+	"{\"models_present\":1,\"models_listed\":2,\"models_missing\":[\"claude-3-5-sonnet-latest\"]}"},
+	{"anthropic: undated ids, and a date that is not one",
+		&igny8_anthropic_probe, 200,
+		"{\"data\":[{\"id\":\"claude-sonnet-5-5\"},{\"id\":\"claude-haiku-5-5-2026x001\"}]}",
+		MODELS(m_current), true, true, "model claude-haiku-5-5 missing",
+	"{\"models_present\":1,\"models_listed\":2,\"models_missing\":[\"claude-haiku-5-5\"]}"},
+	{"anthropic: one listed, none configured", &igny8_anthropic_probe, 200,
 		"{\"data\":[{\"id\":\"x\"}],\"has_more\":true}", NO_MODELS, true,
-	false, "1 model listed", "{\"models_listed\":1}"},
+		false, "running, no models configured",
+	"{\"models_present\":0,\"models_listed\":1,\"models_missing\":[]}"},
 	{"anthropic: none listed", &igny8_anthropic_probe, 200, "{\"data\":[]}",
-		MODELS(m_aliases), true, false, "0 models listed",
-	"{\"models_listed\":0}"},
-	{"anthropic: the check is always off", &igny8_anthropic_probe, 200,
+		MODELS(m_aliases), true, true,
+		"2 models missing: claude-3-5-sonnet-latest, claude-sonnet-4-5",
+		"{\"models_present\":0,\"models_listed\":0,\"models_missing\":"
+	"[\"claude-3-5-sonnet-latest\",\"claude-sonnet-4-5\"]}"},
+	{"anthropic: model check off", &igny8_anthropic_probe, 200,
 		"{\"data\":[{\"id\":\"x\"}]}", CHECK_OFF, true, false,
-	"1 model listed", "{\"models_listed\":1}"},
+	"1 model listed (model check off)", "{\"models_listed\":1,\"model_check\":false}"},
 	{"anthropic: bad key", &igny8_anthropic_probe, 401,
 		"{\"type\":\"error\",\"error\":{\"type\":\"authentication_error\","
 		"\"message\":\"invalid x-api-key\"},\"request_id\":\"req_011\"}",
