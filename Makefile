@@ -34,7 +34,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # pg_regress against a temporary instance that preloads pg_cron and
 # igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).
 REGRESS_CONF ?= test/tmp/regress.conf
-REGRESS = install bad_input text chat fallback retry failures queue cancel \
+REGRESS = install bad_input text chat fallback retry failures encoding queue cancel \
 	restart wakeup security config usage health drop
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(REGRESS_CONF)
 
