@@ -37,7 +37,8 @@
  *	   detail_json go through igny8_truncate_message: valid UTF-8, control
  *	   characters turned into spaces, cut with "..." appended.
  *
- * See reference/protocols.md for the wire facts each file follows.
+ * See docs/protocols.md for the wire facts each file follows; the other
+ * files cite its sections as "protocols.md N".
  *
  *-------------------------------------------------------------------------
  */

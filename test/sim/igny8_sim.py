@@ -16,7 +16,7 @@ plus a "dead" port that is never listened on (connections are refused).
 When everything listens, the port numbers are written atomically to
 STATE_DIR/ports.json.
 
-The wire formats follow /work/shared/reference/protocols.md.  Replies are
+The wire formats follow docs/protocols.md.  Replies are
 deterministic so that pg_regress expected files stay stable: a chat reply
 is "<role> <model>: <reply text>", token counts are word counts.
 

@@ -8,7 +8,7 @@
  * The tests are tables of cases: for each protocol, the request that
  * build_chat makes from a normalized request (method, path, every header,
  * the JSON body), what parse_chat makes of every answer and error of
- * reference/protocols.md (the result's fields, or the error's class,
+ * docs/protocols.md (the result's fields, or the error's class,
  * message, retry_after and flags), and likewise build_probe and
  * parse_probe of each health probe.  Every case also checks the
  * contract of provider.h that holds for all of them (valid UTF-8, no
