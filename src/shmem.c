@@ -246,28 +246,26 @@ igny8_queue_pop(int worker)
 	return slotno;
 }
 
+/*
+ * Is a worker's queue empty?  A hint, read without the lock (every caller
+ * of it is woken anyway when something is pushed): a thousand callers
+ * submitting at once would otherwise queue up on the worker's spinlock.
+ */
 bool
 igny8_queue_empty(int worker)
 {
-	Igny8WorkerShared *w = &igny8_shared->workers[worker];
-	bool		empty;
+	volatile Igny8WorkerShared *w = &igny8_shared->workers[worker];
 
-	SpinLockAcquire(&w->mutex);
-	empty = (w->head == w->tail);
-	SpinLockRelease(&w->mutex);
-	return empty;
+	return w->head == w->tail;
 }
 
+/* Is a worker running?  Read without the lock: procno is one int. */
 bool
 igny8_worker_running(int worker)
 {
-	Igny8WorkerShared *w = &igny8_shared->workers[worker];
-	bool		running;
+	volatile Igny8WorkerShared *w = &igny8_shared->workers[worker];
 
-	SpinLockAcquire(&w->mutex);
-	running = (w->procno >= 0);
-	SpinLockRelease(&w->mutex);
-	return running;
+	return w->procno >= 0;
 }
 
 void
@@ -284,14 +282,10 @@ igny8_wake_proc(int procno)
 void
 igny8_wake_worker(int worker)
 {
-	Igny8WorkerShared *w = &igny8_shared->workers[worker];
-	int			procno;
+	volatile Igny8WorkerShared *w = &igny8_shared->workers[worker];
 
-	pg_atomic_write_u32(&w->wakeup, 1);
-	SpinLockAcquire(&w->mutex);
-	procno = w->procno;
-	SpinLockRelease(&w->mutex);
-	igny8_wake_proc(procno);
+	pg_atomic_write_u32((pg_atomic_uint32 *) &w->wakeup, 1);
+	igny8_wake_proc(w->procno);
 }
 
 void

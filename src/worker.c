@@ -415,6 +415,15 @@ stop_gracefully(void)
 	MemoryContextSwitchTo(loop_cxt);
 	igny8_usage_flush(config);
 	publish_finished();
+	/*
+	 * Not running any more: the other workers empty our queue, and are
+	 * woken to take the requests queued again at once.
+	 */
+	SpinLockAcquire(&me->mutex);
+	me->procno = -1;
+	SpinLockRelease(&me->mutex);
+	if (requeued > 0)
+		igny8_wake_all_workers();
 	ereport(LOG,
 			(errmsg("igny8_ai worker %d stopping", igny8_worker_index),
 			 errdetail("%d requests queued again for another worker, %d interrupted and logged in ai_usage_log.",
@@ -560,7 +569,7 @@ igny8_worker_main(Datum main_arg)
 				fd_ready = true;
 		}
 		/* cleared before looking: a wake-up from now on is seen next time */
-		pg_atomic_write_u32(&me->wakeup, 0);
+		(void) pg_atomic_exchange_u32(&me->wakeup, 0);	/* a full barrier */
 
 		CHECK_FOR_INTERRUPTS();
 		if (shutdown_requested)
