@@ -113,6 +113,37 @@ INSERT INTO igny8_models (alias, provider_id, provider_model, queue_timeout) VAL
 INSERT INTO igny8_fallbacks VALUES ('gpt-4', 9, 'gpt-4');
 \set VERBOSITY default
 
+-- a refused call leaves no memory behind in the backend: the JSON trees of
+-- its arguments live in the call's memory, not in malloc'd memory that an
+-- error would leak.  3000 calls refused after parsing 64 kB of messages
+-- each would leak hundreds of megabytes; the resident size grows by less
+-- than 30 MB
+CREATE TEMP TABLE rss (at text, kb bigint);
+CREATE FUNCTION backend_rss_kb() RETURNS bigint LANGUAGE sql AS $$
+    SELECT (regexp_match(pg_read_file('/proc/' || pg_backend_pid() || '/status'),
+                         'VmRSS:\s+(\d+) kB'))[1]::bigint
+$$;
+INSERT INTO rss VALUES ('before', backend_rss_kb());
+DO $$
+DECLARE
+    msgs jsonb := jsonb_build_array(
+        jsonb_build_object('role', 'user', 'content', repeat('cloud ', 10000)),
+        jsonb_build_object('role', 'robot', 'content', 'refused'));
+BEGIN
+    FOR i IN 1..3000 LOOP
+        BEGIN
+            PERFORM igny8_chat(msgs, 'gpt-4');
+        EXCEPTION WHEN invalid_parameter_value THEN
+            NULL;
+        END;
+    END LOOP;
+END
+$$;
+INSERT INTO rss VALUES ('after', backend_rss_kb());
+SELECT (SELECT kb FROM rss WHERE at = 'after') - (SELECT kb FROM rss WHERE at = 'before')
+       < 30 * 1024 AS no_leak;
+DROP FUNCTION backend_rss_kb();
+
 -- nothing was attempted, nothing was logged, nothing was left configured
 SELECT count(*) AS usage_rows FROM ai_usage_log;
 SELECT count(*) AS providers FROM igny8_providers;

@@ -44,6 +44,16 @@ SELECT sim('log --tag c2 --field body');
 SELECT h->>'x-api-key' AS api_key, h->>'anthropic-version' AS version,
        h->>'content-type' AS content_type
   FROM (SELECT sim('log --tag c2 --field headers')::jsonb AS h) s;
+-- Anthropic counts the cached part of a prompt apart (here 5 tokens read
+-- from the cache and 2 written to it, the rest uncached): input_tokens is
+-- the whole prompt, as many as the same prompt without a cache
+SELECT 'cached' AS prompt, input_tokens, output_tokens FROM igny8_chat(
+    '[{"role":"user","content":"A prompt of ten words, most of them from cache [[sim anthropic:cache_read=5 cache_creation=2]]"}]',
+    'gpt-4')
+UNION ALL
+SELECT 'uncached', input_tokens, output_tokens FROM igny8_chat(
+    '[{"role":"user","content":"A prompt of ten words, most of them from cache"}]',
+    'gpt-4');
 -- OpenAI: Bearer key and usage
 UPDATE igny8_providers SET enabled = true WHERE id = 'openai';
 SELECT content, provider, model, input_tokens, output_tokens FROM igny8_chat(

@@ -78,6 +78,29 @@ TRUNCATE ai_usage_log;
 SELECT igny8_generate_text('Fallback [[sim ollama:status=404]]', 'writer');
 SELECT provider, model_used, success FROM ai_usage_log ORDER BY id;
 
+-- providers come and go: the shared state of one that is deleted is freed
+-- (at most 64 providers have one at a time), so the seventieth provider
+-- made over time still gets a circuit breaker and a max_concurrent limit
+DO $$
+BEGIN
+    FOR i IN 1..70 LOOP
+        EXECUTE format('INSERT INTO igny8_providers (id, kind, base_url) VALUES (%L, %L, %L)',
+                       'passing_' || i, 'ollama', current_setting('igny8_test.ollama_url'));
+        COMMIT;
+        PERFORM wait_for_config();
+        EXECUTE format('DELETE FROM igny8_providers WHERE id = %L', 'passing_' || i);
+        COMMIT;
+        PERFORM wait_for_config();
+    END LOOP;
+END
+$$;
+INSERT INTO igny8_providers (id, kind, base_url)
+VALUES ('last_one', 'ollama', current_setting('igny8_test.ollama_url'));
+SELECT provider, state FROM igny8_check_health() WHERE provider = 'last_one';
+SELECT provider, state FROM igny8_health_state() WHERE provider = 'last_one';
+SELECT count(*) <= 64 AS bounded FROM igny8_health_state();
+DELETE FROM igny8_providers WHERE id = 'last_one';
+
 DELETE FROM igny8_fallbacks WHERE alias = 'writer';
 DELETE FROM igny8_models WHERE alias = 'writer';
 DELETE FROM igny8_providers WHERE id = 'second_box';

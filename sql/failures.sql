@@ -19,6 +19,13 @@ TRUNCATE ai_usage_log;
 SELECT show_error($$SELECT igny8_generate_text('Very slow [[sim any:delay=10]]', 'gpt-4', timeout => '1.5 s')$$);
 SELECT * FROM attempts;
 
+-- when the last candidate is the one that used up the deadline, the error
+-- is the deadline's too
+INSERT INTO igny8_models (alias, provider_id, provider_model, timeout)
+VALUES ('solo-slow', 'self_hosted_ai', 'qwen3:8b', '60 s');
+SELECT show_error($$SELECT igny8_generate_text('Slow and alone [[sim ollama:delay=10]]', 'solo-slow', timeout => '1 s')$$);
+DELETE FROM igny8_models WHERE alias = 'solo-slow';
+
 -- ... and so does igny8_ai.default_timeout
 TRUNCATE ai_usage_log;
 SET igny8_ai.default_timeout = '1s';

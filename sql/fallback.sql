@@ -47,6 +47,13 @@ TRUNCATE ai_usage_log;
 SELECT igny8_generate_text('Bad request [[sim ollama:status=400]]', 'gpt-4');
 SELECT * FROM attempts;
 
+-- a prompt longer than a deployment's context is that deployment's limit:
+-- the next candidate is tried (it may have a larger window), from each
+-- protocol's own wording of the error
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('Too long [[sim ollama:status=400 context]] [[sim openai:status=400 context]]', 'gpt-4');
+SELECT * FROM attempts;
+
 -- the fallback chain follows fallback aliases recursively: gpt-4-turbo's
 -- self-hosted model and both of its fallback deployments
 TRUNCATE ai_usage_log;

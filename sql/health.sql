@@ -58,6 +58,20 @@ SELECT provider, healthy, state, detail FROM igny8_check_health()
  WHERE provider = 'self_hosted_ai';
 SELECT * FROM notifications(1);
 
+-- a single-model OpenAI-compatible server (llama.cpp, vLLM) lists only its
+-- own id: the provider setting check_models false turns the comparison off
+INSERT INTO igny8_providers (id, kind, base_url, settings)
+VALUES ('single_model', 'openai', current_setting('igny8_test.ollama_url'), '{"check_models": false}');
+INSERT INTO igny8_models (alias, provider_id, provider_model)
+VALUES ('single', 'single_model', 'some-model-the-server-does-not-list');
+SELECT provider, healthy, state, detail FROM igny8_check_health()
+ WHERE provider = 'single_model';
+UPDATE igny8_providers SET settings = '{}' WHERE id = 'single_model';
+SELECT provider, healthy, state, detail FROM igny8_check_health()
+ WHERE provider = 'single_model';
+DELETE FROM igny8_providers WHERE id = 'single_model';
+SELECT * FROM notifications(1);
+
 -- Anthropic lists the models it serves: a configured model it retired is
 -- missing (the shipped aliases match, a dated id matches its alias)
 UPDATE igny8_models SET provider_model = 'claude-3-5-sonnet-latest'
