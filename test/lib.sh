@@ -307,3 +307,38 @@ psql_job() {
 	job "${AS_PG_JOB[@]}" "$PGBIN/psql" -h "$IGNY8_TMP" -p "$PG_PORT" -d "$db" \
 		-X -P pager=off -v ON_ERROR_STOP=1 "$@"
 }
+
+# check NAME GOT WANT: one "ok: NAME" or "FAILED: NAME" line, counted;
+# check_summary: "N passed, M failed", and fails when one did.
+IGNY8_PASSED=0
+IGNY8_FAILED=0
+check() {
+	if [ "$2" = "$3" ]; then
+		echo "ok: $1"
+		IGNY8_PASSED=$((IGNY8_PASSED + 1))
+	else
+		printf 'FAILED: %s\n    got:  %s\n    want: %s\n' "$1" "$2" "$3"
+		IGNY8_FAILED=$((IGNY8_FAILED + 1))
+	fi
+}
+check_summary() {
+	echo "$IGNY8_PASSED passed, $IGNY8_FAILED failed"
+	[ "$IGNY8_FAILED" -eq 0 ]
+}
+
+# config_snapshot DB: what a dump and restore or an upgrade must keep
+# exactly: the configuration, its deletions, the pg_cron jobs.
+config_snapshot() {
+	psql_db "$1" -At <<'SQL'
+SELECT 'provider', id, kind, base_url, coalesce(api_key_ref, '-'), priority, enabled,
+       connect_timeout, max_concurrent, settings, origin, updated_at
+  FROM igny8_providers ORDER BY id;
+SELECT 'model', alias, provider_id, provider_model, task, timeout, queue_timeout,
+       coalesce(max_tokens, 0), weight, enabled, settings, origin
+  FROM igny8_models ORDER BY 2, 3, 4;
+SELECT 'fallback', alias, position, fallback_alias, origin
+  FROM igny8_fallbacks ORDER BY 2, 3;
+SELECT 'deleted', table_name, key FROM igny8_config_deletions ORDER BY 2, 3::text;
+SELECT 'job', jobid, jobname, schedule, command, active FROM cron.job ORDER BY jobid;
+SQL
+}
