@@ -263,6 +263,7 @@ ACTIONS = {
     "echo_key": _echo_key,
     "key_offset": _positive_int,
     "plain": _flag,
+    "escape_slash": _flag,
     "badutf8": _taint_field,
     "nul": _taint_field,
     "model_name": _reply,
@@ -317,6 +318,7 @@ class Behaviour:
         self.echo_key = None            # None, "model" or "error"
         self.key_offset = None
         self.plain = False
+        self.escape_slash = False       # JSON bodies write "/" as "\/"
         self.badutf8 = None             # one of TAINT_FIELDS
         self.nul = None                 # one of TAINT_FIELDS
         self.model_name = None
@@ -918,6 +920,9 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
         bytes of PATTERN repeated, generated chunk by chunk.
         """
         text = json.dumps(obj, ensure_ascii=False)
+        if self.behaviour.escape_slash:
+            # as PHP's json_encode does; "/" stands only inside strings
+            text = text.replace("/", "\\/")
         if oversize is None:
             return self.send_bytes(status, wire(text), content_type, headers)
         head, tail = text.split(OVERSIZE_MARK, 1)

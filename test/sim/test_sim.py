@@ -1066,6 +1066,23 @@ class TestMisbehaviour(SimTestCase):
         r = anthropic_msg("[[sim anthropic:status=529 plain]]")
         self.assertEqual((r.status, r.body), (529, b"Overloaded"))
 
+    def test_escape_slash(self):
+        key = "sk-abc/def/ghi-0123456789"
+        r = openai_chat("[[sim openai:status=401 echo_key=error escape_slash]]",
+                        key=key)
+        self.assertEqual(r.status, 401)
+        self.assertIn(b"sk-abc\\/def\\/ghi-0123456789", r.body)
+        self.assertNotIn(key.encode(), r.body)
+        # still JSON, and the message holds the key itself
+        self.assertIn(key, r.json()["error"]["message"])
+        # an answer too: every "/" of the body escaped
+        r = ollama_chat("A/B [[sim ollama:escape_slash reply=x/y]]")
+        self.assertEqual(r.status, 200)
+        self.assertNotRegex(r.body, rb"[^\\]/")
+        self.assertIn(b"x\\/y", r.body)
+        self.assertEqual(r.json()["message"]["content"],
+                         "ollama qwen3:32b: x/y")
+
     def check_spoiled(self, reply, get, clean, mark):
         """The field GET picks holds CLEAN with MARK inserted."""
         value = get(lenient(reply.body))
