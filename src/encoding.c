@@ -175,6 +175,7 @@ igny8_to_db_lossy(const char *utf8)
 
 	/* then piece by piece, skipping a character where the conversion stops */
 	dest = alloc_dest(valid.len);
+	dest[0] = '\0';			/* an empty label has no piece to convert */
 	out = dest;
 	while (pos < valid.len)
 	{

@@ -370,21 +370,24 @@ igny8_clean_label(char *label, size_t max)
 }
 
 /*
- * Does a JSON text contain a \u0000 escape?  cJSON decodes one into a NUL
- * byte, which cuts the string it is in without a word, so a body with one
- * must be caught before its strings are used.  An escaped backslash
- * followed by "u0000" (\\u0000 in the JSON text) is not one.  Only
- * meaningful for a body that parsed as JSON, where a backslash can only
- * stand inside a string.
+ * Does a JSON text contain a NUL: a \u0000 escape, or a raw NUL byte
+ * (invalid JSON, which cJSON nevertheless copies into the string)?  Either
+ * becomes a NUL byte in the parsed string, which cuts it without a word,
+ * so a body with one must be caught before its strings are used.  An
+ * escaped backslash followed by "u0000" (\\u0000 in the JSON text) is
+ * not one.  Only meaningful for a body that parsed as JSON, where a
+ * backslash can only stand inside a string.
  */
 bool
-igny8_json_has_nul_escape(const char *body, size_t len)
+igny8_json_has_nul(const char *body, size_t len)
 {
 	const char *p = body;
 	const char *end;
 
 	if (body == NULL)
 		return false;
+	if (memchr(body, '\0', len) != NULL)
+		return true;
 	end = body + len;
 	while ((p = memchr(p, '\\', end - p)) != NULL)
 	{
@@ -1084,8 +1087,8 @@ check_answer(const Igny8HttpResponse *resp, const char *provider,
 {
 	const char *problem = NULL;
 
-	if (igny8_json_has_nul_escape(resp->body, resp->body_len))
-		problem = "a string contains a NUL character (\\u0000)";
+	if (igny8_json_has_nul(resp->body, resp->body_len))
+		problem = "a string contains a NUL character";
 	else if (!igny8_utf8_valid(result->content, strlen(result->content)) ||
 			 (result->thinking != NULL &&
 			  !igny8_utf8_valid(result->thinking, strlen(result->thinking))))
@@ -1102,6 +1105,17 @@ check_answer(const Igny8HttpResponse *resp, const char *provider,
 		igny8_clean_label(result->model, IGNY8_MODEL_MAX);
 	if (result->finish_reason != NULL)
 		igny8_clean_label(result->finish_reason, IGNY8_FINISH_REASON_MAX);
+	/* an empty label says nothing: as if it were absent */
+	if (result->model != NULL && result->model[0] == '\0')
+	{
+		pfree(result->model);
+		result->model = NULL;
+	}
+	if (result->finish_reason != NULL && result->finish_reason[0] == '\0')
+	{
+		pfree(result->finish_reason);
+		result->finish_reason = NULL;
+	}
 	if (result->cached_input_tokens > result->input_tokens)
 		result->cached_input_tokens = result->input_tokens;
 	return true;
@@ -1142,7 +1156,7 @@ igny8_parse_answer(const Igny8HttpResponse *resp, const char *provider,
 		failure(resp, json, err);
 		/* cJSON cut the message at a NUL: say so rather than cut silently */
 		if (err->message != NULL &&
-			igny8_json_has_nul_escape(resp->body, resp->body_len))
+			igny8_json_has_nul(resp->body, resp->body_len))
 		{
 			char	   *cut = err->message;
 			bool		drop_think = err->drop_think;

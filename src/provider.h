@@ -22,17 +22,17 @@
  *	   UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above
  *	   U+10FFFF) without a NUL character.  cJSON turns a \u0000 escape into
  *	   a NUL byte, which would cut the string where it stands, so a 2xx body
- *	   with a \u0000 escape anywhere in it is refused (cJSON cannot tell in
- *	   which string it was).  A refused answer is a malformed 2xx:
- *	   IGNY8_ERR_RETRY with retry_once, and the message "malformed response
- *	   from <provider>: the answer is not valid UTF-8" or "... : a string
- *	   contains a NUL character (\u0000)".
+ *	   with a \u0000 escape or a raw NUL byte anywhere in it is refused
+ *	   (cJSON cannot tell in which string it was).  A refused answer is a
+ *	   malformed 2xx: IGNY8_ERR_RETRY with retry_once, and the message
+ *	   "malformed response from <provider>: the answer is not valid UTF-8"
+ *	   or "... : a string contains a NUL character".
  *	 - The labels (Igny8TextResult.model and .finish_reason) are cleaned,
  *	   not refused: each byte that does not start a valid UTF-8 sequence and
  *	   each control character (U+0000-U+001F, U+007F) becomes '?', and the
  *	   label is cut at a character boundary to at most IGNY8_MODEL_MAX or
  *	   IGNY8_FINISH_REASON_MAX bytes, so that it fits the worker's
- *	   fixed-size buffers whole.
+ *	   fixed-size buffers whole.  An empty label is NULL, as an absent one.
  *	 - Error messages, probe summaries and the strings in a probe's
  *	   detail_json go through igny8_truncate_message: valid UTF-8, control
  *	   characters turned into spaces, cut with "..." appended.
@@ -238,7 +238,7 @@ extern Igny8ErrorClass igny8_classify_status(long status, int should_retry);
 extern char *igny8_truncate_message(const char *msg, size_t len, size_t max);
 extern bool igny8_utf8_valid(const char *str, size_t len);
 extern void igny8_clean_label(char *label, size_t max);
-extern bool igny8_json_has_nul_escape(const char *body, size_t len);
+extern bool igny8_json_has_nul(const char *body, size_t len);
 extern char *igny8_strip_think(const char *content, char **thinking);
 extern bool igny8_parse_answer(const Igny8HttpResponse *resp,
 							   const char *provider,

@@ -635,7 +635,7 @@ test_text_helpers(void)
 	char	   *s;
 	int			i;
 
-	begin_group("igny8_clean_label, igny8_utf8_valid, igny8_json_has_nul_escape");
+	begin_group("igny8_clean_label, igny8_utf8_valid, igny8_json_has_nul");
 	for (i = 0; i < (int) lengthof(label_cases); i++)
 	{
 		const LabelCase *c = &label_cases[i];
@@ -661,15 +661,18 @@ test_text_helpers(void)
 		const NulCase *c = &nul_cases[i];
 
 		begin_case(i, c->body);
-		check(igny8_json_has_nul_escape(c->body, strlen(c->body)) ==
+		check(igny8_json_has_nul(c->body, strlen(c->body)) ==
 			  c->has_nul, __LINE__, "has_nul_escape = %d, expected %d",
 			  (int) !c->has_nul, (int) c->has_nul);
 	}
 	case_name = NULL;
 	/* the length given counts, not the terminating NUL */
-	CHECK(igny8_json_has_nul_escape("\\u0000", 6));
-	CHECK(!igny8_json_has_nul_escape("\\u0000", 5));
-	CHECK(!igny8_json_has_nul_escape(NULL, 0));
+	CHECK(igny8_json_has_nul("\\u0000", 6));
+	CHECK(!igny8_json_has_nul("\\u0000", 5));
+	CHECK(!igny8_json_has_nul(NULL, 0));
+	/* a raw NUL byte (not JSON, but cJSON copies it into the string) */
+	CHECK(igny8_json_has_nul("{\"a\":\"x\0y\"}", 11));
+	CHECK(!igny8_json_has_nul("{\"a\":\"x\0y\"}", 7));
 
 	/* a long name is cut to fit the worker's buffer */
 	memset(longname, 'm', sizeof(longname) - 1);
@@ -1313,6 +1316,11 @@ static const AnswerCase answer_cases[] = {
 	"", "a\n\nb", NULL, NULL, 3, 0, 0},
 	{"anthropic: empty content", &igny8_anthropic_protocol,
 		"{\"content\":[]}", "", NULL, NULL, NULL, 0, 0, 0},
+	{"anthropic: an empty model and stop_reason are absent ones",
+		&igny8_anthropic_protocol,
+		"{\"model\":\"\",\"content\":[{\"type\":\"text\",\"text\":\"a\"}],"
+		"\"stop_reason\":\"\"}",
+	"a", NULL, NULL, NULL, 0, 0, 0},
 	{"anthropic: error null", &igny8_anthropic_protocol,
 		"{\"content\":[{\"type\":\"text\",\"text\":\"a\"}],\"error\":null}",
 	"a", NULL, NULL, NULL, 0, 0, 0},
@@ -1590,8 +1598,8 @@ static const ErrorCase error_cases[] = {
 	{"ollama: content with a NUL", &igny8_ollama_protocol, 200,
 		"{\"message\":{\"content\":\"cut\\u0000here\"},\"done\":true}",
 		NOHDR, IGNY8_ERR_RETRY,
-		"malformed response from Ollama: a string contains a NUL character "
-	"(\\u0000)", ONCE},
+		"malformed response from Ollama: a string contains a NUL character",
+	ONCE},
 	{"ollama: a NUL after an escaped backslash", &igny8_ollama_protocol, 200,
 		"{\"message\":{\"content\":\"a\\\\\\u0000\"},\"done\":true}",
 		NOHDR, IGNY8_ERR_RETRY, "NUL character", ONCE},
@@ -1750,7 +1758,7 @@ static const ErrorCase error_cases[] = {
 		"{\"choices\":[{\"message\":{\"content\":\"\\u0000\"}}]}", NOHDR,
 		IGNY8_ERR_RETRY,
 		"malformed response from OpenAI-compatible API: a string contains a "
-	"NUL character (\\u0000)", ONCE},
+	"NUL character", ONCE},
 	{"openai: a NUL anywhere in the answer", &igny8_openai_protocol, 200,
 		"{\"id\":\"x\\u0000y\",\"choices\":[{\"message\":{\"content\":\"ok\"}}]}",
 		NOHDR, IGNY8_ERR_RETRY, "NUL character", ONCE},
@@ -1889,6 +1897,51 @@ test_errors(void)
 		CHECK(r.content == NULL && r.thinking == NULL && r.model == NULL &&
 			  r.finish_reason == NULL);
 		free_answer(&r, &e);
+	}
+	case_name = NULL;
+
+	/*
+	 * A raw NUL byte inside a string (not JSON, but cJSON copies it) would
+	 * cut the answer silently: refused like a \u0000 escape.
+	 */
+	{
+		static const char ollama_body[] =
+			"{\"message\":{\"content\":\"Part one\0part two\"},\"done\":true}";
+		static const char openai_body[] =
+			"{\"choices\":[{\"message\":{\"content\":\"Part one\0part two\"}}]}";
+		static const char anthropic_body[] =
+			"{\"content\":[{\"type\":\"text\",\"text\":\"Part one\0part two\"}]}";
+		const struct
+		{
+			const Igny8TextProtocol *proto;
+			const char *body;
+			size_t		len;
+		}			raw[] = {
+			{&igny8_ollama_protocol, ollama_body, sizeof(ollama_body) - 1},
+			{&igny8_openai_protocol, openai_body, sizeof(openai_body) - 1},
+			{&igny8_anthropic_protocol, anthropic_body, sizeof(anthropic_body) - 1}
+		};
+
+		for (i = 0; i < (int) lengthof(raw); i++)
+		{
+			Igny8HttpResponse resp;
+			Igny8TextResult r;
+			Igny8ProviderError e;
+
+			begin_case(i, "a raw NUL byte in the answer");
+			memset(&resp, 0, sizeof(resp));
+			resp.status = 200;
+			resp.body = raw[i].body;
+			resp.body_len = raw[i].len;
+			resp.retry_after = -1;
+			resp.should_retry = -1;
+			CHECK(!raw[i].proto->parse_chat(&resp, &r, &e));
+			CHECK(e.cls == IGNY8_ERR_RETRY && e.retry_once);
+			CHECK_CONTAINS(e.message, "a string contains a NUL character");
+			CHECK(r.content == NULL);
+			free_answer(&r, &e);
+		}
+		case_name = NULL;
 	}
 	end_group();
 }
