@@ -28,6 +28,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
@@ -36,6 +37,7 @@
 #include "utils/timestamp.h"
 
 #include "igny8_ai.h"
+#include "worker.h"
 
 PG_FUNCTION_INFO_V1(igny8_check_health);
 PG_FUNCTION_INFO_V1(igny8_health_state);
@@ -159,11 +161,24 @@ igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
 {
 	Igny8ProviderShared *p;
 	TimestampTz now = GetCurrentTimestamp();
+	char		db_error[sizeof(p->last_error)];
 
 	memset(change, 0, sizeof(*change));
 	if (index < 0)
 		return;
 	p = &igny8_shared->providers[index];
+
+	/* the provider's UTF-8 text, as the database stores it, cut whole */
+	if (error != NULL)
+	{
+		char	   *db = igny8_to_db_lossy(error);
+		int			len = pg_mbcliplen(db, strlen(db), sizeof(db_error) - 1);
+
+		memcpy(db_error, db, len);
+		db_error[len] = '\0';
+		pfree(db);
+		error = db_error;
+	}
 
 	SpinLockAcquire(&p->mutex);
 	change->from = p->state;

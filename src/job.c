@@ -605,7 +605,8 @@ igny8_job_transfer_done(Igny8Job *job, Igny8Transfer *t)
 
 		resp.status = t->status;
 		/* no key may survive into anything parsed or cut out of the body */
-		resp.body = t->body ? igny8_redact_body(t->body, &len, p->key) : "";
+		resp.body = t->body ? igny8_redact_body(t->body, &len, p->key,
+															 t->status) : "";
 		resp.body_len = t->body ? len : 0;
 		resp.retry_after = t->retry_after;
 		resp.should_retry = t->should_retry;

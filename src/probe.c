@@ -144,7 +144,8 @@ igny8_probe_done(Igny8Job *job, Igny8Transfer *t)
 
 		resp.status = t->status;
 		resp.body = t->body ? igny8_redact_body(t->body, &len,
-												job->probe->key) : "";
+												job->probe->key,
+												t->status) : "";
 		resp.body_len = t->body ? len : 0;
 		resp.retry_after = t->retry_after;
 		resp.should_retry = t->should_retry;

@@ -83,12 +83,14 @@ igny8_resolve_key(const char *ref, char **error)
 		}
 		buf = palloc(IGNY8_MAX_KEY_FILE + 1);
 		n = read(fd, buf, IGNY8_MAX_KEY_FILE);
-		close(fd);
 		if (n < 0)
 		{
+			/* before close(), which may change errno */
 			*error = psprintf("could not read key file \"%s\": %m", ref + 5);
+			close(fd);
 			return NULL;
 		}
+		close(fd);
 		buf[n] = '\0';
 		nl = strchr(buf, '\n');
 		if (nl)
@@ -125,9 +127,16 @@ igny8_key_ref_display(const char *ref)
 	return "(literal key)";
 }
 
-/* shortest key worth redacting, and the prefix that counts as the key */
-#define REDACT_MIN_KEY	4
-#define REDACT_PREFIX	12
+/*
+ * Shortest key worth redacting, the prefix that counts as the key, and the
+ * shortest key redacted from the text of an answer.  A key shorter than
+ * REDACT_ANSWER_MIN is a placeholder (vLLM's "EMPTY", "none", "ollama"):
+ * matched in an answer, it would rewrite ordinary words, or a JSON member
+ * name and with it the answer's structure.
+ */
+#define REDACT_MIN_KEY		4
+#define REDACT_PREFIX		12
+#define REDACT_ANSWER_MIN	16
 
 /* The first occurrence of needle[0..nlen) in hay[0..len), or NULL. */
 static const char *
@@ -204,21 +213,68 @@ igny8_redact(const char *text, const char *key)
 }
 
 /*
+ * The key as a JSON string holds it: '"' and '\\' escaped, and '/' as
+ * "\\/" when slash_too (JSON allows both, and some servers escape it).
+ * NULL when that is the key itself.
+ */
+static char *
+json_escaped_key(const char *key, bool slash_too)
+{
+	StringInfoData buf;
+	bool		changed = false;
+
+	initStringInfo(&buf);
+	for (const char *k = key; *k; k++)
+	{
+		if (*k == '"' || *k == '\\' || (slash_too && *k == '/'))
+		{
+			appendStringInfoChar(&buf, '\\');
+			changed = true;
+		}
+		appendStringInfoChar(&buf, *k);
+	}
+	if (changed)
+		return buf.data;
+	pfree(buf.data);
+	return NULL;
+}
+
+/*
  * Redact a response body in place of the original: returns body itself
  * when the key is not in it (the common case costs one scan), else a
  * palloc'd copy, with *len updated.  Done before the body is parsed or cut,
  * so that neither a parsed field nor an excerpt can hold a key or a piece
- * of one.
+ * of one.  The key is looked for as it is and as a JSON string escapes it.
+ * A 2xx body (an answer) is left alone for a key shorter than
+ * REDACT_ANSWER_MIN; the caller redacts the labels parsed from it.
  */
 char *
-igny8_redact_body(char *body, size_t *len, const char *key)
+igny8_redact_body(char *body, size_t *len, const char *key, long status)
 {
-	char	   *redacted;
-	size_t		newlen;
+	char	   *out = body;
+	const char *forms[3];
 
-	redacted = redact_buf(body, *len, key, &newlen);
-	if (redacted == NULL)
+	if (key == NULL)
 		return body;
-	*len = newlen;
-	return redacted;
+	if (status >= 200 && status < 300 && strlen(key) < REDACT_ANSWER_MIN)
+		return body;
+	forms[0] = key;
+	forms[1] = json_escaped_key(key, false);
+	forms[2] = json_escaped_key(key, true);
+	for (int i = 0; i < 3; i++)
+	{
+		char	   *redacted;
+		size_t		newlen;
+
+		if (forms[i] == NULL)
+			continue;
+		redacted = redact_buf(out, *len, forms[i], &newlen);
+		if (redacted == NULL)
+			continue;
+		if (out != body)
+			pfree(out);
+		out = redacted;
+		*len = newlen;
+	}
+	return out;
 }

@@ -93,7 +93,8 @@ extern char *igny8_extension_schema(void);
 extern char *igny8_resolve_key(const char *ref, char **error);
 extern const char *igny8_key_ref_display(const char *ref);
 extern char *igny8_redact(const char *text, const char *key);
-extern char *igny8_redact_body(char *body, size_t *len, const char *key);
+extern char *igny8_redact_body(char *body, size_t *len, const char *key,
+							   long status);
 
 /* ----- router.c ----- */
 
