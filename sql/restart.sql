@@ -53,9 +53,10 @@ SELECT outcome('c3') IN ('answered by Ollama', 'interrupted') AS c3_has_an_outco
 SELECT dblink_disconnect('c' || i) FROM generate_series(1, 4) i;
 
 -- one usage row per request that reached Ollama, none missing; the
--- interrupted ones say so
+-- interrupted ones say so (chat requests only: the scheduled health check
+-- may probe /api/tags meanwhile)
 SELECT wait_until($$(SELECT count(*) FROM ai_usage_log) >= 4$$, 'the usage rows');
-SELECT (SELECT line::int FROM sim('log --role ollama --count') AS line)
+SELECT (SELECT line::int FROM sim('log --role ollama --path /api/chat --count') AS line)
        = count(*) AS one_row_per_request_at_ollama,
        count(*) FILTER (WHERE error_message = 'interrupted: the igny8_ai worker was stopped')
        >= 2 AS held_ones_interrupted
