@@ -258,9 +258,14 @@ igny8_redact_body(char *body, size_t *len, const char *key, long status)
 		return body;
 	if (status >= 200 && status < 300 && strlen(key) < REDACT_ANSWER_MIN)
 		return body;
-	forms[0] = key;
+	/*
+	 * The most escaped form first: the plain key's first REDACT_PREFIX
+	 * bytes also begin its escaped forms, and redacting them first would
+	 * leave the rest of an escaped key in the text.
+	 */
+	forms[0] = json_escaped_key(key, true);
 	forms[1] = json_escaped_key(key, false);
-	forms[2] = json_escaped_key(key, true);
+	forms[2] = key;
 	for (int i = 0; i < 3; i++)
 	{
 		char	   *redacted;
