@@ -9,7 +9,7 @@ suite to search for any piece of the keys together with the server log.
 
 Environment: IGNY8_PGHOST, IGNY8_PGPORT, IGNY8_PGDATABASE, OUT_DIR,
 OLLAMA_URL, OPENAI_URL, ANTHROPIC_URL, OPENAI_TLS_URL, KEY_FILE, and the
-keys KEY_WRONG, KEY_LITERAL, KEY_OLLAMA.
+keys KEY_WRONG, KEY_LITERAL, KEY_OLLAMA, KEY_SLASH.
 """
 import json
 import os
@@ -128,6 +128,15 @@ for role in ("ollama", "openai", "anthropic"):
                                  if role != "ollama" else
                                  "Model [[sim ollama:echo_key=model]]"}]))
 call("SELECT * FROM igny8_check_health()")
+
+# 5. a key with "/" in it, echoed in an error by a server that writes "/"
+# as "\/" in JSON (as PHP does), at every offset around the 200-byte cut
+provider("openai", ENV["OPENAI_URL"], ENV["KEY_SLASH"])
+for offset in [0] + list(range(180, 201)):
+    call("SELECT igny8_generate_text(%s, 'gpt-4')",
+         "Slash [[sim ollama:status=404]] [[sim openai:echo_key=error"
+         " status=401 key_offset=%d escape_slash]]" % offset)
+provider("openai", ENV["OPENAI_URL"], "env:OPENAI_API_KEY")
 
 configure("ALTER SYSTEM RESET igny8_ai.circuit_failure_threshold")
 call("SELECT pg_reload_conf()")
