@@ -266,6 +266,13 @@ igny8_submit(Igny8Task task, const char *alias, const char *request,
 	if (!igny8_queue_push(worker, slotno))
 		elog(ERROR, "igny8_ai worker queue %d is full", worker);
 	igny8_wake_worker(worker);
+	/*
+	 * The worker stopped after it was chosen: the others take over its
+	 * queue, and are woken to.  (The push took the worker's lock, under
+	 * which it marks itself stopped, so this read is not stale.)
+	 */
+	if (!igny8_worker_running(worker))
+		igny8_wake_all_workers();
 	return slotno;
 }
 
@@ -277,7 +284,8 @@ igny8_submit(Igny8Task task, const char *alias, const char *request,
 void
 igny8_wait(const int *slots, int n)
 {
-	TimestampTz started = GetCurrentTimestamp();
+	/* per slot: since when it has been queued to a worker not running */
+	TimestampTz *no_worker_since = palloc0(sizeof(TimestampTz) * n);
 	int			events = WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH;
 	pgsocket	sock = PGINVALID_SOCKET;
 
@@ -306,9 +314,13 @@ igny8_wait(const int *slots, int n)
 				continue;
 			all_done = false;
 
-			if (state == IGNY8_SLOT_QUEUED &&
-				!igny8_worker_running(slot->worker) &&
-				TimestampDifferenceExceeds(started, now, IGNY8_NO_WORKER_MS))
+			if (state != IGNY8_SLOT_QUEUED ||
+				igny8_worker_running(slot->worker))
+				no_worker_since[i] = 0;
+			else if (no_worker_since[i] == 0)
+				no_worker_since[i] = now;
+			else if (TimestampDifferenceExceeds(no_worker_since[i], now,
+												IGNY8_NO_WORKER_MS))
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("no igny8_ai background worker is running"),
@@ -325,7 +337,10 @@ igny8_wait(const int *slots, int n)
 								   slot->timeout_ms, IGNY8_WORKER_GRACE_MS)));
 		}
 		if (all_done)
+		{
+			pfree(no_worker_since);
 			return;
+		}
 
 		rc = WaitLatchOrSocket(MyLatch, events, sock, 1000, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

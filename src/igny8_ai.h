@@ -122,7 +122,7 @@ typedef struct Igny8Slot
 
 /*
  * A worker's inbox (a ring of slot indexes, big enough for every slot) and
- * what it tells the others.  The mutex guards procno, pid, head and tail;
+ * what it tells the others.  The mutex guards procno, pid, head and queued;
  * held[] is guarded by the mutex of the provider it counts.
  */
 typedef struct Igny8WorkerShared
@@ -131,8 +131,8 @@ typedef struct Igny8WorkerShared
 	int			procno;			/* -1 while not running */
 	int			pid;
 	TimestampTz started_at;
-	uint32		head;			/* next to dequeue */
-	uint32		tail;			/* next free position */
+	uint32		head;			/* ring index of the oldest entry */
+	uint32		queued;			/* entries in the ring */
 	pg_atomic_uint32 wakeup;	/* set before its latch: look at the world */
 	pg_atomic_uint32 abandons;	/* set by a caller that gave up */
 	pg_atomic_uint32 in_flight; /* requests the worker holds */

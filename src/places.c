@@ -120,7 +120,12 @@ igny8_place_take(int worker, int provider, int slotno)
 	nfree = p->max_concurrent - in_flight_locked(provider);
 	if (slot->wait_provider < 0)
 	{
-		if (nfree > 0 && p->nwaiting == 0)
+		/*
+		 * Free places beyond those the queue's requests may take are this
+		 * one's to take (joining the queue, it would be among the first
+		 * nfree, with nobody left to wake it).
+		 */
+		if (nfree > p->nwaiting)
 			taken = true;
 		else
 			enqueue_locked(p, provider, slotno);

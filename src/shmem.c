@@ -218,11 +218,11 @@ igny8_queue_push(int worker, int slotno)
 	bool		ok;
 
 	SpinLockAcquire(&w->mutex);
-	ok = (w->tail - w->head) < (uint32) igny8_shared->nslots;
+	ok = w->queued < (uint32) igny8_shared->nslots;
 	if (ok)
 	{
-		ring[w->tail % igny8_shared->nslots] = slotno;
-		w->tail++;
+		ring[(w->head + w->queued) % igny8_shared->nslots] = slotno;
+		w->queued++;
 	}
 	SpinLockRelease(&w->mutex);
 	return ok;
@@ -237,10 +237,11 @@ igny8_queue_pop(int worker)
 	int			slotno = -1;
 
 	SpinLockAcquire(&w->mutex);
-	if (w->head != w->tail)
+	if (w->queued > 0)
 	{
-		slotno = ring[w->head % igny8_shared->nslots];
-		w->head++;
+		slotno = ring[w->head];
+		w->head = (w->head + 1) % igny8_shared->nslots;
+		w->queued--;
 	}
 	SpinLockRelease(&w->mutex);
 	return slotno;
@@ -256,7 +257,7 @@ igny8_queue_empty(int worker)
 {
 	volatile Igny8WorkerShared *w = &igny8_shared->workers[worker];
 
-	return w->head == w->tail;
+	return w->queued == 0;
 }
 
 /* Is a worker running?  Read without the lock: procno is one int. */

@@ -50,7 +50,7 @@ igny8_worker_status(PG_FUNCTION_ARGS)
 		procno = w->procno;
 		pid = w->pid;
 		started_at = w->started_at;
-		queued = w->tail - w->head;
+		queued = w->queued;
 		SpinLockRelease(&w->mutex);
 
 		memset(nulls, 0, sizeof(nulls));

@@ -56,6 +56,8 @@
 #define IGNY8_IDLE_WAIT_MS		60000
 /* how often a configuration that failed to load is tried again */
 #define IGNY8_CONFIG_RETRY_MS	1000
+/* ... and without one: a worker serving an older configuration */
+#define IGNY8_CONFIG_RETRY_IDLE_MS	10000
 
 static Igny8WorkerShared *me = NULL;
 static Igny8Config *config = NULL;
@@ -78,14 +80,30 @@ handle_sigterm(SIGNAL_ARGS)
 	errno = save_errno;
 }
 
+/*
+ * Mark this worker not running.  Whatever is still in its queue (requests
+ * queued again, or pushed just before) is the other workers' to take:
+ * wake them.  A caller that pushes after this wakes them itself.
+ */
+static void
+mark_stopped(void)
+{
+	bool		queued;
+
+	SpinLockAcquire(&me->mutex);
+	me->procno = -1;
+	me->pid = 0;
+	queued = (me->queued > 0);
+	SpinLockRelease(&me->mutex);
+	if (queued)
+		igny8_wake_all_workers();
+}
+
 static void
 worker_detach(int code, Datum arg)
 {
 	igny8_places_forget_worker(igny8_worker_index);
-	SpinLockAcquire(&me->mutex);
-	me->procno = -1;
-	me->pid = 0;
-	SpinLockRelease(&me->mutex);
+	mark_stopped();
 }
 
 /* ----- transactions ----- */
@@ -137,13 +155,18 @@ refresh_config(bool need_one)
 {
 	uint64		gen = pg_atomic_read_u64(&igny8_shared->config_generation);
 	TimestampTz now = GetCurrentTimestamp();
-	Igny8Config *fresh = NULL;
+	Igny8Config *volatile fresh = NULL;
 
-	/* a load that failed is tried again when asked for, and not too often */
+	/*
+	 * A load that failed is tried again, not too often: every second while
+	 * requests need a configuration and there is none, else every ten (the
+	 * worker serves the last configuration it loaded meanwhile).
+	 */
 	if (gen == config_generation && !config_stale &&
-		!(config_error != NULL && need_one &&
+		!(config_error != NULL &&
 		  TimestampDifferenceExceeds(config_tried_at, now,
-									 IGNY8_CONFIG_RETRY_MS)))
+									 need_one ? IGNY8_CONFIG_RETRY_MS :
+									 IGNY8_CONFIG_RETRY_IDLE_MS)))
 		return;
 	config_tried_at = now;
 
@@ -167,6 +190,11 @@ refresh_config(bool need_one)
 		ErrorData  *edata;
 
 		/* keep serving with what we had; say why to callers without one */
+		if (fresh)
+		{
+			fresh->refcount = 1;
+			igny8_config_release(fresh);
+		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		edata = CopyErrorData();
 		if (config_error)
@@ -415,15 +443,8 @@ stop_gracefully(void)
 	MemoryContextSwitchTo(loop_cxt);
 	igny8_usage_flush(config);
 	publish_finished();
-	/*
-	 * Not running any more: the other workers empty our queue, and are
-	 * woken to take the requests queued again at once.
-	 */
-	SpinLockAcquire(&me->mutex);
-	me->procno = -1;
-	SpinLockRelease(&me->mutex);
-	if (requeued > 0)
-		igny8_wake_all_workers();
+	/* the requests queued again are taken by the others at once */
+	mark_stopped();
 	ereport(LOG,
 			(errmsg("igny8_ai worker %d stopping", igny8_worker_index),
 			 errdetail("%d requests queued again for another worker, %d interrupted and logged in ai_usage_log.",
@@ -456,6 +477,10 @@ wait_timeout(void)
 		return 0;
 	if (http_ms >= 0)
 		timeout = Min(timeout, http_ms);
+	if (config_error != NULL)
+		timeout = Min(timeout,
+					  ms_until(now, TimestampTzPlusMilliseconds(config_tried_at,
+																IGNY8_CONFIG_RETRY_IDLE_MS)));
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		TimestampTz at = igny8_job_next_timeout(dlist_container(Igny8Job, node,
@@ -510,6 +535,12 @@ igny8_worker_main(Datum main_arg)
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, handle_sigterm);
+	/*
+	 * pg_cancel_backend() would raise an error in the loop, which ends the
+	 * worker without giving its requests an outcome: a worker is stopped
+	 * with pg_terminate_backend(), gracefully.
+	 */
+	pqsignal(SIGINT, SIG_IGN);
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnection(igny8_database,
