@@ -104,3 +104,34 @@ DELETE FROM igny8_providers WHERE id = 'last_one';
 DELETE FROM igny8_fallbacks WHERE alias = 'writer';
 DELETE FROM igny8_models WHERE alias = 'writer';
 DELETE FROM igny8_providers WHERE id = 'second_box';
+
+-- TRUNCATE records the shipped keys it removes, as DELETE does, so that a
+-- restore does not bring them back; with CASCADE, those of the
+-- deployments too
+BEGIN;
+TRUNCATE igny8_fallbacks;
+SELECT key FROM igny8_config_deletions WHERE table_name = 'igny8_fallbacks'
+ ORDER BY key->>'alias', key->>'position';
+TRUNCATE igny8_providers CASCADE;
+SELECT table_name, count(*) FROM igny8_config_deletions GROUP BY 1 ORDER BY 1;
+ROLLBACK;
+
+-- an upsert of a shipped key updates what it names and keeps the rest
+BEGIN;
+INSERT INTO igny8_providers (id, kind, base_url)
+VALUES ('openai', 'openai', 'https://gateway.example')
+ON CONFLICT (id) DO UPDATE SET base_url = EXCLUDED.base_url
+RETURNING id, base_url, api_key_ref, max_concurrent, origin;
+ROLLBACK;
+-- a plain INSERT of a shipped key is a duplicate
+INSERT INTO igny8_providers (id, kind, base_url) VALUES ('openai', 'openai', 'https://gateway.example');
+
+-- two positions may swap their fallbacks; a duplicate is refused at commit
+BEGIN;
+UPDATE igny8_fallbacks
+   SET fallback_alias = CASE position WHEN 1 THEN 'gpt-3.5-turbo' ELSE 'gpt-4-fallback' END
+ WHERE alias = 'gpt-4';
+SELECT position, fallback_alias, origin FROM igny8_fallbacks WHERE alias = 'gpt-4' ORDER BY position;
+ROLLBACK;
+UPDATE igny8_fallbacks SET fallback_alias = 'gpt-3.5-turbo' WHERE alias = 'gpt-4' AND position = 1;
+SELECT position, fallback_alias FROM igny8_fallbacks WHERE alias = 'gpt-4' ORDER BY position;

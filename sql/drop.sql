@@ -31,3 +31,24 @@ CREATE EXTENSION igny8_ai;
 SELECT jobname, schedule, active FROM cron.job;
 DROP EXTENSION igny8_ai;
 SELECT count(*) AS jobs FROM cron.job;
+
+-- in a schema whose name must be quoted: the health job's command, the
+-- grants and the workers name it right
+CREATE SCHEMA "Igny8 AI";
+CREATE EXTENSION igny8_ai SCHEMA "Igny8 AI";
+SELECT command FROM cron.job WHERE jobname = 'igny8_ai_health_check';
+CREATE ROLE igny8_quoted_app;
+SELECT "Igny8 AI".igny8_grant_usage('igny8_quoted_app');
+SELECT "Igny8 AI".igny8_grant_monitoring('igny8_quoted_app');
+SELECT "Igny8 AI".igny8_grant_worker('igny8_quoted_app');
+SELECT has_function_privilege('igny8_quoted_app',
+           '"Igny8 AI".igny8_chat(jsonb, text, jsonb)', 'EXECUTE') AS can_chat,
+       has_table_privilege('igny8_quoted_app', '"Igny8 AI".igny8_service_status', 'SELECT') AS can_monitor;
+\set VERBOSITY terse
+SELECT "Igny8 AI".igny8_generate_text('Hello', 'no-such-alias');
+\set VERBOSITY default
+DROP EXTENSION igny8_ai;
+DROP OWNED BY igny8_quoted_app;
+DROP ROLE igny8_quoted_app;
+DROP SCHEMA "Igny8 AI";
+SELECT count(*) AS jobs FROM cron.job;

@@ -86,7 +86,9 @@ CREATE TABLE igny8_fallbacks (
     origin          text NOT NULL DEFAULT 'added'
                     CHECK (origin IN ('shipped', 'edited', 'added')),
     PRIMARY KEY (alias, position),
-    UNIQUE (alias, fallback_alias),
+    -- checked at the end of the transaction, so that a restore (or an
+    -- update) may swap the fallbacks of two positions
+    UNIQUE (alias, fallback_alias) DEFERRABLE INITIALLY DEFERRED,
     CHECK (alias <> fallback_alias)
 );
 
@@ -177,8 +179,10 @@ AS $$
 $$;
 
 -- Row trigger on the configuration tables, before a change: keep origin,
--- and let an INSERT of a shipped row's key (a restore) replace that row
--- while it is as CREATE EXTENSION made it.
+-- and let an INSERT of an edited shipped row (a restore: only a dump says
+-- origin 'edited') replace the row of that key while it is as CREATE
+-- EXTENSION made it.  Any other INSERT of a shipped key is an ordinary
+-- insert (a unique violation, or the UPDATE of an ON CONFLICT clause).
 CREATE FUNCTION igny8_config_guard() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -197,7 +201,7 @@ BEGIN
                                THEN 'added' ELSE 'edited' END;
             RETURN NEW;
         END IF;
-    ELSE
+    ELSIF NEW.origin OPERATOR(pg_catalog.=) 'edited' THEN
         EXECUTE pg_catalog.format(
             'SELECT EXISTS (SELECT 1 FROM @extschema@.%I t WHERE t.origin OPERATOR(pg_catalog.=) ''shipped'' AND %s)',
             TG_TABLE_NAME,
@@ -246,6 +250,24 @@ BEGIN
 END
 $$;
 
+-- Statement trigger on the configuration tables, before a TRUNCATE: the
+-- shipped keys that go are recorded, as a DELETE records them.
+CREATE FUNCTION igny8_config_forget_all() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE pg_catalog.format(
+        'INSERT INTO @extschema@.igny8_config_deletions (table_name, key)
+         SELECT %L, @extschema@.igny8_config_key(%L, pg_catalog.to_jsonb(t))
+           FROM @extschema@.%I t
+          WHERE t.origin OPERATOR(pg_catalog.<>) ''added''
+         ON CONFLICT DO NOTHING',
+        TG_TABLE_NAME, TG_TABLE_NAME, TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$;
+
 -- A recorded deletion (a restore brings it back): delete the shipped row
 -- CREATE EXTENSION made again.
 CREATE FUNCTION igny8_config_deletion_restored() RETURNS trigger
@@ -282,6 +304,15 @@ CREATE TRIGGER igny8_models_forget
 CREATE TRIGGER igny8_fallbacks_forget
     AFTER UPDATE OR DELETE ON igny8_fallbacks
     FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
+CREATE TRIGGER igny8_providers_forget_all
+    BEFORE TRUNCATE ON igny8_providers
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
+CREATE TRIGGER igny8_models_forget_all
+    BEFORE TRUNCATE ON igny8_models
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
+CREATE TRIGGER igny8_fallbacks_forget_all
+    BEFORE TRUNCATE ON igny8_fallbacks
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
 CREATE TRIGGER igny8_config_deletions_restored
     AFTER INSERT ON igny8_config_deletions
     FOR EACH ROW EXECUTE FUNCTION igny8_config_deletion_restored();
@@ -494,8 +525,9 @@ SELECT p.id AS provider,
   LEFT JOIN igny8_health_state() s ON s.provider = p.id
   LEFT JOIN LATERAL (
        SELECT count(*) AS checks_24h,
-              round(100.0 * count(*) FILTER (WHERE l.healthy)
-                    / nullif(count(*), 0), 1) AS success_pct_24h,
+              -- numeric with numeric: operators that pg_catalog has exactly
+              round(100.0 * (count(*) FILTER (WHERE l.healthy))::numeric
+                    / nullif(count(*), 0)::numeric, 1) AS success_pct_24h,
               max(l.checked_at) AS last_check
          FROM service_health_log l
         WHERE l.provider = p.id
@@ -562,8 +594,8 @@ BEGIN
         END IF;
         -- pg_cron checks the schedule; the job then gets its fixed id
         made := cron.schedule('igny8_ai_health_check', schedule,
-                              pg_catalog.format('SELECT %I.igny8_health_job()',
-                                                '@extschema@'));
+                              pg_catalog.format('SELECT %s.igny8_health_job()',
+                                                '@extschema@'));	-- quoted already
         UPDATE cron.job j SET jobid = job WHERE j.jobid OPERATOR(pg_catalog.=) made;
         RETURN job;
     END IF;
@@ -662,6 +694,7 @@ REVOKE ALL ON FUNCTION igny8_config_key_match(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_health_job_id() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_guard() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_forget() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_config_forget_all() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_deletion_restored() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_touch_updated_at() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_check_health() FROM PUBLIC;
@@ -684,7 +717,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s text := pg_catalog.quote_ident('@extschema@');
+    s text := '@extschema@';	-- substituted as a quoted identifier
 BEGIN
     IF role IS NULL THEN
         RAISE EXCEPTION 'role must not be null'
@@ -707,7 +740,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s text := pg_catalog.quote_ident('@extschema@');
+    s text := '@extschema@';	-- substituted as a quoted identifier
 BEGIN
     IF role IS NULL THEN
         RAISE EXCEPTION 'role must not be null'
@@ -729,7 +762,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s text := pg_catalog.quote_ident('@extschema@');
+    s text := '@extschema@';	-- substituted as a quoted identifier
 BEGIN
     IF role IS NULL THEN
         RAISE EXCEPTION 'role must not be null'

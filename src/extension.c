@@ -164,7 +164,7 @@ igny8_on_drop_extension(PG_FUNCTION_ARGS)
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		ret = SPI_execute("SELECT n.nspname FROM pg_catalog.pg_extension e"
-						  " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace"
+						  " JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace"
 						  " WHERE e.extname OPERATOR(pg_catalog.=) 'igny8_ai'",
 						  true, 1);
 		if (ret == SPI_OK_SELECT && SPI_processed == 1)
