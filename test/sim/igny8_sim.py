@@ -34,11 +34,14 @@ import argparse
 import base64
 import collections
 import hashlib
+import heapq
 import http.server
 import io
 import itertools
 import json
 import os
+import posixpath
+import random
 import re
 import resource
 import select
@@ -78,6 +81,35 @@ ANTHROPIC_MODELS = (("claude-opus-5-5", "Claude Opus 5.5"),
                     ("claude-sonnet-5-5", "Claude Sonnet 5.5"),
                     ("claude-haiku-5-5", "Claude Haiku 5.5"),
                     ("claude-haiku-4-5-20251001", "Claude Haiku 4.5"))
+
+# /v1/images/generations, per model: sizes, qualities, styles (None: not
+# checked), the default size and quality, and the limits of n and of the
+# prompt's length.
+_GPT_IMAGE = {"size": ("1024x1024", "1024x1536", "1536x1024", "auto"),
+              "quality": ("low", "medium", "high", "auto"),
+              "background": ("transparent", "opaque", "auto"),
+              "output_format": ("png", "jpeg", "webp"),
+              "size_default": "auto", "quality_default": "auto",
+              "n_max": 10, "prompt_max": 32000}
+OPENAI_IMAGE_MODELS = {
+    "gpt-image-1": _GPT_IMAGE, "gpt-image-1-mini": _GPT_IMAGE,
+    "gpt-image-1.5": _GPT_IMAGE,
+    "dall-e-2": {"size": ("256x256", "512x512", "1024x1024"),
+                 "quality": ("standard",),
+                 "size_default": "1024x1024", "quality_default": "standard",
+                 "n_max": 10, "prompt_max": 1000},
+    "dall-e-3": {"size": ("1024x1024", "1024x1792", "1792x1024"),
+                 "quality": ("standard", "hd"), "style": ("vivid", "natural"),
+                 "size_default": "1024x1024", "quality_default": "standard",
+                 "n_max": 1, "prompt_max": 4000},
+}
+# Output tokens of one GPT image, by quality and size (OpenAI's table).
+OPENAI_IMAGE_TOKENS = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
+URL_IMAGES_KEPT = 1000          # images whose url still answers
 
 # Fixed timestamps for listings, so that they never change between runs.
 LISTING_EPOCH = 1735689600                        # 2025-01-01T00:00:00Z
@@ -139,18 +171,165 @@ def rfc3339_now():
         ".%09dZ" % frac
 
 
+# --------------------------------------------------------------------------
+# PNG images
+# --------------------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# The chunk that pads an image to image_bytes=N: ancillary (decoders skip
+# it), private, safe to copy.  Its data is seeded noise, so a client that
+# checks CRCs reads every byte of it.
+PNG_PAD_CHUNK = b"igNy"
+
+# What the png= directive does to an image.
+PNG_FAULTS = ("notpng", "badcrc", "truncated", "wrongsize")
+
+# png=notpng: what a proxy's error page looks like, served as image/png.
+NOT_PNG_BODY = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n"
+                b"<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n"
+                b"</body>\r\n</html>\r\n")
+
+_SHIFT_TABLES = []              # 256 translate tables: byte + k mod 256
+
+
+def png_chunk(kind, data):
+    """One PNG chunk: length, type, data, CRC-32 of type and data."""
+    crc = zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
 def make_png(width=1, height=1, rgb=(135, 206, 235)):
-    """Build a tiny valid RGB PNG with zlib and struct (sky blue)."""
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data +
-                struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    """Build a small valid RGB PNG of one colour (sky blue)."""
     rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
-            chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (PNG_SIGNATURE + png_chunk(b"IHDR", header) +
+            png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
 
 
 TINY_PNG = make_png()
+
+
+def _gradient_idat(width, height, seed):
+    """
+    Compressed pixel rows of a gradient picked by SEED: each channel ramps
+    across the width, and every row shifts all channels by a ramp down the
+    height.  A row is one bytes.translate of the first, so 1024x1024 takes
+    milliseconds.
+    """
+    if not _SHIFT_TABLES:
+        ramp = bytes(range(256)) * 2
+        _SHIFT_TABLES.extend(ramp[k:k + 256] for k in range(256))
+    rnd = random.Random(seed)
+    base = bytearray(3 * width)
+    for channel in range(3):
+        start, turns = rnd.randrange(256), rnd.randrange(1, 4)
+        base[channel::3] = bytes((start + 256 * turns * x // width) & 255
+                                 for x in range(width))
+    down = rnd.randrange(1, 4)
+    comp = zlib.compressobj(6)
+    out, rows = [], []
+    for y in range(height):
+        rows.append(b"\x00")         # filter type None
+        rows.append(base.translate(_SHIFT_TABLES[256 * down * y // height
+                                                 & 255]))
+        if len(rows) >= 128:
+            out.append(comp.compress(b"".join(rows)))
+            rows = []
+    out.append(comp.compress(b"".join(rows)))
+    out.append(comp.flush())
+    return b"".join(out)
+
+
+def _noise_idat(width, height, seed):
+    """Seeded noise pixels, stored without compression (level 0)."""
+    noise = random.Random(seed).randbytes(3 * width * height)
+    row = 3 * width
+    raw = b"".join(b"\x00" + noise[i:i + row]
+                   for i in range(0, len(noise), row))
+    return zlib.compress(raw, 0)
+
+
+def render_png(width, height, seed, texts=(), fault=None, size_bytes=None):
+    """
+    The PNG of a simulated image: WIDTH x HEIGHT 8-bit RGB, its pixels a
+    gradient chosen by SEED (any int or str), with a tEXt chunk for each
+    (keyword, text) of TEXTS.  SIZE_BYTES makes it that many bytes when it
+    would be smaller: the pixels become stored noise when that fits, and a
+    private ancillary chunk of noise pads the rest.  FAULT is one of
+    PNG_FAULTS: notpng (an HTML error page instead), badcrc (the IDAT CRC
+    is wrong), truncated (the first half of the file only), wrongsize
+    (IHDR and pixels are half the size asked for, at least 8x8).
+    """
+    if fault == "notpng":
+        return NOT_PNG_BODY
+    if fault == "wrongsize":
+        width, height = max(8, width // 2), max(8, height // 2)
+    seed = str(seed)
+    head = PNG_SIGNATURE + png_chunk(
+        b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    head += b"".join(png_chunk(b"tEXt", key.encode("latin-1") + b"\x00" +
+                               text.encode("latin-1", "replace"))
+                     for key, text in texts)
+    idat = png_chunk(b"IDAT", _gradient_idat(width, height, seed))
+    end = png_chunk(b"IEND", b"")
+    pad = b""
+    if size_bytes is not None and \
+            len(head) + len(idat) + len(end) < size_bytes:
+        if height * (3 * width + 1) + len(head) + len(end) < size_bytes:
+            idat = png_chunk(b"IDAT", _noise_idat(width, height, seed))
+        short = size_bytes - len(head) - len(idat) - len(end)
+        if short >= 12:
+            pad = png_chunk(PNG_PAD_CHUNK,
+                            random.Random(seed + "pad").randbytes(short - 12))
+    if fault == "badcrc":
+        idat = idat[:-4] + bytes(b ^ 0xFF for b in idat[-4:])
+    data = head + idat + pad + end
+    if fault == "truncated":
+        data = data[:len(data) // 2]
+    return data
+
+
+class ImageSpec:
+    """A simulated image, kept as its recipe and rendered when fetched."""
+
+    __slots__ = ("width", "height", "seed", "texts", "fault", "size_bytes")
+
+    def __init__(self, width, height, seed, texts=(), fault=None,
+                 size_bytes=None):
+        self.width, self.height, self.seed = width, height, str(seed)
+        self.texts = tuple(texts)
+        self.fault, self.size_bytes = fault, size_bytes
+
+    def key(self):
+        return (self.width, self.height, self.seed, self.texts, self.fault,
+                self.size_bytes)
+
+
+class PngCache:
+    """The last few rendered images, so that a re-fetch costs nothing."""
+
+    def __init__(self, entries=8):
+        self.lock = threading.Lock()
+        self.entries = entries
+        self.data = collections.OrderedDict()
+
+    def get(self, spec):
+        key = spec.key()
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        data = render_png(spec.width, spec.height, spec.seed, spec.texts,
+                          spec.fault, spec.size_bytes)
+        with self.lock:
+            self.data[key] = data
+            while len(self.data) > self.entries:
+                self.data.popitem(last=False)
+        return data
+
+
+PNG_CACHE = PngCache()
 
 
 def new_id(prefix, length=24):
@@ -242,6 +421,27 @@ def _taint_field(value):
     return value
 
 
+def _png_fault(value):
+    if value not in PNG_FAULTS:
+        raise ValueError("must be one of " + ", ".join(PNG_FAULTS))
+    return value
+
+
+def _image_size(value):
+    m = re.fullmatch(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})", value or "")
+    if m is None:
+        raise ValueError("must be WIDTHxHEIGHT")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _content_policy(value):
+    if value in (None, "current"):
+        return "current"
+    if value == "legacy":
+        return "legacy"
+    raise ValueError("must be current or legacy")
+
+
 # Action name -> converter of its textual value (None when absent).
 ACTIONS = {
     "status": _status,
@@ -272,6 +472,10 @@ ACTIONS = {
     "cache_creation": _positive_int,
     "cached": _positive_int,
     "context": _flag,
+    "png": _png_fault,
+    "png_size": _image_size,
+    "image_bytes": _positive_int,
+    "content_policy": _content_policy,
 }
 
 
@@ -327,6 +531,10 @@ class Behaviour:
         self.cache_creation = None
         self.cached = None
         self.context = False
+        self.png = None                 # one of PNG_FAULTS
+        self.png_size = None            # (width, height)
+        self.image_bytes = None
+        self.content_policy = None      # "current" or "legacy"
         self.key = None
         self.tag = None
         self.errors = []
@@ -1136,6 +1344,55 @@ def openai_error_body(message, type_, param=None, code=None):
                       "code": code}}
 
 
+def py_quote(value):
+    """VALUE as a Python repr would quote it in OpenAI's messages."""
+    return repr(value) if isinstance(value, str) else json.dumps(value)
+
+
+def json_type_name(value):
+    """What OpenAI calls the JSON type of VALUE in its messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"
+
+
+def openai_choices(values, last="and"):
+    """'a', 'b', and 'c' (two: 'a' and 'b'), as OpenAI lists them."""
+    quoted = ["'%s'" % v for v in values]
+    if len(quoted) <= 2:
+        return (" %s " % last).join(quoted)
+    return ", ".join(quoted[:-1]) + ", %s " % last + quoted[-1]
+
+
+def openai_policy_error(model, flavour, request_id):
+    """The 400 of a safety rejection (content_policy directive)."""
+    if model.startswith("gpt-image"):
+        body = openai_error_body(
+            "Your request was rejected by the safety system. If you believe "
+            "this is an error, contact us at help.openai.com and include the "
+            "request ID %s." % request_id, "image_generation_user_error",
+            None, "moderation_blocked")
+        body["error"]["moderation_details"] = {"moderation_stage": "input",
+                                               "categories": ["violence"]}
+        return body
+    return openai_error_body(
+        "Your request was rejected as a result of our safety system. Your "
+        "prompt may contain text that is not allowed by our safety system.",
+        "invalid_request_error" if flavour == "legacy"
+        else "image_generation_user_error", None,
+        "content_policy_violation")
+
+
 def openai_usage(ex, answer, full_usage):
     """The usage object; cached=N fills prompt_tokens_details."""
     usage = {"prompt_tokens": ex.input_words,
@@ -1594,6 +1851,11 @@ class OllamaBackend(Backend):
 class OpenAIBackend(Backend):
     role = "openai"
 
+    def __init__(self, sim):
+        super().__init__(sim)
+        self.images_lock = threading.Lock()
+        self.url_images = collections.OrderedDict()     # name -> ImageSpec
+
     def routes(self):
         return {
             ("POST", "/v1/chat/completions"): self.chat,
@@ -1619,7 +1881,9 @@ class OpenAIBackend(Backend):
     def extra_headers(self, ex, status):
         limited = status == 429
         reset = (ex.behaviour.retry_after or "1") + "s" if limited else "12ms"
-        return [("x-request-id", new_id("req_", 32)),
+        # the id a safety rejection's message names, else a fresh one
+        rid = getattr(ex, "openai_request_id", None) or new_id("req_", 32)
+        return [("x-request-id", rid),
                 ("openai-processing-ms", "42"),
                 ("openai-version", "2020-10-01"),
                 ("x-ratelimit-limit-requests", "500"),
@@ -1816,59 +2080,140 @@ class OpenAIBackend(Backend):
         if not isinstance(prompt, str) or not prompt:
             return self.invalid(ex, "Missing required parameter: 'prompt'.",
                                 "prompt", "missing_required_parameter")
-        model = p.get("model") or "dall-e-2"
-        gpt_image = str(model).startswith("gpt-image")
+        model = p.get("model")
+        if model is None:
+            model = "dall-e-2"
+        rules = OPENAI_IMAGE_MODELS.get(model)
+        if rules is None:
+            return self.invalid(ex, "Invalid value: %s. Supported values "
+                                "are: %s." % (py_quote(model),
+                                              openai_choices(
+                                                  OPENAI_IMAGE_MODELS)),
+                                "model", "invalid_value")
+        gpt_image = model.startswith("gpt-image")
+        clean = DIRECTIVE_RE.sub("", prompt).strip()
+        if len(clean) > rules["prompt_max"]:
+            return self.invalid(
+                ex, "Invalid 'prompt': string too long. Expected a string "
+                "with maximum length %d, but got a string with length %d "
+                "instead." % (rules["prompt_max"], len(clean)), "prompt",
+                "string_above_max_length")
         n = p.get("n", 1)
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10:
-            return self.invalid(ex, "Invalid 'n': must be between 1 and 10.",
-                                "n", "invalid_value")
-        if model == "dall-e-3" and n != 1:
-            return self.invalid(ex, "You must provide n=1 for this model.",
-                                "n", None)
+        if n is None:
+            n = 1
+        if not isinstance(n, int) or isinstance(n, bool):
+            return self.invalid(ex, "Invalid type for 'n': expected an "
+                                "integer, but got %s instead."
+                                % json_type_name(n), "n", "invalid_type")
+        if n < 1:
+            return self.invalid(ex, "Invalid 'n': integer below minimum "
+                                "value. Expected a value >= 1, but got %d "
+                                "instead." % n, "n", "integer_below_min_value")
+        if n > rules["n_max"]:
+            return self.invalid(ex, "Invalid 'n': integer above maximum "
+                                "value. Expected a value <= %d, but got %d "
+                                "instead." % (rules["n_max"], n), "n",
+                                "integer_above_max_value")
+        for name in ("size", "quality", "style", "background",
+                     "output_format"):
+            allowed = rules.get(name)
+            value = p.get(name)
+            if allowed is None or value is None:
+                continue
+            if not isinstance(value, str):
+                return self.invalid(ex, "Invalid type for '%s': expected "
+                                    "one of %s, but got %s instead."
+                                    % (name, openai_choices(allowed, "or"),
+                                       json_type_name(value)), name,
+                                    "invalid_type")
+            if value not in allowed:
+                return self.invalid(ex, "Invalid value: %s. Supported "
+                                    "values are: %s." % (
+                                        py_quote(value),
+                                        openai_choices(allowed)), name,
+                                    "invalid_value")
         fmt = p.get("response_format")
         if gpt_image and fmt is not None:
             return self.invalid(ex, "Unknown parameter: 'response_format'.",
                                 "response_format", "unknown_parameter")
         if fmt not in (None, "url", "b64_json"):
-            return self.invalid(ex, "Invalid value: '%s'. Supported values "
-                                "are: 'url' and 'b64_json'." % fmt,
+            return self.invalid(ex, "Invalid value: %s. Supported values "
+                                "are: 'url' and 'b64_json'." % py_quote(fmt),
                                 "response_format", "invalid_value")
+        b = ex.behaviour
+        if b.content_policy is not None and b.failure_status() is None:
+            ex.openai_request_id = new_id("req_", 32)
+            return self.send_error_body(ex, 400, openai_policy_error(
+                model, b.content_policy, ex.openai_request_id))
         if self.directive_failure(ex, model):
             return
+        size = p.get("size") or rules["size_default"]
+        if size == "auto":
+            size = "1024x1024"
+        width, height = (int(v) for v in size.split("x"))
+        if b.png_size is not None:
+            width, height = b.png_size
+        quality = p.get("quality") or rules["quality_default"]
         as_url = not gpt_image and fmt in (None, "url")
-        revised = DIRECTIVE_RE.sub("", prompt).strip()
         # oversize: the first image's b64_json becomes that many bytes of
         # "A" (valid base64, not a valid PNG).
-        oversize = None if as_url else ex.behaviour.oversize
+        oversize = None if as_url else b.oversize
         data = []
         for i in range(n):
+            spec = ImageSpec(width, height, "%s|%s|%d" % (model, clean, i),
+                             fault=b.png, size_bytes=b.image_bytes)
             item = {}
             if as_url:
+                name = new_id("img-", 24)
+                self.store_image(name, spec)
                 host, port = ex.server.server_address[:2]
-                item["url"] = "http://%s:%d/images/%s.png" % (
-                    host, port, new_id("img-", 16))
+                item["url"] = "http://%s:%d/images/%s.png" % (host, port,
+                                                              name)
             elif oversize is not None and i == 0:
                 item["b64_json"] = OVERSIZE_MARK
             else:
-                item["b64_json"] = base64.b64encode(TINY_PNG).decode()
+                item["b64_json"] = base64.b64encode(
+                    PNG_CACHE.get(spec)).decode()
             if model == "dall-e-3":
-                item["revised_prompt"] = revised
+                item["revised_prompt"] = clean
             data.append(item)
-        body = {"created": int(time.time()), "data": data}
+        body = {"created": int(time.time())}
         if gpt_image:
-            body.update({"background": "opaque", "output_format": "png",
-                         "size": p.get("size", "1024x1024"),
-                         "quality": p.get("quality", "medium"),
+            body["background"] = "opaque" if p.get("background") in (
+                None, "auto") else p["background"]
+        body["data"] = data
+        if gpt_image:
+            if quality == "auto":
+                quality = "medium"
+            out_tokens = n * OPENAI_IMAGE_TOKENS[quality][size]
+            body.update({"output_format": p.get("output_format") or "png",
+                         "quality": quality, "size": size,
                          "usage": {"input_tokens": ex.input_words,
-                                   "output_tokens": 272,
-                                   "total_tokens": ex.input_words + 272,
                                    "input_tokens_details": {
-                                       "text_tokens": ex.input_words,
-                                       "image_tokens": 0}}})
+                                       "image_tokens": 0,
+                                       "text_tokens": ex.input_words},
+                                   "output_tokens": out_tokens,
+                                   "total_tokens": ex.input_words +
+                                   out_tokens}})
         ex.send_json(200, body, oversize=oversize, pattern="AAAA")
 
+    def store_image(self, name, spec):
+        with self.images_lock:
+            self.url_images[name] = spec
+            while len(self.url_images) > URL_IMAGES_KEPT:
+                self.url_images.popitem(last=False)
+
     def image_file(self, ex):
-        ex.send_bytes(200, TINY_PNG, "image/png")
+        name = ex.path_only[len("/images/"):-len(".png")]
+        with self.images_lock:
+            spec = self.url_images.get(name)
+        if spec is None:
+            # what the blob store answers for an expired or unknown URL
+            return ex.send_bytes(
+                404, b'<?xml version="1.0" encoding="utf-8"?><Error><Code>'
+                b'BlobNotFound</Code><Message>The specified blob does not '
+                b'exist.</Message></Error>', "application/xml")
+        ex.send_bytes(200, PNG_CACHE.get(spec), "image/png")
 
 
 # -- Anthropic ----------------------------------------------------------------

@@ -170,6 +170,13 @@ def openai_chat(content, key=OPENAI_KEY, model="gpt-4", **extra):
     return call("openai", "POST", "/v1/chat/completions", body, headers)
 
 
+def openai_image(key=OPENAI_KEY, **body):
+    """POST /v1/images/generations; BODY defaults to prompt "a cloud"."""
+    body.setdefault("prompt", "a cloud")
+    headers = {"Authorization": "Bearer " + key} if key is not None else {}
+    return call("openai", "POST", "/v1/images/generations", body, headers)
+
+
 def anthropic_msg(content, key=ANTHROPIC_KEY, version="2023-06-01",
                   **extra):
     body = {"model": "claude-sonnet-4-5", "max_tokens": 100,
@@ -222,24 +229,56 @@ def simctl(*args):
     return out.returncode, out.stdout, out.stderr
 
 
-def png_is_valid(data):
-    """Walk a PNG's chunks, checking CRCs and the IDAT stream."""
+def png_parse(data):
+    """
+    Walk a PNG: signature, chunk CRCs, IHDR, the inflated IDAT stream
+    (8-bit RGB rows, each a filter byte and 3 bytes a pixel).  Return
+    {"width", "height", "chunks": [types], "text": {keyword: text}}, or
+    None when anything is wrong.
+    """
     if data[:8] != b"\x89PNG\r\n\x1a\n":
-        return False
-    pos, idat = 8, b""
-    while pos < len(data):
+        return None
+    pos, idat, chunks, text, ihdr = 8, [], [], {}, None
+    while pos + 12 <= len(data):
         length, = struct.unpack(">I", data[pos:pos + 4])
         kind = data[pos + 4:pos + 8]
         chunk = data[pos + 8:pos + 8 + length]
+        if len(chunk) != length or pos + 12 + length > len(data):
+            return None
         crc, = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
         if zlib.crc32(kind + chunk) & 0xFFFFFFFF != crc:
-            return False
-        if kind == b"IDAT":
-            idat += chunk
+            return None
+        chunks.append(kind.decode("latin-1"))
+        if kind == b"IHDR":
+            ihdr = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat.append(chunk)
+        elif kind == b"tEXt":
+            key, _, value = chunk.partition(b"\x00")
+            text[key.decode("latin-1")] = value.decode("latin-1")
         pos += 12 + length
         if kind == b"IEND":
             break
-    return len(zlib.decompress(idat)) == 4      # filter byte + RGB
+    if pos != len(data) or not chunks or chunks[0] != "IHDR" or \
+            chunks[-1] != "IEND" or ihdr is None or ihdr[2:] != (8, 2, 0, 0, 0):
+        return None
+    width, height = ihdr[:2]
+    try:
+        raw = zlib.decompress(b"".join(idat))
+    except zlib.error:
+        return None
+    row = 3 * width + 1
+    if len(raw) != height * row or \
+            any(raw[i] > 4 for i in range(0, len(raw), row)):
+        return None
+    return {"width": width, "height": height, "chunks": chunks, "text": text}
+
+
+def png_is_valid(data, width=1, height=1):
+    """A whole valid RGB PNG of WIDTH x HEIGHT."""
+    info = png_parse(data)
+    return info is not None and (info["width"], info["height"]) == \
+        (width, height)
 
 
 class SimTestCase(unittest.TestCase):
@@ -629,7 +668,7 @@ class TestOpenAI(SimTestCase):
         body = r.json()
         self.assertEqual(len(body["data"]), 1)
         self.assertTrue(png_is_valid(base64.b64decode(
-            body["data"][0]["b64_json"])))
+            body["data"][0]["b64_json"]), 1024, 1024))
         self.assertEqual(body["data"][0]["revised_prompt"], "a cloud")
         r = call("openai", "POST", "/v1/images/generations", {
             "model": "dall-e-2", "prompt": "a cloud"}, auth)
@@ -637,7 +676,7 @@ class TestOpenAI(SimTestCase):
         path = url.split("%d" % PORTS["openai"], 1)[1]
         image = call("openai", "GET", path)
         self.assertEqual(image.headers["content-type"], "image/png")
-        self.assertTrue(png_is_valid(image.body))
+        self.assertTrue(png_is_valid(image.body, 1024, 1024))
         r = call("openai", "POST", "/v1/images/generations", {
             "model": "gpt-image-1", "prompt": "a cloud"}, auth)
         self.assertIn("b64_json", r.json()["data"][0])
@@ -645,6 +684,185 @@ class TestOpenAI(SimTestCase):
             "model": "gpt-image-1", "prompt": "x",
             "response_format": "b64_json"}, auth)
         self.assertEqual(r.status, 400)
+
+    def test_image_sizes_per_model(self):
+        def size_error(body, message):
+            r = openai_image(**body)
+            self.assertEqual(r.status, 400)
+            self.assertEqual(r.json(), {"error": {
+                "message": message, "type": "invalid_request_error",
+                "param": "size", "code": "invalid_value"}})
+        size_error({"model": "dall-e-2", "size": "1792x1024"},
+                   "Invalid value: '1792x1024'. Supported values are: "
+                   "'256x256', '512x512', and '1024x1024'.")
+        size_error({"model": "dall-e-3", "size": "512x512"},
+                   "Invalid value: '512x512'. Supported values are: "
+                   "'1024x1024', '1024x1792', and '1792x1024'.")
+        size_error({"model": "gpt-image-1", "size": "512x512"},
+                   "Invalid value: '512x512'. Supported values are: "
+                   "'1024x1024', '1024x1536', '1536x1024', and 'auto'.")
+        # the default model is dall-e-2, whose sizes stop at 1024
+        size_error({"size": "1024x1536"},
+                   "Invalid value: '1024x1536'. Supported values are: "
+                   "'256x256', '512x512', and '1024x1024'.")
+        r = openai_image(model="gpt-image-1", size=1024)
+        self.assertEqual(r.json()["error"]["code"], "invalid_type")
+        for model, size in (("dall-e-2", "256x256"), ("dall-e-2", "512x512"),
+                            ("dall-e-3", "1792x1024"),
+                            ("dall-e-3", "1024x1792"),
+                            ("gpt-image-1", "1536x1024"),
+                            ("gpt-image-1", "1024x1536")):
+            r = openai_image(model=model, size=size,
+                             **({} if model.startswith("gpt") else
+                                {"response_format": "b64_json"}))
+            self.assertEqual(r.status, 200, (model, size))
+            w, h = (int(v) for v in size.split("x"))
+            self.assertTrue(png_is_valid(base64.b64decode(
+                r.json()["data"][0]["b64_json"]), w, h), (model, size))
+        # auto and the defaults make 1024x1024
+        body = openai_image(model="gpt-image-1").json()
+        self.assertEqual(body["size"], "1024x1024")
+        self.assertTrue(png_is_valid(base64.b64decode(
+            body["data"][0]["b64_json"]), 1024, 1024))
+
+    def test_image_parameters(self):
+        r = openai_image(model="dall-e-3", n=2)
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"], {
+            "message": "Invalid 'n': integer above maximum value. Expected "
+            "a value <= 1, but got 2 instead.",
+            "type": "invalid_request_error", "param": "n",
+            "code": "integer_above_max_value"})
+        self.assertEqual(openai_image(n=11).json()["error"]["code"],
+                         "integer_above_max_value")
+        self.assertEqual(openai_image(n=0).json()["error"]["code"],
+                         "integer_below_min_value")
+        self.assertEqual(openai_image(n="2").json()["error"]["code"],
+                         "invalid_type")
+        r = openai_image(model="dall-e-3", quality="high")
+        self.assertEqual(r.json()["error"]["message"],
+                         "Invalid value: 'high'. Supported values are: "
+                         "'standard' and 'hd'.")
+        self.assertEqual(r.json()["error"]["param"], "quality")
+        r = openai_image(model="gpt-image-1", quality="hd")
+        self.assertEqual(r.json()["error"]["message"],
+                         "Invalid value: 'hd'. Supported values are: 'low', "
+                         "'medium', 'high', and 'auto'.")
+        self.assertEqual(openai_image(model="dall-e-3", quality="hd",
+                                      style="natural").status, 200)
+        self.assertEqual(openai_image(model="dall-e-3",
+                                      style="pastel").status, 400)
+        r = openai_image(model="gpt-image-1", response_format="url")
+        self.assertEqual((r.status, r.json()["error"]["param"]),
+                         (400, "response_format"))
+        self.assertEqual(openai_image(model="dall-e-2",
+                                      response_format="png").status, 400)
+        r = openai_image(model="sdxl")
+        self.assertEqual((r.status, r.json()["error"]["param"]),
+                         (400, "model"))
+        r = openai_image(model="dall-e-2", prompt="x " * 600)
+        self.assertEqual(r.json()["error"]["code"], "string_above_max_length")
+        self.assertEqual(openai_image(key="sk-wrong").status, 401)
+        r = openai_image(prompt="a cloud [[sim openai:status=429 "
+                         "retry_after=2]]")
+        self.assertEqual((r.status, r.headers["retry-after"]), (429, "2"))
+        self.assertEqual(r.json()["error"]["code"], "rate_limit_exceeded")
+        self.assertEqual(openai_image(
+            prompt="[[sim openai:status=500]]").status, 500)
+
+    def test_image_responses(self):
+        # dall-e-2: urls by default, n distinct images, no revised_prompt
+        body = openai_image(n=3, size="256x256").json()
+        self.assertEqual(sorted(body), ["created", "data"])
+        pictures = set()
+        for item in body["data"]:
+            self.assertEqual(list(item), ["url"])
+            path = item["url"].split("%d" % PORTS["openai"], 1)[1]
+            image = call("openai", "GET", path)
+            self.assertEqual(image.status, 200)
+            self.assertTrue(png_is_valid(image.body, 256, 256))
+            pictures.add(image.body)
+        self.assertEqual(len(pictures), 3)
+        self.assertEqual(call("openai", "GET", "/images/img-none.png").status,
+                         404)
+        # dall-e-3: one image, revised_prompt without the directives
+        body = openai_image(model="dall-e-3", prompt="a cloud [[sim "
+                            "any:tag=im3]]").json()
+        self.assertEqual(body["data"][0]["revised_prompt"], "a cloud")
+        self.assertNotIn("usage", body)
+        # gpt-image: b64 only, usage by quality and size, no revised_prompt
+        body = openai_image(model="gpt-image-1", prompt="two words",
+                            quality="low", size="1024x1536", n=2).json()
+        self.assertEqual(list(body), ["created", "background", "data",
+                                      "output_format", "quality", "size",
+                                      "usage"])
+        self.assertEqual([list(d) for d in body["data"]], [["b64_json"]] * 2)
+        self.assertEqual((body["quality"], body["size"],
+                          body["output_format"]), ("low", "1024x1536", "png"))
+        self.assertEqual(body["usage"], {
+            "input_tokens": 2, "input_tokens_details": {
+                "image_tokens": 0, "text_tokens": 2},
+            "output_tokens": 816, "total_tokens": 818})
+        # the same request makes the same picture
+        a = openai_image(model="gpt-image-1", prompt="same").json()
+        b = openai_image(model="gpt-image-1", prompt="same").json()
+        self.assertEqual(a["data"], b["data"])
+
+    def test_image_content_policy(self):
+        r = openai_image(model="dall-e-3", prompt="x [[sim openai:"
+                         "content_policy]]")
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json(), {"error": {
+            "message": "Your request was rejected as a result of our safety "
+            "system. Your prompt may contain text that is not allowed by "
+            "our safety system.", "type": "image_generation_user_error",
+            "param": None, "code": "content_policy_violation"}})
+        r = openai_image(model="dall-e-2", prompt="x [[sim openai:"
+                         "content_policy=legacy]]")
+        self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
+        self.assertEqual(r.json()["error"]["code"],
+                         "content_policy_violation")
+        r = openai_image(model="gpt-image-1", prompt="x [[sim openai:"
+                         "content_policy times=1 key=cp1]]")
+        err = r.json()["error"]
+        self.assertEqual((r.status, err["type"], err["code"]),
+                         (400, "image_generation_user_error",
+                          "moderation_blocked"))
+        self.assertIn("include the request ID %s."
+                      % r.headers["x-request-id"], err["message"])
+        self.assertEqual(err["moderation_details"]["moderation_stage"],
+                         "input")
+        self.assertEqual(openai_image(model="gpt-image-1", prompt="x [[sim "
+                                      "openai:content_policy times=1 "
+                                      "key=cp1]]").status, 200)
+        # validation comes first
+        r = openai_image(model="dall-e-3", size="1x1", prompt="x [[sim "
+                         "openai:content_policy]]")
+        self.assertEqual(r.json()["error"]["param"], "size")
+
+    def test_image_png_directives(self):
+        def image(directives, model="gpt-image-1", **extra):
+            body = openai_image(model=model, prompt="p [[sim openai:%s]]"
+                                % directives, **extra).json()
+            return base64.b64decode(body["data"][0]["b64_json"])
+        data = image("image_bytes=4000000")
+        self.assertEqual(len(data), 4000000)
+        self.assertTrue(png_is_valid(data, 1024, 1024))
+        data = image("image_bytes=100")      # smaller than the image: as is
+        self.assertTrue(png_is_valid(data, 1024, 1024))
+        self.assertTrue(png_is_valid(image("png_size=64x48"), 64, 48))
+        self.assertTrue(png_is_valid(image("png=wrongsize"), 512, 512))
+        data = image("png=badcrc")
+        self.assertEqual(data[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertIsNone(png_parse(data))
+        self.assertIsNone(png_parse(image("png=truncated")))
+        self.assertTrue(image("png=notpng").startswith(b"<html>"))
+        # through a url too
+        body = openai_image(prompt="p [[sim openai:png=wrongsize]]",
+                            size="512x512").json()
+        path = body["data"][0]["url"].split("%d" % PORTS["openai"], 1)[1]
+        self.assertTrue(png_is_valid(call("openai", "GET", path).body,
+                                     256, 256))
 
     def test_stream(self):
         r = openai_chat("hi", stream=True)
