@@ -1528,7 +1528,7 @@ class TestComfyUIValidation(SimTestCase):
 class TestComfyUIQueue(SimTestCase):
     def test_lifecycle_and_history_shape(self):
         graph = with_directive(sdxl_graph(seed=11),
-                               "[[sim comfyui:run_time=0.5]]")
+                               "[[sim comfyui:run_time=1]]")
         r = comfy_prompt(graph, extra_data={"extra_pnginfo": {"k": 1}})
         pid = r.json()["prompt_id"]
         wait_running(pid)
@@ -1563,17 +1563,16 @@ class TestComfyUIQueue(SimTestCase):
             "real_node_id": "9"}})
         took = (event(entry, "execution_success")["timestamp"] -
                 event(entry, "execution_start")["timestamp"])
-        self.assertGreaterEqual(took, 450)
+        self.assertGreaterEqual(took, 950)
         self.assertEqual(comfy("GET", "/prompt").json(),
                          {"exec_info": {"queue_remaining": 0}})
 
     def test_order_delete_and_clear(self):
-        ids = []
-        for i, run in enumerate((0.6, 0, 0, 0)):
+        # q0 runs until it is interrupted, the others take no time
+        for i, run in enumerate((30, 0, 0, 0)):
             graph = with_directive(sdxl_graph(seed=100 + i),
                                    "[[sim comfyui:run_time=%s]]" % run)
-            ids.append(comfy_prompt(graph, prompt_id="q%d" % i)
-                       .json()["prompt_id"])
+            comfy_prompt(graph, prompt_id="q%d" % i)
         wait_running("q0")
         queue = comfy("GET", "/queue").json()
         self.assertEqual([q[1] for q in queue["queue_pending"]],
@@ -1587,10 +1586,12 @@ class TestComfyUIQueue(SimTestCase):
                          ["q1", "q3"])
         self.assertEqual(comfy("GET", "/prompt").json()["exec_info"]
                          ["queue_remaining"], 3)
+        comfy("POST", "/interrupt", {"prompt_id": "q0"})
         starts = {}
         for pid in ("q0", "q1", "q3"):
             entry = wait_history(pid)
-            self.assertEqual(entry["status"]["status_str"], "success")
+            self.assertEqual(entry["status"]["status_str"],
+                             "error" if pid == "q0" else "success")
             starts[pid] = event(entry, "execution_start")["timestamp"]
         self.assertLessEqual(starts["q0"], starts["q1"])
         self.assertLessEqual(starts["q1"], starts["q3"])
@@ -1599,7 +1600,7 @@ class TestComfyUIQueue(SimTestCase):
         self.assertEqual(comfy("GET", "/history/q2").json(), {})
         # front jumps the queue; clear empties what waits
         comfy_prompt(with_directive(sdxl_graph(seed=200),
-                                    "[[sim comfyui:run_time=0.5]]"),
+                                    "[[sim comfyui:run_time=30]]"),
                      prompt_id="c0")
         wait_running("c0")
         comfy_prompt(sdxl_graph(seed=201), prompt_id="c1")
@@ -1608,6 +1609,7 @@ class TestComfyUIQueue(SimTestCase):
                           ["queue_pending"]], ["c2", "c1"])
         comfy("POST", "/queue", {"clear": True})
         self.assertEqual(comfy("GET", "/queue").json()["queue_pending"], [])
+        comfy("POST", "/interrupt", {"prompt_id": "c0"})
         wait_history("c0")
         time.sleep(0.2)
         self.assertEqual(sorted(comfy("GET", "/history").json()),
