@@ -9,7 +9,8 @@ copies of the suite):
     ollama      Ollama native API (/api/...) and its OpenAI-compatible layer
     openai      OpenAI chat completions, models, image generation
     anthropic   Anthropic Messages API
-    comfyui     a minimal ComfyUI stub (health, queue, prompt, history)
+    comfyui     ComfyUI: node catalogue, prompt validation, one execution
+                queue, history, output images, interrupts, cache
     control     JSON API to read the request log and steer the simulator
 
 plus a "dead" port that is never listened on (connections are refused).
@@ -34,11 +35,14 @@ import argparse
 import base64
 import collections
 import hashlib
+import heapq
 import http.server
 import io
 import itertools
 import json
 import os
+import posixpath
+import random
 import re
 import resource
 import select
@@ -78,6 +82,38 @@ ANTHROPIC_MODELS = (("claude-opus-5-5", "Claude Opus 5.5"),
                     ("claude-sonnet-5-5", "Claude Sonnet 5.5"),
                     ("claude-haiku-5-5", "Claude Haiku 5.5"),
                     ("claude-haiku-4-5-20251001", "Claude Haiku 4.5"))
+
+# /v1/images/generations, per model: sizes, qualities, styles (None: not
+# checked), the default size and quality, and the limits of n and of the
+# prompt's length.
+_GPT_IMAGE = {"size": ("1024x1024", "1024x1536", "1536x1024", "auto"),
+              "quality": ("low", "medium", "high", "auto"),
+              "background": ("transparent", "opaque", "auto"),
+              "output_format": ("png", "jpeg", "webp"),
+              "size_default": "auto", "quality_default": "auto",
+              "n_max": 10, "prompt_max": 32000}
+OPENAI_IMAGE_MODELS = {
+    "gpt-image-1": _GPT_IMAGE, "gpt-image-1-mini": _GPT_IMAGE,
+    "gpt-image-1.5": _GPT_IMAGE,
+    "dall-e-2": {"size": ("256x256", "512x512", "1024x1024"),
+                 "quality": ("standard",),
+                 "size_default": "1024x1024", "quality_default": "standard",
+                 "n_max": 10, "prompt_max": 1000},
+    "dall-e-3": {"size": ("1024x1024", "1024x1792", "1792x1024"),
+                 "quality": ("standard", "hd"), "style": ("vivid", "natural"),
+                 "size_default": "1024x1024", "quality_default": "standard",
+                 "n_max": 1, "prompt_max": 4000},
+}
+# Output tokens of one GPT image, by quality and size (OpenAI's table).
+OPENAI_IMAGE_TOKENS = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
+URL_IMAGES_KEPT = 1000          # images whose url still answers
+
+# exec_error= kinds of the ComfyUI role (see ComfyEngine.failure).
+COMFY_EXEC_ERRORS = ("oom", "runtime", "corrupt", "exception")
 
 # Fixed timestamps for listings, so that they never change between runs.
 LISTING_EPOCH = 1735689600                        # 2025-01-01T00:00:00Z
@@ -139,18 +175,165 @@ def rfc3339_now():
         ".%09dZ" % frac
 
 
+# --------------------------------------------------------------------------
+# PNG images
+# --------------------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# The chunk that pads an image to image_bytes=N: ancillary (decoders skip
+# it), private, safe to copy.  Its data is seeded noise, so a client that
+# checks CRCs reads every byte of it.
+PNG_PAD_CHUNK = b"igNy"
+
+# What the png= directive does to an image.
+PNG_FAULTS = ("notpng", "badcrc", "truncated", "wrongsize")
+
+# png=notpng: what a proxy's error page looks like, served as image/png.
+NOT_PNG_BODY = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n"
+                b"<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n"
+                b"</body>\r\n</html>\r\n")
+
+_SHIFT_TABLES = []              # 256 translate tables: byte + k mod 256
+
+
+def png_chunk(kind, data):
+    """One PNG chunk: length, type, data, CRC-32 of type and data."""
+    crc = zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
 def make_png(width=1, height=1, rgb=(135, 206, 235)):
-    """Build a tiny valid RGB PNG with zlib and struct (sky blue)."""
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data +
-                struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    """Build a small valid RGB PNG of one colour (sky blue)."""
     rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
-            chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (PNG_SIGNATURE + png_chunk(b"IHDR", header) +
+            png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
 
 
 TINY_PNG = make_png()
+
+
+def _gradient_idat(width, height, seed):
+    """
+    Compressed pixel rows of a gradient picked by SEED: each channel ramps
+    across the width, and every row shifts all channels by a ramp down the
+    height.  A row is one bytes.translate of the first, so 1024x1024 takes
+    milliseconds.
+    """
+    if not _SHIFT_TABLES:
+        ramp = bytes(range(256)) * 2
+        _SHIFT_TABLES.extend(ramp[k:k + 256] for k in range(256))
+    rnd = random.Random(seed)
+    base = bytearray(3 * width)
+    for channel in range(3):
+        start, turns = rnd.randrange(256), rnd.randrange(1, 4)
+        base[channel::3] = bytes((start + 256 * turns * x // width) & 255
+                                 for x in range(width))
+    down = rnd.randrange(1, 4)
+    comp = zlib.compressobj(6)
+    out, rows = [], []
+    for y in range(height):
+        rows.append(b"\x00")         # filter type None
+        rows.append(base.translate(_SHIFT_TABLES[256 * down * y // height
+                                                 & 255]))
+        if len(rows) >= 128:
+            out.append(comp.compress(b"".join(rows)))
+            rows = []
+    out.append(comp.compress(b"".join(rows)))
+    out.append(comp.flush())
+    return b"".join(out)
+
+
+def _noise_idat(width, height, seed):
+    """Seeded noise pixels, stored without compression (level 0)."""
+    noise = random.Random(seed).randbytes(3 * width * height)
+    row = 3 * width
+    raw = b"".join(b"\x00" + noise[i:i + row]
+                   for i in range(0, len(noise), row))
+    return zlib.compress(raw, 0)
+
+
+def render_png(width, height, seed, texts=(), fault=None, size_bytes=None):
+    """
+    The PNG of a simulated image: WIDTH x HEIGHT 8-bit RGB, its pixels a
+    gradient chosen by SEED (any int or str), with a tEXt chunk for each
+    (keyword, text) of TEXTS.  SIZE_BYTES makes it that many bytes when it
+    would be smaller: the pixels become stored noise when that fits, and a
+    private ancillary chunk of noise pads the rest.  FAULT is one of
+    PNG_FAULTS: notpng (an HTML error page instead), badcrc (the IDAT CRC
+    is wrong), truncated (the first half of the file only), wrongsize
+    (IHDR and pixels are half the size asked for, at least 8x8).
+    """
+    if fault == "notpng":
+        return NOT_PNG_BODY
+    if fault == "wrongsize":
+        width, height = max(8, width // 2), max(8, height // 2)
+    seed = str(seed)
+    head = PNG_SIGNATURE + png_chunk(
+        b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    head += b"".join(png_chunk(b"tEXt", key.encode("latin-1") + b"\x00" +
+                               text.encode("latin-1", "replace"))
+                     for key, text in texts)
+    idat = png_chunk(b"IDAT", _gradient_idat(width, height, seed))
+    end = png_chunk(b"IEND", b"")
+    pad = b""
+    if size_bytes is not None and \
+            len(head) + len(idat) + len(end) < size_bytes:
+        if height * (3 * width + 1) + len(head) + len(end) < size_bytes:
+            idat = png_chunk(b"IDAT", _noise_idat(width, height, seed))
+        short = size_bytes - len(head) - len(idat) - len(end)
+        if short >= 12:
+            pad = png_chunk(PNG_PAD_CHUNK,
+                            random.Random(seed + "pad").randbytes(short - 12))
+    if fault == "badcrc":
+        idat = idat[:-4] + bytes(b ^ 0xFF for b in idat[-4:])
+    data = head + idat + pad + end
+    if fault == "truncated":
+        data = data[:len(data) // 2]
+    return data
+
+
+class ImageSpec:
+    """A simulated image, kept as its recipe and rendered when fetched."""
+
+    __slots__ = ("width", "height", "seed", "texts", "fault", "size_bytes")
+
+    def __init__(self, width, height, seed, texts=(), fault=None,
+                 size_bytes=None):
+        self.width, self.height, self.seed = width, height, str(seed)
+        self.texts = tuple(texts)
+        self.fault, self.size_bytes = fault, size_bytes
+
+    def key(self):
+        return (self.width, self.height, self.seed, self.texts, self.fault,
+                self.size_bytes)
+
+
+class PngCache:
+    """The last few rendered images, so that a re-fetch costs nothing."""
+
+    def __init__(self, entries=8):
+        self.lock = threading.Lock()
+        self.entries = entries
+        self.data = collections.OrderedDict()
+
+    def get(self, spec):
+        key = spec.key()
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        data = render_png(spec.width, spec.height, spec.seed, spec.texts,
+                          spec.fault, spec.size_bytes)
+        with self.lock:
+            self.data[key] = data
+            while len(self.data) > self.entries:
+                self.data.popitem(last=False)
+        return data
+
+
+PNG_CACHE = PngCache()
 
 
 def new_id(prefix, length=24):
@@ -242,6 +425,39 @@ def _taint_field(value):
     return value
 
 
+def _png_fault(value):
+    if value not in PNG_FAULTS:
+        raise ValueError("must be one of " + ", ".join(PNG_FAULTS))
+    return value
+
+
+def _image_size(value):
+    m = re.fullmatch(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})", value or "")
+    if m is None:
+        raise ValueError("must be WIDTHxHEIGHT")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _exec_error(value):
+    if value not in COMFY_EXEC_ERRORS:
+        raise ValueError("must be one of " + ", ".join(COMFY_EXEC_ERRORS))
+    return value
+
+
+def _scope(value):
+    if value not in ("prompt", "history", "view"):
+        raise ValueError("must be prompt, history or view")
+    return value
+
+
+def _content_policy(value):
+    if value in (None, "current"):
+        return "current"
+    if value == "legacy":
+        return "legacy"
+    raise ValueError("must be current or legacy")
+
+
 # Action name -> converter of its textual value (None when absent).
 ACTIONS = {
     "status": _status,
@@ -272,6 +488,15 @@ ACTIONS = {
     "cache_creation": _positive_int,
     "cached": _positive_int,
     "context": _flag,
+    "png": _png_fault,
+    "png_size": _image_size,
+    "image_bytes": _positive_int,
+    "content_policy": _content_policy,
+    "step_delay": _seconds,
+    "run_time": _seconds,
+    "exec_error": _exec_error,
+    "exec_node": _word,
+    "on": _scope,
 }
 
 
@@ -327,6 +552,15 @@ class Behaviour:
         self.cache_creation = None
         self.cached = None
         self.context = False
+        self.png = None                 # one of PNG_FAULTS
+        self.png_size = None            # (width, height)
+        self.image_bytes = None
+        self.content_policy = None      # "current" or "legacy"
+        self.step_delay = None          # ComfyUI: seconds per sampler step
+        self.run_time = None            # ComfyUI: seconds of sampling
+        self.exec_error = None          # ComfyUI: one of COMFY_EXEC_ERRORS
+        self.exec_node = None           # ComfyUI: the node that fails
+        self.on = None                  # ComfyUI: prompt, history or view
         self.key = None
         self.tag = None
         self.errors = []
@@ -460,14 +694,16 @@ class SimState:
         with self.lock:
             rec.update(fields)
 
-    def query_log(self, role=None, tag=None, key=None, path=None):
+    def query_log(self, role=None, tag=None, key=None, path=None,
+                  prompt_id=None):
         """Matching records, oldest first, serialised under the lock."""
         with self.lock:
             out = [r for r in self.log
                    if (role is None or r["role"] == role) and
                    (tag is None or r["tag"] == tag) and
                    (key is None or r["key"] == key) and
-                   (path is None or r["path"] == path)]
+                   (path is None or r["path"] == path) and
+                   (prompt_id is None or r.get("prompt_id") == prompt_id)]
             return json.loads(json.dumps(out))
 
     def get_counts(self):
@@ -492,6 +728,15 @@ class SimState:
         with self.lock:
             cfg = self.config[role]
             for name, value in changes.items():
+                if role == "comfyui" and name in ("add_models",
+                                                  "remove_models"):
+                    if not isinstance(value, list) or \
+                            not all(isinstance(m, str) for m in value):
+                        raise ValueError("%s must be a list of strings"
+                                         % name)
+                    cfg["models"] = comfy_edit_models(
+                        cfg["models"], name[:-len("_models")], value)
+                    continue
                 if name not in cfg:
                     raise ValueError("unknown setting %r for role %r"
                                      % (name, role))
@@ -511,6 +756,27 @@ class SimState:
                             not 100 <= value <= 599):
                         raise ValueError("status must be an HTTP status, "
                                          "0 or null")
+                elif name == "step_delay":
+                    if isinstance(value, bool) or \
+                            not isinstance(value, (int, float)) or value < 0:
+                        raise ValueError("step_delay must be a number >= 0")
+                    value = float(value)
+                elif name == "models" and role == "comfyui":
+                    if not isinstance(value, dict):
+                        raise ValueError("models must be an object: folder "
+                                         "-> list of file names")
+                    replaced = dict(cfg["models"])
+                    for folder, files in value.items():
+                        folder = COMFY_LEGACY_FOLDERS.get(folder, folder)
+                        if folder not in COMFY_MODEL_FOLDERS:
+                            raise ValueError("unknown model folder %r"
+                                             % folder)
+                        if not isinstance(files, list) or \
+                                not all(isinstance(f, str) for f in files):
+                            raise ValueError("models[%r] must be a list of "
+                                             "strings" % folder)
+                        replaced[folder] = sorted(set(files))
+                    value = replaced
                 elif name in ("models", "no_think_models"):
                     if not isinstance(value, list) or \
                             not all(isinstance(m, str) for m in value):
@@ -775,6 +1041,7 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
                 clean.append(stripped)
                 directives.extend(found)
             self.input_words = sum(count_words(t) for t in clean)
+            directives = server.backend.select_directives(self, directives)
             self.behaviour = resolve_behaviour(role, directives, state)
             if self.behaviour.errors:
                 sys.stderr.write("igny8_sim %s: directive problems: %s\n" %
@@ -913,13 +1180,15 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
 
     def send_json(self, status, obj, headers=(), oversize=None,
                   pattern="yyyyyyyyy ",
-                  content_type="application/json; charset=utf-8"):
+                  content_type="application/json; charset=utf-8",
+                  ensure_ascii=False):
         """
-        Send OBJ as JSON.  With OVERSIZE (a byte count), the first
-        OVERSIZE_MARK string inside OBJ is replaced on the wire by that many
-        bytes of PATTERN repeated, generated chunk by chunk.
+        Send OBJ as JSON (non-ASCII raw in UTF-8, unless ENSURE_ASCII).
+        With OVERSIZE (a byte count), the first OVERSIZE_MARK string inside
+        OBJ is replaced on the wire by that many bytes of PATTERN repeated,
+        generated chunk by chunk.
         """
-        text = json.dumps(obj, ensure_ascii=False)
+        text = json.dumps(obj, ensure_ascii=ensure_ascii)
         if self.behaviour.escape_slash:
             # as PHP's json_encode does; "/" stands only inside strings
             text = text.replace("/", "\\/")
@@ -1045,6 +1314,10 @@ class Backend:
         """Strings of this request that may carry directives."""
         return []
 
+    def select_directives(self, ex, directives):
+        """The directives of this request's texts that it obeys."""
+        return directives
+
     def extra_headers(self, ex, status):
         """Headers every response of this role carries."""
         return []
@@ -1134,6 +1407,55 @@ class Backend:
 def openai_error_body(message, type_, param=None, code=None):
     return {"error": {"message": message, "type": type_, "param": param,
                       "code": code}}
+
+
+def py_quote(value):
+    """VALUE as a Python repr would quote it in OpenAI's messages."""
+    return repr(value) if isinstance(value, str) else json.dumps(value)
+
+
+def json_type_name(value):
+    """What OpenAI calls the JSON type of VALUE in its messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"
+
+
+def openai_choices(values, last="and"):
+    """'a', 'b', and 'c' (two: 'a' and 'b'), as OpenAI lists them."""
+    quoted = ["'%s'" % v for v in values]
+    if len(quoted) <= 2:
+        return (" %s " % last).join(quoted)
+    return ", ".join(quoted[:-1]) + ", %s " % last + quoted[-1]
+
+
+def openai_policy_error(model, flavour, request_id):
+    """The 400 of a safety rejection (content_policy directive)."""
+    if model.startswith("gpt-image"):
+        body = openai_error_body(
+            "Your request was rejected by the safety system. If you believe "
+            "this is an error, contact us at help.openai.com and include the "
+            "request ID %s." % request_id, "image_generation_user_error",
+            None, "moderation_blocked")
+        body["error"]["moderation_details"] = {"moderation_stage": "input",
+                                               "categories": ["violence"]}
+        return body
+    return openai_error_body(
+        "Your request was rejected as a result of our safety system. Your "
+        "prompt may contain text that is not allowed by our safety system.",
+        "invalid_request_error" if flavour == "legacy"
+        else "image_generation_user_error", None,
+        "content_policy_violation")
 
 
 def openai_usage(ex, answer, full_usage):
@@ -1594,6 +1916,11 @@ class OllamaBackend(Backend):
 class OpenAIBackend(Backend):
     role = "openai"
 
+    def __init__(self, sim):
+        super().__init__(sim)
+        self.images_lock = threading.Lock()
+        self.url_images = collections.OrderedDict()     # name -> ImageSpec
+
     def routes(self):
         return {
             ("POST", "/v1/chat/completions"): self.chat,
@@ -1619,7 +1946,9 @@ class OpenAIBackend(Backend):
     def extra_headers(self, ex, status):
         limited = status == 429
         reset = (ex.behaviour.retry_after or "1") + "s" if limited else "12ms"
-        return [("x-request-id", new_id("req_", 32)),
+        # the id a safety rejection's message names, else a fresh one
+        rid = getattr(ex, "openai_request_id", None) or new_id("req_", 32)
+        return [("x-request-id", rid),
                 ("openai-processing-ms", "42"),
                 ("openai-version", "2020-10-01"),
                 ("x-ratelimit-limit-requests", "500"),
@@ -1816,59 +2145,140 @@ class OpenAIBackend(Backend):
         if not isinstance(prompt, str) or not prompt:
             return self.invalid(ex, "Missing required parameter: 'prompt'.",
                                 "prompt", "missing_required_parameter")
-        model = p.get("model") or "dall-e-2"
-        gpt_image = str(model).startswith("gpt-image")
+        model = p.get("model")
+        if model is None:
+            model = "dall-e-2"
+        rules = OPENAI_IMAGE_MODELS.get(model)
+        if rules is None:
+            return self.invalid(ex, "Invalid value: %s. Supported values "
+                                "are: %s." % (py_quote(model),
+                                              openai_choices(
+                                                  OPENAI_IMAGE_MODELS)),
+                                "model", "invalid_value")
+        gpt_image = model.startswith("gpt-image")
+        clean = DIRECTIVE_RE.sub("", prompt).strip()
+        if len(clean) > rules["prompt_max"]:
+            return self.invalid(
+                ex, "Invalid 'prompt': string too long. Expected a string "
+                "with maximum length %d, but got a string with length %d "
+                "instead." % (rules["prompt_max"], len(clean)), "prompt",
+                "string_above_max_length")
         n = p.get("n", 1)
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10:
-            return self.invalid(ex, "Invalid 'n': must be between 1 and 10.",
-                                "n", "invalid_value")
-        if model == "dall-e-3" and n != 1:
-            return self.invalid(ex, "You must provide n=1 for this model.",
-                                "n", None)
+        if n is None:
+            n = 1
+        if not isinstance(n, int) or isinstance(n, bool):
+            return self.invalid(ex, "Invalid type for 'n': expected an "
+                                "integer, but got %s instead."
+                                % json_type_name(n), "n", "invalid_type")
+        if n < 1:
+            return self.invalid(ex, "Invalid 'n': integer below minimum "
+                                "value. Expected a value >= 1, but got %d "
+                                "instead." % n, "n", "integer_below_min_value")
+        if n > rules["n_max"]:
+            return self.invalid(ex, "Invalid 'n': integer above maximum "
+                                "value. Expected a value <= %d, but got %d "
+                                "instead." % (rules["n_max"], n), "n",
+                                "integer_above_max_value")
+        for name in ("size", "quality", "style", "background",
+                     "output_format"):
+            allowed = rules.get(name)
+            value = p.get(name)
+            if allowed is None or value is None:
+                continue
+            if not isinstance(value, str):
+                return self.invalid(ex, "Invalid type for '%s': expected "
+                                    "one of %s, but got %s instead."
+                                    % (name, openai_choices(allowed, "or"),
+                                       json_type_name(value)), name,
+                                    "invalid_type")
+            if value not in allowed:
+                return self.invalid(ex, "Invalid value: %s. Supported "
+                                    "values are: %s." % (
+                                        py_quote(value),
+                                        openai_choices(allowed)), name,
+                                    "invalid_value")
         fmt = p.get("response_format")
         if gpt_image and fmt is not None:
             return self.invalid(ex, "Unknown parameter: 'response_format'.",
                                 "response_format", "unknown_parameter")
         if fmt not in (None, "url", "b64_json"):
-            return self.invalid(ex, "Invalid value: '%s'. Supported values "
-                                "are: 'url' and 'b64_json'." % fmt,
+            return self.invalid(ex, "Invalid value: %s. Supported values "
+                                "are: 'url' and 'b64_json'." % py_quote(fmt),
                                 "response_format", "invalid_value")
+        b = ex.behaviour
+        if b.content_policy is not None and b.failure_status() is None:
+            ex.openai_request_id = new_id("req_", 32)
+            return self.send_error_body(ex, 400, openai_policy_error(
+                model, b.content_policy, ex.openai_request_id))
         if self.directive_failure(ex, model):
             return
+        size = p.get("size") or rules["size_default"]
+        if size == "auto":
+            size = "1024x1024"
+        width, height = (int(v) for v in size.split("x"))
+        if b.png_size is not None:
+            width, height = b.png_size
+        quality = p.get("quality") or rules["quality_default"]
         as_url = not gpt_image and fmt in (None, "url")
-        revised = DIRECTIVE_RE.sub("", prompt).strip()
         # oversize: the first image's b64_json becomes that many bytes of
         # "A" (valid base64, not a valid PNG).
-        oversize = None if as_url else ex.behaviour.oversize
+        oversize = None if as_url else b.oversize
         data = []
         for i in range(n):
+            spec = ImageSpec(width, height, "%s|%s|%d" % (model, clean, i),
+                             fault=b.png, size_bytes=b.image_bytes)
             item = {}
             if as_url:
+                name = new_id("img-", 24)
+                self.store_image(name, spec)
                 host, port = ex.server.server_address[:2]
-                item["url"] = "http://%s:%d/images/%s.png" % (
-                    host, port, new_id("img-", 16))
+                item["url"] = "http://%s:%d/images/%s.png" % (host, port,
+                                                              name)
             elif oversize is not None and i == 0:
                 item["b64_json"] = OVERSIZE_MARK
             else:
-                item["b64_json"] = base64.b64encode(TINY_PNG).decode()
+                item["b64_json"] = base64.b64encode(
+                    PNG_CACHE.get(spec)).decode()
             if model == "dall-e-3":
-                item["revised_prompt"] = revised
+                item["revised_prompt"] = clean
             data.append(item)
-        body = {"created": int(time.time()), "data": data}
+        body = {"created": int(time.time())}
         if gpt_image:
-            body.update({"background": "opaque", "output_format": "png",
-                         "size": p.get("size", "1024x1024"),
-                         "quality": p.get("quality", "medium"),
+            body["background"] = "opaque" if p.get("background") in (
+                None, "auto") else p["background"]
+        body["data"] = data
+        if gpt_image:
+            if quality == "auto":
+                quality = "medium"
+            out_tokens = n * OPENAI_IMAGE_TOKENS[quality][size]
+            body.update({"output_format": p.get("output_format") or "png",
+                         "quality": quality, "size": size,
                          "usage": {"input_tokens": ex.input_words,
-                                   "output_tokens": 272,
-                                   "total_tokens": ex.input_words + 272,
                                    "input_tokens_details": {
-                                       "text_tokens": ex.input_words,
-                                       "image_tokens": 0}}})
+                                       "image_tokens": 0,
+                                       "text_tokens": ex.input_words},
+                                   "output_tokens": out_tokens,
+                                   "total_tokens": ex.input_words +
+                                   out_tokens}})
         ex.send_json(200, body, oversize=oversize, pattern="AAAA")
 
+    def store_image(self, name, spec):
+        with self.images_lock:
+            self.url_images[name] = spec
+            while len(self.url_images) > URL_IMAGES_KEPT:
+                self.url_images.popitem(last=False)
+
     def image_file(self, ex):
-        ex.send_bytes(200, TINY_PNG, "image/png")
+        name = ex.path_only[len("/images/"):-len(".png")]
+        with self.images_lock:
+            spec = self.url_images.get(name)
+        if spec is None:
+            # what the blob store answers for an expired or unknown URL
+            return ex.send_bytes(
+                404, b'<?xml version="1.0" encoding="utf-8"?><Error><Code>'
+                b'BlobNotFound</Code><Message>The specified blob does not '
+                b'exist.</Message></Error>', "application/xml")
+        ex.send_bytes(200, PNG_CACHE.get(spec), "image/png")
 
 
 # -- Anthropic ----------------------------------------------------------------
@@ -2106,25 +2516,1304 @@ class AnthropicBackend(Backend):
         yield sse({"type": "message_stop"}, "message_stop")
 
 
-# -- ComfyUI (minimal stub; the full simulation comes later) -----------------
+# -- ComfyUI ------------------------------------------------------------------
+#
+# A ComfyUI 0.3.x server in miniature: the nodes of the shipped workflows
+# (object_info), validation as execution.validate_prompt does it, one
+# execution queue worked by one thread, history, SaveImage files served by
+# /view, interrupts, and ComfyUI's output cache.  Shapes and messages follow
+# ComfyUI's server.py and execution.py.
+
+COMFY_ROOT = "/opt/ComfyUI"
+COMFY_DIRS = {"output": COMFY_ROOT + "/output", "temp": COMFY_ROOT + "/temp",
+              "input": COMFY_ROOT + "/input"}
+COMFY_HISTORY_MAX = 10000               # execution.MAXIMUM_HISTORY_SIZE
+COMFY_SENSITIVE = ("auth_token_comfy_org", "api_key_comfy_org")
+COMFY_MAX_RESOLUTION = 16384
+
+# folder_paths.folder_names_and_paths, in its order: GET /models.
+COMFY_MODEL_FOLDERS = (
+    "checkpoints", "configs", "loras", "vae", "text_encoders",
+    "diffusion_models", "clip_vision", "style_models", "embeddings",
+    "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models",
+    "latent_upscale_models", "custom_nodes", "hypernetworks", "photomaker",
+    "classifiers", "model_patches", "audio_encoders")
+# Old names ComfyUI still maps (the control API accepts them too).
+COMFY_LEGACY_FOLDERS = {"clip": "text_encoders", "unet": "diffusion_models"}
+
+# The model files installed: FLUX.1 [dev] (split loaders), SD 3.5 Large,
+# SDXL-Lightning 4-step and SDXL base.
+COMFY_DEFAULT_MODELS = {
+    "checkpoints": ["sd3.5_large.safetensors", "sd_xl_base_1.0.safetensors",
+                    "sdxl_lightning_4step.safetensors"],
+    "diffusion_models": ["flux1-dev.safetensors"],
+    "text_encoders": ["clip_g.safetensors", "clip_l.safetensors",
+                      "t5xxl_fp16.safetensors"],
+    "vae": ["ae.safetensors"],
+}
+
+COMFY_SAMPLERS = [
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp",
+    "heun", "heunpp2", "exp_heun_2_x0", "exp_heun_2_x0_sde", "dpm_2",
+    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
+    "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde",
+    "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
+    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v",
+    "deis", "cfgpp_ud10_ab", "res_multistep", "res_multistep_cfg_pp",
+    "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
+    "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
+    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc",
+    "uni_pc_bh2"]
+COMFY_SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential",
+                    "ddim_uniform", "beta", "normal", "linear_quadratic",
+                    "kl_optimal"]
+
+_SAVE_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+_SAVE_DESCRIPTION = "Saves the input images to your ComfyUI output directory."
+
+# Node classes: their inputs as INPUT_TYPES gives them ("@folder" stands
+# for the sorted list of that model folder's files), RETURN_TYPES and the
+# other attributes server.node_info reports.  Loaders are the nodes that
+# read a model file (exec_error=corrupt fails the first of them).
+COMFY_NODE_DEFS = {
+    "CheckpointLoaderSimple": {
+        "input": {"required": {"ckpt_name": ["@checkpoints", {
+            "tooltip": "The name of the checkpoint (model) to load."}]}},
+        "output": ["MODEL", "CLIP", "VAE"],
+        "display_name": "Load Checkpoint", "category": "loaders",
+        "description": "Loads a diffusion model checkpoint, diffusion "
+        "models are used to denoise latents.",
+        "output_tooltips": [
+            "The model used for denoising latents.",
+            "The CLIP model used for encoding text prompts.",
+            "The VAE model used for encoding and decoding images to and "
+            "from latent space."],
+        "loads": ("checkpoints", "ckpt_name")},
+    "UNETLoader": {
+        "input": {"required": {
+            "unet_name": ["@diffusion_models"],
+            "weight_dtype": [["default", "fp8_e4m3fn", "fp8_e4m3fn_fast",
+                              "fp8_e5m2"]]}},
+        "output": ["MODEL"], "display_name": "Load Diffusion Model",
+        "category": "advanced/loaders",
+        "loads": ("diffusion_models", "unet_name")},
+    "DualCLIPLoader": {
+        "input": {"required": {
+            "clip_name1": ["@text_encoders"], "clip_name2": ["@text_encoders"],
+            "type": [["sdxl", "sd3", "flux", "hunyuan_video", "hidream"]]},
+            "optional": {"device": [["default", "cpu"], {"advanced": True}]}},
+        "output": ["CLIP"], "category": "advanced/loaders",
+        "description": "[Recipes]\n\nsdxl: clip-l, clip-g\nsd3: clip-l, "
+        "clip-g / clip-l, t5 / clip-g, t5\nflux: clip-l, t5\nhidream: at "
+        "least one of t5 or llama, recommended t5 and llama",
+        "loads": ("text_encoders", "clip_name1")},
+    "TripleCLIPLoader": {
+        "input": {"required": {
+            "clip_name1": ["@text_encoders"], "clip_name2": ["@text_encoders"],
+            "clip_name3": ["@text_encoders"]}},
+        "output": ["CLIP"], "category": "advanced/loaders",
+        "description": "[Recipes]\n\nsd3: clip-l, clip-g, t5",
+        "python_module": "comfy_extras.nodes_sd3",
+        "loads": ("text_encoders", "clip_name1")},
+    "VAELoader": {
+        "input": {"required": {"vae_name": ["@vae"]}},
+        "output": ["VAE"], "display_name": "Load VAE", "category": "loaders",
+        "loads": ("vae", "vae_name")},
+    "CLIPTextEncode": {
+        "input": {"required": {
+            "text": ["STRING", {"multiline": True, "dynamicPrompts": True,
+                                "tooltip": "The text to be encoded."}],
+            "clip": ["CLIP", {"tooltip": "The CLIP model used for encoding "
+                              "the text."}]}},
+        "output": ["CONDITIONING"],
+        "display_name": "CLIP Text Encode (Prompt)",
+        "category": "conditioning",
+        "description": "Encodes a text prompt using a CLIP model into an "
+        "embedding that can be used to guide the diffusion model towards "
+        "generating specific images.",
+        "output_tooltips": ["A conditioning containing the embedded text "
+                            "used to guide the diffusion model."]},
+    "FluxGuidance": {
+        "input": {"required": {
+            "conditioning": ["CONDITIONING"],
+            "guidance": ["FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0,
+                                   "step": 0.1}]}},
+        "output": ["CONDITIONING"], "category": "advanced/conditioning/flux",
+        "python_module": "comfy_extras.nodes_flux"},
+    "ConditioningZeroOut": {
+        "input": {"required": {"conditioning": ["CONDITIONING"]}},
+        "output": ["CONDITIONING"], "category": "advanced/conditioning"},
+    "EmptyLatentImage": {
+        "input": {"required": {
+            "width": ["INT", {"default": 512, "min": 16,
+                              "max": COMFY_MAX_RESOLUTION, "step": 8,
+                              "tooltip": "The width of the latent images "
+                              "in pixels."}],
+            "height": ["INT", {"default": 512, "min": 16,
+                               "max": COMFY_MAX_RESOLUTION, "step": 8,
+                               "tooltip": "The height of the latent images "
+                               "in pixels."}],
+            "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096,
+                                   "tooltip": "The number of latent images "
+                                   "in the batch."}]}},
+        "output": ["LATENT"], "display_name": "Empty Latent Image",
+        "category": "latent",
+        "description": "Create a new batch of empty latent images to be "
+        "denoised via sampling.",
+        "output_tooltips": ["The empty latent image batch."]},
+    "EmptySD3LatentImage": {
+        "input": {"required": {
+            "width": ["INT", {"default": 1024, "min": 16,
+                              "max": COMFY_MAX_RESOLUTION, "step": 16}],
+            "height": ["INT", {"default": 1024, "min": 16,
+                               "max": COMFY_MAX_RESOLUTION, "step": 16}],
+            "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}]}},
+        "output": ["LATENT"], "category": "latent/sd3",
+        "python_module": "comfy_extras.nodes_sd3"},
+    "KSampler": {
+        "input": {"required": {
+            "model": ["MODEL", {"tooltip": "The model used for denoising "
+                                "the input latent."}],
+            "seed": ["INT", {"default": 0, "min": 0,
+                             "max": 0xffffffffffffffff,
+                             "control_after_generate": True,
+                             "tooltip": "The random seed used for creating "
+                             "the noise."}],
+            "steps": ["INT", {"default": 20, "min": 1, "max": 10000,
+                              "tooltip": "The number of steps used in the "
+                              "denoising process."}],
+            "cfg": ["FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0,
+                              "step": 0.1, "round": 0.01,
+                              "tooltip": "The Classifier-Free Guidance scale "
+                              "balances creativity and adherence to the "
+                              "prompt. Higher values result in images more "
+                              "closely matching the prompt however too high "
+                              "values will negatively impact quality."}],
+            "sampler_name": [COMFY_SAMPLERS, {
+                "tooltip": "The algorithm used when sampling, this can "
+                "affect the quality, speed, and style of the generated "
+                "output."}],
+            "scheduler": [COMFY_SCHEDULERS, {
+                "tooltip": "The scheduler controls how noise is gradually "
+                "removed to form the image."}],
+            "positive": ["CONDITIONING", {"tooltip": "The conditioning "
+                                          "describing the attributes you "
+                                          "want to include in the image."}],
+            "negative": ["CONDITIONING", {"tooltip": "The conditioning "
+                                          "describing the attributes you "
+                                          "want to exclude from the "
+                                          "image."}],
+            "latent_image": ["LATENT", {"tooltip": "The latent image to "
+                                        "denoise."}],
+            "denoise": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0,
+                                  "step": 0.01,
+                                  "tooltip": "The amount of denoising "
+                                  "applied, lower values will maintain the "
+                                  "structure of the initial image allowing "
+                                  "for image to image sampling."}]}},
+        "output": ["LATENT"], "category": "sampling",
+        "description": "Uses the provided model, positive and negative "
+        "conditioning to denoise the latent image.",
+        "output_tooltips": ["The denoised latent."]},
+    "VAEDecode": {
+        "input": {"required": {
+            "samples": ["LATENT", {"tooltip": "The latent to be decoded."}],
+            "vae": ["VAE", {"tooltip": "The VAE model used for decoding the "
+                            "latent."}]}},
+        "output": ["IMAGE"], "display_name": "VAE Decode",
+        "category": "latent",
+        "description": "Decodes latent images back into pixel space images.",
+        "output_tooltips": ["The decoded image."]},
+    "SaveImage": {
+        "input": {"required": {
+            "images": ["IMAGE", {"tooltip": "The images to save."}],
+            "filename_prefix": ["STRING", {
+                "default": "ComfyUI",
+                "tooltip": "The prefix for the file to save. This may "
+                "include formatting information such as %date:yyyy-MM-dd% "
+                "or %Empty Latent Image.width% to include values from "
+                "nodes."}]},
+            "hidden": _SAVE_HIDDEN},
+        "output": [], "output_node": True, "display_name": "Save Image",
+        "category": "image", "description": _SAVE_DESCRIPTION},
+    "PreviewImage": {
+        "input": {"required": {"images": ["IMAGE"]}, "hidden": _SAVE_HIDDEN},
+        "output": [], "output_node": True, "display_name": "Preview Image",
+        "category": "image", "description": _SAVE_DESCRIPTION},
+    "ModelSamplingSD3": {
+        "input": {"required": {
+            "model": ["MODEL"],
+            "shift": ["FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0,
+                                "step": 0.01}]}},
+        "output": ["MODEL"], "category": "advanced/model",
+        "python_module": "comfy_extras.nodes_model_advanced"},
+}
+
+
+def comfy_edit_models(models, op, names):
+    """
+    MODELS (folder -> files) with NAMES added or removed (OP "add" or
+    "remove").  A name is FOLDER/FILE, or for removal a bare FILE, which
+    goes from every folder.  Folders may use the legacy names clip and unet.
+    """
+    out = {folder: list(files) for folder, files in models.items()}
+    for name in names:
+        folder, _, file = name.partition("/")
+        folder = COMFY_LEGACY_FOLDERS.get(folder, folder)
+        if folder not in COMFY_MODEL_FOLDERS or not file:
+            if op == "add":
+                raise ValueError(
+                    "%r: a model to add is FOLDER/FILE, FOLDER one of %s"
+                    % (name, ", ".join(COMFY_MODEL_FOLDERS)))
+            folders, file = list(out), name
+        else:
+            folders = [folder]
+        for f in folders:
+            files = out.setdefault(f, [])
+            if op == "add" and file not in files:
+                files.append(file)
+            elif op == "remove" and file in files:
+                files.remove(file)
+            files.sort()
+    return {f: files for f, files in out.items() if files}
+
+
+def comfy_object_info(models):
+    """GET /object_info for the installed MODELS (folder -> file names)."""
+    out = {}
+    for name, d in COMFY_NODE_DEFS.items():
+        inputs = {}
+        for section in ("required", "optional", "hidden"):
+            if section not in d["input"]:
+                continue
+            specs = {}
+            for key, spec in d["input"][section].items():
+                if isinstance(spec, list) and isinstance(spec[0], str) and \
+                        spec[0].startswith("@"):
+                    spec = [sorted(models.get(spec[0][1:], []))] + spec[1:]
+                specs[key] = json.loads(json.dumps(spec))
+            inputs[section] = specs
+        info = {"input": inputs,
+                "input_order": {k: list(v) for k, v in inputs.items()},
+                "output": list(d["output"]),
+                "output_is_list": [False] * len(d["output"]),
+                "output_name": list(d["output"]),
+                "name": name,
+                "display_name": d.get("display_name", name),
+                "description": d.get("description", ""),
+                "python_module": d.get("python_module", "nodes"),
+                "category": d["category"],
+                "output_node": d.get("output_node", False)}
+        if "output_tooltips" in d:
+            info["output_tooltips"] = list(d["output_tooltips"])
+        out[name] = info
+    return out
+
+
+# -- validation (execution.validate_prompt) ----------------------------------
+
+class ComfyServerError(Exception):
+    """What makes aiohttp answer 500: the real handler raised."""
+
+
+class PyError(Exception):
+    """
+    A Python exception inside ComfyUI's validation or execution: its type
+    as full_type_name writes it, its message (str(ex)) and traceback lines.
+    """
+
+    def __init__(self, type_name, message, frames=()):
+        super().__init__(message)
+        self.type_name = type_name
+        self.message = message
+        self.frames = list(frames)
+
+
+def _frame(line, func, code):
+    return '  File "%s/execution.py", line %d, in %s\n    %s\n' % (
+        COMFY_ROOT, line, func, code)
+
+
+_LINK_FRAME = _frame(1036, "validate_inputs",
+                     "o_class_type = prompt[o_id]['class_type']")
+_INNER_FRAME = _frame(1079, "validate_inputs",
+                      "r2 = await validate_inputs(prompt_id, prompt, o_id, "
+                      "validated)")
+_OUTER_FRAME = _frame(1231, "validate_prompt",
+                      "m = await validate_inputs(prompt_id, prompt, o, "
+                      "validated)")
+
+
+def comfy_is_link(value):
+    """comfy_execution.graph_utils.is_link."""
+    return isinstance(value, list) and len(value) == 2 and \
+        isinstance(value[0], str) and isinstance(value[1], (int, float)) \
+        and not isinstance(value[1], bool)
+
+
+def _types_match(received, wanted):
+    """comfy_execution.validation.validate_node_input (not strict)."""
+    if received == wanted:
+        return True
+    if not isinstance(received, str) or not isinstance(wanted, str):
+        return False
+    got = {t.strip() for t in received.split(",")}
+    want = {t.strip() for t in wanted.split(",")}
+    if "*" in got or "*" in want:
+        return True
+    return not got.isdisjoint(want)
+
+
+def _py_str(value):
+    """str() of a JSON value as Python prints it (f-strings in ComfyUI)."""
+    return str(value)
+
+
+def _node_title(node, default):
+    meta = node.get("_meta", {})
+    if not isinstance(meta, dict):
+        raise ComfyServerError("_meta is not an object")
+    return meta.get("title", default)
+
+
+def comfy_validate(graph, info, targets=None):
+    """
+    ComfyUI's validate_prompt on GRAPH (node id -> {class_type, inputs})
+    with the node classes of INFO (object_info).  Widget values are
+    converted in place (INT, FLOAT, STRING, BOOLEAN), as ComfyUI does.
+    Return (valid, error, good_outputs, node_errors); raise
+    ComfyServerError where the real server crashes (answers 500).
+    """
+    if isinstance(graph, (list, str)) and not graph:
+        graph = {}
+    if not isinstance(graph, dict):
+        raise ComfyServerError("prompt is not an object")
+    outputs = []
+    for x, node in graph.items():
+        if not isinstance(node, dict):
+            raise ComfyServerError("node %s is not an object" % x)
+        if "class_type" not in node:
+            title = _node_title(node, None)
+            return False, {
+                "type": "missing_node_type",
+                "message": "Node '%s' has no class_type. The workflow may be "
+                "corrupted or a custom node is missing."
+                % (title or "ID #%s" % x),
+                "details": "Node ID '#%s'" % x,
+                "extra_info": {"node_id": x, "class_type": None,
+                               "node_title": title}}, [], {}
+        class_type = node["class_type"]
+        if isinstance(class_type, (list, dict)):
+            raise ComfyServerError("unhashable class_type")
+        if class_type not in info:
+            title = _node_title(node, class_type)
+            return False, {
+                "type": "missing_node_type",
+                "message": "Node '%s' not found. The custom node may not be "
+                "installed." % _py_str(title),
+                "details": "Node ID '#%s'" % x,
+                "extra_info": {"node_id": x, "class_type": class_type,
+                               "node_title": title}}, [], {}
+        if info[class_type]["output_node"] and \
+                (targets is None or x in targets):
+            outputs.append(x)
+    if not outputs:
+        return False, {"type": "prompt_no_outputs",
+                       "message": "Prompt has no outputs", "details": "",
+                       "extra_info": {}}, [], {}
+
+    validated = {}
+    good, failed, node_errors = [], [], {}
+    for o in outputs:
+        try:
+            valid, reasons = _validate_inputs(graph, info, o, validated, set())
+        except PyError as ex:
+            valid = False
+            reasons = [{"type": "exception_during_validation",
+                        "message": "Exception when validating node",
+                        "details": ex.message,
+                        "extra_info": {"exception_type": ex.type_name,
+                                       "traceback": [_OUTER_FRAME] +
+                                       ex.frames}}]
+            validated[o] = (False, reasons)
+        if valid:
+            good.append(o)
+            continue
+        failed.append((o, reasons))
+        for node_id, (ok, node_reasons) in validated.items():
+            # upstream errors make the nodes downstream invalid too, with
+            # no errors of their own: those are not reported
+            if not ok and node_reasons:
+                if node_id not in node_errors:
+                    node_errors[node_id] = {
+                        "errors": node_reasons, "dependent_outputs": [],
+                        "class_type": graph[node_id]["class_type"]}
+                node_errors[node_id]["dependent_outputs"].append(o)
+    if not good:
+        details = "\n".join("%s: %s" % (e["message"], e["details"])
+                            for _, reasons in failed for e in reasons)
+        return False, {"type": "prompt_outputs_failed_validation",
+                       "message": "Prompt outputs failed validation",
+                       "details": details, "extra_info": {}}, [], node_errors
+    return True, None, good, node_errors
+
+
+def _py_convert(kind, value):
+    """int(), float(), str() or bool() as Python does them, or PyError."""
+    try:
+        if kind == "INT":
+            return int(value)
+        if kind == "FLOAT":
+            return float(value)
+        if kind == "STRING":
+            return str(value)
+        return bool(value)
+    except (TypeError, ValueError, OverflowError) as ex:
+        raise PyError(type(ex).__name__, str(ex))
+
+
+def _validate_inputs(graph, info, uid, validated, visiting):
+    """execution.validate_inputs for node UID: (valid, errors)."""
+    if uid in validated:
+        return validated[uid]
+    if uid in visiting:
+        raise PyError("RecursionError", "maximum recursion depth exceeded")
+    visiting = visiting | {uid}
+    node = graph[uid]
+    if "inputs" not in node:
+        raise PyError("KeyError", "'inputs'",
+                      [_frame(1000, "validate_inputs",
+                              "inputs = prompt[unique_id]['inputs']")])
+    inputs = node["inputs"]
+    if not isinstance(inputs, dict):
+        raise PyError("TypeError", "argument of type '%s' is not iterable"
+                      % type(inputs).__name__)
+    spec_all = info[node["class_type"]]["input"]
+    errors, valid = [], True
+    for category in ("required", "optional"):
+        for x, spec in spec_all.get(category, {}).items():
+            if x not in inputs:
+                if category == "required":
+                    errors.append({"type": "required_input_missing",
+                                   "message": "Required input is missing",
+                                   "details": x,
+                                   "extra_info": {"input_name": x}})
+                continue
+            val = inputs[x]
+            input_type = spec[0]
+            config = [input_type, spec[1] if len(spec) > 1 else {}]
+            if isinstance(val, list):
+                if len(val) != 2:
+                    errors.append({
+                        "type": "bad_linked_input",
+                        "message": "Bad linked input, must be a length-2 "
+                        "list of [node_id, slot_index]",
+                        "details": x,
+                        "extra_info": {"input_name": x,
+                                       "input_config": config,
+                                       "received_value": val}})
+                    continue
+                o_id, slot = val
+                if isinstance(o_id, (list, dict)):
+                    raise PyError("TypeError", "unhashable type: '%s'"
+                                  % type(o_id).__name__, [_LINK_FRAME])
+                if o_id not in graph:
+                    raise PyError("KeyError", repr(o_id), [_LINK_FRAME])
+                returns = info[graph[o_id]["class_type"]]["output"]
+                if isinstance(slot, bool):
+                    slot = int(slot)
+                if not isinstance(slot, int):
+                    raise PyError("TypeError", "tuple indices must be "
+                                  "integers or slices, not %s"
+                                  % type(slot).__name__, [_LINK_FRAME])
+                if not -len(returns) <= slot < len(returns):
+                    raise PyError("IndexError", "tuple index out of range",
+                                  [_LINK_FRAME])
+                received = returns[slot]
+                if not _types_match(received, input_type):
+                    errors.append({
+                        "type": "return_type_mismatch",
+                        "message": "Return type mismatch between linked "
+                        "nodes",
+                        "details": "%s, received_type(%s) mismatch "
+                        "input_type(%s)" % (x, received, input_type),
+                        "extra_info": {"input_name": x,
+                                       "input_config": config,
+                                       "received_type": received,
+                                       "linked_node": val}})
+                    continue
+                try:
+                    ok, _ = _validate_inputs(graph, info, o_id, validated,
+                                             visiting)
+                    if not ok:
+                        valid = False
+                except PyError as ex:
+                    valid = False
+                    validated[o_id] = (False, [{
+                        "type": "exception_during_inner_validation",
+                        "message": "Exception when validating inner node",
+                        "details": ex.message,
+                        "extra_info": {"input_name": x,
+                                       "input_config": config,
+                                       "exception_message": ex.message,
+                                       "exception_type": ex.type_name,
+                                       "traceback": [_INNER_FRAME] +
+                                       ex.frames,
+                                       "linked_node": val}}])
+                continue
+            if isinstance(val, dict) and "__value__" in val:
+                val = inputs[x] = val["__value__"]
+            if input_type in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+                try:
+                    converted = _py_convert(input_type, val)
+                except PyError as ex:
+                    errors.append({
+                        "type": "invalid_input_type",
+                        "message": "Failed to convert an input value to a "
+                        "%s value" % input_type,
+                        "details": "%s, %s, %s" % (x, _py_str(val),
+                                                   ex.message),
+                        "extra_info": {"input_name": x,
+                                       "input_config": config,
+                                       "received_value": val,
+                                       "exception_message": ex.message}})
+                    continue
+                val = inputs[x] = converted
+            limits = config[1]
+            if "min" in limits and val < limits["min"]:
+                errors.append({
+                    "type": "value_smaller_than_min",
+                    "message": "Value %s smaller than min of %s"
+                    % (_py_str(val), _py_str(limits["min"])),
+                    "details": x,
+                    "extra_info": {"input_name": x, "input_config": config,
+                                   "received_value": val}})
+                continue
+            if "max" in limits and val > limits["max"]:
+                errors.append({
+                    "type": "value_bigger_than_max",
+                    "message": "Value %s bigger than max of %s"
+                    % (_py_str(val), _py_str(limits["max"])),
+                    "details": x,
+                    "extra_info": {"input_name": x, "input_config": config,
+                                   "received_value": val}})
+                continue
+            if isinstance(input_type, list):
+                if isinstance(val, str) and "\\" in val:
+                    val = val.replace("\\", "/")
+                if val not in input_type:
+                    if len(input_type) > 20:
+                        listed = "(list of length %d)" % len(input_type)
+                        config = None
+                    else:
+                        listed = str(input_type)
+                    errors.append({
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": "%s: '%s' not in %s" % (x, _py_str(val),
+                                                           listed),
+                        "extra_info": {"input_name": x,
+                                       "input_config": config,
+                                       "received_value": val}})
+    result = (not errors and valid, errors)
+    validated[uid] = result
+    return result
+
+
+# -- execution ----------------------------------------------------------------
+
+# exec_error: the exception each kind raises, as ComfyUI reports it.
+COMFY_OOM_MESSAGE = (
+    "CUDA out of memory. Tried to allocate 9.00 GiB. GPU 0 has a total "
+    "capacity of 23.52 GiB of which 2.18 GiB is free. Including non-PyTorch "
+    "memory, this process has 21.32 GiB memory in use. Of the allocated "
+    "memory 19.87 GiB is allocated by PyTorch, and 1.01 GiB is reserved by "
+    "PyTorch but unallocated. If reserved but unallocated memory is large "
+    "try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid "
+    "fragmentation.  See documentation for Memory Management  "
+    "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
+COMFY_OOM_TIPS = (
+    "This error means you ran out of memory on your GPU.\n\nTIPS: If the "
+    "workflow worked before you might have accidentally set the batch_size "
+    "to a large number.")
+COMFY_SHAPE_TIPS = (
+    "\n\nTIPS: If you have any 'Load CLIP' or '*CLIP Loader' nodes in your "
+    "workflow connected to this sampler node make sure the correct file(s) "
+    "and type is selected.")
+
+# str() of the objects nodes pass along, for execution_error current_inputs
+_COMFY_REPRS = {
+    "MODEL": "<comfy.model_patcher.ModelPatcher object at 0x%x>",
+    "CLIP": "<comfy.sd.CLIP object at 0x%x>",
+    "VAE": "<comfy.sd.VAE object at 0x%x>",
+    "CONDITIONING": "[[tensor([[[-0.3885,  0.0230, -0.0521,  ...,  0.1853, "
+    "-0.2307,  0.1066]]]), {'pooled_output': tensor([[-0.6992,  0.3086, "
+    " ...]])}]]",
+    "LATENT": "{'samples': tensor([[[[0., 0., 0.,  ..., 0., 0., 0.]]]])}",
+    "IMAGE": "tensor([[[[0.5216, 0.4627, 0.3961],\n          ...]]]])",
+}
+
+_EXEC_FRAMES = [
+    _frame(496, "execute", "output_data, output_ui, has_subgraph, "
+           "has_pending_tasks = await get_output_data(prompt_id, unique_id, "
+           "obj, input_data_all, execution_block_cb=execution_block_cb, "
+           "pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)"),
+    _frame(315, "get_output_data", "return_values = await "
+           "_async_map_node_over_list(prompt_id, unique_id, obj, "
+           "input_data_all, obj.FUNCTION, allow_interrupt=True, "
+           "execution_block_cb=execution_block_cb, "
+           "pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)"),
+    _frame(289, "_async_map_node_over_list", "await process_inputs("
+           "input_dict, i)"),
+    _frame(277, "process_inputs", "result = f(**inputs)"),
+]
+
+
+def _source_frame(path, line, func, code):
+    return '  File "%s/%s", line %d, in %s\n    %s\n' % (COMFY_ROOT, path,
+                                                       line, func, code)
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+class ComfyJob:
+    """An accepted prompt: its queue item and what its directives ask."""
+
+    def __init__(self, number, prompt_id, graph, extra_data, outputs,
+                 sensitive, behaviour, step_delay):
+        self.number = number
+        self.prompt_id = prompt_id
+        self.graph = graph
+        self.extra_data = extra_data
+        self.outputs = outputs
+        self.sensitive = sensitive
+        b = behaviour
+        self.step_delay = b.step_delay if b.step_delay is not None \
+            else step_delay
+        self.run_time = b.run_time
+        self.exec_error = b.exec_error
+        self.exec_node = b.exec_node
+        self.png = b.png
+        self.png_size = b.png_size
+        self.image_bytes = b.image_bytes
+
+    def item(self):
+        """[number, prompt_id, prompt, extra_data, outputs_to_execute]"""
+        return [self.number, self.prompt_id, self.graph, self.extra_data,
+                list(self.outputs)]
+
+
+class _Interrupted(Exception):
+    def __init__(self, node_id):
+        super().__init__(node_id)
+        self.node_id = node_id
+
+
+class _Reset(Exception):
+    """The simulator was reset while a prompt ran: forget it."""
+
+
+class _Plan:
+    """How long the nodes of one run take, and which one fails."""
+
+    def __init__(self, job, order):
+        graph = job.graph
+        samplers = [n for n in order if graph[n]["class_type"] == "KSampler"]
+        steps = sum(graph[n]["inputs"]["steps"] for n in samplers)
+        self.step_time, self.node_time = job.step_delay, 0.0
+        if job.run_time is not None:
+            self.step_time = job.run_time / steps if steps else 0.0
+            if not steps and order:
+                self.node_time = job.run_time / len(order)
+        self.fail = None
+        if job.exec_error is None:
+            return
+        if job.exec_node is not None:
+            self.fail = job.exec_node if job.exec_node in order else None
+        elif job.exec_error == "corrupt":
+            loaders = [n for n in order if "loads" in
+                       COMFY_NODE_DEFS[graph[n]["class_type"]]]
+            self.fail = (loaders or order or [None])[0]
+        else:
+            self.fail = (samplers or order or [None])[0]
+
+
+def _comfy_signatures(graph):
+    """
+    Node id -> its cache key: the class, its widget values and the keys of
+    the nodes it links to (CacheKeySetInputSignature).  Equal keys mean the
+    cached output can be reused, whatever the node ids.
+    """
+    memo = {}
+
+    def sig(n, stack):
+        if n in memo:
+            return memo[n]
+        node = graph.get(n)
+        if not isinstance(node, dict) or n in stack:
+            return "missing"
+        inputs = node.get("inputs")
+        parts = [node.get("class_type")]
+        if isinstance(inputs, dict):
+            for key in sorted(inputs):
+                value = inputs[key]
+                if comfy_is_link(value):
+                    parts.append([key, "link", sig(value[0], stack | {n}),
+                                  value[1]])
+                else:
+                    parts.append([key, value])
+        memo[n] = hashlib.sha256(json.dumps(parts, sort_keys=True,
+                                            default=str).encode()).hexdigest()
+        return memo[n]
+
+    for n in graph:
+        sig(n, frozenset())
+    return memo
+
+
+def _comfy_order(graph, outputs, done):
+    """The nodes to run for OUTPUTS, inputs first; DONE ones are cached."""
+    order, seen = [], set(done)
+
+    def visit(n):
+        if n in seen:
+            return
+        seen.add(n)
+        for value in graph[n]["inputs"].values():
+            if comfy_is_link(value) and value[0] in graph:
+                visit(value[0])
+        order.append(n)
+
+    for o in outputs:
+        visit(o)
+    return order
+
+
+def _comfy_prefix_vars(prefix, width, height):
+    """folder_paths.get_save_image_path's compute_vars."""
+    now = time.localtime()
+    for name, value in (("width", width), ("height", height),
+                        ("year", now.tm_year), ("month", "%02d" % now.tm_mon),
+                        ("day", "%02d" % now.tm_mday),
+                        ("hour", "%02d" % now.tm_hour),
+                        ("minute", "%02d" % now.tm_min),
+                        ("second", "%02d" % now.tm_sec)):
+        prefix = prefix.replace("%" + name + "%", str(value))
+    return prefix
+
+
+class ComfyEngine:
+    """
+    ComfyUI's PromptQueue and PromptExecutor: one queue (ordered by number),
+    one prompt executed at a time by one thread, the history of finished
+    prompts, the files SaveImage/PreviewImage wrote, and the output cache of
+    the last prompt.
+    """
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.interrupt_flag = threading.Event()
+        self.epoch = 0
+        self._clear()
+        threading.Thread(target=self._work, name="sim-comfyui-queue",
+                         daemon=True).start()
+
+    def _clear(self):
+        self.pending = []               # heap: (number, prompt_id, seq, job)
+        self.seq = 0
+        self.running = None
+        self.history = {}               # prompt_id -> entry, oldest first
+        self.files = {}                 # full path -> (ImageSpec, prompt_id)
+        self.cache = {}                 # signature -> (outputs, ui)
+        self.number = 0
+        self.texts = {}                 # prompt_id -> directive strings
+        self.preview_suffix = {}        # PreviewImage node id -> suffix
+
+    def reset(self):
+        """Forget everything; a running prompt is stopped and dropped."""
+        with self.cond:
+            self.epoch += 1
+            self._clear()
+            self.interrupt_flag.set()
+            self.cond.notify_all()
+
+    def _check(self, epoch):
+        if epoch != self.epoch:
+            raise _Reset()
+
+    # -- the queue (server.py routes) -------------------------------------
+
+    def take_number(self):
+        with self.cond:
+            number = self.number
+            self.number += 1
+            return number
+
+    def submit(self, job, texts):
+        with self.cond:
+            self.seq += 1
+            heapq.heappush(self.pending, (job.number, job.prompt_id,
+                                          self.seq, job))
+            if texts:
+                self.texts[job.prompt_id] = texts
+            self.cond.notify_all()
+
+    def queue_lists(self):
+        with self.cond:
+            running = [self.running.item()] if self.running else []
+            pending = [entry[-1].item() for entry in sorted(self.pending)]
+            return json.loads(json.dumps({"queue_running": running,
+                                          "queue_pending": pending}))
+
+    def remaining(self):
+        with self.cond:
+            return len(self.pending) + (self.running is not None)
+
+    def delete_pending(self, prompt_id):
+        with self.cond:
+            for i, entry in enumerate(self.pending):
+                if entry[1] == prompt_id:
+                    self.pending.pop(i)
+                    heapq.heapify(self.pending)
+                    return True
+            return False
+
+    def clear_pending(self):
+        with self.cond:
+            self.pending = []
+
+    def interrupt(self, prompt_id):
+        """
+        POST /interrupt: with a prompt id, only if that prompt runs; without,
+        whatever runs.  Return whether a running prompt was hit.
+        """
+        with self.cond:
+            running = self.running
+            if prompt_id:
+                hit = running is not None and running.prompt_id == prompt_id
+                if hit:
+                    self.interrupt_flag.set()
+            else:
+                hit = running is not None
+                self.interrupt_flag.set()
+            return hit
+
+    def get_history(self, prompt_id=None, max_items=None, offset=-1):
+        """PromptQueue.get_history."""
+        with self.cond:
+            if prompt_id is not None:
+                entry = self.history.get(prompt_id)
+                return {} if entry is None else \
+                    json.loads(json.dumps({prompt_id: entry}))
+            if offset < 0 and max_items is not None:
+                offset = len(self.history) - max_items
+            out = {}
+            for i, key in enumerate(self.history):
+                if i >= offset:
+                    out[key] = self.history[key]
+                    if max_items is not None and len(out) >= max_items:
+                        break
+            return json.loads(json.dumps(out))
+
+    def delete_history(self, prompt_id):
+        with self.cond:
+            self.history.pop(prompt_id, None)
+
+    def clear_history(self):
+        with self.cond:
+            self.history = {}
+
+    def texts_of(self, prompt_id):
+        with self.cond:
+            return list(self.texts.get(prompt_id, []))
+
+    def file(self, path):
+        with self.cond:
+            return self.files.get(path)
+
+    def running_id(self):
+        with self.cond:
+            return self.running.prompt_id if self.running else None
+
+    # -- the worker (main.prompt_worker) ----------------------------------
+
+    def _work(self):
+        while True:
+            with self.cond:
+                while not self.pending:
+                    self.cond.wait()
+                job = heapq.heappop(self.pending)[-1]
+                self.running = job
+                epoch = self.epoch
+                # execute() starts with interrupt_processing(False)
+                self.interrupt_flag.clear()
+            try:
+                entry = self._execute(job, epoch)
+            except _Reset:
+                entry = None
+            except Exception:           # a bug must not stop the queue
+                sys.excepthook(*sys.exc_info())
+                entry = None
+            with self.cond:
+                if entry is not None and epoch == self.epoch:
+                    if len(self.history) > COMFY_HISTORY_MAX:
+                        self.history.pop(next(iter(self.history)))
+                    self.history[job.prompt_id] = entry
+                if self.running is job:
+                    self.running = None
+                self.cond.notify_all()
+
+    def _wait(self, seconds, node_id):
+        """Sleep SECONDS unless interrupted (then raise _Interrupted)."""
+        if seconds > 0:
+            if self.interrupt_flag.wait(seconds):
+                raise _Interrupted(node_id)
+        elif self.interrupt_flag.is_set():
+            raise _Interrupted(node_id)
+
+    def _execute(self, job, epoch):
+        """Run JOB as PromptExecutor.execute; return its history entry."""
+        graph, pid = job.graph, job.prompt_id
+        messages = []
+
+        def note(event, data):
+            data["timestamp"] = now_ms()
+            messages.append([event, data])
+
+        note("execution_start", {"prompt_id": pid})
+        sigs = _comfy_signatures(graph)
+        with self.cond:
+            self._check(epoch)
+            cached = {n: self.cache[sigs[n]] for n in graph
+                      if sigs[n] in self.cache}
+        note("execution_cached", {"nodes": list(cached), "prompt_id": pid})
+        results = {n: entry[0] for n, entry in cached.items()}
+        ui = {n: entry[1] for n, entry in cached.items()
+              if entry[1] is not None}
+        order = _comfy_order(graph, job.outputs, cached)
+        plan = _Plan(job, order)
+        executed, fresh = [], {}
+        try:
+            for nid in order:
+                # nodes.before_node_execution()
+                self._wait(plan.node_time, nid)
+                outputs, node_ui = self._run_node(job, nid, results, plan,
+                                                  epoch)
+                results[nid] = outputs
+                if node_ui is not None:
+                    ui[nid] = node_ui
+                executed.append(nid)
+                fresh[sigs[nid]] = (outputs, node_ui)
+        except _Interrupted as ex:
+            note("execution_interrupted", {
+                "prompt_id": pid, "node_id": ex.node_id,
+                "node_type": graph[ex.node_id]["class_type"],
+                "executed": list(executed)})
+            success = False
+        except PyError as ex:
+            nid = ex.node_id
+            note("execution_error", {
+                "prompt_id": pid, "node_id": nid,
+                "node_type": graph[nid]["class_type"],
+                "executed": list(executed),
+                "exception_message": ex.message,
+                "exception_type": ex.type_name,
+                "traceback": ex.frames,
+                "current_inputs": ex.current_inputs,
+                "current_outputs": list(cached)})
+            success = False
+        else:
+            note("execution_success", {"prompt_id": pid})
+            success = True
+        with self.cond:
+            self._check(epoch)
+            # the cache keeps what this prompt used (clean_unused)
+            used = set(sigs.values())
+            cache = {s: e for s, e in self.cache.items() if s in used}
+            cache.update(fresh)
+            self.cache = cache
+        return {"prompt": job.item(),
+                "outputs": ui,
+                "status": {"status_str": "success" if success else "error",
+                           "completed": success, "messages": messages},
+                "meta": {n: {"node_id": n, "display_node": n,
+                             "parent_node": None, "real_node_id": n}
+                         for n in ui}}
+
+    def _run_node(self, job, nid, results, plan, epoch):
+        """One node's outputs (a tuple) and UI output (or None)."""
+        node = job.graph[nid]
+        class_type = node["class_type"]
+        values = {}
+        for key, value in node["inputs"].items():
+            if comfy_is_link(value) and value[0] in results:
+                values[key] = results[value[0]][int(value[1])]
+            else:
+                values[key] = value
+        if nid == plan.fail:
+            raise self._failure(job, nid, class_type, values)
+        d = COMFY_NODE_DEFS[class_type]
+        if "loads" in d:
+            return tuple({"type": t, "node": nid} for t in d["output"]), None
+        if class_type in ("EmptyLatentImage", "EmptySD3LatentImage"):
+            # torch.zeros([batch, channels, height // 8, width // 8])
+            return ({"type": "LATENT", "width": values["width"] // 8 * 8,
+                     "height": values["height"] // 8 * 8,
+                     "batch": values["batch_size"], "seed": None},), None
+        if class_type == "KSampler":
+            for _ in range(values["steps"]):
+                self._wait(plan.step_time, nid)
+            latent = dict(values["latent_image"])
+            latent["seed"] = values["seed"]
+            return (latent,), None
+        if class_type == "VAEDecode":
+            image = dict(values["samples"])
+            image["type"] = "IMAGE"
+            return (image,), None
+        if class_type in ("SaveImage", "PreviewImage"):
+            temp = class_type == "PreviewImage"
+            if temp:
+                with self.cond:
+                    suffix = self.preview_suffix.setdefault(nid, "".join(
+                        random.choice("abcdefghijklmnopqrstupvxyz")
+                        for _ in range(5)))
+                prefix = "ComfyUI_temp_" + suffix
+            else:
+                prefix = values["filename_prefix"]
+            images = self._save(job, nid, values["images"], prefix, temp,
+                                values, epoch)
+            return (), {"images": images}
+        if class_type == "ModelSamplingSD3":
+            return (values["model"],), None
+        return tuple({"type": t, "node": nid} for t in d["output"]), None
+
+    def _save(self, job, nid, image, prefix, temp, values, epoch):
+        """SaveImage.save_images: name and register the files."""
+        width, height = image["width"], image["height"]
+        if job.png_size is not None:
+            width, height = job.png_size
+        if "%" in prefix:
+            prefix = _comfy_prefix_vars(prefix, width, height)
+        base = COMFY_DIRS["temp" if temp else "output"]
+        norm = posixpath.normpath(prefix)
+        subfolder, filename = posixpath.dirname(norm), posixpath.basename(norm)
+        folder = posixpath.normpath(posixpath.join(base, subfolder))
+        common = posixpath.commonpath((base, folder))
+        if common != base:
+            raise self._error(
+                nid, "Exception", "**** ERROR: Saving image outside the "
+                "output folder is not allowed.\n full_output_folder: %s\n"
+                "         output_dir: %s\n         commonpath: %s\n"
+                % (folder, base, common),
+                [_source_frame("nodes.py", 1645, "save_images",
+                               "full_output_folder, filename, counter, "
+                               "subfolder, filename_prefix = folder_paths."
+                               "get_save_image_path(filename_prefix, "
+                               "self.output_dir, images[0].shape[1], "
+                               "images[0].shape[0])"),
+                 _source_frame("folder_paths.py", 471, "get_save_image_path",
+                               "raise Exception(err)")], values)
+        texts = [("prompt", json.dumps(job.graph))]
+        extra = job.extra_data.get("extra_pnginfo")
+        if isinstance(extra, dict):
+            texts += [(str(k)[:79], json.dumps(v)) for k, v in extra.items()]
+        results = []
+        with self.cond:
+            self._check(epoch)
+            counter = 0
+            for path in self.files:
+                head, name = posixpath.split(path)
+                if head != folder or name[:len(filename) + 1] != \
+                        filename + "_":
+                    continue
+                try:
+                    digits = int(name[len(filename) + 1:].split("_")[0])
+                except ValueError:
+                    digits = 0
+                counter = max(counter, digits)
+            counter += 1
+            for i in range(image["batch"]):
+                name = "%s_%05d_.png" % (
+                    filename.replace("%batch_num%", str(i)), counter)
+                spec = ImageSpec(width, height, "comfy|%s|%d"
+                                 % (image["seed"], i), texts, job.png,
+                                 job.image_bytes)
+                self.files[posixpath.join(folder, name)] = (spec,
+                                                            job.prompt_id)
+                results.append({"filename": name, "subfolder": subfolder,
+                                "type": "temp" if temp else "output"})
+                counter += 1
+        return results
+
+    @staticmethod
+    def _error(nid, type_name, message, frames, values, tips=""):
+        """The PyError a failing node reports (message, then the tips)."""
+        ex = PyError(type_name, "%s\n%s" % (message, tips),
+                     _EXEC_FRAMES + frames)
+        ex.node_id = nid
+        address = 0x7f3a00000000 + int(hashlib.sha256(
+            nid.encode()).hexdigest()[:8], 16) * 16
+        ex.current_inputs = {}
+        for key, value in values.items():
+            if isinstance(value, dict) and "type" in value:
+                value = _COMFY_REPRS[value["type"]]
+                if "%x" in value:
+                    value %= address
+            elif value is not None and \
+                    not isinstance(value, (int, float, bool, str)):
+                value = str(value)
+            ex.current_inputs[key] = [value]
+        return ex
+
+    def _failure(self, job, nid, class_type, values):
+        """The exception exec_error=KIND raises in node NID."""
+        kind = job.exec_error
+        if kind == "oom":
+            return self._error(
+                nid, "torch.OutOfMemoryError", COMFY_OOM_MESSAGE,
+                [_source_frame("comfy/ldm/modules/attention.py", 520,
+                               "attention_pytorch",
+                               "out = comfy.ops.scaled_dot_product_attention"
+                               "(q, k, v, attn_mask=mask, dropout_p=0.0, "
+                               "is_causal=False)")], values, COMFY_OOM_TIPS)
+        if kind == "runtime":
+            return self._error(
+                nid, "RuntimeError", "mat1 and mat2 shapes cannot be "
+                "multiplied (154x2048 and 768x320)",
+                [_source_frame("comfy/ops.py", 75,
+                               "forward_comfy_cast_weights",
+                               "return torch.nn.functional.linear(input, "
+                               "weight, bias)")], values,
+                COMFY_SHAPE_TIPS if "Sampler" in class_type else "")
+        if kind == "corrupt":
+            folder, key = COMFY_NODE_DEFS[class_type].get(
+                "loads", ("checkpoints", None))
+            path = "%s/models/%s/%s" % (COMFY_ROOT, folder,
+                                        values.get(key, "model.safetensors"))
+            return self._error(
+                nid, "ValueError", "Error while deserializing header: "
+                "HeaderTooLarge\n\nFile path: %s\n\nThe safetensors file is "
+                "corrupt or invalid. Make sure this is actually a "
+                "safetensors file and not a ckpt or pt or other filetype."
+                % path,
+                [_source_frame("comfy/utils.py", 65, "load_torch_file",
+                               "raise ValueError(\"{}\\n\\nFile path: {}\\n\\n"
+                               "The safetensors file is corrupt or invalid. "
+                               "Make sure this is actually a safetensors "
+                               "file and not a ckpt or pt or other "
+                               "filetype.\".format(message, ckpt))")],
+                values)
+        return self._error(
+            nid, "Exception", "Simulated failure in %s" % class_type,
+            [_source_frame("nodes.py", 1525, "sample",
+                           "raise Exception(\"Simulated failure\")")], values)
+
+
+# -- the HTTP role (server.py) ------------------------------------------------
+
+COMFY_ROUTES = (
+    (r"/system_stats", {"GET": "system_stats"}),
+    (r"/prompt", {"GET": "prompt_info", "POST": "prompt"}),
+    (r"/queue", {"GET": "queue", "POST": "queue_change"}),
+    (r"/interrupt", {"POST": "interrupt"}),
+    (r"/history", {"GET": "history", "POST": "history_change"}),
+    (r"/history/([^/]+)", {"GET": "history_one"}),
+    (r"/view", {"GET": "view"}),
+    (r"/object_info", {"GET": "object_info"}),
+    (r"/object_info/([^/]+)", {"GET": "object_info_one"}),
+    (r"/models", {"GET": "model_folders"}),
+    (r"/models/([^/]+)", {"GET": "model_files"}),
+    (r"/embeddings", {"GET": "embeddings"}),
+)
+
+# aiohttp's answer when a handler raises.
+AIOHTTP_500 = "500 Internal Server Error\n\nServer got itself in trouble"
+
+
+def comfy_api_path(path):
+    """Every route also answers under /api/."""
+    return path[4:] if path.startswith("/api/") else path
+
 
 class ComfyUIBackend(Backend):
     role = "comfyui"
 
-    def route(self, method, path):
-        if path.startswith("/api/"):
-            path = path[4:]
-        if method == "GET" and path.startswith("/history/"):
-            return self.history
-        return {("GET", "/system_stats"): self.system_stats,
-                ("GET", "/queue"): self.queue,
-                ("GET", "/prompt"): self.prompt_info,
-                ("POST", "/prompt"): self.prompt}.get((method, path))
+    def __init__(self, sim):
+        super().__init__(sim)
+        self.engine = ComfyEngine()
+
+    def reset(self):
+        self.engine.reset()
+
+    def match(self, ex):
+        """(handler name or None, route's methods, path arguments)."""
+        method = "GET" if ex.command == "HEAD" else ex.command
+        path = comfy_api_path(ex.path_only)
+        for pattern, methods in COMFY_ROUTES:
+            m = re.fullmatch(pattern, path)
+            if m:
+                args = [urllib.parse.unquote(g) for g in m.groups()]
+                return methods.get(method), methods, args
+        return None, None, []
+
+    def handle(self, ex):
+        name, methods, args = self.match(ex)
+        if methods is None:
+            return self.not_found(ex)
+        if name is None:
+            allowed = sorted(set(methods) | ({"HEAD"} if "GET" in methods
+                                             else set()))
+            return ex.send_text(405, "405: Method Not Allowed",
+                                [("Allow", ",".join(allowed))])
+        try:
+            return getattr(self, name)(ex, *args)
+        except ComfyServerError:
+            return ex.send_text(500, AIOHTTP_500)
+
+    # -- directives -------------------------------------------------------
+
+    def scope(self, ex):
+        """Which directives of a graph this request obeys (their on=)."""
+        name = self.match(ex)[0]
+        return {"prompt": "prompt", "history_one": "history",
+                "view": "view"}.get(name)
 
     def directive_texts(self, ex):
-        if ex.command == "POST" and isinstance(ex.payload, dict):
-            return list(all_strings(ex.payload.get("prompt")))
+        scope = self.scope(ex)
+        if scope == "prompt":
+            if isinstance(ex.payload, dict):
+                return list(all_strings(ex.payload.get("prompt")))
+        elif scope == "history":
+            return self.engine.texts_of(self.match(ex)[2][0])
+        elif scope == "view":
+            found = self.view_file(ex)
+            if isinstance(found, tuple):
+                return self.engine.texts_of(found[1])
         return []
+
+    def select_directives(self, ex, directives):
+        """
+        A graph's directives act where their on= says: on POST /prompt by
+        default, on=history on GET /history/{id} of that prompt, on=view on
+        GET /view of its images.  Elsewhere only their tag is kept, so that
+        one tag follows a prompt through its polls and downloads.
+        """
+        scope = self.scope(ex)
+        out = []
+        for d in directives:
+            if d.actions.get("on", "prompt") == scope:
+                out.append(d if scope == "prompt"
+                           else Directive(d.target, d.actions, []))
+            else:
+                tag = {"tag": d.actions["tag"]} if "tag" in d.actions else {}
+                out.append(Directive(d.target, tag, d.errors
+                                     if scope == "prompt" else []))
+        return out
+
+    # -- answers ----------------------------------------------------------
 
     def send_status_error(self, ex, status, model=None):
         # ComfyUI's 5xx come from aiohttp as plain text.
@@ -2138,6 +3827,30 @@ class ComfyUIBackend(Backend):
     def not_found(self, ex):
         ex.send_text(404, "404: Not Found")
 
+    @staticmethod
+    def json(ex, obj, status=200):
+        # aiohttp's json_response: json.dumps with its defaults (ASCII)
+        ex.send_json(status, obj, ensure_ascii=True)
+
+    @staticmethod
+    def empty(ex):
+        # web.Response(status=200)
+        ex.send_bytes(200, b"", "application/octet-stream")
+
+    @staticmethod
+    def body(ex, default=None):
+        """await request.json(): the JSON body, or ComfyServerError."""
+        if ex.json_error is not None or not ex.raw_body:
+            if default is not None:
+                return default
+            raise ComfyServerError("bad JSON body")
+        return ex.payload
+
+    def models(self):
+        return self.sim.state.role_config("comfyui")["models"]
+
+    # -- routes -----------------------------------------------------------
+
     def system_stats(self, ex):
         gib = 1024 ** 3
         devices = [{"name": "cuda:%d NVIDIA GeForce RTX 4090 : "
@@ -2145,7 +3858,7 @@ class ComfyUIBackend(Backend):
                     "vram_total": 24 * gib, "vram_free": 22 * gib,
                     "torch_vram_total": 0, "torch_vram_free": 0}
                    for i in range(2)]
-        ex.send_json(200, {"system": {
+        self.json(ex, {"system": {
             "os": "posix", "ram_total": 128 * gib, "ram_free": 100 * gib,
             "comfyui_version": "0.3.60",
             "required_frontend_version": "1.26.0",
@@ -2154,27 +3867,191 @@ class ComfyUIBackend(Backend):
             "argv": ["main.py", "--listen", "127.0.0.1"]},
             "devices": devices})
 
-    def queue(self, ex):
-        ex.send_json(200, {"queue_running": [], "queue_pending": []})
-
     def prompt_info(self, ex):
-        ex.send_json(200, {"exec_info": {"queue_remaining": 0}})
+        self.json(ex, {"exec_info": {
+            "queue_remaining": self.engine.remaining()}})
+
+    def queue(self, ex):
+        self.json(ex, self.engine.queue_lists())
 
     def prompt(self, ex):
-        p = ex.payload
-        if not isinstance(p, dict) or "prompt" not in p:
-            return ex.send_json(400, {
-                "error": {"type": "no_prompt", "message": "No prompt provided",
-                          "details": "No prompt provided", "extra_info": {}},
-                "node_errors": {}})
-        if self.directive_failure(ex):
-            return
-        prompt_id = p.get("prompt_id") or str(uuid.uuid4())
-        ex.send_json(200, {"prompt_id": prompt_id, "number": ex.rec["seq"],
-                           "node_errors": {}})
+        data = self.body(ex)
+        if not isinstance(data, (dict, list)):
+            raise ComfyServerError("body is not an object")
+        if "number" in data:
+            try:
+                number = float(data["number"])
+            except (TypeError, ValueError):
+                raise ComfyServerError("bad number")
+        else:
+            number = self.engine.take_number()
+            if isinstance(data, dict) and data.get("front"):
+                number = -number
+        if "prompt" not in data:
+            return self.json(ex, {"error": {
+                "type": "no_prompt", "message": "No prompt provided",
+                "details": "No prompt provided", "extra_info": {}},
+                "node_errors": {}}, 400)
+        if not isinstance(data, dict):
+            raise ComfyServerError("body is not an object")
+        # validation converts values in place: not in the logged body
+        graph = json.loads(json.dumps(data["prompt"]))
+        prompt_id = str(data["prompt_id"]) if "prompt_id" in data \
+            else str(uuid.uuid4())
+        targets = data.get("partial_execution_targets")
+        extra = json.loads(json.dumps(data.get("extra_data", {})))
+        client_id = data.get("client_id")
+        self.sim.state.update(ex.rec, prompt_id=prompt_id,
+                              client_id=client_id)
+        valid, error, good, node_errors = comfy_validate(
+            graph, comfy_object_info(self.models()), targets)
+        if not valid:
+            return self.json(ex, {"error": error,
+                                  "node_errors": node_errors}, 400)
+        if not isinstance(extra, dict):
+            raise ComfyServerError("extra_data is not an object")
+        b = ex.behaviour
+        if b.redirect is not None or b.failure_status() not in (None, 200):
+            # nothing queued: the answer is an error
+            return self.directive_failure(ex)
+        if "client_id" in data:
+            extra["client_id"] = client_id
+        sensitive = {k: extra.pop(k) for k in COMFY_SENSITIVE if k in extra}
+        extra["create_time"] = now_ms()
+        step_delay = self.sim.state.role_config("comfyui")["step_delay"]
+        job = ComfyJob(number, prompt_id, graph, extra, good, sensitive, b,
+                       step_delay)
+        texts = [t for t in all_strings(graph) if "[[sim" in t]
+        self.engine.submit(job, texts)
+        # malformed and drop spoil the answer of a prompt that was queued
+        if b.malformed:
+            return ex.send_malformed()
+        self.json(ex, {"prompt_id": prompt_id, "number": number,
+                       "node_errors": node_errors})
+
+    def queue_change(self, ex):
+        data = self.body(ex)
+        if not isinstance(data, (dict, list)):
+            raise ComfyServerError("body is not an object")
+        if "clear" in data and data["clear"]:
+            self.engine.clear_pending()
+        if "delete" in data:
+            if not isinstance(data["delete"], list):
+                raise ComfyServerError("delete is not a list")
+            for prompt_id in data["delete"]:
+                self.engine.delete_pending(prompt_id)
+        self.empty(ex)
+
+    def interrupt(self, ex):
+        data = self.body(ex, default={})
+        if not isinstance(data, dict):
+            raise ComfyServerError("body is not an object")
+        prompt_id = data.get("prompt_id")
+        hit = self.engine.interrupt(prompt_id)
+        self.sim.state.update(
+            ex.rec, prompt_id=prompt_id if prompt_id else None,
+            interrupt="prompt" if prompt_id else "global", interrupted=hit)
+        self.empty(ex)
 
     def history(self, ex):
-        ex.send_json(200, {})
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(ex.path).query,
+                                      keep_blank_values=True)
+        try:
+            max_items = query.get("max_items", [None])[0]
+            max_items = None if max_items is None else int(max_items)
+            offset = int(query.get("offset", ["-1"])[0])
+        except ValueError:
+            raise ComfyServerError("bad number")
+        self.json(ex, self.engine.get_history(max_items=max_items,
+                                              offset=offset))
+
+    def history_one(self, ex, prompt_id):
+        self.sim.state.update(ex.rec, prompt_id=prompt_id)
+        if self.directive_failure(ex):
+            return
+        self.json(ex, self.engine.get_history(prompt_id=prompt_id))
+
+    def history_change(self, ex):
+        data = self.body(ex)
+        if not isinstance(data, (dict, list)):
+            raise ComfyServerError("body is not an object")
+        if "clear" in data and data["clear"]:
+            self.engine.clear_history()
+        if "delete" in data:
+            if not isinstance(data["delete"], list):
+                raise ComfyServerError("delete is not a list")
+            for prompt_id in data["delete"]:
+                self.engine.delete_history(prompt_id)
+        self.empty(ex)
+
+    def view_file(self, ex):
+        """
+        server.view_image's checks for GET /view: a status (400, 403, 404)
+        or (ImageSpec, prompt_id, file name).  Kept on EX.
+        """
+        if hasattr(ex, "comfy_view"):
+            return ex.comfy_view
+        ex.comfy_view = found = self._view_file(ex)
+        return found
+
+    def _view_file(self, ex):
+        query = {}
+        for key, value in urllib.parse.parse_qsl(
+                urllib.parse.urlsplit(ex.path).query, keep_blank_values=True):
+            query.setdefault(key, value)
+        if "filename" not in query:
+            return 404
+        filename, kind = query["filename"], None
+        for name in COMFY_DIRS:
+            if filename.endswith(" [%s]" % name):
+                filename, kind = filename[:-len(name) - 3], name
+        if not filename:
+            return 400
+        if filename[0] == "/" or ".." in filename:
+            return 400
+        folder = COMFY_DIRS.get(kind or query.get("type", "output"))
+        if folder is None:
+            return 400
+        if "subfolder" in query:
+            full = posixpath.normpath(posixpath.join(folder,
+                                                     query["subfolder"]))
+            if posixpath.commonpath((full, folder)) != folder:
+                return 403
+            folder = full
+        filename = posixpath.basename(filename)
+        found = self.engine.file(posixpath.join(folder, filename))
+        if found is None:
+            return 404
+        return found[0], found[1], filename
+
+    def view(self, ex):
+        found = self.view_file(ex)
+        if not isinstance(found, tuple):
+            return ex.send_bytes(found, b"", "application/octet-stream")
+        spec, prompt_id, filename = found
+        self.sim.state.update(ex.rec, prompt_id=prompt_id)
+        if self.directive_failure(ex):
+            return
+        ex.send_bytes(200, PNG_CACHE.get(spec), "image/png", [
+            ("Content-Disposition", 'filename="%s"' % filename)])
+
+    def object_info(self, ex):
+        self.json(ex, comfy_object_info(self.models()))
+
+    def object_info_one(self, ex, name):
+        info = comfy_object_info(self.models())
+        self.json(ex, {name: info[name]} if name in info else {})
+
+    def model_folders(self, ex):
+        self.json(ex, list(COMFY_MODEL_FOLDERS))
+
+    def model_files(self, ex, folder):
+        if folder not in COMFY_MODEL_FOLDERS:
+            return ex.send_bytes(404, b"", "application/octet-stream")
+        self.json(ex, sorted(self.models().get(folder, [])))
+
+    def embeddings(self, ex):
+        self.json(ex, [])
 
 
 BACKENDS = {"ollama": OllamaBackend, "openai": OpenAIBackend,
@@ -2227,7 +4104,8 @@ class ControlHandler(http.server.BaseHTTPRequestHandler):
             if route == ("GET", "log"):
                 return self._reply(200, sim.state.query_log(
                     role=query.get("role"), tag=query.get("tag"),
-                    key=query.get("key"), path=query.get("path")))
+                    key=query.get("key"), path=query.get("path"),
+                    prompt_id=query.get("prompt_id")))
             if route == ("GET", "counts"):
                 return self._reply(200, sim.state.get_counts())
             if route == ("GET", "status"):
@@ -2238,7 +4116,7 @@ class ControlHandler(http.server.BaseHTTPRequestHandler):
                 return self._reply(200, {r: sim.state.role_config(r)
                                          for r in BACKEND_ROLES})
             if route == ("POST", "reset"):
-                sim.state.reset()
+                sim.reset()
                 return self._reply(200, {"ok": True})
             if route in (("POST", "down"), ("POST", "up")):
                 if arg not in BACKEND_ROLES:
@@ -2330,6 +4208,11 @@ class Simulator:
                     for role in BACKEND_ROLES}
         defaults["ollama"]["models"] = args.ollama_models
         defaults["ollama"]["no_think_models"] = args.no_think_models
+        models = comfy_edit_models(COMFY_DEFAULT_MODELS, "remove",
+                                   args.comfyui_remove_models)
+        defaults["comfyui"]["models"] = comfy_edit_models(
+            models, "add", args.comfyui_add_models)
+        defaults["comfyui"]["step_delay"] = args.comfyui_step_delay
         self.state = SimState(defaults)
         self.listeners = {
             role: RoleListener(self, role, args.host, SimHandler,
@@ -2346,6 +4229,12 @@ class Simulator:
                 BACKENDS["openai"](self), tls_context=ctx)
         self.host = args.host
         self.ports = {}
+
+    def reset(self):
+        """POST /reset: the log, counters and settings, and ComfyUI's
+        queue, history, files and cache."""
+        self.state.reset()
+        self.listeners["comfyui"].backend.reset()
 
     def role_status(self):
         return {role: "up" if self.listeners[role].is_up else "down"
@@ -2407,6 +4296,17 @@ def main(argv=None):
     parser.add_argument("--no-think-models", type=csv_list, default=[],
                         help="comma-separated Ollama models that refuse "
                         "think")
+    parser.add_argument("--comfyui-step-delay", type=float, default=0.0,
+                        metavar="S", help="ComfyUI: seconds per sampler "
+                        "step (default 0)")
+    parser.add_argument("--comfyui-remove-models", type=csv_list,
+                        default=[], metavar="LIST",
+                        help="ComfyUI: comma-separated model files to "
+                        "leave out, FOLDER/FILE or FILE (every folder)")
+    parser.add_argument("--comfyui-add-models", type=csv_list, default=[],
+                        metavar="LIST",
+                        help="ComfyUI: comma-separated model files to add, "
+                        "FOLDER/FILE")
     parser.add_argument("--tls-cert",
                         help="PEM certificate: also serve the OpenAI role "
                         "over HTTPS (port \"openai_tls\")")
@@ -2414,6 +4314,12 @@ def main(argv=None):
     parser.add_argument("--verbose", action="store_true",
                         help="log every request to stderr")
     args = parser.parse_args(argv)
+    if not args.comfyui_step_delay >= 0:
+        parser.error("--comfyui-step-delay must be >= 0")
+    try:
+        comfy_edit_models({}, "add", args.comfyui_add_models)
+    except ValueError as exc:
+        parser.error("--comfyui-add-models: %s" % exc)
 
     # Hundreds of concurrent connections need more than the usual soft
     # limit of 1024 descriptors.

@@ -14,7 +14,8 @@ pg_regress expected files can contain it, e.g. through
 JSON read that way comes back byte for byte.
 
 Commands:
-    log [--role R] [--tag T] [--key K] [--path P] [--count | --field F]
+    log [--role R] [--tag T] [--key K] [--path P] [--prompt-id ID]
+        [--count | --field F]
     reset | status | counts | ports
     down ROLE | up ROLE
     config ROLE JSON
@@ -131,7 +132,7 @@ def run(args):
     if args.command == "log":
         records = control(ports, "GET", "/log", {
             "role": args.role, "tag": args.tag, "key": args.key,
-            "path": args.path})
+            "path": args.path, "prompt_id": args.prompt_id})
         if args.count:
             emit(args, str(len(records)))
         elif args.field:
@@ -206,6 +207,8 @@ def build_parser():
     log.add_argument("--tag")
     log.add_argument("--key")
     log.add_argument("--path")
+    log.add_argument("--prompt-id", help="ComfyUI requests about this "
+                     "prompt")
     out = log.add_mutually_exclusive_group()
     out.add_argument("--count", action="store_true",
                      help="print the number of matching requests")

@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import unittest
+import uuid
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -170,6 +171,13 @@ def openai_chat(content, key=OPENAI_KEY, model="gpt-4", **extra):
     return call("openai", "POST", "/v1/chat/completions", body, headers)
 
 
+def openai_image(key=OPENAI_KEY, **body):
+    """POST /v1/images/generations; BODY defaults to prompt "a cloud"."""
+    body.setdefault("prompt", "a cloud")
+    headers = {"Authorization": "Bearer " + key} if key is not None else {}
+    return call("openai", "POST", "/v1/images/generations", body, headers)
+
+
 def anthropic_msg(content, key=ANTHROPIC_KEY, version="2023-06-01",
                   **extra):
     body = {"model": "claude-sonnet-4-5", "max_tokens": 100,
@@ -222,24 +230,57 @@ def simctl(*args):
     return out.returncode, out.stdout, out.stderr
 
 
-def png_is_valid(data):
-    """Walk a PNG's chunks, checking CRCs and the IDAT stream."""
+def png_parse(data):
+    """
+    Walk a PNG: signature, chunk CRCs, IHDR, the inflated IDAT stream
+    (8-bit RGB rows, each a filter byte and 3 bytes a pixel).  Return
+    {"width", "height", "chunks": [types], "text": {keyword: text}}, or
+    None when anything is wrong.
+    """
     if data[:8] != b"\x89PNG\r\n\x1a\n":
-        return False
-    pos, idat = 8, b""
-    while pos < len(data):
+        return None
+    pos, idat, chunks, text, ihdr = 8, [], [], {}, None
+    while pos + 12 <= len(data):
         length, = struct.unpack(">I", data[pos:pos + 4])
         kind = data[pos + 4:pos + 8]
         chunk = data[pos + 8:pos + 8 + length]
+        if len(chunk) != length or pos + 12 + length > len(data):
+            return None
         crc, = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
         if zlib.crc32(kind + chunk) & 0xFFFFFFFF != crc:
-            return False
-        if kind == b"IDAT":
-            idat += chunk
+            return None
+        chunks.append(kind.decode("latin-1"))
+        if kind == b"IHDR":
+            ihdr = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat.append(chunk)
+        elif kind == b"tEXt":
+            key, _, value = chunk.partition(b"\x00")
+            text[key.decode("latin-1")] = value.decode("latin-1")
         pos += 12 + length
         if kind == b"IEND":
             break
-    return len(zlib.decompress(idat)) == 4      # filter byte + RGB
+    if pos != len(data) or not chunks or chunks[0] != "IHDR" or \
+            chunks[-1] != "IEND" or ihdr is None or \
+            ihdr[2:] != (8, 2, 0, 0, 0):
+        return None
+    width, height = ihdr[:2]
+    try:
+        raw = zlib.decompress(b"".join(idat))
+    except zlib.error:
+        return None
+    row = 3 * width + 1
+    if len(raw) != height * row or \
+            any(raw[i] > 4 for i in range(0, len(raw), row)):
+        return None
+    return {"width": width, "height": height, "chunks": chunks, "text": text}
+
+
+def png_is_valid(data, width=1, height=1):
+    """A whole valid RGB PNG of WIDTH x HEIGHT."""
+    info = png_parse(data)
+    return info is not None and (info["width"], info["height"]) == \
+        (width, height)
 
 
 class SimTestCase(unittest.TestCase):
@@ -629,7 +670,7 @@ class TestOpenAI(SimTestCase):
         body = r.json()
         self.assertEqual(len(body["data"]), 1)
         self.assertTrue(png_is_valid(base64.b64decode(
-            body["data"][0]["b64_json"])))
+            body["data"][0]["b64_json"]), 1024, 1024))
         self.assertEqual(body["data"][0]["revised_prompt"], "a cloud")
         r = call("openai", "POST", "/v1/images/generations", {
             "model": "dall-e-2", "prompt": "a cloud"}, auth)
@@ -637,7 +678,7 @@ class TestOpenAI(SimTestCase):
         path = url.split("%d" % PORTS["openai"], 1)[1]
         image = call("openai", "GET", path)
         self.assertEqual(image.headers["content-type"], "image/png")
-        self.assertTrue(png_is_valid(image.body))
+        self.assertTrue(png_is_valid(image.body, 1024, 1024))
         r = call("openai", "POST", "/v1/images/generations", {
             "model": "gpt-image-1", "prompt": "a cloud"}, auth)
         self.assertIn("b64_json", r.json()["data"][0])
@@ -645,6 +686,185 @@ class TestOpenAI(SimTestCase):
             "model": "gpt-image-1", "prompt": "x",
             "response_format": "b64_json"}, auth)
         self.assertEqual(r.status, 400)
+
+    def test_image_sizes_per_model(self):
+        def size_error(body, message):
+            r = openai_image(**body)
+            self.assertEqual(r.status, 400)
+            self.assertEqual(r.json(), {"error": {
+                "message": message, "type": "invalid_request_error",
+                "param": "size", "code": "invalid_value"}})
+        size_error({"model": "dall-e-2", "size": "1792x1024"},
+                   "Invalid value: '1792x1024'. Supported values are: "
+                   "'256x256', '512x512', and '1024x1024'.")
+        size_error({"model": "dall-e-3", "size": "512x512"},
+                   "Invalid value: '512x512'. Supported values are: "
+                   "'1024x1024', '1024x1792', and '1792x1024'.")
+        size_error({"model": "gpt-image-1", "size": "512x512"},
+                   "Invalid value: '512x512'. Supported values are: "
+                   "'1024x1024', '1024x1536', '1536x1024', and 'auto'.")
+        # the default model is dall-e-2, whose sizes stop at 1024
+        size_error({"size": "1024x1536"},
+                   "Invalid value: '1024x1536'. Supported values are: "
+                   "'256x256', '512x512', and '1024x1024'.")
+        r = openai_image(model="gpt-image-1", size=1024)
+        self.assertEqual(r.json()["error"]["code"], "invalid_type")
+        for model, size in (("dall-e-2", "256x256"), ("dall-e-2", "512x512"),
+                            ("dall-e-3", "1792x1024"),
+                            ("dall-e-3", "1024x1792"),
+                            ("gpt-image-1", "1536x1024"),
+                            ("gpt-image-1", "1024x1536")):
+            r = openai_image(model=model, size=size,
+                             **({} if model.startswith("gpt") else
+                                {"response_format": "b64_json"}))
+            self.assertEqual(r.status, 200, (model, size))
+            w, h = (int(v) for v in size.split("x"))
+            self.assertTrue(png_is_valid(base64.b64decode(
+                r.json()["data"][0]["b64_json"]), w, h), (model, size))
+        # auto and the defaults make 1024x1024
+        body = openai_image(model="gpt-image-1").json()
+        self.assertEqual(body["size"], "1024x1024")
+        self.assertTrue(png_is_valid(base64.b64decode(
+            body["data"][0]["b64_json"]), 1024, 1024))
+
+    def test_image_parameters(self):
+        r = openai_image(model="dall-e-3", n=2)
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"], {
+            "message": "Invalid 'n': integer above maximum value. Expected "
+            "a value <= 1, but got 2 instead.",
+            "type": "invalid_request_error", "param": "n",
+            "code": "integer_above_max_value"})
+        self.assertEqual(openai_image(n=11).json()["error"]["code"],
+                         "integer_above_max_value")
+        self.assertEqual(openai_image(n=0).json()["error"]["code"],
+                         "integer_below_min_value")
+        self.assertEqual(openai_image(n="2").json()["error"]["code"],
+                         "invalid_type")
+        r = openai_image(model="dall-e-3", quality="high")
+        self.assertEqual(r.json()["error"]["message"],
+                         "Invalid value: 'high'. Supported values are: "
+                         "'standard' and 'hd'.")
+        self.assertEqual(r.json()["error"]["param"], "quality")
+        r = openai_image(model="gpt-image-1", quality="hd")
+        self.assertEqual(r.json()["error"]["message"],
+                         "Invalid value: 'hd'. Supported values are: 'low', "
+                         "'medium', 'high', and 'auto'.")
+        self.assertEqual(openai_image(model="dall-e-3", quality="hd",
+                                      style="natural").status, 200)
+        self.assertEqual(openai_image(model="dall-e-3",
+                                      style="pastel").status, 400)
+        r = openai_image(model="gpt-image-1", response_format="url")
+        self.assertEqual((r.status, r.json()["error"]["param"]),
+                         (400, "response_format"))
+        self.assertEqual(openai_image(model="dall-e-2",
+                                      response_format="png").status, 400)
+        r = openai_image(model="sdxl")
+        self.assertEqual((r.status, r.json()["error"]["param"]),
+                         (400, "model"))
+        r = openai_image(model="dall-e-2", prompt="x " * 600)
+        self.assertEqual(r.json()["error"]["code"], "string_above_max_length")
+        self.assertEqual(openai_image(key="sk-wrong").status, 401)
+        r = openai_image(prompt="a cloud [[sim openai:status=429 "
+                         "retry_after=2]]")
+        self.assertEqual((r.status, r.headers["retry-after"]), (429, "2"))
+        self.assertEqual(r.json()["error"]["code"], "rate_limit_exceeded")
+        self.assertEqual(openai_image(
+            prompt="[[sim openai:status=500]]").status, 500)
+
+    def test_image_responses(self):
+        # dall-e-2: urls by default, n distinct images, no revised_prompt
+        body = openai_image(n=3, size="256x256").json()
+        self.assertEqual(sorted(body), ["created", "data"])
+        pictures = set()
+        for item in body["data"]:
+            self.assertEqual(list(item), ["url"])
+            path = item["url"].split("%d" % PORTS["openai"], 1)[1]
+            image = call("openai", "GET", path)
+            self.assertEqual(image.status, 200)
+            self.assertTrue(png_is_valid(image.body, 256, 256))
+            pictures.add(image.body)
+        self.assertEqual(len(pictures), 3)
+        self.assertEqual(call("openai", "GET", "/images/img-none.png").status,
+                         404)
+        # dall-e-3: one image, revised_prompt without the directives
+        body = openai_image(model="dall-e-3", prompt="a cloud [[sim "
+                            "any:tag=im3]]").json()
+        self.assertEqual(body["data"][0]["revised_prompt"], "a cloud")
+        self.assertNotIn("usage", body)
+        # gpt-image: b64 only, usage by quality and size, no revised_prompt
+        body = openai_image(model="gpt-image-1", prompt="two words",
+                            quality="low", size="1024x1536", n=2).json()
+        self.assertEqual(list(body), ["created", "background", "data",
+                                      "output_format", "quality", "size",
+                                      "usage"])
+        self.assertEqual([list(d) for d in body["data"]], [["b64_json"]] * 2)
+        self.assertEqual((body["quality"], body["size"],
+                          body["output_format"]), ("low", "1024x1536", "png"))
+        self.assertEqual(body["usage"], {
+            "input_tokens": 2, "input_tokens_details": {
+                "image_tokens": 0, "text_tokens": 2},
+            "output_tokens": 816, "total_tokens": 818})
+        # the same request makes the same picture
+        a = openai_image(model="gpt-image-1", prompt="same").json()
+        b = openai_image(model="gpt-image-1", prompt="same").json()
+        self.assertEqual(a["data"], b["data"])
+
+    def test_image_content_policy(self):
+        r = openai_image(model="dall-e-3", prompt="x [[sim openai:"
+                         "content_policy]]")
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json(), {"error": {
+            "message": "Your request was rejected as a result of our safety "
+            "system. Your prompt may contain text that is not allowed by "
+            "our safety system.", "type": "image_generation_user_error",
+            "param": None, "code": "content_policy_violation"}})
+        r = openai_image(model="dall-e-2", prompt="x [[sim openai:"
+                         "content_policy=legacy]]")
+        self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
+        self.assertEqual(r.json()["error"]["code"],
+                         "content_policy_violation")
+        r = openai_image(model="gpt-image-1", prompt="x [[sim openai:"
+                         "content_policy times=1 key=cp1]]")
+        err = r.json()["error"]
+        self.assertEqual((r.status, err["type"], err["code"]),
+                         (400, "image_generation_user_error",
+                          "moderation_blocked"))
+        self.assertIn("include the request ID %s."
+                      % r.headers["x-request-id"], err["message"])
+        self.assertEqual(err["moderation_details"]["moderation_stage"],
+                         "input")
+        self.assertEqual(openai_image(model="gpt-image-1", prompt="x [[sim "
+                                      "openai:content_policy times=1 "
+                                      "key=cp1]]").status, 200)
+        # validation comes first
+        r = openai_image(model="dall-e-3", size="1x1", prompt="x [[sim "
+                         "openai:content_policy]]")
+        self.assertEqual(r.json()["error"]["param"], "size")
+
+    def test_image_png_directives(self):
+        def image(directives, model="gpt-image-1", **extra):
+            body = openai_image(model=model, prompt="p [[sim openai:%s]]"
+                                % directives, **extra).json()
+            return base64.b64decode(body["data"][0]["b64_json"])
+        data = image("image_bytes=4000000")
+        self.assertEqual(len(data), 4000000)
+        self.assertTrue(png_is_valid(data, 1024, 1024))
+        data = image("image_bytes=100")      # smaller than the image: as is
+        self.assertTrue(png_is_valid(data, 1024, 1024))
+        self.assertTrue(png_is_valid(image("png_size=64x48"), 64, 48))
+        self.assertTrue(png_is_valid(image("png=wrongsize"), 512, 512))
+        data = image("png=badcrc")
+        self.assertEqual(data[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertIsNone(png_parse(data))
+        self.assertIsNone(png_parse(image("png=truncated")))
+        self.assertTrue(image("png=notpng").startswith(b"<html>"))
+        # through a url too
+        body = openai_image(prompt="p [[sim openai:png=wrongsize]]",
+                            size="512x512").json()
+        path = body["data"][0]["url"].split("%d" % PORTS["openai"], 1)[1]
+        self.assertTrue(png_is_valid(call("openai", "GET", path).body,
+                                     256, 256))
 
     def test_stream(self):
         r = openai_chat("hi", stream=True)
@@ -762,25 +982,1025 @@ class TestAnthropic(SimTestCase):
 
 
 # --------------------------------------------------------------------------
-# ComfyUI stub
+# ComfyUI
 # --------------------------------------------------------------------------
 
-class TestComfyUI(SimTestCase):
-    def test_stub(self):
-        stats = call("comfyui", "GET", "/system_stats").json()
+SDXL_CKPTS = ["sd3.5_large.safetensors", "sd_xl_base_1.0.safetensors",
+              "sdxl_lightning_4step.safetensors"]
+
+
+def sdxl_graph(seed=1, prefix="igny8", text="a cloud", steps=4, width=1024,
+               height=1024, batch=1, ckpt="sd_xl_base_1.0.safetensors"):
+    """The minimal SDXL txt2img graph of protocols.md 2.5."""
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple",
+              "inputs": {"ckpt_name": ckpt}},
+        "6": {"class_type": "CLIPTextEncode",
+              "inputs": {"text": text, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode",
+              "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": width, "height": height,
+                         "batch_size": batch}},
+        "3": {"class_type": "KSampler",
+              "inputs": {"model": ["4", 0], "positive": ["6", 0],
+                         "negative": ["7", 0], "latent_image": ["5", 0],
+                         "seed": seed, "steps": steps, "cfg": 7,
+                         "sampler_name": "euler", "scheduler": "normal",
+                         "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode",
+              "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage",
+              "inputs": {"filename_prefix": prefix, "images": ["8", 0]},
+              "_meta": {"title": "Save Image"}},
+    }
+
+
+def flux_graph(seed=1, prefix="flux", text="a cloud"):
+    """FLUX.1 [dev] with split loaders (protocols.md 2.5)."""
+    return {
+        "10": {"class_type": "UNETLoader",
+               "inputs": {"unet_name": "flux1-dev.safetensors",
+                          "weight_dtype": "default"}},
+        "11": {"class_type": "DualCLIPLoader",
+               "inputs": {"clip_name1": "t5xxl_fp16.safetensors",
+                          "clip_name2": "clip_l.safetensors",
+                          "type": "flux"}},
+        "12": {"class_type": "VAELoader",
+               "inputs": {"vae_name": "ae.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode",
+              "inputs": {"text": text, "clip": ["11", 0]}},
+        "26": {"class_type": "FluxGuidance",
+               "inputs": {"guidance": 3.5, "conditioning": ["6", 0]}},
+        "33": {"class_type": "ConditioningZeroOut",
+               "inputs": {"conditioning": ["6", 0]}},
+        "27": {"class_type": "EmptySD3LatentImage",
+               "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
+        "3": {"class_type": "KSampler",
+              "inputs": {"model": ["10", 0], "positive": ["26", 0],
+                         "negative": ["33", 0], "latent_image": ["27", 0],
+                         "seed": seed, "steps": 20, "cfg": 1.0,
+                         "sampler_name": "euler", "scheduler": "simple",
+                         "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode",
+              "inputs": {"samples": ["3", 0], "vae": ["12", 0]}},
+        "9": {"class_type": "SaveImage",
+              "inputs": {"filename_prefix": prefix, "images": ["8", 0]}},
+    }
+
+
+def sd35_graph(seed=1, prefix="sd35"):
+    """SD 3.5 Large: checkpoint, three text encoders, shift 3."""
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple",
+              "inputs": {"ckpt_name": "sd3.5_large.safetensors"}},
+        "11": {"class_type": "TripleCLIPLoader",
+               "inputs": {"clip_name1": "clip_l.safetensors",
+                          "clip_name2": "clip_g.safetensors",
+                          "clip_name3": "t5xxl_fp16.safetensors"}},
+        "13": {"class_type": "ModelSamplingSD3",
+               "inputs": {"model": ["4", 0], "shift": 3.0}},
+        "6": {"class_type": "CLIPTextEncode",
+              "inputs": {"text": "a cloud", "clip": ["11", 0]}},
+        "7": {"class_type": "CLIPTextEncode",
+              "inputs": {"text": "", "clip": ["11", 0]}},
+        "5": {"class_type": "EmptySD3LatentImage",
+              "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
+        "3": {"class_type": "KSampler",
+              "inputs": {"model": ["13", 0], "positive": ["6", 0],
+                         "negative": ["7", 0], "latent_image": ["5", 0],
+                         "seed": seed, "steps": 28, "cfg": 4.5,
+                         "sampler_name": "dpmpp_2m",
+                         "scheduler": "sgm_uniform",
+                         "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode",
+              "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
+    }
+
+
+def comfy(method, path, body=None, raw=None):
+    return call("comfyui", method, path, raw if raw is not None else body)
+
+
+def comfy_prompt(graph, **extra):
+    body = {"prompt": graph, "client_id": "client-1"}
+    body.update(extra)
+    return comfy("POST", "/prompt", body)
+
+
+def with_directive(graph, directive, node="6"):
+    """GRAPH with DIRECTIVE appended to node NODE's text."""
+    graph = json.loads(json.dumps(graph))
+    graph[node]["inputs"]["text"] += " " + directive
+    return graph
+
+
+def wait_history(prompt_id, timeout=10):
+    """The history entry of PROMPT_ID once it is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = comfy("GET", "/history/" + prompt_id).json()
+        if body:
+            return body[prompt_id]
+        if time.monotonic() > deadline:
+            raise AssertionError("no history for %s" % prompt_id)
+        time.sleep(0.02)
+
+
+def wait_running(prompt_id, timeout=5):
+    deadline = time.monotonic() + timeout
+    while True:
+        running = comfy("GET", "/queue").json()["queue_running"]
+        if running and running[0][1] == prompt_id:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("%s never ran" % prompt_id)
+        time.sleep(0.01)
+
+
+def events(entry):
+    return [m[0] for m in entry["status"]["messages"]]
+
+
+def event(entry, name):
+    return [m[1] for m in entry["status"]["messages"] if m[0] == name][0]
+
+
+class TestComfyUIInfo(SimTestCase):
+    def test_system_stats_and_api_prefix(self):
+        stats = comfy("GET", "/system_stats").json()
         self.assertIn("vram_free", stats["devices"][0])
-        self.assertEqual(call("comfyui", "GET", "/api/queue").json(),
+        self.assertEqual(comfy("GET", "/api/queue").json(),
                          {"queue_running": [], "queue_pending": []})
-        r = call("comfyui", "POST", "/prompt", {"prompt": {
-            "9": {"class_type": "SaveImage", "inputs": {}}},
-            "client_id": "c1"})
+        self.assertEqual(comfy("GET", "/api/prompt").json(),
+                         {"exec_info": {"queue_remaining": 0}})
+        r = comfy("GET", "/nothing")
+        self.assertEqual((r.status, r.body), (404, b"404: Not Found"))
+        r = comfy("GET", "/interrupt")
+        self.assertEqual(r.status, 405)
+        self.assertEqual(r.headers["allow"], "POST")
+
+    def test_object_info(self):
+        info = comfy("GET", "/object_info").json()
+        self.assertEqual(sorted(info), sorted([
+            "CheckpointLoaderSimple", "UNETLoader", "DualCLIPLoader",
+            "TripleCLIPLoader", "VAELoader", "CLIPTextEncode",
+            "FluxGuidance", "ConditioningZeroOut", "EmptyLatentImage",
+            "EmptySD3LatentImage", "KSampler", "VAEDecode", "SaveImage",
+            "PreviewImage", "ModelSamplingSD3"]))
+        ks = info["KSampler"]
+        req = ks["input"]["required"]
+        self.assertEqual((req["steps"][0], req["steps"][1]["min"],
+                          req["steps"][1]["max"]), ("INT", 1, 10000))
+        self.assertEqual((req["cfg"][0], req["cfg"][1]["min"],
+                          req["cfg"][1]["max"]), ("FLOAT", 0.0, 100.0))
+        self.assertEqual(req["seed"][1]["max"], 0xffffffffffffffff)
+        self.assertIn("euler", req["sampler_name"][0])
+        self.assertIn("sgm_uniform", req["scheduler"][0])
+        self.assertEqual(req["model"][0], "MODEL")
+        self.assertEqual(ks["input_order"]["required"][:3],
+                         ["model", "seed", "steps"])
+        self.assertEqual((ks["output"], ks["output_name"],
+                          ks["output_is_list"], ks["output_node"]),
+                         (["LATENT"], ["LATENT"], [False], False))
+        lat = info["EmptyLatentImage"]["input"]["required"]
+        self.assertEqual([lat["width"][1][k] for k in ("min", "max", "step")],
+                         [16, 16384, 8])
+        self.assertEqual([lat["batch_size"][1][k] for k in ("min", "max")],
+                         [1, 4096])
+        self.assertEqual(info["SaveImage"]["output"], [])
+        self.assertTrue(info["SaveImage"]["output_node"])
+        self.assertTrue(info["PreviewImage"]["output_node"])
+        self.assertEqual(info["SaveImage"]["input"]["hidden"],
+                         {"prompt": "PROMPT",
+                          "extra_pnginfo": "EXTRA_PNGINFO"})
+        self.assertEqual(info["CheckpointLoaderSimple"]["output"],
+                         ["MODEL", "CLIP", "VAE"])
+        self.assertEqual(info["CheckpointLoaderSimple"]["input"]["required"]
+                         ["ckpt_name"][0], SDXL_CKPTS)
+        self.assertEqual(info["UNETLoader"]["input"]["required"]
+                         ["unet_name"][0], ["flux1-dev.safetensors"])
+        clips = ["clip_g.safetensors", "clip_l.safetensors",
+                 "t5xxl_fp16.safetensors"]
+        for name in ("clip_name1", "clip_name2"):
+            self.assertEqual(info["DualCLIPLoader"]["input"]["required"]
+                             [name][0], clips)
+        self.assertEqual(info["TripleCLIPLoader"]["input"]["required"]
+                         ["clip_name3"][0], clips)
+        self.assertIn("flux", info["DualCLIPLoader"]["input"]["required"]
+                      ["type"][0])
+        self.assertEqual(info["VAELoader"]["input"]["required"]["vae_name"][0],
+                         ["ae.safetensors"])
+        self.assertEqual(info["FluxGuidance"]["output"], ["CONDITIONING"])
+        self.assertEqual(info["ModelSamplingSD3"]["output"], ["MODEL"])
+        one = comfy("GET", "/object_info/KSampler").json()
+        self.assertEqual(one, {"KSampler": ks})
+        self.assertEqual(comfy("GET", "/object_info/NoSuchNode").json(), {})
+        self.assertEqual(comfy("GET", "/api/object_info/VAEDecode").json(),
+                         {"VAEDecode": info["VAEDecode"]})
+
+    def test_models(self):
+        folders = comfy("GET", "/models").json()
+        for folder in ("checkpoints", "vae", "text_encoders",
+                       "diffusion_models", "loras"):
+            self.assertIn(folder, folders)
+        self.assertEqual(comfy("GET", "/models/checkpoints").json(),
+                         SDXL_CKPTS)
+        self.assertEqual(comfy("GET", "/models/diffusion_models").json(),
+                         ["flux1-dev.safetensors"])
+        self.assertEqual(comfy("GET", "/models/loras").json(), [])
+        self.assertEqual(comfy("GET", "/models/nope").status, 404)
+        self.assertEqual(comfy("GET", "/models/clip").status, 404)
+
+    def test_remove_and_add_models(self):
+        status, cfg = control("POST", "/config/comfyui", {
+            "remove_models": ["flux1-dev.safetensors", "vae/ae.safetensors"]})
+        self.assertEqual(status, 200)
+        self.assertNotIn("diffusion_models", cfg["models"])
+        self.assertEqual(comfy("GET", "/models/diffusion_models").json(), [])
+        r = comfy_prompt(flux_graph())
+        self.assertEqual(r.status, 400)
+        body = r.json()
+        self.assertEqual(body["error"]["type"],
+                         "prompt_outputs_failed_validation")
+        err = body["node_errors"]["10"]
+        self.assertEqual((err["class_type"], err["dependent_outputs"]),
+                         ("UNETLoader", ["9"]))
+        self.assertEqual(err["errors"][0]["type"], "value_not_in_list")
+        self.assertEqual(err["errors"][0]["details"],
+                         "unet_name: 'flux1-dev.safetensors' not in []")
+        self.assertEqual(body["node_errors"]["12"]["errors"][0]["details"],
+                         "vae_name: 'ae.safetensors' not in []")
+        status, cfg = control("POST", "/config/comfyui", {
+            "add_models": ["unet/flux1-dev.safetensors",
+                           "vae/ae.safetensors",
+                           "loras/detail.safetensors"]})
+        self.assertEqual(cfg["models"]["loras"], ["detail.safetensors"])
+        self.assertEqual(comfy_prompt(flux_graph()).status, 200)
+        status, cfg = control("POST", "/config/comfyui", {
+            "models": {"checkpoints": ["only.safetensors"]}})
+        self.assertEqual(comfy("GET", "/models/checkpoints").json(),
+                         ["only.safetensors"])
+        for bad in ({"add_models": ["flux1-dev.safetensors"]},
+                    {"add_models": "x"}, {"models": {"nope": []}},
+                    {"step_delay": -1}):
+            self.assertEqual(control("POST", "/config/comfyui", bad)[0], 400)
+        control("POST", "/reset")
+        self.assertEqual(comfy("GET", "/models/checkpoints").json(),
+                         SDXL_CKPTS)
+
+    def test_models_on_the_command_line(self):
+        state = tempfile.mkdtemp(prefix="igny8_sim_models_")
+        proc = None
+        try:
+            proc, ports, _ = start_simulator(state, [
+                "--comfyui-remove-models",
+                "flux1-dev.safetensors,checkpoints/sd3.5_large.safetensors",
+                "--comfyui-add-models", "loras/detail.safetensors"])
+            conn = http.client.HTTPConnection("127.0.0.1", ports["comfyui"],
+                                              timeout=10)
+            got = {}
+            for folder in ("diffusion_models", "checkpoints", "loras"):
+                conn.request("GET", "/models/" + folder)
+                got[folder] = json.loads(conn.getresponse().read())
+            conn.close()
+            self.assertEqual(got, {
+                "diffusion_models": [],
+                "checkpoints": ["sd_xl_base_1.0.safetensors",
+                                "sdxl_lightning_4step.safetensors"],
+                "loras": ["detail.safetensors"]})
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+                proc.stdout.close()
+            shutil.rmtree(state, ignore_errors=True)
+        out = subprocess.run([PYTHON, SIM, "--state-dir", "/nonexistent",
+                              "--comfyui-add-models", "nofolder.safetensors"],
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("--comfyui-add-models", out.stderr)
+
+
+class TestComfyUIValidation(SimTestCase):
+    def rejected(self, graph, **extra):
+        r = comfy_prompt(graph, **extra)
+        self.assertEqual(r.status, 400, r.body)
+        self.assertEqual(r.headers["content-type"],
+                         "application/json; charset=utf-8")
+        return r.json()
+
+    def node_error(self, graph, node):
+        body = self.rejected(graph)
+        self.assertEqual(body["error"]["type"],
+                         "prompt_outputs_failed_validation")
+        self.assertEqual(body["error"]["message"],
+                         "Prompt outputs failed validation")
+        return body["node_errors"][node]
+
+    def test_valid_graphs(self):
+        for graph in (sdxl_graph(), flux_graph(), sd35_graph(),
+                      sdxl_graph(ckpt="sdxl_lightning_4step.safetensors")):
+            r = comfy_prompt(graph)
+            self.assertEqual(r.status, 200, r.body)
+            body = r.json()
+            self.assertEqual(sorted(body), ["node_errors", "number",
+                                            "prompt_id"])
+            self.assertEqual(body["node_errors"], {})
+            self.assertEqual(str(uuid.UUID(body["prompt_id"])),
+                             body["prompt_id"])
+
+    def test_body_errors(self):
+        r = comfy("POST", "/prompt", {"client_id": "c1"})
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json(), {"error": {
+            "type": "no_prompt", "message": "No prompt provided",
+            "details": "No prompt provided", "extra_info": {}},
+            "node_errors": {}})
+        for raw in (b"{not json", b"", b'"text"', b'{"prompt": [1]}',
+                    b'{"prompt": {"1": "x"}}'):
+            r = comfy("POST", "/prompt", raw=raw)
+            self.assertEqual(r.status, 500, raw)
+            self.assertEqual(r.body, b"500 Internal Server Error\n\n"
+                             b"Server got itself in trouble")
+
+    def test_missing_node_type(self):
+        graph = sdxl_graph()
+        graph["5"]["class_type"] = "EmptyLatentImageX"
+        body = self.rejected(graph)
+        self.assertEqual(body, {"error": {
+            "type": "missing_node_type",
+            "message": "Node 'EmptyLatentImageX' not found. The custom node "
+            "may not be installed.",
+            "details": "Node ID '#5'",
+            "extra_info": {"node_id": "5", "class_type": "EmptyLatentImageX",
+                           "node_title": "EmptyLatentImageX"}},
+            "node_errors": {}})
+        graph["5"]["_meta"] = {"title": "My latent"}
+        self.assertEqual(self.rejected(graph)["error"]["message"],
+                         "Node 'My latent' not found. The custom node may "
+                         "not be installed.")
+        graph = sdxl_graph()
+        del graph["8"]["class_type"]
+        self.assertEqual(self.rejected(graph)["error"], {
+            "type": "missing_node_type",
+            "message": "Node 'ID #8' has no class_type. The workflow may be "
+            "corrupted or a custom node is missing.",
+            "details": "Node ID '#8'",
+            "extra_info": {"node_id": "8", "class_type": None,
+                           "node_title": None}})
+
+    def test_no_outputs(self):
+        graph = sdxl_graph()
+        del graph["9"]
+        self.assertEqual(self.rejected(graph), {"error": {
+            "type": "prompt_no_outputs", "message": "Prompt has no outputs",
+            "details": "", "extra_info": {}}, "node_errors": {}})
+        self.assertEqual(self.rejected({})["error"]["type"],
+                         "prompt_no_outputs")
+        # partial_execution_targets names the outputs to run
+        body = self.rejected(sdxl_graph(),
+                             partial_execution_targets=["8"])
+        self.assertEqual(body["error"]["type"], "prompt_no_outputs")
+
+    def test_required_input_missing(self):
+        graph = sdxl_graph()
+        del graph["3"]["inputs"]["cfg"]
+        err = self.node_error(graph, "3")
+        self.assertEqual(err, {"errors": [{
+            "type": "required_input_missing",
+            "message": "Required input is missing", "details": "cfg",
+            "extra_info": {"input_name": "cfg"}}],
+            "dependent_outputs": ["9"], "class_type": "KSampler"})
+        # an optional input may be left out
+        graph = flux_graph()
+        self.assertNotIn("device", graph["11"]["inputs"])
+        self.assertEqual(comfy_prompt(graph).status, 200)
+
+    def test_links(self):
+        graph = sdxl_graph()
+        graph["8"]["inputs"]["samples"] = ["3", 0, 1]
+        err = self.node_error(graph, "8")["errors"][0]
+        self.assertEqual((err["type"], err["message"], err["details"]),
+                         ("bad_linked_input", "Bad linked input, must be a "
+                          "length-2 list of [node_id, slot_index]",
+                          "samples"))
+        self.assertEqual(err["extra_info"]["received_value"], ["3", 0, 1])
+        # a link to a node that is not there: ComfyUI's KeyError, reported
+        # by the node that linked to the broken one
+        graph = sdxl_graph()
+        graph["3"]["inputs"]["negative"] = ["12", 0]
+        body = self.rejected(graph)
+        self.assertEqual(body["error"]["details"], "")
+        err = body["node_errors"]["3"]["errors"][0]
+        self.assertEqual((err["type"], err["message"], err["details"]),
+                         ("exception_during_inner_validation",
+                          "Exception when validating inner node", "'12'"))
+        info = err["extra_info"]
+        self.assertEqual((info["input_name"], info["exception_type"],
+                          info["exception_message"], info["linked_node"]),
+                         ("samples", "KeyError", "'12'", ["3", 0]))
+        self.assertIsInstance(info["traceback"], list)
+        # the same on the output node itself
+        graph = sdxl_graph()
+        graph["9"]["inputs"]["images"] = ["8", 3]
+        err = self.node_error(graph, "9")["errors"][0]
+        self.assertEqual((err["type"], err["details"]),
+                         ("exception_during_validation",
+                          "tuple index out of range"))
+        self.assertEqual(err["extra_info"]["exception_type"], "IndexError")
+        graph = sdxl_graph()
+        graph["3"]["inputs"]["latent_image"] = ["4", 0]
+        err = self.node_error(graph, "3")["errors"][0]
+        self.assertEqual(err, {
+            "type": "return_type_mismatch",
+            "message": "Return type mismatch between linked nodes",
+            "details": "latent_image, received_type(MODEL) mismatch "
+            "input_type(LATENT)",
+            "extra_info": {"input_name": "latent_image",
+                           "input_config": ["LATENT", {
+                               "tooltip": "The latent image to denoise."}],
+                           "received_type": "MODEL",
+                           "linked_node": ["4", 0]}})
+
+    def test_values(self):
+        def first_error(**inputs):
+            graph = sdxl_graph()
+            graph["3"]["inputs"].update(inputs)
+            return self.node_error(graph, "3")["errors"][0]
+        err = first_error(steps="abc")
+        self.assertEqual((err["type"], err["message"], err["details"]),
+                         ("invalid_input_type", "Failed to convert an input "
+                          "value to a INT value", "steps, abc, invalid "
+                          "literal for int() with base 10: 'abc'"))
+        self.assertEqual(err["extra_info"]["received_value"], "abc")
+        err = first_error(steps=0)
+        self.assertEqual(err, {
+            "type": "value_smaller_than_min",
+            "message": "Value 0 smaller than min of 1", "details": "steps",
+            "extra_info": {"input_name": "steps",
+                           "input_config": ["INT", {
+                               "default": 20, "min": 1, "max": 10000,
+                               "tooltip": "The number of steps used in the "
+                               "denoising process."}],
+                           "received_value": 0}})
+        err = first_error(cfg=101)
+        self.assertEqual((err["type"], err["message"]),
+                         ("value_bigger_than_max",
+                          "Value 101.0 bigger than max of 100.0"))
+        err = first_error(seed=-1)
+        self.assertEqual(err["message"], "Value -1 smaller than min of 0")
+        err = first_error(seed=0x10000000000000000)
+        self.assertEqual(err["type"], "value_bigger_than_max")
+        err = first_error(sampler_name="euler_a")
+        self.assertEqual(err, {
+            "type": "value_not_in_list", "message": "Value not in list",
+            "details": "sampler_name: 'euler_a' not in (list of length 45)",
+            "extra_info": {"input_name": "sampler_name",
+                           "input_config": None,
+                           "received_value": "euler_a"}})
+        graph = sdxl_graph(width=16392)
+        err = self.node_error(graph, "5")["errors"][0]
+        self.assertEqual(err["message"],
+                         "Value 16392 bigger than max of 16384")
+        graph = sdxl_graph(ckpt="x.safetensors")
+        err = self.node_error(graph, "4")
+        self.assertEqual(err["errors"][0]["details"],
+                         "ckpt_name: 'x.safetensors' not in %s" % (
+                             "['sd3.5_large.safetensors', "
+                             "'sd_xl_base_1.0.safetensors', "
+                             "'sdxl_lightning_4step.safetensors']"))
+        self.assertEqual(err["errors"][0]["extra_info"]["input_config"][0],
+                         SDXL_CKPTS)
+        # several nodes at once, each reported
+        graph = sdxl_graph(ckpt="x.safetensors", batch=0)
+        body = self.rejected(graph)
+        self.assertEqual(sorted(body["node_errors"]), ["4", "5"])
+
+    def test_conversion_and_partial_success(self):
+        graph = sdxl_graph()
+        graph["3"]["inputs"]["steps"] = "4"
+        graph["3"]["inputs"]["denoise"] = {"__value__": 1}
+        graph["10"] = {"class_type": "PreviewImage",
+                       "inputs": {"images": ["8", 7]}}
+        r = comfy_prompt(graph, prompt_id="conv-1")
         self.assertEqual(r.status, 200)
-        prompt_id = r.json()["prompt_id"]
-        self.assertEqual(r.json()["node_errors"], {})
-        self.assertEqual(call("comfyui", "GET",
-                              "/history/" + prompt_id).json(), {})
-        r = call("comfyui", "POST", "/prompt", {"client_id": "c1"})
-        self.assertEqual(r.json()["error"]["type"], "no_prompt")
+        errors = r.json()["node_errors"]
+        self.assertEqual(list(errors), ["10"])
+        self.assertEqual(errors["10"]["dependent_outputs"], ["10"])
+        entry = wait_history("conv-1")
+        stored = entry["prompt"][2]["3"]["inputs"]
+        self.assertEqual((stored["steps"], stored["cfg"], stored["denoise"]),
+                         (4, 7.0, 1.0))
+        self.assertIsInstance(stored["cfg"], float)
+        # the log keeps the body as it came
+        sent = self.log(path="/prompt")[0]["body"]["prompt"]["3"]["inputs"]
+        self.assertEqual((sent["steps"], sent["cfg"]), ("4", 7))
+        self.assertIsInstance(sent["cfg"], int)
+        self.assertEqual(entry["prompt"][4], ["9"])
+        self.assertEqual(list(entry["outputs"]), ["9"])
+
+    def test_ids_numbers_and_client(self):
+        r = comfy_prompt(sdxl_graph(), prompt_id="my-own-id")
+        self.assertEqual(r.json()["prompt_id"], "my-own-id")
+        self.assertEqual(r.json()["number"], 0)
+        # the counter moves on every POST /prompt, even a rejected one
+        comfy("POST", "/prompt", {"client_id": "x"})
+        self.assertEqual(comfy_prompt(sdxl_graph(seed=2)).json()["number"], 2)
+        self.assertEqual(comfy_prompt(sdxl_graph(seed=3),
+                                      front=True).json()["number"], -3)
+        self.assertEqual(comfy_prompt(sdxl_graph(seed=4),
+                                      number=7).json()["number"], 7.0)
+        # accepted again without a uniqueness check
+        self.assertEqual(comfy_prompt(sdxl_graph(seed=5),
+                                      prompt_id="my-own-id").status, 200)
+        rec = self.log(path="/prompt")[0]
+        self.assertEqual((rec["prompt_id"], rec["client_id"]),
+                         ("my-own-id", "client-1"))
+        self.assertEqual(rec["body"]["client_id"], "client-1")
+        entry = wait_history("my-own-id")
+        extra = entry["prompt"][3]
+        self.assertEqual(extra["client_id"], "client-1")
+        self.assertIsInstance(extra["create_time"], int)
+
+
+class TestComfyUIQueue(SimTestCase):
+    def test_lifecycle_and_history_shape(self):
+        graph = with_directive(sdxl_graph(seed=11),
+                               "[[sim comfyui:run_time=1]]")
+        r = comfy_prompt(graph, extra_data={"extra_pnginfo": {"k": 1}})
+        pid = r.json()["prompt_id"]
+        wait_running(pid)
+        self.assertEqual(comfy("GET", "/history/" + pid).json(), {})
+        self.assertEqual(comfy("GET", "/prompt").json(),
+                         {"exec_info": {"queue_remaining": 1}})
+        queue = comfy("GET", "/queue").json()
+        self.assertEqual(queue["queue_pending"], [])
+        number, qid, qgraph, extra, outputs = queue["queue_running"][0]
+        self.assertEqual((number, qid, outputs), (0, pid, ["9"]))
+        self.assertEqual(qgraph["5"], graph["5"])
+        self.assertEqual(extra["client_id"], "client-1")
+        entry = wait_history(pid)
+        self.assertEqual(list(entry), ["prompt", "outputs", "status", "meta"])
+        self.assertEqual(entry["prompt"][:2], [0, pid])
+        self.assertEqual(entry["prompt"][4], ["9"])
+        self.assertEqual(entry["outputs"], {"9": {"images": [{
+            "filename": "igny8_00001_.png", "subfolder": "",
+            "type": "output"}]}})
+        status = entry["status"]
+        self.assertEqual((status["status_str"], status["completed"]),
+                         ("success", True))
+        self.assertEqual(events(entry), ["execution_start",
+                                         "execution_cached",
+                                         "execution_success"])
+        for name, data in status["messages"]:
+            self.assertEqual(data["prompt_id"], pid)
+            self.assertIsInstance(data["timestamp"], int)
+        self.assertEqual(event(entry, "execution_cached")["nodes"], [])
+        self.assertEqual(entry["meta"], {"9": {
+            "node_id": "9", "display_node": "9", "parent_node": None,
+            "real_node_id": "9"}})
+        took = (event(entry, "execution_success")["timestamp"] -
+                event(entry, "execution_start")["timestamp"])
+        self.assertGreaterEqual(took, 950)
+        self.assertEqual(comfy("GET", "/prompt").json(),
+                         {"exec_info": {"queue_remaining": 0}})
+
+    def test_order_delete_and_clear(self):
+        # q0 runs until it is interrupted, the others take no time
+        for i, run in enumerate((30, 0, 0, 0)):
+            graph = with_directive(sdxl_graph(seed=100 + i),
+                                   "[[sim comfyui:run_time=%s]]" % run)
+            comfy_prompt(graph, prompt_id="q%d" % i)
+        wait_running("q0")
+        queue = comfy("GET", "/queue").json()
+        self.assertEqual([q[1] for q in queue["queue_pending"]],
+                         ["q1", "q2", "q3"])
+        self.assertEqual([q[0] for q in queue["queue_pending"]], [1, 2, 3])
+        r = comfy("POST", "/queue", {"delete": ["q2", "q0"]})
+        self.assertEqual((r.status, r.body), (200, b""))
+        queue = comfy("GET", "/queue").json()
+        self.assertEqual([q[1] for q in queue["queue_running"]], ["q0"])
+        self.assertEqual([q[1] for q in queue["queue_pending"]],
+                         ["q1", "q3"])
+        self.assertEqual(comfy("GET", "/prompt").json()["exec_info"]
+                         ["queue_remaining"], 3)
+        comfy("POST", "/interrupt", {"prompt_id": "q0"})
+        starts = {}
+        for pid in ("q0", "q1", "q3"):
+            entry = wait_history(pid)
+            self.assertEqual(entry["status"]["status_str"],
+                             "error" if pid == "q0" else "success")
+            starts[pid] = event(entry, "execution_start")["timestamp"]
+        self.assertLessEqual(starts["q0"], starts["q1"])
+        self.assertLessEqual(starts["q1"], starts["q3"])
+        self.assertEqual(list(comfy("GET", "/history").json()),
+                         ["q0", "q1", "q3"])
+        self.assertEqual(comfy("GET", "/history/q2").json(), {})
+        # front jumps the queue; clear empties what waits
+        comfy_prompt(with_directive(sdxl_graph(seed=200),
+                                    "[[sim comfyui:run_time=30]]"),
+                     prompt_id="c0")
+        wait_running("c0")
+        comfy_prompt(sdxl_graph(seed=201), prompt_id="c1")
+        comfy_prompt(sdxl_graph(seed=202), prompt_id="c2", front=True)
+        self.assertEqual([q[1] for q in comfy("GET", "/queue").json()
+                          ["queue_pending"]], ["c2", "c1"])
+        comfy("POST", "/queue", {"clear": True})
+        self.assertEqual(comfy("GET", "/queue").json()["queue_pending"], [])
+        comfy("POST", "/interrupt", {"prompt_id": "c0"})
+        wait_history("c0")
+        time.sleep(0.2)
+        self.assertEqual(sorted(comfy("GET", "/history").json()),
+                         ["c0", "q0", "q1", "q3"])
+
+    def test_interrupt_one_prompt(self):
+        comfy_prompt(with_directive(sdxl_graph(seed=300),
+                                    "[[sim comfyui:run_time=30]]"),
+                     prompt_id="long")
+        comfy_prompt(sdxl_graph(seed=301), prompt_id="next")
+        wait_running("long")
+        # not running: nothing happens
+        r = comfy("POST", "/interrupt", {"prompt_id": "next"})
+        self.assertEqual((r.status, r.body), (200, b""))
+        time.sleep(0.1)
+        self.assertEqual(comfy("GET", "/queue").json()["queue_running"][0][1],
+                         "long")
+        start = time.monotonic()
+        comfy("POST", "/interrupt", {"prompt_id": "long"})
+        entry = wait_history("long")
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertEqual((entry["status"]["status_str"],
+                          entry["status"]["completed"]), ("error", False))
+        self.assertEqual(events(entry), ["execution_start",
+                                         "execution_cached",
+                                         "execution_interrupted"])
+        data = event(entry, "execution_interrupted")
+        self.assertEqual(sorted(data), ["executed", "node_id", "node_type",
+                                        "prompt_id", "timestamp"])
+        self.assertEqual((data["prompt_id"], data["node_id"],
+                          data["node_type"]), ("long", "3", "KSampler"))
+        self.assertEqual(sorted(data["executed"]), ["4", "5", "6", "7"])
+        self.assertEqual(entry["outputs"], {})
+        # the other prompt is untouched and finishes
+        self.assertEqual(wait_history("next")["status"]["status_str"],
+                         "success")
+        recs = self.log(path="/interrupt")
+        self.assertEqual([(r["prompt_id"], r["interrupt"], r["interrupted"])
+                          for r in recs],
+                         [("next", "prompt", False), ("long", "prompt", True)])
+
+    def test_global_interrupt(self):
+        # with nothing running it is logged and changes nothing
+        comfy("POST", "/interrupt")
+        pid = comfy_prompt(sdxl_graph(seed=400)).json()["prompt_id"]
+        self.assertEqual(wait_history(pid)["status"]["status_str"], "success")
+        comfy_prompt(with_directive(sdxl_graph(seed=401),
+                                    "[[sim comfyui:run_time=30]]"),
+                     prompt_id="g1")
+        wait_running("g1")
+        comfy("POST", "/interrupt", raw=b"{}")
+        self.assertIn("execution_interrupted", events(wait_history("g1")))
+        recs = self.log(path="/interrupt")
+        self.assertEqual([(r["prompt_id"], r["interrupt"], r["interrupted"])
+                          for r in recs],
+                         [(None, "global", False), (None, "global", True)])
+
+    def test_history_routes(self):
+        for i in range(3):
+            comfy_prompt(sdxl_graph(seed=500 + i), prompt_id="h%d" % i)
+        wait_history("h2")
+        self.assertEqual(list(comfy("GET", "/history").json()),
+                         ["h0", "h1", "h2"])
+        self.assertEqual(list(comfy("GET", "/history?max_items=2").json()),
+                         ["h1", "h2"])
+        self.assertEqual(list(comfy("GET", "/api/history?max_items=1&"
+                                    "offset=0").json()), ["h0"])
+        self.assertEqual(comfy("GET", "/history?max_items=x").status, 500)
+        r = comfy("POST", "/history", {"delete": ["h1"]})
+        self.assertEqual((r.status, r.body), (200, b""))
+        self.assertEqual(list(comfy("GET", "/history").json()), ["h0", "h2"])
+        self.assertEqual(comfy("GET", "/history/h1").json(), {})
+        self.assertEqual(list(comfy("GET", "/history/h2").json()), ["h2"])
+        comfy("POST", "/history", {"clear": True})
+        self.assertEqual(comfy("GET", "/history").json(), {})
+        # files stay: deleting history does not delete outputs
+        self.assertEqual(comfy("GET", "/view?filename=igny8_00001_.png&"
+                               "type=output").status, 200)
+
+    def test_reset_empties_everything(self):
+        comfy_prompt(with_directive(sdxl_graph(seed=600),
+                                    "[[sim comfyui:run_time=30]]"),
+                     prompt_id="r0")
+        comfy_prompt(sdxl_graph(seed=601), prompt_id="r1")
+        wait_running("r0")
+        control("POST", "/reset")
+        self.assertEqual(comfy("GET", "/queue").json(),
+                         {"queue_running": [], "queue_pending": []})
+        time.sleep(0.2)
+        self.assertEqual(comfy("GET", "/history").json(), {})
+        self.assertEqual(comfy_prompt(sdxl_graph()).json()["number"], 0)
+
+
+class TestComfyUIExecution(SimTestCase):
+    def test_step_delay(self):
+        graph = with_directive(sdxl_graph(steps=10),
+                               "[[sim comfyui:step_delay=0.05]]")
+        pid = comfy_prompt(graph).json()["prompt_id"]
+        entry = wait_history(pid)
+        took = (event(entry, "execution_success")["timestamp"] -
+                event(entry, "execution_start")["timestamp"])
+        self.assertGreaterEqual(took, 480)
+        # the setting, from the control API
+        control("POST", "/config/comfyui", {"step_delay": 0.04})
+        pid = comfy_prompt(sdxl_graph(seed=2, steps=10)).json()["prompt_id"]
+        entry = wait_history(pid)
+        took = (event(entry, "execution_success")["timestamp"] -
+                event(entry, "execution_start")["timestamp"])
+        self.assertGreaterEqual(took, 380)
+
+    def test_cache(self):
+        first = comfy_prompt(sdxl_graph(seed=7)).json()["prompt_id"]
+        a = wait_history(first)
+        again = comfy_prompt(sdxl_graph(seed=7)).json()["prompt_id"]
+        b = wait_history(again)
+        self.assertEqual(sorted(event(b, "execution_cached")["nodes"]),
+                         ["3", "4", "5", "6", "7", "8", "9"])
+        self.assertEqual(b["outputs"], a["outputs"])
+        self.assertEqual(b["status"]["status_str"], "success")
+        # a new seed: only the sampler and what follows it run again
+        third = comfy_prompt(sdxl_graph(seed=8)).json()["prompt_id"]
+        c = wait_history(third)
+        self.assertEqual(sorted(event(c, "execution_cached")["nodes"]),
+                         ["4", "5", "6", "7"])
+        self.assertEqual(c["outputs"]["9"]["images"][0]["filename"],
+                         "igny8_00002_.png")
+        # node ids do not matter, only what the nodes compute
+        graph = sdxl_graph(seed=8)
+        graph["90"] = graph.pop("9")
+        d = wait_history(comfy_prompt(graph).json()["prompt_id"])
+        self.assertEqual(len(event(d, "execution_cached")["nodes"]), 7)
+
+    def test_exec_error_oom_then_retry(self):
+        graph = with_directive(sdxl_graph(seed=21),
+                               "[[sim comfyui:exec_error=oom times=1 "
+                               "key=oom1]]")
+        pid = comfy_prompt(graph).json()["prompt_id"]
+        entry = wait_history(pid)
+        self.assertEqual((entry["status"]["status_str"],
+                          entry["status"]["completed"]), ("error", False))
+        self.assertEqual(events(entry), ["execution_start",
+                                         "execution_cached",
+                                         "execution_error"])
+        err = event(entry, "execution_error")
+        self.assertEqual(sorted(err), [
+            "current_inputs", "current_outputs", "exception_message",
+            "exception_type", "executed", "node_id", "node_type",
+            "prompt_id", "timestamp", "traceback"])
+        self.assertEqual((err["prompt_id"], err["node_id"], err["node_type"],
+                          err["exception_type"]),
+                         (pid, "3", "KSampler", "torch.OutOfMemoryError"))
+        self.assertTrue(err["exception_message"].startswith(
+            "CUDA out of memory. Tried to allocate "))
+        self.assertTrue(err["exception_message"].endswith(
+            "\nThis error means you ran out of memory on your GPU.\n\nTIPS: "
+            "If the workflow worked before you might have accidentally set "
+            "the batch_size to a large number."))
+        self.assertEqual(sorted(err["executed"]), ["4", "5", "6", "7"])
+        self.assertTrue(all(isinstance(t, str) for t in err["traceback"]))
+        self.assertEqual(err["current_inputs"]["seed"], [21])
+        self.assertEqual(err["current_inputs"]["sampler_name"], ["euler"])
+        self.assertTrue(err["current_inputs"]["model"][0].startswith(
+            "<comfy.model_patcher.ModelPatcher object at 0x"))
+        self.assertEqual(err["current_outputs"], [])
+        self.assertEqual(entry["outputs"], {})
+        # the same graph again: times=1 is spent, what ran is cached
+        pid = comfy_prompt(graph).json()["prompt_id"]
+        entry = wait_history(pid)
+        self.assertEqual(entry["status"]["status_str"], "success")
+        self.assertEqual(sorted(event(entry, "execution_cached")["nodes"]),
+                         ["4", "5", "6", "7"])
+
+    def test_other_exec_errors(self):
+        graph = with_directive(flux_graph(), "[[sim comfyui:exec_error="
+                               "corrupt]]")
+        err = event(wait_history(comfy_prompt(graph).json()["prompt_id"]),
+                    "execution_error")
+        self.assertEqual((err["node_id"], err["node_type"],
+                          err["exception_type"]),
+                         ("10", "UNETLoader", "ValueError"))
+        self.assertIn("HeaderTooLarge", err["exception_message"])
+        self.assertIn("/models/diffusion_models/flux1-dev.safetensors",
+                      err["exception_message"])
+        graph = with_directive(sdxl_graph(seed=3), "[[sim comfyui:"
+                               "exec_error=runtime]]")
+        err = event(wait_history(comfy_prompt(graph).json()["prompt_id"]),
+                    "execution_error")
+        self.assertEqual(err["exception_type"], "RuntimeError")
+        self.assertIn("TIPS: If you have any 'Load CLIP'",
+                      err["exception_message"])
+        graph = with_directive(sdxl_graph(seed=4), "[[sim comfyui:"
+                               "exec_error=exception exec_node=8]]")
+        entry = wait_history(comfy_prompt(graph).json()["prompt_id"])
+        err = event(entry, "execution_error")
+        self.assertEqual((err["node_id"], err["node_type"],
+                          err["exception_type"]), ("8", "VAEDecode",
+                                                   "Exception"))
+        self.assertIn("3", err["executed"])
+        # saving outside the output folder fails in SaveImage
+        entry = wait_history(comfy_prompt(sdxl_graph(
+            seed=5, prefix="../escape")).json()["prompt_id"])
+        err = event(entry, "execution_error")
+        self.assertEqual((err["node_type"], err["exception_type"]),
+                         ("SaveImage", "Exception"))
+        self.assertTrue(err["exception_message"].startswith(
+            "**** ERROR: Saving image outside the output folder is not "
+            "allowed."))
+
+    def test_http_directives_on_prompt(self):
+        graph = with_directive(sdxl_graph(), "[[sim comfyui:status=503]]")
+        r = comfy_prompt(graph, prompt_id="s503")
+        self.assertEqual((r.status, r.body), (503, b"503: Service "
+                                              b"Unavailable"))
+        # validation comes first
+        bad = with_directive(sdxl_graph(steps=0), "[[sim comfyui:status=503]]")
+        self.assertEqual(comfy_prompt(bad).status, 400)
+        # dropped answer: the prompt was queued all the same
+        graph = with_directive(sdxl_graph(seed=9), "[[sim comfyui:drop]]")
+        sock = raw_request("comfyui", "/prompt", {"prompt": graph,
+                                                  "prompt_id": "dropped"})
+        status_line, headers, body, _ = read_raw(sock)
+        sock.close()
+        self.assertIn(" 200 ", status_line)
+        self.assertLess(len(body), int(headers["content-length"]))
+        self.assertEqual(wait_history("dropped")["status"]["status_str"],
+                         "success")
+        self.assertEqual(comfy("GET", "/history/s503").json(), {})
+        start = time.monotonic()
+        graph = with_directive(sdxl_graph(seed=10),
+                               "[[sim comfyui:delay=0.3]]")
+        self.assertEqual(comfy_prompt(graph).status, 200)
+        self.assertGreaterEqual(time.monotonic() - start, 0.3)
+        graph = with_directive(sdxl_graph(seed=11), "[[sim comfyui:"
+                               "malformed]]")
+        r = comfy_prompt(graph, prompt_id="garbled")
+        self.assertRaises(ValueError, r.json)
+        self.assertEqual(wait_history("garbled")["status"]["status_str"],
+                         "success")
+
+    def test_directives_on_history_and_view(self):
+        graph = with_directive(sdxl_graph(seed=30), "[[sim comfyui:on=history "
+                               "status=502 times=2 key=h1]] [[sim comfyui:"
+                               "on=view status=500 times=1 key=v1]] [[sim "
+                               "any:tag=job30]]")
+        r = comfy_prompt(graph, prompt_id="p30")
+        self.assertEqual(r.status, 200)
+        time.sleep(0.2)
+        codes = [comfy("GET", "/history/p30").status for _ in range(3)]
+        self.assertEqual(codes, [502, 502, 200])
+        name = wait_history("p30")["outputs"]["9"]["images"][0]["filename"]
+        path = "/view?filename=%s&subfolder=&type=output" % name
+        self.assertEqual([comfy("GET", path).status for _ in range(2)],
+                         [500, 200])
+        # the tag follows the prompt through its polls and downloads
+        paths = [r["path"] for r in self.log(tag="job30")]
+        self.assertEqual(paths[0], "/prompt")
+        self.assertEqual(set(paths[1:]), {"/history/p30", "/view"})
+        graph = with_directive(sdxl_graph(seed=31), "[[sim comfyui:on=view "
+                               "drop]]")
+        comfy_prompt(graph, prompt_id="p31")
+        name = wait_history("p31")["outputs"]["9"]["images"][0]["filename"]
+        conn = http.client.HTTPConnection("127.0.0.1", PORTS["comfyui"],
+                                          timeout=10)
+        conn.request("GET", "/view?filename=" + name)
+        resp = conn.getresponse()
+        self.assertRaises(http.client.IncompleteRead, resp.read)
+        conn.close()
+
+
+class TestComfyUIImages(SimTestCase):
+    def test_names_and_view(self):
+        entries = [wait_history(comfy_prompt(g).json()["prompt_id"])
+                   for g in (sdxl_graph(seed=1),
+                             sdxl_graph(seed=2),
+                             sdxl_graph(seed=3, prefix="jobs/run1/igny8"),
+                             sdxl_graph(seed=4, prefix="other", batch=2,
+                                        width=512, height=768))]
+        images = [e["outputs"]["9"]["images"] for e in entries]
+        self.assertEqual(images, [
+            [{"filename": "igny8_00001_.png", "subfolder": "",
+              "type": "output"}],
+            [{"filename": "igny8_00002_.png", "subfolder": "",
+              "type": "output"}],
+            [{"filename": "igny8_00001_.png", "subfolder": "jobs/run1",
+              "type": "output"}],
+            [{"filename": "other_00001_.png", "subfolder": "",
+              "type": "output"},
+             {"filename": "other_00002_.png", "subfolder": "",
+              "type": "output"}]])
+        start = time.monotonic()
+        r = comfy("GET", "/view?filename=igny8_00001_.png&subfolder=&"
+                  "type=output")
+        self.assertLess(time.monotonic() - start, 2)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["content-type"], "image/png")
+        self.assertEqual(r.headers["content-disposition"],
+                         'filename="igny8_00001_.png"')
+        info = png_parse(r.body)
+        self.assertIsNotNone(info)
+        self.assertEqual((info["width"], info["height"]), (1024, 1024))
+        self.assertEqual(json.loads(info["text"]["prompt"])["3"]["inputs"]
+                         ["seed"], 1)
+        seed1 = r.body
+        self.assertEqual(comfy("GET", "/api/view?filename=igny8_00001_.png")
+                         .body, seed1)
+        seed2 = comfy("GET", "/view?filename=igny8_00002_.png").body
+        self.assertNotEqual(png_parse(seed2), None)
+        self.assertNotEqual(seed1, seed2)
+        sub = comfy("GET", "/view?filename=igny8_00001_.png&"
+                    "subfolder=jobs/run1&type=output")
+        self.assertEqual(sub.status, 200)
+        for name in ("other_00001_.png", "other_00002_.png"):
+            info = png_parse(comfy("GET", "/view?filename=" + name).body)
+            self.assertEqual((info["width"], info["height"]), (512, 768))
+        self.assertNotEqual(comfy("GET", "/view?filename=other_00001_.png")
+                            .body, comfy("GET", "/view?filename="
+                                         "other_00002_.png").body)
+
+    def test_view_errors(self):
+        wait_history(comfy_prompt(sdxl_graph()).json()["prompt_id"])
+        for query, status in (("", 404), ("filename=", 400),
+                              ("filename=nope.png", 404),
+                              ("filename=../igny8_00001_.png", 400),
+                              ("filename=/etc/passwd", 400),
+                              ("filename=igny8_00001_.png&subfolder=../..",
+                               403),
+                              ("filename=igny8_00001_.png&subfolder=/etc",
+                               403),
+                              ("filename=igny8_00001_.png&type=bogus", 400),
+                              ("filename=igny8_00001_.png&type=temp", 404),
+                              ("filename=igny8_00001_.png&subfolder=x", 404),
+                              ("filename=igny8_00001_.png%20%5Boutput%5D&"
+                               "type=temp", 200)):
+            r = comfy("GET", "/view?" + query)
+            self.assertEqual(r.status, status, query)
+
+    def test_preview_and_odd_sizes(self):
+        entry = wait_history(comfy_prompt(sd35_graph()).json()["prompt_id"])
+        image = entry["outputs"]["9"]["images"][0]
+        self.assertEqual(image["type"], "temp")
+        self.assertRegex(image["filename"],
+                         r"^ComfyUI_temp_[a-z]{5}_00001_\.png$")
+        r = comfy("GET", "/view?filename=%s&type=temp" % image["filename"])
+        self.assertTrue(png_is_valid(r.body, 1024, 1024))
+        # a latent is width // 8: the image is a multiple of 8
+        entry = wait_history(comfy_prompt(sdxl_graph(
+            width=1020, height=100, prefix="odd")).json()["prompt_id"])
+        r = comfy("GET", "/view?filename=odd_00001_.png")
+        self.assertTrue(png_is_valid(r.body, 1016, 96))
+
+    def test_png_directives(self):
+        def made(directives, prefix):
+            graph = with_directive(sdxl_graph(prefix=prefix),
+                                   "[[sim comfyui:%s]]" % directives)
+            wait_history(comfy_prompt(graph).json()["prompt_id"])
+            return comfy("GET", "/view?filename=%s_00001_.png" % prefix).body
+        self.assertTrue(png_is_valid(made("png=wrongsize", "ws"), 512, 512))
+        self.assertTrue(png_is_valid(made("png_size=64x32", "ps"), 64, 32))
+        data = made("image_bytes=4000000", "big")
+        self.assertEqual(len(data), 4000000)
+        self.assertTrue(png_is_valid(data, 1024, 1024))
+        data = made("png=badcrc", "crc")
+        self.assertEqual(data[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertIsNone(png_parse(data))
+        self.assertIsNone(png_parse(made("png=truncated", "cut")))
+        self.assertTrue(made("png=notpng", "html").startswith(b"<html>"))
+
+
+class TestComfyUILog(SimTestCase):
+    def test_requests_per_route_and_prompt(self):
+        graph = with_directive(sdxl_graph(seed=50),
+                               "[[sim comfyui:run_time=0.3]]")
+        pid = comfy_prompt(graph).json()["prompt_id"]
+        polls = 0
+        while not comfy("GET", "/history/" + pid).json():
+            polls += 1
+            time.sleep(0.05)
+        comfy("GET", "/view?filename=igny8_00001_.png")
+        comfy("GET", "/queue")
+        comfy("POST", "/interrupt", {"prompt_id": pid})
+        recs = self.log(role="comfyui", prompt_id=pid)
+        self.assertEqual([r["path"] for r in recs],
+                         ["/prompt"] + ["/history/" + pid] * (polls + 1) +
+                         ["/view", "/interrupt"])
+        self.assertEqual(len(self.log(role="comfyui", path="/queue")), 1)
+        code, out, _ = simctl("log", "--role", "comfyui", "--prompt-id", pid,
+                              "--count")
+        self.assertEqual((code, out), (0, "%d\n" % (polls + 4)))
+        code, out, _ = simctl("log", "--path", "/interrupt", "--field",
+                              "interrupt")
+        self.assertEqual(out, "prompt\n")
 
 
 # --------------------------------------------------------------------------
