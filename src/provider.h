@@ -228,6 +228,164 @@ typedef struct Igny8ProbeProtocol
 								Igny8ProbeResult *out);
 } Igny8ProbeProtocol;
 
+/* ----- images ----- */
+
+/*
+ * A normalized image request, already routed to one deployment.  Sizes are
+ * what the caller asked for; each protocol maps them to what its model
+ * makes and says so in the result.
+ */
+typedef struct Igny8ImageRequest
+{
+	const char *model;			/* provider-side model (OpenAI: dall-e-3,
+								 * gpt-image-1, ...; ComfyUI: a label only) */
+	const char *prompt;			/* UTF-8, never empty */
+	const char *negative_prompt;	/* or NULL */
+	int			width;
+	int			height;
+	int			steps;			/* 0: the workflow's default */
+	bool		has_cfg;
+	double		cfg;
+	uint64_t	seed;			/* always chosen by the caller side */
+	const char *quality;		/* or NULL: "standard", "hd", "low", ... */
+	const char *style;			/* or NULL: "vivid", "natural" */
+	const cJSON *settings;		/* provider settings overlaid with the
+								 * deployment's; a JSON object or NULL */
+
+	/* ComfyUI only */
+	const cJSON *graph;			/* the workflow: API format, id -> node */
+	const cJSON *bindings;		/* parameter -> [node id, input name] */
+	const cJSON *defaults;		/* parameter -> value, or NULL */
+	const char *client_id;		/* the worker's client id */
+	const char *prompt_id;		/* a new UUID per attempt */
+	const char *filename_prefix;	/* unique per attempt */
+} Igny8ImageRequest;
+
+/* An image made, checked, and the facts to return with it. */
+typedef struct Igny8ImageResult
+{
+	char	   *data;			/* malloc'd or palloc'd, see the function */
+	size_t		len;
+	const char *mime_type;		/* "image/png" (a constant) */
+	int			width;			/* from the image's own header */
+	int			height;
+	char	   *revised_prompt;	/* OpenAI dall-e-3, or NULL */
+} Igny8ImageResult;
+
+/* One output image ComfyUI's history lists. */
+typedef struct Igny8ComfyImage
+{
+	char	   *filename;
+	char	   *subfolder;
+	char	   *type;			/* "output" */
+} Igny8ComfyImage;
+
+/* Where a ComfyUI prompt stands, read from GET /history/{id}. */
+typedef enum Igny8ComfyState
+{
+	IGNY8_COMFY_PENDING,		/* {}: queued or running */
+	IGNY8_COMFY_DONE,			/* success: images listed */
+	IGNY8_COMFY_FAILED,			/* execution error or interrupted: err set */
+} Igny8ComfyState;
+
+/* What the cleanup of an abandoned ComfyUI prompt sends, in order. */
+typedef enum Igny8ComfyCancel
+{
+	IGNY8_COMFY_CANCEL_DELETE,	/* POST /queue {"delete":[id]}: if waiting */
+	IGNY8_COMFY_CANCEL_INTERRUPT,	/* POST /interrupt {"prompt_id":id}: if
+									 * running; never a global interrupt */
+	IGNY8_COMFY_CANCEL_FORGET	/* POST /history {"delete":[id]} */
+} Igny8ComfyCancel;
+
+/*
+ * ComfyUI (provider_comfyui.c).
+ *
+ * build_submit fills the bound inputs of a copy of the graph (prompt,
+ * negative_prompt, width, height, steps, cfg, seed, filename_prefix; a
+ * parameter without a binding is left as the graph has it, a NULL or
+ * absent value takes defaults[param] when given) and builds POST /prompt
+ * with {"prompt":graph,"client_id":...,"prompt_id":...}.  False, with
+ * *error set, when a binding names a node or input the graph lacks.
+ *
+ * parse_submit reads the answer: true on 200 with the prompt_id;
+ * otherwise err is classified as protocols.md 2.6 says: a 400
+ * prompt_outputs_failed_validation whose node errors are all
+ * value_not_in_list on a loader input (a model file missing), or a
+ * missing_node_type, is IGNY8_ERR_FALLBACK with the node error in the
+ * message ("node 12 (UNETLoader): unet_name: 'flux1-dev.safetensors' not
+ * in []"); other 400s are IGNY8_ERR_CALLER; 5xx retry.
+ *
+ * parse_history: {} is PENDING; an entry for prompt_id with status_str
+ * "success" is DONE with the images of every output node (type "output"
+ * first); "error" with execution_error is FAILED, IGNY8_ERR_RETRY with
+ * retry_once (the exception message, e.g. "torch.OutOfMemoryError: CUDA
+ * out of memory"); execution_interrupted is FAILED, IGNY8_ERR_FALLBACK,
+ * "interrupted"; a malformed answer is FAILED, IGNY8_ERR_RETRY retry_once.
+ * A success without an image is FAILED, IGNY8_ERR_FALLBACK.
+ *
+ * build_view: GET /view?filename=&subfolder=&type= with each value
+ * percent-encoded.  parse_view checks the bytes (igny8_png_check) and
+ * points result->data at resp->body (no copy).
+ */
+extern bool igny8_comfyui_build_submit(const Igny8ImageRequest *req,
+									   const char *api_key,
+									   Igny8HttpRequest *out, char **error);
+extern bool igny8_comfyui_parse_submit(const Igny8HttpResponse *resp,
+									   char **prompt_id,
+									   Igny8ProviderError *err);
+extern void igny8_comfyui_build_history(const char *prompt_id,
+										const char *api_key,
+										Igny8HttpRequest *out);
+extern Igny8ComfyState igny8_comfyui_parse_history(const Igny8HttpResponse *resp,
+												   const char *prompt_id,
+												   Igny8ComfyImage **images,
+												   int *nimages,
+												   Igny8ProviderError *err);
+extern void igny8_comfyui_build_view(const Igny8ComfyImage *image,
+									 const char *api_key,
+									 Igny8HttpRequest *out);
+extern bool igny8_comfyui_parse_view(const Igny8HttpResponse *resp,
+									 Igny8ImageResult *result,
+									 Igny8ProviderError *err);
+extern void igny8_comfyui_build_cancel(Igny8ComfyCancel what,
+									   const char *prompt_id,
+									   const char *api_key,
+									   Igny8HttpRequest *out);
+
+/*
+ * OpenAI images (provider_openai.c): POST /v1/images/generations.
+ * image_size maps a size to the nearest one the model makes (dall-e-3:
+ * 1024x1024, 1792x1024, 1024x1792; gpt-image-*: 1024x1024, 1536x1024,
+ * 1024x1536; dall-e-2: 256, 512, 1024 square; an unknown model: as asked).
+ * build_image sends response_format b64_json for dall-e models only, maps
+ * quality (dall-e-3 standard|hd; gpt-image low|medium|high) and style.
+ * parse_image decodes the first b64_json (at most max_image bytes
+ * decoded, else IGNY8_ERR_FALLBACK "image larger than ..."), checks the
+ * PNG, and returns revised_prompt; result->data is palloc'd.  Errors are
+ * classified as for text; a content policy refusal is IGNY8_ERR_CALLER.
+ */
+extern void igny8_openai_image_size(const char *model, int width, int height,
+									int *out_width, int *out_height);
+extern void igny8_openai_build_image(const Igny8ImageRequest *req,
+									 const char *api_key,
+									 Igny8HttpRequest *out);
+extern bool igny8_openai_parse_image(const Igny8HttpResponse *resp,
+									 size_t max_image,
+									 Igny8ImageResult *result,
+									 Igny8ProviderError *err);
+
+/*
+ * Image helpers (provider_image.c).  png_check: the 8-byte signature, an
+ * IHDR chunk first with its length 13 and a valid CRC, width and height
+ * in 1..65535; false with *error set otherwise.  base64_decode: standard
+ * alphabet with padding, whitespace refused; false when malformed or when
+ * the decoded size would pass max (checked before any allocation).
+ */
+extern bool igny8_png_check(const char *data, size_t len, int *width,
+							int *height, char **error);
+extern bool igny8_base64_decode(const char *in, size_t len, size_t max,
+								char **out, size_t *outlen);
+
 /* provider.c */
 extern Igny8ProviderKind igny8_provider_kind_from_name(const char *name);
 extern const char *igny8_provider_kind_name(Igny8ProviderKind kind);
