@@ -11,6 +11,8 @@ OBJS = \
 	src/worker.o \
 	src/job.o \
 	src/probe.o \
+	src/image.o \
+	src/dispatch_image.o \
 	src/router.o \
 	src/http.o \
 	src/config.o \

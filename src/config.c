@@ -208,6 +208,47 @@ read_providers(Igny8Config *config, const char *qschema)
 }
 
 static void
+read_workflows(Igny8Config *config, const char *qschema)
+{
+	int			ret;
+	MemoryContext old;
+
+	ret = SPI_execute(psprintf("SELECT name, graph, bindings, defaults"
+							   " FROM %s.igny8_workflows ORDER BY name",
+							   qschema), true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_workflows: %s",
+			 SPI_result_code_string(ret));
+
+	old = MemoryContextSwitchTo(config->cxt);
+	config->nworkflows = (int) SPI_processed;
+	config->workflows = palloc0(sizeof(Igny8Workflow) * Max(config->nworkflows, 1));
+	for (int i = 0; i < config->nworkflows; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Igny8Workflow *w = &config->workflows[i];
+
+		w->name = get_text(tup, desc, 1);
+		w->graph = get_settings(tup, desc, 2);
+		w->bindings = get_settings(tup, desc, 3);
+		w->defaults = get_settings(tup, desc, 4);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+static Igny8Workflow *
+find_workflow(Igny8Config *config, const char *name)
+{
+	if (name == NULL)
+		return NULL;
+	for (int i = 0; i < config->nworkflows; i++)
+		if (strcmp(config->workflows[i].name, name) == 0)
+			return &config->workflows[i];
+	return NULL;
+}
+
+static void
 read_deployments(Igny8Config *config, const char *qschema)
 {
 	int			ret;
@@ -215,7 +256,7 @@ read_deployments(Igny8Config *config, const char *qschema)
 
 	ret = SPI_execute(psprintf("SELECT alias, provider_id, provider_model, task,"
 							   " timeout, queue_timeout, max_tokens, weight,"
-							   " enabled, settings"
+							   " enabled, settings, workflow"
 							   " FROM %s.igny8_models"
 							   " ORDER BY alias, provider_id, provider_model",
 							   qschema), true, 0);
@@ -262,6 +303,14 @@ read_deployments(Igny8Config *config, const char *qschema)
 		d->settings = merge_settings(d->provider->settings, own);
 		if (own)
 			cJSON_Delete(own);
+		d->workflow = find_workflow(config, get_text(tup, desc, 11));
+		{
+			cJSON	   *max = cJSON_GetObjectItemCaseSensitive(d->settings,
+															   "max_image_bytes");
+
+			d->max_image_bytes = (cJSON_IsNumber(max) && max->valuedouble >= 1) ?
+				(size_t) Min(max->valuedouble, (double) (MaxAllocSize - VARHDRSZ)) : 0;
+		}
 		config->ndeployments++;
 	}
 	MemoryContextSwitchTo(old);
@@ -318,6 +367,7 @@ igny8_config_load(void)
 	config->schema = MemoryContextStrdup(cxt, qschema);
 
 	read_providers(config, qschema);
+	read_workflows(config, qschema);
 	read_deployments(config, qschema);
 	read_fallbacks(config, qschema);
 

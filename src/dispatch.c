@@ -423,8 +423,8 @@ run_call(Igny8Call *call, Igny8Answer *ans)
 
 /* ----- argument checks shared by the SQL functions ----- */
 
-static const char *
-check_alias(text *model)
+const char *
+igny8_check_alias(text *model)
 {
 	char	   *alias = text_to_cstring(model);
 
@@ -487,6 +487,17 @@ interval_to_timeout_ms(Interval *span)
 static void
 resolve_account(Igny8Call *call, bool has_arg, int64 arg)
 {
+	igny8_resolve_account(has_arg, arg, &call->has_account, &call->account_id);
+}
+
+/*
+ * The account a call is charged to: the argument, else the session's
+ * igny8_ai.account_id, else none.
+ */
+void
+igny8_resolve_account(bool has_arg, int64 arg, bool *has_account,
+					  int64 *account_id)
+{
 	if (has_arg)
 	{
 		if (arg < 0)
@@ -494,16 +505,16 @@ resolve_account(Igny8Call *call, bool has_arg, int64 arg)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("account_id must not be negative"),
 					 errdetail("account_id was %lld.", (long long) arg)));
-		call->has_account = true;
-		call->account_id = arg;
+		*has_account = true;
+		*account_id = arg;
 	}
 	else if (igny8_account_id != NULL && igny8_account_id[0] != '\0')
 	{
-		call->has_account = true;
-		call->account_id = strtoll(igny8_account_id, NULL, 10);
+		*has_account = true;
+		*account_id = strtoll(igny8_account_id, NULL, 10);
 	}
 	else
-		call->has_account = false;
+		*has_account = false;
 }
 
 static void
@@ -544,8 +555,8 @@ append_options(StringInfo buf, bool has_max_tokens, int max_tokens,
 		appendStringInfo(buf, ",\"temperature\":%.17g", temperature);
 }
 
-static bool
-is_blank(const char *s)
+bool
+igny8_is_blank(const char *s)
 {
 	for (; *s; s++)
 		if (!isspace((unsigned char) *s))
@@ -576,14 +587,14 @@ igny8_generate_text(PG_FUNCTION_ARGS)
 				 errhint("Pass a model alias from igny8_models, such as \"gpt-4\".")));
 
 	prompt = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (is_blank(prompt))
+	if (igny8_is_blank(prompt))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("prompt must not be empty")));
 
 	memset(&call, 0, sizeof(call));
 	call.task = IGNY8_TASK_TEXT;
-	call.alias = check_alias(PG_GETARG_TEXT_PP(1));
+	call.alias = igny8_check_alias(PG_GETARG_TEXT_PP(1));
 	if (!PG_ARGISNULL(2))
 		check_max_tokens(PG_GETARG_INT32(2));
 	if (!PG_ARGISNULL(3))
@@ -599,7 +610,7 @@ igny8_generate_text(PG_FUNCTION_ARGS)
 	{
 		char	   *system = text_to_cstring(PG_GETARG_TEXT_PP(4));
 
-		if (!is_blank(system))
+		if (!igny8_is_blank(system))
 			append_message(&call.request, &first, "system", system);
 	}
 	append_message(&call.request, &first, "user", prompt);
@@ -669,8 +680,8 @@ append_messages(StringInfo buf, const char *messages_json)
  * Refuse a jsonb argument that is over igny8_ai.max_prompt_size before it
  * is converted or parsed: its binary size is close to its text size.
  */
-static void
-check_jsonb_size(Jsonb *j, const char *what)
+void
+igny8_check_jsonb_size(Jsonb *j, const char *what)
 {
 	Size		limit = (Size) igny8_max_prompt_kb * 1024;
 
@@ -684,8 +695,8 @@ check_jsonb_size(Jsonb *j, const char *what)
 }
 
 /* A numeric option, exactly as given; an error if it is not a number. */
-static Numeric
-option_numeric(JsonbValue *v, const char *name)
+Numeric
+igny8_option_numeric(JsonbValue *v, const char *name)
 {
 	if (v->type != jbvNumeric)
 		ereport(ERROR,
@@ -694,8 +705,8 @@ option_numeric(JsonbValue *v, const char *name)
 	return v->val.numeric;
 }
 
-static double
-numeric_double(Numeric n)
+double
+igny8_numeric_double(Numeric n)
 {
 	return DatumGetFloat8(DirectFunctionCall1(numeric_float8,
 											  NumericGetDatum(n)));
@@ -705,11 +716,11 @@ numeric_double(Numeric n)
  * An option that must be a whole number within [min, max], read from the
  * numeric itself so that a large id is not rounded through a double.
  */
-static int64
-option_integer(JsonbValue *v, const char *name, int64 min, int64 max,
+int64
+igny8_option_integer(JsonbValue *v, const char *name, int64 min, int64 max,
 			   const char *what)
 {
-	Numeric		n = option_numeric(v, name);
+	Numeric		n = igny8_option_numeric(v, name);
 	Datum		d = NumericGetDatum(n);
 	bool		ok;
 
@@ -770,7 +781,7 @@ igny8_chat(PG_FUNCTION_ARGS)
 
 	memset(&call, 0, sizeof(call));
 	call.task = IGNY8_TASK_CHAT;
-	call.alias = check_alias(PG_GETARG_TEXT_PP(1));
+	call.alias = igny8_check_alias(PG_GETARG_TEXT_PP(1));
 	call.timeout_ms = igny8_default_timeout_ms;
 
 	if (!PG_ARGISNULL(2))
@@ -781,7 +792,7 @@ igny8_chat(PG_FUNCTION_ARGS)
 		JsonbIteratorToken tok;
 		char	   *key = NULL;
 
-		check_jsonb_size(opts, "options");
+		igny8_check_jsonb_size(opts, "options");
 		if (!JB_ROOT_IS_OBJECT(opts) || JB_ROOT_IS_SCALAR(opts))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -798,19 +809,19 @@ igny8_chat(PG_FUNCTION_ARGS)
 				continue;
 			if (strcmp(key, "max_tokens") == 0)
 			{
-				max_tokens = (int) option_integer(&v, "max_tokens", 1, INT_MAX,
+				max_tokens = (int) igny8_option_integer(&v, "max_tokens", 1, INT_MAX,
 												  "a positive integer");
 				has_max_tokens = true;
 			}
 			else if (strcmp(key, "temperature") == 0)
 			{
-				temperature = numeric_double(option_numeric(&v, "temperature"));
+				temperature = igny8_numeric_double(igny8_option_numeric(&v, "temperature"));
 				check_temperature(temperature);
 				has_temperature = true;
 			}
 			else if (strcmp(key, "timeout") == 0)
 			{
-				double		secs = numeric_double(option_numeric(&v, "timeout"));
+				double		secs = igny8_numeric_double(igny8_option_numeric(&v, "timeout"));
 
 				if (!(secs > 0))
 					ereport(ERROR,
@@ -822,7 +833,7 @@ igny8_chat(PG_FUNCTION_ARGS)
 			}
 			else if (strcmp(key, "account_id") == 0)
 			{
-				account_id = option_integer(&v, "account_id", 0, PG_INT64_MAX,
+				account_id = igny8_option_integer(&v, "account_id", 0, PG_INT64_MAX,
 											"a bigint that is not negative");
 				has_account = true;
 			}
@@ -839,7 +850,7 @@ igny8_chat(PG_FUNCTION_ARGS)
 		Jsonb	   *msgs = PG_GETARG_JSONB_P(0);
 		char	   *text;
 
-		check_jsonb_size(msgs, "messages");
+		igny8_check_jsonb_size(msgs, "messages");
 		text = JsonbToCString(NULL, &msgs->root, VARSIZE(msgs));
 		initStringInfo(&call.request);
 		append_messages(&call.request, text);

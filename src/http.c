@@ -259,7 +259,7 @@ header_callback(char *data, size_t size, size_t nmemb, void *userp)
 Igny8Transfer *
 igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 				 int timeout_ms, int connect_timeout_ms, const char *proxy,
-				 const char *ca_file, void *owner)
+				 const char *ca_file, size_t max_bytes, void *owner)
 {
 	Igny8Transfer *t = calloc(1, sizeof(Igny8Transfer));
 	CURL	   *easy;
@@ -281,7 +281,8 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 	t->status = 0;
 	t->retry_after = -1;
 	t->should_retry = -1;
-	t->max = (size_t) igny8_max_response_kb * 1024;
+	/* an image's own limit, else igny8_ai.max_response_size */
+	t->max = max_bytes > 0 ? max_bytes : (size_t) igny8_max_response_kb * 1024;
 
 	/*
 	 * Every option is checked: the protocol, redirect and TLS ones are what

@@ -38,6 +38,8 @@
 #include "storage/spin.h"
 #include "utils/dsa.h"
 #include "utils/timestamp.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
 #include "utils/uuid.h"
 
 #define IGNY8_NAME_LEN		64	/* aliases, provider ids */
@@ -113,6 +115,8 @@ typedef struct Igny8Slot
 	Igny8HealthState health_prev;	/* ... and before it */
 	int			consecutive_failures;	/* health probes: after it */
 	char		health_code[32];	/* health probes: short reason code */
+	int			image_width;	/* images: the size made */
+	int			image_height;
 	int64		input_tokens;
 	int64		output_tokens;
 	double		cost;
@@ -240,6 +244,20 @@ extern dsa_pointer igny8_pack_strings(dsa_area *area, int n,
 extern int	igny8_unpack_strings(dsa_area *area, dsa_pointer dp, int n,
 								 char **strs);
 extern dsa_pointer igny8_dsa_strdup(dsa_area *area, const char *s, Size len);
+/* dispatch.c: argument checks shared by the SQL functions */
+extern const char *igny8_check_alias(text *model);
+extern bool igny8_is_blank(const char *s);
+extern void igny8_check_jsonb_size(Jsonb *j, const char *what);
+extern Numeric igny8_option_numeric(JsonbValue *v, const char *name);
+extern double igny8_numeric_double(Numeric n);
+extern int64 igny8_option_integer(JsonbValue *v, const char *name,
+								  int64 min, int64 max, const char *what);
+extern void igny8_resolve_account(bool has_arg, int64 arg, bool *has_account,
+								  int64 *account_id);
+extern dsa_pointer igny8_pack_blob(dsa_area *area, const char *data, Size len,
+								   int n, const char *const *strs);
+extern struct varlena *igny8_unpack_blob(dsa_area *area, dsa_pointer dp,
+										 int n, char **strs);
 
 /* places.c: a provider's max_concurrent places, in order across workers */
 extern bool igny8_place_take(int worker, int provider, int slotno);

@@ -39,7 +39,7 @@ int			igny8_worker_index = -1;
 dlist_head	igny8_jobs = DLIST_STATIC_INIT(igny8_jobs);
 List	   *igny8_pending_notifies = NIL;
 
-static void next_candidate(Igny8Job *job, TimestampTz now);
+
 
 void
 igny8_job_finish_error(Igny8Job *job, int sqlerrcode, char *msg,
@@ -126,7 +126,10 @@ igny8_job_create(int slotno)
 	dlist_push_tail(&igny8_jobs, &job->node);
 	pg_atomic_fetch_add_u32(&igny8_shared->workers[igny8_worker_index].in_flight, 1);
 
-	if (job->task != IGNY8_TASK_HEALTH && !parse_request(job))
+	if ((job->task == IGNY8_TASK_IMAGE &&
+		 !igny8_image_parse_request(job, job->request_json)) ||
+		((job->task == IGNY8_TASK_TEXT || job->task == IGNY8_TASK_CHAT) &&
+		 !parse_request(job)))
 		igny8_job_finish_error(job, ERRCODE_INTERNAL_ERROR,
 							   pstrdup("igny8_ai received a malformed request"),
 							   NULL, NULL);
@@ -194,8 +197,8 @@ igny8_job_add_attempt(Igny8Job *job, Igny8Deployment *d)
 }
 
 /* Give back the provider place the job holds, if any. */
-static void
-release_place(Igny8Job *job)
+void
+igny8_job_release_place(Igny8Job *job)
 {
 	if (job->holding >= 0)
 	{
@@ -278,8 +281,8 @@ finish_exhausted(Igny8Job *job, bool deadline)
 }
 
 /* Too little time is left for another attempt? */
-static bool
-deadline_reached(Igny8Job *job, TimestampTz now)
+bool
+igny8_job_deadline_reached(Igny8Job *job, TimestampTz now)
 {
 	return TimestampTzPlusMilliseconds(now, IGNY8_MIN_ATTEMPT_MS) > job->deadline;
 }
@@ -288,14 +291,14 @@ deadline_reached(Igny8Job *job, TimestampTz now)
  * Move on to the next candidate, or give up.  When the deadline is what
  * ended the last candidate, the caller is told so.
  */
-static void
-next_candidate(Igny8Job *job, TimestampTz now)
+void
+igny8_job_next_candidate(Igny8Job *job, TimestampTz now)
 {
 	job->cand++;
 	job->retries = 0;
 	job->omit_think = false;
 	if (job->cand >= job->ncands)
-		finish_exhausted(job, deadline_reached(job, now));
+		finish_exhausted(job, igny8_job_deadline_reached(job, now));
 	else
 		job->state = JOB_READY;
 }
@@ -310,8 +313,8 @@ effective_max_tokens(Igny8Job *job, Igny8Deployment *d)
 }
 
 /* Record in the slot that an attempt reached the network. */
-static void
-mark_sent(Igny8Job *job)
+void
+igny8_job_mark_sent(Igny8Job *job)
 {
 	Igny8Slot  *slot = &igny8_slots[job->slotno];
 
@@ -353,40 +356,58 @@ take_place(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
 							p->max_concurrent,
 							igny8_place_waiting(p->shared_index));
 		leave_queue(job);
-		next_candidate(job, now);
+		igny8_job_next_candidate(job, now);
 		return false;
 	}
 	job->state = JOB_WAIT_PLACE;
 	return false;
 }
 
-/* Start an attempt on the current candidate. */
+/* The operations of a task kind. */
+static const Igny8TaskOps *
+task_ops(Igny8Task task)
+{
+	switch (task)
+	{
+		case IGNY8_TASK_TEXT:
+		case IGNY8_TASK_CHAT:
+			return &igny8_text_ops;
+		case IGNY8_TASK_IMAGE:
+			return &igny8_image_ops;
+		case IGNY8_TASK_HEALTH:
+			break;
+	}
+	return &igny8_probe_ops;
+}
+
+/*
+ * Start an attempt on the current candidate: what every routed task
+ * checks first (time left, a key, a provider that serves the task, a
+ * place), then the task's own first step.
+ */
 static void
 start_attempt(Igny8Job *job, TimestampTz now)
 {
+	const Igny8TaskOps *ops = task_ops(job->task);
 	Igny8Deployment *d;
 	Igny8Provider *p;
 	const Igny8TextProtocol *proto;
-	Igny8TextRequest req;
-	Igny8HttpRequest http;
-	long		remaining_ms;
 
-	if (job->task == IGNY8_TASK_HEALTH)
+	if (!ops->routed)
 	{
-		igny8_probe_start(job, now);
+		ops->start(job, now);
 		return;
 	}
 	d = job->cands[job->cand];
 	p = d->provider;
 	proto = igny8_text_protocol(p->kind);
 
-	if (deadline_reached(job, now))
+	if (igny8_job_deadline_reached(job, now))
 	{
 		leave_queue(job);
 		finish_exhausted(job, true);
 		return;
 	}
-	remaining_ms = (long) ((job->deadline - now) / 1000);
 
 	/* a provider we cannot authenticate to is skipped, not called */
 	if (p->key_error != NULL ||
@@ -399,21 +420,43 @@ start_attempt(Igny8Job *job, TimestampTz now)
 								igny8_key_ref_display(p->key_ref), p->key_error);
 		else
 			a->error = pstrdup("no API key configured (api_key_ref is empty)");
-		next_candidate(job, now);
+		igny8_job_next_candidate(job, now);
 		return;
 	}
-	if (proto == NULL)
+	if (!ops->serves(p->kind))
 	{
 		Igny8Attempt *a = igny8_job_add_attempt(job, d);
 
-		a->error = psprintf("provider kind \"%s\" cannot serve text",
-							igny8_provider_kind_name(p->kind));
-		next_candidate(job, now);
+		a->error = psprintf("provider kind \"%s\" cannot serve %s",
+							igny8_provider_kind_name(p->kind), ops->name);
+		igny8_job_next_candidate(job, now);
 		return;
 	}
 
 	if (!take_place(job, d, now))
 		return;
+	job->attempt_start = now;
+	job->attempt_deadline = TimestampTzPlusMilliseconds(now, d->timeout_ms);
+	job->attempt_deadline = Min(job->attempt_deadline, job->deadline);
+	ops->start(job, now);
+}
+
+static bool
+text_serves(Igny8ProviderKind kind)
+{
+	return igny8_text_protocol(kind) != NULL;
+}
+
+/* Text: the chat call, one transfer. */
+static void
+text_start(Igny8Job *job, TimestampTz now)
+{
+	Igny8Deployment *d = job->cands[job->cand];
+	Igny8Provider *p = d->provider;
+	const Igny8TextProtocol *proto = igny8_text_protocol(p->kind);
+	Igny8TextRequest req;
+	Igny8HttpRequest http;
+	long		remaining_ms = (long) ((job->deadline - now) / 1000);
 
 	memset(&req, 0, sizeof(req));
 	req.model = d->model;
@@ -430,10 +473,9 @@ start_attempt(Igny8Job *job, TimestampTz now)
 	job->transfer = igny8_http_start(p->base_url, &http,
 									 (int) Min((long) d->timeout_ms, remaining_ms),
 									 p->connect_timeout_ms, p->proxy,
-									 p->ca_file, job);
-	job->attempt_start = now;
+									 p->ca_file, 0, job);
 	job->state = JOB_HTTP;
-	mark_sent(job);
+	igny8_job_mark_sent(job);
 }
 
 /*
@@ -454,6 +496,13 @@ igny8_job_advance(Igny8Job *job, TimestampTz now)
 	}
 	if (job->state == JOB_BACKOFF && job->wake_at <= now)
 		job->state = JOB_READY;
+	if (job->state == JOB_POLL_WAIT && job->wake_at <= now)
+	{
+		/* the task's next step is due: its start goes on from the cursor */
+		task_ops(job->task)->start(job, now);
+		if (job->state == JOB_HTTP)
+			started = true;
+	}
 	if (job->state == JOB_WAIT_PLACE)
 		job->state = JOB_READY; /* start_attempt asks for the place again */
 	/* next_candidate may leave the job READY again: loop */
@@ -475,6 +524,7 @@ igny8_job_next_timeout(Igny8Job *job)
 	{
 		case JOB_BACKOFF:
 		case JOB_WAIT_PLACE:
+		case JOB_POLL_WAIT:
 			return Min(job->wake_at, job->deadline);
 		case JOB_READY:
 		case JOB_FINISHED:
@@ -505,8 +555,8 @@ igny8_job_queue_notify(const char *provider, const Igny8HealthChange *change,
  * it; any other HTTP answer shows it is up.  A change of state is logged
  * at once and announced with NOTIFY in the worker's next transaction.
  */
-static void
-report_request_health(Igny8Provider *p, Igny8Transfer *t, Igny8Attempt *a)
+void
+igny8_job_report_health(Igny8Provider *p, Igny8Transfer *t, Igny8Attempt *a)
 {
 	Igny8HealthChange change;
 	bool		ok;
@@ -557,38 +607,92 @@ answer_to_db(Igny8Job *job, Igny8Attempt *a)
 	return true;
 }
 
-/* A transfer of this job ended: success, retry, fall back or stop. */
+/*
+ * End the current attempt on its transfer: the place is given back and an
+ * attempt is recorded, with its time and HTTP status.
+ */
+Igny8Attempt *
+igny8_job_end_attempt(Igny8Job *job, Igny8Transfer *t, TimestampTz now)
+{
+	Igny8Attempt *a;
+
+	igny8_job_release_place(job);
+	job->transfer = NULL;
+	a = igny8_job_add_attempt(job, job->cands[job->cand]);
+	a->at = job->attempt_start;
+	a->sent = true;
+	a->duration_ms = (double) (now - job->attempt_start) / 1000.0;
+	a->http_status = (t != NULL && t->result == CURLE_OK) ? t->status : 0;
+	return a;
+}
+
+/*
+ * What follows an attempt that ended with cls: nothing (answered), the
+ * caller's error, a retry after a backoff, or the next candidate.
+ */
+void
+igny8_job_conclude(Igny8Job *job, Igny8Attempt *a, Igny8Provider *p,
+				   Igny8ErrorClass cls, double retry_after, TimestampTz now)
+{
+	switch (cls)
+	{
+		case IGNY8_ERR_NONE:
+			break;				/* answered, or retried at once */
+		case IGNY8_ERR_CALLER:
+			igny8_job_finish_error(job, ERRCODE_INVALID_PARAMETER_VALUE,
+								   psprintf("provider \"%s\" rejected the request for model alias \"%s\"",
+											p->id, job->alias),
+								   attempts_detail(job),
+								   pstrdup("The request itself was refused, so no other provider was tried."));
+			break;
+		case IGNY8_ERR_RETRY:
+			if (job->retries < igny8_max_retries)
+			{
+				long		wait = igny8_backoff_ms(job->retries, retry_after);
+				TimestampTz at = TimestampTzPlusMilliseconds(now, wait);
+
+				if (at < job->deadline)
+				{
+					job->retries++;
+					job->wake_at = at;
+					job->state = JOB_BACKOFF;
+					break;
+				}
+				a->error = psprintf("%s (retry in %ld ms would pass the deadline)",
+									a->error, wait);
+			}
+			igny8_job_next_candidate(job, now);
+			break;
+		default:
+			igny8_job_next_candidate(job, now);
+			break;
+	}
+}
+
+/* A transfer of this job ended: hand it to the task's operations. */
 void
 igny8_job_transfer_done(Igny8Job *job, Igny8Transfer *t)
 {
-	Igny8Deployment *d;
-	Igny8Provider *p;
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+
+	task_ops(job->task)->done(job, t);
+	MemoryContextSwitchTo(old);
+}
+
+/* Text: the answer to the chat call. */
+static void
+text_done(Igny8Job *job, Igny8Transfer *t)
+{
+	Igny8Deployment *d = job->cands[job->cand];
+	Igny8Provider *p = d->provider;
 	Igny8Attempt *a;
 	Igny8ErrorClass cls;
 	Igny8ProviderError perr;
 	double		retry_after = -1;
 	TimestampTz now = GetCurrentTimestamp();
-	MemoryContext old;
 
-	if (job->task == IGNY8_TASK_HEALTH)
-	{
-		igny8_probe_done(job, t);
-		return;
-	}
-	d = job->cands[job->cand];
-	p = d->provider;
-	old = MemoryContextSwitchTo(job->cxt);
-
-	release_place(job);
-	job->transfer = NULL;
-
-	a = igny8_job_add_attempt(job, d);
-	a->at = job->attempt_start;
-	a->sent = true;
-	a->duration_ms = (double) (now - job->attempt_start) / 1000.0;
-	a->http_status = (t->result == CURLE_OK) ? t->status : 0;
+	a = igny8_job_end_attempt(job, t, now);
 	memset(&perr, 0, sizeof(perr));
-
 	if (t->result != CURLE_OK)
 	{
 		cls = igny8_http_too_large(t) ? IGNY8_ERR_FALLBACK :
@@ -641,7 +745,7 @@ igny8_job_transfer_done(Igny8Job *job, Igny8Transfer *t)
 									"request failed", p->key);
 		}
 	}
-	report_request_health(p, t, a);
+	igny8_job_report_health(p, t, a);
 	igny8_http_free(t);
 
 	if (perr.drop_think && !job->omit_think)
@@ -652,41 +756,17 @@ igny8_job_transfer_done(Igny8Job *job, Igny8Transfer *t)
 		cls = IGNY8_ERR_NONE;
 	}
 
-	switch (cls)
-	{
-		case IGNY8_ERR_NONE:
-			break;				/* answered, or retried at once */
-		case IGNY8_ERR_CALLER:
-			igny8_job_finish_error(job, ERRCODE_INVALID_PARAMETER_VALUE,
-								   psprintf("provider \"%s\" rejected the request for model alias \"%s\"",
-											p->id, job->alias),
-								   attempts_detail(job),
-								   pstrdup("The request itself was refused, so no other provider was tried."));
-			break;
-		case IGNY8_ERR_RETRY:
-			if (job->retries < igny8_max_retries)
-			{
-				long		wait = igny8_backoff_ms(job->retries, retry_after);
-				TimestampTz at = TimestampTzPlusMilliseconds(now, wait);
-
-				if (at < job->deadline)
-				{
-					job->retries++;
-					job->wake_at = at;
-					job->state = JOB_BACKOFF;
-					break;
-				}
-				a->error = psprintf("%s (retry in %ld ms would pass the deadline)",
-									a->error, wait);
-			}
-			next_candidate(job, now);
-			break;
-		default:
-			next_candidate(job, now);
-			break;
-	}
-	MemoryContextSwitchTo(old);
+	igny8_job_conclude(job, a, p, cls, retry_after, now);
 }
+
+const Igny8TaskOps igny8_text_ops = {
+	.name = "text",
+	.routed = true,
+	.serves = text_serves,
+	.start = text_start,
+	.done = text_done,
+	.abort = NULL
+};
 
 /* Did an attempt of the job reach the network? */
 bool
@@ -714,7 +794,9 @@ igny8_job_abort(Igny8Job *job, const char *why)
 {
 	MemoryContext old = MemoryContextSwitchTo(job->cxt);
 
-	if (job->transfer && job->task == IGNY8_TASK_HEALTH)
+	const Igny8TaskOps *ops = task_ops(job->task);
+
+	if (job->transfer && !ops->routed)
 	{
 		igny8_http_free(job->transfer);
 		job->transfer = NULL;
@@ -730,8 +812,17 @@ igny8_job_abort(Igny8Job *job, const char *why)
 		igny8_http_free(job->transfer);
 		job->transfer = NULL;
 	}
+	else if (job->state == JOB_POLL_WAIT)
+	{
+		/* between two steps of an attempt: it ends here too */
+		Igny8Attempt *a = igny8_job_end_attempt(job, NULL, GetCurrentTimestamp());
+
+		a->error = pstrdup(why);
+	}
+	if (ops->abort)
+		ops->abort(job);
 	leave_queue(job);
-	release_place(job);
+	igny8_job_release_place(job);
 	if (job->state != JOB_FINISHED)
 		igny8_job_finish_error(job, ERRCODE_OPERATOR_INTERVENTION,
 							   psprintf("AI request for model alias \"%s\" was interrupted",
@@ -746,6 +837,8 @@ static void
 forget(Igny8Job *job)
 {
 	dlist_delete(&job->node);
+	if (job->task == IGNY8_TASK_IMAGE)
+		igny8_image_forget(job);
 	pg_atomic_fetch_sub_u32(&igny8_shared->workers[igny8_worker_index].in_flight, 1);
 	if (job->config)
 		igny8_config_release(job->config);
@@ -764,7 +857,7 @@ igny8_job_requeue(Igny8Job *job)
 	bool		gone;
 
 	leave_queue(job);
-	release_place(job);
+	igny8_job_release_place(job);
 	SpinLockAcquire(&slot->mutex);
 	gone = (slot->state == IGNY8_SLOT_ABANDONED);
 	if (!gone)
@@ -822,6 +915,14 @@ igny8_job_publish(Igny8Job *job)
 			result = igny8_pack_strings(area, 2, strs);
 			copy_label(provider, job->probe->id, IGNY8_NAME_LEN);
 		}
+		else if (job->success && job->task == IGNY8_TASK_IMAGE)
+		{
+			const char *strs[1] = {db_or_null(job->revised_prompt)};
+
+			result = igny8_pack_blob(area, job->image, job->image_len, 1, strs);
+			copy_label(provider, job->used->provider->id, IGNY8_NAME_LEN);
+			copy_label(model_used, job->used->model, IGNY8_MODEL_LEN);
+		}
 		else if (job->success)
 		{
 			/* content and thinking are in the database encoding already */
@@ -855,6 +956,10 @@ igny8_job_publish(Igny8Job *job)
 				"Raise igny8_ai.payload_memory, or lower igny8_ai.max_response_size."
 			};
 
+			if (job->success && job->task == IGNY8_TASK_IMAGE)
+				strs[1] = psprintf("The image (%zu bytes) was made, and its attempt is in ai_usage_log.",
+								   job->image_len);
+
 			job->success = false;
 			job->sqlerrcode = ERRCODE_OUT_OF_MEMORY;
 			result = igny8_pack_strings(area, 3, strs);
@@ -878,6 +983,8 @@ igny8_job_publish(Igny8Job *job)
 		memcpy(slot->provider, provider, IGNY8_NAME_LEN);
 		memcpy(slot->model_used, model_used, IGNY8_MODEL_LEN);
 		memcpy(slot->finish_reason, finish_reason, sizeof(finish_reason));
+		slot->image_width = job->success ? job->image_width : 0;
+		slot->image_height = job->success ? job->image_height : 0;
 		if (job->success && job->task == IGNY8_TASK_HEALTH)
 		{
 			slot->http_status = job->probe_status;

@@ -83,8 +83,8 @@ probe_failed(Igny8Job *job, const char *kind, const char *summary,
 }
 
 /* Send the free probe call of the job's provider. */
-void
-igny8_probe_start(Igny8Job *job, TimestampTz now)
+static void
+probe_start(Igny8Job *job, TimestampTz now)
 {
 	Igny8Provider *p = job->probe;
 	const Igny8ProbeProtocol *proto = igny8_probe_protocol(p->kind);
@@ -105,7 +105,7 @@ igny8_probe_start(Igny8Job *job, TimestampTz now)
 										 igny8_probe_timeout_ms,
 										 Min(p->connect_timeout_ms,
 											 igny8_probe_timeout_ms),
-										 p->proxy, p->ca_file, job);
+										 p->proxy, p->ca_file, 0, job);
 		job->attempt_start = now;
 		job->state = JOB_HTTP;
 	}
@@ -123,8 +123,8 @@ probe_code(Igny8ProbeResult *r, long status)
 }
 
 /* The answer (or failure) of a probe. */
-void
-igny8_probe_done(Igny8Job *job, Igny8Transfer *t)
+static void
+probe_done(Igny8Job *job, Igny8Transfer *t)
 {
 	double		latency_ms;
 	MemoryContext old = MemoryContextSwitchTo(job->cxt);
@@ -164,3 +164,18 @@ igny8_probe_done(Igny8Job *job, Igny8Transfer *t)
 	igny8_http_free(t);
 	MemoryContextSwitchTo(old);
 }
+
+static bool
+probe_serves(Igny8ProviderKind kind)
+{
+	return igny8_probe_protocol(kind) != NULL;
+}
+
+const Igny8TaskOps igny8_probe_ops = {
+	.name = "health probes",
+	.routed = false,
+	.serves = probe_serves,
+	.start = probe_start,
+	.done = probe_done,
+	.abort = NULL
+};

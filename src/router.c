@@ -157,9 +157,9 @@ igny8_route(Igny8Config *config, const char *alias, Igny8Task task,
 		err->sqlerrcode = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 		if (other_task)
 		{
-			err->message = psprintf("model alias \"%s\" is not a %s model",
+			err->message = psprintf("model alias \"%s\" does not generate %s",
 									alias,
-									task == IGNY8_TASK_IMAGE ? "image" : "text");
+									task == IGNY8_TASK_IMAGE ? "images" : "text");
 			err->hint = pstrdup("Use an alias whose igny8_models.task matches the call.");
 		}
 		else

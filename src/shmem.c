@@ -361,6 +361,85 @@ igny8_unpack_strings(dsa_area *area, dsa_pointer dp, int n, char **strs)
 	return n;
 }
 
+/*
+ * Pack binary data and n strings (NULL allowed): the data's length, the
+ * data, then the strings as igny8_pack_strings lays them out.  Invalid
+ * when the area is full.
+ */
+dsa_pointer
+igny8_pack_blob(dsa_area *area, const char *data, Size len, int n,
+				const char *const *strs)
+{
+	Size		total = sizeof(uint64) + len;
+	dsa_pointer dp;
+	char	   *p;
+
+	for (int i = 0; i < n; i++)
+		total += sizeof(uint32) + (strs[i] ? strlen(strs[i]) + 1 : 0);
+	dp = dsa_allocate_extended(area, total, DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
+	if (!DsaPointerIsValid(dp))
+		return dp;
+	p = dsa_get_address(area, dp);
+	{
+		uint64		len64 = (uint64) len;
+
+		memcpy(p, &len64, sizeof(uint64));
+	}
+	p += sizeof(uint64);
+	memcpy(p, data, len);
+	p += len;
+	for (int i = 0; i < n; i++)
+	{
+		uint32		slen = strs[i] ? (uint32) strlen(strs[i]) : UINT32_MAX;
+
+		memcpy(p, &slen, sizeof(uint32));
+		p += sizeof(uint32);
+		if (strs[i])
+		{
+			memcpy(p, strs[i], slen + 1);
+			p += slen + 1;
+		}
+	}
+	return dp;
+}
+
+/*
+ * Unpack what igny8_pack_blob packed: the data straight into a new bytea
+ * (its one copy on the caller's side), the strings into palloc'd copies.
+ */
+struct varlena *
+igny8_unpack_blob(dsa_area *area, dsa_pointer dp, int n, char **strs)
+{
+	char	   *p = dsa_get_address(area, dp);
+	uint64		len;
+	struct varlena *v;
+
+	memcpy(&len, p, sizeof(uint64));
+	p += sizeof(uint64);
+	if (len > MaxAllocSize - VARHDRSZ)
+		elog(ERROR, "igny8_ai payload of %llu bytes is too large for a bytea",
+			 (unsigned long long) len);
+	v = (struct varlena *) palloc(len + VARHDRSZ);
+	SET_VARSIZE(v, len + VARHDRSZ);
+	memcpy(VARDATA(v), p, len);
+	p += len;
+	for (int i = 0; i < n; i++)
+	{
+		uint32		slen;
+
+		memcpy(&slen, p, sizeof(uint32));
+		p += sizeof(uint32);
+		if (slen == UINT32_MAX)
+			strs[i] = NULL;
+		else
+		{
+			strs[i] = pnstrdup(p, slen);
+			p += slen + 1;
+		}
+	}
+	return v;
+}
+
 /* Copy a request into the DSA area; a clear error when the area is full. */
 dsa_pointer
 igny8_dsa_strdup(dsa_area *area, const char *s, Size len)

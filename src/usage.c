@@ -24,7 +24,7 @@
 
 #include "worker.h"
 
-#define USAGE_NARGS 17
+#define USAGE_NARGS 21
 
 static SPIPlanPtr insert_plan = NULL;
 static char *insert_schema = NULL;
@@ -47,7 +47,7 @@ prepare(const char *schema)
 	Oid			types[USAGE_NARGS] = {
 		UUIDOID, TIMESTAMPTZOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, INT4OID, NUMERICOID, FLOAT8OID, INT4OID, BOOLOID, TEXTOID,
-		INT4OID, TEXTOID, TEXTOID
+		INT4OID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID
 	};
 	char	   *sql;
 
@@ -55,9 +55,9 @@ prepare(const char *schema)
 				   " (request_id, created_at, account_id, provider, task_type,"
 				   " model_alias, model_used, input_tokens, output_tokens, cost,"
 				   " duration_ms, http_status, success, error_message, attempt,"
-				   " prompt, response)"
+				   " prompt, response, images, image_width, image_height, steps)"
 				   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-				   " $10, $11, $12, $13, $14, $15, $16, $17)",
+				   " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
 				   schema);
 	insert_plan = SPI_prepare(sql, USAGE_NARGS, types);
 	if (insert_plan == NULL)
@@ -122,6 +122,14 @@ igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
 		nulls[16] = 'n';
 	else
 		values[16] = CStringGetTextDatum(row->response);
+	/* image facts: NULL on text rows, and where unknown */
+	values[17] = Int32GetDatum(row->images);
+	values[18] = Int32GetDatum(row->image_width);
+	values[19] = Int32GetDatum(row->image_height);
+	values[20] = Int32GetDatum(row->steps);
+	for (int i = 17; i <= 20; i++)
+		if (DatumGetInt32(values[i]) <= 0 && !(i == 17 && row->is_image))
+			nulls[i] = 'n';
 
 	ret = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
@@ -201,6 +209,11 @@ insert_job_rows(Igny8Config *config, Igny8Job *job)
 		row.success = a->success;
 		row.error = a->error;
 		row.attempt = a->number;
+		row.is_image = (job->task == IGNY8_TASK_IMAGE);
+		row.images = a->images;
+		row.image_width = a->image_width;
+		row.image_height = a->image_height;
+		row.steps = a->steps;
 		if (igny8_log_content)
 		{
 			row.prompt = job->request_json;

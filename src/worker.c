@@ -506,7 +506,12 @@ run_jobs(bool fd_ready)
 		TimestampTz now;
 
 		while ((t = igny8_http_next_finished()) != NULL)
-			igny8_job_transfer_done((Igny8Job *) t->owner, t);
+		{
+			if (t->owner == NULL)
+				igny8_image_cleanup_done(t);	/* a call of no job */
+			else
+				igny8_job_transfer_done((Igny8Job *) t->owner, t);
+		}
 
 		/* starting a transfer can finish it at once (a refused connection) */
 		now = GetCurrentTimestamp();

@@ -48,6 +48,15 @@ typedef struct Igny8Provider
 	cJSON	   *settings;		/* the provider's own settings, or NULL */
 } Igny8Provider;
 
+/* A ComfyUI workflow (igny8_workflows), parsed. */
+typedef struct Igny8Workflow
+{
+	char	   *name;
+	cJSON	   *graph;			/* API format: node id -> node */
+	cJSON	   *bindings;		/* parameter -> [node id, input name] */
+	cJSON	   *defaults;		/* parameter -> value */
+} Igny8Workflow;
+
 typedef struct Igny8Deployment
 {
 	char	   *alias;
@@ -60,6 +69,8 @@ typedef struct Igny8Deployment
 	int			weight;
 	bool		enabled;
 	cJSON	   *settings;		/* provider settings overlaid with ours */
+	Igny8Workflow *workflow;	/* ComfyUI image deployments, else NULL */
+	size_t		max_image_bytes;	/* settings.max_image_bytes */
 } Igny8Deployment;
 
 typedef struct Igny8Fallback
@@ -79,6 +90,8 @@ typedef struct Igny8Config
 	Igny8Deployment *deployments;
 	int			nfallbacks;		/* ordered by alias, position */
 	Igny8Fallback *fallbacks;
+	int			nworkflows;
+	Igny8Workflow *workflows;
 } Igny8Config;
 
 extern Igny8Config *igny8_config_load(void);
@@ -141,7 +154,7 @@ extern Igny8Transfer *igny8_http_start(const char *base_url,
 									   const Igny8HttpRequest *req,
 									   int timeout_ms, int connect_timeout_ms,
 									   const char *proxy, const char *ca_file,
-									   void *owner);
+									   size_t max_bytes, void *owner);
 extern void igny8_http_free(Igny8Transfer *t);
 extern void igny8_http_drive(bool fd_ready);
 extern Igny8Transfer *igny8_http_next_finished(void);
@@ -166,6 +179,8 @@ typedef enum Igny8JobState
 	JOB_WAIT_PLACE,				/* in its provider's wait queue */
 	JOB_HTTP,					/* transfer in flight */
 	JOB_BACKOFF,				/* retry at wake_at */
+	JOB_POLL_WAIT,				/* a step of a remote job is due at wake_at
+								 * (ComfyUI: poll its history) */
 	JOB_FINISHED				/* outcome known; publish after logging */
 } Igny8JobState;
 
@@ -182,6 +197,10 @@ typedef struct Igny8Attempt
 	int64		input_tokens;
 	int64		output_tokens;
 	double		duration_ms;
+	int			images;			/* images made (image attempts) */
+	int			image_width;
+	int			image_height;
+	int			steps;			/* sampler steps (ComfyUI), or 0 */
 	bool		sent;			/* reached the network: gets a usage row */
 	bool		logged;
 } Igny8Attempt;
@@ -238,6 +257,32 @@ typedef struct Igny8Job
 								 * encoding, the rest UTF-8 */
 	Igny8Deployment *used;
 
+	/* images (task IGNY8_TASK_IMAGE): the request ... */
+	char	   *img_prompt;
+	char	   *img_negative;
+	char	   *img_quality;
+	char	   *img_style;
+	int			img_width;
+	int			img_height;
+	int			img_steps;		/* 0: the workflow's default */
+	bool		img_has_cfg;
+	double		img_cfg;
+	uint64		img_seed;
+	/* ... the current attempt's steps ... */
+	int			step;			/* IGNY8_STEP_*, see image.c */
+	TimestampTz attempt_deadline;	/* the deployment's timeout */
+	char	   *prompt_id;		/* ComfyUI: the prompt submitted, or NULL */
+	Igny8ComfyImage *images;
+	int			nimages;
+	int			polls;
+	/* ... and the image made */
+	char	   *image;			/* malloc'd (a transfer's body) or palloc'd */
+	bool		image_malloced;
+	size_t		image_len;
+	int			image_width;
+	int			image_height;
+	char	   *revised_prompt;
+
 	/* health probes (task IGNY8_TASK_HEALTH) */
 	Igny8Provider *probe;		/* the provider probed */
 	Igny8ProbeResult probe_result;
@@ -268,8 +313,44 @@ extern void igny8_job_queue_notify(const char *provider,
 								   const Igny8HealthChange *change,
 								   const char *code);
 
-extern void igny8_probe_start(Igny8Job *job, TimestampTz now);
-extern void igny8_probe_done(Igny8Job *job, Igny8Transfer *t);
+/*
+ * What each kind of task does in an attempt (job.c's table): start the
+ * attempt's first step (the candidate is checked, its place held), take
+ * a finished transfer of it, and let go of what the provider still holds
+ * when the job is stopped (nothing for a request that ends with its
+ * transfer).
+ */
+typedef struct Igny8TaskOps
+{
+	const char *name;
+	bool		routed;			/* attempts go to candidates, with places */
+	bool		(*serves) (Igny8ProviderKind kind);
+	void		(*start) (Igny8Job *job, TimestampTz now);
+	void		(*done) (Igny8Job *job, Igny8Transfer *t);
+	void		(*abort) (Igny8Job *job);
+} Igny8TaskOps;
+
+extern const Igny8TaskOps igny8_text_ops;
+extern const Igny8TaskOps igny8_image_ops;
+extern const Igny8TaskOps igny8_probe_ops;
+
+/* job.c, for the task kinds */
+extern void igny8_job_release_place(Igny8Job *job);
+extern void igny8_job_conclude(Igny8Job *job, Igny8Attempt *a,
+							   Igny8Provider *p, Igny8ErrorClass cls,
+							   double retry_after, TimestampTz now);
+extern void igny8_job_report_health(Igny8Provider *p, Igny8Transfer *t,
+									Igny8Attempt *a);
+extern Igny8Attempt *igny8_job_end_attempt(Igny8Job *job, Igny8Transfer *t,
+										   TimestampTz now);
+extern bool igny8_job_deadline_reached(Igny8Job *job, TimestampTz now);
+extern void igny8_job_next_candidate(Igny8Job *job, TimestampTz now);
+extern void igny8_job_mark_sent(Igny8Job *job);
+
+/* image.c */
+extern bool igny8_image_parse_request(Igny8Job *job, const char *json);
+extern void igny8_image_cleanup_done(Igny8Transfer *t);
+extern void igny8_image_forget(Igny8Job *job);
 
 /* worker.c: the worker's transactions */
 extern void igny8_worker_begin(const char *what);
@@ -296,6 +377,11 @@ typedef struct Igny8UsageRow
 	bool		success;
 	const char *error;			/* NULL on success */
 	int			attempt;
+	bool		is_image;		/* images is 0, not NULL, on a failed one */
+	int			images;			/* image rows: images made, size, steps; */
+	int			image_width;	/* 0 = NULL */
+	int			image_height;
+	int			steps;
 	const char *prompt;			/* NULL unless igny8_ai.log_content */
 	const char *response;
 } Igny8UsageRow;

@@ -1,0 +1,617 @@
+/*-------------------------------------------------------------------------
+ *
+ * image.c
+ *	  The image task in the worker: one attempt is a chain of HTTP steps,
+ *	  driven by a step cursor in the job.
+ *
+ * ComfyUI (protocols.md 2):
+ *
+ *	SUBMIT  POST /prompt (the deployment's workflow, the request's values
+ *			bound into it, a prompt_id of our own)
+ *	POLL	GET /history/{prompt_id}, on a timer that starts at 100 ms and
+ *			backs off to 1 s; no transfer is held between two polls
+ *			(the job waits in JOB_POLL_WAIT, holding its provider place)
+ *	VIEW	GET /view?filename=... of the first output image; its PNG
+ *			signature and IHDR size are checked before it is returned
+ *
+ * OpenAI: one step, POST /v1/images/generations with b64_json.
+ *
+ * The attempt ends with the deployment's timeout (attempt_deadline) or
+ * the call's deadline, whichever comes first.  A ComfyUI prompt that an
+ * attempt leaves behind (cancelled, timed out, or the worker stopping) is
+ * cleaned up: removed from the queue if it is still waiting, interrupted
+ * by its prompt_id if it runs (never a global interrupt: that would stop
+ * another client's work), then its history entry is deleted.  Those
+ * cleanup calls belong to no job: the worker sends them on its own.
+ *
+ * The image bytes stay where libcurl wrote them (a malloc'd buffer the job
+ * takes over from the transfer) until they are copied into the payload
+ * area for the caller.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
+
+#include "worker.h"
+
+#define IGNY8_STEP_SUBMIT	0
+#define IGNY8_STEP_POLL		1
+#define IGNY8_STEP_VIEW		2
+#define IGNY8_STEP_OPENAI	3
+
+/* the history poll: first after this, then backing off to the maximum */
+#define IGNY8_POLL_FIRST_MS	100
+#define IGNY8_POLL_MAX_MS	1000
+/* an image deployment's limit without settings.max_image_bytes */
+#define IGNY8_DEFAULT_MAX_IMAGE (32 * 1024 * 1024)
+/* a cleanup call's own timeout */
+#define IGNY8_CLEANUP_TIMEOUT_MS 10000
+
+/* A ComfyUI prompt being cleaned up, one call after another. */
+typedef struct Igny8Cleanup
+{
+	Igny8Transfer *transfer;
+	Igny8ComfyCancel next;		/* the call after the one in flight */
+	bool		last;			/* the call in flight is the last */
+	char	   *base_url;
+	char	   *key;
+	char	   *proxy;
+	char	   *ca_file;
+	int			connect_timeout_ms;
+	char	   *prompt_id;
+} Igny8Cleanup;
+
+static List *cleanups = NIL;	/* of Igny8Cleanup, in TopMemoryContext */
+
+/* ----- the request ----- */
+
+static char *
+json_string_or_null(cJSON *req, const char *key)
+{
+	cJSON	   *item = cJSON_GetObjectItemCaseSensitive(req, key);
+
+	return cJSON_IsString(item) ? pstrdup(item->valuestring) : NULL;
+}
+
+/*
+ * Read the normalized image request the caller wrote (dispatch_image.c):
+ * {"prompt", "negative_prompt"?, "width", "height", "steps"?, "cfg"?,
+ *	"seed" (a decimal string), "quality"?, "style"?}.
+ */
+bool
+igny8_image_parse_request(Igny8Job *job, const char *json)
+{
+	cJSON	   *req = cJSON_Parse(json);
+	cJSON	   *item;
+	bool		ok = false;
+
+	if (req == NULL)
+		return false;
+	job->img_prompt = json_string_or_null(req, "prompt");
+	job->img_negative = json_string_or_null(req, "negative_prompt");
+	job->img_quality = json_string_or_null(req, "quality");
+	job->img_style = json_string_or_null(req, "style");
+	item = cJSON_GetObjectItemCaseSensitive(req, "width");
+	job->img_width = cJSON_IsNumber(item) ? item->valueint : 0;
+	item = cJSON_GetObjectItemCaseSensitive(req, "height");
+	job->img_height = cJSON_IsNumber(item) ? item->valueint : 0;
+	item = cJSON_GetObjectItemCaseSensitive(req, "steps");
+	job->img_steps = cJSON_IsNumber(item) ? item->valueint : 0;
+	item = cJSON_GetObjectItemCaseSensitive(req, "cfg");
+	job->img_has_cfg = cJSON_IsNumber(item);
+	job->img_cfg = job->img_has_cfg ? item->valuedouble : 0;
+	item = cJSON_GetObjectItemCaseSensitive(req, "seed");
+	if (cJSON_IsString(item))
+	{
+		char	   *end;
+
+		errno = 0;
+		job->img_seed = strtoull(item->valuestring, &end, 10);
+		ok = (errno == 0 && *end == '\0' && end != item->valuestring);
+	}
+	ok = ok && job->img_prompt != NULL && job->img_width > 0 &&
+		job->img_height > 0;
+	cJSON_Delete(req);
+	return ok;
+}
+
+/* ----- cleanup of a ComfyUI prompt left behind ----- */
+
+static void
+cleanup_send(Igny8Cleanup *c)
+{
+	Igny8HttpRequest http;
+
+	memset(&http, 0, sizeof(http));
+	igny8_comfyui_build_cancel(c->next, c->prompt_id, c->key, &http);
+	c->last = (c->next == IGNY8_COMFY_CANCEL_FORGET);
+	if (c->next == IGNY8_COMFY_CANCEL_DELETE)
+		c->next = IGNY8_COMFY_CANCEL_INTERRUPT;
+	else if (c->next == IGNY8_COMFY_CANCEL_INTERRUPT)
+		c->next = IGNY8_COMFY_CANCEL_FORGET;
+	c->transfer = igny8_http_start(c->base_url, &http,
+								   IGNY8_CLEANUP_TIMEOUT_MS,
+								   Min(c->connect_timeout_ms,
+									   IGNY8_CLEANUP_TIMEOUT_MS),
+								   c->proxy, c->ca_file, 0, NULL);
+}
+
+static char *
+top_strdup(const char *s)
+{
+	return s ? MemoryContextStrdup(TopMemoryContext, s) : NULL;
+}
+
+/*
+ * Clean up the job's ComfyUI prompt, from the first call that is needed:
+ * DELETE for a prompt that may still be queued or running, FORGET for one
+ * that finished.
+ */
+static void
+cleanup_start(Igny8Job *job, Igny8ComfyCancel from)
+{
+	Igny8Provider *p = job->cands[job->cand]->provider;
+	MemoryContext old;
+	Igny8Cleanup *c;
+
+	if (job->prompt_id == NULL)
+		return;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	c = palloc0(sizeof(Igny8Cleanup));
+	c->next = from;
+	c->base_url = top_strdup(p->base_url);
+	c->key = top_strdup(p->key);
+	c->proxy = top_strdup(p->proxy);
+	c->ca_file = top_strdup(p->ca_file);
+	c->connect_timeout_ms = p->connect_timeout_ms;
+	c->prompt_id = top_strdup(job->prompt_id);
+	cleanups = lappend(cleanups, c);
+	cleanup_send(c);
+	MemoryContextSwitchTo(old);
+	job->prompt_id = NULL;
+}
+
+/* A cleanup call ended (whatever its outcome): send the next, or stop. */
+void
+igny8_image_cleanup_done(Igny8Transfer *t)
+{
+	ListCell   *lc;
+
+	foreach(lc, cleanups)
+	{
+		Igny8Cleanup *c = lfirst(lc);
+
+		if (c->transfer != t)
+			continue;
+		igny8_http_free(t);
+		c->transfer = NULL;
+		if (!c->last)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			cleanup_send(c);
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		cleanups = foreach_delete_current(cleanups, lc);
+		if (c->key)
+			pfree(c->key);
+		pfree(c->base_url);
+		if (c->proxy)
+			pfree(c->proxy);
+		if (c->ca_file)
+			pfree(c->ca_file);
+		pfree(c->prompt_id);
+		pfree(c);
+		return;
+	}
+	igny8_http_free(t);			/* not ours: cannot happen */
+}
+
+/* ----- the steps ----- */
+
+static size_t
+max_image_bytes(Igny8Deployment *d)
+{
+	return d->max_image_bytes > 0 ? d->max_image_bytes :
+		(size_t) IGNY8_DEFAULT_MAX_IMAGE;
+}
+
+/* Milliseconds left in the attempt, at least 1. */
+static int
+attempt_ms_left(Igny8Job *job, TimestampTz now)
+{
+	long		ms = (long) ((job->attempt_deadline - now) / 1000);
+
+	return (int) Max(Min(ms, (long) INT_MAX), 1L);
+}
+
+static void
+new_prompt_id(Igny8Job *job)
+{
+	pg_uuid_t	id;
+
+	if (!pg_strong_random(id.data, UUID_LEN))
+		elog(ERROR, "could not generate random values");
+	id.data[6] = (id.data[6] & 0x0f) | 0x40;
+	id.data[8] = (id.data[8] & 0x3f) | 0x80;
+	job->prompt_id = DatumGetCString(DirectFunctionCall1(uuid_out,
+														 UUIDPGetDatum(&id)));
+}
+
+/* An attempt that could not be sent at all: the next candidate. */
+static void
+attempt_refused(Igny8Job *job, Igny8Deployment *d, char *error,
+				TimestampTz now)
+{
+	Igny8Attempt *a = igny8_job_add_attempt(job, d);
+
+	a->error = error;
+	igny8_job_release_place(job);
+	igny8_job_next_candidate(job, now);
+}
+
+static void
+send_step(Igny8Job *job, Igny8HttpRequest *http, size_t max_bytes,
+		  TimestampTz now)
+{
+	Igny8Provider *p = job->cands[job->cand]->provider;
+
+	job->transfer = igny8_http_start(p->base_url, http,
+									 attempt_ms_left(job, now),
+									 p->connect_timeout_ms, p->proxy,
+									 p->ca_file, max_bytes, job);
+	job->state = JOB_HTTP;
+	igny8_job_mark_sent(job);
+}
+
+/*
+ * The attempt ran out of time between two steps: it fails (the next
+ * candidate, or the call's deadline error), and its prompt is cleaned up.
+ */
+static void
+attempt_timed_out(Igny8Job *job, TimestampTz now)
+{
+	Igny8Deployment *d = job->cands[job->cand];
+	Igny8Attempt *a = igny8_job_end_attempt(job, NULL, now);
+
+	a->error = psprintf("timed out after %ld ms waiting for ComfyUI to finish prompt %s",
+						(long) ((now - job->attempt_start) / 1000),
+						job->prompt_id ? job->prompt_id : "?");
+	(void) d;
+	cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE);
+	igny8_job_next_candidate(job, now);
+}
+
+static void
+image_start(Igny8Job *job, TimestampTz now)
+{
+	Igny8Deployment *d = job->cands[job->cand];
+	Igny8Provider *p = d->provider;
+	Igny8HttpRequest http;
+	Igny8ImageRequest req;
+
+	memset(&http, 0, sizeof(http));
+
+	/* a poll that is due */
+	if (job->state == JOB_POLL_WAIT)
+	{
+		if (now >= job->attempt_deadline)
+		{
+			attempt_timed_out(job, now);
+			return;
+		}
+		igny8_comfyui_build_history(job->prompt_id, p->key, &http);
+		send_step(job, &http, 0, now);
+		return;
+	}
+
+	/* a new attempt: its place is held */
+	job->prompt_id = NULL;
+	job->images = NULL;
+	job->nimages = 0;
+	job->polls = 0;
+
+	memset(&req, 0, sizeof(req));
+	req.model = d->model;
+	req.prompt = job->img_prompt;
+	req.negative_prompt = job->img_negative;
+	req.width = job->img_width;
+	req.height = job->img_height;
+	req.steps = job->img_steps;
+	req.has_cfg = job->img_has_cfg;
+	req.cfg = job->img_cfg;
+	req.seed = job->img_seed;
+	req.quality = job->img_quality;
+	req.style = job->img_style;
+	req.settings = d->settings;
+
+	if (p->kind == IGNY8_KIND_COMFYUI)
+	{
+		char	   *error = NULL;
+		char	   *prefix;
+
+		if (d->workflow == NULL)
+		{
+			attempt_refused(job, d,
+							pstrdup("the deployment names no workflow (igny8_models.workflow)"),
+							now);
+			return;
+		}
+		new_prompt_id(job);
+		/* our own file names: concurrent requests never read each other's */
+		prefix = psprintf("igny8_%s", job->prompt_id);
+		req.graph = d->workflow->graph;
+		req.bindings = d->workflow->bindings;
+		req.defaults = d->workflow->defaults;
+		req.client_id = psprintf("igny8_ai-%d-%d", igny8_worker_index, MyProcPid);
+		req.prompt_id = job->prompt_id;
+		req.filename_prefix = prefix;
+		if (!igny8_comfyui_build_submit(&req, p->key, &http, &error))
+		{
+			job->prompt_id = NULL;
+			attempt_refused(job, d,
+							psprintf("workflow \"%s\": %s", d->workflow->name,
+									 error ? error : "cannot be filled in"),
+							now);
+			return;
+		}
+		job->step = IGNY8_STEP_SUBMIT;
+		send_step(job, &http, 0, now);
+	}
+	else
+	{
+		size_t		max = max_image_bytes(d);
+
+		igny8_openai_build_image(&req, p->key, &http);
+		job->step = IGNY8_STEP_OPENAI;
+		/* base64 is 4/3 of the image, with room for the JSON around it */
+		send_step(job, &http, max / 3 * 4 + 65536, now);
+	}
+}
+
+/* Keep the images a history entry lists, in the job's memory. */
+static void
+keep_images(Igny8Job *job, Igny8ComfyImage *images, int n)
+{
+	job->images = images;
+	job->nimages = n;
+}
+
+/*
+ * The image the VIEW or OPENAI step brought: checked by the protocol;
+ * ComfyUI's must also be the size the workflow was asked for.
+ */
+static bool
+take_image(Igny8Job *job, Igny8Transfer *t, Igny8ImageResult *res,
+		   Igny8Attempt *a)
+{
+	if (job->step == IGNY8_STEP_VIEW &&
+		(res->width != job->img_width || res->height != job->img_height))
+	{
+		a->error = psprintf("the image is %dx%d, %dx%d was asked for",
+							res->width, res->height,
+							job->img_width, job->img_height);
+		return false;
+	}
+	if (job->step == IGNY8_STEP_VIEW && res->data == t->body)
+	{
+		/* the transfer's buffer becomes the job's: no copy */
+		job->image = t->body;
+		job->image_malloced = true;
+		t->body = NULL;
+	}
+	else
+	{
+		job->image = res->data;
+		job->image_malloced = false;
+	}
+	job->image_len = res->len;
+	job->image_width = res->width;
+	job->image_height = res->height;
+	job->revised_prompt = res->revised_prompt;
+	return true;
+}
+
+static void
+image_done(Igny8Job *job, Igny8Transfer *t)
+{
+	Igny8Deployment *d = job->cands[job->cand];
+	Igny8Provider *p = d->provider;
+	TimestampTz now = GetCurrentTimestamp();
+	Igny8HttpResponse resp;
+	Igny8ProviderError perr;
+	Igny8ImageResult res;
+	Igny8ErrorClass cls = IGNY8_ERR_NONE;
+	Igny8Attempt *a = NULL;
+	size_t		len = t->len;
+
+	job->transfer = NULL;
+	memset(&perr, 0, sizeof(perr));
+	memset(&res, 0, sizeof(res));
+
+	if (t->result != CURLE_OK)
+	{
+		bool		too_large = igny8_http_too_large(t);
+
+		a = igny8_job_end_attempt(job, t, now);
+		if (too_large &&
+			(job->step == IGNY8_STEP_VIEW || job->step == IGNY8_STEP_OPENAI))
+			a->error = psprintf("the image is larger than %zu bytes (settings.max_image_bytes)",
+								max_image_bytes(d));
+		else
+			a->error = pstrdup(igny8_http_error_text(t));
+		cls = too_large ? IGNY8_ERR_FALLBACK : igny8_http_classify_transport(t);
+		if (cls == IGNY8_ERR_RETRY && job->retries >= 1)
+			cls = IGNY8_ERR_FALLBACK;
+		igny8_job_report_health(p, t, a);
+		igny8_http_free(t);
+		cleanup_start(job, job->step == IGNY8_STEP_VIEW ?
+					  IGNY8_COMFY_CANCEL_FORGET : IGNY8_COMFY_CANCEL_DELETE);
+		igny8_job_conclude(job, a, p, cls, -1, now);
+		return;
+	}
+
+	resp.status = t->status;
+	resp.retry_after = t->retry_after;
+	resp.should_retry = t->should_retry;
+	resp.body = t->body ? t->body : "";
+	resp.body_len = t->body ? len : 0;
+	/* an image is not text: only other answers can echo the key */
+	if (t->body && !(job->step == IGNY8_STEP_VIEW && t->status == 200))
+	{
+		resp.body = igny8_redact_body(t->body, &len, p->key, t->status);
+		resp.body_len = len;
+	}
+
+	switch (job->step)
+	{
+		case IGNY8_STEP_SUBMIT:
+			{
+				char	   *accepted = NULL;
+
+				if (igny8_comfyui_parse_submit(&resp, &accepted, &perr))
+				{
+					/* the prompt is ComfyUI's now: poll for it */
+					if (accepted != NULL && strcmp(accepted, job->prompt_id) != 0)
+						job->prompt_id = accepted;
+					igny8_http_free(t);
+					job->step = IGNY8_STEP_POLL;
+					job->state = JOB_POLL_WAIT;
+					job->wake_at = Min(TimestampTzPlusMilliseconds(now, IGNY8_POLL_FIRST_MS),
+									   job->attempt_deadline);
+					return;
+				}
+				/* refused: nothing was queued */
+				job->prompt_id = NULL;
+				break;
+			}
+		case IGNY8_STEP_POLL:
+			{
+				Igny8ComfyImage *images = NULL;
+				int			n = 0;
+				Igny8ComfyState st;
+
+				st = igny8_comfyui_parse_history(&resp, job->prompt_id,
+												 &images, &n, &perr);
+				if (st == IGNY8_COMFY_PENDING)
+				{
+					long		wait = IGNY8_POLL_FIRST_MS;
+
+					igny8_http_free(t);
+					for (int i = 0; i < job->polls && wait < IGNY8_POLL_MAX_MS; i++)
+						wait = wait * 3 / 2;
+					job->polls++;
+					job->state = JOB_POLL_WAIT;
+					job->wake_at = Min(TimestampTzPlusMilliseconds(now, Min(wait, IGNY8_POLL_MAX_MS)),
+									   job->attempt_deadline);
+					return;
+				}
+				if (st == IGNY8_COMFY_DONE)
+				{
+					Igny8HttpRequest http;
+
+					igny8_http_free(t);
+					keep_images(job, images, n);
+					memset(&http, 0, sizeof(http));
+					igny8_comfyui_build_view(&job->images[0], p->key, &http);
+					job->step = IGNY8_STEP_VIEW;
+					send_step(job, &http, max_image_bytes(d), now);
+					return;
+				}
+				/* FAILED: the prompt ran and failed; only its entry is left */
+				break;
+			}
+		case IGNY8_STEP_VIEW:
+			if (igny8_comfyui_parse_view(&resp, &res, &perr))
+			{
+				a = igny8_job_end_attempt(job, t, now);
+				if (take_image(job, t, &res, a))
+				{
+					cJSON	   *steps = cJSON_GetObjectItemCaseSensitive(d->workflow->defaults,
+																		 "steps");
+
+					a->success = true;
+					a->steps = job->img_steps > 0 ? job->img_steps :
+						(cJSON_IsNumber(steps) ? steps->valueint : 0);
+				}
+				else
+					cls = IGNY8_ERR_FALLBACK;
+			}
+			break;
+		case IGNY8_STEP_OPENAI:
+			if (igny8_openai_parse_image(&resp, max_image_bytes(d), &res, &perr))
+			{
+				a = igny8_job_end_attempt(job, t, now);
+				if (take_image(job, t, &res, a))
+					a->success = true;
+				else
+					cls = IGNY8_ERR_FALLBACK;
+			}
+			break;
+	}
+
+	if (a == NULL)
+	{
+		/* the step failed: perr says how */
+		a = igny8_job_end_attempt(job, t, now);
+		cls = perr.cls;
+		if (cls == IGNY8_ERR_RETRY && perr.retry_once && job->retries >= 1)
+			cls = IGNY8_ERR_FALLBACK;
+		a->error = igny8_redact(perr.message ? perr.message : "request failed",
+								p->key);
+	}
+	igny8_job_report_health(p, t, a);
+	igny8_http_free(t);
+	/* a prompt that finished (or failed) leaves its history entry */
+	cleanup_start(job, IGNY8_COMFY_CANCEL_FORGET);
+
+	if (a->success)
+	{
+		a->images = 1;
+		a->image_width = job->image_width;
+		a->image_height = job->image_height;
+		job->used = d;
+		job->success = true;
+		job->state = JOB_FINISHED;
+		return;
+	}
+	igny8_job_conclude(job, a, p, cls, perr.retry_after, now);
+}
+
+/* The job is stopped: a prompt it submitted is ComfyUI's to drop. */
+static void
+image_abort(Igny8Job *job)
+{
+	if (job->prompt_id != NULL && job->cands != NULL)
+		cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE);
+}
+
+/* Free what the job holds outside its memory context. */
+void
+igny8_image_forget(Igny8Job *job)
+{
+	if (job->image != NULL && job->image_malloced)
+		free(job->image);
+	job->image = NULL;
+}
+
+static bool
+image_serves(Igny8ProviderKind kind)
+{
+	return kind == IGNY8_KIND_COMFYUI || kind == IGNY8_KIND_OPENAI;
+}
+
+const Igny8TaskOps igny8_image_ops = {
+	.name = "images",
+	.routed = true,
+	.serves = image_serves,
+	.start = image_start,
+	.done = image_done,
+	.abort = image_abort
+};
