@@ -470,6 +470,31 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION igny8_chat(jsonb, text, jsonb) IS
     'chat completion for [{"role","content"}] messages; options: max_tokens, temperature, timeout (s), account_id';
 
+CREATE FUNCTION igny8_generate_image(
+    prompt      text,
+    model       text DEFAULT 'dall-e-3',
+    size        text DEFAULT '1024x1024',
+    options     jsonb DEFAULT '{}')
+RETURNS igny8_image
+AS 'MODULE_PATHNAME', 'igny8_generate_image'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_generate_image(text, text, text, jsonb) IS
+    'one PNG image for a prompt through the image model alias, with fallback; options: negative_prompt, steps, cfg, seed, quality, style, timeout (s), account_id';
+
+CREATE FUNCTION igny8_generate_images(
+    prompt      text,
+    model       text DEFAULT 'dall-e-3',
+    size        text DEFAULT '1024x1024',
+    n           integer DEFAULT 1,
+    options     jsonb DEFAULT '{}')
+RETURNS SETOF igny8_image
+AS 'MODULE_PATHNAME', 'igny8_generate_images'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_generate_images(text, text, text, integer, jsonb) IS
+    'n (1 to 8) images made at once, each with its own seed; options as igny8_generate_image';
+
 --
 -- Health checks.
 --
@@ -687,6 +712,8 @@ COMMENT ON FUNCTION igny8_slot_status() IS
 
 REVOKE ALL ON FUNCTION igny8_generate_text(text, text, integer, double precision, text, interval, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_chat(jsonb, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_generate_image(text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_generate_images(text, text, text, integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_key_columns(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_key(text, jsonb) FROM PUBLIC;
@@ -749,6 +776,8 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_text(text, text, integer, double precision, text, interval, bigint) TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_chat(jsonb, text, jsonb) TO %s', s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_image(text, text, text, jsonb) TO %s', s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_images(text, text, text, integer, jsonb) TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log TO %s', s, role);
 END
 $$;
