@@ -1,0 +1,223 @@
+--
+-- image: igny8_generate_image and igny8_generate_images through the
+-- simulator's ComfyUI (submit, history polls, /view) and OpenAI images;
+-- fallbacks, cancellation of ComfyUI prompts, limits, usage rows, input
+-- checks and privileges
+--
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
+TRUNCATE ai_usage_log;
+
+-- the size a PNG says it has (its IHDR), or why it is not one
+CREATE FUNCTION png_size(b bytea) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN substring(b FROM 1 FOR 8) = '\x89504e470d0a1a0a'::bytea
+                 AND substring(b FROM 13 FOR 4) = '\x49484452'::bytea
+           THEN ((get_byte(b, 16)::bigint << 24) | (get_byte(b, 17) << 16)
+                 | (get_byte(b, 18) << 8) | get_byte(b, 19))::text || 'x' ||
+                ((get_byte(b, 20)::bigint << 24) | (get_byte(b, 21) << 16)
+                 | (get_byte(b, 22) << 8) | get_byte(b, 23))::text
+           ELSE 'not a PNG' END
+$$;
+
+-- every shipped image alias makes a PNG of the size asked for
+SELECT a.alias, png_size(i.image), i.mime_type, i.width, i.height,
+       i.provider, i.model, i.attempts, i.seed IS NOT NULL AS has_seed,
+       i.revised_prompt IS NOT NULL AS revised
+  FROM (VALUES ('dall-e-3', '1024x1024'), ('dall-e-2', '768x512'),
+               ('sd3.5', '512x768'), ('dall-e-3-fallback', '1792x1024'),
+               ('dall-e-2-fallback', '512x512')) AS a(alias, size),
+       LATERAL igny8_generate_image('A lighthouse at dusk', a.alias, a.size) i
+ ORDER BY a.alias;
+
+-- OpenAI makes the nearest size its model supports, and says so
+SELECT png_size(image), width, height, provider, model
+  FROM igny8_generate_image('A wide beach', 'dall-e-3-fallback', '1600x900');
+
+-- the seed given is the seed used, and ComfyUI got it
+SELECT seed, png_size(image)
+  FROM igny8_generate_image('Seeded [[sim comfyui:key=seeded]]', 'dall-e-2', '512x512',
+                            '{"seed": 4242, "steps": 6, "cfg": 1.5, "negative_prompt": "blur"}');
+SELECT line FROM sim('log --role comfyui --key seeded --path /prompt --field body') AS line
+ WHERE line LIKE '%"seed": 4242%' AND line LIKE '%"steps": 6%' AND line LIKE '%blur%'
+ LIMIT 1 \gset
+SELECT :'line' <> '' AS comfyui_got_seed_steps_and_negative_prompt;
+
+-- each image a request of its own: n = 4 are 4 different images, seeds
+SELECT count(*) AS images, count(DISTINCT md5(image)) AS distinct_images,
+       count(DISTINCT seed) AS distinct_seeds,
+       bool_and(png_size(image) = '512x512') AS all_512,
+       count(DISTINCT request_id) AS requests
+  FROM igny8_generate_images('Four kittens', 'dall-e-2', '512x512', 4);
+-- with a seed given, the images have seed, seed + 1, ...
+SELECT array_agg(seed ORDER BY seed) AS seeds
+  FROM igny8_generate_images('Two seeds', 'dall-e-2', '512x512', 2, '{"seed": 10}');
+
+-- usage rows: one per attempt, task image, with the image's facts
+SELECT task_type, model_alias, provider, model_used, success, images,
+       image_width, image_height, steps
+  FROM ai_usage_log ORDER BY id LIMIT 3;
+SELECT count(*) FILTER (WHERE task_type = 'image') = count(*) AS all_image_rows,
+       count(*) FILTER (WHERE success AND images = 1) = count(*) AS one_image_each
+  FROM ai_usage_log;
+
+-- FLUX's model file is missing: ComfyUI refuses the workflow
+-- (value_not_in_list), and dall-e-3 moves on to SDXL-Lightning at once
+TRUNCATE ai_usage_log;
+SELECT count(*) AS config FROM sim('config comfyui {"remove_models": ["flux1-dev.safetensors"]}');
+SELECT png_size(image), provider, model, attempts
+  FROM igny8_generate_image('No flux today', 'dall-e-3');
+SELECT attempt, provider, model_used, http_status, success,
+       error_message LIKE '%unet_name%flux1-dev.safetensors%' AS names_the_file
+  FROM ai_usage_log ORDER BY id;
+SELECT sim('reset');
+
+-- an out-of-memory execution error is retried once on the same
+-- deployment, then the next candidate is tried
+TRUNCATE ai_usage_log;
+SELECT png_size(image), provider, model, attempts
+  FROM igny8_generate_image('OOM once [[sim comfyui:exec_error=oom times=1 key=oom1]]', 'dall-e-3');
+SELECT attempt, provider, model_used, success,
+       error_message LIKE '%OutOfMemoryError%' AS oom
+  FROM ai_usage_log ORDER BY id;
+TRUNCATE ai_usage_log;
+SELECT png_size(image), provider, model, attempts
+  FROM igny8_generate_image('OOM always [[sim comfyui:exec_error=oom]]', 'sd3.5');
+SELECT attempt, provider, model_used, success,
+       error_message LIKE '%OutOfMemoryError%' AS oom
+  FROM ai_usage_log ORDER BY id;
+
+-- ComfyUI down (connection refused): OpenAI images
+TRUNCATE ai_usage_log;
+UPDATE igny8_providers SET base_url = current_setting('igny8_test.dead_url')
+ WHERE id = 'comfyui';
+SELECT wait_for_config();
+SELECT png_size(image), provider, model, revised_prompt IS NOT NULL AS revised
+  FROM igny8_generate_image('ComfyUI is down', 'dall-e-3');
+SELECT attempt, provider, model_used, success, error_message
+  FROM ai_usage_log ORDER BY id;
+UPDATE igny8_providers SET base_url = current_setting('igny8_test.comfyui_url')
+ WHERE id = 'comfyui';
+SELECT wait_for_config();
+
+-- an image over the deployment's max_image_bytes: a clear failure, the
+-- next candidate, and the workers live on
+TRUNCATE ai_usage_log;
+SELECT array_agg(pid ORDER BY worker) AS pids FROM igny8_worker_status() \gset
+UPDATE igny8_models SET settings = settings || '{"max_image_bytes": 100000}'
+ WHERE alias IN ('dall-e-2', 'dall-e-2-fallback');
+SELECT wait_for_config();
+SELECT show_error($$SELECT igny8_generate_image('Huge [[sim any:image_bytes=300000]]', 'dall-e-2', '512x512')$$);
+SELECT attempt, provider, model_used, success, error_message
+  FROM ai_usage_log ORDER BY id;
+SELECT array_agg(pid ORDER BY worker) = :'pids' AS same_workers FROM igny8_worker_status();
+UPDATE igny8_models SET settings = settings - 'max_image_bytes'
+ WHERE alias IN ('dall-e-2', 'dall-e-2-fallback');
+SELECT wait_for_config();
+SELECT png_size(image) AS after FROM igny8_generate_image('Small again', 'dall-e-2', '512x512');
+
+-- a broken image (not a PNG, wrong size) is not returned
+TRUNCATE ai_usage_log;
+SELECT png_size(image), provider
+  FROM igny8_generate_image('Broken [[sim comfyui:png=notpng]]', 'dall-e-2', '512x512');
+SELECT png_size(image), provider
+  FROM igny8_generate_image('Wrong size [[sim comfyui:png=wrongsize]]', 'dall-e-2', '512x512');
+SELECT provider, success, error_message FROM ai_usage_log WHERE NOT success ORDER BY id;
+
+-- cancelling: a prompt still waiting in ComfyUI's queue is deleted from
+-- it; a running one is interrupted by its own prompt_id only, and another
+-- client's prompt still finishes
+SELECT sim('reset');
+SELECT dblink_connect('run', 'dbname=' || current_database());
+SELECT dblink_connect('wait', 'dbname=' || current_database());
+SELECT dblink_connect('other', 'dbname=' || current_database());
+-- "run" occupies ComfyUI; "other" and "wait" queue behind it
+SELECT dblink_send_query('run',
+    $$SELECT png_size(image) FROM igny8_generate_image('Long [[sim comfyui:run_time=3600 key=run]]', 'dall-e-2', '512x512')$$);
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key run --path /prompt --count') l WHERE l::int >= 1)$$,
+                  'the long prompt at ComfyUI');
+SELECT dblink_send_query('other',
+    $$SELECT png_size(image) FROM igny8_generate_image('Other client [[sim comfyui:key=other]]', 'sd3.5', '512x512')$$);
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key other --path /prompt --count') l WHERE l::int >= 1)$$,
+                  'the other prompt at ComfyUI');
+-- comfyui takes 2 requests at once: "wait" waits for a place in igny8_ai
+SELECT pid AS wait_pid FROM dblink('wait', 'SELECT pg_backend_pid()') AS t(pid int) \gset
+SELECT dblink_send_query('wait',
+    $$SELECT png_size(image) FROM igny8_generate_image('Waiting [[sim comfyui:key=wait]]', 'dall-e-2', '512x512')$$);
+SELECT wait_until($$(SELECT queued = 1 FROM igny8_service_status WHERE provider = 'comfyui')$$,
+                  'the third request waiting for a place');
+-- cancel the one queued inside ComfyUI ("other")
+SELECT pid AS other_pid FROM pg_stat_activity
+ WHERE query LIKE '%Other client%' AND pid <> pg_backend_pid() AND backend_type = 'client backend' \gset
+SELECT pg_cancel_backend(:other_pid);
+SELECT show_error($$SELECT * FROM dblink_get_result('other') AS r(a text)$$) LIKE '%canceling statement%' AS other_cancelled;
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --path /queue --count') l WHERE l::int >= 1)$$,
+                  'the queue delete');
+SELECT (SELECT l FROM sim('log --role comfyui --key other --path /prompt --field prompt_id') l LIMIT 1) AS other_id \gset
+SELECT count(*) AS deletes_of_other FROM sim('log --role comfyui --path /queue --field body') l
+ WHERE l LIKE '%' || :'other_id' || '%';
+-- cancel the running one: interrupted by its prompt_id, never globally
+SELECT pid AS run_pid FROM pg_stat_activity
+ WHERE query LIKE '%Long [[sim%' AND pid <> pg_backend_pid() AND backend_type = 'client backend' \gset
+SELECT pg_cancel_backend(:run_pid);
+SELECT show_error($$SELECT * FROM dblink_get_result('run') AS r(a text)$$) LIKE '%canceling statement%' AS run_cancelled;
+-- "wait" now runs, and finishes
+SELECT dblink_answer('wait') AS waiting_one_finished;
+SELECT l AS interrupt_kinds FROM sim('log --role comfyui --path /interrupt --field interrupt') l;
+SELECT (SELECT l FROM sim('log --role comfyui --key run --path /prompt --field prompt_id') l LIMIT 1) AS run_id \gset
+SELECT count(*) AS interrupts_of_run FROM sim('log --role comfyui --path /interrupt --field prompt_id') l
+ WHERE l = :'run_id';
+SELECT dblink_disconnect(c) FROM unnest(ARRAY['run', 'wait', 'other']) c;
+
+-- statement_timeout ends the call, and its prompt is cleaned up too
+SELECT sim('reset');
+SET statement_timeout = '1s';
+SELECT show_error($$SELECT igny8_generate_image('Timeout [[sim comfyui:run_time=3600 key=st]]', 'dall-e-2', '512x512')$$);
+RESET statement_timeout;
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --path /interrupt --count') l WHERE l::int >= 1)$$,
+                  'the interrupt after statement_timeout');
+SELECT l AS interrupt_kinds FROM sim('log --role comfyui --path /interrupt --field interrupt') l;
+SELECT wait_until($$(SELECT in_flight = 0 FROM igny8_service_status WHERE provider = 'comfyui')$$,
+                  'the place given back');
+
+-- bad input: a clear error, nothing sent, nothing logged
+TRUNCATE ai_usage_log;
+SELECT sim('reset');
+SELECT show_error($$SELECT igny8_generate_image(NULL)$$);
+SELECT show_error($$SELECT igny8_generate_image('  ')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', NULL)$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', NULL)$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '0x0')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '99999x99999')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1000x1001')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"steps": 0}')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"steps": 151}')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"cfg": -1}')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"seed": -1}')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"quality": "ultra"}')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"colour": "red"}')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '[1]')$$);
+SELECT show_error($$SELECT * FROM igny8_generate_images('x', 'dall-e-3', '1024x1024', 0)$$);
+SELECT show_error($$SELECT * FROM igny8_generate_images('x', 'dall-e-3', '1024x1024', 9)$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'no-such-alias')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'gpt-4')$$);
+SELECT count(*) AS usage_rows FROM ai_usage_log;
+SELECT count(*) AS requests_at_the_simulator FROM sim('log --count') l WHERE l::int > 0;
+
+-- privileges: not for PUBLIC; igny8_grant_usage grants both
+CREATE ROLE igny8_image_user;
+SELECT has_function_privilege('igny8_image_user', 'igny8_generate_image(text, text, text, jsonb)', 'EXECUTE') AS before_image,
+       has_function_privilege('igny8_image_user', 'igny8_generate_images(text, text, text, integer, jsonb)', 'EXECUTE') AS before_images;
+SELECT igny8_grant_usage('igny8_image_user');
+SELECT has_function_privilege('igny8_image_user', 'igny8_generate_image(text, text, text, jsonb)', 'EXECUTE') AS after_image,
+       has_function_privilege('igny8_image_user', 'igny8_generate_images(text, text, text, integer, jsonb)', 'EXECUTE') AS after_images;
+SET ROLE igny8_image_user;
+SELECT png_size(image) AS as_granted_role FROM igny8_generate_image('Granted', 'dall-e-2', '512x512');
+RESET ROLE;
+DROP OWNED BY igny8_image_user;
+DROP ROLE igny8_image_user;
+DROP FUNCTION png_size(bytea);
