@@ -55,6 +55,35 @@ class DjangoClientTest(unittest.TestCase):
         text = generate("Write a 100-word article about clouds", "gpt-4")
         self.assertEqual(text, "ollama qwen3:32b: Clouds are visible masses of water droplets.")
 
+    def test_image_saved_as_the_application_would(self):
+        # generate_product_images: make the image, keep its bytes in a model's
+        # file storage (here a temporary directory), and its facts
+        import tempfile
+        from django.core.files.base import ContentFile
+        from django.core.files.storage import FileSystemStorage
+
+        rows = fetch("SELECT image, mime_type, width, height, seed, provider, model"
+                     " FROM igny8_generate_image(%s, %s, %s, %s::jsonb)",
+                     ["A red bicycle, product photo", "dall-e-3", "768x512",
+                      '{"seed": 7, "account_id": 42}'])
+        image, mime, width, height, seed, provider, model = rows[0]
+        self.assertIsInstance(image, memoryview)
+        data = bytes(image)
+        self.assertEqual(data[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertEqual(int.from_bytes(data[16:20], "big"), 768)
+        self.assertEqual(int.from_bytes(data[20:24], "big"), 512)
+        self.assertEqual((mime, width, height, seed), ("image/png", 768, 512, 7))
+        self.assertEqual((provider, model), ("comfyui", "flux1-dev"))
+        with tempfile.TemporaryDirectory() as media:
+            storage = FileSystemStorage(location=media)
+            name = storage.save("products/bicycle.png", ContentFile(data))
+            with storage.open(name, "rb") as f:
+                self.assertEqual(f.read(), data)
+        self.assertEqual(
+            fetch("SELECT task_type, account_id, images, image_width, image_height"
+                  " FROM ai_usage_log WHERE account_id = 42 AND task_type = 'image'"),
+            [("image", 42, 1, 768, 512)])
+
     def test_keyword_arguments_are_passed(self):
         text = generate("Short [[sim ollama:reply=one_two_three_four]]", "gpt-4",
                         max_tokens=3, temperature=0.3, system="Be brief.")
