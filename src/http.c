@@ -39,6 +39,12 @@ static List *failed_starts = NIL;
 /* an epoll_ctl that failed in the socket callback, reported afterwards */
 static int	epoll_errno = 0;
 
+/*
+ * Bytes of answers this worker holds: the buffers of transfers, and the
+ * image bodies jobs took over from them, capped by igny8_ai.answer_memory.
+ */
+static size_t held_bytes = 0;
+
 /* Keep the epoll set in step with what curl wants to watch. */
 static int
 socket_callback(CURL *easy, curl_socket_t s, int what, void *userp,
@@ -184,9 +190,18 @@ write_callback(char *data, size_t size, size_t nmemb, void *userp)
 		char	   *p;
 
 		cap = Max(cap, 16384);
+		/* never more than the answer may be, plus its NUL */
+		cap = Min(cap, t->max + 1);
+		cap = Max(cap, t->len + n + 1);
+		if (held_bytes - t->cap + cap > (size_t) igny8_answer_memory_kb * 1024)
+		{
+			t->over_budget = true;
+			return 0;
+		}
 		p = realloc(t->body, cap);
 		if (p == NULL)
 			return 0;
+		held_bytes = held_bytes - t->cap + cap;
 		t->body = p;
 		t->cap = cap;
 	}
@@ -365,6 +380,8 @@ igny8_http_free(Igny8Transfer *t)
 		curl_multi_remove_handle(multi, t->easy);
 	curl_easy_cleanup(t->easy);
 	curl_slist_free_all(t->headers);
+	if (t->body)
+		held_bytes -= t->cap;
 	free(t->body);
 	free(t);
 }
@@ -467,7 +484,7 @@ igny8_http_local_failure(Igny8Transfer *t)
 {
 	return t->os_errno == EMFILE || t->os_errno == ENFILE ||
 		t->os_errno == ENOBUFS || t->os_errno == ENOMEM ||
-		t->result == CURLE_OUT_OF_MEMORY;
+		t->result == CURLE_OUT_OF_MEMORY || t->over_budget;
 }
 
 /* Did the transfer fail because the answer was over max_response_size? */
@@ -477,10 +494,46 @@ igny8_http_too_large(Igny8Transfer *t)
 	return t->too_large || t->result == CURLE_FILESIZE_EXCEEDED;
 }
 
+/*
+ * Take a finished transfer's body: it is the caller's to free() with
+ * igny8_http_drop_body, and stays counted against igny8_ai.answer_memory
+ * until then.
+ */
+char *
+igny8_http_take_body(Igny8Transfer *t, size_t *held)
+{
+	char	   *body = t->body;
+
+	*held = t->cap;
+	t->body = NULL;
+	t->cap = 0;
+	t->len = 0;
+	return body;
+}
+
+void
+igny8_http_drop_body(char *body, size_t held)
+{
+	if (body == NULL)
+		return;
+	held_bytes -= held;
+	free(body);
+}
+
+/* Did the worker's memory for answers run out during the transfer? */
+bool
+igny8_http_over_budget(Igny8Transfer *t)
+{
+	return t->over_budget;
+}
+
 /* Short text for a transport failure, never containing headers or keys. */
 const char *
 igny8_http_error_text(Igny8Transfer *t)
 {
+	if (t->over_budget)
+		return psprintf("the worker's memory for answers in flight is full (igny8_ai.answer_memory, %d kB)",
+						igny8_answer_memory_kb);
 	if (igny8_http_too_large(t))
 		return psprintf("response larger than igny8_ai.max_response_size (%d kB)",
 						igny8_max_response_kb);

@@ -32,6 +32,7 @@ int			igny8_nworkers = 2;
 int			igny8_max_in_flight = 1024;
 int			igny8_default_timeout_ms = 600 * 1000;
 int			igny8_max_response_kb = 64 * 1024;
+int			igny8_answer_memory_kb = 256 * 1024;
 int			igny8_max_prompt_kb = 1024;
 int			igny8_max_retries = 2;
 char	   *igny8_account_id = NULL;
@@ -118,6 +119,15 @@ _PG_init(void)
 							gettext_noop("A larger response is cut off and counts as a failed attempt."),
 							&igny8_max_response_kb,
 							64 * 1024, 64, 1024 * 1024,
+							PGC_SIGHUP,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("igny8_ai.answer_memory",
+							gettext_noop("Memory each worker may hold for answers in flight (images above all)."),
+							gettext_noop("An answer that would pass it fails its attempt, which is retried once."),
+							&igny8_answer_memory_kb,
+							256 * 1024, 1024, INT_MAX / 1024,
 							PGC_SIGHUP,
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);

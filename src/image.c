@@ -402,9 +402,8 @@ take_image(Igny8Job *job, Igny8Transfer *t, Igny8ImageResult *res,
 	if (job->step == IGNY8_STEP_VIEW && res->data == t->body)
 	{
 		/* the transfer's buffer becomes the job's: no copy */
-		job->image = t->body;
+		job->image = igny8_http_take_body(t, &job->image_held);
 		job->image_malloced = true;
-		t->body = NULL;
 	}
 	else
 	{
@@ -446,7 +445,10 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 								max_image_bytes(d));
 		else
 			a->error = pstrdup(igny8_http_error_text(t));
-		cls = too_large ? IGNY8_ERR_FALLBACK : igny8_http_classify_transport(t);
+		if (igny8_http_over_budget(t))
+			cls = IGNY8_ERR_RETRY;	/* memory frees as other answers go */
+		else
+			cls = too_large ? IGNY8_ERR_FALLBACK : igny8_http_classify_transport(t);
 		if (cls == IGNY8_ERR_RETRY && job->retries >= 1)
 			cls = IGNY8_ERR_FALLBACK;
 		igny8_job_report_health(p, t, a);
@@ -597,7 +599,7 @@ void
 igny8_image_forget(Igny8Job *job)
 {
 	if (job->image != NULL && job->image_malloced)
-		free(job->image);
+		igny8_http_drop_body(job->image, job->image_held);
 	job->image = NULL;
 }
 

@@ -136,6 +136,7 @@ typedef struct Igny8Transfer
 	size_t		cap;
 	size_t		max;			/* igny8_ai.max_response_size */
 	bool		too_large;
+	bool		over_budget;	/* igny8_ai.answer_memory was full */
 	long		status;
 	double		retry_after;
 	int			should_retry;
@@ -160,6 +161,9 @@ extern void igny8_http_drive(bool fd_ready);
 extern Igny8Transfer *igny8_http_next_finished(void);
 extern const char *igny8_http_error_text(Igny8Transfer *t);
 extern bool igny8_http_too_large(Igny8Transfer *t);
+extern bool igny8_http_over_budget(Igny8Transfer *t);
+extern char *igny8_http_take_body(Igny8Transfer *t, size_t *held);
+extern void igny8_http_drop_body(char *body, size_t held);
 extern bool igny8_http_local_failure(Igny8Transfer *t);
 extern const char *igny8_http_failure_kind(Igny8Transfer *t);
 extern Igny8ErrorClass igny8_http_classify_transport(Igny8Transfer *t);
@@ -278,6 +282,7 @@ typedef struct Igny8Job
 	/* ... and the image made */
 	char	   *image;			/* malloc'd (a transfer's body) or palloc'd */
 	bool		image_malloced;
+	size_t		image_held;		/* malloc'd: bytes counted as held */
 	size_t		image_len;
 	int			image_width;
 	int			image_height;
