@@ -375,14 +375,23 @@ extern bool igny8_openai_parse_image(const Igny8HttpResponse *resp,
 									 Igny8ProviderError *err);
 
 /*
- * Image helpers (provider_image.c).  png_check: the 8-byte signature, an
- * IHDR chunk first with its length 13 and a valid CRC, width and height
- * in 1..65535; false with *error set otherwise.  base64_decode: standard
- * alphabet with padding, whitespace refused; false when malformed or when
- * the decoded size would pass max (checked before any allocation).
+ * Image helpers (provider_image.c), binary-safe.  png_check: the 8-byte
+ * signature, an IHDR chunk first with its length 13, a valid CRC, width
+ * and height in 1..65535 and valid depth and color type, then every
+ * chunk whole with a valid CRC, an IDAT, and IEND last with nothing
+ * after it; false with *error set (a short palloc'd reason such as "not
+ * a PNG image", "truncated PNG image", "PNG IHDR CRC mismatch") and
+ * *width, *height 0 otherwise.  base64_decoded_len: the size padded
+ * base64 of that length decodes to (from the length and the trailing
+ * '='), or SIZE_MAX when the length is not a multiple of 4.
+ * base64_decode: standard alphabet with padding, whitespace refused,
+ * into one palloc'd buffer (NUL-terminated, the NUL not counted); false,
+ * with nothing allocated, when malformed or when the decoded size would
+ * pass max (checked before any allocation).
  */
 extern bool igny8_png_check(const char *data, size_t len, int *width,
 							int *height, char **error);
+extern size_t igny8_base64_decoded_len(const char *in, size_t len);
 extern bool igny8_base64_decode(const char *in, size_t len, size_t max,
 								char **out, size_t *outlen);
 

@@ -32,6 +32,7 @@
 
 #include <stdio.h>
 
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "provider.h"
 
@@ -2490,6 +2491,544 @@ test_long_probe_summaries(void)
 	end_group();
 }
 
+/* ---------- images: PNG and base64 (provider_image.c) ---------- */
+
+/*
+ * A PNG written by Python's zlib and struct, not by this test: 2x3 RGBA,
+ * a tEXt chunk, a compressed IDAT.
+ */
+static const char python_png[] =
+"\x89\x50\x4e\x47\x0d\x0a\x1a\x0a\x00\x00\x00\x0d\x49\x48\x44\x52"
+"\x00\x00\x00\x02\x00\x00\x00\x03\x08\x06\x00\x00\x00\xb9\xea\xde"
+"\x81\x00\x00\x00\x14\x74\x45\x58\x74\x53\x6f\x66\x74\x77\x61\x72"
+"\x65\x00\x70\x79\x74\x68\x6f\x6e\x20\x7a\x6c\x69\x62\xf8\xb7\x5a"
+"\xd0\x00\x00\x00\x14\x49\x44\x41\x54\x78\xda\x63\x60\x60\x64\x62"
+"\xe6\xe2\xe6\xe1\x65\xc0\x60\x00\x00\x07\x47\x00\x9d\x96\x5c\xc1"
+"\x49\x00\x00\x00\x00\x49\x45\x4e\x44\xae\x42\x60\x82";
+
+/* CRC-32 bit by bit, independent of the table the code uses. */
+static uint32_t
+test_crc32(const unsigned char *buf, size_t len)
+{
+	uint32_t	c = 0xFFFFFFFF;
+	size_t		i;
+	int			k;
+
+	for (i = 0; i < len; i++)
+	{
+		c ^= buf[i];
+		for (k = 0; k < 8; k++)
+			c = (c >> 1) ^ (0xEDB88320 & (0 - (c & 1)));
+	}
+	return ~c;
+}
+
+static void
+put_be32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char) (v >> 24);
+	p[1] = (unsigned char) (v >> 16);
+	p[2] = (unsigned char) (v >> 8);
+	p[3] = (unsigned char) v;
+}
+
+/* Append a PNG chunk with its length and CRC. */
+static void
+add_chunk(StringInfo buf, const char *type, const void *data, size_t len)
+{
+	unsigned char head[8];
+	unsigned char tail[4];
+	unsigned char *crcbuf = palloc(len + 4);
+
+	put_be32(head, (uint32_t) len);
+	memcpy(head + 4, type, 4);
+	memcpy(crcbuf, type, 4);
+	if (len > 0)
+		memcpy(crcbuf + 4, data, len);
+	put_be32(tail, test_crc32(crcbuf, len + 4));
+	appendBinaryStringInfo(buf, (const char *) head, 8);
+	if (len > 0)
+		appendBinaryStringInfo(buf, data, (int) len);
+	appendBinaryStringInfo(buf, (const char *) tail, 4);
+	pfree(crcbuf);
+}
+
+/* The 13 bytes of an IHDR. */
+static void
+make_ihdr(unsigned char *ihdr, uint32_t width, uint32_t height, int depth,
+		  int color_type)
+{
+	put_be32(ihdr, width);
+	put_be32(ihdr + 4, height);
+	ihdr[8] = (unsigned char) depth;
+	ihdr[9] = (unsigned char) color_type;
+	ihdr[10] = 0;
+	ihdr[11] = 0;
+	ihdr[12] = 0;
+}
+
+/*
+ * A real PNG of width x height 8-bit pixels of color type 2 (RGB) or 6
+ * (RGBA): the rows, each after filter byte 0, in one stored (uncompressed)
+ * deflate block of a zlib stream.  Small sizes only.  Returns the
+ * palloc'd bytes and their count.
+ */
+static char *
+make_png(int width, int height, int color_type, size_t *len)
+{
+	StringInfoData png;
+	StringInfoData z;
+	unsigned char ihdr[13];
+	int			bpp = color_type == 6 ? 4 : 3;
+	int			rowlen = 1 + width * bpp;
+	int			rawlen = rowlen * height;
+	unsigned char hdr[5];
+	uint32_t	a = 1;
+	uint32_t	b = 0;
+	unsigned char adler[4];
+	int			x;
+	int			y;
+
+	initStringInfo(&z);
+	appendBinaryStringInfo(&z, "\x78\x01", 2);
+	hdr[0] = 1;					/* final block, stored */
+	hdr[1] = (unsigned char) (rawlen & 0xFF);
+	hdr[2] = (unsigned char) (rawlen >> 8);
+	hdr[3] = (unsigned char) (~rawlen & 0xFF);
+	hdr[4] = (unsigned char) ((~rawlen >> 8) & 0xFF);
+	appendBinaryStringInfo(&z, (const char *) hdr, 5);
+	for (y = 0; y < height; y++)
+	{
+		for (x = 0; x < rowlen; x++)
+		{
+			unsigned char c = x == 0 ? 0 : (unsigned char) (x * 7 + y * 13);
+
+			appendStringInfoChar(&z, (char) c);
+			a = (a + c) % 65521;
+			b = (b + a) % 65521;
+		}
+	}
+	put_be32(adler, (b << 16) | a);
+	appendBinaryStringInfo(&z, (const char *) adler, 4);
+
+	initStringInfo(&png);
+	appendBinaryStringInfo(&png, "\x89PNG\r\n\x1a\n", 8);
+	make_ihdr(ihdr, width, height, 8, color_type);
+	add_chunk(&png, "IHDR", ihdr, 13);
+	add_chunk(&png, "IDAT", z.data, z.len);
+	add_chunk(&png, "IEND", NULL, 0);
+	pfree(z.data);
+	*len = png.len;
+	return png.data;
+}
+
+/* Base64 of data[0..len), padded (the test's own encoder). */
+static char *
+test_base64(const char *data, size_t len)
+{
+	static const char alphabet[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	const unsigned char *s = (const unsigned char *) data;
+	char	   *out = palloc((len + 2) / 3 * 4 + 1);
+	char	   *o = out;
+	size_t		i;
+
+	for (i = 0; i + 2 < len; i += 3)
+	{
+		*o++ = alphabet[s[i] >> 2];
+		*o++ = alphabet[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
+		*o++ = alphabet[((s[i + 1] & 15) << 2) | (s[i + 2] >> 6)];
+		*o++ = alphabet[s[i + 2] & 63];
+	}
+	if (len - i == 1)
+	{
+		*o++ = alphabet[s[i] >> 2];
+		*o++ = alphabet[(s[i] & 3) << 4];
+		*o++ = '=';
+		*o++ = '=';
+	}
+	else if (len - i == 2)
+	{
+		*o++ = alphabet[s[i] >> 2];
+		*o++ = alphabet[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
+		*o++ = alphabet[(s[i + 1] & 15) << 2];
+		*o++ = '=';
+	}
+	*o = '\0';
+	return out;
+}
+
+/* How a PNG case spoils the good 3x2 RGB PNG (offsets into it). */
+typedef enum PngSpoil
+{
+	SPOIL_NONE,
+	SPOIL_SIGNATURE,			/* first byte 'x' */
+	SPOIL_IHDR_CRC,				/* last byte of IHDR's CRC flipped */
+	SPOIL_IDAT_CRC,				/* last byte of IDAT's CRC flipped */
+	SPOIL_IHDR_DATA,			/* width changed, CRC left as it was */
+	SPOIL_CUT,					/* the last `arg` bytes cut */
+	SPOIL_TRAILING,				/* "junk" appended */
+	SPOIL_EMPTY
+} PngSpoil;
+
+/* A PNG built from its parts, for the cases that need other chunks. */
+typedef struct PngCase
+{
+	const char *what;
+	PngSpoil	spoil;
+	int			arg;
+	/* when spoil is SPOIL_NONE and ihdr_len > 0, a PNG of these parts */
+	int			ihdr_len;
+	uint32_t	width;
+	uint32_t	height;
+	int			depth;
+	int			color_type;
+	const char *first;			/* chunk type before IHDR, or NULL */
+	bool		idat;
+	bool		iend;
+	uint32_t	bad_len;		/* a chunk claiming this length, or 0 */
+	bool		ok;
+	int			out_width;
+	int			out_height;
+	const char *error;			/* expected *error */
+} PngCase;
+
+#define PARTS(w, h, depth, color) 13, w, h, depth, color, NULL, true, true, 0
+#define GOOD3x2 0, 0, 0, 0, 0, NULL, false, false, 0
+
+static const PngCase png_cases[] = {
+	{"a 3x2 RGB PNG", SPOIL_NONE, 0, GOOD3x2, true, 3, 2, NULL},
+	{"bad signature", SPOIL_SIGNATURE, 0, GOOD3x2, false, 0, 0,
+	"not a PNG image"},
+	{"IHDR CRC", SPOIL_IHDR_CRC, 0, GOOD3x2, false, 0, 0,
+	"PNG IHDR CRC mismatch"},
+	{"IHDR width changed under its CRC", SPOIL_IHDR_DATA, 0, GOOD3x2, false,
+	0, 0, "PNG IHDR CRC mismatch"},
+	{"IDAT CRC", SPOIL_IDAT_CRC, 0, GOOD3x2, false, 0, 0,
+	"PNG chunk CRC mismatch"},
+	{"IEND cut", SPOIL_CUT, 12, GOOD3x2, false, 0, 0, "truncated PNG image"},
+	{"IEND's CRC cut", SPOIL_CUT, 1, GOOD3x2, false, 0, 0,
+	"truncated PNG image"},
+	{"half the file", SPOIL_CUT, 30, GOOD3x2, false, 0, 0,
+	"truncated PNG image"},
+	{"data after IEND", SPOIL_TRAILING, 0, GOOD3x2, false, 0, 0,
+	"data after the PNG IEND chunk"},
+	{"empty", SPOIL_EMPTY, 0, GOOD3x2, false, 0, 0, "not a PNG image"},
+	{"RGBA 8", SPOIL_NONE, 0, PARTS(640, 480, 8, 6), true, 640, 480, NULL},
+	{"RGB 16", SPOIL_NONE, 0, PARTS(1, 1, 16, 2), true, 1, 1, NULL},
+	{"grey 1", SPOIL_NONE, 0, PARTS(7, 9, 1, 0), true, 7, 9, NULL},
+	{"palette 4", SPOIL_NONE, 0, PARTS(7, 9, 4, 3), true, 7, 9, NULL},
+	{"grey+alpha 16", SPOIL_NONE, 0, PARTS(2, 2, 16, 4), true, 2, 2, NULL},
+	{"65535 wide", SPOIL_NONE, 0, PARTS(65535, 1, 8, 2), true, 65535, 1,
+	NULL},
+	{"65535 tall", SPOIL_NONE, 0, PARTS(1, 65535, 8, 2), true, 1, 65535,
+	NULL},
+	{"width 0", SPOIL_NONE, 0, PARTS(0, 5, 8, 2), false, 0, 0,
+	"PNG size 0x5 out of range"},
+	{"height 0", SPOIL_NONE, 0, PARTS(5, 0, 8, 2), false, 0, 0,
+	"PNG size 5x0 out of range"},
+	{"width 65536", SPOIL_NONE, 0, PARTS(65536, 5, 8, 2), false, 0, 0,
+	"PNG size 65536x5 out of range"},
+	{"width 2^32 - 1", SPOIL_NONE, 0, PARTS(0xFFFFFFFF, 5, 8, 2), false, 0, 0,
+	"PNG size 4294967295x5 out of range"},
+	{"RGB of depth 4", SPOIL_NONE, 0, PARTS(5, 5, 4, 2), false, 0, 0,
+	"PNG IHDR has invalid fields"},
+	{"palette of depth 16", SPOIL_NONE, 0, PARTS(5, 5, 16, 3), false, 0, 0,
+	"PNG IHDR has invalid fields"},
+	{"color type 5", SPOIL_NONE, 0, PARTS(5, 5, 8, 5), false, 0, 0,
+	"PNG IHDR has invalid fields"},
+	{"IHDR of length 12", SPOIL_NONE, 0, 12, 5, 5, 8, 2, NULL, true, true, 0,
+	false, 0, 0, "PNG IHDR length is not 13"},
+	{"a tEXt chunk before IHDR", SPOIL_NONE, 0, 13, 5, 5, 8, 2, "tEXt", true,
+	true, 0, false, 0, 0, "PNG does not start with an IHDR chunk"},
+	{"a second IHDR", SPOIL_NONE, 0, 13, 5, 5, 8, 2, "IHDR", true, true, 0,
+	false, 0, 0, "PNG has a second IHDR chunk"},
+	{"no IDAT", SPOIL_NONE, 0, 13, 5, 5, 8, 2, NULL, false, true, 0,
+	false, 0, 0, "PNG has no IDAT chunk"},
+	{"no IEND", SPOIL_NONE, 0, 13, 5, 5, 8, 2, NULL, true, false, 0,
+	false, 0, 0, "truncated PNG image"},
+	{"a chunk longer than the data", SPOIL_NONE, 0, 13, 5, 5, 8, 2, NULL,
+	true, true, 1000, false, 0, 0, "truncated PNG image"},
+	{"a chunk of length 2^31", SPOIL_NONE, 0, 13, 5, 5, 8, 2, NULL, true,
+	true, 0x80000000, false, 0, 0, "PNG chunk length out of range"},
+	{"a chunk of length 2^32 - 1", SPOIL_NONE, 0, 13, 5, 5, 8, 2, NULL, true,
+	true, 0xFFFFFFFF, false, 0, 0, "PNG chunk length out of range"}
+};
+
+/* Build the bytes of one PNG case (palloc'd). */
+static char *
+png_case_bytes(const PngCase *c, size_t *len)
+{
+	StringInfoData png;
+	unsigned char ihdr[13];
+	char	   *good;
+	size_t		goodlen;
+
+	good = make_png(3, 2, 2, &goodlen);
+	if (c->ihdr_len == 0)
+	{
+		switch (c->spoil)
+		{
+			case SPOIL_SIGNATURE:
+				good[0] = 'x';
+				break;
+			case SPOIL_IHDR_CRC:
+				good[8 + 8 + 13 + 3] ^= 1;
+				break;
+			case SPOIL_IHDR_DATA:
+				good[8 + 8 + 3] = 4;
+				break;
+			case SPOIL_IDAT_CRC:
+				good[goodlen - 12 - 1] ^= 0x80;
+				break;
+			case SPOIL_CUT:
+				goodlen -= c->arg;
+				break;
+			case SPOIL_TRAILING:
+				good = repalloc(good, goodlen + 4);
+				memcpy(good + goodlen, "junk", 4);
+				goodlen += 4;
+				break;
+			case SPOIL_EMPTY:
+				goodlen = 0;
+				break;
+			case SPOIL_NONE:
+				break;
+		}
+		*len = goodlen;
+		return good;
+	}
+	pfree(good);
+
+	initStringInfo(&png);
+	appendBinaryStringInfo(&png, "\x89PNG\r\n\x1a\n", 8);
+	if (c->first != NULL)
+	{
+		make_ihdr(ihdr, c->width, c->height, c->depth, c->color_type);
+		add_chunk(&png, c->first, ihdr, 13);
+	}
+	make_ihdr(ihdr, c->width, c->height, c->depth, c->color_type);
+	add_chunk(&png, "IHDR", ihdr, c->ihdr_len);
+	add_chunk(&png, "tEXt", "Comment\0made by the test", 24);
+	if (c->bad_len != 0)
+	{
+		unsigned char head[8];
+
+		put_be32(head, c->bad_len);
+		memcpy(head + 4, "zTXt", 4);
+		appendBinaryStringInfo(&png, (const char *) head, 8);
+		appendBinaryStringInfo(&png, "some bytes, fewer than it says", 30);
+	}
+	if (c->idat)
+		add_chunk(&png, "IDAT", "\x78\x01\x01\x00\x00\xff\xff\x00\x00\x00\x01", 11);
+	if (c->iend)
+		add_chunk(&png, "IEND", NULL, 0);
+	*len = png.len;
+	return png.data;
+}
+
+static void
+test_png(void)
+{
+	char	   *data;
+	char	   *copy;
+	char	   *error;
+	size_t		len;
+	size_t		cut;
+	int			width;
+	int			height;
+	int			nbad;
+	int			i;
+
+	begin_group("igny8_png_check");
+	for (i = 0; i < (int) lengthof(png_cases); i++)
+	{
+		const PngCase *c = &png_cases[i];
+		bool		ok;
+
+		begin_case(i, c->what);
+		data = png_case_bytes(c, &len);
+		/* an exact-size copy, so that ASan sees any read past the end */
+		copy = palloc(Max(len, 1));
+		memcpy(copy, data, len);
+		width = height = -1;
+		error = (char *) "untouched";
+		ok = igny8_png_check(copy, len, &width, &height, &error);
+		check(ok == c->ok, __LINE__, "igny8_png_check = %d, expected %d (%s)",
+			  (int) ok, (int) c->ok, ok ? "" : error);
+		CHECK_INT(width, c->out_width);
+		CHECK_INT(height, c->out_height);
+		CHECK_STR(error, c->error);
+		if (error != NULL)
+			check_clean(error, 60, "error", __LINE__);
+		free_maybe(error);
+		pfree(copy);
+		pfree(data);
+	}
+	case_name = NULL;
+
+	/* someone else's encoder: Python's zlib and struct */
+	CHECK(igny8_png_check(python_png, sizeof(python_png) - 1, &width,
+						  &height, &error));
+	CHECK_INT(width, 2);
+	CHECK_INT(height, 3);
+	CHECK(error == NULL);
+
+	/* every cut of a good PNG is refused, and so is every bit flipped */
+	data = make_png(4, 3, 6, &len);
+	CHECK(igny8_png_check(data, len, &width, &height, &error));
+	nbad = 0;
+	for (cut = 0; cut < len; cut++)
+	{
+		copy = palloc(Max(cut, 1));
+		memcpy(copy, data, cut);
+		if (igny8_png_check(copy, cut, &width, &height, &error))
+			nbad++;
+		free_maybe(error);
+		pfree(copy);
+	}
+	check(nbad == 0, __LINE__, "%d cuts of the PNG were accepted", nbad);
+	nbad = 0;
+	copy = palloc(len);
+	for (cut = 0; cut < len * 8; cut++)
+	{
+		memcpy(copy, data, len);
+		copy[cut / 8] ^= (char) (1 << (cut % 8));
+		if (igny8_png_check(copy, len, &width, &height, &error))
+			nbad++;
+		free_maybe(error);
+	}
+	check(nbad == 0, __LINE__, "%d bit flips of the PNG were accepted", nbad);
+	pfree(copy);
+	pfree(data);
+	CHECK(!igny8_png_check(NULL, 0, &width, &height, &error));
+	CHECK_STR(error, "not a PNG image");
+	free_maybe(error);
+	end_group();
+}
+
+typedef struct Base64Case
+{
+	const char *in;
+	size_t		max;
+	bool		ok;
+	const char *out;			/* decoded, when ok */
+	size_t		outlen;
+} Base64Case;
+
+#define NOMAX ((size_t) 1 << 30)
+
+static const Base64Case base64_cases[] = {
+	{"", NOMAX, true, "", 0},
+	{"", 0, true, "", 0},
+	{"Zg==", NOMAX, true, "f", 1},
+	{"Zm8=", NOMAX, true, "fo", 2},
+	{"Zm9v", NOMAX, true, "foo", 3},
+	{"Zm9vYg==", NOMAX, true, "foob", 4},
+	{"Zm9vYmE=", NOMAX, true, "fooba", 5},
+	{"Zm9vYmFy", NOMAX, true, "foobar", 6},
+	{"AAEC/w==", NOMAX, true, "\0\1\2\377", 4},
+	{"+/+/", NOMAX, true, "\373\377\277", 3},
+	{"AAAA", NOMAX, true, "\0\0\0", 3},
+	/* the bound: decoded size against max */
+	{"Zm9vYmFy", 6, true, "foobar", 6},
+	{"Zm9vYmFy", 5, false, NULL, 0},
+	{"Zm9vYmE=", 5, true, "fooba", 5},
+	{"Zm9vYmE=", 4, false, NULL, 0},
+	{"Zg==", 1, true, "f", 1},
+	{"Zg==", 0, false, NULL, 0},
+	/* lengths, padding, characters */
+	{"Zg=", NOMAX, false, NULL, 0},
+	{"Zg", NOMAX, false, NULL, 0},
+	{"Zm9vY", NOMAX, false, NULL, 0},
+	{"Z===", NOMAX, false, NULL, 0},
+	{"====", NOMAX, false, NULL, 0},
+	{"Zg=a", NOMAX, false, NULL, 0},
+	{"Zg==Zg==", NOMAX, false, NULL, 0},
+	{"Zm9v====", NOMAX, false, NULL, 0},
+	{"=Zm9", NOMAX, false, NULL, 0},
+	{"Zm9v\n", NOMAX, false, NULL, 0},
+	{"Zm9\nvYmFy", NOMAX, false, NULL, 0},
+	{" Zm9", NOMAX, false, NULL, 0},
+	{"Zm9 ", NOMAX, false, NULL, 0},
+	{"Zm-v", NOMAX, false, NULL, 0},	/* the URL-safe alphabet */
+	{"Zm_v", NOMAX, false, NULL, 0},
+	{"Zm9\xff", NOMAX, false, NULL, 0},
+	{"Zm.v", NOMAX, false, NULL, 0}
+};
+
+static void
+test_base64_decode(void)
+{
+	char	   *out;
+	size_t		outlen;
+	char		raw[300];
+	int			i;
+	int			nbad = 0;
+
+	begin_group("igny8_base64_decode");
+	for (i = 0; i < (int) lengthof(base64_cases); i++)
+	{
+		const Base64Case *c = &base64_cases[i];
+		size_t		len = strlen(c->in);
+		char	   *copy = palloc(Max(len, 1));
+		bool		ok;
+
+		begin_case(i, c->in);
+		memcpy(copy, c->in, len);	/* not NUL-terminated */
+		out = (char *) "untouched";
+		outlen = 99;
+		ok = igny8_base64_decode(copy, len, c->max, &out, &outlen);
+		check(ok == c->ok, __LINE__, "decode = %d, expected %d", (int) ok,
+			  (int) c->ok);
+		if (ok && c->ok)
+		{
+			CHECK_INT(outlen, c->outlen);
+			CHECK(memcmp(out, c->out, c->outlen) == 0);
+			CHECK(out[outlen] == '\0');
+			CHECK_INT(igny8_base64_decoded_len(copy, len), c->outlen);
+		}
+		else if (!ok)
+			CHECK(out == NULL && outlen == 0);
+		if (ok)
+			pfree(out);
+		pfree(copy);
+	}
+	case_name = NULL;
+
+	/* the size comes from the length and the padding alone */
+	CHECK_INT(igny8_base64_decoded_len("", 0), 0);
+	CHECK_INT(igny8_base64_decoded_len("abc", 3), SIZE_MAX);
+	CHECK_INT(igny8_base64_decoded_len("ab==", 4), 1);
+	CHECK_INT(igny8_base64_decoded_len("abc=", 4), 2);
+	CHECK_INT(igny8_base64_decoded_len("abcdabcd", 8), 6);
+
+	/* what the test's own encoder writes decodes back, every length */
+	for (i = 0; i < (int) sizeof(raw); i++)
+		raw[i] = (char) (i * 37 + 11);
+	for (i = 0; i <= (int) sizeof(raw); i++)
+	{
+		char	   *b64 = test_base64(raw, i);
+
+		if (!igny8_base64_decode(b64, strlen(b64), i, &out, &outlen) ||
+			outlen != (size_t) i || memcmp(out, raw, i) != 0)
+			nbad++;
+		else
+			pfree(out);
+		/* one byte short of the bound is refused */
+		if (i > 0 && igny8_base64_decode(b64, strlen(b64), i - 1, &out,
+										 &outlen))
+		{
+			nbad++;
+			pfree(out);
+		}
+		pfree(b64);
+	}
+	check(nbad == 0, __LINE__, "%d round trips failed", nbad);
+	CHECK(!igny8_base64_decode(NULL, 4, NOMAX, &out, &outlen));
+	end_group();
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2521,6 +3060,8 @@ main(int argc, char **argv)
 	test_probe_build();
 	test_probes();
 	test_long_probe_summaries();
+	test_png();
+	test_base64_decode();
 
 	if (corpus_dir != NULL)
 		printf("%d seeds written to %s\n", corpus_count, corpus_dir);
