@@ -3029,6 +3029,1064 @@ test_base64_decode(void)
 	end_group();
 }
 
+/* ---------- images: ComfyUI (provider_comfyui.c) ---------- */
+
+#define COMFY_ID "p-1"			/* must match test/fuzz/fuzz_providers.c */
+
+/* protocols.md 2.5, with a title as exports carry them */
+#define SDXL_GRAPH \
+	"{\"4\":{\"class_type\":\"CheckpointLoaderSimple\"," \
+	"\"inputs\":{\"ckpt_name\":\"sd_xl_base_1.0.safetensors\"}}," \
+	"\"6\":{\"class_type\":\"CLIPTextEncode\",\"inputs\":{\"text\":\"a placeholder\"," \
+	"\"clip\":[\"4\",1]},\"_meta\":{\"title\":\"Positive\"}}," \
+	"\"7\":{\"class_type\":\"CLIPTextEncode\",\"inputs\":{\"text\":\"ugly\"," \
+	"\"clip\":[\"4\",1]}}," \
+	"\"5\":{\"class_type\":\"EmptyLatentImage\",\"inputs\":{\"width\":1024," \
+	"\"height\":1024,\"batch_size\":1}}," \
+	"\"3\":{\"class_type\":\"KSampler\",\"inputs\":{\"model\":[\"4\",0]," \
+	"\"positive\":[\"6\",0],\"negative\":[\"7\",0],\"latent_image\":[\"5\",0]," \
+	"\"seed\":0,\"steps\":25,\"cfg\":7.0,\"sampler_name\":\"euler\"," \
+	"\"scheduler\":\"normal\",\"denoise\":1.0}}," \
+	"\"8\":{\"class_type\":\"VAEDecode\",\"inputs\":{\"samples\":[\"3\",0]," \
+	"\"vae\":[\"4\",2]}}," \
+	"\"9\":{\"class_type\":\"SaveImage\",\"inputs\":{\"filename_prefix\":\"ComfyUI\"," \
+	"\"images\":[\"8\",0]}}}"
+
+#define SDXL_BINDINGS \
+	"{\"prompt\":[\"6\",\"text\"],\"negative_prompt\":[\"7\",\"text\"]," \
+	"\"width\":[\"5\",\"width\"],\"height\":[\"5\",\"height\"]," \
+	"\"steps\":[\"3\",\"steps\"],\"cfg\":[\"3\",\"cfg\"],\"seed\":[\"3\",\"seed\"]," \
+	"\"filename_prefix\":[\"9\",\"filename_prefix\"]}"
+
+#define IDS "{\"client_id\":\"c-1\",\"prompt_id\":\"p-1\"}"
+
+typedef struct SubmitBuildCase
+{
+	const char *what;
+	const char *graph;			/* JSON text; NULL: SDXL_GRAPH */
+	const char *bindings;		/* JSON text or NULL */
+	const char *defaults;		/* JSON text or NULL */
+	const char *prompt;
+	const char *negative;
+	int			width;
+	int			height;
+	int			steps;
+	bool		has_cfg;
+	double		cfg;
+	uint64_t	seed;
+	const char *prefix;
+	bool		no_ids;			/* client_id and prompt_id NULL */
+	const char *api_key;
+	/* success: the body is top plus "prompt": the graph with changes */
+	const char *changes;		/* {"node id": {"input": value}}, or NULL */
+	const char *top;
+	const char *text;			/* also in the body's text, or NULL */
+	const char *error;			/* failure: the error, exactly */
+} SubmitBuildCase;
+
+static const SubmitBuildCase submit_build_cases[] = {
+	{.what = "every binding, the request's values",
+		.bindings = SDXL_BINDINGS, .prompt = "a red fox",
+		.negative = "blurry", .width = 1216, .height = 832, .steps = 30,
+		.has_cfg = true, .cfg = 6.5, .seed = 123456789,
+		.prefix = "igny8/job-42",
+		.changes = "{\"6\":{\"text\":\"a red fox\"},\"7\":{\"text\":\"blurry\"},"
+		"\"5\":{\"width\":1216,\"height\":832},"
+		"\"3\":{\"steps\":30,\"cfg\":6.5,\"seed\":123456789},"
+		"\"9\":{\"filename_prefix\":\"igny8/job-42\"}}",
+		.top = IDS, .text = "\"seed\":123456789,"},
+	{.what = "the body, exactly", .graph =
+		"{\"1\":{\"class_type\":\"X\",\"inputs\":{\"text\":\"t\",\"seed\":1}}}",
+		.bindings = "{\"prompt\":[\"1\",\"text\"],\"seed\":[\"1\",\"seed\"]}",
+		.prompt = "a cat", .seed = 42, .top = IDS,
+		.changes = "{\"1\":{\"text\":\"a cat\",\"seed\":42}}",
+		.text = "{\"prompt\":{\"1\":{\"class_type\":\"X\",\"inputs\":"
+		"{\"text\":\"a cat\",\"seed\":42}}},\"client_id\":\"c-1\","
+	"\"prompt_id\":\"p-1\"}"},
+	{.what = "the largest seed, exactly", .bindings = SDXL_BINDINGS,
+		.prompt = "p", .seed = UINT64CONST(18446744073709551615),
+		.changes = "{\"6\":{\"text\":\"p\"},\"7\":{\"text\":\"\"},"
+		"\"3\":{\"seed\":18446744073709551615}}",
+	.top = IDS, .text = "\"seed\":18446744073709551615,"},
+	{.what = "2^53 + 1, which a double cannot hold",
+		.bindings = "{\"seed\":[\"3\",\"seed\"]}", .prompt = "p",
+		.seed = UINT64CONST(9007199254740993),
+		.changes = "{\"3\":{\"seed\":9007199254740993}}", .top = IDS,
+	.text = "\"seed\":9007199254740993,"},
+	{.what = "seed 0", .bindings = "{\"seed\":[\"3\",\"seed\"]}",
+		.prompt = "p", .seed = 0, .changes = "{\"3\":{\"seed\":0}}",
+	.top = IDS, .text = "\"seed\":0,"},
+	{.what = "no bindings: the graph as it is", .prompt = "p", .seed = 5,
+	.top = IDS},
+	{.what = "empty bindings", .bindings = "{}", .prompt = "p", .seed = 5,
+	.top = IDS},
+	{.what = "a JSON null as bindings", .bindings = "null", .prompt = "p",
+	.top = IDS},
+	{.what = "a bound negative prompt that is NULL becomes empty",
+		.bindings = "{\"negative_prompt\":[\"7\",\"text\"]}", .prompt = "p",
+	.changes = "{\"7\":{\"text\":\"\"}}", .top = IDS},
+	{.what = "... or its default",
+		.bindings = "{\"negative_prompt\":[\"7\",\"text\"]}",
+		.defaults = "{\"negative_prompt\":\"lowres\"}", .prompt = "p",
+	.changes = "{\"7\":{\"text\":\"lowres\"}}", .top = IDS},
+	{.what = "an unbound negative prompt stays the workflow's",
+		.bindings = "{\"prompt\":[\"6\",\"text\"]}",
+		.defaults = "{\"negative_prompt\":\"lowres\"}", .prompt = "p",
+		.negative = "blurry", .changes = "{\"6\":{\"text\":\"p\"}}",
+	.top = IDS},
+	{.what = "no size, steps or cfg, no defaults: the workflow's",
+		.bindings = SDXL_BINDINGS, .prompt = "p", .negative = "n",
+		.seed = 7, .prefix = "x",
+		.changes = "{\"6\":{\"text\":\"p\"},\"7\":{\"text\":\"n\"},"
+	"\"3\":{\"seed\":7},\"9\":{\"filename_prefix\":\"x\"}}", .top = IDS},
+	{.what = "no size, steps, cfg or prefix: the defaults",
+		.bindings = SDXL_BINDINGS,
+		.defaults = "{\"width\":512,\"height\":768,\"steps\":8,\"cfg\":1.5,"
+		"\"filename_prefix\":\"igny8\",\"seed\":99,\"sampler\":\"x\"}",
+		.prompt = "p", .seed = 7,
+		.changes = "{\"6\":{\"text\":\"p\"},\"7\":{\"text\":\"\"},"
+		"\"5\":{\"width\":512,\"height\":768},"
+		"\"3\":{\"seed\":7,\"steps\":8,\"cfg\":1.5},"
+	"\"9\":{\"filename_prefix\":\"igny8\"}}", .top = IDS},
+	{.what = "the request's values win over the defaults",
+		.bindings = SDXL_BINDINGS,
+		.defaults = "{\"width\":512,\"height\":768,\"steps\":\"junk\","
+		"\"cfg\":1.5,\"negative_prompt\":\"lowres\",\"prompt\":\"d\"}",
+		.prompt = "p", .negative = "n", .width = 1024, .height = 1536,
+		.steps = 4, .has_cfg = true, .cfg = 0, .seed = 1,
+		.changes = "{\"6\":{\"text\":\"p\"},\"7\":{\"text\":\"n\"},"
+		"\"5\":{\"width\":1024,\"height\":1536},"
+	"\"3\":{\"seed\":1,\"steps\":4,\"cfg\":0}}", .top = IDS},
+	{.what = "a key for a proxy; no ids", .bindings =
+		"{\"prompt\":[\"6\",\"text\"]}", .prompt = "say \"hi\"\n\\ \xc3\xa9",
+		.no_ids = true, .api_key = "proxy-token",
+	.changes = "{\"6\":{\"text\":\"say \\\"hi\\\"\\n\\\\ \xc3\xa9\"}}", .top = "{}"},
+	{.what = "a binding to the same input twice: the last wins",
+		.bindings = "{\"prompt\":[\"6\",\"text\"],"
+		"\"negative_prompt\":[\"6\",\"text\"]}", .prompt = "p",
+	.negative = "n", .changes = "{\"6\":{\"text\":\"n\"}}", .top = IDS},
+
+	/* refused */
+	{.what = "an unknown parameter",
+		.bindings = "{\"prompt\":[\"6\",\"text\"],\"sampler\":[\"3\",\"sampler_name\"]}",
+	.prompt = "p", .error = "unknown binding \"sampler\""},
+	{.what = "a node the graph lacks", .bindings = "{\"prompt\":[\"66\",\"text\"]}",
+	.prompt = "p", .error = "binding \"prompt\": the workflow has no node 66"},
+	{.what = "an input the node lacks", .bindings = "{\"width\":[\"6\",\"width\"]}",
+		.prompt = "p", .width = 5,
+	.error = "binding \"width\": node 6 (CLIPTextEncode) has no input \"width\""},
+	{.what = "an input that is a link", .bindings = "{\"prompt\":[\"6\",\"clip\"]}",
+		.prompt = "p",
+	.error = "binding \"prompt\": input \"clip\" of node 6 (CLIPTextEncode) is a link, not a value"},
+	{.what = "a binding that is a string", .bindings = "{\"prompt\":\"6\"}",
+	.prompt = "p", .error = "binding \"prompt\" is not [\"node id\", \"input name\"]"},
+	{.what = "a binding of one element", .bindings = "{\"prompt\":[\"6\"]}",
+	.prompt = "p", .error = "binding \"prompt\" is not [\"node id\", \"input name\"]"},
+	{.what = "a binding of three", .bindings = "{\"prompt\":[\"6\",\"text\",\"x\"]}",
+	.prompt = "p", .error = "binding \"prompt\" is not [\"node id\", \"input name\"]"},
+	{.what = "a node id that is a number", .bindings = "{\"prompt\":[6,\"text\"]}",
+	.prompt = "p", .error = "binding \"prompt\" is not [\"node id\", \"input name\"]"},
+	{.what = "bindings that are an array", .bindings = "[[\"6\",\"text\"]]",
+	.prompt = "p", .error = "the bindings are not a JSON object"},
+	{.what = "a graph that is an array", .graph = "[]", .prompt = "p",
+	.error = "the workflow is not a JSON object"},
+	{.what = "no graph", .graph = "null", .prompt = "p",
+	.error = "the workflow is not a JSON object"},
+	{.what = "a node without inputs", .graph = "{\"6\":{\"class_type\":\"X\"}}",
+		.bindings = "{\"prompt\":[\"6\",\"text\"]}", .prompt = "p",
+	.error = "binding \"prompt\": node 6 (X) has no input \"text\""},
+	{.what = "a node without class_type", .graph = "{\"6\":{\"inputs\":{}}}",
+		.bindings = "{\"prompt\":[\"6\",\"text\"]}", .prompt = "p",
+	.error = "binding \"prompt\": node 6 (no class_type) has no input \"text\""},
+	{.what = "a node that is not an object", .graph = "{\"6\":\"x\"}",
+		.bindings = "{\"prompt\":[\"6\",\"text\"]}", .prompt = "p",
+	.error = "binding \"prompt\": the workflow has no node 6"},
+	{.what = "a default of the wrong type (steps)", .bindings = SDXL_BINDINGS,
+		.defaults = "{\"steps\":\"30\"}", .prompt = "p",
+	.error = "the default of \"steps\" is not a non-negative integer"},
+	{.what = "a default of the wrong type (fraction)", .bindings = SDXL_BINDINGS,
+		.defaults = "{\"width\":512.5}", .prompt = "p",
+	.error = "the default of \"width\" is not a non-negative integer"},
+	{.what = "a default of the wrong type (string)", .bindings = SDXL_BINDINGS,
+		.defaults = "{\"negative_prompt\":5}", .prompt = "p",
+	.error = "the default of \"negative_prompt\" is not a string"},
+	{.what = "a default of the wrong type (number)", .bindings = SDXL_BINDINGS,
+		.defaults = "{\"cfg\":\"high\"}", .prompt = "p",
+	.error = "the default of \"cfg\" is not a number"}
+};
+
+/* Apply {"node id": {"input": value}} to a copy of the graph. */
+static void
+apply_changes(cJSON *graph, const char *changes)
+{
+	cJSON	   *json = test_json(changes);
+	const cJSON *node;
+	const cJSON *input;
+
+	cJSON_ArrayForEach(node, json)
+	{
+		cJSON	   *target = cJSON_GetObjectItemCaseSensitive(graph,
+															  node->string);
+		cJSON	   *inputs = cJSON_GetObjectItemCaseSensitive(target, "inputs");
+
+		cJSON_ArrayForEach(input, node)
+			igny8_json_set(inputs, input->string, cJSON_Duplicate(input, true));
+	}
+	cJSON_Delete(json);
+}
+
+static void
+test_comfyui_build_submit(void)
+{
+	int			i;
+
+	begin_group("ComfyUI build_submit: bindings, defaults, body");
+	for (i = 0; i < (int) lengthof(submit_build_cases); i++)
+	{
+		const SubmitBuildCase *c = &submit_build_cases[i];
+		Igny8ImageRequest req;
+		Igny8HttpRequest out;
+		cJSON	   *graph = test_json(c->graph ? c->graph : SDXL_GRAPH);
+		char	   *before = igny8_json_print(graph);
+		char	   *after;
+		char	   *error;
+		bool		ok;
+
+		begin_case(i, c->what);
+		memset(&req, 0, sizeof(req));
+		req.model = "sdxl";
+		req.prompt = c->prompt;
+		req.negative_prompt = c->negative;
+		req.width = c->width;
+		req.height = c->height;
+		req.steps = c->steps;
+		req.has_cfg = c->has_cfg;
+		req.cfg = c->cfg;
+		req.seed = c->seed;
+		req.graph = graph;
+		req.bindings = test_json(c->bindings);
+		req.defaults = test_json(c->defaults);
+		req.client_id = c->no_ids ? NULL : "c-1";
+		req.prompt_id = c->no_ids ? NULL : "p-1";
+		req.filename_prefix = c->prefix;
+
+		memset(&out, 0x7f, sizeof(out));
+		error = (char *) "untouched";
+		ok = igny8_comfyui_build_submit(&req, c->api_key, &out, &error);
+		if (c->error != NULL)
+		{
+			check(!ok, __LINE__, "build_submit succeeded");
+			CHECK_STR(error, c->error);
+			CHECK(out.path == NULL && out.body == NULL && out.nheaders == 0);
+			if (error != NULL)
+				check_clean(error, IGNY8_ERRMSG_MAX + 3, "error", __LINE__);
+		}
+		else if (check(ok, __LINE__, "build_submit failed: %s",
+					   ok ? "" : error))
+		{
+			const char *bearer[] = {CT, NULL, NULL};
+			cJSON	   *expected = test_json(c->top);
+			cJSON	   *want_graph = cJSON_Duplicate(graph, true);
+			char	   *text;
+
+			CHECK(error == NULL);
+			CHECK_STR(out.method, "POST");
+			CHECK_STR(out.path, "/prompt");
+			if (c->api_key != NULL)
+				bearer[1] = psprintf("Authorization: Bearer %s", c->api_key);
+			check_headers(&out, bearer, __LINE__);
+			free_maybe((char *) bearer[1]);
+			if (c->changes != NULL)
+				apply_changes(want_graph, c->changes);
+			cJSON_AddItemToObject(expected, "prompt", want_graph);
+			text = igny8_json_print(expected);
+			CHECK_JSON(out.body, text);
+			pfree(text);
+			cJSON_Delete(expected);
+			if (c->text != NULL)
+				CHECK_CONTAINS(out.body, c->text);
+			if (c->api_key != NULL)
+				check(strstr(out.body, c->api_key) == NULL, __LINE__,
+					  "the key is in the body");
+		}
+		if (!ok)
+			free_maybe(error);
+		free_request(&out);
+
+		/* the caller's graph is left as it was */
+		after = igny8_json_print(graph);
+		CHECK_STR(after, before);
+		pfree(after);
+		pfree(before);
+		cJSON_Delete(graph);
+		cJSON_Delete((cJSON *) req.bindings);
+		cJSON_Delete((cJSON *) req.defaults);
+	}
+	end_group();
+}
+
+#define PREFIX 4				/* the message starts with the one given */
+
+typedef struct SubmitParseCase
+{
+	const char *what;
+	long		status;
+	const char *body;
+	double		retry_after;
+	int			should_retry;
+	bool		ok;
+	const char *prompt_id;
+	Igny8ErrorClass cls;
+	const char *message;		/* exactly, or its start with PREFIX */
+	int			flags;			/* ONCE, PREFIX */
+} SubmitParseCase;
+
+/* the simulator's answers, which are ComfyUI 0.3's */
+#define VALIDATION_HEAD \
+	"{\"error\":{\"type\":\"prompt_outputs_failed_validation\"," \
+	"\"message\":\"Prompt outputs failed validation\",\"details\":\"\"," \
+	"\"extra_info\":{}},\"node_errors\":{"
+#define CKPT_MISSING_ERROR \
+	"{\"type\":\"value_not_in_list\",\"message\":\"Value not in list\"," \
+	"\"details\":\"ckpt_name: 'flux1-dev-nope.safetensors' not in " \
+	"['sd3.5_large.safetensors', 'sd_xl_base_1.0.safetensors', " \
+	"'sdxl_lightning_4step.safetensors']\",\"extra_info\":{\"input_name\":" \
+	"\"ckpt_name\",\"input_config\":[[\"sd3.5_large.safetensors\"," \
+	"\"sd_xl_base_1.0.safetensors\",\"sdxl_lightning_4step.safetensors\"]," \
+	"{\"tooltip\":\"The name of the checkpoint (model) to load.\"}]," \
+	"\"received_value\":\"flux1-dev-nope.safetensors\"}}"
+#define CKPT_MISSING \
+	"\"4\":{\"errors\":[" CKPT_MISSING_ERROR "],\"dependent_outputs\":[\"9\"]," \
+	"\"class_type\":\"CheckpointLoaderSimple\"}"
+#define UNET_MISSING \
+	"\"12\":{\"errors\":[{\"type\":\"value_not_in_list\",\"message\":" \
+	"\"Value not in list\",\"details\":\"unet_name: 'flux1-dev.safetensors' " \
+	"not in []\",\"extra_info\":{\"input_name\":\"unet_name\"," \
+	"\"input_config\":[[],{}],\"received_value\":\"flux1-dev.safetensors\"}}]," \
+	"\"dependent_outputs\":[\"9\"],\"class_type\":\"UNETLoader\"}"
+#define VAE_MISSING \
+	"\"10\":{\"errors\":[{\"type\":\"value_not_in_list\",\"message\":" \
+	"\"Value not in list\",\"details\":\"vae_name: 'ae.safetensors' not in " \
+	"[]\",\"extra_info\":{\"input_name\":\"vae_name\",\"received_value\":" \
+	"\"ae.safetensors\"}}],\"dependent_outputs\":[\"9\"]," \
+	"\"class_type\":\"VAELoader\"}"
+#define KSAMPLER_BAD \
+	"\"3\":{\"errors\":[{\"type\":\"value_smaller_than_min\",\"message\":" \
+	"\"Value 0 smaller than min of 1\",\"details\":\"steps\",\"extra_info\":" \
+	"{\"input_name\":\"steps\",\"input_config\":[\"INT\",{\"default\":20," \
+	"\"min\":1,\"max\":10000}],\"received_value\":0}},{\"type\":" \
+	"\"value_not_in_list\",\"message\":\"Value not in list\",\"details\":" \
+	"\"sampler_name: 'nope' not in (list of length 45)\",\"extra_info\":" \
+	"{\"input_name\":\"sampler_name\",\"input_config\":null," \
+	"\"received_value\":\"nope\"}}],\"dependent_outputs\":[\"9\"]," \
+	"\"class_type\":\"KSampler\"}"
+#define SAMPLER_BAD \
+	"\"3\":{\"errors\":[{\"type\":\"value_not_in_list\",\"message\":" \
+	"\"Value not in list\",\"details\":\"sampler_name: 'nope' not in (list " \
+	"of length 45)\",\"extra_info\":{\"input_name\":\"sampler_name\"," \
+	"\"input_config\":null,\"received_value\":\"nope\"}}]," \
+	"\"dependent_outputs\":[\"9\"],\"class_type\":\"KSampler\"}"
+#define INNER_EXCEPTION \
+	"\"8\":{\"errors\":[{\"type\":\"exception_during_inner_validation\"," \
+	"\"message\":\"Exception when validating inner node\",\"details\":" \
+	"\"'33'\",\"extra_info\":{\"input_name\":\"images\",\"exception_message\":" \
+	"\"'33'\",\"exception_type\":\"KeyError\",\"traceback\":[\"  File " \
+	"\\\"/opt/ComfyUI/execution.py\\\", line 1079, in validate_inputs\\n\"]," \
+	"\"linked_node\":[\"8\",0]}}],\"dependent_outputs\":[\"9\"]," \
+	"\"class_type\":\"VAEDecode\"}"
+#define OUTER_EXCEPTION \
+	"{\"error\":{\"type\":\"prompt_outputs_failed_validation\",\"message\":" \
+	"\"Prompt outputs failed validation\",\"details\":\"Exception when " \
+	"validating node: '88'\",\"extra_info\":{}},\"node_errors\":{\"9\":" \
+	"{\"errors\":[{\"type\":\"exception_during_validation\",\"message\":" \
+	"\"Exception when validating node\",\"details\":\"'88'\",\"extra_info\":" \
+	"{\"exception_type\":\"KeyError\",\"traceback\":[]}}]," \
+	"\"dependent_outputs\":[\"9\"],\"class_type\":\"SaveImage\"}}}"
+
+static const SubmitParseCase submit_parse_cases[] = {
+	{"queued", 200, "{\"prompt_id\": \"p-1\", \"number\": 0, \"node_errors\": {}}",
+	NOHDR, true, "p-1", IGNY8_ERR_NONE, NULL, 0},
+	{"queued, some outputs dropped", 200,
+		"{\"prompt_id\":\"4c1d1b8e-2f0c-4c55-9a3e-0b7f3e2a9d11\",\"number\":3,"
+		"\"node_errors\":{" SAMPLER_BAD "}}", NOHDR, true,
+	"4c1d1b8e-2f0c-4c55-9a3e-0b7f3e2a9d11", IGNY8_ERR_NONE, NULL, 0},
+
+	/* what this server lacks: another may have it */
+	{"a checkpoint file missing", 400, VALIDATION_HEAD CKPT_MISSING "}}",
+		NOHDR, false, NULL, IGNY8_ERR_FALLBACK,
+		"node 4 (CheckpointLoaderSimple): ckpt_name: "
+	"'flux1-dev-nope.safetensors' not in ['sd3.5_large.safetensors', ", PREFIX},
+	{"the FLUX model file missing", 400, VALIDATION_HEAD UNET_MISSING "}}",
+		NOHDR, false, NULL, IGNY8_ERR_FALLBACK,
+	"node 12 (UNETLoader): unet_name: 'flux1-dev.safetensors' not in []", 0},
+	{"two model files missing", 400,
+		VALIDATION_HEAD UNET_MISSING "," VAE_MISSING "}}", NOHDR, false, NULL,
+		IGNY8_ERR_FALLBACK,
+	"node 12 (UNETLoader): unet_name: 'flux1-dev.safetensors' not in []", 0},
+	{"a model file on a custom node", 400, VALIDATION_HEAD
+		"\"20\":{\"class_type\":\"FluxModelPicker\",\"errors\":[{\"type\":"
+		"\"value_not_in_list\",\"message\":\"Value not in list\",\"details\":"
+		"\"model: 'flux1-schnell.GGUF' not in ['a.gguf']\",\"extra_info\":"
+		"{\"received_value\":\"flux1-schnell.GGUF\"}}]}}}", NOHDR, false,
+		NULL, IGNY8_ERR_FALLBACK,
+	"node 20 (FluxModelPicker): model: 'flux1-schnell.GGUF' not in ['a.gguf']", 0},
+	{"a custom node not installed", 400,
+		"{\"error\": {\"type\": \"missing_node_type\", \"message\": \"Node "
+		"'VAEDecodeX' not found. The custom node may not be installed.\", "
+		"\"details\": \"Node ID '#8'\", \"extra_info\": {\"node_id\": \"8\", "
+		"\"class_type\": \"VAEDecodeX\", \"node_title\": \"VAEDecodeX\"}}, "
+		"\"node_errors\": {}}", NOHDR, false, NULL, IGNY8_ERR_FALLBACK,
+		"node 8 (VAEDecodeX): Node 'VAEDecodeX' not found. The custom node "
+	"may not be installed.", 0},
+	{"older builds: a node class that does not exist", 400,
+		"{\"error\":{\"type\":\"invalid_prompt\",\"message\":\"Cannot execute "
+		"because node ImpactKSampler does not exist.\",\"details\":\"Node ID "
+		"'#3'\",\"extra_info\":{}},\"node_errors\":[]}", NOHDR, false, NULL,
+		IGNY8_ERR_FALLBACK,
+		"Cannot execute because node ImpactKSampler does not exist.: Node ID "
+	"'#3'", 0},
+
+	/* what is wrong with the workflow */
+	{"a model missing and a bad value", 400,
+		VALIDATION_HEAD CKPT_MISSING "," KSAMPLER_BAD "}}", NOHDR, false,
+		NULL, IGNY8_ERR_CALLER,
+	"node 3 (KSampler): Value 0 smaller than min of 1: steps", 0},
+	{"a sampler that is not in the list", 400,
+		VALIDATION_HEAD SAMPLER_BAD "}}", NOHDR, false, NULL,
+		IGNY8_ERR_CALLER,
+	"node 3 (KSampler): sampler_name: 'nope' not in (list of length 45)", 0},
+	{"an input image that is not there", 400, VALIDATION_HEAD
+		"\"11\":{\"class_type\":\"LoadImage\",\"errors\":[{\"type\":"
+		"\"value_not_in_list\",\"message\":\"Value not in list\",\"details\":"
+		"\"image: 'in.png' not in []\",\"extra_info\":{\"received_value\":"
+		"\"in.png\"}}]}}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+	"node 11 (LoadImage): image: 'in.png' not in []", 0},
+	{"a link to a node that is not there", 400,
+		VALIDATION_HEAD INNER_EXCEPTION "}}", NOHDR, false, NULL,
+		IGNY8_ERR_CALLER,
+	"node 8 (VAEDecode): Exception when validating inner node: '33'", 0},
+	{"the output node's link broken", 400, OUTER_EXCEPTION, NOHDR, false,
+		NULL, IGNY8_ERR_CALLER,
+	"node 9 (SaveImage): Exception when validating node: '88'", 0},
+	{"a node without class_type", 400,
+		"{\"error\": {\"type\": \"missing_node_type\", \"message\": \"Node "
+		"'ID #8' has no class_type. The workflow may be corrupted or a custom "
+		"node is missing.\", \"details\": \"Node ID '#8'\", \"extra_info\": "
+		"{\"node_id\": \"8\", \"class_type\": null, \"node_title\": null}}, "
+		"\"node_errors\": {}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+		"node 8 (no class_type): Node 'ID #8' has no class_type. The workflow "
+	"may be corrupted or a custom node is missing.", 0},
+	{"no output node", 400,
+		"{\"error\": {\"type\": \"prompt_no_outputs\", \"message\": \"Prompt "
+		"has no outputs\", \"details\": \"\", \"extra_info\": {}}, "
+		"\"node_errors\": {}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+	"Prompt has no outputs", 0},
+	{"no prompt", 400,
+		"{\"error\": {\"type\": \"no_prompt\", \"message\": \"No prompt "
+		"provided\", \"details\": \"No prompt provided\", \"extra_info\": {}}, "
+		"\"node_errors\": {}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+	"No prompt provided", 0},
+	{"older builds: no prompt", 400,
+		"{\"error\": \"no prompt\", \"node_errors\": []}", NOHDR, false, NULL,
+	IGNY8_ERR_CALLER, "no prompt", 0},
+	{"older builds: invalid_prompt of another kind", 400,
+		"{\"error\":{\"type\":\"invalid_prompt\",\"message\":\"Cannot execute "
+		"because a node is missing the class_type property.\",\"details\":"
+		"\"Node ID '#3'\",\"extra_info\":{}},\"node_errors\":[]}", NOHDR,
+		false, NULL, IGNY8_ERR_CALLER,
+		"Cannot execute because a node is missing the class_type property.: "
+	"Node ID '#3'", 0},
+	{"failed validation without node errors", 400,
+		VALIDATION_HEAD "}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+	"Prompt outputs failed validation", 0},
+	{"node errors of odd shapes are skipped", 400,
+		VALIDATION_HEAD "\"1\":5,\"2\":{\"errors\":{}},\"3\":{\"errors\":[7,"
+		"{}]}}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+	"node 3 (no class_type): invalid", 0},
+	{"a proxy's 400 page", 400, "<html>Bad Request</html>", NOHDR, false,
+	NULL, IGNY8_ERR_CALLER, "HTTP 400 from ComfyUI: <html>Bad Request</html>", 0},
+	{"control characters and bad UTF-8 in a node error", 400,
+		VALIDATION_HEAD "\"3\":{\"class_type\":\"K\\nS\",\"errors\":[{\"type\":"
+		"\"x\",\"message\":\"bad\\u0007 \xff value\"}]}}}", NOHDR, false, NULL,
+	IGNY8_ERR_CALLER, "node 3 (K S): bad  ? value", 0},
+
+	/* the server's trouble */
+	{"a body that is not JSON (aiohttp's 500)", 500,
+		"500 Internal Server Error\n\nServer got itself in trouble", NOHDR,
+		false, NULL, IGNY8_ERR_RETRY,
+	"HTTP 500 from ComfyUI: 500 Internal Server Error  Server got itself in trouble", 0},
+	{"a 502 from a proxy, empty", 502, "", NOHDR, false, NULL,
+	IGNY8_ERR_RETRY, "HTTP 502 from ComfyUI", 0},
+	{"429 with retry-after", 429, "", 3, -1, false, NULL, IGNY8_ERR_RETRY,
+	"HTTP 429 from ComfyUI", 0},
+	{"503, x-should-retry false", 503, "", -1, 0, false, NULL,
+	IGNY8_ERR_FALLBACK, "HTTP 503 from ComfyUI", 0},
+	{"404: not ComfyUI", 404, "404: Not Found", NOHDR, false, NULL,
+	IGNY8_ERR_FALLBACK, "HTTP 404 from ComfyUI: 404: Not Found", 0},
+	{"401 from a proxy", 401, "{\"error\":\"bad token\"}", NOHDR, false,
+	NULL, IGNY8_ERR_FALLBACK, "bad token", 0},
+
+	/* a 200 that cannot be used */
+	{"no prompt_id", 200, "{\"number\":0,\"node_errors\":{}}", NOHDR, false,
+		NULL, IGNY8_ERR_RETRY, "malformed response from ComfyUI: no prompt_id",
+	ONCE},
+	{"an empty prompt_id", 200, "{\"prompt_id\":\"\"}", NOHDR, false, NULL,
+	IGNY8_ERR_RETRY, "malformed response from ComfyUI: no prompt_id", ONCE},
+	{"a prompt_id that is a number", 200, "{\"prompt_id\":5}", NOHDR, false,
+		NULL, IGNY8_ERR_RETRY, "malformed response from ComfyUI: no prompt_id",
+	ONCE},
+	{"a prompt_id too long", 200, "{\"prompt_id\":\""
+		"0123456789012345678901234567890123456789012345678901234567890123"
+		"0123456789012345678901234567890123456789012345678901234567890123"
+		"\"}", NOHDR, false, NULL, IGNY8_ERR_RETRY,
+		"malformed response from ComfyUI: the prompt_id is not a short UTF-8 "
+	"string", ONCE},
+	{"a prompt_id of bad UTF-8", 200, "{\"prompt_id\":\"a\xff\"}", NOHDR,
+		false, NULL, IGNY8_ERR_RETRY,
+		"malformed response from ComfyUI: the prompt_id is not a short UTF-8 "
+	"string", ONCE},
+	{"a NUL in the prompt_id", 200, "{\"prompt_id\":\"p-1\\u0000x\"}", NOHDR,
+		false, NULL, IGNY8_ERR_RETRY,
+		"malformed response from ComfyUI: a string contains a NUL character",
+	ONCE},
+	{"not JSON", 200, "{\"prompt_id\": \"p-", NOHDR, false, NULL,
+	IGNY8_ERR_RETRY, "malformed response from ComfyUI: not JSON", ONCE},
+	{"empty", 200, "", NOHDR, false, NULL, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: not JSON", ONCE},
+	{"an array", 200, "[\"p-1\"]", NOHDR, false, NULL, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: no prompt_id", ONCE}
+};
+
+/* Build a response as the transport would hand it over. */
+static Igny8HttpResponse
+make_response(long status, const char *body, size_t len, double retry_after,
+			  int should_retry)
+{
+	Igny8HttpResponse resp;
+
+	resp.status = status;
+	resp.body = body;
+	resp.body_len = len;
+	resp.retry_after = retry_after;
+	resp.should_retry = should_retry;
+	if (corpus_dir != NULL)
+		write_seed(&resp, false, 0);
+	return resp;
+}
+
+/* Check a classified error against its case. */
+static void
+check_error(const Igny8ProviderError *e, Igny8ErrorClass cls,
+			const char *message, int flags, double retry_after, int line)
+{
+	check(e->cls == cls, line, "class %s, expected %s", class_names[e->cls],
+		  class_names[cls]);
+	check_clean(e->message, IGNY8_ERRMSG_MAX + 3, "message", line);
+	if (flags & PREFIX)
+		check(e->message != NULL &&
+			  strncmp(e->message, message, strlen(message)) == 0, line,
+			  "message \"%s\" does not start with \"%s\"",
+			  e->message ? e->message : "(null)", message);
+	else
+		check_str(e->message, message, "message", line);
+	check(e->retry_once == ((flags & ONCE) != 0), line, "retry_once %d",
+		  (int) e->retry_once);
+	CHECK(!e->drop_think);
+	check(e->retry_after == retry_after, line, "retry_after %g, expected %g",
+		  e->retry_after, retry_after);
+}
+
+static void
+test_comfyui_parse_submit(void)
+{
+	int			i;
+
+	begin_group("ComfyUI parse_submit: prompt_id and the 400s of /prompt");
+	for (i = 0; i < (int) lengthof(submit_parse_cases); i++)
+	{
+		const SubmitParseCase *c = &submit_parse_cases[i];
+		Igny8HttpResponse resp;
+		Igny8ProviderError e;
+		char	   *prompt_id;
+		bool		ok;
+
+		begin_case(i, c->what);
+		resp = make_response(c->status, c->body, strlen(c->body),
+							 c->retry_after, c->should_retry);
+		memset(&e, 0x7f, sizeof(e));
+		prompt_id = (char *) "untouched";
+		ok = igny8_comfyui_parse_submit(&resp, &prompt_id, &e);
+		check(ok == c->ok, __LINE__, "parse_submit = %d, expected %d (%s)",
+			  (int) ok, (int) c->ok, ok ? "" : e.message);
+		if (ok)
+		{
+			CHECK_STR(prompt_id, c->prompt_id);
+			CHECK(e.cls == IGNY8_ERR_NONE && e.message == NULL);
+			CHECK(!e.retry_once && !e.drop_think);
+		}
+		else
+		{
+			CHECK(prompt_id == NULL);
+			check_error(&e, c->cls, c->message, c->flags, c->retry_after,
+						__LINE__);
+		}
+		if (ok)
+			pfree(prompt_id);
+		free_maybe(e.message);
+	}
+	case_name = NULL;
+
+	/* a long node error is cut like every message */
+	{
+		char	   *body;
+		Igny8HttpResponse resp;
+		Igny8ProviderError e;
+		char	   *prompt_id;
+
+		body = psprintf(VALIDATION_HEAD "\"4\":{\"class_type\":\"CheckpointLoaderSimple\","
+						"\"errors\":[{\"type\":\"value_not_in_list\",\"details\":"
+						"\"ckpt_name: 'x.safetensors' not in [%.*s]\"}]}}}",
+						2000, long_error_body + 10);
+		resp = make_response(400, body, strlen(body), -1, -1);
+		CHECK(!igny8_comfyui_parse_submit(&resp, &prompt_id, &e));
+		CHECK(e.cls == IGNY8_ERR_FALLBACK);
+		CHECK_INT(strlen(e.message), IGNY8_ERRMSG_MAX + 3);
+		CHECK(strncmp(e.message, "node 4 (CheckpointLoaderSimple): ckpt_name: "
+					  "'x.safetensors' not in [yyy", 71) == 0);
+		free_maybe(e.message);
+		pfree(body);
+	}
+	end_group();
+}
+
+typedef struct HistoryCase
+{
+	const char *what;
+	long		status;
+	const char *body;
+	Igny8ComfyState state;
+	const char *images[5];		/* "filename|subfolder|type", NULL-ended */
+	Igny8ErrorClass cls;
+	const char *message;
+	int			flags;
+} HistoryCase;
+
+#define HISTORY_PROMPT \
+	"\"prompt\":[0,\"p-1\",{\"9\":{\"class_type\":\"SaveImage\",\"inputs\":" \
+	"{\"filename_prefix\":\"igny8/t1\",\"images\":[\"8\",0]}}},{\"client_id\":" \
+	"\"c-1\",\"create_time\":1796035700993},[\"9\"]]"
+#define HISTORY_STARTED \
+	"[\"execution_start\",{\"prompt_id\":\"p-1\",\"timestamp\":1796035701003}]," \
+	"[\"execution_cached\",{\"nodes\":[\"4\",\"7\",\"5\"],\"prompt_id\":" \
+	"\"p-1\",\"timestamp\":1796035701003}]"
+#define HISTORY_SUCCESS(outputs) \
+	"{\"p-1\":{" HISTORY_PROMPT ",\"outputs\":" outputs ",\"status\":" \
+	"{\"status_str\":\"success\",\"completed\":true,\"messages\":[" \
+	HISTORY_STARTED ",[\"execution_success\",{\"prompt_id\":\"p-1\"," \
+	"\"timestamp\":1796035701003}]]},\"meta\":{\"9\":{\"node_id\":\"9\"," \
+	"\"display_node\":\"9\",\"parent_node\":null,\"real_node_id\":\"9\"}}}}"
+#define HISTORY_FAILED(event) \
+	"{\"p-1\":{" HISTORY_PROMPT ",\"outputs\":{},\"status\":{\"status_str\":" \
+	"\"error\",\"completed\":false,\"messages\":[" HISTORY_STARTED "," event \
+	"]},\"meta\":{}}}"
+#define OOM_EVENT \
+	"[\"execution_error\",{\"prompt_id\":\"p-1\",\"node_id\":\"3\"," \
+	"\"node_type\":\"KSampler\",\"executed\":[\"6\"],\"exception_message\":" \
+	"\"CUDA out of memory. Tried to allocate 9.00 GiB. GPU 0 has a total " \
+	"capacity of 23.52 GiB of which 2.18 GiB is free. Including non-PyTorch " \
+	"memory, this process has 21.32 GiB memory in use.\\nThis error means " \
+	"you ran out of memory on your GPU.\\n\\nTIPS: If the workflow worked " \
+	"before you might have accidentally set the batch_size to a large " \
+	"number.\",\"exception_type\":\"torch.OutOfMemoryError\",\"traceback\":" \
+	"[\"  File \\\"/opt/ComfyUI/execution.py\\\", line 496, in execute\\n\"]," \
+	"\"current_inputs\":{\"seed\":[729],\"steps\":[2]},\"current_outputs\":" \
+	"[\"4\",\"7\",\"5\"],\"timestamp\":1796035721105}]"
+#define RUNTIME_EVENT \
+	"[\"execution_error\",{\"prompt_id\":\"p-1\",\"node_id\":\"3\"," \
+	"\"node_type\":\"KSampler\",\"executed\":[\"6\"],\"exception_message\":" \
+	"\"mat1 and mat2 shapes cannot be multiplied (154x2048 and 768x320)\\n\\n" \
+	"\\nTIPS: If you have any 'Load CLIP' or '*CLIP Loader' nodes in your " \
+	"workflow connected to this sampler node make sure the correct file(s) " \
+	"and type is selected.\",\"exception_type\":\"RuntimeError\"," \
+	"\"traceback\":[],\"current_inputs\":{},\"current_outputs\":[]," \
+	"\"timestamp\":1796035721765}]"
+#define INTERRUPTED_EVENT \
+	"[\"execution_interrupted\",{\"prompt_id\":\"p-1\",\"node_id\":\"3\"," \
+	"\"node_type\":\"KSampler\",\"executed\":[\"6\"],\"timestamp\":" \
+	"1796035731470}]"
+#define SAVED(name) \
+	"{\"filename\":\"" name "\",\"subfolder\":\"igny8\",\"type\":\"output\"}"
+#define PREVIEW(name) \
+	"{\"filename\":\"" name "\",\"subfolder\":\"\",\"type\":\"temp\"}"
+
+static const HistoryCase history_cases[] = {
+	{"queued or running", 200, "{}", IGNY8_COMFY_PENDING, {NULL}, IGNY8_ERR_NONE, NULL, 0},
+	{"another prompt's entry only", 200,
+		"{\"p-2\":{\"outputs\":{},\"status\":{\"status_str\":\"success\"}}}",
+	IGNY8_COMFY_PENDING, {NULL}, IGNY8_ERR_NONE, NULL, 0},
+	{"done, one image", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[" SAVED("t1_00001_.png") "]}}"),
+	IGNY8_COMFY_DONE, {"t1_00001_.png|igny8|output"}, IGNY8_ERR_NONE, NULL, 0},
+	{"a batch, two save nodes and a preview", 200,
+		HISTORY_SUCCESS("{\"12\":{\"images\":[" PREVIEW("ComfyUI_temp_a_00001_.png")
+						"]},\"9\":{\"images\":[" SAVED("t1_00001_.png") ","
+						SAVED("t1_00002_.png") "]},\"19\":{\"images\":["
+						"{\"filename\":\"b_00001_.png\",\"type\":\"output\"}]},"
+						"\"20\":{\"text\":[\"not an image\"]}}"),
+		IGNY8_COMFY_DONE, {"t1_00001_.png|igny8|output",
+	"t1_00002_.png|igny8|output", "b_00001_.png||output"}, IGNY8_ERR_NONE, NULL, 0},
+	{"previews only", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[" PREVIEW("ComfyUI_temp_klfxh_00001_.png")
+						"]}}"),
+	IGNY8_COMFY_DONE, {"ComfyUI_temp_klfxh_00001_.png||temp"}, IGNY8_ERR_NONE, NULL, 0},
+	{"odd image entries are skipped", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[5,{\"filename\":\"\"},"
+						"{\"subfolder\":\"x\"},{\"filename\":\"in.png\","
+						"\"type\":\"input\"},{\"filename\":7},"
+						"{\"filename\":\"ok.png\"}]},\"10\":{\"images\":{}},"
+						"\"11\":[]}"),
+	IGNY8_COMFY_DONE, {"ok.png||output"}, IGNY8_ERR_NONE, NULL, 0},
+	{"a file name with odd characters", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[{\"filename\":\"a b&c=d%\\u00e9.png\","
+						"\"subfolder\":\"x/y\",\"type\":\"output\"}]}}"),
+	IGNY8_COMFY_DONE, {"a b&c=d%\xc3\xa9.png|x/y|output"}, IGNY8_ERR_NONE, NULL, 0},
+	{"older builds: no status", 200,
+		"{\"p-1\":{\"outputs\":{\"9\":{\"images\":[" SAVED("t_00001_.png")
+		"]}}}}", IGNY8_COMFY_DONE, {"t_00001_.png|igny8|output"}, IGNY8_ERR_NONE, NULL, 0},
+
+	{"success without an image", 200, HISTORY_SUCCESS("{}"),
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_FALLBACK,
+	"the workflow produced no image", 0},
+	{"success with input images only", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[{\"filename\":\"in.png\","
+						"\"type\":\"input\"}]}}"),
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_FALLBACK,
+	"the workflow produced no image", 0},
+	{"out of memory", 200, HISTORY_FAILED(OOM_EVENT), IGNY8_COMFY_FAILED,
+		{NULL}, IGNY8_ERR_RETRY,
+		"execution error in node 3 (KSampler): torch.OutOfMemoryError: CUDA "
+	"out of memory. Tried to allocate 9.00 GiB.", ONCE | PREFIX},
+	{"a runtime error", 200, HISTORY_FAILED(RUNTIME_EVENT),
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+		"execution error in node 3 (KSampler): RuntimeError: mat1 and mat2 "
+		"shapes cannot be multiplied (154x2048 and 768x320)   TIPS: If you "
+	"have any 'Load CLIP'", ONCE | PREFIX},
+	{"an error without details", 200,
+		"{\"p-1\":{\"outputs\":{},\"status\":{\"status_str\":\"error\","
+		"\"messages\":[[\"execution_error\",5]]}}}", IGNY8_COMFY_FAILED,
+	{NULL}, IGNY8_ERR_RETRY, "execution error", ONCE},
+	{"status error, no message", 200,
+		"{\"p-1\":{\"outputs\":{},\"status\":{\"status_str\":\"error\","
+		"\"completed\":false,\"messages\":[]}}}", IGNY8_COMFY_FAILED,
+	{NULL}, IGNY8_ERR_RETRY, "execution error", ONCE},
+	{"interrupted", 200, HISTORY_FAILED(INTERRUPTED_EVENT),
+	IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_FALLBACK, "interrupted", 0},
+	{"interrupted wins over an image", 200,
+		"{\"p-1\":{\"outputs\":{\"9\":{\"images\":[" SAVED("t_00001_.png")
+		"]}},\"status\":{\"status_str\":\"success\",\"messages\":["
+		INTERRUPTED_EVENT "]}}}", IGNY8_COMFY_FAILED, {NULL},
+	IGNY8_ERR_FALLBACK, "interrupted", 0},
+
+	{"an unknown status_str", 200,
+		"{\"p-1\":{\"outputs\":{},\"status\":{\"status_str\":\"cancelled\"}}}",
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: unknown status_str", ONCE},
+	{"an entry that is not an object", 200, "{\"p-1\":[]}",
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: the history entry is not an object", ONCE},
+	{"no outputs", 200,
+		"{\"p-1\":{\"status\":{\"status_str\":\"success\"}}}",
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: no outputs in the history entry", ONCE},
+	{"not JSON", 200, "{\"p-1\":", IGNY8_COMFY_FAILED, {NULL},
+	IGNY8_ERR_RETRY, "malformed response from ComfyUI: not JSON", ONCE},
+	{"an array", 200, "[]", IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: not a JSON object", ONCE},
+	{"a NUL in a file name", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[" SAVED("t1\\u0000.png") "]}}"),
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: a string contains a NUL character", ONCE},
+	{"500", 500, "500 Internal Server Error\n\nServer got itself in trouble",
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"HTTP 500 from ComfyUI: 500 Internal Server Error  Server got itself in trouble", 0},
+	{"404", 404, "", IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_FALLBACK,
+	"HTTP 404 from ComfyUI", 0}
+};
+
+static void
+test_comfyui_parse_history(void)
+{
+	Igny8ComfyImage *images;
+	Igny8HttpResponse resp;
+	Igny8ProviderError e;
+	Igny8ComfyState state;
+	int			nimages;
+	int			i;
+	int			j;
+
+	begin_group("ComfyUI parse_history: pending, images, failures");
+	for (i = 0; i < (int) lengthof(history_cases); i++)
+	{
+		const HistoryCase *c = &history_cases[i];
+		int			n = 0;
+
+		begin_case(i, c->what);
+		resp = make_response(c->status, c->body, strlen(c->body), -1, -1);
+		memset(&e, 0x7f, sizeof(e));
+		images = (Igny8ComfyImage *) "untouched";
+		nimages = -5;
+		state = igny8_comfyui_parse_history(&resp, COMFY_ID, &images,
+											&nimages, &e);
+		check(state == c->state, __LINE__, "state %d, expected %d (%s)",
+			  (int) state, (int) c->state,
+			  state == IGNY8_COMFY_FAILED ? e.message : "");
+		while (n < (int) lengthof(c->images) && c->images[n] != NULL)
+			n++;
+		CHECK_INT(nimages, n);
+		if (state == IGNY8_COMFY_DONE && nimages == n)
+		{
+			for (j = 0; j < n; j++)
+			{
+				char	   *got = psprintf("%s|%s|%s", images[j].filename,
+										   images[j].subfolder,
+										   images[j].type);
+
+				CHECK_STR(got, c->images[j]);
+				pfree(got);
+			}
+		}
+		if (state == IGNY8_COMFY_FAILED)
+			check_error(&e, c->cls, c->message, c->flags, -1, __LINE__);
+		else
+			CHECK(e.cls == IGNY8_ERR_NONE && e.message == NULL);
+		if (state != IGNY8_COMFY_DONE)
+			CHECK(images == NULL);
+		for (j = 0; j < nimages; j++)
+		{
+			pfree(images[j].filename);
+			pfree(images[j].subfolder);
+			pfree(images[j].type);
+		}
+		if (state == IGNY8_COMFY_DONE)
+			pfree(images);
+		free_maybe(e.message);
+	}
+	case_name = NULL;
+
+	/* without a prompt_id, the first entry */
+	{
+		const char *body = "{\"x\":{\"outputs\":{\"9\":{\"images\":["
+			SAVED("a.png") "]}}}}";
+
+		resp = make_response(200, body, strlen(body), -1, -1);
+		state = igny8_comfyui_parse_history(&resp, NULL, &images, &nimages,
+											&e);
+		CHECK(state == IGNY8_COMFY_DONE && nimages == 1);
+		if (state == IGNY8_COMFY_DONE)
+		{
+			CHECK_STR(images[0].filename, "a.png");
+			pfree(images[0].filename);
+			pfree(images[0].subfolder);
+			pfree(images[0].type);
+			pfree(images);
+		}
+		resp = make_response(200, "{}", 2, -1, -1);
+		CHECK(igny8_comfyui_parse_history(&resp, NULL, &images, &nimages,
+										  &e) == IGNY8_COMFY_PENDING);
+	}
+	end_group();
+}
+
+/* Check a built request: method, path, headers, body (JSON or NULL). */
+static void
+check_request(Igny8HttpRequest *out, const char *method, const char *path,
+			  const char *api_key, const char *body, int line)
+{
+	const char *headers[3] = {NULL, NULL, NULL};
+	int			n = 0;
+
+	check_str(out->method, method, "method", line);
+	check_str(out->path, path, "path", line);
+	if (body != NULL)
+		headers[n++] = CT;
+	if (api_key != NULL)
+		headers[n++] = psprintf("Authorization: Bearer %s", api_key);
+	check_headers(out, headers, line);
+	if (api_key != NULL)
+		pfree((char *) headers[n - 1]);
+	if (body == NULL)
+		check(out->body == NULL, line, "a body: %s", out->body);
+	else
+		check_json(out->body, body, line);
+}
+
+typedef struct ViewCase
+{
+	const char *filename;
+	const char *subfolder;
+	const char *type;
+	const char *path;
+} ViewCase;
+
+static const ViewCase view_cases[] = {
+	{"t1_00001_.png", "igny8", "output",
+	"/view?filename=t1_00001_.png&subfolder=igny8&type=output"},
+	{"ComfyUI_temp_klfxh_00001_.png", "", "temp",
+	"/view?filename=ComfyUI_temp_klfxh_00001_.png&subfolder=&type=temp"},
+	{"a b&c=d%e+f?.png", "jobs/run 1", "output",
+	"/view?filename=a%20b%26c%3Dd%25e%2Bf%3F.png&subfolder=jobs%2Frun%201&type=output"},
+	{"\xc3\xa9~x-y.png", "#", "out put",
+	"/view?filename=%C3%A9~x-y.png&subfolder=%23&type=out%20put"},
+	{"a\r\nb.png", NULL, NULL,
+	"/view?filename=a%0D%0Ab.png&subfolder=&type=output"}
+};
+
+static void
+test_comfyui_requests(void)
+{
+	Igny8HttpRequest out;
+	int			i;
+
+	begin_group("ComfyUI build_history, build_view, build_cancel");
+	igny8_comfyui_build_history("p-1", NULL, &out);
+	check_request(&out, "GET", "/history/p-1", NULL, NULL, __LINE__);
+	free_request(&out);
+	igny8_comfyui_build_history("4c1d1b8e-2f0c-4c55-9a3e-0b7f3e2a9d11",
+								"proxy-token", &out);
+	check_request(&out, "GET", "/history/4c1d1b8e-2f0c-4c55-9a3e-0b7f3e2a9d11",
+				  "proxy-token", NULL, __LINE__);
+	free_request(&out);
+	igny8_comfyui_build_history("a/b?c d", NULL, &out);
+	check_request(&out, "GET", "/history/a%2Fb%3Fc%20d", NULL, NULL,
+				  __LINE__);
+	free_request(&out);
+
+	for (i = 0; i < (int) lengthof(view_cases); i++)
+	{
+		Igny8ComfyImage image;
+
+		begin_case(i, view_cases[i].path);
+		image.filename = (char *) view_cases[i].filename;
+		image.subfolder = (char *) view_cases[i].subfolder;
+		image.type = (char *) view_cases[i].type;
+		igny8_comfyui_build_view(&image, i == 0 ? "k" : NULL, &out);
+		check_request(&out, "GET", view_cases[i].path, i == 0 ? "k" : NULL,
+					  NULL, __LINE__);
+		free_request(&out);
+	}
+	case_name = NULL;
+
+	CHECK(igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_DELETE, "p-1", NULL,
+									 &out));
+	check_request(&out, "POST", "/queue", NULL, "{\"delete\":[\"p-1\"]}",
+				  __LINE__);
+	free_request(&out);
+	CHECK(igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_INTERRUPT, "p-1",
+									 "proxy-token", &out));
+	check_request(&out, "POST", "/interrupt", "proxy-token",
+				  "{\"prompt_id\":\"p-1\"}", __LINE__);
+	CHECK_STR(out.body, "{\"prompt_id\":\"p-1\"}");
+	free_request(&out);
+	CHECK(igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_FORGET, "p-1", NULL,
+									 &out));
+	check_request(&out, "POST", "/history", NULL, "{\"delete\":[\"p-1\"]}",
+				  __LINE__);
+	free_request(&out);
+
+	/* never an interrupt without an id: that would stop anyone's prompt */
+	memset(&out, 0x7f, sizeof(out));
+	CHECK(!igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_INTERRUPT, NULL,
+									  NULL, &out));
+	CHECK(out.path == NULL && out.body == NULL && out.nheaders == 0);
+	CHECK(!igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_INTERRUPT, "", NULL,
+									  &out));
+	CHECK(out.path == NULL && out.body == NULL && out.nheaders == 0);
+	CHECK(!igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_DELETE, NULL, NULL,
+									  &out));
+	CHECK(!igny8_comfyui_build_cancel((Igny8ComfyCancel) 7, "p-1", NULL,
+									  &out));
+	CHECK(out.path == NULL && out.body == NULL && out.nheaders == 0);
+	end_group();
+}
+
+static void
+test_comfyui_parse_view(void)
+{
+	Igny8HttpResponse resp;
+	Igny8ImageResult r;
+	Igny8ProviderError e;
+	char	   *png;
+	size_t		len;
+	static const char html[] = "<html><body>Error</body></html>";
+	const struct
+	{
+		long		status;
+		const char *body;
+		Igny8ErrorClass cls;
+		const char *message;
+		int			flags;
+	}			bad[] = {
+		{200, html, IGNY8_ERR_RETRY,
+		"malformed image from ComfyUI: not a PNG image", ONCE},
+		{200, "", IGNY8_ERR_RETRY,
+		"malformed image from ComfyUI: not a PNG image", ONCE},
+		{404, "", IGNY8_ERR_FALLBACK, "HTTP 404 from ComfyUI", 0},
+		{400, "", IGNY8_ERR_FALLBACK, "HTTP 400 from ComfyUI", 0},
+		{403, "403: Forbidden", IGNY8_ERR_FALLBACK,
+		"HTTP 403 from ComfyUI: 403: Forbidden", 0},
+		{500, "", IGNY8_ERR_RETRY, "HTTP 500 from ComfyUI", 0},
+		{302, "", IGNY8_ERR_FALLBACK, "HTTP 302 from ComfyUI", 0}
+	};
+	int			i;
+
+	begin_group("ComfyUI parse_view: the PNG, checked, not copied");
+	png = make_png(16, 8, 6, &len);
+	resp = make_response(200, png, len, -1, -1);
+	memset(&r, 0x7f, sizeof(r));
+	memset(&e, 0x7f, sizeof(e));
+	CHECK(igny8_comfyui_parse_view(&resp, &r, &e));
+	CHECK(r.data == png && r.len == len);
+	CHECK_STR(r.mime_type, "image/png");
+	CHECK_INT(r.width, 16);
+	CHECK_INT(r.height, 8);
+	CHECK(r.revised_prompt == NULL);
+	CHECK(e.cls == IGNY8_ERR_NONE && e.message == NULL && !e.retry_once);
+
+	/* a download cut short */
+	resp = make_response(200, png, len / 2, -1, -1);
+	memset(&r, 0x7f, sizeof(r));
+	CHECK(!igny8_comfyui_parse_view(&resp, &r, &e));
+	check_error(&e, IGNY8_ERR_RETRY,
+				"malformed image from ComfyUI: truncated PNG image", ONCE, -1,
+				__LINE__);
+	CHECK(r.data == NULL && r.len == 0 && r.width == 0);
+	free_maybe(e.message);
+	/* a broken CRC */
+	png[8 + 8 + 13 + 3] ^= 1;
+	resp = make_response(200, png, len, -1, -1);
+	CHECK(!igny8_comfyui_parse_view(&resp, &r, &e));
+	check_error(&e, IGNY8_ERR_RETRY,
+				"malformed image from ComfyUI: PNG IHDR CRC mismatch", ONCE, -1,
+				__LINE__);
+	free_maybe(e.message);
+	pfree(png);
+
+	for (i = 0; i < (int) lengthof(bad); i++)
+	{
+		begin_case(i, bad[i].message);
+		resp = make_response(bad[i].status, bad[i].body,
+							 strlen(bad[i].body), -1, -1);
+		memset(&r, 0x7f, sizeof(r));
+		memset(&e, 0x7f, sizeof(e));
+		CHECK(!igny8_comfyui_parse_view(&resp, &r, &e));
+		check_error(&e, bad[i].cls, bad[i].message, bad[i].flags, -1,
+					__LINE__);
+		CHECK(r.data == NULL);
+		free_maybe(e.message);
+	}
+	end_group();
+}
+
 int
 main(int argc, char **argv)
 {
@@ -3062,6 +4120,11 @@ main(int argc, char **argv)
 	test_long_probe_summaries();
 	test_png();
 	test_base64_decode();
+	test_comfyui_build_submit();
+	test_comfyui_parse_submit();
+	test_comfyui_parse_history();
+	test_comfyui_requests();
+	test_comfyui_parse_view();
 
 	if (corpus_dir != NULL)
 		printf("%d seeds written to %s\n", corpus_count, corpus_dir);
