@@ -392,15 +392,25 @@ extern bool igny8_comfyui_build_cancel(Igny8ComfyCancel what,
 
 /*
  * OpenAI images (provider_openai.c): POST /v1/images/generations.
- * image_size maps a size to the nearest one the model makes (dall-e-3:
- * 1024x1024, 1792x1024, 1024x1792; gpt-image-*: 1024x1024, 1536x1024,
- * 1024x1536; dall-e-2: 256, 512, 1024 square; an unknown model: as asked).
- * build_image sends response_format b64_json for dall-e models only, maps
- * quality (dall-e-3 standard|hd; gpt-image low|medium|high) and style.
- * parse_image decodes the first b64_json (at most max_image bytes
- * decoded, else IGNY8_ERR_FALLBACK "image larger than ..."), checks the
- * PNG, and returns revised_prompt; result->data is palloc'd.  Errors are
- * classified as for text; a content policy refusal is IGNY8_ERR_CALLER.
+ * image_size maps a size to the one the model makes nearest in aspect
+ * ratio, then in area (dall-e-3: 1024x1024, 1792x1024, 1024x1792;
+ * gpt-image-*: 1024x1024, 1536x1024, 1024x1536; dall-e-2: 256, 512, 1024
+ * square); a size not positive gets 1024x1024; an unknown model (another
+ * server's) makes the size asked.  build_image sends n 1, that size
+ * (none when unknown and not positive), response_format b64_json for
+ * dall-e-* only (GPT image models refuse it), quality (dall-e-3: "hd" for
+ * hd or high, else "standard"; gpt-image: low|medium|high|auto, standard
+ * as medium and hd as high; otherwise none), style (dall-e-3 only: vivid
+ * or natural), then the setting "extra_body" merged in as for chat (the
+ * request's fields win, no "stream").  parse_image decodes data[0].b64_json
+ * (at most max_image bytes decoded, else IGNY8_ERR_FALLBACK "image larger
+ * than N bytes"), checks the PNG, and returns revised_prompt (when valid
+ * UTF-8); result->data is palloc'd.  A 2xx with a URL instead is
+ * IGNY8_ERR_FALLBACK, with an image that is not PNG because output_format
+ * says otherwise IGNY8_ERR_FALLBACK, otherwise malformed IGNY8_ERR_RETRY
+ * with retry_once.  Errors are classified as for text; a safety refusal
+ * (400 content_policy_violation, moderation_blocked or
+ * image_generation_user_error) is IGNY8_ERR_CALLER.
  */
 extern void igny8_openai_image_size(const char *model, int width, int height,
 									int *out_width, int *out_height);

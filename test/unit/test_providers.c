@@ -4087,6 +4087,480 @@ test_comfyui_parse_view(void)
 	end_group();
 }
 
+/* ---------- images: OpenAI (provider_openai.c) ---------- */
+
+typedef struct SizeCase
+{
+	const char *model;
+	int			width;
+	int			height;
+	int			out_width;
+	int			out_height;
+} SizeCase;
+
+static const SizeCase size_cases[] = {
+	{"dall-e-3", 1024, 1024, 1024, 1024},
+	{"dall-e-3", 512, 512, 1024, 1024},
+	{"dall-e-3", 1920, 1080, 1792, 1024},
+	{"dall-e-3", 1080, 1920, 1024, 1792},
+	{"dall-e-3", 1200, 1000, 1024, 1024},	/* 1.2: nearer square than 1.75 */
+	{"dall-e-3", 1400, 1000, 1792, 1024},	/* 1.4: nearer 1.75 */
+	{"dall-e-3", 1000, 1400, 1024, 1792},
+	{"dall-e-3", 4000, 100, 1792, 1024},
+	{"dall-e-3", 0, 0, 1024, 1024},
+	{"dall-e-3", -5, 100, 1024, 1024},
+	{"gpt-image-1", 1024, 1024, 1024, 1024},
+	{"gpt-image-1", 1536, 1024, 1536, 1024},
+	{"gpt-image-1", 800, 600, 1536, 1024},	/* 1.33: nearer 1.5 than 1 */
+	{"gpt-image-1", 600, 800, 1024, 1536},
+	{"gpt-image-1", 1100, 1000, 1024, 1024},
+	{"gpt-image-1", 1920, 1080, 1536, 1024},
+	{"gpt-image-1-mini", 832, 1216, 1024, 1536},
+	{"gpt-image-1.5", 64, 64, 1024, 1024},
+	{"gpt-image-1", 0, 768, 1024, 1024},
+	{"dall-e-2", 100, 100, 256, 256},
+	{"dall-e-2", 256, 256, 256, 256},
+	{"dall-e-2", 362, 362, 256, 256},	/* area 2.00 x 256's, 2.00 / 512's */
+	{"dall-e-2", 363, 363, 512, 512},
+	{"dall-e-2", 512, 512, 512, 512},
+	{"dall-e-2", 1000, 1000, 1024, 1024},
+	{"dall-e-2", 2000, 500, 1024, 1024},	/* all square: area decides */
+	{"dall-e-2", 0, 0, 1024, 1024},
+	/* not a model of OpenAI's: as asked */
+	{"flux-pro", 1000, 700, 1000, 700},
+	{"sdxl-turbo", 0, 0, 0, 0},
+	{"dall-e-4", 1000, 700, 1000, 700},
+	{"DALL-E-3", 1000, 700, 1000, 700},
+	{NULL, 640, 480, 640, 480}
+};
+
+static void
+test_openai_image_size(void)
+{
+	int			i;
+
+	begin_group("OpenAI image_size: the nearest size the model makes");
+	for (i = 0; i < (int) lengthof(size_cases); i++)
+	{
+		const SizeCase *c = &size_cases[i];
+		int			w = -1;
+		int			h = -1;
+
+		begin_case(i, c->model ? c->model : "NULL");
+		igny8_openai_image_size(c->model, c->width, c->height, &w, &h);
+		check(w == c->out_width && h == c->out_height, __LINE__,
+			  "%dx%d gives %dx%d, expected %dx%d", c->width, c->height, w, h,
+			  c->out_width, c->out_height);
+	}
+	end_group();
+}
+
+typedef struct ImageBuildCase
+{
+	const char *what;
+	const char *model;
+	const char *prompt;
+	int			width;
+	int			height;
+	const char *quality;
+	const char *style;
+	const char *settings;		/* JSON text or NULL */
+	const char *api_key;
+	const char *body;			/* compared as JSON */
+	bool		exact;			/* and as text */
+} ImageBuildCase;
+
+#define SK "sk-test-openai-0123456789"
+
+static const ImageBuildCase image_build_cases[] = {
+	{.what = "dall-e-3: hd, vivid, landscape", .model = "dall-e-3",
+		.prompt = "a red fox", .width = 1920, .height = 1080, .quality = "hd",
+		.style = "vivid", .api_key = SK,
+		.body = "{\"model\":\"dall-e-3\",\"prompt\":\"a red fox\",\"n\":1,"
+		"\"size\":\"1792x1024\",\"quality\":\"hd\",\"style\":\"vivid\","
+	"\"response_format\":\"b64_json\"}", .exact = true},
+	{.what = "dall-e-3: high is hd", .model = "dall-e-3", .prompt = "p",
+		.width = 1024, .height = 1024, .quality = "high", .style = "natural",
+		.api_key = SK,
+		.body = "{\"model\":\"dall-e-3\",\"prompt\":\"p\",\"n\":1,"
+		"\"size\":\"1024x1024\",\"quality\":\"hd\",\"style\":\"natural\","
+	"\"response_format\":\"b64_json\"}"},
+	{.what = "dall-e-3: anything else is standard, an unknown style none",
+		.model = "dall-e-3", .prompt = "p", .width = 1024, .height = 1792,
+		.quality = "low", .style = "cartoon", .api_key = SK,
+		.body = "{\"model\":\"dall-e-3\",\"prompt\":\"p\",\"n\":1,"
+		"\"size\":\"1024x1792\",\"quality\":\"standard\","
+	"\"response_format\":\"b64_json\"}"},
+	{.what = "dall-e-3: no quality, no style", .model = "dall-e-3",
+		.prompt = "p", .width = 1024, .height = 1024, .api_key = SK,
+		.body = "{\"model\":\"dall-e-3\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1024\",\"response_format\":\"b64_json\"}"},
+	{.what = "gpt-image-1: standard is medium, no style, no response_format",
+		.model = "gpt-image-1", .prompt = "p", .width = 1024, .height = 1024,
+		.quality = "standard", .style = "vivid", .api_key = SK,
+		.body = "{\"model\":\"gpt-image-1\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1024\",\"quality\":\"medium\"}", .exact = true},
+	{.what = "gpt-image-1: hd is high", .model = "gpt-image-1", .prompt = "p",
+		.width = 1024, .height = 1536, .quality = "HD", .api_key = SK,
+		.body = "{\"model\":\"gpt-image-1\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1536\",\"quality\":\"high\"}"},
+	{.what = "gpt-image-1-mini: low as is", .model = "gpt-image-1-mini",
+		.prompt = "p", .width = 1536, .height = 1024, .quality = "low",
+		.api_key = SK,
+		.body = "{\"model\":\"gpt-image-1-mini\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1536x1024\",\"quality\":\"low\"}"},
+	{.what = "gpt-image-1.5: auto as is, an unknown quality none",
+		.model = "gpt-image-1.5", .prompt = "p", .quality = "auto",
+		.api_key = SK,
+		.body = "{\"model\":\"gpt-image-1.5\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1024\",\"quality\":\"auto\"}"},
+	{.what = "gpt-image-1: an unknown quality is left out",
+		.model = "gpt-image-1", .prompt = "p", .quality = "ultra",
+		.api_key = SK,
+		.body = "{\"model\":\"gpt-image-1\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1024\"}"},
+	{.what = "gpt-image-1: extra_body adds, never replaces",
+		.model = "gpt-image-1", .prompt = "p", .width = 1024, .height = 1024,
+		.settings = "{\"extra_body\":{\"background\":\"transparent\","
+		"\"output_format\":\"png\",\"n\":4,\"model\":\"evil\","
+		"\"stream\":true,\"moderation\":\"low\"}}", .api_key = SK,
+		.body = "{\"model\":\"gpt-image-1\",\"prompt\":\"p\",\"n\":1,"
+		"\"size\":\"1024x1024\",\"background\":\"transparent\","
+	"\"output_format\":\"png\",\"moderation\":\"low\"}"},
+	{.what = "dall-e-2: square sizes, no quality or style",
+		.model = "dall-e-2", .prompt = "p", .width = 500, .height = 500,
+		.quality = "hd", .style = "vivid", .api_key = SK,
+		.body = "{\"model\":\"dall-e-2\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"512x512\",\"response_format\":\"b64_json\"}"},
+	{.what = "another server's model: the size asked, nothing else",
+		.model = "sdxl-turbo", .prompt = "p", .width = 768, .height = 512,
+		.quality = "hd", .style = "vivid",
+		.body = "{\"model\":\"sdxl-turbo\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"768x512\"}"},
+	{.what = "... and b64_json asked for in extra_body", .model = "sdxl-turbo",
+		.prompt = "p", .settings =
+		"{\"extra_body\":{\"response_format\":\"b64_json\"}}",
+		.body = "{\"model\":\"sdxl-turbo\",\"prompt\":\"p\",\"n\":1,"
+	"\"response_format\":\"b64_json\"}"},
+	{.what = "no model: the server's default", .prompt = "p", .width = 256,
+		.height = 256,
+	.body = "{\"prompt\":\"p\",\"n\":1,\"size\":\"256x256\"}"},
+	{.what = "strings escaped", .model = "dall-e-3",
+		.prompt = "say \"hi\"\n\\ \xc3\xa9", .api_key = SK,
+		.body = "{\"model\":\"dall-e-3\",\"prompt\":\"say \\\"hi\\\"\\n\\\\ "
+		"\xc3\xa9\",\"n\":1,\"size\":\"1024x1024\","
+	"\"response_format\":\"b64_json\"}"},
+	{.what = "extra_body that is not an object", .model = "gpt-image-1",
+		.prompt = "p", .settings = "{\"extra_body\":[1]}",
+		.body = "{\"model\":\"gpt-image-1\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1024\"}"}
+};
+
+static void
+test_openai_build_image(void)
+{
+	int			i;
+
+	begin_group("OpenAI build_image: body per model");
+	for (i = 0; i < (int) lengthof(image_build_cases); i++)
+	{
+		const ImageBuildCase *c = &image_build_cases[i];
+		Igny8ImageRequest req;
+		Igny8HttpRequest out;
+
+		begin_case(i, c->what);
+		memset(&req, 0, sizeof(req));
+		req.model = c->model;
+		req.prompt = c->prompt;
+		req.width = c->width;
+		req.height = c->height;
+		req.quality = c->quality;
+		req.style = c->style;
+		req.seed = 42;
+		req.settings = test_json(c->settings);
+		memset(&out, 0x7f, sizeof(out));
+		igny8_openai_build_image(&req, c->api_key, &out);
+		check_request(&out, "POST", "/v1/images/generations", c->api_key,
+					  c->body, __LINE__);
+		if (c->exact)
+			CHECK_STR(out.body, c->body);
+		if (c->api_key != NULL)
+			check(strstr(out.body, c->api_key) == NULL, __LINE__,
+				  "the key is in the body");
+		free_request(&out);
+		cJSON_Delete((cJSON *) req.settings);
+	}
+	end_group();
+}
+
+#define MAX_EXACT ((size_t) -2)	/* max_image: the PNG's own size */
+#define MAX_SHORT ((size_t) -3)	/* one byte less */
+
+typedef struct ImageParseCase
+{
+	const char *what;
+	long		status;
+	const char *body;			/* "@B64@": the test PNG in base64, "@B64S@"
+								 * with its '/' written "\/" */
+	double		retry_after;
+	int			should_retry;
+	size_t		max;			/* 0: 1 MiB */
+	bool		ok;
+	const char *revised_prompt;
+	Igny8ErrorClass cls;
+	const char *message;
+	int			flags;			/* ONCE, PREFIX */
+} ImageParseCase;
+
+#define POLICY_DALLE \
+	"{\"error\": {\"message\": \"Your request was rejected as a result of " \
+	"our safety system. Your prompt may contain text that is not allowed " \
+	"by our safety system.\", \"type\": \"image_generation_user_error\", " \
+	"\"param\": null, \"code\": \"content_policy_violation\"}}"
+#define POLICY_MESSAGE \
+	"Your request was rejected as a result of our safety system. Your " \
+	"prompt may contain text that is not allowed by our safety system."
+
+static const ImageParseCase image_parse_cases[] = {
+	{"dall-e-3", 200, "{\"created\": 1796035746, \"data\": [{\"b64_json\": "
+		"\"@B64@\", \"revised_prompt\": \"A photo of a red fox.\"}]}", NOHDR,
+	0, true, "A photo of a red fox.", IGNY8_ERR_NONE, NULL, 0},
+	{"gpt-image-1", 200, "{\"created\":1796035746,\"background\":\"opaque\","
+		"\"data\":[{\"b64_json\":\"@B64@\"}],\"output_format\":\"png\","
+		"\"quality\":\"high\",\"size\":\"1024x1024\",\"usage\":{"
+		"\"input_tokens\":2,\"output_tokens\":4160,\"total_tokens\":4162}}",
+	NOHDR, 0, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+	{"'/' escaped as '\\/'", 200, "{\"data\":[{\"b64_json\":\"@B64S@\"}]}",
+	NOHDR, 0, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+	{"exactly at the bound", 200, "{\"data\":[{\"b64_json\":\"@B64@\"}]}",
+	NOHDR, MAX_EXACT, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+	{"an empty revised_prompt is none", 200, "{\"data\":[{\"b64_json\":"
+	"\"@B64@\",\"revised_prompt\":\"\"}]}", NOHDR, 0, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+	{"a revised_prompt of bad UTF-8 is dropped", 200, "{\"data\":[{"
+	"\"b64_json\":\"@B64@\",\"revised_prompt\":\"a\xff\"}]}", NOHDR, 0, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+	{"a second image is ignored", 200, "{\"data\":[{\"b64_json\":\"@B64@\"},"
+	"{\"b64_json\":\"!!\"}]}", NOHDR, 0, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+
+	/* too big: this deployment cannot serve it */
+	{"one byte over the bound", 200, "{\"data\":[{\"b64_json\":\"@B64@\"}]}",
+		NOHDR, MAX_SHORT, false, NULL, IGNY8_ERR_FALLBACK,
+	"image larger than ", PREFIX},
+	{"the simulator's oversize", 200, "{\"data\":[{\"b64_json\":\""
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}]}",
+		NOHDR, 64, false, NULL, IGNY8_ERR_FALLBACK,
+	"image larger than 64 bytes", 0},
+	{"... under a larger bound: not a PNG", 200, "{\"data\":[{\"b64_json\":\""
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}]}",
+		NOHDR, 0, false, NULL, IGNY8_ERR_RETRY,
+	"malformed image from OpenAI-compatible API: not a PNG image", ONCE},
+
+	/* a 2xx that cannot be used */
+	{"not base64", 200, "{\"data\":[{\"b64_json\":\"@@@@\"}]}", NOHDR, 0,
+		false, NULL, IGNY8_ERR_RETRY,
+		"malformed response from OpenAI-compatible API: data[0].b64_json is "
+	"not base64", ONCE},
+	{"base64 cut", 200, "{\"data\":[{\"b64_json\":\"iVBORw0KGgoAAAANSUhEUg\"}]}",
+		NOHDR, 0, false, NULL, IGNY8_ERR_RETRY,
+		"malformed response from OpenAI-compatible API: data[0].b64_json is "
+	"not base64", ONCE},
+	{"not a PNG", 200, "{\"data\":[{\"b64_json\":\"aGVsbG8gd29ybGQh\"}]}",
+		NOHDR, 0, false, NULL, IGNY8_ERR_RETRY,
+	"malformed image from OpenAI-compatible API: not a PNG image", ONCE},
+	{"a JPEG, as output_format said", 200, "{\"data\":[{\"b64_json\":"
+		"\"/9j/4AAQSkZJRg==\"}],\"output_format\":\"jpeg\"}", NOHDR, 0, false,
+	NULL, IGNY8_ERR_FALLBACK, "the image is jpeg, not PNG (output_format)", 0},
+	{"a JPEG, output_format silent", 200, "{\"data\":[{\"b64_json\":"
+		"\"/9j/4AAQSkZJRg==\"}]}", NOHDR, 0, false, NULL, IGNY8_ERR_RETRY,
+	"malformed image from OpenAI-compatible API: not a PNG image", ONCE},
+	{"a URL instead", 200, "{\"created\":1,\"data\":[{\"url\":"
+		"\"http://127.0.0.1:1/images/img-x.png\",\"revised_prompt\":\"x\"}]}",
+		NOHDR, 0, false, NULL, IGNY8_ERR_FALLBACK,
+		"OpenAI-compatible API answered with an image URL, not b64_json (set "
+	"\"response_format\" in extra_body)", 0},
+	{"no data", 200, "{\"created\":1}", NOHDR, 0, false, NULL,
+		IGNY8_ERR_RETRY, "malformed response from OpenAI-compatible API: no "
+	"data[0]", ONCE},
+	{"empty data", 200, "{\"data\":[]}", NOHDR, 0, false, NULL,
+		IGNY8_ERR_RETRY, "malformed response from OpenAI-compatible API: no "
+	"data[0]", ONCE},
+	{"data[0] a string", 200, "{\"data\":[\"@B64@\"]}", NOHDR, 0, false,
+		NULL, IGNY8_ERR_RETRY, "malformed response from OpenAI-compatible "
+	"API: no data[0]", ONCE},
+	{"b64_json null", 200, "{\"data\":[{\"b64_json\":null}]}", NOHDR, 0,
+		false, NULL, IGNY8_ERR_RETRY, "malformed response from "
+	"OpenAI-compatible API: no data[0].b64_json", ONCE},
+	{"an error in a 200", 200, "{\"error\":{\"message\":\"boom\"}}", NOHDR,
+		0, false, NULL, IGNY8_ERR_RETRY, "malformed response from "
+	"OpenAI-compatible API: error \"boom\"", ONCE},
+	{"not JSON", 200, "{\"data\":[{\"b64_json\":\"iVBO", NOHDR, 0, false,
+		NULL, IGNY8_ERR_RETRY, "malformed response from OpenAI-compatible "
+	"API: not JSON", ONCE},
+	{"a NUL in revised_prompt", 200, "{\"data\":[{\"b64_json\":\"@B64@\","
+		"\"revised_prompt\":\"a\\u0000b\"}]}", NOHDR, 0, false, NULL,
+		IGNY8_ERR_RETRY, "malformed response from OpenAI-compatible API: a "
+	"string contains a NUL character", ONCE},
+
+	/* errors (protocols.md 3.3) */
+	{"dall-e safety refusal", 400, POLICY_DALLE, NOHDR, 0, false, NULL,
+	IGNY8_ERR_CALLER, POLICY_MESSAGE, 0},
+	{"... even if the server says retry", 400, POLICY_DALLE, -1, 1, 0, false,
+	NULL, IGNY8_ERR_CALLER, POLICY_MESSAGE, 0},
+	{"dall-e's older refusal", 400, "{\"error\": {\"message\": \""
+		POLICY_MESSAGE "\", \"type\": \"invalid_request_error\", \"param\": "
+		"null, \"code\": \"content_policy_violation\"}}", NOHDR, 0, false,
+	NULL, IGNY8_ERR_CALLER, POLICY_MESSAGE, 0},
+	{"GPT image moderation", 400, "{\"error\": {\"message\": \"Your request "
+		"was rejected by the safety system. If you believe this is an error, "
+		"contact us at help.openai.com and include the request ID "
+		"req_ab2bde2113454008880c4c560ee0f7de.\", \"type\": "
+		"\"image_generation_user_error\", \"param\": null, \"code\": "
+		"\"moderation_blocked\", \"moderation_details\": {\"moderation_stage\": "
+		"\"input\", \"categories\": [\"violence\"]}}}", -1, 1, 0, false, NULL,
+		IGNY8_ERR_CALLER, "Your request was rejected by the safety system. ",
+	PREFIX},
+	{"a user error without a code", 400, "{\"error\":{\"message\":\"no\","
+		"\"type\":\"image_generation_user_error\",\"param\":null,\"code\":null}}",
+	-1, 1, 0, false, NULL, IGNY8_ERR_CALLER, "no", 0},
+	{"an unknown parameter", 400, "{\"error\": {\"message\": \"Unknown "
+		"parameter: 'response_format'.\", \"type\": \"invalid_request_error\", "
+		"\"param\": \"response_format\", \"code\": \"unknown_parameter\"}}",
+		NOHDR, 0, false, NULL, IGNY8_ERR_CALLER,
+	"Unknown parameter: 'response_format'.", 0},
+	{"a bad key", 401, "{\"error\": {\"message\": \"Incorrect API key "
+		"provided: bad.\", \"type\": \"invalid_request_error\", \"param\": "
+		"null, \"code\": \"invalid_api_key\"}}", NOHDR, 0, false, NULL,
+	IGNY8_ERR_FALLBACK, "Incorrect API key provided: bad.", 0},
+	{"no access", 403, "{\"error\":{\"message\":\"Country not supported\"}}",
+	NOHDR, 0, false, NULL, IGNY8_ERR_FALLBACK, "Country not supported", 0},
+	{"no such model", 404, "{\"error\": {\"message\": \"The model "
+		"`gpt-image-1` does not exist or you do not have access to it.\", "
+		"\"type\": \"invalid_request_error\", \"param\": null, \"code\": "
+		"\"model_not_found\"}}", NOHDR, 0, false, NULL, IGNY8_ERR_FALLBACK,
+	"The model `gpt-image-1` does not exist or you do not have access to it.", 0},
+	{"no quota", 429, "{\"error\": {\"message\": \"You exceeded your current "
+		"quota, please check your plan and billing details.\", \"type\": "
+		"\"insufficient_quota\", \"param\": null, \"code\": "
+		"\"insufficient_quota\"}}", 1, -1, 0, false, NULL, IGNY8_ERR_FALLBACK,
+	"You exceeded your current quota, please check your plan and billing details.", 0},
+	{"rate limited", 429, "{\"error\": {\"message\": \"Rate limit reached "
+		"for gpt-image-1 in organization org-igny8sim on requests per min "
+		"(RPM): Limit 500, Used 500, Requested 1. Please try again in 1s.\", "
+		"\"type\": \"requests\", \"param\": null, \"code\": "
+		"\"rate_limit_exceeded\"}}", 1, -1, 0, false, NULL, IGNY8_ERR_RETRY,
+	"Rate limit reached for gpt-image-1", PREFIX},
+	{"server error", 500, "{\"error\": {\"message\": \"The server had an "
+		"error while processing your request. Sorry about that!\", \"type\": "
+		"\"server_error\", \"param\": null, \"code\": null}}", NOHDR, 0,
+		false, NULL, IGNY8_ERR_RETRY,
+	"The server had an error while processing your request. Sorry about that!", 0},
+	{"overloaded, a proxy's page", 503, "<html>Slow Down</html>", 20, -1, 0,
+		false, NULL, IGNY8_ERR_RETRY,
+	"HTTP 503 from OpenAI-compatible API: <html>Slow Down</html>", 0}
+};
+
+/* The body of a case, with the test PNG's base64 put in. */
+static char *
+image_body(const char *template, const char *b64)
+{
+	StringInfoData buf;
+	const char *p = template;
+
+	initStringInfo(&buf);
+	while (*p != '\0')
+	{
+		if (strncmp(p, "@B64S@", 6) == 0)
+		{
+			const char *q;
+
+			for (q = b64; *q != '\0'; q++)
+			{
+				if (*q == '/')
+					appendStringInfoChar(&buf, '\\');
+				appendStringInfoChar(&buf, *q);
+			}
+			p += 6;
+		}
+		else if (strncmp(p, "@B64@", 5) == 0)
+		{
+			appendStringInfoString(&buf, b64);
+			p += 5;
+		}
+		else
+			appendStringInfoChar(&buf, *p++);
+	}
+	return buf.data;
+}
+
+static void
+test_openai_parse_image(void)
+{
+	char	   *png;
+	size_t		pnglen;
+	char	   *b64;
+	int			i;
+
+	begin_group("OpenAI parse_image: b64_json, bound, PNG, errors");
+	/* big enough that its base64 has a '/' to escape */
+	png = make_png(24, 20, 2, &pnglen);
+	b64 = test_base64(png, pnglen);
+	if (strchr(b64, '/') == NULL)
+	{
+		printf("the test PNG's base64 has no '/'\n");
+		abort();
+	}
+	for (i = 0; i < (int) lengthof(image_parse_cases); i++)
+	{
+		const ImageParseCase *c = &image_parse_cases[i];
+		char	   *body = image_body(c->body, b64);
+		Igny8HttpResponse resp;
+		Igny8ImageResult r;
+		Igny8ProviderError e;
+		size_t		max = c->max;
+		bool		ok;
+
+		begin_case(i, c->what);
+		if (max == 0)
+			max = 1024 * 1024;
+		else if (max == MAX_EXACT)
+			max = pnglen;
+		else if (max == MAX_SHORT)
+			max = pnglen - 1;
+		resp = make_response(c->status, body, strlen(body), c->retry_after,
+							 c->should_retry);
+		memset(&r, 0x7f, sizeof(r));
+		memset(&e, 0x7f, sizeof(e));
+		ok = igny8_openai_parse_image(&resp, max, &r, &e);
+		check(ok == c->ok, __LINE__, "parse_image = %d, expected %d (%s)",
+			  (int) ok, (int) c->ok, ok ? "" : e.message);
+		if (ok)
+		{
+			CHECK(e.cls == IGNY8_ERR_NONE && e.message == NULL);
+			CHECK(!e.retry_once);
+			CHECK(r.len == pnglen && memcmp(r.data, png, pnglen) == 0);
+			CHECK_STR(r.mime_type, "image/png");
+			CHECK_INT(r.width, 24);
+			CHECK_INT(r.height, 20);
+			CHECK_STR(r.revised_prompt, c->revised_prompt);
+			pfree(r.data);
+			free_maybe(r.revised_prompt);
+		}
+		else
+		{
+			check_error(&e, c->cls, c->message, c->flags, c->retry_after,
+						__LINE__);
+			CHECK(r.data == NULL && r.len == 0 && r.revised_prompt == NULL &&
+				  r.width == 0);
+			free_maybe(e.message);
+		}
+		pfree(body);
+	}
+	pfree(b64);
+	pfree(png);
+	end_group();
+}
+
 int
 main(int argc, char **argv)
 {
@@ -4125,6 +4599,9 @@ main(int argc, char **argv)
 	test_comfyui_parse_history();
 	test_comfyui_requests();
 	test_comfyui_parse_view();
+	test_openai_image_size();
+	test_openai_build_image();
+	test_openai_parse_image();
 
 	if (corpus_dir != NULL)
 		printf("%d seeds written to %s\n", corpus_count, corpus_dir);
