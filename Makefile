@@ -25,7 +25,8 @@ OBJS = \
 	src/provider_ollama.o \
 	src/provider_openai.o \
 	src/provider_anthropic.o \
-	src/provider_comfyui.o
+	src/provider_comfyui.o \
+	src/provider_image.o
 PGFILEDESC = "igny8_ai - AI dispatch inside PostgreSQL"
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)

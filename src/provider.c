@@ -514,6 +514,13 @@ void
 igny8_init_outputs(Igny8TextResult *result, Igny8ProviderError *err)
 {
 	memset(result, 0, sizeof(*result));
+	igny8_init_error(err);
+}
+
+/* Reset an error before a parse function fills it: no error yet. */
+void
+igny8_init_error(Igny8ProviderError *err)
+{
 	memset(err, 0, sizeof(*err));
 	err->cls = IGNY8_ERR_NONE;
 	err->retry_after = -1;

@@ -241,12 +241,14 @@ typedef struct Igny8ImageRequest
 								 * gpt-image-1, ...; ComfyUI: a label only) */
 	const char *prompt;			/* UTF-8, never empty */
 	const char *negative_prompt;	/* or NULL */
-	int			width;
+	int			width;			/* 0: the default */
 	int			height;
 	int			steps;			/* 0: the workflow's default */
 	bool		has_cfg;
 	double		cfg;
-	uint64_t	seed;			/* always chosen by the caller side */
+	uint64_t	seed;			/* always chosen by the caller side; any
+								 * value 0 .. 2^64 - 1 (ComfyUI's range) is
+								 * written exactly, as decimal digits */
 	const char *quality;		/* or NULL: "standard", "hd", "low", ... */
 	const char *style;			/* or NULL: "vivid", "natural" */
 	const cJSON *settings;		/* provider settings overlaid with the
@@ -264,7 +266,8 @@ typedef struct Igny8ImageRequest
 /* An image made, checked, and the facts to return with it. */
 typedef struct Igny8ImageResult
 {
-	char	   *data;			/* malloc'd or palloc'd, see the function */
+	char	   *data;			/* palloc'd, or into the response body: see
+								 * the function */
 	size_t		len;
 	const char *mime_type;		/* "image/png" (a constant) */
 	int			width;			/* from the image's own header */
@@ -272,12 +275,12 @@ typedef struct Igny8ImageResult
 	char	   *revised_prompt;	/* OpenAI dall-e-3, or NULL */
 } Igny8ImageResult;
 
-/* One output image ComfyUI's history lists. */
+/* One output image ComfyUI's history lists (palloc'd strings). */
 typedef struct Igny8ComfyImage
 {
 	char	   *filename;
-	char	   *subfolder;
-	char	   *type;			/* "output" */
+	char	   *subfolder;		/* "" when none */
+	char	   *type;			/* "output", or "temp" for a preview */
 } Igny8ComfyImage;
 
 /* Where a ComfyUI prompt stands, read from GET /history/{id}. */
@@ -297,35 +300,70 @@ typedef enum Igny8ComfyCancel
 	IGNY8_COMFY_CANCEL_FORGET	/* POST /history {"delete":[id]} */
 } Igny8ComfyCancel;
 
+/* Longest prompt_id parse_submit accepts, in bytes (a UUID has 36). */
+#define IGNY8_PROMPT_ID_MAX 127
+
 /*
- * ComfyUI (provider_comfyui.c).
+ * ComfyUI (provider_comfyui.c).  Every call is a POST of JSON or a GET,
+ * with "Authorization: Bearer <key>" only when api_key is not NULL (for
+ * a proxy in front of ComfyUI, which has no auth of its own).
  *
- * build_submit fills the bound inputs of a copy of the graph (prompt,
- * negative_prompt, width, height, steps, cfg, seed, filename_prefix; a
- * parameter without a binding is left as the graph has it, a NULL or
- * absent value takes defaults[param] when given) and builds POST /prompt
- * with {"prompt":graph,"client_id":...,"prompt_id":...}.  False, with
- * *error set, when a binding names a node or input the graph lacks.
+ * build_submit fills the bound inputs of a copy of the graph and builds
+ * POST /prompt with {"prompt":graph,"client_id":...,"prompt_id":...}
+ * (client_id and prompt_id left out when NULL).  The parameters a binding
+ * may name are prompt, negative_prompt, filename_prefix (strings), width,
+ * height, steps (integers), cfg (a number) and seed (exact digits).  A
+ * parameter without a binding is left as the graph has it; a bound one
+ * whose request value is NULL, 0 (width, height, steps) or absent (cfg:
+ * has_cfg false) takes defaults[param] when given, else keeps the graph's
+ * value, except negative_prompt, which then becomes "".  False, with
+ * *error set (palloc'd, at most IGNY8_ERRMSG_MAX + 3 bytes) and out
+ * empty, when the graph is not an object, a binding names an unknown
+ * parameter, is not [node id, input name], names a node or input the
+ * graph lacks or an input that is a link, or a default has the wrong
+ * type.
  *
- * parse_submit reads the answer: true on 200 with the prompt_id;
- * otherwise err is classified as protocols.md 2.6 says: a 400
+ * parse_submit reads the answer: true on a 2xx with a prompt_id (at most
+ * IGNY8_PROMPT_ID_MAX bytes of UTF-8), palloc'd into *prompt_id, even
+ * when node_errors lists outputs that were dropped.  Otherwise err is
+ * classified as protocols.md 2.6 says: a 400
  * prompt_outputs_failed_validation whose node errors are all
- * value_not_in_list on a loader input (a model file missing), or a
- * missing_node_type, is IGNY8_ERR_FALLBACK with the node error in the
- * message ("node 12 (UNETLoader): unet_name: 'flux1-dev.safetensors' not
- * in []"); other 400s are IGNY8_ERR_CALLER; 5xx retry.
+ * value_not_in_list on a loader (a node class named "...Loader..." or a
+ * value that names a model file: the model file is missing), or a
+ * missing_node_type naming a class (a custom node is missing; older
+ * builds: invalid_prompt "... does not exist") is IGNY8_ERR_FALLBACK,
+ * with the node error in the message ("node 12 (UNETLoader): unet_name:
+ * 'flux1-dev.safetensors' not in []"); other 400s are IGNY8_ERR_CALLER
+ * (the workflow is wrong: a broken link, exception_during_validation, a
+ * node without class_type, prompt_no_outputs, a value out of range), the
+ * message naming the first such node error.  Other statuses go by
+ * igny8_classify_status (5xx and 429 retry).  A 2xx without a usable
+ * prompt_id is IGNY8_ERR_RETRY with retry_once.
  *
- * parse_history: {} is PENDING; an entry for prompt_id with status_str
- * "success" is DONE with the images of every output node (type "output"
- * first); "error" with execution_error is FAILED, IGNY8_ERR_RETRY with
- * retry_once (the exception message, e.g. "torch.OutOfMemoryError: CUDA
- * out of memory"); execution_interrupted is FAILED, IGNY8_ERR_FALLBACK,
- * "interrupted"; a malformed answer is FAILED, IGNY8_ERR_RETRY retry_once.
- * A success without an image is FAILED, IGNY8_ERR_FALLBACK.
+ * parse_history: {} (no entry for prompt_id) is PENDING; an entry with
+ * status_str "success" is DONE with the images of every output node in
+ * *images (palloc'd array of *nimages): those of type "output", or when
+ * there are none the "temp" previews.  An entry whose messages hold
+ * execution_interrupted is FAILED, IGNY8_ERR_FALLBACK, "interrupted";
+ * execution_error (or status_str "error") is FAILED, IGNY8_ERR_RETRY with
+ * retry_once, "execution error in node 3 (KSampler):
+ * torch.OutOfMemoryError: CUDA out of memory..."; a success without an
+ * image is FAILED, IGNY8_ERR_FALLBACK, "the workflow produced no image";
+ * a malformed 2xx is FAILED, IGNY8_ERR_RETRY retry_once; a non-2xx is
+ * FAILED as igny8_classify_status says.  prompt_id NULL takes the first
+ * entry.  *images is NULL and *nimages 0 unless DONE.
  *
  * build_view: GET /view?filename=&subfolder=&type= with each value
- * percent-encoded.  parse_view checks the bytes (igny8_png_check) and
- * points result->data at resp->body (no copy).
+ * percent-encoded (RFC 3986: all but unreserved characters).
+ * parse_view checks the bytes (igny8_png_check) and points result->data
+ * at resp->body (no copy).  A 2xx that is not a whole PNG is
+ * IGNY8_ERR_RETRY with retry_once; a 4xx is IGNY8_ERR_FALLBACK (the name
+ * came from the server's own history), other statuses as
+ * igny8_classify_status says.
+ *
+ * build_cancel builds the POST for one step of the cleanup.  It returns
+ * false, with out empty, when prompt_id is NULL or empty (an interrupt
+ * without one would stop whatever runs) or what is not a valid step.
  */
 extern bool igny8_comfyui_build_submit(const Igny8ImageRequest *req,
 									   const char *api_key,
@@ -347,22 +385,32 @@ extern void igny8_comfyui_build_view(const Igny8ComfyImage *image,
 extern bool igny8_comfyui_parse_view(const Igny8HttpResponse *resp,
 									 Igny8ImageResult *result,
 									 Igny8ProviderError *err);
-extern void igny8_comfyui_build_cancel(Igny8ComfyCancel what,
+extern bool igny8_comfyui_build_cancel(Igny8ComfyCancel what,
 									   const char *prompt_id,
 									   const char *api_key,
 									   Igny8HttpRequest *out);
 
 /*
  * OpenAI images (provider_openai.c): POST /v1/images/generations.
- * image_size maps a size to the nearest one the model makes (dall-e-3:
- * 1024x1024, 1792x1024, 1024x1792; gpt-image-*: 1024x1024, 1536x1024,
- * 1024x1536; dall-e-2: 256, 512, 1024 square; an unknown model: as asked).
- * build_image sends response_format b64_json for dall-e models only, maps
- * quality (dall-e-3 standard|hd; gpt-image low|medium|high) and style.
- * parse_image decodes the first b64_json (at most max_image bytes
- * decoded, else IGNY8_ERR_FALLBACK "image larger than ..."), checks the
- * PNG, and returns revised_prompt; result->data is palloc'd.  Errors are
- * classified as for text; a content policy refusal is IGNY8_ERR_CALLER.
+ * image_size maps a size to the one the model makes nearest in aspect
+ * ratio, then in area (dall-e-3: 1024x1024, 1792x1024, 1024x1792;
+ * gpt-image-*: 1024x1024, 1536x1024, 1024x1536; dall-e-2: 256, 512, 1024
+ * square); a size not positive gets 1024x1024; an unknown model (another
+ * server's) makes the size asked.  build_image sends n 1, that size
+ * (none when unknown and not positive), response_format b64_json for
+ * dall-e-* only (GPT image models refuse it), quality (dall-e-3: "hd" for
+ * hd or high, else "standard"; gpt-image: low|medium|high|auto, standard
+ * as medium and hd as high; otherwise none), style (dall-e-3 only: vivid
+ * or natural), then the setting "extra_body" merged in as for chat (the
+ * request's fields win, no "stream").  parse_image decodes data[0].b64_json
+ * (at most max_image bytes decoded, else IGNY8_ERR_FALLBACK "image larger
+ * than N bytes"), checks the PNG, and returns revised_prompt (when valid
+ * UTF-8); result->data is palloc'd.  A 2xx with a URL instead is
+ * IGNY8_ERR_FALLBACK, with an image that is not PNG because output_format
+ * says otherwise IGNY8_ERR_FALLBACK, otherwise malformed IGNY8_ERR_RETRY
+ * with retry_once.  Errors are classified as for text; a safety refusal
+ * (400 content_policy_violation, moderation_blocked or
+ * image_generation_user_error) is IGNY8_ERR_CALLER.
  */
 extern void igny8_openai_image_size(const char *model, int width, int height,
 									int *out_width, int *out_height);
@@ -375,14 +423,23 @@ extern bool igny8_openai_parse_image(const Igny8HttpResponse *resp,
 									 Igny8ProviderError *err);
 
 /*
- * Image helpers (provider_image.c).  png_check: the 8-byte signature, an
- * IHDR chunk first with its length 13 and a valid CRC, width and height
- * in 1..65535; false with *error set otherwise.  base64_decode: standard
- * alphabet with padding, whitespace refused; false when malformed or when
- * the decoded size would pass max (checked before any allocation).
+ * Image helpers (provider_image.c), binary-safe.  png_check: the 8-byte
+ * signature, an IHDR chunk first with its length 13, a valid CRC, width
+ * and height in 1..65535 and valid depth and color type, then every
+ * chunk whole with a valid CRC, an IDAT, and IEND last with nothing
+ * after it; false with *error set (a short palloc'd reason such as "not
+ * a PNG image", "truncated PNG image", "PNG IHDR CRC mismatch") and
+ * *width, *height 0 otherwise.  base64_decoded_len: the size padded
+ * base64 of that length decodes to (from the length and the trailing
+ * '='), or SIZE_MAX when the length is not a multiple of 4.
+ * base64_decode: standard alphabet with padding, whitespace refused,
+ * into one palloc'd buffer (NUL-terminated, the NUL not counted); false,
+ * with nothing allocated, when malformed or when the decoded size would
+ * pass max (checked before any allocation).
  */
 extern bool igny8_png_check(const char *data, size_t len, int *width,
 							int *height, char **error);
+extern size_t igny8_base64_decoded_len(const char *in, size_t len);
 extern bool igny8_base64_decode(const char *in, size_t len, size_t max,
 								char **out, size_t *outlen);
 
@@ -418,6 +475,7 @@ extern void igny8_add_header(Igny8HttpRequest *out, const char *fmt,...)
 
 extern void igny8_init_outputs(Igny8TextResult *result,
 							   Igny8ProviderError *err);
+extern void igny8_init_error(Igny8ProviderError *err);
 extern void igny8_set_error(Igny8ProviderError *err, Igny8ErrorClass cls,
 							double retry_after, const char *fmt,...)
 			pg_attribute_printf(4, 5);

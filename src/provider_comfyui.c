@@ -1,16 +1,23 @@
 /*-------------------------------------------------------------------------
  *
  * provider_comfyui.c
- *	  ComfyUI: the health probe, GET /system_stats.
+ *	  ComfyUI: the image protocol (POST /prompt, GET /history/{id},
+ *	  GET /view, the cleanup POSTs) and the health probe, GET /system_stats.
+ *
+ * A job is a workflow in ComfyUI's API format whose inputs the
+ * deployment's bindings fill (the prompt, the size, the seed, ...).  The
+ * server validates it at POST /prompt, queues it, and lists its output
+ * files in its history when it has run; each file is then downloaded
+ * from /view (protocols.md 2.1-2.3).  How a refusal or a failure is
+ * classified follows protocols.md 2.6: what this server lacks (a model
+ * file, a custom node) falls back, what is wrong with the workflow itself
+ * is the caller's, and a failure while running is worth one more try.
  *
  * ComfyUI answers /system_stats with its version and, for each device,
  * the VRAM it has and has free (protocols.md 2.3), which makes a cheap
- * probe.  Configured checkpoint names are not checked here: that would
+ * probe.  Configured checkpoint names are not checked there: that would
  * need /object_info or /models/checkpoints.  ComfyUI has no auth; a key,
  * when given, goes as a bearer header for a proxy in front of it.
- *
- * The image protocol (POST /prompt, GET /history/{id}, GET /view;
- * protocols.md 2.1-2.2) will live in this file too.
  *
  * src/provider_comfyui.c
  *
@@ -18,6 +25,9 @@
  */
 #include "igny8_c.h"
 
+#include <stdarg.h>
+
+#include "lib/stringinfo.h"
 #include "provider.h"
 
 #define COMFYUI_NAME "ComfyUI"
@@ -135,3 +145,894 @@ const Igny8ProbeProtocol igny8_comfyui_probe = {
 	.build_probe = comfyui_build_probe,
 	.parse_probe = comfyui_parse_probe
 };
+
+/* ----- images ----- */
+
+/* How a bound parameter's value is written into the workflow. */
+typedef enum ComfyParamKind
+{
+	PARAM_STRING,
+	PARAM_INT,					/* an integral JSON number */
+	PARAM_NUMBER,
+	PARAM_SEED					/* exact decimal digits, 0 .. 2^64 - 1 */
+} ComfyParamKind;
+
+typedef struct ComfyParam
+{
+	const char *name;
+	ComfyParamKind kind;
+} ComfyParam;
+
+/* The parameters a binding may name. */
+static const ComfyParam comfyui_params[] = {
+	{"prompt", PARAM_STRING},
+	{"negative_prompt", PARAM_STRING},
+	{"width", PARAM_INT},
+	{"height", PARAM_INT},
+	{"steps", PARAM_INT},
+	{"cfg", PARAM_NUMBER},
+	{"seed", PARAM_SEED},
+	{"filename_prefix", PARAM_STRING}
+};
+
+/*
+ * Endings of the model files a loader's value_not_in_list names, for
+ * custom loader nodes whose class name does not say "Loader".
+ */
+static const char *const model_suffixes[] = {
+	".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft"
+};
+
+/* Format into a palloc'd error message, cut like every error message. */
+static char *comfyui_message(const char *fmt,...) pg_attribute_printf(1, 2);
+
+static char *
+comfyui_message(const char *fmt,...)
+{
+	va_list		args;
+	StringInfoData buf;
+	char	   *message;
+
+	initStringInfo(&buf);
+	for (;;)
+	{
+		int			needed;
+
+		va_start(args, fmt);
+		needed = appendStringInfoVA(&buf, fmt, args);
+		va_end(args);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(&buf, needed);
+	}
+	message = igny8_truncate_message(buf.data, buf.len, IGNY8_ERRMSG_MAX);
+	pfree(buf.data);
+	return message;
+}
+
+/*
+ * s percent-encoded for a URL path segment or query value (RFC 3986):
+ * everything but the unreserved characters becomes %XX, so that a '&',
+ * '/', '%' or control character in a file name stays a part of the value.
+ */
+static char *
+comfyui_escape(const char *s)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	const unsigned char *p;
+	char	   *result;
+	char	   *out;
+
+	if (s == NULL)
+		s = "";
+	result = palloc(strlen(s) * 3 + 1);
+	out = result;
+	for (p = (const unsigned char *) s; *p != '\0'; p++)
+	{
+		if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+			(*p >= '0' && *p <= '9') || *p == '-' || *p == '.' ||
+			*p == '_' || *p == '~')
+			*out++ = (char) *p;
+		else
+		{
+			*out++ = '%';
+			*out++ = hex[*p >> 4];
+			*out++ = hex[*p & 15];
+		}
+	}
+	*out = '\0';
+	return result;
+}
+
+/* Start a POST of a JSON body (printed from body, which is freed). */
+static void
+comfyui_build_post(Igny8HttpRequest *out, const char *path, cJSON *body,
+				   const char *api_key)
+{
+	memset(out, 0, sizeof(*out));
+	out->method = "POST";
+	out->path = pstrdup(path);
+	igny8_add_header(out, "Content-Type: application/json");
+	if (api_key != NULL)
+		igny8_add_header(out, "Authorization: Bearer %s", api_key);
+	out->body = igny8_json_print(body);
+	cJSON_Delete(body);
+}
+
+/* Is a workflow input value a link to another node's output? */
+static bool
+comfyui_is_link(const cJSON *value)
+{
+	return cJSON_IsArray(value) && cJSON_GetArraySize(value) == 2 &&
+		cJSON_IsString(cJSON_GetArrayItem(value, 0)) &&
+		cJSON_IsNumber(cJSON_GetArrayItem(value, 1));
+}
+
+/*
+ * The value the request gives a parameter, as a new cJSON item, or NULL
+ * when the request leaves it to the defaults (a NULL string, a size or
+ * steps of 0, no cfg).
+ */
+static cJSON *
+comfyui_request_value(const Igny8ImageRequest *req, const ComfyParam *param)
+{
+	const char *name = param->name;
+
+	if (strcmp(name, "prompt") == 0)
+		return req->prompt ? cJSON_CreateString(req->prompt) : NULL;
+	if (strcmp(name, "negative_prompt") == 0)
+		return req->negative_prompt ?
+			cJSON_CreateString(req->negative_prompt) : NULL;
+	if (strcmp(name, "width") == 0)
+		return req->width > 0 ? cJSON_CreateNumber(req->width) : NULL;
+	if (strcmp(name, "height") == 0)
+		return req->height > 0 ? cJSON_CreateNumber(req->height) : NULL;
+	if (strcmp(name, "steps") == 0)
+		return req->steps > 0 ? cJSON_CreateNumber(req->steps) : NULL;
+	if (strcmp(name, "cfg") == 0)
+		return req->has_cfg ? cJSON_CreateNumber(req->cfg) : NULL;
+	if (strcmp(name, "seed") == 0)
+	{
+		/*
+		 * A double holds integers exactly only up to 2^53, and ComfyUI
+		 * takes seeds up to 2^64 - 1: write the digits themselves.
+		 */
+		char	   *digits = psprintf(UINT64_FORMAT, (uint64) req->seed);
+		cJSON	   *item = cJSON_CreateRaw(digits);
+
+		pfree(digits);
+		return item;
+	}
+	if (strcmp(name, "filename_prefix") == 0)
+		return req->filename_prefix ?
+			cJSON_CreateString(req->filename_prefix) : NULL;
+	return NULL;
+}
+
+/*
+ * The value of defaults[param], as a new cJSON item, or NULL when there
+ * is none.  A default of the wrong type is an error (*error set).
+ */
+static cJSON *
+comfyui_default_value(const cJSON *defaults, const ComfyParam *param,
+					  char **error)
+{
+	const cJSON *item = igny8_json_member(defaults, param->name);
+	bool		ok;
+
+	if (item == NULL || cJSON_IsNull(item) || param->kind == PARAM_SEED)
+		return NULL;
+	switch (param->kind)
+	{
+		case PARAM_STRING:
+			ok = cJSON_IsString(item);
+			break;
+		case PARAM_INT:
+			ok = cJSON_IsNumber(item) && item->valuedouble >= 0 &&
+				item->valuedouble <= PG_INT32_MAX &&
+				item->valuedouble == (double) (int) item->valuedouble;
+			break;
+		default:
+			ok = cJSON_IsNumber(item);
+			break;
+	}
+	if (!ok)
+	{
+		*error = comfyui_message("the default of \"%s\" is not %s",
+								 param->name,
+								 param->kind == PARAM_STRING ? "a string" :
+								 param->kind == PARAM_INT ?
+								 "a non-negative integer" : "a number");
+		return NULL;
+	}
+	return cJSON_Duplicate(item, true);
+}
+
+/*
+ * Set one binding, {"param": ["node id", "input name"]}, in the graph.
+ * False with *error set when the binding is not of that shape, names an
+ * unknown parameter, or points at a node or an input the graph lacks (or
+ * at an input that is a link: overwriting it would cut the graph).
+ */
+static bool
+comfyui_bind(const Igny8ImageRequest *req, cJSON *graph,
+			 const cJSON *binding, char **error)
+{
+	const char *name = binding->string;
+	const ComfyParam *param = NULL;
+	const char *node_id;
+	const char *input_name;
+	const char *class_type;
+	cJSON	   *node;
+	cJSON	   *inputs;
+	cJSON	   *value;
+	int			i;
+
+	for (i = 0; i < (int) lengthof(comfyui_params); i++)
+	{
+		if (strcmp(name, comfyui_params[i].name) == 0)
+			param = &comfyui_params[i];
+	}
+	if (param == NULL)
+	{
+		*error = comfyui_message("unknown binding \"%s\"", name);
+		return false;
+	}
+	if (!cJSON_IsArray(binding) || cJSON_GetArraySize(binding) != 2 ||
+		!cJSON_IsString(cJSON_GetArrayItem(binding, 0)) ||
+		!cJSON_IsString(cJSON_GetArrayItem(binding, 1)))
+	{
+		*error = comfyui_message("binding \"%s\" is not [\"node id\", \"input name\"]",
+								 name);
+		return false;
+	}
+	node_id = cJSON_GetArrayItem(binding, 0)->valuestring;
+	input_name = cJSON_GetArrayItem(binding, 1)->valuestring;
+
+	node = igny8_json_member(graph, node_id);
+	if (!cJSON_IsObject(node))
+	{
+		*error = comfyui_message("binding \"%s\": the workflow has no node %s",
+								 name, node_id);
+		return false;
+	}
+	class_type = igny8_json_string(node, "class_type");
+	inputs = igny8_json_member(node, "inputs");
+	if (igny8_json_member(inputs, input_name) == NULL)
+	{
+		*error = comfyui_message("binding \"%s\": node %s (%s) has no input \"%s\"",
+								 name, node_id,
+								 class_type ? class_type : "no class_type",
+								 input_name);
+		return false;
+	}
+	if (comfyui_is_link(igny8_json_member(inputs, input_name)))
+	{
+		*error = comfyui_message("binding \"%s\": input \"%s\" of node %s (%s) is a link, not a value",
+								 name, input_name, node_id,
+								 class_type ? class_type : "no class_type");
+		return false;
+	}
+
+	value = comfyui_request_value(req, param);
+	if (value == NULL)
+	{
+		value = comfyui_default_value(req->defaults, param, error);
+		if (*error != NULL)
+			return false;
+	}
+	/* a bound negative prompt is cleared, not left to the workflow's text */
+	if (value == NULL && strcmp(param->name, "negative_prompt") == 0)
+		value = cJSON_CreateString("");
+	/* in place, so that the inputs keep the order the workflow gave them */
+	if (value != NULL &&
+		!cJSON_ReplaceItemInObjectCaseSensitive(inputs, input_name, value))
+		cJSON_Delete(value);
+	return true;
+}
+
+/*
+ * Build POST /prompt from a copy of the workflow with the bound inputs
+ * set (see provider.h).  On failure *error is set and out is left empty.
+ */
+bool
+igny8_comfyui_build_submit(const Igny8ImageRequest *req, const char *api_key,
+						   Igny8HttpRequest *out, char **error)
+{
+	cJSON	   *graph;
+	cJSON	   *body;
+	const cJSON *binding;
+
+	memset(out, 0, sizeof(*out));
+	*error = NULL;
+	if (!cJSON_IsObject(req->graph))
+	{
+		*error = pstrdup("the workflow is not a JSON object");
+		return false;
+	}
+	if (req->bindings != NULL && !cJSON_IsNull(req->bindings) &&
+		!cJSON_IsObject(req->bindings))
+	{
+		*error = pstrdup("the bindings are not a JSON object");
+		return false;
+	}
+
+	graph = cJSON_Duplicate(req->graph, true);
+	if (cJSON_IsObject(req->bindings))
+	{
+		cJSON_ArrayForEach(binding, req->bindings)
+		{
+			if (binding->string == NULL ||
+				!comfyui_bind(req, graph, binding, error))
+			{
+				if (*error == NULL)
+					*error = pstrdup("a binding has no name");
+				cJSON_Delete(graph);
+				return false;
+			}
+		}
+	}
+
+	body = cJSON_CreateObject();
+	cJSON_AddItemToObject(body, "prompt", graph);
+	if (req->client_id != NULL)
+		cJSON_AddStringToObject(body, "client_id", req->client_id);
+	if (req->prompt_id != NULL)
+		cJSON_AddStringToObject(body, "prompt_id", req->prompt_id);
+	comfyui_build_post(out, "/prompt", body, api_key);
+	return true;
+}
+
+/* Does a model file name end in one of model_suffixes (any case)? */
+static bool
+comfyui_model_file(const char *name)
+{
+	size_t		len = strlen(name);
+	int			i;
+
+	for (i = 0; i < (int) lengthof(model_suffixes); i++)
+	{
+		size_t		slen = strlen(model_suffixes[i]);
+
+		if (len > slen &&
+			pg_strcasecmp(name + len - slen, model_suffixes[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Is one validation error of a node the mark of a model file this server
+ * lacks: value_not_in_list on a loader node, or on a value that names a
+ * model file?
+ */
+static bool
+comfyui_model_missing(const char *class_type, const cJSON *error)
+{
+	const char *type = igny8_json_string(error, "type");
+	const char *value;
+
+	if (type == NULL || strcmp(type, "value_not_in_list") != 0)
+		return false;
+	if (igny8_str_contains(class_type, "loader"))
+		return true;
+	value = igny8_json_string(igny8_json_member(error, "extra_info"),
+							  "received_value");
+	return value != NULL && comfyui_model_file(value);
+}
+
+/*
+ * Describe one node error: "node 12 (UNETLoader): unet_name:
+ * 'flux1-dev.safetensors' not in []".  value_not_in_list says it all in
+ * its details; the other types need their message too ("Value 0 smaller
+ * than min of 1: steps").
+ */
+static char *
+comfyui_node_error(const char *node_id, const char *class_type,
+				   const cJSON *error)
+{
+	const char *type = igny8_json_string(error, "type");
+	const char *message = igny8_json_string(error, "message");
+	const char *details = igny8_json_string(error, "details");
+	const char *text;
+	const char *sep = "";
+	const char *more = "";
+
+	if (details != NULL && details[0] == '\0')
+		details = NULL;
+	if (message != NULL && message[0] == '\0')
+		message = NULL;
+	if (type != NULL && strcmp(type, "value_not_in_list") == 0 &&
+		details != NULL)
+		text = details;
+	else if (message != NULL)
+	{
+		text = message;
+		if (details != NULL && strcmp(details, message) != 0)
+		{
+			sep = ": ";
+			more = details;
+		}
+	}
+	else if (details != NULL)
+		text = details;
+	else
+		text = type ? type : "invalid";
+	return comfyui_message("node %s (%s): %s%s%s", node_id,
+						   class_type ? class_type : "no class_type",
+						   text, sep, more);
+}
+
+/*
+ * Classify a 400 prompt_outputs_failed_validation by its node errors: all
+ * of them model files this server lacks falls back (another server may
+ * have them); anything else is the workflow's fault.  *message describes
+ * the first error of the deciding kind.
+ */
+static Igny8ErrorClass
+comfyui_validation_error(const cJSON *json, char **message)
+{
+	const cJSON *node;
+	const cJSON *error;
+	int			nerrors = 0;
+	bool		all_missing = true;
+	char	   *first_missing = NULL;
+	char	   *first_other = NULL;
+
+	cJSON_ArrayForEach(node, igny8_json_member(json, "node_errors"))
+	{
+		const char *class_type = igny8_json_string(node, "class_type");
+		const cJSON *errors = igny8_json_member(node, "errors");
+
+		if (node->string == NULL || !cJSON_IsArray(errors))
+			continue;
+		cJSON_ArrayForEach(error, errors)
+		{
+			if (!cJSON_IsObject(error))
+				continue;
+			nerrors++;
+			if (comfyui_model_missing(class_type, error))
+			{
+				if (first_missing == NULL)
+					first_missing = comfyui_node_error(node->string,
+													   class_type, error);
+			}
+			else
+			{
+				all_missing = false;
+				if (first_other == NULL)
+					first_other = comfyui_node_error(node->string,
+													 class_type, error);
+			}
+		}
+	}
+
+	if (nerrors > 0 && all_missing)
+	{
+		*message = first_missing;
+		return IGNY8_ERR_FALLBACK;
+	}
+	if (first_missing != NULL)
+		pfree(first_missing);
+	*message = first_other;		/* NULL: the top-level message says it */
+	return IGNY8_ERR_CALLER;
+}
+
+/*
+ * Classify a non-2xx answer to POST /prompt (protocols.md 2.1, 2.6).  A
+ * 400 is read by its error type: a node class this server lacks
+ * (missing_node_type; invalid_prompt "... does not exist" on older
+ * builds) or model files it lacks fall back; a node without class_type,
+ * a broken link and every other validation error are the caller's.  Any
+ * other status goes by the generic rules.
+ */
+static void
+comfyui_submit_error(const Igny8HttpResponse *resp, const cJSON *json,
+					 Igny8ProviderError *err)
+{
+	const cJSON *error = igny8_json_member(json, "error");
+	const char *type = igny8_json_string(error, "type");
+	const char *message = igny8_error_message(json);
+	const char *details = igny8_json_string(error, "details");
+	Igny8ErrorClass cls;
+	char	   *text = NULL;
+
+	cls = igny8_classify_status(resp->status, resp->should_retry);
+	if (resp->status == 400 && type != NULL)
+	{
+		const cJSON *extra = igny8_json_member(error, "extra_info");
+		const char *node_id = igny8_json_string(extra, "node_id");
+		const char *class_type = igny8_json_string(extra, "class_type");
+
+		cls = IGNY8_ERR_CALLER;
+		if (strcmp(type, "prompt_outputs_failed_validation") == 0)
+			cls = comfyui_validation_error(json, &text);
+		else if (strcmp(type, "missing_node_type") == 0)
+		{
+			/* without a class_type the workflow is broken, on any server */
+			if (class_type != NULL && class_type[0] != '\0')
+				cls = IGNY8_ERR_FALLBACK;
+			if (node_id != NULL && message != NULL)
+				text = comfyui_message("node %s (%s): %s", node_id,
+									   class_type ? class_type : "no class_type",
+									   message);
+		}
+		else if (strcmp(type, "invalid_prompt") == 0 &&
+				 igny8_str_contains(message, "does not exist"))
+			cls = IGNY8_ERR_FALLBACK;
+
+		if (text == NULL && message != NULL && details != NULL &&
+			details[0] != '\0' && strcmp(details, message) != 0)
+			text = comfyui_message("%s: %s", message, details);
+	}
+	igny8_set_http_error(err, cls, resp, COMFYUI_NAME,
+						 text != NULL ? text : message);
+	if (text != NULL)
+		pfree(text);
+}
+
+/* Fill *err for a 2xx answer that is not what was expected. */
+static void
+comfyui_malformed(Igny8ProviderError *err, const char *what)
+{
+	igny8_set_error(err, IGNY8_ERR_RETRY, -1,
+					"malformed response from " COMFYUI_NAME ": %s", what);
+	err->retry_once = true;
+}
+
+/*
+ * Read the answer to POST /prompt: true on a 2xx with a prompt_id, which
+ * goes to *prompt_id (palloc'd).  A 200 may carry node_errors for outputs
+ * that were dropped while others were queued; the prompt runs, so that is
+ * a success.
+ */
+bool
+igny8_comfyui_parse_submit(const Igny8HttpResponse *resp, char **prompt_id,
+						   Igny8ProviderError *err)
+{
+	cJSON	   *json;
+	const char *id;
+	bool		ok = false;
+
+	*prompt_id = NULL;
+	igny8_init_error(err);
+	json = igny8_json_parse(resp->body, resp->body_len);
+	if (resp->status < 200 || resp->status >= 300)
+		comfyui_submit_error(resp, json, err);
+	else if (json == NULL)
+		comfyui_malformed(err, "not JSON");
+	else if (igny8_json_has_nul(resp->body, resp->body_len))
+		comfyui_malformed(err, "a string contains a NUL character");
+	else if ((id = igny8_json_string(json, "prompt_id")) == NULL ||
+			 id[0] == '\0')
+		comfyui_malformed(err, "no prompt_id");
+	else if (strlen(id) > IGNY8_PROMPT_ID_MAX ||
+			 !igny8_utf8_valid(id, strlen(id)))
+		comfyui_malformed(err, "the prompt_id is not a short UTF-8 string");
+	else
+	{
+		*prompt_id = pstrdup(id);
+		ok = true;
+	}
+	cJSON_Delete(json);
+	return ok;
+}
+
+/* Build GET /history/{prompt_id}. */
+void
+igny8_comfyui_build_history(const char *prompt_id, const char *api_key,
+							Igny8HttpRequest *out)
+{
+	char	   *id = comfyui_escape(prompt_id);
+	char	   *path = psprintf("/history/%s", id);
+
+	igny8_build_get(out, path, api_key);
+	pfree(path);
+	pfree(id);
+}
+
+/*
+ * The data of the first [event, data] pair of a history's status.messages
+ * whose event is name: found (true) or not; *data may be NULL.
+ */
+static bool
+comfyui_find_message(const cJSON *messages, const char *name,
+					 const cJSON **data)
+{
+	const cJSON *pair;
+
+	*data = NULL;
+	if (!cJSON_IsArray(messages))
+		return false;
+	cJSON_ArrayForEach(pair, messages)
+	{
+		const cJSON *event = cJSON_GetArrayItem(pair, 0);
+
+		if (cJSON_IsArray(pair) && cJSON_IsString(event) &&
+			strcmp(event->valuestring, name) == 0)
+		{
+			*data = cJSON_GetArrayItem(pair, 1);
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * Fill *err for an execution_error: "execution error in node 3
+ * (KSampler): torch.OutOfMemoryError: CUDA out of memory...".  Whatever
+ * the exception, it may not happen again (out of memory, a model still
+ * loading): one more try, then the next deployment.
+ */
+static void
+comfyui_execution_error(const cJSON *data, Igny8ProviderError *err)
+{
+	const char *node_id = igny8_json_string(data, "node_id");
+	const char *node_type = igny8_json_string(data, "node_type");
+	const char *type = igny8_json_string(data, "exception_type");
+	const char *message = igny8_json_string(data, "exception_message");
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "execution error");
+	if (node_id != NULL)
+		appendStringInfo(&buf, " in node %s (%s)", node_id,
+						 node_type ? node_type : "unknown type");
+	if (type != NULL && type[0] != '\0')
+		appendStringInfo(&buf, ": %s", type);
+	if (message != NULL && message[0] != '\0')
+		appendStringInfo(&buf, ": %s", message);
+	igny8_set_error(err, IGNY8_ERR_RETRY, -1, "%s", buf.data);
+	err->retry_once = true;
+	pfree(buf.data);
+}
+
+/*
+ * Count (images NULL) or copy the well-formed images of type want (NULL:
+ * "output" or "temp") listed by the outputs of a history entry.  An
+ * image without a type is an "output"; one without a name is skipped.
+ */
+static int
+comfyui_images(const cJSON *outputs, const char *want,
+			   Igny8ComfyImage *images)
+{
+	const cJSON *output;
+	const cJSON *image;
+	int			n = 0;
+
+	cJSON_ArrayForEach(output, outputs)
+	{
+		const cJSON *list = igny8_json_member(output, "images");
+
+		if (!cJSON_IsArray(list))
+			continue;
+		cJSON_ArrayForEach(image, list)
+		{
+			const char *filename = igny8_json_string(image, "filename");
+			const char *subfolder = igny8_json_string(image, "subfolder");
+			const char *type = igny8_json_string(image, "type");
+
+			if (filename == NULL || filename[0] == '\0')
+				continue;
+			if (type == NULL)
+				type = "output";
+			if (want != NULL ? strcmp(type, want) != 0 :
+				strcmp(type, "output") != 0 && strcmp(type, "temp") != 0)
+				continue;
+			if (images != NULL)
+			{
+				images[n].filename = pstrdup(filename);
+				images[n].subfolder = pstrdup(subfolder ? subfolder : "");
+				images[n].type = pstrdup(type);
+			}
+			n++;
+		}
+	}
+	return n;
+}
+
+/* Read one prompt's history entry (protocols.md 2.2). */
+static Igny8ComfyState
+comfyui_history_entry(const cJSON *entry, Igny8ComfyImage **images,
+					  int *nimages, Igny8ProviderError *err)
+{
+	const cJSON *status = igny8_json_member(entry, "status");
+	const cJSON *outputs = igny8_json_member(entry, "outputs");
+	const cJSON *messages = igny8_json_member(status, "messages");
+	const char *status_str = igny8_json_string(status, "status_str");
+	const cJSON *data;
+	int			n;
+
+	if (!cJSON_IsObject(entry))
+	{
+		comfyui_malformed(err, "the history entry is not an object");
+		return IGNY8_COMFY_FAILED;
+	}
+	if (comfyui_find_message(messages, "execution_interrupted", &data))
+	{
+		igny8_set_error(err, IGNY8_ERR_FALLBACK, -1, "interrupted");
+		return IGNY8_COMFY_FAILED;
+	}
+	if (comfyui_find_message(messages, "execution_error", &data))
+	{
+		comfyui_execution_error(data, err);
+		return IGNY8_COMFY_FAILED;
+	}
+	if (status_str != NULL && strcmp(status_str, "error") == 0)
+	{
+		comfyui_execution_error(NULL, err);
+		return IGNY8_COMFY_FAILED;
+	}
+	/* builds before status existed list only outputs */
+	if (status_str != NULL && strcmp(status_str, "success") != 0)
+	{
+		comfyui_malformed(err, "unknown status_str");
+		return IGNY8_COMFY_FAILED;
+	}
+	if (!cJSON_IsObject(outputs))
+	{
+		comfyui_malformed(err, "no outputs in the history entry");
+		return IGNY8_COMFY_FAILED;
+	}
+
+	/* saved images; previews only when nothing was saved */
+	n = comfyui_images(outputs, "output", NULL);
+	if (n > 0)
+	{
+		*images = palloc(sizeof(Igny8ComfyImage) * n);
+		*nimages = comfyui_images(outputs, "output", *images);
+		return IGNY8_COMFY_DONE;
+	}
+	n = comfyui_images(outputs, "temp", NULL);
+	if (n > 0)
+	{
+		*images = palloc(sizeof(Igny8ComfyImage) * n);
+		*nimages = comfyui_images(outputs, "temp", *images);
+		return IGNY8_COMFY_DONE;
+	}
+	igny8_set_error(err, IGNY8_ERR_FALLBACK, -1,
+					"the workflow produced no image");
+	return IGNY8_COMFY_FAILED;
+}
+
+/* Read the answer to GET /history/{prompt_id} (see provider.h). */
+Igny8ComfyState
+igny8_comfyui_parse_history(const Igny8HttpResponse *resp,
+							const char *prompt_id,
+							Igny8ComfyImage **images, int *nimages,
+							Igny8ProviderError *err)
+{
+	cJSON	   *json;
+	const cJSON *entry;
+	Igny8ComfyState state = IGNY8_COMFY_FAILED;
+
+	*images = NULL;
+	*nimages = 0;
+	igny8_init_error(err);
+	json = igny8_json_parse(resp->body, resp->body_len);
+	if (resp->status < 200 || resp->status >= 300)
+		igny8_set_http_error(err,
+							 igny8_classify_status(resp->status,
+												   resp->should_retry),
+							 resp, COMFYUI_NAME, igny8_error_message(json));
+	else if (json == NULL)
+		comfyui_malformed(err, "not JSON");
+	else if (!cJSON_IsObject(json))
+		comfyui_malformed(err, "not a JSON object");
+	/* a NUL would cut a file name without a word */
+	else if (igny8_json_has_nul(resp->body, resp->body_len))
+		comfyui_malformed(err, "a string contains a NUL character");
+	else
+	{
+		entry = prompt_id != NULL ?
+			cJSON_GetObjectItemCaseSensitive(json, prompt_id) : json->child;
+		if (entry == NULL)
+			state = IGNY8_COMFY_PENDING;
+		else
+			state = comfyui_history_entry(entry, images, nimages, err);
+	}
+	cJSON_Delete(json);
+	return state;
+}
+
+/* Build GET /view for one output image, each value percent-encoded. */
+void
+igny8_comfyui_build_view(const Igny8ComfyImage *image, const char *api_key,
+						 Igny8HttpRequest *out)
+{
+	char	   *filename = comfyui_escape(image->filename);
+	char	   *subfolder = comfyui_escape(image->subfolder);
+	char	   *type = comfyui_escape(image->type ? image->type : "output");
+	char	   *path;
+
+	path = psprintf("/view?filename=%s&subfolder=%s&type=%s", filename,
+					subfolder, type);
+	igny8_build_get(out, path, api_key);
+	pfree(path);
+	pfree(filename);
+	pfree(subfolder);
+	pfree(type);
+}
+
+/*
+ * Read the answer to GET /view: the PNG itself, checked; result->data
+ * points into resp->body.  A 4xx falls back rather than blame the
+ * caller: the name came from this server's own history.
+ */
+bool
+igny8_comfyui_parse_view(const Igny8HttpResponse *resp,
+						 Igny8ImageResult *result, Igny8ProviderError *err)
+{
+	char	   *problem;
+	int			width;
+	int			height;
+
+	memset(result, 0, sizeof(*result));
+	igny8_init_error(err);
+	if (resp->status < 200 || resp->status >= 300)
+	{
+		cJSON	   *json = igny8_json_parse(resp->body, resp->body_len);
+		Igny8ErrorClass cls;
+
+		cls = igny8_classify_status(resp->status, resp->should_retry);
+		if (cls == IGNY8_ERR_CALLER)
+			cls = IGNY8_ERR_FALLBACK;
+		igny8_set_http_error(err, cls, resp, COMFYUI_NAME,
+							 igny8_error_message(json));
+		cJSON_Delete(json);
+		return false;
+	}
+	if (!igny8_png_check(resp->body, resp->body_len, &width, &height,
+						 &problem))
+	{
+		igny8_set_error(err, IGNY8_ERR_RETRY, -1,
+						"malformed image from " COMFYUI_NAME ": %s", problem);
+		err->retry_once = true;
+		pfree(problem);
+		return false;
+	}
+	result->data = (char *) resp->body;
+	result->len = resp->body_len;
+	result->mime_type = "image/png";
+	result->width = width;
+	result->height = height;
+	result->revised_prompt = NULL;
+	return true;
+}
+
+/*
+ * Build one of the cleanup calls for an abandoned prompt.  False, with
+ * out left empty, without a prompt_id: an interrupt without one stops
+ * whatever runs, another client's prompt included (protocols.md 7).
+ */
+bool
+igny8_comfyui_build_cancel(Igny8ComfyCancel what, const char *prompt_id,
+						   const char *api_key, Igny8HttpRequest *out)
+{
+	cJSON	   *body;
+	cJSON	   *ids;
+	const char *path;
+
+	memset(out, 0, sizeof(*out));
+	if (prompt_id == NULL || prompt_id[0] == '\0')
+		return false;
+	body = cJSON_CreateObject();
+	switch (what)
+	{
+		case IGNY8_COMFY_CANCEL_DELETE:
+		case IGNY8_COMFY_CANCEL_FORGET:
+			ids = cJSON_AddArrayToObject(body, "delete");
+			cJSON_AddItemToArray(ids, cJSON_CreateString(prompt_id));
+			path = (what == IGNY8_COMFY_CANCEL_DELETE) ? "/queue" : "/history";
+			break;
+		case IGNY8_COMFY_CANCEL_INTERRUPT:
+			cJSON_AddStringToObject(body, "prompt_id", prompt_id);
+			path = "/interrupt";
+			break;
+		default:
+			cJSON_Delete(body);
+			return false;
+	}
+	comfyui_build_post(out, path, body, api_key);
+	return true;
+}

@@ -17,6 +17,12 @@
  * LiteLLM and Ollama's /v1 those they serve.  The configured models are
  * checked against those ids.
  *
+ * Images are POST /v1/images/generations (protocols.md 3.2), one image a
+ * call, returned as base64 in the JSON answer.  What a model accepts
+ * differs (sizes, quality names, style, response_format), so the request
+ * is fitted to the model's family: dall-e-2, dall-e-3 or gpt-image-*; a
+ * model of none of them (another server's) gets only what it asked for.
+ *
  * src/provider_openai.c
  *
  *-------------------------------------------------------------------------
@@ -243,3 +249,360 @@ const Igny8ProbeProtocol igny8_openai_probe = {
 	.build_probe = openai_build_probe,
 	.parse_probe = openai_parse_probe
 };
+
+/* ----- images ----- */
+
+/* The models whose image parameters differ (protocols.md 3.2). */
+typedef enum OpenAIImageFamily
+{
+	FAMILY_OTHER,				/* unknown: send only what was asked */
+	FAMILY_DALLE2,
+	FAMILY_DALLE3,
+	FAMILY_GPT_IMAGE
+} OpenAIImageFamily;
+
+typedef struct ImageSize
+{
+	int			width;
+	int			height;
+} ImageSize;
+
+/* The sizes of each family; the first is the default. */
+static const ImageSize dalle2_sizes[] = {{1024, 1024}, {512, 512}, {256, 256}};
+static const ImageSize dalle3_sizes[] = {{1024, 1024}, {1792, 1024},
+{1024, 1792}};
+static const ImageSize gpt_image_sizes[] = {{1024, 1024}, {1536, 1024},
+{1024, 1536}};
+
+static OpenAIImageFamily
+openai_image_family(const char *model)
+{
+	if (model == NULL)
+		return FAMILY_OTHER;
+	if (strcmp(model, "dall-e-2") == 0)
+		return FAMILY_DALLE2;
+	if (strcmp(model, "dall-e-3") == 0)
+		return FAMILY_DALLE3;
+	if (strncmp(model, "gpt-image-", 10) == 0)
+		return FAMILY_GPT_IMAGE;
+	return FAMILY_OTHER;
+}
+
+/* How far apart two ratios are: their quotient, the larger way up. */
+static double
+ratio_distance(double a, double b)
+{
+	return a > b ? a / b : b / a;
+}
+
+/*
+ * Map a size to the one of the model's sizes nearest in aspect ratio,
+ * then in area, each compared as a factor (twice as wide is as far as
+ * twice as tall).  A size that is not positive gets the model's default;
+ * an unknown model makes the size asked.
+ */
+void
+igny8_openai_image_size(const char *model, int width, int height,
+						int *out_width, int *out_height)
+{
+	const ImageSize *sizes;
+	int			nsizes;
+	int			best = 0;
+	double		best_aspect = 0;
+	double		best_area = 0;
+	int			i;
+
+	switch (openai_image_family(model))
+	{
+		case FAMILY_DALLE2:
+			sizes = dalle2_sizes;
+			nsizes = lengthof(dalle2_sizes);
+			break;
+		case FAMILY_DALLE3:
+			sizes = dalle3_sizes;
+			nsizes = lengthof(dalle3_sizes);
+			break;
+		case FAMILY_GPT_IMAGE:
+			sizes = gpt_image_sizes;
+			nsizes = lengthof(gpt_image_sizes);
+			break;
+		default:
+			*out_width = width;
+			*out_height = height;
+			return;
+	}
+
+	if (width > 0 && height > 0)
+	{
+		double		aspect = (double) width / height;
+		double		area = (double) width * height;
+
+		for (i = 0; i < nsizes; i++)
+		{
+			double		d_aspect;
+			double		d_area;
+
+			d_aspect = ratio_distance((double) sizes[i].width /
+									  sizes[i].height, aspect);
+			d_area = ratio_distance((double) sizes[i].width *
+									sizes[i].height, area);
+			if (i == 0 || d_aspect < best_aspect * (1 - 1e-9) ||
+				(d_aspect <= best_aspect * (1 + 1e-9) && d_area < best_area))
+			{
+				best = i;
+				best_aspect = d_aspect;
+				best_area = d_area;
+			}
+		}
+	}
+	*out_width = sizes[best].width;
+	*out_height = sizes[best].height;
+}
+
+/*
+ * The quality to send, or NULL for none: dall-e-3 knows standard|hd,
+ * GPT image models low|medium|high|auto (the dall-e names mapped to
+ * them), dall-e-2 and unknown models get none.
+ */
+static const char *
+openai_image_quality(OpenAIImageFamily family, const char *quality)
+{
+	static const char *const gpt_qualities[] = {"low", "medium", "high",
+	"auto"};
+	int			i;
+
+	if (quality == NULL || quality[0] == '\0')
+		return NULL;
+	switch (family)
+	{
+		case FAMILY_DALLE3:
+			return (pg_strcasecmp(quality, "hd") == 0 ||
+					pg_strcasecmp(quality, "high") == 0) ? "hd" : "standard";
+		case FAMILY_GPT_IMAGE:
+			if (pg_strcasecmp(quality, "standard") == 0)
+				return "medium";
+			if (pg_strcasecmp(quality, "hd") == 0)
+				return "high";
+			for (i = 0; i < (int) lengthof(gpt_qualities); i++)
+			{
+				if (pg_strcasecmp(quality, gpt_qualities[i]) == 0)
+					return gpt_qualities[i];
+			}
+			return NULL;
+		default:
+			return NULL;
+	}
+}
+
+/*
+ * Build POST /v1/images/generations for one image.  The setting
+ * "extra_body", an object, is merged in as for chat (the request's own
+ * fields win, no "stream"): e.g. {"response_format": "b64_json"} for a
+ * compatible server of an unknown model, or a gpt-image "background".
+ */
+void
+igny8_openai_build_image(const Igny8ImageRequest *req, const char *api_key,
+						 Igny8HttpRequest *out)
+{
+	OpenAIImageFamily family = openai_image_family(req->model);
+	cJSON	   *body;
+	const char *quality;
+	int			width;
+	int			height;
+
+	memset(out, 0, sizeof(*out));
+	out->method = "POST";
+	out->path = pstrdup("/v1/images/generations");
+	igny8_add_header(out, "Content-Type: application/json");
+	if (api_key != NULL)
+		igny8_add_header(out, "Authorization: Bearer %s", api_key);
+
+	body = cJSON_CreateObject();
+	if (req->model != NULL)
+		cJSON_AddStringToObject(body, "model", req->model);
+	cJSON_AddStringToObject(body, "prompt", req->prompt ? req->prompt : "");
+	cJSON_AddNumberToObject(body, "n", 1);
+	igny8_openai_image_size(req->model, req->width, req->height, &width,
+							&height);
+	if (width > 0 && height > 0)
+	{
+		char	   *size = psprintf("%dx%d", width, height);
+
+		cJSON_AddStringToObject(body, "size", size);
+		pfree(size);
+	}
+	quality = openai_image_quality(family, req->quality);
+	if (quality != NULL)
+		cJSON_AddStringToObject(body, "quality", quality);
+	if (family == FAMILY_DALLE3 && req->style != NULL)
+	{
+		if (pg_strcasecmp(req->style, "vivid") == 0)
+			cJSON_AddStringToObject(body, "style", "vivid");
+		else if (pg_strcasecmp(req->style, "natural") == 0)
+			cJSON_AddStringToObject(body, "style", "natural");
+	}
+	/* dall-e answers with a URL unless told; GPT image models refuse it */
+	if (req->model != NULL && strncmp(req->model, "dall-e-", 7) == 0)
+		cJSON_AddStringToObject(body, "response_format", "b64_json");
+
+	igny8_json_merge(body, igny8_json_member(req->settings, "extra_body"),
+					 false);
+	while (cJSON_GetObjectItemCaseSensitive(body, "stream") != NULL)
+		cJSON_DeleteItemFromObjectCaseSensitive(body, "stream");
+
+	out->body = igny8_json_print(body);
+	cJSON_Delete(body);
+}
+
+/* Fill *err for a 2xx answer that cannot be used: worth one more try. */
+static void
+openai_image_malformed(Igny8ProviderError *err, const char *what)
+{
+	igny8_set_error(err, IGNY8_ERR_RETRY, -1,
+					"malformed response from " OPENAI_NAME ": %s", what);
+	err->retry_once = true;
+}
+
+/* Read a 2xx answer (protocols.md 3.2); false and *err if unusable. */
+static bool
+openai_image_success(const Igny8HttpResponse *resp, const cJSON *json,
+					 size_t max_image, Igny8ImageResult *result,
+					 Igny8ProviderError *err)
+{
+	const cJSON *data;
+	const cJSON *item;
+	const cJSON *b64;
+	const char *str;
+	const char *format;
+	size_t		size;
+	char	   *image;
+	size_t		len;
+	char	   *problem;
+
+	if (json == NULL)
+	{
+		openai_image_malformed(err, "not JSON");
+		return false;
+	}
+	if (igny8_json_has_nul(resp->body, resp->body_len))
+	{
+		openai_image_malformed(err, "a string contains a NUL character");
+		return false;
+	}
+	data = igny8_json_member(json, "data");
+	item = cJSON_GetArrayItem(cJSON_IsArray(data) ? data : NULL, 0);
+	if (!cJSON_IsObject(item))
+	{
+		/* some proxies answer 200 with an error body */
+		str = igny8_error_message(json);
+		if (str != NULL)
+		{
+			char	   *what = psprintf("error \"%s\"", str);
+
+			openai_image_malformed(err, what);
+			pfree(what);
+		}
+		else
+			openai_image_malformed(err, "no data[0]");
+		return false;
+	}
+	b64 = igny8_json_member(item, "b64_json");
+	if (!cJSON_IsString(b64) || b64->valuestring == NULL)
+	{
+		/* asking again gets a URL again: the deployment is set up wrong */
+		if (igny8_json_string(item, "url") != NULL)
+			igny8_set_error(err, IGNY8_ERR_FALLBACK, -1,
+							OPENAI_NAME " answered with an image URL, not b64_json (set \"response_format\" in extra_body)");
+		else
+			openai_image_malformed(err, "no data[0].b64_json");
+		return false;
+	}
+
+	len = strlen(b64->valuestring);
+	size = igny8_base64_decoded_len(b64->valuestring, len);
+	if (size != SIZE_MAX && size > max_image)
+	{
+		igny8_set_error(err, IGNY8_ERR_FALLBACK, -1,
+						"image larger than %zu bytes", max_image);
+		return false;
+	}
+	if (!igny8_base64_decode(b64->valuestring, len, max_image, &image,
+							 &size))
+	{
+		openai_image_malformed(err, "data[0].b64_json is not base64");
+		return false;
+	}
+	if (!igny8_png_check(image, size, &result->width, &result->height,
+						 &problem))
+	{
+		/* a GPT image model told to write JPEG or WebP does so every time */
+		format = igny8_json_string(json, "output_format");
+		if (format != NULL && pg_strcasecmp(format, "png") != 0)
+			igny8_set_error(err, IGNY8_ERR_FALLBACK, -1,
+							"the image is %s, not PNG (output_format)",
+							format);
+		else
+		{
+			igny8_set_error(err, IGNY8_ERR_RETRY, -1,
+							"malformed image from " OPENAI_NAME ": %s",
+							problem);
+			err->retry_once = true;
+		}
+		pfree(problem);
+		pfree(image);
+		return false;
+	}
+
+	result->data = image;
+	result->len = size;
+	result->mime_type = "image/png";
+	str = igny8_json_string(item, "revised_prompt");
+	if (str != NULL && str[0] != '\0' && igny8_utf8_valid(str, strlen(str)))
+		result->revised_prompt = pstrdup(str);
+	return true;
+}
+
+/*
+ * Classify a non-2xx answer: as for chat (openai_parse_error), and a
+ * safety refusal is the caller's whatever the headers say, since the
+ * same prompt will be refused again anywhere.
+ */
+static void
+openai_image_error(const Igny8HttpResponse *resp, const cJSON *json,
+				   Igny8ProviderError *err)
+{
+	const cJSON *error = igny8_json_member(json, "error");
+	const char *type = igny8_json_string(error, "type");
+	const char *code = igny8_json_string(error, "code");
+
+	openai_parse_error(resp, json, err);
+	if (resp->status == 400 &&
+		((code != NULL && (strcmp(code, "content_policy_violation") == 0 ||
+						   strcmp(code, "moderation_blocked") == 0)) ||
+		 (type != NULL && strcmp(type, "image_generation_user_error") == 0)))
+		err->cls = IGNY8_ERR_CALLER;
+}
+
+/* Read the answer to igny8_openai_build_image's call (see provider.h). */
+bool
+igny8_openai_parse_image(const Igny8HttpResponse *resp, size_t max_image,
+						 Igny8ImageResult *result, Igny8ProviderError *err)
+{
+	cJSON	   *json;
+	bool		ok;
+
+	memset(result, 0, sizeof(*result));
+	igny8_init_error(err);
+	json = igny8_json_parse(resp->body, resp->body_len);
+	if (resp->status >= 200 && resp->status < 300)
+		ok = openai_image_success(resp, json, max_image, result, err);
+	else
+	{
+		openai_image_error(resp, json, err);
+		ok = false;
+	}
+	cJSON_Delete(json);
+	if (!ok)
+		memset(result, 0, sizeof(*result));
+	return ok;
+}

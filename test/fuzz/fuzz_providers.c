@@ -4,10 +4,11 @@
  *	  libFuzzer target for the pure protocol code (src/provider*.c).
  *
  * Input: one selector byte, then a response body.  The selector's low 4
- * bits pick the HTTP status.  For a chat answer the next 2 bits pick
- * x-should-retry and the top 2 retry-after; for a probe the top 4 bits
- * pick how many of a fixed list of configured model names it gets, the
- * value minus one (0: -1, the model check off).
+ * bits pick the HTTP status.  For a chat answer or an image the next 2
+ * bits pick x-should-retry and the top 2 retry-after (and, for OpenAI
+ * images, the largest image accepted); for a probe the top 4 bits pick
+ * how many of a fixed list of configured model names it gets, the value
+ * minus one (0: -1, the model check off).
  *
  * The environment variable IGNY8_FUZZ_TARGET picks what runs on each
  * input, so that each parser can be fuzzed on its own (test/fuzz/run):
@@ -16,6 +17,16 @@
  *		 deployment settings when the body is a JSON object;
  *	 probe-ollama, probe-openai, probe-anthropic, probe-comfyui
  *		 that probe's parse_probe, and its build_probe likewise;
+ *	 image-submit
+ *		 ComfyUI's parse_submit, and build_submit with the body as the
+ *		 workflow (or as {"graph", "bindings", "defaults"});
+ *	 image-history
+ *		 ComfyUI's parse_history, and build_view of each image it lists;
+ *	 image-view
+ *		 ComfyUI's parse_view and igny8_png_check on the body;
+ *	 image-openai
+ *		 OpenAI's parse_image, igny8_base64_decode on the body, and
+ *		 build_image with the body as the deployment settings;
  *	 all (the default)
  *		 every one of those, plus igny8_strip_think, igny8_truncate_message,
  *		 igny8_clean_label and igny8_utf8_valid on the body.
@@ -70,23 +81,50 @@ static const Igny8Message messages[] = {
 	{"user", "u2"}
 };
 
-/* What IGNY8_FUZZ_TARGET can name; chat and probe NULL means all. */
+/* The image parsers a target may pick. */
+typedef enum FuzzImage
+{
+	IMAGE_NONE,
+	IMAGE_SUBMIT,
+	IMAGE_HISTORY,
+	IMAGE_VIEW,
+	IMAGE_OPENAI
+} FuzzImage;
+
+/* What IGNY8_FUZZ_TARGET can name; all three empty means all. */
 typedef struct FuzzTarget
 {
 	const char *name;
 	const Igny8TextProtocol *chat;
 	const Igny8ProbeProtocol *probe;
+	FuzzImage	image;
 } FuzzTarget;
 
 static const FuzzTarget targets[] = {
-	{"all", NULL, NULL},
-	{"chat-ollama", &igny8_ollama_protocol, NULL},
-	{"chat-openai", &igny8_openai_protocol, NULL},
-	{"chat-anthropic", &igny8_anthropic_protocol, NULL},
-	{"probe-ollama", NULL, &igny8_ollama_probe},
-	{"probe-openai", NULL, &igny8_openai_probe},
-	{"probe-anthropic", NULL, &igny8_anthropic_probe},
-	{"probe-comfyui", NULL, &igny8_comfyui_probe}
+	{"all", NULL, NULL, IMAGE_NONE},
+	{"chat-ollama", &igny8_ollama_protocol, NULL, IMAGE_NONE},
+	{"chat-openai", &igny8_openai_protocol, NULL, IMAGE_NONE},
+	{"chat-anthropic", &igny8_anthropic_protocol, NULL, IMAGE_NONE},
+	{"probe-ollama", NULL, &igny8_ollama_probe, IMAGE_NONE},
+	{"probe-openai", NULL, &igny8_openai_probe, IMAGE_NONE},
+	{"probe-anthropic", NULL, &igny8_anthropic_probe, IMAGE_NONE},
+	{"probe-comfyui", NULL, &igny8_comfyui_probe, IMAGE_NONE},
+	{"image-submit", NULL, NULL, IMAGE_SUBMIT},
+	{"image-history", NULL, NULL, IMAGE_HISTORY},
+	{"image-view", NULL, NULL, IMAGE_VIEW},
+	{"image-openai", NULL, NULL, IMAGE_OPENAI}
+};
+
+/* must match test/unit/test_providers.c (COMFY_ID) */
+#define FUZZ_PROMPT_ID "p-1"
+
+/* The largest OpenAI image accepted, by the selector's top 2 bits. */
+static const size_t max_images[4] = {1 << 20, 0, 100, 4096};
+
+/* Models of each OpenAI image family, and others. */
+static const char *const image_models[8] = {
+	"dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini",
+	"sdxl-turbo", NULL, "dall-e-9", ""
 };
 
 static const Igny8TextProtocol *const protocols[] = {
@@ -399,6 +437,387 @@ fuzz_text(const uint8_t *data, size_t size, uint8_t sel)
 	pfree(cut);
 }
 
+/* ----- images ----- */
+
+/* Is err a classified failure as provider.h promises? */
+static void
+check_failure(const Igny8HttpResponse *resp, const Igny8ProviderError *err)
+{
+	FUZZ_ASSERT(err->cls != IGNY8_ERR_NONE);
+	FUZZ_ASSERT(err->message != NULL);
+	FUZZ_ASSERT(clean_text(err->message, IGNY8_ERRMSG_MAX + 3));
+	FUZZ_ASSERT(!err->drop_think);
+	FUZZ_ASSERT(!err->retry_once || err->cls == IGNY8_ERR_RETRY);
+	/* a 2xx that fails is malformed, or says where to go next */
+	if (resp->status >= 200 && resp->status < 300)
+		FUZZ_ASSERT(err->cls != IGNY8_ERR_CALLER);
+}
+
+/* Is a built request a sane GET or POST of JSON? */
+static void
+check_request(Igny8HttpRequest *out, const char *method)
+{
+	int			i;
+
+	FUZZ_ASSERT(out->method != NULL && strcmp(out->method, method) == 0);
+	FUZZ_ASSERT(out->path != NULL && out->path[0] == '/');
+	/* percent-encoding leaves nothing to split a URL or a header */
+	FUZZ_ASSERT(printable(out->path) && strchr(out->path, ' ') == NULL &&
+				strchr(out->path, '#') == NULL);
+	if (strcmp(method, "GET") == 0)
+		FUZZ_ASSERT(out->body == NULL);
+	else
+	{
+		cJSON	   *body;
+
+		FUZZ_ASSERT(out->body != NULL);
+		body = igny8_json_parse(out->body, strlen(out->body));
+		FUZZ_ASSERT(cJSON_IsObject(body));
+		cJSON_Delete(body);
+	}
+	for (i = 0; i < out->nheaders; i++)
+	{
+		FUZZ_ASSERT(printable(out->headers[i]));
+		pfree(out->headers[i]);
+	}
+	pfree(out->path);
+	free_maybe(out->body);
+}
+
+/* ComfyUI's parse_submit, and build_submit with the body as a workflow. */
+static void
+fuzz_submit(const Igny8HttpResponse *resp, const cJSON *json, uint8_t sel)
+{
+	Igny8ProviderError err;
+	Igny8ImageRequest req;
+	Igny8HttpRequest out;
+	char	   *prompt_id;
+	char	   *error;
+	char	   *before;
+	char	   *after;
+	cJSON	   *bindings = NULL;
+
+	if (igny8_comfyui_parse_submit(resp, &prompt_id, &err))
+	{
+		FUZZ_ASSERT(resp->status >= 200 && resp->status < 300);
+		FUZZ_ASSERT(err.cls == IGNY8_ERR_NONE && err.message == NULL);
+		FUZZ_ASSERT(prompt_id != NULL && prompt_id[0] != '\0');
+		FUZZ_ASSERT(strlen(prompt_id) <= IGNY8_PROMPT_ID_MAX);
+		FUZZ_ASSERT(pg_utf8(prompt_id, strlen(prompt_id)));
+		pfree(prompt_id);
+	}
+	else
+	{
+		FUZZ_ASSERT(prompt_id == NULL);
+		check_failure(resp, &err);
+		pfree(err.message);
+	}
+
+	if (!cJSON_IsObject(json))
+		return;
+	memset(&req, 0, sizeof(req));
+	req.prompt = "a red fox";
+	req.negative_prompt = (sel & 1) ? "blurry" : NULL;
+	req.width = (sel & 2) ? 1024 : 0;
+	req.height = (sel & 2) ? 768 : 0;
+	req.steps = (sel & 4) ? 20 : 0;
+	req.has_cfg = (sel & 8) != 0;
+	req.cfg = 6.5;
+	req.seed = (sel & 16) ? UINT64CONST(18446744073709551615) : 42;
+	req.client_id = "c-1";
+	req.prompt_id = (sel & 32) ? NULL : "p-1";
+	req.filename_prefix = "igny8/p-1";
+	if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(json, "graph")))
+	{
+		req.graph = cJSON_GetObjectItemCaseSensitive(json, "graph");
+		req.bindings = cJSON_GetObjectItemCaseSensitive(json, "bindings");
+		req.defaults = cJSON_GetObjectItemCaseSensitive(json, "defaults");
+	}
+	else
+	{
+		/* the first node's first input, whatever they are */
+		const cJSON *node = json->child;
+		const cJSON *inputs = cJSON_GetObjectItemCaseSensitive(node, "inputs");
+
+		req.graph = json;
+		if (node != NULL && node->string != NULL && cJSON_IsObject(inputs) &&
+			inputs->child != NULL && inputs->child->string != NULL)
+		{
+			cJSON	   *binding = cJSON_CreateArray();
+
+			cJSON_AddItemToArray(binding, cJSON_CreateString(node->string));
+			cJSON_AddItemToArray(binding,
+								 cJSON_CreateString(inputs->child->string));
+			bindings = cJSON_CreateObject();
+			cJSON_AddItemToObject(bindings, (sel & 64) ? "seed" : "prompt",
+								  binding);
+			req.bindings = bindings;
+		}
+	}
+
+	before = igny8_json_print(req.graph);
+	if (igny8_comfyui_build_submit(&req, (sel & 128) ? "key\r\nX: 1" : NULL,
+								   &out, &error))
+	{
+		cJSON	   *body = igny8_json_parse(out.body, strlen(out.body));
+
+		FUZZ_ASSERT(error == NULL);
+		FUZZ_ASSERT(cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(body,
+																	"prompt")));
+		FUZZ_ASSERT(strcmp(out.path, "/prompt") == 0);
+		cJSON_Delete(body);
+		check_request(&out, "POST");
+	}
+	else
+	{
+		FUZZ_ASSERT(error != NULL && clean_text(error, IGNY8_ERRMSG_MAX + 3));
+		FUZZ_ASSERT(out.path == NULL && out.body == NULL && out.nheaders == 0);
+		pfree(error);
+	}
+	/* the caller's workflow is never changed */
+	after = igny8_json_print(req.graph);
+	FUZZ_ASSERT(strcmp(before, after) == 0);
+	pfree(before);
+	pfree(after);
+	cJSON_Delete(bindings);
+}
+
+/* ComfyUI's parse_history, and build_view of what it lists. */
+static void
+fuzz_history(const Igny8HttpResponse *resp, uint8_t sel)
+{
+	Igny8ProviderError err;
+	Igny8ComfyImage *images;
+	Igny8HttpRequest out;
+	Igny8ComfyState state;
+	int			nimages;
+	int			i;
+
+	state = igny8_comfyui_parse_history(resp, (sel & 128) ? NULL :
+										FUZZ_PROMPT_ID, &images, &nimages,
+										&err);
+	switch (state)
+	{
+		case IGNY8_COMFY_PENDING:
+			FUZZ_ASSERT(resp->status >= 200 && resp->status < 300);
+			FUZZ_ASSERT(images == NULL && nimages == 0);
+			FUZZ_ASSERT(err.cls == IGNY8_ERR_NONE && err.message == NULL);
+			break;
+		case IGNY8_COMFY_DONE:
+			FUZZ_ASSERT(resp->status >= 200 && resp->status < 300);
+			FUZZ_ASSERT(images != NULL && nimages > 0);
+			FUZZ_ASSERT(err.cls == IGNY8_ERR_NONE && err.message == NULL);
+			for (i = 0; i < nimages; i++)
+			{
+				FUZZ_ASSERT(images[i].filename[0] != '\0');
+				FUZZ_ASSERT(images[i].subfolder != NULL);
+				/* saved images, or previews when nothing was saved */
+				FUZZ_ASSERT(strcmp(images[i].type, images[0].type) == 0);
+				FUZZ_ASSERT(strcmp(images[i].type, "output") == 0 ||
+							strcmp(images[i].type, "temp") == 0);
+				igny8_comfyui_build_view(&images[i], NULL, &out);
+				FUZZ_ASSERT(strncmp(out.path, "/view?filename=", 15) == 0);
+				check_request(&out, "GET");
+			}
+			for (i = 0; i < nimages; i++)
+			{
+				pfree(images[i].filename);
+				pfree(images[i].subfolder);
+				pfree(images[i].type);
+			}
+			pfree(images);
+			break;
+		case IGNY8_COMFY_FAILED:
+			FUZZ_ASSERT(images == NULL && nimages == 0);
+			check_failure(resp, &err);
+			pfree(err.message);
+			break;
+		default:
+			FUZZ_ASSERT(false);
+	}
+}
+
+/* ComfyUI's parse_view, and igny8_png_check on the same bytes. */
+static void
+fuzz_view(const Igny8HttpResponse *resp)
+{
+	Igny8ProviderError err;
+	Igny8ImageResult result;
+	char	   *error;
+	int			width;
+	int			height;
+	bool		png;
+
+	png = igny8_png_check(resp->body, resp->body_len, &width, &height,
+						  &error);
+	if (png)
+	{
+		FUZZ_ASSERT(error == NULL);
+		FUZZ_ASSERT(width >= 1 && width <= 65535);
+		FUZZ_ASSERT(height >= 1 && height <= 65535);
+		/* signature, IHDR, IDAT and IEND at the least */
+		FUZZ_ASSERT(resp->body_len >= 8 + 25 + 12 + 12);
+	}
+	else
+	{
+		FUZZ_ASSERT(error != NULL && clean_text(error, 64));
+		FUZZ_ASSERT(width == 0 && height == 0);
+		pfree(error);
+	}
+
+	if (igny8_comfyui_parse_view(resp, &result, &err))
+	{
+		FUZZ_ASSERT(png);
+		FUZZ_ASSERT(resp->status >= 200 && resp->status < 300);
+		FUZZ_ASSERT(err.cls == IGNY8_ERR_NONE && err.message == NULL);
+		FUZZ_ASSERT(result.data == resp->body &&
+					result.len == resp->body_len);
+		FUZZ_ASSERT(result.width == width && result.height == height);
+		FUZZ_ASSERT(strcmp(result.mime_type, "image/png") == 0);
+	}
+	else
+	{
+		FUZZ_ASSERT(result.data == NULL && result.len == 0);
+		FUZZ_ASSERT(!png || resp->status < 200 || resp->status >= 300);
+		check_failure(resp, &err);
+		/* the file name came from the server: never the caller's fault */
+		FUZZ_ASSERT(err.cls != IGNY8_ERR_CALLER);
+		pfree(err.message);
+	}
+}
+
+/* Base64 of data[0..len), padded. */
+static char *
+encode_base64(const unsigned char *s, size_t len)
+{
+	static const char alphabet[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	char	   *out = palloc((len + 2) / 3 * 4 + 1);
+	char	   *o = out;
+	size_t		i;
+
+	for (i = 0; i < len; i += 3)
+	{
+		uint32_t	v = (uint32_t) s[i] << 16;
+
+		if (i + 1 < len)
+			v |= (uint32_t) s[i + 1] << 8;
+		if (i + 2 < len)
+			v |= s[i + 2];
+		*o++ = alphabet[(v >> 18) & 63];
+		*o++ = alphabet[(v >> 12) & 63];
+		*o++ = i + 1 < len ? alphabet[(v >> 6) & 63] : '=';
+		*o++ = i + 2 < len ? alphabet[v & 63] : '=';
+	}
+	*o = '\0';
+	return out;
+}
+
+/* OpenAI's parse_image and build_image, and base64 on the raw body. */
+static void
+fuzz_openai_image(const Igny8HttpResponse *resp, const cJSON *settings,
+				  uint8_t sel, const uint8_t *data, size_t size)
+{
+	size_t		max = max_images[(sel >> 6) & 3];
+	Igny8ProviderError err;
+	Igny8ImageResult result;
+	Igny8ImageRequest req;
+	Igny8HttpRequest out;
+	char	   *decoded;
+	size_t		len;
+	int			i;
+
+	if (igny8_openai_parse_image(resp, max, &result, &err))
+	{
+		int			width;
+		int			height;
+		char	   *error;
+
+		FUZZ_ASSERT(resp->status >= 200 && resp->status < 300);
+		FUZZ_ASSERT(err.cls == IGNY8_ERR_NONE && err.message == NULL);
+		FUZZ_ASSERT(result.data != NULL && result.len <= max);
+		FUZZ_ASSERT(igny8_png_check(result.data, result.len, &width, &height,
+									&error));
+		FUZZ_ASSERT(width == result.width && height == result.height);
+		FUZZ_ASSERT(result.revised_prompt == NULL ||
+					pg_utf8(result.revised_prompt,
+							strlen(result.revised_prompt)));
+		pfree(result.data);
+		free_maybe(result.revised_prompt);
+	}
+	else
+	{
+		FUZZ_ASSERT(result.data == NULL && result.revised_prompt == NULL);
+		check_failure(resp, &err);
+		pfree(err.message);
+	}
+
+	/* decoding and encoding again gives the text back */
+	if (igny8_base64_decode(resp->body, resp->body_len, max, &decoded, &len))
+	{
+		char	   *again = encode_base64((unsigned char *) decoded, len);
+		size_t		n = strlen(again);
+
+		FUZZ_ASSERT(len <= max);
+		FUZZ_ASSERT(len == igny8_base64_decoded_len(resp->body,
+													resp->body_len));
+		FUZZ_ASSERT(n == resp->body_len);
+		/* but for the unused low bits of the last character */
+		if (n > 0)
+		{
+			size_t		last = n - 1;
+
+			while (last > 0 && again[last] == '=')
+				last--;
+			FUZZ_ASSERT(memcmp(again, resp->body, last) == 0);
+			FUZZ_ASSERT(memcmp(again + last + 1, resp->body + last + 1,
+							   n - last - 1) == 0);
+		}
+		pfree(again);
+		pfree(decoded);
+	}
+	else
+		FUZZ_ASSERT(decoded == NULL && len == 0);
+
+	/* the size asked, fitted to a model */
+	for (i = 0; i < (int) lengthof(image_models); i++)
+	{
+		int			w = size > 2 ? (int) ((data[1] << 8) | data[2]) - 100 : 0;
+		int			h = size > 4 ? (int) ((data[3] << 8) | data[4]) - 100 : 0;
+		int			ow;
+		int			oh;
+
+		igny8_openai_image_size(image_models[i], w, h, &ow, &oh);
+		if (i < 4)
+			FUZZ_ASSERT(ow >= 256 && ow <= 1792 && oh >= 256 && oh <= 1792);
+		else
+			FUZZ_ASSERT(ow == w && oh == h);
+	}
+
+	if (!cJSON_IsObject(settings))
+		return;
+	memset(&req, 0, sizeof(req));
+	req.model = image_models[sel & 7];
+	req.prompt = "a red fox";
+	req.width = (sel & 8) ? 1920 : 0;
+	req.height = (sel & 8) ? 1080 : 0;
+	req.quality = (sel & 16) ? "hd" : "low";
+	req.style = (sel & 32) ? "vivid" : NULL;
+	req.settings = settings;
+	igny8_openai_build_image(&req, (sel & 64) ? "key\r\nX: 1" : NULL, &out);
+	{
+		cJSON	   *body = igny8_json_parse(out.body, strlen(out.body));
+		const cJSON *n = cJSON_GetObjectItemCaseSensitive(body, "n");
+
+		FUZZ_ASSERT(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(body,
+																	"prompt")));
+		FUZZ_ASSERT(cJSON_IsNumber(n) && n->valuedouble == 1);
+		FUZZ_ASSERT(cJSON_GetObjectItemCaseSensitive(body, "stream") == NULL);
+		cJSON_Delete(body);
+	}
+	check_request(&out, "POST");
+}
+
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -430,7 +849,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	uint8_t		sel;
 	int			nmodels;
 	cJSON	   *settings;
-	bool		all = (target->chat == NULL && target->probe == NULL);
+	bool		all = (target->chat == NULL && target->probe == NULL &&
+					   target->image == IMAGE_NONE);
 	int			i;
 
 	if (size < 1)
@@ -460,8 +880,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (all)
 		fuzz_text(data, size, sel);
 
-	/* the body as deployment settings */
+	/* the body as deployment settings, or as a workflow */
 	settings = igny8_json_parse(resp.body, resp.body_len);
+	if (all || target->image == IMAGE_SUBMIT)
+		fuzz_submit(&resp, settings, sel);
+	if (all || target->image == IMAGE_HISTORY)
+		fuzz_history(&resp, sel);
+	if (all || target->image == IMAGE_VIEW)
+		fuzz_view(&resp);
+	if (all || target->image == IMAGE_OPENAI)
+		fuzz_openai_image(&resp, settings, sel, data, size);
 	if (cJSON_IsObject(settings))
 	{
 		for (i = 0; i < (int) lengthof(protocols); i++)

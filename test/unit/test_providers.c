@@ -32,6 +32,7 @@
 
 #include <stdio.h>
 
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "provider.h"
 
@@ -2490,6 +2491,2076 @@ test_long_probe_summaries(void)
 	end_group();
 }
 
+/* ---------- images: PNG and base64 (provider_image.c) ---------- */
+
+/*
+ * A PNG written by Python's zlib and struct, not by this test: 2x3 RGBA,
+ * a tEXt chunk, a compressed IDAT.
+ */
+static const char python_png[] =
+"\x89\x50\x4e\x47\x0d\x0a\x1a\x0a\x00\x00\x00\x0d\x49\x48\x44\x52"
+"\x00\x00\x00\x02\x00\x00\x00\x03\x08\x06\x00\x00\x00\xb9\xea\xde"
+"\x81\x00\x00\x00\x14\x74\x45\x58\x74\x53\x6f\x66\x74\x77\x61\x72"
+"\x65\x00\x70\x79\x74\x68\x6f\x6e\x20\x7a\x6c\x69\x62\xf8\xb7\x5a"
+"\xd0\x00\x00\x00\x14\x49\x44\x41\x54\x78\xda\x63\x60\x60\x64\x62"
+"\xe6\xe2\xe6\xe1\x65\xc0\x60\x00\x00\x07\x47\x00\x9d\x96\x5c\xc1"
+"\x49\x00\x00\x00\x00\x49\x45\x4e\x44\xae\x42\x60\x82";
+
+/* CRC-32 bit by bit, independent of the table the code uses. */
+static uint32_t
+test_crc32(const unsigned char *buf, size_t len)
+{
+	uint32_t	c = 0xFFFFFFFF;
+	size_t		i;
+	int			k;
+
+	for (i = 0; i < len; i++)
+	{
+		c ^= buf[i];
+		for (k = 0; k < 8; k++)
+			c = (c >> 1) ^ (0xEDB88320 & (0 - (c & 1)));
+	}
+	return ~c;
+}
+
+static void
+put_be32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char) (v >> 24);
+	p[1] = (unsigned char) (v >> 16);
+	p[2] = (unsigned char) (v >> 8);
+	p[3] = (unsigned char) v;
+}
+
+/* Append a PNG chunk with its length and CRC. */
+static void
+add_chunk(StringInfo buf, const char *type, const void *data, size_t len)
+{
+	unsigned char head[8];
+	unsigned char tail[4];
+	unsigned char *crcbuf = palloc(len + 4);
+
+	put_be32(head, (uint32_t) len);
+	memcpy(head + 4, type, 4);
+	memcpy(crcbuf, type, 4);
+	if (len > 0)
+		memcpy(crcbuf + 4, data, len);
+	put_be32(tail, test_crc32(crcbuf, len + 4));
+	appendBinaryStringInfo(buf, (const char *) head, 8);
+	if (len > 0)
+		appendBinaryStringInfo(buf, data, (int) len);
+	appendBinaryStringInfo(buf, (const char *) tail, 4);
+	pfree(crcbuf);
+}
+
+/* The 13 bytes of an IHDR. */
+static void
+make_ihdr(unsigned char *ihdr, uint32_t width, uint32_t height, int depth,
+		  int color_type)
+{
+	put_be32(ihdr, width);
+	put_be32(ihdr + 4, height);
+	ihdr[8] = (unsigned char) depth;
+	ihdr[9] = (unsigned char) color_type;
+	ihdr[10] = 0;
+	ihdr[11] = 0;
+	ihdr[12] = 0;
+}
+
+/*
+ * A real PNG of width x height 8-bit pixels of color type 2 (RGB) or 6
+ * (RGBA): the rows, each after filter byte 0, in one stored (uncompressed)
+ * deflate block of a zlib stream.  Small sizes only.  Returns the
+ * palloc'd bytes and their count.
+ */
+static char *
+make_png(int width, int height, int color_type, size_t *len)
+{
+	StringInfoData png;
+	StringInfoData z;
+	unsigned char ihdr[13];
+	int			bpp = color_type == 6 ? 4 : 3;
+	int			rowlen = 1 + width * bpp;
+	int			rawlen = rowlen * height;
+	unsigned char hdr[5];
+	uint32_t	a = 1;
+	uint32_t	b = 0;
+	unsigned char adler[4];
+	int			x;
+	int			y;
+
+	initStringInfo(&z);
+	appendBinaryStringInfo(&z, "\x78\x01", 2);
+	hdr[0] = 1;					/* final block, stored */
+	hdr[1] = (unsigned char) (rawlen & 0xFF);
+	hdr[2] = (unsigned char) (rawlen >> 8);
+	hdr[3] = (unsigned char) (~rawlen & 0xFF);
+	hdr[4] = (unsigned char) ((~rawlen >> 8) & 0xFF);
+	appendBinaryStringInfo(&z, (const char *) hdr, 5);
+	for (y = 0; y < height; y++)
+	{
+		for (x = 0; x < rowlen; x++)
+		{
+			unsigned char c = x == 0 ? 0 : (unsigned char) (x * 7 + y * 13);
+
+			appendStringInfoChar(&z, (char) c);
+			a = (a + c) % 65521;
+			b = (b + a) % 65521;
+		}
+	}
+	put_be32(adler, (b << 16) | a);
+	appendBinaryStringInfo(&z, (const char *) adler, 4);
+
+	initStringInfo(&png);
+	appendBinaryStringInfo(&png, "\x89PNG\r\n\x1a\n", 8);
+	make_ihdr(ihdr, width, height, 8, color_type);
+	add_chunk(&png, "IHDR", ihdr, 13);
+	add_chunk(&png, "IDAT", z.data, z.len);
+	add_chunk(&png, "IEND", NULL, 0);
+	pfree(z.data);
+	*len = png.len;
+	return png.data;
+}
+
+/* Base64 of data[0..len), padded (the test's own encoder). */
+static char *
+test_base64(const char *data, size_t len)
+{
+	static const char alphabet[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	const unsigned char *s = (const unsigned char *) data;
+	char	   *out = palloc((len + 2) / 3 * 4 + 1);
+	char	   *o = out;
+	size_t		i;
+
+	for (i = 0; i + 2 < len; i += 3)
+	{
+		*o++ = alphabet[s[i] >> 2];
+		*o++ = alphabet[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
+		*o++ = alphabet[((s[i + 1] & 15) << 2) | (s[i + 2] >> 6)];
+		*o++ = alphabet[s[i + 2] & 63];
+	}
+	if (len - i == 1)
+	{
+		*o++ = alphabet[s[i] >> 2];
+		*o++ = alphabet[(s[i] & 3) << 4];
+		*o++ = '=';
+		*o++ = '=';
+	}
+	else if (len - i == 2)
+	{
+		*o++ = alphabet[s[i] >> 2];
+		*o++ = alphabet[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
+		*o++ = alphabet[(s[i + 1] & 15) << 2];
+		*o++ = '=';
+	}
+	*o = '\0';
+	return out;
+}
+
+/* How a PNG case spoils the good 3x2 RGB PNG (offsets into it). */
+typedef enum PngSpoil
+{
+	SPOIL_NONE,
+	SPOIL_SIGNATURE,			/* first byte 'x' */
+	SPOIL_IHDR_CRC,				/* last byte of IHDR's CRC flipped */
+	SPOIL_IDAT_CRC,				/* last byte of IDAT's CRC flipped */
+	SPOIL_IHDR_DATA,			/* width changed, CRC left as it was */
+	SPOIL_CUT,					/* the last `arg` bytes cut */
+	SPOIL_TRAILING,				/* "junk" appended */
+	SPOIL_EMPTY
+} PngSpoil;
+
+/* A PNG built from its parts, for the cases that need other chunks. */
+typedef struct PngCase
+{
+	const char *what;
+	PngSpoil	spoil;
+	int			arg;
+	/* when spoil is SPOIL_NONE and ihdr_len > 0, a PNG of these parts */
+	int			ihdr_len;
+	uint32_t	width;
+	uint32_t	height;
+	int			depth;
+	int			color_type;
+	const char *first;			/* chunk type before IHDR, or NULL */
+	bool		idat;
+	bool		iend;
+	uint32_t	bad_len;		/* a chunk claiming this length, or 0 */
+	bool		ok;
+	int			out_width;
+	int			out_height;
+	const char *error;			/* expected *error */
+} PngCase;
+
+#define PARTS(w, h, depth, color) 13, w, h, depth, color, NULL, true, true, 0
+#define GOOD3x2 0, 0, 0, 0, 0, NULL, false, false, 0
+
+static const PngCase png_cases[] = {
+	{"a 3x2 RGB PNG", SPOIL_NONE, 0, GOOD3x2, true, 3, 2, NULL},
+	{"bad signature", SPOIL_SIGNATURE, 0, GOOD3x2, false, 0, 0,
+	"not a PNG image"},
+	{"IHDR CRC", SPOIL_IHDR_CRC, 0, GOOD3x2, false, 0, 0,
+	"PNG IHDR CRC mismatch"},
+	{"IHDR width changed under its CRC", SPOIL_IHDR_DATA, 0, GOOD3x2, false,
+	0, 0, "PNG IHDR CRC mismatch"},
+	{"IDAT CRC", SPOIL_IDAT_CRC, 0, GOOD3x2, false, 0, 0,
+	"PNG chunk CRC mismatch"},
+	{"IEND cut", SPOIL_CUT, 12, GOOD3x2, false, 0, 0, "truncated PNG image"},
+	{"IEND's CRC cut", SPOIL_CUT, 1, GOOD3x2, false, 0, 0,
+	"truncated PNG image"},
+	{"half the file", SPOIL_CUT, 30, GOOD3x2, false, 0, 0,
+	"truncated PNG image"},
+	{"data after IEND", SPOIL_TRAILING, 0, GOOD3x2, false, 0, 0,
+	"data after the PNG IEND chunk"},
+	{"empty", SPOIL_EMPTY, 0, GOOD3x2, false, 0, 0, "not a PNG image"},
+	{"RGBA 8", SPOIL_NONE, 0, PARTS(640, 480, 8, 6), true, 640, 480, NULL},
+	{"RGB 16", SPOIL_NONE, 0, PARTS(1, 1, 16, 2), true, 1, 1, NULL},
+	{"grey 1", SPOIL_NONE, 0, PARTS(7, 9, 1, 0), true, 7, 9, NULL},
+	{"palette 4", SPOIL_NONE, 0, PARTS(7, 9, 4, 3), true, 7, 9, NULL},
+	{"grey+alpha 16", SPOIL_NONE, 0, PARTS(2, 2, 16, 4), true, 2, 2, NULL},
+	{"65535 wide", SPOIL_NONE, 0, PARTS(65535, 1, 8, 2), true, 65535, 1,
+	NULL},
+	{"65535 tall", SPOIL_NONE, 0, PARTS(1, 65535, 8, 2), true, 1, 65535,
+	NULL},
+	{"width 0", SPOIL_NONE, 0, PARTS(0, 5, 8, 2), false, 0, 0,
+	"PNG size 0x5 out of range"},
+	{"height 0", SPOIL_NONE, 0, PARTS(5, 0, 8, 2), false, 0, 0,
+	"PNG size 5x0 out of range"},
+	{"width 65536", SPOIL_NONE, 0, PARTS(65536, 5, 8, 2), false, 0, 0,
+	"PNG size 65536x5 out of range"},
+	{"width 2^32 - 1", SPOIL_NONE, 0, PARTS(0xFFFFFFFF, 5, 8, 2), false, 0, 0,
+	"PNG size 4294967295x5 out of range"},
+	{"RGB of depth 4", SPOIL_NONE, 0, PARTS(5, 5, 4, 2), false, 0, 0,
+	"PNG IHDR has invalid fields"},
+	{"palette of depth 16", SPOIL_NONE, 0, PARTS(5, 5, 16, 3), false, 0, 0,
+	"PNG IHDR has invalid fields"},
+	{"color type 5", SPOIL_NONE, 0, PARTS(5, 5, 8, 5), false, 0, 0,
+	"PNG IHDR has invalid fields"},
+	{"IHDR of length 12", SPOIL_NONE, 0, 12, 5, 5, 8, 2, NULL, true, true, 0,
+	false, 0, 0, "PNG IHDR length is not 13"},
+	{"a tEXt chunk before IHDR", SPOIL_NONE, 0, 13, 5, 5, 8, 2, "tEXt", true,
+	true, 0, false, 0, 0, "PNG does not start with an IHDR chunk"},
+	{"a second IHDR", SPOIL_NONE, 0, 13, 5, 5, 8, 2, "IHDR", true, true, 0,
+	false, 0, 0, "PNG has a second IHDR chunk"},
+	{"no IDAT", SPOIL_NONE, 0, 13, 5, 5, 8, 2, NULL, false, true, 0,
+	false, 0, 0, "PNG has no IDAT chunk"},
+	{"no IEND", SPOIL_NONE, 0, 13, 5, 5, 8, 2, NULL, true, false, 0,
+	false, 0, 0, "truncated PNG image"},
+	{"a chunk longer than the data", SPOIL_NONE, 0, 13, 5, 5, 8, 2, NULL,
+	true, true, 1000, false, 0, 0, "truncated PNG image"},
+	{"a chunk of length 2^31", SPOIL_NONE, 0, 13, 5, 5, 8, 2, NULL, true,
+	true, 0x80000000, false, 0, 0, "PNG chunk length out of range"},
+	{"a chunk of length 2^32 - 1", SPOIL_NONE, 0, 13, 5, 5, 8, 2, NULL, true,
+	true, 0xFFFFFFFF, false, 0, 0, "PNG chunk length out of range"}
+};
+
+/* Build the bytes of one PNG case (palloc'd). */
+static char *
+png_case_bytes(const PngCase *c, size_t *len)
+{
+	StringInfoData png;
+	unsigned char ihdr[13];
+	char	   *good;
+	size_t		goodlen;
+
+	good = make_png(3, 2, 2, &goodlen);
+	if (c->ihdr_len == 0)
+	{
+		switch (c->spoil)
+		{
+			case SPOIL_SIGNATURE:
+				good[0] = 'x';
+				break;
+			case SPOIL_IHDR_CRC:
+				good[8 + 8 + 13 + 3] ^= 1;
+				break;
+			case SPOIL_IHDR_DATA:
+				good[8 + 8 + 3] = 4;
+				break;
+			case SPOIL_IDAT_CRC:
+				good[goodlen - 12 - 1] ^= 0x80;
+				break;
+			case SPOIL_CUT:
+				goodlen -= c->arg;
+				break;
+			case SPOIL_TRAILING:
+				good = repalloc(good, goodlen + 4);
+				memcpy(good + goodlen, "junk", 4);
+				goodlen += 4;
+				break;
+			case SPOIL_EMPTY:
+				goodlen = 0;
+				break;
+			case SPOIL_NONE:
+				break;
+		}
+		*len = goodlen;
+		return good;
+	}
+	pfree(good);
+
+	initStringInfo(&png);
+	appendBinaryStringInfo(&png, "\x89PNG\r\n\x1a\n", 8);
+	if (c->first != NULL)
+	{
+		make_ihdr(ihdr, c->width, c->height, c->depth, c->color_type);
+		add_chunk(&png, c->first, ihdr, 13);
+	}
+	make_ihdr(ihdr, c->width, c->height, c->depth, c->color_type);
+	add_chunk(&png, "IHDR", ihdr, c->ihdr_len);
+	add_chunk(&png, "tEXt", "Comment\0made by the test", 24);
+	if (c->bad_len != 0)
+	{
+		unsigned char head[8];
+
+		put_be32(head, c->bad_len);
+		memcpy(head + 4, "zTXt", 4);
+		appendBinaryStringInfo(&png, (const char *) head, 8);
+		appendBinaryStringInfo(&png, "some bytes, fewer than it says", 30);
+	}
+	if (c->idat)
+		add_chunk(&png, "IDAT", "\x78\x01\x01\x00\x00\xff\xff\x00\x00\x00\x01", 11);
+	if (c->iend)
+		add_chunk(&png, "IEND", NULL, 0);
+	*len = png.len;
+	return png.data;
+}
+
+static void
+test_png(void)
+{
+	char	   *data;
+	char	   *copy;
+	char	   *error;
+	size_t		len;
+	size_t		cut;
+	int			width;
+	int			height;
+	int			nbad;
+	int			i;
+
+	begin_group("igny8_png_check");
+	for (i = 0; i < (int) lengthof(png_cases); i++)
+	{
+		const PngCase *c = &png_cases[i];
+		bool		ok;
+
+		begin_case(i, c->what);
+		data = png_case_bytes(c, &len);
+		/* an exact-size copy, so that ASan sees any read past the end */
+		copy = palloc(Max(len, 1));
+		memcpy(copy, data, len);
+		width = height = -1;
+		error = (char *) "untouched";
+		ok = igny8_png_check(copy, len, &width, &height, &error);
+		check(ok == c->ok, __LINE__, "igny8_png_check = %d, expected %d (%s)",
+			  (int) ok, (int) c->ok, ok ? "" : error);
+		CHECK_INT(width, c->out_width);
+		CHECK_INT(height, c->out_height);
+		CHECK_STR(error, c->error);
+		if (error != NULL)
+			check_clean(error, 60, "error", __LINE__);
+		free_maybe(error);
+		pfree(copy);
+		pfree(data);
+	}
+	case_name = NULL;
+
+	/* someone else's encoder: Python's zlib and struct */
+	CHECK(igny8_png_check(python_png, sizeof(python_png) - 1, &width,
+						  &height, &error));
+	CHECK_INT(width, 2);
+	CHECK_INT(height, 3);
+	CHECK(error == NULL);
+
+	/* every cut of a good PNG is refused, and so is every bit flipped */
+	data = make_png(4, 3, 6, &len);
+	CHECK(igny8_png_check(data, len, &width, &height, &error));
+	nbad = 0;
+	for (cut = 0; cut < len; cut++)
+	{
+		copy = palloc(Max(cut, 1));
+		memcpy(copy, data, cut);
+		if (igny8_png_check(copy, cut, &width, &height, &error))
+			nbad++;
+		free_maybe(error);
+		pfree(copy);
+	}
+	check(nbad == 0, __LINE__, "%d cuts of the PNG were accepted", nbad);
+	nbad = 0;
+	copy = palloc(len);
+	for (cut = 0; cut < len * 8; cut++)
+	{
+		memcpy(copy, data, len);
+		copy[cut / 8] ^= (char) (1 << (cut % 8));
+		if (igny8_png_check(copy, len, &width, &height, &error))
+			nbad++;
+		free_maybe(error);
+	}
+	check(nbad == 0, __LINE__, "%d bit flips of the PNG were accepted", nbad);
+	pfree(copy);
+	pfree(data);
+	CHECK(!igny8_png_check(NULL, 0, &width, &height, &error));
+	CHECK_STR(error, "not a PNG image");
+	free_maybe(error);
+	end_group();
+}
+
+typedef struct Base64Case
+{
+	const char *in;
+	size_t		max;
+	bool		ok;
+	const char *out;			/* decoded, when ok */
+	size_t		outlen;
+} Base64Case;
+
+#define NOMAX ((size_t) 1 << 30)
+
+static const Base64Case base64_cases[] = {
+	{"", NOMAX, true, "", 0},
+	{"", 0, true, "", 0},
+	{"Zg==", NOMAX, true, "f", 1},
+	{"Zm8=", NOMAX, true, "fo", 2},
+	{"Zm9v", NOMAX, true, "foo", 3},
+	{"Zm9vYg==", NOMAX, true, "foob", 4},
+	{"Zm9vYmE=", NOMAX, true, "fooba", 5},
+	{"Zm9vYmFy", NOMAX, true, "foobar", 6},
+	{"AAEC/w==", NOMAX, true, "\0\1\2\377", 4},
+	{"+/+/", NOMAX, true, "\373\377\277", 3},
+	{"AAAA", NOMAX, true, "\0\0\0", 3},
+	/* the bound: decoded size against max */
+	{"Zm9vYmFy", 6, true, "foobar", 6},
+	{"Zm9vYmFy", 5, false, NULL, 0},
+	{"Zm9vYmE=", 5, true, "fooba", 5},
+	{"Zm9vYmE=", 4, false, NULL, 0},
+	{"Zg==", 1, true, "f", 1},
+	{"Zg==", 0, false, NULL, 0},
+	/* lengths, padding, characters */
+	{"Zg=", NOMAX, false, NULL, 0},
+	{"Zg", NOMAX, false, NULL, 0},
+	{"Zm9vY", NOMAX, false, NULL, 0},
+	{"Z===", NOMAX, false, NULL, 0},
+	{"====", NOMAX, false, NULL, 0},
+	{"Zg=a", NOMAX, false, NULL, 0},
+	{"Zg==Zg==", NOMAX, false, NULL, 0},
+	{"Zm9v====", NOMAX, false, NULL, 0},
+	{"=Zm9", NOMAX, false, NULL, 0},
+	{"Zm9v\n", NOMAX, false, NULL, 0},
+	{"Zm9\nvYmFy", NOMAX, false, NULL, 0},
+	{" Zm9", NOMAX, false, NULL, 0},
+	{"Zm9 ", NOMAX, false, NULL, 0},
+	{"Zm-v", NOMAX, false, NULL, 0},	/* the URL-safe alphabet */
+	{"Zm_v", NOMAX, false, NULL, 0},
+	{"Zm9\xff", NOMAX, false, NULL, 0},
+	{"Zm.v", NOMAX, false, NULL, 0}
+};
+
+static void
+test_base64_decode(void)
+{
+	char	   *out;
+	size_t		outlen;
+	char		raw[300];
+	int			i;
+	int			nbad = 0;
+
+	begin_group("igny8_base64_decode");
+	for (i = 0; i < (int) lengthof(base64_cases); i++)
+	{
+		const Base64Case *c = &base64_cases[i];
+		size_t		len = strlen(c->in);
+		char	   *copy = palloc(Max(len, 1));
+		bool		ok;
+
+		begin_case(i, c->in);
+		memcpy(copy, c->in, len);	/* not NUL-terminated */
+		out = (char *) "untouched";
+		outlen = 99;
+		ok = igny8_base64_decode(copy, len, c->max, &out, &outlen);
+		check(ok == c->ok, __LINE__, "decode = %d, expected %d", (int) ok,
+			  (int) c->ok);
+		if (ok && c->ok)
+		{
+			CHECK_INT(outlen, c->outlen);
+			CHECK(memcmp(out, c->out, c->outlen) == 0);
+			CHECK(out[outlen] == '\0');
+			CHECK_INT(igny8_base64_decoded_len(copy, len), c->outlen);
+		}
+		else if (!ok)
+			CHECK(out == NULL && outlen == 0);
+		if (ok)
+			pfree(out);
+		pfree(copy);
+	}
+	case_name = NULL;
+
+	/* the size comes from the length and the padding alone */
+	CHECK_INT(igny8_base64_decoded_len("", 0), 0);
+	CHECK_INT(igny8_base64_decoded_len("abc", 3), SIZE_MAX);
+	CHECK_INT(igny8_base64_decoded_len("ab==", 4), 1);
+	CHECK_INT(igny8_base64_decoded_len("abc=", 4), 2);
+	CHECK_INT(igny8_base64_decoded_len("abcdabcd", 8), 6);
+
+	/* what the test's own encoder writes decodes back, every length */
+	for (i = 0; i < (int) sizeof(raw); i++)
+		raw[i] = (char) (i * 37 + 11);
+	for (i = 0; i <= (int) sizeof(raw); i++)
+	{
+		char	   *b64 = test_base64(raw, i);
+
+		if (!igny8_base64_decode(b64, strlen(b64), i, &out, &outlen) ||
+			outlen != (size_t) i || memcmp(out, raw, i) != 0)
+			nbad++;
+		else
+			pfree(out);
+		/* one byte short of the bound is refused */
+		if (i > 0 && igny8_base64_decode(b64, strlen(b64), i - 1, &out,
+										 &outlen))
+		{
+			nbad++;
+			pfree(out);
+		}
+		pfree(b64);
+	}
+	check(nbad == 0, __LINE__, "%d round trips failed", nbad);
+	CHECK(!igny8_base64_decode(NULL, 4, NOMAX, &out, &outlen));
+	end_group();
+}
+
+/* ---------- images: ComfyUI (provider_comfyui.c) ---------- */
+
+#define COMFY_ID "p-1"			/* must match test/fuzz/fuzz_providers.c */
+
+/* protocols.md 2.5, with a title as exports carry them */
+#define SDXL_GRAPH \
+	"{\"4\":{\"class_type\":\"CheckpointLoaderSimple\"," \
+	"\"inputs\":{\"ckpt_name\":\"sd_xl_base_1.0.safetensors\"}}," \
+	"\"6\":{\"class_type\":\"CLIPTextEncode\",\"inputs\":{\"text\":\"a placeholder\"," \
+	"\"clip\":[\"4\",1]},\"_meta\":{\"title\":\"Positive\"}}," \
+	"\"7\":{\"class_type\":\"CLIPTextEncode\",\"inputs\":{\"text\":\"ugly\"," \
+	"\"clip\":[\"4\",1]}}," \
+	"\"5\":{\"class_type\":\"EmptyLatentImage\",\"inputs\":{\"width\":1024," \
+	"\"height\":1024,\"batch_size\":1}}," \
+	"\"3\":{\"class_type\":\"KSampler\",\"inputs\":{\"model\":[\"4\",0]," \
+	"\"positive\":[\"6\",0],\"negative\":[\"7\",0],\"latent_image\":[\"5\",0]," \
+	"\"seed\":0,\"steps\":25,\"cfg\":7.0,\"sampler_name\":\"euler\"," \
+	"\"scheduler\":\"normal\",\"denoise\":1.0}}," \
+	"\"8\":{\"class_type\":\"VAEDecode\",\"inputs\":{\"samples\":[\"3\",0]," \
+	"\"vae\":[\"4\",2]}}," \
+	"\"9\":{\"class_type\":\"SaveImage\",\"inputs\":{\"filename_prefix\":\"ComfyUI\"," \
+	"\"images\":[\"8\",0]}}}"
+
+#define SDXL_BINDINGS \
+	"{\"prompt\":[\"6\",\"text\"],\"negative_prompt\":[\"7\",\"text\"]," \
+	"\"width\":[\"5\",\"width\"],\"height\":[\"5\",\"height\"]," \
+	"\"steps\":[\"3\",\"steps\"],\"cfg\":[\"3\",\"cfg\"],\"seed\":[\"3\",\"seed\"]," \
+	"\"filename_prefix\":[\"9\",\"filename_prefix\"]}"
+
+#define IDS "{\"client_id\":\"c-1\",\"prompt_id\":\"p-1\"}"
+
+typedef struct SubmitBuildCase
+{
+	const char *what;
+	const char *graph;			/* JSON text; NULL: SDXL_GRAPH */
+	const char *bindings;		/* JSON text or NULL */
+	const char *defaults;		/* JSON text or NULL */
+	const char *prompt;
+	const char *negative;
+	int			width;
+	int			height;
+	int			steps;
+	bool		has_cfg;
+	double		cfg;
+	uint64_t	seed;
+	const char *prefix;
+	bool		no_ids;			/* client_id and prompt_id NULL */
+	const char *api_key;
+	/* success: the body is top plus "prompt": the graph with changes */
+	const char *changes;		/* {"node id": {"input": value}}, or NULL */
+	const char *top;
+	const char *text;			/* also in the body's text, or NULL */
+	const char *error;			/* failure: the error, exactly */
+} SubmitBuildCase;
+
+static const SubmitBuildCase submit_build_cases[] = {
+	{.what = "every binding, the request's values",
+		.bindings = SDXL_BINDINGS, .prompt = "a red fox",
+		.negative = "blurry", .width = 1216, .height = 832, .steps = 30,
+		.has_cfg = true, .cfg = 6.5, .seed = 123456789,
+		.prefix = "igny8/job-42",
+		.changes = "{\"6\":{\"text\":\"a red fox\"},\"7\":{\"text\":\"blurry\"},"
+		"\"5\":{\"width\":1216,\"height\":832},"
+		"\"3\":{\"steps\":30,\"cfg\":6.5,\"seed\":123456789},"
+		"\"9\":{\"filename_prefix\":\"igny8/job-42\"}}",
+		.top = IDS, .text = "\"seed\":123456789,"},
+	{.what = "the body, exactly", .graph =
+		"{\"1\":{\"class_type\":\"X\",\"inputs\":{\"text\":\"t\",\"seed\":1}}}",
+		.bindings = "{\"prompt\":[\"1\",\"text\"],\"seed\":[\"1\",\"seed\"]}",
+		.prompt = "a cat", .seed = 42, .top = IDS,
+		.changes = "{\"1\":{\"text\":\"a cat\",\"seed\":42}}",
+		.text = "{\"prompt\":{\"1\":{\"class_type\":\"X\",\"inputs\":"
+		"{\"text\":\"a cat\",\"seed\":42}}},\"client_id\":\"c-1\","
+	"\"prompt_id\":\"p-1\"}"},
+	{.what = "the largest seed, exactly", .bindings = SDXL_BINDINGS,
+		.prompt = "p", .seed = UINT64CONST(18446744073709551615),
+		.changes = "{\"6\":{\"text\":\"p\"},\"7\":{\"text\":\"\"},"
+		"\"3\":{\"seed\":18446744073709551615}}",
+	.top = IDS, .text = "\"seed\":18446744073709551615,"},
+	{.what = "2^53 + 1, which a double cannot hold",
+		.bindings = "{\"seed\":[\"3\",\"seed\"]}", .prompt = "p",
+		.seed = UINT64CONST(9007199254740993),
+		.changes = "{\"3\":{\"seed\":9007199254740993}}", .top = IDS,
+	.text = "\"seed\":9007199254740993,"},
+	{.what = "seed 0", .bindings = "{\"seed\":[\"3\",\"seed\"]}",
+		.prompt = "p", .seed = 0, .changes = "{\"3\":{\"seed\":0}}",
+	.top = IDS, .text = "\"seed\":0,"},
+	{.what = "no bindings: the graph as it is", .prompt = "p", .seed = 5,
+	.top = IDS},
+	{.what = "empty bindings", .bindings = "{}", .prompt = "p", .seed = 5,
+	.top = IDS},
+	{.what = "a JSON null as bindings", .bindings = "null", .prompt = "p",
+	.top = IDS},
+	{.what = "a bound negative prompt that is NULL becomes empty",
+		.bindings = "{\"negative_prompt\":[\"7\",\"text\"]}", .prompt = "p",
+	.changes = "{\"7\":{\"text\":\"\"}}", .top = IDS},
+	{.what = "... or its default",
+		.bindings = "{\"negative_prompt\":[\"7\",\"text\"]}",
+		.defaults = "{\"negative_prompt\":\"lowres\"}", .prompt = "p",
+	.changes = "{\"7\":{\"text\":\"lowres\"}}", .top = IDS},
+	{.what = "an unbound negative prompt stays the workflow's",
+		.bindings = "{\"prompt\":[\"6\",\"text\"]}",
+		.defaults = "{\"negative_prompt\":\"lowres\"}", .prompt = "p",
+		.negative = "blurry", .changes = "{\"6\":{\"text\":\"p\"}}",
+	.top = IDS},
+	{.what = "no size, steps or cfg, no defaults: the workflow's",
+		.bindings = SDXL_BINDINGS, .prompt = "p", .negative = "n",
+		.seed = 7, .prefix = "x",
+		.changes = "{\"6\":{\"text\":\"p\"},\"7\":{\"text\":\"n\"},"
+	"\"3\":{\"seed\":7},\"9\":{\"filename_prefix\":\"x\"}}", .top = IDS},
+	{.what = "no size, steps, cfg or prefix: the defaults",
+		.bindings = SDXL_BINDINGS,
+		.defaults = "{\"width\":512,\"height\":768,\"steps\":8,\"cfg\":1.5,"
+		"\"filename_prefix\":\"igny8\",\"seed\":99,\"sampler\":\"x\"}",
+		.prompt = "p", .seed = 7,
+		.changes = "{\"6\":{\"text\":\"p\"},\"7\":{\"text\":\"\"},"
+		"\"5\":{\"width\":512,\"height\":768},"
+		"\"3\":{\"seed\":7,\"steps\":8,\"cfg\":1.5},"
+	"\"9\":{\"filename_prefix\":\"igny8\"}}", .top = IDS},
+	{.what = "the request's values win over the defaults",
+		.bindings = SDXL_BINDINGS,
+		.defaults = "{\"width\":512,\"height\":768,\"steps\":\"junk\","
+		"\"cfg\":1.5,\"negative_prompt\":\"lowres\",\"prompt\":\"d\"}",
+		.prompt = "p", .negative = "n", .width = 1024, .height = 1536,
+		.steps = 4, .has_cfg = true, .cfg = 0, .seed = 1,
+		.changes = "{\"6\":{\"text\":\"p\"},\"7\":{\"text\":\"n\"},"
+		"\"5\":{\"width\":1024,\"height\":1536},"
+	"\"3\":{\"seed\":1,\"steps\":4,\"cfg\":0}}", .top = IDS},
+	{.what = "a key for a proxy; no ids", .bindings =
+		"{\"prompt\":[\"6\",\"text\"]}", .prompt = "say \"hi\"\n\\ \xc3\xa9",
+		.no_ids = true, .api_key = "proxy-token",
+	.changes = "{\"6\":{\"text\":\"say \\\"hi\\\"\\n\\\\ \xc3\xa9\"}}", .top = "{}"},
+	{.what = "a binding to the same input twice: the last wins",
+		.bindings = "{\"prompt\":[\"6\",\"text\"],"
+		"\"negative_prompt\":[\"6\",\"text\"]}", .prompt = "p",
+	.negative = "n", .changes = "{\"6\":{\"text\":\"n\"}}", .top = IDS},
+
+	/* refused */
+	{.what = "an unknown parameter",
+		.bindings = "{\"prompt\":[\"6\",\"text\"],\"sampler\":[\"3\",\"sampler_name\"]}",
+	.prompt = "p", .error = "unknown binding \"sampler\""},
+	{.what = "a node the graph lacks", .bindings = "{\"prompt\":[\"66\",\"text\"]}",
+	.prompt = "p", .error = "binding \"prompt\": the workflow has no node 66"},
+	{.what = "an input the node lacks", .bindings = "{\"width\":[\"6\",\"width\"]}",
+		.prompt = "p", .width = 5,
+	.error = "binding \"width\": node 6 (CLIPTextEncode) has no input \"width\""},
+	{.what = "an input that is a link", .bindings = "{\"prompt\":[\"6\",\"clip\"]}",
+		.prompt = "p",
+	.error = "binding \"prompt\": input \"clip\" of node 6 (CLIPTextEncode) is a link, not a value"},
+	{.what = "a binding that is a string", .bindings = "{\"prompt\":\"6\"}",
+	.prompt = "p", .error = "binding \"prompt\" is not [\"node id\", \"input name\"]"},
+	{.what = "a binding of one element", .bindings = "{\"prompt\":[\"6\"]}",
+	.prompt = "p", .error = "binding \"prompt\" is not [\"node id\", \"input name\"]"},
+	{.what = "a binding of three", .bindings = "{\"prompt\":[\"6\",\"text\",\"x\"]}",
+	.prompt = "p", .error = "binding \"prompt\" is not [\"node id\", \"input name\"]"},
+	{.what = "a node id that is a number", .bindings = "{\"prompt\":[6,\"text\"]}",
+	.prompt = "p", .error = "binding \"prompt\" is not [\"node id\", \"input name\"]"},
+	{.what = "bindings that are an array", .bindings = "[[\"6\",\"text\"]]",
+	.prompt = "p", .error = "the bindings are not a JSON object"},
+	{.what = "a graph that is an array", .graph = "[]", .prompt = "p",
+	.error = "the workflow is not a JSON object"},
+	{.what = "no graph", .graph = "null", .prompt = "p",
+	.error = "the workflow is not a JSON object"},
+	{.what = "a node without inputs", .graph = "{\"6\":{\"class_type\":\"X\"}}",
+		.bindings = "{\"prompt\":[\"6\",\"text\"]}", .prompt = "p",
+	.error = "binding \"prompt\": node 6 (X) has no input \"text\""},
+	{.what = "a node without class_type", .graph = "{\"6\":{\"inputs\":{}}}",
+		.bindings = "{\"prompt\":[\"6\",\"text\"]}", .prompt = "p",
+	.error = "binding \"prompt\": node 6 (no class_type) has no input \"text\""},
+	{.what = "a node that is not an object", .graph = "{\"6\":\"x\"}",
+		.bindings = "{\"prompt\":[\"6\",\"text\"]}", .prompt = "p",
+	.error = "binding \"prompt\": the workflow has no node 6"},
+	{.what = "a default of the wrong type (steps)", .bindings = SDXL_BINDINGS,
+		.defaults = "{\"steps\":\"30\"}", .prompt = "p",
+	.error = "the default of \"steps\" is not a non-negative integer"},
+	{.what = "a default of the wrong type (fraction)", .bindings = SDXL_BINDINGS,
+		.defaults = "{\"width\":512.5}", .prompt = "p",
+	.error = "the default of \"width\" is not a non-negative integer"},
+	{.what = "a default of the wrong type (string)", .bindings = SDXL_BINDINGS,
+		.defaults = "{\"negative_prompt\":5}", .prompt = "p",
+	.error = "the default of \"negative_prompt\" is not a string"},
+	{.what = "a default of the wrong type (number)", .bindings = SDXL_BINDINGS,
+		.defaults = "{\"cfg\":\"high\"}", .prompt = "p",
+	.error = "the default of \"cfg\" is not a number"}
+};
+
+/* Apply {"node id": {"input": value}} to a copy of the graph. */
+static void
+apply_changes(cJSON *graph, const char *changes)
+{
+	cJSON	   *json = test_json(changes);
+	const cJSON *node;
+	const cJSON *input;
+
+	cJSON_ArrayForEach(node, json)
+	{
+		cJSON	   *target = cJSON_GetObjectItemCaseSensitive(graph,
+															  node->string);
+		cJSON	   *inputs = cJSON_GetObjectItemCaseSensitive(target, "inputs");
+
+		cJSON_ArrayForEach(input, node)
+			igny8_json_set(inputs, input->string, cJSON_Duplicate(input, true));
+	}
+	cJSON_Delete(json);
+}
+
+static void
+test_comfyui_build_submit(void)
+{
+	int			i;
+
+	begin_group("ComfyUI build_submit: bindings, defaults, body");
+	for (i = 0; i < (int) lengthof(submit_build_cases); i++)
+	{
+		const SubmitBuildCase *c = &submit_build_cases[i];
+		Igny8ImageRequest req;
+		Igny8HttpRequest out;
+		cJSON	   *graph = test_json(c->graph ? c->graph : SDXL_GRAPH);
+		char	   *before = igny8_json_print(graph);
+		char	   *after;
+		char	   *error;
+		bool		ok;
+
+		begin_case(i, c->what);
+		memset(&req, 0, sizeof(req));
+		req.model = "sdxl";
+		req.prompt = c->prompt;
+		req.negative_prompt = c->negative;
+		req.width = c->width;
+		req.height = c->height;
+		req.steps = c->steps;
+		req.has_cfg = c->has_cfg;
+		req.cfg = c->cfg;
+		req.seed = c->seed;
+		req.graph = graph;
+		req.bindings = test_json(c->bindings);
+		req.defaults = test_json(c->defaults);
+		req.client_id = c->no_ids ? NULL : "c-1";
+		req.prompt_id = c->no_ids ? NULL : "p-1";
+		req.filename_prefix = c->prefix;
+
+		memset(&out, 0x7f, sizeof(out));
+		error = (char *) "untouched";
+		ok = igny8_comfyui_build_submit(&req, c->api_key, &out, &error);
+		if (c->error != NULL)
+		{
+			check(!ok, __LINE__, "build_submit succeeded");
+			CHECK_STR(error, c->error);
+			CHECK(out.path == NULL && out.body == NULL && out.nheaders == 0);
+			if (error != NULL)
+				check_clean(error, IGNY8_ERRMSG_MAX + 3, "error", __LINE__);
+		}
+		else if (check(ok, __LINE__, "build_submit failed: %s",
+					   ok ? "" : error))
+		{
+			const char *bearer[] = {CT, NULL, NULL};
+			cJSON	   *expected = test_json(c->top);
+			cJSON	   *want_graph = cJSON_Duplicate(graph, true);
+			char	   *text;
+
+			CHECK(error == NULL);
+			CHECK_STR(out.method, "POST");
+			CHECK_STR(out.path, "/prompt");
+			if (c->api_key != NULL)
+				bearer[1] = psprintf("Authorization: Bearer %s", c->api_key);
+			check_headers(&out, bearer, __LINE__);
+			free_maybe((char *) bearer[1]);
+			if (c->changes != NULL)
+				apply_changes(want_graph, c->changes);
+			cJSON_AddItemToObject(expected, "prompt", want_graph);
+			text = igny8_json_print(expected);
+			CHECK_JSON(out.body, text);
+			pfree(text);
+			cJSON_Delete(expected);
+			if (c->text != NULL)
+				CHECK_CONTAINS(out.body, c->text);
+			if (c->api_key != NULL)
+				check(strstr(out.body, c->api_key) == NULL, __LINE__,
+					  "the key is in the body");
+		}
+		if (!ok)
+			free_maybe(error);
+		free_request(&out);
+
+		/* the caller's graph is left as it was */
+		after = igny8_json_print(graph);
+		CHECK_STR(after, before);
+		pfree(after);
+		pfree(before);
+		cJSON_Delete(graph);
+		cJSON_Delete((cJSON *) req.bindings);
+		cJSON_Delete((cJSON *) req.defaults);
+	}
+	end_group();
+}
+
+#define PREFIX 4				/* the message starts with the one given */
+
+typedef struct SubmitParseCase
+{
+	const char *what;
+	long		status;
+	const char *body;
+	double		retry_after;
+	int			should_retry;
+	bool		ok;
+	const char *prompt_id;
+	Igny8ErrorClass cls;
+	const char *message;		/* exactly, or its start with PREFIX */
+	int			flags;			/* ONCE, PREFIX */
+} SubmitParseCase;
+
+/* the simulator's answers, which are ComfyUI 0.3's */
+#define VALIDATION_HEAD \
+	"{\"error\":{\"type\":\"prompt_outputs_failed_validation\"," \
+	"\"message\":\"Prompt outputs failed validation\",\"details\":\"\"," \
+	"\"extra_info\":{}},\"node_errors\":{"
+#define CKPT_MISSING_ERROR \
+	"{\"type\":\"value_not_in_list\",\"message\":\"Value not in list\"," \
+	"\"details\":\"ckpt_name: 'flux1-dev-nope.safetensors' not in " \
+	"['sd3.5_large.safetensors', 'sd_xl_base_1.0.safetensors', " \
+	"'sdxl_lightning_4step.safetensors']\",\"extra_info\":{\"input_name\":" \
+	"\"ckpt_name\",\"input_config\":[[\"sd3.5_large.safetensors\"," \
+	"\"sd_xl_base_1.0.safetensors\",\"sdxl_lightning_4step.safetensors\"]," \
+	"{\"tooltip\":\"The name of the checkpoint (model) to load.\"}]," \
+	"\"received_value\":\"flux1-dev-nope.safetensors\"}}"
+#define CKPT_MISSING \
+	"\"4\":{\"errors\":[" CKPT_MISSING_ERROR "],\"dependent_outputs\":[\"9\"]," \
+	"\"class_type\":\"CheckpointLoaderSimple\"}"
+#define UNET_MISSING \
+	"\"12\":{\"errors\":[{\"type\":\"value_not_in_list\",\"message\":" \
+	"\"Value not in list\",\"details\":\"unet_name: 'flux1-dev.safetensors' " \
+	"not in []\",\"extra_info\":{\"input_name\":\"unet_name\"," \
+	"\"input_config\":[[],{}],\"received_value\":\"flux1-dev.safetensors\"}}]," \
+	"\"dependent_outputs\":[\"9\"],\"class_type\":\"UNETLoader\"}"
+#define VAE_MISSING \
+	"\"10\":{\"errors\":[{\"type\":\"value_not_in_list\",\"message\":" \
+	"\"Value not in list\",\"details\":\"vae_name: 'ae.safetensors' not in " \
+	"[]\",\"extra_info\":{\"input_name\":\"vae_name\",\"received_value\":" \
+	"\"ae.safetensors\"}}],\"dependent_outputs\":[\"9\"]," \
+	"\"class_type\":\"VAELoader\"}"
+#define KSAMPLER_BAD \
+	"\"3\":{\"errors\":[{\"type\":\"value_smaller_than_min\",\"message\":" \
+	"\"Value 0 smaller than min of 1\",\"details\":\"steps\",\"extra_info\":" \
+	"{\"input_name\":\"steps\",\"input_config\":[\"INT\",{\"default\":20," \
+	"\"min\":1,\"max\":10000}],\"received_value\":0}},{\"type\":" \
+	"\"value_not_in_list\",\"message\":\"Value not in list\",\"details\":" \
+	"\"sampler_name: 'nope' not in (list of length 45)\",\"extra_info\":" \
+	"{\"input_name\":\"sampler_name\",\"input_config\":null," \
+	"\"received_value\":\"nope\"}}],\"dependent_outputs\":[\"9\"]," \
+	"\"class_type\":\"KSampler\"}"
+#define SAMPLER_BAD \
+	"\"3\":{\"errors\":[{\"type\":\"value_not_in_list\",\"message\":" \
+	"\"Value not in list\",\"details\":\"sampler_name: 'nope' not in (list " \
+	"of length 45)\",\"extra_info\":{\"input_name\":\"sampler_name\"," \
+	"\"input_config\":null,\"received_value\":\"nope\"}}]," \
+	"\"dependent_outputs\":[\"9\"],\"class_type\":\"KSampler\"}"
+#define INNER_EXCEPTION \
+	"\"8\":{\"errors\":[{\"type\":\"exception_during_inner_validation\"," \
+	"\"message\":\"Exception when validating inner node\",\"details\":" \
+	"\"'33'\",\"extra_info\":{\"input_name\":\"images\",\"exception_message\":" \
+	"\"'33'\",\"exception_type\":\"KeyError\",\"traceback\":[\"  File " \
+	"\\\"/opt/ComfyUI/execution.py\\\", line 1079, in validate_inputs\\n\"]," \
+	"\"linked_node\":[\"8\",0]}}],\"dependent_outputs\":[\"9\"]," \
+	"\"class_type\":\"VAEDecode\"}"
+#define OUTER_EXCEPTION \
+	"{\"error\":{\"type\":\"prompt_outputs_failed_validation\",\"message\":" \
+	"\"Prompt outputs failed validation\",\"details\":\"Exception when " \
+	"validating node: '88'\",\"extra_info\":{}},\"node_errors\":{\"9\":" \
+	"{\"errors\":[{\"type\":\"exception_during_validation\",\"message\":" \
+	"\"Exception when validating node\",\"details\":\"'88'\",\"extra_info\":" \
+	"{\"exception_type\":\"KeyError\",\"traceback\":[]}}]," \
+	"\"dependent_outputs\":[\"9\"],\"class_type\":\"SaveImage\"}}}"
+
+static const SubmitParseCase submit_parse_cases[] = {
+	{"queued", 200, "{\"prompt_id\": \"p-1\", \"number\": 0, \"node_errors\": {}}",
+	NOHDR, true, "p-1", IGNY8_ERR_NONE, NULL, 0},
+	{"queued, some outputs dropped", 200,
+		"{\"prompt_id\":\"4c1d1b8e-2f0c-4c55-9a3e-0b7f3e2a9d11\",\"number\":3,"
+		"\"node_errors\":{" SAMPLER_BAD "}}", NOHDR, true,
+	"4c1d1b8e-2f0c-4c55-9a3e-0b7f3e2a9d11", IGNY8_ERR_NONE, NULL, 0},
+
+	/* what this server lacks: another may have it */
+	{"a checkpoint file missing", 400, VALIDATION_HEAD CKPT_MISSING "}}",
+		NOHDR, false, NULL, IGNY8_ERR_FALLBACK,
+		"node 4 (CheckpointLoaderSimple): ckpt_name: "
+	"'flux1-dev-nope.safetensors' not in ['sd3.5_large.safetensors', ", PREFIX},
+	{"the FLUX model file missing", 400, VALIDATION_HEAD UNET_MISSING "}}",
+		NOHDR, false, NULL, IGNY8_ERR_FALLBACK,
+	"node 12 (UNETLoader): unet_name: 'flux1-dev.safetensors' not in []", 0},
+	{"two model files missing", 400,
+		VALIDATION_HEAD UNET_MISSING "," VAE_MISSING "}}", NOHDR, false, NULL,
+		IGNY8_ERR_FALLBACK,
+	"node 12 (UNETLoader): unet_name: 'flux1-dev.safetensors' not in []", 0},
+	{"a model file on a custom node", 400, VALIDATION_HEAD
+		"\"20\":{\"class_type\":\"FluxModelPicker\",\"errors\":[{\"type\":"
+		"\"value_not_in_list\",\"message\":\"Value not in list\",\"details\":"
+		"\"model: 'flux1-schnell.GGUF' not in ['a.gguf']\",\"extra_info\":"
+		"{\"received_value\":\"flux1-schnell.GGUF\"}}]}}}", NOHDR, false,
+		NULL, IGNY8_ERR_FALLBACK,
+	"node 20 (FluxModelPicker): model: 'flux1-schnell.GGUF' not in ['a.gguf']", 0},
+	{"a custom node not installed", 400,
+		"{\"error\": {\"type\": \"missing_node_type\", \"message\": \"Node "
+		"'VAEDecodeX' not found. The custom node may not be installed.\", "
+		"\"details\": \"Node ID '#8'\", \"extra_info\": {\"node_id\": \"8\", "
+		"\"class_type\": \"VAEDecodeX\", \"node_title\": \"VAEDecodeX\"}}, "
+		"\"node_errors\": {}}", NOHDR, false, NULL, IGNY8_ERR_FALLBACK,
+		"node 8 (VAEDecodeX): Node 'VAEDecodeX' not found. The custom node "
+	"may not be installed.", 0},
+	{"older builds: a node class that does not exist", 400,
+		"{\"error\":{\"type\":\"invalid_prompt\",\"message\":\"Cannot execute "
+		"because node ImpactKSampler does not exist.\",\"details\":\"Node ID "
+		"'#3'\",\"extra_info\":{}},\"node_errors\":[]}", NOHDR, false, NULL,
+		IGNY8_ERR_FALLBACK,
+		"Cannot execute because node ImpactKSampler does not exist.: Node ID "
+	"'#3'", 0},
+
+	/* what is wrong with the workflow */
+	{"a model missing and a bad value", 400,
+		VALIDATION_HEAD CKPT_MISSING "," KSAMPLER_BAD "}}", NOHDR, false,
+		NULL, IGNY8_ERR_CALLER,
+	"node 3 (KSampler): Value 0 smaller than min of 1: steps", 0},
+	{"a sampler that is not in the list", 400,
+		VALIDATION_HEAD SAMPLER_BAD "}}", NOHDR, false, NULL,
+		IGNY8_ERR_CALLER,
+	"node 3 (KSampler): sampler_name: 'nope' not in (list of length 45)", 0},
+	{"an input image that is not there", 400, VALIDATION_HEAD
+		"\"11\":{\"class_type\":\"LoadImage\",\"errors\":[{\"type\":"
+		"\"value_not_in_list\",\"message\":\"Value not in list\",\"details\":"
+		"\"image: 'in.png' not in []\",\"extra_info\":{\"received_value\":"
+		"\"in.png\"}}]}}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+	"node 11 (LoadImage): image: 'in.png' not in []", 0},
+	{"a link to a node that is not there", 400,
+		VALIDATION_HEAD INNER_EXCEPTION "}}", NOHDR, false, NULL,
+		IGNY8_ERR_CALLER,
+	"node 8 (VAEDecode): Exception when validating inner node: '33'", 0},
+	{"the output node's link broken", 400, OUTER_EXCEPTION, NOHDR, false,
+		NULL, IGNY8_ERR_CALLER,
+	"node 9 (SaveImage): Exception when validating node: '88'", 0},
+	{"a node without class_type", 400,
+		"{\"error\": {\"type\": \"missing_node_type\", \"message\": \"Node "
+		"'ID #8' has no class_type. The workflow may be corrupted or a custom "
+		"node is missing.\", \"details\": \"Node ID '#8'\", \"extra_info\": "
+		"{\"node_id\": \"8\", \"class_type\": null, \"node_title\": null}}, "
+		"\"node_errors\": {}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+		"node 8 (no class_type): Node 'ID #8' has no class_type. The workflow "
+	"may be corrupted or a custom node is missing.", 0},
+	{"no output node", 400,
+		"{\"error\": {\"type\": \"prompt_no_outputs\", \"message\": \"Prompt "
+		"has no outputs\", \"details\": \"\", \"extra_info\": {}}, "
+		"\"node_errors\": {}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+	"Prompt has no outputs", 0},
+	{"no prompt", 400,
+		"{\"error\": {\"type\": \"no_prompt\", \"message\": \"No prompt "
+		"provided\", \"details\": \"No prompt provided\", \"extra_info\": {}}, "
+		"\"node_errors\": {}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+	"No prompt provided", 0},
+	{"older builds: no prompt", 400,
+		"{\"error\": \"no prompt\", \"node_errors\": []}", NOHDR, false, NULL,
+	IGNY8_ERR_CALLER, "no prompt", 0},
+	{"older builds: invalid_prompt of another kind", 400,
+		"{\"error\":{\"type\":\"invalid_prompt\",\"message\":\"Cannot execute "
+		"because a node is missing the class_type property.\",\"details\":"
+		"\"Node ID '#3'\",\"extra_info\":{}},\"node_errors\":[]}", NOHDR,
+		false, NULL, IGNY8_ERR_CALLER,
+		"Cannot execute because a node is missing the class_type property.: "
+	"Node ID '#3'", 0},
+	{"failed validation without node errors", 400,
+		VALIDATION_HEAD "}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+	"Prompt outputs failed validation", 0},
+	{"node errors of odd shapes are skipped", 400,
+		VALIDATION_HEAD "\"1\":5,\"2\":{\"errors\":{}},\"3\":{\"errors\":[7,"
+		"{}]}}}", NOHDR, false, NULL, IGNY8_ERR_CALLER,
+	"node 3 (no class_type): invalid", 0},
+	{"a proxy's 400 page", 400, "<html>Bad Request</html>", NOHDR, false,
+	NULL, IGNY8_ERR_CALLER, "HTTP 400 from ComfyUI: <html>Bad Request</html>", 0},
+	{"control characters and bad UTF-8 in a node error", 400,
+		VALIDATION_HEAD "\"3\":{\"class_type\":\"K\\nS\",\"errors\":[{\"type\":"
+		"\"x\",\"message\":\"bad\\u0007 \xff value\"}]}}}", NOHDR, false, NULL,
+	IGNY8_ERR_CALLER, "node 3 (K S): bad  ? value", 0},
+
+	/* the server's trouble */
+	{"a body that is not JSON (aiohttp's 500)", 500,
+		"500 Internal Server Error\n\nServer got itself in trouble", NOHDR,
+		false, NULL, IGNY8_ERR_RETRY,
+	"HTTP 500 from ComfyUI: 500 Internal Server Error  Server got itself in trouble", 0},
+	{"a 502 from a proxy, empty", 502, "", NOHDR, false, NULL,
+	IGNY8_ERR_RETRY, "HTTP 502 from ComfyUI", 0},
+	{"429 with retry-after", 429, "", 3, -1, false, NULL, IGNY8_ERR_RETRY,
+	"HTTP 429 from ComfyUI", 0},
+	{"503, x-should-retry false", 503, "", -1, 0, false, NULL,
+	IGNY8_ERR_FALLBACK, "HTTP 503 from ComfyUI", 0},
+	{"404: not ComfyUI", 404, "404: Not Found", NOHDR, false, NULL,
+	IGNY8_ERR_FALLBACK, "HTTP 404 from ComfyUI: 404: Not Found", 0},
+	{"401 from a proxy", 401, "{\"error\":\"bad token\"}", NOHDR, false,
+	NULL, IGNY8_ERR_FALLBACK, "bad token", 0},
+
+	/* a 200 that cannot be used */
+	{"no prompt_id", 200, "{\"number\":0,\"node_errors\":{}}", NOHDR, false,
+		NULL, IGNY8_ERR_RETRY, "malformed response from ComfyUI: no prompt_id",
+	ONCE},
+	{"an empty prompt_id", 200, "{\"prompt_id\":\"\"}", NOHDR, false, NULL,
+	IGNY8_ERR_RETRY, "malformed response from ComfyUI: no prompt_id", ONCE},
+	{"a prompt_id that is a number", 200, "{\"prompt_id\":5}", NOHDR, false,
+		NULL, IGNY8_ERR_RETRY, "malformed response from ComfyUI: no prompt_id",
+	ONCE},
+	{"a prompt_id too long", 200, "{\"prompt_id\":\""
+		"0123456789012345678901234567890123456789012345678901234567890123"
+		"0123456789012345678901234567890123456789012345678901234567890123"
+		"\"}", NOHDR, false, NULL, IGNY8_ERR_RETRY,
+		"malformed response from ComfyUI: the prompt_id is not a short UTF-8 "
+	"string", ONCE},
+	{"a prompt_id of bad UTF-8", 200, "{\"prompt_id\":\"a\xff\"}", NOHDR,
+		false, NULL, IGNY8_ERR_RETRY,
+		"malformed response from ComfyUI: the prompt_id is not a short UTF-8 "
+	"string", ONCE},
+	{"a NUL in the prompt_id", 200, "{\"prompt_id\":\"p-1\\u0000x\"}", NOHDR,
+		false, NULL, IGNY8_ERR_RETRY,
+		"malformed response from ComfyUI: a string contains a NUL character",
+	ONCE},
+	{"not JSON", 200, "{\"prompt_id\": \"p-", NOHDR, false, NULL,
+	IGNY8_ERR_RETRY, "malformed response from ComfyUI: not JSON", ONCE},
+	{"empty", 200, "", NOHDR, false, NULL, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: not JSON", ONCE},
+	{"an array", 200, "[\"p-1\"]", NOHDR, false, NULL, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: no prompt_id", ONCE}
+};
+
+/* Build a response as the transport would hand it over. */
+static Igny8HttpResponse
+make_response(long status, const char *body, size_t len, double retry_after,
+			  int should_retry)
+{
+	Igny8HttpResponse resp;
+
+	resp.status = status;
+	resp.body = body;
+	resp.body_len = len;
+	resp.retry_after = retry_after;
+	resp.should_retry = should_retry;
+	if (corpus_dir != NULL)
+		write_seed(&resp, false, 0);
+	return resp;
+}
+
+/* Check a classified error against its case. */
+static void
+check_error(const Igny8ProviderError *e, Igny8ErrorClass cls,
+			const char *message, int flags, double retry_after, int line)
+{
+	check(e->cls == cls, line, "class %s, expected %s", class_names[e->cls],
+		  class_names[cls]);
+	check_clean(e->message, IGNY8_ERRMSG_MAX + 3, "message", line);
+	if (flags & PREFIX)
+		check(e->message != NULL &&
+			  strncmp(e->message, message, strlen(message)) == 0, line,
+			  "message \"%s\" does not start with \"%s\"",
+			  e->message ? e->message : "(null)", message);
+	else
+		check_str(e->message, message, "message", line);
+	check(e->retry_once == ((flags & ONCE) != 0), line, "retry_once %d",
+		  (int) e->retry_once);
+	CHECK(!e->drop_think);
+	check(e->retry_after == retry_after, line, "retry_after %g, expected %g",
+		  e->retry_after, retry_after);
+}
+
+static void
+test_comfyui_parse_submit(void)
+{
+	int			i;
+
+	begin_group("ComfyUI parse_submit: prompt_id and the 400s of /prompt");
+	for (i = 0; i < (int) lengthof(submit_parse_cases); i++)
+	{
+		const SubmitParseCase *c = &submit_parse_cases[i];
+		Igny8HttpResponse resp;
+		Igny8ProviderError e;
+		char	   *prompt_id;
+		bool		ok;
+
+		begin_case(i, c->what);
+		resp = make_response(c->status, c->body, strlen(c->body),
+							 c->retry_after, c->should_retry);
+		memset(&e, 0x7f, sizeof(e));
+		prompt_id = (char *) "untouched";
+		ok = igny8_comfyui_parse_submit(&resp, &prompt_id, &e);
+		check(ok == c->ok, __LINE__, "parse_submit = %d, expected %d (%s)",
+			  (int) ok, (int) c->ok, ok ? "" : e.message);
+		if (ok)
+		{
+			CHECK_STR(prompt_id, c->prompt_id);
+			CHECK(e.cls == IGNY8_ERR_NONE && e.message == NULL);
+			CHECK(!e.retry_once && !e.drop_think);
+		}
+		else
+		{
+			CHECK(prompt_id == NULL);
+			check_error(&e, c->cls, c->message, c->flags, c->retry_after,
+						__LINE__);
+		}
+		if (ok)
+			pfree(prompt_id);
+		free_maybe(e.message);
+	}
+	case_name = NULL;
+
+	/* a long node error is cut like every message */
+	{
+		char	   *body;
+		Igny8HttpResponse resp;
+		Igny8ProviderError e;
+		char	   *prompt_id;
+
+		body = psprintf(VALIDATION_HEAD "\"4\":{\"class_type\":\"CheckpointLoaderSimple\","
+						"\"errors\":[{\"type\":\"value_not_in_list\",\"details\":"
+						"\"ckpt_name: 'x.safetensors' not in [%.*s]\"}]}}}",
+						2000, long_error_body + 10);
+		resp = make_response(400, body, strlen(body), -1, -1);
+		CHECK(!igny8_comfyui_parse_submit(&resp, &prompt_id, &e));
+		CHECK(e.cls == IGNY8_ERR_FALLBACK);
+		CHECK_INT(strlen(e.message), IGNY8_ERRMSG_MAX + 3);
+		CHECK(strncmp(e.message, "node 4 (CheckpointLoaderSimple): ckpt_name: "
+					  "'x.safetensors' not in [yyy", 71) == 0);
+		free_maybe(e.message);
+		pfree(body);
+	}
+	end_group();
+}
+
+typedef struct HistoryCase
+{
+	const char *what;
+	long		status;
+	const char *body;
+	Igny8ComfyState state;
+	const char *images[5];		/* "filename|subfolder|type", NULL-ended */
+	Igny8ErrorClass cls;
+	const char *message;
+	int			flags;
+} HistoryCase;
+
+#define HISTORY_PROMPT \
+	"\"prompt\":[0,\"p-1\",{\"9\":{\"class_type\":\"SaveImage\",\"inputs\":" \
+	"{\"filename_prefix\":\"igny8/t1\",\"images\":[\"8\",0]}}},{\"client_id\":" \
+	"\"c-1\",\"create_time\":1796035700993},[\"9\"]]"
+#define HISTORY_STARTED \
+	"[\"execution_start\",{\"prompt_id\":\"p-1\",\"timestamp\":1796035701003}]," \
+	"[\"execution_cached\",{\"nodes\":[\"4\",\"7\",\"5\"],\"prompt_id\":" \
+	"\"p-1\",\"timestamp\":1796035701003}]"
+#define HISTORY_SUCCESS(outputs) \
+	"{\"p-1\":{" HISTORY_PROMPT ",\"outputs\":" outputs ",\"status\":" \
+	"{\"status_str\":\"success\",\"completed\":true,\"messages\":[" \
+	HISTORY_STARTED ",[\"execution_success\",{\"prompt_id\":\"p-1\"," \
+	"\"timestamp\":1796035701003}]]},\"meta\":{\"9\":{\"node_id\":\"9\"," \
+	"\"display_node\":\"9\",\"parent_node\":null,\"real_node_id\":\"9\"}}}}"
+#define HISTORY_FAILED(event) \
+	"{\"p-1\":{" HISTORY_PROMPT ",\"outputs\":{},\"status\":{\"status_str\":" \
+	"\"error\",\"completed\":false,\"messages\":[" HISTORY_STARTED "," event \
+	"]},\"meta\":{}}}"
+#define OOM_EVENT \
+	"[\"execution_error\",{\"prompt_id\":\"p-1\",\"node_id\":\"3\"," \
+	"\"node_type\":\"KSampler\",\"executed\":[\"6\"],\"exception_message\":" \
+	"\"CUDA out of memory. Tried to allocate 9.00 GiB. GPU 0 has a total " \
+	"capacity of 23.52 GiB of which 2.18 GiB is free. Including non-PyTorch " \
+	"memory, this process has 21.32 GiB memory in use.\\nThis error means " \
+	"you ran out of memory on your GPU.\\n\\nTIPS: If the workflow worked " \
+	"before you might have accidentally set the batch_size to a large " \
+	"number.\",\"exception_type\":\"torch.OutOfMemoryError\",\"traceback\":" \
+	"[\"  File \\\"/opt/ComfyUI/execution.py\\\", line 496, in execute\\n\"]," \
+	"\"current_inputs\":{\"seed\":[729],\"steps\":[2]},\"current_outputs\":" \
+	"[\"4\",\"7\",\"5\"],\"timestamp\":1796035721105}]"
+#define RUNTIME_EVENT \
+	"[\"execution_error\",{\"prompt_id\":\"p-1\",\"node_id\":\"3\"," \
+	"\"node_type\":\"KSampler\",\"executed\":[\"6\"],\"exception_message\":" \
+	"\"mat1 and mat2 shapes cannot be multiplied (154x2048 and 768x320)\\n\\n" \
+	"\\nTIPS: If you have any 'Load CLIP' or '*CLIP Loader' nodes in your " \
+	"workflow connected to this sampler node make sure the correct file(s) " \
+	"and type is selected.\",\"exception_type\":\"RuntimeError\"," \
+	"\"traceback\":[],\"current_inputs\":{},\"current_outputs\":[]," \
+	"\"timestamp\":1796035721765}]"
+#define INTERRUPTED_EVENT \
+	"[\"execution_interrupted\",{\"prompt_id\":\"p-1\",\"node_id\":\"3\"," \
+	"\"node_type\":\"KSampler\",\"executed\":[\"6\"],\"timestamp\":" \
+	"1796035731470}]"
+#define SAVED(name) \
+	"{\"filename\":\"" name "\",\"subfolder\":\"igny8\",\"type\":\"output\"}"
+#define PREVIEW(name) \
+	"{\"filename\":\"" name "\",\"subfolder\":\"\",\"type\":\"temp\"}"
+
+static const HistoryCase history_cases[] = {
+	{"queued or running", 200, "{}", IGNY8_COMFY_PENDING, {NULL}, IGNY8_ERR_NONE, NULL, 0},
+	{"another prompt's entry only", 200,
+		"{\"p-2\":{\"outputs\":{},\"status\":{\"status_str\":\"success\"}}}",
+	IGNY8_COMFY_PENDING, {NULL}, IGNY8_ERR_NONE, NULL, 0},
+	{"done, one image", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[" SAVED("t1_00001_.png") "]}}"),
+	IGNY8_COMFY_DONE, {"t1_00001_.png|igny8|output"}, IGNY8_ERR_NONE, NULL, 0},
+	{"a batch, two save nodes and a preview", 200,
+		HISTORY_SUCCESS("{\"12\":{\"images\":[" PREVIEW("ComfyUI_temp_a_00001_.png")
+						"]},\"9\":{\"images\":[" SAVED("t1_00001_.png") ","
+						SAVED("t1_00002_.png") "]},\"19\":{\"images\":["
+						"{\"filename\":\"b_00001_.png\",\"type\":\"output\"}]},"
+						"\"20\":{\"text\":[\"not an image\"]}}"),
+		IGNY8_COMFY_DONE, {"t1_00001_.png|igny8|output",
+	"t1_00002_.png|igny8|output", "b_00001_.png||output"}, IGNY8_ERR_NONE, NULL, 0},
+	{"previews only", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[" PREVIEW("ComfyUI_temp_klfxh_00001_.png")
+						"]}}"),
+	IGNY8_COMFY_DONE, {"ComfyUI_temp_klfxh_00001_.png||temp"}, IGNY8_ERR_NONE, NULL, 0},
+	{"odd image entries are skipped", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[5,{\"filename\":\"\"},"
+						"{\"subfolder\":\"x\"},{\"filename\":\"in.png\","
+						"\"type\":\"input\"},{\"filename\":7},"
+						"{\"filename\":\"ok.png\"}]},\"10\":{\"images\":{}},"
+						"\"11\":[]}"),
+	IGNY8_COMFY_DONE, {"ok.png||output"}, IGNY8_ERR_NONE, NULL, 0},
+	{"a file name with odd characters", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[{\"filename\":\"a b&c=d%\\u00e9.png\","
+						"\"subfolder\":\"x/y\",\"type\":\"output\"}]}}"),
+	IGNY8_COMFY_DONE, {"a b&c=d%\xc3\xa9.png|x/y|output"}, IGNY8_ERR_NONE, NULL, 0},
+	{"older builds: no status", 200,
+		"{\"p-1\":{\"outputs\":{\"9\":{\"images\":[" SAVED("t_00001_.png")
+		"]}}}}", IGNY8_COMFY_DONE, {"t_00001_.png|igny8|output"}, IGNY8_ERR_NONE, NULL, 0},
+
+	{"success without an image", 200, HISTORY_SUCCESS("{}"),
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_FALLBACK,
+	"the workflow produced no image", 0},
+	{"success with input images only", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[{\"filename\":\"in.png\","
+						"\"type\":\"input\"}]}}"),
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_FALLBACK,
+	"the workflow produced no image", 0},
+	{"out of memory", 200, HISTORY_FAILED(OOM_EVENT), IGNY8_COMFY_FAILED,
+		{NULL}, IGNY8_ERR_RETRY,
+		"execution error in node 3 (KSampler): torch.OutOfMemoryError: CUDA "
+	"out of memory. Tried to allocate 9.00 GiB.", ONCE | PREFIX},
+	{"a runtime error", 200, HISTORY_FAILED(RUNTIME_EVENT),
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+		"execution error in node 3 (KSampler): RuntimeError: mat1 and mat2 "
+		"shapes cannot be multiplied (154x2048 and 768x320)   TIPS: If you "
+	"have any 'Load CLIP'", ONCE | PREFIX},
+	{"an error without details", 200,
+		"{\"p-1\":{\"outputs\":{},\"status\":{\"status_str\":\"error\","
+		"\"messages\":[[\"execution_error\",5]]}}}", IGNY8_COMFY_FAILED,
+	{NULL}, IGNY8_ERR_RETRY, "execution error", ONCE},
+	{"status error, no message", 200,
+		"{\"p-1\":{\"outputs\":{},\"status\":{\"status_str\":\"error\","
+		"\"completed\":false,\"messages\":[]}}}", IGNY8_COMFY_FAILED,
+	{NULL}, IGNY8_ERR_RETRY, "execution error", ONCE},
+	{"interrupted", 200, HISTORY_FAILED(INTERRUPTED_EVENT),
+	IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_FALLBACK, "interrupted", 0},
+	{"interrupted wins over an image", 200,
+		"{\"p-1\":{\"outputs\":{\"9\":{\"images\":[" SAVED("t_00001_.png")
+		"]}},\"status\":{\"status_str\":\"success\",\"messages\":["
+		INTERRUPTED_EVENT "]}}}", IGNY8_COMFY_FAILED, {NULL},
+	IGNY8_ERR_FALLBACK, "interrupted", 0},
+
+	{"an unknown status_str", 200,
+		"{\"p-1\":{\"outputs\":{},\"status\":{\"status_str\":\"cancelled\"}}}",
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: unknown status_str", ONCE},
+	{"an entry that is not an object", 200, "{\"p-1\":[]}",
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: the history entry is not an object", ONCE},
+	{"no outputs", 200,
+		"{\"p-1\":{\"status\":{\"status_str\":\"success\"}}}",
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: no outputs in the history entry", ONCE},
+	{"not JSON", 200, "{\"p-1\":", IGNY8_COMFY_FAILED, {NULL},
+	IGNY8_ERR_RETRY, "malformed response from ComfyUI: not JSON", ONCE},
+	{"an array", 200, "[]", IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: not a JSON object", ONCE},
+	{"a NUL in a file name", 200,
+		HISTORY_SUCCESS("{\"9\":{\"images\":[" SAVED("t1\\u0000.png") "]}}"),
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"malformed response from ComfyUI: a string contains a NUL character", ONCE},
+	{"500", 500, "500 Internal Server Error\n\nServer got itself in trouble",
+		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	"HTTP 500 from ComfyUI: 500 Internal Server Error  Server got itself in trouble", 0},
+	{"404", 404, "", IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_FALLBACK,
+	"HTTP 404 from ComfyUI", 0}
+};
+
+static void
+test_comfyui_parse_history(void)
+{
+	Igny8ComfyImage *images;
+	Igny8HttpResponse resp;
+	Igny8ProviderError e;
+	Igny8ComfyState state;
+	int			nimages;
+	int			i;
+	int			j;
+
+	begin_group("ComfyUI parse_history: pending, images, failures");
+	for (i = 0; i < (int) lengthof(history_cases); i++)
+	{
+		const HistoryCase *c = &history_cases[i];
+		int			n = 0;
+
+		begin_case(i, c->what);
+		resp = make_response(c->status, c->body, strlen(c->body), -1, -1);
+		memset(&e, 0x7f, sizeof(e));
+		images = (Igny8ComfyImage *) "untouched";
+		nimages = -5;
+		state = igny8_comfyui_parse_history(&resp, COMFY_ID, &images,
+											&nimages, &e);
+		check(state == c->state, __LINE__, "state %d, expected %d (%s)",
+			  (int) state, (int) c->state,
+			  state == IGNY8_COMFY_FAILED ? e.message : "");
+		while (n < (int) lengthof(c->images) && c->images[n] != NULL)
+			n++;
+		CHECK_INT(nimages, n);
+		if (state == IGNY8_COMFY_DONE && nimages == n)
+		{
+			for (j = 0; j < n; j++)
+			{
+				char	   *got = psprintf("%s|%s|%s", images[j].filename,
+										   images[j].subfolder,
+										   images[j].type);
+
+				CHECK_STR(got, c->images[j]);
+				pfree(got);
+			}
+		}
+		if (state == IGNY8_COMFY_FAILED)
+			check_error(&e, c->cls, c->message, c->flags, -1, __LINE__);
+		else
+			CHECK(e.cls == IGNY8_ERR_NONE && e.message == NULL);
+		if (state != IGNY8_COMFY_DONE)
+			CHECK(images == NULL);
+		for (j = 0; j < nimages; j++)
+		{
+			pfree(images[j].filename);
+			pfree(images[j].subfolder);
+			pfree(images[j].type);
+		}
+		if (state == IGNY8_COMFY_DONE)
+			pfree(images);
+		free_maybe(e.message);
+	}
+	case_name = NULL;
+
+	/* without a prompt_id, the first entry */
+	{
+		const char *body = "{\"x\":{\"outputs\":{\"9\":{\"images\":["
+			SAVED("a.png") "]}}}}";
+
+		resp = make_response(200, body, strlen(body), -1, -1);
+		state = igny8_comfyui_parse_history(&resp, NULL, &images, &nimages,
+											&e);
+		CHECK(state == IGNY8_COMFY_DONE && nimages == 1);
+		if (state == IGNY8_COMFY_DONE)
+		{
+			CHECK_STR(images[0].filename, "a.png");
+			pfree(images[0].filename);
+			pfree(images[0].subfolder);
+			pfree(images[0].type);
+			pfree(images);
+		}
+		resp = make_response(200, "{}", 2, -1, -1);
+		CHECK(igny8_comfyui_parse_history(&resp, NULL, &images, &nimages,
+										  &e) == IGNY8_COMFY_PENDING);
+	}
+	end_group();
+}
+
+/* Check a built request: method, path, headers, body (JSON or NULL). */
+static void
+check_request(Igny8HttpRequest *out, const char *method, const char *path,
+			  const char *api_key, const char *body, int line)
+{
+	const char *headers[3] = {NULL, NULL, NULL};
+	int			n = 0;
+
+	check_str(out->method, method, "method", line);
+	check_str(out->path, path, "path", line);
+	if (body != NULL)
+		headers[n++] = CT;
+	if (api_key != NULL)
+		headers[n++] = psprintf("Authorization: Bearer %s", api_key);
+	check_headers(out, headers, line);
+	if (api_key != NULL)
+		pfree((char *) headers[n - 1]);
+	if (body == NULL)
+		check(out->body == NULL, line, "a body: %s", out->body);
+	else
+		check_json(out->body, body, line);
+}
+
+typedef struct ViewCase
+{
+	const char *filename;
+	const char *subfolder;
+	const char *type;
+	const char *path;
+} ViewCase;
+
+static const ViewCase view_cases[] = {
+	{"t1_00001_.png", "igny8", "output",
+	"/view?filename=t1_00001_.png&subfolder=igny8&type=output"},
+	{"ComfyUI_temp_klfxh_00001_.png", "", "temp",
+	"/view?filename=ComfyUI_temp_klfxh_00001_.png&subfolder=&type=temp"},
+	{"a b&c=d%e+f?.png", "jobs/run 1", "output",
+	"/view?filename=a%20b%26c%3Dd%25e%2Bf%3F.png&subfolder=jobs%2Frun%201&type=output"},
+	{"\xc3\xa9~x-y.png", "#", "out put",
+	"/view?filename=%C3%A9~x-y.png&subfolder=%23&type=out%20put"},
+	{"a\r\nb.png", NULL, NULL,
+	"/view?filename=a%0D%0Ab.png&subfolder=&type=output"}
+};
+
+static void
+test_comfyui_requests(void)
+{
+	Igny8HttpRequest out;
+	int			i;
+
+	begin_group("ComfyUI build_history, build_view, build_cancel");
+	igny8_comfyui_build_history("p-1", NULL, &out);
+	check_request(&out, "GET", "/history/p-1", NULL, NULL, __LINE__);
+	free_request(&out);
+	igny8_comfyui_build_history("4c1d1b8e-2f0c-4c55-9a3e-0b7f3e2a9d11",
+								"proxy-token", &out);
+	check_request(&out, "GET", "/history/4c1d1b8e-2f0c-4c55-9a3e-0b7f3e2a9d11",
+				  "proxy-token", NULL, __LINE__);
+	free_request(&out);
+	igny8_comfyui_build_history("a/b?c d", NULL, &out);
+	check_request(&out, "GET", "/history/a%2Fb%3Fc%20d", NULL, NULL,
+				  __LINE__);
+	free_request(&out);
+
+	for (i = 0; i < (int) lengthof(view_cases); i++)
+	{
+		Igny8ComfyImage image;
+
+		begin_case(i, view_cases[i].path);
+		image.filename = (char *) view_cases[i].filename;
+		image.subfolder = (char *) view_cases[i].subfolder;
+		image.type = (char *) view_cases[i].type;
+		igny8_comfyui_build_view(&image, i == 0 ? "k" : NULL, &out);
+		check_request(&out, "GET", view_cases[i].path, i == 0 ? "k" : NULL,
+					  NULL, __LINE__);
+		free_request(&out);
+	}
+	case_name = NULL;
+
+	CHECK(igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_DELETE, "p-1", NULL,
+									 &out));
+	check_request(&out, "POST", "/queue", NULL, "{\"delete\":[\"p-1\"]}",
+				  __LINE__);
+	free_request(&out);
+	CHECK(igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_INTERRUPT, "p-1",
+									 "proxy-token", &out));
+	check_request(&out, "POST", "/interrupt", "proxy-token",
+				  "{\"prompt_id\":\"p-1\"}", __LINE__);
+	CHECK_STR(out.body, "{\"prompt_id\":\"p-1\"}");
+	free_request(&out);
+	CHECK(igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_FORGET, "p-1", NULL,
+									 &out));
+	check_request(&out, "POST", "/history", NULL, "{\"delete\":[\"p-1\"]}",
+				  __LINE__);
+	free_request(&out);
+
+	/* never an interrupt without an id: that would stop anyone's prompt */
+	memset(&out, 0x7f, sizeof(out));
+	CHECK(!igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_INTERRUPT, NULL,
+									  NULL, &out));
+	CHECK(out.path == NULL && out.body == NULL && out.nheaders == 0);
+	CHECK(!igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_INTERRUPT, "", NULL,
+									  &out));
+	CHECK(out.path == NULL && out.body == NULL && out.nheaders == 0);
+	CHECK(!igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_DELETE, NULL, NULL,
+									  &out));
+	CHECK(!igny8_comfyui_build_cancel((Igny8ComfyCancel) 7, "p-1", NULL,
+									  &out));
+	CHECK(out.path == NULL && out.body == NULL && out.nheaders == 0);
+	end_group();
+}
+
+static void
+test_comfyui_parse_view(void)
+{
+	Igny8HttpResponse resp;
+	Igny8ImageResult r;
+	Igny8ProviderError e;
+	char	   *png;
+	size_t		len;
+	static const char html[] = "<html><body>Error</body></html>";
+	const struct
+	{
+		long		status;
+		const char *body;
+		Igny8ErrorClass cls;
+		const char *message;
+		int			flags;
+	}			bad[] = {
+		{200, html, IGNY8_ERR_RETRY,
+		"malformed image from ComfyUI: not a PNG image", ONCE},
+		{200, "", IGNY8_ERR_RETRY,
+		"malformed image from ComfyUI: not a PNG image", ONCE},
+		{404, "", IGNY8_ERR_FALLBACK, "HTTP 404 from ComfyUI", 0},
+		{400, "", IGNY8_ERR_FALLBACK, "HTTP 400 from ComfyUI", 0},
+		{403, "403: Forbidden", IGNY8_ERR_FALLBACK,
+		"HTTP 403 from ComfyUI: 403: Forbidden", 0},
+		{500, "", IGNY8_ERR_RETRY, "HTTP 500 from ComfyUI", 0},
+		{302, "", IGNY8_ERR_FALLBACK, "HTTP 302 from ComfyUI", 0}
+	};
+	int			i;
+
+	begin_group("ComfyUI parse_view: the PNG, checked, not copied");
+	png = make_png(16, 8, 6, &len);
+	resp = make_response(200, png, len, -1, -1);
+	memset(&r, 0x7f, sizeof(r));
+	memset(&e, 0x7f, sizeof(e));
+	CHECK(igny8_comfyui_parse_view(&resp, &r, &e));
+	CHECK(r.data == png && r.len == len);
+	CHECK_STR(r.mime_type, "image/png");
+	CHECK_INT(r.width, 16);
+	CHECK_INT(r.height, 8);
+	CHECK(r.revised_prompt == NULL);
+	CHECK(e.cls == IGNY8_ERR_NONE && e.message == NULL && !e.retry_once);
+
+	/* a download cut short */
+	resp = make_response(200, png, len / 2, -1, -1);
+	memset(&r, 0x7f, sizeof(r));
+	CHECK(!igny8_comfyui_parse_view(&resp, &r, &e));
+	check_error(&e, IGNY8_ERR_RETRY,
+				"malformed image from ComfyUI: truncated PNG image", ONCE, -1,
+				__LINE__);
+	CHECK(r.data == NULL && r.len == 0 && r.width == 0);
+	free_maybe(e.message);
+	/* a broken CRC */
+	png[8 + 8 + 13 + 3] ^= 1;
+	resp = make_response(200, png, len, -1, -1);
+	CHECK(!igny8_comfyui_parse_view(&resp, &r, &e));
+	check_error(&e, IGNY8_ERR_RETRY,
+				"malformed image from ComfyUI: PNG IHDR CRC mismatch", ONCE, -1,
+				__LINE__);
+	free_maybe(e.message);
+	pfree(png);
+
+	for (i = 0; i < (int) lengthof(bad); i++)
+	{
+		begin_case(i, bad[i].message);
+		resp = make_response(bad[i].status, bad[i].body,
+							 strlen(bad[i].body), -1, -1);
+		memset(&r, 0x7f, sizeof(r));
+		memset(&e, 0x7f, sizeof(e));
+		CHECK(!igny8_comfyui_parse_view(&resp, &r, &e));
+		check_error(&e, bad[i].cls, bad[i].message, bad[i].flags, -1,
+					__LINE__);
+		CHECK(r.data == NULL);
+		free_maybe(e.message);
+	}
+	end_group();
+}
+
+/* ---------- images: OpenAI (provider_openai.c) ---------- */
+
+typedef struct SizeCase
+{
+	const char *model;
+	int			width;
+	int			height;
+	int			out_width;
+	int			out_height;
+} SizeCase;
+
+static const SizeCase size_cases[] = {
+	{"dall-e-3", 1024, 1024, 1024, 1024},
+	{"dall-e-3", 512, 512, 1024, 1024},
+	{"dall-e-3", 1920, 1080, 1792, 1024},
+	{"dall-e-3", 1080, 1920, 1024, 1792},
+	{"dall-e-3", 1200, 1000, 1024, 1024},	/* 1.2: nearer square than 1.75 */
+	{"dall-e-3", 1400, 1000, 1792, 1024},	/* 1.4: nearer 1.75 */
+	{"dall-e-3", 1000, 1400, 1024, 1792},
+	{"dall-e-3", 4000, 100, 1792, 1024},
+	{"dall-e-3", 0, 0, 1024, 1024},
+	{"dall-e-3", -5, 100, 1024, 1024},
+	{"gpt-image-1", 1024, 1024, 1024, 1024},
+	{"gpt-image-1", 1536, 1024, 1536, 1024},
+	{"gpt-image-1", 800, 600, 1536, 1024},	/* 1.33: nearer 1.5 than 1 */
+	{"gpt-image-1", 600, 800, 1024, 1536},
+	{"gpt-image-1", 1100, 1000, 1024, 1024},
+	{"gpt-image-1", 1920, 1080, 1536, 1024},
+	{"gpt-image-1-mini", 832, 1216, 1024, 1536},
+	{"gpt-image-1.5", 64, 64, 1024, 1024},
+	{"gpt-image-1", 0, 768, 1024, 1024},
+	{"dall-e-2", 100, 100, 256, 256},
+	{"dall-e-2", 256, 256, 256, 256},
+	{"dall-e-2", 362, 362, 256, 256},	/* area 2.00 x 256's, 2.00 / 512's */
+	{"dall-e-2", 363, 363, 512, 512},
+	{"dall-e-2", 512, 512, 512, 512},
+	{"dall-e-2", 1000, 1000, 1024, 1024},
+	{"dall-e-2", 2000, 500, 1024, 1024},	/* all square: area decides */
+	{"dall-e-2", 0, 0, 1024, 1024},
+	/* not a model of OpenAI's: as asked */
+	{"flux-pro", 1000, 700, 1000, 700},
+	{"sdxl-turbo", 0, 0, 0, 0},
+	{"dall-e-4", 1000, 700, 1000, 700},
+	{"DALL-E-3", 1000, 700, 1000, 700},
+	{NULL, 640, 480, 640, 480}
+};
+
+static void
+test_openai_image_size(void)
+{
+	int			i;
+
+	begin_group("OpenAI image_size: the nearest size the model makes");
+	for (i = 0; i < (int) lengthof(size_cases); i++)
+	{
+		const SizeCase *c = &size_cases[i];
+		int			w = -1;
+		int			h = -1;
+
+		begin_case(i, c->model ? c->model : "NULL");
+		igny8_openai_image_size(c->model, c->width, c->height, &w, &h);
+		check(w == c->out_width && h == c->out_height, __LINE__,
+			  "%dx%d gives %dx%d, expected %dx%d", c->width, c->height, w, h,
+			  c->out_width, c->out_height);
+	}
+	end_group();
+}
+
+typedef struct ImageBuildCase
+{
+	const char *what;
+	const char *model;
+	const char *prompt;
+	int			width;
+	int			height;
+	const char *quality;
+	const char *style;
+	const char *settings;		/* JSON text or NULL */
+	const char *api_key;
+	const char *body;			/* compared as JSON */
+	bool		exact;			/* and as text */
+} ImageBuildCase;
+
+#define SK "sk-test-openai-0123456789"
+
+static const ImageBuildCase image_build_cases[] = {
+	{.what = "dall-e-3: hd, vivid, landscape", .model = "dall-e-3",
+		.prompt = "a red fox", .width = 1920, .height = 1080, .quality = "hd",
+		.style = "vivid", .api_key = SK,
+		.body = "{\"model\":\"dall-e-3\",\"prompt\":\"a red fox\",\"n\":1,"
+		"\"size\":\"1792x1024\",\"quality\":\"hd\",\"style\":\"vivid\","
+	"\"response_format\":\"b64_json\"}", .exact = true},
+	{.what = "dall-e-3: high is hd", .model = "dall-e-3", .prompt = "p",
+		.width = 1024, .height = 1024, .quality = "high", .style = "natural",
+		.api_key = SK,
+		.body = "{\"model\":\"dall-e-3\",\"prompt\":\"p\",\"n\":1,"
+		"\"size\":\"1024x1024\",\"quality\":\"hd\",\"style\":\"natural\","
+	"\"response_format\":\"b64_json\"}"},
+	{.what = "dall-e-3: anything else is standard, an unknown style none",
+		.model = "dall-e-3", .prompt = "p", .width = 1024, .height = 1792,
+		.quality = "low", .style = "cartoon", .api_key = SK,
+		.body = "{\"model\":\"dall-e-3\",\"prompt\":\"p\",\"n\":1,"
+		"\"size\":\"1024x1792\",\"quality\":\"standard\","
+	"\"response_format\":\"b64_json\"}"},
+	{.what = "dall-e-3: no quality, no style", .model = "dall-e-3",
+		.prompt = "p", .width = 1024, .height = 1024, .api_key = SK,
+		.body = "{\"model\":\"dall-e-3\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1024\",\"response_format\":\"b64_json\"}"},
+	{.what = "gpt-image-1: standard is medium, no style, no response_format",
+		.model = "gpt-image-1", .prompt = "p", .width = 1024, .height = 1024,
+		.quality = "standard", .style = "vivid", .api_key = SK,
+		.body = "{\"model\":\"gpt-image-1\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1024\",\"quality\":\"medium\"}", .exact = true},
+	{.what = "gpt-image-1: hd is high", .model = "gpt-image-1", .prompt = "p",
+		.width = 1024, .height = 1536, .quality = "HD", .api_key = SK,
+		.body = "{\"model\":\"gpt-image-1\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1536\",\"quality\":\"high\"}"},
+	{.what = "gpt-image-1-mini: low as is", .model = "gpt-image-1-mini",
+		.prompt = "p", .width = 1536, .height = 1024, .quality = "low",
+		.api_key = SK,
+		.body = "{\"model\":\"gpt-image-1-mini\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1536x1024\",\"quality\":\"low\"}"},
+	{.what = "gpt-image-1.5: auto as is, an unknown quality none",
+		.model = "gpt-image-1.5", .prompt = "p", .quality = "auto",
+		.api_key = SK,
+		.body = "{\"model\":\"gpt-image-1.5\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1024\",\"quality\":\"auto\"}"},
+	{.what = "gpt-image-1: an unknown quality is left out",
+		.model = "gpt-image-1", .prompt = "p", .quality = "ultra",
+		.api_key = SK,
+		.body = "{\"model\":\"gpt-image-1\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1024\"}"},
+	{.what = "gpt-image-1: extra_body adds, never replaces",
+		.model = "gpt-image-1", .prompt = "p", .width = 1024, .height = 1024,
+		.settings = "{\"extra_body\":{\"background\":\"transparent\","
+		"\"output_format\":\"png\",\"n\":4,\"model\":\"evil\","
+		"\"stream\":true,\"moderation\":\"low\"}}", .api_key = SK,
+		.body = "{\"model\":\"gpt-image-1\",\"prompt\":\"p\",\"n\":1,"
+		"\"size\":\"1024x1024\",\"background\":\"transparent\","
+	"\"output_format\":\"png\",\"moderation\":\"low\"}"},
+	{.what = "dall-e-2: square sizes, no quality or style",
+		.model = "dall-e-2", .prompt = "p", .width = 500, .height = 500,
+		.quality = "hd", .style = "vivid", .api_key = SK,
+		.body = "{\"model\":\"dall-e-2\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"512x512\",\"response_format\":\"b64_json\"}"},
+	{.what = "another server's model: the size asked, nothing else",
+		.model = "sdxl-turbo", .prompt = "p", .width = 768, .height = 512,
+		.quality = "hd", .style = "vivid",
+		.body = "{\"model\":\"sdxl-turbo\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"768x512\"}"},
+	{.what = "... and b64_json asked for in extra_body", .model = "sdxl-turbo",
+		.prompt = "p", .settings =
+		"{\"extra_body\":{\"response_format\":\"b64_json\"}}",
+		.body = "{\"model\":\"sdxl-turbo\",\"prompt\":\"p\",\"n\":1,"
+	"\"response_format\":\"b64_json\"}"},
+	{.what = "no model: the server's default", .prompt = "p", .width = 256,
+		.height = 256,
+	.body = "{\"prompt\":\"p\",\"n\":1,\"size\":\"256x256\"}"},
+	{.what = "strings escaped", .model = "dall-e-3",
+		.prompt = "say \"hi\"\n\\ \xc3\xa9", .api_key = SK,
+		.body = "{\"model\":\"dall-e-3\",\"prompt\":\"say \\\"hi\\\"\\n\\\\ "
+		"\xc3\xa9\",\"n\":1,\"size\":\"1024x1024\","
+	"\"response_format\":\"b64_json\"}"},
+	{.what = "extra_body that is not an object", .model = "gpt-image-1",
+		.prompt = "p", .settings = "{\"extra_body\":[1]}",
+		.body = "{\"model\":\"gpt-image-1\",\"prompt\":\"p\",\"n\":1,"
+	"\"size\":\"1024x1024\"}"}
+};
+
+static void
+test_openai_build_image(void)
+{
+	int			i;
+
+	begin_group("OpenAI build_image: body per model");
+	for (i = 0; i < (int) lengthof(image_build_cases); i++)
+	{
+		const ImageBuildCase *c = &image_build_cases[i];
+		Igny8ImageRequest req;
+		Igny8HttpRequest out;
+
+		begin_case(i, c->what);
+		memset(&req, 0, sizeof(req));
+		req.model = c->model;
+		req.prompt = c->prompt;
+		req.width = c->width;
+		req.height = c->height;
+		req.quality = c->quality;
+		req.style = c->style;
+		req.seed = 42;
+		req.settings = test_json(c->settings);
+		memset(&out, 0x7f, sizeof(out));
+		igny8_openai_build_image(&req, c->api_key, &out);
+		check_request(&out, "POST", "/v1/images/generations", c->api_key,
+					  c->body, __LINE__);
+		if (c->exact)
+			CHECK_STR(out.body, c->body);
+		if (c->api_key != NULL)
+			check(strstr(out.body, c->api_key) == NULL, __LINE__,
+				  "the key is in the body");
+		free_request(&out);
+		cJSON_Delete((cJSON *) req.settings);
+	}
+	end_group();
+}
+
+#define MAX_EXACT ((size_t) -2)	/* max_image: the PNG's own size */
+#define MAX_SHORT ((size_t) -3)	/* one byte less */
+
+typedef struct ImageParseCase
+{
+	const char *what;
+	long		status;
+	const char *body;			/* "@B64@": the test PNG in base64, "@B64S@"
+								 * with its '/' written "\/" */
+	double		retry_after;
+	int			should_retry;
+	size_t		max;			/* 0: 1 MiB */
+	bool		ok;
+	const char *revised_prompt;
+	Igny8ErrorClass cls;
+	const char *message;
+	int			flags;			/* ONCE, PREFIX */
+} ImageParseCase;
+
+#define POLICY_DALLE \
+	"{\"error\": {\"message\": \"Your request was rejected as a result of " \
+	"our safety system. Your prompt may contain text that is not allowed " \
+	"by our safety system.\", \"type\": \"image_generation_user_error\", " \
+	"\"param\": null, \"code\": \"content_policy_violation\"}}"
+#define POLICY_MESSAGE \
+	"Your request was rejected as a result of our safety system. Your " \
+	"prompt may contain text that is not allowed by our safety system."
+
+static const ImageParseCase image_parse_cases[] = {
+	{"dall-e-3", 200, "{\"created\": 1796035746, \"data\": [{\"b64_json\": "
+		"\"@B64@\", \"revised_prompt\": \"A photo of a red fox.\"}]}", NOHDR,
+	0, true, "A photo of a red fox.", IGNY8_ERR_NONE, NULL, 0},
+	{"gpt-image-1", 200, "{\"created\":1796035746,\"background\":\"opaque\","
+		"\"data\":[{\"b64_json\":\"@B64@\"}],\"output_format\":\"png\","
+		"\"quality\":\"high\",\"size\":\"1024x1024\",\"usage\":{"
+		"\"input_tokens\":2,\"output_tokens\":4160,\"total_tokens\":4162}}",
+	NOHDR, 0, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+	{"'/' escaped as '\\/'", 200, "{\"data\":[{\"b64_json\":\"@B64S@\"}]}",
+	NOHDR, 0, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+	{"exactly at the bound", 200, "{\"data\":[{\"b64_json\":\"@B64@\"}]}",
+	NOHDR, MAX_EXACT, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+	{"an empty revised_prompt is none", 200, "{\"data\":[{\"b64_json\":"
+	"\"@B64@\",\"revised_prompt\":\"\"}]}", NOHDR, 0, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+	{"a revised_prompt of bad UTF-8 is dropped", 200, "{\"data\":[{"
+	"\"b64_json\":\"@B64@\",\"revised_prompt\":\"a\xff\"}]}", NOHDR, 0, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+	{"a second image is ignored", 200, "{\"data\":[{\"b64_json\":\"@B64@\"},"
+	"{\"b64_json\":\"!!\"}]}", NOHDR, 0, true, NULL, IGNY8_ERR_NONE, NULL, 0},
+
+	/* too big: this deployment cannot serve it */
+	{"one byte over the bound", 200, "{\"data\":[{\"b64_json\":\"@B64@\"}]}",
+		NOHDR, MAX_SHORT, false, NULL, IGNY8_ERR_FALLBACK,
+	"image larger than ", PREFIX},
+	{"the simulator's oversize", 200, "{\"data\":[{\"b64_json\":\""
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}]}",
+		NOHDR, 64, false, NULL, IGNY8_ERR_FALLBACK,
+	"image larger than 64 bytes", 0},
+	{"... under a larger bound: not a PNG", 200, "{\"data\":[{\"b64_json\":\""
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}]}",
+		NOHDR, 0, false, NULL, IGNY8_ERR_RETRY,
+	"malformed image from OpenAI-compatible API: not a PNG image", ONCE},
+
+	/* a 2xx that cannot be used */
+	{"not base64", 200, "{\"data\":[{\"b64_json\":\"@@@@\"}]}", NOHDR, 0,
+		false, NULL, IGNY8_ERR_RETRY,
+		"malformed response from OpenAI-compatible API: data[0].b64_json is "
+	"not base64", ONCE},
+	{"base64 cut", 200, "{\"data\":[{\"b64_json\":\"iVBORw0KGgoAAAANSUhEUg\"}]}",
+		NOHDR, 0, false, NULL, IGNY8_ERR_RETRY,
+		"malformed response from OpenAI-compatible API: data[0].b64_json is "
+	"not base64", ONCE},
+	{"not a PNG", 200, "{\"data\":[{\"b64_json\":\"aGVsbG8gd29ybGQh\"}]}",
+		NOHDR, 0, false, NULL, IGNY8_ERR_RETRY,
+	"malformed image from OpenAI-compatible API: not a PNG image", ONCE},
+	{"a JPEG, as output_format said", 200, "{\"data\":[{\"b64_json\":"
+		"\"/9j/4AAQSkZJRg==\"}],\"output_format\":\"jpeg\"}", NOHDR, 0, false,
+	NULL, IGNY8_ERR_FALLBACK, "the image is jpeg, not PNG (output_format)", 0},
+	{"a JPEG, output_format silent", 200, "{\"data\":[{\"b64_json\":"
+		"\"/9j/4AAQSkZJRg==\"}]}", NOHDR, 0, false, NULL, IGNY8_ERR_RETRY,
+	"malformed image from OpenAI-compatible API: not a PNG image", ONCE},
+	{"a URL instead", 200, "{\"created\":1,\"data\":[{\"url\":"
+		"\"http://127.0.0.1:1/images/img-x.png\",\"revised_prompt\":\"x\"}]}",
+		NOHDR, 0, false, NULL, IGNY8_ERR_FALLBACK,
+		"OpenAI-compatible API answered with an image URL, not b64_json (set "
+	"\"response_format\" in extra_body)", 0},
+	{"no data", 200, "{\"created\":1}", NOHDR, 0, false, NULL,
+		IGNY8_ERR_RETRY, "malformed response from OpenAI-compatible API: no "
+	"data[0]", ONCE},
+	{"empty data", 200, "{\"data\":[]}", NOHDR, 0, false, NULL,
+		IGNY8_ERR_RETRY, "malformed response from OpenAI-compatible API: no "
+	"data[0]", ONCE},
+	{"data[0] a string", 200, "{\"data\":[\"@B64@\"]}", NOHDR, 0, false,
+		NULL, IGNY8_ERR_RETRY, "malformed response from OpenAI-compatible "
+	"API: no data[0]", ONCE},
+	{"b64_json null", 200, "{\"data\":[{\"b64_json\":null}]}", NOHDR, 0,
+		false, NULL, IGNY8_ERR_RETRY, "malformed response from "
+	"OpenAI-compatible API: no data[0].b64_json", ONCE},
+	{"an error in a 200", 200, "{\"error\":{\"message\":\"boom\"}}", NOHDR,
+		0, false, NULL, IGNY8_ERR_RETRY, "malformed response from "
+	"OpenAI-compatible API: error \"boom\"", ONCE},
+	{"not JSON", 200, "{\"data\":[{\"b64_json\":\"iVBO", NOHDR, 0, false,
+		NULL, IGNY8_ERR_RETRY, "malformed response from OpenAI-compatible "
+	"API: not JSON", ONCE},
+	{"a NUL in revised_prompt", 200, "{\"data\":[{\"b64_json\":\"@B64@\","
+		"\"revised_prompt\":\"a\\u0000b\"}]}", NOHDR, 0, false, NULL,
+		IGNY8_ERR_RETRY, "malformed response from OpenAI-compatible API: a "
+	"string contains a NUL character", ONCE},
+
+	/* errors (protocols.md 3.3) */
+	{"dall-e safety refusal", 400, POLICY_DALLE, NOHDR, 0, false, NULL,
+	IGNY8_ERR_CALLER, POLICY_MESSAGE, 0},
+	{"... even if the server says retry", 400, POLICY_DALLE, -1, 1, 0, false,
+	NULL, IGNY8_ERR_CALLER, POLICY_MESSAGE, 0},
+	{"dall-e's older refusal", 400, "{\"error\": {\"message\": \""
+		POLICY_MESSAGE "\", \"type\": \"invalid_request_error\", \"param\": "
+		"null, \"code\": \"content_policy_violation\"}}", NOHDR, 0, false,
+	NULL, IGNY8_ERR_CALLER, POLICY_MESSAGE, 0},
+	{"GPT image moderation", 400, "{\"error\": {\"message\": \"Your request "
+		"was rejected by the safety system. If you believe this is an error, "
+		"contact us at help.openai.com and include the request ID "
+		"req_ab2bde2113454008880c4c560ee0f7de.\", \"type\": "
+		"\"image_generation_user_error\", \"param\": null, \"code\": "
+		"\"moderation_blocked\", \"moderation_details\": {\"moderation_stage\": "
+		"\"input\", \"categories\": [\"violence\"]}}}", -1, 1, 0, false, NULL,
+		IGNY8_ERR_CALLER, "Your request was rejected by the safety system. ",
+	PREFIX},
+	{"a user error without a code", 400, "{\"error\":{\"message\":\"no\","
+		"\"type\":\"image_generation_user_error\",\"param\":null,\"code\":null}}",
+	-1, 1, 0, false, NULL, IGNY8_ERR_CALLER, "no", 0},
+	{"an unknown parameter", 400, "{\"error\": {\"message\": \"Unknown "
+		"parameter: 'response_format'.\", \"type\": \"invalid_request_error\", "
+		"\"param\": \"response_format\", \"code\": \"unknown_parameter\"}}",
+		NOHDR, 0, false, NULL, IGNY8_ERR_CALLER,
+	"Unknown parameter: 'response_format'.", 0},
+	{"a bad key", 401, "{\"error\": {\"message\": \"Incorrect API key "
+		"provided: bad.\", \"type\": \"invalid_request_error\", \"param\": "
+		"null, \"code\": \"invalid_api_key\"}}", NOHDR, 0, false, NULL,
+	IGNY8_ERR_FALLBACK, "Incorrect API key provided: bad.", 0},
+	{"no access", 403, "{\"error\":{\"message\":\"Country not supported\"}}",
+	NOHDR, 0, false, NULL, IGNY8_ERR_FALLBACK, "Country not supported", 0},
+	{"no such model", 404, "{\"error\": {\"message\": \"The model "
+		"`gpt-image-1` does not exist or you do not have access to it.\", "
+		"\"type\": \"invalid_request_error\", \"param\": null, \"code\": "
+		"\"model_not_found\"}}", NOHDR, 0, false, NULL, IGNY8_ERR_FALLBACK,
+	"The model `gpt-image-1` does not exist or you do not have access to it.", 0},
+	{"no quota", 429, "{\"error\": {\"message\": \"You exceeded your current "
+		"quota, please check your plan and billing details.\", \"type\": "
+		"\"insufficient_quota\", \"param\": null, \"code\": "
+		"\"insufficient_quota\"}}", 1, -1, 0, false, NULL, IGNY8_ERR_FALLBACK,
+	"You exceeded your current quota, please check your plan and billing details.", 0},
+	{"rate limited", 429, "{\"error\": {\"message\": \"Rate limit reached "
+		"for gpt-image-1 in organization org-igny8sim on requests per min "
+		"(RPM): Limit 500, Used 500, Requested 1. Please try again in 1s.\", "
+		"\"type\": \"requests\", \"param\": null, \"code\": "
+		"\"rate_limit_exceeded\"}}", 1, -1, 0, false, NULL, IGNY8_ERR_RETRY,
+	"Rate limit reached for gpt-image-1", PREFIX},
+	{"server error", 500, "{\"error\": {\"message\": \"The server had an "
+		"error while processing your request. Sorry about that!\", \"type\": "
+		"\"server_error\", \"param\": null, \"code\": null}}", NOHDR, 0,
+		false, NULL, IGNY8_ERR_RETRY,
+	"The server had an error while processing your request. Sorry about that!", 0},
+	{"overloaded, a proxy's page", 503, "<html>Slow Down</html>", 20, -1, 0,
+		false, NULL, IGNY8_ERR_RETRY,
+	"HTTP 503 from OpenAI-compatible API: <html>Slow Down</html>", 0}
+};
+
+/* The body of a case, with the test PNG's base64 put in. */
+static char *
+image_body(const char *template, const char *b64)
+{
+	StringInfoData buf;
+	const char *p = template;
+
+	initStringInfo(&buf);
+	while (*p != '\0')
+	{
+		if (strncmp(p, "@B64S@", 6) == 0)
+		{
+			const char *q;
+
+			for (q = b64; *q != '\0'; q++)
+			{
+				if (*q == '/')
+					appendStringInfoChar(&buf, '\\');
+				appendStringInfoChar(&buf, *q);
+			}
+			p += 6;
+		}
+		else if (strncmp(p, "@B64@", 5) == 0)
+		{
+			appendStringInfoString(&buf, b64);
+			p += 5;
+		}
+		else
+			appendStringInfoChar(&buf, *p++);
+	}
+	return buf.data;
+}
+
+static void
+test_openai_parse_image(void)
+{
+	char	   *png;
+	size_t		pnglen;
+	char	   *b64;
+	int			i;
+
+	begin_group("OpenAI parse_image: b64_json, bound, PNG, errors");
+	/* big enough that its base64 has a '/' to escape */
+	png = make_png(24, 20, 2, &pnglen);
+	b64 = test_base64(png, pnglen);
+	if (strchr(b64, '/') == NULL)
+	{
+		printf("the test PNG's base64 has no '/'\n");
+		abort();
+	}
+	for (i = 0; i < (int) lengthof(image_parse_cases); i++)
+	{
+		const ImageParseCase *c = &image_parse_cases[i];
+		char	   *body = image_body(c->body, b64);
+		Igny8HttpResponse resp;
+		Igny8ImageResult r;
+		Igny8ProviderError e;
+		size_t		max = c->max;
+		bool		ok;
+
+		begin_case(i, c->what);
+		if (max == 0)
+			max = 1024 * 1024;
+		else if (max == MAX_EXACT)
+			max = pnglen;
+		else if (max == MAX_SHORT)
+			max = pnglen - 1;
+		resp = make_response(c->status, body, strlen(body), c->retry_after,
+							 c->should_retry);
+		memset(&r, 0x7f, sizeof(r));
+		memset(&e, 0x7f, sizeof(e));
+		ok = igny8_openai_parse_image(&resp, max, &r, &e);
+		check(ok == c->ok, __LINE__, "parse_image = %d, expected %d (%s)",
+			  (int) ok, (int) c->ok, ok ? "" : e.message);
+		if (ok)
+		{
+			CHECK(e.cls == IGNY8_ERR_NONE && e.message == NULL);
+			CHECK(!e.retry_once);
+			CHECK(r.len == pnglen && memcmp(r.data, png, pnglen) == 0);
+			CHECK_STR(r.mime_type, "image/png");
+			CHECK_INT(r.width, 24);
+			CHECK_INT(r.height, 20);
+			CHECK_STR(r.revised_prompt, c->revised_prompt);
+			pfree(r.data);
+			free_maybe(r.revised_prompt);
+		}
+		else
+		{
+			check_error(&e, c->cls, c->message, c->flags, c->retry_after,
+						__LINE__);
+			CHECK(r.data == NULL && r.len == 0 && r.revised_prompt == NULL &&
+				  r.width == 0);
+			free_maybe(e.message);
+		}
+		pfree(body);
+	}
+	pfree(b64);
+	pfree(png);
+	end_group();
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2521,6 +4592,16 @@ main(int argc, char **argv)
 	test_probe_build();
 	test_probes();
 	test_long_probe_summaries();
+	test_png();
+	test_base64_decode();
+	test_comfyui_build_submit();
+	test_comfyui_parse_submit();
+	test_comfyui_parse_history();
+	test_comfyui_requests();
+	test_comfyui_parse_view();
+	test_openai_image_size();
+	test_openai_build_image();
+	test_openai_parse_image();
 
 	if (corpus_dir != NULL)
 		printf("%d seeds written to %s\n", corpus_count, corpus_dir);
