@@ -99,6 +99,7 @@ probe_start(Igny8Job *job, TimestampTz now)
 					 0);
 	else
 	{
+		job->probe_class = -1;
 		memset(&http, 0, sizeof(http));
 		proto->build_probe(p->key, p->settings, &http);
 		job->transfer = igny8_http_start(p->base_url, &http,
@@ -108,6 +109,122 @@ probe_start(Igny8Job *job, TimestampTz now)
 										 p->proxy, p->ca_file, 0, job);
 		job->attempt_start = now;
 		job->state = JOB_HTTP;
+	}
+}
+
+/*
+ * ComfyUI: the model files the enabled workflows on this provider need,
+ * checked with GET /object_info/{class} for each loader class, one after
+ * another once /system_stats answered.  Missing files make the provider
+ * degraded and are listed, as missing Ollama models are.
+ */
+static void
+comfyui_collect_files(Igny8Job *job)
+{
+	Igny8Config *cfg = job->config;
+	int			cap = 0;
+
+	job->nprobe_files = 0;
+	job->probe_files = NULL;
+	if (!job->probe->check_models)
+		return;
+	for (int i = 0; i < cfg->ndeployments; i++)
+	{
+		Igny8Deployment *d = &cfg->deployments[i];
+		bool		dup = false;
+
+		if (d->provider != job->probe || !d->enabled || d->workflow == NULL)
+			continue;
+		for (int j = 0; j < i && !dup; j++)
+			dup = (cfg->deployments[j].provider == job->probe &&
+				   cfg->deployments[j].enabled &&
+				   cfg->deployments[j].workflow == d->workflow);
+		if (!dup)
+			job->nprobe_files = igny8_comfyui_model_files(d->workflow->graph,
+														  &job->probe_files,
+														  job->nprobe_files,
+														  &cap);
+	}
+}
+
+/* The next loader class to ask about after index from, or -1. */
+static int
+comfyui_next_class(Igny8Job *job, int from)
+{
+	for (int i = from; i < job->nprobe_files; i++)
+	{
+		bool		asked = false;
+
+		for (int j = 0; j < i && !asked; j++)
+			asked = strcmp(job->probe_files[j].class_type,
+						   job->probe_files[i].class_type) == 0;
+		if (!asked)
+			return i;
+	}
+	return -1;
+}
+
+static void
+comfyui_ask_class(Igny8Job *job, int index)
+{
+	Igny8Provider *p = job->probe;
+	Igny8HttpRequest http;
+
+	job->probe_class = index;
+	memset(&http, 0, sizeof(http));
+	igny8_comfyui_build_object_info(job->probe_files[index].class_type,
+									p->key, &http);
+	job->transfer = igny8_http_start(p->base_url, &http,
+									 igny8_probe_timeout_ms,
+									 Min(p->connect_timeout_ms,
+										 igny8_probe_timeout_ms),
+									 p->proxy, p->ca_file, 0, job);
+	job->state = JOB_HTTP;
+}
+
+/* Every class was asked about (or one could not be): the verdict. */
+static void
+comfyui_files_verdict(Igny8Job *job, const char *failure)
+{
+	Igny8ProbeResult *r = &job->probe_result;
+	cJSON	   *detail = cJSON_Parse(r->detail_json);
+	cJSON	   *missing = cJSON_CreateArray();
+	StringInfoData names;
+	int			nmissing = 0;
+
+	initStringInfo(&names);
+	for (int i = 0; i < job->nprobe_files; i++)
+	{
+		if (job->probe_files[i].present)
+			continue;
+		cJSON_AddItemToArray(missing,
+							 cJSON_CreateString(job->probe_files[i].file));
+		if (nmissing++ > 0)
+			appendStringInfoString(&names, ", ");
+		appendStringInfoString(&names, job->probe_files[i].file);
+	}
+	if (cJSON_IsObject(detail))
+	{
+		cJSON_AddNumberToObject(detail, "model_files_checked", job->nprobe_files);
+		cJSON_AddItemToObject(detail, "model_files_missing", missing);
+		if (failure)
+			cJSON_AddStringToObject(detail, "model_files_error", failure);
+		r->detail_json = igny8_json_print(detail);
+	}
+	else
+		cJSON_Delete(missing);
+	cJSON_Delete(detail);
+	if (failure)
+	{
+		r->degraded = true;
+		r->summary = psprintf("%s; could not check the model files: %s",
+							  r->summary, failure);
+	}
+	else if (nmissing > 0)
+	{
+		r->degraded = true;
+		r->summary = psprintf("%d model file%s missing: %s", nmissing,
+							  nmissing == 1 ? "" : "s", names.data);
 	}
 }
 
@@ -131,6 +248,41 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 
 	job->transfer = NULL;
 	latency_ms = (double) (GetCurrentTimestamp() - job->attempt_start) / 1000.0;
+	if (job->probe_class >= 0)
+	{
+		/* ComfyUI's answer about one loader class */
+		const char *failure = NULL;
+
+		if (t->result != CURLE_OK)
+			failure = igny8_http_error_text(t);
+		else
+		{
+			Igny8HttpResponse resp;
+
+			memset(&resp, 0, sizeof(resp));
+			resp.status = t->status;
+			resp.body = t->body ? t->body : "";
+			resp.body_len = t->body ? t->len : 0;
+			if (!igny8_comfyui_parse_object_info(&resp,
+												 job->probe_files[job->probe_class].class_type,
+												 job->probe_files, job->nprobe_files) &&
+				(t->status < 200 || t->status >= 300))
+				failure = psprintf("GET /object_info: HTTP %ld", t->status);
+		}
+		igny8_http_free(t);
+		if (failure == NULL &&
+			(job->probe_class = comfyui_next_class(job, job->probe_class + 1)) >= 0)
+		{
+			comfyui_ask_class(job, job->probe_class);
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		comfyui_files_verdict(job, failure);
+		finish_probe(job, latency_ms, probe_code(&job->probe_result,
+												 job->probe_status));
+		MemoryContextSwitchTo(old);
+		return;
+	}
 	if (t->result != CURLE_OK)
 		probe_failed(job, igny8_http_failure_kind(t), igny8_http_error_text(t),
 					 latency_ms);
@@ -158,6 +310,18 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 		job->probe_result.detail_json =
 			igny8_redact(job->probe_result.detail_json, job->probe->key);
 		job->probe_status = t->status;
+		if (job->probe->kind == IGNY8_KIND_COMFYUI &&
+			job->probe_result.healthy)
+		{
+			comfyui_collect_files(job);
+			if (job->nprobe_files > 0)
+			{
+				igny8_http_free(t);
+				comfyui_ask_class(job, 0);
+				MemoryContextSwitchTo(old);
+				return;
+			}
+		}
 		finish_probe(job, latency_ms, probe_code(&job->probe_result,
 												 t->status));
 	}

@@ -391,6 +391,31 @@ extern bool igny8_comfyui_build_cancel(Igny8ComfyCancel what,
 									   Igny8HttpRequest *out);
 
 /*
+ * The model files of a ComfyUI workflow, checked by the health probe
+ * (provider_comfyui.c): model_files lists the string inputs of the loader
+ * nodes (class ending in "Loader" or "LoaderSimple") that name model
+ * files, each once; build_object_info makes GET /object_info/{class};
+ * parse_object_info marks present the files of that class its input's
+ * list holds ([[...]] or ["COMBO", {"options": [...]}]).
+ */
+typedef struct Igny8ComfyFile
+{
+	char	   *class_type;
+	char	   *input;
+	char	   *file;
+	bool		present;
+} Igny8ComfyFile;
+
+extern int	igny8_comfyui_model_files(const cJSON *graph, Igny8ComfyFile **files,
+									  int n, int *cap);
+extern void igny8_comfyui_build_object_info(const char *class_type,
+											const char *api_key,
+											Igny8HttpRequest *out);
+extern bool igny8_comfyui_parse_object_info(const Igny8HttpResponse *resp,
+											const char *class_type,
+											Igny8ComfyFile *files, int n);
+
+/*
  * OpenAI images (provider_openai.c): POST /v1/images/generations.
  * image_size maps a size to the one the model makes nearest in aspect
  * ratio, then in area (dall-e-3: 1024x1024, 1792x1024, 1024x1792;

@@ -1036,3 +1036,154 @@ igny8_comfyui_build_cancel(Igny8ComfyCancel what, const char *prompt_id,
 	comfyui_build_post(out, path, body, api_key);
 	return true;
 }
+
+/* ----- the model files a workflow needs (the health probe) ----- */
+
+static bool
+comfyui_is_model_file(const char *value)
+{
+	static const char *const exts[] = {".safetensors", ".sft", ".ckpt",
+	".pt", ".pth", ".bin", ".gguf", NULL};
+	size_t		len = strlen(value);
+
+	for (int i = 0; exts[i]; i++)
+	{
+		size_t		elen = strlen(exts[i]);
+
+		if (len > elen && pg_strcasecmp(value + len - elen, exts[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Add the model files a workflow's loaders name to *files (n of them, cap
+ * allocated), each (class, input, file) once: the string inputs of nodes
+ * whose class ends in "Loader" or "LoaderSimple" that look like model
+ * files.  Returns the new count.
+ */
+int
+igny8_comfyui_model_files(const cJSON *graph, Igny8ComfyFile **files, int n,
+						  int *cap)
+{
+	const cJSON *node;
+
+	cJSON_ArrayForEach(node, graph)
+	{
+		const char *class_type = igny8_json_string(node, "class_type");
+		const cJSON *inputs = igny8_json_member(node, "inputs");
+		const cJSON *input;
+		size_t		clen;
+
+		if (class_type == NULL || !cJSON_IsObject(inputs))
+			continue;
+		clen = strlen(class_type);
+		if (!((clen >= 6 && strcmp(class_type + clen - 6, "Loader") == 0) ||
+			  (clen >= 12 && strcmp(class_type + clen - 12, "LoaderSimple") == 0)))
+			continue;
+		cJSON_ArrayForEach(input, inputs)
+		{
+			bool		seen = false;
+
+			if (!cJSON_IsString(input) || input->string == NULL ||
+				!comfyui_is_model_file(input->valuestring))
+				continue;
+			for (int i = 0; i < n && !seen; i++)
+				seen = strcmp((*files)[i].class_type, class_type) == 0 &&
+					strcmp((*files)[i].input, input->string) == 0 &&
+					strcmp((*files)[i].file, input->valuestring) == 0;
+			if (seen)
+				continue;
+			if (n >= *cap)
+			{
+				*cap = Max(*cap * 2, 8);
+				*files = *files ? repalloc(*files, sizeof(Igny8ComfyFile) * *cap) :
+					palloc(sizeof(Igny8ComfyFile) * *cap);
+			}
+			(*files)[n].class_type = pstrdup(class_type);
+			(*files)[n].input = pstrdup(input->string);
+			(*files)[n].file = pstrdup(input->valuestring);
+			(*files)[n].present = false;
+			n++;
+		}
+	}
+	return n;
+}
+
+/* Build GET /object_info/{class}. */
+void
+igny8_comfyui_build_object_info(const char *class_type, const char *api_key,
+								Igny8HttpRequest *out)
+{
+	char	   *path = psprintf("/object_info/%s", comfyui_escape(class_type));
+
+	igny8_build_get(out, path, api_key);
+	pfree(path);
+}
+
+/* The options of a combo input spec: [[...], {...}] or ["COMBO", {"options": [...]}]. */
+static const cJSON *
+comfyui_combo_options(const cJSON *spec)
+{
+	const cJSON *first = cJSON_GetArrayItem(spec, 0);
+
+	if (cJSON_IsArray(first))
+		return first;
+	if (cJSON_IsString(first) && strcmp(first->valuestring, "COMBO") == 0)
+	{
+		const cJSON *opts = igny8_json_member(cJSON_GetArrayItem(spec, 1),
+											  "options");
+
+		if (cJSON_IsArray(opts))
+			return opts;
+	}
+	return NULL;
+}
+
+/*
+ * Read GET /object_info/{class}: mark present every file of that class
+ * that the server lists for its input.  False when the answer is not a
+ * 2xx object describing the class (its files stay not present: a class
+ * ComfyUI does not know cannot load them either).
+ */
+bool
+igny8_comfyui_parse_object_info(const Igny8HttpResponse *resp,
+								const char *class_type,
+								Igny8ComfyFile *files, int n)
+{
+	cJSON	   *json;
+	const cJSON *inputs;
+	bool		ok;
+
+	if (resp->status < 200 || resp->status >= 300)
+		return false;
+	json = igny8_json_parse(resp->body, resp->body_len);
+	inputs = igny8_json_member(igny8_json_member(json, class_type), "input");
+	ok = cJSON_IsObject(inputs);
+	for (int i = 0; ok && i < n; i++)
+	{
+		const cJSON *spec;
+		const cJSON *opts;
+		const cJSON *opt;
+
+		if (strcmp(files[i].class_type, class_type) != 0)
+			continue;
+		spec = igny8_json_member(igny8_json_member(inputs, "required"),
+								 files[i].input);
+		if (spec == NULL)
+			spec = igny8_json_member(igny8_json_member(inputs, "optional"),
+									 files[i].input);
+		opts = comfyui_combo_options(spec);
+		cJSON_ArrayForEach(opt, opts)
+		{
+			if (cJSON_IsString(opt) &&
+				strcmp(opt->valuestring, files[i].file) == 0)
+			{
+				files[i].present = true;
+				break;
+			}
+		}
+	}
+	cJSON_Delete(json);
+	return ok;
+}

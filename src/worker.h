@@ -294,6 +294,10 @@ typedef struct Igny8Job
 	long		probe_status;	/* HTTP status, 0 if none */
 	const char *probe_code;		/* short reason, for NOTIFY */
 	Igny8HealthChange probe_change;
+	Igny8ComfyFile *probe_files;	/* ComfyUI: the model files checked */
+	int			nprobe_files;
+	int			probe_class;	/* the file whose class is being asked
+								 * about, or -1 */
 } Igny8Job;
 
 /* this worker's index, its jobs, and NOTIFY payloads not yet sent */
