@@ -135,13 +135,15 @@ SELECT attempt, provider, model_used, http_status, success, error_message
 
 -- the shipped providers, pointed at the simulator; nothing else
 DELETE FROM igny8_providers
- WHERE id NOT IN ('self_hosted_ai', 'openai', 'anthropic');
+ WHERE id NOT IN ('self_hosted_ai', 'openai', 'anthropic', 'comfyui');
 WITH want (id, base_url, api_key_ref, priority, max_concurrent, settings) AS (
     VALUES ('self_hosted_ai', current_setting('igny8_test.ollama_url'), NULL, 10, 8,
             '{"keep_alive": "30m"}'::jsonb),
            ('openai', current_setting('igny8_test.openai_url'), 'env:OPENAI_API_KEY', 5, 64,
             '{}'),
            ('anthropic', current_setting('igny8_test.anthropic_url'), 'env:ANTHROPIC_API_KEY', 4, 64,
+            '{}'),
+           ('comfyui', current_setting('igny8_test.comfyui_url'), NULL, 10, 2,
             '{}'))
 UPDATE igny8_providers p
    SET base_url = w.base_url, api_key_ref = w.api_key_ref, priority = w.priority,
