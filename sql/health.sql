@@ -47,7 +47,9 @@ BEGIN
 END
 $$;
 
-SELECT provider, healthy, state, http_status, detail FROM igny8_check_health();
+-- (ComfyUI's detail without its list of devices: the totals sum them)
+SELECT provider, healthy, state, http_status, detail - 'devices' AS detail
+  FROM igny8_check_health();
 SELECT provider, healthy, state, http_status, latency_ms >= 0 AS timed
   FROM service_health_log ORDER BY id;
 

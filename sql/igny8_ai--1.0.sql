@@ -46,8 +46,34 @@ COMMENT ON TABLE igny8_providers IS
 COMMENT ON COLUMN igny8_providers.api_key_ref IS
     'env:NAME (server environment), file:/path (first line), or the key itself (discouraged)';
 COMMENT ON COLUMN igny8_providers.settings IS
-    'extra settings: Ollama keep_alive, think, options; OpenAI max_tokens_field, extra_body; Anthropic anthropic_version; any: proxy, ca_file, check_models';
+    'extra settings: Ollama keep_alive, think, options; OpenAI max_tokens_field, extra_body; Anthropic anthropic_version; images: max_image_bytes; any: proxy, ca_file, check_models';
 COMMENT ON COLUMN igny8_providers.origin IS
+    'shipped (as CREATE EXTENSION made it), edited, or added; kept by triggers';
+
+-- ComfyUI workflows: a graph in ComfyUI's API format (what "Export (API)"
+-- writes: node id -> {class_type, inputs, _meta}), and where a call's
+-- parameters go in it.  A trigger checks every row written (below).
+CREATE TABLE igny8_workflows (
+    name            text PRIMARY KEY
+                    CHECK (name ~ '^[a-z0-9_.-]{1,63}$'),
+    graph           jsonb NOT NULL,
+    bindings        jsonb NOT NULL,
+    defaults        jsonb NOT NULL DEFAULT '{}',
+    description     text,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    origin          text NOT NULL DEFAULT 'added'
+                    CHECK (origin IN ('shipped', 'edited', 'added'))
+);
+
+COMMENT ON TABLE igny8_workflows IS
+    'ComfyUI workflows (API format) that image deployments on comfyui providers run';
+COMMENT ON COLUMN igny8_workflows.graph IS
+    'the graph as ComfyUI''s "Export (API)" writes it: node id -> {class_type, inputs, _meta}; needs a SaveImage node';
+COMMENT ON COLUMN igny8_workflows.bindings IS
+    'parameter -> [node id, input name]; parameters: prompt, negative_prompt, width, height, steps, cfg, seed, filename_prefix (prompt, width, height, seed and filename_prefix required)';
+COMMENT ON COLUMN igny8_workflows.defaults IS
+    'parameter -> value used when a call gives none (e.g. steps, cfg); else the graph''s own value';
+COMMENT ON COLUMN igny8_workflows.origin IS
     'shipped (as CREATE EXTENSION made it), edited, or added; kept by triggers';
 
 CREATE TABLE igny8_models (
@@ -58,6 +84,9 @@ CREATE TABLE igny8_models (
     provider_model  text NOT NULL
                     CHECK (octet_length(provider_model) BETWEEN 1 AND 127),
     task            text NOT NULL DEFAULT 'text' CHECK (task IN ('text', 'image')),
+    -- a workflow in use cannot be deleted
+    workflow        text REFERENCES igny8_workflows (name)
+                    ON UPDATE CASCADE ON DELETE RESTRICT,
     timeout         interval NOT NULL DEFAULT '60 seconds'
                     CHECK (timeout > '0' AND timeout <= '1 day'),
     queue_timeout   interval NOT NULL DEFAULT '30 seconds'
@@ -69,7 +98,8 @@ CREATE TABLE igny8_models (
                     CHECK (jsonb_typeof(settings) = 'object'),
     origin          text NOT NULL DEFAULT 'added'
                     CHECK (origin IN ('shipped', 'edited', 'added')),
-    PRIMARY KEY (alias, provider_id, provider_model)
+    PRIMARY KEY (alias, provider_id, provider_model),
+    CONSTRAINT igny8_models_workflow_task CHECK (workflow IS NULL OR task = 'image')
 );
 
 COMMENT ON TABLE igny8_models IS
@@ -78,6 +108,8 @@ COMMENT ON COLUMN igny8_models.max_tokens IS
     'cap on output tokens; a call asking for more gets this many';
 COMMENT ON COLUMN igny8_models.queue_timeout IS
     'longest wait for a free place on the provider (max_concurrent) before the next candidate; 0: do not wait';
+COMMENT ON COLUMN igny8_models.workflow IS
+    'the igny8_workflows row an image deployment on a comfyui provider runs (required there, NULL elsewhere)';
 
 CREATE TABLE igny8_fallbacks (
     alias           text NOT NULL,
@@ -99,7 +131,8 @@ COMMENT ON TABLE igny8_fallbacks IS
 -- deletes them again after CREATE EXTENSION made them.
 CREATE TABLE igny8_config_deletions (
     table_name      text NOT NULL
-                    CHECK (table_name IN ('igny8_providers', 'igny8_models', 'igny8_fallbacks')),
+                    CHECK (table_name IN ('igny8_providers', 'igny8_workflows',
+                                          'igny8_models', 'igny8_fallbacks')),
     key             jsonb NOT NULL,
     deleted_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (table_name, key)
@@ -107,6 +140,428 @@ CREATE TABLE igny8_config_deletions (
 
 COMMENT ON TABLE igny8_config_deletions IS
     'keys of shipped configuration rows that were deleted; kept by triggers, read by a restore';
+
+--
+-- Checks of workflows and image deployments, made before the seed's rows
+-- go in, so that the shipped workflows are checked as any other.
+--
+
+-- Before a workflow is written: its graph is a ComfyUI API-format graph
+-- whose links all lead somewhere, with a SaveImage node (the images the
+-- extension fetches); each binding names an input that holds a value; the
+-- defaults fit their parameters.  A refusal names the workflow and writes
+-- nothing.
+CREATE FUNCTION igny8_workflow_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    params CONSTANT text[] := ARRAY['prompt', 'negative_prompt', 'width', 'height',
+                                    'steps', 'cfg', 'seed', 'filename_prefix'];
+    required CONSTANT text[] := ARRAY['prompt', 'width', 'height', 'seed', 'filename_prefix'];
+    texts CONSTANT text[] := ARRAY['prompt', 'negative_prompt', 'filename_prefix'];
+    export_hint CONSTANT text :=
+        'Export the workflow from ComfyUI with "Export (API)": an object of node id -> {"class_type", "inputs"}.';
+    bind_hint CONSTANT text :=
+        'A binding is "parameter": [node id, input name], the input holding the value the call replaces (e.g. "text" of a CLIPTextEncode node, "seed" of a KSampler node).';
+    params_list CONSTANT text :=
+        'prompt, negative_prompt, width, height, steps, cfg, seed, filename_prefix';
+    wf text := NEW.name;
+    node_id text;
+    node jsonb;
+    input_name text;
+    val jsonb;
+    param text;
+    target jsonb;
+    other text;
+    want text;
+    ok boolean;
+    num numeric;
+    lo numeric;
+    hi numeric;
+    whole boolean;
+    saves integer := 0;
+BEGIN
+    IF NEW.graph IS NULL OR NEW.bindings IS NULL OR NEW.defaults IS NULL THEN
+        RETURN NEW;     -- NOT NULL says so
+    END IF;
+
+    -- the graph
+    IF pg_catalog.jsonb_typeof(NEW.graph) OPERATOR(pg_catalog.<>) 'object' THEN
+        RAISE EXCEPTION 'graph of workflow "%" is not a JSON object', wf
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('It is a JSON %s.', pg_catalog.jsonb_typeof(NEW.graph)),
+                  HINT = export_hint;
+    END IF;
+    IF NEW.graph OPERATOR(pg_catalog.=) '{}'::jsonb THEN
+        RAISE EXCEPTION 'graph of workflow "%" has no node', wf
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The graph is an empty object.',
+                  HINT = export_hint;
+    END IF;
+    IF NEW.graph OPERATOR(pg_catalog.?&) ARRAY['nodes', 'links'] THEN
+        RAISE EXCEPTION 'graph of workflow "%" is in ComfyUI''s UI format, not its API format', wf
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'It has "nodes" and "links": that is what "Save" writes, for the editor.',
+                  HINT = export_hint;
+    END IF;
+    FOR node_id, node IN
+        SELECT e.key, e.value FROM pg_catalog.jsonb_each(NEW.graph) e ORDER BY e.key
+    LOOP
+        IF pg_catalog.jsonb_typeof(node) OPERATOR(pg_catalog.<>) 'object' THEN
+            RAISE EXCEPTION 'node "%" of workflow "%" is not a JSON object', node_id, wf
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('It is %s.', pg_catalog.left(node::text, 100)),
+                      HINT = export_hint;
+        END IF;
+        IF coalesce(pg_catalog.jsonb_typeof(node OPERATOR(pg_catalog.->) 'class_type'), '')
+               OPERATOR(pg_catalog.<>) 'string'
+           OR node OPERATOR(pg_catalog.->>) 'class_type' OPERATOR(pg_catalog.=) '' THEN
+            RAISE EXCEPTION 'node "%" of workflow "%" has no class_type', node_id, wf
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'Every node needs "class_type", the name of its ComfyUI node class (a string).',
+                      HINT = export_hint;
+        END IF;
+        IF node OPERATOR(pg_catalog.?) '_meta' AND
+           pg_catalog.jsonb_typeof(node OPERATOR(pg_catalog.->) '_meta') OPERATOR(pg_catalog.<>) 'object' THEN
+            RAISE EXCEPTION '_meta of node "%" of workflow "%" is not a JSON object', node_id, wf
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'ComfyUI reads "_meta" as an object such as {"title": "..."}.',
+                      HINT = 'Drop "_meta", or make it an object.';
+        END IF;
+        IF coalesce(pg_catalog.jsonb_typeof(node OPERATOR(pg_catalog.->) 'inputs'), '')
+               OPERATOR(pg_catalog.<>) 'object' THEN
+            RAISE EXCEPTION 'inputs of node "%" of workflow "%" are not a JSON object', node_id, wf
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('Every node needs "inputs", an object of input name -> value or link; node "%s" (%s) has %s.',
+                                                 node_id, node OPERATOR(pg_catalog.->>) 'class_type',
+                                                 coalesce('a JSON ' OPERATOR(pg_catalog.||)
+                                                          pg_catalog.jsonb_typeof(node OPERATOR(pg_catalog.->) 'inputs'),
+                                                          'none')),
+                      HINT = export_hint;
+        END IF;
+        IF node OPERATOR(pg_catalog.->>) 'class_type' OPERATOR(pg_catalog.=) 'SaveImage' THEN
+            saves := saves OPERATOR(pg_catalog.+) 1;
+        END IF;
+        -- ComfyUI takes every array an input holds for a link
+        FOR input_name, val IN
+            SELECT i.key, i.value
+              FROM pg_catalog.jsonb_each(node OPERATOR(pg_catalog.->) 'inputs') i
+             WHERE pg_catalog.jsonb_typeof(i.value) OPERATOR(pg_catalog.=) 'array'
+             ORDER BY i.key
+        LOOP
+            IF pg_catalog.jsonb_array_length(val) OPERATOR(pg_catalog.<>) 2
+               OR pg_catalog.jsonb_typeof(val OPERATOR(pg_catalog.->) 0) OPERATOR(pg_catalog.<>) 'string'
+               OR pg_catalog.jsonb_typeof(val OPERATOR(pg_catalog.->) 1) OPERATOR(pg_catalog.<>) 'number'
+               OR NOT (val OPERATOR(pg_catalog.->>) 1) OPERATOR(pg_catalog.~) '^[0-9]+$' THEN
+                RAISE EXCEPTION 'input "%" of node "%" of workflow "%" is not a valid link',
+                                input_name, node_id, wf
+                    USING ERRCODE = 'invalid_parameter_value',
+                          DETAIL = pg_catalog.format('A link is [node id, output index]: a string and a whole number from 0; the input holds %s.',
+                                                     pg_catalog.left(val::text, 100)),
+                          HINT = export_hint;
+            END IF;
+            IF NOT NEW.graph OPERATOR(pg_catalog.?) (val OPERATOR(pg_catalog.->>) 0) THEN
+                RAISE EXCEPTION 'node "%" of workflow "%" links to node "%", which the graph lacks',
+                                node_id, wf, val OPERATOR(pg_catalog.->>) 0
+                    USING ERRCODE = 'invalid_parameter_value',
+                          DETAIL = pg_catalog.format('Input "%s" of node "%s" (%s) is the link %s.',
+                                                     input_name, node_id,
+                                                     node OPERATOR(pg_catalog.->>) 'class_type', val::text),
+                          HINT = 'Every link names a node of the same graph; export the whole workflow again.';
+            END IF;
+        END LOOP;
+    END LOOP;
+
+    -- no cycle: ComfyUI could not order the nodes
+    WITH RECURSIVE links (node, source) AS (
+        SELECT n.key, i.value OPERATOR(pg_catalog.->>) 0
+          FROM pg_catalog.jsonb_each(NEW.graph) n,
+               pg_catalog.jsonb_each(n.value OPERATOR(pg_catalog.->) 'inputs') i
+         WHERE pg_catalog.jsonb_typeof(i.value) OPERATOR(pg_catalog.=) 'array'
+    ), feeds (node, source) AS (
+        SELECT l.node, l.source FROM links l
+        UNION
+        SELECT f.node, l.source
+          FROM feeds f JOIN links l ON l.node OPERATOR(pg_catalog.=) f.source
+    )
+    SELECT pg_catalog.min(f.node) INTO node_id
+      FROM feeds f WHERE f.node OPERATOR(pg_catalog.=) f.source;
+    IF node_id IS NOT NULL THEN
+        RAISE EXCEPTION 'node "%" of workflow "%" is in a cycle of links', node_id, wf
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('Following the links into node "%s" leads back to it.', node_id),
+                  HINT = 'A workflow''s links must not loop; export the workflow again.';
+    END IF;
+
+    IF saves OPERATOR(pg_catalog.=) 0 THEN
+        RAISE EXCEPTION 'workflow "%" has no SaveImage node', wf
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('igny8_ai takes the images a SaveImage node writes; the graph has %s.',
+                           (SELECT pg_catalog.string_agg(DISTINCT n.value OPERATOR(pg_catalog.->>) 'class_type', ', '
+                                             ORDER BY n.value OPERATOR(pg_catalog.->>) 'class_type')
+                              FROM pg_catalog.jsonb_each(NEW.graph) n)),
+                  HINT = 'Add a SaveImage node fed by the decoded image (VAEDecode), then export the workflow again.';
+    END IF;
+
+    -- the bindings
+    IF pg_catalog.jsonb_typeof(NEW.bindings) OPERATOR(pg_catalog.<>) 'object' THEN
+        RAISE EXCEPTION 'bindings of workflow "%" are not a JSON object', wf
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('They are a JSON %s.', pg_catalog.jsonb_typeof(NEW.bindings)),
+                  HINT = bind_hint;
+    END IF;
+    FOR param, target IN
+        SELECT b.key, b.value FROM pg_catalog.jsonb_each(NEW.bindings) b ORDER BY b.key
+    LOOP
+        IF NOT param OPERATOR(pg_catalog.=) ANY (params) THEN
+            RAISE EXCEPTION 'workflow "%" binds unknown parameter "%"', wf, param
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'The parameters a workflow can bind are ' OPERATOR(pg_catalog.||) params_list OPERATOR(pg_catalog.||) '.',
+                      HINT = 'Leave an input the call does not set as the graph has it.';
+        END IF;
+        ok := pg_catalog.jsonb_typeof(target) OPERATOR(pg_catalog.=) 'array';
+        IF ok THEN
+            ok := pg_catalog.jsonb_array_length(target) OPERATOR(pg_catalog.=) 2
+                  AND pg_catalog.jsonb_typeof(target OPERATOR(pg_catalog.->) 0) OPERATOR(pg_catalog.=) 'string'
+                  AND pg_catalog.jsonb_typeof(target OPERATOR(pg_catalog.->) 1) OPERATOR(pg_catalog.=) 'string';
+        END IF;
+        IF NOT ok THEN
+            RAISE EXCEPTION 'binding "%" of workflow "%" is not [node id, input name]', param, wf
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('It is %s.', pg_catalog.left(target::text, 100)),
+                      HINT = bind_hint;
+        END IF;
+        node_id := target OPERATOR(pg_catalog.->>) 0;
+        input_name := target OPERATOR(pg_catalog.->>) 1;
+        node := NEW.graph OPERATOR(pg_catalog.->) node_id;
+        IF node IS NULL THEN
+            RAISE EXCEPTION 'binding "%" of workflow "%" names node "%", which the graph lacks',
+                            param, wf, node_id
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('The graph''s nodes are %s.',
+                               (SELECT pg_catalog.string_agg(pg_catalog.format('"%s" (%s)', n.key,
+                                                             n.value OPERATOR(pg_catalog.->>) 'class_type'),
+                                                             ', ' ORDER BY n.key)
+                                  FROM pg_catalog.jsonb_each(NEW.graph) n)),
+                      HINT = bind_hint;
+        END IF;
+        val := node OPERATOR(pg_catalog.->) 'inputs' OPERATOR(pg_catalog.->) input_name;
+        IF val IS NULL THEN
+            RAISE EXCEPTION 'binding "%" of workflow "%" names input "%" of node "%", which that node lacks',
+                            param, wf, input_name, node_id
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('Node "%s" (%s) has the inputs %s.', node_id,
+                               node OPERATOR(pg_catalog.->>) 'class_type',
+                               coalesce((SELECT pg_catalog.string_agg(pg_catalog.format('"%s"', i.key), ', ' ORDER BY i.key)
+                                           FROM pg_catalog.jsonb_object_keys(node OPERATOR(pg_catalog.->) 'inputs') i (key)),
+                                        '(none)')),
+                      HINT = bind_hint;
+        END IF;
+        IF pg_catalog.jsonb_typeof(val) OPERATOR(pg_catalog.=) 'array' THEN
+            RAISE EXCEPTION 'binding "%" of workflow "%" names input "%" of node "%", which is a link',
+                            param, wf, input_name, node_id
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('That input is the link %s, from node "%s"; the call can only replace a value.',
+                                                 val::text, val OPERATOR(pg_catalog.->>) 0),
+                      HINT = bind_hint;
+        END IF;
+        want := CASE WHEN param OPERATOR(pg_catalog.=) ANY (texts) THEN 'string' ELSE 'number' END;
+        IF pg_catalog.jsonb_typeof(val) OPERATOR(pg_catalog.<>) want THEN
+            RAISE EXCEPTION 'binding "%" of workflow "%" names input "%" of node "%", which does not hold a %',
+                            param, wf, input_name, node_id, want
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('"%s" is a %s, and the input holds %s.',
+                                                 param, want, pg_catalog.left(val::text, 100)),
+                      HINT = bind_hint;
+        END IF;
+        other := (SELECT b.key FROM pg_catalog.jsonb_each(NEW.bindings) b
+                   WHERE b.key OPERATOR(pg_catalog.<) param
+                     AND b.value OPERATOR(pg_catalog.=) target
+                   ORDER BY b.key LIMIT 1);
+        IF other IS NOT NULL THEN
+            RAISE EXCEPTION 'bindings "%" and "%" of workflow "%" name the same input', other, param, wf
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('Both name input "%s" of node "%s".', input_name, node_id),
+                      HINT = bind_hint;
+        END IF;
+    END LOOP;
+    FOREACH param IN ARRAY required LOOP
+        IF NOT NEW.bindings OPERATOR(pg_catalog.?) param THEN
+            RAISE EXCEPTION 'workflow "%" does not bind "%"', wf, param
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'Every workflow binds prompt, width, height, seed and filename_prefix: each call sets them.',
+                      HINT = pg_catalog.format('Add "%s": [node id, input name] to the bindings.', param);
+        END IF;
+    END LOOP;
+
+    -- the defaults
+    IF pg_catalog.jsonb_typeof(NEW.defaults) OPERATOR(pg_catalog.<>) 'object' THEN
+        RAISE EXCEPTION 'defaults of workflow "%" are not a JSON object', wf
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('They are a JSON %s.', pg_catalog.jsonb_typeof(NEW.defaults)),
+                  HINT = 'defaults maps a bound parameter to its value, e.g. {"steps": 20, "cfg": 1.0}.';
+    END IF;
+    FOR param, val IN
+        SELECT d.key, d.value FROM pg_catalog.jsonb_each(NEW.defaults) d ORDER BY d.key
+    LOOP
+        IF NOT param OPERATOR(pg_catalog.=) ANY (params) THEN
+            RAISE EXCEPTION 'defaults of workflow "%" give unknown parameter "%"', wf, param
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'The parameters are ' OPERATOR(pg_catalog.||) params_list OPERATOR(pg_catalog.||) '.',
+                      HINT = 'defaults maps a bound parameter to its value, e.g. {"steps": 20, "cfg": 1.0}.';
+        END IF;
+        IF NOT NEW.bindings OPERATOR(pg_catalog.?) param THEN
+            RAISE EXCEPTION 'defaults of workflow "%" give "%", which the workflow does not bind', wf, param
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'A default replaces the value of a bound input; this one would never be used.',
+                      HINT = pg_catalog.format('Bind "%s" too, or drop its default.', param);
+        END IF;
+        -- what ComfyUI's KSampler, latent and SaveImage nodes accept
+        whole := true;
+        IF param OPERATOR(pg_catalog.=) ANY (texts) THEN
+            lo := NULL;
+        ELSIF param OPERATOR(pg_catalog.=) ANY (ARRAY['width', 'height']) THEN
+            lo := 16; hi := 16384;
+        ELSIF param OPERATOR(pg_catalog.=) 'steps' THEN
+            lo := 1; hi := 10000;
+        ELSIF param OPERATOR(pg_catalog.=) 'seed' THEN
+            lo := 0; hi := 18446744073709551615;
+        ELSE
+            lo := 0; hi := 100; whole := false;     -- cfg
+        END IF;
+        IF lo IS NULL THEN
+            want := 'a string';
+            ok := pg_catalog.jsonb_typeof(val) OPERATOR(pg_catalog.=) 'string';
+        ELSE
+            want := pg_catalog.format('a %s from %s to %s',
+                                      CASE WHEN whole THEN 'whole number' ELSE 'number' END, lo, hi);
+            ok := pg_catalog.jsonb_typeof(val) OPERATOR(pg_catalog.=) 'number';
+            IF ok THEN
+                num := (val OPERATOR(pg_catalog.#>>) '{}')::numeric;
+                ok := num OPERATOR(pg_catalog.>=) lo AND num OPERATOR(pg_catalog.<=) hi
+                      AND (NOT whole OR num OPERATOR(pg_catalog.=) pg_catalog.trunc(num));
+            END IF;
+        END IF;
+        IF NOT ok THEN
+            RAISE EXCEPTION 'default "%" of workflow "%" is not valid', param, wf
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('"%s" takes %s; the default is %s.',
+                                                 param, want, pg_catalog.left(val::text, 100)),
+                      HINT = 'defaults maps a bound parameter to its value, e.g. {"steps": 20, "cfg": 1.0}.';
+        END IF;
+    END LOOP;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER igny8_workflows_check
+    BEFORE INSERT OR UPDATE ON igny8_workflows
+    FOR EACH ROW EXECUTE FUNCTION igny8_workflow_check();
+
+-- Before a workflow is deleted: one that deployments use is refused (the
+-- foreign key would refuse it too, without saying what to do).
+CREATE FUNCTION igny8_workflow_in_use() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    users text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.format('%s on %s', m.alias, m.provider_id),
+                                 ', ' ORDER BY m.alias, m.provider_id)
+      INTO users
+      FROM @extschema@.igny8_models m
+     WHERE m.workflow OPERATOR(pg_catalog.=) OLD.name;
+    IF users IS NOT NULL THEN
+        RAISE EXCEPTION 'workflow "%" is in use', OLD.name
+            USING ERRCODE = 'foreign_key_violation',
+                  DETAIL = pg_catalog.format('Deployments run it: %s.', users),
+                  HINT = 'Point those deployments at another workflow (UPDATE igny8_models SET workflow = ...), or delete them, first.';
+    END IF;
+    RETURN OLD;
+END
+$$;
+
+CREATE TRIGGER igny8_workflows_in_use
+    BEFORE DELETE ON igny8_workflows
+    FOR EACH ROW EXECUTE FUNCTION igny8_workflow_in_use();
+
+-- Before a deployment is written: an image deployment on a ComfyUI
+-- provider runs a workflow, and only there does a deployment have one.
+CREATE FUNCTION igny8_deployment_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    provider_kind text;
+BEGIN
+    SELECT p.kind INTO provider_kind
+      FROM @extschema@.igny8_providers p
+     WHERE p.id OPERATOR(pg_catalog.=) NEW.provider_id;
+    IF NOT FOUND THEN
+        RETURN NEW;     -- the foreign key says so
+    END IF;
+    IF provider_kind OPERATOR(pg_catalog.=) 'comfyui' AND
+       NEW.task OPERATOR(pg_catalog.=) 'image' AND NEW.workflow IS NULL THEN
+        RAISE EXCEPTION 'image deployment of alias "%" on provider "%" has no workflow',
+                        NEW.alias, NEW.provider_id
+            USING ERRCODE = 'check_violation',
+                  DETAIL = pg_catalog.format('Provider "%s" is a ComfyUI server: what it makes is a workflow of igny8_workflows.',
+                                             NEW.provider_id),
+                  HINT = 'Set workflow to the name of a row of igny8_workflows.';
+    END IF;
+    IF provider_kind OPERATOR(pg_catalog.<>) 'comfyui' AND NEW.workflow IS NOT NULL THEN
+        RAISE EXCEPTION 'deployment of alias "%" on provider "%" has a workflow, but the provider is not a ComfyUI server',
+                        NEW.alias, NEW.provider_id
+            USING ERRCODE = 'check_violation',
+                  DETAIL = pg_catalog.format('Only providers of kind comfyui run workflows; "%s" is of kind %s.',
+                                             NEW.provider_id, provider_kind),
+                  HINT = 'Set workflow to NULL, or deploy the alias on a comfyui provider.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER igny8_models_check
+    BEFORE INSERT OR UPDATE ON igny8_models
+    FOR EACH ROW EXECUTE FUNCTION igny8_deployment_check();
+
+-- After a provider's kind changed: its deployments still fit it.
+CREATE FUNCTION igny8_provider_kind_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    misfit record;
+BEGIN
+    IF OLD.kind OPERATOR(pg_catalog.=) NEW.kind THEN
+        RETURN NULL;
+    END IF;
+    SELECT m.alias, m.workflow INTO misfit
+      FROM @extschema@.igny8_models m
+     WHERE m.provider_id OPERATOR(pg_catalog.=) NEW.id
+       AND CASE WHEN NEW.kind OPERATOR(pg_catalog.=) 'comfyui'
+                THEN m.task OPERATOR(pg_catalog.=) 'image' AND m.workflow IS NULL
+                ELSE m.workflow IS NOT NULL END
+     ORDER BY m.alias LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'provider "%" cannot become of kind %: deployment of alias "%" does not fit it',
+                        NEW.id, NEW.kind, misfit.alias
+            USING ERRCODE = 'check_violation',
+                  DETAIL = CASE WHEN misfit.workflow IS NULL
+                           THEN 'An image deployment on a ComfyUI provider needs a workflow; it has none.'
+                           ELSE pg_catalog.format('It runs workflow "%s", and only providers of kind comfyui run workflows.',
+                                                  misfit.workflow) END,
+                  HINT = 'Move or delete the provider''s deployments first.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER igny8_providers_kind_check
+    AFTER UPDATE OF kind ON igny8_providers
+    FOR EACH ROW EXECUTE FUNCTION igny8_provider_kind_check();
 
 --
 -- The seed's configuration, as shipped rows.
@@ -119,7 +574,113 @@ INSERT INTO igny8_providers (id, kind, base_url, api_key_ref, priority,
     ('openai', 'openai', 'https://api.openai.com', 'env:OPENAI_API_KEY', 5, 64,
      '{}', 'shipped'),
     ('anthropic', 'anthropic', 'https://api.anthropic.com',
-     'env:ANTHROPIC_API_KEY', 4, 64, '{}', 'shipped');
+     'env:ANTHROPIC_API_KEY', 4, 64, '{}', 'shipped'),
+    ('comfyui', 'comfyui', 'http://localhost:8188', NULL, 10, 2, '{}', 'shipped');
+
+-- The image workflows, as ComfyUI's "Export (API)" writes them.  The
+-- model files are named as their publishers name them; the description
+-- says where each comes from and which folder of ComfyUI's models/ it
+-- goes in.  The graphs' own prompt, size, seed and file name prefix are
+-- placeholders that every call replaces (bindings).
+INSERT INTO igny8_workflows (name, graph, bindings, defaults, description, origin) VALUES
+    ('flux1-dev',
+     $graph${
+        "6":  {"class_type": "CLIPTextEncode", "_meta": {"title": "CLIP Text Encode (Positive Prompt)"},
+               "inputs": {"text": "", "clip": ["11", 0]}},
+        "8":  {"class_type": "VAEDecode", "_meta": {"title": "VAE Decode"},
+               "inputs": {"samples": ["13", 0], "vae": ["10", 0]}},
+        "9":  {"class_type": "SaveImage", "_meta": {"title": "Save Image"},
+               "inputs": {"filename_prefix": "igny8", "images": ["8", 0]}},
+        "10": {"class_type": "VAELoader", "_meta": {"title": "Load VAE"},
+               "inputs": {"vae_name": "ae.safetensors"}},
+        "11": {"class_type": "DualCLIPLoader", "_meta": {"title": "DualCLIPLoader"},
+               "inputs": {"clip_name1": "t5xxl_fp16.safetensors", "clip_name2": "clip_l.safetensors",
+                          "type": "flux"}},
+        "12": {"class_type": "UNETLoader", "_meta": {"title": "Load Diffusion Model"},
+               "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+        "13": {"class_type": "KSampler", "_meta": {"title": "KSampler"},
+               "inputs": {"model": ["12", 0], "positive": ["26", 0], "negative": ["33", 0],
+                          "latent_image": ["27", 0], "seed": 0, "steps": 20, "cfg": 1.0,
+                          "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+        "26": {"class_type": "FluxGuidance", "_meta": {"title": "FluxGuidance"},
+               "inputs": {"guidance": 3.5, "conditioning": ["6", 0]}},
+        "27": {"class_type": "EmptySD3LatentImage", "_meta": {"title": "EmptySD3LatentImage"},
+               "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
+        "33": {"class_type": "ConditioningZeroOut", "_meta": {"title": "ConditioningZeroOut"},
+               "inputs": {"conditioning": ["6", 0]}}
+     }$graph$,
+     $bindings${"prompt": ["6", "text"], "width": ["27", "width"], "height": ["27", "height"],
+                "steps": ["13", "steps"], "cfg": ["13", "cfg"], "seed": ["13", "seed"],
+                "filename_prefix": ["9", "filename_prefix"]}$bindings$,
+     '{"steps": 20, "cfg": 1.0}',
+     'FLUX.1 [dev], 1024x1024, 20 steps, guidance 3.5 (no negative prompt: FLUX.1 [dev] ignores it). '
+     'Files: flux1-dev.safetensors in models/diffusion_models and ae.safetensors in models/vae, '
+     'from black-forest-labs/FLUX.1-dev (gated: accept its licence on Hugging Face first); '
+     't5xxl_fp16.safetensors and clip_l.safetensors in models/text_encoders, '
+     'from comfyanonymous/flux_text_encoders.',
+     'shipped'),
+    ('sd3.5-large',
+     $graph${
+        "3":  {"class_type": "KSampler", "_meta": {"title": "KSampler"},
+               "inputs": {"model": ["13", 0], "positive": ["6", 0], "negative": ["7", 0],
+                          "latent_image": ["5", 0], "seed": 0, "steps": 28, "cfg": 4.5,
+                          "sampler_name": "euler", "scheduler": "sgm_uniform", "denoise": 1.0}},
+        "4":  {"class_type": "CheckpointLoaderSimple", "_meta": {"title": "Load Checkpoint"},
+               "inputs": {"ckpt_name": "sd3.5_large.safetensors"}},
+        "5":  {"class_type": "EmptySD3LatentImage", "_meta": {"title": "EmptySD3LatentImage"},
+               "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
+        "6":  {"class_type": "CLIPTextEncode", "_meta": {"title": "CLIP Text Encode (Positive Prompt)"},
+               "inputs": {"text": "", "clip": ["11", 0]}},
+        "7":  {"class_type": "CLIPTextEncode", "_meta": {"title": "CLIP Text Encode (Negative Prompt)"},
+               "inputs": {"text": "", "clip": ["11", 0]}},
+        "8":  {"class_type": "VAEDecode", "_meta": {"title": "VAE Decode"},
+               "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9":  {"class_type": "SaveImage", "_meta": {"title": "Save Image"},
+               "inputs": {"filename_prefix": "igny8", "images": ["8", 0]}},
+        "11": {"class_type": "TripleCLIPLoader", "_meta": {"title": "TripleCLIPLoader"},
+               "inputs": {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors",
+                          "clip_name3": "t5xxl_fp16.safetensors"}},
+        "13": {"class_type": "ModelSamplingSD3", "_meta": {"title": "ModelSamplingSD3"},
+               "inputs": {"model": ["4", 0], "shift": 3.0}}
+     }$graph$,
+     $bindings${"prompt": ["6", "text"], "negative_prompt": ["7", "text"],
+                "width": ["5", "width"], "height": ["5", "height"],
+                "steps": ["3", "steps"], "cfg": ["3", "cfg"], "seed": ["3", "seed"],
+                "filename_prefix": ["9", "filename_prefix"]}$bindings$,
+     '{"steps": 28, "cfg": 4.5}',
+     'Stable Diffusion 3.5 Large, 1024x1024, 28 steps, cfg 4.5, euler, sgm_uniform, shift 3. '
+     'Files, from stabilityai/stable-diffusion-3.5-large (gated: accept its licence on Hugging Face first): '
+     'sd3.5_large.safetensors in models/checkpoints (its VAE is inside; the text encoders are not), '
+     'and text_encoders/clip_l.safetensors, clip_g.safetensors and t5xxl_fp16.safetensors in models/text_encoders.',
+     'shipped'),
+    ('sdxl-lightning-4step',
+     $graph${
+        "3":  {"class_type": "KSampler", "_meta": {"title": "KSampler"},
+               "inputs": {"model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+                          "latent_image": ["5", 0], "seed": 0, "steps": 4, "cfg": 1.0,
+                          "sampler_name": "euler", "scheduler": "sgm_uniform", "denoise": 1.0}},
+        "4":  {"class_type": "CheckpointLoaderSimple", "_meta": {"title": "Load Checkpoint"},
+               "inputs": {"ckpt_name": "sdxl_lightning_4step.safetensors"}},
+        "5":  {"class_type": "EmptyLatentImage", "_meta": {"title": "Empty Latent Image"},
+               "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
+        "6":  {"class_type": "CLIPTextEncode", "_meta": {"title": "CLIP Text Encode (Positive Prompt)"},
+               "inputs": {"text": "", "clip": ["4", 1]}},
+        "7":  {"class_type": "CLIPTextEncode", "_meta": {"title": "CLIP Text Encode (Negative Prompt)"},
+               "inputs": {"text": "", "clip": ["4", 1]}},
+        "8":  {"class_type": "VAEDecode", "_meta": {"title": "VAE Decode"},
+               "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9":  {"class_type": "SaveImage", "_meta": {"title": "Save Image"},
+               "inputs": {"filename_prefix": "igny8", "images": ["8", 0]}}
+     }$graph$,
+     $bindings${"prompt": ["6", "text"], "negative_prompt": ["7", "text"],
+                "width": ["5", "width"], "height": ["5", "height"],
+                "steps": ["3", "steps"], "cfg": ["3", "cfg"], "seed": ["3", "seed"],
+                "filename_prefix": ["9", "filename_prefix"]}$bindings$,
+     '{"steps": 4, "cfg": 1.0}',
+     'SDXL-Lightning 4-step, 1024x1024: 4 steps (the step count the checkpoint was distilled for), cfg 1.0, euler, sgm_uniform. '
+     'File: sdxl_lightning_4step.safetensors (the all-in-one checkpoint, not the _unet or _lora file) in models/checkpoints, '
+     'from ByteDance/SDXL-Lightning.',
+     'shipped');
 
 -- OpenAI gpt-4 has an 8,192-token context shared by prompt and answer: its
 -- cap leaves half of it to the prompt.
@@ -134,12 +695,25 @@ INSERT INTO igny8_models (alias, provider_id, provider_model, timeout,
     ('gpt-3.5-turbo-fallback', 'openai',         'gpt-3.5-turbo',      '60 s', 4000, '{}', 'shipped'),
     ('gpt-3.5-turbo-fallback', 'anthropic',      'claude-haiku-5-5',   '60 s', 4000, '{}', 'shipped');
 
+-- Images: the ComfyUI box first, OpenAI's image models as the fallback.
+INSERT INTO igny8_models (alias, provider_id, provider_model, task, workflow,
+                          timeout, origin) VALUES
+    ('dall-e-3',          'comfyui', 'flux1-dev',            'image', 'flux1-dev',            '120 s', 'shipped'),
+    ('dall-e-2',          'comfyui', 'sdxl-lightning-4step', 'image', 'sdxl-lightning-4step', '60 s',  'shipped'),
+    ('sd3.5',             'comfyui', 'sd3.5-large',          'image', 'sd3.5-large',          '180 s', 'shipped'),
+    ('dall-e-3-fallback', 'openai',  'dall-e-3',             'image', NULL,                   '60 s',  'shipped'),
+    ('dall-e-2-fallback', 'openai',  'dall-e-2',             'image', NULL,                   '60 s',  'shipped');
+
 INSERT INTO igny8_fallbacks (alias, position, fallback_alias, origin) VALUES
     ('gpt-4',              1, 'gpt-4-fallback',         'shipped'),
     ('gpt-4',              2, 'gpt-3.5-turbo',          'shipped'),
     ('gpt-4-turbo',        1, 'gpt-4-fallback',         'shipped'),
     ('gpt-3.5-turbo',      1, 'gpt-3.5-turbo-fallback', 'shipped'),
-    ('gpt-3.5-turbo-fast', 1, 'gpt-3.5-turbo-fallback', 'shipped');
+    ('gpt-3.5-turbo-fast', 1, 'gpt-3.5-turbo-fallback', 'shipped'),
+    ('dall-e-3',           1, 'dall-e-2',               'shipped'),
+    ('dall-e-3',           2, 'dall-e-3-fallback',      'shipped'),
+    ('dall-e-2',           1, 'dall-e-2-fallback',      'shipped'),
+    ('sd3.5',              1, 'dall-e-3-fallback',      'shipped');
 
 --
 -- Keeping origin, and restoring the configuration exactly.
@@ -152,6 +726,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE table_name
         WHEN 'igny8_providers' THEN ARRAY['id']
+        WHEN 'igny8_workflows' THEN ARRAY['name']
         WHEN 'igny8_models' THEN ARRAY['alias', 'provider_id', 'provider_model']
         WHEN 'igny8_fallbacks' THEN ARRAY['alias', 'position']
     END
@@ -269,7 +844,9 @@ END
 $$;
 
 -- A recorded deletion (a restore brings it back): delete the shipped row
--- CREATE EXTENSION made again.
+-- CREATE EXTENSION made again.  A shipped workflow that shipped
+-- deployments still run stays until the restore has deleted or changed
+-- them (igny8_workflows_release below): a dump lists the deletions first.
 CREATE FUNCTION igny8_config_deletion_restored() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -283,11 +860,39 @@ BEGIN
                               NEW.table_name)))
       USING NEW.key;
     RETURN NULL;
+EXCEPTION WHEN foreign_key_violation THEN
+    RETURN NULL;
+END
+$$;
+
+-- Statement trigger on igny8_models, after a change: the shipped
+-- workflows whose deletion a restore brought back, and that no deployment
+-- runs any longer, go.
+CREATE FUNCTION igny8_workflows_release() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- (writes nothing, and needs no right to, unless a restore left one)
+    IF EXISTS (SELECT 1 FROM @extschema@.igny8_config_deletions d
+                WHERE d.table_name OPERATOR(pg_catalog.=) 'igny8_workflows') THEN
+        DELETE FROM @extschema@.igny8_workflows w
+         WHERE w.origin OPERATOR(pg_catalog.=) 'shipped'
+           AND EXISTS (SELECT 1 FROM @extschema@.igny8_config_deletions d
+                        WHERE d.table_name OPERATOR(pg_catalog.=) 'igny8_workflows'
+                          AND d.key OPERATOR(pg_catalog.=) pg_catalog.jsonb_build_object('name', w.name))
+           AND NOT EXISTS (SELECT 1 FROM @extschema@.igny8_models m
+                            WHERE m.workflow OPERATOR(pg_catalog.=) w.name);
+    END IF;
+    RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER igny8_providers_guard
     BEFORE INSERT OR UPDATE ON igny8_providers
+    FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
+CREATE TRIGGER igny8_workflows_guard
+    BEFORE INSERT OR UPDATE ON igny8_workflows
     FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
 CREATE TRIGGER igny8_models_guard
     BEFORE INSERT OR UPDATE ON igny8_models
@@ -298,6 +903,9 @@ CREATE TRIGGER igny8_fallbacks_guard
 CREATE TRIGGER igny8_providers_forget
     AFTER UPDATE OR DELETE ON igny8_providers
     FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
+CREATE TRIGGER igny8_workflows_forget
+    AFTER UPDATE OR DELETE ON igny8_workflows
+    FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
 CREATE TRIGGER igny8_models_forget
     AFTER UPDATE OR DELETE ON igny8_models
     FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
@@ -306,6 +914,9 @@ CREATE TRIGGER igny8_fallbacks_forget
     FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
 CREATE TRIGGER igny8_providers_forget_all
     BEFORE TRUNCATE ON igny8_providers
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
+CREATE TRIGGER igny8_workflows_forget_all
+    BEFORE TRUNCATE ON igny8_workflows
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
 CREATE TRIGGER igny8_models_forget_all
     BEFORE TRUNCATE ON igny8_models
@@ -316,6 +927,9 @@ CREATE TRIGGER igny8_fallbacks_forget_all
 CREATE TRIGGER igny8_config_deletions_restored
     AFTER INSERT ON igny8_config_deletions
     FOR EACH ROW EXECUTE FUNCTION igny8_config_deletion_restored();
+CREATE TRIGGER igny8_models_release_workflows
+    AFTER UPDATE OR DELETE OR TRUNCATE ON igny8_models
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_workflows_release();
 
 -- updated_at follows changes, unless the change sets it (a restore does)
 CREATE FUNCTION igny8_touch_updated_at() RETURNS trigger
@@ -333,6 +947,9 @@ $$;
 CREATE TRIGGER igny8_providers_touch
     BEFORE UPDATE ON igny8_providers
     FOR EACH ROW EXECUTE FUNCTION igny8_touch_updated_at();
+CREATE TRIGGER igny8_workflows_touch
+    BEFORE UPDATE ON igny8_workflows
+    FOR EACH ROW EXECUTE FUNCTION igny8_touch_updated_at();
 
 --
 -- Configuration changes reach the workers when they commit.
@@ -344,6 +961,9 @@ CREATE FUNCTION igny8_config_changed() RETURNS trigger
 
 CREATE TRIGGER igny8_providers_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_providers
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+CREATE TRIGGER igny8_workflows_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_workflows
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
 CREATE TRIGGER igny8_models_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_models
@@ -374,7 +994,12 @@ CREATE TABLE ai_usage_log (
     error_message   text,
     attempt         integer NOT NULL,
     prompt          text,
-    response        text
+    response        text,
+    -- image rows (task_type 'image')
+    images          integer,
+    image_width     integer,
+    image_height    integer,
+    steps           integer
 );
 
 CREATE INDEX ai_usage_log_created_at_idx ON ai_usage_log (created_at);
@@ -384,6 +1009,10 @@ CREATE INDEX ai_usage_log_account_idx ON ai_usage_log (account_id, created_at)
 
 COMMENT ON TABLE ai_usage_log IS
     'one row per attempt on a provider, committed before the caller gets its answer';
+COMMENT ON COLUMN ai_usage_log.images IS
+    'images made by the attempt (image rows; NULL on text rows)';
+COMMENT ON COLUMN ai_usage_log.steps IS
+    'sampling steps sent to ComfyUI (image rows on comfyui providers)';
 
 --
 -- Health: probes on a pg_cron schedule, the circuit breaker's state, alerts.
@@ -415,6 +1044,8 @@ COMMENT ON TABLE service_health_log IS
 --
 SELECT pg_catalog.pg_extension_config_dump('igny8_providers',
     $$WHERE origin OPERATOR(pg_catalog.<>) 'shipped'$$);
+SELECT pg_catalog.pg_extension_config_dump('igny8_workflows',
+    $$WHERE origin OPERATOR(pg_catalog.<>) 'shipped'$$);
 SELECT pg_catalog.pg_extension_config_dump('igny8_models',
     $$WHERE origin OPERATOR(pg_catalog.<>) 'shipped'$$);
 SELECT pg_catalog.pg_extension_config_dump('igny8_fallbacks',
@@ -442,6 +1073,22 @@ CREATE TYPE igny8_completion AS (
     attempts        integer,
     finish_reason   text,
     cached          boolean
+);
+
+-- An image and what made it; the image functions return it.
+CREATE TYPE igny8_image AS (
+    image           bytea,
+    mime_type       text,
+    width           integer,
+    height          integer,
+    seed            bigint,
+    revised_prompt  text,
+    provider        text,
+    model           text,
+    cost            numeric,
+    duration_ms     double precision,
+    request_id      uuid,
+    attempts        integer
 );
 
 CREATE FUNCTION igny8_generate_text(
@@ -723,6 +1370,11 @@ REVOKE ALL ON FUNCTION igny8_config_guard() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_forget() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_forget_all() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_deletion_restored() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_workflow_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_workflow_in_use() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_workflows_release() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_deployment_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_provider_kind_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_touch_updated_at() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_check_health() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_health_state() FROM PUBLIC;
@@ -733,7 +1385,7 @@ REVOKE ALL ON FUNCTION igny8_forget_cron() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_on_drop_extension() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_worker_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_slot_status() FROM PUBLIC;
-REVOKE ALL ON igny8_providers, igny8_models, igny8_fallbacks,
+REVOKE ALL ON igny8_providers, igny8_workflows, igny8_models, igny8_fallbacks,
     igny8_config_deletions, ai_usage_log, service_health_log,
     igny8_service_status FROM PUBLIC;
 
@@ -798,8 +1450,8 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO %s', s, role);
-    EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_providers, %s.igny8_models, %s.igny8_fallbacks TO %s',
-                              s, s, s, role);
+    EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_providers, %s.igny8_workflows, %s.igny8_models, %s.igny8_fallbacks TO %s',
+                              s, s, s, s, role);
     EXECUTE pg_catalog.format('GRANT INSERT ON %s.ai_usage_log TO %s', s, role);
 END
 $$;

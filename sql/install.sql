@@ -14,10 +14,14 @@ SELECT extname, extrelocatable FROM pg_extension
 -- the seed's configuration ships as default rows; the providers were
 -- edited by the prelude (base_url), so their origin says so
 SELECT id, kind, api_key_ref, priority, enabled, max_concurrent, origin
-  FROM igny8_providers ORDER BY priority DESC;
-SELECT alias, provider_id, provider_model, task, timeout, queue_timeout,
+  FROM igny8_providers ORDER BY priority DESC, id;
+SELECT alias, provider_id, provider_model, task, workflow, timeout, queue_timeout,
        max_tokens, origin
-  FROM igny8_models ORDER BY alias, provider_id;
+  FROM igny8_models ORDER BY task DESC, alias, provider_id;
+SELECT name, (SELECT count(*) FROM jsonb_object_keys(graph)) AS nodes,
+       (SELECT string_agg(k, ' ' ORDER BY k) FROM jsonb_object_keys(bindings) k) AS bound,
+       defaults, origin
+  FROM igny8_workflows ORDER BY name;
 SELECT alias, position, fallback_alias, origin
   FROM igny8_fallbacks ORDER BY alias, position;
 

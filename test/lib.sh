@@ -327,14 +327,21 @@ check_summary() {
 }
 
 # config_snapshot DB: what a dump and restore or an upgrade must keep
-# exactly: the configuration, its deletions, the pg_cron jobs.
+# exactly: the configuration, its deletions, the pg_cron jobs.  A row as
+# shipped is not dumped: a restore has CREATE EXTENSION make it again, at
+# another time, so its updated_at is not compared.
 config_snapshot() {
 	psql_db "$1" -At <<'SQL'
 SELECT 'provider', id, kind, base_url, coalesce(api_key_ref, '-'), priority, enabled,
-       connect_timeout, max_concurrent, settings, origin, updated_at
+       connect_timeout, max_concurrent, settings, origin,
+       CASE WHEN origin <> 'shipped' THEN updated_at::text ELSE 'as shipped' END
   FROM igny8_providers ORDER BY id;
-SELECT 'model', alias, provider_id, provider_model, task, timeout, queue_timeout,
-       coalesce(max_tokens, 0), weight, enabled, settings, origin
+SELECT 'workflow', name, md5(graph::text), bindings, defaults,
+       md5(coalesce(description, '-')), origin,
+       CASE WHEN origin <> 'shipped' THEN updated_at::text ELSE 'as shipped' END
+  FROM igny8_workflows ORDER BY name;
+SELECT 'model', alias, provider_id, provider_model, task, coalesce(workflow, '-'),
+       timeout, queue_timeout, coalesce(max_tokens, 0), weight, enabled, settings, origin
   FROM igny8_models ORDER BY 2, 3, 4;
 SELECT 'fallback', alias, position, fallback_alias, origin
   FROM igny8_fallbacks ORDER BY 2, 3;

@@ -14,6 +14,7 @@ import ctypes
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -1976,6 +1977,125 @@ class TestComfyUIImages(SimTestCase):
         self.assertIsNone(png_parse(data))
         self.assertIsNone(png_parse(made("png=truncated", "cut")))
         self.assertTrue(made("png=notpng", "html").startswith(b"<html>"))
+
+
+INSTALL_SCRIPT = os.path.join(HERE, "..", "..", "sql", "igny8_ai--1.0.sql")
+
+# One shipped workflow of the install script's INSERT INTO igny8_workflows:
+# ('name', $graph$...$graph$, $bindings$...$bindings$, '{defaults}', ...
+SHIPPED_WORKFLOW_RE = re.compile(
+    r"\(\s*'([a-z0-9_.-]+)',\s*\$graph\$(.*?)\$graph\$,\s*"
+    r"\$bindings\$(.*?)\$bindings\$,\s*'(\{[^']*\})',\s*((?:'(?:[^']|'')*'\s*)+),",
+    re.S)
+
+
+def shipped_workflows():
+    """The workflows the install script ships: name -> (graph, bindings,
+    defaults, description)."""
+    with open(INSTALL_SCRIPT) as f:
+        script = f.read()
+    start = script.index("INSERT INTO igny8_workflows")
+    end = script.index(";\n", start)
+    out = {}
+    for m in SHIPPED_WORKFLOW_RE.finditer(script, start, end):
+        description = "".join(part.replace("''", "'") for part in
+                              re.findall(r"'((?:[^']|'')*)'", m.group(5)))
+        out[m.group(1)] = (json.loads(m.group(2)), json.loads(m.group(3)),
+                           json.loads(m.group(4)), description)
+    return out
+
+
+def fill_bindings(graph, bindings, values):
+    """GRAPH with the bound inputs set to VALUES (parameter -> value), as
+    the extension fills them in."""
+    graph = json.loads(json.dumps(graph))
+    for param, value in values.items():
+        if param in bindings:
+            node, name = bindings[param]
+            graph[node]["inputs"][name] = value
+    return graph
+
+
+class TestShippedWorkflows(SimTestCase):
+    """
+    The workflows sql/igny8_ai--1.0.sql ships are valid ComfyUI graphs for
+    the simulator's node catalogue and model files, once the extension has
+    filled in their bindings, and they run to a SaveImage output of the
+    size asked for.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.workflows = shipped_workflows()
+        self.info = comfy("GET", "/object_info").json()
+
+    def test_the_three(self):
+        self.assertEqual(sorted(self.workflows),
+                         ["flux1-dev", "sd3.5-large", "sdxl-lightning-4step"])
+
+    def test_bindings_name_widget_inputs(self):
+        for name, (graph, bindings, defaults, _) in self.workflows.items():
+            for param, (node, input_name) in bindings.items():
+                spec = self.info[graph[node]["class_type"]]["input"]
+                inputs = dict(spec.get("required", {}),
+                              **spec.get("optional", {}))
+                self.assertIn(input_name, inputs, (name, param))
+                # a widget (a value), not a link type such as MODEL
+                self.assertTrue(isinstance(inputs[input_name][0], list) or
+                                inputs[input_name][0] in
+                                ("INT", "FLOAT", "STRING"), (name, param))
+            self.assertTrue(set(defaults) <= set(bindings), name)
+
+    def test_description_names_every_model_file(self):
+        for name, (graph, _, _, description) in self.workflows.items():
+            files = {v for node in graph.values()
+                     for v in node["inputs"].values()
+                     if isinstance(v, str) and v.endswith(".safetensors")}
+            self.assertTrue(files, name)
+            for file in files:
+                self.assertIn(file, description, name)
+
+    def test_valid_and_run(self):
+        for n, (name, (graph, bindings, defaults, _)) in \
+                enumerate(sorted(self.workflows.items())):
+            values = dict(defaults, prompt="a cloud over the sea",
+                          negative_prompt="blurry", width=832, height=1216,
+                          seed=2 ** 63 + n, filename_prefix="wf%d/igny8" % n)
+            r = comfy_prompt(fill_bindings(graph, bindings, values))
+            self.assertEqual(r.status, 200, (name, r.body))
+            self.assertEqual(r.json()["node_errors"], {}, name)
+            entry = wait_history(r.json()["prompt_id"])
+            self.assertEqual(entry["status"]["status_str"], "success", name)
+            saves = [node for node, v in graph.items()
+                     if v["class_type"] == "SaveImage"]
+            self.assertEqual(sorted(entry["outputs"]), saves, name)
+            image = entry["outputs"][saves[0]]["images"][0]
+            self.assertEqual((image["subfolder"], image["type"]),
+                             ("wf%d" % n, "output"), name)
+            data = comfy("GET", "/view?filename=%s&subfolder=%s&type=output"
+                         % (image["filename"], image["subfolder"])).body
+            self.assertTrue(png_is_valid(data, 832, 1216), name)
+            sent = json.loads(png_parse(data)["text"]["prompt"])
+            self.assertEqual(sent[bindings["prompt"][0]]["inputs"]
+                             [bindings["prompt"][1]], "a cloud over the sea")
+
+    def test_model_files_missing(self):
+        # a box without the files: ComfyUI names the loader's file, which
+        # the extension takes for "try the next candidate"
+        files = sorted({v for graph, _, _, _ in self.workflows.values()
+                        for node in graph.values()
+                        for v in node["inputs"].values()
+                        if isinstance(v, str) and v.endswith(".safetensors")})
+        status, _ = control("POST", "/config/comfyui",
+                            {"remove_models": files})
+        self.assertEqual(status, 200)
+        for name, (graph, bindings, _, _) in self.workflows.items():
+            r = comfy_prompt(fill_bindings(graph, bindings, {"seed": 1}))
+            self.assertEqual(r.status, 400, name)
+            errors = [e["type"] for node in r.json()["node_errors"].values()
+                      for e in node["errors"]]
+            self.assertTrue(errors, name)
+            self.assertEqual(set(errors), {"value_not_in_list"}, name)
 
 
 class TestComfyUILog(SimTestCase):
