@@ -3987,11 +3987,15 @@ class ComfyUIBackend(Backend):
     def view_file(self, ex):
         """
         server.view_image's checks for GET /view: a status (400, 403, 404)
-        or (ImageSpec, prompt_id, file name).  Kept on EX.
+        or (ImageSpec, prompt_id, file name), kept for the request.
         """
-        if hasattr(ex, "comfy_view"):
-            return ex.comfy_view
-        ex.comfy_view = found = self._view_file(ex)
+        # EX is the connection's handler, kept across keep-alive requests:
+        # the answer is this request's (its record), not the connection's
+        cached = getattr(ex, "comfy_view", None)
+        if cached is not None and cached[0] is ex.rec:
+            return cached[1]
+        found = self._view_file(ex)
+        ex.comfy_view = (ex.rec, found)
         return found
 
     def _view_file(self, ex):

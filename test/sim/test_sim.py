@@ -1929,6 +1929,25 @@ class TestComfyUIImages(SimTestCase):
                             .body, comfy("GET", "/view?filename="
                                          "other_00002_.png").body)
 
+    def test_view_over_one_connection(self):
+        # a client that keeps its connection gets each file it asks for
+        for seed in (11, 12):
+            wait_history(comfy_prompt(sdxl_graph(seed=seed, prefix="ka"))
+                         .json()["prompt_id"])
+        conn = http.client.HTTPConnection("127.0.0.1", PORTS["comfyui"],
+                                          timeout=10)
+        try:
+            seeds = [json.loads(png_parse(call(
+                "comfyui", "GET", "/view?filename=ka_%05d_.png" % n,
+                conn=conn).body)["text"]["prompt"])["3"]["inputs"]["seed"]
+                for n in (1, 2, 1)]
+            missing = call("comfyui", "GET", "/view?filename=ka_00009_.png",
+                           conn=conn).status
+        finally:
+            conn.close()
+        self.assertEqual(seeds, [11, 12, 11])
+        self.assertEqual(missing, 404)
+
     def test_view_errors(self):
         wait_history(comfy_prompt(sdxl_graph()).json()["prompt_id"])
         for query, status in (("", 404), ("filename=", 400),
