@@ -60,6 +60,22 @@ SELECT provider, healthy, state, detail FROM igny8_check_health()
  WHERE provider = 'self_hosted_ai';
 SELECT * FROM notifications(1);
 
+-- ComfyUI without a model file an enabled workflow needs: degraded, and
+-- the detail names the file; a disabled deployment's files are not needed
+SELECT sim($$config comfyui '{"remove_models": ["flux1-dev.safetensors"]}'$$) IS NOT NULL AS configured;
+SELECT provider, healthy, state,
+       detail->'model_files_missing' AS missing, detail->'model_files_checked' AS checked
+  FROM igny8_check_health() WHERE provider = 'comfyui';
+SELECT * FROM notifications(1);
+UPDATE igny8_models SET enabled = false WHERE workflow = 'flux1-dev';
+SELECT wait_for_config();
+SELECT provider, healthy, state, detail->'model_files_missing' AS missing,
+       detail->'model_files_checked' AS checked
+  FROM igny8_check_health() WHERE provider = 'comfyui';
+UPDATE igny8_models SET enabled = true WHERE workflow = 'flux1-dev';
+SELECT sim($$config comfyui '{"add_models": ["diffusion_models/flux1-dev.safetensors"]}'$$) IS NOT NULL AS configured;
+SELECT wait_for_config();
+
 -- a single-model OpenAI-compatible server (llama.cpp, vLLM) lists only its
 -- own id: the provider setting check_models false turns the comparison off
 INSERT INTO igny8_providers (id, kind, base_url, settings)

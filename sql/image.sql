@@ -35,7 +35,7 @@ SELECT a.alias, png_size(i.image), i.mime_type, i.width, i.height,
 
 -- OpenAI makes the nearest size its model supports, and says so
 SELECT png_size(image), width, height, provider, model
-  FROM igny8_generate_image('A wide beach', 'dall-e-3-fallback', '1600x900');
+  FROM igny8_generate_image('A wide beach', 'dall-e-3-fallback', '1600x896');
 
 -- the seed given is the seed used, and ComfyUI got it
 SELECT seed, png_size(image)
@@ -67,7 +67,7 @@ SELECT count(*) FILTER (WHERE task_type = 'image') = count(*) AS all_image_rows,
 -- FLUX's model file is missing: ComfyUI refuses the workflow
 -- (value_not_in_list), and dall-e-3 moves on to SDXL-Lightning at once
 TRUNCATE ai_usage_log;
-SELECT count(*) AS config FROM sim('config comfyui {"remove_models": ["flux1-dev.safetensors"]}');
+SELECT count(*) AS config FROM sim($$config comfyui '{"remove_models": ["flux1-dev.safetensors"]}'$$);
 SELECT png_size(image), provider, model, attempts
   FROM igny8_generate_image('No flux today', 'dall-e-3');
 SELECT attempt, provider, model_used, http_status, success,
@@ -81,13 +81,13 @@ TRUNCATE ai_usage_log;
 SELECT png_size(image), provider, model, attempts
   FROM igny8_generate_image('OOM once [[sim comfyui:exec_error=oom times=1 key=oom1]]', 'dall-e-3');
 SELECT attempt, provider, model_used, success,
-       error_message LIKE '%OutOfMemoryError%' AS oom
+       error_message LIKE '%OutOfMemoryError%' AS oom, error_message IS NULL AS no_error
   FROM ai_usage_log ORDER BY id;
 TRUNCATE ai_usage_log;
 SELECT png_size(image), provider, model, attempts
   FROM igny8_generate_image('OOM always [[sim comfyui:exec_error=oom]]', 'sd3.5');
 SELECT attempt, provider, model_used, success,
-       error_message LIKE '%OutOfMemoryError%' AS oom
+       error_message LIKE '%OutOfMemoryError%' AS oom, error_message IS NULL AS no_error
   FROM ai_usage_log ORDER BY id;
 
 -- ComfyUI down (connection refused): OpenAI images
@@ -153,7 +153,8 @@ SELECT wait_until($$(SELECT queued = 1 FROM igny8_service_status WHERE provider 
 SELECT pid AS other_pid FROM pg_stat_activity
  WHERE query LIKE '%Other client%' AND pid <> pg_backend_pid() AND backend_type = 'client backend' \gset
 SELECT pg_cancel_backend(:other_pid);
-SELECT show_error($$SELECT * FROM dblink_get_result('other') AS r(a text)$$) LIKE '%canceling statement%' AS other_cancelled;
+SELECT count(*) AS rows FROM dblink_get_result('other', false) AS r(a text);
+SELECT dblink_error_message('other') LIKE '%canceling statement%' AS other_cancelled;
 SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --path /queue --count') l WHERE l::int >= 1)$$,
                   'the queue delete');
 SELECT (SELECT l FROM sim('log --role comfyui --key other --path /prompt --field prompt_id') l LIMIT 1) AS other_id \gset
@@ -163,7 +164,8 @@ SELECT count(*) AS deletes_of_other FROM sim('log --role comfyui --path /queue -
 SELECT pid AS run_pid FROM pg_stat_activity
  WHERE query LIKE '%Long [[sim%' AND pid <> pg_backend_pid() AND backend_type = 'client backend' \gset
 SELECT pg_cancel_backend(:run_pid);
-SELECT show_error($$SELECT * FROM dblink_get_result('run') AS r(a text)$$) LIKE '%canceling statement%' AS run_cancelled;
+SELECT count(*) AS rows FROM dblink_get_result('run', false) AS r(a text);
+SELECT dblink_error_message('run') LIKE '%canceling statement%' AS run_cancelled;
 -- "wait" now runs, and finishes
 SELECT dblink_answer('wait') AS waiting_one_finished;
 SELECT l AS interrupt_kinds FROM sim('log --role comfyui --path /interrupt --field interrupt') l;
@@ -175,7 +177,7 @@ SELECT dblink_disconnect(c) FROM unnest(ARRAY['run', 'wait', 'other']) c;
 -- statement_timeout ends the call, and its prompt is cleaned up too
 SELECT sim('reset');
 SET statement_timeout = '1s';
-SELECT show_error($$SELECT igny8_generate_image('Timeout [[sim comfyui:run_time=3600 key=st]]', 'dall-e-2', '512x512')$$);
+SELECT igny8_generate_image('Timeout [[sim comfyui:run_time=3600 key=st]]', 'dall-e-2', '512x512');
 RESET statement_timeout;
 SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --path /interrupt --count') l WHERE l::int >= 1)$$,
                   'the interrupt after statement_timeout');

@@ -157,6 +157,7 @@ igny8_route(Igny8Config *config, const char *alias, Igny8Task task,
 		err->sqlerrcode = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 		if (other_task)
 		{
+			err->sqlerrcode = ERRCODE_WRONG_OBJECT_TYPE;
 			err->message = psprintf("model alias \"%s\" does not generate %s",
 									alias,
 									task == IGNY8_TASK_IMAGE ? "images" : "text");
