@@ -119,6 +119,20 @@ UPDATE igny8_models SET settings = settings - 'max_image_bytes'
 SELECT wait_for_config();
 SELECT png_size(image) AS after FROM igny8_generate_image('Small again', 'dall-e-2', '512x512');
 
+-- igny8_ai.answer_memory caps what a worker holds for answers in flight:
+-- an image that would pass it fails its attempt (retried once), and the
+-- workers live on
+TRUNCATE ai_usage_log;
+ALTER SYSTEM SET igny8_ai.answer_memory = '1MB';
+SELECT reload_settings();
+SELECT show_error($$SELECT igny8_generate_image('Big [[sim any:image_bytes=2000000]]', 'dall-e-2', '512x512')$$);
+SELECT attempt, provider, success, error_message FROM ai_usage_log ORDER BY id;
+ALTER SYSTEM RESET igny8_ai.answer_memory;
+SELECT reload_settings();
+SELECT png_size(image) AS after, octet_length(image) AS bytes
+  FROM igny8_generate_image('Big again [[sim any:image_bytes=2000000]]', 'dall-e-2', '512x512');
+SELECT array_agg(pid ORDER BY worker) = :'pids' AS same_workers FROM igny8_worker_status();
+
 -- a broken image (not a PNG, wrong size) is not returned
 TRUNCATE ai_usage_log;
 SELECT png_size(image), provider
