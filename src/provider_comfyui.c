@@ -1115,10 +1115,12 @@ void
 igny8_comfyui_build_object_info(const char *class_type, const char *api_key,
 								Igny8HttpRequest *out)
 {
-	char	   *path = psprintf("/object_info/%s", comfyui_escape(class_type));
+	char	   *name = comfyui_escape(class_type);
+	char	   *path = psprintf("/object_info/%s", name);
 
 	igny8_build_get(out, path, api_key);
 	pfree(path);
+	pfree(name);
 }
 
 /* The options of a combo input spec: [[...], {...}] or ["COMBO", {"options": [...]}]. */

@@ -4009,6 +4009,100 @@ test_comfyui_requests(void)
 	end_group();
 }
 
+/* ----- ComfyUI: the model files a workflow needs (health probe) ----- */
+
+static const char *const files_graph =
+"{\"1\":{\"class_type\":\"UNETLoader\",\"inputs\":{\"unet_name\":\"flux1-dev.safetensors\",\"weight_dtype\":\"default\"}},"
+"\"2\":{\"class_type\":\"DualCLIPLoader\",\"inputs\":{\"clip_name1\":\"t5xxl_fp16.safetensors\",\"clip_name2\":\"clip_l.safetensors\",\"type\":\"flux\"}},"
+"\"3\":{\"class_type\":\"VAELoader\",\"inputs\":{\"vae_name\":\"ae.safetensors\"}},"
+"\"4\":{\"class_type\":\"CheckpointLoaderSimple\",\"inputs\":{\"ckpt_name\":\"SDXL.CKPT\"}},"
+"\"5\":{\"class_type\":\"CLIPTextEncode\",\"inputs\":{\"text\":\"a.safetensors\",\"clip\":[\"2\",0]}},"
+"\"6\":{\"class_type\":\"VAELoader\",\"inputs\":{\"vae_name\":\"ae.safetensors\"}},"
+"\"7\":{\"class_type\":\"LoraLoader\",\"inputs\":{\"lora_name\":\"x.gguf\",\"strength\":1,\"model\":[\"1\",0]}},"
+"\"8\":\"not a node\",\"9\":{\"class_type\":\"UNETLoader\"}}";
+
+static void
+test_comfyui_model_files(void)
+{
+	cJSON	   *graph;
+	Igny8ComfyFile *files = NULL;
+	int			cap = 0;
+	int			n;
+	Igny8HttpRequest out;
+	Igny8HttpResponse resp;
+	static const struct
+	{
+		const char *class_type;
+		const char *input;
+		const char *file;
+	}			want[] = {
+		{"UNETLoader", "unet_name", "flux1-dev.safetensors"},
+		{"DualCLIPLoader", "clip_name1", "t5xxl_fp16.safetensors"},
+		{"DualCLIPLoader", "clip_name2", "clip_l.safetensors"},
+		{"VAELoader", "vae_name", "ae.safetensors"},
+		{"CheckpointLoaderSimple", "ckpt_name", "SDXL.CKPT"},
+		{"LoraLoader", "lora_name", "x.gguf"},
+	};
+	const char *old_format =
+		"{\"DualCLIPLoader\":{\"input\":{\"required\":{"
+		"\"clip_name1\":[[\"clip_l.safetensors\",\"t5xxl_fp16.safetensors\"]],"
+		"\"clip_name2\":[[\"t5xxl_fp16.safetensors\"]],\"type\":[[\"flux\"]]}}}}";
+	const char *combo_format =
+		"{\"UNETLoader\":{\"input\":{\"required\":{},\"optional\":{"
+		"\"unet_name\":[\"COMBO\",{\"options\":[\"flux1-dev.safetensors\"]}]}}}}";
+
+	begin_group("ComfyUI model files and /object_info");
+	graph = cJSON_Parse(files_graph);
+	n = igny8_comfyui_model_files(graph, &files, 0, &cap);
+	CHECK_INT(n, (int) lengthof(want));
+	for (int i = 0; i < n && i < (int) lengthof(want); i++)
+	{
+		CHECK_STR(files[i].class_type, want[i].class_type);
+		CHECK_STR(files[i].input, want[i].input);
+		CHECK_STR(files[i].file, want[i].file);
+		CHECK(!files[i].present);
+	}
+	/* a second workflow adds only what is new */
+	CHECK_INT(igny8_comfyui_model_files(graph, &files, n, &cap), n);
+
+	igny8_comfyui_build_object_info("DualCLIPLoader", NULL, &out);
+	check_request(&out, "GET", "/object_info/DualCLIPLoader", NULL, NULL,
+				  __LINE__);
+	free_request(&out);
+
+	/* [[files], {...}]: clip_name1 listed, clip_name2 not */
+	resp = make_response(200, old_format, strlen(old_format), -1, -1);
+	CHECK(igny8_comfyui_parse_object_info(&resp, "DualCLIPLoader", files, n));
+	CHECK(files[1].present);
+	CHECK(!files[2].present);
+	CHECK(!files[0].present);
+	/* ["COMBO", {"options": [...]}], in "optional" */
+	resp = make_response(200, combo_format, strlen(combo_format), -1, -1);
+	CHECK(igny8_comfyui_parse_object_info(&resp, "UNETLoader", files, n));
+	CHECK(files[0].present);
+	/* a class the server does not know: {} */
+	resp = make_response(200, "{}", 2, -1, -1);
+	CHECK(!igny8_comfyui_parse_object_info(&resp, "VAELoader", files, n));
+	CHECK(!files[3].present);
+	/* an error, and a malformed body */
+	resp = make_response(500, "500: Internal Server Error", 26, -1, -1);
+	CHECK(!igny8_comfyui_parse_object_info(&resp, "VAELoader", files, n));
+	resp = make_response(200, "{\"VAELoader\":", 13, -1, -1);
+	CHECK(!igny8_comfyui_parse_object_info(&resp, "VAELoader", files, n));
+	CHECK(!files[3].present);
+
+	for (int i = 0; i < n; i++)
+	{
+		pfree(files[i].class_type);
+		pfree(files[i].input);
+		pfree(files[i].file);
+	}
+	pfree(files);
+	cJSON_Delete(graph);
+	end_group();
+}
+
+
 static void
 test_comfyui_parse_view(void)
 {
@@ -4598,6 +4692,7 @@ main(int argc, char **argv)
 	test_comfyui_parse_submit();
 	test_comfyui_parse_history();
 	test_comfyui_requests();
+	test_comfyui_model_files();
 	test_comfyui_parse_view();
 	test_openai_image_size();
 	test_openai_build_image();
