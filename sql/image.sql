@@ -199,6 +199,25 @@ SELECT l AS interrupt_kinds FROM sim('log --role comfyui --path /interrupt --fie
 SELECT wait_until($$(SELECT in_flight = 0 FROM igny8_service_status WHERE provider = 'comfyui')$$,
                   'the place given back');
 
+-- a worker told to stop interrupts the ComfyUI prompt it was waiting for
+SELECT sim('reset');
+SELECT dblink_connect('stop', 'dbname=' || current_database());
+SELECT dblink_send_query('stop',
+    $$SELECT png_size(image) FROM igny8_generate_image('Stopping [[sim comfyui:run_time=3600 key=stop]]', 'dall-e-2', '512x512')$$);
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key stop --path /prompt --count') l WHERE l::int >= 1)$$,
+                  'the prompt at ComfyUI');
+SELECT count(pg_terminate_backend(pid)) AS terminated
+  FROM igny8_worker_status() WHERE pid IS NOT NULL;
+SET client_min_messages = warning;	-- dblink relays the error as a notice
+SELECT count(*) AS rows FROM dblink_get_result('stop', false) AS r(a text);
+RESET client_min_messages;
+SELECT dblink_error_message('stop') LIKE '%was interrupted%' AS interrupted;
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --path /interrupt --count') l WHERE l::int >= 1)$$,
+                  'the interrupt from the stopping worker');
+SELECT l AS interrupt_kinds FROM sim('log --role comfyui --path /interrupt --field interrupt') l;
+SELECT dblink_disconnect('stop');
+SELECT wait_for_workers() AS workers;
+
 -- bad input: a clear error, nothing sent, nothing logged
 TRUNCATE ai_usage_log;
 SELECT sim('reset');

@@ -33,6 +33,8 @@
 #include "postgres.h"
 
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/memutils.h"
@@ -122,13 +124,14 @@ igny8_image_parse_request(Igny8Job *job, const char *json)
 
 /* ----- cleanup of a ComfyUI prompt left behind ----- */
 
-static void
+static bool
 cleanup_send(Igny8Cleanup *c)
 {
 	Igny8HttpRequest http;
 
 	memset(&http, 0, sizeof(http));
-	igny8_comfyui_build_cancel(c->next, c->prompt_id, c->key, &http);
+	if (!igny8_comfyui_build_cancel(c->next, c->prompt_id, c->key, &http))
+		return false;			/* no prompt_id: nothing to send */
 	c->last = (c->next == IGNY8_COMFY_CANCEL_FORGET);
 	if (c->next == IGNY8_COMFY_CANCEL_DELETE)
 		c->next = IGNY8_COMFY_CANCEL_INTERRUPT;
@@ -139,6 +142,21 @@ cleanup_send(Igny8Cleanup *c)
 								   Min(c->connect_timeout_ms,
 									   IGNY8_CLEANUP_TIMEOUT_MS),
 								   c->proxy, c->ca_file, 0, NULL);
+	return true;
+}
+
+static void
+cleanup_free(Igny8Cleanup *c)
+{
+	if (c->key)
+		pfree(c->key);
+	pfree(c->base_url);
+	if (c->proxy)
+		pfree(c->proxy);
+	if (c->ca_file)
+		pfree(c->ca_file);
+	pfree(c->prompt_id);
+	pfree(c);
 }
 
 static char *
@@ -170,8 +188,10 @@ cleanup_start(Igny8Job *job, Igny8ComfyCancel from)
 	c->ca_file = top_strdup(p->ca_file);
 	c->connect_timeout_ms = p->connect_timeout_ms;
 	c->prompt_id = top_strdup(job->prompt_id);
-	cleanups = lappend(cleanups, c);
-	cleanup_send(c);
+	if (cleanup_send(c))
+		cleanups = lappend(cleanups, c);
+	else
+		cleanup_free(c);
 	MemoryContextSwitchTo(old);
 	job->prompt_id = NULL;
 }
@@ -193,24 +213,48 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 		if (!c->last)
 		{
 			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+			bool		sent = cleanup_send(c);
 
-			cleanup_send(c);
 			MemoryContextSwitchTo(old);
-			return;
+			if (sent)
+				return;
 		}
 		cleanups = foreach_delete_current(cleanups, lc);
-		if (c->key)
-			pfree(c->key);
-		pfree(c->base_url);
-		if (c->proxy)
-			pfree(c->proxy);
-		if (c->ca_file)
-			pfree(c->ca_file);
-		pfree(c->prompt_id);
-		pfree(c);
+		cleanup_free(c);
 		return;
 	}
 	igny8_http_free(t);			/* not ours: cannot happen */
+}
+
+/*
+ * The worker is stopping: give the cleanup calls in flight up to max_ms to
+ * reach ComfyUI (every job was aborted already, so they are the only
+ * transfers left).
+ */
+void
+igny8_image_finish_cleanups(int max_ms)
+{
+	TimestampTz end = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  max_ms);
+
+	while (cleanups != NIL && GetCurrentTimestamp() < end)
+	{
+		Igny8Transfer *t;
+
+		igny8_http_drive(true);
+		while ((t = igny8_http_next_finished()) != NULL)
+		{
+			if (t->owner == NULL)
+				igny8_image_cleanup_done(t);
+			else
+				igny8_http_free(t); /* cannot happen: no job is left */
+		}
+		if (cleanups != NIL)
+			(void) WaitLatchOrSocket(NULL,
+									 WL_SOCKET_READABLE | WL_TIMEOUT |
+									 WL_EXIT_ON_PM_DEATH,
+									 igny8_http_fd(), 20, PG_WAIT_EXTENSION);
+	}
 }
 
 /* ----- the steps ----- */
@@ -277,13 +321,11 @@ send_step(Igny8Job *job, Igny8HttpRequest *http, size_t max_bytes,
 static void
 attempt_timed_out(Igny8Job *job, TimestampTz now)
 {
-	Igny8Deployment *d = job->cands[job->cand];
 	Igny8Attempt *a = igny8_job_end_attempt(job, NULL, now);
 
 	a->error = psprintf("timed out after %ld ms waiting for ComfyUI to finish prompt %s",
 						(long) ((now - job->attempt_start) / 1000),
 						job->prompt_id ? job->prompt_id : "?");
-	(void) d;
 	cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE);
 	igny8_job_next_candidate(job, now);
 }

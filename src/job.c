@@ -774,7 +774,8 @@ igny8_job_sent(Igny8Job *job)
 {
 	ListCell   *lc;
 
-	if (job->transfer != NULL)
+	/* between two steps of an attempt, its first one was sent */
+	if (job->transfer != NULL || job->state == JOB_POLL_WAIT)
 		return true;
 	foreach(lc, job->attempts)
 	{

@@ -445,6 +445,8 @@ stop_gracefully(void)
 	publish_finished();
 	/* the requests queued again are taken by the others at once */
 	mark_stopped();
+	/* ComfyUI prompts of the interrupted requests: cancel them if we can */
+	igny8_image_finish_cleanups(1000);
 	ereport(LOG,
 			(errmsg("igny8_ai worker %d stopping", igny8_worker_index),
 			 errdetail("%d requests queued again for another worker, %d interrupted and logged in ai_usage_log.",
