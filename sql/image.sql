@@ -103,6 +103,12 @@ UPDATE igny8_providers SET base_url = current_setting('igny8_test.comfyui_url')
  WHERE id = 'comfyui';
 SELECT wait_for_config();
 
+-- OpenAI refuses the prompt (content policy): the caller's error, no
+-- other provider is tried
+TRUNCATE ai_usage_log;
+SELECT show_error($$SELECT igny8_generate_image('Refused [[sim openai:content_policy]]', 'dall-e-3-fallback')$$);
+SELECT attempt, provider, http_status, success FROM ai_usage_log ORDER BY id;
+
 -- an image over the deployment's max_image_bytes: a clear failure, the
 -- next candidate, and the workers live on
 TRUNCATE ai_usage_log;
