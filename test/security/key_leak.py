@@ -8,7 +8,7 @@ health rows, the provider state, NOTIFY payloads) into OUT_DIR, for the
 suite to search for any piece of the keys together with the server log.
 
 Environment: IGNY8_PGHOST, IGNY8_PGPORT, IGNY8_PGDATABASE, OUT_DIR,
-OLLAMA_URL, OPENAI_URL, ANTHROPIC_URL, OPENAI_TLS_URL, KEY_FILE, and the
+OLLAMA_URL, OPENAI_URL, ANTHROPIC_URL, COMFYUI_URL, OPENAI_TLS_URL, KEY_FILE, and the
 keys KEY_WRONG, KEY_LITERAL, KEY_OLLAMA, KEY_SLASH.
 """
 import json
@@ -88,6 +88,7 @@ provider("self_hosted_ai", ENV["OLLAMA_URL"], None)
 provider("openai", ENV["OPENAI_URL"], ENV["KEY_WRONG"])
 provider("anthropic", ENV["ANTHROPIC_URL"], "file:" + ENV["KEY_FILE"])
 call("SELECT igny8_generate_text('Wrong key [[sim ollama:status=404]]', 'gpt-4')")
+call("SELECT * FROM igny8_generate_image('Wrong key', 'dall-e-3-fallback')")
 call("SELECT * FROM igny8_check_health()")
 
 # 2. references that cannot be resolved: env, file, a literal key with a
@@ -127,6 +128,16 @@ for role in ("ollama", "openai", "anthropic"):
                                  " [[sim ollama:status=404]]" % role
                                  if role != "ollama" else
                                  "Model [[sim ollama:echo_key=model]]"}]))
+call("SELECT * FROM igny8_check_health()")
+
+# 4b. ComfyUI behind a proxy that takes a key, echoing it in an error of
+# each step (submit, history poll, image) around the 200-byte cut
+provider("comfyui", ENV["COMFYUI_URL"], ENV["KEY_OLLAMA"])
+for step in ("prompt", "history", "view"):
+    for offset in [0] + list(range(180, 201, 4)):
+        call("SELECT * FROM igny8_generate_image(%s, 'dall-e-2', '512x512')",
+             "Echo [[sim comfyui:on=%s echo_key=error status=500"
+             " key_offset=%d]]" % (step, offset))
 call("SELECT * FROM igny8_check_health()")
 
 # 5. a key with "/" in it, echoed in an error by a server that writes "/"
