@@ -36,6 +36,8 @@
  */
 #include "postgres.h"
 
+#include <malloc.h>
+
 #include "access/xact.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -58,6 +60,8 @@
 #define IGNY8_CONFIG_RETRY_MS	1000
 /* ... and without one: a worker serving an older configuration */
 #define IGNY8_CONFIG_RETRY_IDLE_MS	10000
+/* answers this large are mmap'd by malloc, and unmapped when freed */
+#define IGNY8_MMAP_THRESHOLD	(1024 * 1024)
 
 static Igny8WorkerShared *me = NULL;
 static Igny8Config *config = NULL;
@@ -549,6 +553,14 @@ igny8_worker_main(Datum main_arg)
 	 */
 	pqsignal(SIGINT, SIG_IGN);
 	BackgroundWorkerUnblockSignals();
+
+	/*
+	 * Answers of a megabyte or more (images) get memory of their own from
+	 * the kernel and give it back when freed: glibc would otherwise raise
+	 * its threshold after the first one and keep every later one in the
+	 * heap, and a worker that made a few images would stay that large.
+	 */
+	mallopt(M_MMAP_THRESHOLD, IGNY8_MMAP_THRESHOLD);
 
 	BackgroundWorkerInitializeConnection(igny8_database,
 										 igny8_username[0] ? igny8_username : NULL,
