@@ -12,7 +12,13 @@
  *									  deployment's queue_timeout)
  *	READY --> HTTP --> READY / BACKOFF / FINISHED
  *	BACKOFF --> READY				 (at wake_at)
+ *	HTTP --> POLL_WAIT --> HTTP		 (an attempt of several steps waits
+ *									  between two of them: ComfyUI's
+ *									  history polls, image.c)
  *
+ * What an attempt sends, and how its answers are read, is the task kind's
+ * (Igny8TaskOps: text here, images in image.c, health probes in
+ * probe.c); the candidates, places, retries and fallbacks are this file's.
  * and is FINISHED by success, a caller error, the last candidate failing,
  * the deadline, its caller leaving, or the worker stopping.  Its attempts
  * are written to ai_usage_log (usage.c) before it is published, and its
@@ -38,8 +44,6 @@
 int			igny8_worker_index = -1;
 dlist_head	igny8_jobs = DLIST_STATIC_INIT(igny8_jobs);
 List	   *igny8_pending_notifies = NIL;
-
-
 
 void
 igny8_job_finish_error(Igny8Job *job, int sqlerrcode, char *msg,
