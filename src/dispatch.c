@@ -747,6 +747,61 @@ igny8_option_integer(JsonbValue *v, const char *name, int64 min, int64 max,
 }
 
 /*
+ * Iterate over an options object: igny8_options_begin checks it (its size,
+ * that it is an object), igny8_next_option gives each key and value in
+ * turn and false at the end.
+ */
+JsonbIterator *
+igny8_options_begin(Jsonb *opts)
+{
+	igny8_check_jsonb_size(opts, "options");
+	if (!JB_ROOT_IS_OBJECT(opts) || JB_ROOT_IS_SCALAR(opts))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("options must be a JSON object")));
+	return JsonbIteratorInit(&opts->root);
+}
+
+bool
+igny8_next_option(JsonbIterator **it, char **key, JsonbValue *v)
+{
+	JsonbIteratorToken tok;
+
+	while ((tok = JsonbIteratorNext(it, v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+			*key = pnstrdup(v->val.string.val, v->val.string.len);
+		else if (tok == WJB_VALUE)
+			return true;
+	}
+	return false;
+}
+
+/* The "timeout" option: seconds, positive, as milliseconds (1 to INT_MAX). */
+int
+igny8_option_timeout_ms(JsonbValue *v)
+{
+	double		secs = igny8_numeric_double(igny8_option_numeric(v, "timeout"));
+	int			ms;
+
+	if (!(secs > 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must be positive"),
+				 errdetail("The \"timeout\" option is in seconds.")));
+	ms = (int) Min(secs * 1000.0, (double) INT_MAX);
+	return Max(ms, 1);
+}
+
+/* The "account_id" option: a bigint that is not negative. */
+int64
+igny8_option_account_id(JsonbValue *v)
+{
+	return igny8_option_integer(v, "account_id", 0, PG_INT64_MAX,
+								"a bigint that is not negative");
+}
+
+/*
  * igny8_chat(messages jsonb, model text, options jsonb) returns
  * igny8_completion
  */
@@ -786,31 +841,16 @@ igny8_chat(PG_FUNCTION_ARGS)
 
 	if (!PG_ARGISNULL(2))
 	{
-		Jsonb	   *opts = PG_GETARG_JSONB_P(2);
-		JsonbIterator *it;
+		JsonbIterator *it = igny8_options_begin(PG_GETARG_JSONB_P(2));
 		JsonbValue	v;
-		JsonbIteratorToken tok;
 		char	   *key = NULL;
 
-		igny8_check_jsonb_size(opts, "options");
-		if (!JB_ROOT_IS_OBJECT(opts) || JB_ROOT_IS_SCALAR(opts))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("options must be a JSON object")));
-		it = JsonbIteratorInit(&opts->root);
-		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		while (igny8_next_option(&it, &key, &v))
 		{
-			if (tok == WJB_KEY)
-			{
-				key = pnstrdup(v.val.string.val, v.val.string.len);
-				continue;
-			}
-			if (tok != WJB_VALUE)
-				continue;
 			if (strcmp(key, "max_tokens") == 0)
 			{
 				max_tokens = (int) igny8_option_integer(&v, "max_tokens", 1, INT_MAX,
-												  "a positive integer");
+														"a positive integer");
 				has_max_tokens = true;
 			}
 			else if (strcmp(key, "temperature") == 0)
@@ -820,21 +860,10 @@ igny8_chat(PG_FUNCTION_ARGS)
 				has_temperature = true;
 			}
 			else if (strcmp(key, "timeout") == 0)
-			{
-				double		secs = igny8_numeric_double(igny8_option_numeric(&v, "timeout"));
-
-				if (!(secs > 0))
-					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("timeout must be positive"),
-							 errdetail("The \"timeout\" option is in seconds.")));
-				call.timeout_ms = (int) Min(secs * 1000.0, (double) INT_MAX);
-				call.timeout_ms = Max(call.timeout_ms, 1);
-			}
+				call.timeout_ms = igny8_option_timeout_ms(&v);
 			else if (strcmp(key, "account_id") == 0)
 			{
-				account_id = igny8_option_integer(&v, "account_id", 0, PG_INT64_MAX,
-											"a bigint that is not negative");
+				account_id = igny8_option_account_id(&v);
 				has_account = true;
 			}
 			else

@@ -132,28 +132,15 @@ parse_options(Igny8ImageCall *call, Jsonb *opts)
 	static const char *const styles[] = {"vivid", "natural", NULL};
 	JsonbIterator *it;
 	JsonbValue	v;
-	JsonbIteratorToken tok;
 	char	   *key = NULL;
 	bool		has_account = false;
 	int64		account_id = 0;
 
 	if (opts != NULL)
 	{
-		igny8_check_jsonb_size(opts, "options");
-		if (!JB_ROOT_IS_OBJECT(opts) || JB_ROOT_IS_SCALAR(opts))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("options must be a JSON object")));
-		it = JsonbIteratorInit(&opts->root);
-		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		it = igny8_options_begin(opts);
+		while (igny8_next_option(&it, &key, &v))
 		{
-			if (tok == WJB_KEY)
-			{
-				key = pnstrdup(v.val.string.val, v.val.string.len);
-				continue;
-			}
-			if (tok != WJB_VALUE)
-				continue;
 			if (strcmp(key, "negative_prompt") == 0)
 				call->negative_prompt = option_string(&v, key);
 			else if (strcmp(key, "steps") == 0)
@@ -182,21 +169,10 @@ parse_options(Igny8ImageCall *call, Jsonb *opts)
 			else if (strcmp(key, "style") == 0)
 				call->style = option_choice(&v, key, styles, "vivid, natural");
 			else if (strcmp(key, "timeout") == 0)
-			{
-				double		secs = igny8_numeric_double(igny8_option_numeric(&v, "timeout"));
-
-				if (!(secs > 0))
-					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("timeout must be positive"),
-							 errdetail("The \"timeout\" option is in seconds.")));
-				call->timeout_ms = (int) Min(secs * 1000.0, (double) INT_MAX);
-				call->timeout_ms = Max(call->timeout_ms, 1);
-			}
+				call->timeout_ms = igny8_option_timeout_ms(&v);
 			else if (strcmp(key, "account_id") == 0)
 			{
-				account_id = igny8_option_integer(&v, "account_id", 0, PG_INT64_MAX,
-												  "a bigint that is not negative");
+				account_id = igny8_option_account_id(&v);
 				has_account = true;
 			}
 			else

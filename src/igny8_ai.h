@@ -255,6 +255,10 @@ extern int64 igny8_option_integer(JsonbValue *v, const char *name,
 								  int64 min, int64 max, const char *what);
 extern void igny8_resolve_account(bool has_arg, int64 arg, bool *has_account,
 								  int64 *account_id);
+extern JsonbIterator *igny8_options_begin(Jsonb *opts);
+extern bool igny8_next_option(JsonbIterator **it, char **key, JsonbValue *v);
+extern int	igny8_option_timeout_ms(JsonbValue *v);
+extern int64 igny8_option_account_id(JsonbValue *v);
 extern dsa_pointer igny8_pack_blob(dsa_area *area, const char *data, Size len,
 								   int n, const char *const *strs);
 extern struct varlena *igny8_unpack_blob(dsa_area *area, dsa_pointer dp,

@@ -296,26 +296,21 @@ igny8_wake_all_workers(void)
 		igny8_wake_worker(i);
 }
 
-/*
- * Pack n strings (NULL allowed) into one DSA chunk: for each, a uint32
- * length (UINT32_MAX for NULL) followed by the bytes and a NUL.  Returns
- * InvalidDsaPointer when the area is at igny8_ai.payload_memory.
- */
-dsa_pointer
-igny8_pack_strings(dsa_area *area, int n, const char *const *strs)
+/* Bytes n strings take when packed. */
+static Size
+strings_size(int n, const char *const *strs)
 {
 	Size		total = 0;
-	dsa_pointer dp;
-	char	   *p;
 
 	for (int i = 0; i < n; i++)
 		total += sizeof(uint32) + (strs[i] ? strlen(strs[i]) + 1 : 0);
+	return total;
+}
 
-	dp = dsa_allocate_extended(area, Max(total, 1),
-							   DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
-	if (!DsaPointerIsValid(dp))
-		return dp;
-	p = dsa_get_address(area, dp);
+/* Write n strings at p: each a uint32 length (UINT32_MAX: NULL), then it. */
+static void
+write_strings(char *p, int n, const char *const *strs)
+{
 	for (int i = 0; i < n; i++)
 	{
 		uint32		len = strs[i] ? (uint32) strlen(strs[i]) : UINT32_MAX;
@@ -328,22 +323,12 @@ igny8_pack_strings(dsa_area *area, int n, const char *const *strs)
 			p += len + 1;
 		}
 	}
-	return dp;
 }
 
-/* Unpack up to n strings into palloc'd copies; returns how many. */
-int
-igny8_unpack_strings(dsa_area *area, dsa_pointer dp, int n, char **strs)
+/* Read n strings written by write_strings into palloc'd copies. */
+static void
+read_strings(const char *p, int n, char **strs)
 {
-	char	   *p;
-
-	if (!DsaPointerIsValid(dp))
-	{
-		for (int i = 0; i < n; i++)
-			strs[i] = NULL;
-		return 0;
-	}
-	p = dsa_get_address(area, dp);
 	for (int i = 0; i < n; i++)
 	{
 		uint32		len;
@@ -358,6 +343,38 @@ igny8_unpack_strings(dsa_area *area, dsa_pointer dp, int n, char **strs)
 			p += len + 1;
 		}
 	}
+}
+
+/*
+ * Pack n strings (NULL allowed) into one DSA chunk: for each, a uint32
+ * length (UINT32_MAX for NULL) followed by the bytes and a NUL.  Returns
+ * InvalidDsaPointer when the area is at igny8_ai.payload_memory.
+ */
+dsa_pointer
+igny8_pack_strings(dsa_area *area, int n, const char *const *strs)
+{
+	Size		total = strings_size(n, strs);
+	dsa_pointer dp;
+
+	dp = dsa_allocate_extended(area, Max(total, 1),
+							   DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
+	if (!DsaPointerIsValid(dp))
+		return dp;
+	write_strings(dsa_get_address(area, dp), n, strs);
+	return dp;
+}
+
+/* Unpack up to n strings into palloc'd copies; returns how many. */
+int
+igny8_unpack_strings(dsa_area *area, dsa_pointer dp, int n, char **strs)
+{
+	if (!DsaPointerIsValid(dp))
+	{
+		for (int i = 0; i < n; i++)
+			strs[i] = NULL;
+		return 0;
+	}
+	read_strings(dsa_get_address(area, dp), n, strs);
 	return n;
 }
 
@@ -370,12 +387,10 @@ dsa_pointer
 igny8_pack_blob(dsa_area *area, const char *data, Size len, int n,
 				const char *const *strs)
 {
-	Size		total = sizeof(uint64) + len;
+	Size		total = sizeof(uint64) + len + strings_size(n, strs);
 	dsa_pointer dp;
 	char	   *p;
 
-	for (int i = 0; i < n; i++)
-		total += sizeof(uint32) + (strs[i] ? strlen(strs[i]) + 1 : 0);
 	dp = dsa_allocate_extended(area, total, DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
 	if (!DsaPointerIsValid(dp))
 		return dp;
@@ -387,19 +402,7 @@ igny8_pack_blob(dsa_area *area, const char *data, Size len, int n,
 	}
 	p += sizeof(uint64);
 	memcpy(p, data, len);
-	p += len;
-	for (int i = 0; i < n; i++)
-	{
-		uint32		slen = strs[i] ? (uint32) strlen(strs[i]) : UINT32_MAX;
-
-		memcpy(p, &slen, sizeof(uint32));
-		p += sizeof(uint32);
-		if (strs[i])
-		{
-			memcpy(p, strs[i], slen + 1);
-			p += slen + 1;
-		}
-	}
+	write_strings(p + len, n, strs);
 	return dp;
 }
 
@@ -422,21 +425,7 @@ igny8_unpack_blob(dsa_area *area, dsa_pointer dp, int n, char **strs)
 	v = (struct varlena *) palloc(len + VARHDRSZ);
 	SET_VARSIZE(v, len + VARHDRSZ);
 	memcpy(VARDATA(v), p, len);
-	p += len;
-	for (int i = 0; i < n; i++)
-	{
-		uint32		slen;
-
-		memcpy(&slen, p, sizeof(uint32));
-		p += sizeof(uint32);
-		if (slen == UINT32_MAX)
-			strs[i] = NULL;
-		else
-		{
-			strs[i] = pnstrdup(p, slen);
-			p += slen + 1;
-		}
-	}
+	read_strings(p + len, n, strs);
 	return v;
 }
 
