@@ -15,9 +15,10 @@
  *
  * ComfyUI answers /system_stats with its version and, for each device,
  * the VRAM it has and has free (protocols.md 2.3), which makes a cheap
- * probe.  Configured checkpoint names are not checked there: that would
- * need /object_info or /models/checkpoints.  ComfyUI has no auth; a key,
- * when given, goes as a bearer header for a proxy in front of it.
+ * probe.  The model files the workflows need are checked after it, one
+ * GET /object_info/{class} per loader class (the end of this file; the
+ * worker's probe.c drives the calls).  ComfyUI has no auth; a key, when
+ * given, goes as a bearer header for a proxy in front of it.
  *
  * src/provider_comfyui.c
  *
