@@ -517,17 +517,18 @@ igny8_resolve_account(bool has_arg, int64 arg, bool *has_account,
 		*has_account = false;
 }
 
-static void
-check_request_size(Igny8Call *call)
+/* A normalized request of len bytes must fit igny8_ai.max_prompt_size. */
+void
+igny8_check_request_size(int len)
 {
 	Size		limit = (Size) igny8_max_prompt_kb * 1024;
 
-	if ((Size) call->request.len > limit)
+	if ((Size) len > limit)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("AI request is too large"),
 				 errdetail("The request is %d bytes; igny8_ai.max_prompt_size allows %zu.",
-						   call->request.len, limit),
+						   len, limit),
 				 errhint("Shorten the prompt, or raise igny8_ai.max_prompt_size.")));
 }
 
@@ -619,7 +620,7 @@ igny8_generate_text(PG_FUNCTION_ARGS)
 				   !PG_ARGISNULL(2), PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2),
 				   !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_FLOAT8(3));
 	appendStringInfoChar(&call.request, '}');
-	check_request_size(&call);
+	igny8_check_request_size(call.request.len);
 
 	run_call(&call, &ans);
 	PG_RETURN_TEXT_P(cstring_to_text(ans.content));
@@ -887,7 +888,7 @@ igny8_chat(PG_FUNCTION_ARGS)
 	append_options(&call.request, has_max_tokens, max_tokens,
 				   has_temperature, temperature);
 	appendStringInfoChar(&call.request, '}');
-	check_request_size(&call);
+	igny8_check_request_size(call.request.len);
 
 	run_call(&call, &ans);
 

@@ -262,13 +262,7 @@ request_json(Igny8ImageCall *call, int64 seed)
 		escape_json(&buf, call->style);
 	}
 	appendStringInfoChar(&buf, '}');
-	if ((Size) buf.len > (Size) igny8_max_prompt_kb * 1024)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("AI request is too large"),
-				 errdetail("The request is %d bytes; igny8_ai.max_prompt_size allows %zu.",
-						   buf.len, (Size) igny8_max_prompt_kb * 1024),
-				 errhint("Shorten the prompt, or raise igny8_ai.max_prompt_size.")));
+	igny8_check_request_size(buf.len);
 	return buf.data;
 }
 

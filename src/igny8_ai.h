@@ -248,6 +248,7 @@ extern dsa_pointer igny8_dsa_strdup(dsa_area *area, const char *s, Size len);
 /* dispatch.c: argument checks shared by the SQL functions */
 extern const char *igny8_check_alias(text *model);
 extern bool igny8_is_blank(const char *s);
+extern void igny8_check_request_size(int len);
 extern void igny8_check_jsonb_size(Jsonb *j, const char *what);
 extern Numeric igny8_option_numeric(JsonbValue *v, const char *name);
 extern double igny8_numeric_double(Numeric n);

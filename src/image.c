@@ -280,10 +280,7 @@ new_prompt_id(Igny8Job *job)
 {
 	pg_uuid_t	id;
 
-	if (!pg_strong_random(id.data, UUID_LEN))
-		elog(ERROR, "could not generate random values");
-	id.data[6] = (id.data[6] & 0x0f) | 0x40;
-	id.data[8] = (id.data[8] & 0x3f) | 0x80;
+	igny8_new_request_id(&id);
 	job->prompt_id = DatumGetCString(DirectFunctionCall1(uuid_out,
 														 UUIDPGetDatum(&id)));
 }
@@ -415,14 +412,6 @@ image_start(Igny8Job *job, TimestampTz now)
 		/* base64 is 4/3 of the image, with room for the JSON around it */
 		send_step(job, &http, max / 3 * 4 + 65536, now);
 	}
-}
-
-/* Keep the images a history entry lists, in the job's memory. */
-static void
-keep_images(Igny8Job *job, Igny8ComfyImage *images, int n)
-{
-	job->images = images;
-	job->nimages = n;
 }
 
 /*
@@ -561,7 +550,8 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 					Igny8HttpRequest http;
 
 					igny8_http_free(t);
-					keep_images(job, images, n);
+					job->images = images;
+					job->nimages = n;
 					memset(&http, 0, sizeof(http));
 					igny8_comfyui_build_view(&job->images[0], p->key, &http);
 					job->step = IGNY8_STEP_VIEW;

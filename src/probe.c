@@ -131,15 +131,9 @@ comfyui_collect_files(Igny8Job *job)
 	for (int i = 0; i < cfg->ndeployments; i++)
 	{
 		Igny8Deployment *d = &cfg->deployments[i];
-		bool		dup = false;
 
-		if (d->provider != job->probe || !d->enabled || d->workflow == NULL)
-			continue;
-		for (int j = 0; j < i && !dup; j++)
-			dup = (cfg->deployments[j].provider == job->probe &&
-				   cfg->deployments[j].enabled &&
-				   cfg->deployments[j].workflow == d->workflow);
-		if (!dup)
+		/* a workflow two deployments run adds its files once */
+		if (d->provider == job->probe && d->enabled && d->workflow != NULL)
 			job->nprobe_files = igny8_comfyui_model_files(d->workflow->graph,
 														  &job->probe_files,
 														  job->nprobe_files,

@@ -719,17 +719,25 @@ igny8_comfyui_parse_submit(const Igny8HttpResponse *resp, char **prompt_id,
 	return ok;
 }
 
+/* Build GET {prefix}{name}, the name percent-encoded. */
+static void
+comfyui_build_get_named(Igny8HttpRequest *out, const char *prefix,
+						const char *name, const char *api_key)
+{
+	char	   *escaped = comfyui_escape(name);
+	char	   *path = psprintf("%s%s", prefix, escaped);
+
+	igny8_build_get(out, path, api_key);
+	pfree(path);
+	pfree(escaped);
+}
+
 /* Build GET /history/{prompt_id}. */
 void
 igny8_comfyui_build_history(const char *prompt_id, const char *api_key,
 							Igny8HttpRequest *out)
 {
-	char	   *id = comfyui_escape(prompt_id);
-	char	   *path = psprintf("/history/%s", id);
-
-	igny8_build_get(out, path, api_key);
-	pfree(path);
-	pfree(id);
+	comfyui_build_get_named(out, "/history/", prompt_id, api_key);
 }
 
 /*
@@ -1116,12 +1124,7 @@ void
 igny8_comfyui_build_object_info(const char *class_type, const char *api_key,
 								Igny8HttpRequest *out)
 {
-	char	   *name = comfyui_escape(class_type);
-	char	   *path = psprintf("/object_info/%s", name);
-
-	igny8_build_get(out, path, api_key);
-	pfree(path);
-	pfree(name);
+	comfyui_build_get_named(out, "/object_info/", class_type, api_key);
 }
 
 /* The options of a combo input spec: [[...], {...}] or ["COMBO", {"options": [...]}]. */

@@ -33,6 +33,21 @@
 
 #define OPENAI_NAME "OpenAI-compatible API"
 
+/*
+ * The end of every request body: the "extra_body" setting merged in
+ * without overwriting what the request set, never "stream" (the answer is
+ * read whole), then the text.
+ */
+static void
+openai_finish_body(cJSON *body, const cJSON *settings, Igny8HttpRequest *out)
+{
+	igny8_json_merge(body, igny8_json_member(settings, "extra_body"), false);
+	while (cJSON_GetObjectItemCaseSensitive(body, "stream") != NULL)
+		cJSON_DeleteItemFromObjectCaseSensitive(body, "stream");
+	out->body = igny8_json_print(body);
+	cJSON_Delete(body);
+}
+
 /* Build POST /v1/chat/completions. */
 static void
 openai_build_chat(const Igny8TextRequest *req, const char *api_key,
@@ -71,13 +86,7 @@ openai_build_chat(const Igny8TextRequest *req, const char *api_key,
 	if (req->has_temperature)
 		cJSON_AddNumberToObject(body, "temperature", req->temperature);
 
-	igny8_json_merge(body, igny8_json_member(req->settings, "extra_body"),
-					 false);
-	while (cJSON_GetObjectItemCaseSensitive(body, "stream") != NULL)
-		cJSON_DeleteItemFromObjectCaseSensitive(body, "stream");
-
-	out->body = igny8_json_print(body);
-	cJSON_Delete(body);
+	openai_finish_body(body, req->settings, out);
 }
 
 /* Read a 2xx answer (protocols.md 3.1); false and *err if unusable. */
@@ -445,13 +454,7 @@ igny8_openai_build_image(const Igny8ImageRequest *req, const char *api_key,
 	if (req->model != NULL && strncmp(req->model, "dall-e-", 7) == 0)
 		cJSON_AddStringToObject(body, "response_format", "b64_json");
 
-	igny8_json_merge(body, igny8_json_member(req->settings, "extra_body"),
-					 false);
-	while (cJSON_GetObjectItemCaseSensitive(body, "stream") != NULL)
-		cJSON_DeleteItemFromObjectCaseSensitive(body, "stream");
-
-	out->body = igny8_json_print(body);
-	cJSON_Delete(body);
+	openai_finish_body(body, req->settings, out);
 }
 
 /* Fill *err for a 2xx answer that cannot be used: worth one more try. */
