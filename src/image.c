@@ -58,8 +58,8 @@
 typedef struct Igny8Cleanup
 {
 	Igny8Transfer *transfer;
-	Igny8ComfyCancel next;		/* the call after the one in flight */
-	bool		last;			/* the call in flight is the last */
+	Igny8ComfyCancel sent;		/* the call in flight; they go in the
+								 * enum's order, FORGET last */
 	char	   *base_url;
 	char	   *key;
 	char	   *proxy;
@@ -75,9 +75,9 @@ static List *cleanups = NIL;	/* of Igny8Cleanup, in TopMemoryContext */
 static char *
 json_string_or_null(cJSON *req, const char *key)
 {
-	cJSON	   *item = cJSON_GetObjectItemCaseSensitive(req, key);
+	const char *str = igny8_json_string(req, key);
 
-	return cJSON_IsString(item) ? pstrdup(item->valuestring) : NULL;
+	return str ? pstrdup(str) : NULL;
 }
 
 /*
@@ -125,18 +125,14 @@ igny8_image_parse_request(Igny8Job *job, const char *json)
 /* ----- cleanup of a ComfyUI prompt left behind ----- */
 
 static bool
-cleanup_send(Igny8Cleanup *c)
+cleanup_send(Igny8Cleanup *c, Igny8ComfyCancel what)
 {
 	Igny8HttpRequest http;
 
 	memset(&http, 0, sizeof(http));
-	if (!igny8_comfyui_build_cancel(c->next, c->prompt_id, c->key, &http))
+	if (!igny8_comfyui_build_cancel(what, c->prompt_id, c->key, &http))
 		return false;			/* no prompt_id: nothing to send */
-	c->last = (c->next == IGNY8_COMFY_CANCEL_FORGET);
-	if (c->next == IGNY8_COMFY_CANCEL_DELETE)
-		c->next = IGNY8_COMFY_CANCEL_INTERRUPT;
-	else if (c->next == IGNY8_COMFY_CANCEL_INTERRUPT)
-		c->next = IGNY8_COMFY_CANCEL_FORGET;
+	c->sent = what;
 	c->transfer = igny8_http_start(c->base_url, &http,
 								   IGNY8_CLEANUP_TIMEOUT_MS,
 								   Min(c->connect_timeout_ms,
@@ -181,14 +177,13 @@ cleanup_start(Igny8Job *job, Igny8ComfyCancel from)
 		return;
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	c = palloc0(sizeof(Igny8Cleanup));
-	c->next = from;
 	c->base_url = top_strdup(p->base_url);
 	c->key = top_strdup(p->key);
 	c->proxy = top_strdup(p->proxy);
 	c->ca_file = top_strdup(p->ca_file);
 	c->connect_timeout_ms = p->connect_timeout_ms;
 	c->prompt_id = top_strdup(job->prompt_id);
-	if (cleanup_send(c))
+	if (cleanup_send(c, from))
 		cleanups = lappend(cleanups, c);
 	else
 		cleanup_free(c);
@@ -210,10 +205,10 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 			continue;
 		igny8_http_free(t);
 		c->transfer = NULL;
-		if (!c->last)
+		if (c->sent != IGNY8_COMFY_CANCEL_FORGET)
 		{
 			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-			bool		sent = cleanup_send(c);
+			bool		sent = cleanup_send(c, c->sent + 1);
 
 			MemoryContextSwitchTo(old);
 			if (sent)
