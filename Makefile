@@ -7,8 +7,10 @@ OBJS = \
 	src/shmem.o \
 	src/places.o \
 	src/dispatch.o \
+	src/submit.o \
 	src/extension.o \
 	src/worker.o \
+	src/jobtable.o \
 	src/job.o \
 	src/probe.o \
 	src/image.o \
@@ -37,7 +39,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # pg_regress against a temporary instance that preloads pg_cron and
 # igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).
 REGRESS_CONF ?= test/tmp/regress.conf
-REGRESS = install bad_input text chat fallback retry failures encoding queue cancel \
+REGRESS = install bad_input text chat fallback retry failures encoding queue cancel jobs \
 	restart wakeup security config workflows usage health image drop
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(REGRESS_CONF)
 
