@@ -196,20 +196,36 @@ choose_worker(void)
 	return start % n;
 }
 
-/* Raise the error a worker left in a slot (the slot stays ours). */
+/*
+ * The error a worker left in a failed slot, copied into local memory
+ * without raising it (the slot stays ours).
+ */
 void
-igny8_report_slot_error(int slotno)
+igny8_slot_error(int slotno, Igny8SlotError *err)
 {
 	Igny8Slot  *slot = &igny8_slots[slotno];
 	char	   *strs[3];
 
 	igny8_unpack_strings(igny8_dsa(), slot->result, 3, strs);
+	err->sqlerrcode = slot->sqlerrcode ? slot->sqlerrcode :
+		ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
+	err->message = strs[0] ? strs[0] : "AI request failed";
+	err->detail = strs[1];
+	err->hint = strs[2];
+}
+
+/* Raise the error a worker left in a slot (the slot stays ours). */
+void
+igny8_report_slot_error(int slotno)
+{
+	Igny8SlotError err;
+
+	igny8_slot_error(slotno, &err);
 	ereport(ERROR,
-			(errcode(slot->sqlerrcode ? slot->sqlerrcode :
-					 ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-			 errmsg_internal("%s", strs[0] ? strs[0] : "AI request failed"),
-			 strs[1] ? errdetail_internal("%s", strs[1]) : 0,
-			 strs[2] ? errhint("%s", strs[2]) : 0));
+			(errcode(err.sqlerrcode),
+			 errmsg_internal("%s", err.message),
+			 err.detail ? errdetail_internal("%s", err.detail) : 0,
+			 err.hint ? errhint("%s", err.hint) : 0));
 }
 
 /*

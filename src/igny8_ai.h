@@ -282,6 +282,17 @@ extern void igny8_wait(const int *slots, int n);
 extern void igny8_release_slot(int slotno);
 extern void igny8_abandon_all(void);
 extern void igny8_report_slot_error(int slotno);
+
+/* A failed slot's error, read without raising it (igny8_slot_error). */
+typedef struct Igny8SlotError
+{
+	int			sqlerrcode;
+	char	   *message;
+	char	   *detail;			/* NULL if none */
+	char	   *hint;			/* NULL if none */
+} Igny8SlotError;
+
+extern void igny8_slot_error(int slotno, Igny8SlotError *err);
 extern void igny8_new_request_id(pg_uuid_t *id);
 
 /* extension.c */
