@@ -582,6 +582,30 @@ igny8_is_blank(const char *s)
 }
 
 /*
+ * The normalized request of one prompt: the system prompt (unless blank)
+ * and the prompt as messages, and the options.  Refused when over
+ * igny8_ai.max_prompt_size.
+ */
+char *
+igny8_text_request(const char *prompt, const Igny8TextOptions *o)
+{
+	StringInfoData buf;
+	bool		first = true;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"messages\":[");
+	if (o->system != NULL && !igny8_is_blank(o->system))
+		append_message(&buf, &first, "system", o->system);
+	append_message(&buf, &first, "user", prompt);
+	appendStringInfoChar(&buf, ']');
+	append_options(&buf, o->has_max_tokens, o->max_tokens,
+				   o->has_temperature, o->temperature);
+	appendStringInfoChar(&buf, '}');
+	igny8_check_request_size(buf.len);
+	return buf.data;
+}
+
+/*
  * igny8_generate_text(prompt, model, max_tokens, temperature, system,
  *					   timeout, account_id) returns text
  */
@@ -590,8 +614,8 @@ igny8_generate_text(PG_FUNCTION_ARGS)
 {
 	Igny8Call	call;
 	Igny8Answer ans;
+	Igny8TextOptions o;
 	char	   *prompt;
-	bool		first = true;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -610,33 +634,30 @@ igny8_generate_text(PG_FUNCTION_ARGS)
 				 errmsg("prompt must not be empty")));
 
 	memset(&call, 0, sizeof(call));
+	memset(&o, 0, sizeof(o));
 	call.task = IGNY8_TASK_TEXT;
 	call.alias = igny8_check_alias(PG_GETARG_TEXT_PP(1));
 	if (!PG_ARGISNULL(2))
+	{
 		check_max_tokens(PG_GETARG_INT32(2));
+		o.has_max_tokens = true;
+		o.max_tokens = PG_GETARG_INT32(2);
+	}
 	if (!PG_ARGISNULL(3))
+	{
 		check_temperature(PG_GETARG_FLOAT8(3));
+		o.has_temperature = true;
+		o.temperature = PG_GETARG_FLOAT8(3);
+	}
 	call.timeout_ms = PG_ARGISNULL(5) ? igny8_default_timeout_ms :
 		interval_to_timeout_ms(PG_GETARG_INTERVAL_P(5));
 	resolve_account(&call, !PG_ARGISNULL(6),
 					PG_ARGISNULL(6) ? 0 : PG_GETARG_INT64(6));
+	if (!PG_ARGISNULL(4))
+		o.system = text_to_cstring(PG_GETARG_TEXT_PP(4));
 
 	initStringInfo(&call.request);
-	appendStringInfoString(&call.request, "{\"messages\":[");
-	if (!PG_ARGISNULL(4))
-	{
-		char	   *system = text_to_cstring(PG_GETARG_TEXT_PP(4));
-
-		if (!igny8_is_blank(system))
-			append_message(&call.request, &first, "system", system);
-	}
-	append_message(&call.request, &first, "user", prompt);
-	appendStringInfoChar(&call.request, ']');
-	append_options(&call.request,
-				   !PG_ARGISNULL(2), PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2),
-				   !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_FLOAT8(3));
-	appendStringInfoChar(&call.request, '}');
-	igny8_check_request_size(call.request.len);
+	appendStringInfoString(&call.request, igny8_text_request(prompt, &o));
 
 	run_call(&call, &ans);
 	PG_RETURN_TEXT_P(cstring_to_text(ans.content));
@@ -819,6 +840,68 @@ igny8_option_account_id(JsonbValue *v)
 }
 
 /*
+ * The options of a text call, checked: max_tokens, temperature, timeout
+ * (seconds), account_id, and system when allow_system.  opts may be NULL.
+ * Without timeout, igny8_ai.default_timeout; without account_id, the
+ * session's igny8_ai.account_id.
+ */
+void
+igny8_text_options(Jsonb *opts, bool allow_system, Igny8TextOptions *o)
+{
+	bool		has_account = false;
+	int64		account_id = 0;
+
+	memset(o, 0, sizeof(*o));
+	o->timeout_ms = igny8_default_timeout_ms;
+	if (opts != NULL)
+	{
+		JsonbIterator *it = igny8_options_begin(opts);
+		JsonbValue	v;
+		char	   *key = NULL;
+
+		while (igny8_next_option(&it, &key, &v))
+		{
+			if (strcmp(key, "max_tokens") == 0)
+			{
+				o->max_tokens = (int) igny8_option_integer(&v, "max_tokens", 1, INT_MAX,
+														   "a positive integer");
+				o->has_max_tokens = true;
+			}
+			else if (strcmp(key, "temperature") == 0)
+			{
+				o->temperature = igny8_numeric_double(igny8_option_numeric(&v, "temperature"));
+				check_temperature(o->temperature);
+				o->has_temperature = true;
+			}
+			else if (allow_system && strcmp(key, "system") == 0)
+			{
+				if (v.type != jbvString)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"system\" must be a string")));
+				o->system = pnstrdup(v.val.string.val, v.val.string.len);
+			}
+			else if (strcmp(key, "timeout") == 0)
+				o->timeout_ms = igny8_option_timeout_ms(&v);
+			else if (strcmp(key, "account_id") == 0)
+			{
+				account_id = igny8_option_account_id(&v);
+				has_account = true;
+			}
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("unknown option \"%s\"", key),
+						 errhint(allow_system ?
+								 "Valid options are max_tokens, temperature, system, timeout (seconds) and account_id." :
+								 "Valid options are max_tokens, temperature, timeout (seconds) and account_id.")));
+		}
+	}
+	igny8_resolve_account(has_account, account_id, &o->has_account,
+						  &o->account_id);
+}
+
+/*
  * igny8_chat(messages jsonb, model text, options jsonb) returns
  * igny8_completion
  */
@@ -827,15 +910,10 @@ igny8_chat(PG_FUNCTION_ARGS)
 {
 	Igny8Call	call;
 	Igny8Answer ans;
+	Igny8TextOptions o;
 	TupleDesc	tupdesc;
 	Datum		values[12];
 	bool		nulls[12];
-	bool		has_max_tokens = false;
-	bool		has_temperature = false;
-	int			max_tokens = 0;
-	double		temperature = 0;
-	bool		has_account = false;
-	int64		account_id = 0;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -854,43 +932,11 @@ igny8_chat(PG_FUNCTION_ARGS)
 	memset(&call, 0, sizeof(call));
 	call.task = IGNY8_TASK_CHAT;
 	call.alias = igny8_check_alias(PG_GETARG_TEXT_PP(1));
-	call.timeout_ms = igny8_default_timeout_ms;
-
-	if (!PG_ARGISNULL(2))
-	{
-		JsonbIterator *it = igny8_options_begin(PG_GETARG_JSONB_P(2));
-		JsonbValue	v;
-		char	   *key = NULL;
-
-		while (igny8_next_option(&it, &key, &v))
-		{
-			if (strcmp(key, "max_tokens") == 0)
-			{
-				max_tokens = (int) igny8_option_integer(&v, "max_tokens", 1, INT_MAX,
-														"a positive integer");
-				has_max_tokens = true;
-			}
-			else if (strcmp(key, "temperature") == 0)
-			{
-				temperature = igny8_numeric_double(igny8_option_numeric(&v, "temperature"));
-				check_temperature(temperature);
-				has_temperature = true;
-			}
-			else if (strcmp(key, "timeout") == 0)
-				call.timeout_ms = igny8_option_timeout_ms(&v);
-			else if (strcmp(key, "account_id") == 0)
-			{
-				account_id = igny8_option_account_id(&v);
-				has_account = true;
-			}
-			else
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("unknown option \"%s\"", key),
-						 errhint("Valid options are max_tokens, temperature, timeout (seconds) and account_id.")));
-		}
-	}
-	resolve_account(&call, has_account, account_id);
+	igny8_text_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), false,
+					   &o);
+	call.timeout_ms = o.timeout_ms;
+	call.has_account = o.has_account;
+	call.account_id = o.account_id;
 
 	{
 		Jsonb	   *msgs = PG_GETARG_JSONB_P(0);
@@ -901,8 +947,8 @@ igny8_chat(PG_FUNCTION_ARGS)
 		initStringInfo(&call.request);
 		append_messages(&call.request, text);
 	}
-	append_options(&call.request, has_max_tokens, max_tokens,
-				   has_temperature, temperature);
+	append_options(&call.request, o.has_max_tokens, o.max_tokens,
+				   o.has_temperature, o.temperature);
 	appendStringInfoChar(&call.request, '}');
 	igny8_check_request_size(call.request.len);
 

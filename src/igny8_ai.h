@@ -260,6 +260,24 @@ extern JsonbIterator *igny8_options_begin(Jsonb *opts);
 extern bool igny8_next_option(JsonbIterator **it, char **key, JsonbValue *v);
 extern int	igny8_option_timeout_ms(JsonbValue *v);
 extern int64 igny8_option_account_id(JsonbValue *v);
+
+/* The options of a text call, checked (igny8_text_options). */
+typedef struct Igny8TextOptions
+{
+	bool		has_max_tokens;
+	int			max_tokens;
+	bool		has_temperature;
+	double		temperature;
+	char	   *system;			/* NULL: none given */
+	int			timeout_ms;
+	bool		has_account;
+	int64		account_id;
+} Igny8TextOptions;
+
+extern void igny8_text_options(Jsonb *opts, bool allow_system,
+							   Igny8TextOptions *o);
+extern char *igny8_text_request(const char *prompt,
+								const Igny8TextOptions *o);
 extern dsa_pointer igny8_pack_blob(dsa_area *area, const char *data, Size len,
 								   int n, const char *const *strs);
 extern struct varlena *igny8_unpack_blob(dsa_area *area, dsa_pointer dp,
