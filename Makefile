@@ -13,6 +13,7 @@ OBJS = \
 	src/probe.o \
 	src/image.o \
 	src/dispatch_image.o \
+	src/dispatch_batch.o \
 	src/router.o \
 	src/http.o \
 	src/config.o \

@@ -176,6 +176,37 @@ take_slot(void)
 }
 
 /*
+ * Refuse, before anything is submitted, a call that needs n slots at once
+ * when there are not that many, or not that many free now.  (Others may
+ * take free slots meanwhile: igny8_submit then fails the same way.)
+ */
+void
+igny8_check_free_slots(int n)
+{
+	int			nfree;
+
+	check_loaded();
+	if (n > igny8_shared->nslots)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many prompts for the request slots"),
+				 errdetail("The batch has %d prompts; igny8_ai.max_in_flight allows %d requests in progress at once.",
+						   n, igny8_shared->nslots),
+				 errhint("Split the batch, or raise igny8_ai.max_in_flight (needs a restart).")));
+
+	SpinLockAcquire(&igny8_shared->free_mutex);
+	nfree = igny8_shared->nfree;
+	SpinLockRelease(&igny8_shared->free_mutex);
+	if (n > nfree)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many AI requests in progress"),
+				 errdetail("The batch needs %d request slots; %d of %d are free.",
+						   n, nfree, igny8_shared->nslots),
+				 errhint("Retry when fewer requests are in progress, split the batch, or raise igny8_ai.max_in_flight (needs a restart).")));
+}
+
+/*
  * Round-robin over the running workers.  When none runs (they are starting,
  * or restarting), any queue will do: the first worker to run empties the
  * queues of those that do not.

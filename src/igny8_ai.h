@@ -296,6 +296,7 @@ extern int	igny8_place_waiting(int provider);
 extern int	igny8_submit(Igny8Task task, const char *alias, const char *request,
 						 int timeout_ms, bool has_account, int64 account_id,
 						 const pg_uuid_t *request_id);
+extern void igny8_check_free_slots(int n);
 extern void igny8_wait(const int *slots, int n);
 extern void igny8_release_slot(int slotno);
 extern void igny8_abandon_all(void);
