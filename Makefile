@@ -15,6 +15,7 @@ OBJS = \
 	src/probe.o \
 	src/image.o \
 	src/dispatch_image.o \
+	src/dispatch_batch.o \
 	src/router.o \
 	src/http.o \
 	src/config.o \
@@ -40,7 +41,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).
 REGRESS_CONF ?= test/tmp/regress.conf
 REGRESS = install bad_input text chat fallback retry failures encoding queue cancel jobs \
-	restart wakeup security config workflows usage health image drop
+	restart wakeup security config workflows usage health image batch drop
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(REGRESS_CONF)
 
 # the LLVM bitcode for JIT inlining is of no use here, and needs clang

@@ -1117,6 +1117,29 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION igny8_chat(jsonb, text, jsonb) IS
     'chat completion for [{"role","content"}] messages; options: max_tokens, temperature, timeout (s), account_id';
 
+CREATE FUNCTION igny8_generate_text_batch(
+    prompts     text[],
+    model       text DEFAULT 'gpt-4',
+    options     jsonb DEFAULT '{}')
+RETURNS TABLE (
+    ord             integer,
+    content         text,
+    provider        text,
+    model           text,
+    input_tokens    integer,
+    output_tokens   integer,
+    cost            numeric,
+    duration_ms     double precision,
+    request_id      uuid,
+    attempts        integer,
+    error           text,
+    sqlstate        text)
+AS 'MODULE_PATHNAME', 'igny8_generate_text_batch'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_generate_text_batch(text[], text, jsonb) IS
+    'text for every prompt of an array, all in flight at once; one row per prompt in input order, a failed prompt''s row with error and sqlstate; options: max_tokens, temperature, system, timeout (s), account_id';
+
 CREATE FUNCTION igny8_generate_image(
     prompt      text,
     model       text DEFAULT 'dall-e-3',
@@ -1605,6 +1628,7 @@ COMMENT ON FUNCTION igny8_slot_status() IS
 
 REVOKE ALL ON FUNCTION igny8_generate_text(text, text, integer, double precision, text, interval, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_chat(jsonb, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_generate_text_batch(text[], text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_generate_image(text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_generate_images(text, text, text, integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_submit_text(text, text, jsonb) FROM PUBLIC;
@@ -1684,6 +1708,7 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_text(text, text, integer, double precision, text, interval, bigint) TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_chat(jsonb, text, jsonb) TO %s', s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_text_batch(text[], text, jsonb) TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_image(text, text, text, jsonb) TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_images(text, text, text, integer, jsonb) TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_submit_text(text, text, jsonb), %s.igny8_submit_chat(jsonb, text, jsonb), %s.igny8_submit_image(text, text, text, jsonb), %s.igny8_submit_batch(text[], text, jsonb) TO %s',

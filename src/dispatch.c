@@ -184,20 +184,68 @@ choose_worker(void)
 	return start % n;
 }
 
-/* Raise the error a worker left in a slot (the slot stays ours). */
+/*
+ * Refuse, before anything is submitted, a call that needs n slots at once
+ * when there are not that many, or not that many free now.  (Others may
+ * take free slots meanwhile: igny8_submit then fails the same way.)
+ */
 void
-igny8_report_slot_error(int slotno)
+igny8_check_free_slots(int n)
+{
+	int			nfree;
+
+	check_loaded();
+	if (n > igny8_shared->nslots)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many prompts for the request slots"),
+				 errdetail("The batch has %d prompts; igny8_ai.max_in_flight allows %d requests in progress at once.",
+						   n, igny8_shared->nslots),
+				 errhint("Split the batch, or raise igny8_ai.max_in_flight (needs a restart).")));
+
+	SpinLockAcquire(&igny8_shared->free_mutex);
+	nfree = igny8_shared->nfree;
+	SpinLockRelease(&igny8_shared->free_mutex);
+	if (n > nfree)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many AI requests in progress"),
+				 errdetail("The batch needs %d request slots; %d of %d are free.",
+						   n, nfree, igny8_shared->nslots),
+				 errhint("Retry when fewer requests are in progress, split the batch, or raise igny8_ai.max_in_flight (needs a restart).")));
+}
+
+
+/*
+ * The error a worker left in a failed slot, copied into local memory
+ * without raising it (the slot stays ours).
+ */
+void
+igny8_slot_error(int slotno, Igny8SlotError *err)
 {
 	Igny8Slot  *slot = &igny8_slots[slotno];
 	char	   *strs[3];
 
 	igny8_unpack_strings(igny8_dsa(), slot->result, 3, strs);
+	err->sqlerrcode = slot->sqlerrcode ? slot->sqlerrcode :
+		ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
+	err->message = strs[0] ? strs[0] : "AI request failed";
+	err->detail = strs[1];
+	err->hint = strs[2];
+}
+
+/* Raise the error a worker left in a slot (the slot stays ours). */
+void
+igny8_report_slot_error(int slotno)
+{
+	Igny8SlotError err;
+
+	igny8_slot_error(slotno, &err);
 	ereport(ERROR,
-			(errcode(slot->sqlerrcode ? slot->sqlerrcode :
-					 ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-			 errmsg_internal("%s", strs[0] ? strs[0] : "AI request failed"),
-			 strs[1] ? errdetail_internal("%s", strs[1]) : 0,
-			 strs[2] ? errhint("%s", strs[2]) : 0));
+			(errcode(err.sqlerrcode),
+			 errmsg_internal("%s", err.message),
+			 err.detail ? errdetail_internal("%s", err.detail) : 0,
+			 err.hint ? errhint("%s", err.hint) : 0));
 }
 
 /*

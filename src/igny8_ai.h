@@ -326,6 +326,7 @@ extern JsonbIterator *igny8_options_begin(Jsonb *opts);
 extern bool igny8_next_option(JsonbIterator **it, char **key, JsonbValue *v);
 extern int	igny8_option_timeout_ms(JsonbValue *v);
 extern int64 igny8_option_account_id(JsonbValue *v);
+
 extern dsa_pointer igny8_pack_blob(dsa_area *area, const char *data, Size len,
 								   int n, const char *const *strs);
 extern struct varlena *igny8_unpack_blob(dsa_area *area, dsa_pointer dp,
@@ -344,10 +345,22 @@ extern int	igny8_place_waiting(int provider);
 extern int	igny8_submit(Igny8Task task, const char *alias, const char *request,
 						 int timeout_ms, bool has_account, int64 account_id,
 						 const pg_uuid_t *request_id);
+extern void igny8_check_free_slots(int n);
 extern void igny8_wait(const int *slots, int n);
 extern void igny8_release_slot(int slotno);
 extern void igny8_abandon_all(void);
 extern void igny8_report_slot_error(int slotno);
+
+/* A failed slot's error, read without raising it (igny8_slot_error). */
+typedef struct Igny8SlotError
+{
+	int			sqlerrcode;
+	char	   *message;
+	char	   *detail;			/* NULL if none */
+	char	   *hint;			/* NULL if none */
+} Igny8SlotError;
+
+extern void igny8_slot_error(int slotno, Igny8SlotError *err);
 extern void igny8_new_request_id(pg_uuid_t *id);
 
 /* dispatch_image.c */
