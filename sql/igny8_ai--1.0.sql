@@ -1196,6 +1196,9 @@ CREATE TABLE igny8_jobs (
     worker          integer,
     worker_started  timestamptz,
     cancel_requested boolean NOT NULL DEFAULT false,
+    -- the attempt sent and not yet in ai_usage_log: {attempt, provider,
+    -- model, at}; recovery logs it if the worker died
+    inflight        jsonb,
     -- the result (of the last run); its attempts are in ai_usage_log
     request_id      uuid,
     provider        text,

@@ -78,7 +78,8 @@ SELECT sim_wait_arrival('j8');
 BEGIN;
 SELECT igny8_cancel_job(:j8) AS cancelled;
 ROLLBACK;
-SELECT w.state, j.cancel_requested FROM igny8_wait_job(:j8, '30 s') w JOIN igny8_jobs j USING (id);
+SELECT state FROM igny8_wait_job(:j8, '30 s');
+SELECT cancel_requested FROM igny8_jobs WHERE id = :j8;
 
 -- a failed job: its error, every attempt in ai_usage_log
 SELECT igny8_submit_text('Refused [[sim ollama:status=400 openai:status=400 anthropic:status=400]]', 'gpt-4',
@@ -214,6 +215,29 @@ REVOKE ALL ON SCHEMA public FROM igny8_jobs_a, igny8_jobs_b;
 DROP ROLE igny8_jobs_a;
 DROP ROLE igny8_jobs_b;
 DROP ROLE igny8_jobs_none;
+
+-- a worker stopped in mid-flight: the job runs again, and the attempt it
+-- interrupted has its usage row (written when the row was taken back)
+TRUNCATE ai_usage_log;
+SELECT igny8_submit_text('Interrupted [[sim ollama:delay=2 tag=js]]', 'gpt-4') AS js \gset
+SELECT sim_wait_arrival('js');
+SELECT inflight->>'attempt' AS inflight_attempt, inflight->>'provider' AS inflight_provider
+  FROM igny8_jobs WHERE id = :js;
+SELECT pg_terminate_backend(s.pid) AS stopped
+  FROM igny8_job(:js) j JOIN igny8_worker_status() s ON s.worker = (j.progress->>'worker')::int;
+SELECT state, attempts FROM igny8_wait_job(:js, '60 s');
+SELECT inflight FROM igny8_jobs WHERE id = :js;
+SELECT line AS js_requests FROM sim('log --tag js --count') AS line;
+SELECT success, error_message, attempt FROM ai_usage_log ORDER BY created_at;
+SELECT wait_for_workers();
+-- past max_attempts it fails as interrupted
+SELECT igny8_submit_text('Interrupted once [[sim ollama:delay=2 tag=jt]]', 'gpt-4', '{"max_attempts": 1}') AS jt \gset
+SELECT sim_wait_arrival('jt');
+SELECT pg_terminate_backend(s.pid) AS stopped
+  FROM igny8_job(:jt) j JOIN igny8_worker_status() s ON s.worker = (j.progress->>'worker')::int;
+SELECT state, attempts, error_code, error_message FROM igny8_wait_job(:jt, '60 s');
+SELECT line AS jt_requests FROM sim('log --tag jt --count') AS line;
+SELECT wait_for_workers();
 
 -- retention: finished jobs older than igny8_ai.job_retention go, the
 -- others stay

@@ -410,6 +410,7 @@ start_attempt(Igny8Job *job, TimestampTz now)
 	if (igny8_job_deadline_reached(job, now))
 	{
 		leave_queue(job);
+		igny8_job_release_place(job);
 		finish_exhausted(job, true);
 		return;
 	}
@@ -438,8 +439,20 @@ start_attempt(Igny8Job *job, TimestampTz now)
 		return;
 	}
 
-	if (!take_place(job, d, now))
+	/* (a place taken before the attempt waited for its intent is kept) */
+	if (job->holding < 0 && !take_place(job, d, now))
 		return;
+
+	/*
+	 * A submitted job's attempt is recorded in its row before it is sent,
+	 * so that a worker that dies leaves its usage row behind (jobtable.c).
+	 */
+	if (job->job_id != 0 && job->inflight != list_length(job->attempts) + 1)
+	{
+		job->state = JOB_INTENT;
+		job->intent_at = now;
+		return;
+	}
 	job->attempt_start = now;
 	job->attempt_deadline = TimestampTzPlusMilliseconds(now, d->timeout_ms);
 	job->attempt_deadline = Min(job->attempt_deadline, job->deadline);
@@ -555,6 +568,7 @@ igny8_job_next_timeout(Igny8Job *job)
 			return Min(job->wake_at, job->deadline);
 		case JOB_READY:
 		case JOB_FINISHED:
+		case JOB_INTENT:
 			return 0;
 		case JOB_HTTP:
 			break;

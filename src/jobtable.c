@@ -26,6 +26,14 @@
  * scan catches the rest (jobs inserted by a prepared transaction's COMMIT
  * PREPARED announce themselves, but a cancel in one does not).
  *
+ * Sent attempts: before an attempt of a job is sent, its row records it
+ * (inflight: attempt, provider, model, when) in a committed transaction,
+ * the one that writes the usage rows at the end of the loop iteration
+ * (JOB_INTENT until then); the transaction that writes the attempt's
+ * usage row clears it.  So a worker that dies with requests in flight
+ * leaves, in their rows, what recovery needs to write their usage rows:
+ * the usage log counts every request a provider may have received.
+ *
  * Recovery: a running row names the worker (index and start time) that
  * runs it.  The scan takes back rows whose worker is not running with that
  * start time (it exited, or the server restarted), and rows of this
@@ -47,6 +55,7 @@
 #include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 
 #include "worker.h"
@@ -64,6 +73,7 @@ static TimestampTz next_scan = 0;
 static TimestampTz next_not_before = 0;	/* 0: none known */
 static int	running_here = 0;		/* runs this worker holds */
 static TimestampTz my_start = 0;
+static bool stopping = false;		/* record no more attempts as sent */
 
 static List *woken = NIL;			/* ids whose waiters to wake */
 
@@ -195,7 +205,7 @@ recover(const char *schema)
 	values[4] = held_ids();
 
 	ret = SPI_execute_with_args(psprintf(
-		"UPDATE %s.igny8_jobs j SET"
+		"WITH r AS (UPDATE %s.igny8_jobs j SET"
 		" state = CASE WHEN j.cancel_requested THEN 'cancelled'"
 		"  WHEN j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN 'failed'"
 		"  ELSE 'queued' END,"
@@ -209,17 +219,31 @@ recover(const char *schema)
 		" error_detail = CASE WHEN NOT j.cancel_requested"
 		"  AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN"
 		"  pg_catalog.format('The attempts of its last run are in ai_usage_log with request_id %%s.', j.request_id) END,"
-		" worker = NULL, worker_started = NULL"
-		" WHERE j.state OPERATOR(pg_catalog.=) 'running' AND ("
+		" worker = NULL, worker_started = NULL, inflight = NULL"
+		" FROM %s.igny8_jobs o"
+		" WHERE o.id OPERATOR(pg_catalog.=) j.id"
+		" AND j.state OPERATOR(pg_catalog.=) 'running' AND ("
 		"  (j.worker OPERATOR(pg_catalog.=) $3 AND j.worker_started OPERATOR(pg_catalog.=) $4"
 		"   AND j.id OPERATOR(pg_catalog.<>) ALL ($5))"
 		"  OR ((j.worker OPERATOR(pg_catalog.<>) $3 OR j.worker_started OPERATOR(pg_catalog.<>) $4"
 		"       OR j.worker IS NULL)"
 		"   AND NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) l(w, s)"
 		"    WHERE l.w OPERATOR(pg_catalog.=) j.worker AND l.s OPERATOR(pg_catalog.=) j.worker_started)))"
-		" RETURNING j.id, j.state", schema),
+		" RETURNING j.id, j.state, j.kind, j.model_alias, j.account_id, j.request_id, o.inflight),"
+		/* the attempt that was in flight: it may have reached its provider */
+		" u AS (INSERT INTO %s.ai_usage_log (request_id, created_at, account_id,"
+		"  provider, task_type, model_alias, model_used, success, error_message,"
+		"  attempt, images)"
+		"  SELECT r.request_id, (r.inflight OPERATOR(pg_catalog.->>) 'at')::pg_catalog.timestamptz,"
+		"  r.account_id, r.inflight OPERATOR(pg_catalog.->>) 'provider', r.kind, r.model_alias,"
+		"  r.inflight OPERATOR(pg_catalog.->>) 'model', false,"
+		"  'interrupted: the igny8_ai worker running the job stopped while the request was in flight',"
+		"  (r.inflight OPERATOR(pg_catalog.->>) 'attempt')::pg_catalog.int4,"
+		"  CASE WHEN r.kind OPERATOR(pg_catalog.=) 'image' THEN 0 END"
+		"  FROM r WHERE r.inflight IS NOT NULL)"
+		" SELECT r.id, r.state FROM r", schema, schema, schema),
 		5, types, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING)
+	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not recover igny8_jobs: %s",
 			 SPI_result_code_string(ret));
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -573,6 +597,14 @@ igny8_jobs_take(Igny8Config *config)
 	PG_TRY();
 	{
 		igny8_worker_begin("igny8_ai: taking jobs");
+
+		/*
+		 * Not flushed at commit: nothing is sent before the commit that
+		 * records the first attempt, whose flush covers this one too.  A
+		 * claim lost in a crash leaves its jobs queued.
+		 */
+		if (SPI_execute("SET LOCAL synchronous_commit TO off", false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not set synchronous_commit");
 		if (scan)
 			recover(config->schema);
 		if (cancels && running_here > 0)
@@ -632,6 +664,27 @@ to_write(Igny8Job *job)
 		!job->job_written && !job->job_lost;
 }
 
+/*
+ * The attempt a running job's row must record as sent: the one waiting
+ * for that (JOB_INTENT), the one in flight, or none.
+ */
+static int
+inflight_wanted(Igny8Job *job)
+{
+	if (job->state == JOB_INTENT)
+		return stopping ? 0 : list_length(job->attempts) + 1;
+	if (job->transfer != NULL || job->state == JOB_POLL_WAIT)
+		return job->inflight;
+	return 0;
+}
+
+static bool
+to_record(Igny8Job *job)
+{
+	return job->job_id != 0 && job->state != JOB_FINISHED && !job->job_lost &&
+		inflight_wanted(job) != job->inflight;
+}
+
 bool
 igny8_jobs_to_write(void)
 {
@@ -639,7 +692,9 @@ igny8_jobs_to_write(void)
 
 	dlist_foreach(iter, &igny8_jobs)
 	{
-		if (to_write(dlist_container(Igny8Job, node, iter.cur)))
+		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+		if (to_write(job) || to_record(job))
 			return true;
 	}
 	return false;
@@ -648,11 +703,38 @@ igny8_jobs_to_write(void)
 #define FINISH_NARGS 19
 
 static SPIPlanPtr finish_plan = NULL;
+static SPIPlanPtr inflight_plan = NULL;
 static char *finish_schema = NULL;
 
 static void
-prepare_finish(const char *schema)
+forget_plans(void)
 {
+	if (finish_plan)
+		SPI_freeplan(finish_plan);
+	if (inflight_plan)
+		SPI_freeplan(inflight_plan);
+	finish_plan = inflight_plan = NULL;
+	if (finish_schema)
+		pfree(finish_schema);
+	finish_schema = NULL;
+}
+
+static SPIPlanPtr
+keep_plan(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare an igny8_jobs update: %s",
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+static void
+prepare_plans(const char *schema)
+{
+	Oid			inflight_types[4] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID};
 	Oid			types[FINISH_NARGS] = {
 		INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, INT4OID, BYTEAOID, INT4OID, INT4OID, TEXTOID, FLOAT8OID,
@@ -661,28 +743,26 @@ prepare_finish(const char *schema)
 
 	if (finish_plan != NULL && strcmp(finish_schema, schema) == 0)
 		return;
-	if (finish_plan)
-		SPI_freeplan(finish_plan);
-	finish_plan = NULL;
-	if (finish_schema)
-		pfree(finish_schema);
-	finish_schema = NULL;
-	finish_plan = SPI_prepare(psprintf(
+	forget_plans();
+	finish_plan = keep_plan(psprintf(
 		"UPDATE %s.igny8_jobs j SET state = $2, finished_at = pg_catalog.now(),"
 		" provider = $3, model = $4, content = $5, thinking = $6,"
 		" finish_reason = $7, input_tokens = $8, output_tokens = $9,"
 		" image = $10, width = $11, height = $12, revised_prompt = $13,"
 		" cost = 0, duration_ms = $14, error_code = $15, error_message = $16,"
-		" error_detail = $17"
+		" error_detail = $17, inflight = NULL"
 		" WHERE j.id OPERATOR(pg_catalog.=) $1"
 		" AND j.state OPERATOR(pg_catalog.=) 'running'"
 		" AND j.worker OPERATOR(pg_catalog.=) $18"
 		" AND j.worker_started OPERATOR(pg_catalog.=) $19", schema),
 		FINISH_NARGS, types);
-	if (finish_plan == NULL)
-		elog(ERROR, "could not prepare the igny8_jobs update: %s",
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(finish_plan);
+	inflight_plan = keep_plan(psprintf(
+		"UPDATE %s.igny8_jobs j SET inflight = $2::pg_catalog.jsonb"
+		" WHERE j.id OPERATOR(pg_catalog.=) $1"
+		" AND j.state OPERATOR(pg_catalog.=) 'running'"
+		" AND j.worker OPERATOR(pg_catalog.=) $3"
+		" AND j.worker_started OPERATOR(pg_catalog.=) $4", schema),
+		4, inflight_types);
 	finish_schema = MemoryContextStrdup(TopMemoryContext, schema);
 }
 
@@ -778,6 +858,45 @@ write_one(Igny8Job *job)
 		notify_job(job->job_id, state);
 }
 
+/* Record in a running job's row the attempt it sends (or none).  */
+static void
+record_one(Igny8Job *job)
+{
+	int			n = inflight_wanted(job);
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	int			ret;
+
+	values[0] = Int64GetDatum(job->job_id);
+	if (n == 0)
+	{
+		values[1] = (Datum) 0;
+		nulls[1] = 'n';
+	}
+	else
+	{
+		Igny8Deployment *d = job->cands[job->cand];
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		appendStringInfo(&buf, "{\"attempt\": %d, \"provider\": ", n);
+		escape_json(&buf, igny8_to_db_lossy(d->provider->id));
+		appendStringInfoString(&buf, ", \"model\": ");
+		escape_json(&buf, igny8_to_db_lossy(d->model));
+		appendStringInfoString(&buf, ", \"at\": ");
+		escape_json(&buf, timestamptz_to_str(job->intent_at));
+		appendStringInfoChar(&buf, '}');
+		values[1] = CStringGetTextDatum(buf.data);
+	}
+	values[2] = Int32GetDatum(igny8_worker_index);
+	values[3] = TimestampTzGetDatum(my_start);
+	ret = SPI_execute_plan(inflight_plan, values, nulls, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "could not update igny8_jobs: %s",
+			 SPI_result_code_string(ret));
+	job->inflight_next = n;
+}
+
 /*
  * Write the outcome of every finished run not yet written.  Runs in the
  * transaction of usage.c's flush, whose commit makes them written.
@@ -789,13 +908,15 @@ igny8_jobs_write(Igny8Config *config)
 
 	if (!igny8_jobs_to_write())
 		return;
-	prepare_finish(config->schema);
+	prepare_plans(config->schema);
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
 		if (to_write(job))
 			write_one(job);
+		else if (to_record(job))
+			record_one(job);
 	}
 }
 
@@ -810,25 +931,50 @@ igny8_jobs_flushed(bool committed)
 
 	if (!committed)
 	{
-		if (finish_plan)
-			SPI_freeplan(finish_plan);
-		finish_plan = NULL;
+		forget_plans();
 		next_scan = 0;
 	}
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
-		if (!to_write(job))
+		if (job->job_id == 0 || job->job_lost)
 			continue;
-		if (committed)
+		if (to_write(job))
 		{
-			job->job_written = true;
-			remember_woken(job->job_id);
+			if (committed)
+			{
+				job->job_written = true;
+				remember_woken(job->job_id);
+			}
+			else
+				job->job_lost = true;
 		}
-		else
-			job->job_lost = true;
+		else if (to_record(job))
+		{
+			if (committed)
+				job->inflight = job->inflight_next;
+			else
+			{
+				/* its row is taken back by the next scan */
+				job->job_lost = true;
+				igny8_job_abort(job, "could not record the attempt in igny8_jobs");
+			}
+		}
+		/* recorded: it may be sent now, without waiting */
+		if (committed && job->state == JOB_INTENT)
+		{
+			job->state = JOB_READY;
+			pg_atomic_write_u32(&me()->wakeup, 1);
+		}
 	}
+}
+
+/* The worker is stopping: no attempt of a job is recorded as sent now. */
+void
+igny8_jobs_stopping(void)
+{
+	stopping = true;
 }
 
 /* A finished run is forgotten: its slot is given back. */
@@ -860,10 +1006,11 @@ igny8_jobs_wake_waiters(void)
 }
 
 /*
- * The worker is stopping: its runs were aborted (their attempts logged)
+ * The worker is stopping: its runs were aborted, and let go of (job_lost),
  * or had sent nothing (unsent: their ids).  A run that sent nothing does
  * not count as a run; then every row of ours goes back to the queue, or
- * fails as interrupted past max_attempts.
+ * fails as interrupted past max_attempts, and the attempt a row records
+ * as sent gets its usage row (recover()).
  */
 void
 igny8_jobs_stop(Igny8Config *config, List *unsent)
@@ -871,21 +1018,12 @@ igny8_jobs_stop(Igny8Config *config, List *unsent)
 	ListCell   *lc;
 	Datum	   *ids;
 	int			n = 0;
-	dlist_iter	iter;
 
 	if (config == NULL || running_here == 0)
 		return;
 	ids = palloc(sizeof(Datum) * (list_length(unsent) + 1));
 	foreach(lc, unsent)
 		ids[n++] = Int64GetDatum(*(int64 *) lfirst(lc));
-	/* none of them is held any more */
-	dlist_foreach(iter, &igny8_jobs)
-	{
-		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
-
-		if (job->job_id != 0)
-			job->job_lost = true;
-	}
 	PG_TRY();
 	{
 		Oid			types[3] = {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID};

@@ -442,28 +442,37 @@ stop_gracefully(void)
 	int			interrupted = 0;
 	List	   *unsent = NIL;
 
+	/*
+	 * What ended so far is logged first, so that what a submitted job's
+	 * row records as sent is the attempt still in flight, whose usage row
+	 * igny8_jobs_stop() writes when it gives the row back.
+	 */
+	igny8_jobs_stopping();
+	igny8_usage_flush(config);
 	dlist_foreach_modify(miter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, miter.cur);
 
+		if (job->state == JOB_FINISHED)
+			continue;
 		if (job->job_id != 0)
 		{
-			/* a submitted job: its row goes back to the queue */
-			if (job->state != JOB_FINISHED && !igny8_job_sent(job))
+			ListCell   *lc;
+
+			if (igny8_job_sent(job))
+				interrupted++;
+			else
 			{
 				unsent = lappend(unsent, &job->job_id);
 				requeued++;
 			}
-			else if (job->state != JOB_FINISHED)
-				interrupted++;
-			if (job->state != JOB_FINISHED)
-				igny8_job_abort(job, "interrupted: the igny8_ai worker was stopped");
+			igny8_job_abort(job, "interrupted: the igny8_ai worker was stopped");
+			/* its row is given back, the attempt in flight logged there */
 			job->job_lost = true;
-			continue;
+			foreach(lc, job->attempts)
+				((Igny8Attempt *) lfirst(lc))->logged = true;
 		}
-		if (job->state == JOB_FINISHED)
-			continue;
-		if (!igny8_job_sent(job))
+		else if (!igny8_job_sent(job))
 		{
 			igny8_job_requeue(job);
 			requeued++;

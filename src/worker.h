@@ -185,6 +185,9 @@ typedef enum Igny8JobState
 	JOB_BACKOFF,				/* retry at wake_at */
 	JOB_POLL_WAIT,				/* a step of a remote job is due at wake_at
 								 * (ComfyUI: poll its history) */
+	JOB_INTENT,					/* a submitted job's attempt, its place
+								 * held, waits until its row records it
+								 * (jobtable.c) */
 	JOB_FINISHED				/* outcome known; publish after logging */
 } Igny8JobState;
 
@@ -256,6 +259,10 @@ typedef struct Igny8Job
 	bool		job_cancelled;	/* stopped by igny8_cancel_job */
 	bool		job_lost;		/* its row is left to recovery */
 	bool		job_written;	/* its outcome is in its row, committed */
+	int			inflight;		/* the attempt its row records as sent, or 0 */
+	int			inflight_next;	/* ... once the transaction writing it
+								 * commits */
+	TimestampTz intent_at;		/* JOB_INTENT: since when */
 
 	/* outcome */
 	bool		success;
@@ -379,6 +386,7 @@ extern void igny8_jobs_flushed(bool committed);
 extern void igny8_jobs_published(Igny8Job *job);
 extern void igny8_jobs_wake_waiters(void);
 extern void igny8_jobs_stop(Igny8Config *config, List *unsent);
+extern void igny8_jobs_stopping(void);
 extern void igny8_job_note_progress(Igny8Job *job);
 
 /* worker.c: the worker's transactions */
