@@ -216,6 +216,26 @@ DROP ROLE igny8_jobs_a;
 DROP ROLE igny8_jobs_b;
 DROP ROLE igny8_jobs_none;
 
+-- synchronous calls go ahead of the jobs waiting for a provider's place
+UPDATE igny8_providers SET max_concurrent = 1 WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();
+SELECT igny8_submit_text('Holds the place [[sim ollama:delay=3 tag=pa]]', 'gpt-4') AS pa \gset
+SELECT sim_wait_arrival('pa');
+SELECT igny8_submit_text('Waits [[sim ollama:tag=pb]]', 'gpt-4') AS pb \gset
+SELECT wait_until(format($$(SELECT progress->>'waiting' = 'for a provider place' FROM igny8_job(%s))$$, :pb),
+                  'the job to wait for a place');
+SELECT dblink_connect('sync', 'dbname=' || current_database());
+SELECT dblink_send_query('sync', $$SELECT igny8_generate_text('Sync [[sim ollama:tag=pc]]', 'gpt-4')$$);
+SELECT wait_until($$(SELECT queued = 2 FROM igny8_service_status WHERE provider = 'self_hosted_ai')$$,
+                  'the call to wait for a place too');
+SELECT state, provider FROM igny8_wait_job(:pb, '30 s');
+SELECT dblink_answer('sync') IS NOT NULL AS answered;
+SELECT dblink_disconnect('sync');
+SELECT string_agg(tag, ' ') AS order_of_arrival
+  FROM sim('log --role ollama --field tag') AS tag WHERE tag IN ('pa', 'pb', 'pc');
+UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();
+
 -- a worker stopped in mid-flight: the job runs again, and the attempt it
 -- interrupted has its usage row (written when the row was taken back)
 TRUNCATE ai_usage_log;

@@ -253,6 +253,10 @@ insert_job(const JobsTable *t, const Igny8Request *req,
 	if (req->task != IGNY8_TASK_IMAGE)
 		nulls[10] = 'n';
 
+	/*
+	 * No row limit: one would stop the statement before its AFTER STATEMENT
+	 * trigger, which wakes the workers at commit.
+	 */
 	as_owner(t, &s);
 	ret = SPI_execute_with_args(psprintf(
 		"INSERT INTO %s.igny8_jobs AS j (kind, model_alias, request, account_id,"
@@ -263,7 +267,7 @@ insert_job(const JobsTable *t, const Igny8Request *req,
 		" ON CONFLICT (submitted_by, idempotency_key)"
 		" WHERE idempotency_key IS NOT NULL DO NOTHING"
 		" RETURNING j.id", t->schema),
-		INSERT_NARGS, types, values, nulls, false, 1);
+		INSERT_NARGS, types, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not insert into igny8_jobs: %s",
 			 SPI_result_code_string(ret));
