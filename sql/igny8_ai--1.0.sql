@@ -1199,6 +1199,9 @@ CREATE TABLE igny8_jobs (
     -- the attempt sent and not yet in ai_usage_log: {attempt, provider,
     -- model, at}; recovery logs it if the worker died
     inflight        jsonb,
+    -- the current run sent a request (a run that sent none is not counted
+    -- when its worker dies)
+    sent            boolean NOT NULL DEFAULT false,
     -- the result (of the last run); its attempts are in ai_usage_log
     request_id      uuid,
     provider        text,
@@ -1296,6 +1299,11 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION igny8_submit_batch(text[], text, jsonb) IS
     'queue one text job per prompt; returns their ids in the order of the prompts';
+
+-- Is the worker that claimed a running job still running (recovery)?
+CREATE FUNCTION igny8_worker_alive(worker integer, started timestamptz) RETURNS boolean
+AS 'MODULE_PATHNAME', 'igny8_worker_alive'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 
 -- What the workers know of a running job that the table does not say.
 CREATE FUNCTION igny8_job_progress(id bigint) RETURNS jsonb
@@ -1643,6 +1651,7 @@ REVOKE ALL ON FUNCTION igny8_job_progress(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_wait_job(bigint, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_cancel_job(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_jobs_cleanup() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_worker_alive(integer, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_jobs_submitted() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_key_columns(text) FROM PUBLIC;
@@ -1742,6 +1751,7 @@ BEGIN
                               s, s, s, s, role);
     EXECUTE pg_catalog.format('GRANT INSERT ON %s.ai_usage_log TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON %s.igny8_jobs TO %s', s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_worker_alive(integer, timestamptz) TO %s', s, role);
     -- the workers take and write every job, whoever submitted it
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
                     WHERE p.polrelid OPERATOR(pg_catalog.=) '@extschema@.igny8_jobs'::pg_catalog.regclass

@@ -165,84 +165,61 @@ held_ids(void)
 
 /*
  * Take back running rows whose worker is gone, and rows of ours we do not
- * hold.  Needs a transaction.
+ * hold.  Needs a transaction.  A run that sent nothing does not count as a
+ * run; the attempt a row records as in flight gets its usage row.
  */
 static void
 recover(const char *schema)
 {
-	Datum		workers[IGNY8_MAX_WORKERS];
-	Datum		starts[IGNY8_MAX_WORKERS];
-	int			n = 0;
-	Oid			types[5] = {INT4ARRAYOID, TIMESTAMPTZARRAYOID, INT4OID,
-	TIMESTAMPTZOID, INT8ARRAYOID};
-	Datum		values[5];
+	Oid			types[3] = {INT4OID, TIMESTAMPTZOID, INT8ARRAYOID};
+	Datum		values[3];
 	int			ret;
 
-	for (int w = 0; w < igny8_shared->nworkers; w++)
-	{
-		Igny8WorkerShared *ws = &igny8_shared->workers[w];
-		bool		running;
-		TimestampTz started;
-
-		SpinLockAcquire(&ws->mutex);
-		running = (ws->procno >= 0);
-		started = ws->started_at;
-		SpinLockRelease(&ws->mutex);
-		if (running && w != igny8_worker_index)
-		{
-			workers[n] = Int32GetDatum(w);
-			starts[n] = TimestampTzGetDatum(started);
-			n++;
-		}
-	}
-	values[0] = PointerGetDatum(construct_array(workers, n, INT4OID, 4, true,
-												TYPALIGN_INT));
-	values[1] = PointerGetDatum(construct_array(starts, n, TIMESTAMPTZOID, 8,
-												FLOAT8PASSBYVAL,
-												TYPALIGN_DOUBLE));
-	values[2] = Int32GetDatum(igny8_worker_index);
-	values[3] = TimestampTzGetDatum(my_start);
-	values[4] = held_ids();
+	values[0] = Int32GetDatum(igny8_worker_index);
+	values[1] = TimestampTzGetDatum(my_start);
+	values[2] = held_ids();
 
 	ret = SPI_execute_with_args(psprintf(
 		"WITH r AS (UPDATE %s.igny8_jobs j SET"
+		" attempts = j.attempts OPERATOR(pg_catalog.-) (NOT j.sent)::pg_catalog.int4,"
 		" state = CASE WHEN j.cancel_requested THEN 'cancelled'"
-		"  WHEN j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN 'failed'"
+		"  WHEN j.sent AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN 'failed'"
 		"  ELSE 'queued' END,"
 		" finished_at = CASE WHEN j.cancel_requested"
-		"  OR j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN pg_catalog.now() END,"
+		"  OR (j.sent AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts)"
+		"  THEN pg_catalog.now() END,"
 		" error_code = CASE WHEN j.cancel_requested THEN '57014'"
-		"  WHEN j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN '57000' END,"
+		"  WHEN j.sent AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN '57000' END,"
 		" error_message = CASE WHEN j.cancel_requested THEN 'cancelled by igny8_cancel_job'"
-		"  WHEN j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN"
+		"  WHEN j.sent AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN"
 		"  pg_catalog.format('interrupted: the igny8_ai worker running the job stopped during run %%s of %%s', j.attempts, j.max_attempts) END,"
-		" error_detail = CASE WHEN NOT j.cancel_requested"
+		" error_detail = CASE WHEN NOT j.cancel_requested AND j.sent"
 		"  AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN"
 		"  pg_catalog.format('The attempts of its last run are in ai_usage_log with request_id %%s.', j.request_id) END,"
-		" worker = NULL, worker_started = NULL, inflight = NULL"
+		" worker = NULL, worker_started = NULL, inflight = NULL, sent = false"
 		" FROM %s.igny8_jobs o"
 		" WHERE o.id OPERATOR(pg_catalog.=) j.id"
-		" AND j.state OPERATOR(pg_catalog.=) 'running' AND ("
-		"  (j.worker OPERATOR(pg_catalog.=) $3 AND j.worker_started OPERATOR(pg_catalog.=) $4"
-		"   AND j.id OPERATOR(pg_catalog.<>) ALL ($5))"
-		"  OR ((j.worker OPERATOR(pg_catalog.<>) $3 OR j.worker_started OPERATOR(pg_catalog.<>) $4"
-		"       OR j.worker IS NULL)"
-		"   AND NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) l(w, s)"
-		"    WHERE l.w OPERATOR(pg_catalog.=) j.worker AND l.s OPERATOR(pg_catalog.=) j.worker_started)))"
-		" RETURNING j.id, j.state, j.kind, j.model_alias, j.account_id, j.request_id, o.inflight),"
+		" AND j.state OPERATOR(pg_catalog.=) 'running' AND"
+		" CASE WHEN j.worker OPERATOR(pg_catalog.=) $1 AND j.worker_started OPERATOR(pg_catalog.=) $2"
+		"  THEN j.id OPERATOR(pg_catalog.<>) ALL ($3)"
+		"  ELSE NOT COALESCE(%s.igny8_worker_alive(j.worker, j.worker_started), false) END"
+		" RETURNING j.id, j.state, j.kind, j.model_alias, j.account_id, j.request_id,"
+		" j.request, o.inflight),"
 		/* the attempt that was in flight: it may have reached its provider */
 		" u AS (INSERT INTO %s.ai_usage_log (request_id, created_at, account_id,"
 		"  provider, task_type, model_alias, model_used, success, error_message,"
-		"  attempt, images)"
+		"  attempt, images, prompt)"
 		"  SELECT r.request_id, (r.inflight OPERATOR(pg_catalog.->>) 'at')::pg_catalog.timestamptz,"
 		"  r.account_id, r.inflight OPERATOR(pg_catalog.->>) 'provider', r.kind, r.model_alias,"
 		"  r.inflight OPERATOR(pg_catalog.->>) 'model', false,"
 		"  'interrupted: the igny8_ai worker running the job stopped while the request was in flight',"
 		"  (r.inflight OPERATOR(pg_catalog.->>) 'attempt')::pg_catalog.int4,"
-		"  CASE WHEN r.kind OPERATOR(pg_catalog.=) 'image' THEN 0 END"
+		"  CASE WHEN r.kind OPERATOR(pg_catalog.=) 'image' THEN 0 END,"
+		"  CASE WHEN %s THEN r.request::pg_catalog.text END"
 		"  FROM r WHERE r.inflight IS NOT NULL)"
-		" SELECT r.id, r.state FROM r", schema, schema, schema),
-		5, types, values, NULL, false, 0);
+		" SELECT r.id, r.state FROM r", schema, schema, schema, schema,
+		igny8_log_content ? "true" : "false"),
+		3, types, values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not recover igny8_jobs: %s",
 			 SPI_result_code_string(ret));
@@ -465,7 +442,7 @@ claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
 		"UPDATE %s.igny8_jobs j SET state = 'running',"
 		" attempts = j.attempts OPERATOR(pg_catalog.+) 1,"
 		" started_at = pg_catalog.now(), worker = $2, worker_started = $3,"
-		" request_id = pg_catalog.gen_random_uuid()"
+		" request_id = pg_catalog.gen_random_uuid(), sent = false"
 		" WHERE j.id OPERATOR(pg_catalog.=) ANY ($1)"
 		" RETURNING j.id, j.kind, j.model_alias, j.request::text, j.account_id,"
 		" j.timeout_ms, j.request_id", schema),
@@ -757,7 +734,8 @@ prepare_plans(const char *schema)
 		" AND j.worker_started OPERATOR(pg_catalog.=) $19", schema),
 		FINISH_NARGS, types);
 	inflight_plan = keep_plan(psprintf(
-		"UPDATE %s.igny8_jobs j SET inflight = $2::pg_catalog.jsonb"
+		"UPDATE %s.igny8_jobs j SET inflight = $2::pg_catalog.jsonb,"
+		" sent = j.sent OR $2 IS NOT NULL"
 		" WHERE j.id OPERATOR(pg_catalog.=) $1"
 		" AND j.state OPERATOR(pg_catalog.=) 'running'"
 		" AND j.worker OPERATOR(pg_catalog.=) $3"
@@ -1006,43 +984,19 @@ igny8_jobs_wake_waiters(void)
 }
 
 /*
- * The worker is stopping: its runs were aborted, and let go of (job_lost),
- * or had sent nothing (unsent: their ids).  A run that sent nothing does
- * not count as a run; then every row of ours goes back to the queue, or
- * fails as interrupted past max_attempts, and the attempt a row records
- * as sent gets its usage row (recover()).
+ * The worker is stopping: its runs were aborted and let go of (job_lost).
+ * Every row of ours goes back to the queue (a run that sent nothing is not
+ * counted), or fails as interrupted past max_attempts, and the attempt a
+ * row records as in flight gets its usage row (recover()).
  */
 void
-igny8_jobs_stop(Igny8Config *config, List *unsent)
+igny8_jobs_stop(Igny8Config *config)
 {
-	ListCell   *lc;
-	Datum	   *ids;
-	int			n = 0;
-
 	if (config == NULL || running_here == 0)
 		return;
-	ids = palloc(sizeof(Datum) * (list_length(unsent) + 1));
-	foreach(lc, unsent)
-		ids[n++] = Int64GetDatum(*(int64 *) lfirst(lc));
 	PG_TRY();
 	{
-		Oid			types[3] = {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID};
-		Datum		values[3];
-
 		igny8_worker_begin("igny8_ai: giving jobs back");
-		values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8,
-													FLOAT8PASSBYVAL,
-													TYPALIGN_DOUBLE));
-		values[1] = Int32GetDatum(igny8_worker_index);
-		values[2] = TimestampTzGetDatum(my_start);
-		if (SPI_execute_with_args(psprintf(
-			"UPDATE %s.igny8_jobs j SET attempts = j.attempts OPERATOR(pg_catalog.-) 1"
-			" WHERE j.id OPERATOR(pg_catalog.=) ANY ($1)"
-			" AND j.state OPERATOR(pg_catalog.=) 'running'"
-			" AND j.worker OPERATOR(pg_catalog.=) $2"
-			" AND j.worker_started OPERATOR(pg_catalog.=) $3", config->schema),
-			3, types, values, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not update igny8_jobs");
 		recover(config->schema);
 		igny8_worker_commit();
 		igny8_jobs_wake_waiters();

@@ -18,6 +18,30 @@
 
 PG_FUNCTION_INFO_V1(igny8_worker_status);
 PG_FUNCTION_INFO_V1(igny8_slot_status);
+PG_FUNCTION_INFO_V1(igny8_worker_alive);
+
+/*
+ * igny8_worker_alive(worker integer, started timestamptz) returns boolean:
+ * is that worker running, the incarnation that started then?  Read when
+ * called: a recovery scan evaluates it per row after taking its snapshot,
+ * so a row it sees claimed was claimed by a worker registered by then.
+ */
+Datum
+igny8_worker_alive(PG_FUNCTION_ARGS)
+{
+	int			w = PG_GETARG_INT32(0);
+	TimestampTz started = PG_GETARG_TIMESTAMPTZ(1);
+	Igny8WorkerShared *ws;
+	bool		alive;
+
+	if (igny8_shared == NULL || w < 0 || w >= igny8_shared->nworkers)
+		PG_RETURN_BOOL(false);
+	ws = &igny8_shared->workers[w];
+	SpinLockAcquire(&ws->mutex);
+	alive = (ws->procno >= 0 && ws->started_at == started);
+	SpinLockRelease(&ws->mutex);
+	PG_RETURN_BOOL(alive);
+}
 
 /*
  * One row per configured worker: pid (NULL when it is not running), when

@@ -440,7 +440,6 @@ stop_gracefully(void)
 	dlist_mutable_iter miter;
 	int			requeued = 0;
 	int			interrupted = 0;
-	List	   *unsent = NIL;
 
 	/*
 	 * What ended so far is logged first, so that what a submitted job's
@@ -462,10 +461,7 @@ stop_gracefully(void)
 			if (igny8_job_sent(job))
 				interrupted++;
 			else
-			{
-				unsent = lappend(unsent, &job->job_id);
 				requeued++;
-			}
 			igny8_job_abort(job, "interrupted: the igny8_ai worker was stopped");
 			/* its row is given back, the attempt in flight logged there */
 			job->job_lost = true;
@@ -485,7 +481,7 @@ stop_gracefully(void)
 	}
 	MemoryContextSwitchTo(loop_cxt);
 	igny8_usage_flush(config);
-	igny8_jobs_stop(config, unsent);
+	igny8_jobs_stop(config);
 	publish_finished();
 	/* the requests queued again are taken by the others at once */
 	mark_stopped();

@@ -385,7 +385,7 @@ extern void igny8_jobs_write(Igny8Config *config);
 extern void igny8_jobs_flushed(bool committed);
 extern void igny8_jobs_published(Igny8Job *job);
 extern void igny8_jobs_wake_waiters(void);
-extern void igny8_jobs_stop(Igny8Config *config, List *unsent);
+extern void igny8_jobs_stop(Igny8Config *config);
 extern void igny8_jobs_stopping(void);
 extern void igny8_job_note_progress(Igny8Job *job);
 
