@@ -167,6 +167,8 @@ def generate_article_content(article_title, model="gpt-4", router=None, **option
     options.setdefault("system", "You write clear, factual articles for a content platform.")
     with transaction.atomic():
         article = Article.objects.create(title=article_title, status=Article.PENDING)
+        # submitting the same article twice gives the same job
+        options.setdefault("idempotency_key", "article-%d" % article.pk)
         article.ai_job_id = router.submit_text(
             "Write an article titled: %s" % article_title, model, **options)
         article.save(update_fields=["ai_job_id"])
