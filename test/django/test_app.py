@@ -33,6 +33,7 @@ from django.conf import settings  # noqa: E402
 from django.core.files.storage import FileSystemStorage  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
+from django.db.utils import ProgrammingError  # noqa: E402
 
 from content.models import AIUsageLog, Article, Igny8Job, ServiceHealthLog  # noqa: E402
 from content.services import (AIEngineRouter, generate_article_content,  # noqa: E402
@@ -171,7 +172,8 @@ class ExampleAppTest(unittest.TestCase):
                 job_id = article.ai_job_id
                 raise Rollback()
         self.assertFalse(Article.objects.filter(pk=article.pk).exists())
-        self.assertIsNone(router.job(job_id))
+        with self.assertRaisesRegex(ProgrammingError, "job %d does not exist" % job_id):
+            router.job(job_id)
         self.assertFalse(Igny8Job.objects.filter(id=job_id).exists())
         # a job submitted after it runs to the end; the rolled-back one never ran
         later = generate_article_content("After the rollback [[sim any:tag=rolledback1b]]")

@@ -121,7 +121,9 @@ class AIEngineRouter:
                              self._options(options)])
 
     def job(self, job_id):
-        """igny8_job: a dict of the job's state and result, or None if not visible."""
+        """igny8_job: a dict of the job's state and result.  A job the role
+        does not see (another role's, never committed, or deleted after
+        igny8_ai.job_retention) is a ProgrammingError ("job N does not exist")."""
         return self._job(_one("SELECT * FROM igny8_job(%s)", [job_id]))
 
     def wait(self, job_id, timeout=None):
