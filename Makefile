@@ -7,12 +7,15 @@ OBJS = \
 	src/shmem.o \
 	src/places.o \
 	src/dispatch.o \
+	src/submit.o \
 	src/extension.o \
 	src/worker.o \
+	src/jobtable.o \
 	src/job.o \
 	src/probe.o \
 	src/image.o \
 	src/dispatch_image.o \
+	src/dispatch_batch.o \
 	src/router.o \
 	src/http.o \
 	src/config.o \
@@ -37,8 +40,8 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # pg_regress against a temporary instance that preloads pg_cron and
 # igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).
 REGRESS_CONF ?= test/tmp/regress.conf
-REGRESS = install bad_input text chat fallback retry failures encoding queue cancel \
-	restart wakeup security config workflows usage health image drop
+REGRESS = install bad_input text chat fallback retry failures encoding queue cancel jobs \
+	restart wakeup security config workflows usage health image batch drop
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(REGRESS_CONF)
 
 # the LLVM bitcode for JIT inlining is of no use here, and needs clang

@@ -1117,6 +1117,29 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION igny8_chat(jsonb, text, jsonb) IS
     'chat completion for [{"role","content"}] messages; options: max_tokens, temperature, timeout (s), account_id';
 
+CREATE FUNCTION igny8_generate_text_batch(
+    prompts     text[],
+    model       text DEFAULT 'gpt-4',
+    options     jsonb DEFAULT '{}')
+RETURNS TABLE (
+    ord             integer,
+    content         text,
+    provider        text,
+    model           text,
+    input_tokens    integer,
+    output_tokens   integer,
+    cost            numeric,
+    duration_ms     double precision,
+    request_id      uuid,
+    attempts        integer,
+    error           text,
+    sqlstate        text)
+AS 'MODULE_PATHNAME', 'igny8_generate_text_batch'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_generate_text_batch(text[], text, jsonb) IS
+    'text for every prompt of an array, all in flight at once; one row per prompt in input order, a failed prompt''s row with error and sqlstate; options: max_tokens, temperature, system, timeout (s), account_id';
+
 CREATE FUNCTION igny8_generate_image(
     prompt      text,
     model       text DEFAULT 'dall-e-3',
@@ -1141,6 +1164,251 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION igny8_generate_images(text, text, text, integer, jsonb) IS
     'n (1 to 8) images made at once, each with its own seed; options as igny8_generate_image';
+
+--
+-- Submitted jobs: a logged table the caller inserts into in its own
+-- transaction; the workers take a job once that transaction commits, run it
+-- outside any transaction, and write its result, its usage rows and a
+-- NOTIFY igny8_ai_jobs in one transaction.  A role sees the jobs it
+-- submitted (row-level security); the functions below do the writing.
+--
+
+CREATE TABLE igny8_jobs (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind            text NOT NULL CHECK (kind IN ('text', 'chat', 'image')),
+    state           text NOT NULL DEFAULT 'queued'
+                    CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    model_alias     text NOT NULL,
+    request         jsonb NOT NULL,
+    account_id      bigint,
+    submitted_by    regrole NOT NULL DEFAULT current_user::regrole,
+    priority        text NOT NULL DEFAULT 'background'
+                    CHECK (priority IN ('interactive', 'background')),
+    not_before      timestamptz NOT NULL DEFAULT now(),
+    max_attempts    integer NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 100),
+    attempts        integer NOT NULL DEFAULT 0,
+    timeout_ms      integer NOT NULL CHECK (timeout_ms > 0),
+    idempotency_key text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    -- the worker running it: its index and when it started
+    worker          integer,
+    worker_started  timestamptz,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    -- the result (of the last run); its attempts are in ai_usage_log
+    request_id      uuid,
+    provider        text,
+    model           text,
+    content         text,
+    thinking        text,
+    finish_reason   text,
+    input_tokens    integer,
+    output_tokens   integer,
+    image           bytea,
+    width           integer,
+    height          integer,
+    seed            bigint,
+    revised_prompt  text,
+    cost            numeric(14, 6),
+    duration_ms     double precision,
+    error_code      text,
+    error_message   text,
+    error_detail    text
+);
+
+-- what the workers take, in order: interactive first, then oldest
+CREATE INDEX igny8_jobs_queued_idx ON igny8_jobs
+    ((priority OPERATOR(pg_catalog.<>) 'interactive'), id)
+    WHERE state OPERATOR(pg_catalog.=) 'queued';
+CREATE INDEX igny8_jobs_running_idx ON igny8_jobs (worker)
+    WHERE state OPERATOR(pg_catalog.=) 'running';
+CREATE INDEX igny8_jobs_finished_idx ON igny8_jobs (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE UNIQUE INDEX igny8_jobs_idempotency_idx ON igny8_jobs (submitted_by, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+COMMENT ON TABLE igny8_jobs IS
+    'submitted AI jobs: queued by igny8_submit_*, run by the workers after the submitting transaction commits';
+
+ALTER TABLE igny8_jobs ENABLE ROW LEVEL SECURITY;
+
+-- a role sees its own jobs (and those of the roles it has the privileges of)
+CREATE POLICY igny8_jobs_submitter ON igny8_jobs FOR SELECT
+    USING (pg_catalog.pg_has_role(submitted_by, 'USAGE'));
+
+-- A commit that inserted jobs wakes the workers.
+CREATE FUNCTION igny8_jobs_submitted() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'igny8_jobs_submitted'
+    LANGUAGE C;
+
+CREATE TRIGGER igny8_jobs_submitted
+    AFTER INSERT ON igny8_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_jobs_submitted();
+
+SELECT pg_catalog.pg_extension_config_dump('igny8_jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('igny8_jobs_id_seq', '');
+
+CREATE FUNCTION igny8_submit_text(
+    prompt      text,
+    model       text DEFAULT 'gpt-4',
+    options     jsonb DEFAULT '{}')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'igny8_submit_text'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_submit_text(text, text, jsonb) IS
+    'queue a text job, run after the transaction commits; options: system, max_tokens, temperature, timeout (s), account_id, priority, not_before, max_attempts, idempotency_key';
+
+CREATE FUNCTION igny8_submit_chat(
+    messages    jsonb,
+    model       text DEFAULT 'gpt-4',
+    options     jsonb DEFAULT '{}')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'igny8_submit_chat'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_submit_chat(jsonb, text, jsonb) IS
+    'queue a chat job; options as igny8_chat and igny8_submit_text';
+
+CREATE FUNCTION igny8_submit_image(
+    prompt      text,
+    model       text DEFAULT 'dall-e-3',
+    size        text DEFAULT '1024x1024',
+    options     jsonb DEFAULT '{}')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'igny8_submit_image'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_submit_image(text, text, text, jsonb) IS
+    'queue an image job; options as igny8_generate_image and igny8_submit_text';
+
+CREATE FUNCTION igny8_submit_batch(
+    prompts     text[],
+    model       text DEFAULT 'gpt-4',
+    options     jsonb DEFAULT '{}')
+RETURNS bigint[]
+AS 'MODULE_PATHNAME', 'igny8_submit_batch'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_submit_batch(text[], text, jsonb) IS
+    'queue one text job per prompt; returns their ids in the order of the prompts';
+
+-- What the workers know of a running job that the table does not say.
+CREATE FUNCTION igny8_job_progress(id bigint) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'igny8_job_progress'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+CREATE TYPE igny8_job_result AS (
+    id              bigint,
+    state           text,
+    kind            text,
+    model_alias     text,
+    account_id      bigint,
+    priority        text,
+    attempts        integer,
+    max_attempts    integer,
+    created_at      timestamptz,
+    not_before      timestamptz,
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    provider        text,
+    model           text,
+    content         text,
+    thinking        text,
+    finish_reason   text,
+    input_tokens    integer,
+    output_tokens   integer,
+    image           bytea,
+    width           integer,
+    height          integer,
+    seed            bigint,
+    revised_prompt  text,
+    cost            numeric,
+    duration_ms     double precision,
+    request_id      uuid,
+    error_code      text,
+    error_message   text,
+    error_detail    text,
+    progress        jsonb
+);
+
+CREATE FUNCTION igny8_job(id bigint) RETURNS igny8_job_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r @extschema@.igny8_job_result;
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'job id must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT j.id, j.state, j.kind, j.model_alias, j.account_id, j.priority,
+           j.attempts, j.max_attempts, j.created_at, j.not_before,
+           j.started_at, j.finished_at, j.provider, j.model, j.content,
+           j.thinking, j.finish_reason, j.input_tokens, j.output_tokens,
+           j.image, j.width, j.height, j.seed, j.revised_prompt, j.cost,
+           j.duration_ms, j.request_id, j.error_code, j.error_message,
+           j.error_detail,
+           CASE WHEN j.state OPERATOR(pg_catalog.=) 'running'
+                THEN @extschema@.igny8_job_progress(j.id) END
+      INTO r
+      FROM @extschema@.igny8_jobs j
+     WHERE j.id OPERATOR(pg_catalog.=) igny8_job.id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not exist', id
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'A role sees the jobs it submitted; finished jobs are deleted after igny8_ai.job_retention.';
+    END IF;
+    RETURN r;
+END
+$$;
+
+COMMENT ON FUNCTION igny8_job(bigint) IS
+    'a submitted job: its state, attempts, timings, cost, error and result';
+
+CREATE FUNCTION igny8_wait_job(id bigint, timeout interval DEFAULT NULL)
+RETURNS igny8_job_result
+AS 'MODULE_PATHNAME', 'igny8_wait_job'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_wait_job(bigint, interval) IS
+    'wait until a submitted job has finished (or the timeout passed), then return it as igny8_job does';
+
+CREATE FUNCTION igny8_cancel_job(id bigint) RETURNS boolean
+AS 'MODULE_PATHNAME', 'igny8_cancel_job'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION igny8_cancel_job(bigint) IS
+    'cancel a queued job, or stop a running one; false if it had already finished';
+
+-- The retention of finished jobs, in bounded batches (the scheduled job).
+CREATE FUNCTION igny8_jobs_cleanup() RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    keep interval := pg_catalog.current_setting('igny8_ai.job_retention')::interval;
+    deleted bigint;
+    total bigint := 0;
+BEGIN
+    FOR i IN 1..10 LOOP
+        DELETE FROM @extschema@.igny8_jobs
+         WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY(
+                SELECT j.id FROM @extschema@.igny8_jobs j
+                 WHERE j.finished_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) keep)
+                 ORDER BY j.finished_at LIMIT 10000));
+        GET DIAGNOSTICS deleted = ROW_COUNT;
+        total := total OPERATOR(pg_catalog.+) deleted;
+        EXIT WHEN deleted OPERATOR(pg_catalog.<) 10000;
+    END LOOP;
+    RETURN total;
+END
+$$;
+
+COMMENT ON FUNCTION igny8_jobs_cleanup() IS
+    'delete finished jobs older than igny8_ai.job_retention, at most 100,000 a run; returns how many';
 
 --
 -- Health checks.
@@ -1219,6 +1487,7 @@ DECLARE
     deleted bigint;
 BEGIN
     PERFORM @extschema@.igny8_check_health();
+    PERFORM @extschema@.igny8_jobs_cleanup();
     FOR i IN 1..10 LOOP
         DELETE FROM @extschema@.service_health_log
          WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY(
@@ -1232,7 +1501,7 @@ END
 $$;
 
 COMMENT ON FUNCTION igny8_health_job() IS
-    'the scheduled health check: igny8_check_health() and the retention of service_health_log';
+    'the scheduled health check: igny8_check_health(), the retention of service_health_log and of finished jobs';
 
 --
 -- The schedule: one pg_cron job, igny8_ai_health_check, with a fixed job
@@ -1359,8 +1628,19 @@ COMMENT ON FUNCTION igny8_slot_status() IS
 
 REVOKE ALL ON FUNCTION igny8_generate_text(text, text, integer, double precision, text, interval, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_chat(jsonb, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_generate_text_batch(text[], text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_generate_image(text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_generate_images(text, text, text, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_submit_text(text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_submit_chat(jsonb, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_submit_image(text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_submit_batch(text[], text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_job(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_job_progress(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_wait_job(bigint, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_cancel_job(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_jobs_cleanup() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_jobs_submitted() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_key_columns(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_key(text, jsonb) FROM PUBLIC;
@@ -1386,7 +1666,7 @@ REVOKE ALL ON FUNCTION igny8_on_drop_extension() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_worker_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_slot_status() FROM PUBLIC;
 REVOKE ALL ON igny8_providers, igny8_workflows, igny8_models, igny8_fallbacks,
-    igny8_config_deletions, ai_usage_log, service_health_log,
+    igny8_config_deletions, ai_usage_log, service_health_log, igny8_jobs,
     igny8_service_status FROM PUBLIC;
 
 -- Let a monitoring role read the health of the providers and the workers
@@ -1428,14 +1708,19 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_text(text, text, integer, double precision, text, interval, bigint) TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_chat(jsonb, text, jsonb) TO %s', s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_text_batch(text[], text, jsonb) TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_image(text, text, text, jsonb) TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_images(text, text, text, integer, jsonb) TO %s', s, role);
-    EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log TO %s', s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_submit_text(text, text, jsonb), %s.igny8_submit_chat(jsonb, text, jsonb), %s.igny8_submit_image(text, text, text, jsonb), %s.igny8_submit_batch(text[], text, jsonb) TO %s',
+                              s, s, s, s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_job(bigint), %s.igny8_job_progress(bigint), %s.igny8_wait_job(bigint, interval), %s.igny8_cancel_job(bigint) TO %s',
+                              s, s, s, s, role);
+    EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log, %s.igny8_jobs TO %s', s, s, role);
 END
 $$;
 
 COMMENT ON FUNCTION igny8_grant_usage(regrole) IS
-    'let a role call the generation functions and read ai_usage_log';
+    'let a role call the generation functions, submit jobs and read its jobs and ai_usage_log';
 
 -- What the role named by igny8_ai.username needs to run the workers.
 CREATE FUNCTION igny8_grant_worker(role regrole) RETURNS void
@@ -1453,11 +1738,19 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_providers, %s.igny8_workflows, %s.igny8_models, %s.igny8_fallbacks TO %s',
                               s, s, s, s, role);
     EXECUTE pg_catalog.format('GRANT INSERT ON %s.ai_usage_log TO %s', s, role);
+    EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON %s.igny8_jobs TO %s', s, role);
+    -- the workers take and write every job, whoever submitted it
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
+                    WHERE p.polrelid OPERATOR(pg_catalog.=) '@extschema@.igny8_jobs'::pg_catalog.regclass
+                      AND p.polname OPERATOR(pg_catalog.=) ('igny8_jobs_worker_' OPERATOR(pg_catalog.||) role::oid)) THEN
+        EXECUTE pg_catalog.format('CREATE POLICY %I ON %s.igny8_jobs FOR ALL TO %s USING (true)',
+                                  'igny8_jobs_worker_' OPERATOR(pg_catalog.||) role::oid, s, role);
+    END IF;
 END
 $$;
 
 COMMENT ON FUNCTION igny8_grant_worker(regrole) IS
-    'grant what the role of igny8_ai.username needs: read the configuration, write ai_usage_log';
+    'grant what the role of igny8_ai.username needs: read the configuration, write ai_usage_log, run igny8_jobs';
 
 REVOKE ALL ON FUNCTION igny8_grant_monitoring(regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_grant_usage(regrole) FROM PUBLIC;

@@ -150,13 +150,7 @@ exit_callback(int code, Datum arg)
 static int
 take_slot(void)
 {
-	int			slotno = -1;
-	Igny8Slot  *slot;
-
-	SpinLockAcquire(&igny8_shared->free_mutex);
-	if (igny8_shared->nfree > 0)
-		slotno = igny8_free_stack[--igny8_shared->nfree];
-	SpinLockRelease(&igny8_shared->free_mutex);
+	int			slotno = igny8_slot_take();
 
 	if (slotno < 0)
 		ereport(ERROR,
@@ -165,12 +159,6 @@ take_slot(void)
 				 errdetail("All %d request slots are in use.",
 						   igny8_shared->nslots),
 				 errhint("Raise igny8_ai.max_in_flight (needs a restart), or submit fewer requests at once.")));
-
-	slot = &igny8_slots[slotno];
-	SpinLockAcquire(&slot->mutex);
-	Assert(slot->state == IGNY8_SLOT_FREE);
-	slot->state = IGNY8_SLOT_FILLING;
-	SpinLockRelease(&slot->mutex);
 	my_slots[my_nslots++] = slotno;
 	return slotno;
 }
@@ -196,20 +184,68 @@ choose_worker(void)
 	return start % n;
 }
 
-/* Raise the error a worker left in a slot (the slot stays ours). */
+/*
+ * Refuse, before anything is submitted, a call that needs n slots at once
+ * when there are not that many, or not that many free now.  (Others may
+ * take free slots meanwhile: igny8_submit then fails the same way.)
+ */
 void
-igny8_report_slot_error(int slotno)
+igny8_check_free_slots(int n)
+{
+	int			nfree;
+
+	check_loaded();
+	if (n > igny8_shared->nslots)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many prompts for the request slots"),
+				 errdetail("The batch has %d prompts; igny8_ai.max_in_flight allows %d requests in progress at once.",
+						   n, igny8_shared->nslots),
+				 errhint("Split the batch, or raise igny8_ai.max_in_flight (needs a restart).")));
+
+	SpinLockAcquire(&igny8_shared->free_mutex);
+	nfree = igny8_shared->nfree;
+	SpinLockRelease(&igny8_shared->free_mutex);
+	if (n > nfree)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many AI requests in progress"),
+				 errdetail("The batch needs %d request slots; %d of %d are free.",
+						   n, nfree, igny8_shared->nslots),
+				 errhint("Retry when fewer requests are in progress, split the batch, or raise igny8_ai.max_in_flight (needs a restart).")));
+}
+
+
+/*
+ * The error a worker left in a failed slot, copied into local memory
+ * without raising it (the slot stays ours).
+ */
+void
+igny8_slot_error(int slotno, Igny8SlotError *err)
 {
 	Igny8Slot  *slot = &igny8_slots[slotno];
 	char	   *strs[3];
 
 	igny8_unpack_strings(igny8_dsa(), slot->result, 3, strs);
+	err->sqlerrcode = slot->sqlerrcode ? slot->sqlerrcode :
+		ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
+	err->message = strs[0] ? strs[0] : "AI request failed";
+	err->detail = strs[1];
+	err->hint = strs[2];
+}
+
+/* Raise the error a worker left in a slot (the slot stays ours). */
+void
+igny8_report_slot_error(int slotno)
+{
+	Igny8SlotError err;
+
+	igny8_slot_error(slotno, &err);
 	ereport(ERROR,
-			(errcode(slot->sqlerrcode ? slot->sqlerrcode :
-					 ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-			 errmsg_internal("%s", strs[0] ? strs[0] : "AI request failed"),
-			 strs[1] ? errdetail_internal("%s", strs[1]) : 0,
-			 strs[2] ? errhint("%s", strs[2]) : 0));
+			(errcode(err.sqlerrcode),
+			 errmsg_internal("%s", err.message),
+			 err.detail ? errdetail_internal("%s", err.detail) : 0,
+			 err.hint ? errhint("%s", err.hint) : 0));
 }
 
 /*
@@ -547,13 +583,12 @@ append_message(StringInfo buf, bool *first, const char *role,
 }
 
 static void
-append_options(StringInfo buf, bool has_max_tokens, int max_tokens,
-			   bool has_temperature, double temperature)
+append_options(StringInfo buf, const Igny8TextOptions *opts)
 {
-	if (has_max_tokens)
-		appendStringInfo(buf, ",\"max_tokens\":%d", max_tokens);
-	if (has_temperature)
-		appendStringInfo(buf, ",\"temperature\":%.17g", temperature);
+	if (opts->has_max_tokens)
+		appendStringInfo(buf, ",\"max_tokens\":%d", opts->max_tokens);
+	if (opts->has_temperature)
+		appendStringInfo(buf, ",\"temperature\":%.17g", opts->temperature);
 }
 
 bool
@@ -574,8 +609,8 @@ igny8_generate_text(PG_FUNCTION_ARGS)
 {
 	Igny8Call	call;
 	Igny8Answer ans;
+	Igny8TextOptions opts;
 	char	   *prompt;
-	bool		first = true;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -587,43 +622,71 @@ igny8_generate_text(PG_FUNCTION_ARGS)
 				 errmsg("model must not be null"),
 				 errhint("Pass a model alias from igny8_models, such as \"gpt-4\".")));
 
-	prompt = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (igny8_is_blank(prompt))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("prompt must not be empty")));
-
+	prompt = igny8_check_prompt(PG_GETARG_TEXT_PP(0));
 	memset(&call, 0, sizeof(call));
+	memset(&opts, 0, sizeof(opts));
 	call.task = IGNY8_TASK_TEXT;
 	call.alias = igny8_check_alias(PG_GETARG_TEXT_PP(1));
 	if (!PG_ARGISNULL(2))
+	{
 		check_max_tokens(PG_GETARG_INT32(2));
+		opts.has_max_tokens = true;
+		opts.max_tokens = PG_GETARG_INT32(2);
+	}
 	if (!PG_ARGISNULL(3))
+	{
 		check_temperature(PG_GETARG_FLOAT8(3));
+		opts.has_temperature = true;
+		opts.temperature = PG_GETARG_FLOAT8(3);
+	}
+	if (!PG_ARGISNULL(4))
+		opts.system = text_to_cstring(PG_GETARG_TEXT_PP(4));
 	call.timeout_ms = PG_ARGISNULL(5) ? igny8_default_timeout_ms :
 		interval_to_timeout_ms(PG_GETARG_INTERVAL_P(5));
 	resolve_account(&call, !PG_ARGISNULL(6),
 					PG_ARGISNULL(6) ? 0 : PG_GETARG_INT64(6));
 
 	initStringInfo(&call.request);
-	appendStringInfoString(&call.request, "{\"messages\":[");
-	if (!PG_ARGISNULL(4))
-	{
-		char	   *system = text_to_cstring(PG_GETARG_TEXT_PP(4));
-
-		if (!igny8_is_blank(system))
-			append_message(&call.request, &first, "system", system);
-	}
-	append_message(&call.request, &first, "user", prompt);
-	appendStringInfoChar(&call.request, ']');
-	append_options(&call.request,
-				   !PG_ARGISNULL(2), PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2),
-				   !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_FLOAT8(3));
-	appendStringInfoChar(&call.request, '}');
-	igny8_check_request_size(call.request.len);
+	appendStringInfoString(&call.request, igny8_text_request(prompt, &opts));
 
 	run_call(&call, &ans);
 	PG_RETURN_TEXT_P(cstring_to_text(ans.content));
+}
+
+/* A prompt argument: not blank. */
+char *
+igny8_check_prompt(text *arg)
+{
+	char	   *prompt = text_to_cstring(arg);
+
+	if (igny8_is_blank(prompt))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("prompt must not be empty")));
+	return prompt;
+}
+
+/*
+ * The normalized request of a prompt: the system prompt of the options
+ * (if not blank) and the prompt as messages, and the sampling options.
+ * Checked against igny8_ai.max_prompt_size.
+ */
+char *
+igny8_text_request(const char *prompt, const Igny8TextOptions *opts)
+{
+	StringInfoData buf;
+	bool		first = true;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"messages\":[");
+	if (opts->system && !igny8_is_blank(opts->system))
+		append_message(&buf, &first, "system", opts->system);
+	append_message(&buf, &first, "user", prompt);
+	appendStringInfoChar(&buf, ']');
+	append_options(&buf, opts);
+	appendStringInfoChar(&buf, '}');
+	igny8_check_request_size(buf.len);
+	return buf.data;
 }
 
 static void
@@ -803,6 +866,96 @@ igny8_option_account_id(JsonbValue *v)
 }
 
 /*
+ * The options of a text or chat call, checked: max_tokens, temperature,
+ * timeout, account_id, and system where allow_system; with job non-NULL,
+ * also the options of a submitted job (igny8_job_option).  The account is
+ * resolved (igny8_resolve_account).
+ */
+void
+igny8_text_options(Jsonb *options, bool allow_system, Igny8JobOptions *job,
+				   Igny8TextOptions *opts)
+{
+	bool		has_account = false;
+	int64		account_id = 0;
+
+	memset(opts, 0, sizeof(*opts));
+	opts->timeout_ms = igny8_default_timeout_ms;
+	if (options != NULL)
+	{
+		JsonbIterator *it = igny8_options_begin(options);
+		JsonbValue	v;
+		char	   *key = NULL;
+
+		while (igny8_next_option(&it, &key, &v))
+		{
+			if (strcmp(key, "max_tokens") == 0)
+			{
+				opts->max_tokens = (int) igny8_option_integer(&v, "max_tokens", 1, INT_MAX,
+															  "a positive integer");
+				opts->has_max_tokens = true;
+			}
+			else if (strcmp(key, "temperature") == 0)
+			{
+				opts->temperature = igny8_numeric_double(igny8_option_numeric(&v, "temperature"));
+				check_temperature(opts->temperature);
+				opts->has_temperature = true;
+			}
+			else if (strcmp(key, "timeout") == 0)
+				opts->timeout_ms = igny8_option_timeout_ms(&v);
+			else if (strcmp(key, "account_id") == 0)
+			{
+				account_id = igny8_option_account_id(&v);
+				has_account = true;
+			}
+			else if (allow_system && strcmp(key, "system") == 0)
+			{
+				if (v.type != jbvString)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("option \"system\" must be a string")));
+				opts->system = pnstrdup(v.val.string.val, v.val.string.len);
+			}
+			else if (job == NULL || !igny8_job_option(job, key, &v))
+				igny8_unknown_option(key, allow_system ?
+									 "system, max_tokens, temperature, timeout (seconds) and account_id" :
+									 "max_tokens, temperature, timeout (seconds) and account_id",
+									 job != NULL);
+		}
+	}
+	igny8_resolve_account(has_account, account_id, &opts->has_account,
+						  &opts->account_id);
+}
+
+/* An option no function of this kind knows. */
+void
+igny8_unknown_option(const char *key, const char *valid, bool job)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown option \"%s\"", key),
+			 job ?
+			 errhint("Valid options are %s, and for a submitted job priority, not_before, max_attempts and idempotency_key.", valid) :
+			 errhint("Valid options are %s.", valid)));
+}
+
+/* The normalized request of a chat: its messages, checked, and options. */
+char *
+igny8_chat_request(Jsonb *messages, const Igny8TextOptions *opts)
+{
+	StringInfoData buf;
+	char	   *text;
+
+	igny8_check_jsonb_size(messages, "messages");
+	text = JsonbToCString(NULL, &messages->root, VARSIZE(messages));
+	initStringInfo(&buf);
+	append_messages(&buf, text);
+	append_options(&buf, opts);
+	appendStringInfoChar(&buf, '}');
+	igny8_check_request_size(buf.len);
+	return buf.data;
+}
+
+/*
  * igny8_chat(messages jsonb, model text, options jsonb) returns
  * igny8_completion
  */
@@ -811,15 +964,10 @@ igny8_chat(PG_FUNCTION_ARGS)
 {
 	Igny8Call	call;
 	Igny8Answer ans;
+	Igny8TextOptions opts;
 	TupleDesc	tupdesc;
 	Datum		values[12];
 	bool		nulls[12];
-	bool		has_max_tokens = false;
-	bool		has_temperature = false;
-	int			max_tokens = 0;
-	double		temperature = 0;
-	bool		has_account = false;
-	int64		account_id = 0;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -838,57 +986,14 @@ igny8_chat(PG_FUNCTION_ARGS)
 	memset(&call, 0, sizeof(call));
 	call.task = IGNY8_TASK_CHAT;
 	call.alias = igny8_check_alias(PG_GETARG_TEXT_PP(1));
-	call.timeout_ms = igny8_default_timeout_ms;
-
-	if (!PG_ARGISNULL(2))
-	{
-		JsonbIterator *it = igny8_options_begin(PG_GETARG_JSONB_P(2));
-		JsonbValue	v;
-		char	   *key = NULL;
-
-		while (igny8_next_option(&it, &key, &v))
-		{
-			if (strcmp(key, "max_tokens") == 0)
-			{
-				max_tokens = (int) igny8_option_integer(&v, "max_tokens", 1, INT_MAX,
-														"a positive integer");
-				has_max_tokens = true;
-			}
-			else if (strcmp(key, "temperature") == 0)
-			{
-				temperature = igny8_numeric_double(igny8_option_numeric(&v, "temperature"));
-				check_temperature(temperature);
-				has_temperature = true;
-			}
-			else if (strcmp(key, "timeout") == 0)
-				call.timeout_ms = igny8_option_timeout_ms(&v);
-			else if (strcmp(key, "account_id") == 0)
-			{
-				account_id = igny8_option_account_id(&v);
-				has_account = true;
-			}
-			else
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("unknown option \"%s\"", key),
-						 errhint("Valid options are max_tokens, temperature, timeout (seconds) and account_id.")));
-		}
-	}
-	resolve_account(&call, has_account, account_id);
-
-	{
-		Jsonb	   *msgs = PG_GETARG_JSONB_P(0);
-		char	   *text;
-
-		igny8_check_jsonb_size(msgs, "messages");
-		text = JsonbToCString(NULL, &msgs->root, VARSIZE(msgs));
-		initStringInfo(&call.request);
-		append_messages(&call.request, text);
-	}
-	append_options(&call.request, has_max_tokens, max_tokens,
-				   has_temperature, temperature);
-	appendStringInfoChar(&call.request, '}');
-	igny8_check_request_size(call.request.len);
+	igny8_text_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), false,
+					   NULL, &opts);
+	call.timeout_ms = opts.timeout_ms;
+	call.has_account = opts.has_account;
+	call.account_id = opts.account_id;
+	initStringInfo(&call.request);
+	appendStringInfoString(&call.request,
+						   igny8_chat_request(PG_GETARG_JSONB_P(0), &opts));
 
 	run_call(&call, &ans);
 

@@ -125,7 +125,7 @@ option_choice(JsonbValue *v, const char *name, const char *const *choices,
 }
 
 static void
-parse_options(Igny8ImageCall *call, Jsonb *opts)
+parse_options(Igny8ImageCall *call, Jsonb *opts, Igny8JobOptions *job)
 {
 	static const char *const qualities[] = {"standard", "hd", "low", "medium",
 	"high", "auto", NULL};
@@ -175,20 +175,22 @@ parse_options(Igny8ImageCall *call, Jsonb *opts)
 				account_id = igny8_option_account_id(&v);
 				has_account = true;
 			}
-			else
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("unknown option \"%s\"", key),
-						 errhint("Valid options are negative_prompt, steps, cfg, seed, quality, style, timeout (seconds) and account_id.")));
+			else if (job == NULL || !igny8_job_option(job, key, &v))
+				igny8_unknown_option(key, "negative_prompt, steps, cfg, seed, quality, style, timeout (seconds) and account_id",
+									 job != NULL);
 		}
 	}
 	igny8_resolve_account(has_account, account_id, &call->has_account,
 						  &call->account_id);
 }
 
-/* Check the arguments common to both functions. */
+/*
+ * Check the arguments common to the image functions (job: those of
+ * igny8_submit_image, whose options also say how the job runs).
+ */
 static void
-check_call(FunctionCallInfo fcinfo, Igny8ImageCall *call, int options_arg)
+check_call(FunctionCallInfo fcinfo, Igny8ImageCall *call, int options_arg,
+		   Igny8JobOptions *job)
 {
 	memset(call, 0, sizeof(*call));
 	if (PG_ARGISNULL(0))
@@ -215,7 +217,7 @@ check_call(FunctionCallInfo fcinfo, Igny8ImageCall *call, int options_arg)
 			   &call->height);
 	call->timeout_ms = igny8_default_timeout_ms;
 	parse_options(call, PG_ARGISNULL(options_arg) ? NULL :
-				  PG_GETARG_JSONB_P(options_arg));
+				  PG_GETARG_JSONB_P(options_arg), job);
 }
 
 static int64
@@ -264,6 +266,26 @@ request_json(Igny8ImageCall *call, int64 seed)
 	appendStringInfoChar(&buf, '}');
 	igny8_check_request_size(buf.len);
 	return buf.data;
+}
+
+/*
+ * igny8_submit_image(prompt, model, size, options): the arguments checked
+ * as for igny8_generate_image, and the job's request with its seed.
+ */
+void
+igny8_image_job_request(FunctionCallInfo fcinfo, Igny8JobOptions *job,
+						Igny8Request *req)
+{
+	Igny8ImageCall call;
+
+	check_call(fcinfo, &call, 3, job);
+	req->task = IGNY8_TASK_IMAGE;
+	req->alias = call.alias;
+	req->seed = call.has_seed ? call.seed : random_seed();
+	req->json = request_json(&call, req->seed);
+	req->timeout_ms = call.timeout_ms;
+	req->has_account = call.has_account;
+	req->account_id = call.account_id;
 }
 
 /* One answered slot as an igny8_image row. */
@@ -358,7 +380,7 @@ igny8_generate_image(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	tupdesc = BlessTupleDesc(tupdesc);
-	check_call(fcinfo, &call, 3);
+	check_call(fcinfo, &call, 3, NULL);
 	tuples = make_images(&call, 1, tupdesc);
 	PG_RETURN_DATUM(HeapTupleGetDatum(tuples[0]));
 }
@@ -385,7 +407,7 @@ igny8_generate_images(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("n must be between 1 and %d", IGNY8_MAX_IMAGES),
 				 errdetail("n was %d.", n)));
-	check_call(fcinfo, &call, 4);
+	check_call(fcinfo, &call, 4, NULL);
 
 	InitMaterializedSRF(fcinfo, 0);
 	tuples = make_images(&call, n, rsinfo->setDesc);

@@ -2,8 +2,9 @@
  *
  * extension.c
  *	  Events of the extension's own objects that the workers must hear of:
- *	  a configuration change reaching COMMIT (or COMMIT PREPARED), and DROP
- *	  EXTENSION, which first removes what igny8_ai put into pg_cron.
+ *	  a configuration change or a submitted job reaching COMMIT (or COMMIT
+ *	  PREPARED), a cancelled job's commit, and DROP EXTENSION, which first
+ *	  removes what igny8_ai put into pg_cron.
  *
  * The configuration tables' statement triggers call igny8_config_changed();
  * at COMMIT the transaction callback bumps the configuration generation in
@@ -13,6 +14,12 @@
  * backend since the module is preloaded, bumps the generation after any
  * COMMIT PREPARED.  PREPARE itself forgets the pending change of the
  * session, and a rolled back change is never announced.
+ *
+ * Jobs go the same way: igny8_jobs' statement trigger (any insert, through
+ * the submit functions or not) calls igny8_jobs_submitted(), and the
+ * commit bumps the jobs generation and wakes the workers, which take the
+ * new jobs.  igny8_cancel_job() of a running job tells the worker running
+ * it at commit, so that a cancel rolled back stops nothing.
  *
  *-------------------------------------------------------------------------
  */
@@ -26,14 +33,18 @@
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 
 #include "igny8_ai.h"
 
 PG_FUNCTION_INFO_V1(igny8_config_changed);
+PG_FUNCTION_INFO_V1(igny8_jobs_submitted);
 PG_FUNCTION_INFO_V1(igny8_on_drop_extension);
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static bool config_change_pending = false;
+static bool jobs_pending = false;
+static List *cancels_pending = NIL;	/* job ids, in TopTransactionContext */
 static bool xact_callback_registered = false;
 
 /* Tell every worker that the configuration changed. */
@@ -46,8 +57,44 @@ announce_config_change(void)
 	igny8_wake_all_workers();
 }
 
+/*
+ * Tell the worker running each job whose cancel committed.  A job not
+ * running any more (finished, or its worker died) needs nothing: its row
+ * says cancel_requested, which recovery honours.
+ */
 static void
-config_xact_callback(XactEvent event, void *arg)
+announce_cancels(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, cancels_pending)
+	{
+		int64		id = *(int64 *) lfirst(lc);
+
+		for (int i = 0; i < igny8_shared->nslots; i++)
+		{
+			Igny8Slot  *slot = &igny8_slots[i];
+			int			worker = -1;
+
+			SpinLockAcquire(&slot->mutex);
+			if (slot->job_id == id && slot->state == IGNY8_SLOT_RUNNING)
+			{
+				slot->job_cancel = true;
+				worker = slot->worker;
+			}
+			SpinLockRelease(&slot->mutex);
+			if (worker >= 0)
+			{
+				pg_atomic_write_u32(&igny8_shared->workers[worker].abandons, 1);
+				igny8_wake_worker(worker);
+				break;
+			}
+		}
+	}
+}
+
+static void
+xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
@@ -55,16 +102,32 @@ config_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (config_change_pending)
 				announce_config_change();
-			config_change_pending = false;
+			if (jobs_pending)
+				igny8_jobs_announce();
+			if (cancels_pending != NIL && igny8_shared != NULL)
+				announce_cancels();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			/* COMMIT PREPARED announces it (below), ROLLBACK never */
-			config_change_pending = false;
 			break;
 		default:
-			break;
+			return;
+	}
+	config_change_pending = false;
+	jobs_pending = false;
+	/* the list was in TopTransactionContext, gone with it */
+	cancels_pending = NIL;
+}
+
+static void
+register_xact_callback(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(xact_callback, NULL);
+		xact_callback_registered = true;
 	}
 }
 
@@ -72,12 +135,29 @@ config_xact_callback(XactEvent event, void *arg)
 void
 igny8_config_changed_at_commit(void)
 {
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(config_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
+	register_xact_callback();
 	config_change_pending = true;
+}
+
+/* Jobs were inserted into igny8_jobs: wake the workers at commit. */
+void
+igny8_jobs_queued_at_commit(void)
+{
+	register_xact_callback();
+	jobs_pending = true;
+}
+
+/* A running job was cancelled: tell its worker at commit. */
+void
+igny8_job_cancel_at_commit(int64 id)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	int64	   *p = palloc(sizeof(int64));
+
+	register_xact_callback();
+	*p = id;
+	cancels_pending = lappend(cancels_pending, p);
+	MemoryContextSwitchTo(old);
 }
 
 Datum
@@ -91,12 +171,26 @@ igny8_config_changed(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
+Datum
+igny8_jobs_submitted(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("igny8_jobs_submitted() must be called as a trigger")));
+	igny8_jobs_queued_at_commit();
+	return PointerGetDatum(NULL);
+}
+
 /*
  * After a successful COMMIT PREPARED the prepared transaction's changes
- * are visible; if it changed the configuration, the workers must reload.
+ * are visible; if it changed the configuration, the workers must reload,
+ * and if it submitted jobs, they must take them.
  * Which prepared transactions did is not known here (it may have been
  * prepared before a restart), so every COMMIT PREPARED is announced: a
- * reload costs a worker a few milliseconds.
+ * reload costs a worker a few milliseconds, a look for jobs less.  (A
+ * cancel in a prepared transaction is seen by the worker's periodic look
+ * at its jobs' rows, not at once.)
  */
 static void
 igny8_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
@@ -118,7 +212,10 @@ igny8_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 								params, queryEnv, dest, qc);
 
 	if (commit_prepared)
+	{
 		announce_config_change();
+		igny8_jobs_announce();
+	}
 }
 
 /* Install the hook; called from _PG_init in the postmaster. */

@@ -42,6 +42,9 @@ int			igny8_circuit_threshold = 3;
 int			igny8_circuit_cooldown_ms = 30000;
 int			igny8_health_retention_s = 7 * 24 * 3600;
 int			igny8_payload_memory_kb = 1024 * 1024;
+int			igny8_max_running_jobs = 256;
+int			igny8_max_account_jobs = 128;
+int			igny8_job_retention_s = 7 * 24 * 3600;
 
 void		_PG_init(void);
 static bool check_account_id(char **newval, void **extra, GucSource source);
@@ -200,6 +203,33 @@ _PG_init(void)
 							NULL,
 							&igny8_health_retention_s,
 							7 * 24 * 3600, 60, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("igny8_ai.max_running_jobs",
+							gettext_noop("Submitted jobs the workers run at once, server-wide."),
+							gettext_noop("At most half of igny8_ai.max_in_flight: synchronous calls keep the rest."),
+							&igny8_max_running_jobs,
+							256, 1, 65536,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("igny8_ai.max_running_jobs_per_account",
+							gettext_noop("Submitted jobs of one account the workers run at once."),
+							gettext_noop("Keeps one account from taking every running place; jobs without an account count as one account."),
+							&igny8_max_account_jobs,
+							128, 1, 65536,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("igny8_ai.job_retention",
+							gettext_noop("Age after which the scheduled job deletes finished jobs from igny8_jobs."),
+							NULL,
+							&igny8_job_retention_s,
+							7 * 24 * 3600, 1, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);

@@ -34,6 +34,7 @@
 
 #include "postgres.h"
 
+#include "fmgr.h"
 #include "port/atomics.h"
 #include "storage/spin.h"
 #include "utils/dsa.h"
@@ -122,6 +123,21 @@ typedef struct Igny8Slot
 	double		cost;
 	double		duration_ms;
 	int			attempts;
+
+	/*
+	 * A run of a submitted job (igny8_jobs) has no caller: job_id is its
+	 * id, 0 for a synchronous call.  job_cancel is set by the commit of
+	 * igny8_cancel_job.  What the worker knows of its progress, for
+	 * igny8_job_progress: when and where its current attempt started, and
+	 * ComfyUI's prompt_id and queue number of it.
+	 */
+	int64		job_id;
+	bool		job_cancel;
+	TimestampTz attempt_since;
+	int			attempt_number;
+	char		attempt_provider[IGNY8_NAME_LEN];
+	char		remote_id[40];
+	int64		remote_number;	/* -1: none */
 } Igny8Slot;
 
 /*
@@ -195,6 +211,7 @@ typedef struct Igny8Shared
 	int			nslots;
 	int			nworkers;
 	pg_atomic_uint64 config_generation; /* bumped by config commits */
+	pg_atomic_uint64 jobs_generation;	/* bumped by commits that queued jobs */
 	pg_atomic_uint32 next_worker;	/* round-robin cursor */
 
 	slock_t		free_mutex;
@@ -223,15 +240,22 @@ extern int	igny8_circuit_threshold;
 extern int	igny8_circuit_cooldown_ms;
 extern int	igny8_health_retention_s;
 extern int	igny8_payload_memory_kb;
+extern int	igny8_max_running_jobs;
+extern int	igny8_max_account_jobs;
+extern int	igny8_job_retention_s;
 
 /* shared memory (shmem.c) */
 extern Igny8Shared *igny8_shared;
 extern Igny8Slot *igny8_slots;
 extern int *igny8_free_stack;
 extern int *igny8_queues;		/* nworkers rings of nslots entries */
+/* per backend (pgprocno): the job it waits for in igny8_wait_job, or 0 */
+extern pg_atomic_uint64 *igny8_job_waiters;
+extern int	igny8_nprocs;
 
 extern void igny8_shmem_init(void);
 extern dsa_area *igny8_dsa(void);
+extern int	igny8_slot_take(void);
 extern void igny8_slot_release(int slotno);
 extern bool igny8_queue_push(int worker, int slotno);
 extern int	igny8_queue_pop(int worker);
@@ -245,7 +269,49 @@ extern dsa_pointer igny8_pack_strings(dsa_area *area, int n,
 extern int	igny8_unpack_strings(dsa_area *area, dsa_pointer dp, int n,
 								 char **strs);
 extern dsa_pointer igny8_dsa_strdup(dsa_area *area, const char *s, Size len);
+/* A request checked and normalized by a SQL function, not yet sent. */
+typedef struct Igny8Request
+{
+	Igny8Task	task;
+	const char *alias;
+	char	   *json;			/* normalized request, database encoding */
+	int			timeout_ms;
+	bool		has_account;
+	int64		account_id;
+	int64		seed;			/* images: the seed chosen */
+} Igny8Request;
+
+/* The options of a text or chat call, checked. */
+typedef struct Igny8TextOptions
+{
+	bool		has_max_tokens;
+	int			max_tokens;
+	bool		has_temperature;
+	double		temperature;
+	char	   *system;			/* the system prompt, or NULL */
+	int			timeout_ms;
+	bool		has_account;	/* resolved: the option, or the setting */
+	int64		account_id;
+} Igny8TextOptions;
+
+/* The options that say how a submitted job runs (submit.c). */
+typedef struct Igny8JobOptions
+{
+	bool		interactive;	/* priority "interactive" */
+	bool		has_not_before;
+	TimestampTz not_before;
+	int			max_attempts;
+	char	   *idempotency_key;
+} Igny8JobOptions;
+
 /* dispatch.c: argument checks shared by the SQL functions */
+extern char *igny8_check_prompt(text *arg);
+extern void igny8_text_options(Jsonb *options, bool allow_system,
+							   Igny8JobOptions *job, Igny8TextOptions *opts);
+extern void igny8_unknown_option(const char *key, const char *valid, bool job);
+extern char *igny8_text_request(const char *prompt,
+								const Igny8TextOptions *opts);
+extern char *igny8_chat_request(Jsonb *messages, const Igny8TextOptions *opts);
 extern const char *igny8_check_alias(text *model);
 extern bool igny8_is_blank(const char *s);
 extern void igny8_check_request_size(int len);
@@ -260,6 +326,7 @@ extern JsonbIterator *igny8_options_begin(Jsonb *opts);
 extern bool igny8_next_option(JsonbIterator **it, char **key, JsonbValue *v);
 extern int	igny8_option_timeout_ms(JsonbValue *v);
 extern int64 igny8_option_account_id(JsonbValue *v);
+
 extern dsa_pointer igny8_pack_blob(dsa_area *area, const char *data, Size len,
 								   int n, const char *const *strs);
 extern struct varlena *igny8_unpack_blob(dsa_area *area, dsa_pointer dp,
@@ -278,15 +345,39 @@ extern int	igny8_place_waiting(int provider);
 extern int	igny8_submit(Igny8Task task, const char *alias, const char *request,
 						 int timeout_ms, bool has_account, int64 account_id,
 						 const pg_uuid_t *request_id);
+extern void igny8_check_free_slots(int n);
 extern void igny8_wait(const int *slots, int n);
 extern void igny8_release_slot(int slotno);
 extern void igny8_abandon_all(void);
 extern void igny8_report_slot_error(int slotno);
+
+/* A failed slot's error, read without raising it (igny8_slot_error). */
+typedef struct Igny8SlotError
+{
+	int			sqlerrcode;
+	char	   *message;
+	char	   *detail;			/* NULL if none */
+	char	   *hint;			/* NULL if none */
+} Igny8SlotError;
+
+extern void igny8_slot_error(int slotno, Igny8SlotError *err);
 extern void igny8_new_request_id(pg_uuid_t *id);
+
+/* dispatch_image.c */
+extern void igny8_image_job_request(FunctionCallInfo fcinfo,
+									Igny8JobOptions *job, Igny8Request *req);
+
+/* submit.c */
+extern bool igny8_job_option(Igny8JobOptions *job, const char *key,
+							 JsonbValue *v);
+extern void igny8_jobs_announce(void);
+extern void igny8_wake_job_waiters(const int64 *ids, int n);
 
 /* extension.c */
 extern void igny8_extension_hooks_init(void);
 extern void igny8_config_changed_at_commit(void);
+extern void igny8_jobs_queued_at_commit(void);
+extern void igny8_job_cancel_at_commit(int64 id);
 
 /* health.c */
 extern int	igny8_provider_index(const char *id, bool create);

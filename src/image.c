@@ -508,6 +508,7 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 					/* the prompt is ComfyUI's now: poll for it */
 					if (accepted != NULL && strcmp(accepted, job->prompt_id) != 0)
 						job->prompt_id = accepted;
+					igny8_job_note_progress(job);
 					igny8_http_free(t);
 					job->step = IGNY8_STEP_POLL;
 					job->state = JOB_POLL_WAIT;

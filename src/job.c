@@ -125,6 +125,7 @@ igny8_job_create(int slotno)
 	job->deadline = slot->deadline;
 	job->started = GetCurrentTimestamp();
 	job->request_json = pstrdup(dsa_get_address(igny8_dsa(), slot->request));
+	job->job_id = slot->job_id;
 	job->holding = -1;
 	job->state = JOB_READY;
 	dlist_push_tail(&igny8_jobs, &job->node);
@@ -443,6 +444,28 @@ start_attempt(Igny8Job *job, TimestampTz now)
 	job->attempt_deadline = TimestampTzPlusMilliseconds(now, d->timeout_ms);
 	job->attempt_deadline = Min(job->attempt_deadline, job->deadline);
 	ops->start(job, now);
+	igny8_job_note_progress(job);
+}
+
+/*
+ * A submitted job's progress, for igny8_job_progress(): its current
+ * attempt (where, since when) and ComfyUI's prompt_id of it.
+ */
+void
+igny8_job_note_progress(Igny8Job *job)
+{
+	Igny8Slot  *slot = &igny8_slots[job->slotno];
+
+	if (job->job_id == 0 || job->cands == NULL || job->state == JOB_FINISHED)
+		return;
+	SpinLockAcquire(&slot->mutex);
+	slot->attempt_since = job->attempt_start;
+	slot->attempt_number = list_length(job->attempts) + 1;
+	strlcpy(slot->attempt_provider, job->cands[job->cand]->provider->id,
+			IGNY8_NAME_LEN);
+	strlcpy(slot->remote_id, job->prompt_id ? job->prompt_id : "",
+			sizeof(slot->remote_id));
+	SpinLockRelease(&slot->mutex);
 }
 
 static bool
@@ -908,8 +931,18 @@ igny8_job_publish(Igny8Job *job)
 	char		provider[IGNY8_NAME_LEN] = "";
 	char		model_used[IGNY8_MODEL_LEN] = "";
 	char		finish_reason[32] = "";
-	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+	MemoryContext old;
 
+	/* a submitted job's outcome is in its row (jobtable.c) */
+	if (job->job_id != 0)
+	{
+		igny8_jobs_published(job);
+		pg_atomic_fetch_add_u64(&igny8_shared->workers[igny8_worker_index].served, 1);
+		forget(job);
+		return;
+	}
+
+	old = MemoryContextSwitchTo(job->cxt);
 	if (!job->abandoned)
 	{
 		if (job->success && job->task == IGNY8_TASK_HEALTH)

@@ -11,7 +11,8 @@
  * died are given back rather than leaked.
  *
  * A request that finds no free place joins the provider's wait queue, a
- * list threaded through the slots (wait_prev, wait_next); it may take a
+ * list threaded through the slots (wait_prev, wait_next), synchronous
+ * calls ahead of the runs of submitted jobs; it may take a
  * place once it is among the first (max_concurrent - in flight) of the
  * queue.  Whoever frees a place wakes the workers of the requests that may
  * now take one.  A request leaves the queue when it takes a place, gives
@@ -35,20 +36,35 @@ in_flight_locked(int provider)
 	return n;
 }
 
-/* Append a slot to a provider's queue.  Needs the provider's mutex. */
+/*
+ * Add a slot to a provider's queue: a synchronous call goes before the
+ * first run of a submitted job, which goes last.  Needs the provider's
+ * mutex.
+ */
 static void
 enqueue_locked(Igny8ProviderShared *p, int provider, int slotno)
 {
 	Igny8Slot  *slot = &igny8_slots[slotno];
+	int			before = -1;	/* the slot it goes before, -1: the end */
 
+	if (slot->job_id == 0)
+	{
+		for (before = p->wait_head; before >= 0;
+			 before = igny8_slots[before].wait_next)
+			if (igny8_slots[before].job_id != 0)
+				break;
+	}
 	slot->wait_provider = provider;
-	slot->wait_next = -1;
-	slot->wait_prev = p->wait_tail;
-	if (p->wait_tail >= 0)
-		igny8_slots[p->wait_tail].wait_next = slotno;
+	slot->wait_next = before;
+	slot->wait_prev = (before >= 0) ? igny8_slots[before].wait_prev : p->wait_tail;
+	if (slot->wait_prev >= 0)
+		igny8_slots[slot->wait_prev].wait_next = slotno;
 	else
 		p->wait_head = slotno;
-	p->wait_tail = slotno;
+	if (before >= 0)
+		igny8_slots[before].wait_prev = slotno;
+	else
+		p->wait_tail = slotno;
 	p->nwaiting++;
 }
 
@@ -113,28 +129,28 @@ igny8_place_take(int worker, int provider, int slotno)
 	Igny8Slot  *slot = &igny8_slots[slotno];
 	bool		taken = false;
 	int			nfree;
+	int			pos = 0;
 
 	/* a request waits on one provider at a time (see igny8_place_leave_queue) */
 	Assert(slot->wait_provider < 0 || slot->wait_provider == provider);
 	SpinLockAcquire(&p->mutex);
 	nfree = p->max_concurrent - in_flight_locked(provider);
-	if (slot->wait_provider < 0)
-	{
-		/*
-		 * Free places beyond those the queue's requests may take are this
-		 * one's to take (joining the queue, it would be among the first
-		 * nfree, with nobody left to wake it).
-		 */
-		if (nfree > p->nwaiting)
-			taken = true;
-		else
-			enqueue_locked(p, provider, slotno);
-	}
+	/*
+	 * Free places beyond those the queue's requests may take are a new
+	 * request's to take (joining the queue, it would be among the first
+	 * nfree, with nobody left to wake it).
+	 */
+	if (slot->wait_provider < 0 && nfree > p->nwaiting)
+		taken = true;
 	else
 	{
+		/*
+		 * A synchronous call joins ahead of the jobs' runs, perhaps among
+		 * the first nfree at once.
+		 */
+		if (slot->wait_provider < 0)
+			enqueue_locked(p, provider, slotno);
 		/* among the first nfree of the queue? */
-		int			pos = 0;
-
 		for (int s = p->wait_head; s >= 0 && pos < nfree;
 			 s = igny8_slots[s].wait_next, pos++)
 		{

@@ -14,6 +14,7 @@
  */
 #include "postgres.h"
 
+#include "access/twophase.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -31,6 +32,8 @@ Igny8Shared *igny8_shared = NULL;
 Igny8Slot  *igny8_slots = NULL;
 int		   *igny8_free_stack = NULL;
 int		   *igny8_queues = NULL;
+pg_atomic_uint64 *igny8_job_waiters = NULL;
+int			igny8_nprocs = 0;
 static void *igny8_dsa_place = NULL;
 static dsa_area *igny8_dsa_area = NULL;
 
@@ -58,6 +61,14 @@ queues_size(void)
 	return mul_size(mul_size(igny8_nworkers, igny8_max_in_flight), sizeof(int));
 }
 
+/* One entry per PGPROC: MaxBackends is known when shared memory is sized. */
+static Size
+waiters_size(void)
+{
+	return mul_size(MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts,
+					sizeof(pg_atomic_uint64));
+}
+
 /* Install the hooks; called from _PG_init in the postmaster. */
 void
 igny8_shmem_init(void)
@@ -78,6 +89,7 @@ igny8_shmem_request(void)
 	RequestAddinShmemSpace(MAXALIGN(slots_size()));
 	RequestAddinShmemSpace(MAXALIGN(free_stack_size()));
 	RequestAddinShmemSpace(MAXALIGN(queues_size()));
+	RequestAddinShmemSpace(MAXALIGN(waiters_size()));
 	RequestAddinShmemSpace(MAXALIGN(IGNY8_DSA_INITIAL_SIZE));
 }
 
@@ -90,6 +102,9 @@ init_shared(void)
 	igny8_shared->nslots = igny8_max_in_flight;
 	igny8_shared->nworkers = igny8_nworkers;
 	pg_atomic_init_u64(&igny8_shared->config_generation, 1);
+	pg_atomic_init_u64(&igny8_shared->jobs_generation, 0);
+	for (int i = 0; i < igny8_nprocs; i++)
+		pg_atomic_init_u64(&igny8_job_waiters[i], 0);
 	pg_atomic_init_u32(&igny8_shared->next_worker, 0);
 	SpinLockInit(&igny8_shared->free_mutex);
 	SpinLockInit(&igny8_shared->providers_mutex);
@@ -158,6 +173,9 @@ igny8_shmem_startup(void)
 								   &found_other);
 	igny8_dsa_place = ShmemInitStruct("igny8_ai dsa", IGNY8_DSA_INITIAL_SIZE,
 									  &found_other);
+	igny8_nprocs = MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+	igny8_job_waiters = ShmemInitStruct("igny8_ai job waiters", waiters_size(),
+										&found_other);
 	if (!found)
 		init_shared();
 	LWLockRelease(AddinShmemInitLock);
@@ -183,6 +201,30 @@ igny8_dsa(void)
 }
 
 /*
+ * Take a free slot (FILLING, for its taker to fill), or -1 when every slot
+ * is in use.
+ */
+int
+igny8_slot_take(void)
+{
+	int			slotno = -1;
+	Igny8Slot  *slot;
+
+	SpinLockAcquire(&igny8_shared->free_mutex);
+	if (igny8_shared->nfree > 0)
+		slotno = igny8_free_stack[--igny8_shared->nfree];
+	SpinLockRelease(&igny8_shared->free_mutex);
+	if (slotno < 0)
+		return -1;
+	slot = &igny8_slots[slotno];
+	SpinLockAcquire(&slot->mutex);
+	Assert(slot->state == IGNY8_SLOT_FREE);
+	slot->state = IGNY8_SLOT_FILLING;
+	SpinLockRelease(&slot->mutex);
+	return slotno;
+}
+
+/*
  * Free a slot's payloads and put it back on the free list.  The caller owns
  * the slot (it is DONE and read, or ABANDONED and seen by the worker).
  */
@@ -201,6 +243,8 @@ igny8_slot_release(int slotno)
 
 	SpinLockAcquire(&slot->mutex);
 	slot->state = IGNY8_SLOT_FREE;
+	slot->job_id = 0;
+	slot->job_cancel = false;
 	SpinLockRelease(&slot->mutex);
 
 	SpinLockAcquire(&igny8_shared->free_mutex);

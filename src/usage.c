@@ -6,8 +6,9 @@
  *	  given its answer.
  *
  * Each loop iteration, igny8_usage_flush() writes the rows of every
- * attempt that ended since the last one, and the NOTIFY payloads of the
- * health changes it saw, in one transaction: one commit (one WAL flush)
+ * attempt that ended since the last one, the outcome of the submitted jobs
+ * that finished (jobtable.c), and the NOTIFY payloads of the health
+ * changes it saw, in one transaction: one commit (one WAL flush)
  * covers all the answers of the iteration.  The insert is prepared once
  * and kept for the worker's life.  Strings are converted from the
  * worker's UTF-8 to the database encoding here.
@@ -160,7 +161,7 @@ anything_to_write(void)
 {
 	dlist_iter	iter;
 
-	if (igny8_pending_notifies != NIL)
+	if (igny8_pending_notifies != NIL || igny8_jobs_to_write())
 		return true;
 	dlist_foreach(iter, &igny8_jobs)
 	{
@@ -249,14 +250,17 @@ igny8_usage_flush(Igny8Config *config)
 					 errmsg("extension \"igny8_ai\" is not installed")));
 		dlist_foreach(iter, &igny8_jobs)
 			insert_job_rows(config, dlist_container(Igny8Job, node, iter.cur));
+		igny8_jobs_write(config);
 		foreach(lc, igny8_pending_notifies)
 			Async_Notify("igny8_ai_health", (char *) lfirst(lc));
 		igny8_worker_commit();
+		igny8_jobs_flushed(true);
 	}
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(cxt);
 		igny8_worker_recover();
+		igny8_jobs_flushed(false);
 		/* the rows are lost; say so to the callers rather than loop */
 		dlist_foreach(iter, &igny8_jobs)
 		{

@@ -294,6 +294,7 @@ work_waiting(void)
 	if (pg_atomic_read_u32(&me->wakeup) != 0 ||
 		pg_atomic_read_u32(&me->abandons) != 0 ||
 		shutdown_requested || ConfigReloadPending ||
+		(config != NULL && igny8_jobs_due(GetCurrentTimestamp())) ||
 		pg_atomic_read_u64(&igny8_shared->config_generation) != config_generation ||
 		!igny8_queue_empty(igny8_worker_index))
 		return true;
@@ -319,12 +320,17 @@ check_abandoned(void)
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 		Igny8Slot  *slot = &igny8_slots[job->slotno];
 		bool		gone;
+		bool		cancel;
 
 		if (job->abandoned)
 			continue;
 		SpinLockAcquire(&slot->mutex);
 		gone = (slot->state == IGNY8_SLOT_ABANDONED);
+		cancel = slot->job_cancel;
 		SpinLockRelease(&slot->mutex);
+		/* a submitted job's cancel is read from its row (jobtable.c) */
+		if (cancel && !job->job_cancelled)
+			igny8_jobs_cancel_seen();
 		if (gone)
 		{
 			igny8_job_abort(job, "cancelled by the caller");
@@ -345,6 +351,7 @@ publish_finished(void)
 		if (job->state == JOB_FINISHED)
 			igny8_job_publish(job);
 	}
+	igny8_jobs_wake_waiters();
 	MemoryContextSwitchTo(loop_cxt);
 }
 
@@ -370,6 +377,13 @@ recover_orphans(void)
 		mine = (slot->worker == igny8_worker_index && slot->claimed);
 		sent = slot->sent;
 		procno = slot->caller_procno;
+		if (mine && slot->job_id != 0 && state != IGNY8_SLOT_FREE)
+		{
+			/* a run of a submitted job: its row is taken back (jobtable.c) */
+			SpinLockRelease(&slot->mutex);
+			igny8_slot_release(i);
+			continue;
+		}
 		if (mine && state == IGNY8_SLOT_RUNNING && !sent)
 		{
 			slot->state = IGNY8_SLOT_QUEUED;
@@ -426,11 +440,27 @@ stop_gracefully(void)
 	dlist_mutable_iter miter;
 	int			requeued = 0;
 	int			interrupted = 0;
+	List	   *unsent = NIL;
 
 	dlist_foreach_modify(miter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, miter.cur);
 
+		if (job->job_id != 0)
+		{
+			/* a submitted job: its row goes back to the queue */
+			if (job->state != JOB_FINISHED && !igny8_job_sent(job))
+			{
+				unsent = lappend(unsent, &job->job_id);
+				requeued++;
+			}
+			else if (job->state != JOB_FINISHED)
+				interrupted++;
+			if (job->state != JOB_FINISHED)
+				igny8_job_abort(job, "interrupted: the igny8_ai worker was stopped");
+			job->job_lost = true;
+			continue;
+		}
 		if (job->state == JOB_FINISHED)
 			continue;
 		if (!igny8_job_sent(job))
@@ -446,6 +476,7 @@ stop_gracefully(void)
 	}
 	MemoryContextSwitchTo(loop_cxt);
 	igny8_usage_flush(config);
+	igny8_jobs_stop(config, unsent);
 	publish_finished();
 	/* the requests queued again are taken by the others at once */
 	mark_stopped();
@@ -483,6 +514,8 @@ wait_timeout(void)
 		return 0;
 	if (http_ms >= 0)
 		timeout = Min(timeout, http_ms);
+	if (config != NULL)
+		timeout = Min(timeout, ms_until(now, igny8_jobs_next_due()));
 	if (config_error != NULL)
 		timeout = Min(timeout,
 					  ms_until(now, TimestampTzPlusMilliseconds(config_tried_at,
@@ -643,6 +676,8 @@ igny8_worker_main(Datum main_arg)
 		for (int i = 0; i < nnew; i++)
 			igny8_job_route(igny8_job_create(newslots[i]), config,
 							config_error);
+		MemoryContextSwitchTo(loop_cxt);
+		igny8_jobs_take(config);
 		MemoryContextSwitchTo(loop_cxt);
 
 		check_abandoned();

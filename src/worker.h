@@ -251,6 +251,12 @@ typedef struct Igny8Job
 	List	   *attempts;		/* of Igny8Attempt */
 	bool		abandoned;
 
+	/* a run of a submitted job (jobtable.c), else job_id is 0 */
+	int64		job_id;
+	bool		job_cancelled;	/* stopped by igny8_cancel_job */
+	bool		job_lost;		/* its row is left to recovery */
+	bool		job_written;	/* its outcome is in its row, committed */
+
 	/* outcome */
 	bool		success;
 	int			sqlerrcode;
@@ -361,6 +367,19 @@ extern bool igny8_image_parse_request(Igny8Job *job, const char *json);
 extern void igny8_image_cleanup_done(Igny8Transfer *t);
 extern void igny8_image_finish_cleanups(int max_ms);
 extern void igny8_image_forget(Igny8Job *job);
+
+/* jobtable.c: submitted jobs, taken from igny8_jobs and written back */
+extern bool igny8_jobs_due(TimestampTz now);
+extern TimestampTz igny8_jobs_next_due(void);
+extern void igny8_jobs_take(Igny8Config *config);
+extern void igny8_jobs_cancel_seen(void);
+extern bool igny8_jobs_to_write(void);
+extern void igny8_jobs_write(Igny8Config *config);
+extern void igny8_jobs_flushed(bool committed);
+extern void igny8_jobs_published(Igny8Job *job);
+extern void igny8_jobs_wake_waiters(void);
+extern void igny8_jobs_stop(Igny8Config *config, List *unsent);
+extern void igny8_job_note_progress(Igny8Job *job);
 
 /* worker.c: the worker's transactions */
 extern void igny8_worker_begin(const char *what);

@@ -1,0 +1,227 @@
+--
+-- jobs: submitted jobs run after the submitting transaction commits, never
+-- after a rollback; idempotency; cancel (queued and running); waiting in
+-- the submitting transaction; batches; not_before; retention; row-level
+-- security; bad input for every argument
+--
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
+TRUNCATE ai_usage_log;
+TRUNCATE igny8_jobs RESTART IDENTITY;
+
+-- a submit runs after commit, not before
+BEGIN;
+SELECT igny8_submit_text('Job one [[sim ollama:tag=j1]]', 'gpt-4') AS j1 \gset
+SELECT state, kind, model_alias, attempts, priority, max_attempts FROM igny8_jobs WHERE id = :j1;
+-- waiting for it here cannot work: it starts when this commits
+SELECT show_error(format('SELECT igny8_wait_job(%s)', :j1));
+COMMIT;
+SELECT state, provider, content IS NOT NULL AS has_content, attempts, error_code
+  FROM igny8_wait_job(:j1, '30 s');
+SELECT line AS j1_requests FROM sim('log --tag j1 --count') AS line;
+-- its attempt is in ai_usage_log under the job's request_id
+SELECT u.provider, u.success, u.task_type
+  FROM ai_usage_log u JOIN igny8_jobs j ON j.request_id = u.request_id WHERE j.id = :j1;
+SELECT started_at >= created_at AND finished_at >= started_at AS timed,
+       duration_ms > 0 AS has_duration, input_tokens > 0 AS has_tokens,
+       finish_reason, progress
+  FROM igny8_job(:j1);
+
+-- a rolled back submit is never sent: a later job has been, it has not
+BEGIN;
+SELECT igny8_submit_text('Never [[sim ollama:tag=j2]]', 'gpt-4') IS NOT NULL AS submitted;
+ROLLBACK;
+SELECT igny8_submit_text('After the rollback [[sim ollama:tag=j3]]', 'gpt-4') AS j3 \gset
+SELECT state FROM igny8_wait_job(:j3, '30 s');
+SELECT line AS j2_requests FROM sim('log --tag j2 --count') AS line;
+SELECT count(*) AS rolled_back_rows FROM igny8_jobs WHERE request->>'messages' LIKE '%Never%';
+
+-- idempotency: the same key gives the first job, and one request
+SELECT igny8_submit_text('Once [[sim ollama:tag=j4]]', 'gpt-4', '{"idempotency_key": "article-42"}') AS k1 \gset
+SELECT igny8_submit_text('Once [[sim ollama:tag=j4]]', 'gpt-4', '{"idempotency_key": "article-42"}') AS k2 \gset
+SELECT :k1 = :k2 AS same_job;
+SELECT state FROM igny8_wait_job(:k1, '30 s');
+SELECT igny8_submit_text('Once more', 'gpt-4', '{"idempotency_key": "article-42"}') = :k1 AS same_after_finish;
+SELECT line AS j4_requests FROM sim('log --tag j4 --count') AS line;
+SELECT count(*) AS keyed_rows FROM igny8_jobs WHERE idempotency_key = 'article-42';
+
+-- cancelling a queued job: it never starts
+BEGIN;
+SELECT igny8_submit_text('Cancelled early [[sim ollama:tag=j5]]', 'gpt-4') AS j5 \gset
+SELECT igny8_cancel_job(:j5) AS cancelled;
+COMMIT;
+SELECT state, error_code, error_message, attempts FROM igny8_job(:j5);
+SELECT igny8_submit_text('After the cancel [[sim ollama:tag=j6]]', 'gpt-4') AS j6 \gset
+SELECT state FROM igny8_wait_job(:j6, '30 s');
+SELECT line AS j5_requests FROM sim('log --tag j5 --count') AS line;
+-- cancelling it again, or a finished job: false
+SELECT igny8_cancel_job(:j5) AS again, igny8_cancel_job(:j1) AS finished;
+
+-- cancelling a running job: its transfer is aborted, its attempt logged
+SELECT igny8_submit_text('Cancelled late [[sim ollama:delay=30 tag=j7]]', 'gpt-4') AS j7 \gset
+SELECT sim_wait_arrival('j7');
+SELECT state, (progress->>'sent')::boolean AS sent, progress->>'provider' AS provider,
+       progress->>'attempt' AS attempt
+  FROM igny8_job(:j7);
+SELECT igny8_cancel_job(:j7) AS cancelled;
+SELECT state, error_code, error_message, provider FROM igny8_wait_job(:j7, '30 s');
+SELECT sim_wait_disconnect('j7');
+SELECT u.success, u.error_message
+  FROM ai_usage_log u JOIN igny8_jobs j ON j.request_id = u.request_id WHERE j.id = :j7;
+
+-- a cancel rolled back stops nothing
+SELECT igny8_submit_text('Kept [[sim ollama:delay=1 tag=j8]]', 'gpt-4') AS j8 \gset
+SELECT sim_wait_arrival('j8');
+BEGIN;
+SELECT igny8_cancel_job(:j8) AS cancelled;
+ROLLBACK;
+SELECT w.state, j.cancel_requested FROM igny8_wait_job(:j8, '30 s') w JOIN igny8_jobs j USING (id);
+
+-- a failed job: its error, every attempt in ai_usage_log
+SELECT igny8_submit_text('Refused [[sim ollama:status=400 openai:status=400 anthropic:status=400]]', 'gpt-4',
+                         '{"max_attempts": 1}') AS jf \gset
+SELECT state, error_code, error_message, attempts, content FROM igny8_wait_job(:jf, '30 s');
+
+-- not_before: queued until then
+SELECT igny8_submit_text('Later [[sim ollama:tag=j9]]', 'gpt-4',
+                         jsonb_build_object('not_before', now() + interval '2 s')) AS j9 \gset
+SELECT state FROM igny8_job(:j9);
+SELECT state, started_at >= not_before AS not_early FROM igny8_wait_job(:j9, '30 s');
+
+-- a timeout that passes returns the job as it stands
+SELECT igny8_submit_text('Not yet', 'gpt-4', '{"not_before": "2999-01-01"}') AS j10 \gset
+SELECT state FROM igny8_wait_job(:j10, '0.2 s');
+SELECT igny8_cancel_job(:j10) AS cancelled;
+
+-- chat and image jobs
+SELECT igny8_submit_chat('[{"role": "user", "content": "Hi [[sim ollama:tag=j11]]"}]',
+                         'gpt-4', '{"max_tokens": 50, "priority": "interactive"}') AS j11 \gset
+SELECT state, content IS NOT NULL AS has_content, kind, priority FROM igny8_wait_job(:j11, '30 s');
+SELECT igny8_submit_image('A lighthouse [[sim comfyui:tag=j12]]', 'dall-e-2', '512x512', '{"seed": 7}') AS j12 \gset
+SELECT state, kind, provider, width, height, seed, substring(image from 2 for 3) AS png,
+       length(image) > 100 AS has_image
+  FROM igny8_wait_job(:j12, '60 s');
+
+-- a batch: one job per prompt, ids in order, every prompt checked first
+SELECT igny8_submit_batch(ARRAY['First [[sim ollama:tag=b1]]', 'Second [[sim ollama:tag=b2]]',
+                                'Third [[sim ollama:tag=b3]]'], 'gpt-4', '{"max_tokens": 20}') AS batch \gset
+SELECT ord, w.state, w.content IS NOT NULL AS has_content
+  FROM unnest(:'batch'::bigint[]) WITH ORDINALITY AS b(id, ord), igny8_wait_job(b.id, '30 s') w
+ ORDER BY ord;
+SELECT j.request->'messages'->0->>'content' AS prompt
+  FROM unnest(:'batch'::bigint[]) WITH ORDINALITY AS b(id, ord) JOIN igny8_jobs j ON j.id = b.id
+ ORDER BY ord;
+SELECT array_length(igny8_submit_batch(ARRAY['a', 'b'], 'gpt-4', '{"idempotency_key": "batch-1", "not_before": "2999-01-01"}'), 1) AS n,
+       igny8_submit_batch(ARRAY['a', 'b'], 'gpt-4', '{"idempotency_key": "batch-1"}')
+       = igny8_submit_batch(ARRAY['x', 'y'], 'gpt-4', '{"idempotency_key": "batch-1"}') AS same_ids;
+SELECT idempotency_key FROM igny8_jobs WHERE idempotency_key LIKE 'batch-1:%' ORDER BY 1;
+
+-- bad input: an error each, and no job queued
+SELECT count(*) AS jobs_before FROM igny8_jobs \gset
+SELECT show_error('SELECT igny8_submit_text(NULL)');
+SELECT show_error('SELECT igny8_submit_text(''  '')');
+SELECT show_error('SELECT igny8_submit_text(''x'', NULL)');
+SELECT show_error('SELECT igny8_submit_text(''x'', '''')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''[1]'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"colour": 1}'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"priority": "urgent"}'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"priority": 1}'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"not_before": "soon"}'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"not_before": "infinity"}'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"max_attempts": 0}'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"max_attempts": 101}'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"max_attempts": 1.5}'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"idempotency_key": " "}'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"idempotency_key": 7}'')');
+SELECT show_error(format('SELECT igny8_submit_text(''x'', ''gpt-4'', %L)',
+                         jsonb_build_object('idempotency_key', repeat('k', 201))));
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"timeout": -1}'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"account_id": -1}'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"system": 1}'')');
+SELECT show_error('SELECT igny8_submit_chat(NULL)');
+SELECT show_error('SELECT igny8_submit_chat(''[]'')');
+SELECT show_error('SELECT igny8_submit_chat(''[{"role": "user"}]'')');
+SELECT show_error('SELECT igny8_submit_chat(''[{"role": "user", "content": "x"}]'', ''gpt-4'', ''{"system": "s"}'')');
+SELECT show_error('SELECT igny8_submit_image(NULL)');
+SELECT show_error('SELECT igny8_submit_image(''x'', ''dall-e-3'', ''huge'')');
+SELECT show_error('SELECT igny8_submit_image(''x'', ''dall-e-3'', ''1024x1024'', ''{"steps": 0}'')');
+SELECT show_error('SELECT igny8_submit_image(''x'', ''dall-e-3'', ''1024x1024'', ''{"max_attempts": "3"}'')');
+SELECT show_error('SELECT igny8_submit_batch(NULL)');
+SELECT show_error('SELECT igny8_submit_batch(''{}'')');
+SELECT show_error('SELECT igny8_submit_batch(ARRAY[''a'', NULL])');
+SELECT igny8_submit_batch(ARRAY['a', ' ']);
+SELECT show_error('SELECT igny8_submit_batch(ARRAY[[''a''], [''b'']])');
+SELECT show_error('SELECT igny8_submit_batch(ARRAY[''a''], NULL)');
+SELECT show_error('SELECT igny8_submit_batch(ARRAY[''a''], ''gpt-4'', ''{"idempotency_key": "' || repeat('k', 195) || '"}'')');
+SELECT show_error('SELECT igny8_job(NULL)');
+SELECT show_error('SELECT igny8_job(-1)');
+SELECT show_error('SELECT igny8_wait_job(NULL)');
+SELECT show_error('SELECT igny8_wait_job(-1)');
+SELECT show_error(format('SELECT igny8_wait_job(%s, ''-1 s'')', :j1));
+SELECT show_error('SELECT igny8_cancel_job(NULL)');
+SELECT show_error('SELECT igny8_cancel_job(-1)');
+SELECT count(*) - :jobs_before AS jobs_added FROM igny8_jobs;
+
+-- waiting in a REPEATABLE READ transaction cannot see the job finish
+SELECT igny8_submit_text('Repeatable [[sim ollama:delay=1]]', 'gpt-4') AS jr \gset
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT show_error(format('SELECT igny8_wait_job(%s)', :jr));
+COMMIT;
+SELECT state FROM igny8_wait_job(:jr, '30 s');
+
+-- a prepared transaction's jobs run at COMMIT PREPARED
+BEGIN;
+SELECT igny8_submit_text('Prepared [[sim ollama:tag=jp]]', 'gpt-4') AS jp \gset
+PREPARE TRANSACTION 'igny8_jobs_test';
+SELECT line AS jp_requests_before FROM sim('log --tag jp --count') AS line;
+COMMIT PREPARED 'igny8_jobs_test';
+SELECT state FROM igny8_wait_job(:jp, '30 s');
+
+-- row-level security: a role sees and cancels only its own jobs
+CREATE ROLE igny8_jobs_a LOGIN;
+CREATE ROLE igny8_jobs_b LOGIN;
+CREATE ROLE igny8_jobs_none LOGIN;
+SELECT igny8_grant_usage('igny8_jobs_a');
+SELECT igny8_grant_usage('igny8_jobs_b');
+SET ROLE igny8_jobs_none;
+SELECT show_error('SELECT igny8_submit_text(''x'')');
+RESET ROLE;
+SET ROLE igny8_jobs_a;
+SELECT igny8_submit_text('Mine [[sim ollama:tag=ja]]', 'gpt-4', '{"not_before": "2999-01-01"}') AS ja \gset
+SELECT count(*) AS a_sees FROM igny8_jobs;
+SELECT state FROM igny8_job(:ja);
+RESET ROLE;
+SET ROLE igny8_jobs_b;
+SELECT count(*) AS b_sees FROM igny8_jobs;
+SELECT show_error(format('SELECT igny8_job(%s)', :ja));
+SELECT show_error(format('SELECT igny8_cancel_job(%s)', :ja));
+SELECT show_error(format('SELECT igny8_wait_job(%s)', :ja));
+-- the same idempotency key is another role's own
+SELECT igny8_submit_text('Theirs', 'gpt-4', '{"idempotency_key": "article-42", "not_before": "2999-01-01"}') <> :k1 AS own_key;
+SELECT show_error('UPDATE igny8_jobs SET state = ''succeeded''');
+RESET ROLE;
+SET ROLE igny8_jobs_a;
+SELECT igny8_cancel_job(:ja) AS a_cancels;
+RESET ROLE;
+SELECT submitted_by, state FROM igny8_jobs WHERE id = :ja;
+DELETE FROM igny8_jobs WHERE submitted_by IN ('igny8_jobs_a'::regrole, 'igny8_jobs_b'::regrole);
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM igny8_jobs_a, igny8_jobs_b;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM igny8_jobs_a, igny8_jobs_b;
+REVOKE ALL ON SCHEMA public FROM igny8_jobs_a, igny8_jobs_b;
+DROP ROLE igny8_jobs_a;
+DROP ROLE igny8_jobs_b;
+DROP ROLE igny8_jobs_none;
+
+-- retention: finished jobs older than igny8_ai.job_retention go, the
+-- others stay
+SELECT count(*) AS finished FROM igny8_jobs WHERE finished_at IS NOT NULL \gset
+UPDATE igny8_jobs SET finished_at = now() - interval '8 days', created_at = now() - interval '8 days'
+ WHERE id IN (:j1, :j5, :jf);
+SELECT igny8_jobs_cleanup() AS deleted;
+SELECT count(*) AS left_finished FROM igny8_jobs WHERE finished_at IS NOT NULL;
+SELECT :finished - 3 AS expected;
+SELECT count(*) AS queued_kept FROM igny8_jobs WHERE state = 'queued';
+DELETE FROM igny8_jobs WHERE state = 'queued';

@@ -1,0 +1,918 @@
+/*-------------------------------------------------------------------------
+ *
+ * jobtable.c
+ *	  The worker's side of submitted jobs (igny8_jobs): taking queued jobs,
+ *	  writing their outcome, and taking back the jobs of workers that are
+ *	  gone.
+ *
+ * Taking: a short transaction locks the oldest due jobs (interactive
+ * first) with FOR UPDATE SKIP LOCKED, keeps those whose account is under
+ * igny8_ai.max_running_jobs_per_account, and marks them running with this
+ * worker's index and start time; each gets a request slot as a
+ * synchronous call does (job_id set, no caller), so that it runs in the
+ * same curl loop, waits for the same provider places (behind synchronous
+ * calls, places.c) and is cancelled the same way.  Nothing is sent before
+ * that transaction commits, and no transaction is open while it runs.
+ *
+ * Writing: the outcome of a finished run goes into its row in the
+ * transaction that writes its usage rows (usage.c), with NOTIFY
+ * igny8_ai_jobs; the backends waiting in igny8_wait_job are woken after
+ * the commit.
+ *
+ * When: a commit that queued jobs bumps the jobs generation and wakes the
+ * workers (extension.c); a worker that filled its share, or left jobs of
+ * an account at its limit, looks again when one of its runs ends; the
+ * earliest not_before of the queue is a timer; and every few seconds a
+ * scan catches the rest (jobs inserted by a prepared transaction's COMMIT
+ * PREPARED announce themselves, but a cancel in one does not).
+ *
+ * Recovery: a running row names the worker (index and start time) that
+ * runs it.  The scan takes back rows whose worker is not running with that
+ * start time (it exited, or the server restarted), and rows of this
+ * worker that it no longer holds (their outcome could not be written):
+ * queued again, or failed as interrupted once max_attempts runs were
+ * made, or cancelled if a cancel came meanwhile.  Delivery is therefore at
+ * least once: a run interrupted after it sent its request is sent again,
+ * and both runs' attempts are in ai_usage_log.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/proc.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "worker.h"
+
+/* how often a worker scans igny8_jobs whatever it was told */
+#define IGNY8_JOB_SCAN_MS		5000
+/* candidates locked per place to fill, so that capped accounts are passed */
+#define IGNY8_CLAIM_FACTOR		4
+
+static uint64 seen_generation = 0;
+static bool look_again = false;		/* jobs may be waiting for a place here */
+static bool run_ended = false;		/* a run ended since the last look */
+static bool cancel_seen = false;	/* a slot says a job was cancelled */
+static TimestampTz next_scan = 0;
+static TimestampTz next_not_before = 0;	/* 0: none known */
+static int	running_here = 0;		/* runs this worker holds */
+static TimestampTz my_start = 0;
+
+static List *woken = NIL;			/* ids whose waiters to wake */
+
+/* The share of igny8_ai.max_running_jobs that is this worker's. */
+static int
+my_share(void)
+{
+	int			total = Min(igny8_max_running_jobs, igny8_shared->nslots / 2);
+	int			n = igny8_shared->nworkers;
+
+	return Max((total + n - 1) / n, 1);
+}
+
+bool
+igny8_jobs_due(TimestampTz now)
+{
+	if (pg_atomic_read_u64(&igny8_shared->jobs_generation) != seen_generation)
+		return true;
+	if (cancel_seen || now >= next_scan)
+		return true;
+	if (running_here >= my_share())
+		return false;
+	return (look_again && run_ended) ||
+		(next_not_before != 0 && now >= next_not_before);
+}
+
+/* When igny8_jobs_due becomes true by itself. */
+TimestampTz
+igny8_jobs_next_due(void)
+{
+	if (next_not_before != 0 && running_here < my_share())
+		return Min(next_scan, next_not_before);
+	return next_scan;
+}
+
+/* A slot of a running job says it was cancelled: look at the rows. */
+void
+igny8_jobs_cancel_seen(void)
+{
+	cancel_seen = true;
+}
+
+static Igny8WorkerShared *
+me(void)
+{
+	return &igny8_shared->workers[igny8_worker_index];
+}
+
+/* ----- recovery and cancels ----- */
+
+/* NOTIFY igny8_ai_jobs for a job that reached state. */
+static void
+notify_job(int64 id, const char *state)
+{
+	Async_Notify("igny8_ai_jobs",
+				 psprintf("{\"id\": " INT64_FORMAT ", \"state\": \"%s\"}",
+						  id, state));
+}
+
+static void
+remember_woken(int64 id)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	int64	   *p = palloc(sizeof(int64));
+
+	*p = id;
+	woken = lappend(woken, p);
+	MemoryContextSwitchTo(old);
+}
+
+/* The ids of the runs this worker holds, as a bigint[] datum. */
+static Datum
+held_ids(void)
+{
+	dlist_iter	iter;
+	Datum	   *ids = palloc(sizeof(Datum) * (running_here + 1));
+	int			n = 0;
+
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+		if (job->job_id != 0 && !job->job_lost)
+			ids[n++] = Int64GetDatum(job->job_id);
+	}
+	return PointerGetDatum(construct_array(ids, n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * Take back running rows whose worker is gone, and rows of ours we do not
+ * hold.  Needs a transaction.
+ */
+static void
+recover(const char *schema)
+{
+	Datum		workers[IGNY8_MAX_WORKERS];
+	Datum		starts[IGNY8_MAX_WORKERS];
+	int			n = 0;
+	Oid			types[5] = {INT4ARRAYOID, TIMESTAMPTZARRAYOID, INT4OID,
+	TIMESTAMPTZOID, INT8ARRAYOID};
+	Datum		values[5];
+	int			ret;
+
+	for (int w = 0; w < igny8_shared->nworkers; w++)
+	{
+		Igny8WorkerShared *ws = &igny8_shared->workers[w];
+		bool		running;
+		TimestampTz started;
+
+		SpinLockAcquire(&ws->mutex);
+		running = (ws->procno >= 0);
+		started = ws->started_at;
+		SpinLockRelease(&ws->mutex);
+		if (running && w != igny8_worker_index)
+		{
+			workers[n] = Int32GetDatum(w);
+			starts[n] = TimestampTzGetDatum(started);
+			n++;
+		}
+	}
+	values[0] = PointerGetDatum(construct_array(workers, n, INT4OID, 4, true,
+												TYPALIGN_INT));
+	values[1] = PointerGetDatum(construct_array(starts, n, TIMESTAMPTZOID, 8,
+												FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
+	values[2] = Int32GetDatum(igny8_worker_index);
+	values[3] = TimestampTzGetDatum(my_start);
+	values[4] = held_ids();
+
+	ret = SPI_execute_with_args(psprintf(
+		"UPDATE %s.igny8_jobs j SET"
+		" state = CASE WHEN j.cancel_requested THEN 'cancelled'"
+		"  WHEN j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN 'failed'"
+		"  ELSE 'queued' END,"
+		" finished_at = CASE WHEN j.cancel_requested"
+		"  OR j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN pg_catalog.now() END,"
+		" error_code = CASE WHEN j.cancel_requested THEN '57014'"
+		"  WHEN j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN '57000' END,"
+		" error_message = CASE WHEN j.cancel_requested THEN 'cancelled by igny8_cancel_job'"
+		"  WHEN j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN"
+		"  pg_catalog.format('interrupted: the igny8_ai worker running the job stopped during run %%s of %%s', j.attempts, j.max_attempts) END,"
+		" error_detail = CASE WHEN NOT j.cancel_requested"
+		"  AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN"
+		"  pg_catalog.format('The attempts of its last run are in ai_usage_log with request_id %%s.', j.request_id) END,"
+		" worker = NULL, worker_started = NULL"
+		" WHERE j.state OPERATOR(pg_catalog.=) 'running' AND ("
+		"  (j.worker OPERATOR(pg_catalog.=) $3 AND j.worker_started OPERATOR(pg_catalog.=) $4"
+		"   AND j.id OPERATOR(pg_catalog.<>) ALL ($5))"
+		"  OR ((j.worker OPERATOR(pg_catalog.<>) $3 OR j.worker_started OPERATOR(pg_catalog.<>) $4"
+		"       OR j.worker IS NULL)"
+		"   AND NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) l(w, s)"
+		"    WHERE l.w OPERATOR(pg_catalog.=) j.worker AND l.s OPERATOR(pg_catalog.=) j.worker_started)))"
+		" RETURNING j.id, j.state", schema),
+		5, types, values, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not recover igny8_jobs: %s",
+			 SPI_result_code_string(ret));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1,
+													 &isnull));
+		char	   *state = SPI_getvalue(SPI_tuptable->vals[i],
+										 SPI_tuptable->tupdesc, 2);
+
+		if (strcmp(state, "queued") != 0)
+		{
+			notify_job(id, state);
+			remember_woken(id);
+		}
+		else
+			look_again = run_ended = true;
+	}
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("igny8_ai worker %d took back %llu jobs whose worker stopped",
+						igny8_worker_index, (unsigned long long) SPI_processed)));
+}
+
+/* Stop the runs whose rows say they were cancelled.  Needs a transaction. */
+static List *
+cancelled_runs(const char *schema, MemoryContext cxt)
+{
+	Oid			types[3] = {INT4OID, TIMESTAMPTZOID, INT8ARRAYOID};
+	Datum		values[3];
+	List	   *ids = NIL;
+	int			ret;
+
+	values[0] = Int32GetDatum(igny8_worker_index);
+	values[1] = TimestampTzGetDatum(my_start);
+	values[2] = held_ids();
+	ret = SPI_execute_with_args(psprintf(
+		"SELECT j.id FROM %s.igny8_jobs j"
+		" WHERE j.state OPERATOR(pg_catalog.=) 'running' AND j.cancel_requested"
+		" AND j.worker OPERATOR(pg_catalog.=) $1"
+		" AND j.worker_started OPERATOR(pg_catalog.=) $2"
+		" AND j.id OPERATOR(pg_catalog.=) ANY ($3)", schema),
+		3, types, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+		int64	   *id = palloc(sizeof(int64));
+
+		*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+										  SPI_tuptable->tupdesc, 1, &isnull));
+		ids = lappend(ids, id);
+		MemoryContextSwitchTo(old);
+	}
+	return ids;
+}
+
+static void
+stop_cancelled(List *ids)
+{
+	dlist_iter	iter;
+	ListCell   *lc;
+
+	foreach(lc, ids)
+	{
+		int64		id = *(int64 *) lfirst(lc);
+
+		dlist_foreach(iter, &igny8_jobs)
+		{
+			Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+			if (job->job_id == id && !job->job_cancelled)
+			{
+				job->job_cancelled = true;
+				igny8_job_abort(job, "cancelled by igny8_cancel_job");
+			}
+		}
+	}
+	list_free_deep(ids);
+}
+
+/* ----- taking jobs ----- */
+
+/* A claimed row, until its slot is filled. */
+typedef struct Claimed
+{
+	int64		id;
+	Igny8Task	task;
+	char	   *alias;
+	char	   *request;		/* UTF-8 */
+	bool		has_account;
+	int64		account_id;
+	int			timeout_ms;
+	pg_uuid_t	request_id;
+} Claimed;
+
+typedef struct AccountCount
+{
+	bool		has_account;
+	int64		account_id;
+	int			running;
+} AccountCount;
+
+static AccountCount *
+account_entry(AccountCount *counts, int *n, bool has_account, int64 account_id)
+{
+	for (int i = 0; i < *n; i++)
+		if (counts[i].has_account == has_account &&
+			(!has_account || counts[i].account_id == account_id))
+			return &counts[i];
+	counts[*n].has_account = has_account;
+	counts[*n].account_id = account_id;
+	counts[*n].running = 0;
+	return &counts[(*n)++];
+}
+
+static Igny8Task
+task_of(const char *kind)
+{
+	if (strcmp(kind, "chat") == 0)
+		return IGNY8_TASK_CHAT;
+	if (strcmp(kind, "image") == 0)
+		return IGNY8_TASK_IMAGE;
+	return IGNY8_TASK_TEXT;
+}
+
+/*
+ * Lock up to want due jobs, keep those under their account's limit, and
+ * mark them ours.  Needs a transaction.  Returns the rows taken.
+ */
+static Claimed *
+claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
+{
+	int			limit = want * IGNY8_CLAIM_FACTOR;
+	AccountCount *counts;
+	int			ncounts = 0;
+	Datum	   *ids;
+	int			nids = 0;
+	uint64		fetched;
+	Oid			types[3];
+	Datum		values[3];
+	Claimed    *out;
+	int			ret;
+
+	/* the accounts' running jobs, server-wide */
+	ret = SPI_execute(psprintf("SELECT j.account_id, pg_catalog.count(*)::integer"
+							   " FROM %s.igny8_jobs j"
+							   " WHERE j.state OPERATOR(pg_catalog.=) 'running'"
+							   " GROUP BY j.account_id", schema), true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
+	counts = palloc(sizeof(AccountCount) * (SPI_processed + limit + 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		null_account;
+		bool		isnull;
+		int64		account = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														  SPI_tuptable->tupdesc,
+														  1, &null_account));
+		AccountCount *c = account_entry(counts, &ncounts, !null_account,
+										account);
+
+		c->running = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+												 SPI_tuptable->tupdesc, 2,
+												 &isnull));
+	}
+
+	types[0] = INT4OID;
+	values[0] = Int32GetDatum(limit);
+	ret = SPI_execute_with_args(psprintf(
+		"SELECT j.id, j.account_id FROM %s.igny8_jobs j"
+		" WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
+		" AND j.not_before OPERATOR(pg_catalog.<=) pg_catalog.now()"
+		" ORDER BY (j.priority OPERATOR(pg_catalog.<>) 'interactive'), j.id"
+		" LIMIT $1 FOR UPDATE SKIP LOCKED", schema),
+		1, types, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
+	fetched = SPI_processed;
+	ids = palloc(sizeof(Datum) * (fetched + 1));
+	for (uint64 i = 0; i < fetched && nids < want; i++)
+	{
+		bool		null_account;
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1,
+													 &isnull));
+		int64		account = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														  SPI_tuptable->tupdesc,
+														  2, &null_account));
+		AccountCount *c = account_entry(counts, &ncounts, !null_account,
+										account);
+
+		if (c->running >= igny8_max_account_jobs)
+			continue;
+		c->running++;
+		ids[nids++] = Int64GetDatum(id);
+	}
+	/* more may be due: look again when a run of ours ends */
+	look_again = (fetched == (uint64) limit || (uint64) nids < fetched);
+
+	*nclaimed = 0;
+	out = MemoryContextAlloc(cxt, sizeof(Claimed) * (nids + 1));
+	if (nids == 0)
+		return out;
+
+	types[0] = INT8ARRAYOID;
+	types[1] = INT4OID;
+	types[2] = TIMESTAMPTZOID;
+	values[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
+												FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
+	values[1] = Int32GetDatum(igny8_worker_index);
+	values[2] = TimestampTzGetDatum(my_start);
+	ret = SPI_execute_with_args(psprintf(
+		"UPDATE %s.igny8_jobs j SET state = 'running',"
+		" attempts = j.attempts OPERATOR(pg_catalog.+) 1,"
+		" started_at = pg_catalog.now(), worker = $2, worker_started = $3,"
+		" request_id = pg_catalog.gen_random_uuid()"
+		" WHERE j.id OPERATOR(pg_catalog.=) ANY ($1)"
+		" RETURNING j.id, j.kind, j.model_alias, j.request::text, j.account_id,"
+		" j.timeout_ms, j.request_id", schema),
+		3, types, values, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not claim igny8_jobs: %s", SPI_result_code_string(ret));
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Claimed    *c = &out[(*nclaimed)++];
+		bool		isnull;
+		char	   *request = SPI_getvalue(tup, desc, 4);
+
+		c->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		c->task = task_of(SPI_getvalue(tup, desc, 2));
+		c->alias = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 3));
+		c->request = MemoryContextStrdup(cxt, pg_server_to_any(request,
+															   strlen(request),
+															   PG_UTF8));
+		c->account_id = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+		c->has_account = !isnull;
+		c->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		c->request_id = *DatumGetUUIDP(SPI_getbinval(tup, desc, 7, &isnull));
+	}
+	return out;
+}
+
+/*
+ * The earliest not_before of the jobs not due yet, or 0.  Needs a
+ * transaction.
+ */
+static TimestampTz
+earliest_not_before(const char *schema)
+{
+	bool		isnull;
+	Datum		d;
+	int			ret;
+
+	ret = SPI_execute(psprintf("SELECT pg_catalog.min(j.not_before) FROM %s.igny8_jobs j"
+							   " WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
+							   " AND j.not_before OPERATOR(pg_catalog.>) pg_catalog.now()",
+							   schema), true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+/* Give a claimed row a slot of its own, as a running request of ours. */
+static int
+fill_slot(Claimed *c, TimestampTz now)
+{
+	int			slotno = igny8_slot_take();
+	Igny8Slot  *slot;
+
+	if (slotno < 0)
+		return -1;
+	slot = &igny8_slots[slotno];
+	slot->task = c->task;
+	slot->request_id = c->request_id;
+	strlcpy(slot->alias, c->alias, IGNY8_NAME_LEN);
+	slot->has_account = c->has_account;
+	slot->account_id = c->account_id;
+	slot->timeout_ms = c->timeout_ms;
+	slot->deadline = TimestampTzPlusMilliseconds(now, c->timeout_ms);
+	slot->caller_procno = -1;
+	slot->sent = false;
+	slot->success = false;
+	slot->sqlerrcode = 0;
+	slot->result = InvalidDsaPointer;
+	slot->request = igny8_dsa_strdup(igny8_dsa(), c->request,
+									 strlen(c->request));
+	slot->attempt_number = 0;
+	slot->attempt_provider[0] = '\0';
+	slot->attempt_since = 0;
+	slot->remote_id[0] = '\0';
+	slot->remote_number = -1;
+	SpinLockAcquire(&slot->mutex);
+	slot->job_id = c->id;
+	slot->job_cancel = false;
+	slot->worker = igny8_worker_index;
+	slot->claimed = true;
+	slot->state = IGNY8_SLOT_RUNNING;
+	SpinLockRelease(&slot->mutex);
+	return slotno;
+}
+
+/*
+ * Look at igny8_jobs if it is time: take back what workers that are gone
+ * left, stop what was cancelled, and take due jobs up to this worker's
+ * share, then start them.
+ */
+void
+igny8_jobs_take(Igny8Config *config)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		scan;
+	bool		cancels;
+	int			want;
+	int			nclaimed = 0;
+	Claimed    *claimed = NULL;
+	List	   *cancelled = NIL;
+	int		   *slots;
+	volatile int nfilled = 0;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (config == NULL || !igny8_jobs_due(now))
+		return;
+	if (my_start == 0)
+	{
+		SpinLockAcquire(&me()->mutex);
+		my_start = me()->started_at;
+		SpinLockRelease(&me()->mutex);
+	}
+	/* what is read from here on is seen; a later bump is seen next time */
+	seen_generation = pg_atomic_read_u64(&igny8_shared->jobs_generation);
+	pg_memory_barrier();
+	scan = (now >= next_scan);
+	cancels = scan || cancel_seen;
+	cancel_seen = false;
+	run_ended = false;
+	if (scan)
+		next_scan = TimestampTzPlusMilliseconds(now, IGNY8_JOB_SCAN_MS);
+	want = Max(my_share() - running_here, 0);
+	slots = palloc(sizeof(int) * (want + 1));
+
+	PG_TRY();
+	{
+		igny8_worker_begin("igny8_ai: taking jobs");
+		if (scan)
+			recover(config->schema);
+		if (cancels && running_here > 0)
+			cancelled = cancelled_runs(config->schema, cxt);
+		if (want > 0)
+		{
+			claimed = claim(config->schema, want, &nclaimed, cxt);
+			next_not_before = (nclaimed < want) ?
+				earliest_not_before(config->schema) : 0;
+		}
+
+		/*
+		 * The slots are filled before the commit: a cancel that commits
+		 * after this one finds the run in its slot.
+		 */
+		for (int i = 0; i < nclaimed; i++)
+		{
+			slots[i] = fill_slot(&claimed[i], now);
+			if (slots[i] < 0)
+				elog(ERROR, "no free request slot for a job");
+			nfilled = i + 1;
+		}
+		igny8_worker_commit();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		/* the claim is rolled back: so are the slots filled for it */
+		for (int i = 0; i < nfilled; i++)
+			igny8_slot_release(slots[i]);
+		igny8_worker_recover();
+		list_free_deep(woken);
+		woken = NIL;
+		return;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+
+	igny8_jobs_wake_waiters();
+	stop_cancelled(cancelled);
+	for (int i = 0; i < nclaimed; i++)
+	{
+		Igny8Job   *job = igny8_job_create(slots[i]);
+
+		running_here++;
+		igny8_job_route(job, config, NULL);
+	}
+	MemoryContextSwitchTo(cxt);
+}
+
+/* ----- writing outcomes ----- */
+
+static bool
+to_write(Igny8Job *job)
+{
+	return job->job_id != 0 && job->state == JOB_FINISHED &&
+		!job->job_written && !job->job_lost;
+}
+
+bool
+igny8_jobs_to_write(void)
+{
+	dlist_iter	iter;
+
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		if (to_write(dlist_container(Igny8Job, node, iter.cur)))
+			return true;
+	}
+	return false;
+}
+
+#define FINISH_NARGS 19
+
+static SPIPlanPtr finish_plan = NULL;
+static char *finish_schema = NULL;
+
+static void
+prepare_finish(const char *schema)
+{
+	Oid			types[FINISH_NARGS] = {
+		INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+		INT4OID, INT4OID, BYTEAOID, INT4OID, INT4OID, TEXTOID, FLOAT8OID,
+		TEXTOID, TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID
+	};
+
+	if (finish_plan != NULL && strcmp(finish_schema, schema) == 0)
+		return;
+	if (finish_plan)
+		SPI_freeplan(finish_plan);
+	finish_plan = NULL;
+	if (finish_schema)
+		pfree(finish_schema);
+	finish_schema = NULL;
+	finish_plan = SPI_prepare(psprintf(
+		"UPDATE %s.igny8_jobs j SET state = $2, finished_at = pg_catalog.now(),"
+		" provider = $3, model = $4, content = $5, thinking = $6,"
+		" finish_reason = $7, input_tokens = $8, output_tokens = $9,"
+		" image = $10, width = $11, height = $12, revised_prompt = $13,"
+		" cost = 0, duration_ms = $14, error_code = $15, error_message = $16,"
+		" error_detail = $17"
+		" WHERE j.id OPERATOR(pg_catalog.=) $1"
+		" AND j.state OPERATOR(pg_catalog.=) 'running'"
+		" AND j.worker OPERATOR(pg_catalog.=) $18"
+		" AND j.worker_started OPERATOR(pg_catalog.=) $19", schema),
+		FINISH_NARGS, types);
+	if (finish_plan == NULL)
+		elog(ERROR, "could not prepare the igny8_jobs update: %s",
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(finish_plan);
+	finish_schema = MemoryContextStrdup(TopMemoryContext, schema);
+}
+
+static Datum
+db_text(const char *utf8, char *nulls, int i)
+{
+	if (utf8 == NULL)
+	{
+		nulls[i] = 'n';
+		return (Datum) 0;
+	}
+	return CStringGetTextDatum(igny8_to_db_lossy(utf8));
+}
+
+/* Write one finished run into its row.  Needs a transaction. */
+static void
+write_one(Igny8Job *job)
+{
+	Datum		values[FINISH_NARGS];
+	char		nulls[FINISH_NARGS];
+	const char *state;
+	int			ret;
+
+	memset(nulls, 'n', sizeof(nulls));
+	values[0] = Int64GetDatum(job->job_id);
+	nulls[0] = ' ';
+	if (job->success)
+		state = "succeeded";
+	else if (job->job_cancelled)
+		state = "cancelled";
+	else
+		state = "failed";
+	values[1] = CStringGetTextDatum(state);
+	nulls[1] = ' ';
+	if (job->success)
+	{
+		nulls[2] = nulls[3] = ' ';
+		values[2] = db_text(job->used->provider->id, nulls, 2);
+		values[3] = db_text(job->task != IGNY8_TASK_IMAGE && job->result.model ?
+							job->result.model : job->used->model, nulls, 3);
+		if (job->task == IGNY8_TASK_IMAGE)
+		{
+			bytea	   *img = palloc(VARHDRSZ + job->image_len);
+
+			SET_VARSIZE(img, VARHDRSZ + job->image_len);
+			memcpy(VARDATA(img), job->image, job->image_len);
+			values[9] = PointerGetDatum(img);
+			values[10] = Int32GetDatum(job->image_width);
+			values[11] = Int32GetDatum(job->image_height);
+			nulls[9] = nulls[10] = nulls[11] = ' ';
+			nulls[12] = ' ';
+			values[12] = db_text(job->revised_prompt, nulls, 12);
+		}
+		else
+		{
+			/* content and thinking are in the database encoding already */
+			values[4] = CStringGetTextDatum(job->result.content ?
+											job->result.content : "");
+			nulls[4] = ' ';
+			if (job->result.thinking)
+			{
+				values[5] = CStringGetTextDatum(job->result.thinking);
+				nulls[5] = ' ';
+			}
+			nulls[6] = ' ';
+			values[6] = db_text(job->result.finish_reason, nulls, 6);
+			values[7] = Int32GetDatum((int32) Min(job->result.input_tokens, PG_INT32_MAX));
+			values[8] = Int32GetDatum((int32) Min(job->result.output_tokens, PG_INT32_MAX));
+			nulls[7] = nulls[8] = ' ';
+		}
+	}
+	else
+	{
+		nulls[14] = nulls[15] = nulls[16] = ' ';
+		values[14] = CStringGetTextDatum(job->job_cancelled ? "57014" :
+										 unpack_sql_state(job->sqlerrcode));
+		values[15] = db_text(job->job_cancelled ? "cancelled by igny8_cancel_job" :
+							 job->errmsg, nulls, 15);
+		values[16] = db_text(job->errdetail, nulls, 16);
+	}
+	values[13] = Float8GetDatum((double) (GetCurrentTimestamp() - job->started) / 1000.0);
+	nulls[13] = ' ';
+	values[17] = Int32GetDatum(igny8_worker_index);
+	values[18] = TimestampTzGetDatum(my_start);
+	nulls[17] = nulls[18] = ' ';
+
+	ret = SPI_execute_plan(finish_plan, values, nulls, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "could not update igny8_jobs: %s",
+			 SPI_result_code_string(ret));
+	/* no row: recovery took it back meanwhile, and it runs again */
+	if (SPI_processed == 1)
+		notify_job(job->job_id, state);
+}
+
+/*
+ * Write the outcome of every finished run not yet written.  Runs in the
+ * transaction of usage.c's flush, whose commit makes them written.
+ */
+void
+igny8_jobs_write(Igny8Config *config)
+{
+	dlist_iter	iter;
+
+	if (!igny8_jobs_to_write())
+		return;
+	prepare_finish(config->schema);
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+		if (to_write(job))
+			write_one(job);
+	}
+}
+
+/*
+ * usage.c's flush ended: committed (written) or not (the rows stay
+ * running, and the next scan takes them back from us).
+ */
+void
+igny8_jobs_flushed(bool committed)
+{
+	dlist_iter	iter;
+
+	if (!committed)
+	{
+		if (finish_plan)
+			SPI_freeplan(finish_plan);
+		finish_plan = NULL;
+		next_scan = 0;
+	}
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+		if (!to_write(job))
+			continue;
+		if (committed)
+		{
+			job->job_written = true;
+			remember_woken(job->job_id);
+		}
+		else
+			job->job_lost = true;
+	}
+}
+
+/* A finished run is forgotten: its slot is given back. */
+void
+igny8_jobs_published(Igny8Job *job)
+{
+	running_here--;
+	run_ended = true;
+	igny8_slot_release(job->slotno);
+}
+
+/* Wake the backends waiting for the jobs whose outcome was committed. */
+void
+igny8_jobs_wake_waiters(void)
+{
+	ListCell   *lc;
+	int64	   *ids;
+	int			n = 0;
+
+	if (woken == NIL)
+		return;
+	ids = palloc(sizeof(int64) * list_length(woken));
+	foreach(lc, woken)
+		ids[n++] = *(int64 *) lfirst(lc);
+	igny8_wake_job_waiters(ids, n);
+	pfree(ids);
+	list_free_deep(woken);
+	woken = NIL;
+}
+
+/*
+ * The worker is stopping: its runs were aborted (their attempts logged)
+ * or had sent nothing (unsent: their ids).  A run that sent nothing does
+ * not count as a run; then every row of ours goes back to the queue, or
+ * fails as interrupted past max_attempts.
+ */
+void
+igny8_jobs_stop(Igny8Config *config, List *unsent)
+{
+	ListCell   *lc;
+	Datum	   *ids;
+	int			n = 0;
+	dlist_iter	iter;
+
+	if (config == NULL || running_here == 0)
+		return;
+	ids = palloc(sizeof(Datum) * (list_length(unsent) + 1));
+	foreach(lc, unsent)
+		ids[n++] = Int64GetDatum(*(int64 *) lfirst(lc));
+	/* none of them is held any more */
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+		if (job->job_id != 0)
+			job->job_lost = true;
+	}
+	PG_TRY();
+	{
+		Oid			types[3] = {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID};
+		Datum		values[3];
+
+		igny8_worker_begin("igny8_ai: giving jobs back");
+		values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8,
+													FLOAT8PASSBYVAL,
+													TYPALIGN_DOUBLE));
+		values[1] = Int32GetDatum(igny8_worker_index);
+		values[2] = TimestampTzGetDatum(my_start);
+		if (SPI_execute_with_args(psprintf(
+			"UPDATE %s.igny8_jobs j SET attempts = j.attempts OPERATOR(pg_catalog.-) 1"
+			" WHERE j.id OPERATOR(pg_catalog.=) ANY ($1)"
+			" AND j.state OPERATOR(pg_catalog.=) 'running'"
+			" AND j.worker OPERATOR(pg_catalog.=) $2"
+			" AND j.worker_started OPERATOR(pg_catalog.=) $3", config->schema),
+			3, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update igny8_jobs");
+		recover(config->schema);
+		igny8_worker_commit();
+		igny8_jobs_wake_waiters();
+	}
+	PG_CATCH();
+	{
+		/* the others take the rows back when they see us gone */
+		igny8_worker_recover();
+	}
+	PG_END_TRY();
+}
