@@ -222,7 +222,7 @@ class ExampleAppTest(unittest.TestCase):
                              timeout=DEADLINE)
         self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
         self.assertIn("job %d succeeded: 1 article(s)" % article.ai_job_id, run.stdout)
-        self.assertTrue(run.stdout.rstrip().endswith("stopped: once"), run.stdout)
+        self.assertRegex(run.stdout.splitlines()[-1], r"^stopped: once \(\d+ article\(s\) filled\)$")
         self.assert_filled_from_job(article)
 
     def test_listener_until_idle_and_max_seconds(self):
