@@ -6,30 +6,24 @@ django.db.connection, as the content platform calls it.
 Runs against a database that already has the extension, with its providers
 pointed at the simulator (test/suites/django_client sets that up); the
 connection comes from the environment: IGNY8_PGHOST, IGNY8_PGPORT,
-IGNY8_PGDATABASE.
+IGNY8_PGDATABASE (see igny8_example/settings.py).
 """
 import os
+import sys
 import unittest
 
-import django
-from django.conf import settings
+# the example application's settings (igny8_example/settings.py) and its
+# service module
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "igny8_example.settings")
+import django  # noqa: E402
 
-settings.configure(
-    DATABASES={
-        "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "HOST": os.environ["IGNY8_PGHOST"],
-            "PORT": os.environ["IGNY8_PGPORT"],
-            "NAME": os.environ["IGNY8_PGDATABASE"],
-            "USER": "postgres",
-        }
-    },
-    USE_TZ=True,
-)
 django.setup()
 
 from django.db import connection, transaction  # noqa: E402
 from django.db.utils import DataError, InternalError, OperationalError, ProgrammingError  # noqa: E402
+
+from content.services import AIEngineRouter, store_image  # noqa: E402
 
 
 def fetch(sql, params=()):
@@ -44,9 +38,7 @@ def execute(sql, params=()):
 
 
 def generate(prompt, model="gpt-4", **kwargs):
-    args = ", ".join("%s => %%s" % k for k in kwargs)
-    sql = "SELECT igny8_generate_text(%s, %s" + (", " + args if args else "") + ")"
-    return fetch(sql, [prompt, model] + list(kwargs.values()))[0][0]
+    return AIEngineRouter().generate_text(prompt, model, **kwargs)
 
 
 class DjangoClientTest(unittest.TestCase):
@@ -59,7 +51,6 @@ class DjangoClientTest(unittest.TestCase):
         # generate_product_images: make the image, keep its bytes in a model's
         # file storage (here a temporary directory), and its facts
         import tempfile
-        from django.core.files.base import ContentFile
         from django.core.files.storage import FileSystemStorage
 
         rows = fetch("SELECT image, mime_type, width, height, seed, provider, model"
@@ -76,7 +67,7 @@ class DjangoClientTest(unittest.TestCase):
         self.assertEqual((provider, model), ("comfyui", "flux1-dev"))
         with tempfile.TemporaryDirectory() as media:
             storage = FileSystemStorage(location=media)
-            name = storage.save("products/bicycle.png", ContentFile(data))
+            name = store_image(image, "products/bicycle.png", storage)
             with storage.open(name, "rb") as f:
                 self.assertEqual(f.read(), data)
         self.assertEqual(
