@@ -236,6 +236,23 @@ SELECT string_agg(tag, ' ') AS order_of_arrival
 UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();
 
+-- one account cannot take every running place: with a limit of 1 per
+-- account, account 1's second and third jobs wait while account 2's runs
+ALTER SYSTEM SET igny8_ai.max_running_jobs_per_account = 1;
+SELECT reload_settings();
+SELECT igny8_submit_batch(ARRAY['Busy [[sim ollama:delay=30 tag=ac1]]', 'Busy [[sim ollama:delay=30 tag=ac1]]',
+                                'Busy [[sim ollama:delay=30 tag=ac1]]'], 'gpt-4', '{"account_id": 1}') AS busy \gset
+SELECT sim_wait_arrival('ac1');
+SELECT igny8_submit_text('Other account [[sim ollama:tag=ac2]]', 'gpt-4', '{"account_id": 2}') AS other \gset
+SELECT state FROM igny8_wait_job(:other, '30 s');
+SELECT line AS ac1_requests FROM sim('log --tag ac1 --count') AS line;
+SELECT state, count(*) FROM igny8_jobs WHERE id = ANY (:'busy'::bigint[]) GROUP BY state ORDER BY state;
+SELECT bool_and(igny8_cancel_job(id)) AS cancelled FROM unnest(:'busy'::bigint[]) AS id;
+SELECT wait_until(format($$(SELECT bool_and(state = 'cancelled') FROM igny8_jobs WHERE id = ANY (%L::bigint[]))$$, :'busy'),
+                  'the busy jobs to be cancelled');
+ALTER SYSTEM RESET igny8_ai.max_running_jobs_per_account;
+SELECT reload_settings();
+
 -- a worker stopped in mid-flight: the job runs again, and the attempt it
 -- interrupted has its usage row (written when the row was taken back)
 TRUNCATE ai_usage_log;

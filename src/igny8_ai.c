@@ -43,7 +43,7 @@ int			igny8_circuit_cooldown_ms = 30000;
 int			igny8_health_retention_s = 7 * 24 * 3600;
 int			igny8_payload_memory_kb = 1024 * 1024;
 int			igny8_max_running_jobs = 256;
-int			igny8_max_account_jobs = 128;
+int			igny8_max_account_jobs = 192;
 int			igny8_job_retention_s = 7 * 24 * 3600;
 
 void		_PG_init(void);
@@ -220,7 +220,7 @@ _PG_init(void)
 							gettext_noop("Submitted jobs of one account the workers run at once."),
 							gettext_noop("Keeps one account from taking every running place; jobs without an account count as one account."),
 							&igny8_max_account_jobs,
-							128, 1, 65536,
+							192, 1, 65536,
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);

@@ -62,8 +62,9 @@
 
 /* how often a worker scans igny8_jobs whatever it was told */
 #define IGNY8_JOB_SCAN_MS		5000
-/* candidates locked per place to fill, so that capped accounts are passed */
-#define IGNY8_CLAIM_FACTOR		4
+/* the advisory lock that serializes claims: ("ign8", 1) */
+#define IGNY8_CLAIM_LOCK_KEY1	1768386104
+#define IGNY8_CLAIM_LOCK_KEY2	1
 
 static uint64 seen_generation = 0;
 static bool look_again = false;		/* jobs may be waiting for a place here */
@@ -357,9 +358,11 @@ task_of(const char *kind)
 static Claimed *
 claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
 {
-	int			limit = want * IGNY8_CLAIM_FACTOR;
 	AccountCount *counts;
 	int			ncounts = 0;
+	Datum	   *capped;
+	int			ncapped = 0;
+	bool		null_capped = false;
 	Datum	   *ids;
 	int			nids = 0;
 	uint64		fetched;
@@ -368,14 +371,25 @@ claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
 	Claimed    *out;
 	int			ret;
 
-	/* the accounts' running jobs, server-wide */
+	/*
+	 * One claim at a time, server-wide, so that each sees the others'
+	 * claims in its counts (claims are short; the lock goes at commit).
+	 */
+	ret = SPI_execute("SELECT pg_catalog.pg_advisory_xact_lock("
+					  CppAsString2(IGNY8_CLAIM_LOCK_KEY1) ", "
+					  CppAsString2(IGNY8_CLAIM_LOCK_KEY2) ")", false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not lock the claims: %s", SPI_result_code_string(ret));
+
+	/* the accounts' running jobs, server-wide: those at their limit wait */
 	ret = SPI_execute(psprintf("SELECT j.account_id, pg_catalog.count(*)::integer"
 							   " FROM %s.igny8_jobs j"
 							   " WHERE j.state OPERATOR(pg_catalog.=) 'running'"
 							   " GROUP BY j.account_id", schema), true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
-	counts = palloc(sizeof(AccountCount) * (SPI_processed + limit + 1));
+	counts = palloc(sizeof(AccountCount) * (SPI_processed + want + 1));
+	capped = palloc(sizeof(Datum) * (SPI_processed + 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		bool		null_account;
@@ -389,22 +403,36 @@ claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
 		c->running = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
 												 SPI_tuptable->tupdesc, 2,
 												 &isnull));
+		if (c->running < igny8_max_account_jobs)
+			continue;
+		if (null_account)
+			null_capped = true;
+		else
+			capped[ncapped++] = Int64GetDatum(account);
 	}
 
 	types[0] = INT4OID;
-	values[0] = Int32GetDatum(limit);
+	values[0] = Int32GetDatum(want);
+	types[1] = BOOLOID;
+	values[1] = BoolGetDatum(null_capped);
+	types[2] = INT8ARRAYOID;
+	values[2] = PointerGetDatum(construct_array(capped, ncapped, INT8OID, 8,
+												FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
 	ret = SPI_execute_with_args(psprintf(
 		"SELECT j.id, j.account_id FROM %s.igny8_jobs j"
 		" WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
 		" AND j.not_before OPERATOR(pg_catalog.<=) pg_catalog.now()"
+		" AND CASE WHEN j.account_id IS NULL THEN NOT $2"
+		"  ELSE j.account_id OPERATOR(pg_catalog.<>) ALL ($3) END"
 		" ORDER BY (j.priority OPERATOR(pg_catalog.<>) 'interactive'), j.id"
 		" LIMIT $1 FOR UPDATE SKIP LOCKED", schema),
-		1, types, values, NULL, false, 0);
+		3, types, values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
 	fetched = SPI_processed;
 	ids = palloc(sizeof(Datum) * (fetched + 1));
-	for (uint64 i = 0; i < fetched && nids < want; i++)
+	for (uint64 i = 0; i < fetched; i++)
 	{
 		bool		null_account;
 		bool		isnull;
@@ -417,13 +445,19 @@ claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
 		AccountCount *c = account_entry(counts, &ncounts, !null_account,
 										account);
 
+		/* an account this batch brings to its limit: the rest stays queued */
 		if (c->running >= igny8_max_account_jobs)
 			continue;
 		c->running++;
 		ids[nids++] = Int64GetDatum(id);
 	}
-	/* more may be due: look again when a run of ours ends */
-	look_again = (fetched == (uint64) limit || (uint64) nids < fetched);
+
+	/*
+	 * More may be due (the batch was full, or accounts at their limit left
+	 * jobs queued): look again when a run of ours ends.
+	 */
+	look_again = (fetched == (uint64) want || (uint64) nids < fetched ||
+				  ncapped > 0 || null_capped);
 
 	*nclaimed = 0;
 	out = MemoryContextAlloc(cxt, sizeof(Claimed) * (nids + 1));
@@ -569,6 +603,12 @@ igny8_jobs_take(Igny8Config *config)
 	if (scan)
 		next_scan = TimestampTzPlusMilliseconds(now, IGNY8_JOB_SCAN_MS);
 	want = Max(my_share() - running_here, 0);
+	if (want == 0 && !scan && !(cancels && running_here > 0))
+	{
+		/* full: look again when a run ends */
+		look_again = true;
+		return;
+	}
 	slots = palloc(sizeof(int) * (want + 1));
 
 	PG_TRY();
@@ -946,6 +986,13 @@ igny8_jobs_flushed(bool committed)
 			pg_atomic_write_u32(&me()->wakeup, 1);
 		}
 	}
+}
+
+/* After an error: the prepared statements are suspect (see usage.c). */
+void
+igny8_jobs_reset(void)
+{
+	forget_plans();
 }
 
 /* The worker is stopping: no attempt of a job is recorded as sent now. */

@@ -135,8 +135,8 @@ igny8_worker_commit(void)
 
 /*
  * Report a caught error and get back to a clean state outside any
- * transaction.  The prepared insert and the configuration are suspect (the
- * extension may have been dropped): both are made again.
+ * transaction.  The prepared statements and the configuration are suspect
+ * (the extension may have been dropped): they are made again.
  */
 void
 igny8_worker_recover(void)
@@ -148,6 +148,7 @@ igny8_worker_recover(void)
 	MemoryContextSwitchTo(loop_cxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	igny8_usage_reset();
+	igny8_jobs_reset();
 	config_stale = true;
 }
 

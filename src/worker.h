@@ -387,6 +387,7 @@ extern void igny8_jobs_published(Igny8Job *job);
 extern void igny8_jobs_wake_waiters(void);
 extern void igny8_jobs_stop(Igny8Config *config);
 extern void igny8_jobs_stopping(void);
+extern void igny8_jobs_reset(void);
 extern void igny8_job_note_progress(Igny8Job *job);
 
 /* worker.c: the worker's transactions */
