@@ -236,6 +236,32 @@ SELECT string_agg(tag, ' ') AS order_of_arrival
 UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();
 
+-- image jobs on ComfyUI: where each is in ComfyUI's queue; a cancel
+-- interrupts the running prompt by its own prompt_id, and the next runs
+SELECT sim('reset');
+SELECT igny8_submit_image('Long [[sim comfyui:run_time=3600 key=ci1]]', 'dall-e-2', '512x512') AS ci1 \gset
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key ci1 --path /prompt --count') l WHERE l::int >= 1)$$,
+                  'the first prompt at ComfyUI');
+SELECT igny8_submit_image('Next [[sim comfyui:key=ci2]]', 'dall-e-2', '512x512') AS ci2 \gset
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key ci2 --path /prompt --count') l WHERE l::int >= 1)$$,
+                  'the second prompt at ComfyUI');
+SELECT wait_until(format($$(SELECT progress ? 'comfyui_prompt_id' FROM igny8_job(%s))$$, :ci2),
+                  'the second prompt id in the progress');
+SELECT id = :ci1 AS first, progress->>'provider' AS provider, progress->>'comfyui_ahead' AS ahead,
+       (progress->>'comfyui_prompt_id') IS NOT NULL AS has_prompt_id, (progress->>'sent')::boolean AS sent
+  FROM igny8_job(:ci1)
+UNION ALL
+SELECT id = :ci1, progress->>'provider', progress->>'comfyui_ahead',
+       (progress->>'comfyui_prompt_id') IS NOT NULL, (progress->>'sent')::boolean
+  FROM igny8_job(:ci2);
+SELECT progress->>'comfyui_prompt_id' AS ci1_prompt FROM igny8_job(:ci1) \gset
+SELECT igny8_cancel_job(:ci1) AS cancelled;
+SELECT state, error_code FROM igny8_wait_job(:ci1, '30 s');
+SELECT state, provider, width FROM igny8_wait_job(:ci2, '60 s');
+SELECT count(*) AS interrupts_of_ci1 FROM sim('log --role comfyui --path /interrupt --field prompt_id') l
+ WHERE l = :'ci1_prompt';
+SELECT l AS interrupt_kinds FROM sim('log --role comfyui --path /interrupt --field interrupt') l;
+
 -- one account cannot take every running place: with a limit of 1 per
 -- account, account 1's second and third jobs wait while account 2's runs
 ALTER SYSTEM SET igny8_ai.max_running_jobs_per_account = 1;

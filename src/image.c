@@ -503,7 +503,8 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 			{
 				char	   *accepted = NULL;
 
-				if (igny8_comfyui_parse_submit(&resp, &accepted, &perr))
+				if (igny8_comfyui_parse_submit(&resp, &accepted,
+											   &job->prompt_number, &perr))
 				{
 					/* the prompt is ComfyUI's now: poll for it */
 					if (accepted != NULL && strcmp(accepted, job->prompt_id) != 0)

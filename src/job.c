@@ -461,15 +461,17 @@ start_attempt(Igny8Job *job, TimestampTz now)
 }
 
 /*
- * A submitted job's progress, for igny8_job_progress(): its current
- * attempt (where, since when) and ComfyUI's prompt_id of it.
+ * A request's progress, in its slot: its current attempt (where, since
+ * when) and ComfyUI's prompt_id and queue number of it.  Submitted jobs
+ * show it (igny8_job_progress), and every ComfyUI prompt in flight counts
+ * in the queue position it reports.
  */
 void
 igny8_job_note_progress(Igny8Job *job)
 {
 	Igny8Slot  *slot = &igny8_slots[job->slotno];
 
-	if (job->job_id == 0 || job->cands == NULL || job->state == JOB_FINISHED)
+	if (job->cands == NULL || job->state == JOB_FINISHED)
 		return;
 	SpinLockAcquire(&slot->mutex);
 	slot->attempt_since = job->attempt_start;
@@ -478,6 +480,7 @@ igny8_job_note_progress(Igny8Job *job)
 			IGNY8_NAME_LEN);
 	strlcpy(slot->remote_id, job->prompt_id ? job->prompt_id : "",
 			sizeof(slot->remote_id));
+	slot->remote_number = job->prompt_id ? job->prompt_number : -1;
 	SpinLockRelease(&slot->mutex);
 }
 

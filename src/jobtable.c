@@ -381,11 +381,15 @@ claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not lock the claims: %s", SPI_result_code_string(ret));
 
-	/* the accounts' running jobs, server-wide: those at their limit wait */
+	/*
+	 * The accounts' running jobs, server-wide: those at their limit wait.
+	 * (Not read-only: it takes a snapshot of its own, taken after the lock,
+	 * which sees the claim that held it.)
+	 */
 	ret = SPI_execute(psprintf("SELECT j.account_id, pg_catalog.count(*)::integer"
 							   " FROM %s.igny8_jobs j"
 							   " WHERE j.state OPERATOR(pg_catalog.=) 'running'"
-							   " GROUP BY j.account_id", schema), true, 0);
+							   " GROUP BY j.account_id", schema), false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
 	counts = palloc(sizeof(AccountCount) * (SPI_processed + want + 1));
@@ -551,11 +555,7 @@ fill_slot(Claimed *c, TimestampTz now)
 	slot->result = InvalidDsaPointer;
 	slot->request = igny8_dsa_strdup(igny8_dsa(), c->request,
 									 strlen(c->request));
-	slot->attempt_number = 0;
-	slot->attempt_provider[0] = '\0';
 	slot->attempt_since = 0;
-	slot->remote_id[0] = '\0';
-	slot->remote_number = -1;
 	SpinLockAcquire(&slot->mutex);
 	slot->job_id = c->id;
 	slot->job_cancel = false;

@@ -369,7 +369,7 @@ extern bool igny8_comfyui_build_submit(const Igny8ImageRequest *req,
 									   const char *api_key,
 									   Igny8HttpRequest *out, char **error);
 extern bool igny8_comfyui_parse_submit(const Igny8HttpResponse *resp,
-									   char **prompt_id,
+									   char **prompt_id, int64 *number,
 									   Igny8ProviderError *err);
 extern void igny8_comfyui_build_history(const char *prompt_id,
 										const char *api_key,

@@ -689,13 +689,15 @@ comfyui_malformed(Igny8ProviderError *err, const char *what)
  */
 bool
 igny8_comfyui_parse_submit(const Igny8HttpResponse *resp, char **prompt_id,
-						   Igny8ProviderError *err)
+						   int64 *number, Igny8ProviderError *err)
 {
 	cJSON	   *json;
 	const char *id;
 	bool		ok = false;
 
 	*prompt_id = NULL;
+	if (number)
+		*number = -1;
 	igny8_init_error(err);
 	json = igny8_json_parse(resp->body, resp->body_len);
 	if (resp->status < 200 || resp->status >= 300)
@@ -712,7 +714,13 @@ igny8_comfyui_parse_submit(const Igny8HttpResponse *resp, char **prompt_id,
 		comfyui_malformed(err, "the prompt_id is not a short UTF-8 string");
 	else
 	{
+		cJSON	   *n = cJSON_GetObjectItemCaseSensitive(json, "number");
+
 		*prompt_id = pstrdup(id);
+		/* its place in ComfyUI's queue order (a float if one was asked for) */
+		if (number && cJSON_IsNumber(n) && n->valuedouble >= 0 &&
+			n->valuedouble < 9007199254740992.0)
+			*number = (int64) n->valuedouble;
 		ok = true;
 	}
 	cJSON_Delete(json);

@@ -245,6 +245,10 @@ igny8_slot_release(int slotno)
 	slot->state = IGNY8_SLOT_FREE;
 	slot->job_id = 0;
 	slot->job_cancel = false;
+	slot->attempt_number = 0;
+	slot->attempt_provider[0] = '\0';
+	slot->remote_id[0] = '\0';
+	slot->remote_number = -1;
 	SpinLockRelease(&slot->mutex);
 
 	SpinLockAcquire(&igny8_shared->free_mutex);

@@ -519,6 +519,30 @@ read_state(const JobsTable *t, int64 id, bool *ours)
 }
 
 /*
+ * The prompts the workers sent to a ComfyUI provider before the one with
+ * queue number number and have not finished: where it is in that queue,
+ * when the box serves igny8_ai alone (the one running counts).
+ */
+static int
+prompts_ahead(const char *provider, int64 number)
+{
+	int			ahead = 0;
+
+	for (int i = 0; i < igny8_shared->nslots; i++)
+	{
+		Igny8Slot  *slot = &igny8_slots[i];
+
+		SpinLockAcquire(&slot->mutex);
+		if (slot->state == IGNY8_SLOT_RUNNING && slot->remote_id[0] &&
+			slot->remote_number >= 0 && slot->remote_number < number &&
+			strcmp(slot->attempt_provider, provider) == 0)
+			ahead++;
+		SpinLockRelease(&slot->mutex);
+	}
+	return ahead;
+}
+
+/*
  * igny8_job_progress(id bigint) returns jsonb: what the workers know of a
  * running job that its row does not say, or NULL if no worker holds it.
  */
@@ -566,6 +590,12 @@ igny8_job_progress(PG_FUNCTION_ARGS)
 		{
 			appendStringInfoString(&buf, ", \"comfyui_prompt_id\": ");
 			escape_json(&buf, copy.remote_id);
+			if (copy.remote_number >= 0)
+				appendStringInfo(&buf, ", \"comfyui_number\": " INT64_FORMAT
+								 ", \"comfyui_ahead\": %d",
+								 copy.remote_number,
+								 prompts_ahead(copy.attempt_provider,
+											   copy.remote_number));
 		}
 		appendStringInfoChar(&buf, '}');
 	}

@@ -289,6 +289,7 @@ typedef struct Igny8Job
 	int			step;			/* IGNY8_STEP_*, see image.c */
 	TimestampTz attempt_deadline;	/* the deployment's timeout */
 	char	   *prompt_id;		/* ComfyUI: the prompt submitted, or NULL */
+	int64		prompt_number;	/* ... and its queue number, or -1 */
 	Igny8ComfyImage *images;
 	int			nimages;
 	int			polls;

@@ -492,23 +492,25 @@ fuzz_submit(const Igny8HttpResponse *resp, const cJSON *json, uint8_t sel)
 	Igny8ImageRequest req;
 	Igny8HttpRequest out;
 	char	   *prompt_id;
+	int64		number;
 	char	   *error;
 	char	   *before;
 	char	   *after;
 	cJSON	   *bindings = NULL;
 
-	if (igny8_comfyui_parse_submit(resp, &prompt_id, &err))
+	if (igny8_comfyui_parse_submit(resp, &prompt_id, &number, &err))
 	{
 		FUZZ_ASSERT(resp->status >= 200 && resp->status < 300);
 		FUZZ_ASSERT(err.cls == IGNY8_ERR_NONE && err.message == NULL);
 		FUZZ_ASSERT(prompt_id != NULL && prompt_id[0] != '\0');
 		FUZZ_ASSERT(strlen(prompt_id) <= IGNY8_PROMPT_ID_MAX);
 		FUZZ_ASSERT(pg_utf8(prompt_id, strlen(prompt_id)));
+		FUZZ_ASSERT(number >= -1);
 		pfree(prompt_id);
 	}
 	else
 	{
-		FUZZ_ASSERT(prompt_id == NULL);
+		FUZZ_ASSERT(prompt_id == NULL && number == -1);
 		check_failure(resp, &err);
 		pfree(err.message);
 	}

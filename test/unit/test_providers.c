@@ -3339,6 +3339,7 @@ typedef struct SubmitParseCase
 	Igny8ErrorClass cls;
 	const char *message;		/* exactly, or its start with PREFIX */
 	int			flags;			/* ONCE, PREFIX */
+	int64		number;			/* ok: ComfyUI's queue number, -1 none */
 } SubmitParseCase;
 
 /* the simulator's answers, which are ComfyUI 0.3's */
@@ -3405,11 +3406,19 @@ typedef struct SubmitParseCase
 
 static const SubmitParseCase submit_parse_cases[] = {
 	{"queued", 200, "{\"prompt_id\": \"p-1\", \"number\": 0, \"node_errors\": {}}",
-	NOHDR, true, "p-1", IGNY8_ERR_NONE, NULL, 0},
+	NOHDR, true, "p-1", IGNY8_ERR_NONE, NULL, 0, 0},
 	{"queued, some outputs dropped", 200,
 		"{\"prompt_id\":\"4c1d1b8e-2f0c-4c55-9a3e-0b7f3e2a9d11\",\"number\":3,"
 		"\"node_errors\":{" SAMPLER_BAD "}}", NOHDR, true,
-	"4c1d1b8e-2f0c-4c55-9a3e-0b7f3e2a9d11", IGNY8_ERR_NONE, NULL, 0},
+	"4c1d1b8e-2f0c-4c55-9a3e-0b7f3e2a9d11", IGNY8_ERR_NONE, NULL, 0, 3},
+	{"queued, a number asked for (a float)", 200,
+		"{\"prompt_id\": \"p-2\", \"number\": 12.0, \"node_errors\": {}}",
+	NOHDR, true, "p-2", IGNY8_ERR_NONE, NULL, 0, 12},
+	{"queued at the front (a negative number)", 200,
+		"{\"prompt_id\": \"p-3\", \"number\": -4, \"node_errors\": {}}",
+	NOHDR, true, "p-3", IGNY8_ERR_NONE, NULL, 0, -1},
+	{"no number", 200, "{\"prompt_id\": \"p-4\", \"node_errors\": {}}",
+	NOHDR, true, "p-4", IGNY8_ERR_NONE, NULL, 0, -1},
 
 	/* what this server lacks: another may have it */
 	{"a checkpoint file missing", 400, VALIDATION_HEAD CKPT_MISSING "}}",
@@ -3608,6 +3617,7 @@ test_comfyui_parse_submit(void)
 		Igny8HttpResponse resp;
 		Igny8ProviderError e;
 		char	   *prompt_id;
+		int64		number;
 		bool		ok;
 
 		begin_case(i, c->what);
@@ -3615,18 +3625,21 @@ test_comfyui_parse_submit(void)
 							 c->retry_after, c->should_retry);
 		memset(&e, 0x7f, sizeof(e));
 		prompt_id = (char *) "untouched";
-		ok = igny8_comfyui_parse_submit(&resp, &prompt_id, &e);
+		number = -7;
+		ok = igny8_comfyui_parse_submit(&resp, &prompt_id, &number, &e);
 		check(ok == c->ok, __LINE__, "parse_submit = %d, expected %d (%s)",
 			  (int) ok, (int) c->ok, ok ? "" : e.message);
 		if (ok)
 		{
 			CHECK_STR(prompt_id, c->prompt_id);
+			CHECK_INT(number, c->number);
 			CHECK(e.cls == IGNY8_ERR_NONE && e.message == NULL);
 			CHECK(!e.retry_once && !e.drop_think);
 		}
 		else
 		{
 			CHECK(prompt_id == NULL);
+			CHECK_INT(number, -1);
 			check_error(&e, c->cls, c->message, c->flags, c->retry_after,
 						__LINE__);
 		}
@@ -3648,7 +3661,7 @@ test_comfyui_parse_submit(void)
 						"\"ckpt_name: 'x.safetensors' not in [%.*s]\"}]}}}",
 						2000, long_error_body + 10);
 		resp = make_response(400, body, strlen(body), -1, -1);
-		CHECK(!igny8_comfyui_parse_submit(&resp, &prompt_id, &e));
+		CHECK(!igny8_comfyui_parse_submit(&resp, &prompt_id, NULL, &e));
 		CHECK(e.cls == IGNY8_ERR_FALLBACK);
 		CHECK_INT(strlen(e.message), IGNY8_ERRMSG_MAX + 3);
 		CHECK(strncmp(e.message, "node 4 (CheckpointLoaderSimple): ckpt_name: "
