@@ -1310,62 +1310,35 @@ CREATE FUNCTION igny8_job_progress(id bigint) RETURNS jsonb
 AS 'MODULE_PATHNAME', 'igny8_job_progress'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 
-CREATE TYPE igny8_job_result AS (
-    id              bigint,
-    state           text,
-    kind            text,
-    model_alias     text,
-    account_id      bigint,
-    priority        text,
-    attempts        integer,
-    max_attempts    integer,
-    created_at      timestamptz,
-    not_before      timestamptz,
-    started_at      timestamptz,
-    finished_at     timestamptz,
-    provider        text,
-    model           text,
-    content         text,
-    thinking        text,
-    finish_reason   text,
-    input_tokens    integer,
-    output_tokens   integer,
-    image           bytea,
-    width           integer,
-    height          integer,
-    seed            bigint,
-    revised_prompt  text,
-    cost            numeric,
-    duration_ms     double precision,
-    request_id      uuid,
-    error_code      text,
-    error_message   text,
-    error_detail    text,
-    progress        jsonb
-);
+-- A job as igny8_job() and igny8_wait_job() return it: read as the caller
+-- (security_invoker), so a role sees its own jobs only.
+CREATE VIEW igny8_job_results WITH (security_invoker = true) AS
+SELECT j.id, j.state, j.kind, j.model_alias, j.account_id, j.priority,
+       j.attempts, j.max_attempts, j.created_at, j.not_before,
+       j.started_at, j.finished_at, j.provider, j.model, j.content,
+       j.thinking, j.finish_reason, j.input_tokens, j.output_tokens,
+       j.image, j.width, j.height, j.seed, j.revised_prompt, j.cost,
+       j.duration_ms, j.request_id, j.error_code, j.error_message,
+       j.error_detail,
+       CASE WHEN j.state OPERATOR(pg_catalog.=) 'running'
+            THEN @extschema@.igny8_job_progress(j.id) END AS progress
+  FROM @extschema@.igny8_jobs j;
 
-CREATE FUNCTION igny8_job(id bigint) RETURNS igny8_job_result
+COMMENT ON VIEW igny8_job_results IS
+    'submitted jobs with their results and, while running, their progress (a role sees its own)';
+
+CREATE FUNCTION igny8_job(id bigint) RETURNS igny8_job_results
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r @extschema@.igny8_job_result;
+    r @extschema@.igny8_job_results;
 BEGIN
     IF id IS NULL THEN
         RAISE EXCEPTION 'job id must not be null'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT j.id, j.state, j.kind, j.model_alias, j.account_id, j.priority,
-           j.attempts, j.max_attempts, j.created_at, j.not_before,
-           j.started_at, j.finished_at, j.provider, j.model, j.content,
-           j.thinking, j.finish_reason, j.input_tokens, j.output_tokens,
-           j.image, j.width, j.height, j.seed, j.revised_prompt, j.cost,
-           j.duration_ms, j.request_id, j.error_code, j.error_message,
-           j.error_detail,
-           CASE WHEN j.state OPERATOR(pg_catalog.=) 'running'
-                THEN @extschema@.igny8_job_progress(j.id) END
-      INTO r
-      FROM @extschema@.igny8_jobs j
+    SELECT * INTO r FROM @extschema@.igny8_job_results j
      WHERE j.id OPERATOR(pg_catalog.=) igny8_job.id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'job % does not exist', id
@@ -1380,7 +1353,7 @@ COMMENT ON FUNCTION igny8_job(bigint) IS
     'a submitted job: its state, attempts, timings, cost, error and result';
 
 CREATE FUNCTION igny8_wait_job(id bigint, timeout interval DEFAULT NULL)
-RETURNS igny8_job_result
+RETURNS igny8_job_results
 AS 'MODULE_PATHNAME', 'igny8_wait_job'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
@@ -1679,7 +1652,7 @@ REVOKE ALL ON FUNCTION igny8_worker_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_slot_status() FROM PUBLIC;
 REVOKE ALL ON igny8_providers, igny8_workflows, igny8_models, igny8_fallbacks,
     igny8_config_deletions, ai_usage_log, service_health_log, igny8_jobs,
-    igny8_service_status FROM PUBLIC;
+    igny8_job_results, igny8_service_status FROM PUBLIC;
 
 -- Let a monitoring role read the health of the providers and the workers
 -- (never keys).
@@ -1727,7 +1700,8 @@ BEGIN
                               s, s, s, s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_job(bigint), %s.igny8_job_progress(bigint), %s.igny8_wait_job(bigint, interval), %s.igny8_cancel_job(bigint) TO %s',
                               s, s, s, s, role);
-    EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log, %s.igny8_jobs TO %s', s, s, role);
+    EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log, %s.igny8_jobs, %s.igny8_job_results TO %s',
+                              s, s, s, role);
 END
 $$;
 

@@ -165,6 +165,21 @@ held_ids(void)
 }
 
 /*
+ * The parameters that name this worker's runs: $1 its index, $2 its start
+ * time, $3 the ids it holds.
+ */
+static void
+my_runs(Oid *types, Datum *values)
+{
+	types[0] = INT4OID;
+	types[1] = TIMESTAMPTZOID;
+	types[2] = INT8ARRAYOID;
+	values[0] = Int32GetDatum(igny8_worker_index);
+	values[1] = TimestampTzGetDatum(my_start);
+	values[2] = held_ids();
+}
+
+/*
  * Take back running rows whose worker is gone, and rows of ours we do not
  * hold.  Needs a transaction.  A run that sent nothing does not count as a
  * run; the attempt a row records as in flight gets its usage row.
@@ -172,13 +187,11 @@ held_ids(void)
 static void
 recover(const char *schema)
 {
-	Oid			types[3] = {INT4OID, TIMESTAMPTZOID, INT8ARRAYOID};
+	Oid			types[3];
 	Datum		values[3];
 	int			ret;
 
-	values[0] = Int32GetDatum(igny8_worker_index);
-	values[1] = TimestampTzGetDatum(my_start);
-	values[2] = held_ids();
+	my_runs(types, values);
 
 	ret = SPI_execute_with_args(psprintf(
 		"WITH r AS (UPDATE %s.igny8_jobs j SET"
@@ -251,14 +264,12 @@ recover(const char *schema)
 static List *
 cancelled_runs(const char *schema, MemoryContext cxt)
 {
-	Oid			types[3] = {INT4OID, TIMESTAMPTZOID, INT8ARRAYOID};
+	Oid			types[3];
 	Datum		values[3];
 	List	   *ids = NIL;
 	int			ret;
 
-	values[0] = Int32GetDatum(igny8_worker_index);
-	values[1] = TimestampTzGetDatum(my_start);
-	values[2] = held_ids();
+	my_runs(types, values);
 	ret = SPI_execute_with_args(psprintf(
 		"SELECT j.id FROM %s.igny8_jobs j"
 		" WHERE j.state OPERATOR(pg_catalog.=) 'running' AND j.cancel_requested"

@@ -629,7 +629,7 @@ clear_waiter(int code, Datum arg)
 }
 
 /*
- * igny8_wait_job(id bigint, timeout interval) returns igny8_job_result:
+ * igny8_wait_job(id bigint, timeout interval) returns igny8_job_results:
  * wait on the latch until the job finished, or the timeout passed (then the
  * job is returned as it stands).  A worker that writes a job's outcome sets
  * the latches of the backends waiting for it after its commit; the row is
