@@ -186,7 +186,9 @@ sim_url() {
 # (default pg_cron and igny8_ai) for database DB (created before the
 # workers start, unless it is postgres), start and wait until it accepts
 # connections; sets PG_PORT.  OPENAI_API_KEY and ANTHROPIC_API_KEY reach
-# the server's environment.
+# the server's environment.  The server takes no TCP connections: pg_cron
+# runs its jobs in background workers (README, "Setting up
+# postgresql.conf"), with room for them in max_worker_processes.
 start_pg() {
 	local db=$1 preload=${2:-pg_cron,igny8_ai}
 	PG_PORT=$(free_port)
@@ -203,6 +205,8 @@ listen_addresses = ''
 unix_socket_directories = '$IGNY8_TMP'
 shared_preload_libraries = '$preload'
 cron.database_name = '$db'
+cron.use_background_workers = on
+max_worker_processes = 16
 igny8_ai.database = '$db'
 CONF
 	# registered before the start: an interrupted start is stopped too
