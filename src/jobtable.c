@@ -542,16 +542,12 @@ earliest_not_before(const char *schema)
 	return isnull ? 0 : DatumGetTimestampTz(d);
 }
 
-/* Give a claimed row a slot of its own, as a running request of ours. */
-static int
-fill_slot(Claimed *c, TimestampTz now)
+/* Fill a slot taken for a claimed row: a running request of ours. */
+static void
+fill_slot(int slotno, Claimed *c, TimestampTz now)
 {
-	int			slotno = igny8_slot_take();
-	Igny8Slot  *slot;
+	Igny8Slot  *slot = &igny8_slots[slotno];
 
-	if (slotno < 0)
-		return -1;
-	slot = &igny8_slots[slotno];
 	slot->task = c->task;
 	slot->request_id = c->request_id;
 	strlcpy(slot->alias, c->alias, IGNY8_NAME_LEN);
@@ -574,7 +570,6 @@ fill_slot(Claimed *c, TimestampTz now)
 	slot->claimed = true;
 	slot->state = IGNY8_SLOT_RUNNING;
 	SpinLockRelease(&slot->mutex);
-	return slotno;
 }
 
 /*
@@ -593,7 +588,7 @@ igny8_jobs_take(Igny8Config *config)
 	Claimed    *claimed = NULL;
 	List	   *cancelled = NIL;
 	int		   *slots;
-	volatile int nfilled = 0;
+	int			nreserved = 0;
 	MemoryContext cxt = CurrentMemoryContext;
 
 	if (config == NULL || !igny8_jobs_due(now))
@@ -613,14 +608,21 @@ igny8_jobs_take(Igny8Config *config)
 	run_ended = false;
 	if (scan)
 		next_scan = TimestampTzPlusMilliseconds(now, IGNY8_JOB_SCAN_MS);
+	/*
+	 * A slot for every job it may take, taken first: synchronous calls may
+	 * hold every other slot.
+	 */
 	want = Max(my_share() - running_here, 0);
+	slots = palloc(sizeof(int) * (want + 1));
+	while (nreserved < want && (slots[nreserved] = igny8_slot_take()) >= 0)
+		nreserved++;
+	want = nreserved;
 	if (want == 0 && !scan && !(cancels && running_here > 0))
 	{
 		/* full: look again when a run ends */
 		look_again = true;
 		return;
 	}
-	slots = palloc(sizeof(int) * (want + 1));
 
 	PG_TRY();
 	{
@@ -649,19 +651,14 @@ igny8_jobs_take(Igny8Config *config)
 		 * after this one finds the run in its slot.
 		 */
 		for (int i = 0; i < nclaimed; i++)
-		{
-			slots[i] = fill_slot(&claimed[i], now);
-			if (slots[i] < 0)
-				elog(ERROR, "no free request slot for a job");
-			nfilled = i + 1;
-		}
+			fill_slot(slots[i], &claimed[i], now);
 		igny8_worker_commit();
 	}
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(cxt);
-		/* the claim is rolled back: so are the slots filled for it */
-		for (int i = 0; i < nfilled; i++)
+		/* the claim is rolled back: every slot goes back */
+		for (int i = 0; i < nreserved; i++)
 			igny8_slot_release(slots[i]);
 		igny8_worker_recover();
 		list_free_deep(woken);
@@ -670,6 +667,8 @@ igny8_jobs_take(Igny8Config *config)
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
+	for (int i = nclaimed; i < nreserved; i++)
+		igny8_slot_release(slots[i]);
 
 	igny8_jobs_wake_waiters();
 	stop_cancelled(cancelled);
