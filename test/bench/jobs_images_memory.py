@@ -16,7 +16,8 @@ igny8_ai.max_running_jobs (and igny8_ai.max_running_jobs_per_account) at
 once; those wait for the provider's one place in the worker.
 
 The igny8_ai workers' pids come from igny8_worker_status().  Their
-/proc/PID/status (VmRSS, RssAnon, RssShmem) is read before the submit,
+/proc/PID/status (VmRSS, RssAnon, RssShmem; and, once a second, from
+/proc/PID/smaps, the part of RssShmem in /dev/shm) is read before the submit,
 every 100 ms until no job of the run is queued or running, and one idle
 second after that; per worker: start / max / end, and a per-100-jobs
 trace of the sum.
@@ -41,15 +42,24 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "sim"))
 from burst import memory_kb  # noqa: E402
+from images import dsm_rss_kb  # noqa: E402
 import simctl  # noqa: E402
 
 ALIAS = "dall-e-2"
 SAMPLE_S = 0.1
-FIELDS = ("VmRSS", "RssAnon", "RssShmem")
+FIELDS = ("VmRSS", "RssAnon", "RssShmem", "DsmRss")
 
 
-def read(pids):
-    return {p: memory_kb(p) for p in pids}
+def read(pids, smaps=False):
+    """/proc/PID/status of each worker; with SMAPS also "DsmRss", the part
+    of RssShmem in /dev/shm mappings (the payload area's dynamic shared
+    memory; the rest of RssShmem is mostly shared_buffers pages)."""
+    out = {p: memory_kb(p) for p in pids}
+    if smaps:
+        for p in pids:
+            if out[p]:
+                out[p]["DsmRss"] = dsm_rss_kb(p)
+    return out
 
 
 def main():
@@ -75,15 +85,17 @@ def main():
     cur.execute("SELECT coalesce(max(id), 0) FROM igny8_jobs")
     j0 = cur.fetchone()[0]
 
-    start = read(pids)
+    start = read(pids, smaps=True)
     peak = {p: dict(start[p]) for p in pids}
     trace = []          # (s since commit, finished jobs, VmRSS sum kB)
     state = {"finished": 0}
     stopping = threading.Event()
 
     def sample(t0):
+        n = 0
         while not stopping.is_set():
-            now = read(pids)
+            now = read(pids, smaps=(n % 10 == 0))     # smaps once a second
+            n += 1
             for p in pids:
                 if now[p]:
                     for k in FIELDS:
@@ -120,7 +132,7 @@ def main():
     stopping.set()
     sampler.join()
     time.sleep(1)
-    end = read(pids)
+    end = read(pids, smaps=True)
 
     cur.execute("""
         SELECT count(*) FILTER (WHERE state = 'succeeded' AND attempts = 1
