@@ -20,6 +20,10 @@ Reported per job (microseconds):
   arrival_from_commit_sent   t_start - (COMMIT sent)
   notify    NOTIFY received - (COMMIT returned): the whole round trip,
             including the finish transaction and its WAL flush
+and the phases of the arrival: COMMIT returned -> the claim transaction's
+start (started_at); -> the attempt's start (its usage row's created_at,
+set before the transaction that records the attempt as sent, whose WAL
+flush comes before the send); -> the arrival.
 
 Checks: every job succeeded with one attempt and one successful usage row;
 the simulator got exactly one request per tag.
@@ -131,6 +135,14 @@ def main():
           FROM ai_usage_log u JOIN igny8_jobs j ON j.request_id = u.request_id
          WHERE u.id > %s AND j.id = ANY(%s)""", (u0, ids))
     u_rows, u_ok = cur.fetchone()
+    # where the time goes: the claim transaction's start (started_at) and
+    # the attempt's start (its usage row's created_at: when the worker
+    # decided to send it, before the transaction that records it as sent)
+    cur.execute("""
+        SELECT j.id, extract(epoch FROM j.started_at), extract(epoch FROM u.created_at)
+          FROM igny8_jobs j JOIN ai_usage_log u ON u.request_id = j.request_id
+         WHERE u.id > %s AND j.id = ANY(%s)""", (u0, ids))
+    phases = {r[0]: (float(r[1]), float(r[2])) for r in cur.fetchall()}
     conn.close()
     lconn.close()
 
@@ -139,6 +151,10 @@ def main():
     arrival_sent = [arrivals[r[0]] - r[2] for r in runs if r[0] in arrivals]
     commit = [r[3] - r[2] for r in runs]
     notify = [r[4] - r[3] for r in runs if r[4] is not None]
+    claim = [phases[r[1]][0] - r[3] for r in runs if r[1] in phases]
+    attempt = [phases[r[1]][1] - phases[r[1]][0] for r in runs if r[1] in phases]
+    send = [arrivals[r[0]] - phases[r[1]][1] for r in runs
+            if r[1] in phases and r[0] in arrivals]
     checks_ok = (ok == args.jobs and not missing and dup == 0 and hung == 0
                  and u_rows == args.jobs and u_ok == args.jobs)
     out = {
@@ -147,6 +163,9 @@ def main():
         "arrival_from_commit_sent": summary(arrival_sent) if arrival_sent else None,
         "commit": summary(commit),
         "notify": summary(notify) if notify else None,
+        "phase_claim_start": summary(claim) if claim else None,
+        "phase_claim_to_attempt": summary(attempt) if attempt else None,
+        "phase_attempt_to_arrival": summary(send) if send else None,
         "negative_arrivals": sum(1 for v in arrival if v < 0),
         "succeeded": ok, "not_succeeded": not_ok,
         "usage_rows": u_rows, "usage_success": u_ok,
