@@ -761,7 +761,7 @@ keep_plan(const char *sql, int nargs, Oid *types)
 static void
 prepare_plans(const char *schema)
 {
-	Oid			inflight_types[4] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID};
+	Oid			inflight_types[4] = {INT8ARRAYOID, TEXTARRAYOID, INT4OID, TIMESTAMPTZOID};
 	Oid			types[FINISH_NARGS] = {
 		INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, INT4OID, BYTEAOID, INT4OID, INT4OID, TEXTOID, FLOAT8OID,
@@ -783,10 +783,12 @@ prepare_plans(const char *schema)
 		" AND j.worker OPERATOR(pg_catalog.=) $18"
 		" AND j.worker_started OPERATOR(pg_catalog.=) $19", schema),
 		FINISH_NARGS, types);
+	/* every row to record in one statement: ids and their inflight */
 	inflight_plan = keep_plan(psprintf(
-		"UPDATE %s.igny8_jobs j SET inflight = $2::pg_catalog.jsonb,"
-		" sent = j.sent OR $2 IS NOT NULL"
-		" WHERE j.id OPERATOR(pg_catalog.=) $1"
+		"UPDATE %s.igny8_jobs j SET inflight = v.inflight::pg_catalog.jsonb,"
+		" sent = j.sent OR v.inflight IS NOT NULL"
+		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) v(id, inflight)"
+		" WHERE j.id OPERATOR(pg_catalog.=) v.id"
 		" AND j.state OPERATOR(pg_catalog.=) 'running'"
 		" AND j.worker OPERATOR(pg_catalog.=) $3"
 		" AND j.worker_started OPERATOR(pg_catalog.=) $4", schema),
@@ -886,43 +888,53 @@ write_one(Igny8Job *job)
 		notify_job(job->job_id, state);
 }
 
-/* Record in a running job's row the attempt it sends (or none).  */
-static void
-record_one(Igny8Job *job)
+/*
+ * What a running job's row must record as sent: its inflight JSON, or NULL
+ * for none.  Sets inflight_next.
+ */
+static char *
+inflight_json(Igny8Job *job)
 {
 	int			n = inflight_wanted(job);
+	Igny8Deployment *d;
+	StringInfoData buf;
+
+	job->inflight_next = n;
+	if (n == 0)
+		return NULL;
+	d = job->cands[job->cand];
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"attempt\": %d, \"provider\": ", n);
+	escape_json(&buf, igny8_to_db_lossy(d->provider->id));
+	appendStringInfoString(&buf, ", \"model\": ");
+	escape_json(&buf, igny8_to_db_lossy(d->model));
+	appendStringInfoString(&buf, ", \"at\": ");
+	escape_json(&buf, timestamptz_to_str(job->intent_at));
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/* Record in the running jobs' rows the attempts they send (or none). */
+static void
+record_all(Datum *ids, Datum *inflights, bool *nulls, int n)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
 	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
 	int			ret;
 
-	values[0] = Int64GetDatum(job->job_id);
-	if (n == 0)
-	{
-		values[1] = (Datum) 0;
-		nulls[1] = 'n';
-	}
-	else
-	{
-		Igny8Deployment *d = job->cands[job->cand];
-		StringInfoData buf;
-
-		initStringInfo(&buf);
-		appendStringInfo(&buf, "{\"attempt\": %d, \"provider\": ", n);
-		escape_json(&buf, igny8_to_db_lossy(d->provider->id));
-		appendStringInfoString(&buf, ", \"model\": ");
-		escape_json(&buf, igny8_to_db_lossy(d->model));
-		appendStringInfoString(&buf, ", \"at\": ");
-		escape_json(&buf, timestamptz_to_str(job->intent_at));
-		appendStringInfoChar(&buf, '}');
-		values[1] = CStringGetTextDatum(buf.data);
-	}
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8,
+												FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_md_array(inflights, nulls, 1, dims,
+												   lbs, TEXTOID, -1, false,
+												   TYPALIGN_INT));
 	values[2] = Int32GetDatum(igny8_worker_index);
 	values[3] = TimestampTzGetDatum(my_start);
-	ret = SPI_execute_plan(inflight_plan, values, nulls, false, 0);
+	ret = SPI_execute_plan(inflight_plan, values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not update igny8_jobs: %s",
 			 SPI_result_code_string(ret));
-	job->inflight_next = n;
 }
 
 /*
@@ -933,10 +945,20 @@ void
 igny8_jobs_write(Igny8Config *config)
 {
 	dlist_iter	iter;
+	int			njobs = 0;
+	int			nrecord = 0;
+	Datum	   *ids;
+	Datum	   *inflights;
+	bool	   *nulls;
 
 	if (!igny8_jobs_to_write())
 		return;
 	prepare_plans(config->schema);
+	dlist_foreach(iter, &igny8_jobs)
+		njobs++;
+	ids = palloc(sizeof(Datum) * njobs);
+	inflights = palloc(sizeof(Datum) * njobs);
+	nulls = palloc(sizeof(bool) * njobs);
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
@@ -944,8 +966,17 @@ igny8_jobs_write(Igny8Config *config)
 		if (to_write(job))
 			write_one(job);
 		else if (to_record(job))
-			record_one(job);
+		{
+			char	   *json = inflight_json(job);
+
+			ids[nrecord] = Int64GetDatum(job->job_id);
+			nulls[nrecord] = (json == NULL);
+			inflights[nrecord] = json ? CStringGetTextDatum(json) : (Datum) 0;
+			nrecord++;
+		}
 	}
+	if (nrecord > 0)
+		record_all(ids, inflights, nulls, nrecord);
 }
 
 /*
