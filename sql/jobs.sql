@@ -236,6 +236,23 @@ SELECT string_agg(tag, ' ') AS order_of_arrival
 UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();
 
+-- a job waits for a busy provider's place as long as it takes, past the
+-- deployment's queue_timeout (after which a call falls back), and its
+-- timeout counts from its first attempt
+UPDATE igny8_providers SET max_concurrent = 1 WHERE id = 'self_hosted_ai';
+UPDATE igny8_models SET queue_timeout = '0.2 s' WHERE alias = 'gpt-4' AND provider_id = 'self_hosted_ai';
+SELECT wait_for_config();
+SELECT igny8_submit_text('Holds [[sim ollama:delay=2 tag=qa]]', 'gpt-4') AS qa \gset
+SELECT sim_wait_arrival('qa');
+SELECT igny8_submit_text('Patient [[sim ollama:tag=qb]]', 'gpt-4', '{"timeout": 1}') AS qb \gset
+SELECT state, provider, attempts FROM igny8_wait_job(:qb, '30 s');
+SELECT state, provider FROM igny8_wait_job(:qa, '30 s');
+SELECT count(*) AS qb_fallbacks FROM ai_usage_log u JOIN igny8_jobs j USING (request_id)
+ WHERE j.id = :qb AND u.provider <> 'self_hosted_ai';
+UPDATE igny8_models SET queue_timeout = '30 s' WHERE alias = 'gpt-4' AND provider_id = 'self_hosted_ai';
+UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();
+
 -- image jobs on ComfyUI: where each is in ComfyUI's queue; a cancel
 -- interrupts the running prompt by its own prompt_id, and the next runs
 SELECT sim('reset');

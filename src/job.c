@@ -123,6 +123,12 @@ igny8_job_create(int slotno)
 	job->account_id = slot->account_id;
 	job->timeout_ms = slot->timeout_ms;
 	job->deadline = slot->deadline;
+	/*
+	 * A submitted job's run has its timeout from its first attempt: until
+	 * then it waits for a provider place as long as it takes (below).
+	 */
+	if (slot->job_id != 0)
+		job->deadline = DT_NOEND;
 	job->started = GetCurrentTimestamp();
 	job->request_json = pstrdup(dsa_get_address(igny8_dsa(), slot->request));
 	job->job_id = slot->job_id;
@@ -347,8 +353,15 @@ take_place(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
 	}
 	if (job->wait_since == 0)
 	{
+		/*
+		 * A call waits at most its deployment's queue_timeout, then falls
+		 * back; a submitted job is background work, and waits for the place
+		 * (a busy GPU is no reason to pay for a fallback) within its
+		 * deadline.
+		 */
 		job->wait_since = now;
-		job->wake_at = TimestampTzPlusMilliseconds(now, d->queue_timeout_ms);
+		job->wake_at = (job->job_id != 0) ? job->deadline :
+			TimestampTzPlusMilliseconds(now, d->queue_timeout_ms);
 		job->wake_at = Min(job->wake_at, job->deadline);
 	}
 	if (now >= job->wake_at)
@@ -442,6 +455,8 @@ start_attempt(Igny8Job *job, TimestampTz now)
 	/* (a place taken before the attempt waited for its intent is kept) */
 	if (job->holding < 0 && !take_place(job, d, now))
 		return;
+	if (job->deadline == DT_NOEND)
+		job->deadline = TimestampTzPlusMilliseconds(now, job->timeout_ms);
 
 	/*
 	 * A submitted job's attempt is recorded in its row before it is sent,
