@@ -55,6 +55,7 @@
 #include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
 
@@ -77,6 +78,64 @@ static TimestampTz my_start = 0;
 static bool stopping = false;		/* record no more attempts as sent */
 
 static List *woken = NIL;			/* ids whose waiters to wake */
+
+/*
+ * The worker's statements on igny8_jobs, prepared once for its life (for
+ * the extension's schema they were made with; after an error, again).
+ */
+typedef enum JobPlan
+{
+	PLAN_RECOVER,
+	PLAN_CANCELLED,
+	PLAN_LOCK,
+	PLAN_COUNTS,
+	PLAN_CANDIDATES,
+	PLAN_CLAIM,
+	PLAN_EARLIEST,
+	PLAN_FINISH,
+	PLAN_INFLIGHT,
+	NPLANS
+} JobPlan;
+
+static SPIPlanPtr plans[NPLANS];
+static char *plans_schema = NULL;
+
+static void
+forget_plans(void)
+{
+	for (int i = 0; i < NPLANS; i++)
+	{
+		if (plans[i])
+			SPI_freeplan(plans[i]);
+		plans[i] = NULL;
+	}
+	if (plans_schema)
+		pfree(plans_schema);
+	plans_schema = NULL;
+}
+
+/* Statement which (sql, for the extension in schema), prepared. */
+static SPIPlanPtr
+job_plan(JobPlan which, const char *schema, const char *sql, int nargs,
+		 Oid *types)
+{
+	if (plans_schema == NULL || strcmp(plans_schema, schema) != 0)
+	{
+		forget_plans();
+		plans_schema = MemoryContextStrdup(TopMemoryContext, schema);
+	}
+	if (plans[which] == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare a statement on igny8_jobs: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		plans[which] = plan;
+	}
+	return plans[which];
+}
 
 /* The share of igny8_ai.max_running_jobs that is this worker's. */
 static int
@@ -187,13 +246,15 @@ my_runs(Oid *types, Datum *values)
 static void
 recover(const char *schema)
 {
-	Oid			types[3];
-	Datum		values[3];
+	Oid			types[4];
+	Datum		values[4];
 	int			ret;
 
 	my_runs(types, values);
+	types[3] = BOOLOID;
+	values[3] = BoolGetDatum(igny8_log_content);
 
-	ret = SPI_execute_with_args(psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_RECOVER, schema, psprintf(
 		"WITH r AS (UPDATE %s.igny8_jobs j SET"
 		" attempts = j.attempts OPERATOR(pg_catalog.-) (NOT j.sent)::pg_catalog.int4,"
 		" state = CASE WHEN j.cancel_requested THEN 'cancelled'"
@@ -229,11 +290,10 @@ recover(const char *schema)
 		"  'interrupted: the igny8_ai worker running the job stopped while the request was in flight',"
 		"  (r.inflight OPERATOR(pg_catalog.->>) 'attempt')::pg_catalog.int4,"
 		"  CASE WHEN r.kind OPERATOR(pg_catalog.=) 'image' THEN 0 END,"
-		"  CASE WHEN %s THEN r.request::pg_catalog.text END"
+		"  CASE WHEN $4 THEN r.request::pg_catalog.text END"
 		"  FROM r WHERE r.inflight IS NOT NULL)"
-		" SELECT r.id, r.state FROM r", schema, schema, schema, schema,
-		igny8_log_content ? "true" : "false"),
-		3, types, values, NULL, false, 0);
+		" SELECT r.id, r.state FROM r", schema, schema, schema, schema),
+		4, types), values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not recover igny8_jobs: %s",
 			 SPI_result_code_string(ret));
@@ -270,13 +330,13 @@ cancelled_runs(const char *schema, MemoryContext cxt)
 	int			ret;
 
 	my_runs(types, values);
-	ret = SPI_execute_with_args(psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_CANCELLED, schema, psprintf(
 		"SELECT j.id FROM %s.igny8_jobs j"
 		" WHERE j.state OPERATOR(pg_catalog.=) 'running' AND j.cancel_requested"
 		" AND j.worker OPERATOR(pg_catalog.=) $1"
 		" AND j.worker_started OPERATOR(pg_catalog.=) $2"
 		" AND j.id OPERATOR(pg_catalog.=) ANY ($3)", schema),
-		3, types, values, NULL, true, 0);
+		3, types), values, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -362,12 +422,32 @@ task_of(const char *kind)
 	return IGNY8_TASK_TEXT;
 }
 
+/* The claim lock, if no other worker holds it.  Needs a transaction. */
+static bool
+claim_lock(const char *schema)
+{
+	bool		isnull;
+	int			ret;
+
+	ret = SPI_execute_plan(job_plan(PLAN_LOCK, schema,
+									"SELECT pg_catalog.pg_try_advisory_xact_lock("
+									CppAsString2(IGNY8_CLAIM_LOCK_KEY1) ", "
+									CppAsString2(IGNY8_CLAIM_LOCK_KEY2) ")",
+									0, NULL), NULL, NULL, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not lock the claims: %s", SPI_result_code_string(ret));
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull));
+}
+
 /*
  * Lock up to want due jobs, keep those under their account's limit, and
- * mark them ours.  Needs a transaction.  Returns the rows taken.
+ * mark them ours.  Needs a transaction.  Returns the rows taken (*nclaimed
+ * of them), or NULL if another worker is claiming.
  */
 static Claimed *
-claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
+claim(const char *schema, int want, int *nclaimed, bool *locked,
+	  MemoryContext cxt)
 {
 	AccountCount *counts;
 	int			ncounts = 0;
@@ -384,23 +464,28 @@ claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
 
 	/*
 	 * One claim at a time, server-wide, so that each sees the others'
-	 * claims in its counts (claims are short; the lock goes at commit).
+	 * claims in its counts.  A worker that finds the lock taken does not
+	 * wait: it asks the one claiming to wake it once done (and tries once
+	 * more, in case that one was done before it asked).
 	 */
-	ret = SPI_execute("SELECT pg_catalog.pg_advisory_xact_lock("
-					  CppAsString2(IGNY8_CLAIM_LOCK_KEY1) ", "
-					  CppAsString2(IGNY8_CLAIM_LOCK_KEY2) ")", false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not lock the claims: %s", SPI_result_code_string(ret));
+	if (!claim_lock(schema))
+	{
+		pg_atomic_write_u32(&igny8_shared->jobs_claim_missed, 1);
+		if (!claim_lock(schema))
+			return NULL;
+	}
+	*locked = true;
 
 	/*
 	 * The accounts' running jobs, server-wide: those at their limit wait.
 	 * (Not read-only: it takes a snapshot of its own, taken after the lock,
 	 * which sees the claim that held it.)
 	 */
-	ret = SPI_execute(psprintf("SELECT j.account_id, pg_catalog.count(*)::integer"
-							   " FROM %s.igny8_jobs j"
-							   " WHERE j.state OPERATOR(pg_catalog.=) 'running'"
-							   " GROUP BY j.account_id", schema), false, 0);
+	ret = SPI_execute_plan(job_plan(PLAN_COUNTS, schema, psprintf(
+		"SELECT j.account_id, pg_catalog.count(*)::integer"
+		" FROM %s.igny8_jobs j"
+		" WHERE j.state OPERATOR(pg_catalog.=) 'running'"
+		" GROUP BY j.account_id", schema), 0, NULL), NULL, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
 	counts = palloc(sizeof(AccountCount) * (SPI_processed + want + 1));
@@ -434,7 +519,7 @@ claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
 	values[2] = PointerGetDatum(construct_array(capped, ncapped, INT8OID, 8,
 												FLOAT8PASSBYVAL,
 												TYPALIGN_DOUBLE));
-	ret = SPI_execute_with_args(psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_CANDIDATES, schema, psprintf(
 		"SELECT j.id, j.account_id FROM %s.igny8_jobs j"
 		" WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
 		" AND j.not_before OPERATOR(pg_catalog.<=) pg_catalog.now()"
@@ -442,7 +527,7 @@ claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
 		"  ELSE j.account_id OPERATOR(pg_catalog.<>) ALL ($3) END"
 		" ORDER BY (j.priority OPERATOR(pg_catalog.<>) 'interactive'), j.id"
 		" LIMIT $1 FOR UPDATE SKIP LOCKED", schema),
-		3, types, values, NULL, false, 0);
+		3, types), values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
 	fetched = SPI_processed;
@@ -487,7 +572,7 @@ claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
 												TYPALIGN_DOUBLE));
 	values[1] = Int32GetDatum(igny8_worker_index);
 	values[2] = TimestampTzGetDatum(my_start);
-	ret = SPI_execute_with_args(psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_CLAIM, schema, psprintf(
 		"UPDATE %s.igny8_jobs j SET state = 'running',"
 		" attempts = j.attempts OPERATOR(pg_catalog.+) 1,"
 		" started_at = pg_catalog.now(), worker = $2, worker_started = $3,"
@@ -495,7 +580,7 @@ claim(const char *schema, int want, int *nclaimed, MemoryContext cxt)
 		" WHERE j.id OPERATOR(pg_catalog.=) ANY ($1)"
 		" RETURNING j.id, j.kind, j.model_alias, j.request::text, j.account_id,"
 		" j.timeout_ms, j.request_id", schema),
-		3, types, values, NULL, false, 0);
+		3, types), values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not claim igny8_jobs: %s", SPI_result_code_string(ret));
 
@@ -532,10 +617,11 @@ earliest_not_before(const char *schema)
 	Datum		d;
 	int			ret;
 
-	ret = SPI_execute(psprintf("SELECT pg_catalog.min(j.not_before) FROM %s.igny8_jobs j"
-							   " WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
-							   " AND j.not_before OPERATOR(pg_catalog.>) pg_catalog.now()",
-							   schema), true, 1);
+	ret = SPI_execute_plan(job_plan(PLAN_EARLIEST, schema, psprintf(
+		"SELECT pg_catalog.min(j.not_before) FROM %s.igny8_jobs j"
+		" WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
+		" AND j.not_before OPERATOR(pg_catalog.>) pg_catalog.now()", schema),
+		0, NULL), NULL, NULL, true, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -589,6 +675,7 @@ igny8_jobs_take(Igny8Config *config)
 	List	   *cancelled = NIL;
 	int		   *slots;
 	int			nreserved = 0;
+	bool		locked = false;
 	MemoryContext cxt = CurrentMemoryContext;
 
 	if (config == NULL || !igny8_jobs_due(now))
@@ -633,17 +720,19 @@ igny8_jobs_take(Igny8Config *config)
 		 * records the first attempt, whose flush covers this one too.  A
 		 * claim lost in a crash leaves its jobs queued.
 		 */
-		if (SPI_execute("SET LOCAL synchronous_commit TO off", false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not set synchronous_commit");
+		(void) set_config_option("synchronous_commit", "off", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0,
+								 false);
 		if (scan)
 			recover(config->schema);
 		if (cancels && running_here > 0)
 			cancelled = cancelled_runs(config->schema, cxt);
 		if (want > 0)
 		{
-			claimed = claim(config->schema, want, &nclaimed, cxt);
-			next_not_before = (nclaimed < want) ?
-				earliest_not_before(config->schema) : 0;
+			claimed = claim(config->schema, want, &nclaimed, &locked, cxt);
+			if (claimed != NULL)
+				next_not_before = (nclaimed < want) ?
+					earliest_not_before(config->schema) : 0;
 		}
 
 		/*
@@ -669,6 +758,9 @@ igny8_jobs_take(Igny8Config *config)
 	MemoryContextSwitchTo(cxt);
 	for (int i = nclaimed; i < nreserved; i++)
 		igny8_slot_release(slots[i]);
+	/* a worker found the lock taken while we claimed: it looks now */
+	if (locked && pg_atomic_exchange_u32(&igny8_shared->jobs_claim_missed, 0))
+		igny8_jobs_announce();
 
 	igny8_jobs_wake_waiters();
 	stop_cancelled(cancelled);
@@ -729,73 +821,6 @@ igny8_jobs_to_write(void)
 
 #define FINISH_NARGS 19
 
-static SPIPlanPtr finish_plan = NULL;
-static SPIPlanPtr inflight_plan = NULL;
-static char *finish_schema = NULL;
-
-static void
-forget_plans(void)
-{
-	if (finish_plan)
-		SPI_freeplan(finish_plan);
-	if (inflight_plan)
-		SPI_freeplan(inflight_plan);
-	finish_plan = inflight_plan = NULL;
-	if (finish_schema)
-		pfree(finish_schema);
-	finish_schema = NULL;
-}
-
-static SPIPlanPtr
-keep_plan(const char *sql, int nargs, Oid *types)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-	if (plan == NULL)
-		elog(ERROR, "could not prepare an igny8_jobs update: %s",
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
-static void
-prepare_plans(const char *schema)
-{
-	Oid			inflight_types[4] = {INT8ARRAYOID, TEXTARRAYOID, INT4OID, TIMESTAMPTZOID};
-	Oid			types[FINISH_NARGS] = {
-		INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-		INT4OID, INT4OID, BYTEAOID, INT4OID, INT4OID, TEXTOID, FLOAT8OID,
-		TEXTOID, TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID
-	};
-
-	if (finish_plan != NULL && strcmp(finish_schema, schema) == 0)
-		return;
-	forget_plans();
-	finish_plan = keep_plan(psprintf(
-		"UPDATE %s.igny8_jobs j SET state = $2, finished_at = pg_catalog.now(),"
-		" provider = $3, model = $4, content = $5, thinking = $6,"
-		" finish_reason = $7, input_tokens = $8, output_tokens = $9,"
-		" image = $10, width = $11, height = $12, revised_prompt = $13,"
-		" cost = 0, duration_ms = $14, error_code = $15, error_message = $16,"
-		" error_detail = $17, inflight = NULL"
-		" WHERE j.id OPERATOR(pg_catalog.=) $1"
-		" AND j.state OPERATOR(pg_catalog.=) 'running'"
-		" AND j.worker OPERATOR(pg_catalog.=) $18"
-		" AND j.worker_started OPERATOR(pg_catalog.=) $19", schema),
-		FINISH_NARGS, types);
-	/* every row to record in one statement: ids and their inflight */
-	inflight_plan = keep_plan(psprintf(
-		"UPDATE %s.igny8_jobs j SET inflight = v.inflight::pg_catalog.jsonb,"
-		" sent = j.sent OR v.inflight IS NOT NULL"
-		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) v(id, inflight)"
-		" WHERE j.id OPERATOR(pg_catalog.=) v.id"
-		" AND j.state OPERATOR(pg_catalog.=) 'running'"
-		" AND j.worker OPERATOR(pg_catalog.=) $3"
-		" AND j.worker_started OPERATOR(pg_catalog.=) $4", schema),
-		4, inflight_types);
-	finish_schema = MemoryContextStrdup(TopMemoryContext, schema);
-}
-
 static Datum
 db_text(const char *utf8, char *nulls, int i)
 {
@@ -807,10 +832,17 @@ db_text(const char *utf8, char *nulls, int i)
 	return CStringGetTextDatum(igny8_to_db_lossy(utf8));
 }
 
+#define FINISH_NARGS 19
+
 /* Write one finished run into its row.  Needs a transaction. */
 static void
-write_one(Igny8Job *job)
+write_one(const char *schema, Igny8Job *job)
 {
+	Oid			types[FINISH_NARGS] = {
+		INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+		INT4OID, INT4OID, BYTEAOID, INT4OID, INT4OID, TEXTOID, FLOAT8OID,
+		TEXTOID, TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID
+	};
 	Datum		values[FINISH_NARGS];
 	char		nulls[FINISH_NARGS];
 	const char *state;
@@ -879,7 +911,18 @@ write_one(Igny8Job *job)
 	values[18] = TimestampTzGetDatum(my_start);
 	nulls[17] = nulls[18] = ' ';
 
-	ret = SPI_execute_plan(finish_plan, values, nulls, false, 0);
+	ret = SPI_execute_plan(job_plan(PLAN_FINISH, schema, psprintf(
+		"UPDATE %s.igny8_jobs j SET state = $2, finished_at = pg_catalog.now(),"
+		" provider = $3, model = $4, content = $5, thinking = $6,"
+		" finish_reason = $7, input_tokens = $8, output_tokens = $9,"
+		" image = $10, width = $11, height = $12, revised_prompt = $13,"
+		" cost = 0, duration_ms = $14, error_code = $15, error_message = $16,"
+		" error_detail = $17, inflight = NULL"
+		" WHERE j.id OPERATOR(pg_catalog.=) $1"
+		" AND j.state OPERATOR(pg_catalog.=) 'running'"
+		" AND j.worker OPERATOR(pg_catalog.=) $18"
+		" AND j.worker_started OPERATOR(pg_catalog.=) $19", schema),
+		FINISH_NARGS, types), values, nulls, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not update igny8_jobs: %s",
 			 SPI_result_code_string(ret));
@@ -916,8 +959,10 @@ inflight_json(Igny8Job *job)
 
 /* Record in the running jobs' rows the attempts they send (or none). */
 static void
-record_all(Datum *ids, Datum *inflights, bool *nulls, int n)
+record_all(const char *schema, Datum *ids, Datum *inflights, bool *nulls,
+		   int n)
 {
+	Oid			types[4] = {INT8ARRAYOID, TEXTARRAYOID, INT4OID, TIMESTAMPTZOID};
 	int			dims[1] = {n};
 	int			lbs[1] = {1};
 	Datum		values[4];
@@ -931,7 +976,16 @@ record_all(Datum *ids, Datum *inflights, bool *nulls, int n)
 												   TYPALIGN_INT));
 	values[2] = Int32GetDatum(igny8_worker_index);
 	values[3] = TimestampTzGetDatum(my_start);
-	ret = SPI_execute_plan(inflight_plan, values, NULL, false, 0);
+	/* every row to record in one statement: ids and their inflight */
+	ret = SPI_execute_plan(job_plan(PLAN_INFLIGHT, schema, psprintf(
+		"UPDATE %s.igny8_jobs j SET inflight = v.inflight::pg_catalog.jsonb,"
+		" sent = j.sent OR v.inflight IS NOT NULL"
+		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) v(id, inflight)"
+		" WHERE j.id OPERATOR(pg_catalog.=) v.id"
+		" AND j.state OPERATOR(pg_catalog.=) 'running'"
+		" AND j.worker OPERATOR(pg_catalog.=) $3"
+		" AND j.worker_started OPERATOR(pg_catalog.=) $4", schema),
+		4, types), values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not update igny8_jobs: %s",
 			 SPI_result_code_string(ret));
@@ -953,7 +1007,6 @@ igny8_jobs_write(Igny8Config *config)
 
 	if (!igny8_jobs_to_write())
 		return;
-	prepare_plans(config->schema);
 	dlist_foreach(iter, &igny8_jobs)
 		njobs++;
 	ids = palloc(sizeof(Datum) * njobs);
@@ -964,7 +1017,7 @@ igny8_jobs_write(Igny8Config *config)
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
 		if (to_write(job))
-			write_one(job);
+			write_one(config->schema, job);
 		else if (to_record(job))
 		{
 			char	   *json = inflight_json(job);
@@ -976,7 +1029,7 @@ igny8_jobs_write(Igny8Config *config)
 		}
 	}
 	if (nrecord > 0)
-		record_all(ids, inflights, nulls, nrecord);
+		record_all(config->schema, ids, inflights, nulls, nrecord);
 }
 
 /*

@@ -103,6 +103,7 @@ init_shared(void)
 	igny8_shared->nworkers = igny8_nworkers;
 	pg_atomic_init_u64(&igny8_shared->config_generation, 1);
 	pg_atomic_init_u64(&igny8_shared->jobs_generation, 0);
+	pg_atomic_init_u32(&igny8_shared->jobs_claim_missed, 0);
 	for (int i = 0; i < igny8_nprocs; i++)
 		pg_atomic_init_u64(&igny8_job_waiters[i], 0);
 	pg_atomic_init_u32(&igny8_shared->next_worker, 0);
