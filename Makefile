@@ -4,6 +4,7 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).co
 MODULE_big = igny8_ai
 OBJS = \
 	src/igny8_ai.o \
+	src/price.o \
 	src/shmem.o \
 	src/places.o \
 	src/dispatch.o \
@@ -41,7 +42,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).
 REGRESS_CONF ?= test/tmp/regress.conf
 REGRESS = install bad_input text chat fallback retry failures encoding queue cancel jobs \
-	restart wakeup security config workflows usage health image batch drop
+	restart wakeup security config workflows usage health image batch prices drop
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(REGRESS_CONF)
 
 # the LLVM bitcode for JIT inlining is of no use here, and needs clang

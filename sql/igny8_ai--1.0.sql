@@ -127,12 +127,64 @@ CREATE TABLE igny8_fallbacks (
 COMMENT ON TABLE igny8_fallbacks IS
     'for an alias, the aliases tried next, by position';
 
+-- Prices of the external providers' models, in USD, each valid from
+-- valid_from until valid_to (NULL: still valid).  The unit is part of the
+-- row, so that a price per 1K tokens cannot pass for a price per token (the
+-- seed's cost calculator took gpt-3.5-turbo's per-1K prices for per-token
+-- prices, 1,000 times too high): a price is per 1M input tokens, per 1M
+-- output tokens, per 1M cached input tokens (read from the provider's
+-- prompt cache), per 1M cache-write tokens (written to it: Anthropic's
+-- cache_creation_input_tokens), or per image of a size and a quality.
+-- A trigger below refuses two rows of the same provider, model, unit, size
+-- and quality whose validity overlaps.
+CREATE TABLE igny8_prices (
+    provider        text NOT NULL
+                    CHECK (provider ~ '^[a-z0-9_]{1,63}$'),
+    model           text NOT NULL
+                    CHECK (octet_length(model) BETWEEN 1 AND 127),
+    unit            text NOT NULL
+                    CHECK (unit IN ('per_1m_input_tokens', 'per_1m_output_tokens',
+                                    'per_1m_cached_input_tokens',
+                                    'per_1m_cache_write_tokens', 'per_image')),
+    size            text NOT NULL DEFAULT '',
+    quality         text NOT NULL DEFAULT '',
+    price           numeric NOT NULL CHECK (price >= 0 AND price < 1000000),
+    valid_from      timestamptz NOT NULL DEFAULT '-infinity',
+    valid_to        timestamptz,
+    origin          text NOT NULL DEFAULT 'added'
+                    CHECK (origin IN ('shipped', 'edited', 'added')),
+    PRIMARY KEY (provider, model, unit, size, quality, valid_from),
+    CONSTRAINT igny8_prices_validity CHECK (valid_to > valid_from),
+    -- images: a size (WIDTHxHEIGHT) and a quality ('' for any); tokens: neither
+    CONSTRAINT igny8_prices_image CHECK (
+        CASE WHEN unit = 'per_image'
+             THEN size ~ '^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$'
+                  AND quality ~ '^[a-z0-9_]{0,31}$'
+             ELSE size = '' AND quality = '' END)
+);
+
+COMMENT ON TABLE igny8_prices IS
+    'list prices in USD of provider-side models, by unit, valid from valid_from until valid_to; the workers price each ai_usage_log row with the price valid at its created_at';
+COMMENT ON COLUMN igny8_prices.provider IS
+    'igny8_providers.id, as in ai_usage_log.provider';
+COMMENT ON COLUMN igny8_prices.model IS
+    'provider-side model, as igny8_models.provider_model';
+COMMENT ON COLUMN igny8_prices.unit IS
+    'per_1m_input_tokens, per_1m_output_tokens, per_1m_cached_input_tokens, per_1m_cache_write_tokens or per_image: never per token, never per 1K';
+COMMENT ON COLUMN igny8_prices.size IS
+    'per_image: WIDTHxHEIGHT; else empty';
+COMMENT ON COLUMN igny8_prices.quality IS
+    'per_image: the quality asked for (standard, hd, ...), empty for any; else empty';
+COMMENT ON COLUMN igny8_prices.price IS
+    'USD per unit';
+
 -- Shipped rows the DBA deleted (or whose key changed), so that a restore
 -- deletes them again after CREATE EXTENSION made them.
 CREATE TABLE igny8_config_deletions (
     table_name      text NOT NULL
                     CHECK (table_name IN ('igny8_providers', 'igny8_workflows',
-                                          'igny8_models', 'igny8_fallbacks')),
+                                          'igny8_models', 'igny8_fallbacks',
+                                          'igny8_prices')),
     key             jsonb NOT NULL,
     deleted_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (table_name, key)
@@ -715,6 +767,35 @@ INSERT INTO igny8_fallbacks (alias, position, fallback_alias, origin) VALUES
     ('dall-e-2',           1, 'dall-e-2-fallback',      'shipped'),
     ('sd3.5',              1, 'dall-e-3-fallback',      'shipped');
 
+-- List prices in USD as of 2026-11, for the external models shipped above
+-- (the operator must check them: providers change their prices).  The
+-- self-hosted providers have none: their cost is the GPU's rent.  gpt-4 and
+-- gpt-3.5-turbo have no cached price: OpenAI's prompt caching does not
+-- serve them, and a cached token without its own price costs an input
+-- token's.
+INSERT INTO igny8_prices (provider, model, unit, size, quality, price, origin) VALUES
+    ('openai',    'gpt-4',             'per_1m_input_tokens',        '', '', 30.00, 'shipped'),
+    ('openai',    'gpt-4',             'per_1m_output_tokens',       '', '', 60.00, 'shipped'),
+    ('openai',    'gpt-3.5-turbo',     'per_1m_input_tokens',        '', '',  0.50, 'shipped'),
+    ('openai',    'gpt-3.5-turbo',     'per_1m_output_tokens',       '', '',  1.50, 'shipped'),
+    ('anthropic', 'claude-sonnet-5-5', 'per_1m_input_tokens',        '', '',  3.00, 'shipped'),
+    ('anthropic', 'claude-sonnet-5-5', 'per_1m_output_tokens',       '', '', 15.00, 'shipped'),
+    ('anthropic', 'claude-sonnet-5-5', 'per_1m_cached_input_tokens', '', '',  0.30, 'shipped'),
+    ('anthropic', 'claude-sonnet-5-5', 'per_1m_cache_write_tokens',  '', '',  3.75, 'shipped'),
+    ('anthropic', 'claude-haiku-5-5',  'per_1m_input_tokens',        '', '',  1.00, 'shipped'),
+    ('anthropic', 'claude-haiku-5-5',  'per_1m_output_tokens',       '', '',  5.00, 'shipped'),
+    ('anthropic', 'claude-haiku-5-5',  'per_1m_cached_input_tokens', '', '',  0.10, 'shipped'),
+    ('anthropic', 'claude-haiku-5-5',  'per_1m_cache_write_tokens',  '', '',  1.25, 'shipped'),
+    ('openai',    'dall-e-3',          'per_image', '1024x1024', 'standard', 0.040, 'shipped'),
+    ('openai',    'dall-e-3',          'per_image', '1024x1792', 'standard', 0.080, 'shipped'),
+    ('openai',    'dall-e-3',          'per_image', '1792x1024', 'standard', 0.080, 'shipped'),
+    ('openai',    'dall-e-3',          'per_image', '1024x1024', 'hd',       0.080, 'shipped'),
+    ('openai',    'dall-e-3',          'per_image', '1024x1792', 'hd',       0.120, 'shipped'),
+    ('openai',    'dall-e-3',          'per_image', '1792x1024', 'hd',       0.120, 'shipped'),
+    ('openai',    'dall-e-2',          'per_image', '256x256',   '',         0.016, 'shipped'),
+    ('openai',    'dall-e-2',          'per_image', '512x512',   '',         0.018, 'shipped'),
+    ('openai',    'dall-e-2',          'per_image', '1024x1024', '',         0.020, 'shipped');
+
 --
 -- Keeping origin, and restoring the configuration exactly.
 --
@@ -729,6 +810,7 @@ AS $$
         WHEN 'igny8_workflows' THEN ARRAY['name']
         WHEN 'igny8_models' THEN ARRAY['alias', 'provider_id', 'provider_model']
         WHEN 'igny8_fallbacks' THEN ARRAY['alias', 'position']
+        WHEN 'igny8_prices' THEN ARRAY['provider', 'model', 'unit', 'size', 'quality', 'valid_from']
     END
 $$;
 
@@ -924,6 +1006,68 @@ CREATE TRIGGER igny8_models_forget_all
 CREATE TRIGGER igny8_fallbacks_forget_all
     BEFORE TRUNCATE ON igny8_fallbacks
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
+CREATE TRIGGER igny8_prices_guard
+    BEFORE INSERT OR UPDATE ON igny8_prices
+    FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
+CREATE TRIGGER igny8_prices_forget
+    AFTER UPDATE OR DELETE ON igny8_prices
+    FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
+CREATE TRIGGER igny8_prices_forget_all
+    BEFORE TRUNCATE ON igny8_prices
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
+
+-- At commit, a price row written may not overlap in validity another of
+-- the same provider, model, unit, size and quality: checked then, so that
+-- a change (or a restore) may close one price and open the next in any
+-- order.  Writers take turns on a transaction lock, so that two
+-- transactions cannot each add one of two overlapping prices.
+CREATE FUNCTION igny8_prices_overlap_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    other record;
+BEGIN
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('igny8_prices'));
+    SELECT b.valid_from, b.valid_to, a.valid_from AS a_from, a.valid_to AS a_to
+      INTO other
+      FROM @extschema@.igny8_prices a
+      JOIN @extschema@.igny8_prices b
+        ON b.provider OPERATOR(pg_catalog.=) a.provider
+       AND b.model OPERATOR(pg_catalog.=) a.model
+       AND b.unit OPERATOR(pg_catalog.=) a.unit
+       AND b.size OPERATOR(pg_catalog.=) a.size
+       AND b.quality OPERATOR(pg_catalog.=) a.quality
+       AND b.valid_from OPERATOR(pg_catalog.<>) a.valid_from
+     WHERE a.provider OPERATOR(pg_catalog.=) NEW.provider
+       AND a.model OPERATOR(pg_catalog.=) NEW.model
+       AND a.unit OPERATOR(pg_catalog.=) NEW.unit
+       AND a.size OPERATOR(pg_catalog.=) NEW.size
+       AND a.quality OPERATOR(pg_catalog.=) NEW.quality
+       AND a.valid_from OPERATOR(pg_catalog.=) NEW.valid_from
+       AND pg_catalog.tstzrange(a.valid_from, a.valid_to)
+           OPERATOR(pg_catalog.&&) pg_catalog.tstzrange(b.valid_from, b.valid_to)
+     ORDER BY b.valid_from
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'price of % % % overlaps another in time', NEW.provider, NEW.model,
+                        NEW.unit OPERATOR(pg_catalog.||)
+                        CASE WHEN NEW.size OPERATOR(pg_catalog.=) '' THEN ''
+                             ELSE pg_catalog.format(' %s %s', NEW.size, NEW.quality) END
+            USING ERRCODE = 'exclusion_violation',
+                  DETAIL = pg_catalog.format('One is valid from %s to %s, the other from %s to %s.',
+                                             other.a_from, coalesce(other.a_to::text, '(open)'),
+                                             other.valid_from, coalesce(other.valid_to::text, '(open)')),
+                  HINT = 'Set valid_to of the old price to valid_from of the new one.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER igny8_prices_no_overlap
+    AFTER INSERT OR UPDATE ON igny8_prices
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION igny8_prices_overlap_check();
 CREATE TRIGGER igny8_config_deletions_restored
     AFTER INSERT ON igny8_config_deletions
     FOR EACH ROW EXECUTE FUNCTION igny8_config_deletion_restored();
@@ -970,6 +1114,9 @@ CREATE TRIGGER igny8_models_changed
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
 CREATE TRIGGER igny8_fallbacks_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_fallbacks
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+CREATE TRIGGER igny8_prices_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_prices
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
 
 --
@@ -1049,6 +1196,8 @@ SELECT pg_catalog.pg_extension_config_dump('igny8_workflows',
 SELECT pg_catalog.pg_extension_config_dump('igny8_models',
     $$WHERE origin OPERATOR(pg_catalog.<>) 'shipped'$$);
 SELECT pg_catalog.pg_extension_config_dump('igny8_fallbacks',
+    $$WHERE origin OPERATOR(pg_catalog.<>) 'shipped'$$);
+SELECT pg_catalog.pg_extension_config_dump('igny8_prices',
     $$WHERE origin OPERATOR(pg_catalog.<>) 'shipped'$$);
 SELECT pg_catalog.pg_extension_config_dump('igny8_config_deletions', '');
 SELECT pg_catalog.pg_extension_config_dump('ai_usage_log', '');
@@ -1627,6 +1776,7 @@ REVOKE ALL ON FUNCTION igny8_jobs_cleanup() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_worker_alive(integer, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_jobs_submitted() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_prices_overlap_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_key_columns(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_key(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_key_match(text, text) FROM PUBLIC;
@@ -1651,7 +1801,7 @@ REVOKE ALL ON FUNCTION igny8_on_drop_extension() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_worker_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_slot_status() FROM PUBLIC;
 REVOKE ALL ON igny8_providers, igny8_workflows, igny8_models, igny8_fallbacks,
-    igny8_config_deletions, ai_usage_log, service_health_log, igny8_jobs,
+    igny8_prices, igny8_config_deletions, ai_usage_log, service_health_log, igny8_jobs,
     igny8_job_results, igny8_service_status FROM PUBLIC;
 
 -- Let a monitoring role read the health of the providers and the workers
@@ -1721,8 +1871,8 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO %s', s, role);
-    EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_providers, %s.igny8_workflows, %s.igny8_models, %s.igny8_fallbacks TO %s',
-                              s, s, s, s, role);
+    EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_providers, %s.igny8_workflows, %s.igny8_models, %s.igny8_fallbacks, %s.igny8_prices TO %s',
+                              s, s, s, s, s, role);
     EXECUTE pg_catalog.format('GRANT INSERT ON %s.ai_usage_log TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON %s.igny8_jobs TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_worker_alive(integer, timestamptz) TO %s', s, role);

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * config.c
- *	  The worker's cached copy of igny8_providers, igny8_models and
- *	  igny8_fallbacks.
+ *	  The worker's cached copy of igny8_providers, igny8_models,
+ *	  igny8_fallbacks, igny8_workflows and igny8_prices.
  *
  * A copy is loaded when the worker starts and again whenever the shared
  * configuration generation moves (the tables' triggers bump it at commit).
@@ -23,6 +23,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -342,6 +343,68 @@ read_fallbacks(Igny8Config *config, const char *qschema)
 }
 
 /*
+ * The prices, ordered so that a lookup takes the first that fits.  Unit
+ * and numbers come as text and are read here, in C (no operator runs).
+ */
+static void
+read_prices(Igny8Config *config, const char *qschema)
+{
+	int			ret;
+	MemoryContext old;
+
+	ret = SPI_execute(psprintf("SELECT provider, model, unit, size, quality,"
+							   " price, valid_from, valid_to"
+							   " FROM %s.igny8_prices"
+							   " ORDER BY provider, model, unit, size, quality,"
+							   " valid_from", qschema), true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_prices: %s",
+			 SPI_result_code_string(ret));
+
+	old = MemoryContextSwitchTo(config->cxt);
+	config->nprices = 0;
+	config->prices = palloc0(sizeof(Igny8Price) * Max(SPI_processed, 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Igny8Price *p = &config->prices[config->nprices];
+		char	   *unit = get_text(tup, desc, 3);
+		bool		isnull;
+		Datum		d;
+
+		if (strcmp(unit, "per_1m_input_tokens") == 0)
+			p->unit = IGNY8_PRICE_INPUT;
+		else if (strcmp(unit, "per_1m_output_tokens") == 0)
+			p->unit = IGNY8_PRICE_OUTPUT;
+		else if (strcmp(unit, "per_1m_cached_input_tokens") == 0)
+			p->unit = IGNY8_PRICE_CACHED_INPUT;
+		else if (strcmp(unit, "per_1m_cache_write_tokens") == 0)
+			p->unit = IGNY8_PRICE_CACHE_WRITE;
+		else if (strcmp(unit, "per_image") == 0)
+			p->unit = IGNY8_PRICE_IMAGE;
+		else
+			continue;			/* the CHECK allows no other */
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		if (isnull)
+			continue;
+		p->price = datumCopy(d, false, -1);
+		p->provider = get_text(tup, desc, 1);
+		p->model = get_text(tup, desc, 2);
+		p->size = get_text(tup, desc, 4);
+		p->quality = get_text(tup, desc, 5);
+		p->valid_from = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &isnull));
+		if (isnull)
+			p->valid_from = DT_NOBEGIN;
+		d = SPI_getbinval(tup, desc, 8, &isnull);
+		p->has_valid_to = !isnull;
+		p->valid_to = isnull ? DT_NOEND : DatumGetTimestampTz(d);
+		config->nprices++;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * Load the configuration.  Must run inside a transaction with SPI connected
  * and a snapshot set.  Returns NULL when the extension is not installed.
  * The copy's memory lives under the transaction's context until the load
@@ -370,6 +433,7 @@ igny8_config_load(void)
 	read_workflows(config, qschema);
 	read_deployments(config, qschema);
 	read_fallbacks(config, qschema);
+	read_prices(config, qschema);
 
 	MemoryContextSetParent(cxt, TopMemoryContext);
 	return config;

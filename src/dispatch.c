@@ -67,7 +67,7 @@ typedef struct Igny8Answer
 	char		finish_reason[32];
 	int64		input_tokens;
 	int64		output_tokens;
-	double		cost;
+	char		cost[IGNY8_COST_LEN];	/* numeric text */
 	double		duration_ms;
 	int			attempts;
 	pg_uuid_t	request_id;
@@ -443,7 +443,7 @@ run_call(Igny8Call *call, Igny8Answer *ans)
 			   sizeof(ans->finish_reason));
 		ans->input_tokens = slot->input_tokens;
 		ans->output_tokens = slot->output_tokens;
-		ans->cost = slot->cost;
+		memcpy(ans->cost, slot->cost, IGNY8_COST_LEN);
 		ans->duration_ms = slot->duration_ms;
 		ans->attempts = slot->attempts;
 	}
@@ -651,6 +651,16 @@ igny8_generate_text(PG_FUNCTION_ARGS)
 
 	run_call(&call, &ans);
 	PG_RETURN_TEXT_P(cstring_to_text(ans.content));
+}
+
+/* A slot's cost (numeric text) as a numeric datum. */
+Datum
+igny8_cost_datum(const char *cost)
+{
+	return DirectFunctionCall3(numeric_in,
+							   CStringGetDatum(cost[0] ? cost : "0"),
+							   ObjectIdGetDatum(InvalidOid),
+							   Int32GetDatum(-1));
 }
 
 /* A prompt argument: not blank. */
@@ -1007,7 +1017,7 @@ igny8_chat(PG_FUNCTION_ARGS)
 	values[3] = CStringGetTextDatum(ans.model_used);
 	values[4] = Int32GetDatum((int32) Min(ans.input_tokens, PG_INT32_MAX));
 	values[5] = Int32GetDatum((int32) Min(ans.output_tokens, PG_INT32_MAX));
-	values[6] = DirectFunctionCall1(float8_numeric, Float8GetDatum(ans.cost));
+	values[6] = igny8_cost_datum(ans.cost);
 	values[7] = Float8GetDatum(ans.duration_ms);
 	values[8] = UUIDPGetDatum(&ans.request_id);
 	values[9] = Int32GetDatum(ans.attempts);

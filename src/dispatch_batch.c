@@ -105,8 +105,7 @@ batch_tuple(TupleDesc tupdesc, int ord, int slotno,
 		values[3] = CStringGetTextDatum(slot->model_used);
 		values[4] = Int32GetDatum((int32) Min(slot->input_tokens, PG_INT32_MAX));
 		values[5] = Int32GetDatum((int32) Min(slot->output_tokens, PG_INT32_MAX));
-		values[6] = DirectFunctionCall1(float8_numeric,
-										Float8GetDatum(slot->cost));
+		values[6] = igny8_cost_datum(slot->cost);
 		nulls[10] = nulls[11] = true;
 	}
 	else

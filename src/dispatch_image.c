@@ -312,7 +312,7 @@ image_tuple(TupleDesc tupdesc, int slotno, int64 seed,
 		nulls[5] = true;
 	values[6] = CStringGetTextDatum(slot->provider);
 	values[7] = CStringGetTextDatum(slot->model_used);
-	values[8] = DirectFunctionCall1(float8_numeric, Float8GetDatum(slot->cost));
+	values[8] = igny8_cost_datum(slot->cost);
 	values[9] = Float8GetDatum(slot->duration_ms);
 	*id = *request_id;
 	values[10] = UUIDPGetDatum(id);

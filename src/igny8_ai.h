@@ -45,6 +45,7 @@
 
 #define IGNY8_NAME_LEN		64	/* aliases, provider ids */
 #define IGNY8_MODEL_LEN		128 /* provider-side model names */
+#define IGNY8_COST_LEN		64	/* a cost as numeric text */
 #define IGNY8_MAX_WORKERS	64
 #define IGNY8_MAX_PROVIDERS 64	/* providers with shared state */
 
@@ -120,7 +121,8 @@ typedef struct Igny8Slot
 	int			image_height;
 	int64		input_tokens;
 	int64		output_tokens;
-	double		cost;
+	char		cost[IGNY8_COST_LEN];	/* numeric text: the sum of the
+										 * attempts' costs */
 	double		duration_ms;
 	int			attempts;
 
@@ -316,6 +318,7 @@ extern char *igny8_text_request(const char *prompt,
 extern char *igny8_chat_request(Jsonb *messages, const Igny8TextOptions *opts);
 extern const char *igny8_check_alias(text *model);
 extern bool igny8_is_blank(const char *s);
+extern Datum igny8_cost_datum(const char *cost);
 extern void igny8_check_request_size(int len);
 extern void igny8_check_jsonb_size(Jsonb *j, const char *what);
 extern Numeric igny8_option_numeric(JsonbValue *v, const char *name);

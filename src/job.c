@@ -785,6 +785,8 @@ text_done(Igny8Job *job, Igny8Transfer *t)
 			{
 				a->success = true;
 				a->input_tokens = job->result.input_tokens;
+				a->cached_input_tokens = job->result.cached_input_tokens;
+				a->cache_write_tokens = job->result.cache_write_input_tokens;
 				a->output_tokens = job->result.output_tokens;
 				job->used = d;
 				job->success = true;
@@ -960,6 +962,7 @@ igny8_job_publish(Igny8Job *job)
 	bool		gone;
 	int			procno;
 	double		duration_ms;
+	const char *cost;
 	char		provider[IGNY8_NAME_LEN] = "";
 	char		model_used[IGNY8_MODEL_LEN] = "";
 	char		finish_reason[32] = "";
@@ -1036,6 +1039,9 @@ igny8_job_publish(Igny8Job *job)
 		}
 	}
 	duration_ms = (double) (GetCurrentTimestamp() - job->started) / 1000.0;
+	cost = igny8_job_cost(job);
+	if (strlen(cost) >= IGNY8_COST_LEN)
+		cost = "NaN";			/* cannot happen: 57 digits of dollars */
 
 	SpinLockAcquire(&slot->mutex);
 	gone = (slot->state == IGNY8_SLOT_ABANDONED);
@@ -1049,7 +1055,7 @@ igny8_job_publish(Igny8Job *job)
 		slot->duration_ms = duration_ms;
 		slot->input_tokens = job->success ? job->result.input_tokens : 0;
 		slot->output_tokens = job->success ? job->result.output_tokens : 0;
-		slot->cost = 0;
+		strlcpy(slot->cost, cost, IGNY8_COST_LEN);
 		memcpy(slot->provider, provider, IGNY8_NAME_LEN);
 		memcpy(slot->model_used, model_used, IGNY8_MODEL_LEN);
 		memcpy(slot->finish_reason, finish_reason, sizeof(finish_reason));

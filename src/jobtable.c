@@ -819,7 +819,7 @@ igny8_jobs_to_write(void)
 	return false;
 }
 
-#define FINISH_NARGS 19
+#define FINISH_NARGS 20
 
 static Datum
 db_text(const char *utf8, char *nulls, int i)
@@ -832,7 +832,7 @@ db_text(const char *utf8, char *nulls, int i)
 	return CStringGetTextDatum(igny8_to_db_lossy(utf8));
 }
 
-#define FINISH_NARGS 19
+#define FINISH_NARGS 20
 
 /* Write one finished run into its row.  Needs a transaction. */
 static void
@@ -841,7 +841,7 @@ write_one(const char *schema, Igny8Job *job)
 	Oid			types[FINISH_NARGS] = {
 		INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, INT4OID, BYTEAOID, INT4OID, INT4OID, TEXTOID, FLOAT8OID,
-		TEXTOID, TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID
+		TEXTOID, TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, NUMERICOID
 	};
 	Datum		values[FINISH_NARGS];
 	char		nulls[FINISH_NARGS];
@@ -910,13 +910,16 @@ write_one(const char *schema, Igny8Job *job)
 	values[17] = Int32GetDatum(igny8_worker_index);
 	values[18] = TimestampTzGetDatum(my_start);
 	nulls[17] = nulls[18] = ' ';
+	/* the run's cost: the sum of its attempts', priced by usage.c */
+	values[19] = igny8_cost_datum(igny8_job_cost(job));
+	nulls[19] = ' ';
 
 	ret = SPI_execute_plan(job_plan(PLAN_FINISH, schema, psprintf(
 		"UPDATE %s.igny8_jobs j SET state = $2, finished_at = pg_catalog.now(),"
 		" provider = $3, model = $4, content = $5, thinking = $6,"
 		" finish_reason = $7, input_tokens = $8, output_tokens = $9,"
 		" image = $10, width = $11, height = $12, revised_prompt = $13,"
-		" cost = 0, duration_ms = $14, error_code = $15, error_message = $16,"
+		" cost = $20, duration_ms = $14, error_code = $15, error_message = $16,"
 		" error_detail = $17, inflight = NULL"
 		" WHERE j.id OPERATOR(pg_catalog.=) $1"
 		" AND j.state OPERATOR(pg_catalog.=) 'running'"

@@ -1125,6 +1125,12 @@ check_answer(const Igny8HttpResponse *resp, const char *provider,
 	}
 	if (result->cached_input_tokens > result->input_tokens)
 		result->cached_input_tokens = result->input_tokens;
+	if (result->cache_write_input_tokens >
+		result->input_tokens - result->cached_input_tokens)
+		result->cache_write_input_tokens =
+			result->input_tokens - result->cached_input_tokens;
+	if (result->cache_write_input_tokens < 0)
+		result->cache_write_input_tokens = 0;
 	return true;
 }
 

@@ -138,6 +138,14 @@ typedef struct Igny8TextResult
 										 * the provider's prompt cache (never
 										 * more than input_tokens); 0 when
 										 * unknown */
+	int64_t		cache_write_input_tokens;	/* the part of input_tokens
+												 * written to the prompt
+												 * cache (Anthropic's
+												 * cache_creation_input_tokens;
+												 * never more than
+												 * input_tokens minus
+												 * cached_input_tokens); 0
+												 * when unknown */
 	int64_t		output_tokens;
 	char	   *finish_reason;	/* "stop", "length", "end_turn", ... or NULL;
 								 * at most IGNY8_FINISH_REASON_MAX bytes */

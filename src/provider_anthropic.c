@@ -193,6 +193,7 @@ anthropic_parse_success(const cJSON *json, long status,
 	result->input_tokens =
 		igny8_count_add(igny8_count_add(uncached, cache_written), cache_read);
 	result->cached_input_tokens = cache_read;
+	result->cache_write_input_tokens = cache_written;
 	result->output_tokens = igny8_json_count(usage, "output_tokens");
 	return true;
 }

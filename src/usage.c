@@ -110,7 +110,9 @@ igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
 	values[6] = text_or_null(row->model, nulls, 6);
 	values[7] = Int32GetDatum((int32) Min(row->input_tokens, PG_INT32_MAX));
 	values[8] = Int32GetDatum((int32) Min(row->output_tokens, PG_INT32_MAX));
-	values[9] = DirectFunctionCall1(float8_numeric, Float8GetDatum(row->cost));
+	values[9] = DirectFunctionCall3(numeric_in, CStringGetDatum(row->cost ? row->cost : "0"),
+									ObjectIdGetDatum(InvalidOid),
+									Int32GetDatum(-1));
 	values[10] = Float8GetDatum(row->duration_ms);
 	values[11] = Int32GetDatum((int32) row->http_status);
 	if (row->http_status <= 0)
@@ -204,7 +206,14 @@ insert_job_rows(Igny8Config *config, Igny8Job *job)
 			job->result.model : a->model;
 		row.input_tokens = a->input_tokens;
 		row.output_tokens = a->output_tokens;
-		row.cost = 0;
+		if (a->cost == NULL)
+		{
+			char	   *cost = igny8_attempt_cost(config, job, a,
+												  a->success ? job->result.model : NULL);
+
+			a->cost = MemoryContextStrdup(job->cxt, cost);
+		}
+		row.cost = a->cost;
 		row.duration_ms = a->duration_ms;
 		row.http_status = a->http_status;
 		row.success = a->success;

@@ -79,6 +79,30 @@ typedef struct Igny8Fallback
 	char	   *fallback;
 } Igny8Fallback;
 
+/* The units of igny8_prices. */
+typedef enum Igny8PriceUnit
+{
+	IGNY8_PRICE_INPUT,			/* per 1M input tokens */
+	IGNY8_PRICE_OUTPUT,			/* per 1M output tokens */
+	IGNY8_PRICE_CACHED_INPUT,	/* per 1M cached input tokens */
+	IGNY8_PRICE_CACHE_WRITE,	/* per 1M cache-write tokens */
+	IGNY8_PRICE_IMAGE			/* per image of a size and quality */
+} Igny8PriceUnit;
+
+/* One row of igny8_prices. */
+typedef struct Igny8Price
+{
+	char	   *provider;
+	char	   *model;
+	Igny8PriceUnit unit;
+	char	   *size;			/* per image: "WxH", else "" */
+	char	   *quality;		/* per image: "" for any */
+	Datum		price;			/* numeric, USD per unit */
+	TimestampTz valid_from;
+	bool		has_valid_to;
+	TimestampTz valid_to;
+} Igny8Price;
+
 typedef struct Igny8Config
 {
 	MemoryContext cxt;
@@ -92,6 +116,8 @@ typedef struct Igny8Config
 	Igny8Fallback *fallbacks;
 	int			nworkflows;
 	Igny8Workflow *workflows;
+	int			nprices;
+	Igny8Price *prices;
 } Igny8Config;
 
 extern Igny8Config *igny8_config_load(void);
@@ -201,8 +227,12 @@ typedef struct Igny8Attempt
 	long		http_status;	/* 0: no HTTP answer */
 	bool		success;
 	char	   *error;			/* in the database encoding */
-	int64		input_tokens;
+	int64		input_tokens;	/* all of the prompt's tokens, of which */
+	int64		cached_input_tokens;	/* ... read from the prompt cache */
+	int64		cache_write_tokens; /* ... written to the prompt cache */
 	int64		output_tokens;
+	char	   *cost;			/* numeric text, set when its usage row is
+								 * written (usage.c); NULL before */
 	double		duration_ms;
 	int			images;			/* images made (image attempts) */
 	int			image_width;
@@ -410,7 +440,7 @@ typedef struct Igny8UsageRow
 	const char *model;
 	int64		input_tokens;
 	int64		output_tokens;
-	double		cost;
+	const char *cost;			/* numeric text */
 	double		duration_ms;
 	long		http_status;	/* 0: none */
 	bool		success;
@@ -428,5 +458,11 @@ typedef struct Igny8UsageRow
 extern void igny8_usage_reset(void);
 extern void igny8_usage_insert(const char *schema, const Igny8UsageRow *row);
 extern void igny8_usage_flush(Igny8Config *config);
+
+/* ----- price.c ----- */
+
+extern char *igny8_attempt_cost(Igny8Config *config, Igny8Job *job,
+								Igny8Attempt *a, const char *reported_model);
+extern char *igny8_job_cost(Igny8Job *job);
 
 #endif							/* IGNY8_WORKER_H */

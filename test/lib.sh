@@ -349,6 +349,9 @@ SELECT 'model', alias, provider_id, provider_model, task, coalesce(workflow, '-'
   FROM igny8_models ORDER BY 2, 3, 4;
 SELECT 'fallback', alias, position, fallback_alias, origin
   FROM igny8_fallbacks ORDER BY 2, 3;
+SELECT 'price', provider, model, unit, size, quality, price, valid_from,
+       coalesce(valid_to::text, '-'), origin
+  FROM igny8_prices ORDER BY 2, 3, 4, 5, 6, 8;
 SELECT 'deleted', table_name, key FROM igny8_config_deletions ORDER BY 2, 3::text;
 SELECT 'job', jobid, jobname, schedule, command, active FROM cron.job ORDER BY jobid;
 SQL

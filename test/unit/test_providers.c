@@ -1172,6 +1172,7 @@ typedef struct AnswerCase
 	int64_t		input_tokens;
 	int64_t		cached_input_tokens;
 	int64_t		output_tokens;
+	int64_t		cache_write_input_tokens;	/* 0 unless given */
 } AnswerCase;
 
 #define BIG_COUNT INT64CONST(9000000000000000000)
@@ -1332,11 +1333,11 @@ static const AnswerCase answer_cases[] = {
 		"\"usage\":{\"input_tokens\":1,\"cache_creation_input_tokens\":4,"
 		"\"cache_read_input_tokens\":100,\"output_tokens\":7,"
 		"\"service_tier\":\"standard\"}}",
-	"ok", NULL, "claude-haiku-4-5", "end_turn", 105, 100, 7},
+	"ok", NULL, "claude-haiku-4-5", "end_turn", 105, 100, 7, 4},
 	{"anthropic: a cache write only", &igny8_anthropic_protocol,
 		"{\"content\":[],\"usage\":{\"input_tokens\":3,"
 		"\"cache_creation_input_tokens\":2000}}",
-	"", NULL, NULL, NULL, 2003, 0, 0},
+	"", NULL, NULL, NULL, 2003, 0, 0, 2000},
 	{"anthropic: huge counts do not overflow", &igny8_anthropic_protocol,
 		"{\"content\":[],\"usage\":{\"input_tokens\":9e18,"
 		"\"cache_creation_input_tokens\":9e18,\"cache_read_input_tokens\":1e30}}",
@@ -1420,6 +1421,7 @@ test_answers(void)
 		CHECK_INT(r.input_tokens, c->input_tokens);
 		CHECK_INT(r.cached_input_tokens, c->cached_input_tokens);
 		CHECK_INT(r.output_tokens, c->output_tokens);
+		CHECK_INT(r.cache_write_input_tokens, c->cache_write_input_tokens);
 		CHECK(r.content != NULL && pg_utf8(r.content));
 		CHECK(r.thinking == NULL || pg_utf8(r.thinking));
 		if (r.model != NULL)
