@@ -204,6 +204,14 @@ remember_woken(int64 id)
 	MemoryContextSwitchTo(old);
 }
 
+/* n bigints as a bigint[] datum. */
+static Datum
+bigint_array(Datum *elems, int n)
+{
+	return PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
 /* The ids of the runs this worker holds, as a bigint[] datum. */
 static Datum
 held_ids(void)
@@ -219,8 +227,7 @@ held_ids(void)
 		if (job->job_id != 0 && !job->job_lost)
 			ids[n++] = Int64GetDatum(job->job_id);
 	}
-	return PointerGetDatum(construct_array(ids, n, INT8OID, 8,
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	return bigint_array(ids, n);
 }
 
 /*
@@ -516,9 +523,7 @@ claim(const char *schema, int want, int *nclaimed, bool *locked,
 	types[1] = BOOLOID;
 	values[1] = BoolGetDatum(null_capped);
 	types[2] = INT8ARRAYOID;
-	values[2] = PointerGetDatum(construct_array(capped, ncapped, INT8OID, 8,
-												FLOAT8PASSBYVAL,
-												TYPALIGN_DOUBLE));
+	values[2] = bigint_array(capped, ncapped);
 	ret = SPI_execute_plan(job_plan(PLAN_CANDIDATES, schema, psprintf(
 		"SELECT j.id, j.account_id FROM %s.igny8_jobs j"
 		" WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
@@ -567,9 +572,7 @@ claim(const char *schema, int want, int *nclaimed, bool *locked,
 	types[0] = INT8ARRAYOID;
 	types[1] = INT4OID;
 	types[2] = TIMESTAMPTZOID;
-	values[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
-												FLOAT8PASSBYVAL,
-												TYPALIGN_DOUBLE));
+	values[0] = bigint_array(ids, nids);
 	values[1] = Int32GetDatum(igny8_worker_index);
 	values[2] = TimestampTzGetDatum(my_start);
 	ret = SPI_execute_plan(job_plan(PLAN_CLAIM, schema, psprintf(
@@ -971,9 +974,7 @@ record_all(const char *schema, Datum *ids, Datum *inflights, bool *nulls,
 	Datum		values[4];
 	int			ret;
 
-	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8,
-												FLOAT8PASSBYVAL,
-												TYPALIGN_DOUBLE));
+	values[0] = bigint_array(ids, n);
 	values[1] = PointerGetDatum(construct_md_array(inflights, nulls, 1, dims,
 												   lbs, TEXTOID, -1, false,
 												   TYPALIGN_INT));
