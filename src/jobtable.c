@@ -448,13 +448,14 @@ claim_lock(const char *schema)
 }
 
 /*
- * Lock up to want due jobs, keep those under their account's limit, and
- * mark them ours.  Needs a transaction.  Returns the rows taken (*nclaimed
- * of them), or NULL if another worker is claiming.
+ * Lock up to want due jobs, keep those under their account's limit and
+ * those it gets a request slot for (slots[], *ntaken of them), and mark
+ * them ours.  Needs a transaction.  Returns the rows taken (*nclaimed of
+ * them, in the first slots), or NULL if another worker is claiming.
  */
 static Claimed *
-claim(const char *schema, int want, int *nclaimed, bool *locked,
-	  MemoryContext cxt)
+claim(const char *schema, int want, int *slots, int *ntaken, int *nclaimed,
+	  bool *locked, MemoryContext cxt)
 {
 	AccountCount *counts;
 	int			ncounts = 0;
@@ -563,6 +564,18 @@ claim(const char *schema, int want, int *nclaimed, bool *locked,
 	 */
 	look_again = (fetched == (uint64) want || (uint64) nids < fetched ||
 				  ncapped > 0 || null_capped);
+
+	/*
+	 * A request slot for each, taken now (synchronous calls may hold the
+	 * others): the rest stays queued.  The caller gives back those not used.
+	 */
+	while (*ntaken < nids && (slots[*ntaken] = igny8_slot_take()) >= 0)
+		(*ntaken)++;
+	if (*ntaken < nids)
+	{
+		nids = *ntaken;
+		look_again = true;
+	}
 
 	*nclaimed = 0;
 	out = MemoryContextAlloc(cxt, sizeof(Claimed) * (nids + 1));
@@ -698,15 +711,8 @@ igny8_jobs_take(Igny8Config *config)
 	run_ended = false;
 	if (scan)
 		next_scan = TimestampTzPlusMilliseconds(now, IGNY8_JOB_SCAN_MS);
-	/*
-	 * A slot for every job it may take, taken first: synchronous calls may
-	 * hold every other slot.
-	 */
 	want = Max(my_share() - running_here, 0);
 	slots = palloc(sizeof(int) * (want + 1));
-	while (nreserved < want && (slots[nreserved] = igny8_slot_take()) >= 0)
-		nreserved++;
-	want = nreserved;
 	if (want == 0 && !scan && !(cancels && running_here > 0))
 	{
 		/* full: look again when a run ends */
@@ -732,7 +738,8 @@ igny8_jobs_take(Igny8Config *config)
 			cancelled = cancelled_runs(config->schema, cxt);
 		if (want > 0)
 		{
-			claimed = claim(config->schema, want, &nclaimed, &locked, cxt);
+			claimed = claim(config->schema, want, slots, &nreserved,
+							&nclaimed, &locked, cxt);
 			if (claimed != NULL)
 				next_not_before = (nclaimed < want) ?
 					earliest_not_before(config->schema) : 0;
