@@ -65,12 +65,8 @@ get_bool(HeapTuple tup, TupleDesc desc, int col)
 int
 igny8_interval_ms(Datum interval)
 {
-	Interval   *span = DatumGetIntervalP(interval);
-	double		ms;
+	double		ms = igny8_interval_ms_double(DatumGetIntervalP(interval));
 
-	ms = (double) span->time / 1000.0 +
-		(double) span->day * (double) (USECS_PER_DAY / 1000) +
-		(double) span->month * DAYS_PER_MONTH * (double) (USECS_PER_DAY / 1000);
 	if (ms >= (double) INT_MAX)
 		return INT_MAX;
 	return Max((int) ms, 1);

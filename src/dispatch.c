@@ -499,18 +499,26 @@ check_temperature(double t)
 }
 
 /*
+ * An interval in milliseconds, in double, so that a huge one saturates
+ * where it is converted instead of overflowing (a month is 30 days).
+ */
+double
+igny8_interval_ms_double(const Interval *span)
+{
+	return (double) span->time / 1000.0 +
+		(double) span->day * (double) (USECS_PER_DAY / 1000) +
+		(double) span->month * DAYS_PER_MONTH * (double) (USECS_PER_DAY / 1000);
+}
+
+/*
  * An interval as a timeout in milliseconds, at least 1 and at most INT_MAX
- * (24 days: longer is the same as no limit).  Computed in double, so that
- * a huge interval saturates instead of overflowing.
+ * (24 days: longer is the same as no limit).
  */
 static int
 interval_to_timeout_ms(Interval *span)
 {
-	double		ms;
+	double		ms = igny8_interval_ms_double(span);
 
-	ms = (double) span->time / 1000.0 +
-		(double) span->day * (double) (USECS_PER_DAY / 1000) +
-		(double) span->month * DAYS_PER_MONTH * (double) (USECS_PER_DAY / 1000);
 	if (!(ms > 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -768,6 +776,17 @@ igny8_check_jsonb_size(Jsonb *j, const char *what)
 				 errhint("Shorten the prompt, or raise igny8_ai.max_prompt_size.")));
 }
 
+/* A string option; an error if it is not a string. */
+char *
+igny8_option_string(JsonbValue *v, const char *name)
+{
+	if (v->type != jbvString)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"%s\" must be a string", name)));
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
 /* A numeric option, exactly as given; an error if it is not a number. */
 Numeric
 igny8_option_numeric(JsonbValue *v, const char *name)
@@ -918,13 +937,7 @@ igny8_text_options(Jsonb *options, bool allow_system, Igny8JobOptions *job,
 				has_account = true;
 			}
 			else if (allow_system && strcmp(key, "system") == 0)
-			{
-				if (v.type != jbvString)
-					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("option \"system\" must be a string")));
-				opts->system = pnstrdup(v.val.string.val, v.val.string.len);
-			}
+				opts->system = igny8_option_string(&v, key);
 			else if (job == NULL || !igny8_job_option(job, key, &v))
 				igny8_unknown_option(key, allow_system ?
 									 "system, max_tokens, temperature, timeout (seconds) and account_id" :

@@ -99,20 +99,10 @@ parse_size(const char *size, int *width, int *height)
 }
 
 static char *
-option_string(JsonbValue *v, const char *name)
-{
-	if (v->type != jbvString)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("option \"%s\" must be a string", name)));
-	return pnstrdup(v->val.string.val, v->val.string.len);
-}
-
-static char *
 option_choice(JsonbValue *v, const char *name, const char *const *choices,
 			  const char *listed)
 {
-	char	   *s = option_string(v, name);
+	char	   *s = igny8_option_string(v, name);
 
 	for (int i = 0; choices[i]; i++)
 		if (strcmp(s, choices[i]) == 0)
@@ -142,7 +132,7 @@ parse_options(Igny8ImageCall *call, Jsonb *opts, Igny8JobOptions *job)
 		while (igny8_next_option(&it, &key, &v))
 		{
 			if (strcmp(key, "negative_prompt") == 0)
-				call->negative_prompt = option_string(&v, key);
+				call->negative_prompt = igny8_option_string(&v, key);
 			else if (strcmp(key, "steps") == 0)
 				call->steps = (int) igny8_option_integer(&v, "steps", 1,
 														 IGNY8_MAX_STEPS,

@@ -322,6 +322,8 @@ extern Datum igny8_cost_datum(const char *cost);
 extern void igny8_check_request_size(int len);
 extern void igny8_check_jsonb_size(Jsonb *j, const char *what);
 extern Numeric igny8_option_numeric(JsonbValue *v, const char *name);
+extern char *igny8_option_string(JsonbValue *v, const char *name);
+extern double igny8_interval_ms_double(const Interval *span);
 extern double igny8_numeric_double(Numeric n);
 extern int64 igny8_option_integer(JsonbValue *v, const char *name,
 								  int64 min, int64 max, const char *what);

@@ -62,16 +62,6 @@ job_defaults(Igny8JobOptions *job)
 	job->max_attempts = IGNY8_DEFAULT_ATTEMPTS;
 }
 
-static char *
-job_string(JsonbValue *v, const char *name)
-{
-	if (v->type != jbvString)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("option \"%s\" must be a string", name)));
-	return pnstrdup(v->val.string.val, v->val.string.len);
-}
-
 /*
  * An option of a submitted job: priority, not_before, max_attempts,
  * idempotency_key.  False if key is none of them.
@@ -81,7 +71,7 @@ igny8_job_option(Igny8JobOptions *job, const char *key, JsonbValue *v)
 {
 	if (strcmp(key, "priority") == 0)
 	{
-		char	   *s = job_string(v, key);
+		char	   *s = igny8_option_string(v, key);
 
 		if (strcmp(s, "interactive") != 0 && strcmp(s, "background") != 0)
 			ereport(ERROR,
@@ -92,7 +82,7 @@ igny8_job_option(Igny8JobOptions *job, const char *key, JsonbValue *v)
 	}
 	else if (strcmp(key, "not_before") == 0)
 	{
-		char	   *s = job_string(v, key);
+		char	   *s = igny8_option_string(v, key);
 		TimestampTz t = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
 																CStringGetDatum(s),
 																ObjectIdGetDatum(InvalidOid),
@@ -112,7 +102,7 @@ igny8_job_option(Igny8JobOptions *job, const char *key, JsonbValue *v)
 													   "an integer from 1 to 100");
 	else if (strcmp(key, "idempotency_key") == 0)
 	{
-		char	   *s = job_string(v, key);
+		char	   *s = igny8_option_string(v, key);
 
 		if (igny8_is_blank(s) || strlen(s) > IGNY8_MAX_KEY_LEN)
 			ereport(ERROR,
@@ -648,10 +638,7 @@ igny8_wait_job(PG_FUNCTION_ARGS)
 	id = PG_GETARG_INT64(0);
 	if (!PG_ARGISNULL(1))
 	{
-		Interval   *span = PG_GETARG_INTERVAL_P(1);
-		double		ms = (double) span->time / 1000.0 +
-			(double) span->day * (double) (USECS_PER_DAY / 1000) +
-			(double) span->month * DAYS_PER_MONTH * (double) (USECS_PER_DAY / 1000);
+		double		ms = igny8_interval_ms_double(PG_GETARG_INTERVAL_P(1));
 
 		if (ms < 0)
 			ereport(ERROR,
