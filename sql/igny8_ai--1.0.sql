@@ -1571,13 +1571,15 @@ CREATE FUNCTION igny8_health_state(
     OUT last_latency_ms      double precision,
     OUT last_error           text,
     OUT in_flight            integer,
-    OUT queued               integer)
+    OUT queued               integer,
+    OUT requests             bigint,
+    OUT errors               bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'igny8_health_state'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 
 COMMENT ON FUNCTION igny8_health_state() IS
-    'the health state, circuit breaker and places of each provider, from shared memory';
+    'the health state, circuit breaker, places and attempt counters of each provider, from shared memory';
 
 CREATE VIEW igny8_service_status AS
 SELECT p.id AS provider,
@@ -1593,9 +1595,23 @@ SELECT p.id AS provider,
        coalesce(s.in_flight, 0) AS in_flight,
        coalesce(s.queued, 0) AS queued,
        h.checks_24h,
-       h.success_pct_24h
+       h.success_pct_24h,
+       coalesce(s.requests, 0) AS requests,
+       coalesce(s.errors, 0) AS errors,
+       coalesce(u.requests_1h, 0) AS requests_1h,
+       coalesce(u.errors_1h, 0) AS errors_1h,
+       round(100.0 * u.errors_1h::numeric
+             / nullif(u.requests_1h, 0)::numeric, 1) AS error_pct_1h
   FROM igny8_providers p
   LEFT JOIN igny8_health_state() s ON s.provider = p.id
+  -- the last hour of ai_usage_log, one range scan of its created_at index
+  LEFT JOIN (
+       SELECT l.provider,
+              count(*) AS requests_1h,
+              count(*) FILTER (WHERE NOT l.success) AS errors_1h
+         FROM ai_usage_log l
+        WHERE l.created_at > now() - interval '1 hour'
+        GROUP BY l.provider) u ON u.provider = p.id
   LEFT JOIN LATERAL (
        SELECT count(*) AS checks_24h,
               -- numeric with numeric: operators that pg_catalog has exactly
@@ -1607,7 +1623,7 @@ SELECT p.id AS provider,
           AND l.checked_at > now() - interval '24 hours') h ON true;
 
 COMMENT ON VIEW igny8_service_status IS
-    'per provider: state, since when, last check and latency, failures, requests in flight and waiting, share of successful checks over 24 hours';
+    'per provider: state, since when, last check and latency, failures, requests in flight and waiting, share of successful checks over 24 hours, attempts and failed attempts since the server started and over the last hour';
 
 -- What the pg_cron job runs: a check, then the retention of the log in
 -- bounded batches (a big backlog is worked off over several runs).
@@ -1755,6 +1771,35 @@ LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 COMMENT ON FUNCTION igny8_slot_status() IS
     'the request slots (igny8_ai.max_in_flight) by state: free, filling, queued, running, done, abandoned';
 
+-- Submitted jobs waiting and running, by priority, for a dashboard: every
+-- state and priority has its row (zero when there is none), counted
+-- through the partial indexes of queued and running jobs, so the finished
+-- jobs kept for igny8_ai.job_retention are never read.  Read with the
+-- owner's rights: a monitoring role counts every role's jobs, without
+-- seeing any.
+CREATE VIEW igny8_job_queue AS
+SELECT st.state,
+       pr.priority,
+       coalesce(c.jobs, 0) AS jobs,
+       c.oldest_created_at
+  FROM (VALUES ('queued'), ('running')) AS st(state)
+  CROSS JOIN (VALUES ('interactive'), ('background')) AS pr(priority)
+  LEFT JOIN (
+       SELECT 'queued'::text AS state, j.priority, count(*) AS jobs,
+              min(j.created_at) AS oldest_created_at
+         FROM igny8_jobs j
+        WHERE j.state = 'queued'
+        GROUP BY j.priority
+       UNION ALL
+       SELECT 'running'::text, j.priority, count(*), min(j.created_at)
+         FROM igny8_jobs j
+        WHERE j.state = 'running'
+        GROUP BY j.priority) c
+       ON c.state = st.state AND c.priority = pr.priority;
+
+COMMENT ON VIEW igny8_job_queue IS
+    'submitted jobs queued and running, by priority, with the creation time of the oldest';
+
 --
 -- Privileges: nothing for PUBLIC; helpers grant what each role needs.
 --
@@ -1802,7 +1847,7 @@ REVOKE ALL ON FUNCTION igny8_worker_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_slot_status() FROM PUBLIC;
 REVOKE ALL ON igny8_providers, igny8_workflows, igny8_models, igny8_fallbacks,
     igny8_prices, igny8_config_deletions, ai_usage_log, service_health_log, igny8_jobs,
-    igny8_job_results, igny8_service_status FROM PUBLIC;
+    igny8_job_results, igny8_service_status, igny8_job_queue FROM PUBLIC;
 
 -- Let a monitoring role read the health of the providers and the workers
 -- (never keys).
@@ -1820,13 +1865,14 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_service_status, %s.service_health_log TO %s',
                               s, s, role);
+    EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_job_queue TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_health_state(), %s.igny8_worker_status(), %s.igny8_slot_status() TO %s',
                               s, s, s, role);
 END
 $$;
 
 COMMENT ON FUNCTION igny8_grant_monitoring(regrole) IS
-    'let a role read igny8_service_status, service_health_log and the worker and slot status';
+    'let a role read igny8_service_status, service_health_log, igny8_job_queue and the worker and slot status';
 
 -- Grant the calling functions to an application role.
 CREATE FUNCTION igny8_grant_usage(role regrole) RETURNS void

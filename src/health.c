@@ -125,6 +125,7 @@ igny8_provider_forget_unused(const char *const *ids, int n)
 			p->last_check = p->last_seen = 0;
 			p->last_latency_ms = 0;
 			p->last_error[0] = '\0';
+			p->requests = p->errors = 0;
 			p->id[0] = '\0';
 		}
 		SpinLockRelease(&p->mutex);
@@ -223,6 +224,36 @@ igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
 	change->to = p->state;
 	change->consecutive_failures = p->consecutive_failures;
 	SpinLockRelease(&p->mutex);
+}
+
+/*
+ * Count an attempt that reached the network (one row of ai_usage_log) on
+ * its provider, for igny8_health_state() and the exporter: counters in
+ * shared memory cost a scrape nothing, where counting the log would scan
+ * it.  The entry is looked up and counted under providers_mutex, so it
+ * cannot be forgotten and reused in between.  A provider with no shared
+ * entry (the table is full) is not counted.
+ */
+void
+igny8_provider_count_attempt(const char *id, bool success)
+{
+	if (id == NULL)
+		return;
+	SpinLockAcquire(&igny8_shared->providers_mutex);
+	for (int i = 0; i < IGNY8_MAX_PROVIDERS; i++)
+	{
+		Igny8ProviderShared *p = &igny8_shared->providers[i];
+
+		if (p->id[0] == '\0' || strcmp(p->id, id) != 0)
+			continue;
+		SpinLockAcquire(&p->mutex);
+		p->requests++;
+		if (!success)
+			p->errors++;
+		SpinLockRelease(&p->mutex);
+		break;
+	}
+	SpinLockRelease(&igny8_shared->providers_mutex);
 }
 
 /*
@@ -471,8 +502,8 @@ igny8_health_state(PG_FUNCTION_ARGS)
 	{
 		Igny8ProviderShared *p = &igny8_shared->providers[i];
 		Igny8ProviderShared copy;
-		Datum		values[10];
-		bool		nulls[10];
+		Datum		values[12];
+		bool		nulls[12];
 
 		SpinLockAcquire(&igny8_shared->providers_mutex);
 		SpinLockAcquire(&p->mutex);
@@ -497,6 +528,8 @@ igny8_health_state(PG_FUNCTION_ARGS)
 		nulls[7] = (copy.last_error[0] == '\0');
 		values[8] = Int32GetDatum(igny8_place_in_flight(i));
 		values[9] = Int32GetDatum(copy.nwaiting);
+		values[10] = Int64GetDatum((int64) copy.requests);
+		values[11] = Int64GetDatum((int64) copy.errors);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

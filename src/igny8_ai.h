@@ -196,6 +196,10 @@ typedef struct Igny8ProviderShared
 	TimestampTz last_seen;		/* last probe or request outcome */
 	double		last_latency_ms;
 	char		last_error[256];
+
+	/* attempts that reached the network since start, and the failed ones */
+	uint64		requests;
+	uint64		errors;
 } Igny8ProviderShared;
 
 /* What a health report changed, for alerts. */
@@ -394,6 +398,7 @@ extern void igny8_health_report(int index, bool ok, bool probe,
 								bool probe_degraded, double latency_ms,
 								const char *error, Igny8HealthChange *change);
 extern bool igny8_circuit_allows(int index);
+extern void igny8_provider_count_attempt(const char *id, bool success);
 extern char *igny8_health_payload(const char *provider,
 								  const Igny8HealthChange *change,
 								  const char *code);

@@ -294,12 +294,21 @@ igny8_usage_flush(Igny8Config *config)
 	list_free_deep(igny8_pending_notifies);
 	igny8_pending_notifies = NIL;
 
-	/* logged, or given up on: never write them twice */
+	/*
+	 * logged, or given up on: never write them twice.  Either way the
+	 * attempts that reached the network are counted on their provider.
+	 */
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
 		foreach(lc, job->attempts)
-			((Igny8Attempt *) lfirst(lc))->logged = true;
+		{
+			Igny8Attempt *a = lfirst(lc);
+
+			if (a->sent && !a->logged)
+				igny8_provider_count_attempt(a->provider, a->success);
+			a->logged = true;
+		}
 	}
 }
