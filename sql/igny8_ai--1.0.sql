@@ -1774,31 +1774,34 @@ COMMENT ON FUNCTION igny8_slot_status() IS
 -- Submitted jobs waiting and running, by priority, for a dashboard: every
 -- state and priority has its row (zero when there is none), counted
 -- through the partial indexes of queued and running jobs, so the finished
--- jobs kept for igny8_ai.job_retention are never read.  Read with the
--- owner's rights: a monitoring role counts every role's jobs, without
--- seeing any.
+-- jobs kept for igny8_ai.job_retention are never read.  A queued job is
+-- due from its not_before (its submission, unless it asked for later);
+-- the longest wait is that of the oldest due job.  Read with the owner's
+-- rights: a monitoring role counts every role's jobs, without seeing any.
 CREATE VIEW igny8_job_queue AS
 SELECT st.state,
        pr.priority,
        coalesce(c.jobs, 0) AS jobs,
-       c.oldest_created_at
+       coalesce(c.due, 0) AS due,
+       c.oldest_since
   FROM (VALUES ('queued'), ('running')) AS st(state)
   CROSS JOIN (VALUES ('interactive'), ('background')) AS pr(priority)
   LEFT JOIN (
        SELECT 'queued'::text AS state, j.priority, count(*) AS jobs,
-              min(j.created_at) AS oldest_created_at
+              count(*) FILTER (WHERE j.not_before <= now()) AS due,
+              min(j.not_before) FILTER (WHERE j.not_before <= now()) AS oldest_since
          FROM igny8_jobs j
         WHERE j.state = 'queued'
         GROUP BY j.priority
        UNION ALL
-       SELECT 'running'::text, j.priority, count(*), min(j.created_at)
+       SELECT 'running'::text, j.priority, count(*), count(*), min(j.started_at)
          FROM igny8_jobs j
         WHERE j.state = 'running'
         GROUP BY j.priority) c
        ON c.state = st.state AND c.priority = pr.priority;
 
 COMMENT ON VIEW igny8_job_queue IS
-    'submitted jobs queued and running, by priority, with the creation time of the oldest';
+    'submitted jobs queued (and due) and running, by priority, with the longest wait of a due job or the longest run';
 
 --
 -- Privileges: nothing for PUBLIC; helpers grant what each role needs.
