@@ -1973,22 +1973,27 @@ COMMENT ON FUNCTION igny8_slot_status() IS
 --
 
 -- The fixed costs (rent) of [from_ts, to_ts), in USD: each row's monthly
--- amount times the part of each calendar month (in the session's time
--- zone) that lies in the period and in the row's validity.
+-- amount times the part of each calendar month that lies in the period
+-- and in the row's validity.  Months are calendar months in UTC, as the
+-- workers count them when they charge an attempt its share (price.c), so
+-- that a report does not depend on the session's time zone.
 CREATE FUNCTION igny8_rent(from_ts timestamptz, to_ts timestamptz)
 RETURNS numeric
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT round(coalesce(sum(f.monthly_amount
-                              * extract(epoch FROM least(to_ts, coalesce(f.valid_to, 'infinity'), m + interval '1 month')
-                                                   - greatest(from_ts, f.valid_from, m))
-                              / extract(epoch FROM (m + interval '1 month') - m)), 0), 6)
+                              * extract(epoch FROM least(to_ts, coalesce(f.valid_to, 'infinity'), b.month_end)
+                                                   - greatest(from_ts, f.valid_from, b.month_start))
+                              / extract(epoch FROM b.month_end - b.month_start)), 0), 6)
       FROM @extschema@.igny8_fixed_costs f,
-           generate_series(date_trunc('month', from_ts), to_ts, interval '1 month') AS m
-     WHERE m < to_ts
-       AND least(to_ts, coalesce(f.valid_to, 'infinity'), m + interval '1 month')
-           > greatest(from_ts, f.valid_from, m)
+           generate_series(date_trunc('month', from_ts AT TIME ZONE 'UTC'),
+                           to_ts AT TIME ZONE 'UTC', interval '1 month') AS m,
+           LATERAL (SELECT m AT TIME ZONE 'UTC' AS month_start,
+                           (m + interval '1 month') AT TIME ZONE 'UTC' AS month_end) b
+     WHERE b.month_start < to_ts
+       AND least(to_ts, coalesce(f.valid_to, 'infinity'), b.month_end)
+           > greatest(from_ts, f.valid_from, b.month_start)
 $$;
 
 COMMENT ON FUNCTION igny8_rent(timestamptz, timestamptz) IS
@@ -2058,12 +2063,12 @@ BEGIN
      WHERE l.created_at >= from_ts AND l.created_at < to_ts
        AND (l.cached OR (l.success AND l.provider = ANY (self_hosted)));
 
-    -- the first day whose running total of that reached the rent
+    -- the first day (in UTC) whose running total of that reached the rent
     IF period_rent > 0 THEN
         SELECT d.day INTO back
-          FROM (SELECT date_trunc('day', l.created_at)::date AS day,
+          FROM (SELECT (l.created_at AT TIME ZONE 'UTC')::date AS day,
                        sum(sum(coalesce(l.reference_cost, 0)))
-                           OVER (ORDER BY date_trunc('day', l.created_at)::date) AS running
+                           OVER (ORDER BY (l.created_at AT TIME ZONE 'UTC')::date) AS running
                   FROM @extschema@.ai_usage_log l
                  WHERE l.created_at >= from_ts AND l.created_at < to_ts
                    AND (l.cached OR (l.success AND l.provider = ANY (self_hosted)))
@@ -2108,7 +2113,7 @@ $$;
 COMMENT ON FUNCTION igny8_cost_report(timestamptz, timestamptz) IS
     'cost of [from_ts, to_ts): a row per provider, then a total row (provider NULL) with the rent, savings against OpenAI, ROI and the day the rent was earned back';
 
--- The report of each calendar month with usage, as its total row.
+-- The report of each calendar month (in UTC) with usage, as its total row.
 CREATE FUNCTION igny8_cost_months()
 RETURNS TABLE (
     month                      date,
@@ -2133,9 +2138,10 @@ AS $$
            r.output_tokens, r.images, r.cost, r.reference_cost, r.rent,
            r.self_hosted_reference_cost, r.savings, r.roi_pct, r.earned_back_on,
            extract(day FROM r.earned_back_on)::integer
-      FROM (SELECT DISTINCT date_trunc('month', l.created_at) AS month
+      FROM (SELECT DISTINCT date_trunc('month', l.created_at AT TIME ZONE 'UTC') AS month
               FROM @extschema@.ai_usage_log l) m,
-           @extschema@.igny8_cost_report(m.month, m.month + interval '1 month') r
+           @extschema@.igny8_cost_report(m.month AT TIME ZONE 'UTC',
+                                         (m.month + interval '1 month') AT TIME ZONE 'UTC') r
      WHERE r.provider IS NULL
      ORDER BY m.month
 $$;
@@ -2149,12 +2155,14 @@ SELECT * FROM igny8_cost_months();
 COMMENT ON VIEW igny8_cost_monthly IS
     'per calendar month: attempts, tokens, images, cost, rent, savings against OpenAI, ROI on the rent, the day it was earned back';
 
--- This month's report, per provider: what a dashboard reads.
+-- This month's report (the calendar month in UTC), per provider: what a
+-- dashboard reads.
 CREATE VIEW igny8_cost_by_provider AS
 SELECT r.provider, r.attempts, r.successes, r.input_tokens, r.output_tokens,
        r.images, r.cost, r.reference_cost
-  FROM igny8_cost_report(date_trunc('month'::text, now()),
-                         date_trunc('month'::text, now()) + '1 mon'::interval) r
+  FROM igny8_cost_report(timezone('UTC'::text, date_trunc('month'::text, timezone('UTC'::text, now()))),
+                         timezone('UTC'::text, date_trunc('month'::text, timezone('UTC'::text, now()))
+                                               + '1 mon'::interval)) r
  WHERE r.provider IS NOT NULL;
 
 COMMENT ON VIEW igny8_cost_by_provider IS
