@@ -5,6 +5,7 @@ MODULE_big = igny8_ai
 OBJS = \
 	src/igny8_ai.o \
 	src/price.o \
+	src/gpuclock.o \
 	src/shmem.o \
 	src/places.o \
 	src/dispatch.o \
@@ -42,7 +43,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).
 REGRESS_CONF ?= test/tmp/regress.conf
 REGRESS = install bad_input text chat fallback retry failures encoding queue cancel jobs \
-	restart wakeup security config workflows usage health image batch prices drop
+	restart wakeup security config workflows usage health image batch prices drop costs
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(REGRESS_CONF)
 
 # the LLVM bitcode for JIT inlining is of no use here, and needs clang

@@ -178,13 +178,66 @@ COMMENT ON COLUMN igny8_prices.quality IS
 COMMENT ON COLUMN igny8_prices.price IS
     'USD per unit';
 
+-- Fixed costs beside the prices: the rent of a machine (a "box") that
+-- serves one or more providers, in USD a month, valid from valid_from
+-- until valid_to (NULL: still valid).  One rent pays for every provider
+-- the box runs (the seed's GPU box runs Ollama, self_hosted_ai, and
+-- ComfyUI, comfyui): their requests share the GPU, so they share its
+-- hours (a self-hosted attempt's cost, price.c).  Triggers below refuse
+-- an unknown provider, two rows of a box whose validity overlaps, and a
+-- provider paid for by two boxes at once.
+CREATE TABLE igny8_fixed_costs (
+    box             text NOT NULL
+                    CHECK (box ~ '^[a-z0-9_]{1,63}$'),
+    providers       text[] NOT NULL
+                    CHECK (cardinality(providers) BETWEEN 1 AND 64
+                           AND array_position(providers, NULL) IS NULL),
+    description     text NOT NULL DEFAULT '',
+    monthly_amount  numeric NOT NULL
+                    CHECK (monthly_amount >= 0 AND monthly_amount < 100000000),
+    valid_from      timestamptz NOT NULL DEFAULT '-infinity',
+    valid_to        timestamptz,
+    origin          text NOT NULL DEFAULT 'added'
+                    CHECK (origin IN ('shipped', 'edited', 'added')),
+    PRIMARY KEY (box, valid_from),
+    CONSTRAINT igny8_fixed_costs_validity CHECK (valid_to > valid_from)
+);
+
+COMMENT ON TABLE igny8_fixed_costs IS
+    'fixed monthly costs in USD (the GPU box''s rent) of the providers a box runs, valid from valid_from until valid_to';
+COMMENT ON COLUMN igny8_fixed_costs.box IS
+    'the machine paid for; its providers share its hours';
+COMMENT ON COLUMN igny8_fixed_costs.providers IS
+    'igny8_providers.id of every provider the box runs';
+COMMENT ON COLUMN igny8_fixed_costs.monthly_amount IS
+    'USD per calendar month; an hour costs monthly_amount / the hours of its month';
+
+-- What an alias stands for at OpenAI: ai_usage_log.reference_cost prices
+-- every attempt of the alias at this provider-side model's prices
+-- (igny8_prices), whoever served it.  An alias without a row has no
+-- reference cost.  A trigger below refuses a model without a price.
+CREATE TABLE igny8_reference_models (
+    alias           text PRIMARY KEY
+                    CHECK (alias ~ '^[^[:space:]]+$' AND octet_length(alias) <= 63),
+    provider        text NOT NULL DEFAULT 'openai'
+                    CHECK (provider ~ '^[a-z0-9_]{1,63}$'),
+    model           text NOT NULL
+                    CHECK (octet_length(model) BETWEEN 1 AND 127),
+    origin          text NOT NULL DEFAULT 'added'
+                    CHECK (origin IN ('shipped', 'edited', 'added'))
+);
+
+COMMENT ON TABLE igny8_reference_models IS
+    'for a model alias, the priced model (provider and provider-side model of igny8_prices) it stands for: ai_usage_log.reference_cost';
+
 -- Shipped rows the DBA deleted (or whose key changed), so that a restore
 -- deletes them again after CREATE EXTENSION made them.
 CREATE TABLE igny8_config_deletions (
     table_name      text NOT NULL
                     CHECK (table_name IN ('igny8_providers', 'igny8_workflows',
                                           'igny8_models', 'igny8_fallbacks',
-                                          'igny8_prices')),
+                                          'igny8_prices', 'igny8_fixed_costs',
+                                          'igny8_reference_models')),
     key             jsonb NOT NULL,
     deleted_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (table_name, key)
@@ -796,6 +849,27 @@ INSERT INTO igny8_prices (provider, model, unit, size, quality, price, origin) V
     ('openai',    'dall-e-2',          'per_image', '512x512',   '',         0.018, 'shipped'),
     ('openai',    'dall-e-2',          'per_image', '1024x1024', '',         0.020, 'shipped');
 
+-- gpt-4-turbo's list prices: no deployment calls it, it is the reference
+-- of the alias gpt-4-turbo (igny8_reference_models).
+INSERT INTO igny8_prices (provider, model, unit, size, quality, price, origin) VALUES
+    ('openai',    'gpt-4-turbo',       'per_1m_input_tokens',        '', '', 10.00, 'shipped'),
+    ('openai',    'gpt-4-turbo',       'per_1m_output_tokens',       '', '', 30.00, 'shipped');
+
+-- The seed's GPU rent, 200 USD a month, for the box that runs Ollama and
+-- ComfyUI.
+INSERT INTO igny8_fixed_costs (box, providers, description, monthly_amount, origin) VALUES
+    ('gpu_box', '{self_hosted_ai,comfyui}',
+     'GPU server rent (Ollama and ComfyUI share the GPU)', 200, 'shipped');
+
+-- The OpenAI model each seed alias stands for.
+INSERT INTO igny8_reference_models (alias, provider, model, origin) VALUES
+    ('gpt-4',              'openai', 'gpt-4',         'shipped'),
+    ('gpt-4-turbo',        'openai', 'gpt-4-turbo',   'shipped'),
+    ('gpt-3.5-turbo',      'openai', 'gpt-3.5-turbo', 'shipped'),
+    ('gpt-3.5-turbo-fast', 'openai', 'gpt-3.5-turbo', 'shipped'),
+    ('dall-e-3',           'openai', 'dall-e-3',      'shipped'),
+    ('dall-e-2',           'openai', 'dall-e-2',      'shipped');
+
 --
 -- Keeping origin, and restoring the configuration exactly.
 --
@@ -811,6 +885,8 @@ AS $$
         WHEN 'igny8_models' THEN ARRAY['alias', 'provider_id', 'provider_model']
         WHEN 'igny8_fallbacks' THEN ARRAY['alias', 'position']
         WHEN 'igny8_prices' THEN ARRAY['provider', 'model', 'unit', 'size', 'quality', 'valid_from']
+        WHEN 'igny8_fixed_costs' THEN ARRAY['box', 'valid_from']
+        WHEN 'igny8_reference_models' THEN ARRAY['alias']
     END
 $$;
 
@@ -1068,6 +1144,129 @@ CREATE CONSTRAINT TRIGGER igny8_prices_no_overlap
     AFTER INSERT OR UPDATE ON igny8_prices
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION igny8_prices_overlap_check();
+
+CREATE TRIGGER igny8_fixed_costs_guard
+    BEFORE INSERT OR UPDATE ON igny8_fixed_costs
+    FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
+CREATE TRIGGER igny8_fixed_costs_forget
+    AFTER UPDATE OR DELETE ON igny8_fixed_costs
+    FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
+CREATE TRIGGER igny8_fixed_costs_forget_all
+    BEFORE TRUNCATE ON igny8_fixed_costs
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
+CREATE TRIGGER igny8_reference_models_guard
+    BEFORE INSERT OR UPDATE ON igny8_reference_models
+    FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
+CREATE TRIGGER igny8_reference_models_forget
+    AFTER UPDATE OR DELETE ON igny8_reference_models
+    FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
+CREATE TRIGGER igny8_reference_models_forget_all
+    BEFORE TRUNCATE ON igny8_reference_models
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
+
+-- Before a fixed cost is written: every provider it pays for exists (a
+-- rent for a mistyped provider would charge nobody).
+CREATE FUNCTION igny8_fixed_costs_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    unknown text;
+BEGIN
+    SELECT p INTO unknown
+      FROM pg_catalog.unnest(NEW.providers) AS p
+     WHERE NOT EXISTS (SELECT 1 FROM @extschema@.igny8_providers r
+                        WHERE r.id OPERATOR(pg_catalog.=) p)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'provider "%" of fixed cost "%" does not exist', unknown, NEW.box
+            USING ERRCODE = 'foreign_key_violation',
+                  DETAIL = 'A fixed cost pays for providers of igny8_providers.',
+                  HINT = 'Name the provider by its igny8_providers.id, e.g. self_hosted_ai or comfyui.';
+    END IF;
+    IF (SELECT pg_catalog.count(DISTINCT p) FROM pg_catalog.unnest(NEW.providers) AS p)
+       OPERATOR(pg_catalog.<>) pg_catalog.cardinality(NEW.providers) THEN
+        RAISE EXCEPTION 'fixed cost "%" names a provider twice', NEW.box
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER igny8_fixed_costs_providers
+    BEFORE INSERT OR UPDATE ON igny8_fixed_costs
+    FOR EACH ROW EXECUTE FUNCTION igny8_fixed_costs_check();
+
+-- At commit, as for prices: a fixed cost written may not overlap in
+-- validity another of its box, nor another box's that pays for one of
+-- its providers (an hour of a provider is paid for once).
+CREATE FUNCTION igny8_fixed_costs_overlap_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    other record;
+BEGIN
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('igny8_fixed_costs'));
+    SELECT b.box, b.valid_from, b.valid_to, a.valid_from AS a_from, a.valid_to AS a_to
+      INTO other
+      FROM @extschema@.igny8_fixed_costs a
+      JOIN @extschema@.igny8_fixed_costs b
+        ON (b.box OPERATOR(pg_catalog.=) a.box
+            AND b.valid_from OPERATOR(pg_catalog.<>) a.valid_from)
+        OR (b.box OPERATOR(pg_catalog.<>) a.box
+            AND b.providers OPERATOR(pg_catalog.&&) a.providers)
+     WHERE a.box OPERATOR(pg_catalog.=) NEW.box
+       AND a.valid_from OPERATOR(pg_catalog.=) NEW.valid_from
+       AND pg_catalog.tstzrange(a.valid_from, a.valid_to)
+           OPERATOR(pg_catalog.&&) pg_catalog.tstzrange(b.valid_from, b.valid_to)
+     ORDER BY b.box, b.valid_from
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'fixed cost of % overlaps another in time', NEW.box
+            USING ERRCODE = 'exclusion_violation',
+                  DETAIL = pg_catalog.format('One is valid from %s to %s, the other (box %s) from %s to %s.',
+                                             other.a_from, coalesce(other.a_to::text, '(open)'),
+                                             other.box,
+                                             other.valid_from, coalesce(other.valid_to::text, '(open)')),
+                  HINT = 'Set valid_to of the old cost to valid_from of the new one; a provider is paid for by one box at a time.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER igny8_fixed_costs_no_overlap
+    AFTER INSERT OR UPDATE ON igny8_fixed_costs
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION igny8_fixed_costs_overlap_check();
+
+-- At commit (a restore may write the mapping before the price): a
+-- reference model has a price in igny8_prices.
+CREATE FUNCTION igny8_reference_models_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.igny8_reference_models r
+                    WHERE r.alias OPERATOR(pg_catalog.=) NEW.alias) THEN
+        RETURN NULL;            -- deleted since
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.igny8_prices p
+                    WHERE p.provider OPERATOR(pg_catalog.=) NEW.provider
+                      AND p.model OPERATOR(pg_catalog.=) NEW.model) THEN
+        RAISE EXCEPTION 'reference model "%" of provider "%" has no price', NEW.model, NEW.provider
+            USING ERRCODE = 'foreign_key_violation',
+                  DETAIL = pg_catalog.format('Alias "%s" would have no reference cost.', NEW.alias),
+                  HINT = 'Add its list prices to igny8_prices first, or name a priced model.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER igny8_reference_models_priced
+    AFTER INSERT OR UPDATE ON igny8_reference_models
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION igny8_reference_models_check();
 CREATE TRIGGER igny8_config_deletions_restored
     AFTER INSERT ON igny8_config_deletions
     FOR EACH ROW EXECUTE FUNCTION igny8_config_deletion_restored();
@@ -1118,6 +1317,12 @@ CREATE TRIGGER igny8_fallbacks_changed
 CREATE TRIGGER igny8_prices_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_prices
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+CREATE TRIGGER igny8_fixed_costs_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_fixed_costs
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+CREATE TRIGGER igny8_reference_models_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_reference_models
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
 
 --
 -- Usage: one row per attempt, written by the workers.
@@ -1135,6 +1340,8 @@ CREATE TABLE ai_usage_log (
     input_tokens    integer NOT NULL DEFAULT 0,
     output_tokens   integer NOT NULL DEFAULT 0,
     cost            numeric(14, 6) NOT NULL DEFAULT 0,
+    reference_cost  numeric(14, 6),
+    cached          boolean NOT NULL DEFAULT false,
     duration_ms     double precision,
     http_status     integer,
     success         boolean NOT NULL,
@@ -1160,6 +1367,8 @@ COMMENT ON COLUMN ai_usage_log.images IS
     'images made by the attempt (image rows; NULL on text rows)';
 COMMENT ON COLUMN ai_usage_log.steps IS
     'sampling steps sent to ComfyUI (image rows on comfyui providers)';
+COMMENT ON COLUMN ai_usage_log.reference_cost IS
+    'what the alias''s reference model (igny8_reference_models) would have cost for the same tokens or images; NULL: no reference';
 
 --
 -- Health: probes on a pg_cron schedule, the circuit breaker's state, alerts.
@@ -1198,6 +1407,10 @@ SELECT pg_catalog.pg_extension_config_dump('igny8_models',
 SELECT pg_catalog.pg_extension_config_dump('igny8_fallbacks',
     $$WHERE origin OPERATOR(pg_catalog.<>) 'shipped'$$);
 SELECT pg_catalog.pg_extension_config_dump('igny8_prices',
+    $$WHERE origin OPERATOR(pg_catalog.<>) 'shipped'$$);
+SELECT pg_catalog.pg_extension_config_dump('igny8_fixed_costs',
+    $$WHERE origin OPERATOR(pg_catalog.<>) 'shipped'$$);
+SELECT pg_catalog.pg_extension_config_dump('igny8_reference_models',
     $$WHERE origin OPERATOR(pg_catalog.<>) 'shipped'$$);
 SELECT pg_catalog.pg_extension_config_dump('igny8_config_deletions', '');
 SELECT pg_catalog.pg_extension_config_dump('ai_usage_log', '');
@@ -1804,6 +2017,241 @@ COMMENT ON VIEW igny8_job_queue IS
     'submitted jobs queued (and due) and running, by priority, with the longest wait of a due job or the longest run';
 
 --
+-- Cost reports: cost per provider, the GPU rent, savings against OpenAI.
+--
+
+-- The fixed costs (rent) of [from_ts, to_ts), in USD: each row's monthly
+-- amount times the part of each calendar month that lies in the period
+-- and in the row's validity.  Months are calendar months in UTC, as the
+-- workers count them when they charge an attempt its share (price.c), so
+-- that a report does not depend on the session's time zone.
+CREATE FUNCTION igny8_rent(from_ts timestamptz, to_ts timestamptz)
+RETURNS numeric
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT round(coalesce(sum(f.monthly_amount
+                              * extract(epoch FROM least(to_ts, coalesce(f.valid_to, 'infinity'), b.month_end)
+                                                   - greatest(from_ts, f.valid_from, b.month_start))
+                              / extract(epoch FROM b.month_end - b.month_start)), 0), 6)
+      FROM @extschema@.igny8_fixed_costs f,
+           generate_series(date_trunc('month', from_ts AT TIME ZONE 'UTC'),
+                           to_ts AT TIME ZONE 'UTC', interval '1 month') AS m,
+           LATERAL (SELECT m AT TIME ZONE 'UTC' AS month_start,
+                           (m + interval '1 month') AT TIME ZONE 'UTC' AS month_end) b
+     WHERE b.month_start < to_ts
+       AND least(to_ts, coalesce(f.valid_to, 'infinity'), b.month_end)
+           > greatest(from_ts, f.valid_from, b.month_start)
+$$;
+
+COMMENT ON FUNCTION igny8_rent(timestamptz, timestamptz) IS
+    'the fixed costs (GPU rent) of a period in USD, prorated by the seconds of each month it covers';
+
+-- A period for the reports: finite, and not empty.
+CREATE FUNCTION igny8_cost_period_check(from_ts timestamptz, to_ts timestamptz)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF from_ts IS NULL OR to_ts IS NULL OR NOT isfinite(from_ts) OR NOT isfinite(to_ts) THEN
+        RAISE EXCEPTION 'a cost period must have finite bounds'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give from_ts and to_ts, e.g. date_trunc(''month'', now()) and date_trunc(''month'', now()) + interval ''1 month''.';
+    END IF;
+    IF to_ts <= from_ts THEN
+        RAISE EXCEPTION 'a cost period must end after it starts'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The period is from %s to %s.', from_ts, to_ts);
+    END IF;
+END
+$$;
+
+-- The cost report of [from_ts, to_ts): a row per provider with usage in
+-- the period, then a total row (provider NULL) that alone carries the
+-- rent, the reference cost of the self-hosted work, the savings, the
+-- return on the rent and the day it was earned back.
+CREATE FUNCTION igny8_cost_report(from_ts timestamptz, to_ts timestamptz)
+RETURNS TABLE (
+    provider                   text,
+    attempts                   bigint,
+    successes                  bigint,
+    cached                     bigint,
+    input_tokens               bigint,
+    output_tokens              bigint,
+    images                     bigint,
+    cost                       numeric,
+    reference_cost             numeric,
+    rent                       numeric,
+    self_hosted_reference_cost numeric,
+    savings                    numeric,
+    roi_pct                    numeric,
+    earned_back_on             date)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    self_hosted text[];
+    period_rent numeric;
+    work numeric;
+    back date;
+BEGIN
+    PERFORM @extschema@.igny8_cost_period_check(from_ts, to_ts);
+
+    -- the providers a rent paid for during the period
+    SELECT coalesce(array_agg(DISTINCT p), '{}') INTO self_hosted
+      FROM @extschema@.igny8_fixed_costs f, unnest(f.providers) AS p
+     WHERE f.valid_from < to_ts AND coalesce(f.valid_to, 'infinity') > from_ts;
+    period_rent := @extschema@.igny8_rent(from_ts, to_ts);
+
+    -- what OpenAI would have charged for the work the rent paid for (its
+    -- successful attempts) and for the answers the cache gave
+    SELECT coalesce(sum(l.reference_cost), 0) INTO work
+      FROM @extschema@.ai_usage_log l
+     WHERE l.created_at >= from_ts AND l.created_at < to_ts
+       AND (l.cached OR (l.success AND l.provider = ANY (self_hosted)));
+
+    -- the first day (in UTC) whose running total of that reached the rent
+    IF period_rent > 0 THEN
+        SELECT d.day INTO back
+          FROM (SELECT (l.created_at AT TIME ZONE 'UTC')::date AS day,
+                       sum(sum(coalesce(l.reference_cost, 0)))
+                           OVER (ORDER BY (l.created_at AT TIME ZONE 'UTC')::date) AS running
+                  FROM @extschema@.ai_usage_log l
+                 WHERE l.created_at >= from_ts AND l.created_at < to_ts
+                   AND (l.cached OR (l.success AND l.provider = ANY (self_hosted)))
+                 GROUP BY 1) d
+         WHERE d.running >= period_rent
+         ORDER BY d.day
+         LIMIT 1;
+    END IF;
+
+    RETURN QUERY
+    SELECT g.provider,
+           count(*),
+           count(*) FILTER (WHERE l.success),
+           count(*) FILTER (WHERE l.cached),
+           coalesce(sum(l.input_tokens), 0)::bigint,
+           coalesce(sum(l.output_tokens), 0)::bigint,
+           coalesce(sum(l.images), 0)::bigint,
+           coalesce(sum(l.cost), 0),
+           coalesce(sum(l.reference_cost), 0),
+           CASE WHEN g.provider IS NULL THEN period_rent END,
+           CASE WHEN g.provider IS NULL THEN work END,
+           CASE WHEN g.provider IS NULL THEN work - period_rent END,
+           CASE WHEN g.provider IS NULL AND period_rent > 0
+                THEN round(100 * (work - period_rent) / period_rent, 1) END,
+           CASE WHEN g.provider IS NULL THEN back END
+      FROM @extschema@.ai_usage_log l
+      JOIN LATERAL (VALUES (l.provider), (NULL)) AS g (provider) ON true
+     WHERE l.created_at >= from_ts AND l.created_at < to_ts
+     GROUP BY g.provider
+     ORDER BY g.provider NULLS LAST;
+    -- a period without usage still has its rent
+    IF NOT FOUND THEN
+        RETURN QUERY
+        SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint,
+               0::bigint, 0::numeric, 0::numeric, period_rent, 0::numeric,
+               -period_rent,
+               CASE WHEN period_rent > 0 THEN -100.0 END, NULL::date;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION igny8_cost_report(timestamptz, timestamptz) IS
+    'cost of [from_ts, to_ts): a row per provider, then a total row (provider NULL) with the rent, savings against OpenAI, ROI and the day the rent was earned back';
+
+-- The report of each calendar month (in UTC) with usage, as its total row.
+CREATE FUNCTION igny8_cost_months()
+RETURNS TABLE (
+    month                      date,
+    attempts                   bigint,
+    successes                  bigint,
+    cached                     bigint,
+    input_tokens               bigint,
+    output_tokens              bigint,
+    images                     bigint,
+    cost                       numeric,
+    reference_cost             numeric,
+    rent                       numeric,
+    self_hosted_reference_cost numeric,
+    savings                    numeric,
+    roi_pct                    numeric,
+    earned_back_on             date,
+    earned_back_day            integer)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT m.month::date, r.attempts, r.successes, r.cached, r.input_tokens,
+           r.output_tokens, r.images, r.cost, r.reference_cost, r.rent,
+           r.self_hosted_reference_cost, r.savings, r.roi_pct, r.earned_back_on,
+           extract(day FROM r.earned_back_on)::integer
+      FROM (SELECT DISTINCT date_trunc('month', l.created_at AT TIME ZONE 'UTC') AS month
+              FROM @extschema@.ai_usage_log l) m,
+           @extschema@.igny8_cost_report(m.month AT TIME ZONE 'UTC',
+                                         (m.month + interval '1 month') AT TIME ZONE 'UTC') r
+     WHERE r.provider IS NULL
+     ORDER BY m.month
+$$;
+
+COMMENT ON FUNCTION igny8_cost_months() IS
+    'the total row of igny8_cost_report for each calendar month with usage';
+
+CREATE VIEW igny8_cost_monthly AS
+SELECT * FROM igny8_cost_months();
+
+COMMENT ON VIEW igny8_cost_monthly IS
+    'per calendar month: attempts, tokens, images, cost, rent, savings against OpenAI, ROI on the rent, the day it was earned back';
+
+-- This month's report (the calendar month in UTC), per provider: what a
+-- dashboard reads.
+CREATE VIEW igny8_cost_by_provider AS
+SELECT r.provider, r.attempts, r.successes, r.input_tokens, r.output_tokens,
+       r.images, r.cost, r.reference_cost
+  FROM igny8_cost_report(timezone('UTC'::text, date_trunc('month'::text, timezone('UTC'::text, now()))),
+                         timezone('UTC'::text, date_trunc('month'::text, timezone('UTC'::text, now()))
+                                               + '1 mon'::interval)) r
+ WHERE r.provider IS NOT NULL;
+
+COMMENT ON VIEW igny8_cost_by_provider IS
+    'this calendar month, per provider: attempts, successes, tokens, images, cost and reference cost';
+
+-- Cost per account over [from_ts, to_ts), with the caller's rights: a
+-- role reads only the usage rows it may read.
+CREATE FUNCTION igny8_cost_by_account(from_ts timestamptz, to_ts timestamptz)
+RETURNS TABLE (
+    account_id      bigint,
+    attempts        bigint,
+    successes       bigint,
+    cached          bigint,
+    input_tokens    bigint,
+    output_tokens   bigint,
+    images          bigint,
+    cost            numeric,
+    reference_cost  numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM @extschema@.igny8_cost_period_check(from_ts, to_ts);
+    RETURN QUERY
+    SELECT l.account_id, count(*), count(*) FILTER (WHERE l.success),
+           count(*) FILTER (WHERE l.cached),
+           coalesce(sum(l.input_tokens), 0)::bigint,
+           coalesce(sum(l.output_tokens), 0)::bigint,
+           coalesce(sum(l.images), 0)::bigint,
+           coalesce(sum(l.cost), 0), coalesce(sum(l.reference_cost), 0)
+      FROM @extschema@.ai_usage_log l
+     WHERE l.created_at >= from_ts AND l.created_at < to_ts
+     GROUP BY l.account_id
+     ORDER BY l.account_id NULLS LAST;
+END
+$$;
+
+COMMENT ON FUNCTION igny8_cost_by_account(timestamptz, timestamptz) IS
+    'cost of [from_ts, to_ts) per account_id (NULL: calls without one), over the usage rows the caller may read';
+
+--
 -- Privileges: nothing for PUBLIC; helpers grant what each role needs.
 --
 
@@ -1848,6 +2296,16 @@ REVOKE ALL ON FUNCTION igny8_forget_cron() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_on_drop_extension() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_worker_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_slot_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_fixed_costs_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_fixed_costs_overlap_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_reference_models_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_rent(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_cost_period_check(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_cost_report(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_cost_months() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_cost_by_account(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON igny8_fixed_costs, igny8_reference_models, igny8_cost_monthly,
+    igny8_cost_by_provider FROM PUBLIC;
 REVOKE ALL ON igny8_providers, igny8_workflows, igny8_models, igny8_fallbacks,
     igny8_prices, igny8_config_deletions, ai_usage_log, service_health_log, igny8_jobs,
     igny8_job_results, igny8_service_status, igny8_job_queue FROM PUBLIC;
@@ -1871,11 +2329,16 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_job_queue TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_health_state(), %s.igny8_worker_status(), %s.igny8_slot_status() TO %s',
                               s, s, s, role);
+    -- cost: the aggregates, never a usage row
+    EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_cost_by_provider, %s.igny8_cost_monthly, %s.igny8_fixed_costs TO %s',
+                              s, s, s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_cost_report(timestamptz, timestamptz), %s.igny8_cost_months(), %s.igny8_rent(timestamptz, timestamptz) TO %s',
+                              s, s, s, role);
 END
 $$;
 
 COMMENT ON FUNCTION igny8_grant_monitoring(regrole) IS
-    'let a role read igny8_service_status, service_health_log, igny8_job_queue and the worker and slot status';
+    'let a role read igny8_service_status, service_health_log, igny8_job_queue, the worker and slot status, and the cost reports (igny8_cost_report, igny8_cost_by_provider, igny8_cost_monthly)';
 
 -- Grant the calling functions to an application role.
 CREATE FUNCTION igny8_grant_usage(role regrole) RETURNS void
@@ -1901,11 +2364,13 @@ BEGIN
                               s, s, s, s, role);
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log, %s.igny8_jobs, %s.igny8_job_results TO %s',
                               s, s, s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_cost_by_account(timestamptz, timestamptz), %s.igny8_cost_period_check(timestamptz, timestamptz) TO %s',
+                              s, s, role);
 END
 $$;
 
 COMMENT ON FUNCTION igny8_grant_usage(regrole) IS
-    'let a role call the generation functions, submit jobs and read its jobs and ai_usage_log';
+    'let a role call the generation functions, submit jobs and read its jobs, ai_usage_log and igny8_cost_by_account';
 
 -- What the role named by igny8_ai.username needs to run the workers.
 CREATE FUNCTION igny8_grant_worker(role regrole) RETURNS void
@@ -1922,6 +2387,8 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_providers, %s.igny8_workflows, %s.igny8_models, %s.igny8_fallbacks, %s.igny8_prices TO %s',
                               s, s, s, s, s, role);
+    EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_fixed_costs, %s.igny8_reference_models TO %s',
+                              s, s, role);
     EXECUTE pg_catalog.format('GRANT INSERT ON %s.ai_usage_log TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON %s.igny8_jobs TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_worker_alive(integer, timestamptz) TO %s', s, role);

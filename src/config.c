@@ -2,7 +2,8 @@
  *
  * config.c
  *	  The worker's cached copy of igny8_providers, igny8_models,
- *	  igny8_fallbacks, igny8_workflows and igny8_prices.
+ *	  igny8_fallbacks, igny8_workflows, igny8_prices, igny8_fixed_costs and
+ *	  igny8_reference_models.
  *
  * A copy is loaded when the worker starts and again whenever the shared
  * configuration generation moves (the tables' triggers bump it at commit).
@@ -22,6 +23,7 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/memutils.h"
@@ -194,6 +196,7 @@ read_providers(Igny8Config *config, const char *qschema)
 		item = cJSON_GetObjectItemCaseSensitive(p->settings, "check_models");
 		p->check_models = !cJSON_IsFalse(item);
 		p->key = igny8_resolve_key(p->key_ref, &p->key_error);
+		p->gpu_clock = -1;		/* read_fixed_costs() sets it */
 		p->shared_index = igny8_provider_index(p->id, true);
 		if (p->shared_index >= 0)
 			igny8_place_set_max(p->shared_index, p->max_concurrent);
@@ -401,6 +404,113 @@ read_prices(Igny8Config *config, const char *qschema)
 }
 
 /*
+ * The fixed costs, by box and valid_from.  The providers of the boxes
+ * whose rent is valid now get the clock of their box: the shared entry of
+ * its first provider that has one (gpuclock.c).
+ */
+static void
+read_fixed_costs(Igny8Config *config, const char *qschema)
+{
+	int			ret;
+	MemoryContext old;
+	TimestampTz now = GetCurrentTimestamp();
+
+	ret = SPI_execute(psprintf("SELECT box, providers, monthly_amount,"
+							   " valid_from, valid_to"
+							   " FROM %s.igny8_fixed_costs"
+							   " ORDER BY box, valid_from", qschema), true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_fixed_costs: %s",
+			 SPI_result_code_string(ret));
+
+	old = MemoryContextSwitchTo(config->cxt);
+	config->nfixed_costs = 0;
+	config->fixed_costs = palloc0(sizeof(Igny8FixedCost) * Max(SPI_processed, 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Igny8FixedCost *f = &config->fixed_costs[config->nfixed_costs];
+		bool		isnull;
+		Datum		d;
+		Datum	   *elems;
+		bool	   *elem_nulls;
+		int			nelems;
+		int			clock = -1;
+
+		d = SPI_getbinval(tup, desc, 3, &isnull);
+		if (isnull)
+			continue;			/* NOT NULL */
+		f->monthly_amount = datumCopy(d, false, -1);
+		f->box = get_text(tup, desc, 1);
+		d = SPI_getbinval(tup, desc, 2, &isnull);
+		if (isnull)
+			continue;			/* NOT NULL */
+		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false,
+						  TYPALIGN_INT, &elems, &elem_nulls, &nelems);
+		f->providers = palloc0(sizeof(char *) * Max(nelems, 1));
+		for (int j = 0; j < nelems; j++)
+			if (!elem_nulls[j])
+				f->providers[f->nproviders++] =
+					igny8_from_db(TextDatumGetCString(elems[j]));
+		f->valid_from = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		if (isnull)
+			f->valid_from = DT_NOBEGIN;
+		d = SPI_getbinval(tup, desc, 5, &isnull);
+		f->has_valid_to = !isnull;
+		f->valid_to = isnull ? DT_NOEND : DatumGetTimestampTz(d);
+		config->nfixed_costs++;
+
+		if (f->valid_from > now || (f->has_valid_to && now >= f->valid_to))
+			continue;
+		for (int j = 0; j < f->nproviders && clock < 0; j++)
+		{
+			Igny8Provider *p = igny8_config_provider(config, f->providers[j]);
+
+			if (p != NULL)
+				clock = p->shared_index;
+		}
+		for (int j = 0; j < f->nproviders; j++)
+		{
+			Igny8Provider *p = igny8_config_provider(config, f->providers[j]);
+
+			if (p != NULL)
+				p->gpu_clock = clock;
+		}
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* What each alias stands for, for ai_usage_log.reference_cost. */
+static void
+read_reference_models(Igny8Config *config, const char *qschema)
+{
+	int			ret;
+	MemoryContext old;
+
+	ret = SPI_execute(psprintf("SELECT alias, provider, model"
+							   " FROM %s.igny8_reference_models ORDER BY alias",
+							   qschema), true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_reference_models: %s",
+			 SPI_result_code_string(ret));
+
+	old = MemoryContextSwitchTo(config->cxt);
+	config->nreferences = (int) SPI_processed;
+	config->references = palloc0(sizeof(Igny8ReferenceModel) * Max(config->nreferences, 1));
+	for (int i = 0; i < config->nreferences; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		config->references[i].alias = get_text(tup, desc, 1);
+		config->references[i].provider = get_text(tup, desc, 2);
+		config->references[i].model = get_text(tup, desc, 3);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * Load the configuration.  Must run inside a transaction with SPI connected
  * and a snapshot set.  Returns NULL when the extension is not installed.
  * The copy's memory lives under the transaction's context until the load
@@ -430,6 +540,8 @@ igny8_config_load(void)
 	read_deployments(config, qschema);
 	read_fallbacks(config, qschema);
 	read_prices(config, qschema);
+	read_fixed_costs(config, qschema);
+	read_reference_models(config, qschema);
 
 	MemoryContextSetParent(cxt, TopMemoryContext);
 	return config;

@@ -162,6 +162,9 @@ typedef struct Igny8WorkerShared
 	pg_atomic_uint64 config_generation; /* of the configuration it loaded */
 	pg_atomic_uint64 reloads;	/* postgresql.conf reloads it processed */
 	uint32		held[IGNY8_MAX_PROVIDERS];	/* places it holds, per provider */
+	uint32		gpu_running[IGNY8_MAX_PROVIDERS];	/* its attempts counted
+													 * on each GPU clock
+													 * (gpuclock.c) */
 } Igny8WorkerShared;
 
 /*
@@ -211,6 +214,20 @@ typedef struct Igny8HealthChange
 	int			consecutive_failures;
 } Igny8HealthChange;
 
+/*
+ * A processor-sharing clock of a box (a machine whose rent pays for one or
+ * more providers, igny8_fixed_costs): s is the integral of dt / n(t) in
+ * seconds, n(t) the attempts running on the box, up to time t.  An
+ * attempt's share of the box's time is s at its end minus s at its start
+ * (gpuclock.c).
+ */
+typedef struct Igny8GpuClock
+{
+	double		s;
+	TimestampTz t;
+	int			n;
+} Igny8GpuClock;
+
 typedef struct Igny8Shared
 {
 	int			dsa_tranche;
@@ -229,6 +246,10 @@ typedef struct Igny8Shared
 	Igny8ProviderShared providers[IGNY8_MAX_PROVIDERS];
 
 	Igny8WorkerShared workers[IGNY8_MAX_WORKERS];
+
+	slock_t		gpu_mutex;		/* guards gpu_clocks and the workers'
+								 * gpu_running */
+	Igny8GpuClock gpu_clocks[IGNY8_MAX_PROVIDERS];
 } Igny8Shared;
 
 /* GUCs (igny8_ai.c) */
@@ -351,6 +372,11 @@ extern void igny8_place_set_max(int provider, int max_concurrent);
 extern void igny8_places_forget_worker(int worker);
 extern int	igny8_place_in_flight(int provider);
 extern int	igny8_place_waiting(int provider);
+
+/* gpuclock.c */
+extern double igny8_gpu_clock_start(int worker, int clock, TimestampTz now);
+extern double igny8_gpu_clock_end(int worker, int clock, TimestampTz now);
+extern void igny8_gpu_clock_forget_worker(int worker);
 
 /* dispatch.c */
 extern int	igny8_submit(Igny8Task task, const char *alias, const char *request,

@@ -133,6 +133,8 @@ igny8_job_create(int slotno)
 	job->request_json = pstrdup(dsa_get_address(igny8_dsa(), slot->request));
 	job->job_id = slot->job_id;
 	job->holding = -1;
+	job->gpu_clock = -1;
+	job->gpu_seconds = -1;
 	job->state = JOB_READY;
 	dlist_push_tail(&igny8_jobs, &job->node);
 	pg_atomic_fetch_add_u32(&igny8_shared->workers[igny8_worker_index].in_flight, 1);
@@ -194,10 +196,42 @@ igny8_job_route(Igny8Job *job, Igny8Config *config, const char *load_error)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * The attempt starting now runs on the clock of the box whose rent pays
+ * for its provider, if any (gpuclock.c).
+ */
+static void
+gpu_start(Igny8Job *job, Igny8Provider *p, TimestampTz now)
+{
+	job->gpu_clock = p->gpu_clock;
+	if (job->gpu_clock >= 0)
+		job->gpu_since = igny8_gpu_clock_start(igny8_worker_index,
+											   job->gpu_clock, now);
+}
+
+/* The attempt ends: its share of the box's time, for its Igny8Attempt. */
+static void
+gpu_stop(Igny8Job *job, TimestampTz now)
+{
+	double		s;
+
+	if (job->gpu_clock < 0)
+		return;
+	s = igny8_gpu_clock_end(igny8_worker_index, job->gpu_clock, now);
+	job->gpu_seconds = Max(s - job->gpu_since, 0.0);
+	job->gpu_clock = -1;
+}
+
 Igny8Attempt *
 igny8_job_add_attempt(Igny8Job *job, Igny8Deployment *d)
 {
 	Igny8Attempt *a = palloc0(sizeof(Igny8Attempt));
+
+	/* an attempt that ran stops its clock, if nothing stopped it before */
+	if (job->gpu_clock >= 0)
+		gpu_stop(job, GetCurrentTimestamp());
+	a->gpu_seconds = job->gpu_seconds;
+	job->gpu_seconds = -1;
 
 	a->number = list_length(job->attempts) + 1;
 	a->provider = d->provider->id;
@@ -469,6 +503,7 @@ start_attempt(Igny8Job *job, TimestampTz now)
 		return;
 	}
 	job->attempt_start = now;
+	gpu_start(job, d->provider, now);
 	job->attempt_deadline = TimestampTzPlusMilliseconds(now, d->timeout_ms);
 	job->attempt_deadline = Min(job->attempt_deadline, job->deadline);
 	ops->start(job, now);
@@ -677,6 +712,7 @@ igny8_job_end_attempt(Igny8Job *job, Igny8Transfer *t, TimestampTz now)
 
 	igny8_job_release_place(job);
 	job->transfer = NULL;
+	gpu_stop(job, now);
 	a = igny8_job_add_attempt(job, job->cands[job->cand]);
 	a->at = job->attempt_start;
 	a->sent = true;
@@ -865,11 +901,14 @@ igny8_job_abort(Igny8Job *job, const char *why)
 	}
 	else if (job->transfer)
 	{
-		Igny8Attempt *a = igny8_job_add_attempt(job, job->cands[job->cand]);
+		TimestampTz now = GetCurrentTimestamp();
+		Igny8Attempt *a;
 
+		gpu_stop(job, now);		/* at the time its duration ends */
+		a = igny8_job_add_attempt(job, job->cands[job->cand]);
 		a->at = job->attempt_start;
 		a->sent = true;
-		a->duration_ms = (double) (GetCurrentTimestamp() - job->attempt_start) / 1000.0;
+		a->duration_ms = (double) (now - job->attempt_start) / 1000.0;
 		a->error = pstrdup(why);
 		igny8_http_free(job->transfer);
 		job->transfer = NULL;
@@ -899,6 +938,8 @@ static void
 forget(Igny8Job *job)
 {
 	dlist_delete(&job->node);
+	if (job->gpu_clock >= 0)
+		gpu_stop(job, GetCurrentTimestamp());
 	if (job->task == IGNY8_TASK_IMAGE)
 		igny8_image_forget(job);
 	pg_atomic_fetch_sub_u32(&igny8_shared->workers[igny8_worker_index].in_flight, 1);

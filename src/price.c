@@ -21,13 +21,25 @@
  * model (the deployment's, else the one the provider reported).  A unit
  * without a price costs nothing: the self-hosted providers have no price.
  *
+ * A self-hosted attempt costs, besides, its share of the rent of the box
+ * that runs its provider (igny8_fixed_costs): its share of the box's time
+ * (gpuclock.c: overlapping attempts split the hours they share) times the
+ * month's rent divided by the month's hours.
+ *
+ * An attempt's reference cost is the price of the same tokens or images
+ * at the model its alias stands for (igny8_reference_models), computed the
+ * same way: what OpenAI would have charged for it.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/numeric.h"
+#include "utils/timestamp.h"
 
 #include "worker.h"
 
@@ -55,18 +67,18 @@ find_price(Igny8Config *config, const char *provider, const char *model,
 	return NULL;
 }
 
-/* The deployment's model first, then the one the provider reported. */
+/* The model's price first, then the one of the model the provider reported. */
 static Igny8Price *
-model_price(Igny8Config *config, Igny8Attempt *a, const char *reported,
-			Igny8PriceUnit unit, const char *size, const char *quality)
+model_price(Igny8Config *config, const char *provider, const char *model,
+			TimestampTz at, const char *reported, Igny8PriceUnit unit,
+			const char *size, const char *quality)
 {
-	Igny8Price *p = find_price(config, a->provider, a->model, unit, size,
-							   quality, a->at);
+	Igny8Price *p = find_price(config, provider, model, unit, size, quality,
+							   at);
 
 	if (p == NULL && reported != NULL &&
-		(a->model == NULL || strcmp(reported, a->model) != 0))
-		p = find_price(config, a->provider, reported, unit, size, quality,
-					   a->at);
+		(model == NULL || strcmp(reported, model) != 0))
+		p = find_price(config, provider, reported, unit, size, quality, at);
 	return p;
 }
 
@@ -91,17 +103,18 @@ add_priced(Numeric sum, int64 count, Igny8Price *p, int64 per)
 }
 
 /*
- * The cost of an attempt, as numeric text rounded to 6 decimals, in
- * CurrentMemoryContext.  reported_model: the model the provider named in
- * its answer, or NULL.
+ * The price of an attempt's tokens or images at a provider's model (the
+ * attempt's own, or the reference model of its alias).  *unpriced is set
+ * when something the attempt used has no price there.
  */
-char *
-igny8_attempt_cost(Igny8Config *config, Igny8Job *job, Igny8Attempt *a,
-				   const char *reported_model)
+static Numeric
+price_usage(Igny8Config *config, Igny8Job *job, Igny8Attempt *a,
+			const char *provider, const char *model, const char *reported,
+			bool *unpriced)
 {
 	Numeric		sum = int64_to_numeric(0);
-	Datum		rounded;
 
+	*unpriced = false;
 	if (job->task == IGNY8_TASK_IMAGE)
 	{
 		if (a->images > 0 && a->image_width > 0 && a->image_height > 0)
@@ -114,24 +127,27 @@ igny8_attempt_cost(Igny8Config *config, Igny8Job *job, Igny8Attempt *a,
 			snprintf(size, sizeof(size), "%dx%d", a->image_width,
 					 a->image_height);
 			/* the quality asked for, else the price for any quality */
-			p = model_price(config, a, reported_model, IGNY8_PRICE_IMAGE,
-							size, quality);
+			p = model_price(config, provider, model, a->at, reported,
+							IGNY8_PRICE_IMAGE, size, quality);
 			if (p == NULL)
-				p = model_price(config, a, reported_model, IGNY8_PRICE_IMAGE,
-								size, "");
+				p = model_price(config, provider, model, a->at, reported,
+								IGNY8_PRICE_IMAGE, size, "");
+			*unpriced = (p == NULL);
 			sum = add_priced(sum, a->images, p, 1);
 		}
 	}
 	else if (job->task != IGNY8_TASK_HEALTH)
 	{
-		Igny8Price *in = model_price(config, a, reported_model,
+		Igny8Price *in = model_price(config, provider, model, a->at, reported,
 									 IGNY8_PRICE_INPUT, "", "");
-		Igny8Price *cached = model_price(config, a, reported_model,
-										 IGNY8_PRICE_CACHED_INPUT, "", "");
-		Igny8Price *write = model_price(config, a, reported_model,
-										IGNY8_PRICE_CACHE_WRITE, "", "");
-		Igny8Price *out = model_price(config, a, reported_model,
-									  IGNY8_PRICE_OUTPUT, "", "");
+		Igny8Price *cached = model_price(config, provider, model, a->at,
+										 reported, IGNY8_PRICE_CACHED_INPUT,
+										 "", "");
+		Igny8Price *write = model_price(config, provider, model, a->at,
+										reported, IGNY8_PRICE_CACHE_WRITE,
+										"", "");
+		Igny8Price *out = model_price(config, provider, model, a->at,
+									  reported, IGNY8_PRICE_OUTPUT, "", "");
 		int64		read_n = Max(a->cached_input_tokens, 0);
 		int64		write_n = Max(a->cache_write_tokens, 0);
 		int64		plain_n;
@@ -139,14 +155,131 @@ igny8_attempt_cost(Igny8Config *config, Igny8Job *job, Igny8Attempt *a,
 		read_n = Min(read_n, a->input_tokens);
 		write_n = Min(write_n, a->input_tokens - read_n);
 		plain_n = a->input_tokens - read_n - write_n;
+		*unpriced = (a->input_tokens > 0 && in == NULL) ||
+			(a->output_tokens > 0 && out == NULL);
 		sum = add_priced(sum, plain_n, in, 1000000);
 		sum = add_priced(sum, read_n, cached ? cached : in, 1000000);
 		sum = add_priced(sum, write_n, write ? write : in, 1000000);
 		sum = add_priced(sum, a->output_tokens, out, 1000000);
 	}
-	rounded = DirectFunctionCall2(numeric_round, NumericGetDatum(sum),
-								  Int32GetDatum(6));
+	return sum;
+}
+
+/* The fixed cost that pays for provider at "at", or NULL. */
+static Igny8FixedCost *
+find_fixed_cost(Igny8Config *config, const char *provider, TimestampTz at)
+{
+	for (int i = 0; i < config->nfixed_costs; i++)
+	{
+		Igny8FixedCost *f = &config->fixed_costs[i];
+
+		if (f->valid_from > at || (f->has_valid_to && at >= f->valid_to))
+			continue;
+		for (int j = 0; j < f->nproviders; j++)
+			if (strcmp(f->providers[j], provider) == 0)
+				return f;
+	}
+	return NULL;
+}
+
+/*
+ * sum + the attempt's share of its box's rent: its share of the box's
+ * time (gpuclock.c) times the hourly rate, the monthly amount valid at the
+ * attempt's start divided by the hours of that calendar month (in UTC, as
+ * the reports count months).  The seconds are a double, rounded to the
+ * microsecond; the money is numeric.
+ */
+static Numeric
+add_gpu_share(Igny8Config *config, Igny8Attempt *a, Numeric sum)
+{
+	Igny8FixedCost *f;
+	struct pg_tm tm;
+	fsec_t		fsec;
+	Timestamp	month_start;
+	Timestamp	month_end;
+	Datum		n;
+
+	if (a->gpu_seconds < 0 || a->provider == NULL ||
+		(f = find_fixed_cost(config, a->provider, a->at)) == NULL)
+		return sum;
+	if (timestamp2tm(a->at, NULL, &tm, &fsec, NULL, NULL) != 0)
+		return sum;				/* cannot happen: a finite time */
+	tm.tm_mday = 1;
+	tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+	if (tm2timestamp(&tm, 0, NULL, &month_start) != 0)
+		return sum;
+	if (++tm.tm_mon > MONTHS_PER_YEAR)
+	{
+		tm.tm_mon = 1;
+		tm.tm_year++;
+	}
+	if (tm2timestamp(&tm, 0, NULL, &month_end) != 0)
+		return sum;
+	n = DirectFunctionCall2(numeric_mul,
+							NumericGetDatum(int64_to_numeric((int64) rint(a->gpu_seconds * 1000000.0))),
+							f->monthly_amount);
+	n = DirectFunctionCall2(numeric_div, n,
+							NumericGetDatum(int64_to_numeric(month_end - month_start)));
+	return DatumGetNumeric(DirectFunctionCall2(numeric_add,
+											   NumericGetDatum(sum), n));
+}
+
+/* A numeric as text rounded to 6 decimals, as ai_usage_log keeps it. */
+static char *
+money_text(Numeric sum)
+{
+	Datum		rounded = DirectFunctionCall2(numeric_round,
+											  NumericGetDatum(sum),
+											  Int32GetDatum(6));
+
 	return DatumGetCString(DirectFunctionCall1(numeric_out, rounded));
+}
+
+/*
+ * The cost of an attempt, as numeric text rounded to 6 decimals, in
+ * CurrentMemoryContext: its tokens or images at its provider's prices,
+ * plus its share of the rent of the box that runs its provider.
+ * reported_model: the model the provider named in its answer, or NULL.
+ */
+char *
+igny8_attempt_cost(Igny8Config *config, Igny8Job *job, Igny8Attempt *a,
+				   const char *reported_model)
+{
+	bool		unpriced;
+	Numeric		sum = price_usage(config, job, a, a->provider, a->model,
+								  reported_model, &unpriced);
+
+	sum = add_gpu_share(config, a, sum);
+	return money_text(sum);
+}
+
+/*
+ * What the attempt would have cost at the model its alias stands for
+ * (igny8_reference_models), as numeric text rounded to 6 decimals, or
+ * NULL: the alias has no reference model, or that model has no price for
+ * what the attempt used (an image size it does not make).
+ */
+char *
+igny8_attempt_reference_cost(Igny8Config *config, Igny8Job *job,
+							 Igny8Attempt *a)
+{
+	Igny8ReferenceModel *ref = NULL;
+	bool		unpriced;
+	Numeric		sum;
+
+	if (job->alias == NULL || job->task == IGNY8_TASK_HEALTH)
+		return NULL;
+	for (int i = 0; i < config->nreferences; i++)
+		if (strcmp(config->references[i].alias, job->alias) == 0)
+		{
+			ref = &config->references[i];
+			break;
+		}
+	if (ref == NULL)
+		return NULL;
+	sum = price_usage(config, job, a, ref->provider, ref->model, NULL,
+					  &unpriced);
+	return unpriced ? NULL : money_text(sum);
 }
 
 /*

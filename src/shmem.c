@@ -109,6 +109,7 @@ init_shared(void)
 	pg_atomic_init_u32(&igny8_shared->next_worker, 0);
 	SpinLockInit(&igny8_shared->free_mutex);
 	SpinLockInit(&igny8_shared->providers_mutex);
+	SpinLockInit(&igny8_shared->gpu_mutex);
 	for (int i = 0; i < IGNY8_MAX_PROVIDERS; i++)
 	{
 		Igny8ProviderShared *p = &igny8_shared->providers[i];

@@ -25,7 +25,7 @@
 
 #include "worker.h"
 
-#define USAGE_NARGS 21
+#define USAGE_NARGS 22
 
 static SPIPlanPtr insert_plan = NULL;
 static char *insert_schema = NULL;
@@ -48,7 +48,8 @@ prepare(const char *schema)
 	Oid			types[USAGE_NARGS] = {
 		UUIDOID, TIMESTAMPTZOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, INT4OID, NUMERICOID, FLOAT8OID, INT4OID, BOOLOID, TEXTOID,
-		INT4OID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID
+		INT4OID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID,
+		NUMERICOID
 	};
 	char	   *sql;
 
@@ -56,9 +57,11 @@ prepare(const char *schema)
 				   " (request_id, created_at, account_id, provider, task_type,"
 				   " model_alias, model_used, input_tokens, output_tokens, cost,"
 				   " duration_ms, http_status, success, error_message, attempt,"
-				   " prompt, response, images, image_width, image_height, steps)"
+				   " prompt, response, images, image_width, image_height, steps,"
+				   " reference_cost)"
 				   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-				   " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+				   " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,"
+				   " $22)",
 				   schema);
 	insert_plan = SPI_prepare(sql, USAGE_NARGS, types);
 	if (insert_plan == NULL)
@@ -133,6 +136,13 @@ igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
 	for (int i = 17; i <= 20; i++)
 		if (DatumGetInt32(values[i]) <= 0 && !(i == 17 && row->is_image))
 			nulls[i] = 'n';
+	if (row->reference_cost == NULL)
+		nulls[21] = 'n';
+	else
+		values[21] = DirectFunctionCall3(numeric_in,
+										 CStringGetDatum(row->reference_cost),
+										 ObjectIdGetDatum(InvalidOid),
+										 Int32GetDatum(-1));
 
 	ret = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
@@ -211,9 +221,14 @@ insert_job_rows(Igny8Config *config, Igny8Job *job)
 			char	   *cost = igny8_attempt_cost(config, job, a,
 												  a->success ? job->result.model : NULL);
 
+			char	   *reference = igny8_attempt_reference_cost(config, job, a);
+
 			a->cost = MemoryContextStrdup(job->cxt, cost);
+			if (reference)
+				a->reference_cost = MemoryContextStrdup(job->cxt, reference);
 		}
 		row.cost = a->cost;
+		row.reference_cost = a->reference_cost;
 		row.duration_ms = a->duration_ms;
 		row.http_status = a->http_status;
 		row.success = a->success;

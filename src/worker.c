@@ -107,6 +107,7 @@ static void
 worker_detach(int code, Datum arg)
 {
 	igny8_places_forget_worker(igny8_worker_index);
+	igny8_gpu_clock_forget_worker(igny8_worker_index);
 	mark_stopped();
 }
 
@@ -618,6 +619,7 @@ igny8_worker_main(Datum main_arg)
 
 	/* what a previous incarnation held is given back before we take more */
 	igny8_places_forget_worker(igny8_worker_index);
+	igny8_gpu_clock_forget_worker(igny8_worker_index);
 	SpinLockAcquire(&me->mutex);
 	me->procno = MyProc->pgprocno;
 	me->pid = MyProcPid;

@@ -46,6 +46,8 @@ typedef struct Igny8Provider
 								 * the configured models (default true) */
 	int			shared_index;	/* in igny8_shared->providers, or -1 */
 	cJSON	   *settings;		/* the provider's own settings, or NULL */
+	int			gpu_clock;		/* the clock of the box whose rent pays for
+								 * it (igny8_shared->gpu_clocks), or -1 */
 } Igny8Provider;
 
 /* A ComfyUI workflow (igny8_workflows), parsed. */
@@ -103,6 +105,26 @@ typedef struct Igny8Price
 	TimestampTz valid_to;
 } Igny8Price;
 
+/* One row of igny8_fixed_costs. */
+typedef struct Igny8FixedCost
+{
+	char	   *box;
+	char	  **providers;
+	int			nproviders;
+	Datum		monthly_amount; /* numeric, USD per calendar month */
+	TimestampTz valid_from;
+	bool		has_valid_to;
+	TimestampTz valid_to;
+} Igny8FixedCost;
+
+/* One row of igny8_reference_models. */
+typedef struct Igny8ReferenceModel
+{
+	char	   *alias;
+	char	   *provider;
+	char	   *model;
+} Igny8ReferenceModel;
+
 typedef struct Igny8Config
 {
 	MemoryContext cxt;
@@ -118,6 +140,10 @@ typedef struct Igny8Config
 	Igny8Workflow *workflows;
 	int			nprices;
 	Igny8Price *prices;
+	int			nfixed_costs;
+	Igny8FixedCost *fixed_costs;
+	int			nreferences;
+	Igny8ReferenceModel *references;
 } Igny8Config;
 
 extern Igny8Config *igny8_config_load(void);
@@ -233,6 +259,9 @@ typedef struct Igny8Attempt
 	int64		output_tokens;
 	char	   *cost;			/* numeric text, set when its usage row is
 								 * written (usage.c); NULL before */
+	char	   *reference_cost; /* numeric text, set with cost; NULL: none */
+	double		gpu_seconds;	/* its share of its box's time (gpuclock.c),
+								 * or -1: no box pays for its provider */
 	double		duration_ms;
 	int			images;			/* images made (image attempts) */
 	int			image_width;
@@ -279,6 +308,10 @@ typedef struct Igny8Job
 	TimestampTz wake_at;		/* BACKOFF: retry then; WAIT_PLACE: give up */
 	TimestampTz wait_since;		/* WAIT_PLACE: joined the queue */
 	TimestampTz attempt_start;
+	int			gpu_clock;		/* the box clock the attempt runs on, or -1 */
+	double		gpu_since;		/* ... and its reading at the start */
+	double		gpu_seconds;	/* the share of the attempt that ended, for
+								 * its Igny8Attempt, or -1 */
 	Igny8Transfer *transfer;
 	int			holding;		/* provider whose place it holds, or -1 */
 	List	   *attempts;		/* of Igny8Attempt */
@@ -441,6 +474,7 @@ typedef struct Igny8UsageRow
 	int64		input_tokens;
 	int64		output_tokens;
 	const char *cost;			/* numeric text */
+	const char *reference_cost; /* numeric text, or NULL */
 	double		duration_ms;
 	long		http_status;	/* 0: none */
 	bool		success;
@@ -463,6 +497,8 @@ extern void igny8_usage_flush(Igny8Config *config);
 
 extern char *igny8_attempt_cost(Igny8Config *config, Igny8Job *job,
 								Igny8Attempt *a, const char *reported_model);
+extern char *igny8_attempt_reference_cost(Igny8Config *config, Igny8Job *job,
+										  Igny8Attempt *a);
 extern char *igny8_job_cost(Igny8Job *job);
 
 #endif							/* IGNY8_WORKER_H */

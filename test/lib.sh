@@ -352,6 +352,11 @@ SELECT 'fallback', alias, position, fallback_alias, origin
 SELECT 'price', provider, model, unit, size, quality, price, valid_from,
        coalesce(valid_to::text, '-'), origin
   FROM igny8_prices ORDER BY 2, 3, 4, 5, 6, 8;
+SELECT 'fixed cost', box, providers, description, monthly_amount, valid_from,
+       coalesce(valid_to::text, '-'), origin
+  FROM igny8_fixed_costs ORDER BY 2, 6;
+SELECT 'reference', alias, provider, model, origin
+  FROM igny8_reference_models ORDER BY 2;
 SELECT 'deleted', table_name, key FROM igny8_config_deletions ORDER BY 2, 3::text;
 SELECT 'job', jobid, jobname, schedule, command, active FROM cron.job ORDER BY jobid;
 SQL

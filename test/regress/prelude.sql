@@ -156,6 +156,11 @@ UPDATE igny8_providers p
        IS DISTINCT FROM (w.base_url, w.api_key_ref, w.priority, w.max_concurrent,
                          w.settings, true, interval '5 s');
 
+-- a self-hosted attempt's share of the GPU rent depends on how long it
+-- took: the tests run without rent, so that the costs they show are exact
+-- (sql/costs.sql sets its own rent)
+UPDATE igny8_fixed_costs SET monthly_amount = 0 WHERE monthly_amount <> 0;
+
 SELECT sim('reset');
 SELECT igny8_set_health_schedule(NULL);
 SELECT wait_for_workers();
