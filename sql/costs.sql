@@ -247,6 +247,16 @@ VALUES ('other_box', '{openai}', 1, '2026-01-01', '2026-01-01');
 SELECT count(*) AS fixed_costs_changed
   FROM ((TABLE igny8_fixed_costs EXCEPT TABLE fixed_before)
         UNION ALL (TABLE fixed_before EXCEPT TABLE igny8_fixed_costs)) d;
+-- the providers are checked at commit: a rent may be written before the
+-- provider it names, in the same transaction (as a restore does)
+BEGIN;
+INSERT INTO igny8_fixed_costs (box, providers, monthly_amount)
+VALUES ('lab_box', '{lab_gpu}', 10);
+INSERT INTO igny8_providers (id, kind, base_url) VALUES ('lab_gpu', 'ollama', 'http://127.0.0.1:9');
+COMMIT;
+SELECT box, providers, monthly_amount FROM igny8_fixed_costs WHERE box = 'lab_box';
+DELETE FROM igny8_fixed_costs WHERE box = 'lab_box';
+DELETE FROM igny8_providers WHERE id = 'lab_gpu';
 -- an unknown reference model (refused at commit), a bad alias
 INSERT INTO igny8_reference_models (alias, model) VALUES ('my-alias', 'gpt-9');
 INSERT INTO igny8_reference_models (alias, model) VALUES ('my alias', 'gpt-4');

@@ -1164,8 +1164,9 @@ CREATE TRIGGER igny8_reference_models_forget_all
     BEFORE TRUNCATE ON igny8_reference_models
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
 
--- Before a fixed cost is written: every provider it pays for exists (a
--- rent for a mistyped provider would charge nobody).
+-- At commit: every provider a fixed cost pays for exists (a rent for a
+-- mistyped provider would charge nobody).  Checked then, so that a restore
+-- in one transaction may write the rent before the providers it names.
 CREATE FUNCTION igny8_fixed_costs_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1173,6 +1174,12 @@ AS $$
 DECLARE
     unknown text;
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.igny8_fixed_costs f
+                    WHERE f.box OPERATOR(pg_catalog.=) NEW.box
+                      AND f.valid_from OPERATOR(pg_catalog.=) NEW.valid_from
+                      AND f.providers OPERATOR(pg_catalog.=) NEW.providers) THEN
+        RETURN NULL;            -- changed or deleted since
+    END IF;
     SELECT p INTO unknown
       FROM pg_catalog.unnest(NEW.providers) AS p
      WHERE NOT EXISTS (SELECT 1 FROM @extschema@.igny8_providers r
@@ -1189,12 +1196,13 @@ BEGIN
         RAISE EXCEPTION 'fixed cost "%" names a provider twice', NEW.box
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER igny8_fixed_costs_providers
-    BEFORE INSERT OR UPDATE ON igny8_fixed_costs
+CREATE CONSTRAINT TRIGGER igny8_fixed_costs_providers
+    AFTER INSERT OR UPDATE ON igny8_fixed_costs
+    DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION igny8_fixed_costs_check();
 
 -- At commit, as for prices: a fixed cost written may not overlap in

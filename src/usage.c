@@ -221,13 +221,17 @@ insert_job_rows(Igny8Config *config, Igny8Job *job)
 			char	   *cost = igny8_attempt_cost(config, job, a,
 												  a->success ? job->result.model : NULL);
 
+			a->cost = MemoryContextStrdup(job->cxt, cost);
+		}
+		row.cost = a->cost;
+		/* whatever set the cost (a cached answer's is 0), the reference's */
+		if (a->reference_cost == NULL)
+		{
 			char	   *reference = igny8_attempt_reference_cost(config, job, a);
 
-			a->cost = MemoryContextStrdup(job->cxt, cost);
 			if (reference)
 				a->reference_cost = MemoryContextStrdup(job->cxt, reference);
 		}
-		row.cost = a->cost;
 		row.reference_cost = a->reference_cost;
 		row.duration_ms = a->duration_ms;
 		row.http_status = a->http_status;
