@@ -25,7 +25,7 @@
 
 #include "worker.h"
 
-#define USAGE_NARGS 21
+#define USAGE_NARGS 23
 
 static SPIPlanPtr insert_plan = NULL;
 static char *insert_schema = NULL;
@@ -48,7 +48,8 @@ prepare(const char *schema)
 	Oid			types[USAGE_NARGS] = {
 		UUIDOID, TIMESTAMPTZOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, INT4OID, NUMERICOID, FLOAT8OID, INT4OID, BOOLOID, TEXTOID,
-		INT4OID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID
+		INT4OID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID,
+		BOOLOID, TEXTOID
 	};
 	char	   *sql;
 
@@ -56,9 +57,11 @@ prepare(const char *schema)
 				   " (request_id, created_at, account_id, provider, task_type,"
 				   " model_alias, model_used, input_tokens, output_tokens, cost,"
 				   " duration_ms, http_status, success, error_message, attempt,"
-				   " prompt, response, images, image_width, image_height, steps)"
+				   " prompt, response, images, image_width, image_height, steps,"
+				   " cached, api_key_ref)"
 				   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-				   " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+				   " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,"
+				   " $22, $23)",
 				   schema);
 	insert_plan = SPI_prepare(sql, USAGE_NARGS, types);
 	if (insert_plan == NULL)
@@ -133,6 +136,8 @@ igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
 	for (int i = 17; i <= 20; i++)
 		if (DatumGetInt32(values[i]) <= 0 && !(i == 17 && row->is_image))
 			nulls[i] = 'n';
+	values[21] = BoolGetDatum(row->cached);
+	values[22] = text_or_null(row->api_key_ref, nulls, 22);
 
 	ret = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
@@ -177,6 +182,8 @@ anything_to_write(void)
 			if (a->sent && !a->logged)
 				return true;
 		}
+		if (igny8_cache_to_write(job))
+			return true;
 	}
 	return false;
 }
@@ -224,6 +231,8 @@ insert_job_rows(Igny8Config *config, Igny8Job *job)
 		row.image_width = a->image_width;
 		row.image_height = a->image_height;
 		row.steps = a->steps;
+		row.cached = a->cached;
+		row.api_key_ref = a->api_key_ref;
 		if (igny8_log_content)
 		{
 			row.prompt = job->request_json;
@@ -258,7 +267,10 @@ igny8_usage_flush(Igny8Config *config)
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("extension \"igny8_ai\" is not installed")));
 		dlist_foreach(iter, &igny8_jobs)
+		{
 			insert_job_rows(config, dlist_container(Igny8Job, node, iter.cur));
+			igny8_cache_write(dlist_container(Igny8Job, node, iter.cur));
+		}
 		igny8_jobs_write(config);
 		foreach(lc, igny8_pending_notifies)
 			Async_Notify("igny8_ai_health", (char *) lfirst(lc));
