@@ -1199,13 +1199,17 @@ COMMENT ON TABLE igny8_cache_settings IS
 COMMENT ON COLUMN igny8_cache_settings.cache_nonzero_temperature IS
     'also cache calls whose temperature is above 0, or not given (the provider''s default is above 0)';
 
--- Before a row is written: the alias is one of igny8_models.
+-- Before a row is written: the alias is a text alias of igny8_models.
+-- Not while a dump is restored (pg_dump sets check_function_bodies off, as
+-- PostgreSQL's own checks of forward references rely on): the table's rows
+-- may come before those of igny8_models, which no foreign key orders.
 CREATE FUNCTION igny8_cache_settings_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM @extschema@.igny8_models m
+    IF pg_catalog.current_setting('check_function_bodies') OPERATOR(pg_catalog.=) 'on' AND
+       NOT EXISTS (SELECT 1 FROM @extschema@.igny8_models m
                     WHERE m.alias OPERATOR(pg_catalog.=) NEW.alias
                       AND m.task OPERATOR(pg_catalog.=) 'text') THEN
         RAISE EXCEPTION 'model alias "%" has no text deployment', NEW.alias
