@@ -151,13 +151,15 @@ for offset in [0] + list(range(180, 201)):
 provider("openai", ENV["OPENAI_URL"], "env:OPENAI_API_KEY")
 
 # 6. an account's own key (igny8_account_providers), refused and echoed by
-# OpenAI around the 200-byte cut, in a call and in a fallback
-configure("INSERT INTO igny8_account_providers (account_id, provider, api_key_ref)"
-          " VALUES (42, 'openai', %s)", "file:" + ENV["ACCOUNT_KEY_FILE"])
+# OpenAI around the 200-byte cut.  The account turns Anthropic off, so
+# that OpenAI is its only candidate, tried although its circuit is open.
+configure("INSERT INTO igny8_account_providers (account_id, provider, enabled, api_key_ref)"
+          " VALUES (42, 'openai', true, %s), (42, 'anthropic', false, NULL)",
+          "file:" + ENV["ACCOUNT_KEY_FILE"])
 for offset in [0] + list(range(180, 201, 4)):
-    call("SELECT igny8_generate_text(%s, 'gpt-4', account_id => 42)",
-         "Account [[sim ollama:status=404]] [[sim openai:echo_key=error"
-         " status=401 key_offset=%d]]" % offset)
+    call("SELECT igny8_generate_text(%s, 'gpt-4-fallback', account_id => 42)",
+         "Account [[sim openai:echo_key=error status=401 key_offset=%d]]"
+         % offset)
 call("SELECT * FROM igny8_chat(%s, 'gpt-4-fallback', '{\"account_id\": 42}')",
      json.dumps([{"role": "user", "content": "Account, plain 401"}]))
 
@@ -179,6 +181,8 @@ dump("state.txt", "SELECT * FROM igny8_health_state()")
 dump("status.txt", "SELECT * FROM igny8_service_status")
 dump("activity.txt", "SELECT query FROM pg_stat_activity")
 dump("accounts.txt", "SELECT * FROM igny8_account_providers")
+dump("account_echoes.txt", "SELECT count(*) FROM ai_usage_log WHERE api_key_ref IS NOT NULL"
+     " AND http_status = 401 AND error_message LIKE '%[redacted]%'")
 
 # a moment for the last NOTIFYs, bounded
 for _ in range(20):
