@@ -1333,6 +1333,204 @@ CREATE TRIGGER igny8_reference_models_changed
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
 
 --
+-- Settings per account: an account may bring its own API key for a
+-- provider (billed on that key), turn a provider off, or change its
+-- priority.  Read by the workers with the rest of the configuration.
+--
+
+CREATE TABLE igny8_account_providers (
+    account_id      bigint NOT NULL,
+    provider        text NOT NULL REFERENCES igny8_providers (id)
+                    ON UPDATE CASCADE ON DELETE CASCADE,
+    enabled         boolean NOT NULL DEFAULT true,
+    api_key_ref     text,
+    priority        integer,
+    PRIMARY KEY (account_id, provider)
+);
+
+COMMENT ON TABLE igny8_account_providers IS
+    'per account: a provider turned off, its priority, or the account''s own API key for it; overrides igny8_providers for that account''s calls';
+COMMENT ON COLUMN igny8_account_providers.api_key_ref IS
+    'env:NAME or file:/path of the account''s own key, sent instead of the provider''s; NULL: the provider''s key';
+COMMENT ON COLUMN igny8_account_providers.priority IS
+    'the provider''s priority for this account; NULL: igny8_providers.priority';
+
+-- Before a row is written: the provider exists and the key reference is
+-- env:NAME or file:/path.  The message never repeats the reference (it
+-- could be a key pasted by mistake).
+CREATE FUNCTION igny8_account_provider_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.igny8_providers p
+                    WHERE p.id OPERATOR(pg_catalog.=) NEW.provider) THEN
+        RAISE EXCEPTION 'provider "%" does not exist', NEW.provider
+            USING ERRCODE = 'foreign_key_violation',
+                  HINT = 'Providers are the "id" column of igny8_providers.';
+    END IF;
+    IF NEW.api_key_ref IS NOT NULL AND
+       NEW.api_key_ref OPERATOR(pg_catalog.!~) '^(env:[A-Za-z_][A-Za-z0-9_]*|file:/[^[:cntrl:]]+)$' THEN
+        RAISE EXCEPTION 'invalid API key reference for account % on provider "%"',
+                        NEW.account_id, NEW.provider
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'An account''s api_key_ref is env:NAME (a variable of the server''s environment) or file:/absolute/path; a key itself is not accepted.',
+                  HINT = 'Put the key in a file the server can read, and give its path as file:/path.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER igny8_account_providers_check
+    BEFORE INSERT OR UPDATE ON igny8_account_providers
+    FOR EACH ROW EXECUTE FUNCTION igny8_account_provider_check();
+CREATE TRIGGER igny8_account_providers_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_account_providers
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+
+--
+-- The response cache: opt-in per alias.  A worker answers a call from
+-- igny8_response_cache when a row of the same key (sha256 of alias,
+-- messages, temperature and max_tokens) is there and not expired; on a
+-- miss the first worker to insert the key's row ('pending') sends the
+-- request, and the others wait for its answer.
+--
+
+CREATE TABLE igny8_cache_settings (
+    alias           text PRIMARY KEY
+                    CHECK (alias ~ '^[^[:space:]]+$' AND octet_length(alias) <= 63),
+    enabled         boolean NOT NULL DEFAULT true,
+    ttl             interval NOT NULL DEFAULT '1 day'
+                    CHECK (ttl > '0' AND ttl <= '1 year'),
+    max_entries     integer NOT NULL DEFAULT 10000
+                    CHECK (max_entries > 0),
+    cache_nonzero_temperature boolean NOT NULL DEFAULT false
+);
+
+COMMENT ON TABLE igny8_cache_settings IS
+    'model aliases whose text answers are cached in igny8_response_cache, for ttl, at most max_entries of them';
+COMMENT ON COLUMN igny8_cache_settings.cache_nonzero_temperature IS
+    'also cache calls whose temperature is above 0, or not given (the provider''s default is above 0)';
+
+-- Before a row is written: the alias is a text alias of igny8_models.
+-- Not while a dump is restored (pg_dump sets check_function_bodies off, as
+-- PostgreSQL's own checks of forward references rely on): the table's rows
+-- may come before those of igny8_models, which no foreign key orders.
+CREATE FUNCTION igny8_cache_settings_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_catalog.current_setting('check_function_bodies') OPERATOR(pg_catalog.=) 'on' AND
+       NOT EXISTS (SELECT 1 FROM @extschema@.igny8_models m
+                    WHERE m.alias OPERATOR(pg_catalog.=) NEW.alias
+                      AND m.task OPERATOR(pg_catalog.=) 'text') THEN
+        RAISE EXCEPTION 'model alias "%" has no text deployment', NEW.alias
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'Only text answers are cached.',
+                  HINT = 'Model aliases are the "alias" column of igny8_models.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER igny8_cache_settings_check
+    BEFORE INSERT OR UPDATE ON igny8_cache_settings
+    FOR EACH ROW EXECUTE FUNCTION igny8_cache_settings_check();
+CREATE TRIGGER igny8_cache_settings_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_cache_settings
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+
+CREATE TABLE igny8_response_cache (
+    key             bytea PRIMARY KEY,
+    alias           text NOT NULL,
+    -- pending: a worker sends the request (until expires_at); ready: answered
+    state           text NOT NULL CHECK (state IN ('pending', 'ready')),
+    provider        text,
+    model           text,
+    content         text,
+    thinking        text,
+    finish_reason   text,
+    input_tokens    integer NOT NULL DEFAULT 0,
+    output_tokens   integer NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    expires_at      timestamptz NOT NULL
+);
+
+CREATE INDEX igny8_response_cache_alias_idx ON igny8_response_cache (alias, created_at);
+CREATE INDEX igny8_response_cache_expires_idx ON igny8_response_cache (expires_at);
+
+COMMENT ON TABLE igny8_response_cache IS
+    'cached text answers, by sha256 of alias, messages, temperature and max_tokens; written and read by the workers';
+
+-- Empty an alias's cache; returns the rows removed.
+CREATE FUNCTION igny8_cache_purge(alias text) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    removed bigint;
+BEGIN
+    IF alias IS NULL THEN
+        RAISE EXCEPTION 'alias must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    DELETE FROM @extschema@.igny8_response_cache c
+     WHERE c.alias OPERATOR(pg_catalog.=) igny8_cache_purge.alias;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    IF removed OPERATOR(pg_catalog.=) 0 AND NOT EXISTS (
+           SELECT 1 FROM @extschema@.igny8_cache_settings s
+            WHERE s.alias OPERATOR(pg_catalog.=) igny8_cache_purge.alias) THEN
+        RAISE EXCEPTION 'model alias "%" has no response cache', alias
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Cached aliases are the rows of igny8_cache_settings.';
+    END IF;
+    RETURN removed;
+END
+$$;
+
+COMMENT ON FUNCTION igny8_cache_purge(text) IS
+    'remove every cached answer of a model alias; returns how many';
+
+-- Expired rows, in bounded batches (the scheduled job).
+CREATE FUNCTION igny8_cache_cleanup() RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    deleted bigint;
+    total bigint := 0;
+BEGIN
+    FOR i IN 1..10 LOOP
+        DELETE FROM @extschema@.igny8_response_cache
+         WHERE key OPERATOR(pg_catalog.=) ANY (ARRAY(
+                SELECT c.key FROM @extschema@.igny8_response_cache c
+                 WHERE c.expires_at OPERATOR(pg_catalog.<) pg_catalog.now()
+                 ORDER BY c.expires_at LIMIT 10000));
+        GET DIAGNOSTICS deleted = ROW_COUNT;
+        total := total OPERATOR(pg_catalog.+) deleted;
+        EXIT WHEN deleted OPERATOR(pg_catalog.<) 10000;
+    END LOOP;
+    RETURN total;
+END
+$$;
+
+COMMENT ON FUNCTION igny8_cache_cleanup() IS
+    'delete expired rows of igny8_response_cache, at most 100,000 a run; returns how many';
+
+-- the per-account settings and the cache settings are configuration; the
+-- cached answers are not kept by pg_dump
+SELECT pg_catalog.pg_extension_config_dump('igny8_account_providers', '');
+SELECT pg_catalog.pg_extension_config_dump('igny8_cache_settings', '');
+
+REVOKE ALL ON igny8_account_providers, igny8_cache_settings, igny8_response_cache
+    FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_account_provider_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_cache_settings_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_cache_purge(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_cache_cleanup() FROM PUBLIC;
+
+--
 -- Usage: one row per attempt, written by the workers.
 --
 
@@ -1355,6 +1553,8 @@ CREATE TABLE ai_usage_log (
     success         boolean NOT NULL,
     error_message   text,
     attempt         integer NOT NULL,
+    -- the account's own key (igny8_account_providers), NULL: the provider's
+    api_key_ref     text,
     prompt          text,
     response        text,
     -- image rows (task_type 'image')
@@ -1377,6 +1577,10 @@ COMMENT ON COLUMN ai_usage_log.steps IS
     'sampling steps sent to ComfyUI (image rows on comfyui providers)';
 COMMENT ON COLUMN ai_usage_log.reference_cost IS
     'what the alias''s reference model (igny8_reference_models) would have cost for the same tokens or images; NULL: no reference';
+COMMENT ON COLUMN ai_usage_log.cached IS
+    'answered from igny8_response_cache: nothing was sent, cost 0';
+COMMENT ON COLUMN ai_usage_log.api_key_ref IS
+    'the account''s own key reference the attempt was sent with (igny8_account_providers); NULL: the provider''s key';
 
 --
 -- Health: probes on a pg_cron schedule, the circuit breaker's state, alerts.
@@ -1858,6 +2062,7 @@ DECLARE
 BEGIN
     PERFORM @extschema@.igny8_check_health();
     PERFORM @extschema@.igny8_jobs_cleanup();
+    PERFORM @extschema@.igny8_cache_cleanup();
     FOR i IN 1..10 LOOP
         DELETE FROM @extschema@.service_health_log
          WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY(
@@ -1871,7 +2076,7 @@ END
 $$;
 
 COMMENT ON FUNCTION igny8_health_job() IS
-    'the scheduled health check: igny8_check_health(), the retention of service_health_log and of finished jobs';
+    'the scheduled health check: igny8_check_health(), the retention of service_health_log and of finished jobs, expired cached answers';
 
 --
 -- The schedule: one pg_cron job, igny8_ai_health_check, with a fixed job
@@ -2398,6 +2603,9 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_fixed_costs, %s.igny8_reference_models TO %s',
                               s, s, role);
     EXECUTE pg_catalog.format('GRANT INSERT ON %s.ai_usage_log TO %s', s, role);
+    EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_account_providers, %s.igny8_cache_settings TO %s',
+                              s, s, role);
+    EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s.igny8_response_cache TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON %s.igny8_jobs TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_worker_alive(integer, timestamptz) TO %s', s, role);
     -- the workers take and write every job, whoever submitted it

@@ -2,8 +2,9 @@
  *
  * config.c
  *	  The worker's cached copy of igny8_providers, igny8_models,
- *	  igny8_fallbacks, igny8_workflows, igny8_prices, igny8_fixed_costs and
- *	  igny8_reference_models.
+ *	  igny8_fallbacks, igny8_workflows, igny8_prices, igny8_fixed_costs,
+ *	  igny8_reference_models, igny8_account_providers and
+ *	  igny8_cache_settings.
  *
  * A copy is loaded when the worker starts and again whenever the shared
  * configuration generation moves (the tables' triggers bump it at commit).
@@ -404,6 +405,172 @@ read_prices(Igny8Config *config, const char *qschema)
 }
 
 /*
+ * One account's view of the configuration: copies of the providers and
+ * deployments, the account's rows applied to the providers.
+ */
+static Igny8Account
+make_account(Igny8Config *config, int64 account_id)
+{
+	Igny8Account acct;
+	Igny8Config *view = palloc(sizeof(Igny8Config));
+
+	*view = *config;
+	view->providers = palloc(sizeof(Igny8Provider) * Max(config->nproviders, 1));
+	memcpy(view->providers, config->providers,
+		   sizeof(Igny8Provider) * config->nproviders);
+	view->deployments = palloc(sizeof(Igny8Deployment) * Max(config->ndeployments, 1));
+	memcpy(view->deployments, config->deployments,
+		   sizeof(Igny8Deployment) * config->ndeployments);
+	for (int i = 0; i < config->ndeployments; i++)
+		view->deployments[i].provider = view->providers +
+			(config->deployments[i].provider - config->providers);
+	view->naccounts = 0;
+	view->accounts = NULL;
+	acct.account_id = account_id;
+	acct.view = view;
+	acct.disabled = NULL;
+	return acct;
+}
+
+/*
+ * igny8_account_providers, as a view of the configuration per account.
+ * The account's keys are resolved here, like the providers' own: a call
+ * runs no query and reads no file.
+ */
+static void
+read_accounts(Igny8Config *config, const char *qschema)
+{
+	int			ret;
+	MemoryContext old;
+	Igny8Account *acct = NULL;
+
+	ret = SPI_execute(psprintf("SELECT account_id, provider, enabled,"
+							   " api_key_ref, priority"
+							   " FROM %s.igny8_account_providers"
+							   " ORDER BY account_id, provider", qschema),
+					  true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_account_providers: %s",
+			 SPI_result_code_string(ret));
+
+	old = MemoryContextSwitchTo(config->cxt);
+	config->naccounts = 0;
+	config->accounts = palloc0(sizeof(Igny8Account) * Max(SPI_processed, 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		account_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		char	   *id = get_text(tup, desc, 2);
+		Igny8Provider *base = igny8_config_provider(config, id);
+		Igny8Provider *p;
+		char	   *ref;
+
+		if (base == NULL)
+			continue;			/* cannot happen: foreign key */
+		if (acct == NULL || acct->account_id != account_id)
+		{
+			config->accounts[config->naccounts] = make_account(config, account_id);
+			acct = &config->accounts[config->naccounts++];
+		}
+		p = acct->view->providers + (base - config->providers);
+		p->enabled = p->enabled && get_bool(tup, desc, 3);
+		if (!get_bool(tup, desc, 3))
+			acct->disabled = acct->disabled ?
+				psprintf("%s, \"%s\"", acct->disabled, id) :
+				psprintf("\"%s\"", id);
+		ref = get_text(tup, desc, 4);
+		if (ref != NULL)
+		{
+			p->key_ref = ref;
+			p->account_key_ref = ref;
+			p->key = igny8_resolve_key(ref, &p->key_error);
+		}
+		p->priority = get_int(tup, desc, 5, p->priority);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * The configuration an account's calls are routed with: its view when it
+ * has rows in igny8_account_providers, else config itself.  A binary
+ * search of the accounts loaded: no query.
+ */
+Igny8Config *
+igny8_config_for_account(Igny8Config *config, bool has_account,
+						 int64 account_id, Igny8Account **account)
+{
+	int			lo = 0;
+	int			hi = config->naccounts - 1;
+
+	*account = NULL;
+	if (!has_account)
+		return config;
+	while (lo <= hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+		int64		id = config->accounts[mid].account_id;
+
+		if (id == account_id)
+		{
+			*account = &config->accounts[mid];
+			return config->accounts[mid].view;
+		}
+		if (id < account_id)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return config;
+}
+
+static void
+read_cache_settings(Igny8Config *config, const char *qschema)
+{
+	int			ret;
+	MemoryContext old;
+
+	ret = SPI_execute(psprintf("SELECT alias, enabled, ttl, max_entries,"
+							   " cache_nonzero_temperature"
+							   " FROM %s.igny8_cache_settings ORDER BY alias",
+							   qschema), true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_cache_settings: %s",
+			 SPI_result_code_string(ret));
+
+	old = MemoryContextSwitchTo(config->cxt);
+	config->ncache = (int) SPI_processed;
+	config->cache = palloc0(sizeof(Igny8CacheSetting) * Max(config->ncache, 1));
+	for (int i = 0; i < config->ncache; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Igny8CacheSetting *c = &config->cache[i];
+		bool		isnull;
+
+		c->alias = get_text(tup, desc, 1);
+		c->enabled = get_bool(tup, desc, 2);
+		c->ttl = datumCopy(SPI_getbinval(tup, desc, 3, &isnull), false,
+						   sizeof(Interval));
+		c->max_entries = get_int(tup, desc, 4, 10000);
+		c->nonzero_temperature = get_bool(tup, desc, 5);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* The cache setting of an alias, or NULL when it is not cached. */
+Igny8CacheSetting *
+igny8_config_cache(Igny8Config *config, const char *alias)
+{
+	for (int i = 0; i < config->ncache; i++)
+		if (config->cache[i].enabled &&
+			strcmp(config->cache[i].alias, alias) == 0)
+			return &config->cache[i];
+	return NULL;
+}
+
+/*
  * The fixed costs, by box and valid_from.  The providers of the boxes
  * whose rent is valid now get the clock of their box: the shared entry of
  * its first provider that has one (gpuclock.c).
@@ -542,6 +709,9 @@ igny8_config_load(void)
 	read_prices(config, qschema);
 	read_fixed_costs(config, qschema);
 	read_reference_models(config, qschema);
+	read_cache_settings(config, qschema);
+	/* last: the accounts' views copy everything above */
+	read_accounts(config, qschema);
 
 	MemoryContextSetParent(cxt, TopMemoryContext);
 	return config;

@@ -71,6 +71,7 @@ typedef struct Igny8Answer
 	double		duration_ms;
 	int			attempts;
 	pg_uuid_t	request_id;
+	bool		cached;			/* answered from the response cache */
 } Igny8Answer;
 
 /*
@@ -446,6 +447,7 @@ run_call(Igny8Call *call, Igny8Answer *ans)
 		memcpy(ans->cost, slot->cost, IGNY8_COST_LEN);
 		ans->duration_ms = slot->duration_ms;
 		ans->attempts = slot->attempts;
+		ans->cached = slot->cached;
 	}
 	PG_CATCH();
 	{
@@ -1038,7 +1040,7 @@ igny8_chat(PG_FUNCTION_ARGS)
 		values[10] = CStringGetTextDatum(ans.finish_reason);
 	else
 		nulls[10] = true;
-	values[11] = BoolGetDatum(false);
+	values[11] = BoolGetDatum(ans.cached);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

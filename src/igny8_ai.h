@@ -125,6 +125,7 @@ typedef struct Igny8Slot
 										 * attempts' costs */
 	double		duration_ms;
 	int			attempts;
+	bool		cached;			/* answered from the response cache */
 
 	/*
 	 * A run of a submitted job (igny8_jobs) has no caller: job_id is its

@@ -184,14 +184,39 @@ igny8_job_route(Igny8Job *job, Igny8Config *config, const char *load_error)
 								   psprintf("provider \"%s\" does not exist",
 											job->alias), NULL, NULL);
 	}
-	else if (!igny8_route(config, job->alias, job->task, &job->cands,
-						  &job->ncands, &rerr))
-		igny8_job_finish_error(job, rerr.sqlerrcode, rerr.message,
-							   rerr.detail, rerr.hint);
+	else
+	{
+		/* the account's own settings (igny8_account_providers), if any */
+		Igny8Account *account;
+		Igny8Config *view = igny8_config_for_account(config, job->has_account,
+													 job->account_id, &account);
+
+		if (!igny8_route(view, job->alias, job->task, &job->cands,
+						 &job->ncands, &rerr))
+		{
+			Igny8Deployment **cands;
+			int			ncands;
+			Igny8RouteError base;
+
+			/* nothing left because the account turned its providers off? */
+			if (rerr.sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE &&
+				account != NULL && account->disabled != NULL &&
+				igny8_route(config, job->alias, job->task, &cands, &ncands,
+							&base))
+			{
+				rerr.detail = psprintf("Account " INT64_FORMAT " has turned off provider(s) %s in igny8_account_providers, and no other provider serves the alias or its fallbacks.",
+									   job->account_id, account->disabled);
+				rerr.hint = pstrdup("Enable a provider for the account in igny8_account_providers, or call with another account.");
+			}
+			igny8_job_finish_error(job, rerr.sqlerrcode, rerr.message,
+								   rerr.detail, rerr.hint);
+		}
+	}
 	if (job->state != JOB_FINISHED)
 	{
 		job->config = config;
 		config->refcount++;
+		igny8_cache_route(job, config);
 	}
 	MemoryContextSwitchTo(old);
 }
@@ -236,6 +261,7 @@ igny8_job_add_attempt(Igny8Job *job, Igny8Deployment *d)
 	a->number = list_length(job->attempts) + 1;
 	a->provider = d->provider->id;
 	a->model = d->model;
+	a->api_key_ref = d->provider->account_key_ref;
 	a->at = GetCurrentTimestamp();
 	job->attempts = lappend(job->attempts, a);
 	return a;
@@ -618,6 +644,7 @@ igny8_job_next_timeout(Igny8Job *job)
 		case JOB_BACKOFF:
 		case JOB_WAIT_PLACE:
 		case JOB_POLL_WAIT:
+		case JOB_CACHE_WAIT:
 			return Min(job->wake_at, job->deadline);
 		case JOB_READY:
 		case JOB_FINISHED:
@@ -1102,6 +1129,7 @@ igny8_job_publish(Igny8Job *job)
 		memcpy(slot->finish_reason, finish_reason, sizeof(finish_reason));
 		slot->image_width = job->success ? job->image_width : 0;
 		slot->image_height = job->success ? job->image_height : 0;
+		slot->cached = job->success && job->cache_hit;
 		if (job->success && job->task == IGNY8_TASK_HEALTH)
 		{
 			slot->http_status = job->probe_status;

@@ -290,14 +290,15 @@ recover(const char *schema)
 		/* the attempt that was in flight: it may have reached its provider */
 		" u AS (INSERT INTO %s.ai_usage_log (request_id, created_at, account_id,"
 		"  provider, task_type, model_alias, model_used, success, error_message,"
-		"  attempt, images, prompt)"
+		"  attempt, images, prompt, api_key_ref)"
 		"  SELECT r.request_id, (r.inflight OPERATOR(pg_catalog.->>) 'at')::pg_catalog.timestamptz,"
 		"  r.account_id, r.inflight OPERATOR(pg_catalog.->>) 'provider', r.kind, r.model_alias,"
 		"  r.inflight OPERATOR(pg_catalog.->>) 'model', false,"
 		"  'interrupted: the igny8_ai worker running the job stopped while the request was in flight',"
 		"  (r.inflight OPERATOR(pg_catalog.->>) 'attempt')::pg_catalog.int4,"
 		"  CASE WHEN r.kind OPERATOR(pg_catalog.=) 'image' THEN 0 END,"
-		"  CASE WHEN $4 THEN r.request::pg_catalog.text END"
+		"  CASE WHEN $4 THEN r.request::pg_catalog.text END,"
+		"  r.inflight OPERATOR(pg_catalog.->>) 'api_key_ref'"
 		"  FROM r WHERE r.inflight IS NOT NULL)"
 		" SELECT r.id, r.state FROM r", schema, schema, schema, schema),
 		4, types), values, NULL, false, 0);
@@ -966,6 +967,12 @@ inflight_json(Igny8Job *job)
 	escape_json(&buf, igny8_to_db_lossy(d->model));
 	appendStringInfoString(&buf, ", \"at\": ");
 	escape_json(&buf, timestamptz_to_str(job->intent_at));
+	/* sent with the account's own key: its usage row says so */
+	if (d->provider->account_key_ref)
+	{
+		appendStringInfoString(&buf, ", \"api_key_ref\": ");
+		escape_json(&buf, igny8_to_db_lossy(d->provider->account_key_ref));
+	}
 	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }

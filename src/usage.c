@@ -25,7 +25,7 @@
 
 #include "worker.h"
 
-#define USAGE_NARGS 22
+#define USAGE_NARGS 24
 
 static SPIPlanPtr insert_plan = NULL;
 static char *insert_schema = NULL;
@@ -49,7 +49,7 @@ prepare(const char *schema)
 		UUIDOID, TIMESTAMPTZOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, INT4OID, NUMERICOID, FLOAT8OID, INT4OID, BOOLOID, TEXTOID,
 		INT4OID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID,
-		NUMERICOID
+		NUMERICOID, BOOLOID, TEXTOID
 	};
 	char	   *sql;
 
@@ -58,10 +58,10 @@ prepare(const char *schema)
 				   " model_alias, model_used, input_tokens, output_tokens, cost,"
 				   " duration_ms, http_status, success, error_message, attempt,"
 				   " prompt, response, images, image_width, image_height, steps,"
-				   " reference_cost)"
+				   " reference_cost, cached, api_key_ref)"
 				   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
 				   " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,"
-				   " $22)",
+				   " $22, $23, $24)",
 				   schema);
 	insert_plan = SPI_prepare(sql, USAGE_NARGS, types);
 	if (insert_plan == NULL)
@@ -143,6 +143,8 @@ igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
 										 CStringGetDatum(row->reference_cost),
 										 ObjectIdGetDatum(InvalidOid),
 										 Int32GetDatum(-1));
+	values[22] = BoolGetDatum(row->cached);
+	values[23] = text_or_null(row->api_key_ref, nulls, 23);
 
 	ret = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
@@ -187,6 +189,8 @@ anything_to_write(void)
 			if (a->sent && !a->logged)
 				return true;
 		}
+		if (igny8_cache_to_write(job))
+			return true;
 	}
 	return false;
 }
@@ -243,6 +247,8 @@ insert_job_rows(Igny8Config *config, Igny8Job *job)
 		row.image_width = a->image_width;
 		row.image_height = a->image_height;
 		row.steps = a->steps;
+		row.cached = a->cached;
+		row.api_key_ref = a->api_key_ref;
 		if (igny8_log_content)
 		{
 			row.prompt = job->request_json;
@@ -277,7 +283,10 @@ igny8_usage_flush(Igny8Config *config)
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("extension \"igny8_ai\" is not installed")));
 		dlist_foreach(iter, &igny8_jobs)
+		{
 			insert_job_rows(config, dlist_container(Igny8Job, node, iter.cur));
+			igny8_cache_write(dlist_container(Igny8Job, node, iter.cur));
+		}
 		igny8_jobs_write(config);
 		foreach(lc, igny8_pending_notifies)
 			Async_Notify("igny8_ai_health", (char *) lfirst(lc));
@@ -315,7 +324,8 @@ igny8_usage_flush(Igny8Config *config)
 
 	/*
 	 * logged, or given up on: never write them twice.  Either way the
-	 * attempts that reached the network are counted on their provider.
+	 * attempts that reached the network are counted on their provider (a
+	 * cached answer is marked sent for its usage row, but reached nothing).
 	 */
 	dlist_foreach(iter, &igny8_jobs)
 	{
@@ -325,7 +335,7 @@ igny8_usage_flush(Igny8Config *config)
 		{
 			Igny8Attempt *a = lfirst(lc);
 
-			if (a->sent && !a->logged)
+			if (a->sent && !a->cached && !a->logged)
 				igny8_provider_count_attempt(a->provider, a->success);
 			a->logged = true;
 		}

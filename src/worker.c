@@ -687,6 +687,8 @@ igny8_worker_main(Datum main_arg)
 		MemoryContextSwitchTo(loop_cxt);
 		igny8_jobs_take(config);
 		MemoryContextSwitchTo(loop_cxt);
+		igny8_cache_lookup();
+		MemoryContextSwitchTo(loop_cxt);
 
 		check_abandoned();
 		MemoryContextSwitchTo(loop_cxt);

@@ -48,6 +48,8 @@ typedef struct Igny8Provider
 	cJSON	   *settings;		/* the provider's own settings, or NULL */
 	int			gpu_clock;		/* the clock of the box whose rent pays for
 								 * it (igny8_shared->gpu_clocks), or -1 */
+	char	   *account_key_ref;	/* an account's copy with the account's
+									 * own key: its reference; else NULL */
 } Igny8Provider;
 
 /* A ComfyUI workflow (igny8_workflows), parsed. */
@@ -124,6 +126,29 @@ typedef struct Igny8ReferenceModel
 	char	   *provider;
 	char	   *model;
 } Igny8ReferenceModel;
+/*
+ * An account's rows of igny8_account_providers, applied: copies of the
+ * providers with the account's key, priority and enabled flag, and of the
+ * deployments pointing at those copies.  view is the configuration as
+ * that account's calls are routed with (the rest shared with the
+ * configuration it belongs to).
+ */
+typedef struct Igny8Account
+{
+	int64		account_id;
+	struct Igny8Config *view;
+	char	   *disabled;		/* the providers it turned off, for errors */
+} Igny8Account;
+
+/* A row of igny8_cache_settings. */
+typedef struct Igny8CacheSetting
+{
+	char	   *alias;
+	bool		enabled;
+	Datum		ttl;			/* interval */
+	int			max_entries;
+	bool		nonzero_temperature;
+} Igny8CacheSetting;
 
 typedef struct Igny8Config
 {
@@ -144,6 +169,10 @@ typedef struct Igny8Config
 	Igny8FixedCost *fixed_costs;
 	int			nreferences;
 	Igny8ReferenceModel *references;
+	int			naccounts;		/* ordered by account_id */
+	Igny8Account *accounts;
+	int			ncache;
+	Igny8CacheSetting *cache;
 } Igny8Config;
 
 extern Igny8Config *igny8_config_load(void);
@@ -152,6 +181,11 @@ extern Igny8Provider *igny8_config_provider(Igny8Config *config,
 											const char *id);
 extern void igny8_config_release(Igny8Config *config);
 extern char *igny8_extension_schema(void);
+extern Igny8Config *igny8_config_for_account(Igny8Config *config,
+											 bool has_account, int64 account_id,
+											 Igny8Account **account);
+extern Igny8CacheSetting *igny8_config_cache(Igny8Config *config,
+											 const char *alias);
 
 /* ----- secrets.c ----- */
 
@@ -240,6 +274,8 @@ typedef enum Igny8JobState
 	JOB_INTENT,					/* a submitted job's attempt, its place
 								 * held, waits until its row records it
 								 * (jobtable.c) */
+	JOB_CACHE_WAIT,				/* its answer is looked up in the response
+								 * cache at wake_at (cache.c) */
 	JOB_FINISHED				/* outcome known; publish after logging */
 } Igny8JobState;
 
@@ -269,6 +305,9 @@ typedef struct Igny8Attempt
 	int			steps;			/* sampler steps (ComfyUI), or 0 */
 	bool		sent;			/* reached the network: gets a usage row */
 	bool		logged;
+	const char *api_key_ref;	/* the account's own key's reference, or
+								 * NULL: the provider's key */
+	bool		cached;			/* answered from igny8_response_cache */
 } Igny8Attempt;
 
 /* A request the worker holds, from its slot to its answer. */
@@ -375,6 +414,12 @@ typedef struct Igny8Job
 	int			nprobe_files;
 	int			probe_class;	/* the file whose class is being asked
 								 * about, or -1 */
+
+	/* the response cache (cache.c) */
+	Igny8CacheSetting *cache;	/* its alias's setting, or NULL: uncached */
+	uint8		cache_key[32];	/* sha256 of the request */
+	bool		cache_owner;	/* it holds the key's pending row */
+	bool		cache_hit;		/* answered from the cache */
 } Igny8Job;
 
 /* this worker's index, its jobs, and NOTIFY payloads not yet sent */
@@ -459,6 +504,13 @@ extern void igny8_worker_begin(const char *what);
 extern void igny8_worker_commit(void);
 extern void igny8_worker_recover(void);
 
+/* ----- cache.c ----- */
+
+extern void igny8_cache_route(Igny8Job *job, Igny8Config *config);
+extern void igny8_cache_lookup(void);
+extern bool igny8_cache_to_write(Igny8Job *job);
+extern void igny8_cache_write(Igny8Job *job);
+
 /* ----- usage.c ----- */
 
 typedef struct Igny8UsageRow
@@ -487,6 +539,8 @@ typedef struct Igny8UsageRow
 	int			steps;
 	const char *prompt;			/* NULL unless igny8_ai.log_content */
 	const char *response;
+	bool		cached;			/* answered from the response cache */
+	const char *api_key_ref;	/* an account's own key, or NULL */
 } Igny8UsageRow;
 
 extern void igny8_usage_reset(void);

@@ -8,8 +8,9 @@ health rows, the provider state, NOTIFY payloads) into OUT_DIR, for the
 suite to search for any piece of the keys together with the server log.
 
 Environment: IGNY8_PGHOST, IGNY8_PGPORT, IGNY8_PGDATABASE, OUT_DIR,
-OLLAMA_URL, OPENAI_URL, ANTHROPIC_URL, COMFYUI_URL, OPENAI_TLS_URL, KEY_FILE, and the
-keys KEY_WRONG, KEY_LITERAL, KEY_OLLAMA, KEY_SLASH.
+OLLAMA_URL, OPENAI_URL, ANTHROPIC_URL, COMFYUI_URL, OPENAI_TLS_URL, KEY_FILE,
+ACCOUNT_KEY_FILE (an account's own OpenAI key, which the simulator refuses
+and echoes), and the keys KEY_WRONG, KEY_LITERAL, KEY_OLLAMA, KEY_SLASH.
 """
 import json
 import os
@@ -149,6 +150,19 @@ for offset in [0] + list(range(180, 201)):
          " status=401 key_offset=%d escape_slash]]" % offset)
 provider("openai", ENV["OPENAI_URL"], "env:OPENAI_API_KEY")
 
+# 6. an account's own key (igny8_account_providers), refused and echoed by
+# OpenAI around the 200-byte cut.  The account turns Anthropic off, so
+# that OpenAI is its only candidate, tried although its circuit is open.
+configure("INSERT INTO igny8_account_providers (account_id, provider, enabled, api_key_ref)"
+          " VALUES (42, 'openai', true, %s), (42, 'anthropic', false, NULL)",
+          "file:" + ENV["ACCOUNT_KEY_FILE"])
+for offset in [0] + list(range(180, 201, 4)):
+    call("SELECT igny8_generate_text(%s, 'gpt-4-fallback', account_id => 42)",
+         "Account [[sim openai:echo_key=error status=401 key_offset=%d]]"
+         % offset)
+call("SELECT * FROM igny8_chat(%s, 'gpt-4-fallback', '{\"account_id\": 42}')",
+     json.dumps([{"role": "user", "content": "Account, plain 401"}]))
+
 configure("ALTER SYSTEM RESET igny8_ai.circuit_failure_threshold")
 call("SELECT pg_reload_conf()")
 
@@ -166,6 +180,9 @@ dump("health.txt", "SELECT * FROM service_health_log ORDER BY id")
 dump("state.txt", "SELECT * FROM igny8_health_state()")
 dump("status.txt", "SELECT * FROM igny8_service_status")
 dump("activity.txt", "SELECT query FROM pg_stat_activity")
+dump("accounts.txt", "SELECT * FROM igny8_account_providers")
+dump("account_echoes.txt", "SELECT count(*) FROM ai_usage_log WHERE api_key_ref IS NOT NULL"
+     " AND http_status = 401 AND error_message LIKE '%[redacted]%'")
 
 # a moment for the last NOTIFYs, bounded
 for _ in range(20):

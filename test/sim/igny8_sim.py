@@ -777,7 +777,7 @@ class SimState:
                                              "strings" % folder)
                         replaced[folder] = sorted(set(files))
                     value = replaced
-                elif name in ("models", "no_think_models"):
+                elif name in ("models", "no_think_models", "extra_keys"):
                     if not isinstance(value, list) or \
                             not all(isinstance(m, str) for m in value):
                         raise ValueError("%s must be a list of strings"
@@ -1988,7 +1988,9 @@ class OpenAIBackend(Backend):
 
     def check_auth(self, ex):
         """True when the bearer key is right; else sends 401."""
-        if self.received_key(ex) == self.sim.openai_key:
+        key = self.received_key(ex)
+        if key == self.sim.openai_key or \
+                key in self.sim.state.role_config("openai")["extra_keys"]:
             return True
         ex.send_json(401, self.auth_error_body(ex))
         return False
@@ -4217,6 +4219,8 @@ class Simulator:
         defaults["comfyui"]["models"] = comfy_edit_models(
             models, "add", args.comfyui_add_models)
         defaults["comfyui"]["step_delay"] = args.comfyui_step_delay
+        # more keys the OpenAI role accepts (an account's own key)
+        defaults["openai"]["extra_keys"] = []
         self.state = SimState(defaults)
         self.listeners = {
             role: RoleListener(self, role, args.host, SimHandler,

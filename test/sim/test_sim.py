@@ -2729,6 +2729,20 @@ class TestControl(SimTestCase):
         self.assertEqual(control("GET", "/log")[1], [])
         self.assertEqual(control("GET", "/counts")[1]["ollama"], 0)
 
+    def test_extra_keys(self):
+        self.assertEqual(openai_chat("hi", key="sk-account-42-abcdef").status,
+                         401)
+        status, cfg = control("POST", "/config/openai",
+                              {"extra_keys": ["sk-account-42-abcdef"]})
+        self.assertEqual((status, cfg["extra_keys"]),
+                         (200, ["sk-account-42-abcdef"]))
+        self.assertEqual(openai_chat("hi", key="sk-account-42-abcdef").status,
+                         200)
+        self.assertEqual(openai_chat("hi").status, 200)
+        control("POST", "/reset")
+        self.assertEqual(openai_chat("hi", key="sk-account-42-abcdef").status,
+                         401)
+
     def test_config(self):
         status, cfg = control("POST", "/config/openai", {"delay": 0.3})
         self.assertEqual((status, cfg["delay"]), (200, 0.3))

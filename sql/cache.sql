@@ -1,0 +1,182 @@
+--
+-- cache: the response cache (igny8_cache_settings, igny8_response_cache,
+-- igny8_cache_purge)
+--
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
+
+-- how many requests the simulator received with a tag
+CREATE FUNCTION sim_count(t text) RETURNS int
+LANGUAGE sql AS $$ SELECT line::int FROM sim(format('log --tag %s --count', t)) AS line $$;
+
+-- bad input: nothing is written
+SELECT show_error($$INSERT INTO igny8_cache_settings (alias) VALUES ('nosuch')$$);
+SELECT show_error($$INSERT INTO igny8_cache_settings (alias) VALUES ('dall-e-3')$$);
+SELECT show_error($$INSERT INTO igny8_cache_settings (alias, ttl) VALUES ('gpt-4', '0 s')$$);
+SELECT show_error($$INSERT INTO igny8_cache_settings (alias, max_entries) VALUES ('gpt-4', 0)$$);
+SELECT show_error($$SELECT igny8_cache_purge(NULL)$$);
+SELECT show_error($$SELECT igny8_cache_purge('gpt-4')$$);
+SELECT count(*) AS rows_written FROM igny8_cache_settings;
+
+-- gpt-4 is cached for an hour, at most 4 answers
+INSERT INTO igny8_cache_settings (alias, ttl, max_entries) VALUES ('gpt-4', '1 hour', 4);
+SELECT wait_for_config();
+
+-- a miss sends the request; the same call again is a hit: nothing is
+-- sent, and the answer is the same
+SELECT content, provider, model, input_tokens, output_tokens, cost, attempts, cached
+  FROM igny8_chat('[{"role":"user","content":"Cache me [[sim any:tag=h1]]"}]', 'gpt-4',
+                  '{"temperature": 0}');
+SELECT content, provider, model, input_tokens, output_tokens, cost, attempts, cached
+  FROM igny8_chat('[{"role":"user","content":"Cache me [[sim any:tag=h1]]"}]', 'gpt-4',
+                  '{"temperature": 0}');
+SELECT sim_count('h1') AS requests;
+-- two usage rows: the hit's is cached, costs 0, has the answer's tokens
+SELECT provider, model_used, input_tokens, output_tokens, cost, success, cached, http_status
+  FROM ai_usage_log ORDER BY id DESC LIMIT 2;
+SELECT alias, state, provider, model, input_tokens, output_tokens,
+       expires_at - created_at AS ttl, octet_length(key) AS key_bytes
+  FROM igny8_response_cache;
+
+-- the text function reads the same cache (same messages, same options)
+SELECT igny8_generate_text('Cache me [[sim any:tag=h1]]', 'gpt-4', temperature => 0);
+SELECT sim_count('h1') AS requests;
+SELECT cached FROM ai_usage_log ORDER BY id DESC LIMIT 1;
+
+-- a hit's usage row is the worker's: a caller that rolls back keeps it
+SELECT count(*) AS rows_before FROM ai_usage_log \gset
+BEGIN;
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Cache me [[sim any:tag=h1]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+ROLLBACK;
+SELECT count(*) - :rows_before AS usage_rows_kept FROM ai_usage_log;
+
+-- keys that differ: the messages, the system prompt, max_tokens
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Cache me too [[sim any:tag=h1]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+SELECT cached FROM igny8_chat('[{"role":"system","content":"Be brief."},
+                                {"role":"user","content":"Cache me [[sim any:tag=h1]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+SELECT cached FROM igny8_chat('[{"role":"system","content":"Be brief."},
+                                {"role":"user","content":"Cache me [[sim any:tag=h1]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+SELECT igny8_generate_text('Cache me [[sim any:tag=h1]]', 'gpt-4', temperature => 0,
+                           system => 'Be verbose.') IS NOT NULL AS answered;
+SELECT cached FROM ai_usage_log ORDER BY id DESC LIMIT 1;
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Cache me [[sim any:tag=h1]]"}]', 'gpt-4',
+                              '{"temperature": 0, "max_tokens": 5}');
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Cache me [[sim any:tag=h1]]"}]', 'gpt-4-turbo',
+                              '{"temperature": 0}');
+SELECT sim_count('h1') AS requests;
+
+-- temperature above 0, or none (the provider's default), is not cached ...
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Warm [[sim any:tag=t1]]"}]', 'gpt-4',
+                              '{"temperature": 0.7}');
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Warm [[sim any:tag=t1]]"}]', 'gpt-4',
+                              '{"temperature": 0.7}');
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Warm [[sim any:tag=t1]]"}]', 'gpt-4');
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Warm [[sim any:tag=t1]]"}]', 'gpt-4');
+SELECT sim_count('t1') AS requests;
+-- ... unless the alias allows it; then a changed temperature is a miss
+UPDATE igny8_cache_settings SET cache_nonzero_temperature = true WHERE alias = 'gpt-4';
+SELECT wait_for_config();
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Warm [[sim any:tag=t2]]"}]', 'gpt-4',
+                              '{"temperature": 0.7}');
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Warm [[sim any:tag=t2]]"}]', 'gpt-4',
+                              '{"temperature": 0.7}');
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Warm [[sim any:tag=t2]]"}]', 'gpt-4',
+                              '{"temperature": 0.8}');
+SELECT sim_count('t2') AS requests;
+UPDATE igny8_cache_settings SET cache_nonzero_temperature = false WHERE alias = 'gpt-4';
+SELECT wait_for_config();
+
+-- an alias that is not cached sends every call
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Uncached [[sim any:tag=u1]]"}]', 'gpt-3.5-turbo',
+                              '{"temperature": 0}');
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Uncached [[sim any:tag=u1]]"}]', 'gpt-3.5-turbo',
+                              '{"temperature": 0}');
+SELECT sim_count('u1') AS requests;
+SELECT count(*) AS rows_of_uncached FROM igny8_response_cache WHERE alias = 'gpt-3.5-turbo';
+
+-- a failed call leaves nothing in the cache
+SELECT show_error($$SELECT igny8_chat('[{"role":"user","content":"Fail [[sim any:status=400]] [[sim any:tag=f1]]"}]',
+                                      'gpt-4', '{"temperature": 0}')$$);
+SELECT count(*) AS rows_of_failure FROM igny8_response_cache WHERE state = 'pending';
+
+-- the size bound: the newest 4 answers stay
+SELECT igny8_cache_purge('gpt-4') AS purged;
+SELECT i, c.cached
+  FROM generate_series(1, 6) AS i,
+       LATERAL igny8_chat(format('[{"role":"user","content":"Bound %s [[sim any:tag=b1]]"}]', i)::jsonb,
+                          'gpt-4', '{"temperature": 0}') AS c;
+SELECT count(*) AS cached_answers FROM igny8_response_cache WHERE alias = 'gpt-4';
+-- the oldest two went: asking again sends them
+SELECT i, c.cached
+  FROM generate_series(6, 1, -1) AS i,
+       LATERAL igny8_chat(format('[{"role":"user","content":"Bound %s [[sim any:tag=b1]]"}]', i)::jsonb,
+                          'gpt-4', '{"temperature": 0}') AS c;
+SELECT sim_count('b1') AS requests;
+
+-- purge: the alias's rows go, the next call is a miss
+SELECT igny8_cache_purge('gpt-4') AS purged;
+SELECT count(*) AS left_after_purge FROM igny8_response_cache;
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Bound 6 [[sim any:tag=b1]]"}]',
+                              'gpt-4', '{"temperature": 0}');
+
+-- TTL: an answer is served until it expires, then sent again; the
+-- scheduled cleanup removes expired rows
+SELECT igny8_cache_purge('gpt-4') AS purged;
+UPDATE igny8_cache_settings SET ttl = '1 second' WHERE alias = 'gpt-4';
+SELECT wait_for_config();
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Short-lived [[sim any:tag=e1]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+SELECT wait_until($$(SELECT bool_and(expires_at < clock_timestamp()) FROM igny8_response_cache)$$,
+                  'the cached answer to expire');
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Short-lived [[sim any:tag=e1]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+SELECT sim_count('e1') AS requests;
+SELECT wait_until($$(SELECT bool_and(expires_at < clock_timestamp()) FROM igny8_response_cache)$$,
+                  'the cached answer to expire');
+SELECT igny8_cache_cleanup() AS cleaned;
+SELECT count(*) AS left_after_cleanup FROM igny8_response_cache;
+UPDATE igny8_cache_settings SET ttl = '1 hour' WHERE alias = 'gpt-4';
+SELECT wait_for_config();
+
+-- two identical calls at once make one request: the second waits for
+-- the first's answer (the simulator holds the first for a second)
+SELECT dblink_connect('c1', 'dbname=' || current_database());
+SELECT dblink_connect('c2', 'dbname=' || current_database());
+SELECT dblink_send_query('c1', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together [[sim any:delay=1 tag=cc]]"}]',
+                                                      'gpt-4', '{"temperature": 0}')$$);
+SELECT sim_wait_arrival('cc');
+SELECT dblink_send_query('c2', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together [[sim any:delay=1 tag=cc]]"}]',
+                                                      'gpt-4', '{"temperature": 0}')$$);
+SELECT dblink_answer('c1') AS first_cached, dblink_answer('c2') AS second_cached;
+SELECT sim_count('cc') AS requests;
+SELECT dblink_disconnect('c1'), dblink_disconnect('c2');
+
+-- disabled: calls go out again
+UPDATE igny8_cache_settings SET enabled = false WHERE alias = 'gpt-4';
+SELECT wait_for_config();
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Together [[sim any:delay=1 tag=cc]]"}]',
+                              'gpt-4', '{"temperature": 0}');
+SELECT sim_count('cc') AS requests;
+
+-- the application role cannot read the cache or purge it
+CREATE ROLE igny8_cache_app LOGIN;
+SELECT igny8_grant_usage('igny8_cache_app');
+SET ROLE igny8_cache_app;
+SELECT show_error('SELECT content FROM igny8_response_cache');
+SELECT show_error($$SELECT igny8_cache_purge('gpt-4')$$);
+RESET ROLE;
+DROP OWNED BY igny8_cache_app;
+DROP ROLE igny8_cache_app;
+
+-- clean up
+DELETE FROM igny8_cache_settings;
+DELETE FROM igny8_response_cache;
+SELECT wait_for_config();
+DROP FUNCTION sim_count(text);
