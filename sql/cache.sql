@@ -37,6 +37,9 @@ SELECT sim_count('h1') AS requests;
 -- two usage rows: the hit's is cached, costs 0, has the answer's tokens
 SELECT provider, model_used, input_tokens, output_tokens, cost, success, cached, http_status
   FROM ai_usage_log ORDER BY id DESC LIMIT 2;
+-- and the cost it saved: the same tokens at gpt-4's reference price
+-- (2 x $30 + 9 x $60 per 1M = 0.000600), on the hit as on the miss
+SELECT cached, reference_cost FROM ai_usage_log ORDER BY id DESC LIMIT 2;
 SELECT alias, state, provider, model, input_tokens, output_tokens,
        expires_at - created_at AS ttl, octet_length(key) AS key_bytes
   FROM igny8_response_cache;

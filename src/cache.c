@@ -152,10 +152,16 @@ column_int(int col)
 	return isnull ? 0 : DatumGetInt32(d);
 }
 
-/* Answer a job from the ready row in SPI_tuptable. */
+/*
+ * Answer a job from the ready row in SPI_tuptable.  Everything is made in
+ * the job's context: SPI_execute leaves CurrentMemoryContext at SPI's
+ * procedure context, which the commit frees before the usage row is
+ * written.
+ */
 static void
 answer_from_row(Igny8Job *job, TimestampTz started)
 {
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
 	Igny8Attempt *a = palloc0(sizeof(Igny8Attempt));
 	Igny8Deployment *d = palloc0(sizeof(Igny8Deployment));
 	char	   *provider = column_text(2);
@@ -194,6 +200,7 @@ answer_from_row(Igny8Job *job, TimestampTz started)
 	job->cache_hit = true;
 	job->success = true;
 	job->state = JOB_FINISHED;
+	MemoryContextSwitchTo(old);
 }
 
 /*
