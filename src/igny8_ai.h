@@ -162,6 +162,8 @@ typedef struct Igny8WorkerShared
 	pg_atomic_uint64 config_generation; /* of the configuration it loaded */
 	pg_atomic_uint64 reloads;	/* postgresql.conf reloads it processed */
 	uint32		held[IGNY8_MAX_PROVIDERS];	/* places it holds, per provider */
+	pg_atomic_uint32 flushing;	/* in its usage transaction (worker.c) */
+	pg_atomic_uint64 flush_waiters; /* bits of the workers waiting for it */
 } Igny8WorkerShared;
 
 /*
