@@ -166,6 +166,8 @@ typedef struct Igny8WorkerShared
 	uint32		gpu_running[IGNY8_MAX_PROVIDERS];	/* its attempts counted
 													 * on each GPU clock
 													 * (gpuclock.c) */
+	pg_atomic_uint32 flushing;	/* in its usage transaction (worker.c) */
+	pg_atomic_uint64 flush_waiters; /* bits of the workers waiting for it */
 } Igny8WorkerShared;
 
 /*

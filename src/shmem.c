@@ -124,6 +124,8 @@ init_shared(void)
 		SpinLockInit(&w->mutex);
 		w->procno = -1;
 		pg_atomic_init_u32(&w->wakeup, 0);
+		pg_atomic_init_u32(&w->flushing, 0);
+		pg_atomic_init_u64(&w->flush_waiters, 0);
 		pg_atomic_init_u32(&w->abandons, 0);
 		pg_atomic_init_u32(&w->in_flight, 0);
 		pg_atomic_init_u64(&w->served, 0);

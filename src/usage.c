@@ -195,6 +195,13 @@ anything_to_write(void)
 	return false;
 }
 
+/* Has igny8_usage_flush anything to write? */
+bool
+igny8_usage_pending(void)
+{
+	return anything_to_write();
+}
+
 static void
 insert_job_rows(Igny8Config *config, Igny8Job *job)
 {

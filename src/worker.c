@@ -60,6 +60,8 @@
 #define IGNY8_CONFIG_RETRY_MS	1000
 /* ... and without one: a worker serving an older configuration */
 #define IGNY8_CONFIG_RETRY_IDLE_MS	10000
+/* how long a worker keeps answers back for another worker's commit */
+#define IGNY8_FLUSH_DEFER_MS	2
 /* answers this large are mmap'd by malloc, and unmapped when freed */
 #define IGNY8_MMAP_THRESHOLD	(1024 * 1024)
 
@@ -72,6 +74,7 @@ static TimestampTz config_tried_at = 0;
 static bool encoding_ready = false;
 static MemoryContext loop_cxt = NULL;
 static volatile sig_atomic_t shutdown_requested = false;
+static TimestampTz flush_deferred_since = 0;	/* 0: not deferring */
 
 /* SIGTERM: stop in the loop, after every caller has an answer. */
 static void
@@ -103,9 +106,23 @@ mark_stopped(void)
 		igny8_wake_all_workers();
 }
 
+/* Wake the workers that wait for our usage commit to end. */
+static void
+wake_flush_waiters(void)
+{
+	uint64		waiters;
+
+	(void) pg_atomic_exchange_u32(&me->flushing, 0);	/* a full barrier */
+	waiters = pg_atomic_exchange_u64(&me->flush_waiters, 0);
+	for (int w = 0; waiters != 0; w++, waiters >>= 1)
+		if (waiters & 1)
+			igny8_wake_worker(w);
+}
+
 static void
 worker_detach(int code, Datum arg)
 {
+	wake_flush_waiters();
 	igny8_places_forget_worker(igny8_worker_index);
 	igny8_gpu_clock_forget_worker(igny8_worker_index);
 	mark_stopped();
@@ -324,7 +341,12 @@ check_abandoned(void)
 		bool		gone;
 		bool		cancel;
 
-		if (job->abandoned)
+		/*
+		 * A finished job waiting for its usage commit (defer_flush) is left
+		 * alone: publishing it frees an abandoned slot, and there is
+		 * nothing left to abort.
+		 */
+		if (job->abandoned || job->state == JOB_FINISHED)
 			continue;
 		SpinLockAcquire(&slot->mutex);
 		gone = (slot->state == IGNY8_SLOT_ABANDONED);
@@ -519,6 +541,10 @@ wait_timeout(void)
 
 	if (work_waiting())
 		return 0;
+	if (flush_deferred_since != 0)
+		timeout = Min(timeout,
+					  ms_until(now, TimestampTzPlusMilliseconds(flush_deferred_since,
+																IGNY8_FLUSH_DEFER_MS)));
 	if (http_ms >= 0)
 		timeout = Min(timeout, http_ms);
 	if (config != NULL)
@@ -536,6 +562,69 @@ wait_timeout(void)
 			timeout = Min(timeout, ms_until(now, at));
 	}
 	return timeout;
+}
+
+/*
+ * Group commit across workers.  While another worker is in its usage
+ * transaction, a commit of ours would wait for its WAL flush (an fdatasync,
+ * under WALWriteLock) and then flush again, and our transfers would stand
+ * still meanwhile.  Instead we keep our answers back and go on with the
+ * transfers, and the other wakes us when its commit is done: our next
+ * transaction carries every row that ended meanwhile, under one WAL flush.
+ * Nothing is given to a caller before its row is committed, as always.
+ * The wait is bounded (IGNY8_FLUSH_DEFER_MS): a worker killed in its
+ * transaction wakes no one.
+ */
+static bool
+defer_flush(void)
+{
+	uint64		bit = UINT64CONST(1) << igny8_worker_index;
+	bool		waiting = false;
+
+	if (!igny8_usage_pending())
+		return false;
+	if (flush_deferred_since != 0 &&
+		TimestampDifferenceExceeds(flush_deferred_since, GetCurrentTimestamp(),
+								   IGNY8_FLUSH_DEFER_MS))
+		return false;
+	for (int w = 0; w < igny8_shared->nworkers; w++)
+	{
+		Igny8WorkerShared *other = &igny8_shared->workers[w];
+
+		if (w == igny8_worker_index ||
+			pg_atomic_read_u32(&other->flushing) == 0)
+			continue;
+		/*
+		 * Ask to be woken, then look again (both full barriers, as on the
+		 * other side): a commit that ended before it saw our bit has ended
+		 * for us too.
+		 */
+		(void) pg_atomic_fetch_or_u64(&other->flush_waiters, bit);
+		if (pg_atomic_read_u32(&other->flushing) != 0)
+			waiting = true;
+		else
+			(void) pg_atomic_fetch_and_u64(&other->flush_waiters, ~bit);
+	}
+	if (waiting && flush_deferred_since == 0)
+		flush_deferred_since = GetCurrentTimestamp();
+	return waiting;
+}
+
+/* Write the usage rows (igny8_usage_flush), saying so to the others. */
+static void
+flush_usage(void)
+{
+	bool		pending = igny8_usage_pending();
+
+	if (pending)
+	{
+		pg_atomic_write_u32(&me->flushing, 1);
+		pg_memory_barrier();
+	}
+	igny8_usage_flush(config);
+	if (pending)
+		wake_flush_waiters();
+	flush_deferred_since = 0;
 }
 
 /* Let curl progress, handle what finished, start what is due. */
@@ -626,6 +715,7 @@ igny8_worker_main(Datum main_arg)
 	me->started_at = GetCurrentTimestamp();
 	SpinLockRelease(&me->mutex);
 	pg_atomic_write_u32(&me->in_flight, 0);
+	pg_atomic_write_u32(&me->flushing, 0);
 	before_shmem_exit(worker_detach, (Datum) 0);
 
 	recover_orphans();
@@ -693,7 +783,11 @@ igny8_worker_main(Datum main_arg)
 		check_abandoned();
 		MemoryContextSwitchTo(loop_cxt);
 		run_jobs(fd_ready);
-		igny8_usage_flush(config);
-		publish_finished();
+		/* answers whose rows wait for the commit are published after it */
+		if (!defer_flush())
+		{
+			flush_usage();
+			publish_finished();
+		}
 	}
 }

@@ -546,6 +546,7 @@ typedef struct Igny8UsageRow
 extern void igny8_usage_reset(void);
 extern void igny8_usage_insert(const char *schema, const Igny8UsageRow *row);
 extern void igny8_usage_flush(Igny8Config *config);
+extern bool igny8_usage_pending(void);
 
 /* ----- price.c ----- */
 
