@@ -8,6 +8,8 @@ OBJS = \
 	src/shmem.o \
 	src/places.o \
 	src/dispatch.o \
+	src/account.o \
+	src/budget.o \
 	src/submit.o \
 	src/extension.o \
 	src/worker.o \

@@ -430,6 +430,7 @@ igny8_config_load(void)
 	read_deployments(config, qschema);
 	read_fallbacks(config, qschema);
 	read_prices(config, qschema);
+	igny8_budgets_load(config, qschema);
 
 	MemoryContextSetParent(cxt, TopMemoryContext);
 	return config;

@@ -177,3 +177,53 @@ igny8_job_cost(Igny8Job *job)
 		return pstrdup("0");
 	return DatumGetCString(DirectFunctionCall1(numeric_out, sum));
 }
+
+/*
+ * What an attempt on deployment d may cost at most, in micro-USD rounded
+ * up, for the budgets (budget.c): 0 when d has no price, i.e. is not paid.
+ * Text: the prompt's bytes plus 8 tokens per message and 8 more as input
+ * tokens (a token is at least one byte; the rest covers the chat format)
+ * at the input price, and max_tokens output tokens at the output price.
+ * Images: one image of the size and quality asked for.
+ */
+int64
+igny8_attempt_estimate(Igny8Config *config, Igny8Job *job,
+					   Igny8Deployment *d, int max_tokens, TimestampTz at)
+{
+	const char *provider = d->provider->id;
+	Numeric		sum = int64_to_numeric(0);
+
+	if (job->task == IGNY8_TASK_IMAGE)
+	{
+		char		size[32];
+		Igny8Price *p;
+
+		snprintf(size, sizeof(size), "%dx%d", job->img_width,
+				 job->img_height);
+		p = find_price(config, provider, d->model, IGNY8_PRICE_IMAGE, size,
+					   job->img_quality ? job->img_quality : "standard", at);
+		if (p == NULL)
+			p = find_price(config, provider, d->model, IGNY8_PRICE_IMAGE,
+						   size, "", at);
+		/* per image: USD, so a million micro-USD per dollar */
+		sum = add_priced(sum, 1000000, p, 1);
+	}
+	else if (job->task != IGNY8_TASK_HEALTH)
+	{
+		Igny8Price *in = find_price(config, provider, d->model,
+									IGNY8_PRICE_INPUT, "", "", at);
+		Igny8Price *out = find_price(config, provider, d->model,
+									 IGNY8_PRICE_OUTPUT, "", "", at);
+		int64		input = 8;
+
+		for (int i = 0; i < job->nmessages; i++)
+			input += 8 + (job->messages[i].content ?
+						  strlen(job->messages[i].content) : 0);
+		/* per 1M tokens: one micro-USD per token and dollar */
+		sum = add_priced(sum, input, in, 1);
+		sum = add_priced(sum, Max(max_tokens, 0), out, 1);
+	}
+	return DatumGetInt64(DirectFunctionCall1(numeric_int8,
+											 DirectFunctionCall1(numeric_ceil,
+																 NumericGetDatum(sum))));
+}

@@ -246,6 +246,7 @@ igny8_usage_flush(Igny8Config *config)
 	dlist_iter	iter;
 	ListCell   *lc;
 	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool committed = false;
 
 	if (!anything_to_write())
 		return;
@@ -263,6 +264,7 @@ igny8_usage_flush(Igny8Config *config)
 		foreach(lc, igny8_pending_notifies)
 			Async_Notify("igny8_ai_health", (char *) lfirst(lc));
 		igny8_worker_commit();
+		committed = true;
 		igny8_jobs_flushed(true);
 	}
 	PG_CATCH();
@@ -300,6 +302,35 @@ igny8_usage_flush(Igny8Config *config)
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
 		foreach(lc, job->attempts)
-			((Igny8Attempt *) lfirst(lc))->logged = true;
+		{
+			Igny8Attempt *a = (Igny8Attempt *) lfirst(lc);
+
+			/* the budgets: reservation given back, committed cost spent */
+			if (!a->logged && job->has_account)
+			{
+				igny8_budget_settle(job->account_id, a->budget_reserved,
+									(committed && a->sent) ? a->cost : NULL);
+				a->budget_reserved = 0;
+			}
+			a->logged = true;
+		}
+	}
+
+	/* a budget's warning threshold reached: NOTIFY igny8_ai_budget */
+	if (igny8_budget_notices_pending())
+	{
+		PG_TRY();
+		{
+			igny8_worker_begin("igny8_ai: budget notice");
+			igny8_budget_queue_notices();
+			igny8_worker_commit();
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(cxt);
+			igny8_worker_recover();
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(cxt);
 	}
 }

@@ -103,6 +103,22 @@ typedef struct Igny8Price
 	TimestampTz valid_to;
 } Igny8Price;
 
+/* One row of igny8_budgets, in micro-USD. */
+typedef enum Igny8BudgetPeriod
+{
+	IGNY8_BUDGET_DAY,
+	IGNY8_BUDGET_MONTH
+} Igny8BudgetPeriod;
+
+typedef struct Igny8Budget
+{
+	int64		account_id;
+	Igny8BudgetPeriod period;
+	int64		limit;
+	int64		warn;
+	bool		self_hosted_only;	/* else refuse */
+} Igny8Budget;
+
 typedef struct Igny8Config
 {
 	MemoryContext cxt;
@@ -118,6 +134,8 @@ typedef struct Igny8Config
 	Igny8Workflow *workflows;
 	int			nprices;
 	Igny8Price *prices;
+	int			nbudgets;
+	Igny8Budget *budgets;
 } Igny8Config;
 
 extern Igny8Config *igny8_config_load(void);
@@ -126,6 +144,34 @@ extern Igny8Provider *igny8_config_provider(Igny8Config *config,
 											const char *id);
 extern void igny8_config_release(Igny8Config *config);
 extern char *igny8_extension_schema(void);
+
+/* ----- budget.c ----- */
+
+/* Why a paid attempt does not fit a budget. */
+typedef struct Igny8BudgetRefusal
+{
+	Igny8BudgetPeriod period;
+	TimestampTz period_start;
+	int64		spent;			/* micro-USD, as are the others */
+	int64		reserved;
+	int64		limit;
+	int64		estimate;
+	bool		self_hosted_only;	/* skip paid candidates, else refuse */
+} Igny8BudgetRefusal;
+
+extern void igny8_budgets_load(Igny8Config *config, const char *qschema);
+extern bool igny8_budget_admit(int64 account_id, int64 estimate,
+							   TimestampTz now, Igny8BudgetRefusal *refusal);
+extern void igny8_budget_settle(int64 account_id, int64 reserved,
+								const char *cost);
+extern void igny8_budget_forget_worker(int worker);
+extern bool igny8_budget_notices_pending(void);
+extern void igny8_budget_queue_notices(void);
+extern char *igny8_budget_refusal_detail(int64 account_id,
+										 const Igny8BudgetRefusal *r);
+extern const char *igny8_budget_period_name(Igny8BudgetPeriod period);
+extern char *igny8_micro_text(int64 micro);
+extern int64 igny8_numeric_micro(Numeric usd);
 
 /* ----- secrets.c ----- */
 
@@ -240,6 +286,8 @@ typedef struct Igny8Attempt
 	int			steps;			/* sampler steps (ComfyUI), or 0 */
 	bool		sent;			/* reached the network: gets a usage row */
 	bool		logged;
+	int64		budget_reserved;	/* micro-USD reserved on its account's
+									 * budgets until its row commits */
 } Igny8Attempt;
 
 /* A request the worker holds, from its slot to its answer. */
@@ -293,6 +341,11 @@ typedef struct Igny8Job
 	int			inflight_next;	/* ... once the transaction writing it
 								 * commits */
 	TimestampTz intent_at;		/* JOB_INTENT: since when */
+
+	/* budgets (budget.c) */
+	int64		budget_reserved;	/* reserved for the attempt in progress */
+	bool		budget_skipped; /* a paid candidate was skipped ... */
+	Igny8BudgetRefusal budget_refusal;	/* ... because of this */
 
 	/* outcome */
 	bool		success;
@@ -464,5 +517,8 @@ extern void igny8_usage_flush(Igny8Config *config);
 extern char *igny8_attempt_cost(Igny8Config *config, Igny8Job *job,
 								Igny8Attempt *a, const char *reported_model);
 extern char *igny8_job_cost(Igny8Job *job);
+extern int64 igny8_attempt_estimate(Igny8Config *config, Igny8Job *job,
+									 Igny8Deployment *d, int max_tokens,
+									 TimestampTz at);
 
 #endif							/* IGNY8_WORKER_H */
