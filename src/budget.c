@@ -510,11 +510,10 @@ igny8_budget_queue_notices(void)
 char *
 igny8_budget_refusal_detail(int64 account_id, const Igny8BudgetRefusal *r)
 {
-	return psprintf("Account %lld has spent %s USD of its %s USD limit for the %s (UTC) starting %s, and attempts in flight reserve %s USD; this attempt is estimated at %s USD.",
+	return psprintf("Account %lld has spent %s USD of its %s USD limit for this %s (UTC), and attempts in flight reserve %s USD; this attempt is estimated at %s USD.",
 					(long long) account_id,
 					igny8_micro_text(r->spent), igny8_micro_text(r->limit),
 					igny8_budget_period_name(r->period),
-					timestamptz_to_str(r->period_start),
 					igny8_micro_text(r->reserved),
 					igny8_micro_text(r->estimate));
 }
