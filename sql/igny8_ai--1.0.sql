@@ -1844,6 +1844,24 @@ COMMENT ON COLUMN igny8_budgets.action IS
 COMMENT ON COLUMN igny8_budgets.warn_fraction IS
     'spend, as a fraction of limit_usd, that sends NOTIFY igny8_ai_budget once per period';
 
+-- The spend the workers hold per budget (shared memory), for monitoring.
+CREATE FUNCTION igny8_budget_status(
+    OUT account_id    bigint,
+    OUT period        text,
+    OUT period_start  timestamptz,
+    OUT spend         numeric,
+    OUT reserved      numeric,
+    OUT limit_usd     numeric,
+    OUT action        text,
+    OUT warned        boolean,
+    OUT loading       boolean)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'igny8_budget_status'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION igny8_budget_status() IS
+    'each budget as the workers check it: the UTC period, the spend committed in it, the reservations of attempts in flight (USD), the limit, the action, whether the warning was sent';
+
 CREATE TRIGGER igny8_budgets_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_budgets
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
@@ -1897,6 +1915,8 @@ REVOKE ALL ON FUNCTION igny8_on_drop_extension() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_worker_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_slot_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_account_roles_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_bound_account() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_budget_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_unbind_usage(regrole) FROM PUBLIC;
 REVOKE ALL ON igny8_account_roles, igny8_budgets FROM PUBLIC;
 REVOKE ALL ON igny8_providers, igny8_workflows, igny8_models, igny8_fallbacks,
@@ -1919,13 +1939,13 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_service_status, %s.service_health_log TO %s',
                               s, s, role);
-    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_health_state(), %s.igny8_worker_status(), %s.igny8_slot_status() TO %s',
-                              s, s, s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_health_state(), %s.igny8_worker_status(), %s.igny8_slot_status(), %s.igny8_budget_status() TO %s',
+                              s, s, s, s, role);
 END
 $$;
 
 COMMENT ON FUNCTION igny8_grant_monitoring(regrole) IS
-    'let a role read igny8_service_status, service_health_log and the worker and slot status';
+    'let a role read igny8_service_status, service_health_log, the worker and slot status and the budgets'' spend';
 
 -- Grant the calling functions to an application role; with an account,
 -- bind the role to it (igny8_account_roles).
@@ -1974,6 +1994,8 @@ BEGIN
                               s, s, s, s, role);
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log, %s.igny8_jobs, %s.igny8_job_results TO %s',
                               s, s, s, role);
+    -- the row-level security policies of both tables call it
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_bound_account() TO %s', s, role);
 END
 $$;
 
@@ -1998,6 +2020,7 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT INSERT ON %s.ai_usage_log TO %s', s, role);
     -- the spend of the accounts with a budget is summed from ai_usage_log
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log, %s.igny8_budgets TO %s', s, s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_bound_account() TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON %s.igny8_jobs TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_worker_alive(integer, timestamptz) TO %s', s, role);
     -- the workers take and write every job, whoever submitted it

@@ -39,6 +39,7 @@
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
@@ -74,6 +75,8 @@ typedef struct Igny8BudgetShared
 } Igny8BudgetShared;
 
 static Igny8BudgetShared *budgets = NULL;
+
+PG_FUNCTION_INFO_V1(igny8_budget_status);
 
 /* notices to send after the usage transaction, in TopMemoryContext */
 static List *pending_notices = NIL;
@@ -516,4 +519,57 @@ igny8_budget_refusal_detail(int64 account_id, const Igny8BudgetRefusal *r)
 					igny8_budget_period_name(r->period),
 					igny8_micro_text(r->reserved),
 					igny8_micro_text(r->estimate));
+}
+
+/*
+ * igny8_budget_status(): each budget's entry in shared memory, as the
+ * workers check it: its period, spend, reservations, limit and action.
+ */
+Datum
+igny8_budget_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Igny8BudgetEntry *copy;
+	int			n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (budgets == NULL)
+		PG_RETURN_VOID();
+	copy = palloc(sizeof(Igny8BudgetEntry) * IGNY8_MAX_BUDGETS);
+	LWLockAcquire(budgets->lock, LW_SHARED);
+	n = budgets->n;
+	memcpy(copy, budgets->entries, sizeof(Igny8BudgetEntry) * n);
+	LWLockRelease(budgets->lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		Igny8BudgetEntry *e = &copy[i];
+		Datum		values[9];
+		bool		nulls[9];
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = Int64GetDatum(e->account_id);
+		values[1] = CStringGetTextDatum(igny8_budget_period_name(e->period));
+		values[2] = TimestampTzGetDatum(e->period_start);
+		values[3] = DirectFunctionCall3(numeric_in,
+										CStringGetDatum(igny8_micro_text(entry_spent(e))),
+										ObjectIdGetDatum(InvalidOid),
+										Int32GetDatum(-1));
+		values[4] = DirectFunctionCall3(numeric_in,
+										CStringGetDatum(igny8_micro_text(entry_reserved(e))),
+										ObjectIdGetDatum(InvalidOid),
+										Int32GetDatum(-1));
+		values[5] = DirectFunctionCall3(numeric_in,
+										CStringGetDatum(igny8_micro_text(e->limit)),
+										ObjectIdGetDatum(InvalidOid),
+										Int32GetDatum(-1));
+		values[6] = CStringGetTextDatum(e->self_hosted_only ?
+										"self_hosted_only" : "refuse");
+		values[7] = BoolGetDatum(e->warned_for == e->period_start &&
+								 e->warned_for != 0);
+		values[8] = BoolGetDatum(e->loading);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values,
+							 nulls);
+	}
+	PG_RETURN_VOID();
 }
