@@ -353,6 +353,9 @@ SELECT 'price', provider, model, unit, size, quality, price, valid_from,
        coalesce(valid_to::text, '-'), origin
   FROM igny8_prices ORDER BY 2, 3, 4, 5, 6, 8;
 SELECT 'deleted', table_name, key FROM igny8_config_deletions ORDER BY 2, 3::text;
+SELECT 'binding', role, account_id, bound_at FROM igny8_account_roles ORDER BY 2::text;
+SELECT 'budget', account_id, period, limit_usd, action, warn_fraction
+  FROM igny8_budgets ORDER BY 2, 3;
 SELECT 'job', jobid, jobname, schedule, command, active FROM cron.job ORDER BY jobid;
 SQL
 }
