@@ -1787,6 +1787,8 @@ CREATE FUNCTION igny8_bound_account() RETURNS bigint
     AS 'MODULE_PATHNAME', 'igny8_bound_account'
     LANGUAGE C STABLE PARALLEL SAFE;
 
+-- Executable by PUBLIC: the policies below call it for whoever reads the
+-- tables, and it tells a role nothing but its own binding.
 COMMENT ON FUNCTION igny8_bound_account() IS
     'the account current_user is bound to (igny8_account_roles), or NULL';
 
@@ -1915,7 +1917,6 @@ REVOKE ALL ON FUNCTION igny8_on_drop_extension() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_worker_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_slot_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_account_roles_changed() FROM PUBLIC;
-REVOKE ALL ON FUNCTION igny8_bound_account() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_budget_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_unbind_usage(regrole) FROM PUBLIC;
 REVOKE ALL ON igny8_account_roles, igny8_budgets FROM PUBLIC;
@@ -1994,8 +1995,6 @@ BEGIN
                               s, s, s, s, role);
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log, %s.igny8_jobs, %s.igny8_job_results TO %s',
                               s, s, s, role);
-    -- the row-level security policies of both tables call it
-    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_bound_account() TO %s', s, role);
 END
 $$;
 
@@ -2020,7 +2019,6 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT INSERT ON %s.ai_usage_log TO %s', s, role);
     -- the spend of the accounts with a budget is summed from ai_usage_log
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log, %s.igny8_budgets TO %s', s, s, role);
-    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_bound_account() TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON %s.igny8_jobs TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_worker_alive(integer, timestamptz) TO %s', s, role);
     -- the workers take and write every job, whoever submitted it
