@@ -148,10 +148,36 @@ igny8_numeric_micro(Numeric usd)
 	return DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
 }
 
-/* Numeric text in USD as micro-USD, rounded up. */
+/*
+ * Numeric text in USD as micro-USD, rounded up.  A cost as the usage rows
+ * keep it (digits, at most six decimals) is read directly: this runs for
+ * every priced attempt.
+ */
 static int64
 text_micro(const char *usd)
 {
+	const char *p = usd;
+	int64		whole = 0;
+	int64		frac = 0;
+	int			nfrac = 0;
+
+	while (*p >= '0' && *p <= '9' && whole < PG_INT64_MAX / 100000000)
+		whole = whole * 10 + (*p++ - '0');
+	if (p > usd && *p == '.')
+	{
+		p++;
+		while (*p >= '0' && *p <= '9' && nfrac < 6)
+		{
+			frac = frac * 10 + (*p++ - '0');
+			nfrac++;
+		}
+	}
+	if (p > usd && *p == '\0')
+	{
+		for (; nfrac < 6; nfrac++)
+			frac *= 10;
+		return whole * 1000000 + frac;
+	}
 	return igny8_numeric_micro(DatumGetNumeric(DirectFunctionCall3(numeric_in,
 																   CStringGetDatum(usd),
 																   ObjectIdGetDatum(InvalidOid),

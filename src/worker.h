@@ -101,6 +101,8 @@ typedef struct Igny8Price
 	TimestampTz valid_from;
 	bool		has_valid_to;
 	TimestampTz valid_to;
+	int64		nano;			/* price * 1000, rounded up, for the budgets'
+								 * estimates (price.c); 0 until computed */
 } Igny8Price;
 
 /* One row of igny8_budgets, in micro-USD. */
