@@ -61,6 +61,7 @@ typedef struct Igny8BudgetEntry
 	bool		self_hosted_only;	/* else refuse */
 	bool		loading;		/* its spend is being summed */
 	TimestampTz period_start;
+	TimestampTz period_end;		/* the next period's start */
 	int64		spent;			/* committed in the period */
 	int64		aside;			/* committed while loading */
 	TimestampTz warned_for;		/* period whose notice was sent, or 0 */
@@ -201,12 +202,40 @@ entry_reserved(Igny8BudgetEntry *e)
 	return sum;
 }
 
-/* A new period starts from nothing (the reservations go on). */
+/* The start of the period after the one that starts at start. */
+static TimestampTz
+period_after(Igny8BudgetPeriod period, TimestampTz start)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	TimestampTz end;
+
+	if (period == IGNY8_BUDGET_DAY)
+		return start + USECS_PER_DAY;
+	if (timestamp2tm(start, NULL, &tm, &fsec, NULL, NULL) != 0)
+		return start + 28 * USECS_PER_DAY;
+	if (++tm.tm_mon > MONTHS_PER_YEAR)
+	{
+		tm.tm_mon = 1;
+		tm.tm_year++;
+	}
+	if (tm2timestamp(&tm, 0, NULL, &end) != 0)
+		return start + 28 * USECS_PER_DAY;
+	return end;
+}
+
+/*
+ * A new period starts from nothing (the reservations go on).  Called on
+ * every check: a comparison, until the period ends.
+ */
 static void
 roll_period(Igny8BudgetEntry *e, TimestampTz now)
 {
-	TimestampTz start = period_start(e->period, now);
+	TimestampTz start;
 
+	if (now < e->period_end)
+		return;
+	start = period_start(e->period, now);
 	if (start > e->period_start)
 	{
 		e->period_start = start;
@@ -214,6 +243,7 @@ roll_period(Igny8BudgetEntry *e, TimestampTz now)
 		e->aside = 0;
 		e->warned_for = 0;
 	}
+	e->period_end = period_after(e->period, e->period_start);
 }
 
 static Igny8BudgetEntry *
@@ -328,6 +358,7 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 			e->period = b->period;
 			e->loading = true;
 			e->period_start = period_start(b->period, now);
+			e->period_end = period_after(b->period, e->period_start);
 		}
 		if (e == NULL)
 			continue;
