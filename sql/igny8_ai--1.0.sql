@@ -2465,6 +2465,122 @@ COMMENT ON FUNCTION igny8_cost_by_account(timestamptz, timestamptz) IS
     'cost of [from_ts, to_ts) per account_id (NULL: calls without one), over the usage rows the caller may read';
 
 --
+-- Accounts and budgets.
+--
+-- A role bound to an account (igny8_grant_usage(role, account_id)) is
+-- charged to it whatever it passes, and reads only that account's
+-- ai_usage_log rows and jobs.  The callers look the binding up in C
+-- (igny8_bound_account), cached per backend; a statement trigger
+-- invalidates every backend's copy at commit.
+--
+
+CREATE TABLE igny8_account_roles (
+    role            regrole PRIMARY KEY,
+    account_id      bigint NOT NULL CHECK (account_id >= 0),
+    bound_at        timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE igny8_account_roles IS
+    'roles bound to one account: their calls are charged to it, and they read only its ai_usage_log rows and jobs';
+
+CREATE FUNCTION igny8_account_roles_changed() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'igny8_account_roles_changed'
+    LANGUAGE C;
+
+CREATE TRIGGER igny8_account_roles_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_account_roles
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_account_roles_changed();
+
+-- The account the current role is bound to, or NULL when it is not bound.
+CREATE FUNCTION igny8_bound_account() RETURNS bigint
+    AS 'MODULE_PATHNAME', 'igny8_bound_account'
+    LANGUAGE C STABLE PARALLEL SAFE;
+
+-- Executable by PUBLIC: the policies below call it for whoever reads the
+-- tables, and it tells a role nothing but its own binding.
+COMMENT ON FUNCTION igny8_bound_account() IS
+    'the account current_user is bound to (igny8_account_roles), or NULL';
+
+-- A bound role reads its account's rows only; any other role reads all.
+ALTER TABLE ai_usage_log ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY igny8_usage_account ON ai_usage_log FOR SELECT
+    USING (@extschema@.igny8_bound_account() IS NULL
+           OR account_id OPERATOR(pg_catalog.=) @extschema@.igny8_bound_account());
+
+CREATE POLICY igny8_jobs_account ON igny8_jobs AS RESTRICTIVE FOR SELECT
+    USING (@extschema@.igny8_bound_account() IS NULL
+           OR account_id OPERATOR(pg_catalog.=) @extschema@.igny8_bound_account());
+
+-- Remove a role's binding; the role keeps its grants and becomes unbound.
+CREATE FUNCTION igny8_unbind_usage(role regrole) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'role must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    DELETE FROM @extschema@.igny8_account_roles r
+     WHERE r.role OPERATOR(pg_catalog.=) igny8_unbind_usage.role;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'role "%" is not bound to an account', role
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'The bound roles are in igny8_account_roles.';
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION igny8_unbind_usage(regrole) IS
+    'remove the account binding of a role made by igny8_grant_usage(role, account_id)';
+
+-- Budgets: a limit in USD per account and period (a UTC day or month).
+-- The workers check it before every paid attempt (src/budget.c).
+CREATE TABLE igny8_budgets (
+    account_id      bigint NOT NULL CHECK (account_id >= 0),
+    period          text NOT NULL CHECK (period IN ('day', 'month')),
+    limit_usd       numeric(14, 6) NOT NULL CHECK (limit_usd >= 0),
+    action          text NOT NULL DEFAULT 'refuse'
+                    CHECK (action IN ('refuse', 'self_hosted_only')),
+    warn_fraction   numeric(4, 3) NOT NULL DEFAULT 0.8
+                    CHECK (warn_fraction > 0 AND warn_fraction <= 1),
+    PRIMARY KEY (account_id, period)
+);
+
+COMMENT ON TABLE igny8_budgets IS
+    'spending limits per account and UTC day or month; the workers check them before every paid attempt';
+COMMENT ON COLUMN igny8_budgets.action IS
+    'when the limit would be passed: refuse (SQLSTATE 53400) or self_hosted_only (skip the paid candidates)';
+COMMENT ON COLUMN igny8_budgets.warn_fraction IS
+    'spend, as a fraction of limit_usd, that sends NOTIFY igny8_ai_budget once per period';
+
+-- The spend the workers hold per budget (shared memory), for monitoring.
+CREATE FUNCTION igny8_budget_status(
+    OUT account_id    bigint,
+    OUT period        text,
+    OUT period_start  timestamptz,
+    OUT spend         numeric,
+    OUT reserved      numeric,
+    OUT limit_usd     numeric,
+    OUT action        text,
+    OUT warned        boolean,
+    OUT loading       boolean)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'igny8_budget_status'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION igny8_budget_status() IS
+    'each budget as the workers check it: the UTC period, the spend committed in it, the reservations of attempts in flight (USD), the limit, the action, whether the warning was sent';
+
+CREATE TRIGGER igny8_budgets_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_budgets
+    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+
+SELECT pg_catalog.pg_extension_config_dump('igny8_account_roles', '');
+SELECT pg_catalog.pg_extension_config_dump('igny8_budgets', '');
+
+--
 -- Privileges: nothing for PUBLIC; helpers grant what each role needs.
 --
 
@@ -2519,6 +2635,10 @@ REVOKE ALL ON FUNCTION igny8_cost_months() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_cost_by_account(timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON igny8_fixed_costs, igny8_reference_models, igny8_cost_monthly,
     igny8_cost_by_provider FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_account_roles_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_budget_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_unbind_usage(regrole) FROM PUBLIC;
+REVOKE ALL ON igny8_account_roles, igny8_budgets FROM PUBLIC;
 REVOKE ALL ON igny8_providers, igny8_workflows, igny8_models, igny8_fallbacks,
     igny8_prices, igny8_config_deletions, ai_usage_log, service_health_log, igny8_jobs,
     igny8_job_results, igny8_service_status, igny8_job_queue FROM PUBLIC;
@@ -2540,8 +2660,8 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_service_status, %s.service_health_log TO %s',
                               s, s, role);
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_job_queue TO %s', s, role);
-    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_health_state(), %s.igny8_worker_status(), %s.igny8_slot_status() TO %s',
-                              s, s, s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_health_state(), %s.igny8_worker_status(), %s.igny8_slot_status(), %s.igny8_budget_status() TO %s',
+                              s, s, s, s, role);
     -- cost: the aggregates, never a usage row
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_cost_by_provider, %s.igny8_cost_monthly, %s.igny8_fixed_costs TO %s',
                               s, s, s, role);
@@ -2551,10 +2671,12 @@ END
 $$;
 
 COMMENT ON FUNCTION igny8_grant_monitoring(regrole) IS
-    'let a role read igny8_service_status, service_health_log, igny8_job_queue, the worker and slot status, and the cost reports (igny8_cost_report, igny8_cost_by_provider, igny8_cost_monthly)';
+    'let a role read igny8_service_status, service_health_log, igny8_job_queue, the worker and slot status, the budgets'' spend, and the cost reports (igny8_cost_report, igny8_cost_by_provider, igny8_cost_monthly)';
 
--- Grant the calling functions to an application role.
-CREATE FUNCTION igny8_grant_usage(role regrole) RETURNS void
+-- Grant the calling functions to an application role; with an account,
+-- bind the role to it (igny8_account_roles).
+CREATE FUNCTION igny8_grant_usage(role regrole, account_id bigint DEFAULT NULL)
+RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2564,6 +2686,27 @@ BEGIN
     IF role IS NULL THEN
         RAISE EXCEPTION 'role must not be null'
             USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF account_id IS NOT NULL THEN
+        IF account_id OPERATOR(pg_catalog.<) 0 THEN
+            RAISE EXCEPTION 'account_id must not be negative'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('account_id was %s.', account_id);
+        END IF;
+        -- row-level security does not hold such a role to its account
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                    WHERE r.oid OPERATOR(pg_catalog.=) role::oid
+                      AND (r.rolsuper OR r.rolbypassrls)) THEN
+            RAISE EXCEPTION 'cannot bind role "%" to an account', role
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'The role is a superuser or has BYPASSRLS, so row-level security would not restrict what it reads.',
+                      HINT = 'Bind a role without SUPERUSER and BYPASSRLS.';
+        END IF;
+        INSERT INTO @extschema@.igny8_account_roles AS b (role, account_id)
+        VALUES (role, igny8_grant_usage.account_id)
+        ON CONFLICT ON CONSTRAINT igny8_account_roles_pkey DO UPDATE
+           SET account_id = excluded.account_id, bound_at = pg_catalog.now()
+         WHERE b.account_id OPERATOR(pg_catalog.<>) excluded.account_id;
     END IF;
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_generate_text(text, text, integer, double precision, text, interval, bigint) TO %s', s, role);
@@ -2582,8 +2725,8 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION igny8_grant_usage(regrole) IS
-    'let a role call the generation functions, submit jobs and read its jobs, ai_usage_log and igny8_cost_by_account';
+COMMENT ON FUNCTION igny8_grant_usage(regrole, bigint) IS
+    'let a role call the generation functions, submit jobs and read its jobs, ai_usage_log and igny8_cost_by_account; with account_id, bind it to that account';
 
 -- What the role named by igny8_ai.username needs to run the workers.
 CREATE FUNCTION igny8_grant_worker(role regrole) RETURNS void
@@ -2606,6 +2749,8 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_account_providers, %s.igny8_cache_settings TO %s',
                               s, s, role);
     EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s.igny8_response_cache TO %s', s, role);
+    -- the spend of the accounts with a budget is summed from ai_usage_log
+    EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log, %s.igny8_budgets TO %s', s, s, role);
     EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON %s.igny8_jobs TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_worker_alive(integer, timestamptz) TO %s', s, role);
     -- the workers take and write every job, whoever submitted it
@@ -2615,6 +2760,13 @@ BEGIN
         EXECUTE pg_catalog.format('CREATE POLICY %I ON %s.igny8_jobs FOR ALL TO %s USING (true)',
                                   'igny8_jobs_worker_' OPERATOR(pg_catalog.||) role::oid, s, role);
     END IF;
+    -- ... and write every account's usage rows
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
+                    WHERE p.polrelid OPERATOR(pg_catalog.=) '@extschema@.ai_usage_log'::pg_catalog.regclass
+                      AND p.polname OPERATOR(pg_catalog.=) ('igny8_usage_worker_' OPERATOR(pg_catalog.||) role::oid)) THEN
+        EXECUTE pg_catalog.format('CREATE POLICY %I ON %s.ai_usage_log FOR INSERT TO %s WITH CHECK (true)',
+                                  'igny8_usage_worker_' OPERATOR(pg_catalog.||) role::oid, s, role);
+    END IF;
 END
 $$;
 
@@ -2622,5 +2774,5 @@ COMMENT ON FUNCTION igny8_grant_worker(regrole) IS
     'grant what the role of igny8_ai.username needs: read the configuration, write ai_usage_log, run igny8_jobs';
 
 REVOKE ALL ON FUNCTION igny8_grant_monitoring(regrole) FROM PUBLIC;
-REVOKE ALL ON FUNCTION igny8_grant_usage(regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_grant_usage(regrole, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_grant_worker(regrole) FROM PUBLIC;

@@ -710,6 +710,7 @@ igny8_config_load(void)
 	read_fixed_costs(config, qschema);
 	read_reference_models(config, qschema);
 	read_cache_settings(config, qschema);
+	igny8_budgets_load(config, qschema);
 	/* last: the accounts' views copy everything above */
 	read_accounts(config, qschema);
 

@@ -563,12 +563,45 @@ resolve_account(Igny8Call *call, bool has_arg, int64 arg)
 
 /*
  * The account a call is charged to: the argument, else the session's
- * igny8_ai.account_id, else none.
+ * igny8_ai.account_id, else none.  A role bound to an account (account.c)
+ * is charged to it; naming another account, by argument, option or
+ * setting, is an error rather than silently ignored, so that an
+ * application that mixes up its accounts hears of it.
  */
 void
 igny8_resolve_account(bool has_arg, int64 arg, bool *has_account,
 					  int64 *account_id)
 {
+	int64		bound;
+
+	if (igny8_role_account(GetUserId(), &bound))
+	{
+		int64		asked = bound;
+		const char *how = NULL;
+
+		if (has_arg)
+		{
+			asked = arg;
+			how = "account_id argument or option";
+		}
+		else if (igny8_account_id != NULL && igny8_account_id[0] != '\0')
+		{
+			asked = strtoll(igny8_account_id, NULL, 10);
+			how = "setting igny8_ai.account_id";
+		}
+		if (asked != bound)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("role \"%s\" cannot charge account %lld",
+							GetUserNameFromId(GetUserId(), false),
+							(long long) asked),
+					 errdetail("The role is bound to account %lld; the %s named account %lld.",
+							   (long long) bound, how, (long long) asked),
+					 errhint("Omit account_id: the calls of a bound role are charged to its account.")));
+		*has_account = true;
+		*account_id = bound;
+		return;
+	}
 	if (has_arg)
 	{
 		if (arg < 0)

@@ -413,6 +413,13 @@ extern bool igny8_job_option(Igny8JobOptions *job, const char *key,
 extern void igny8_jobs_announce(void);
 extern void igny8_wake_job_waiters(const int64 *ids, int n);
 
+/* budget.c: the spend of the budgets, in shared memory */
+extern void igny8_budget_shmem_request(void);
+extern void igny8_budget_shmem_startup(void);
+
+/* account.c */
+extern bool igny8_role_account(Oid role, int64 *account);
+
 /* extension.c */
 extern void igny8_extension_hooks_init(void);
 extern void igny8_config_changed_at_commit(void);

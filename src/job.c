@@ -263,6 +263,9 @@ igny8_job_add_attempt(Igny8Job *job, Igny8Deployment *d)
 	a->model = d->model;
 	a->api_key_ref = d->provider->account_key_ref;
 	a->at = GetCurrentTimestamp();
+	/* the attempt's reservation is given back when its row commits */
+	a->budget_reserved = job->budget_reserved;
+	job->budget_reserved = 0;
 	job->attempts = lappend(job->attempts, a);
 	return a;
 }
@@ -343,6 +346,15 @@ finish_exhausted(Igny8Job *job, bool deadline)
 										job->alias, job->timeout_ms),
 							   attempts_detail(job),
 							   final_hint(job, "Pass a longer timeout, or raise igny8_ai.default_timeout."));
+	else if (job->budget_skipped)
+		igny8_job_finish_error(job, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+							   psprintf("budget of account %lld is exhausted",
+										(long long) job->account_id),
+							   psprintf("%s\n%s",
+										igny8_budget_refusal_detail(job->account_id,
+																	&job->budget_refusal),
+										attempts_detail(job)),
+							   final_hint(job, "The budget in igny8_budgets allows only self-hosted providers, and none could serve the request."));
 	else
 		igny8_job_finish_error(job, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
 							   psprintf("all providers failed for model alias \"%s\"",
@@ -381,6 +393,53 @@ effective_max_tokens(Igny8Job *job, Igny8Deployment *d)
 		return (d->max_tokens > 0) ? Min(job->max_tokens, d->max_tokens) :
 			job->max_tokens;
 	return (d->max_tokens > 0) ? d->max_tokens : IGNY8_DEFAULT_MAX_TOKENS;
+}
+
+/*
+ * Does a paid attempt on d fit the budgets of the job's account?  When it
+ * does, its estimate is reserved (budget.c).  When not, the budget's
+ * action applies: refuse ends the job with SQLSTATE 53400, and
+ * self_hosted_only skips the candidate.
+ */
+static bool
+budget_admits(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
+{
+	Igny8BudgetRefusal r;
+	int64		estimate;
+
+	if (!job->has_account || job->budget_reserved > 0 ||
+		job->config == NULL || job->config->nbudgets == 0)
+		return true;
+	estimate = igny8_attempt_estimate(job->config, job, d,
+									  effective_max_tokens(job, d), now);
+	if (estimate <= 0)
+		return true;			/* not paid */
+	memset(&r, 0, sizeof(r));
+	if (igny8_budget_admit(job->account_id, estimate, now, &r))
+	{
+		job->budget_reserved = estimate;
+		return true;
+	}
+	if (r.self_hosted_only)
+	{
+		Igny8Attempt *a = igny8_job_add_attempt(job, d);
+
+		a->error = psprintf("skipped: the %s budget of account %lld allows only self-hosted providers now (spent %s of %s USD, estimate %s USD)",
+							igny8_budget_period_name(r.period),
+							(long long) job->account_id,
+							igny8_micro_text(r.spent), igny8_micro_text(r.limit),
+							igny8_micro_text(r.estimate));
+		job->budget_skipped = true;
+		job->budget_refusal = r;
+		igny8_job_next_candidate(job, now);
+		return false;
+	}
+	igny8_job_finish_error(job, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+						   psprintf("budget of account %lld is exhausted",
+									(long long) job->account_id),
+						   igny8_budget_refusal_detail(job->account_id, &r),
+						   final_hint(job, "Raise limit_usd in igny8_budgets, or wait for the next period."));
+	return false;
 }
 
 /* Record in the slot that an attempt reached the network. */
@@ -509,6 +568,14 @@ start_attempt(Igny8Job *job, TimestampTz now)
 		a->error = psprintf("provider kind \"%s\" cannot serve %s",
 							igny8_provider_kind_name(p->kind), ops->name);
 		igny8_job_next_candidate(job, now);
+		return;
+	}
+
+	/* a paid attempt must fit the account's budgets, fallbacks included */
+	if (!budget_admits(job, d, now))
+	{
+		leave_queue(job);
+		igny8_job_release_place(job);
 		return;
 	}
 
@@ -964,6 +1031,20 @@ igny8_job_abort(Igny8Job *job, const char *why)
 static void
 forget(Igny8Job *job)
 {
+	ListCell   *lc;
+
+	/* reservations whose rows were never committed are given back */
+	if (job->has_account)
+	{
+		igny8_budget_settle(job->account_id, job->budget_reserved, NULL);
+		foreach(lc, job->attempts)
+		{
+			Igny8Attempt *a = lfirst(lc);
+
+			igny8_budget_settle(job->account_id, a->budget_reserved, NULL);
+			a->budget_reserved = 0;
+		}
+	}
 	dlist_delete(&job->node);
 	if (job->gpu_clock >= 0)
 		gpu_stop(job, GetCurrentTimestamp());

@@ -310,3 +310,76 @@ igny8_job_cost(Igny8Job *job)
 		return pstrdup("0");
 	return DatumGetCString(DirectFunctionCall1(numeric_out, sum));
 }
+
+/*
+ * A price in thousandths of its unit, rounded up, computed once per copy
+ * of the configuration: for a price per 1M tokens, nano-USD per token;
+ * per image, nano-USD per image divided by a million.  The estimates use
+ * it so that they need no numeric arithmetic.
+ */
+static int64
+price_nano(Igny8Price *p)
+{
+	if (p == NULL)
+		return 0;
+	if (p->nano <= 0)
+	{
+		Datum		d;
+
+		d = DirectFunctionCall2(numeric_mul, p->price,
+								NumericGetDatum(int64_to_numeric(1000)));
+		d = DirectFunctionCall1(numeric_ceil, d);
+		p->nano = DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+		if (p->nano <= 0)
+			p->nano = 0;
+	}
+	return p->nano;
+}
+
+/*
+ * What an attempt on deployment d may cost at most, in micro-USD rounded
+ * up, for the budgets (budget.c): 0 when d has no price, i.e. is not paid.
+ * Text: the prompt's bytes plus 8 tokens per message and 8 more as input
+ * tokens (a token is at least one byte; the rest covers the chat format)
+ * at the input price, and max_tokens output tokens at the output price.
+ * Images: one image of the size and quality asked for.
+ */
+int64
+igny8_attempt_estimate(Igny8Config *config, Igny8Job *job,
+					   Igny8Deployment *d, int max_tokens, TimestampTz at)
+{
+	const char *provider = d->provider->id;
+	int64		nano = 0;
+
+	if (job->task == IGNY8_TASK_IMAGE)
+	{
+		char		size[32];
+		Igny8Price *p;
+
+		snprintf(size, sizeof(size), "%dx%d", job->img_width,
+				 job->img_height);
+		p = find_price(config, provider, d->model, IGNY8_PRICE_IMAGE, size,
+					   job->img_quality ? job->img_quality : "standard", at);
+		if (p == NULL)
+			p = find_price(config, provider, d->model, IGNY8_PRICE_IMAGE,
+						   size, "", at);
+		/* per image: USD, i.e. 10^9 nano-USD, 10^6 times price_nano */
+		nano = price_nano(p) * 1000000;
+	}
+	else if (job->task != IGNY8_TASK_HEALTH)
+	{
+		int64		input = 8;
+
+		for (int i = 0; i < job->nmessages; i++)
+			input += 8 + (job->messages[i].content ?
+						  strlen(job->messages[i].content) : 0);
+		/* per 1M tokens: price_nano is nano-USD per token */
+		nano = input * price_nano(find_price(config, provider, d->model,
+											 IGNY8_PRICE_INPUT, "", "", at)) +
+			(int64) Max(max_tokens, 0) *
+			price_nano(find_price(config, provider, d->model,
+								  IGNY8_PRICE_OUTPUT, "", "", at));
+	}
+	/* micro-USD, rounded up */
+	return (nano + 999) / 1000;
+}

@@ -91,6 +91,7 @@ igny8_shmem_request(void)
 	RequestAddinShmemSpace(MAXALIGN(queues_size()));
 	RequestAddinShmemSpace(MAXALIGN(waiters_size()));
 	RequestAddinShmemSpace(MAXALIGN(IGNY8_DSA_INITIAL_SIZE));
+	igny8_budget_shmem_request();
 }
 
 static void
@@ -182,6 +183,7 @@ igny8_shmem_startup(void)
 										&found_other);
 	if (!found)
 		init_shared();
+	igny8_budget_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -278,6 +278,7 @@ igny8_usage_flush(Igny8Config *config)
 	dlist_iter	iter;
 	ListCell   *lc;
 	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool committed = false;
 
 	if (!anything_to_write())
 		return;
@@ -298,6 +299,7 @@ igny8_usage_flush(Igny8Config *config)
 		foreach(lc, igny8_pending_notifies)
 			Async_Notify("igny8_ai_health", (char *) lfirst(lc));
 		igny8_worker_commit();
+		committed = true;
 		igny8_jobs_flushed(true);
 	}
 	PG_CATCH();
@@ -340,11 +342,36 @@ igny8_usage_flush(Igny8Config *config)
 
 		foreach(lc, job->attempts)
 		{
-			Igny8Attempt *a = lfirst(lc);
+			Igny8Attempt *a = (Igny8Attempt *) lfirst(lc);
 
 			if (a->sent && !a->cached && !a->logged)
 				igny8_provider_count_attempt(a->provider, a->success);
+			/* the budgets: reservation given back, committed cost spent */
+			if (!a->logged && job->has_account)
+			{
+				igny8_budget_settle(job->account_id, a->budget_reserved,
+									(committed && a->sent) ? a->cost : NULL);
+				a->budget_reserved = 0;
+			}
 			a->logged = true;
 		}
+	}
+
+	/* a budget's warning threshold reached: NOTIFY igny8_ai_budget */
+	if (igny8_budget_notices_pending())
+	{
+		PG_TRY();
+		{
+			igny8_worker_begin("igny8_ai: budget notice");
+			igny8_budget_queue_notices();
+			igny8_worker_commit();
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(cxt);
+			igny8_worker_recover();
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(cxt);
 	}
 }

@@ -709,6 +709,7 @@ igny8_worker_main(Datum main_arg)
 	/* what a previous incarnation held is given back before we take more */
 	igny8_places_forget_worker(igny8_worker_index);
 	igny8_gpu_clock_forget_worker(igny8_worker_index);
+	igny8_budget_forget_worker(igny8_worker_index);
 	SpinLockAcquire(&me->mutex);
 	me->procno = MyProc->pgprocno;
 	me->pid = MyProcPid;

@@ -105,6 +105,8 @@ typedef struct Igny8Price
 	TimestampTz valid_from;
 	bool		has_valid_to;
 	TimestampTz valid_to;
+	int64		nano;			/* price * 1000, rounded up, for the budgets'
+								 * estimates (price.c); 0 until computed */
 } Igny8Price;
 
 /* One row of igny8_fixed_costs. */
@@ -149,6 +151,21 @@ typedef struct Igny8CacheSetting
 	int			max_entries;
 	bool		nonzero_temperature;
 } Igny8CacheSetting;
+/* One row of igny8_budgets, in micro-USD. */
+typedef enum Igny8BudgetPeriod
+{
+	IGNY8_BUDGET_DAY,
+	IGNY8_BUDGET_MONTH
+} Igny8BudgetPeriod;
+
+typedef struct Igny8Budget
+{
+	int64		account_id;
+	Igny8BudgetPeriod period;
+	int64		limit;
+	int64		warn;
+	bool		self_hosted_only;	/* else refuse */
+} Igny8Budget;
 
 typedef struct Igny8Config
 {
@@ -173,6 +190,8 @@ typedef struct Igny8Config
 	Igny8Account *accounts;
 	int			ncache;
 	Igny8CacheSetting *cache;
+	int			nbudgets;
+	Igny8Budget *budgets;
 } Igny8Config;
 
 extern Igny8Config *igny8_config_load(void);
@@ -186,6 +205,34 @@ extern Igny8Config *igny8_config_for_account(Igny8Config *config,
 											 Igny8Account **account);
 extern Igny8CacheSetting *igny8_config_cache(Igny8Config *config,
 											 const char *alias);
+
+/* ----- budget.c ----- */
+
+/* Why a paid attempt does not fit a budget. */
+typedef struct Igny8BudgetRefusal
+{
+	Igny8BudgetPeriod period;
+	TimestampTz period_start;
+	int64		spent;			/* micro-USD, as are the others */
+	int64		reserved;
+	int64		limit;
+	int64		estimate;
+	bool		self_hosted_only;	/* skip paid candidates, else refuse */
+} Igny8BudgetRefusal;
+
+extern void igny8_budgets_load(Igny8Config *config, const char *qschema);
+extern bool igny8_budget_admit(int64 account_id, int64 estimate,
+							   TimestampTz now, Igny8BudgetRefusal *refusal);
+extern void igny8_budget_settle(int64 account_id, int64 reserved,
+								const char *cost);
+extern void igny8_budget_forget_worker(int worker);
+extern bool igny8_budget_notices_pending(void);
+extern void igny8_budget_queue_notices(void);
+extern char *igny8_budget_refusal_detail(int64 account_id,
+										 const Igny8BudgetRefusal *r);
+extern const char *igny8_budget_period_name(Igny8BudgetPeriod period);
+extern char *igny8_micro_text(int64 micro);
+extern int64 igny8_numeric_micro(Numeric usd);
 
 /* ----- secrets.c ----- */
 
@@ -308,6 +355,8 @@ typedef struct Igny8Attempt
 	const char *api_key_ref;	/* the account's own key's reference, or
 								 * NULL: the provider's key */
 	bool		cached;			/* answered from igny8_response_cache */
+	int64		budget_reserved;	/* micro-USD reserved on its account's
+									 * budgets until its row commits */
 } Igny8Attempt;
 
 /* A request the worker holds, from its slot to its answer. */
@@ -365,6 +414,11 @@ typedef struct Igny8Job
 	int			inflight_next;	/* ... once the transaction writing it
 								 * commits */
 	TimestampTz intent_at;		/* JOB_INTENT: since when */
+
+	/* budgets (budget.c) */
+	int64		budget_reserved;	/* reserved for the attempt in progress */
+	bool		budget_skipped; /* a paid candidate was skipped ... */
+	Igny8BudgetRefusal budget_refusal;	/* ... because of this */
 
 	/* outcome */
 	bool		success;
@@ -555,5 +609,8 @@ extern char *igny8_attempt_cost(Igny8Config *config, Igny8Job *job,
 extern char *igny8_attempt_reference_cost(Igny8Config *config, Igny8Job *job,
 										  Igny8Attempt *a);
 extern char *igny8_job_cost(Igny8Job *job);
+extern int64 igny8_attempt_estimate(Igny8Config *config, Igny8Job *job,
+									 Igny8Deployment *d, int max_tokens,
+									 TimestampTz at);
 
 #endif							/* IGNY8_WORKER_H */

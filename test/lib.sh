@@ -358,6 +358,9 @@ SELECT 'fixed cost', box, providers, description, monthly_amount, valid_from,
 SELECT 'reference', alias, provider, model, origin
   FROM igny8_reference_models ORDER BY 2;
 SELECT 'deleted', table_name, key FROM igny8_config_deletions ORDER BY 2, 3::text;
+SELECT 'binding', role, account_id, bound_at FROM igny8_account_roles ORDER BY 2::text;
+SELECT 'budget', account_id, period, limit_usd, action, warn_fraction
+  FROM igny8_budgets ORDER BY 2, 3;
 SELECT 'job', jobid, jobname, schedule, command, active FROM cron.job ORDER BY jobid;
 SQL
 }

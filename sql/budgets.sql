@@ -1,0 +1,150 @@
+--
+-- budgets: igny8_budgets, checked by the workers before every paid attempt
+--
+\set ECHO none
+\o /dev/null
+\i test/regress/prelude.sql
+\o
+\set ECHO all
+TRUNCATE ai_usage_log;
+DELETE FROM igny8_budgets;
+
+-- an alias whose only deployment is paid (OpenAI's gpt-4), falling back to
+-- a self-hosted one
+INSERT INTO igny8_models (alias, provider_id, provider_model, timeout, max_tokens)
+VALUES ('budget-paid', 'openai', 'gpt-4', '60 s', 4096),
+       ('budget-local', 'self_hosted_ai', 'qwen3:8b', '60 s', 2048);
+INSERT INTO igny8_fallbacks (alias, position, fallback_alias)
+VALUES ('budget-paid', 1, 'budget-local');
+
+-- bad input: a clear error, nothing stored
+SELECT show_error($$INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (501, 'day', -1)$$);
+SELECT show_error($$INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (501, 'week', 1)$$);
+SELECT show_error($$INSERT INTO igny8_budgets (account_id, period, limit_usd, action) VALUES (501, 'day', 1, 'warn')$$);
+SELECT show_error($$INSERT INTO igny8_budgets (account_id, period, limit_usd, warn_fraction) VALUES (501, 'day', 1, 1.5)$$);
+SELECT show_error($$INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (-1, 'day', 1)$$);
+SELECT show_error($$INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (501, NULL, 1)$$);
+SELECT count(*) AS budgets FROM igny8_budgets;
+
+-- account 501 spent 0.099 USD today before it had a budget; its budget of
+-- 0.10 a day is rebuilt from ai_usage_log
+INSERT INTO ai_usage_log (request_id, account_id, provider, task_type, model_alias,
+                          success, attempt, cost)
+VALUES (gen_random_uuid(), 501, 'openai', 'chat', 'budget-paid', true, 1, 0.099);
+INSERT INTO igny8_budgets (account_id, period, limit_usd, action, warn_fraction)
+VALUES (501, 'day', 0.10, 'refuse', 0.5);
+SELECT wait_for_config();
+
+-- refuse: the estimate of the OpenAI attempt is (8 + 8 + 20 bytes) input
+-- tokens at 30 USD per 1M and 20 output tokens (max_tokens) at 60:
+-- 36 * 30 / 1e6 + 20 * 60 / 1e6 = 0.002280; 0.099 + 0.00228 > 0.10
+SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Budget one two three"}]',
+                                      'budget-paid', '{"account_id": 501, "max_tokens": 20}')$$);
+SELECT count(*) AS rows_after_refusal FROM ai_usage_log;
+-- another account has no budget: the same call goes to OpenAI
+SELECT provider, cost FROM igny8_chat('[{"role": "user", "content": "Budget one two three"}]',
+                                      'budget-paid', '{"account_id": 502, "max_tokens": 20}');
+-- a call without a paid candidate is not concerned
+SELECT provider, cost FROM igny8_chat('[{"role": "user", "content": "Budget one two three"}]',
+                                      'gpt-4', '{"account_id": 501, "max_tokens": 20}');
+
+-- a submitted job is refused the same way
+SELECT igny8_submit_chat('[{"role": "user", "content": "Budget one two three"}]',
+                         'budget-paid', '{"account_id": 501, "max_tokens": 20}') AS job \gset
+SELECT state, error_code, error_message FROM igny8_wait_job(:job, '60 s');
+
+-- self_hosted_only: the OpenAI candidate is skipped, the self-hosted
+-- fallback answers
+UPDATE igny8_budgets SET action = 'self_hosted_only' WHERE account_id = 501;
+SELECT wait_for_config();
+TRUNCATE ai_usage_log;
+INSERT INTO ai_usage_log (request_id, account_id, provider, task_type, model_alias,
+                          success, attempt, cost)
+VALUES (gen_random_uuid(), 501, 'openai', 'chat', 'budget-paid', true, 1, 0.099);
+SELECT provider, model, cost FROM igny8_chat('[{"role": "user", "content": "Budget one two three"}]',
+                                             'budget-paid', '{"account_id": 501, "max_tokens": 20}');
+SELECT provider, model_used, success, cost FROM ai_usage_log ORDER BY id;
+-- and when no self-hosted candidate is left, the budget's error
+SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Budget one two three [[sim ollama:status=404]]"}]',
+                                      'budget-paid', '{"account_id": 501, "max_tokens": 20}')$$);
+
+-- account 504 spent 0.099 today, and gets a budget of 0.20 with a warning
+-- at 0.10: the paid candidate is used and its cost counts; the spend
+-- crosses the threshold once, and NOTIFY igny8_ai_budget says so once in
+-- the period.  (Account 501 was warned when its budget was made: it had
+-- spent more than its threshold already.)
+INSERT INTO ai_usage_log (request_id, account_id, provider, task_type, model_alias,
+                          success, attempt, cost)
+VALUES (gen_random_uuid(), 504, 'openai', 'chat', 'budget-paid', true, 1, 0.099);
+INSERT INTO igny8_budgets (account_id, period, limit_usd, action, warn_fraction)
+VALUES (504, 'day', 0.20, 'refuse', 0.5);
+SELECT wait_for_config();
+SELECT dblink_connect('listener', 'dbname=' || current_database());
+SELECT dblink_exec('listener', 'LISTEN igny8_ai_budget');
+CREATE TEMP TABLE notices (payload text);
+-- the notices received up to the sentinel this session sent just before
+-- (a notice the workers committed earlier is delivered before it)
+CREATE FUNCTION notices_until_sentinel() RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..600 LOOP
+        INSERT INTO notices SELECT extra FROM dblink_get_notify('listener');
+        IF EXISTS (SELECT 1 FROM notices WHERE payload = 'sentinel') THEN
+            DELETE FROM notices WHERE payload = 'sentinel';
+            RETURN (SELECT count(*) FROM notices);
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RAISE EXCEPTION 'the sentinel notice did not arrive';
+END
+$$;
+-- 0.099 + 0.00066 = 0.09966: under the threshold
+SELECT provider, cost FROM igny8_chat('[{"role": "user", "content": "Budget one two three"}]',
+                                      'budget-paid', '{"account_id": 504, "max_tokens": 20}');
+NOTIFY igny8_ai_budget, 'sentinel';
+SELECT notices_until_sentinel() AS notices;
+-- 0.10032: over it
+SELECT provider, cost FROM igny8_chat('[{"role": "user", "content": "Budget one two three"}]',
+                                      'budget-paid', '{"account_id": 504, "max_tokens": 20}');
+NOTIFY igny8_ai_budget, 'sentinel';
+SELECT notices_until_sentinel() AS notices;
+SELECT p->>'account_id' AS account_id, p->>'period' AS period, p->>'spend' AS spend,
+       p->>'limit' AS "limit", p->>'warn_at' AS warn_at,
+       (p->>'period_start')::timestamptz = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS utc_day
+  FROM (SELECT payload::jsonb AS p FROM notices) n;
+-- 0.10098: still over it, no second notice
+SELECT provider, cost FROM igny8_chat('[{"role": "user", "content": "Budget one two three"}]',
+                                      'budget-paid', '{"account_id": 504, "max_tokens": 20}');
+NOTIFY igny8_ai_budget, 'sentinel';
+SELECT notices_until_sentinel() AS notices;
+SELECT dblink_disconnect('listener');
+SELECT account_id, sum(cost) FROM ai_usage_log GROUP BY account_id ORDER BY account_id;
+
+-- a month budget of 0 refuses every paid attempt, fallbacks included, and
+-- lets the self-hosted ones through
+INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (503, 'month', 0);
+SELECT wait_for_config();
+SELECT provider FROM igny8_chat('[{"role": "user", "content": "Month"}]', 'gpt-4',
+                                '{"account_id": 503, "max_tokens": 20}');
+SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Month [[sim ollama:status=500]]"}]',
+                                      'gpt-4', '{"account_id": 503, "max_tokens": 20}')$$);
+-- the session's igny8_ai.account_id is the account too
+SET igny8_ai.account_id = 503;
+SELECT show_error($$SELECT igny8_generate_text('Month', 'budget-paid', 20)$$);
+RESET igny8_ai.account_id;
+-- a budget removed no longer applies
+DELETE FROM igny8_budgets WHERE account_id = 503;
+SELECT wait_for_config();
+SELECT provider FROM igny8_chat('[{"role": "user", "content": "Month"}]', 'budget-paid',
+                                '{"account_id": 503, "max_tokens": 20}');
+
+-- the budgets are configuration: pg_dump keeps them
+SELECT c.oid::regclass AS dumped
+  FROM pg_extension e, unnest(e.extconfig) c(oid)
+ WHERE e.extname = 'igny8_ai' AND c.oid IN ('igny8_budgets'::regclass, 'igny8_account_roles'::regclass)
+ ORDER BY 1;
+
+DELETE FROM igny8_budgets;
+DELETE FROM igny8_fallbacks WHERE alias = 'budget-paid';
+DELETE FROM igny8_models WHERE alias IN ('budget-paid', 'budget-local');
+DROP FUNCTION notices_until_sentinel();
+SELECT wait_for_config();

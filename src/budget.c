@@ -1,0 +1,632 @@
+/*-------------------------------------------------------------------------
+ *
+ * budget.c
+ *	  Budgets (igny8_budgets): a limit in USD per account and period, the
+ *	  spend against it in shared memory, and the check a worker makes
+ *	  before every paid attempt.
+ *
+ * Shared memory holds one entry per budget (account and period): the
+ * spend committed in the current period, the reservations of the attempts
+ * in flight (one count per worker, so that a worker that starts again
+ * forgets what its previous incarnation held), the limit, the warning
+ * threshold and the action, all in micro-USD (ai_usage_log.cost has six
+ * decimals, so the spend is exact).  An attempt is paid when its provider
+ * and model have a price (price.c); its estimate is its prompt's size in
+ * bytes plus a few tokens per message as input tokens (a token is at least
+ * one byte) and its max_tokens as output tokens, or one image of its size.
+ *
+ * The check (igny8_budget_admit) runs no query: under the budgets lock it
+ * compares spend + reservations + estimate with the limit, and reserves
+ * the estimate when it fits.  The reservation is moved onto the attempt
+ * when it ends (job.c) and given back when the attempt's usage row is
+ * committed, at which point its cost is added to the spend (usage.c); so
+ * the spend can pass a limit only by what the attempts in flight cost
+ * beyond their estimates.
+ *
+ * The entries are made when a worker loads the configuration (config.c):
+ * an entry new to shared memory (after a start, or a budget added) has its
+ * spend summed from ai_usage_log.  While it is summed, costs committed by
+ * other workers are kept aside and added to the sum, so none is missed
+ * (one committed just before the sum may count twice: never fewer).
+ *
+ * Periods are UTC days and months.  When the spend of a period reaches the
+ * warning threshold, NOTIFY igny8_ai_budget is sent once for that period.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+
+#include "worker.h"
+
+#define IGNY8_MAX_BUDGETS	1024
+
+typedef struct Igny8BudgetEntry
+{
+	int64		account_id;
+	Igny8BudgetPeriod period;
+	int64		limit;			/* micro-USD */
+	int64		warn;			/* micro-USD: notify from here */
+	bool		self_hosted_only;	/* else refuse */
+	bool		loading;		/* its spend is being summed */
+	TimestampTz period_start;
+	TimestampTz period_end;		/* the next period's start */
+	int64		spent;			/* committed in the period */
+	int64		aside;			/* committed while loading */
+	TimestampTz warned_for;		/* period whose notice was sent, or 0 */
+	int64		reserved[IGNY8_MAX_WORKERS];
+} Igny8BudgetEntry;
+
+typedef struct Igny8BudgetShared
+{
+	LWLock	   *lock;
+	int			n;
+	Igny8BudgetEntry entries[IGNY8_MAX_BUDGETS];
+} Igny8BudgetShared;
+
+static Igny8BudgetShared *budgets = NULL;
+
+PG_FUNCTION_INFO_V1(igny8_budget_status);
+
+/* notices to send after the usage transaction, in TopMemoryContext */
+static List *pending_notices = NIL;
+
+void
+igny8_budget_shmem_request(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(Igny8BudgetShared)));
+	RequestNamedLWLockTranche("igny8_ai budgets", 1);
+}
+
+/* Called under AddinShmemInitLock. */
+void
+igny8_budget_shmem_startup(void)
+{
+	bool		found;
+
+	budgets = ShmemInitStruct("igny8_ai budgets", sizeof(Igny8BudgetShared),
+							  &found);
+	if (!found)
+	{
+		budgets->lock = &(GetNamedLWLockTranche("igny8_ai budgets"))->lock;
+		budgets->n = 0;
+	}
+}
+
+const char *
+igny8_budget_period_name(Igny8BudgetPeriod period)
+{
+	return period == IGNY8_BUDGET_DAY ? "day" : "month";
+}
+
+/* The start of the UTC day or month that holds now. */
+static TimestampTz
+period_start(Igny8BudgetPeriod period, TimestampTz now)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	TimestampTz start;
+
+	if (timestamp2tm(now, NULL, &tm, &fsec, NULL, NULL) != 0)
+		return now;
+	tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+	if (period == IGNY8_BUDGET_MONTH)
+		tm.tm_mday = 1;
+	if (tm2timestamp(&tm, 0, NULL, &start) != 0)
+		return now;
+	return start;
+}
+
+/* micro-USD as text: "12.345678" */
+char *
+igny8_micro_text(int64 micro)
+{
+	return psprintf("%s%lld.%06lld", micro < 0 ? "-" : "",
+					(long long) (Abs(micro) / 1000000),
+					(long long) (Abs(micro) % 1000000));
+}
+
+/* A numeric in USD as micro-USD, rounded up. */
+int64
+igny8_numeric_micro(Numeric usd)
+{
+	Datum		d;
+
+	d = DirectFunctionCall2(numeric_mul, NumericGetDatum(usd),
+							NumericGetDatum(int64_to_numeric(1000000)));
+	d = DirectFunctionCall1(numeric_ceil, d);
+	return DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+}
+
+/*
+ * Numeric text in USD as micro-USD, rounded up.  A cost as the usage rows
+ * keep it (digits, at most six decimals) is read directly: this runs for
+ * every priced attempt.
+ */
+static int64
+text_micro(const char *usd)
+{
+	const char *p = usd;
+	int64		whole = 0;
+	int64		frac = 0;
+	int			nfrac = 0;
+
+	while (*p >= '0' && *p <= '9' && whole < PG_INT64_MAX / 100000000)
+		whole = whole * 10 + (*p++ - '0');
+	if (p > usd && *p == '.')
+	{
+		p++;
+		while (*p >= '0' && *p <= '9' && nfrac < 6)
+		{
+			frac = frac * 10 + (*p++ - '0');
+			nfrac++;
+		}
+	}
+	if (p > usd && *p == '\0')
+	{
+		for (; nfrac < 6; nfrac++)
+			frac *= 10;
+		return whole * 1000000 + frac;
+	}
+	return igny8_numeric_micro(DatumGetNumeric(DirectFunctionCall3(numeric_in,
+																   CStringGetDatum(usd),
+																   ObjectIdGetDatum(InvalidOid),
+																   Int32GetDatum(-1))));
+}
+
+/* The spend of an entry in its period, what is kept aside included. */
+static inline int64
+entry_spent(Igny8BudgetEntry *e)
+{
+	return e->spent + e->aside;
+}
+
+static int64
+entry_reserved(Igny8BudgetEntry *e)
+{
+	int64		sum = 0;
+
+	for (int i = 0; i < IGNY8_MAX_WORKERS; i++)
+		sum += e->reserved[i];
+	return sum;
+}
+
+/* The start of the period after the one that starts at start. */
+static TimestampTz
+period_after(Igny8BudgetPeriod period, TimestampTz start)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	TimestampTz end;
+
+	if (period == IGNY8_BUDGET_DAY)
+		return start + USECS_PER_DAY;
+	if (timestamp2tm(start, NULL, &tm, &fsec, NULL, NULL) != 0)
+		return start + 28 * USECS_PER_DAY;
+	if (++tm.tm_mon > MONTHS_PER_YEAR)
+	{
+		tm.tm_mon = 1;
+		tm.tm_year++;
+	}
+	if (tm2timestamp(&tm, 0, NULL, &end) != 0)
+		return start + 28 * USECS_PER_DAY;
+	return end;
+}
+
+/*
+ * A new period starts from nothing (the reservations go on).  Called on
+ * every check: a comparison, until the period ends.
+ */
+static void
+roll_period(Igny8BudgetEntry *e, TimestampTz now)
+{
+	TimestampTz start;
+
+	if (now < e->period_end)
+		return;
+	start = period_start(e->period, now);
+	if (start > e->period_start)
+	{
+		e->period_start = start;
+		e->spent = 0;
+		e->aside = 0;
+		e->warned_for = 0;
+	}
+	e->period_end = period_after(e->period, e->period_start);
+}
+
+static Igny8BudgetEntry *
+find_entry(int64 account_id, Igny8BudgetPeriod period)
+{
+	for (int i = 0; i < budgets->n; i++)
+	{
+		Igny8BudgetEntry *e = &budgets->entries[i];
+
+		if (e->account_id == account_id && e->period == period)
+			return e;
+	}
+	return NULL;
+}
+
+/* The payload of NOTIFY igny8_ai_budget. */
+static char *
+notice_payload(Igny8BudgetEntry *e)
+{
+	return psprintf("{\"account_id\": %lld, \"period\": \"%s\", \"period_start\": \"%s\", \"spend\": %s, \"limit\": %s, \"warn_at\": %s}",
+					(long long) e->account_id,
+					igny8_budget_period_name(e->period),
+					timestamptz_to_str(e->period_start),
+					igny8_micro_text(entry_spent(e)),
+					igny8_micro_text(e->limit),
+					igny8_micro_text(e->warn));
+}
+
+/* Under the lock: queue the notice if the threshold is reached. */
+static void
+check_warning_locked(Igny8BudgetEntry *e)
+{
+	if (!e->loading && entry_spent(e) >= e->warn &&
+		e->warned_for != e->period_start)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		e->warned_for = e->period_start;
+		pending_notices = lappend(pending_notices, notice_payload(e));
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * Read igny8_budgets into the configuration, then make the shared entries
+ * match it: an entry new to shared memory has its spend summed from
+ * ai_usage_log, an entry whose budget is gone is dropped.  Runs in the
+ * configuration's transaction, with SPI.
+ */
+void
+igny8_budgets_load(Igny8Config *config, const char *qschema)
+{
+	int			ret;
+	MemoryContext old;
+	TimestampTz now = GetCurrentTimestamp();
+	bool	   *keep;
+	int			n;
+	SPIPlanPtr	plan;
+	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
+
+	ret = SPI_execute(psprintf("SELECT account_id, period, limit_usd::text,"
+							   " (limit_usd OPERATOR(pg_catalog.*) warn_fraction)::text,"
+							   " action"
+							   " FROM %s.igny8_budgets"
+							   " ORDER BY account_id, period", qschema),
+					  true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_budgets: %s",
+			 SPI_result_code_string(ret));
+	if (SPI_processed > IGNY8_MAX_BUDGETS)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("only the first %d rows of igny8_budgets are enforced",
+						IGNY8_MAX_BUDGETS)));
+
+	old = MemoryContextSwitchTo(config->cxt);
+	n = (int) Min(SPI_processed, IGNY8_MAX_BUDGETS);
+	config->nbudgets = 0;
+	config->budgets = palloc0(sizeof(Igny8Budget) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Igny8Budget *b = &config->budgets[config->nbudgets++];
+		bool		isnull;
+		char	   *s;
+
+		b->account_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		s = SPI_getvalue(tup, desc, 2);
+		b->period = (strcmp(s, "day") == 0) ? IGNY8_BUDGET_DAY :
+			IGNY8_BUDGET_MONTH;
+		b->limit = text_micro(SPI_getvalue(tup, desc, 3));
+		b->warn = text_micro(SPI_getvalue(tup, desc, 4));
+		s = SPI_getvalue(tup, desc, 5);
+		b->self_hosted_only = (strcmp(s, "self_hosted_only") == 0);
+	}
+	MemoryContextSwitchTo(old);
+
+	/* make the shared entries match */
+	keep = palloc0(sizeof(bool) * IGNY8_MAX_BUDGETS);
+	LWLockAcquire(budgets->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < config->nbudgets; i++)
+	{
+		Igny8Budget *b = &config->budgets[i];
+		Igny8BudgetEntry *e = find_entry(b->account_id, b->period);
+
+		if (e == NULL && budgets->n < IGNY8_MAX_BUDGETS)
+		{
+			e = &budgets->entries[budgets->n++];
+			memset(e, 0, sizeof(*e));
+			e->account_id = b->account_id;
+			e->period = b->period;
+			e->loading = true;
+			e->period_start = period_start(b->period, now);
+			e->period_end = period_after(b->period, e->period_start);
+		}
+		if (e == NULL)
+			continue;
+		e->limit = b->limit;
+		e->warn = b->warn;
+		e->self_hosted_only = b->self_hosted_only;
+		keep[e - budgets->entries] = true;
+	}
+	/* drop the entries of budgets that are gone, keeping the order */
+	{
+		int			j = 0;
+
+		for (int i = 0; i < budgets->n; i++)
+		{
+			if (!keep[i])
+				continue;
+			if (i != j)
+				budgets->entries[j] = budgets->entries[i];
+			j++;
+		}
+		budgets->n = j;
+	}
+	LWLockRelease(budgets->lock);
+	pfree(keep);
+
+	/*
+	 * Sum the spend of the entries still loading (made here, or by a worker
+	 * whose load failed), outside the lock: what commits meanwhile is kept
+	 * aside in the entry.
+	 */
+	plan = SPI_prepare(psprintf("SELECT COALESCE(pg_catalog.sum(cost), 0)::text"
+								" FROM %s.ai_usage_log"
+								" WHERE account_id OPERATOR(pg_catalog.=) $1"
+								" AND created_at OPERATOR(pg_catalog.>=) $2",
+								qschema), 2, types);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the budget spend query: %s",
+			 SPI_result_code_string(SPI_result));
+	for (int i = 0; i < config->nbudgets; i++)
+	{
+		Igny8Budget *b = &config->budgets[i];
+		Igny8BudgetEntry *e;
+		TimestampTz start;
+		bool		loading;
+		Datum		values[2];
+		int64		sum;
+
+		LWLockAcquire(budgets->lock, LW_SHARED);
+		e = find_entry(b->account_id, b->period);
+		loading = (e != NULL && e->loading);
+		start = e ? e->period_start : 0;
+		LWLockRelease(budgets->lock);
+		if (!loading)
+			continue;
+
+		values[0] = Int64GetDatum(b->account_id);
+		values[1] = TimestampTzGetDatum(start);
+		ret = SPI_execute_plan(plan, values, NULL, true, 1);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "could not sum the spend of account %lld: %s",
+				 (long long) b->account_id, SPI_result_code_string(ret));
+		sum = text_micro(SPI_getvalue(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1));
+
+		LWLockAcquire(budgets->lock, LW_EXCLUSIVE);
+		e = find_entry(b->account_id, b->period);
+		if (e != NULL && e->loading && e->period_start == start)
+		{
+			e->spent = sum;
+			e->loading = false;
+			roll_period(e, GetCurrentTimestamp());
+			check_warning_locked(e);
+		}
+		LWLockRelease(budgets->lock);
+	}
+	SPI_freeplan(plan);
+
+	/* a threshold reached by the spend summed: in this transaction */
+	igny8_budget_queue_notices();
+}
+
+/*
+ * May the job make a paid attempt of estimate micro-USD now?  When it may,
+ * the estimate is reserved on every budget of its account and true is
+ * returned.  When not, *refusal says which budget and by how much, and
+ * whether that budget skips paid candidates or refuses the call.
+ */
+bool
+igny8_budget_admit(int64 account_id, int64 estimate, TimestampTz now,
+				   Igny8BudgetRefusal *refusal)
+{
+	bool		fits = true;
+
+	if (budgets == NULL || budgets->n == 0 || estimate <= 0)
+		return true;
+	LWLockAcquire(budgets->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < budgets->n; i++)
+	{
+		Igny8BudgetEntry *e = &budgets->entries[i];
+		int64		spent;
+		int64		reserved;
+
+		if (e->account_id != account_id)
+			continue;
+		roll_period(e, now);
+		spent = entry_spent(e);
+		reserved = entry_reserved(e);
+		if (spent + reserved + estimate <= e->limit)
+			continue;
+		/* refuse wins over self_hosted_only when both are passed */
+		if (fits || (refusal->self_hosted_only && !e->self_hosted_only))
+		{
+			refusal->period = e->period;
+			refusal->period_start = e->period_start;
+			refusal->spent = spent;
+			refusal->reserved = reserved;
+			refusal->limit = e->limit;
+			refusal->estimate = estimate;
+			refusal->self_hosted_only = e->self_hosted_only;
+		}
+		fits = false;
+	}
+	if (fits)
+	{
+		for (int i = 0; i < budgets->n; i++)
+		{
+			Igny8BudgetEntry *e = &budgets->entries[i];
+
+			if (e->account_id == account_id)
+				e->reserved[igny8_worker_index] += estimate;
+		}
+	}
+	LWLockRelease(budgets->lock);
+	return fits;
+}
+
+/*
+ * An attempt's reservation is given back and, when its usage row was
+ * committed, its cost (numeric text) is added to the spend.
+ */
+void
+igny8_budget_settle(int64 account_id, int64 reserved, const char *cost)
+{
+	int64		micro = 0;
+
+	if (budgets == NULL || budgets->n == 0)
+		return;
+	if (cost != NULL)
+		micro = text_micro(cost);
+	if (reserved <= 0 && micro <= 0)
+		return;
+	LWLockAcquire(budgets->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < budgets->n; i++)
+	{
+		Igny8BudgetEntry *e = &budgets->entries[i];
+
+		if (e->account_id != account_id)
+			continue;
+		/* an entry made after the reservation holds none of it */
+		e->reserved[igny8_worker_index] =
+			Max(e->reserved[igny8_worker_index] - reserved, 0);
+		if (micro > 0)
+		{
+			roll_period(e, GetCurrentTimestamp());
+			if (e->loading)
+				e->aside += micro;
+			else
+				e->spent += micro;
+			check_warning_locked(e);
+		}
+	}
+	LWLockRelease(budgets->lock);
+}
+
+/* A worker starting: what its previous incarnation reserved is given back. */
+void
+igny8_budget_forget_worker(int worker)
+{
+	if (budgets == NULL)
+		return;
+	LWLockAcquire(budgets->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < budgets->n; i++)
+		budgets->entries[i].reserved[worker] = 0;
+	LWLockRelease(budgets->lock);
+}
+
+/* Are notices waiting to be sent? */
+bool
+igny8_budget_notices_pending(void)
+{
+	return pending_notices != NIL;
+}
+
+/* Queue the pending notices in the current transaction. */
+void
+igny8_budget_queue_notices(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending_notices)
+		Async_Notify("igny8_ai_budget", (char *) lfirst(lc));
+	list_free_deep(pending_notices);
+	pending_notices = NIL;
+}
+
+/*
+ * The error detail of a refusal: spend, reservations, limit and estimate.
+ */
+char *
+igny8_budget_refusal_detail(int64 account_id, const Igny8BudgetRefusal *r)
+{
+	return psprintf("Account %lld has spent %s USD of its %s USD limit for this %s (UTC), and attempts in flight reserve %s USD; this attempt is estimated at %s USD.",
+					(long long) account_id,
+					igny8_micro_text(r->spent), igny8_micro_text(r->limit),
+					igny8_budget_period_name(r->period),
+					igny8_micro_text(r->reserved),
+					igny8_micro_text(r->estimate));
+}
+
+/*
+ * igny8_budget_status(): each budget's entry in shared memory, as the
+ * workers check it: its period, spend, reservations, limit and action.
+ */
+Datum
+igny8_budget_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Igny8BudgetEntry *copy;
+	int			n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (budgets == NULL)
+		PG_RETURN_VOID();
+	copy = palloc(sizeof(Igny8BudgetEntry) * IGNY8_MAX_BUDGETS);
+	LWLockAcquire(budgets->lock, LW_SHARED);
+	n = budgets->n;
+	memcpy(copy, budgets->entries, sizeof(Igny8BudgetEntry) * n);
+	LWLockRelease(budgets->lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		Igny8BudgetEntry *e = &copy[i];
+		Datum		values[9];
+		bool		nulls[9];
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = Int64GetDatum(e->account_id);
+		values[1] = CStringGetTextDatum(igny8_budget_period_name(e->period));
+		values[2] = TimestampTzGetDatum(e->period_start);
+		values[3] = DirectFunctionCall3(numeric_in,
+										CStringGetDatum(igny8_micro_text(entry_spent(e))),
+										ObjectIdGetDatum(InvalidOid),
+										Int32GetDatum(-1));
+		values[4] = DirectFunctionCall3(numeric_in,
+										CStringGetDatum(igny8_micro_text(entry_reserved(e))),
+										ObjectIdGetDatum(InvalidOid),
+										Int32GetDatum(-1));
+		values[5] = DirectFunctionCall3(numeric_in,
+										CStringGetDatum(igny8_micro_text(e->limit)),
+										ObjectIdGetDatum(InvalidOid),
+										Int32GetDatum(-1));
+		values[6] = CStringGetTextDatum(e->self_hosted_only ?
+										"self_hosted_only" : "refuse");
+		values[7] = BoolGetDatum(e->warned_for == e->period_start &&
+								 e->warned_for != 0);
+		values[8] = BoolGetDatum(e->loading);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values,
+							 nulls);
+	}
+	PG_RETURN_VOID();
+}
