@@ -1046,52 +1046,6 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER igny8_providers_guard
-    BEFORE INSERT OR UPDATE ON igny8_providers
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
-CREATE TRIGGER igny8_workflows_guard
-    BEFORE INSERT OR UPDATE ON igny8_workflows
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
-CREATE TRIGGER igny8_models_guard
-    BEFORE INSERT OR UPDATE ON igny8_models
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
-CREATE TRIGGER igny8_fallbacks_guard
-    BEFORE INSERT OR UPDATE ON igny8_fallbacks
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
-CREATE TRIGGER igny8_providers_forget
-    AFTER UPDATE OR DELETE ON igny8_providers
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
-CREATE TRIGGER igny8_workflows_forget
-    AFTER UPDATE OR DELETE ON igny8_workflows
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
-CREATE TRIGGER igny8_models_forget
-    AFTER UPDATE OR DELETE ON igny8_models
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
-CREATE TRIGGER igny8_fallbacks_forget
-    AFTER UPDATE OR DELETE ON igny8_fallbacks
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
-CREATE TRIGGER igny8_providers_forget_all
-    BEFORE TRUNCATE ON igny8_providers
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
-CREATE TRIGGER igny8_workflows_forget_all
-    BEFORE TRUNCATE ON igny8_workflows
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
-CREATE TRIGGER igny8_models_forget_all
-    BEFORE TRUNCATE ON igny8_models
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
-CREATE TRIGGER igny8_fallbacks_forget_all
-    BEFORE TRUNCATE ON igny8_fallbacks
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
-CREATE TRIGGER igny8_prices_guard
-    BEFORE INSERT OR UPDATE ON igny8_prices
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
-CREATE TRIGGER igny8_prices_forget
-    AFTER UPDATE OR DELETE ON igny8_prices
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
-CREATE TRIGGER igny8_prices_forget_all
-    BEFORE TRUNCATE ON igny8_prices
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
-
 -- At commit, a price row written may not overlap in validity another of
 -- the same provider, model, unit, size and quality: checked then, so that
 -- a change (or a restore) may close one price and open the next in any
@@ -1144,25 +1098,6 @@ CREATE CONSTRAINT TRIGGER igny8_prices_no_overlap
     AFTER INSERT OR UPDATE ON igny8_prices
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION igny8_prices_overlap_check();
-
-CREATE TRIGGER igny8_fixed_costs_guard
-    BEFORE INSERT OR UPDATE ON igny8_fixed_costs
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
-CREATE TRIGGER igny8_fixed_costs_forget
-    AFTER UPDATE OR DELETE ON igny8_fixed_costs
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
-CREATE TRIGGER igny8_fixed_costs_forget_all
-    BEFORE TRUNCATE ON igny8_fixed_costs
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
-CREATE TRIGGER igny8_reference_models_guard
-    BEFORE INSERT OR UPDATE ON igny8_reference_models
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_guard();
-CREATE TRIGGER igny8_reference_models_forget
-    AFTER UPDATE OR DELETE ON igny8_reference_models
-    FOR EACH ROW EXECUTE FUNCTION igny8_config_forget();
-CREATE TRIGGER igny8_reference_models_forget_all
-    BEFORE TRUNCATE ON igny8_reference_models
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all();
 
 -- At commit: every provider a fixed cost pays for exists (a rent for a
 -- mistyped provider would charge nobody).  Checked then, so that a restore
@@ -1310,27 +1245,33 @@ CREATE FUNCTION igny8_config_changed() RETURNS trigger
     AS 'MODULE_PATHNAME', 'igny8_config_changed'
     LANGUAGE C;
 
-CREATE TRIGGER igny8_providers_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_providers
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
-CREATE TRIGGER igny8_workflows_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_workflows
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
-CREATE TRIGGER igny8_models_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_models
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
-CREATE TRIGGER igny8_fallbacks_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_fallbacks
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
-CREATE TRIGGER igny8_prices_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_prices
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
-CREATE TRIGGER igny8_fixed_costs_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_fixed_costs
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
-CREATE TRIGGER igny8_reference_models_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_reference_models
-    FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+-- The same four triggers on each configuration table the workers hold:
+-- igny8_config_guard (origin), igny8_config_forget and
+-- igny8_config_forget_all (deletions remembered for pg_dump), and
+-- igny8_config_changed (the workers reload at commit).  Triggers of one
+-- event fire in name order, whatever the order they are made in.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['igny8_providers', 'igny8_workflows', 'igny8_models',
+                             'igny8_fallbacks', 'igny8_prices', 'igny8_fixed_costs',
+                             'igny8_reference_models'] LOOP
+        EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE ON %I'
+                       ' FOR EACH ROW EXECUTE FUNCTION igny8_config_guard()',
+                       t || '_guard', t);
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OR DELETE ON %I'
+                       ' FOR EACH ROW EXECUTE FUNCTION igny8_config_forget()',
+                       t || '_forget', t);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all()',
+                       t || '_forget_all', t);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed()',
+                       t || '_changed', t);
+    END LOOP;
+END
+$$;
 
 --
 -- Settings per account: an account may bring its own API key for a
