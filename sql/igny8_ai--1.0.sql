@@ -2259,29 +2259,22 @@ BEGIN
     period_rent := @extschema@.igny8_rent(from_ts, to_ts);
 
     -- what OpenAI would have charged for the work the rent paid for (its
-    -- successful attempts) and for the answers the cache gave
-    SELECT coalesce(sum(l.reference_cost), 0) INTO work
-      FROM @extschema@.ai_usage_log l
-     WHERE l.created_at >= from_ts AND l.created_at < to_ts
-       AND (l.cached OR (l.success AND l.provider = ANY (self_hosted)));
+    -- successful attempts) and for the answers the cache gave, and the
+    -- first day (in UTC) whose running total of that reached the rent
+    SELECT coalesce(sum(d.work), 0),
+           min(d.day) FILTER (WHERE period_rent > 0 AND d.running >= period_rent)
+      INTO work, back
+      FROM (SELECT w.day, w.work, sum(w.work) OVER (ORDER BY w.day) AS running
+              FROM (SELECT (l.created_at AT TIME ZONE 'UTC')::date AS day,
+                           sum(coalesce(l.reference_cost, 0)) AS work
+                      FROM @extschema@.ai_usage_log l
+                     WHERE l.created_at >= from_ts AND l.created_at < to_ts
+                       AND (l.cached OR (l.success AND l.provider = ANY (self_hosted)))
+                     GROUP BY 1) w) d;
 
-    -- the first day (in UTC) whose running total of that reached the rent
-    IF period_rent > 0 THEN
-        SELECT d.day INTO back
-          FROM (SELECT (l.created_at AT TIME ZONE 'UTC')::date AS day,
-                       sum(sum(coalesce(l.reference_cost, 0)))
-                           OVER (ORDER BY (l.created_at AT TIME ZONE 'UTC')::date) AS running
-                  FROM @extschema@.ai_usage_log l
-                 WHERE l.created_at >= from_ts AND l.created_at < to_ts
-                   AND (l.cached OR (l.success AND l.provider = ANY (self_hosted)))
-                 GROUP BY 1) d
-         WHERE d.running >= period_rent
-         ORDER BY d.day
-         LIMIT 1;
-    END IF;
-
+    -- a row per provider and the total (provider NULL: never a provider)
     RETURN QUERY
-    SELECT g.provider,
+    SELECT l.provider,
            count(*),
            count(*) FILTER (WHERE l.success),
            count(*) FILTER (WHERE l.cached),
@@ -2290,17 +2283,16 @@ BEGIN
            coalesce(sum(l.images), 0)::bigint,
            coalesce(sum(l.cost), 0),
            coalesce(sum(l.reference_cost), 0),
-           CASE WHEN g.provider IS NULL THEN period_rent END,
-           CASE WHEN g.provider IS NULL THEN work END,
-           CASE WHEN g.provider IS NULL THEN work - period_rent END,
-           CASE WHEN g.provider IS NULL AND period_rent > 0
+           CASE WHEN grouping(l.provider) = 1 THEN period_rent END,
+           CASE WHEN grouping(l.provider) = 1 THEN work END,
+           CASE WHEN grouping(l.provider) = 1 THEN work - period_rent END,
+           CASE WHEN grouping(l.provider) = 1 AND period_rent > 0
                 THEN round(100 * (work - period_rent) / period_rent, 1) END,
-           CASE WHEN g.provider IS NULL THEN back END
+           CASE WHEN grouping(l.provider) = 1 THEN back END
       FROM @extschema@.ai_usage_log l
-      JOIN LATERAL (VALUES (l.provider), (NULL)) AS g (provider) ON true
      WHERE l.created_at >= from_ts AND l.created_at < to_ts
-     GROUP BY g.provider
-     ORDER BY g.provider NULLS LAST;
+     GROUP BY GROUPING SETS ((l.provider), ())
+     ORDER BY grouping(l.provider), l.provider;
     -- a period without usage still has its rent
     IF NOT FOUND THEN
         RETURN QUERY
