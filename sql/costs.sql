@@ -193,7 +193,7 @@ VALUES (gen_random_uuid(), '2026-02-03 10:00+00', 1, 'self_hosted_ai', 'text', '
 
 -- February: rent 200 * 14/28 + 280 * 14/28 = 240; the self-hosted work
 -- would have cost 50 + 100 + 100 + 40 = 290 at OpenAI, and the cache
--- saved 10: savings 300 - 240 = 60, ROI 60 / 240 = 25 %.  Running total:
+-- saved 10 (cache_savings): savings 300 - 240 = 60, ROI 60 / 240 = 25 %.  Running total:
 -- 50 (3rd), 150 (10th), 250 (20th) >= 240: earned back on the 20th.  The
 -- OpenAI attempt of the 12th is not self-hosted work.
 SELECT * FROM igny8_cost_report('2026-02-01 00:00+00', '2026-03-01 00:00+00');

@@ -2238,6 +2238,7 @@ RETURNS TABLE (
     reference_cost             numeric,
     rent                       numeric,
     self_hosted_reference_cost numeric,
+    cache_savings              numeric,
     savings                    numeric,
     roi_pct                    numeric,
     earned_back_on             date)
@@ -2248,6 +2249,7 @@ DECLARE
     self_hosted text[];
     period_rent numeric;
     work numeric;
+    cache numeric;
     back date;
 BEGIN
     PERFORM @extschema@.igny8_cost_period_check(from_ts, to_ts);
@@ -2261,12 +2263,13 @@ BEGIN
     -- what OpenAI would have charged for the work the rent paid for (its
     -- successful attempts) and for the answers the cache gave, and the
     -- first day (in UTC) whose running total of that reached the rent
-    SELECT coalesce(sum(d.work), 0),
+    SELECT coalesce(sum(d.work), 0), coalesce(sum(d.cache), 0),
            min(d.day) FILTER (WHERE period_rent > 0 AND d.running >= period_rent)
-      INTO work, back
-      FROM (SELECT w.day, w.work, sum(w.work) OVER (ORDER BY w.day) AS running
+      INTO work, cache, back
+      FROM (SELECT w.day, w.work, w.cache, sum(w.work) OVER (ORDER BY w.day) AS running
               FROM (SELECT (l.created_at AT TIME ZONE 'UTC')::date AS day,
-                           sum(coalesce(l.reference_cost, 0)) AS work
+                           sum(coalesce(l.reference_cost, 0)) AS work,
+                           sum(coalesce(l.reference_cost, 0)) FILTER (WHERE l.cached) AS cache
                       FROM @extschema@.ai_usage_log l
                      WHERE l.created_at >= from_ts AND l.created_at < to_ts
                        AND (l.cached OR (l.success AND l.provider = ANY (self_hosted)))
@@ -2285,6 +2288,7 @@ BEGIN
            coalesce(sum(l.reference_cost), 0),
            CASE WHEN grouping(l.provider) = 1 THEN period_rent END,
            CASE WHEN grouping(l.provider) = 1 THEN work END,
+           CASE WHEN grouping(l.provider) = 1 THEN cache END,
            CASE WHEN grouping(l.provider) = 1 THEN work - period_rent END,
            CASE WHEN grouping(l.provider) = 1 AND period_rent > 0
                 THEN round(100 * (work - period_rent) / period_rent, 1) END,
@@ -2298,7 +2302,7 @@ BEGIN
         RETURN QUERY
         SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint,
                0::bigint, 0::numeric, 0::numeric, period_rent, 0::numeric,
-               -period_rent,
+               0::numeric, -period_rent,
                CASE WHEN period_rent > 0 THEN -100.0 END, NULL::date;
     END IF;
 END
@@ -2321,6 +2325,7 @@ RETURNS TABLE (
     reference_cost             numeric,
     rent                       numeric,
     self_hosted_reference_cost numeric,
+    cache_savings              numeric,
     savings                    numeric,
     roi_pct                    numeric,
     earned_back_on             date,
@@ -2330,7 +2335,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT m.month::date, r.attempts, r.successes, r.cached, r.input_tokens,
            r.output_tokens, r.images, r.cost, r.reference_cost, r.rent,
-           r.self_hosted_reference_cost, r.savings, r.roi_pct, r.earned_back_on,
+           r.self_hosted_reference_cost, r.cache_savings, r.savings, r.roi_pct,
+           r.earned_back_on,
            extract(day FROM r.earned_back_on)::integer
       FROM (SELECT DISTINCT date_trunc('month', l.created_at AT TIME ZONE 'UTC') AS month
               FROM @extschema@.ai_usage_log l) m,
