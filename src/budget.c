@@ -179,10 +179,7 @@ text_micro(const char *usd)
 			frac *= 10;
 		return whole * 1000000 + frac;
 	}
-	return igny8_numeric_micro(DatumGetNumeric(DirectFunctionCall3(numeric_in,
-																   CStringGetDatum(usd),
-																   ObjectIdGetDatum(InvalidOid),
-																   Int32GetDatum(-1))));
+	return igny8_numeric_micro(DatumGetNumeric(igny8_cost_datum(usd)));
 }
 
 /* The spend of an entry in its period, what is kept aside included. */
@@ -416,7 +413,12 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 
 		values[0] = Int64GetDatum(b->account_id);
 		values[1] = TimestampTzGetDatum(start);
-		ret = SPI_execute_plan(plan, values, NULL, true, 1);
+		/*
+		 * Not read-only: a snapshot taken now, after the entry is loading,
+		 * so that a cost committed after it is in the sum or was kept
+		 * aside, never in neither.
+		 */
+		ret = SPI_execute_plan(plan, values, NULL, false, 1);
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not sum the spend of account %lld: %s",
 				 (long long) b->account_id, SPI_result_code_string(ret));
@@ -608,18 +610,9 @@ igny8_budget_status(PG_FUNCTION_ARGS)
 		values[0] = Int64GetDatum(e->account_id);
 		values[1] = CStringGetTextDatum(igny8_budget_period_name(e->period));
 		values[2] = TimestampTzGetDatum(e->period_start);
-		values[3] = DirectFunctionCall3(numeric_in,
-										CStringGetDatum(igny8_micro_text(entry_spent(e))),
-										ObjectIdGetDatum(InvalidOid),
-										Int32GetDatum(-1));
-		values[4] = DirectFunctionCall3(numeric_in,
-										CStringGetDatum(igny8_micro_text(entry_reserved(e))),
-										ObjectIdGetDatum(InvalidOid),
-										Int32GetDatum(-1));
-		values[5] = DirectFunctionCall3(numeric_in,
-										CStringGetDatum(igny8_micro_text(e->limit)),
-										ObjectIdGetDatum(InvalidOid),
-										Int32GetDatum(-1));
+		values[3] = igny8_cost_datum(igny8_micro_text(entry_spent(e)));
+		values[4] = igny8_cost_datum(igny8_micro_text(entry_reserved(e)));
+		values[5] = igny8_cost_datum(igny8_micro_text(e->limit));
 		values[6] = CStringGetTextDatum(e->self_hosted_only ?
 										"self_hosted_only" : "refuse");
 		values[7] = BoolGetDatum(e->warned_for == e->period_start &&

@@ -373,6 +373,7 @@ read_prices(Igny8Config *config, const char *qschema)
 		bool		isnull;
 		Datum		d;
 
+		p->nano = -1;			/* price_nano() computes it when first used */
 		if (strcmp(unit, "per_1m_input_tokens") == 0)
 			p->unit = IGNY8_PRICE_INPUT;
 		else if (strcmp(unit, "per_1m_output_tokens") == 0)
@@ -572,7 +573,8 @@ igny8_config_cache(Igny8Config *config, const char *alias)
 
 /*
  * The fixed costs, by box and valid_from.  The providers of the boxes
- * whose rent is valid now get the clock of their box: the shared entry of
+ * whose rent has not ended (valid now or later: the rate is looked up per
+ * attempt) get the clock of their box: the shared entry of
  * its first provider that has one (gpuclock.c).
  */
 static void
@@ -628,7 +630,7 @@ read_fixed_costs(Igny8Config *config, const char *qschema)
 		f->valid_to = isnull ? DT_NOEND : DatumGetTimestampTz(d);
 		config->nfixed_costs++;
 
-		if (f->valid_from > now || (f->has_valid_to && now >= f->valid_to))
+		if (f->has_valid_to && now >= f->valid_to)
 			continue;
 		for (int j = 0; j < f->nproviders && clock < 0; j++)
 		{

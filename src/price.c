@@ -299,11 +299,7 @@ igny8_job_cost(Igny8Job *job)
 
 		if (a->cost == NULL)
 			continue;
-		sum = DirectFunctionCall2(numeric_add, sum,
-								  DirectFunctionCall3(numeric_in,
-													  CStringGetDatum(a->cost),
-													  ObjectIdGetDatum(InvalidOid),
-													  Int32GetDatum(-1)));
+		sum = DirectFunctionCall2(numeric_add, sum, igny8_cost_datum(a->cost));
 		any = true;
 	}
 	if (!any)
@@ -322,16 +318,14 @@ price_nano(Igny8Price *p)
 {
 	if (p == NULL)
 		return 0;
-	if (p->nano <= 0)
+	if (p->nano < 0)
 	{
 		Datum		d;
 
 		d = DirectFunctionCall2(numeric_mul, p->price,
 								NumericGetDatum(int64_to_numeric(1000)));
 		d = DirectFunctionCall1(numeric_ceil, d);
-		p->nano = DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
-		if (p->nano <= 0)
-			p->nano = 0;
+		p->nano = Max(DatumGetInt64(DirectFunctionCall1(numeric_int8, d)), 0);
 	}
 	return p->nano;
 }

@@ -125,6 +125,7 @@ worker_detach(int code, Datum arg)
 	wake_flush_waiters();
 	igny8_places_forget_worker(igny8_worker_index);
 	igny8_gpu_clock_forget_worker(igny8_worker_index);
+	igny8_budget_forget_worker(igny8_worker_index);
 	mark_stopped();
 }
 
