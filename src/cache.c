@@ -326,15 +326,15 @@ igny8_cache_lookup(void)
 		dlist_foreach(iter, &igny8_jobs)
 		{
 			Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
-			MemoryContext old;
 
 			if (!lookup_due(job, now))
 				continue;
-			old = MemoryContextSwitchTo(job->cxt);
+			job->cache_looking = true;
 			lookup_job(job, job->config->schema, now);
-			MemoryContextSwitchTo(old);
 		}
 		igny8_worker_commit();
+		dlist_foreach(iter, &igny8_jobs)
+			dlist_container(Igny8Job, node, iter.cur)->cache_looking = false;
 	}
 	PG_CATCH();
 	{
@@ -344,9 +344,13 @@ igny8_cache_lookup(void)
 		{
 			Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
-			if (job->state == JOB_CACHE_WAIT || job->cache_hit)
+			/*
+			 * What this transaction read or took is gone with it; keys
+			 * taken and hits answered by earlier lookups were committed
+			 * and stay.
+			 */
+			if (job->state == JOB_CACHE_WAIT || job->cache_looking)
 			{
-				/* what the transaction read or took is gone with it */
 				job->state = JOB_READY;
 				job->cache = NULL;
 				job->cache_owner = false;
@@ -356,8 +360,7 @@ igny8_cache_lookup(void)
 				list_free(job->attempts);
 				job->attempts = NIL;
 			}
-			else if (job->cache_owner)
-				job->cache_owner = false;
+			job->cache_looking = false;
 		}
 	}
 	PG_END_TRY();

@@ -106,7 +106,7 @@ typedef struct Igny8Price
 	bool		has_valid_to;
 	TimestampTz valid_to;
 	int64		nano;			/* price * 1000, rounded up, for the budgets'
-								 * estimates (price.c); 0 until computed */
+								 * estimates (price.c); -1 until computed */
 } Igny8Price;
 
 /* One row of igny8_fixed_costs. */
@@ -473,6 +473,8 @@ typedef struct Igny8Job
 	Igny8CacheSetting *cache;	/* its alias's setting, or NULL: uncached */
 	uint8		cache_key[32];	/* sha256 of the request */
 	bool		cache_owner;	/* it holds the key's pending row */
+	bool		cache_looking;	/* looked up in the lookup transaction
+								 * in progress (cache.c) */
 	bool		cache_hit;		/* answered from the cache */
 } Igny8Job;
 
