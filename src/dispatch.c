@@ -574,34 +574,6 @@ igny8_resolve_account(bool has_arg, int64 arg, bool *has_account,
 {
 	int64		bound;
 
-	if (igny8_role_account(GetUserId(), &bound))
-	{
-		int64		asked = bound;
-		const char *how = NULL;
-
-		if (has_arg)
-		{
-			asked = arg;
-			how = "account_id argument or option";
-		}
-		else if (igny8_account_id != NULL && igny8_account_id[0] != '\0')
-		{
-			asked = strtoll(igny8_account_id, NULL, 10);
-			how = "setting igny8_ai.account_id";
-		}
-		if (asked != bound)
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("role \"%s\" cannot charge account %lld",
-							GetUserNameFromId(GetUserId(), false),
-							(long long) asked),
-					 errdetail("The role is bound to account %lld; the %s named account %lld.",
-							   (long long) bound, how, (long long) asked),
-					 errhint("Omit account_id: the calls of a bound role are charged to its account.")));
-		*has_account = true;
-		*account_id = bound;
-		return;
-	}
 	if (has_arg)
 	{
 		if (arg < 0)
@@ -619,6 +591,23 @@ igny8_resolve_account(bool has_arg, int64 arg, bool *has_account,
 	}
 	else
 		*has_account = false;
+
+	if (!igny8_role_account(GetUserId(), &bound))
+		return;
+	if (*has_account && *account_id != bound)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("role \"%s\" cannot charge account %lld",
+						GetUserNameFromId(GetUserId(), false),
+						(long long) *account_id),
+				 errdetail("The role is bound to account %lld; the %s named account %lld.",
+						   (long long) bound,
+						   has_arg ? "account_id argument or option" :
+						   "setting igny8_ai.account_id",
+						   (long long) *account_id),
+				 errhint("Omit account_id: the calls of a bound role are charged to its account.")));
+	*has_account = true;
+	*account_id = bound;
 }
 
 /* A normalized request of len bytes must fit igny8_ai.max_prompt_size. */
@@ -721,12 +710,12 @@ igny8_generate_text(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(ans.content));
 }
 
-/* A slot's cost (numeric text) as a numeric datum. */
+/* A cost (numeric text; NULL or empty: 0) as a numeric datum. */
 Datum
 igny8_cost_datum(const char *cost)
 {
 	return DirectFunctionCall3(numeric_in,
-							   CStringGetDatum(cost[0] ? cost : "0"),
+							   CStringGetDatum(cost && cost[0] ? cost : "0"),
 							   ObjectIdGetDatum(InvalidOid),
 							   Int32GetDatum(-1));
 }

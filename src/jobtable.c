@@ -455,7 +455,7 @@ claim_lock(const char *schema)
  * them, in the first slots), or NULL if another worker is claiming.
  */
 static Claimed *
-claim(const char *schema, int want, int *slots, int *ntaken, int *nclaimed,
+claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclaimed,
 	  bool *locked, MemoryContext cxt)
 {
 	AccountCount *counts;
@@ -691,7 +691,7 @@ igny8_jobs_take(Igny8Config *config)
 	Claimed    *claimed = NULL;
 	List	   *cancelled = NIL;
 	int		   *slots;
-	int			nreserved = 0;
+	volatile int nreserved = 0;	/* read in PG_CATCH */
 	bool		locked = false;
 	MemoryContext cxt = CurrentMemoryContext;
 
@@ -713,13 +713,13 @@ igny8_jobs_take(Igny8Config *config)
 	if (scan)
 		next_scan = TimestampTzPlusMilliseconds(now, IGNY8_JOB_SCAN_MS);
 	want = Max(my_share() - running_here, 0);
-	slots = palloc(sizeof(int) * (want + 1));
 	if (want == 0 && !scan && !(cancels && running_here > 0))
 	{
 		/* full: look again when a run ends */
 		look_again = true;
 		return;
 	}
+	slots = palloc(sizeof(int) * (want + 1));
 
 	PG_TRY();
 	{
@@ -763,6 +763,9 @@ igny8_jobs_take(Igny8Config *config)
 		igny8_worker_recover();
 		list_free_deep(woken);
 		woken = NIL;
+		/* a worker that found the lock taken must not wait for the scan */
+		if (pg_atomic_exchange_u32(&igny8_shared->jobs_claim_missed, 0))
+			igny8_jobs_announce();
 		return;
 	}
 	PG_END_TRY();
@@ -829,8 +832,6 @@ igny8_jobs_to_write(void)
 	}
 	return false;
 }
-
-#define FINISH_NARGS 20
 
 static Datum
 db_text(const char *utf8, char *nulls, int i)
@@ -1059,11 +1060,9 @@ igny8_jobs_flushed(bool committed)
 {
 	dlist_iter	iter;
 
+	/* the plans were forgotten by igny8_worker_recover() */
 	if (!committed)
-	{
-		forget_plans();
 		next_scan = 0;
-	}
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);

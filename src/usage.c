@@ -113,9 +113,7 @@ igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
 	values[6] = text_or_null(row->model, nulls, 6);
 	values[7] = Int32GetDatum((int32) Min(row->input_tokens, PG_INT32_MAX));
 	values[8] = Int32GetDatum((int32) Min(row->output_tokens, PG_INT32_MAX));
-	values[9] = DirectFunctionCall3(numeric_in, CStringGetDatum(row->cost ? row->cost : "0"),
-									ObjectIdGetDatum(InvalidOid),
-									Int32GetDatum(-1));
+	values[9] = igny8_cost_datum(row->cost);
 	values[10] = Float8GetDatum(row->duration_ms);
 	values[11] = Int32GetDatum((int32) row->http_status);
 	if (row->http_status <= 0)
@@ -139,10 +137,7 @@ igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
 	if (row->reference_cost == NULL)
 		nulls[21] = 'n';
 	else
-		values[21] = DirectFunctionCall3(numeric_in,
-										 CStringGetDatum(row->reference_cost),
-										 ObjectIdGetDatum(InvalidOid),
-										 Int32GetDatum(-1));
+		values[21] = igny8_cost_datum(row->reference_cost);
 	values[22] = BoolGetDatum(row->cached);
 	values[23] = text_or_null(row->api_key_ref, nulls, 23);
 
