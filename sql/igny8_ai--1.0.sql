@@ -1970,13 +1970,14 @@ SELECT p.id AS provider,
              / nullif(u.requests_1h, 0)::numeric, 1) AS error_pct_1h
   FROM igny8_providers p
   LEFT JOIN igny8_health_state() s ON s.provider = p.id
-  -- the last hour of ai_usage_log, one range scan of its created_at index
+  -- the last hour of ai_usage_log, one range scan of its created_at index;
+  -- answers of the response cache reached no provider
   LEFT JOIN (
        SELECT l.provider,
               count(*) AS requests_1h,
               count(*) FILTER (WHERE NOT l.success) AS errors_1h
          FROM ai_usage_log l
-        WHERE l.created_at > now() - interval '1 hour'
+        WHERE l.created_at > now() - interval '1 hour' AND NOT l.cached
         GROUP BY l.provider) u ON u.provider = p.id
   LEFT JOIN LATERAL (
        SELECT count(*) AS checks_24h,
@@ -2181,10 +2182,13 @@ COMMENT ON VIEW igny8_job_queue IS
 -- that a report does not depend on the session's time zone.
 CREATE FUNCTION igny8_rent(from_ts timestamptz, to_ts timestamptz)
 RETURNS numeric
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT round(coalesce(sum(f.monthly_amount
+BEGIN
+    -- an infinite bound would make the series of months endless
+    PERFORM @extschema@.igny8_cost_period_check(from_ts, to_ts);
+    RETURN (SELECT round(coalesce(sum(f.monthly_amount
                               * extract(epoch FROM least(to_ts, coalesce(f.valid_to, 'infinity'), b.month_end)
                                                    - greatest(from_ts, f.valid_from, b.month_start))
                               / extract(epoch FROM b.month_end - b.month_start)), 0), 6)
@@ -2195,7 +2199,8 @@ AS $$
                            (m + interval '1 month') AT TIME ZONE 'UTC' AS month_end) b
      WHERE b.month_start < to_ts
        AND least(to_ts, coalesce(f.valid_to, 'infinity'), b.month_end)
-           > greatest(from_ts, f.valid_from, b.month_start)
+           > greatest(from_ts, f.valid_from, b.month_start));
+END
 $$;
 
 COMMENT ON FUNCTION igny8_rent(timestamptz, timestamptz) IS
@@ -2297,14 +2302,7 @@ BEGIN
      WHERE l.created_at >= from_ts AND l.created_at < to_ts
      GROUP BY GROUPING SETS ((l.provider), ())
      ORDER BY grouping(l.provider), l.provider;
-    -- a period without usage still has its rent
-    IF NOT FOUND THEN
-        RETURN QUERY
-        SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint,
-               0::bigint, 0::numeric, 0::numeric, period_rent, 0::numeric,
-               0::numeric, -period_rent,
-               CASE WHEN period_rent > 0 THEN -100.0 END, NULL::date;
-    END IF;
+    -- the total row comes even from a period without usage: it has its rent
 END
 $$;
 
