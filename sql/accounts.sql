@@ -39,6 +39,10 @@ SELECT show_error($$SELECT igny8_generate_text('Other', 'gpt-4', account_id => 6
 SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Other"}]', 'gpt-4', '{"account_id": 602}')$$);
 SELECT show_error($$SELECT igny8_submit_text('Other', 'gpt-4', '{"account_id": 602}')$$);
 SELECT show_error($$SELECT igny8_generate_image('Other', 'dall-e-3', '1024x1024', '{"account_id": 602}')$$);
+SELECT show_error($$SELECT * FROM igny8_generate_images('Other', 'dall-e-3', '1024x1024', 2, '{"account_id": 602}')$$);
+SELECT show_error($$SELECT * FROM igny8_generate_text_batch(ARRAY['Other'], 'gpt-4', '{"account_id": 602}')$$);
+SELECT show_error($$SELECT igny8_submit_image('Other', 'dall-e-3', '1024x1024', '{"account_id": 602}')$$);
+SELECT show_error($$SELECT igny8_submit_batch(ARRAY['Other'], 'gpt-4', '{"account_id": 602}')$$);
 SET igny8_ai.account_id = 602;
 SELECT show_error($$SELECT igny8_generate_text('Other', 'gpt-4')$$);
 SET igny8_ai.account_id = 601;
@@ -65,6 +69,9 @@ SET ROLE igny8_acct_a;
 SELECT account_id, count(*) FROM ai_usage_log GROUP BY account_id ORDER BY account_id;
 SELECT account_id, count(*) FROM igny8_jobs GROUP BY account_id;
 SELECT replace(show_error(format('SELECT igny8_job(%s)', :job_free)), :job_free::text, 'N') AS show_error;
+-- and its cost per account (with the caller's rights) is only its own
+SELECT account_id, attempts
+  FROM igny8_cost_by_account(now() - interval '1 hour', now() + interval '1 hour');
 RESET ROLE;
 
 -- the unbound role reads every account's usage rows (and its own jobs)

@@ -67,6 +67,17 @@ SELECT provider, model_used, success, cost FROM ai_usage_log ORDER BY id;
 -- and when no self-hosted candidate is left, the budget's error
 SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Budget one two three [[sim ollama:status=404]]"}]',
                                       'budget-paid', '{"account_id": 501, "max_tokens": 20}')$$);
+-- two budgets passed: a month budget that refuses wins over the day's
+-- self_hosted_only, and the call fails without a self-hosted attempt
+INSERT INTO igny8_budgets (account_id, period, limit_usd, action)
+VALUES (501, 'month', 0.10, 'refuse');
+SELECT wait_for_config();
+SELECT count(*) AS rows_before FROM ai_usage_log \gset
+SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Budget one two three"}]',
+                                      'budget-paid', '{"account_id": 501, "max_tokens": 20}')$$);
+SELECT count(*) - :rows_before AS rows_written FROM ai_usage_log;
+DELETE FROM igny8_budgets WHERE account_id = 501 AND period = 'month';
+SELECT wait_for_config();
 
 -- account 504 spent 0.099 today, and gets a budget of 0.20 with a warning
 -- at 0.10: the paid candidate is used and its cost counts; the spend
