@@ -1099,6 +1099,36 @@ CREATE CONSTRAINT TRIGGER igny8_prices_no_overlap
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION igny8_prices_overlap_check();
 
+-- At commit: the provider of a price exists (a price of a mistyped
+-- provider prices nothing, and its attempts count as unpaid for the
+-- budgets).  Checked then, so that one transaction may add a provider and
+-- its prices in either order; not during a restore (pg_dump turns
+-- check_function_bodies off), which writes the prices before the
+-- providers added to the shipped ones.
+CREATE FUNCTION igny8_prices_provider_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_catalog.current_setting('check_function_bodies') OPERATOR(pg_catalog.=) 'off'
+       OR EXISTS (SELECT 1 FROM @extschema@.igny8_providers r
+                   WHERE r.id OPERATOR(pg_catalog.=) NEW.provider)
+       OR NOT EXISTS (SELECT 1 FROM @extschema@.igny8_prices p
+                       WHERE p.provider OPERATOR(pg_catalog.=) NEW.provider) THEN
+        RETURN NULL;            -- known, restoring, or changed since
+    END IF;
+    RAISE EXCEPTION 'provider "%" of price % % does not exist', NEW.provider, NEW.model, NEW.unit
+        USING ERRCODE = 'foreign_key_violation',
+              DETAIL = 'A price is of a provider of igny8_providers.',
+              HINT = 'Name the provider by its igny8_providers.id, e.g. openai or anthropic.';
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER igny8_prices_provider
+    AFTER INSERT OR UPDATE ON igny8_prices
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION igny8_prices_provider_check();
+
 -- At commit: every provider a fixed cost pays for exists (a rent for a
 -- mistyped provider would charge nobody).  Checked then, so that a restore
 -- in one transaction may write the rent before the providers it names.
@@ -2539,6 +2569,7 @@ REVOKE ALL ON FUNCTION igny8_worker_alive(integer, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_jobs_submitted() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_prices_overlap_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_prices_provider_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_key_columns(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_key(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_config_key_match(text, text) FROM PUBLIC;

@@ -89,10 +89,12 @@ SELECT igny8_submit_text('Job [[sim ollama:status=404]] one two three', 'gpt-4')
 SELECT state, provider, input_tokens, output_tokens, cost FROM igny8_wait_job(:job);
 
 -- bad prices are refused: negative, an unknown unit (per 1K, per token),
--- an empty validity, a size on a token price, a bad size, and a validity
--- overlapping the shipped price's
+-- an empty validity, a size on a token price, a bad size, a validity
+-- overlapping the shipped price's, and an unknown provider
 INSERT INTO igny8_prices (provider, model, unit, price)
 VALUES ('openai', 'gpt-5', 'per_1m_input_tokens', -1);
+INSERT INTO igny8_prices (provider, model, unit, price)
+VALUES ('opnai', 'gpt-5', 'per_1m_input_tokens', 1);
 INSERT INTO igny8_prices (provider, model, unit, price)
 VALUES ('openai', 'gpt-5', 'per_1k_input_tokens', 0.03);
 INSERT INTO igny8_prices (provider, model, unit, price)
