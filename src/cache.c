@@ -44,6 +44,7 @@
 #include "common/sha2.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 
 #include "worker.h"
@@ -323,6 +324,15 @@ igny8_cache_lookup(void)
 	PG_TRY();
 	{
 		igny8_worker_begin("igny8_ai: response cache lookup");
+
+		/*
+		 * Not flushed at commit: a pending row lost in a crash only lets an
+		 * identical request be sent again, and nothing is answered before
+		 * the usage commit, which comes later in the WAL and is flushed.
+		 */
+		(void) set_config_option("synchronous_commit", "off", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0,
+								 false);
 		dlist_foreach(iter, &igny8_jobs)
 		{
 			Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);

@@ -16,6 +16,7 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -292,6 +293,7 @@ igny8_submit(Igny8Task task, const char *alias, const char *request,
 	slot->success = false;
 	slot->sqlerrcode = 0;
 	slot->result = InvalidDsaPointer;
+	slot->flush_lsn = InvalidXLogRecPtr;
 	slot->request = igny8_dsa_strdup(igny8_dsa(), utf8, strlen(utf8));
 
 	worker = choose_worker();
@@ -339,6 +341,35 @@ caller_wait_set(void)
 		wait_set = set;
 	}
 	return wait_set;
+}
+
+/*
+ * Make the usage rows of answered slots durable before their answers are
+ * used.  A worker commits the rows of synchronous calls without waiting for
+ * the WAL flush and gives each answer the end of the WAL that holds them
+ * (usage.c): the flush is done here, by the caller, who waits anyway.  The
+ * workers then never stand still on the disk, and callers that flush at the
+ * same moment share one fdatasync, as committing backends do.  An answer,
+ * an error included, is thus never seen before the rows of its attempts
+ * would survive a crash.
+ */
+static void
+flush_answers(const int *slots, int n)
+{
+	XLogRecPtr	lsn = InvalidXLogRecPtr;
+
+	for (int i = 0; i < n; i++)
+	{
+		Igny8Slot  *slot = &igny8_slots[slots[i]];
+		XLogRecPtr	at;
+
+		SpinLockAcquire(&slot->mutex);
+		at = slot->flush_lsn;
+		SpinLockRelease(&slot->mutex);
+		lsn = Max(lsn, at);
+	}
+	if (!XLogRecPtrIsInvalid(lsn))
+		XLogFlush(lsn);
 }
 
 /*
@@ -397,6 +428,7 @@ igny8_wait(const int *slots, int n)
 		if (all_done)
 		{
 			pfree(no_worker_since);
+			flush_answers(slots, n);
 			return;
 		}
 

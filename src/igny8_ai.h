@@ -34,6 +34,7 @@
 
 #include "postgres.h"
 
+#include "access/xlogdefs.h"
 #include "fmgr.h"
 #include "port/atomics.h"
 #include "storage/spin.h"
@@ -126,6 +127,13 @@ typedef struct Igny8Slot
 	double		duration_ms;
 	int			attempts;
 	bool		cached;			/* answered from the response cache */
+
+	/*
+	 * The end of the WAL the caller must flush before it takes the answer:
+	 * the usage rows were committed without waiting for their flush
+	 * (usage.c), or InvalidXLogRecPtr when nothing is left to flush.
+	 */
+	XLogRecPtr	flush_lsn;
 
 	/*
 	 * A run of a submitted job (igny8_jobs) has no caller: job_id is its

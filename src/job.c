@@ -1211,6 +1211,7 @@ igny8_job_publish(Igny8Job *job)
 		slot->image_width = job->success ? job->image_width : 0;
 		slot->image_height = job->success ? job->image_height : 0;
 		slot->cached = job->success && job->cache_hit;
+		slot->flush_lsn = igny8_usage_unflushed_lsn();
 		if (job->success && job->task == IGNY8_TASK_HEALTH)
 		{
 			slot->http_status = job->probe_status;

@@ -8,8 +8,10 @@
  * Each loop iteration, igny8_usage_flush() writes the rows of every
  * attempt that ended since the last one, the outcome of the submitted jobs
  * that finished (jobtable.c), and the NOTIFY payloads of the health
- * changes it saw, in one transaction: one commit (one WAL flush)
- * covers all the answers of the iteration.  The insert is prepared once
+ * changes it saw, in one transaction: one commit covers all the answers
+ * of the iteration.  When it holds only synchronous calls' rows, the
+ * commit does not wait for its WAL flush: each caller flushes up to it
+ * before it takes its answer (igny8_usage_unflushed_lsn, dispatch.c).  The insert is prepared once
  * and kept for the worker's life.  Strings are converted from the
  * worker's UTF-8 to the database encoding here.
  *
@@ -17,10 +19,15 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
+#include "replication/syncrep.h"
+#include "replication/walsender.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 
 #include "worker.h"
@@ -29,6 +36,53 @@
 
 static SPIPlanPtr insert_plan = NULL;
 static char *insert_schema = NULL;
+
+/*
+ * The end of the last usage commit whose WAL flush was left to the callers
+ * (igny8_usage_unflushed_lsn), or InvalidXLogRecPtr.
+ */
+static XLogRecPtr unflushed_lsn = InvalidXLogRecPtr;
+
+/*
+ * May the callers flush the usage commit?  Only the local flush can be
+ * waited for elsewhere: when synchronous_commit asks for a synchronous
+ * standby's confirmation, the worker commits as before and waits for it.
+ * With synchronous_commit = off nothing is flushed, by anyone.
+ */
+static bool
+callers_flush(void)
+{
+	if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+		return false;
+	return !(SyncRepRequested() &&
+			 SyncRepStandbyNames != NULL && SyncRepStandbyNames[0] != '\0');
+}
+
+/*
+ * Will the next igny8_usage_flush() wait for its WAL flush?  It does when it
+ * writes the outcome of submitted jobs: they have no caller to flush for
+ * them, and whoever reads their rows must not see what a crash would undo.
+ */
+bool
+igny8_usage_flush_waits(void)
+{
+	return igny8_jobs_to_write() || !callers_flush();
+}
+
+/*
+ * The WAL a caller must flush before it takes an answer published now: the
+ * end of this worker's last usage commit that was not flushed (each commit
+ * ends after the ones before it, so this covers every attempt of the call),
+ * or InvalidXLogRecPtr once the WAL is flushed that far.
+ */
+XLogRecPtr
+igny8_usage_unflushed_lsn(void)
+{
+	if (!XLogRecPtrIsInvalid(unflushed_lsn) &&
+		unflushed_lsn <= GetFlushRecPtr(NULL))
+		unflushed_lsn = InvalidXLogRecPtr;
+	return unflushed_lsn;
+}
 
 /* Forget the prepared insert (the extension was dropped or moved). */
 void
@@ -274,9 +328,11 @@ igny8_usage_flush(Igny8Config *config)
 	ListCell   *lc;
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile bool committed = false;
+	bool		wait_flush;
 
 	if (!anything_to_write())
 		return;
+	wait_flush = igny8_usage_flush_waits();
 
 	PG_TRY();
 	{
@@ -285,6 +341,17 @@ igny8_usage_flush(Igny8Config *config)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("extension \"igny8_ai\" is not installed")));
+
+		/*
+		 * Only synchronous calls' rows: the commit does not wait for its
+		 * WAL flush, their callers do it (igny8_wait in dispatch.c) before
+		 * they take the answers.  The loop goes on with the transfers
+		 * instead of standing still for an fdatasync per iteration.
+		 */
+		if (!wait_flush)
+			(void) set_config_option("synchronous_commit", "off",
+									 PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_LOCAL, true, 0, false);
 		dlist_foreach(iter, &igny8_jobs)
 		{
 			insert_job_rows(config, dlist_container(Igny8Job, node, iter.cur));
@@ -295,6 +362,8 @@ igny8_usage_flush(Igny8Config *config)
 			Async_Notify("igny8_ai_health", (char *) lfirst(lc));
 		igny8_worker_commit();
 		committed = true;
+		if (!wait_flush && XactLastCommitEnd > unflushed_lsn)
+			unflushed_lsn = XactLastCommitEnd;
 		igny8_jobs_flushed(true);
 	}
 	PG_CATCH();

@@ -440,6 +440,7 @@ recover_orphans(void)
 				slot->success = false;
 				slot->sqlerrcode = ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
 				slot->attempts = 0;
+				slot->flush_lsn = InvalidXLogRecPtr;
 				slot->state = IGNY8_SLOT_DONE;
 			}
 			SpinLockRelease(&slot->mutex);
@@ -566,10 +567,12 @@ wait_timeout(void)
 }
 
 /*
- * Group commit across workers.  While another worker is in its usage
- * transaction, a commit of ours would wait for its WAL flush (an fdatasync,
- * under WALWriteLock) and then flush again, and our transfers would stand
- * still meanwhile.  Instead we keep our answers back and go on with the
+ * Group commit across workers, for the commits that wait for their WAL
+ * flush (those that write submitted jobs' outcomes; the callers of
+ * synchronous calls flush for themselves, usage.c).  While another worker
+ * is in such a transaction, a commit of ours would wait for its WAL flush
+ * (an fdatasync, under WALWriteLock) and then flush again, and our
+ * transfers would stand still meanwhile.  Instead we keep our answers back and go on with the
  * transfers, and the other wakes us when its commit is done: our next
  * transaction carries every row that ended meanwhile, under one WAL flush.
  * Nothing is given to a caller before its row is committed, as always.
@@ -582,7 +585,8 @@ defer_flush(void)
 	uint64		bit = UINT64CONST(1) << igny8_worker_index;
 	bool		waiting = false;
 
-	if (!igny8_usage_pending())
+	/* a commit that leaves its flush to the callers waits for no one */
+	if (!igny8_usage_pending() || !igny8_usage_flush_waits())
 		return false;
 	if (flush_deferred_since != 0 &&
 		TimestampDifferenceExceeds(flush_deferred_since, GetCurrentTimestamp(),
@@ -615,7 +619,7 @@ defer_flush(void)
 static void
 flush_usage(void)
 {
-	bool		pending = igny8_usage_pending();
+	bool		pending = igny8_usage_pending() && igny8_usage_flush_waits();
 
 	if (pending)
 	{

@@ -603,6 +603,8 @@ extern void igny8_usage_reset(void);
 extern void igny8_usage_insert(const char *schema, const Igny8UsageRow *row);
 extern void igny8_usage_flush(Igny8Config *config);
 extern bool igny8_usage_pending(void);
+extern bool igny8_usage_flush_waits(void);
+extern XLogRecPtr igny8_usage_unflushed_lsn(void);
 
 /* ----- price.c ----- */
 
