@@ -18,6 +18,7 @@
 
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "utils/memutils.h"
@@ -45,26 +46,116 @@ static int	epoll_errno = 0;
  */
 static size_t held_bytes = 0;
 
+/*
+ * What the epoll set holds for each descriptor, indexed by descriptor:
+ * the events it is registered for (0: not in the set), and whether it is a
+ * connection socket that curl opened and will close through our callbacks
+ * (open_socket, close_socket).
+ *
+ * A kept-alive connection's socket is not taken out of the set when its
+ * transfer ends (CURL_POLL_REMOVE): it is "parked", still registered for
+ * EPOLLIN, and the next transfer on the connection finds it registered for
+ * what it wants, with no epoll_ctl at all.  Before, each call cost two
+ * (ADD, then DEL).  A parked socket that becomes readable (the server
+ * closed the idle connection) is taken out then (igny8_http_drive); one
+ * that curl closes is forgotten in close_socket, before the descriptor can
+ * be reused.  Only sockets curl opened through open_socket are parked:
+ * others (a resolver's) may be closed behind our back.
+ */
+typedef struct SockState
+{
+	uint32		events;			/* registered for; 0: not in the set */
+	bool		ours;			/* opened through open_socket */
+	bool		parked;			/* registered, but curl watches it not */
+} SockState;
+
+static SockState *socks = NULL;
+static int	nsocks = 0;
+
+/* The state of descriptor fd, the table grown to hold it; NULL if no room. */
+static SockState *
+sock_state(curl_socket_t fd)
+{
+	if (fd < 0)
+		return NULL;
+	if (fd >= nsocks)
+	{
+		int			n = Max(nsocks * 2, 1024);
+		SockState  *grown;
+
+		while (n <= fd)
+			n *= 2;
+		/* no palloc: the callbacks must never raise an error */
+		grown = realloc(socks, sizeof(SockState) * n);
+		if (grown == NULL)
+			return NULL;
+		memset(grown + nsocks, 0, sizeof(SockState) * (n - nsocks));
+		socks = grown;
+		nsocks = n;
+	}
+	return &socks[fd];
+}
+
+static curl_socket_t
+open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
+{
+	curl_socket_t fd = socket(addr->family, addr->socktype, addr->protocol);
+	SockState  *st = sock_state(fd);
+
+	if (st != NULL)
+	{
+		st->events = 0;
+		st->ours = true;
+		st->parked = false;
+	}
+	return fd;
+}
+
+static int
+close_socket(void *clientp, curl_socket_t fd)
+{
+	SockState  *st = sock_state(fd);
+
+	/* closing it takes it out of the epoll set */
+	if (st != NULL)
+		memset(st, 0, sizeof(SockState));
+	return close(fd);
+}
+
+/* Take a descriptor out of the epoll set. */
+static void
+unwatch(curl_socket_t s, SockState *st)
+{
+	/* curl may have closed it already: EBADF, ENOENT are fine */
+	if (epoll_ctl(epoll_fd, EPOLL_CTL_DEL, s, NULL) != 0 &&
+		errno != EBADF && errno != ENOENT)
+		epoll_errno = errno;
+	if (st != NULL)
+	{
+		st->events = 0;
+		st->parked = false;
+	}
+}
+
 /* Keep the epoll set in step with what curl wants to watch. */
 static int
 socket_callback(CURL *easy, curl_socket_t s, int what, void *userp,
 				void *socketp)
 {
 	struct epoll_event ev;
+	SockState  *st = sock_state(s);
 
 	memset(&ev, 0, sizeof(ev));
 	ev.data.fd = s;
 
 	if (what == CURL_POLL_REMOVE)
 	{
-		if (socketp != NULL)
-		{
-			/* curl may have closed it already: EBADF, ENOENT are fine */
-			if (epoll_ctl(epoll_fd, EPOLL_CTL_DEL, s, NULL) != 0 &&
-				errno != EBADF && errno != ENOENT)
-				epoll_errno = errno;
-			curl_multi_assign(multi, s, NULL);
-		}
+		/* a connection kept for reuse, watched for reading: parked */
+		if (st != NULL && st->ours && st->events == EPOLLIN)
+			st->parked = true;
+		else
+			unwatch(s, st);
+		curl_multi_assign(multi, s, NULL);
 		return 0;
 	}
 
@@ -73,7 +164,16 @@ socket_callback(CURL *easy, curl_socket_t s, int what, void *userp,
 	if (what & CURL_POLL_OUT)
 		ev.events |= EPOLLOUT;
 
-	if (socketp == NULL)
+	if (st != NULL && st->events == ev.events)
+	{
+		/* registered for just this already (a parked socket taken back) */
+	}
+	else if (st != NULL && st->events != 0)
+	{
+		if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev) != 0)
+			epoll_errno = errno;
+	}
+	else
 	{
 		int			rc = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, s, &ev);
 
@@ -81,11 +181,14 @@ socket_callback(CURL *easy, curl_socket_t s, int what, void *userp,
 			rc = epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev);
 		if (rc != 0)
 			epoll_errno = errno;
-		/* any non-NULL marker: "registered" */
-		curl_multi_assign(multi, s, (void *) &epoll_fd);
 	}
-	else if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev) != 0)
-		epoll_errno = errno;
+	if (st != NULL)
+	{
+		st->events = ev.events;
+		st->parked = false;
+	}
+	/* any non-NULL marker: "watched for curl" */
+	curl_multi_assign(multi, s, (void *) &epoll_fd);
 	return 0;
 }
 
@@ -308,6 +411,8 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 	rc |= curl_easy_setopt(easy, CURLOPT_URL, url);
 	pfree(url);
 	rc |= curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
+	rc |= curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+	rc |= curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
 	rc |= curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
 	rc |= curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
 	rc |= curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -410,7 +515,18 @@ igny8_http_drive(bool fd_ready)
 			for (int i = 0; i < n; i++)
 			{
 				int			flags = 0;
+				int			fd = evs[i].data.fd;
 
+				/*
+				 * A parked connection became readable: the server closed
+				 * it, or said something unasked.  curl is not watching
+				 * it; it finds out when it next takes the connection.
+				 */
+				if (fd >= 0 && fd < nsocks && socks[fd].parked)
+				{
+					unwatch(fd, &socks[fd]);
+					continue;
+				}
 				if (evs[i].events & EPOLLIN)
 					flags |= CURL_CSELECT_IN;
 				if (evs[i].events & EPOLLOUT)
