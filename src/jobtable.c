@@ -70,7 +70,12 @@
 
 /* how often a worker with runs scans igny8_jobs whatever it was told */
 #define IGNY8_JOB_SCAN_MS		5000
-/* ... and an idle one, after backing off (IGNY8_IDLE_WAIT_MS in worker.c) */
+/*
+ * ... and an idle one, after backing off (as often as worker.c's
+ * IGNY8_IDLE_WAIT_MS wakes it anyway).  What only this scan finds (rows
+ * queued by an UPDATE, or inserted with triggers off) waits that long on
+ * an idle server, where it waited IGNY8_JOB_SCAN_MS before the backoff.
+ */
 #define IGNY8_JOB_SCAN_IDLE_MS	60000
 /* the advisory lock that serializes claims: ("ign8", 1) */
 #define IGNY8_CLAIM_LOCK_KEY1	1768386104
