@@ -2151,13 +2151,15 @@ CREATE FUNCTION igny8_worker_status(
     OUT queued            integer,
     OUT served            bigint,
     OUT config_current    boolean,
-    OUT settings_reloads  bigint)
+    OUT settings_reloads  bigint,
+    OUT last_job_scan     timestamptz,
+    OUT next_job_scan     timestamptz)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'igny8_worker_status'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 
 COMMENT ON FUNCTION igny8_worker_status() IS
-    'each igny8_ai worker: pid (NULL when not running), requests held and queued, whether it runs the latest committed configuration';
+    'each igny8_ai worker: pid (NULL when not running), requests held and queued, whether it runs the latest committed configuration, when it last scanned igny8_jobs and next scans it unless woken';
 
 CREATE FUNCTION igny8_slot_status(
     OUT state  text,

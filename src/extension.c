@@ -188,9 +188,9 @@ igny8_jobs_submitted(PG_FUNCTION_ARGS)
  * and if it submitted jobs, they must take them.
  * Which prepared transactions did is not known here (it may have been
  * prepared before a restart), so every COMMIT PREPARED is announced: a
- * reload costs a worker a few milliseconds, a look for jobs less.  (A
- * cancel in a prepared transaction is seen by the worker's periodic look
- * at its jobs' rows, not at once.)
+ * reload costs a worker a few milliseconds, a look for jobs less.  A
+ * cancel in a prepared transaction was not told to its worker at PREPARE:
+ * every worker scans its jobs' rows now (igny8_jobs_request_scan).
  */
 static void
 igny8_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
@@ -214,7 +214,7 @@ igny8_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 	if (commit_prepared)
 	{
 		announce_config_change();
-		igny8_jobs_announce();
+		igny8_jobs_request_scan();
 	}
 }
 

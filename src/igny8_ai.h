@@ -176,6 +176,10 @@ typedef struct Igny8WorkerShared
 													 * (gpuclock.c) */
 	pg_atomic_uint32 flushing;	/* in its usage transaction (worker.c) */
 	pg_atomic_uint64 flush_waiters; /* bits of the workers waiting for it */
+	pg_atomic_uint64 last_job_scan; /* TimestampTz of its last scan of
+									 * igny8_jobs, 0 if none yet */
+	pg_atomic_uint64 next_job_scan; /* ... and of the next one, unless
+									 * woken before (jobtable.c) */
 } Igny8WorkerShared;
 
 /*
@@ -248,6 +252,8 @@ typedef struct Igny8Shared
 	pg_atomic_uint64 jobs_generation;	/* bumped by commits that queued jobs */
 	pg_atomic_uint32 jobs_claim_missed; /* a worker found the claim lock
 										 * taken: wake it after the claim */
+	pg_atomic_uint64 jobs_scan_requests;	/* bumped to have every worker
+											 * scan igny8_jobs (jobtable.c) */
 	pg_atomic_uint32 next_worker;	/* round-robin cursor */
 
 	slock_t		free_mutex;
@@ -419,6 +425,7 @@ extern void igny8_image_job_request(FunctionCallInfo fcinfo,
 extern bool igny8_job_option(Igny8JobOptions *job, const char *key,
 							 JsonbValue *v);
 extern void igny8_jobs_announce(void);
+extern void igny8_jobs_request_scan(void);
 extern void igny8_wake_job_waiters(const int64 *ids, int n);
 
 /* budget.c: the spend of the budgets, in shared memory */

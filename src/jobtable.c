@@ -22,9 +22,16 @@
  * When: a commit that queued jobs bumps the jobs generation and wakes the
  * workers (extension.c); a worker that filled its share, or left jobs of
  * an account at its limit, looks again when one of its runs ends; the
- * earliest not_before of the queue is a timer; and every few seconds a
- * scan catches the rest (jobs inserted by a prepared transaction's COMMIT
- * PREPARED announce themselves, but a cancel in one does not).
+ * earliest not_before of the queue is a timer.  A scan (recovery, cancels
+ * and a claim) runs at a worker's start, when a worker exits (its runs are
+ * to be taken back), after a COMMIT PREPARED (a cancel in it has no event
+ * of its own) and after a write of outcomes failed.  Besides, a periodic
+ * scan is the backstop for what announces itself in no way: rows queued by
+ * an UPDATE or by an insert that fired no trigger (session_replication_role
+ * replica), a claim that failed, a wake-up lost to a bug.  It comes every
+ * IGNY8_JOB_SCAN_MS while the worker has runs or jobs left waiting, and
+ * backs off (doubling) to IGNY8_JOB_SCAN_IDLE_MS once it has none: an idle
+ * worker sleeps a minute at a time.
  *
  * Sent attempts: before an attempt of a job is sent, its row records it
  * (inflight: attempt, provider, model, when) in a committed transaction,
@@ -61,8 +68,15 @@
 
 #include "worker.h"
 
-/* how often a worker scans igny8_jobs whatever it was told */
+/* how often a worker with runs scans igny8_jobs whatever it was told */
 #define IGNY8_JOB_SCAN_MS		5000
+/*
+ * ... and an idle one, after backing off (as often as worker.c's
+ * IGNY8_IDLE_WAIT_MS wakes it anyway).  What only this scan finds (rows
+ * queued by an UPDATE, or inserted with triggers off) waits that long on
+ * an idle server, where it waited IGNY8_JOB_SCAN_MS before the backoff.
+ */
+#define IGNY8_JOB_SCAN_IDLE_MS	60000
 /* the advisory lock that serializes claims: ("ign8", 1) */
 #define IGNY8_CLAIM_LOCK_KEY1	1768386104
 #define IGNY8_CLAIM_LOCK_KEY2	1
@@ -71,7 +85,10 @@ static uint64 seen_generation = 0;
 static bool look_again = false;		/* jobs may be waiting for a place here */
 static bool run_ended = false;		/* a run ended since the last look */
 static bool cancel_seen = false;	/* a slot says a job was cancelled */
+static TimestampTz last_scan = 0;
 static TimestampTz next_scan = 0;
+static int	scan_interval = IGNY8_JOB_SCAN_MS;	/* the last one set */
+static uint64 seen_scan_requests = 0;
 static TimestampTz next_not_before = 0;	/* 0: none known */
 static int	running_here = 0;		/* runs this worker holds */
 static TimestampTz my_start = 0;
@@ -151,6 +168,8 @@ bool
 igny8_jobs_due(TimestampTz now)
 {
 	if (pg_atomic_read_u64(&igny8_shared->jobs_generation) != seen_generation)
+		return true;
+	if (pg_atomic_read_u64(&igny8_shared->jobs_scan_requests) != seen_scan_requests)
 		return true;
 	if (cancel_seen || now >= next_scan)
 		return true;
@@ -250,12 +269,13 @@ my_runs(Oid *types, Datum *values)
  * hold.  Needs a transaction.  A run that sent nothing does not count as a
  * run; the attempt a row records as in flight gets its usage row.
  */
-static void
+static int
 recover(const char *schema)
 {
 	Oid			types[4];
 	Datum		values[4];
 	int			ret;
+	int			requeued = 0;
 
 	my_runs(types, values);
 	types[3] = BOOLOID;
@@ -320,12 +340,16 @@ recover(const char *schema)
 			remember_woken(id);
 		}
 		else
+		{
 			look_again = run_ended = true;
+			requeued++;
+		}
 	}
 	if (SPI_processed > 0)
 		ereport(LOG,
 				(errmsg("igny8_ai worker %d took back %llu jobs whose worker stopped",
 						igny8_worker_index, (unsigned long long) SPI_processed)));
+	return requeued;
 }
 
 /* Stop the runs whose rows say they were cancelled.  Needs a transaction. */
@@ -675,6 +699,45 @@ fill_slot(int slotno, Claimed *c, TimestampTz now)
 	SpinLockRelease(&slot->mutex);
 }
 
+/* Show when this worker scanned last and scans next (igny8_worker_status). */
+static void
+publish_scan(void)
+{
+	pg_atomic_write_u64(&me()->last_job_scan, (uint64) last_scan);
+	pg_atomic_write_u64(&me()->next_job_scan, (uint64) next_scan);
+}
+
+/*
+ * When to scan again, after a look at igny8_jobs at now (a scan if
+ * scanned) that took or queued again jobs if active.  A worker with runs,
+ * or with jobs it could not take yet (look_again: its share, an account's
+ * limit, no request slot), scans every IGNY8_JOB_SCAN_MS as long as that
+ * lasts; an idle one doubles the interval at each scan that finds nothing,
+ * up to IGNY8_JOB_SCAN_IDLE_MS.  Whatever is event-driven (a commit that
+ * queued jobs, a cancel, a not_before, a run that ends, a worker that
+ * exits) does not wait for this.
+ */
+static void
+next_scan_after(TimestampTz now, bool scanned, bool active)
+{
+	bool		busy = active || running_here > 0 || look_again;
+
+	if (scanned)
+	{
+		last_scan = now;
+		scan_interval = busy ? IGNY8_JOB_SCAN_MS :
+			Min(scan_interval * 2, IGNY8_JOB_SCAN_IDLE_MS);
+		next_scan = TimestampTzPlusMilliseconds(now, scan_interval);
+	}
+	else if (busy)
+	{
+		/* work came while the worker backed off: the usual interval again */
+		scan_interval = IGNY8_JOB_SCAN_MS;
+		next_scan = Min(next_scan, TimestampTzPlusMilliseconds(now, scan_interval));
+	}
+	publish_scan();
+}
+
 /*
  * Look at igny8_jobs if it is time: take back what workers that are gone
  * left, stop what was cancelled, and take due jobs up to this worker's
@@ -693,6 +756,8 @@ igny8_jobs_take(Igny8Config *config)
 	int		   *slots;
 	volatile int nreserved = 0;	/* read in PG_CATCH */
 	bool		locked = false;
+	int			requeued = 0;
+	uint64		requests;
 	MemoryContext cxt = CurrentMemoryContext;
 
 	if (config == NULL || !igny8_jobs_due(now))
@@ -705,8 +770,10 @@ igny8_jobs_take(Igny8Config *config)
 	}
 	/* what is read from here on is seen; a later bump is seen next time */
 	seen_generation = pg_atomic_read_u64(&igny8_shared->jobs_generation);
+	requests = pg_atomic_read_u64(&igny8_shared->jobs_scan_requests);
 	pg_memory_barrier();
-	scan = (now >= next_scan);
+	scan = (now >= next_scan || requests != seen_scan_requests);
+	seen_scan_requests = requests;
 	cancels = scan || cancel_seen;
 	cancel_seen = false;
 	run_ended = false;
@@ -734,7 +801,7 @@ igny8_jobs_take(Igny8Config *config)
 								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0,
 								 false);
 		if (scan)
-			recover(config->schema);
+			requeued = recover(config->schema);
 		if (cancels && running_here > 0)
 			cancelled = cancelled_runs(config->schema, cxt);
 		if (want > 0)
@@ -763,6 +830,10 @@ igny8_jobs_take(Igny8Config *config)
 		igny8_worker_recover();
 		list_free_deep(woken);
 		woken = NIL;
+		/* tried again by the scan, soon whatever the backoff said */
+		scan_interval = IGNY8_JOB_SCAN_MS;
+		next_scan = Min(next_scan, TimestampTzPlusMilliseconds(now, scan_interval));
+		publish_scan();
 		/* a worker that found the lock taken must not wait for the scan */
 		if (pg_atomic_exchange_u32(&igny8_shared->jobs_claim_missed, 0))
 			igny8_jobs_announce();
@@ -772,8 +843,13 @@ igny8_jobs_take(Igny8Config *config)
 	MemoryContextSwitchTo(cxt);
 	for (int i = nclaimed; i < nreserved; i++)
 		igny8_slot_release(slots[i]);
-	/* a worker found the lock taken while we claimed: it looks now */
-	if (locked && pg_atomic_exchange_u32(&igny8_shared->jobs_claim_missed, 0))
+	/*
+	 * A worker found the lock taken while we claimed: it looks now.  So do
+	 * the others when the recovery queued jobs again, which this worker may
+	 * have no room for.
+	 */
+	if ((locked && pg_atomic_exchange_u32(&igny8_shared->jobs_claim_missed, 0)) ||
+		requeued > 0)
 		igny8_jobs_announce();
 
 	igny8_jobs_wake_waiters();
@@ -786,6 +862,7 @@ igny8_jobs_take(Igny8Config *config)
 		igny8_job_route(job, config, NULL);
 	}
 	MemoryContextSwitchTo(cxt);
+	next_scan_after(now, scan, nclaimed > 0 || requeued > 0);
 }
 
 /* ----- writing outcomes ----- */

@@ -105,6 +105,7 @@ init_shared(void)
 	pg_atomic_init_u64(&igny8_shared->config_generation, 1);
 	pg_atomic_init_u64(&igny8_shared->jobs_generation, 0);
 	pg_atomic_init_u32(&igny8_shared->jobs_claim_missed, 0);
+	pg_atomic_init_u64(&igny8_shared->jobs_scan_requests, 0);
 	for (int i = 0; i < igny8_nprocs; i++)
 		pg_atomic_init_u64(&igny8_job_waiters[i], 0);
 	pg_atomic_init_u32(&igny8_shared->next_worker, 0);
@@ -132,6 +133,8 @@ init_shared(void)
 		pg_atomic_init_u64(&w->served, 0);
 		pg_atomic_init_u64(&w->config_generation, 0);
 		pg_atomic_init_u64(&w->reloads, 0);
+		pg_atomic_init_u64(&w->last_job_scan, 0);
+		pg_atomic_init_u64(&w->next_job_scan, 0);
 	}
 
 	memset(igny8_slots, 0, slots_size());

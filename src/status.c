@@ -46,8 +46,9 @@ igny8_worker_alive(PG_FUNCTION_ARGS)
 /*
  * One row per configured worker: pid (NULL when it is not running), when
  * it started, requests it holds, requests waiting in its queue, requests it
- * served, whether it loaded the latest committed configuration, and how
- * many postgresql.conf reloads it processed.
+ * served, whether it loaded the latest committed configuration, how many
+ * postgresql.conf reloads it processed, and when it last scanned
+ * igny8_jobs and scans it next by itself (NULL before its first scan).
  */
 Datum
 igny8_worker_status(PG_FUNCTION_ARGS)
@@ -63,12 +64,14 @@ igny8_worker_status(PG_FUNCTION_ARGS)
 	for (int i = 0; i < igny8_shared->nworkers; i++)
 	{
 		Igny8WorkerShared *w = &igny8_shared->workers[i];
-		Datum		values[8];
-		bool		nulls[8];
+		Datum		values[10];
+		bool		nulls[10];
 		int			procno;
 		int			pid;
 		TimestampTz started_at;
 		uint32		queued;
+		TimestampTz last_scan;
+		TimestampTz next_scan;
 
 		SpinLockAcquire(&w->mutex);
 		procno = w->procno;
@@ -89,6 +92,12 @@ igny8_worker_status(PG_FUNCTION_ARGS)
 		values[6] = BoolGetDatum(procno >= 0 &&
 								 pg_atomic_read_u64(&w->config_generation) >= generation);
 		values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&w->reloads));
+		last_scan = (TimestampTz) pg_atomic_read_u64(&w->last_job_scan);
+		next_scan = (TimestampTz) pg_atomic_read_u64(&w->next_job_scan);
+		values[8] = TimestampTzGetDatum(last_scan);
+		nulls[8] = (procno < 0 || last_scan == 0);
+		values[9] = TimestampTzGetDatum(next_scan);
+		nulls[9] = (procno < 0 || next_scan == 0);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -780,6 +780,21 @@ igny8_jobs_announce(void)
 	igny8_wake_all_workers();
 }
 
+/*
+ * Have every worker scan igny8_jobs now (recovery, cancels, claims), for
+ * what has no event of its own: a COMMIT PREPARED, whose cancels reach no
+ * worker otherwise, and a worker that exits, whose runs are to be taken
+ * back.  The workers' periodic scan backs off to a minute when idle.
+ */
+void
+igny8_jobs_request_scan(void)
+{
+	if (igny8_shared == NULL)
+		return;
+	pg_atomic_fetch_add_u64(&igny8_shared->jobs_scan_requests, 1);
+	igny8_jobs_announce();
+}
+
 /* Set the latches of the backends waiting for one of ids. */
 void
 igny8_wake_job_waiters(const int64 *ids, int n)

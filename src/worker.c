@@ -127,6 +127,8 @@ worker_detach(int code, Datum arg)
 	igny8_gpu_clock_forget_worker(igny8_worker_index);
 	igny8_budget_forget_worker(igny8_worker_index);
 	mark_stopped();
+	/* the runs we leave in igny8_jobs are taken back by the others now */
+	igny8_jobs_request_scan();
 }
 
 /* ----- transactions ----- */
