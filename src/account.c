@@ -18,8 +18,10 @@
  * at once paid it a thousand times (pg_extension's page also makes each
  * of them compute the xmin horizons over every PGPROC).
  *
- * The shared copy is valid while its generation is the current one.  The
- * generation goes up:
+ * The copy is of one database's table, the database of the backend that
+ * filled it; backends of another read their own table (and may fill the
+ * copy with it in turn).  It is valid while its generation is the current
+ * one.  The generation goes up:
  *	- at the commit of a transaction in which the trigger ran (any insert,
  *	  update, delete, truncate or COPY), and after any COMMIT PREPARED
  *	  (extension.c), once the change is visible to new snapshots;
@@ -33,9 +35,11 @@
  * snapshot either stops the publication or invalidates it.  A transaction
  * that changed the table itself, a parallel operation (it cannot take a
  * new snapshot) and a hot standby (no trigger runs there) read the table
- * as before, without the shared copy.  As before, rows changed with the
- * trigger disabled (session_replication_role = replica, ALTER TABLE ...
- * DISABLE TRIGGER) are not announced.
+ * as before, without the shared copy.  Rows changed with the trigger
+ * disabled (session_replication_role = replica, ALTER TABLE ... DISABLE
+ * TRIGGER) are not announced until the trigger is enabled again (that
+ * ALTER TABLE invalidates the table) or another change goes through it;
+ * without the shared copy a new backend read them at once.
  *
  *-------------------------------------------------------------------------
  */
@@ -87,6 +91,7 @@ typedef struct Igny8BindingsShared
 {
 	pg_atomic_uint32 table;		/* the table's OID, once a backend found it */
 	slock_t		mutex;			/* guards the rest */
+	Oid			database;		/* the database of that table */
 	uint64		generation;		/* goes up with every change */
 	uint64		filled;			/* the generation entries[] describe, or 0 */
 	int			n;
@@ -121,6 +126,7 @@ igny8_account_shmem_startup(void)
 	{
 		pg_atomic_init_u32(&bindings->table, InvalidOid);
 		SpinLockInit(&bindings->mutex);
+		bindings->database = InvalidOid;
 		bindings->generation = 1;
 		bindings->filled = 0;
 		bindings->n = 0;
@@ -225,7 +231,8 @@ shared_lookup(Oid role, bool *bound, int64 *account)
 	if (!shared_copy_usable())
 		return false;
 	SpinLockAcquire(&bindings->mutex);
-	if (bindings->filled != 0 && bindings->filled == bindings->generation)
+	if (bindings->filled != 0 && bindings->filled == bindings->generation &&
+		bindings->database == MyDatabaseId)
 	{
 		Igny8Binding key;
 		Igny8Binding *hit;
@@ -367,6 +374,17 @@ lookup_binding(Oid role, int64 *account)
 	if (fill)
 	{
 		SpinLockAcquire(&bindings->mutex);
+		/*
+		 * The copy is of one database's table (a database made from a
+		 * template that had the extension has its own): another's copy
+		 * gives way.
+		 */
+		if (bindings->database != MyDatabaseId)
+		{
+			bindings->database = MyDatabaseId;
+			bindings->filled = 0;
+			bindings->generation++;
+		}
 		pg_atomic_write_u32(&bindings->table, relid);
 		gen = bindings->generation;
 		SpinLockRelease(&bindings->mutex);
