@@ -91,6 +91,48 @@ SELECT * FROM dblink('other', 'SELECT igny8_bound_account() IS NULL') AS t(unbou
 SELECT * FROM dblink('other', $$SELECT igny8_generate_text('Unbound now', 'gpt-4', account_id => 602)$$) AS t(answer text);
 SELECT dblink_disconnect('other');
 
+-- Every backend reads one shared copy of igny8_account_roles: a new
+-- connection (dblink) sees what was committed before it asked, nothing
+-- uncommitted; the transaction that changes a binding sees its own change;
+-- a rollback leaves the committed binding.
+CREATE FUNCTION bound_elsewhere(r text) RETURNS bigint LANGUAGE sql AS $$
+    SELECT account FROM dblink('dbname=' || current_database(),
+        format('SET ROLE %I; SELECT igny8_bound_account()', r)) AS t(account bigint)
+$$;
+SELECT igny8_grant_usage('igny8_acct_a', 604);
+SELECT bound_elsewhere('igny8_acct_a') AS new_connection, bound_elsewhere('igny8_acct_free') AS free;
+BEGIN;
+SELECT igny8_grant_usage('igny8_acct_a', 605);
+SELECT bound_elsewhere('igny8_acct_a') AS new_connection_before_commit;
+SET LOCAL ROLE igny8_acct_a;
+SELECT igny8_bound_account() AS own_transaction;
+ROLLBACK;
+SELECT bound_elsewhere('igny8_acct_a') AS after_rollback;
+SET ROLE igny8_acct_a;
+SELECT igny8_bound_account() AS this_session;
+RESET ROLE;
+-- other rows on both sides of the role in the copy, changed without
+-- igny8_grant_usage: the trigger announces any change
+INSERT INTO igny8_account_roles (role, account_id)
+SELECT o::oid::regrole, 700 + g
+  FROM generate_series(1, 5) g,
+       LATERAL (VALUES ('igny8_acct_a'::regrole::oid::bigint - 1000 + g),
+                       ('igny8_acct_a'::regrole::oid::bigint + 1000 + g)) v(o);
+SELECT bound_elsewhere('igny8_acct_a') AS among_others;
+UPDATE igny8_account_roles SET account_id = 606 WHERE role = 'igny8_acct_a'::regrole;
+SELECT bound_elsewhere('igny8_acct_a') AS updated;
+-- more bindings than the shared copy holds (1024): every backend reads the
+-- table itself, with the same answers
+INSERT INTO igny8_account_roles (role, account_id)
+SELECT (4000000000 - g)::oid::regrole, 800 FROM generate_series(1, 1100) g;
+SELECT bound_elsewhere('igny8_acct_a') AS too_many_for_the_copy,
+       bound_elsewhere('igny8_acct_free') AS free;
+DELETE FROM igny8_account_roles WHERE account_id >= 700;
+SELECT bound_elsewhere('igny8_acct_a') AS back_in_the_copy;
+TRUNCATE igny8_account_roles;
+SELECT bound_elsewhere('igny8_acct_a') AS after_truncate;
+DROP FUNCTION bound_elsewhere(text);
+
 DELETE FROM igny8_jobs;
 DELETE FROM igny8_account_roles;
 DROP OWNED BY igny8_acct_a, igny8_acct_free, igny8_acct_bypass;

@@ -12,11 +12,22 @@ DROP VIEW attempts;
 SELECT igny8_set_health_schedule('* * * * *') IS NOT NULL AS scheduled;
 SELECT count(*) AS jobs FROM cron.job WHERE jobname = 'igny8_ai_health_check';
 
--- a DROP that is rolled back keeps the job
+-- a role bound to an account, as a new connection sees it (every
+-- backend reads one shared copy of igny8_account_roles)
+CREATE ROLE igny8_drop_app;
+SELECT igny8_grant_usage('igny8_drop_app', 701);
+CREATE FUNCTION bound_elsewhere() RETURNS bigint LANGUAGE sql AS $$
+    SELECT account FROM dblink('dbname=' || current_database(),
+        'SET ROLE igny8_drop_app; SELECT igny8_bound_account()') AS t(account bigint)
+$$;
+SELECT bound_elsewhere() AS bound;
+
+-- a DROP that is rolled back keeps the job, and the binding
 BEGIN;
 DROP EXTENSION igny8_ai;
 ROLLBACK;
 SELECT count(*) AS jobs FROM cron.job WHERE jobname = 'igny8_ai_health_check';
+SELECT bound_elsewhere() AS still_bound;
 
 DROP EXTENSION igny8_ai;
 SELECT count(*) AS jobs FROM cron.job;
@@ -29,7 +40,12 @@ SELECT count(*) AS triggers_on_cron_job FROM pg_trigger
 -- test file creates it again anyway)
 CREATE EXTENSION igny8_ai;
 SELECT jobname, schedule, active FROM cron.job;
+-- with a new igny8_account_roles: the role is bound no more
+SELECT bound_elsewhere() IS NULL AS unbound;
 DROP EXTENSION igny8_ai;
+DROP FUNCTION bound_elsewhere();
+DROP OWNED BY igny8_drop_app;
+DROP ROLE igny8_drop_app;
 SELECT count(*) AS jobs FROM cron.job;
 
 -- in a schema whose name must be quoted: the health job's command, the

@@ -7,13 +7,39 @@
  *	  current role is bound, and the row-level security policies of
  *	  ai_usage_log and igny8_jobs ask igny8_bound_account().
  *
- * The binding is read with an index scan of igny8_account_roles, without
- * SPI and without privilege checks (a bound role cannot read the table),
- * and cached per backend for the role last asked about.  A statement
- * trigger on the table invalidates its relcache entry at commit, which
- * reaches every backend; the relcache callback below then drops the
- * cached binding.  A call therefore runs no query unless the bindings
- * changed since the backend's last call.
+ * Each backend keeps the answer for the role it last asked about, until a
+ * relcache invalidation of the table (the statement trigger on the table
+ * sends one at commit; so do DDL on it and vacuum).  Behind it, a copy of
+ * the whole table sits in shared memory (up to IGNY8_SHARED_BINDINGS rows)
+ * for every backend: a backend's first call then reads no catalog and
+ * opens no table.  Building a relcache entry for the table and its index
+ * and finding the extension's schema cost a fresh backend about as much
+ * CPU as the rest of its first call; a thousand new connections calling
+ * at once paid it a thousand times (pg_extension's page also makes each
+ * of them compute the xmin horizons over every PGPROC).
+ *
+ * The copy is of one database's table, the database of the backend that
+ * filled it; backends of another read their own table (and may fill the
+ * copy with it in turn).  It is valid while its generation is the current
+ * one.  The generation goes up:
+ *	- at the commit of a transaction in which the trigger ran (any insert,
+ *	  update, delete, truncate or COPY), and after any COMMIT PREPARED
+ *	  (extension.c), once the change is visible to new snapshots;
+ *	- in any process that takes in a relcache invalidation of the table
+ *	  (or a reset of its caches), as the per-backend copy did: DROP,
+ *	  ALTER TABLE and the like; and again at the commit of such a
+ *	  transaction if it wrote anything.
+ * The backend that fills the copy records the table's OID and the
+ * generation before it takes its snapshot, and publishes only if the
+ * generation has not moved since; so a change committed after that
+ * snapshot either stops the publication or invalidates it.  A transaction
+ * that changed the table itself, a parallel operation (it cannot take a
+ * new snapshot) and a hot standby (no trigger runs there) read the table
+ * as before, without the shared copy.  Rows changed with the trigger
+ * disabled (session_replication_role = replica, ALTER TABLE ... DISABLE
+ * TRIGGER) are not announced until the trigger is enabled again (that
+ * ALTER TABLE invalidates the table) or another change goes through it;
+ * without the shared copy a new backend read them at once.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,6 +48,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
@@ -29,11 +56,14 @@
 #include "commands/extension.h"
 #include "commands/trigger.h"
 #include "miscadmin.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "igny8_ai.h"
 
@@ -42,17 +72,184 @@ PG_FUNCTION_INFO_V1(igny8_account_roles_changed);
 
 /* the cached answer for one role; valid until an invalidation */
 static bool cache_valid = false;
-static bool callback_registered = false;
 static Oid	cached_table = InvalidOid;	/* igny8_account_roles, if found */
 static Oid	cached_role = InvalidOid;
 static bool cached_bound = false;
 static int64 cached_account = 0;
+
+/* rows of igny8_account_roles the shared copy holds at most */
+#define IGNY8_SHARED_BINDINGS	1024
+
+typedef struct Igny8Binding
+{
+	Oid			role;
+	int64		account;
+} Igny8Binding;
+
+/* The copy of igny8_account_roles that every backend reads. */
+typedef struct Igny8BindingsShared
+{
+	pg_atomic_uint32 table;		/* the table's OID, once a backend found it */
+	slock_t		mutex;			/* guards the rest */
+	Oid			database;		/* the database of that table */
+	uint64		generation;		/* goes up with every change */
+	uint64		filled;			/* the generation entries[] describe, or 0 */
+	int			n;
+	Igny8Binding entries[IGNY8_SHARED_BINDINGS];	/* sorted by role */
+} Igny8BindingsShared;
+
+static Igny8BindingsShared *bindings = NULL;
+static bool callbacks_registered = false;
+
+/* this transaction ran the table's trigger: it may see its own changes */
+static bool xact_wrote_bindings = false;
+/* this transaction took in an invalidation of the table */
+static bool xact_saw_invalidation = false;
+/* ... and had written something when it was about to commit */
+static bool bump_at_commit = false;
+
+void
+igny8_account_shmem_request(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(Igny8BindingsShared)));
+}
+
+/* Called under AddinShmemInitLock. */
+void
+igny8_account_shmem_startup(void)
+{
+	bool		found;
+
+	bindings = ShmemInitStruct("igny8_ai account bindings",
+							   sizeof(Igny8BindingsShared), &found);
+	if (!found)
+	{
+		pg_atomic_init_u32(&bindings->table, InvalidOid);
+		SpinLockInit(&bindings->mutex);
+		bindings->database = InvalidOid;
+		bindings->generation = 1;
+		bindings->filled = 0;
+		bindings->n = 0;
+	}
+}
+
+/* The shared copy is out of date: the next backend to ask fills it again. */
+void
+igny8_bindings_changed(void)
+{
+	if (bindings == NULL)
+		return;
+	SpinLockAcquire(&bindings->mutex);
+	bindings->generation++;
+	SpinLockRelease(&bindings->mutex);
+}
 
 static void
 bindings_invalidated(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == cached_table)
 		cache_valid = false;
+	if (bindings != NULL &&
+		(relid == InvalidOid ||
+		 relid == (Oid) pg_atomic_read_u32(&bindings->table)))
+	{
+		cache_valid = false;
+		igny8_bindings_changed();
+		if (IsTransactionState())
+			xact_saw_invalidation = true;
+	}
+}
+
+static void
+bindings_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			/* a DDL change of the table that wrote rows: announce it too */
+			bump_at_commit = xact_wrote_bindings ||
+				(xact_saw_invalidation &&
+				 TransactionIdIsValid(GetTopTransactionIdIfAny()));
+			return;
+		case XACT_EVENT_COMMIT:
+			/* the change is visible to new snapshots from now on */
+			if (bump_at_commit)
+				igny8_bindings_changed();
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* COMMIT PREPARED announces it (extension.c), ROLLBACK never */
+			break;
+		default:
+			return;
+	}
+	xact_wrote_bindings = false;
+	xact_saw_invalidation = false;
+	bump_at_commit = false;
+}
+
+/*
+ * Called from _PG_init, in the postmaster: every process the server
+ * starts has the callbacks, so that whichever takes in an invalidation of
+ * the table invalidates the shared copy.
+ */
+void
+igny8_account_init(void)
+{
+	callbacks_registered = true;
+	CacheRegisterRelcacheCallback(bindings_invalidated, (Datum) 0);
+	RegisterXactCallback(bindings_xact_callback, NULL);
+}
+
+static int
+binding_cmp(const void *a, const void *b)
+{
+	Oid			ra = ((const Igny8Binding *) a)->role;
+	Oid			rb = ((const Igny8Binding *) b)->role;
+
+	return (ra > rb) - (ra < rb);
+}
+
+/* May this backend use (and fill) the shared copy now? */
+static bool
+shared_copy_usable(void)
+{
+	return bindings != NULL && !xact_wrote_bindings &&
+		!IsInParallelMode() && !RecoveryInProgress();
+}
+
+/*
+ * The role's binding from the shared copy, if it is current: true when
+ * the copy answered (*bound and *account then set).
+ */
+static bool
+shared_lookup(Oid role, bool *bound, int64 *account)
+{
+	bool		answered = false;
+	Oid			table = InvalidOid;
+
+	if (!shared_copy_usable())
+		return false;
+	SpinLockAcquire(&bindings->mutex);
+	if (bindings->filled != 0 && bindings->filled == bindings->generation &&
+		bindings->database == MyDatabaseId)
+	{
+		Igny8Binding key;
+		Igny8Binding *hit;
+
+		key.role = role;
+		hit = bsearch(&key, bindings->entries, bindings->n,
+					  sizeof(Igny8Binding), binding_cmp);
+		*bound = (hit != NULL);
+		if (hit)
+			*account = hit->account;
+		table = (Oid) pg_atomic_read_u32(&bindings->table);
+		answered = true;
+	}
+	SpinLockRelease(&bindings->mutex);
+	if (answered)
+		cached_table = table;
+	return answered;
 }
 
 /* The schema of the extension, or InvalidOid (PostgreSQL 15 exports none). */
@@ -77,7 +274,70 @@ extension_schema(Oid ext)
 	return nsp;
 }
 
-/* Look the role up in igny8_account_roles, bypassing the cache. */
+/*
+ * Read a whole igny8_account_roles with a snapshot taken now, looking for
+ * the role on the way; publish it as the shared copy if it fits and
+ * nothing changed since generation gen was read (before the snapshot).
+ */
+static bool
+fill_shared_copy(Relation rel, uint64 gen, Oid role, int64 *account)
+{
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	Igny8Binding *rows = palloc(sizeof(Igny8Binding) * IGNY8_SHARED_BINDINGS);
+	int			n = 0;
+	bool		fits = true;
+	bool		found = false;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	scan = systable_beginscan(rel, InvalidOid, false, snap, 0, NULL);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		bool		role_null;
+		bool		account_null;
+		Datum		r = heap_getattr(tup, 1, RelationGetDescr(rel), &role_null);
+		Datum		a = heap_getattr(tup, 2, RelationGetDescr(rel), &account_null);
+
+		if (role_null || account_null)
+			continue;
+		if (DatumGetObjectId(r) == role)
+		{
+			*account = DatumGetInt64(a);
+			found = true;
+		}
+		if (n < IGNY8_SHARED_BINDINGS)
+		{
+			rows[n].role = DatumGetObjectId(r);
+			rows[n].account = DatumGetInt64(a);
+			n++;
+		}
+		else
+			fits = false;
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snap);
+
+	/* too many rows: every backend reads the table, as without the copy */
+	if (fits)
+	{
+		qsort(rows, n, sizeof(Igny8Binding), binding_cmp);
+		SpinLockAcquire(&bindings->mutex);
+		if (bindings->generation == gen)
+		{
+			memcpy(bindings->entries, rows, sizeof(Igny8Binding) * n);
+			bindings->n = n;
+			bindings->filled = gen;
+		}
+		SpinLockRelease(&bindings->mutex);
+	}
+	pfree(rows);
+	return found;
+}
+
+/*
+ * Look the role up in igny8_account_roles, bypassing the caches; fill the
+ * shared copy on the way when this backend may.
+ */
 static bool
 lookup_binding(Oid role, int64 *account)
 {
@@ -90,6 +350,8 @@ lookup_binding(Oid role, int64 *account)
 	ScanKeyData key;
 	HeapTuple	tup;
 	bool		found = false;
+	bool		fill = shared_copy_usable();
+	uint64		gen = 0;
 
 	cached_table = InvalidOid;
 	ext = get_extension_oid("igny8_ai", true);
@@ -104,23 +366,52 @@ lookup_binding(Oid role, int64 *account)
 		return false;
 	cached_table = relid;
 
-	rel = table_open(relid, AccessShareLock);
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(role));
-	scan = systable_beginscan(rel, indexid, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
+	/*
+	 * From here on an invalidation of the table moves the generation (the
+	 * callback knows its OID), and a commit that changed it moves it too:
+	 * both read before the snapshot is taken.
+	 */
+	if (fill)
 	{
-		bool		isnull;
-		Datum		d = heap_getattr(tup, 2, RelationGetDescr(rel), &isnull);
-
-		if (!isnull)
+		SpinLockAcquire(&bindings->mutex);
+		/*
+		 * The copy is of one database's table (a database made from a
+		 * template that had the extension has its own): another's copy
+		 * gives way.
+		 */
+		if (bindings->database != MyDatabaseId)
 		{
-			*account = DatumGetInt64(d);
-			found = true;
+			bindings->database = MyDatabaseId;
+			bindings->filled = 0;
+			bindings->generation++;
 		}
+		pg_atomic_write_u32(&bindings->table, relid);
+		gen = bindings->generation;
+		SpinLockRelease(&bindings->mutex);
 	}
-	systable_endscan(scan);
+
+	rel = table_open(relid, AccessShareLock);
+	if (fill)
+		found = fill_shared_copy(rel, gen, role, account);
+	else
+	{
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ,
+					ObjectIdGetDatum(role));
+		scan = systable_beginscan(rel, indexid, true, NULL, 1, &key);
+		tup = systable_getnext(scan);
+		if (HeapTupleIsValid(tup))
+		{
+			bool		isnull;
+			Datum		d = heap_getattr(tup, 2, RelationGetDescr(rel), &isnull);
+
+			if (!isnull)
+			{
+				*account = DatumGetInt64(d);
+				found = true;
+			}
+		}
+		systable_endscan(scan);
+	}
 	table_close(rel, AccessShareLock);
 	return found;
 }
@@ -132,17 +423,17 @@ lookup_binding(Oid role, int64 *account)
 bool
 igny8_role_account(Oid role, int64 *account)
 {
-	if (!callback_registered)
-	{
-		CacheRegisterRelcacheCallback(bindings_invalidated, (Datum) 0);
-		callback_registered = true;
-	}
+	if (!callbacks_registered)
+		igny8_account_init();
 	if (!cache_valid || cached_role != role)
 	{
 		int64		a = 0;
+		bool		bound;
 
 		cache_valid = false;
-		cached_bound = lookup_binding(role, &a);
+		if (!shared_lookup(role, &bound, &a))
+			bound = lookup_binding(role, &a);
+		cached_bound = bound;
 		cached_account = a;
 		cached_role = role;
 		cache_valid = true;
@@ -179,6 +470,10 @@ igny8_account_roles_changed(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("igny8_account_roles_changed() must be called as a trigger")));
+	/* this transaction reads the table itself; its commit announces it */
+	if (!callbacks_registered)
+		igny8_account_init();
+	xact_wrote_bindings = true;
 	CacheInvalidateRelcache(trigdata->tg_relation);
 	return PointerGetDatum(NULL);
 }

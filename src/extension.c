@@ -185,7 +185,8 @@ igny8_jobs_submitted(PG_FUNCTION_ARGS)
 /*
  * After a successful COMMIT PREPARED the prepared transaction's changes
  * are visible; if it changed the configuration, the workers must reload,
- * and if it submitted jobs, they must take them.
+ * if it submitted jobs, they must take them, and if it changed the
+ * account bindings, the shared copy of them must go (account.c).
  * Which prepared transactions did is not known here (it may have been
  * prepared before a restart), so every COMMIT PREPARED is announced: a
  * reload costs a worker a few milliseconds, a look for jobs less.  A
@@ -215,6 +216,7 @@ igny8_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 	{
 		announce_config_change();
 		igny8_jobs_request_scan();
+		igny8_bindings_changed();
 	}
 }
 

@@ -240,6 +240,7 @@ _PG_init(void)
 	igny8_json_init();
 	igny8_shmem_init();
 	igny8_extension_hooks_init();
+	igny8_account_init();
 
 	for (int i = 0; i < igny8_nworkers; i++)
 	{

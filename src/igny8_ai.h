@@ -434,6 +434,10 @@ extern void igny8_budget_shmem_startup(void);
 
 /* account.c */
 extern bool igny8_role_account(Oid role, int64 *account);
+extern void igny8_account_init(void);
+extern void igny8_account_shmem_request(void);
+extern void igny8_account_shmem_startup(void);
+extern void igny8_bindings_changed(void);
 
 /* extension.c */
 extern void igny8_extension_hooks_init(void);

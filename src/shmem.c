@@ -92,6 +92,7 @@ igny8_shmem_request(void)
 	RequestAddinShmemSpace(MAXALIGN(waiters_size()));
 	RequestAddinShmemSpace(MAXALIGN(IGNY8_DSA_INITIAL_SIZE));
 	igny8_budget_shmem_request();
+	igny8_account_shmem_request();
 }
 
 static void
@@ -187,6 +188,7 @@ igny8_shmem_startup(void)
 	if (!found)
 		init_shared();
 	igny8_budget_shmem_startup();
+	igny8_account_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -3,7 +3,9 @@
 burst.py - part (c) of test/bench/run: many AI requests in flight at once.
 
     /usr/bin/python3 burst.py --dsn DSN --callers N [--postmaster-pid PID]
+                              [--warm-up]
     /usr/bin/python3 burst.py --url http://127.0.0.1:PORT --callers N
+                              [--warm-up]
 
 Opens N connections, one per thread, and only once every one of them is
 connected releases all the threads at the same instant (a threading.Barrier)
@@ -13,6 +15,12 @@ to make one call each, against a backend that takes a fixed time to answer:
           SELECT igny8_generate_text('Write about clouds', 'gpt-4')
   --url   (the baseline) a keep-alive HTTP connection per thread to the
           backend itself, POSTing to /api/chat the body the extension sends
+
+With --warm-up, every connection first makes one call of its own, before
+the barrier, as the pooled connections of an application have: the same
+call, with a simulator directive in its prompt ([[sim ollama:delay=0]]) so
+that it is answered at once.  Without it, the call after the release is
+the connection's first.
 
 If all N requests are in flight at once, the last answer arrives about one
 backend delay after the release.  Both modes share the client's structure
@@ -29,7 +37,9 @@ Prints one JSON object: wall time from release to the last answer, the
 spread of the release, per-call latency percentiles, failures, and per
 worker the memory before, at the highest sample and 1 s after the burst
 (VmRSS, VmHWM, RssAnon, RssShmem in kB, and "cpu_s", its CPU time so far),
-and the CPU time the --cpu-pid processes used.  Exits 1 unless every call
+the CPU time the --cpu-pid processes used, and from the release to the last
+answer the CPU time of this client ("client_cpu_s") and, with --dsn, of
+the N backends serving its connections ("backends_cpu_s").  Exits 1 unless every call
 was answered; "aborted": true means not every connection could be opened
 ("connected" says how many were).
 """
@@ -49,6 +59,8 @@ sys.dont_write_bytecode = True          # no __pycache__ in the source tree
 from latency import ALIAS, PROMPT, ollama_body, percentile  # noqa: E402
 
 SQL = "SELECT igny8_generate_text(%s, %s)"
+# the warm-up call's prompt: the simulator answers it without its delay
+WARM_UP_PROMPT = "[[sim ollama:delay=0]] " + PROMPT
 WORKER_TITLE = "igny8_ai worker"
 SAMPLE_INTERVAL_S = 0.05
 MEM_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssShmem")
@@ -60,12 +72,16 @@ class SqlCaller:
     def __init__(self, dsn):
         self.conn = psycopg2.connect(dsn, connect_timeout=60)
         self.conn.autocommit = True
+        self.pid = self.conn.get_backend_pid()
 
-    def call(self):
+    def call(self, prompt=PROMPT):
         with self.conn.cursor() as cur:
-            cur.execute(SQL, (PROMPT, ALIAS))
+            cur.execute(SQL, (prompt, ALIAS))
             if not cur.fetchone()[0]:
                 raise RuntimeError("empty answer")
+
+    def warm_up(self):
+        self.call(WARM_UP_PROMPT)
 
     def close(self):
         self.conn.close()
@@ -74,14 +90,17 @@ class SqlCaller:
 class HttpCaller:
     """One HTTP connection to the backend, opened before the release."""
 
-    def __init__(self, url, body):
+    pid = None
+
+    def __init__(self, url, body, warm_up_body):
         u = urllib.parse.urlsplit(url)
         self.body = body
+        self.warm_up_body = warm_up_body
         self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
         self.conn.connect()
 
-    def call(self):
-        self.conn.request("POST", "/api/chat", body=self.body,
+    def call(self, body=None):
+        self.conn.request("POST", "/api/chat", body=body or self.body,
                           headers={"Content-Type": "application/json"})
         resp = self.conn.getresponse()
         data = resp.read()
@@ -89,6 +108,9 @@ class HttpCaller:
             raise RuntimeError("HTTP %d" % resp.status)
         if not json.loads(data)["message"]["content"]:
             raise RuntimeError("empty answer")
+
+    def warm_up(self):
+        self.call(self.warm_up_body)
 
     def close(self):
         self.conn.close()
@@ -188,6 +210,9 @@ def main():
                     help="provider-side model of the alias (--url body only)")
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="give up on the burst after this many seconds")
+    ap.add_argument("--warm-up", action="store_true",
+                    help="each connection makes one call (answered at once) "
+                    "before the release, like a pooled connection")
     args = ap.parse_args()
     n = args.callers
     if args.dsn:
@@ -195,9 +220,12 @@ def main():
             return SqlCaller(args.dsn)
     else:
         body = ollama_body(args.model)
+        warm_up_body = json.loads(body)
+        warm_up_body["messages"][0]["content"] = WARM_UP_PROMPT
+        warm_up_body = json.dumps(warm_up_body, separators=(",", ":")).encode()
 
         def connect():
-            return HttpCaller(args.url, body)
+            return HttpCaller(args.url, body, warm_up_body)
 
     threading.stack_size(512 * 1024)    # 1000 threads: keep them small
     release = {}
@@ -213,15 +241,20 @@ def main():
     errors = []                         # (caller index, message)
     lock = threading.Lock()
     callers = [None] * n
+    backend_cpu_before = [None] * n     # CPU of each caller's backend
 
     def run(i):
         try:
             callers[i] = connect()
+            if args.warm_up:
+                callers[i].warm_up()
         except Exception as exc:
             with lock:
                 errors.append((i, "connect: " + first_line(exc)))
             barrier.abort()             # nobody waits for a missing caller
             return
+        if callers[i].pid is not None:
+            backend_cpu_before[i] = cpu_seconds(callers[i].pid)
         try:
             barrier.wait()
         except threading.BrokenBarrierError:
@@ -254,12 +287,20 @@ def main():
                    "nerrors": len(errors), "errors": errors[:10]}, sys.stdout)
         sys.stdout.write("\n")
         return 1
+    client_cpu_release = sum(os.times()[:2])
     sampler.start()
 
     deadline = release["t"] + args.timeout
     for t in threads:
         t.join(timeout=max(0.0, deadline - time.perf_counter()))
     hung = sum(t.is_alive() for t in threads)
+    client_cpu = sum(os.times()[:2]) - client_cpu_release
+    backends_cpu = 0.0
+    for i in range(n):
+        if callers[i] is not None and backend_cpu_before[i] is not None:
+            now = cpu_seconds(callers[i].pid)
+            if now is not None:
+                backends_cpu += now - backend_cpu_before[i]
     time.sleep(1.0)                     # let the workers settle, then sample
     sampler.stop()
     after = {pid: memory_kb(pid) for pid in pids}
@@ -278,6 +319,7 @@ def main():
     result = {
         "callers": n,
         "aborted": False,
+        "warm_up": args.warm_up,
         "answered": len(ok),
         "nerrors": len(errors),
         "errors": errors[:10],
@@ -299,6 +341,9 @@ def main():
         "cpu_s": {str(pid): (cpu_after[pid] - cpu_before[pid])
                   if None not in (cpu_after[pid], cpu_before[pid]) else None
                   for pid in args.cpu_pid},
+        # from the release to the last answer (the sampler thread included)
+        "client_cpu_s": client_cpu,
+        "backends_cpu_s": backends_cpu if args.dsn else None,
     }
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
