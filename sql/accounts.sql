@@ -68,7 +68,7 @@ SELECT account_id, count(*) FROM ai_usage_log GROUP BY account_id ORDER BY accou
 SET ROLE igny8_acct_a;
 SELECT account_id, count(*) FROM ai_usage_log GROUP BY account_id ORDER BY account_id;
 SELECT account_id, count(*) FROM igny8_jobs GROUP BY account_id;
-SELECT replace(show_error(format('SELECT igny8_job(%s)', :job_free)), :job_free::text, 'N') AS show_error;
+SELECT replace(show_error(format('SELECT igny8_job(%s)', :job_free)), 'job ' || :job_free || ' ', 'job N ') AS show_error;
 -- and its cost per account (with the caller's rights) is only its own
 SELECT account_id, attempts
   FROM igny8_cost_by_account(now() - interval '1 hour', now() + interval '1 hour');
