@@ -121,12 +121,23 @@ SELECT o::oid::regrole, 700 + g
 SELECT bound_elsewhere('igny8_acct_a') AS among_others;
 UPDATE igny8_account_roles SET account_id = 606 WHERE role = 'igny8_acct_a'::regrole;
 SELECT bound_elsewhere('igny8_acct_a') AS updated;
+-- a change applied as a logical replication subscriber applies it
+-- (session_replication_role = replica) is announced too (ENABLE ALWAYS)
+SET session_replication_role = replica;
+UPDATE igny8_account_roles SET account_id = 607 WHERE role = 'igny8_acct_a'::regrole;
+RESET session_replication_role;
+SELECT bound_elsewhere('igny8_acct_a') AS applied_as_replica;
+UPDATE igny8_account_roles SET account_id = 606 WHERE role = 'igny8_acct_a'::regrole;
 -- more bindings than the shared copy holds (1024): every backend reads the
 -- table itself, with the same answers
 INSERT INTO igny8_account_roles (role, account_id)
 SELECT (4000000000 - g)::oid::regrole, 800 FROM generate_series(1, 1100) g;
 SELECT bound_elsewhere('igny8_acct_a') AS too_many_for_the_copy,
        bound_elsewhere('igny8_acct_free') AS free;
+-- ... and a change made then is seen as well
+UPDATE igny8_account_roles SET account_id = 608 WHERE role = 'igny8_acct_a'::regrole;
+SELECT bound_elsewhere('igny8_acct_a') AS changed_while_too_many;
+UPDATE igny8_account_roles SET account_id = 606 WHERE role = 'igny8_acct_a'::regrole;
 DELETE FROM igny8_account_roles WHERE account_id >= 700;
 SELECT bound_elsewhere('igny8_acct_a') AS back_in_the_copy;
 TRUNCATE igny8_account_roles;

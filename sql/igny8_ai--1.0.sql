@@ -2459,6 +2459,11 @@ CREATE FUNCTION igny8_account_roles_changed() RETURNS trigger
 CREATE TRIGGER igny8_account_roles_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_account_roles
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_account_roles_changed();
+-- It only announces the change (the backends' copies of the bindings are
+-- dropped at commit): it fires with session_replication_role = replica
+-- too, as on a logical replication subscriber, where a binding that
+-- arrived unannounced would leave the role unbound for its row security.
+ALTER TABLE igny8_account_roles ENABLE ALWAYS TRIGGER igny8_account_roles_changed;
 
 -- The account the current role is bound to, or NULL when it is not bound.
 CREATE FUNCTION igny8_bound_account() RETURNS bigint

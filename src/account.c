@@ -94,7 +94,7 @@ typedef struct Igny8BindingsShared
 	Oid			database;		/* the database of that table */
 	uint64		generation;		/* goes up with every change */
 	uint64		filled;			/* the generation entries[] describe, or 0 */
-	int			n;
+	int			n;				/* -1: the table had more rows than fit */
 	Igny8Binding entries[IGNY8_SHARED_BINDINGS];	/* sorted by role */
 } Igny8BindingsShared;
 
@@ -210,12 +210,35 @@ binding_cmp(const void *a, const void *b)
 	return (ra > rb) - (ra < rb);
 }
 
-/* May this backend use (and fill) the shared copy now? */
+/*
+ * May this backend use (and fill) the shared copy now?  Not under
+ * SERIALIZABLE either: the fill reads the whole table, which would take a
+ * predicate lock on all of it where the lookup takes one on the role's
+ * index entry.
+ */
 static bool
 shared_copy_usable(void)
 {
 	return bindings != NULL && !xact_wrote_bindings &&
-		!IsInParallelMode() && !RecoveryInProgress();
+		!IsInParallelMode() && !RecoveryInProgress() &&
+		!IsolationIsSerializable();
+}
+
+/*
+ * Is the table, as of the current generation, known to have more rows than
+ * the copy holds?  Then every backend looks its role up in the table's
+ * index, as without the copy, rather than reading the table to fill it.
+ */
+static bool
+shared_copy_overflowed(void)
+{
+	bool		over;
+
+	SpinLockAcquire(&bindings->mutex);
+	over = (bindings->filled != 0 && bindings->filled == bindings->generation &&
+			bindings->database == MyDatabaseId && bindings->n < 0);
+	SpinLockRelease(&bindings->mutex);
+	return over;
 }
 
 /*
@@ -232,7 +255,7 @@ shared_lookup(Oid role, bool *bound, int64 *account)
 		return false;
 	SpinLockAcquire(&bindings->mutex);
 	if (bindings->filled != 0 && bindings->filled == bindings->generation &&
-		bindings->database == MyDatabaseId)
+		bindings->database == MyDatabaseId && bindings->n >= 0)
 	{
 		Igny8Binding key;
 		Igny8Binding *hit;
@@ -317,19 +340,21 @@ fill_shared_copy(Relation rel, uint64 gen, Oid role, int64 *account)
 	systable_endscan(scan);
 	UnregisterSnapshot(snap);
 
-	/* too many rows: every backend reads the table, as without the copy */
+	/*
+	 * Too many rows: that is published instead, and until the table changes
+	 * every backend looks its role up in the index, as without the copy.
+	 */
 	if (fits)
-	{
 		qsort(rows, n, sizeof(Igny8Binding), binding_cmp);
-		SpinLockAcquire(&bindings->mutex);
-		if (bindings->generation == gen)
-		{
+	SpinLockAcquire(&bindings->mutex);
+	if (bindings->generation == gen)
+	{
+		if (fits)
 			memcpy(bindings->entries, rows, sizeof(Igny8Binding) * n);
-			bindings->n = n;
-			bindings->filled = gen;
-		}
-		SpinLockRelease(&bindings->mutex);
+		bindings->n = fits ? n : -1;
+		bindings->filled = gen;
 	}
+	SpinLockRelease(&bindings->mutex);
 	pfree(rows);
 	return found;
 }
@@ -350,7 +375,7 @@ lookup_binding(Oid role, int64 *account)
 	ScanKeyData key;
 	HeapTuple	tup;
 	bool		found = false;
-	bool		fill = shared_copy_usable();
+	bool		fill = shared_copy_usable() && !shared_copy_overflowed();
 	uint64		gen = 0;
 
 	cached_table = InvalidOid;

@@ -344,38 +344,18 @@ caller_wait_set(void)
 }
 
 /*
- * Make the usage rows of answered slots durable before their answers are
- * used.  A worker commits the rows of synchronous calls without waiting for
- * the WAL flush and gives each answer the end of the WAL that holds them
- * (usage.c): the flush is done here, by the caller, who waits anyway.  The
- * workers then never stand still on the disk, and callers that flush at the
- * same moment share one fdatasync, as committing backends do.  An answer,
- * an error included, is thus never seen before the rows of its attempts
- * would survive a crash.
- */
-static void
-flush_answers(const int *slots, int n)
-{
-	XLogRecPtr	lsn = InvalidXLogRecPtr;
-
-	for (int i = 0; i < n; i++)
-	{
-		Igny8Slot  *slot = &igny8_slots[slots[i]];
-		XLogRecPtr	at;
-
-		SpinLockAcquire(&slot->mutex);
-		at = slot->flush_lsn;
-		SpinLockRelease(&slot->mutex);
-		lsn = Max(lsn, at);
-	}
-	if (!XLogRecPtrIsInvalid(lsn))
-		XLogFlush(lsn);
-}
-
-/*
  * Wait until every slot of slots[] is answered.  A cancel, statement_timeout,
  * a lost client, a missing worker or a worker past the deadline end the wait
  * with an error; the caller's PG_CATCH (or exit) abandons the slots.
+ *
+ * Before it returns, the usage rows of the answers are made durable.  A
+ * worker commits the rows of synchronous calls without waiting for the WAL
+ * flush and gives each answer the end of the WAL that holds them (usage.c):
+ * the flush is done here, by the caller, who waits anyway.  The workers
+ * then never stand still on the disk, and callers that flush at the same
+ * moment share one fdatasync, as committing backends do.  An answer, an
+ * error included, is thus never seen before the rows of its attempts would
+ * survive a crash.
  */
 void
 igny8_wait(const int *slots, int n)
@@ -388,6 +368,7 @@ igny8_wait(const int *slots, int n)
 	{
 		TimestampTz now = GetCurrentTimestamp();
 		bool		all_done = true;
+		XLogRecPtr	flush_lsn = InvalidXLogRecPtr;
 		WaitEvent	events[3];
 		int			nevents;
 
@@ -395,12 +376,17 @@ igny8_wait(const int *slots, int n)
 		{
 			Igny8Slot  *slot = &igny8_slots[slots[i]];
 			Igny8SlotState state;
+			XLogRecPtr	lsn;
 
 			SpinLockAcquire(&slot->mutex);
 			state = slot->state;
+			lsn = slot->flush_lsn;
 			SpinLockRelease(&slot->mutex);
 			if (state == IGNY8_SLOT_DONE)
+			{
+				flush_lsn = Max(flush_lsn, lsn);
 				continue;
+			}
 			all_done = false;
 
 			if (state != IGNY8_SLOT_QUEUED ||
@@ -428,7 +414,8 @@ igny8_wait(const int *slots, int n)
 		if (all_done)
 		{
 			pfree(no_worker_since);
-			flush_answers(slots, n);
+			if (!XLogRecPtrIsInvalid(flush_lsn))
+				XLogFlush(flush_lsn);
 			return;
 		}
 

@@ -574,9 +574,10 @@ wait_timeout(void)
  * synchronous calls flush for themselves, usage.c).  While another worker
  * is in such a transaction, a commit of ours would wait for its WAL flush
  * (an fdatasync, under WALWriteLock) and then flush again, and our
- * transfers would stand still meanwhile.  Instead we keep our answers back and go on with the
- * transfers, and the other wakes us when its commit is done: our next
- * transaction carries every row that ended meanwhile, under one WAL flush.
+ * transfers would stand still meanwhile.  Instead we keep our answers back
+ * and go on with the transfers, and the other wakes us when its commit is
+ * done: our next transaction carries every row that ended meanwhile, under
+ * one WAL flush.
  * Nothing is given to a caller before its row is committed, as always.
  * The wait is bounded (IGNY8_FLUSH_DEFER_MS): a worker killed in its
  * transaction wakes no one.
@@ -721,6 +722,9 @@ igny8_worker_main(Datum main_arg)
 	me->procno = MyProc->pgprocno;
 	me->pid = MyProcPid;
 	me->started_at = GetCurrentTimestamp();
+	/* a previous incarnation's scan times are not ours */
+	pg_atomic_write_u64(&me->last_job_scan, 0);
+	pg_atomic_write_u64(&me->next_job_scan, 0);
 	SpinLockRelease(&me->mutex);
 	pg_atomic_write_u32(&me->in_flight, 0);
 	pg_atomic_write_u32(&me->flushing, 0);
