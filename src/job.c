@@ -1112,6 +1112,7 @@ igny8_job_publish(Igny8Job *job)
 	int			procno;
 	double		duration_ms;
 	const char *cost;
+	XLogRecPtr	flush_lsn;
 	char		provider[IGNY8_NAME_LEN] = "";
 	char		model_used[IGNY8_MODEL_LEN] = "";
 	char		finish_reason[32] = "";
@@ -1192,6 +1193,9 @@ igny8_job_publish(Igny8Job *job)
 	if (strlen(cost) >= IGNY8_COST_LEN)
 		cost = "NaN";			/* cannot happen: 57 digits of dollars */
 
+	/* read before the slot's spinlock: it takes the WAL's */
+	flush_lsn = igny8_usage_unflushed_lsn();
+
 	SpinLockAcquire(&slot->mutex);
 	gone = (slot->state == IGNY8_SLOT_ABANDONED);
 	procno = slot->caller_procno;
@@ -1211,7 +1215,7 @@ igny8_job_publish(Igny8Job *job)
 		slot->image_width = job->success ? job->image_width : 0;
 		slot->image_height = job->success ? job->image_height : 0;
 		slot->cached = job->success && job->cache_hit;
-		slot->flush_lsn = igny8_usage_unflushed_lsn();
+		slot->flush_lsn = flush_lsn;
 		if (job->success && job->task == IGNY8_TASK_HEALTH)
 		{
 			slot->http_status = job->probe_status;

@@ -270,12 +270,14 @@ my_runs(Oid *types, Datum *values)
  * run; the attempt a row records as in flight gets its usage row.
  */
 static int
-recover(const char *schema)
+recover(const char *schema, int *finished)
 {
 	Oid			types[4];
 	Datum		values[4];
 	int			ret;
 	int			requeued = 0;
+
+	*finished = 0;
 
 	my_runs(types, values);
 	types[3] = BOOLOID;
@@ -338,6 +340,7 @@ recover(const char *schema)
 		{
 			notify_job(id, state);
 			remember_woken(id);
+			(*finished)++;
 		}
 		else
 		{
@@ -801,7 +804,22 @@ igny8_jobs_take(Igny8Config *config)
 								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0,
 								 false);
 		if (scan)
-			requeued = recover(config->schema);
+		{
+			int			finished;
+
+			requeued = recover(config->schema, &finished);
+
+			/*
+			 * ... but an outcome it wrote (failed, cancelled) is read by
+			 * the sessions it wakes and by its NOTIFY's listeners: that
+			 * commit waits for its flush, as the usage flush's do.
+			 */
+			if (finished > 0)
+				(void) set_config_option("synchronous_commit",
+										 GetConfigOptionResetString("synchronous_commit"),
+										 PGC_USERSET, PGC_S_SESSION,
+										 GUC_ACTION_LOCAL, true, 0, false);
+		}
 		if (cancels && running_here > 0)
 			cancelled = cancelled_runs(config->schema, cxt);
 		if (want > 0)
@@ -1231,8 +1249,10 @@ igny8_jobs_stop(Igny8Config *config)
 		return;
 	PG_TRY();
 	{
+		int			finished;
+
 		igny8_worker_begin("igny8_ai: giving jobs back");
-		recover(config->schema);
+		recover(config->schema, &finished);
 		igny8_worker_commit();
 		igny8_jobs_wake_waiters();
 	}

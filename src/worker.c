@@ -39,6 +39,7 @@
 #include <malloc.h>
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -432,6 +433,7 @@ recover_orphans(void)
 				"See the server log for why the worker exited; retry the call."
 			};
 			dsa_pointer result = igny8_pack_strings(igny8_dsa(), 3, strs);
+			XLogRecPtr	all_wal = GetXLogInsertRecPtr();
 			bool		gone;
 
 			SpinLockAcquire(&slot->mutex);
@@ -442,7 +444,12 @@ recover_orphans(void)
 				slot->success = false;
 				slot->sqlerrcode = ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
 				slot->attempts = 0;
-				slot->flush_lsn = InvalidXLogRecPtr;
+				/*
+				 * The previous incarnation may have committed rows of this
+				 * call without their flush, and took the LSN with it: the
+				 * caller flushes all there is.
+				 */
+				slot->flush_lsn = all_wal;
 				slot->state = IGNY8_SLOT_DONE;
 			}
 			SpinLockRelease(&slot->mutex);
