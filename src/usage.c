@@ -11,9 +11,9 @@
  * changes it saw, in one transaction: one commit covers all the answers
  * of the iteration.  When it holds only synchronous calls' rows, the
  * commit does not wait for its WAL flush: each caller flushes up to it
- * before it takes its answer (igny8_usage_unflushed_lsn, dispatch.c).  The insert is prepared once
- * and kept for the worker's life.  Strings are converted from the
- * worker's UTF-8 to the database encoding here.
+ * before it takes its answer (igny8_usage_unflushed_lsn, dispatch.c).
+ * The insert is prepared once and kept for the worker's life.  Strings
+ * are converted from the worker's UTF-8 to the database encoding here.
  *
  *-------------------------------------------------------------------------
  */
