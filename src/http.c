@@ -155,7 +155,6 @@ socket_callback(CURL *easy, curl_socket_t s, int what, void *userp,
 			st->parked = true;
 		else
 			unwatch(s, st);
-		curl_multi_assign(multi, s, NULL);
 		return 0;
 	}
 
@@ -187,8 +186,6 @@ socket_callback(CURL *easy, curl_socket_t s, int what, void *userp,
 		st->events = ev.events;
 		st->parked = false;
 	}
-	/* any non-NULL marker: "watched for curl" */
-	curl_multi_assign(multi, s, (void *) &epoll_fd);
 	return 0;
 }
 

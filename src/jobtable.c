@@ -131,9 +131,13 @@ forget_plans(void)
 	plans_schema = NULL;
 }
 
-/* Statement which (sql, for the extension in schema), prepared. */
+/*
+ * Statement which, prepared for the extension in schema.  fmt names the
+ * schema with %s, up to four times; it is only formatted when the statement
+ * is prepared, not at every execution.
+ */
 static SPIPlanPtr
-job_plan(JobPlan which, const char *schema, const char *sql, int nargs,
+job_plan(JobPlan which, const char *schema, const char *fmt, int nargs,
 		 Oid *types)
 {
 	if (plans_schema == NULL || strcmp(plans_schema, schema) != 0)
@@ -143,7 +147,10 @@ job_plan(JobPlan which, const char *schema, const char *sql, int nargs,
 	}
 	if (plans[which] == NULL)
 	{
+		char	   *sql = psprintf(fmt, schema, schema, schema, schema);
 		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+		pfree(sql);
 
 		if (plan == NULL)
 			elog(ERROR, "could not prepare a statement on igny8_jobs: %s",
@@ -268,6 +275,8 @@ my_runs(Oid *types, Datum *values)
  * Take back running rows whose worker is gone, and rows of ours we do not
  * hold.  Needs a transaction.  A run that sent nothing does not count as a
  * run; the attempt a row records as in flight gets its usage row.
+ * Returns the rows queued again; *finished, if not NULL, is set to the
+ * rows it ended (failed, cancelled).
  */
 static int
 recover(const char *schema, int *finished)
@@ -277,13 +286,13 @@ recover(const char *schema, int *finished)
 	int			ret;
 	int			requeued = 0;
 
-	*finished = 0;
+	int			ended = 0;
 
 	my_runs(types, values);
 	types[3] = BOOLOID;
 	values[3] = BoolGetDatum(igny8_log_content);
 
-	ret = SPI_execute_plan(job_plan(PLAN_RECOVER, schema, psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_RECOVER, schema,
 		"WITH r AS (UPDATE %s.igny8_jobs j SET"
 		" attempts = j.attempts OPERATOR(pg_catalog.-) (NOT j.sent)::pg_catalog.int4,"
 		" state = CASE WHEN j.cancel_requested THEN 'cancelled'"
@@ -322,7 +331,7 @@ recover(const char *schema, int *finished)
 		"  CASE WHEN $4 THEN r.request::pg_catalog.text END,"
 		"  r.inflight OPERATOR(pg_catalog.->>) 'api_key_ref'"
 		"  FROM r WHERE r.inflight IS NOT NULL)"
-		" SELECT r.id, r.state FROM r", schema, schema, schema, schema),
+		" SELECT r.id, r.state FROM r",
 		4, types), values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not recover igny8_jobs: %s",
@@ -340,7 +349,7 @@ recover(const char *schema, int *finished)
 		{
 			notify_job(id, state);
 			remember_woken(id);
-			(*finished)++;
+			ended++;
 		}
 		else
 		{
@@ -352,6 +361,8 @@ recover(const char *schema, int *finished)
 		ereport(LOG,
 				(errmsg("igny8_ai worker %d took back %llu jobs whose worker stopped",
 						igny8_worker_index, (unsigned long long) SPI_processed)));
+	if (finished)
+		*finished = ended;
 	return requeued;
 }
 
@@ -365,12 +376,12 @@ cancelled_runs(const char *schema, MemoryContext cxt)
 	int			ret;
 
 	my_runs(types, values);
-	ret = SPI_execute_plan(job_plan(PLAN_CANCELLED, schema, psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_CANCELLED, schema,
 		"SELECT j.id FROM %s.igny8_jobs j"
 		" WHERE j.state OPERATOR(pg_catalog.=) 'running' AND j.cancel_requested"
 		" AND j.worker OPERATOR(pg_catalog.=) $1"
 		" AND j.worker_started OPERATOR(pg_catalog.=) $2"
-		" AND j.id OPERATOR(pg_catalog.=) ANY ($3)", schema),
+		" AND j.id OPERATOR(pg_catalog.=) ANY ($3)",
 		3, types), values, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
@@ -517,11 +528,11 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	 * (Not read-only: it takes a snapshot of its own, taken after the lock,
 	 * which sees the claim that held it.)
 	 */
-	ret = SPI_execute_plan(job_plan(PLAN_COUNTS, schema, psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_COUNTS, schema,
 		"SELECT j.account_id, pg_catalog.count(*)::integer"
 		" FROM %s.igny8_jobs j"
 		" WHERE j.state OPERATOR(pg_catalog.=) 'running'"
-		" GROUP BY j.account_id", schema), 0, NULL), NULL, NULL, false, 0);
+		" GROUP BY j.account_id", 0, NULL), NULL, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
 	counts = palloc(sizeof(AccountCount) * (SPI_processed + want + 1));
@@ -553,14 +564,14 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	values[1] = BoolGetDatum(null_capped);
 	types[2] = INT8ARRAYOID;
 	values[2] = bigint_array(capped, ncapped);
-	ret = SPI_execute_plan(job_plan(PLAN_CANDIDATES, schema, psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_CANDIDATES, schema,
 		"SELECT j.id, j.account_id FROM %s.igny8_jobs j"
 		" WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
 		" AND j.not_before OPERATOR(pg_catalog.<=) pg_catalog.now()"
 		" AND CASE WHEN j.account_id IS NULL THEN NOT $2"
 		"  ELSE j.account_id OPERATOR(pg_catalog.<>) ALL ($3) END"
 		" ORDER BY (j.priority OPERATOR(pg_catalog.<>) 'interactive'), j.id"
-		" LIMIT $1 FOR UPDATE SKIP LOCKED", schema),
+		" LIMIT $1 FOR UPDATE SKIP LOCKED",
 		3, types), values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
@@ -616,14 +627,14 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	values[0] = bigint_array(ids, nids);
 	values[1] = Int32GetDatum(igny8_worker_index);
 	values[2] = TimestampTzGetDatum(my_start);
-	ret = SPI_execute_plan(job_plan(PLAN_CLAIM, schema, psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_CLAIM, schema,
 		"UPDATE %s.igny8_jobs j SET state = 'running',"
 		" attempts = j.attempts OPERATOR(pg_catalog.+) 1,"
 		" started_at = pg_catalog.now(), worker = $2, worker_started = $3,"
 		" request_id = pg_catalog.gen_random_uuid(), sent = false"
 		" WHERE j.id OPERATOR(pg_catalog.=) ANY ($1)"
 		" RETURNING j.id, j.kind, j.model_alias, j.request::text, j.account_id,"
-		" j.timeout_ms, j.request_id", schema),
+		" j.timeout_ms, j.request_id",
 		3, types), values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not claim igny8_jobs: %s", SPI_result_code_string(ret));
@@ -661,10 +672,10 @@ earliest_not_before(const char *schema)
 	Datum		d;
 	int			ret;
 
-	ret = SPI_execute_plan(job_plan(PLAN_EARLIEST, schema, psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_EARLIEST, schema,
 		"SELECT pg_catalog.min(j.not_before) FROM %s.igny8_jobs j"
 		" WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
-		" AND j.not_before OPERATOR(pg_catalog.>) pg_catalog.now()", schema),
+		" AND j.not_before OPERATOR(pg_catalog.>) pg_catalog.now()",
 		0, NULL), NULL, NULL, true, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
@@ -849,9 +860,7 @@ igny8_jobs_take(Igny8Config *config)
 		list_free_deep(woken);
 		woken = NIL;
 		/* tried again by the scan, soon whatever the backoff said */
-		scan_interval = IGNY8_JOB_SCAN_MS;
-		next_scan = Min(next_scan, TimestampTzPlusMilliseconds(now, scan_interval));
-		publish_scan();
+		next_scan_after(now, false, true);
 		/* a worker that found the lock taken must not wait for the scan */
 		if (pg_atomic_exchange_u32(&igny8_shared->jobs_claim_missed, 0))
 			igny8_jobs_announce();
@@ -1021,7 +1030,7 @@ write_one(const char *schema, Igny8Job *job)
 	values[19] = igny8_cost_datum(igny8_job_cost(job));
 	nulls[19] = ' ';
 
-	ret = SPI_execute_plan(job_plan(PLAN_FINISH, schema, psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_FINISH, schema,
 		"UPDATE %s.igny8_jobs j SET state = $2, finished_at = pg_catalog.now(),"
 		" provider = $3, model = $4, content = $5, thinking = $6,"
 		" finish_reason = $7, input_tokens = $8, output_tokens = $9,"
@@ -1031,7 +1040,7 @@ write_one(const char *schema, Igny8Job *job)
 		" WHERE j.id OPERATOR(pg_catalog.=) $1"
 		" AND j.state OPERATOR(pg_catalog.=) 'running'"
 		" AND j.worker OPERATOR(pg_catalog.=) $18"
-		" AND j.worker_started OPERATOR(pg_catalog.=) $19", schema),
+		" AND j.worker_started OPERATOR(pg_catalog.=) $19",
 		FINISH_NARGS, types), values, nulls, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not update igny8_jobs: %s",
@@ -1091,14 +1100,14 @@ record_all(const char *schema, Datum *ids, Datum *inflights, bool *nulls,
 	values[2] = Int32GetDatum(igny8_worker_index);
 	values[3] = TimestampTzGetDatum(my_start);
 	/* every row to record in one statement: ids and their inflight */
-	ret = SPI_execute_plan(job_plan(PLAN_INFLIGHT, schema, psprintf(
+	ret = SPI_execute_plan(job_plan(PLAN_INFLIGHT, schema,
 		"UPDATE %s.igny8_jobs j SET inflight = v.inflight::pg_catalog.jsonb,"
 		" sent = j.sent OR v.inflight IS NOT NULL"
 		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) v(id, inflight)"
 		" WHERE j.id OPERATOR(pg_catalog.=) v.id"
 		" AND j.state OPERATOR(pg_catalog.=) 'running'"
 		" AND j.worker OPERATOR(pg_catalog.=) $3"
-		" AND j.worker_started OPERATOR(pg_catalog.=) $4", schema),
+		" AND j.worker_started OPERATOR(pg_catalog.=) $4",
 		4, types), values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not update igny8_jobs: %s",
@@ -1249,10 +1258,8 @@ igny8_jobs_stop(Igny8Config *config)
 		return;
 	PG_TRY();
 	{
-		int			finished;
-
 		igny8_worker_begin("igny8_ai: giving jobs back");
-		recover(config->schema, &finished);
+		recover(config->schema, NULL);
 		igny8_worker_commit();
 		igny8_jobs_wake_waiters();
 	}

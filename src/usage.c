@@ -43,30 +43,28 @@ static char *insert_schema = NULL;
  */
 static XLogRecPtr unflushed_lsn = InvalidXLogRecPtr;
 
-/*
- * May the callers flush the usage commit?  Only the local flush can be
- * waited for elsewhere: when synchronous_commit asks for a synchronous
- * standby's confirmation, the worker commits as before and waits for it.
- * With synchronous_commit = off nothing is flushed, by anyone.
- */
-static bool
-callers_flush(void)
-{
-	if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
-		return false;
-	return !(SyncRepRequested() &&
-			 SyncRepStandbyNames != NULL && SyncRepStandbyNames[0] != '\0');
-}
+static bool anything_to_write(void);
 
 /*
- * Will the next igny8_usage_flush() wait for its WAL flush?  It does when it
- * writes the outcome of submitted jobs: they have no caller to flush for
- * them, and whoever reads their rows must not see what a crash would undo.
+ * What igny8_usage_flush() has to write, and who waits for its commit's
+ * WAL flush.  The callers of synchronous calls can flush for themselves
+ * (igny8_wait in dispatch.c), but not for submitted jobs' outcomes, which
+ * other sessions read, nor for a synchronous standby's confirmation, which
+ * only the committer can wait for.  With synchronous_commit = off nothing
+ * is flushed, by anyone.
  */
-bool
-igny8_usage_flush_waits(void)
+Igny8UsageWrite
+igny8_usage_to_write(void)
 {
-	return igny8_jobs_to_write() || !callers_flush();
+	if (!anything_to_write())
+		return IGNY8_USAGE_NOTHING;
+	if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+		return IGNY8_USAGE_UNFLUSHED;
+	if (igny8_jobs_to_write() ||
+		(SyncRepRequested() &&
+		 SyncRepStandbyNames != NULL && SyncRepStandbyNames[0] != '\0'))
+		return IGNY8_USAGE_WORKER_FLUSHES;
+	return IGNY8_USAGE_CALLERS_FLUSH;
 }
 
 /*
@@ -244,13 +242,6 @@ anything_to_write(void)
 	return false;
 }
 
-/* Has igny8_usage_flush anything to write? */
-bool
-igny8_usage_pending(void)
-{
-	return anything_to_write();
-}
-
 static void
 insert_job_rows(Igny8Config *config, Igny8Job *job)
 {
@@ -322,17 +313,15 @@ insert_job_rows(Igny8Config *config, Igny8Job *job)
  * usage row is not committed.  Either way no row is written twice.
  */
 void
-igny8_usage_flush(Igny8Config *config)
+igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 {
 	dlist_iter	iter;
 	ListCell   *lc;
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile bool committed = false;
-	bool		wait_flush;
 
-	if (!anything_to_write())
+	if (what == IGNY8_USAGE_NOTHING)
 		return;
-	wait_flush = igny8_usage_flush_waits();
 
 	PG_TRY();
 	{
@@ -348,7 +337,7 @@ igny8_usage_flush(Igny8Config *config)
 		 * they take the answers.  The loop goes on with the transfers
 		 * instead of standing still for an fdatasync per iteration.
 		 */
-		if (!wait_flush)
+		if (what == IGNY8_USAGE_CALLERS_FLUSH)
 			(void) set_config_option("synchronous_commit", "off",
 									 PGC_USERSET, PGC_S_SESSION,
 									 GUC_ACTION_LOCAL, true, 0, false);
@@ -362,7 +351,8 @@ igny8_usage_flush(Igny8Config *config)
 			Async_Notify("igny8_ai_health", (char *) lfirst(lc));
 		igny8_worker_commit();
 		committed = true;
-		if (!wait_flush && XactLastCommitEnd > unflushed_lsn)
+		if (what == IGNY8_USAGE_CALLERS_FLUSH &&
+			XactLastCommitEnd > unflushed_lsn)
 			unflushed_lsn = XactLastCommitEnd;
 		igny8_jobs_flushed(true);
 	}

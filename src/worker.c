@@ -482,7 +482,7 @@ stop_gracefully(void)
 	 * igny8_jobs_stop() writes when it gives the row back.
 	 */
 	igny8_jobs_stopping();
-	igny8_usage_flush(config);
+	igny8_usage_flush(config, igny8_usage_to_write());
 	dlist_foreach_modify(miter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, miter.cur);
@@ -515,7 +515,7 @@ stop_gracefully(void)
 		}
 	}
 	MemoryContextSwitchTo(loop_cxt);
-	igny8_usage_flush(config);
+	igny8_usage_flush(config, igny8_usage_to_write());
 	igny8_jobs_stop(config);
 	publish_finished();
 	/* the requests queued again are taken by the others at once */
@@ -590,13 +590,13 @@ wait_timeout(void)
  * transaction wakes no one.
  */
 static bool
-defer_flush(void)
+defer_flush(Igny8UsageWrite what)
 {
 	uint64		bit = UINT64CONST(1) << igny8_worker_index;
 	bool		waiting = false;
 
-	/* a commit that leaves its flush to the callers waits for no one */
-	if (!igny8_usage_pending() || !igny8_usage_flush_waits())
+	/* a commit that does not wait for its flush waits for no one */
+	if (what != IGNY8_USAGE_WORKER_FLUSHES)
 		return false;
 	if (flush_deferred_since != 0 &&
 		TimestampDifferenceExceeds(flush_deferred_since, GetCurrentTimestamp(),
@@ -627,17 +627,17 @@ defer_flush(void)
 
 /* Write the usage rows (igny8_usage_flush), saying so to the others. */
 static void
-flush_usage(void)
+flush_usage(Igny8UsageWrite what)
 {
-	bool		pending = igny8_usage_pending() && igny8_usage_flush_waits();
+	bool		flushes = (what == IGNY8_USAGE_WORKER_FLUSHES);
 
-	if (pending)
+	if (flushes)
 	{
 		pg_atomic_write_u32(&me->flushing, 1);
 		pg_memory_barrier();
 	}
-	igny8_usage_flush(config);
-	if (pending)
+	igny8_usage_flush(config, what);
+	if (flushes)
 		wake_flush_waiters();
 	flush_deferred_since = 0;
 }
@@ -758,6 +758,7 @@ igny8_worker_main(Datum main_arg)
 		int			nevents;
 		bool		fd_ready = false;
 		int			nnew;
+		Igny8UsageWrite what;
 
 		nevents = WaitEventSetWait(wes, wait_timeout(), events,
 								   lengthof(events), PG_WAIT_EXTENSION);
@@ -803,9 +804,10 @@ igny8_worker_main(Datum main_arg)
 		MemoryContextSwitchTo(loop_cxt);
 		run_jobs(fd_ready);
 		/* answers whose rows wait for the commit are published after it */
-		if (!defer_flush())
+		what = igny8_usage_to_write();
+		if (!defer_flush(what))
 		{
-			flush_usage();
+			flush_usage(what);
 			publish_finished();
 		}
 	}

@@ -569,6 +569,15 @@ extern void igny8_cache_write(Igny8Job *job);
 
 /* ----- usage.c ----- */
 
+/* What igny8_usage_flush() has to write, and who flushes its commit. */
+typedef enum Igny8UsageWrite
+{
+	IGNY8_USAGE_NOTHING = 0,
+	IGNY8_USAGE_CALLERS_FLUSH,	/* only synchronous calls' rows */
+	IGNY8_USAGE_WORKER_FLUSHES, /* jobs' outcomes, or a synchronous standby */
+	IGNY8_USAGE_UNFLUSHED		/* synchronous_commit = off */
+} Igny8UsageWrite;
+
 typedef struct Igny8UsageRow
 {
 	pg_uuid_t	request_id;
@@ -601,9 +610,8 @@ typedef struct Igny8UsageRow
 
 extern void igny8_usage_reset(void);
 extern void igny8_usage_insert(const char *schema, const Igny8UsageRow *row);
-extern void igny8_usage_flush(Igny8Config *config);
-extern bool igny8_usage_pending(void);
-extern bool igny8_usage_flush_waits(void);
+extern void igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what);
+extern Igny8UsageWrite igny8_usage_to_write(void);
 extern XLogRecPtr igny8_usage_unflushed_lsn(void);
 
 /* ----- price.c ----- */
@@ -616,5 +624,7 @@ extern char *igny8_job_cost(Igny8Job *job);
 extern int64 igny8_attempt_estimate(Igny8Config *config, Igny8Job *job,
 									 Igny8Deployment *d, int max_tokens,
 									 TimestampTz at);
+extern bool igny8_utc_month(TimestampTz at, TimestampTz *start,
+							TimestampTz *next);
 
 #endif							/* IGNY8_WORKER_H */
