@@ -110,22 +110,27 @@ igny8_budget_period_name(Igny8BudgetPeriod period)
 	return period == IGNY8_BUDGET_DAY ? "day" : "month";
 }
 
-/* The start of the UTC day or month that holds now. */
-static TimestampTz
-period_start(Igny8BudgetPeriod period, TimestampTz now)
+/*
+ * The UTC day or month that holds at: its start and the next one's (the
+ * months as price.c and the reports count them).
+ */
+static void
+period_bounds(Igny8BudgetPeriod period, TimestampTz at,
+			  TimestampTz *start, TimestampTz *end)
 {
-	struct pg_tm tm;
-	fsec_t		fsec;
-	TimestampTz start;
-
-	if (timestamp2tm(now, NULL, &tm, &fsec, NULL, NULL) != 0)
-		return now;
-	tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
 	if (period == IGNY8_BUDGET_MONTH)
-		tm.tm_mday = 1;
-	if (tm2timestamp(&tm, 0, NULL, &start) != 0)
-		return now;
-	return start;
+	{
+		if (!igny8_utc_month(at, start, end))
+		{
+			/* cannot happen: a finite time */
+			*start = at;
+			*end = at + 28 * USECS_PER_DAY;
+		}
+		return;
+	}
+	/* timestamps count microseconds from a UTC midnight */
+	*start = at - ((at % USECS_PER_DAY) + USECS_PER_DAY) % USECS_PER_DAY;
+	*end = *start + USECS_PER_DAY;
 }
 
 /* micro-USD as text: "12.345678" */
@@ -199,28 +204,6 @@ entry_reserved(Igny8BudgetEntry *e)
 	return sum;
 }
 
-/* The start of the period after the one that starts at start. */
-static TimestampTz
-period_after(Igny8BudgetPeriod period, TimestampTz start)
-{
-	struct pg_tm tm;
-	fsec_t		fsec;
-	TimestampTz end;
-
-	if (period == IGNY8_BUDGET_DAY)
-		return start + USECS_PER_DAY;
-	if (timestamp2tm(start, NULL, &tm, &fsec, NULL, NULL) != 0)
-		return start + 28 * USECS_PER_DAY;
-	if (++tm.tm_mon > MONTHS_PER_YEAR)
-	{
-		tm.tm_mon = 1;
-		tm.tm_year++;
-	}
-	if (tm2timestamp(&tm, 0, NULL, &end) != 0)
-		return start + 28 * USECS_PER_DAY;
-	return end;
-}
-
 /*
  * A new period starts from nothing (the reservations go on).  Called on
  * every check: a comparison, until the period ends.
@@ -229,10 +212,11 @@ static void
 roll_period(Igny8BudgetEntry *e, TimestampTz now)
 {
 	TimestampTz start;
+	TimestampTz end;
 
 	if (now < e->period_end)
 		return;
-	start = period_start(e->period, now);
+	period_bounds(e->period, now, &start, &end);
 	if (start > e->period_start)
 	{
 		e->period_start = start;
@@ -240,7 +224,7 @@ roll_period(Igny8BudgetEntry *e, TimestampTz now)
 		e->aside = 0;
 		e->warned_for = 0;
 	}
-	e->period_end = period_after(e->period, e->period_start);
+	e->period_end = end;
 }
 
 static Igny8BudgetEntry *
@@ -354,8 +338,7 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 			e->account_id = b->account_id;
 			e->period = b->period;
 			e->loading = true;
-			e->period_start = period_start(b->period, now);
-			e->period_end = period_after(b->period, e->period_start);
+			period_bounds(b->period, now, &e->period_start, &e->period_end);
 		}
 		if (e == NULL)
 			continue;

@@ -183,6 +183,31 @@ find_fixed_cost(Igny8Config *config, const char *provider, TimestampTz at)
 }
 
 /*
+ * The UTC calendar month that holds at: its start and the next month's
+ * (budget.c counts its months the same way).  False for a time outside
+ * the range of timestamps.
+ */
+bool
+igny8_utc_month(TimestampTz at, TimestampTz *start, TimestampTz *next)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (timestamp2tm(at, NULL, &tm, &fsec, NULL, NULL) != 0)
+		return false;
+	tm.tm_mday = 1;
+	tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+	if (tm2timestamp(&tm, 0, NULL, start) != 0)
+		return false;
+	if (++tm.tm_mon > MONTHS_PER_YEAR)
+	{
+		tm.tm_mon = 1;
+		tm.tm_year++;
+	}
+	return tm2timestamp(&tm, 0, NULL, next) == 0;
+}
+
+/*
  * sum + the attempt's share of its box's rent: its share of the box's
  * time (gpuclock.c) times the hourly rate, the monthly amount valid at the
  * attempt's start divided by the hours of that calendar month (in UTC, as
@@ -193,28 +218,15 @@ static Numeric
 add_gpu_share(Igny8Config *config, Igny8Attempt *a, Numeric sum)
 {
 	Igny8FixedCost *f;
-	struct pg_tm tm;
-	fsec_t		fsec;
-	Timestamp	month_start;
-	Timestamp	month_end;
+	TimestampTz month_start;
+	TimestampTz month_end;
 	Datum		n;
 
 	if (a->gpu_seconds < 0 || a->provider == NULL ||
 		(f = find_fixed_cost(config, a->provider, a->at)) == NULL)
 		return sum;
-	if (timestamp2tm(a->at, NULL, &tm, &fsec, NULL, NULL) != 0)
+	if (!igny8_utc_month(a->at, &month_start, &month_end))
 		return sum;				/* cannot happen: a finite time */
-	tm.tm_mday = 1;
-	tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
-	if (tm2timestamp(&tm, 0, NULL, &month_start) != 0)
-		return sum;
-	if (++tm.tm_mon > MONTHS_PER_YEAR)
-	{
-		tm.tm_mon = 1;
-		tm.tm_year++;
-	}
-	if (tm2timestamp(&tm, 0, NULL, &month_end) != 0)
-		return sum;
 	n = DirectFunctionCall2(numeric_mul,
 							NumericGetDatum(int64_to_numeric((int64) rint(a->gpu_seconds * 1000000.0))),
 							f->monthly_amount);
@@ -308,10 +320,9 @@ igny8_job_cost(Igny8Job *job)
 }
 
 /*
- * A price in thousandths of its unit, rounded up, computed once per copy
- * of the configuration: for a price per 1M tokens, nano-USD per token;
- * per image, nano-USD per image divided by a million.  The estimates use
- * it so that they need no numeric arithmetic.
+ * A price per 1M tokens in nano-USD per token (thousandths of its unit),
+ * rounded up, computed once per copy of the configuration: the text
+ * estimates need no numeric arithmetic.
  */
 static int64
 price_nano(Igny8Price *p)
@@ -357,8 +368,8 @@ igny8_attempt_estimate(Igny8Config *config, Igny8Job *job,
 		if (p == NULL)
 			p = find_price(config, provider, d->model, IGNY8_PRICE_IMAGE,
 						   size, "", at);
-		/* per image: USD, i.e. 10^9 nano-USD, 10^6 times price_nano */
-		nano = price_nano(p) * 1000000;
+		/* per image, in USD: micro-USD at once (price_nano is milli-USD) */
+		return p ? igny8_numeric_micro(DatumGetNumeric(p->price)) : 0;
 	}
 	else if (job->task != IGNY8_TASK_HEALTH)
 	{
