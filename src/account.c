@@ -99,7 +99,6 @@ typedef struct Igny8BindingsShared
 } Igny8BindingsShared;
 
 static Igny8BindingsShared *bindings = NULL;
-static bool callbacks_registered = false;
 
 /* this transaction ran the table's trigger: it may see its own changes */
 static bool xact_wrote_bindings = false;
@@ -196,7 +195,6 @@ bindings_xact_callback(XactEvent event, void *arg)
 void
 igny8_account_init(void)
 {
-	callbacks_registered = true;
 	CacheRegisterRelcacheCallback(bindings_invalidated, (Datum) 0);
 	RegisterXactCallback(bindings_xact_callback, NULL);
 }
@@ -224,55 +222,53 @@ shared_copy_usable(void)
 		!IsolationIsSerializable();
 }
 
-/*
- * Is the table, as of the current generation, known to have more rows than
- * the copy holds?  Then every backend looks its role up in the table's
- * index, as without the copy, rather than reading the table to fill it.
- */
-static bool
-shared_copy_overflowed(void)
+/* What the shared copy says of a role (shared_lookup). */
+typedef enum SharedAnswer
 {
-	bool		over;
-
-	SpinLockAcquire(&bindings->mutex);
-	over = (bindings->filled != 0 && bindings->filled == bindings->generation &&
-			bindings->database == MyDatabaseId && bindings->n < 0);
-	SpinLockRelease(&bindings->mutex);
-	return over;
-}
+	SHARED_ANSWERED,			/* *bound and *account are set */
+	SHARED_MISS,				/* not current: read the table, filling it */
+	SHARED_UNUSABLE				/* look the role up in the table's index */
+} SharedAnswer;
 
 /*
- * The role's binding from the shared copy, if it is current: true when
- * the copy answered (*bound and *account then set).
+ * The role's binding from the shared copy, if it is current.  A copy
+ * current for a table with more rows than it holds (n < 0) sends every
+ * backend to the table's index, as without the copy, rather than to read
+ * the whole table again to fill it.
  */
-static bool
+static SharedAnswer
 shared_lookup(Oid role, bool *bound, int64 *account)
 {
-	bool		answered = false;
+	SharedAnswer answer = SHARED_MISS;
 	Oid			table = InvalidOid;
 
 	if (!shared_copy_usable())
-		return false;
+		return SHARED_UNUSABLE;
 	SpinLockAcquire(&bindings->mutex);
 	if (bindings->filled != 0 && bindings->filled == bindings->generation &&
-		bindings->database == MyDatabaseId && bindings->n >= 0)
+		bindings->database == MyDatabaseId)
 	{
-		Igny8Binding key;
-		Igny8Binding *hit;
+		if (bindings->n < 0)
+			answer = SHARED_UNUSABLE;
+		else
+		{
+			Igny8Binding key;
+			Igny8Binding *hit;
 
-		key.role = role;
-		hit = bsearch(&key, bindings->entries, bindings->n,
-					  sizeof(Igny8Binding), binding_cmp);
-		*bound = (hit != NULL);
-		if (hit)
-			*account = hit->account;
-		table = (Oid) pg_atomic_read_u32(&bindings->table);
-		answered = true;
+			key.role = role;
+			hit = bsearch(&key, bindings->entries, bindings->n,
+						  sizeof(Igny8Binding), binding_cmp);
+			*bound = (hit != NULL);
+			if (hit)
+				*account = hit->account;
+			table = (Oid) pg_atomic_read_u32(&bindings->table);
+			answer = SHARED_ANSWERED;
+		}
 	}
 	SpinLockRelease(&bindings->mutex);
-	if (answered)
+	if (answer == SHARED_ANSWERED)
 		cached_table = table;
-	return answered;
+	return answer;
 }
 
 /* The schema of the extension, or InvalidOid (PostgreSQL 15 exports none). */
@@ -361,10 +357,10 @@ fill_shared_copy(Relation rel, uint64 gen, Oid role, int64 *account)
 
 /*
  * Look the role up in igny8_account_roles, bypassing the caches; fill the
- * shared copy on the way when this backend may.
+ * shared copy on the way if fill.
  */
 static bool
-lookup_binding(Oid role, int64 *account)
+lookup_binding(Oid role, int64 *account, bool fill)
 {
 	Oid			ext;
 	Oid			nsp;
@@ -375,7 +371,6 @@ lookup_binding(Oid role, int64 *account)
 	ScanKeyData key;
 	HeapTuple	tup;
 	bool		found = false;
-	bool		fill = shared_copy_usable() && !shared_copy_overflowed();
 	uint64		gen = 0;
 
 	cached_table = InvalidOid;
@@ -448,16 +443,16 @@ lookup_binding(Oid role, int64 *account)
 bool
 igny8_role_account(Oid role, int64 *account)
 {
-	if (!callbacks_registered)
-		igny8_account_init();
 	if (!cache_valid || cached_role != role)
 	{
 		int64		a = 0;
-		bool		bound;
+		bool		bound = false;
+		SharedAnswer answer;
 
 		cache_valid = false;
-		if (!shared_lookup(role, &bound, &a))
-			bound = lookup_binding(role, &a);
+		answer = shared_lookup(role, &bound, &a);
+		if (answer != SHARED_ANSWERED)
+			bound = lookup_binding(role, &a, answer == SHARED_MISS);
 		cached_bound = bound;
 		cached_account = a;
 		cached_role = role;
@@ -496,8 +491,6 @@ igny8_account_roles_changed(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("igny8_account_roles_changed() must be called as a trigger")));
 	/* this transaction reads the table itself; its commit announces it */
-	if (!callbacks_registered)
-		igny8_account_init();
 	xact_wrote_bindings = true;
 	CacheInvalidateRelcache(trigdata->tg_relation);
 	return PointerGetDatum(NULL);
