@@ -159,6 +159,45 @@ SELECT dblink_send_query('c2', $$SELECT cached FROM igny8_chat('[{"role":"user",
                                                       'gpt-4', '{"temperature": 0}')$$);
 SELECT dblink_answer('c1') AS first_cached, dblink_answer('c2') AS second_cached;
 SELECT sim_count('cc') AS requests;
+
+-- an outcome of a call sent over dblink: its answer, or its error's
+-- SQLSTATE (and detail when asked)
+CREATE FUNCTION dblink_outcome(conn text, with_detail boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    a text;
+    st text;
+    d text;
+BEGIN
+    BEGIN
+        SELECT r.answer INTO a FROM dblink_get_result(conn) AS r(answer text);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, d = PG_EXCEPTION_DETAIL;
+        a := 'ERROR ' || st || CASE WHEN with_detail THEN ': ' || d ELSE '' END;
+    END;
+    PERFORM * FROM dblink_get_result(conn) AS r(answer text);
+    RETURN a;
+END
+$$;
+-- the first fails: the second, which waited for it, sends its own request
+SELECT dblink_send_query('c1', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together fail [[sim any:delay=1 status=400 tag=cf]]"}]',
+                                                      'gpt-4', '{"temperature": 0}')$$);
+SELECT sim_wait_arrival('cf');
+SELECT dblink_send_query('c2', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together fail [[sim any:delay=1 status=400 tag=cf]]"}]',
+                                                      'gpt-4', '{"temperature": 0}')$$);
+SELECT dblink_outcome('c1') AS first, dblink_outcome('c2') AS second;
+SELECT sim_count('cf') AS requests;
+-- a call waiting for an identical one still ends at its own deadline
+-- (the timeout is not part of the key)
+SELECT dblink_send_query('c1', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together slow [[sim any:delay=3 tag=cs]]"}]',
+                                                      'gpt-4', '{"temperature": 0}')$$);
+SELECT sim_wait_arrival('cs');
+SELECT dblink_send_query('c2', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together slow [[sim any:delay=3 tag=cs]]"}]',
+                                                      'gpt-4', '{"temperature": 0, "timeout": 1}')$$);
+SELECT dblink_outcome('c2', true) AS waiting_one;
+SELECT dblink_outcome('c1') AS first;
+SELECT sim_count('cs') AS requests;
+DROP FUNCTION dblink_outcome(text, boolean);
 SELECT dblink_disconnect('c1'), dblink_disconnect('c2');
 
 -- disabled: calls go out again

@@ -163,7 +163,7 @@ static void
 answer_from_row(Igny8Job *job, TimestampTz started)
 {
 	MemoryContext old = MemoryContextSwitchTo(job->cxt);
-	Igny8Attempt *a = palloc0(sizeof(Igny8Attempt));
+	Igny8Attempt *a;
 	Igny8Deployment *d = palloc0(sizeof(Igny8Deployment));
 	char	   *provider = column_text(2);
 	char	   *model = column_text(3);
@@ -184,9 +184,7 @@ answer_from_row(Igny8Job *job, TimestampTz started)
 	job->result.input_tokens = column_int(7);
 	job->result.output_tokens = column_int(8);
 
-	a->number = 1;
-	a->provider = d->provider->id;
-	a->model = d->model;
+	a = igny8_job_add_attempt(job, d);
 	a->at = started;
 	a->sent = true;				/* not sent, but it gets its usage row */
 	a->success = true;
@@ -195,7 +193,6 @@ answer_from_row(Igny8Job *job, TimestampTz started)
 	a->input_tokens = job->result.input_tokens;
 	a->output_tokens = job->result.output_tokens;
 	a->duration_ms = (double) (GetCurrentTimestamp() - started) / 1000.0;
-	job->attempts = lappend(job->attempts, a);
 
 	job->used = d;
 	job->cache_hit = true;
