@@ -228,6 +228,9 @@ SET ROLE igny8_cost_reader;
 SELECT month, rent, savings, roi_pct, earned_back_day FROM igny8_cost_monthly;
 SELECT count(*) FROM igny8_cost_by_provider;
 SELECT count(*) FROM ai_usage_log;
+-- igny8_rent runs with the reader's rights, and so does its period check
+SELECT igny8_rent('2026-02-01 00:00+00', '2026-03-01 00:00+00') AS february_rent;
+SELECT show_error($$SELECT igny8_rent('2026-03-01 00:00+00', '2026-02-01 00:00+00')$$);
 RESET ROLE;
 
 --

@@ -1130,8 +1130,9 @@ CREATE CONSTRAINT TRIGGER igny8_prices_provider
     FOR EACH ROW EXECUTE FUNCTION igny8_prices_provider_check();
 
 -- At commit: every provider a fixed cost pays for exists (a rent for a
--- mistyped provider would charge nobody).  Checked then, so that a restore
--- in one transaction may write the rent before the providers it names.
+-- mistyped provider would charge nobody).  Not while a dump is restored
+-- (pg_dump sets check_function_bodies off), which writes the rents before
+-- the providers they name, each table in a transaction of its own.
 CREATE FUNCTION igny8_fixed_costs_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1139,6 +1140,9 @@ AS $$
 DECLARE
     unknown text;
 BEGIN
+    IF pg_catalog.current_setting('check_function_bodies') OPERATOR(pg_catalog.=) 'off' THEN
+        RETURN NULL;            -- a restore
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM @extschema@.igny8_fixed_costs f
                     WHERE f.box OPERATOR(pg_catalog.=) NEW.box
                       AND f.valid_from OPERATOR(pg_catalog.=) NEW.valid_from
@@ -2229,8 +2233,7 @@ BEGIN
                            to_ts AT TIME ZONE 'UTC', interval '1 month') AS m,
            LATERAL (SELECT m AT TIME ZONE 'UTC' AS month_start,
                            (m + interval '1 month') AT TIME ZONE 'UTC' AS month_end) b
-     WHERE b.month_start < to_ts
-       AND least(to_ts, coalesce(f.valid_to, 'infinity'), b.month_end)
+     WHERE least(to_ts, coalesce(f.valid_to, 'infinity'), b.month_end)
            > greatest(from_ts, f.valid_from, b.month_start));
 END
 $$;
@@ -2368,11 +2371,16 @@ AS $$
            r.self_hosted_reference_cost, r.cache_savings, r.savings, r.roi_pct,
            r.earned_back_on,
            extract(day FROM r.earned_back_on)::integer
-      FROM (SELECT DISTINCT date_trunc('month', l.created_at AT TIME ZONE 'UTC') AS month
-              FROM @extschema@.ai_usage_log l) m,
+      FROM generate_series((SELECT date_trunc('month', min(l.created_at) AT TIME ZONE 'UTC')
+                              FROM @extschema@.ai_usage_log l),
+                           (SELECT max(l.created_at) AT TIME ZONE 'UTC'
+                              FROM @extschema@.ai_usage_log l),
+                           interval '1 month') AS m(month),
            @extschema@.igny8_cost_report(m.month AT TIME ZONE 'UTC',
                                          (m.month + interval '1 month') AT TIME ZONE 'UTC') r
      WHERE r.provider IS NULL
+       AND r.attempts > 0       -- the months with usage (the first and last
+                                -- found by the index on created_at)
      ORDER BY m.month
 $$;
 
@@ -2439,8 +2447,8 @@ COMMENT ON FUNCTION igny8_cost_by_account(timestamptz, timestamptz) IS
 -- A role bound to an account (igny8_grant_usage(role, account_id)) is
 -- charged to it whatever it passes, and reads only that account's
 -- ai_usage_log rows and jobs.  The callers look the binding up in C
--- (igny8_bound_account), cached per backend; a statement trigger
--- invalidates every backend's copy at commit.
+-- (igny8_bound_account), from one copy of igny8_account_roles in shared
+-- memory (account.c); a statement trigger invalidates it at commit.
 --
 
 CREATE TABLE igny8_account_roles (
@@ -2640,8 +2648,8 @@ BEGIN
     -- cost: the aggregates, never a usage row
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.igny8_cost_by_provider, %s.igny8_cost_monthly, %s.igny8_fixed_costs TO %s',
                               s, s, s, role);
-    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_cost_report(timestamptz, timestamptz), %s.igny8_cost_months(), %s.igny8_rent(timestamptz, timestamptz) TO %s',
-                              s, s, s, role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_cost_report(timestamptz, timestamptz), %s.igny8_cost_months(), %s.igny8_rent(timestamptz, timestamptz), %s.igny8_cost_period_check(timestamptz, timestamptz) TO %s',
+                              s, s, s, s, role);
 END
 $$;
 
