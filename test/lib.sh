@@ -361,6 +361,11 @@ SELECT 'deleted', table_name, key FROM igny8_config_deletions ORDER BY 2, 3::tex
 SELECT 'binding', role, account_id, bound_at FROM igny8_account_roles ORDER BY 2::text;
 SELECT 'budget', account_id, period, limit_usd, action, warn_fraction
   FROM igny8_budgets ORDER BY 2, 3;
+SELECT 'account provider', account_id, provider, enabled, coalesce(api_key_ref, '-'),
+       coalesce(priority::text, '-')
+  FROM igny8_account_providers ORDER BY 2, 3;
+SELECT 'cache', alias, enabled, ttl, max_entries, cache_nonzero_temperature
+  FROM igny8_cache_settings ORDER BY 2;
 SELECT 'job', jobid, jobname, schedule, command, active FROM cron.job ORDER BY jobid;
 SQL
 }
