@@ -25,6 +25,11 @@ SELECT line AS j1_requests FROM sim('log --tag j1 --count') AS line;
 -- its attempt is in ai_usage_log under the job's request_id
 SELECT u.provider, u.success, u.task_type
   FROM ai_usage_log u JOIN igny8_jobs j ON j.request_id = u.request_id WHERE j.id = :j1;
+-- a run's request id is a version 7 UUID made when the run started
+SELECT substr(request_id::text, 15, 1) AS uuid_version,
+       to_timestamp(('x' || lpad(substr(replace(request_id::text, '-', ''), 1, 12), 16, '0'))::bit(64)::bigint / 1000.0)
+           BETWEEN date_trunc('milliseconds', started_at) - interval '1 hour' AND started_at + interval '1 hour' AS made_when_run
+  FROM igny8_jobs WHERE id = :j1;
 SELECT started_at >= created_at AND finished_at >= started_at AS timed,
        duration_ms > 0 AS has_duration, input_tokens > 0 AS has_tokens,
        finish_reason, progress

@@ -43,3 +43,16 @@ TRUNCATE ai_usage_log;
 SELECT count(*) FROM generate_series(1, 200) i, igny8_generate_text('Bulk ' || i, 'gpt-3.5-turbo-fast') t;
 SELECT count(*) AS rows, count(DISTINCT request_id) AS requests, bool_and(success) AS all_ok
   FROM ai_usage_log;
+
+-- request ids are version 7 UUIDs (RFC 9562): the call's time, in Unix
+-- milliseconds, in their first 48 bits, so that new rows land at the end
+-- of the index on request_id, and ids sort in the order calls were made
+SELECT count(*) FILTER (WHERE substr(request_id::text, 15, 1) = '7') AS version_7,
+       count(*) FILTER (WHERE substr(request_id::text, 20, 1) IN ('8', '9', 'a', 'b')) AS rfc_variant,
+       count(*) FILTER (WHERE to_timestamp(('x' || lpad(substr(replace(request_id::text, '-', ''), 1, 12), 16, '0'))::bit(64)::bigint / 1000.0)
+                              BETWEEN created_at - interval '1 hour' AND created_at) AS made_when_called
+  FROM ai_usage_log;
+SELECT count(*) FILTER (WHERE request_id > prev) AS in_call_order,
+       count(*) FILTER (WHERE request_id <= prev) AS out_of_order
+  FROM (SELECT request_id, lag(request_id) OVER (ORDER BY id) AS prev FROM ai_usage_log) r
+ WHERE prev IS NOT NULL;

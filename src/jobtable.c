@@ -506,6 +506,9 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	uint64		fetched;
 	Oid			types[3];
 	Datum		values[3];
+	Oid			claim_types[4];
+	Datum		claim_values[4];
+	Datum	   *rids;
 	Claimed    *out;
 	int			ret;
 
@@ -621,21 +624,35 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	if (nids == 0)
 		return out;
 
-	types[0] = INT8ARRAYOID;
-	types[1] = INT4OID;
-	types[2] = TIMESTAMPTZOID;
-	values[0] = bigint_array(ids, nids);
-	values[1] = Int32GetDatum(igny8_worker_index);
-	values[2] = TimestampTzGetDatum(my_start);
+	/* each run's request id: a version 7 UUID, as for synchronous calls */
+	rids = palloc(sizeof(Datum) * nids);
+	for (int i = 0; i < nids; i++)
+	{
+		pg_uuid_t  *rid = palloc(sizeof(pg_uuid_t));
+
+		igny8_new_request_id(rid);
+		rids[i] = UUIDPGetDatum(rid);
+	}
+	claim_types[0] = INT8ARRAYOID;
+	claim_types[1] = INT4OID;
+	claim_types[2] = TIMESTAMPTZOID;
+	claim_types[3] = UUIDARRAYOID;
+	claim_values[0] = bigint_array(ids, nids);
+	claim_values[1] = Int32GetDatum(igny8_worker_index);
+	claim_values[2] = TimestampTzGetDatum(my_start);
+	claim_values[3] = PointerGetDatum(construct_array(rids, nids, UUIDOID,
+													  UUID_LEN, false,
+													  TYPALIGN_CHAR));
 	ret = SPI_execute_plan(job_plan(PLAN_CLAIM, schema,
 		"UPDATE %s.igny8_jobs j SET state = 'running',"
 		" attempts = j.attempts OPERATOR(pg_catalog.+) 1,"
 		" started_at = pg_catalog.now(), worker = $2, worker_started = $3,"
-		" request_id = pg_catalog.gen_random_uuid(), sent = false"
-		" WHERE j.id OPERATOR(pg_catalog.=) ANY ($1)"
+		" request_id = u.rid, sent = false"
+		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($4)) AS u(id, rid)"
+		" WHERE j.id OPERATOR(pg_catalog.=) u.id"
 		" RETURNING j.id, j.kind, j.model_alias, j.request::text, j.account_id,"
 		" j.timeout_ms, j.request_id",
-		3, types), values, NULL, false, 0);
+		4, claim_types), claim_values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not claim igny8_jobs: %s", SPI_result_code_string(ret));
 
