@@ -25,10 +25,11 @@ SELECT line AS j1_requests FROM sim('log --tag j1 --count') AS line;
 -- its attempt is in ai_usage_log under the job's request_id
 SELECT u.provider, u.success, u.task_type
   FROM ai_usage_log u JOIN igny8_jobs j ON j.request_id = u.request_id WHERE j.id = :j1;
--- a run's request id is a version 7 UUID made when the run started
+-- a run's request id is a version 7 UUID made when the run was claimed
 SELECT substr(request_id::text, 15, 1) AS uuid_version,
+       substr(request_id::text, 20, 1) IN ('8', '9', 'a', 'b') AS rfc_variant,
        to_timestamp(('x' || lpad(substr(replace(request_id::text, '-', ''), 1, 12), 16, '0'))::bit(64)::bigint / 1000.0)
-           BETWEEN date_trunc('milliseconds', started_at) - interval '1 hour' AND started_at + interval '1 hour' AS made_when_run
+           BETWEEN date_trunc('milliseconds', started_at) AND finished_at AS made_when_run
   FROM igny8_jobs WHERE id = :j1;
 SELECT started_at >= created_at AND finished_at >= started_at AS timed,
        duration_ms > 0 AS has_duration, input_tokens > 0 AS has_tokens,
@@ -120,6 +121,14 @@ SELECT ord, w.state, w.content IS NOT NULL AS has_content
 SELECT j.request->'messages'->0->>'content' AS prompt
   FROM unnest(:'batch'::bigint[]) WITH ORDINALITY AS b(id, ord) JOIN igny8_jobs j ON j.id = b.id
  ORDER BY ord;
+-- each run has a request id of its own (a claim takes the batch's jobs
+-- together), and its usage row is under it
+SELECT count(DISTINCT j.request_id) AS distinct_ids,
+       count(*) FILTER (WHERE j.request_id IS NULL) AS without_id,
+       count(*) FILTER (WHERE u.n = 1) AS one_usage_row_each
+  FROM unnest(:'batch'::bigint[]) AS b(id) JOIN igny8_jobs j ON j.id = b.id
+  CROSS JOIN LATERAL (SELECT count(*) AS n FROM ai_usage_log l
+                       WHERE l.request_id = j.request_id) u;
 SELECT array_length(igny8_submit_batch(ARRAY['a', 'b'], 'gpt-4', '{"idempotency_key": "batch-1", "not_before": "2999-01-01"}'), 1) AS n,
        igny8_submit_batch(ARRAY['a', 'b'], 'gpt-4', '{"idempotency_key": "batch-1"}')
        = igny8_submit_batch(ARRAY['x', 'y'], 'gpt-4', '{"idempotency_key": "batch-1"}') AS same_ids;

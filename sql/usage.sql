@@ -50,9 +50,17 @@ SELECT count(*) AS rows, count(DISTINCT request_id) AS requests, bool_and(succes
 SELECT count(*) FILTER (WHERE substr(request_id::text, 15, 1) = '7') AS version_7,
        count(*) FILTER (WHERE substr(request_id::text, 20, 1) IN ('8', '9', 'a', 'b')) AS rfc_variant,
        count(*) FILTER (WHERE to_timestamp(('x' || lpad(substr(replace(request_id::text, '-', ''), 1, 12), 16, '0'))::bit(64)::bigint / 1000.0)
-                              BETWEEN created_at - interval '1 hour' AND created_at) AS made_when_called
+                              BETWEEN created_at - interval '1 minute' AND created_at) AS made_when_called
   FROM ai_usage_log;
 SELECT count(*) FILTER (WHERE request_id > prev) AS in_call_order,
        count(*) FILTER (WHERE request_id <= prev) AS out_of_order
   FROM (SELECT request_id, lag(request_id) OVER (ORDER BY id) AS prev FROM ai_usage_log) r
+ WHERE prev IS NOT NULL;
+-- a batch's ids are made within microseconds of each other: they still
+-- sort in the order of its prompts, and are distinct
+SELECT count(*) FILTER (WHERE request_id > prev) AS in_prompt_order,
+       count(*) FILTER (WHERE request_id <= prev) AS out_of_order
+  FROM (SELECT request_id, lag(request_id) OVER (ORDER BY ord) AS prev
+          FROM igny8_generate_text_batch(array(SELECT 'Batch ' || i FROM generate_series(1, 50) i),
+                                         'gpt-3.5-turbo-fast')) b
  WHERE prev IS NOT NULL;

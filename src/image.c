@@ -270,6 +270,7 @@ attempt_ms_left(Igny8Job *job, TimestampTz now)
 	return (int) Max(Min(ms, (long) INT_MAX), 1L);
 }
 
+/* A prompt id of our own: a version 7 UUID, like a request id. */
 static void
 new_prompt_id(Igny8Job *job)
 {

@@ -209,6 +209,8 @@ worker(int port, int ncallers)
 
 			if (i < 0)
 				continue;
+			if (have[i] == sizeof(buf[i]))
+				die("reply too large");
 			got = recv(fds[i], buf[i] + have[i], sizeof(buf[i]) - have[i], 0);
 			if (got <= 0)
 				die("recv");
@@ -274,7 +276,12 @@ main(int argc, char **argv)
 	if ((wpid = fork()) == 0)
 		worker(port, ncallers);
 	while (atomic_load(&sh->calls) < 0)
+	{
+		/* the worker could not connect (it said why) */
+		if (waitpid(wpid, NULL, WNOHANG) == wpid)
+			return 1;
 		usleep(1000);
+	}
 	for (int i = 0; i < ncallers; i++)
 		if (fork() == 0)
 			caller(i);
@@ -308,6 +315,14 @@ main(int argc, char **argv)
 			die("/proc/PID/stat");
 		fclose(f);
 		w0 = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+		if (c1 == c0)
+		{
+			fprintf(stderr, "floor: no call was answered in %.2f s\n", w0);
+			atomic_store(&sh->stop, 1);
+			while (wait(NULL) > 0)
+				;
+			return 1;
+		}
 		printf("callers %d: %.0f calls/s; worker CPU %.1f us/call (user %.1f, system %.1f; %ld calls in %.2f s)\n",
 			   ncallers, (c1 - c0) / w0,
 			   (double) ((ut1 + st1) - (ut0 + st0)) / sysconf(_SC_CLK_TCK) * 1e6 / (c1 - c0),
