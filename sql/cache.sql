@@ -152,11 +152,22 @@ SELECT wait_for_config();
 -- the first's answer (the simulator holds the first for a second)
 SELECT dblink_connect('c1', 'dbname=' || current_database());
 SELECT dblink_connect('c2', 'dbname=' || current_database());
-SELECT dblink_send_query('c1', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together [[sim any:delay=1 tag=cc]]"}]',
-                                                      'gpt-4', '{"temperature": 0}')$$);
-SELECT sim_wait_arrival('cc');
-SELECT dblink_send_query('c2', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together [[sim any:delay=1 tag=cc]]"}]',
-                                                      'gpt-4', '{"temperature": 0}')$$);
+-- the same chat over c1 and, once it reached the simulator (tag), over
+-- c2, the second with options of its own added
+CREATE FUNCTION send_together(content text, tag text, second_options jsonb DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    messages jsonb := jsonb_build_array(jsonb_build_object('role', 'user', 'content', content));
+    options jsonb := '{"temperature": 0}';
+BEGIN
+    PERFORM dblink_send_query('c1', format('SELECT cached FROM igny8_chat(%L, %L, %L)',
+                                           messages, 'gpt-4', options));
+    PERFORM sim_wait_arrival(tag);
+    PERFORM dblink_send_query('c2', format('SELECT cached FROM igny8_chat(%L, %L, %L)',
+                                           messages, 'gpt-4', options || second_options));
+END
+$$;
+SELECT send_together('Together [[sim any:delay=1 tag=cc]]', 'cc');
 SELECT dblink_answer('c1') AS first_cached, dblink_answer('c2') AS second_cached;
 SELECT sim_count('cc') AS requests;
 
@@ -180,24 +191,17 @@ BEGIN
 END
 $$;
 -- the first fails: the second, which waited for it, sends its own request
-SELECT dblink_send_query('c1', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together fail [[sim any:delay=1 status=400 tag=cf]]"}]',
-                                                      'gpt-4', '{"temperature": 0}')$$);
-SELECT sim_wait_arrival('cf');
-SELECT dblink_send_query('c2', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together fail [[sim any:delay=1 status=400 tag=cf]]"}]',
-                                                      'gpt-4', '{"temperature": 0}')$$);
+SELECT send_together('Together fail [[sim any:delay=1 status=400 tag=cf]]', 'cf');
 SELECT dblink_outcome('c1') AS first, dblink_outcome('c2') AS second;
 SELECT sim_count('cf') AS requests;
 -- a call waiting for an identical one still ends at its own deadline
 -- (the timeout is not part of the key)
-SELECT dblink_send_query('c1', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together slow [[sim any:delay=3 tag=cs]]"}]',
-                                                      'gpt-4', '{"temperature": 0}')$$);
-SELECT sim_wait_arrival('cs');
-SELECT dblink_send_query('c2', $$SELECT cached FROM igny8_chat('[{"role":"user","content":"Together slow [[sim any:delay=3 tag=cs]]"}]',
-                                                      'gpt-4', '{"temperature": 0, "timeout": 1}')$$);
+SELECT send_together('Together slow [[sim any:delay=3 tag=cs]]', 'cs', '{"timeout": 1}');
 SELECT dblink_outcome('c2', true) AS waiting_one;
 SELECT dblink_outcome('c1') AS first;
 SELECT sim_count('cs') AS requests;
 DROP FUNCTION dblink_outcome(text, boolean);
+DROP FUNCTION send_together(text, text, jsonb);
 SELECT dblink_disconnect('c1'), dblink_disconnect('c2');
 
 -- disabled: calls go out again
