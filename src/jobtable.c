@@ -285,7 +285,6 @@ recover(const char *schema, int *finished)
 	Datum		values[4];
 	int			ret;
 	int			requeued = 0;
-
 	int			ended = 0;
 
 	my_runs(types, values);
@@ -504,10 +503,8 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	Datum	   *ids;
 	int			nids = 0;
 	uint64		fetched;
-	Oid			types[3];
-	Datum		values[3];
-	Oid			claim_types[4];
-	Datum		claim_values[4];
+	Oid			types[4];
+	Datum		values[4];
 	Datum	   *rids;
 	Claimed    *out;
 	int			ret;
@@ -633,16 +630,15 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 		igny8_new_request_id(rid);
 		rids[i] = UUIDPGetDatum(rid);
 	}
-	claim_types[0] = INT8ARRAYOID;
-	claim_types[1] = INT4OID;
-	claim_types[2] = TIMESTAMPTZOID;
-	claim_types[3] = UUIDARRAYOID;
-	claim_values[0] = bigint_array(ids, nids);
-	claim_values[1] = Int32GetDatum(igny8_worker_index);
-	claim_values[2] = TimestampTzGetDatum(my_start);
-	claim_values[3] = PointerGetDatum(construct_array(rids, nids, UUIDOID,
-													  UUID_LEN, false,
-													  TYPALIGN_CHAR));
+	types[0] = INT8ARRAYOID;
+	types[1] = INT4OID;
+	types[2] = TIMESTAMPTZOID;
+	types[3] = UUIDARRAYOID;
+	values[0] = bigint_array(ids, nids);
+	values[1] = Int32GetDatum(igny8_worker_index);
+	values[2] = TimestampTzGetDatum(my_start);
+	values[3] = PointerGetDatum(construct_array(rids, nids, UUIDOID, UUID_LEN,
+												false, TYPALIGN_CHAR));
 	ret = SPI_execute_plan(job_plan(PLAN_CLAIM, schema,
 		"UPDATE %s.igny8_jobs j SET state = 'running',"
 		" attempts = j.attempts OPERATOR(pg_catalog.+) 1,"
@@ -652,7 +648,7 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 		" WHERE j.id OPERATOR(pg_catalog.=) u.id"
 		" RETURNING j.id, j.kind, j.model_alias, j.request::text, j.account_id,"
 		" j.timeout_ms, j.request_id",
-		4, claim_types), claim_values, NULL, false, 0);
+		4, types), values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not claim igny8_jobs: %s", SPI_result_code_string(ret));
 
