@@ -14,28 +14,45 @@
 \set ECHO all
 TRUNCATE ai_usage_log;
 SELECT dblink_connect('locker', 'dbname=' || current_database());
-SELECT dblink_connect('w' || i, 'dbname=' || current_database()) FROM generate_series(1, 6) i;
+SELECT count(dblink_connect('w' || i, 'dbname=' || current_database())) AS connected
+  FROM generate_series(1, 36) i;
 
--- both workers block writing their usage row
+-- A call goes to the first worker until 32 requests (IGNY8_SPILL_QUEUED,
+-- igny8_ai.h) wait in its queue, then to the next one.  Worker 0 blocks
+-- writing its usage row, 32 requests queue up behind it one at a time,
+-- the next goes to worker 1, which blocks too, and two more queue up there.
 SELECT dblink_exec('locker', 'BEGIN');
 SELECT dblink_exec('locker', 'LOCK TABLE ai_usage_log IN ACCESS EXCLUSIVE MODE');
-SELECT dblink_send_query('w' || i,
-    format($$SELECT igny8_generate_text('Blocked %s', 'gpt-4')$$, i))
-  FROM generate_series(1, 2) i;
+SELECT dblink_send_query('w1', $$SELECT igny8_generate_text('Blocked 1', 'gpt-4')$$);
+SELECT wait_until($$(SELECT count(*) FROM pg_stat_activity
+                     WHERE backend_type = 'igny8_ai worker' AND wait_event_type = 'Lock') = 1$$,
+                  'a worker waiting on the lock');
+SELECT worker, in_flight, queued FROM igny8_worker_status() ORDER BY worker;
+DO $$
+BEGIN
+    FOR i IN 2..33 LOOP
+        PERFORM dblink_send_query('w' || i,
+            format($q$SELECT igny8_generate_text('Queued %s', 'gpt-4')$q$, i));
+        PERFORM wait_until(format('(SELECT queued FROM igny8_worker_status() WHERE worker = 0) = %s', i - 1),
+                           format('%s requests in worker 0''s queue', i - 1));
+    END LOOP;
+END
+$$;
+SELECT dblink_send_query('w34', $$SELECT igny8_generate_text('Spilled 34', 'gpt-4')$$);
 SELECT wait_until($$(SELECT count(*) FROM pg_stat_activity
                      WHERE backend_type = 'igny8_ai worker' AND wait_event_type = 'Lock') = 2$$,
                   'both workers waiting on the lock');
--- more requests are queued to them meanwhile
 SELECT dblink_send_query('w' || i,
-    format($$SELECT igny8_generate_text('Queued %s', 'gpt-4')$$, i))
-  FROM generate_series(3, 6) i;
-SELECT wait_until($$(SELECT sum(queued) FROM igny8_worker_status()) = 4$$,
-                  'four requests in the workers'' queues');
+    format($$SELECT igny8_generate_text('Spilled %s', 'gpt-4')$$, i))
+  FROM generate_series(35, 36) i;
+SELECT wait_until($$(SELECT sum(queued) FROM igny8_worker_status()) = 34$$,
+                  '34 requests in the workers'' queues');
+SELECT worker, in_flight, queued FROM igny8_worker_status() ORDER BY worker;
 SELECT pg_sleep_for(current_setting('deadlock_timeout')::interval + interval '0.5 s');
 SELECT dblink_exec('locker', 'COMMIT');
 SELECT wait_until($$(SELECT bool_and(dblink_is_busy('w' || i) = 0)
-                       FROM generate_series(1, 6) i)$$, 'the six answers', 20);
-SELECT count(*) AS answered FROM generate_series(1, 6) i
+                       FROM generate_series(1, 36) i)$$, 'the 36 answers', 20);
+SELECT count(*) AS answered FROM generate_series(1, 36) i
  WHERE dblink_answer('w' || i) LIKE 'ollama%';
 
 -- the same while the workers reload their configuration and wait on a
@@ -51,6 +68,8 @@ SELECT dblink_send_query('w' || i,
   FROM generate_series(1, 6) i;
 SELECT wait_until($$(SELECT sum(queued) FROM igny8_worker_status()) = 6$$,
                   'six requests in the workers'' queues');
+-- all six in the first worker's queue: it holds fewer than 32
+SELECT worker, queued FROM igny8_worker_status() ORDER BY worker;
 SELECT pg_sleep_for(current_setting('deadlock_timeout')::interval + interval '0.5 s');
 SELECT dblink_exec('locker', 'COMMIT');
 SELECT wait_until($$(SELECT bool_and(dblink_is_busy('w' || i) = 0)
@@ -59,6 +78,6 @@ SELECT count(*) AS answered FROM generate_series(1, 6) i
  WHERE dblink_answer('w' || i) LIKE 'ollama%';
 SELECT wait_for_config();
 
-SELECT dblink_disconnect('w' || i) FROM generate_series(1, 6) i;
+SELECT count(dblink_disconnect('w' || i)) AS disconnected FROM generate_series(1, 36) i;
 SELECT dblink_disconnect('locker');
 SELECT count(*) AS usage_rows FROM ai_usage_log;

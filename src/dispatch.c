@@ -166,24 +166,41 @@ take_slot(void)
 }
 
 /*
- * Round-robin over the running workers.  When none runs (they are starting,
- * or restarting), any queue will do: the first worker to run empties the
- * queues of those that do not.
+ * The first running worker with fewer than IGNY8_SPILL_QUEUED requests
+ * waiting in its queue; when every one has that many, the running worker
+ * whose queue is shortest.  A worker takes its whole queue at each turn of
+ * its loop, so its queue is that long only when it has been away from it
+ * (a long transaction, a lock, an image to decode) or cannot keep up.
+ * Keeping the calls on one worker until then is cheaper than spreading
+ * them: its loop serves more calls per turn, one commit covers their usage
+ * rows, and it stays warm in the CPU's caches instead of two workers each
+ * being woken from sleep (test/bench/README.md, "Calls go to the first
+ * worker").  When none runs (they are starting, or restarting), any queue
+ * will do: the first worker to run empties the queues of those that do
+ * not.
  */
 static int
 choose_worker(void)
 {
-	int			n = igny8_shared->nworkers;
-	uint32		start = pg_atomic_fetch_add_u32(&igny8_shared->next_worker, 1);
+	int			best = 0;
+	uint32		best_queued = PG_UINT32_MAX;
 
-	for (int i = 0; i < n; i++)
+	for (int w = 0; w < igny8_shared->nworkers; w++)
 	{
-		int			w = (start + i) % n;
+		uint32		queued;
 
-		if (igny8_worker_running(w))
+		if (!igny8_worker_running(w))
+			continue;
+		queued = igny8_queue_length(w);
+		if (queued < IGNY8_SPILL_QUEUED)
 			return w;
+		if (queued < best_queued)
+		{
+			best = w;
+			best_queued = queued;
+		}
 	}
-	return start % n;
+	return best;
 }
 
 /*

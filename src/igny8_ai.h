@@ -48,6 +48,12 @@
 #define IGNY8_MODEL_LEN		128 /* provider-side model names */
 #define IGNY8_COST_LEN		64	/* a cost as numeric text */
 #define IGNY8_MAX_WORKERS	64
+
+/*
+ * A call goes to the first running worker with fewer requests than this
+ * waiting in its queue (dispatch.c, choose_worker).
+ */
+#define IGNY8_SPILL_QUEUED	32
 #define IGNY8_MAX_PROVIDERS 64	/* providers with shared state */
 
 typedef enum Igny8SlotState
@@ -254,7 +260,6 @@ typedef struct Igny8Shared
 										 * taken: wake it after the claim */
 	pg_atomic_uint64 jobs_scan_requests;	/* bumped to have every worker
 											 * scan igny8_jobs (jobtable.c) */
-	pg_atomic_uint32 next_worker;	/* round-robin cursor */
 
 	slock_t		free_mutex;
 	int			nfree;			/* entries used in free_stack */
@@ -306,6 +311,7 @@ extern void igny8_slot_release(int slotno);
 extern bool igny8_queue_push(int worker, int slotno);
 extern int	igny8_queue_pop(int worker);
 extern bool igny8_queue_empty(int worker);
+extern uint32 igny8_queue_length(int worker);
 extern bool igny8_worker_running(int worker);
 extern void igny8_wake_worker(int worker);
 extern void igny8_wake_all_workers(void);

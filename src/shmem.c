@@ -109,7 +109,6 @@ init_shared(void)
 	pg_atomic_init_u64(&igny8_shared->jobs_scan_requests, 0);
 	for (int i = 0; i < igny8_nprocs; i++)
 		pg_atomic_init_u64(&igny8_job_waiters[i], 0);
-	pg_atomic_init_u32(&igny8_shared->next_worker, 0);
 	SpinLockInit(&igny8_shared->free_mutex);
 	SpinLockInit(&igny8_shared->providers_mutex);
 	SpinLockInit(&igny8_shared->gpu_mutex);
@@ -317,6 +316,15 @@ igny8_queue_empty(int worker)
 	volatile Igny8WorkerShared *w = &igny8_shared->workers[worker];
 
 	return w->queued == 0;
+}
+
+/* How many requests wait in a worker's queue: a hint, read without the lock. */
+uint32
+igny8_queue_length(int worker)
+{
+	volatile Igny8WorkerShared *w = &igny8_shared->workers[worker];
+
+	return w->queued;
 }
 
 /* Is a worker running?  Read without the lock: procno is one int. */
