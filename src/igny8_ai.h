@@ -48,13 +48,13 @@
 #define IGNY8_MODEL_LEN		128 /* provider-side model names */
 #define IGNY8_COST_LEN		64	/* a cost as numeric text */
 #define IGNY8_MAX_WORKERS	64
+#define IGNY8_MAX_PROVIDERS 64	/* providers with shared state */
 
 /*
  * A call goes to the first running worker with fewer requests than this
  * waiting in its queue (dispatch.c, choose_worker).
  */
 #define IGNY8_SPILL_QUEUED	32
-#define IGNY8_MAX_PROVIDERS 64	/* providers with shared state */
 
 typedef enum Igny8SlotState
 {
