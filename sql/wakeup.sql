@@ -18,16 +18,18 @@ SELECT count(dblink_connect('w' || i, 'dbname=' || current_database())) AS conne
   FROM generate_series(1, 36) i;
 
 -- A call goes to the first worker until 32 requests (IGNY8_SPILL_QUEUED,
--- igny8_ai.h) wait in its queue, then to the next one.  Worker 0 blocks
--- writing its usage row, 32 requests queue up behind it one at a time,
--- the next goes to worker 1, which blocks too, and two more queue up there.
+-- igny8_ai.h) wait in its queue, then to the next one.  Worker 0 takes a
+-- request and blocks writing its usage row, 32 more queue up behind it
+-- one at a time, and the next three go to worker 1 (which may be blocked
+-- too, writing or scanning igny8_jobs: what it holds and what waits in
+-- its queue are counted together).
 SELECT dblink_exec('locker', 'BEGIN');
 SELECT dblink_exec('locker', 'LOCK TABLE ai_usage_log IN ACCESS EXCLUSIVE MODE');
 SELECT dblink_send_query('w1', $$SELECT igny8_generate_text('Blocked 1', 'gpt-4')$$);
-SELECT wait_until($$(SELECT count(*) FROM pg_stat_activity
-                     WHERE backend_type = 'igny8_ai worker' AND wait_event_type = 'Lock') = 1$$,
-                  'a worker waiting on the lock');
-SELECT worker, in_flight, queued FROM igny8_worker_status() ORDER BY worker;
+SELECT wait_until($$(SELECT a.wait_event_type = 'Lock' AND w.in_flight = 1
+                       FROM pg_stat_activity a JOIN igny8_worker_status() w ON w.pid = a.pid
+                      WHERE w.worker = 0)$$,
+                  'worker 0 holding the request and waiting on the lock');
 DO $$
 BEGIN
     FOR i IN 2..33 LOOP
@@ -39,15 +41,15 @@ BEGIN
 END
 $$;
 SELECT dblink_send_query('w34', $$SELECT igny8_generate_text('Spilled 34', 'gpt-4')$$);
-SELECT wait_until($$(SELECT count(*) FROM pg_stat_activity
-                     WHERE backend_type = 'igny8_ai worker' AND wait_event_type = 'Lock') = 2$$,
-                  'both workers waiting on the lock');
+SELECT wait_until($$(SELECT in_flight + queued FROM igny8_worker_status() WHERE worker = 1) = 1$$,
+                  'the 34th request at worker 1');
 SELECT dblink_send_query('w' || i,
     format($$SELECT igny8_generate_text('Spilled %s', 'gpt-4')$$, i))
   FROM generate_series(35, 36) i;
-SELECT wait_until($$(SELECT sum(queued) FROM igny8_worker_status()) = 34$$,
-                  '34 requests in the workers'' queues');
-SELECT worker, in_flight, queued FROM igny8_worker_status() ORDER BY worker;
+SELECT wait_until($$(SELECT in_flight + queued FROM igny8_worker_status() WHERE worker = 1) = 3$$,
+                  'three requests at worker 1');
+SELECT worker, in_flight + queued AS requests FROM igny8_worker_status() ORDER BY worker;
+SELECT queued AS worker_0_queued FROM igny8_worker_status() WHERE worker = 0;
 SELECT pg_sleep_for(current_setting('deadlock_timeout')::interval + interval '0.5 s');
 SELECT dblink_exec('locker', 'COMMIT');
 SELECT wait_until($$(SELECT bool_and(dblink_is_busy('w' || i) = 0)

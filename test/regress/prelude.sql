@@ -33,7 +33,10 @@ END
 $$;
 
 -- wait until a condition (SQL returning boolean) holds; an error after
--- secs seconds, naming what was awaited
+-- secs seconds, naming what was awaited.  pg_stat_activity (and the
+-- statistics views) keep what they first showed until the transaction
+-- ends: the snapshot is dropped before each look, or a condition on them
+-- false at the first look would stay false
 CREATE OR REPLACE FUNCTION wait_until(cond text, what text, secs int DEFAULT 30)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -41,6 +44,7 @@ DECLARE
     ok boolean;
 BEGIN
     FOR i IN 1..secs * 20 LOOP
+        PERFORM pg_stat_clear_snapshot();
         EXECUTE 'SELECT (' || cond || ')' INTO ok;
         IF ok THEN
             RETURN true;
