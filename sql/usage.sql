@@ -64,3 +64,35 @@ SELECT count(*) FILTER (WHERE request_id > prev) AS in_prompt_order,
           FROM igny8_generate_text_batch(array(SELECT 'Batch ' || i FROM generate_series(1, 50) i),
                                          'gpt-3.5-turbo-fast')) b
  WHERE prev IS NOT NULL;
+
+-- the rows a worker writes together go in by INSERTs of up to 8 rows
+-- (USAGE_BATCH, usage.c), one statement each (one command id, cmin, in
+-- the transaction).  ai_usage_log is locked: the worker's first write
+-- (or its scan of igny8_jobs) waits while the answers of a 20-prompt
+-- batch arrive (each 1 s after its request, so all 20 are sent first),
+-- then the rest are written together
+TRUNCATE ai_usage_log;
+UPDATE igny8_providers SET max_concurrent = 20 WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();
+SELECT dblink_connect('locker', 'dbname=' || current_database());
+SELECT dblink_connect('caller', 'dbname=' || current_database());
+SELECT dblink_exec('locker', 'BEGIN');
+SELECT dblink_exec('locker', 'LOCK TABLE ai_usage_log IN ACCESS EXCLUSIVE MODE');
+SELECT dblink_send_query('caller',
+    $$SELECT count(*) FROM igny8_generate_text_batch(
+        array(SELECT 'Together ' || i || ' [[sim ollama:delay=1 tag=rows]]'
+                FROM generate_series(1, 20) i), 'gpt-4')$$);
+SELECT sim('wait-requests --tag rows --count 20 --timeout 20');
+SELECT wait_until($$(SELECT a.wait_event_type = 'Lock' FROM pg_stat_activity a
+                     JOIN igny8_worker_status() w ON w.pid = a.pid WHERE w.worker = 0)$$,
+                  'the worker waiting on the lock');
+SELECT dblink_exec('locker', 'COMMIT');
+SELECT answered FROM dblink_get_result('caller') AS r(answered bigint);
+SELECT count(*) AS rows, count(DISTINCT request_id) AS requests, bool_and(success) AS all_ok
+  FROM ai_usage_log;
+SELECT max(n) AS most_rows_per_insert, count(*) FILTER (WHERE n = 8) >= 1 AS a_full_insert
+  FROM (SELECT count(*) AS n FROM ai_usage_log GROUP BY xmin::text, cmin::text) s;
+SELECT dblink_disconnect('caller');
+SELECT dblink_disconnect('locker');
+UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();

@@ -12,8 +12,10 @@
  * of the iteration.  When it holds only synchronous calls' rows, the
  * commit does not wait for its WAL flush: each caller flushes up to it
  * before it takes its answer (igny8_usage_unflushed_lsn, dispatch.c).
- * The insert is prepared once and kept for the worker's life.  Strings
- * are converted from the worker's UTF-8 to the database encoding here.
+ * The rows go in by up to USAGE_BATCH at a time, through INSERTs of 1 to
+ * USAGE_BATCH rows, each prepared once and kept for the worker's life: the
+ * executor is started once per statement, not once per row.  Strings are
+ * converted from the worker's UTF-8 to the database encoding here.
  *
  *-------------------------------------------------------------------------
  */
@@ -33,9 +35,20 @@
 #include "worker.h"
 
 #define USAGE_NARGS 24
+#define USAGE_BATCH 8			/* rows per INSERT, at most */
 
-static SPIPlanPtr insert_plan = NULL;
+/* [k - 1]: the INSERT of k rows, prepared when first needed */
+static SPIPlanPtr insert_plans[USAGE_BATCH];
 static char *insert_schema = NULL;
+
+/*
+ * Rows added and not inserted yet (usage_add), as the parameters of
+ * the INSERT of npending rows.  Their datums live in the transaction's SPI
+ * memory: they are inserted before its commit, or forgotten with it.
+ */
+static Datum pending_values[USAGE_BATCH * USAGE_NARGS];
+static char pending_nulls[USAGE_BATCH * USAGE_NARGS];
+static int	npending = 0;
 
 /*
  * The end of the last usage commit whose WAL flush was left to the callers
@@ -82,46 +95,97 @@ igny8_usage_unflushed_lsn(void)
 	return unflushed_lsn;
 }
 
-/* Forget the prepared insert (the extension was dropped or moved). */
-void
-igny8_usage_reset(void)
+/* Forget the prepared inserts (the extension was dropped or moved). */
+static void
+forget_plans(void)
 {
-	if (insert_plan)
-		SPI_freeplan(insert_plan);
-	insert_plan = NULL;
+	for (int k = 0; k < USAGE_BATCH; k++)
+	{
+		if (insert_plans[k])
+			SPI_freeplan(insert_plans[k]);
+		insert_plans[k] = NULL;
+	}
 	if (insert_schema)
 		pfree(insert_schema);
 	insert_schema = NULL;
 }
 
-static void
-prepare(const char *schema)
+/*
+ * After an error: the prepared inserts are suspect, and the rows not
+ * inserted went with their transaction.
+ */
+void
+igny8_usage_reset(void)
 {
-	Oid			types[USAGE_NARGS] = {
+	forget_plans();
+	npending = 0;
+}
+
+/* The INSERT of nrows rows into schema's ai_usage_log, prepared once. */
+static SPIPlanPtr
+insert_plan(const char *schema, int nrows)
+{
+	static const Oid row_types[USAGE_NARGS] = {
 		UUIDOID, TIMESTAMPTZOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, INT4OID, NUMERICOID, FLOAT8OID, INT4OID, BOOLOID, TEXTOID,
 		INT4OID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID,
 		NUMERICOID, BOOLOID, TEXTOID
 	};
-	char	   *sql;
+	Oid			types[USAGE_BATCH * USAGE_NARGS];
+	StringInfoData sql;
+	SPIPlanPtr	plan;
 
-	sql = psprintf("INSERT INTO %s.ai_usage_log"
-				   " (request_id, created_at, account_id, provider, task_type,"
-				   " model_alias, model_used, input_tokens, output_tokens, cost,"
-				   " duration_ms, http_status, success, error_message, attempt,"
-				   " prompt, response, images, image_width, image_height, steps,"
-				   " reference_cost, cached, api_key_ref)"
-				   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-				   " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,"
-				   " $22, $23, $24)",
-				   schema);
-	insert_plan = SPI_prepare(sql, USAGE_NARGS, types);
-	if (insert_plan == NULL)
+	Assert(nrows >= 1 && nrows <= USAGE_BATCH);
+	if (insert_schema != NULL && strcmp(insert_schema, schema) != 0)
+		forget_plans();
+	if (insert_plans[nrows - 1] != NULL)
+		return insert_plans[nrows - 1];
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "INSERT INTO %s.ai_usage_log"
+					 " (request_id, created_at, account_id, provider, task_type,"
+					 " model_alias, model_used, input_tokens, output_tokens, cost,"
+					 " duration_ms, http_status, success, error_message, attempt,"
+					 " prompt, response, images, image_width, image_height, steps,"
+					 " reference_cost, cached, api_key_ref) VALUES",
+					 schema);
+	for (int r = 0; r < nrows; r++)
+	{
+		appendStringInfoString(&sql, r == 0 ? " (" : ", (");
+		for (int i = 0; i < USAGE_NARGS; i++)
+		{
+			appendStringInfo(&sql, i == 0 ? "$%d" : ", $%d",
+							 r * USAGE_NARGS + i + 1);
+			types[r * USAGE_NARGS + i] = row_types[i];
+		}
+		appendStringInfoChar(&sql, ')');
+	}
+	plan = SPI_prepare(sql.data, nrows * USAGE_NARGS, types);
+	if (plan == NULL)
 		elog(ERROR, "could not prepare the ai_usage_log insert: %s",
 			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(insert_plan);
-	insert_schema = MemoryContextStrdup(TopMemoryContext, schema);
-	pfree(sql);
+	SPI_keepplan(plan);
+	insert_plans[nrows - 1] = plan;
+	if (insert_schema == NULL)
+		insert_schema = MemoryContextStrdup(TopMemoryContext, schema);
+	pfree(sql.data);
+	return plan;
+}
+
+/* Insert the rows added since the last call.  Needs the same transaction. */
+static void
+insert_pending(const char *schema)
+{
+	int			ret;
+
+	if (npending == 0)
+		return;
+	ret = SPI_execute_plan(insert_plan(schema, npending), pending_values,
+						   pending_nulls, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "could not insert into ai_usage_log: %s",
+			 SPI_result_code_string(ret));
+	npending = 0;
 }
 
 /* A UTF-8 string as a text datum in the database encoding, or NULL. */
@@ -137,24 +201,21 @@ text_or_null(const char *s, char *nulls, int i)
 }
 
 /*
- * Insert one row.  Needs a transaction, SPI and a snapshot.  The response
- * is already in the database encoding; every other string is UTF-8.
+ * Add one row, inserted with the next USAGE_BATCH - 1 at the latest (and
+ * by insert_pending before the commit).  Needs a transaction, SPI and a
+ * snapshot.  The response is already in the database encoding; every other
+ * string is UTF-8.
  */
-void
-igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
+static void
+usage_add(const char *schema, const Igny8UsageRow *row)
 {
-	Datum		values[USAGE_NARGS];
-	char		nulls[USAGE_NARGS];
-	int			ret;
+	Datum	   *values = &pending_values[npending * USAGE_NARGS];
+	char	   *nulls = &pending_nulls[npending * USAGE_NARGS];
+	pg_uuid_t  *request_id = palloc(sizeof(pg_uuid_t));
 
-	if (insert_plan == NULL || strcmp(insert_schema, schema) != 0)
-	{
-		igny8_usage_reset();
-		prepare(schema);
-	}
-
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = UUIDPGetDatum(&row->request_id);
+	memset(nulls, ' ', USAGE_NARGS);
+	*request_id = row->request_id;
+	values[0] = UUIDPGetDatum(request_id);
 	values[1] = TimestampTzGetDatum(row->at);
 	values[2] = Int64GetDatum(row->account_id);
 	if (!row->has_account)
@@ -193,10 +254,8 @@ igny8_usage_insert(const char *schema, const Igny8UsageRow *row)
 	values[22] = BoolGetDatum(row->cached);
 	values[23] = text_or_null(row->api_key_ref, nulls, 23);
 
-	ret = SPI_execute_plan(insert_plan, values, nulls, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "could not insert into ai_usage_log: %s",
-			 SPI_result_code_string(ret));
+	if (++npending == USAGE_BATCH)
+		insert_pending(schema);
 }
 
 static const char *
@@ -302,7 +361,7 @@ insert_job_rows(Igny8Config *config, Igny8Job *job)
 			if (a->success && last)
 				row.response = job->result.content;
 		}
-		igny8_usage_insert(config->schema, &row);
+		usage_add(config->schema, &row);
 	}
 }
 
@@ -346,6 +405,7 @@ igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 			insert_job_rows(config, dlist_container(Igny8Job, node, iter.cur));
 			igny8_cache_write(dlist_container(Igny8Job, node, iter.cur));
 		}
+		insert_pending(config->schema);
 		igny8_jobs_write(config);
 		foreach(lc, igny8_pending_notifies)
 			Async_Notify("igny8_ai_health", (char *) lfirst(lc));

@@ -609,7 +609,6 @@ typedef struct Igny8UsageRow
 } Igny8UsageRow;
 
 extern void igny8_usage_reset(void);
-extern void igny8_usage_insert(const char *schema, const Igny8UsageRow *row);
 extern void igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what);
 extern Igny8UsageWrite igny8_usage_to_write(void);
 extern XLogRecPtr igny8_usage_unflushed_lsn(void);
