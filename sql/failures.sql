@@ -46,9 +46,9 @@ SELECT igny8_generate_text('Big [[sim ollama:oversize=40000000]]', 'gpt-4');
 SELECT provider, success FROM ai_usage_log ORDER BY id;
 SELECT igny8_generate_text('Small again', 'gpt-4');
 
--- one slow request does not delay another (each worker holds many)
+-- one slow request does not delay another (a worker holds many at once)
 TRUNCATE ai_usage_log;
--- two slow requests, so that every worker holds one
+-- two slow requests, in the hands of the worker the fast one goes to
 SELECT dblink_connect('slow', 'dbname=' || current_database());
 SELECT dblink_send_query('slow',
     $$SELECT igny8_generate_text('Slow one [[sim ollama:delay=4 tag=sl]]', 'gpt-4')$$);

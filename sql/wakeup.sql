@@ -49,7 +49,6 @@ SELECT dblink_send_query('w' || i,
 SELECT wait_until($$(SELECT in_flight + queued FROM igny8_worker_status() WHERE worker = 1) = 3$$,
                   'three requests at worker 1');
 SELECT worker, in_flight + queued AS requests FROM igny8_worker_status() ORDER BY worker;
-SELECT queued AS worker_0_queued FROM igny8_worker_status() WHERE worker = 0;
 SELECT pg_sleep_for(current_setting('deadlock_timeout')::interval + interval '0.5 s');
 SELECT dblink_exec('locker', 'COMMIT');
 SELECT wait_until($$(SELECT bool_and(dblink_is_busy('w' || i) = 0)
@@ -83,3 +82,35 @@ SELECT wait_for_config();
 SELECT count(dblink_disconnect('w' || i)) AS disconnected FROM generate_series(1, 36) i;
 SELECT dblink_disconnect('locker');
 SELECT count(*) AS usage_rows FROM ai_usage_log;
+
+-- A worker holding 64 requests (IGNY8_SPILL_IN_FLIGHT) takes no more,
+-- however short its queue: slow calls do not all wait on one worker.
+-- Eight batches of eight slow prompts go to worker 0 one after another,
+-- each once the one before is in its hands; the next call goes to worker 1
+UPDATE igny8_providers SET max_concurrent = 100 WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();
+SELECT count(dblink_connect('h' || i, 'dbname=' || current_database())) AS connected
+  FROM generate_series(1, 9) i;
+DO $$
+BEGIN
+    FOR i IN 1..8 LOOP
+        PERFORM dblink_send_query('h' || i,
+            format($q$SELECT count(*) FROM igny8_generate_text_batch(
+                        array(SELECT 'Held %s.' || j || ' [[sim any:delay=20 tag=held]]'
+                                FROM generate_series(1, 8) j), 'gpt-4')$q$, i));
+        PERFORM wait_until(format('(SELECT in_flight FROM igny8_worker_status() WHERE worker = 0) = %s', 8 * i),
+                           format('%s requests in worker 0''s hands', 8 * i));
+    END LOOP;
+END
+$$;
+SELECT dblink_send_query('h9', $$SELECT igny8_generate_text('Held 9 [[sim any:delay=20 tag=held]]', 'gpt-4')$$);
+SELECT wait_until($$(SELECT in_flight FROM igny8_worker_status() WHERE worker = 1) = 1$$,
+                  'the 65th request in worker 1''s hands');
+SELECT worker, in_flight, queued FROM igny8_worker_status() ORDER BY worker;
+-- the callers leave; their requests end at the simulator before the next test
+SELECT count(dblink_disconnect('h' || i)) AS disconnected FROM generate_series(1, 9) i;
+SELECT wait_until($$(SELECT sum(in_flight) FROM igny8_worker_status()) = 0$$,
+                  'the workers to drop the abandoned requests');
+SELECT sim('wait-requests --tag held --count 65 --timeout 30');
+UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();

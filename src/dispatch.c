@@ -167,37 +167,42 @@ take_slot(void)
 
 /*
  * The first running worker with fewer than IGNY8_SPILL_QUEUED requests
- * waiting in its queue; when every one has that many, the running worker
- * whose queue is shortest.  A worker takes its whole queue at each turn of
- * its loop, so its queue is that long only when it has been away from it
- * (a long transaction, a lock, an image to decode) or cannot keep up.
- * Keeping the calls on one worker until then is cheaper than spreading
- * them: its loop serves more calls per turn, one commit covers their usage
- * rows, and it stays warm in the CPU's caches instead of two workers each
- * being woken from sleep (test/bench/README.md, "Calls go to the first
- * worker").  When none runs (they are starting, or restarting), any queue
- * will do: the first worker to run empties the queues of those that do
- * not.
+ * waiting in its queue and fewer than IGNY8_SPILL_IN_FLIGHT in its hands;
+ * when no worker is under both, the running worker holding the fewest
+ * (queued and in hand together).  A worker takes its whole queue at each
+ * turn of its loop, so its queue is that long only when it has been away
+ * from it (a long transaction, a lock, an image to decode) or cannot keep
+ * up.  Keeping the calls on one worker until then is cheaper than
+ * spreading them: its loop serves more calls per turn, one commit covers
+ * their usage rows, and it stays warm in the CPU's caches instead of two
+ * workers each being woken from sleep (test/bench/README.md, "Calls go to
+ * the first worker").  The limit on the requests in its hands keeps slow
+ * calls (seconds each, many at once) from all waiting on one worker, and
+ * its answers within one worker's igny8_ai.answer_memory.  When none runs
+ * (they are starting, or restarting), any queue will do: the first worker
+ * to run empties the queues of those that do not.
  */
 static int
 choose_worker(void)
 {
 	int			best = 0;
-	uint32		best_queued = PG_UINT32_MAX;
+	uint32		best_held = PG_UINT32_MAX;
 
 	for (int w = 0; w < igny8_shared->nworkers; w++)
 	{
 		uint32		queued;
+		uint32		in_flight;
 
 		if (!igny8_worker_running(w))
 			continue;
 		queued = igny8_queue_length(w);
-		if (queued < IGNY8_SPILL_QUEUED)
+		in_flight = pg_atomic_read_u32(&igny8_shared->workers[w].in_flight);
+		if (queued < IGNY8_SPILL_QUEUED && in_flight < IGNY8_SPILL_IN_FLIGHT)
 			return w;
-		if (queued < best_queued)
+		if (queued + in_flight < best_held)
 		{
 			best = w;
-			best_queued = queued;
+			best_held = queued + in_flight;
 		}
 	}
 	return best;

@@ -51,10 +51,12 @@
 #define IGNY8_MAX_PROVIDERS 64	/* providers with shared state */
 
 /*
- * A call goes to the first running worker with fewer requests than this
- * waiting in its queue (dispatch.c, choose_worker).
+ * A call goes to the first running worker with fewer requests than
+ * IGNY8_SPILL_QUEUED waiting in its queue and fewer than
+ * IGNY8_SPILL_IN_FLIGHT in its hands (dispatch.c, choose_worker).
  */
 #define IGNY8_SPILL_QUEUED	32
+#define IGNY8_SPILL_IN_FLIGHT 64
 
 typedef enum Igny8SlotState
 {

@@ -313,9 +313,7 @@ igny8_queue_pop(int worker)
 bool
 igny8_queue_empty(int worker)
 {
-	volatile Igny8WorkerShared *w = &igny8_shared->workers[worker];
-
-	return w->queued == 0;
+	return igny8_queue_length(worker) == 0;
 }
 
 /* How many requests wait in a worker's queue: a hint, read without the lock. */

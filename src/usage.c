@@ -95,7 +95,7 @@ igny8_usage_unflushed_lsn(void)
 	return unflushed_lsn;
 }
 
-/* Forget the prepared inserts (the extension was dropped or moved). */
+/* Forget the prepared inserts: after an error, or the schema moved. */
 static void
 forget_plans(void)
 {
@@ -381,6 +381,7 @@ igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 
 	if (what == IGNY8_USAGE_NOTHING)
 		return;
+	Assert(npending == 0);
 
 	PG_TRY();
 	{
