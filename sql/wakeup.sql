@@ -5,7 +5,9 @@
 -- only when it finds its latch set (its idle wait is a minute, and the
 -- answers are awaited for 20 s at most).  The lock is held past
 -- deadlock_timeout: the deadlock check is what wakes a lock waiter and
--- resets its latch
+-- resets its latch.  Which worker a call goes to is checked here too
+-- (choose_worker in dispatch.c): the first, until 32 requests wait in its
+-- queue or it holds 64
 --
 \set ECHO none
 \o /dev/null

@@ -115,21 +115,7 @@ typedef enum JobPlan
 } JobPlan;
 
 static SPIPlanPtr plans[NPLANS];
-static char *plans_schema = NULL;
-
-static void
-forget_plans(void)
-{
-	for (int i = 0; i < NPLANS; i++)
-	{
-		if (plans[i])
-			SPI_freeplan(plans[i]);
-		plans[i] = NULL;
-	}
-	if (plans_schema)
-		pfree(plans_schema);
-	plans_schema = NULL;
-}
+static Igny8PlanSet job_plans = {plans, NPLANS, NULL};
 
 /*
  * Statement which, prepared for the extension in schema.  fmt names the
@@ -140,25 +126,17 @@ static SPIPlanPtr
 job_plan(JobPlan which, const char *schema, const char *fmt, int nargs,
 		 Oid *types)
 {
-	if (plans_schema == NULL || strcmp(plans_schema, schema) != 0)
-	{
-		forget_plans();
-		plans_schema = MemoryContextStrdup(TopMemoryContext, schema);
-	}
-	if (plans[which] == NULL)
+	SPIPlanPtr *slot = igny8_plan_slot(&job_plans, which, schema);
+
+	if (*slot == NULL)
 	{
 		char	   *sql = psprintf(fmt, schema, schema, schema, schema);
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
 
+		*slot = igny8_plan_keep(sql, nargs, types,
+								"a statement on igny8_jobs");
 		pfree(sql);
-
-		if (plan == NULL)
-			elog(ERROR, "could not prepare a statement on igny8_jobs: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		plans[which] = plan;
 	}
-	return plans[which];
+	return *slot;
 }
 
 /* The share of igny8_ai.max_running_jobs that is this worker's. */
@@ -1220,7 +1198,7 @@ igny8_jobs_flushed(bool committed)
 void
 igny8_jobs_reset(void)
 {
-	forget_plans();
+	igny8_plans_forget(&job_plans);
 }
 
 /* The worker is stopping: no attempt of a job is recorded as sent now. */

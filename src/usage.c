@@ -39,7 +39,7 @@
 
 /* [k - 1]: the INSERT of k rows, prepared when first needed */
 static SPIPlanPtr insert_plans[USAGE_BATCH];
-static char *insert_schema = NULL;
+static Igny8PlanSet inserts = {insert_plans, USAGE_BATCH, NULL};
 
 /*
  * Rows added and not inserted yet (usage_add), as the parameters of
@@ -95,21 +95,6 @@ igny8_usage_unflushed_lsn(void)
 	return unflushed_lsn;
 }
 
-/* Forget the prepared inserts: after an error, or the schema moved. */
-static void
-forget_plans(void)
-{
-	for (int k = 0; k < USAGE_BATCH; k++)
-	{
-		if (insert_plans[k])
-			SPI_freeplan(insert_plans[k]);
-		insert_plans[k] = NULL;
-	}
-	if (insert_schema)
-		pfree(insert_schema);
-	insert_schema = NULL;
-}
-
 /*
  * After an error: the prepared inserts are suspect, and the rows not
  * inserted went with their transaction.
@@ -117,7 +102,7 @@ forget_plans(void)
 void
 igny8_usage_reset(void)
 {
-	forget_plans();
+	igny8_plans_forget(&inserts);
 	npending = 0;
 }
 
@@ -133,13 +118,12 @@ insert_plan(const char *schema, int nrows)
 	};
 	Oid			types[USAGE_BATCH * USAGE_NARGS];
 	StringInfoData sql;
-	SPIPlanPtr	plan;
+	SPIPlanPtr *slot;
 
 	Assert(nrows >= 1 && nrows <= USAGE_BATCH);
-	if (insert_schema != NULL && strcmp(insert_schema, schema) != 0)
-		forget_plans();
-	if (insert_plans[nrows - 1] != NULL)
-		return insert_plans[nrows - 1];
+	slot = igny8_plan_slot(&inserts, nrows - 1, schema);
+	if (*slot != NULL)
+		return *slot;
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "INSERT INTO %s.ai_usage_log"
@@ -160,16 +144,10 @@ insert_plan(const char *schema, int nrows)
 		}
 		appendStringInfoChar(&sql, ')');
 	}
-	plan = SPI_prepare(sql.data, nrows * USAGE_NARGS, types);
-	if (plan == NULL)
-		elog(ERROR, "could not prepare the ai_usage_log insert: %s",
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	insert_plans[nrows - 1] = plan;
-	if (insert_schema == NULL)
-		insert_schema = MemoryContextStrdup(TopMemoryContext, schema);
+	*slot = igny8_plan_keep(sql.data, nrows * USAGE_NARGS, types,
+							"the ai_usage_log insert");
 	pfree(sql.data);
-	return plan;
+	return *slot;
 }
 
 /* Insert the rows added since the last call.  Needs the same transaction. */

@@ -155,6 +155,53 @@ igny8_worker_commit(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/* ----- prepared statements ----- */
+
+/* Forget every statement of a set (after an error, or the schema moved). */
+void
+igny8_plans_forget(Igny8PlanSet *set)
+{
+	for (int i = 0; i < set->nplans; i++)
+	{
+		if (set->plans[i])
+			SPI_freeplan(set->plans[i]);
+		set->plans[i] = NULL;
+	}
+	if (set->schema)
+		pfree(set->schema);
+	set->schema = NULL;
+}
+
+/*
+ * Where a set keeps its statement which for the extension in schema: NULL
+ * there until the caller prepares it (igny8_plan_keep).  Statements made
+ * for another schema are forgotten first.
+ */
+SPIPlanPtr *
+igny8_plan_slot(Igny8PlanSet *set, int which, const char *schema)
+{
+	Assert(which >= 0 && which < set->nplans);
+	if (set->schema == NULL || strcmp(set->schema, schema) != 0)
+	{
+		igny8_plans_forget(set);
+		set->schema = MemoryContextStrdup(TopMemoryContext, schema);
+	}
+	return &set->plans[which];
+}
+
+/* Prepare a statement and keep it for the worker's life; what names it. */
+SPIPlanPtr
+igny8_plan_keep(const char *sql, int nargs, Oid *types, const char *what)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare %s: %s", what,
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
 /*
  * Report a caught error and get back to a clean state outside any
  * transaction.  The prepared statements and the configuration are suspect

@@ -17,6 +17,7 @@
 
 #include <curl/curl.h>
 
+#include "executor/spi.h"
 #include "lib/ilist.h"
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
@@ -559,6 +560,23 @@ extern void igny8_job_note_progress(Igny8Job *job);
 extern void igny8_worker_begin(const char *what);
 extern void igny8_worker_commit(void);
 extern void igny8_worker_recover(void);
+
+/*
+ * Statements a worker prepares once and keeps for its life, for the schema
+ * of the extension they were made with (worker.c).
+ */
+typedef struct Igny8PlanSet
+{
+	SPIPlanPtr *plans;			/* nplans of them, NULL until prepared */
+	int			nplans;
+	char	   *schema;			/* what they were prepared for, or NULL */
+} Igny8PlanSet;
+
+extern SPIPlanPtr *igny8_plan_slot(Igny8PlanSet *set, int which,
+								   const char *schema);
+extern SPIPlanPtr igny8_plan_keep(const char *sql, int nargs, Oid *types,
+								  const char *what);
+extern void igny8_plans_forget(Igny8PlanSet *set);
 
 /* ----- cache.c ----- */
 
