@@ -68,14 +68,16 @@ SELECT count(*) FILTER (WHERE request_id > prev) AS in_prompt_order,
 -- the rows a worker writes together go in by INSERTs of up to 8 rows
 -- (USAGE_BATCH, usage.c), one statement each (one command id, cmin, in
 -- the transaction).  ai_usage_log is locked: the worker's first write
--- (or its scan of igny8_jobs) waits while the answers of a 20-prompt
--- batch arrive (each 1 s after its request, so all 20 are sent first),
--- then the rest are written together
+-- (or a scan of igny8_jobs it starts once it holds the batch; none is due
+-- when the lock is taken) waits while the answers of a 20-prompt batch
+-- arrive (each 1 s after its request, so all 20 are sent first), then the
+-- rest are written together
 TRUNCATE ai_usage_log;
 UPDATE igny8_providers SET max_concurrent = 20 WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();
 SELECT dblink_connect('locker', 'dbname=' || current_database());
 SELECT dblink_connect('caller', 'dbname=' || current_database());
+SELECT wait_scan_away(0);
 SELECT dblink_exec('locker', 'BEGIN');
 SELECT dblink_exec('locker', 'LOCK TABLE ai_usage_log IN ACCESS EXCLUSIVE MODE');
 SELECT dblink_send_query('caller',

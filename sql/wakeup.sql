@@ -7,7 +7,8 @@
 -- deadlock_timeout: the deadlock check is what wakes a lock waiter and
 -- resets its latch.  Which worker a call goes to is checked here too
 -- (choose_worker in dispatch.c): the first, until 32 requests wait in its
--- queue or it holds 64
+-- queue or it holds 64; when every worker is past those, the one holding
+-- the fewest
 --
 \set ECHO none
 \o /dev/null
@@ -24,7 +25,9 @@ SELECT count(dblink_connect('w' || i, 'dbname=' || current_database())) AS conne
 -- request and blocks writing its usage row, 32 more queue up behind it
 -- one at a time, and the next three go to worker 1 (which may be blocked
 -- too, writing or scanning igny8_jobs: what it holds and what waits in
--- its queue are counted together).
+-- its queue are counted together).  Worker 0 is not about to scan
+-- igny8_jobs, which would block it before it takes the request.
+SELECT wait_scan_away(0);
 SELECT dblink_exec('locker', 'BEGIN');
 SELECT dblink_exec('locker', 'LOCK TABLE ai_usage_log IN ACCESS EXCLUSIVE MODE');
 SELECT dblink_send_query('w1', $$SELECT igny8_generate_text('Blocked 1', 'gpt-4')$$);
@@ -88,31 +91,67 @@ SELECT count(*) AS usage_rows FROM ai_usage_log;
 -- A worker holding 64 requests (IGNY8_SPILL_IN_FLIGHT) takes no more,
 -- however short its queue: slow calls do not all wait on one worker.
 -- Eight batches of eight slow prompts go to worker 0 one after another,
--- each once the one before is in its hands; the next call goes to worker 1
-UPDATE igny8_providers SET max_concurrent = 100 WHERE id = 'self_hosted_ai';
+-- each once the one before is in its hands; the next eight go to worker 1
+UPDATE igny8_providers SET max_concurrent = 200 WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();
 SELECT count(dblink_connect('h' || i, 'dbname=' || current_database())) AS connected
-  FROM generate_series(1, 9) i;
+  FROM generate_series(1, 20) i;
+CREATE FUNCTION send_held(conn text, prompts int) RETURNS int
+LANGUAGE sql AS $$
+    SELECT dblink_send_query(conn,
+        format($q$SELECT count(*) FROM igny8_generate_text_batch(
+                    array(SELECT '%s.' || j || ' [[sim any:delay=30 tag=held]]'
+                            FROM generate_series(1, %s) j), 'gpt-4')$q$, conn, prompts));
+$$;
 DO $$
 BEGIN
     FOR i IN 1..8 LOOP
-        PERFORM dblink_send_query('h' || i,
-            format($q$SELECT count(*) FROM igny8_generate_text_batch(
-                        array(SELECT 'Held %s.' || j || ' [[sim any:delay=20 tag=held]]'
-                                FROM generate_series(1, 8) j), 'gpt-4')$q$, i));
+        PERFORM send_held('h' || i, 8);
         PERFORM wait_until(format('(SELECT in_flight FROM igny8_worker_status() WHERE worker = 0) = %s', 8 * i),
                            format('%s requests in worker 0''s hands', 8 * i));
     END LOOP;
 END
 $$;
-SELECT dblink_send_query('h9', $$SELECT igny8_generate_text('Held 9 [[sim any:delay=20 tag=held]]', 'gpt-4')$$);
-SELECT wait_until($$(SELECT in_flight FROM igny8_worker_status() WHERE worker = 1) = 1$$,
-                  'the 65th request in worker 1''s hands');
+SELECT send_held('h9', 8);
+SELECT wait_until($$(SELECT in_flight FROM igny8_worker_status() WHERE worker = 1) = 8$$,
+                  'the 65th to 72nd requests in worker 1''s hands');
+SELECT worker, in_flight, queued FROM igny8_worker_status() ORDER BY worker;
+-- Once every worker holds 64, a call goes to the one holding the fewest
+-- (the first of those that hold equally few): worker 0, 1, 0, 1
+DO $$
+BEGIN
+    FOR i IN 10..16 LOOP
+        PERFORM send_held('h' || i, 8);
+        PERFORM wait_until(format('(SELECT in_flight FROM igny8_worker_status() WHERE worker = 1) = %s', 8 * (i - 8)),
+                           format('%s requests in worker 1''s hands', 8 * (i - 8)));
+    END LOOP;
+END
+$$;
+CREATE TEMP TABLE went_to (call int, worker int);
+DO $$
+DECLARE
+    before int[];
+    w int;
+BEGIN
+    FOR i IN 17..20 LOOP
+        before := array(SELECT in_flight + queued FROM igny8_worker_status() ORDER BY worker);
+        PERFORM send_held('h' || i, 1);
+        PERFORM wait_until(format($q$(SELECT sum(in_flight + queued) FROM igny8_worker_status()) = %s$q$,
+                                  before[1] + before[2] + 1),
+                           format('call %s in a worker''s hands', i));
+        SELECT worker INTO w FROM igny8_worker_status()
+         WHERE in_flight + queued > before[worker + 1];
+        INSERT INTO went_to VALUES (i, w);
+    END LOOP;
+END
+$$;
+SELECT * FROM went_to ORDER BY call;
 SELECT worker, in_flight, queued FROM igny8_worker_status() ORDER BY worker;
 -- the callers leave; their requests end at the simulator before the next test
-SELECT count(dblink_disconnect('h' || i)) AS disconnected FROM generate_series(1, 9) i;
+SELECT count(dblink_disconnect('h' || i)) AS disconnected FROM generate_series(1, 20) i;
 SELECT wait_until($$(SELECT sum(in_flight) FROM igny8_worker_status()) = 0$$,
                   'the workers to drop the abandoned requests');
-SELECT sim('wait-requests --tag held --count 65 --timeout 30');
+SELECT sim('wait-requests --tag held --count 132 --timeout 30');
+DROP FUNCTION send_held(text, int);
 UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();

@@ -98,6 +98,17 @@ LANGUAGE sql AS $$
                       'the workers to load the configuration');
 $$;
 
+
+-- wait until worker w's next look at igny8_jobs is more than secs seconds
+-- away.  Its scan writes ai_usage_log (the outcomes of runs it takes
+-- back): a test that locks ai_usage_log and needs the worker to take a
+-- request before it blocks must not find it blocked in a scan instead
+CREATE OR REPLACE FUNCTION wait_scan_away(w int, secs int DEFAULT 2) RETURNS boolean
+LANGUAGE sql AS $$
+    SELECT wait_until(format($q$(SELECT next_job_scan > clock_timestamp() + interval '%s s'
+                                   FROM igny8_worker_status() WHERE worker = %s)$q$, secs, w),
+                      format('worker %s''s next scan of igny8_jobs %s s away', w, secs));
+$$;
 -- reload postgresql.conf, and wait until every worker processed it
 CREATE OR REPLACE FUNCTION reload_settings() RETURNS boolean
 LANGUAGE plpgsql AS $$
