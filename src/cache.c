@@ -52,6 +52,41 @@
 /* how often a job waiting for an identical request's answer looks again */
 #define IGNY8_CACHE_POLL_MS		50
 
+/*
+ * The worker's statements on igny8_response_cache, prepared once for its
+ * life (for the extension's schema they were made with; after an error,
+ * again): a cached call would otherwise parse and plan two of them at its
+ * lookup and two more when its answer is stored.
+ */
+typedef enum CachePlan
+{
+	CACHE_LOOKUP,
+	CACHE_TAKE,
+	CACHE_GIVE_UP,
+	CACHE_STORE,
+	CACHE_BOUND,
+	NCACHE_PLANS
+} CachePlan;
+
+static SPIPlanPtr plans[NCACHE_PLANS];
+static Igny8PlanSet cache_plans = {plans, NCACHE_PLANS, NULL};
+
+/* Statement which, prepared for the extension in schema (igny8_plan_get). */
+static SPIPlanPtr
+cache_plan(CachePlan which, const char *schema, const char *fmt, int nargs,
+		   Oid *types)
+{
+	return igny8_plan_get(&cache_plans, which, schema, fmt, nargs, types,
+						  "a statement on igny8_response_cache");
+}
+
+/* After an error: the prepared statements are suspect (see usage.c). */
+void
+igny8_cache_reset(void)
+{
+	igny8_plans_forget(&cache_plans);
+}
+
 /* Feed one length-prefixed field to the hash: no two requests collide. */
 static void
 hash_field(pg_cryptohash_ctx *ctx, const char *tag, const char *value)
@@ -155,7 +190,7 @@ column_int(int col)
 
 /*
  * Answer a job from the ready row in SPI_tuptable.  Everything is made in
- * the job's context: SPI_execute leaves CurrentMemoryContext at SPI's
+ * the job's context: SPI_execute_plan leaves CurrentMemoryContext at SPI's
  * procedure context, which the commit frees before the usage row is
  * written.
  */
@@ -219,14 +254,15 @@ lookup_job(Igny8Job *job, const char *schema, TimestampTz now)
 	if (job->wake_at == 0)
 		compute_key(job, job->cache_key);
 	values[0] = key_datum(job);
-	ret = SPI_execute_with_args(psprintf("SELECT c.state, c.provider, c.model,"
-										 " c.content, c.thinking, c.finish_reason,"
-										 " c.input_tokens, c.output_tokens"
-										 " FROM %s.igny8_response_cache c"
-										 " WHERE c.key OPERATOR(pg_catalog.=) $1"
-										 " AND c.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()",
-										 schema),
-								1, (Oid[]) {BYTEAOID}, values, nulls, false, 1);
+	ret = SPI_execute_plan(cache_plan(CACHE_LOOKUP, schema,
+									  "SELECT c.state, c.provider, c.model,"
+									  " c.content, c.thinking, c.finish_reason,"
+									  " c.input_tokens, c.output_tokens"
+									  " FROM %s.igny8_response_cache c"
+									  " WHERE c.key OPERATOR(pg_catalog.=) $1"
+									  " AND c.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()",
+									  1, (Oid[]) {BYTEAOID}),
+						   values, nulls, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_response_cache: %s",
 			 SPI_result_code_string(ret));
@@ -248,21 +284,21 @@ lookup_job(Igny8Job *job, const char *schema, TimestampTz now)
 	 */
 	values[1] = CStringGetTextDatum(igny8_to_db_lossy(job->alias));
 	values[2] = TimestampTzGetDatum(job->deadline);
-	ret = SPI_execute_with_args(psprintf("INSERT INTO %s.igny8_response_cache AS c"
-										 " (key, alias, state, expires_at)"
-										 " VALUES ($1, $2, 'pending', $3)"
-										 " ON CONFLICT (key) DO UPDATE"
-										 " SET alias = excluded.alias, state = 'pending',"
-										 " provider = NULL, model = NULL, content = NULL,"
-										 " thinking = NULL, finish_reason = NULL,"
-										 " input_tokens = 0, output_tokens = 0,"
-										 " created_at = pg_catalog.now(),"
-										 " expires_at = excluded.expires_at"
-										 " WHERE c.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
-										 " RETURNING 1",
-										 schema),
-								3, (Oid[]) {BYTEAOID, TEXTOID, TIMESTAMPTZOID},
-								values, nulls, false, 1);
+	ret = SPI_execute_plan(cache_plan(CACHE_TAKE, schema,
+									  "INSERT INTO %s.igny8_response_cache AS c"
+									  " (key, alias, state, expires_at)"
+									  " VALUES ($1, $2, 'pending', $3)"
+									  " ON CONFLICT (key) DO UPDATE"
+									  " SET alias = excluded.alias, state = 'pending',"
+									  " provider = NULL, model = NULL, content = NULL,"
+									  " thinking = NULL, finish_reason = NULL,"
+									  " input_tokens = 0, output_tokens = 0,"
+									  " created_at = pg_catalog.now(),"
+									  " expires_at = excluded.expires_at"
+									  " WHERE c.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+									  " RETURNING 1",
+									  3, (Oid[]) {BYTEAOID, TEXTOID, TIMESTAMPTZOID}),
+						   values, nulls, false, 1);
 	if (ret != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not write igny8_response_cache: %s",
 			 SPI_result_code_string(ret));
@@ -401,11 +437,12 @@ igny8_cache_write(Igny8Job *job)
 	values[0] = key_datum(job);
 	if (!job->success)
 	{
-		ret = SPI_execute_with_args(psprintf("DELETE FROM %s.igny8_response_cache c"
-											 " WHERE c.key OPERATOR(pg_catalog.=) $1"
-											 " AND c.state OPERATOR(pg_catalog.=) 'pending'",
-											 schema),
-									1, (Oid[]) {BYTEAOID}, values, nulls, false, 0);
+		ret = SPI_execute_plan(cache_plan(CACHE_GIVE_UP, schema,
+										  "DELETE FROM %s.igny8_response_cache c"
+										  " WHERE c.key OPERATOR(pg_catalog.=) $1"
+										  " AND c.state OPERATOR(pg_catalog.=) 'pending'",
+										  1, (Oid[]) {BYTEAOID}),
+							   values, nulls, false, 0);
 		if (ret != SPI_OK_DELETE)
 			elog(ERROR, "could not write igny8_response_cache: %s",
 				 SPI_result_code_string(ret));
@@ -429,17 +466,17 @@ igny8_cache_write(Igny8Job *job)
 	values[6] = Int32GetDatum((int32) Min(job->result.input_tokens, PG_INT32_MAX));
 	values[7] = Int32GetDatum((int32) Min(job->result.output_tokens, PG_INT32_MAX));
 	values[8] = job->cache->ttl;
-	ret = SPI_execute_with_args(psprintf("UPDATE %s.igny8_response_cache c"
-										 " SET state = 'ready', provider = $2, model = $3,"
-										 " content = $4, thinking = $5, finish_reason = $6,"
-										 " input_tokens = $7, output_tokens = $8,"
-										 " created_at = pg_catalog.now(),"
-										 " expires_at = pg_catalog.now() OPERATOR(pg_catalog.+) $9"
-										 " WHERE c.key OPERATOR(pg_catalog.=) $1",
-										 schema),
-								9, (Oid[]) {BYTEAOID, TEXTOID, TEXTOID, TEXTOID,
-								TEXTOID, TEXTOID, INT4OID, INT4OID, INTERVALOID},
-								values, nulls, false, 0);
+	ret = SPI_execute_plan(cache_plan(CACHE_STORE, schema,
+									  "UPDATE %s.igny8_response_cache c"
+									  " SET state = 'ready', provider = $2, model = $3,"
+									  " content = $4, thinking = $5, finish_reason = $6,"
+									  " input_tokens = $7, output_tokens = $8,"
+									  " created_at = pg_catalog.now(),"
+									  " expires_at = pg_catalog.now() OPERATOR(pg_catalog.+) $9"
+									  " WHERE c.key OPERATOR(pg_catalog.=) $1",
+									  9, (Oid[]) {BYTEAOID, TEXTOID, TEXTOID, TEXTOID,
+									  TEXTOID, TEXTOID, INT4OID, INT4OID, INTERVALOID}),
+						   values, nulls, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not write igny8_response_cache: %s",
 			 SPI_result_code_string(ret));
@@ -447,16 +484,16 @@ igny8_cache_write(Igny8Job *job)
 	/* the bound: the newest max_entries answers of the alias stay */
 	values[0] = CStringGetTextDatum(igny8_to_db_lossy(job->alias));
 	values[1] = Int32GetDatum(job->cache->max_entries);
-	ret = SPI_execute_with_args(psprintf("DELETE FROM %s.igny8_response_cache c"
-										 " WHERE c.key OPERATOR(pg_catalog.=) ANY (ARRAY("
-										 " SELECT o.key FROM %s.igny8_response_cache o"
-										 " WHERE o.alias OPERATOR(pg_catalog.=) $1"
-										 " AND o.state OPERATOR(pg_catalog.=) 'ready'"
-										 " ORDER BY o.created_at DESC, o.key"
-										 " OFFSET $2))",
-										 schema, schema),
-								2, (Oid[]) {TEXTOID, INT4OID},
-								values, nulls, false, 0);
+	ret = SPI_execute_plan(cache_plan(CACHE_BOUND, schema,
+									  "DELETE FROM %s.igny8_response_cache c"
+									  " WHERE c.key OPERATOR(pg_catalog.=) ANY (ARRAY("
+									  " SELECT o.key FROM %s.igny8_response_cache o"
+									  " WHERE o.alias OPERATOR(pg_catalog.=) $1"
+									  " AND o.state OPERATOR(pg_catalog.=) 'ready'"
+									  " ORDER BY o.created_at DESC, o.key"
+									  " OFFSET $2))",
+									  2, (Oid[]) {TEXTOID, INT4OID}),
+						   values, nulls, false, 0);
 	if (ret != SPI_OK_DELETE)
 		elog(ERROR, "could not write igny8_response_cache: %s",
 			 SPI_result_code_string(ret));

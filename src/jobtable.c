@@ -117,26 +117,13 @@ typedef enum JobPlan
 static SPIPlanPtr plans[NPLANS];
 static Igny8PlanSet job_plans = {plans, NPLANS, NULL};
 
-/*
- * Statement which, prepared for the extension in schema.  fmt names the
- * schema with %s, up to four times; it is only formatted when the statement
- * is prepared, not at every execution.
- */
+/* Statement which, prepared for the extension in schema (igny8_plan_get). */
 static SPIPlanPtr
 job_plan(JobPlan which, const char *schema, const char *fmt, int nargs,
 		 Oid *types)
 {
-	SPIPlanPtr *slot = igny8_plan_slot(&job_plans, which, schema);
-
-	if (*slot == NULL)
-	{
-		char	   *sql = psprintf(fmt, schema, schema, schema, schema);
-
-		*slot = igny8_plan_keep(sql, nargs, types,
-								"a statement on igny8_jobs");
-		pfree(sql);
-	}
-	return *slot;
+	return igny8_plan_get(&job_plans, which, schema, fmt, nargs, types,
+						  "a statement on igny8_jobs");
 }
 
 /* The share of igny8_ai.max_running_jobs that is this worker's. */

@@ -203,6 +203,28 @@ igny8_plan_keep(const char *sql, int nargs, Oid *types, const char *what)
 }
 
 /*
+ * Statement which of a set, prepared for the extension in schema the first
+ * time it is asked for.  fmt names the schema with %s, up to four times; it
+ * is only formatted then, not at every execution.  what names the
+ * statement in an error.
+ */
+SPIPlanPtr
+igny8_plan_get(Igny8PlanSet *set, int which, const char *schema,
+			   const char *fmt, int nargs, Oid *types, const char *what)
+{
+	SPIPlanPtr *slot = igny8_plan_slot(set, which, schema);
+
+	if (*slot == NULL)
+	{
+		char	   *sql = psprintf(fmt, schema, schema, schema, schema);
+
+		*slot = igny8_plan_keep(sql, nargs, types, what);
+		pfree(sql);
+	}
+	return *slot;
+}
+
+/*
  * Report a caught error and get back to a clean state outside any
  * transaction.  The prepared statements and the configuration are suspect
  * (the extension may have been dropped): they are made again.
@@ -218,6 +240,7 @@ igny8_worker_recover(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 	igny8_usage_reset();
 	igny8_jobs_reset();
+	igny8_cache_reset();
 	config_stale = true;
 }
 

@@ -576,6 +576,9 @@ extern SPIPlanPtr *igny8_plan_slot(Igny8PlanSet *set, int which,
 								   const char *schema);
 extern SPIPlanPtr igny8_plan_keep(const char *sql, int nargs, Oid *types,
 								  const char *what);
+extern SPIPlanPtr igny8_plan_get(Igny8PlanSet *set, int which,
+								 const char *schema, const char *fmt,
+								 int nargs, Oid *types, const char *what);
 extern void igny8_plans_forget(Igny8PlanSet *set);
 
 /* ----- cache.c ----- */
@@ -584,6 +587,7 @@ extern void igny8_cache_route(Igny8Job *job, Igny8Config *config);
 extern void igny8_cache_lookup(void);
 extern bool igny8_cache_to_write(Igny8Job *job);
 extern void igny8_cache_write(Igny8Job *job);
+extern void igny8_cache_reset(void);
 
 /* ----- usage.c ----- */
 
