@@ -200,6 +200,43 @@ SELECT send_together('Together slow [[sim any:delay=3 tag=cs]]', 'cs', '{"timeou
 SELECT dblink_outcome('c2', true) AS waiting_one;
 SELECT dblink_outcome('c1') AS first;
 SELECT sim_count('cs') AS requests;
+-- a pending row whose worker stopped is taken over at once.  A slow call
+-- holds the provider's only place; a cached call takes its key (pending,
+-- in the same worker, the first) and waits for the place.  That worker
+-- is stopped: the slow call is interrupted, and the cached one, which
+-- sent nothing, is queued again for another worker, which finds the key
+-- pending for a worker that is gone, takes it over and sends.  (Before,
+-- the row was left to expire at the call's deadline, which the call
+-- reached first, waiting for it: 38000.)
+UPDATE igny8_providers SET max_concurrent = 1 WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();
+SELECT dblink_send_query('c1',
+    $$SELECT igny8_generate_text('Hold the place [[sim any:delay=30 tag=hp]]', 'gpt-4')$$);
+SELECT sim_wait_arrival('hp');
+SELECT dblink_send_query('c2',
+    format('SELECT cached FROM igny8_chat(%L, %L, %L)',
+           '[{"role":"user","content":"Orphan [[sim any:tag=co]]"}]', 'gpt-4',
+           '{"temperature": 0, "timeout": 20}'));
+SELECT wait_until($$(SELECT count(*) FROM igny8_response_cache c
+                       JOIN igny8_worker_status() w ON w.worker = c.owner_worker
+                                                   AND w.started_at = c.owner_started
+                      WHERE c.state = 'pending') = 1$$,
+                  'the key pending, taken by a running worker');
+SELECT c.owner_worker = w.worker AS same_worker_as_the_slow_call
+  FROM igny8_response_cache c, igny8_worker_status() w
+ WHERE c.state = 'pending' AND w.in_flight = 2;
+SELECT pg_terminate_backend(w.pid) AS stopped
+  FROM igny8_response_cache c JOIN igny8_worker_status() w ON w.worker = c.owner_worker
+ WHERE c.state = 'pending';
+SELECT dblink_outcome('c1') AS slow_one, dblink_outcome('c2') AS cached_one;
+SELECT sim_count('co') AS requests;
+-- its answer was stored: the same call again is a hit
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Orphan [[sim any:tag=co]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+SELECT count(*) AS pending_rows FROM igny8_response_cache WHERE state = 'pending';
+SELECT wait_for_workers() AS workers;
+UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();
 DROP FUNCTION dblink_outcome(text, boolean);
 DROP FUNCTION send_together(text, text, jsonb);
 SELECT dblink_disconnect('c1'), dblink_disconnect('c2');

@@ -1429,7 +1429,12 @@ CREATE TABLE igny8_response_cache (
     input_tokens    integer NOT NULL DEFAULT 0,
     output_tokens   integer NOT NULL DEFAULT 0,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    expires_at      timestamptz NOT NULL
+    expires_at      timestamptz NOT NULL,
+    -- pending: the worker sending it (igny8_worker_status().worker) and
+    -- when that worker started; a waiting call takes over a row whose
+    -- worker has stopped or started again since
+    owner_worker    integer,
+    owner_started   timestamptz
 );
 
 CREATE INDEX igny8_response_cache_alias_idx ON igny8_response_cache (alias, created_at);

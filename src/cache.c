@@ -25,7 +25,11 @@
  *	  flight, in this worker or another.  The job waits and looks again
  *	  every IGNY8_CACHE_POLL_MS, until the answer is there (a hit), the row
  *	  is gone (it becomes the owner and sends), or its deadline passes.
- *	  Two identical calls at once thus make one provider request.
+ *	  Two identical calls at once thus make one provider request.  The row
+ *	  names its owner's worker and when that worker started: a row whose
+ *	  worker stopped (a crash, a graceful stop that queued the owner again
+ *	  for another worker) or started again since is no one's, and the job
+ *	  takes it over at once instead of waiting for it to expire.
  *
  * Jobs of aliases that are not cached never enter JOB_CACHE_WAIT: a miss
  * on them costs one string comparison per cached alias.  Submitted jobs
@@ -189,6 +193,31 @@ column_int(int col)
 }
 
 /*
+ * Is the owner of the pending row in SPI_tuptable gone: its worker not
+ * running, or started again since it took the row?  If so, *worker and
+ * *started say who it was.
+ */
+static bool
+owner_gone(int *worker, TimestampTz *started)
+{
+	bool		worker_null;
+	bool		started_null;
+	Datum		w = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+								  9, &worker_null);
+	Datum		at = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+								   10, &started_null);
+
+	/* no owner recorded: it expires, as a row of no one's */
+	if (worker_null || started_null)
+		return false;
+	*worker = DatumGetInt32(w);
+	*started = DatumGetTimestampTz(at);
+	if (*worker < 0 || *worker >= igny8_shared->nworkers)
+		return true;
+	return igny8_worker_started(*worker) != *started;
+}
+
+/*
  * Answer a job from the ready row in SPI_tuptable.  Everything is made in
  * the job's context: SPI_execute_plan leaves CurrentMemoryContext at SPI's
  * procedure context, which the commit frees before the usage row is
@@ -243,8 +272,10 @@ answer_from_row(Igny8Job *job, TimestampTz started)
 static void
 lookup_job(Igny8Job *job, const char *schema, TimestampTz now)
 {
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', ' '};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', 'n', 'n'};
+	int			dead_worker;
+	TimestampTz dead_started;
 	int			ret;
 
 	/*
@@ -257,7 +288,8 @@ lookup_job(Igny8Job *job, const char *schema, TimestampTz now)
 	ret = SPI_execute_plan(cache_plan(CACHE_LOOKUP, schema,
 									  "SELECT c.state, c.provider, c.model,"
 									  " c.content, c.thinking, c.finish_reason,"
-									  " c.input_tokens, c.output_tokens"
+									  " c.input_tokens, c.output_tokens,"
+									  " c.owner_worker, c.owner_started"
 									  " FROM %s.igny8_response_cache c"
 									  " WHERE c.key OPERATOR(pg_catalog.=) $1"
 									  " AND c.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()",
@@ -271,33 +303,51 @@ lookup_job(Igny8Job *job, const char *schema, TimestampTz now)
 		char	   *state = column_text(1);
 
 		if (strcmp(state, "ready") == 0)
+		{
 			answer_from_row(job, now);
-		else
+			return;
+		}
+		if (!owner_gone(&dead_worker, &dead_started))
+		{
 			job->wake_at = TimestampTzPlusMilliseconds(now, IGNY8_CACHE_POLL_MS);
-		return;
+			return;
+		}
+		/* no one sends it: take it over, if it is still that owner's */
+		values[5] = Int32GetDatum(dead_worker);
+		values[6] = TimestampTzGetDatum(dead_started);
+		nulls[5] = nulls[6] = ' ';
 	}
 
 	/*
-	 * A miss: take the key.  An expired row of it (answer or pending) is
-	 * taken over; a row another worker inserted meanwhile is not, and the
-	 * job looks again next time.
+	 * A miss: take the key.  An expired row of it (answer or pending), or
+	 * the pending row of an owner that is gone, is taken over; a row
+	 * another worker inserted or took meanwhile is not, and the job looks
+	 * again next time.
 	 */
 	values[1] = CStringGetTextDatum(igny8_to_db_lossy(job->alias));
 	values[2] = TimestampTzGetDatum(job->deadline);
+	values[3] = Int32GetDatum(igny8_worker_index);
+	values[4] = TimestampTzGetDatum(igny8_worker_started(igny8_worker_index));
 	ret = SPI_execute_plan(cache_plan(CACHE_TAKE, schema,
 									  "INSERT INTO %s.igny8_response_cache AS c"
-									  " (key, alias, state, expires_at)"
-									  " VALUES ($1, $2, 'pending', $3)"
+									  " (key, alias, state, expires_at, owner_worker, owner_started)"
+									  " VALUES ($1, $2, 'pending', $3, $4, $5)"
 									  " ON CONFLICT (key) DO UPDATE"
 									  " SET alias = excluded.alias, state = 'pending',"
 									  " provider = NULL, model = NULL, content = NULL,"
 									  " thinking = NULL, finish_reason = NULL,"
 									  " input_tokens = 0, output_tokens = 0,"
 									  " created_at = pg_catalog.now(),"
-									  " expires_at = excluded.expires_at"
+									  " expires_at = excluded.expires_at,"
+									  " owner_worker = excluded.owner_worker,"
+									  " owner_started = excluded.owner_started"
 									  " WHERE c.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+									  " OR (c.state OPERATOR(pg_catalog.=) 'pending'"
+									  " AND c.owner_worker OPERATOR(pg_catalog.=) $6"
+									  " AND c.owner_started OPERATOR(pg_catalog.=) $7)"
 									  " RETURNING 1",
-									  3, (Oid[]) {BYTEAOID, TEXTOID, TIMESTAMPTZOID}),
+									  7, (Oid[]) {BYTEAOID, TEXTOID, TIMESTAMPTZOID,
+									  INT4OID, TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}),
 						   values, nulls, false, 1);
 	if (ret != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not write igny8_response_cache: %s",
@@ -472,7 +522,8 @@ igny8_cache_write(Igny8Job *job)
 									  " content = $4, thinking = $5, finish_reason = $6,"
 									  " input_tokens = $7, output_tokens = $8,"
 									  " created_at = pg_catalog.now(),"
-									  " expires_at = pg_catalog.now() OPERATOR(pg_catalog.+) $9"
+									  " expires_at = pg_catalog.now() OPERATOR(pg_catalog.+) $9,"
+									  " owner_worker = NULL, owner_started = NULL"
 									  " WHERE c.key OPERATOR(pg_catalog.=) $1",
 									  9, (Oid[]) {BYTEAOID, TEXTOID, TEXTOID, TEXTOID,
 									  TEXTOID, TEXTOID, INT4OID, INT4OID, INTERVALOID}),

@@ -161,8 +161,8 @@ typedef struct Igny8Slot
 
 /*
  * A worker's inbox (a ring of slot indexes, big enough for every slot) and
- * what it tells the others.  The mutex guards procno, pid, head and queued;
- * held[] is guarded by the mutex of the provider it counts.
+ * what it tells the others.  The mutex guards procno, pid, started_at, head
+ * and queued; held[] is guarded by the mutex of the provider it counts.
  */
 typedef struct Igny8WorkerShared
 {
@@ -315,6 +315,7 @@ extern int	igny8_queue_pop(int worker);
 extern bool igny8_queue_empty(int worker);
 extern uint32 igny8_queue_length(int worker);
 extern bool igny8_worker_running(int worker);
+extern TimestampTz igny8_worker_started(int worker);
 extern void igny8_wake_worker(int worker);
 extern void igny8_wake_all_workers(void);
 extern void igny8_wake_proc(int procno);

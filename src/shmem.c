@@ -334,6 +334,22 @@ igny8_worker_running(int worker)
 	return w->procno >= 0;
 }
 
+/*
+ * When worker w started, or 0 if it is not running: with its index, what
+ * tells one incarnation of a worker from the next.
+ */
+TimestampTz
+igny8_worker_started(int worker)
+{
+	Igny8WorkerShared *w = &igny8_shared->workers[worker];
+	TimestampTz started;
+
+	SpinLockAcquire(&w->mutex);
+	started = (w->procno >= 0) ? w->started_at : 0;
+	SpinLockRelease(&w->mutex);
+	return started;
+}
+
 void
 igny8_wake_proc(int procno)
 {
