@@ -237,6 +237,47 @@ SELECT count(*) AS pending_rows FROM igny8_response_cache WHERE state = 'pending
 SELECT wait_for_workers() AS workers;
 UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();
+
+-- the usage row of a miss's answer cannot be written: the call fails, and
+-- its pending row is deleted in a transaction of its own, so that the
+-- next identical call does not wait for it (it would until the first
+-- call's deadline, 20 s, past its own 5 s: 38000)
+CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'refused by the test';
+END
+$$;
+CREATE TRIGGER refuse_usage BEFORE INSERT ON ai_usage_log
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse();
+SELECT show_error($$SELECT igny8_chat('[{"role":"user","content":"Unlogged [[sim any:tag=ul]]"}]',
+                                      'gpt-4', '{"temperature": 0, "timeout": 20}')$$);
+DROP TRIGGER refuse_usage ON ai_usage_log;
+SELECT count(*) AS pending_rows FROM igny8_response_cache WHERE state = 'pending';
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Unlogged [[sim any:tag=ul]]"}]', 'gpt-4',
+                              '{"temperature": 0, "timeout": 5}');
+SELECT sim_count('ul') AS requests;
+
+-- the same, and the pending row cannot be deleted either: it stays,
+-- owned by a worker that runs but holds no call of that key, and the
+-- next identical call, in that worker (the first), takes it over
+CREATE TRIGGER refuse_usage BEFORE INSERT ON ai_usage_log
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse();
+CREATE TRIGGER refuse_delete BEFORE DELETE ON igny8_response_cache
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse();
+SELECT show_error($$SELECT igny8_chat('[{"role":"user","content":"Unlogged again [[sim any:tag=ua]]"}]',
+                                      'gpt-4', '{"temperature": 0, "timeout": 20}')$$);
+DROP TRIGGER refuse_usage ON ai_usage_log;
+DROP TRIGGER refuse_delete ON igny8_response_cache;
+SELECT c.owner_worker, w.started_at = c.owner_started AS owner_running
+  FROM igny8_response_cache c JOIN igny8_worker_status() w ON w.worker = c.owner_worker
+ WHERE c.state = 'pending';
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Unlogged again [[sim any:tag=ua]]"}]', 'gpt-4',
+                              '{"temperature": 0, "timeout": 5}');
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Unlogged again [[sim any:tag=ua]]"}]', 'gpt-4',
+                              '{"temperature": 0, "timeout": 5}');
+SELECT sim_count('ua') AS requests;
+SELECT count(*) AS pending_rows FROM igny8_response_cache WHERE state = 'pending';
+DROP FUNCTION refuse();
 DROP FUNCTION dblink_outcome(text, boolean);
 DROP FUNCTION send_together(text, text, jsonb);
 SELECT dblink_disconnect('c1'), dblink_disconnect('c2');

@@ -1419,7 +1419,8 @@ CREATE TRIGGER igny8_cache_settings_changed
 CREATE TABLE igny8_response_cache (
     key             bytea PRIMARY KEY,
     alias           text NOT NULL,
-    -- pending: a worker sends the request (until expires_at); ready: answered
+    -- pending: a worker sends the request (until expires_at, or until that
+    -- worker stops); ready: answered
     state           text NOT NULL CHECK (state IN ('pending', 'ready')),
     provider        text,
     model           text,
@@ -1430,11 +1431,13 @@ CREATE TABLE igny8_response_cache (
     output_tokens   integer NOT NULL DEFAULT 0,
     created_at      timestamptz NOT NULL DEFAULT now(),
     expires_at      timestamptz NOT NULL,
-    -- pending: the worker sending it (igny8_worker_status().worker) and
-    -- when that worker started; a waiting call takes over a row whose
-    -- worker has stopped or started again since
+    -- pending: the worker sending it (igny8_worker_status().worker), when
+    -- that worker started, and the call (ai_usage_log.request_id); a
+    -- waiting call takes over a row whose worker has stopped or started
+    -- again since
     owner_worker    integer,
-    owner_started   timestamptz
+    owner_started   timestamptz,
+    owner_request   uuid
 );
 
 CREATE INDEX igny8_response_cache_alias_idx ON igny8_response_cache (alias, created_at);

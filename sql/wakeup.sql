@@ -127,6 +127,8 @@ BEGIN
     END LOOP;
 END
 $$;
+-- (each call is sent once the one before is in a worker's hands, none
+-- queued: a request taken from a queue is in neither count for a moment)
 CREATE TEMP TABLE went_to (call int, worker int);
 DO $$
 DECLARE
@@ -134,13 +136,14 @@ DECLARE
     w int;
 BEGIN
     FOR i IN 17..20 LOOP
-        before := array(SELECT in_flight + queued FROM igny8_worker_status() ORDER BY worker);
+        before := array(SELECT in_flight FROM igny8_worker_status() ORDER BY worker);
         PERFORM send_held('h' || i, 1);
-        PERFORM wait_until(format($q$(SELECT sum(in_flight + queued) FROM igny8_worker_status()) = %s$q$,
+        PERFORM wait_until(format($q$(SELECT sum(queued) = 0 AND sum(in_flight) = %s
+                                        FROM igny8_worker_status())$q$,
                                   before[1] + before[2] + 1),
                            format('call %s in a worker''s hands', i));
         SELECT worker INTO w FROM igny8_worker_status()
-         WHERE in_flight + queued > before[worker + 1];
+         WHERE in_flight > before[worker + 1];
         INSERT INTO went_to VALUES (i, w);
     END LOOP;
 END

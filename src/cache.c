@@ -26,10 +26,13 @@
  *	  every IGNY8_CACHE_POLL_MS, until the answer is there (a hit), the row
  *	  is gone (it becomes the owner and sends), or its deadline passes.
  *	  Two identical calls at once thus make one provider request.  The row
- *	  names its owner's worker and when that worker started: a row whose
- *	  worker stopped (a crash, a graceful stop that queued the owner again
- *	  for another worker) or started again since is no one's, and the job
- *	  takes it over at once instead of waiting for it to expire.
+ *	  names its owner: the worker, when that worker started, and the call.
+ *	  A row whose worker stopped (a crash, a graceful stop that queued the
+ *	  owner again for another worker) or started again since, or of this
+ *	  very worker with no job that owns the key any more (its usage
+ *	  transaction failed), is no one's: the job takes it over at once
+ *	  instead of waiting for it to expire.  The owner stores its answer in
+ *	  the row, or deletes it, only while the row is still its own.
  *
  * Jobs of aliases that are not cached never enter JOB_CACHE_WAIT: a miss
  * on them costs one string comparison per cached alias.  Submitted jobs
@@ -192,13 +195,31 @@ column_int(int col)
 	return isnull ? 0 : DatumGetInt32(d);
 }
 
+/* Does a job of this worker own the key (its pending row is its own)? */
+static bool
+owned_here(const uint8 *key)
+{
+	dlist_iter	iter;
+
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+		if (job->cache_owner &&
+			memcmp(job->cache_key, key, PG_SHA256_DIGEST_LENGTH) == 0)
+			return true;
+	}
+	return false;
+}
+
 /*
- * Is the owner of the pending row in SPI_tuptable gone: its worker not
- * running, or started again since it took the row?  If so, *worker and
- * *started say who it was.
+ * Is the owner of the pending row of key in SPI_tuptable gone: its worker
+ * not running, or started again since it took the row, or this very worker
+ * with no job that owns the key (its usage transaction failed after it let
+ * go of the key)?  If so, *worker and *started say who it was.
  */
 static bool
-owner_gone(int *worker, TimestampTz *started)
+owner_gone(const uint8 *key, int *worker, TimestampTz *started)
 {
 	bool		worker_null;
 	bool		started_null;
@@ -212,9 +233,9 @@ owner_gone(int *worker, TimestampTz *started)
 		return false;
 	*worker = DatumGetInt32(w);
 	*started = DatumGetTimestampTz(at);
-	if (*worker < 0 || *worker >= igny8_shared->nworkers)
-		return true;
-	return igny8_worker_started(*worker) != *started;
+	if (*worker == igny8_worker_index && *started == igny8_worker_started_at)
+		return !owned_here(key);
+	return !igny8_worker_is(*worker, *started);
 }
 
 /*
@@ -267,13 +288,14 @@ answer_from_row(Igny8Job *job, TimestampTz started)
 
 /*
  * Look one job up: a hit answers it, a miss makes it the key's owner
- * (READY), a pending row keeps it waiting.
+ * (READY), a pending row keeps it waiting, unless its owner is gone: then
+ * the job takes the key over, as on a miss.
  */
 static void
 lookup_job(Igny8Job *job, const char *schema, TimestampTz now)
 {
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', 'n', 'n'};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', 'n', 'n'};
 	int			dead_worker;
 	TimestampTz dead_started;
 	int			ret;
@@ -307,15 +329,15 @@ lookup_job(Igny8Job *job, const char *schema, TimestampTz now)
 			answer_from_row(job, now);
 			return;
 		}
-		if (!owner_gone(&dead_worker, &dead_started))
+		if (!owner_gone(job->cache_key, &dead_worker, &dead_started))
 		{
 			job->wake_at = TimestampTzPlusMilliseconds(now, IGNY8_CACHE_POLL_MS);
 			return;
 		}
 		/* no one sends it: take it over, if it is still that owner's */
-		values[5] = Int32GetDatum(dead_worker);
-		values[6] = TimestampTzGetDatum(dead_started);
-		nulls[5] = nulls[6] = ' ';
+		values[6] = Int32GetDatum(dead_worker);
+		values[7] = TimestampTzGetDatum(dead_started);
+		nulls[6] = nulls[7] = ' ';
 	}
 
 	/*
@@ -327,11 +349,13 @@ lookup_job(Igny8Job *job, const char *schema, TimestampTz now)
 	values[1] = CStringGetTextDatum(igny8_to_db_lossy(job->alias));
 	values[2] = TimestampTzGetDatum(job->deadline);
 	values[3] = Int32GetDatum(igny8_worker_index);
-	values[4] = TimestampTzGetDatum(igny8_worker_started(igny8_worker_index));
+	values[4] = TimestampTzGetDatum(igny8_worker_started_at);
+	values[5] = UUIDPGetDatum(&job->request_id);
 	ret = SPI_execute_plan(cache_plan(CACHE_TAKE, schema,
 									  "INSERT INTO %s.igny8_response_cache AS c"
-									  " (key, alias, state, expires_at, owner_worker, owner_started)"
-									  " VALUES ($1, $2, 'pending', $3, $4, $5)"
+									  " (key, alias, state, expires_at, owner_worker, owner_started,"
+									  " owner_request)"
+									  " VALUES ($1, $2, 'pending', $3, $4, $5, $6)"
 									  " ON CONFLICT (key) DO UPDATE"
 									  " SET alias = excluded.alias, state = 'pending',"
 									  " provider = NULL, model = NULL, content = NULL,"
@@ -340,14 +364,16 @@ lookup_job(Igny8Job *job, const char *schema, TimestampTz now)
 									  " created_at = pg_catalog.now(),"
 									  " expires_at = excluded.expires_at,"
 									  " owner_worker = excluded.owner_worker,"
-									  " owner_started = excluded.owner_started"
+									  " owner_started = excluded.owner_started,"
+									  " owner_request = excluded.owner_request"
 									  " WHERE c.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 									  " OR (c.state OPERATOR(pg_catalog.=) 'pending'"
-									  " AND c.owner_worker OPERATOR(pg_catalog.=) $6"
-									  " AND c.owner_started OPERATOR(pg_catalog.=) $7)"
+									  " AND c.owner_worker OPERATOR(pg_catalog.=) $7"
+									  " AND c.owner_started OPERATOR(pg_catalog.=) $8)"
 									  " RETURNING 1",
-									  7, (Oid[]) {BYTEAOID, TEXTOID, TIMESTAMPTZOID,
-									  INT4OID, TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}),
+									  8, (Oid[]) {BYTEAOID, TEXTOID, TIMESTAMPTZOID,
+									  INT4OID, TIMESTAMPTZOID, UUIDOID, INT4OID,
+									  TIMESTAMPTZOID}),
 						   values, nulls, false, 1);
 	if (ret != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not write igny8_response_cache: %s",
@@ -476,22 +502,28 @@ void
 igny8_cache_write(Igny8Job *job)
 {
 	const char *schema = job->config->schema;
-	Datum		values[9];
-	char		nulls[9];
+	Datum		values[10];
+	char		nulls[10];
 	int			ret;
 
 	if (!igny8_cache_to_write(job))
 		return;
-	job->cache_owner = false;
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = key_datum(job);
+
+	/*
+	 * The row is changed only while it is still this call's pending row: a
+	 * row that expired at its deadline may have been taken over since.
+	 */
 	if (!job->success)
 	{
+		values[1] = UUIDPGetDatum(&job->request_id);
 		ret = SPI_execute_plan(cache_plan(CACHE_GIVE_UP, schema,
 										  "DELETE FROM %s.igny8_response_cache c"
 										  " WHERE c.key OPERATOR(pg_catalog.=) $1"
-										  " AND c.state OPERATOR(pg_catalog.=) 'pending'",
-										  1, (Oid[]) {BYTEAOID}),
+										  " AND c.state OPERATOR(pg_catalog.=) 'pending'"
+										  " AND c.owner_request OPERATOR(pg_catalog.=) $2",
+										  2, (Oid[]) {BYTEAOID, UUIDOID}),
 							   values, nulls, false, 0);
 		if (ret != SPI_OK_DELETE)
 			elog(ERROR, "could not write igny8_response_cache: %s",
@@ -516,6 +548,7 @@ igny8_cache_write(Igny8Job *job)
 	values[6] = Int32GetDatum((int32) Min(job->result.input_tokens, PG_INT32_MAX));
 	values[7] = Int32GetDatum((int32) Min(job->result.output_tokens, PG_INT32_MAX));
 	values[8] = job->cache->ttl;
+	values[9] = UUIDPGetDatum(&job->request_id);
 	ret = SPI_execute_plan(cache_plan(CACHE_STORE, schema,
 									  "UPDATE %s.igny8_response_cache c"
 									  " SET state = 'ready', provider = $2, model = $3,"
@@ -523,10 +556,14 @@ igny8_cache_write(Igny8Job *job)
 									  " input_tokens = $7, output_tokens = $8,"
 									  " created_at = pg_catalog.now(),"
 									  " expires_at = pg_catalog.now() OPERATOR(pg_catalog.+) $9,"
-									  " owner_worker = NULL, owner_started = NULL"
-									  " WHERE c.key OPERATOR(pg_catalog.=) $1",
-									  9, (Oid[]) {BYTEAOID, TEXTOID, TEXTOID, TEXTOID,
-									  TEXTOID, TEXTOID, INT4OID, INT4OID, INTERVALOID}),
+									  " owner_worker = NULL, owner_started = NULL,"
+									  " owner_request = NULL"
+									  " WHERE c.key OPERATOR(pg_catalog.=) $1"
+									  " AND c.state OPERATOR(pg_catalog.=) 'pending'"
+									  " AND c.owner_request OPERATOR(pg_catalog.=) $10",
+									  10, (Oid[]) {BYTEAOID, TEXTOID, TEXTOID, TEXTOID,
+									  TEXTOID, TEXTOID, INT4OID, INT4OID, INTERVALOID,
+									  UUIDOID}),
 						   values, nulls, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not write igny8_response_cache: %s",
@@ -548,4 +585,59 @@ igny8_cache_write(Igny8Job *job)
 	if (ret != SPI_OK_DELETE)
 		elog(ERROR, "could not write igny8_response_cache: %s",
 			 SPI_result_code_string(ret));
+}
+
+/*
+ * After the usage transaction (usage.c): the keys of the calls that ended
+ * are no longer theirs.  If that transaction failed, what it wrote to the
+ * cache went with it, and their calls failed with it: their pending rows
+ * are deleted in a transaction of their own, so that identical calls, in
+ * any worker, do not wait for answers no one will store.  If that fails
+ * too, the rows are taken over when found (owner_gone) or expire.
+ */
+void
+igny8_cache_written(bool committed)
+{
+	dlist_iter	iter;
+	bool		any = false;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	dlist_foreach(iter, &igny8_jobs)
+		any |= igny8_cache_to_write(dlist_container(Igny8Job, node, iter.cur));
+	if (!any)
+		return;
+	if (!committed)
+	{
+		PG_TRY();
+		{
+			igny8_worker_begin("igny8_ai: response cache");
+			/* a row left behind only delays an identical call */
+			(void) set_config_option("synchronous_commit", "off", PGC_USERSET,
+									 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0,
+									 false);
+			dlist_foreach(iter, &igny8_jobs)
+			{
+				Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+				/* the usage transaction's failure made every one an error */
+				Assert(!igny8_cache_to_write(job) || !job->success);
+				igny8_cache_write(job);
+			}
+			igny8_worker_commit();
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(cxt);
+			igny8_worker_recover();
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(cxt);
+	}
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+		if (igny8_cache_to_write(job))
+			job->cache_owner = false;
+	}
 }

@@ -315,7 +315,7 @@ extern int	igny8_queue_pop(int worker);
 extern bool igny8_queue_empty(int worker);
 extern uint32 igny8_queue_length(int worker);
 extern bool igny8_worker_running(int worker);
-extern TimestampTz igny8_worker_started(int worker);
+extern bool igny8_worker_is(int worker, TimestampTz started);
 extern void igny8_wake_worker(int worker);
 extern void igny8_wake_all_workers(void);
 extern void igny8_wake_proc(int procno);

@@ -42,6 +42,7 @@
 #define IGNY8_MIN_ATTEMPT_MS	100
 
 int			igny8_worker_index = -1;
+TimestampTz igny8_worker_started_at = 0;
 dlist_head	igny8_jobs = DLIST_STATIC_INIT(igny8_jobs);
 List	   *igny8_pending_notifies = NIL;
 

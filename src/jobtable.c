@@ -91,7 +91,6 @@ static int	scan_interval = IGNY8_JOB_SCAN_MS;	/* the last one set */
 static uint64 seen_scan_requests = 0;
 static TimestampTz next_not_before = 0;	/* 0: none known */
 static int	running_here = 0;		/* runs this worker holds */
-static TimestampTz my_start = 0;
 static bool stopping = false;		/* record no more attempts as sent */
 
 static List *woken = NIL;			/* ids whose waiters to wake */
@@ -232,7 +231,7 @@ my_runs(Oid *types, Datum *values)
 	types[1] = TIMESTAMPTZOID;
 	types[2] = INT8ARRAYOID;
 	values[0] = Int32GetDatum(igny8_worker_index);
-	values[1] = TimestampTzGetDatum(my_start);
+	values[1] = TimestampTzGetDatum(igny8_worker_started_at);
 	values[2] = held_ids();
 }
 
@@ -601,7 +600,7 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	types[3] = UUIDARRAYOID;
 	values[0] = bigint_array(ids, nids);
 	values[1] = Int32GetDatum(igny8_worker_index);
-	values[2] = TimestampTzGetDatum(my_start);
+	values[2] = TimestampTzGetDatum(igny8_worker_started_at);
 	values[3] = PointerGetDatum(construct_array(rids, nids, UUIDOID, UUID_LEN,
 												false, TYPALIGN_CHAR));
 	ret = SPI_execute_plan(job_plan(PLAN_CLAIM, schema,
@@ -754,12 +753,6 @@ igny8_jobs_take(Igny8Config *config)
 
 	if (config == NULL || !igny8_jobs_due(now))
 		return;
-	if (my_start == 0)
-	{
-		SpinLockAcquire(&me()->mutex);
-		my_start = me()->started_at;
-		SpinLockRelease(&me()->mutex);
-	}
 	/* what is read from here on is seen; a later bump is seen next time */
 	seen_generation = pg_atomic_read_u64(&igny8_shared->jobs_generation);
 	requests = pg_atomic_read_u64(&igny8_shared->jobs_scan_requests);
@@ -1002,7 +995,7 @@ write_one(const char *schema, Igny8Job *job)
 	values[13] = Float8GetDatum((double) (GetCurrentTimestamp() - job->started) / 1000.0);
 	nulls[13] = ' ';
 	values[17] = Int32GetDatum(igny8_worker_index);
-	values[18] = TimestampTzGetDatum(my_start);
+	values[18] = TimestampTzGetDatum(igny8_worker_started_at);
 	nulls[17] = nulls[18] = ' ';
 	/* the run's cost: the sum of its attempts', priced by usage.c */
 	values[19] = igny8_cost_datum(igny8_job_cost(job));
@@ -1076,7 +1069,7 @@ record_all(const char *schema, Datum *ids, Datum *inflights, bool *nulls,
 												   lbs, TEXTOID, -1, false,
 												   TYPALIGN_INT));
 	values[2] = Int32GetDatum(igny8_worker_index);
-	values[3] = TimestampTzGetDatum(my_start);
+	values[3] = TimestampTzGetDatum(igny8_worker_started_at);
 	/* every row to record in one statement: ids and their inflight */
 	ret = SPI_execute_plan(job_plan(PLAN_INFLIGHT, schema,
 		"UPDATE %s.igny8_jobs j SET inflight = v.inflight::pg_catalog.jsonb,"

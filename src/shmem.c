@@ -335,19 +335,22 @@ igny8_worker_running(int worker)
 }
 
 /*
- * When worker w started, or 0 if it is not running: with its index, what
- * tells one incarnation of a worker from the next.
+ * Is worker w running, the incarnation that started at started?  With its
+ * index, a worker's start time tells one incarnation from the next.
  */
-TimestampTz
-igny8_worker_started(int worker)
+bool
+igny8_worker_is(int worker, TimestampTz started)
 {
-	Igny8WorkerShared *w = &igny8_shared->workers[worker];
-	TimestampTz started;
+	Igny8WorkerShared *w;
+	bool		is;
 
+	if (worker < 0 || worker >= igny8_shared->nworkers)
+		return false;
+	w = &igny8_shared->workers[worker];
 	SpinLockAcquire(&w->mutex);
-	started = (w->procno >= 0) ? w->started_at : 0;
+	is = (w->procno >= 0 && w->started_at == started);
 	SpinLockRelease(&w->mutex);
-	return started;
+	return is;
 }
 
 void

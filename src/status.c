@@ -29,18 +29,10 @@ PG_FUNCTION_INFO_V1(igny8_worker_alive);
 Datum
 igny8_worker_alive(PG_FUNCTION_ARGS)
 {
-	int			w = PG_GETARG_INT32(0);
-	TimestampTz started = PG_GETARG_TIMESTAMPTZ(1);
-	Igny8WorkerShared *ws;
-	bool		alive;
-
-	if (igny8_shared == NULL || w < 0 || w >= igny8_shared->nworkers)
+	if (igny8_shared == NULL)
 		PG_RETURN_BOOL(false);
-	ws = &igny8_shared->workers[w];
-	SpinLockAcquire(&ws->mutex);
-	alive = (ws->procno >= 0 && ws->started_at == started);
-	SpinLockRelease(&ws->mutex);
-	PG_RETURN_BOOL(alive);
+	PG_RETURN_BOOL(igny8_worker_is(PG_GETARG_INT32(0),
+								   PG_GETARG_TIMESTAMPTZ(1)));
 }
 
 /*

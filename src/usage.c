@@ -420,6 +420,9 @@ igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
 
+	/* the cache keys of the calls that ended: stored, or given up */
+	igny8_cache_written(committed);
+
 	/* sent, or lost with the transaction: never twice */
 	list_free_deep(igny8_pending_notifies);
 	igny8_pending_notifies = NIL;

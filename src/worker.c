@@ -795,10 +795,11 @@ igny8_worker_main(Datum main_arg)
 	igny8_places_forget_worker(igny8_worker_index);
 	igny8_gpu_clock_forget_worker(igny8_worker_index);
 	igny8_budget_forget_worker(igny8_worker_index);
+	igny8_worker_started_at = GetCurrentTimestamp();
 	SpinLockAcquire(&me->mutex);
 	me->procno = MyProc->pgprocno;
 	me->pid = MyProcPid;
-	me->started_at = GetCurrentTimestamp();
+	me->started_at = igny8_worker_started_at;
 	/* a previous incarnation's scan times are not ours */
 	pg_atomic_write_u64(&me->last_job_scan, 0);
 	pg_atomic_write_u64(&me->next_job_scan, 0);

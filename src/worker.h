@@ -479,8 +479,12 @@ typedef struct Igny8Job
 	bool		cache_hit;		/* answered from the cache */
 } Igny8Job;
 
-/* this worker's index, its jobs, and NOTIFY payloads not yet sent */
+/*
+ * this worker's index and when it started (with the index, what tells this
+ * incarnation from the next), its jobs, and NOTIFY payloads not yet sent
+ */
 extern int	igny8_worker_index;
+extern TimestampTz igny8_worker_started_at;
 extern dlist_head igny8_jobs;
 extern List *igny8_pending_notifies;
 
@@ -587,6 +591,7 @@ extern void igny8_cache_route(Igny8Job *job, Igny8Config *config);
 extern void igny8_cache_lookup(void);
 extern bool igny8_cache_to_write(Igny8Job *job);
 extern void igny8_cache_write(Igny8Job *job);
+extern void igny8_cache_written(bool committed);
 extern void igny8_cache_reset(void);
 
 /* ----- usage.c ----- */

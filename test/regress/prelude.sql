@@ -98,7 +98,6 @@ LANGUAGE sql AS $$
                       'the workers to load the configuration');
 $$;
 
-
 -- wait until worker w's next look at igny8_jobs is more than secs seconds
 -- away.  Its scan writes ai_usage_log (the outcomes of runs it takes
 -- back): a test that locks ai_usage_log and needs the worker to take a
@@ -109,6 +108,7 @@ LANGUAGE sql AS $$
                                    FROM igny8_worker_status() WHERE worker = %s)$q$, secs, w),
                       format('worker %s''s next scan of igny8_jobs %s s away', w, secs));
 $$;
+
 -- reload postgresql.conf, and wait until every worker processed it
 CREATE OR REPLACE FUNCTION reload_settings() RETURNS boolean
 LANGUAGE plpgsql AS $$
