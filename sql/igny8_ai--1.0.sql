@@ -1420,7 +1420,7 @@ CREATE TABLE igny8_response_cache (
     key             bytea PRIMARY KEY,
     alias           text NOT NULL,
     -- pending: a worker sends the request (until expires_at, or until that
-    -- worker stops); ready: answered
+    -- worker stops, or no call of it owns the row any more); ready: answered
     state           text NOT NULL CHECK (state IN ('pending', 'ready')),
     provider        text,
     model           text,

@@ -496,7 +496,9 @@ igny8_cache_to_write(Igny8Job *job)
 /*
  * In the usage transaction (usage.c): store the answer of a finished job
  * that owns its key, and keep the alias within max_entries; or, when it
- * failed, delete its pending row so that a waiting job sends its own.
+ * failed, delete its pending row so that a waiting job sends its own (also
+ * in a transaction of its own after a failed usage transaction,
+ * igny8_cache_written).
  */
 void
 igny8_cache_write(Igny8Job *job)
@@ -593,7 +595,8 @@ igny8_cache_write(Igny8Job *job)
  * cache went with it, and their calls failed with it: their pending rows
  * are deleted in a transaction of their own, so that identical calls, in
  * any worker, do not wait for answers no one will store.  If that fails
- * too, the rows are taken over when found (owner_gone) or expire.
+ * too, an identical call in this worker takes such a row over when it
+ * finds it (owner_gone); one in another worker waits for it to expire.
  */
 void
 igny8_cache_written(bool committed)
@@ -619,9 +622,13 @@ igny8_cache_written(bool committed)
 			{
 				Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
-				/* the usage transaction's failure made every one an error */
-				Assert(!igny8_cache_to_write(job) || !job->success);
-				igny8_cache_write(job);
+				/*
+				 * The usage transaction's failure made every one an error
+				 * (usage.c); an answer whose usage row is not committed is
+				 * never stored.
+				 */
+				if (igny8_cache_to_write(job) && !job->success)
+					igny8_cache_write(job);
 			}
 			igny8_worker_commit();
 		}
