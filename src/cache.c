@@ -589,6 +589,29 @@ igny8_cache_write(Igny8Job *job)
 			 SPI_result_code_string(ret));
 }
 
+/* Delete the pending rows of the calls that failed (igny8_cache_written). */
+static void
+give_up_keys(void *arg)
+{
+	dlist_iter	iter;
+
+	/* a row left behind only delays an identical call */
+	(void) set_config_option("synchronous_commit", "off", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+		/*
+		 * The usage transaction's failure made every one an error
+		 * (usage.c); an answer whose usage row is not committed is never
+		 * stored.
+		 */
+		if (igny8_cache_to_write(job) && !job->success)
+			igny8_cache_write(job);
+	}
+}
+
 /*
  * After the usage transaction (usage.c): the keys of the calls that ended
  * are no longer theirs.  If that transaction failed, what it wrote to the
@@ -603,43 +626,14 @@ igny8_cache_written(bool committed)
 {
 	dlist_iter	iter;
 	bool		any = false;
-	MemoryContext cxt = CurrentMemoryContext;
 
 	dlist_foreach(iter, &igny8_jobs)
 		any |= igny8_cache_to_write(dlist_container(Igny8Job, node, iter.cur));
 	if (!any)
 		return;
 	if (!committed)
-	{
-		PG_TRY();
-		{
-			igny8_worker_begin("igny8_ai: response cache");
-			/* a row left behind only delays an identical call */
-			(void) set_config_option("synchronous_commit", "off", PGC_USERSET,
-									 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0,
-									 false);
-			dlist_foreach(iter, &igny8_jobs)
-			{
-				Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
-
-				/*
-				 * The usage transaction's failure made every one an error
-				 * (usage.c); an answer whose usage row is not committed is
-				 * never stored.
-				 */
-				if (igny8_cache_to_write(job) && !job->success)
-					igny8_cache_write(job);
-			}
-			igny8_worker_commit();
-		}
-		PG_CATCH();
-		{
-			MemoryContextSwitchTo(cxt);
-			igny8_worker_recover();
-		}
-		PG_END_TRY();
-		MemoryContextSwitchTo(cxt);
-	}
+		(void) igny8_worker_transaction("igny8_ai: response cache",
+										give_up_keys, NULL);
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);

@@ -1216,6 +1216,12 @@ igny8_jobs_wake_waiters(void)
 	woken = NIL;
 }
 
+static void
+give_back(void *schema)
+{
+	recover((const char *) schema, NULL);
+}
+
 /*
  * The worker is stopping: its runs were aborted and let go of (job_lost).
  * Every row of ours goes back to the queue (a run that sent nothing is not
@@ -1227,17 +1233,8 @@ igny8_jobs_stop(Igny8Config *config)
 {
 	if (config == NULL || running_here == 0)
 		return;
-	PG_TRY();
-	{
-		igny8_worker_begin("igny8_ai: giving jobs back");
-		recover(config->schema, NULL);
-		igny8_worker_commit();
+	/* if that fails, the others take the rows back when they see us gone */
+	if (igny8_worker_transaction("igny8_ai: giving jobs back",
+								 give_back, config->schema))
 		igny8_jobs_wake_waiters();
-	}
-	PG_CATCH();
-	{
-		/* the others take the rows back when they see us gone */
-		igny8_worker_recover();
-	}
-	PG_END_TRY();
 }

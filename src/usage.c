@@ -343,6 +343,12 @@ insert_job_rows(Igny8Config *config, Igny8Job *job)
 	}
 }
 
+static void
+queue_budget_notices(void *arg)
+{
+	igny8_budget_queue_notices();
+}
+
 /*
  * Write the usage rows of every attempt not yet logged, and send the
  * pending NOTIFYs, in one transaction.  If that fails, the answers that
@@ -455,19 +461,6 @@ igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 
 	/* a budget's warning threshold reached: NOTIFY igny8_ai_budget */
 	if (igny8_budget_notices_pending())
-	{
-		PG_TRY();
-		{
-			igny8_worker_begin("igny8_ai: budget notice");
-			igny8_budget_queue_notices();
-			igny8_worker_commit();
-		}
-		PG_CATCH();
-		{
-			MemoryContextSwitchTo(cxt);
-			igny8_worker_recover();
-		}
-		PG_END_TRY();
-		MemoryContextSwitchTo(cxt);
-	}
+		(void) igny8_worker_transaction("igny8_ai: budget notice",
+										queue_budget_notices, NULL);
 }

@@ -155,6 +155,34 @@ igny8_worker_commit(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/*
+ * Run body(arg) in a transaction of its own (what names it in
+ * pg_stat_activity) and commit it.  An error is reported and left behind
+ * (igny8_worker_recover).  Whether it committed.
+ */
+bool
+igny8_worker_transaction(const char *what, void (*body) (void *arg), void *arg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool committed = false;
+
+	PG_TRY();
+	{
+		igny8_worker_begin(what);
+		body(arg);
+		igny8_worker_commit();
+		committed = true;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		igny8_worker_recover();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	return committed;
+}
+
 /* ----- prepared statements ----- */
 
 /* Forget every statement of a set (after an error, or the schema moved). */

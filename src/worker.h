@@ -563,6 +563,8 @@ extern void igny8_job_note_progress(Igny8Job *job);
 /* worker.c: the worker's transactions */
 extern void igny8_worker_begin(const char *what);
 extern void igny8_worker_commit(void);
+extern bool igny8_worker_transaction(const char *what,
+									 void (*body) (void *arg), void *arg);
 extern void igny8_worker_recover(void);
 
 /*
