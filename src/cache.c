@@ -215,8 +215,9 @@ owned_here(const uint8 *key)
 /*
  * Is the owner of the pending row of key in SPI_tuptable gone: its worker
  * not running, or started again since it took the row, or this very worker
- * with no job that owns the key (its usage transaction failed after it let
- * go of the key)?  If so, *worker and *started say who it was.
+ * with no job that owns the key (its usage transaction failed, and so did
+ * the delete of the row, igny8_cache_written)?  If so, *worker and
+ * *started say who it was.
  */
 static bool
 owner_gone(const uint8 *key, int *worker, TimestampTz *started)
