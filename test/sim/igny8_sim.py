@@ -930,6 +930,16 @@ class SimServer(http.server.ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
+    def get_request(self):
+        # An answer goes out in two writes (the headers, then the body).
+        # With Nagle's algorithm the body waits for the client's delayed
+        # ACK of the headers, about 40 ms on a kept-alive connection.
+        # Ollama (Go's net/http) and ComfyUI (aiohttp) set TCP_NODELAY on
+        # every connection they accept; so does the simulator.
+        request, client_address = super().get_request()
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return request, client_address
+
     def process_request(self, request, client_address):
         with self.active_lock:
             self.active.add(request)

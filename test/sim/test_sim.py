@@ -312,6 +312,29 @@ class TestStartup(SimTestCase):
         with self.assertRaises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", PORTS["dead"]), timeout=2)
 
+    def test_accepted_connections_nodelay(self):
+        # As Ollama's and ComfyUI's servers do: without TCP_NODELAY a
+        # kept-alive connection's answer waits ~40 ms for a delayed ACK.
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("igny8_sim", SIM)
+        sim = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sim)
+        server = sim.SimServer(("127.0.0.1", 0), sim.SimHandler, None,
+                               "ollama")
+        client = None
+        request = None
+        try:
+            client = socket.create_connection(server.server_address,
+                                              timeout=5)
+            request, _ = server.get_request()
+            self.assertNotEqual(request.getsockopt(socket.IPPROTO_TCP,
+                                                   socket.TCP_NODELAY), 0)
+        finally:
+            for s in (request, client):
+                if s is not None:
+                    s.close()
+            server.server_close()
+
     def test_signals_stop_cleanly(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
             state = tempfile.mkdtemp(prefix="igny8_sim_sig_")
