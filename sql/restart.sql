@@ -70,3 +70,28 @@ SELECT in_flight, queued FROM igny8_service_status WHERE provider = 'self_hosted
 SELECT sum(in_flight) AS held_by_workers FROM igny8_worker_status();
 SELECT igny8_generate_text('After the restart', 'gpt-4');
 UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
+
+-- a worker does not take transaction settings from its database: with
+-- read-only transactions and repeatable read set for the database (new
+-- sessions take them), a restarted worker still writes its usage rows and
+-- runs a submitted job.  (statement_timeout and lock_timeout never
+-- interrupt a worker: their timers raise SIGINT, which it ignores)
+SELECT array_agg(pid) AS old_pids FROM igny8_worker_status() \gset
+SELECT format('ALTER DATABASE %I SET %s', current_database(), s)
+  FROM unnest(ARRAY['default_transaction_read_only = on',
+                    'default_transaction_isolation = ''repeatable read''']) s \gexec
+SELECT count(pg_terminate_backend(pid)) AS terminated
+  FROM igny8_worker_status() WHERE pid IS NOT NULL;
+SELECT wait_until(format($$(SELECT count(*) FROM igny8_worker_status()
+                             WHERE pid IS NOT NULL AND pid <> ALL (%L::int[]))
+                            = current_setting('igny8_ai.workers')::int$$, :'old_pids'),
+                  'the workers to start again');
+SELECT wait_for_config();
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('Pinned settings [[sim ollama:tag=pin]]', 'gpt-4');
+SELECT count(*) AS rows, bool_and(success) AS all_ok FROM ai_usage_log;
+SELECT igny8_submit_text('Pinned job [[sim ollama:tag=pin]]', 'gpt-4') AS pinned_job \gset
+SELECT state FROM igny8_wait_job(:pinned_job, '30 s');
+SELECT count(*) AS rows_with_the_job FROM ai_usage_log;
+SELECT format('ALTER DATABASE %I RESET %s', current_database(), s)
+  FROM unnest(ARRAY['default_transaction_read_only', 'default_transaction_isolation']) s \gexec

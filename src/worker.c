@@ -777,6 +777,33 @@ run_jobs(bool fd_ready)
 	}
 }
 
+/*
+ * Settings a worker's transactions must not take from postgresql.conf or
+ * from ALTER DATABASE / ALTER ROLE ... SET, set for the session, which
+ * overrides both, also after a reload.  A database-wide
+ * default_transaction_read_only would fail every usage write; repeatable
+ * read would have a claim count running jobs in a snapshot taken before
+ * its lock, and fail on rows updated since.  (statement_timeout and
+ * lock_timeout cannot interrupt a worker: their timers raise SIGINT, which
+ * it ignores.)  search_path is set before any SQL runs: nothing on a
+ * writable schema can be picked.
+ */
+static void
+pin_settings(void)
+{
+	static const char *const pinned[][2] = {
+		{"search_path", "pg_catalog, pg_temp"},
+		{"default_transaction_isolation", "read committed"},
+		{"default_transaction_read_only", "off"},
+		{"default_transaction_deferrable", "off"},
+		{"row_security", "on"},
+		{"session_replication_role", "origin"},
+	};
+
+	for (int i = 0; i < lengthof(pinned); i++)
+		SetConfigOption(pinned[i][0], pinned[i][1], PGC_SUSET, PGC_S_SESSION);
+}
+
 void
 igny8_worker_main(Datum main_arg)
 {
@@ -808,9 +835,7 @@ igny8_worker_main(Datum main_arg)
 										 igny8_username[0] ? igny8_username : NULL,
 										 0);
 	pgstat_report_appname("igny8_ai worker");
-	/* no SQL runs before this: nothing on a writable schema can be picked */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET,
-					PGC_S_SESSION);
+	pin_settings();
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "igny8_ai loop",
 									 ALLOCSET_DEFAULT_SIZES);
