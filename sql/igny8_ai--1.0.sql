@@ -1812,6 +1812,23 @@ CREATE TRIGGER igny8_jobs_submitted
 SELECT pg_catalog.pg_extension_config_dump('igny8_jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('igny8_jobs_id_seq', '');
 
+-- Cancels of running jobs (igny8_cancel_job), kept apart from igny8_jobs:
+-- a cancel's transaction, open or prepared, must hold no lock on the row
+-- that the job's worker writes (its outcome, the attempt it sends), or the
+-- worker, and every request it holds, would wait for that transaction.
+-- The worker reads them when told at commit and at its scans of
+-- igny8_jobs, and deletes a job's row when it writes the job's outcome;
+-- igny8_jobs_cleanup() deletes those left for jobs no longer running.
+CREATE TABLE igny8_job_cancels (
+    job_id        bigint PRIMARY KEY,
+    requested_at  timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE igny8_job_cancels IS
+    'cancels of running jobs until their worker stops them (igny8_cancel_job); apart from igny8_jobs so that a cancel locks no row a worker writes';
+
+SELECT pg_catalog.pg_extension_config_dump('igny8_job_cancels', '');
+
 CREATE FUNCTION igny8_submit_text(
     prompt      text,
     model       text DEFAULT 'gpt-4',
@@ -1944,6 +1961,11 @@ BEGIN
         total := total OPERATOR(pg_catalog.+) deleted;
         EXIT WHEN deleted OPERATOR(pg_catalog.<) 10000;
     END LOOP;
+    -- cancels that came when their job had finished, or was deleted
+    DELETE FROM @extschema@.igny8_job_cancels c
+     WHERE NOT EXISTS (SELECT FROM @extschema@.igny8_jobs j
+                        WHERE j.id OPERATOR(pg_catalog.=) c.job_id
+                          AND j.state OPERATOR(pg_catalog.=) ANY ('{queued,running}'));
     RETURN total;
 END
 $$;
@@ -2632,7 +2654,7 @@ REVOKE ALL ON FUNCTION igny8_unbind_usage(regrole) FROM PUBLIC;
 REVOKE ALL ON igny8_account_roles, igny8_budgets FROM PUBLIC;
 REVOKE ALL ON igny8_providers, igny8_workflows, igny8_models, igny8_fallbacks,
     igny8_prices, igny8_config_deletions, ai_usage_log, service_health_log, igny8_jobs,
-    igny8_job_results, igny8_service_status, igny8_job_queue FROM PUBLIC;
+    igny8_job_cancels, igny8_job_results, igny8_service_status, igny8_job_queue FROM PUBLIC;
 
 -- Let a monitoring role read the health of the providers and the workers
 -- (never keys).
@@ -2743,6 +2765,7 @@ BEGIN
     -- the spend of the accounts with a budget is summed from ai_usage_log
     EXECUTE pg_catalog.format('GRANT SELECT ON %s.ai_usage_log, %s.igny8_budgets TO %s', s, s, role);
     EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON %s.igny8_jobs TO %s', s, role);
+    EXECUTE pg_catalog.format('GRANT SELECT, DELETE ON %s.igny8_job_cancels TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_worker_alive(integer, timestamptz) TO %s', s, role);
     -- the workers take and write every job, whoever submitted it
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p

@@ -87,6 +87,62 @@ ROLLBACK;
 SELECT state FROM igny8_wait_job(:j8, '30 s');
 SELECT cancel_requested FROM igny8_jobs WHERE id = :j8;
 
+-- a cancel whose transaction stays open holds up no worker: the cancel is
+-- a row of igny8_job_cancels, not a lock on the job's row, so the job's
+-- worker writes its outcome meanwhile.  Committed after the job finished,
+-- it changes nothing, and igny8_jobs_cleanup() deletes it
+SELECT igny8_submit_text('Open cancel [[sim ollama:delay=1 tag=jx1]]', 'gpt-4') AS jx1 \gset
+SELECT sim_wait_arrival('jx1');
+SELECT dblink_connect('canceller', 'dbname=' || current_database());
+SELECT dblink_exec('canceller', 'BEGIN');
+SELECT cancelled FROM dblink('canceller', format('SELECT igny8_cancel_job(%s)', :jx1)) AS t(cancelled boolean);
+SELECT state FROM igny8_wait_job(:jx1, '30 s');
+SELECT dblink_exec('canceller', 'COMMIT');
+SELECT state, cancel_requested FROM igny8_jobs WHERE id = :jx1;
+SELECT count(*) AS cancels_of_jx1 FROM igny8_job_cancels WHERE job_id = :jx1;
+SELECT igny8_jobs_cleanup() >= 0 AS cleaned;
+SELECT count(*) AS cancels_of_jx1 FROM igny8_job_cancels WHERE job_id = :jx1;
+
+-- a queued job cancelled in a prepared transaction: cancelled at COMMIT
+-- PREPARED (its NOTIFY is sent just before a commit, never at PREPARE)
+SELECT igny8_submit_text('Prepared cancel', 'gpt-4', '{"not_before": "2999-01-01"}') AS jx2 \gset
+BEGIN;
+SELECT igny8_cancel_job(:jx2) AS cancelled;
+PREPARE TRANSACTION 'igny8_jobs_cancel_jx2';
+SELECT state FROM igny8_jobs WHERE id = :jx2;
+COMMIT PREPARED 'igny8_jobs_cancel_jx2';
+SELECT state, error_code, cancel_requested FROM igny8_jobs WHERE id = :jx2;
+
+-- a queued job's NOTIFY is sent once, by the commit; a cancel rolled back
+-- to a savepoint sends none and cancels nothing
+SELECT igny8_submit_text('Waited for', 'gpt-4', '{"not_before": "2999-01-01"}') AS jx3 \gset
+SELECT igny8_submit_text('Kept by a savepoint', 'gpt-4', '{"not_before": "2999-01-01"}') AS jx4 \gset
+SELECT dblink_connect('listener', 'dbname=' || current_database());
+SELECT dblink_exec('listener', 'LISTEN igny8_ai_jobs');
+BEGIN;
+SAVEPOINT s;
+SELECT igny8_cancel_job(:jx4) AS cancelled_then_rolled_back;
+ROLLBACK TO SAVEPOINT s;
+SELECT igny8_cancel_job(:jx3) AS cancelled;
+COMMIT;
+SELECT id = :jx3 AS jx3, state FROM igny8_jobs WHERE id IN (:jx3, :jx4) ORDER BY id;
+NOTIFY igny8_ai_jobs, 'sentinel';
+CREATE TEMP TABLE job_notices (payload text);
+DO $$
+BEGIN
+    FOR i IN 1..600 LOOP
+        INSERT INTO job_notices SELECT extra FROM dblink_get_notify('listener');
+        EXIT WHEN EXISTS (SELECT FROM job_notices WHERE payload = 'sentinel');
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END
+$$;
+SELECT (payload::jsonb->>'id')::bigint = :jx3 AS jx3, payload::jsonb->>'state' AS state
+  FROM job_notices WHERE payload <> 'sentinel'
+   AND (payload::jsonb->>'id')::bigint IN (:jx3, :jx4);
+SELECT count(*) AS sentinel FROM job_notices WHERE payload = 'sentinel';
+SELECT dblink_disconnect(c) FROM unnest(ARRAY['canceller', 'listener']) c;
+
 -- a failed job: its error, every attempt in ai_usage_log
 SELECT igny8_submit_text('Refused [[sim ollama:status=400 openai:status=400 anthropic:status=400]]', 'gpt-4',
                          '{"max_attempts": 1}') AS jf \gset
@@ -331,6 +387,37 @@ SELECT pg_terminate_backend(s.pid) AS stopped
   FROM igny8_job(:jt) j JOIN igny8_worker_status() s ON s.worker = (j.progress->>'worker')::int;
 SELECT state, attempts, error_code, error_message FROM igny8_wait_job(:jt, '60 s');
 SELECT line AS jt_requests FROM sim('log --tag jt --count') AS line;
+SELECT wait_for_workers();
+-- a worker stopped after it recorded a run's first attempt as in flight,
+-- but before it sent it: the run sent nothing, so it does not count, and
+-- the job (one attempt allowed) runs again instead of failing as
+-- interrupted, with no usage row for the attempt never sent.  A trigger
+-- holds the worker inside the transaction that records the attempt until
+-- the worker has been told to stop
+CREATE FUNCTION hold_intent() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.inflight IS NOT NULL AND OLD.inflight IS NULL
+       AND NEW.request::text LIKE '%tag=jint]%' THEN
+        PERFORM pg_advisory_xact_lock_shared(4242);
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER hold_intent BEFORE UPDATE ON igny8_jobs
+    FOR EACH ROW EXECUTE FUNCTION hold_intent();
+SELECT coalesce(max(id), 0) AS usage_before FROM ai_usage_log \gset
+SELECT pg_advisory_lock(4242);
+SELECT igny8_submit_text('Held before sending [[sim ollama:tag=jint]]', 'gpt-4', '{"max_attempts": 1}') AS jint \gset
+SELECT wait_until($$(SELECT count(*) = 1 FROM pg_stat_activity a JOIN igny8_worker_status() w ON w.pid = a.pid
+                      WHERE a.wait_event = 'advisory')$$, 'a worker held recording the attempt');
+SELECT pg_terminate_backend(a.pid) AS stopped
+  FROM pg_stat_activity a JOIN igny8_worker_status() w ON w.pid = a.pid WHERE a.wait_event = 'advisory';
+SELECT pg_advisory_unlock(4242);
+SELECT state, attempts, error_code FROM igny8_wait_job(:jint, '60 s');
+SELECT line AS jint_requests FROM sim('log --tag jint --count') AS line;
+SELECT success, error_message FROM ai_usage_log WHERE id > :usage_before;
+DROP TRIGGER hold_intent ON igny8_jobs;
+DROP FUNCTION hold_intent();
 SELECT wait_for_workers();
 
 -- retention: finished jobs older than igny8_ai.job_retention go, the

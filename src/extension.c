@@ -19,13 +19,20 @@
  * the submit functions or not) calls igny8_jobs_submitted(), and the
  * commit bumps the jobs generation and wakes the workers, which take the
  * new jobs.  igny8_cancel_job() of a running job tells the worker running
- * it at commit, so that a cancel rolled back stops nothing.
+ * it at commit, so that a cancel rolled back stops nothing; every cancel
+ * wakes the job's waiters at commit.  A queued job's cancel sends its
+ * NOTIFY igny8_ai_jobs just before the commit, not when it is called: a
+ * transaction that sent a NOTIFY cannot be prepared, and a cancel in a
+ * prepared transaction (whose listeners hear nothing) must not fail.  So
+ * the pending cancels remember the subtransaction that made them, and
+ * those of a subtransaction rolled back are forgotten.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/async.h"
 #include "commands/event_trigger.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -44,8 +51,16 @@ PG_FUNCTION_INFO_V1(igny8_on_drop_extension);
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static bool config_change_pending = false;
 static bool jobs_pending = false;
-static List *cancels_pending = NIL;	/* job ids, in TopTransactionContext */
+static List *cancels_pending = NIL;	/* PendingCancel, in TopTransactionContext */
 static bool xact_callback_registered = false;
+
+/* A job cancelled in this transaction. */
+typedef struct PendingCancel
+{
+	int64		id;
+	int			level;			/* the (sub)transaction nesting level of it */
+	bool		queued;			/* it was queued: NOTIFY igny8_ai_jobs */
+} PendingCancel;
 
 /* Tell every worker that the configuration changed. */
 static void
@@ -58,18 +73,23 @@ announce_config_change(void)
 }
 
 /*
- * Tell the worker running each job whose cancel committed.  A job not
- * running any more (finished, or its worker died) needs nothing: its row
- * says cancel_requested, which recovery honours.
+ * Tell the worker running each job whose cancel committed, and wake the
+ * sessions waiting for the jobs.  A job not running any more (finished, or
+ * its worker died) needs nothing: its cancel is in igny8_job_cancels, which
+ * recovery honours.
  */
 static void
 announce_cancels(void)
 {
 	ListCell   *lc;
+	int64	   *ids = palloc(sizeof(int64) * list_length(cancels_pending));
+	int			n = 0;
 
 	foreach(lc, cancels_pending)
 	{
-		int64		id = *(int64 *) lfirst(lc);
+		int64		id = ((PendingCancel *) lfirst(lc))->id;
+
+		ids[n++] = id;
 
 		for (int i = 0; i < igny8_shared->nslots; i++)
 		{
@@ -91,6 +111,25 @@ announce_cancels(void)
 			}
 		}
 	}
+	igny8_wake_job_waiters(ids, n);
+	pfree(ids);
+}
+
+/* Just before the commit: the NOTIFY of each queued job cancelled. */
+static void
+notify_cancels(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, cancels_pending)
+	{
+		PendingCancel *c = lfirst(lc);
+
+		if (c->queued)
+			Async_Notify("igny8_ai_jobs",
+						 psprintf("{\"id\": " INT64_FORMAT ", \"state\": \"cancelled\"}",
+								  c->id));
+	}
 }
 
 static void
@@ -98,6 +137,10 @@ xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+			/* before PreCommit_Notify(), which queues what was notified */
+			notify_cancels();
+			return;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (config_change_pending)
@@ -121,12 +164,44 @@ xact_callback(XactEvent event, void *arg)
 	cancels_pending = NIL;
 }
 
+/*
+ * The cancels of a subtransaction rolled back are forgotten; those of one
+ * committed become its parent's.
+ */
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+				 SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		foreach(lc, cancels_pending)
+		{
+			if (((PendingCancel *) lfirst(lc))->level >= level)
+				cancels_pending = foreach_delete_current(cancels_pending, lc);
+		}
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, cancels_pending)
+		{
+			PendingCancel *c = lfirst(lc);
+
+			if (c->level >= level)
+				c->level = level - 1;
+		}
+	}
+}
+
 static void
 register_xact_callback(void)
 {
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(xact_callback, NULL);
+		RegisterSubXactCallback(subxact_callback, NULL);
 		xact_callback_registered = true;
 	}
 }
@@ -147,16 +222,21 @@ igny8_jobs_queued_at_commit(void)
 	jobs_pending = true;
 }
 
-/* A running job was cancelled: tell its worker at commit. */
+/*
+ * A job was cancelled (queued: it is now): its NOTIFY just before the
+ * commit, then tell its worker and wake its waiters.
+ */
 void
-igny8_job_cancel_at_commit(int64 id)
+igny8_job_cancel_at_commit(int64 id, bool queued)
 {
 	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
-	int64	   *p = palloc(sizeof(int64));
+	PendingCancel *c = palloc(sizeof(PendingCancel));
 
 	register_xact_callback();
-	*p = id;
-	cancels_pending = lappend(cancels_pending, p);
+	c->id = id;
+	c->level = GetCurrentTransactionNestLevel();
+	c->queued = queued;
+	cancels_pending = lappend(cancels_pending, c);
 	MemoryContextSwitchTo(old);
 }
 

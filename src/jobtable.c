@@ -255,25 +255,29 @@ recover(const char *schema, int *finished)
 	types[3] = BOOLOID;
 	values[3] = BoolGetDatum(igny8_log_content);
 
+	/* a cancel committed (igny8_job_cancels; the flag: a queued one's) */
+#define CANCELLED "(j.cancel_requested OR c.job_id IS NOT NULL)"
 	ret = SPI_execute_plan(job_plan(PLAN_RECOVER, schema,
 		"WITH r AS (UPDATE %s.igny8_jobs j SET"
 		" attempts = j.attempts OPERATOR(pg_catalog.-) (NOT j.sent)::pg_catalog.int4,"
-		" state = CASE WHEN j.cancel_requested THEN 'cancelled'"
+		" state = CASE WHEN " CANCELLED " THEN 'cancelled'"
 		"  WHEN j.sent AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN 'failed'"
 		"  ELSE 'queued' END,"
-		" finished_at = CASE WHEN j.cancel_requested"
+		" cancel_requested = " CANCELLED ","
+		" finished_at = CASE WHEN " CANCELLED
 		"  OR (j.sent AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts)"
 		"  THEN pg_catalog.now() END,"
-		" error_code = CASE WHEN j.cancel_requested THEN '57014'"
+		" error_code = CASE WHEN " CANCELLED " THEN '57014'"
 		"  WHEN j.sent AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN '57000' END,"
-		" error_message = CASE WHEN j.cancel_requested THEN 'cancelled by igny8_cancel_job'"
+		" error_message = CASE WHEN " CANCELLED " THEN 'cancelled by igny8_cancel_job'"
 		"  WHEN j.sent AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN"
 		"  pg_catalog.format('interrupted: the igny8_ai worker running the job stopped during run %%s of %%s', j.attempts, j.max_attempts) END,"
-		" error_detail = CASE WHEN NOT j.cancel_requested AND j.sent"
+		" error_detail = CASE WHEN NOT " CANCELLED " AND j.sent"
 		"  AND j.attempts OPERATOR(pg_catalog.>=) j.max_attempts THEN"
 		"  pg_catalog.format('The attempts of its last run are in ai_usage_log with request_id %%s.', j.request_id) END,"
 		" worker = NULL, worker_started = NULL, inflight = NULL, sent = false"
-		" FROM %s.igny8_jobs o"
+		" FROM %s.igny8_jobs o LEFT JOIN %s.igny8_job_cancels c"
+		"  ON c.job_id OPERATOR(pg_catalog.=) o.id"
 		" WHERE o.id OPERATOR(pg_catalog.=) j.id"
 		" AND j.state OPERATOR(pg_catalog.=) 'running' AND"
 		" CASE WHEN j.worker OPERATOR(pg_catalog.=) $1 AND j.worker_started OPERATOR(pg_catalog.=) $2"
@@ -293,9 +297,13 @@ recover(const char *schema, int *finished)
 		"  CASE WHEN r.kind OPERATOR(pg_catalog.=) 'image' THEN 0 END,"
 		"  CASE WHEN $4 THEN r.request::pg_catalog.text END,"
 		"  r.inflight OPERATOR(pg_catalog.->>) 'api_key_ref'"
-		"  FROM r WHERE r.inflight IS NOT NULL)"
+		"  FROM r WHERE r.inflight IS NOT NULL),"
+		/* a cancel is done with once the job is */
+		" d AS (DELETE FROM %s.igny8_job_cancels x USING r"
+		"  WHERE x.job_id OPERATOR(pg_catalog.=) r.id)"
 		" SELECT r.id, r.state FROM r",
 		4, types), values, NULL, false, 0);
+#undef CANCELLED
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not recover igny8_jobs: %s",
 			 SPI_result_code_string(ret));
@@ -329,7 +337,7 @@ recover(const char *schema, int *finished)
 	return requeued;
 }
 
-/* Stop the runs whose rows say they were cancelled.  Needs a transaction. */
+/* The runs of ours whose cancel committed.  Needs a transaction. */
 static List *
 cancelled_runs(const char *schema, MemoryContext cxt)
 {
@@ -340,8 +348,9 @@ cancelled_runs(const char *schema, MemoryContext cxt)
 
 	my_runs(types, values);
 	ret = SPI_execute_plan(job_plan(PLAN_CANCELLED, schema,
-		"SELECT j.id FROM %s.igny8_jobs j"
-		" WHERE j.state OPERATOR(pg_catalog.=) 'running' AND j.cancel_requested"
+		"SELECT j.id FROM %s.igny8_jobs j JOIN %s.igny8_job_cancels c"
+		" ON c.job_id OPERATOR(pg_catalog.=) j.id"
+		" WHERE j.state OPERATOR(pg_catalog.=) 'running'"
 		" AND j.worker OPERATOR(pg_catalog.=) $1"
 		" AND j.worker_started OPERATOR(pg_catalog.=) $2"
 		" AND j.id OPERATOR(pg_catalog.=) ANY ($3)",
@@ -1002,7 +1011,12 @@ write_one(const char *schema, Igny8Job *job)
 	nulls[19] = ' ';
 
 	ret = SPI_execute_plan(job_plan(PLAN_FINISH, schema,
-		"UPDATE %s.igny8_jobs j SET state = $2, finished_at = pg_catalog.now(),"
+		/* a cancel is done with once the job is (one that came too late too) */
+		"WITH c AS (DELETE FROM %s.igny8_job_cancels c"
+		" WHERE c.job_id OPERATOR(pg_catalog.=) $1)"
+		" UPDATE %s.igny8_jobs j SET state = $2, finished_at = pg_catalog.now(),"
+		" cancel_requested = j.cancel_requested"
+		"  OR $2 OPERATOR(pg_catalog.=) 'cancelled',"
 		" provider = $3, model = $4, content = $5, thinking = $6,"
 		" finish_reason = $7, input_tokens = $8, output_tokens = $9,"
 		" image = $10, width = $11, height = $12, revised_prompt = $13,"
@@ -1053,15 +1067,22 @@ inflight_json(Igny8Job *job)
 	return buf.data;
 }
 
-/* Record in the running jobs' rows the attempts they send (or none). */
+/*
+ * Record in the running jobs' rows the attempts they send (or none).  A
+ * row says sent from the first attempt it records as in flight, before
+ * that is sent; sents[i], unless null, says instead whether the run sent
+ * anything (a stopping worker knows: an attempt recorded may not have gone
+ * out).
+ */
 static void
 record_all(const char *schema, Datum *ids, Datum *inflights, bool *nulls,
-		   int n)
+		   Datum *sents, bool *sent_nulls, int n)
 {
-	Oid			types[4] = {INT8ARRAYOID, TEXTARRAYOID, INT4OID, TIMESTAMPTZOID};
+	Oid			types[5] = {INT8ARRAYOID, TEXTARRAYOID, INT4OID, TIMESTAMPTZOID,
+	BOOLARRAYOID};
 	int			dims[1] = {n};
 	int			lbs[1] = {1};
-	Datum		values[4];
+	Datum		values[5];
 	int			ret;
 
 	values[0] = bigint_array(ids, n);
@@ -1070,16 +1091,20 @@ record_all(const char *schema, Datum *ids, Datum *inflights, bool *nulls,
 												   TYPALIGN_INT));
 	values[2] = Int32GetDatum(igny8_worker_index);
 	values[3] = TimestampTzGetDatum(igny8_worker_started_at);
+	values[4] = PointerGetDatum(construct_md_array(sents, sent_nulls, 1, dims,
+												   lbs, BOOLOID, 1, true,
+												   TYPALIGN_CHAR));
 	/* every row to record in one statement: ids and their inflight */
 	ret = SPI_execute_plan(job_plan(PLAN_INFLIGHT, schema,
 		"UPDATE %s.igny8_jobs j SET inflight = v.inflight::pg_catalog.jsonb,"
-		" sent = j.sent OR v.inflight IS NOT NULL"
-		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) v(id, inflight)"
+		" sent = COALESCE(v.sent, j.sent OR v.inflight IS NOT NULL)"
+		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+		"  pg_catalog.unnest($5)) v(id, inflight, sent)"
 		" WHERE j.id OPERATOR(pg_catalog.=) v.id"
 		" AND j.state OPERATOR(pg_catalog.=) 'running'"
 		" AND j.worker OPERATOR(pg_catalog.=) $3"
 		" AND j.worker_started OPERATOR(pg_catalog.=) $4",
-		4, types), values, NULL, false, 0);
+		5, types), values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not update igny8_jobs: %s",
 			 SPI_result_code_string(ret));
@@ -1098,6 +1123,8 @@ igny8_jobs_write(Igny8Config *config)
 	Datum	   *ids;
 	Datum	   *inflights;
 	bool	   *nulls;
+	Datum	   *sents;
+	bool	   *sent_nulls;
 
 	if (!igny8_jobs_to_write())
 		return;
@@ -1106,6 +1133,8 @@ igny8_jobs_write(Igny8Config *config)
 	ids = palloc(sizeof(Datum) * njobs);
 	inflights = palloc(sizeof(Datum) * njobs);
 	nulls = palloc(sizeof(bool) * njobs);
+	sents = palloc(sizeof(Datum) * njobs);
+	sent_nulls = palloc(sizeof(bool) * njobs);
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
@@ -1119,11 +1148,14 @@ igny8_jobs_write(Igny8Config *config)
 			ids[nrecord] = Int64GetDatum(job->job_id);
 			nulls[nrecord] = (json == NULL);
 			inflights[nrecord] = json ? CStringGetTextDatum(json) : (Datum) 0;
+			sent_nulls[nrecord] = !stopping;
+			sents[nrecord] = BoolGetDatum(stopping && igny8_job_sent(job));
 			nrecord++;
 		}
 	}
 	if (nrecord > 0)
-		record_all(config->schema, ids, inflights, nulls, nrecord);
+		record_all(config->schema, ids, inflights, nulls, sents, sent_nulls,
+				   nrecord);
 }
 
 /*

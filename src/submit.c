@@ -20,7 +20,6 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "commands/async.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -709,10 +708,12 @@ igny8_wait_job(PG_FUNCTION_ARGS)
 
 /*
  * igny8_cancel_job(id bigint) returns boolean: a queued job is cancelled
- * at once (it never starts once this commits); a running one is marked,
- * and its worker, told at commit, aborts its transfer (a ComfyUI prompt
- * is deleted from the queue or interrupted by its prompt_id) and writes
- * it cancelled.  False if the job had finished.
+ * at once (it never starts once this commits); a running one gets a row in
+ * igny8_job_cancels, and its worker, told at commit, aborts its transfer
+ * (a ComfyUI prompt is deleted from the queue or interrupted by its
+ * prompt_id) and writes it cancelled.  The running job's own row is not
+ * touched: this transaction may stay open, or be prepared, and its worker
+ * must go on writing that row.  False if the job had finished.
  */
 Datum
 igny8_cancel_job(PG_FUNCTION_ARGS)
@@ -722,7 +723,8 @@ igny8_cancel_job(PG_FUNCTION_ARGS)
 	AsOwner		s;
 	Oid			types[1] = {INT8OID};
 	Datum		values[1];
-	char	   *state = NULL;
+	bool		queued;
+	bool		running = false;
 	int			ret;
 
 	null_arg(fcinfo, 0, "id");
@@ -735,36 +737,48 @@ igny8_cancel_job(PG_FUNCTION_ARGS)
 	(void) read_state(&t, id, NULL);
 
 	as_owner(&t, &s);
+	/* a queued one (a claim that locked it first makes it running) */
 	ret = SPI_execute_with_args(psprintf(
-		"UPDATE %s.igny8_jobs j SET cancel_requested = true,"
-		" state = CASE WHEN j.state OPERATOR(pg_catalog.=) 'queued'"
-		"  THEN 'cancelled' ELSE j.state END,"
-		" finished_at = CASE WHEN j.state OPERATOR(pg_catalog.=) 'queued'"
-		"  THEN pg_catalog.now() END,"
-		" error_code = CASE WHEN j.state OPERATOR(pg_catalog.=) 'queued'"
-		"  THEN '57014' END,"
-		" error_message = CASE WHEN j.state OPERATOR(pg_catalog.=) 'queued'"
-		"  THEN 'cancelled by igny8_cancel_job' END"
+		"UPDATE %s.igny8_jobs j SET cancel_requested = true, state = 'cancelled',"
+		" finished_at = pg_catalog.now(), error_code = '57014',"
+		" error_message = 'cancelled by igny8_cancel_job'"
 		" WHERE j.id OPERATOR(pg_catalog.=) $1"
-		" AND j.state OPERATOR(pg_catalog.=) ANY ('{queued,running}')"
-		" RETURNING j.state", t.schema),
-		1, types, values, NULL, false, 1);
-	as_caller(&s);
-	if (ret != SPI_OK_UPDATE_RETURNING)
+		" AND j.state OPERATOR(pg_catalog.=) 'queued'", t.schema),
+		1, types, values, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not update igny8_jobs: %s",
 			 SPI_result_code_string(ret));
-	if (SPI_processed == 1)
-		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	queued = (SPI_processed == 1);
+	if (!queued)
+	{
+		/* a statement of its own: a new snapshot sees a claim that won */
+		ret = SPI_execute_with_args(psprintf(
+			"SELECT FROM %s.igny8_jobs j WHERE j.id OPERATOR(pg_catalog.=) $1"
+			" AND j.state OPERATOR(pg_catalog.=) 'running'", t.schema),
+			1, types, values, NULL, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not read igny8_jobs: %s",
+				 SPI_result_code_string(ret));
+		running = (SPI_processed == 1);
+	}
+	if (running)
+	{
+		/* DO NOTHING: an update would lock a cancel row its worker deletes */
+		ret = SPI_execute_with_args(psprintf(
+			"INSERT INTO %s.igny8_job_cancels (job_id) VALUES ($1)"
+			" ON CONFLICT (job_id) DO NOTHING", t.schema),
+			1, types, values, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into igny8_job_cancels: %s",
+				 SPI_result_code_string(ret));
+	}
+	as_caller(&s);
 	SPI_finish();
 
-	if (state == NULL)
+	if (!queued && !running)
 		PG_RETURN_BOOL(false);
-	if (strcmp(state, "cancelled") == 0)
-		Async_Notify("igny8_ai_jobs",
-					 psprintf("{\"id\": " INT64_FORMAT ", \"state\": \"cancelled\"}",
-							  id));
-	/* at commit: its worker stops it, or its waiters see it cancelled */
-	igny8_job_cancel_at_commit(id);
+	/* at commit: its NOTIFY if queued; its worker stops it; waiters wake */
+	igny8_job_cancel_at_commit(id, queued);
 	PG_RETURN_BOOL(true);
 }
 

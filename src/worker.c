@@ -232,7 +232,7 @@ igny8_plan_keep(const char *sql, int nargs, Oid *types, const char *what)
 
 /*
  * Statement which of a set, prepared for the extension in schema the first
- * time it is asked for.  fmt names the schema with %s, up to four times; it
+ * time it is asked for.  fmt names the schema with %s, up to six times; it
  * is only formatted then, not at every execution.  what names the
  * statement in an error.
  */
@@ -244,7 +244,8 @@ igny8_plan_get(Igny8PlanSet *set, int which, const char *schema,
 
 	if (*slot == NULL)
 	{
-		char	   *sql = psprintf(fmt, schema, schema, schema, schema);
+		char	   *sql = psprintf(fmt, schema, schema, schema, schema, schema,
+								   schema);
 
 		*slot = igny8_plan_keep(sql, nargs, types, what);
 		pfree(sql);
