@@ -236,3 +236,27 @@ ALTER SYSTEM RESET igny8_ai.circuit_failure_threshold;
 ALTER SYSTEM RESET igny8_ai.circuit_cooldown;
 ALTER SYSTEM RESET igny8_ai.health_probe_timeout;
 SELECT reload_settings();
+
+-- a call made inside igny8_check_health() (by a trigger on
+-- service_health_log) that fails, its error caught, gives up only its own
+-- request: the probes' answers stay the health check's, and every slot is
+-- free afterwards
+CREATE FUNCTION nested_call() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        PERFORM igny8_generate_text('Nested [[sim ollama:status=400 openai:status=400 anthropic:status=400]]',
+                                    'gpt-4');
+    EXCEPTION WHEN OTHERS THEN
+        RAISE NOTICE 'nested call failed: %', SQLSTATE;
+    END;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER nested_call AFTER INSERT ON service_health_log
+    FOR EACH ROW EXECUTE FUNCTION nested_call();
+SELECT count(*) AS probes, count(*) = (SELECT count(*) FROM igny8_providers WHERE enabled) AS every_provider
+  FROM igny8_check_health();
+DROP TRIGGER nested_call ON service_health_log;
+DROP FUNCTION nested_call();
+SELECT wait_until($$(SELECT slots = current_setting('igny8_ai.max_in_flight')::int
+                       FROM igny8_slot_status() WHERE state = 'free')$$, 'every slot free');

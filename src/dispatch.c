@@ -76,8 +76,12 @@ typedef struct Igny8Answer
 } Igny8Answer;
 
 /*
- * The slots this backend holds (submitted and not yet released), so that an
- * error or an exit can abandon them.
+ * The slots this backend holds (submitted and not yet released), in the
+ * order they were taken, so that an error or an exit can abandon them.  A
+ * call made while another holds slots (a trigger on service_health_log
+ * that calls igny8_generate_text inside igny8_check_health) takes its
+ * slots above the others', and its error gives up only those
+ * (igny8_abandon_since).
  */
 static int *my_slots = NULL;
 static int	my_nslots = 0;
@@ -96,11 +100,14 @@ check_loaded(void)
 static void
 forget_slot(int slotno)
 {
-	for (int i = 0; i < my_nslots; i++)
+	for (int i = my_nslots - 1; i >= 0; i--)
 	{
 		if (my_slots[i] == slotno)
 		{
-			my_slots[i] = my_slots[--my_nslots];
+			/* the order is kept: igny8_abandon_since() counts on it */
+			memmove(&my_slots[i], &my_slots[i + 1],
+					sizeof(int) * (my_nslots - i - 1));
+			my_nslots--;
 			return;
 		}
 	}
@@ -134,18 +141,29 @@ abandon_slot(int slotno)
 	}
 }
 
-/* Abandon every slot this backend holds (error or exit). */
-void
-igny8_abandon_all(void)
+/* How many slots this backend holds: a mark for igny8_abandon_since(). */
+int
+igny8_slots_held(void)
 {
-	while (my_nslots > 0)
+	return my_nslots;
+}
+
+/*
+ * Abandon the slots taken since igny8_slots_held() returned mark: those of
+ * the call that failed, not those of a call it was made inside.
+ */
+void
+igny8_abandon_since(int mark)
+{
+	while (my_nslots > mark)
 		abandon_slot(my_slots[my_nslots - 1]);
 }
 
+/* At exit: every slot this backend holds. */
 static void
 exit_callback(int code, Datum arg)
 {
-	igny8_abandon_all();
+	igny8_abandon_since(0);
 }
 
 /* Take a free slot, or fail with a clear error when all are in use. */
@@ -540,6 +558,7 @@ static void
 run_call(Igny8Call *call, Igny8Answer *ans)
 {
 	int			slotno = -1;
+	int			mark = igny8_slots_held();
 
 	memset(ans, 0, sizeof(*ans));
 	igny8_new_request_id(&ans->request_id);
@@ -574,7 +593,7 @@ run_call(Igny8Call *call, Igny8Answer *ans)
 	}
 	PG_CATCH();
 	{
-		igny8_abandon_all();
+		igny8_abandon_since(mark);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();

@@ -144,6 +144,7 @@ igny8_generate_text_batch(PG_FUNCTION_ARGS)
 	pg_uuid_t  *ids;
 	int		   *slots;
 	int			n;
+	int			mark;
 	int			ord = 0;
 	ErrorContextCallback errcb;
 
@@ -180,6 +181,7 @@ igny8_generate_text_batch(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	igny8_check_free_slots(n);
 
+	mark = igny8_slots_held();
 	ids = palloc(sizeof(pg_uuid_t) * n);
 	slots = palloc(sizeof(int) * n);
 	for (int i = 0; i < n; i++)
@@ -199,7 +201,7 @@ igny8_generate_text_batch(PG_FUNCTION_ARGS)
 	}
 	PG_CATCH();
 	{
-		igny8_abandon_all();
+		igny8_abandon_since(mark);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();

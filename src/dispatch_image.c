@@ -323,6 +323,7 @@ make_images(Igny8ImageCall *call, int n, TupleDesc tupdesc)
 	pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * n);
 	HeapTuple  *tuples = palloc(sizeof(HeapTuple) * n);
 	char	  **requests = palloc(sizeof(char *) * n);
+	int			mark = igny8_slots_held();
 
 	for (int i = 0; i < n; i++)
 	{
@@ -347,7 +348,7 @@ make_images(Igny8ImageCall *call, int n, TupleDesc tupdesc)
 	}
 	PG_CATCH();
 	{
-		igny8_abandon_all();
+		igny8_abandon_since(mark);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();

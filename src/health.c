@@ -426,6 +426,7 @@ igny8_check_health(PG_FUNCTION_ARGS)
 	char	  **ids;
 	int		   *slots;
 	int			ret;
+	int			mark;
 	SPIPlanPtr	insert;
 	Oid			argtypes[7] = {TEXTOID, BOOLOID, TEXTOID, FLOAT8OID, INT4OID,
 	TEXTOID, TIMESTAMPTZOID};
@@ -446,6 +447,7 @@ igny8_check_health(PG_FUNCTION_ARGS)
 	for (int i = 0; i < nproviders; i++)
 		ids[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 
+	mark = igny8_slots_held();
 	/*
 	 * All probes at once; the worker bounds each by the probe timeout.  On
 	 * any error, the slots still held are abandoned.
@@ -476,7 +478,7 @@ igny8_check_health(PG_FUNCTION_ARGS)
 	}
 	PG_CATCH();
 	{
-		igny8_abandon_all();
+		igny8_abandon_since(mark);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();

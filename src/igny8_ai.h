@@ -411,7 +411,8 @@ extern int	igny8_submit(Igny8Task task, const char *alias, const char *request,
 extern void igny8_check_free_slots(int n);
 extern void igny8_wait(const int *slots, int n);
 extern void igny8_release_slot(int slotno);
-extern void igny8_abandon_all(void);
+extern int	igny8_slots_held(void);
+extern void igny8_abandon_since(int mark);
 extern void igny8_report_slot_error(int slotno);
 
 /* A failed slot's error, read without raising it (igny8_slot_error). */

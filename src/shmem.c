@@ -243,6 +243,14 @@ igny8_slot_release(int slotno)
 {
 	Igny8Slot  *slot = &igny8_slots[slotno];
 	dsa_area   *area = igny8_dsa();
+	bool		free;
+
+	/* released twice: its payloads freed twice, two takers given it */
+	SpinLockAcquire(&slot->mutex);
+	free = (slot->state == IGNY8_SLOT_FREE);
+	SpinLockRelease(&slot->mutex);
+	if (free)
+		elog(ERROR, "igny8_ai request slot %d is free already", slotno);
 
 	if (DsaPointerIsValid(slot->request))
 		dsa_free(area, slot->request);
