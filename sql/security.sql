@@ -150,6 +150,18 @@ UPDATE igny8_providers SET base_url = current_setting('igny8_test.openai_url'),
                            settings = '{}'
  WHERE id = 'openai';
 
+-- a proxy's credentials stay out of errors and ai_usage_log: curl names
+-- the proxy URL, password included, in some of its errors
+UPDATE igny8_providers
+   SET settings = settings || '{"proxy": "http://proxyuser:s3cret-proxy-pw@[bad"}'
+ WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('Through a bad proxy', 'gpt-4') LIKE 'openai %' AS fell_back;
+SELECT provider, error_message FROM ai_usage_log WHERE NOT success;
+UPDATE igny8_providers SET settings = settings - 'proxy' WHERE id = 'self_hosted_ai';
+SELECT wait_for_config();
+
 DROP OWNED BY igny8_app;
 DROP ROLE igny8_app;
 DROP ROLE igny8_nobody;

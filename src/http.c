@@ -640,6 +640,36 @@ igny8_http_over_budget(Igny8Transfer *t)
 	return t->over_budget;
 }
 
+/*
+ * curl's error text with the user information of any URL in it replaced:
+ * curl names the proxy URL, credentials included, in some of its errors
+ * ("Unsupported proxy syntax in 'http://user:password@...'").
+ */
+static char *
+without_userinfo(const char *text)
+{
+	StringInfoData buf;
+	const char *p = text;
+	const char *scheme;
+
+	initStringInfo(&buf);
+	while ((scheme = strstr(p, "://")) != NULL)
+	{
+		const char *host = scheme + 3;
+		size_t		n = strcspn(host, "@/?#'\" \t");
+
+		appendBinaryStringInfo(&buf, p, host - p);
+		if (host[n] == '@')
+		{
+			appendStringInfoString(&buf, "[redacted]@");
+			host += n + 1;
+		}
+		p = host;
+	}
+	appendStringInfoString(&buf, p);
+	return buf.data;
+}
+
 /* Short text for a transport failure, never containing headers or keys. */
 const char *
 igny8_http_error_text(Igny8Transfer *t)
@@ -670,7 +700,7 @@ igny8_http_error_text(Igny8Transfer *t)
 			return "connection reset while sending";
 		default:
 			if (t->errbuf[0])
-				return pstrdup(t->errbuf);
+				return without_userinfo(t->errbuf);
 			return curl_easy_strerror(t->result);
 	}
 }
