@@ -140,7 +140,7 @@ openai_parse_success(const cJSON *json, long status,
 		return false;
 	}
 
-	/* content is null for a refusal or tool calls: an empty answer */
+	/* content is null for a refusal (below) or tool calls: an empty answer */
 	content = igny8_json_member(message, "content");
 	if (content != NULL && !cJSON_IsNull(content) && !cJSON_IsString(content))
 	{
@@ -173,6 +173,26 @@ openai_parse_success(const cJSON *json, long status,
 	result->model = str ? pstrdup(str) : NULL;
 	str = igny8_json_string(choice, "finish_reason");
 	result->finish_reason = str ? pstrdup(str) : NULL;
+
+	/*
+	 * A refusal (structured outputs, protocols.md 3.1): content is null and
+	 * message.refusal says why.  That text is the answer, with the
+	 * finish_reason "refusal" unless the server gave a reason other than
+	 * "stop"; the caller can tell it from an answer.
+	 */
+	str = igny8_json_string(message, "refusal");
+	if (!cJSON_IsString(content) && str != NULL && str[0] != '\0')
+	{
+		pfree(result->content);
+		result->content = pstrdup(str);
+		if (result->finish_reason == NULL ||
+			strcmp(result->finish_reason, "stop") == 0)
+		{
+			if (result->finish_reason)
+				pfree(result->finish_reason);
+			result->finish_reason = pstrdup("refusal");
+		}
+	}
 	usage = igny8_json_member(json, "usage");
 	result->input_tokens = igny8_json_count(usage, "prompt_tokens");
 	result->cached_input_tokens =

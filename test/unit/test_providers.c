@@ -1247,13 +1247,27 @@ static const AnswerCase answer_cases[] = {
 		"{\"choices\":[{\"message\":{\"content\":\"x\"}}],\"usage\":"
 		"{\"prompt_tokens\":10,\"prompt_tokens_details\":{\"cached_tokens\":50}}}",
 	"x", NULL, NULL, NULL, 10, 10, 0},
-	{"openai: null content (refusal, tool calls) is an empty answer",
+	{"openai: null content and a refusal: the refusal, its own reason kept",
 		&igny8_openai_protocol,
 		"{\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"message\":"
 		"{\"role\":\"assistant\",\"content\":null,\"refusal\":\"no\"},"
 		"\"finish_reason\":\"content_filter\"}],\"usage\":"
 		"{\"prompt_tokens\":5,\"completion_tokens\":0}}",
-	"", NULL, "gpt-4o", "content_filter", 5, 0, 0},
+	"no", NULL, "gpt-4o", "content_filter", 5, 0, 0},
+	{"openai: a refusal with finish_reason stop says refusal",
+		&igny8_openai_protocol,
+		"{\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"message\":"
+		"{\"role\":\"assistant\",\"content\":null,"
+		"\"refusal\":\"I'm sorry, I cannot help with that.\"},"
+		"\"finish_reason\":\"stop\"}],\"usage\":"
+		"{\"prompt_tokens\":5,\"completion_tokens\":9}}",
+	"I'm sorry, I cannot help with that.", NULL, "gpt-4o", "refusal", 5, 0, 9},
+	{"openai: null content, no refusal (tool calls): an empty answer",
+		&igny8_openai_protocol,
+		"{\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"message\":"
+		"{\"role\":\"assistant\",\"content\":null,\"refusal\":null,"
+		"\"tool_calls\":[]},\"finish_reason\":\"tool_calls\"}]}",
+	"", NULL, "gpt-4o", "tool_calls", 0, 0, 0},
 	{"openai: Ollama's /v1, reasoning in its own field", &igny8_openai_protocol,
 		"{\"id\":\"chatcmpl-7\",\"object\":\"chat.completion\","
 		"\"model\":\"qwen3:8b\",\"system_fingerprint\":\"fp_ollama\","
