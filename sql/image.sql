@@ -205,6 +205,31 @@ SELECT l AS interrupt_kinds FROM sim('log --role comfyui --path /interrupt --fie
 SELECT wait_until($$(SELECT in_flight = 0 FROM igny8_service_status WHERE provider = 'comfyui')$$,
                   'the place given back');
 
+-- a poll answered 503 says nothing of the prompt, which may still run: it
+-- is interrupted by its prompt_id, not left to hold the GPU while the
+-- retry's prompt waits behind it
+SELECT sim('reset');
+SELECT png_size(image) AS size
+  FROM igny8_generate_image('Poll fails [[sim comfyui:run_time=2 tag=pf]] [[sim comfyui:on=history status=503 times=1 key=pf1]]',
+                            'dall-e-2', '512x512');
+SELECT line AS prompts FROM sim('log --role comfyui --tag pf --path /prompt --count') line;
+SELECT (SELECT l FROM sim('log --role comfyui --tag pf --path /prompt --field prompt_id') l LIMIT 1) AS pf_first \gset
+SELECT wait_until(format($$(SELECT count(*) = 1 FROM sim('log --role comfyui --path /interrupt --field prompt_id') l
+                            WHERE l = %L)$$, :'pf_first'),
+                  'the interrupt of the first prompt');
+
+-- a 502 to the submission (a proxy in front of ComfyUI) may come after
+-- ComfyUI queued the prompt under the id igny8_ai gave it: that id is
+-- deleted from the queue too (the retry submits a prompt of its own)
+SELECT sim('reset');
+SELECT png_size(image) AS size
+  FROM igny8_generate_image('Submit fails [[sim comfyui:tag=ps]] [[sim comfyui:status=502 times=1 key=ps1]]',
+                            'dall-e-2', '512x512');
+SELECT (SELECT l FROM sim('log --role comfyui --tag ps --path /prompt --field prompt_id') l LIMIT 1) AS ps_first \gset
+SELECT wait_until(format($$(SELECT count(*) = 1 FROM sim('log --role comfyui --path /queue --field body') l
+                            WHERE l LIKE '%%' || %L || '%%')$$, :'ps_first'),
+                  'the queue delete of the first prompt');
+
 -- a worker told to stop interrupts the ComfyUI prompt it was waiting for
 SELECT sim('reset');
 SELECT dblink_connect('stop', 'dbname=' || current_database());

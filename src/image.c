@@ -456,6 +456,8 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 	Igny8ErrorClass cls = IGNY8_ERR_NONE;
 	Igny8Attempt *a = NULL;
 	size_t		len = t->len;
+	/* where the cleanup of a prompt submitted starts: it has finished */
+	Igny8ComfyCancel cleanup = IGNY8_COMFY_CANCEL_FORGET;
 
 	job->transfer = NULL;
 	memset(&perr, 0, sizeof(perr));
@@ -518,8 +520,16 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 									   job->attempt_deadline);
 					return;
 				}
-				/* refused: nothing was queued */
-				job->prompt_id = NULL;
+				/*
+				 * Refused (4xx): nothing was queued.  A 5xx (from a proxy
+				 * in front of it, perhaps) or an answer that could not be
+				 * read may come after ComfyUI queued the prompt, under our
+				 * own prompt_id: it is cleaned up from the queue.
+				 */
+				if (resp.status >= 400 && resp.status < 500)
+					job->prompt_id = NULL;
+				else
+					cleanup = IGNY8_COMFY_CANCEL_DELETE;
 				break;
 			}
 		case IGNY8_STEP_POLL:
@@ -556,7 +566,14 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 					send_step(job, &http, max_image_bytes(d), now);
 					return;
 				}
-				/* FAILED: the prompt ran and failed; only its entry is left */
+				/*
+				 * FAILED: the prompt ran and failed; only its entry is
+				 * left.  UNREAD (a 5xx, a broken answer): it may still be
+				 * queued or running, and must not hold the GPU while a
+				 * retry submits another.
+				 */
+				if (st == IGNY8_COMFY_UNREAD)
+					cleanup = IGNY8_COMFY_CANCEL_DELETE;
 				break;
 			}
 		case IGNY8_STEP_VIEW:
@@ -601,7 +618,7 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 	igny8_job_report_health(p, t, a);
 	igny8_http_free(t);
 	/* a prompt that finished (or failed) leaves its history entry */
-	cleanup_start(job, IGNY8_COMFY_CANCEL_FORGET);
+	cleanup_start(job, cleanup);
 
 	if (a->success)
 	{

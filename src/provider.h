@@ -297,6 +297,8 @@ typedef enum Igny8ComfyState
 	IGNY8_COMFY_PENDING,		/* {}: queued or running */
 	IGNY8_COMFY_DONE,			/* success: images listed */
 	IGNY8_COMFY_FAILED,			/* execution error or interrupted: err set */
+	IGNY8_COMFY_UNREAD			/* the answer (not 2xx, not a JSON object)
+								 * says nothing of the prompt: err set */
 } Igny8ComfyState;
 
 /* What the cleanup of an abandoned ComfyUI prompt sends, in order. */

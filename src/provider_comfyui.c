@@ -921,7 +921,7 @@ igny8_comfyui_parse_history(const Igny8HttpResponse *resp,
 {
 	cJSON	   *json;
 	const cJSON *entry;
-	Igny8ComfyState state = IGNY8_COMFY_FAILED;
+	Igny8ComfyState state = IGNY8_COMFY_UNREAD;
 
 	*images = NULL;
 	*nimages = 0;

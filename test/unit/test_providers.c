@@ -3827,18 +3827,18 @@ static const HistoryCase history_cases[] = {
 		"{\"p-1\":{\"status\":{\"status_str\":\"success\"}}}",
 		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
 	"malformed response from ComfyUI: no outputs in the history entry", ONCE},
-	{"not JSON", 200, "{\"p-1\":", IGNY8_COMFY_FAILED, {NULL},
+	{"not JSON", 200, "{\"p-1\":", IGNY8_COMFY_UNREAD, {NULL},
 	IGNY8_ERR_RETRY, "malformed response from ComfyUI: not JSON", ONCE},
-	{"an array", 200, "[]", IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+	{"an array", 200, "[]", IGNY8_COMFY_UNREAD, {NULL}, IGNY8_ERR_RETRY,
 	"malformed response from ComfyUI: not a JSON object", ONCE},
 	{"a NUL in a file name", 200,
 		HISTORY_SUCCESS("{\"9\":{\"images\":[" SAVED("t1\\u0000.png") "]}}"),
-		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+		IGNY8_COMFY_UNREAD, {NULL}, IGNY8_ERR_RETRY,
 	"malformed response from ComfyUI: a string contains a NUL character", ONCE},
 	{"500", 500, "500 Internal Server Error\n\nServer got itself in trouble",
-		IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_RETRY,
+		IGNY8_COMFY_UNREAD, {NULL}, IGNY8_ERR_RETRY,
 	"HTTP 500 from ComfyUI: 500 Internal Server Error  Server got itself in trouble", 0},
-	{"404", 404, "", IGNY8_COMFY_FAILED, {NULL}, IGNY8_ERR_FALLBACK,
+	{"404", 404, "", IGNY8_COMFY_UNREAD, {NULL}, IGNY8_ERR_FALLBACK,
 	"HTTP 404 from ComfyUI", 0}
 };
 
@@ -3868,7 +3868,8 @@ test_comfyui_parse_history(void)
 											&nimages, &e);
 		check(state == c->state, __LINE__, "state %d, expected %d (%s)",
 			  (int) state, (int) c->state,
-			  state == IGNY8_COMFY_FAILED ? e.message : "");
+			  state == IGNY8_COMFY_FAILED || state == IGNY8_COMFY_UNREAD ?
+			  e.message : "");
 		while (n < (int) lengthof(c->images) && c->images[n] != NULL)
 			n++;
 		CHECK_INT(nimages, n);
@@ -3884,7 +3885,7 @@ test_comfyui_parse_history(void)
 				pfree(got);
 			}
 		}
-		if (state == IGNY8_COMFY_FAILED)
+		if (state == IGNY8_COMFY_FAILED || state == IGNY8_COMFY_UNREAD)
 			check_error(&e, c->cls, c->message, c->flags, -1, __LINE__);
 		else
 			CHECK(e.cls == IGNY8_ERR_NONE && e.message == NULL);
