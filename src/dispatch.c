@@ -332,6 +332,16 @@ igny8_submit(Igny8Task task, const char *alias, const char *request,
 	slot->sent = false;
 	slot->success = false;
 	slot->sqlerrcode = 0;
+	/* the answer's fields: a previous request's must not show through */
+	slot->provider[0] = '\0';
+	slot->model_used[0] = '\0';
+	slot->finish_reason[0] = '\0';
+	slot->input_tokens = 0;
+	slot->output_tokens = 0;
+	strlcpy(slot->cost, "0", IGNY8_COST_LEN);
+	slot->duration_ms = 0;
+	slot->attempts = 0;
+	slot->cached = false;
 	slot->result = InvalidDsaPointer;
 	slot->flush_lsn = InvalidXLogRecPtr;
 	slot->request = igny8_dsa_strdup(igny8_dsa(), utf8, strlen(utf8));
