@@ -286,7 +286,8 @@ DROP ROLE igny8_jobs_a;
 DROP ROLE igny8_jobs_b;
 DROP ROLE igny8_jobs_none;
 
--- synchronous calls go ahead of the jobs waiting for a provider's place
+-- synchronous calls go ahead of the jobs waiting for a provider's place,
+-- in the order they came
 UPDATE igny8_providers SET max_concurrent = 1 WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();
 SELECT igny8_submit_text('Holds the place [[sim ollama:delay=3 tag=pa]]', 'gpt-4') AS pa \gset
@@ -298,11 +299,15 @@ SELECT dblink_connect('sync', 'dbname=' || current_database());
 SELECT dblink_send_query('sync', $$SELECT igny8_generate_text('Sync [[sim ollama:tag=pc]]', 'gpt-4')$$);
 SELECT wait_until($$(SELECT queued = 2 FROM igny8_service_status WHERE provider = 'self_hosted_ai')$$,
                   'the call to wait for a place too');
+SELECT dblink_connect('sync2', 'dbname=' || current_database());
+SELECT dblink_send_query('sync2', $$SELECT igny8_generate_text('Sync too [[sim ollama:tag=pd]]', 'gpt-4')$$);
+SELECT wait_until($$(SELECT queued = 3 FROM igny8_service_status WHERE provider = 'self_hosted_ai')$$,
+                  'the second call to wait for a place');
 SELECT state, provider FROM igny8_wait_job(:pb, '30 s');
-SELECT dblink_answer('sync') IS NOT NULL AS answered;
-SELECT dblink_disconnect('sync');
+SELECT dblink_answer('sync') IS NOT NULL AS answered, dblink_answer('sync2') IS NOT NULL AS answered_too;
+SELECT dblink_disconnect(c) FROM unnest(ARRAY['sync', 'sync2']) c;
 SELECT string_agg(tag, ' ') AS order_of_arrival
-  FROM sim('log --role ollama --field tag') AS tag WHERE tag IN ('pa', 'pb', 'pc');
+  FROM sim('log --role ollama --field tag') AS tag WHERE tag IN ('pa', 'pb', 'pc', 'pd');
 UPDATE igny8_providers SET max_concurrent = 8 WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();
 

@@ -208,6 +208,7 @@ typedef struct Igny8ProviderShared
 	int			max_concurrent;
 	int			wait_head;		/* first waiting slot, or -1 */
 	int			wait_tail;
+	int			sync_tail;		/* last synchronous call's slot, or -1 */
 	int			nwaiting;
 
 	/* health */

@@ -37,9 +37,11 @@ in_flight_locked(int provider)
 }
 
 /*
- * Add a slot to a provider's queue: a synchronous call goes before the
- * first run of a submitted job, which goes last.  Needs the provider's
- * mutex.
+ * Add a slot to a provider's queue: a synchronous call goes after the
+ * synchronous calls waiting, before the first run of a submitted job,
+ * which goes last.  So the queue is the calls, then the runs, and
+ * sync_tail keeps the last call: this is done in constant time, under a
+ * spinlock, whatever the queue's length.  Needs the provider's mutex.
  */
 static void
 enqueue_locked(Igny8ProviderShared *p, int provider, int slotno)
@@ -49,10 +51,9 @@ enqueue_locked(Igny8ProviderShared *p, int provider, int slotno)
 
 	if (slot->job_id == 0)
 	{
-		for (before = p->wait_head; before >= 0;
-			 before = igny8_slots[before].wait_next)
-			if (igny8_slots[before].job_id != 0)
-				break;
+		before = (p->sync_tail >= 0) ?
+			igny8_slots[p->sync_tail].wait_next : p->wait_head;
+		p->sync_tail = slotno;
 	}
 	slot->wait_provider = provider;
 	slot->wait_next = before;
@@ -74,6 +75,9 @@ unlink_locked(Igny8ProviderShared *p, int slotno)
 {
 	Igny8Slot  *slot = &igny8_slots[slotno];
 
+	/* the call before the last one is a call too, or there is none */
+	if (p->sync_tail == slotno)
+		p->sync_tail = slot->wait_prev;
 	if (slot->wait_prev >= 0)
 		igny8_slots[slot->wait_prev].wait_next = slot->wait_next;
 	else

@@ -117,7 +117,7 @@ init_shared(void)
 		Igny8ProviderShared *p = &igny8_shared->providers[i];
 
 		SpinLockInit(&p->mutex);
-		p->wait_head = p->wait_tail = -1;
+		p->wait_head = p->wait_tail = p->sync_tail = -1;
 	}
 	for (int i = 0; i < IGNY8_MAX_WORKERS; i++)
 	{
