@@ -151,16 +151,27 @@ UPDATE igny8_providers SET base_url = current_setting('igny8_test.openai_url'),
  WHERE id = 'openai';
 
 -- a proxy's credentials stay out of errors and ai_usage_log: curl names
--- the proxy URL, password included, in some of its errors
-UPDATE igny8_providers
-   SET settings = settings || '{"proxy": "http://proxyuser:s3cret-proxy-pw@[bad"}'
- WHERE id = 'self_hosted_ai';
-SELECT wait_for_config();
+-- the proxy URL, password included, in some of its errors.  Also with '/'
+-- and '@' in the password, and without a scheme (curl cannot parse those
+-- either)
+CREATE FUNCTION use_proxy(p text) RETURNS boolean LANGUAGE sql AS $$
+    UPDATE igny8_providers SET settings = settings || jsonb_build_object('proxy', p)
+     WHERE id = 'self_hosted_ai' RETURNING true;
+$$;
 TRUNCATE ai_usage_log;
+SELECT use_proxy('http://proxyuser:s3cret-pw@[bad');
+SELECT wait_for_config();
 SELECT igny8_generate_text('Through a bad proxy', 'gpt-4') LIKE 'openai %' AS fell_back;
-SELECT provider, error_message FROM ai_usage_log WHERE NOT success;
+SELECT use_proxy('http://proxyuser:s3c/ret@pw@[bad');
+SELECT wait_for_config();
+SELECT igny8_generate_text('Through a bad proxy', 'gpt-4') LIKE 'openai %' AS fell_back;
+SELECT use_proxy('proxyuser:s3#ret@[bad');
+SELECT wait_for_config();
+SELECT igny8_generate_text('Through a bad proxy', 'gpt-4') LIKE 'openai %' AS fell_back;
+SELECT provider, error_message FROM ai_usage_log WHERE NOT success ORDER BY id;
 UPDATE igny8_providers SET settings = settings - 'proxy' WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();
+DROP FUNCTION use_proxy(text);
 
 DROP OWNED BY igny8_app;
 DROP ROLE igny8_app;

@@ -394,6 +394,16 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 	t->easy = easy;
 	t->owner = owner;
 	t->status = 0;
+	/* what curl's errors must not show: all before the proxy host's '@' */
+	if (proxy != NULL && strchr(proxy, '@') != NULL)
+	{
+		const char *scheme = strstr(proxy, "://");
+		const char *start = scheme ? scheme + 3 : proxy;
+		const char *at = strrchr(proxy, '@');
+
+		if (at > start)
+			t->proxy_secret = strndup(start, at - start);
+	}
 	t->retry_after = -1;
 	t->should_retry = -1;
 	/* an image's own limit, else igny8_ai.max_response_size */
@@ -485,6 +495,7 @@ igny8_http_free(Igny8Transfer *t)
 	if (t->body)
 		held_bytes -= t->cap;
 	free(t->body);
+	free(t->proxy_secret);
 	free(t);
 }
 
@@ -641,17 +652,36 @@ igny8_http_over_budget(Igny8Transfer *t)
 }
 
 /*
- * curl's error text with the user information of any URL in it replaced:
- * curl names the proxy URL, credentials included, in some of its errors
- * ("Unsupported proxy syntax in 'http://user:password@...'").
+ * curl's error text with the proxy's credentials replaced: curl names the
+ * proxy URL as it was given, credentials included, in some of its errors
+ * ("Unsupported proxy syntax in 'http://user:password@...'"), and a URL it
+ * cannot parse may have them anywhere.  So every copy of the proxy's
+ * user:password (all before the last '@') goes, then the user information
+ * of any other URL in the text.
  */
 static char *
-without_userinfo(const char *text)
+without_userinfo(const char *text, const char *secret)
 {
 	StringInfoData buf;
-	const char *p = text;
+	const char *p;
 	const char *scheme;
 
+	if (secret != NULL && secret[0] != '\0')
+	{
+		const char *hit;
+
+		initStringInfo(&buf);
+		for (p = text; (hit = strstr(p, secret)) != NULL;
+			 p = hit + strlen(secret))
+		{
+			appendBinaryStringInfo(&buf, p, hit - p);
+			appendStringInfoString(&buf, "[redacted]");
+		}
+		appendStringInfoString(&buf, p);
+		text = buf.data;
+	}
+
+	p = text;
 	initStringInfo(&buf);
 	while ((scheme = strstr(p, "://")) != NULL)
 	{
@@ -700,7 +730,7 @@ igny8_http_error_text(Igny8Transfer *t)
 			return "connection reset while sending";
 		default:
 			if (t->errbuf[0])
-				return without_userinfo(t->errbuf);
+				return without_userinfo(t->errbuf, t->proxy_secret);
 			return curl_easy_strerror(t->result);
 	}
 }

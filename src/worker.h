@@ -277,6 +277,7 @@ typedef struct Igny8Transfer
 	CURLcode	result;
 	long		os_errno;		/* errno of a failed connect, or 0 */
 	char		errbuf[CURL_ERROR_SIZE];
+	char	   *proxy_secret;	/* malloc'd: the proxy URL's user:password */
 	void	   *owner;
 	bool		finished;
 	bool		in_multi;		/* added to the multi handle */
