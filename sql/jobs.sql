@@ -424,6 +424,36 @@ SELECT success, error_message FROM ai_usage_log WHERE id > :usage_before;
 DROP TRIGGER hold_intent ON igny8_jobs;
 DROP FUNCTION hold_intent();
 SELECT wait_for_workers();
+-- a cancel that commits while a stopping worker gives its run back (the
+-- give-back's snapshot cannot see it): the job is queued again with its
+-- cancel pending, and is cancelled, not run again.  A trigger holds the
+-- give-back until the cancel has committed
+CREATE FUNCTION hold_give_back() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.state = 'running' AND NEW.state = 'queued'
+       AND NEW.request::text LIKE '%tag=jgb]%' THEN
+        PERFORM pg_advisory_xact_lock_shared(4243);
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER hold_give_back BEFORE UPDATE ON igny8_jobs
+    FOR EACH ROW EXECUTE FUNCTION hold_give_back();
+SELECT igny8_submit_text('Given back [[sim ollama:delay=30 tag=jgb]]', 'gpt-4') AS jgb \gset
+SELECT sim_wait_arrival('jgb');
+SELECT pg_advisory_lock(4243);
+SELECT pg_terminate_backend(s.pid) AS stopped
+  FROM igny8_job(:jgb) j JOIN igny8_worker_status() s ON s.worker = (j.progress->>'worker')::int;
+SELECT wait_until($$(SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event = 'advisory'
+                      AND backend_type = 'igny8_ai worker')$$, 'the worker giving the run back');
+SELECT igny8_cancel_job(:jgb) AS cancelled;
+SELECT pg_advisory_unlock(4243);
+SELECT state, error_code FROM igny8_wait_job(:jgb, '30 s');
+SELECT line AS jgb_requests FROM sim('log --tag jgb --count') AS line;
+SELECT count(*) AS cancels_left FROM igny8_job_cancels WHERE job_id = :jgb;
+DROP TRIGGER hold_give_back ON igny8_jobs;
+DROP FUNCTION hold_give_back();
+SELECT wait_for_workers();
 
 -- retention: finished jobs older than igny8_ai.job_retention go, the
 -- others stay

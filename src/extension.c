@@ -74,9 +74,10 @@ announce_config_change(void)
 
 /*
  * Tell the worker running each job whose cancel committed, and wake the
- * sessions waiting for the jobs.  A job not running any more (finished, or
- * its worker died) needs nothing: its cancel is in igny8_job_cancels, which
- * recovery honours.
+ * sessions waiting for the jobs.  A running job's cancel whose run is in
+ * no slot (its worker died, a scan is taking it back or a claim is taking
+ * it up) has every worker scan igny8_jobs: the scans honour
+ * igny8_job_cancels, running or queued again.
  */
 static void
 announce_cancels(void)
@@ -84,10 +85,13 @@ announce_cancels(void)
 	ListCell   *lc;
 	int64	   *ids = palloc(sizeof(int64) * list_length(cancels_pending));
 	int			n = 0;
+	bool		scan = false;
 
 	foreach(lc, cancels_pending)
 	{
-		int64		id = ((PendingCancel *) lfirst(lc))->id;
+		PendingCancel *c = lfirst(lc);
+		int64		id = c->id;
+		bool		found = false;
 
 		ids[n++] = id;
 
@@ -107,11 +111,16 @@ announce_cancels(void)
 			{
 				pg_atomic_write_u32(&igny8_shared->workers[worker].abandons, 1);
 				igny8_wake_worker(worker);
+				found = true;
 				break;
 			}
 		}
+		if (!found && !c->queued)
+			scan = true;
 	}
 	igny8_wake_job_waiters(ids, n);
+	if (scan)
+		igny8_jobs_request_scan();
 	pfree(ids);
 }
 

@@ -103,6 +103,7 @@ typedef enum JobPlan
 {
 	PLAN_RECOVER,
 	PLAN_CANCELLED,
+	PLAN_CANCEL_QUEUED,
 	PLAN_LOCK,
 	PLAN_COUNTS,
 	PLAN_CANDIDATES,
@@ -337,6 +338,46 @@ recover(const char *schema, int *finished)
 	return requeued;
 }
 
+/*
+ * Cancel the queued jobs that have a cancel (igny8_job_cancels), and let
+ * go of those.  A cancel of a running job can commit while a scan takes
+ * the run back (its snapshot did not see the cancel): the job is queued
+ * again with its cancel pending, and must not run.  Needs a transaction.
+ * Returns the jobs cancelled.
+ */
+static int
+cancel_queued(const char *schema)
+{
+	int			ret;
+
+	ret = SPI_execute_plan(job_plan(PLAN_CANCEL_QUEUED, schema,
+		"WITH q AS (SELECT j.id FROM %s.igny8_jobs j JOIN %s.igny8_job_cancels c"
+		"  ON c.job_id OPERATOR(pg_catalog.=) j.id"
+		"  WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
+		"  FOR UPDATE OF j SKIP LOCKED),"
+		" u AS (UPDATE %s.igny8_jobs j SET state = 'cancelled',"
+		"  cancel_requested = true, finished_at = pg_catalog.now(),"
+		"  error_code = '57014', error_message = 'cancelled by igny8_cancel_job'"
+		"  FROM q WHERE j.id OPERATOR(pg_catalog.=) q.id RETURNING j.id),"
+		" d AS (DELETE FROM %s.igny8_job_cancels x USING u"
+		"  WHERE x.job_id OPERATOR(pg_catalog.=) u.id)"
+		" SELECT u.id FROM u",
+		0, NULL), NULL, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not cancel igny8_jobs: %s", SPI_result_code_string(ret));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1,
+													 &isnull));
+
+		notify_job(id, "cancelled");
+		remember_woken(id);
+	}
+	return (int) SPI_processed;
+}
+
 /* The runs of ours whose cancel committed.  Needs a transaction. */
 static List *
 cancelled_runs(const char *schema, MemoryContext cxt)
@@ -543,6 +584,9 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 		" AND j.not_before OPERATOR(pg_catalog.<=) pg_catalog.now()"
 		" AND CASE WHEN j.account_id IS NULL THEN NOT $2"
 		"  ELSE j.account_id OPERATOR(pg_catalog.<>) ALL ($3) END"
+		/* one whose cancel committed since the scan below is left to it */
+		" AND NOT EXISTS (SELECT FROM %s.igny8_job_cancels c"
+		"  WHERE c.job_id OPERATOR(pg_catalog.=) j.id)"
 		" ORDER BY (j.priority OPERATOR(pg_catalog.<>) 'interactive'), j.id"
 		" LIMIT $1 FOR UPDATE SKIP LOCKED",
 		3, types), values, NULL, false, 0);
@@ -799,6 +843,8 @@ igny8_jobs_take(Igny8Config *config)
 			int			finished;
 
 			requeued = recover(config->schema, &finished);
+			/* what it queued again may have a cancel that came meanwhile */
+			finished += cancel_queued(config->schema);
 
 			/*
 			 * ... but an outcome it wrote (failed, cancelled) is read by
