@@ -630,6 +630,7 @@ fuzz_history(const Igny8HttpResponse *resp, uint8_t sel)
 			pfree(images);
 			break;
 		case IGNY8_COMFY_FAILED:
+		case IGNY8_COMFY_UNREAD:
 			FUZZ_ASSERT(images == NULL && nimages == 0);
 			check_failure(resp, &err);
 			pfree(err.message);
