@@ -1817,7 +1817,7 @@ SELECT pg_catalog.pg_extension_config_dump('igny8_jobs_id_seq', '');
 -- that the job's worker writes (its outcome, the attempt it sends), or the
 -- worker, and every request it holds, would wait for that transaction.
 -- The worker reads them when told at commit and at its scans of
--- igny8_jobs, and deletes a job's row when it writes the job's outcome;
+-- igny8_jobs, and deletes a job's row when it writes the job cancelled;
 -- igny8_jobs_cleanup() deletes those left for jobs no longer running.
 CREATE TABLE igny8_job_cancels (
     job_id        bigint PRIMARY KEY,

@@ -75,6 +75,8 @@ SELECT state, (progress->>'sent')::boolean AS sent, progress->>'provider' AS pro
 SELECT igny8_cancel_job(:j7) AS cancelled;
 SELECT state, error_code, error_message, provider FROM igny8_wait_job(:j7, '30 s');
 SELECT sim_wait_disconnect('j7');
+-- its cancel is done with
+SELECT count(*) AS cancels_of_j7 FROM igny8_job_cancels WHERE job_id = :j7;
 SELECT u.success, u.error_message
   FROM ai_usage_log u JOIN igny8_jobs j ON j.request_id = u.request_id WHERE j.id = :j7;
 

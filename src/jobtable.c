@@ -1057,9 +1057,14 @@ write_one(const char *schema, Igny8Job *job)
 	nulls[19] = ' ';
 
 	ret = SPI_execute_plan(job_plan(PLAN_FINISH, schema,
-		/* a cancel is done with once the job is (one that came too late too) */
+		/*
+		 * a cancel is done with once the job is cancelled; one that came
+		 * too late is igny8_jobs_cleanup()'s (a job that succeeded does
+		 * not look)
+		 */
 		"WITH c AS (DELETE FROM %s.igny8_job_cancels c"
-		" WHERE c.job_id OPERATOR(pg_catalog.=) $1)"
+		" WHERE $2 OPERATOR(pg_catalog.=) 'cancelled'"
+		" AND c.job_id OPERATOR(pg_catalog.=) $1)"
 		" UPDATE %s.igny8_jobs j SET state = $2, finished_at = pg_catalog.now(),"
 		" cancel_requested = j.cancel_requested"
 		"  OR $2 OPERATOR(pg_catalog.=) 'cancelled',"
