@@ -456,6 +456,14 @@ SELECT count(*) AS cancels_left FROM igny8_job_cancels WHERE job_id = :jgb;
 DROP TRIGGER hold_give_back ON igny8_jobs;
 DROP FUNCTION hold_give_back();
 SELECT wait_for_workers();
+-- a queued job with a pending cancel (what such a give-back can leave) is
+-- never run: the claim that reaches it cancels it instead
+SELECT igny8_submit_text('Pending cancel [[sim ollama:tag=jpc]]', 'gpt-4',
+                         jsonb_build_object('not_before', now() + interval '2 s')) AS jpc \gset
+INSERT INTO igny8_job_cancels (job_id) VALUES (:jpc);
+SELECT state, error_code FROM igny8_wait_job(:jpc, '30 s');
+SELECT line AS jpc_requests FROM sim('log --tag jpc --count') AS line;
+SELECT count(*) AS cancels_left FROM igny8_job_cancels WHERE job_id = :jpc;
 
 -- retention: finished jobs older than igny8_ai.job_retention go, the
 -- others stay

@@ -503,11 +503,12 @@ claim_lock(const char *schema)
  * Lock up to want due jobs, keep those under their account's limit and
  * those it gets a request slot for (slots[], *ntaken of them), and mark
  * them ours.  Needs a transaction.  Returns the rows taken (*nclaimed of
- * them, in the first slots), or NULL if another worker is claiming.
+ * them, in the first slots), or NULL if another worker is claiming;
+ * *cancelled is set to the queued jobs it cancelled (cancel_queued).
  */
 static Claimed *
 claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclaimed,
-	  bool *locked, MemoryContext cxt)
+	  bool *locked, int *cancelled, MemoryContext cxt)
 {
 	AccountCount *counts;
 	int			ncounts = 0;
@@ -584,9 +585,6 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 		" AND j.not_before OPERATOR(pg_catalog.<=) pg_catalog.now()"
 		" AND CASE WHEN j.account_id IS NULL THEN NOT $2"
 		"  ELSE j.account_id OPERATOR(pg_catalog.<>) ALL ($3) END"
-		/* one whose cancel committed since the scan below is left to it */
-		" AND NOT EXISTS (SELECT FROM %s.igny8_job_cancels c"
-		"  WHERE c.job_id OPERATOR(pg_catalog.=) j.id)"
 		" ORDER BY (j.priority OPERATOR(pg_catalog.<>) 'interactive'), j.id"
 		" LIMIT $1 FOR UPDATE SKIP LOCKED",
 		3, types), values, NULL, false, 0);
@@ -663,6 +661,9 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 		" request_id = u.rid, sent = false"
 		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($4)) AS u(id, rid)"
 		" WHERE j.id OPERATOR(pg_catalog.=) u.id"
+		/* not one whose cancel committed after a scan queued it again */
+		" AND NOT EXISTS (SELECT FROM %s.igny8_job_cancels c"
+		"  WHERE c.job_id OPERATOR(pg_catalog.=) j.id)"
 		" RETURNING j.id, j.kind, j.model_alias, j.request::text, j.account_id,"
 		" j.timeout_ms, j.request_id",
 		4, types), values, NULL, false, 0);
@@ -688,6 +689,13 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 		c->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 		c->request_id = *DatumGetUUIDP(SPI_getbinval(tup, desc, 7, &isnull));
 	}
+
+	/*
+	 * A job left out was queued with a pending cancel: cancelled now, or
+	 * every claim would take it first and leave it again.
+	 */
+	if (*nclaimed < nids)
+		*cancelled = cancel_queued(schema);
 	return out;
 }
 
@@ -861,11 +869,19 @@ igny8_jobs_take(Igny8Config *config)
 			cancelled = cancelled_runs(config->schema, cxt);
 		if (want > 0)
 		{
+			int			cancelled = 0;
+
 			claimed = claim(config->schema, want, slots, &nreserved,
-							&nclaimed, &locked, cxt);
+							&nclaimed, &locked, &cancelled, cxt);
 			if (claimed != NULL)
 				next_not_before = (nclaimed < want) ?
 					earliest_not_before(config->schema) : 0;
+			/* outcomes: flushed at commit (above) */
+			if (cancelled > 0)
+				(void) set_config_option("synchronous_commit",
+										 GetConfigOptionResetString("synchronous_commit"),
+										 PGC_USERSET, PGC_S_SESSION,
+										 GUC_ACTION_LOCAL, true, 0, false);
 		}
 
 		/*
