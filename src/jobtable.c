@@ -110,6 +110,7 @@ typedef enum JobPlan
 	PLAN_CLAIM,
 	PLAN_EARLIEST,
 	PLAN_FINISH,
+	PLAN_FORGET_CANCEL,
 	PLAN_INFLIGHT,
 	NPLANS
 } JobPlan;
@@ -1073,15 +1074,7 @@ write_one(const char *schema, Igny8Job *job)
 	nulls[19] = ' ';
 
 	ret = SPI_execute_plan(job_plan(PLAN_FINISH, schema,
-		/*
-		 * a cancel is done with once the job is cancelled; one that came
-		 * too late is igny8_jobs_cleanup()'s (a job that succeeded does
-		 * not look)
-		 */
-		"WITH c AS (DELETE FROM %s.igny8_job_cancels c"
-		" WHERE $2 OPERATOR(pg_catalog.=) 'cancelled'"
-		" AND c.job_id OPERATOR(pg_catalog.=) $1)"
-		" UPDATE %s.igny8_jobs j SET state = $2, finished_at = pg_catalog.now(),"
+		"UPDATE %s.igny8_jobs j SET state = $2, finished_at = pg_catalog.now(),"
 		" cancel_requested = j.cancel_requested"
 		"  OR $2 OPERATOR(pg_catalog.=) 'cancelled',"
 		" provider = $3, model = $4, content = $5, thinking = $6,"
@@ -1100,6 +1093,26 @@ write_one(const char *schema, Igny8Job *job)
 	/* no row: recovery took it back meanwhile, and it runs again */
 	if (SPI_processed == 1)
 		notify_job(job->job_id, state);
+
+	/*
+	 * A cancel is done with once its job is cancelled.  A statement of its
+	 * own, for those jobs only: in the UPDATE (a data-modifying WITH) it
+	 * made the plan cache plan that statement again at every execution,
+	 * and a cancel that came after its job finished is
+	 * igny8_jobs_cleanup()'s anyway.
+	 */
+	if (job->job_cancelled)
+	{
+		Oid			type = INT8OID;
+
+		ret = SPI_execute_plan(job_plan(PLAN_FORGET_CANCEL, schema,
+			"DELETE FROM %s.igny8_job_cancels c"
+			" WHERE c.job_id OPERATOR(pg_catalog.=) $1",
+			1, &type), values, nulls, false, 0);
+		if (ret != SPI_OK_DELETE)
+			elog(ERROR, "could not delete from igny8_job_cancels: %s",
+				 SPI_result_code_string(ret));
+	}
 }
 
 /*
