@@ -168,6 +168,10 @@ SELECT igny8_generate_text('Through a bad proxy', 'gpt-4') LIKE 'openai %' AS fe
 SELECT use_proxy('proxyuser:s3#ret@[bad');
 SELECT wait_for_config();
 SELECT igny8_generate_text('Through a bad proxy', 'gpt-4') LIKE 'openai %' AS fell_back;
+-- a password so long that curl cuts its message inside it
+SELECT use_proxy('http://proxyuser:' || repeat('s3cretlong', 30) || '@[bad');
+SELECT wait_for_config();
+SELECT igny8_generate_text('Through a bad proxy', 'gpt-4') LIKE 'openai %' AS fell_back;
 SELECT provider, error_message FROM ai_usage_log WHERE NOT success ORDER BY id;
 UPDATE igny8_providers SET settings = settings - 'proxy' WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();

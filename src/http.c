@@ -401,8 +401,15 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 		const char *start = scheme ? scheme + 3 : proxy;
 		const char *at = strrchr(proxy, '@');
 
-		if (at > start)
-			t->proxy_secret = strndup(start, at - start);
+		if (at > start &&
+			(t->proxy_secret = strndup(start, at - start)) == NULL)
+		{
+			curl_easy_cleanup(easy);
+			free(t);
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory")));
+		}
 	}
 	t->retry_after = -1;
 	t->should_retry = -1;
@@ -656,8 +663,9 @@ igny8_http_over_budget(Igny8Transfer *t)
  * proxy URL as it was given, credentials included, in some of its errors
  * ("Unsupported proxy syntax in 'http://user:password@...'"), and a URL it
  * cannot parse may have them anywhere.  So every copy of the proxy's
- * user:password (all before the last '@') goes, then the user information
- * of any other URL in the text.
+ * user:password (all before the last '@') goes, and a start of it that
+ * ends the text (curl cuts its messages at CURL_ERROR_SIZE), then the user
+ * information of any other URL in the text.
  */
 static char *
 without_userinfo(const char *text, const char *secret)
@@ -669,15 +677,28 @@ without_userinfo(const char *text, const char *secret)
 	if (secret != NULL && secret[0] != '\0')
 	{
 		const char *hit;
+		size_t		len = strlen(secret);
+		size_t		rest;
 
 		initStringInfo(&buf);
-		for (p = text; (hit = strstr(p, secret)) != NULL;
-			 p = hit + strlen(secret))
+		for (p = text; (hit = strstr(p, secret)) != NULL; p = hit + len)
 		{
 			appendBinaryStringInfo(&buf, p, hit - p);
 			appendStringInfoString(&buf, "[redacted]");
 		}
-		appendStringInfoString(&buf, p);
+		/* the longest end of the text that a cut-off copy may be */
+		rest = strlen(p);
+		for (size_t i = 0; i < rest; i++)
+		{
+			if (strncmp(p + i, secret, rest - i) == 0)
+			{
+				rest = i;
+				break;
+			}
+		}
+		appendBinaryStringInfo(&buf, p, rest);
+		if (p[rest] != '\0')
+			appendStringInfoString(&buf, "[redacted]");
 		text = buf.data;
 	}
 

@@ -723,7 +723,7 @@ igny8_cancel_job(PG_FUNCTION_ARGS)
 	AsOwner		s;
 	Oid			types[1] = {INT8OID};
 	Datum		values[1];
-	bool		queued;
+	bool		queued = false;
 	bool		running = false;
 	int			ret;
 
@@ -737,29 +737,45 @@ igny8_cancel_job(PG_FUNCTION_ARGS)
 	(void) read_state(&t, id, NULL);
 
 	as_owner(&t, &s);
-	/* a queued one (a claim that locked it first makes it running) */
-	ret = SPI_execute_with_args(psprintf(
-		"UPDATE %s.igny8_jobs j SET cancel_requested = true, state = 'cancelled',"
-		" finished_at = pg_catalog.now(), error_code = '57014',"
-		" error_message = 'cancelled by igny8_cancel_job'"
-		" WHERE j.id OPERATOR(pg_catalog.=) $1"
-		" AND j.state OPERATOR(pg_catalog.=) 'queued'", t.schema),
-		1, types, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "could not update igny8_jobs: %s",
-			 SPI_result_code_string(ret));
-	queued = (SPI_processed == 1);
-	if (!queued)
+
+	/*
+	 * Queued: cancelled here (a claim that locked it first makes it
+	 * running).  Running: a statement of its own, with a new snapshot, sees
+	 * the claim that won.  Queued again in between (a worker gave the run
+	 * back after the UPDATE's snapshot): the UPDATE once more.  Each turn
+	 * needs the job to change state between two statements; a few are
+	 * plenty.
+	 */
+	for (int turn = 0; turn < 10 && !queued && !running; turn++)
 	{
-		/* a statement of its own: a new snapshot sees a claim that won */
+		char	   *state;
+
 		ret = SPI_execute_with_args(psprintf(
-			"SELECT FROM %s.igny8_jobs j WHERE j.id OPERATOR(pg_catalog.=) $1"
-			" AND j.state OPERATOR(pg_catalog.=) 'running'", t.schema),
+			"UPDATE %s.igny8_jobs j SET cancel_requested = true, state = 'cancelled',"
+			" finished_at = pg_catalog.now(), error_code = '57014',"
+			" error_message = 'cancelled by igny8_cancel_job'"
+			" WHERE j.id OPERATOR(pg_catalog.=) $1"
+			" AND j.state OPERATOR(pg_catalog.=) 'queued'", t.schema),
+			1, types, values, NULL, false, 0);
+		if (ret != SPI_OK_UPDATE)
+			elog(ERROR, "could not update igny8_jobs: %s",
+				 SPI_result_code_string(ret));
+		queued = (SPI_processed == 1);
+		if (queued)
+			break;
+		ret = SPI_execute_with_args(psprintf(
+			"SELECT j.state FROM %s.igny8_jobs j"
+			" WHERE j.id OPERATOR(pg_catalog.=) $1", t.schema),
 			1, types, values, NULL, false, 0);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "could not read igny8_jobs: %s",
 				 SPI_result_code_string(ret));
-		running = (SPI_processed == 1);
+		state = (SPI_processed == 1) ?
+			SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
+		running = (state != NULL && strcmp(state, "running") == 0);
+		/* finished (or gone): nothing to cancel */
+		if (state == NULL || strcmp(state, "queued") != 0)
+			break;
 	}
 	if (running)
 	{
