@@ -243,13 +243,13 @@ igny8_slot_release(int slotno)
 {
 	Igny8Slot  *slot = &igny8_slots[slotno];
 	dsa_area   *area = igny8_dsa();
-	bool		free;
+	bool		was_free;
 
 	/* released twice: its payloads freed twice, two takers given it */
 	SpinLockAcquire(&slot->mutex);
-	free = (slot->state == IGNY8_SLOT_FREE);
+	was_free = (slot->state == IGNY8_SLOT_FREE);
 	SpinLockRelease(&slot->mutex);
-	if (free)
+	if (was_free)
 		elog(ERROR, "igny8_ai request slot %d is free already", slotno);
 
 	if (DsaPointerIsValid(slot->request))
