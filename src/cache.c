@@ -626,15 +626,17 @@ void
 igny8_cache_written(bool committed)
 {
 	dlist_iter	iter;
-	bool		any = false;
 
-	dlist_foreach(iter, &igny8_jobs)
-		any |= igny8_cache_to_write(dlist_container(Igny8Job, node, iter.cur));
-	if (!any)
-		return;
 	if (!committed)
-		(void) igny8_worker_transaction("igny8_ai: response cache",
-										give_up_keys, NULL);
+	{
+		bool		any = false;
+
+		dlist_foreach(iter, &igny8_jobs)
+			any |= igny8_cache_to_write(dlist_container(Igny8Job, node, iter.cur));
+		if (any)
+			(void) igny8_worker_transaction("igny8_ai: response cache",
+											give_up_keys, NULL);
+	}
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);

@@ -504,12 +504,12 @@ claim_lock(const char *schema)
  * Lock up to want due jobs, keep those under their account's limit and
  * those it gets a request slot for (slots[], *ntaken of them), and mark
  * them ours.  Needs a transaction.  Returns the rows taken (*nclaimed of
- * them, in the first slots), or NULL if another worker is claiming;
- * *cancelled is set to the queued jobs it cancelled (cancel_queued).
+ * them, in the first slots), or NULL if another worker is claiming.
+ * Adds to *ended the queued jobs it cancelled (cancel_queued).
  */
 static Claimed *
 claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclaimed,
-	  bool *locked, int *cancelled, MemoryContext cxt)
+	  bool *locked, int *ended, MemoryContext cxt)
 {
 	AccountCount *counts;
 	int			ncounts = 0;
@@ -696,7 +696,7 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	 * every claim would take it first and leave it again.
 	 */
 	if (*nclaimed < nids)
-		*cancelled = cancel_queued(schema);
+		*ended += cancel_queued(schema);
 	return out;
 }
 
@@ -810,6 +810,7 @@ igny8_jobs_take(Igny8Config *config)
 	volatile int nreserved = 0;	/* read in PG_CATCH */
 	bool		locked = false;
 	int			requeued = 0;
+	int			ended = 0;		/* jobs this transaction ends */
 	uint64		requests;
 	MemoryContext cxt = CurrentMemoryContext;
 
@@ -849,41 +850,31 @@ igny8_jobs_take(Igny8Config *config)
 								 false);
 		if (scan)
 		{
-			int			finished;
-
-			requeued = recover(config->schema, &finished);
+			requeued = recover(config->schema, &ended);
 			/* what it queued again may have a cancel that came meanwhile */
-			finished += cancel_queued(config->schema);
-
-			/*
-			 * ... but an outcome it wrote (failed, cancelled) is read by
-			 * the sessions it wakes and by its NOTIFY's listeners: that
-			 * commit waits for its flush, as the usage flush's do.
-			 */
-			if (finished > 0)
-				(void) set_config_option("synchronous_commit",
-										 GetConfigOptionResetString("synchronous_commit"),
-										 PGC_USERSET, PGC_S_SESSION,
-										 GUC_ACTION_LOCAL, true, 0, false);
+			ended += cancel_queued(config->schema);
 		}
 		if (cancels && running_here > 0)
 			cancelled = cancelled_runs(config->schema, cxt);
 		if (want > 0)
 		{
-			int			cancelled = 0;
-
 			claimed = claim(config->schema, want, slots, &nreserved,
-							&nclaimed, &locked, &cancelled, cxt);
+							&nclaimed, &locked, &ended, cxt);
 			if (claimed != NULL)
 				next_not_before = (nclaimed < want) ?
 					earliest_not_before(config->schema) : 0;
-			/* outcomes: flushed at commit (above) */
-			if (cancelled > 0)
-				(void) set_config_option("synchronous_commit",
-										 GetConfigOptionResetString("synchronous_commit"),
-										 PGC_USERSET, PGC_S_SESSION,
-										 GUC_ACTION_LOCAL, true, 0, false);
 		}
+
+		/*
+		 * ... but an outcome written here (failed, cancelled) is read by
+		 * the sessions it wakes and by its NOTIFY's listeners: then the
+		 * commit waits for its flush, as the usage flush's do.
+		 */
+		if (ended > 0)
+			(void) set_config_option("synchronous_commit",
+									 GetConfigOptionResetString("synchronous_commit"),
+									 PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_LOCAL, true, 0, false);
 
 		/*
 		 * The slots are filled before the commit: a cancel that commits

@@ -244,30 +244,38 @@ igny8_slot_release(int slotno)
 	Igny8Slot  *slot = &igny8_slots[slotno];
 	dsa_area   *area = igny8_dsa();
 	bool		was_free;
+	dsa_pointer request = InvalidDsaPointer;
+	dsa_pointer result = InvalidDsaPointer;
 
-	/* released twice: its payloads freed twice, two takers given it */
+	/*
+	 * FREE here, but on the free list only below: no one takes it between.
+	 * One released twice would have its payloads freed twice and be given
+	 * to two takers: refused.
+	 */
 	SpinLockAcquire(&slot->mutex);
 	was_free = (slot->state == IGNY8_SLOT_FREE);
+	if (!was_free)
+	{
+		request = slot->request;
+		result = slot->result;
+		slot->request = InvalidDsaPointer;
+		slot->result = InvalidDsaPointer;
+		slot->state = IGNY8_SLOT_FREE;
+		slot->job_id = 0;
+		slot->job_cancel = false;
+		slot->attempt_number = 0;
+		slot->attempt_provider[0] = '\0';
+		slot->remote_id[0] = '\0';
+		slot->remote_number = -1;
+	}
 	SpinLockRelease(&slot->mutex);
 	if (was_free)
 		elog(ERROR, "igny8_ai request slot %d is free already", slotno);
 
-	if (DsaPointerIsValid(slot->request))
-		dsa_free(area, slot->request);
-	if (DsaPointerIsValid(slot->result))
-		dsa_free(area, slot->result);
-	slot->request = InvalidDsaPointer;
-	slot->result = InvalidDsaPointer;
-
-	SpinLockAcquire(&slot->mutex);
-	slot->state = IGNY8_SLOT_FREE;
-	slot->job_id = 0;
-	slot->job_cancel = false;
-	slot->attempt_number = 0;
-	slot->attempt_provider[0] = '\0';
-	slot->remote_id[0] = '\0';
-	slot->remote_number = -1;
-	SpinLockRelease(&slot->mutex);
+	if (DsaPointerIsValid(request))
+		dsa_free(area, request);
+	if (DsaPointerIsValid(result))
+		dsa_free(area, result);
 
 	SpinLockAcquire(&igny8_shared->free_mutex);
 	Assert(igny8_shared->nfree < igny8_shared->nslots);
