@@ -24,8 +24,11 @@ django_server() {
 	comfyui_url=$(sim_url comfyui)
 	psql_db app -q >/dev/null <<SQL
 SET client_min_messages = warning;
+-- one transaction: the schedule CREATE EXTENSION makes never runs
+BEGIN;
 CREATE EXTENSION igny8_ai CASCADE;
 SELECT igny8_set_health_schedule(NULL);
+COMMIT;
 UPDATE igny8_providers SET base_url = '$ollama_url' WHERE id = 'self_hosted_ai';
 UPDATE igny8_providers SET base_url = '$openai_url' WHERE id = 'openai';
 UPDATE igny8_providers SET base_url = '$anthropic_url' WHERE id = 'anthropic';

@@ -11,11 +11,15 @@
 -- It creates the extension if it is not there, (re)defines the test
 -- helpers, points the shipped providers at the backend simulator that
 -- test/run started (its URLs are igny8_test.* settings of the temporary
--- instance), resets the simulator, turns the pg_cron schedule off, and
--- waits until the workers run with this configuration.  It prints nothing.
+-- instance), resets the simulator, and waits until the workers run with
+-- this configuration.  It prints nothing.
 --
 SET client_min_messages = warning;
+-- one transaction: the schedule CREATE EXTENSION makes never runs
+BEGIN;
 CREATE EXTENSION IF NOT EXISTS igny8_ai CASCADE;
+SELECT igny8_set_health_schedule(NULL);
+COMMIT;
 CREATE EXTENSION IF NOT EXISTS dblink;
 
 -- run a simulator control command; one row per output line
@@ -177,7 +181,6 @@ UPDATE igny8_providers p
 UPDATE igny8_fixed_costs SET monthly_amount = 0 WHERE monthly_amount <> 0;
 
 SELECT sim('reset');
-SELECT igny8_set_health_schedule(NULL);
 SELECT wait_for_workers();
 SELECT wait_for_config();
 RESET client_min_messages;
