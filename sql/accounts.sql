@@ -13,15 +13,23 @@ DELETE FROM igny8_jobs;
 CREATE ROLE igny8_acct_a LOGIN;
 CREATE ROLE igny8_acct_free LOGIN;
 CREATE ROLE igny8_acct_bypass LOGIN BYPASSRLS;
+-- members of such a role, or of the tables' owner, can SET ROLE to it
+CREATE ROLE igny8_acct_via_bypass LOGIN IN ROLE igny8_acct_bypass;
+CREATE ROLE igny8_acct_owner NOLOGIN;
+CREATE ROLE igny8_acct_via_owner LOGIN IN ROLE igny8_acct_owner;
+ALTER TABLE igny8_jobs OWNER TO igny8_acct_owner;
 
 -- bad input: nothing is bound
 SELECT show_error($$SELECT igny8_grant_usage(NULL, 601)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_a', -1)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_bypass', 601)$$);
+SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_via_bypass', 601)$$);
+SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_via_owner', 601)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_no_such_role', 601)$$);
 SELECT show_error($$SELECT igny8_unbind_usage('igny8_acct_free')$$);
 SELECT show_error($$SELECT igny8_unbind_usage(NULL)$$);
 SELECT count(*) AS bound FROM igny8_account_roles;
+ALTER TABLE igny8_jobs OWNER TO CURRENT_USER;
 
 -- one role bound to account 601, one unbound (the one-argument call)
 SELECT igny8_grant_usage('igny8_acct_a', 601);
@@ -149,4 +157,7 @@ DELETE FROM igny8_account_roles;
 DROP OWNED BY igny8_acct_a, igny8_acct_free, igny8_acct_bypass;
 DROP ROLE igny8_acct_a;
 DROP ROLE igny8_acct_free;
+DROP ROLE igny8_acct_via_bypass;
 DROP ROLE igny8_acct_bypass;
+DROP ROLE igny8_acct_via_owner;
+DROP ROLE igny8_acct_owner;

@@ -47,6 +47,13 @@ SELECT provider, cost FROM igny8_chat('[{"role": "user", "content": "Budget one 
 -- a call without a paid candidate is not concerned
 SELECT provider, cost FROM igny8_chat('[{"role": "user", "content": "Budget one two three"}]',
                                       'gpt-4', '{"account_id": 501, "max_tokens": 20}');
+-- an image at OpenAI is estimated at the size and quality OpenAI bills:
+-- dall-e-3 makes 1024x768 as 1792x1024 (0.080), and "high" is hd (0.080)
+SELECT show_error($$SELECT igny8_generate_image('Budget picture', 'dall-e-3-fallback', '1024x768',
+                                                '{"account_id": 501}')$$);
+SELECT show_error($$SELECT igny8_generate_image('Budget picture', 'dall-e-3-fallback', '1024x1024',
+                                                '{"account_id": 501, "quality": "high"}')$$);
+SELECT count(*) AS image_rows FROM ai_usage_log WHERE task_type = 'image';
 
 -- a submitted job is refused the same way
 SELECT igny8_submit_chat('[{"role": "user", "content": "Budget one two three"}]',
@@ -130,6 +137,25 @@ SELECT notices_until_sentinel() AS notices;
 SELECT dblink_disconnect('listener');
 SELECT account_id, sum(cost) FROM ai_usage_log GROUP BY account_id ORDER BY account_id;
 
+-- a failed attempt that was billed nothing gives its reservation back at
+-- once: account 505 has 0.0036 left, room for the OpenAI attempt's
+-- estimate (0.00339) but not for it and the Anthropic fallback's
+-- (0.000519) together, and the fallback after a 404 still fits
+INSERT INTO igny8_models (alias, provider_id, provider_model, timeout, max_tokens)
+VALUES ('budget-two', 'openai', 'gpt-4', '60 s', 4096),
+       ('budget-sonnet', 'anthropic', 'claude-sonnet-5-5', '60 s', 4096);
+INSERT INTO igny8_fallbacks (alias, position, fallback_alias)
+VALUES ('budget-two', 1, 'budget-sonnet');
+INSERT INTO ai_usage_log (request_id, account_id, provider, task_type, model_alias,
+                          success, attempt, cost)
+VALUES (gen_random_uuid(), 505, 'openai', 'chat', 'budget-paid', true, 1, 0.0964);
+INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (505, 'day', 0.10);
+SELECT wait_for_config();
+SELECT provider FROM igny8_chat('[{"role": "user", "content": "Budget fallback [[sim openai:status=404 times=1 key=bf1]]"}]',
+                                'budget-two', '{"account_id": 505, "max_tokens": 20}');
+SELECT attempt, provider, http_status, success FROM ai_usage_log
+ WHERE account_id = 505 AND model_used IS NOT NULL ORDER BY id;
+
 -- a month budget of 0 refuses every paid attempt, fallbacks included, and
 -- lets the self-hosted ones through
 INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (503, 'month', 0);
@@ -155,7 +181,7 @@ SELECT c.oid::regclass AS dumped
  ORDER BY 1;
 
 DELETE FROM igny8_budgets;
-DELETE FROM igny8_fallbacks WHERE alias = 'budget-paid';
-DELETE FROM igny8_models WHERE alias IN ('budget-paid', 'budget-local');
+DELETE FROM igny8_fallbacks WHERE alias IN ('budget-paid', 'budget-two');
+DELETE FROM igny8_models WHERE alias IN ('budget-paid', 'budget-local', 'budget-two', 'budget-sonnet');
 DROP FUNCTION notices_until_sentinel();
 SELECT wait_for_config();

@@ -103,6 +103,11 @@ UPDATE igny8_prices SET valid_to = NULL
 SELECT wait_for_config();
 SELECT provider, width, height, cost FROM igny8_generate_image('A lighthouse', 'dall-e-3', '1024x1024');
 SELECT provider, width, height, cost FROM igny8_generate_image('A lighthouse', 'dall-e-3', '1024x1024', '{"quality": "hd"}');
+-- the quality is priced as OpenAI bills it: "high" on dall-e-3 is hd, at
+-- ComfyUI (the reference) as at OpenAI; and dall-e-3 makes 1024x768 as
+-- 1792x1024 (hd: 0.120)
+SELECT provider, width, height, cost FROM igny8_generate_image('A lighthouse', 'dall-e-3', '1024x1024', '{"quality": "high"}');
+SELECT provider, width, height, cost FROM igny8_generate_image('A lighthouse', 'dall-e-3-fallback', '1024x768', '{"quality": "high"}');
 SELECT provider, model_alias, images, image_width, image_height, cost, reference_cost
   FROM ai_usage_log WHERE task_type = 'image' ORDER BY id;
 

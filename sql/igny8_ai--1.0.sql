@@ -2706,14 +2706,21 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       DETAIL = pg_catalog.format('account_id was %s.', account_id);
         END IF;
-        -- row-level security does not hold such a role to its account
+        -- row-level security does not hold such a role to its account: a
+        -- superuser, a role with BYPASSRLS, the owner of the tables it
+        -- protects, or a member of any of them (who can SET ROLE to it)
         IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                    WHERE r.oid OPERATOR(pg_catalog.=) role::oid
-                      AND (r.rolsuper OR r.rolbypassrls)) THEN
+                    WHERE (r.rolsuper OR r.rolbypassrls)
+                      AND pg_catalog.pg_has_role(role::oid, r.oid, 'MEMBER'))
+           OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                       WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY[
+                                 pg_catalog.to_regclass(pg_catalog.format('%s.ai_usage_log', s)),
+                                 pg_catalog.to_regclass(pg_catalog.format('%s.igny8_jobs', s))]::oid[])
+                         AND pg_catalog.pg_has_role(role::oid, c.relowner, 'MEMBER')) THEN
             RAISE EXCEPTION 'cannot bind role "%" to an account', role
                 USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = 'The role is a superuser or has BYPASSRLS, so row-level security would not restrict what it reads.',
-                      HINT = 'Bind a role without SUPERUSER and BYPASSRLS.';
+                      DETAIL = 'The role is, or is a member of, a superuser, a role with BYPASSRLS or the owner of ai_usage_log, so row-level security would not restrict what it reads.',
+                      HINT = 'Bind a role without SUPERUSER and BYPASSRLS that is not a member of such a role.';
         END IF;
         INSERT INTO @extschema@.igny8_account_roles AS b (role, account_id)
         VALUES (role, igny8_grant_usage.account_id)

@@ -249,6 +249,26 @@ SELECT l AS interrupt_kinds FROM sim('log --role comfyui --path /interrupt --fie
 SELECT dblink_disconnect('stop');
 SELECT wait_for_workers() AS workers;
 
+-- a prompt that does not finish within its deployment's timeout counts
+-- against ComfyUI's health, as a request that times out does: a stuck
+-- queue answers every poll with "{}", and three such prompts are three
+-- failures in a row (the tests' circuit threshold is 1000, so its circuit
+-- stays closed); a probe makes it healthy again
+SELECT sim('reset');
+TRUNCATE ai_usage_log;
+INSERT INTO igny8_models (alias, provider_id, provider_model, task, workflow, timeout)
+VALUES ('img-stuck', 'comfyui', 'sdxl-lightning-4step', 'image', 'sdxl-lightning-4step', '1 s');
+SELECT wait_for_config();
+SELECT i, split_part(show_error(format($$SELECT igny8_generate_image('Stuck %s [[sim comfyui:run_time=3600]]', 'img-stuck', '512x512')$$, i)), ':', 1) AS error
+  FROM generate_series(1, 3) i;
+SELECT provider, success, error_message LIKE '%timed out%' AS timed_out
+  FROM ai_usage_log ORDER BY id;
+SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
+ WHERE provider = 'comfyui';
+SELECT healthy, state FROM igny8_check_health() WHERE provider = 'comfyui';
+DELETE FROM igny8_models WHERE alias = 'img-stuck';
+SELECT wait_for_config();
+
 -- bad input: a clear error, nothing sent, nothing logged
 TRUNCATE ai_usage_log;
 SELECT sim('reset');

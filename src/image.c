@@ -124,20 +124,38 @@ igny8_image_parse_request(Igny8Job *job, const char *json)
 
 /* ----- cleanup of a ComfyUI prompt left behind ----- */
 
+/*
+ * Send a cleanup call.  Its request is built in a context of its own,
+ * reset once the transfer has taken its copies: a worker sends cleanup
+ * calls for as long as it lives.
+ */
 static bool
 cleanup_send(Igny8Cleanup *c, Igny8ComfyCancel what)
 {
+	static MemoryContext request_cxt = NULL;
 	Igny8HttpRequest http;
+	MemoryContext old;
 
+	if (request_cxt == NULL)
+		request_cxt = AllocSetContextCreate(TopMemoryContext,
+											"igny8_ai cleanup request",
+											ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(request_cxt);
 	memset(&http, 0, sizeof(http));
 	if (!igny8_comfyui_build_cancel(what, c->prompt_id, c->key, &http))
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(request_cxt);
 		return false;			/* no prompt_id: nothing to send */
+	}
+	MemoryContextSwitchTo(old);
 	c->sent = what;
 	c->transfer = igny8_http_start(c->base_url, &http,
 								   IGNY8_CLEANUP_TIMEOUT_MS,
 								   Min(c->connect_timeout_ms,
 									   IGNY8_CLEANUP_TIMEOUT_MS),
 								   c->proxy, c->ca_file, 0, NULL);
+	MemoryContextReset(request_cxt);
 	return true;
 }
 
@@ -205,15 +223,9 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 			continue;
 		igny8_http_free(t);
 		c->transfer = NULL;
-		if (c->sent != IGNY8_COMFY_CANCEL_FORGET)
-		{
-			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-			bool		sent = cleanup_send(c, c->sent + 1);
-
-			MemoryContextSwitchTo(old);
-			if (sent)
-				return;
-		}
+		if (c->sent != IGNY8_COMFY_CANCEL_FORGET &&
+			cleanup_send(c, c->sent + 1))
+			return;
 		cleanups = foreach_delete_current(cleanups, lc);
 		cleanup_free(c);
 		return;
@@ -309,7 +321,9 @@ send_step(Igny8Job *job, Igny8HttpRequest *http, size_t max_bytes,
 
 /*
  * The attempt ran out of time between two steps: it fails (the next
- * candidate, or the call's deadline error), and its prompt is cleaned up.
+ * candidate, or the call's deadline error), counts against ComfyUI's
+ * health as a request that times out does (a stuck queue answers every
+ * poll with "{}"), and its prompt is cleaned up.
  */
 static void
 attempt_timed_out(Igny8Job *job, TimestampTz now)
@@ -319,6 +333,7 @@ attempt_timed_out(Igny8Job *job, TimestampTz now)
 	a->error = psprintf("timed out after %ld ms waiting for ComfyUI to finish prompt %s",
 						(long) ((now - job->attempt_start) / 1000),
 						job->prompt_id ? job->prompt_id : "?");
+	igny8_job_report_timeout(job->cands[job->cand]->provider, a);
 	cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE);
 	igny8_job_next_candidate(job, now);
 }

@@ -372,12 +372,36 @@ igny8_job_deadline_reached(Igny8Job *job, TimestampTz now)
 }
 
 /*
+ * The last attempt failed with nothing billed (never sent, or no tokens and
+ * no image in an answer): its budget reservation is given back now, so
+ * that the retry or the next candidate is not measured against it too.
+ * Any other attempt's reservation is given back when its usage row
+ * commits, as its cost is spent.
+ */
+static void
+settle_unbilled(Igny8Job *job)
+{
+	Igny8Attempt *a;
+
+	if (!job->has_account || job->attempts == NIL)
+		return;
+	a = (Igny8Attempt *) llast(job->attempts);
+	if (a->success || a->budget_reserved <= 0 ||
+		(a->sent && (a->input_tokens > 0 || a->output_tokens > 0 ||
+					 a->images > 0)))
+		return;
+	igny8_budget_settle(job->account_id, a->budget_reserved, NULL);
+	a->budget_reserved = 0;
+}
+
+/*
  * Move on to the next candidate, or give up.  When the deadline is what
  * ended the last candidate, the caller is told so.
  */
 void
 igny8_job_next_candidate(Igny8Job *job, TimestampTz now)
 {
+	settle_unbilled(job);
 	job->cand++;
 	job->retries = 0;
 	job->omit_think = false;
@@ -774,6 +798,25 @@ igny8_job_report_health(Igny8Provider *p, Igny8Transfer *t, Igny8Attempt *a)
 }
 
 /*
+ * Count an attempt that ran out of time with no transfer in flight against
+ * its provider's health, as igny8_job_report_health counts a request that
+ * times out: a ComfyUI prompt that did not finish within the attempt's
+ * timeout (image.c).
+ */
+void
+igny8_job_report_timeout(Igny8Provider *p, Igny8Attempt *a)
+{
+	Igny8HealthChange change;
+
+	igny8_health_report(p->shared_index, false, false, false, a->duration_ms,
+						a->error, &change);
+	if (!change.changed)
+		return;
+	igny8_health_alert(p->id, &change, igny8_to_db_lossy(a->error));
+	igny8_job_queue_notify(p->id, &change, "timeout");
+}
+
+/*
  * Convert a successful answer's text to the database encoding.  False (with
  * the attempt's error set) when it cannot be represented there.
  */
@@ -824,6 +867,7 @@ void
 igny8_job_conclude(Igny8Job *job, Igny8Attempt *a, Igny8Provider *p,
 				   Igny8ErrorClass cls, double retry_after, TimestampTz now)
 {
+	settle_unbilled(job);
 	switch (cls)
 	{
 		case IGNY8_ERR_NONE:
@@ -912,13 +956,17 @@ text_done(Igny8Job *job, Igny8Transfer *t)
 			job->result.model = igny8_redact(job->result.model, p->key);
 			job->result.finish_reason = igny8_redact(job->result.finish_reason,
 													 p->key);
+			/*
+			 * The provider answered and bills these tokens, whether or not
+			 * the answer can be kept: its row and cost have them.
+			 */
+			a->input_tokens = job->result.input_tokens;
+			a->cached_input_tokens = job->result.cached_input_tokens;
+			a->cache_write_tokens = job->result.cache_write_input_tokens;
+			a->output_tokens = job->result.output_tokens;
 			if (answer_to_db(job, a))
 			{
 				a->success = true;
-				a->input_tokens = job->result.input_tokens;
-				a->cached_input_tokens = job->result.cached_input_tokens;
-				a->cache_write_tokens = job->result.cache_write_input_tokens;
-				a->output_tokens = job->result.output_tokens;
 				job->used = d;
 				job->success = true;
 				job->state = JOB_FINISHED;

@@ -103,6 +103,24 @@ add_priced(Numeric sum, int64 count, Igny8Price *p, int64 per)
 }
 
 /*
+ * The quality an image is priced by at provider's model, for the quality
+ * asked: at an OpenAI provider the one it bills (provider_openai.c maps
+ * the quality asked to the model's own, as it sends it: dall-e-3 "high" is
+ * "hd"), elsewhere the one asked; "standard" when there is none.  A price
+ * with no quality is taken when the quality has none.
+ */
+static const char *
+billed_quality(Igny8Config *config, const char *provider, const char *model,
+			   const char *quality)
+{
+	Igny8Provider *p = igny8_config_provider(config, provider);
+
+	if (p != NULL && p->kind == IGNY8_KIND_OPENAI)
+		quality = igny8_openai_image_billed_quality(model, quality);
+	return quality ? quality : "standard";
+}
+
+/*
  * The price of an attempt's tokens or images at a provider's model (the
  * attempt's own, or the reference model of its alias).  *unpriced is set
  * when something the attempt used has no price there.
@@ -120,8 +138,8 @@ price_usage(Igny8Config *config, Igny8Job *job, Igny8Attempt *a,
 		if (a->images > 0 && a->image_width > 0 && a->image_height > 0)
 		{
 			char		size[32];
-			const char *quality = job->img_quality ? job->img_quality :
-				"standard";
+			const char *quality = billed_quality(config, provider, model,
+												 job->img_quality);
 			Igny8Price *p;
 
 			snprintf(size, sizeof(size), "%dx%d", a->image_width,
@@ -347,7 +365,8 @@ price_nano(Igny8Price *p)
  * Text: the prompt's bytes plus 8 tokens per message and 8 more as input
  * tokens (a token is at least one byte; the rest covers the chat format)
  * at the input price, and max_tokens output tokens at the output price.
- * Images: one image of the size and quality asked for.
+ * Images: one image of the size and quality the provider bills for the
+ * ones asked (an OpenAI model's nearest size and its own quality).
  */
 int64
 igny8_attempt_estimate(Igny8Config *config, Igny8Job *job,
@@ -359,12 +378,18 @@ igny8_attempt_estimate(Igny8Config *config, Igny8Job *job,
 	if (job->task == IGNY8_TASK_IMAGE)
 	{
 		char		size[32];
+		int			width = job->img_width;
+		int			height = job->img_height;
 		Igny8Price *p;
 
-		snprintf(size, sizeof(size), "%dx%d", job->img_width,
-				 job->img_height);
+		/* an OpenAI model makes the nearest of its own sizes */
+		if (d->provider->kind == IGNY8_KIND_OPENAI)
+			igny8_openai_image_size(d->model, job->img_width, job->img_height,
+									&width, &height);
+		snprintf(size, sizeof(size), "%dx%d", width, height);
 		p = find_price(config, provider, d->model, IGNY8_PRICE_IMAGE, size,
-					   job->img_quality ? job->img_quality : "standard", at);
+					   billed_quality(config, provider, d->model,
+									  job->img_quality), at);
 		if (p == NULL)
 			p = find_price(config, provider, d->model, IGNY8_PRICE_IMAGE,
 						   size, "", at);

@@ -449,6 +449,8 @@ extern bool igny8_comfyui_parse_object_info(const Igny8HttpResponse *resp,
  */
 extern void igny8_openai_image_size(const char *model, int width, int height,
 									int *out_width, int *out_height);
+extern const char *igny8_openai_image_billed_quality(const char *model,
+													 const char *quality);
 extern void igny8_openai_build_image(const Igny8ImageRequest *req,
 									 const char *api_key,
 									 Igny8HttpRequest *out);

@@ -424,6 +424,21 @@ openai_image_quality(OpenAIImageFamily family, const char *quality)
 }
 
 /*
+ * The quality an image is billed by, for the quality asked: for a known
+ * image model the one sent (NULL when none is, as for dall-e-2), for
+ * another model the one asked.  price.c prices images with it.
+ */
+const char *
+igny8_openai_image_billed_quality(const char *model, const char *quality)
+{
+	OpenAIImageFamily family = openai_image_family(model);
+
+	if (family == FAMILY_OTHER)
+		return quality;
+	return openai_image_quality(family, quality);
+}
+
+/*
  * Build POST /v1/images/generations for one image.  The setting
  * "extra_body", an object, is merged in as for chat (the request's own
  * fields win, no "stream"): e.g. {"response_format": "b64_json"} for a
