@@ -192,6 +192,11 @@ SELECT l AS interrupt_kinds FROM sim('log --role comfyui --path /interrupt --fie
 SELECT (SELECT l FROM sim('log --role comfyui --key run --path /prompt --field prompt_id') l LIMIT 1) AS run_id \gset
 SELECT count(*) AS interrupts_of_run FROM sim('log --role comfyui --path /interrupt --field prompt_id') l
  WHERE l = :'run_id';
+-- once ComfyUI has written the interrupted prompt's history entry, the
+-- entry is deleted: the prompt's text does not stay on the box
+SELECT wait_until(format($$(SELECT count(*) = 1 FROM sim('log --role comfyui --path /history --field forgotten') l
+                            WHERE l LIKE '%%' || %L || '%%')$$, :'run_id'),
+                  'the history entry of the interrupted prompt deleted');
 SELECT dblink_disconnect(c) FROM unnest(ARRAY['run', 'wait', 'other']) c;
 
 -- statement_timeout ends the call, and its prompt is cleaned up too

@@ -53,6 +53,14 @@
 #define IGNY8_DEFAULT_MAX_IMAGE (32 * 1024 * 1024)
 /* a cleanup call's own timeout */
 #define IGNY8_CLEANUP_TIMEOUT_MS 10000
+/*
+ * After an interrupt, the history of the prompt is read until ComfyUI has
+ * written its entry (at its next sampler step or node), then deleted: at
+ * most this many reads, the first after IGNY8_AWAIT_FIRST_MS, backing off
+ * to IGNY8_POLL_MAX_MS (about 20 s in all).
+ */
+#define IGNY8_CLEANUP_AWAITS 25
+#define IGNY8_AWAIT_FIRST_MS 100
 
 /* A ComfyUI prompt being cleaned up, one call after another. */
 typedef struct Igny8Cleanup
@@ -66,9 +74,12 @@ typedef struct Igny8Cleanup
 	char	   *ca_file;
 	int			connect_timeout_ms;
 	char	   *prompt_id;
+	int			awaits;			/* history reads made (AWAIT) */
+	TimestampTz due;			/* the next read, when no call is in flight */
 } Igny8Cleanup;
 
 static List *cleanups = NIL;	/* of Igny8Cleanup, in TopMemoryContext */
+static bool cleanups_stopping = false;	/* the worker stops: no AWAIT */
 
 /* ----- the request ----- */
 
@@ -209,6 +220,24 @@ cleanup_start(Igny8Job *job, Igny8ComfyCancel from)
 	job->prompt_id = NULL;
 }
 
+/*
+ * An AWAIT read came back: has ComfyUI written the prompt's history entry?
+ * Its answer is {} until then, {"<id>": {...}} after.
+ */
+static bool
+history_written(Igny8Cleanup *c, Igny8Transfer *t)
+{
+	char	   *quoted;
+	bool		found;
+
+	if (t->result != CURLE_OK || t->status != 200 || t->body == NULL)
+		return false;
+	quoted = psprintf("\"%s\"", c->prompt_id);
+	found = (strstr(t->body, quoted) != NULL);
+	pfree(quoted);
+	return found;
+}
+
 /* A cleanup call ended (whatever its outcome): send the next, or stop. */
 void
 igny8_image_cleanup_done(Igny8Transfer *t)
@@ -218,13 +247,32 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 	foreach(lc, cleanups)
 	{
 		Igny8Cleanup *c = lfirst(lc);
+		Igny8ComfyCancel next;
 
 		if (c->transfer != t)
 			continue;
+		next = c->sent + 1;
+		if (next == IGNY8_COMFY_CANCEL_AWAIT && cleanups_stopping)
+			next = IGNY8_COMFY_CANCEL_FORGET;
+		if (c->sent == IGNY8_COMFY_CANCEL_AWAIT && !cleanups_stopping &&
+			!history_written(c, t) &&
+			t->result == CURLE_OK && t->status == 200 &&
+			++c->awaits < IGNY8_CLEANUP_AWAITS)
+		{
+			/* not written yet: read again later (cleanups_run) */
+			long		wait = IGNY8_AWAIT_FIRST_MS;
+
+			for (int i = 1; i < c->awaits && wait < IGNY8_POLL_MAX_MS; i++)
+				wait = wait * 3 / 2;
+			igny8_http_free(t);
+			c->transfer = NULL;
+			c->due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												 Min(wait, IGNY8_POLL_MAX_MS));
+			return;
+		}
 		igny8_http_free(t);
 		c->transfer = NULL;
-		if (c->sent != IGNY8_COMFY_CANCEL_FORGET &&
-			cleanup_send(c, c->sent + 1))
+		if (c->sent != IGNY8_COMFY_CANCEL_FORGET && cleanup_send(c, next))
 			return;
 		cleanups = foreach_delete_current(cleanups, lc);
 		cleanup_free(c);
@@ -233,17 +281,67 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 	igny8_http_free(t);			/* not ours: cannot happen */
 }
 
+/* When the next history read of a cleanup is due, or 0 for none. */
+TimestampTz
+igny8_image_cleanups_due(void)
+{
+	TimestampTz due = 0;
+	ListCell   *lc;
+
+	foreach(lc, cleanups)
+	{
+		Igny8Cleanup *c = lfirst(lc);
+
+		if (c->transfer == NULL && c->due != 0 && (due == 0 || c->due < due))
+			due = c->due;
+	}
+	return due;
+}
+
+/* Send the history reads that are due (false: none was). */
+bool
+igny8_image_cleanups_run(TimestampTz now)
+{
+	bool		started = false;
+	ListCell   *lc;
+
+	foreach(lc, cleanups)
+	{
+		Igny8Cleanup *c = lfirst(lc);
+
+		if (c->transfer != NULL || c->due == 0 || c->due > now)
+			continue;
+		c->due = 0;
+		(void) cleanup_send(c, IGNY8_COMFY_CANCEL_AWAIT);
+		started = true;
+	}
+	return started;
+}
+
 /*
  * The worker is stopping: give the cleanup calls in flight up to max_ms to
  * reach ComfyUI (every job was aborted already, so they are the only
- * transfers left).
+ * transfers left).  A history read that would wait is skipped: the
+ * history entry is deleted at once, which may be before it is written.
  */
 void
 igny8_image_finish_cleanups(int max_ms)
 {
 	TimestampTz end = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 												  max_ms);
+	ListCell   *lc;
 
+	cleanups_stopping = true;
+	foreach(lc, cleanups)
+	{
+		Igny8Cleanup *c = lfirst(lc);
+
+		if (c->transfer == NULL && c->due != 0)
+		{
+			c->due = 0;
+			(void) cleanup_send(c, IGNY8_COMFY_CANCEL_FORGET);
+		}
+	}
 	while (cleanups != NIL && GetCurrentTimestamp() < end)
 	{
 		Igny8Transfer *t;

@@ -307,6 +307,8 @@ typedef enum Igny8ComfyCancel
 	IGNY8_COMFY_CANCEL_DELETE,	/* POST /queue {"delete":[id]}: if waiting */
 	IGNY8_COMFY_CANCEL_INTERRUPT,	/* POST /interrupt {"prompt_id":id}: if
 									 * running; never a global interrupt */
+	IGNY8_COMFY_CANCEL_AWAIT,	/* GET /history/{id}: until the interrupted
+								 * prompt's entry is written */
 	IGNY8_COMFY_CANCEL_FORGET	/* POST /history {"delete":[id]} */
 } Igny8ComfyCancel;
 
@@ -371,7 +373,8 @@ typedef enum Igny8ComfyCancel
  * came from the server's own history), other statuses as
  * igny8_classify_status says.
  *
- * build_cancel builds the POST for one step of the cleanup.  It returns
+ * build_cancel builds the request for one step of the cleanup (a POST;
+ * AWAIT is build_history's GET).  It returns
  * false, with out empty, when prompt_id is NULL or empty (an interrupt
  * without one would stop whatever runs) or what is not a valid step.
  */

@@ -671,6 +671,12 @@ wait_timeout(void)
 		if (at != 0)
 			timeout = Min(timeout, ms_until(now, at));
 	}
+	{
+		TimestampTz at = igny8_image_cleanups_due();
+
+		if (at != 0)
+			timeout = Min(timeout, ms_until(now, at));
+	}
 	return timeout;
 }
 
@@ -764,6 +770,7 @@ run_jobs(bool fd_ready)
 
 		/* starting a transfer can finish it at once (a refused connection) */
 		now = GetCurrentTimestamp();
+		started = igny8_image_cleanups_run(now);
 		dlist_foreach_modify(miter, &igny8_jobs)
 		{
 			Igny8Job   *job = dlist_container(Igny8Job, node, miter.cur);

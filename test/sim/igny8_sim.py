@@ -2540,6 +2540,11 @@ COMFY_ROOT = "/opt/ComfyUI"
 COMFY_DIRS = {"output": COMFY_ROOT + "/output", "temp": COMFY_ROOT + "/temp",
               "input": COMFY_ROOT + "/input"}
 COMFY_HISTORY_MAX = 10000               # execution.MAXIMUM_HISTORY_SIZE
+# ComfyUI looks for an interrupt before each node and after each sampler
+# step (throw_exception_if_processing_interrupted): the step under way
+# finishes first.  An interrupt takes effect after this long, or at the end
+# of a shorter step; its history entry is written then.
+COMFY_INTERRUPT_LATENCY = 0.25
 COMFY_SENSITIVE = ("auth_token_comfy_org", "api_key_comfy_org")
 COMFY_MAX_RESOLUTION = 16384
 
@@ -3431,8 +3436,9 @@ class ComfyEngine:
             return json.loads(json.dumps(out))
 
     def delete_history(self, prompt_id):
+        """Delete an entry; return whether there was one."""
         with self.cond:
-            self.history.pop(prompt_id, None)
+            return self.history.pop(prompt_id, None) is not None
 
     def clear_history(self):
         with self.cond:
@@ -3482,6 +3488,7 @@ class ComfyEngine:
         """Sleep SECONDS unless interrupted (then raise _Interrupted)."""
         if seconds > 0:
             if self.interrupt_flag.wait(seconds):
+                time.sleep(min(seconds, COMFY_INTERRUPT_LATENCY))
                 raise _Interrupted(node_id)
         elif self.interrupt_flag.is_set():
             raise _Interrupted(node_id)
@@ -3992,8 +3999,10 @@ class ComfyUIBackend(Backend):
         if "delete" in data:
             if not isinstance(data["delete"], list):
                 raise ComfyServerError("delete is not a list")
-            for prompt_id in data["delete"]:
-                self.engine.delete_history(prompt_id)
+            # the entries that were there, for the tests ("forgotten")
+            forgotten = [prompt_id for prompt_id in data["delete"]
+                         if self.engine.delete_history(prompt_id)]
+            self.sim.state.update(ex.rec, forgotten=forgotten)
         self.empty(ex)
 
     def view_file(self, ex):
