@@ -35,6 +35,15 @@ ALTER TABLE igny8_jobs OWNER TO CURRENT_USER;
 SELECT igny8_grant_usage('igny8_acct_a', 601);
 SELECT igny8_grant_usage('igny8_acct_free');
 SELECT role, account_id FROM igny8_account_roles ORDER BY role::text;
+-- a role that can SET ROLE to igny8_acct_free (unbound: it reads every
+-- account's rows), or that has CREATEROLE, is not bound either
+CREATE ROLE igny8_acct_via_free LOGIN IN ROLE igny8_acct_free;
+CREATE ROLE igny8_acct_creator LOGIN CREATEROLE;
+SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_via_free', 601)$$);
+SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_creator', 601)$$);
+SELECT count(*) AS bound FROM igny8_account_roles;
+DROP ROLE igny8_acct_via_free;
+DROP ROLE igny8_acct_creator;
 
 -- the bound role is charged to its account, whatever it omits
 SET ROLE igny8_acct_a;

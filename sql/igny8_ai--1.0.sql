@@ -2706,21 +2706,29 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       DETAIL = pg_catalog.format('account_id was %s.', account_id);
         END IF;
-        -- row-level security does not hold such a role to its account: a
-        -- superuser, a role with BYPASSRLS, the owner of the tables it
-        -- protects, or a member of any of them (who can SET ROLE to it)
+        -- row-level security does not hold a role to its account if it
+        -- is, or can SET ROLE to, a superuser, a role with BYPASSRLS or
+        -- CREATEROLE (which can grant itself other roles), the owner of the
+        -- tables it protects, or another role that may read them and is not
+        -- bound to the same account (the policies let it read every row)
         IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                    WHERE (r.rolsuper OR r.rolbypassrls)
-                      AND pg_catalog.pg_has_role(role::oid, r.oid, 'MEMBER'))
-           OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c
-                       WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY[
-                                 pg_catalog.to_regclass(pg_catalog.format('%s.ai_usage_log', s)),
-                                 pg_catalog.to_regclass(pg_catalog.format('%s.igny8_jobs', s))]::oid[])
-                         AND pg_catalog.pg_has_role(role::oid, c.relowner, 'MEMBER')) THEN
+                    WHERE pg_catalog.pg_has_role(role::oid, r.oid, 'MEMBER')
+                      AND (r.rolsuper OR r.rolbypassrls OR r.rolcreaterole
+                           OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                                       WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY[
+                                                 pg_catalog.to_regclass(pg_catalog.format('%s.ai_usage_log', s)),
+                                                 pg_catalog.to_regclass(pg_catalog.format('%s.igny8_jobs', s))]::oid[])
+                                         AND (c.relowner OPERATOR(pg_catalog.=) r.oid
+                                              OR (r.oid OPERATOR(pg_catalog.<>) role::oid
+                                                  AND pg_catalog.has_table_privilege(r.oid, c.oid, 'SELECT')
+                                                  AND NOT EXISTS (
+                                                      SELECT 1 FROM @extschema@.igny8_account_roles b
+                                                       WHERE b.role::oid OPERATOR(pg_catalog.=) r.oid
+                                                         AND b.account_id OPERATOR(pg_catalog.=) igny8_grant_usage.account_id)))))) THEN
             RAISE EXCEPTION 'cannot bind role "%" to an account', role
                 USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = 'The role is, or is a member of, a superuser, a role with BYPASSRLS or the owner of ai_usage_log, so row-level security would not restrict what it reads.',
-                      HINT = 'Bind a role without SUPERUSER and BYPASSRLS that is not a member of such a role.';
+                      DETAIL = 'The role is, or can SET ROLE to, a superuser, a role with BYPASSRLS or CREATEROLE, the owner of ai_usage_log or igny8_jobs, or another role that reads them unbound to this account: row-level security would not restrict what it reads.',
+                      HINT = 'Bind an application role of its own, without SUPERUSER, BYPASSRLS and CREATEROLE, that is a member of none of those roles.';
         END IF;
         INSERT INTO @extschema@.igny8_account_roles AS b (role, account_id)
         VALUES (role, igny8_grant_usage.account_id)

@@ -268,6 +268,10 @@ SELECT i, split_part(show_error(format($$SELECT igny8_generate_image('Stuck %s [
   FROM generate_series(1, 3) i;
 SELECT provider, success, error_message LIKE '%timed out%' AS timed_out
   FROM ai_usage_log ORDER BY id;
+-- (each was interrupted, and its history entry deleted once written)
+SELECT wait_until($$(SELECT count(*) = 3 FROM sim('log --role comfyui --path /history --field forgotten') l
+                     WHERE l LIKE '%-%')$$,
+                  'the three history entries deleted');
 SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
  WHERE provider = 'comfyui';
 SELECT healthy, state FROM igny8_check_health() WHERE provider = 'comfyui';

@@ -54,10 +54,11 @@
 /* a cleanup call's own timeout */
 #define IGNY8_CLEANUP_TIMEOUT_MS 10000
 /*
- * After an interrupt, the history of the prompt is read until ComfyUI has
- * written its entry (at its next sampler step or node), then deleted: at
- * most this many reads, the first after IGNY8_AWAIT_FIRST_MS, backing off
- * to IGNY8_POLL_MAX_MS (about 20 s in all).
+ * After an interrupt, the prompt's history entry is deleted once ComfyUI
+ * has written it (at its next sampler step or node): at most this many
+ * rounds of reads (igny8_image_cleanup_done), the second after
+ * IGNY8_AWAIT_FIRST_MS, backing off to IGNY8_POLL_MAX_MS (about 20 s in
+ * all).
  */
 #define IGNY8_CLEANUP_AWAITS 25
 #define IGNY8_AWAIT_FIRST_MS 100
@@ -74,12 +75,13 @@ typedef struct Igny8Cleanup
 	char	   *ca_file;
 	int			connect_timeout_ms;
 	char	   *prompt_id;
-	int			awaits;			/* history reads made (AWAIT) */
-	TimestampTz due;			/* the next read, when no call is in flight */
+	int			awaits;			/* rounds of reads made */
+	bool		queued;			/* in the last round's GET /queue */
+	TimestampTz due;			/* the next round, when no call is in flight */
 } Igny8Cleanup;
 
 static List *cleanups = NIL;	/* of Igny8Cleanup, in TopMemoryContext */
-static bool cleanups_stopping = false;	/* the worker stops: no AWAIT */
+static bool cleanups_stopping = false;	/* the worker stops: no reads */
 
 /* ----- the request ----- */
 
@@ -220,12 +222,9 @@ cleanup_start(Igny8Job *job, Igny8ComfyCancel from)
 	job->prompt_id = NULL;
 }
 
-/*
- * An AWAIT read came back: has ComfyUI written the prompt's history entry?
- * Its answer is {} until then, {"<id>": {...}} after.
- */
+/* A 200 answer to a cleanup read that names the prompt. */
 static bool
-history_written(Igny8Cleanup *c, Igny8Transfer *t)
+answer_names(Igny8Cleanup *c, Igny8Transfer *t)
 {
 	char	   *quoted;
 	bool		found;
@@ -238,7 +237,16 @@ history_written(Igny8Cleanup *c, Igny8Transfer *t)
 	return found;
 }
 
-/* A cleanup call ended (whatever its outcome): send the next, or stop. */
+/*
+ * A cleanup call ended (whatever its outcome): send the next, wait, or
+ * stop.  After the interrupt, each round reads GET /queue, then GET
+ * /history/{id}: an entry there is deleted; a prompt that was neither
+ * running nor waiting and has no entry never ran (the queue delete took it)
+ * and is done; one still in the queue is read again later.  ComfyUI writes
+ * the entry and takes the prompt off the queue under one lock, so a prompt
+ * off the queue has its entry by then, if it ran.  An answer that cannot
+ * be read goes straight to the delete.
+ */
 void
 igny8_image_cleanup_done(Igny8Transfer *t)
 {
@@ -247,32 +255,53 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 	foreach(lc, cleanups)
 	{
 		Igny8Cleanup *c = lfirst(lc);
-		Igny8ComfyCancel next;
+		bool		read_ok = (t->result == CURLE_OK && t->status == 200);
+		bool		named;
+		bool		done = false;
+		Igny8ComfyCancel next = IGNY8_COMFY_CANCEL_FORGET;
 
 		if (c->transfer != t)
 			continue;
-		next = c->sent + 1;
-		if (next == IGNY8_COMFY_CANCEL_AWAIT && cleanups_stopping)
-			next = IGNY8_COMFY_CANCEL_FORGET;
-		if (c->sent == IGNY8_COMFY_CANCEL_AWAIT && !cleanups_stopping &&
-			!history_written(c, t) &&
-			t->result == CURLE_OK && t->status == 200 &&
-			++c->awaits < IGNY8_CLEANUP_AWAITS)
-		{
-			/* not written yet: read again later (cleanups_run) */
-			long		wait = IGNY8_AWAIT_FIRST_MS;
-
-			for (int i = 1; i < c->awaits && wait < IGNY8_POLL_MAX_MS; i++)
-				wait = wait * 3 / 2;
-			igny8_http_free(t);
-			c->transfer = NULL;
-			c->due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												 Min(wait, IGNY8_POLL_MAX_MS));
-			return;
-		}
+		named = answer_names(c, t);
 		igny8_http_free(t);
 		c->transfer = NULL;
-		if (c->sent != IGNY8_COMFY_CANCEL_FORGET && cleanup_send(c, next))
+		switch (c->sent)
+		{
+			case IGNY8_COMFY_CANCEL_INTERRUPT:
+				next = cleanups_stopping ? IGNY8_COMFY_CANCEL_FORGET :
+					IGNY8_COMFY_CANCEL_QUEUED;
+				break;
+			case IGNY8_COMFY_CANCEL_QUEUED:
+				c->queued = named;
+				next = read_ok ? IGNY8_COMFY_CANCEL_AWAIT :
+					IGNY8_COMFY_CANCEL_FORGET;
+				break;
+			case IGNY8_COMFY_CANCEL_AWAIT:
+				if (named || !read_ok || cleanups_stopping ||
+					++c->awaits >= IGNY8_CLEANUP_AWAITS)
+					next = IGNY8_COMFY_CANCEL_FORGET;
+				else if (!c->queued)
+					done = true;	/* never ran: nothing to delete */
+				else
+				{
+					/* still running: another round later (cleanups_run) */
+					long		wait = IGNY8_AWAIT_FIRST_MS;
+
+					for (int i = 1; i < c->awaits && wait < IGNY8_POLL_MAX_MS; i++)
+						wait = wait * 3 / 2;
+					c->due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														 Min(wait, IGNY8_POLL_MAX_MS));
+					return;
+				}
+				break;
+			case IGNY8_COMFY_CANCEL_FORGET:
+				done = true;
+				break;
+			default:
+				next = c->sent + 1;
+				break;
+		}
+		if (!done && cleanup_send(c, next))
 			return;
 		cleanups = foreach_delete_current(cleanups, lc);
 		cleanup_free(c);
@@ -312,7 +341,7 @@ igny8_image_cleanups_run(TimestampTz now)
 		if (c->transfer != NULL || c->due == 0 || c->due > now)
 			continue;
 		c->due = 0;
-		(void) cleanup_send(c, IGNY8_COMFY_CANCEL_AWAIT);
+		(void) cleanup_send(c, IGNY8_COMFY_CANCEL_QUEUED);
 		started = true;
 	}
 	return started;
@@ -419,9 +448,10 @@ send_step(Igny8Job *job, Igny8HttpRequest *http, size_t max_bytes,
 
 /*
  * The attempt ran out of time between two steps: it fails (the next
- * candidate, or the call's deadline error), counts against ComfyUI's
- * health as a request that times out does (a stuck queue answers every
- * poll with "{}"), and its prompt is cleaned up.
+ * candidate, or the call's deadline error) and its prompt is cleaned up.
+ * When the deployment's timeout ended it (not the caller's deadline), it
+ * counts against ComfyUI's health, as a request that times out does: a
+ * stuck queue answers every poll with "{}".
  */
 static void
 attempt_timed_out(Igny8Job *job, TimestampTz now)
@@ -431,7 +461,9 @@ attempt_timed_out(Igny8Job *job, TimestampTz now)
 	a->error = psprintf("timed out after %ld ms waiting for ComfyUI to finish prompt %s",
 						(long) ((now - job->attempt_start) / 1000),
 						job->prompt_id ? job->prompt_id : "?");
-	igny8_job_report_timeout(job->cands[job->cand]->provider, a);
+	/* the deployment's timeout, not the caller's earlier deadline */
+	if (job->attempt_deadline < job->deadline)
+		igny8_job_report_timeout(job->cands[job->cand]->provider, a);
 	cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE);
 	igny8_job_next_candidate(job, now);
 }

@@ -372,11 +372,13 @@ igny8_job_deadline_reached(Igny8Job *job, TimestampTz now)
 }
 
 /*
- * The last attempt failed with nothing billed (never sent, or no tokens and
- * no image in an answer): its budget reservation is given back now, so
- * that the retry or the next candidate is not measured against it too.
- * Any other attempt's reservation is given back when its usage row
- * commits, as its cost is spent.
+ * The last attempt failed with nothing billed: it was never sent, or the
+ * provider refused it with an HTTP error (4xx, 5xx) that reports no
+ * tokens.  Its budget reservation is given back now, so that the retry or
+ * the next candidate is not measured against it too.  Any other attempt's
+ * reservation (an answer, even one cut off or not kept, or a request with
+ * no answer, which the provider may have run) is given back when its
+ * usage row commits, as its cost is spent.
  */
 static void
 settle_unbilled(Igny8Job *job)
@@ -387,8 +389,8 @@ settle_unbilled(Igny8Job *job)
 		return;
 	a = (Igny8Attempt *) llast(job->attempts);
 	if (a->success || a->budget_reserved <= 0 ||
-		(a->sent && (a->input_tokens > 0 || a->output_tokens > 0 ||
-					 a->images > 0)))
+		(a->sent && (a->http_status < 400 || a->input_tokens > 0 ||
+					 a->output_tokens > 0 || a->images > 0)))
 		return;
 	igny8_budget_settle(job->account_id, a->budget_reserved, NULL);
 	a->budget_reserved = 0;

@@ -307,8 +307,9 @@ typedef enum Igny8ComfyCancel
 	IGNY8_COMFY_CANCEL_DELETE,	/* POST /queue {"delete":[id]}: if waiting */
 	IGNY8_COMFY_CANCEL_INTERRUPT,	/* POST /interrupt {"prompt_id":id}: if
 									 * running; never a global interrupt */
-	IGNY8_COMFY_CANCEL_AWAIT,	/* GET /history/{id}: until the interrupted
-								 * prompt's entry is written */
+	IGNY8_COMFY_CANCEL_QUEUED,	/* GET /queue: is it still running or
+								 * waiting? */
+	IGNY8_COMFY_CANCEL_AWAIT,	/* GET /history/{id}: is its entry written? */
 	IGNY8_COMFY_CANCEL_FORGET	/* POST /history {"delete":[id]} */
 } Igny8ComfyCancel;
 
@@ -374,7 +375,7 @@ typedef enum Igny8ComfyCancel
  * igny8_classify_status says.
  *
  * build_cancel builds the request for one step of the cleanup (a POST;
- * AWAIT is build_history's GET).  It returns
+ * QUEUED is GET /queue, AWAIT build_history's GET).  It returns
  * false, with out empty, when prompt_id is NULL or empty (an interrupt
  * without one would stop whatever runs) or what is not a valid step.
  */

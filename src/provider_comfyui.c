@@ -1033,6 +1033,11 @@ igny8_comfyui_build_cancel(Igny8ComfyCancel what, const char *prompt_id,
 	memset(out, 0, sizeof(*out));
 	if (prompt_id == NULL || prompt_id[0] == '\0')
 		return false;
+	if (what == IGNY8_COMFY_CANCEL_QUEUED)
+	{
+		igny8_build_get(out, "/queue", api_key);
+		return true;
+	}
 	if (what == IGNY8_COMFY_CANCEL_AWAIT)
 	{
 		igny8_comfyui_build_history(prompt_id, api_key, out);

@@ -4017,6 +4017,10 @@ test_comfyui_requests(void)
 				  "{\"prompt_id\":\"p-1\"}", __LINE__);
 	CHECK_STR(out.body, "{\"prompt_id\":\"p-1\"}");
 	free_request(&out);
+	CHECK(igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_QUEUED, "p-1", NULL,
+									 &out));
+	check_request(&out, "GET", "/queue", NULL, NULL, __LINE__);
+	free_request(&out);
 	CHECK(igny8_comfyui_build_cancel(IGNY8_COMFY_CANCEL_AWAIT, "p-1", "k",
 									 &out));
 	check_request(&out, "GET", "/history/p-1", "k", NULL, __LINE__);
