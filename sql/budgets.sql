@@ -156,6 +156,35 @@ SELECT provider FROM igny8_chat('[{"role": "user", "content": "Budget fallback [
 SELECT attempt, provider, http_status, success FROM ai_usage_log
  WHERE account_id = 505 AND model_used IS NOT NULL ORDER BY id;
 
+-- a budget made while an attempt is in flight holds none of its
+-- reservation: when that attempt's row commits, the new month budget keeps
+-- what a later attempt reserved on it (the day budget holds both)
+INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (506, 'day', 1);
+SELECT wait_for_config();
+SELECT dblink_connect('first', 'dbname=' || current_database());
+SELECT dblink_connect('second', 'dbname=' || current_database());
+SELECT dblink_send_query('first',
+    $$SELECT provider FROM igny8_chat('[{"role": "user", "content": "Reserve one [[sim openai:delay=3 tag=rs1]]"}]',
+                                      'budget-paid', '{"account_id": 506, "max_tokens": 20}')$$);
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role openai --tag rs1 --count') l WHERE l::int >= 1)$$,
+                  'the first attempt at OpenAI');
+INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (506, 'month', 1);
+SELECT wait_for_config();
+SELECT dblink_send_query('second',
+    $$SELECT provider FROM igny8_chat('[{"role": "user", "content": "Reserve two [[sim openai:delay=60 tag=rs2]]"}]',
+                                      'budget-paid', '{"account_id": 506, "max_tokens": 20}')$$);
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role openai --tag rs2 --count') l WHERE l::int >= 1)$$,
+                  'the second attempt at OpenAI');
+SELECT period, reserved FROM igny8_budget_status() WHERE account_id = 506 ORDER BY period;
+SELECT dblink_answer('first') AS first_answered_by;
+SELECT wait_until($$(SELECT reserved < 0.004 FROM igny8_budget_status()
+                      WHERE account_id = 506 AND period = 'day')$$,
+                  'the first reservation given back');
+SELECT period, reserved FROM igny8_budget_status() WHERE account_id = 506 ORDER BY period;
+SELECT dblink_cancel_query('second');
+SELECT dblink_disconnect('first');
+SELECT dblink_disconnect('second');
+
 -- a month budget of 0 refuses every paid attempt, fallbacks included, and
 -- lets the self-hosted ones through
 INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (503, 'month', 0);

@@ -65,12 +65,14 @@ typedef struct Igny8BudgetEntry
 	int64		spent;			/* committed in the period */
 	int64		aside;			/* committed while loading */
 	TimestampTz warned_for;		/* period whose notice was sent, or 0 */
+	uint64		made;			/* the order in which entries were made */
 	int64		reserved[IGNY8_MAX_WORKERS];
 } Igny8BudgetEntry;
 
 typedef struct Igny8BudgetShared
 {
 	LWLock	   *lock;
+	uint64		made;			/* entries made so far */
 	int			n;
 	Igny8BudgetEntry entries[IGNY8_MAX_BUDGETS];
 } Igny8BudgetShared;
@@ -101,6 +103,7 @@ igny8_budget_shmem_startup(void)
 	{
 		budgets->lock = &(GetNamedLWLockTranche("igny8_ai budgets"))->lock;
 		budgets->n = 0;
+		budgets->made = 0;
 	}
 }
 
@@ -337,6 +340,7 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 			memset(e, 0, sizeof(*e));
 			e->account_id = b->account_id;
 			e->period = b->period;
+			e->made = ++budgets->made;
 			e->loading = true;
 			period_bounds(b->period, now, &e->period_start, &e->period_end);
 		}
@@ -428,12 +432,14 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 /*
  * May the job make a paid attempt of estimate micro-USD now?  When it may,
  * the estimate is reserved on every budget of its account and true is
- * returned.  When not, *refusal says which budget and by how much, and
- * whether that budget skips paid candidates or refuses the call.
+ * returned, with *made, the order of the last entry made: the entries
+ * made later hold none of the reservation (igny8_budget_settle).  When
+ * not, *refusal says which budget and by how much, and whether that
+ * budget skips paid candidates or refuses the call.
  */
 bool
 igny8_budget_admit(int64 account_id, int64 estimate, TimestampTz now,
-				   Igny8BudgetRefusal *refusal)
+				   Igny8BudgetRefusal *refusal, uint64 *made)
 {
 	bool		fits = true;
 
@@ -475,17 +481,21 @@ igny8_budget_admit(int64 account_id, int64 estimate, TimestampTz now,
 			if (e->account_id == account_id)
 				e->reserved[igny8_worker_index] += estimate;
 		}
+		*made = budgets->made;
 	}
 	LWLockRelease(budgets->lock);
 	return fits;
 }
 
 /*
- * An attempt's reservation is given back and, when its usage row was
+ * An attempt's reservation is given back to the entries that hold it
+ * (made up to "made", as igny8_budget_admit returned it: a budget added
+ * since holds others' reservations only) and, when its usage row was
  * committed, its cost (numeric text) is added to the spend.
  */
 void
-igny8_budget_settle(int64 account_id, int64 reserved, const char *cost)
+igny8_budget_settle(int64 account_id, int64 reserved, uint64 made,
+					const char *cost)
 {
 	int64		micro = 0;
 
@@ -503,8 +513,9 @@ igny8_budget_settle(int64 account_id, int64 reserved, const char *cost)
 		if (e->account_id != account_id)
 			continue;
 		/* an entry made after the reservation holds none of it */
-		e->reserved[igny8_worker_index] =
-			Max(e->reserved[igny8_worker_index] - reserved, 0);
+		if (e->made <= made)
+			e->reserved[igny8_worker_index] =
+				Max(e->reserved[igny8_worker_index] - reserved, 0);
 		if (micro > 0)
 		{
 			roll_period(e, GetCurrentTimestamp());

@@ -266,6 +266,7 @@ igny8_job_add_attempt(Igny8Job *job, Igny8Deployment *d)
 	a->at = GetCurrentTimestamp();
 	/* the attempt's reservation is given back when its row commits */
 	a->budget_reserved = job->budget_reserved;
+	a->budget_made = job->budget_made;
 	job->budget_reserved = 0;
 	job->attempts = lappend(job->attempts, a);
 	return a;
@@ -392,7 +393,8 @@ settle_unbilled(Igny8Job *job)
 		(a->sent && (a->http_status < 400 || a->input_tokens > 0 ||
 					 a->output_tokens > 0 || a->images > 0)))
 		return;
-	igny8_budget_settle(job->account_id, a->budget_reserved, NULL);
+	igny8_budget_settle(job->account_id, a->budget_reserved, a->budget_made,
+						NULL);
 	a->budget_reserved = 0;
 }
 
@@ -442,7 +444,8 @@ budget_admits(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
 	if (estimate <= 0)
 		return true;			/* not paid */
 	memset(&r, 0, sizeof(r));
-	if (igny8_budget_admit(job->account_id, estimate, now, &r))
+	if (igny8_budget_admit(job->account_id, estimate, now, &r,
+						   &job->budget_made))
 	{
 		job->budget_reserved = estimate;
 		return true;
@@ -1087,12 +1090,14 @@ forget(Igny8Job *job)
 	/* reservations whose rows were never committed are given back */
 	if (job->has_account)
 	{
-		igny8_budget_settle(job->account_id, job->budget_reserved, NULL);
+		igny8_budget_settle(job->account_id, job->budget_reserved,
+							job->budget_made, NULL);
 		foreach(lc, job->attempts)
 		{
 			Igny8Attempt *a = lfirst(lc);
 
-			igny8_budget_settle(job->account_id, a->budget_reserved, NULL);
+			igny8_budget_settle(job->account_id, a->budget_reserved,
+								a->budget_made, NULL);
 			a->budget_reserved = 0;
 		}
 	}

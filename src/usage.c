@@ -452,6 +452,7 @@ igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 			if (!a->logged && job->has_account)
 			{
 				igny8_budget_settle(job->account_id, a->budget_reserved,
+									a->budget_made,
 									(committed && a->sent) ? a->cost : NULL);
 				a->budget_reserved = 0;
 			}

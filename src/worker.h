@@ -223,9 +223,10 @@ typedef struct Igny8BudgetRefusal
 
 extern void igny8_budgets_load(Igny8Config *config, const char *qschema);
 extern bool igny8_budget_admit(int64 account_id, int64 estimate,
-							   TimestampTz now, Igny8BudgetRefusal *refusal);
+							   TimestampTz now, Igny8BudgetRefusal *refusal,
+							   uint64 *made);
 extern void igny8_budget_settle(int64 account_id, int64 reserved,
-								const char *cost);
+								uint64 made, const char *cost);
 extern void igny8_budget_forget_worker(int worker);
 extern bool igny8_budget_notices_pending(void);
 extern void igny8_budget_queue_notices(void);
@@ -359,6 +360,7 @@ typedef struct Igny8Attempt
 	bool		cached;			/* answered from igny8_response_cache */
 	int64		budget_reserved;	/* micro-USD reserved on its account's
 									 * budgets until its row commits */
+	uint64		budget_made;	/* ... on those made up to this one */
 } Igny8Attempt;
 
 /* A request the worker holds, from its slot to its answer. */
@@ -419,6 +421,7 @@ typedef struct Igny8Job
 
 	/* budgets (budget.c) */
 	int64		budget_reserved;	/* reserved for the attempt in progress */
+	uint64		budget_made;	/* on the budgets made up to this one */
 	bool		budget_skipped; /* a paid candidate was skipped ... */
 	Igny8BudgetRefusal budget_refusal;	/* ... because of this */
 
