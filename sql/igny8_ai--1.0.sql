@@ -2720,7 +2720,7 @@ BEGIN
                                                  pg_catalog.to_regclass(pg_catalog.format('%s.igny8_jobs', s))]::oid[])
                                          AND (c.relowner OPERATOR(pg_catalog.=) r.oid
                                               OR (r.oid OPERATOR(pg_catalog.<>) role::oid
-                                                  AND pg_catalog.has_table_privilege(r.oid, c.oid, 'SELECT')
+                                                  AND pg_catalog.has_any_column_privilege(r.oid, c.oid, 'SELECT')
                                                   AND NOT EXISTS (
                                                       SELECT 1 FROM @extschema@.igny8_account_roles b
                                                        WHERE b.role::oid OPERATOR(pg_catalog.=) r.oid

@@ -56,12 +56,10 @@
 /*
  * After an interrupt, the prompt's history entry is deleted once ComfyUI
  * has written it (at its next sampler step or node): at most this many
- * rounds of reads (igny8_image_cleanup_done), the second after
- * IGNY8_AWAIT_FIRST_MS, backing off to IGNY8_POLL_MAX_MS (about 20 s in
- * all).
+ * rounds of reads (igny8_image_cleanup_done), spaced as the polls of a
+ * prompt (poll_wait_ms), about 20 s in all.
  */
 #define IGNY8_CLEANUP_AWAITS 25
-#define IGNY8_AWAIT_FIRST_MS 100
 
 /* A ComfyUI prompt being cleaned up, one call after another. */
 typedef struct Igny8Cleanup
@@ -133,6 +131,21 @@ igny8_image_parse_request(Igny8Job *job, const char *json)
 		job->img_height > 0;
 	cJSON_Delete(req);
 	return ok;
+}
+
+/*
+ * The wait before the next read of a prompt's state after n reads: from
+ * IGNY8_POLL_FIRST_MS, half as long again each time, up to
+ * IGNY8_POLL_MAX_MS.
+ */
+static long
+poll_wait_ms(int n)
+{
+	long		wait = IGNY8_POLL_FIRST_MS;
+
+	for (int i = 0; i < n && wait < IGNY8_POLL_MAX_MS; i++)
+		wait = wait * 3 / 2;
+	return Min(wait, IGNY8_POLL_MAX_MS);
 }
 
 /* ----- cleanup of a ComfyUI prompt left behind ----- */
@@ -273,8 +286,8 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 				break;
 			case IGNY8_COMFY_CANCEL_QUEUED:
 				c->queued = named;
-				next = read_ok ? IGNY8_COMFY_CANCEL_AWAIT :
-					IGNY8_COMFY_CANCEL_FORGET;
+				next = (read_ok && !cleanups_stopping) ?
+					IGNY8_COMFY_CANCEL_AWAIT : IGNY8_COMFY_CANCEL_FORGET;
 				break;
 			case IGNY8_COMFY_CANCEL_AWAIT:
 				if (named || !read_ok || cleanups_stopping ||
@@ -285,12 +298,8 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 				else
 				{
 					/* still running: another round later (cleanups_run) */
-					long		wait = IGNY8_AWAIT_FIRST_MS;
-
-					for (int i = 1; i < c->awaits && wait < IGNY8_POLL_MAX_MS; i++)
-						wait = wait * 3 / 2;
 					c->due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														 Min(wait, IGNY8_POLL_MAX_MS));
+														 poll_wait_ms(c->awaits - 1));
 					return;
 				}
 				break;
@@ -463,7 +472,7 @@ attempt_timed_out(Igny8Job *job, TimestampTz now)
 						job->prompt_id ? job->prompt_id : "?");
 	/* the deployment's timeout, not the caller's earlier deadline */
 	if (job->attempt_deadline < job->deadline)
-		igny8_job_report_timeout(job->cands[job->cand]->provider, a);
+		igny8_job_report_health(job->cands[job->cand]->provider, NULL, a);
 	cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE);
 	igny8_job_next_candidate(job, now);
 }
@@ -687,14 +696,9 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 												 &images, &n, &perr);
 				if (st == IGNY8_COMFY_PENDING)
 				{
-					long		wait = IGNY8_POLL_FIRST_MS;
-
 					igny8_http_free(t);
-					for (int i = 0; i < job->polls && wait < IGNY8_POLL_MAX_MS; i++)
-						wait = wait * 3 / 2;
-					job->polls++;
 					job->state = JOB_POLL_WAIT;
-					job->wake_at = Min(TimestampTzPlusMilliseconds(now, Min(wait, IGNY8_POLL_MAX_MS)),
+					job->wake_at = Min(TimestampTzPlusMilliseconds(now, poll_wait_ms(job->polls++)),
 									   job->attempt_deadline);
 					return;
 				}

@@ -770,8 +770,11 @@ igny8_job_queue_notify(const char *provider, const Igny8HealthChange *change,
  * Feed the outcome of a request attempt to its provider's health: a
  * transport failure, a 5xx, or a refusal of our key or account (401, 402,
  * 403: the provider cannot be used, as a probe would find) counts against
- * it; any other HTTP answer shows it is up.  A change of state is logged
- * at once and announced with NOTIFY in the worker's next transaction.
+ * it; any other HTTP answer shows it is up.  t NULL: the attempt ran out of
+ * time with no transfer in flight (a ComfyUI prompt that did not finish,
+ * image.c), which counts as a request that times out.  A change of state
+ * is logged at once and announced with NOTIFY in the worker's next
+ * transaction.
  */
 void
 igny8_job_report_health(Igny8Provider *p, Igny8Transfer *t, Igny8Attempt *a)
@@ -781,9 +784,9 @@ igny8_job_report_health(Igny8Provider *p, Igny8Transfer *t, Igny8Attempt *a)
 	const char *error = NULL;
 	const char *code;
 
-	if (igny8_http_too_large(t) || igny8_http_local_failure(t))
+	if (t != NULL && (igny8_http_too_large(t) || igny8_http_local_failure(t)))
 		return;					/* says nothing about the provider */
-	ok = (t->result == CURLE_OK && t->status < 500 &&
+	ok = (t != NULL && t->result == CURLE_OK && t->status < 500 &&
 		  t->status != 401 && t->status != 402 && t->status != 403);
 	if (!ok)
 		error = (a->http_status > 0) ?
@@ -795,30 +798,13 @@ igny8_job_report_health(Igny8Provider *p, Igny8Transfer *t, Igny8Attempt *a)
 	igny8_health_alert(p->id, &change, error ? igny8_to_db_lossy(error) : NULL);
 	if (ok)
 		code = "ok";
+	else if (t == NULL)
+		code = "timeout";
 	else if (t->result != CURLE_OK)
 		code = igny8_http_failure_kind(t);
 	else
 		code = psprintf("http_%ld", t->status);
 	igny8_job_queue_notify(p->id, &change, code);
-}
-
-/*
- * Count an attempt that ran out of time with no transfer in flight against
- * its provider's health, as igny8_job_report_health counts a request that
- * times out: a ComfyUI prompt that did not finish within the attempt's
- * timeout (image.c).
- */
-void
-igny8_job_report_timeout(Igny8Provider *p, Igny8Attempt *a)
-{
-	Igny8HealthChange change;
-
-	igny8_health_report(p->shared_index, false, false, false, a->duration_ms,
-						a->error, &change);
-	if (!change.changed)
-		return;
-	igny8_health_alert(p->id, &change, igny8_to_db_lossy(a->error));
-	igny8_job_queue_notify(p->id, &change, "timeout");
 }
 
 /*

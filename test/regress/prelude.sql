@@ -11,8 +11,10 @@
 -- It creates the extension if it is not there, (re)defines the test
 -- helpers, points the shipped providers at the backend simulator that
 -- test/run started (its URLs are igny8_test.* settings of the temporary
--- instance), resets the simulator, and waits until the workers run with
--- this configuration.  It prints nothing.
+-- instance), turns the pg_cron schedule off (in the transaction that
+-- creates the extension, so that it never runs), resets the simulator,
+-- and waits until the workers run with this configuration.  It prints
+-- nothing.
 --
 SET client_min_messages = warning;
 -- one transaction: the schedule CREATE EXTENSION makes never runs
