@@ -210,6 +210,40 @@ SELECT l AS interrupt_kinds FROM sim('log --role comfyui --path /interrupt --fie
 SELECT wait_until($$(SELECT in_flight = 0 FROM igny8_service_status WHERE provider = 'comfyui')$$,
                   'the place given back');
 
+-- a call that ends while ComfyUI is still taking its POST /prompt: ComfyUI
+-- queues a prompt it has read even when its client has left, so the worker
+-- waits for the answer, then cleans the prompt up: whether the delete finds
+-- it waiting or the interrupt finds it running, it ends neither queued nor
+-- running, and without a history entry
+CREATE TEMP TABLE comfy_out (line text);
+CREATE FUNCTION comfy_get(path text) RETURNS text
+LANGUAGE plpgsql AS $f$
+BEGIN
+    TRUNCATE comfy_out;
+    EXECUTE format('COPY comfy_out FROM PROGRAM %L WITH (FORMAT csv, QUOTE %L, DELIMITER %L)',
+                   'curl -sS ' || current_setting('igny8_test.comfyui_url') || path,
+                   E'\x01', E'\x02');
+    RETURN (SELECT string_agg(line, E'\n') FROM comfy_out);
+END
+$f$;
+SELECT sim('reset');
+SET statement_timeout = '300ms';
+SELECT igny8_generate_image('Slow submit [[sim comfyui:delay=1 run_time=3600 key=ss]]', 'dall-e-2', '512x512');
+RESET statement_timeout;
+-- ComfyUI answers the POST after the call ended (it had queued the prompt)
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key ss --path /prompt --field t_reply') l
+                      WHERE l LIKE '%.%') = 1$$,
+                  'the answer to the POST made after the call ended');
+SELECT (SELECT l FROM sim('log --role comfyui --key ss --path /prompt --field prompt_id') l LIMIT 1) AS ss_id \gset
+SELECT wait_until(format($$position(%L in comfy_get('/queue')) = 0 AND comfy_get('/history/' || %L) = '{}'$$,
+                         :'ss_id', :'ss_id'),
+                  'the prompt submitted after the call ended gone from ComfyUI');
+-- the worker did not close the connection
+SELECT count(*) AS disconnects FROM sim('log --role comfyui --key ss --path /prompt --field disconnect') l
+ WHERE l = 'true';
+DROP FUNCTION comfy_get(text);
+DROP TABLE comfy_out;
+
 -- a poll answered 503 says nothing of the prompt, which may still run: it
 -- is interrupted by its prompt_id, not left to hold the GPU while the
 -- retry's prompt waits behind it

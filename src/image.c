@@ -22,7 +22,9 @@
  * cleaned up: removed from the queue if it is still waiting, interrupted
  * by its prompt_id if it runs (never a global interrupt: that would stop
  * another client's work), then its history entry is deleted.  Those
- * cleanup calls belong to no job: the worker sends them on its own.
+ * cleanup calls belong to no job: the worker sends them on its own.  A
+ * prompt whose POST /prompt is still in flight is cleaned up once ComfyUI
+ * has answered it (cleanup_adopt).
  *
  * The image bytes stay where libcurl wrote them (a malloc'd buffer the job
  * takes over from the transfer) until they are copied into the payload
@@ -74,6 +76,8 @@ typedef struct Igny8Cleanup
 	int			connect_timeout_ms;
 	char	   *prompt_id;
 	int			awaits;			/* rounds of reads made */
+	bool		posting;		/* the transfer is the attempt's own POST
+								 * /prompt, left to finish (cleanup_adopt) */
 	bool		queued;			/* in the last round's GET /queue */
 	TimestampTz due;			/* the next round, when no call is in flight */
 } Igny8Cleanup;
@@ -205,6 +209,33 @@ top_strdup(const char *s)
 	return s ? MemoryContextStrdup(TopMemoryContext, s) : NULL;
 }
 
+/* Keep a cleanup in the list (in TopMemoryContext, as the cleanup). */
+static void
+cleanup_keep(Igny8Cleanup *c)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	cleanups = lappend(cleanups, c);
+	MemoryContextSwitchTo(old);
+}
+
+/* A cleanup of the job's prompt, at its current provider. */
+static Igny8Cleanup *
+cleanup_new(Igny8Job *job)
+{
+	Igny8Provider *p = job->cands[job->cand]->provider;
+	Igny8Cleanup *c = MemoryContextAllocZero(TopMemoryContext,
+											 sizeof(Igny8Cleanup));
+
+	c->base_url = top_strdup(p->base_url);
+	c->key = top_strdup(p->key);
+	c->proxy = top_strdup(p->proxy);
+	c->ca_file = top_strdup(p->ca_file);
+	c->connect_timeout_ms = p->connect_timeout_ms;
+	c->prompt_id = top_strdup(job->prompt_id);
+	return c;
+}
+
 /*
  * Clean up the job's ComfyUI prompt, from the first call that is needed:
  * DELETE for a prompt that may still be queued or running, FORGET for one
@@ -213,26 +244,66 @@ top_strdup(const char *s)
 static void
 cleanup_start(Igny8Job *job, Igny8ComfyCancel from)
 {
-	Igny8Provider *p = job->cands[job->cand]->provider;
-	MemoryContext old;
 	Igny8Cleanup *c;
 
 	if (job->prompt_id == NULL)
 		return;
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	c = palloc0(sizeof(Igny8Cleanup));
-	c->base_url = top_strdup(p->base_url);
-	c->key = top_strdup(p->key);
-	c->proxy = top_strdup(p->proxy);
-	c->ca_file = top_strdup(p->ca_file);
-	c->connect_timeout_ms = p->connect_timeout_ms;
-	c->prompt_id = top_strdup(job->prompt_id);
+	c = cleanup_new(job);
 	if (cleanup_send(c, from))
-		cleanups = lappend(cleanups, c);
+		cleanup_keep(c);
 	else
 		cleanup_free(c);
-	MemoryContextSwitchTo(old);
 	job->prompt_id = NULL;
+}
+
+/*
+ * The job stops while its POST /prompt is in flight.  ComfyUI handles a
+ * request it has read to the end even when its client goes away (aiohttp
+ * does not cancel a handler on a disconnect), so closing the connection
+ * would not keep the prompt out of the queue, and a DELETE sent now could
+ * come before the prompt is queued.  The cleanup takes the transfer over
+ * instead, and starts when ComfyUI has answered it.
+ */
+static void
+cleanup_adopt(Igny8Job *job)
+{
+	Igny8Cleanup *c = cleanup_new(job);
+
+	c->transfer = job->transfer;
+	c->transfer->owner = NULL;	/* a call of no job: igny8_image_cleanup_done */
+	c->posting = true;
+	job->transfer = NULL;
+	cleanup_keep(c);
+	job->prompt_id = NULL;
+}
+
+/*
+ * ComfyUI's answer to an adopted POST /prompt: a server that does not take
+ * our prompt_id names the one it gave the prompt (as image_done reads it).
+ */
+static void
+adopt_accepted_id(Igny8Cleanup *c, Igny8Transfer *t)
+{
+	Igny8HttpResponse resp;
+	Igny8ProviderError perr;
+	char	   *accepted = NULL;
+	int64		number;
+
+	if (t->result != CURLE_OK || t->status != 200 || t->body == NULL)
+		return;
+	memset(&resp, 0, sizeof(resp));
+	memset(&perr, 0, sizeof(perr));
+	resp.status = t->status;
+	resp.body = t->body;
+	resp.body_len = t->len;
+	resp.retry_after = -1;
+	resp.should_retry = -1;
+	if (igny8_comfyui_parse_submit(&resp, &accepted, &number, &perr) &&
+		accepted != NULL && strcmp(accepted, c->prompt_id) != 0)
+	{
+		pfree(c->prompt_id);
+		c->prompt_id = MemoryContextStrdup(TopMemoryContext, accepted);
+	}
 }
 
 /* A 200 answer to a cleanup read that names the prompt. */
@@ -258,7 +329,8 @@ answer_names(Igny8Cleanup *c, Igny8Transfer *t)
  * and is done; one still in the queue is read again later.  ComfyUI writes
  * the entry and takes the prompt off the queue under one lock, so a prompt
  * off the queue has its entry by then, if it ran.  An answer that cannot
- * be read goes straight to the delete.
+ * be read goes straight to the delete.  The first call of an adopted
+ * cleanup is the job's own POST /prompt: its answer starts the sequence.
  */
 void
 igny8_image_cleanup_done(Igny8Transfer *t)
@@ -275,6 +347,26 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 
 		if (c->transfer != t)
 			continue;
+		if (c->posting)
+		{
+			/* the job's POST /prompt, answered */
+			c->posting = false;
+			if (t->result == CURLE_OK && t->status >= 400 && t->status < 500)
+				done = true;	/* refused: nothing was queued */
+			else
+			{
+				/* queued, or perhaps: the usual cleanup, from the delete */
+				adopt_accepted_id(c, t);
+				next = IGNY8_COMFY_CANCEL_DELETE;
+			}
+			igny8_http_free(t);
+			c->transfer = NULL;
+			if (!done && cleanup_send(c, next))
+				return;
+			cleanups = foreach_delete_current(cleanups, lc);
+			cleanup_free(c);
+			return;
+		}
 		named = answer_names(c, t);
 		igny8_http_free(t);
 		c->transfer = NULL;
@@ -782,11 +874,18 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 	igny8_job_conclude(job, a, p, cls, perr.retry_after, now);
 }
 
-/* The job is stopped: a prompt it submitted is ComfyUI's to drop. */
+/*
+ * The job is stopped: a prompt it submitted is ComfyUI's to drop, and one
+ * whose POST /prompt is in flight is dropped once ComfyUI has answered it.
+ */
 static void
 image_abort(Igny8Job *job)
 {
-	if (job->prompt_id != NULL && job->cands != NULL)
+	if (job->prompt_id == NULL || job->cands == NULL)
+		return;
+	if (job->transfer != NULL && job->step == IGNY8_STEP_SUBMIT)
+		cleanup_adopt(job);
+	else
 		cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE);
 }
 

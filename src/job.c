@@ -1018,7 +1018,8 @@ igny8_job_sent(Igny8Job *job)
 
 /*
  * Stop a job now: its caller left, or the worker is stopping.  A transfer
- * in flight is aborted (which closes its connection) and logged with why;
+ * in flight is aborted (which closes its connection) and logged with why,
+ * unless the task's abort takes it over (an image's POST /prompt, image.c);
  * a place held or awaited is given up.
  */
 void
@@ -1028,12 +1029,7 @@ igny8_job_abort(Igny8Job *job, const char *why)
 
 	const Igny8TaskOps *ops = task_ops(job->task);
 
-	if (job->transfer && !ops->routed)
-	{
-		igny8_http_free(job->transfer);
-		job->transfer = NULL;
-	}
-	else if (job->transfer)
+	if (job->transfer && ops->routed)
 	{
 		TimestampTz now = GetCurrentTimestamp();
 		Igny8Attempt *a;
@@ -1044,8 +1040,6 @@ igny8_job_abort(Igny8Job *job, const char *why)
 		a->sent = true;
 		a->duration_ms = (double) (now - job->attempt_start) / 1000.0;
 		a->error = pstrdup(why);
-		igny8_http_free(job->transfer);
-		job->transfer = NULL;
 	}
 	else if (job->state == JOB_POLL_WAIT)
 	{
@@ -1056,6 +1050,11 @@ igny8_job_abort(Igny8Job *job, const char *why)
 	}
 	if (ops->abort)
 		ops->abort(job);
+	if (job->transfer)
+	{
+		igny8_http_free(job->transfer);
+		job->transfer = NULL;
+	}
 	leave_queue(job);
 	igny8_job_release_place(job);
 	if (job->state != JOB_FINISHED)

@@ -1088,7 +1088,10 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
         """
         Sleep, watching the socket: if the client closes the connection
         (readable with nothing to read), record the disconnect and raise
-        ClientGone.  Polls every POLL_INTERVAL seconds.
+        ClientGone.  Polls every POLL_INTERVAL seconds.  A backend whose
+        server finishes a request it has read when its client goes away
+        (finishes_after_disconnect) only records the disconnect and sleeps
+        on: the request is then handled, and its answer goes nowhere.
         """
         deadline = time.monotonic() + seconds
         sock = self.connection
@@ -1114,6 +1117,10 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
             if not data:
                 self.server.sim.state.update(self.rec, disconnect=True,
                                              t_disconnect=time.time())
+                if self.server.backend.finishes_after_disconnect:
+                    poller.unregister(sock)
+                    time.sleep(max(0.0, deadline - time.monotonic()))
+                    return
                 raise ClientGone()
             # The client sent more data (pipelining): just wait.
             time.sleep(min(POLL_INTERVAL,
@@ -1302,6 +1309,8 @@ class Backend:
     """Base class of a simulated backend: routing and common hooks."""
 
     role = None
+    # a request whose client went away during its delay is still handled
+    finishes_after_disconnect = False
 
     def __init__(self, sim):
         self.sim = sim
@@ -3759,6 +3768,10 @@ def comfy_api_path(path):
 
 class ComfyUIBackend(Backend):
     role = "comfyui"
+    # aiohttp does not cancel a web handler when its client disconnects
+    # (handler_cancellation is off by default): a POST /prompt that was
+    # read is queued even if the client left while it was handled
+    finishes_after_disconnect = True
 
     def __init__(self, sim):
         super().__init__(sim)

@@ -1860,6 +1860,19 @@ class TestComfyUIExecution(SimTestCase):
         self.assertLess(len(body), int(headers["content-length"]))
         self.assertEqual(wait_history("dropped")["status"]["status_str"],
                          "success")
+        # a client that leaves while its prompt is being taken: the
+        # disconnect is logged, and the prompt is queued all the same
+        graph = with_directive(sdxl_graph(seed=12), "[[sim comfyui:"
+                               "delay=0.6 tag=left]]")
+        sock = raw_request("comfyui", "/prompt", {"prompt": graph,
+                                                  "prompt_id": "left"})
+        time.sleep(0.2)
+        sock.close()
+        self.assertEqual(wait_history("left")["status"]["status_str"],
+                         "success")
+        rec = self.log(tag="left")[0]
+        self.assertIs(rec["disconnect"], True)
+        self.assertEqual(rec["prompt_id"], "left")
         self.assertEqual(comfy("GET", "/history/s503").json(), {})
         start = time.monotonic()
         graph = with_directive(sdxl_graph(seed=10),
