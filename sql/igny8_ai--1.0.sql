@@ -2696,6 +2696,7 @@ AS $$
 DECLARE
     s text := '@extschema@';	-- substituted as a quoted identifier
     tables oid[];
+    bindings oid;
     offender oid;
     why text;
 BEGIN
@@ -2706,6 +2707,7 @@ BEGIN
     IF account_id IS NOT NULL THEN
         tables := ARRAY[pg_catalog.to_regclass(pg_catalog.format('%s.ai_usage_log', s)),
                         pg_catalog.to_regclass(pg_catalog.format('%s.igny8_jobs', s))]::oid[];
+        bindings := pg_catalog.to_regclass(pg_catalog.format('%s.igny8_account_roles', s));
         IF account_id OPERATOR(pg_catalog.<) 0 THEN
             RAISE EXCEPTION 'account_id must not be negative'
                 USING ERRCODE = 'invalid_parameter_value',
@@ -2716,45 +2718,47 @@ BEGIN
         -- CREATEROLE (which can grant itself other roles), one that reads
         -- past the tables (REPLICATION streams the WAL; the server file
         -- roles read the data files or run programs as the server), one
-        -- that can change the bindings, the owner of the tables it
-        -- protects, or another role that may read them and is not bound
-        -- to the same account (the policies let it read every row)
-        SELECT o.oid, o.why INTO offender, why
-          FROM (SELECT r.oid, r.rolname,
-                       CASE
-                         WHEN r.rolsuper THEN 'is a superuser'
-                         WHEN r.rolbypassrls THEN 'has BYPASSRLS'
-                         WHEN r.rolcreaterole THEN 'has CREATEROLE (it can grant itself any role)'
-                         WHEN r.rolreplication THEN 'has REPLICATION (it can stream the WAL, rows and all)'
-                         WHEN r.rolname OPERATOR(pg_catalog.=) 'pg_read_server_files' THEN 'reads the server''s files'
-                         WHEN r.rolname OPERATOR(pg_catalog.=) 'pg_write_server_files' THEN 'writes the server''s files'
-                         WHEN r.rolname OPERATOR(pg_catalog.=) 'pg_execute_server_program' THEN 'runs programs on the server'
-                         WHEN pg_catalog.has_table_privilege(r.oid, pg_catalog.format('%s.igny8_account_roles', s),
-                                                             'INSERT, UPDATE, DELETE, TRUNCATE')
-                           THEN 'can change igny8_account_roles'
-                         WHEN pg_catalog.has_function_privilege(r.oid, pg_catalog.format('%s.igny8_unbind_usage(regrole)', s), 'EXECUTE')
-                           THEN 'can execute igny8_unbind_usage'
-                         WHEN pg_catalog.has_function_privilege(r.oid, pg_catalog.format('%s.igny8_grant_usage(regrole, bigint)', s), 'EXECUTE')
-                           THEN 'can execute igny8_grant_usage'
-                         WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+        -- that can change the bindings (a column grant, or TRIGGER: a
+        -- trigger runs as whoever binds next), the owner of the tables it
+        -- protects, or another role that may read them and is not bound to
+        -- the same account (the policies let it read every row).  The role
+        -- itself is looked at first, then the others by name, up to the
+        -- first reason.
+        FOR offender IN
+            SELECT r.oid FROM pg_catalog.pg_roles r
+             WHERE pg_catalog.pg_has_role(role::oid, r.oid, 'MEMBER')
+             ORDER BY r.oid OPERATOR(pg_catalog.<>) role::oid, r.rolname
+        LOOP
+            SELECT CASE
+                     WHEN r.rolsuper THEN 'is a superuser'
+                     WHEN r.rolbypassrls THEN 'has BYPASSRLS'
+                     WHEN r.rolcreaterole THEN 'has CREATEROLE (it can grant itself any role)'
+                     WHEN r.rolreplication THEN 'has REPLICATION (it can stream the WAL, rows and all)'
+                     WHEN r.rolname OPERATOR(pg_catalog.=) 'pg_read_server_files' THEN 'reads the server''s files'
+                     WHEN r.rolname OPERATOR(pg_catalog.=) 'pg_write_server_files' THEN 'writes the server''s files'
+                     WHEN r.rolname OPERATOR(pg_catalog.=) 'pg_execute_server_program' THEN 'runs programs on the server'
+                     WHEN pg_catalog.has_table_privilege(r.oid, bindings, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER')
+                          OR pg_catalog.has_any_column_privilege(r.oid, bindings, 'INSERT, UPDATE')
+                       THEN 'can change igny8_account_roles'
+                     WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) ANY (tables)
+                                     AND c.relowner OPERATOR(pg_catalog.=) r.oid)
+                       THEN 'owns ai_usage_log or igny8_jobs'
+                     WHEN r.oid OPERATOR(pg_catalog.<>) role::oid
+                          AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c
                                        WHERE c.oid OPERATOR(pg_catalog.=) ANY (tables)
-                                         AND c.relowner OPERATOR(pg_catalog.=) r.oid)
-                           THEN 'owns ai_usage_log or igny8_jobs'
-                         WHEN r.oid OPERATOR(pg_catalog.<>) role::oid
-                              AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c
-                                           WHERE c.oid OPERATOR(pg_catalog.=) ANY (tables)
-                                             AND pg_catalog.has_any_column_privilege(r.oid, c.oid, 'SELECT'))
-                              AND NOT EXISTS (SELECT 1 FROM @extschema@.igny8_account_roles b
-                                               WHERE b.role::oid OPERATOR(pg_catalog.=) r.oid
-                                                 AND b.account_id OPERATOR(pg_catalog.=) igny8_grant_usage.account_id)
-                           THEN 'reads ai_usage_log or igny8_jobs and is not bound to this account'
-                       END AS why
-                  FROM pg_catalog.pg_roles r
-                 WHERE pg_catalog.pg_has_role(role::oid, r.oid, 'MEMBER')) o
-         WHERE o.why IS NOT NULL
-         ORDER BY o.oid OPERATOR(pg_catalog.<>) role::oid, o.rolname
-         LIMIT 1;
-        IF FOUND THEN
+                                         AND pg_catalog.has_any_column_privilege(r.oid, c.oid, 'SELECT'))
+                          AND NOT EXISTS (SELECT 1 FROM @extschema@.igny8_account_roles b
+                                           WHERE b.role::oid OPERATOR(pg_catalog.=) r.oid
+                                             AND b.account_id OPERATOR(pg_catalog.=) igny8_grant_usage.account_id)
+                       THEN 'reads ai_usage_log or igny8_jobs and is not bound to this account'
+                   END
+              INTO why
+              FROM pg_catalog.pg_roles r
+             WHERE r.oid OPERATOR(pg_catalog.=) offender;
+            EXIT WHEN why IS NOT NULL;
+        END LOOP;
+        IF why IS NOT NULL THEN
             RAISE EXCEPTION 'cannot bind role "%" to an account', role
                 USING ERRCODE = 'invalid_parameter_value',
                       DETAIL = CASE WHEN offender OPERATOR(pg_catalog.=) role::oid
