@@ -227,9 +227,15 @@ BEGIN
 END
 $f$;
 SELECT sim('reset');
-SET statement_timeout = '300ms';
-SELECT igny8_generate_image('Slow submit [[sim comfyui:delay=1 run_time=3600 key=ss]]', 'dall-e-2', '512x512');
-RESET statement_timeout;
+SELECT dblink_connect('ss', 'dbname=' || current_database());
+SELECT pid AS ss_pid FROM dblink('ss', 'SELECT pg_backend_pid()') AS t(pid int) \gset
+SELECT dblink_send_query('ss',
+    $$SELECT png_size(image) FROM igny8_generate_image('Slow submit [[sim comfyui:delay=2 run_time=3600 key=ss tag=ss]]', 'dall-e-2', '512x512')$$);
+SELECT sim_wait_arrival('ss');
+SELECT pg_cancel_backend(:ss_pid);
+SELECT count(*) AS rows FROM dblink_get_result('ss', false) AS r(a text);
+SELECT dblink_error_message('ss') LIKE '%canceling statement%' AS ss_cancelled;
+SELECT dblink_disconnect('ss');
 -- ComfyUI answers the POST after the call ended (it had queued the prompt)
 SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key ss --path /prompt --field t_reply') l
                       WHERE l LIKE '%.%') = 1$$,
@@ -241,6 +247,27 @@ SELECT wait_until(format($$position(%L in comfy_get('/queue')) = 0 AND comfy_get
 -- the worker did not close the connection
 SELECT count(*) AS disconnects FROM sim('log --role comfyui --key ss --path /prompt --field disconnect') l
  WHERE l = 'true';
+
+-- a POST /prompt with no answer within the deployment's timeout: curl
+-- gives up, and ComfyUI queues the prompt afterwards.  Not knowing, the
+-- cleanup deletes and interrupts again at every round, and looks for all
+-- its rounds: the prompt is gone from ComfyUI in the end
+SELECT sim('reset');
+INSERT INTO igny8_models (alias, provider_id, provider_model, task, workflow, timeout)
+VALUES ('img-late', 'comfyui', 'sdxl-lightning-4step', 'image', 'sdxl-lightning-4step', '1 s');
+SELECT wait_for_config();
+SELECT split_part(show_error($$SELECT igny8_generate_image('Late [[sim comfyui:delay=2 run_time=3600 key=late]]', 'img-late', '512x512')$$), ':', 1) AS error;
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key late --path /prompt --field t_reply') l
+                      WHERE l LIKE '%.%') = 1$$,
+                  'the answer to the POST that timed out');
+SELECT (SELECT l FROM sim('log --role comfyui --key late --path /prompt --field prompt_id') l LIMIT 1) AS late_id \gset
+SELECT wait_until(format($$position(%L in comfy_get('/queue')) = 0 AND comfy_get('/history/' || %L) = '{}'$$,
+                         :'late_id', :'late_id'),
+                  'the prompt queued after its POST timed out gone from ComfyUI');
+SELECT count(*) AS disconnects FROM sim('log --role comfyui --key late --path /prompt --field disconnect') l
+ WHERE l = 'true';
+DELETE FROM igny8_models WHERE alias = 'img-late';
+SELECT wait_for_config();
 DROP FUNCTION comfy_get(text);
 DROP TABLE comfy_out;
 
@@ -265,9 +292,17 @@ SELECT png_size(image) AS size
   FROM igny8_generate_image('Submit fails [[sim comfyui:tag=ps]] [[sim comfyui:status=502 times=1 key=ps1]]',
                             'dall-e-2', '512x512');
 SELECT (SELECT l FROM sim('log --role comfyui --tag ps --path /prompt --field prompt_id') l LIMIT 1) AS ps_first \gset
-SELECT wait_until(format($$(SELECT count(*) = 1 FROM sim('log --role comfyui --path /queue --field body') l
+SELECT wait_until(format($$(SELECT count(*) >= 1 FROM sim('log --role comfyui --path /queue --field body') l
                             WHERE l LIKE '%%' || %L || '%%')$$, :'ps_first'),
                   'the queue delete of the first prompt');
+-- a 5xx is no answer from ComfyUI: that cleanup deletes and interrupts at
+-- every round, for all its rounds (about 20 s), then deletes the history
+-- entry, if any
+SELECT wait_until(format($$(SELECT count(*) = 1 FROM sim('log --role comfyui --path /history --field body') l
+                            WHERE l LIKE '%%delete%%' || %L || '%%')$$, :'ps_first'),
+                  'the end of the first prompt''s cleanup', 60);
+SELECT count(*) AS deletes_of_first FROM sim('log --role comfyui --path /queue --field body') l
+ WHERE l LIKE '%' || :'ps_first' || '%';
 
 -- a worker told to stop interrupts the ComfyUI prompt it was waiting for
 SELECT sim('reset');

@@ -78,6 +78,8 @@ typedef struct Igny8Cleanup
 	int			awaits;			/* rounds of reads made */
 	bool		posting;		/* the transfer is the attempt's own POST
 								 * /prompt, left to finish (cleanup_adopt) */
+	bool		unsure;			/* that POST got no answer: ComfyUI may
+								 * queue the prompt after our delete */
 	bool		queued;			/* in the last round's GET /queue */
 	TimestampTz due;			/* the next round, when no call is in flight */
 } Igny8Cleanup;
@@ -239,16 +241,21 @@ cleanup_new(Igny8Job *job)
 /*
  * Clean up the job's ComfyUI prompt, from the first call that is needed:
  * DELETE for a prompt that may still be queued or running, FORGET for one
- * that finished.
+ * that finished.  unsure: its POST /prompt got no answer (a timeout, a
+ * dropped connection, a 5xx from a proxy in front), so ComfyUI may still
+ * be taking it.  Such a cleanup sends the delete and the interrupt again at
+ * every round, and keeps looking for all its rounds even while the prompt
+ * is nowhere to be seen.
  */
 static void
-cleanup_start(Igny8Job *job, Igny8ComfyCancel from)
+cleanup_start(Igny8Job *job, Igny8ComfyCancel from, bool unsure)
 {
 	Igny8Cleanup *c;
 
 	if (job->prompt_id == NULL)
 		return;
 	c = cleanup_new(job);
+	c->unsure = unsure;
 	if (cleanup_send(c, from))
 		cleanup_keep(c);
 	else
@@ -306,6 +313,16 @@ adopt_accepted_id(Igny8Cleanup *c, Igny8Transfer *t)
 	}
 }
 
+/* A transfer that never reached the server: nothing was sent. */
+static bool
+never_sent(Igny8Transfer *t)
+{
+	return t->result == CURLE_FAILED_INIT ||
+		t->result == CURLE_COULDNT_CONNECT ||
+		t->result == CURLE_COULDNT_RESOLVE_HOST ||
+		t->result == CURLE_COULDNT_RESOLVE_PROXY;
+}
+
 /* A 200 answer to a cleanup read that names the prompt. */
 static bool
 answer_names(Igny8Cleanup *c, Igny8Transfer *t)
@@ -349,14 +366,16 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 			continue;
 		if (c->posting)
 		{
-			/* the job's POST /prompt, answered */
+			/* the job's POST /prompt, ended */
 			c->posting = false;
-			if (t->result == CURLE_OK && t->status >= 400 && t->status < 500)
-				done = true;	/* refused: nothing was queued */
+			if ((t->result == CURLE_OK && t->status >= 400 && t->status < 500) ||
+				never_sent(t))
+				done = true;	/* refused, or never there: nothing queued */
 			else
 			{
 				/* queued, or perhaps: the usual cleanup, from the delete */
 				adopt_accepted_id(c, t);
+				c->unsure = (t->result != CURLE_OK || t->status != 200);
 				next = IGNY8_COMFY_CANCEL_DELETE;
 			}
 			igny8_http_free(t);
@@ -385,7 +404,7 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 				if (named || !read_ok || cleanups_stopping ||
 					++c->awaits >= IGNY8_CLEANUP_AWAITS)
 					next = IGNY8_COMFY_CANCEL_FORGET;
-				else if (!c->queued)
+				else if (!c->queued && !c->unsure)
 					done = true;	/* never ran: nothing to delete */
 				else
 				{
@@ -442,7 +461,9 @@ igny8_image_cleanups_run(TimestampTz now)
 		if (c->transfer != NULL || c->due == 0 || c->due > now)
 			continue;
 		c->due = 0;
-		(void) cleanup_send(c, IGNY8_COMFY_CANCEL_QUEUED);
+		/* an unsure cleanup deletes and interrupts again first */
+		(void) cleanup_send(c, c->unsure ? IGNY8_COMFY_CANCEL_DELETE :
+							IGNY8_COMFY_CANCEL_QUEUED);
 		started = true;
 	}
 	return started;
@@ -565,7 +586,7 @@ attempt_timed_out(Igny8Job *job, TimestampTz now)
 	/* the deployment's timeout, not the caller's earlier deadline */
 	if (job->attempt_deadline < job->deadline)
 		igny8_job_report_health(job->cands[job->cand]->provider, NULL, a);
-	cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE);
+	cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE, false);
 	igny8_job_next_candidate(job, now);
 }
 
@@ -727,9 +748,13 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 		if (cls == IGNY8_ERR_RETRY && job->retries >= 1)
 			cls = IGNY8_ERR_FALLBACK;
 		igny8_job_report_health(p, t, a);
-		igny8_http_free(t);
+		/* a submission that never reached ComfyUI queued nothing */
+		if (job->step == IGNY8_STEP_SUBMIT && never_sent(t))
+			job->prompt_id = NULL;
 		cleanup_start(job, job->step == IGNY8_STEP_VIEW ?
-					  IGNY8_COMFY_CANCEL_FORGET : IGNY8_COMFY_CANCEL_DELETE);
+					  IGNY8_COMFY_CANCEL_FORGET : IGNY8_COMFY_CANCEL_DELETE,
+					  job->step == IGNY8_STEP_SUBMIT);
+		igny8_http_free(t);
 		igny8_job_conclude(job, a, p, cls, -1, now);
 		return;
 	}
@@ -859,7 +884,7 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 	igny8_job_report_health(p, t, a);
 	igny8_http_free(t);
 	/* a prompt that finished (or failed) leaves its history entry */
-	cleanup_start(job, cleanup);
+	cleanup_start(job, cleanup, job->step == IGNY8_STEP_SUBMIT);
 
 	if (a->success)
 	{
@@ -886,7 +911,7 @@ image_abort(Igny8Job *job)
 	if (job->transfer != NULL && job->step == IGNY8_STEP_SUBMIT)
 		cleanup_adopt(job);
 	else
-		cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE);
+		cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE, false);
 }
 
 /* Free what the job holds outside its memory context. */

@@ -1041,7 +1041,7 @@ igny8_job_abort(Igny8Job *job, const char *why)
 		a->duration_ms = (double) (now - job->attempt_start) / 1000.0;
 		a->error = pstrdup(why);
 	}
-	else if (job->state == JOB_POLL_WAIT)
+	else if (job->transfer == NULL && job->state == JOB_POLL_WAIT)
 	{
 		/* between two steps of an attempt: it ends here too */
 		Igny8Attempt *a = igny8_job_end_attempt(job, NULL, GetCurrentTimestamp());

@@ -1118,9 +1118,14 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
                 self.server.sim.state.update(self.rec, disconnect=True,
                                              t_disconnect=time.time())
                 if self.server.backend.finishes_after_disconnect:
-                    poller.unregister(sock)
-                    time.sleep(max(0.0, deadline - time.monotonic()))
-                    return
+                    # sleep on, but not past a shutdown of the server
+                    while True:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return
+                        if self.server.going_down:
+                            raise ServerGoingDown()
+                        time.sleep(min(POLL_INTERVAL, remaining))
                 raise ClientGone()
             # The client sent more data (pipelining): just wait.
             time.sleep(min(POLL_INTERVAL,
