@@ -266,6 +266,25 @@ SELECT wait_until(format($$position(%L in comfy_get('/queue')) = 0 AND comfy_get
                   'the prompt queued after its POST timed out gone from ComfyUI');
 SELECT count(*) AS disconnects FROM sim('log --role comfyui --key late --path /prompt --field disconnect') l
  WHERE l = 'true';
+-- the same when the call is cancelled first: the POST the worker kept
+-- going for its cleanup times out in its turn, and that cleanup is unsure
+SELECT sim('reset');
+SELECT dblink_connect('late2', 'dbname=' || current_database());
+SELECT pid AS late2_pid FROM dblink('late2', 'SELECT pg_backend_pid()') AS t(pid int) \gset
+SELECT dblink_send_query('late2',
+    $$SELECT png_size(image) FROM igny8_generate_image('Late cancelled [[sim comfyui:delay=2 run_time=3600 key=late2 tag=late2]]', 'img-late', '512x512')$$);
+SELECT sim_wait_arrival('late2');
+SELECT pg_cancel_backend(:late2_pid);
+SELECT count(*) AS rows FROM dblink_get_result('late2', false) AS r(a text);
+SELECT dblink_error_message('late2') LIKE '%canceling statement%' AS late2_cancelled;
+SELECT dblink_disconnect('late2');
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key late2 --path /prompt --field t_reply') l
+                      WHERE l LIKE '%.%') = 1$$,
+                  'the answer to the kept POST that timed out');
+SELECT (SELECT l FROM sim('log --role comfyui --key late2 --path /prompt --field prompt_id') l LIMIT 1) AS late2_id \gset
+SELECT wait_until(format($$position(%L in comfy_get('/queue')) = 0 AND comfy_get('/history/' || %L) = '{}'$$,
+                         :'late2_id', :'late2_id'),
+                  'the prompt queued after the kept POST timed out gone from ComfyUI');
 DELETE FROM igny8_models WHERE alias = 'img-late';
 SELECT wait_for_config();
 DROP FUNCTION comfy_get(text);

@@ -618,6 +618,24 @@ igny8_http_local_failure(Igny8Transfer *t)
 		t->result == CURLE_OUT_OF_MEMORY || t->over_budget;
 }
 
+/*
+ * Did a failed transfer send nothing at all (no connection, a name that
+ * does not resolve, a TLS handshake or proxy that failed, a connect that
+ * timed out)?  Then the server cannot have acted on it.
+ */
+bool
+igny8_http_never_sent(Igny8Transfer *t)
+{
+	long		size = 0;
+
+	if (t->result == CURLE_OK)
+		return false;
+	if (t->result == CURLE_FAILED_INIT)
+		return true;			/* never started */
+	return curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &size) == CURLE_OK &&
+		size == 0;
+}
+
 /* Did the transfer fail because the answer was over max_response_size? */
 bool
 igny8_http_too_large(Igny8Transfer *t)

@@ -313,16 +313,6 @@ adopt_accepted_id(Igny8Cleanup *c, Igny8Transfer *t)
 	}
 }
 
-/* A transfer that never reached the server: nothing was sent. */
-static bool
-never_sent(Igny8Transfer *t)
-{
-	return t->result == CURLE_FAILED_INIT ||
-		t->result == CURLE_COULDNT_CONNECT ||
-		t->result == CURLE_COULDNT_RESOLVE_HOST ||
-		t->result == CURLE_COULDNT_RESOLVE_PROXY;
-}
-
 /* A 200 answer to a cleanup read that names the prompt. */
 static bool
 answer_names(Igny8Cleanup *c, Igny8Transfer *t)
@@ -338,6 +328,14 @@ answer_names(Igny8Cleanup *c, Igny8Transfer *t)
 	return found;
 }
 
+/* Another round of reads of the cleanup, later (cleanups_run). */
+static void
+cleanup_later(Igny8Cleanup *c)
+{
+	c->due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										 poll_wait_ms(c->awaits - 1));
+}
+
 /*
  * A cleanup call ended (whatever its outcome): send the next, wait, or
  * stop.  After the interrupt, each round reads GET /queue, then GET
@@ -346,8 +344,11 @@ answer_names(Igny8Cleanup *c, Igny8Transfer *t)
  * and is done; one still in the queue is read again later.  ComfyUI writes
  * the entry and takes the prompt off the queue under one lock, so a prompt
  * off the queue has its entry by then, if it ran.  An answer that cannot
- * be read goes straight to the delete.  The first call of an adopted
- * cleanup is the job's own POST /prompt: its answer starts the sequence.
+ * be read goes straight to the delete.  An unsure cleanup (cleanup_start)
+ * is not done with a prompt that is nowhere to be seen, nor with a read
+ * that failed: it reads again, up to its last round.  The first call of an
+ * adopted cleanup is the job's own POST /prompt: its answer starts the
+ * sequence.
  */
 void
 igny8_image_cleanup_done(Igny8Transfer *t)
@@ -369,7 +370,7 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 			/* the job's POST /prompt, ended */
 			c->posting = false;
 			if ((t->result == CURLE_OK && t->status >= 400 && t->status < 500) ||
-				never_sent(t))
+				igny8_http_never_sent(t))
 				done = true;	/* refused, or never there: nothing queued */
 			else
 			{
@@ -397,20 +398,27 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 				break;
 			case IGNY8_COMFY_CANCEL_QUEUED:
 				c->queued = named;
-				next = (read_ok && !cleanups_stopping) ?
-					IGNY8_COMFY_CANCEL_AWAIT : IGNY8_COMFY_CANCEL_FORGET;
+				if (read_ok && !cleanups_stopping)
+					next = IGNY8_COMFY_CANCEL_AWAIT;
+				else if (c->unsure && !cleanups_stopping &&
+						 ++c->awaits < IGNY8_CLEANUP_AWAITS)
+				{
+					/* unsure: a read that failed is another round */
+					cleanup_later(c);
+					return;
+				}
 				break;
 			case IGNY8_COMFY_CANCEL_AWAIT:
-				if (named || !read_ok || cleanups_stopping ||
-					++c->awaits >= IGNY8_CLEANUP_AWAITS)
+				if (named || cleanups_stopping ||
+					++c->awaits >= IGNY8_CLEANUP_AWAITS ||
+					(!read_ok && !c->unsure))
 					next = IGNY8_COMFY_CANCEL_FORGET;
 				else if (!c->queued && !c->unsure)
 					done = true;	/* never ran: nothing to delete */
 				else
 				{
-					/* still running: another round later (cleanups_run) */
-					c->due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														 poll_wait_ms(c->awaits - 1));
+					/* still running, or unsure: another round later */
+					cleanup_later(c);
 					return;
 				}
 				break;
@@ -489,8 +497,10 @@ igny8_image_finish_cleanups(int max_ms)
 
 		if (c->transfer == NULL && c->due != 0)
 		{
+			/* an unsure one deletes and interrupts once more first */
 			c->due = 0;
-			(void) cleanup_send(c, IGNY8_COMFY_CANCEL_FORGET);
+			(void) cleanup_send(c, c->unsure ? IGNY8_COMFY_CANCEL_DELETE :
+								IGNY8_COMFY_CANCEL_FORGET);
 		}
 	}
 	while (cleanups != NIL && GetCurrentTimestamp() < end)
@@ -749,7 +759,7 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 			cls = IGNY8_ERR_FALLBACK;
 		igny8_job_report_health(p, t, a);
 		/* a submission that never reached ComfyUI queued nothing */
-		if (job->step == IGNY8_STEP_SUBMIT && never_sent(t))
+		if (job->step == IGNY8_STEP_SUBMIT && igny8_http_never_sent(t))
 			job->prompt_id = NULL;
 		cleanup_start(job, job->step == IGNY8_STEP_VIEW ?
 					  IGNY8_COMFY_CANCEL_FORGET : IGNY8_COMFY_CANCEL_DELETE,
