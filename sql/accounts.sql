@@ -57,20 +57,24 @@ CREATE ROLE igny8_acct_colupd LOGIN;
 GRANT UPDATE (account_id) ON igny8_account_roles TO igny8_acct_colupd;
 CREATE ROLE igny8_acct_trigger LOGIN;
 GRANT TRIGGER ON igny8_account_roles TO igny8_acct_trigger;
+-- (a trigger on the log sees every account's rows)
+CREATE ROLE igny8_acct_logtrigger LOGIN;
+GRANT TRIGGER ON ai_usage_log TO igny8_acct_logtrigger;
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_repl', 601)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_files', 601)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_via_program', 601)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_rebinder', 601)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_colupd', 601)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_trigger', 601)$$);
+SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_logtrigger', 601)$$);
 SELECT count(*) AS bound FROM igny8_account_roles;
 -- without those, the same role binds
 REVOKE UPDATE ON igny8_account_roles FROM igny8_acct_rebinder;
 SELECT igny8_grant_usage('igny8_acct_rebinder', 601);
 SELECT igny8_unbind_usage('igny8_acct_rebinder');
-DROP OWNED BY igny8_acct_rebinder, igny8_acct_colupd, igny8_acct_trigger;
+DROP OWNED BY igny8_acct_rebinder, igny8_acct_colupd, igny8_acct_trigger, igny8_acct_logtrigger;
 DROP ROLE igny8_acct_repl, igny8_acct_files, igny8_acct_via_program, igny8_acct_program,
-    igny8_acct_rebinder, igny8_acct_colupd, igny8_acct_trigger;
+    igny8_acct_rebinder, igny8_acct_colupd, igny8_acct_trigger, igny8_acct_logtrigger;
 
 -- the bound role is charged to its account, whatever it omits
 SET ROLE igny8_acct_a;

@@ -2720,8 +2720,9 @@ BEGIN
         -- roles read the data files or run programs as the server), one
         -- that can change the bindings (a column grant, or TRIGGER: a
         -- trigger runs as whoever binds next), the owner of the tables it
-        -- protects, or another role that may read them and is not bound to
-        -- the same account (the policies let it read every row).  The role
+        -- protects or one that can put triggers on them (a trigger sees
+        -- every row written), or another role that may read them and is not
+        -- bound to the same account (the policies let it read every row).  The role
         -- itself is looked at first, then the others by name, up to the
         -- first reason.
         FOR offender IN
@@ -2744,6 +2745,9 @@ BEGIN
                                    WHERE c.oid OPERATOR(pg_catalog.=) ANY (tables)
                                      AND c.relowner OPERATOR(pg_catalog.=) r.oid)
                        THEN 'owns ai_usage_log or igny8_jobs'
+                     WHEN EXISTS (SELECT 1 FROM pg_catalog.unnest(tables) AS t(rel)
+                                   WHERE pg_catalog.has_table_privilege(r.oid, t.rel, 'TRIGGER'))
+                       THEN 'can put triggers on ai_usage_log or igny8_jobs (they see every account''s rows)'
                      WHEN r.oid OPERATOR(pg_catalog.<>) role::oid
                           AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c
                                        WHERE c.oid OPERATOR(pg_catalog.=) ANY (tables)
