@@ -226,24 +226,46 @@ BEGIN
     RETURN (SELECT string_agg(line, E'\n') FROM comfy_out);
 END
 $f$;
+-- once ComfyUI has answered the POST /prompt tagged key (after its call
+-- ended), is its prompt gone: neither queued, nor running, nor in the
+-- history?
+CREATE FUNCTION gone_after_answer(key text) RETURNS boolean
+LANGUAGE plpgsql AS $f$
+DECLARE
+    id text;
+BEGIN
+    PERFORM wait_until(format($q$(SELECT count(*) FROM sim('log --role comfyui --key %s --path /prompt --field t_reply') l
+                                   WHERE l LIKE '%%.%%') = 1$q$, key),
+                       'the answer to the POST of ' || key);
+    SELECT l INTO id FROM sim('log --role comfyui --key ' || key || ' --path /prompt --field prompt_id') l LIMIT 1;
+    RETURN wait_until(format($q$position(%L in comfy_get('/queue')) = 0 AND comfy_get('/history/' || %L) = '{}'$q$,
+                             id, id),
+                      'the prompt of ' || key || ' gone from ComfyUI');
+END
+$f$;
+-- (the call runs in a connection of its own, cancelled once its POST is
+-- at the simulator)
+CREATE FUNCTION cancelled_at_arrival(query text, tag text) RETURNS boolean
+LANGUAGE plpgsql AS $f$
+DECLARE
+    caller int;
+    cancelled boolean;
+BEGIN
+    PERFORM dblink_connect(tag, 'dbname=' || current_database());
+    SELECT pid INTO caller FROM dblink(tag, 'SELECT pg_backend_pid()') AS t(pid int);
+    PERFORM dblink_send_query(tag, query);
+    PERFORM sim_wait_arrival(tag);
+    PERFORM pg_cancel_backend(caller);
+    PERFORM count(*) FROM dblink_get_result(tag, false) AS r(a text);
+    cancelled := dblink_error_message(tag) LIKE '%canceling statement%';
+    PERFORM dblink_disconnect(tag);
+    RETURN cancelled;
+END
+$f$;
 SELECT sim('reset');
-SELECT dblink_connect('ss', 'dbname=' || current_database());
-SELECT pid AS ss_pid FROM dblink('ss', 'SELECT pg_backend_pid()') AS t(pid int) \gset
-SELECT dblink_send_query('ss',
-    $$SELECT png_size(image) FROM igny8_generate_image('Slow submit [[sim comfyui:delay=2 run_time=3600 key=ss tag=ss]]', 'dall-e-2', '512x512')$$);
-SELECT sim_wait_arrival('ss');
-SELECT pg_cancel_backend(:ss_pid);
-SELECT count(*) AS rows FROM dblink_get_result('ss', false) AS r(a text);
-SELECT dblink_error_message('ss') LIKE '%canceling statement%' AS ss_cancelled;
-SELECT dblink_disconnect('ss');
--- ComfyUI answers the POST after the call ended (it had queued the prompt)
-SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key ss --path /prompt --field t_reply') l
-                      WHERE l LIKE '%.%') = 1$$,
-                  'the answer to the POST made after the call ended');
-SELECT (SELECT l FROM sim('log --role comfyui --key ss --path /prompt --field prompt_id') l LIMIT 1) AS ss_id \gset
-SELECT wait_until(format($$position(%L in comfy_get('/queue')) = 0 AND comfy_get('/history/' || %L) = '{}'$$,
-                         :'ss_id', :'ss_id'),
-                  'the prompt submitted after the call ended gone from ComfyUI');
+SELECT cancelled_at_arrival($$SELECT png_size(image) FROM igny8_generate_image('Slow submit [[sim comfyui:delay=2 run_time=3600 key=ss tag=ss]]', 'dall-e-2', '512x512')$$,
+                            'ss') AS ss_cancelled;
+SELECT gone_after_answer('ss') AS ss_gone;
 -- the worker did not close the connection
 SELECT count(*) AS disconnects FROM sim('log --role comfyui --key ss --path /prompt --field disconnect') l
  WHERE l = 'true';
@@ -257,37 +279,20 @@ INSERT INTO igny8_models (alias, provider_id, provider_model, task, workflow, ti
 VALUES ('img-late', 'comfyui', 'sdxl-lightning-4step', 'image', 'sdxl-lightning-4step', '1 s');
 SELECT wait_for_config();
 SELECT split_part(show_error($$SELECT igny8_generate_image('Late [[sim comfyui:delay=2 run_time=3600 key=late]]', 'img-late', '512x512')$$), ':', 1) AS error;
-SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key late --path /prompt --field t_reply') l
-                      WHERE l LIKE '%.%') = 1$$,
-                  'the answer to the POST that timed out');
-SELECT (SELECT l FROM sim('log --role comfyui --key late --path /prompt --field prompt_id') l LIMIT 1) AS late_id \gset
-SELECT wait_until(format($$position(%L in comfy_get('/queue')) = 0 AND comfy_get('/history/' || %L) = '{}'$$,
-                         :'late_id', :'late_id'),
-                  'the prompt queued after its POST timed out gone from ComfyUI');
+SELECT gone_after_answer('late') AS late_gone;
 SELECT count(*) AS disconnects FROM sim('log --role comfyui --key late --path /prompt --field disconnect') l
  WHERE l = 'true';
 -- the same when the call is cancelled first: the POST the worker kept
 -- going for its cleanup times out in its turn, and that cleanup is unsure
 SELECT sim('reset');
-SELECT dblink_connect('late2', 'dbname=' || current_database());
-SELECT pid AS late2_pid FROM dblink('late2', 'SELECT pg_backend_pid()') AS t(pid int) \gset
-SELECT dblink_send_query('late2',
-    $$SELECT png_size(image) FROM igny8_generate_image('Late cancelled [[sim comfyui:delay=2 run_time=3600 key=late2 tag=late2]]', 'img-late', '512x512')$$);
-SELECT sim_wait_arrival('late2');
-SELECT pg_cancel_backend(:late2_pid);
-SELECT count(*) AS rows FROM dblink_get_result('late2', false) AS r(a text);
-SELECT dblink_error_message('late2') LIKE '%canceling statement%' AS late2_cancelled;
-SELECT dblink_disconnect('late2');
-SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key late2 --path /prompt --field t_reply') l
-                      WHERE l LIKE '%.%') = 1$$,
-                  'the answer to the kept POST that timed out');
-SELECT (SELECT l FROM sim('log --role comfyui --key late2 --path /prompt --field prompt_id') l LIMIT 1) AS late2_id \gset
-SELECT wait_until(format($$position(%L in comfy_get('/queue')) = 0 AND comfy_get('/history/' || %L) = '{}'$$,
-                         :'late2_id', :'late2_id'),
-                  'the prompt queued after the kept POST timed out gone from ComfyUI');
+SELECT cancelled_at_arrival($$SELECT png_size(image) FROM igny8_generate_image('Late cancelled [[sim comfyui:delay=2 run_time=3600 key=late2 tag=late2]]', 'img-late', '512x512')$$,
+                            'late2') AS late2_cancelled;
+SELECT gone_after_answer('late2') AS late2_gone;
 DELETE FROM igny8_models WHERE alias = 'img-late';
 SELECT wait_for_config();
+DROP FUNCTION gone_after_answer(text);
 DROP FUNCTION comfy_get(text);
+DROP FUNCTION cancelled_at_arrival(text, text);
 DROP TABLE comfy_out;
 
 -- a poll answered 503 says nothing of the prompt, which may still run: it

@@ -1099,6 +1099,7 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
         poller = select.poll()
         poller.register(sock, select.POLLIN | select.POLLHUP |
                         select.POLLERR)
+        watching = True
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -1106,6 +1107,9 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
             if self.server.going_down:
                 raise ServerGoingDown()
             step = min(POLL_INTERVAL, remaining)
+            if not watching:
+                time.sleep(step)        # the client left: sleep on
+                continue
             if not poller.poll(step * 1000):
                 continue
             if self.server.going_down:
@@ -1118,14 +1122,8 @@ class SimHandler(http.server.BaseHTTPRequestHandler):
                 self.server.sim.state.update(self.rec, disconnect=True,
                                              t_disconnect=time.time())
                 if self.server.backend.finishes_after_disconnect:
-                    # sleep on, but not past a shutdown of the server
-                    while True:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            return
-                        if self.server.going_down:
-                            raise ServerGoingDown()
-                        time.sleep(min(POLL_INTERVAL, remaining))
+                    watching = False
+                    continue
                 raise ClientGone()
             # The client sent more data (pipelining): just wait.
             time.sleep(min(POLL_INTERVAL,
