@@ -636,6 +636,24 @@ igny8_http_never_sent(Igny8Transfer *t)
 		size == 0;
 }
 
+/*
+ * A finished transfer's answer as the protocol parsers read it, its body
+ * redacted of key (secrets.c; NULL: left as it came).  The body may be a
+ * palloc'd copy: resp lives no longer than the transfer.
+ */
+void
+igny8_http_answer(Igny8Transfer *t, const char *key, Igny8HttpResponse *resp)
+{
+	size_t		len = t->len;
+
+	memset(resp, 0, sizeof(*resp));
+	resp->status = t->status;
+	resp->retry_after = t->retry_after;
+	resp->should_retry = t->should_retry;
+	resp->body = t->body ? igny8_redact_body(t->body, &len, key, t->status) : "";
+	resp->body_len = t->body ? len : 0;
+}
+
 /* Did the transfer fail because the answer was over max_response_size? */
 bool
 igny8_http_too_large(Igny8Transfer *t)

@@ -298,13 +298,8 @@ adopt_accepted_id(Igny8Cleanup *c, Igny8Transfer *t)
 
 	if (t->result != CURLE_OK || t->status != 200 || t->body == NULL)
 		return;
-	memset(&resp, 0, sizeof(resp));
 	memset(&perr, 0, sizeof(perr));
-	resp.status = t->status;
-	resp.body = t->body;
-	resp.body_len = t->len;
-	resp.retry_after = -1;
-	resp.should_retry = -1;
+	igny8_http_answer(t, NULL, &resp);
 	if (igny8_comfyui_parse_submit(&resp, &accepted, &number, &perr) &&
 		accepted != NULL && strcmp(accepted, c->prompt_id) != 0)
 	{
@@ -361,11 +356,14 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 		bool		read_ok = (t->result == CURLE_OK && t->status == 200);
 		bool		named;
 		bool		done = false;
+		bool		posted;
 		Igny8ComfyCancel next = IGNY8_COMFY_CANCEL_FORGET;
 
 		if (c->transfer != t)
 			continue;
-		if (c->posting)
+		named = answer_names(c, t);
+		posted = c->posting;
+		if (posted)
 		{
 			/* the job's POST /prompt, ended */
 			c->posting = false;
@@ -376,58 +374,53 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 			{
 				/* queued, or perhaps: the usual cleanup, from the delete */
 				adopt_accepted_id(c, t);
-				c->unsure = (t->result != CURLE_OK || t->status != 200);
+				c->unsure = !read_ok;
 				next = IGNY8_COMFY_CANCEL_DELETE;
 			}
-			igny8_http_free(t);
-			c->transfer = NULL;
-			if (!done && cleanup_send(c, next))
-				return;
-			cleanups = foreach_delete_current(cleanups, lc);
-			cleanup_free(c);
-			return;
 		}
-		named = answer_names(c, t);
 		igny8_http_free(t);
 		c->transfer = NULL;
-		switch (c->sent)
+		if (!posted)
 		{
-			case IGNY8_COMFY_CANCEL_INTERRUPT:
-				next = cleanups_stopping ? IGNY8_COMFY_CANCEL_FORGET :
-					IGNY8_COMFY_CANCEL_QUEUED;
-				break;
-			case IGNY8_COMFY_CANCEL_QUEUED:
-				c->queued = named;
-				if (read_ok && !cleanups_stopping)
-					next = IGNY8_COMFY_CANCEL_AWAIT;
-				else if (c->unsure && !cleanups_stopping &&
-						 ++c->awaits < IGNY8_CLEANUP_AWAITS)
-				{
-					/* unsure: a read that failed is another round */
-					cleanup_later(c);
-					return;
-				}
-				break;
-			case IGNY8_COMFY_CANCEL_AWAIT:
-				if (named || cleanups_stopping ||
-					++c->awaits >= IGNY8_CLEANUP_AWAITS ||
-					(!read_ok && !c->unsure))
-					next = IGNY8_COMFY_CANCEL_FORGET;
-				else if (!c->queued && !c->unsure)
-					done = true;	/* never ran: nothing to delete */
-				else
-				{
-					/* still running, or unsure: another round later */
-					cleanup_later(c);
-					return;
-				}
-				break;
-			case IGNY8_COMFY_CANCEL_FORGET:
-				done = true;
-				break;
-			default:
-				next = c->sent + 1;
-				break;
+			switch (c->sent)
+			{
+				case IGNY8_COMFY_CANCEL_INTERRUPT:
+					next = cleanups_stopping ? IGNY8_COMFY_CANCEL_FORGET :
+						IGNY8_COMFY_CANCEL_QUEUED;
+					break;
+				case IGNY8_COMFY_CANCEL_QUEUED:
+					c->queued = named;
+					if (read_ok && !cleanups_stopping)
+						next = IGNY8_COMFY_CANCEL_AWAIT;
+					else if (c->unsure && !cleanups_stopping &&
+							 ++c->awaits < IGNY8_CLEANUP_AWAITS)
+					{
+						/* unsure: a read that failed is another round */
+						cleanup_later(c);
+						return;
+					}
+					break;
+				case IGNY8_COMFY_CANCEL_AWAIT:
+					if (named || cleanups_stopping ||
+						++c->awaits >= IGNY8_CLEANUP_AWAITS ||
+						(!read_ok && !c->unsure))
+						next = IGNY8_COMFY_CANCEL_FORGET;
+					else if (!c->queued && !c->unsure)
+						done = true;	/* never ran: nothing to delete */
+					else
+					{
+						/* still running, or unsure: another round later */
+						cleanup_later(c);
+						return;
+					}
+					break;
+				case IGNY8_COMFY_CANCEL_FORGET:
+					done = true;
+					break;
+				default:
+					next = c->sent + 1;
+					break;
+			}
 		}
 		if (!done && cleanup_send(c, next))
 			return;
@@ -732,7 +725,6 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 	Igny8ImageResult res;
 	Igny8ErrorClass cls = IGNY8_ERR_NONE;
 	Igny8Attempt *a = NULL;
-	size_t		len = t->len;
 	/* where the cleanup of a prompt submitted starts: it has finished */
 	Igny8ComfyCancel cleanup = IGNY8_COMFY_CANCEL_FORGET;
 
@@ -769,17 +761,9 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 		return;
 	}
 
-	resp.status = t->status;
-	resp.retry_after = t->retry_after;
-	resp.should_retry = t->should_retry;
-	resp.body = t->body ? t->body : "";
-	resp.body_len = t->body ? len : 0;
 	/* an image is not text: only other answers can echo the key */
-	if (t->body && !(job->step == IGNY8_STEP_VIEW && t->status == 200))
-	{
-		resp.body = igny8_redact_body(t->body, &len, p->key, t->status);
-		resp.body_len = len;
-	}
+	igny8_http_answer(t, (job->step == IGNY8_STEP_VIEW && t->status == 200) ?
+					  NULL : p->key, &resp);
 
 	switch (job->step)
 	{

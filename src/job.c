@@ -930,15 +930,9 @@ text_done(Igny8Job *job, Igny8Transfer *t)
 	else
 	{
 		Igny8HttpResponse resp;
-		size_t		len = t->len;
 
-		resp.status = t->status;
 		/* no key may survive into anything parsed or cut out of the body */
-		resp.body = t->body ? igny8_redact_body(t->body, &len, p->key,
-															 t->status) : "";
-		resp.body_len = t->body ? len : 0;
-		resp.retry_after = t->retry_after;
-		resp.should_retry = t->should_retry;
+		igny8_http_answer(t, p->key, &resp);
 		memset(&job->result, 0, sizeof(job->result));
 
 		if (igny8_text_protocol(p->kind)->parse_chat(&resp, &job->result,

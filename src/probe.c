@@ -253,10 +253,7 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 		{
 			Igny8HttpResponse resp;
 
-			memset(&resp, 0, sizeof(resp));
-			resp.status = t->status;
-			resp.body = t->body ? t->body : "";
-			resp.body_len = t->body ? t->len : 0;
+			igny8_http_answer(t, NULL, &resp);
 			if (!igny8_comfyui_parse_object_info(&resp,
 												 job->probe_files[job->probe_class].class_type,
 												 job->probe_files, job->nprobe_files) &&
@@ -286,15 +283,8 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 		int			nmodels;
 		const char **models = configured_models(job->config, job->probe,
 												&nmodels);
-		size_t		len = t->len;
 
-		resp.status = t->status;
-		resp.body = t->body ? igny8_redact_body(t->body, &len,
-												job->probe->key,
-												t->status) : "";
-		resp.body_len = t->body ? len : 0;
-		resp.retry_after = t->retry_after;
-		resp.should_retry = t->should_retry;
+		igny8_http_answer(t, job->probe->key, &resp);
 		memset(&job->probe_result, 0, sizeof(job->probe_result));
 		igny8_probe_protocol(job->probe->kind)->parse_probe(&resp, models,
 															nmodels,
