@@ -24,7 +24,9 @@
  * another client's work), then its history entry is deleted.  Those
  * cleanup calls belong to no job: the worker sends them on its own.  A
  * prompt whose POST /prompt is still in flight is cleaned up once ComfyUI
- * has answered it (cleanup_adopt).
+ * has answered it (cleanup_adopt).  A worker that starts cleans up the
+ * prompts an earlier incarnation of it left running or waiting
+ * (igny8_image_sweep).
  *
  * The image bytes stay where libcurl wrote them (a malloc'd buffer the job
  * takes over from the transfer) until they are copied into the payload
@@ -34,6 +36,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -82,10 +85,16 @@ typedef struct Igny8Cleanup
 								 * queue the prompt after our delete */
 	bool		queued;			/* in the last round's GET /queue */
 	TimestampTz due;			/* the next round, when no call is in flight */
+	char	   *sweep;			/* not NULL: no prompt of ours, but a read of
+								 * GET /queue for those an earlier incarnation
+								 * left at this provider (igny8_image_sweep),
+								 * whose id this is; prompt_id is NULL */
 } Igny8Cleanup;
 
 static List *cleanups = NIL;	/* of Igny8Cleanup, in TopMemoryContext */
 static bool cleanups_stopping = false;	/* the worker stops: no reads */
+static char *client_prefix = NULL;	/* of this worker's client_ids */
+static char *client_own = NULL; /* this incarnation's client_id */
 
 /* ----- the request ----- */
 
@@ -154,6 +163,31 @@ poll_wait_ms(int n)
 	return Min(wait, IGNY8_POLL_MAX_MS);
 }
 
+/*
+ * The client_id our prompts carry: "igny8_ai-<system identifier>-<postmaster
+ * start>-<worker index>-<pid>".  All but the pid name this worker in this
+ * run of the server (a crash restart keeps the postmaster and its start
+ * time; a copy of the cluster has another start), the pid this incarnation
+ * of it.  ComfyUI keeps it with the prompt, and igny8_image_sweep reads it
+ * back.
+ */
+static const char *
+client_id(void)
+{
+	if (client_own == NULL)
+	{
+		client_prefix = MemoryContextStrdup(TopMemoryContext,
+											psprintf("igny8_ai-" UINT64_FORMAT "-" INT64_FORMAT "-%d-",
+													 GetSystemIdentifier(),
+													 (int64) PgStartTime,
+													 igny8_worker_index));
+		client_own = MemoryContextStrdup(TopMemoryContext,
+										 psprintf("%s%d", client_prefix,
+												  MyProcPid));
+	}
+	return client_own;
+}
+
 /* ----- cleanup of a ComfyUI prompt left behind ----- */
 
 /*
@@ -174,7 +208,9 @@ cleanup_send(Igny8Cleanup *c, Igny8ComfyCancel what)
 											ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(request_cxt);
 	memset(&http, 0, sizeof(http));
-	if (!igny8_comfyui_build_cancel(what, c->prompt_id, c->key, &http))
+	if (c->sweep != NULL)
+		igny8_build_get(&http, "/queue", c->key);
+	else if (!igny8_comfyui_build_cancel(what, c->prompt_id, c->key, &http))
 	{
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(request_cxt);
@@ -201,7 +237,10 @@ cleanup_free(Igny8Cleanup *c)
 		pfree(c->proxy);
 	if (c->ca_file)
 		pfree(c->ca_file);
-	pfree(c->prompt_id);
+	if (c->prompt_id)
+		pfree(c->prompt_id);
+	if (c->sweep)
+		pfree(c->sweep);
 	pfree(c);
 }
 
@@ -221,21 +260,32 @@ cleanup_keep(Igny8Cleanup *c)
 	MemoryContextSwitchTo(old);
 }
 
+/* A cleanup of a prompt (NULL for a sweep) at a ComfyUI server. */
+static Igny8Cleanup *
+cleanup_alloc(const char *base_url, const char *key, const char *proxy,
+			  const char *ca_file, int connect_timeout_ms,
+			  const char *prompt_id)
+{
+	Igny8Cleanup *c = MemoryContextAllocZero(TopMemoryContext,
+											 sizeof(Igny8Cleanup));
+
+	c->base_url = top_strdup(base_url);
+	c->key = top_strdup(key);
+	c->proxy = top_strdup(proxy);
+	c->ca_file = top_strdup(ca_file);
+	c->connect_timeout_ms = connect_timeout_ms;
+	c->prompt_id = top_strdup(prompt_id);
+	return c;
+}
+
 /* A cleanup of the job's prompt, at its current provider. */
 static Igny8Cleanup *
 cleanup_new(Igny8Job *job)
 {
 	Igny8Provider *p = job->cands[job->cand]->provider;
-	Igny8Cleanup *c = MemoryContextAllocZero(TopMemoryContext,
-											 sizeof(Igny8Cleanup));
 
-	c->base_url = top_strdup(p->base_url);
-	c->key = top_strdup(p->key);
-	c->proxy = top_strdup(p->proxy);
-	c->ca_file = top_strdup(p->ca_file);
-	c->connect_timeout_ms = p->connect_timeout_ms;
-	c->prompt_id = top_strdup(job->prompt_id);
-	return c;
+	return cleanup_alloc(p->base_url, p->key, p->proxy, p->ca_file,
+						 p->connect_timeout_ms, job->prompt_id);
 }
 
 /*
@@ -332,6 +382,98 @@ cleanup_later(Igny8Cleanup *c)
 }
 
 /*
+ * A sweep's GET /queue ended (igny8_image_sweep).  Each prompt it lists
+ * under this worker's client_id prefix and another pid gets the cleanup a
+ * prompt of ours gets, from the delete.  A read that failed is made again
+ * at the next round, up to IGNY8_CLEANUP_AWAITS of them (about 20 s: a
+ * tunnel coming back up); a stopping worker reads no more.  lc is the
+ * sweep's cell in cleanups.
+ */
+static void
+sweep_done(Igny8Cleanup *sweep, Igny8Transfer *t, ListCell *lc)
+{
+	char	  **ids = NULL;
+	int			nids = 0;
+	bool		read = false;
+
+	if (t->result == CURLE_OK && !cleanups_stopping)
+	{
+		Igny8HttpResponse resp;
+
+		igny8_http_answer(t, sweep->key, &resp);
+		read = igny8_comfyui_parse_queue_of(&resp, client_prefix, client_own,
+											&ids, &nids);
+	}
+	igny8_http_free(t);
+	sweep->transfer = NULL;
+	if (!read && !cleanups_stopping && ++sweep->awaits < IGNY8_CLEANUP_AWAITS)
+	{
+		cleanup_later(sweep);
+		return;
+	}
+	cleanups = list_delete_cell(cleanups, lc);
+	if (!read && !cleanups_stopping)
+		ereport(LOG,
+				(errmsg("igny8_ai worker %d could not read the queue of ComfyUI provider \"%s\"",
+						igny8_worker_index, sweep->sweep),
+				 errdetail("Prompts an earlier run of this worker left there, if any, are not cleaned up.")));
+	else if (nids > 0)
+		ereport(LOG,
+				(errmsg_plural("igny8_ai worker %d cleans up %d prompt an earlier run of it left at ComfyUI provider \"%s\"",
+							   "igny8_ai worker %d cleans up %d prompts an earlier run of it left at ComfyUI provider \"%s\"",
+							   nids, igny8_worker_index, nids, sweep->sweep)));
+	for (int i = 0; i < nids; i++)
+	{
+		Igny8Cleanup *c = cleanup_alloc(sweep->base_url, sweep->key,
+										sweep->proxy, sweep->ca_file,
+										sweep->connect_timeout_ms, ids[i]);
+
+		if (cleanup_send(c, IGNY8_COMFY_CANCEL_DELETE))
+			cleanup_keep(c);
+		else
+			cleanup_free(c);
+	}
+	cleanup_free(sweep);
+}
+
+/*
+ * The worker starts: clean up what an earlier incarnation of it left at
+ * each ComfyUI server.  One that crashed, was killed, or exited with an
+ * error cleaned up nothing (a stopping one may not have finished), and
+ * ComfyUI runs a prompt whose client went away to the end.  ComfyUI's
+ * queue shows each prompt's client_id (client_id()): those of this worker
+ * in this run of the server and of another process are cleaned up as a
+ * prompt of ours would be.  Prompts of other clients, of other workers and
+ * of another server (a copy of the cluster included) are left alone.  One
+ * GET /queue per ComfyUI base URL.
+ */
+void
+igny8_image_sweep(const Igny8Config *config)
+{
+	(void) client_id();
+	for (int i = 0; i < config->nproviders; i++)
+	{
+		Igny8Provider *p = &config->providers[i];
+		Igny8Cleanup *c;
+		bool		seen = false;
+
+		if (p->kind != IGNY8_KIND_COMFYUI || !p->enabled)
+			continue;
+		for (int j = 0; j < i && !seen; j++)
+			seen = (config->providers[j].kind == IGNY8_KIND_COMFYUI &&
+					config->providers[j].enabled &&
+					strcmp(config->providers[j].base_url, p->base_url) == 0);
+		if (seen)
+			continue;
+		c = cleanup_alloc(p->base_url, p->key, p->proxy, p->ca_file,
+						  p->connect_timeout_ms, NULL);
+		c->sweep = top_strdup(p->id);
+		(void) cleanup_send(c, IGNY8_COMFY_CANCEL_QUEUED);
+		cleanup_keep(c);
+	}
+}
+
+/*
  * A cleanup call ended (whatever its outcome): send the next, wait, or
  * stop.  After the interrupt, each round reads GET /queue, then GET
  * /history/{id}: an entry there is deleted; a prompt that was neither
@@ -361,6 +503,11 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 
 		if (c->transfer != t)
 			continue;
+		if (c->sweep != NULL)
+		{
+			sweep_done(c, t, lc);
+			return;
+		}
 		named = answer_names(c, t);
 		posted = c->posting;
 		if (posted)
@@ -488,10 +635,18 @@ igny8_image_finish_cleanups(int max_ms)
 	{
 		Igny8Cleanup *c = lfirst(lc);
 
-		if (c->transfer == NULL && c->due != 0)
+		if (c->transfer != NULL || c->due == 0)
+			continue;
+		c->due = 0;
+		if (c->sweep != NULL)
+		{
+			/* a sweep waiting to read again: given up */
+			cleanups = foreach_delete_current(cleanups, lc);
+			cleanup_free(c);
+		}
+		else
 		{
 			/* an unsure one deletes and interrupts once more first */
-			c->due = 0;
 			(void) cleanup_send(c, c->unsure ? IGNY8_COMFY_CANCEL_DELETE :
 								IGNY8_COMFY_CANCEL_FORGET);
 		}
@@ -654,7 +809,7 @@ image_start(Igny8Job *job, TimestampTz now)
 		req.graph = d->workflow->graph;
 		req.bindings = d->workflow->bindings;
 		req.defaults = d->workflow->defaults;
-		req.client_id = psprintf("igny8_ai-%d-%d", igny8_worker_index, MyProcPid);
+		req.client_id = client_id();
 		req.prompt_id = job->prompt_id;
 		req.filename_prefix = prefix;
 		if (!igny8_comfyui_build_submit(&req, p->key, &http, &error))

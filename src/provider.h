@@ -403,6 +403,9 @@ extern bool igny8_comfyui_build_cancel(Igny8ComfyCancel what,
 									   const char *prompt_id,
 									   const char *api_key,
 									   Igny8HttpRequest *out);
+extern bool igny8_comfyui_parse_queue_of(const Igny8HttpResponse *resp,
+										 const char *prefix, const char *own,
+										 char ***ids, int *nids);
 
 /*
  * The model files of a ComfyUI workflow, checked by the health probe

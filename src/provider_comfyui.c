@@ -1064,6 +1064,73 @@ igny8_comfyui_build_cancel(Igny8ComfyCancel what, const char *prompt_id,
 	return true;
 }
 
+/*
+ * The prompts of GET /queue (running and waiting) whose client_id begins
+ * with prefix and is not own: their prompt_ids, palloc'd, in *ids (*nids
+ * of them; NULL and 0 for none).  An entry is [number, prompt_id, graph,
+ * extra_data, outputs...], and ComfyUI keeps a POST's client_id in its
+ * extra_data (protocols.md 2.3).  False when the answer is not a queue
+ * (not a 200, not JSON, neither list there).
+ */
+bool
+igny8_comfyui_parse_queue_of(const Igny8HttpResponse *resp,
+							 const char *prefix, const char *own,
+							 char ***ids, int *nids)
+{
+	static const char *const lists[] = {"queue_running", "queue_pending"};
+	cJSON	   *json;
+	bool		any = false;
+	size_t		plen = strlen(prefix);
+	int			cap = 0;
+
+	*ids = NULL;
+	*nids = 0;
+	if (resp->status != 200)
+		return false;
+	json = igny8_json_parse(resp->body, resp->body_len);
+	if (!cJSON_IsObject(json))
+	{
+		cJSON_Delete(json);
+		return false;
+	}
+	for (int i = 0; i < lengthof(lists); i++)
+	{
+		cJSON	   *list = cJSON_GetObjectItemCaseSensitive(json, lists[i]);
+		cJSON	   *entry;
+
+		if (!cJSON_IsArray(list))
+			continue;
+		any = true;
+		cJSON_ArrayForEach(entry, list)
+		{
+			cJSON	   *id = cJSON_GetArrayItem(entry, 1);
+			cJSON	   *extra = cJSON_GetArrayItem(entry, 3);
+			const char *client;
+
+			if (!cJSON_IsArray(entry) || !cJSON_IsString(id) ||
+				id->valuestring[0] == '\0' ||
+				strlen(id->valuestring) > IGNY8_PROMPT_ID_MAX ||
+				!igny8_utf8_valid(id->valuestring, strlen(id->valuestring)) ||
+				!cJSON_IsObject(extra))
+				continue;
+			client = igny8_json_string(extra, "client_id");
+			if (client != NULL && strncmp(client, prefix, plen) == 0 &&
+				strcmp(client, own) != 0)
+			{
+				if (*nids == cap)
+				{
+					cap = cap ? cap * 2 : 8;
+					*ids = *ids ? repalloc(*ids, sizeof(char *) * cap) :
+						palloc(sizeof(char *) * cap);
+				}
+				(*ids)[(*nids)++] = pstrdup(id->valuestring);
+			}
+		}
+	}
+	cJSON_Delete(json);
+	return any;
+}
+
 /* ----- the model files a workflow needs (the health probe) ----- */
 
 static bool

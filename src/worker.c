@@ -76,6 +76,7 @@ static bool encoding_ready = false;
 static MemoryContext loop_cxt = NULL;
 static volatile sig_atomic_t shutdown_requested = false;
 static TimestampTz flush_deferred_since = 0;	/* 0: not deferring */
+static bool swept = false;		/* igny8_image_sweep was called */
 
 /* SIGTERM: stop in the loop, after every caller has an answer. */
 static void
@@ -346,6 +347,13 @@ refresh_config(bool need_one)
 	config_generation = gen;
 	config_stale = false;
 	pg_atomic_write_u64(&me->config_generation, gen);
+
+	/* with its first configuration, a worker knows its ComfyUI servers */
+	if (config != NULL && !swept)
+	{
+		swept = true;
+		igny8_image_sweep(config);
+	}
 }
 
 /* ----- taking requests ----- */

@@ -549,6 +549,7 @@ extern void igny8_job_mark_sent(Igny8Job *job);
 /* image.c */
 extern bool igny8_image_parse_request(Igny8Job *job, const char *json);
 extern void igny8_image_cleanup_done(Igny8Transfer *t);
+extern void igny8_image_sweep(const Igny8Config *config);
 extern TimestampTz igny8_image_cleanups_due(void);
 extern bool igny8_image_cleanups_run(TimestampTz now);
 extern void igny8_image_finish_cleanups(int max_ms);

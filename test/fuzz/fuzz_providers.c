@@ -24,6 +24,8 @@
  *		 ComfyUI's parse_history, and build_view of each image it lists;
  *	 image-view
  *		 ComfyUI's parse_view and igny8_png_check on the body;
+ *	 image-queue
+ *		 ComfyUI's parse_queue_of (a worker's earlier prompts in GET /queue);
  *	 image-openai
  *		 OpenAI's parse_image, igny8_base64_decode on the body, and
  *		 build_image with the body as the deployment settings;
@@ -88,7 +90,8 @@ typedef enum FuzzImage
 	IMAGE_SUBMIT,
 	IMAGE_HISTORY,
 	IMAGE_VIEW,
-	IMAGE_OPENAI
+	IMAGE_OPENAI,
+	IMAGE_QUEUE
 } FuzzImage;
 
 /* What IGNY8_FUZZ_TARGET can name; all three empty means all. */
@@ -112,7 +115,8 @@ static const FuzzTarget targets[] = {
 	{"image-submit", NULL, NULL, IMAGE_SUBMIT},
 	{"image-history", NULL, NULL, IMAGE_HISTORY},
 	{"image-view", NULL, NULL, IMAGE_VIEW},
-	{"image-openai", NULL, NULL, IMAGE_OPENAI}
+	{"image-openai", NULL, NULL, IMAGE_OPENAI},
+	{"image-queue", NULL, NULL, IMAGE_QUEUE}
 };
 
 /* must match test/unit/test_providers.c (COMFY_ID) */
@@ -482,6 +486,32 @@ check_request(Igny8HttpRequest *out, const char *method)
 	}
 	pfree(out->path);
 	free_maybe(out->body);
+}
+
+/* ComfyUI's parse_queue_of: prompts of one client_id prefix but one. */
+static void
+fuzz_queue(const Igny8HttpResponse *resp)
+{
+	char	  **ids;
+	int			nids;
+
+	if (igny8_comfyui_parse_queue_of(resp, "igny8_ai-7-42-0-",
+									 "igny8_ai-7-42-0-200", &ids, &nids))
+	{
+		FUZZ_ASSERT(resp->status == 200);
+		FUZZ_ASSERT(nids >= 0 && (nids == 0) == (ids == NULL));
+		for (int i = 0; i < nids; i++)
+		{
+			FUZZ_ASSERT(ids[i][0] != '\0');
+			FUZZ_ASSERT(strlen(ids[i]) <= IGNY8_PROMPT_ID_MAX);
+			FUZZ_ASSERT(pg_utf8(ids[i], strlen(ids[i])));
+			pfree(ids[i]);
+		}
+		if (ids)
+			pfree(ids);
+	}
+	else
+		FUZZ_ASSERT(nids == 0 && ids == NULL);
 }
 
 /* ComfyUI's parse_submit, and build_submit with the body as a workflow. */
@@ -891,6 +921,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_history(&resp, sel);
 	if (all || target->image == IMAGE_VIEW)
 		fuzz_view(&resp);
+	if (all || target->image == IMAGE_QUEUE)
+		fuzz_queue(&resp);
 	if (all || target->image == IMAGE_OPENAI)
 		fuzz_openai_image(&resp, settings, sel, data, size);
 	if (cJSON_IsObject(settings))

@@ -4047,6 +4047,76 @@ test_comfyui_requests(void)
 	end_group();
 }
 
+/* ----- ComfyUI: the prompts of a worker's earlier incarnation in GET /queue ----- */
+
+static void
+test_comfyui_parse_queue_of(void)
+{
+	static const char *const prefix = "igny8_ai-7-42-0-";
+	static const char *const own = "igny8_ai-7-42-0-200";
+	static const char queue[] =
+		"{\"queue_running\":[[3,\"p-run\",{},{\"client_id\":\"igny8_ai-7-42-0-100\"},[\"9\"]]],"
+		"\"queue_pending\":["
+		"[4,\"p-own\",{},{\"client_id\":\"igny8_ai-7-42-0-200\"},[]],"
+		"[5,\"p-other-worker\",{},{\"client_id\":\"igny8_ai-7-42-1-100\"},[]],"
+		"[6,\"p-worker-10\",{},{\"client_id\":\"igny8_ai-7-42-01-100\"},[]],"
+		"[7,\"p-other-start\",{},{\"client_id\":\"igny8_ai-7-421-0-100\"},[]],"
+		"[8,\"p-other-server\",{},{\"client_id\":\"igny8_ai-8-42-0-100\"},[]],"
+		"[9,\"p-other-client\",{},{\"client_id\":\"someone\"},[]],"
+		"[10,\"p-no-client\",{},{},[]],"
+		"[11,\"p-no-extra\",{}],"
+		"\"not an entry\",[12],[13,14,{},{\"client_id\":\"igny8_ai-7-42-0-1\"},[]],"
+		"[15,\"\",{},{\"client_id\":\"igny8_ai-7-42-0-1\"},[]],"
+		"[16,\"p-old\",{},{\"client_id\":\"igny8_ai-7-42-0-99\",\"extra_pnginfo\":{}},[\"9\"]]]}";
+	static const struct
+	{
+		const char *name;
+		long		status;
+		const char *body;
+	}			unread[] = {
+		{"a 500", 500, "{\"queue_running\":[],\"queue_pending\":[]}"},
+		{"not JSON", 200, "<html>"},
+		{"an array", 200, "[]"},
+		{"no queue", 200, "{\"error\":\"x\"}"},
+	};
+	Igny8HttpResponse resp;
+	char	  **ids;
+	int			nids;
+
+	begin_group("ComfyUI parse_queue_of: prompts an earlier run of a worker left");
+	resp = make_response(200, queue, strlen(queue), -1, -1);
+	CHECK(igny8_comfyui_parse_queue_of(&resp, prefix, own, &ids, &nids));
+	/* running first, then waiting; never our own, another worker's or server's */
+	CHECK(nids == 2);
+	if (nids == 2)
+	{
+		CHECK_STR(ids[0], "p-run");
+		CHECK_STR(ids[1], "p-old");
+	}
+	for (int i = 0; i < nids; i++)
+		pfree(ids[i]);
+	if (ids)
+		pfree(ids);
+
+	resp = make_response(200, "{\"queue_running\":[],\"queue_pending\":[]}",
+						 strlen("{\"queue_running\":[],\"queue_pending\":[]}"),
+						 -1, -1);
+	CHECK(igny8_comfyui_parse_queue_of(&resp, prefix, own, &ids, &nids));
+	CHECK(nids == 0 && ids == NULL);
+
+	for (int i = 0; i < (int) lengthof(unread); i++)
+	{
+		begin_case(i, unread[i].name);
+		resp = make_response(unread[i].status, unread[i].body,
+							 strlen(unread[i].body), -1, -1);
+		nids = -1;
+		CHECK(!igny8_comfyui_parse_queue_of(&resp, prefix, own, &ids, &nids));
+		CHECK(nids == 0 && ids == NULL);
+	}
+	case_name = NULL;
+	end_group();
+}
+
 /* ----- ComfyUI: the model files a workflow needs (health probe) ----- */
 
 static const char *const files_graph =
@@ -4730,6 +4800,7 @@ main(int argc, char **argv)
 	test_comfyui_parse_submit();
 	test_comfyui_parse_history();
 	test_comfyui_requests();
+	test_comfyui_parse_queue_of();
 	test_comfyui_model_files();
 	test_comfyui_parse_view();
 	test_openai_image_size();
