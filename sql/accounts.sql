@@ -48,6 +48,7 @@ DROP ROLE igny8_acct_creator;
 -- change the bindings, itself or through a role it can SET ROLE to
 CREATE ROLE igny8_acct_repl LOGIN REPLICATION;
 CREATE ROLE igny8_acct_files LOGIN IN ROLE pg_read_server_files;
+CREATE ROLE igny8_acct_writer LOGIN IN ROLE pg_write_server_files;
 CREATE ROLE igny8_acct_program NOLOGIN IN ROLE pg_execute_server_program;
 CREATE ROLE igny8_acct_via_program LOGIN IN ROLE igny8_acct_program;
 CREATE ROLE igny8_acct_rebinder LOGIN;
@@ -62,6 +63,7 @@ CREATE ROLE igny8_acct_logtrigger LOGIN;
 GRANT TRIGGER ON ai_usage_log TO igny8_acct_logtrigger;
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_repl', 601)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_files', 601)$$);
+SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_writer', 601)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_via_program', 601)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_rebinder', 601)$$);
 SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_colupd', 601)$$);
@@ -73,7 +75,7 @@ REVOKE UPDATE ON igny8_account_roles FROM igny8_acct_rebinder;
 SELECT igny8_grant_usage('igny8_acct_rebinder', 601);
 SELECT igny8_unbind_usage('igny8_acct_rebinder');
 DROP OWNED BY igny8_acct_rebinder, igny8_acct_colupd, igny8_acct_trigger, igny8_acct_logtrigger;
-DROP ROLE igny8_acct_repl, igny8_acct_files, igny8_acct_via_program, igny8_acct_program,
+DROP ROLE igny8_acct_repl, igny8_acct_files, igny8_acct_writer, igny8_acct_via_program, igny8_acct_program,
     igny8_acct_rebinder, igny8_acct_colupd, igny8_acct_trigger, igny8_acct_logtrigger;
 
 -- the bound role is charged to its account, whatever it omits
