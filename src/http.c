@@ -267,6 +267,9 @@ igny8_http_timeout_ms(void)
 	long		secs;
 	int			usecs;
 
+	/* a transfer that could not start is finished already */
+	if (failed_starts != NIL)
+		return 0;
 	if (!timer_set)
 		return -1;
 	TimestampDifference(GetCurrentTimestamp(), timer_at, &secs, &usecs);

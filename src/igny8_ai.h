@@ -300,6 +300,13 @@ extern int	igny8_job_retention_s;
 
 /* shared memory (shmem.c) */
 extern Igny8Shared *igny8_shared;
+/*
+ * How many times the postmaster has made igny8_ai's shared memory in this
+ * run of the server: 1 at its start, one more after each crash restart.
+ * Set in the postmaster, inherited by the processes it forks; 0 where it
+ * is not known.
+ */
+extern int	igny8_shared_generation;
 extern Igny8Slot *igny8_slots;
 extern int *igny8_free_stack;
 extern int *igny8_queues;		/* nworkers rings of nslots entries */

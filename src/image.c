@@ -437,10 +437,11 @@ sweep_done(Igny8Cleanup *sweep, Igny8Transfer *t, ListCell *lc)
 }
 
 /*
- * The worker starts: clean up what an earlier incarnation of it left at
- * each ComfyUI server.  One that crashed, was killed, or exited with an
- * error cleaned up nothing (a stopping one may not have finished), and
- * ComfyUI runs a prompt whose client went away to the end.  ComfyUI's
+ * The worker starts again in this run of the server: clean up what an
+ * earlier incarnation of it left at each ComfyUI server.  One that
+ * crashed, was killed, or exited with an error cleaned up nothing (a
+ * stopping one may not have finished), and ComfyUI runs a prompt whose
+ * client went away to the end.  ComfyUI's
  * queue shows each prompt's client_id (client_id()): those of this worker
  * in this run of the server and of another process are cleaned up as a
  * prompt of ours would be.  Prompts of other clients, of other workers and

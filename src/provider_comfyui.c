@@ -1093,7 +1093,7 @@ igny8_comfyui_parse_queue_of(const Igny8HttpResponse *resp,
 		cJSON_Delete(json);
 		return false;
 	}
-	for (int i = 0; i < lengthof(lists); i++)
+	for (int i = 0; i < (int) lengthof(lists); i++)
 	{
 		cJSON	   *list = cJSON_GetObjectItemCaseSensitive(json, lists[i]);
 		cJSON	   *entry;

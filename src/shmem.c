@@ -29,6 +29,7 @@
 #define IGNY8_DSA_INITIAL_SIZE	(1024 * 1024)
 
 Igny8Shared *igny8_shared = NULL;
+int			igny8_shared_generation = 0;
 Igny8Slot  *igny8_slots = NULL;
 int		   *igny8_free_stack = NULL;
 int		   *igny8_queues = NULL;
@@ -185,7 +186,11 @@ igny8_shmem_startup(void)
 	igny8_job_waiters = ShmemInitStruct("igny8_ai job waiters", waiters_size(),
 										&found_other);
 	if (!found)
+	{
 		init_shared();
+		if (!IsUnderPostmaster)
+			igny8_shared_generation++;
+	}
 	igny8_budget_shmem_startup();
 	igny8_account_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);

@@ -76,7 +76,8 @@ static bool encoding_ready = false;
 static MemoryContext loop_cxt = NULL;
 static volatile sig_atomic_t shutdown_requested = false;
 static TimestampTz flush_deferred_since = 0;	/* 0: not deferring */
-static bool swept = false;		/* igny8_image_sweep was called */
+static bool swept = false;		/* igny8_image_sweep was called, or is not
+								 * needed */
 
 /* SIGTERM: stop in the loop, after every caller has an answer. */
 static void
@@ -348,7 +349,10 @@ refresh_config(bool need_one)
 	config_stale = false;
 	pg_atomic_write_u64(&me->config_generation, gen);
 
-	/* with its first configuration, a worker knows its ComfyUI servers */
+	/*
+	 * With its first configuration, a worker knows its ComfyUI servers and
+	 * can clean up what an earlier incarnation left there.
+	 */
 	if (config != NULL && !swept)
 	{
 		swept = true;
@@ -866,6 +870,14 @@ igny8_worker_main(Datum main_arg)
 	igny8_budget_forget_worker(igny8_worker_index);
 	igny8_worker_started_at = GetCurrentTimestamp();
 	SpinLockAcquire(&me->mutex);
+	/*
+	 * Was there an earlier incarnation of this worker in this run of the
+	 * server, which may have left ComfyUI prompts behind?  One that exited
+	 * left its start time here; one that died in a crash went with the
+	 * shared memory, which the postmaster has made again since.  A worker
+	 * started with the server has nothing to look for.
+	 */
+	swept = (me->started_at == 0 && igny8_shared_generation == 1);
 	me->procno = MyProc->pgprocno;
 	me->pid = MyProcPid;
 	me->started_at = igny8_worker_started_at;

@@ -4080,6 +4080,7 @@ test_comfyui_parse_queue_of(void)
 		{"no queue", 200, "{\"error\":\"x\"}"},
 	};
 	Igny8HttpResponse resp;
+	char	   *unset[1] = {NULL};
 	char	  **ids;
 	int			nids;
 
@@ -4101,6 +4102,7 @@ test_comfyui_parse_queue_of(void)
 	resp = make_response(200, "{\"queue_running\":[],\"queue_pending\":[]}",
 						 strlen("{\"queue_running\":[],\"queue_pending\":[]}"),
 						 -1, -1);
+	ids = unset;
 	CHECK(igny8_comfyui_parse_queue_of(&resp, prefix, own, &ids, &nids));
 	CHECK(nids == 0 && ids == NULL);
 
@@ -4109,6 +4111,7 @@ test_comfyui_parse_queue_of(void)
 		begin_case(i, unread[i].name);
 		resp = make_response(unread[i].status, unread[i].body,
 							 strlen(unread[i].body), -1, -1);
+		ids = unset;
 		nids = -1;
 		CHECK(!igny8_comfyui_parse_queue_of(&resp, prefix, own, &ids, &nids));
 		CHECK(nids == 0 && ids == NULL);
