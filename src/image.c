@@ -24,9 +24,9 @@
  * another client's work), then its history entry is deleted.  Those
  * cleanup calls belong to no job: the worker sends them on its own.  A
  * prompt whose POST /prompt is still in flight is cleaned up once ComfyUI
- * has answered it (cleanup_adopt).  A worker that starts cleans up the
- * prompts an earlier incarnation of it left running or waiting
- * (igny8_image_sweep).
+ * has answered it (cleanup_adopt).  A worker that starts again in the
+ * same run of the server cleans up the prompts an earlier incarnation of
+ * it left running or waiting (igny8_image_sweep).
  *
  * The image bytes stay where libcurl wrote them (a malloc'd buffer the job
  * takes over from the transfer) until they are copied into the payload
@@ -441,12 +441,12 @@ sweep_done(Igny8Cleanup *sweep, Igny8Transfer *t, ListCell *lc)
  * earlier incarnation of it left at each ComfyUI server.  One that
  * crashed, was killed, or exited with an error cleaned up nothing (a
  * stopping one may not have finished), and ComfyUI runs a prompt whose
- * client went away to the end.  ComfyUI's
- * queue shows each prompt's client_id (client_id()): those of this worker
- * in this run of the server and of another process are cleaned up as a
- * prompt of ours would be.  Prompts of other clients, of other workers and
- * of another server (a copy of the cluster included) are left alone.  One
- * GET /queue per ComfyUI base URL.
+ * client went away to the end.  ComfyUI's queue shows each prompt's
+ * client_id (client_id()): those of this worker in this run of the server
+ * and of another process are cleaned up as a prompt of ours would be.
+ * Prompts of other clients, of other workers and of another server (a
+ * copy of the cluster included) are left alone.  One GET /queue per
+ * ComfyUI base URL.
  */
 void
 igny8_image_sweep(const Igny8Config *config)

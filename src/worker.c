@@ -870,6 +870,7 @@ igny8_worker_main(Datum main_arg)
 	igny8_budget_forget_worker(igny8_worker_index);
 	igny8_worker_started_at = GetCurrentTimestamp();
 	SpinLockAcquire(&me->mutex);
+
 	/*
 	 * Was there an earlier incarnation of this worker in this run of the
 	 * server, which may have left ComfyUI prompts behind?  One that exited

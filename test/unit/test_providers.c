@@ -4059,7 +4059,7 @@ test_comfyui_parse_queue_of(void)
 		"\"queue_pending\":["
 		"[4,\"p-own\",{},{\"client_id\":\"igny8_ai-7-42-0-200\"},[]],"
 		"[5,\"p-other-worker\",{},{\"client_id\":\"igny8_ai-7-42-1-100\"},[]],"
-		"[6,\"p-worker-10\",{},{\"client_id\":\"igny8_ai-7-42-01-100\"},[]],"
+		"[6,\"p-worker-01\",{},{\"client_id\":\"igny8_ai-7-42-01-100\"},[]],"
 		"[7,\"p-other-start\",{},{\"client_id\":\"igny8_ai-7-421-0-100\"},[]],"
 		"[8,\"p-other-server\",{},{\"client_id\":\"igny8_ai-8-42-0-100\"},[]],"
 		"[9,\"p-other-client\",{},{\"client_id\":\"someone\"},[]],"
