@@ -2721,10 +2721,10 @@ BEGIN
         -- that can change the bindings (a column grant, or TRIGGER: a
         -- trigger runs as whoever binds next), the owner of the tables it
         -- protects or one that can put triggers on them (a trigger sees
-        -- every row written), or another role that may read them and is not
-        -- bound to the same account (the policies let it read every row).  The role
-        -- itself is looked at first, then the others by name, up to the
-        -- first reason.
+        -- every row written), or another role that may read them and is
+        -- not bound to the same account (the policies let it read every
+        -- row).  The role itself is looked at first, then the others by
+        -- name, up to the first reason.
         FOR offender IN
             SELECT r.oid FROM pg_catalog.pg_roles r
              WHERE pg_catalog.pg_has_role(role::oid, r.oid, 'MEMBER')

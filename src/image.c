@@ -85,10 +85,10 @@ typedef struct Igny8Cleanup
 								 * queue the prompt after our delete */
 	bool		queued;			/* in the last round's GET /queue */
 	TimestampTz due;			/* the next round, when no call is in flight */
-	char	   *sweep;			/* not NULL: no prompt of ours, but a read of
-								 * GET /queue for those an earlier incarnation
-								 * left at this provider (igny8_image_sweep),
-								 * whose id this is; prompt_id is NULL */
+	char	   *sweep_provider; /* not NULL: no prompt of ours, but a read
+								 * of GET /queue at this provider for those
+								 * an earlier incarnation left
+								 * (igny8_image_sweep); prompt_id is NULL */
 } Igny8Cleanup;
 
 static List *cleanups = NIL;	/* of Igny8Cleanup, in TopMemoryContext */
@@ -208,7 +208,7 @@ cleanup_send(Igny8Cleanup *c, Igny8ComfyCancel what)
 											ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(request_cxt);
 	memset(&http, 0, sizeof(http));
-	if (c->sweep != NULL)
+	if (c->sweep_provider != NULL)
 		igny8_build_get(&http, "/queue", c->key);
 	else if (!igny8_comfyui_build_cancel(what, c->prompt_id, c->key, &http))
 	{
@@ -239,8 +239,8 @@ cleanup_free(Igny8Cleanup *c)
 		pfree(c->ca_file);
 	if (c->prompt_id)
 		pfree(c->prompt_id);
-	if (c->sweep)
-		pfree(c->sweep);
+	if (c->sweep_provider)
+		pfree(c->sweep_provider);
 	pfree(c);
 }
 
@@ -415,13 +415,13 @@ sweep_done(Igny8Cleanup *sweep, Igny8Transfer *t, ListCell *lc)
 	if (!read && !cleanups_stopping)
 		ereport(LOG,
 				(errmsg("igny8_ai worker %d could not read the queue of ComfyUI provider \"%s\"",
-						igny8_worker_index, sweep->sweep),
+						igny8_worker_index, sweep->sweep_provider),
 				 errdetail("Prompts an earlier run of this worker left there, if any, are not cleaned up.")));
 	else if (nids > 0)
 		ereport(LOG,
 				(errmsg_plural("igny8_ai worker %d cleans up %d prompt an earlier run of it left at ComfyUI provider \"%s\"",
 							   "igny8_ai worker %d cleans up %d prompts an earlier run of it left at ComfyUI provider \"%s\"",
-							   nids, igny8_worker_index, nids, sweep->sweep)));
+							   nids, igny8_worker_index, nids, sweep->sweep_provider)));
 	for (int i = 0; i < nids; i++)
 	{
 		Igny8Cleanup *c = cleanup_alloc(sweep->base_url, sweep->key,
@@ -468,7 +468,7 @@ igny8_image_sweep(const Igny8Config *config)
 			continue;
 		c = cleanup_alloc(p->base_url, p->key, p->proxy, p->ca_file,
 						  p->connect_timeout_ms, NULL);
-		c->sweep = top_strdup(p->id);
+		c->sweep_provider = top_strdup(p->id);
 		(void) cleanup_send(c, IGNY8_COMFY_CANCEL_QUEUED);
 		cleanup_keep(c);
 	}
@@ -504,7 +504,7 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 
 		if (c->transfer != t)
 			continue;
-		if (c->sweep != NULL)
+		if (c->sweep_provider != NULL)
 		{
 			sweep_done(c, t, lc);
 			return;
@@ -639,7 +639,7 @@ igny8_image_finish_cleanups(int max_ms)
 		if (c->transfer != NULL || c->due == 0)
 			continue;
 		c->due = 0;
-		if (c->sweep != NULL)
+		if (c->sweep_provider != NULL)
 		{
 			/* a sweep waiting to read again: given up */
 			cleanups = foreach_delete_current(cleanups, lc);

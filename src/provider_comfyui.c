@@ -681,6 +681,15 @@ comfyui_malformed(Igny8ProviderError *err, const char *what)
 	err->retry_once = true;
 }
 
+/* A prompt_id as ComfyUI names prompts: short UTF-8, not empty. */
+static bool
+comfyui_prompt_id_ok(const char *id)
+{
+	size_t		len = strlen(id);
+
+	return len > 0 && len <= IGNY8_PROMPT_ID_MAX && igny8_utf8_valid(id, len);
+}
+
 /*
  * Read the answer to POST /prompt: true on a 2xx with a prompt_id, which
  * goes to *prompt_id (palloc'd).  A 200 may carry node_errors for outputs
@@ -709,8 +718,7 @@ igny8_comfyui_parse_submit(const Igny8HttpResponse *resp, char **prompt_id,
 	else if ((id = igny8_json_string(json, "prompt_id")) == NULL ||
 			 id[0] == '\0')
 		comfyui_malformed(err, "no prompt_id");
-	else if (strlen(id) > IGNY8_PROMPT_ID_MAX ||
-			 !igny8_utf8_valid(id, strlen(id)))
+	else if (!comfyui_prompt_id_ok(id))
 		comfyui_malformed(err, "the prompt_id is not a short UTF-8 string");
 	else
 	{
@@ -1103,14 +1111,15 @@ igny8_comfyui_parse_queue_of(const Igny8HttpResponse *resp,
 		any = true;
 		cJSON_ArrayForEach(entry, list)
 		{
-			cJSON	   *id = cJSON_GetArrayItem(entry, 1);
-			cJSON	   *extra = cJSON_GetArrayItem(entry, 3);
+			cJSON	   *id;
+			cJSON	   *extra;
 			const char *client;
 
-			if (!cJSON_IsArray(entry) || !cJSON_IsString(id) ||
-				id->valuestring[0] == '\0' ||
-				strlen(id->valuestring) > IGNY8_PROMPT_ID_MAX ||
-				!igny8_utf8_valid(id->valuestring, strlen(id->valuestring)) ||
+			if (!cJSON_IsArray(entry))
+				continue;
+			id = cJSON_GetArrayItem(entry, 1);
+			extra = cJSON_GetArrayItem(entry, 3);
+			if (!cJSON_IsString(id) || !comfyui_prompt_id_ok(id->valuestring) ||
 				!cJSON_IsObject(extra))
 				continue;
 			client = igny8_json_string(extra, "client_id");

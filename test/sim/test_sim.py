@@ -1863,10 +1863,13 @@ class TestComfyUIExecution(SimTestCase):
         # a client that leaves while its prompt is being taken: the
         # disconnect is logged, and the prompt is queued all the same
         graph = with_directive(sdxl_graph(seed=12), "[[sim comfyui:"
-                               "delay=0.6 tag=left]]")
+                               "delay=2 tag=left]]")
         sock = raw_request("comfyui", "/prompt", {"prompt": graph,
                                                   "prompt_id": "left"})
-        time.sleep(0.2)
+        deadline = time.monotonic() + 1.5      # read, and in its delay
+        while not self.log(tag="left"):
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
         sock.close()
         self.assertEqual(wait_history("left")["status"]["status_str"],
                          "success")
