@@ -214,6 +214,12 @@ SELECT show_error(format('SELECT igny8_submit_text(''x'', ''gpt-4'', %L)',
 SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"timeout": -1}'')');
 SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"account_id": -1}'')');
 SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"system": 1}'')');
+-- an alias that does not exist, or serves the other task (42704, 42809)
+SELECT show_error('SELECT igny8_submit_text(''x'', ''no-such-alias'')');
+SELECT show_error('SELECT igny8_submit_text(''x'', ''dall-e-3'')');
+SELECT show_error('SELECT igny8_submit_chat(''[{"role": "user", "content": "x"}]'', ''no-such-alias'')');
+SELECT show_error('SELECT igny8_submit_image(''x'', ''gpt-4'')');
+SELECT show_error('SELECT igny8_submit_batch(ARRAY[''a''], ''dall-e-3'')');
 SELECT show_error('SELECT igny8_submit_chat(NULL)');
 SELECT show_error('SELECT igny8_submit_chat(''[]'')');
 SELECT show_error('SELECT igny8_submit_chat(''[{"role": "user"}]'')');
@@ -237,6 +243,18 @@ SELECT show_error(format('SELECT igny8_wait_job(%s, ''-1 s'')', :j1));
 SELECT show_error('SELECT igny8_cancel_job(NULL)');
 SELECT show_error('SELECT igny8_cancel_job(-1)');
 SELECT count(*) - :jobs_before AS jobs_added FROM igny8_jobs;
+
+-- a job whose alias is deleted in its own transaction fails with the
+-- router's error when it runs, and the workers go on (none restarts)
+INSERT INTO igny8_models (alias, provider_id, provider_model) VALUES ('doomed', 'self_hosted_ai', 'qwen3:8b');
+SELECT string_agg(pid::text, ',' ORDER BY worker) AS worker_pids FROM igny8_worker_status() \gset
+BEGIN;
+SELECT igny8_submit_text('Doomed [[sim ollama:tag=jd]]', 'doomed') AS jd \gset
+DELETE FROM igny8_models WHERE alias = 'doomed';
+COMMIT;
+SELECT state, error_code, error_message, attempts FROM igny8_wait_job(:jd, '30 s');
+SELECT line AS jd_requests FROM sim('log --tag jd --count') AS line;
+SELECT string_agg(pid::text, ',' ORDER BY worker) = :'worker_pids' AS same_workers FROM igny8_worker_status();
 
 -- waiting in a REPEATABLE READ transaction cannot see the job finish
 SELECT igny8_submit_text('Repeatable [[sim ollama:delay=1]]', 'gpt-4') AS jr \gset

@@ -504,13 +504,15 @@ igny8_cache_to_write(Igny8Job *job)
 void
 igny8_cache_write(Igny8Job *job)
 {
-	const char *schema = job->config->schema;
+	const char *schema;
 	Datum		values[10];
 	char		nulls[10];
 	int			ret;
 
+	/* (a job whose routing failed has no configuration) */
 	if (!igny8_cache_to_write(job))
 		return;
+	schema = job->config->schema;
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = key_datum(job);
 

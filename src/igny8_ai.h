@@ -435,6 +435,18 @@ typedef struct Igny8SlotError
 extern void igny8_slot_error(int slotno, Igny8SlotError *err);
 extern void igny8_new_request_id(pg_uuid_t *id);
 
+/* router.c: a refusal of the request before any attempt */
+typedef struct Igny8RouteError
+{
+	int			sqlerrcode;
+	char	   *message;
+	char	   *detail;
+	char	   *hint;
+} Igny8RouteError;
+
+extern void igny8_alias_error(const char *alias, Igny8Task task,
+							  bool other_task, Igny8RouteError *err);
+
 /* dispatch_image.c */
 extern void igny8_image_job_request(FunctionCallInfo fcinfo,
 									Igny8JobOptions *job, Igny8Request *req);

@@ -117,6 +117,31 @@ add_with_fallbacks(Igny8Config *config, const char *alias, Igny8Task task,
 }
 
 /*
+ * The error of an alias that does not exist (other_task false) or serves
+ * only the other task: the router's, and igny8_submit_*'s (submit.c).
+ */
+void
+igny8_alias_error(const char *alias, Igny8Task task, bool other_task,
+				  Igny8RouteError *err)
+{
+	memset(err, 0, sizeof(*err));
+	if (other_task)
+	{
+		err->sqlerrcode = ERRCODE_WRONG_OBJECT_TYPE;
+		err->message = psprintf("model alias \"%s\" does not generate %s",
+								alias,
+								task == IGNY8_TASK_IMAGE ? "images" : "text");
+		err->hint = pstrdup("Use an alias whose igny8_models.task matches the call.");
+	}
+	else
+	{
+		err->sqlerrcode = ERRCODE_UNDEFINED_OBJECT;
+		err->message = psprintf("model alias \"%s\" does not exist", alias);
+		err->hint = pstrdup("Model aliases are the \"alias\" column of igny8_models.");
+	}
+}
+
+/*
  * Build the candidate list for an alias.  Returns false, with *err filled,
  * when the alias is unknown or nothing can serve it.
  */
@@ -132,9 +157,7 @@ igny8_route(Igny8Config *config, const char *alias, Igny8Task task,
 	memset(err, 0, sizeof(*err));
 	if (!alias_known(config, alias))
 	{
-		err->sqlerrcode = ERRCODE_UNDEFINED_OBJECT;
-		err->message = psprintf("model alias \"%s\" does not exist", alias);
-		err->hint = pstrdup("Model aliases are the \"alias\" column of igny8_models.");
+		igny8_alias_error(alias, task, false, err);
 		return false;
 	}
 
@@ -156,13 +179,7 @@ igny8_route(Igny8Config *config, const char *alias, Igny8Task task,
 		}
 		err->sqlerrcode = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 		if (other_task)
-		{
-			err->sqlerrcode = ERRCODE_WRONG_OBJECT_TYPE;
-			err->message = psprintf("model alias \"%s\" does not generate %s",
-									alias,
-									task == IGNY8_TASK_IMAGE ? "images" : "text");
-			err->hint = pstrdup("Use an alias whose igny8_models.task matches the call.");
-		}
+			igny8_alias_error(alias, task, true, err);
 		else
 		{
 			err->message = psprintf("model alias \"%s\" has no enabled deployment",

@@ -198,6 +198,57 @@ kind_name(Igny8Task task)
 	}
 }
 
+/*
+ * A job's alias must exist and serve its task (itself, or through its
+ * fallbacks), as igny8_models and igny8_fallbacks read in the submitting
+ * transaction, as the tables' owner: the same errors as a call's (router.c),
+ * raised before anything is queued.  An alias with no enabled deployment
+ * is accepted: a provider may be off for a while, and the job fails when it
+ * runs if it still is.  Needs SPI.
+ */
+static void
+check_alias(const JobsTable *t, const Igny8Request *req)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	AsOwner		s;
+	int			ret;
+	bool		isnull;
+	int64		rows;
+	bool		serves;
+	Igny8RouteError err;
+
+	values[0] = CStringGetTextDatum(req->alias);
+	values[1] = CStringGetTextDatum(req->task == IGNY8_TASK_IMAGE ? "image" : "text");
+	as_owner(t, &s);
+	ret = SPI_execute_with_args(psprintf(
+		"WITH RECURSIVE reach(alias) AS ("
+		" SELECT $1 UNION SELECT f.fallback_alias FROM %s.igny8_fallbacks f, reach r"
+		"  WHERE f.alias OPERATOR(pg_catalog.=) r.alias)"
+		" SELECT (SELECT pg_catalog.count(*) FROM %s.igny8_models m"
+		"          WHERE m.alias OPERATOR(pg_catalog.=) $1),"
+		"        EXISTS (SELECT FROM %s.igny8_models m, reach r"
+		"                 WHERE m.alias OPERATOR(pg_catalog.=) r.alias"
+		"                   AND m.task OPERATOR(pg_catalog.=) $2)",
+		t->schema, t->schema, t->schema),
+		2, types, values, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read igny8_models: %s",
+			 SPI_result_code_string(ret));
+	rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull));
+	serves = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 2, &isnull));
+	as_caller(&s);
+	if (rows > 0 && serves)
+		return;
+	igny8_alias_error(req->alias, req->task, rows > 0, &err);
+	ereport(ERROR,
+			(errcode(err.sqlerrcode),
+			 errmsg_internal("%s", err.message),
+			 errhint("%s", err.hint)));
+}
+
 #define INSERT_NARGS 11
 
 /*
@@ -290,6 +341,7 @@ submit_one(const Igny8Request *req, const Igny8JobOptions *job)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	jobs_table(&t);
+	check_alias(&t, req);
 	id = insert_job(&t, req, job, job->idempotency_key);
 	SPI_finish();
 	return id;
@@ -452,6 +504,8 @@ igny8_submit_batch(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	jobs_table(&t);
+	if (n > 0)
+		check_alias(&t, &reqs[0]);
 	for (int i = 0; i < n; i++)
 		ids[i] = Int64GetDatum(insert_job(&t, &reqs[i], &job,
 										  job.idempotency_key ?

@@ -246,15 +246,6 @@ extern char *igny8_redact_body(char *body, size_t *len, const char *key,
 
 /* ----- router.c ----- */
 
-/* a refusal of the request before any attempt */
-typedef struct Igny8RouteError
-{
-	int			sqlerrcode;
-	char	   *message;
-	char	   *detail;
-	char	   *hint;
-} Igny8RouteError;
-
 extern bool igny8_route(Igny8Config *config, const char *alias,
 						Igny8Task task, Igny8Deployment ***candidates,
 						int *ncandidates, Igny8RouteError *err);
