@@ -429,17 +429,25 @@ effective_max_tokens(Igny8Job *job, Igny8Deployment *d)
  * does, its estimate is reserved (budget.c).  When not, the budget's
  * action applies: refuse ends the job with SQLSTATE 53400, and
  * self_hosted_only skips the candidate.
+ *
+ * The prices and budgets are those of the worker's latest configuration,
+ * not of the one the job was routed with: a job that waited for a place
+ * or a retry while a budget or a price was added is checked against it,
+ * and its cost is counted with the same prices (usage.c).
  */
 static bool
 budget_admits(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
 {
 	Igny8BudgetRefusal r;
+	Igny8Config *latest = igny8_worker_config();
 	int64		estimate;
 
+	if (latest == NULL)
+		latest = job->config;
 	if (!job->has_account || job->budget_reserved > 0 ||
-		job->config == NULL || job->config->nbudgets == 0)
+		latest == NULL || latest->nbudgets == 0)
 		return true;
-	estimate = igny8_attempt_estimate(job->config, job, d,
+	estimate = igny8_attempt_estimate(latest, job, d,
 									  effective_max_tokens(job, d), now);
 	if (estimate <= 0)
 		return true;			/* not paid */

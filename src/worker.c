@@ -277,6 +277,12 @@ igny8_worker_recover(void)
 
 /* ----- the configuration ----- */
 
+Igny8Config *
+igny8_worker_config(void)
+{
+	return config;
+}
+
 /* Load the configuration if it changed, or must be loaded again. */
 static void
 refresh_config(bool need_one)

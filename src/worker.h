@@ -486,6 +486,9 @@ extern TimestampTz igny8_worker_started_at;
 extern dlist_head igny8_jobs;
 extern List *igny8_pending_notifies;
 
+/* the configuration this worker loaded last (NULL before the first) */
+extern Igny8Config *igny8_worker_config(void);
+
 extern Igny8Job *igny8_job_create(int slotno);
 extern void igny8_job_route(Igny8Job *job, Igny8Config *config,
 							const char *load_error);
