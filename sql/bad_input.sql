@@ -68,6 +68,11 @@ SELECT igny8_chat('[{"content":"Hi"}]', 'gpt-4');
 SELECT igny8_chat('[{"role":"robot","content":"Hi"}]', 'gpt-4');
 SELECT igny8_chat('[{"role":"user","content":42}]', 'gpt-4');
 SELECT igny8_chat('[{"role":"system","content":"Only a system prompt"}]', 'gpt-4');
+-- an empty or blank content, but in a last assistant message
+SELECT igny8_chat('[{"role":"user","content":""}]', 'gpt-4');
+SELECT igny8_chat('[{"role":"system","content":"  "},{"role":"user","content":"Hi"}]', 'gpt-4');
+SELECT igny8_chat('[{"role":"user","content":"Hi"},{"role":"assistant","content":""},{"role":"user","content":"Again"}]', 'gpt-4');
+SELECT igny8_submit_chat('[{"role":"user","content":"Hi"},{"role":"user","content":"\n"}]', 'gpt-4');
 SELECT igny8_chat('not json', 'gpt-4');
 -- messages over igny8_ai.max_prompt_size are refused before they are parsed
 SET igny8_ai.max_prompt_size = '1kB';
@@ -84,6 +89,10 @@ SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"max_tokens": 1
 SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"max_tokens": "5"}');
 SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"temperature": 3}');
 SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"timeout": 0}');
+-- numbers beyond a double's range name their option
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"temperature": 1e400}');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"timeout": -1e400}');
+SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4', '{"timeout": 1e-400}');
 
 -- a provider whose key reference cannot be resolved: the error names the
 -- provider and the reference, never a key

@@ -61,3 +61,7 @@ SELECT content, provider, model, input_tokens, output_tokens FROM igny8_chat(
 SELECT sim('log --tag c3 --field body');
 SELECT sim('log --tag c3 --field headers')::jsonb->>'authorization' AS authorization;
 UPDATE igny8_providers SET enabled = true WHERE id = 'self_hosted_ai';
+-- a last assistant message may be empty (the others may not): sent as it is
+SELECT content IS NOT NULL AS answered, provider FROM igny8_chat(
+    '[{"role":"user","content":"Hi [[sim ollama:tag=c4]]"},{"role":"assistant","content":""}]', 'gpt-4');
+SELECT sim('log --tag c4 --field body')::jsonb->'messages' AS sent;

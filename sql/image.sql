@@ -385,6 +385,8 @@ SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1000x1001')$$)
 SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"steps": 0}')$$);
 SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"steps": 151}')$$);
 SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"cfg": -1}')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"cfg": 1e400}')$$);
+SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"cfg": 1e-400}')$$);
 SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"seed": -1}')$$);
 SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"quality": "ultra"}')$$);
 SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024x1024', '{"colour": "red"}')$$);

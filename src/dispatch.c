@@ -924,6 +924,10 @@ append_messages(StringInfo buf, const char *messages_json)
 			bad_messages(psprintf("Element %d has no valid \"role\".", i));
 		if (!cJSON_IsString(content))
 			bad_messages(psprintf("Element %d has no string \"content\".", i));
+		/* as Anthropic's rule: only a last assistant message may be empty */
+		if (igny8_is_blank(content->valuestring) &&
+			(m->next != NULL || strcmp(role->valuestring, "assistant") != 0))
+			bad_messages(psprintf("Element %d has an empty \"content\"; only the last message, when it is the assistant's, may be empty.", i));
 		if (strcmp(role->valuestring, "system") != 0)
 			has_turn = true;
 		append_message(buf, &first, role->valuestring, content->valuestring);
@@ -974,10 +978,15 @@ igny8_option_numeric(JsonbValue *v, const char *name)
 	return v->val.numeric;
 }
 
+/*
+ * A numeric option as a double.  Beyond a double's range it becomes
+ * +/-HUGE_VAL or 0 (no error of its own): the option's own range check
+ * then names the option, and a huge timeout means no limit.
+ */
 double
 igny8_numeric_double(Numeric n)
 {
-	return DatumGetFloat8(DirectFunctionCall1(numeric_float8,
+	return DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow,
 											  NumericGetDatum(n)));
 }
 
