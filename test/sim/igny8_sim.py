@@ -2448,6 +2448,13 @@ class AnthropicBackend(Backend):
             if role not in ("user", "assistant"):
                 return self.invalid(ex, "messages.%d.role: Input should be "
                                     "'user' or 'assistant'" % i)
+            content = message.get("content")
+            if (content == "" or content == []) and not (
+                    i == len(messages) - 1 and role == "assistant"):
+                return self.invalid(
+                    ex, "messages.%d: all messages must have non-empty "
+                    "content except for the optional final assistant "
+                    "message" % i)
         system = p.get("system")
         if system is not None and not isinstance(system, (str, list)):
             return self.invalid(ex, "system: Input should be a valid string")

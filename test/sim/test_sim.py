@@ -971,6 +971,31 @@ class TestAnthropic(SimTestCase):
             self.assertEqual(r.status, 400)
             self.assertIn("max_tokens", r.json()["error"]["message"])
 
+    def test_empty_content(self):
+        """Only a final assistant message may be empty."""
+        headers = {"x-api-key": ANTHROPIC_KEY,
+                   "anthropic-version": "2023-06-01"}
+        for messages, status in (
+                ([{"role": "user", "content": ""}], 400),
+                ([{"role": "user", "content": []}], 400),
+                ([{"role": "user", "content": "hi"},
+                  {"role": "assistant", "content": ""},
+                  {"role": "user", "content": "again"}], 400),
+                ([{"role": "user", "content": "hi"},
+                  {"role": "assistant", "content": ""}], 200)):
+            r = call("anthropic", "POST", "/v1/messages",
+                     {"model": "claude", "max_tokens": 10,
+                      "messages": messages}, headers)
+            self.assertEqual(r.status, status, messages)
+            if status == 400:
+                err = r.json()["error"]
+                self.assertEqual(err["type"], "invalid_request_error")
+                self.assertEqual(
+                    err["message"],
+                    "messages.%d: all messages must have non-empty content "
+                    "except for the optional final assistant message"
+                    % (len(messages) - 1 if len(messages) == 1 else 1))
+
     def test_error_directives(self):
         cases = ((429, "rate_limit_error"), (500, "api_error"),
                  (529, "overloaded_error"), (404, "not_found_error"),
