@@ -155,6 +155,27 @@ SELECT provider FROM igny8_chat('[{"role": "user", "content": "Budget fallback [
                                 'budget-two', '{"account_id": 505, "max_tokens": 20}');
 SELECT attempt, provider, http_status, success FROM ai_usage_log
  WHERE account_id = 505 AND model_used IS NOT NULL ORDER BY id;
+-- and so does one that never reached its provider (a refused connection):
+-- account 508 has the same room, and a prompt of the same 57 bytes
+INSERT INTO igny8_providers (id, kind, base_url, api_key_ref)
+VALUES ('openai_down', 'openai', current_setting('igny8_test.dead_url'), 'env:OPENAI_API_KEY');
+INSERT INTO igny8_prices (provider, model, unit, price)
+VALUES ('openai_down', 'gpt-4', 'per_1m_input_tokens', 30),
+       ('openai_down', 'gpt-4', 'per_1m_output_tokens', 60);
+INSERT INTO igny8_models (alias, provider_id, provider_model, timeout, max_tokens)
+VALUES ('budget-down', 'openai_down', 'gpt-4', '60 s', 4096);
+INSERT INTO igny8_fallbacks (alias, position, fallback_alias)
+VALUES ('budget-down', 1, 'budget-sonnet');
+INSERT INTO ai_usage_log (request_id, account_id, provider, task_type, model_alias,
+                          success, attempt, cost)
+VALUES (gen_random_uuid(), 508, 'openai', 'chat', 'budget-paid', true, 1, 0.0964);
+INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (508, 'day', 0.10);
+SELECT wait_for_config();
+SELECT provider FROM igny8_chat('[{"role": "user", "content": "Budget fallback after a connection that was refused, ok!!"}]',
+                                'budget-down', '{"account_id": 508, "max_tokens": 20}');
+SELECT attempt, provider, http_status, success, error_message FROM ai_usage_log
+ WHERE account_id = 508 AND model_used IS NOT NULL ORDER BY id;
+SELECT reserved FROM igny8_budget_status() WHERE account_id = 508;
 
 -- a budget made while an attempt is in flight holds none of its
 -- reservation: when that attempt's row commits, the new month budget keeps
@@ -193,6 +214,8 @@ SELECT provider FROM igny8_chat('[{"role": "user", "content": "Month"}]', 'gpt-4
                                 '{"account_id": 503, "max_tokens": 20}');
 SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Month [[sim ollama:status=500]]"}]',
                                       'gpt-4', '{"account_id": 503, "max_tokens": 20}')$$);
+-- nothing spent is nothing to warn of: no notice for a limit of 0
+SELECT spend, warned FROM igny8_budget_status() WHERE account_id = 503;
 -- the session's igny8_ai.account_id is the account too
 SET igny8_ai.account_id = 503;
 SELECT show_error($$SELECT igny8_generate_text('Month', 'budget-paid', 20)$$);
@@ -203,6 +226,25 @@ SELECT wait_for_config();
 SELECT provider FROM igny8_chat('[{"role": "user", "content": "Month"}]', 'budget-paid',
                                 '{"account_id": 503, "max_tokens": 20}');
 
+-- at the most budgets shared memory holds (1,024), a budget that replaces
+-- another in one transaction is enforced at once
+DELETE FROM igny8_budgets;
+INSERT INTO igny8_budgets (account_id, period, limit_usd)
+SELECT 10000 + i, 'day', 1 FROM generate_series(1, 1024) i;
+SELECT wait_for_config();
+SELECT count(*) AS entries FROM igny8_budget_status();
+BEGIN;
+DELETE FROM igny8_budgets WHERE account_id = 10001;
+INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (509, 'day', 0);
+COMMIT;
+SELECT wait_for_config();
+SELECT count(*) AS entries, count(*) FILTER (WHERE account_id = 509) AS replaced,
+       count(*) FILTER (WHERE account_id = 10001) AS gone
+  FROM igny8_budget_status();
+SELECT show_error($$SELECT igny8_generate_text('Replaced', 'budget-paid', 20, account_id => 509)$$);
+DELETE FROM igny8_budgets;
+SELECT wait_for_config();
+
 -- the budgets are configuration: pg_dump keeps them
 SELECT c.oid::regclass AS dumped
   FROM pg_extension e, unnest(e.extconfig) c(oid)
@@ -210,7 +252,9 @@ SELECT c.oid::regclass AS dumped
  ORDER BY 1;
 
 DELETE FROM igny8_budgets;
-DELETE FROM igny8_fallbacks WHERE alias IN ('budget-paid', 'budget-two');
-DELETE FROM igny8_models WHERE alias IN ('budget-paid', 'budget-local', 'budget-two', 'budget-sonnet');
+DELETE FROM igny8_fallbacks WHERE alias IN ('budget-paid', 'budget-two', 'budget-down');
+DELETE FROM igny8_models WHERE alias IN ('budget-paid', 'budget-local', 'budget-two', 'budget-sonnet', 'budget-down');
+DELETE FROM igny8_prices WHERE provider = 'openai_down';
+DELETE FROM igny8_providers WHERE id = 'openai_down';
 DROP FUNCTION notices_until_sentinel();
 SELECT wait_for_config();

@@ -260,7 +260,8 @@ notice_payload(Igny8BudgetEntry *e)
 static void
 check_warning_locked(Igny8BudgetEntry *e)
 {
-	if (!e->loading && entry_spent(e) >= e->warn &&
+	/* (nothing spent is nothing to warn of, whatever the limit) */
+	if (!e->loading && entry_spent(e) > 0 && entry_spent(e) >= e->warn &&
 		e->warned_for != e->period_start)
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
@@ -334,6 +335,31 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 		Igny8Budget *b = &config->budgets[i];
 		Igny8BudgetEntry *e = find_entry(b->account_id, b->period);
 
+		if (e != NULL)
+			keep[e - budgets->entries] = true;
+	}
+	/*
+	 * Drop the entries of budgets that are gone, keeping the order, before
+	 * new ones are made: a budget that replaces another finds its room.
+	 */
+	{
+		int			j = 0;
+
+		for (int i = 0; i < budgets->n; i++)
+		{
+			if (!keep[i])
+				continue;
+			if (i != j)
+				budgets->entries[j] = budgets->entries[i];
+			j++;
+		}
+		budgets->n = j;
+	}
+	for (int i = 0; i < config->nbudgets; i++)
+	{
+		Igny8Budget *b = &config->budgets[i];
+		Igny8BudgetEntry *e = find_entry(b->account_id, b->period);
+
 		if (e == NULL && budgets->n < IGNY8_MAX_BUDGETS)
 		{
 			e = &budgets->entries[budgets->n++];
@@ -349,21 +375,6 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 		e->limit = b->limit;
 		e->warn = b->warn;
 		e->self_hosted_only = b->self_hosted_only;
-		keep[e - budgets->entries] = true;
-	}
-	/* drop the entries of budgets that are gone, keeping the order */
-	{
-		int			j = 0;
-
-		for (int i = 0; i < budgets->n; i++)
-		{
-			if (!keep[i])
-				continue;
-			if (i != j)
-				budgets->entries[j] = budgets->entries[i];
-			j++;
-		}
-		budgets->n = j;
 	}
 	LWLockRelease(budgets->lock);
 	pfree(keep);
@@ -599,6 +610,9 @@ igny8_budget_status(PG_FUNCTION_ARGS)
 		Igny8BudgetEntry *e = &copy[i];
 		Datum		values[9];
 		bool		nulls[9];
+
+		/* a period that ended shows the new one, with nothing spent yet */
+		roll_period(e, GetCurrentTimestamp());
 
 		memset(nulls, 0, sizeof(nulls));
 		values[0] = Int64GetDatum(e->account_id);

@@ -893,6 +893,9 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 		bool		too_large = igny8_http_too_large(t);
 
 		a = igny8_job_end_attempt(job, t, now);
+		/* a poll or a download follows a prompt that was sent */
+		if (job->step != IGNY8_STEP_SUBMIT && job->step != IGNY8_STEP_OPENAI)
+			a->unsent = false;
 		if (too_large &&
 			(job->step == IGNY8_STEP_VIEW || job->step == IGNY8_STEP_OPENAI))
 			a->error = psprintf("the image is larger than %zu bytes (settings.max_image_bytes)",

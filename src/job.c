@@ -390,8 +390,9 @@ settle_unbilled(Igny8Job *job)
 		return;
 	a = (Igny8Attempt *) llast(job->attempts);
 	if (a->success || a->budget_reserved <= 0 ||
-		(a->sent && (a->http_status < 400 || a->input_tokens > 0 ||
-					 a->output_tokens > 0 || a->images > 0)))
+		(a->sent && !a->unsent &&
+		 (a->http_status < 400 || a->input_tokens > 0 ||
+		  a->output_tokens > 0 || a->images > 0)))
 		return;
 	igny8_budget_settle(job->account_id, a->budget_reserved, a->budget_made,
 						NULL);
@@ -476,7 +477,9 @@ budget_admits(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
 						   psprintf("budget of account %lld is exhausted",
 									(long long) job->account_id),
 						   igny8_budget_refusal_detail(job->account_id, &r),
-						   final_hint(job, "Raise limit_usd in igny8_budgets, or wait for the next period."));
+						   final_hint(job, r.estimate > r.limit ?
+									  "This attempt alone is estimated above the limit, so waiting for the next period will not help: pass a smaller max_tokens (the estimate counts all of it), or raise limit_usd in igny8_budgets." :
+									  "Raise limit_usd in igny8_budgets, or wait for the next period."));
 	return false;
 }
 
@@ -855,6 +858,7 @@ igny8_job_end_attempt(Igny8Job *job, Igny8Transfer *t, TimestampTz now)
 	a->sent = true;
 	a->duration_ms = (double) (now - job->attempt_start) / 1000.0;
 	a->http_status = (t != NULL && t->result == CURLE_OK) ? t->status : 0;
+	a->unsent = (t != NULL && igny8_http_never_sent(t));
 	return a;
 }
 

@@ -348,6 +348,8 @@ typedef struct Igny8Attempt
 	int			image_height;
 	int			steps;			/* sampler steps (ComfyUI), or 0 */
 	bool		sent;			/* reached the network: gets a usage row */
+	bool		unsent;			/* ... but its transfer sent no byte (refused,
+								 * DNS, TLS, connect timeout) */
 	bool		logged;
 	const char *api_key_ref;	/* the account's own key's reference, or
 								 * NULL: the provider's key */
