@@ -49,3 +49,24 @@ TRUNCATE ai_usage_log;
 SELECT show_error($$SELECT igny8_generate_text('Too late [[sim ollama:status=404]] [[sim openai:status=429 retry_after=30]] [[sim anthropic:status=404]]',
                                              'gpt-4-turbo', timeout => '3 s')$$);
 SELECT * FROM attempts;
+-- nor one that would leave less than an attempt's minimum (100 ms) before
+-- it: the next candidate is tried at once
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('Nearly too late [[sim ollama:status=404]] [[sim openai:status=429 retry_after=2.95]]',
+                           'gpt-4-turbo', timeout => '3 s');
+SELECT * FROM attempts;
+
+-- a call's own short timeout says nothing about the provider: a backend
+-- that answers in 2 s is not failing for calls that allow 1 s
+SELECT igny8_generate_text('Healthy first', 'gpt-4') IS NOT NULL AS answered;
+SELECT show_error($$SELECT igny8_generate_text('Slow one [[sim ollama:delay=2]]', 'gpt-4', timeout => '1 s')$$);
+SELECT show_error($$SELECT igny8_generate_text('Slow two [[sim ollama:delay=2]]', 'gpt-4', timeout => '1 s')$$);
+SELECT state, consecutive_failures FROM igny8_service_status WHERE provider = 'self_hosted_ai';
+-- the deployment's own timeout does count
+INSERT INTO igny8_models (alias, provider_id, provider_model, timeout)
+VALUES ('slow-local', 'self_hosted_ai', 'qwen3:8b', '1 s');
+SELECT wait_for_config();
+SELECT show_error($$SELECT igny8_generate_text('Slow three [[sim ollama:delay=2]]', 'slow-local', timeout => '30 s')$$);
+SELECT state, consecutive_failures FROM igny8_service_status WHERE provider = 'self_hosted_ai';
+DELETE FROM igny8_models WHERE alias = 'slow-local';
+SELECT igny8_generate_text('Healthy again', 'gpt-4') IS NOT NULL AS answered;

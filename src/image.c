@@ -744,7 +744,7 @@ attempt_timed_out(Igny8Job *job, TimestampTz now)
 						job->prompt_id ? job->prompt_id : "?");
 	/* the deployment's timeout, not the caller's earlier deadline */
 	if (job->attempt_deadline < job->deadline)
-		igny8_job_report_health(job->cands[job->cand]->provider, NULL, a);
+		igny8_job_report_health(job, job->cands[job->cand]->provider, NULL, a);
 	cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE, false);
 	igny8_job_next_candidate(job, now);
 }
@@ -908,7 +908,7 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 			cls = too_large ? IGNY8_ERR_FALLBACK : igny8_http_classify_transport(t);
 		if (cls == IGNY8_ERR_RETRY && job->retries >= 1)
 			cls = IGNY8_ERR_FALLBACK;
-		igny8_job_report_health(p, t, a);
+		igny8_job_report_health(job, p, t, a);
 		/* a submission that never reached ComfyUI queued nothing */
 		if (job->step == IGNY8_STEP_SUBMIT && igny8_http_never_sent(t))
 			job->prompt_id = NULL;
@@ -1034,7 +1034,7 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 		a->error = igny8_redact(perr.message ? perr.message : "request failed",
 								p->key);
 	}
-	igny8_job_report_health(p, t, a);
+	igny8_job_report_health(job, p, t, a);
 	igny8_http_free(t);
 	/* a prompt that finished (or failed) leaves its history entry */
 	cleanup_start(job, cleanup, job->step == IGNY8_STEP_SUBMIT);

@@ -788,7 +788,8 @@ igny8_job_queue_notify(const char *provider, const Igny8HealthChange *change,
  * transaction.
  */
 void
-igny8_job_report_health(Igny8Provider *p, Igny8Transfer *t, Igny8Attempt *a)
+igny8_job_report_health(Igny8Job *job, Igny8Provider *p, Igny8Transfer *t,
+						Igny8Attempt *a)
 {
 	Igny8HealthChange change;
 	bool		ok;
@@ -797,6 +798,17 @@ igny8_job_report_health(Igny8Provider *p, Igny8Transfer *t, Igny8Attempt *a)
 
 	if (t != NULL && (igny8_http_too_large(t) || igny8_http_local_failure(t)))
 		return;					/* says nothing about the provider */
+
+	/*
+	 * A transfer cut short by the call's own deadline (a caller's short
+	 * timeout), not by the deployment's timeout or the connect timeout,
+	 * says nothing about the provider either: a healthy box that answers
+	 * in 2 s is not down for a caller that allows 1.
+	 */
+	if (t != NULL && t->result == CURLE_OPERATION_TIMEDOUT &&
+		job->attempt_deadline >= job->deadline &&
+		igny8_job_deadline_reached(job, GetCurrentTimestamp()))
+		return;
 	ok = (t != NULL && t->result == CURLE_OK && t->status < 500 &&
 		  t->status != 401 && t->status != 402 && t->status != 403);
 	if (!ok)
@@ -888,7 +900,8 @@ igny8_job_conclude(Igny8Job *job, Igny8Attempt *a, Igny8Provider *p,
 				long		wait = igny8_backoff_ms(job->retries, retry_after);
 				TimestampTz at = TimestampTzPlusMilliseconds(now, wait);
 
-				if (at < job->deadline)
+				/* (an attempt needs IGNY8_MIN_ATTEMPT_MS before the deadline) */
+				if (!igny8_job_deadline_reached(job, at))
 				{
 					job->retries++;
 					job->wake_at = at;
@@ -982,7 +995,7 @@ text_done(Igny8Job *job, Igny8Transfer *t)
 									"request failed", p->key);
 		}
 	}
-	igny8_job_report_health(p, t, a);
+	igny8_job_report_health(job, p, t, a);
 	igny8_http_free(t);
 
 	if (perr.drop_think && !job->omit_think)

@@ -534,8 +534,8 @@ extern void igny8_job_release_place(Igny8Job *job);
 extern void igny8_job_conclude(Igny8Job *job, Igny8Attempt *a,
 							   Igny8Provider *p, Igny8ErrorClass cls,
 							   double retry_after, TimestampTz now);
-extern void igny8_job_report_health(Igny8Provider *p, Igny8Transfer *t,
-									Igny8Attempt *a);
+extern void igny8_job_report_health(Igny8Job *job, Igny8Provider *p,
+									Igny8Transfer *t, Igny8Attempt *a);
 extern Igny8Attempt *igny8_job_end_attempt(Igny8Job *job, Igny8Transfer *t,
 										   TimestampTz now);
 extern bool igny8_job_deadline_reached(Igny8Job *job, TimestampTz now);
