@@ -120,7 +120,7 @@ igny8_provider_forget_unused(const char *const *ids, int n)
 			p->state_since = 0;
 			p->consecutive_failures = 0;
 			p->circuit_open = false;
-			p->opened_at = p->trial_at = 0;
+			p->opened_at = p->trial_at = p->trial_until = 0;
 			p->probe_degraded = false;
 			p->last_check = p->last_seen = 0;
 			p->last_latency_ms = 0;
@@ -196,6 +196,7 @@ igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
 		p->consecutive_failures = 0;
 		p->circuit_open = false;
 		p->trial_at = 0;
+		p->trial_until = 0;
 		p->state = p->probe_degraded ? IGNY8_HEALTH_DEGRADED :
 			IGNY8_HEALTH_HEALTHY;
 		if (probe && probe_degraded && error)
@@ -211,6 +212,7 @@ igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
 			p->circuit_open = true;
 			p->opened_at = now;
 			p->trial_at = 0;
+			p->trial_until = 0;
 			p->state = IGNY8_HEALTH_DOWN;
 		}
 		else if (p->state != IGNY8_HEALTH_DOWN)
@@ -256,9 +258,24 @@ igny8_provider_count_attempt(const char *id, bool success)
 	SpinLockRelease(&igny8_shared->providers_mutex);
 }
 
+/* Under the provider's mutex: may an open circuit's trial start now? */
+static bool
+trial_may_start(Igny8ProviderShared *p, TimestampTz now)
+{
+	return TimestampDifferenceExceeds(p->opened_at, now,
+									  igny8_circuit_cooldown_ms) &&
+		(p->trial_at == 0 ||
+		 TimestampDifferenceExceeds(p->trial_at, now,
+									igny8_circuit_cooldown_ms)) &&
+		(p->trial_until == 0 || now >= p->trial_until);
+}
+
 /*
- * May routing send a request to this provider?  Yes while its circuit is
- * closed; while it is open, only one trial per cool-down period.
+ * May routing keep this provider?  Yes while its circuit is closed; while
+ * it is open, once its cool-down is over and no trial is in flight.
+ * Nothing is taken here: the trial is taken by the attempt that is about
+ * to be sent (igny8_circuit_take_trial), so a request that an earlier
+ * candidate answers uses none.
  */
 bool
 igny8_circuit_allows(int index)
@@ -274,20 +291,67 @@ igny8_circuit_allows(int index)
 	now = GetCurrentTimestamp();
 
 	SpinLockAcquire(&p->mutex);
-	if (!p->circuit_open)
-		allowed = true;
-	else
-	{
-		allowed = TimestampDifferenceExceeds(p->opened_at, now,
-											 igny8_circuit_cooldown_ms) &&
-			(p->trial_at == 0 ||
-			 TimestampDifferenceExceeds(p->trial_at, now,
-										igny8_circuit_cooldown_ms));
-		if (allowed)
-			p->trial_at = now;
-	}
+	allowed = !p->circuit_open || trial_may_start(p, now);
 	SpinLockRelease(&p->mutex);
 	return allowed;
+}
+
+/*
+ * An attempt is about to be sent to the provider.  While its circuit is
+ * open, one trial may pass per cool-down, and only one at a time: the
+ * attempt that takes it (*trial: its start) holds it until its outcome is
+ * reported, which closes or reopens the circuit, until it ends without
+ * one (igny8_circuit_end_trial), or at the latest until "until".
+ */
+Igny8CircuitVerdict
+igny8_circuit_take_trial(int index, TimestampTz until, TimestampTz *trial)
+{
+	Igny8ProviderShared *p;
+	Igny8CircuitVerdict verdict;
+	TimestampTz now;
+
+	if (index < 0)
+		return IGNY8_CIRCUIT_CLOSED;
+	p = &igny8_shared->providers[index];
+	now = GetCurrentTimestamp();
+
+	SpinLockAcquire(&p->mutex);
+	if (!p->circuit_open)
+		verdict = IGNY8_CIRCUIT_CLOSED;
+	else if (trial_may_start(p, now))
+	{
+		p->trial_at = now;
+		p->trial_until = Max(until, now + 1);
+		*trial = now;
+		verdict = IGNY8_CIRCUIT_TRIAL;
+	}
+	else
+		verdict = IGNY8_CIRCUIT_REFUSED;
+	SpinLockRelease(&p->mutex);
+	return verdict;
+}
+
+/*
+ * The trial started at "trial" ended without an outcome for the provider
+ * (its caller left or its deadline cut it short): another may start at once.
+ * Nothing if the trial was settled already (a report closed or reopened
+ * the circuit) or another has started since.
+ */
+void
+igny8_circuit_end_trial(int index, TimestampTz trial)
+{
+	Igny8ProviderShared *p;
+
+	if (index < 0)
+		return;
+	p = &igny8_shared->providers[index];
+	SpinLockAcquire(&p->mutex);
+	if (p->trial_until != 0 && p->trial_at == trial)
+	{
+		p->trial_until = 0;
+		p->trial_at = 0;
+	}
+	SpinLockRelease(&p->mutex);
 }
 
 /*

@@ -218,6 +218,8 @@ typedef struct Igny8ProviderShared
 	bool		circuit_open;
 	TimestampTz opened_at;		/* when the circuit (re)opened */
 	TimestampTz trial_at;		/* last trial let through, 0 if none */
+	TimestampTz trial_until;	/* a trial is in flight until then at the
+								 * latest (its attempt's deadline); 0: none */
 	bool		probe_degraded; /* last probe: reachable but incomplete */
 	TimestampTz last_check;		/* last probe */
 	TimestampTz last_seen;		/* last probe or request outcome */
@@ -483,6 +485,19 @@ extern void igny8_health_report(int index, bool ok, bool probe,
 								bool probe_degraded, double latency_ms,
 								const char *error, Igny8HealthChange *change);
 extern bool igny8_circuit_allows(int index);
+
+/* igny8_circuit_take_trial: may an attempt be sent to the provider now? */
+typedef enum Igny8CircuitVerdict
+{
+	IGNY8_CIRCUIT_CLOSED,		/* yes: its circuit is closed */
+	IGNY8_CIRCUIT_TRIAL,		/* yes, as the open circuit's one trial */
+	IGNY8_CIRCUIT_REFUSED		/* no: open, and no trial may pass now */
+} Igny8CircuitVerdict;
+
+extern Igny8CircuitVerdict igny8_circuit_take_trial(int index,
+													TimestampTz until,
+													TimestampTz *trial);
+extern void igny8_circuit_end_trial(int index, TimestampTz trial);
 extern void igny8_provider_count_attempt(const char *id, bool success);
 extern char *igny8_health_payload(const char *provider,
 								  const Igny8HealthChange *change,

@@ -745,6 +745,8 @@ attempt_timed_out(Igny8Job *job, TimestampTz now)
 	/* the deployment's timeout, not the caller's earlier deadline */
 	if (job->attempt_deadline < job->deadline)
 		igny8_job_report_health(job, job->cands[job->cand]->provider, NULL, a);
+	else
+		igny8_job_end_trial(job);
 	cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE, false);
 	igny8_job_next_candidate(job, now);
 }

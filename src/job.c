@@ -40,6 +40,8 @@
 #define IGNY8_DEFAULT_MAX_TOKENS 4096
 /* an attempt is not started with less time than this before the deadline */
 #define IGNY8_MIN_ATTEMPT_MS	100
+/* how long after its attempt's deadline a circuit trial is given up */
+#define IGNY8_TRIAL_LEASE_SLACK_MS	1000
 
 int			igny8_worker_index = -1;
 TimestampTz igny8_worker_started_at = 0;
@@ -134,6 +136,7 @@ igny8_job_create(int slotno)
 	job->request_json = pstrdup(dsa_get_address(igny8_dsa(), slot->request));
 	job->job_id = slot->job_id;
 	job->holding = -1;
+	job->trial_index = -1;
 	job->gpu_clock = -1;
 	job->gpu_seconds = -1;
 	job->state = JOB_READY;
@@ -407,6 +410,7 @@ void
 igny8_job_next_candidate(Igny8Job *job, TimestampTz now)
 {
 	settle_unbilled(job);
+	igny8_job_end_trial(job);
 	job->cand++;
 	job->retries = 0;
 	job->omit_think = false;
@@ -558,6 +562,29 @@ task_ops(Igny8Task task)
 	return &igny8_probe_ops;
 }
 
+/* Is there a later candidate whose circuit lets an attempt through? */
+static bool
+later_candidate_allowed(Igny8Job *job)
+{
+	for (int i = job->cand + 1; i < job->ncands; i++)
+		if (igny8_circuit_allows(job->cands[i]->provider->shared_index))
+			return true;
+	return false;
+}
+
+/*
+ * The attempt's circuit trial, if it holds one, ends without an outcome
+ * for the provider (the report of one settles it first).
+ */
+void
+igny8_job_end_trial(Igny8Job *job)
+{
+	if (job->trial_index < 0)
+		return;
+	igny8_circuit_end_trial(job->trial_index, job->trial_at);
+	job->trial_index = -1;
+}
+
 /*
  * Start an attempt on the current candidate: what every routed task
  * checks first (time left, a key, a provider that serves the task, a
@@ -627,6 +654,48 @@ start_attempt(Igny8Job *job, TimestampTz now)
 		job->deadline = TimestampTzPlusMilliseconds(now, job->timeout_ms);
 
 	/*
+	 * An open circuit lets one trial through at a time.  Its provider may
+	 * have been kept by routing, or its circuit opened since: when no trial
+	 * may pass now, the next candidate whose circuit allows it is tried,
+	 * and when there is none, this one all the same (as routing does when
+	 * every circuit is open).  Not again for an attempt whose intent is
+	 * recorded (it goes out now), nor one that holds the trial already.
+	 */
+	if (job->trial_index < 0 &&
+		!(job->job_id != 0 && job->inflight == list_length(job->attempts) + 1))
+	{
+		TimestampTz until = Min(TimestampTzPlusMilliseconds(now, d->timeout_ms),
+								job->deadline);
+
+		switch (igny8_circuit_take_trial(p->shared_index,
+										 TimestampTzPlusMilliseconds(until,
+																	 IGNY8_TRIAL_LEASE_SLACK_MS),
+										 &job->trial_at))
+		{
+			case IGNY8_CIRCUIT_CLOSED:
+				break;
+			case IGNY8_CIRCUIT_TRIAL:
+				job->trial_index = p->shared_index;
+				break;
+			case IGNY8_CIRCUIT_REFUSED:
+				if (later_candidate_allowed(job))
+				{
+					leave_queue(job);
+					igny8_job_release_place(job);
+					if (job->budget_reserved > 0)
+					{
+						igny8_budget_settle(job->account_id, job->budget_reserved,
+											job->budget_made, NULL);
+						job->budget_reserved = 0;
+					}
+					igny8_job_next_candidate(job, now);
+					return;
+				}
+				break;
+		}
+	}
+
+	/*
 	 * A submitted job's attempt is recorded in its row before it is sent,
 	 * so that a worker that dies leaves its usage row behind (jobtable.c).
 	 */
@@ -636,10 +705,10 @@ start_attempt(Igny8Job *job, TimestampTz now)
 		job->intent_at = now;
 		return;
 	}
-	job->attempt_start = now;
-	gpu_start(job, d->provider, now);
 	job->attempt_deadline = TimestampTzPlusMilliseconds(now, d->timeout_ms);
 	job->attempt_deadline = Min(job->attempt_deadline, job->deadline);
+	job->attempt_start = now;
+	gpu_start(job, d->provider, now);
 	ops->start(job, now);
 	igny8_job_note_progress(job);
 }
@@ -787,9 +856,21 @@ igny8_job_queue_notify(const char *provider, const Igny8HealthChange *change,
  * is logged at once and announced with NOTIFY in the worker's next
  * transaction.
  */
+static void report_health(Igny8Job *job, Igny8Provider *p, Igny8Transfer *t,
+						  Igny8Attempt *a);
+
 void
 igny8_job_report_health(Igny8Job *job, Igny8Provider *p, Igny8Transfer *t,
 						Igny8Attempt *a)
+{
+	report_health(job, p, t, a);
+	/* a trial with no outcome for the provider lets another start */
+	igny8_job_end_trial(job);
+}
+
+static void
+report_health(Igny8Job *job, Igny8Provider *p, Igny8Transfer *t,
+			  Igny8Attempt *a)
 {
 	Igny8HealthChange change;
 	bool		ok;
@@ -1074,6 +1155,7 @@ igny8_job_abort(Igny8Job *job, const char *why)
 		igny8_http_free(job->transfer);
 		job->transfer = NULL;
 	}
+	igny8_job_end_trial(job);
 	leave_queue(job);
 	igny8_job_release_place(job);
 	if (job->state != JOB_FINISHED)
@@ -1091,6 +1173,7 @@ forget(Igny8Job *job)
 {
 	ListCell   *lc;
 
+	igny8_job_end_trial(job);
 	/* reservations whose rows were never committed are given back */
 	if (job->has_account)
 	{

@@ -402,6 +402,9 @@ typedef struct Igny8Job
 								 * its Igny8Attempt, or -1 */
 	Igny8Transfer *transfer;
 	int			holding;		/* provider whose place it holds, or -1 */
+	int			trial_index;	/* provider whose circuit trial the attempt
+								 * holds, or -1 */
+	TimestampTz trial_at;		/* ... and when it took it */
 	List	   *attempts;		/* of Igny8Attempt */
 	bool		abandoned;
 
@@ -534,6 +537,7 @@ extern void igny8_job_release_place(Igny8Job *job);
 extern void igny8_job_conclude(Igny8Job *job, Igny8Attempt *a,
 							   Igny8Provider *p, Igny8ErrorClass cls,
 							   double retry_after, TimestampTz now);
+extern void igny8_job_end_trial(Igny8Job *job);
 extern void igny8_job_report_health(Igny8Job *job, Igny8Provider *p,
 									Igny8Transfer *t, Igny8Attempt *a);
 extern Igny8Attempt *igny8_job_end_attempt(Igny8Job *job, Igny8Transfer *t,
