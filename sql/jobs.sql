@@ -231,6 +231,18 @@ SELECT show_error('SELECT igny8_submit_image(''x'', ''dall-e-3'', ''1024x1024'',
 SELECT show_error('SELECT igny8_submit_batch(NULL)');
 SELECT show_error('SELECT igny8_submit_batch(''{}'')');
 SELECT show_error('SELECT igny8_submit_batch(ARRAY[''a'', NULL])');
+-- the error's context names the prompt at fault, also a null one
+DO $$
+DECLARE
+    msg text;
+    ctx text;
+BEGIN
+    PERFORM igny8_submit_batch(ARRAY['x', NULL, 'y'], 'gpt-4');
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, ctx = PG_EXCEPTION_CONTEXT;
+    RAISE NOTICE '% (context: %)', msg, split_part(ctx, E'\n', 1);
+END
+$$;
 SELECT igny8_submit_batch(ARRAY['a', ' ']);
 SELECT show_error('SELECT igny8_submit_batch(ARRAY[[''a''], [''b'']])');
 SELECT show_error('SELECT igny8_submit_batch(ARRAY[''a''], NULL)');

@@ -482,11 +482,12 @@ igny8_submit_batch(PG_FUNCTION_ARGS)
 	error_context_stack = &context;
 	for (int i = 0; i < n; i++)
 	{
+		/* the context names this prompt from here on, also a null one */
+		ord = i + 1;
 		if (enulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("prompt %d of the batch is null", i + 1)));
-		ord = i + 1;
 		text_request(DatumGetTextPP(elems[i]), PG_GETARG_TEXT_PP(1),
 					 PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2),
 					 &job, &reqs[i]);
