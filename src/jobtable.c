@@ -427,7 +427,16 @@ stop_cancelled(List *ids)
 		{
 			Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
-			if (job->job_id == id && !job->job_cancelled)
+			/*
+			 * A run that finished before its cancel was seen keeps its
+			 * outcome: its row, still running while the flush that
+			 * writes it is deferred, is written succeeded or failed, and
+			 * the cancel's row is left to igny8_jobs_cleanup().  (A run
+			 * whose write failed is job_lost, not among ids: the scan
+			 * takes its row back, as cancelled.)
+			 */
+			if (job->job_id == id && !job->job_cancelled &&
+				job->state != JOB_FINISHED)
 			{
 				job->job_cancelled = true;
 				igny8_job_abort(job, "cancelled by igny8_cancel_job");
