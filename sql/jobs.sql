@@ -275,6 +275,31 @@ SELECT show_error(format('SELECT igny8_wait_job(%s)', :jr));
 COMMIT;
 SELECT state FROM igny8_wait_job(:jr, '30 s');
 
+-- nor cancel in one: its snapshot may show queued or running a job that a
+-- worker claimed or finished since.  A job finished in the snapshot, or
+-- submitted by the transaction itself, is no such case
+SELECT igny8_submit_text('Later', 'gpt-4', '{"not_before": "2999-01-01"}') AS jq \gset
+SELECT igny8_submit_text('Snapshot [[sim ollama:delay=1 tag=jrr]]', 'gpt-4') AS jrr \gset
+SELECT sim_wait_arrival('jrr');
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT show_error(format('SELECT igny8_cancel_job(%s)', :jq));
+ROLLBACK;
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT state AS jrr_in_snapshot FROM igny8_jobs WHERE id = :jrr;
+SELECT dblink_connect('other', 'dbname=' || current_database());
+SELECT state AS jrr_finished FROM dblink('other', format('SELECT state FROM igny8_wait_job(%s, ''30 s'')', :jrr)) AS t(state text);
+SELECT dblink_disconnect('other');
+SELECT show_error(format('SELECT igny8_cancel_job(%s)', :jrr));
+ROLLBACK;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT igny8_cancel_job(:jr) AS finished_job;
+SELECT igny8_submit_text('Own', 'gpt-4') AS jown \gset
+SELECT igny8_cancel_job(:jown) AS own_job;
+COMMIT;
+SELECT state FROM igny8_job(:jown);
+SELECT count(*) AS stray_cancels FROM igny8_job_cancels WHERE job_id IN (:jrr, :jown);
+SELECT igny8_cancel_job(:jq) AS read_committed;
+
 -- a prepared transaction's jobs run at COMMIT PREPARED
 BEGIN;
 SELECT igny8_submit_text('Prepared [[sim ollama:tag=jp]]', 'gpt-4') AS jp \gset

@@ -768,7 +768,9 @@ igny8_wait_job(PG_FUNCTION_ARGS)
  * (a ComfyUI prompt is deleted from the queue or interrupted by its
  * prompt_id) and writes it cancelled.  The running job's own row is not
  * touched: this transaction may stay open, or be prepared, and its worker
- * must go on writing that row.  False if the job had finished.
+ * must go on writing that row.  False if the job had finished.  Refused
+ * (0A000) for a queued or running job in a REPEATABLE READ or
+ * SERIALIZABLE transaction.
  */
 Datum
 igny8_cancel_job(PG_FUNCTION_ARGS)
@@ -780,6 +782,8 @@ igny8_cancel_job(PG_FUNCTION_ARGS)
 	Datum		values[1];
 	bool		queued = false;
 	bool		running = false;
+	bool		ours;
+	char	   *state;
 	int			ret;
 
 	null_arg(fcinfo, 0, "id");
@@ -789,7 +793,20 @@ igny8_cancel_job(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	jobs_table(&t);
 	/* the caller must see the job */
-	(void) read_state(&t, id, NULL);
+	state = read_state(&t, id, &ours);
+
+	/*
+	 * A transaction snapshot may show queued or running a job that a worker
+	 * claimed or finished since: the UPDATE below would fail to serialize,
+	 * or a cancel be recorded for a run that ended.  A job finished in it
+	 * stays finished; one this transaction wrote, no one else changed.
+	 */
+	if (IsolationUsesXactSnapshot() && !finished(state) && !ours)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("igny8_cancel_job cannot cancel a queued or running job in a REPEATABLE READ or SERIALIZABLE transaction"),
+				 errdetail("The transaction's snapshot may show the job as it was before a worker took or finished it."),
+				 errhint("Cancel in a READ COMMITTED transaction.")));
 
 	as_owner(&t, &s);
 
@@ -803,8 +820,6 @@ igny8_cancel_job(PG_FUNCTION_ARGS)
 	 */
 	for (int turn = 0; turn < 10 && !queued && !running; turn++)
 	{
-		char	   *state;
-
 		ret = SPI_execute_with_args(psprintf(
 			"UPDATE %s.igny8_jobs j SET cancel_requested = true, state = 'cancelled',"
 			" finished_at = pg_catalog.now(), error_code = '57014',"
