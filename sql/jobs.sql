@@ -428,6 +428,38 @@ SELECT wait_until(format($$(SELECT bool_and(state = 'cancelled') FROM igny8_jobs
 ALTER SYSTEM RESET igny8_ai.max_running_jobs_per_account;
 SELECT reload_settings();
 
+-- igny8_ai.max_running_jobs holds server-wide, whatever the workers: with
+-- 1, the two workers run one job at a time, and each job starts when the
+-- one before ends.  The running rows are counted until every job finished
+CREATE FUNCTION pg_temp.peak_running(ids bigint[], secs int) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    peak int := 0;
+    n int;
+BEGIN
+    FOR i IN 1..secs * 50 LOOP
+        SELECT count(*) INTO n FROM igny8_jobs WHERE state = 'running';
+        peak := greatest(peak, n);
+        IF NOT EXISTS (SELECT FROM igny8_jobs WHERE id = ANY (ids)
+                          AND state IN ('queued', 'running')) THEN
+            RETURN peak;
+        END IF;
+        PERFORM pg_sleep(0.02);
+    END LOOP;
+    RAISE EXCEPTION 'waited % s for the capped jobs', secs;
+END
+$$;
+ALTER SYSTEM SET igny8_ai.max_running_jobs = 1;
+SELECT reload_settings();
+SELECT igny8_submit_batch(ARRAY['Capped [[sim ollama:delay=2 tag=cap]]', 'Capped [[sim ollama:delay=2 tag=cap]]',
+                                'Capped [[sim ollama:delay=2 tag=cap]]'], 'gpt-4') AS capped \gset
+SELECT pg_temp.peak_running(:'capped', 60) AS peak_running;
+SELECT state, count(*) FROM igny8_jobs WHERE id = ANY (:'capped'::bigint[]) GROUP BY state ORDER BY state;
+SELECT line AS cap_requests FROM sim('log --tag cap --count') AS line;
+SELECT line AS cap_concurrency FROM sim('max-concurrency --tag cap') AS line;
+ALTER SYSTEM RESET igny8_ai.max_running_jobs;
+SELECT reload_settings();
+
 -- a worker stopped in mid-flight: the job runs again, and the attempt it
 -- interrupted has its usage row (written when the row was taken back)
 TRUNCATE ai_usage_log;

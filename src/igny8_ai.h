@@ -265,6 +265,10 @@ typedef struct Igny8Shared
 										 * taken: wake it after the claim */
 	pg_atomic_uint64 jobs_scan_requests;	/* bumped to have every worker
 											 * scan igny8_jobs (jobtable.c) */
+	pg_atomic_uint32 jobs_capped;	/* a claim left due jobs queued at
+									 * igny8_ai.max_running_jobs: wake the
+									 * workers when a run ends */
+	pg_atomic_uint64 jobs_runs_ended;	/* bumped when runs end (jobtable.c) */
 
 	slock_t		free_mutex;
 	int			nfree;			/* entries used in free_stack */

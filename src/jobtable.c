@@ -7,7 +7,9 @@
  *
  * Taking: a short transaction locks the oldest due jobs (interactive
  * first) with FOR UPDATE SKIP LOCKED, keeps those whose account is under
- * igny8_ai.max_running_jobs_per_account, and marks them running with this
+ * igny8_ai.max_running_jobs_per_account, as many as the running rows of
+ * all workers leave room for under igny8_ai.max_running_jobs (no more than
+ * this worker's share of it), and marks them running with this
  * worker's index and start time; each gets a request slot as a
  * synchronous call does (job_id set, no caller), so that it runs in the
  * same curl loop, waits for the same provider places (behind synchronous
@@ -21,8 +23,10 @@
  *
  * When: a commit that queued jobs bumps the jobs generation and wakes the
  * workers (extension.c); a worker that filled its share, or left jobs of
- * an account at its limit, looks again when one of its runs ends; the
- * earliest not_before of the queue is a timer.  A scan (recovery, cancels
+ * an account at its limit, looks again when one of its runs ends; one
+ * that left jobs for igny8_ai.max_running_jobs, when any worker's run
+ * ends (that worker wakes them all: runs_freed); the earliest not_before
+ * of the queue is a timer.  A scan (recovery, cancels
  * and a claim) runs at a worker's start, when a worker exits (its runs are
  * to be taken back), after a COMMIT PREPARED (a cancel in it has no event
  * of its own) and after a write of outcomes failed.  Besides, a periodic
@@ -95,6 +99,8 @@ static bool stopping = false;		/* record no more attempts as sent */
 
 static List *woken = NIL;			/* ids whose waiters to wake */
 
+static void runs_freed(void);
+
 /*
  * The worker's statements on igny8_jobs, prepared once for its life (for
  * the extension's schema they were made with; after an error, again).
@@ -127,14 +133,23 @@ job_plan(JobPlan which, const char *schema, const char *fmt, int nargs,
 						  "a statement on igny8_jobs");
 }
 
-/* The share of igny8_ai.max_running_jobs that is this worker's. */
+/* The jobs that run at once, server-wide: igny8_ai.max_running_jobs. */
+static int
+running_cap(void)
+{
+	return Max(Min(igny8_max_running_jobs, igny8_shared->nslots / 2), 1);
+}
+
+/*
+ * The most this worker runs: its share of running_cap(), so that one
+ * worker does not take every job.  The cap itself is counted by claim().
+ */
 static int
 my_share(void)
 {
-	int			total = Min(igny8_max_running_jobs, igny8_shared->nslots / 2);
 	int			n = igny8_shared->nworkers;
 
-	return Max((total + n - 1) / n, 1);
+	return Max((running_cap() + n - 1) / n, 1);
 }
 
 bool
@@ -510,19 +525,22 @@ claim_lock(const char *schema)
 }
 
 /*
- * Lock up to want due jobs, keep those under their account's limit and
- * those it gets a request slot for (slots[], *ntaken of them), and mark
- * them ours.  Needs a transaction.  Returns the rows taken (*nclaimed of
- * them, in the first slots), or NULL if another worker is claiming.
- * Adds to *ended the queued jobs it cancelled (cancel_queued).
+ * Lock up to want due jobs, keep those under their account's limit, as
+ * many as igny8_ai.max_running_jobs leaves room for (*capped: it left due
+ * jobs for want of room) and those it gets a request slot for (slots[],
+ * *ntaken of them), and mark them ours.  Needs a transaction.  Returns
+ * the rows taken (*nclaimed of them, in the first slots), or NULL if
+ * another worker is claiming.  Adds to *ended the queued jobs it
+ * cancelled (cancel_queued).
  */
 static Claimed *
 claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclaimed,
-	  bool *locked, int *ended, MemoryContext cxt)
+	  bool *locked, bool *capped, int *ended, MemoryContext cxt)
 {
 	AccountCount *counts;
 	int			ncounts = 0;
-	Datum	   *capped;
+	int			room;
+	Datum	   *capped_accounts;
 	int			ncapped = 0;
 	bool		null_capped = false;
 	Datum	   *ids;
@@ -549,8 +567,9 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	*locked = true;
 
 	/*
-	 * The accounts' running jobs, server-wide: those at their limit wait.
-	 * (Not read-only: it takes a snapshot of its own, taken after the lock,
+	 * The accounts' running jobs, server-wide: those at their limit wait;
+	 * and their sum, which igny8_ai.max_running_jobs bounds.  (Not
+	 * read-only: it takes a snapshot of its own, taken after the lock,
 	 * which sees the claim that held it.)
 	 */
 	ret = SPI_execute_plan(job_plan(PLAN_COUNTS, schema,
@@ -561,7 +580,8 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
 	counts = palloc(sizeof(AccountCount) * (SPI_processed + want + 1));
-	capped = palloc(sizeof(Datum) * (SPI_processed + 1));
+	capped_accounts = palloc(sizeof(Datum) * (SPI_processed + 1));
+	room = running_cap();
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		bool		null_account;
@@ -575,12 +595,13 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 		c->running = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
 												 SPI_tuptable->tupdesc, 2,
 												 &isnull));
+		room -= c->running;
 		if (c->running < igny8_max_account_jobs)
 			continue;
 		if (null_account)
 			null_capped = true;
 		else
-			capped[ncapped++] = Int64GetDatum(account);
+			capped_accounts[ncapped++] = Int64GetDatum(account);
 	}
 
 	types[0] = INT4OID;
@@ -588,7 +609,7 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	types[1] = BOOLOID;
 	values[1] = BoolGetDatum(null_capped);
 	types[2] = INT8ARRAYOID;
-	values[2] = bigint_array(capped, ncapped);
+	values[2] = bigint_array(capped_accounts, ncapped);
 	ret = SPI_execute_plan(job_plan(PLAN_CANDIDATES, schema,
 		"SELECT j.id, j.account_id FROM %s.igny8_jobs j"
 		" WHERE j.state OPERATOR(pg_catalog.=) 'queued'"
@@ -618,13 +639,20 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 		/* an account this batch brings to its limit: the rest stays queued */
 		if (c->running >= igny8_max_account_jobs)
 			continue;
+		/* the server runs igny8_ai.max_running_jobs: the rest stays queued */
+		if (nids >= room)
+		{
+			*capped = true;
+			break;
+		}
 		c->running++;
 		ids[nids++] = Int64GetDatum(id);
 	}
 
 	/*
-	 * More may be due (the batch was full, or accounts at their limit left
-	 * jobs queued): look again when a run of ours ends.
+	 * More may be due (the batch was full, accounts at their limit or the
+	 * server at its cap left jobs queued): look again when a run of ours
+	 * ends; if the cap left them, when any worker's run ends (runs_freed).
 	 */
 	look_again = (fetched == (uint64) want || (uint64) nids < fetched ||
 				  ncapped > 0 || null_capped);
@@ -818,8 +846,11 @@ igny8_jobs_take(Igny8Config *config)
 	int		   *slots;
 	volatile int nreserved = 0;	/* read in PG_CATCH */
 	bool		locked = false;
+	bool		capped = false;
+	uint64		runs_ended = 0;
 	int			requeued = 0;
 	int			ended = 0;		/* jobs this transaction ends */
+	int			recovered = 0;	/* ... of them, runs taken back */
 	uint64		requests;
 	MemoryContext cxt = CurrentMemoryContext;
 
@@ -859,7 +890,8 @@ igny8_jobs_take(Igny8Config *config)
 								 false);
 		if (scan)
 		{
-			requeued = recover(config->schema, &ended);
+			requeued = recover(config->schema, &recovered);
+			ended = recovered;
 			/* what it queued again may have a cancel that came meanwhile */
 			ended += cancel_queued(config->schema);
 		}
@@ -867,8 +899,11 @@ igny8_jobs_take(Igny8Config *config)
 			cancelled = cancelled_runs(config->schema, cxt);
 		if (want > 0)
 		{
+			/* read before the claim counts the running rows (below) */
+			runs_ended = pg_atomic_read_u64(&igny8_shared->jobs_runs_ended);
+			pg_memory_barrier();
 			claimed = claim(config->schema, want, slots, &nreserved,
-							&nclaimed, &locked, &ended, cxt);
+							&nclaimed, &locked, &capped, &ended, cxt);
 			if (claimed != NULL)
 				next_not_before = (nclaimed < want) ?
 					earliest_not_before(config->schema) : 0;
@@ -921,6 +956,21 @@ igny8_jobs_take(Igny8Config *config)
 	if ((locked && pg_atomic_exchange_u32(&igny8_shared->jobs_claim_missed, 0)) ||
 		requeued > 0)
 		igny8_jobs_announce();
+	/* runs taken back leave room: a worker waiting for it looks */
+	if (requeued + recovered > 0)
+		runs_freed();
+
+	/*
+	 * The server is at igny8_ai.max_running_jobs: the worker whose run
+	 * ends next wakes the workers (runs_freed).  One that ended since the
+	 * count, and did not see the flag, has us look again ourselves.
+	 */
+	if (capped)
+	{
+		(void) pg_atomic_exchange_u32(&igny8_shared->jobs_capped, 1);	/* a full barrier */
+		if (pg_atomic_read_u64(&igny8_shared->jobs_runs_ended) != runs_ended)
+			run_ended = true;
+	}
 
 	igny8_jobs_wake_waiters();
 	stop_cancelled(cancelled);
@@ -1300,13 +1350,33 @@ igny8_jobs_stopping(void)
 	stopping = true;
 }
 
-/* A finished run is forgotten: its slot is given back. */
+/*
+ * Runs ended (their rows were written, or taken back): if a claim found
+ * the server at igny8_ai.max_running_jobs, wake the workers, whose claims
+ * count the rows again.  The bump comes first (a full barrier), as the
+ * claim sets the flag before it reads the count of bumps: either it sees
+ * this bump, or this sees its flag.
+ */
+static void
+runs_freed(void)
+{
+	pg_atomic_fetch_add_u64(&igny8_shared->jobs_runs_ended, 1);
+	if (pg_atomic_read_u32(&igny8_shared->jobs_capped) != 0 &&
+		pg_atomic_exchange_u32(&igny8_shared->jobs_capped, 0) != 0)
+		igny8_jobs_announce();
+}
+
+/*
+ * A finished run is forgotten, after the commit that wrote its row: its
+ * slot is given back.
+ */
 void
 igny8_jobs_published(Igny8Job *job)
 {
 	running_here--;
 	run_ended = true;
 	igny8_slot_release(job->slotno);
+	runs_freed();
 }
 
 /* Wake the backends waiting for the jobs whose outcome was committed. */

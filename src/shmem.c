@@ -108,6 +108,8 @@ init_shared(void)
 	pg_atomic_init_u64(&igny8_shared->jobs_generation, 0);
 	pg_atomic_init_u32(&igny8_shared->jobs_claim_missed, 0);
 	pg_atomic_init_u64(&igny8_shared->jobs_scan_requests, 0);
+	pg_atomic_init_u32(&igny8_shared->jobs_capped, 0);
+	pg_atomic_init_u64(&igny8_shared->jobs_runs_ended, 0);
 	for (int i = 0; i < igny8_nprocs; i++)
 		pg_atomic_init_u64(&igny8_job_waiters[i], 0);
 	SpinLockInit(&igny8_shared->free_mutex);
