@@ -232,6 +232,59 @@ RESET ROLE;
 DROP OWNED BY igny8_monitor;
 DROP ROLE igny8_monitor;
 
+-- one slow provider costs only its own row: ComfyUI answers every request
+-- after 1.8 s, within the 2 s probe timeout, but its probe asks
+-- /system_stats and then /object_info for each loader class of the
+-- workflows.  The whole probe is bounded by igny8_ai.health_probe_timeout:
+-- ComfyUI's row says it timed out, every other provider has its own row
+ALTER SYSTEM SET igny8_ai.health_probe_timeout = '2s';
+SELECT reload_settings();
+SELECT sim('reset') IS NOT NULL AS reset;
+SELECT sim($$config comfyui '{"delay": 1.8}'$$) IS NOT NULL AS slow;
+TRUNCATE service_health_log;
+SELECT provider, healthy, state, http_status, detail->>'kind' AS kind,
+       detail->>'error' LIKE 'timed out%' AS timed_out,
+       latency_ms < 2500 AS within_timeout
+  FROM igny8_check_health() ORDER BY provider;
+SELECT provider, healthy, state, detail->>'kind' AS kind
+  FROM service_health_log ORDER BY provider;
+SELECT sim('reset') IS NOT NULL AS reset;
+SELECT provider, healthy, state FROM igny8_check_health()
+ WHERE provider = 'comfyui';
+
+-- a probe that fails for a reason of ours (a key reference that cannot be
+-- resolved) gets its row, but does not count against the provider's
+-- circuit, as a request would not
+UPDATE igny8_providers SET api_key_ref = 'env:IGNY8_NO_SUCH_VARIABLE' WHERE id = 'openai';
+SELECT wait_for_config();
+SELECT provider, healthy, state, detail->>'kind' AS kind, detail->>'error' AS error
+  FROM igny8_check_health() WHERE provider = 'openai';
+SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
+ WHERE provider = 'openai';
+UPDATE igny8_providers SET api_key_ref = 'env:OPENAI_API_KEY' WHERE id = 'openai';
+SELECT wait_for_config();
+
+-- a check that fails for another reason (here a trigger refuses its rows)
+-- does not stop the rest of the scheduled job: a WARNING says why, and the
+-- retention still runs
+CREATE FUNCTION refuse_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.provider <> 'old' THEN
+        RAISE EXCEPTION 'no new rows today';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER refuse_rows BEFORE INSERT ON service_health_log
+    FOR EACH ROW EXECUTE FUNCTION refuse_rows();
+TRUNCATE service_health_log;
+INSERT INTO service_health_log (checked_at, provider, healthy, state)
+VALUES (now() - interval '30 days', 'old', true, 'healthy');
+SELECT igny8_health_job();
+SELECT count(*) AS rows_left FROM service_health_log;
+DROP TRIGGER refuse_rows ON service_health_log;
+DROP FUNCTION refuse_rows();
+
 ALTER SYSTEM RESET igny8_ai.circuit_failure_threshold;
 ALTER SYSTEM RESET igny8_ai.circuit_cooldown;
 ALTER SYSTEM RESET igny8_ai.health_probe_timeout;

@@ -2057,7 +2057,11 @@ COMMENT ON VIEW igny8_service_status IS
     'per provider: state, since when, last check and latency, failures, requests in flight and waiting, share of successful checks over 24 hours, attempts and failed attempts since the server started and over the last hour';
 
 -- What the pg_cron job runs: a check, then the retention of the log in
--- bounded batches (a big backlog is worked off over several runs).
+-- bounded batches (a big backlog is worked off over several runs).  A
+-- probe that fails gives its provider a row (healthy false); a check that
+-- fails as a whole (no worker running, a row it cannot write) leaves no
+-- row, and is a WARNING in the server log: the clean-ups still run, so a
+-- broken check does not also let the logs grow.
 CREATE FUNCTION igny8_health_job() RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2065,8 +2069,21 @@ AS $$
 DECLARE
     keep interval := pg_catalog.current_setting('igny8_ai.health_log_retention')::interval;
     deleted bigint;
+    err_state text;
+    err_message text;
+    err_detail text;
 BEGIN
-    PERFORM @extschema@.igny8_check_health();
+    BEGIN
+        PERFORM @extschema@.igny8_check_health();
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE,
+                                err_message = MESSAGE_TEXT,
+                                err_detail = PG_EXCEPTION_DETAIL;
+        RAISE WARNING 'igny8_ai health check failed: %', err_message
+            USING DETAIL = pg_catalog.concat_ws(' ', 'SQLSTATE ' OPERATOR(pg_catalog.||) err_state OPERATOR(pg_catalog.||) '.',
+                                                NULLIF(err_detail, '')),
+                  HINT = 'No provider got a row in service_health_log from this run; the clean-ups of the job still ran.';
+    END;
     PERFORM @extschema@.igny8_jobs_cleanup();
     PERFORM @extschema@.igny8_cache_cleanup();
     FOR i IN 1..10 LOOP
@@ -2082,7 +2099,7 @@ END
 $$;
 
 COMMENT ON FUNCTION igny8_health_job() IS
-    'the scheduled health check: igny8_check_health(), the retention of service_health_log and of finished jobs, expired cached answers';
+    'the scheduled health check: igny8_check_health() (a failure of the whole check is a WARNING), the retention of service_health_log and of finished jobs, expired cached answers';
 
 --
 -- The schedule: one pg_cron job, igny8_ai_health_check, with a fixed job

@@ -42,8 +42,6 @@
 PG_FUNCTION_INFO_V1(igny8_generate_text);
 PG_FUNCTION_INFO_V1(igny8_chat);
 
-/* extra wait past the deadline before the caller stops trusting the worker */
-#define IGNY8_WORKER_GRACE_MS	5000
 /* how long a request may sit in the queue of a worker that is not running */
 #define IGNY8_NO_WORKER_MS		10000
 
@@ -157,6 +155,33 @@ igny8_abandon_since(int mark)
 {
 	while (my_nslots > mark)
 		abandon_slot(my_slots[my_nslots - 1]);
+}
+
+/*
+ * Give up on one slot a worker still holds (queued or running): true when
+ * it was abandoned; false when it was answered meanwhile, and stays ours.
+ */
+static bool
+give_up_slot(int slotno)
+{
+	Igny8Slot  *slot = &igny8_slots[slotno];
+	bool		gave_up;
+	int			worker;
+
+	SpinLockAcquire(&slot->mutex);
+	gave_up = (slot->state == IGNY8_SLOT_QUEUED ||
+			   slot->state == IGNY8_SLOT_RUNNING);
+	if (gave_up)
+		slot->state = IGNY8_SLOT_ABANDONED;
+	worker = slot->worker;
+	SpinLockRelease(&slot->mutex);
+	if (gave_up)
+	{
+		forget_slot(slotno);
+		pg_atomic_write_u32(&igny8_shared->workers[worker].abandons, 1);
+		igny8_wake_worker(worker);
+	}
+	return gave_up;
 }
 
 /* At exit: every slot this backend holds. */
@@ -342,6 +367,9 @@ igny8_submit(Igny8Task task, const char *alias, const char *request,
 	slot->duration_ms = 0;
 	slot->attempts = 0;
 	slot->cached = false;
+	slot->http_status = 0;
+	slot->healthy = false;
+	slot->health_code[0] = '\0';	/* set once a probe ran (job.c) */
 	slot->result = InvalidDsaPointer;
 	slot->flush_lsn = InvalidXLogRecPtr;
 	slot->request = igny8_dsa_strdup(igny8_dsa(), utf8, strlen(utf8));
@@ -397,6 +425,7 @@ caller_wait_set(void)
  * Wait until every slot of slots[] is answered.  A cancel, statement_timeout,
  * a lost client, a missing worker or a worker past the deadline end the wait
  * with an error; the caller's PG_CATCH (or exit) abandons the slots.
+ * (igny8_wait_or_give_up gives up on a late slot alone instead.)
  *
  * Before it returns, the usage rows of the answers are made durable.  A
  * worker commits the rows of synchronous calls without waiting for the WAL
@@ -407,8 +436,8 @@ caller_wait_set(void)
  * error included, is thus never seen before the rows of its attempts would
  * survive a crash.
  */
-void
-igny8_wait(const int *slots, int n)
+static void
+wait_slots(const int *slots, int n, bool *late)
 {
 	/* per slot: since when it has been queued to a worker not running */
 	TimestampTz *no_worker_since = palloc0(sizeof(TimestampTz) * n);
@@ -428,6 +457,8 @@ igny8_wait(const int *slots, int n)
 			Igny8SlotState state;
 			XLogRecPtr	lsn;
 
+			if (late != NULL && late[i])
+				continue;		/* given up on, no longer ours */
 			SpinLockAcquire(&slot->mutex);
 			state = slot->state;
 			lsn = slot->flush_lsn;
@@ -453,6 +484,14 @@ igny8_wait(const int *slots, int n)
 								   IGNY8_NO_WORKER_MS),
 						 errhint("Check the server log; the workers connect to the database named by igny8_ai.database (\"%s\").",
 								 igny8_database)));
+			if (TimestampDifferenceExceeds(slot->deadline, now,
+										   IGNY8_WORKER_GRACE_MS) &&
+				late != NULL)
+			{
+				/* unless it was answered meanwhile: the next round reads it */
+				late[i] = give_up_slot(slots[i]);
+				continue;
+			}
 			if (TimestampDifferenceExceeds(slot->deadline, now,
 										   IGNY8_WORKER_GRACE_MS))
 				ereport(ERROR,
@@ -481,6 +520,27 @@ igny8_wait(const int *slots, int n)
 		}
 		CHECK_FOR_INTERRUPTS();
 	}
+}
+
+void
+igny8_wait(const int *slots, int n)
+{
+	wait_slots(slots, n, NULL);
+}
+
+/*
+ * igny8_wait, but a slot whose worker passed its deadline by more than the
+ * grace is given up on alone (abandoned: the worker frees it, and the slot
+ * is no longer the caller's to read or release), with late[i] set, and the
+ * others are still waited for.  The other errors end the wait as in
+ * igny8_wait.
+ */
+void
+igny8_wait_or_give_up(const int *slots, int n, bool *late)
+{
+	for (int i = 0; i < n; i++)
+		late[i] = false;
+	wait_slots(slots, n, late);
 }
 
 /* Done with an answered slot: free it. */

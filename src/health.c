@@ -43,6 +43,8 @@ PG_FUNCTION_INFO_V1(igny8_check_health);
 PG_FUNCTION_INFO_V1(igny8_health_state);
 
 #define IGNY8_HEALTH_CHANNEL	"igny8_ai_health"
+/* a probe's slot deadline: the probe timeout, and this for the worker */
+#define IGNY8_PROBE_SLACK_MS	1000
 
 /*
  * The index of a provider in shared memory, registering it when create is
@@ -224,6 +226,25 @@ igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
 		change->changed = true;
 	}
 	change->to = p->state;
+	change->consecutive_failures = p->consecutive_failures;
+	SpinLockRelease(&p->mutex);
+}
+
+/*
+ * The state of a provider as it stands, in the form of a change that
+ * changed nothing: for an outcome that says nothing about the provider.
+ */
+void
+igny8_health_peek(int index, Igny8HealthChange *change)
+{
+	Igny8ProviderShared *p;
+
+	memset(change, 0, sizeof(*change));
+	if (index < 0)
+		return;
+	p = &igny8_shared->providers[index];
+	SpinLockAcquire(&p->mutex);
+	change->from = change->to = p->state;
 	change->consecutive_failures = p->consecutive_failures;
 	SpinLockRelease(&p->mutex);
 }
@@ -414,66 +435,142 @@ igny8_health_alert(const char *provider, const Igny8HealthChange *change,
 /* ----- igny8_check_health() ----- */
 
 /*
+ * The detail of a probe that has no verdict of its own: the worker's error
+ * (the provider was not probed, or the answer was lost), or a worker that
+ * did not answer in time.
+ */
+static char *
+worker_failure_detail(const char *message, const char *detail,
+					  const char *sqlstate)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"error\": ");
+	escape_json(&buf, message);
+	if (detail != NULL)
+	{
+		appendStringInfoString(&buf, ", \"error_detail\": ");
+		escape_json(&buf, detail);
+	}
+	appendStringInfoString(&buf, ", \"sqlstate\": ");
+	escape_json(&buf, sqlstate);
+	appendStringInfoString(&buf, ", \"kind\": \"worker\"}");
+	return buf.data;
+}
+
+/*
  * One probe's answer: a service_health_log row, the alerts if the state
- * changed, and a result row.  Frees the slot.
+ * changed, and a result row.  Frees the slot.  A probe that failed in any
+ * way gets its row, healthy false, never an error that would lose the other
+ * providers' rows: a probe the worker could not make (its error is in the
+ * detail, "kind": "worker"), and one whose worker did not answer in time
+ * (late: the slot was given up on, and is no longer ours).  Such a row
+ * leaves the provider's state as it is, and carries it.
  */
 static void
 report_probe(ReturnSetInfo *rsinfo, SPIPlanPtr insert, const char *provider,
-			 int slotno)
+			 int slotno, bool late)
 {
 	int			ret;
-	Igny8Slot  *slot = &igny8_slots[slotno];
-	char	   *strs[2];
+	Igny8Slot  *slot = late ? NULL : &igny8_slots[slotno];
+	char	   *strs[2] = {NULL, NULL};
+	const char *detail_json;
+	const char *summary;
+	const char *code;
+	bool		healthy = false;
+	long		http_status = 0;
+	bool		has_latency = false;
+	double		latency_ms = 0;
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	Datum		out[6];
 	bool		outnulls[6] = {false, false, false, false, false, false};
-	const char *state;
 	Igny8HealthChange change;
 
-	if (!slot->success)
-		igny8_report_slot_error(slotno);
-	igny8_unpack_strings(igny8_dsa(), slot->result, 2, strs);
-	state = igny8_health_state_name(slot->health_state);
+	memset(&change, 0, sizeof(change));
+	if (late)
+	{
+		summary = "igny8_ai worker did not answer in time";
+		detail_json = worker_failure_detail(summary,
+											psprintf("The probe passed its deadline of %d ms by more than %d ms.",
+													 igny8_probe_timeout_ms + IGNY8_PROBE_SLACK_MS,
+													 IGNY8_WORKER_GRACE_MS),
+											unpack_sql_state(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION));
+		code = NULL;
+	}
+	else if (!slot->success)
+	{
+		Igny8SlotError err;
+
+		igny8_slot_error(slotno, &err);
+		summary = err.message;
+		detail_json = worker_failure_detail(err.message, err.detail,
+											unpack_sql_state(err.sqlerrcode));
+		code = NULL;
+	}
+	else
+	{
+		igny8_unpack_strings(igny8_dsa(), slot->result, 2, strs);
+		detail_json = strs[0] ? strs[0] : "{}";
+		summary = strs[1];
+		healthy = slot->healthy;
+		has_latency = true;
+		latency_ms = slot->duration_ms;
+		code = slot->health_code;
+	}
+	if (slot != NULL && slot->health_code[0] != '\0')
+	{
+		/* the probe ran: the worker recorded the state, alerts are ours */
+		change.changed = (slot->health_prev != slot->health_state);
+		change.from = slot->health_prev;
+		change.to = slot->health_state;
+		change.consecutive_failures = slot->consecutive_failures;
+		http_status = slot->http_status;
+		code = slot->health_code;
+	}
+	else
+	{
+		/*
+		 * not probed: the state as it stands (a late probe's worker
+		 * announces the change it makes, job.c)
+		 */
+		igny8_health_peek(igny8_provider_index(provider, false), &change);
+	}
 
 	values[0] = CStringGetTextDatum(provider);
-	values[1] = BoolGetDatum(slot->healthy);
-	values[2] = CStringGetTextDatum(state);
-	values[3] = Float8GetDatum(slot->duration_ms);
-	values[4] = Int32GetDatum((int32) slot->http_status);
-	if (slot->http_status <= 0)
+	values[1] = BoolGetDatum(healthy);
+	values[2] = CStringGetTextDatum(igny8_health_state_name(change.to));
+	values[3] = Float8GetDatum(latency_ms);
+	if (!has_latency)
+		nulls[3] = 'n';
+	values[4] = Int32GetDatum((int32) http_status);
+	if (http_status <= 0)
 		nulls[4] = 'n';
-	values[5] = CStringGetTextDatum(strs[0] ? strs[0] : "{}");
+	values[5] = CStringGetTextDatum(detail_json);
 	values[6] = TimestampTzGetDatum(GetCurrentTimestamp());
 	ret = SPI_execute_plan(insert, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into service_health_log: %s",
 			 SPI_result_code_string(ret));
 
-	/* the worker recorded the state; alerts are ours to send */
-	memset(&change, 0, sizeof(change));
-	change.changed = (slot->health_prev != slot->health_state);
-	change.from = slot->health_prev;
-	change.to = slot->health_state;
-	change.consecutive_failures = slot->consecutive_failures;
 	if (change.changed)
 	{
 		Async_Notify(IGNY8_HEALTH_CHANNEL,
-					 igny8_health_payload(provider, &change,
-										  slot->health_code));
-		igny8_health_alert(provider, &change, strs[1]);
+					 igny8_health_payload(provider, &change, code));
+		igny8_health_alert(provider, &change, summary);
 	}
 
-	out[0] = values[0];
-	out[1] = values[1];
-	out[2] = values[2];
-	out[3] = values[3];
-	out[4] = values[4];
-	outnulls[4] = (nulls[4] == 'n');
-	out[5] = DirectFunctionCall1(jsonb_in, CStringGetDatum(strs[0] ? strs[0] : "{}"));
+	for (int i = 0; i < 6; i++)
+	{
+		out[i] = values[i];
+		outnulls[i] = (nulls[i] == 'n');
+	}
+	out[5] = DirectFunctionCall1(jsonb_in, CStringGetDatum(detail_json));
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnulls);
 
-	igny8_release_slot(slotno);
+	if (!late)
+		igny8_release_slot(slotno);
 }
 
 
@@ -489,6 +586,7 @@ igny8_check_health(PG_FUNCTION_ARGS)
 	int			nproviders;
 	char	  **ids;
 	int		   *slots;
+	bool	   *late;
 	int			ret;
 	int			mark;
 	SPIPlanPtr	insert;
@@ -511,10 +609,14 @@ igny8_check_health(PG_FUNCTION_ARGS)
 	for (int i = 0; i < nproviders; i++)
 		ids[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 
+	late = palloc0(sizeof(bool) * Max(nproviders, 1));
 	mark = igny8_slots_held();
 	/*
-	 * All probes at once; the worker bounds each by the probe timeout.  On
-	 * any error, the slots still held are abandoned.
+	 * All probes at once; the worker bounds each, all its requests
+	 * included, by the probe timeout (probe.c), and its slot's deadline
+	 * leaves it a second more.  A worker that is late all the same costs
+	 * its provider's row only (report_probe).  On any error, the slots
+	 * still held are abandoned.
 	 */
 	PG_TRY();
 	{
@@ -524,10 +626,11 @@ igny8_check_health(PG_FUNCTION_ARGS)
 
 			igny8_new_request_id(&id);
 			slots[i] = igny8_submit(IGNY8_TASK_HEALTH, ids[i], "{}",
-									igny8_probe_timeout_ms + 1000, false, 0,
+									igny8_probe_timeout_ms + IGNY8_PROBE_SLACK_MS,
+									false, 0,
 									&id);
 		}
-		igny8_wait(slots, nproviders);
+		igny8_wait_or_give_up(slots, nproviders, late);
 
 		insert = SPI_prepare(psprintf("INSERT INTO %s.service_health_log"
 									  " (provider, healthy, state, latency_ms,"
@@ -538,7 +641,7 @@ igny8_check_health(PG_FUNCTION_ARGS)
 			elog(ERROR, "could not prepare the service_health_log insert");
 
 		for (int i = 0; i < nproviders; i++)
-			report_probe(rsinfo, insert, ids[i], slots[i]);
+			report_probe(rsinfo, insert, ids[i], slots[i], late[i]);
 	}
 	PG_CATCH();
 	{

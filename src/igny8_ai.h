@@ -423,7 +423,10 @@ extern int	igny8_submit(Igny8Task task, const char *alias, const char *request,
 						 int timeout_ms, bool has_account, int64 account_id,
 						 const pg_uuid_t *request_id);
 extern void igny8_check_free_slots(int n);
+/* extra wait past the deadline before the caller stops trusting the worker */
+#define IGNY8_WORKER_GRACE_MS	5000
 extern void igny8_wait(const int *slots, int n);
+extern void igny8_wait_or_give_up(const int *slots, int n, bool *late);
 extern void igny8_release_slot(int slotno);
 extern int	igny8_slots_held(void);
 extern void igny8_abandon_since(int mark);
@@ -488,6 +491,7 @@ extern const char *igny8_health_state_name(Igny8HealthState state);
 extern void igny8_health_report(int index, bool ok, bool probe,
 								bool probe_degraded, double latency_ms,
 								const char *error, Igny8HealthChange *change);
+extern void igny8_health_peek(int index, Igny8HealthChange *change);
 extern bool igny8_circuit_allows(int index);
 
 /* igny8_circuit_take_trial: may an attempt be sent to the provider now? */

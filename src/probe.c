@@ -8,7 +8,16 @@
  *
  * Probes take no provider place: they are cheap, bounded by
  * igny8_ai.health_probe_timeout, and must get through when the provider
- * is saturated.
+ * is saturated.  The timeout bounds the whole probe, however many requests
+ * it makes (ComfyUI's makes one per loader class after /system_stats):
+ * each is given what is left, and a probe that runs out of time is a
+ * timeout.
+ *
+ * A probe that fails for a reason of ours (out of file descriptors or
+ * memory: "local"; no probe for the kind or a key reference that cannot
+ * be resolved: "config") says nothing about the provider: it gets its row
+ * but leaves the provider's state and circuit alone, as a request that
+ * fails so does (job.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -49,15 +58,28 @@ configured_models(Igny8Config *cfg, Igny8Provider *p, int *n)
 	return models;
 }
 
-/* Finish a probe: record the verdict in the shared state. */
+/* Does a probe's failure of this kind say nothing about the provider? */
+static bool
+failure_is_ours(const char *kind)
+{
+	return strcmp(kind, "local") == 0 || strcmp(kind, "config") == 0;
+}
+
+/*
+ * Finish a probe: record the verdict in the shared state, unless the
+ * failure was ours (code "local" or "config").
+ */
 static void
 finish_probe(Igny8Job *job, double latency_ms, const char *code)
 {
 	Igny8ProbeResult *r = &job->probe_result;
 
-	igny8_health_report(job->probe->shared_index, r->healthy, true,
-						r->degraded, latency_ms, r->summary,
-						&job->probe_change);
+	if (!r->healthy && failure_is_ours(code))
+		igny8_health_peek(job->probe->shared_index, &job->probe_change);
+	else
+		igny8_health_report(job->probe->shared_index, r->healthy, true,
+							r->degraded, latency_ms, r->summary,
+							&job->probe_change);
 	job->probe_code = code;
 	job->success = true;
 	job->state = JOB_FINISHED;
@@ -100,6 +122,8 @@ probe_start(Igny8Job *job, TimestampTz now)
 	else
 	{
 		job->probe_class = -1;
+		job->probe_deadline = TimestampTzPlusMilliseconds(now,
+														  igny8_probe_timeout_ms);
 		memset(&http, 0, sizeof(http));
 		proto->build_probe(p->key, p->settings, &http);
 		job->transfer = igny8_http_start(p->base_url, &http,
@@ -158,22 +182,45 @@ comfyui_next_class(Igny8Job *job, int from)
 	return -1;
 }
 
-static void
+/*
+ * Ask about the loader class of file index, with what is left of the
+ * probe's time; false (nothing sent) when none is left.
+ */
+static bool
 comfyui_ask_class(Igny8Job *job, int index)
 {
 	Igny8Provider *p = job->probe;
 	Igny8HttpRequest http;
+	long		left_ms = (long) ((job->probe_deadline -
+								   GetCurrentTimestamp()) / 1000);
 
 	job->probe_class = index;
+	if (left_ms < 1)
+		return false;
 	memset(&http, 0, sizeof(http));
 	igny8_comfyui_build_object_info(job->probe_files[index].class_type,
 									p->key, &http);
-	job->transfer = igny8_http_start(p->base_url, &http,
-									 igny8_probe_timeout_ms,
-									 Min(p->connect_timeout_ms,
-										 igny8_probe_timeout_ms),
+	job->transfer = igny8_http_start(p->base_url, &http, (int) left_ms,
+									 (int) Min((long) p->connect_timeout_ms,
+											   left_ms),
 									 p->proxy, p->ca_file, 0, job);
 	job->state = JOB_HTTP;
+	return true;
+}
+
+/*
+ * The probe's time ran out before ComfyUI answered about a loader class:
+ * the verdict is a timeout, as if /system_stats had not answered in time.
+ */
+static void
+comfyui_timed_out(Igny8Job *job, double latency_ms)
+{
+	job->probe_status = 0;
+	probe_failed(job, "timeout",
+				 psprintf("timed out: the probe did not finish within igny8_ai.health_probe_timeout (%d ms); GET /object_info/%s did not answer in time",
+						  igny8_probe_timeout_ms,
+						  job->probe_files[job->probe_class].class_type),
+				 latency_ms);
 }
 
 /* Every class was asked about (or one could not be): the verdict. */
@@ -247,6 +294,15 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 		/* ComfyUI's answer about one loader class */
 		const char *failure = NULL;
 
+		if (t->result != CURLE_OK &&
+			strcmp(igny8_http_failure_kind(t), "timeout") == 0)
+		{
+			/* it had what was left of the probe's time */
+			igny8_http_free(t);
+			comfyui_timed_out(job, latency_ms);
+			MemoryContextSwitchTo(old);
+			return;
+		}
 		if (t->result != CURLE_OK)
 			failure = igny8_http_error_text(t);
 		else
@@ -264,7 +320,8 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 		if (failure == NULL &&
 			(job->probe_class = comfyui_next_class(job, job->probe_class + 1)) >= 0)
 		{
-			comfyui_ask_class(job, job->probe_class);
+			if (!comfyui_ask_class(job, job->probe_class))
+				comfyui_timed_out(job, latency_ms);
 			MemoryContextSwitchTo(old);
 			return;
 		}
@@ -301,7 +358,8 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 			if (job->nprobe_files > 0)
 			{
 				igny8_http_free(t);
-				comfyui_ask_class(job, 0);
+				if (!comfyui_ask_class(job, 0))
+					comfyui_timed_out(job, latency_ms);
 				MemoryContextSwitchTo(old);
 				return;
 			}

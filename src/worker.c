@@ -434,6 +434,8 @@ work_waiting(void)
 	if (pg_atomic_read_u32(&me->wakeup) != 0 ||
 		pg_atomic_read_u32(&me->abandons) != 0 ||
 		shutdown_requested || ConfigReloadPending ||
+		/* queued after the flush (a probe whose caller left, job.c) */
+		igny8_pending_notifies != NIL ||
 		(config != NULL && igny8_jobs_due(GetCurrentTimestamp())) ||
 		pg_atomic_read_u64(&igny8_shared->config_generation) != config_generation ||
 		!igny8_queue_empty(igny8_worker_index))

@@ -472,6 +472,9 @@ typedef struct Igny8Job
 	int			nprobe_files;
 	int			probe_class;	/* the file whose class is being asked
 								 * about, or -1 */
+	TimestampTz probe_deadline; /* the probe's start plus
+								 * igny8_ai.health_probe_timeout: all of its
+								 * requests end by then */
 
 	/* the response cache (cache.c) */
 	Igny8CacheSetting *cache;	/* its alias's setting, or NULL: uncached */
