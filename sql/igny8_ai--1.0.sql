@@ -1777,7 +1777,8 @@ CREATE TABLE igny8_jobs (
     duration_ms     double precision,
     error_code      text,
     error_message   text,
-    error_detail    text
+    error_detail    text,
+    error_hint      text
 );
 
 -- what the workers take, in order: interactive first, then oldest
@@ -1893,7 +1894,7 @@ SELECT j.id, j.state, j.kind, j.model_alias, j.account_id, j.priority,
        j.thinking, j.finish_reason, j.input_tokens, j.output_tokens,
        j.image, j.width, j.height, j.seed, j.revised_prompt, j.cost,
        j.duration_ms, j.request_id, j.error_code, j.error_message,
-       j.error_detail,
+       j.error_detail, j.error_hint,
        CASE WHEN j.state OPERATOR(pg_catalog.=) 'running'
             THEN @extschema@.igny8_job_progress(j.id) END AS progress
   FROM @extschema@.igny8_jobs j;

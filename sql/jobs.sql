@@ -203,6 +203,8 @@ SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"colour": 1}'')
 SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"priority": "urgent"}'')');
 SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"priority": 1}'')');
 SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"not_before": "soon"}'')');
+-- (its context names the option)
+SELECT igny8_submit_text('x', 'gpt-4', '{"not_before": "soon"}');
 SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"not_before": "infinity"}'')');
 SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"max_attempts": 0}'')');
 SELECT show_error('SELECT igny8_submit_text(''x'', ''gpt-4'', ''{"max_attempts": 101}'')');
@@ -264,7 +266,12 @@ BEGIN;
 SELECT igny8_submit_text('Doomed [[sim ollama:tag=jd]]', 'doomed') AS jd \gset
 DELETE FROM igny8_models WHERE alias = 'doomed';
 COMMIT;
-SELECT state, error_code, error_message, attempts FROM igny8_wait_job(:jd, '30 s');
+SELECT state, error_code, error_message, error_hint, attempts FROM igny8_wait_job(:jd, '30 s');
+-- the hint of a failed run names its attempts, as the call's does
+SELECT igny8_submit_text('All fail [[sim ollama:status=404]] [[sim openai:status=404]] [[sim anthropic:status=404]]',
+                         'gpt-4-fallback', '{"max_attempts": 1}') AS jh \gset
+SELECT state, error_code, error_hint = format('Check the providers in igny8_providers. The attempts are in ai_usage_log with request_id %s.', request_id) AS hint_names_attempts
+  FROM igny8_wait_job(:jh, '30 s');
 SELECT line AS jd_requests FROM sim('log --tag jd --count') AS line;
 SELECT string_agg(pid::text, ',' ORDER BY worker) = :'worker_pids' AS same_workers FROM igny8_worker_status();
 

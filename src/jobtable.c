@@ -1041,7 +1041,7 @@ db_text(const char *utf8, char *nulls, int i)
 	return CStringGetTextDatum(igny8_to_db_lossy(utf8));
 }
 
-#define FINISH_NARGS 20
+#define FINISH_NARGS 21
 
 /* Write one finished run into its row.  Needs a transaction. */
 static void
@@ -1050,7 +1050,8 @@ write_one(const char *schema, Igny8Job *job)
 	Oid			types[FINISH_NARGS] = {
 		INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, INT4OID, BYTEAOID, INT4OID, INT4OID, TEXTOID, FLOAT8OID,
-		TEXTOID, TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, NUMERICOID
+		TEXTOID, TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, NUMERICOID,
+		TEXTOID
 	};
 	Datum		values[FINISH_NARGS];
 	char		nulls[FINISH_NARGS];
@@ -1113,6 +1114,11 @@ write_one(const char *schema, Igny8Job *job)
 		values[15] = db_text(job->job_cancelled ? "cancelled by igny8_cancel_job" :
 							 job->errmsg, nulls, 15);
 		values[16] = db_text(job->errdetail, nulls, 16);
+		if (!job->job_cancelled)
+		{
+			nulls[20] = ' ';
+			values[20] = db_text(job->errhint, nulls, 20);
+		}
 	}
 	values[13] = Float8GetDatum((double) (GetCurrentTimestamp() - job->started) / 1000.0);
 	nulls[13] = ' ';
@@ -1131,7 +1137,7 @@ write_one(const char *schema, Igny8Job *job)
 		" finish_reason = $7, input_tokens = $8, output_tokens = $9,"
 		" image = $10, width = $11, height = $12, revised_prompt = $13,"
 		" cost = $20, duration_ms = $14, error_code = $15, error_message = $16,"
-		" error_detail = $17, inflight = NULL"
+		" error_detail = $17, error_hint = $21, inflight = NULL"
 		" WHERE j.id OPERATOR(pg_catalog.=) $1"
 		" AND j.state OPERATOR(pg_catalog.=) 'running'"
 		" AND j.worker OPERATOR(pg_catalog.=) $18"

@@ -61,6 +61,12 @@ job_defaults(Igny8JobOptions *job)
 	job->max_attempts = IGNY8_DEFAULT_ATTEMPTS;
 }
 
+static void
+not_before_context(void *arg)
+{
+	errcontext("option \"not_before\" of the job");
+}
+
 /*
  * An option of a submitted job: priority, not_before, max_attempts,
  * idempotency_key.  False if key is none of them.
@@ -82,10 +88,19 @@ igny8_job_option(Igny8JobOptions *job, const char *key, JsonbValue *v)
 	else if (strcmp(key, "not_before") == 0)
 	{
 		char	   *s = igny8_option_string(v, key);
-		TimestampTz t = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
-																CStringGetDatum(s),
-																ObjectIdGetDatum(InvalidOid),
-																Int32GetDatum(-1)));
+		ErrorContextCallback context;
+		TimestampTz t;
+
+		/* timestamptz_in's own error (22007, 22008) names the option */
+		context.callback = not_before_context;
+		context.arg = NULL;
+		context.previous = error_context_stack;
+		error_context_stack = &context;
+		t = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
+													CStringGetDatum(s),
+													ObjectIdGetDatum(InvalidOid),
+													Int32GetDatum(-1)));
+		error_context_stack = context.previous;
 
 		if (TIMESTAMP_NOT_FINITE(t))
 			ereport(ERROR,

@@ -127,6 +127,7 @@ class Igny8Job(models.Model):
     error_code = models.TextField(null=True)
     error_message = models.TextField(null=True)
     error_detail = models.TextField(null=True)
+    error_hint = models.TextField(null=True)
 
     class Meta:
         managed = False

@@ -80,6 +80,7 @@ class Migration(migrations.Migration):
                 ('error_code', models.TextField(null=True)),
                 ('error_message', models.TextField(null=True)),
                 ('error_detail', models.TextField(null=True)),
+                ('error_hint', models.TextField(null=True)),
             ],
             options={
                 'db_table': 'igny8_jobs',
