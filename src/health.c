@@ -308,9 +308,14 @@ igny8_circuit_allows(int index)
 	if (index < 0)
 		return true;
 	p = &igny8_shared->providers[index];
+	SpinLockAcquire(&p->mutex);
+	allowed = !p->circuit_open;
+	SpinLockRelease(&p->mutex);
+	if (allowed)
+		return true;			/* the usual case: no clock read */
+
 	/* the clock is read before the spinlock is taken: no system call under it */
 	now = GetCurrentTimestamp();
-
 	SpinLockAcquire(&p->mutex);
 	allowed = !p->circuit_open || trial_may_start(p, now);
 	SpinLockRelease(&p->mutex);
@@ -334,8 +339,13 @@ igny8_circuit_take_trial(int index, TimestampTz until, TimestampTz *trial)
 	if (index < 0)
 		return IGNY8_CIRCUIT_CLOSED;
 	p = &igny8_shared->providers[index];
-	now = GetCurrentTimestamp();
+	SpinLockAcquire(&p->mutex);
+	verdict = p->circuit_open ? IGNY8_CIRCUIT_REFUSED : IGNY8_CIRCUIT_CLOSED;
+	SpinLockRelease(&p->mutex);
+	if (verdict == IGNY8_CIRCUIT_CLOSED)
+		return verdict;			/* the usual case: no clock read */
 
+	now = GetCurrentTimestamp();
 	SpinLockAcquire(&p->mutex);
 	if (!p->circuit_open)
 		verdict = IGNY8_CIRCUIT_CLOSED;
