@@ -280,7 +280,8 @@ igny8_jobs_submitted(PG_FUNCTION_ARGS)
  * prepared before a restart), so every COMMIT PREPARED is announced: a
  * reload costs a worker a few milliseconds, a look for jobs less.  A
  * cancel in a prepared transaction was not told to its worker at PREPARE:
- * every worker scans its jobs' rows now (igny8_jobs_request_scan).
+ * every worker scans its jobs' rows now (igny8_jobs_request_scan), and
+ * every backend waiting for a job looks at it again.
  */
 static void
 igny8_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
@@ -306,6 +307,8 @@ igny8_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 		announce_config_change();
 		igny8_jobs_request_scan();
 		igny8_bindings_changed();
+		/* a queued job it cancelled has no worker to announce it */
+		igny8_wake_all_job_waiters();
 	}
 }
 

@@ -466,6 +466,7 @@ extern bool igny8_job_option(Igny8JobOptions *job, const char *key,
 extern void igny8_jobs_announce(void);
 extern void igny8_jobs_request_scan(void);
 extern void igny8_wake_job_waiters(const int64 *ids, int n);
+extern void igny8_wake_all_job_waiters(void);
 
 /* budget.c: the spend of the budgets, in shared memory */
 extern void igny8_budget_shmem_request(void);

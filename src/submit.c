@@ -910,6 +910,21 @@ igny8_jobs_request_scan(void)
 	igny8_jobs_announce();
 }
 
+/*
+ * Set the latches of every backend waiting for a job: after a COMMIT
+ * PREPARED, which may have cancelled a queued job (an UPDATE no worker
+ * writes the outcome of), each looks at its job again.
+ */
+void
+igny8_wake_all_job_waiters(void)
+{
+	if (igny8_job_waiters == NULL)
+		return;
+	for (int p = 0; p < igny8_nprocs; p++)
+		if (pg_atomic_read_u64(&igny8_job_waiters[p]) != 0)
+			igny8_wake_proc(p);
+}
+
 /* Set the latches of the backends waiting for one of ids. */
 void
 igny8_wake_job_waiters(const int64 *ids, int n)
