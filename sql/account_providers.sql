@@ -25,6 +25,7 @@ SELECT show_error($$INSERT INTO igny8_account_providers (account_id, provider, a
 SELECT show_error($$INSERT INTO igny8_account_providers (account_id, provider, api_key_ref)
                     VALUES (42, 'openai', 'file:relative/path')$$);
 SELECT show_error($$INSERT INTO igny8_account_providers (account_id, provider) VALUES (NULL, 'openai')$$);
+SELECT show_error($$INSERT INTO igny8_account_providers (account_id, provider) VALUES (-1, 'openai')$$);
 SELECT count(*) AS rows_written FROM igny8_account_providers;
 
 -- account 42: its own key for OpenAI

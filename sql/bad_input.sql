@@ -34,7 +34,7 @@ VALUES ('spare-alias', 'spare', 'qwen3:8b');
 SELECT igny8_generate_text('Hello', 'spare-alias');
 -- an image alias cannot serve text
 INSERT INTO igny8_models (alias, provider_id, provider_model, task)
-VALUES ('image-alias', 'self_hosted_ai', 'flux1-dev', 'image');
+VALUES ('image-alias', 'openai', 'dall-e-3', 'image');
 SELECT igny8_generate_text('Hello', 'image-alias');
 DELETE FROM igny8_models WHERE alias IN ('disabled-alias', 'spare-alias', 'image-alias');
 DELETE FROM igny8_providers WHERE id = 'spare';

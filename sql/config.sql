@@ -135,3 +135,81 @@ SELECT position, fallback_alias, origin FROM igny8_fallbacks WHERE alias = 'gpt-
 ROLLBACK;
 UPDATE igny8_fallbacks SET fallback_alias = 'gpt-3.5-turbo' WHERE alias = 'gpt-4' AND position = 1;
 SELECT position, fallback_alias FROM igny8_fallbacks WHERE alias = 'gpt-4' ORDER BY position;
+
+-- a deployment whose provider's kind does not serve its task is refused
+-- (every call would fail): images are made by comfyui and openai, text by
+-- ollama, openai and anthropic; so is a change of a provider's kind that
+-- would leave one.  Nothing is written
+\pset format unaligned
+\pset tuples_only on
+SELECT show_error($$INSERT INTO igny8_models (alias, provider_id, provider_model, task)
+                    VALUES ('poster3', 'self_hosted_ai', 'flux1-dev', 'image')$$);
+SELECT show_error($$INSERT INTO igny8_models (alias, provider_id, provider_model, task)
+                    VALUES ('poster3', 'anthropic', 'claude-haiku-5-5', 'image')$$);
+SELECT show_error($$INSERT INTO igny8_models (alias, provider_id, provider_model)
+                    VALUES ('poster3', 'comfyui', 'flux1-dev')$$);
+SELECT show_error($$UPDATE igny8_models SET provider_id = 'anthropic' WHERE alias = 'dall-e-3-fallback'$$);
+SELECT show_error($$UPDATE igny8_models SET task = 'image' WHERE alias = 'gpt-4'$$);
+SELECT show_error($$UPDATE igny8_providers SET kind = 'comfyui' WHERE id = 'self_hosted_ai'$$);
+SELECT show_error($$UPDATE igny8_providers SET kind = 'anthropic' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET kind = 'ollama' WHERE id = 'comfyui'$$);
+\pset format aligned
+\pset tuples_only off
+SELECT count(*) AS poster3 FROM igny8_models WHERE alias = 'poster3';
+SELECT id, kind, origin FROM igny8_providers ORDER BY id;
+SELECT alias, provider_id, task, origin FROM igny8_models
+ WHERE alias IN ('gpt-4', 'dall-e-3-fallback') ORDER BY alias, provider_id;
+-- what a kind serves is accepted: images on OpenAI; Anthropic's text
+-- deployments fit the kinds openai and ollama
+BEGIN;
+INSERT INTO igny8_models (alias, provider_id, provider_model, task)
+VALUES ('poster3', 'openai', 'dall-e-3', 'image');
+UPDATE igny8_providers SET kind = 'openai' WHERE id = 'anthropic';
+UPDATE igny8_providers SET kind = 'ollama' WHERE id = 'anthropic';
+SELECT alias, provider_id, task, origin FROM igny8_models WHERE alias = 'poster3';
+SELECT kind FROM igny8_providers WHERE id = 'anthropic';
+ROLLBACK;
+
+-- a fallback's alias and fallback alias are aliases of igny8_models: a
+-- mistyped one, which would never be tried, is refused, by an INSERT or
+-- an UPDATE.  Nothing is written
+\pset format unaligned
+\pset tuples_only on
+SELECT show_error($$INSERT INTO igny8_fallbacks VALUES ('gpt-4', 3, 'gpt-4-fallbak')$$);
+SELECT show_error($$INSERT INTO igny8_fallbacks VALUES ('gtp-4', 1, 'gpt-4-fallback')$$);
+SELECT show_error($$UPDATE igny8_fallbacks SET fallback_alias = 'gpt-35-turbo'
+                     WHERE alias = 'gpt-4' AND position = 2$$);
+SELECT show_error($$UPDATE igny8_fallbacks SET alias = 'gpt4' WHERE alias = 'gpt-4'$$);
+\pset format aligned
+\pset tuples_only off
+SELECT alias, position, fallback_alias, origin FROM igny8_fallbacks ORDER BY alias, position;
+-- not while a dump is restored (pg_dump sets check_function_bodies off):
+-- its fallbacks come before the deployments they name
+BEGIN;
+SET LOCAL check_function_bodies = off;
+INSERT INTO igny8_fallbacks VALUES ('restored', 1, 'gpt-4'), ('gpt-4', 3, 'restored');
+SELECT alias, position, fallback_alias, origin FROM igny8_fallbacks
+ WHERE 'restored' IN (alias, fallback_alias) ORDER BY alias, position;
+ROLLBACK;
+
+-- a deployment may go while fallbacks name its alias (as the cache
+-- settings of an alias stay): they stay and are skipped until the alias
+-- is deployed again; an update that keeps their names is accepted, a
+-- row that names the gone alias anew is not
+INSERT INTO igny8_models (alias, provider_id, provider_model)
+VALUES ('writer2', 'self_hosted_ai', 'qwen3:8b'), ('gone', 'self_hosted_ai', 'qwen3:8b');
+INSERT INTO igny8_fallbacks VALUES ('writer2', 1, 'gone'), ('writer2', 2, 'gpt-3.5-turbo-fallback');
+DELETE FROM igny8_models WHERE alias = 'gone';
+SELECT alias, position, fallback_alias FROM igny8_fallbacks WHERE alias = 'writer2' ORDER BY position;
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('Gone [[sim ollama:status=404]]', 'writer2');
+SELECT provider, model_used, model_alias, success FROM ai_usage_log ORDER BY id;
+UPDATE igny8_fallbacks SET position = 3 WHERE alias = 'writer2' AND position = 1;
+\pset format unaligned
+\pset tuples_only on
+SELECT show_error($$INSERT INTO igny8_fallbacks VALUES ('gpt-4', 3, 'gone')$$);
+\pset format aligned
+\pset tuples_only off
+SELECT alias, position, fallback_alias FROM igny8_fallbacks WHERE alias = 'writer2' ORDER BY position;
+DELETE FROM igny8_fallbacks WHERE alias = 'writer2';
+DELETE FROM igny8_models WHERE alias = 'writer2';

@@ -592,7 +592,10 @@ CREATE TRIGGER igny8_workflows_in_use
     BEFORE DELETE ON igny8_workflows
     FOR EACH ROW EXECUTE FUNCTION igny8_workflow_in_use();
 
--- Before a deployment is written: an image deployment on a ComfyUI
+-- Before a deployment is written: its provider's kind serves its task
+-- (text: ollama, openai, anthropic; images: comfyui, openai; as the
+-- workers' src/job.c text_serves and src/image.c image_serves say, which
+-- fail every attempt of any other pair); an image deployment on a ComfyUI
 -- provider runs a workflow, and only there does a deployment have one.
 CREATE FUNCTION igny8_deployment_check() RETURNS trigger
 LANGUAGE plpgsql
@@ -606,6 +609,20 @@ BEGIN
      WHERE p.id OPERATOR(pg_catalog.=) NEW.provider_id;
     IF NOT FOUND THEN
         RETURN NEW;     -- the foreign key says so
+    END IF;
+    IF (CASE NEW.task
+            WHEN 'text' THEN provider_kind OPERATOR(pg_catalog.<>) ALL (ARRAY['ollama', 'openai', 'anthropic'])
+            WHEN 'image' THEN provider_kind OPERATOR(pg_catalog.<>) ALL (ARRAY['comfyui', 'openai'])
+            ELSE false END) THEN    -- (another task: the CHECK on task says so)
+        RAISE EXCEPTION '% deployment of alias "%" on provider "%" cannot work: a provider of kind % does not serve %',
+                        NEW.task, NEW.alias, NEW.provider_id, provider_kind,
+                        CASE NEW.task WHEN 'image' THEN 'images' ELSE 'text' END
+            USING ERRCODE = 'check_violation',
+                  DETAIL = pg_catalog.format('Every call of the alias would fail on provider "%s" (kind %s): it serves %s only.',
+                                             NEW.provider_id, provider_kind,
+                                             CASE WHEN provider_kind OPERATOR(pg_catalog.=) 'comfyui'
+                                                  THEN 'images' ELSE 'text' END),
+                  HINT = 'Deploy images on a provider of kind comfyui or openai, and text on one of kind ollama, openai or anthropic.';
     END IF;
     IF provider_kind OPERATOR(pg_catalog.=) 'comfyui' AND
        NEW.task OPERATOR(pg_catalog.=) 'image' AND NEW.workflow IS NULL THEN
@@ -632,7 +649,8 @@ CREATE TRIGGER igny8_models_check
     BEFORE INSERT OR UPDATE ON igny8_models
     FOR EACH ROW EXECUTE FUNCTION igny8_deployment_check();
 
--- After a provider's kind changed: its deployments still fit it.
+-- After a provider's kind changed: its deployments still fit it (the kind
+-- serves their task, as igny8_deployment_check above says; workflows).
 CREATE FUNCTION igny8_provider_kind_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -643,22 +661,37 @@ BEGIN
     IF OLD.kind OPERATOR(pg_catalog.=) NEW.kind THEN
         RETURN NULL;
     END IF;
-    SELECT m.alias, m.workflow INTO misfit
+    SELECT m.alias, m.task, m.workflow,
+           CASE m.task
+               WHEN 'text' THEN NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['ollama', 'openai', 'anthropic'])
+               WHEN 'image' THEN NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['comfyui', 'openai'])
+               ELSE false END AS unserved
+      INTO misfit
       FROM @extschema@.igny8_models m
      WHERE m.provider_id OPERATOR(pg_catalog.=) NEW.id
-       AND CASE WHEN NEW.kind OPERATOR(pg_catalog.=) 'comfyui'
-                THEN m.task OPERATOR(pg_catalog.=) 'image' AND m.workflow IS NULL
-                ELSE m.workflow IS NOT NULL END
-     ORDER BY m.alias LIMIT 1;
+       AND (CASE m.task
+                WHEN 'text' THEN NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['ollama', 'openai', 'anthropic'])
+                WHEN 'image' THEN NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['comfyui', 'openai'])
+                ELSE false END
+            OR CASE WHEN NEW.kind OPERATOR(pg_catalog.=) 'comfyui'
+                    THEN m.task OPERATOR(pg_catalog.=) 'image' AND m.workflow IS NULL
+                    ELSE m.workflow IS NOT NULL END)
+     ORDER BY 4 DESC, m.alias LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'provider "%" cannot become of kind %: deployment of alias "%" does not fit it',
-                        NEW.id, NEW.kind, misfit.alias
+        RAISE EXCEPTION 'provider "%" cannot become of kind %: % deployment of alias "%" does not fit it',
+                        NEW.id, NEW.kind, misfit.task, misfit.alias
             USING ERRCODE = 'check_violation',
-                  DETAIL = CASE WHEN misfit.workflow IS NULL
+                  DETAIL = CASE WHEN misfit.unserved
+                           THEN pg_catalog.format('A provider of kind %s does not serve %s: every call of the alias would fail on it.',
+                                                  NEW.kind,
+                                                  CASE misfit.task WHEN 'image' THEN 'images' ELSE 'text' END)
+                           WHEN misfit.workflow IS NULL
                            THEN 'An image deployment on a ComfyUI provider needs a workflow; it has none.'
                            ELSE pg_catalog.format('It runs workflow "%s", and only providers of kind comfyui run workflows.',
                                                   misfit.workflow) END,
-                  HINT = 'Move or delete the provider''s deployments first.';
+                  HINT = CASE WHEN misfit.unserved
+                         THEN 'Move or delete the provider''s deployments first: images are served by kinds comfyui and openai, text by ollama, openai and anthropic.'
+                         ELSE 'Move or delete the provider''s deployments first.' END;
     END IF;
     RETURN NULL;
 END
@@ -667,6 +700,49 @@ $$;
 CREATE TRIGGER igny8_providers_kind_check
     AFTER UPDATE OF kind ON igny8_providers
     FOR EACH ROW EXECUTE FUNCTION igny8_provider_kind_check();
+
+-- Before a fallback is written: its alias and its fallback alias are
+-- aliases of igny8_models (a mistyped one would never be tried: the
+-- router skips an alias without deployments).  On an UPDATE, the names it
+-- changes.  As for igny8_cache_settings: not while a dump is restored
+-- (pg_dump sets check_function_bodies off), whose fallbacks come before
+-- the deployments they name, which no foreign key orders; and not when a
+-- deployment goes (DELETE of an alias's last deployment, or a change of
+-- its alias), which leaves the fallbacks that name it, skipped, until the
+-- alias is deployed again.
+CREATE FUNCTION igny8_fallback_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_catalog.current_setting('check_function_bodies') OPERATOR(pg_catalog.=) 'off' THEN
+        RETURN NEW;             -- a restore
+    END IF;
+    IF (TG_OP = 'INSERT' OR NEW.alias IS DISTINCT FROM OLD.alias) AND
+       NOT EXISTS (SELECT 1 FROM @extschema@.igny8_models m
+                    WHERE m.alias OPERATOR(pg_catalog.=) NEW.alias) THEN
+        RAISE EXCEPTION 'model alias "%" does not exist', NEW.alias
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = pg_catalog.format('Fallback %s of alias "%s" (to "%s") would never be tried: the alias has no deployment in igny8_models.',
+                                             NEW.position, NEW.alias, NEW.fallback_alias),
+                  HINT = 'Model aliases are the "alias" column of igny8_models: deploy the alias first.';
+    END IF;
+    IF (TG_OP = 'INSERT' OR NEW.fallback_alias IS DISTINCT FROM OLD.fallback_alias) AND
+       NOT EXISTS (SELECT 1 FROM @extschema@.igny8_models m
+                    WHERE m.alias OPERATOR(pg_catalog.=) NEW.fallback_alias) THEN
+        RAISE EXCEPTION 'fallback alias "%" of model alias "%" does not exist', NEW.fallback_alias, NEW.alias
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = pg_catalog.format('Fallback %s of alias "%s" would never be tried: "%s" has no deployment in igny8_models.',
+                                             NEW.position, NEW.alias, NEW.fallback_alias),
+                  HINT = 'Model aliases are the "alias" column of igny8_models: deploy the fallback alias first.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER igny8_fallbacks_check
+    BEFORE INSERT OR UPDATE ON igny8_fallbacks
+    FOR EACH ROW EXECUTE FUNCTION igny8_fallback_check();
 
 --
 -- The seed's configuration, as shipped rows.
@@ -1314,7 +1390,7 @@ $$;
 --
 
 CREATE TABLE igny8_account_providers (
-    account_id      bigint NOT NULL,
+    account_id      bigint NOT NULL CHECK (account_id >= 0),
     provider        text NOT NULL REFERENCES igny8_providers (id)
                     ON UPDATE CASCADE ON DELETE CASCADE,
     enabled         boolean NOT NULL DEFAULT true,
@@ -2646,6 +2722,7 @@ REVOKE ALL ON FUNCTION igny8_workflow_in_use() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_workflows_release() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_deployment_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_provider_kind_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_fallback_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_touch_updated_at() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_check_health() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_health_state() FROM PUBLIC;
