@@ -210,11 +210,17 @@ igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
 		strlcpy(p->last_error, error ? error : "failed", sizeof(p->last_error));
 		if (p->consecutive_failures >= igny8_circuit_threshold)
 		{
-			/* (re)open: a failed trial starts a new cool-down */
+			/*
+			 * (Re)open: a failure starts a new cool-down.  A trial in flight
+			 * keeps the circuit: it is not this report's to end (the trial's
+			 * own report ends it, igny8_circuit_end_trial), whatever else
+			 * fails meanwhile (a probe, an attempt that began before the
+			 * circuit opened).
+			 */
+			if (!p->circuit_open)
+				p->trial_at = p->trial_until = 0;
 			p->circuit_open = true;
 			p->opened_at = now;
-			p->trial_at = 0;
-			p->trial_until = 0;
 			p->state = IGNY8_HEALTH_DOWN;
 		}
 		else if (p->state != IGNY8_HEALTH_DOWN)
@@ -363,10 +369,12 @@ igny8_circuit_take_trial(int index, TimestampTz until, TimestampTz *trial)
 }
 
 /*
- * The trial started at "trial" ended without an outcome for the provider
- * (its caller left or its deadline cut it short): another may start at once.
- * Nothing if the trial was settled already (a report closed or reopened
- * the circuit) or another has started since.
+ * The trial started at "trial" ended: its report, if it had one, closed
+ * the circuit or opened it again; without one (its caller left, or the
+ * caller's deadline cut it short) the circuit stays open.  Either way
+ * another trial may start once the cool-down since this one's start (and
+ * since the circuit last opened) is over.  Nothing if a report closed the
+ * circuit meanwhile, or another trial has started since.
  */
 void
 igny8_circuit_end_trial(int index, TimestampTz trial)
@@ -378,10 +386,26 @@ igny8_circuit_end_trial(int index, TimestampTz trial)
 	p = &igny8_shared->providers[index];
 	SpinLockAcquire(&p->mutex);
 	if (p->trial_until != 0 && p->trial_at == trial)
-	{
 		p->trial_until = 0;
-		p->trial_at = 0;
-	}
+	SpinLockRelease(&p->mutex);
+}
+
+/*
+ * The trial started at "trial" is sent only now (a submitted job's attempt
+ * waited for its intent to be recorded): it holds the circuit until
+ * "until", its attempt's deadline.
+ */
+void
+igny8_circuit_extend_trial(int index, TimestampTz trial, TimestampTz until)
+{
+	Igny8ProviderShared *p;
+
+	if (index < 0)
+		return;
+	p = &igny8_shared->providers[index];
+	SpinLockAcquire(&p->mutex);
+	if (p->trial_until != 0 && p->trial_at == trial)
+		p->trial_until = Max(p->trial_until, until);
 	SpinLockRelease(&p->mutex);
 }
 

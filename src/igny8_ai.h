@@ -507,6 +507,8 @@ extern Igny8CircuitVerdict igny8_circuit_take_trial(int index,
 													TimestampTz until,
 													TimestampTz *trial);
 extern void igny8_circuit_end_trial(int index, TimestampTz trial);
+extern void igny8_circuit_extend_trial(int index, TimestampTz trial,
+									   TimestampTz until);
 extern void igny8_provider_count_attempt(const char *id, bool success);
 extern char *igny8_health_payload(const char *provider,
 								  const Igny8HealthChange *change,

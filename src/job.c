@@ -680,14 +680,13 @@ start_attempt(Igny8Job *job, TimestampTz now)
 			case IGNY8_CIRCUIT_REFUSED:
 				if (later_candidate_allowed(job))
 				{
+					/* (not sent: in the error's detail, not in the log) */
+					Igny8Attempt *a = igny8_job_add_attempt(job, d);
+
+					a->error = pstrdup("skipped: its circuit is open, and its one trial is in flight or its cool-down not over");
 					leave_queue(job);
 					igny8_job_release_place(job);
-					if (job->budget_reserved > 0)
-					{
-						igny8_budget_settle(job->account_id, job->budget_reserved,
-											job->budget_made, NULL);
-						job->budget_reserved = 0;
-					}
+					/* (settle_unbilled gives the reservation back) */
 					igny8_job_next_candidate(job, now);
 					return;
 				}
@@ -707,6 +706,11 @@ start_attempt(Igny8Job *job, TimestampTz now)
 	}
 	job->attempt_deadline = TimestampTzPlusMilliseconds(now, d->timeout_ms);
 	job->attempt_deadline = Min(job->attempt_deadline, job->deadline);
+	/* a trial taken before the intent was recorded is sent only now */
+	if (job->trial_index >= 0)
+		igny8_circuit_extend_trial(job->trial_index, job->trial_at,
+								   TimestampTzPlusMilliseconds(job->attempt_deadline,
+															   IGNY8_TRIAL_LEASE_SLACK_MS));
 	job->attempt_start = now;
 	gpu_start(job, d->provider, now);
 	ops->start(job, now);
@@ -881,14 +885,16 @@ report_health(Igny8Job *job, Igny8Provider *p, Igny8Transfer *t,
 		return;					/* says nothing about the provider */
 
 	/*
-	 * A transfer cut short by the call's own deadline (a caller's short
-	 * timeout), not by the deployment's timeout or the connect timeout,
-	 * says nothing about the provider either: a healthy box that answers
-	 * in 2 s is not down for a caller that allows 1.
+	 * A request that went out and was cut short by the call's own deadline
+	 * (a caller's short timeout), not by the deployment's timeout, says
+	 * nothing about the provider either: a healthy box that answers in 2 s
+	 * is not down for a caller that allows 1.  One that could not even be
+	 * sent in that time (no connection) counts, as a refused one does.
 	 */
 	if (t != NULL && t->result == CURLE_OPERATION_TIMEDOUT &&
 		job->attempt_deadline >= job->deadline &&
-		igny8_job_deadline_reached(job, GetCurrentTimestamp()))
+		igny8_job_deadline_reached(job, GetCurrentTimestamp()) &&
+		!igny8_http_never_sent(t))
 		return;
 	ok = (t != NULL && t->result == CURLE_OK && t->status < 500 &&
 		  t->status != 401 && t->status != 402 && t->status != 403);
