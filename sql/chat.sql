@@ -65,3 +65,9 @@ UPDATE igny8_providers SET enabled = true WHERE id = 'self_hosted_ai';
 SELECT content IS NOT NULL AS answered, provider FROM igny8_chat(
     '[{"role":"user","content":"Hi [[sim ollama:tag=c4]]"},{"role":"assistant","content":""}]', 'gpt-4');
 SELECT sim('log --tag c4 --field body')::jsonb->'messages' AS sent;
+-- Anthropic refuses a last assistant turn that ends with whitespace: it is
+-- sent without it
+SELECT provider, content IS NOT NULL AS answered FROM igny8_chat(
+    '[{"role":"user","content":"Hi [[sim ollama:status=404]] [[sim openai:status=404]] [[sim anthropic:tag=c5]]"},{"role":"assistant","content":"Well, "}]',
+    'gpt-4-fallback');
+SELECT sim('log --role anthropic --tag c5 --field body')::jsonb->'messages'->1 AS sent;

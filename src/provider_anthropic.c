@@ -47,6 +47,7 @@ anthropic_build_chat(const Igny8TextRequest *req, const char *api_key,
 	cJSON	   *messages;
 	StringInfoData system;
 	int			i;
+	int			last;
 
 	memset(out, 0, sizeof(*out));
 	out->method = "POST";
@@ -61,12 +62,20 @@ anthropic_build_chat(const Igny8TextRequest *req, const char *api_key,
 	cJSON_AddStringToObject(body, "model", req->model ? req->model : "");
 	cJSON_AddNumberToObject(body, "max_tokens", req->max_tokens);
 
+	/* the last turn (system messages go apart) */
+	last = -1;
+	for (i = 0; i < req->nmessages; i++)
+		if (req->messages[i].role == NULL ||
+			strcmp(req->messages[i].role, "system") != 0)
+			last = i;
+
 	initStringInfo(&system);
 	messages = cJSON_CreateArray();
 	for (i = 0; i < req->nmessages; i++)
 	{
 		const Igny8Message *msg = &req->messages[i];
 		const char *content = msg->content ? msg->content : "";
+		char	   *trimmed = NULL;
 		cJSON	   *m;
 
 		if (msg->role != NULL && strcmp(msg->role, "system") == 0)
@@ -78,11 +87,31 @@ anthropic_build_chat(const Igny8TextRequest *req, const char *api_key,
 			appendStringInfoString(&system, content);
 			continue;
 		}
+		/*
+		 * A last assistant turn is the start of the answer, and Anthropic
+		 * refuses one that ends with whitespace ("final assistant content
+		 * cannot end with trailing whitespace"): it goes without it.
+		 */
+		if (i == last && msg->role != NULL &&
+			strcmp(msg->role, "assistant") == 0)
+		{
+			size_t		len = strlen(content);
+
+			while (len > 0 && (content[len - 1] == ' ' ||
+							   content[len - 1] == '\t' ||
+							   content[len - 1] == '\n' ||
+							   content[len - 1] == '\r'))
+				len--;
+			trimmed = pnstrdup(content, len);
+			content = trimmed;
+		}
 		/* other roles go as they are: Anthropic will reject them */
 		m = cJSON_CreateObject();
 		cJSON_AddStringToObject(m, "role", msg->role ? msg->role : "user");
 		cJSON_AddStringToObject(m, "content", content);
 		cJSON_AddItemToArray(messages, m);
+		if (trimmed)
+			pfree(trimmed);
 	}
 	if (system.len > 0)
 		cJSON_AddStringToObject(body, "system", system.data);

@@ -2455,6 +2455,11 @@ class AnthropicBackend(Backend):
                     ex, "messages.%d: all messages must have non-empty "
                     "content except for the optional final assistant "
                     "message" % i)
+            if (i == len(messages) - 1 and role == "assistant"
+                    and isinstance(content, str) and content
+                    and content != content.rstrip()):
+                return self.invalid(ex, "messages: final assistant content "
+                                    "cannot end with trailing whitespace")
         system = p.get("system")
         if system is not None and not isinstance(system, (str, list)):
             return self.invalid(ex, "system: Input should be a valid string")

@@ -982,12 +982,20 @@ class TestAnthropic(SimTestCase):
                   {"role": "assistant", "content": ""},
                   {"role": "user", "content": "again"}], 400),
                 ([{"role": "user", "content": "hi"},
-                  {"role": "assistant", "content": ""}], 200)):
+                  {"role": "assistant", "content": ""}], 200),
+                ([{"role": "user", "content": "hi"},
+                  {"role": "assistant", "content": "Well, "}], 400),
+                ([{"role": "user", "content": "hi "},
+                  {"role": "assistant", "content": "Well,"}], 200)):
             r = call("anthropic", "POST", "/v1/messages",
                      {"model": "claude", "max_tokens": 10,
                       "messages": messages}, headers)
             self.assertEqual(r.status, status, messages)
-            if status == 400:
+            if status == 400 and messages[-1]["content"] == "Well, ":
+                self.assertEqual(r.json()["error"]["message"],
+                                 "messages: final assistant content cannot "
+                                 "end with trailing whitespace")
+            elif status == 400:
                 err = r.json()["error"]
                 self.assertEqual(err["type"], "invalid_request_error")
                 self.assertEqual(

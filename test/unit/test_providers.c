@@ -927,6 +927,20 @@ static const Igny8Message convo_messages[] = {
 
 static const Igny8Message user_hi[] = {{"user", "Hi"}};
 
+/* a start of the answer, ending with whitespace, then a system message */
+static const Igny8Message prefill_messages[] = {
+	{"user", "Hi"},
+	{"assistant", " Well,  \n"},
+	{"system", "Be brief."}
+};
+
+/* an assistant turn that is not the last keeps its whitespace */
+static const Igny8Message middle_assistant[] = {
+	{"user", "Hi"},
+	{"assistant", "Hello "},
+	{"user", "Bye "}
+};
+
 static const Igny8Message null_fields[] = {{NULL, NULL}, {"system", NULL}};
 
 #define MSGS(array) (array), lengthof(array)
@@ -1072,6 +1086,21 @@ static const BuildCase build_cases[] = {
 		"{\"role\":\"assistant\",\"content\":\"Hello\"},"
 		"{\"role\":\"user\",\"content\":\"Bye\"},"
 		"{\"role\":\"user\",\"content\":\"Really\"}]}", true},
+	{"anthropic: a last assistant turn goes without its trailing whitespace",
+		&igny8_anthropic_protocol, "c", MSGS(prefill_messages), NULL, "sk-k",
+		0, false, 0, false, "/v1/messages",
+		{CT, "x-api-key: sk-k", "anthropic-version: 2023-06-01", NULL},
+		"{\"model\":\"c\",\"max_tokens\":256,\"system\":\"Be brief.\","
+		"\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
+		"{\"role\":\"assistant\",\"content\":\" Well,\"}]}", true},
+	{"anthropic: other turns keep theirs",
+		&igny8_anthropic_protocol, "c", MSGS(middle_assistant), NULL, "sk-k",
+		0, false, 0, false, "/v1/messages",
+		{CT, "x-api-key: sk-k", "anthropic-version: 2023-06-01", NULL},
+		"{\"model\":\"c\",\"max_tokens\":256,"
+		"\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
+		"{\"role\":\"assistant\",\"content\":\"Hello \"},"
+		"{\"role\":\"user\",\"content\":\"Bye \"}]}", true},
 	{"anthropic: no key, no system, version from the settings",
 		&igny8_anthropic_protocol, "claude-haiku-4-5", MSGS(user_hi),
 		"{\"anthropic_version\":\"2024-10-22\"}", NULL, 0, false, 0, false,
