@@ -267,6 +267,16 @@ SELECT igny8_submit_text('Doomed [[sim ollama:tag=jd]]', 'doomed') AS jd \gset
 DELETE FROM igny8_models WHERE alias = 'doomed';
 COMMIT;
 SELECT state, error_code, error_message, error_hint, attempts FROM igny8_wait_job(:jd, '30 s');
+-- a submit with an idempotency key already used returns that job, even
+-- when its alias has gone since (the alias is checked for new jobs only)
+INSERT INTO igny8_models (alias, provider_id, provider_model) VALUES ('kept-key', 'self_hosted_ai', 'qwen3:8b');
+SELECT igny8_submit_text('Kept', 'kept-key', '{"idempotency_key": "kk-1", "not_before": "2999-01-01"}') AS kk \gset
+SELECT igny8_submit_batch(ARRAY['a', 'b'], 'kept-key', '{"idempotency_key": "kkb", "not_before": "2999-01-01"}') AS kkb \gset
+DELETE FROM igny8_models WHERE alias = 'kept-key';
+SELECT igny8_submit_text('Kept', 'kept-key', '{"idempotency_key": "kk-1"}') = :kk AS same_job;
+SELECT igny8_submit_batch(ARRAY['a', 'b'], 'kept-key', '{"idempotency_key": "kkb"}') = :'kkb' AS same_jobs;
+SELECT show_error($$SELECT igny8_submit_text('New', 'kept-key', '{"idempotency_key": "kk-2"}')$$);
+SELECT igny8_cancel_job(id) FROM igny8_jobs WHERE model_alias = 'kept-key' ORDER BY id;
 -- the hint of a failed run names its attempts, as the call's does
 SELECT igny8_submit_text('All fail [[sim ollama:status=404]] [[sim openai:status=404]] [[sim anthropic:status=404]]',
                          'gpt-4-fallback', '{"max_attempts": 1}') AS jh \gset

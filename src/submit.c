@@ -264,6 +264,37 @@ check_alias(const JobsTable *t, const Igny8Request *req)
 			 errhint("%s", err.hint)));
 }
 
+/*
+ * Has the caller queued a job with this idempotency key already?  Then a
+ * submit returns that job, whatever became of its alias since (Needs SPI).
+ */
+static bool
+key_used(const JobsTable *t, const char *key)
+{
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
+	AsOwner		s;
+	int			ret;
+	bool		used;
+
+	if (key == NULL)
+		return false;
+	values[0] = ObjectIdGetDatum(GetUserId());
+	values[1] = CStringGetTextDatum(key);
+	as_owner(t, &s);
+	ret = SPI_execute_with_args(psprintf(
+		"SELECT FROM %s.igny8_jobs j"
+		" WHERE j.submitted_by OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+		" AND j.idempotency_key OPERATOR(pg_catalog.=) $2", t->schema),
+		2, types, values, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read igny8_jobs: %s",
+			 SPI_result_code_string(ret));
+	used = (SPI_processed > 0);
+	as_caller(&s);
+	return used;
+}
+
 #define INSERT_NARGS 11
 
 /*
@@ -356,7 +387,8 @@ submit_one(const Igny8Request *req, const Igny8JobOptions *job)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	jobs_table(&t);
-	check_alias(&t, req);
+	if (!key_used(&t, job->idempotency_key))
+		check_alias(&t, req);
 	id = insert_job(&t, req, job, job->idempotency_key);
 	SPI_finish();
 	return id;
@@ -521,7 +553,11 @@ igny8_submit_batch(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	jobs_table(&t);
 	if (n > 0)
-		check_alias(&t, &reqs[0]);
+	{
+		if (job.idempotency_key == NULL ||
+			!key_used(&t, psprintf("%s:1", job.idempotency_key)))
+			check_alias(&t, &reqs[0]);
+	}
 	for (int i = 0; i < n; i++)
 		ids[i] = Int64GetDatum(insert_job(&t, &reqs[i], &job,
 										  job.idempotency_key ?
