@@ -285,6 +285,18 @@ igny8_provider_count_attempt(const char *id, bool success)
 	SpinLockRelease(&igny8_shared->providers_mutex);
 }
 
+/* Is the provider's circuit closed (read under its mutex)? */
+static bool
+circuit_closed(Igny8ProviderShared *p)
+{
+	bool		closed;
+
+	SpinLockAcquire(&p->mutex);
+	closed = !p->circuit_open;
+	SpinLockRelease(&p->mutex);
+	return closed;
+}
+
 /* Under the provider's mutex: may an open circuit's trial start now? */
 static bool
 trial_may_start(Igny8ProviderShared *p, TimestampTz now)
@@ -314,10 +326,7 @@ igny8_circuit_allows(int index)
 	if (index < 0)
 		return true;
 	p = &igny8_shared->providers[index];
-	SpinLockAcquire(&p->mutex);
-	allowed = !p->circuit_open;
-	SpinLockRelease(&p->mutex);
-	if (allowed)
+	if (circuit_closed(p))
 		return true;			/* the usual case: no clock read */
 
 	/* the clock is read before the spinlock is taken: no system call under it */
@@ -345,11 +354,8 @@ igny8_circuit_take_trial(int index, TimestampTz until, TimestampTz *trial)
 	if (index < 0)
 		return IGNY8_CIRCUIT_CLOSED;
 	p = &igny8_shared->providers[index];
-	SpinLockAcquire(&p->mutex);
-	verdict = p->circuit_open ? IGNY8_CIRCUIT_REFUSED : IGNY8_CIRCUIT_CLOSED;
-	SpinLockRelease(&p->mutex);
-	if (verdict == IGNY8_CIRCUIT_CLOSED)
-		return verdict;			/* the usual case: no clock read */
+	if (circuit_closed(p))
+		return IGNY8_CIRCUIT_CLOSED;	/* the usual case: no clock read */
 
 	now = GetCurrentTimestamp();
 	SpinLockAcquire(&p->mutex);
@@ -369,15 +375,12 @@ igny8_circuit_take_trial(int index, TimestampTz until, TimestampTz *trial)
 }
 
 /*
- * The trial started at "trial" ended: its report, if it had one, closed
- * the circuit or opened it again; without one (its caller left, or the
- * caller's deadline cut it short) the circuit stays open.  Either way
- * another trial may start once the cool-down since this one's start (and
- * since the circuit last opened) is over.  Nothing if a report closed the
- * circuit meanwhile, or another trial has started since.
+ * The trial started at "trial", if it still holds the circuit (no report
+ * closed it, no other trial has started since), holds it until "until";
+ * 0: it ended.
  */
-void
-igny8_circuit_end_trial(int index, TimestampTz trial)
+static void
+hold_trial(int index, TimestampTz trial, TimestampTz until)
 {
 	Igny8ProviderShared *p;
 
@@ -386,8 +389,21 @@ igny8_circuit_end_trial(int index, TimestampTz trial)
 	p = &igny8_shared->providers[index];
 	SpinLockAcquire(&p->mutex);
 	if (p->trial_until != 0 && p->trial_at == trial)
-		p->trial_until = 0;
+		p->trial_until = (until == 0) ? 0 : Max(p->trial_until, until);
 	SpinLockRelease(&p->mutex);
+}
+
+/*
+ * The trial started at "trial" ended: its report, if it had one, closed
+ * the circuit or opened it again; without one (its caller left, or the
+ * caller's deadline cut it short) the circuit stays open.  Either way
+ * another trial may start once the cool-down since this one's start (and
+ * since the circuit last opened) is over.
+ */
+void
+igny8_circuit_end_trial(int index, TimestampTz trial)
+{
+	hold_trial(index, trial, 0);
 }
 
 /*
@@ -398,15 +414,7 @@ igny8_circuit_end_trial(int index, TimestampTz trial)
 void
 igny8_circuit_extend_trial(int index, TimestampTz trial, TimestampTz until)
 {
-	Igny8ProviderShared *p;
-
-	if (index < 0)
-		return;
-	p = &igny8_shared->providers[index];
-	SpinLockAcquire(&p->mutex);
-	if (p->trial_until != 0 && p->trial_at == trial)
-		p->trial_until = Max(p->trial_until, until);
-	SpinLockRelease(&p->mutex);
+	hold_trial(index, trial, until);
 }
 
 /*
