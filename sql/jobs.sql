@@ -105,6 +105,23 @@ SELECT count(*) AS cancels_of_jx1 FROM igny8_job_cancels WHERE job_id = :jx1;
 SELECT igny8_jobs_cleanup() >= 0 AS cleaned;
 SELECT count(*) AS cancels_of_jx1 FROM igny8_job_cancels WHERE job_id = :jx1;
 
+-- a cancel rolled back frees the queued job's row it locked, which the
+-- worker's claim passed over when the job came due (its not_before timer
+-- fires meanwhile): the rollback has the workers look again, so the job
+-- starts before any worker's next periodic scan
+SELECT dblink_exec('canceller', 'BEGIN');
+SELECT igny8_submit_text('Rolled back cancel [[sim ollama:tag=jrb]]', 'gpt-4',
+                         jsonb_build_object('not_before', clock_timestamp() + interval '1 s')) AS jrb \gset
+SELECT cancelled FROM dblink('canceller', format('SELECT igny8_cancel_job(%s)', :jrb)) AS t(cancelled boolean);
+SELECT wait_until(format($q$clock_timestamp() > (SELECT not_before + interval '1 s' FROM igny8_jobs WHERE id = %s)$q$, :jrb),
+                  'the job due, and passed over');
+SELECT state FROM igny8_jobs WHERE id = :jrb;
+SELECT wait_scan_away(0) AND wait_scan_away(1) AS scans_away;
+SELECT min(next_job_scan) AS next_scan FROM igny8_worker_status() \gset
+SELECT dblink_exec('canceller', 'ROLLBACK');
+SELECT state, started_at < :'next_scan'::timestamptz AS started_at_the_rollback
+  FROM igny8_wait_job(:jrb, '60 s');
+
 -- a queued job cancelled in a prepared transaction: cancelled at COMMIT
 -- PREPARED (its NOTIFY is sent just before a commit, never at PREPARE)
 SELECT igny8_submit_text('Prepared cancel', 'gpt-4', '{"not_before": "2999-01-01"}') AS jx2 \gset

@@ -141,6 +141,22 @@ notify_cancels(void)
 	}
 }
 
+/* Is a queued job's cancel pending, made at this nesting level or deeper? */
+static bool
+queued_cancel_pending(int level)
+{
+	ListCell   *lc;
+
+	foreach(lc, cancels_pending)
+	{
+		PendingCancel *c = lfirst(lc);
+
+		if (c->queued && c->level >= level)
+			return true;
+	}
+	return false;
+}
+
 static void
 xact_callback(XactEvent event, void *arg)
 {
@@ -161,8 +177,15 @@ xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			/*
+			 * A queued job's cancel locked its row until now, and a claim
+			 * skips a locked row without a trace: the workers look again.
+			 */
+			if (queued_cancel_pending(0) && igny8_shared != NULL)
+				igny8_jobs_announce();
+			break;
 		case XACT_EVENT_PREPARE:
-			/* COMMIT PREPARED announces it (below), ROLLBACK never */
+			/* COMMIT or ROLLBACK PREPARED announces it (below) */
 			break;
 		default:
 			return;
@@ -186,6 +209,9 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
+		/* (a queued job's row it locked is free again, as at ABORT) */
+		if (queued_cancel_pending(level) && igny8_shared != NULL)
+			igny8_jobs_announce();
 		foreach(lc, cancels_pending)
 		{
 			if (((PendingCancel *) lfirst(lc))->level >= level)
@@ -281,7 +307,9 @@ igny8_jobs_submitted(PG_FUNCTION_ARGS)
  * reload costs a worker a few milliseconds, a look for jobs less.  A
  * cancel in a prepared transaction was not told to its worker at PREPARE:
  * every worker scans its jobs' rows now (igny8_jobs_request_scan), and
- * every backend waiting for a job looks at it again.
+ * every backend waiting for a job looks at it again.  A ROLLBACK PREPARED
+ * frees the rows of queued jobs its cancels locked, which claims passed
+ * over: the workers look for jobs again.
  */
 static void
 igny8_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
@@ -291,9 +319,12 @@ igny8_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 {
 	Node	   *parsetree = pstmt->utilityStmt;
 	bool		commit_prepared;
+	bool		rollback_prepared;
 
 	commit_prepared = IsA(parsetree, TransactionStmt) &&
 		((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED;
+	rollback_prepared = IsA(parsetree, TransactionStmt) &&
+		((TransactionStmt *) parsetree)->kind == TRANS_STMT_ROLLBACK_PREPARED;
 
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
@@ -310,6 +341,9 @@ igny8_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 		/* a queued job it cancelled has no worker to announce it */
 		igny8_wake_all_job_waiters();
 	}
+	/* a queued job's row its cancel locked is free again: look again */
+	if (rollback_prepared)
+		igny8_jobs_announce();
 }
 
 /* Install the hook; called from _PG_init in the postmaster. */
