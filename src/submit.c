@@ -264,47 +264,18 @@ check_alias(const JobsTable *t, const Igny8Request *req)
 			 errhint("%s", err.hint)));
 }
 
-/*
- * Has the caller queued a job with this idempotency key already?  Then a
- * submit returns that job, whatever became of its alias since (Needs SPI).
- */
-static bool
-key_used(const JobsTable *t, const char *key)
-{
-	Oid			types[2] = {OIDOID, TEXTOID};
-	Datum		values[2];
-	AsOwner		s;
-	int			ret;
-	bool		used;
-
-	if (key == NULL)
-		return false;
-	values[0] = ObjectIdGetDatum(GetUserId());
-	values[1] = CStringGetTextDatum(key);
-	as_owner(t, &s);
-	ret = SPI_execute_with_args(psprintf(
-		"SELECT FROM %s.igny8_jobs j"
-		" WHERE j.submitted_by OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-		" AND j.idempotency_key OPERATOR(pg_catalog.=) $2", t->schema),
-		2, types, values, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read igny8_jobs: %s",
-			 SPI_result_code_string(ret));
-	used = (SPI_processed > 0);
-	as_caller(&s);
-	return used;
-}
-
 #define INSERT_NARGS 11
 
 /*
  * Queue one job in the caller's transaction; returns its id.  With an
  * idempotency key the caller already used, the first job's id, and
- * nothing is queued.  Needs SPI.
+ * nothing is queued.  The alias is checked (check_alias) when a job is
+ * queued, once per *alias_checked: a resubmit whose key was used returns
+ * its job whatever became of the alias since.  Needs SPI.
  */
 static int64
 insert_job(const JobsTable *t, const Igny8Request *req,
-		   const Igny8JobOptions *job, const char *key)
+		   const Igny8JobOptions *job, const char *key, bool *alias_checked)
 {
 	Oid			types[INSERT_NARGS] = {
 		TEXTOID, TEXTOID, TEXTOID, INT8OID, OIDOID, TEXTOID, TIMESTAMPTZOID,
@@ -316,6 +287,8 @@ insert_job(const JobsTable *t, const Igny8Request *req,
 	AsOwner		s;
 	int			ret;
 	bool		isnull;
+	bool		inserted;
+	int64		id;
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(kind_name(req->task));
@@ -357,7 +330,8 @@ insert_job(const JobsTable *t, const Igny8Request *req,
 	if (ret != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not insert into igny8_jobs: %s",
 			 SPI_result_code_string(ret));
-	if (SPI_processed == 0)
+	inserted = (SPI_processed > 0);
+	if (!inserted)
 	{
 		/* the key was used: that job's id (it may be another kind's) */
 		Oid			ktypes[2] = {OIDOID, TEXTOID};
@@ -373,8 +347,15 @@ insert_job(const JobsTable *t, const Igny8Request *req,
 				 SPI_result_code_string(ret));
 	}
 	as_caller(&s);
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									   SPI_tuptable->tupdesc, 1, &isnull));
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1, &isnull));
+	/* a job was queued: its alias must route (the error undoes the row) */
+	if (inserted && !*alias_checked)
+	{
+		check_alias(t, req);
+		*alias_checked = true;
+	}
+	return id;
 }
 
 /* Queue one checked request; its id. */
@@ -383,13 +364,12 @@ submit_one(const Igny8Request *req, const Igny8JobOptions *job)
 {
 	JobsTable	t;
 	int64		id;
+	bool		alias_checked = false;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	jobs_table(&t);
-	if (!key_used(&t, job->idempotency_key))
-		check_alias(&t, req);
-	id = insert_job(&t, req, job, job->idempotency_key);
+	id = insert_job(&t, req, job, job->idempotency_key, &alias_checked);
 	SPI_finish();
 	return id;
 }
@@ -497,6 +477,7 @@ igny8_submit_batch(PG_FUNCTION_ARGS)
 	Igny8Request *reqs;
 	Datum	   *ids;
 	JobsTable	t;
+	bool		alias_checked = false;
 	ErrorContextCallback context;
 	int			ord = 0;
 
@@ -552,17 +533,11 @@ igny8_submit_batch(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	jobs_table(&t);
-	if (n > 0)
-	{
-		if (job.idempotency_key == NULL ||
-			!key_used(&t, psprintf("%s:1", job.idempotency_key)))
-			check_alias(&t, &reqs[0]);
-	}
 	for (int i = 0; i < n; i++)
 		ids[i] = Int64GetDatum(insert_job(&t, &reqs[i], &job,
 										  job.idempotency_key ?
 										  psprintf("%s:%d", job.idempotency_key, i + 1) :
-										  NULL));
+										  NULL, &alias_checked));
 	SPI_finish();
 	PG_RETURN_ARRAYTYPE_P(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL,
 										  TYPALIGN_DOUBLE));
