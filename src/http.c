@@ -440,6 +440,8 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 	if (ca_file != NULL)
 		rc |= curl_easy_setopt(easy, CURLOPT_CAINFO, ca_file);
 	rc |= curl_easy_setopt(easy, CURLOPT_PROXY, proxy ? proxy : "");
+	t->tunnel = (proxy != NULL && proxy[0] != '\0' &&
+				 pg_strncasecmp(base_url, "https:", 6) == 0);
 	rc |= curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	rc |= curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
 	rc |= curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) Max(timeout_ms, 1));
@@ -637,6 +639,26 @@ igny8_http_never_sent(Igny8Transfer *t)
 		return true;			/* never started */
 	return curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &size) == CURLE_OK &&
 		size == 0;
+}
+
+/*
+ * Did a failed transfer's request reach the server itself: sent, and
+ * through a proxy's tunnel only once the proxy answered its CONNECT with
+ * 2xx (the CONNECT's own bytes count in the request size)?  A transfer
+ * that timed out before it did says the server could not be reached.
+ */
+bool
+igny8_http_reached_server(Igny8Transfer *t)
+{
+	long		code = 0;
+
+	if (igny8_http_never_sent(t))
+		return false;
+	if (t->tunnel &&
+		(curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &code) != CURLE_OK ||
+		 code < 200 || code > 299))
+		return false;
+	return true;
 }
 
 /*
