@@ -930,7 +930,7 @@ static const Igny8Message user_hi[] = {{"user", "Hi"}};
 /* a start of the answer, ending with whitespace, then a system message */
 static const Igny8Message prefill_messages[] = {
 	{"user", "Hi"},
-	{"assistant", " Well,  \n"},
+	{"assistant", " Well,  \n\xc2\xa0\xe3\x80\x80\t"},
 	{"system", "Be brief."}
 };
 
