@@ -624,41 +624,28 @@ igny8_http_local_failure(Igny8Transfer *t)
 }
 
 /*
- * Did a failed transfer send nothing at all (no connection, a name that
- * does not resolve, a TLS handshake or proxy that failed, a connect that
- * timed out)?  Then the server cannot have acted on it.
+ * Did a failed transfer send nothing to the server (no connection, a name
+ * that does not resolve, a TLS handshake that failed, a connect that timed
+ * out, or, through a proxy's tunnel, a CONNECT the proxy did not answer
+ * with 2xx, whose own bytes count in the request size)?  Then the server
+ * cannot have acted on it.
  */
 bool
 igny8_http_never_sent(Igny8Transfer *t)
 {
 	long		size = 0;
+	long		code = 0;
 
 	if (t->result == CURLE_OK)
 		return false;
 	if (t->result == CURLE_FAILED_INIT)
 		return true;			/* never started */
-	return curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &size) == CURLE_OK &&
-		size == 0;
-}
-
-/*
- * Did a failed transfer's request reach the server itself: sent, and
- * through a proxy's tunnel only once the proxy answered its CONNECT with
- * 2xx (the CONNECT's own bytes count in the request size)?  A transfer
- * that timed out before it did says the server could not be reached.
- */
-bool
-igny8_http_reached_server(Igny8Transfer *t)
-{
-	long		code = 0;
-
-	if (igny8_http_never_sent(t))
-		return false;
-	if (t->tunnel &&
+	if (curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &size) == CURLE_OK &&
+		size == 0)
+		return true;
+	return t->tunnel &&
 		(curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &code) != CURLE_OK ||
-		 code < 200 || code > 299))
-		return false;
-	return true;
+		 code < 200 || code > 299);
 }
 
 /*

@@ -895,7 +895,7 @@ report_health(Igny8Job *job, Igny8Provider *p, Igny8Transfer *t,
 	if (t != NULL && t->result == CURLE_OPERATION_TIMEDOUT &&
 		job->attempt_deadline >= job->deadline &&
 		igny8_job_deadline_reached(job, GetCurrentTimestamp()) &&
-		igny8_http_reached_server(t))
+		!igny8_http_never_sent(t))
 		return;
 	ok = (t != NULL && t->result == CURLE_OK && t->status < 500 &&
 		  t->status != 401 && t->status != 402 && t->status != 403);

@@ -294,7 +294,6 @@ extern char *igny8_http_take_body(Igny8Transfer *t, size_t *held);
 extern void igny8_http_drop_body(char *body, size_t held);
 extern bool igny8_http_local_failure(Igny8Transfer *t);
 extern bool igny8_http_never_sent(Igny8Transfer *t);
-extern bool igny8_http_reached_server(Igny8Transfer *t);
 extern void igny8_http_answer(Igny8Transfer *t, const char *key,
 							  Igny8HttpResponse *resp);
 extern const char *igny8_http_failure_kind(Igny8Transfer *t);
