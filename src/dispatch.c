@@ -112,31 +112,49 @@ forget_slot(int slotno)
 }
 
 /*
+ * A slot its worker still holds (queued or running) is marked abandoned,
+ * and the worker told, which aborts the transfer and frees it: true.
+ * *state (if not NULL): the state the slot was in.
+ */
+static bool
+abandon_held(int slotno, Igny8SlotState *state)
+{
+	Igny8Slot  *slot = &igny8_slots[slotno];
+	Igny8SlotState was;
+	int			worker;
+	bool		held;
+
+	SpinLockAcquire(&slot->mutex);
+	was = slot->state;
+	worker = slot->worker;
+	held = (was == IGNY8_SLOT_QUEUED || was == IGNY8_SLOT_RUNNING);
+	if (held)
+		slot->state = IGNY8_SLOT_ABANDONED;
+	SpinLockRelease(&slot->mutex);
+
+	if (held)
+	{
+		pg_atomic_write_u32(&igny8_shared->workers[worker].abandons, 1);
+		igny8_wake_worker(worker);
+	}
+	if (state != NULL)
+		*state = was;
+	return held;
+}
+
+/*
  * Give up on a slot: free it if the worker is done with it, otherwise mark
  * it abandoned and let its worker abort the transfer and free it.
  */
 static void
 abandon_slot(int slotno)
 {
-	Igny8Slot  *slot = &igny8_slots[slotno];
 	Igny8SlotState state;
-	int			worker;
 
 	forget_slot(slotno);
-	SpinLockAcquire(&slot->mutex);
-	state = slot->state;
-	worker = slot->worker;
-	if (state == IGNY8_SLOT_QUEUED || state == IGNY8_SLOT_RUNNING)
-		slot->state = IGNY8_SLOT_ABANDONED;
-	SpinLockRelease(&slot->mutex);
-
-	if (state == IGNY8_SLOT_DONE || state == IGNY8_SLOT_FILLING)
+	if (!abandon_held(slotno, &state) &&
+		(state == IGNY8_SLOT_DONE || state == IGNY8_SLOT_FILLING))
 		igny8_slot_release(slotno);
-	else if (state == IGNY8_SLOT_QUEUED || state == IGNY8_SLOT_RUNNING)
-	{
-		pg_atomic_write_u32(&igny8_shared->workers[worker].abandons, 1);
-		igny8_wake_worker(worker);
-	}
 }
 
 /* How many slots this backend holds: a mark for igny8_abandon_since(). */
@@ -164,24 +182,10 @@ igny8_abandon_since(int mark)
 static bool
 give_up_slot(int slotno)
 {
-	Igny8Slot  *slot = &igny8_slots[slotno];
-	bool		gave_up;
-	int			worker;
-
-	SpinLockAcquire(&slot->mutex);
-	gave_up = (slot->state == IGNY8_SLOT_QUEUED ||
-			   slot->state == IGNY8_SLOT_RUNNING);
-	if (gave_up)
-		slot->state = IGNY8_SLOT_ABANDONED;
-	worker = slot->worker;
-	SpinLockRelease(&slot->mutex);
-	if (gave_up)
-	{
-		forget_slot(slotno);
-		pg_atomic_write_u32(&igny8_shared->workers[worker].abandons, 1);
-		igny8_wake_worker(worker);
-	}
-	return gave_up;
+	if (!abandon_held(slotno, NULL))
+		return false;
+	forget_slot(slotno);
+	return true;
 }
 
 /* At exit: every slot this backend holds. */
