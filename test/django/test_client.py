@@ -109,6 +109,24 @@ class DjangoClientTest(unittest.TestCase):
         self.assertIsNone(
             fetch("SELECT account_id FROM ai_usage_log WHERE request_id = %s", [rows[0][0]])[0][0])
 
+    def test_account_named_in_the_call_as_the_readme_does(self):
+        # README, "From Django, through raw SQL": the snippet as written
+        with connection.cursor() as cur:
+            cur.execute("SELECT igny8_generate_text(%s, %s, account_id => %s)",
+                        ["Mine, named", "gpt-4", 4712])
+            self.assertTrue(cur.fetchone()[0].startswith("ollama qwen3:32b: "))
+        self.assertEqual(
+            fetch("SELECT count(*) FROM ai_usage_log WHERE account_id = 4712")[0][0], 1)
+
+    def test_set_local_in_autocommit_sets_no_account(self):
+        # why the README names the account in the call: outside
+        # transaction.atomic() each statement is its own transaction
+        execute("SET LOCAL igny8_ai.account_id = 4713")
+        rows = fetch("SELECT request_id FROM igny8_chat('[{\"role\": \"user\", \"content\": \"Whose?\"}]')")
+        self.assertEqual(
+            fetch("SELECT count(*), count(account_id) FROM ai_usage_log WHERE request_id = %s",
+                  [rows[0][0]])[0], (1, 0))
+
     def test_usage_survives_a_rolled_back_atomic_block(self):
         before = fetch("SELECT count(*) FROM ai_usage_log")[0][0]
 
