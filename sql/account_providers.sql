@@ -78,6 +78,28 @@ SELECT provider FROM igny8_chat('[{"role":"user","content":"Missing key file"}]'
 SELECT show_error($$SELECT igny8_chat('[{"role":"user","content":"Missing key file [[sim anthropic:status=404]]"}]',
                                       'gpt-4-fallback', '{"account_id": 45}')$$);
 
+-- an account's own key refused (401) is that account's problem: its calls
+-- fall back, but the provider, with its own key, stays up for the others
+SELECT current_setting('data_directory') || '/igny8_account_48.key' AS badkeyfile \gset
+COPY (SELECT 'sk-test-account-48-revoked') TO :'badkeyfile';
+INSERT INTO igny8_account_providers (account_id, provider, api_key_ref)
+VALUES (48, 'openai', 'file:' || :'badkeyfile');
+SELECT wait_for_config();
+ALTER SYSTEM SET igny8_ai.circuit_failure_threshold = 3;
+SELECT reload_settings();
+SELECT n, provider, attempts
+  FROM generate_series(1, 3) n,
+       igny8_chat(jsonb_build_array(jsonb_build_object('role', 'user', 'content', 'Revoked key ' || n)),
+                  'gpt-4-fallback', '{"account_id": 48}');
+SELECT http_status, count(*) FROM ai_usage_log
+ WHERE account_id = 48 AND provider = 'openai' GROUP BY http_status;
+SELECT state, circuit_open, consecutive_failures
+  FROM igny8_health_state() WHERE provider = 'openai';
+SELECT provider FROM igny8_chat('[{"role":"user","content":"Another account"}]',
+                                'gpt-4-fallback', '{"account_id": 7}');
+ALTER SYSTEM RESET igny8_ai.circuit_failure_threshold;
+SELECT reload_settings();
+
 -- an account turns a provider off: its calls skip it, others' do not
 INSERT INTO igny8_account_providers (account_id, provider, enabled)
 VALUES (43, 'self_hosted_ai', false);

@@ -897,6 +897,15 @@ report_health(Igny8Job *job, Igny8Provider *p, Igny8Transfer *t,
 		igny8_job_deadline_reached(job, GetCurrentTimestamp()) &&
 		!igny8_http_never_sent(t))
 		return;
+	/*
+	 * An account's own key refused (revoked, unpaid, forbidden) is that
+	 * account's problem: the provider, with its own key, serves every other
+	 * account.  Counted, one tenant's bad key would open the circuit for
+	 * all of them.
+	 */
+	if (p->account_key_ref != NULL && t != NULL && t->result == CURLE_OK &&
+		(t->status == 401 || t->status == 402 || t->status == 403))
+		return;
 	ok = (t != NULL && t->result == CURLE_OK && t->status < 500 &&
 		  t->status != 401 && t->status != 402 && t->status != 403);
 	if (!ok)
