@@ -173,6 +173,13 @@ SELECT use_proxy('http://proxyuser:' || repeat('s3cretlong', 30) || '@[bad');
 SELECT wait_for_config();
 SELECT igny8_generate_text('Through a bad proxy', 'gpt-4') LIKE 'openai %' AS fell_back;
 SELECT provider, error_message FROM ai_usage_log WHERE NOT success ORDER BY id;
+-- a provider's proxy is used for every host: the server's NO_PROXY
+-- (test/run sets NO_PROXY=127.0.0.1,localhost for this server) does not
+-- route around it.  Through a proxy that is down the call falls back.
+SELECT use_proxy(current_setting('igny8_test.dead_url'));
+SELECT wait_for_config();
+SELECT igny8_generate_text('Through a proxy that is down', 'gpt-4') LIKE 'openai %' AS fell_back;
+SELECT provider, success, error_message FROM ai_usage_log ORDER BY id DESC LIMIT 2;
 UPDATE igny8_providers SET settings = settings - 'proxy' WHERE id = 'self_hosted_ai';
 SELECT wait_for_config();
 DROP FUNCTION use_proxy(text);

@@ -440,6 +440,12 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 	if (ca_file != NULL)
 		rc |= curl_easy_setopt(easy, CURLOPT_CAINFO, ca_file);
 	rc |= curl_easy_setopt(easy, CURLOPT_PROXY, proxy ? proxy : "");
+	/*
+	 * A proxy set is used for every host: the server's NO_PROXY must not
+	 * route around a proxy a DBA set as the way out (an empty list
+	 * overrides the environment's).
+	 */
+	rc |= curl_easy_setopt(easy, CURLOPT_NOPROXY, "");
 	t->tunnel = (proxy != NULL && proxy[0] != '\0' &&
 				 pg_strncasecmp(base_url, "https:", 6) == 0);
 	rc |= curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
