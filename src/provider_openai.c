@@ -207,7 +207,9 @@ openai_parse_success(const cJSON *json, long status,
  * (x-should-retry included) cover the statuses; a 429 that is about
  * billing (insufficient_quota) or about a request larger than the whole
  * limit ("Request too large") falls back at once, whatever the headers
- * say, since waiting cannot fix it.  So does a 400 that says the prompt
+ * say, since waiting cannot fix it; so does a spending limit reached
+ * (billing_hard_limit_reached, a 400) or an account without billing
+ * (billing_not_active).  So does a 400 that says the prompt
  * is longer than the deployment's context (context_length_exceeded,
  * vLLM's and llama.cpp's wordings): another deployment may have a larger
  * window (protocols.md 5).
@@ -231,6 +233,10 @@ openai_parse_error(const Igny8HttpResponse *resp, const cJSON *json,
 			cls = IGNY8_ERR_FALLBACK;
 	}
 	if (resp->status == 400 && igny8_context_exceeded(json))
+		cls = IGNY8_ERR_FALLBACK;
+	/* the organisation's spending limit: a 400 that is about billing */
+	if (code != NULL && (strcmp(code, "billing_hard_limit_reached") == 0 ||
+						 strcmp(code, "billing_not_active") == 0))
 		cls = IGNY8_ERR_FALLBACK;
 	igny8_set_http_error(err, cls, resp, OPENAI_NAME, message);
 }

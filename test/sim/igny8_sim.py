@@ -2028,6 +2028,12 @@ class OpenAIBackend(Backend):
             body = openai_error_body(OPENAI_CONTEXT_MESSAGE,
                                      "invalid_request_error", "messages",
                                      "context_length_exceeded")
+        elif status == 400 and ex.behaviour.quota:
+            # the spending limit an organisation set is reached: what the
+            # images endpoint (and chat) answer, a 400, not the 429
+            body = openai_error_body("Billing hard limit has been reached",
+                                     "invalid_request_error", None,
+                                     "billing_hard_limit_reached")
         elif status == 429 and ex.behaviour.quota:
             body = openai_error_body(
                 "You exceeded your current quota, please check your plan "

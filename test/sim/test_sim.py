@@ -666,6 +666,10 @@ class TestOpenAI(SimTestCase):
         err = openai_chat("[[sim openai:status=429 quota]]").json()["error"]
         self.assertEqual((err["type"], err["code"]),
                          ("insufficient_quota", "insufficient_quota"))
+        err = openai_chat("[[sim openai:status=400 quota]]").json()["error"]
+        self.assertEqual((err["type"], err["code"], err["message"]),
+                         ("invalid_request_error", "billing_hard_limit_reached",
+                          "Billing hard limit has been reached"))
         for status, type_ in ((500, "server_error"), (503, "server_error"),
                               (400, "invalid_request_error")):
             r = openai_chat("[[sim openai:status=%d]]" % status)

@@ -1703,6 +1703,16 @@ static const ErrorCase error_cases[] = {
 		"\"type\":\"insufficient_quota\",\"param\":null,"
 		"\"code\":\"insufficient_quota\"}}", 20, 1,
 	IGNY8_ERR_FALLBACK, "exceeded your current quota", 0},
+	{"openai: the spending limit reached, a 400", &igny8_openai_protocol, 400,
+		"{\"error\":{\"message\":\"Billing hard limit has been reached\","
+		"\"type\":\"invalid_request_error\",\"param\":null,"
+		"\"code\":\"billing_hard_limit_reached\"}}", NOHDR,
+	IGNY8_ERR_FALLBACK, "Billing hard limit", 0},
+	{"openai: billing not active", &igny8_openai_protocol, 429,
+		"{\"error\":{\"message\":\"Your account is not active, please check your billing details on our website.\","
+		"\"type\":\"billing_not_active\",\"param\":null,"
+		"\"code\":\"billing_not_active\"}}", 20, 1,
+	IGNY8_ERR_FALLBACK, "not active", 0},
 	{"openai: insufficient_quota as the code", &igny8_openai_protocol, 429,
 		"{\"error\":{\"message\":\"quota\",\"type\":\"requests\","
 		"\"param\":null,\"code\":\"insufficient_quota\"}}", NOHDR,
@@ -4654,6 +4664,11 @@ static const ImageParseCase image_parse_cases[] = {
 		"\"input\", \"categories\": [\"violence\"]}}}", -1, 1, 0, false, NULL,
 		IGNY8_ERR_CALLER, "Your request was rejected by the safety system. ",
 	PREFIX},
+	{"the spending limit reached: a 400 that falls back", 400,
+		"{\"error\": {\"code\": \"billing_hard_limit_reached\", "
+		"\"message\": \"Billing hard limit has been reached\", \"param\": "
+		"null, \"type\": \"invalid_request_error\"}}", NOHDR, 0, false, NULL,
+	IGNY8_ERR_FALLBACK, "Billing hard limit has been reached", 0},
 	{"a user error without a code", 400, "{\"error\":{\"message\":\"no\","
 		"\"type\":\"image_generation_user_error\",\"param\":null,\"code\":null}}",
 	-1, 1, 0, false, NULL, IGNY8_ERR_CALLER, "no", 0},
