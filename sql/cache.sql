@@ -148,6 +148,43 @@ SELECT count(*) AS left_after_cleanup FROM igny8_response_cache;
 UPDATE igny8_cache_settings SET ttl = '1 hour' WHERE alias = 'gpt-4';
 SELECT wait_for_config();
 
+-- a changed ttl applies to the answers already stored, from when each was
+-- stored: lowered, an answer of the old ttl is no longer served
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Stored for an hour [[sim any:tag=e2]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+UPDATE igny8_cache_settings SET ttl = '1 second' WHERE alias = 'gpt-4';
+SELECT wait_for_config();
+SELECT expires_at - created_at AS ttl_now FROM igny8_response_cache WHERE state = 'ready';
+SELECT wait_until($$(SELECT bool_and(expires_at < clock_timestamp()) FROM igny8_response_cache)$$,
+                  'the cached answer to expire');
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Stored for an hour [[sim any:tag=e2]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+SELECT sim_count('e2') AS requests;
+UPDATE igny8_cache_settings SET ttl = '1 hour' WHERE alias = 'gpt-4';
+SELECT wait_for_config();
+SELECT expires_at - created_at AS ttl_raised FROM igny8_response_cache WHERE state = 'ready';
+
+-- a deployment of the alias changed (here its max_tokens cap): the
+-- answers the old one gave are not served; changed back, they are again
+SELECT igny8_cache_purge('gpt-4') AS purged;
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Capped [[sim any:tag=d1]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Capped [[sim any:tag=d1]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+SELECT max_tokens AS cap_before FROM igny8_models WHERE alias = 'gpt-4' AND provider_id = 'self_hosted_ai' \gset
+UPDATE igny8_models SET max_tokens = 3000 WHERE alias = 'gpt-4' AND provider_id = 'self_hosted_ai';
+SELECT wait_for_config();
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Capped [[sim any:tag=d1]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+SELECT sim_count('d1') AS requests;
+UPDATE igny8_models SET max_tokens = NULLIF(:'cap_before', '')::integer
+ WHERE alias = 'gpt-4' AND provider_id = 'self_hosted_ai';
+SELECT wait_for_config();
+SELECT cached FROM igny8_chat('[{"role":"user","content":"Capped [[sim any:tag=d1]]"}]', 'gpt-4',
+                              '{"temperature": 0}');
+SELECT sim_count('d1') AS requests;
+SELECT igny8_cache_purge('gpt-4') AS purged;
+
 -- two identical calls at once make one request: the second waits for
 -- the first's answer (the simulator holds the first for a second)
 SELECT dblink_connect('c1', 'dbname=' || current_database());

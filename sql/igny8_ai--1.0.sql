@@ -1520,7 +1520,27 @@ CREATE INDEX igny8_response_cache_alias_idx ON igny8_response_cache (alias, crea
 CREATE INDEX igny8_response_cache_expires_idx ON igny8_response_cache (expires_at);
 
 COMMENT ON TABLE igny8_response_cache IS
-    'cached text answers, by sha256 of alias, messages, temperature and max_tokens; written and read by the workers';
+    'cached text answers, by sha256 of alias, messages, temperature, max_tokens and the deployments that may answer; written and read by the workers';
+
+-- A changed ttl applies to the answers already stored: each is served for
+-- the new ttl from when it was stored, as the column says.
+CREATE FUNCTION igny8_cache_ttl_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE @extschema@.igny8_response_cache c
+       SET expires_at = c.created_at OPERATOR(pg_catalog.+) NEW.ttl
+     WHERE c.alias OPERATOR(pg_catalog.=) NEW.alias
+       AND c.state OPERATOR(pg_catalog.=) 'ready';
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER igny8_cache_ttl_changed
+    AFTER UPDATE OF ttl ON igny8_cache_settings
+    FOR EACH ROW WHEN (OLD.ttl IS DISTINCT FROM NEW.ttl)
+    EXECUTE FUNCTION igny8_cache_ttl_changed();
 
 -- Empty an alias's cache; returns the rows removed.
 CREATE FUNCTION igny8_cache_purge(alias text) RETURNS bigint
@@ -1586,6 +1606,7 @@ REVOKE ALL ON igny8_account_providers, igny8_cache_settings, igny8_response_cach
     FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_account_provider_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_cache_settings_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_cache_ttl_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_cache_purge(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_cache_cleanup() FROM PUBLIC;
 

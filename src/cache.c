@@ -4,7 +4,7 @@
  *	  The response cache: text answers of the aliases in
  *	  igny8_cache_settings, kept in igny8_response_cache by the sha256 of
  *	  the request (alias, messages with the system prompt among them,
- *	  temperature, max_tokens).
+ *	  temperature, max_tokens, and the deployments that may answer it).
  *
  * Where the lookup runs: in the worker, not in the caller's backend.  The
  * worker writes the usage row of a hit in its own committed transaction
@@ -107,16 +107,32 @@ hash_field(pg_cryptohash_ctx *ctx, const char *tag, const char *value)
 			 pg_cryptohash_error(ctx));
 }
 
+/* Deployments in a fixed order: routing shuffles those of equal priority. */
+static int
+deployment_cmp(const void *a, const void *b)
+{
+	const Igny8Deployment *x = *(Igny8Deployment *const *) a;
+	const Igny8Deployment *y = *(Igny8Deployment *const *) b;
+	int			c = strcmp(x->provider->id, y->provider->id);
+
+	return c != 0 ? c : strcmp(x->model, y->model);
+}
+
 /*
  * The key of a request: sha256 of the alias, each message's role and
  * content in order, the temperature ("%.17g": the double exactly) and
- * max_tokens as the caller gave them (absent ones hash as absent).
+ * max_tokens as the caller gave them (absent ones hash as absent), and
+ * the deployments the call may be answered by (its candidates, fallbacks
+ * included): provider, model, max_tokens cap and settings.  A change of
+ * any of them (a larger cap, another model) makes new answers instead of
+ * serving those the old deployments gave.
  */
 static void
 compute_key(Igny8Job *job, uint8 *out)
 {
 	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
 	char		num[64];
+	Igny8Deployment **cands;
 
 	if (pg_cryptohash_init(ctx) < 0)
 		elog(ERROR, "could not compute the response cache key: %s",
@@ -134,6 +150,23 @@ compute_key(Igny8Job *job, uint8 *out)
 	if (job->has_max_tokens)
 		snprintf(num, sizeof(num), "%d", job->max_tokens);
 	hash_field(ctx, "max_tokens", job->has_max_tokens ? num : NULL);
+	cands = palloc(sizeof(Igny8Deployment *) * Max(job->ncands, 1));
+	memcpy(cands, job->cands, sizeof(Igny8Deployment *) * job->ncands);
+	qsort(cands, job->ncands, sizeof(Igny8Deployment *), deployment_cmp);
+	for (int i = 0; i < job->ncands; i++)
+	{
+		Igny8Deployment *d = cands[i];
+		char	   *settings = d->settings ? igny8_json_print(d->settings) : NULL;
+
+		hash_field(ctx, "provider", d->provider->id);
+		hash_field(ctx, "model", d->model);
+		snprintf(num, sizeof(num), "%d", d->max_tokens);
+		hash_field(ctx, "max_tokens cap", num);
+		hash_field(ctx, "settings", settings);
+		if (settings)
+			pfree(settings);
+	}
+	pfree(cands);
 	if (pg_cryptohash_final(ctx, out, PG_SHA256_DIGEST_LENGTH) < 0)
 		elog(ERROR, "could not compute the response cache key: %s",
 			 pg_cryptohash_error(ctx));
