@@ -182,6 +182,36 @@ i AS (SELECT * FROM r WHERE provider = 'comfyui')
 SELECT abs(i.cost - round(i.d / 2, 6)) <= 0.000001 AS image_pays_half,
        abs(t.cost + i.cost - round(t.d, 6)) <= 0.000002 AS shares_add_up_to_busy_time
   FROM t, i;
+
+-- A provider renamed: its prices, reference models and rents follow it,
+-- as its deployments do.  OpenAI's gpt-4 keeps its price (4 * 30 / 1e6 +
+-- 9 * 60 / 1e6 = 0.000660), the GPU box its rent (an attempt alone pays
+-- its duration)
+BEGIN;
+UPDATE igny8_providers SET id = 'openai_main' WHERE id = 'openai';
+UPDATE igny8_providers SET id = 'gpu_ollama' WHERE id = 'self_hosted_ai';
+COMMIT;
+SELECT wait_for_config();
+SELECT provider, count(*) AS prices, min(origin) AS origin
+  FROM igny8_prices GROUP BY provider ORDER BY provider;
+SELECT alias, provider, model, origin FROM igny8_reference_models ORDER BY alias;
+SELECT box, providers, origin FROM igny8_fixed_costs ORDER BY box, valid_from;
+TRUNCATE ai_usage_log;
+SELECT provider, input_tokens, output_tokens
+  FROM igny8_chat('[{"role": "user", "content": "Renamed [[sim ollama:status=404]] one two three"}]', 'gpt-4');
+SELECT provider, cost, reference_cost FROM ai_usage_log WHERE success;
+TRUNCATE ai_usage_log;
+SELECT provider FROM igny8_chat('[{"role": "user", "content": "Renamed GPU [[sim ollama:delay=0.2]]"}]', 'gpt-4');
+SELECT provider, abs(cost - round((duration_ms / 1000)::numeric, 6)) <= 0.000001 AS whole_duration
+  FROM ai_usage_log;
+BEGIN;
+UPDATE igny8_providers SET id = 'openai' WHERE id = 'openai_main';
+UPDATE igny8_providers SET id = 'self_hosted_ai' WHERE id = 'gpu_ollama';
+COMMIT;
+SELECT provider, count(*) AS prices, min(origin) AS origin
+  FROM igny8_prices GROUP BY provider ORDER BY provider;
+SELECT box, providers, origin FROM igny8_fixed_costs ORDER BY box, valid_from;
+SELECT count(*) AS deletions_left FROM igny8_config_deletions;
 UPDATE igny8_fixed_costs SET monthly_amount = 0 WHERE box = 'gpu_box';
 SELECT wait_for_config();
 
@@ -273,8 +303,24 @@ VALUES ('lab_box', '{lab_gpu}', 10);
 INSERT INTO igny8_providers (id, kind, base_url) VALUES ('lab_gpu', 'ollama', 'http://127.0.0.1:9');
 COMMIT;
 SELECT box, providers, monthly_amount FROM igny8_fixed_costs WHERE box = 'lab_box';
-DELETE FROM igny8_fixed_costs WHERE box = 'lab_box';
-DELETE FROM igny8_providers WHERE id = 'lab_gpu';
+-- a provider deleted: its prices and reference models go with it, and it
+-- leaves the rents that paid for it (a rent of it alone goes), as its
+-- deployments go; the rows left can be edited
+INSERT INTO igny8_providers (id, kind, base_url) VALUES
+    ('lab_gpu2', 'ollama', 'http://127.0.0.1:9'), ('lab_api', 'openai', 'http://127.0.0.1:9');
+UPDATE igny8_fixed_costs SET providers = '{lab_gpu,lab_gpu2}' WHERE box = 'lab_box';
+INSERT INTO igny8_fixed_costs (box, providers, monthly_amount) VALUES ('lab_box2', '{lab_api}', 5);
+INSERT INTO igny8_prices (provider, model, unit, price)
+VALUES ('lab_api', 'lab-model', 'per_1m_input_tokens', 1);
+INSERT INTO igny8_reference_models (alias, provider, model) VALUES ('lab-alias', 'lab_api', 'lab-model');
+DELETE FROM igny8_providers WHERE id IN ('lab_gpu', 'lab_api');
+SELECT box, providers, monthly_amount FROM igny8_fixed_costs WHERE box LIKE 'lab%';
+SELECT (SELECT count(*) FROM igny8_prices WHERE provider = 'lab_api') AS prices,
+       (SELECT count(*) FROM igny8_reference_models WHERE alias = 'lab-alias') AS reference_models;
+UPDATE igny8_fixed_costs SET monthly_amount = 20 WHERE box = 'lab_box'
+RETURNING box, providers, monthly_amount;
+DELETE FROM igny8_providers WHERE id = 'lab_gpu2';
+SELECT count(*) AS lab_rents FROM igny8_fixed_costs WHERE box LIKE 'lab%';
 -- an unknown reference model (refused at commit), a bad alias
 INSERT INTO igny8_reference_models (alias, model) VALUES ('my-alias', 'gpt-9');
 INSERT INTO igny8_reference_models (alias, model) VALUES ('my alias', 'gpt-4');

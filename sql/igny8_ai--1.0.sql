@@ -701,6 +701,61 @@ CREATE TRIGGER igny8_providers_kind_check
     AFTER UPDATE OF kind ON igny8_providers
     FOR EACH ROW EXECUTE FUNCTION igny8_provider_kind_check();
 
+-- After a provider was renamed or deleted: the prices, reference models
+-- and rents that name it follow, as its deployments and its settings per
+-- account follow their foreign keys (ON UPDATE CASCADE ON DELETE
+-- CASCADE).  No foreign key can do it here: a restore writes prices and
+-- reference models before the providers added to the shipped ones (their
+-- checks wait for the commit, and skip a restore), and a rent names its
+-- providers in an array.  Left behind, the old name would price nothing (a renamed
+-- OpenAI's attempts would cost 0 and pass every budget) and pay no rent,
+-- and the next edit of such a row would be refused for a provider the
+-- DBA never touched.  A rent that paid for the deleted provider alone
+-- goes with it.  The rows' own triggers see the change: origin and the
+-- deletions pg_dump keeps, the checks at commit (the new name exists),
+-- and the workers reload once, at commit.  Not while a dump is restored
+-- (pg_dump sets check_function_bodies off): the shipped provider a
+-- restore deletes again took its shipped rows with it when the DBA
+-- deleted it, and the dump deletes those, or brings back their edited
+-- rows, by itself.
+CREATE FUNCTION igny8_provider_follow() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF OLD.id OPERATOR(pg_catalog.=) NEW.id THEN
+            RETURN NULL;        -- the id was set, not changed
+        END IF;
+        UPDATE @extschema@.igny8_prices p SET provider = NEW.id
+         WHERE p.provider OPERATOR(pg_catalog.=) OLD.id;
+        UPDATE @extschema@.igny8_reference_models r SET provider = NEW.id
+         WHERE r.provider OPERATOR(pg_catalog.=) OLD.id;
+        UPDATE @extschema@.igny8_fixed_costs f
+           SET providers = pg_catalog.array_replace(f.providers, OLD.id, NEW.id)
+         WHERE OLD.id OPERATOR(pg_catalog.=) ANY (f.providers);
+        RETURN NULL;
+    END IF;
+    IF pg_catalog.current_setting('check_function_bodies') OPERATOR(pg_catalog.=) 'off' THEN
+        RETURN NULL;            -- a restore
+    END IF;
+    DELETE FROM @extschema@.igny8_reference_models r
+     WHERE r.provider OPERATOR(pg_catalog.=) OLD.id;
+    DELETE FROM @extschema@.igny8_prices p
+     WHERE p.provider OPERATOR(pg_catalog.=) OLD.id;
+    DELETE FROM @extschema@.igny8_fixed_costs f
+     WHERE f.providers OPERATOR(pg_catalog.=) ARRAY[OLD.id];
+    UPDATE @extschema@.igny8_fixed_costs f
+       SET providers = pg_catalog.array_remove(f.providers, OLD.id)
+     WHERE OLD.id OPERATOR(pg_catalog.=) ANY (f.providers);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER igny8_providers_follow
+    AFTER UPDATE OF id OR DELETE ON igny8_providers
+    FOR EACH ROW EXECUTE FUNCTION igny8_provider_follow();
+
 -- Before a fallback is written: its alias and its fallback alias are
 -- aliases of igny8_models (a mistyped one would never be tried: the
 -- router skips an alias without deployments).  On an UPDATE, the names it
@@ -2743,6 +2798,7 @@ REVOKE ALL ON FUNCTION igny8_workflow_in_use() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_workflows_release() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_deployment_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_provider_kind_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_provider_follow() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_fallback_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_touch_updated_at() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_check_health() FROM PUBLIC;
