@@ -183,6 +183,86 @@ SELECT abs(i.cost - round(i.d / 2, 6)) <= 0.000001 AS image_pays_half,
        abs(t.cost + i.cost - round(t.d, 6)) <= 0.000002 AS shares_add_up_to_busy_time
   FROM t, i;
 
+-- A rent that starts later changes no clock before it starts.  A second
+-- Ollama on the box, self_hosted_b; from 2100 on, the box keeps the first
+-- two providers and z_box takes self_hosted_b.  Until then the three
+-- share gpu_box's clock: an attempt on self_hosted_b made while one runs
+-- on self_hosted_ai pays half of its duration.  (Taking the rows by box
+-- and valid_from, the last one would win: self_hosted_b would run on
+-- z_box's clock today and pay its whole duration, the box's time charged
+-- twice.)
+INSERT INTO igny8_providers (id, kind, base_url, priority)
+VALUES ('self_hosted_b', 'ollama', current_setting('igny8_test.ollama_url'), 10);
+INSERT INTO igny8_models (alias, provider_id, provider_model)
+VALUES ('second-gpu', 'self_hosted_b', 'qwen3:32b');
+BEGIN;
+UPDATE igny8_fixed_costs SET providers = '{self_hosted_ai,comfyui,self_hosted_b}',
+       valid_to = '2100-01-01 00:00+00' WHERE box = 'gpu_box';
+INSERT INTO igny8_fixed_costs (box, providers, monthly_amount, valid_from)
+VALUES ('gpu_box', '{self_hosted_ai,comfyui}', :month_seconds, '2100-01-01 00:00+00'),
+       ('z_box', '{self_hosted_b}', :month_seconds, '2100-01-01 00:00+00');
+COMMIT;
+SELECT wait_for_config();
+TRUNCATE ai_usage_log;
+SELECT dblink_connect('a', 'dbname=' || current_database());
+SELECT dblink_send_query('a',
+    $$SELECT igny8_generate_text('First GPU [[sim ollama:delay=30 tag=box_a]]', 'gpt-4')$$);
+SELECT sim_wait_arrival('box_a');
+SELECT igny8_generate_text('Second GPU [[sim ollama:delay=0.3]]', 'second-gpu') IS NOT NULL AS b_answered;
+SELECT dblink_cancel_query('a');
+\set VERBOSITY sqlstate
+SELECT * FROM dblink_get_result('a') AS t(answer text);
+\set VERBOSITY default
+SELECT * FROM dblink_get_result('a') AS t(answer text);
+SELECT dblink_disconnect('a');
+SELECT wait_until($$(SELECT count(*) FROM ai_usage_log) = 2$$, 'both attempts in ai_usage_log');
+WITH r AS (
+    SELECT provider, cost, (duration_ms / 1000)::numeric AS d FROM ai_usage_log),
+a AS (SELECT * FROM r WHERE provider = 'self_hosted_ai'),
+b AS (SELECT * FROM r WHERE provider = 'self_hosted_b')
+SELECT abs(b.cost - round(b.d / 2, 6)) <= 0.000001 AS b_pays_half,
+       abs(a.cost + b.cost - round(a.d, 6)) <= 0.000002 AS shares_add_up_to_busy_time
+  FROM a, b;
+
+-- when the new rents start (in two seconds here), the next request a worker
+-- takes runs on them: self_hosted_b on z_box's clock, alone there, pays
+-- its whole duration beside an attempt on gpu_box
+BEGIN;
+SELECT now() + interval '2 s' AS rents_start \gset
+UPDATE igny8_fixed_costs SET valid_to = :'rents_start'
+ WHERE box = 'gpu_box' AND valid_to = '2100-01-01 00:00+00';
+UPDATE igny8_fixed_costs SET valid_from = :'rents_start'
+ WHERE valid_from = '2100-01-01 00:00+00';
+COMMIT;
+SELECT wait_for_config();
+SELECT wait_until(format('clock_timestamp() > %L', :'rents_start'), 'the new rents to start');
+TRUNCATE ai_usage_log;
+SELECT dblink_connect('a', 'dbname=' || current_database());
+SELECT dblink_send_query('a',
+    $$SELECT igny8_generate_text('First GPU [[sim ollama:delay=30 tag=box_b]]', 'gpt-4')$$);
+SELECT sim_wait_arrival('box_b');
+SELECT igny8_generate_text('Second GPU [[sim ollama:delay=0.3]]', 'second-gpu') IS NOT NULL AS b_answered;
+SELECT dblink_cancel_query('a');
+\set VERBOSITY sqlstate
+SELECT * FROM dblink_get_result('a') AS t(answer text);
+\set VERBOSITY default
+SELECT * FROM dblink_get_result('a') AS t(answer text);
+SELECT dblink_disconnect('a');
+SELECT wait_until($$(SELECT count(*) FROM ai_usage_log) = 2$$, 'both attempts in ai_usage_log');
+WITH r AS (
+    SELECT provider, cost, created_at, (duration_ms / 1000)::numeric AS d FROM ai_usage_log),
+a AS (SELECT * FROM r WHERE provider = 'self_hosted_ai'),
+b AS (SELECT * FROM r WHERE provider = 'self_hosted_b')
+SELECT a.created_at >= :'rents_start' AND b.created_at >= :'rents_start' AS after_the_start,
+       abs(b.cost - round(b.d, 6)) <= 0.000001 AS b_pays_its_duration,
+       abs(a.cost - round(a.d, 6)) <= 0.000001 AS a_pays_its_duration
+  FROM a, b;
+DELETE FROM igny8_fixed_costs WHERE box = 'z_box' OR valid_from = :'rents_start';
+UPDATE igny8_fixed_costs SET providers = '{self_hosted_ai,comfyui}', valid_to = NULL
+ WHERE box = 'gpu_box';
+DELETE FROM igny8_providers WHERE id = 'self_hosted_b';
+SELECT wait_for_config();
+
 -- A provider renamed: its prices, reference models and rents follow it,
 -- as its deployments do.  OpenAI's gpt-4 keeps its price (4 * 30 / 1e6 +
 -- 9 * 60 / 1e6 = 0.000660), the GPU box its rent (an attempt alone pays

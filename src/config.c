@@ -573,9 +573,15 @@ igny8_config_cache(Igny8Config *config, const char *alias)
 
 /*
  * The fixed costs, by box and valid_from.  The providers of the boxes
- * whose rent has not ended (valid now or later: the rate is looked up per
- * attempt) get the clock of their box: the shared entry of
- * its first provider that has one (gpuclock.c).
+ * whose rent is valid now get the clock of their box: the shared entry of
+ * its first provider that has one (gpuclock.c); the rate is looked up per
+ * attempt.  A rent that starts later gets no clock yet: the rows come by
+ * box and valid_from, and a box's next rent, or another box that takes
+ * over one of its providers later, would otherwise move the provider to
+ * its clock today, where its attempts would not share the time of the
+ * box they run on.  rents_change is when the next rent starts or ends:
+ * a worker loads the configuration again before it takes work after it
+ * (worker.c).
  */
 static void
 read_fixed_costs(Igny8Config *config, const char *qschema)
@@ -594,6 +600,7 @@ read_fixed_costs(Igny8Config *config, const char *qschema)
 
 	old = MemoryContextSwitchTo(config->cxt);
 	config->nfixed_costs = 0;
+	config->rents_change = 0;
 	config->fixed_costs = palloc0(sizeof(Igny8FixedCost) * Max(SPI_processed, 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -630,8 +637,23 @@ read_fixed_costs(Igny8Config *config, const char *qschema)
 		f->valid_to = isnull ? DT_NOEND : DatumGetTimestampTz(d);
 		config->nfixed_costs++;
 
-		if (f->has_valid_to && now >= f->valid_to)
+		if (f->valid_from > now)
+		{
+			if (!TIMESTAMP_IS_NOEND(f->valid_from) &&
+				(config->rents_change == 0 ||
+				 f->valid_from < config->rents_change))
+				config->rents_change = f->valid_from;
 			continue;
+		}
+		if (f->has_valid_to)
+		{
+			if (now >= f->valid_to)
+				continue;
+			if (!TIMESTAMP_IS_NOEND(f->valid_to) &&
+				(config->rents_change == 0 ||
+				 f->valid_to < config->rents_change))
+				config->rents_change = f->valid_to;
+		}
 		for (int j = 0; j < f->nproviders && clock < 0; j++)
 		{
 			Igny8Provider *p = igny8_config_provider(config, f->providers[j]);

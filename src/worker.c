@@ -283,6 +283,22 @@ igny8_worker_config(void)
 	return config;
 }
 
+/*
+ * Has a rent started or ended since the configuration was loaded?  Which
+ * clock a provider's attempts run on is fixed at the load by the rents
+ * valid then (config.c), so the worker loads the configuration again
+ * before it routes the first request, or takes the first job, after such
+ * a change.  An idle worker is not woken for it: it has no attempt to
+ * start, and every look at new work comes through refresh_config first.
+ * A load that failed is tried again on its own schedule.
+ */
+static bool
+rents_changed(TimestampTz now)
+{
+	return config != NULL && config_error == NULL &&
+		config->rents_change != 0 && now >= config->rents_change;
+}
+
 /* Load the configuration if it changed, or must be loaded again. */
 static void
 refresh_config(bool need_one)
@@ -296,7 +312,7 @@ refresh_config(bool need_one)
 	 * requests need a configuration and there is none, else every ten (the
 	 * worker serves the last configuration it loaded meanwhile).
 	 */
-	if (gen == config_generation && !config_stale &&
+	if (gen == config_generation && !config_stale && !rents_changed(now) &&
 		!(config_error != NULL &&
 		  TimestampDifferenceExceeds(config_tried_at, now,
 									 need_one ? IGNY8_CONFIG_RETRY_MS :

@@ -185,6 +185,9 @@ typedef struct Igny8Config
 	Igny8Price *prices;
 	int			nfixed_costs;
 	Igny8FixedCost *fixed_costs;
+	TimestampTz rents_change;	/* when the next rent starts or ends, after
+								 * the load (which clock a provider runs on
+								 * changes then); 0: never */
 	int			nreferences;
 	Igny8ReferenceModel *references;
 	int			naccounts;		/* ordered by account_id */
