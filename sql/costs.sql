@@ -383,9 +383,9 @@ VALUES ('lab_box', '{lab_gpu}', 10);
 INSERT INTO igny8_providers (id, kind, base_url) VALUES ('lab_gpu', 'ollama', 'http://127.0.0.1:9');
 COMMIT;
 SELECT box, providers, monthly_amount FROM igny8_fixed_costs WHERE box = 'lab_box';
--- a provider deleted: its prices and reference models go with it, and it
--- leaves the rents that paid for it (a rent of it alone goes), as its
--- deployments go; the rows left can be edited
+-- a provider deleted: its prices and reference models go with it, as its
+-- deployments go; the rents that paid for it keep naming it (their
+-- history), and can still be edited; a name added must exist
 INSERT INTO igny8_providers (id, kind, base_url) VALUES
     ('lab_gpu2', 'ollama', 'http://127.0.0.1:9'), ('lab_api', 'openai', 'http://127.0.0.1:9');
 UPDATE igny8_fixed_costs SET providers = '{lab_gpu,lab_gpu2}' WHERE box = 'lab_box';
@@ -399,8 +399,10 @@ SELECT (SELECT count(*) FROM igny8_prices WHERE provider = 'lab_api') AS prices,
        (SELECT count(*) FROM igny8_reference_models WHERE alias = 'lab-alias') AS reference_models;
 UPDATE igny8_fixed_costs SET monthly_amount = 20 WHERE box = 'lab_box'
 RETURNING box, providers, monthly_amount;
+UPDATE igny8_fixed_costs SET providers = providers || '{lab_gone}' WHERE box = 'lab_box';
 DELETE FROM igny8_providers WHERE id = 'lab_gpu2';
 SELECT count(*) AS lab_rents FROM igny8_fixed_costs WHERE box LIKE 'lab%';
+DELETE FROM igny8_fixed_costs WHERE box LIKE 'lab%';
 -- an unknown reference model (refused at commit), a bad alias
 INSERT INTO igny8_reference_models (alias, model) VALUES ('my-alias', 'gpt-9');
 INSERT INTO igny8_reference_models (alias, model) VALUES ('my alias', 'gpt-4');

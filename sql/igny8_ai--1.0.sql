@@ -708,10 +708,14 @@ CREATE TRIGGER igny8_providers_kind_check
 -- reference models before the providers added to the shipped ones (their
 -- checks wait for the commit, and skip a restore), and a rent names its
 -- providers in an array.  Left behind, the old name would price nothing (a renamed
--- OpenAI's attempts would cost 0 and pass every budget) and pay no rent,
--- and the next edit of such a row would be refused for a provider the
--- DBA never touched.  A rent that paid for the deleted provider alone
--- goes with it.  The rows' own triggers see the change: origin and the
+-- OpenAI's attempts would cost 0 and pass every budget) and pay no rent.
+-- A deleted provider's prices and reference models go; the rents naming
+-- it stay as they are: a rent is history (the months it was paid, which
+-- provider's past work it paid for, as ai_usage_log names it), and
+-- deleting or rewriting it would change past reports.  A name of a
+-- provider that is gone does no harm there: no worker has such a
+-- provider, and a rent's check refuses only names an edit adds.  The
+-- rows' own triggers see the change: origin and the
 -- deletions pg_dump keeps, the checks at commit (the new name exists),
 -- and the workers reload once, at commit.  Not while a dump is restored
 -- (pg_dump sets check_function_bodies off): the shipped provider a
@@ -743,11 +747,6 @@ BEGIN
      WHERE r.provider OPERATOR(pg_catalog.=) OLD.id;
     DELETE FROM @extschema@.igny8_prices p
      WHERE p.provider OPERATOR(pg_catalog.=) OLD.id;
-    DELETE FROM @extschema@.igny8_fixed_costs f
-     WHERE f.providers OPERATOR(pg_catalog.=) ARRAY[OLD.id];
-    UPDATE @extschema@.igny8_fixed_costs f
-       SET providers = pg_catalog.array_remove(f.providers, OLD.id)
-     WHERE OLD.id OPERATOR(pg_catalog.=) ANY (f.providers);
     RETURN NULL;
 END
 $$;
@@ -1280,10 +1279,14 @@ BEGIN
                       AND f.providers OPERATOR(pg_catalog.=) NEW.providers) THEN
         RETURN NULL;            -- changed or deleted since
     END IF;
+    -- the names this write adds: a provider deleted since the rent was
+    -- written stays named in it (its history), and other edits go on
     SELECT p INTO unknown
       FROM pg_catalog.unnest(NEW.providers) AS p
      WHERE NOT EXISTS (SELECT 1 FROM @extschema@.igny8_providers r
                         WHERE r.id OPERATOR(pg_catalog.=) p)
+       AND (TG_OP OPERATOR(pg_catalog.=) 'INSERT' OR
+            p OPERATOR(pg_catalog.<>) ALL (OLD.providers))
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'provider "%" of fixed cost "%" does not exist', unknown, NEW.box
