@@ -20,7 +20,9 @@ Environment:
   OLLAMA_URL      Ollama's address (default http://127.0.0.1:11434)
   COMFYUI_URL     ComfyUI's address (default http://127.0.0.1:8188)
   COMFYUI_MODELS  the host folder mounted as ComfyUI's models/
-                  (default /opt/ai/comfyui/models, as docker-compose.yml)
+                  (default /opt/ai/comfyui/models, as docker-compose.yml);
+                  the user running this must be able to write it: checked
+                  first, also with --dry-run, before anything is fetched
   HF_TOKEN        a Hugging Face token (read access) for the gated
                   repositories; accept each licence on its model page first
   HF_ENDPOINT     default https://huggingface.co
@@ -196,6 +198,35 @@ do_comfyui() {
 	done <"$MODELS_LIST"
 }
 
+# check_models_dir: the folders the ComfyUI files go to can be written, or
+# made, by the user running this, checked before anything is fetched (also
+# with --dry-run, which makes nothing).  /opt/ai made with sudo mkdir is
+# root's: without this check the first ComfyUI file would stop the script
+# half-way, perhaps after hours of Ollama pulls.
+check_models_dir() {
+	local folder dir existing who owner
+	who=$(id -un)
+	while read -r folder; do
+		dir=$COMFYUI_MODELS/$folder
+		# the folder itself, or the nearest parent that exists (mkdir -p
+		# makes the rest, owned by this user)
+		existing=$dir
+		while [ ! -e "$existing" ] && [ "$existing" != / ]; do
+			existing=$(dirname "$existing")
+		done
+		if [ -d "$existing" ] && [ -w "$existing" ] && [ -x "$existing" ]; then
+			continue
+		fi
+		owner=$(stat -c '%U:%G, mode %a' "$existing" 2>/dev/null) || owner="not a folder"
+		fail "$dir cannot be written by $who ($existing is $owner): run as the owner of $COMFYUI_MODELS, or give it to $who: sudo chown -R $who $COMFYUI_MODELS"
+		return 1
+	done < <(awk '$1 == "comfyui" { print $2 }' "$MODELS_LIST" | sort -u)
+}
+
+if [ "$ONLY" != ollama ] && ! check_models_dir; then
+	echo "$errors problem(s); see the ERROR lines: nothing was fetched" >&2
+	exit 1
+fi
 [ "$ONLY" = comfyui ] || do_ollama
 [ "$ONLY" = ollama ] || do_comfyui
 
