@@ -8,7 +8,10 @@ provider's state) and turns each payload
      "code": "connection_refused", "consecutive_failures": 3, "at": "..."}
 
 into a POST of JSON to a URL (--webhook), or a mail through an SMTP server
-(--smtp-host, --mail-from, --mail-to), or both.  The payload carries no
+(--smtp-host, --mail-from, --mail-to), or both.  Mail goes to port 25 in
+plain text, upgraded with --smtp-starttls (give --smtp-port 587 for a
+submission port), or over TLS from the start with --smtp-ssl (port 465
+unless --smtp-port says otherwise); not both.  The payload carries no
 provider text and no key, so any role that may connect may listen.
 
 It reconnects when the connection drops (a restart, a network cut),
@@ -58,9 +61,11 @@ def parse_args(argv):
     p.add_argument("--webhook", metavar="URL", help="POST each alert as JSON to URL")
     p.add_argument("--webhook-timeout", type=float, default=10.0, metavar="S")
     p.add_argument("--smtp-host", help="send each alert by mail through this SMTP server")
-    p.add_argument("--smtp-port", type=int, default=25)
+    p.add_argument("--smtp-port", type=int,
+                   help="default 465 with --smtp-ssl, else 25")
     p.add_argument("--smtp-starttls", action="store_true", help="STARTTLS before logging in")
-    p.add_argument("--smtp-ssl", action="store_true", help="SMTP over TLS (port 465)")
+    p.add_argument("--smtp-ssl", action="store_true",
+                   help="SMTP over TLS from the first byte (port 465 unless --smtp-port)")
     p.add_argument("--smtp-user", help="login; the password comes from SMTP_PASSWORD")
     p.add_argument("--mail-from")
     p.add_argument("--mail-to", action="append", default=[], metavar="ADDR",
@@ -77,6 +82,13 @@ def parse_args(argv):
         p.error("give --webhook URL, or --smtp-host with --mail-from and --mail-to, or both")
     if a.smtp_host and (not a.mail_from or not a.mail_to):
         p.error("--smtp-host needs --mail-from and --mail-to")
+    # one or the other: STARTTLS upgrades a plain connection, which
+    # --smtp-ssl never has
+    if a.smtp_ssl and a.smtp_starttls:
+        p.error("--smtp-ssl and --smtp-starttls exclude each other: --smtp-ssl "
+                "(port 465) is TLS from the start, --smtp-starttls (port 587) upgrades a plain connection")
+    if a.smtp_port is None:
+        a.smtp_port = 465 if a.smtp_ssl else 25
     a.states = {s.strip() for s in a.states.split(",") if s.strip()}
     return a
 
