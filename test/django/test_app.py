@@ -32,7 +32,7 @@ import simctl  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.files.storage import FileSystemStorage  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import transaction  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
 from django.db.utils import ProgrammingError  # noqa: E402
 
 from content.models import AIUsageLog, Article, Igny8Job, ServiceHealthLog  # noqa: E402
@@ -213,6 +213,55 @@ class ExampleAppTest(unittest.TestCase):
             self.assertIn("job %d succeeded: 1 article(s)" % article.ai_job_id, out)
         self.assertIn("job %d failed: 1 article(s)" % failing.ai_job_id, out)
         self.assertRegex(out.splitlines()[-1], r"^stopped: SIGTERM \(\d+ article\(s\) filled\)$")
+
+    def test_listener_reconnects_and_catches_up(self):
+        # the listener's session ends (a server restart, pg_terminate_backend)
+        # and it may not log in again for a while: a job that finishes
+        # meanwhile is applied once it is back
+        admin = other_connection("postgres")
+        self.addCleanup(admin.close)
+        role = settings.DATABASES["default"]["USER"]
+        listener = Listener(self, "--max-seconds", str(4 * DEADLINE))
+        listener.wait_line("listening on igny8_ai_jobs")
+
+        def sql(query, params=()):
+            with admin.cursor() as cur:
+                cur.execute(query, params)
+                return cur.fetchall() if cur.description else None
+
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            own_pid = cur.fetchone()[0]
+        sql("ALTER ROLE %s NOLOGIN" % role)
+        self.addCleanup(sql, "ALTER ROLE %s LOGIN" % role)
+        # the role's sessions: this test's and the listener's
+        self.assertEqual(sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                             " WHERE usename = %s AND pid <> %s", [role, own_pid]), [(True,)])
+        listener.wait_line("connection lost: ")
+        # it tried again, and was refused: it is not listening now
+        listener.wait_line("cannot connect: ")
+        article = generate_article_content("While the listener was away")
+        self.assertEqual(finished(article.ai_job_id)["state"], Igny8Job.SUCCEEDED)
+        article.refresh_from_db()
+        self.assertEqual(article.status, Article.PENDING)
+
+        sql("ALTER ROLE %s LOGIN" % role)
+        self.assertRegex(listener.wait_line("listening on igny8_ai_jobs again"),
+                         r"^listening on igny8_ai_jobs again \(caught up: [1-9]\d* article\(s\)\)$")
+        # applied by the catch-up, which comes before that line
+        out = listener.output()
+        self.assertLess(out.index("job %d succeeded: 1 article(s)" % article.ai_job_id),
+                        out.index("listening on igny8_ai_jobs again"))
+        self.assert_filled_from_job(article)
+        # its new session is named, for pg_stat_activity
+        self.assertEqual(sql("SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
+                             " AND application_name = 'igny8_listen'", [role]), [(1,)])
+        # and it listens: a job finished now is applied from its notification
+        later = generate_article_content("After the listener came back")
+        wait_for("the article filled by the listener", lambda: not pending(later).exists())
+        self.assert_filled_from_job(later)
+        self.assertEqual(listener.stop(), 0)
+        self.assertIn("job %d succeeded: 1 article(s)" % later.ai_job_id, listener.output())
 
     def test_listener_once_catches_up_and_exits(self):
         article = generate_article_content("Once")
