@@ -21,11 +21,15 @@ SELECT * FROM attempts;
 SELECT (max(created_at) - min(created_at)) >= interval '0.9 s' AS waited
   FROM ai_usage_log WHERE provider = 'openai';
 
--- Anthropic overloaded (529) twice, then answers
+-- Anthropic overloaded (529) twice, then answers; its retry-after: 0 is
+-- not taken (protocols.md 3.3: only 0 < wait <= 60 s), the retries back
+-- off (at least 0.375 s, then 0.75 s)
 TRUNCATE ai_usage_log;
 SELECT igny8_generate_text('Overloaded [[sim ollama:status=404]] [[sim openai:status=404]] [[sim anthropic:status=529 retry_after=0 times=2 key=r3]]',
                            'gpt-4-turbo');
 SELECT * FROM attempts;
+SELECT (max(created_at) - min(created_at)) >= interval '1 s' AS backed_off
+  FROM ai_usage_log WHERE provider = 'anthropic';
 
 -- a 500 that persists: the retries (igny8_ai.max_retries = 2) are spent,
 -- then the next candidate answers

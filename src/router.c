@@ -224,15 +224,17 @@ igny8_route(Igny8Config *config, const char *alias, Igny8Task task,
 
 /*
  * How long to wait before retry number retry (0-based): the provider's
- * retry-after when it gave a sane one, else exponential backoff with jitter
- * as the official SDKs do: min(0.5 s * 2^retry, 8 s) * (1 - 0.25 * rand).
+ * retry-after when it gave a sane one (0 < wait <= 60 s, as the official
+ * SDKs take it: a 0 would send every retry at once into a provider that
+ * just said it is overloaded), else exponential backoff with jitter as
+ * the SDKs do: min(0.5 s * 2^retry, 8 s) * (1 - 0.25 * rand).
  */
 long
 igny8_backoff_ms(int retry, double retry_after)
 {
 	double		ms;
 
-	if (retry_after >= 0 && retry_after <= IGNY8_MAX_RETRY_AFTER_S)
+	if (retry_after > 0 && retry_after <= IGNY8_MAX_RETRY_AFTER_S)
 		return (long) (retry_after * 1000.0);
 
 	ms = 500.0 * (double) (1 << Min(retry, 10));
