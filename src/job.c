@@ -937,9 +937,16 @@ answer_to_db(Igny8Job *job, Igny8Attempt *a)
 	char	   *content = igny8_to_db_exact(job->result.content);
 	char	   *thinking = NULL;
 
+	/*
+	 * The reasoning is kept with a '?' for each character the encoding
+	 * lacks: Qwen3's traces are full of dashes and arrows, and failing a
+	 * good answer for them would pay a fallback in a LATIN1 database.
+	 * Bytes that are not UTF-8 there are a malformed answer, found when it
+	 * was parsed.
+	 */
 	if (content != NULL && job->result.thinking != NULL)
-		thinking = igny8_to_db_exact(job->result.thinking);
-	if (content == NULL || (job->result.thinking != NULL && thinking == NULL))
+		thinking = igny8_to_db_lossy(job->result.thinking);
+	if (content == NULL)
 	{
 		a->error = psprintf("the answer has characters that the database encoding %s cannot represent",
 							GetDatabaseEncodingName());

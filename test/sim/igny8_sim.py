@@ -483,6 +483,7 @@ ACTIONS = {
     "badutf8": _taint_field,
     "nul": _taint_field,
     "model_name": _reply,
+    "thinking_text": _reply,
     "long_model": _positive_int,
     "cache_read": _positive_int,
     "cache_creation": _positive_int,
@@ -538,6 +539,7 @@ class Behaviour:
         self.think = None
         self.nothinksupport = False
         self.reply = None
+        self.thinking_text = None       # Ollama's trace, else THINKING_TEXT
         self.close = False
         self.redirect = None            # path for a 302 Location header
         self.echo_key = None            # None, "model" or "error"
@@ -1757,7 +1759,8 @@ class OllamaBackend(Backend):
         shape = behaviour.think
         if shape is None and behaviour.taints("thinking"):
             shape = "field"
-        text = behaviour.taint("thinking", THINKING_TEXT)
+        text = behaviour.taint("thinking",
+                               behaviour.thinking_text or THINKING_TEXT)
         if shape == "field":
             return text, ""
         if shape == "inline":

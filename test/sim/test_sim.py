@@ -478,6 +478,9 @@ class TestOllama(SimTestCase):
         self.assertEqual(msg["content"], "<think>\n\n</think>\n\n" + answer)
         msg = ollama_chat("hi [[sim ollama:think=none]]").json()["message"]
         self.assertEqual(msg, {"role": "assistant", "content": answer})
+        msg = ollama_chat("hi [[sim ollama:think=field "
+                          "thinking_text=\\u2014_why]]").json()["message"]
+        self.assertEqual(msg["thinking"], "\u2014 why")
 
     def test_thinking_streamed(self):
         r = call("ollama", "POST", "/api/chat", {
