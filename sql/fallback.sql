@@ -46,6 +46,11 @@ SELECT * FROM attempts;
 TRUNCATE ai_usage_log;
 SELECT igny8_generate_text('Bad request [[sim ollama:status=400]]', 'gpt-4');
 SELECT * FROM attempts;
+-- ... at OpenAI and at Anthropic too (an ordinary 400, not the context one)
+TRUNCATE ai_usage_log;
+SELECT show_error($$SELECT igny8_generate_text('Bad request [[sim ollama:status=404]] [[sim openai:status=400]]', 'gpt-4')$$);
+SELECT show_error($$SELECT igny8_generate_text('Bad request [[sim ollama:status=404]] [[sim openai:status=404]] [[sim anthropic:status=400]]', 'gpt-4-turbo')$$);
+SELECT * FROM attempts;
 
 -- a prompt longer than a deployment's context is that deployment's limit:
 -- the next candidate is tried (it may have a larger window), from each

@@ -2053,11 +2053,8 @@ class OpenAIBackend(Backend):
                 "requests", None, "rate_limit_exceeded")
         elif status == 400:
             body = openai_error_body(
-                "This model's maximum context length is 8192 tokens. "
-                "However, your messages resulted in 8500 tokens. Please "
-                "reduce the length of the messages.",
-                "invalid_request_error", "messages",
-                "context_length_exceeded")
+                "Unrecognized request argument supplied: igny8_sim",
+                "invalid_request_error", None, None)
         elif status == 403:
             body = openai_error_body(
                 "Country, region, or territory not supported",
@@ -2321,7 +2318,8 @@ class AnthropicBackend(Backend):
 
     ERRORS = {
         400: ("invalid_request_error",
-              "prompt is too long: 215000 tokens > 200000 maximum"),
+              'messages: roles must alternate between "user" and '
+              '"assistant", but found multiple "user" roles in a row'),
         401: ("authentication_error", "invalid x-api-key"),
         402: ("billing_error", "Your credit balance is too low to access "
               "the Anthropic API. Please go to Plans & Billing to upgrade "
@@ -2469,6 +2467,17 @@ class AnthropicBackend(Backend):
                     and content != content.rstrip()):
                 return self.invalid(ex, "messages: final assistant content "
                                     "cannot end with trailing whitespace")
+            if (isinstance(content, str) and content
+                    and not content.strip()):
+                return self.invalid(ex, "messages: text content blocks "
+                                    "must contain non-whitespace text")
+        temperature = p.get("temperature")
+        if (isinstance(temperature, (int, float))
+                and not isinstance(temperature, bool)
+                and not 0 <= temperature <= 1):
+            return self.invalid(ex, "temperature: Input should be %s" % (
+                "less than or equal to 1" if temperature > 1
+                else "greater than or equal to 0"))
         system = p.get("system")
         if system is not None and not isinstance(system, (str, list)):
             return self.invalid(ex, "system: Input should be a valid string")

@@ -1011,6 +1011,30 @@ class TestAnthropic(SimTestCase):
                     "except for the optional final assistant message"
                     % (len(messages) - 1 if len(messages) == 1 else 1))
 
+    def test_blank_content_and_temperature(self):
+        """Whitespace-only text is refused; temperature is 0 to 1."""
+        headers = {"x-api-key": ANTHROPIC_KEY,
+                   "anthropic-version": "2023-06-01"}
+        for extra, messages, message in (
+                ({}, [{"role": "user", "content": " \n "}],
+                 "messages: text content blocks must contain "
+                 "non-whitespace text"),
+                ({"temperature": 1.5}, [{"role": "user", "content": "hi"}],
+                 "temperature: Input should be less than or equal to 1"),
+                ({"temperature": -0.1}, [{"role": "user", "content": "hi"}],
+                 "temperature: Input should be greater than or equal to 0"),
+                ({"temperature": 1}, [{"role": "user", "content": "hi"}],
+                 None)):
+            body = {"model": "claude", "max_tokens": 10,
+                    "messages": messages}
+            body.update(extra)
+            r = call("anthropic", "POST", "/v1/messages", body, headers)
+            if message is None:
+                self.assertEqual(r.status, 200)
+            else:
+                self.assertEqual((r.status, r.json()["error"]["message"]),
+                                 (400, message))
+
     def test_error_directives(self):
         cases = ((429, "rate_limit_error"), (500, "api_error"),
                  (529, "overloaded_error"), (404, "not_found_error"),
@@ -2707,10 +2731,15 @@ class TestMisbehaviour(SimTestCase):
         self.assertEqual(r.status, 400)
         self.assertEqual(r.json()["error"]["message"],
                          "the input length exceeds the context length")
-        # context alone means 400; the plain 400s are unchanged
+        # context alone means 400; a plain 400 is an ordinary bad request
         self.assertEqual(openai_chat("[[sim openai:context]]").status, 400)
-        self.assertIn("8500 tokens", openai_chat(
-            "[[sim openai:status=400]]").json()["error"]["message"])
+        self.assertEqual(openai_chat("[[sim openai:status=400]]").json(), {
+            "error": {"message": "Unrecognized request argument supplied: "
+                                 "igny8_sim",
+                      "type": "invalid_request_error", "param": None,
+                      "code": None}})
+        self.assertIn("roles must alternate", anthropic_msg(
+            "[[sim anthropic:status=400]]").json()["error"]["message"])
 
     def test_reply_any_utf8(self):
         d = "[[sim any:reply=caf\u00e9_\u96f2_\u20ac_\U0001f600 tag=u8]]"
