@@ -763,6 +763,9 @@ class SimState:
                             not isinstance(value, (int, float)) or value < 0:
                         raise ValueError("step_delay must be a number >= 0")
                     value = float(value)
+                elif name == "old_server":
+                    if not isinstance(value, bool):
+                        raise ValueError("old_server must be true or false")
                 elif name == "models" and role == "comfyui":
                     if not isinstance(value, dict):
                         raise ValueError("models must be an object: folder "
@@ -3914,6 +3917,15 @@ class ComfyUIBackend(Backend):
     def models(self):
         return self.sim.state.role_config("comfyui")["models"]
 
+    def old_server(self):
+        """
+        A build from before the prompt_id-targeted interrupt (ComfyUI PR
+        9607, August 2025): POST /prompt ignores a caller's prompt_id and
+        names the prompt with a uuid4 of its own, and POST /interrupt
+        ignores its body and interrupts whatever runs.
+        """
+        return self.sim.state.role_config("comfyui")["old_server"]
+
     # -- routes -----------------------------------------------------------
 
     def system_stats(self, ex):
@@ -3961,8 +3973,9 @@ class ComfyUIBackend(Backend):
             raise ComfyServerError("body is not an object")
         # validation converts values in place: not in the logged body
         graph = json.loads(json.dumps(data["prompt"]))
-        prompt_id = str(data["prompt_id"]) if "prompt_id" in data \
-            else str(uuid.uuid4())
+        # an old build names every prompt itself, whatever the client sent
+        prompt_id = str(data["prompt_id"]) if "prompt_id" in data and \
+            not self.old_server() else str(uuid.uuid4())
         targets = data.get("partial_execution_targets")
         extra = json.loads(json.dumps(data.get("extra_data", {})))
         client_id = data.get("client_id")
@@ -4008,6 +4021,17 @@ class ComfyUIBackend(Backend):
         self.empty(ex)
 
     def interrupt(self, ex):
+        if self.old_server():
+            # nodes.interrupt_processing() without reading the body: a
+            # global interrupt whatever it names (logged with the prompt_id
+            # it named, for the tests)
+            data = ex.payload if ex.json_error is None else None
+            named = data.get("prompt_id") if isinstance(data, dict) else None
+            hit = self.engine.interrupt(None)
+            self.sim.state.update(
+                ex.rec, prompt_id=named if isinstance(named, str) and named
+                else None, interrupt="global", interrupted=hit)
+            return self.empty(ex)
         data = self.body(ex, default={})
         if not isinstance(data, dict):
             raise ComfyServerError("body is not an object")
@@ -4284,6 +4308,8 @@ class Simulator:
         defaults["comfyui"]["models"] = comfy_edit_models(
             models, "add", args.comfyui_add_models)
         defaults["comfyui"]["step_delay"] = args.comfyui_step_delay
+        # a build from before the targeted interrupt (ComfyUIBackend)
+        defaults["comfyui"]["old_server"] = args.comfyui_old_server
         # more keys the OpenAI role accepts (an account's own key)
         defaults["openai"]["extra_keys"] = []
         self.state = SimState(defaults)
@@ -4372,6 +4398,10 @@ def main(argv=None):
     parser.add_argument("--comfyui-step-delay", type=float, default=0.0,
                         metavar="S", help="ComfyUI: seconds per sampler "
                         "step (default 0)")
+    parser.add_argument("--comfyui-old-server", action="store_true",
+                        help="ComfyUI: behave as a build from before the "
+                        "prompt_id-targeted interrupt (own prompt ids, "
+                        "every interrupt global)")
     parser.add_argument("--comfyui-remove-models", type=csv_list,
                         default=[], metavar="LIST",
                         help="ComfyUI: comma-separated model files to "

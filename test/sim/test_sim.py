@@ -1755,6 +1755,41 @@ class TestComfyUIQueue(SimTestCase):
                           for r in recs],
                          [(None, "global", False), (None, "global", True)])
 
+    def test_old_server(self):
+        # a build from before the targeted interrupt: its own prompt ids,
+        # and every interrupt is global, whatever its body names
+        status, cfg = control("POST", "/config/comfyui", {"old_server": True})
+        self.assertEqual((status, cfg["old_server"]), (200, True))
+        self.assertEqual(control("POST", "/config/comfyui",
+                                 {"old_server": 1})[0], 400)
+        long_id = comfy_prompt(with_directive(sdxl_graph(seed=450),
+                                              "[[sim comfyui:run_time=30]]"),
+                               prompt_id="mine").json()["prompt_id"]
+        self.assertNotEqual(long_id, "mine")
+        self.assertEqual(str(uuid.UUID(long_id, version=4)), long_id)
+        next_id = comfy_prompt(sdxl_graph(seed=451)).json()["prompt_id"]
+        wait_running(long_id)
+        # named the waiting prompt, it stops the running one all the same
+        r = comfy("POST", "/interrupt", {"prompt_id": next_id})
+        self.assertEqual((r.status, r.body), (200, b""))
+        self.assertIn("execution_interrupted", events(wait_history(long_id)))
+        self.assertEqual(wait_history(next_id)["status"]["status_str"],
+                         "success")
+        # a body that is not JSON is not read
+        self.assertEqual(comfy("POST", "/interrupt", raw=b"[").status, 200)
+        recs = self.log(path="/interrupt")
+        self.assertEqual([(r["prompt_id"], r["interrupt"], r["interrupted"])
+                          for r in recs],
+                         [(next_id, "global", True),
+                          (None, "global", False)])
+        self.assertEqual([r["prompt_id"] for r in self.log(path="/prompt")],
+                         [long_id, next_id])
+        # a reset makes it a current build again
+        control("POST", "/reset")
+        self.assertEqual(comfy_prompt(sdxl_graph(seed=452),
+                                      prompt_id="mine").json()["prompt_id"],
+                         "mine")
+
     def test_history_routes(self):
         for i in range(3):
             comfy_prompt(sdxl_graph(seed=500 + i), prompt_id="h%d" % i)
