@@ -148,8 +148,8 @@ SELECT png_size(image), provider
 SELECT provider, success, error_message FROM ai_usage_log WHERE NOT success ORDER BY id;
 
 -- cancelling: a prompt still waiting in ComfyUI's queue is deleted from
--- it; a running one is interrupted by its own prompt_id only, and another
--- client's prompt still finishes
+-- it (and, not running, not interrupted); a running one is interrupted by
+-- its own prompt_id only, and another client's prompt still finishes
 SELECT sim('reset');
 SELECT dblink_connect('run', 'dbname=' || current_database());
 SELECT dblink_connect('wait', 'dbname=' || current_database());
@@ -181,6 +181,7 @@ SELECT (SELECT l FROM sim('log --role comfyui --key other --path /prompt --field
 SELECT count(*) AS deletes_of_other FROM sim('log --role comfyui --path /queue --field body') l
  WHERE l LIKE '%' || :'other_id' || '%';
 -- cancel the running one: interrupted by its prompt_id, never globally
+-- (the only interrupt sent)
 SELECT pid AS run_pid FROM pg_stat_activity
  WHERE query LIKE '%Long [[sim%' AND pid <> pg_backend_pid() AND backend_type = 'client backend' \gset
 SELECT pg_cancel_backend(:run_pid);
@@ -370,6 +371,127 @@ SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
 SELECT healthy, state FROM igny8_check_health() WHERE provider = 'comfyui';
 DELETE FROM igny8_models WHERE alias = 'img-stuck';
 SELECT wait_for_config();
+
+-- helpers: the simulator's ComfyUI requests, oldest first; a call to its
+-- ComfyUI as another client would make it; the prompt_id ComfyUI gave
+-- the POST /prompt tagged key, once answered; the prompt running there
+CREATE FUNCTION comfy_log() RETURNS SETOF jsonb
+LANGUAGE sql AS $f$
+    SELECT jsonb_array_elements(l::jsonb) FROM sim('log --copy --role comfyui') l
+$f$;
+CREATE TEMP TABLE comfy_out (line text);
+CREATE FUNCTION comfy_call(path text, body text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql AS $f$
+BEGIN
+    TRUNCATE comfy_out;
+    EXECUTE format('COPY comfy_out FROM PROGRAM %L WITH (FORMAT csv, QUOTE %L, DELIMITER %L)',
+                   'curl -sS ' || coalesce('-d ' || quote_literal(body) || ' ', '') ||
+                   current_setting('igny8_test.comfyui_url') || path,
+                   E'\x01', E'\x02');
+    RETURN (SELECT string_agg(line, E'\n') FROM comfy_out);
+END
+$f$;
+CREATE FUNCTION comfy_prompt_id(key text) RETURNS text
+LANGUAGE plpgsql AS $f$
+BEGIN
+    PERFORM wait_until(format($q$(SELECT count(*) FROM sim('log --role comfyui --key %s --path /prompt --field t_reply') l
+                                   WHERE l LIKE '%%.%%') >= 1$q$, key),
+                       'the answer to the POST of ' || key);
+    RETURN (SELECT l FROM sim('log --role comfyui --key ' || key || ' --path /prompt --field prompt_id') l LIMIT 1);
+END
+$f$;
+CREATE FUNCTION comfy_running() RETURNS text
+LANGUAGE sql AS $f$
+    SELECT comfy_call('/queue')::jsonb #>> '{queue_running,0,1}'
+$f$;
+
+-- a ComfyUI from before the targeted interrupt (the simulator's
+-- old_server) names every prompt itself, and any POST /interrupt stops
+-- whatever runs there, whatever prompt_id it names.  A call cancelled
+-- while its prompt waits behind another call's has it deleted from the
+-- queue, then sees in GET /queue that it does not run: nothing is
+-- interrupted, and the other call's prompt runs on
+SELECT sim('reset');
+SELECT l::jsonb -> 'old_server' AS old_server
+  FROM sim($$config comfyui '{"old_server": true}'$$) l;
+SELECT dblink_connect('old_a', 'dbname=' || current_database());
+SELECT dblink_connect('old_b', 'dbname=' || current_database());
+SELECT dblink_send_query('old_a',
+    $$SELECT provider FROM igny8_generate_image('Old A [[sim comfyui:run_time=3600 key=olda]]', 'dall-e-2', '512x512')$$);
+SELECT comfy_prompt_id('olda') AS old_a \gset
+SELECT wait_until(format('comfy_running() = %L', :'old_a'), 'the prompt of A running');
+SELECT pid AS old_b_pid FROM dblink('old_b', 'SELECT pg_backend_pid()') AS t(pid int) \gset
+SELECT dblink_send_query('old_b',
+    $$SELECT provider FROM igny8_generate_image('Old B [[sim comfyui:key=oldb]]', 'dall-e-2', '512x512')$$);
+SELECT comfy_prompt_id('oldb') AS old_b \gset
+SELECT comfy_running() = :'old_a' AS a_runs;
+SELECT pg_cancel_backend(:old_b_pid);
+SELECT count(*) AS rows FROM dblink_get_result('old_b', false) AS r(a text);
+SELECT dblink_error_message('old_b') LIKE '%canceling statement%' AS b_cancelled;
+-- B's cleanup reads its history last, after the queue delete (an
+-- interrupt, if any, comes before that read)
+SELECT wait_until(format($$(SELECT count(*) FROM comfy_log() r
+                             WHERE r->>'method' = 'GET' AND r->>'prompt_id' = %L
+                               AND (r->>'seq')::int > (SELECT max((d->>'seq')::int) FROM comfy_log() d
+                                                        WHERE d->>'path' = '/queue' AND d->'body'->'delete' ? %L)) >= 1$$,
+                         :'old_b', :'old_b'),
+                  'the end of the cleanup of B');
+SELECT count(*) AS interrupts FROM comfy_log() r WHERE r->>'path' = '/interrupt';
+SELECT comfy_running() = :'old_a' AS a_still_runs;
+-- cancelled in its turn, A is seen running and interrupted (on this
+-- server, globally: A is what runs)
+SELECT pid AS old_a_pid FROM pg_stat_activity
+ WHERE query LIKE '%Old A [[sim%' AND pid <> pg_backend_pid() AND backend_type = 'client backend' \gset
+SELECT pg_cancel_backend(:old_a_pid);
+SELECT count(*) AS rows FROM dblink_get_result('old_a', false) AS r(a text);
+SELECT dblink_error_message('old_a') LIKE '%canceling statement%' AS a_cancelled;
+SELECT wait_until(format($$(SELECT count(*) = 1 FROM comfy_log() r WHERE r->'forgotten' ? %L)$$, :'old_a'),
+                  'the history entry of A deleted');
+SELECT r->>'prompt_id' = :'old_a' AS names_a, r->>'interrupt' AS kind, r->>'interrupted' AS hit
+  FROM comfy_log() r WHERE r->>'path' = '/interrupt';
+SELECT dblink_disconnect(c) FROM unnest(ARRAY['old_a', 'old_b']) c;
+
+-- a call cancelled while it downloads its image: its prompt has finished,
+-- so only its history entry is deleted.  Nothing is deleted from the
+-- queue and nothing interrupted: on this server that would stop the
+-- prompt that runs next, another call's
+SELECT sim('reset');
+SELECT l::jsonb -> 'old_server' AS old_server
+  FROM sim($$config comfyui '{"old_server": true}'$$) l;
+SELECT dblink_connect('old_v', 'dbname=' || current_database());
+SELECT dblink_connect('old_n', 'dbname=' || current_database());
+SELECT pid AS old_v_pid FROM dblink('old_v', 'SELECT pg_backend_pid()') AS t(pid int) \gset
+SELECT dblink_send_query('old_v',
+    $$SELECT provider FROM igny8_generate_image('Old V [[sim comfyui:on=view delay=60 tag=oldv]]', 'dall-e-2', '512x512')$$);
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --tag oldv --path /view --count') l WHERE l::int >= 1)$$,
+                  'the download of V');
+SELECT (SELECT l FROM sim('log --role comfyui --tag oldv --path /prompt --field prompt_id') l LIMIT 1) AS old_v \gset
+SELECT dblink_send_query('old_n',
+    $$SELECT provider FROM igny8_generate_image('Old N [[sim comfyui:run_time=3600 key=oldn]]', 'dall-e-2', '512x512')$$);
+SELECT comfy_prompt_id('oldn') AS old_n \gset
+SELECT wait_until(format('comfy_running() = %L', :'old_n'), 'the prompt of N running');
+SELECT pg_cancel_backend(:old_v_pid);
+SELECT count(*) AS rows FROM dblink_get_result('old_v', false) AS r(a text);
+SELECT dblink_error_message('old_v') LIKE '%canceling statement%' AS v_cancelled;
+SELECT wait_until(format($$(SELECT count(*) = 1 FROM comfy_log() r WHERE r->'forgotten' ? %L)$$, :'old_v'),
+                  'the history entry of V deleted');
+SELECT count(*) FILTER (WHERE r->>'path' = '/interrupt') AS interrupts,
+       count(*) FILTER (WHERE r->>'path' = '/queue' AND r->>'method' = 'POST') AS queue_deletes
+  FROM comfy_log() r;
+SELECT comfy_running() = :'old_n' AS n_still_runs;
+SELECT pid AS old_n_pid FROM pg_stat_activity
+ WHERE query LIKE '%Old N [[sim%' AND pid <> pg_backend_pid() AND backend_type = 'client backend' \gset
+SELECT pg_cancel_backend(:old_n_pid);
+SELECT count(*) AS rows FROM dblink_get_result('old_n', false) AS r(a text);
+SELECT wait_until(format($$(SELECT count(*) = 1 FROM comfy_log() r WHERE r->'forgotten' ? %L)$$, :'old_n'),
+                  'the history entry of N deleted');
+SELECT dblink_disconnect(c) FROM unnest(ARRAY['old_v', 'old_n']) c;
+
+DROP FUNCTION comfy_running();
+DROP FUNCTION comfy_prompt_id(text);
+DROP FUNCTION comfy_call(text, text);
+DROP FUNCTION comfy_log();
+DROP TABLE comfy_out;
 
 -- bad input: a clear error, nothing sent, nothing logged
 TRUNCATE ai_usage_log;

@@ -20,8 +20,10 @@
  * the call's deadline, whichever comes first.  A ComfyUI prompt that an
  * attempt leaves behind (cancelled, timed out, or the worker stopping) is
  * cleaned up: removed from the queue if it is still waiting, interrupted
- * by its prompt_id if it runs (never a global interrupt: that would stop
- * another client's work), then its history entry is deleted.  Those
+ * by its prompt_id if GET /queue then shows it running (never a global
+ * interrupt, and never an interrupt of a prompt not seen running: a server
+ * from before the targeted interrupt stops whatever runs, whatever the
+ * prompt_id sent), then its history entry is deleted.  Those
  * cleanup calls belong to no job: the worker sends them on its own.  A
  * prompt whose POST /prompt is still in flight is cleaned up once ComfyUI
  * has answered it (cleanup_adopt).  A worker that starts again in the
@@ -84,6 +86,8 @@ typedef struct Igny8Cleanup
 	bool		unsure;			/* that POST got no answer: ComfyUI may
 								 * queue the prompt after our delete */
 	bool		queued;			/* in the last round's GET /queue */
+	bool		waiting;		/* ... and waiting there (not running) */
+	bool		interrupted;	/* the interrupt was answered */
 	TimestampTz due;			/* the next round, when no call is in flight */
 	char	   *sweep_provider; /* not NULL: no prompt of ours, but a read
 								 * of GET /queue at this provider for those
@@ -293,9 +297,9 @@ cleanup_new(Igny8Job *job)
  * DELETE for a prompt that may still be queued or running, FORGET for one
  * that finished.  unsure: its POST /prompt got no answer (a timeout, a
  * dropped connection, a 5xx from a proxy in front), so ComfyUI may still
- * be taking it.  Such a cleanup sends the delete and the interrupt again at
- * every round, and keeps looking for all its rounds even while the prompt
- * is nowhere to be seen.
+ * be taking it.  Such a cleanup sends the delete again at every round (and
+ * the interrupt once it sees the prompt running), and keeps looking for
+ * all its rounds even while the prompt is nowhere to be seen.
  */
 static void
 cleanup_start(Igny8Job *job, Igny8ComfyCancel from, bool unsure)
@@ -476,17 +480,23 @@ igny8_image_sweep(const Igny8Config *config)
 
 /*
  * A cleanup call ended (whatever its outcome): send the next, wait, or
- * stop.  After the interrupt, each round reads GET /queue, then GET
- * /history/{id}: an entry there is deleted; a prompt that was neither
- * running nor waiting and has no entry never ran (the queue delete took it)
- * and is done; one still in the queue is read again later.  ComfyUI writes
- * the entry and takes the prompt off the queue under one lock, so a prompt
- * off the queue has its entry by then, if it ran.  An answer that cannot
- * be read goes straight to the delete.  An unsure cleanup (cleanup_start)
- * is not done with a prompt that is nowhere to be seen, nor with a read
- * that failed: it reads again, up to its last round.  The first call of an
- * adopted cleanup is the job's own POST /prompt: its answer starts the
- * sequence.
+ * stop.  The delete is followed by a round of reads: GET /queue, then GET
+ * /history/{id}.  The interrupt is sent, once, only when GET /queue shows
+ * the prompt running: a server from before the targeted interrupt ignores
+ * the prompt_id and stops whatever runs, which would be another client's
+ * prompt (or another call's) if ours were waiting, deleted or finished.
+ * An entry in the history is deleted; a prompt that was neither running
+ * nor waiting and has no entry never ran (the queue delete took it) and is
+ * done; one still in the queue is read again later (a round that starts
+ * with the delete again if it was waiting).  ComfyUI writes the entry and
+ * takes the prompt off the queue under one lock, so a prompt off the queue
+ * has its entry by then, if it ran.  A queue that cannot be read is read
+ * again at the next round: without it, no interrupt.  A history answer
+ * that cannot be read goes straight to the delete.  An unsure cleanup
+ * (cleanup_start) is not done with a prompt that is nowhere to be seen,
+ * nor with a read that failed: it reads again, up to its last round.  The
+ * first call of an adopted cleanup is the job's own POST /prompt: its
+ * answer starts the sequence.
  */
 void
 igny8_image_cleanup_done(Igny8Transfer *t)
@@ -498,6 +508,8 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 		Igny8Cleanup *c = lfirst(lc);
 		bool		read_ok = (t->result == CURLE_OK && t->status == 200);
 		bool		named;
+		bool		running = false;
+		bool		waiting = false;
 		bool		done = false;
 		bool		posted;
 		Igny8ComfyCancel next = IGNY8_COMFY_CANCEL_FORGET;
@@ -511,6 +523,14 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 		}
 		named = answer_names(c, t);
 		posted = c->posting;
+		if (!posted && c->sent == IGNY8_COMFY_CANCEL_QUEUED && read_ok)
+		{
+			Igny8HttpResponse resp;
+
+			igny8_http_answer(t, c->key, &resp);
+			read_ok = igny8_comfyui_parse_queue_has(&resp, c->prompt_id,
+													&running, &waiting);
+		}
 		if (posted)
 		{
 			/* the job's POST /prompt, ended */
@@ -532,18 +552,30 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 		{
 			switch (c->sent)
 			{
+				case IGNY8_COMFY_CANCEL_DELETE:
+					next = IGNY8_COMFY_CANCEL_QUEUED;
+					break;
 				case IGNY8_COMFY_CANCEL_INTERRUPT:
-					next = cleanups_stopping ? IGNY8_COMFY_CANCEL_FORGET :
-						IGNY8_COMFY_CANCEL_QUEUED;
+					/* a failed one is sent again if it still runs */
+					c->interrupted = read_ok;
+					if (!cleanups_stopping)
+					{
+						/* it stops at its next step or node */
+						cleanup_later(c);
+						return;
+					}
 					break;
 				case IGNY8_COMFY_CANCEL_QUEUED:
-					c->queued = named;
-					if (read_ok && !cleanups_stopping)
+					c->queued = running || waiting;
+					c->waiting = waiting;
+					if (read_ok && running && !c->interrupted)
+						next = IGNY8_COMFY_CANCEL_INTERRUPT;
+					else if (read_ok && !cleanups_stopping)
 						next = IGNY8_COMFY_CANCEL_AWAIT;
-					else if (c->unsure && !cleanups_stopping &&
+					else if (!read_ok && !cleanups_stopping &&
 							 ++c->awaits < IGNY8_CLEANUP_AWAITS)
 					{
-						/* unsure: a read that failed is another round */
+						/* where it is decides the interrupt: read again */
 						cleanup_later(c);
 						return;
 					}
@@ -564,9 +596,6 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 					break;
 				case IGNY8_COMFY_CANCEL_FORGET:
 					done = true;
-					break;
-				default:
-					next = c->sent + 1;
 					break;
 			}
 		}
@@ -610,8 +639,9 @@ igny8_image_cleanups_run(TimestampTz now)
 		if (c->transfer != NULL || c->due == 0 || c->due > now)
 			continue;
 		c->due = 0;
-		/* an unsure cleanup deletes and interrupts again first */
-		(void) cleanup_send(c, c->unsure ? IGNY8_COMFY_CANCEL_DELETE :
+		/* one that may be waiting deletes again first */
+		(void) cleanup_send(c, (c->unsure || c->waiting) ?
+							IGNY8_COMFY_CANCEL_DELETE :
 							IGNY8_COMFY_CANCEL_QUEUED);
 		started = true;
 	}
@@ -647,8 +677,12 @@ igny8_image_finish_cleanups(int max_ms)
 		}
 		else
 		{
-			/* an unsure one deletes and interrupts once more first */
-			(void) cleanup_send(c, c->unsure ? IGNY8_COMFY_CANCEL_DELETE :
+			/*
+			 * one that may be waiting deletes once more first (and
+			 * interrupts if the queue then shows it running)
+			 */
+			(void) cleanup_send(c, (c->unsure || c->waiting) ?
+								IGNY8_COMFY_CANCEL_DELETE :
 								IGNY8_COMFY_CANCEL_FORGET);
 		}
 	}
@@ -1057,6 +1091,8 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 /*
  * The job is stopped: a prompt it submitted is ComfyUI's to drop, and one
  * whose POST /prompt is in flight is dropped once ComfyUI has answered it.
+ * One whose image is being downloaded has finished: only its history
+ * entry is left (nothing to delete from the queue, nothing to interrupt).
  */
 static void
 image_abort(Igny8Job *job)
@@ -1066,7 +1102,9 @@ image_abort(Igny8Job *job)
 	if (job->transfer != NULL && job->step == IGNY8_STEP_SUBMIT)
 		cleanup_adopt(job);
 	else
-		cleanup_start(job, IGNY8_COMFY_CANCEL_DELETE, false);
+		cleanup_start(job, job->step == IGNY8_STEP_VIEW ?
+					  IGNY8_COMFY_CANCEL_FORGET : IGNY8_COMFY_CANCEL_DELETE,
+					  false);
 }
 
 /* Free what the job holds outside its memory context. */

@@ -301,12 +301,13 @@ typedef enum Igny8ComfyState
 								 * says nothing of the prompt: err set */
 } Igny8ComfyState;
 
-/* What the cleanup of an abandoned ComfyUI prompt sends, in order. */
+/* What the cleanup of an abandoned ComfyUI prompt sends (image.c). */
 typedef enum Igny8ComfyCancel
 {
 	IGNY8_COMFY_CANCEL_DELETE,	/* POST /queue {"delete":[id]}: if waiting */
-	IGNY8_COMFY_CANCEL_INTERRUPT,	/* POST /interrupt {"prompt_id":id}: if
-									 * running; never a global interrupt */
+	IGNY8_COMFY_CANCEL_INTERRUPT,	/* POST /interrupt {"prompt_id":id}: only
+									 * once QUEUED showed it running (an old
+									 * server interrupts whatever runs) */
 	IGNY8_COMFY_CANCEL_QUEUED,	/* GET /queue: is it still running or
 								 * waiting? */
 	IGNY8_COMFY_CANCEL_AWAIT,	/* GET /history/{id}: is its entry written? */
@@ -378,6 +379,8 @@ typedef enum Igny8ComfyCancel
  * QUEUED is GET /queue, AWAIT build_history's GET).  It returns
  * false, with out empty, when prompt_id is NULL or empty (an interrupt
  * without one would stop whatever runs) or what is not a valid step.
+ * parse_queue_has reads GET /queue for one prompt: running, waiting, or
+ * neither; false when the answer is not a queue.
  */
 extern bool igny8_comfyui_build_submit(const Igny8ImageRequest *req,
 									   const char *api_key,
@@ -406,6 +409,9 @@ extern bool igny8_comfyui_build_cancel(Igny8ComfyCancel what,
 extern bool igny8_comfyui_parse_queue_of(const Igny8HttpResponse *resp,
 										 const char *prefix, const char *own,
 										 char ***ids, int *nids);
+extern bool igny8_comfyui_parse_queue_has(const Igny8HttpResponse *resp,
+										  const char *prompt_id,
+										  bool *running, bool *waiting);
 
 /*
  * The model files of a ComfyUI workflow, checked by the health probe

@@ -1028,7 +1028,10 @@ igny8_comfyui_parse_view(const Igny8HttpResponse *resp,
 /*
  * Build one of the cleanup calls for an abandoned prompt.  False, with
  * out left empty, without a prompt_id: an interrupt without one stops
- * whatever runs, another client's prompt included (protocols.md 7).
+ * whatever runs, another client's prompt included (protocols.md 7).  An
+ * interrupt with one does the same on a server from before the targeted
+ * interrupt: the caller sends it only for a prompt GET /queue showed
+ * running (image.c).
  */
 bool
 igny8_comfyui_build_cancel(Igny8ComfyCancel what, const char *prompt_id,
@@ -1070,6 +1073,53 @@ igny8_comfyui_build_cancel(Igny8ComfyCancel what, const char *prompt_id,
 	}
 	comfyui_build_post(out, path, body, api_key);
 	return true;
+}
+
+/*
+ * Where GET /queue shows the prompt prompt_id: *running when it is in
+ * queue_running, *waiting when it is in queue_pending (an entry is
+ * [number, prompt_id, ...]).  False when the answer is not a queue (not a
+ * 200, not JSON, neither list there): it says nothing of the prompt.
+ */
+bool
+igny8_comfyui_parse_queue_has(const Igny8HttpResponse *resp,
+							  const char *prompt_id,
+							  bool *running, bool *waiting)
+{
+	static const char *const lists[] = {"queue_running", "queue_pending"};
+	bool	   *found[] = {running, waiting};
+	cJSON	   *json;
+	bool		any = false;
+
+	*running = false;
+	*waiting = false;
+	if (resp->status != 200)
+		return false;
+	json = igny8_json_parse(resp->body, resp->body_len);
+	if (!cJSON_IsObject(json))
+	{
+		cJSON_Delete(json);
+		return false;
+	}
+	for (int i = 0; i < (int) lengthof(lists); i++)
+	{
+		cJSON	   *list = cJSON_GetObjectItemCaseSensitive(json, lists[i]);
+		cJSON	   *entry;
+
+		if (!cJSON_IsArray(list))
+			continue;
+		any = true;
+		cJSON_ArrayForEach(entry, list)
+		{
+			cJSON	   *id = cJSON_IsArray(entry) ?
+				cJSON_GetArrayItem(entry, 1) : NULL;
+
+			if (cJSON_IsString(id) && strcmp(id->valuestring, prompt_id) == 0)
+				*found[i] = true;
+		}
+	}
+	cJSON_Delete(json);
+	return any;
 }
 
 /*

@@ -4159,6 +4159,74 @@ test_comfyui_parse_queue_of(void)
 	end_group();
 }
 
+static void
+test_comfyui_parse_queue_has(void)
+{
+	/*
+	 * the running prompt's graph names the waiting one in a string: only
+	 * an entry's id counts
+	 */
+	static const char queue[] =
+		"{\"queue_running\":[[3,\"p-run\",{\"6\":{\"inputs\":{\"text\":\"p-wait\"}}},{},[\"9\"]]],"
+		"\"queue_pending\":[\"p-odd\",[4],[5,6],[7,\"p-wait\",{},{},[]]]}";
+	static const struct
+	{
+		const char *name;
+		const char *id;
+		bool		running;
+		bool		waiting;
+	}			cases[] = {
+		{"running", "p-run", true, false},
+		{"waiting", "p-wait", false, true},
+		{"neither", "p-gone", false, false},
+		{"a bare string is no entry", "p-odd", false, false},
+	};
+	static const struct
+	{
+		const char *name;
+		long		status;
+		const char *body;
+	}			unread[] = {
+		{"a 502", 502, "{\"queue_running\":[],\"queue_pending\":[]}"},
+		{"not JSON", 200, "<html>"},
+		{"an array", 200, "[[1,\"p-run\"]]"},
+		{"no queue", 200, "{\"error\":\"x\"}"},
+	};
+	Igny8HttpResponse resp;
+	bool		running;
+	bool		waiting;
+
+	begin_group("ComfyUI parse_queue_has: where GET /queue shows one prompt");
+	resp = make_response(200, queue, strlen(queue), -1, -1);
+	for (int i = 0; i < (int) lengthof(cases); i++)
+	{
+		begin_case(i, cases[i].name);
+		running = waiting = !cases[i].running;
+		CHECK(igny8_comfyui_parse_queue_has(&resp, cases[i].id, &running,
+											&waiting));
+		CHECK(running == cases[i].running);
+		CHECK(waiting == cases[i].waiting);
+	}
+	/* one list is enough to be a queue */
+	begin_case(lengthof(cases), "only queue_pending");
+	resp = make_response(200, "{\"queue_pending\":[[1,\"p\"]]}",
+						 strlen("{\"queue_pending\":[[1,\"p\"]]}"), -1, -1);
+	CHECK(igny8_comfyui_parse_queue_has(&resp, "p", &running, &waiting));
+	CHECK(!running && waiting);
+	for (int i = 0; i < (int) lengthof(unread); i++)
+	{
+		begin_case(i, unread[i].name);
+		resp = make_response(unread[i].status, unread[i].body,
+							 strlen(unread[i].body), -1, -1);
+		running = waiting = true;
+		CHECK(!igny8_comfyui_parse_queue_has(&resp, "p-run", &running,
+											 &waiting));
+		CHECK(!running && !waiting);
+	}
+	case_name = NULL;
+	end_group();
+}
+
 /* ----- ComfyUI: the model files a workflow needs (health probe) ----- */
 
 static const char *const files_graph =
@@ -4848,6 +4916,7 @@ main(int argc, char **argv)
 	test_comfyui_parse_history();
 	test_comfyui_requests();
 	test_comfyui_parse_queue_of();
+	test_comfyui_parse_queue_has();
 	test_comfyui_model_files();
 	test_comfyui_parse_view();
 	test_openai_image_size();
