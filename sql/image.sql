@@ -487,6 +487,45 @@ SELECT wait_until(format($$(SELECT count(*) = 1 FROM comfy_log() r WHERE r->'for
                   'the history entry of N deleted');
 SELECT dblink_disconnect(c) FROM unnest(ARRAY['old_v', 'old_n']) c;
 
+-- a prompt ComfyUI drops (another client's "Clear Queue", a restart) never
+-- gets a history entry: every tenth poll answered "{}" is a GET /queue
+-- instead, and a prompt neither waiting nor running there, and still
+-- without an entry, ends its attempt at once.  It is retried (once), and
+-- ComfyUI's health does not suffer: it answered every request
+SELECT sim('reset');
+TRUNCATE ai_usage_log;
+INSERT INTO igny8_models (alias, provider_id, provider_model, task, workflow, timeout)
+VALUES ('img-drop', 'comfyui', 'sdxl-lightning-4step', 'image', 'sdxl-lightning-4step', '30 s');
+SELECT wait_for_config();
+SELECT dblink_connect('drop_l', 'dbname=' || current_database());
+SELECT dblink_connect('drop_v', 'dbname=' || current_database());
+SELECT dblink_send_query('drop_l',
+    $$SELECT provider FROM igny8_generate_image('Drop L [[sim comfyui:run_time=3600 key=dropl]]', 'dall-e-2', '512x512')$$);
+SELECT comfy_prompt_id('dropl') AS drop_l \gset
+SELECT wait_until(format('comfy_running() = %L', :'drop_l'), 'the long prompt running');
+SELECT dblink_send_query('drop_v',
+    $$SELECT provider || ' ' || attempts FROM igny8_generate_image('Drop V [[sim comfyui:key=dropv]]', 'img-drop', '512x512')$$);
+SELECT comfy_prompt_id('dropv') AS drop_v \gset
+SELECT comfy_call('/queue', '{"clear": true}') AS cleared;
+SELECT position(:'drop_v' IN comfy_call('/queue')) = 0 AS v_gone;
+-- the retry submits the prompt again; it waits behind the long one,
+-- which is then cancelled
+SELECT wait_until($$(SELECT count(*) FROM sim('log --role comfyui --key dropv --path /prompt --count') l WHERE l::int >= 2)$$,
+                  'the retry of V', 60);
+SELECT pid AS drop_l_pid FROM pg_stat_activity
+ WHERE query LIKE '%Drop L [[sim%' AND pid <> pg_backend_pid() AND backend_type = 'client backend' \gset
+SELECT pg_cancel_backend(:drop_l_pid);
+SELECT count(*) AS rows FROM dblink_get_result('drop_l', false) AS r(a text);
+SELECT dblink_answer('drop_v') AS v_answer;
+SELECT attempt, provider, success, http_status,
+       replace(error_message, :'drop_v', '<id>') AS error_message
+  FROM ai_usage_log WHERE model_alias = 'img-drop' ORDER BY id;
+SELECT state, consecutive_failures FROM igny8_service_status WHERE provider = 'comfyui';
+SELECT wait_until(format($$(SELECT count(*) = 1 FROM comfy_log() r WHERE r->'forgotten' ? %L)$$, :'drop_l'),
+                  'the history entry of the long prompt deleted');
+SELECT dblink_disconnect(c) FROM unnest(ARRAY['drop_l', 'drop_v']) c;
+DELETE FROM igny8_models WHERE alias = 'img-drop';
+SELECT wait_for_config();
 DROP FUNCTION comfy_running();
 DROP FUNCTION comfy_prompt_id(text);
 DROP FUNCTION comfy_call(text, text);

@@ -11,6 +11,12 @@
  *	POLL	GET /history/{prompt_id}, on a timer that starts at 100 ms and
  *			backs off to 1 s; no transfer is held between two polls
  *			(the job waits in JOB_POLL_WAIT, holding its provider place)
+ *	QUEUE	GET /queue instead of every tenth poll: a prompt that is
+ *			neither waiting nor running has finished, or was dropped
+ *			(the queue cleared, ComfyUI restarted), which no history
+ *			read can tell from a prompt still waiting
+ *	RECHECK GET /history/{prompt_id} once more after such a GET /queue:
+ *			no entry means dropped
  *	VIEW	GET /view?filename=... of the first output image; its PNG
  *			signature and IHDR size are checked before it is returned
  *
@@ -52,10 +58,14 @@
 #define IGNY8_STEP_POLL		1
 #define IGNY8_STEP_VIEW		2
 #define IGNY8_STEP_OPENAI	3
+#define IGNY8_STEP_QUEUE	4
+#define IGNY8_STEP_RECHECK	5
 
 /* the history poll: first after this, then backing off to the maximum */
 #define IGNY8_POLL_FIRST_MS	100
 #define IGNY8_POLL_MAX_MS	1000
+/* every this many polls answered "{}", GET /queue instead of the next */
+#define IGNY8_POLL_QUEUE_EVERY 10
 /* an image deployment's limit without settings.max_image_bytes */
 #define IGNY8_DEFAULT_MAX_IMAGE (32 * 1024 * 1024)
 /* a cleanup call's own timeout */
@@ -803,7 +813,10 @@ image_start(Igny8Job *job, TimestampTz now)
 			attempt_timed_out(job, now);
 			return;
 		}
-		igny8_comfyui_build_history(job->prompt_id, p->key, &http);
+		if (job->step == IGNY8_STEP_QUEUE)
+			igny8_build_get(&http, "/queue", p->key);
+		else
+			igny8_comfyui_build_history(job->prompt_id, p->key, &http);
 		send_step(job, &http, 0, now);
 		return;
 	}
@@ -992,7 +1005,44 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 					cleanup = IGNY8_COMFY_CANCEL_DELETE;
 				break;
 			}
+		case IGNY8_STEP_QUEUE:
+			{
+				bool		running;
+				bool		waiting;
+
+				if (igny8_comfyui_parse_queue_has(&resp, job->prompt_id,
+												  &running, &waiting) &&
+					!running && !waiting)
+				{
+					Igny8HttpRequest http;
+
+					/*
+					 * Off the queue: it finished since the last poll, or
+					 * it was dropped.  ComfyUI writes the entry and takes
+					 * the prompt off the queue under one lock, so the
+					 * history says which, at once.
+					 */
+					igny8_http_free(t);
+					memset(&http, 0, sizeof(http));
+					igny8_comfyui_build_history(job->prompt_id, p->key, &http);
+					job->step = IGNY8_STEP_RECHECK;
+					send_step(job, &http, 0, now);
+					return;
+				}
+
+				/*
+				 * Still there, or a queue that could not be read (the
+				 * polls will tell about the server): polling goes on.
+				 */
+				igny8_http_free(t);
+				job->step = IGNY8_STEP_POLL;
+				job->state = JOB_POLL_WAIT;
+				job->wake_at = Min(TimestampTzPlusMilliseconds(now, poll_wait_ms(job->polls)),
+								   job->attempt_deadline);
+				return;
+			}
 		case IGNY8_STEP_POLL:
+		case IGNY8_STEP_RECHECK:
 			{
 				Igny8ComfyImage *images = NULL;
 				int			n = 0;
@@ -1000,12 +1050,33 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 
 				st = igny8_comfyui_parse_history(&resp, job->prompt_id,
 												 &images, &n, &perr);
+				if (st == IGNY8_COMFY_PENDING &&
+					job->step == IGNY8_STEP_RECHECK)
+				{
+					/*
+					 * Neither waiting, nor running, nor finished: removed
+					 * from the queue (its "Clear Queue", another client's
+					 * delete) or lost with a restart.  ComfyUI is up: no
+					 * failure of its health; the same server may well take
+					 * the prompt again.  The cleanup makes sure, from the
+					 * delete.
+					 */
+					igny8_set_error(&perr, IGNY8_ERR_RETRY, -1,
+									"ComfyUI dropped prompt %s from its queue: it is neither waiting, running nor in the history",
+									job->prompt_id);
+					perr.retry_once = true;
+					cleanup = IGNY8_COMFY_CANCEL_DELETE;
+					break;
+				}
 				if (st == IGNY8_COMFY_PENDING)
 				{
 					igny8_http_free(t);
 					job->state = JOB_POLL_WAIT;
 					job->wake_at = Min(TimestampTzPlusMilliseconds(now, poll_wait_ms(job->polls++)),
 									   job->attempt_deadline);
+					/* a prompt dropped is pending forever: look for it */
+					if (job->polls % IGNY8_POLL_QUEUE_EVERY == 0)
+						job->step = IGNY8_STEP_QUEUE;
 					return;
 				}
 				if (st == IGNY8_COMFY_DONE)
