@@ -27,6 +27,7 @@ OBJS = \
 	src/encoding.o \
 	src/usage.o \
 	src/secrets.o \
+	src/redact.o \
 	src/health.o \
 	src/status.o \
 	src/provider.o \

@@ -26,6 +26,7 @@
 
 #include "igny8_ai.h"
 #include "provider.h"
+#include "redact.h"
 
 /* ----- config.c ----- */
 
@@ -243,9 +244,6 @@ extern int64 igny8_numeric_micro(Numeric usd);
 
 extern char *igny8_resolve_key(const char *ref, char **error);
 extern const char *igny8_key_ref_display(const char *ref);
-extern char *igny8_redact(const char *text, const char *key);
-extern char *igny8_redact_body(char *body, size_t *len, const char *key,
-							   long status);
 
 /* ----- router.c ----- */
 
