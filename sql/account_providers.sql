@@ -145,9 +145,38 @@ RESET ROLE;
 SELECT account_id, provider, enabled, priority, api_key_ref IS NOT NULL AS own_key
   FROM igny8_account_providers ORDER BY account_id, provider;
 
+-- an account's key with "/", '"' and "\" past its 12th byte, echoed by
+-- OpenAI: redacted whole however the body writes it (as json.dumps does in
+-- the 401 of a refused key, "/" as "\/", as plain text), in the error, the
+-- usage rows and the provider state.  CSV with a quote character the key
+-- lacks writes the key to the file as it is
+SELECT current_setting('data_directory') || '/igny8_account_48.key' AS keyfile48 \gset
+SELECT E'sk-test-account-48/qx"zw\\vu/9876543210' AS key48 \gset
+COPY (SELECT :'key48') TO :'keyfile48' (FORMAT csv, QUOTE E'\x01');
+INSERT INTO igny8_account_providers (account_id, provider, enabled, api_key_ref)
+VALUES (48, 'openai', true, 'file:' || :'keyfile48'), (48, 'anthropic', false, NULL);
+SELECT wait_for_config();
+SELECT show_error($$SELECT igny8_generate_text('Refused key', 'gpt-4-fallback', account_id => 48)$$);
+-- the simulator takes the key from now on, and echoes it as told
+SELECT sim(format($$config openai '%s'$$,
+                  json_build_object('extra_keys', json_build_array('sk-test-account-42-0123456789abcdef',
+                                                                   :'key48')))) IS NOT NULL AS accepted;
+SELECT show_error($$SELECT igny8_generate_text('Echoed key [[sim openai:echo_key=error status=401 escape_slash]]',
+                                               'gpt-4-fallback', account_id => 48)$$);
+SELECT show_error($$SELECT igny8_generate_text('Echoed key [[sim openai:echo_key=error status=401 plain]]',
+                                               'gpt-4-fallback', account_id => 48)$$);
+SELECT http_status, error_message FROM ai_usage_log WHERE account_id = 48 ORDER BY id;
+SELECT last_error FROM igny8_service_status WHERE provider = 'openai';
+SELECT count(*) AS rows_with_key
+  FROM (SELECT u::text AS t FROM ai_usage_log u
+        UNION ALL SELECT h::text FROM service_health_log h
+        UNION ALL SELECT s::text FROM igny8_health_state() s) x
+ WHERE t ~ 'qx"+zw|zw\\+vu|/9876543210';
+
 -- clean up
 DROP OWNED BY igny8_account_app;
 DROP ROLE igny8_account_app;
 DELETE FROM igny8_account_providers;
 SELECT wait_for_config();
 COPY (SELECT '') TO :'keyfile';
+COPY (SELECT '') TO :'keyfile48';

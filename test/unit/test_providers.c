@@ -2,8 +2,8 @@
  *
  * test_providers.c
  *	  Unit tests of the pure protocol code: src/provider.c and
- *	  src/provider_{ollama,openai,anthropic,comfyui}.c, built as frontend
- *	  code.
+ *	  src/provider_{ollama,openai,anthropic,comfyui}.c, and of the key
+ *	  redaction, src/redact.c, built as frontend code.
  *
  * The tests are tables of cases: for each protocol, the request that
  * build_chat makes from a normalized request (method, path, every header,
@@ -35,6 +35,7 @@
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "provider.h"
+#include "redact.h"
 
 /* must match test/fuzz/fuzz_providers.c */
 static const long fuzz_statuses[16] = {
@@ -4878,6 +4879,298 @@ test_openai_parse_image(void)
 	end_group();
 }
 
+/* ---------- the key redaction (src/redact.c) ---------- */
+
+/* Redact body with igny8_redact_body as http.c does: a malloc'd result. */
+static char *
+redacted_body(const char *body, const char *key, long status)
+{
+	size_t		len = strlen(body);
+	char	   *copy = pstrdup(body);
+	char	   *out = igny8_redact_body(copy, &len, key, status);
+	char	   *result;
+
+	if (out == copy)
+		return copy;
+	pfree(copy);
+	result = pnstrdup(out, len);
+	check(strlen(out) == len, __LINE__,
+		  "the redacted body's length %zu is not %zu", len, strlen(out));
+	pfree(out);
+	return result;
+}
+
+/* The forms a server may write a key (or anything) in. */
+typedef enum RedactForm
+{
+	FORM_PLAIN,					/* as it is: a text/plain body */
+	FORM_JSON,					/* '"' and '\\' escaped (Python json.dumps) */
+	FORM_JSON_SLASH,			/* and '/' as "\/" (PHP's json_encode) */
+	FORM_JSON_U,				/* '"', '\\', '/', '&', '<', '>' and non-ASCII
+								 * as \u escapes (Go, ensure_ascii) */
+	FORM_JSON_U_ALL,			/* every character a \u escape */
+	FORM_NESTED,				/* FORM_JSON of a FORM_JSON text: an error
+								 * body quoted inside another one */
+	FORM_NESTED_SLASH			/* FORM_JSON_SLASH of a FORM_JSON_SLASH text */
+} RedactForm;
+
+static const char *const form_names[] = {"plain", "JSON", "JSON \\/",
+"JSON \\u", "JSON all \\u", "nested JSON", "nested JSON \\/"};
+
+/* Append s to buf as a JSON string's content in form (a one-level form). */
+static void
+append_form(StringInfo buf, const char *s, RedactForm form)
+{
+	const unsigned char *p = (const unsigned char *) s;
+
+	while (*p)
+	{
+		int			clen = (*p < 0x80) ? 1 : pg_utf_mblen(p);
+		pg_wchar	cp = (*p < 0x80) ? *p : utf8_to_unicode(p);
+		bool		special = (*p == '"' || *p == '\\' || *p == '/');
+
+		if (form == FORM_JSON_U_ALL ||
+			(form == FORM_JSON_U && (special || *p >= 0x80 || *p == '&' ||
+									 *p == '<' || *p == '>')))
+		{
+			const char *fmt = form == FORM_JSON_U_ALL ? "\\u%04X" : "\\u%04x";
+
+			if (cp > 0xFFFF)
+			{
+				appendStringInfo(buf, fmt, 0xD800 + ((cp - 0x10000) >> 10));
+				appendStringInfo(buf, fmt, 0xDC00 + ((cp - 0x10000) & 0x3FF));
+			}
+			else
+				appendStringInfo(buf, fmt, cp);
+		}
+		else
+		{
+			if ((form != FORM_PLAIN && *p != '/' && special) ||
+				(form == FORM_JSON_SLASH && *p == '/'))
+				appendStringInfoChar(buf, '\\');
+			appendBinaryStringInfo(buf, (const char *) p, clen);
+		}
+		p += clen;
+	}
+}
+
+/*
+ * An OpenAI-like 401 body that echoes key, followed by after, in form: text
+ * for FORM_PLAIN, else JSON (for the nested forms, the inner error body as
+ * the string of the outer one).  With raw_key, the key is written as it is
+ * (as "[redacted]" is).  The rest of the message has a URL, whose "/" stay.
+ */
+static char *
+echo_body(const char *key, bool raw_key, const char *after, RedactForm form)
+{
+	StringInfoData json;
+	StringInfoData buf;
+	RedactForm	inner = form == FORM_NESTED ? FORM_JSON :
+		form == FORM_NESTED_SLASH ? FORM_JSON_SLASH : form;
+	RedactForm	around = form == FORM_JSON_U_ALL ? FORM_JSON_U : inner;
+
+	initStringInfo(&json);
+	if (form != FORM_PLAIN)
+		appendStringInfoString(&json, "{\"error\": {\"message\": \"");
+	append_form(&json, "Incorrect API key provided: ", around);
+	if (raw_key)
+		appendStringInfoString(&json, key);
+	else
+		append_form(&json, key, inner);
+	append_form(&json, after, around);
+	append_form(&json, ". You can find your API key at "
+				"https://platform.openai.com/account/api-keys.", around);
+	if (form != FORM_PLAIN)
+		appendStringInfoString(&json, "\", \"code\": \"invalid_api_key\"}}");
+	if (inner == form)
+		return json.data;
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"error\": \"");
+	append_form(&buf, json.data, inner);
+	appendStringInfoString(&buf, "\"}");
+	pfree(json.data);
+	return buf.data;
+}
+
+/*
+ * Every key of a set (a '/', '"' or '\\' at each position that matters: at
+ * the start, before, at and after the 12th byte, at the end; two in a row;
+ * characters Go and ensure_ascii write as \u escapes), echoed whole and cut
+ * short in every form: the whole key, and any prefix of 12 bytes or more,
+ * becomes "[redacted]", and nothing else of the body changes; a prefix of
+ * 11 bytes is left alone.
+ */
+static void
+test_redact_forms(void)
+{
+	const char *base = "sk-abcdefghijklmnopQRSTUVWXYZ0123456789tail";
+	const char *inserts[] = {"/", "\"", "\\", "\\\"", "\"\\", "//", "\\\\",
+	"/\\\"", "&", "<>", "\xc3\xa9", "\xf0\x9f\x94\x91"};
+	const int	positions[] = {0, 3, 11, 12, 13, 19, 43};
+	int			ncase = 0;
+
+	begin_group("key redaction: a key echoed in every form, whole and cut");
+	for (int i = 0; i < (int) lengthof(inserts); i++)
+	{
+		for (int j = 0; j < (int) lengthof(positions); j++)
+		{
+			int			pos = positions[j];
+			char	   *key = psprintf("%.*s%s%s", pos, base, inserts[i],
+									   base + pos);
+			int			klen = (int) strlen(key);
+
+			for (int f = FORM_PLAIN; f <= FORM_NESTED_SLASH; f++)
+			{
+				char	   *expected = echo_body("[redacted]", true, "", f);
+				char	   *body = echo_body(key, false, "", f);
+				char	   *out = redacted_body(body, key, 401);
+				char	   *name = psprintf("key %s, %s", key, form_names[f]);
+
+				begin_case(++ncase, name);
+				CHECK_STR(out, expected);
+				pfree(out);
+				pfree(body);
+				pfree(expected);
+
+				/* cut short, as "sk-abcdefghijk...": 11 bytes up to all */
+				for (int cut = IGNY8_REDACT_PREFIX - 1; cut < klen; cut++)
+				{
+					char	   *part;
+
+					/* a cut inside a character is no echo */
+					if (((unsigned char) key[cut] & 0xC0) == 0x80)
+						continue;
+					part = psprintf("%.*s", cut, key);
+					body = echo_body(part, false, "...", f);
+					expected = cut < IGNY8_REDACT_PREFIX ? pstrdup(body) :
+						echo_body("[redacted]", true, "...", f);
+					out = redacted_body(body, key, 401);
+					check(strcmp(out, expected) == 0, __LINE__,
+						  "cut to %d bytes:\n    got      %s\n    expected %s",
+						  cut, out, expected);
+					pfree(out);
+					pfree(body);
+					pfree(expected);
+					pfree(part);
+				}
+				pfree(name);
+			}
+			pfree(key);
+		}
+	}
+	end_group();
+}
+
+/* Single cases: the rules about length, status and what is left alone. */
+typedef struct RedactCase
+{
+	const char *name;
+	const char *key;
+	long		status;
+	const char *body;
+	const char *expected;
+} RedactCase;
+
+static const RedactCase redact_cases[] = {
+	{"a key with \"/\" after 12 bytes, echoed as json.dumps writes it",
+		"sk-abcdefghijklmnop/QRSTUVWXYZ0123456789tail", 401,
+		"{\"error\":{\"message\":\"Incorrect API key provided: "
+		"sk-abcdefghijklmnop/QRSTUVWXYZ0123456789tail.\"}}",
+	"{\"error\":{\"message\":\"Incorrect API key provided: [redacted].\"}}"},
+	{"two echoes, in two forms",
+		"sk-abcdefghijklmnop/QRSTUVWXYZ", 400,
+		"sk-abcdefghijklmnop\\/QRSTUVWXYZ and sk-abcdefghijklmnop/QRSTUVWXYZ",
+	"[redacted] and [redacted]"},
+	{"echoed as OpenAI masks it: too little of it to count",
+		"sk-proj-abcdefghijklmnopqrstuvwxyz", 401,
+		"Incorrect API key provided: sk-proj-********************wxyz.",
+	"Incorrect API key provided: sk-proj-********************wxyz."},
+	{"a key of 8 bytes is matched whole only",
+		"ollama12", 500, "ollama1 ollama12 ollama123",
+	"ollama1 [redacted] [redacted]3"},
+	{"a key under 4 bytes is not looked for", "abc", 500, "abc abc", "abc abc"},
+	{"a placeholder key (under 16 bytes) stays in an answer",
+		"EMPTY-abcdefgh", 200, "{\"content\":\"EMPTY-abcdefgh\"}",
+	"{\"content\":\"EMPTY-abcdefgh\"}"},
+	{"a placeholder key is redacted from an error",
+		"EMPTY-abcdefgh", 404, "{\"error\":\"EMPTY-abcdefgh\"}",
+	"{\"error\":\"[redacted]\"}"},
+	{"a long key is redacted from an answer",
+		"sk-abcdefghijklmnop/QRST", 200,
+		"{\"model\":\"sk-abcdefghijklmnop/QRST\"}",
+	"{\"model\":\"[redacted]\"}"},
+	{"an escape the body ends in is left, not read past",
+		"sk-abcdefghijklmnop/QRSTUVWXYZ", 401,
+		"provided: sk-abcdefghijklmnop\\", "provided: [redacted]\\"},
+	{"a \\u escape the body ends in is left, not read past",
+		"sk-abcdefghijklmnop/QRSTUVWXYZ", 401,
+		"provided: sk-abcdefghijklmnop\\u002", "provided: [redacted]\\u002"},
+	{"an escaped quote before the key stays",
+		"sk-abcdefghijklmnop/QRSTUVWXYZ", 401,
+		"{\"e\":\"key \\\"sk-abcdefghijklmnop/QRSTUVWXYZ\\\" is wrong\"}",
+	"{\"e\":\"key \\\"[redacted]\\\" is wrong\"}"},
+	{"a key ending in \"\\\" before an escaped quote: the quote stays",
+		"sk-abcdefghijklmnopQRSTUVWXYZ\\", 401,
+		"{\"e\":\"key \\\"sk-abcdefghijklmnopQRSTUVWXYZ\\\\\\\" is wrong\"}",
+	"{\"e\":\"key \\\"[redacted]\\\" is wrong\"}"},
+	{"text that is not the key is not touched",
+		"sk-abcdefghijklmnop/QRSTUVWXYZ", 401,
+		"sk-abcdefgXijklmnop \\/\\\"\\\\\\u0041",
+	"sk-abcdefgXijklmnop \\/\\\"\\\\\\u0041"},
+};
+
+static void
+test_redact_cases(void)
+{
+	begin_group("key redaction: lengths, statuses, edges");
+	for (int i = 0; i < (int) lengthof(redact_cases); i++)
+	{
+		const RedactCase *c = &redact_cases[i];
+		char	   *out = redacted_body(c->body, c->key, c->status);
+
+		begin_case(i + 1, c->name);
+		CHECK_STR(out, c->expected);
+		pfree(out);
+		if (c->status < 200 || c->status >= 300)
+		{
+			/* igny8_redact (a parsed label or message) agrees */
+			out = igny8_redact(c->body, c->key);
+			CHECK_STR(out, c->expected);
+			pfree(out);
+		}
+	}
+
+	/*
+	 * Long runs of escapes (100000 backslashes, 20000 "\u005c") before
+	 * the key: each byte is looked at a bounded number of times, and the
+	 * key after them is redacted.
+	 */
+	begin_case(lengthof(redact_cases) + 1, "long runs of escapes");
+	{
+		const char *key = "sk-abcdefghijklmnop/QRSTUVWXYZ";
+		StringInfoData body;
+		char	   *out;
+		int			nredacted = 0;
+
+		initStringInfo(&body);
+		for (int i = 0; i < 100000; i++)
+			appendStringInfoChar(&body, '\\');
+		appendStringInfo(&body, "%s ", key);
+		for (int i = 0; i < 20000; i++)
+			appendStringInfoString(&body, "\\u005c");
+		appendStringInfo(&body, "%s.", key);
+		out = redacted_body(body.data, key, 401);
+		for (const char *r = out; (r = strstr(r, "[redacted]")) != NULL; r++)
+			nredacted++;
+		CHECK_INT(nredacted, 2);
+		CHECK(strstr(out, "QRSTUVWXYZ") == NULL);
+		CHECK(strstr(out, "abcdefghijklmnop") == NULL);
+		pfree(out);
+		pfree(body.data);
+	}
+	end_group();
+}
+
 int
 main(int argc, char **argv)
 {
@@ -4922,6 +5215,8 @@ main(int argc, char **argv)
 	test_openai_image_size();
 	test_openai_build_image();
 	test_openai_parse_image();
+	test_redact_cases();
+	test_redact_forms();
 
 	if (corpus_dir != NULL)
 		printf("%d seeds written to %s\n", corpus_count, corpus_dir);
