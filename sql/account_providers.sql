@@ -147,25 +147,26 @@ SELECT account_id, provider, enabled, priority, api_key_ref IS NOT NULL AS own_k
 
 -- an account's key with "/", '"' and "\" past its 12th byte, echoed by
 -- OpenAI: redacted whole however the body writes it (as json.dumps does in
--- the 401 of a refused key, "/" as "\/", as plain text), in the error, the
--- usage rows and the provider state.  CSV with a quote character the key
--- lacks writes the key to the file as it is
-SELECT current_setting('data_directory') || '/igny8_account_48.key' AS keyfile48 \gset
-SELECT E'sk-test-account-48/qx"zw\\vu/9876543210' AS key48 \gset
-COPY (SELECT :'key48') TO :'keyfile48' (FORMAT csv, QUOTE E'\x01');
+-- the 401 of a refused key, "/" as "\/", as plain text), in the error and
+-- the usage rows (an account's own key refused leaves the provider's
+-- state alone).  CSV with a quote character the key lacks writes the key
+-- to the file as it is
+SELECT current_setting('data_directory') || '/igny8_account_49.key' AS keyfile49 \gset
+SELECT E'sk-test-account-49/qx"zw\\vu/9876543210' AS key49 \gset
+COPY (SELECT :'key49') TO :'keyfile49' (FORMAT csv, QUOTE E'\x01');
 INSERT INTO igny8_account_providers (account_id, provider, enabled, api_key_ref)
-VALUES (48, 'openai', true, 'file:' || :'keyfile48'), (48, 'anthropic', false, NULL);
+VALUES (49, 'openai', true, 'file:' || :'keyfile49'), (49, 'anthropic', false, NULL);
 SELECT wait_for_config();
-SELECT show_error($$SELECT igny8_generate_text('Refused key', 'gpt-4-fallback', account_id => 48)$$);
+SELECT show_error($$SELECT igny8_generate_text('Refused key', 'gpt-4-fallback', account_id => 49)$$);
 -- the simulator takes the key from now on, and echoes it as told
 SELECT sim(format($$config openai '%s'$$,
                   json_build_object('extra_keys', json_build_array('sk-test-account-42-0123456789abcdef',
-                                                                   :'key48')))) IS NOT NULL AS accepted;
+                                                                   :'key49')))) IS NOT NULL AS accepted;
 SELECT show_error($$SELECT igny8_generate_text('Echoed key [[sim openai:echo_key=error status=401 escape_slash]]',
-                                               'gpt-4-fallback', account_id => 48)$$);
+                                               'gpt-4-fallback', account_id => 49)$$);
 SELECT show_error($$SELECT igny8_generate_text('Echoed key [[sim openai:echo_key=error status=401 plain]]',
-                                               'gpt-4-fallback', account_id => 48)$$);
-SELECT http_status, error_message FROM ai_usage_log WHERE account_id = 48 ORDER BY id;
+                                               'gpt-4-fallback', account_id => 49)$$);
+SELECT http_status, error_message FROM ai_usage_log WHERE account_id = 49 ORDER BY id;
 SELECT last_error FROM igny8_service_status WHERE provider = 'openai';
 SELECT count(*) AS rows_with_key
   FROM (SELECT u::text AS t FROM ai_usage_log u
@@ -179,4 +180,4 @@ DROP ROLE igny8_account_app;
 DELETE FROM igny8_account_providers;
 SELECT wait_for_config();
 COPY (SELECT '') TO :'keyfile';
-COPY (SELECT '') TO :'keyfile48';
+COPY (SELECT '') TO :'keyfile49';
