@@ -10,7 +10,8 @@ suite to search for any piece of the keys together with the server log.
 Environment: IGNY8_PGHOST, IGNY8_PGPORT, IGNY8_PGDATABASE, OUT_DIR,
 OLLAMA_URL, OPENAI_URL, ANTHROPIC_URL, COMFYUI_URL, OPENAI_TLS_URL, KEY_FILE,
 ACCOUNT_KEY_FILE (an account's own OpenAI key, which the simulator refuses
-and echoes), and the keys KEY_WRONG, KEY_LITERAL, KEY_OLLAMA, KEY_SLASH.
+and echoes), and the keys KEY_WRONG, KEY_LITERAL, KEY_OLLAMA, KEY_SLASH,
+KEY_EARLY and KEY_LATE.
 """
 import json
 import os
@@ -141,14 +142,35 @@ for step in ("prompt", "history", "view"):
              " key_offset=%d]]" % (step, offset))
 call("SELECT * FROM igny8_check_health()")
 
-# 5. a key with "/" in it, echoed in an error by a server that writes "/"
-# as "\/" in JSON (as PHP does), at every offset around the 200-byte cut
+# 5. a key with "/" in it, refused by OpenAI and echoed in its 401, by a
+# server that writes "/" as "\/" in JSON (as PHP does) and by one that
+# writes it as it is (as Python's json.dumps does)
 provider("openai", ENV["OPENAI_URL"], ENV["KEY_SLASH"])
 for offset in [0] + list(range(180, 201)):
     call("SELECT igny8_generate_text(%s, 'gpt-4')",
          "Slash [[sim ollama:status=404]] [[sim openai:echo_key=error"
          " status=401 key_offset=%d escape_slash]]" % offset)
+call("SELECT igny8_generate_text('Slash [[sim ollama:status=404]]', 'gpt-4')")
 provider("openai", ENV["OPENAI_URL"], "env:OPENAI_API_KEY")
+
+# 5b. keys with "/", '"' and "\" all before the 12th byte, and all past
+# it: refused by OpenAI and echoed in its 401 (JSON, "/" as it is and as
+# "\/"), and echoed by a server in an error around the 100- and 200-byte
+# excerpts (JSON, JSON with "\/", plain text)
+for key in (ENV["KEY_EARLY"], ENV["KEY_LATE"]):
+    provider("openai", ENV["OPENAI_URL"], key)
+    call("SELECT igny8_generate_text('Special [[sim ollama:status=404]]',"
+         " 'gpt-4')")
+    call("SELECT igny8_generate_text('Special [[sim ollama:status=404]]"
+         " [[sim openai:escape_slash]]', 'gpt-4')")
+    provider("openai", ENV["OPENAI_URL"], "env:OPENAI_API_KEY")
+    provider("self_hosted_ai", ENV["OLLAMA_URL"], key)
+    for form, first in (("", 180), (" escape_slash", 180), (" plain", 80)):
+        for offset in [0] + list(range(first, first + 21, 4)):
+            call("SELECT igny8_generate_text(%s, 'gpt-4')",
+                 "Special [[sim any:echo_key=error status=503"
+                 " key_offset=%d%s]]" % (offset, form))
+provider("self_hosted_ai", ENV["OLLAMA_URL"], ENV["KEY_OLLAMA"])
 
 # 6. an account's own key (igny8_account_providers), refused and echoed by
 # OpenAI around the 200-byte cut.  The account turns Anthropic off, so
