@@ -85,6 +85,12 @@ static int *my_slots = NULL;
 static int	my_nslots = 0;
 static bool exit_callback_registered = false;
 
+/*
+ * May this backend make calls?  The library is loaded, and the server is
+ * not a standby: there the workers start only at promotion (they write
+ * usage rows), and a call would wait for a worker that never comes, then
+ * leave its slot queued to it for good.
+ */
 static void
 check_loaded(void)
 {
@@ -93,6 +99,12 @@ check_loaded(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("igny8_ai must be loaded via shared_preload_libraries"),
 				 errhint("Add igny8_ai to shared_preload_libraries in postgresql.conf and restart the server.")));
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("igny8_ai calls cannot be made during recovery"),
+				 errdetail("The server is a standby, or has not finished recovery: the igny8_ai workers start when it is promoted, since every call writes its usage rows."),
+				 errhint("Call it on the primary server.")));
 }
 
 static void
