@@ -46,6 +46,19 @@ SELECT igny8_generate_text('Big [[sim ollama:oversize=40000000]]', 'gpt-4');
 SELECT provider, success FROM ai_usage_log ORDER BY id;
 SELECT igny8_generate_text('Small again', 'gpt-4');
 
+-- igny8_ai.answer_memory, for text: an answer of a little over half of
+-- it, alone in flight, fits (the buffer grows by what arrives near the
+-- limit); one larger than it fails its attempt, which is retried once,
+-- then the next candidate answers
+TRUNCATE ai_usage_log;
+ALTER SYSTEM SET igny8_ai.answer_memory = '1536kB';
+SELECT reload_settings();
+SELECT length(igny8_generate_text('Big [[sim ollama:oversize=1100000]]', 'gpt-4')) AS answer_length;
+SELECT left(igny8_generate_text('Bigger [[sim ollama:oversize=2000000]]', 'gpt-4'), 13) AS answered_by;
+SELECT attempt, provider, success, error_message FROM ai_usage_log ORDER BY id;
+ALTER SYSTEM RESET igny8_ai.answer_memory;
+SELECT reload_settings();
+
 -- one slow request does not delay another (a worker holds many at once)
 TRUNCATE ai_usage_log;
 -- two slow requests, in the hands of the worker the fast one goes to

@@ -296,6 +296,12 @@ write_callback(char *data, size_t size, size_t nmemb, void *userp)
 		/* never more than the answer may be, plus its NUL */
 		cap = Min(cap, t->max + 1);
 		cap = Max(cap, t->len + n + 1);
+		/*
+		 * Near the budget, grow by what arrived only: doubling would refuse
+		 * an answer of a little over half the budget that fits it.
+		 */
+		if (held_bytes - t->cap + cap > (size_t) igny8_answer_memory_kb * 1024)
+			cap = t->len + n + 1;
 		if (held_bytes - t->cap + cap > (size_t) igny8_answer_memory_kb * 1024)
 		{
 			t->over_budget = true;

@@ -1049,10 +1049,13 @@ text_done(Igny8Job *job, Igny8Transfer *t)
 	memset(&perr, 0, sizeof(perr));
 	if (t->result != CURLE_OK)
 	{
-		cls = igny8_http_too_large(t) ? IGNY8_ERR_FALLBACK :
-			igny8_http_classify_transport(t);
+		if (igny8_http_over_budget(t))
+			cls = IGNY8_ERR_RETRY;	/* memory frees as other answers go */
+		else
+			cls = igny8_http_too_large(t) ? IGNY8_ERR_FALLBACK :
+				igny8_http_classify_transport(t);
 		a->error = pstrdup(igny8_http_error_text(t));
-		/* a dropped connection is worth one retry, not more */
+		/* a dropped connection, or full memory, is worth one retry */
 		if (cls == IGNY8_ERR_RETRY && job->retries >= 1)
 			cls = IGNY8_ERR_FALLBACK;
 	}
