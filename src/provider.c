@@ -413,9 +413,11 @@ is_space(char c)
  * 1.5, client rule).  If content starts, after whitespace, with <think>,
  * everything through the first </think> is dropped and the rest is
  * left-trimmed; the trace in between, trimmed, goes to *thinking (NULL if
- * empty).  Without such a block, or when </think> is missing, the content
- * is returned unchanged and *thinking is NULL.  thinking may be NULL.
- * The result is always a new palloc'd string.
+ * empty).  A block that never closes (the answer was cut off by max_tokens
+ * while the model reasoned) is all reasoning: the content is empty, the
+ * rest is the trace.  Without a leading block the content is returned
+ * unchanged and *thinking is NULL.  thinking may be NULL.  The result is
+ * always a new palloc'd string.
  */
 char *
 igny8_strip_think(const char *content, char **thinking)
@@ -437,12 +439,10 @@ igny8_strip_think(const char *content, char **thinking)
 		return pstrdup(content);
 	start = p + 7;
 	close = strstr(start, "</think>");
-	if (close == NULL)
-		return pstrdup(content);
 
 	if (thinking != NULL)
 	{
-		end = close;
+		end = close ? close : start + strlen(start);
 		while (start < end && is_space(*start))
 			start++;
 		while (end > start && is_space(end[-1]))
@@ -450,6 +450,8 @@ igny8_strip_think(const char *content, char **thinking)
 		if (end > start)
 			*thinking = pnstrdup(start, end - start);
 	}
+	if (close == NULL)
+		return pstrdup("");
 
 	p = close + 8;
 	while (is_space(*p))

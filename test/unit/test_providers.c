@@ -703,8 +703,9 @@ static const StripCase strip_cases[] = {
 	{" \n <think>a</think>b", "b", "a"},
 	/* the empty block of a model that did not think */
 	{"<think>\n\n</think>\n\nParis.", "Paris.", NULL},
-	/* no closing tag: keep everything */
-	{"<think>still thinking", "<think>still thinking", NULL},
+	/* no closing tag (cut off while reasoning): all of it is the trace */
+	{"<think>still thinking", "", "still thinking"},
+	{" <think>\n", "", NULL},
 	/* only a leading block counts */
 	{"Hi <think>x</think> there", "Hi <think>x</think> there", NULL},
 	/* text without a block keeps its whitespace */
@@ -1244,10 +1245,11 @@ static const AnswerCase answer_cases[] = {
 		"{\"message\":{\"content\":\"\"},\"done_reason\":\"length\","
 		"\"prompt_eval_count\":4096}",
 	"", NULL, NULL, "length", 4096, 0, 0},
-	{"ollama: an unclosed block is left alone", &igny8_ollama_protocol,
-		"{\"message\":{\"content\":\"<think>cut off\"},\"done\":true,"
+	{"ollama: an unclosed block, cut off by max_tokens, is all reasoning",
+		&igny8_ollama_protocol,
+		"{\"message\":{\"content\":\"<think>cut off \"},\"done\":true,"
 		"\"done_reason\":\"length\"}",
-	"<think>cut off", NULL, NULL, "length", 0, 0, 0},
+	"", "cut off", NULL, "length", 0, 0, 0},
 	{"ollama: error null, counters of the wrong types", &igny8_ollama_protocol,
 		"{\"error\":null,\"message\":{\"content\":\"a\"},\"done\":true,"
 		"\"prompt_eval_count\":\"7\",\"eval_count\":-3,\"model\":5}",
