@@ -185,6 +185,28 @@ SELECT cached FROM igny8_chat('[{"role":"user","content":"Capped [[sim any:tag=d
 SELECT sim_count('d1') AS requests;
 SELECT igny8_cache_purge('gpt-4') AS purged;
 
+-- while the GPU box is down (its circuit open), its cached answers are
+-- still served: the key covers the alias's deployments, not those routing
+-- takes at the moment
+ALTER SYSTEM SET igny8_ai.circuit_failure_threshold = 3;
+ALTER SYSTEM SET igny8_ai.circuit_cooldown = '600s';
+SELECT reload_settings();
+SELECT provider, cached FROM igny8_chat('[{"role":"user","content":"Outage [[sim any:tag=o1]]"}]', 'gpt-4',
+                                        '{"temperature": 0}');
+SELECT sim('down ollama') IS NOT NULL AS down;
+SELECT count(*) AS answered FROM generate_series(1, 3) i, igny8_generate_text('Box down ' || i, 'gpt-4') t;
+SELECT state, circuit_open FROM igny8_service_status WHERE provider = 'self_hosted_ai';
+SELECT provider, cached FROM igny8_chat('[{"role":"user","content":"Outage [[sim any:tag=o1]]"}]', 'gpt-4',
+                                        '{"temperature": 0}');
+SELECT sim_count('o1') AS requests;
+SELECT sim('up ollama') IS NOT NULL AS up;
+ALTER SYSTEM RESET igny8_ai.circuit_failure_threshold;
+ALTER SYSTEM RESET igny8_ai.circuit_cooldown;
+SELECT reload_settings();
+SELECT count(*) AS checked FROM igny8_check_health();
+SELECT state, circuit_open FROM igny8_service_status WHERE provider = 'self_hosted_ai';
+SELECT igny8_cache_purge('gpt-4') AS purged;
+
 -- two identical calls at once make one request: the second waits for
 -- the first's answer (the simulator holds the first for a second)
 SELECT dblink_connect('c1', 'dbname=' || current_database());

@@ -122,8 +122,9 @@ deployment_cmp(const void *a, const void *b)
  * The key of a request: sha256 of the alias, each message's role and
  * content in order, the temperature ("%.17g": the double exactly) and
  * max_tokens as the caller gave them (absent ones hash as absent), and
- * the deployments the call may be answered by (its candidates, fallbacks
- * included): provider, model, max_tokens cap and settings.  A change of
+ * the deployments the call may be answered by (the alias's and its
+ * fallbacks', whatever their circuits say): provider, model, max_tokens
+ * cap and settings.  A change of
  * any of them (a larger cap, another model) makes new answers instead of
  * serving those the old deployments gave.
  */
@@ -133,6 +134,7 @@ compute_key(Igny8Job *job, uint8 *out)
 	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
 	char		num[64];
 	Igny8Deployment **cands;
+	int			ncands;
 
 	if (pg_cryptohash_init(ctx) < 0)
 		elog(ERROR, "could not compute the response cache key: %s",
@@ -150,10 +152,22 @@ compute_key(Igny8Job *job, uint8 *out)
 	if (job->has_max_tokens)
 		snprintf(num, sizeof(num), "%d", job->max_tokens);
 	hash_field(ctx, "max_tokens", job->has_max_tokens ? num : NULL);
-	cands = palloc(sizeof(Igny8Deployment *) * Max(job->ncands, 1));
-	memcpy(cands, job->cands, sizeof(Igny8Deployment *) * job->ncands);
-	qsort(cands, job->ncands, sizeof(Igny8Deployment *), deployment_cmp);
-	for (int i = 0; i < job->ncands; i++)
+	/*
+	 * Not job->cands: routing leaves out the providers whose circuit is
+	 * open, and the key must not change while the GPU box is down, when
+	 * the cache saves the most.  The account's view, as routing used.
+	 */
+	{
+		Igny8Account *account;
+		Igny8Config *view = igny8_config_for_account(job->config,
+													 job->has_account,
+													 job->account_id,
+													 &account);
+
+		igny8_route_deployments(view, job->alias, job->task, &cands, &ncands);
+	}
+	qsort(cands, ncands, sizeof(Igny8Deployment *), deployment_cmp);
+	for (int i = 0; i < ncands; i++)
 	{
 		Igny8Deployment *d = cands[i];
 		char	   *settings = d->settings ? igny8_json_print(d->settings) : NULL;

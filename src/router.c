@@ -142,6 +142,29 @@ igny8_alias_error(const char *alias, Igny8Task task, bool other_task,
 }
 
 /*
+ * Every deployment that may serve an alias (its own and its fallbacks',
+ * enabled, for the task), whatever their circuits say: what the response
+ * cache's key covers (cache.c), which must not change while a provider is
+ * down.  A new palloc'd array, in routing order before the weighted draw
+ * is taken into account (callers sort it).
+ */
+void
+igny8_route_deployments(Igny8Config *config, const char *alias,
+						Igny8Task task, Igny8Deployment ***deployments,
+						int *ndeployments)
+{
+	Igny8Deployment **out;
+	int			n = 0;
+	List	   *seen = NIL;
+
+	out = palloc(sizeof(Igny8Deployment *) * Max(config->ndeployments, 1));
+	add_with_fallbacks(config, alias, task, out, &n, &seen);
+	list_free(seen);
+	*deployments = out;
+	*ndeployments = n;
+}
+
+/*
  * Build the candidate list for an alias.  Returns false, with *err filled,
  * when the alias is unknown or nothing can serve it.
  */

@@ -247,6 +247,10 @@ extern const char *igny8_key_ref_display(const char *ref);
 
 /* ----- router.c ----- */
 
+extern void igny8_route_deployments(Igny8Config *config, const char *alias,
+									Igny8Task task,
+									Igny8Deployment ***deployments,
+									int *ndeployments);
 extern bool igny8_route(Igny8Config *config, const char *alias,
 						Igny8Task task, Igny8Deployment ***candidates,
 						int *ncandidates, Igny8RouteError *err);
