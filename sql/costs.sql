@@ -263,10 +263,10 @@ UPDATE igny8_fixed_costs SET providers = '{self_hosted_ai,comfyui}', valid_to = 
 DELETE FROM igny8_providers WHERE id = 'self_hosted_b';
 SELECT wait_for_config();
 
--- A provider renamed: its prices, reference models and rents follow it,
--- as its deployments do.  OpenAI's gpt-4 keeps its price (4 * 30 / 1e6 +
--- 9 * 60 / 1e6 = 0.000660), the GPU box its rent (an attempt alone pays
--- its duration)
+-- A provider renamed: its prices and reference models follow it, as its
+-- deployments do; the rent that runs ends and goes on with the new name.
+-- OpenAI's gpt-4 keeps its price (4 * 30 / 1e6 + 9 * 60 / 1e6 =
+-- 0.000660), the GPU box its rent (an attempt alone pays its duration)
 BEGIN;
 UPDATE igny8_providers SET id = 'openai_main' WHERE id = 'openai';
 UPDATE igny8_providers SET id = 'gpu_ollama' WHERE id = 'self_hosted_ai';
@@ -290,8 +290,14 @@ UPDATE igny8_providers SET id = 'self_hosted_ai' WHERE id = 'gpu_ollama';
 COMMIT;
 SELECT provider, count(*) AS prices, min(origin) AS origin
   FROM igny8_prices GROUP BY provider ORDER BY provider;
-SELECT box, providers, origin FROM igny8_fixed_costs ORDER BY box, valid_from;
+-- the rent is history: it ended at each rename, naming the provider as
+-- it was, and went on under the new name
+SELECT box, providers, origin, valid_from = '-infinity' AS from_start, valid_to IS NULL AS runs
+  FROM igny8_fixed_costs ORDER BY box, valid_from;
 SELECT count(*) AS deletions_left FROM igny8_config_deletions;
+-- back to the one shipped row, for the reports below
+DELETE FROM igny8_fixed_costs WHERE box = 'gpu_box' AND valid_from > '-infinity';
+UPDATE igny8_fixed_costs SET valid_to = NULL WHERE box = 'gpu_box';
 UPDATE igny8_fixed_costs SET monthly_amount = 0 WHERE box = 'gpu_box';
 SELECT wait_for_config();
 
@@ -384,25 +390,45 @@ INSERT INTO igny8_providers (id, kind, base_url) VALUES ('lab_gpu', 'ollama', 'h
 COMMIT;
 SELECT box, providers, monthly_amount FROM igny8_fixed_costs WHERE box = 'lab_box';
 -- a provider deleted: its prices and reference models go with it, as its
--- deployments go; the rents that paid for it keep naming it (their
--- history), and can still be edited; a name added must exist
+-- deployments go.  The rents are history: one that runs now ends now,
+-- still naming it, and goes on from now without it (none when it was for
+-- that provider alone); one that has not started loses it (and goes,
+-- when it was for it alone)
 INSERT INTO igny8_providers (id, kind, base_url) VALUES
     ('lab_gpu2', 'ollama', 'http://127.0.0.1:9'), ('lab_api', 'openai', 'http://127.0.0.1:9');
 UPDATE igny8_fixed_costs SET providers = '{lab_gpu,lab_gpu2}' WHERE box = 'lab_box';
 INSERT INTO igny8_fixed_costs (box, providers, monthly_amount) VALUES ('lab_box2', '{lab_api}', 5);
+-- and the rents of tomorrow on
+BEGIN;
+UPDATE igny8_fixed_costs SET valid_to = now() + interval '1 day' WHERE box IN ('lab_box', 'lab_box2');
+INSERT INTO igny8_fixed_costs (box, providers, monthly_amount, valid_from)
+VALUES ('lab_box', '{lab_gpu,lab_gpu2}', 11, now() + interval '1 day'),
+       ('lab_box2', '{lab_api}', 6, now() + interval '1 day');
+COMMIT;
 INSERT INTO igny8_prices (provider, model, unit, price)
 VALUES ('lab_api', 'lab-model', 'per_1m_input_tokens', 1);
 INSERT INTO igny8_reference_models (alias, provider, model) VALUES ('lab-alias', 'lab_api', 'lab-model');
 DELETE FROM igny8_providers WHERE id IN ('lab_gpu', 'lab_api');
-SELECT box, providers, monthly_amount FROM igny8_fixed_costs WHERE box LIKE 'lab%';
+SELECT box, providers, monthly_amount, valid_from = '-infinity' AS from_start,
+       valid_to <= now() AS ended, valid_from > now() AS later
+  FROM igny8_fixed_costs WHERE box LIKE 'lab%' ORDER BY box, valid_from;
 SELECT (SELECT count(*) FROM igny8_prices WHERE provider = 'lab_api') AS prices,
        (SELECT count(*) FROM igny8_reference_models WHERE alias = 'lab-alias') AS reference_models;
-UPDATE igny8_fixed_costs SET monthly_amount = 20 WHERE box = 'lab_box'
-RETURNING box, providers, monthly_amount;
-UPDATE igny8_fixed_costs SET providers = providers || '{lab_gone}' WHERE box = 'lab_box';
-DELETE FROM igny8_providers WHERE id = 'lab_gpu2';
-SELECT count(*) AS lab_rents FROM igny8_fixed_costs WHERE box LIKE 'lab%';
+-- the rent that ended may still be edited; a rent that runs may not name a
+-- provider that is gone, also when the name was added by an earlier
+-- statement of the same transaction
+UPDATE igny8_fixed_costs SET description = 'the lab box' WHERE box = 'lab_box'
+RETURNING box, providers, description;
+UPDATE igny8_fixed_costs SET providers = providers || '{lab_gone}'
+ WHERE box = 'lab_box' AND valid_to IS NULL;
+BEGIN;
+UPDATE igny8_fixed_costs SET providers = providers || '{typo_gpu}'
+ WHERE box = 'lab_box' AND valid_to IS NULL;
+UPDATE igny8_fixed_costs SET description = 'typo' WHERE box = 'lab_box' AND valid_to IS NULL;
+COMMIT;
+SELECT count(*) AS lab_rents_with_typo FROM igny8_fixed_costs WHERE 'typo_gpu' = ANY (providers);
 DELETE FROM igny8_fixed_costs WHERE box LIKE 'lab%';
+DELETE FROM igny8_providers WHERE id = 'lab_gpu2';
 -- an unknown reference model (refused at commit), a bad alias
 INSERT INTO igny8_reference_models (alias, model) VALUES ('my-alias', 'gpt-9');
 INSERT INTO igny8_reference_models (alias, model) VALUES ('my alias', 'gpt-4');

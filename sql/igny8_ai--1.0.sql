@@ -707,46 +707,81 @@ CREATE TRIGGER igny8_providers_kind_check
 -- CASCADE).  No foreign key can do it here: a restore writes prices and
 -- reference models before the providers added to the shipped ones (their
 -- checks wait for the commit, and skip a restore), and a rent names its
--- providers in an array.  Left behind, the old name would price nothing (a renamed
--- OpenAI's attempts would cost 0 and pass every budget) and pay no rent.
--- A deleted provider's prices and reference models go; the rents naming
--- it stay as they are: a rent is history (the months it was paid, which
--- provider's past work it paid for, as ai_usage_log names it), and
--- deleting or rewriting it would change past reports.  A name of a
--- provider that is gone does no harm there: no worker has such a
--- provider, and a rent's check refuses only names an edit adds.  The
--- rows' own triggers see the change: origin and the
--- deletions pg_dump keeps, the checks at commit (the new name exists),
--- and the workers reload once, at commit.  Not while a dump is restored
--- (pg_dump sets check_function_bodies off): the shipped provider a
--- restore deletes again took its shipped rows with it when the DBA
--- deleted it, and the dump deletes those, or brings back their edited
--- rows, by itself.
+-- providers in an array.  Left behind, the old name would price nothing
+-- (a renamed OpenAI's attempts would cost 0 and pass every budget) and
+-- pay no rent.  Prices and reference models are renamed or deleted.  A
+-- rent is history as well (the months it was paid, and whose past work
+-- it paid for, as ai_usage_log names it), which no change may rewrite:
+-- a rent that has ended is left as it is; one that runs now ends now,
+-- naming the provider as it did, and a copy goes on from now with the
+-- provider renamed or left out; one that has not started is changed (a
+-- rent of the deleted provider alone goes).  The rows' own triggers see
+-- the change: origin and the deletions pg_dump keeps, the checks at
+-- commit, and the workers reload once, at commit.  A delete does nothing
+-- while a dump is restored (pg_dump sets check_function_bodies off): the
+-- shipped provider a restore deletes again took its shipped rows with it
+-- when the DBA deleted it, and the dump deletes those, or brings back
+-- their edited rows, by itself.
 CREATE FUNCTION igny8_provider_follow() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    renamed boolean := TG_OP OPERATOR(pg_catalog.=) 'UPDATE';
+    rent record;
+    rest text[];
 BEGIN
-    IF TG_OP = 'UPDATE' THEN
-        IF OLD.id OPERATOR(pg_catalog.=) NEW.id THEN
-            RETURN NULL;        -- the id was set, not changed
-        END IF;
+    IF renamed AND OLD.id OPERATOR(pg_catalog.=) NEW.id THEN
+        RETURN NULL;            -- the id was set, not changed
+    END IF;
+    IF NOT renamed AND
+       pg_catalog.current_setting('check_function_bodies') OPERATOR(pg_catalog.=) 'off' THEN
+        RETURN NULL;            -- a restore
+    END IF;
+    IF renamed THEN
         UPDATE @extschema@.igny8_prices p SET provider = NEW.id
          WHERE p.provider OPERATOR(pg_catalog.=) OLD.id;
         UPDATE @extschema@.igny8_reference_models r SET provider = NEW.id
          WHERE r.provider OPERATOR(pg_catalog.=) OLD.id;
-        UPDATE @extschema@.igny8_fixed_costs f
-           SET providers = pg_catalog.array_replace(f.providers, OLD.id, NEW.id)
-         WHERE OLD.id OPERATOR(pg_catalog.=) ANY (f.providers);
-        RETURN NULL;
+    ELSE
+        DELETE FROM @extschema@.igny8_reference_models r
+         WHERE r.provider OPERATOR(pg_catalog.=) OLD.id;
+        DELETE FROM @extschema@.igny8_prices p
+         WHERE p.provider OPERATOR(pg_catalog.=) OLD.id;
     END IF;
-    IF pg_catalog.current_setting('check_function_bodies') OPERATOR(pg_catalog.=) 'off' THEN
-        RETURN NULL;            -- a restore
-    END IF;
-    DELETE FROM @extschema@.igny8_reference_models r
-     WHERE r.provider OPERATOR(pg_catalog.=) OLD.id;
-    DELETE FROM @extschema@.igny8_prices p
-     WHERE p.provider OPERATOR(pg_catalog.=) OLD.id;
+    -- the rents: an ended one is left as it is; one that has not started
+    -- is changed (a rent of the deleted provider alone goes); one that
+    -- runs now ends now, naming the provider as it did, and goes on from
+    -- now with the provider renamed or left out
+    FOR rent IN SELECT f.* FROM @extschema@.igny8_fixed_costs f
+              WHERE OLD.id OPERATOR(pg_catalog.=) ANY (f.providers)
+                AND (f.valid_to IS NULL OR f.valid_to OPERATOR(pg_catalog.>) pg_catalog.now())
+              ORDER BY f.box, f.valid_from
+    LOOP
+        rest := CASE WHEN renamed
+                     THEN pg_catalog.array_replace(rent.providers, OLD.id, NEW.id)
+                     ELSE pg_catalog.array_remove(rent.providers, OLD.id) END;
+        IF rent.valid_from OPERATOR(pg_catalog.>=) pg_catalog.now() THEN
+            IF pg_catalog.cardinality(rest) OPERATOR(pg_catalog.=) 0 THEN
+                DELETE FROM @extschema@.igny8_fixed_costs f
+                 WHERE f.box OPERATOR(pg_catalog.=) rent.box
+                   AND f.valid_from OPERATOR(pg_catalog.=) rent.valid_from;
+            ELSE
+                UPDATE @extschema@.igny8_fixed_costs f SET providers = rest
+                 WHERE f.box OPERATOR(pg_catalog.=) rent.box
+                   AND f.valid_from OPERATOR(pg_catalog.=) rent.valid_from;
+            END IF;
+            CONTINUE;
+        END IF;
+        UPDATE @extschema@.igny8_fixed_costs f SET valid_to = pg_catalog.now()
+         WHERE f.box OPERATOR(pg_catalog.=) rent.box
+           AND f.valid_from OPERATOR(pg_catalog.=) rent.valid_from;
+        IF pg_catalog.cardinality(rest) OPERATOR(pg_catalog.>) 0 THEN
+            INSERT INTO @extschema@.igny8_fixed_costs
+                   (box, providers, description, monthly_amount, valid_from, valid_to)
+            VALUES (rent.box, rest, rent.description, rent.monthly_amount, pg_catalog.now(), rent.valid_to);
+        END IF;
+    END LOOP;
     RETURN NULL;
 END
 $$;
@@ -1279,14 +1314,13 @@ BEGIN
                       AND f.providers OPERATOR(pg_catalog.=) NEW.providers) THEN
         RETURN NULL;            -- changed or deleted since
     END IF;
-    -- the names this write adds: a provider deleted since the rent was
-    -- written stays named in it (its history), and other edits go on
+    -- a rent that has ended is history: it names the providers it paid
+    -- for, deleted or renamed since as they may be (igny8_provider_follow)
     SELECT p INTO unknown
       FROM pg_catalog.unnest(NEW.providers) AS p
      WHERE NOT EXISTS (SELECT 1 FROM @extschema@.igny8_providers r
                         WHERE r.id OPERATOR(pg_catalog.=) p)
-       AND (TG_OP OPERATOR(pg_catalog.=) 'INSERT' OR
-            p OPERATOR(pg_catalog.<>) ALL (OLD.providers))
+       AND (NEW.valid_to IS NULL OR NEW.valid_to OPERATOR(pg_catalog.>) pg_catalog.now())
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'provider "%" of fixed cost "%" does not exist', unknown, NEW.box
