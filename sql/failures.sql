@@ -47,9 +47,9 @@ SELECT provider, success FROM ai_usage_log ORDER BY id;
 SELECT igny8_generate_text('Small again', 'gpt-4');
 
 -- igny8_ai.answer_memory, for text: an answer of a little over half of
--- it, alone in flight, fits (the buffer grows by what arrives near the
--- limit); one larger than it fails its attempt, which is retried once,
--- then the next candidate answers
+-- it, alone in flight, fits (near the limit the buffer grows by an eighth,
+-- not twice); one larger than all of it fails its attempt and goes to the
+-- next candidate at once (a retry could not fit it either)
 TRUNCATE ai_usage_log;
 ALTER SYSTEM SET igny8_ai.answer_memory = '1536kB';
 SELECT reload_settings();

@@ -126,8 +126,8 @@ SELECT wait_for_config();
 SELECT png_size(image) AS after FROM igny8_generate_image('Small again', 'dall-e-2', '512x512');
 
 -- igny8_ai.answer_memory caps what a worker holds for answers in flight:
--- an image that would pass it fails its attempt (retried once), and the
--- workers live on
+-- an image larger than all of it fails its attempt (not retried: it could
+-- not fit again), and the workers live on
 TRUNCATE ai_usage_log;
 ALTER SYSTEM SET igny8_ai.answer_memory = '1MB';
 SELECT reload_settings();

@@ -289,6 +289,7 @@ write_callback(char *data, size_t size, size_t nmemb, void *userp)
 	}
 	if (t->len + n + 1 > t->cap)
 	{
+		size_t		budget = (size_t) igny8_answer_memory_kb * 1024;
 		size_t		cap = Max(t->cap * 2, t->len + n + 1);
 		char	   *p;
 
@@ -297,15 +298,23 @@ write_callback(char *data, size_t size, size_t nmemb, void *userp)
 		cap = Min(cap, t->max + 1);
 		cap = Max(cap, t->len + n + 1);
 		/*
-		 * Near the budget, grow by what arrived only: doubling would refuse
-		 * an answer of a little over half the budget that fits it.
+		 * Near the budget, grow by an eighth, up to what is left of it:
+		 * doubling would refuse an answer of a little over half the budget
+		 * that fits it, and growing by each piece would copy the buffer at
+		 * every piece.
 		 */
-		if (held_bytes - t->cap + cap > (size_t) igny8_answer_memory_kb * 1024)
-			cap = t->len + n + 1;
-		if (held_bytes - t->cap + cap > (size_t) igny8_answer_memory_kb * 1024)
+		if (held_bytes - t->cap + cap > budget)
 		{
-			t->over_budget = true;
-			return 0;
+			size_t		left = budget - (held_bytes - t->cap);
+
+			if (t->len + n + 1 > left)
+			{
+				/* alone, it would not fit either: no retry can help */
+				t->over_budget = true;
+				t->over_budget_alone = (t->len + n + 1 > budget);
+				return 0;
+			}
+			cap = Min(Max(t->len + n + 1, t->cap + t->cap / 8), left);
 		}
 		p = realloc(t->body, cap);
 		if (p == NULL)
@@ -711,11 +720,15 @@ igny8_http_drop_body(char *body, size_t held)
 	free(body);
 }
 
-/* Did the worker's memory for answers run out during the transfer? */
+/*
+ * Did the worker's memory for answers run out during the transfer, held by
+ * other answers as well, so that a retry may find room?  An answer larger
+ * than the whole of igny8_ai.answer_memory never fits (over_budget_alone).
+ */
 bool
 igny8_http_over_budget(Igny8Transfer *t)
 {
-	return t->over_budget;
+	return t->over_budget && !t->over_budget_alone;
 }
 
 /*
@@ -785,6 +798,9 @@ without_userinfo(const char *text, const char *secret)
 const char *
 igny8_http_error_text(Igny8Transfer *t)
 {
+	if (t->over_budget_alone)
+		return psprintf("the answer is larger than the worker's memory for answers in flight (igny8_ai.answer_memory, %d kB)",
+						igny8_answer_memory_kb);
 	if (t->over_budget)
 		return psprintf("the worker's memory for answers in flight is full (igny8_ai.answer_memory, %d kB)",
 						igny8_answer_memory_kb);

@@ -954,7 +954,8 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 		if (igny8_http_over_budget(t))
 			cls = IGNY8_ERR_RETRY;	/* memory frees as other answers go */
 		else
-			cls = too_large ? IGNY8_ERR_FALLBACK : igny8_http_classify_transport(t);
+			cls = (too_large || t->over_budget_alone) ? IGNY8_ERR_FALLBACK :
+				igny8_http_classify_transport(t);
 		if (cls == IGNY8_ERR_RETRY && job->retries >= 1)
 			cls = IGNY8_ERR_FALLBACK;
 		igny8_job_report_health(job, p, t, a);

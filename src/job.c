@@ -1051,9 +1051,10 @@ text_done(Igny8Job *job, Igny8Transfer *t)
 	{
 		if (igny8_http_over_budget(t))
 			cls = IGNY8_ERR_RETRY;	/* memory frees as other answers go */
+		else if (igny8_http_too_large(t) || t->over_budget_alone)
+			cls = IGNY8_ERR_FALLBACK;	/* it would not fit again */
 		else
-			cls = igny8_http_too_large(t) ? IGNY8_ERR_FALLBACK :
-				igny8_http_classify_transport(t);
+			cls = igny8_http_classify_transport(t);
 		a->error = pstrdup(igny8_http_error_text(t));
 		/* a dropped connection, or full memory, is worth one retry */
 		if (cls == IGNY8_ERR_RETRY && job->retries >= 1)

@@ -268,6 +268,7 @@ typedef struct Igny8Transfer
 	size_t		max;			/* igny8_ai.max_response_size */
 	bool		too_large;
 	bool		over_budget;	/* igny8_ai.answer_memory was full */
+	bool		over_budget_alone;	/* ... and the answer alone is larger */
 	long		status;
 	double		retry_after;
 	int			should_retry;
