@@ -566,8 +566,15 @@ igny8_image_cleanup_done(Igny8Transfer *t)
 					next = IGNY8_COMFY_CANCEL_QUEUED;
 					break;
 				case IGNY8_COMFY_CANCEL_INTERRUPT:
-					/* a failed one is sent again if it still runs */
-					c->interrupted = read_ok;
+					/*
+					 * A failed one is sent again, a round later, if the
+					 * prompt still runs; after IGNY8_CLEANUP_AWAITS failures
+					 * it is given up (a proxy that refuses /interrupt would
+					 * otherwise have it sent for as long as the prompt runs),
+					 * and the rounds that are left read the history.
+					 */
+					c->interrupted = read_ok ||
+						++c->awaits >= IGNY8_CLEANUP_AWAITS;
 					if (!cleanups_stopping)
 					{
 						/* it stops at its next step or node */
