@@ -1075,6 +1075,23 @@ igny8_comfyui_build_cancel(Igny8ComfyCancel what, const char *prompt_id,
 	return true;
 }
 
+/* The JSON object of a GET /queue answer, or NULL (not a 200, not JSON). */
+static cJSON *
+queue_json(const Igny8HttpResponse *resp)
+{
+	cJSON	   *json;
+
+	if (resp->status != 200)
+		return NULL;
+	json = igny8_json_parse(resp->body, resp->body_len);
+	if (!cJSON_IsObject(json))
+	{
+		cJSON_Delete(json);
+		return NULL;
+	}
+	return json;
+}
+
 /*
  * Where GET /queue shows the prompt prompt_id: *running when it is in
  * queue_running, *waiting when it is in queue_pending (an entry is
@@ -1093,14 +1110,8 @@ igny8_comfyui_parse_queue_has(const Igny8HttpResponse *resp,
 
 	*running = false;
 	*waiting = false;
-	if (resp->status != 200)
+	if ((json = queue_json(resp)) == NULL)
 		return false;
-	json = igny8_json_parse(resp->body, resp->body_len);
-	if (!cJSON_IsObject(json))
-	{
-		cJSON_Delete(json);
-		return false;
-	}
 	for (int i = 0; i < (int) lengthof(lists); i++)
 	{
 		cJSON	   *list = cJSON_GetObjectItemCaseSensitive(json, lists[i]);
@@ -1143,14 +1154,8 @@ igny8_comfyui_parse_queue_of(const Igny8HttpResponse *resp,
 
 	*ids = NULL;
 	*nids = 0;
-	if (resp->status != 200)
+	if ((json = queue_json(resp)) == NULL)
 		return false;
-	json = igny8_json_parse(resp->body, resp->body_len);
-	if (!cJSON_IsObject(json))
-	{
-		cJSON_Delete(json);
-		return false;
-	}
 	for (int i = 0; i < (int) lengthof(lists); i++)
 	{
 		cJSON	   *list = cJSON_GetObjectItemCaseSensitive(json, lists[i]);
