@@ -174,8 +174,7 @@ igny8_route(Igny8Config *config, const char *alias, Igny8Task task,
 			Igny8RouteError *err)
 {
 	Igny8Deployment **out;
-	int			n = 0;
-	List	   *seen = NIL;
+	int			n;
 
 	memset(err, 0, sizeof(*err));
 	if (!alias_known(config, alias))
@@ -184,9 +183,7 @@ igny8_route(Igny8Config *config, const char *alias, Igny8Task task,
 		return false;
 	}
 
-	out = palloc(sizeof(Igny8Deployment *) * Max(config->ndeployments, 1));
-	add_with_fallbacks(config, alias, task, out, &n, &seen);
-	list_free(seen);
+	igny8_route_deployments(config, alias, task, &out, &n);
 
 	if (n == 0)
 	{
