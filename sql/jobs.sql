@@ -596,3 +596,36 @@ SELECT count(*) AS left_finished FROM igny8_jobs WHERE finished_at IS NOT NULL;
 SELECT :finished - 3 AS expected;
 SELECT count(*) AS queued_kept FROM igny8_jobs WHERE state = 'queued';
 DELETE FROM igny8_jobs WHERE state = 'queued';
+
+-- waiting for a running job that this open transaction cancelled: its
+-- worker learns of the cancel at the commit, so the wait is refused
+SELECT igny8_submit_text('Cancel then wait [[sim ollama:delay=30 tag=jcw]]', 'gpt-4') AS jcw \gset
+SELECT sim_wait_arrival('jcw');
+BEGIN;
+SELECT igny8_cancel_job(:jcw) AS cancelled;
+SELECT show_error(format('SELECT igny8_wait_job(%s)', :jcw));
+COMMIT;
+SELECT state, error_code FROM igny8_wait_job(:jcw, '30 s');
+SELECT sim_wait_disconnect('jcw');
+
+-- a run is its job's by its request id, not by the job's id, which may
+-- name another job by the time the run ends (TRUNCATE ... RESTART
+-- IDENTITY here; DROP and CREATE EXTENSION likewise): the old run's
+-- outcome is not written into the new job, whose own run goes on
+TRUNCATE igny8_jobs RESTART IDENTITY;
+SELECT igny8_submit_text('Old run [[sim ollama:delay=3 tag=jold reply=old-answer]]', 'gpt-4') AS jold \gset
+SELECT sim_wait_arrival('jold');
+SELECT request_id AS old_rid FROM igny8_jobs WHERE id = :jold \gset
+TRUNCATE igny8_jobs RESTART IDENTITY;
+SELECT igny8_submit_text('New run [[sim ollama:delay=8 tag=jnew reply=new-answer]]', 'gpt-4') AS jnew \gset
+SELECT :jold = :jnew AS same_id;
+SELECT sim_wait_arrival('jnew');
+SELECT request_id AS new_rid FROM igny8_jobs WHERE id = :jnew \gset
+-- the old run ends and logs its attempt; the new job is still running
+SELECT wait_until(format($q$EXISTS (SELECT FROM ai_usage_log WHERE request_id = %L)$q$, :'old_rid'),
+                  'the old run''s usage row');
+SELECT state, content, request_id = :'new_rid' AS new_run FROM igny8_jobs WHERE id = :jnew;
+SELECT progress IS NOT NULL AS has_progress FROM igny8_job(:jnew);
+SELECT state, content, request_id = :'new_rid' AS new_run FROM igny8_wait_job(:jnew, '30 s');
+SELECT request_id = :'new_rid' AS new_run, success FROM ai_usage_log
+ WHERE request_id IN (:'old_rid', :'new_rid') ORDER BY id;

@@ -112,7 +112,13 @@ announce_cancels(void)
 				pg_atomic_write_u32(&igny8_shared->workers[worker].abandons, 1);
 				igny8_wake_worker(worker);
 				found = true;
-				break;
+
+				/*
+				 * No break: a run of an earlier job with the same id (the
+				 * extension dropped and created again meanwhile) may hold
+				 * a slot too; the worker stops only the runs whose cancel
+				 * its table holds.
+				 */
 			}
 		}
 		if (!found && !c->queued)
@@ -273,6 +279,22 @@ igny8_job_cancel_at_commit(int64 id, bool queued)
 	c->queued = queued;
 	cancels_pending = lappend(cancels_pending, c);
 	MemoryContextSwitchTo(old);
+}
+
+/* Did this transaction cancel the running job id (told at its commit)? */
+bool
+igny8_job_cancel_pending(int64 id)
+{
+	ListCell   *lc;
+
+	foreach(lc, cancels_pending)
+	{
+		PendingCancel *c = lfirst(lc);
+
+		if (c->id == id && !c->queued)
+			return true;
+	}
+	return false;
 }
 
 Datum

@@ -484,6 +484,7 @@ extern void igny8_extension_hooks_init(void);
 extern void igny8_config_changed_at_commit(void);
 extern void igny8_jobs_queued_at_commit(void);
 extern void igny8_job_cancel_at_commit(int64 id, bool queued);
+extern bool igny8_job_cancel_pending(int64 id);
 
 /* health.c */
 extern int	igny8_provider_index(const char *id, bool create);

@@ -211,6 +211,14 @@ remember_woken(int64 id)
 	MemoryContextSwitchTo(old);
 }
 
+/* n uuids as a uuid[] datum. */
+static Datum
+uuid_array(Datum *elems, int n)
+{
+	return PointerGetDatum(construct_array(elems, n, UUIDOID, UUID_LEN,
+										   false, TYPALIGN_CHAR));
+}
+
 /* n bigints as a bigint[] datum. */
 static Datum
 bigint_array(Datum *elems, int n)
@@ -219,12 +227,17 @@ bigint_array(Datum *elems, int n)
 										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
-/* The ids of the runs this worker holds, as a bigint[] datum. */
+/*
+ * The request ids of the runs this worker holds, as a uuid[] datum.  A run
+ * is named by its request id, made at its claim, not by its job's id: the
+ * same id may name another job by then (DROP and CREATE EXTENSION, or
+ * TRUNCATE ... RESTART IDENTITY, while a run was in flight).
+ */
 static Datum
-held_ids(void)
+held_runs(void)
 {
 	dlist_iter	iter;
-	Datum	   *ids = palloc(sizeof(Datum) * (running_here + 1));
+	Datum	   *rids = palloc(sizeof(Datum) * (running_here + 1));
 	int			n = 0;
 
 	dlist_foreach(iter, &igny8_jobs)
@@ -232,24 +245,24 @@ held_ids(void)
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
 		if (job->job_id != 0 && !job->job_lost)
-			ids[n++] = Int64GetDatum(job->job_id);
+			rids[n++] = UUIDPGetDatum(&job->request_id);
 	}
-	return bigint_array(ids, n);
+	return uuid_array(rids, n);
 }
 
 /*
  * The parameters that name this worker's runs: $1 its index, $2 its start
- * time, $3 the ids it holds.
+ * time, $3 the request ids of the runs it holds.
  */
 static void
 my_runs(Oid *types, Datum *values)
 {
 	types[0] = INT4OID;
 	types[1] = TIMESTAMPTZOID;
-	types[2] = INT8ARRAYOID;
+	types[2] = UUIDARRAYOID;
 	values[0] = Int32GetDatum(igny8_worker_index);
 	values[1] = TimestampTzGetDatum(igny8_worker_started_at);
-	values[2] = held_ids();
+	values[2] = held_runs();
 }
 
 /*
@@ -298,7 +311,7 @@ recover(const char *schema, int *finished)
 		" WHERE o.id OPERATOR(pg_catalog.=) j.id"
 		" AND j.state OPERATOR(pg_catalog.=) 'running' AND"
 		" CASE WHEN j.worker OPERATOR(pg_catalog.=) $1 AND j.worker_started OPERATOR(pg_catalog.=) $2"
-		"  THEN j.id OPERATOR(pg_catalog.<>) ALL ($3)"
+		"  THEN j.request_id OPERATOR(pg_catalog.<>) ALL ($3)"
 		"  ELSE NOT COALESCE(%s.igny8_worker_alive(j.worker, j.worker_started), false) END"
 		" RETURNING j.id, j.state, j.kind, j.model_alias, j.account_id, j.request_id,"
 		" j.request, o.inflight),"
@@ -394,23 +407,26 @@ cancel_queued(const char *schema)
 	return (int) SPI_processed;
 }
 
-/* The runs of ours whose cancel committed.  Needs a transaction. */
+/*
+ * The runs of ours whose cancel committed, as the request ids (pg_uuid_t)
+ * of the runs.  Needs a transaction.
+ */
 static List *
 cancelled_runs(const char *schema, MemoryContext cxt)
 {
 	Oid			types[3];
 	Datum		values[3];
-	List	   *ids = NIL;
+	List	   *rids = NIL;
 	int			ret;
 
 	my_runs(types, values);
 	ret = SPI_execute_plan(job_plan(PLAN_CANCELLED, schema,
-		"SELECT j.id FROM %s.igny8_jobs j JOIN %s.igny8_job_cancels c"
+		"SELECT j.request_id FROM %s.igny8_jobs j JOIN %s.igny8_job_cancels c"
 		" ON c.job_id OPERATOR(pg_catalog.=) j.id"
 		" WHERE j.state OPERATOR(pg_catalog.=) 'running'"
 		" AND j.worker OPERATOR(pg_catalog.=) $1"
 		" AND j.worker_started OPERATOR(pg_catalog.=) $2"
-		" AND j.id OPERATOR(pg_catalog.=) ANY ($3)",
+		" AND j.request_id OPERATOR(pg_catalog.=) ANY ($3)",
 		3, types), values, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read igny8_jobs: %s", SPI_result_code_string(ret));
@@ -418,25 +434,25 @@ cancelled_runs(const char *schema, MemoryContext cxt)
 	{
 		bool		isnull;
 		MemoryContext old = MemoryContextSwitchTo(cxt);
-		int64	   *id = palloc(sizeof(int64));
+		pg_uuid_t  *rid = palloc(sizeof(pg_uuid_t));
 
-		*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-										  SPI_tuptable->tupdesc, 1, &isnull));
-		ids = lappend(ids, id);
+		*rid = *DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i],
+											SPI_tuptable->tupdesc, 1, &isnull));
+		rids = lappend(rids, rid);
 		MemoryContextSwitchTo(old);
 	}
-	return ids;
+	return rids;
 }
 
 static void
-stop_cancelled(List *ids)
+stop_cancelled(List *rids)
 {
 	dlist_iter	iter;
 	ListCell   *lc;
 
-	foreach(lc, ids)
+	foreach(lc, rids)
 	{
-		int64		id = *(int64 *) lfirst(lc);
+		pg_uuid_t  *rid = lfirst(lc);
 
 		dlist_foreach(iter, &igny8_jobs)
 		{
@@ -447,18 +463,19 @@ stop_cancelled(List *ids)
 			 * outcome: its row, still running while the flush that
 			 * writes it is deferred, is written succeeded or failed, and
 			 * the cancel's row is left to igny8_jobs_cleanup().  (A run
-			 * whose write failed is job_lost, not among ids: the scan
+			 * whose write failed is job_lost, not among rids: the scan
 			 * takes its row back, as cancelled.)
 			 */
-			if (job->job_id == id && !job->job_cancelled &&
-				job->state != JOB_FINISHED)
+			if (job->job_id != 0 &&
+				memcmp(&job->request_id, rid, sizeof(pg_uuid_t)) == 0 &&
+				!job->job_cancelled && job->state != JOB_FINISHED)
 			{
 				job->job_cancelled = true;
 				igny8_job_abort(job, "cancelled by igny8_cancel_job");
 			}
 		}
 	}
-	list_free_deep(ids);
+	list_free_deep(rids);
 }
 
 /* ----- taking jobs ----- */
@@ -1041,7 +1058,7 @@ db_text(const char *utf8, char *nulls, int i)
 	return CStringGetTextDatum(igny8_to_db_lossy(utf8));
 }
 
-#define FINISH_NARGS 21
+#define FINISH_NARGS 22
 
 /* Write one finished run into its row.  Needs a transaction. */
 static void
@@ -1051,11 +1068,12 @@ write_one(const char *schema, Igny8Job *job)
 		INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, INT4OID, BYTEAOID, INT4OID, INT4OID, TEXTOID, FLOAT8OID,
 		TEXTOID, TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, NUMERICOID,
-		TEXTOID
+		TEXTOID, UUIDOID
 	};
 	Datum		values[FINISH_NARGS];
 	char		nulls[FINISH_NARGS];
 	const char *state;
+	bool		written;
 	int			ret;
 
 	memset(nulls, 'n', sizeof(nulls));
@@ -1125,6 +1143,9 @@ write_one(const char *schema, Igny8Job *job)
 	values[17] = Int32GetDatum(igny8_worker_index);
 	values[18] = TimestampTzGetDatum(igny8_worker_started_at);
 	nulls[17] = nulls[18] = ' ';
+	/* the run, not only the job: see held_runs() */
+	values[21] = UUIDPGetDatum(&job->request_id);
+	nulls[21] = ' ';
 	/* the run's cost: the sum of its attempts', priced by usage.c */
 	values[19] = igny8_cost_datum(igny8_job_cost(job));
 	nulls[19] = ' ';
@@ -1141,13 +1162,18 @@ write_one(const char *schema, Igny8Job *job)
 		" WHERE j.id OPERATOR(pg_catalog.=) $1"
 		" AND j.state OPERATOR(pg_catalog.=) 'running'"
 		" AND j.worker OPERATOR(pg_catalog.=) $18"
-		" AND j.worker_started OPERATOR(pg_catalog.=) $19",
+		" AND j.worker_started OPERATOR(pg_catalog.=) $19"
+		" AND j.request_id OPERATOR(pg_catalog.=) $22",
 		FINISH_NARGS, types), values, nulls, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not update igny8_jobs: %s",
 			 SPI_result_code_string(ret));
-	/* no row: recovery took it back meanwhile, and it runs again */
-	if (SPI_processed == 1)
+	/*
+	 * No row: recovery took it back meanwhile, and it runs again (or the
+	 * row is another run's now); the cancel below is not this run's then.
+	 */
+	written = (SPI_processed == 1);
+	if (written)
 		notify_job(job->job_id, state);
 
 	/*
@@ -1157,7 +1183,7 @@ write_one(const char *schema, Igny8Job *job)
 	 * and a cancel that came after its job finished is
 	 * igny8_jobs_cleanup()'s anyway.
 	 */
-	if (job->job_cancelled)
+	if (job->job_cancelled && written)
 	{
 		Oid			type = INT8OID;
 
@@ -1211,17 +1237,18 @@ inflight_json(Igny8Job *job)
  * out).
  */
 static void
-record_all(const char *schema, Datum *ids, Datum *inflights, bool *nulls,
-		   Datum *sents, bool *sent_nulls, int n)
+record_all(const char *schema, Datum *ids, Datum *rids, Datum *inflights,
+		   bool *nulls, Datum *sents, bool *sent_nulls, int n)
 {
-	Oid			types[5] = {INT8ARRAYOID, TEXTARRAYOID, INT4OID, TIMESTAMPTZOID,
-	BOOLARRAYOID};
+	Oid			types[6] = {INT8ARRAYOID, TEXTARRAYOID, INT4OID, TIMESTAMPTZOID,
+	BOOLARRAYOID, UUIDARRAYOID};
 	int			dims[1] = {n};
 	int			lbs[1] = {1};
-	Datum		values[5];
+	Datum		values[6];
 	int			ret;
 
 	values[0] = bigint_array(ids, n);
+	values[5] = uuid_array(rids, n);
 	values[1] = PointerGetDatum(construct_md_array(inflights, nulls, 1, dims,
 												   lbs, TEXTOID, -1, false,
 												   TYPALIGN_INT));
@@ -1235,12 +1262,13 @@ record_all(const char *schema, Datum *ids, Datum *inflights, bool *nulls,
 		"UPDATE %s.igny8_jobs j SET inflight = v.inflight::pg_catalog.jsonb,"
 		" sent = COALESCE(v.sent, j.sent OR v.inflight IS NOT NULL)"
 		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-		"  pg_catalog.unnest($5)) v(id, inflight, sent)"
+		"  pg_catalog.unnest($5), pg_catalog.unnest($6)) v(id, inflight, sent, rid)"
 		" WHERE j.id OPERATOR(pg_catalog.=) v.id"
+		" AND j.request_id OPERATOR(pg_catalog.=) v.rid"
 		" AND j.state OPERATOR(pg_catalog.=) 'running'"
 		" AND j.worker OPERATOR(pg_catalog.=) $3"
 		" AND j.worker_started OPERATOR(pg_catalog.=) $4",
-		5, types), values, NULL, false, 0);
+		6, types), values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not update igny8_jobs: %s",
 			 SPI_result_code_string(ret));
@@ -1257,6 +1285,7 @@ igny8_jobs_write(Igny8Config *config)
 	int			njobs = 0;
 	int			nrecord = 0;
 	Datum	   *ids;
+	Datum	   *rids;
 	Datum	   *inflights;
 	bool	   *nulls;
 	Datum	   *sents;
@@ -1267,6 +1296,7 @@ igny8_jobs_write(Igny8Config *config)
 	dlist_foreach(iter, &igny8_jobs)
 		njobs++;
 	ids = palloc(sizeof(Datum) * njobs);
+	rids = palloc(sizeof(Datum) * njobs);
 	inflights = palloc(sizeof(Datum) * njobs);
 	nulls = palloc(sizeof(bool) * njobs);
 	sents = palloc(sizeof(Datum) * njobs);
@@ -1282,6 +1312,7 @@ igny8_jobs_write(Igny8Config *config)
 			char	   *json = inflight_json(job);
 
 			ids[nrecord] = Int64GetDatum(job->job_id);
+			rids[nrecord] = UUIDPGetDatum(&job->request_id);
 			nulls[nrecord] = (json == NULL);
 			inflights[nrecord] = json ? CStringGetTextDatum(json) : (Datum) 0;
 			sent_nulls[nrecord] = !stopping;
@@ -1290,8 +1321,8 @@ igny8_jobs_write(Igny8Config *config)
 		}
 	}
 	if (nrecord > 0)
-		record_all(config->schema, ids, inflights, nulls, sents, sent_nulls,
-				   nrecord);
+		record_all(config->schema, ids, rids, inflights, nulls, sents,
+				   sent_nulls, nrecord);
 }
 
 /*

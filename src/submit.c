@@ -561,11 +561,12 @@ finished(const char *state)
 }
 
 /*
- * The job's state as the caller sees it (row-level security), and whether
- * this transaction wrote the row version read.  Needs SPI.
+ * The job's state as the caller sees it (row-level security), whether
+ * this transaction wrote the row version read, and the request id of its
+ * run (zeros if none yet).  Needs SPI.
  */
 static char *
-read_state(const JobsTable *t, int64 id, bool *ours)
+read_state(const JobsTable *t, int64 id, bool *ours, pg_uuid_t *request_id)
 {
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(id)};
@@ -573,7 +574,7 @@ read_state(const JobsTable *t, int64 id, bool *ours)
 	int			ret;
 
 	ret = SPI_execute_with_args(psprintf(
-		"SELECT j.state, j.xmin FROM %s.igny8_jobs j"
+		"SELECT j.state, j.xmin, j.request_id FROM %s.igny8_jobs j"
 		" WHERE j.id OPERATOR(pg_catalog.=) $1", t->schema),
 		1, types, values, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
@@ -585,6 +586,16 @@ read_state(const JobsTable *t, int64 id, bool *ours)
 			DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
 												SPI_tuptable->tupdesc, 2,
 												&isnull)));
+	if (request_id)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 3, &isnull);
+
+		if (isnull)
+			memset(request_id, 0, sizeof(pg_uuid_t));
+		else
+			*request_id = *DatumGetUUIDP(d);
+	}
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }
 
@@ -622,13 +633,14 @@ igny8_job_progress(PG_FUNCTION_ARGS)
 	int64		id = PG_GETARG_INT64(0);
 	JobsTable	t;
 	StringInfoData buf;
+	pg_uuid_t	request_id;
 	bool		found = false;
 
 	/* the caller must see the job */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	jobs_table(&t);
-	(void) read_state(&t, id, NULL);
+	(void) read_state(&t, id, NULL, &request_id);
 	SPI_finish();
 
 	initStringInfo(&buf);
@@ -638,7 +650,9 @@ igny8_job_progress(PG_FUNCTION_ARGS)
 		Igny8Slot	copy;
 
 		SpinLockAcquire(&slot->mutex);
-		found = (slot->job_id == id && slot->state == IGNY8_SLOT_RUNNING);
+		/* the job's run: the id may name another job's run too */
+		found = (slot->job_id == id && slot->state == IGNY8_SLOT_RUNNING &&
+				 memcmp(&slot->request_id, &request_id, sizeof(pg_uuid_t)) == 0);
 		if (found)
 			memcpy(&copy, slot, sizeof(copy));
 		SpinLockRelease(&slot->mutex);
@@ -736,7 +750,7 @@ igny8_wait_job(PG_FUNCTION_ARGS)
 		for (;;)
 		{
 			bool		ours;
-			char	   *state = read_state(&t, id, &ours);
+			char	   *state = read_state(&t, id, &ours, NULL);
 			long		wait_ms = IGNY8_WAIT_RECHECK_MS;
 			int			rc;
 
@@ -749,6 +763,13 @@ igny8_wait_job(PG_FUNCTION_ARGS)
 								id),
 						 errdetail("A job starts when the transaction that submitted it commits."),
 						 errhint("Commit the transaction that submits the job, then wait for it.")));
+			if (igny8_job_cancel_pending(id))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("job " INT64_FORMAT " was cancelled in this transaction, which is still open",
+								id),
+						 errdetail("A running job's worker learns of its cancel when the transaction that cancels it commits."),
+						 errhint("Commit the transaction that cancels the job, then wait for it.")));
 			if (IsolationUsesXactSnapshot())
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -819,7 +840,7 @@ igny8_cancel_job(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	jobs_table(&t);
 	/* the caller must see the job */
-	state = read_state(&t, id, &ours);
+	state = read_state(&t, id, &ours, NULL);
 
 	/*
 	 * A transaction snapshot may show queued or running a job that a worker
