@@ -44,6 +44,25 @@ SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_creator', 601)$$);
 SELECT count(*) AS bound FROM igny8_account_roles;
 DROP ROLE igny8_acct_via_free;
 DROP ROLE igny8_acct_creator;
+-- nor one that can SET ROLE to a role that may call or submit and is not
+-- bound to the same account: there it names any account, or none (no
+-- budget), though it reads nothing
+CREATE ROLE igny8_acct_caller NOLOGIN;
+GRANT EXECUTE ON FUNCTION igny8_chat(jsonb, text, jsonb) TO igny8_acct_caller;
+CREATE ROLE igny8_acct_submitter NOLOGIN;
+GRANT EXECUTE ON FUNCTION igny8_submit_image(text, text, text, jsonb) TO igny8_acct_submitter;
+CREATE ROLE igny8_acct_via_caller LOGIN IN ROLE igny8_acct_caller;
+CREATE ROLE igny8_acct_via_submitter LOGIN IN ROLE igny8_acct_submitter;
+SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_via_caller', 601)$$);
+SELECT show_error($$SELECT igny8_grant_usage('igny8_acct_via_submitter', 601)$$);
+SELECT count(*) AS bound FROM igny8_account_roles;
+-- a caller bound to the same account is no way out
+SELECT igny8_grant_usage('igny8_acct_caller', 601);
+SELECT igny8_grant_usage('igny8_acct_via_caller', 601);
+SELECT igny8_unbind_usage('igny8_acct_via_caller');
+SELECT igny8_unbind_usage('igny8_acct_caller');
+DROP OWNED BY igny8_acct_caller, igny8_acct_submitter, igny8_acct_via_caller;
+DROP ROLE igny8_acct_via_caller, igny8_acct_via_submitter, igny8_acct_caller, igny8_acct_submitter;
 -- nor one that reads past row security (the WAL, the data files) or can
 -- change the bindings, itself or through a role it can SET ROLE to
 CREATE ROLE igny8_acct_repl LOGIN REPLICATION;

@@ -2905,6 +2905,7 @@ AS $$
 DECLARE
     s text := '@extschema@';	-- substituted as a quoted identifier
     tables oid[];
+    calls oid[];
     bindings oid;
     offender oid;
     why text;
@@ -2917,6 +2918,16 @@ BEGIN
         tables := ARRAY[pg_catalog.to_regclass(pg_catalog.format('%s.ai_usage_log', s)),
                         pg_catalog.to_regclass(pg_catalog.format('%s.igny8_jobs', s))]::oid[];
         bindings := pg_catalog.to_regclass(pg_catalog.format('%s.igny8_account_roles', s));
+        -- the functions that make a call, charged to the account they name
+        calls := ARRAY[pg_catalog.to_regprocedure(pg_catalog.format('%s.igny8_generate_text(text, text, integer, double precision, text, interval, bigint)', s)),
+                       pg_catalog.to_regprocedure(pg_catalog.format('%s.igny8_chat(jsonb, text, jsonb)', s)),
+                       pg_catalog.to_regprocedure(pg_catalog.format('%s.igny8_generate_text_batch(text[], text, jsonb)', s)),
+                       pg_catalog.to_regprocedure(pg_catalog.format('%s.igny8_generate_image(text, text, text, jsonb)', s)),
+                       pg_catalog.to_regprocedure(pg_catalog.format('%s.igny8_generate_images(text, text, text, integer, jsonb)', s)),
+                       pg_catalog.to_regprocedure(pg_catalog.format('%s.igny8_submit_text(text, text, jsonb)', s)),
+                       pg_catalog.to_regprocedure(pg_catalog.format('%s.igny8_submit_chat(jsonb, text, jsonb)', s)),
+                       pg_catalog.to_regprocedure(pg_catalog.format('%s.igny8_submit_image(text, text, text, jsonb)', s)),
+                       pg_catalog.to_regprocedure(pg_catalog.format('%s.igny8_submit_batch(text[], text, jsonb)', s))]::oid[];
         IF account_id OPERATOR(pg_catalog.<) 0 THEN
             RAISE EXCEPTION 'account_id must not be negative'
                 USING ERRCODE = 'invalid_parameter_value',
@@ -2930,10 +2941,12 @@ BEGIN
         -- that can change the bindings (a column grant, or TRIGGER: a
         -- trigger runs as whoever binds next), the owner of the tables it
         -- protects or one that can put triggers on them (a trigger sees
-        -- every row written), or another role that may read them and is
+        -- every row written), another role that may read them and is
         -- not bound to the same account (the policies let it read every
-        -- row).  The role itself is looked at first, then the others by
-        -- name, up to the first reason.
+        -- row), or another role that may make calls and is not bound to
+        -- the same account (it charges any account it names, or none,
+        -- outside the budgets).  The role itself is looked at first, then
+        -- the others by name, up to the first reason.
         FOR offender IN
             SELECT r.oid FROM pg_catalog.pg_roles r
              WHERE pg_catalog.pg_has_role(role::oid, r.oid, 'MEMBER')
@@ -2965,6 +2978,13 @@ BEGIN
                                            WHERE b.role::oid OPERATOR(pg_catalog.=) r.oid
                                              AND b.account_id OPERATOR(pg_catalog.=) igny8_grant_usage.account_id)
                        THEN 'reads ai_usage_log or igny8_jobs and is not bound to this account'
+                     WHEN r.oid OPERATOR(pg_catalog.<>) role::oid
+                          AND EXISTS (SELECT 1 FROM pg_catalog.unnest(calls) AS f(fn)
+                                       WHERE pg_catalog.has_function_privilege(r.oid, f.fn, 'EXECUTE'))
+                          AND NOT EXISTS (SELECT 1 FROM @extschema@.igny8_account_roles b
+                                           WHERE b.role::oid OPERATOR(pg_catalog.=) r.oid
+                                             AND b.account_id OPERATOR(pg_catalog.=) igny8_grant_usage.account_id)
+                       THEN 'may call the generation or submit functions and is not bound to this account (its calls name any account, or none)'
                    END
               INTO why
               FROM pg_catalog.pg_roles r
