@@ -429,6 +429,35 @@ COMMIT;
 SELECT count(*) AS lab_rents_with_typo FROM igny8_fixed_costs WHERE 'typo_gpu' = ANY (providers);
 DELETE FROM igny8_fixed_costs WHERE box LIKE 'lab%';
 DELETE FROM igny8_providers WHERE id = 'lab_gpu2';
+-- two transactions that each add a rent for the same provider, from
+-- different boxes: the later to commit fails, under REPEATABLE READ
+-- (whose snapshot does not show the other's rent) with 40001, under READ
+-- COMMITTED with 23P01; the provider's hours are paid for once
+SELECT dblink_connect('rent_a', 'dbname=' || current_database());
+SELECT dblink_connect('rent_b', 'dbname=' || current_database());
+SELECT dblink_exec('rent_a', 'BEGIN ISOLATION LEVEL REPEATABLE READ');
+SELECT dblink_exec('rent_b', 'BEGIN ISOLATION LEVEL REPEATABLE READ');
+SELECT * FROM dblink('rent_a', 'SELECT count(*) FROM igny8_fixed_costs') AS t(n bigint);
+SELECT * FROM dblink('rent_b', 'SELECT count(*) FROM igny8_fixed_costs') AS t(n bigint);
+SELECT dblink_exec('rent_a', $$INSERT INTO igny8_fixed_costs (box, providers, monthly_amount, valid_from)
+                              VALUES ('race_a', '{anthropic}', 100, '2030-02-01')$$);
+SELECT dblink_exec('rent_b', $$INSERT INTO igny8_fixed_costs (box, providers, monthly_amount, valid_from)
+                              VALUES ('race_b', '{anthropic}', 200, '2030-02-01')$$);
+SELECT dblink_exec('rent_a', 'COMMIT');
+SELECT show_error($$SELECT dblink_exec('rent_b', 'COMMIT')$$);
+SELECT dblink_exec('rent_a', 'BEGIN');
+SELECT dblink_exec('rent_b', 'BEGIN');
+SELECT dblink_exec('rent_a', $$INSERT INTO igny8_fixed_costs (box, providers, monthly_amount, valid_from)
+                              VALUES ('race_c', '{openai}', 100, '2030-03-01')$$);
+SELECT dblink_exec('rent_b', $$INSERT INTO igny8_fixed_costs (box, providers, monthly_amount, valid_from)
+                              VALUES ('race_d', '{openai}', 200, '2030-03-01')$$);
+SELECT dblink_exec('rent_a', 'COMMIT');
+SELECT show_error($$SELECT dblink_exec('rent_b', 'COMMIT')$$);
+SELECT dblink_disconnect('rent_a');
+SELECT dblink_disconnect('rent_b');
+SELECT box, providers, monthly_amount, valid_from FROM igny8_fixed_costs
+ WHERE box LIKE 'race%' ORDER BY box, valid_from;
+DELETE FROM igny8_fixed_costs WHERE box LIKE 'race%';
 -- an unknown reference model (refused at commit), a bad alias
 INSERT INTO igny8_reference_models (alias, model) VALUES ('my-alias', 'gpt-9');
 INSERT INTO igny8_reference_models (alias, model) VALUES ('my alias', 'gpt-4');

@@ -1211,19 +1211,53 @@ BEGIN
 END
 $$;
 
+-- The overlap checks of igny8_prices and igny8_fixed_costs take turns on
+-- a row of this table: each updates its table's row before it looks, so
+-- that two transactions cannot each add one of two overlapping rows.
+-- Under READ COMMITTED the second waits for the first to end, then sees
+-- its rows; under REPEATABLE READ or SERIALIZABLE, whose snapshot would
+-- not show them, the second fails with 40001 (retry it).  Not
+-- configuration: not dumped, made again by CREATE EXTENSION.
+CREATE TABLE igny8_overlap_turns (
+    table_name  text PRIMARY KEY,
+    turns       bigint NOT NULL DEFAULT 0
+);
+INSERT INTO igny8_overlap_turns (table_name) VALUES ('igny8_prices'), ('igny8_fixed_costs');
+
+COMMENT ON TABLE igny8_overlap_turns IS
+    'one row per table whose rows may not overlap in time: its writers take turns on it at commit (internal)';
+
+-- Take the turn of table t's overlap check (the caller is SECURITY
+-- DEFINER: the writer of t needs no right on igny8_overlap_turns).
+CREATE FUNCTION igny8_overlap_turn(t text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE @extschema@.igny8_overlap_turns o
+       SET turns = o.turns OPERATOR(pg_catalog.+) 1
+     WHERE o.table_name OPERATOR(pg_catalog.=) t;
+EXCEPTION WHEN serialization_failure THEN
+    RAISE EXCEPTION 'could not check % for overlaps: another transaction changed it since this one began', t
+        USING ERRCODE = 'serialization_failure',
+              DETAIL = 'Under REPEATABLE READ or SERIALIZABLE, the rows it committed are not seen, so an overlap with them could not be found.',
+              HINT = 'Retry the transaction.';
+END
+$$;
+
 -- At commit, a price row written may not overlap in validity another of
 -- the same provider, model, unit, size and quality: checked then, so that
 -- a change (or a restore) may close one price and open the next in any
--- order.  Writers take turns on a transaction lock, so that two
--- transactions cannot each add one of two overlapping prices.
+-- order.  Writers take turns (igny8_overlap_turns).
 CREATE FUNCTION igny8_prices_overlap_check() RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     other record;
 BEGIN
-    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('igny8_prices'));
+    PERFORM @extschema@.igny8_overlap_turn('igny8_prices');
     SELECT b.valid_from, b.valid_to, a.valid_from AS a_from, a.valid_to AS a_to
       INTO other
       FROM @extschema@.igny8_prices a
@@ -1344,15 +1378,17 @@ CREATE CONSTRAINT TRIGGER igny8_fixed_costs_providers
 
 -- At commit, as for prices: a fixed cost written may not overlap in
 -- validity another of its box, nor another box's that pays for one of
--- its providers (an hour of a provider is paid for once).
+-- its providers (an hour of a provider is paid for once).  Writers take
+-- turns (igny8_overlap_turns).
 CREATE FUNCTION igny8_fixed_costs_overlap_check() RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     other record;
 BEGIN
-    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('igny8_fixed_costs'));
+    PERFORM @extschema@.igny8_overlap_turn('igny8_fixed_costs');
     SELECT b.box, b.valid_from, b.valid_to, a.valid_from AS a_from, a.valid_to AS a_to
       INTO other
       FROM @extschema@.igny8_fixed_costs a
@@ -2849,6 +2885,8 @@ REVOKE ALL ON FUNCTION igny8_worker_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_slot_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_fixed_costs_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_fixed_costs_overlap_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_overlap_turn(text) FROM PUBLIC;
+REVOKE ALL ON igny8_overlap_turns FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_reference_models_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_rent(timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_cost_period_check(timestamptz, timestamptz) FROM PUBLIC;

@@ -122,3 +122,55 @@ DELETE FROM igny8_prices WHERE provider = 'openai' AND model = 'gpt-4'
 UPDATE igny8_prices SET valid_to = NULL
  WHERE provider = 'openai' AND model = 'gpt-4' AND unit = 'per_1m_output_tokens';
 SELECT wait_for_config();
+
+-- two transactions that each add one of two overlapping prices: the later
+-- to commit fails, under REPEATABLE READ (whose snapshot does not show the
+-- other's price) with 40001, under READ COMMITTED with 23P01
+SELECT dblink_connect('price_a', 'dbname=' || current_database());
+SELECT dblink_connect('price_b', 'dbname=' || current_database());
+SELECT dblink_exec('price_a', 'BEGIN ISOLATION LEVEL REPEATABLE READ');
+SELECT dblink_exec('price_b', 'BEGIN ISOLATION LEVEL REPEATABLE READ');
+SELECT * FROM dblink('price_a', $$SELECT count(*) FROM igny8_prices WHERE model = 'gpt-race'$$) AS t(n bigint);
+SELECT * FROM dblink('price_b', $$SELECT count(*) FROM igny8_prices WHERE model = 'gpt-race'$$) AS t(n bigint);
+SELECT dblink_exec('price_a', $$INSERT INTO igny8_prices (provider, model, unit, price, valid_from)
+                               VALUES ('openai', 'gpt-race', 'per_1m_input_tokens', 1, '2026-01-01')$$);
+SELECT dblink_exec('price_b', $$INSERT INTO igny8_prices (provider, model, unit, price, valid_from)
+                               VALUES ('openai', 'gpt-race', 'per_1m_input_tokens', 2, '2027-01-01')$$);
+SELECT dblink_exec('price_a', 'COMMIT');
+SELECT show_error($$SELECT dblink_exec('price_b', 'COMMIT')$$);
+SELECT dblink_exec('price_a', 'BEGIN');
+SELECT dblink_exec('price_b', 'BEGIN');
+SELECT dblink_exec('price_a', $$INSERT INTO igny8_prices (provider, model, unit, price, valid_from)
+                               VALUES ('openai', 'gpt-race', 'per_1m_output_tokens', 1, '2026-01-01')$$);
+SELECT dblink_exec('price_b', $$INSERT INTO igny8_prices (provider, model, unit, price, valid_from)
+                               VALUES ('openai', 'gpt-race', 'per_1m_output_tokens', 2, '2027-01-01')$$);
+SELECT dblink_exec('price_a', 'COMMIT');
+SELECT show_error($$SELECT dblink_exec('price_b', 'COMMIT')$$);
+SELECT dblink_disconnect('price_a');
+SELECT dblink_disconnect('price_b');
+SELECT unit, price, valid_from, valid_to FROM igny8_prices
+ WHERE model = 'gpt-race' ORDER BY unit, valid_from;
+-- a role that may write prices (with what the other checks of a price
+-- need) needs no right for the overlap check, and gains none on the table
+-- the writers take turns on
+CREATE ROLE igny8_price_writer;
+GRANT USAGE ON SCHEMA public TO igny8_price_writer;
+GRANT SELECT, INSERT, UPDATE, DELETE ON igny8_prices TO igny8_price_writer;
+GRANT SELECT ON igny8_providers TO igny8_price_writer;
+GRANT SELECT, DELETE ON igny8_config_deletions TO igny8_price_writer;
+GRANT EXECUTE ON FUNCTION igny8_config_key(text, jsonb), igny8_config_key_columns(text)
+    TO igny8_price_writer;
+SET ROLE igny8_price_writer;
+INSERT INTO igny8_prices (provider, model, unit, price, valid_from)
+VALUES ('openai', 'gpt-race', 'per_1m_cached_input_tokens', 1, '2026-01-01');
+INSERT INTO igny8_prices (provider, model, unit, price, valid_from)
+VALUES ('openai', 'gpt-race', 'per_1m_cached_input_tokens', 2, '2027-01-01');
+SELECT unit, price, valid_from FROM igny8_prices
+ WHERE model = 'gpt-race' AND unit = 'per_1m_cached_input_tokens';
+SELECT show_error($$UPDATE igny8_overlap_turns SET turns = 0$$);
+SELECT show_error($$SELECT igny8_overlap_turn('igny8_prices')$$);
+RESET ROLE;
+DELETE FROM igny8_prices WHERE model = 'gpt-race';
+DROP OWNED BY igny8_price_writer;
+DROP ROLE igny8_price_writer;
+SELECT wait_for_config();
