@@ -134,6 +134,27 @@ SELECT provider, cost FROM igny8_chat('[{"role": "user", "content": "Budget one 
                                       'budget-paid', '{"account_id": 504, "max_tokens": 20}');
 NOTIFY igny8_ai_budget, 'sentinel';
 SELECT notices_until_sentinel() AS notices;
+-- a limit lowered below the spend: the notice is sent when the workers
+-- load it, though no cost is counted again (a refused call adds none)
+DELETE FROM notices;
+INSERT INTO ai_usage_log (request_id, account_id, provider, task_type, model_alias,
+                          success, attempt, cost)
+VALUES (gen_random_uuid(), 510, 'openai', 'chat', 'budget-paid', true, 1, 0.05);
+INSERT INTO igny8_budgets (account_id, period, limit_usd, action, warn_fraction)
+VALUES (510, 'day', 1, 'refuse', 0.5);
+SELECT wait_for_config();
+NOTIFY igny8_ai_budget, 'sentinel';
+SELECT notices_until_sentinel() AS notices;
+UPDATE igny8_budgets SET limit_usd = 0.04 WHERE account_id = 510;
+SELECT wait_for_config();
+SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Budget one two three"}]',
+                                      'budget-paid', '{"account_id": 510, "max_tokens": 20}')$$);
+NOTIFY igny8_ai_budget, 'sentinel';
+SELECT notices_until_sentinel() AS notices;
+SELECT p->>'account_id' AS account_id, p->>'spend' AS spend, p->>'limit' AS "limit",
+       p->>'warn_at' AS warn_at
+  FROM (SELECT payload::jsonb AS p FROM notices) n;
+SELECT spend, limit_usd, warned FROM igny8_budget_status() WHERE account_id = 510;
 SELECT dblink_disconnect('listener');
 SELECT account_id, sum(cost) FROM ai_usage_log GROUP BY account_id ORDER BY account_id;
 

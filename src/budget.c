@@ -30,7 +30,9 @@
  * (one committed just before the sum may count twice: never fewer).
  *
  * Periods are UTC days and months.  When the spend of a period reaches the
- * warning threshold, NOTIFY igny8_ai_budget is sent once for that period.
+ * warning threshold, NOTIFY igny8_ai_budget is sent once for that period:
+ * when a cost is added, when the spend is summed, or when a limit or
+ * threshold is lowered below it.
  *
  *-------------------------------------------------------------------------
  */
@@ -375,6 +377,9 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 		e->limit = b->limit;
 		e->warn = b->warn;
 		e->self_hosted_only = b->self_hosted_only;
+		/* a threshold lowered below the spend is reached now */
+		roll_period(e, now);
+		check_warning_locked(e);
 	}
 	LWLockRelease(budgets->lock);
 	pfree(keep);
