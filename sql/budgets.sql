@@ -233,8 +233,12 @@ INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (503, 'month', 
 SELECT wait_for_config();
 SELECT provider FROM igny8_chat('[{"role": "user", "content": "Month"}]', 'gpt-4',
                                 '{"account_id": 503, "max_tokens": 20}');
+-- (the detail lists the self-hosted attempt that failed before)
 SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Month [[sim ollama:status=500]]"}]',
                                       'gpt-4', '{"account_id": 503, "max_tokens": 20}')$$);
+-- an image estimated above the limit alone: a hint for images
+SELECT show_error($$SELECT igny8_generate_image('Month picture', 'dall-e-3-fallback', '1024x1024',
+                                                '{"account_id": 503}')$$);
 -- nothing spent is nothing to warn of: no notice for a limit of 0
 SELECT spend, warned FROM igny8_budget_status() WHERE account_id = 503;
 -- the session's igny8_ai.account_id is the account too

@@ -480,10 +480,16 @@ budget_admits(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
 	igny8_job_finish_error(job, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
 						   psprintf("budget of account %lld is exhausted",
 									(long long) job->account_id),
+						   job->attempts != NIL ?
+						   psprintf("%s\n%s",
+									igny8_budget_refusal_detail(job->account_id, &r),
+									attempts_detail(job)) :
 						   igny8_budget_refusal_detail(job->account_id, &r),
-						   final_hint(job, r.estimate > r.limit ?
-									  "This attempt alone is estimated above the limit, so waiting for the next period will not help: pass a smaller max_tokens (the estimate counts all of it), or raise limit_usd in igny8_budgets." :
-									  "Raise limit_usd in igny8_budgets, or wait for the next period."));
+						   final_hint(job, r.estimate <= r.limit ?
+									  "Raise limit_usd in igny8_budgets, or wait for the next period." :
+									  job->task == IGNY8_TASK_IMAGE ?
+									  "This image alone is estimated above the limit, so waiting for the next period will not help: ask for a smaller size or a lower quality, or raise limit_usd in igny8_budgets." :
+									  "This attempt alone is estimated above the limit, so waiting for the next period will not help: pass a smaller max_tokens (the estimate counts all of it), or raise limit_usd in igny8_budgets."));
 	return false;
 }
 
