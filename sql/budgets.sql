@@ -270,6 +270,34 @@ SELECT show_error($$SELECT igny8_generate_text('Replaced', 'budget-paid', 20, ac
 DELETE FROM igny8_budgets;
 SELECT wait_for_config();
 
+-- while a budget's spend is summed from ai_usage_log (loading), its entry
+-- holds only what committed since: a paid attempt of its account waits
+-- for the sum, and fails with 55000 if its timeout comes first.  (A NaN
+-- cost makes the workers' sum fail, so the budget of 511 stays loading,
+-- while they go on with the configuration they had, which has a budget.)
+INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (512, 'day', 1);
+SELECT wait_for_config();
+INSERT INTO ai_usage_log (request_id, account_id, provider, task_type, model_alias,
+                          success, attempt, cost)
+VALUES (gen_random_uuid(), 511, 'openai', 'chat', 'budget-paid', true, 1, 0.099),
+       (gen_random_uuid(), 511, 'openai', 'chat', 'budget-paid', false, 2, 'NaN');
+INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (511, 'day', 0.10);
+SELECT wait_until($$(SELECT loading FROM igny8_budget_status() WHERE account_id = 511)$$,
+                  'the budget of 511 made');
+SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Loading one two three"}]',
+                                      'budget-paid', '{"account_id": 511, "max_tokens": 20, "timeout": 2}')$$);
+SELECT count(*) AS attempts_while_loading FROM ai_usage_log WHERE account_id = 511 AND model_used IS NOT NULL;
+SELECT spend, loading FROM igny8_budget_status() WHERE account_id = 511;
+-- once the sum can be made, the spend is known and the attempt refused
+DELETE FROM ai_usage_log WHERE account_id = 511 AND cost = 'NaN';
+UPDATE igny8_budgets SET limit_usd = 2 WHERE account_id = 512;
+SELECT wait_for_config();
+SELECT spend, loading FROM igny8_budget_status() WHERE account_id = 511;
+SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Loading one two three"}]',
+                                      'budget-paid', '{"account_id": 511, "max_tokens": 20, "timeout": 2}')$$);
+DELETE FROM igny8_budgets;
+SELECT wait_for_config();
+
 -- the budgets are configuration: pg_dump keeps them
 SELECT c.oid::regclass AS dumped
   FROM pg_extension e, unnest(e.extconfig) c(oid)

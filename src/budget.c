@@ -28,6 +28,9 @@
  * spend summed from ai_usage_log.  While it is summed, costs committed by
  * other workers are kept aside and added to the sum, so none is missed
  * (one committed just before the sum may count twice: never fewer).
+ * Until then the entry holds only what was kept aside, so the check does
+ * not admit a paid attempt of its account: the attempt waits (job.c).  A
+ * load that fails leaves the entry loading, for the next load to sum.
  *
  * Periods are UTC days and months.  When the spend of a period reaches the
  * warning threshold, NOTIFY igny8_ai_budget is sent once for that period:
@@ -451,7 +454,9 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
  * returned, with *made, the order of the last entry made: the entries
  * made later hold none of the reservation (igny8_budget_settle).  When
  * not, *refusal says which budget and by how much, and whether that
- * budget skips paid candidates or refuses the call.
+ * budget skips paid candidates or refuses the call; or, with
+ * refusal->loading, that the spend of one of them is being summed (its
+ * entry holds only what was committed since): the attempt must wait.
  */
 bool
 igny8_budget_admit(int64 account_id, int64 estimate, TimestampTz now,
@@ -462,6 +467,21 @@ igny8_budget_admit(int64 account_id, int64 estimate, TimestampTz now,
 	if (budgets == NULL || budgets->n == 0 || estimate <= 0)
 		return true;
 	LWLockAcquire(budgets->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < budgets->n; i++)
+	{
+		Igny8BudgetEntry *e = &budgets->entries[i];
+
+		if (e->account_id == account_id && e->loading)
+		{
+			refusal->period = e->period;
+			refusal->period_start = e->period_start;
+			refusal->limit = e->limit;
+			refusal->estimate = estimate;
+			refusal->loading = true;
+			LWLockRelease(budgets->lock);
+			return false;
+		}
+	}
 	for (int i = 0; i < budgets->n; i++)
 	{
 		Igny8BudgetEntry *e = &budgets->entries[i];

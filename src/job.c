@@ -42,6 +42,8 @@
 #define IGNY8_MIN_ATTEMPT_MS	100
 /* how long after its attempt's deadline a circuit trial is given up */
 #define IGNY8_TRIAL_LEASE_SLACK_MS	1000
+/* how often a paid attempt looks again at a budget whose spend is summed */
+#define IGNY8_BUDGET_LOADING_WAIT_MS	50
 
 int			igny8_worker_index = -1;
 TimestampTz igny8_worker_started_at = 0;
@@ -433,7 +435,9 @@ effective_max_tokens(Igny8Job *job, Igny8Deployment *d)
  * Does a paid attempt on d fit the budgets of the job's account?  When it
  * does, its estimate is reserved (budget.c).  When not, the budget's
  * action applies: refuse ends the job with SQLSTATE 53400, and
- * self_hosted_only skips the candidate.
+ * self_hosted_only skips the candidate.  While the spend of one of the
+ * account's budgets is being summed (budget.c), the attempt waits for it
+ * (JOB_BACKOFF), within the call's deadline.
  *
  * The prices and budgets are those of the worker's latest configuration,
  * not of the one the job was routed with: a job that waited for a place
@@ -462,6 +466,30 @@ budget_admits(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
 	{
 		job->budget_reserved = estimate;
 		return true;
+	}
+	if (r.loading)
+	{
+		TimestampTz at = TimestampTzPlusMilliseconds(now,
+													 IGNY8_BUDGET_LOADING_WAIT_MS);
+
+		if (job->deadline == DT_NOEND)
+			job->deadline = TimestampTzPlusMilliseconds(now, job->timeout_ms);
+		if (!igny8_job_deadline_reached(job, at))
+		{
+			job->wake_at = at;
+			job->state = JOB_BACKOFF;
+			return false;
+		}
+		igny8_job_finish_error(job, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+							   psprintf("budget of account %lld is not loaded yet",
+										(long long) job->account_id),
+							   psprintf("The spend of its %s budget is being summed from ai_usage_log, and a paid attempt waits for it; the call's timeout (%d ms) came first.%s%s",
+										igny8_budget_period_name(r.period),
+										job->timeout_ms,
+										job->attempts != NIL ? "\n" : "",
+										job->attempts != NIL ? attempts_detail(job) : ""),
+							   final_hint(job, "Retry the call. If igny8_budget_status() shows the budget loading for long, the server log says why the workers cannot load their configuration."));
+		return false;
 	}
 	if (r.self_hosted_only)
 	{

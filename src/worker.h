@@ -223,6 +223,7 @@ typedef struct Igny8BudgetRefusal
 	int64		limit;
 	int64		estimate;
 	bool		self_hosted_only;	/* skip paid candidates, else refuse */
+	bool		loading;		/* its spend is being summed: wait */
 } Igny8BudgetRefusal;
 
 extern void igny8_budgets_load(Igny8Config *config, const char *qschema);
