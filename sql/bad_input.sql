@@ -13,6 +13,12 @@ TRUNCATE ai_usage_log;
 SELECT igny8_generate_text(NULL, 'gpt-4');
 SELECT igny8_generate_text('', 'gpt-4');
 SELECT igny8_generate_text(E'  \n\t ', 'gpt-4');
+-- blank is what a provider calls blank (Anthropic: Python's isspace), the
+-- Unicode spaces and the ASCII separators included
+SELECT igny8_generate_text(U&'\00A0\00A0', 'gpt-4');
+SELECT igny8_generate_text(U&'\3000\2003\205F\2028\0085\1680\202F', 'gpt-4');
+SELECT igny8_generate_text(E'\x1c\x1d\x1e\x1f ', 'gpt-4');
+SELECT igny8_submit_text(U&'\2009', 'gpt-4');
 SELECT igny8_generate_text(repeat('x', 2 * 1024 * 1024), 'gpt-4');
 SET igny8_ai.max_prompt_size = '1kB';
 SELECT igny8_generate_text(repeat('x', 2000), 'gpt-4');

@@ -87,6 +87,7 @@ SELECT * FROM igny8_generate_text_batch(NULL);
 SELECT * FROM igny8_generate_text_batch(ARRAY['Hello', NULL, 'World']);
 SELECT * FROM igny8_generate_text_batch(ARRAY['Hello', 'World', E' \n\t']);
 SELECT * FROM igny8_generate_text_batch(ARRAY['', 'World']);
+SELECT * FROM igny8_generate_text_batch(ARRAY['Hello', U&'\3000\00A0\2003']);
 SELECT * FROM igny8_generate_text_batch(ARRAY[['a', 'b'], ['c', 'd']]);
 SELECT * FROM igny8_generate_text_batch(ARRAY['Hello'], NULL);
 SELECT * FROM igny8_generate_text_batch(ARRAY['Hello'], '');

@@ -537,6 +537,7 @@ TRUNCATE ai_usage_log;
 SELECT sim('reset');
 SELECT show_error($$SELECT igny8_generate_image(NULL)$$);
 SELECT show_error($$SELECT igny8_generate_image('  ')$$);
+SELECT show_error($$SELECT igny8_generate_image(U&'\3000\00A0\2003')$$);
 SELECT show_error($$SELECT igny8_generate_image('x', NULL)$$);
 SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', NULL)$$);
 SELECT show_error($$SELECT igny8_generate_image('x', 'dall-e-3', '1024')$$);

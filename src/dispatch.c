@@ -851,13 +851,39 @@ append_options(StringInfo buf, const Igny8TextOptions *opts)
 		appendStringInfo(buf, ",\"temperature\":%.17g", opts->temperature);
 }
 
+/*
+ * Is s (in the database encoding) empty or whitespace only?  Whitespace
+ * is Anthropic's (igny8_utf8_trim_end), Unicode spaces included, so that
+ * what a provider would refuse as blank is refused here for all of them.
+ * In a database that is not UTF-8, the text is judged as the providers
+ * get it, converted to UTF-8; but text that ends with an ASCII character
+ * other than whitespace is not blank, whatever the encoding (in every
+ * server encoding a byte below 0x80 is that ASCII character), and needs
+ * no conversion.  SQL_ASCII text is sent as its bytes: judged so.
+ */
 bool
 igny8_is_blank(const char *s)
 {
-	for (; *s; s++)
-		if (!isspace((unsigned char) *s))
-			return false;
-	return true;
+	int			encoding = GetDatabaseEncoding();
+	size_t		len = strlen(s);
+	char	   *utf8;
+	bool		blank;
+
+	if (encoding == PG_UTF8 || encoding == PG_SQL_ASCII)
+		return igny8_utf8_trim_end(s, len) == 0;
+
+	while (len > 0 && !IS_HIGHBIT_SET(s[len - 1]) &&
+		   igny8_utf8_trim_end(s + len - 1, 1) == 0)
+		len--;
+	if (len == 0)
+		return true;
+	if (!IS_HIGHBIT_SET(s[len - 1]))
+		return false;
+	utf8 = pg_server_to_any(s, (int) len, PG_UTF8);
+	blank = (igny8_utf8_trim_end(utf8, strlen(utf8)) == 0);
+	if (utf8 != s)
+		pfree(utf8);
+	return blank;
 }
 
 /*

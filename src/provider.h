@@ -502,6 +502,7 @@ extern void igny8_json_init(void);
 extern Igny8ErrorClass igny8_classify_status(long status, int should_retry);
 extern char *igny8_truncate_message(const char *msg, size_t len, size_t max);
 extern bool igny8_utf8_valid(const char *str, size_t len);
+extern size_t igny8_utf8_trim_end(const char *s, size_t len);
 extern void igny8_clean_label(char *label, size_t max);
 extern bool igny8_json_has_nul(const char *body, size_t len);
 extern char *igny8_strip_think(const char *content, char **thinking);

@@ -38,44 +38,6 @@ anthropic_version(const cJSON *settings)
 	return version;
 }
 
-/*
- * The length of s[0..len) without its trailing whitespace: ASCII (space,
- * \t to \r, \x1c to \x1f) and the Unicode spaces (U+0085, U+00A0,
- * U+1680, U+2000 to U+200A, U+2028, U+2029, U+202F, U+205F, U+3000), as
- * UTF-8: what Python's str.isspace() calls whitespace.
- */
-static size_t
-without_trailing_space(const char *s, size_t len)
-{
-	const unsigned char *u = (const unsigned char *) s;
-
-	for (;;)
-	{
-		if (len >= 1 && (u[len - 1] == ' ' ||
-						 (u[len - 1] >= 0x09 && u[len - 1] <= 0x0d) ||
-						 (u[len - 1] >= 0x1c && u[len - 1] <= 0x1f)))
-			len -= 1;
-		else if (len >= 2 && u[len - 2] == 0xc2 &&
-				 (u[len - 1] == 0x85 || u[len - 1] == 0xa0))
-			len -= 2;
-		else if (len >= 3 && (u[len - 3] & 0xf0) == 0xe0 &&
-				 (u[len - 2] & 0xc0) == 0x80 && (u[len - 1] & 0xc0) == 0x80)
-		{
-			unsigned int cp = ((u[len - 3] & 0x0f) << 12) |
-				((u[len - 2] & 0x3f) << 6) | (u[len - 1] & 0x3f);
-
-			if (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) ||
-				cp == 0x2028 || cp == 0x2029 || cp == 0x202f ||
-				cp == 0x205f || cp == 0x3000)
-				len -= 3;
-			else
-				return len;
-		}
-		else
-			return len;
-	}
-}
-
 /* Build POST /v1/messages. */
 static void
 anthropic_build_chat(const Igny8TextRequest *req, const char *api_key,
@@ -134,7 +96,7 @@ anthropic_build_chat(const Igny8TextRequest *req, const char *api_key,
 			strcmp(msg->role, "assistant") == 0)
 		{
 			trimmed = pnstrdup(content,
-							   without_trailing_space(content, strlen(content)));
+							   igny8_utf8_trim_end(content, strlen(content)));
 			content = trimmed;
 		}
 		/* other roles go as they are: Anthropic will reject them */
