@@ -113,6 +113,25 @@ SELECT * FROM igny8_generate_text_batch(array_fill('Hello'::text, ARRAY[1025]));
 SELECT count(*) AS usage_rows FROM ai_usage_log;
 SELECT sim('log --count') AS requests_at_the_simulator;
 
+-- a batch larger than igny8_ai.payload_memory (32MB here) is refused
+-- whole: every prompt is put in the shared memory before any is sent
+TRUNCATE ai_usage_log;
+SHOW igny8_ai.payload_memory;
+SELECT count(*) FROM igny8_generate_text_batch(
+        array(SELECT repeat('x', 1000000) || ' [[sim ollama:delay=3 tag=pm]]'
+                FROM generate_series(1, 40)));
+SELECT wait_until($$(SELECT slots FROM igny8_slot_status() WHERE state = 'free')
+                     = current_setting('igny8_ai.max_in_flight')::int$$,
+                  'every request slot to be free');
+SELECT count(*) AS usage_rows FROM ai_usage_log;
+SELECT sim('log --tag pm --count') AS requests_at_the_simulator;
+-- the memory taken came back: a batch that fits goes through
+SELECT count(*) AS answered FROM igny8_generate_text_batch(
+        array(SELECT repeat('x', 1000000) || ' [[sim ollama:reply=fits]]'
+                FROM generate_series(1, 20)))
+ WHERE content LIKE '%: fits';
+TRUNCATE ai_usage_log;
+
 -- statement_timeout during the wait abandons every prompt's request: the
 -- backends see the disconnects, and every slot comes back
 SET statement_timeout = '1s';

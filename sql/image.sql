@@ -560,6 +560,34 @@ SELECT show_error($$SELECT igny8_generate_image('x', 'gpt-4')$$);
 SELECT count(*) AS usage_rows FROM ai_usage_log;
 SELECT count(*) AS requests_at_the_simulator FROM sim('log --count') l WHERE l::int > 0;
 
+-- igny8_generate_images takes its n request slots all at once or not at
+-- all: with 2 free, n = 3 is refused before anything is sent.  Another
+-- session holds all the other slots with a batch that waits (the alias's
+-- provider takes 8 at once; the rest wait for a place, for up to an hour)
+INSERT INTO igny8_models (alias, provider_id, provider_model, queue_timeout)
+VALUES ('hold-alias', 'self_hosted_ai', 'qwen3:8b', '1 hour');
+SELECT wait_for_config();
+SELECT dblink_connect('hold', 'dbname=' || current_database());
+SELECT dblink_send_query('hold', format(
+    $q$SELECT count(*) FROM igny8_generate_text_batch(
+          array(SELECT 'Hold [[sim ollama:delay=3600 tag=hold]]' FROM generate_series(1, %s)),
+          'hold-alias', '{"timeout": 3600}')$q$,
+    current_setting('igny8_ai.max_in_flight')::int - 2));
+SELECT wait_until($$(SELECT slots FROM igny8_slot_status() WHERE state = 'free') = 2$$,
+                  'all request slots but two to be taken');
+SELECT show_error($$SELECT * FROM igny8_generate_images('Three [[sim any:tag=three]]', 'dall-e-2', '512x512', 3)$$);
+SELECT dblink_cancel_query('hold');
+\set VERBOSITY terse
+SELECT * FROM dblink_get_result('hold') AS r(answered bigint);
+\set VERBOSITY default
+SELECT dblink_disconnect('hold');
+SELECT wait_until($$(SELECT slots FROM igny8_slot_status() WHERE state = 'free')
+                     = current_setting('igny8_ai.max_in_flight')::int$$,
+                  'every request slot to be free');
+SELECT count(*) AS image_usage_rows FROM ai_usage_log WHERE task_type = 'image';
+SELECT sim('log --tag three --count') AS three_at_the_simulator;
+DELETE FROM igny8_models WHERE alias = 'hold-alias';
+
 -- privileges: not for PUBLIC; igny8_grant_usage grants both
 CREATE ROLE igny8_image_user;
 SELECT has_function_privilege('igny8_image_user', 'igny8_generate_image(text, text, text, jsonb)', 'EXECUTE') AS before_image,

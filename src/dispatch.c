@@ -332,18 +332,17 @@ igny8_report_slot_error(int slotno)
 }
 
 /*
- * Put a request in a free slot and queue it to a worker.  The request JSON
- * is in the server encoding; providers get UTF-8.  Returns the slot, which
- * this backend holds until igny8_release_slot (or an error abandons it).
+ * Put a request in a free slot, not yet queued (FILLING: an error before
+ * fill_slot's caller queues it frees it, and nothing was sent).  The
+ * request JSON is in the server encoding; providers get UTF-8.
  */
-int
-igny8_submit(Igny8Task task, const char *alias, const char *request,
-			 int timeout_ms, bool has_account, int64 account_id,
-			 const pg_uuid_t *request_id)
+static int
+fill_slot(Igny8Task task, const char *alias, const char *request,
+		  int timeout_ms, bool has_account, int64 account_id,
+		  const pg_uuid_t *request_id)
 {
 	Igny8Slot  *slot;
 	int			slotno;
-	int			worker;
 	char	   *utf8;
 
 	check_loaded();
@@ -389,8 +388,18 @@ igny8_submit(Igny8Task task, const char *alias, const char *request,
 	slot->result = InvalidDsaPointer;
 	slot->flush_lsn = InvalidXLogRecPtr;
 	slot->request = igny8_dsa_strdup(igny8_dsa(), utf8, strlen(utf8));
+	if (utf8 != request)
+		pfree(utf8);
+	return slotno;
+}
 
-	worker = choose_worker();
+/* Queue a filled slot to a worker: from here on, it may be sent. */
+static void
+queue_slot(int slotno)
+{
+	Igny8Slot  *slot = &igny8_slots[slotno];
+	int			worker = choose_worker();
+
 	SpinLockAcquire(&slot->mutex);
 	slot->worker = worker;
 	slot->claimed = false;
@@ -406,7 +415,42 @@ igny8_submit(Igny8Task task, const char *alias, const char *request,
 	 */
 	if (!igny8_worker_running(worker))
 		igny8_wake_all_workers();
+}
+
+/*
+ * Put a request in a free slot and queue it to a worker.  Returns the
+ * slot, which this backend holds until igny8_release_slot (or an error
+ * abandons it).
+ */
+int
+igny8_submit(Igny8Task task, const char *alias, const char *request,
+			 int timeout_ms, bool has_account, int64 account_id,
+			 const pg_uuid_t *request_id)
+{
+	int			slotno = fill_slot(task, alias, request, timeout_ms,
+								   has_account, account_id, request_id);
+
+	queue_slot(slotno);
 	return slotno;
+}
+
+/*
+ * Submit n requests of one call, all or none: every slot is taken and
+ * filled (its request in the payload memory) before the first is queued,
+ * so that a lack of slots or of payload memory fails the call with
+ * nothing sent.  The error abandons the slots taken, which are then only
+ * filled, and freed at once.  slots[i] gets the slot of requests[i].
+ */
+void
+igny8_submit_all(Igny8Task task, const char *alias, char **requests, int n,
+				 int timeout_ms, bool has_account, int64 account_id,
+				 const pg_uuid_t *request_ids, int *slots)
+{
+	for (int i = 0; i < n; i++)
+		slots[i] = fill_slot(task, alias, requests[i], timeout_ms,
+							 has_account, account_id, &request_ids[i]);
+	for (int i = 0; i < n; i++)
+		queue_slot(slots[i]);
 }
 
 /*

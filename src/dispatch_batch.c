@@ -189,10 +189,8 @@ igny8_generate_text_batch(PG_FUNCTION_ARGS)
 
 	PG_TRY();
 	{
-		for (int i = 0; i < n; i++)
-			slots[i] = igny8_submit(IGNY8_TASK_TEXT, alias, requests[i],
-									o.timeout_ms, o.has_account,
-									o.account_id, &ids[i]);
+		igny8_submit_all(IGNY8_TASK_TEXT, alias, requests, n, o.timeout_ms,
+						 o.has_account, o.account_id, ids, slots);
 		igny8_wait(slots, n);
 		for (int i = 0; i < n; i++)
 			tuplestore_puttuple(rsinfo->setResult,

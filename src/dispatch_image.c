@@ -323,8 +323,12 @@ make_images(Igny8ImageCall *call, int n, TupleDesc tupdesc)
 	pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * n);
 	HeapTuple  *tuples = palloc(sizeof(HeapTuple) * n);
 	char	  **requests = palloc(sizeof(char *) * n);
-	int			mark = igny8_slots_held();
+	int			mark;
 
+	/* all or none: refused at once when there are not n free slots */
+	if (n > 1)
+		igny8_check_free_slots(n);
+	mark = igny8_slots_held();
 	for (int i = 0; i < n; i++)
 	{
 		seeds[i] = call->has_seed ?
@@ -335,10 +339,9 @@ make_images(Igny8ImageCall *call, int n, TupleDesc tupdesc)
 
 	PG_TRY();
 	{
-		for (int i = 0; i < n; i++)
-			slots[i] = igny8_submit(IGNY8_TASK_IMAGE, call->alias, requests[i],
-									call->timeout_ms, call->has_account,
-									call->account_id, &ids[i]);
+		igny8_submit_all(IGNY8_TASK_IMAGE, call->alias, requests, n,
+						 call->timeout_ms, call->has_account,
+						 call->account_id, ids, slots);
 		igny8_wait(slots, n);
 		for (int i = 0; i < n; i++)
 			if (!igny8_slots[slots[i]].success)

@@ -422,6 +422,10 @@ extern void igny8_gpu_clock_forget_worker(int worker);
 extern int	igny8_submit(Igny8Task task, const char *alias, const char *request,
 						 int timeout_ms, bool has_account, int64 account_id,
 						 const pg_uuid_t *request_id);
+extern void igny8_submit_all(Igny8Task task, const char *alias,
+							 char **requests, int n, int timeout_ms,
+							 bool has_account, int64 account_id,
+							 const pg_uuid_t *request_ids, int *slots);
 extern void igny8_check_free_slots(int n);
 /* extra wait past the deadline before the caller stops trusting the worker */
 #define IGNY8_WORKER_GRACE_MS	5000
