@@ -80,11 +80,37 @@ SELECT igny8_chat('[{"role":"system","content":"  "},{"role":"user","content":"H
 SELECT igny8_chat('[{"role":"user","content":"Hi"},{"role":"assistant","content":""},{"role":"user","content":"Again"}]', 'gpt-4');
 SELECT igny8_submit_chat('[{"role":"user","content":"Hi"},{"role":"user","content":"\n"}]', 'gpt-4');
 SELECT igny8_chat('not json', 'gpt-4');
--- messages over igny8_ai.max_prompt_size are refused before they are parsed
+SELECT igny8_chat('[{"role":"user","content":"\u3000\u00a0"}]', 'gpt-4');
+SELECT igny8_chat('[{"role":"user","content":"Hi"},{"role":"user","content":"\u001f\u2028"}]', 'gpt-4');
+-- a conversation with nothing in it at all
+SELECT igny8_chat('[{"role":"assistant","content":""}]', 'gpt-4');
+SELECT igny8_chat('[{"role":"assistant","content":" \u3000 "}]', 'gpt-4');
+-- a message has role and content only: another key is not dropped silently
+SELECT igny8_chat('[{"role":"user","content":"Hi","name":"bob"}]', 'gpt-4');
+SELECT igny8_chat('[{"role":"user","content":"What is in it?","images":["iVBORw0KGgo="]}]', 'gpt-4');
+SELECT igny8_chat('[{"role":"assistant","content":"","tool_calls":[]},{"role":"user","content":"Hi"}]', 'gpt-4');
+SELECT igny8_chat(jsonb_build_array(jsonb_build_object('role', 'user', 'content', 'Hi', repeat('k', 100), 1)), 'gpt-4');
+-- however deep a message nests, the error says what is wrong with it
+SELECT igny8_chat(('[{"role":"user","content":"Hi","extra":' || repeat('[', 2000)
+                   || repeat(']', 2000) || '}]')::jsonb, 'gpt-4');
+SELECT igny8_chat(('[{"role":"user","content":' || repeat('[', 2000)
+                   || repeat(']', 2000) || '}]')::jsonb, 'gpt-4');
+-- the request over igny8_ai.max_prompt_size: its size is that of the
+-- request as sent (messages as JSON text, and options), measured even for
+-- the messages past the limit, which are not copied
 SET igny8_ai.max_prompt_size = '1kB';
 SELECT igny8_chat(jsonb_build_array(jsonb_build_object('role', 'user', 'content', repeat('x', 5000))), 'gpt-4');
 SELECT igny8_chat('[{"role":"user","content":"Hi"}]', 'gpt-4',
                   jsonb_build_object('max_tokens', 5, 'padding', repeat('x', 5000)));
+SELECT show_error(format('SELECT igny8_chat(%L, %L, %L)',
+                         jsonb_build_array(jsonb_build_object('role', 'user', 'content', a),
+                                           jsonb_build_object('role', 'assistant', 'content', b)),
+                         'gpt-4', '{"max_tokens": 5}')) AS error,
+       octet_length('{"messages":[{"role":"user","content":' || to_json(a)::text
+                    || '},{"role":"assistant","content":' || to_json(b)::text
+                    || '}],"max_tokens":5}') AS request_bytes
+  FROM (VALUES (repeat(E'\x01', 300), E'tab\t "quote" back\\slash \x1f\n\r\b\f é'),
+               (repeat('x', 2000), E'tab\t "quote" back\\slash \x1f\n\r\b\f é')) AS v(a, b);
 RESET igny8_ai.max_prompt_size;
 
 -- options

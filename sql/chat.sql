@@ -71,3 +71,15 @@ SELECT provider, content IS NOT NULL AS answered FROM igny8_chat(
     '[{"role":"user","content":"Hi [[sim ollama:status=404]] [[sim openai:status=404]] [[sim anthropic:tag=c5]]"},{"role":"assistant","content":"Well, "}]',
     'gpt-4-fallback');
 SELECT sim('log --role anthropic --tag c5 --field body')::jsonb->'messages'->1 AS sent;
+
+-- igny8_ai.max_prompt_size limits the request as sent, the messages as
+-- JSON text: thirty short messages fit in 1kB, although their jsonb is
+-- larger than that
+SET igny8_ai.max_prompt_size = '1kB';
+SELECT pg_column_size(m) > 1024 AS stored_larger,
+       (SELECT content FROM igny8_chat(m, 'gpt-4')) AS content
+  FROM (SELECT jsonb_agg(jsonb_build_object('role', 'user', 'content',
+                         CASE WHEN i < 30 THEN 'Hi' ELSE 'Hi [[sim ollama:reply=fits]]' END)
+                         ORDER BY i) AS m
+          FROM generate_series(1, 30) i) s;
+RESET igny8_ai.max_prompt_size;

@@ -859,15 +859,15 @@ igny8_resolve_account(bool has_arg, int64 arg, bool *has_account,
 
 /* A normalized request of len bytes must fit igny8_ai.max_prompt_size. */
 void
-igny8_check_request_size(int len)
+igny8_check_request_size(Size len)
 {
 	Size		limit = (Size) igny8_max_prompt_kb * 1024;
 
-	if ((Size) len > limit)
+	if (len > limit)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("AI request is too large"),
-				 errdetail("The request is %d bytes; igny8_ai.max_prompt_size allows %zu.",
+				 errdetail("The request is %zu bytes; igny8_ai.max_prompt_size allows %zu.",
 						   len, limit),
 				 errhint("Shorten the prompt, or raise igny8_ai.max_prompt_size.")));
 }
@@ -1039,49 +1039,153 @@ bad_messages(const char *detail)
 			 errhint("Pass a JSON array of objects such as [{\"role\": \"user\", \"content\": \"Hello\"}]; roles are system, user and assistant.")));
 }
 
-/* Copy the validated messages array into the request. */
-static void
-append_messages(StringInfo buf, const char *messages_json)
+/* The length of s as escape_json() writes it, quotes included. */
+static Size
+json_string_len(const char *s)
 {
-	cJSON	   *arr = cJSON_Parse(messages_json);
-	cJSON	   *m;
+	Size		len = 2;
+
+	for (; *s; s++)
+	{
+		switch (*s)
+		{
+			case '\b':
+			case '\f':
+			case '\n':
+			case '\r':
+			case '\t':
+			case '"':
+			case '\\':
+				len += 2;
+				break;
+			default:
+				len += ((unsigned char) *s < ' ') ? 6 : 1;
+				break;
+		}
+	}
+	return len;
+}
+
+/*
+ * The role and content of element i of the messages (1-based), checked:
+ * an object with a valid "role" and a string "content", and no other key
+ * (a key we would drop, such as Ollama's "images", would change the
+ * answer without a word).  Nested values are not descended into.
+ */
+static void
+read_message(JsonbValue *elem, int i, char **role, char **content)
+{
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+	char	   *key = NULL;
+
+	*role = NULL;
+	*content = NULL;
+	if (elem->type != jbvBinary ||
+		!JsonContainerIsObject(elem->val.binary.data))
+		bad_messages(psprintf("Element %d is not an object.", i));
+	it = JsonbIteratorInit(elem->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+			key = pnstrdup(v.val.string.val, v.val.string.len);
+		else if (tok != WJB_VALUE)
+			continue;
+		else if (strcmp(key, "role") == 0)
+		{
+			if (v.type == jbvString)
+				*role = pnstrdup(v.val.string.val, v.val.string.len);
+		}
+		else if (strcmp(key, "content") == 0)
+		{
+			if (v.type == jbvString)
+				*content = pnstrdup(v.val.string.val, v.val.string.len);
+			else
+				bad_messages(psprintf("Element %d has no string \"content\".", i));
+		}
+		else
+			bad_messages(psprintf("Element %d has the key \"%.*s\"; a message has only \"role\" and \"content\".",
+								  i, pg_mbcliplen(key, strlen(key), 64), key));
+	}
+	if (*role == NULL ||
+		(strcmp(*role, "system") != 0 && strcmp(*role, "user") != 0 &&
+		 strcmp(*role, "assistant") != 0))
+		bad_messages(psprintf("Element %d has no valid \"role\".", i));
+	if (*content == NULL)
+		bad_messages(psprintf("Element %d has no string \"content\".", i));
+}
+
+/*
+ * Copy the messages, checked, into the request; returns how many bytes
+ * their copy would have taken beyond what was copied.  The request is
+ * limited to igny8_ai.max_prompt_size: once it is past the limit, the
+ * rest is still checked and measured, not copied, so that a huge argument
+ * takes no more than about the limit.  The jsonb is read as it is stored,
+ * whatever its depth (a value nested in a message is refused, not parsed).
+ */
+static Size
+append_messages(StringInfo buf, Jsonb *messages)
+{
+	Size		limit = (Size) igny8_max_prompt_kb * 1024;
+	Size		skipped = 0;
+	bool		over = false;
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	v;
 	bool		first = true;
 	bool		has_turn = false;
+	bool		has_content = false;
+	int			n;
 	int			i = 0;
 
-	if (arr == NULL || !cJSON_IsArray(arr))
+	if (!JB_ROOT_IS_ARRAY(messages) || JB_ROOT_IS_SCALAR(messages))
 		bad_messages("messages must be a JSON array.");
-	if (cJSON_GetArraySize(arr) == 0)
+	n = JB_ROOT_COUNT(messages);
+	if (n == 0)
 		bad_messages("messages must not be empty.");
 
-	appendStringInfoString(buf, "{\"messages\":[");
-	cJSON_ArrayForEach(m, arr)
+	it = JsonbIteratorInit(&messages->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
-		cJSON	   *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-		cJSON	   *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+		char	   *role;
+		char	   *content;
+		bool		blank;
 
+		if (tok != WJB_ELEM)
+			continue;
 		i++;
-		if (!cJSON_IsObject(m))
-			bad_messages(psprintf("Element %d is not an object.", i));
-		if (!cJSON_IsString(role) ||
-			(strcmp(role->valuestring, "system") != 0 &&
-			 strcmp(role->valuestring, "user") != 0 &&
-			 strcmp(role->valuestring, "assistant") != 0))
-			bad_messages(psprintf("Element %d has no valid \"role\".", i));
-		if (!cJSON_IsString(content))
-			bad_messages(psprintf("Element %d has no string \"content\".", i));
+		read_message(&v, i, &role, &content);
+		blank = igny8_is_blank(content);
 		/* as Anthropic's rule: only a last assistant message may be empty */
-		if (igny8_is_blank(content->valuestring) &&
-			(m->next != NULL || strcmp(role->valuestring, "assistant") != 0))
+		if (blank && (i < n || strcmp(role, "assistant") != 0))
 			bad_messages(psprintf("Element %d has an empty \"content\"; only the last message, when it is the assistant's, may be empty.", i));
-		if (strcmp(role->valuestring, "system") != 0)
+		if (strcmp(role, "system") != 0)
 			has_turn = true;
-		append_message(buf, &first, role->valuestring, content->valuestring);
+		if (!blank)
+			has_content = true;
+
+		/* a content alone past the limit is past it escaped too */
+		if (!over && (Size) buf->len + strlen(content) <= limit)
+		{
+			append_message(buf, &first, role, content);
+			over = ((Size) buf->len > limit);
+		}
+		else
+		{
+			over = true;
+			skipped += (first ? 0 : 1) + strlen("{\"role\":,\"content\":}") +
+				json_string_len(role) + json_string_len(content);
+			first = false;
+		}
+		pfree(role);
+		pfree(content);
 	}
 	if (!has_turn)
 		bad_messages("messages must hold at least one user or assistant message.");
-	appendStringInfoChar(buf, ']');
-	cJSON_Delete(arr);
+	if (!has_content)
+		bad_messages("Every message is empty: there is nothing to answer.");
+	return skipped;
 }
 
 /*
@@ -1292,20 +1396,23 @@ igny8_unknown_option(const char *key, const char *valid, bool job)
 			 errhint("Valid options are %s.", valid)));
 }
 
-/* The normalized request of a chat: its messages, checked, and options. */
+/*
+ * The normalized request of a chat: its messages, checked, and options.
+ * Its length is what igny8_ai.max_prompt_size limits, as for a prompt.
+ */
 char *
 igny8_chat_request(Jsonb *messages, const Igny8TextOptions *opts)
 {
 	StringInfoData buf;
-	char	   *text;
+	Size		skipped;
 
-	igny8_check_jsonb_size(messages, "messages");
-	text = JsonbToCString(NULL, &messages->root, VARSIZE(messages));
 	initStringInfo(&buf);
-	append_messages(&buf, text);
+	appendStringInfoString(&buf, "{\"messages\":[");
+	skipped = append_messages(&buf, messages);
+	appendStringInfoChar(&buf, ']');
 	append_options(&buf, opts);
 	appendStringInfoChar(&buf, '}');
-	igny8_check_request_size(buf.len);
+	igny8_check_request_size(buf.len + skipped);
 	return buf.data;
 }
 

@@ -384,7 +384,7 @@ extern char *igny8_chat_request(Jsonb *messages, const Igny8TextOptions *opts);
 extern const char *igny8_check_alias(text *model);
 extern bool igny8_is_blank(const char *s);
 extern Datum igny8_cost_datum(const char *cost);
-extern void igny8_check_request_size(int len);
+extern void igny8_check_request_size(Size len);
 extern void igny8_check_jsonb_size(Jsonb *j, const char *what);
 extern Numeric igny8_option_numeric(JsonbValue *v, const char *name);
 extern char *igny8_option_string(JsonbValue *v, const char *name);
