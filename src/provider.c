@@ -929,17 +929,17 @@ model_has_tag(const char *name)
 }
 
 /*
- * Is b the name a followed by "-" and an eight-digit date, as Anthropic
- * lists a model ("claude-haiku-4-5-20251001") that configurations name by
- * its alias ("claude-haiku-4-5")?
+ * Is b the name a (its first len bytes) followed by "-" and an eight-digit
+ * date, as Anthropic lists a model ("claude-haiku-4-5-20251001") that
+ * configurations name by its alias ("claude-haiku-4-5")?
  */
 static bool
-model_dated(const char *a, const char *b)
+model_dated_len(const char *a, size_t len, const char *b)
 {
-	size_t		len = strlen(a);
 	int			i;
 
-	if (strncmp(a, b, len) != 0 || b[len] != '-' || strlen(b + len) != 9)
+	if (len == 0 || strncmp(a, b, len) != 0 || b[len] != '-' ||
+		strlen(b + len) != 9)
 		return false;
 	for (i = 1; i <= 8; i++)
 	{
@@ -950,12 +950,34 @@ model_dated(const char *a, const char *b)
 }
 
 /*
+ * Is b a dated id of the alias a?  "x" names "x-YYYYMMDD"; so do Anthropic's
+ * older aliases "x-0" ("claude-sonnet-4-0" for "claude-sonnet-4-20250514")
+ * and "x-latest" ("claude-3-7-sonnet-latest" for
+ * "claude-3-7-sonnet-20250219"), which the API accepts but its model list
+ * does not hold (protocols.md 4.3).
+ */
+static bool
+model_dated(const char *a, const char *b)
+{
+	size_t		len = strlen(a);
+
+	if (model_dated_len(a, len, b))
+		return true;
+	if (len > 2 && strcmp(a + len - 2, "-0") == 0)
+		return model_dated_len(a, len - 2, b);
+	if (len > 7 && strcmp(a + len - 7, "-latest") == 0)
+		return model_dated_len(a, len - 7, b);
+	return false;
+}
+
+/*
  * Do a configured model name and a listed one name the same model?  Equal
  * strings do, and so do "x" and "x:latest" either way round, since a name
  * without a tag means ":latest" (protocols.md 1.1).  Ollama's /v1/models
  * lists "x:latest" too, so the rule serves the OpenAI-compatible probe as
  * well; a name with a registry port ("host:5000/ns/x") has no tag.  A
- * configured "x" also names a listed "x-YYYYMMDD" (Anthropic's dated ids).
+ * configured "x", "x-0" or "x-latest" also names a listed "x-YYYYMMDD"
+ * (Anthropic's dated ids, model_dated).
  */
 static bool
 model_name_equal(const char *a, const char *b)

@@ -2139,6 +2139,9 @@ static const char *const m_aliases[] = {"claude-3-5-sonnet-latest",
 "claude-sonnet-4-5"};
 static const char *const m_current[] = {"claude-sonnet-5-5",
 "claude-haiku-5-5"};
+static const char *const m_old_aliases[] = {"claude-sonnet-4-0",
+	"claude-3-7-sonnet-latest", "claude-opus-4-0", "claude-sonnet-4-1",
+"claude-3-5-haiku-latest"};
 static const char *const m_checkpoints[] = {"sd_xl_base_1.0.safetensors"};
 
 #define MODELS(array) (array), lengthof(array)
@@ -2358,6 +2361,16 @@ static const ProbeCase probe_cases[] = {
 		"\"last_id\":\"claude-3-5-haiku-20241022\"}",
 		MODELS(m_aliases), true, true, "model claude-3-5-sonnet-latest missing",
 	"{\"models_present\":1,\"models_listed\":2,\"models_missing\":[\"claude-3-5-sonnet-latest\"]}"},
+	{"anthropic: -0 and -latest aliases match their base's dated id, and only that",
+		&igny8_anthropic_probe, 200,
+		"{\"data\":[{\"type\":\"model\",\"id\":\"claude-sonnet-4-20250514\"},"
+		"{\"type\":\"model\",\"id\":\"claude-3-7-sonnet-20250219\"},"
+		"{\"type\":\"model\",\"id\":\"claude-opus-4-1-20250805\"}],"
+		"\"has_more\":false}",
+		MODELS(m_old_aliases), true, true,
+		"3 models missing: claude-opus-4-0, claude-sonnet-4-1, claude-3-5-haiku-latest",
+		"{\"models_present\":2,\"models_listed\":3,\"models_missing\":"
+	"[\"claude-opus-4-0\",\"claude-sonnet-4-1\",\"claude-3-5-haiku-latest\"]}"},
 	{"anthropic: undated ids, and a date that is not one",
 		&igny8_anthropic_probe, 200,
 		"{\"data\":[{\"id\":\"claude-sonnet-5-5\"},{\"id\":\"claude-haiku-5-5-2026x001\"}]}",
