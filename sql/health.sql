@@ -181,6 +181,91 @@ SELECT attempt, provider, success FROM ai_usage_log ORDER BY id;
 SELECT count(*) AS checked FROM igny8_check_health();
 -- the worker announced the changes the requests caused, the checks theirs
 SELECT * FROM notifications(12);
+
+-- a probe's success does not close a circuit that failing requests
+-- opened: Ollama lists its models (GET /api/tags) while every generation
+-- fails (a runner out of memory).  Three requests answered 500 open it;
+-- the check that follows finds the box up (its detail says the requests
+-- are failing), but the state stays down, the circuit open, and nothing is
+-- announced; the trial request after the cool-down closes it
+TRUNCATE ai_usage_log;
+SELECT count(*) FROM generate_series(1, 3) i,
+       igny8_generate_text('Runner broken ' || i || ' [[sim ollama:status=500]]', 'gpt-4') t;
+SELECT provider, http_status, count(*) FROM ai_usage_log GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
+ WHERE provider = 'self_hosted_ai';
+SELECT * FROM notifications(2);
+SELECT provider, healthy, state, detail->'requests_failing' AS requests_failing
+  FROM igny8_check_health() WHERE provider = 'self_hosted_ai';
+SELECT state, circuit_open, consecutive_failures, left(last_error, 8) AS last_error
+  FROM igny8_service_status WHERE provider = 'self_hosted_ai';
+SELECT wait_until($$(SELECT since + interval '2.1 s' < clock_timestamp()
+                       FROM igny8_service_status WHERE provider = 'self_hosted_ai')$$,
+                  'the cool-down of the open circuit');
+TRUNCATE ai_usage_log;
+SELECT igny8_generate_text('Trial after the runner came back', 'gpt-4');
+SELECT attempt, provider, success FROM ai_usage_log ORDER BY id;
+SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
+ WHERE provider = 'self_hosted_ai';
+-- one change since the requests opened it: the trial's
+SELECT * FROM notifications(1);
+
+-- a check in a read-only transaction is refused before any probe is sent:
+-- probes change the providers' state, which no rollback undoes
+SELECT sim('down ollama') IS NOT NULL AS down;
+BEGIN READ ONLY;
+SELECT * FROM igny8_check_health();
+ROLLBACK;
+SET default_transaction_read_only = on;
+SELECT * FROM igny8_check_health();
+RESET default_transaction_read_only;
+SELECT state, consecutive_failures FROM igny8_service_status
+ WHERE provider = 'self_hosted_ai';
+-- a check whose transaction rolls back: the change its probe made stands,
+-- and the worker that made it announced it (NOTIFY, server log) all the
+-- same; only the check's service_health_log rows are rolled back
+TRUNCATE service_health_log;
+BEGIN;
+SELECT provider, healthy, state FROM igny8_check_health()
+ WHERE provider = 'self_hosted_ai';
+ROLLBACK;
+SELECT state, consecutive_failures FROM igny8_service_status
+ WHERE provider = 'self_hosted_ai';
+SELECT * FROM notifications(1);
+SELECT count(*) AS rows_kept FROM service_health_log;
+-- a circuit that probes alone opened, a probe's success closes
+SELECT sim('up ollama') IS NOT NULL AS up;
+SELECT provider, healthy, state FROM igny8_check_health()
+ WHERE provider = 'self_hosted_ai';
+SELECT * FROM notifications(1);
+
+-- ComfyUI without a custom node that an enabled workflow uses: the probe
+-- asks GET /object_info/{class} once for each node class of the enabled
+-- workflows, ComfyUI answers {} for one it does not have, and the provider
+-- is degraded, the node named
+INSERT INTO igny8_workflows (name, graph, bindings, defaults)
+SELECT 'lightning-tiled',
+       jsonb_set(graph, '{8,class_type}', '"VAEDecodeTiledPlus"'), bindings, defaults
+  FROM igny8_workflows WHERE name = 'sdxl-lightning-4step';
+INSERT INTO igny8_models (alias, provider_id, provider_model, task, workflow)
+VALUES ('tiled', 'comfyui', 'lightning-tiled', 'image', 'lightning-tiled');
+SELECT wait_for_config();
+SELECT sim('reset') IS NOT NULL AS reset;
+SELECT provider, healthy, state, detail->'nodes_missing' AS nodes_missing,
+       detail->'nodes_checked' AS nodes_checked,
+       detail->'model_files_missing' AS files_missing
+  FROM igny8_check_health() WHERE provider = 'comfyui';
+SELECT * FROM notifications(1);
+-- one request for each class, however many workflows use it
+SELECT count(DISTINCT path) AS classes, count(*) AS requests
+  FROM sim('log --role comfyui --field path') AS path
+ WHERE path LIKE '/object_info/%';
+DELETE FROM igny8_models WHERE alias = 'tiled';
+DELETE FROM igny8_workflows WHERE name = 'lightning-tiled';
+SELECT wait_for_config();
+SELECT provider, healthy, state, detail->'nodes_missing' AS nodes_missing
+  FROM igny8_check_health() WHERE provider = 'comfyui';
+SELECT * FROM notifications(1);
 SELECT dblink_disconnect('listener');
 
 -- a provider that refuses our key counts as failing, as its probe would:
@@ -192,7 +277,22 @@ SELECT count(*) FROM generate_series(1, 3) i,
 SELECT provider, http_status, count(*) FROM ai_usage_log GROUP BY 1, 2 ORDER BY 1, 2;
 SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
  WHERE provider = 'openai';
+-- with the key fixed, its probe succeeds, but a circuit that requests
+-- opened stays open until a request succeeds
 UPDATE igny8_providers SET api_key_ref = 'env:OPENAI_API_KEY' WHERE id = 'openai';
+SELECT wait_for_config();
+SELECT provider, healthy, state FROM igny8_check_health() WHERE provider = 'openai';
+SELECT state, circuit_open FROM igny8_service_status WHERE provider = 'openai';
+-- a provider the DBA disables is forgotten: state unknown, circuit
+-- closed, so that no alert keeps firing about it; enabled again, it
+-- starts afresh
+UPDATE igny8_providers SET enabled = false WHERE id = 'openai';
+SELECT wait_for_config();
+SELECT provider, state, circuit_open, consecutive_failures, last_error
+  FROM igny8_health_state() WHERE provider = 'openai';
+SELECT enabled, state, circuit_open FROM igny8_service_status WHERE provider = 'openai';
+UPDATE igny8_providers SET enabled = true WHERE id = 'openai';
+SELECT wait_for_config();
 SELECT provider, state FROM igny8_check_health() WHERE provider = 'openai';
 
 -- the schedule: change it, run what pg_cron runs, turn it off
@@ -234,7 +334,7 @@ DROP ROLE igny8_monitor;
 
 -- one slow provider costs only its own row: ComfyUI answers every request
 -- after 1.8 s, within the 2 s probe timeout, but its probe asks
--- /system_stats and then /object_info for each loader class of the
+-- /system_stats and then /object_info for each node class of the
 -- workflows.  The whole probe is bounded by igny8_ai.health_probe_timeout:
 -- ComfyUI's row says it timed out, every other provider has its own row
 ALTER SYSTEM SET igny8_ai.health_probe_timeout = '2s';
@@ -257,9 +357,10 @@ SELECT provider, healthy, state FROM igny8_check_health()
 -- circuit, as a request would not
 UPDATE igny8_providers SET api_key_ref = 'env:IGNY8_NO_SUCH_VARIABLE' WHERE id = 'openai';
 SELECT wait_for_config();
-SELECT provider, healthy, state, detail->>'kind' AS kind, detail->>'error' AS error
+SELECT provider, healthy, state, latency_ms, detail->>'kind' AS kind, detail->>'error' AS error
   FROM igny8_check_health() WHERE provider = 'openai';
-SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
+-- igny8_service_status shows why in last_error
+SELECT state, circuit_open, consecutive_failures, last_error FROM igny8_service_status
  WHERE provider = 'openai';
 UPDATE igny8_providers SET api_key_ref = 'env:OPENAI_API_KEY' WHERE id = 'openai';
 SELECT wait_for_config();

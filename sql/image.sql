@@ -352,7 +352,8 @@ SELECT wait_for_workers() AS workers;
 -- against ComfyUI's health, as a request that times out does: a stuck
 -- queue answers every poll with "{}", and three such prompts are three
 -- failures in a row (the tests' circuit threshold is 1000, so its circuit
--- stays closed); a probe makes it healthy again
+-- stays closed); a probe's success does not make it healthy again (the
+-- probe does not run a prompt), a prompt that finishes does
 SELECT sim('reset');
 TRUNCATE ai_usage_log;
 INSERT INTO igny8_models (alias, provider_id, provider_model, task, workflow, timeout)
@@ -369,6 +370,9 @@ SELECT wait_until($$(SELECT count(*) = 3 FROM sim('log --role comfyui --path /hi
 SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
  WHERE provider = 'comfyui';
 SELECT healthy, state FROM igny8_check_health() WHERE provider = 'comfyui';
+SELECT png_size(image), provider FROM igny8_generate_image('Unstuck', 'dall-e-2', '512x512');
+SELECT state, circuit_open, consecutive_failures FROM igny8_service_status
+ WHERE provider = 'comfyui';
 DELETE FROM igny8_models WHERE alias = 'img-stuck';
 SELECT wait_for_config();
 

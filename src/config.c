@@ -201,6 +201,9 @@ read_providers(Igny8Config *config, const char *qschema)
 		p->shared_index = igny8_provider_index(p->id, true);
 		if (p->shared_index >= 0)
 			igny8_place_set_max(p->shared_index, p->max_concurrent);
+		/* a disabled provider has no health to alert about (health.c) */
+		if (!p->enabled)
+			igny8_provider_forget_health(p->shared_index);
 		ids[i] = p->id;
 	}
 	igny8_provider_forget_unused(ids, config->nproviders);

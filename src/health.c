@@ -10,10 +10,14 @@
  * a failure makes it degraded, and igny8_ai.circuit_failure_threshold
  * failures in a row make it down and open its circuit: routing then skips
  * the provider while another candidate exists.  After
- * igny8_ai.circuit_cooldown one trial request may pass; a success (request
- * or probe) closes the circuit.  Every change of state is announced with
- * NOTIFY igny8_ai_health, a WARNING in the server log when a provider goes
- * down, and a LOG line otherwise.  Anyone may LISTEN, so the payload holds
+ * igny8_ai.circuit_cooldown one trial request may pass; its success closes
+ * the circuit.  A probe's success does too, unless the last request failed
+ * (a probe's GET /api/tags says nothing of a generation that fails): then
+ * only a request closes it.  Every change of state is announced by the
+ * worker that made it, probes' included, with NOTIFY igny8_ai_health
+ * (committed by the worker, whatever the caller of igny8_check_health()
+ * does), a WARNING in the server log when a provider goes down, and a LOG
+ * line otherwise.  Anyone may LISTEN, so the payload holds
  * only the provider, the states and a short code (connection_refused,
  * http_503, ...); the provider's own error text stays in places that need
  * a grant: service_health_log, igny8_service_status and the server log.
@@ -24,7 +28,6 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
-#include "commands/async.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -42,7 +45,6 @@
 PG_FUNCTION_INFO_V1(igny8_check_health);
 PG_FUNCTION_INFO_V1(igny8_health_state);
 
-#define IGNY8_HEALTH_CHANNEL	"igny8_ai_health"
 /* a probe's slot deadline: the probe timeout, and this for the worker */
 #define IGNY8_PROBE_SLACK_MS	1000
 
@@ -87,6 +89,42 @@ igny8_provider_index(const char *id, bool create)
 	return found;
 }
 
+/* Under the provider's mutex: back to the state of a provider never seen. */
+static void
+forget_health(Igny8ProviderShared *p)
+{
+	p->state = IGNY8_HEALTH_UNKNOWN;
+	p->state_since = 0;
+	p->consecutive_failures = 0;
+	p->circuit_open = false;
+	p->opened_at = p->trial_at = p->trial_until = 0;
+	p->probe_degraded = false;
+	p->request_failed = false;
+	p->last_check = p->last_seen = 0;
+	p->last_latency_ms = 0;
+	p->last_error[0] = '\0';
+}
+
+/*
+ * A disabled provider's health is forgotten: routing, probes and alerts
+ * leave it alone, so a state of down and an open circuit would only go on
+ * firing alerts about a box its DBA took out (for maintenance, say).  Its
+ * state is unknown until it is enabled and seen again; its places, its
+ * requests in flight and its counters of attempts are kept.
+ */
+void
+igny8_provider_forget_health(int index)
+{
+	Igny8ProviderShared *p;
+
+	if (index < 0)
+		return;
+	p = &igny8_shared->providers[index];
+	SpinLockAcquire(&p->mutex);
+	forget_health(p);
+	SpinLockRelease(&p->mutex);
+}
+
 /*
  * Free the shared entries of providers that are no longer configured (ids
  * is the configuration's list) and have nothing in flight or waiting, so
@@ -118,15 +156,7 @@ igny8_provider_forget_unused(const char *const *ids, int n)
 		if (!busy)
 		{
 			p->max_concurrent = 0;
-			p->state = IGNY8_HEALTH_UNKNOWN;
-			p->state_since = 0;
-			p->consecutive_failures = 0;
-			p->circuit_open = false;
-			p->opened_at = p->trial_at = p->trial_until = 0;
-			p->probe_degraded = false;
-			p->last_check = p->last_seen = 0;
-			p->last_latency_ms = 0;
-			p->last_error[0] = '\0';
+			forget_health(p);
 			p->requests = p->errors = 0;
 			p->id[0] = '\0';
 		}
@@ -152,10 +182,31 @@ igny8_health_state_name(Igny8HealthState state)
 	return "unknown";
 }
 
+/* The provider's UTF-8 text, as the database stores it, cut whole. */
+static void
+error_for_db(const char *error, char *out, size_t size)
+{
+	char	   *db = igny8_to_db_lossy(error);
+	int			len = pg_mbcliplen(db, strlen(db), size - 1);
+
+	memcpy(out, db, len);
+	out[len] = '\0';
+	pfree(db);
+}
+
 /*
  * Record the outcome of a probe (probe = true) or of a request on a
  * provider.  probe_degraded: the probe reached the provider but found
  * something missing.  Fills *change with what the report changed.
+ *
+ * A probe's success says nothing of what requests found: Ollama lists its
+ * models (GET /api/tags) while every generation fails (a runner out of
+ * memory, a CUDA error) or hangs.  So after a request that failed, a
+ * probe's success changes neither the failures, nor the circuit, nor the
+ * state (change->requests_failing says so): only a request's success
+ * does, the open circuit's trial.  A circuit that probes alone opened
+ * (the box was unreachable, the last request did not fail) is closed by a
+ * probe's success as by a request's.
  */
 void
 igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
@@ -171,15 +222,9 @@ igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
 		return;
 	p = &igny8_shared->providers[index];
 
-	/* the provider's UTF-8 text, as the database stores it, cut whole */
 	if (error != NULL)
 	{
-		char	   *db = igny8_to_db_lossy(error);
-		int			len = pg_mbcliplen(db, strlen(db), sizeof(db_error) - 1);
-
-		memcpy(db_error, db, len);
-		db_error[len] = '\0';
-		pfree(db);
+		error_for_db(error, db_error, sizeof(db_error));
 		error = db_error;
 	}
 
@@ -193,7 +238,14 @@ igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
 		if (ok)
 			p->probe_degraded = probe_degraded;
 	}
-	if (ok)
+	else
+		p->request_failed = !ok;
+	if (ok && probe && p->request_failed)
+	{
+		/* the requests' failures stand: nothing else changes */
+		change->requests_failing = true;
+	}
+	else if (ok)
 	{
 		p->consecutive_failures = 0;
 		p->circuit_open = false;
@@ -233,6 +285,27 @@ igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
 	}
 	change->to = p->state;
 	change->consecutive_failures = p->consecutive_failures;
+	SpinLockRelease(&p->mutex);
+}
+
+/*
+ * A probe that could not be made for a reason of the configuration (a key
+ * reference that cannot be resolved): its error becomes the provider's
+ * last_error, for igny8_service_status, and nothing else changes (neither
+ * the state nor the failures nor the circuit: the provider was not asked).
+ */
+void
+igny8_health_note_error(int index, const char *error)
+{
+	Igny8ProviderShared *p;
+	char		db_error[sizeof(p->last_error)];
+
+	if (index < 0 || error == NULL)
+		return;
+	p = &igny8_shared->providers[index];
+	error_for_db(error, db_error, sizeof(db_error));
+	SpinLockAcquire(&p->mutex);
+	strlcpy(p->last_error, db_error, sizeof(p->last_error));
 	SpinLockRelease(&p->mutex);
 }
 
@@ -502,13 +575,15 @@ worker_failure_detail(const char *message, const char *detail,
 }
 
 /*
- * One probe's answer: a service_health_log row, the alerts if the state
- * changed, and a result row.  Frees the slot.  A probe that failed in any
- * way gets its row, healthy false, never an error that would lose the other
- * providers' rows: a probe the worker could not make (its error is in the
- * detail, "kind": "worker"), and one whose worker did not answer in time
- * (late: the slot was given up on, and is no longer ours).  Such a row
- * leaves the provider's state as it is, and carries it.
+ * One probe's answer: a service_health_log row and a result row.  Frees the
+ * slot.  A probe that failed in any way gets its row, healthy false, never
+ * an error that would lose the other providers' rows: a probe the worker
+ * could not make (its error is in the detail, "kind": "worker"), and one
+ * whose worker did not answer in time (late: the slot was given up on, and
+ * is no longer ours).  Such a row leaves the provider's state as it is, and
+ * carries it.  The worker announced the change of state its probe made
+ * (job.c): the announcement does not depend on this transaction, which
+ * may yet roll back.
  */
 static void
 report_probe(ReturnSetInfo *rsinfo, SPIPlanPtr insert, const char *provider,
@@ -518,8 +593,6 @@ report_probe(ReturnSetInfo *rsinfo, SPIPlanPtr insert, const char *provider,
 	Igny8Slot  *slot = late ? NULL : &igny8_slots[slotno];
 	char	   *strs[2] = {NULL, NULL};
 	const char *detail_json;
-	const char *summary;
-	const char *code;
 	bool		healthy = false;
 	long		http_status = 0;
 	bool		has_latency = false;
@@ -533,50 +606,40 @@ report_probe(ReturnSetInfo *rsinfo, SPIPlanPtr insert, const char *provider,
 	memset(&change, 0, sizeof(change));
 	if (late)
 	{
-		summary = "igny8_ai worker did not answer in time";
-		detail_json = worker_failure_detail(summary,
+		detail_json = worker_failure_detail("igny8_ai worker did not answer in time",
 											psprintf("The probe passed its deadline of %d ms by more than %d ms.",
 													 igny8_probe_timeout_ms + IGNY8_PROBE_SLACK_MS,
 													 IGNY8_WORKER_GRACE_MS),
 											unpack_sql_state(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION));
-		code = NULL;
 	}
 	else if (!slot->success)
 	{
 		Igny8SlotError err;
 
 		igny8_slot_error(slotno, &err);
-		summary = err.message;
 		detail_json = worker_failure_detail(err.message, err.detail,
 											unpack_sql_state(err.sqlerrcode));
-		code = NULL;
 	}
 	else
 	{
 		igny8_unpack_strings(igny8_dsa(), slot->result, 2, strs);
 		detail_json = strs[0] ? strs[0] : "{}";
-		summary = strs[1];
 		healthy = slot->healthy;
-		has_latency = true;
 		latency_ms = slot->duration_ms;
-		code = slot->health_code;
+		/* a failure of ours (local, config): no probe was sent */
+		has_latency = healthy ||
+			(strcmp(slot->health_code, "local") != 0 &&
+			 strcmp(slot->health_code, "config") != 0);
 	}
 	if (slot != NULL && slot->health_code[0] != '\0')
 	{
-		/* the probe ran: the worker recorded the state, alerts are ours */
-		change.changed = (slot->health_prev != slot->health_state);
-		change.from = slot->health_prev;
+		/* the probe ran: the state its worker recorded (and announced) */
 		change.to = slot->health_state;
-		change.consecutive_failures = slot->consecutive_failures;
 		http_status = slot->http_status;
-		code = slot->health_code;
 	}
 	else
 	{
-		/*
-		 * not probed: the state as it stands (a late probe's worker
-		 * announces the change it makes, job.c)
-		 */
+		/* not probed, or late: the state as it stands */
 		igny8_health_peek(igny8_provider_index(provider, false), &change);
 	}
 
@@ -595,13 +658,6 @@ report_probe(ReturnSetInfo *rsinfo, SPIPlanPtr insert, const char *provider,
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into service_health_log: %s",
 			 SPI_result_code_string(ret));
-
-	if (change.changed)
-	{
-		Async_Notify(IGNY8_HEALTH_CHANNEL,
-					 igny8_health_payload(provider, &change, code));
-		igny8_health_alert(provider, &change, summary);
-	}
 
 	for (int i = 0; i < 6; i++)
 	{
@@ -634,6 +690,13 @@ igny8_check_health(PG_FUNCTION_ARGS)
 	SPIPlanPtr	insert;
 	Oid			argtypes[7] = {TEXTOID, BOOLOID, TEXTOID, FLOAT8OID, INT4OID,
 	TEXTOID, TIMESTAMPTZOID};
+
+	/*
+	 * The probes change the providers' shared state, which no rollback
+	 * undoes, and each gets its row: refused before any is sent in a
+	 * transaction that could not write the rows.
+	 */
+	PreventCommandIfReadOnly("igny8_check_health()");
 
 	InitMaterializedSRF(fcinfo, 0);
 	schema = quote_identifier(get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid)));

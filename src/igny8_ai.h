@@ -221,6 +221,9 @@ typedef struct Igny8ProviderShared
 	TimestampTz trial_until;	/* a trial is in flight until then at the
 								 * latest (its attempt's deadline); 0: none */
 	bool		probe_degraded; /* last probe: reachable but incomplete */
+	bool		request_failed; /* the last request's outcome was a failure:
+								 * a probe's success then changes nothing,
+								 * only a request's success does */
 	TimestampTz last_check;		/* last probe */
 	TimestampTz last_seen;		/* last probe or request outcome */
 	double		last_latency_ms;
@@ -238,6 +241,8 @@ typedef struct Igny8HealthChange
 	Igny8HealthState from;
 	Igny8HealthState to;
 	int			consecutive_failures;
+	bool		requests_failing;	/* a probe's success left the state as
+									 * it was: the last request failed */
 } Igny8HealthChange;
 
 /*
@@ -498,6 +503,8 @@ extern void igny8_health_report(int index, bool ok, bool probe,
 								bool probe_degraded, double latency_ms,
 								const char *error, Igny8HealthChange *change);
 extern void igny8_health_peek(int index, Igny8HealthChange *change);
+extern void igny8_health_note_error(int index, const char *error);
+extern void igny8_provider_forget_health(int index);
 extern bool igny8_circuit_allows(int index);
 
 /* igny8_circuit_take_trial: may an attempt be sent to the provider now? */

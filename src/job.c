@@ -1420,10 +1420,7 @@ igny8_job_publish(Igny8Job *job)
 		slot->image_height = job->success ? job->image_height : 0;
 		slot->cached = job->success && job->cache_hit;
 		slot->flush_lsn = flush_lsn;
-		/*
-		 * a probe that ran changed the shared state: the caller announces
-		 * it, even if the answer could not be handed over
-		 */
+		/* a probe that ran: the state it left, for the caller's row */
 		if (job->task == IGNY8_TASK_HEALTH && job->probe_code != NULL)
 		{
 			slot->http_status = job->probe_status;
@@ -1443,19 +1440,6 @@ igny8_job_publish(Igny8Job *job)
 		if (DsaPointerIsValid(result))
 			dsa_free(area, result);
 		igny8_slot_release(job->slotno);
-		/*
-		 * A probe's caller announces the change of state its probe made;
-		 * one that gave up on the probe (igny8_check_health gives up on a
-		 * late worker) cannot: the worker does, as for requests.
-		 */
-		if (job->task == IGNY8_TASK_HEALTH && job->probe_code != NULL &&
-			job->probe_change.changed)
-		{
-			igny8_health_alert(job->probe->id, &job->probe_change,
-							   db_or_null(job->probe_result.summary));
-			igny8_job_queue_notify(job->probe->id, &job->probe_change,
-								   job->probe_code);
-		}
 	}
 	else
 		igny8_wake_proc(procno);

@@ -9,15 +9,17 @@
  * Probes take no provider place: they are cheap, bounded by
  * igny8_ai.health_probe_timeout, and must get through when the provider
  * is saturated.  The timeout bounds the whole probe, however many requests
- * it makes (ComfyUI's makes one per loader class after /system_stats):
- * each is given what is left, and a probe that runs out of time is a
- * timeout.
+ * it makes (ComfyUI's makes one per node class of its workflows after
+ * /system_stats): each is given what is left, and a probe that runs out of
+ * time is a timeout.
  *
  * A probe that fails for a reason of ours (out of file descriptors or
  * memory: "local"; no probe for the kind or a key reference that cannot
  * be resolved: "config") says nothing about the provider: it gets its row
  * but leaves the provider's state and circuit alone, as a request that
- * fails so does (job.c).
+ * fails so does (job.c); a configuration's error becomes its last_error.
+ * A change of state a probe makes is announced by the worker, as a
+ * request's is.
  *
  *-------------------------------------------------------------------------
  */
@@ -67,7 +69,10 @@ failure_is_ours(const char *kind)
 
 /*
  * Finish a probe: record the verdict in the shared state, unless the
- * failure was ours (code "local" or "config").
+ * failure was ours (code "local" or "config"; a configuration's error
+ * becomes the provider's last_error all the same, so that
+ * igny8_service_status shows it).  A success that left the state as the
+ * failed requests made it says so in the detail.
  */
 static void
 finish_probe(Igny8Job *job, double latency_ms, const char *code)
@@ -75,11 +80,40 @@ finish_probe(Igny8Job *job, double latency_ms, const char *code)
 	Igny8ProbeResult *r = &job->probe_result;
 
 	if (!r->healthy && failure_is_ours(code))
+	{
+		if (strcmp(code, "config") == 0)
+			igny8_health_note_error(job->probe->shared_index, r->summary);
 		igny8_health_peek(job->probe->shared_index, &job->probe_change);
+	}
 	else
 		igny8_health_report(job->probe->shared_index, r->healthy, true,
 							r->degraded, latency_ms, r->summary,
 							&job->probe_change);
+	/*
+	 * The change is announced by this worker, which made it, as a
+	 * request's is: the server log now, NOTIFY in the transaction that
+	 * the worker commits before it hands the probe's answer over.  The
+	 * caller's transaction, which writes the probe's service_health_log
+	 * row, may roll back, or have given up on a late probe: the change
+	 * stands all the same, and so does its announcement.
+	 */
+	if (job->probe_change.changed)
+	{
+		igny8_health_alert(job->probe->id, &job->probe_change,
+						   igny8_to_db_lossy(r->summary ? r->summary : ""));
+		igny8_job_queue_notify(job->probe->id, &job->probe_change, code);
+	}
+	if (job->probe_change.requests_failing)
+	{
+		cJSON	   *detail = cJSON_Parse(r->detail_json);
+
+		if (cJSON_IsObject(detail))
+		{
+			cJSON_AddBoolToObject(detail, "requests_failing", true);
+			r->detail_json = igny8_json_print(detail);
+		}
+		cJSON_Delete(detail);
+	}
 	job->probe_code = code;
 	job->success = true;
 	job->state = JOB_FINISHED;
@@ -137,54 +171,51 @@ probe_start(Igny8Job *job, TimestampTz now)
 }
 
 /*
- * ComfyUI: the model files the enabled workflows on this provider need,
- * checked with GET /object_info/{class} for each loader class, one after
- * another once /system_stats answered.  Missing files make the provider
- * degraded and are listed, as missing Ollama models are.
+ * ComfyUI: the node classes the enabled workflows on this provider use,
+ * and the model files their loaders name, checked with GET
+ * /object_info/{class} once for each class, one after another once
+ * /system_stats answered.  A class ComfyUI does not have (a custom node
+ * that is not installed) and missing files make the provider degraded and
+ * are listed, as missing Ollama models are.
  */
 static void
-comfyui_collect_files(Igny8Job *job)
+comfyui_collect(Igny8Job *job)
 {
 	Igny8Config *cfg = job->config;
 	int			cap = 0;
+	int			class_cap = 0;
 
 	job->nprobe_files = 0;
 	job->probe_files = NULL;
+	job->nprobe_classes = 0;
+	job->probe_classes = NULL;
 	if (!job->probe->check_models)
 		return;
 	for (int i = 0; i < cfg->ndeployments; i++)
 	{
 		Igny8Deployment *d = &cfg->deployments[i];
 
-		/* a workflow two deployments run adds its files once */
-		if (d->provider == job->probe && d->enabled && d->workflow != NULL)
-			job->nprobe_files = igny8_comfyui_model_files(d->workflow->graph,
-														  &job->probe_files,
-														  job->nprobe_files,
-														  &cap);
+		/* a workflow two deployments run adds its classes and files once */
+		if (d->provider != job->probe || !d->enabled || d->workflow == NULL)
+			continue;
+		job->nprobe_classes = igny8_comfyui_node_classes(d->workflow->graph,
+														 &job->probe_classes,
+														 job->nprobe_classes,
+														 &class_cap);
+		job->nprobe_files = igny8_comfyui_model_files(d->workflow->graph,
+													  &job->probe_files,
+													  job->nprobe_files,
+													  &cap);
 	}
-}
-
-/* The next loader class to ask about after index from, or -1. */
-static int
-comfyui_next_class(Igny8Job *job, int from)
-{
-	for (int i = from; i < job->nprobe_files; i++)
-	{
-		bool		asked = false;
-
-		for (int j = 0; j < i && !asked; j++)
-			asked = strcmp(job->probe_files[j].class_type,
-						   job->probe_files[i].class_type) == 0;
-		if (!asked)
-			return i;
-	}
-	return -1;
+	job->probe_class_found = palloc(sizeof(Igny8ComfyClass) *
+									Max(job->nprobe_classes, 1));
+	for (int i = 0; i < job->nprobe_classes; i++)
+		job->probe_class_found[i] = IGNY8_COMFY_CLASS_ERROR;	/* not asked */
 }
 
 /*
- * Ask about the loader class of file index, with what is left of the
- * probe's time; false (nothing sent) when none is left.
+ * Ask about node class index, with what is left of the probe's time; false
+ * (nothing sent) when none is left.
  */
 static bool
 comfyui_ask_class(Igny8Job *job, int index)
@@ -198,8 +229,7 @@ comfyui_ask_class(Igny8Job *job, int index)
 	if (left_ms < 1)
 		return false;
 	memset(&http, 0, sizeof(http));
-	igny8_comfyui_build_object_info(job->probe_files[index].class_type,
-									p->key, &http);
+	igny8_comfyui_build_object_info(job->probe_classes[index], p->key, &http);
 	job->transfer = igny8_http_start(p->base_url, &http, (int) left_ms,
 									 (int) Min((long) p->connect_timeout_ms,
 											   left_ms),
@@ -209,8 +239,8 @@ comfyui_ask_class(Igny8Job *job, int index)
 }
 
 /*
- * The probe's time ran out before ComfyUI answered about a loader class:
- * the verdict is a timeout, as if /system_stats had not answered in time.
+ * The probe's time ran out before ComfyUI answered about a node class: the
+ * verdict is a timeout, as if /system_stats had not answered in time.
  */
 static void
 comfyui_timed_out(Igny8Job *job, double latency_ms)
@@ -219,7 +249,7 @@ comfyui_timed_out(Igny8Job *job, double latency_ms)
 	probe_failed(job, "timeout",
 				 psprintf("timed out: the probe did not finish within igny8_ai.health_probe_timeout (%d ms); GET /object_info/%s did not answer in time",
 						  igny8_probe_timeout_ms,
-						  job->probe_files[job->probe_class].class_type),
+						  job->probe_classes[job->probe_class]),
 				 latency_ms);
 }
 
@@ -230,10 +260,24 @@ comfyui_files_verdict(Igny8Job *job, const char *failure)
 	Igny8ProbeResult *r = &job->probe_result;
 	cJSON	   *detail = cJSON_Parse(r->detail_json);
 	cJSON	   *missing = cJSON_CreateArray();
+	cJSON	   *nodes = cJSON_CreateArray();
 	StringInfoData names;
+	StringInfoData node_names;
 	int			nmissing = 0;
+	int			nnodes = 0;
 
 	initStringInfo(&names);
+	initStringInfo(&node_names);
+	for (int i = 0; i < job->nprobe_classes; i++)
+	{
+		if (job->probe_class_found[i] != IGNY8_COMFY_CLASS_UNKNOWN)
+			continue;
+		cJSON_AddItemToArray(nodes,
+							 cJSON_CreateString(job->probe_classes[i]));
+		if (nnodes++ > 0)
+			appendStringInfoString(&node_names, ", ");
+		appendStringInfoString(&node_names, job->probe_classes[i]);
+	}
 	for (int i = 0; i < job->nprobe_files; i++)
 	{
 		if (job->probe_files[i].present)
@@ -244,8 +288,11 @@ comfyui_files_verdict(Igny8Job *job, const char *failure)
 			appendStringInfoString(&names, ", ");
 		appendStringInfoString(&names, job->probe_files[i].file);
 	}
+	job->probe_nodes_missing = (nnodes > 0);
 	if (cJSON_IsObject(detail))
 	{
+		cJSON_AddNumberToObject(detail, "nodes_checked", job->nprobe_classes);
+		cJSON_AddItemToObject(detail, "nodes_missing", nodes);
 		cJSON_AddNumberToObject(detail, "model_files_checked", job->nprobe_files);
 		cJSON_AddItemToObject(detail, "model_files_missing", missing);
 		if (failure)
@@ -253,8 +300,17 @@ comfyui_files_verdict(Igny8Job *job, const char *failure)
 		r->detail_json = igny8_json_print(detail);
 	}
 	else
+	{
 		cJSON_Delete(missing);
+		cJSON_Delete(nodes);
+	}
 	cJSON_Delete(detail);
+	if (nnodes > 0)
+	{
+		r->degraded = true;
+		r->summary = psprintf("%d node%s missing: %s", nnodes,
+							  nnodes == 1 ? "" : "s", node_names.data);
+	}
 	if (failure)
 	{
 		r->degraded = true;
@@ -264,15 +320,18 @@ comfyui_files_verdict(Igny8Job *job, const char *failure)
 	else if (nmissing > 0)
 	{
 		r->degraded = true;
-		r->summary = psprintf("%d model file%s missing: %s", nmissing,
-							  nmissing == 1 ? "" : "s", names.data);
+		r->summary = psprintf("%s%d model file%s missing: %s",
+							  nnodes > 0 ? psprintf("%s; ", r->summary) : "",
+							  nmissing, nmissing == 1 ? "" : "s", names.data);
 	}
 }
 
 /* The short code of a probe's verdict, for NOTIFY. */
 static const char *
-probe_code(Igny8ProbeResult *r, long status)
+probe_code(Igny8ProbeResult *r, bool nodes_missing, long status)
 {
+	if (r->healthy && nodes_missing)
+		return "nodes_missing";
 	if (r->healthy)
 		return r->degraded ? "models_missing" : "ok";
 	if (status < 200 || status >= 300)
@@ -291,7 +350,7 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 	latency_ms = (double) (GetCurrentTimestamp() - job->attempt_start) / 1000.0;
 	if (job->probe_class >= 0)
 	{
-		/* ComfyUI's answer about one loader class */
+		/* ComfyUI's answer about one node class */
 		const char *failure = NULL;
 
 		if (t->result != CURLE_OK &&
@@ -308,17 +367,23 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 		else
 		{
 			Igny8HttpResponse resp;
+			const char *class_type = job->probe_classes[job->probe_class];
+			Igny8ComfyClass found;
 
 			igny8_http_answer(t, NULL, &resp);
-			if (!igny8_comfyui_parse_object_info(&resp,
-												 job->probe_files[job->probe_class].class_type,
-												 job->probe_files, job->nprobe_files) &&
-				(t->status < 200 || t->status >= 300))
-				failure = psprintf("GET /object_info: HTTP %ld", t->status);
+			found = igny8_comfyui_parse_object_info(&resp, class_type,
+													job->probe_files,
+													job->nprobe_files);
+			job->probe_class_found[job->probe_class] = found;
+			if (found == IGNY8_COMFY_CLASS_ERROR)
+				failure = (t->status < 200 || t->status >= 300) ?
+					psprintf("GET /object_info/%s: HTTP %ld", class_type,
+							 t->status) :
+					psprintf("GET /object_info/%s: malformed answer",
+							 class_type);
 		}
 		igny8_http_free(t);
-		if (failure == NULL &&
-			(job->probe_class = comfyui_next_class(job, job->probe_class + 1)) >= 0)
+		if (failure == NULL && ++job->probe_class < job->nprobe_classes)
 		{
 			if (!comfyui_ask_class(job, job->probe_class))
 				comfyui_timed_out(job, latency_ms);
@@ -327,6 +392,7 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 		}
 		comfyui_files_verdict(job, failure);
 		finish_probe(job, latency_ms, probe_code(&job->probe_result,
+												 job->probe_nodes_missing,
 												 job->probe_status));
 		MemoryContextSwitchTo(old);
 		return;
@@ -354,8 +420,8 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 		if (job->probe->kind == IGNY8_KIND_COMFYUI &&
 			job->probe_result.healthy)
 		{
-			comfyui_collect_files(job);
-			if (job->nprobe_files > 0)
+			comfyui_collect(job);
+			if (job->nprobe_classes > 0)
 			{
 				igny8_http_free(t);
 				if (!comfyui_ask_class(job, 0))
@@ -364,7 +430,7 @@ probe_done(Igny8Job *job, Igny8Transfer *t)
 				return;
 			}
 		}
-		finish_probe(job, latency_ms, probe_code(&job->probe_result,
+		finish_probe(job, latency_ms, probe_code(&job->probe_result, false,
 												 t->status));
 	}
 	igny8_http_free(t);

@@ -417,9 +417,11 @@ extern bool igny8_comfyui_parse_queue_has(const Igny8HttpResponse *resp,
  * The model files of a ComfyUI workflow, checked by the health probe
  * (provider_comfyui.c): model_files lists the string inputs of the loader
  * nodes (class ending in "Loader" or "LoaderSimple") that name model
- * files, each once; build_object_info makes GET /object_info/{class};
- * parse_object_info marks present the files of that class its input's
- * list holds ([[...]] or ["COMBO", {"options": [...]}]).
+ * files, each once; node_classes lists every node class a workflow uses,
+ * each once; build_object_info makes GET /object_info/{class};
+ * parse_object_info says whether the server has the class, and marks
+ * present the files of that class its input's list holds ([[...]] or
+ * ["COMBO", {"options": [...]}]).
  */
 typedef struct Igny8ComfyFile
 {
@@ -434,9 +436,20 @@ extern int	igny8_comfyui_model_files(const cJSON *graph, Igny8ComfyFile **files,
 extern void igny8_comfyui_build_object_info(const char *class_type,
 											const char *api_key,
 											Igny8HttpRequest *out);
-extern bool igny8_comfyui_parse_object_info(const Igny8HttpResponse *resp,
-											const char *class_type,
-											Igny8ComfyFile *files, int n);
+/* what GET /object_info/{class} says of the class */
+typedef enum Igny8ComfyClass
+{
+	IGNY8_COMFY_CLASS_ERROR = -1,	/* no answer about it */
+	IGNY8_COMFY_CLASS_UNKNOWN = 0,	/* {}: the node is not installed */
+	IGNY8_COMFY_CLASS_FOUND = 1
+} Igny8ComfyClass;
+
+extern int	igny8_comfyui_node_classes(const cJSON *graph, char ***classes,
+									   int n, int *cap);
+extern Igny8ComfyClass igny8_comfyui_parse_object_info(const Igny8HttpResponse *resp,
+													   const char *class_type,
+													   Igny8ComfyFile *files,
+													   int n);
 
 /*
  * OpenAI images (provider_openai.c): POST /v1/images/generations.

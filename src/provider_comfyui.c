@@ -15,9 +15,9 @@
  *
  * ComfyUI answers /system_stats with its version and, for each device,
  * the VRAM it has and has free (protocols.md 2.3), which makes a cheap
- * probe.  The model files the workflows need are checked after it, one
- * GET /object_info/{class} per loader class (the end of this file; the
- * worker's probe.c drives the calls).  ComfyUI has no auth; a key, when
+ * probe.  The node classes and model files the workflows need are checked
+ * after it, one GET /object_info/{class} per node class (the end of this
+ * file; the worker's probe.c drives the calls).  ComfyUI has no auth; a key, when
  * given, goes as a bearer header for a proxy in front of it.
  *
  * src/provider_comfyui.c
@@ -1296,26 +1296,73 @@ comfyui_combo_options(const cJSON *spec)
 }
 
 /*
- * Read GET /object_info/{class}: mark present every file of that class
- * that the server lists for its input.  False when the answer is not a
- * 2xx object describing the class (its files stay not present: a class
- * ComfyUI does not know cannot load them either).
+ * The node classes a workflow uses, added to *classes (n of them, cap
+ * allocated), each once, in the order they first appear.  Returns the new
+ * count.
  */
-bool
+int
+igny8_comfyui_node_classes(const cJSON *graph, char ***classes, int n,
+						   int *cap)
+{
+	const cJSON *node;
+
+	cJSON_ArrayForEach(node, graph)
+	{
+		const char *class_type = igny8_json_string(node, "class_type");
+		bool		seen = false;
+
+		if (class_type == NULL || class_type[0] == '\0')
+			continue;
+		for (int i = 0; i < n && !seen; i++)
+			seen = strcmp((*classes)[i], class_type) == 0;
+		if (seen)
+			continue;
+		if (n >= *cap)
+		{
+			*cap = Max(*cap * 2, 8);
+			*classes = *classes ? repalloc(*classes, sizeof(char *) * *cap) :
+				palloc(sizeof(char *) * *cap);
+		}
+		(*classes)[n++] = pstrdup(class_type);
+	}
+	return n;
+}
+
+/*
+ * Read GET /object_info/{class}: mark present every file of that class
+ * that the server lists for its input.  IGNY8_COMFY_CLASS_FOUND when the
+ * answer describes the class; IGNY8_COMFY_CLASS_UNKNOWN when it is a 2xx
+ * JSON object without it (ComfyUI answers {} for a class it does not have:
+ * a custom node that is not installed); IGNY8_COMFY_CLASS_ERROR for
+ * anything else (not a 2xx, not a JSON object).  Files of a class that is
+ * not found stay not present: a class ComfyUI does not know cannot load
+ * them either.
+ */
+Igny8ComfyClass
 igny8_comfyui_parse_object_info(const Igny8HttpResponse *resp,
 								const char *class_type,
 								Igny8ComfyFile *files, int n)
 {
 	cJSON	   *json;
 	const cJSON *inputs;
-	bool		ok;
+	Igny8ComfyClass verdict;
 
 	if (resp->status < 200 || resp->status >= 300)
-		return false;
+		return IGNY8_COMFY_CLASS_ERROR;
 	json = igny8_json_parse(resp->body, resp->body_len);
+	if (!cJSON_IsObject(json))
+	{
+		cJSON_Delete(json);
+		return IGNY8_COMFY_CLASS_ERROR;
+	}
 	inputs = igny8_json_member(igny8_json_member(json, class_type), "input");
-	ok = cJSON_IsObject(inputs);
-	for (int i = 0; ok && i < n; i++)
+	if (cJSON_IsObject(inputs))
+		verdict = IGNY8_COMFY_CLASS_FOUND;
+	else if (igny8_json_member(json, class_type) == NULL)
+		verdict = IGNY8_COMFY_CLASS_UNKNOWN;
+	else
+		verdict = IGNY8_COMFY_CLASS_ERROR;	/* there, but not a description */
+	for (int i = 0; verdict == IGNY8_COMFY_CLASS_FOUND && i < n; i++)
 	{
 		const cJSON *spec;
 		const cJSON *opts;
@@ -1340,5 +1387,5 @@ igny8_comfyui_parse_object_info(const Igny8HttpResponse *resp,
 		}
 	}
 	cJSON_Delete(json);
-	return ok;
+	return verdict;
 }

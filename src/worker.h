@@ -478,8 +478,11 @@ typedef struct Igny8Job
 	Igny8HealthChange probe_change;
 	Igny8ComfyFile *probe_files;	/* ComfyUI: the model files checked */
 	int			nprobe_files;
-	int			probe_class;	/* the file whose class is being asked
-								 * about, or -1 */
+	char	  **probe_classes;	/* ComfyUI: the node classes checked */
+	Igny8ComfyClass *probe_class_found; /* ... what /object_info said */
+	int			nprobe_classes;
+	int			probe_class;	/* the class being asked about, or -1 */
+	bool		probe_nodes_missing;	/* ComfyUI: a class is not there */
 	TimestampTz probe_deadline; /* the probe's start plus
 								 * igny8_ai.health_probe_timeout: all of its
 								 * requests end by then */

@@ -4306,24 +4306,56 @@ test_comfyui_model_files(void)
 
 	/* [[files], {...}]: clip_name1 listed, clip_name2 not */
 	resp = make_response(200, old_format, strlen(old_format), -1, -1);
-	CHECK(igny8_comfyui_parse_object_info(&resp, "DualCLIPLoader", files, n));
+	CHECK_INT(igny8_comfyui_parse_object_info(&resp, "DualCLIPLoader", files, n),
+			  IGNY8_COMFY_CLASS_FOUND);
 	CHECK(files[1].present);
 	CHECK(!files[2].present);
 	CHECK(!files[0].present);
 	/* ["COMBO", {"options": [...]}], in "optional" */
 	resp = make_response(200, combo_format, strlen(combo_format), -1, -1);
-	CHECK(igny8_comfyui_parse_object_info(&resp, "UNETLoader", files, n));
+	CHECK_INT(igny8_comfyui_parse_object_info(&resp, "UNETLoader", files, n),
+			  IGNY8_COMFY_CLASS_FOUND);
 	CHECK(files[0].present);
-	/* a class the server does not know: {} */
+	/* a class the server does not know (a node not installed): {} */
 	resp = make_response(200, "{}", 2, -1, -1);
-	CHECK(!igny8_comfyui_parse_object_info(&resp, "VAELoader", files, n));
+	CHECK_INT(igny8_comfyui_parse_object_info(&resp, "VAELoader", files, n),
+			  IGNY8_COMFY_CLASS_UNKNOWN);
 	CHECK(!files[3].present);
-	/* an error, and a malformed body */
+	/* an error, a malformed body, the class without a description */
 	resp = make_response(500, "500: Internal Server Error", 26, -1, -1);
-	CHECK(!igny8_comfyui_parse_object_info(&resp, "VAELoader", files, n));
+	CHECK_INT(igny8_comfyui_parse_object_info(&resp, "VAELoader", files, n),
+			  IGNY8_COMFY_CLASS_ERROR);
 	resp = make_response(200, "{\"VAELoader\":", 13, -1, -1);
-	CHECK(!igny8_comfyui_parse_object_info(&resp, "VAELoader", files, n));
+	CHECK_INT(igny8_comfyui_parse_object_info(&resp, "VAELoader", files, n),
+			  IGNY8_COMFY_CLASS_ERROR);
+	resp = make_response(200, "[]", 2, -1, -1);
+	CHECK_INT(igny8_comfyui_parse_object_info(&resp, "VAELoader", files, n),
+			  IGNY8_COMFY_CLASS_ERROR);
+	resp = make_response(200, "{\"VAELoader\":1}", 15, -1, -1);
+	CHECK_INT(igny8_comfyui_parse_object_info(&resp, "VAELoader", files, n),
+			  IGNY8_COMFY_CLASS_ERROR);
 	CHECK(!files[3].present);
+
+	/* every node class, each once, in the order of the graph */
+	{
+		char	  **classes = NULL;
+		int			class_cap = 0;
+		int			nclasses;
+		static const char *const want_classes[] = {"UNETLoader",
+			"DualCLIPLoader", "VAELoader", "CheckpointLoaderSimple",
+		"CLIPTextEncode", "LoraLoader"};
+
+		nclasses = igny8_comfyui_node_classes(graph, &classes, 0, &class_cap);
+		CHECK_INT(nclasses, (int) lengthof(want_classes));
+		for (int i = 0; i < nclasses && i < (int) lengthof(want_classes); i++)
+			CHECK_STR(classes[i], want_classes[i]);
+		/* a second workflow adds only what is new */
+		CHECK_INT(igny8_comfyui_node_classes(graph, &classes, nclasses,
+											 &class_cap), nclasses);
+		for (int i = 0; i < nclasses; i++)
+			pfree(classes[i]);
+		pfree(classes);
+	}
 
 	for (int i = 0; i < n; i++)
 	{
