@@ -20,6 +20,10 @@ disconnected are lost (NOTIFY is not queued for absent listeners): on
 reconnecting it says so in its log, and igny8_service_status has the
 current states.
 
+A delivery that fails in any way (no answer, an HTTP error, a reply that
+is not HTTP, a mail server that refuses) is logged and retried or
+skipped; the listener goes on with the next alert.
+
 Python 3 standard library and psycopg2 only (Debian: python3-psycopg2).
 
 Examples:
@@ -41,7 +45,6 @@ import signal
 import smtplib
 import sys
 import time
-import urllib.error
 import urllib.request
 
 import psycopg2
@@ -103,6 +106,13 @@ def summary(alert):
     return text
 
 
+def describe(e):
+    """An exception for the log: its class, and its text when it has one
+    (http.client.RemoteDisconnected's says little without the class)."""
+    text = str(e).strip()
+    return "%s: %s" % (type(e).__name__, text) if text else type(e).__name__
+
+
 def send_webhook(args, alert):
     # "text" makes it readable as is in Slack- and Mattermost-style hooks;
     # "alert" is the payload as the database sent it
@@ -110,14 +120,21 @@ def send_webhook(args, alert):
     req = urllib.request.Request(args.webhook, data=body, method="POST",
                                  headers={"Content-Type": "application/json",
                                           "User-Agent": "igny8-alert-listener"})
+    # Any failure counts, not only URLError and OSError: a reply that is
+    # not HTTP (a broken proxy) raises http.client.HTTPException
+    # (BadStatusLine, LineTooLong, IncompleteRead), which would otherwise
+    # end the listener and lose every later alert.  Exception, not
+    # BaseException: KeyboardInterrupt and SystemExit (SIGTERM) still stop it.
     for attempt in range(3):
         try:
             with urllib.request.urlopen(req, timeout=args.webhook_timeout) as r:
                 r.read()
             return True
-        except (urllib.error.URLError, OSError) as e:
-            log.warning("webhook POST failed (attempt %d of 3): %s", attempt + 1, e)
-            time.sleep(2 ** attempt)
+        except Exception as e:
+            log.warning("webhook POST failed (attempt %d of 3): %s", attempt + 1, describe(e))
+            if attempt < 2:
+                time.sleep(2 ** attempt)
+    log.warning("alert not sent to the webhook: %s", summary(alert))
     return False
 
 
@@ -137,8 +154,8 @@ def send_mail(args, alert):
                 s.login(args.smtp_user, os.environ.get("SMTP_PASSWORD", ""))
             s.send_message(msg)
         return True
-    except (smtplib.SMTPException, OSError) as e:
-        log.warning("mail failed: %s", e)
+    except Exception as e:      # as for the webhook: any failure, logged
+        log.warning("mail failed: %s", describe(e))
         return False
 
 
