@@ -24,6 +24,9 @@ A delivery that fails in any way (no answer, an HTTP error, a reply that
 is not HTTP, a mail server that refuses) is logged and retried or
 skipped; the listener goes on with the next alert.
 
+The webhook URL may come from IGNY8_ALERT_WEBHOOK instead of --webhook
+(it is a secret; deploy/vps/igny8-alert-listener.service passes it so).
+
 Python 3 standard library and psycopg2 only (Debian: python3-psycopg2).
 
 Examples:
@@ -61,7 +64,9 @@ def parse_args(argv):
                "(PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD).")
     p.add_argument("--dsn", default="",
                    help="libpq connection string (default: the PG* environment)")
-    p.add_argument("--webhook", metavar="URL", help="POST each alert as JSON to URL")
+    p.add_argument("--webhook", metavar="URL", default=os.environ.get("IGNY8_ALERT_WEBHOOK") or None,
+                   help="POST each alert as JSON to URL (default: $IGNY8_ALERT_WEBHOOK; "
+                        "a webhook URL is a secret: the environment keeps it out of ps)")
     p.add_argument("--webhook-timeout", type=float, default=10.0, metavar="S")
     p.add_argument("--smtp-host", help="send each alert by mail through this SMTP server")
     p.add_argument("--smtp-port", type=int,
@@ -82,7 +87,8 @@ def parse_args(argv):
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
     if not a.webhook and not a.smtp_host:
-        p.error("give --webhook URL, or --smtp-host with --mail-from and --mail-to, or both")
+        p.error("give --webhook URL (or IGNY8_ALERT_WEBHOOK), or --smtp-host with --mail-from "
+                "and --mail-to, or both")
     if a.smtp_host and (not a.mail_from or not a.mail_to):
         p.error("--smtp-host needs --mail-from and --mail-to")
     # one or the other: STARTTLS upgrades a plain connection, which
