@@ -10,7 +10,7 @@ set -euo pipefail
 
 usage() {
 	cat <<'USAGE'
-usage: verify.sh [--no-generate] [--help]
+usage: verify.sh [--no-generate] [--print-graph] [--help]
 
   --no-generate   skip the two generations (only lists and VRAM)
   --print-graph   print the workflow graph of the image check and exit
