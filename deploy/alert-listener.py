@@ -2,7 +2,9 @@
 """deploy/alert-listener.py: igny8_ai health alerts to a webhook or by mail.
 
 LISTENs on igny8_ai_health (the extension NOTIFYs it on every change of a
-provider's state) and turns each payload
+provider's state) and turns each payload of a provider going down (and,
+unless --no-recoveries, each of one that was down coming back; --states
+chooses other states)
 
     {"provider": "self_hosted_ai", "state": "down", "previous_state": "degraded",
      "code": "connection_refused", "consecutive_failures": 3, "at": "..."}
@@ -78,8 +80,12 @@ def parse_args(argv):
     p.add_argument("--mail-from")
     p.add_argument("--mail-to", action="append", default=[], metavar="ADDR",
                    help="recipient (repeat for more)")
-    p.add_argument("--states", default="down,degraded,healthy",
-                   help="states that raise an alert, comma-separated (default: %(default)s)")
+    p.add_argument("--states", default="down",
+                   help="states that raise an alert, comma-separated (default: %(default)s; "
+                        "down,degraded,healthy for every change)")
+    p.add_argument("--recoveries", action=argparse.BooleanOptionalAction, default=True,
+                   help="also alert when a provider that was down is no longer down "
+                        "(default: on)")
     p.add_argument("--keepalive", type=float, default=30.0, metavar="S",
                    help="check the connection every S seconds of silence (default 30)")
     p.add_argument("--max-alerts", type=int, default=0, metavar="N",
@@ -173,7 +179,10 @@ def handle(args, payload):
     except ValueError as e:
         log.warning("ignored a payload that is not a JSON object (%s): %.200s", e, payload)
         return False
-    if alert.get("state") not in args.states:
+    # a recovery: the end of a down that was alerted on
+    recovery = (args.recoveries and alert.get("previous_state") == "down"
+                and alert.get("state") != "down" and "down" in args.states)
+    if alert.get("state") not in args.states and not recovery:
         log.info("not alerting on state %s: %s", alert.get("state"), summary(alert))
         return False
     log.info("%s", summary(alert))
