@@ -9,6 +9,17 @@
 -- created in a schema on a caller's path can be picked instead.  The same
 -- holds for the SQL the background workers run (src/config.c, src/usage.c).
 --
+-- The script itself runs with search_path = the extension's schema (public
+-- by default, where a database owner who is no superuser may create
+-- objects), pg_catalog searched first.  What it stores (CHECK constraints,
+-- defaults, index expressions, views, policies, trigger conditions) and
+-- what it runs (the seed, DO blocks) names operators and functions as
+-- OPERATOR(pg_catalog.op) and pg_catalog.name: an operator or function
+-- planted in the schema beforehand that fits the argument types better
+-- (numeric >= integer, format(text, text)) would otherwise be bound into
+-- them for good and run as whoever writes the tables
+-- (test/suites/install_search_path).
+--
 
 --
 -- Configuration: providers, deployments of model aliases, fallbacks.
@@ -23,22 +34,22 @@
 
 CREATE TABLE igny8_providers (
     id              text PRIMARY KEY
-                    CHECK (id ~ '^[a-z0-9_]{1,63}$'),
+                    CHECK (id OPERATOR(pg_catalog.~) '^[a-z0-9_]{1,63}$'),
     kind            text NOT NULL
-                    CHECK (kind IN ('ollama', 'openai', 'anthropic', 'comfyui')),
+                    CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['ollama', 'openai', 'anthropic', 'comfyui'])),
     base_url        text NOT NULL
-                    CHECK (base_url ~* '^https?://[^/?#@[:space:]]+(/[^?#[:space:]]*)?$'),
+                    CHECK (base_url OPERATOR(pg_catalog.~*) '^https?://[^/?#@[:space:]]+(/[^?#[:space:]]*)?$'),
     api_key_ref     text,
     priority        integer NOT NULL DEFAULT 0,
     enabled         boolean NOT NULL DEFAULT true,
     connect_timeout interval NOT NULL DEFAULT '5 seconds'
-                    CHECK (connect_timeout > '0' AND connect_timeout <= '5 minutes'),
-    max_concurrent  integer NOT NULL DEFAULT 64 CHECK (max_concurrent > 0),
+                    CHECK (connect_timeout OPERATOR(pg_catalog.>) '0' AND connect_timeout OPERATOR(pg_catalog.<=) '5 minutes'),
+    max_concurrent  integer NOT NULL DEFAULT 64 CHECK (max_concurrent OPERATOR(pg_catalog.>) 0),
     settings        jsonb NOT NULL DEFAULT '{}'
-                    CHECK (jsonb_typeof(settings) = 'object'),
-    updated_at      timestamptz NOT NULL DEFAULT now(),
+                    CHECK (pg_catalog.jsonb_typeof(settings) OPERATOR(pg_catalog.=) 'object'),
+    updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     origin          text NOT NULL DEFAULT 'added'
-                    CHECK (origin IN ('shipped', 'edited', 'added'))
+                    CHECK (origin OPERATOR(pg_catalog.=) ANY (ARRAY['shipped', 'edited', 'added']))
 );
 
 COMMENT ON TABLE igny8_providers IS
@@ -55,14 +66,14 @@ COMMENT ON COLUMN igny8_providers.origin IS
 -- parameters go in it.  A trigger checks every row written (below).
 CREATE TABLE igny8_workflows (
     name            text PRIMARY KEY
-                    CHECK (name ~ '^[a-z0-9_.-]{1,63}$'),
+                    CHECK (name OPERATOR(pg_catalog.~) '^[a-z0-9_.-]{1,63}$'),
     graph           jsonb NOT NULL,
     bindings        jsonb NOT NULL,
     defaults        jsonb NOT NULL DEFAULT '{}',
     description     text,
-    updated_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     origin          text NOT NULL DEFAULT 'added'
-                    CHECK (origin IN ('shipped', 'edited', 'added'))
+                    CHECK (origin OPERATOR(pg_catalog.=) ANY (ARRAY['shipped', 'edited', 'added']))
 );
 
 COMMENT ON TABLE igny8_workflows IS
@@ -78,28 +89,28 @@ COMMENT ON COLUMN igny8_workflows.origin IS
 
 CREATE TABLE igny8_models (
     alias           text NOT NULL
-                    CHECK (alias ~ '^[^[:space:]]+$' AND octet_length(alias) <= 63),
+                    CHECK (alias OPERATOR(pg_catalog.~) '^[^[:space:]]+$' AND pg_catalog.octet_length(alias) OPERATOR(pg_catalog.<=) 63),
     provider_id     text NOT NULL REFERENCES igny8_providers (id)
                     ON UPDATE CASCADE ON DELETE CASCADE,
     provider_model  text NOT NULL
-                    CHECK (octet_length(provider_model) BETWEEN 1 AND 127),
-    task            text NOT NULL DEFAULT 'text' CHECK (task IN ('text', 'image')),
+                    CHECK (pg_catalog.octet_length(provider_model) OPERATOR(pg_catalog.>=) 1 AND pg_catalog.octet_length(provider_model) OPERATOR(pg_catalog.<=) 127),
+    task            text NOT NULL DEFAULT 'text' CHECK (task OPERATOR(pg_catalog.=) ANY (ARRAY['text', 'image'])),
     -- a workflow in use cannot be deleted
     workflow        text REFERENCES igny8_workflows (name)
                     ON UPDATE CASCADE ON DELETE RESTRICT,
     timeout         interval NOT NULL DEFAULT '60 seconds'
-                    CHECK (timeout > '0' AND timeout <= '1 day'),
+                    CHECK (timeout OPERATOR(pg_catalog.>) '0' AND timeout OPERATOR(pg_catalog.<=) '1 day'),
     queue_timeout   interval NOT NULL DEFAULT '30 seconds'
-                    CHECK (queue_timeout >= '0' AND queue_timeout <= '1 day'),
-    max_tokens      integer CHECK (max_tokens > 0),
-    weight          integer NOT NULL DEFAULT 1 CHECK (weight > 0),
+                    CHECK (queue_timeout OPERATOR(pg_catalog.>=) '0' AND queue_timeout OPERATOR(pg_catalog.<=) '1 day'),
+    max_tokens      integer CHECK (max_tokens OPERATOR(pg_catalog.>) 0),
+    weight          integer NOT NULL DEFAULT 1 CHECK (weight OPERATOR(pg_catalog.>) 0),
     enabled         boolean NOT NULL DEFAULT true,
     settings        jsonb NOT NULL DEFAULT '{}'
-                    CHECK (jsonb_typeof(settings) = 'object'),
+                    CHECK (pg_catalog.jsonb_typeof(settings) OPERATOR(pg_catalog.=) 'object'),
     origin          text NOT NULL DEFAULT 'added'
-                    CHECK (origin IN ('shipped', 'edited', 'added')),
+                    CHECK (origin OPERATOR(pg_catalog.=) ANY (ARRAY['shipped', 'edited', 'added'])),
     PRIMARY KEY (alias, provider_id, provider_model),
-    CONSTRAINT igny8_models_workflow_task CHECK (workflow IS NULL OR task = 'image')
+    CONSTRAINT igny8_models_workflow_task CHECK (workflow IS NULL OR task OPERATOR(pg_catalog.=) 'image')
 );
 
 COMMENT ON TABLE igny8_models IS
@@ -113,15 +124,15 @@ COMMENT ON COLUMN igny8_models.workflow IS
 
 CREATE TABLE igny8_fallbacks (
     alias           text NOT NULL,
-    position        integer NOT NULL CHECK (position > 0),
+    position        integer NOT NULL CHECK (position OPERATOR(pg_catalog.>) 0),
     fallback_alias  text NOT NULL,
     origin          text NOT NULL DEFAULT 'added'
-                    CHECK (origin IN ('shipped', 'edited', 'added')),
+                    CHECK (origin OPERATOR(pg_catalog.=) ANY (ARRAY['shipped', 'edited', 'added'])),
     PRIMARY KEY (alias, position),
     -- checked at the end of the transaction, so that a restore (or an
     -- update) may swap the fallbacks of two positions
     UNIQUE (alias, fallback_alias) DEFERRABLE INITIALLY DEFERRED,
-    CHECK (alias <> fallback_alias)
+    CHECK (alias OPERATOR(pg_catalog.<>) fallback_alias)
 );
 
 COMMENT ON TABLE igny8_fallbacks IS
@@ -139,28 +150,29 @@ COMMENT ON TABLE igny8_fallbacks IS
 -- and quality whose validity overlaps.
 CREATE TABLE igny8_prices (
     provider        text NOT NULL
-                    CHECK (provider ~ '^[a-z0-9_]{1,63}$'),
+                    CHECK (provider OPERATOR(pg_catalog.~) '^[a-z0-9_]{1,63}$'),
     model           text NOT NULL
-                    CHECK (octet_length(model) BETWEEN 1 AND 127),
+                    CHECK (pg_catalog.octet_length(model) OPERATOR(pg_catalog.>=) 1 AND pg_catalog.octet_length(model) OPERATOR(pg_catalog.<=) 127),
     unit            text NOT NULL
-                    CHECK (unit IN ('per_1m_input_tokens', 'per_1m_output_tokens',
-                                    'per_1m_cached_input_tokens',
-                                    'per_1m_cache_write_tokens', 'per_image')),
+                    CHECK (unit OPERATOR(pg_catalog.=) ANY (ARRAY[
+                               'per_1m_input_tokens', 'per_1m_output_tokens',
+                               'per_1m_cached_input_tokens',
+                               'per_1m_cache_write_tokens', 'per_image'])),
     size            text NOT NULL DEFAULT '',
     quality         text NOT NULL DEFAULT '',
-    price           numeric NOT NULL CHECK (price >= 0 AND price < 1000000),
+    price           numeric NOT NULL CHECK (price OPERATOR(pg_catalog.>=) 0 AND price OPERATOR(pg_catalog.<) 1000000),
     valid_from      timestamptz NOT NULL DEFAULT '-infinity',
     valid_to        timestamptz,
     origin          text NOT NULL DEFAULT 'added'
-                    CHECK (origin IN ('shipped', 'edited', 'added')),
+                    CHECK (origin OPERATOR(pg_catalog.=) ANY (ARRAY['shipped', 'edited', 'added'])),
     PRIMARY KEY (provider, model, unit, size, quality, valid_from),
-    CONSTRAINT igny8_prices_validity CHECK (valid_to > valid_from),
+    CONSTRAINT igny8_prices_validity CHECK (valid_to OPERATOR(pg_catalog.>) valid_from),
     -- images: a size (WIDTHxHEIGHT) and a quality ('' for any); tokens: neither
     CONSTRAINT igny8_prices_image CHECK (
-        CASE WHEN unit = 'per_image'
-             THEN size ~ '^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$'
-                  AND quality ~ '^[a-z0-9_]{0,31}$'
-             ELSE size = '' AND quality = '' END)
+        CASE WHEN unit OPERATOR(pg_catalog.=) 'per_image'
+             THEN size OPERATOR(pg_catalog.~) '^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$'
+                  AND quality OPERATOR(pg_catalog.~) '^[a-z0-9_]{0,31}$'
+             ELSE size OPERATOR(pg_catalog.=) '' AND quality OPERATOR(pg_catalog.=) '' END)
 );
 
 COMMENT ON TABLE igny8_prices IS
@@ -188,19 +200,19 @@ COMMENT ON COLUMN igny8_prices.price IS
 -- provider paid for by two boxes at once.
 CREATE TABLE igny8_fixed_costs (
     box             text NOT NULL
-                    CHECK (box ~ '^[a-z0-9_]{1,63}$'),
+                    CHECK (box OPERATOR(pg_catalog.~) '^[a-z0-9_]{1,63}$'),
     providers       text[] NOT NULL
-                    CHECK (cardinality(providers) BETWEEN 1 AND 64
-                           AND array_position(providers, NULL) IS NULL),
+                    CHECK (pg_catalog.cardinality(providers) OPERATOR(pg_catalog.>=) 1 AND pg_catalog.cardinality(providers) OPERATOR(pg_catalog.<=) 64
+                           AND pg_catalog.array_position(providers, NULL) IS NULL),
     description     text NOT NULL DEFAULT '',
     monthly_amount  numeric NOT NULL
-                    CHECK (monthly_amount >= 0 AND monthly_amount < 100000000),
+                    CHECK (monthly_amount OPERATOR(pg_catalog.>=) 0 AND monthly_amount OPERATOR(pg_catalog.<) 100000000),
     valid_from      timestamptz NOT NULL DEFAULT '-infinity',
     valid_to        timestamptz,
     origin          text NOT NULL DEFAULT 'added'
-                    CHECK (origin IN ('shipped', 'edited', 'added')),
+                    CHECK (origin OPERATOR(pg_catalog.=) ANY (ARRAY['shipped', 'edited', 'added'])),
     PRIMARY KEY (box, valid_from),
-    CONSTRAINT igny8_fixed_costs_validity CHECK (valid_to > valid_from)
+    CONSTRAINT igny8_fixed_costs_validity CHECK (valid_to OPERATOR(pg_catalog.>) valid_from)
 );
 
 COMMENT ON TABLE igny8_fixed_costs IS
@@ -218,13 +230,13 @@ COMMENT ON COLUMN igny8_fixed_costs.monthly_amount IS
 -- reference cost.  A trigger below refuses a model without a price.
 CREATE TABLE igny8_reference_models (
     alias           text PRIMARY KEY
-                    CHECK (alias ~ '^[^[:space:]]+$' AND octet_length(alias) <= 63),
+                    CHECK (alias OPERATOR(pg_catalog.~) '^[^[:space:]]+$' AND pg_catalog.octet_length(alias) OPERATOR(pg_catalog.<=) 63),
     provider        text NOT NULL DEFAULT 'openai'
-                    CHECK (provider ~ '^[a-z0-9_]{1,63}$'),
+                    CHECK (provider OPERATOR(pg_catalog.~) '^[a-z0-9_]{1,63}$'),
     model           text NOT NULL
-                    CHECK (octet_length(model) BETWEEN 1 AND 127),
+                    CHECK (pg_catalog.octet_length(model) OPERATOR(pg_catalog.>=) 1 AND pg_catalog.octet_length(model) OPERATOR(pg_catalog.<=) 127),
     origin          text NOT NULL DEFAULT 'added'
-                    CHECK (origin IN ('shipped', 'edited', 'added'))
+                    CHECK (origin OPERATOR(pg_catalog.=) ANY (ARRAY['shipped', 'edited', 'added']))
 );
 
 COMMENT ON TABLE igny8_reference_models IS
@@ -234,12 +246,13 @@ COMMENT ON TABLE igny8_reference_models IS
 -- deletes them again after CREATE EXTENSION made them.
 CREATE TABLE igny8_config_deletions (
     table_name      text NOT NULL
-                    CHECK (table_name IN ('igny8_providers', 'igny8_workflows',
-                                          'igny8_models', 'igny8_fallbacks',
-                                          'igny8_prices', 'igny8_fixed_costs',
-                                          'igny8_reference_models')),
+                    CHECK (table_name OPERATOR(pg_catalog.=) ANY (ARRAY[
+                               'igny8_providers', 'igny8_workflows',
+                               'igny8_models', 'igny8_fallbacks',
+                               'igny8_prices', 'igny8_fixed_costs',
+                               'igny8_reference_models'])),
     key             jsonb NOT NULL,
-    deleted_at      timestamptz NOT NULL DEFAULT now(),
+    deleted_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (table_name, key)
 );
 
@@ -1495,18 +1508,18 @@ BEGIN
     FOREACH t IN ARRAY ARRAY['igny8_providers', 'igny8_workflows', 'igny8_models',
                              'igny8_fallbacks', 'igny8_prices', 'igny8_fixed_costs',
                              'igny8_reference_models'] LOOP
-        EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE ON %I'
+        EXECUTE pg_catalog.format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE ON %I'
                        ' FOR EACH ROW EXECUTE FUNCTION igny8_config_guard()',
-                       t || '_guard', t);
-        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OR DELETE ON %I'
+                       t OPERATOR(pg_catalog.||) '_guard', t);
+        EXECUTE pg_catalog.format('CREATE TRIGGER %I AFTER UPDATE OR DELETE ON %I'
                        ' FOR EACH ROW EXECUTE FUNCTION igny8_config_forget()',
-                       t || '_forget', t);
-        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I'
+                       t OPERATOR(pg_catalog.||) '_forget', t);
+        EXECUTE pg_catalog.format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I'
                        ' FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_forget_all()',
-                       t || '_forget_all', t);
-        EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I'
+                       t OPERATOR(pg_catalog.||) '_forget_all', t);
+        EXECUTE pg_catalog.format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I'
                        ' FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed()',
-                       t || '_changed', t);
+                       t OPERATOR(pg_catalog.||) '_changed', t);
     END LOOP;
 END
 $$;
@@ -1518,7 +1531,7 @@ $$;
 --
 
 CREATE TABLE igny8_account_providers (
-    account_id      bigint NOT NULL CHECK (account_id >= 0),
+    account_id      bigint NOT NULL CHECK (account_id OPERATOR(pg_catalog.>=) 0),
     provider        text NOT NULL REFERENCES igny8_providers (id)
                     ON UPDATE CASCADE ON DELETE CASCADE,
     enabled         boolean NOT NULL DEFAULT true,
@@ -1577,12 +1590,12 @@ CREATE TRIGGER igny8_account_providers_changed
 
 CREATE TABLE igny8_cache_settings (
     alias           text PRIMARY KEY
-                    CHECK (alias ~ '^[^[:space:]]+$' AND octet_length(alias) <= 63),
+                    CHECK (alias OPERATOR(pg_catalog.~) '^[^[:space:]]+$' AND pg_catalog.octet_length(alias) OPERATOR(pg_catalog.<=) 63),
     enabled         boolean NOT NULL DEFAULT true,
     ttl             interval NOT NULL DEFAULT '1 day'
-                    CHECK (ttl > '0' AND ttl <= '1 year'),
+                    CHECK (ttl OPERATOR(pg_catalog.>) '0' AND ttl OPERATOR(pg_catalog.<=) '1 year'),
     max_entries     integer NOT NULL DEFAULT 10000
-                    CHECK (max_entries > 0),
+                    CHECK (max_entries OPERATOR(pg_catalog.>) 0),
     cache_nonzero_temperature boolean NOT NULL DEFAULT false
 );
 
@@ -1625,7 +1638,7 @@ CREATE TABLE igny8_response_cache (
     alias           text NOT NULL,
     -- pending: a worker sends the request (until expires_at, or until that
     -- worker stops, or no call of it owns the row any more); ready: answered
-    state           text NOT NULL CHECK (state IN ('pending', 'ready')),
+    state           text NOT NULL CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'ready'])),
     provider        text,
     model           text,
     content         text,
@@ -1633,7 +1646,7 @@ CREATE TABLE igny8_response_cache (
     finish_reason   text,
     input_tokens    integer NOT NULL DEFAULT 0,
     output_tokens   integer NOT NULL DEFAULT 0,
-    created_at      timestamptz NOT NULL DEFAULT now(),
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     expires_at      timestamptz NOT NULL,
     -- pending: the worker sending it (igny8_worker_status().worker), when
     -- that worker started, and the call (ai_usage_log.request_id); a
@@ -1667,7 +1680,7 @@ $$;
 
 CREATE TRIGGER igny8_cache_ttl_changed
     AFTER UPDATE OF ttl ON igny8_cache_settings
-    FOR EACH ROW WHEN (OLD.ttl IS DISTINCT FROM NEW.ttl)
+    FOR EACH ROW WHEN (OLD.ttl OPERATOR(pg_catalog.<>) NEW.ttl)
     EXECUTE FUNCTION igny8_cache_ttl_changed();
 
 -- Empty an alias's cache; returns the rows removed.
@@ -1745,7 +1758,7 @@ REVOKE ALL ON FUNCTION igny8_cache_cleanup() FROM PUBLIC;
 CREATE TABLE ai_usage_log (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     request_id      uuid NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now(),
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     account_id      bigint,
     provider        text NOT NULL,
     task_type       text NOT NULL,
@@ -1796,11 +1809,11 @@ COMMENT ON COLUMN ai_usage_log.api_key_ref IS
 
 CREATE TABLE service_health_log (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    checked_at      timestamptz NOT NULL DEFAULT now(),
+    checked_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     provider        text NOT NULL,
     healthy         boolean NOT NULL,
     state           text NOT NULL
-                    CHECK (state IN ('unknown', 'healthy', 'degraded', 'down')),
+                    CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['unknown', 'healthy', 'degraded', 'down'])),
     latency_ms      double precision,
     http_status     integer,
     detail          jsonb NOT NULL DEFAULT '{}'
@@ -1957,21 +1970,21 @@ COMMENT ON FUNCTION igny8_generate_images(text, text, text, integer, jsonb) IS
 
 CREATE TABLE igny8_jobs (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    kind            text NOT NULL CHECK (kind IN ('text', 'chat', 'image')),
+    kind            text NOT NULL CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['text', 'chat', 'image'])),
     state           text NOT NULL DEFAULT 'queued'
-                    CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+                    CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'running', 'succeeded', 'failed', 'cancelled'])),
     model_alias     text NOT NULL,
     request         jsonb NOT NULL,
     account_id      bigint,
     submitted_by    regrole NOT NULL DEFAULT current_user::regrole,
     priority        text NOT NULL DEFAULT 'background'
-                    CHECK (priority IN ('interactive', 'background')),
-    not_before      timestamptz NOT NULL DEFAULT now(),
-    max_attempts    integer NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 100),
+                    CHECK (priority OPERATOR(pg_catalog.=) ANY (ARRAY['interactive', 'background'])),
+    not_before      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    max_attempts    integer NOT NULL DEFAULT 3 CHECK (max_attempts OPERATOR(pg_catalog.>=) 1 AND max_attempts OPERATOR(pg_catalog.<=) 100),
     attempts        integer NOT NULL DEFAULT 0,
-    timeout_ms      integer NOT NULL CHECK (timeout_ms > 0),
+    timeout_ms      integer NOT NULL CHECK (timeout_ms OPERATOR(pg_catalog.>) 0),
     idempotency_key text,
-    created_at      timestamptz NOT NULL DEFAULT now(),
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     started_at      timestamptz,
     finished_at     timestamptz,
     -- the worker running it: its index and when it started
@@ -2047,7 +2060,7 @@ SELECT pg_catalog.pg_extension_config_dump('igny8_jobs_id_seq', '');
 -- igny8_jobs_cleanup() deletes those left for jobs no longer running.
 CREATE TABLE igny8_job_cancels (
     job_id        bigint PRIMARY KEY,
-    requested_at  timestamptz NOT NULL DEFAULT now()
+    requested_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
 COMMENT ON TABLE igny8_job_cancels IS
@@ -2256,28 +2269,28 @@ SELECT p.id AS provider,
        coalesce(s.errors, 0) AS errors,
        coalesce(u.requests_1h, 0) AS requests_1h,
        coalesce(u.errors_1h, 0) AS errors_1h,
-       round(100.0 * u.errors_1h::numeric
-             / nullif(u.requests_1h, 0)::numeric, 1) AS error_pct_1h
-  FROM igny8_providers p
-  LEFT JOIN igny8_health_state() s ON s.provider = p.id
+       pg_catalog.round(100.0 OPERATOR(pg_catalog.*) u.errors_1h::numeric
+                        OPERATOR(pg_catalog./) nullif(u.requests_1h, 0)::numeric, 1) AS error_pct_1h
+  FROM @extschema@.igny8_providers p
+  LEFT JOIN @extschema@.igny8_health_state() s ON s.provider OPERATOR(pg_catalog.=) p.id
   -- the last hour of ai_usage_log, one range scan of its created_at index;
   -- answers of the response cache reached no provider
   LEFT JOIN (
        SELECT l.provider,
-              count(*) AS requests_1h,
-              count(*) FILTER (WHERE NOT l.success) AS errors_1h
-         FROM ai_usage_log l
-        WHERE l.created_at > now() - interval '1 hour' AND NOT l.cached
-        GROUP BY l.provider) u ON u.provider = p.id
+              pg_catalog.count(*) AS requests_1h,
+              pg_catalog.count(*) FILTER (WHERE NOT l.success) AS errors_1h
+         FROM @extschema@.ai_usage_log l
+        WHERE l.created_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')
+          AND NOT l.cached
+        GROUP BY l.provider) u ON u.provider OPERATOR(pg_catalog.=) p.id
   LEFT JOIN LATERAL (
-       SELECT count(*) AS checks_24h,
-              -- numeric with numeric: operators that pg_catalog has exactly
-              round(100.0 * (count(*) FILTER (WHERE l.healthy))::numeric
-                    / nullif(count(*), 0)::numeric, 1) AS success_pct_24h,
-              max(l.checked_at) AS last_check
-         FROM service_health_log l
-        WHERE l.provider = p.id
-          AND l.checked_at > now() - interval '24 hours') h ON true;
+       SELECT pg_catalog.count(*) AS checks_24h,
+              pg_catalog.round(100.0 OPERATOR(pg_catalog.*) (pg_catalog.count(*) FILTER (WHERE l.healthy))::numeric
+                               OPERATOR(pg_catalog./) nullif(pg_catalog.count(*), 0)::numeric, 1) AS success_pct_24h,
+              pg_catalog.max(l.checked_at) AS last_check
+         FROM @extschema@.service_health_log l
+        WHERE l.provider OPERATOR(pg_catalog.=) p.id
+          AND l.checked_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '24 hours')) h ON true;
 
 COMMENT ON VIEW igny8_service_status IS
     'per provider: state, since when, last check and latency, failures, requests in flight and waiting, share of successful checks over 24 hours, attempts and failed attempts since the server started and over the last hour';
@@ -2390,7 +2403,7 @@ $$;
 
 CREATE TRIGGER igny8_ai_health_job_restored
     BEFORE INSERT ON cron.job
-    FOR EACH ROW WHEN (NEW.jobid = 8800000000000001)
+    FOR EACH ROW WHEN (NEW.jobid OPERATOR(pg_catalog.=) 8800000000000001)
     EXECUTE FUNCTION igny8_cron_job_restored();
 
 -- DROP EXTENSION igny8_ai: remove the job and the trigger first.
@@ -2406,7 +2419,7 @@ END
 $$;
 
 -- every minute, as the seed asks
-SELECT igny8_set_health_schedule('* * * * *');
+SELECT @extschema@.igny8_set_health_schedule('* * * * *');
 
 CREATE FUNCTION igny8_on_drop_extension() RETURNS event_trigger
 AS 'MODULE_PATHNAME', 'igny8_on_drop_extension'
@@ -2464,18 +2477,18 @@ SELECT st.state,
   FROM (VALUES ('queued'), ('running')) AS st(state)
   CROSS JOIN (VALUES ('interactive'), ('background')) AS pr(priority)
   LEFT JOIN (
-       SELECT 'queued'::text AS state, j.priority, count(*) AS jobs,
-              count(*) FILTER (WHERE j.not_before <= now()) AS due,
-              min(j.not_before) FILTER (WHERE j.not_before <= now()) AS oldest_since
-         FROM igny8_jobs j
-        WHERE j.state = 'queued'
+       SELECT 'queued'::text AS state, j.priority, pg_catalog.count(*) AS jobs,
+              pg_catalog.count(*) FILTER (WHERE j.not_before OPERATOR(pg_catalog.<=) pg_catalog.now()) AS due,
+              pg_catalog.min(j.not_before) FILTER (WHERE j.not_before OPERATOR(pg_catalog.<=) pg_catalog.now()) AS oldest_since
+         FROM @extschema@.igny8_jobs j
+        WHERE j.state OPERATOR(pg_catalog.=) 'queued'
         GROUP BY j.priority
        UNION ALL
-       SELECT 'running'::text, j.priority, count(*), count(*), min(j.started_at)
-         FROM igny8_jobs j
-        WHERE j.state = 'running'
+       SELECT 'running'::text, j.priority, pg_catalog.count(*), pg_catalog.count(*), pg_catalog.min(j.started_at)
+         FROM @extschema@.igny8_jobs j
+        WHERE j.state OPERATOR(pg_catalog.=) 'running'
         GROUP BY j.priority) c
-       ON c.state = st.state AND c.priority = pr.priority;
+       ON c.state OPERATOR(pg_catalog.=) st.state AND c.priority OPERATOR(pg_catalog.=) pr.priority;
 
 COMMENT ON VIEW igny8_job_queue IS
     'submitted jobs queued (and due) and running, by priority, with the longest wait of a due job or the longest run';
@@ -2661,7 +2674,7 @@ COMMENT ON FUNCTION igny8_cost_months() IS
     'the total row of igny8_cost_report for each calendar month with usage';
 
 CREATE VIEW igny8_cost_monthly AS
-SELECT * FROM igny8_cost_months();
+SELECT * FROM @extschema@.igny8_cost_months();
 
 COMMENT ON VIEW igny8_cost_monthly IS
     'per calendar month: attempts, tokens, images, cost, rent, savings against OpenAI, ROI on the rent, the day it was earned back';
@@ -2671,9 +2684,10 @@ COMMENT ON VIEW igny8_cost_monthly IS
 CREATE VIEW igny8_cost_by_provider AS
 SELECT r.provider, r.attempts, r.successes, r.input_tokens, r.output_tokens,
        r.images, r.cost, r.reference_cost
-  FROM igny8_cost_report(timezone('UTC'::text, date_trunc('month'::text, timezone('UTC'::text, now()))),
-                         timezone('UTC'::text, date_trunc('month'::text, timezone('UTC'::text, now()))
-                                               + '1 mon'::interval)) r
+  FROM @extschema@.igny8_cost_report(
+           pg_catalog.timezone('UTC'::text, pg_catalog.date_trunc('month'::text, pg_catalog.timezone('UTC'::text, pg_catalog.now()))),
+           pg_catalog.timezone('UTC'::text, pg_catalog.date_trunc('month'::text, pg_catalog.timezone('UTC'::text, pg_catalog.now()))
+                                            OPERATOR(pg_catalog.+) '1 mon'::interval)) r
  WHERE r.provider IS NOT NULL;
 
 COMMENT ON VIEW igny8_cost_by_provider IS
@@ -2726,8 +2740,8 @@ COMMENT ON FUNCTION igny8_cost_by_account(timestamptz, timestamptz) IS
 
 CREATE TABLE igny8_account_roles (
     role            regrole PRIMARY KEY,
-    account_id      bigint NOT NULL CHECK (account_id >= 0),
-    bound_at        timestamptz NOT NULL DEFAULT now()
+    account_id      bigint NOT NULL CHECK (account_id OPERATOR(pg_catalog.>=) 0),
+    bound_at        timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
 COMMENT ON TABLE igny8_account_roles IS
@@ -2793,13 +2807,13 @@ COMMENT ON FUNCTION igny8_unbind_usage(regrole) IS
 -- Budgets: a limit in USD per account and period (a UTC day or month).
 -- The workers check it before every paid attempt (src/budget.c).
 CREATE TABLE igny8_budgets (
-    account_id      bigint NOT NULL CHECK (account_id >= 0),
-    period          text NOT NULL CHECK (period IN ('day', 'month')),
-    limit_usd       numeric(14, 6) NOT NULL CHECK (limit_usd >= 0),
+    account_id      bigint NOT NULL CHECK (account_id OPERATOR(pg_catalog.>=) 0),
+    period          text NOT NULL CHECK (period OPERATOR(pg_catalog.=) ANY (ARRAY['day', 'month'])),
+    limit_usd       numeric(14, 6) NOT NULL CHECK (limit_usd OPERATOR(pg_catalog.>=) 0),
     action          text NOT NULL DEFAULT 'refuse'
-                    CHECK (action IN ('refuse', 'self_hosted_only')),
+                    CHECK (action OPERATOR(pg_catalog.=) ANY (ARRAY['refuse', 'self_hosted_only'])),
     warn_fraction   numeric(4, 3) NOT NULL DEFAULT 0.8
-                    CHECK (warn_fraction > 0 AND warn_fraction <= 1),
+                    CHECK (warn_fraction OPERATOR(pg_catalog.>) 0 AND warn_fraction OPERATOR(pg_catalog.<=) 1),
     PRIMARY KEY (account_id, period)
 );
 
