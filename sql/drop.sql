@@ -1,6 +1,7 @@
 --
--- drop: DROP EXTENSION leaves nothing behind in pg_cron (neither the job
--- nor the trigger on cron.job that lets a restore bring the job back)
+-- drop: DROP EXTENSION, or DROP SCHEMA ... CASCADE of its schema, leaves
+-- nothing behind in pg_cron (neither the job nor the trigger on cron.job
+-- that lets a restore bring the job back)
 --
 \set ECHO none
 \o /dev/null
@@ -67,4 +68,50 @@ DROP EXTENSION igny8_ai;
 DROP OWNED BY igny8_quoted_app;
 DROP ROLE igny8_quoted_app;
 DROP SCHEMA "Igny8 AI";
+SELECT count(*) AS jobs FROM cron.job;
+
+-- DROP SCHEMA ... CASCADE of the extension's schema drops the extension,
+-- and with it the job and the trigger on cron.job; a DROP of another
+-- extension or schema keeps both as they were
+CREATE SCHEMA ai;
+CREATE EXTENSION igny8_ai SCHEMA ai;
+SELECT ai.igny8_set_health_schedule('*/3 * * * *') IS NOT NULL AS scheduled;
+CREATE EXTENSION citext;
+CREATE SCHEMA unrelated;
+DROP EXTENSION citext;
+DROP SCHEMA unrelated;
+BEGIN;
+CREATE ROLE igny8_drop_owner;
+DROP OWNED BY igny8_drop_owner;
+DROP ROLE igny8_drop_owner;
+COMMIT;
+SELECT jobid = ai.igny8_health_job_id() AS same_job, jobname, schedule, command, active
+  FROM cron.job;
+SELECT count(*) AS triggers_on_cron_job FROM pg_trigger
+ WHERE tgrelid = 'cron.job'::regclass AND NOT tgisinternal
+   AND tgname LIKE 'igny8%';
+SET client_min_messages = warning;
+DROP SCHEMA ai CASCADE;
+RESET client_min_messages;
+SELECT count(*) AS jobs FROM cron.job;
+SELECT count(*) AS triggers_on_cron_job FROM pg_trigger
+ WHERE tgrelid = 'cron.job'::regclass AND NOT tgisinternal
+   AND tgname LIKE 'igny8%';
+
+-- a job left behind with its fixed id (a schema dropped before the drop
+-- took the job with it) runs the new schema's function after CREATE
+-- EXTENSION, and after igny8_set_health_schedule
+SELECT cron.schedule('igny8_ai_health_check', '*/7 * * * *', 'SELECT gone.igny8_health_job()') AS made \gset
+UPDATE cron.job SET jobid = 8800000000000001 WHERE jobid = :made;
+CREATE SCHEMA ai2;
+CREATE EXTENSION igny8_ai SCHEMA ai2;
+SELECT jobid = ai2.igny8_health_job_id() AS same_job, schedule, command, active FROM cron.job;
+UPDATE cron.job SET command = 'SELECT gone.igny8_health_job()';
+SELECT ai2.igny8_set_health_schedule(NULL) IS NULL AS stopped;
+SELECT schedule, command, active FROM cron.job;
+UPDATE cron.job SET command = 'SELECT gone.igny8_health_job()';
+SELECT ai2.igny8_set_health_schedule('*/2 * * * *') IS NOT NULL AS scheduled;
+SELECT schedule, command, active FROM cron.job;
+DROP EXTENSION igny8_ai;
+DROP SCHEMA ai2;
 SELECT count(*) AS jobs FROM cron.job;

@@ -2357,13 +2357,17 @@ AS 'SELECT 8800000000000001::bigint';
 COMMENT ON FUNCTION igny8_health_job_id() IS
     'the jobid of igny8_ai_health_check in cron.job';
 
--- (Re)schedule the health check, or stop it with NULL.
+-- (Re)schedule the health check, or stop it with NULL.  The job always
+-- runs this schema's igny8_health_job(): a job left behind by an install
+-- in another schema is taken over.
 CREATE FUNCTION igny8_set_health_schedule(schedule text) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job bigint := @extschema@.igny8_health_job_id();
+    command text := pg_catalog.format('SELECT %s.igny8_health_job()',
+                                      '@extschema@');	-- quoted already
     made bigint;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM cron.job j WHERE j.jobid OPERATOR(pg_catalog.=) job) THEN
@@ -2371,17 +2375,15 @@ BEGIN
             RETURN NULL;
         END IF;
         -- pg_cron checks the schedule; the job then gets its fixed id
-        made := cron.schedule('igny8_ai_health_check', schedule,
-                              pg_catalog.format('SELECT %s.igny8_health_job()',
-                                                '@extschema@'));	-- quoted already
+        made := cron.schedule('igny8_ai_health_check', schedule, command);
         UPDATE cron.job j SET jobid = job WHERE j.jobid OPERATOR(pg_catalog.=) made;
         RETURN job;
     END IF;
     IF schedule IS NULL THEN
-        PERFORM cron.alter_job(job, active => false);
+        PERFORM cron.alter_job(job, command => command, active => false);
         RETURN NULL;
     END IF;
-    PERFORM cron.alter_job(job, schedule => schedule, active => true);
+    PERFORM cron.alter_job(job, schedule => schedule, command => command, active => true);
     RETURN job;
 END
 $$;
@@ -2401,12 +2403,23 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER igny8_ai_health_job_restored
-    BEFORE INSERT ON cron.job
-    FOR EACH ROW WHEN (NEW.jobid OPERATOR(pg_catalog.=) 8800000000000001)
-    EXECUTE FUNCTION igny8_cron_job_restored();
+-- The trigger on cron.job that runs it.  CREATE OR REPLACE: also made
+-- again after a DROP that left the extension in place (below).
+CREATE FUNCTION igny8_remember_cron() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    CREATE OR REPLACE TRIGGER igny8_ai_health_job_restored
+        BEFORE INSERT ON cron.job
+        FOR EACH ROW WHEN (NEW.jobid OPERATOR(pg_catalog.=) 8800000000000001)
+        EXECUTE FUNCTION @extschema@.igny8_cron_job_restored();
+END
+$$;
 
--- DROP EXTENSION igny8_ai: remove the job and the trigger first.
+SELECT @extschema@.igny8_remember_cron();
+
+-- Remove the job and the trigger.
 CREATE FUNCTION igny8_forget_cron() RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2421,13 +2434,63 @@ $$;
 -- every minute, as the seed asks
 SELECT @extschema@.igny8_set_health_schedule('* * * * *');
 
-CREATE FUNCTION igny8_on_drop_extension() RETURNS event_trigger
-AS 'MODULE_PATHNAME', 'igny8_on_drop_extension'
-LANGUAGE C;
+-- A DROP that drops the extension (DROP EXTENSION igny8_ai, DROP SCHEMA
+-- ... CASCADE of its schema, DROP OWNED BY its owner) must take the job
+-- and the trigger on cron.job with it: the job would call a function that
+-- is gone, every minute, and the trigger depends on a function of the
+-- extension, so that the DROP would fail.  Before such a command (of any
+-- extension, schema or owner: which objects it drops is not known yet) the
+-- job, as it is, is kept aside in a setting of the transaction and removed
+-- with the trigger; after the command, if the extension is still there,
+-- they are put back.  If the command dropped the extension, its trigger
+-- after the command is gone with it, and so are the job and the trigger.
+-- Plain PL/pgSQL, so that a DROP works also when igny8_ai is no longer in
+-- shared_preload_libraries (the first step of an uninstall); SECURITY
+-- DEFINER, so that a role that may drop an extension of its own but may
+-- not write cron.job can.  A DROP that fails or is rolled back keeps both.
+CREATE FUNCTION igny8_before_drop() RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    job text;
+BEGIN
+    SELECT pg_catalog.to_jsonb(j)::text INTO job
+      FROM cron.job j
+     WHERE j.jobid OPERATOR(pg_catalog.=) @extschema@.igny8_health_job_id();
+    PERFORM pg_catalog.set_config('igny8_ai_drop.job', coalesce(job, 'none'), true);
+    PERFORM @extschema@.igny8_forget_cron();
+END
+$$;
 
-CREATE EVENT TRIGGER igny8_ai_drop_extension ON ddl_command_start
-    WHEN TAG IN ('DROP EXTENSION')
-    EXECUTE FUNCTION igny8_on_drop_extension();
+CREATE FUNCTION igny8_after_drop() RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    job text := pg_catalog.current_setting('igny8_ai_drop.job', true);
+BEGIN
+    IF coalesce(job, '') OPERATOR(pg_catalog.=) '' THEN
+        RETURN;
+    END IF;
+    PERFORM pg_catalog.set_config('igny8_ai_drop.job', '', true);
+    IF job OPERATOR(pg_catalog.<>) 'none' THEN
+        INSERT INTO cron.job
+        SELECT * FROM pg_catalog.jsonb_populate_record(NULL::cron.job, job::jsonb);
+    END IF;
+    PERFORM @extschema@.igny8_remember_cron();
+END
+$$;
+
+CREATE EVENT TRIGGER igny8_ai_before_drop ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION igny8_before_drop();
+
+CREATE EVENT TRIGGER igny8_ai_after_drop ON ddl_command_end
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION igny8_after_drop();
 
 --
 -- The workers and the request slots, for monitoring.
@@ -2894,7 +2957,9 @@ REVOKE ALL ON FUNCTION igny8_health_job() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_set_health_schedule(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_cron_job_restored() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_forget_cron() FROM PUBLIC;
-REVOKE ALL ON FUNCTION igny8_on_drop_extension() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_remember_cron() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_before_drop() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_after_drop() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_worker_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_slot_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_fixed_costs_check() FROM PUBLIC;

@@ -3,8 +3,9 @@
  * extension.c
  *	  Events of the extension's own objects that the workers must hear of:
  *	  a configuration change or a submitted job reaching COMMIT (or COMMIT
- *	  PREPARED), a cancelled job's commit, and DROP EXTENSION, which first
- *	  removes what igny8_ai put into pg_cron.
+ *	  PREPARED), a cancelled job's commit.  (What DROP EXTENSION must do
+ *	  first is done in PL/pgSQL by the install script's event triggers,
+ *	  which work without the library.)
  *
  * The configuration tables' statement triggers call igny8_config_changed();
  * at COMMIT the transaction callback bumps the configuration generation in
@@ -33,9 +34,7 @@
 
 #include "access/xact.h"
 #include "commands/async.h"
-#include "commands/event_trigger.h"
 #include "commands/trigger.h"
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
@@ -46,7 +45,6 @@
 
 PG_FUNCTION_INFO_V1(igny8_config_changed);
 PG_FUNCTION_INFO_V1(igny8_jobs_submitted);
-PG_FUNCTION_INFO_V1(igny8_on_drop_extension);
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static bool config_change_pending = false;
@@ -374,59 +372,4 @@ igny8_extension_hooks_init(void)
 {
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = igny8_ProcessUtility;
-}
-
-/*
- * Event trigger on DROP EXTENSION: when the command drops igny8_ai, remove
- * what the extension put into pg_cron first (its health job, and the
- * trigger on cron.job that lets a restore bring that job back), so that no
- * job is left calling a function that is gone and nothing outside the
- * extension depends on its functions.  Being transactional, a DROP that is
- * rolled back keeps both.
- */
-Datum
-igny8_on_drop_extension(PG_FUNCTION_ARGS)
-{
-	EventTriggerData *trigdata;
-	DropStmt   *stmt;
-	ListCell   *lc;
-
-	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("igny8_on_drop_extension() must be called as an event trigger")));
-	trigdata = (EventTriggerData *) fcinfo->context;
-	if (!IsA(trigdata->parsetree, DropStmt))
-		PG_RETURN_NULL();
-	stmt = (DropStmt *) trigdata->parsetree;
-	if (stmt->removeType != OBJECT_EXTENSION)
-		PG_RETURN_NULL();
-
-	foreach(lc, stmt->objects)
-	{
-		int			ret;
-
-		if (strcmp(strVal(lfirst(lc)), "igny8_ai") != 0)
-			continue;
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		ret = SPI_execute("SELECT n.nspname FROM pg_catalog.pg_extension e"
-						  " JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace"
-						  " WHERE e.extname OPERATOR(pg_catalog.=) 'igny8_ai'",
-						  true, 1);
-		if (ret == SPI_OK_SELECT && SPI_processed == 1)
-		{
-			char	   *schema = SPI_getvalue(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, 1);
-
-			ret = SPI_execute(psprintf("SELECT %s.igny8_forget_cron()",
-									   quote_identifier(schema)),
-							  false, 0);
-			if (ret != SPI_OK_SELECT)
-				elog(ERROR, "could not remove the igny8_ai pg_cron job: %s",
-					 SPI_result_code_string(ret));
-		}
-		SPI_finish();
-	}
-	PG_RETURN_NULL();
 }
