@@ -2844,6 +2844,26 @@ CREATE POLICY igny8_jobs_account ON igny8_jobs AS RESTRICTIVE FOR SELECT
     USING (@extschema@.igny8_bound_account() IS NULL
            OR account_id OPERATOR(pg_catalog.=) @extschema@.igny8_bound_account());
 
+-- The workers take and write every job, whoever submitted it, and write
+-- every account's usage rows, as whatever role igny8_ai.username names
+-- (with the grants of igny8_grant_worker).  The policies admit the worker
+-- processes themselves, not a role by name or oid: made here, they come
+-- back with CREATE EXTENSION after a dump and restore (pg_dump leaves out
+-- policies on an extension's tables that its script did not make) or a
+-- DROP and CREATE EXTENSION.  No other backend passes them.
+CREATE FUNCTION igny8_in_worker() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'igny8_in_worker'
+    LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION igny8_in_worker() IS
+    'true in an igny8_ai worker process: the workers'' row-level security policies on igny8_jobs and ai_usage_log';
+
+CREATE POLICY igny8_jobs_worker ON igny8_jobs FOR ALL
+    USING (@extschema@.igny8_in_worker());
+
+CREATE POLICY igny8_usage_worker ON ai_usage_log FOR INSERT
+    WITH CHECK (@extschema@.igny8_in_worker());
+
 -- Remove a role's binding; the role keeps its grants and becomes unbound.
 CREATE FUNCTION igny8_unbind_usage(role regrole) RETURNS void
 LANGUAGE plpgsql
@@ -3171,20 +3191,8 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON %s.igny8_jobs TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT SELECT, DELETE ON %s.igny8_job_cancels TO %s', s, role);
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.igny8_worker_alive(integer, timestamptz) TO %s', s, role);
-    -- the workers take and write every job, whoever submitted it
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
-                    WHERE p.polrelid OPERATOR(pg_catalog.=) '@extschema@.igny8_jobs'::pg_catalog.regclass
-                      AND p.polname OPERATOR(pg_catalog.=) ('igny8_jobs_worker_' OPERATOR(pg_catalog.||) role::oid)) THEN
-        EXECUTE pg_catalog.format('CREATE POLICY %I ON %s.igny8_jobs FOR ALL TO %s USING (true)',
-                                  'igny8_jobs_worker_' OPERATOR(pg_catalog.||) role::oid, s, role);
-    END IF;
-    -- ... and write every account's usage rows
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
-                    WHERE p.polrelid OPERATOR(pg_catalog.=) '@extschema@.ai_usage_log'::pg_catalog.regclass
-                      AND p.polname OPERATOR(pg_catalog.=) ('igny8_usage_worker_' OPERATOR(pg_catalog.||) role::oid)) THEN
-        EXECUTE pg_catalog.format('CREATE POLICY %I ON %s.ai_usage_log FOR INSERT TO %s WITH CHECK (true)',
-                                  'igny8_usage_worker_' OPERATOR(pg_catalog.||) role::oid, s, role);
-    END IF;
+    -- the policies igny8_jobs_worker and igny8_usage_worker let the
+    -- worker processes take every job and write every account's usage rows
 END
 $$;
 

@@ -42,9 +42,11 @@
 #include "utils/memutils.h"
 
 #include "igny8_ai.h"
+#include "worker.h"
 
 PG_FUNCTION_INFO_V1(igny8_config_changed);
 PG_FUNCTION_INFO_V1(igny8_jobs_submitted);
+PG_FUNCTION_INFO_V1(igny8_in_worker);
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static bool config_change_pending = false;
@@ -372,4 +374,18 @@ igny8_extension_hooks_init(void)
 {
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = igny8_ProcessUtility;
+}
+
+/*
+ * True in an igny8_ai worker, false in any other backend.  The row-level
+ * security policies that let the workers take every job and write every
+ * account's usage rows admit these processes, whatever role
+ * igny8_ai.username names: they are made by CREATE EXTENSION, so that a
+ * dump and restore (which does not dump policies on the extension's
+ * tables) or a DROP and CREATE EXTENSION keeps them.
+ */
+Datum
+igny8_in_worker(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(igny8_worker_index >= 0);
 }
