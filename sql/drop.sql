@@ -80,6 +80,19 @@ CREATE EXTENSION citext;
 CREATE SCHEMA unrelated;
 DROP EXTENSION citext;
 DROP SCHEMA unrelated;
+-- a role that is no superuser drops an extension and a schema of its own
+-- (the event triggers write cron.job with the rights of the extension's
+-- owner)
+CREATE ROLE igny8_drop_dbo;
+GRANT CREATE ON DATABASE contrib_regression TO igny8_drop_dbo;
+SET ROLE igny8_drop_dbo;
+CREATE SCHEMA dbo_own;
+CREATE EXTENSION citext SCHEMA dbo_own;
+DROP EXTENSION citext;
+DROP SCHEMA dbo_own;
+RESET ROLE;
+REVOKE CREATE ON DATABASE contrib_regression FROM igny8_drop_dbo;
+DROP ROLE igny8_drop_dbo;
 BEGIN;
 CREATE ROLE igny8_drop_owner;
 DROP OWNED BY igny8_drop_owner;

@@ -38,10 +38,10 @@ SELECT worker, pid IS NOT NULL AS running, in_flight, queued, config_current
 SELECT state, slots FROM igny8_slot_status();
 
 -- nothing the extension made is executable or readable by PUBLIC, but
--- igny8_bound_account(): the row-level security policies call it for
--- whoever reads ai_usage_log or igny8_jobs (the planner may call it before
--- the table's privileges are checked), and it tells a role only its own
--- binding
+-- igny8_bound_account() and igny8_in_worker(): the row-level security
+-- policies call them for whoever reads ai_usage_log or igny8_jobs (the
+-- planner may call them before the table's privileges are checked), and
+-- they tell a role only its own binding, and whether it is a worker
 SELECT p.proname
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'igny8_ai'
