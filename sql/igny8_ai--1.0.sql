@@ -2397,8 +2397,24 @@ CREATE FUNCTION igny8_cron_job_restored() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    here cron.job%ROWTYPE;
 BEGIN
-    DELETE FROM cron.job j WHERE j.jobid OPERATOR(pg_catalog.=) NEW.jobid;
+    -- The restored row keeps its schedule and whether it is active; where
+    -- and as whom it runs are this server's: the job CREATE EXTENSION
+    -- made here says so (the dump's may name another database, port or
+    -- role, e.g. a restore into a database of another name).
+    DELETE FROM cron.job j WHERE j.jobid OPERATOR(pg_catalog.=) NEW.jobid
+        RETURNING j.* INTO here;
+    IF FOUND THEN
+        NEW.database := here.database;
+        NEW.nodename := here.nodename;
+        NEW.nodeport := here.nodeport;
+        NEW.username := here.username;
+    ELSE
+        NEW.database := pg_catalog.current_database();
+    END IF;
+    NEW.command := pg_catalog.format('SELECT %s.igny8_health_job()', '@extschema@');
     RETURN NEW;
 END
 $$;
