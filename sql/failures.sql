@@ -82,3 +82,53 @@ SELECT dblink_disconnect('slow2');
 SELECT count(*) FROM generate_series(1, 20) i,
        igny8_generate_text('Keep alive ' || i || ' [[sim ollama:tag=ka]]', 'gpt-4') t;
 SELECT sim('connections --tag ka')::int <= 2 AS reused;
+
+-- a call made while the calling transaction holds a lock on a table the
+-- workers write that conflicts with their writes (ShareLock or stronger:
+-- LOCK TABLE, TRUNCATE, ALTER TABLE, CREATE INDEX) is refused at once:
+-- the worker would wait for the transaction, the transaction for the
+-- worker.  Every calling function; nothing is sent, no slot is taken
+-- (short timeouts: without the check, each call would wait for its
+-- deadline)
+TRUNCATE ai_usage_log;
+BEGIN;
+SET LOCAL statement_timeout = '20 s';
+LOCK TABLE ai_usage_log IN SHARE MODE;
+SELECT show_error($$SELECT igny8_generate_text('Self-deadlock', 'gpt-4', timeout => '3 s')$$);
+SELECT show_error($$SELECT * FROM igny8_chat('[{"role":"user","content":"Self-deadlock"}]', 'gpt-4', '{"timeout": 3}')$$);
+SELECT show_error($$SELECT * FROM igny8_generate_text_batch(ARRAY['One', 'Two'], 'gpt-4', '{"timeout": 3}')$$);
+SELECT show_error($$SELECT * FROM igny8_generate_image('A cloud', options => '{"timeout": 3}')$$);
+SELECT show_error($$SELECT * FROM igny8_generate_images('A cloud', n => 2, options => '{"timeout": 3}')$$);
+SELECT show_error($$SELECT * FROM igny8_check_health()$$);
+SELECT state, slots FROM igny8_slot_status() WHERE slots > 0;
+ROLLBACK;
+-- the response cache and the jobs' tables too: a TRUNCATE holds ACCESS
+-- EXCLUSIVE until the transaction ends
+BEGIN;
+SET LOCAL statement_timeout = '20 s';
+TRUNCATE igny8_response_cache;
+SELECT show_error($$SELECT igny8_generate_text('Self-deadlock', 'gpt-4', timeout => '3 s')$$);
+ROLLBACK;
+BEGIN;
+SET LOCAL statement_timeout = '20 s';
+LOCK TABLE igny8_jobs IN EXCLUSIVE MODE;
+SELECT show_error($$SELECT igny8_generate_text('Self-deadlock', 'gpt-4', timeout => '3 s')$$);
+ROLLBACK;
+-- waiting for a job is refused the same way (the job's worker writes its
+-- outcome and usage row); a job that is not due yet stays queued
+SELECT igny8_submit_text('Later', 'gpt-4', '{"not_before": "2999-01-01"}') AS later_job \gset
+BEGIN;
+LOCK TABLE ai_usage_log IN SHARE ROW EXCLUSIVE MODE;
+SELECT show_error(format('SELECT igny8_wait_job(%s, %L)', :later_job, '3 s'));
+ROLLBACK;
+SELECT igny8_cancel_job(:later_job);
+DELETE FROM igny8_jobs WHERE id = :later_job;
+SELECT count(*) AS usage_rows FROM ai_usage_log;
+-- a lock that does not conflict with the workers' writes is no obstacle:
+-- rows of the log deleted in the transaction of the call
+BEGIN;
+DELETE FROM ai_usage_log;
+LOCK TABLE ai_usage_log IN SHARE UPDATE EXCLUSIVE MODE;
+SELECT igny8_generate_text('Alongside a delete', 'gpt-4');
+COMMIT;
+SELECT count(*) AS usage_rows FROM ai_usage_log;

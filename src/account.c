@@ -271,9 +271,12 @@ shared_lookup(Oid role, bool *bound, int64 *account)
 	return answer;
 }
 
-/* The schema of the extension, or InvalidOid (PostgreSQL 15 exports none). */
-static Oid
-extension_schema(Oid ext)
+/*
+ * The schema of the extension ext, or InvalidOid (PostgreSQL 15 exports
+ * no such function).
+ */
+Oid
+igny8_extension_namespace(Oid ext)
 {
 	Relation	rel;
 	SysScanDesc scan;
@@ -377,7 +380,7 @@ lookup_binding(Oid role, int64 *account, bool fill)
 	ext = get_extension_oid("igny8_ai", true);
 	if (!OidIsValid(ext))
 		return false;
-	nsp = extension_schema(ext);
+	nsp = igny8_extension_namespace(ext);
 	if (!OidIsValid(nsp))
 		return false;
 	relid = get_relname_relid("igny8_account_roles", nsp);

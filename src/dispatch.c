@@ -17,6 +17,7 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -26,10 +27,14 @@
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/inval.h"
 #include "utils/json.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
@@ -105,6 +110,86 @@ check_loaded(void)
 				 errmsg("igny8_ai calls cannot be made during recovery"),
 				 errdetail("The server is a standby, or has not finished recovery: the igny8_ai workers start when it is promoted, since every call writes its usage rows."),
 				 errhint("Call it on the primary server.")));
+}
+
+/*
+ * The tables the workers write in the transactions of their loop: the
+ * usage rows, the response cache, and the outcomes and cancels of
+ * submitted jobs.  A worker waiting for a lock on one of them serves no one
+ * until it gets it.  Their OIDs in this database are looked up once and
+ * forgotten when one of them changes (dropped, moved to another schema).
+ */
+static const char *const worker_tables[] = {
+	"ai_usage_log", "igny8_response_cache", "igny8_jobs", "igny8_job_cancels"
+};
+static Oid	worker_table_oids[lengthof(worker_tables)];
+static bool worker_tables_known = false;
+
+static void
+worker_tables_invalidated(Datum arg, Oid relid)
+{
+	for (int i = 0; i < (int) lengthof(worker_tables); i++)
+		if (relid == InvalidOid || worker_table_oids[i] == relid)
+			worker_tables_known = false;
+}
+
+static bool
+find_worker_tables(void)
+{
+	static bool callback_registered = false;
+	Oid			ext;
+	Oid			nsp;
+
+	if (worker_tables_known)
+		return true;
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(worker_tables_invalidated, (Datum) 0);
+		callback_registered = true;
+	}
+	ext = get_extension_oid("igny8_ai", true);
+	nsp = OidIsValid(ext) ? igny8_extension_namespace(ext) : InvalidOid;
+	if (!OidIsValid(nsp))
+		return false;
+	for (int i = 0; i < (int) lengthof(worker_tables); i++)
+		worker_table_oids[i] = get_relname_relid(worker_tables[i], nsp);
+	worker_tables_known = true;
+	return true;
+}
+
+/*
+ * Refuse to wait for a worker while this transaction holds a lock on a
+ * table the workers write that conflicts with their writes (ShareLock or
+ * stronger: LOCK TABLE, TRUNCATE, ALTER TABLE, CREATE INDEX, VACUUM
+ * FULL...).  The worker would wait for this transaction to end, and this
+ * transaction for the worker, until the call's deadline, while the worker
+ * served no one else.  Called before anything is sent or any slot taken.
+ */
+void
+igny8_check_worker_locks(void)
+{
+	if (!find_worker_tables())
+		return;
+	for (int i = 0; i < (int) lengthof(worker_tables); i++)
+	{
+		LOCKTAG		tag;
+
+		if (!OidIsValid(worker_table_oids[i]))
+			continue;
+		SET_LOCKTAG_RELATION(tag, MyDatabaseId, worker_table_oids[i]);
+		for (LOCKMODE mode = MaxLockMode; mode >= ShareLock; mode--)
+		{
+			if (!LockHeldByMe(&tag, mode))
+				continue;
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("this transaction holds a lock on table \"%s\" that the igny8_ai workers need",
+							worker_tables[i]),
+					 errdetail("The transaction holds %s on it; the workers write there (usage rows, cached answers, jobs' outcomes), so a worker would wait for this transaction while it waits for the worker.",
+							   GetLockmodeName(DEFAULT_LOCKMETHOD, mode)),
+					 errhint("Call it in another transaction: before the one that takes the lock, or after that one ends.")));
+		}
+	}
 }
 
 static void
@@ -346,6 +431,7 @@ fill_slot(Igny8Task task, const char *alias, const char *request,
 	char	   *utf8;
 
 	check_loaded();
+	igny8_check_worker_locks();
 	if (my_slots == NULL)
 		my_slots = MemoryContextAlloc(TopMemoryContext,
 									  sizeof(int) * igny8_shared->nslots);

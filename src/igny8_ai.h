@@ -432,6 +432,7 @@ extern void igny8_submit_all(Igny8Task task, const char *alias,
 							 bool has_account, int64 account_id,
 							 const pg_uuid_t *request_ids, int *slots);
 extern void igny8_check_free_slots(int n);
+extern void igny8_check_worker_locks(void);
 /* extra wait past the deadline before the caller stops trusting the worker */
 #define IGNY8_WORKER_GRACE_MS	5000
 extern void igny8_wait(const int *slots, int n);
@@ -483,6 +484,7 @@ extern void igny8_budget_shmem_startup(void);
 
 /* account.c */
 extern bool igny8_role_account(Oid role, int64 *account);
+extern Oid	igny8_extension_namespace(Oid ext);
 extern void igny8_account_init(void);
 extern void igny8_account_shmem_request(void);
 extern void igny8_account_shmem_startup(void);

@@ -787,6 +787,12 @@ igny8_wait_job(PG_FUNCTION_ARGS)
 			}
 			if (first)
 			{
+				/*
+				 * The job's worker writes its outcome and usage rows, which
+				 * it cannot do while this transaction holds a conflicting
+				 * lock.
+				 */
+				igny8_check_worker_locks();
 				/* registered before the row is read again: no wake-up lost */
 				pg_atomic_exchange_u64(&igny8_job_waiters[MyProc->pgprocno],
 									   (uint64) id);
