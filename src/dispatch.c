@@ -209,9 +209,39 @@ forget_slot(int slotno)
 }
 
 /*
- * A slot its worker still holds (queued or running) is marked abandoned,
- * and the worker told, which aborts the transfer and frees it: true.
- * *state (if not NULL): the state the slot was in.
+ * Take a slot still QUEUED out of its worker's queue and free it: true.
+ * False when no queue holds it: a worker took it (it is RUNNING, or about
+ * to be: the worker pops it, then claims it), or it is not QUEUED.  A
+ * queued slot is in the queue of slot->worker (the worker that claims it
+ * from another's queue, or queues it again, becomes slot->worker), and
+ * only a pop under that queue's lock takes it out: once removed under the
+ * same lock, no worker can reach it.  So a slot queued to a worker that is
+ * not running, or behind a deadline, is freed at once, instead of waiting
+ * for a worker to pop it.
+ */
+static bool
+dequeue_slot(int slotno)
+{
+	Igny8Slot  *slot = &igny8_slots[slotno];
+	bool		queued;
+	int			worker;
+
+	SpinLockAcquire(&slot->mutex);
+	queued = (slot->state == IGNY8_SLOT_QUEUED);
+	worker = slot->worker;
+	SpinLockRelease(&slot->mutex);
+	if (!queued || !igny8_queue_remove(worker, slotno))
+		return false;
+	igny8_slot_release(slotno);
+	return true;
+}
+
+/*
+ * Give up a slot its worker still holds (queued or running): one still in
+ * a queue is taken out and freed (dequeue_slot); any other is marked
+ * abandoned, and the worker told, which aborts the transfer and frees it.
+ * True in both cases: the slot is no longer ours.  *state (if not NULL):
+ * the state the slot was in.
  */
 static bool
 abandon_held(int slotno, Igny8SlotState *state)
@@ -221,6 +251,12 @@ abandon_held(int slotno, Igny8SlotState *state)
 	int			worker;
 	bool		held;
 
+	if (dequeue_slot(slotno))
+	{
+		if (state != NULL)
+			*state = IGNY8_SLOT_QUEUED;
+		return true;
+	}
 	SpinLockAcquire(&slot->mutex);
 	was = slot->state;
 	worker = slot->worker;
@@ -292,12 +328,34 @@ exit_callback(int code, Datum arg)
 	igny8_abandon_since(0);
 }
 
-/* Take a free slot, or fail with a clear error when all are in use. */
+/* Is any worker running? */
+static bool
+any_worker_running(void)
+{
+	for (int w = 0; w < igny8_shared->nworkers; w++)
+		if (igny8_worker_running(w))
+			return true;
+	return false;
+}
+
+/*
+ * Take a free slot, or fail with a clear error when all are in use: when no
+ * worker runs, that is what the error says (the slots are held by calls
+ * waiting for one), not to raise igny8_ai.max_in_flight.
+ */
 static int
 take_slot(void)
 {
 	int			slotno = igny8_slot_take();
 
+	if (slotno < 0 && !any_worker_running())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("no igny8_ai background worker is running"),
+				 errdetail("All %d request slots are held by calls waiting for a worker.",
+						   igny8_shared->nslots),
+				 errhint("Check the server log; the workers connect to the database named by igny8_ai.database (\"%s\").",
+						 igny8_database)));
 	if (slotno < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),

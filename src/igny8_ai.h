@@ -15,7 +15,9 @@
  *	RUNNING --worker--> DONE --caller--> FREE
  *	RUNNING --worker--> QUEUED (nothing was sent, and the worker is
  *		stopping or was restarted: the request is queued again)
+ *	QUEUED --caller gives up, takes it out of the queue--> FREE
  *	FILLING/QUEUED/RUNNING --caller gives up--> ABANDONED --worker--> FREE
+ *		(QUEUED: when a worker popped it already, and claims it next)
  *	DONE --caller gives up--> FREE (the caller frees it itself)
  *
  * A worker moves a slot from QUEUED to RUNNING in the same step that takes
@@ -331,6 +333,7 @@ extern int	igny8_slot_take(void);
 extern void igny8_slot_release(int slotno);
 extern bool igny8_queue_push(int worker, int slotno);
 extern int	igny8_queue_pop(int worker);
+extern bool igny8_queue_remove(int worker, int slotno);
 extern bool igny8_queue_empty(int worker);
 extern uint32 igny8_queue_length(int worker);
 extern bool igny8_worker_running(int worker);

@@ -329,6 +329,33 @@ igny8_queue_pop(int worker)
 }
 
 /*
+ * Take a slot index out of a worker's ring, wherever it is, keeping the
+ * order of the others: false when the ring does not hold it (a worker
+ * popped it).
+ */
+bool
+igny8_queue_remove(int worker, int slotno)
+{
+	Igny8WorkerShared *w = &igny8_shared->workers[worker];
+	int		   *ring = igny8_queues + (Size) worker * igny8_shared->nslots;
+	uint32		n = (uint32) igny8_shared->nslots;
+	bool		found = false;
+
+	SpinLockAcquire(&w->mutex);
+	for (uint32 i = 0; i < w->queued; i++)
+	{
+		if (!found && ring[(w->head + i) % n] == slotno)
+			found = true;
+		if (found && i + 1 < w->queued)
+			ring[(w->head + i) % n] = ring[(w->head + i + 1) % n];
+	}
+	if (found)
+		w->queued--;
+	SpinLockRelease(&w->mutex);
+	return found;
+}
+
+/*
  * Is a worker's queue empty?  A hint, read without the lock (every caller
  * of it is woken anyway when something is pushed): a thousand callers
  * submitting at once would otherwise queue up on the worker's spinlock.
