@@ -17,6 +17,7 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
@@ -110,6 +111,35 @@ check_loaded(void)
 				 errmsg("igny8_ai calls cannot be made during recovery"),
 				 errdetail("The server is a standby, or has not finished recovery: the igny8_ai workers start when it is promoted, since every call writes its usage rows."),
 				 errhint("Call it on the primary server.")));
+}
+
+/*
+ * The workers connect to igny8_ai.database and serve it alone: they route
+ * with its configuration and write its ai_usage_log.  A call from another
+ * database that has the extension (left behind when both settings moved)
+ * would be served with that database's configuration and logged there, and
+ * a job submitted there would never run: refused.  The name is enough: the
+ * workers connect by it, and a database cannot be renamed while anyone is
+ * connected to it.
+ */
+void
+igny8_check_workers_database(void)
+{
+	static Oid	checked = InvalidOid;
+	char	   *name;
+
+	if (checked == MyDatabaseId)
+		return;
+	name = get_database_name(MyDatabaseId);
+	if (name == NULL || strcmp(name, igny8_database) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the igny8_ai workers serve database \"%s\", not \"%s\"",
+						igny8_database, name ? name : "?"),
+				 errdetail("The workers connect to the database named by igny8_ai.database, route calls with its configuration and log them there; a call or job from another database would be served with that configuration, or never run."),
+				 errhint("Call from database \"%s\", or set igny8_ai.database to the database that has the extension (pg_cron's cron.database_name) and restart the server.",
+						 igny8_database)));
+	checked = MyDatabaseId;
 }
 
 /*
@@ -489,6 +519,7 @@ fill_slot(Igny8Task task, const char *alias, const char *request,
 	char	   *utf8;
 
 	check_loaded();
+	igny8_check_workers_database();
 	igny8_check_worker_locks();
 	if (my_slots == NULL)
 		my_slots = MemoryContextAlloc(TopMemoryContext,

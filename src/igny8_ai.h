@@ -435,6 +435,7 @@ extern void igny8_submit_all(Igny8Task task, const char *alias,
 							 bool has_account, int64 account_id,
 							 const pg_uuid_t *request_ids, int *slots);
 extern void igny8_check_free_slots(int n);
+extern void igny8_check_workers_database(void);
 extern void igny8_check_worker_locks(void);
 /* extra wait past the deadline before the caller stops trusting the worker */
 #define IGNY8_WORKER_GRACE_MS	5000

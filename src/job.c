@@ -181,7 +181,7 @@ igny8_job_route(Igny8Job *job, Igny8Config *config, const char *load_error)
 							   psprintf("extension \"igny8_ai\" is not installed in database \"%s\"",
 										igny8_database),
 							   pstrdup("The igny8_ai workers serve the database named by igny8_ai.database."),
-							   pstrdup("Run CREATE EXTENSION igny8_ai in that database, and commit it before calling."));
+							   pstrdup("Set igny8_ai.database to the database that has the extension (pg_cron's cron.database_name) and restart the server; if the extension was created in the calling transaction, commit it before calling."));
 	else if (job->task == IGNY8_TASK_HEALTH)
 	{
 		job->probe = igny8_config_provider(config, job->alias);

@@ -290,6 +290,8 @@ insert_job(const JobsTable *t, const Igny8Request *req,
 	bool		inserted;
 	int64		id;
 
+	/* a job queued in a database the workers do not serve never runs */
+	igny8_check_workers_database();
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(kind_name(req->task));
 	values[1] = CStringGetTextDatum(req->alias);
@@ -790,8 +792,9 @@ igny8_wait_job(PG_FUNCTION_ARGS)
 				/*
 				 * The job's worker writes its outcome and usage rows, which
 				 * it cannot do while this transaction holds a conflicting
-				 * lock.
+				 * lock, nor at all in a database it does not serve.
 				 */
+				igny8_check_workers_database();
 				igny8_check_worker_locks();
 				/* registered before the row is read again: no wake-up lost */
 				pg_atomic_exchange_u64(&igny8_job_waiters[MyProc->pgprocno],
