@@ -26,6 +26,22 @@ SELECT request_id FROM igny8_chat('[{"role":"user","content":"Which id?"}]', 'gp
 SELECT provider, account_id, task_type, success FROM ai_usage_log
  WHERE request_id = :'request_id';
 
+-- (f(...)).* in the select list runs f once per column (PostgreSQL
+-- expands it to (f(...)).content, (f(...)).thinking, ...): 12 calls.  In
+-- FROM it runs once
+SELECT count(*) AS usage_rows_before FROM ai_usage_log \gset
+SELECT (igny8_chat('[{"role":"user","content":"Once per column"}]', 'gpt-4')).* \gset
+SELECT count(*) - :usage_rows_before AS calls_made FROM ai_usage_log;
+SELECT count(*) AS usage_rows_before FROM ai_usage_log \gset
+SELECT * FROM igny8_chat('[{"role":"user","content":"Once"}]', 'gpt-4') \gset
+SELECT count(*) - :usage_rows_before AS calls_made FROM ai_usage_log;
+SELECT count(*) AS usage_rows_before FROM ai_usage_log \gset
+SELECT t.n, c.content IS NOT NULL AS answered
+  FROM (VALUES (1), (2)) t(n)
+  CROSS JOIN LATERAL igny8_chat(jsonb_build_array(jsonb_build_object(
+      'role', 'user', 'content', 'Row ' || t.n)), 'gpt-4') c;
+SELECT count(*) - :usage_rows_before AS calls_made FROM ai_usage_log;
+
 -- a conversation with assistant turns goes through as it is
 SELECT igny8_chat(
     '[{"role":"user","content":"Hi [[sim ollama:tag=c1]]"},
