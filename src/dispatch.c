@@ -462,6 +462,15 @@ igny8_check_free_slots(int n)
 	SpinLockAcquire(&igny8_shared->free_mutex);
 	nfree = igny8_shared->nfree;
 	SpinLockRelease(&igny8_shared->free_mutex);
+	/* as take_slot: the slots may be held by calls waiting for a worker */
+	if (n > nfree && !any_worker_running())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("no igny8_ai background worker is running"),
+				 errdetail("The batch needs %d request slots; %d of %d are free, the others held by calls waiting for a worker.",
+						   n, nfree, igny8_shared->nslots),
+				 errhint("Check the server log; the workers connect to the database named by igny8_ai.database (\"%s\").",
+						 igny8_database)));
 	if (n > nfree)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
