@@ -200,10 +200,14 @@ SELECT provider, cached FROM igny8_chat('[{"role":"user","content":"Outage [[sim
                                         '{"temperature": 0}');
 SELECT sim_count('o1') AS requests;
 SELECT sim('up ollama') IS NOT NULL AS up;
+-- the box is back: requests opened its circuit, so its trial, a request,
+-- closes it (no cool-down left here), not a probe
 ALTER SYSTEM RESET igny8_ai.circuit_failure_threshold;
+ALTER SYSTEM SET igny8_ai.circuit_cooldown = 0;
+SELECT reload_settings();
+SELECT igny8_generate_text('Box back', 'gpt-4');
 ALTER SYSTEM RESET igny8_ai.circuit_cooldown;
 SELECT reload_settings();
-SELECT count(*) AS checked FROM igny8_check_health();
 SELECT state, circuit_open FROM igny8_service_status WHERE provider = 'self_hosted_ai';
 SELECT igny8_cache_purge('gpt-4') AS purged;
 

@@ -1,7 +1,8 @@
 --
 -- drop: DROP EXTENSION, or DROP SCHEMA ... CASCADE of its schema, leaves
 -- nothing behind in pg_cron (neither the job nor the trigger on cron.job
--- that lets a restore bring the job back)
+-- that lets a restore bring the job back; after DROP SCHEMA the job's next
+-- run removes it); a DROP of another schema or role does not touch cron.job
 --
 \set ECHO none
 \o /dev/null
@@ -79,7 +80,13 @@ SELECT ai.igny8_set_health_schedule('*/3 * * * *') IS NOT NULL AS scheduled;
 CREATE EXTENSION citext;
 CREATE SCHEMA unrelated;
 DROP EXTENSION citext;
+-- a DROP SCHEMA takes no lock on cron.job (the pg_cron launcher and
+-- cron.schedule() go on while its transaction is open)
+BEGIN;
 DROP SCHEMA unrelated;
+SELECT count(*) AS cron_job_locks FROM pg_locks
+ WHERE relation = 'cron.job'::regclass AND pid = pg_backend_pid();
+COMMIT;
 -- a role that is no superuser drops an extension and a schema of its own
 -- (the event triggers write cron.job with the rights of the extension's
 -- owner)
@@ -106,10 +113,14 @@ SELECT count(*) AS triggers_on_cron_job FROM pg_trigger
 SET client_min_messages = warning;
 DROP SCHEMA ai CASCADE;
 RESET client_min_messages;
-SELECT count(*) AS jobs FROM cron.job;
 SELECT count(*) AS triggers_on_cron_job FROM pg_trigger
  WHERE tgrelid = 'cron.job'::regclass AND NOT tgisinternal
    AND tgname LIKE 'igny8%';
+-- the job is left to its next run, which finds igny8_health_job() gone and
+-- unschedules it (run here as pg_cron would)
+SELECT count(*) AS jobs FROM cron.job;
+SELECT command FROM cron.job WHERE jobid = 8800000000000001 \gexec
+SELECT count(*) AS jobs FROM cron.job;
 
 -- a job left behind with its fixed id (a schema dropped before the drop
 -- took the job with it) runs the new schema's function after CREATE

@@ -2360,14 +2360,29 @@ COMMENT ON FUNCTION igny8_health_job_id() IS
 -- (Re)schedule the health check, or stop it with NULL.  The job always
 -- runs this schema's igny8_health_job(): a job left behind by an install
 -- in another schema is taken over.
+-- The health job's command.  It runs igny8_health_job() while that
+-- function exists, and otherwise unschedules itself: a DROP SCHEMA ...
+-- CASCADE or DROP OWNED that takes the extension with it leaves the job
+-- (no event trigger of the extension's fires for a DROP that drops it, and
+-- one that fired for every DROP of any schema would make every such DROP
+-- write cron.job), and the job's next run removes it.
+CREATE FUNCTION igny8_health_job_command() RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.format(
+        'DO $igny8$ BEGIN IF pg_catalog.to_regprocedure(%L) IS NULL THEN'
+        ' PERFORM cron.unschedule(%s); ELSE PERFORM %s.igny8_health_job(); END IF; END $igny8$',
+        '@extschema@.igny8_health_job()', 8800000000000001, '@extschema@')	-- quoted already
+$$;
+
 CREATE FUNCTION igny8_set_health_schedule(schedule text) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job bigint := @extschema@.igny8_health_job_id();
-    command text := pg_catalog.format('SELECT %s.igny8_health_job()',
-                                      '@extschema@');	-- quoted already
+    command text := @extschema@.igny8_health_job_command();
     made bigint;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM cron.job j WHERE j.jobid OPERATOR(pg_catalog.=) job) THEN
@@ -2414,56 +2429,37 @@ BEGIN
     ELSE
         NEW.database := pg_catalog.current_database();
     END IF;
-    NEW.command := pg_catalog.format('SELECT %s.igny8_health_job()', '@extschema@');
+    NEW.command := @extschema@.igny8_health_job_command();
     RETURN NEW;
 END
 $$;
 
--- The trigger on cron.job that runs it.  CREATE OR REPLACE: also made
--- again after a DROP that left the extension in place (below).
-CREATE FUNCTION igny8_remember_cron() RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    CREATE OR REPLACE TRIGGER igny8_ai_health_job_restored
-        BEFORE INSERT ON cron.job
-        FOR EACH ROW WHEN (NEW.jobid OPERATOR(pg_catalog.=) 8800000000000001)
-        EXECUTE FUNCTION @extschema@.igny8_cron_job_restored();
-END
-$$;
-
-SELECT @extschema@.igny8_remember_cron();
-
--- Remove the job and the trigger.
-CREATE FUNCTION igny8_forget_cron() RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    DROP TRIGGER IF EXISTS igny8_ai_health_job_restored ON cron.job;
-    DELETE FROM cron.job j
-     WHERE j.jobid OPERATOR(pg_catalog.=) @extschema@.igny8_health_job_id();
-END
-$$;
+-- The trigger on cron.job that runs it.  It depends on the extension
+-- (DEPENDS ON EXTENSION): whatever drops the extension (DROP EXTENSION,
+-- DROP SCHEMA ... CASCADE, DROP OWNED) drops the trigger with it.
+CREATE TRIGGER igny8_ai_health_job_restored
+    BEFORE INSERT ON cron.job
+    FOR EACH ROW WHEN (NEW.jobid OPERATOR(pg_catalog.=) 8800000000000001)
+    EXECUTE FUNCTION igny8_cron_job_restored();
+ALTER TRIGGER igny8_ai_health_job_restored ON cron.job DEPENDS ON EXTENSION igny8_ai;
 
 -- every minute, as the seed asks
 SELECT @extschema@.igny8_set_health_schedule('* * * * *');
 
--- A DROP that drops the extension (DROP EXTENSION igny8_ai, DROP SCHEMA
--- ... CASCADE of its schema, DROP OWNED BY its owner) must take the job
--- and the trigger on cron.job with it: the job would call a function that
--- is gone, every minute, and the trigger depends on a function of the
--- extension, so that the DROP would fail.  Before such a command (of any
--- extension, schema or owner: which objects it drops is not known yet) the
--- job, as it is, is kept aside in a setting of the transaction and removed
--- with the trigger; after the command, if the extension is still there,
--- they are put back.  If the command dropped the extension, its trigger
--- after the command is gone with it, and so are the job and the trigger.
--- Plain PL/pgSQL, so that a DROP works also when igny8_ai is no longer in
+-- DROP EXTENSION igny8_ai removes the health job at once.  Before any DROP
+-- EXTENSION (which extension it drops is not known yet) the job, as it is,
+-- is kept aside in a setting of the transaction and deleted; after the
+-- command, if igny8_ai is still there (its trigger after the command went
+-- with it otherwise), it is put back.  Only DROP EXTENSION: a DROP SCHEMA
+-- or DROP OWNED, frequent in some applications and made by any role,
+-- never touches cron.job; one that drops igny8_ai leaves the job to remove
+-- itself (igny8_health_job_command).  The job's row is deleted and put
+-- back, cron.job is not locked as a whole.  Plain PL/pgSQL, so that a DROP
+-- EXTENSION works also when igny8_ai is no longer in
 -- shared_preload_libraries (the first step of an uninstall); SECURITY
 -- DEFINER, so that a role that may drop an extension of its own but may
--- not write cron.job can.  A DROP that fails or is rolled back keeps both.
+-- not write cron.job can.  A DROP that fails or is rolled back keeps the
+-- job.
 CREATE FUNCTION igny8_before_drop() RETURNS event_trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -2472,11 +2468,10 @@ AS $$
 DECLARE
     job text;
 BEGIN
-    SELECT pg_catalog.to_jsonb(j)::text INTO job
-      FROM cron.job j
-     WHERE j.jobid OPERATOR(pg_catalog.=) @extschema@.igny8_health_job_id();
+    DELETE FROM cron.job j
+     WHERE j.jobid OPERATOR(pg_catalog.=) @extschema@.igny8_health_job_id()
+    RETURNING pg_catalog.to_jsonb(j)::text INTO job;
     PERFORM pg_catalog.set_config('igny8_ai_drop.job', coalesce(job, 'none'), true);
-    PERFORM @extschema@.igny8_forget_cron();
 END
 $$;
 
@@ -2496,16 +2491,15 @@ BEGIN
         INSERT INTO cron.job
         SELECT * FROM pg_catalog.jsonb_populate_record(NULL::cron.job, job::jsonb);
     END IF;
-    PERFORM @extschema@.igny8_remember_cron();
 END
 $$;
 
 CREATE EVENT TRIGGER igny8_ai_before_drop ON ddl_command_start
-    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+    WHEN TAG IN ('DROP EXTENSION')
     EXECUTE FUNCTION igny8_before_drop();
 
 CREATE EVENT TRIGGER igny8_ai_after_drop ON ddl_command_end
-    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+    WHEN TAG IN ('DROP EXTENSION')
     EXECUTE FUNCTION igny8_after_drop();
 
 --
@@ -2992,8 +2986,7 @@ REVOKE ALL ON FUNCTION igny8_health_state() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_health_job() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_set_health_schedule(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_cron_job_restored() FROM PUBLIC;
-REVOKE ALL ON FUNCTION igny8_forget_cron() FROM PUBLIC;
-REVOKE ALL ON FUNCTION igny8_remember_cron() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_health_job_command() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_before_drop() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_after_drop() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_worker_status() FROM PUBLIC;
