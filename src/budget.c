@@ -213,7 +213,11 @@ entry_reserved(Igny8BudgetEntry *e)
 }
 
 /*
- * A new period starts from nothing (the reservations go on).  Called on
+ * A new period starts from nothing (the reservations go on): its spend is
+ * what is settled from then on, so an entry whose spend was being summed
+ * is no longer loading (the sum, of the period before, is dropped when it
+ * comes; and one that failed would otherwise leave the entry loading, its
+ * paid attempts waiting, until the next configuration load).  Called on
  * every check: a comparison, until the period ends.
  */
 static void
@@ -231,6 +235,7 @@ roll_period(Igny8BudgetEntry *e, TimestampTz now)
 		e->spent = 0;
 		e->aside = 0;
 		e->warned_for = 0;
+		e->loading = false;
 	}
 	e->period_end = end;
 }
