@@ -2357,9 +2357,6 @@ AS 'SELECT 8800000000000001::bigint';
 COMMENT ON FUNCTION igny8_health_job_id() IS
     'the jobid of igny8_ai_health_check in cron.job';
 
--- (Re)schedule the health check, or stop it with NULL.  The job always
--- runs this schema's igny8_health_job(): a job left behind by an install
--- in another schema is taken over.
 -- The health job's command.  It runs igny8_health_job() while that
 -- function exists, and otherwise unschedules itself: a DROP SCHEMA ...
 -- CASCADE or DROP OWNED that takes the extension with it leaves the job
@@ -2376,6 +2373,9 @@ AS $$
         '@extschema@.igny8_health_job()', 8800000000000001, '@extschema@')	-- quoted already
 $$;
 
+-- (Re)schedule the health check, or stop it with NULL.  The job always
+-- runs this schema's igny8_health_job(): a job left behind by an install
+-- in another schema is taken over.
 CREATE FUNCTION igny8_set_health_schedule(schedule text) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
