@@ -621,6 +621,11 @@ SELECT igny8_submit_text('New run [[sim ollama:delay=8 tag=jnew reply=new-answer
 SELECT :jold = :jnew AS same_id;
 SELECT sim_wait_arrival('jnew');
 SELECT request_id AS new_rid FROM igny8_jobs WHERE id = :jnew \gset
+-- while both runs are in flight (the old one has no usage row yet), the
+-- job's progress is its own run's
+SELECT count(*) AS old_run_usage_rows FROM ai_usage_log WHERE request_id = :'old_rid';
+SELECT (j.progress->>'attempt_since')::timestamptz >= r.started_at AS progress_of_its_run
+  FROM igny8_job(:jnew) j, igny8_jobs r WHERE r.id = :jnew;
 -- the old run ends and logs its attempt; the new job is still running
 SELECT wait_until(format($q$EXISTS (SELECT FROM ai_usage_log WHERE request_id = %L)$q$, :'old_rid'),
                   'the old run''s usage row');
