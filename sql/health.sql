@@ -238,6 +238,18 @@ SELECT sim('up ollama') IS NOT NULL AS up;
 SELECT provider, healthy, state FROM igny8_check_health()
  WHERE provider = 'self_hosted_ai';
 SELECT * FROM notifications(1);
+-- so does it one that requests opened with failures on the way to the
+-- provider (refused connections: the tunnel or the box was down), which
+-- the probe, taking the same way, finds gone
+SELECT sim('down ollama') IS NOT NULL AS down;
+SELECT count(*) FROM generate_series(1, 3) i,
+       igny8_generate_text('Tunnel down again ' || i, 'gpt-4') t;
+SELECT state, circuit_open FROM igny8_service_status WHERE provider = 'self_hosted_ai';
+SELECT sim('up ollama') IS NOT NULL AS up;
+SELECT provider, healthy, state, detail->'requests_failing' AS requests_failing
+  FROM igny8_check_health() WHERE provider = 'self_hosted_ai';
+SELECT state, circuit_open FROM igny8_service_status WHERE provider = 'self_hosted_ai';
+SELECT * FROM notifications(3);
 
 -- ComfyUI without a custom node that an enabled workflow uses: the probe
 -- asks GET /object_info/{class} once for each node class of the enabled

@@ -12,8 +12,9 @@
  * the provider while another candidate exists.  After
  * igny8_ai.circuit_cooldown one trial request may pass; its success closes
  * the circuit.  A probe's success does too, unless the last request failed
- * (a probe's GET /api/tags says nothing of a generation that fails): then
- * only a request closes it.  Every change of state is announced by the
+ * on the provider, with an HTTP error or a timeout once sent (a probe's
+ * GET /api/tags says nothing of a generation that fails): then only a
+ * request closes it.  Every change of state is announced by the
  * worker that made it, probes' included, with NOTIFY igny8_ai_health
  * (committed by the worker, whatever the caller of igny8_check_health()
  * does), a WARNING in the server log when a provider goes down, and a LOG
@@ -201,17 +202,20 @@ error_for_db(const char *error, char *out, size_t size)
  *
  * A probe's success says nothing of what requests found: Ollama lists its
  * models (GET /api/tags) while every generation fails (a runner out of
- * memory, a CUDA error) or hangs.  So after a request that failed, a
- * probe's success changes neither the failures, nor the circuit, nor the
- * state (change->requests_failing says so): only a request's success
- * does, the open circuit's trial.  A circuit that probes alone opened
- * (the box was unreachable, the last request did not fail) is closed by a
- * probe's success as by a request's.
+ * memory, a CUDA error) or hangs.  So after a request that failed on the
+ * provider (an HTTP error, a timeout once sent), a probe's success changes
+ * neither the failures, nor the circuit, nor the state
+ * (change->requests_failing says so): only a request's success does, the
+ * open circuit's trial.  A circuit that probes opened, or requests that
+ * failed on the way to the provider (transport_failure: no connection, a
+ * connection reset or closed unanswered, the tunnel or the box down), is
+ * closed by a probe's success as by a request's: the probe took the same
+ * way.
  */
 void
 igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
-					double latency_ms, const char *error,
-					Igny8HealthChange *change)
+					bool transport_failure, double latency_ms,
+					const char *error, Igny8HealthChange *change)
 {
 	Igny8ProviderShared *p;
 	TimestampTz now = GetCurrentTimestamp();
@@ -239,7 +243,7 @@ igny8_health_report(int index, bool ok, bool probe, bool probe_degraded,
 			p->probe_degraded = probe_degraded;
 	}
 	else
-		p->request_failed = !ok;
+		p->request_failed = !ok && !transport_failure;
 	if (ok && probe && p->request_failed)
 	{
 		/* the requests' failures stand: nothing else changes */

@@ -223,8 +223,9 @@ typedef struct Igny8ProviderShared
 	TimestampTz trial_until;	/* a trial is in flight until then at the
 								 * latest (its attempt's deadline); 0: none */
 	bool		probe_degraded; /* last probe: reachable but incomplete */
-	bool		request_failed; /* the last request's outcome was a failure:
-								 * a probe's success then changes nothing,
+	bool		request_failed; /* the last request failed on the provider
+								 * (an HTTP error, a timeout once sent): a
+								 * probe's success then changes nothing,
 								 * only a request's success does */
 	TimestampTz last_check;		/* last probe */
 	TimestampTz last_seen;		/* last probe or request outcome */
@@ -506,8 +507,9 @@ extern int	igny8_provider_index(const char *id, bool create);
 extern void igny8_provider_forget_unused(const char *const *ids, int n);
 extern const char *igny8_health_state_name(Igny8HealthState state);
 extern void igny8_health_report(int index, bool ok, bool probe,
-								bool probe_degraded, double latency_ms,
-								const char *error, Igny8HealthChange *change);
+								bool probe_degraded, bool transport_failure,
+								double latency_ms, const char *error,
+								Igny8HealthChange *change);
 extern void igny8_health_peek(int index, Igny8HealthChange *change);
 extern void igny8_health_note_error(int index, const char *error);
 extern void igny8_provider_forget_health(int index);

@@ -913,6 +913,7 @@ report_health(Igny8Job *job, Igny8Provider *p, Igny8Transfer *t,
 {
 	Igny8HealthChange change;
 	bool		ok;
+	bool		transport_failure;
 	const char *error = NULL;
 	const char *code;
 
@@ -945,8 +946,18 @@ report_health(Igny8Job *job, Igny8Provider *p, Igny8Transfer *t,
 	if (!ok)
 		error = (a->http_status > 0) ?
 			psprintf("HTTP %ld: %s", a->http_status, a->error) : a->error;
-	igny8_health_report(p->shared_index, ok, false, false, a->duration_ms,
-						error, &change);
+	/*
+	 * A failure of the way to the provider (no connection, a connection
+	 * reset or closed without an answer, a connect that timed out: the
+	 * tunnel, or the box, was down) is one a probe can tell of: its success
+	 * later says the way is back.  An HTTP error or a request that timed
+	 * out once sent (a generation that fails or hangs) is not.
+	 */
+	transport_failure = (t != NULL && t->result != CURLE_OK &&
+						 (t->result != CURLE_OPERATION_TIMEDOUT ||
+						  igny8_http_never_sent(t)));
+	igny8_health_report(p->shared_index, ok, false, false, transport_failure,
+						a->duration_ms, error, &change);
 	if (!change.changed)
 		return;
 	igny8_health_alert(p->id, &change, error ? igny8_to_db_lossy(error) : NULL);

@@ -87,7 +87,7 @@ finish_probe(Igny8Job *job, double latency_ms, const char *code)
 	}
 	else
 		igny8_health_report(job->probe->shared_index, r->healthy, true,
-							r->degraded, latency_ms, r->summary,
+							r->degraded, false, latency_ms, r->summary,
 							&job->probe_change);
 	/*
 	 * The change is announced by this worker, which made it, as a
