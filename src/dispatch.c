@@ -358,6 +358,24 @@ exit_callback(int code, Datum arg)
 	igny8_abandon_since(0);
 }
 
+/*
+ * The error of a call that finds no worker to serve it; detail says how it
+ * found out.
+ */
+static void no_worker_error(const char *detail) pg_attribute_noreturn();
+
+static void
+no_worker_error(const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("no igny8_ai background worker is running"),
+			 errdetail_internal("%s", detail),
+			 errhint("Check the server log; the workers connect to the database named by igny8_ai.database (\"%s\").",
+					 igny8_database)));
+	pg_unreachable();
+}
+
 /* Is any worker running? */
 static bool
 any_worker_running(void)
@@ -379,13 +397,8 @@ take_slot(void)
 	int			slotno = igny8_slot_take();
 
 	if (slotno < 0 && !any_worker_running())
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("no igny8_ai background worker is running"),
-				 errdetail("All %d request slots are held by calls waiting for a worker.",
-						   igny8_shared->nslots),
-				 errhint("Check the server log; the workers connect to the database named by igny8_ai.database (\"%s\").",
-						 igny8_database)));
+		no_worker_error(psprintf("All %d request slots are held by calls waiting for a worker.",
+								 igny8_shared->nslots));
 	if (slotno < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -464,13 +477,8 @@ igny8_check_free_slots(int n)
 	SpinLockRelease(&igny8_shared->free_mutex);
 	/* as take_slot: the slots may be held by calls waiting for a worker */
 	if (n > nfree && !any_worker_running())
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("no igny8_ai background worker is running"),
-				 errdetail("The batch needs %d request slots; %d of %d are free, the others held by calls waiting for a worker.",
-						   n, nfree, igny8_shared->nslots),
-				 errhint("Check the server log; the workers connect to the database named by igny8_ai.database (\"%s\").",
-						 igny8_database)));
+		no_worker_error(psprintf("The batch needs %d request slots; %d of %d are free, the others held by calls waiting for a worker.",
+								 n, nfree, igny8_shared->nslots));
 	if (n > nfree)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -721,13 +729,8 @@ wait_slots(const int *slots, int n, bool *late)
 				no_worker_since[i] = now;
 			else if (TimestampDifferenceExceeds(no_worker_since[i], now,
 												IGNY8_NO_WORKER_MS))
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("no igny8_ai background worker is running"),
-						 errdetail("The request waited %d ms for a worker.",
-								   IGNY8_NO_WORKER_MS),
-						 errhint("Check the server log; the workers connect to the database named by igny8_ai.database (\"%s\").",
-								 igny8_database)));
+				no_worker_error(psprintf("The request waited %d ms for a worker.",
+										 IGNY8_NO_WORKER_MS));
 			if (TimestampDifferenceExceeds(slot->deadline, now,
 										   IGNY8_WORKER_GRACE_MS) &&
 				late != NULL)

@@ -707,8 +707,7 @@ claim(const char *schema, int want, int *slots, volatile int *ntaken, int *nclai
 	values[0] = bigint_array(ids, nids);
 	values[1] = Int32GetDatum(igny8_worker_index);
 	values[2] = TimestampTzGetDatum(igny8_worker_started_at);
-	values[3] = PointerGetDatum(construct_array(rids, nids, UUIDOID, UUID_LEN,
-												false, TYPALIGN_CHAR));
+	values[3] = uuid_array(rids, nids);
 	ret = SPI_execute_plan(job_plan(PLAN_CLAIM, schema,
 		"UPDATE %s.igny8_jobs j SET state = 'running',"
 		" attempts = j.attempts OPERATOR(pg_catalog.+) 1,"
