@@ -634,3 +634,28 @@ SELECT progress IS NOT NULL AS has_progress FROM igny8_job(:jnew);
 SELECT state, content, request_id = :'new_rid' AS new_run FROM igny8_wait_job(:jnew, '30 s');
 SELECT request_id = :'new_rid' AS new_run, success FROM ai_usage_log
  WHERE request_id IN (:'old_rid', :'new_rid') ORDER BY id;
+
+-- a job whose outcome cannot be written (a trigger a DBA put on
+-- igny8_jobs refuses it; here as a full disk would): the job ends failed
+-- with the reason, once, and its attempt keeps its usage row; the other
+-- jobs are written as usual
+CREATE FUNCTION refuse_outcome() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'no room left for job %', NEW.id
+        USING ERRCODE = 'disk_full', DETAIL = 'refused by the test trigger';
+END
+$$;
+CREATE TRIGGER refuse_outcome BEFORE UPDATE ON igny8_jobs FOR EACH ROW
+    WHEN (NEW.state = 'succeeded' AND NEW.content LIKE '%unwritable-answer')
+    EXECUTE FUNCTION refuse_outcome();
+SELECT igny8_submit_text('Unwritable [[sim ollama:reply=unwritable-answer]]', 'gpt-4') AS junw \gset
+SELECT state, error_code, error_message = format('could not write the outcome of job %s to igny8_jobs: no room left for job %s', :junw, :junw) AS says_why,
+       error_detail, error_hint, content, attempts
+  FROM igny8_wait_job(:junw, '30 s');
+SELECT count(*) FILTER (WHERE u.success) AS usage_succeeded, count(*) AS usage_rows
+  FROM ai_usage_log u JOIN igny8_jobs j USING (request_id) WHERE j.id = :junw;
+SELECT igny8_submit_text('Writable [[sim ollama:reply=writable-answer]]', 'gpt-4') AS jw \gset
+SELECT state, content FROM igny8_wait_job(:jw, '30 s');
+DROP TRIGGER refuse_outcome ON igny8_jobs;
+DROP FUNCTION refuse_outcome();
+SELECT state, attempts FROM igny8_jobs WHERE id = :junw;

@@ -19,7 +19,9 @@
  * Writing: the outcome of a finished run goes into its row in the
  * transaction that writes its usage rows (usage.c), with NOTIFY
  * igny8_ai_jobs; the backends waiting in igny8_wait_job are woken after
- * the commit.
+ * the commit.  Each outcome is written in a subtransaction: one that the
+ * row refuses (a constraint, a trigger a DBA put on igny8_jobs) ends its
+ * job failed with that error, and the rest of the transaction stands.
  *
  * When: a commit that queued jobs bumps the jobs generation and wakes the
  * workers (extension.c); a worker that filled its share, or left jobs of
@@ -58,6 +60,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
@@ -69,7 +72,9 @@
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 
+#include "redact.h"
 #include "worker.h"
 
 /* how often a worker with runs scans igny8_jobs whatever it was told */
@@ -1197,6 +1202,107 @@ write_one(const char *schema, Igny8Job *job)
 }
 
 /*
+ * write_one() in a subtransaction of its own: whether it wrote.  On an
+ * error (a constraint, a trigger a DBA put on igny8_jobs) the error is
+ * logged and undone, and the rest of the flush (the usage rows, the other
+ * jobs' outcomes) goes on.
+ */
+static bool
+try_write_one(const char *schema, Igny8Job *job, ErrorData **error)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = false;
+
+	*error = NULL;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		write_one(schema, job);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ok = true;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		*error = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/* text with the keys of every candidate of the job redacted */
+static char *
+redact_job_keys(Igny8Job *job, const char *text)
+{
+	char	   *out = pstrdup(text);
+
+	for (int i = 0; i < job->ncands; i++)
+		if (job->cands[i] && job->cands[i]->provider->key)
+			out = igny8_redact(out, job->cands[i]->provider->key);
+	return out;
+}
+
+/*
+ * Write a finished run's outcome into its row.  If the row refuses it (a
+ * constraint, or a trigger on igny8_jobs: a DBA's check, a full disk
+ * simulated), the run's attempts were made and their usage rows are
+ * written in this transaction all the same: the job ends failed with the
+ * reason (its SQLSTATE, the message with the keys redacted), once, not run
+ * again, and the server log says so.  Only if that write fails too is the
+ * row left running, for the next scan to take back.
+ */
+static void
+write_outcome(const char *schema, Igny8Job *job)
+{
+	ErrorData  *error;
+	ErrorData  *again;
+	MemoryContext old;
+	char	   *message;
+
+	if (try_write_one(schema, job, &error))
+		return;
+	message = redact_job_keys(job, error->message ? error->message : "unknown error");
+	ereport(WARNING,
+			(errcode(error->sqlerrcode),
+			 errmsg("igny8_ai worker %d could not write the outcome (%s) of job " INT64_FORMAT " to igny8_jobs: %s",
+					igny8_worker_index,
+					job->success ? "succeeded" : job->job_cancelled ? "cancelled" : "failed",
+					job->job_id, message),
+			 error->detail ? errdetail("%s", redact_job_keys(job, error->detail)) : 0,
+			 errhint("The job ends failed with this error; its attempts are in ai_usage_log with request_id %s.",
+					 DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&job->request_id))))));
+	old = MemoryContextSwitchTo(job->cxt);
+	job->job_cancelled = false;
+	igny8_job_finish_error(job, error->sqlerrcode,
+						   psprintf("could not write the outcome of job " INT64_FORMAT " to igny8_jobs: %s",
+									job->job_id, message),
+						   error->detail ? redact_job_keys(job, error->detail) : NULL,
+						   pstrdup("Its attempts are in ai_usage_log with its request_id; the server log has the error."));
+	MemoryContextSwitchTo(old);
+	FreeErrorData(error);
+	if (try_write_one(schema, job, &again))
+		return;
+	ereport(WARNING,
+			(errcode(again->sqlerrcode),
+			 errmsg("igny8_ai worker %d could not write job " INT64_FORMAT " as failed either: %s",
+					igny8_worker_index, job->job_id,
+					redact_job_keys(job, again->message ? again->message : "unknown error")),
+			 errhint("The job stays running until a scan of igny8_jobs takes it back.")));
+	FreeErrorData(again);
+	/* the next scan takes the row back (recover()) */
+	job->job_lost = true;
+	next_scan = 0;
+}
+
+/*
  * What a running job's row must record as sent: its inflight JSON, or NULL
  * for none.  Sets inflight_next.
  */
@@ -1305,7 +1411,7 @@ igny8_jobs_write(Igny8Config *config)
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
 		if (to_write(job))
-			write_one(config->schema, job);
+			write_outcome(config->schema, job);
 		else if (to_record(job))
 		{
 			char	   *json = inflight_json(job);
