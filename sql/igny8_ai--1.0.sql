@@ -2868,6 +2868,17 @@ CREATE FUNCTION igny8_in_worker() RETURNS boolean
 COMMENT ON FUNCTION igny8_in_worker() IS
     'true in an igny8_ai worker process: the workers'' row-level security policies on igny8_jobs and ai_usage_log';
 
+-- Whether a role is the one the workers connect as (igny8_ai.username;
+-- empty: the bootstrap superuser).  igny8_grant_usage() refuses to bind
+-- it: bound, the policies above would show the workers one account's
+-- jobs and usage rows (account.c ignores a binding in a worker anyway).
+CREATE FUNCTION igny8_is_worker_role(role regrole) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'igny8_is_worker_role'
+    LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION igny8_is_worker_role(regrole) IS
+    'true if role is the one the igny8_ai workers connect as (igny8_ai.username); igny8_grant_usage refuses to bind it';
+
 CREATE POLICY igny8_jobs_worker ON igny8_jobs FOR ALL
     USING (@extschema@.igny8_in_worker());
 
@@ -3011,6 +3022,7 @@ REVOKE ALL ON igny8_fixed_costs, igny8_reference_models, igny8_cost_monthly,
 REVOKE ALL ON FUNCTION igny8_account_roles_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_budget_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_unbind_usage(regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_is_worker_role(regrole) FROM PUBLIC;
 REVOKE ALL ON igny8_account_roles, igny8_budgets FROM PUBLIC;
 REVOKE ALL ON igny8_providers, igny8_workflows, igny8_models, igny8_fallbacks,
     igny8_prices, igny8_config_deletions, ai_usage_log, service_health_log, igny8_jobs,
@@ -3152,6 +3164,14 @@ BEGIN
                                                            role, offender::pg_catalog.regrole, why)
                                END,
                       HINT = 'Bind an application role of its own, without SUPERUSER, BYPASSRLS, CREATEROLE and REPLICATION, that is a member of no such role.';
+        END IF;
+        -- the workers take every account's jobs and sum every budget's
+        -- spend: bound, row-level security would show them one account's
+        IF @extschema@.igny8_is_worker_role(role) THEN
+            RAISE EXCEPTION 'cannot bind role "%" to an account', role
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('Role %s is the role the igny8_ai workers connect as (igny8_ai.username): they run every account''s jobs and sum every account''s spend.', role),
+                      HINT = 'Bind an application role of its own; the workers'' role stays unbound.';
         END IF;
         INSERT INTO @extschema@.igny8_account_roles AS b (role, account_id)
         VALUES (role, igny8_grant_usage.account_id)

@@ -66,6 +66,7 @@
 #include "utils/snapmgr.h"
 
 #include "igny8_ai.h"
+#include "worker.h"
 
 PG_FUNCTION_INFO_V1(igny8_bound_account);
 PG_FUNCTION_INFO_V1(igny8_account_roles_changed);
@@ -442,10 +443,19 @@ lookup_binding(Oid role, int64 *account, bool fill)
 /*
  * Is the role bound to an account?  If so, *account is set.  Needs a
  * transaction.
+ *
+ * Never in a worker: the workers take every account's jobs and sum every
+ * budget's spend from ai_usage_log, whatever their role.  Bound (a binding
+ * made before igny8_ai.username named the role, or written into the table
+ * by hand: igny8_grant_usage refuses it), the policies would show them one
+ * account's rows: the other accounts' jobs would stay queued and their
+ * budgets would count nothing spent.
  */
 bool
 igny8_role_account(Oid role, int64 *account)
 {
+	if (igny8_worker_index >= 0)
+		return false;
 	if (!cache_valid || cached_role != role)
 	{
 		int64		a = 0;

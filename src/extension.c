@@ -33,11 +33,13 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_authid.h"
 #include "commands/async.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
@@ -47,6 +49,7 @@
 PG_FUNCTION_INFO_V1(igny8_config_changed);
 PG_FUNCTION_INFO_V1(igny8_jobs_submitted);
 PG_FUNCTION_INFO_V1(igny8_in_worker);
+PG_FUNCTION_INFO_V1(igny8_is_worker_role);
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static bool config_change_pending = false;
@@ -388,4 +391,22 @@ Datum
 igny8_in_worker(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(igny8_worker_index >= 0);
+}
+
+/*
+ * Is role the one the workers connect as (igny8_ai.username; empty: the
+ * bootstrap superuser)?  igny8_grant_usage() refuses to bind it.  Only the
+ * answer for the role asked about: the setting is for superusers to read.
+ */
+Datum
+igny8_is_worker_role(PG_FUNCTION_ARGS)
+{
+	Oid			role = PG_GETARG_OID(0);
+	Oid			workers;
+
+	if (igny8_username == NULL || igny8_username[0] == '\0')
+		workers = BOOTSTRAP_SUPERUSERID;
+	else
+		workers = get_role_oid(igny8_username, true);
+	PG_RETURN_BOOL(OidIsValid(workers) && workers == role);
 }
