@@ -81,7 +81,7 @@ SELECT u.success, u.error_message
   FROM ai_usage_log u JOIN igny8_jobs j ON j.request_id = u.request_id WHERE j.id = :j7;
 
 -- a cancel rolled back stops nothing
-SELECT igny8_submit_text('Kept [[sim ollama:delay=1 tag=j8]]', 'gpt-4') AS j8 \gset
+SELECT igny8_submit_text('Kept [[sim ollama:delay=3 tag=j8]]', 'gpt-4') AS j8 \gset
 SELECT sim_wait_arrival('j8');
 BEGIN;
 SELECT igny8_cancel_job(:j8) AS cancelled;
@@ -93,7 +93,7 @@ SELECT cancel_requested FROM igny8_jobs WHERE id = :j8;
 -- a row of igny8_job_cancels, not a lock on the job's row, so the job's
 -- worker writes its outcome meanwhile.  Committed after the job finished,
 -- it changes nothing, and igny8_jobs_cleanup() deletes it
-SELECT igny8_submit_text('Open cancel [[sim ollama:delay=1 tag=jx1]]', 'gpt-4') AS jx1 \gset
+SELECT igny8_submit_text('Open cancel [[sim ollama:delay=3 tag=jx1]]', 'gpt-4') AS jx1 \gset
 SELECT sim_wait_arrival('jx1');
 SELECT dblink_connect('canceller', 'dbname=' || current_database());
 SELECT dblink_exec('canceller', 'BEGIN');
@@ -303,7 +303,7 @@ SELECT line AS jd_requests FROM sim('log --tag jd --count') AS line;
 SELECT string_agg(pid::text, ',' ORDER BY worker) = :'worker_pids' AS same_workers FROM igny8_worker_status();
 
 -- waiting in a REPEATABLE READ transaction cannot see the job finish
-SELECT igny8_submit_text('Repeatable [[sim ollama:delay=1]]', 'gpt-4') AS jr \gset
+SELECT igny8_submit_text('Repeatable [[sim ollama:delay=3]]', 'gpt-4') AS jr \gset
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT show_error(format('SELECT igny8_wait_job(%s)', :jr));
 COMMIT;
@@ -313,7 +313,7 @@ SELECT state FROM igny8_wait_job(:jr, '30 s');
 -- worker claimed or finished since.  A job finished in the snapshot, or
 -- submitted by the transaction itself, is no such case
 SELECT igny8_submit_text('Later', 'gpt-4', '{"not_before": "2999-01-01"}') AS jq \gset
-SELECT igny8_submit_text('Snapshot [[sim ollama:delay=1 tag=jrr]]', 'gpt-4') AS jrr \gset
+SELECT igny8_submit_text('Snapshot [[sim ollama:delay=3 tag=jrr]]', 'gpt-4') AS jrr \gset
 SELECT sim_wait_arrival('jrr');
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT show_error(format('SELECT igny8_cancel_job(%s)', :jq));
@@ -656,6 +656,21 @@ SELECT count(*) FILTER (WHERE u.success) AS usage_succeeded, count(*) AS usage_r
   FROM ai_usage_log u JOIN igny8_jobs j USING (request_id) WHERE j.id = :junw;
 SELECT igny8_submit_text('Writable [[sim ollama:reply=writable-answer]]', 'gpt-4') AS jw \gset
 SELECT state, content FROM igny8_wait_job(:jw, '30 s');
+-- outcomes written together (jobs submitted together, finishing in the
+-- same turn of a worker's loop): the one refused ends failed, the others
+-- are written
+BEGIN;
+SELECT min(id) AS jg_first, max(id) AS jg_last FROM (
+  SELECT igny8_submit_text(format('Group %s [[sim ollama:reply=%s]]', i,
+           CASE WHEN i = 6 THEN 'unwritable-answer' ELSE 'group-answer' END), 'gpt-4') AS id
+    FROM generate_series(1, 12) AS i) s \gset
+COMMIT;
+SELECT count(*) FILTER (WHERE w.state = 'succeeded' AND w.content LIKE '%group-answer') AS succeeded,
+       count(*) FILTER (WHERE w.state = 'failed' AND w.error_code = '53100') AS refused,
+       sum(w.attempts) AS attempts
+  FROM generate_series(:jg_first, :jg_last) AS g(id), igny8_wait_job(g.id, '30 s') AS w;
+SELECT count(*) FILTER (WHERE u.success) AS usage_succeeded, count(*) AS usage_rows
+  FROM ai_usage_log u JOIN igny8_jobs j USING (request_id) WHERE j.id BETWEEN :jg_first AND :jg_last;
 DROP TRIGGER refuse_outcome ON igny8_jobs;
 DROP FUNCTION refuse_outcome();
 SELECT state, attempts FROM igny8_jobs WHERE id = :junw;

@@ -1202,13 +1202,14 @@ write_one(const char *schema, Igny8Job *job)
 }
 
 /*
- * write_one() in a subtransaction of its own: whether it wrote.  On an
- * error (a constraint, a trigger a DBA put on igny8_jobs) the error is
- * logged and undone, and the rest of the flush (the usage rows, the other
- * jobs' outcomes) goes on.
+ * Write in a subtransaction the outcome of "only", or with NULL the
+ * outcomes of every job that has one: whether it was written.  On an error
+ * (a constraint, a trigger a DBA put on igny8_jobs) the subtransaction is
+ * undone and the error returned in *error, and the rest of the flush (the
+ * usage rows, the other jobs' outcomes) goes on.
  */
 static bool
-try_write_one(const char *schema, Igny8Job *job, ErrorData **error)
+try_write(const char *schema, Igny8Job *only, ErrorData **error)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -1219,7 +1220,20 @@ try_write_one(const char *schema, Igny8Job *job, ErrorData **error)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		write_one(schema, job);
+		if (only)
+			write_one(schema, only);
+		else
+		{
+			dlist_iter	iter;
+
+			dlist_foreach(iter, &igny8_jobs)
+			{
+				Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+
+				if (to_write(job))
+					write_one(schema, job);
+			}
+		}
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -1267,7 +1281,7 @@ write_outcome(const char *schema, Igny8Job *job)
 	MemoryContext old;
 	char	   *message;
 
-	if (try_write_one(schema, job, &error))
+	if (try_write(schema, job, &error))
 		return;
 	message = redact_job_keys(job, error->message ? error->message : "unknown error");
 	ereport(WARNING,
@@ -1288,7 +1302,7 @@ write_outcome(const char *schema, Igny8Job *job)
 						   pstrdup("Its attempts are in ai_usage_log with its request_id; the server log has the error."));
 	MemoryContextSwitchTo(old);
 	FreeErrorData(error);
-	if (try_write_one(schema, job, &again))
+	if (try_write(schema, job, &again))
 		return;
 	ereport(WARNING,
 			(errcode(again->sqlerrcode),
@@ -1389,6 +1403,7 @@ igny8_jobs_write(Igny8Config *config)
 	dlist_iter	iter;
 	int			njobs = 0;
 	int			nrecord = 0;
+	int			nwrite = 0;
 	Datum	   *ids;
 	Datum	   *rids;
 	Datum	   *inflights;
@@ -1406,12 +1421,36 @@ igny8_jobs_write(Igny8Config *config)
 	nulls = palloc(sizeof(bool) * njobs);
 	sents = palloc(sizeof(Datum) * njobs);
 	sent_nulls = palloc(sizeof(bool) * njobs);
+	/*
+	 * Every outcome in one subtransaction: a subtransaction per job would
+	 * give each its own subtransaction id, and past 64 of them in one
+	 * transaction every snapshot of the server overflows its cache of
+	 * them.  Only when one of the rows refuses its outcome are they
+	 * written again one by one, to find which.
+	 */
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		if (to_write(dlist_container(Igny8Job, node, iter.cur)))
+			nwrite++;
+	}
+	if (nwrite > 1)
+	{
+		ErrorData  *error;
+
+		if (try_write(config->schema, NULL, &error))
+			nwrite = 0;
+		else
+			FreeErrorData(error);
+	}
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
 		if (to_write(job))
-			write_outcome(config->schema, job);
+		{
+			if (nwrite > 0)
+				write_outcome(config->schema, job);
+		}
 		else if (to_record(job))
 		{
 			char	   *json = inflight_json(job);
