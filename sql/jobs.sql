@@ -50,7 +50,7 @@ SELECT igny8_submit_text('Once [[sim ollama:tag=j4]]', 'gpt-4', '{"idempotency_k
 SELECT igny8_submit_text('Once [[sim ollama:tag=j4]]', 'gpt-4', '{"idempotency_key": "article-42"}') AS k2 \gset
 SELECT :k1 = :k2 AS same_job;
 SELECT state FROM igny8_wait_job(:k1, '30 s');
-SELECT igny8_submit_text('Once more', 'gpt-4', '{"idempotency_key": "article-42"}') = :k1 AS same_after_finish;
+SELECT igny8_submit_text('Once [[sim ollama:tag=j4]]', 'gpt-4', '{"idempotency_key": "article-42"}') = :k1 AS same_after_finish;
 SELECT line AS j4_requests FROM sim('log --tag j4 --count') AS line;
 SELECT count(*) AS keyed_rows FROM igny8_jobs WHERE idempotency_key = 'article-42';
 
@@ -206,7 +206,7 @@ SELECT count(DISTINCT j.request_id) AS distinct_ids,
                        WHERE l.request_id = j.request_id) u;
 SELECT array_length(igny8_submit_batch(ARRAY['a', 'b'], 'gpt-4', '{"idempotency_key": "batch-1", "not_before": "2999-01-01"}'), 1) AS n,
        igny8_submit_batch(ARRAY['a', 'b'], 'gpt-4', '{"idempotency_key": "batch-1"}')
-       = igny8_submit_batch(ARRAY['x', 'y'], 'gpt-4', '{"idempotency_key": "batch-1"}') AS same_ids;
+       = igny8_submit_batch(ARRAY['a', 'b'], 'gpt-4', '{"idempotency_key": "batch-1"}') AS same_ids;
 SELECT idempotency_key FROM igny8_jobs WHERE idempotency_key LIKE 'batch-1:%' ORDER BY 1;
 
 -- bad input: an error each, and no job queued
@@ -674,3 +674,67 @@ SELECT count(*) FILTER (WHERE u.success) AS usage_succeeded, count(*) AS usage_r
 DROP TRIGGER refuse_outcome ON igny8_jobs;
 DROP FUNCTION refuse_outcome();
 SELECT state, attempts FROM igny8_jobs WHERE id = :junw;
+-- an idempotency key is the role's, whatever the account: a submit with a
+-- key the role used returns its job only for the same request (kind,
+-- alias, account, prompt or messages, options; not priority, not_before or
+-- max_attempts).  A different request is refused (23505), naming what
+-- differs and nothing of the job's request, which may be another
+-- account's when one role submits for many
+SELECT igny8_submit_text('Tenant 7 secret', 'gpt-4', '{"account_id": 7, "idempotency_key": "t-1", "not_before": "2999-01-01"}') AS t7 \gset
+SELECT igny8_submit_text('Tenant 7 secret', 'gpt-4', '{"account_id": 7, "idempotency_key": "t-1"}') = :t7 AS same_request_same_job,
+       igny8_submit_text('Tenant 7 secret', 'gpt-4',
+                         '{"account_id": 7, "idempotency_key": "t-1", "priority": "interactive", "max_attempts": 5}') = :t7 AS same_with_other_job_options;
+SELECT show_error($$SELECT igny8_submit_text('Tenant 8 prompt', 'gpt-4', '{"account_id": 8, "idempotency_key": "t-1"}')$$);
+SELECT show_error($$SELECT igny8_submit_text('Tenant 7 secret', 'gpt-4', '{"account_id": 8, "idempotency_key": "t-1"}')$$);
+SELECT show_error($$SELECT igny8_submit_image('Tenant 8 prompt', 'dall-e-3', '1024x1024', '{"account_id": 8, "idempotency_key": "t-1"}')$$);
+-- the account of the setting is compared as that of the option
+BEGIN;
+SET LOCAL igny8_ai.account_id = 8;
+SELECT show_error($$SELECT igny8_submit_text('Tenant 7 secret', 'gpt-4', '{"idempotency_key": "t-1"}')$$);
+COMMIT;
+SELECT show_error($$SELECT igny8_submit_text('Tenant 7 secret', 'gpt-3.5-turbo', '{"account_id": 7, "idempotency_key": "t-1"}')$$);
+SELECT show_error($$SELECT igny8_submit_text('Tenant 7 secret', 'gpt-4', '{"account_id": 7, "idempotency_key": "t-1", "temperature": 0.5}')$$);
+SELECT show_error($$SELECT igny8_submit_text('Tenant 7 secret', 'gpt-4', '{"account_id": 7, "idempotency_key": "t-1", "timeout": 7}')$$);
+SELECT show_error($$SELECT igny8_submit_chat('[{"role": "user", "content": "Tenant 7 secret"}]', 'gpt-4', '{"account_id": 7, "idempotency_key": "t-1"}')$$);
+SELECT count(*) AS t1_jobs, bool_and(account_id = 7) AS account_7 FROM igny8_jobs WHERE idempotency_key = 't-1';
+-- an image submitted without a seed gets a random one, which is not
+-- compared; a seed given is
+SELECT igny8_submit_image('Key image', 'dall-e-3', '1024x1024', '{"idempotency_key": "img-1", "not_before": "2999-01-01"}') AS i1 \gset
+SELECT igny8_submit_image('Key image', 'dall-e-3', '1024x1024', '{"idempotency_key": "img-1"}') = :i1 AS same_image_job;
+SELECT igny8_submit_image('Key image', 'dall-e-3', '1024x1024', format('{"idempotency_key": "img-1", "seed": %s}', seed)::jsonb) = :i1 AS same_seed_same_job
+  FROM igny8_jobs WHERE id = :i1;
+SELECT show_error(format($$SELECT igny8_submit_image('Key image', 'dall-e-3', '1024x1024', '{"idempotency_key": "img-1", "seed": %s}')$$,
+                         CASE WHEN seed > 0 THEN seed - 1 ELSE 1 END))
+  FROM igny8_jobs WHERE id = :i1;
+SELECT show_error($$SELECT igny8_submit_image('Key image', 'dall-e-3', '512x512', '{"idempotency_key": "img-1"}')$$);
+-- in a batch, each prompt's key is compared: one new prompt refuses the
+-- batch, and nothing of it is queued
+SELECT igny8_submit_batch(ARRAY['a', 'b'], 'gpt-4', '{"idempotency_key": "kb", "not_before": "2999-01-01"}') AS kb \gset
+SELECT igny8_submit_batch(ARRAY['a', 'b'], 'gpt-4', '{"idempotency_key": "kb"}') = :'kb' AS same_batch;
+SELECT show_error($$SELECT igny8_submit_batch(ARRAY['a', 'y', 'z'], 'gpt-4', '{"idempotency_key": "kb"}')$$);
+SELECT count(*) AS kb_jobs FROM igny8_jobs WHERE idempotency_key LIKE 'kb:%';
+DELETE FROM igny8_jobs WHERE state = 'queued';
+-- two submits with one key at once: the second waits for the first's
+-- transaction, then returns its job for the same request and refuses a
+-- different one
+SELECT dblink_connect('key1', 'dbname=' || current_database()) AS key1,
+       dblink_connect('key2', 'dbname=' || current_database()) AS key2;
+SELECT dblink_exec('key1', 'BEGIN');
+SELECT id AS c1 FROM dblink('key1', $$SELECT igny8_submit_text('First', 'gpt-4', '{"idempotency_key": "conc-1", "not_before": "2999-01-01"}')$$) AS t(id bigint) \gset
+SELECT dblink_send_query('key2', $$SELECT igny8_submit_text('First', 'gpt-4', '{"idempotency_key": "conc-1"}')$$);
+SELECT wait_until($$EXISTS (SELECT FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                             AND query LIKE '%conc-1%' AND pid <> pg_backend_pid())$$, 'the second submit waiting');
+SELECT dblink_exec('key1', 'COMMIT');
+SELECT id = :c1 AS same_job FROM dblink_get_result('key2') AS t(id bigint);
+SELECT count(*) AS done FROM dblink_get_result('key2') AS t(id bigint);
+SELECT dblink_exec('key1', 'BEGIN');
+SELECT id AS c2 FROM dblink('key1', $$SELECT igny8_submit_text('First', 'gpt-4', '{"idempotency_key": "conc-2", "not_before": "2999-01-01"}')$$) AS t(id bigint) \gset
+SELECT dblink_send_query('key2', $$SELECT show_error($q$SELECT igny8_submit_text('Second', 'gpt-4', '{"idempotency_key": "conc-2"}')$q$)$$);
+SELECT wait_until($$EXISTS (SELECT FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                             AND query LIKE '%conc-2%' AND pid <> pg_backend_pid())$$, 'the second submit waiting');
+SELECT dblink_exec('key1', 'COMMIT');
+SELECT e FROM dblink_get_result('key2') AS t(e text);
+SELECT count(*) AS done FROM dblink_get_result('key2') AS t(e text);
+SELECT dblink_disconnect('key1'), dblink_disconnect('key2');
+SELECT count(*) AS conc_jobs FROM igny8_jobs WHERE idempotency_key IN ('conc-1', 'conc-2');
+DELETE FROM igny8_jobs WHERE state = 'queued';

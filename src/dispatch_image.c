@@ -272,6 +272,7 @@ igny8_image_job_request(FunctionCallInfo fcinfo, Igny8JobOptions *job,
 	req->task = IGNY8_TASK_IMAGE;
 	req->alias = call.alias;
 	req->seed = call.has_seed ? call.seed : random_seed();
+	req->has_seed = call.has_seed;
 	req->json = request_json(&call, req->seed);
 	req->timeout_ms = call.timeout_ms;
 	req->has_account = call.has_account;

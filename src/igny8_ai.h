@@ -357,6 +357,7 @@ typedef struct Igny8Request
 	bool		has_account;
 	int64		account_id;
 	int64		seed;			/* images: the seed chosen */
+	bool		has_seed;		/* images: the caller gave the seed */
 } Igny8Request;
 
 /* The options of a text or chat call, checked. */

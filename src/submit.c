@@ -266,10 +266,106 @@ check_alias(const JobsTable *t, const Igny8Request *req)
 
 #define INSERT_NARGS 11
 
+/* "its a", "its a and its b", "its a, its b and its c" */
+static void
+append_part(StringInfo buf, const char *part, int *n, int total)
+{
+	if (*n > 0)
+		appendStringInfoString(buf, *n == total - 1 ? " and " : ", ");
+	appendStringInfo(buf, "its %s", part);
+	(*n)++;
+}
+
+/*
+ * The id of the job the caller's key was used for, which the INSERT of
+ * insert_job() found.  *diff is NULL when the job holds the same request
+ * (kind, alias, account, request, timeout; an image's random seed aside),
+ * else what differs ("its kind and its model alias"), never anything of
+ * the job's request (it may be another account's).  values/nulls are the
+ * INSERT's.  Runs as the owner, under SPI.
+ */
+static int64
+keyed_job(const JobsTable *t, Datum *values, char *nulls,
+		  const Igny8Request *req, char **diff)
+{
+	Oid			ktypes[8] = {
+		OIDOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, INT4OID, BOOLOID
+	};
+	Datum		kvalues[8];
+	char		knulls[8];
+	int			ret;
+	bool		isnull;
+	bool		same[4];
+	int64		id;
+	int			total = 0;
+	int			n = 0;
+	StringInfoData parts;
+	const char *names[4] = {"kind", "model alias", "account_id", NULL};
+
+	names[3] = req->task == IGNY8_TASK_CHAT ? "messages or options" :
+		req->task == IGNY8_TASK_IMAGE ? "prompt, size or options" :
+		"prompt or options";
+
+	memset(knulls, ' ', sizeof(knulls));
+	kvalues[0] = values[4];		/* submitted_by */
+	kvalues[1] = values[9];		/* idempotency_key */
+	kvalues[2] = values[0];		/* kind */
+	kvalues[3] = values[1];		/* model_alias */
+	kvalues[4] = values[3];		/* account_id */
+	knulls[4] = nulls[3];
+	kvalues[5] = values[2];		/* request */
+	kvalues[6] = values[8];		/* timeout_ms */
+	/* an image submitted without a seed got a random one: not compared */
+	kvalues[7] = BoolGetDatum(req->task == IGNY8_TASK_IMAGE && !req->has_seed);
+
+	/*
+	 * In READ COMMITTED this statement sees the job of a concurrent submit
+	 * that the INSERT waited for; in REPEATABLE READ the INSERT has already
+	 * failed with 40001 then.
+	 */
+	ret = SPI_execute_with_args(psprintf(
+		"SELECT j.id,"
+		" j.kind OPERATOR(pg_catalog.=) $3,"
+		" j.model_alias OPERATOR(pg_catalog.=) $4,"
+		" j.account_id IS NOT DISTINCT FROM $5,"
+		" CASE WHEN $8"
+		"  THEN (j.request OPERATOR(pg_catalog.-) 'seed'::pg_catalog.text)"
+		"   OPERATOR(pg_catalog.=)"
+		"   ($6::pg_catalog.jsonb OPERATOR(pg_catalog.-) 'seed'::pg_catalog.text)"
+		"  ELSE j.request OPERATOR(pg_catalog.=) $6::pg_catalog.jsonb END"
+		" AND j.timeout_ms OPERATOR(pg_catalog.=) $7"
+		" FROM %s.igny8_jobs j"
+		" WHERE j.submitted_by OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+		" AND j.idempotency_key OPERATOR(pg_catalog.=) $2", t->schema),
+		8, ktypes, kvalues, knulls, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read igny8_jobs: %s",
+			 SPI_result_code_string(ret));
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1, &isnull));
+	for (int i = 0; i < 4; i++)
+	{
+		same[i] = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, i + 2,
+											 &isnull));
+		if (!same[i])
+			total++;
+	}
+	*diff = NULL;
+	if (total == 0)
+		return id;
+	initStringInfo(&parts);
+	for (int i = 0; i < 4; i++)
+		if (!same[i])
+			append_part(&parts, names[i], &n, total);
+	*diff = parts.data;
+	return id;
+}
+
 /*
  * Queue one job in the caller's transaction; returns its id.  With an
- * idempotency key the caller already used, the first job's id, and
- * nothing is queued.  The alias is checked (check_alias) when a job is
+ * idempotency key the caller already used, the first job's id if it holds
+ * the same request (keyed_job), else an error 23505; nothing is queued.  The alias is checked (check_alias) when a job is
  * queued, once per *alias_checked: a resubmit whose key was used returns
  * its job whatever became of the alias since.  Needs SPI.
  */
@@ -289,6 +385,7 @@ insert_job(const JobsTable *t, const Igny8Request *req,
 	bool		isnull;
 	bool		inserted;
 	int64		id;
+	char	   *diff = NULL;
 
 	/* a job queued in a database the workers do not serve never runs */
 	igny8_check_workers_database();
@@ -333,24 +430,21 @@ insert_job(const JobsTable *t, const Igny8Request *req,
 		elog(ERROR, "could not insert into igny8_jobs: %s",
 			 SPI_result_code_string(ret));
 	inserted = (SPI_processed > 0);
-	if (!inserted)
-	{
-		/* the key was used: that job's id (it may be another kind's) */
-		Oid			ktypes[2] = {OIDOID, TEXTOID};
-		Datum		kvalues[2] = {values[4], values[9]};
-
-		ret = SPI_execute_with_args(psprintf(
-			"SELECT j.id FROM %s.igny8_jobs j"
-			" WHERE j.submitted_by OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-			" AND j.idempotency_key OPERATOR(pg_catalog.=) $2", t->schema),
-			2, ktypes, kvalues, NULL, false, 1);
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "could not read igny8_jobs: %s",
-				 SPI_result_code_string(ret));
-	}
+	if (inserted)
+		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+	else
+		id = keyed_job(t, values, nulls, req, &diff);
 	as_caller(&s);
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									 SPI_tuptable->tupdesc, 1, &isnull));
+	if (diff)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("idempotency key \"%s\" was already used for job " INT64_FORMAT " with a different request",
+						key, id),
+				 errdetail("This request differs from job " INT64_FORMAT "'s in %s.",
+						   id, diff),
+				 errhint("Use a new idempotency key for a different request; the same request with this key returns job " INT64_FORMAT ".",
+						 id)));
 	/* a job was queued: its alias must route (the error undoes the row) */
 	if (inserted && !*alias_checked)
 	{
