@@ -47,7 +47,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).
 REGRESS_CONF ?= test/tmp/regress.conf
 REGRESS = install bad_input text chat fallback retry failures encoding queue cancel jobs \
-	restart wakeup security config workflows usage health circuit image batch prices account_providers cache accounts budgets drop costs
+	restart wakeup security config rename workflows usage health circuit image batch prices account_providers cache accounts budgets drop costs
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(REGRESS_CONF)
 
 # the LLVM bitcode for JIT inlining is of no use here, and needs clang

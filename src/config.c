@@ -155,7 +155,6 @@ read_providers(Igny8Config *config, const char *qschema)
 {
 	int			ret;
 	MemoryContext old;
-	const char **ids;
 
 	ret = SPI_execute(psprintf("SELECT id, kind, base_url, api_key_ref,"
 							   " priority, enabled, connect_timeout,"
@@ -169,7 +168,9 @@ read_providers(Igny8Config *config, const char *qschema)
 	old = MemoryContextSwitchTo(config->cxt);
 	config->nproviders = (int) SPI_processed;
 	config->providers = palloc0(sizeof(Igny8Provider) * Max(config->nproviders, 1));
-	ids = palloc(sizeof(char *) * Max(config->nproviders, 1));
+	/* none holds a shared entry yet (release_entries) */
+	for (int i = 0; i < config->nproviders; i++)
+		config->providers[i].shared_index = -1;
 	for (int i = 0; i < config->nproviders; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -198,17 +199,35 @@ read_providers(Igny8Config *config, const char *qschema)
 		p->check_models = !cJSON_IsFalse(item);
 		p->key = igny8_resolve_key(p->key_ref, &p->key_error);
 		p->gpu_clock = -1;		/* read_fixed_costs() sets it */
+		/* the entry is kept while this configuration is (health.c) */
 		p->shared_index = igny8_provider_index(p->id, true);
 		if (p->shared_index >= 0)
 			igny8_place_set_max(p->shared_index, p->max_concurrent);
 		/* a disabled provider has no health to alert about (health.c) */
 		if (!p->enabled)
 			igny8_provider_forget_health(p->shared_index);
-		ids[i] = p->id;
 	}
-	igny8_provider_forget_unused(ids, config->nproviders);
-	pfree(ids);
+	igny8_provider_forget_unused();
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * The configuration no longer names its providers' shared entries: it was
+ * released, or its load failed.  Entries that no configuration names any
+ * more, with nothing in flight, are freed (a provider renamed or deleted
+ * while requests routed before ran on it goes when the last one ends).
+ */
+static void
+release_entries(Igny8Config *config)
+{
+	if (config->providers == NULL)
+		return;
+	for (int i = 0; i < config->nproviders; i++)
+	{
+		igny8_provider_unref(config->providers[i].shared_index);
+		config->providers[i].shared_index = -1;
+	}
+	igny8_provider_forget_unused();
 }
 
 static void
@@ -729,17 +748,27 @@ igny8_config_load(void)
 	config->cxt = cxt;
 	config->schema = MemoryContextStrdup(cxt, qschema);
 
-	read_providers(config, qschema);
-	read_workflows(config, qschema);
-	read_deployments(config, qschema);
-	read_fallbacks(config, qschema);
-	read_prices(config, qschema);
-	read_fixed_costs(config, qschema);
-	read_reference_models(config, qschema);
-	read_cache_settings(config, qschema);
-	igny8_budgets_load(config, qschema);
-	/* last: the accounts' views copy everything above */
-	read_accounts(config, qschema);
+	PG_TRY();
+	{
+		read_providers(config, qschema);
+		read_workflows(config, qschema);
+		read_deployments(config, qschema);
+		read_fallbacks(config, qschema);
+		read_prices(config, qschema);
+		read_fixed_costs(config, qschema);
+		read_reference_models(config, qschema);
+		read_cache_settings(config, qschema);
+		igny8_budgets_load(config, qschema);
+		/* last: the accounts' views copy everything above */
+		read_accounts(config, qschema);
+	}
+	PG_CATCH();
+	{
+		/* the copy goes with the transaction; the entries it named too */
+		release_entries(config);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 
 	MemoryContextSetParent(cxt, TopMemoryContext);
 	return config;
@@ -753,5 +782,8 @@ igny8_config_release(Igny8Config *config)
 		return;
 	Assert(config->refcount > 0);
 	if (--config->refcount == 0)
+	{
+		release_entries(config);
 		MemoryContextDelete(config->cxt);
+	}
 }

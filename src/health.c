@@ -50,10 +50,30 @@ PG_FUNCTION_INFO_V1(igny8_health_state);
 #define IGNY8_PROBE_SLACK_MS	1000
 
 /*
- * The index of a provider in shared memory, registering it when create is
- * true; -1 when it is not there (or the table of IGNY8_MAX_PROVIDERS is
- * full: such a provider then has no concurrency limit nor circuit, which
- * the server log says).
+ * The shared entries of providers, and how long they live.
+ *
+ * A configuration a worker loaded (config.c) holds the index of each of
+ * its providers' entries, and so does every request routed with it, for
+ * as long as it runs: a call's later candidates and a job's retries take
+ * places and report health at that index, possibly long after a newer
+ * configuration renamed or deleted the provider.  So an entry is freed
+ * (for a provider made later) only when no configuration still loaded
+ * names it: each worker counts, per entry, its configurations that do
+ * (configs[], taken here when a load finds the provider, given back by
+ * igny8_provider_unref when the configuration's last user releases it,
+ * zeroed when the worker exits), and nothing is in flight or waiting on
+ * it.  A request routed before a rename thus goes on with the provider
+ * as it was, under its old id, with its places, circuit and counters; the
+ * old id's entry goes when the last such request ends.
+ */
+
+/*
+ * The index of a provider in shared memory; -1 when it is not there (or
+ * the table of IGNY8_MAX_PROVIDERS is full: such a provider then has no
+ * concurrency limit nor circuit, which the server log says).  With
+ * create, for a configuration the calling worker loads: the entry is made
+ * if need be, and counted as named by one more of the worker's
+ * configurations, until igny8_provider_unref.
  */
 int
 igny8_provider_index(const char *id, bool create)
@@ -79,6 +99,11 @@ igny8_provider_index(const char *id, bool create)
 	{
 		strlcpy(igny8_shared->providers[empty].id, id, IGNY8_NAME_LEN);
 		found = empty;
+	}
+	if (found >= 0 && create)
+	{
+		Assert(igny8_worker_index >= 0);
+		igny8_shared->workers[igny8_worker_index].configs[found]++;
 	}
 	SpinLockRelease(&igny8_shared->providers_mutex);
 	if (found < 0 && create && empty < 0)
@@ -127,27 +152,44 @@ igny8_provider_forget_health(int index)
 }
 
 /*
- * Free the shared entries of providers that are no longer configured (ids
- * is the configuration's list) and have nothing in flight or waiting, so
- * that a long life of renamed providers does not fill the table.  An entry
- * is cleared before its id, under providers_mutex, so whoever finds an id
- * finds a clean entry.
+ * A configuration of the calling worker that named the entry was released
+ * (or its load failed).
  */
 void
-igny8_provider_forget_unused(const char *const *ids, int n)
+igny8_provider_unref(int index)
+{
+	uint32	   *n;
+
+	if (index < 0)
+		return;
+	SpinLockAcquire(&igny8_shared->providers_mutex);
+	n = &igny8_shared->workers[igny8_worker_index].configs[index];
+	if (*n > 0)					/* zeroed if the worker is exiting */
+		(*n)--;
+	SpinLockRelease(&igny8_shared->providers_mutex);
+}
+
+/*
+ * Free the shared entries that no worker's configuration names and that
+ * have nothing in flight or waiting (see the top of this section), so
+ * that a long life of renamed and deleted providers does not fill the
+ * table.  An entry is cleared before its id, under providers_mutex, so
+ * whoever finds an id finds a clean entry.
+ */
+void
+igny8_provider_forget_unused(void)
 {
 	SpinLockAcquire(&igny8_shared->providers_mutex);
 	for (int i = 0; i < IGNY8_MAX_PROVIDERS; i++)
 	{
 		Igny8ProviderShared *p = &igny8_shared->providers[i];
-		bool		configured = false;
-		bool		busy;
+		bool		busy = false;
 
 		if (p->id[0] == '\0')
 			continue;
-		for (int j = 0; j < n && !configured; j++)
-			configured = (strcmp(ids[j], p->id) == 0);
-		if (configured)
+		for (int w = 0; w < igny8_shared->nworkers && !busy; w++)
+			busy = (igny8_shared->workers[w].configs[i] > 0);
+		if (busy)
 			continue;
 
 		SpinLockAcquire(&p->mutex);

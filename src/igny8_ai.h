@@ -164,7 +164,8 @@ typedef struct Igny8Slot
 /*
  * A worker's inbox (a ring of slot indexes, big enough for every slot) and
  * what it tells the others.  The mutex guards procno, pid, started_at, head
- * and queued; held[] is guarded by the mutex of the provider it counts.
+ * and queued; held[] is guarded by the mutex of the provider it counts,
+ * configs[] by providers_mutex.
  */
 typedef struct Igny8WorkerShared
 {
@@ -181,6 +182,11 @@ typedef struct Igny8WorkerShared
 	pg_atomic_uint64 config_generation; /* of the configuration it loaded */
 	pg_atomic_uint64 reloads;	/* postgresql.conf reloads it processed */
 	uint32		held[IGNY8_MAX_PROVIDERS];	/* places it holds, per provider */
+	uint32		configs[IGNY8_MAX_PROVIDERS];	/* its configurations loaded
+												 * and not yet released that
+												 * name each provider's entry
+												 * (health.c; guarded by
+												 * providers_mutex) */
 	uint32		gpu_running[IGNY8_MAX_PROVIDERS];	/* its attempts counted
 													 * on each GPU clock
 													 * (gpuclock.c) */
@@ -505,7 +511,8 @@ extern bool igny8_job_cancel_pending(int64 id);
 
 /* health.c */
 extern int	igny8_provider_index(const char *id, bool create);
-extern void igny8_provider_forget_unused(const char *const *ids, int n);
+extern void igny8_provider_unref(int index);
+extern void igny8_provider_forget_unused(void);
 extern const char *igny8_health_state_name(Igny8HealthState state);
 extern void igny8_health_report(int index, bool ok, bool probe,
 								bool probe_degraded, bool transport_failure,

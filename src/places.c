@@ -230,11 +230,17 @@ igny8_place_set_max(int provider, int max_concurrent)
 
 /*
  * A worker exited, or starts after an exit: give back every place it held
- * and take its requests out of the wait queues.
+ * and take its requests out of the wait queues.  Its configurations are
+ * gone too: they no longer keep providers' entries (health.c).
  */
 void
 igny8_places_forget_worker(int worker)
 {
+	SpinLockAcquire(&igny8_shared->providers_mutex);
+	memset(igny8_shared->workers[worker].configs, 0,
+		   sizeof(igny8_shared->workers[worker].configs));
+	SpinLockRelease(&igny8_shared->providers_mutex);
+
 	for (int i = 0; i < IGNY8_MAX_PROVIDERS; i++)
 	{
 		Igny8ProviderShared *p = &igny8_shared->providers[i];
