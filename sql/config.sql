@@ -213,3 +213,36 @@ SELECT show_error($$INSERT INTO igny8_fallbacks VALUES ('gpt-4', 3, 'gone')$$);
 SELECT alias, position, fallback_alias FROM igny8_fallbacks WHERE alias = 'writer2' ORDER BY position;
 DELETE FROM igny8_fallbacks WHERE alias = 'writer2';
 DELETE FROM igny8_models WHERE alias = 'writer2';
+
+-- a key file that is no regular file (here a FIFO no one writes to) is
+-- refused at once, as a key reference that cannot be resolved: the
+-- workers loading the configuration are not held, calls fall back, and
+-- the attempt and the probe say why.  A symbolic link to a key file is
+-- followed (Kubernetes and systemd mount secrets so)
+SELECT current_setting('data_directory') || '/igny8_fifo.key' AS fifokey,
+       current_setting('data_directory') || '/igny8_link.key' AS linkkey,
+       current_setting('data_directory') || '/igny8_target.key' AS targetkey \gset
+SELECT format('rm -f %s && mkfifo %s', :'fifokey', :'fifokey') AS mkfifo,
+       format('rm -f %s && ln -s %s %s', :'linkkey', :'targetkey', :'linkkey') AS mklink \gset
+COPY (SELECT 1 WHERE false) TO PROGRAM :'mkfifo';
+COPY (SELECT 'sk-test-openai-0123456789') TO :'targetkey';
+COPY (SELECT 1 WHERE false) TO PROGRAM :'mklink';
+UPDATE igny8_providers SET api_key_ref = 'file:' || :'fifokey' WHERE id = 'openai';
+SELECT wait_for_config();
+TRUNCATE ai_usage_log;
+SELECT provider FROM igny8_chat('[{"role":"user","content":"FIFO key"}]', 'gpt-4-fallback');
+\pset format unaligned
+\pset tuples_only on
+SELECT replace(show_error($$SELECT igny8_chat('[{"role":"user","content":"FIFO key [[sim anthropic:status=404]]"}]',
+                                              'gpt-4-fallback')$$),
+               current_setting('data_directory'), '$PGDATA');
+\pset format aligned
+\pset tuples_only off
+SELECT provider, healthy, replace(detail::text, current_setting('data_directory'), '$PGDATA') AS detail
+  FROM igny8_check_health() WHERE provider = 'openai';
+UPDATE igny8_providers SET api_key_ref = 'file:' || :'linkkey' WHERE id = 'openai';
+SELECT wait_for_config();
+SELECT provider FROM igny8_chat('[{"role":"user","content":"Linked key"}]', 'gpt-4-fallback');
+UPDATE igny8_providers SET api_key_ref = 'env:OPENAI_API_KEY' WHERE id = 'openai';
+SELECT format('rm -f %s %s %s', :'fifokey', :'linkkey', :'targetkey') AS rmkeys \gset
+COPY (SELECT 1 WHERE false) TO PROGRAM :'rmkeys';

@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "worker.h"
@@ -42,6 +43,64 @@ trim(char *s)
 }
 
 /*
+ * The first line of a key file, or NULL with *error set.  The worker reads
+ * it while it loads the configuration, so nothing here may block: a FIFO
+ * (or a device) would hold the worker, and every call it serves, until a
+ * writer came.  The file is opened without blocking and must be a regular
+ * file; a symbolic link to one is fine (Kubernetes and systemd mount their
+ * secrets so).  At most IGNY8_MAX_KEY_FILE bytes are read.
+ */
+static char *
+read_key_file(const char *path, char **error)
+{
+	int			fd;
+	struct stat st;
+	char	   *buf;
+	ssize_t		n;
+	char	   *nl;
+
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | PG_BINARY, 0);
+	if (fd < 0)
+	{
+		*error = psprintf("could not open key file \"%s\": %m", path);
+		return NULL;
+	}
+	if (fstat(fd, &st) != 0)
+	{
+		*error = psprintf("could not stat key file \"%s\": %m", path);
+		close(fd);
+		return NULL;
+	}
+	if (!S_ISREG(st.st_mode))
+	{
+		*error = psprintf("key file \"%s\" is not a regular file (%s)", path,
+						  S_ISFIFO(st.st_mode) ? "a FIFO" :
+						  S_ISDIR(st.st_mode) ? "a directory" :
+						  S_ISSOCK(st.st_mode) ? "a socket" :
+						  S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device" :
+						  "not a file");
+		close(fd);
+		return NULL;
+	}
+	buf = palloc(IGNY8_MAX_KEY_FILE + 1);
+	n = read(fd, buf, IGNY8_MAX_KEY_FILE);
+	if (n < 0)
+	{
+		/* before close(), which may change errno */
+		*error = psprintf("could not read key file \"%s\": %m", path);
+		close(fd);
+		pfree(buf);
+		return NULL;
+	}
+	close(fd);
+	buf[n] = '\0';
+	nl = strchr(buf, '\n');
+	if (nl)
+		*nl = '\0';
+	return trim(buf);
+}
+
+/*
  * Resolve a key reference.  Returns the key (palloc'd), or NULL with *error
  * set to a message that names the reference but never the key.  A NULL or
  * empty reference resolves to NULL without error: no key configured.
@@ -69,31 +128,9 @@ igny8_resolve_key(const char *ref, char **error)
 	}
 	else if (strncmp(ref, "file:", 5) == 0)
 	{
-		int			fd = open(ref + 5, O_RDONLY | PG_BINARY, 0);
-		char	   *buf;
-		ssize_t		n;
-		char	   *nl;
-
-		if (fd < 0)
-		{
-			*error = psprintf("could not open key file \"%s\": %m", ref + 5);
+		key = read_key_file(ref + 5, error);
+		if (key == NULL)
 			return NULL;
-		}
-		buf = palloc(IGNY8_MAX_KEY_FILE + 1);
-		n = read(fd, buf, IGNY8_MAX_KEY_FILE);
-		if (n < 0)
-		{
-			/* before close(), which may change errno */
-			*error = psprintf("could not read key file \"%s\": %m", ref + 5);
-			close(fd);
-			return NULL;
-		}
-		close(fd);
-		buf[n] = '\0';
-		nl = strchr(buf, '\n');
-		if (nl)
-			*nl = '\0';
-		key = trim(buf);
 	}
 	else
 		key = trim(pstrdup(ref));
