@@ -246,3 +246,34 @@ SELECT provider FROM igny8_chat('[{"role":"user","content":"Linked key"}]', 'gpt
 UPDATE igny8_providers SET api_key_ref = 'env:OPENAI_API_KEY' WHERE id = 'openai';
 SELECT format('rm -f %s %s %s', :'fifokey', :'linkkey', :'targetkey') AS rmkeys \gset
 COPY (SELECT 1 WHERE false) TO PROGRAM :'rmkeys';
+
+-- a configuration table locked for a long time holds up no call: a
+-- configuration change committed meanwhile makes the workers try a load,
+-- which waits for the lock only briefly; they go on with the
+-- configuration they had (an answer in flight, new calls), and load the
+-- new one once the lock is gone
+TRUNCATE ai_usage_log;
+SELECT dblink_connect('inflight', 'dbname=' || current_database());
+SELECT dblink_send_query('inflight',
+    $$SELECT igny8_generate_text('In flight [[sim ollama:delay=2 tag=lk1]]', 'gpt-4')$$);
+SELECT sim_wait_arrival('lk1');
+SELECT dblink_connect('locker', 'dbname=' || current_database());
+-- (the lock goes by itself after a minute, should a call never come)
+SELECT dblink_send_query('locker',
+    'BEGIN; LOCK TABLE igny8_prices IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT');
+SELECT wait_until($$(SELECT count(*) = 1 FROM pg_locks
+                      WHERE relation = 'igny8_prices'::regclass
+                        AND mode = 'AccessExclusiveLock' AND granted)$$,
+                  'the lock on igny8_prices');
+UPDATE igny8_models SET provider_model = 'qwen3:14b' WHERE alias = 'gpt-4';
+SELECT dblink_answer('inflight') AS in_flight;
+SELECT n, t FROM generate_series(1, 3) n, igny8_generate_text('Locked ' || n, 'gpt-4') t;
+SELECT count(*) AS usage_rows FROM ai_usage_log;
+SELECT count(*) AS still_locked FROM pg_locks
+ WHERE relation = 'igny8_prices'::regclass AND mode = 'AccessExclusiveLock' AND granted;
+SELECT bool_or(config_current) AS config_current FROM igny8_worker_status();
+SELECT dblink_cancel_query('locker');
+SELECT dblink_disconnect('locker');
+SELECT dblink_disconnect('inflight');
+SELECT wait_for_config();
+SELECT igny8_generate_text('Which model?', 'gpt-4');

@@ -52,6 +52,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 
 #include "worker.h"
 
@@ -61,6 +62,15 @@
 #define IGNY8_CONFIG_RETRY_MS	1000
 /* ... and without one: a worker serving an older configuration */
 #define IGNY8_CONFIG_RETRY_IDLE_MS	10000
+/*
+ * How long the load waits for a lock on a configuration table, and how long
+ * it may take at all; a load that ran out of time is tried again after
+ * IGNY8_CONFIG_RETRY_FIRST_MS, then twice as long each time (at most
+ * IGNY8_CONFIG_RETRY_IDLE_MS).
+ */
+#define IGNY8_CONFIG_LOCK_TIMEOUT	"200"
+#define IGNY8_CONFIG_LOAD_TIMEOUT_MS	30000
+#define IGNY8_CONFIG_RETRY_FIRST_MS	250
 /* how long a worker keeps answers back for another worker's commit */
 #define IGNY8_FLUSH_DEFER_MS	2
 /* answers this large are mmap'd by malloc, and unmapped when freed */
@@ -72,6 +82,8 @@ static char *config_error = NULL;	/* why the last load failed */
 static uint64 config_generation = 0;
 static bool config_stale = true;	/* load again, whatever the generation */
 static TimestampTz config_tried_at = 0;
+static int	config_retry_ms = IGNY8_CONFIG_RETRY_IDLE_MS;	/* after a failure */
+static int	config_failures = 0;	/* loads failed in a row */
 static bool encoding_ready = false;
 static MemoryContext loop_cxt = NULL;
 static volatile sig_atomic_t shutdown_requested = false;
@@ -258,13 +270,15 @@ igny8_plan_get(Igny8PlanSet *set, int which, const char *schema,
 /*
  * Report a caught error and get back to a clean state outside any
  * transaction.  The prepared statements and the configuration are suspect
- * (the extension may have been dropped): they are made again.
+ * (the extension may have been dropped): they are made again.  report:
+ * whether the error goes to the server log.
  */
-void
-igny8_worker_recover(void)
+static void
+worker_recover(bool report)
 {
 	MemoryContextSwitchTo(loop_cxt);
-	EmitErrorReport();
+	if (report)
+		EmitErrorReport();
 	FlushErrorState();
 	AbortCurrentTransaction();
 	MemoryContextSwitchTo(loop_cxt);
@@ -273,6 +287,12 @@ igny8_worker_recover(void)
 	igny8_jobs_reset();
 	igny8_cache_reset();
 	config_stale = true;
+}
+
+void
+igny8_worker_recover(void)
+{
+	worker_recover(true);
 }
 
 /* ----- the configuration ----- */
@@ -299,6 +319,32 @@ rents_changed(TimestampTz now)
 		config->rents_change != 0 && now >= config->rents_change;
 }
 
+/*
+ * The load waits for no lock for long, and takes no longer than
+ * IGNY8_CONFIG_LOAD_TIMEOUT_MS: a DBA's LOCK TABLE on a configuration table
+ * (or an ALTER TABLE) would otherwise hold the worker, and every call it
+ * serves, until it ended.  Both arrive as SIGINT, which the worker ignores
+ * outside the load (see igny8_worker_main).
+ */
+static void
+load_limits_on(void)
+{
+	(void) set_config_option("lock_timeout", IGNY8_CONFIG_LOCK_TIMEOUT,
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+							 true, 0, false);
+	pqsignal(SIGINT, StatementCancelHandler);
+	enable_timeout_after(STATEMENT_TIMEOUT, IGNY8_CONFIG_LOAD_TIMEOUT_MS);
+}
+
+static void
+load_limits_off(void)
+{
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	pqsignal(SIGINT, SIG_IGN);
+	/* a cancel that came too late to stop the load stops nothing else */
+	QueryCancelPending = false;
+}
+
 /* Load the configuration if it changed, or must be loaded again. */
 static void
 refresh_config(bool need_one)
@@ -308,21 +354,25 @@ refresh_config(bool need_one)
 	Igny8Config *volatile fresh = NULL;
 
 	/*
-	 * A load that failed is tried again, not too often: every second while
-	 * requests need a configuration and there is none, else every ten (the
-	 * worker serves the last configuration it loaded meanwhile).
+	 * A load that failed is tried again, not too often: every second at
+	 * most while requests need a configuration and there is none, else
+	 * every ten (the worker serves the last configuration it loaded
+	 * meanwhile); one that ran out of time waiting for a lock sooner at
+	 * first (config_retry_ms).
 	 */
 	if (gen == config_generation && !config_stale && !rents_changed(now) &&
 		!(config_error != NULL &&
 		  TimestampDifferenceExceeds(config_tried_at, now,
-									 need_one ? IGNY8_CONFIG_RETRY_MS :
-									 IGNY8_CONFIG_RETRY_IDLE_MS)))
+									 need_one ?
+									 Min(config_retry_ms, IGNY8_CONFIG_RETRY_MS) :
+									 config_retry_ms)))
 		return;
 	config_tried_at = now;
 
 	PG_TRY();
 	{
 		igny8_worker_begin("igny8_ai: loading configuration");
+		load_limits_on();
 		if (!encoding_ready)
 		{
 			igny8_encoding_init();
@@ -333,12 +383,16 @@ refresh_config(bool need_one)
 			SetConfigOption("search_path",
 							psprintf("pg_catalog, %s, pg_temp", fresh->schema),
 							PGC_USERSET, PGC_S_SESSION);
+		load_limits_off();
 		igny8_worker_commit();
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
+		bool		timed_out;
+		bool		report;
 
+		load_limits_off();
 		/* keep serving with what we had; say why to callers without one */
 		if (fresh)
 		{
@@ -347,11 +401,28 @@ refresh_config(bool need_one)
 		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		edata = CopyErrorData();
+		timed_out = (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+					 edata->sqlerrcode == ERRCODE_QUERY_CANCELED);
+		/* the same failure again is not logged again */
+		report = (config_error == NULL ||
+				  strcmp(config_error, edata->message) != 0);
+		worker_recover(report);
+		config_failures++;
+		config_retry_ms = timed_out ?
+			Min(IGNY8_CONFIG_RETRY_IDLE_MS,
+				IGNY8_CONFIG_RETRY_FIRST_MS << Min(config_failures - 1, 8)) :
+			IGNY8_CONFIG_RETRY_IDLE_MS;
+		if (report)
+			ereport(LOG,
+					(errmsg("igny8_ai worker %d could not load the configuration",
+							igny8_worker_index),
+					 config ?
+					 errdetail("It serves the configuration it loaded before, and tries again.") :
+					 errdetail("It answers calls with this error, and tries again.")));
 		if (config_error)
 			pfree(config_error);
 		config_error = pstrdup(edata->message);
 		FreeErrorData(edata);
-		igny8_worker_recover();
 		config_generation = gen;
 		config_stale = false;
 		return;
@@ -359,6 +430,12 @@ refresh_config(bool need_one)
 	PG_END_TRY();
 	MemoryContextSwitchTo(loop_cxt);
 
+	if (config_failures > 0)
+		ereport(LOG,
+				(errmsg("igny8_ai worker %d loaded the configuration, after %d failed attempts",
+						igny8_worker_index, config_failures)));
+	config_failures = 0;
+	config_retry_ms = IGNY8_CONFIG_RETRY_IDLE_MS;
 	if (config)
 		igny8_config_release(config);
 	config = fresh;
@@ -698,7 +775,7 @@ wait_timeout(void)
 	if (config_error != NULL)
 		timeout = Min(timeout,
 					  ms_until(now, TimestampTzPlusMilliseconds(config_tried_at,
-																IGNY8_CONFIG_RETRY_IDLE_MS)));
+																config_retry_ms)));
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		TimestampTz at = igny8_job_next_timeout(dlist_container(Igny8Job, node,
@@ -862,7 +939,8 @@ igny8_worker_main(Datum main_arg)
 	/*
 	 * pg_cancel_backend() would raise an error in the loop, which ends the
 	 * worker without giving its requests an outcome: a worker is stopped
-	 * with pg_terminate_backend(), gracefully.
+	 * with pg_terminate_backend(), gracefully.  Only the configuration's
+	 * load takes it, for its timeouts (load_limits_on).
 	 */
 	pqsignal(SIGINT, SIG_IGN);
 	BackgroundWorkerUnblockSignals();
