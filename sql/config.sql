@@ -277,3 +277,15 @@ SELECT dblink_disconnect('locker');
 SELECT dblink_disconnect('inflight');
 SELECT wait_for_config();
 SELECT igny8_generate_text('Which model?', 'gpt-4');
+
+-- a change made with session_replication_role = replica (a logical
+-- replication subscriber applying it, a data-only restore) reaches the
+-- workers too
+SET session_replication_role = replica;
+UPDATE igny8_models SET provider_model = 'qwen3:8b' WHERE alias = 'gpt-4';
+RESET session_replication_role;
+SELECT wait_for_config();
+SELECT igny8_generate_text('Which model?', 'gpt-4');
+SELECT tgrelid::regclass AS table_name, tgname, tgenabled FROM pg_trigger
+ WHERE tgfoid = 'igny8_config_changed'::regproc ORDER BY tgrelid::regclass::text;
+UPDATE igny8_models SET provider_model = 'qwen3:32b' WHERE alias = 'gpt-4';

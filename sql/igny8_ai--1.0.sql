@@ -1500,7 +1500,10 @@ CREATE FUNCTION igny8_config_changed() RETURNS trigger
 -- igny8_config_guard (origin), igny8_config_forget and
 -- igny8_config_forget_all (deletions remembered for pg_dump), and
 -- igny8_config_changed (the workers reload at commit).  Triggers of one
--- event fire in name order, whatever the order they are made in.
+-- event fire in name order, whatever the order they are made in.  The
+-- last is ENABLE ALWAYS, as on every table the workers load: a change made
+-- with session_replication_role = replica (a logical replication
+-- subscriber applying it, a data-only restore) must reach them too.
 DO $$
 DECLARE
     t text;
@@ -1520,6 +1523,8 @@ BEGIN
         EXECUTE pg_catalog.format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I'
                        ' FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed()',
                        t OPERATOR(pg_catalog.||) '_changed', t);
+        EXECUTE pg_catalog.format('ALTER TABLE %I ENABLE ALWAYS TRIGGER %I',
+                       t, t OPERATOR(pg_catalog.||) '_changed');
     END LOOP;
 END
 $$;
@@ -1579,6 +1584,7 @@ CREATE TRIGGER igny8_account_providers_check
 CREATE TRIGGER igny8_account_providers_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_account_providers
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+ALTER TABLE igny8_account_providers ENABLE ALWAYS TRIGGER igny8_account_providers_changed;
 
 --
 -- The response cache: opt-in per alias.  A worker answers a call from
@@ -1632,6 +1638,7 @@ CREATE TRIGGER igny8_cache_settings_check
 CREATE TRIGGER igny8_cache_settings_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_cache_settings
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+ALTER TABLE igny8_cache_settings ENABLE ALWAYS TRIGGER igny8_cache_settings_changed;
 
 CREATE TABLE igny8_response_cache (
     key             bytea PRIMARY KEY,
@@ -2949,6 +2956,7 @@ COMMENT ON FUNCTION igny8_budget_status() IS
 CREATE TRIGGER igny8_budgets_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON igny8_budgets
     FOR EACH STATEMENT EXECUTE FUNCTION igny8_config_changed();
+ALTER TABLE igny8_budgets ENABLE ALWAYS TRIGGER igny8_budgets_changed;
 
 -- A role dropped while bound leaves its row behind (DROP ROLE sees no
 -- dependency on a regrole value), shown as a bare OID: the dump leaves it
