@@ -289,3 +289,57 @@ SELECT igny8_generate_text('Which model?', 'gpt-4');
 SELECT tgrelid::regclass AS table_name, tgname, tgenabled FROM pg_trigger
  WHERE tgfoid = 'igny8_config_changed'::regproc ORDER BY tgrelid::regclass::text;
 UPDATE igny8_models SET provider_model = 'qwen3:32b' WHERE alias = 'gpt-4';
+
+-- a provider's base_url, api_key_ref and settings, and a deployment's
+-- settings, are checked when written: a port out of range, a base_url
+-- ending in /v1, a key reference that cannot name a key, an unknown
+-- settings key or a value of another type than the workers read would
+-- otherwise be ignored or fail every call.  Nothing is written; no
+-- message repeats a key reference or a proxy
+\pset format unaligned
+\pset tuples_only on
+SELECT show_error($$UPDATE igny8_providers SET base_url = 'http://127.0.0.1:99999' WHERE id = 'self_hosted_ai'$$);
+SELECT show_error($$UPDATE igny8_providers SET base_url = 'http://127.0.0.1:notaport' WHERE id = 'self_hosted_ai'$$);
+SELECT show_error($$UPDATE igny8_providers SET base_url = 'http://[::1]:0' WHERE id = 'self_hosted_ai'$$);
+SELECT show_error($$UPDATE igny8_providers SET base_url = 'https://api.openai.com/v1' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET base_url = 'https://gateway.example/openai/V1/' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET api_key_ref = '' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET api_key_ref = 'env:' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET api_key_ref = 'file:relative/key' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET settings = '{"proxy": "not a url"}' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET settings = '{"proxy": "ftp://user:pw@proxy:21"}' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET settings = '{"proxy": 5}' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET settings = '{"extra_body": "x"}' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET settings = '{"ca_file": "certs/box.pem"}' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET settings = '{"max_image_bytes": -5}' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET settings = '{"check_models": "no"}' WHERE id = 'openai'$$);
+SELECT show_error($$UPDATE igny8_providers SET settings = '{"options": [1]}' WHERE id = 'self_hosted_ai'$$);
+SELECT show_error($$UPDATE igny8_providers SET settings = '{"keep_alive": "30m", "keepalive": "30m"}' WHERE id = 'self_hosted_ai'$$);
+SELECT show_error($$INSERT INTO igny8_providers (id, kind, base_url, settings)
+                    VALUES ('box3', 'ollama', 'http://127.0.0.1:11434', '{"think": 1}')$$);
+SELECT show_error($$UPDATE igny8_models SET settings = '{"thinking": false}' WHERE alias = 'gpt-4'$$);
+SELECT show_error($$UPDATE igny8_models SET settings = '{"proxy": "http://proxy:3128"}' WHERE alias = 'gpt-4'$$);
+SELECT show_error($$UPDATE igny8_models SET settings = '{"max_image_bytes": 1.5}' WHERE alias = 'dall-e-3'$$);
+\pset format aligned
+\pset tuples_only off
+SELECT id, api_key_ref, settings FROM igny8_providers ORDER BY id;
+SELECT alias, provider_id, settings FROM igny8_models WHERE alias IN ('gpt-4', 'dall-e-3');
+-- what the README's examples and the workers read is accepted
+BEGIN;
+UPDATE igny8_providers
+   SET base_url = 'https://[::1]:8443/gateway/',
+       settings = '{"proxy": "socks5h://user:pw@proxy:1080", "ca_file": "/etc/ssl/box.pem",
+                    "check_models": false, "max_image_bytes": 67108864,
+                    "extra_body": {"store": false}, "max_tokens_field": "max_completion_tokens"}'
+ WHERE id = 'openai';
+UPDATE igny8_providers SET api_key_ref = 'file:/run/secrets/anthropic',
+       settings = '{"anthropic_version": "2023-06-01", "proxy": "proxy.internal:3128"}'
+ WHERE id = 'anthropic';
+UPDATE igny8_providers SET api_key_ref = 'sk-a-literal-key',
+       settings = '{"keep_alive": -1, "think": "low", "options": {"num_ctx": 8192}}'
+ WHERE id = 'self_hosted_ai';
+UPDATE igny8_models SET settings = '{"think": true, "keep_alive": "5m", "options": {"top_p": 0.9}}'
+ WHERE alias = 'gpt-4';
+UPDATE igny8_models SET settings = '{"max_image_bytes": 100000}' WHERE alias = 'dall-e-3';
+SELECT count(*) AS accepted FROM igny8_providers WHERE settings <> '{}';
+ROLLBACK;

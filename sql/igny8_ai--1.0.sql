@@ -846,6 +846,162 @@ CREATE TRIGGER igny8_fallbacks_check
     BEFORE INSERT OR UPDATE ON igny8_fallbacks
     FOR EACH ROW EXECUTE FUNCTION igny8_fallback_check();
 
+-- Before a provider or a deployment is written: its settings are the keys
+-- the workers read (src/config.c, src/provider_*.c), each of the type they
+-- read; a misspelt key or a value of another type would be ignored, or
+-- fail every call.  what names the row; proxy, ca_file and
+-- check_models are read from the provider only.  Messages quote no value
+-- of proxy (it may carry a password).
+CREATE FUNCTION igny8_settings_check(settings jsonb, what text, on_provider boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    known constant text[] := ARRAY['anthropic_version', 'ca_file', 'check_models',
+                                   'extra_body', 'keep_alive', 'max_image_bytes',
+                                   'max_tokens_field', 'options', 'proxy', 'think'];
+    provider_only constant text[] := ARRAY['ca_file', 'check_models', 'proxy'];
+    hint constant text := 'The settings keys are anthropic_version, ca_file, check_models, extra_body, keep_alive, max_image_bytes, max_tokens_field, options, proxy and think (README, "settings keys").';
+    k text;
+    v jsonb;
+    t text;
+    want text;
+    ok boolean;
+    num numeric;
+BEGIN
+    FOR k, v IN SELECT s.key, s.value FROM pg_catalog.jsonb_each(settings) s ORDER BY s.key LOOP
+        IF NOT k OPERATOR(pg_catalog.=) ANY (known) THEN
+            RAISE EXCEPTION 'unknown settings key "%" of %', k, what
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'The workers read no such key: it would be ignored.',
+                      HINT = hint;
+        END IF;
+        IF NOT on_provider AND k OPERATOR(pg_catalog.=) ANY (provider_only) THEN
+            RAISE EXCEPTION 'settings key "%" of % belongs on its provider', k, what
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'proxy, ca_file and check_models are read from igny8_providers.settings only; on a deployment they would be ignored.',
+                      HINT = pg_catalog.format('Set "%s" in the settings of the provider.', k);
+        END IF;
+        t := pg_catalog.jsonb_typeof(v);
+        want := CASE k
+            WHEN 'keep_alive' THEN 'a string ("30m") or a number of seconds'
+            WHEN 'think' THEN 'true, false or a level ("low", "medium", "high")'
+            WHEN 'options' THEN 'a JSON object'
+            WHEN 'extra_body' THEN 'a JSON object'
+            WHEN 'max_tokens_field' THEN 'a field name ("max_completion_tokens")'
+            WHEN 'anthropic_version' THEN 'a version string ("2023-06-01")'
+            WHEN 'proxy' THEN 'a proxy URL (http://host:3128, https://, socks5://, socks5h://, socks4://, socks4a://)'
+            WHEN 'ca_file' THEN 'the absolute path of a PEM file'
+            WHEN 'max_image_bytes' THEN 'a whole number of bytes, at least 1'
+            ELSE 'true or false' END;      -- check_models
+        ok := CASE k
+            WHEN 'keep_alive' THEN t OPERATOR(pg_catalog.=) ANY (ARRAY['string', 'number'])
+            WHEN 'think' THEN t OPERATOR(pg_catalog.=) ANY (ARRAY['boolean', 'string'])
+            WHEN 'options' THEN t OPERATOR(pg_catalog.=) 'object'
+            WHEN 'extra_body' THEN t OPERATOR(pg_catalog.=) 'object'
+            WHEN 'max_tokens_field' THEN t OPERATOR(pg_catalog.=) 'string' AND
+                 (v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.~) '^[A-Za-z_][A-Za-z0-9_]*$'
+            WHEN 'anthropic_version' THEN t OPERATOR(pg_catalog.=) 'string' AND
+                 (v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.~) '^[^[:space:][:cntrl:]]+$'
+            -- no space or control character; a scheme, if any, one curl's
+            -- proxies speak (without one, curl takes http://)
+            WHEN 'proxy' THEN t OPERATOR(pg_catalog.=) 'string' AND
+                 (v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.~) '^[^[:space:][:cntrl:]]+$' AND
+                 ((v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.!~) '://' OR
+                  (v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.~*) '^(https?|socks4a?|socks5h?)://.')
+            WHEN 'ca_file' THEN t OPERATOR(pg_catalog.=) 'string' AND
+                 (v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.~) '^/[^[:cntrl:]]*$'
+            WHEN 'max_image_bytes' THEN t OPERATOR(pg_catalog.=) 'number'
+            ELSE t OPERATOR(pg_catalog.=) 'boolean' END;
+        IF ok AND k OPERATOR(pg_catalog.=) 'max_image_bytes' THEN
+            num := (v OPERATOR(pg_catalog.#>>) '{}')::numeric;
+            ok := num OPERATOR(pg_catalog.>=) 1 AND num OPERATOR(pg_catalog.=) pg_catalog.trunc(num);
+        END IF;
+        IF NOT ok THEN
+            RAISE EXCEPTION 'settings key "%" of % is not valid', k, what
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = CASE WHEN k OPERATOR(pg_catalog.=) 'proxy'
+                               THEN pg_catalog.format('"%s" takes %s; the value is a JSON %s that is not one.', k, want, t)
+                               ELSE pg_catalog.format('"%s" takes %s; the value is %s.', k, want,
+                                                      pg_catalog.left(v::text, 100)) END,
+                      HINT = hint;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Before a provider is written: its base_url has a port in range and does
+-- not end in /v1 (the workers add the API path: /v1/v1/... would fail
+-- every call), its api_key_ref is env:NAME, file:/absolute/path or a key,
+-- and its settings are valid (above).  The message never repeats the key
+-- reference (it could be a key).
+CREATE FUNCTION igny8_provider_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    authority text;
+    port text;
+    bad_port boolean;
+BEGIN
+    authority := pg_catalog.substring(NEW.base_url, '^[A-Za-z]+://([^/?#]*)');
+    port := pg_catalog.substring(authority, '^(?:\[[^]]*\]|[^:]*):(.*)$');
+    bad_port := port OPERATOR(pg_catalog.!~) '^[0-9]{1,5}$';
+    IF NOT bad_port THEN
+        bad_port := port::integer OPERATOR(pg_catalog.<) 1 OR port::integer OPERATOR(pg_catalog.>) 65535;
+    END IF;
+    IF port IS NOT NULL AND bad_port THEN
+        RAISE EXCEPTION 'base_url of provider "%" has an invalid port', NEW.id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('The port is "%s"; a port is a number from 1 to 65535.',
+                                             pg_catalog.left(port, 20)),
+                  HINT = 'Give the URL as scheme://host[:port][/path], e.g. http://gpu-box:11434.';
+    END IF;
+    IF NEW.base_url OPERATOR(pg_catalog.~*) '^[a-z]+://[^/]*(/.*)?/v1/*$' THEN
+        RAISE EXCEPTION 'base_url of provider "%" ends in /v1', NEW.id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The workers add the API path (/v1/chat/completions, /v1/messages, /api/chat): every call would go to /v1/v1/... or /v1/api/....',
+                  HINT = 'Leave /v1 out: https://api.openai.com, not https://api.openai.com/v1 (for Ollama''s OpenAI-compatible API, kind openai at the server''s root).';
+    END IF;
+    IF NEW.api_key_ref IS NOT NULL AND
+       (NEW.api_key_ref OPERATOR(pg_catalog.~) '^[[:space:]]*$' OR
+        (NEW.api_key_ref OPERATOR(pg_catalog.~) '^env:' AND
+         NEW.api_key_ref OPERATOR(pg_catalog.!~) '^env:[A-Za-z_][A-Za-z0-9_]*$') OR
+        (NEW.api_key_ref OPERATOR(pg_catalog.~) '^file:' AND
+         NEW.api_key_ref OPERATOR(pg_catalog.!~) '^file:/[^[:cntrl:]]+$')) THEN
+        RAISE EXCEPTION 'invalid API key reference for provider "%"', NEW.id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'api_key_ref is env:NAME (a variable of the server''s environment), file:/absolute/path, or the key itself; NULL when the provider needs no key.',
+                  HINT = 'Put the key in a file the server can read, and give its path as file:/path.';
+    END IF;
+    PERFORM @extschema@.igny8_settings_check(NEW.settings,
+                                             pg_catalog.format('provider "%s"', NEW.id), true);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER igny8_providers_check
+    BEFORE INSERT OR UPDATE ON igny8_providers
+    FOR EACH ROW EXECUTE FUNCTION igny8_provider_check();
+
+-- Before a deployment is written: its settings are valid (above).
+CREATE FUNCTION igny8_deployment_settings_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM @extschema@.igny8_settings_check(NEW.settings,
+                                             pg_catalog.format('the deployment of alias "%s" on provider "%s"',
+                                                               NEW.alias, NEW.provider_id), false);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER igny8_models_settings_check
+    BEFORE INSERT OR UPDATE OF settings ON igny8_models
+    FOR EACH ROW EXECUTE FUNCTION igny8_deployment_settings_check();
+
 --
 -- The seed's configuration, as shipped rows.
 --
@@ -3001,6 +3157,9 @@ REVOKE ALL ON FUNCTION igny8_workflow_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_workflow_in_use() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_workflows_release() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_deployment_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_settings_check(jsonb, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_provider_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION igny8_deployment_settings_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_provider_kind_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_provider_follow() FROM PUBLIC;
 REVOKE ALL ON FUNCTION igny8_fallback_check() FROM PUBLIC;
