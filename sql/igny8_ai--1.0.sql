@@ -2679,13 +2679,15 @@ CREATE FUNCTION igny8_worker_status(
     OUT config_current    boolean,
     OUT settings_reloads  bigint,
     OUT last_job_scan     timestamptz,
-    OUT next_job_scan     timestamptz)
+    OUT next_job_scan     timestamptz,
+    OUT last_turn         timestamptz,
+    OUT stalled           boolean)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'igny8_worker_status'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 
 COMMENT ON FUNCTION igny8_worker_status() IS
-    'each igny8_ai worker: pid (NULL when not running), requests held and queued, whether it runs the latest committed configuration, when it last scanned igny8_jobs and next scans it unless woken';
+    'each igny8_ai worker: pid (NULL when not running), requests held and queued, whether it runs the latest committed configuration, when it last scanned igny8_jobs and next scans it unless woken, when its loop last turned, and whether it is stalled (a request has waited in its queue, and its loop has not turned, for more than a second)';
 
 CREATE FUNCTION igny8_slot_status(
     OUT state  text,

@@ -558,7 +558,8 @@ fill_slot(Igny8Task task, const char *alias, const char *request,
 	slot->has_account = has_account;
 	slot->account_id = account_id;
 	slot->timeout_ms = timeout_ms;
-	slot->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+	slot->submitted_at = GetCurrentTimestamp();
+	slot->deadline = TimestampTzPlusMilliseconds(slot->submitted_at,
 												 timeout_ms);
 	slot->caller_procno = MyProc->pgprocno;
 	slot->sent = false;

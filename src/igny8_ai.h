@@ -60,6 +60,21 @@
 #define IGNY8_SPILL_QUEUED	32
 #define IGNY8_SPILL_IN_FLIGHT 64
 
+/*
+ * A running worker is stalled when a request has waited in its queue for
+ * more than IGNY8_STALL_MS and its loop has not turned for as long
+ * (igny8_worker_stalled): it is stopped (SIGSTOP, a debugger), stuck in a
+ * system call, or waits on a lock or a long transaction.  A worker that
+ * turns takes its whole queue at each turn and is woken for every request
+ * queued to it, so a request waits there for at most the rest of the
+ * iteration in progress: some transfers' progress, a usage commit (its WAL
+ * flush: milliseconds, tens on a slow disk), a configuration load, an
+ * image decoded.  A second is well above those, and small against a
+ * call's deadline (seconds to minutes).  An idle worker sleeps up to a
+ * minute without turning: with nothing queued it is never stalled.
+ */
+#define IGNY8_STALL_MS		1000
+
 typedef enum Igny8SlotState
 {
 	IGNY8_SLOT_FREE = 0,
@@ -112,6 +127,7 @@ typedef struct Igny8Slot
 	bool		has_account;
 	int64		account_id;
 	int			timeout_ms;		/* the deadline, as the caller gave it */
+	TimestampTz submitted_at;	/* when the caller filled it */
 	TimestampTz deadline;
 	dsa_pointer request;		/* normalized request, JSON text */
 
@@ -163,9 +179,9 @@ typedef struct Igny8Slot
 
 /*
  * A worker's inbox (a ring of slot indexes, big enough for every slot) and
- * what it tells the others.  The mutex guards procno, pid, started_at, head
- * and queued; held[] is guarded by the mutex of the provider it counts,
- * configs[] by providers_mutex.
+ * what it tells the others.  The mutex guards procno, pid, started_at, head,
+ * queued and queued_since; held[] is guarded by the mutex of the provider
+ * it counts, configs[] by providers_mutex.
  */
 typedef struct Igny8WorkerShared
 {
@@ -175,6 +191,12 @@ typedef struct Igny8WorkerShared
 	TimestampTz started_at;
 	uint32		head;			/* ring index of the oldest entry */
 	uint32		queued;			/* entries in the ring */
+	TimestampTz queued_since;	/* while queued > 0: submitted_at of its
+								 * oldest entry (set when the ring goes
+								 * from empty to one entry, and when a
+								 * caller takes out the oldest) */
+	pg_atomic_uint64 last_turn; /* TimestampTz: when its loop last took its
+								 * queue (worker.c), or when it started */
 	pg_atomic_uint32 wakeup;	/* set before its latch: look at the world */
 	pg_atomic_uint32 abandons;	/* set by a caller that gave up */
 	pg_atomic_uint32 in_flight; /* requests the worker holds */
@@ -296,6 +318,19 @@ typedef struct Igny8Shared
 								 * gpu_running */
 	Igny8GpuClock gpu_clocks[IGNY8_MAX_PROVIDERS];
 } Igny8Shared;
+
+/*
+ * Is a worker with queued requests in its queue, the oldest submitted at
+ * queued_since, whose loop last turned at last_turn, stalled at now?
+ */
+static inline bool
+igny8_stalled(uint32 queued, TimestampTz queued_since, TimestampTz last_turn,
+			  TimestampTz now)
+{
+	return queued > 0 &&
+		TimestampDifferenceExceeds(Max(queued_since, last_turn), now,
+								   IGNY8_STALL_MS);
+}
 
 /* GUCs (igny8_ai.c) */
 extern char *igny8_database;

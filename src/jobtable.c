@@ -792,6 +792,7 @@ fill_slot(int slotno, Claimed *c, TimestampTz now)
 	slot->has_account = c->has_account;
 	slot->account_id = c->account_id;
 	slot->timeout_ms = c->timeout_ms;
+	slot->submitted_at = now;
 	slot->deadline = TimestampTzPlusMilliseconds(now, c->timeout_ms);
 	slot->caller_procno = -1;
 	slot->sent = false;

@@ -138,6 +138,7 @@ init_shared(void)
 		pg_atomic_init_u64(&w->reloads, 0);
 		pg_atomic_init_u64(&w->last_job_scan, 0);
 		pg_atomic_init_u64(&w->next_job_scan, 0);
+		pg_atomic_init_u64(&w->last_turn, 0);
 	}
 
 	memset(igny8_slots, 0, slots_size());
@@ -303,6 +304,8 @@ igny8_queue_push(int worker, int slotno)
 	if (ok)
 	{
 		ring[(w->head + w->queued) % igny8_shared->nslots] = slotno;
+		if (w->queued == 0)
+			w->queued_since = igny8_slots[slotno].submitted_at;
 		w->queued++;
 	}
 	SpinLockRelease(&w->mutex);
@@ -350,7 +353,12 @@ igny8_queue_remove(int worker, int slotno)
 			ring[(w->head + i) % n] = ring[(w->head + i + 1) % n];
 	}
 	if (found)
+	{
 		w->queued--;
+		/* the oldest may have left: the head is the oldest now */
+		if (w->queued > 0)
+			w->queued_since = igny8_slots[ring[w->head]].submitted_at;
+	}
 	SpinLockRelease(&w->mutex);
 	return found;
 }

@@ -39,29 +39,34 @@ igny8_worker_alive(PG_FUNCTION_ARGS)
  * One row per configured worker: pid (NULL when it is not running), when
  * it started, requests it holds, requests waiting in its queue, requests it
  * served, whether it loaded the latest committed configuration, how many
- * postgresql.conf reloads it processed, and when it last scanned
- * igny8_jobs and scans it next by itself (NULL before its first scan).
+ * postgresql.conf reloads it processed, when it last scanned igny8_jobs
+ * and scans it next by itself (NULL before its first scan), when its loop
+ * last turned, and whether it is stalled (IGNY8_STALL_MS).
  */
 Datum
 igny8_worker_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	uint64		generation;
+	TimestampTz now;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (igny8_shared == NULL)
 		return (Datum) 0;
 	generation = pg_atomic_read_u64(&igny8_shared->config_generation);
+	now = GetCurrentTimestamp();
 
 	for (int i = 0; i < igny8_shared->nworkers; i++)
 	{
 		Igny8WorkerShared *w = &igny8_shared->workers[i];
-		Datum		values[10];
-		bool		nulls[10];
+		Datum		values[12];
+		bool		nulls[12];
 		int			procno;
 		int			pid;
 		TimestampTz started_at;
 		uint32		queued;
+		TimestampTz queued_since;
+		TimestampTz last_turn;
 		TimestampTz last_scan;
 		TimestampTz next_scan;
 
@@ -70,7 +75,9 @@ igny8_worker_status(PG_FUNCTION_ARGS)
 		pid = w->pid;
 		started_at = w->started_at;
 		queued = w->queued;
+		queued_since = w->queued_since;
 		SpinLockRelease(&w->mutex);
+		last_turn = (TimestampTz) pg_atomic_read_u64(&w->last_turn);
 
 		memset(nulls, 0, sizeof(nulls));
 		values[0] = Int32GetDatum(i);
@@ -90,6 +97,11 @@ igny8_worker_status(PG_FUNCTION_ARGS)
 		nulls[8] = (procno < 0 || last_scan == 0);
 		values[9] = TimestampTzGetDatum(next_scan);
 		nulls[9] = (procno < 0 || next_scan == 0);
+		values[10] = TimestampTzGetDatum(last_turn);
+		nulls[10] = (procno < 0);
+		values[11] = BoolGetDatum(procno >= 0 &&
+								  igny8_stalled(queued, queued_since,
+												last_turn, now));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -345,12 +345,14 @@ load_limits_off(void)
 	QueryCancelPending = false;
 }
 
-/* Load the configuration if it changed, or must be loaded again. */
+/*
+ * Load the configuration if it changed, or must be loaded again.  now is
+ * the time of this turn of the loop.
+ */
 static void
-refresh_config(bool need_one)
+refresh_config(bool need_one, TimestampTz now)
 {
 	uint64		gen = pg_atomic_read_u64(&igny8_shared->config_generation);
-	TimestampTz now = GetCurrentTimestamp();
 	Igny8Config *volatile fresh = NULL;
 
 	/*
@@ -984,6 +986,8 @@ igny8_worker_main(Datum main_arg)
 	me->procno = MyProc->pgprocno;
 	me->pid = MyProcPid;
 	me->started_at = igny8_worker_started_at;
+	/* not stalled before its first turn: it has a second to get there */
+	pg_atomic_write_u64(&me->last_turn, (uint64) igny8_worker_started_at);
 	/* a previous incarnation's scan times are not ours */
 	pg_atomic_write_u64(&me->last_job_scan, 0);
 	pg_atomic_write_u64(&me->next_job_scan, 0);
@@ -993,7 +997,7 @@ igny8_worker_main(Datum main_arg)
 	before_shmem_exit(worker_detach, (Datum) 0);
 
 	recover_orphans();
-	refresh_config(true);
+	refresh_config(true, GetCurrentTimestamp());
 
 	newslots = MemoryContextAlloc(TopMemoryContext,
 								  sizeof(int) * igny8_shared->nslots);
@@ -1013,6 +1017,7 @@ igny8_worker_main(Datum main_arg)
 		int			nevents;
 		bool		fd_ready = false;
 		int			nnew;
+		TimestampTz now;
 		Igny8UsageWrite what;
 
 		nevents = WaitEventSetWait(wes, wait_timeout(), events,
@@ -1045,7 +1050,17 @@ igny8_worker_main(Datum main_arg)
 		 * must be routed with that change.
 		 */
 		nnew = take_new_slots(newslots);
-		refresh_config(nnew > 0 && config == NULL);
+
+		/*
+		 * The loop turned: what was queued before the take is in our
+		 * hands.  Published for choose_worker() and igny8_worker_status(),
+		 * which tell a worker that stopped turning with requests in its
+		 * queue (IGNY8_STALL_MS).  The clock is read here anyway, for
+		 * refresh_config.
+		 */
+		now = GetCurrentTimestamp();
+		pg_atomic_write_u64(&me->last_turn, (uint64) now);
+		refresh_config(nnew > 0 && config == NULL, now);
 		for (int i = 0; i < nnew; i++)
 			igny8_job_route(igny8_job_create(newslots[i]), config,
 							config_error);
