@@ -6,9 +6,8 @@
 -- answers are awaited for 20 s at most).  The lock is held past
 -- deadlock_timeout: the deadlock check is what wakes a lock waiter and
 -- resets its latch.  Which worker a call goes to is checked here too
--- (choose_worker in dispatch.c): the first, until 32 requests wait in its
--- queue or it holds 64; when every worker is past those, the one holding
--- the fewest
+-- (choose_worker in dispatch.c): the first, until it is stalled or holds
+-- 64; when every worker is past those, the one holding the fewest
 --
 \set ECHO none
 \o /dev/null
@@ -18,15 +17,18 @@
 TRUNCATE ai_usage_log;
 SELECT dblink_connect('locker', 'dbname=' || current_database());
 SELECT count(dblink_connect('w' || i, 'dbname=' || current_database())) AS connected
-  FROM generate_series(1, 36) i;
+  FROM generate_series(1, 6) i;
 
--- A call goes to the first worker until 32 requests (IGNY8_SPILL_QUEUED,
--- igny8_ai.h) wait in its queue, then to the next one.  Worker 0 takes a
--- request and blocks writing its usage row, 32 more queue up behind it
--- one at a time, and the next three go to worker 1 (which may be blocked
--- too, writing or scanning igny8_jobs: what it holds and what waits in
--- its queue are counted together).  Worker 0 is not about to scan
--- igny8_jobs, which would block it before it takes the request.
+-- A call goes to the first worker until it is stalled: a request has
+-- waited in its queue, and its loop has not turned, for more than a
+-- second (IGNY8_STALL_MS, igny8_ai.h).  Worker 0 takes a request and
+-- blocks writing its usage row; the next call waits in its queue, and
+-- once worker 0 is stalled the next two go to worker 1 (which may be
+-- blocked too, writing or scanning igny8_jobs, and stalled in turn: it
+-- still holds fewer than worker 0; what it holds and what waits in its
+-- queue are counted together).  The call in worker 0's queue stays there.
+-- Worker 0 is not about to scan igny8_jobs, which would block it before
+-- it takes the request.
 SELECT wait_scan_away(0);
 SELECT dblink_exec('locker', 'BEGIN');
 SELECT dblink_exec('locker', 'LOCK TABLE ai_usage_log IN ACCESS EXCLUSIVE MODE');
@@ -35,31 +37,25 @@ SELECT wait_until($$(SELECT a.wait_event_type = 'Lock' AND w.in_flight = 1
                        FROM pg_stat_activity a JOIN igny8_worker_status() w ON w.pid = a.pid
                       WHERE w.worker = 0)$$,
                   'worker 0 holding the request and waiting on the lock');
-DO $$
-BEGIN
-    FOR i IN 2..33 LOOP
-        PERFORM dblink_send_query('w' || i,
-            format($q$SELECT igny8_generate_text('Queued %s', 'gpt-4')$q$, i));
-        PERFORM wait_until(format('(SELECT queued FROM igny8_worker_status() WHERE worker = 0) = %s', i - 1),
-                           format('%s requests in worker 0''s queue', i - 1));
-    END LOOP;
-END
-$$;
-SELECT dblink_send_query('w34', $$SELECT igny8_generate_text('Spilled 34', 'gpt-4')$$);
+SELECT dblink_send_query('w2', $$SELECT igny8_generate_text('Queued 2', 'gpt-4')$$);
+SELECT wait_until($$(SELECT queued = 1 AND stalled FROM igny8_worker_status() WHERE worker = 0)$$,
+                  'worker 0 stalled, one request in its queue');
+SELECT dblink_send_query('w3', $$SELECT igny8_generate_text('Passed over 3', 'gpt-4')$$);
 SELECT wait_until($$(SELECT in_flight + queued FROM igny8_worker_status() WHERE worker = 1) = 1$$,
-                  'the 34th request at worker 1');
-SELECT dblink_send_query('w' || i,
-    format($$SELECT igny8_generate_text('Spilled %s', 'gpt-4')$$, i))
-  FROM generate_series(35, 36) i;
-SELECT wait_until($$(SELECT in_flight + queued FROM igny8_worker_status() WHERE worker = 1) = 3$$,
-                  'three requests at worker 1');
+                  'the third request at worker 1');
+SELECT dblink_send_query('w4', $$SELECT igny8_generate_text('Passed over 4', 'gpt-4')$$);
+SELECT wait_until($$(SELECT in_flight + queued FROM igny8_worker_status() WHERE worker = 1) = 2$$,
+                  'two requests at worker 1');
 SELECT worker, in_flight + queued AS requests FROM igny8_worker_status() ORDER BY worker;
+SELECT in_flight, queued, stalled, last_turn < now() - interval '1 s' AS turned_before
+  FROM igny8_worker_status() WHERE worker = 0;
 SELECT pg_sleep_for(current_setting('deadlock_timeout')::interval + interval '0.5 s');
 SELECT dblink_exec('locker', 'COMMIT');
 SELECT wait_until($$(SELECT bool_and(dblink_is_busy('w' || i) = 0)
-                       FROM generate_series(1, 36) i)$$, 'the 36 answers', 20);
-SELECT count(*) AS answered FROM generate_series(1, 36) i
+                       FROM generate_series(1, 4) i)$$, 'the 4 answers', 20);
+SELECT count(*) AS answered FROM generate_series(1, 4) i
  WHERE dblink_answer('w' || i) LIKE 'ollama%';
+SELECT count(*) AS stalled FROM igny8_worker_status() WHERE stalled;
 
 -- the same while the workers reload their configuration and wait on a
 -- lock on igny8_fallbacks
@@ -84,7 +80,7 @@ SELECT count(*) AS answered FROM generate_series(1, 6) i
  WHERE dblink_answer('w' || i) LIKE 'ollama%';
 SELECT wait_for_config();
 
-SELECT count(dblink_disconnect('w' || i)) AS disconnected FROM generate_series(1, 36) i;
+SELECT count(dblink_disconnect('w' || i)) AS disconnected FROM generate_series(1, 6) i;
 SELECT dblink_disconnect('locker');
 SELECT count(*) AS usage_rows FROM ai_usage_log;
 

@@ -423,15 +423,26 @@ take_slot(void)
  * workers each being woken from sleep (test/bench/README.md, "Calls go to
  * the first worker").  The limit on the requests in its hands keeps slow
  * calls (seconds each, many at once) from all waiting on one worker, and
- * its answers within one worker's igny8_ai.answer_memory.  When none runs
- * (they are starting, or restarting), any queue will do: the first worker
- * to run empties the queues of those that do not.
+ * its answers within one worker's igny8_ai.answer_memory.
+ *
+ * A stalled worker (IGNY8_STALL_MS: a request has waited in its queue, and
+ * its loop has not turned, for a second) is passed over while another
+ * runs that is not: a call queued to it would wait until it turns again,
+ * up to its deadline.  The requests already in its queue stay there (it
+ * takes them when it turns; their callers give up at their deadlines).
+ * When every running worker is stalled, the one holding the fewest.  now
+ * is the call's submitted_at: no clock is read here.
+ *
+ * When none runs (they are starting, or restarting), any queue will do:
+ * the first worker to run empties the queues of those that do not.
  */
 static int
-choose_worker(void)
+choose_worker(TimestampTz now)
 {
-	int			best = 0;
+	int			best = -1;
 	uint32		best_held = PG_UINT32_MAX;
+	int			stalled = -1;
+	uint32		stalled_held = PG_UINT32_MAX;
 
 	for (int w = 0; w < igny8_shared->nworkers; w++)
 	{
@@ -442,6 +453,15 @@ choose_worker(void)
 			continue;
 		queued = igny8_queue_length(w);
 		in_flight = pg_atomic_read_u32(&igny8_shared->workers[w].in_flight);
+		if (queued > 0 && igny8_worker_stalled(w, now))
+		{
+			if (queued + in_flight < stalled_held)
+			{
+				stalled = w;
+				stalled_held = queued + in_flight;
+			}
+			continue;
+		}
 		if (queued < IGNY8_SPILL_QUEUED && in_flight < IGNY8_SPILL_IN_FLIGHT)
 			return w;
 		if (queued + in_flight < best_held)
@@ -450,7 +470,9 @@ choose_worker(void)
 			best_held = queued + in_flight;
 		}
 	}
-	return best;
+	if (best >= 0)
+		return best;
+	return stalled >= 0 ? stalled : 0;
 }
 
 /*
@@ -591,7 +613,7 @@ static void
 queue_slot(int slotno)
 {
 	Igny8Slot  *slot = &igny8_slots[slotno];
-	int			worker = choose_worker();
+	int			worker = choose_worker(slot->submitted_at);
 
 	SpinLockAcquire(&slot->mutex);
 	slot->worker = worker;

@@ -72,6 +72,8 @@
  * image decoded.  A second is well above those, and small against a
  * call's deadline (seconds to minutes).  An idle worker sleeps up to a
  * minute without turning: with nothing queued it is never stalled.
+ * choose_worker() (dispatch.c) sends no new call to a stalled worker while
+ * another one is not.
  */
 #define IGNY8_STALL_MS		1000
 
@@ -379,6 +381,7 @@ extern bool igny8_queue_remove(int worker, int slotno);
 extern bool igny8_queue_empty(int worker);
 extern uint32 igny8_queue_length(int worker);
 extern bool igny8_worker_running(int worker);
+extern bool igny8_worker_stalled(int worker, TimestampTz now);
 extern bool igny8_worker_is(int worker, TimestampTz started);
 extern void igny8_wake_worker(int worker);
 extern void igny8_wake_all_workers(void);

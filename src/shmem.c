@@ -393,6 +393,28 @@ igny8_worker_running(int worker)
 }
 
 /*
+ * Is a worker stalled (igny8_stalled, IGNY8_STALL_MS)?  A hint for routing,
+ * read without the lock like igny8_queue_length: read during the push
+ * that fills an empty queue, queued_since may still be the previous
+ * one's, and one call go to another worker.
+ */
+bool
+igny8_worker_stalled(int worker, TimestampTz now)
+{
+	volatile Igny8WorkerShared *w = &igny8_shared->workers[worker];
+	pg_atomic_uint64 *last_turn = &igny8_shared->workers[worker].last_turn;
+	uint32		queued;
+
+	if (w->procno < 0)
+		return false;
+	queued = w->queued;
+	if (queued == 0)
+		return false;
+	return igny8_stalled(queued, w->queued_since,
+						 (TimestampTz) pg_atomic_read_u64(last_turn), now);
+}
+
+/*
  * Is worker w running, the incarnation that started at started?  With its
  * index, a worker's start time tells one incarnation from the next.
  */
