@@ -113,10 +113,12 @@ alloc_dest(size_t len)
 
 /*
  * An answer in the database encoding, or NULL when it is not valid UTF-8
- * or has a character the database encoding lacks.
+ * or has a character the database encoding lacks.  In a UTF-8 database
+ * that is utf8 itself, not a copy: an answer may be as large as
+ * igny8_ai.max_response_size.
  */
 char *
-igny8_to_db_exact(const char *utf8)
+igny8_to_db_exact(char *utf8)
 {
 	size_t		len = strlen(utf8);
 	char	   *dest;
@@ -124,7 +126,7 @@ igny8_to_db_exact(const char *utf8)
 	if (!pg_verify_mbstr(PG_UTF8, utf8, (int) len, true))
 		return NULL;
 	if (!need_conversion)
-		return pstrdup(utf8);
+		return utf8;
 	dest = alloc_dest(len);
 	if ((size_t) convert_prefix(utf8, (int) len, dest) != len)
 	{

@@ -685,6 +685,30 @@ igny8_http_answer(Igny8Transfer *t, const char *key, Igny8HttpResponse *resp)
 	resp->should_retry = t->should_retry;
 	resp->body = t->body ? igny8_redact_body(t->body, &len, key, t->status) : "";
 	resp->body_len = t->body ? len : 0;
+	/* the buffer (write_callback) and a redacted copy end in a NUL */
+	resp->body_terminated = true;
+}
+
+/*
+ * Free a finished transfer's body, and the redacted copy of it that resp
+ * may hold (igny8_http_answer), once it was parsed: what was taken out of
+ * it is all that is kept, and its memory goes back to
+ * igny8_ai.answer_memory at once rather than with the transfer.  resp is
+ * left with an empty body.
+ */
+void
+igny8_http_release_body(Igny8Transfer *t, Igny8HttpResponse *resp)
+{
+	if (t->body != NULL && resp->body != t->body)
+		pfree((char *) resp->body);
+	if (t->body != NULL)
+		held_bytes -= t->cap;
+	free(t->body);
+	t->body = NULL;
+	t->cap = 0;
+	t->len = 0;
+	resp->body = "";
+	resp->body_len = 0;
 }
 
 /* Did the transfer fail because the answer was over max_response_size? */

@@ -979,6 +979,7 @@ report_health(Igny8Job *job, Igny8Provider *p, Igny8Transfer *t,
 static bool
 answer_to_db(Igny8Job *job, Igny8Attempt *a)
 {
+	/* the answer itself when the database is UTF-8: no copy */
 	char	   *content = igny8_to_db_exact(job->result.content);
 	char	   *thinking = NULL;
 
@@ -990,13 +991,22 @@ answer_to_db(Igny8Job *job, Igny8Attempt *a)
 	 * was parsed.
 	 */
 	if (content != NULL && job->result.thinking != NULL)
-		thinking = igny8_to_db_lossy(job->result.thinking);
+	{
+		thinking = igny8_to_db_exact(job->result.thinking);
+		if (thinking == NULL)
+			thinking = igny8_to_db_lossy(job->result.thinking);
+	}
 	if (content == NULL)
 	{
 		a->error = psprintf("the answer has characters that the database encoding %s cannot represent",
 							GetDatabaseEncodingName());
 		return false;
 	}
+	/* a converted copy replaces the UTF-8 text, which goes at once */
+	if (content != job->result.content)
+		pfree(job->result.content);
+	if (thinking != job->result.thinking)
+		pfree(job->result.thinking);
 	job->result.content = content;
 	job->result.thinking = thinking;
 	return true;
@@ -1108,13 +1118,17 @@ text_done(Igny8Job *job, Igny8Transfer *t)
 	else
 	{
 		Igny8HttpResponse resp;
+		bool		parsed;
 
 		/* no key may survive into anything parsed or cut out of the body */
 		igny8_http_answer(t, p->key, &resp);
 		memset(&job->result, 0, sizeof(job->result));
 
-		if (igny8_text_protocol(p->kind)->parse_chat(&resp, &job->result,
-													 &perr))
+		parsed = igny8_text_protocol(p->kind)->parse_chat(&resp, &job->result,
+														  &perr);
+		/* what is kept was taken out of the body: it goes now */
+		igny8_http_release_body(t, &resp);
+		if (parsed)
 		{
 			job->result.model = igny8_redact(job->result.model, p->key);
 			job->result.finish_reason = igny8_redact(job->result.finish_reason,

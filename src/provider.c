@@ -449,34 +449,32 @@ is_space(char c)
 }
 
 /*
- * Remove a leading reasoning block from a model's answer (protocols.md
- * 1.5, client rule).  If content starts, after whitespace, with <think>,
- * everything through the first </think> is dropped and the rest is
- * left-trimmed; the trace in between, trimmed, goes to *thinking (NULL if
- * empty).  A block that never closes (the answer was cut off by max_tokens
- * while the model reasoned) is all reasoning: the content is empty, the
- * rest is the trace.  Without a leading block the content is returned
- * unchanged and *thinking is NULL.  thinking may be NULL.  The result is
- * always a new palloc'd string.
+ * Remove a leading reasoning block from a model's answer in place
+ * (protocols.md 1.5, client rule).  If content starts, after whitespace,
+ * with <think>, everything through the first </think> is dropped and the
+ * rest is left-trimmed, moved to the start of the buffer; the trace in
+ * between, trimmed, goes to *thinking (NULL if empty).  A block that never
+ * closes (the answer was cut off by max_tokens while the model reasoned)
+ * is all reasoning: the content is empty, the rest is the trace.  Without
+ * a leading block the content is left as it is and *thinking is NULL.
+ * thinking may be NULL.  Returns content.
  */
-char *
-igny8_strip_think(const char *content, char **thinking)
+static char *
+strip_think_in_place(char *content, char **thinking)
 {
-	const char *p;
-	const char *start;
-	const char *end;
-	const char *close;
+	char	   *p;
+	char	   *start;
+	char	   *end;
+	char	   *close;
 
 	if (thinking != NULL)
 		*thinking = NULL;
-	if (content == NULL)
-		return pstrdup("");
 
 	p = content;
 	while (is_space(*p))
 		p++;
 	if (strncmp(p, "<think>", 7) != 0)
-		return pstrdup(content);
+		return content;
 	start = p + 7;
 	close = strstr(start, "</think>");
 
@@ -491,12 +489,57 @@ igny8_strip_think(const char *content, char **thinking)
 			*thinking = pnstrdup(start, end - start);
 	}
 	if (close == NULL)
-		return pstrdup("");
+	{
+		content[0] = '\0';
+		return content;
+	}
 
 	p = close + 8;
 	while (is_space(*p))
 		p++;
-	return pstrdup(p);
+	memmove(content, p, strlen(p) + 1);
+	return content;
+}
+
+/*
+ * The same on a copy: the result is always a new palloc'd string, and
+ * content is left alone.
+ */
+char *
+igny8_strip_think(const char *content, char **thinking)
+{
+	if (content == NULL)
+	{
+		if (thinking != NULL)
+			*thinking = NULL;
+		return pstrdup("");
+	}
+	return strip_think_in_place(pstrdup(content), thinking);
+}
+
+/*
+ * The answer in a string item of a parsed answer, without its reasoning
+ * block (as igny8_strip_think), taken out of the tree rather than copied:
+ * an answer may be as large as igny8_ai.max_response_size, and a copy of
+ * it would double what the worker holds.  The item is left a string
+ * without a value (valuestring NULL), and cJSON_Delete frees the tree
+ * without the string, which is the caller's, palloc'd in the context the
+ * tree was parsed in (cJSON's allocator is palloc, igny8_json_init).  Only
+ * for a tree of the caller's own, freed before anything else reads it: the
+ * parse_chat functions, whose tree igny8_parse_answer frees.  An item that
+ * is not a string gives a new "".
+ */
+char *
+igny8_take_answer(const cJSON *item, char **thinking)
+{
+	cJSON	   *own = (cJSON *) item;
+	char	   *content;
+
+	if (!cJSON_IsString(own) || own->valuestring == NULL)
+		return igny8_strip_think(NULL, thinking);
+	content = own->valuestring;
+	own->valuestring = NULL;
+	return strip_think_in_place(content, thinking);
 }
 
 /* Format into a new palloc'd string. */
@@ -685,32 +728,21 @@ igny8_str_contains(const char *haystack, const char *needle)
 }
 
 /*
- * Parse a response body that must be exactly one JSON value (whitespace
- * around it allowed).  Returns NULL for anything else: empty, truncated,
- * trailing data such as a second NDJSON line, nesting deeper than cJSON's
- * limit.  The body need not be NUL-terminated.  Free with cJSON_Delete.
+ * Parse len bytes of body, followed by a NUL (body[len] == '\0'), as one
+ * JSON value (see igny8_json_parse).
  */
-cJSON *
-igny8_json_parse(const char *body, size_t len)
+static cJSON *
+parse_terminated(const char *body, size_t len)
 {
-	char	   *copy;
 	const char *end = NULL;
-	const char *limit;
+	const char *limit = body + len;
 	cJSON	   *json;
 
-	if (body == NULL || len == 0)
-		return NULL;
-
-	copy = palloc_extended(len + 1, MCXT_ALLOC_HUGE);
-	memcpy(copy, body, len);
-	copy[len] = '\0';
-	limit = copy + len;
-
-	json = cJSON_ParseWithLengthOpts(copy, len, &end, false);
+	json = cJSON_ParseWithLengthOpts(body, len, &end, false);
 	if (json != NULL)
 	{
-		if (end == NULL || end < copy || end > limit)
-			end = copy;			/* cannot happen; refuse the body */
+		if (end == NULL || end < body || end > limit)
+			end = body;			/* cannot happen; refuse the body */
 		while (end < limit && is_space(*end))
 			end++;
 		if (end != limit)
@@ -719,8 +751,49 @@ igny8_json_parse(const char *body, size_t len)
 			json = NULL;
 		}
 	}
+	return json;
+}
+
+/*
+ * Parse a response body that must be exactly one JSON value (whitespace
+ * around it allowed).  Returns NULL for anything else: empty, truncated,
+ * trailing data such as a second NDJSON line, nesting deeper than cJSON's
+ * limit.  The body need not be NUL-terminated (it is copied then; a
+ * response's body is parsed where it is when it is, igny8_json_parse_body).
+ * Free with cJSON_Delete.
+ */
+cJSON *
+igny8_json_parse(const char *body, size_t len)
+{
+	char	   *copy;
+	cJSON	   *json;
+
+	if (body == NULL || len == 0)
+		return NULL;
+
+	copy = palloc_extended(len + 1, MCXT_ALLOC_HUGE);
+	memcpy(copy, body, len);
+	copy[len] = '\0';
+	json = parse_terminated(copy, len);
 	pfree(copy);
 	return json;
+}
+
+/*
+ * Parse a response's body as igny8_json_parse does, without a copy when
+ * the body is NUL-terminated (body_terminated): an answer may be as large
+ * as igny8_ai.max_response_size, and a copy would add that much to what
+ * the worker holds while it parses.
+ */
+cJSON *
+igny8_json_parse_body(const Igny8HttpResponse *resp)
+{
+	if (resp->body == NULL || resp->body_len == 0)
+		return NULL;
+	if (!resp->body_terminated)
+		return igny8_json_parse(resp->body, resp->body_len);
+	Assert(resp->body[resp->body_len] == '\0');
+	return parse_terminated(resp->body, resp->body_len);
 }
 
 /* Serialize a tree without whitespace into a new palloc'd string. */
@@ -1105,7 +1178,7 @@ igny8_probe_model_list(const Igny8HttpResponse *resp,
 	int			i;
 
 	memset(out, 0, sizeof(*out));
-	json = igny8_json_parse(resp->body, resp->body_len);
+	json = igny8_json_parse_body(resp);
 	list = igny8_json_member(json, list_key);
 	if (resp->status < 200 || resp->status >= 300)
 		igny8_probe_http_error(resp, igny8_error_message(json), out);
@@ -1219,7 +1292,7 @@ igny8_parse_answer(const Igny8HttpResponse *resp, const char *provider,
 	bool		ok = false;
 
 	igny8_init_outputs(result, err);
-	json = igny8_json_parse(resp->body, resp->body_len);
+	json = igny8_json_parse_body(resp);
 	if (resp->status >= 200 && resp->status < 300)
 	{
 		ok = success(json, resp->status, result, err);

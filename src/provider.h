@@ -109,6 +109,8 @@ typedef struct Igny8HttpResponse
 	long		status;			/* HTTP status (> 0) */
 	const char *body;			/* not necessarily NUL-terminated */
 	size_t		body_len;
+	bool		body_terminated;	/* body[body_len] is a NUL: parsed in
+									 * place (igny8_json_parse_body) */
 	double		retry_after;	/* seconds, from retry-after-ms or
 								 * retry-after; < 0 when absent */
 	int			should_retry;	/* x-should-retry: 1 true, 0 false, -1 absent */
@@ -519,6 +521,7 @@ extern size_t igny8_utf8_trim_end(const char *s, size_t len);
 extern void igny8_clean_label(char *label, size_t max);
 extern bool igny8_json_has_nul(const char *body, size_t len);
 extern char *igny8_strip_think(const char *content, char **thinking);
+extern char *igny8_take_answer(const cJSON *item, char **thinking);
 extern bool igny8_parse_answer(const Igny8HttpResponse *resp,
 							   const char *provider,
 							   Igny8TextResult *result,
@@ -550,6 +553,7 @@ extern bool igny8_str_contains(const char *haystack, const char *needle);
 extern const char *igny8_error_message(const cJSON *json);
 extern bool igny8_context_exceeded(const cJSON *json);
 extern cJSON *igny8_json_parse(const char *body, size_t len);
+extern cJSON *igny8_json_parse_body(const Igny8HttpResponse *resp);
 extern char *igny8_json_print(const cJSON *item);
 extern cJSON *igny8_json_member(const cJSON *object, const char *key);
 extern const char *igny8_json_string(const cJSON *object, const char *key);

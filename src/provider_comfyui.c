@@ -129,7 +129,7 @@ comfyui_parse_probe(const Igny8HttpResponse *resp, const char *const *models,
 	const cJSON *devices;
 
 	memset(out, 0, sizeof(*out));
-	json = igny8_json_parse(resp->body, resp->body_len);
+	json = igny8_json_parse_body(resp);
 	system = igny8_json_member(json, "system");
 	devices = igny8_json_member(json, "devices");
 	if (resp->status < 200 || resp->status >= 300)
@@ -708,7 +708,7 @@ igny8_comfyui_parse_submit(const Igny8HttpResponse *resp, char **prompt_id,
 	if (number)
 		*number = -1;
 	igny8_init_error(err);
-	json = igny8_json_parse(resp->body, resp->body_len);
+	json = igny8_json_parse_body(resp);
 	if (resp->status < 200 || resp->status >= 300)
 		comfyui_submit_error(resp, json, err);
 	else if (json == NULL)
@@ -934,7 +934,7 @@ igny8_comfyui_parse_history(const Igny8HttpResponse *resp,
 	*images = NULL;
 	*nimages = 0;
 	igny8_init_error(err);
-	json = igny8_json_parse(resp->body, resp->body_len);
+	json = igny8_json_parse_body(resp);
 	if (resp->status < 200 || resp->status >= 300)
 		igny8_set_http_error(err,
 							 igny8_classify_status(resp->status,
@@ -996,7 +996,7 @@ igny8_comfyui_parse_view(const Igny8HttpResponse *resp,
 	igny8_init_error(err);
 	if (resp->status < 200 || resp->status >= 300)
 	{
-		cJSON	   *json = igny8_json_parse(resp->body, resp->body_len);
+		cJSON	   *json = igny8_json_parse_body(resp);
 		Igny8ErrorClass cls;
 
 		cls = igny8_classify_status(resp->status, resp->should_retry);
@@ -1083,7 +1083,7 @@ queue_json(const Igny8HttpResponse *resp)
 
 	if (resp->status != 200)
 		return NULL;
-	json = igny8_json_parse(resp->body, resp->body_len);
+	json = igny8_json_parse_body(resp);
 	if (!cJSON_IsObject(json))
 	{
 		cJSON_Delete(json);
@@ -1349,7 +1349,7 @@ igny8_comfyui_parse_object_info(const Igny8HttpResponse *resp,
 
 	if (resp->status < 200 || resp->status >= 300)
 		return IGNY8_COMFY_CLASS_ERROR;
-	json = igny8_json_parse(resp->body, resp->body_len);
+	json = igny8_json_parse_body(resp);
 	if (!cJSON_IsObject(json))
 	{
 		cJSON_Delete(json);

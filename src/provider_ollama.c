@@ -89,7 +89,7 @@ ollama_parse_success(const cJSON *json, long status,
 {
 	const cJSON *message;
 	const cJSON *error;
-	const char *content;
+	const cJSON *content;
 	const char *thinking;
 	const char *str;
 	char	   *inline_thinking;
@@ -125,8 +125,8 @@ ollama_parse_success(const cJSON *json, long status,
 		return false;
 	}
 	message = igny8_json_member(json, "message");
-	content = igny8_json_string(message, "content");
-	if (content == NULL)
+	content = igny8_json_member(message, "content");
+	if (!cJSON_IsString(content) || content->valuestring == NULL)
 	{
 		igny8_set_error(err, IGNY8_ERR_RETRY, -1,
 						"malformed response from Ollama: no message.content string");
@@ -138,7 +138,7 @@ ollama_parse_success(const cJSON *json, long status,
 	 * builds may leave it inline as <think>...</think>.  Strip the block in
 	 * any case, and prefer the field when both exist.
 	 */
-	result->content = igny8_strip_think(content, &inline_thinking);
+	result->content = igny8_take_answer(content, &inline_thinking);
 	thinking = igny8_json_string(message, "thinking");
 	if (thinking != NULL && thinking[0] != '\0')
 	{

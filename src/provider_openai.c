@@ -154,9 +154,7 @@ openai_parse_success(const cJSON *json, long status,
 	 * "reasoning_content"; a server without a reasoning parser leaves it
 	 * inline in <think> tags.
 	 */
-	result->content = igny8_strip_think(cJSON_IsString(content) ?
-										content->valuestring : "",
-										&inline_thinking);
+	result->content = igny8_take_answer(content, &inline_thinking);
 	reasoning = igny8_json_string(message, "reasoning");
 	if (reasoning == NULL || reasoning[0] == '\0')
 		reasoning = igny8_json_string(message, "reasoning_content");
@@ -637,7 +635,7 @@ igny8_openai_parse_image(const Igny8HttpResponse *resp, size_t max_image,
 
 	memset(result, 0, sizeof(*result));
 	igny8_init_error(err);
-	json = igny8_json_parse(resp->body, resp->body_len);
+	json = igny8_json_parse_body(resp);
 	if (resp->status >= 200 && resp->status < 300)
 		ok = openai_image_success(resp, json, max_image, result, err);
 	else

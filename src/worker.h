@@ -303,6 +303,8 @@ extern bool igny8_http_local_failure(Igny8Transfer *t);
 extern bool igny8_http_never_sent(Igny8Transfer *t);
 extern void igny8_http_answer(Igny8Transfer *t, const char *key,
 							  Igny8HttpResponse *resp);
+extern void igny8_http_release_body(Igny8Transfer *t,
+									 Igny8HttpResponse *resp);
 extern const char *igny8_http_failure_kind(Igny8Transfer *t);
 extern Igny8ErrorClass igny8_http_classify_transport(Igny8Transfer *t);
 
@@ -310,7 +312,7 @@ extern Igny8ErrorClass igny8_http_classify_transport(Igny8Transfer *t);
 
 extern void igny8_encoding_init(void);
 extern char *igny8_from_db(const char *text);
-extern char *igny8_to_db_exact(const char *utf8);
+extern char *igny8_to_db_exact(char *utf8);
 extern char *igny8_to_db_lossy(const char *utf8);
 
 /* ----- job.c, probe.c ----- */

@@ -895,6 +895,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	resp.should_retry = should_retries[(sel >> 4) & 3];
 	resp.retry_after = retry_afters[(sel >> 6) & 3];
 	resp.body_len = size - 1;
+	resp.body_terminated = false;	/* parsed from a copy, as exact */
 	resp.body = resp.body_len > 0 ? palloc(resp.body_len) : NULL;
 	if (resp.body_len > 0)
 		memcpy((char *) resp.body, data + 1, resp.body_len);

@@ -306,6 +306,7 @@ parse_answer(const Igny8TextProtocol *proto, long status, const char *body,
 	resp.status = status;
 	resp.body = body;
 	resp.body_len = body ? strlen(body) : 0;
+	resp.body_terminated = true;	/* parsed in place, as the worker does */
 	resp.retry_after = retry_after;
 	resp.should_retry = should_retry;
 	if (corpus_dir != NULL)
@@ -325,6 +326,7 @@ parse_probe(const Igny8ProbeProtocol *proto, long status, const char *body,
 	resp.status = status;
 	resp.body = body;
 	resp.body_len = body ? strlen(body) : 0;
+	resp.body_terminated = true;
 	resp.retry_after = -1;
 	resp.should_retry = -1;
 	if (corpus_dir != NULL)
@@ -741,6 +743,105 @@ test_strip_think(void)
 		content = igny8_strip_think(c->in, NULL);
 		CHECK_STR(content, c->content);
 		free_maybe(content);
+	}
+	end_group();
+}
+
+/*
+ * igny8_take_answer: the same as igny8_strip_think, and the answer is the
+ * item's own string, taken out of the tree (not a copy), which cJSON_Delete
+ * then frees without it.
+ */
+static void
+test_take_answer(void)
+{
+	int			i;
+
+	begin_group("igny8_take_answer");
+	for (i = 0; i < (int) lengthof(strip_cases); i++)
+	{
+		const StripCase *c = &strip_cases[i];
+		cJSON	   *item;
+		char	   *own;
+		char	   *thinking;
+		char	   *content;
+
+		begin_case(i, c->in ? c->in : "NULL");
+		item = c->in ? cJSON_CreateString(c->in) : cJSON_CreateNull();
+		own = c->in ? item->valuestring : NULL;
+		thinking = (char *) "untouched";
+		content = igny8_take_answer(item, &thinking);
+		CHECK_STR(content, c->content);
+		CHECK_STR(thinking, c->thinking);
+		if (c->in != NULL)
+		{
+			CHECK(content == own);
+			CHECK(item->valuestring == NULL);
+			CHECK(cJSON_IsString(item));
+		}
+		cJSON_Delete(item);		/* ASan: no double free, no leak */
+		free_maybe(content);
+		free_maybe(thinking);
+	}
+	end_group();
+}
+
+/*
+ * igny8_json_parse_body: a NUL-terminated body is parsed where it is, with
+ * the same verdicts as a copy of it (exactly one JSON value, whitespace
+ * around it allowed).
+ */
+typedef struct ParseBodyCase
+{
+	const char *body;
+	bool		ok;
+} ParseBodyCase;
+
+static const ParseBodyCase parse_body_cases[] = {
+	{"{\"a\":\"b\"}", true},
+	{" \n{\"a\":1}\n ", true},
+	{"{\"a\":1}\n{\"a\":2}", false},
+	{"{\"a\":", false},
+	{"", false},
+	{"\"x\"", true},
+	{"nul", false},
+	{"null", true}
+};
+
+static void
+test_json_parse_body(void)
+{
+	int			i;
+
+	begin_group("igny8_json_parse_body");
+	for (i = 0; i < (int) lengthof(parse_body_cases); i++)
+	{
+		const ParseBodyCase *c = &parse_body_cases[i];
+		Igny8HttpResponse resp;
+		cJSON	   *json;
+		char	   *exact;
+		size_t		len = strlen(c->body);
+
+		begin_case(i, c->body);
+		memset(&resp, 0, sizeof(resp));
+		resp.status = 200;
+		resp.body = c->body;
+		resp.body_len = len;
+		resp.body_terminated = true;
+		json = igny8_json_parse_body(&resp);
+		CHECK((json != NULL) == c->ok);
+		cJSON_Delete(json);
+
+		/* not terminated: read from a buffer of exactly its bytes */
+		exact = len > 0 ? malloc(len) : NULL;
+		if (len > 0)
+			memcpy(exact, c->body, len);
+		resp.body = exact;
+		resp.body_terminated = false;
+		json = igny8_json_parse_body(&resp);
+		CHECK((json != NULL) == c->ok);
+		cJSON_Delete(json);
+		free(exact);
 	}
 	end_group();
 }
@@ -3647,6 +3748,7 @@ make_response(long status, const char *body, size_t len, double retry_after,
 	resp.status = status;
 	resp.body = body;
 	resp.body_len = len;
+	resp.body_terminated = false;	/* len may end before a NUL */
 	resp.retry_after = retry_after;
 	resp.should_retry = should_retry;
 	if (corpus_dir != NULL)
@@ -5241,6 +5343,8 @@ main(int argc, char **argv)
 	test_truncate();
 	test_text_helpers();
 	test_strip_think();
+	test_take_answer();
+	test_json_parse_body();
 	test_error_text();
 	test_helpers();
 	test_build();
