@@ -23,6 +23,7 @@
 
 #include "utils/memutils.h"
 
+#include "answer_buffer.h"
 #include "worker.h"
 
 #define IGNY8_EPOLL_BATCH	64
@@ -290,31 +291,17 @@ write_callback(char *data, size_t size, size_t nmemb, void *userp)
 	if (t->len + n + 1 > t->cap)
 	{
 		size_t		budget = (size_t) igny8_answer_memory_kb * 1024;
-		size_t		cap = Max(t->cap * 2, t->len + n + 1);
+		size_t		cap;
+		bool		alone;
 		char	   *p;
 
-		cap = Max(cap, 16384);
-		/* never more than the answer may be, plus its NUL */
-		cap = Min(cap, t->max + 1);
-		cap = Max(cap, t->len + n + 1);
-		/*
-		 * Near the budget, grow by an eighth, up to what is left of it:
-		 * doubling would refuse an answer of a little over half the budget
-		 * that fits it, and growing by each piece would copy the buffer at
-		 * every piece.
-		 */
-		if (held_bytes - t->cap + cap > budget)
+		cap = igny8_answer_buffer_size(t->len + n + 1, t->cap, t->max,
+									   held_bytes, budget, &alone);
+		if (cap == 0)
 		{
-			size_t		left = budget - (held_bytes - t->cap);
-
-			if (t->len + n + 1 > left)
-			{
-				/* alone, it would not fit either: no retry can help */
-				t->over_budget = true;
-				t->over_budget_alone = (t->len + n + 1 > budget);
-				return 0;
-			}
-			cap = Min(Max(t->len + n + 1, t->cap + t->cap / 8), left);
+			t->over_budget = true;
+			t->over_budget_alone = alone;
+			return 0;
 		}
 		p = realloc(t->body, cap);
 		if (p == NULL)

@@ -34,6 +34,7 @@
 
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "answer_buffer.h"
 #include "provider.h"
 #include "redact.h"
 
@@ -842,6 +843,78 @@ test_json_parse_body(void)
 		CHECK((json != NULL) == c->ok);
 		cJSON_Delete(json);
 		free(exact);
+	}
+	end_group();
+}
+
+/*
+ * igny8_answer_buffer_size: how far an answer's buffer grows within
+ * igny8_ai.answer_memory.  A budget lowered (reload) below what the other
+ * answers hold leaves nothing for this one: it is over the budget, never
+ * given a buffer past it.
+ */
+typedef struct BufferCase
+{
+	const char *what;
+	size_t		need;
+	size_t		cap;
+	size_t		max;
+	size_t		held;			/* this buffer's cap included */
+	size_t		budget;
+	size_t		size;			/* 0: over the budget */
+	bool		alone;
+} BufferCase;
+
+#define MB ((size_t) 1024 * 1024)
+
+static const BufferCase buffer_cases[] = {
+	{"the first piece: 16 kB", 100, 0, 64 * MB, 0, 256 * MB, 16384, false},
+	{"doubles", 20000, 16384, 64 * MB, 16384, 256 * MB, 32768, false},
+	{"a piece larger than double", 100000, 16384, 64 * MB, 16384, 256 * MB,
+	100000, false},
+	{"never past max + 1", 40 * MB, 33 * MB, 40 * MB, 33 * MB, 256 * MB,
+	40 * MB + 1, false},
+	{"near the budget: an eighth more", 4 * MB + 1, 4 * MB, 64 * MB,
+	10 * MB, 12 * MB, 4 * MB + MB / 2, false},
+	{"near the budget: up to what is left", 4 * MB + 1, 4 * MB, 64 * MB,
+	11 * MB + 3 * MB / 4, 12 * MB, 4 * MB + MB / 4, false},
+	{"others hold the rest: over, a retry may fit", 5 * MB, 4 * MB,
+	64 * MB, 12 * MB, 12 * MB, 0, false},
+	{"larger than the whole budget: over, alone", 13 * MB, 8 * MB, 64 * MB,
+	8 * MB, 12 * MB, 0, true},
+	{"budget lowered below what the others hold", 1 * MB + 1, 1 * MB,
+	64 * MB, 101 * MB, 50 * MB, 0, false},
+	{"budget lowered to exactly what the others hold", 1 * MB + 1, 1 * MB,
+	64 * MB, 51 * MB, 50 * MB, 0, false},
+	{"budget lowered below this answer alone", 60 * MB, 40 * MB, 64 * MB,
+	140 * MB, 50 * MB, 0, true},
+	{"budget lowered below this buffer, no other", 40 * MB + 1, 40 * MB,
+	64 * MB, 40 * MB, 30 * MB, 0, true}
+};
+
+static void
+test_answer_buffer(void)
+{
+	int			i;
+
+	begin_group("igny8_answer_buffer_size");
+	for (i = 0; i < (int) lengthof(buffer_cases); i++)
+	{
+		const BufferCase *c = &buffer_cases[i];
+		bool		alone = !c->alone;
+		size_t		size;
+
+		begin_case(i, c->what);
+		size = igny8_answer_buffer_size(c->need, c->cap, c->max, c->held,
+										c->budget, &alone);
+		CHECK_INT(size, c->size);
+		CHECK(alone == c->alone);
+		/* a buffer given is never past the budget, with the others' */
+		if (size != 0)
+		{
+			CHECK(size >= c->need);
+			CHECK(c->held - c->cap + size <= c->budget);
+		}
 	}
 	end_group();
 }
@@ -5345,6 +5418,7 @@ main(int argc, char **argv)
 	test_strip_think();
 	test_take_answer();
 	test_json_parse_body();
+	test_answer_buffer();
 	test_error_text();
 	test_helpers();
 	test_build();
