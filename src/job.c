@@ -175,7 +175,7 @@ igny8_job_route(Igny8Job *job, Igny8Config *config, const char *load_error)
 		igny8_job_finish_error(job, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 							   pstrdup("igny8_ai workers could not load their configuration"),
 							   psprintf("%s", load_error),
-							   pstrdup("See the server log; if igny8_ai.username is set, that role needs the grants of igny8_grant_worker()."));
+							   pstrdup("See the server log.  A lock held on a configuration table (a migration, a LOCK TABLE) makes the load time out and be tried again until it is released; a permission denied means the role of igny8_ai.username needs the grants of igny8_grant_worker()."));
 	else if (config == NULL)
 		igny8_job_finish_error(job, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 							   psprintf("extension \"igny8_ai\" is not installed in database \"%s\"",

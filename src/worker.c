@@ -324,7 +324,8 @@ rents_changed(TimestampTz now)
  * IGNY8_CONFIG_LOAD_TIMEOUT_MS: a DBA's LOCK TABLE on a configuration table
  * (or an ALTER TABLE) would otherwise hold the worker, and every call it
  * serves, until it ended.  Both arrive as SIGINT, which the worker ignores
- * outside the load (see igny8_worker_main).
+ * outside the load (see igny8_worker_main).  The time limit ends before
+ * the spend of new budgets is summed (igny8_config_load).
  */
 static void
 load_limits_on(void)
@@ -908,7 +909,8 @@ run_jobs(bool fd_ready)
  * read would have a claim count running jobs in a snapshot taken before
  * its lock, and fail on rows updated since.  (statement_timeout and
  * lock_timeout cannot interrupt a worker: their timers raise SIGINT, which
- * it ignores.)  search_path is set before any SQL runs: nothing on a
+ * it ignores, except during the configuration load, which sets its own;
+ * see load_limits_on.)  search_path is set before any SQL runs: nothing on a
  * writable schema can be picked.
  */
 static void
