@@ -343,3 +343,37 @@ UPDATE igny8_models SET settings = '{"think": true, "keep_alive": "5m", "options
 UPDATE igny8_models SET settings = '{"max_image_bytes": 100000}' WHERE alias = 'dall-e-3';
 SELECT count(*) AS accepted FROM igny8_providers WHERE settings <> '{}';
 ROLLBACK;
+-- a URL's user information (refused by the column's check, after this
+-- trigger) is not taken for a port nor quoted; an IPv6 host without a
+-- port and an empty proxy (no proxy, as without the key) are accepted
+\pset format unaligned
+\pset tuples_only on
+SELECT show_error($$UPDATE igny8_providers SET base_url = 'http://admin:s3cret@127.0.0.1:99999' WHERE id = 'self_hosted_ai'$$);
+\pset format aligned
+\pset tuples_only off
+BEGIN;
+UPDATE igny8_providers SET base_url = 'https://[2001:db8::1]/' WHERE id = 'openai';
+UPDATE igny8_providers SET settings = '{"proxy": ""}' WHERE id = 'self_hosted_ai';
+SELECT base_url FROM igny8_providers WHERE id = 'openai';
+SELECT settings FROM igny8_providers WHERE id = 'self_hosted_ai';
+ROLLBACK;
+-- an UPDATE has only the columns it changes checked: a row written before
+-- a check existed (here: written with the checks disabled) can still be
+-- disabled or reordered; changing the invalid column is refused
+BEGIN;
+ALTER TABLE igny8_providers DISABLE TRIGGER igny8_providers_check;
+ALTER TABLE igny8_models DISABLE TRIGGER igny8_models_settings_check;
+UPDATE igny8_providers SET base_url = 'https://api.openai.com/v1', api_key_ref = 'file:relative/key',
+       settings = '{"temperature": 0.2}' WHERE id = 'openai';
+UPDATE igny8_models SET settings = '{"temperature": 0.2}' WHERE alias = 'gpt-4';
+ALTER TABLE igny8_providers ENABLE TRIGGER igny8_providers_check;
+ALTER TABLE igny8_models ENABLE TRIGGER igny8_models_settings_check;
+UPDATE igny8_providers SET enabled = false, priority = priority + 1 WHERE id = 'openai';
+UPDATE igny8_models SET settings = settings, enabled = false WHERE alias = 'gpt-4';
+SELECT id, enabled FROM igny8_providers WHERE id = 'openai';
+SELECT alias, provider_id, enabled FROM igny8_models WHERE alias = 'gpt-4' ORDER BY provider_id;
+SAVEPOINT s;
+UPDATE igny8_providers SET settings = '{"temperature": 0.3}' WHERE id = 'openai';
+ROLLBACK TO s;
+UPDATE igny8_models SET settings = '{"temperature": 0.3}' WHERE alias = 'gpt-4';
+ROLLBACK;

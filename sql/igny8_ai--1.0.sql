@@ -905,9 +905,10 @@ BEGIN
             WHEN 'anthropic_version' THEN t OPERATOR(pg_catalog.=) 'string' AND
                  (v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.~) '^[^[:space:][:cntrl:]]+$'
             -- no space or control character; a scheme, if any, one curl's
-            -- proxies speak (without one, curl takes http://)
+            -- proxies speak (without one, curl takes http://); "" is no
+            -- proxy, as when the key is absent
             WHEN 'proxy' THEN t OPERATOR(pg_catalog.=) 'string' AND
-                 (v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.~) '^[^[:space:][:cntrl:]]+$' AND
+                 (v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.~) '^[^[:space:][:cntrl:]]*$' AND
                  ((v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.!~) '://' OR
                   (v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.~*) '^(https?|socks4a?|socks5h?)://.')
             WHEN 'ca_file' THEN t OPERATOR(pg_catalog.=) 'string' AND
@@ -934,8 +935,10 @@ $$;
 -- Before a provider is written: its base_url has a port in range and does
 -- not end in /v1 (the workers add the API path: /v1/v1/... would fail
 -- every call), its api_key_ref is env:NAME, file:/absolute/path or a key,
--- and its settings are valid (above).  The message never repeats the key
--- reference (it could be a key).
+-- and its settings are valid (above).  An UPDATE has only the columns it
+-- changes checked: a row written before a check existed can still be
+-- disabled, or have its priority changed.  The messages never repeat the
+-- key reference (it could be a key) nor a URL's user information.
 CREATE FUNCTION igny8_provider_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -944,27 +947,39 @@ DECLARE
     authority text;
     port text;
     bad_port boolean;
+    url_changed boolean := true;
+    ref_changed boolean := true;
+    settings_changed boolean := true;
 BEGIN
-    authority := pg_catalog.substring(NEW.base_url, '^[A-Za-z]+://([^/?#]*)');
-    port := pg_catalog.substring(authority, '^(?:\[[^]]*\]|[^:]*):(.*)$');
-    bad_port := port OPERATOR(pg_catalog.!~) '^[0-9]{1,5}$';
-    IF NOT bad_port THEN
-        bad_port := port::integer OPERATOR(pg_catalog.<) 1 OR port::integer OPERATOR(pg_catalog.>) 65535;
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        url_changed := NEW.base_url IS DISTINCT FROM OLD.base_url;
+        ref_changed := NEW.api_key_ref IS DISTINCT FROM OLD.api_key_ref;
+        settings_changed := NEW.settings IS DISTINCT FROM OLD.settings;
     END IF;
-    IF port IS NOT NULL AND bad_port THEN
-        RAISE EXCEPTION 'base_url of provider "%" has an invalid port', NEW.id
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = pg_catalog.format('The port is "%s"; a port is a number from 1 to 65535.',
-                                             pg_catalog.left(port, 20)),
-                  HINT = 'Give the URL as scheme://host[:port][/path], e.g. http://gpu-box:11434.';
+    IF url_changed THEN
+        -- host[:port], without user information (user:password@)
+        authority := pg_catalog.substring(NEW.base_url, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?([^/?#@]*)');
+        -- [IPv6]:port or host:port; no port: NULL
+        port := pg_catalog.substring(authority, '^(?:\[[^]]*\]|[^:\[]*):(.*)$');
+        bad_port := port OPERATOR(pg_catalog.!~) '^[0-9]{1,5}$';
+        IF NOT bad_port THEN
+            bad_port := port::integer OPERATOR(pg_catalog.<) 1 OR port::integer OPERATOR(pg_catalog.>) 65535;
+        END IF;
+        IF port IS NOT NULL AND bad_port THEN
+            RAISE EXCEPTION 'base_url of provider "%" has an invalid port', NEW.id
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('The port is "%s"; a port is a number from 1 to 65535.',
+                                                 pg_catalog.left(port, 20)),
+                      HINT = 'Give the URL as scheme://host[:port][/path], e.g. http://gpu-box:11434.';
+        END IF;
+        IF NEW.base_url OPERATOR(pg_catalog.~*) '^[a-z]+://[^/]*(/.*)?/v1/*$' THEN
+            RAISE EXCEPTION 'base_url of provider "%" ends in /v1', NEW.id
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'The workers add the API path (/v1/chat/completions, /v1/messages, /api/chat): every call would go to /v1/v1/... or /v1/api/....',
+                      HINT = 'Leave /v1 out: https://api.openai.com, not https://api.openai.com/v1 (for Ollama''s OpenAI-compatible API, kind openai at the server''s root).';
+        END IF;
     END IF;
-    IF NEW.base_url OPERATOR(pg_catalog.~*) '^[a-z]+://[^/]*(/.*)?/v1/*$' THEN
-        RAISE EXCEPTION 'base_url of provider "%" ends in /v1', NEW.id
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'The workers add the API path (/v1/chat/completions, /v1/messages, /api/chat): every call would go to /v1/v1/... or /v1/api/....',
-                  HINT = 'Leave /v1 out: https://api.openai.com, not https://api.openai.com/v1 (for Ollama''s OpenAI-compatible API, kind openai at the server''s root).';
-    END IF;
-    IF NEW.api_key_ref IS NOT NULL AND
+    IF ref_changed AND NEW.api_key_ref IS NOT NULL AND
        (NEW.api_key_ref OPERATOR(pg_catalog.~) '^[[:space:]]*$' OR
         (NEW.api_key_ref OPERATOR(pg_catalog.~) '^env:' AND
          NEW.api_key_ref OPERATOR(pg_catalog.!~) '^env:[A-Za-z_][A-Za-z0-9_]*$') OR
@@ -975,8 +990,10 @@ BEGIN
                   DETAIL = 'api_key_ref is env:NAME (a variable of the server''s environment), file:/absolute/path, or the key itself; NULL when the provider needs no key.',
                   HINT = 'Put the key in a file the server can read, and give its path as file:/path.';
     END IF;
-    PERFORM @extschema@.igny8_settings_check(NEW.settings,
-                                             pg_catalog.format('provider "%s"', NEW.id), true);
+    IF settings_changed THEN
+        PERFORM @extschema@.igny8_settings_check(NEW.settings,
+                                                 pg_catalog.format('provider "%s"', NEW.id), true);
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -985,12 +1002,18 @@ CREATE TRIGGER igny8_providers_check
     BEFORE INSERT OR UPDATE ON igny8_providers
     FOR EACH ROW EXECUTE FUNCTION igny8_provider_check();
 
--- Before a deployment is written: its settings are valid (above).
+-- Before a deployment is written: its settings are valid (above); an
+-- UPDATE that leaves them as they were is not checked.
 CREATE FUNCTION igny8_deployment_settings_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        IF NEW.settings IS NOT DISTINCT FROM OLD.settings THEN
+            RETURN NEW;
+        END IF;
+    END IF;
     PERFORM @extschema@.igny8_settings_check(NEW.settings,
                                              pg_catalog.format('the deployment of alias "%s" on provider "%s"',
                                                                NEW.alias, NEW.provider_id), false);
