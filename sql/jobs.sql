@@ -673,6 +673,28 @@ SELECT count(*) FILTER (WHERE u.success) AS usage_succeeded, count(*) AS usage_r
   FROM ai_usage_log u JOIN igny8_jobs j USING (request_id) WHERE j.id BETWEEN :jg_first AND :jg_last;
 DROP TRIGGER refuse_outcome ON igny8_jobs;
 DROP FUNCTION refuse_outcome();
+-- a write refused for a reason that passes (SQLSTATE class 40: a
+-- deadlock, a serialization failure) is made again before the job is
+-- failed: here the first write of the answer is refused as a deadlock
+-- would be
+CREATE SEQUENCE public.deadlock_once;
+CREATE FUNCTION deadlock_once() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('public.deadlock_once') = 1 THEN
+        RAISE EXCEPTION 'deadlock detected' USING ERRCODE = 'deadlock_detected';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER deadlock_once BEFORE UPDATE ON igny8_jobs FOR EACH ROW
+    WHEN (NEW.state = 'succeeded' AND NEW.content LIKE '%deadlocked-answer')
+    EXECUTE FUNCTION deadlock_once();
+SELECT igny8_submit_text('Deadlocked [[sim ollama:reply=deadlocked-answer]]', 'gpt-4') AS jdl \gset
+SELECT state, error_code, content, attempts FROM igny8_wait_job(:jdl, '30 s');
+SELECT nextval('public.deadlock_once') - 1 AS writes_tried;
+DROP TRIGGER deadlock_once ON igny8_jobs;
+DROP FUNCTION deadlock_once();
+DROP SEQUENCE public.deadlock_once;
 SELECT state, attempts FROM igny8_jobs WHERE id = :junw;
 -- an idempotency key is the role's, whatever the account: a submit with a
 -- key the role used returns its job only for the same request (kind,
@@ -695,6 +717,12 @@ COMMIT;
 SELECT show_error($$SELECT igny8_submit_text('Tenant 7 secret', 'gpt-3.5-turbo', '{"account_id": 7, "idempotency_key": "t-1"}')$$);
 SELECT show_error($$SELECT igny8_submit_text('Tenant 7 secret', 'gpt-4', '{"account_id": 7, "idempotency_key": "t-1", "temperature": 0.5}')$$);
 SELECT show_error($$SELECT igny8_submit_text('Tenant 7 secret', 'gpt-4', '{"account_id": 7, "idempotency_key": "t-1", "timeout": 7}')$$);
+-- a timeout not given is igny8_ai.default_timeout's: a retry under
+-- another setting is the same request
+BEGIN;
+SET LOCAL igny8_ai.default_timeout = 123;
+SELECT igny8_submit_text('Tenant 7 secret', 'gpt-4', '{"account_id": 7, "idempotency_key": "t-1"}') = :t7 AS same_under_another_default_timeout;
+COMMIT;
 SELECT show_error($$SELECT igny8_submit_chat('[{"role": "user", "content": "Tenant 7 secret"}]', 'gpt-4', '{"account_id": 7, "idempotency_key": "t-1"}')$$);
 SELECT count(*) AS t1_jobs, bool_and(account_id = 7) AS account_7 FROM igny8_jobs WHERE idempotency_key = 't-1';
 -- an image submitted without a seed gets a random one, which is not

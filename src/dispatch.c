@@ -1575,7 +1575,10 @@ igny8_text_options(Jsonb *options, bool allow_system, Igny8JobOptions *job,
 				opts->has_temperature = true;
 			}
 			else if (strcmp(key, "timeout") == 0)
+			{
 				opts->timeout_ms = igny8_option_timeout_ms(&v);
+				opts->has_timeout = true;
+			}
 			else if (strcmp(key, "account_id") == 0)
 			{
 				account_id = igny8_option_account_id(&v);

@@ -54,6 +54,7 @@ typedef struct Igny8ImageCall
 	char	   *quality;
 	char	   *style;
 	int			timeout_ms;
+	bool		has_timeout;
 	bool		has_account;
 	int64		account_id;
 } Igny8ImageCall;
@@ -159,7 +160,10 @@ parse_options(Igny8ImageCall *call, Jsonb *opts, Igny8JobOptions *job)
 			else if (strcmp(key, "style") == 0)
 				call->style = option_choice(&v, key, styles, "vivid, natural");
 			else if (strcmp(key, "timeout") == 0)
+			{
 				call->timeout_ms = igny8_option_timeout_ms(&v);
+				call->has_timeout = true;
+			}
 			else if (strcmp(key, "account_id") == 0)
 			{
 				account_id = igny8_option_account_id(&v);
@@ -275,6 +279,7 @@ igny8_image_job_request(FunctionCallInfo fcinfo, Igny8JobOptions *job,
 	req->has_seed = call.has_seed;
 	req->json = request_json(&call, req->seed);
 	req->timeout_ms = call.timeout_ms;
+	req->has_timeout = call.has_timeout;
 	req->has_account = call.has_account;
 	req->account_id = call.account_id;
 }

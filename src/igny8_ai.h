@@ -398,6 +398,7 @@ typedef struct Igny8Request
 	const char *alias;
 	char	   *json;			/* normalized request, database encoding */
 	int			timeout_ms;
+	bool		has_timeout;	/* the caller gave it (not the setting's) */
 	bool		has_account;
 	int64		account_id;
 	int64		seed;			/* images: the seed chosen */
@@ -413,6 +414,7 @@ typedef struct Igny8TextOptions
 	double		temperature;
 	char	   *system;			/* the system prompt, or NULL */
 	int			timeout_ms;
+	bool		has_timeout;	/* the option was given */
 	bool		has_account;	/* resolved: the option, or the setting */
 	int64		account_id;
 } Igny8TextOptions;

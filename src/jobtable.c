@@ -1271,8 +1271,11 @@ redact_job_keys(Igny8Job *job, const char *text)
  * simulated), the run's attempts were made and their usage rows are
  * written in this transaction all the same: the job ends failed with the
  * reason (its SQLSTATE, the message with the keys redacted), once, not run
- * again, and the server log says so.  Only if that write fails too is the
- * row left running, for the next scan to take back.
+ * again, and the server log says so.  A failure that passes (SQLSTATE class
+ * 40: a deadlock, a serialization failure) has the outcome written once
+ * more first: the answer in hand is not thrown away for it.  Only if the
+ * failed outcome cannot be written either is the row left running, for
+ * the next scan to take back.
  */
 static void
 write_outcome(const char *schema, Igny8Job *job)
@@ -1284,6 +1287,18 @@ write_outcome(const char *schema, Igny8Job *job)
 
 	if (try_write(schema, job, &error))
 		return;
+	if (ERRCODE_TO_CATEGORY(error->sqlerrcode) == ERRCODE_TRANSACTION_ROLLBACK)
+	{
+		ErrorData  *first = error;
+
+		/* the subtransaction that lost is undone: its locks are released */
+		if (try_write(schema, job, &error))
+		{
+			FreeErrorData(first);
+			return;
+		}
+		FreeErrorData(first);
+	}
 	message = redact_job_keys(job, error->message ? error->message : "unknown error");
 	ereport(WARNING,
 			(errcode(error->sqlerrcode),

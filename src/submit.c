@@ -279,7 +279,8 @@ append_part(StringInfo buf, const char *part, int *n, int total)
 /*
  * The id of the job the caller's key was used for, which the INSERT of
  * insert_job() found.  *diff is NULL when the job holds the same request
- * (kind, alias, account, request, timeout; an image's random seed aside),
+ * (kind, alias, account, request, a timeout given; an image's random seed
+ * aside),
  * else what differs ("its kind and its model alias"), never anything of
  * the job's request (it may be another account's).  values/nulls are the
  * INSERT's.  Runs as the owner, under SPI.
@@ -288,11 +289,12 @@ static int64
 keyed_job(const JobsTable *t, Datum *values, char *nulls,
 		  const Igny8Request *req, char **diff)
 {
-	Oid			ktypes[8] = {
-		OIDOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, INT4OID, BOOLOID
+	Oid			ktypes[9] = {
+		OIDOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, INT4OID, BOOLOID,
+		BOOLOID
 	};
-	Datum		kvalues[8];
-	char		knulls[8];
+	Datum		kvalues[9];
+	char		knulls[9];
 	int			ret;
 	bool		isnull;
 	bool		same[4];
@@ -317,6 +319,11 @@ keyed_job(const JobsTable *t, Datum *values, char *nulls,
 	kvalues[6] = values[8];		/* timeout_ms */
 	/* an image submitted without a seed got a random one: not compared */
 	kvalues[7] = BoolGetDatum(req->task == IGNY8_TASK_IMAGE && !req->has_seed);
+	/*
+	 * A timeout not given is igny8_ai.default_timeout's, which a role or a
+	 * session may set apart: a retry is the same request whatever it is.
+	 */
+	kvalues[8] = BoolGetDatum(!req->has_timeout);
 
 	/*
 	 * In READ COMMITTED this statement sees the job of a concurrent submit
@@ -333,11 +340,11 @@ keyed_job(const JobsTable *t, Datum *values, char *nulls,
 		"   OPERATOR(pg_catalog.=)"
 		"   ($6::pg_catalog.jsonb OPERATOR(pg_catalog.-) 'seed'::pg_catalog.text)"
 		"  ELSE j.request OPERATOR(pg_catalog.=) $6::pg_catalog.jsonb END"
-		" AND j.timeout_ms OPERATOR(pg_catalog.=) $7"
+		" AND ($9 OR j.timeout_ms OPERATOR(pg_catalog.=) $7)"
 		" FROM %s.igny8_jobs j"
 		" WHERE j.submitted_by OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
 		" AND j.idempotency_key OPERATOR(pg_catalog.=) $2", t->schema),
-		8, ktypes, kvalues, knulls, false, 1);
+		9, ktypes, kvalues, knulls, false, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read igny8_jobs: %s",
 			 SPI_result_code_string(ret));
@@ -493,6 +500,7 @@ text_request(text *prompt, text *model, Jsonb *options, Igny8JobOptions *job,
 	igny8_text_options(options, true, job, &opts);
 	req->json = igny8_text_request(p, &opts);
 	req->timeout_ms = opts.timeout_ms;
+	req->has_timeout = opts.has_timeout;
 	req->has_account = opts.has_account;
 	req->account_id = opts.account_id;
 }
@@ -530,6 +538,7 @@ igny8_submit_chat(PG_FUNCTION_ARGS)
 					   &job, &opts);
 	req.json = igny8_chat_request(PG_GETARG_JSONB_P(0), &opts);
 	req.timeout_ms = opts.timeout_ms;
+	req.has_timeout = opts.has_timeout;
 	req.has_account = opts.has_account;
 	req.account_id = opts.account_id;
 	PG_RETURN_INT64(submit_one(&req, &job));
