@@ -1063,6 +1063,18 @@ igny8_worker_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		pg_atomic_write_u64(&me->last_turn, (uint64) now);
 		refresh_config(nnew > 0 && config == NULL, now);
+
+		/*
+		 * A change that committed while the configuration loaded (its
+		 * generation moved since the load began) may not be in it, while
+		 * the jobs and calls it was committed with are now visible: a job
+		 * submitted in the transaction that deleted its alias would be
+		 * routed to the alias.  Loaded again, once, before anything is
+		 * routed.
+		 */
+		if (config_error == NULL &&
+			pg_atomic_read_u64(&igny8_shared->config_generation) != config_generation)
+			refresh_config(false, now);
 		for (int i = 0; i < nnew; i++)
 			igny8_job_route(igny8_job_create(newslots[i]), config,
 							config_error);
