@@ -59,7 +59,7 @@ read_key_file(const char *path, char **error)
 	ssize_t		n;
 	char	   *nl;
 
-	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | PG_BINARY, 0);
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | PG_BINARY, 0);
 	if (fd < 0)
 	{
 		*error = psprintf("could not open key file \"%s\": %m", path);
