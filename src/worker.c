@@ -139,8 +139,6 @@ worker_detach(int code, Datum arg)
 {
 	wake_flush_waiters();
 	igny8_places_forget_worker(igny8_worker_index);
-	/* entries only our configurations kept (renamed, deleted) are free */
-	igny8_provider_forget_unused();
 	igny8_gpu_clock_forget_worker(igny8_worker_index);
 	igny8_budget_forget_worker(igny8_worker_index);
 	mark_stopped();
