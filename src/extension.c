@@ -53,6 +53,7 @@ PG_FUNCTION_INFO_V1(igny8_is_worker_role);
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static bool config_change_pending = false;
+static bool config_change_started = false;	/* counted in config_started */
 static bool jobs_pending = false;
 static List *cancels_pending = NIL;	/* PendingCancel, in TopTransactionContext */
 static bool xact_callback_registered = false;
@@ -174,6 +175,20 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_COMMIT:
 			/* before PreCommit_Notify(), which queues what was notified */
 			notify_cancels();
+
+			/*
+			 * Counted before the commit is visible, and in
+			 * config_generation after it (announce_config_change): a
+			 * worker whose claim saw the commit, and so the jobs it
+			 * submitted, knows its configuration may lack the change
+			 * (igny8_worker_claim_config).  An abort after this counts the
+			 * generation too, so the two counters meet again.
+			 */
+			if (config_change_pending && igny8_shared != NULL)
+			{
+				pg_atomic_fetch_add_u64(&igny8_shared->config_started, 1);
+				config_change_started = true;
+			}
 			return;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
@@ -186,6 +201,8 @@ xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			if (config_change_started)
+				announce_config_change();
 			/*
 			 * A queued job's cancel locked its row until now, and a claim
 			 * skips a locked row without a trace: the workers look again.
@@ -200,6 +217,7 @@ xact_callback(XactEvent event, void *arg)
 			return;
 	}
 	config_change_pending = false;
+	config_change_started = false;
 	jobs_pending = false;
 	/* the list was in TopTransactionContext, gone with it */
 	cancels_pending = NIL;

@@ -298,6 +298,8 @@ typedef struct Igny8Shared
 	int			nslots;
 	int			nworkers;
 	pg_atomic_uint64 config_generation; /* bumped by config commits */
+	pg_atomic_uint64 config_started;	/* bumped by the same commits before
+										 * they are visible (extension.c) */
 	pg_atomic_uint64 jobs_generation;	/* bumped by commits that queued jobs */
 	pg_atomic_uint32 jobs_claim_missed; /* a worker found the claim lock
 										 * taken: wake it after the claim */

@@ -996,6 +996,12 @@ igny8_jobs_take(Igny8Config *config)
 
 	igny8_jobs_wake_waiters();
 	stop_cancelled(cancelled);
+	/* with a change committed with them, not one loaded before it */
+	if (nclaimed > 0)
+	{
+		config = igny8_worker_claim_config();
+		MemoryContextSwitchTo(cxt);
+	}
 	for (int i = 0; i < nclaimed; i++)
 	{
 		Igny8Job   *job = igny8_job_create(slots[i]);

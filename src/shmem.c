@@ -105,6 +105,7 @@ init_shared(void)
 	igny8_shared->nslots = igny8_max_in_flight;
 	igny8_shared->nworkers = igny8_nworkers;
 	pg_atomic_init_u64(&igny8_shared->config_generation, 1);
+	pg_atomic_init_u64(&igny8_shared->config_started, 1);
 	pg_atomic_init_u64(&igny8_shared->jobs_generation, 0);
 	pg_atomic_init_u32(&igny8_shared->jobs_claim_missed, 0);
 	pg_atomic_init_u64(&igny8_shared->jobs_scan_requests, 0);

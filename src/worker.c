@@ -70,6 +70,8 @@
  */
 #define IGNY8_CONFIG_LOCK_TIMEOUT	"200"
 #define IGNY8_CONFIG_LOAD_TIMEOUT_MS	30000
+/* longest wait for configuration commits whose jobs a claim saw */
+#define IGNY8_CONFIG_COMMIT_WAIT_US	20000
 #define IGNY8_CONFIG_RETRY_FIRST_MS	250
 /* how long a worker keeps answers back for another worker's commit */
 #define IGNY8_FLUSH_DEFER_MS	2
@@ -460,6 +462,39 @@ refresh_config(bool need_one, TimestampTz now)
 		swept = true;
 		igny8_image_sweep(config);
 	}
+}
+
+/*
+ * The configuration to route the jobs just claimed with.  A transaction
+ * that changes the configuration counts itself in config_started before
+ * its commit is visible, and in config_generation after (extension.c).
+ * The claim may have seen such a commit, and the jobs it submitted, while
+ * the configuration was loaded before it: then config_started has moved
+ * past the generation the configuration was loaded at.  The commits
+ * counted are waited for (their callbacks run right after the commit;
+ * at most IGNY8_CONFIG_COMMIT_WAIT_US in all), and the configuration is
+ * loaded again: a job submitted in the transaction that deleted its
+ * alias fails with the alias unknown, as a call made after the commit
+ * would.
+ */
+Igny8Config *
+igny8_worker_claim_config(void)
+{
+	uint64		started;
+	int			waited = 0;
+
+	pg_memory_barrier();
+	started = pg_atomic_read_u64(&igny8_shared->config_started);
+	if (started == config_generation)
+		return config;
+	while ((int64) (pg_atomic_read_u64(&igny8_shared->config_generation) - started) < 0 &&
+		   waited < IGNY8_CONFIG_COMMIT_WAIT_US)
+	{
+		pg_usleep(50);
+		waited += 50;
+	}
+	refresh_config(false, GetCurrentTimestamp());
+	return config;
 }
 
 /* ----- taking requests ----- */

@@ -509,6 +509,8 @@ extern List *igny8_pending_notifies;
 
 /* the configuration this worker loaded last (NULL before the first) */
 extern Igny8Config *igny8_worker_config(void);
+/* the configuration to route jobs just claimed with (worker.c) */
+extern Igny8Config *igny8_worker_claim_config(void);
 
 extern Igny8Job *igny8_job_create(int slotno);
 extern void igny8_job_route(Igny8Job *job, Igny8Config *config,
