@@ -273,8 +273,9 @@ SELECT wait_for_config();
 -- while a budget's spend is summed from ai_usage_log (loading), its entry
 -- holds only what committed since: a paid attempt of its account waits
 -- for the sum, and fails with 55000 if its timeout comes first.  (A NaN
--- cost makes the workers' sum fail, so the budget of 511 stays loading,
--- while they go on with the configuration they had, which has a budget.)
+-- cost makes the workers' sum fail, so the budget of 511 stays loading;
+-- the sum is made after the configuration's load, which succeeds, and is
+-- tried again after 1, 2, 4, then every 8 s.)
 INSERT INTO igny8_budgets (account_id, period, limit_usd) VALUES (512, 'day', 1);
 SELECT wait_for_config();
 INSERT INTO ai_usage_log (request_id, account_id, provider, task_type, model_alias,
@@ -288,10 +289,12 @@ SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Loading one
                                       'budget-paid', '{"account_id": 511, "max_tokens": 20, "timeout": 2}')$$);
 SELECT count(*) AS attempts_while_loading FROM ai_usage_log WHERE account_id = 511 AND model_used IS NOT NULL;
 SELECT spend, loading FROM igny8_budget_status() WHERE account_id = 511;
--- once the sum can be made, the spend is known and the attempt refused
+SELECT count(*) AS workers_with_the_configuration FROM igny8_worker_status() WHERE config_current;
+-- once the sum can be made, it is made with no other change: the spend is
+-- known and the attempt refused
 DELETE FROM ai_usage_log WHERE account_id = 511 AND cost = 'NaN';
-UPDATE igny8_budgets SET limit_usd = 2 WHERE account_id = 512;
-SELECT wait_for_config();
+SELECT wait_until($$(SELECT NOT loading FROM igny8_budget_status() WHERE account_id = 511)$$,
+                  'the spend of 511 summed', 20);
 SELECT spend, loading FROM igny8_budget_status() WHERE account_id = 511;
 SELECT show_error($$SELECT igny8_chat('[{"role": "user", "content": "Loading one two three"}]',
                                       'budget-paid', '{"account_id": 511, "max_tokens": 20, "timeout": 2}')$$);

@@ -24,13 +24,18 @@
  * beyond their estimates.
  *
  * The entries are made when a worker loads the configuration (config.c):
- * an entry new to shared memory (after a start, or a budget added) has its
- * spend summed from ai_usage_log.  While it is summed, costs committed by
- * other workers are kept aside and added to the sum, so none is missed
- * (one committed just before the sum may count twice: never fewer).
- * Until then the entry holds only what was kept aside, so the check does
- * not admit a paid attempt of its account: the attempt waits (job.c).  A
- * load that fails leaves the entry loading, for the next load to sum.
+ * an entry new to shared memory (after a start, or a budget added) is
+ * loading until its spend is summed from ai_usage_log.  The sum is not
+ * part of the load, whose reads have a time limit (worker.c) that a large
+ * account's rows could pass at every try: after its load, one worker
+ * claims each loading entry and sums it in a transaction of its own
+ * (igny8_budgets_sum), while the others go on serving.  While it is
+ * summed, costs committed by other workers are kept aside and added to
+ * the sum, so none is missed (one committed just before the sum may count
+ * twice: never fewer).  Until then the entry holds only what was kept
+ * aside, so the check does not admit a paid attempt of its account: the
+ * attempt waits (job.c).  A sum that fails, or whose worker exits, gives
+ * its entry back for a worker to sum again.
  *
  * Periods are UTC days and months.  When the spend of a period reaches the
  * warning threshold, NOTIFY igny8_ai_budget is sent once for that period:
@@ -65,6 +70,7 @@ typedef struct Igny8BudgetEntry
 	int64		warn;			/* micro-USD: notify from here */
 	bool		self_hosted_only;	/* else refuse */
 	bool		loading;		/* its spend is being summed */
+	int			summing;		/* the worker that sums it, or -1 */
 	TimestampTz period_start;
 	TimestampTz period_end;		/* the next period's start */
 	int64		spent;			/* committed in the period */
@@ -78,6 +84,8 @@ typedef struct Igny8BudgetShared
 {
 	LWLock	   *lock;
 	uint64		made;			/* entries made so far */
+	bool		unsummed;		/* an entry is loading, and no worker sums
+								 * it (a hint, read without the lock) */
 	int			n;
 	Igny8BudgetEntry entries[IGNY8_MAX_BUDGETS];
 } Igny8BudgetShared;
@@ -217,7 +225,7 @@ entry_reserved(Igny8BudgetEntry *e)
  * what is settled from then on, so an entry whose spend was being summed
  * is no longer loading (the sum, of the period before, is dropped when it
  * comes; and one that failed would otherwise leave the entry loading, its
- * paid attempts waiting, until the next configuration load).  Called on
+ * paid attempts waiting, until it is summed again).  Called on
  * every check: a comparison, until the period ends.
  */
 static void
@@ -284,9 +292,9 @@ check_warning_locked(Igny8BudgetEntry *e)
 
 /*
  * Read igny8_budgets into the configuration, then make the shared entries
- * match it: an entry new to shared memory has its spend summed from
- * ai_usage_log, an entry whose budget is gone is dropped.  Runs in the
- * configuration's transaction, with SPI.
+ * match it: an entry new to shared memory is made loading, for a worker to
+ * sum its spend (igny8_budgets_sum), an entry whose budget is gone is
+ * dropped.  Runs in the configuration's transaction, with SPI.
  */
 void
 igny8_budgets_load(Igny8Config *config, const char *qschema)
@@ -296,8 +304,6 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 	TimestampTz now = GetCurrentTimestamp();
 	bool	   *keep;
 	int			n;
-	SPIPlanPtr	plan;
-	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
 
 	ret = SPI_execute(psprintf("SELECT account_id, period, limit_usd::text,"
 							   " (limit_usd OPERATOR(pg_catalog.*) warn_fraction)::text,"
@@ -378,6 +384,8 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 			e->period = b->period;
 			e->made = ++budgets->made;
 			e->loading = true;
+			e->summing = -1;
+			budgets->unsummed = true;
 			period_bounds(b->period, now, &e->period_start, &e->period_end);
 		}
 		if (e == NULL)
@@ -392,11 +400,31 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 	LWLockRelease(budgets->lock);
 	pfree(keep);
 
-	/*
-	 * Sum the spend of the entries still loading (made here, or by a worker
-	 * whose load failed), outside the lock: what commits meanwhile is kept
-	 * aside in the entry.
-	 */
+	/* a threshold lowered below the spend: in this transaction */
+	igny8_budget_queue_notices();
+}
+
+/* Is an entry loading that no worker sums?  A hint, read without the lock. */
+bool
+igny8_budgets_unsummed(void)
+{
+	return budgets != NULL && ((volatile Igny8BudgetShared *) budgets)->unsummed;
+}
+
+/*
+ * Claim the entries that are loading and that no worker sums, one at a
+ * time, and sum their spend from ai_usage_log.  Runs in a transaction of
+ * its own, with SPI; on an error the caller gives the claim back
+ * (igny8_budgets_release).  The entries move in the array when budgets
+ * are dropped: an entry is found again by its account, period and the
+ * order it was made in.
+ */
+void
+igny8_budgets_sum(const char *qschema)
+{
+	SPIPlanPtr	plan;
+	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
+
 	plan = SPI_prepare(psprintf("SELECT COALESCE(pg_catalog.sum(cost), 0)::text"
 								" FROM %s.ai_usage_log"
 								" WHERE account_id OPERATOR(pg_catalog.=) $1"
@@ -405,24 +433,38 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 	if (plan == NULL)
 		elog(ERROR, "could not prepare the budget spend query: %s",
 			 SPI_result_code_string(SPI_result));
-	for (int i = 0; i < config->nbudgets; i++)
+	for (;;)
 	{
-		Igny8Budget *b = &config->budgets[i];
-		Igny8BudgetEntry *e;
-		TimestampTz start;
-		bool		loading;
+		Igny8BudgetEntry *e = NULL;
+		int64		account_id = 0;
+		Igny8BudgetPeriod period = IGNY8_BUDGET_DAY;
+		TimestampTz start = 0;
+		uint64		made = 0;
 		Datum		values[2];
 		int64		sum;
+		int			ret;
 
-		LWLockAcquire(budgets->lock, LW_SHARED);
-		e = find_entry(b->account_id, b->period);
-		loading = (e != NULL && e->loading);
-		start = e ? e->period_start : 0;
+		LWLockAcquire(budgets->lock, LW_EXCLUSIVE);
+		for (int i = 0; i < budgets->n; i++)
+		{
+			if (budgets->entries[i].loading && budgets->entries[i].summing < 0)
+			{
+				e = &budgets->entries[i];
+				e->summing = igny8_worker_index;
+				account_id = e->account_id;
+				period = e->period;
+				start = e->period_start;
+				made = e->made;
+				break;
+			}
+		}
+		if (e == NULL)
+			budgets->unsummed = false;
 		LWLockRelease(budgets->lock);
-		if (!loading)
-			continue;
+		if (e == NULL)
+			break;
 
-		values[0] = Int64GetDatum(b->account_id);
+		values[0] = Int64GetDatum(account_id);
 		values[1] = TimestampTzGetDatum(start);
 		/*
 		 * Not read-only: a snapshot taken now, after the entry is loading,
@@ -432,18 +474,24 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 		ret = SPI_execute_plan(plan, values, NULL, false, 1);
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not sum the spend of account %lld: %s",
-				 (long long) b->account_id, SPI_result_code_string(ret));
+				 (long long) account_id, SPI_result_code_string(ret));
 		sum = text_micro(SPI_getvalue(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 1));
 
 		LWLockAcquire(budgets->lock, LW_EXCLUSIVE);
-		e = find_entry(b->account_id, b->period);
-		if (e != NULL && e->loading && e->period_start == start)
+		e = find_entry(account_id, period);
+		if (e != NULL && e->made == made)
 		{
-			e->spent = sum;
-			e->loading = false;
-			roll_period(e, GetCurrentTimestamp());
-			check_warning_locked(e);
+			if (e->summing == igny8_worker_index)
+				e->summing = -1;
+			/* (a period that ended meanwhile starts from nothing) */
+			if (e->loading && e->period_start == start)
+			{
+				e->spent = sum;
+				e->loading = false;
+				roll_period(e, GetCurrentTimestamp());
+				check_warning_locked(e);
+			}
 		}
 		LWLockRelease(budgets->lock);
 	}
@@ -451,6 +499,28 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 
 	/* a threshold reached by the spend summed: in this transaction */
 	igny8_budget_queue_notices();
+}
+
+/*
+ * Give back the entries worker claimed to sum (its sum failed, or it
+ * exited), for a worker to sum them again.
+ */
+void
+igny8_budgets_release(int worker)
+{
+	if (budgets == NULL)
+		return;
+	LWLockAcquire(budgets->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < budgets->n; i++)
+	{
+		if (budgets->entries[i].summing == worker)
+		{
+			budgets->entries[i].summing = -1;
+			if (budgets->entries[i].loading)
+				budgets->unsummed = true;
+		}
+	}
+	LWLockRelease(budgets->lock);
 }
 
 /*
@@ -580,6 +650,7 @@ igny8_budget_forget_worker(int worker)
 	for (int i = 0; i < budgets->n; i++)
 		budgets->entries[i].reserved[worker] = 0;
 	LWLockRelease(budgets->lock);
+	igny8_budgets_release(worker);
 }
 
 /* Are notices waiting to be sent? */

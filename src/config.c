@@ -28,7 +28,6 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/memutils.h"
-#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 #include "worker.h"
@@ -759,17 +758,7 @@ igny8_config_load(void)
 		read_fixed_costs(config, qschema);
 		read_reference_models(config, qschema);
 		read_cache_settings(config, qschema);
-
-		/*
-		 * A new budget's spend is summed from ai_usage_log, which takes as
-		 * long as the account's rows take to read.  The load's time limit
-		 * (load_limits_on, worker.c) is for the configuration tables, which
-		 * a DBA's lock could hold: over the sum of a large account's spend
-		 * it would cancel the load at every try, and no configuration would
-		 * ever load.  lock_timeout still applies.
-		 */
-		if (get_timeout_active(STATEMENT_TIMEOUT))
-			disable_timeout(STATEMENT_TIMEOUT, false);
+		/* (the spend of a new budget is summed after the load) */
 		igny8_budgets_load(config, qschema);
 		/* last: the accounts' views copy everything above */
 		read_accounts(config, qschema);

@@ -70,6 +70,8 @@
  */
 #define IGNY8_CONFIG_LOCK_TIMEOUT	"200"
 #define IGNY8_CONFIG_LOAD_TIMEOUT_MS	30000
+/* a failed sum of a budget's spend is tried again after (doubling) */
+#define IGNY8_BUDGET_SUM_RETRY_MS	1000
 /* longest wait for configuration commits whose jobs a claim saw */
 #define IGNY8_CONFIG_COMMIT_WAIT_US	20000
 #define IGNY8_CONFIG_RETRY_FIRST_MS	250
@@ -326,17 +328,19 @@ rents_changed(TimestampTz now)
  * IGNY8_CONFIG_LOAD_TIMEOUT_MS: a DBA's LOCK TABLE on a configuration table
  * (or an ALTER TABLE) would otherwise hold the worker, and every call it
  * serves, until it ended.  Both arrive as SIGINT, which the worker ignores
- * outside the load (see igny8_worker_main).  The time limit ends before
- * the spend of new budgets is summed (igny8_config_load).
+ * outside the load (see igny8_worker_main).  The sum of a budget's spend
+ * (sum_budgets) waits for no lock for long either, but has no time limit:
+ * a large account's rows could take longer at every try.
  */
 static void
-load_limits_on(void)
+load_limits_on(bool time_limit)
 {
 	(void) set_config_option("lock_timeout", IGNY8_CONFIG_LOCK_TIMEOUT,
 							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
 							 true, 0, false);
 	pqsignal(SIGINT, StatementCancelHandler);
-	enable_timeout_after(STATEMENT_TIMEOUT, IGNY8_CONFIG_LOAD_TIMEOUT_MS);
+	if (time_limit)
+		enable_timeout_after(STATEMENT_TIMEOUT, IGNY8_CONFIG_LOAD_TIMEOUT_MS);
 }
 
 static void
@@ -377,7 +381,7 @@ refresh_config(bool need_one, TimestampTz now)
 	PG_TRY();
 	{
 		igny8_worker_begin("igny8_ai: loading configuration");
-		load_limits_on();
+		load_limits_on(true);
 		if (!encoding_ready)
 		{
 			igny8_encoding_init();
@@ -461,6 +465,53 @@ refresh_config(bool need_one, TimestampTz now)
 	{
 		swept = true;
 		igny8_image_sweep(config);
+	}
+}
+
+/* igny8_worker_transaction's body for sum_budgets */
+static void
+sum_budgets_body(void *arg)
+{
+	load_limits_on(false);
+	igny8_budgets_sum((const char *) arg);
+}
+
+/*
+ * Sum the spend of the budgets that are loading and that no other worker
+ * sums (budget.c), after the configuration is loaded: the sum may take as
+ * long as an account's rows take to read, and the load has a time limit.
+ * This worker's loop waits meanwhile; the other workers go on (a call
+ * queued to this one meanwhile waits for it: choose_worker passes over a
+ * stalled worker after IGNY8_STALL_MS).  A sum that fails gives its
+ * entries back and is tried again after IGNY8_BUDGET_SUM_RETRY_MS, then
+ * twice as long after each failure up to 8 times as long (each failure is
+ * in the server log).
+ */
+static TimestampTz budget_sum_retry_at = 0;
+static int	budget_sum_failures = 0;
+
+static void
+sum_budgets(TimestampTz now)
+{
+	bool		summed;
+
+	if (config == NULL || !igny8_budgets_unsummed() || now < budget_sum_retry_at)
+		return;
+	summed = igny8_worker_transaction("igny8_ai: summing the spend of budgets",
+									  sum_budgets_body, config->schema);
+	load_limits_off();
+	if (summed)
+	{
+		budget_sum_retry_at = 0;
+		budget_sum_failures = 0;
+	}
+	else
+	{
+		igny8_budgets_release(igny8_worker_index);
+		budget_sum_retry_at =
+			TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										IGNY8_BUDGET_SUM_RETRY_MS << Min(budget_sum_failures, 3));
+		budget_sum_failures++;
 	}
 }
 
@@ -814,6 +865,8 @@ wait_timeout(void)
 		timeout = Min(timeout,
 					  ms_until(now, TimestampTzPlusMilliseconds(config_tried_at,
 																config_retry_ms)));
+	if (budget_sum_retry_at != 0 && igny8_budgets_unsummed())
+		timeout = Min(timeout, ms_until(now, budget_sum_retry_at));
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		TimestampTz at = igny8_job_next_timeout(dlist_container(Igny8Job, node,
@@ -1129,5 +1182,7 @@ igny8_worker_main(Datum main_arg)
 			flush_usage(what);
 			publish_finished();
 		}
+		/* last: what this turn started is sent, and its rows written */
+		sum_budgets(now);
 	}
 }

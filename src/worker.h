@@ -233,6 +233,9 @@ extern bool igny8_budget_admit(int64 account_id, int64 estimate,
 extern void igny8_budget_settle(int64 account_id, int64 reserved,
 								uint64 made, const char *cost);
 extern void igny8_budget_forget_worker(int worker);
+extern bool igny8_budgets_unsummed(void);
+extern void igny8_budgets_sum(const char *qschema);
+extern void igny8_budgets_release(int worker);
 extern bool igny8_budget_notices_pending(void);
 extern void igny8_budget_queue_notices(void);
 extern char *igny8_budget_refusal_detail(int64 account_id,
