@@ -430,7 +430,8 @@ refresh_config(bool need_one, TimestampTz now)
 					 errdetail("It answers calls with this error, and tries again.")));
 		if (config_error)
 			pfree(config_error);
-		config_error = pstrdup(edata->message);
+		/* (worker_recover left loop_cxt current: reset every turn) */
+		config_error = MemoryContextStrdup(TopMemoryContext, edata->message);
 		FreeErrorData(edata);
 		config_generation = gen;
 		config_stale = false;
