@@ -378,6 +378,9 @@ igny8_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 
 	if (commit_prepared)
 	{
+		/* counted in both, as a commit that changed it is (xact_callback) */
+		if (igny8_shared != NULL)
+			pg_atomic_fetch_add_u64(&igny8_shared->config_started, 1);
 		announce_config_change();
 		igny8_jobs_request_scan();
 		igny8_bindings_changed();

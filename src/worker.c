@@ -73,7 +73,7 @@
 /* a failed sum of a budget's spend is tried again after (doubling) */
 #define IGNY8_BUDGET_SUM_RETRY_MS	1000
 /* longest wait for configuration commits whose jobs a claim saw */
-#define IGNY8_CONFIG_COMMIT_WAIT_US	20000
+#define IGNY8_CONFIG_COMMIT_WAIT_MS	20
 #define IGNY8_CONFIG_RETRY_FIRST_MS	250
 /* how long a worker keeps answers back for another worker's commit */
 #define IGNY8_FLUSH_DEFER_MS	2
@@ -524,7 +524,7 @@ sum_budgets(TimestampTz now)
  * the configuration was loaded before it: then config_started has moved
  * past the generation the configuration was loaded at.  The commits
  * counted are waited for (their callbacks run right after the commit;
- * at most IGNY8_CONFIG_COMMIT_WAIT_US in all), and the configuration is
+ * at most IGNY8_CONFIG_COMMIT_WAIT_MS in all), and the configuration is
  * loaded again: a job submitted in the transaction that deleted its
  * alias fails with the alias unknown, as a call made after the commit
  * would.
@@ -533,18 +533,17 @@ Igny8Config *
 igny8_worker_claim_config(void)
 {
 	uint64		started;
-	int			waited = 0;
+	TimestampTz until;
 
 	pg_memory_barrier();
 	started = pg_atomic_read_u64(&igny8_shared->config_started);
-	if (started == config_generation)
+	if ((int64) (started - config_generation) <= 0)
 		return config;
+	until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										IGNY8_CONFIG_COMMIT_WAIT_MS);
 	while ((int64) (pg_atomic_read_u64(&igny8_shared->config_generation) - started) < 0 &&
-		   waited < IGNY8_CONFIG_COMMIT_WAIT_US)
-	{
+		   GetCurrentTimestamp() < until)
 		pg_usleep(50);
-		waited += 50;
-	}
 	refresh_config(false, GetCurrentTimestamp());
 	return config;
 }
