@@ -86,6 +86,7 @@ typedef struct Igny8BudgetShared
 	uint64		made;			/* entries made so far */
 	bool		unsummed;		/* an entry is loading, and no worker sums
 								 * it (a hint, read without the lock) */
+	TimestampTz unsummed_since; /* ... since when */
 	int			n;
 	Igny8BudgetEntry entries[IGNY8_MAX_BUDGETS];
 } Igny8BudgetShared;
@@ -248,6 +249,15 @@ roll_period(Igny8BudgetEntry *e, TimestampTz now)
 	e->period_end = end;
 }
 
+/* Under the lock: an entry waits for a worker to sum it. */
+static void
+mark_unsummed(void)
+{
+	if (!budgets->unsummed)
+		budgets->unsummed_since = GetCurrentTimestamp();
+	budgets->unsummed = true;
+}
+
 static Igny8BudgetEntry *
 find_entry(int64 account_id, Igny8BudgetPeriod period)
 {
@@ -385,7 +395,7 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 			e->made = ++budgets->made;
 			e->loading = true;
 			e->summing = -1;
-			budgets->unsummed = true;
+			mark_unsummed();
 			period_bounds(b->period, now, &e->period_start, &e->period_end);
 		}
 		if (e == NULL)
@@ -404,11 +414,18 @@ igny8_budgets_load(Igny8Config *config, const char *qschema)
 	igny8_budget_queue_notices();
 }
 
-/* Is an entry loading that no worker sums?  A hint, read without the lock. */
-bool
-igny8_budgets_unsummed(void)
+/*
+ * Since when has an entry been loading that no worker sums?  0: none.  A
+ * hint, read without the lock.
+ */
+TimestampTz
+igny8_budgets_unsummed_since(void)
 {
-	return budgets != NULL && ((volatile Igny8BudgetShared *) budgets)->unsummed;
+	volatile Igny8BudgetShared *b = budgets;
+
+	if (b == NULL || !b->unsummed)
+		return 0;
+	return Max(b->unsummed_since, 1);
 }
 
 /*
@@ -508,6 +525,8 @@ igny8_budgets_sum(const char *qschema)
 void
 igny8_budgets_release(int worker)
 {
+	bool		released = false;
+
 	if (budgets == NULL)
 		return;
 	LWLockAcquire(budgets->lock, LW_EXCLUSIVE);
@@ -517,10 +536,16 @@ igny8_budgets_release(int worker)
 		{
 			budgets->entries[i].summing = -1;
 			if (budgets->entries[i].loading)
-				budgets->unsummed = true;
+			{
+				mark_unsummed();
+				released = true;
+			}
 		}
 	}
 	LWLockRelease(budgets->lock);
+	/* the other workers may take it up now */
+	if (released)
+		igny8_wake_all_workers();
 }
 
 /*

@@ -488,7 +488,7 @@ budget_admits(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
 										job->timeout_ms,
 										job->attempts != NIL ? "\n" : "",
 										job->attempts != NIL ? attempts_detail(job) : ""),
-							   final_hint(job, "Retry the call. If igny8_budget_status() shows the budget loading for long, the server log says why the workers cannot load their configuration."));
+							   final_hint(job, "Retry the call. If igny8_budget_status() shows the budget loading for long, pg_stat_activity shows a worker summing its spend, or the server log says why the sum failed."));
 		return false;
 	}
 	if (r.self_hosted_only)

@@ -72,6 +72,8 @@
 #define IGNY8_CONFIG_LOAD_TIMEOUT_MS	30000
 /* a failed sum of a budget's spend is tried again after (doubling) */
 #define IGNY8_BUDGET_SUM_RETRY_MS	1000
+/* a busy worker sums a budget's spend that waited this long for an idle one */
+#define IGNY8_BUDGET_SUM_BUSY_MS	2000
 /* longest wait for configuration commits whose jobs a claim saw */
 #define IGNY8_CONFIG_COMMIT_WAIT_MS	20
 #define IGNY8_CONFIG_RETRY_FIRST_MS	250
@@ -91,6 +93,7 @@ static int	config_failures = 0;	/* loads failed in a row */
 static bool encoding_ready = false;
 static MemoryContext loop_cxt = NULL;
 static volatile sig_atomic_t shutdown_requested = false;
+static volatile sig_atomic_t cancel_on_stop = false;	/* in a load or a sum */
 static TimestampTz flush_deferred_since = 0;	/* 0: not deferring */
 static bool swept = false;		/* igny8_image_sweep was called, or is not
 								 * needed */
@@ -102,6 +105,12 @@ handle_sigterm(SIGNAL_ARGS)
 	int			save_errno = errno;
 
 	shutdown_requested = true;
+	/* a load or a sum in progress ends now (load_limits_on) */
+	if (cancel_on_stop)
+	{
+		InterruptPending = true;
+		QueryCancelPending = true;
+	}
 	SetLatch(MyLatch);
 	errno = save_errno;
 }
@@ -339,6 +348,12 @@ load_limits_on(bool time_limit)
 							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
 							 true, 0, false);
 	pqsignal(SIGINT, StatementCancelHandler);
+	cancel_on_stop = true;
+	if (shutdown_requested)
+	{
+		InterruptPending = true;
+		QueryCancelPending = true;
+	}
 	if (time_limit)
 		enable_timeout_after(STATEMENT_TIMEOUT, IGNY8_CONFIG_LOAD_TIMEOUT_MS);
 }
@@ -347,6 +362,7 @@ static void
 load_limits_off(void)
 {
 	disable_timeout(STATEMENT_TIMEOUT, false);
+	cancel_on_stop = false;
 	pqsignal(SIGINT, SIG_IGN);
 	/* a cancel that came too late to stop the load stops nothing else */
 	QueryCancelPending = false;
@@ -481,9 +497,12 @@ sum_budgets_body(void *arg)
  * Sum the spend of the budgets that are loading and that no other worker
  * sums (budget.c), after the configuration is loaded: the sum may take as
  * long as an account's rows take to read, and the load has a time limit.
- * This worker's loop waits meanwhile; the other workers go on (a call
- * queued to this one meanwhile waits for it: choose_worker passes over a
- * stalled worker after IGNY8_STALL_MS).  A sum that fails gives its
+ * This worker's loop waits meanwhile, so it sums when it has nothing in
+ * flight (no request or job, no answer waiting for its row), or when the
+ * sum has waited IGNY8_BUDGET_SUM_BUSY_MS for an idle worker; the other
+ * workers go on (a call queued to this one meanwhile waits for it:
+ * choose_worker passes over a stalled worker after IGNY8_STALL_MS).  A
+ * stop request cancels it (handle_sigterm).  A sum that fails gives its
  * entries back and is tried again after IGNY8_BUDGET_SUM_RETRY_MS, then
  * twice as long after each failure up to 8 times as long (each failure is
  * in the server log).
@@ -495,8 +514,13 @@ static void
 sum_budgets(TimestampTz now)
 {
 	bool		summed;
+	TimestampTz since = igny8_budgets_unsummed_since();
 
-	if (config == NULL || !igny8_budgets_unsummed() || now < budget_sum_retry_at)
+	if (config == NULL || since == 0 || now < budget_sum_retry_at ||
+		shutdown_requested)
+		return;
+	if ((!dlist_is_empty(&igny8_jobs) || flush_deferred_since != 0) &&
+		!TimestampDifferenceExceeds(since, now, IGNY8_BUDGET_SUM_BUSY_MS))
 		return;
 	summed = igny8_worker_transaction("igny8_ai: summing the spend of budgets",
 									  sum_budgets_body, config->schema);
@@ -865,8 +889,16 @@ wait_timeout(void)
 		timeout = Min(timeout,
 					  ms_until(now, TimestampTzPlusMilliseconds(config_tried_at,
 																config_retry_ms)));
-	if (budget_sum_retry_at != 0 && igny8_budgets_unsummed())
-		timeout = Min(timeout, ms_until(now, budget_sum_retry_at));
+	if (config != NULL && igny8_budgets_unsummed_since() != 0)
+	{
+		/* a sum to try again, or one a busy worker waits to make */
+		if (budget_sum_retry_at != 0)
+			timeout = Min(timeout, ms_until(now, budget_sum_retry_at));
+		else
+			timeout = Min(timeout,
+						  ms_until(now, TimestampTzPlusMilliseconds(igny8_budgets_unsummed_since(),
+																	IGNY8_BUDGET_SUM_BUSY_MS)));
+	}
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		TimestampTz at = igny8_job_next_timeout(dlist_container(Igny8Job, node,

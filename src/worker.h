@@ -233,7 +233,7 @@ extern bool igny8_budget_admit(int64 account_id, int64 estimate,
 extern void igny8_budget_settle(int64 account_id, int64 reserved,
 								uint64 made, const char *cost);
 extern void igny8_budget_forget_worker(int worker);
-extern bool igny8_budgets_unsummed(void);
+extern TimestampTz igny8_budgets_unsummed_since(void);
 extern void igny8_budgets_sum(const char *qschema);
 extern void igny8_budgets_release(int worker);
 extern bool igny8_budget_notices_pending(void);
