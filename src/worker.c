@@ -93,7 +93,7 @@ static int	config_failures = 0;	/* loads failed in a row */
 static bool encoding_ready = false;
 static MemoryContext loop_cxt = NULL;
 static volatile sig_atomic_t shutdown_requested = false;
-static volatile sig_atomic_t cancel_on_stop = false;	/* in a load or a sum */
+static volatile sig_atomic_t cancel_on_stop = false;	/* in a sum of budgets */
 static TimestampTz flush_deferred_since = 0;	/* 0: not deferring */
 static bool swept = false;		/* igny8_image_sweep was called, or is not
 								 * needed */
@@ -105,7 +105,7 @@ handle_sigterm(SIGNAL_ARGS)
 	int			save_errno = errno;
 
 	shutdown_requested = true;
-	/* a load or a sum in progress ends now (load_limits_on) */
+	/* a sum of budgets in progress ends now (sum_budgets_body) */
 	if (cancel_on_stop)
 	{
 		InterruptPending = true;
@@ -348,12 +348,6 @@ load_limits_on(bool time_limit)
 							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
 							 true, 0, false);
 	pqsignal(SIGINT, StatementCancelHandler);
-	cancel_on_stop = true;
-	if (shutdown_requested)
-	{
-		InterruptPending = true;
-		QueryCancelPending = true;
-	}
 	if (time_limit)
 		enable_timeout_after(STATEMENT_TIMEOUT, IGNY8_CONFIG_LOAD_TIMEOUT_MS);
 }
@@ -490,6 +484,17 @@ static void
 sum_budgets_body(void *arg)
 {
 	load_limits_on(false);
+	/*
+	 * A stop request cancels the sum (handle_sigterm), not the load: the
+	 * load has a time limit, and what is routed in a stopping worker's
+	 * last turn needs its configuration.
+	 */
+	cancel_on_stop = true;
+	if (shutdown_requested)
+	{
+		InterruptPending = true;
+		QueryCancelPending = true;
+	}
 	igny8_budgets_sum((const char *) arg);
 }
 
@@ -510,17 +515,33 @@ sum_budgets_body(void *arg)
 static TimestampTz budget_sum_retry_at = 0;
 static int	budget_sum_failures = 0;
 
+/*
+ * When this worker would sum the budgets that wait for a worker: after its
+ * own failed sum's retry time, and when it is busy, once the sum has
+ * waited IGNY8_BUDGET_SUM_BUSY_MS.  0: nothing to sum (or no
+ * configuration).  sum_budgets and wait_timeout both ask it.
+ */
+static TimestampTz
+budget_sum_due(void)
+{
+	TimestampTz since = igny8_budgets_unsummed_since();
+	TimestampTz at;
+
+	if (since == 0 || config == NULL)
+		return 0;
+	at = budget_sum_retry_at;
+	if (!dlist_is_empty(&igny8_jobs) || flush_deferred_since != 0)
+		at = Max(at, TimestampTzPlusMilliseconds(since, IGNY8_BUDGET_SUM_BUSY_MS));
+	return Max(at, 1);
+}
+
 static void
 sum_budgets(TimestampTz now)
 {
 	bool		summed;
-	TimestampTz since = igny8_budgets_unsummed_since();
+	TimestampTz due = budget_sum_due();
 
-	if (config == NULL || since == 0 || now < budget_sum_retry_at ||
-		shutdown_requested)
-		return;
-	if ((!dlist_is_empty(&igny8_jobs) || flush_deferred_since != 0) &&
-		!TimestampDifferenceExceeds(since, now, IGNY8_BUDGET_SUM_BUSY_MS))
+	if (due == 0 || now < due || shutdown_requested)
 		return;
 	summed = igny8_worker_transaction("igny8_ai: summing the spend of budgets",
 									  sum_budgets_body, config->schema);
@@ -889,15 +910,12 @@ wait_timeout(void)
 		timeout = Min(timeout,
 					  ms_until(now, TimestampTzPlusMilliseconds(config_tried_at,
 																config_retry_ms)));
-	if (config != NULL && igny8_budgets_unsummed_since() != 0)
 	{
 		/* a sum to try again, or one a busy worker waits to make */
-		if (budget_sum_retry_at != 0)
-			timeout = Min(timeout, ms_until(now, budget_sum_retry_at));
-		else
-			timeout = Min(timeout,
-						  ms_until(now, TimestampTzPlusMilliseconds(igny8_budgets_unsummed_since(),
-																	IGNY8_BUDGET_SUM_BUSY_MS)));
+		TimestampTz due = budget_sum_due();
+
+		if (due != 0)
+			timeout = Min(timeout, ms_until(now, due));
 	}
 	dlist_foreach(iter, &igny8_jobs)
 	{
