@@ -498,20 +498,6 @@ sum_budgets_body(void *arg)
 	igny8_budgets_sum((const char *) arg);
 }
 
-/*
- * Sum the spend of the budgets that are loading and that no other worker
- * sums (budget.c), after the configuration is loaded: the sum may take as
- * long as an account's rows take to read, and the load has a time limit.
- * This worker's loop waits meanwhile, so it sums when it has nothing in
- * flight (no request or job, no answer waiting for its row), or when the
- * sum has waited IGNY8_BUDGET_SUM_BUSY_MS for an idle worker; the other
- * workers go on (a call queued to this one meanwhile waits for it:
- * choose_worker passes over a stalled worker after IGNY8_STALL_MS).  A
- * stop request cancels it (handle_sigterm).  A sum that fails gives its
- * entries back and is tried again after IGNY8_BUDGET_SUM_RETRY_MS, then
- * twice as long after each failure up to 8 times as long (each failure is
- * in the server log).
- */
 static TimestampTz budget_sum_retry_at = 0;
 static int	budget_sum_failures = 0;
 
@@ -535,6 +521,20 @@ budget_sum_due(void)
 	return Max(at, 1);
 }
 
+/*
+ * Sum the spend of the budgets that are loading and that no other worker
+ * sums (budget.c), after the configuration is loaded: the sum may take as
+ * long as an account's rows take to read, and the load has a time limit.
+ * This worker's loop waits meanwhile, so it sums when it has nothing in
+ * flight (no request or job, no answer waiting for its row), or when the
+ * sum has waited IGNY8_BUDGET_SUM_BUSY_MS for an idle worker; the other
+ * workers go on (a call queued to this one meanwhile waits for it:
+ * choose_worker passes over a stalled worker after IGNY8_STALL_MS).  A
+ * stop request cancels it (handle_sigterm).  A sum that fails gives its
+ * entries back and is tried again after IGNY8_BUDGET_SUM_RETRY_MS, then
+ * twice as long after each failure up to 8 times as long (each failure is
+ * in the server log).
+ */
 static void
 sum_budgets(TimestampTz now)
 {
@@ -1047,8 +1047,8 @@ run_jobs(bool fd_ready)
  * read would have a claim count running jobs in a snapshot taken before
  * its lock, and fail on rows updated since.  (statement_timeout and
  * lock_timeout cannot interrupt a worker: their timers raise SIGINT, which
- * it ignores, except during the configuration load, which sets its own;
- * see load_limits_on.)  search_path is set before any SQL runs: nothing on a
+ * it ignores, except during the configuration load and the sum of
+ * budgets, which set their own; see load_limits_on.)  search_path is set before any SQL runs: nothing on a
  * writable schema can be picked.
  */
 static void
