@@ -22,6 +22,7 @@ OBJS = \
 	src/dispatch_batch.o \
 	src/router.o \
 	src/http.o \
+	src/http1.o \
 	src/config.o \
 	src/cache.o \
 	src/encoding.o \

@@ -29,6 +29,11 @@
  *	 image-openai
  *		 OpenAI's parse_image, igny8_base64_decode on the body, and
  *		 build_image with the body as the deployment settings;
+ *	 http1
+ *		 the HTTP/1.x response parser (src/http1.c) on the whole input as
+ *		 the bytes of a connection: fed whole, a byte at a time, and cut in
+ *		 two where the selector says, it must come to the same result,
+ *		 status, body, headers and keep-alive each way;
  *	 all (the default)
  *		 every one of those, plus igny8_strip_think, igny8_truncate_message,
  *		 igny8_clean_label and igny8_utf8_valid on the body.
@@ -52,6 +57,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "http1.h"
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "provider.h"
 
@@ -101,22 +108,24 @@ typedef struct FuzzTarget
 	const Igny8TextProtocol *chat;
 	const Igny8ProbeProtocol *probe;
 	FuzzImage	image;
+	bool		http1;
 } FuzzTarget;
 
 static const FuzzTarget targets[] = {
-	{"all", NULL, NULL, IMAGE_NONE},
-	{"chat-ollama", &igny8_ollama_protocol, NULL, IMAGE_NONE},
-	{"chat-openai", &igny8_openai_protocol, NULL, IMAGE_NONE},
-	{"chat-anthropic", &igny8_anthropic_protocol, NULL, IMAGE_NONE},
-	{"probe-ollama", NULL, &igny8_ollama_probe, IMAGE_NONE},
-	{"probe-openai", NULL, &igny8_openai_probe, IMAGE_NONE},
-	{"probe-anthropic", NULL, &igny8_anthropic_probe, IMAGE_NONE},
-	{"probe-comfyui", NULL, &igny8_comfyui_probe, IMAGE_NONE},
-	{"image-submit", NULL, NULL, IMAGE_SUBMIT},
-	{"image-history", NULL, NULL, IMAGE_HISTORY},
-	{"image-view", NULL, NULL, IMAGE_VIEW},
-	{"image-openai", NULL, NULL, IMAGE_OPENAI},
-	{"image-queue", NULL, NULL, IMAGE_QUEUE}
+	{"all", NULL, NULL, IMAGE_NONE, false},
+	{"chat-ollama", &igny8_ollama_protocol, NULL, IMAGE_NONE, false},
+	{"chat-openai", &igny8_openai_protocol, NULL, IMAGE_NONE, false},
+	{"chat-anthropic", &igny8_anthropic_protocol, NULL, IMAGE_NONE, false},
+	{"probe-ollama", NULL, &igny8_ollama_probe, IMAGE_NONE, false},
+	{"probe-openai", NULL, &igny8_openai_probe, IMAGE_NONE, false},
+	{"probe-anthropic", NULL, &igny8_anthropic_probe, IMAGE_NONE, false},
+	{"probe-comfyui", NULL, &igny8_comfyui_probe, IMAGE_NONE, false},
+	{"image-submit", NULL, NULL, IMAGE_SUBMIT, false},
+	{"image-history", NULL, NULL, IMAGE_HISTORY, false},
+	{"image-view", NULL, NULL, IMAGE_VIEW, false},
+	{"image-openai", NULL, NULL, IMAGE_OPENAI, false},
+	{"image-queue", NULL, NULL, IMAGE_QUEUE, false},
+	{"http1", NULL, NULL, IMAGE_NONE, true}
 };
 
 /* must match test/unit/test_providers.c (COMFY_ID) */
@@ -851,6 +860,104 @@ fuzz_openai_image(const Igny8HttpResponse *resp, const cJSON *settings,
 	check_request(&out, "POST");
 }
 
+/* ----- the HTTP/1.x response parser ----- */
+
+typedef struct FuzzHttp1
+{
+	StringInfoData out;			/* headers, head, body, as they came */
+	size_t		body_len;
+} FuzzHttp1;
+
+static void
+fh_header(void *arg, const char *name, const char *value)
+{
+	FuzzHttp1  *f = arg;
+
+	if (name == NULL)
+		appendStringInfoString(&f->out, "<reset>");
+	else
+	{
+		FUZZ_ASSERT(name[0] != '\0' && strchr(name, ':') == NULL);
+		appendStringInfo(&f->out, "<h %s=%s>", name, value);
+	}
+}
+
+static bool
+fh_head_done(void *arg, int status, int64_t content_length)
+{
+	FuzzHttp1  *f = arg;
+
+	FUZZ_ASSERT(status >= 200 && status <= 999);
+	FUZZ_ASSERT(content_length >= -1);
+	appendStringInfo(&f->out, "<head %d %lld>", status, (long long) content_length);
+	/* a length over a limit stops it, as the worker's client does */
+	return content_length < 1000;
+}
+
+static bool
+fh_body(void *arg, const char *data, size_t len)
+{
+	FuzzHttp1  *f = arg;
+
+	FUZZ_ASSERT(len > 0);
+	f->body_len += len;
+	appendBinaryStringInfo(&f->out, data, len);
+	return true;
+}
+
+static const Http1Callbacks fh_callbacks = {fh_header, fh_head_done, fh_body};
+
+/* Feed data in pieces of at most piece bytes (0: whole), then the end. */
+static char *
+fuzz_http1_run(const uint8_t *data, size_t size, size_t piece)
+{
+	Http1Parser *p = palloc(sizeof(Http1Parser));
+	FuzzHttp1	f;
+	size_t		pos = 0;
+	Http1Result r = HTTP1_MORE;
+	char	   *summary;
+
+	initStringInfo(&f.out);
+	f.body_len = 0;
+	http1_init(p);
+	while (pos < size && r == HTTP1_MORE)
+	{
+		size_t		n = (piece == 0 || size - pos < piece) ? size - pos : piece;
+		size_t		used;
+
+		r = http1_feed(p, (const char *) data + pos, n, &used, &fh_callbacks, &f);
+		FUZZ_ASSERT(used <= n);
+		FUZZ_ASSERT(r != HTTP1_MORE || used == n);
+		FUZZ_ASSERT(r != HTTP1_ERROR || p->error != NULL);
+		pos += used;
+	}
+	if (r == HTTP1_MORE)
+		r = http1_eof(p);
+	FUZZ_ASSERT(r != HTTP1_MORE);
+	FUZZ_ASSERT(!http1_keep_alive(p) || r == HTTP1_COMPLETE);
+	summary = psprintf("%d %d %d %zu %s|%s", (int) r, p->status,
+					   (int) http1_keep_alive(p), size - pos,
+					   r == HTTP1_ERROR ? p->error : "", f.out.data);
+	pfree(f.out.data);
+	pfree(p);
+	return summary;
+}
+
+static void
+fuzz_http1(const uint8_t *data, size_t size, uint8_t sel)
+{
+	char	   *whole = fuzz_http1_run(data, size, 0);
+	char	   *bytes = fuzz_http1_run(data, size, 1);
+	char	   *cut = fuzz_http1_run(data, size, (size_t) sel % 64 + 2);
+
+	/* how the bytes came in pieces must not matter */
+	FUZZ_ASSERT(strcmp(whole, bytes) == 0);
+	FUZZ_ASSERT(strcmp(whole, cut) == 0);
+	pfree(whole);
+	pfree(bytes);
+	pfree(cut);
+}
+
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -883,12 +990,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int			nmodels;
 	cJSON	   *settings;
 	bool		all = (target->chat == NULL && target->probe == NULL &&
-					   target->image == IMAGE_NONE);
+					   target->image == IMAGE_NONE && !target->http1);
 	int			i;
 
 	if (size < 1)
 		return 0;
 	sel = data[0];
+	if (all || target->http1)
+		fuzz_http1(data + 1, size - 1, sel);
+	if (target->http1)
+		return 0;
 
 	/* a copy of exactly the body, so that ASan sees any overread */
 	resp.status = statuses[sel & 15];

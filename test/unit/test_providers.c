@@ -35,6 +35,7 @@
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "answer_buffer.h"
+#include "http1.h"
 #include "provider.h"
 #include "redact.h"
 
@@ -5393,6 +5394,366 @@ test_redact_cases(void)
 	end_group();
 }
 
+/* ---------- the HTTP/1.x response parser (src/http1.c) ---------- */
+
+/* What the parser handed on while reading one response. */
+typedef struct H1Seen
+{
+	StringInfoData body;
+	StringInfoData headers;		/* "name=value;" of each, "|" at a reset */
+	int			head_status;	/* what head_done was told, or 0 */
+	int64_t		head_length;
+	int64_t		max_length;		/* head_done refuses a longer body */
+	size_t		body_limit;		/* body refuses more than this */
+} H1Seen;
+
+static void
+h1_header(void *arg, const char *name, const char *value)
+{
+	H1Seen	   *seen = arg;
+
+	if (name == NULL)
+		appendStringInfoChar(&seen->headers, '|');
+	else
+		appendStringInfo(&seen->headers, "%s=%s;", name, value);
+}
+
+static bool
+h1_head_done(void *arg, int status, int64_t content_length)
+{
+	H1Seen	   *seen = arg;
+
+	seen->head_status = status;
+	seen->head_length = content_length;
+	return content_length <= seen->max_length;
+}
+
+static bool
+h1_body(void *arg, const char *data, size_t len)
+{
+	H1Seen	   *seen = arg;
+
+	if (seen->body.len + len > seen->body_limit)
+		return false;
+	appendBinaryStringInfo(&seen->body, data, len);
+	return true;
+}
+
+static const Http1Callbacks h1_callbacks = {h1_header, h1_head_done, h1_body};
+
+/* how a response is fed: whole, a byte at a time, or cut in two at cut */
+typedef enum H1Split
+{
+	H1_WHOLE,
+	H1_BYTES,
+	H1_CUT
+} H1Split;
+
+/*
+ * Feed text as the split says, then the end of the connection if eof;
+ * the result, with what was seen in *seen (to be freed by the caller) and
+ * the bytes left over after a complete response in *left.
+ */
+static Http1Result
+h1_run(Http1Parser *p, const char *text, size_t len, H1Split split,
+	   size_t cut, bool eof, H1Seen *seen, size_t *left)
+{
+	size_t		pos = 0;
+	Http1Result r = HTTP1_MORE;
+
+	initStringInfo(&seen->body);
+	initStringInfo(&seen->headers);
+	seen->head_status = 0;
+	seen->head_length = 0;
+	http1_init(p);
+	*left = 0;
+	while (pos < len && r == HTTP1_MORE)
+	{
+		size_t		n = len - pos;
+		size_t		used;
+
+		if (split == H1_BYTES)
+			n = 1;
+		else if (split == H1_CUT && pos < cut)
+			n = cut - pos;
+		r = http1_feed(p, text + pos, n, &used, &h1_callbacks, seen);
+		if (!check(used <= n, __LINE__, "used %zu of %zu", used, n))
+			break;
+		if (r == HTTP1_MORE && used != n)
+		{
+			check(false, __LINE__, "MORE with %zu of %zu bytes used", used, n);
+			break;
+		}
+		pos += used;
+	}
+	*left = len - pos;
+	if (r == HTTP1_MORE && eof)
+		r = http1_eof(p);
+	return r;
+}
+
+typedef struct H1Case
+{
+	const char *name;
+	const char *text;
+	bool		eof;			/* the connection ends after the text */
+	Http1Result result;
+	int			status;
+	const char *body;			/* NULL: not checked */
+	bool		keep_alive;
+	const char *headers;		/* NULL: not checked */
+	size_t		left;			/* bytes after the response */
+	const char *error;			/* the start of p->error, for errors */
+} H1Case;
+
+#define OK_HEAD "HTTP/1.1 200 OK\r\n"
+
+static const H1Case h1_cases[] = {
+	{"content-length", OK_HEAD "Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+		false, HTTP1_COMPLETE, 200, "{\"a\":1}", true,
+	"Content-Type=application/json;Content-Length=7;", 0, NULL},
+	{"bytes after the response are left", OK_HEAD "Content-Length: 2\r\n\r\nabHTTP/1.1",
+	false, HTTP1_COMPLETE, 200, "ab", true, NULL, 8, NULL},
+	{"bare LF line ends, spaces around values", "HTTP/1.1 200 OK\nX-A:   v w  \nContent-Length:2\n\nab",
+	false, HTTP1_COMPLETE, 200, "ab", true, "X-A=v w;Content-Length=2;", 0, NULL},
+	{"no reason phrase", "HTTP/1.1 503\r\nContent-Length: 0\r\n\r\n",
+	false, HTTP1_COMPLETE, 503, "", true, NULL, 0, NULL},
+	{"chunked, extensions and a trailer",
+		OK_HEAD "Transfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\nA \r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n",
+	false, HTTP1_COMPLETE, 200, "abc0123456789", true, NULL, 0, NULL},
+	{"chunked wins over Content-Length", OK_HEAD "Content-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+	false, HTTP1_COMPLETE, 200, "ab", true, NULL, 0, NULL},
+	{"gzip, chunked: chunked", OK_HEAD "Transfer-Encoding: gzip, chunked\r\n\r\n1\r\nz\r\n0\r\n\r\n",
+	false, HTTP1_COMPLETE, 200, "z", true, NULL, 0, NULL},
+	{"chunked, gzip: up to the close", OK_HEAD "Transfer-Encoding: chunked, gzip\r\n\r\nraw bytes",
+	true, HTTP1_COMPLETE, 200, "raw bytes", false, NULL, 0, NULL},
+	{"interim responses passed over", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n" OK_HEAD "Content-Length: 1\r\n\r\nq",
+	false, HTTP1_COMPLETE, 200, "q", true, "|Link=x;|Content-Length=1;", 0, NULL},
+	{"HTTP/1.0 up to the close", "HTTP/1.0 200 OK\r\n\r\nall of it",
+	true, HTTP1_COMPLETE, 200, "all of it", false, NULL, 0, NULL},
+	{"HTTP/1.0 keep-alive with a length", "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\nk",
+	false, HTTP1_COMPLETE, 200, "k", true, NULL, 0, NULL},
+	{"Connection: close", OK_HEAD "Connection: upgrade, close\r\nContent-Length: 1\r\n\r\nk",
+	false, HTTP1_COMPLETE, 200, "k", false, NULL, 0, NULL},
+	{"204 has no body", "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+	false, HTTP1_COMPLETE, 204, "", true, NULL, 0, NULL},
+	{"the same length twice", OK_HEAD "Content-Length: 1\r\nContent-Length: 1\r\n\r\nk",
+	false, HTTP1_COMPLETE, 200, "k", true, NULL, 0, NULL},
+	{"folded line ignored", OK_HEAD "X-A: 1\r\n  more\r\nContent-Length: 0\r\n\r\n",
+	false, HTTP1_COMPLETE, 200, "", true, "X-A=1;Content-Length=0;", 0, NULL},
+	{"blank lines before the status line", "\r\n\r\n" OK_HEAD "Content-Length: 0\r\n\r\n",
+	false, HTTP1_COMPLETE, 200, "", true, NULL, 0, NULL},
+	/* endings */
+	{"closed before a byte", "", true, HTTP1_EMPTY, 0, NULL, false, NULL, 0, NULL},
+	{"closed in the head", "HTTP/1.1 200 OK\r\nContent-Le", true, HTTP1_PARTIAL, 200, NULL, false, NULL, 0, NULL},
+	{"closed in the body", OK_HEAD "Content-Length: 10\r\n\r\nabc", true, HTTP1_PARTIAL, 200, "abc", false, NULL, 0, NULL},
+	{"closed in a chunk", OK_HEAD "Transfer-Encoding: chunked\r\n\r\n5\r\nab", true, HTTP1_PARTIAL, 200, "ab", false, NULL, 0, NULL},
+	{"closed before the last chunk", OK_HEAD "Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n", true, HTTP1_PARTIAL, 200, "ab", false, NULL, 0, NULL},
+	{"not complete yet", OK_HEAD "Content-Length: 10\r\n\r\nabc", false, HTTP1_MORE, 200, "abc", false, NULL, 0, NULL},
+	/* malformed */
+	{"an SSH banner", "SSH-2.0-OpenSSH_9.2p1\r\n", false, HTTP1_ERROR, 0, NULL, false, NULL, 0, "the response does not start"},
+	{"HTTP/2 status line", "HTTP/2 200\r\n\r\n", false, HTTP1_ERROR, 0, NULL, false, NULL, 0, "the response does not start"},
+	{"status not digits", "HTTP/1.1 2x0 OK\r\n\r\n", false, HTTP1_ERROR, 0, NULL, false, NULL, 0, "the response's status is not"},
+	{"status below 100", "HTTP/1.1 099 X\r\n\r\n", false, HTTP1_ERROR, 0, NULL, false, NULL, 0, "the response's status is below"},
+	{"status of four digits", "HTTP/1.1 2000 OK\r\n\r\n", false, HTTP1_ERROR, 0, NULL, false, NULL, 0, "the response does not start"},
+	{"101", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", false, HTTP1_ERROR, 101, NULL, false, NULL, 0, "the server switched"},
+	{"two lengths", OK_HEAD "Content-Length: 1\r\nContent-Length: 2\r\n\r\nk", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "the response has two different"},
+	{"length not a number", OK_HEAD "Content-Length: 1, 1\r\n\r\nk", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "the response's Content-Length is not"},
+	{"length too large", OK_HEAD "Content-Length: 99999999999999999999\r\n\r\n", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "the response's Content-Length is too large"},
+	{"empty length", OK_HEAD "Content-Length:\r\n\r\n", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "the response's Content-Length is empty"},
+	{"no colon", OK_HEAD "Content-Length 1\r\n\r\n", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "a header line of the response has no colon"},
+	{"space in a name", OK_HEAD "Content-Length : 1\r\n\r\n", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "a header name of the response has a space"},
+	{"no name", OK_HEAD ": 1\r\n\r\n", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "a header of the response has no name"},
+	{"a name not a token", OK_HEAD "X(1): 1\r\n\r\n", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "a header name of the response has a character not"},
+	{"chunked twice", OK_HEAD "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "the response is chunked twice"},
+	{"bad chunk size", OK_HEAD "Transfer-Encoding: chunked\r\n\r\nxyz\r\n", false, HTTP1_ERROR, 200, "", false, NULL, 0, "a chunk size of the response is not"},
+	{"chunk size then junk", OK_HEAD "Transfer-Encoding: chunked\r\n\r\n5 x\r\n", false, HTTP1_ERROR, 200, "", false, NULL, 0, "a chunk size of the response is followed"},
+	{"huge chunk", OK_HEAD "Transfer-Encoding: chunked\r\n\r\n11111111111111111\r\n", false, HTTP1_ERROR, 200, "", false, NULL, 0, "a chunk of the response is too large"},
+	{"chunk longer than its size", OK_HEAD "Transfer-Encoding: chunked\r\n\r\n1\r\nabc\r\n", false, HTTP1_ERROR, 200, "a", false, NULL, 0, "a chunk of the response is longer"},
+};
+
+static void
+test_http1(void)
+{
+	begin_group("http1: responses, fed whole, byte by byte and cut in two");
+	for (int i = 0; i < (int) lengthof(h1_cases); i++)
+	{
+		const H1Case *c = &h1_cases[i];
+		size_t		len = strlen(c->text);
+
+		/* every response is a seed of the fuzzer's http1 target too */
+		if (corpus_dir != NULL && len > 0)
+		{
+			Igny8HttpResponse resp;
+
+			memset(&resp, 0, sizeof(resp));
+			resp.status = 200;
+			resp.should_retry = -1;
+			resp.retry_after = -1;
+			resp.body = c->text;
+			resp.body_len = len;
+			write_seed(&resp, false, 0);
+		}
+
+		begin_case(i, c->name);
+		/* whole, byte by byte, then cut at each position */
+		for (size_t way = 0; way < len + 2; way++)
+		{
+			H1Split		split = way == 0 ? H1_WHOLE : way == 1 ? H1_BYTES : H1_CUT;
+			Http1Parser p;
+			H1Seen		seen;
+			size_t		left;
+			Http1Result r;
+
+			seen.max_length = INT64_MAX;
+			seen.body_limit = SIZE_MAX;
+			r = h1_run(&p, c->text, len, split, way - 2, c->eof, &seen, &left);
+			if (!check(r == c->result, __LINE__, "split %zu: result %d, expected %d (%s)",
+					   way, (int) r, (int) c->result, p.error ? p.error : "no error"))
+			{
+				pfree(seen.body.data);
+				pfree(seen.headers.data);
+				break;
+			}
+			CHECK_INT(p.status, c->status);
+			if (c->body != NULL)
+				CHECK_STR(seen.body.data, c->body);
+			if (c->headers != NULL)
+				CHECK_STR(seen.headers.data, c->headers);
+			if (r == HTTP1_COMPLETE)
+			{
+				CHECK_INT(http1_keep_alive(&p), c->keep_alive);
+				CHECK_INT(left, c->left);
+				CHECK_INT(seen.head_status, c->status);
+			}
+			else
+				CHECK(!http1_keep_alive(&p));
+			if (c->error != NULL)
+				CHECK_CONTAINS(p.error, c->error);
+			pfree(seen.body.data);
+			pfree(seen.headers.data);
+		}
+	}
+	end_group();
+
+	begin_group("http1: limits and callbacks that stop");
+	case_name = NULL;
+	{
+		Http1Parser p;
+		H1Seen		seen;
+		size_t		left;
+		StringInfoData text;
+		Http1Result r;
+		const char *six = OK_HEAD "Content-Length: 6\r\n\r\nabcdef";
+		const char *chunked = OK_HEAD "Transfer-Encoding: chunked\r\n\r\n";
+
+		/* head_done told the length, and refusing it stops the parse */
+		seen.max_length = 5;
+		seen.body_limit = SIZE_MAX;
+		r = h1_run(&p, six, strlen(six), H1_WHOLE, 0, false, &seen, &left);
+		CHECK_INT(r, HTTP1_ABORTED);
+		CHECK_INT(seen.head_length, 6);
+		CHECK_STR(seen.body.data, "");
+		pfree(seen.body.data);
+		pfree(seen.headers.data);
+		/* chunked: no length to tell */
+		r = h1_run(&p, chunked, strlen(chunked), H1_WHOLE, 0, false, &seen, &left);
+		CHECK_INT(r, HTTP1_MORE);
+		CHECK_INT(seen.head_length, -1);
+		pfree(seen.body.data);
+		pfree(seen.headers.data);
+		/* the body callback refusing stops it, and the state stays failed */
+		seen.max_length = INT64_MAX;
+		seen.body_limit = 3;
+		r = h1_run(&p, six, strlen(six), H1_WHOLE, 0, false, &seen, &left);
+		CHECK_INT(r, HTTP1_ABORTED);
+		CHECK_STR(seen.body.data, "");
+		{
+			size_t		used;
+
+			r = http1_feed(&p, "x", 1, &used, &h1_callbacks, &seen);
+			CHECK_INT(r, HTTP1_ERROR);
+			r = http1_eof(&p);
+			CHECK_INT(r, HTTP1_ERROR);
+		}
+		pfree(seen.body.data);
+		pfree(seen.headers.data);
+
+		/* a line of HTTP1_LINE_MAX bytes with its CR LF, and one more */
+		seen.body_limit = SIZE_MAX;
+		initStringInfo(&text);
+		appendStringInfoString(&text, OK_HEAD "X: ");
+		while (text.len < (int) strlen(OK_HEAD) + HTTP1_LINE_MAX - 2)
+			appendStringInfoChar(&text, 'v');
+		appendStringInfoString(&text, "\r\nContent-Length: 0\r\n\r\n");
+		r = h1_run(&p, text.data, text.len, H1_WHOLE, 0, false, &seen, &left);
+		CHECK_INT(r, HTTP1_COMPLETE);
+		pfree(seen.body.data);
+		pfree(seen.headers.data);
+		resetStringInfo(&text);
+		appendStringInfoString(&text, OK_HEAD "X: ");
+		while (text.len < (int) strlen(OK_HEAD) + HTTP1_LINE_MAX - 1)
+			appendStringInfoChar(&text, 'v');
+		appendStringInfoString(&text, "\r\nContent-Length: 0\r\n\r\n");
+		r = h1_run(&p, text.data, text.len, H1_WHOLE, 0, false, &seen, &left);
+		CHECK_INT(r, HTTP1_ERROR);
+		CHECK_CONTAINS(p.error, "a line of the response is too long");
+		pfree(seen.body.data);
+		pfree(seen.headers.data);
+
+		/* a head of more than HTTP1_HEAD_MAX bytes */
+		resetStringInfo(&text);
+		appendStringInfoString(&text, OK_HEAD);
+		while (text.len <= HTTP1_HEAD_MAX)
+			appendStringInfoString(&text, "X-Padding: 0123456789012345678901234567890123456789\r\n");
+		appendStringInfoString(&text, "Content-Length: 0\r\n\r\n");
+		r = h1_run(&p, text.data, text.len, H1_WHOLE, 0, false, &seen, &left);
+		CHECK_INT(r, HTTP1_ERROR);
+		CHECK_CONTAINS(p.error, "the response's headers are too long");
+		pfree(seen.body.data);
+		pfree(seen.headers.data);
+		/* ... counted per response: interim heads do not add up */
+		resetStringInfo(&text);
+		for (int i = 0; i < 3; i++)
+		{
+			appendStringInfoString(&text, "HTTP/1.1 103 Early Hints\r\n");
+			while (text.len < (i + 1) * (HTTP1_HEAD_MAX * 2 / 3))
+				appendStringInfoString(&text, "Link: 0123456789012345678901234567890123456789\r\n");
+			appendStringInfoString(&text, "\r\n");
+		}
+		appendStringInfoString(&text, OK_HEAD "Content-Length: 0\r\n\r\n");
+		r = h1_run(&p, text.data, text.len, H1_WHOLE, 0, false, &seen, &left);
+		CHECK_INT(r, HTTP1_COMPLETE);
+		pfree(seen.body.data);
+		pfree(seen.headers.data);
+		pfree(text.data);
+
+		/* a NUL in a header line */
+		{
+			static const char nul[] = OK_HEAD "Content-Length: 1\0 9\r\n\r\nk";
+
+			r = h1_run(&p, nul, sizeof(nul) - 1, H1_WHOLE, 0, false, &seen, &left);
+			CHECK_INT(r, HTTP1_ERROR);
+			CHECK_CONTAINS(p.error, "a header line of the response has a NUL byte");
+			pfree(seen.body.data);
+			pfree(seen.headers.data);
+		}
+
+		/* no callbacks at all */
+		{
+			static const Http1Callbacks none = {NULL, NULL, NULL};
+			const char *resp = OK_HEAD "Content-Length: 2\r\n\r\nab";
+			size_t		used;
+
+			http1_init(&p);
+			r = http1_feed(&p, resp, strlen(resp), &used, &none, NULL);
+			CHECK_INT(r, HTTP1_COMPLETE);
+			CHECK_INT(used, strlen(resp));
+		}
+	}
+	end_group();
+}
+
 int
 main(int argc, char **argv)
 {
@@ -5442,6 +5803,7 @@ main(int argc, char **argv)
 	test_openai_parse_image();
 	test_redact_cases();
 	test_redact_forms();
+	test_http1();
 
 	if (corpus_dir != NULL)
 		printf("%d seeds written to %s\n", corpus_count, corpus_dir);
