@@ -1,7 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * http.c
- *	  The worker's libcurl multi loop.
+ *	  The worker's HTTP transfers: libcurl's multi loop, and a client of our
+ *	  own for plain HTTP to the self-hosted box (see "the built-in HTTP/1.1
+ *	  client" below).
  *
  * One multi handle per worker holds every transfer in flight and keeps
  * connections to each backend alive between requests.  curl tells us which
@@ -16,6 +18,9 @@
  */
 #include "postgres.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -24,6 +29,7 @@
 #include "utils/memutils.h"
 
 #include "answer_buffer.h"
+#include "http1.h"
 #include "worker.h"
 
 #define IGNY8_EPOLL_BATCH	64
@@ -68,6 +74,8 @@ typedef struct SockState
 	uint32		events;			/* registered for; 0: not in the set */
 	bool		ours;			/* opened through open_socket */
 	bool		parked;			/* registered, but curl watches it not */
+	struct PlainTransfer *plain;	/* the built-in client's transfer on it */
+	bool		idle;			/* the built-in client's, idle in its pool */
 } SockState;
 
 static SockState *socks = NULL;
@@ -105,9 +113,8 @@ open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
 
 	if (st != NULL)
 	{
-		st->events = 0;
+		memset(st, 0, sizeof(SockState));
 		st->ours = true;
-		st->parked = false;
 	}
 	return fd;
 }
@@ -261,32 +268,18 @@ igny8_http_fd(void)
 	return epoll_fd;
 }
 
-/* Milliseconds until curl's timer is due (0: now), or -1 when none. */
-long
-igny8_http_timeout_ms(void)
+/*
+ * Append a piece of the answer to the transfer's buffer; false when it may
+ * not grow: over the transfer's limit (too_large), over
+ * igny8_ai.answer_memory (over_budget), or out of memory.
+ */
+static bool
+append_body(Igny8Transfer *t, const char *data, size_t n)
 {
-	long		secs;
-	int			usecs;
-
-	/* a transfer that could not start is finished already */
-	if (failed_starts != NIL)
-		return 0;
-	if (!timer_set)
-		return -1;
-	TimestampDifference(GetCurrentTimestamp(), timer_at, &secs, &usecs);
-	return secs * 1000 + (usecs + 999) / 1000;
-}
-
-static size_t
-write_callback(char *data, size_t size, size_t nmemb, void *userp)
-{
-	Igny8Transfer *t = (Igny8Transfer *) userp;
-	size_t		n = size * nmemb;
-
 	if (t->len + n > t->max)
 	{
 		t->too_large = true;
-		return 0;				/* makes curl fail with CURLE_WRITE_ERROR */
+		return false;
 	}
 	if (t->len + n + 1 > t->cap)
 	{
@@ -301,11 +294,11 @@ write_callback(char *data, size_t size, size_t nmemb, void *userp)
 		{
 			t->over_budget = true;
 			t->over_budget_alone = alone;
-			return 0;
+			return false;
 		}
 		p = realloc(t->body, cap);
 		if (p == NULL)
-			return 0;
+			return false;
 		held_bytes = held_bytes - t->cap + cap;
 		t->body = p;
 		t->cap = cap;
@@ -313,10 +306,58 @@ write_callback(char *data, size_t size, size_t nmemb, void *userp)
 	memcpy(t->body + t->len, data, n);
 	t->len += n;
 	t->body[t->len] = '\0';
-	return n;
+	return true;
 }
 
-/* Parse "retry-after" (seconds), "retry-after-ms", "x-should-retry". */
+static size_t
+write_callback(char *data, size_t size, size_t nmemb, void *userp)
+{
+	size_t		n = size * nmemb;
+
+	/* 0 makes curl fail with CURLE_WRITE_ERROR */
+	return append_body((Igny8Transfer *) userp, data, n) ? n : 0;
+}
+
+/*
+ * A header of the answer: "retry-after" (seconds), "retry-after-ms",
+ * "x-should-retry".  name NULL: a new response starts (after an interim
+ * 1xx one), whose headers alone count.
+ */
+static void
+note_header(Igny8Transfer *t, const char *name, const char *val)
+{
+	if (name == NULL)
+	{
+		t->retry_after = -1;
+		t->should_retry = -1;
+	}
+	else if (pg_strcasecmp(name, "retry-after-ms") == 0)
+	{
+		char	   *end;
+		double		v = strtod(val, &end);
+
+		if (end != val && v >= 0)
+			t->retry_after = v / 1000.0;
+	}
+	else if (pg_strcasecmp(name, "retry-after") == 0 && t->retry_after < 0)
+	{
+		char	   *end;
+		double		v = strtod(val, &end);
+
+		/* an HTTP-date is not worth parsing: treat as absent */
+		if (end != val && v >= 0)
+			t->retry_after = v;
+	}
+	else if (pg_strcasecmp(name, "x-should-retry") == 0)
+	{
+		if (pg_strncasecmp(val, "true", 4) == 0)
+			t->should_retry = 1;
+		else if (pg_strncasecmp(val, "false", 5) == 0)
+			t->should_retry = 0;
+	}
+}
+
+/* curl's header lines, "Name: value" with their CR LF, to note_header */
 static size_t
 header_callback(char *data, size_t size, size_t nmemb, void *userp)
 {
@@ -329,8 +370,7 @@ header_callback(char *data, size_t size, size_t nmemb, void *userp)
 	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
 	{
 		/* a new response (after 100-continue): forget earlier headers */
-		t->retry_after = -1;
-		t->should_retry = -1;
+		note_header(t, NULL, NULL);
 		return n;
 	}
 	if (n >= sizeof(line))
@@ -344,32 +384,853 @@ header_callback(char *data, size_t size, size_t nmemb, void *userp)
 	val = colon + 1;
 	while (*val == ' ' || *val == '\t')
 		val++;
-
-	if (pg_strcasecmp(line, "retry-after-ms") == 0)
-	{
-		char	   *end;
-		double		v = strtod(val, &end);
-
-		if (end != val && v >= 0)
-			t->retry_after = v / 1000.0;
-	}
-	else if (pg_strcasecmp(line, "retry-after") == 0 && t->retry_after < 0)
-	{
-		char	   *end;
-		double		v = strtod(val, &end);
-
-		/* an HTTP-date is not worth parsing: treat as absent */
-		if (end != val && v >= 0)
-			t->retry_after = v;
-	}
-	else if (pg_strcasecmp(line, "x-should-retry") == 0)
-	{
-		if (pg_strncasecmp(val, "true", 4) == 0)
-			t->should_retry = 1;
-		else if (pg_strncasecmp(val, "false", 5) == 0)
-			t->should_retry = 0;
-	}
+	note_header(t, line, val);
 	return n;
+}
+
+/* ----- the built-in HTTP/1.1 client ----- */
+
+/*
+ * Plain http:// to a numeric address or "localhost", without a proxy or
+ * credentials in the URL: the SSH tunnel to the GPU box, the case every
+ * self-hosted call takes.  libcurl would do it with two poll() calls of
+ * its own per transfer (one asks whether a kept-alive connection is still
+ * alive, one looks for the answer right after the request is sent), and
+ * with more code around each; here a transfer is its sockets' events in
+ * the worker's epoll set, one send() and the recv() calls of its answer.
+ * Everything else (https, a proxy, a name to resolve) goes to libcurl, and
+ * igny8_ai.builtin_http_client = off sends it all there.
+ *
+ * What it does as libcurl did for these transfers: the same request line
+ * and headers (Host, "User-Agent: igny8_ai/1.0", "Accept" for any type, the
+ * request's own, Content-Length), TCP_NODELAY and TCP keep-alive probes
+ * after 60 s, kept-alive connections reused for up to 118 s of idleness, a
+ * request on a reused connection that the server had closed sent once more
+ * on a new one, "localhost" tried as 127.0.0.1 and then as ::1, and the
+ * outcome as the CURLcode libcurl would give, so that the rest of the
+ * worker reads both alike: CURLE_COULDNT_CONNECT with the connect's errno,
+ * CURLE_OPERATION_TIMEDOUT, CURLE_SEND_ERROR, CURLE_RECV_ERROR,
+ * CURLE_GOT_NOTHING (closed before any byte of the answer),
+ * CURLE_PARTIAL_FILE (closed inside it), CURLE_FILESIZE_EXCEEDED (a
+ * Content-Length over the limit), CURLE_WRITE_ERROR (the body could not be
+ * kept) and CURLE_WEIRD_SERVER_REPLY (not HTTP/1.x; errbuf says what).
+ * Stricter than libcurl on what is not HTTP (src/http1.c): two different
+ * Content-Length values, a NUL in a header line or a header name that is
+ * not a token fail the transfer; and a connection that brought bytes after
+ * the answer is closed, not reused.
+ *
+ * A connection's socket is in the epoll set while a transfer uses it and
+ * while it is idle in the pool (for EPOLLIN: a server that closes an idle
+ * connection makes it readable, and it is closed then).  SockState.plain
+ * maps a socket to its transfer, SockState.idle marks a pooled one.
+ * Sockets are opened only outside the handling of a batch of events
+ * (igny8_http_start, or after the batch: PlainTransfer.reconnect), so that
+ * an event still in the batch for a socket just closed can never reach a
+ * new socket given the same number.
+ */
+#define PLAIN_KEY_MAX		64	/* "[v6 address]:port" */
+#define PLAIN_IDLE_MAX_MS	118000	/* libcurl's CURLOPT_MAXAGE_CONN */
+#define PLAIN_RECV_SIZE		65536
+
+typedef enum PlainStep
+{
+	PLAIN_CONNECTING,
+	PLAIN_SENDING,
+	PLAIN_RECEIVING,
+	PLAIN_FINISHED
+} PlainStep;
+
+typedef struct PlainTransfer
+{
+	Igny8Transfer *t;
+	PlainStep	step;
+	int			fd;				/* its connection, or -1 */
+	bool		reused;			/* the connection came from the pool */
+	bool		retried;		/* sent once more on a new connection */
+	bool		sent_any;		/* some of the request reached a socket */
+	bool		reconnect;		/* connect after the batch of events */
+	bool		queued;			/* in plain_done, not handed out yet */
+	char		key[PLAIN_KEY_MAX];	/* "host:port": who may share it */
+	struct sockaddr_storage addr[2];
+	socklen_t	addrlen[2];
+	int			naddr;
+	int			addr_i;			/* the address being tried */
+	int			last_errno;		/* of the last failed connect */
+	char	   *req;			/* the request: head and body, malloc'd */
+	size_t		req_len;
+	size_t		req_sent;
+	TimestampTz deadline;		/* of the whole transfer */
+	TimestampTz connect_deadline;
+	dlist_node	node;			/* in plain_active or plain_done */
+	Http1Parser parser;
+} PlainTransfer;
+
+typedef struct IdleConn
+{
+	int			fd;
+	TimestampTz since;
+	char		key[PLAIN_KEY_MAX];
+} IdleConn;
+
+static dlist_head plain_active = DLIST_STATIC_INIT(plain_active);
+static dlist_head plain_done = DLIST_STATIC_INIT(plain_done);
+static int	plain_nactive = 0;
+static bool plain_reconnects = false;	/* some transfer has reconnect set */
+
+/* idle connections, oldest first */
+static IdleConn idle_conns[IGNY8_MAX_IDLE_CONNECTIONS];
+static int	nidle = 0;
+
+static void plain_connect(PlainTransfer *pt);
+static void plain_send(PlainTransfer *pt);
+static void plain_recv(PlainTransfer *pt);
+
+/* Register fd for just these events. */
+static void
+plain_watch(int fd, uint32 events)
+{
+	SockState  *st = sock_state(fd);
+	struct epoll_event ev;
+	int			rc;
+
+	if (st == NULL || st->events == events)
+		return;
+	memset(&ev, 0, sizeof(ev));
+	ev.events = events;
+	ev.data.fd = fd;
+	if (st->events != 0)
+		rc = epoll_ctl(epoll_fd, EPOLL_CTL_MOD, fd, &ev);
+	else
+	{
+		rc = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+		if (rc != 0 && errno == EEXIST)
+			rc = epoll_ctl(epoll_fd, EPOLL_CTL_MOD, fd, &ev);
+	}
+	if (rc != 0)
+		epoll_errno = errno;
+	else
+		st->events = events;
+}
+
+/* Close a socket of ours (closing it takes it out of the epoll set). */
+static void
+plain_close(int fd)
+{
+	SockState  *st = sock_state(fd);
+
+	if (st != NULL)
+		memset(st, 0, sizeof(SockState));
+	close(fd);
+}
+
+/* Take an idle connection to key from the pool (the newest), or -1. */
+static int
+pool_take(const char *key, TimestampTz now)
+{
+	for (int i = nidle - 1; i >= 0; i--)
+	{
+		IdleConn	c = idle_conns[i];
+
+		if (strcmp(c.key, key) != 0)
+			continue;
+		memmove(&idle_conns[i], &idle_conns[i + 1],
+				sizeof(IdleConn) * (nidle - i - 1));
+		nidle--;
+		socks[c.fd].idle = false;
+		if (TimestampDifferenceExceeds(c.since, now, PLAIN_IDLE_MAX_MS))
+		{
+			plain_close(c.fd);
+			continue;
+		}
+		return c.fd;
+	}
+	return -1;
+}
+
+/* Keep a connection for reuse, closing the oldest when the pool is full. */
+static void
+pool_put(int fd, const char *key, TimestampTz now)
+{
+	if (nidle == IGNY8_MAX_IDLE_CONNECTIONS)
+	{
+		plain_close(idle_conns[0].fd);
+		memmove(&idle_conns[0], &idle_conns[1],
+				sizeof(IdleConn) * (nidle - 1));
+		nidle--;
+	}
+	idle_conns[nidle].fd = fd;
+	idle_conns[nidle].since = now;
+	strlcpy(idle_conns[nidle].key, key, PLAIN_KEY_MAX);
+	nidle++;
+	socks[fd].plain = NULL;
+	socks[fd].idle = true;
+	plain_watch(fd, EPOLLIN);
+}
+
+/* An idle connection became readable: the server closed it.  Close it. */
+static void
+pool_drop(int fd)
+{
+	for (int i = 0; i < nidle; i++)
+	{
+		if (idle_conns[i].fd == fd)
+		{
+			memmove(&idle_conns[i], &idle_conns[i + 1],
+					sizeof(IdleConn) * (nidle - i - 1));
+			nidle--;
+			break;
+		}
+	}
+	plain_close(fd);
+}
+
+/* The transfer is over: hand it out (igny8_http_next_finished). */
+static void
+plain_end(PlainTransfer *pt)
+{
+	Igny8Transfer *t = pt->t;
+
+	t->status = pt->parser.status >= 200 ? pt->parser.status : 0;
+	if (pt->fd >= 0)
+		plain_close(pt->fd);
+	pt->fd = -1;
+	pt->step = PLAIN_FINISHED;
+	pt->reconnect = false;
+	dlist_delete(&pt->node);
+	plain_nactive--;
+	dlist_push_tail(&plain_done, &pt->node);
+	pt->queued = true;
+}
+
+/* The transfer failed with code (os_errno: the system's error, or 0). */
+static void
+plain_fail(PlainTransfer *pt, CURLcode code, int os_errno, const char *why)
+{
+	pt->t->result = code;
+	pt->t->os_errno = os_errno;
+	if (why != NULL)
+		strlcpy(pt->t->errbuf, why, sizeof(pt->t->errbuf));
+	plain_end(pt);
+}
+
+/* The answer is complete: keep the connection if it may carry another. */
+static void
+plain_complete(PlainTransfer *pt, bool keep)
+{
+	pt->t->result = CURLE_OK;
+	if (keep)
+	{
+		pool_put(pt->fd, pt->key, GetCurrentTimestamp());
+		pt->fd = -1;
+	}
+	plain_end(pt);
+}
+
+/*
+ * A reused connection failed before any byte of the answer came: the
+ * server had closed it.  Send the request once more, on a new connection
+ * (after the batch of events in hand, when called while handling one).
+ */
+static void
+plain_retry(PlainTransfer *pt, bool now)
+{
+	plain_close(pt->fd);
+	pt->fd = -1;
+	pt->retried = true;
+	pt->req_sent = 0;
+	http1_init(&pt->parser);
+	pt->addr_i = 0;
+	pt->step = PLAIN_CONNECTING;
+	if (now)
+		plain_connect(pt);
+	else
+	{
+		pt->reconnect = true;
+		plain_reconnects = true;
+	}
+}
+
+/* Open a connection to the next address, and send when it is open. */
+static void
+plain_connect(PlainTransfer *pt)
+{
+	while (pt->addr_i < pt->naddr)
+	{
+		struct sockaddr *sa = (struct sockaddr *) &pt->addr[pt->addr_i];
+		int			fd = socket(sa->sa_family,
+								SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		SockState  *st;
+		int			on = 1;
+		int			secs = 60;
+
+		if (fd < 0)
+		{
+			plain_fail(pt, CURLE_COULDNT_CONNECT, errno,
+					   "could not create a socket");
+			return;
+		}
+		st = sock_state(fd);
+		if (st == NULL)
+		{
+			close(fd);
+			plain_fail(pt, CURLE_OUT_OF_MEMORY, ENOMEM, "out of memory");
+			return;
+		}
+		memset(st, 0, sizeof(SockState));
+		st->plain = pt;
+		pt->fd = fd;
+		pt->reused = false;
+		/* as libcurl sets them (CURLOPT_TCP_NODELAY, CURLOPT_TCP_KEEPALIVE) */
+		(void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+		(void) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+		(void) setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof(secs));
+		(void) setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &secs, sizeof(secs));
+		if (connect(fd, sa, pt->addrlen[pt->addr_i]) == 0)
+		{
+			pt->step = PLAIN_SENDING;
+			plain_send(pt);
+			return;
+		}
+		if (errno == EINPROGRESS || errno == EINTR)
+		{
+			pt->step = PLAIN_CONNECTING;
+			plain_watch(fd, EPOLLOUT);
+			return;
+		}
+		pt->last_errno = errno;
+		plain_close(fd);
+		pt->fd = -1;
+		pt->addr_i++;
+	}
+	plain_fail(pt, CURLE_COULDNT_CONNECT, pt->last_errno, NULL);
+}
+
+/* Send what is left of the request; then wait for the answer. */
+static void
+plain_send(PlainTransfer *pt)
+{
+	while (pt->req_sent < pt->req_len)
+	{
+		ssize_t		n = send(pt->fd, pt->req + pt->req_sent,
+							 pt->req_len - pt->req_sent, MSG_NOSIGNAL);
+
+		if (n > 0)
+		{
+			pt->sent_any = true;
+			pt->req_sent += n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		{
+			plain_watch(pt->fd, EPOLLOUT);
+			return;
+		}
+		if (pt->reused && !pt->retried)
+		{
+			plain_retry(pt, false);
+			return;
+		}
+		plain_fail(pt, CURLE_SEND_ERROR, n < 0 ? errno : 0, NULL);
+		return;
+	}
+	pt->step = PLAIN_RECEIVING;
+	plain_watch(pt->fd, EPOLLIN);
+
+	/*
+	 * With nothing else in flight, the server is likely to have answered by
+	 * the time this process runs again (it takes the CPU on a small
+	 * machine): read at once, instead of sleeping only to be woken at once.
+	 * With more in flight the worker comes back to its sockets soon anyway,
+	 * and a read now would mostly find nothing.
+	 */
+	if (plain_nactive == 1)
+		plain_recv(pt);
+}
+
+/* libcurl's callbacks, as the parser calls them */
+static void
+plain_header(void *arg, const char *name, const char *value)
+{
+	note_header((Igny8Transfer *) arg, name, value);
+}
+
+static bool
+plain_head_done(void *arg, int status, int64_t content_length)
+{
+	Igny8Transfer *t = (Igny8Transfer *) arg;
+
+	/* as CURLOPT_MAXFILESIZE_LARGE: a length over the limit fails at once */
+	if (content_length >= 0 && (uint64) content_length > (uint64) t->max)
+	{
+		t->too_large = true;
+		return false;
+	}
+	return true;
+}
+
+static bool
+plain_body(void *arg, const char *data, size_t len)
+{
+	return append_body((Igny8Transfer *) arg, data, len);
+}
+
+static const Http1Callbacks plain_callbacks = {
+	plain_header, plain_head_done, plain_body
+};
+
+/* Read what has come of the answer. */
+static void
+plain_recv(PlainTransfer *pt)
+{
+	char		buf[PLAIN_RECV_SIZE];
+	Http1Parser *p = &pt->parser;
+
+	for (;;)
+	{
+		ssize_t		n = recv(pt->fd, buf, sizeof(buf), 0);
+		Http1Result r;
+		size_t		used;
+
+		if (n > 0)
+		{
+			r = http1_feed(p, buf, n, &used, &plain_callbacks, pt->t);
+			if (r == HTTP1_COMPLETE)
+			{
+				/* bytes after the answer: nothing asked for them */
+				plain_complete(pt, http1_keep_alive(p) && used == (size_t) n);
+				return;
+			}
+			if (r == HTTP1_ERROR)
+			{
+				plain_fail(pt, CURLE_WEIRD_SERVER_REPLY, 0, p->error);
+				return;
+			}
+			if (r == HTTP1_ABORTED)
+			{
+				plain_fail(pt, pt->t->too_large && pt->t->len == 0 ?
+						   CURLE_FILESIZE_EXCEEDED : CURLE_WRITE_ERROR, 0,
+						   NULL);
+				return;
+			}
+			if ((size_t) n < sizeof(buf))
+				return;			/* all there was: wait for more */
+			continue;
+		}
+		if (n == 0)
+		{
+			r = http1_eof(p);
+			if (r == HTTP1_COMPLETE)
+				plain_complete(pt, false);
+			else if (r == HTTP1_EMPTY && pt->reused && !pt->retried)
+				plain_retry(pt, false);
+			else if (r == HTTP1_EMPTY)
+				plain_fail(pt, CURLE_GOT_NOTHING, 0, NULL);
+			else if (r == HTTP1_PARTIAL)
+				plain_fail(pt, CURLE_PARTIAL_FILE, 0, NULL);
+			else
+				plain_fail(pt, CURLE_WEIRD_SERVER_REPLY, 0, p->error);
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return;
+		if (!p->any_byte && pt->reused && !pt->retried)
+			plain_retry(pt, false);
+		else
+			plain_fail(pt, CURLE_RECV_ERROR, errno, NULL);
+		return;
+	}
+}
+
+/* An event on a transfer's socket. */
+static void
+plain_event(PlainTransfer *pt, uint32 events)
+{
+	switch (pt->step)
+	{
+		case PLAIN_CONNECTING:
+			{
+				int			err = 0;
+				socklen_t	len = sizeof(err);
+
+				if (getsockopt(pt->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+					err = errno;
+				if (err == 0)
+				{
+					pt->step = PLAIN_SENDING;
+					plain_send(pt);
+					break;
+				}
+				/* the next address, after the batch of events */
+				pt->last_errno = err;
+				plain_close(pt->fd);
+				pt->fd = -1;
+				pt->addr_i++;
+				pt->reconnect = true;
+				plain_reconnects = true;
+				break;
+			}
+		case PLAIN_SENDING:
+			plain_send(pt);
+			break;
+		case PLAIN_RECEIVING:
+			plain_recv(pt);
+			break;
+		case PLAIN_FINISHED:
+			break;
+	}
+}
+
+/* Connect what asked to during the batch of events; end what is overdue. */
+static void
+plain_after_events(void)
+{
+	dlist_mutable_iter iter;
+	TimestampTz now;
+
+	if (plain_reconnects)
+	{
+		plain_reconnects = false;
+		dlist_foreach_modify(iter, &plain_active)
+		{
+			PlainTransfer *pt = dlist_container(PlainTransfer, node, iter.cur);
+
+			if (pt->reconnect)
+			{
+				pt->reconnect = false;
+				plain_connect(pt);
+			}
+		}
+	}
+	if (plain_nactive == 0)
+		return;
+	now = GetCurrentTimestamp();
+	dlist_foreach_modify(iter, &plain_active)
+	{
+		PlainTransfer *pt = dlist_container(PlainTransfer, node, iter.cur);
+
+		if (now >= pt->deadline ||
+			(pt->step == PLAIN_CONNECTING && now >= pt->connect_deadline))
+			plain_fail(pt, CURLE_OPERATION_TIMEDOUT, ETIMEDOUT, NULL);
+	}
+}
+
+/* The earliest deadline of the transfers in flight, or 0. */
+static TimestampTz
+plain_next_deadline(void)
+{
+	dlist_iter	iter;
+	TimestampTz next = 0;
+
+	dlist_foreach(iter, &plain_active)
+	{
+		PlainTransfer *pt = dlist_container(PlainTransfer, node, iter.cur);
+		TimestampTz at = pt->step == PLAIN_CONNECTING ?
+			Min(pt->deadline, pt->connect_deadline) : pt->deadline;
+
+		if (next == 0 || at < next)
+			next = at;
+	}
+	return next;
+}
+
+/* Does headers hold a header of this name ("name", lowercase)? */
+static bool
+has_header(const Igny8HttpRequest *req, const char *name)
+{
+	size_t		len = strlen(name);
+
+	for (int i = 0; i < req->nheaders; i++)
+	{
+		if (pg_strncasecmp(req->headers[i], name, len) == 0 &&
+			req->headers[i][len] == ':')
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Can the built-in client take this call to an http:// base_url with no
+ * proxy?  Fills pt's addresses and key, and host (the Host header) and path
+ * (the request target: the base URL's path and the request's).  No:
+ * credentials in the URL, a host name other than "localhost", a port that
+ * is not plain digits, or a target that libcurl would rewrite or refuse
+ * (spaces, dot segments, a fragment).
+ */
+static bool
+plain_target(const char *base_url, const char *req_path, PlainTransfer *pt,
+			 StringInfo host, StringInfo path)
+{
+	const char *auth;
+	const char *auth_end;
+	const char *hp;
+	const char *p;
+	char		name[PLAIN_KEY_MAX];
+	int			port = 80;
+	struct in_addr a4;
+	struct in6_addr a6;
+	int			family;
+
+	auth = base_url + 7;
+	auth_end = auth + strcspn(auth, "/?#");
+	if (memchr(auth, '@', auth_end - auth) != NULL)
+		return false;
+	if (*auth == '[')
+	{
+		const char *close = memchr(auth, ']', auth_end - auth);
+
+		if (close == NULL || close - auth - 1 >= PLAIN_KEY_MAX - 8)
+			return false;
+		memcpy(name, auth + 1, close - auth - 1);
+		name[close - auth - 1] = '\0';
+		if (inet_pton(AF_INET6, name, &a6) != 1)
+			return false;
+		family = AF_INET6;
+		hp = close + 1;
+	}
+	else
+	{
+		const char *colon = memchr(auth, ':', auth_end - auth);
+		const char *name_end = colon ? colon : auth_end;
+
+		if (name_end == auth || name_end - auth >= PLAIN_KEY_MAX - 8)
+			return false;
+		memcpy(name, auth, name_end - auth);
+		name[name_end - auth] = '\0';
+		if (inet_pton(AF_INET, name, &a4) == 1)
+			family = AF_INET;
+		else if (pg_strcasecmp(name, "localhost") == 0)
+			family = AF_UNSPEC;
+		else
+			return false;
+		hp = name_end;
+	}
+	if (hp < auth_end)
+	{
+		if (*hp != ':' || hp + 1 == auth_end)
+			return false;
+		port = 0;
+		for (p = hp + 1; p < auth_end; p++)
+		{
+			if (*p < '0' || *p > '9')
+				return false;
+			port = port * 10 + (*p - '0');
+			if (port > 65535)
+				return false;
+		}
+		if (port == 0)
+			return false;
+	}
+
+	/* the target: printable ASCII, no fragment, no dot segments */
+	appendStringInfoString(path, auth_end);
+	appendStringInfoString(path, req_path);
+	if (path->data[0] != '/')
+		return false;
+	for (p = path->data; *p != '\0'; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (c <= ' ' || c > '~' || c == '#' || c == '\\')
+			return false;
+	}
+	p = path->data;
+	while ((p = strstr(p, "/.")) != NULL && p < path->data + strcspn(path->data, "?"))
+	{
+		if (p[2] == '/' || p[2] == '\0' || p[2] == '?' ||
+			(p[2] == '.' && (p[3] == '/' || p[3] == '\0' || p[3] == '?')))
+			return false;
+		p += 2;
+	}
+
+	appendBinaryStringInfo(host, auth, hp - auth);
+	if (port != 80)
+		appendStringInfo(host, ":%d", port);
+	snprintf(pt->key, PLAIN_KEY_MAX, "%.*s:%d", (int) (hp - auth), auth, port);
+
+	memset(pt->addr, 0, sizeof(pt->addr));
+	if (family == AF_INET || family == AF_UNSPEC)
+	{
+		struct sockaddr_in *sin = (struct sockaddr_in *) &pt->addr[pt->naddr];
+
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(port);
+		if (family == AF_INET)
+			sin->sin_addr = a4;
+		else
+			sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		pt->addrlen[pt->naddr++] = sizeof(struct sockaddr_in);
+	}
+	if (family == AF_INET6 || family == AF_UNSPEC)
+	{
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *) &pt->addr[pt->naddr];
+
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(port);
+		sin6->sin6_addr = (family == AF_INET6) ? a6 : in6addr_loopback;
+		pt->addrlen[pt->naddr++] = sizeof(struct sockaddr_in6);
+	}
+	return true;
+}
+
+/*
+ * Start a transfer with the built-in client, if it can take it: true, and
+ * the transfer is on its way (or finished already: a refused connection).
+ */
+static bool
+plain_start(Igny8Transfer *t, const char *base_url, const Igny8HttpRequest *req,
+			int timeout_ms, int connect_timeout_ms, const char *proxy)
+{
+	PlainTransfer *pt;
+	StringInfoData host;
+	StringInfoData head;
+	StringInfoData path;
+	size_t		body_len = (req->body != NULL) ? strlen(req->body) : 0;
+	bool		post = (strcmp(req->method, "POST") == 0);
+	TimestampTz now;
+	int			fd;
+
+	if (!igny8_builtin_http_client ||
+		(proxy != NULL && proxy[0] != '\0') ||
+		pg_strncasecmp(base_url, "http://", 7) != 0)
+		return false;
+	pt = calloc(1, sizeof(PlainTransfer));
+	if (pt == NULL)
+		return false;			/* libcurl's turn */
+	initStringInfo(&host);
+	initStringInfo(&path);
+	if (!plain_target(base_url, req->path, pt, &host, &path))
+	{
+		free(pt);
+		pfree(host.data);
+		pfree(path.data);
+		return false;
+	}
+
+	initStringInfo(&head);
+	appendStringInfo(&head, "%s %s HTTP/1.1\r\n", req->method, path.data);
+	if (!has_header(req, "host"))
+		appendStringInfo(&head, "Host: %s\r\n", host.data);
+	if (!has_header(req, "user-agent"))
+		appendStringInfoString(&head, "User-Agent: igny8_ai/1.0\r\n");
+	if (!has_header(req, "accept"))
+		appendStringInfoString(&head, "Accept: */*\r\n");
+	for (int i = 0; i < req->nheaders; i++)
+	{
+		const char *h = req->headers[i];
+		const char *colon = strchr(h, ':');
+
+		/* "Name:" with no value takes a header out, as in libcurl */
+		if (colon != NULL && colon[1 + strspn(colon + 1, " ")] == '\0')
+			continue;
+		if (pg_strncasecmp(h, "content-length:", 15) == 0)
+			continue;			/* the body's own length is sent */
+		appendStringInfo(&head, "%s\r\n", h);
+	}
+	if (post)
+		appendStringInfo(&head, "Content-Length: %zu\r\n", body_len);
+	appendStringInfoString(&head, "\r\n");
+
+	pt->req_len = head.len + (post ? body_len : 0);
+	pt->req = malloc(pt->req_len);
+	if (pt->req == NULL)
+	{
+		free(pt);
+		pfree(host.data);
+		pfree(path.data);
+		pfree(head.data);
+		return false;
+	}
+	memcpy(pt->req, head.data, head.len);
+	if (post && body_len > 0)
+		memcpy(pt->req + head.len, req->body, body_len);
+	pfree(host.data);
+	pfree(path.data);
+	pfree(head.data);
+
+	pt->t = t;
+	t->plain = pt;
+	pt->fd = -1;
+	http1_init(&pt->parser);
+	now = GetCurrentTimestamp();
+	pt->deadline = TimestampTzPlusMilliseconds(now, Max(timeout_ms, 1));
+	pt->connect_deadline =
+		TimestampTzPlusMilliseconds(now,
+									Max(Min(connect_timeout_ms, timeout_ms), 1));
+	dlist_push_tail(&plain_active, &pt->node);
+	plain_nactive++;
+
+	fd = pool_take(pt->key, now);
+	if (fd >= 0)
+	{
+		pt->fd = fd;
+		pt->reused = true;
+		socks[fd].plain = pt;
+		pt->step = PLAIN_SENDING;
+		plain_send(pt);
+	}
+	else
+		plain_connect(pt);
+	/* a retry asked for in plain_send: no batch of events is in hand */
+	if (pt->reconnect)
+	{
+		pt->reconnect = false;
+		plain_connect(pt);
+	}
+	return true;
+}
+
+/* Forget a transfer of the built-in client: abort it if in flight. */
+static void
+plain_free(PlainTransfer *pt)
+{
+	if (pt->step != PLAIN_FINISHED)
+	{
+		if (pt->fd >= 0)
+			plain_close(pt->fd);
+		dlist_delete(&pt->node);
+		plain_nactive--;
+	}
+	else if (pt->queued)
+		dlist_delete(&pt->node);
+	free(pt->req);
+	free(pt);
+}
+
+/*
+ * Milliseconds until curl's timer or the built-in client's next deadline
+ * is due (0: now), or -1 when neither is.
+ */
+long
+igny8_http_timeout_ms(void)
+{
+	long		secs;
+	int			usecs;
+	TimestampTz now;
+	TimestampTz at = 0;
+
+	/* a transfer that could not start, or ended at once, is finished */
+	if (failed_starts != NIL || !dlist_is_empty(&plain_done))
+		return 0;
+	if (timer_set)
+		at = timer_at;
+	if (plain_nactive > 0)
+	{
+		TimestampTz plain_at = plain_next_deadline();
+
+		if (at == 0 || plain_at < at)
+			at = plain_at;
+	}
+	if (at == 0)
+		return -1;
+	now = GetCurrentTimestamp();
+	if (now >= at)
+		return 0;
+	TimestampDifference(now, at, &secs, &usecs);
+	return secs * 1000 + (usecs + 999) / 1000;
 }
 
 /*
@@ -390,6 +1251,16 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory")));
+	t->owner = owner;
+	t->status = 0;
+	t->retry_after = -1;
+	t->should_retry = -1;
+	/* an image's own limit, else igny8_ai.max_response_size */
+	t->max = max_bytes > 0 ? max_bytes : (size_t) igny8_max_response_kb * 1024;
+
+	if (plain_start(t, base_url, req, timeout_ms, connect_timeout_ms, proxy))
+		return t;
+
 	easy = curl_easy_init();
 	if (easy == NULL)
 	{
@@ -397,8 +1268,6 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 		elog(ERROR, "could not create a libcurl handle");
 	}
 	t->easy = easy;
-	t->owner = owner;
-	t->status = 0;
 	/* what curl's errors must not show: all before the proxy host's '@' */
 	if (proxy != NULL && strchr(proxy, '@') != NULL)
 	{
@@ -416,11 +1285,6 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 					 errmsg("out of memory")));
 		}
 	}
-	t->retry_after = -1;
-	t->should_retry = -1;
-	/* an image's own limit, else igny8_ai.max_response_size */
-	t->max = max_bytes > 0 ? max_bytes : (size_t) igny8_max_response_kb * 1024;
-
 	/*
 	 * Every option is checked: the protocol, redirect and TLS ones are what
 	 * keeps the worker safe, and a transfer that could not get one of them
@@ -508,6 +1372,8 @@ igny8_http_free(Igny8Transfer *t)
 	if (t == NULL)
 		return;
 	failed_starts = list_delete_ptr(failed_starts, t);
+	if (t->plain != NULL)
+		plain_free(t->plain);
 	if (t->in_multi)
 		curl_multi_remove_handle(multi, t->easy);
 	curl_easy_cleanup(t->easy);
@@ -550,6 +1416,16 @@ igny8_http_drive(bool fd_ready)
 				 * it, or said something unasked.  curl is not watching
 				 * it; it finds out when it next takes the connection.
 				 */
+				if (fd >= 0 && fd < nsocks && socks[fd].plain != NULL)
+				{
+					plain_event(socks[fd].plain, evs[i].events);
+					continue;
+				}
+				if (fd >= 0 && fd < nsocks && socks[fd].idle)
+				{
+					pool_drop(fd);	/* the server closed it, or spoke unasked */
+					continue;
+				}
 				if (fd >= 0 && fd < nsocks && socks[fd].parked)
 				{
 					unwatch(fd, &socks[fd]);
@@ -575,6 +1451,7 @@ igny8_http_drive(bool fd_ready)
 		report_multi_error(curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT,
 													0, &running));
 	}
+	plain_after_events();
 	report_epoll_error();
 }
 
@@ -601,6 +1478,15 @@ igny8_http_next_finished(void)
 		failed_starts = list_delete_first(failed_starts);
 		t->finished = true;
 		return t;
+	}
+	if (!dlist_is_empty(&plain_done))
+	{
+		PlainTransfer *pt = dlist_container(PlainTransfer, node,
+											dlist_pop_head_node(&plain_done));
+
+		pt->queued = false;
+		pt->t->finished = true;
+		return pt->t;
 	}
 	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
 	{
@@ -648,6 +1534,8 @@ igny8_http_never_sent(Igny8Transfer *t)
 		return false;
 	if (t->result == CURLE_FAILED_INIT)
 		return true;			/* never started */
+	if (t->plain != NULL)
+		return !t->plain->sent_any;
 	if (curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &size) == CURLE_OK &&
 		size == 0)
 		return true;

@@ -45,6 +45,7 @@ int			igny8_payload_memory_kb = 1024 * 1024;
 int			igny8_max_running_jobs = 256;
 int			igny8_max_account_jobs = 192;
 int			igny8_job_retention_s = 7 * 24 * 3600;
+bool		igny8_builtin_http_client = true;
 
 void		_PG_init(void);
 static bool check_account_id(char **newval, void **extra, GucSource source);
@@ -167,6 +168,15 @@ _PG_init(void)
 							 gettext_noop("Off by default: prompts and outputs often hold private data."),
 							 &igny8_log_content,
 							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("igny8_ai.builtin_http_client",
+							 gettext_noop("Send plain-HTTP calls to numeric addresses and localhost with the workers' own HTTP/1.1 client."),
+							 gettext_noop("Off: libcurl sends every call.  https, proxies and host names always go through libcurl."),
+							 &igny8_builtin_http_client,
+							 true,
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);

@@ -343,6 +343,7 @@ extern int	igny8_nworkers;
 extern int	igny8_max_in_flight;
 extern int	igny8_default_timeout_ms;
 extern int	igny8_max_response_kb;
+extern bool igny8_builtin_http_client;
 extern int	igny8_answer_memory_kb;
 extern int	igny8_max_prompt_kb;
 extern int	igny8_max_retries;

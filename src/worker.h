@@ -4,7 +4,7 @@
  *	  The background worker's modules: the main loop (worker.c), the jobs it
  *	  holds (job.c) and the health probes among them (probe.c), its cached
  *	  configuration (config.c), API key references (secrets.c), routing
- *	  (router.c), the libcurl multi loop (http.c), provider text into the
+ *	  (router.c), the HTTP transfers (http.c, http1.c), provider text into the
  *	  database encoding (encoding.c) and the usage log (usage.c).  These
  *	  run only in an igny8_ai worker.
  *
@@ -284,6 +284,7 @@ typedef struct Igny8Transfer
 	void	   *owner;
 	bool		finished;
 	bool		in_multi;		/* added to the multi handle */
+	struct PlainTransfer *plain;	/* the built-in client's, or NULL */
 } Igny8Transfer;
 
 extern void igny8_http_init(void);

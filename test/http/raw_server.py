@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""
+A raw HTTP/1.1 server for test/suites/http_client: it answers Ollama's
+/api/chat with a fixed reply, framed in the ways a real server or a
+mis-pointed tunnel may frame it, chosen by the first segment of the
+request's path (a provider's base_url of http://127.0.0.1:PORT/<case>):
+
+  length      Content-Length, kept alive
+  chunked     chunked transfer coding, odd chunk sizes, an extension, a
+              trailer, sent in pieces
+  interim     "100 Continue" and "103 Early Hints" before the answer
+  http10      HTTP/1.0, no length: the body ends with the connection
+  stale       the first "stale" request on a connection is answered and
+              the connection kept; the next one on it is read and the
+              connection closed without an answer (a server that closed
+              an idle connection as the request came)
+  bytewise    the head sent one byte at a time
+  partial     Content-Length 100 bytes more than the body, then closed
+  big         Content-Length of 100,000,000 bytes, then nothing for 2 s
+  twolengths  two different Content-Length headers
+  ssh         an SSH server's banner (a tunnel to the wrong port)
+  busy        503 with retry-after
+
+Writes its port to PORT_FILE, and one JSON line per request to LOG_FILE:
+the case, the connection's number, the request's number on it, the
+request line, the header names in order, Host, Content-Length and the
+body's length.
+"""
+import json
+import socket
+import sys
+import threading
+import time
+
+REPLY = "hello from the raw server"
+ANSWER = json.dumps({
+    "model": "qwen3:32b", "created_at": "2026-12-03T00:00:00Z",
+    "message": {"role": "assistant", "content": REPLY},
+    "done": True, "done_reason": "stop",
+    "prompt_eval_count": 3, "eval_count": 5}).encode()
+HEAD = b"Content-Type: application/json; charset=utf-8\r\n"
+
+lock = threading.Lock()
+connections = 0
+
+
+def log(path, record):
+    with lock:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_request(conn, buf):
+    """(request line, [(name, value)], body, rest of buf) or None at EOF."""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = [tuple(part.strip() for part in line.split(":", 1))
+               for line in lines[1:]]
+    length = 0
+    for name, value in headers:
+        if name.lower() == "content-length":
+            length = int(value)
+    while len(buf) < length:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    return lines[0], headers, buf[:length], buf[length:]
+
+
+def send_pieces(conn, data, size, pause):
+    for i in range(0, len(data), size):
+        conn.sendall(data[i:i + size])
+        time.sleep(pause)
+
+
+def handle(conn, number, log_path):
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = b""
+    index = 0
+    stale = 0
+    try:
+        while True:
+            got = read_request(conn, buf)
+            if got is None:
+                return
+            line, headers, body, buf = got
+            path = line.split(" ")[1] if line.count(" ") >= 2 else ""
+            case = path.split("/")[1] if path.count("/") >= 2 else ""
+            values = {n.lower(): v for n, v in headers}
+            log(log_path, {
+                "case": case, "connection": number, "index": index,
+                "line": line, "names": [n.lower() for n, _ in headers],
+                "host": values.get("host"),
+                "content_length": values.get("content-length"),
+                "body_length": len(body)})
+            index += 1
+            length = b"Content-Length: %d\r\n" % len(ANSWER)
+            if case == "length":
+                conn.sendall(b"HTTP/1.1 200 OK\r\n" + HEAD + length +
+                             b"\r\n" + ANSWER)
+            elif case == "chunked":
+                out = b"HTTP/1.1 200 OK\r\n" + HEAD + \
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                for i in range(0, len(ANSWER), 7):
+                    piece = ANSWER[i:i + 7]
+                    ext = b";step=%d" % i if i % 2 else b""
+                    out += b"%x%s\r\n%s\r\n" % (len(piece), ext, piece)
+                out += b"0\r\nX-Trailer: done\r\n\r\n"
+                send_pieces(conn, out, 50, 0.001)
+            elif case == "interim":
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n"
+                             b"HTTP/1.1 103 Early Hints\r\n"
+                             b"Link: </style.css>; rel=preload\r\n\r\n"
+                             b"HTTP/1.1 200 OK\r\n" + HEAD + length +
+                             b"\r\n" + ANSWER)
+            elif case == "http10":
+                conn.sendall(b"HTTP/1.0 200 OK\r\n" + HEAD + b"\r\n" +
+                             ANSWER)
+                return
+            elif case == "stale":
+                stale += 1
+                if stale > 1:
+                    return          # read, then closed unanswered
+                conn.sendall(b"HTTP/1.1 200 OK\r\n" + HEAD + length +
+                             b"\r\n" + ANSWER)
+            elif case == "bytewise":
+                send_pieces(conn, b"HTTP/1.1 200 OK\r\n" + HEAD + length +
+                            b"\r\n", 1, 0.001)
+                conn.sendall(ANSWER)
+            elif case == "partial":
+                conn.sendall(b"HTTP/1.1 200 OK\r\n" + HEAD +
+                             b"Content-Length: %d\r\n\r\n" %
+                             (len(ANSWER) + 100) + ANSWER)
+                return
+            elif case == "big":
+                conn.sendall(b"HTTP/1.1 200 OK\r\n" + HEAD +
+                             b"Content-Length: 100000000\r\n\r\n" +
+                             ANSWER[:10])
+                time.sleep(2)
+                return
+            elif case == "twolengths":
+                conn.sendall(b"HTTP/1.1 200 OK\r\n" + HEAD + length +
+                             b"Content-Length: %d\r\n\r\n" %
+                             (len(ANSWER) + 1) + ANSWER + b" ")
+                return
+            elif case == "ssh":
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")
+                time.sleep(0.2)
+                return
+            elif case == "busy":
+                error = b'{"error":"server busy, please try again"}'
+                conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\n" + HEAD +
+                             b"retry-after: 0\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(error) +
+                             error)
+            else:
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\n"
+                             b"Content-Length: 0\r\n\r\n")
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def main():
+    global connections
+    port_file, log_path = sys.argv[1], sys.argv[2]
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(128)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(srv.getsockname()[1]))
+    import os
+    os.rename(port_file + ".tmp", port_file)
+    while True:
+        conn, _ = srv.accept()
+        with lock:
+            connections += 1
+            number = connections
+        threading.Thread(target=handle, args=(conn, number, log_path),
+                         daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
