@@ -413,11 +413,13 @@ header_callback(char *data, size_t size, size_t nmemb, void *userp)
  * CURLE_GOT_NOTHING (closed before any byte of the answer),
  * CURLE_PARTIAL_FILE (closed inside it), CURLE_FILESIZE_EXCEEDED (a
  * Content-Length over the limit), CURLE_WRITE_ERROR (the body could not be
- * kept) and CURLE_WEIRD_SERVER_REPLY (not HTTP/1.x; errbuf says what).
- * Stricter than libcurl on what is not HTTP (src/http1.c): two different
- * Content-Length values, a NUL in a header line or a header name that is
- * not a token fail the transfer; and a connection that brought bytes after
- * the answer is closed, not reused.
+ * kept), CURLE_RECV_ERROR for a broken chunked body or a head over 300 kB
+ * (errbuf says what) and CURLE_WEIRD_SERVER_REPLY for anything else that
+ * is not HTTP/1.x (errbuf says what).  Stricter than libcurl (src/http1.c):
+ * two different Content-Length values, a NUL in a header line, or a
+ * Content-Length, Transfer-Encoding or Connection header longer than 8 kB
+ * fail the transfer; and a connection that brought bytes after the answer
+ * is closed, not reused.
  *
  * A connection's socket is in the epoll set while a transfer uses it and
  * while it is idle in the pool (for EPOLLIN: a server that closes an idle
@@ -456,6 +458,8 @@ typedef struct PlainTransfer
 	int			naddr;
 	int			addr_i;			/* the address being tried */
 	int			last_errno;		/* of the last failed connect */
+	bool		refused;		/* an address refused the connection */
+	int			connect_timeout_ms;
 	char	   *req;			/* the request: head and body, malloc'd */
 	size_t		req_len;
 	size_t		req_sent;
@@ -547,16 +551,19 @@ pool_take(const char *key, TimestampTz now)
 	return -1;
 }
 
-/* Keep a connection for reuse, closing the oldest when the pool is full. */
+/*
+ * Keep a connection for reuse; when the pool is full, close it instead.
+ * (Closing another, idle one here, while a batch of events is handled,
+ * could leave an event of its in the batch for a socket libcurl opens
+ * meanwhile under the same number.)
+ */
 static void
 pool_put(int fd, const char *key, TimestampTz now)
 {
 	if (nidle == IGNY8_MAX_IDLE_CONNECTIONS)
 	{
-		plain_close(idle_conns[0].fd);
-		memmove(&idle_conns[0], &idle_conns[1],
-				sizeof(IdleConn) * (nidle - 1));
-		nidle--;
+		plain_close(fd);
+		return;
 	}
 	idle_conns[nidle].fd = fd;
 	idle_conns[nidle].since = now;
@@ -640,7 +647,13 @@ plain_retry(PlainTransfer *pt, bool now)
 	pt->req_sent = 0;
 	http1_init(&pt->parser);
 	pt->addr_i = 0;
+	pt->refused = false;
 	pt->step = PLAIN_CONNECTING;
+	/* a new connect has its own connect timeout, as in libcurl */
+	pt->connect_deadline =
+		Min(pt->deadline,
+			TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										pt->connect_timeout_ms));
 	if (now)
 		plain_connect(pt);
 	else
@@ -663,6 +676,13 @@ plain_connect(PlainTransfer *pt)
 		int			on = 1;
 		int			secs = 60;
 
+		if (fd < 0 && (errno == EAFNOSUPPORT || errno == EPROTONOSUPPORT))
+		{
+			/* no IPv6 here: "localhost" is 127.0.0.1 alone */
+			pt->last_errno = errno;
+			pt->addr_i++;
+			continue;
+		}
 		if (fd < 0)
 		{
 			plain_fail(pt, CURLE_COULDNT_CONNECT, errno,
@@ -698,11 +718,15 @@ plain_connect(PlainTransfer *pt)
 			return;
 		}
 		pt->last_errno = errno;
+		pt->refused |= (errno == ECONNREFUSED);
 		plain_close(fd);
 		pt->fd = -1;
 		pt->addr_i++;
 	}
-	plain_fail(pt, CURLE_COULDNT_CONNECT, pt->last_errno, NULL);
+	/* a refusal says most: the tunnel is down (a second address may fail
+	 * otherwise, as ::1 with IPv6 off) */
+	plain_fail(pt, CURLE_COULDNT_CONNECT,
+			   pt->refused ? ECONNREFUSED : pt->last_errno, NULL);
 }
 
 /* Send what is left of the request; then wait for the answer. */
@@ -780,6 +804,27 @@ static const Http1Callbacks plain_callbacks = {
 	plain_header, plain_head_done, plain_body
 };
 
+/*
+ * The CURLcode of a response the parser refused, as libcurl gives it: a
+ * broken chunked body or a head too long is CURLE_RECV_ERROR (retried: a
+ * proxy or tunnel may have garbled it), anything else is not HTTP.
+ */
+static CURLcode
+plain_parse_error(const Http1Parser *p)
+{
+	switch (p->failed_in)
+	{
+		case HTTP1_CHUNK_SIZE:
+		case HTTP1_CHUNK_DATA:
+		case HTTP1_CHUNK_END:
+		case HTTP1_TRAILERS:
+			return CURLE_RECV_ERROR;
+		default:
+			return p->head_bytes > HTTP1_HEAD_MAX ?
+				CURLE_RECV_ERROR : CURLE_WEIRD_SERVER_REPLY;
+	}
+}
+
 /* Read what has come of the answer. */
 static void
 plain_recv(PlainTransfer *pt)
@@ -804,7 +849,7 @@ plain_recv(PlainTransfer *pt)
 			}
 			if (r == HTTP1_ERROR)
 			{
-				plain_fail(pt, CURLE_WEIRD_SERVER_REPLY, 0, p->error);
+				plain_fail(pt, plain_parse_error(p), 0, p->error);
 				return;
 			}
 			if (r == HTTP1_ABORTED)
@@ -830,7 +875,7 @@ plain_recv(PlainTransfer *pt)
 			else if (r == HTTP1_PARTIAL)
 				plain_fail(pt, CURLE_PARTIAL_FILE, 0, NULL);
 			else
-				plain_fail(pt, CURLE_WEIRD_SERVER_REPLY, 0, p->error);
+				plain_fail(pt, plain_parse_error(p), 0, p->error);
 			return;
 		}
 		if (errno == EINTR)
@@ -866,6 +911,7 @@ plain_event(PlainTransfer *pt, uint32 events)
 				}
 				/* the next address, after the batch of events */
 				pt->last_errno = err;
+				pt->refused |= (err == ECONNREFUSED);
 				plain_close(pt->fd);
 				pt->fd = -1;
 				pt->addr_i++;
@@ -1157,9 +1203,9 @@ plain_start(Igny8Transfer *t, const char *base_url, const Igny8HttpRequest *req,
 	http1_init(&pt->parser);
 	now = GetCurrentTimestamp();
 	pt->deadline = TimestampTzPlusMilliseconds(now, Max(timeout_ms, 1));
+	pt->connect_timeout_ms = Max(Min(connect_timeout_ms, timeout_ms), 1);
 	pt->connect_deadline =
-		TimestampTzPlusMilliseconds(now,
-									Max(Min(connect_timeout_ms, timeout_ms), 1));
+		TimestampTzPlusMilliseconds(now, pt->connect_timeout_ms);
 	dlist_push_tail(&plain_active, &pt->node);
 	plain_nactive++;
 
@@ -1721,6 +1767,9 @@ igny8_http_error_text(Igny8Transfer *t)
 		case CURLE_PARTIAL_FILE:
 			return "connection closed before the response was complete";
 		case CURLE_RECV_ERROR:
+			/* the built-in client says what was wrong with the body */
+			if (t->plain != NULL && t->errbuf[0])
+				return pstrdup(t->errbuf);
 			return "connection reset while receiving";
 		case CURLE_SEND_ERROR:
 			return "connection reset while sending";

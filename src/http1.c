@@ -12,17 +12,21 @@
  * - a status line "HTTP/1.0" or "HTTP/1.1", a three-digit status, an
  *   optional reason; interim 1xx responses are read and passed over (101
  *   is an error: nothing asked to switch protocols);
- * - header lines ended by CR LF or a bare LF; a line starting with a space
- *   (obsolete folding) is ignored; a line without a colon, a name with a
- *   character other than RFC 9110's token characters, or a NUL anywhere in
- *   the line is an error;
+ * - header lines ended by CR LF or a bare LF.  Passed over, as libcurl
+ *   does: a line starting with a space (obsolete folding), a line without a
+ *   colon, a name with a character other than RFC 9110's token characters,
+ *   a line longer than HTTP1_LINE_MAX of a header not read here.  Spaces
+ *   between the name and the colon are dropped (RFC 9112 has a proxy do
+ *   that).  A NUL anywhere in a header line is an error;
  * - the body: none for 204 and 304; chunked when the last transfer coding
  *   is "chunked" (Content-Length then ignored); up to the end of the
  *   connection when another transfer coding is last or no length is
  *   given; else Content-Length bytes.  Two different Content-Length values
- *   are an error.
+ *   are an error (a list of equal ones is one value).
  *
- * Limits: a line of HTTP1_LINE_MAX bytes, a head of HTTP1_HEAD_MAX.
+ * Limits: a status line or chunk size line of HTTP1_LINE_MAX bytes, a head
+ * of HTTP1_HEAD_MAX.  An error says in failed_in where it was met, so that
+ * a caller can tell a malformed head from a malformed chunked body.
  *
  * No allocation, no PostgreSQL: the unit test and the fuzzer link it as is.
  *
@@ -84,6 +88,7 @@ new_response(Http1Parser *p)
 	p->remaining = 0;
 	p->head_bytes = 0;
 	p->line_len = 0;
+	p->overlong = false;
 	p->state = HTTP1_STATUS;
 }
 
@@ -92,12 +97,14 @@ http1_init(Http1Parser *p)
 {
 	p->any_byte = false;
 	p->error = NULL;
+	p->failed_in = HTTP1_STATUS;
 	new_response(p);
 }
 
 static Http1Result
 fail(Http1Parser *p, const char *why)
 {
+	p->failed_in = p->state;
 	p->state = HTTP1_FAILED;
 	p->error = why;
 	return HTTP1_ERROR;
@@ -170,22 +177,35 @@ transfer_encoding(Http1Parser *p, const char *value)
 static Http1Result
 content_length(Http1Parser *p, const char *value)
 {
-	int64_t		n = 0;
 	const char *s = value;
 
-	if (*s == '\0')
-		return fail(p, "the response's Content-Length is empty");
-	for (; *s != '\0'; s++)
+	/* one number, or a list of equal ones (RFC 9110, 8.6) */
+	do
 	{
-		if (*s < '0' || *s > '9')
+		int64_t		n = 0;
+		const char *start;
+
+		while (is_space(*s))
+			s++;
+		start = s;
+		for (; *s >= '0' && *s <= '9'; s++)
+		{
+			if (n > (INT64_MAX - 9) / 10)
+				return fail(p, "the response's Content-Length is too large");
+			n = n * 10 + (*s - '0');
+		}
+		if (s == start)
+			return fail(p, *start == '\0' && start == value ?
+						"the response's Content-Length is empty" :
+						"the response's Content-Length is not a number");
+		while (is_space(*s))
+			s++;
+		if (*s != '\0' && *s != ',')
 			return fail(p, "the response's Content-Length is not a number");
-		if (n > (INT64_MAX - 9) / 10)
-			return fail(p, "the response's Content-Length is too large");
-		n = n * 10 + (*s - '0');
-	}
-	if (p->content_length >= 0 && p->content_length != n)
-		return fail(p, "the response has two different Content-Length values");
-	p->content_length = n;
+		if (p->content_length >= 0 && p->content_length != n)
+			return fail(p, "the response has two different Content-Length values");
+		p->content_length = n;
+	} while (*s++ == ',');
 	return HTTP1_MORE;
 }
 
@@ -229,7 +249,9 @@ end_of_head(Http1Parser *p, const Http1Callbacks *cb, void *arg)
 		return HTTP1_MORE;
 	}
 	if (cb->head_done != NULL &&
-		!cb->head_done(arg, p->status, p->chunked ? -1 : p->content_length))
+		!cb->head_done(arg, p->status,
+					   (p->chunked || p->status == 204 || p->status == 304) ?
+					   -1 : p->content_length))
 	{
 		p->state = HTTP1_FAILED;
 		return HTTP1_ABORTED;
@@ -253,16 +275,26 @@ end_of_head(Http1Parser *p, const Http1Callbacks *cb, void *arg)
 	return p->state == HTTP1_DONE ? HTTP1_COMPLETE : HTTP1_MORE;
 }
 
+/* Is this one of the headers that frame the body (and so must be whole)? */
+static bool
+framing_header(const char *name, size_t len)
+{
+	return token_is(name, len, "content-length") ||
+		token_is(name, len, "transfer-encoding") ||
+		token_is(name, len, "connection");
+}
+
 static Http1Result
 header_line(Http1Parser *p, char *line, size_t len, const Http1Callbacks *cb,
 			void *arg)
 {
 	char	   *colon;
+	char	   *name_end;
 	char	   *value;
 	char	   *end;
 	Http1Result r = HTTP1_MORE;
 
-	if (len == 0)
+	if (len == 0 && !p->overlong)
 		return end_of_head(p, cb, arg);
 	/* a NUL would cut the name or the value short where it is read */
 	if (memchr(line, '\0', len) != NULL)
@@ -271,17 +303,25 @@ header_line(Http1Parser *p, char *line, size_t len, const Http1Callbacks *cb,
 		return HTTP1_MORE;		/* obsolete line folding: not ours to read */
 	colon = memchr(line, ':', len);
 	if (colon == NULL)
-		return fail(p, "a header line of the response has no colon");
-	if (colon == line)
-		return fail(p, "a header of the response has no name");
-	for (char *c = line; c < colon; c++)
+		return HTTP1_MORE;		/* not a header: passed over, as libcurl does */
+	name_end = colon;
+	while (name_end > line && is_space(name_end[-1]))
+		name_end--;
+	for (char *c = line; c < name_end; c++)
 	{
-		if (is_space(*c))
-			return fail(p, "a header name of the response has a space in it");
 		if (!is_tchar(*c))
-			return fail(p, "a header name of the response has a character not allowed in it");
+			return HTTP1_MORE;	/* not a header name: passed over */
 	}
-	*colon = '\0';
+	if (name_end == line)
+		return HTTP1_MORE;
+	if (p->overlong)
+	{
+		/* cut short: only a header read here must be whole */
+		if (framing_header(line, name_end - line))
+			return fail(p, "a header line of the response is too long");
+		return HTTP1_MORE;
+	}
+	*name_end = '\0';
 	value = colon + 1;
 	end = line + len;
 	while (value < end && is_space(*value))
@@ -290,11 +330,11 @@ header_line(Http1Parser *p, char *line, size_t len, const Http1Callbacks *cb,
 		end--;
 	*end = '\0';
 
-	if (token_is(line, colon - line, "content-length"))
+	if (token_is(line, name_end - line, "content-length"))
 		r = content_length(p, value);
-	else if (token_is(line, colon - line, "transfer-encoding"))
+	else if (token_is(line, name_end - line, "transfer-encoding"))
 		r = transfer_encoding(p, value);
-	else if (token_is(line, colon - line, "connection"))
+	else if (token_is(line, name_end - line, "connection"))
 		connection(p, value);
 	if (r == HTTP1_MORE && cb->header != NULL)
 		cb->header(arg, line, value);
@@ -345,6 +385,9 @@ line_done(Http1Parser *p, const Http1Callbacks *cb, void *arg)
 	char	   *line = p->line;
 	size_t		len = p->line_len;
 
+	bool		overlong = p->overlong;
+	Http1Result r;
+
 	p->line_len = 0;
 	line[len] = '\0';
 	switch (p->state)
@@ -352,7 +395,10 @@ line_done(Http1Parser *p, const Http1Callbacks *cb, void *arg)
 		case HTTP1_STATUS:
 			return status_line(p, line, len);
 		case HTTP1_HEADERS:
-			return header_line(p, line, len, cb, arg);
+			r = header_line(p, line, len, cb, arg);
+			if (overlong)
+				p->overlong = false;
+			return r;
 		case HTTP1_CHUNK_SIZE:
 			return chunk_size_line(p, line, len);
 		case HTTP1_CHUNK_END:
@@ -361,6 +407,11 @@ line_done(Http1Parser *p, const Http1Callbacks *cb, void *arg)
 			p->state = HTTP1_CHUNK_SIZE;
 			return HTTP1_MORE;
 		case HTTP1_TRAILERS:
+			if (overlong)
+			{
+				p->overlong = false;
+				return HTTP1_MORE;	/* a long trailer field: passed over */
+			}
 			if (len == 0)
 			{
 				p->state = HTTP1_DONE;
@@ -429,11 +480,8 @@ http1_feed(Http1Parser *p, const char *data, size_t len, size_t *used,
 					bool		head = (p->state == HTTP1_STATUS ||
 										p->state == HTTP1_HEADERS);
 
-					if (p->line_len + n >= HTTP1_LINE_MAX)
-					{
-						r = fail(p, "a line of the response is too long");
-						break;
-					}
+					size_t		keep = n;
+
 					if (head)
 					{
 						p->head_bytes += n + (nl != NULL);
@@ -443,8 +491,20 @@ http1_feed(Http1Parser *p, const char *data, size_t len, size_t *used,
 							break;
 						}
 					}
-					memcpy(p->line + p->line_len, data + i, n);
-					p->line_len += n;
+					if (p->line_len + n >= HTTP1_LINE_MAX)
+					{
+						if (p->state != HTTP1_HEADERS &&
+							p->state != HTTP1_TRAILERS)
+						{
+							r = fail(p, "a line of the response is too long");
+							break;
+						}
+						/* keep its start: enough to tell which header */
+						p->overlong = true;
+						keep = HTTP1_LINE_MAX - 1 - p->line_len;
+					}
+					memcpy(p->line + p->line_len, data + i, keep);
+					p->line_len += keep;
 					i += n;
 					if (nl == NULL)
 						break;

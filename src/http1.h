@@ -18,10 +18,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* longest line of a response's head or of a chunk size, CR LF included */
+/*
+ * Longest line kept whole, CR LF included: a status line or chunk size
+ * longer is an error; a longer header line is read only as far as this (a
+ * header the parser acts on is then an error, another one is passed over).
+ */
 #define HTTP1_LINE_MAX		8192
-/* most bytes of one response's head (status line and headers) */
-#define HTTP1_HEAD_MAX		(100 * 1024)
+/* most bytes of one response's head (status line and headers), as libcurl */
+#define HTTP1_HEAD_MAX		(300 * 1024)
 
 typedef enum Http1State
 {
@@ -78,6 +82,8 @@ typedef struct Http1Parser
 	uint64_t	remaining;		/* bytes left of the body or of the chunk */
 	size_t		head_bytes;		/* of the current response's head */
 	const char *error;			/* why HTTP1_ERROR (a constant string) */
+	Http1State	failed_in;		/* the state it was in then */
+	bool		overlong;		/* the line is longer than what is kept */
 	size_t		line_len;
 	char		line[HTTP1_LINE_MAX];
 } Http1Parser;

@@ -20,6 +20,14 @@ request's path (a provider's base_url of http://127.0.0.1:PORT/<case>):
   twolengths  two different Content-Length headers
   ssh         an SSH server's banner (a tunnel to the wrong port)
   busy        503 with retry-after
+  badchunk    a chunked body whose second chunk size is not hexadecimal
+  slow        the answer after 3 s
+  idleclose   the answer, kept alive, and the connection closed 0.2 s later
+              (a server's idle timeout)
+
+A second listener, on [::1] only (no 127.0.0.1), answers the same way:
+"localhost" must reach it through its second address.  Its port goes to
+PORT_FILE.v6, or "none" when this machine has no IPv6.
 
 Writes its port to PORT_FILE, and one JSON line per request to LOG_FILE:
 the case, the connection's number, the request's number on it, the
@@ -27,6 +35,7 @@ request line, the header names in order, Host, Content-Length and the
 body's length.
 """
 import json
+import os
 import socket
 import sys
 import threading
@@ -96,6 +105,7 @@ def handle(conn, number, log_path):
             log(log_path, {
                 "case": case, "connection": number, "index": index,
                 "line": line, "names": [n.lower() for n, _ in headers],
+                "headers": [[n.lower(), v] for n, v in headers],
                 "host": values.get("host"),
                 "content_length": values.get("content-length"),
                 "body_length": len(body)})
@@ -153,6 +163,21 @@ def handle(conn, number, log_path):
                 conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")
                 time.sleep(0.2)
                 return
+            elif case == "badchunk":
+                conn.sendall(b"HTTP/1.1 200 OK\r\n" + HEAD +
+                             b"Transfer-Encoding: chunked\r\n\r\n" +
+                             b"%x\r\n%s\r\nzz\r\n" % (10, ANSWER[:10]))
+                time.sleep(0.2)
+                return
+            elif case == "slow":
+                time.sleep(3)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n" + HEAD + length +
+                             b"\r\n" + ANSWER)
+            elif case == "idleclose":
+                conn.sendall(b"HTTP/1.1 200 OK\r\n" + HEAD + length +
+                             b"\r\n" + ANSWER)
+                time.sleep(0.2)
+                return
             elif case == "busy":
                 error = b'{"error":"server busy, please try again"}'
                 conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\n" + HEAD +
@@ -168,17 +193,8 @@ def handle(conn, number, log_path):
         conn.close()
 
 
-def main():
+def serve(srv, log_path):
     global connections
-    port_file, log_path = sys.argv[1], sys.argv[2]
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(128)
-    with open(port_file + ".tmp", "w") as f:
-        f.write(str(srv.getsockname()[1]))
-    import os
-    os.rename(port_file + ".tmp", port_file)
     while True:
         conn, _ = srv.accept()
         with lock:
@@ -186,6 +202,32 @@ def main():
             number = connections
         threading.Thread(target=handle, args=(conn, number, log_path),
                          daemon=True).start()
+
+
+def write_port(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)
+
+
+def main():
+    port_file, log_path = sys.argv[1], sys.argv[2]
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(128)
+    try:
+        srv6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        srv6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        srv6.bind(("::1", 0))
+        srv6.listen(128)
+        threading.Thread(target=serve, args=(srv6, log_path),
+                         daemon=True).start()
+        write_port(port_file + ".v6", str(srv6.getsockname()[1]))
+    except OSError:
+        write_port(port_file + ".v6", "none")
+    write_port(port_file, str(srv.getsockname()[1]))
+    serve(srv, log_path)
 
 
 if __name__ == "__main__":
