@@ -416,10 +416,10 @@ header_callback(char *data, size_t size, size_t nmemb, void *userp)
  * kept), CURLE_RECV_ERROR for a broken chunked body or a head over 300 kB
  * (errbuf says what) and CURLE_WEIRD_SERVER_REPLY for anything else that
  * is not HTTP/1.x (errbuf says what).  Stricter than libcurl (src/http1.c):
- * two different Content-Length values, a NUL in a header line, or a
- * Content-Length, Transfer-Encoding or Connection header longer than 8 kB
- * fail the transfer; and a connection that brought bytes after the answer
- * is closed, not reused.
+ * two different Content-Length values, a NUL in a header line, a status
+ * line, Content-Length, Transfer-Encoding or Connection header longer than
+ * 8 kB fail the transfer; and a connection that brought bytes after the
+ * answer is closed, not reused.
  *
  * A connection's socket is in the epoll set while a transfer uses it and
  * while it is idle in the pool (for EPOLLIN: a server that closes an idle
@@ -484,6 +484,11 @@ static bool plain_reconnects = false;	/* some transfer has reconnect set */
 /* idle connections, oldest first */
 static IdleConn idle_conns[IGNY8_MAX_IDLE_CONNECTIONS];
 static int	nidle = 0;
+
+/* inside igny8_http_drive's batch of events; pool entries evicted in it */
+static bool in_drive = false;
+static int	evicted[IGNY8_MAX_IDLE_CONNECTIONS];
+static int	nevicted = 0;
 
 static void plain_connect(PlainTransfer *pt);
 static void plain_send(PlainTransfer *pt);
@@ -552,18 +557,27 @@ pool_take(const char *key, TimestampTz now)
 }
 
 /*
- * Keep a connection for reuse; when the pool is full, close it instead.
- * (Closing another, idle one here, while a batch of events is handled,
- * could leave an event of its in the batch for a socket libcurl opens
- * meanwhile under the same number.)
+ * Keep a connection for reuse.  When the pool is full its oldest connection
+ * makes room: out of the epoll set at once, but closed only after the batch
+ * of events in hand (plain_after_events), so that an event of its still in
+ * the batch cannot reach a socket libcurl opens meanwhile under its number.
  */
 static void
 pool_put(int fd, const char *key, TimestampTz now)
 {
 	if (nidle == IGNY8_MAX_IDLE_CONNECTIONS)
 	{
-		plain_close(fd);
-		return;
+		int			old = idle_conns[0].fd;
+
+		(void) epoll_ctl(epoll_fd, EPOLL_CTL_DEL, old, NULL);
+		memset(&socks[old], 0, sizeof(SockState));
+		memmove(&idle_conns[0], &idle_conns[1],
+				sizeof(IdleConn) * (nidle - 1));
+		nidle--;
+		if (in_drive && nevicted < IGNY8_MAX_IDLE_CONNECTIONS)
+			evicted[nevicted++] = old;
+		else
+			close(old);
 	}
 	idle_conns[nidle].fd = fd;
 	idle_conns[nidle].since = now;
@@ -937,6 +951,8 @@ plain_after_events(void)
 	dlist_mutable_iter iter;
 	TimestampTz now;
 
+	while (nevicted > 0)
+		close(evicted[--nevicted]);
 	if (plain_reconnects)
 	{
 		plain_reconnects = false;
@@ -1441,6 +1457,7 @@ igny8_http_drive(bool fd_ready)
 {
 	int			running;
 
+	in_drive = true;
 	if (fd_ready)
 	{
 		struct epoll_event evs[IGNY8_EPOLL_BATCH];
@@ -1497,6 +1514,7 @@ igny8_http_drive(bool fd_ready)
 		report_multi_error(curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT,
 													0, &running));
 	}
+	in_drive = false;
 	plain_after_events();
 	report_epoll_error();
 }

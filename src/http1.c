@@ -13,19 +13,20 @@
  *   optional reason; interim 1xx responses are read and passed over (101
  *   is an error: nothing asked to switch protocols);
  * - header lines ended by CR LF or a bare LF.  Passed over, as libcurl
- *   does: a line starting with a space (obsolete folding), a line without a
- *   colon, a name with a character other than RFC 9110's token characters,
- *   a line longer than HTTP1_LINE_MAX of a header not read here.  Spaces
- *   between the name and the colon are dropped (RFC 9112 has a proxy do
- *   that).  A NUL anywhere in a header line is an error;
+ *   7.88 does: a line starting with a space (obsolete folding), a name with
+ *   a character other than RFC 9110's token characters (a space before the
+ *   colon included), a line longer than HTTP1_LINE_MAX of a header not
+ *   read here.  A line without a colon, as in libcurl, and a NUL anywhere
+ *   in a header line are errors;
  * - the body: none for 204 and 304; chunked when the last transfer coding
  *   is "chunked" (Content-Length then ignored); up to the end of the
  *   connection when another transfer coding is last or no length is
  *   given; else Content-Length bytes.  Two different Content-Length values
  *   are an error (a list of equal ones is one value).
  *
- * Limits: a status line or chunk size line of HTTP1_LINE_MAX bytes, a head
- * of HTTP1_HEAD_MAX.  An error says in failed_in where it was met, so that
+ * Limits: a status line of HTTP1_LINE_MAX bytes (libcurl takes 100 kB), a
+ * head of HTTP1_HEAD_MAX.  A chunk size line may be longer: what follows
+ * the digits is passed over.  An error says in failed_in where it was met, so that
  * a caller can tell a malformed head from a malformed chunked body.
  *
  * No allocation, no PostgreSQL: the unit test and the fuzzer link it as is.
@@ -303,12 +304,11 @@ header_line(Http1Parser *p, char *line, size_t len, const Http1Callbacks *cb,
 		return HTTP1_MORE;		/* obsolete line folding: not ours to read */
 	colon = memchr(line, ':', len);
 	if (colon == NULL)
-		return HTTP1_MORE;		/* not a header: passed over, as libcurl does */
+		return fail(p, "a header line of the response has no colon");
 	name_end = colon;
-	while (name_end > line && is_space(name_end[-1]))
-		name_end--;
 	for (char *c = line; c < name_end; c++)
 	{
+		/* a space before the colon too: libcurl reads no such header */
 		if (!is_tchar(*c))
 			return HTTP1_MORE;	/* not a header name: passed over */
 	}
@@ -330,7 +330,10 @@ header_line(Http1Parser *p, char *line, size_t len, const Http1Callbacks *cb,
 		end--;
 	*end = '\0';
 
-	if (token_is(line, name_end - line, "content-length"))
+	/* 204 and 304 have no body: what would frame one is not read */
+	if (p->status == 204 || p->status == 304)
+		;
+	else if (token_is(line, name_end - line, "content-length"))
 		r = content_length(p, value);
 	else if (token_is(line, name_end - line, "transfer-encoding"))
 		r = transfer_encoding(p, value);
@@ -364,10 +367,7 @@ chunk_size_line(Http1Parser *p, const char *line, size_t len)
 	}
 	if (i == 0)
 		return fail(p, "a chunk size of the response is not a hexadecimal number");
-	while (i < len && is_space(line[i]))
-		i++;
-	if (i < len && line[i] != ';')
-		return fail(p, "a chunk size of the response is followed by something other than an extension");
+	/* what follows the digits (extensions) is passed over, as libcurl does */
 	if (n == 0)
 		p->state = HTTP1_TRAILERS;
 	else
@@ -400,6 +400,8 @@ line_done(Http1Parser *p, const Http1Callbacks *cb, void *arg)
 				p->overlong = false;
 			return r;
 		case HTTP1_CHUNK_SIZE:
+			/* a long extension: its size is in the part kept */
+			p->overlong = false;
 			return chunk_size_line(p, line, len);
 		case HTTP1_CHUNK_END:
 			if (len != 0)
@@ -494,7 +496,8 @@ http1_feed(Http1Parser *p, const char *data, size_t len, size_t *used,
 					if (p->line_len + n >= HTTP1_LINE_MAX)
 					{
 						if (p->state != HTTP1_HEADERS &&
-							p->state != HTTP1_TRAILERS)
+							p->state != HTTP1_TRAILERS &&
+							p->state != HTTP1_CHUNK_SIZE)
 						{
 							r = fail(p, "a line of the response is too long");
 							break;
