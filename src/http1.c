@@ -136,27 +136,45 @@ status_line(Http1Parser *p, const char *line, size_t len)
 	return HTTP1_MORE;
 }
 
+/*
+ * The next element of a comma-separated header value, without the spaces
+ * around it and without its ";" parameters; NULL at the end.  *s moves
+ * past it.
+ */
+static const char *
+next_element(const char **s, size_t *len)
+{
+	const char *p = *s;
+	const char *start;
+
+	while (is_space(*p) || *p == ',')
+		p++;
+	if (*p == '\0')
+	{
+		*s = p;
+		return NULL;
+	}
+	start = p;
+	while (*p != '\0' && *p != ',' && *p != ';')
+		p++;
+	*len = p - start;
+	while (*len > 0 && is_space(start[*len - 1]))
+		(*len)--;
+	while (*p != '\0' && *p != ',')
+		p++;					/* the element's parameters */
+	*s = p;
+	return start;
+}
+
 /* "Transfer-Encoding": the last coding decides how the body is framed */
 static Http1Result
 transfer_encoding(Http1Parser *p, const char *value)
 {
-	const char *s = value;
+	const char *start;
+	size_t		len;
 
-	while (*s != '\0')
+	while ((start = next_element(&value, &len)) != NULL)
 	{
-		const char *start;
-		size_t		len;
-
-		while (is_space(*s) || *s == ',')
-			s++;
-		if (*s == '\0')
-			break;
-		start = s;
-		while (*s != '\0' && *s != ',' && *s != ';')
-			s++;
-		len = s - start;
-		while (len > 0 && is_space(start[len - 1]))
-			len--;
 		if (token_is(start, len, "chunked"))
 		{
 			if (p->chunked)
@@ -169,8 +187,6 @@ transfer_encoding(Http1Parser *p, const char *value)
 			p->chunked = false;
 			p->coded = true;
 		}
-		while (*s != '\0' && *s != ',')
-			s++;				/* the coding's parameters */
 	}
 	return HTTP1_MORE;
 }
@@ -213,21 +229,11 @@ content_length(Http1Parser *p, const char *value)
 static void
 connection(Http1Parser *p, const char *value)
 {
-	const char *s = value;
+	const char *start;
+	size_t		len;
 
-	while (*s != '\0')
+	while ((start = next_element(&value, &len)) != NULL)
 	{
-		const char *start;
-		size_t		len;
-
-		while (is_space(*s) || *s == ',')
-			s++;
-		start = s;
-		while (*s != '\0' && *s != ',')
-			s++;
-		len = s - start;
-		while (len > 0 && is_space(start[len - 1]))
-			len--;
 		if (token_is(start, len, "close"))
 			p->conn_close = true;
 		else if (token_is(start, len, "keep-alive"))
