@@ -33,10 +33,9 @@
 #include "worker.h"
 
 #define IGNY8_EPOLL_BATCH	64
-/* idle connections kept for reuse; more are closed after their transfer */
-#define IGNY8_MAX_IDLE_CONNECTIONS	256
 
 static CURLM *multi = NULL;
+static int	curl_max_idle = 0;	/* its CURLMOPT_MAXCONNECTS */
 static int	epoll_fd = -1;
 static bool timer_set = false;	/* curl wants to be called at timer_at */
 static TimestampTz timer_at = 0;
@@ -244,8 +243,9 @@ igny8_http_init(void)
 	if (curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_callback) != CURLM_OK ||
 		curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_callback) != CURLM_OK ||
 		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS,
-						  (long) IGNY8_MAX_IDLE_CONNECTIONS) != CURLM_OK)
+						  (long) Max(igny8_max_idle_connections, 1)) != CURLM_OK)
 		elog(ERROR, "could not set up the libcurl multi handle");
+	curl_max_idle = Max(igny8_max_idle_connections, 1);
 }
 
 /* Say in the server log that a socket could not be watched. */
@@ -481,14 +481,19 @@ static dlist_head plain_done = DLIST_STATIC_INIT(plain_done);
 static int	plain_nactive = 0;
 static bool plain_reconnects = false;	/* some transfer has reconnect set */
 
-/* idle connections, oldest first */
-static IdleConn idle_conns[IGNY8_MAX_IDLE_CONNECTIONS];
+/*
+ * idle connections, oldest first: at most igny8_ai.max_idle_connections,
+ * in an array grown as needed (TopMemoryContext)
+ */
+static IdleConn *idle_conns = NULL;
 static int	nidle = 0;
+static int	idle_size = 0;
 
 /* inside igny8_http_drive's batch of events; pool entries evicted in it */
 static bool in_drive = false;
-static int	evicted[IGNY8_MAX_IDLE_CONNECTIONS];
+static int *evicted = NULL;
 static int	nevicted = 0;
+static int	evicted_size = 0;
 
 static void plain_connect(PlainTransfer *pt);
 static void plain_send(PlainTransfer *pt);
@@ -557,27 +562,63 @@ pool_take(const char *key, TimestampTz now)
 }
 
 /*
- * Keep a connection for reuse.  When the pool is full its oldest connection
- * makes room: out of the epoll set at once, but closed only after the batch
- * of events in hand (plain_after_events), so that an event of its still in
- * the batch cannot reach a socket libcurl opens meanwhile under its number.
+ * Close the oldest idle connections until at most keep are idle.  Inside a
+ * batch of events a connection is taken out of the epoll set at once but
+ * closed only after the batch (plain_after_events), so that an event of
+ * its still in the batch cannot reach a socket libcurl opens meanwhile
+ * under its number.
+ */
+static void
+pool_trim(int keep)
+{
+	int			n = nidle - Max(keep, 0);
+
+	if (n <= 0)
+		return;
+	if (in_drive && nevicted + n > evicted_size)
+	{
+		int			size = Max(nevicted + n, 2 * evicted_size);
+
+		evicted = (evicted == NULL) ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(int) * size) :
+			repalloc(evicted, sizeof(int) * size);
+		evicted_size = size;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		int			old = idle_conns[i].fd;
+
+		if (in_drive)
+		{
+			(void) epoll_ctl(epoll_fd, EPOLL_CTL_DEL, old, NULL);
+			memset(&socks[old], 0, sizeof(SockState));
+			evicted[nevicted++] = old;
+		}
+		else
+			plain_close(old);
+	}
+	memmove(&idle_conns[0], &idle_conns[n], sizeof(IdleConn) * (nidle - n));
+	nidle -= n;
+}
+
+/*
+ * Keep a connection for reuse; when igny8_ai.max_idle_connections are idle
+ * already, the one idle longest makes room.  The caller knows the setting
+ * allows at least one.
  */
 static void
 pool_put(int fd, const char *key, TimestampTz now)
 {
-	if (nidle == IGNY8_MAX_IDLE_CONNECTIONS)
+	pool_trim(igny8_max_idle_connections - 1);
+	if (nidle == idle_size)
 	{
-		int			old = idle_conns[0].fd;
+		int			size = Min(Max(2 * idle_size, 16),
+							   IGNY8_MAX_IDLE_CONNECTIONS_LIMIT);
 
-		(void) epoll_ctl(epoll_fd, EPOLL_CTL_DEL, old, NULL);
-		memset(&socks[old], 0, sizeof(SockState));
-		memmove(&idle_conns[0], &idle_conns[1],
-				sizeof(IdleConn) * (nidle - 1));
-		nidle--;
-		if (in_drive && nevicted < IGNY8_MAX_IDLE_CONNECTIONS)
-			evicted[nevicted++] = old;
-		else
-			close(old);
+		idle_conns = (idle_conns == NULL) ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(IdleConn) * size) :
+			repalloc(idle_conns, sizeof(IdleConn) * size);
+		idle_size = size;
 	}
 	idle_conns[nidle].fd = fd;
 	idle_conns[nidle].since = now;
@@ -639,7 +680,7 @@ static void
 plain_complete(PlainTransfer *pt, bool keep)
 {
 	pt->t->result = CURLE_OK;
-	if (keep)
+	if (keep && igny8_max_idle_connections > 0)
 	{
 		pool_put(pt->fd, pt->key, GetCurrentTimestamp());
 		pt->fd = -1;
@@ -1320,6 +1361,8 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 	/* an image's own limit, else igny8_ai.max_response_size */
 	t->max = max_bytes > 0 ? max_bytes : (size_t) igny8_max_response_kb * 1024;
 
+	/* a lower igny8_ai.max_idle_connections since the last call */
+	pool_trim(igny8_max_idle_connections);
 	if (plain_start(t, base_url, req, timeout_ms, connect_timeout_ms, proxy))
 		return t;
 
@@ -1330,6 +1373,10 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 		elog(ERROR, "could not create a libcurl handle");
 	}
 	t->easy = easy;
+	if (curl_max_idle != Max(igny8_max_idle_connections, 1) &&
+		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS,
+						  (long) Max(igny8_max_idle_connections, 1)) == CURLM_OK)
+		curl_max_idle = Max(igny8_max_idle_connections, 1);
 	/* what curl's errors must not show: all before the proxy host's '@' */
 	if (proxy != NULL && strchr(proxy, '@') != NULL)
 	{
@@ -1377,6 +1424,9 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 	t->tunnel = (proxy != NULL && proxy[0] != '\0' &&
 				 pg_strncasecmp(base_url, "https:", 6) == 0);
 	rc |= curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* igny8_ai.max_idle_connections = 0: closed after the answer */
+	if (igny8_max_idle_connections == 0)
+		rc |= curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
 	rc |= curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
 	rc |= curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) Max(timeout_ms, 1));
 	rc |= curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,

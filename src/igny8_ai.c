@@ -46,6 +46,7 @@ int			igny8_max_running_jobs = 256;
 int			igny8_max_account_jobs = 192;
 int			igny8_job_retention_s = 7 * 24 * 3600;
 bool		igny8_builtin_http_client = true;
+int			igny8_max_idle_connections = 256;
 
 void		_PG_init(void);
 static bool check_account_id(char **newval, void **extra, GucSource source);
@@ -180,6 +181,15 @@ _PG_init(void)
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("igny8_ai.max_idle_connections",
+							gettext_noop("Kept-alive connections each worker keeps open and idle for reuse."),
+							gettext_noop("When more are idle, the one idle longest is closed.  0: every connection is closed after its answer."),
+							&igny8_max_idle_connections,
+							256, 0, IGNY8_MAX_IDLE_CONNECTIONS_LIMIT,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("igny8_ai.health_probe_timeout",
 							gettext_noop("Timeout of one health probe."),

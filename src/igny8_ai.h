@@ -59,6 +59,8 @@
  */
 #define IGNY8_SPILL_QUEUED	32
 #define IGNY8_SPILL_IN_FLIGHT 64
+/* the highest igny8_ai.max_idle_connections */
+#define IGNY8_MAX_IDLE_CONNECTIONS_LIMIT 4096
 
 /*
  * A running worker is stalled when a request has waited in its queue for
@@ -344,6 +346,7 @@ extern int	igny8_max_in_flight;
 extern int	igny8_default_timeout_ms;
 extern int	igny8_max_response_kb;
 extern bool igny8_builtin_http_client;
+extern int	igny8_max_idle_connections;
 extern int	igny8_answer_memory_kb;
 extern int	igny8_max_prompt_kb;
 extern int	igny8_max_retries;

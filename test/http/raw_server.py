@@ -5,7 +5,8 @@ A raw HTTP/1.1 server for test/suites/http_client: it answers Ollama's
 mis-pointed tunnel may frame it, chosen by the first segment of the
 request's path (a provider's base_url of http://127.0.0.1:PORT/<case>):
 
-  length      Content-Length, kept alive
+  length      Content-Length, kept alive (also "next" and "fresh", to tell
+              the calls of one check apart in the log)
   chunked     chunked transfer coding, odd chunk sizes, an extension, a
               trailer, sent in pieces
   interim     "100 Continue" and "103 Early Hints" before the answer
@@ -24,6 +25,9 @@ request's path (a provider's base_url of http://127.0.0.1:PORT/<case>):
   slow        the answer after 3 s
   idleclose   the answer, kept alive, and the connection closed 0.2 s later
               (a server's idle timeout)
+  gate        the answer, kept alive, once three "gate" requests are in
+              (three calls in flight at once, on three connections); a
+              503 if the three are not in within 10 s
 
 A second listener, on [::1] only (no 127.0.0.1), answers the same way:
 "localhost" must reach it through its second address.  Its port goes to
@@ -32,7 +36,8 @@ PORT_FILE.v6, or "none" when this machine has no IPv6.
 Writes its port to PORT_FILE, and one JSON line per request to LOG_FILE:
 the case, the connection's number, the request's number on it, the
 request line, the header names in order, Host, Content-Length and the
-body's length.
+body's length; and one per connection when it ends, with the case
+"(closed)" and "by": "client" (the client closed or reset it) or "server".
 """
 import json
 import os
@@ -51,6 +56,7 @@ HEAD = b"Content-Type: application/json; charset=utf-8\r\n"
 
 lock = threading.Lock()
 connections = 0
+gate = threading.Barrier(3)
 
 
 def log(path, record):
@@ -93,10 +99,12 @@ def handle(conn, number, log_path):
     buf = b""
     index = 0
     stale = 0
+    by = "server"
     try:
         while True:
             got = read_request(conn, buf)
             if got is None:
+                by = "client"
                 return
             line, headers, body, buf = got
             path = line.split(" ")[1] if line.count(" ") >= 2 else ""
@@ -111,7 +119,7 @@ def handle(conn, number, log_path):
                 "body_length": len(body)})
             index += 1
             length = b"Content-Length: %d\r\n" % len(ANSWER)
-            if case == "length":
+            if case in ("length", "next", "fresh"):
                 conn.sendall(b"HTTP/1.1 200 OK\r\n" + HEAD + length +
                              b"\r\n" + ANSWER)
             elif case == "chunked":
@@ -178,6 +186,15 @@ def handle(conn, number, log_path):
                              b"\r\n" + ANSWER)
                 time.sleep(0.2)
                 return
+            elif case == "gate":
+                try:
+                    gate.wait(timeout=10)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n" + HEAD + length +
+                                 b"\r\n" + ANSWER)
+                except threading.BrokenBarrierError:
+                    gate.reset()
+                    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\n"
+                                 b"Content-Length: 0\r\n\r\n")
             elif case == "busy":
                 error = b'{"error":"server busy, please try again"}'
                 conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\n" + HEAD +
@@ -188,9 +205,10 @@ def handle(conn, number, log_path):
                 conn.sendall(b"HTTP/1.1 404 Not Found\r\n"
                              b"Content-Length: 0\r\n\r\n")
     except OSError:
-        pass
+        by = "client"
     finally:
         conn.close()
+        log(log_path, {"case": "(closed)", "connection": number, "by": by})
 
 
 def serve(srv, log_path):
