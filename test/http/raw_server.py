@@ -15,6 +15,8 @@ request's path (a provider's base_url of http://127.0.0.1:PORT/<case>):
               the connection kept; the next one on it is read and the
               connection closed without an answer (a server that closed
               an idle connection as the request came)
+  slowstale   as stale, but the connection is closed 1.5 s after the
+              request came (longer than the test's connect timeout)
   bytewise    the head sent one byte at a time
   partial     Content-Length 100 bytes more than the body, then closed
   big         Content-Length of 100,000,000 bytes, then nothing for 2 s
@@ -98,7 +100,7 @@ def handle(conn, number, log_path):
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = b""
     index = 0
-    stale = 0
+    stale = {}              # requests of "stale" and of "slowstale" here
     by = "server"
     try:
         while True:
@@ -141,9 +143,11 @@ def handle(conn, number, log_path):
                 conn.sendall(b"HTTP/1.0 200 OK\r\n" + HEAD + b"\r\n" +
                              ANSWER)
                 return
-            elif case == "stale":
-                stale += 1
-                if stale > 1:
+            elif case in ("stale", "slowstale"):
+                stale[case] = stale.get(case, 0) + 1
+                if stale[case] > 1:
+                    if case == "slowstale":
+                        time.sleep(1.5)
                     return          # read, then closed unanswered
                 conn.sendall(b"HTTP/1.1 200 OK\r\n" + HEAD + length +
                              b"\r\n" + ANSWER)
