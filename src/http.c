@@ -104,11 +104,21 @@ sock_state(curl_socket_t fd)
 	return &socks[fd];
 }
 
+/*
+ * libcurl's socket(): clientp is the transfer.  libcurl reports a socket()
+ * that failed as CURLE_COULDNT_CONNECT with no errno (CURLINFO_OS_ERRNO
+ * 0), which would read as a refused connection, counted against the
+ * provider; the errno kept here says it was ours (EMFILE: the worker is
+ * out of file descriptors).
+ */
 static curl_socket_t
 open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
 {
 	curl_socket_t fd = socket(addr->family, addr->socktype, addr->protocol);
 	SockState  *st = sock_state(fd);
+
+	if (fd == CURL_SOCKET_BAD && clientp != NULL)
+		((Igny8Transfer *) clientp)->socket_errno = errno;
 
 	if (st != NULL)
 	{
@@ -1404,6 +1414,7 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 	pfree(url);
 	rc |= curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
 	rc |= curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+	rc |= curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, t);
 	rc |= curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
 	rc |= curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
 	rc |= curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
@@ -1613,6 +1624,8 @@ igny8_http_next_finished(void)
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE,
 						  &t->status);
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_OS_ERRNO, &t->os_errno);
+		if (t->result == CURLE_COULDNT_CONNECT && t->os_errno == 0)
+			t->os_errno = t->socket_errno;
 		t->finished = true;
 		return t;
 	}

@@ -278,6 +278,7 @@ typedef struct Igny8Transfer
 	int			should_retry;
 	CURLcode	result;
 	long		os_errno;		/* errno of a failed connect, or 0 */
+	int			socket_errno;	/* libcurl's: errno of a failed socket() */
 	char		errbuf[CURL_ERROR_SIZE];
 	char	   *proxy_secret;	/* malloc'd: the proxy URL's user:password */
 	bool		tunnel;			/* an https URL through a proxy: CONNECT */
