@@ -117,8 +117,10 @@ open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
 	curl_socket_t fd = socket(addr->family, addr->socktype, addr->protocol);
 	SockState  *st = sock_state(fd);
 
-	if (fd == CURL_SOCKET_BAD && clientp != NULL)
-		((Igny8Transfer *) clientp)->socket_errno = errno;
+	/* the last socket() of the transfer counts: a later one may succeed */
+	if (clientp != NULL)
+		((Igny8Transfer *) clientp)->socket_errno =
+			(fd == CURL_SOCKET_BAD) ? errno : 0;
 
 	if (st != NULL)
 	{
