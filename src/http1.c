@@ -26,8 +26,8 @@
  *
  * Limits: a status line of HTTP1_LINE_MAX bytes (libcurl takes 100 kB), a
  * head of HTTP1_HEAD_MAX.  A chunk size line may be longer: what follows
- * the digits is passed over.  An error says in failed_in where it was met, so that
- * a caller can tell a malformed head from a malformed chunked body.
+ * the digits is passed over.  An error says in failed_in where it was met,
+ * so that a caller can tell a malformed head from a malformed chunked body.
  *
  * No allocation, no PostgreSQL: the unit test and the fuzzer link it as is.
  *
@@ -291,17 +291,17 @@ framing_header(const char *name, size_t len)
 		token_is(name, len, "connection");
 }
 
+/* A header line; overlong: only its first HTTP1_LINE_MAX - 1 bytes kept */
 static Http1Result
-header_line(Http1Parser *p, char *line, size_t len, const Http1Callbacks *cb,
-			void *arg)
+header_line(Http1Parser *p, char *line, size_t len, bool overlong,
+			const Http1Callbacks *cb, void *arg)
 {
 	char	   *colon;
-	char	   *name_end;
 	char	   *value;
 	char	   *end;
 	Http1Result r = HTTP1_MORE;
 
-	if (len == 0 && !p->overlong)
+	if (len == 0 && !overlong)
 		return end_of_head(p, cb, arg);
 	/* a NUL would cut the name or the value short where it is read */
 	if (memchr(line, '\0', len) != NULL)
@@ -311,23 +311,22 @@ header_line(Http1Parser *p, char *line, size_t len, const Http1Callbacks *cb,
 	colon = memchr(line, ':', len);
 	if (colon == NULL)
 		return fail(p, "a header line of the response has no colon");
-	name_end = colon;
-	for (char *c = line; c < name_end; c++)
+	for (char *c = line; c < colon; c++)
 	{
 		/* a space before the colon too: libcurl reads no such header */
 		if (!is_tchar(*c))
 			return HTTP1_MORE;	/* not a header name: passed over */
 	}
-	if (name_end == line)
+	if (colon == line)
 		return HTTP1_MORE;
-	if (p->overlong)
+	if (overlong)
 	{
 		/* cut short: only a header read here must be whole */
-		if (framing_header(line, name_end - line))
+		if (framing_header(line, colon - line))
 			return fail(p, "a header line of the response is too long");
 		return HTTP1_MORE;
 	}
-	*name_end = '\0';
+	*colon = '\0';
 	value = colon + 1;
 	end = line + len;
 	while (value < end && is_space(*value))
@@ -339,11 +338,11 @@ header_line(Http1Parser *p, char *line, size_t len, const Http1Callbacks *cb,
 	/* 204 and 304 have no body: what would frame one is not read */
 	if (p->status == 204 || p->status == 304)
 		;
-	else if (token_is(line, name_end - line, "content-length"))
+	else if (token_is(line, colon - line, "content-length"))
 		r = content_length(p, value);
-	else if (token_is(line, name_end - line, "transfer-encoding"))
+	else if (token_is(line, colon - line, "transfer-encoding"))
 		r = transfer_encoding(p, value);
-	else if (token_is(line, name_end - line, "connection"))
+	else if (token_is(line, colon - line, "connection"))
 		connection(p, value);
 	if (r == HTTP1_MORE && cb->header != NULL)
 		cb->header(arg, line, value);
@@ -390,24 +389,19 @@ line_done(Http1Parser *p, const Http1Callbacks *cb, void *arg)
 {
 	char	   *line = p->line;
 	size_t		len = p->line_len;
-
 	bool		overlong = p->overlong;
-	Http1Result r;
 
 	p->line_len = 0;
+	p->overlong = false;
 	line[len] = '\0';
 	switch (p->state)
 	{
 		case HTTP1_STATUS:
 			return status_line(p, line, len);
 		case HTTP1_HEADERS:
-			r = header_line(p, line, len, cb, arg);
-			if (overlong)
-				p->overlong = false;
-			return r;
+			return header_line(p, line, len, overlong, cb, arg);
 		case HTTP1_CHUNK_SIZE:
-			/* a long extension: its size is in the part kept */
-			p->overlong = false;
+			/* a long extension is cut short: the size is in the part kept */
 			return chunk_size_line(p, line, len);
 		case HTTP1_CHUNK_END:
 			if (len != 0)
@@ -416,10 +410,7 @@ line_done(Http1Parser *p, const Http1Callbacks *cb, void *arg)
 			return HTTP1_MORE;
 		case HTTP1_TRAILERS:
 			if (overlong)
-			{
-				p->overlong = false;
 				return HTTP1_MORE;	/* a long trailer field: passed over */
-			}
 			if (len == 0)
 			{
 				p->state = HTTP1_DONE;

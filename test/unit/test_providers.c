@@ -5508,6 +5508,32 @@ typedef struct H1Case
 
 #define OK_HEAD "HTTP/1.1 200 OK\r\n"
 
+/*
+ * Lines of HTTP1_LINE_MAX fill bytes between prefix and suffix: a header
+ * the parser reads, a trailer field, a chunk extension, a status line.
+ */
+typedef struct H1LongCase
+{
+	const char *prefix;
+	char		fill;
+	const char *suffix;
+	Http1Result result;
+	const char *body;			/* when complete */
+	Http1State	failed_in;		/* on an error */
+	const char *error;			/* on an error, if checked */
+} H1LongCase;
+
+static const H1LongCase h1_long_cases[] = {
+	{OK_HEAD "Content-Length: ", '0', "1\r\n\r\nk",
+	HTTP1_ERROR, NULL, HTTP1_HEADERS, "a header line of the response is too long"},
+	{OK_HEAD "Transfer-Encoding: chunked\r\n\r\n1\r\nk\r\n0\r\nX-T: ", 't', "\r\n\r\n",
+	HTTP1_COMPLETE, "k", 0, NULL},
+	{OK_HEAD "Transfer-Encoding: chunked\r\n\r\n1;ext=", 'e', "\r\nk\r\n0\r\n\r\n",
+	HTTP1_COMPLETE, "k", 0, NULL},
+	{"HTTP/1.1 200 ", 'K', "\r\n\r\n",
+	HTTP1_ERROR, NULL, HTTP1_STATUS, "a line of the response is too long"},
+};
+
 static const H1Case h1_cases[] = {
 	{"content-length", OK_HEAD "Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
 		false, HTTP1_COMPLETE, 200, "{\"a\":1}", true,
@@ -5579,7 +5605,6 @@ static const H1Case h1_cases[] = {
 	{"a length list ending in a comma", OK_HEAD "Content-Length: 1,\r\n\r\nk", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "the response's Content-Length is not"},
 	{"length too large", OK_HEAD "Content-Length: 99999999999999999999\r\n\r\n", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "the response's Content-Length is too large"},
 	{"empty length", OK_HEAD "Content-Length:\r\n\r\n", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "the response's Content-Length is empty"},
-
 	{"chunked twice", OK_HEAD "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", false, HTTP1_ERROR, 200, NULL, false, NULL, 0, "the response is chunked twice"},
 	{"bad chunk size", OK_HEAD "Transfer-Encoding: chunked\r\n\r\nxyz\r\n", false, HTTP1_ERROR, 200, "", false, NULL, 0, "a chunk size of the response is not"},
 	{"huge chunk", OK_HEAD "Transfer-Encoding: chunked\r\n\r\n11111111111111111\r\n", false, HTTP1_ERROR, 200, "", false, NULL, 0, "a chunk of the response is too large"},
@@ -5714,47 +5739,28 @@ test_http1(void)
 			pfree(seen.body.data);
 			pfree(seen.headers.data);
 		}
-		resetStringInfo(&text);
-		appendStringInfoString(&text, OK_HEAD "Content-Length: ");
-		while (text.len < (int) strlen(OK_HEAD) + HTTP1_LINE_MAX)
-			appendStringInfoChar(&text, '0');
-		appendStringInfoString(&text, "1\r\n\r\nk");
-		r = h1_run(&p, text.data, text.len, H1_WHOLE, 0, false, &seen, &left);
-		CHECK_INT(r, HTTP1_ERROR);
-		CHECK_CONTAINS(p.error, "a header line of the response is too long");
-		CHECK_INT(p.failed_in, HTTP1_HEADERS);
-		pfree(seen.body.data);
-		pfree(seen.headers.data);
-		resetStringInfo(&text);
-		appendStringInfoString(&text, OK_HEAD "Transfer-Encoding: chunked\r\n\r\n1\r\nk\r\n0\r\nX-T: ");
-		for (int i = 0; i < HTTP1_LINE_MAX; i++)
-			appendStringInfoChar(&text, 't');
-		appendStringInfoString(&text, "\r\n\r\n");
-		r = h1_run(&p, text.data, text.len, H1_WHOLE, 0, false, &seen, &left);
-		CHECK_INT(r, HTTP1_COMPLETE);
-		CHECK_STR(seen.body.data, "k");
-		pfree(seen.body.data);
-		pfree(seen.headers.data);
-		resetStringInfo(&text);
-		appendStringInfoString(&text, OK_HEAD "Transfer-Encoding: chunked\r\n\r\n1;ext=");
-		for (int i = 0; i < HTTP1_LINE_MAX; i++)
-			appendStringInfoChar(&text, 'e');
-		appendStringInfoString(&text, "\r\nk\r\n0\r\n\r\n");
-		r = h1_run(&p, text.data, text.len, H1_WHOLE, 0, false, &seen, &left);
-		CHECK_INT(r, HTTP1_COMPLETE);
-		CHECK_STR(seen.body.data, "k");
-		pfree(seen.body.data);
-		pfree(seen.headers.data);
-		resetStringInfo(&text);
-		appendStringInfoString(&text, "HTTP/1.1 200 ");
-		for (int i = 0; i < HTTP1_LINE_MAX; i++)
-			appendStringInfoChar(&text, 'K');
-		appendStringInfoString(&text, "\r\n\r\n");
-		r = h1_run(&p, text.data, text.len, H1_WHOLE, 0, false, &seen, &left);
-		CHECK_INT(r, HTTP1_ERROR);
-		CHECK_INT(p.failed_in, HTTP1_STATUS);
-		pfree(seen.body.data);
-		pfree(seen.headers.data);
+		for (int i = 0; i < (int) lengthof(h1_long_cases); i++)
+		{
+			const H1LongCase *c = &h1_long_cases[i];
+
+			resetStringInfo(&text);
+			appendStringInfoString(&text, c->prefix);
+			for (int j = 0; j < HTTP1_LINE_MAX; j++)
+				appendStringInfoChar(&text, c->fill);
+			appendStringInfoString(&text, c->suffix);
+			r = h1_run(&p, text.data, text.len, H1_WHOLE, 0, false, &seen, &left);
+			CHECK_INT(r, c->result);
+			if (c->result == HTTP1_COMPLETE)
+				CHECK_STR(seen.body.data, c->body);
+			else
+			{
+				CHECK_INT(p.failed_in, c->failed_in);
+				if (c->error != NULL)
+					CHECK_CONTAINS(p.error, c->error);
+			}
+			pfree(seen.body.data);
+			pfree(seen.headers.data);
+		}
 
 		/* a head of more than HTTP1_HEAD_MAX bytes */
 		resetStringInfo(&text);
