@@ -35,7 +35,7 @@
 #define IGNY8_EPOLL_BATCH	64
 
 static CURLM *multi = NULL;
-static int	curl_max_idle = 0;	/* its CURLMOPT_MAXCONNECTS */
+static long curl_max_idle = 0;	/* its CURLMOPT_MAXCONNECTS, 0: not set */
 static int	epoll_fd = -1;
 static bool timer_set = false;	/* curl wants to be called at timer_at */
 static TimestampTz timer_at = 0;
@@ -221,6 +221,20 @@ timer_callback(CURLM *m, long timeout_ms, void *userp)
 }
 
 /*
+ * libcurl's connection cache as igny8_ai.max_idle_connections says (at
+ * least 1: 0 would mean no limit; 0 is CURLOPT_FORBID_REUSE instead).
+ */
+static void
+sync_curl_max_idle(void)
+{
+	long		n = Max(igny8_max_idle_connections, 1);
+
+	if (n != curl_max_idle &&
+		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, n) == CURLM_OK)
+		curl_max_idle = n;
+}
+
+/*
  * Every transfer in flight holds a socket: raise this process's soft limit
  * on open files to the hard limit, so that a worker holding many requests
  * does not run out at the usual soft limit of 1024.
@@ -253,11 +267,9 @@ igny8_http_init(void)
 		elog(ERROR, "epoll_create1 failed: %m");
 
 	if (curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_callback) != CURLM_OK ||
-		curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_callback) != CURLM_OK ||
-		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS,
-						  (long) Max(igny8_max_idle_connections, 1)) != CURLM_OK)
+		curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_callback) != CURLM_OK)
 		elog(ERROR, "could not set up the libcurl multi handle");
-	curl_max_idle = Max(igny8_max_idle_connections, 1);
+	sync_curl_max_idle();
 }
 
 /* Say in the server log that a socket could not be watched. */
@@ -790,8 +802,10 @@ plain_connect(PlainTransfer *pt)
 		pt->fd = -1;
 		pt->addr_i++;
 	}
-	/* a refusal says most: the tunnel is down (a second address may fail
-	 * otherwise, as ::1 with IPv6 off) */
+	/*
+	 * A refusal says most: the tunnel is down (a second address may fail
+	 * otherwise, as ::1 with IPv6 off).
+	 */
 	plain_fail(pt, CURLE_COULDNT_CONNECT,
 			   pt->refused ? ECONNREFUSED : pt->last_errno, NULL);
 }
@@ -1385,10 +1399,7 @@ igny8_http_start(const char *base_url, const Igny8HttpRequest *req,
 		elog(ERROR, "could not create a libcurl handle");
 	}
 	t->easy = easy;
-	if (curl_max_idle != Max(igny8_max_idle_connections, 1) &&
-		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS,
-						  (long) Max(igny8_max_idle_connections, 1)) == CURLM_OK)
-		curl_max_idle = Max(igny8_max_idle_connections, 1);
+	sync_curl_max_idle();
 	/* what curl's errors must not show: all before the proxy host's '@' */
 	if (proxy != NULL && strchr(proxy, '@') != NULL)
 	{
