@@ -142,14 +142,26 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid):
-    """User + system CPU time of a process so far, or None if it is gone."""
+    """CPU time of a process so far (user + system), or None if it is gone.
+
+    A single-threaded process (a backend, a worker) is read from
+    /proc/PID/schedstat, in nanoseconds: the utime and stime of
+    /proc/PID/stat are whole clock ticks (10 ms), and a backend that makes
+    one call uses less than a tick, so a sum over a burst's backends read
+    from there comes out as 0.  schedstat counts only the main thread,
+    though, so a threaded process (the simulator) is read from
+    /proc/PID/stat, which counts all its threads, the ended ones too."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
+        # num_threads is field 20 of stat(5), utime and stime 14 and 15;
+        # field 3 is fields[0] here
+        if int(fields[17]) > 1:
+            return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        with open("/proc/%d/schedstat" % pid) as f:
+            return int(f.read().split()[0]) / 1e9
     except OSError:
         return None
-    # utime and stime are fields 14 and 15 of stat(5); 3 is fields[0] here
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def memory_kb(pid):

@@ -838,7 +838,8 @@ def report(args):
         row("(e) CPU ms per image, mean of the rounds: igny8_ai workers / "
             "client backends / simulator / Python client (igny8; direct)",
             "%s; %s" % (cpu("igny8", keys), cpu("direct", keys)),
-            "/proc/PID/stat utime + stime; os.times() of images.py, from the "
+            "/proc/PID/schedstat (the threaded simulator: /proc/PID/stat); "
+            "os.times() of images.py, from the "
             "release to the last image (%s CPUs)" % os.cpu_count())
 
         def checked(mode):
