@@ -198,6 +198,32 @@ find_worker_tables(void)
 void
 igny8_check_worker_locks(void)
 {
+	/*
+	 * A lock of ShareLock or stronger is never a fast-path one: it is in the
+	 * shared lock table, on one of this backend's myProcLocks lists.  With
+	 * every list empty there is nothing to look for, and a backend's first
+	 * call does not look up the tables (pg_extension is opened and scanned
+	 * for that: a quarter of a first call's CPU).  The lists are read
+	 * without their partitions' locks, as LockReleaseAll() does: only this
+	 * backend adds its own locks, and another backend adds to them only
+	 * fast-path locks it moves to the shared table, which are weaker than
+	 * ShareUpdateExclusiveLock.
+	 */
+	bool		holds_shared_locks = false;
+
+	for (int i = 0; i < NUM_LOCK_PARTITIONS; i++)
+	{
+		SHM_QUEUE  *procLocks = &MyProc->myProcLocks[i];
+
+		if (SHMQueueNext(procLocks, procLocks,
+						 offsetof(PROCLOCK, procLink)) != NULL)
+		{
+			holds_shared_locks = true;
+			break;
+		}
+	}
+	if (!holds_shared_locks)
+		return;
 	if (!find_worker_tables())
 		return;
 	for (int i = 0; i < (int) lengthof(worker_tables); i++)
