@@ -5,7 +5,7 @@ burst.py - part (c) of test/bench/run: many AI requests in flight at once.
     /usr/bin/python3 burst.py --dsn DSN --callers N [--postmaster-pid PID]
                               [--warm-up]
     /usr/bin/python3 burst.py --url http://127.0.0.1:PORT --callers N
-                              [--warm-up]
+                              [--warm-up | --connect-at-release]
 
 Opens N connections, one per thread, and only once every one of them is
 connected releases all the threads at the same instant (a threading.Barrier)
@@ -20,7 +20,10 @@ With --warm-up, every connection first makes one call of its own, before
 the barrier, as the pooled connections of an application have: the same
 call, with a simulator directive in its prompt ([[sim ollama:delay=0]]) so
 that it is answered at once.  Without it, the call after the release is
-the connection's first.
+the connection's first.  With --connect-at-release (--url only), each
+thread opens its HTTP connection after the release, with its call: the
+baseline of a burst whose workers have no connection to the backend yet
+(a "cold" one), since the other --url modes connect before the release.
 
 If all N requests are in flight at once, the last answer arrives about one
 backend delay after the release.  Both modes share the client's structure
@@ -88,16 +91,18 @@ class SqlCaller:
 
 
 class HttpCaller:
-    """One HTTP connection to the backend, opened before the release."""
+    """One HTTP connection to the backend, opened before the release, or
+    with connect_now False by its first request."""
 
     pid = None
 
-    def __init__(self, url, body, warm_up_body):
+    def __init__(self, url, body, warm_up_body, connect_now=True):
         u = urllib.parse.urlsplit(url)
         self.body = body
         self.warm_up_body = warm_up_body
         self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-        self.conn.connect()
+        if connect_now:
+            self.conn.connect()
 
     def call(self, body=None):
         self.conn.request("POST", "/api/chat", body=body or self.body,
@@ -225,7 +230,12 @@ def main():
     ap.add_argument("--warm-up", action="store_true",
                     help="each connection makes one call (answered at once) "
                     "before the release, like a pooled connection")
+    ap.add_argument("--connect-at-release", action="store_true",
+                    help="(--url) open each connection after the release, "
+                    "with its call, as the workers of a cold burst do")
     args = ap.parse_args()
+    if args.connect_at_release and (args.dsn or args.warm_up):
+        ap.error("--connect-at-release goes with --url, without --warm-up")
     n = args.callers
     if args.dsn:
         def connect():
@@ -237,7 +247,8 @@ def main():
         warm_up_body = json.dumps(warm_up_body, separators=(",", ":")).encode()
 
         def connect():
-            return HttpCaller(args.url, body, warm_up_body)
+            return HttpCaller(args.url, body, warm_up_body,
+                              not args.connect_at_release)
 
     threading.stack_size(512 * 1024)    # 1000 threads: keep them small
     release = {}
