@@ -33,7 +33,6 @@ Prints one JSON object.
 
 import argparse
 import json
-import os
 import sys
 import time
 
