@@ -146,6 +146,11 @@ def worker_pids(postmaster_pid):
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+# pid -> True when its CPU time is read from /proc/PID/stat: chosen at the
+# first reading, so that a "before" and an "after" come from one source
+_CPU_FROM_STAT = {}
+
+
 def cpu_seconds(pid):
     """CPU time of a process so far (user + system), or None if it is gone.
 
@@ -154,19 +159,27 @@ def cpu_seconds(pid):
     /proc/PID/stat are whole clock ticks (10 ms), and a backend that makes
     one call uses less than a tick, so a sum over a burst's backends read
     from there comes out as 0.  schedstat counts only the main thread,
-    though, so a threaded process (the simulator) is read from
-    /proc/PID/stat, which counts all its threads, the ended ones too."""
+    though, so a process with more than one thread at its first reading
+    (the simulator) is read from /proc/PID/stat, which counts all its
+    threads, the ended ones too; so is every process on a kernel whose
+    schedstat reads 0 (no CONFIG_SCHED_INFO).  The source chosen at a
+    process's first reading is kept for its later ones."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
         # num_threads is field 20 of stat(5), utime and stime 14 and 15;
         # field 3 is fields[0] here
-        if int(fields[17]) > 1:
-            return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        with open("/proc/%d/schedstat" % pid) as f:
-            return int(f.read().split()[0]) / 1e9
+        ticks = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        from_stat = _CPU_FROM_STAT.get(pid)
+        if not from_stat:                # None (first reading) or False
+            with open("/proc/%d/schedstat" % pid) as f:
+                ns = int(f.read().split()[0])
+        if from_stat is None:
+            from_stat = int(fields[17]) > 1 or (ns == 0 and ticks > 0)
+            _CPU_FROM_STAT[pid] = from_stat
     except OSError:
         return None
+    return ticks if from_stat else ns / 1e9
 
 
 def memory_kb(pid):

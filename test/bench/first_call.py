@@ -7,8 +7,8 @@ costs its backend, as an application without a connection pool pays it
     /usr/bin/python3 first_call.py --dsn DSN [--connections N]
 
 Opens N connections one after the other.  On each, it reads the backend's
-CPU time (/proc/PID/schedstat, nanoseconds: the backend must run on this
-machine) around three statements: the connection's first call of
+CPU time (burst.cpu_seconds: /proc/PID/schedstat, nanoseconds; the
+backend must run on this machine) around three statements: the connection's first call of
 igny8_generate_text, its second call, and a `SELECT 1`, then closes the
 connection.  The time the backend spent starting up (authentication,
 catalog caches) is not counted: it is over before the first statement.
@@ -28,12 +28,14 @@ import sys
 
 import psycopg2
 
+sys.dont_write_bytecode = True          # no __pycache__ in the source tree
+from burst import cpu_seconds  # noqa: E402
+
 SQL = "SELECT igny8_generate_text('Write about clouds', 'gpt-4')"
 
 
 def cpu_us(pid):
-    with open("/proc/%d/schedstat" % pid) as f:
-        return int(f.read().split()[0]) / 1e3
+    return cpu_seconds(pid) * 1e6
 
 
 def main():
