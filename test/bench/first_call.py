@@ -8,9 +8,9 @@ costs its backend, as an application without a connection pool pays it
 
 Opens N connections one after the other.  On each, it reads the backend's
 CPU time (burst.cpu_seconds: /proc/PID/schedstat, nanoseconds; the
-backend must run on this machine) around three statements: the connection's first call of
-igny8_generate_text, its second call, and a `SELECT 1`, then closes the
-connection.  The time the backend spent starting up (authentication,
+backend must run on this machine) around three statements: the
+connection's first call of igny8_generate_text, its second call, and a
+`SELECT 1`, then closes the connection.  The time the backend spent starting up (authentication,
 catalog caches) is not counted: it is over before the first statement.
 
 Prints one JSON object: the medians over the connections, in microseconds,
