@@ -32,8 +32,12 @@ request's path (a provider's base_url of http://127.0.0.1:PORT/<case>):
               503 if the three are not in within 10 s
 
 A second listener, on [::1] only (no 127.0.0.1), answers the same way:
-"localhost" must reach it through its second address.  Its port goes to
-PORT_FILE.v6, or "none" when this machine has no IPv6.
+"localhost" must reach it through its second address.  Its port is one
+that nothing holds on 127.0.0.1, and a socket bound there (not listening)
+keeps it so: a connection to 127.0.0.1 on that port is refused, never
+answered by another test's server that happens to listen on the same
+number.  Its port goes to PORT_FILE.v6, or "none" when this machine has
+no IPv6.
 
 Writes its port to PORT_FILE, and one JSON line per request to LOG_FILE:
 the case, the connection's number, the request's number on it, the
@@ -232,6 +236,26 @@ def write_port(path, text):
     os.rename(path + ".tmp", path)
 
 
+def v6_listener():
+    """A listener on [::1] only, and a socket bound (not listening) to
+    127.0.0.1 on the same port, or OSError when there is no IPv6."""
+    for _ in range(100):
+        srv6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        srv6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        srv6.bind(("::1", 0))
+        hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            hold.bind(("127.0.0.1", srv6.getsockname()[1]))
+        except OSError:
+            # that number is taken on 127.0.0.1: another one
+            hold.close()
+            srv6.close()
+            continue
+        srv6.listen(128)
+        return srv6, hold
+    raise RuntimeError("no port free on both [::1] and 127.0.0.1")
+
+
 def main():
     port_file, log_path = sys.argv[1], sys.argv[2]
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -239,15 +263,14 @@ def main():
     srv.bind(("127.0.0.1", 0))
     srv.listen(128)
     try:
-        srv6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        srv6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        srv6.bind(("::1", 0))
-        srv6.listen(128)
+        # hold stays bound as long as main runs
+        srv6, hold = v6_listener()
+    except OSError:
+        write_port(port_file + ".v6", "none")
+    else:
         threading.Thread(target=serve, args=(srv6, log_path),
                          daemon=True).start()
         write_port(port_file + ".v6", str(srv6.getsockname()[1]))
-    except OSError:
-        write_port(port_file + ".v6", "none")
     write_port(port_file, str(srv.getsockname()[1]))
     serve(srv, log_path)
 
