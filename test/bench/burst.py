@@ -164,14 +164,15 @@ def cpu_seconds(pid):
     threads, the ended ones too; so is every process on a kernel whose
     schedstat reads 0 (no CONFIG_SCHED_INFO).  The source chosen at a
     process's first reading is kept for its later ones."""
+    from_stat = _CPU_FROM_STAT.get(pid)
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        # num_threads is field 20 of stat(5), utime and stime 14 and 15;
-        # field 3 is fields[0] here
-        ticks = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        from_stat = _CPU_FROM_STAT.get(pid)
-        if not from_stat:                # None (first reading) or False
+        if from_stat is not False:       # None (first reading) or True
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            # num_threads is field 20 of stat(5), utime and stime 14 and
+            # 15; field 3 is fields[0] here
+            ticks = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        if not from_stat:                # None or False
             with open("/proc/%d/schedstat" % pid) as f:
                 ns = int(f.read().split()[0])
         if from_stat is None:
