@@ -43,6 +43,11 @@ DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 
 SHLIB_LINK = -lcurl -lcjson
 PG_CPPFLAGS = -I$(srcdir)/src
+# test/run builds with IGNY8_CHECKS=1: the workers check their job counts
+# at every turn of their loop (src/worker.h)
+ifdef IGNY8_CHECKS
+PG_CPPFLAGS += -DIGNY8_CHECK_COUNTS
+endif
 
 # pg_regress against a temporary instance that preloads pg_cron and
 # igny8_ai.  test/run writes REGRESS_CONF (simulator ports included).

@@ -208,7 +208,7 @@ igny8_cache_route(Igny8Job *job, Igny8Config *config)
 		!(job->has_temperature && job->temperature == 0.0))
 		return;
 	job->cache = setting;
-	job->state = JOB_CACHE_WAIT;
+	igny8_job_set_state(job, JOB_CACHE_WAIT);
 	job->wake_at = 0;			/* its key is computed at its first lookup */
 }
 
@@ -330,7 +330,7 @@ answer_from_row(Igny8Job *job, TimestampTz started)
 	job->used = d;
 	job->cache_hit = true;
 	job->success = true;
-	job->state = JOB_FINISHED;
+	igny8_job_set_state(job, JOB_FINISHED);
 	MemoryContextSwitchTo(old);
 }
 
@@ -429,7 +429,7 @@ lookup_job(Igny8Job *job, const char *schema, TimestampTz now)
 	if (SPI_processed == 1)
 	{
 		job->cache_owner = true;
-		job->state = JOB_READY;
+		igny8_job_set_state(job, JOB_READY);
 	}
 	else
 		job->wake_at = now;
@@ -455,6 +455,8 @@ igny8_cache_lookup(void)
 	MemoryContext cxt = CurrentMemoryContext;
 	bool		any = false;
 
+	if (igny8_job_counts.in_state[JOB_CACHE_WAIT] == 0)
+		return;
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
@@ -518,12 +520,19 @@ igny8_cache_lookup(void)
 			 */
 			if (job->state == JOB_CACHE_WAIT || job->cache_looking)
 			{
-				job->state = JOB_READY;
+				ListCell   *lc;
+
+				igny8_job_set_state(job, JOB_READY);
 				job->cache = NULL;
 				job->cache_owner = false;
 				job->cache_hit = false;
 				job->success = false;
 				job->used = NULL;
+				foreach(lc, job->attempts)
+				{
+					if (!((Igny8Attempt *) lfirst(lc))->logged)
+						igny8_job_counts.unlogged--;
+				}
 				list_free(job->attempts);
 				job->attempts = NIL;
 			}
@@ -678,6 +687,9 @@ igny8_cache_written(bool committed)
 {
 	dlist_iter	iter;
 
+	/* a key is written or given up only by a finished job */
+	if (igny8_job_counts.in_state[JOB_FINISHED] == 0)
+		return;
 	if (!committed)
 	{
 		bool		any = false;

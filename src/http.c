@@ -506,6 +506,30 @@ static int	plain_nactive = 0;
 static bool plain_reconnects = false;	/* some transfer has reconnect set */
 
 /*
+ * While plain_nactive > 0: no transfer in plain_active is due before this
+ * (it may be earlier than the earliest deadline, never later).  The
+ * transfers are walked only once it is reached, not at every turn of the
+ * loop, and it is made exact again then.
+ */
+static TimestampTz plain_due = 0;
+
+/* When a transfer's timeout ends it: its connect's, or its own. */
+static inline TimestampTz
+plain_deadline(const PlainTransfer *pt)
+{
+	return pt->step == PLAIN_CONNECTING ?
+		Min(pt->deadline, pt->connect_deadline) : pt->deadline;
+}
+
+/* A transfer may be due at at: plain_due is no later. */
+static inline void
+plain_due_by(TimestampTz at)
+{
+	if (plain_nactive == 1 || at < plain_due)
+		plain_due = at;
+}
+
+/*
  * idle connections, oldest first: at most igny8_ai.max_idle_connections,
  * in an array grown as needed (TopMemoryContext)
  */
@@ -733,6 +757,7 @@ plain_retry(PlainTransfer *pt, bool now)
 		Min(pt->deadline,
 			TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 										pt->connect_timeout_ms));
+	plain_due_by(pt->connect_deadline);
 	if (now)
 		plain_connect(pt);
 	else
@@ -1017,6 +1042,7 @@ plain_after_events(void)
 {
 	dlist_mutable_iter iter;
 	TimestampTz now;
+	TimestampTz next = DT_NOEND;
 
 	while (nevicted > 0)
 		close(evicted[--nevicted]);
@@ -1037,33 +1063,19 @@ plain_after_events(void)
 	if (plain_nactive == 0)
 		return;
 	now = GetCurrentTimestamp();
+	if (now < plain_due)
+		return;
 	dlist_foreach_modify(iter, &plain_active)
 	{
 		PlainTransfer *pt = dlist_container(PlainTransfer, node, iter.cur);
+		TimestampTz at = plain_deadline(pt);
 
-		if (now >= pt->deadline ||
-			(pt->step == PLAIN_CONNECTING && now >= pt->connect_deadline))
+		if (now >= at)
 			plain_fail(pt, CURLE_OPERATION_TIMEDOUT, ETIMEDOUT, NULL);
+		else
+			next = Min(next, at);
 	}
-}
-
-/* The earliest deadline of the transfers in flight, or 0. */
-static TimestampTz
-plain_next_deadline(void)
-{
-	dlist_iter	iter;
-	TimestampTz next = 0;
-
-	dlist_foreach(iter, &plain_active)
-	{
-		PlainTransfer *pt = dlist_container(PlainTransfer, node, iter.cur);
-		TimestampTz at = pt->step == PLAIN_CONNECTING ?
-			Min(pt->deadline, pt->connect_deadline) : pt->deadline;
-
-		if (next == 0 || at < next)
-			next = at;
-	}
-	return next;
+	plain_due = next;
 }
 
 /* Does headers hold a header of this name ("name", lowercase)? */
@@ -1291,6 +1303,7 @@ plain_start(Igny8Transfer *t, const char *base_url, const Igny8HttpRequest *req,
 		TimestampTzPlusMilliseconds(now, pt->connect_timeout_ms);
 	dlist_push_tail(&plain_active, &pt->node);
 	plain_nactive++;
+	plain_due_by(plain_deadline(pt));
 
 	fd = pool_take(pt->key, now);
 	if (fd >= 0)
@@ -1346,13 +1359,8 @@ igny8_http_timeout_ms(void)
 		return 0;
 	if (timer_set)
 		at = timer_at;
-	if (plain_nactive > 0)
-	{
-		TimestampTz plain_at = plain_next_deadline();
-
-		if (at == 0 || plain_at < at)
-			at = plain_at;
-	}
+	if (plain_nactive > 0 && (at == 0 || plain_due < at))
+		at = plain_due;
 	if (at == 0)
 		return -1;
 	now = GetCurrentTimestamp();

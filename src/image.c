@@ -774,7 +774,7 @@ send_step(Igny8Job *job, Igny8HttpRequest *http, size_t max_bytes,
 									 attempt_ms_left(job, now),
 									 p->connect_timeout_ms, p->proxy,
 									 p->ca_file, max_bytes, job);
-	job->state = JOB_HTTP;
+	igny8_job_set_state(job, JOB_HTTP);
 	igny8_job_mark_sent(job);
 }
 
@@ -996,7 +996,7 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 					igny8_job_note_progress(job);
 					igny8_http_free(t);
 					job->step = IGNY8_STEP_POLL;
-					job->state = JOB_POLL_WAIT;
+					igny8_job_set_state(job, JOB_POLL_WAIT);
 					job->wake_at = Min(TimestampTzPlusMilliseconds(now, IGNY8_POLL_FIRST_MS),
 									   job->attempt_deadline);
 					return;
@@ -1044,7 +1044,7 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 				 */
 				igny8_http_free(t);
 				job->step = IGNY8_STEP_POLL;
-				job->state = JOB_POLL_WAIT;
+				igny8_job_set_state(job, JOB_POLL_WAIT);
 				job->wake_at = Min(TimestampTzPlusMilliseconds(now, poll_wait_ms(job->polls)),
 								   job->attempt_deadline);
 				return;
@@ -1079,7 +1079,7 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 				if (st == IGNY8_COMFY_PENDING)
 				{
 					igny8_http_free(t);
-					job->state = JOB_POLL_WAIT;
+					igny8_job_set_state(job, JOB_POLL_WAIT);
 					job->wake_at = Min(TimestampTzPlusMilliseconds(now, poll_wait_ms(job->polls++)),
 									   job->attempt_deadline);
 					/* a prompt dropped is pending forever: look for it */
@@ -1161,7 +1161,7 @@ image_done(Igny8Job *job, Igny8Transfer *t)
 		a->image_height = job->image_height;
 		job->used = d;
 		job->success = true;
-		job->state = JOB_FINISHED;
+		igny8_job_set_state(job, JOB_FINISHED);
 		return;
 	}
 	igny8_job_conclude(job, a, p, cls, perr.retry_after, now);

@@ -49,12 +49,44 @@ int			igny8_worker_index = -1;
 TimestampTz igny8_worker_started_at = 0;
 dlist_head	igny8_jobs = DLIST_STATIC_INIT(igny8_jobs);
 List	   *igny8_pending_notifies = NIL;
+Igny8JobCounts igny8_job_counts;
+
+#ifdef IGNY8_CHECK_COUNTS
+void
+igny8_job_counts_check(void)
+{
+	Igny8JobCounts real;
+	dlist_iter	iter;
+
+	memset(&real, 0, sizeof(real));
+	dlist_foreach(iter, &igny8_jobs)
+	{
+		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+		ListCell   *lc;
+
+		real.in_state[job->state]++;
+		if (job->job_id != 0)
+			real.submitted++;
+		foreach(lc, job->attempts)
+		{
+			if (!((Igny8Attempt *) lfirst(lc))->logged)
+				real.unlogged++;
+		}
+	}
+	if (memcmp(&real, &igny8_job_counts, sizeof(real)) != 0)
+		elog(PANIC, "igny8_ai worker %d: job counts wrong: %d submitted, %d unlogged, %d finished counted; %d, %d, %d there",
+			 igny8_worker_index, igny8_job_counts.submitted,
+			 igny8_job_counts.unlogged,
+			 igny8_job_counts.in_state[JOB_FINISHED], real.submitted,
+			 real.unlogged, real.in_state[JOB_FINISHED]);
+}
+#endif
 
 void
 igny8_job_finish_error(Igny8Job *job, int sqlerrcode, char *msg,
 					   char *detail, char *hint)
 {
-	job->state = JOB_FINISHED;
+	igny8_job_set_state(job, JOB_FINISHED);
 	job->success = false;
 	job->sqlerrcode = sqlerrcode;
 	job->errmsg = msg;
@@ -143,6 +175,9 @@ igny8_job_create(int slotno)
 	job->gpu_seconds = -1;
 	job->state = JOB_READY;
 	dlist_push_tail(&igny8_jobs, &job->node);
+	igny8_job_counts.in_state[JOB_READY]++;
+	if (job->job_id != 0)
+		igny8_job_counts.submitted++;
 	pg_atomic_fetch_add_u32(&igny8_shared->workers[igny8_worker_index].in_flight, 1);
 
 	if ((job->task == IGNY8_TASK_IMAGE &&
@@ -274,6 +309,7 @@ igny8_job_add_attempt(Igny8Job *job, Igny8Deployment *d)
 	a->budget_made = job->budget_made;
 	job->budget_reserved = 0;
 	job->attempts = lappend(job->attempts, a);
+	igny8_job_counts.unlogged++;
 	return a;
 }
 
@@ -419,7 +455,7 @@ igny8_job_next_candidate(Igny8Job *job, TimestampTz now)
 	if (job->cand >= job->ncands)
 		finish_exhausted(job, igny8_job_deadline_reached(job, now));
 	else
-		job->state = JOB_READY;
+		igny8_job_set_state(job, JOB_READY);
 }
 
 static int
@@ -477,7 +513,7 @@ budget_admits(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
 		if (!igny8_job_deadline_reached(job, at))
 		{
 			job->wake_at = at;
-			job->state = JOB_BACKOFF;
+			igny8_job_set_state(job, JOB_BACKOFF);
 			return false;
 		}
 		igny8_job_finish_error(job, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -575,7 +611,7 @@ take_place(Igny8Job *job, Igny8Deployment *d, TimestampTz now)
 		igny8_job_next_candidate(job, now);
 		return false;
 	}
-	job->state = JOB_WAIT_PLACE;
+	igny8_job_set_state(job, JOB_WAIT_PLACE);
 	return false;
 }
 
@@ -735,7 +771,7 @@ start_attempt(Igny8Job *job, TimestampTz now)
 	 */
 	if (job->job_id != 0 && job->inflight != list_length(job->attempts) + 1)
 	{
-		job->state = JOB_INTENT;
+		igny8_job_set_state(job, JOB_INTENT);
 		job->intent_at = now;
 		return;
 	}
@@ -809,7 +845,7 @@ text_start(Igny8Job *job, TimestampTz now)
 									 (int) Min((long) d->timeout_ms, remaining_ms),
 									 p->connect_timeout_ms, p->proxy,
 									 p->ca_file, 0, job);
-	job->state = JOB_HTTP;
+	igny8_job_set_state(job, JOB_HTTP);
 	igny8_job_mark_sent(job);
 }
 
@@ -830,7 +866,7 @@ igny8_job_advance(Igny8Job *job, TimestampTz now)
 		finish_exhausted(job, true);
 	}
 	if (job->state == JOB_BACKOFF && job->wake_at <= now)
-		job->state = JOB_READY;
+		igny8_job_set_state(job, JOB_READY);
 	if (job->state == JOB_POLL_WAIT && job->wake_at <= now)
 	{
 		/* the task's next step is due: its start goes on from the cursor */
@@ -839,7 +875,7 @@ igny8_job_advance(Igny8Job *job, TimestampTz now)
 			started = true;
 	}
 	if (job->state == JOB_WAIT_PLACE)
-		job->state = JOB_READY; /* start_attempt asks for the place again */
+		igny8_job_set_state(job, JOB_READY); /* start_attempt asks for the place again */
 	/* next_candidate may leave the job READY again: loop */
 	while (job->state == JOB_READY)
 	{
@@ -1064,7 +1100,7 @@ igny8_job_conclude(Igny8Job *job, Igny8Attempt *a, Igny8Provider *p,
 				{
 					job->retries++;
 					job->wake_at = at;
-					job->state = JOB_BACKOFF;
+					igny8_job_set_state(job, JOB_BACKOFF);
 					break;
 				}
 				a->error = psprintf("%s (retry in %ld ms would pass the deadline)",
@@ -1146,7 +1182,7 @@ text_done(Igny8Job *job, Igny8Transfer *t)
 				a->success = true;
 				job->used = d;
 				job->success = true;
-				job->state = JOB_FINISHED;
+				igny8_job_set_state(job, JOB_FINISHED);
 				cls = IGNY8_ERR_NONE;
 			}
 			else
@@ -1169,7 +1205,7 @@ text_done(Igny8Job *job, Igny8Transfer *t)
 	{
 		/* retry at once without "think" (protocols.md 1.4) */
 		job->omit_think = true;
-		job->state = JOB_READY;
+		igny8_job_set_state(job, JOB_READY);
 		cls = IGNY8_ERR_NONE;
 	}
 
@@ -1275,6 +1311,14 @@ forget(Igny8Job *job)
 		}
 	}
 	dlist_delete(&job->node);
+	igny8_job_counts.in_state[job->state]--;
+	if (job->job_id != 0)
+		igny8_job_counts.submitted--;
+	foreach(lc, job->attempts)
+	{
+		if (!((Igny8Attempt *) lfirst(lc))->logged)
+			igny8_job_counts.unlogged--;
+	}
 	if (job->gpu_clock >= 0)
 		gpu_stop(job, GetCurrentTimestamp());
 	if (job->task == IGNY8_TASK_IMAGE)

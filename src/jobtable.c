@@ -1048,6 +1048,8 @@ igny8_jobs_to_write(void)
 {
 	dlist_iter	iter;
 
+	if (igny8_job_counts.submitted == 0)
+		return false;
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
@@ -1533,7 +1535,7 @@ igny8_jobs_flushed(bool committed)
 		/* recorded: it may be sent now, without waiting */
 		if (committed && job->state == JOB_INTENT)
 		{
-			job->state = JOB_READY;
+			igny8_job_set_state(job, JOB_READY);
 			pg_atomic_write_u32(&me()->wakeup, 1);
 		}
 	}

@@ -116,7 +116,7 @@ finish_probe(Igny8Job *job, double latency_ms, const char *code)
 	}
 	job->probe_code = code;
 	job->success = true;
-	job->state = JOB_FINISHED;
+	igny8_job_set_state(job, JOB_FINISHED);
 }
 
 /* A probe that could not be sent or got no HTTP answer. */
@@ -166,7 +166,7 @@ probe_start(Igny8Job *job, TimestampTz now)
 											 igny8_probe_timeout_ms),
 										 p->proxy, p->ca_file, 0, job);
 		job->attempt_start = now;
-		job->state = JOB_HTTP;
+		igny8_job_set_state(job, JOB_HTTP);
 	}
 }
 
@@ -234,7 +234,7 @@ comfyui_ask_class(Igny8Job *job, int index)
 									 (int) Min((long) p->connect_timeout_ms,
 											   left_ms),
 									 p->proxy, p->ca_file, 0, job);
-	job->state = JOB_HTTP;
+	igny8_job_set_state(job, JOB_HTTP);
 	return true;
 }
 

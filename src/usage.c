@@ -261,6 +261,10 @@ anything_to_write(void)
 
 	if (igny8_pending_notifies != NIL || igny8_jobs_to_write())
 		return true;
+	/* a usage row needs an attempt not logged, a cache row a finished job */
+	if (igny8_job_counts.unlogged == 0 &&
+		igny8_job_counts.in_state[JOB_FINISHED] == 0)
+		return false;
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
@@ -437,26 +441,30 @@ igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 	 * logged, or given up on: never write them twice.  Either way the
 	 * attempts that reached the network are counted on their provider (a
 	 * cached answer is marked sent for its usage row, but reached nothing).
+	 * Nothing to do when every attempt is logged already.
 	 */
-	dlist_foreach(iter, &igny8_jobs)
+	if (igny8_job_counts.unlogged > 0)
 	{
-		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
-
-		foreach(lc, job->attempts)
+		dlist_foreach(iter, &igny8_jobs)
 		{
-			Igny8Attempt *a = (Igny8Attempt *) lfirst(lc);
+			Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 
-			if (a->sent && !a->cached && !a->logged)
-				igny8_provider_count_attempt(a->provider, a->success);
-			/* the budgets: reservation given back, committed cost spent */
-			if (!a->logged && job->has_account)
+			foreach(lc, job->attempts)
 			{
-				igny8_budget_settle(job->account_id, a->budget_reserved,
-									a->budget_made,
-									(committed && a->sent) ? a->cost : NULL);
-				a->budget_reserved = 0;
+				Igny8Attempt *a = (Igny8Attempt *) lfirst(lc);
+
+				if (a->sent && !a->cached && !a->logged)
+					igny8_provider_count_attempt(a->provider, a->success);
+				/* the budgets: reservation given back, committed cost spent */
+				if (!a->logged && job->has_account)
+				{
+					igny8_budget_settle(job->account_id, a->budget_reserved,
+										a->budget_made,
+										(committed && a->sent) ? a->cost : NULL);
+					a->budget_reserved = 0;
+				}
+				igny8_attempt_mark_logged(a);
 			}
-			a->logged = true;
 		}
 	}
 

@@ -718,12 +718,15 @@ publish_finished(void)
 {
 	dlist_mutable_iter miter;
 
-	dlist_foreach_modify(miter, &igny8_jobs)
+	if (igny8_job_counts.in_state[JOB_FINISHED] > 0)
 	{
-		Igny8Job   *job = dlist_container(Igny8Job, node, miter.cur);
+		dlist_foreach_modify(miter, &igny8_jobs)
+		{
+			Igny8Job   *job = dlist_container(Igny8Job, node, miter.cur);
 
-		if (job->state == JOB_FINISHED)
-			igny8_job_publish(job);
+			if (job->state == JOB_FINISHED)
+				igny8_job_publish(job);
+		}
 	}
 	igny8_jobs_wake_waiters();
 	MemoryContextSwitchTo(loop_cxt);
@@ -847,7 +850,7 @@ stop_gracefully(void)
 			/* its row is given back, the attempt in flight logged there */
 			job->job_lost = true;
 			foreach(lc, job->attempts)
-				((Igny8Attempt *) lfirst(lc))->logged = true;
+				igny8_attempt_mark_logged((Igny8Attempt *) lfirst(lc));
 		}
 		else if (!igny8_job_sent(job))
 		{
@@ -1001,6 +1004,19 @@ flush_usage(Igny8UsageWrite what)
 	flush_deferred_since = 0;
 }
 
+/* Is a job in a state that igny8_job_advance moves on? */
+static bool
+any_to_advance(void)
+{
+	for (int s = 0; s <= JOB_FINISHED; s++)
+	{
+		if (s != JOB_HTTP && s != JOB_FINISHED &&
+			igny8_job_counts.in_state[s] > 0)
+			return true;
+	}
+	return false;
+}
+
 /* Let curl progress, handle what finished, start what is due. */
 static void
 run_jobs(bool fd_ready)
@@ -1025,12 +1041,15 @@ run_jobs(bool fd_ready)
 		/* starting a transfer can finish it at once (a refused connection) */
 		now = GetCurrentTimestamp();
 		started = igny8_image_cleanups_run(now);
-		dlist_foreach_modify(miter, &igny8_jobs)
+		if (any_to_advance())
 		{
-			Igny8Job   *job = dlist_container(Igny8Job, node, miter.cur);
+			dlist_foreach_modify(miter, &igny8_jobs)
+			{
+				Igny8Job   *job = dlist_container(Igny8Job, node, miter.cur);
 
-			if (job->state != JOB_FINISHED && job->state != JOB_HTTP)
-				started |= igny8_job_advance(job, now);
+				if (job->state != JOB_FINISHED && job->state != JOB_HTTP)
+					started |= igny8_job_advance(job, now);
+			}
 		}
 		MemoryContextSwitchTo(loop_cxt);
 		if (!started)
@@ -1234,5 +1253,6 @@ igny8_worker_main(Datum main_arg)
 		}
 		/* last: what this turn started is sent, and its rows written */
 		sum_budgets(now);
+		igny8_job_counts_check();
 	}
 }

@@ -512,6 +512,48 @@ extern TimestampTz igny8_worker_started_at;
 extern dlist_head igny8_jobs;
 extern List *igny8_pending_notifies;
 
+/*
+ * What the loop would otherwise walk igny8_jobs at every turn to find out
+ * (job.c): the jobs in each state, the submitted jobs among them, and the
+ * attempts not yet marked logged (usage.c).  A job's state is changed only
+ * through igny8_job_set_state, so that these stay true.
+ */
+typedef struct Igny8JobCounts
+{
+	int			in_state[JOB_FINISHED + 1];
+	int			submitted;		/* jobs with a job_id */
+	int			unlogged;		/* attempts added, not yet marked logged */
+} Igny8JobCounts;
+
+extern Igny8JobCounts igny8_job_counts;
+
+static inline void
+igny8_job_set_state(Igny8Job *job, Igny8JobState state)
+{
+	igny8_job_counts.in_state[job->state]--;
+	igny8_job_counts.in_state[state]++;
+	job->state = state;
+}
+
+/* An attempt's usage row is written, or given up on: never twice. */
+static inline void
+igny8_attempt_mark_logged(Igny8Attempt *a)
+{
+	if (!a->logged)
+		igny8_job_counts.unlogged--;
+	a->logged = true;
+}
+
+/*
+ * Built with IGNY8_CHECK_COUNTS (the test build, test/run), each turn of
+ * the loop counts again and stops the server if a count is wrong.
+ */
+#ifdef IGNY8_CHECK_COUNTS
+extern void igny8_job_counts_check(void);
+#else
+#define igny8_job_counts_check() ((void) 0)
+#endif
+
 /* the configuration this worker loaded last (NULL before the first) */
 extern Igny8Config *igny8_worker_config(void);
 /* the configuration to route jobs just claimed with (worker.c) */
