@@ -659,9 +659,10 @@ give_up_keys(void *arg)
 	/* a row left behind only delays an identical call */
 	(void) set_config_option("synchronous_commit", "off", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
-	dlist_foreach(iter, &igny8_jobs)
+	/* (a key is written or given up only by a finished job) */
+	dlist_foreach(iter, &igny8_jobs_ended)
 	{
-		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+		Igny8Job   *job = dlist_container(Igny8Job, ended_node, iter.cur);
 
 		/*
 		 * The usage transaction's failure made every one an error
@@ -687,22 +688,21 @@ igny8_cache_written(bool committed)
 {
 	dlist_iter	iter;
 
-	/* a key is written or given up only by a finished job */
-	if (igny8_job_counts.in_state[JOB_FINISHED] == 0)
-		return;
+	/* a key is written or given up only by a finished job: one listed */
 	if (!committed)
 	{
 		bool		any = false;
 
-		dlist_foreach(iter, &igny8_jobs)
-			any |= igny8_cache_to_write(dlist_container(Igny8Job, node, iter.cur));
+		dlist_foreach(iter, &igny8_jobs_ended)
+			any |= igny8_cache_to_write(dlist_container(Igny8Job, ended_node,
+														iter.cur));
 		if (any)
 			(void) igny8_worker_transaction("igny8_ai: response cache",
 											give_up_keys, NULL);
 	}
-	dlist_foreach(iter, &igny8_jobs)
+	dlist_foreach(iter, &igny8_jobs_ended)
 	{
-		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+		Igny8Job   *job = dlist_container(Igny8Job, ended_node, iter.cur);
 
 		if (igny8_cache_to_write(job))
 			job->cache_owner = false;

@@ -48,6 +48,7 @@
 int			igny8_worker_index = -1;
 TimestampTz igny8_worker_started_at = 0;
 dlist_head	igny8_jobs = DLIST_STATIC_INIT(igny8_jobs);
+dlist_head	igny8_jobs_ended = DLIST_STATIC_INIT(igny8_jobs_ended);
 List	   *igny8_pending_notifies = NIL;
 Igny8JobCounts igny8_job_counts;
 
@@ -57,12 +58,14 @@ igny8_job_counts_check(void)
 {
 	Igny8JobCounts real;
 	dlist_iter	iter;
+	int			listed = 0;
 
 	memset(&real, 0, sizeof(real));
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
 		ListCell   *lc;
+		bool		unlogged = false;
 
 		real.in_state[job->state]++;
 		if (job->job_id != 0)
@@ -70,9 +73,22 @@ igny8_job_counts_check(void)
 		foreach(lc, job->attempts)
 		{
 			if (!((Igny8Attempt *) lfirst(lc))->logged)
+			{
 				real.unlogged++;
+				unlogged = true;
+			}
 		}
+		if ((unlogged || job->state == JOB_FINISHED) && !job->ended_listed)
+			elog(PANIC, "igny8_ai worker %d: a job with something to log or publish is not in igny8_jobs_ended",
+				 igny8_worker_index);
+		if (job->ended_listed)
+			listed++;
 	}
+	dlist_foreach(iter, &igny8_jobs_ended)
+		listed--;
+	if (listed != 0)
+		elog(PANIC, "igny8_ai worker %d: igny8_jobs_ended holds jobs no longer in flight",
+			 igny8_worker_index);
 	if (memcmp(&real, &igny8_job_counts, sizeof(real)) != 0)
 		elog(PANIC, "igny8_ai worker %d: job counts wrong: %d submitted, %d unlogged, %d finished counted; %d, %d, %d there",
 			 igny8_worker_index, igny8_job_counts.submitted,
@@ -142,6 +158,7 @@ parse_request(Igny8Job *job)
 Igny8Job *
 igny8_job_create(int slotno)
 {
+	static uint64 made = 0;
 	Igny8Slot  *slot = &igny8_slots[slotno];
 	Igny8Job   *job;
 	MemoryContext cxt;
@@ -174,6 +191,7 @@ igny8_job_create(int slotno)
 	job->gpu_clock = -1;
 	job->gpu_seconds = -1;
 	job->state = JOB_READY;
+	job->seq = ++made;
 	dlist_push_tail(&igny8_jobs, &job->node);
 	igny8_job_counts.in_state[JOB_READY]++;
 	if (job->job_id != 0)
@@ -310,6 +328,7 @@ igny8_job_add_attempt(Igny8Job *job, Igny8Deployment *d)
 	job->budget_reserved = 0;
 	job->attempts = lappend(job->attempts, a);
 	igny8_job_counts.unlogged++;
+	igny8_job_list_ended(job);
 	return a;
 }
 
@@ -1311,6 +1330,7 @@ forget(Igny8Job *job)
 		}
 	}
 	dlist_delete(&job->node);
+	igny8_job_unlist_ended(job);
 	igny8_job_counts.in_state[job->state]--;
 	if (job->job_id != 0)
 		igny8_job_counts.submitted--;

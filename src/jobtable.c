@@ -1505,6 +1505,8 @@ igny8_jobs_flushed(bool committed)
 	/* the plans were forgotten by igny8_worker_recover() */
 	if (!committed)
 		next_scan = 0;
+	if (igny8_job_counts.submitted == 0)
+		return;
 	dlist_foreach(iter, &igny8_jobs)
 	{
 		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);

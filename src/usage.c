@@ -262,12 +262,9 @@ anything_to_write(void)
 	if (igny8_pending_notifies != NIL || igny8_jobs_to_write())
 		return true;
 	/* a usage row needs an attempt not logged, a cache row a finished job */
-	if (igny8_job_counts.unlogged == 0 &&
-		igny8_job_counts.in_state[JOB_FINISHED] == 0)
-		return false;
-	dlist_foreach(iter, &igny8_jobs)
+	dlist_foreach(iter, &igny8_jobs_ended)
 	{
-		Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+		Igny8Job   *job = dlist_container(Igny8Job, ended_node, iter.cur);
 		ListCell   *lc;
 
 		foreach(lc, job->attempts)
@@ -347,6 +344,39 @@ insert_job_rows(Igny8Config *config, Igny8Job *job)
 	}
 }
 
+static int
+by_seq(const void *a, const void *b)
+{
+	uint64		x = (*(Igny8Job *const *) a)->seq;
+	uint64		y = (*(Igny8Job *const *) b)->seq;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * The jobs of igny8_jobs_ended in the order they were made, as igny8_jobs
+ * has them: the usage rows of one write go in in that order, as they did
+ * when every job was walked.  In the current memory context.
+ */
+static Igny8Job **
+jobs_ended_in_order(int *n)
+{
+	dlist_iter	iter;
+	Igny8Job  **jobs;
+	int			count = 0;
+
+	dlist_foreach(iter, &igny8_jobs_ended)
+		count++;
+	jobs = palloc(sizeof(Igny8Job *) * Max(count, 1));
+	count = 0;
+	dlist_foreach(iter, &igny8_jobs_ended)
+		jobs[count++] = dlist_container(Igny8Job, ended_node, iter.cur);
+	if (count > 1)
+		qsort(jobs, count, sizeof(Igny8Job *), by_seq);
+	*n = count;
+	return jobs;
+}
+
 static void
 queue_budget_notices(void *arg)
 {
@@ -363,7 +393,9 @@ void
 igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 {
 	dlist_iter	iter;
+	dlist_mutable_iter miter;
 	ListCell   *lc;
+	int			nended;
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile bool committed = false;
 
@@ -389,10 +421,14 @@ igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 			(void) set_config_option("synchronous_commit", "off",
 									 PGC_USERSET, PGC_S_SESSION,
 									 GUC_ACTION_LOCAL, true, 0, false);
-		dlist_foreach(iter, &igny8_jobs)
 		{
-			insert_job_rows(config, dlist_container(Igny8Job, node, iter.cur));
-			igny8_cache_write(dlist_container(Igny8Job, node, iter.cur));
+			Igny8Job  **ended = jobs_ended_in_order(&nended);
+
+			for (int i = 0; i < nended; i++)
+			{
+				insert_job_rows(config, ended[i]);
+				igny8_cache_write(ended[i]);
+			}
 		}
 		insert_pending(config->schema);
 		igny8_jobs_write(config);
@@ -411,9 +447,9 @@ igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 		igny8_worker_recover();
 		igny8_jobs_flushed(false);
 		/* the rows are lost; say so to the callers rather than loop */
-		dlist_foreach(iter, &igny8_jobs)
+		dlist_foreach(iter, &igny8_jobs_ended)
 		{
-			Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+			Igny8Job   *job = dlist_container(Igny8Job, ended_node, iter.cur);
 
 			if (job->state == JOB_FINISHED && job->success)
 			{
@@ -441,31 +477,31 @@ igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 	 * logged, or given up on: never write them twice.  Either way the
 	 * attempts that reached the network are counted on their provider (a
 	 * cached answer is marked sent for its usage row, but reached nothing).
-	 * Nothing to do when every attempt is logged already.
+	 * A job that is not finished leaves igny8_jobs_ended until its next
+	 * attempt ends.
 	 */
-	if (igny8_job_counts.unlogged > 0)
+	dlist_foreach_modify(miter, &igny8_jobs_ended)
 	{
-		dlist_foreach(iter, &igny8_jobs)
+		Igny8Job   *job = dlist_container(Igny8Job, ended_node, miter.cur);
+
+		foreach(lc, job->attempts)
 		{
-			Igny8Job   *job = dlist_container(Igny8Job, node, iter.cur);
+			Igny8Attempt *a = (Igny8Attempt *) lfirst(lc);
 
-			foreach(lc, job->attempts)
+			if (a->sent && !a->cached && !a->logged)
+				igny8_provider_count_attempt(a->provider, a->success);
+			/* the budgets: reservation given back, committed cost spent */
+			if (!a->logged && job->has_account)
 			{
-				Igny8Attempt *a = (Igny8Attempt *) lfirst(lc);
-
-				if (a->sent && !a->cached && !a->logged)
-					igny8_provider_count_attempt(a->provider, a->success);
-				/* the budgets: reservation given back, committed cost spent */
-				if (!a->logged && job->has_account)
-				{
-					igny8_budget_settle(job->account_id, a->budget_reserved,
-										a->budget_made,
-										(committed && a->sent) ? a->cost : NULL);
-					a->budget_reserved = 0;
-				}
-				igny8_attempt_mark_logged(a);
+				igny8_budget_settle(job->account_id, a->budget_reserved,
+									a->budget_made,
+									(committed && a->sent) ? a->cost : NULL);
+				a->budget_reserved = 0;
 			}
+			igny8_attempt_mark_logged(a);
 		}
+		if (job->state != JOB_FINISHED)
+			igny8_job_unlist_ended(job);
 	}
 
 	/* a budget's warning threshold reached: NOTIFY igny8_ai_budget */

@@ -718,15 +718,13 @@ publish_finished(void)
 {
 	dlist_mutable_iter miter;
 
-	if (igny8_job_counts.in_state[JOB_FINISHED] > 0)
+	/* publishing forgets the job, which leaves the list */
+	dlist_foreach_modify(miter, &igny8_jobs_ended)
 	{
-		dlist_foreach_modify(miter, &igny8_jobs)
-		{
-			Igny8Job   *job = dlist_container(Igny8Job, node, miter.cur);
+		Igny8Job   *job = dlist_container(Igny8Job, ended_node, miter.cur);
 
-			if (job->state == JOB_FINISHED)
-				igny8_job_publish(job);
-		}
+		if (job->state == JOB_FINISHED)
+			igny8_job_publish(job);
 	}
 	igny8_jobs_wake_waiters();
 	MemoryContextSwitchTo(loop_cxt);

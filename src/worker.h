@@ -377,7 +377,10 @@ typedef struct Igny8Attempt
 /* A request the worker holds, from its slot to its answer. */
 typedef struct Igny8Job
 {
-	dlist_node	node;
+	dlist_node	node;			/* in igny8_jobs */
+	dlist_node	ended_node;		/* in igny8_jobs_ended, while ended_listed */
+	bool		ended_listed;
+	uint64		seq;			/* the order it was made in, in this worker */
 	int			slotno;
 	MemoryContext cxt;			/* everything of the job; deleted with it */
 	Igny8Config *config;		/* the configuration it was routed with */
@@ -513,6 +516,15 @@ extern dlist_head igny8_jobs;
 extern List *igny8_pending_notifies;
 
 /*
+ * The jobs with an attempt not yet marked logged, or finished: what the
+ * usage write, publishing and the response cache's writes look at, so
+ * that they do not walk every job in flight.  A job is listed when an
+ * attempt is added or it finishes, and leaves the list when it is
+ * forgotten, or when its attempts are marked logged and it is not finished.
+ */
+extern dlist_head igny8_jobs_ended;
+
+/*
  * What the loop would otherwise walk igny8_jobs at every turn to find out
  * (job.c): the jobs in each state, the submitted jobs among them, and the
  * attempts not yet marked logged (usage.c).  A job's state is changed only
@@ -528,11 +540,33 @@ typedef struct Igny8JobCounts
 extern Igny8JobCounts igny8_job_counts;
 
 static inline void
+igny8_job_list_ended(Igny8Job *job)
+{
+	if (!job->ended_listed)
+	{
+		dlist_push_tail(&igny8_jobs_ended, &job->ended_node);
+		job->ended_listed = true;
+	}
+}
+
+static inline void
+igny8_job_unlist_ended(Igny8Job *job)
+{
+	if (job->ended_listed)
+	{
+		dlist_delete(&job->ended_node);
+		job->ended_listed = false;
+	}
+}
+
+static inline void
 igny8_job_set_state(Igny8Job *job, Igny8JobState state)
 {
 	igny8_job_counts.in_state[job->state]--;
 	igny8_job_counts.in_state[state]++;
 	job->state = state;
+	if (state == JOB_FINISHED)
+		igny8_job_list_ended(job);
 }
 
 /* An attempt's usage row is written, or given up on: never twice. */
@@ -546,7 +580,8 @@ igny8_attempt_mark_logged(Igny8Attempt *a)
 
 /*
  * Built with IGNY8_CHECK_COUNTS (the test build, test/run), each turn of
- * the loop counts again and stops the server if a count is wrong.
+ * the loop counts again, and looks for every job igny8_jobs_ended must
+ * hold, and stops the server if a count is wrong or a job is missing.
  */
 #ifdef IGNY8_CHECK_COUNTS
 extern void igny8_job_counts_check(void);
