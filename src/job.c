@@ -49,6 +49,8 @@ int			igny8_worker_index = -1;
 TimestampTz igny8_worker_started_at = 0;
 dlist_head	igny8_jobs = DLIST_STATIC_INIT(igny8_jobs);
 dlist_head	igny8_jobs_ended = DLIST_STATIC_INIT(igny8_jobs_ended);
+dlist_head	igny8_jobs_to_advance = DLIST_STATIC_INIT(igny8_jobs_to_advance);
+uint64		igny8_jobs_to_advance_listed = 0;
 List	   *igny8_pending_notifies = NIL;
 Igny8JobCounts igny8_job_counts;
 
@@ -59,6 +61,7 @@ igny8_job_counts_check(void)
 	Igny8JobCounts real;
 	dlist_iter	iter;
 	int			listed = 0;
+	int			to_advance = 0;
 
 	memset(&real, 0, sizeof(real));
 	dlist_foreach(iter, &igny8_jobs)
@@ -83,11 +86,23 @@ igny8_job_counts_check(void)
 				 igny8_worker_index);
 		if (job->ended_listed)
 			listed++;
+		if (job->advance_listed !=
+			(job->state != JOB_HTTP && job->state != JOB_FINISHED))
+			elog(PANIC, "igny8_ai worker %d: a job in state %d is %sin igny8_jobs_to_advance",
+				 igny8_worker_index, (int) job->state,
+				 job->advance_listed ? "" : "not ");
+		if (job->advance_listed)
+			to_advance++;
 	}
 	dlist_foreach(iter, &igny8_jobs_ended)
 		listed--;
 	if (listed != 0)
 		elog(PANIC, "igny8_ai worker %d: igny8_jobs_ended holds jobs no longer in flight",
+			 igny8_worker_index);
+	dlist_foreach(iter, &igny8_jobs_to_advance)
+		to_advance--;
+	if (to_advance != 0)
+		elog(PANIC, "igny8_ai worker %d: igny8_jobs_to_advance holds jobs no longer in flight",
 			 igny8_worker_index);
 	if (memcmp(&real, &igny8_job_counts, sizeof(real)) != 0)
 		elog(PANIC, "igny8_ai worker %d: job counts wrong: %d submitted, %d unlogged, %d finished counted; %d, %d, %d there",
@@ -97,6 +112,41 @@ igny8_job_counts_check(void)
 			 real.unlogged, real.in_state[JOB_FINISHED]);
 }
 #endif
+
+static int
+by_seq(const void *a, const void *b)
+{
+	uint64		x = (*(Igny8Job *const *) a)->seq;
+	uint64		y = (*(Igny8Job *const *) b)->seq;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * The jobs of list, whose nodes are at offset in Igny8Job, in the order
+ * they were made, as igny8_jobs has them; palloc'd in the current memory
+ * context.  For the loop's passes over igny8_jobs_ended and
+ * igny8_jobs_to_advance, which keep the order that a walk of every job
+ * had.
+ */
+Igny8Job  **
+igny8_jobs_in_order(dlist_head *list, size_t offset, int *n)
+{
+	dlist_iter	iter;
+	Igny8Job  **jobs;
+	int			count = 0;
+
+	dlist_foreach(iter, list)
+		count++;
+	jobs = palloc(sizeof(Igny8Job *) * Max(count, 1));
+	count = 0;
+	dlist_foreach(iter, list)
+		jobs[count++] = (Igny8Job *) ((char *) iter.cur - offset);
+	if (count > 1)
+		qsort(jobs, count, sizeof(Igny8Job *), by_seq);
+	*n = count;
+	return jobs;
+}
 
 void
 igny8_job_finish_error(Igny8Job *job, int sqlerrcode, char *msg,
@@ -194,6 +244,9 @@ igny8_job_create(int slotno)
 	job->seq = ++made;
 	dlist_push_tail(&igny8_jobs, &job->node);
 	igny8_job_counts.in_state[JOB_READY]++;
+	dlist_push_tail(&igny8_jobs_to_advance, &job->advance_node);
+	job->advance_listed = true;
+	igny8_jobs_to_advance_listed++;
 	if (job->job_id != 0)
 		igny8_job_counts.submitted++;
 	pg_atomic_fetch_add_u32(&igny8_shared->workers[igny8_worker_index].in_flight, 1);
@@ -1331,6 +1384,7 @@ forget(Igny8Job *job)
 	}
 	dlist_delete(&job->node);
 	igny8_job_unlist_ended(job);
+	igny8_job_unlist_advance(job);
 	igny8_job_counts.in_state[job->state]--;
 	if (job->job_id != 0)
 		igny8_job_counts.submitted--;

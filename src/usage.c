@@ -344,39 +344,6 @@ insert_job_rows(Igny8Config *config, Igny8Job *job)
 	}
 }
 
-static int
-by_seq(const void *a, const void *b)
-{
-	uint64		x = (*(Igny8Job *const *) a)->seq;
-	uint64		y = (*(Igny8Job *const *) b)->seq;
-
-	return (x > y) - (x < y);
-}
-
-/*
- * The jobs of igny8_jobs_ended in the order they were made, as igny8_jobs
- * has them: the usage rows of one write go in in that order, as they did
- * when every job was walked.  In the current memory context.
- */
-static Igny8Job **
-jobs_ended_in_order(int *n)
-{
-	dlist_iter	iter;
-	Igny8Job  **jobs;
-	int			count = 0;
-
-	dlist_foreach(iter, &igny8_jobs_ended)
-		count++;
-	jobs = palloc(sizeof(Igny8Job *) * Max(count, 1));
-	count = 0;
-	dlist_foreach(iter, &igny8_jobs_ended)
-		jobs[count++] = dlist_container(Igny8Job, ended_node, iter.cur);
-	if (count > 1)
-		qsort(jobs, count, sizeof(Igny8Job *), by_seq);
-	*n = count;
-	return jobs;
-}
-
 static void
 queue_budget_notices(void *arg)
 {
@@ -422,7 +389,9 @@ igny8_usage_flush(Igny8Config *config, Igny8UsageWrite what)
 									 PGC_USERSET, PGC_S_SESSION,
 									 GUC_ACTION_LOCAL, true, 0, false);
 		{
-			Igny8Job  **ended = jobs_ended_in_order(&nended);
+			Igny8Job  **ended = igny8_jobs_in_order(&igny8_jobs_ended,
+													offsetof(Igny8Job, ended_node),
+													&nended);
 
 			for (int i = 0; i < nended; i++)
 			{

@@ -1002,31 +1002,18 @@ flush_usage(Igny8UsageWrite what)
 	flush_deferred_since = 0;
 }
 
-/* Is a job in a state that igny8_job_advance moves on? */
-static bool
-any_to_advance(void)
-{
-	for (int s = 0; s <= JOB_FINISHED; s++)
-	{
-		if (s != JOB_HTTP && s != JOB_FINISHED &&
-			igny8_job_counts.in_state[s] > 0)
-			return true;
-	}
-	return false;
-}
-
 /* Let curl progress, handle what finished, start what is due. */
 static void
 run_jobs(bool fd_ready)
 {
 	Igny8Transfer *t;
-	dlist_mutable_iter miter;
 
 	igny8_http_drive(fd_ready);
 	for (;;)
 	{
 		bool		started = false;
 		TimestampTz now;
+		uint64		listed;
 
 		while ((t = igny8_http_next_finished()) != NULL)
 		{
@@ -1039,18 +1026,25 @@ run_jobs(bool fd_ready)
 		/* starting a transfer can finish it at once (a refused connection) */
 		now = GetCurrentTimestamp();
 		started = igny8_image_cleanups_run(now);
-		if (any_to_advance())
+		listed = igny8_jobs_to_advance_listed;
+		if (!dlist_is_empty(&igny8_jobs_to_advance))
 		{
-			dlist_foreach_modify(miter, &igny8_jobs)
-			{
-				Igny8Job   *job = dlist_container(Igny8Job, node, miter.cur);
+			int			n;
+			Igny8Job  **jobs = igny8_jobs_in_order(&igny8_jobs_to_advance,
+												   offsetof(Igny8Job, advance_node),
+												   &n);
 
-				if (job->state != JOB_FINISHED && job->state != JOB_HTTP)
-					started |= igny8_job_advance(job, now);
+			/* (advancing a job forgets none: publishing does) */
+			for (int i = 0; i < n; i++)
+			{
+				if (jobs[i]->advance_listed)
+					started |= igny8_job_advance(jobs[i], now);
 			}
+			pfree(jobs);
 		}
 		MemoryContextSwitchTo(loop_cxt);
-		if (!started)
+		/* a job that became one to advance meanwhile is advanced too */
+		if (!started && listed == igny8_jobs_to_advance_listed)
 			break;
 		igny8_http_drive(false);
 	}

@@ -380,6 +380,9 @@ typedef struct Igny8Job
 	dlist_node	node;			/* in igny8_jobs */
 	dlist_node	ended_node;		/* in igny8_jobs_ended, while ended_listed */
 	bool		ended_listed;
+	dlist_node	advance_node;	/* in igny8_jobs_to_advance, while
+								 * advance_listed */
+	bool		advance_listed;
 	uint64		seq;			/* the order it was made in, in this worker */
 	int			slotno;
 	MemoryContext cxt;			/* everything of the job; deleted with it */
@@ -525,6 +528,16 @@ extern List *igny8_pending_notifies;
 extern dlist_head igny8_jobs_ended;
 
 /*
+ * The jobs in a state that igny8_job_advance moves on (neither in flight
+ * nor finished), which the loop advances without walking the jobs in
+ * flight; and a count of the times a job was listed there, which tells the
+ * loop that a job became one to advance while it advanced the others.
+ */
+extern dlist_head igny8_jobs_to_advance;
+extern uint64 igny8_jobs_to_advance_listed;
+extern Igny8Job **igny8_jobs_in_order(dlist_head *list, size_t offset, int *n);
+
+/*
  * What the loop would otherwise walk igny8_jobs at every turn to find out
  * (job.c): the jobs in each state, the submitted jobs among them, and the
  * attempts not yet marked logged (usage.c).  A job's state is changed only
@@ -560,6 +573,16 @@ igny8_job_unlist_ended(Igny8Job *job)
 }
 
 static inline void
+igny8_job_unlist_advance(Igny8Job *job)
+{
+	if (job->advance_listed)
+	{
+		dlist_delete(&job->advance_node);
+		job->advance_listed = false;
+	}
+}
+
+static inline void
 igny8_job_set_state(Igny8Job *job, Igny8JobState state)
 {
 	igny8_job_counts.in_state[job->state]--;
@@ -567,6 +590,14 @@ igny8_job_set_state(Igny8Job *job, Igny8JobState state)
 	job->state = state;
 	if (state == JOB_FINISHED)
 		igny8_job_list_ended(job);
+	if (state == JOB_HTTP || state == JOB_FINISHED)
+		igny8_job_unlist_advance(job);
+	else if (!job->advance_listed)
+	{
+		dlist_push_tail(&igny8_jobs_to_advance, &job->advance_node);
+		job->advance_listed = true;
+		igny8_jobs_to_advance_listed++;
+	}
 }
 
 /* An attempt's usage row is written, or given up on: never twice. */
@@ -580,8 +611,9 @@ igny8_attempt_mark_logged(Igny8Attempt *a)
 
 /*
  * Built with IGNY8_CHECK_COUNTS (the test build, test/run), each turn of
- * the loop counts again, and looks for every job igny8_jobs_ended must
- * hold, and stops the server if a count is wrong or a job is missing.
+ * the loop counts again, and looks for every job igny8_jobs_ended and
+ * igny8_jobs_to_advance must hold, and stops the server if a count is
+ * wrong or a job is missing.
  */
 #ifdef IGNY8_CHECK_COUNTS
 extern void igny8_job_counts_check(void);
